@@ -1,0 +1,41 @@
+# CUDA support: on when nvcc is found (TANDEM_CUDA=AUTO), required with ON, never with OFF.
+# Kernels are compiled to SASS for sm_90 (H100/H200) and sm_121 (GB10 / DGX Spark) plus
+# compute_121 PTX so newer GPUs can JIT. NCCL is compiled in when its header and library
+# are found next to the toolkit.
+set(TANDEM_HAVE_CUDA 0)
+set(TANDEM_HAVE_NCCL 0)
+set(TANDEM_CUDA_ARCH_LIST "")
+
+if(NOT TANDEM_CUDA STREQUAL "OFF")
+    if(NOT CMAKE_CUDA_COMPILER)
+        find_program(TANDEM_NVCC nvcc HINTS /usr/local/cuda/bin ENV CUDA_HOME PATH_SUFFIXES bin)
+        if(TANDEM_NVCC)
+            set(CMAKE_CUDA_COMPILER ${TANDEM_NVCC})
+        endif()
+    endif()
+    include(CheckLanguage)
+    check_language(CUDA)
+    if(CMAKE_CUDA_COMPILER)
+        set(CMAKE_CUDA_ARCHITECTURES ${TANDEM_CUDA_ARCHS})
+        enable_language(CUDA)
+        find_package(CUDAToolkit REQUIRED)
+        set(TANDEM_HAVE_CUDA 1)
+        string(REPLACE ";" "," TANDEM_CUDA_ARCH_LIST "${TANDEM_CUDA_ARCHS}")
+        message(STATUS "Tandem: CUDA ${CUDAToolkit_VERSION}, archs ${TANDEM_CUDA_ARCHS}")
+
+        find_path(TANDEM_NCCL_INCLUDE nccl.h HINTS ${CUDAToolkit_INCLUDE_DIRS} /usr/local/include)
+        find_library(TANDEM_NCCL_LIB nccl HINTS ${CUDAToolkit_LIBRARY_DIR} /usr/local/lib)
+        if(TANDEM_NCCL_INCLUDE AND TANDEM_NCCL_LIB)
+            set(TANDEM_HAVE_NCCL 1)
+            add_library(tdm_nccl INTERFACE)
+            target_include_directories(tdm_nccl INTERFACE ${TANDEM_NCCL_INCLUDE})
+            target_link_libraries(tdm_nccl INTERFACE ${TANDEM_NCCL_LIB})
+            message(STATUS "Tandem: NCCL ${TANDEM_NCCL_LIB}")
+        endif()
+    elseif(TANDEM_CUDA STREQUAL "ON")
+        message(FATAL_ERROR "TANDEM_CUDA=ON but nvcc was not found: install the CUDA toolkit "
+                            "(/usr/local/cuda) or configure with -DTANDEM_CUDA=AUTO")
+    else()
+        message(STATUS "Tandem: nvcc not found, building without CUDA")
+    endif()
+endif()

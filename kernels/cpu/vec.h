@@ -1,0 +1,41 @@
+/*
+ * vec.h - f32 vector primitives, one table per ISA.
+ *
+ * kern_vec_ops_get(isa) returns the table for a level that kern_isa_supported()
+ * accepted; every entry of every table computes the same function as the scalar
+ * reference within float rounding (tests/unit/test_kernels_vec.c checks each).
+ */
+#ifndef KERN_CPU_VEC_H
+#define KERN_CPU_VEC_H
+
+#include "kernels/kern_isa.h"
+
+#include <stddef.h>
+
+typedef struct kern_vec_ops {
+    kern_isa_t isa;
+    /* sum_i x[i] * y[i] */
+    float (*dot_f32)(const float *x, const float *y, size_t n);
+    /* y[i] += a * x[i] */
+    void (*axpy_f32)(float *y, float a, const float *x, size_t n);
+} kern_vec_ops_t;
+
+/* The table for isa; NULL if isa is not compiled into this binary. */
+const kern_vec_ops_t *kern_vec_ops_get(kern_isa_t isa);
+
+/* Scalar references (the oracle). */
+float kern_dot_f32_ref(const float *x, const float *y, size_t n);
+void kern_axpy_f32_ref(float *y, float a, const float *x, size_t n);
+
+/* y[r, :] = x[r, :] / sqrt(mean(x[r, :]^2) + eps) * w[:], rows x cols, row-major. */
+void kern_rms_norm_f32_ref(float *y, const float *x, const float *w, int rows, int cols, float eps);
+
+/* Per-ISA entry points (defined only where compiled). */
+float kern_dot_f32_avx2(const float *x, const float *y, size_t n);
+void kern_axpy_f32_avx2(float *y, float a, const float *x, size_t n);
+float kern_dot_f32_avx512(const float *x, const float *y, size_t n);
+void kern_axpy_f32_avx512(float *y, float a, const float *x, size_t n);
+float kern_dot_f32_neon(const float *x, const float *y, size_t n);
+void kern_axpy_f32_neon(float *y, float a, const float *x, size_t n);
+
+#endif

@@ -1,0 +1,1 @@
+# Unit tests of coordinator/ (tokenizer, chat templates, sampling).

@@ -1,0 +1,1 @@
+# Unit tests of shard/ (forward pass, KV cache, partitions).

@@ -1,0 +1,99 @@
+/* test_kernels_vec.c - every compiled-and-supported SIMD level of the f32 vector
+ * primitives against the scalar reference, over lengths that hit every tail path. */
+#include "common/cpu_features.h"
+#include "kernels/cpu/vec.h"
+
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#include <cmocka.h>
+
+static float frand(uint32_t *s)
+{
+    *s = *s * 1664525u + 1013904223u;
+    return (float)((*s >> 8) & 0xFFFF) / 32768.0f - 1.0f;
+}
+
+static void test_every_isa_matches_reference(void **state)
+{
+    (void)state;
+    tdm_cpu_features_t f;
+    tdm_cpu_features_detect(&f);
+    int tested = 0;
+    for (int isa = 0; isa < KERN_ISA_COUNT; isa++) {
+        if (!kern_isa_supported((kern_isa_t)isa, &f)) {
+            continue;
+        }
+        const kern_vec_ops_t *ops = kern_vec_ops_get((kern_isa_t)isa);
+        assert_non_null(ops);
+        assert_int_equal(ops->isa, isa);
+        tested++;
+        uint32_t seed = 1234u + (uint32_t)isa;
+        for (size_t n = 0; n <= 300; n += (n < 40 ? 1 : 37)) {
+            float *x = malloc((n + 1) * sizeof(float)), *y = malloc((n + 1) * sizeof(float));
+            float *y2 = malloc((n + 1) * sizeof(float));
+            double mag = 0.0;
+            for (size_t i = 0; i < n; i++) {
+                x[i] = frand(&seed);
+                y[i] = y2[i] = frand(&seed);
+                mag += fabs((double)x[i] * y[i]);
+            }
+            float ref = kern_dot_f32_ref(x, y, n);
+            float got = ops->dot_f32(x, y, n);
+            /* summation order differs: bound by n * eps * sum|x*y| */
+            assert_true(fabs((double)got - ref) <= 1e-6 * (double)(n + 1) * (mag + 1e-30) + 1e-7);
+
+            kern_axpy_f32_ref(y, 0.75f, x, n);
+            ops->axpy_f32(y2, 0.75f, x, n);
+            for (size_t i = 0; i < n; i++) {
+                assert_true(fabsf(y[i] - y2[i]) <= 1e-6f * (fabsf(y[i]) + 1.0f));
+            }
+            free(x);
+            free(y);
+            free(y2);
+        }
+    }
+    assert_true(tested >= 1);
+    /* the scalar table always exists; unknown levels have none */
+    assert_non_null(kern_vec_ops_get(KERN_ISA_SCALAR));
+    assert_null(kern_vec_ops_get(KERN_ISA_COUNT));
+}
+
+static void test_isa_choice_respects_cap(void **state)
+{
+    (void)state;
+    tdm_cpu_features_t f;
+    tdm_cpu_features_detect(&f);
+    kern_isa_t best = kern_cpu_isa_best(&f);
+    assert_true(kern_isa_supported(best, &f));
+    setenv("TANDEM_CPU_ISA", "scalar", 1);
+    assert_int_equal(kern_cpu_isa_best(&f), KERN_ISA_SCALAR);
+    unsetenv("TANDEM_CPU_ISA");
+    /* a CPU with no features gets the scalar path */
+    tdm_cpu_features_t none = {0};
+    assert_int_equal(kern_cpu_isa_best(&none), KERN_ISA_SCALAR);
+}
+
+static void test_rms_norm_reference(void **state)
+{
+    (void)state;
+    /* x = [3, 4]: mean(x^2) = 12.5, y = x / sqrt(12.5 + eps) * w */
+    float x[2] = {3.0f, 4.0f}, w[2] = {1.0f, 2.0f}, y[2];
+    kern_rms_norm_f32_ref(y, x, w, 1, 2, 0.0f);
+    assert_true(fabsf(y[0] - 3.0f / sqrtf(12.5f)) < 1e-6f);
+    assert_true(fabsf(y[1] - 8.0f / sqrtf(12.5f)) < 1e-6f);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_every_isa_matches_reference),
+        cmocka_unit_test(test_isa_choice_respects_cap),
+        cmocka_unit_test(test_rms_norm_reference),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
