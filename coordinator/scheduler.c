@@ -1,0 +1,598 @@
+/* scheduler.c - continuous batching, chunked prefill, preemption (see scheduler.h). */
+#include "coordinator/scheduler.h"
+
+#include "common/check.h"
+#include "common/log.h"
+#include "coordinator/kv_manager.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct crd_req crd_req_t;
+
+struct crd_req {
+    uint64_t id;
+    int32_t *tokens; /* prompt then generated tokens                     */
+    int32_t n_tokens, cap;
+    int32_t n_prompt;
+    int32_t n_computed; /* tokens[0, n_computed) have K/V in the cache     */
+    int32_t n_cached;   /* prompt tokens the prefix cache served (usage)    */
+    int32_t n_generated;
+    int32_t max_tokens;
+    int32_t *stop_ids;
+    int32_t n_stop_ids;
+    int32_t top_logprobs;
+    crd_sampler_t *sampler;
+    crd_kv_seq_t *kv;   /* NULL while waiting without blocks                */
+    bool admitted_once; /* n_cached is recorded on first admission only     */
+    bool canceled;
+    crd_event_fn on_event;
+    void *user;
+    crd_req_t *prev, *next;
+    /* this step */
+    int32_t step_chunk;
+    int32_t step_logit_row; /* -1: no logits this step */
+};
+
+typedef struct req_list {
+    crd_req_t *head, *tail;
+    int32_t n;
+} req_list_t;
+
+struct crd_sched {
+    crd_executor_t ex;
+    crd_sched_params_t p;
+    crd_kvm_t *kvm;
+    req_list_t waiting, running;
+    uint64_t next_id;
+    crd_sched_stats_t stats;
+    /* step buffers, sized at creation */
+    int32_t *tok, *pos, *seq;
+    uint8_t *want;
+    crd_step_seq_t *seqs;
+    crd_req_t **step_reqs;
+    float *logits; /* n_logits_max x n_vocab */
+    float *lp;     /* n_vocab scratch for log-probabilities */
+};
+
+const char *crd_finish_name(crd_finish_t f)
+{
+    switch (f) {
+    case CRD_FINISH_STOP:
+        return "stop";
+    case CRD_FINISH_LENGTH:
+        return "length";
+    case CRD_FINISH_CANCELED:
+        return "canceled";
+    case CRD_FINISH_ERROR:
+        return "error";
+    default:
+        return "none";
+    }
+}
+
+static void list_push_back(req_list_t *l, crd_req_t *r)
+{
+    r->next = NULL;
+    r->prev = l->tail;
+    if (l->tail != NULL) {
+        l->tail->next = r;
+    } else {
+        l->head = r;
+    }
+    l->tail = r;
+    l->n++;
+}
+
+static void list_push_front(req_list_t *l, crd_req_t *r)
+{
+    r->prev = NULL;
+    r->next = l->head;
+    if (l->head != NULL) {
+        l->head->prev = r;
+    } else {
+        l->tail = r;
+    }
+    l->head = r;
+    l->n++;
+}
+
+static void list_remove(req_list_t *l, crd_req_t *r)
+{
+    if (r->prev != NULL) {
+        r->prev->next = r->next;
+    } else {
+        l->head = r->next;
+    }
+    if (r->next != NULL) {
+        r->next->prev = r->prev;
+    } else {
+        l->tail = r->prev;
+    }
+    r->prev = r->next = NULL;
+    l->n--;
+}
+
+tdm_status_t crd_sched_create(const crd_executor_t *ex, const crd_sched_params_t *p,
+                              crd_sched_t **out, tdm_error_t *err)
+{
+    if (ex == NULL || ex->ops == NULL || ex->ops->step == NULL || ex->n_vocab <= 0 ||
+        ex->n_blocks <= 0 || ex->block_tokens <= 0 || ex->n_batch_max <= 0 ||
+        ex->n_logits_max <= 0 || ex->n_ctx_max <= 0) {
+        return tdm_error_set(err, TDM_ERR_INVALID_PARAM, "scheduler: incomplete executor");
+    }
+    if (p->token_budget <= 0 || p->max_running <= 0 || p->max_waiting < 0 || p->n_ctx <= 1) {
+        return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
+                             "scheduler: token_budget %d, max_running %d, max_waiting %d, "
+                             "n_ctx %d",
+                             (int)p->token_budget, (int)p->max_running, (int)p->max_waiting,
+                             (int)p->n_ctx);
+    }
+    crd_sched_t *s = calloc(1, sizeof(*s));
+    if (s == NULL) {
+        return tdm_error_set(err, TDM_ERR_NO_MEMORY, "scheduler: out of memory");
+    }
+    s->ex = *ex;
+    s->p = *p;
+    if (s->p.token_budget > ex->n_batch_max) {
+        s->p.token_budget = ex->n_batch_max;
+    }
+    if (s->p.n_ctx > ex->n_ctx_max) {
+        s->p.n_ctx = ex->n_ctx_max;
+    }
+    /* one sequence can never hold more positions than the whole KV cache */
+    if ((int64_t)s->p.n_ctx > (int64_t)ex->n_blocks * ex->block_tokens) {
+        s->p.n_ctx = ex->n_blocks * ex->block_tokens;
+    }
+    s->next_id = 1;
+    tdm_status_t st = crd_kvm_create(ex->n_blocks, ex->block_tokens, p->cache_seed, &s->kvm, err);
+    if (st != TDM_OK) {
+        free(s);
+        return st;
+    }
+    size_t nt = (size_t)s->p.token_budget, nr = (size_t)s->p.max_running;
+    s->tok = malloc(nt * sizeof(int32_t));
+    s->pos = malloc(nt * sizeof(int32_t));
+    s->seq = malloc(nt * sizeof(int32_t));
+    s->want = malloc(nt);
+    s->seqs = malloc(nr * sizeof(crd_step_seq_t));
+    s->step_reqs = malloc(nr * sizeof(crd_req_t *));
+    s->logits = malloc((size_t)ex->n_logits_max * (size_t)ex->n_vocab * sizeof(float));
+    s->lp = malloc((size_t)ex->n_vocab * sizeof(float));
+    if (s->tok == NULL || s->pos == NULL || s->seq == NULL || s->want == NULL || s->seqs == NULL ||
+        s->step_reqs == NULL || s->logits == NULL || s->lp == NULL) {
+        crd_sched_destroy(s);
+        return tdm_error_set(err, TDM_ERR_NO_MEMORY, "scheduler: out of memory for buffers");
+    }
+    *out = s;
+    return TDM_OK;
+}
+
+static void req_free(crd_sched_t *s, crd_req_t *r)
+{
+    crd_kvm_seq_free(s->kvm, r->kv);
+    crd_sampler_destroy(r->sampler);
+    free(r->tokens);
+    free(r->stop_ids);
+    free(r);
+}
+
+static crd_event_t make_event(const crd_req_t *r, int32_t token, crd_finish_t finish)
+{
+    crd_event_t ev = {0};
+    ev.req_id = r->id;
+    ev.token = token;
+    ev.logprob = NAN;
+    ev.finish = finish;
+    ev.n_prompt = r->n_prompt;
+    ev.n_cached = r->n_cached;
+    ev.n_generated = r->n_generated;
+    return ev;
+}
+
+/* Removes r from `from`, reports its end (if no event carried it yet) and frees it. */
+static void finish_req(crd_sched_t *s, req_list_t *from, crd_req_t *r, crd_finish_t why,
+                       const char *error, bool send_event)
+{
+    list_remove(from, r);
+    s->stats.finished[why]++;
+    if (send_event && r->on_event != NULL) {
+        crd_event_t ev = make_event(r, -1, why);
+        ev.error = error;
+        r->on_event(r->user, &ev);
+    }
+    req_free(s, r);
+}
+
+void crd_sched_destroy(crd_sched_t *s)
+{
+    if (s == NULL) {
+        return;
+    }
+    while (s->running.head != NULL) {
+        finish_req(s, &s->running, s->running.head, CRD_FINISH_CANCELED, NULL, true);
+    }
+    while (s->waiting.head != NULL) {
+        finish_req(s, &s->waiting, s->waiting.head, CRD_FINISH_CANCELED, NULL, true);
+    }
+    crd_kvm_destroy(s->kvm);
+    free(s->tok);
+    free(s->pos);
+    free(s->seq);
+    free(s->want);
+    free(s->seqs);
+    free(s->step_reqs);
+    free(s->logits);
+    free(s->lp);
+    free(s);
+}
+
+tdm_status_t crd_sched_submit(crd_sched_t *s, const crd_request_params_t *rp, uint64_t *req_id,
+                              tdm_error_t *err)
+{
+    if (rp->n_prompt <= 0 || rp->prompt == NULL) {
+        return tdm_error_set(err, TDM_ERR_INVALID_PARAM, "the prompt is empty");
+    }
+    if (rp->n_prompt >= s->p.n_ctx) {
+        return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
+                             "the prompt has %d tokens but the context is %d tokens: it must "
+                             "leave room for at least one generated token",
+                             (int)rp->n_prompt, (int)s->p.n_ctx);
+    }
+    for (int32_t i = 0; i < rp->n_prompt; i++) {
+        if (rp->prompt[i] < 0 || rp->prompt[i] >= s->ex.n_vocab) {
+            return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
+                                 "prompt token %d at index %d is outside the vocabulary (%d)",
+                                 (int)rp->prompt[i], (int)i, (int)s->ex.n_vocab);
+        }
+    }
+    if (rp->top_logprobs < 0 || rp->top_logprobs > CRD_MAX_TOP_LOGPROBS) {
+        return tdm_error_set(err, TDM_ERR_INVALID_PARAM, "top_logprobs must be in [0, %d]",
+                             CRD_MAX_TOP_LOGPROBS);
+    }
+    if (rp->n_stop_ids < 0 || (rp->n_stop_ids > 0 && rp->stop_ids == NULL)) {
+        return tdm_error_set(err, TDM_ERR_INVALID_PARAM, "bad stop token list");
+    }
+    if (s->waiting.n >= s->p.max_waiting) {
+        return tdm_error_set(err, TDM_ERR_BUSY, "the queue is full (%d requests waiting)",
+                             (int)s->waiting.n);
+    }
+    crd_req_t *r = calloc(1, sizeof(*r));
+    if (r == NULL) {
+        return tdm_error_set(err, TDM_ERR_NO_MEMORY, "out of memory for a request");
+    }
+    tdm_status_t st = crd_sampler_create(&rp->sampling, s->ex.n_vocab, &r->sampler, err);
+    if (st != TDM_OK) {
+        free(r);
+        return st;
+    }
+    r->cap = rp->n_prompt + 16;
+    r->tokens = malloc((size_t)r->cap * sizeof(int32_t));
+    r->stop_ids = malloc((size_t)(rp->n_stop_ids > 0 ? rp->n_stop_ids : 1) * sizeof(int32_t));
+    if (r->tokens == NULL || r->stop_ids == NULL) {
+        req_free(s, r);
+        return tdm_error_set(err, TDM_ERR_NO_MEMORY, "out of memory for a request");
+    }
+    memcpy(r->tokens, rp->prompt, (size_t)rp->n_prompt * sizeof(int32_t));
+    if (rp->n_stop_ids > 0) {
+        memcpy(r->stop_ids, rp->stop_ids, (size_t)rp->n_stop_ids * sizeof(int32_t));
+    }
+    for (int32_t i = 0; i < rp->n_prompt; i++) {
+        crd_sampler_accept_prompt(r->sampler, rp->prompt[i]);
+    }
+    r->n_tokens = r->n_prompt = rp->n_prompt;
+    r->n_stop_ids = rp->n_stop_ids;
+    r->max_tokens = rp->max_tokens;
+    r->top_logprobs = rp->top_logprobs;
+    r->on_event = rp->on_event;
+    r->user = rp->user;
+    r->id = s->next_id++;
+    list_push_back(&s->waiting, r);
+    s->stats.prompt_tokens += (uint64_t)rp->n_prompt;
+    *req_id = r->id;
+    return TDM_OK;
+}
+
+void crd_sched_cancel(crd_sched_t *s, uint64_t req_id)
+{
+    req_list_t *lists[2] = {&s->running, &s->waiting};
+    for (int l = 0; l < 2; l++) {
+        for (crd_req_t *r = lists[l]->head; r != NULL; r = r->next) {
+            if (r->id == req_id) {
+                r->canceled = true;
+                return;
+            }
+        }
+    }
+}
+
+bool crd_sched_has_work(const crd_sched_t *s)
+{
+    return s->running.n > 0 || s->waiting.n > 0;
+}
+
+/* Releases r's blocks and puts it at the front of the queue; it resumes by recomputing
+ * whatever the prefix cache no longer holds. */
+static void preempt(crd_sched_t *s, crd_req_t *r)
+{
+    list_remove(&s->running, r);
+    crd_kvm_seq_free(s->kvm, r->kv);
+    r->kv = NULL;
+    r->n_computed = 0;
+    list_push_front(&s->waiting, r);
+    s->stats.preemptions++;
+}
+
+static void drop_canceled(crd_sched_t *s, req_list_t *l)
+{
+    crd_req_t *r = l->head;
+    while (r != NULL) {
+        crd_req_t *next = r->next;
+        if (r->canceled) {
+            finish_req(s, l, r, CRD_FINISH_CANCELED, NULL, true);
+        }
+        r = next;
+    }
+}
+
+/* Tokens r should run this step given the budget left; 0 if it cannot run now. */
+static int32_t plan_chunk(const crd_sched_t *s, const crd_req_t *r, int32_t budget,
+                          int32_t n_logits)
+{
+    int32_t need = r->n_tokens - r->n_computed;
+    int32_t chunk = need < budget ? need : budget;
+    if (chunk > 0 && r->n_computed + chunk == r->n_tokens && n_logits >= s->ex.n_logits_max) {
+        /* its last token would need a logits row and none is left this step */
+        chunk = chunk > 1 ? chunk - 1 : 0;
+    }
+    return chunk;
+}
+
+/* Adds r's next chunk to the step arrays. */
+static void add_to_step(crd_sched_t *s, crd_req_t *r, int32_t chunk, int32_t *n_tok,
+                        int32_t *n_seqs, int32_t *n_logits)
+{
+    int32_t si = (*n_seqs)++;
+    s->step_reqs[si] = r;
+    int32_t nb;
+    s->seqs[si].blocks = crd_kvm_seq_blocks(r->kv, &nb);
+    s->seqs[si].n_blocks = nb;
+    r->step_chunk = chunk;
+    r->step_logit_row = -1;
+    for (int32_t i = 0; i < chunk; i++) {
+        int32_t p = r->n_computed + i, t = (*n_tok)++;
+        s->tok[t] = r->tokens[p];
+        s->pos[t] = p;
+        s->seq[t] = si;
+        s->want[t] = 0;
+    }
+    if (r->n_computed + chunk == r->n_tokens) {
+        s->want[*n_tok - 1] = 1;
+        r->step_logit_row = (*n_logits)++;
+    }
+}
+
+static int req_append(crd_req_t *r, int32_t token)
+{
+    if (r->n_tokens == r->cap) {
+        int32_t cap = r->cap * 2;
+        int32_t *nt = realloc(r->tokens, (size_t)cap * sizeof(int32_t));
+        if (nt == NULL) {
+            return -1;
+        }
+        r->tokens = nt;
+        r->cap = cap;
+    }
+    r->tokens[r->n_tokens++] = token;
+    return 0;
+}
+
+/* The top-n entries of lp[n_vocab] (descending, ties to the lower id). */
+static int32_t top_n(const float *lp, int32_t n_vocab, int32_t n, int32_t *ids, float *vals)
+{
+    int32_t k = 0;
+    for (int32_t t = 0; t < n_vocab; t++) {
+        if (k == n && lp[t] <= vals[k - 1]) {
+            continue;
+        }
+        int32_t j = k < n ? k++ : n - 1;
+        while (j > 0 && vals[j - 1] < lp[t]) {
+            vals[j] = vals[j - 1];
+            ids[j] = ids[j - 1];
+            j--;
+        }
+        vals[j] = lp[t];
+        ids[j] = t;
+    }
+    return k;
+}
+
+/* Samples r's next token from its logits row and reports it; true if r is finished. */
+static bool emit_token(crd_sched_t *s, crd_req_t *r, float *row, crd_finish_t *why)
+{
+    const int32_t nv = s->ex.n_vocab;
+    crd_log_softmax(row, s->lp, nv); /* raw model distribution, before any processing */
+    int32_t token = crd_sampler_sample(r->sampler, row);
+    crd_sampler_accept(r->sampler, token);
+    r->n_generated++;
+    s->stats.generated_tokens++;
+
+    int32_t top_ids[CRD_MAX_TOP_LOGPROBS];
+    float top_lp[CRD_MAX_TOP_LOGPROBS];
+    crd_event_t ev = make_event(r, token, CRD_FINISH_NONE);
+    ev.logprob = s->lp[token];
+    if (r->top_logprobs > 0) {
+        ev.n_top = top_n(s->lp, nv, r->top_logprobs, top_ids, top_lp);
+        ev.top_ids = top_ids;
+        ev.top_logprobs = top_lp;
+    }
+    for (int32_t i = 0; i < r->n_stop_ids; i++) {
+        if (token == r->stop_ids[i]) {
+            ev.is_stop_token = true;
+        }
+    }
+    if (ev.is_stop_token) {
+        ev.finish = CRD_FINISH_STOP;
+    } else if (r->max_tokens > 0 && r->n_generated >= r->max_tokens) {
+        ev.finish = CRD_FINISH_LENGTH;
+    } else if (r->n_tokens + 1 >= s->p.n_ctx) {
+        ev.finish = CRD_FINISH_LENGTH; /* the new token would sit at the last position */
+    }
+    if (ev.finish == CRD_FINISH_NONE && req_append(r, token) != 0) {
+        ev.finish = CRD_FINISH_ERROR;
+        ev.error = "out of memory for generated tokens";
+    }
+    int stop = r->on_event != NULL ? r->on_event(r->user, &ev) : 0;
+    if (ev.finish == CRD_FINISH_NONE && stop) {
+        /* the callback consumed the token and wants no more: report the end */
+        *why = CRD_FINISH_STOP;
+        if (r->on_event != NULL) {
+            crd_event_t end = make_event(r, -1, CRD_FINISH_STOP);
+            r->on_event(r->user, &end);
+        }
+        return true;
+    }
+    *why = ev.finish;
+    return ev.finish != CRD_FINISH_NONE;
+}
+
+tdm_status_t crd_sched_step(crd_sched_t *s, tdm_error_t *err)
+{
+    drop_canceled(s, &s->running);
+    drop_canceled(s, &s->waiting);
+    if (!crd_sched_has_work(s)) {
+        return TDM_OK;
+    }
+
+    int32_t budget = s->p.token_budget, n_tok = 0, n_seqs = 0, n_logits = 0;
+    bool preempted = false;
+
+    /* 1. running requests, oldest first */
+    for (crd_req_t *r = s->running.head; r != NULL && budget > 0;) {
+        int32_t chunk = plan_chunk(s, r, budget, n_logits);
+        if (chunk == 0) {
+            r = r->next;
+            continue;
+        }
+        bool self_preempted = false;
+        while (crd_kvm_seq_reserve(s->kvm, r->kv, r->n_computed + chunk) == TDM_ERR_BUSY) {
+            crd_req_t *victim = s->running.tail;
+            preempted = true;
+            if (victim == r && s->running.n == 1) {
+                /* cannot happen while n_ctx <= the cache size; never loop on it */
+                TDM_ERROR("sched", "request %llu alone does not fit the KV cache",
+                          (unsigned long long)r->id);
+                finish_req(s, &s->running, r, CRD_FINISH_ERROR, "the KV cache is too small", true);
+                self_preempted = true;
+                break;
+            }
+            if (victim == r) {
+                preempt(s, r);
+                self_preempted = true;
+                break;
+            }
+            preempt(s, victim);
+        }
+        if (!self_preempted) {
+            add_to_step(s, r, chunk, &n_tok, &n_seqs, &n_logits);
+            budget -= chunk;
+        }
+        if (self_preempted) {
+            break; /* everything after r was preempted before r itself */
+        }
+        r = r->next; /* r is still running; its successors may have been preempted */
+    }
+
+    /* 2. admit waiting requests (not in a step that had to preempt) */
+    while (!preempted && s->waiting.head != NULL && budget > 0 && s->running.n < s->p.max_running) {
+        crd_req_t *r = s->waiting.head;
+        if (r->kv == NULL) {
+            int32_t cached = 0;
+            tdm_status_t st =
+                crd_kvm_seq_create(s->kvm, r->tokens, r->n_tokens, &r->kv, &cached, NULL);
+            if (st != TDM_OK) {
+                break;
+            }
+            r->n_computed = cached;
+            if (!r->admitted_once) {
+                r->n_cached = cached < r->n_prompt ? cached : r->n_prompt;
+            }
+        }
+        int32_t chunk = plan_chunk(s, r, budget, n_logits);
+        if (chunk == 0 || crd_kvm_seq_reserve(s->kvm, r->kv, r->n_computed + chunk) != TDM_OK) {
+            /* keep no idle references while waiting, so the cache can evict freely */
+            crd_kvm_seq_free(s->kvm, r->kv);
+            r->kv = NULL;
+            r->n_computed = 0;
+            break;
+        }
+        r->admitted_once = true;
+        list_remove(&s->waiting, r);
+        list_push_back(&s->running, r);
+        add_to_step(s, r, chunk, &n_tok, &n_seqs, &n_logits);
+        budget -= chunk;
+    }
+
+    if (n_tok == 0) {
+        if (s->running.n == 0 && s->waiting.n > 0 && crd_kvm_available(s->kvm) == s->ex.n_blocks) {
+            /* nothing runs and the whole cache is free: the head request cannot fit at all */
+            crd_req_t *r = s->waiting.head;
+            finish_req(s, &s->waiting, r, CRD_FINISH_ERROR,
+                       "the request needs more KV-cache blocks than the server has", true);
+        }
+        return TDM_OK;
+    }
+
+    crd_step_t step = {
+        .n_tokens = n_tok,
+        .token = s->tok,
+        .pos = s->pos,
+        .seq = s->seq,
+        .want_logits = s->want,
+        .n_logits = n_logits,
+        .n_seqs = n_seqs,
+        .seqs = s->seqs,
+    };
+    s->stats.steps++;
+    tdm_error_t xerr = {0};
+    tdm_status_t st = s->ex.ops->step(s->ex.impl, &step, s->logits, &xerr);
+    if (st != TDM_OK) {
+        TDM_ERROR("sched", "step of %d tokens failed: %s", (int)n_tok, tdm_error_msg(&xerr));
+        for (int32_t i = 0; i < n_seqs; i++) {
+            finish_req(s, &s->running, s->step_reqs[i], CRD_FINISH_ERROR, tdm_error_msg(&xerr),
+                       true);
+        }
+        return tdm_error_set(err, st, "%s", tdm_error_msg(&xerr));
+    }
+    s->stats.computed_tokens += (uint64_t)n_tok;
+
+    for (int32_t i = 0; i < n_seqs; i++) {
+        crd_req_t *r = s->step_reqs[i];
+        r->n_computed += r->step_chunk;
+        crd_kvm_seq_commit(s->kvm, r->kv, r->tokens, r->n_computed);
+        if (r->step_logit_row < 0) {
+            continue;
+        }
+        crd_finish_t why = CRD_FINISH_NONE;
+        float *row = s->logits + (size_t)r->step_logit_row * (size_t)s->ex.n_vocab;
+        if (emit_token(s, r, row, &why)) {
+            finish_req(s, &s->running, r, why, NULL, false);
+        }
+    }
+    return TDM_OK;
+}
+
+void crd_sched_get_stats(const crd_sched_t *s, crd_sched_stats_t *out)
+{
+    *out = s->stats;
+    out->n_running = s->running.n;
+    out->n_waiting = s->waiting.n;
+    crd_kvm_stats_t ks;
+    crd_kvm_get_stats(s->kvm, &ks);
+    out->prefix_queries = ks.prefix_queries;
+    out->prefix_hits = ks.prefix_hits;
+    out->kv_blocks_total = ks.n_blocks;
+    out->kv_blocks_used = ks.n_used;
+    out->kv_blocks_free = ks.n_free + ks.n_cached_idle;
+}

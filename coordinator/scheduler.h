@@ -1,0 +1,121 @@
+/*
+ * scheduler.h - continuous batching with chunked prefill over a paged KV cache.
+ *
+ * Every call to crd_sched_step() forms one step (vLLM v1 style):
+ *   1. requests already running get their next tokens first, in admission order: one
+ *      token for a decode, the next chunk of its prompt for a partial prefill, all under
+ *      a per-step token budget so a long prompt never stalls running streams for long;
+ *   2. if KV blocks run out, the most recently admitted running request is preempted:
+ *      its blocks are released (full ones stay in the prefix cache) and it goes back to
+ *      the front of the queue, to be resumed by recomputing what the cache lost;
+ *   3. waiting requests are admitted while budget, KV blocks and the running limit allow;
+ *      a new request first reuses the longest cached prefix of its prompt.
+ * The step goes to the executor; each request whose prompt is now fully computed gets a
+ * sampled token, reported through its event callback.
+ *
+ * Requests are ended by a stop token, max_tokens, the context limit, their callback
+ * asking to stop (stop strings live above the token level), cancellation (takes effect at
+ * the start of the next step: blocks are freed within one step) or an executor error.
+ *
+ * Single-threaded: one thread owns a scheduler (the engine loop, or `tandem generate`).
+ */
+#ifndef CRD_SCHEDULER_H
+#define CRD_SCHEDULER_H
+
+#include "common/status.h"
+#include "coordinator/sampler.h"
+#include "coordinator/step.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#define CRD_MAX_TOP_LOGPROBS 20
+
+typedef enum crd_finish {
+    CRD_FINISH_NONE = 0, /* more events follow                               */
+    CRD_FINISH_STOP,     /* stop token, or the callback asked to stop         */
+    CRD_FINISH_LENGTH,   /* max_tokens or the context limit                   */
+    CRD_FINISH_CANCELED, /* crd_sched_cancel                                  */
+    CRD_FINISH_ERROR,    /* the executor failed                               */
+} crd_finish_t;
+
+const char *crd_finish_name(crd_finish_t f);
+
+typedef struct crd_event {
+    uint64_t req_id;
+    int32_t token;      /* generated token, or -1 on a final event without one   */
+    bool is_stop_token; /* token is one of the request's stop ids                */
+    float logprob;      /* log p(token) under the model's raw distribution       */
+    int32_t n_top;      /* top alternatives (0 unless top_logprobs > 0)          */
+    const int32_t *top_ids;
+    const float *top_logprobs;
+    crd_finish_t finish; /* NONE unless this is the request's last event          */
+    const char *error;   /* message when finish == CRD_FINISH_ERROR               */
+    int32_t n_prompt;    /* usage: prompt tokens                                   */
+    int32_t n_cached;    /* usage: prompt tokens served from the prefix cache      */
+    int32_t n_generated; /* usage: tokens generated so far, this one included      */
+} crd_event_t;
+
+/* Called on the scheduler's thread for every generated token and for the end of a
+ * request. Return non-zero to end the request now with CRD_FINISH_STOP (e.g. a stop
+ * string matched); the return value of a final event is ignored. */
+typedef int (*crd_event_fn)(void *user, const crd_event_t *ev);
+
+typedef struct crd_request_params {
+    const int32_t *prompt; /* copied                                          */
+    int32_t n_prompt;
+    int32_t max_tokens; /* <= 0: until a stop token or the context limit   */
+    crd_sampling_params_t sampling;
+    const int32_t *stop_ids; /* copied; tokens that end the request             */
+    int32_t n_stop_ids;
+    int32_t top_logprobs; /* 0..CRD_MAX_TOP_LOGPROBS alternatives per token  */
+    crd_event_fn on_event;
+    void *user;
+} crd_request_params_t;
+
+typedef struct crd_sched_params {
+    int32_t token_budget; /* most tokens per step (<= executor n_batch_max)      */
+    int32_t max_running;  /* most sequences per step                             */
+    int32_t max_waiting;  /* queue limit: more submissions get TDM_ERR_BUSY      */
+    int32_t n_ctx;        /* positions per sequence (<= executor n_ctx_max)      */
+    uint64_t cache_seed;  /* namespaces prefix-cache hashes (model identity)     */
+} crd_sched_params_t;
+
+typedef struct crd_sched_stats {
+    int32_t n_running, n_waiting;
+    uint64_t steps, preemptions;
+    uint64_t prompt_tokens, generated_tokens, computed_tokens;
+    uint64_t prefix_queries, prefix_hits;
+    uint64_t finished[CRD_FINISH_ERROR + 1];
+    int32_t kv_blocks_total, kv_blocks_used, kv_blocks_free;
+} crd_sched_stats_t;
+
+typedef struct crd_sched crd_sched_t;
+
+/* ex must outlive the scheduler. */
+tdm_status_t crd_sched_create(const crd_executor_t *ex, const crd_sched_params_t *p,
+                              crd_sched_t **out, tdm_error_t *err);
+/* Ends any remaining request with CRD_FINISH_CANCELED (callbacks run) and frees. */
+void crd_sched_destroy(crd_sched_t *s);
+
+/*
+ * Queues a request. TDM_ERR_INVALID_PARAM (message with the numbers) for an empty prompt,
+ * a prompt that leaves no room to generate within n_ctx, bad sampling parameters or
+ * token ids; TDM_ERR_BUSY when the queue is full.
+ */
+tdm_status_t crd_sched_submit(crd_sched_t *s, const crd_request_params_t *rp, uint64_t *req_id,
+                              tdm_error_t *err);
+
+/* Marks a request canceled; it ends at the start of the next step. Unknown ids are ignored. */
+void crd_sched_cancel(crd_sched_t *s, uint64_t req_id);
+
+/* True while any request is queued or running. */
+bool crd_sched_has_work(const crd_sched_t *s);
+
+/* Runs one step (no-op without work). An executor failure ends the step's requests with
+ * CRD_FINISH_ERROR and is returned; the scheduler stays usable. */
+tdm_status_t crd_sched_step(crd_sched_t *s, tdm_error_t *err);
+
+void crd_sched_get_stats(const crd_sched_t *s, crd_sched_stats_t *out);
+
+#endif

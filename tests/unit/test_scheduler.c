@@ -1,0 +1,462 @@
+/*
+ * test_scheduler.c - continuous batching against a test executor whose "model" reads
+ * its whole context through the KV cache.
+ *
+ * The test executor keeps a real KV store: every step token is written at the
+ * (block, offset) its sequence's block table names, tagged with its position; a token
+ * needing logits then reads positions 0..pos back through the block table (failing the
+ * test on a missing or wrong-position entry) and its logits peak at a hash of that whole
+ * context. Any wrong block table, prefix-cache hit on the wrong blocks, lost chunk or
+ * bad preemption replay therefore changes the generated tokens, which are compared with
+ * a direct computation from the true token sequence.
+ */
+#include "coordinator/scheduler.h"
+
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#define NV 64
+#define BT 4
+
+typedef struct fake_exec {
+    int32_t n_blocks;
+    int32_t *kv_tok; /* [n_blocks * BT] */
+    int32_t *kv_pos; /* [n_blocks * BT] position + 1, 0 = empty */
+    int32_t max_tokens_seen, max_seqs_seen, steps;
+    int fail_at_step; /* 1-based; 0 = never */
+    int32_t budget;
+} fake_exec_t;
+
+static uint32_t ctx_hash(const int32_t *toks, int32_t n)
+{
+    uint32_t h = 2166136261u;
+    for (int32_t i = 0; i < n; i++) {
+        h = (h ^ (uint32_t)toks[i]) * 16777619u;
+    }
+    return h;
+}
+
+static void fill_logits(float *row, uint32_t h)
+{
+    for (int32_t v = 0; v < NV; v++) {
+        row[v] = (float)((h >> (v % 16)) & 7) * 0.25f; /* a spread of values ... */
+    }
+    row[h % NV] = 10.0f; /* ... and one clear winner */
+}
+
+static tdm_status_t fake_step(void *impl, const crd_step_t *st, float *logits, tdm_error_t *err)
+{
+    fake_exec_t *fx = impl;
+    fx->steps++;
+    if (fx->fail_at_step == fx->steps) {
+        return tdm_error_set(err, TDM_ERR_TRANSPORT, "shard 1 is gone");
+    }
+    assert_true(st->n_tokens <= fx->budget);
+    fx->max_tokens_seen = st->n_tokens > fx->max_tokens_seen ? st->n_tokens : fx->max_tokens_seen;
+    fx->max_seqs_seen = st->n_seqs > fx->max_seqs_seen ? st->n_seqs : fx->max_seqs_seen;
+    for (int32_t t = 0; t < st->n_tokens; t++) {
+        const crd_step_seq_t *sq = &st->seqs[st->seq[t]];
+        int32_t p = st->pos[t];
+        assert_true(p / BT < sq->n_blocks);
+        int32_t b = sq->blocks[p / BT];
+        assert_true(b >= 0 && b < fx->n_blocks);
+        fx->kv_tok[b * BT + p % BT] = st->token[t];
+        fx->kv_pos[b * BT + p % BT] = p + 1;
+    }
+    int32_t row = 0, ctx[512];
+    for (int32_t t = 0; t < st->n_tokens; t++) {
+        if (!st->want_logits[t]) {
+            continue;
+        }
+        const crd_step_seq_t *sq = &st->seqs[st->seq[t]];
+        for (int32_t p = 0; p <= st->pos[t]; p++) {
+            int32_t b = sq->blocks[p / BT];
+            assert_int_equal(fx->kv_pos[b * BT + p % BT], p + 1);
+            ctx[p] = fx->kv_tok[b * BT + p % BT];
+        }
+        fill_logits(logits + (size_t)row * NV, ctx_hash(ctx, st->pos[t] + 1));
+        row++;
+    }
+    assert_int_equal(row, st->n_logits);
+    return TDM_OK;
+}
+
+static const crd_executor_ops_t fake_ops = {fake_step};
+
+static void fake_init(fake_exec_t *fx, crd_executor_t *ex, int32_t n_blocks, int32_t budget)
+{
+    memset(fx, 0, sizeof(*fx));
+    fx->n_blocks = n_blocks;
+    fx->budget = budget;
+    fx->kv_tok = calloc((size_t)n_blocks * BT, sizeof(int32_t));
+    fx->kv_pos = calloc((size_t)n_blocks * BT, sizeof(int32_t));
+    *ex = (crd_executor_t){&fake_ops, fx, NV, n_blocks, BT, budget, 8, 256};
+}
+
+static void fake_free(fake_exec_t *fx)
+{
+    free(fx->kv_tok);
+    free(fx->kv_pos);
+}
+
+/* Greedy continuation computed directly from the true sequence. */
+static void reference(const int32_t *prompt, int32_t n, int32_t n_gen, int32_t *out)
+{
+    int32_t seq[512];
+    memcpy(seq, prompt, (size_t)n * sizeof(int32_t));
+    float row[NV];
+    for (int32_t i = 0; i < n_gen; i++) {
+        fill_logits(row, ctx_hash(seq, n + i));
+        int32_t best = 0;
+        for (int32_t v = 1; v < NV; v++) {
+            best = row[v] > row[best] ? v : best;
+        }
+        out[i] = seq[n + i] = best;
+    }
+}
+
+typedef struct collected {
+    int32_t toks[256];
+    int32_t n;
+    crd_finish_t finish;
+    int n_final;
+    int32_t n_cached;
+    int stop_after; /* ask to stop after this many tokens (0 = never) */
+    float logprob_sum;
+    int top_ok;
+    char error[128];
+} collected_t;
+
+static int collect(void *user, const crd_event_t *ev)
+{
+    collected_t *c = user;
+    if (ev->token >= 0) {
+        c->toks[c->n++] = ev->token;
+        c->logprob_sum += ev->logprob;
+        if (ev->n_top > 0) {
+            int ok = ev->top_ids[0] == ev->token; /* greedy: the sampled token is the top */
+            for (int32_t i = 1; i < ev->n_top; i++) {
+                ok &= ev->top_logprobs[i] <= ev->top_logprobs[i - 1];
+            }
+            c->top_ok += ok;
+        }
+    }
+    if (ev->finish != CRD_FINISH_NONE) {
+        c->finish = ev->finish;
+        c->n_final++;
+        c->n_cached = ev->n_cached;
+        if (ev->error != NULL) {
+            strncpy(c->error, ev->error, sizeof(c->error) - 1);
+        }
+    }
+    return c->stop_after > 0 && c->n >= c->stop_after;
+}
+
+static crd_request_params_t greedy_req(const int32_t *prompt, int32_t n, int32_t max_tokens,
+                                       collected_t *c)
+{
+    crd_request_params_t rp = {0};
+    rp.prompt = prompt;
+    rp.n_prompt = n;
+    rp.max_tokens = max_tokens;
+    crd_sampling_params_default(&rp.sampling);
+    rp.sampling.temperature = 0.0f;
+    rp.on_event = collect;
+    rp.user = c;
+    return rp;
+}
+
+static void run_all(crd_sched_t *s)
+{
+    for (int i = 0; i < 10000 && crd_sched_has_work(s); i++) {
+        assert_int_equal(crd_sched_step(s, NULL), TDM_OK);
+    }
+    assert_false(crd_sched_has_work(s));
+}
+
+static void make_prompt(int32_t *p, int32_t n, int32_t stem, int32_t salt)
+{
+    for (int32_t i = 0; i < n; i++) {
+        p[i] = (stem * 7 + i * 3) % NV;
+    }
+    if (salt >= 0) {
+        p[n - 1] = salt % NV;
+    }
+}
+
+static void check_many(int32_t n_blocks, int32_t budget, int32_t max_running, int n_req,
+                       uint64_t *preemptions)
+{
+    fake_exec_t fx;
+    crd_executor_t ex;
+    fake_init(&fx, &ex, n_blocks, budget);
+    crd_sched_params_t sp = {budget, max_running, 64, 256, 99};
+    crd_sched_t *s = NULL;
+    assert_int_equal(crd_sched_create(&ex, &sp, &s, NULL), TDM_OK);
+    static int32_t prompts[16][64];
+    collected_t got[16];
+    int32_t plen[16], ngen[16];
+    memset(got, 0, sizeof(got));
+    for (int i = 0; i < n_req; i++) {
+        plen[i] = 5 + (i * 11) % 40;
+        ngen[i] = 3 + (i * 5) % 20;
+        make_prompt(prompts[i], plen[i], i % 3, i); /* three shared stems */
+        uint64_t id;
+        crd_request_params_t rp = greedy_req(prompts[i], plen[i], ngen[i], &got[i]);
+        assert_int_equal(crd_sched_submit(s, &rp, &id, NULL), TDM_OK);
+    }
+    run_all(s);
+    for (int i = 0; i < n_req; i++) {
+        int32_t want[64];
+        reference(prompts[i], plen[i], ngen[i], want);
+        assert_int_equal(got[i].n, ngen[i]);
+        assert_memory_equal(got[i].toks, want, (size_t)ngen[i] * sizeof(int32_t));
+        assert_int_equal(got[i].finish, CRD_FINISH_LENGTH);
+        assert_int_equal(got[i].n_final, 1);
+    }
+    assert_true(fx.max_tokens_seen <= budget);
+    assert_true(fx.max_seqs_seen <= max_running);
+    crd_sched_stats_t st;
+    crd_sched_get_stats(s, &st);
+    assert_int_equal(st.kv_blocks_used, 0);
+    assert_int_equal(st.finished[CRD_FINISH_LENGTH], (uint64_t)n_req);
+    *preemptions = st.preemptions;
+    crd_sched_destroy(s);
+    fake_free(&fx);
+}
+
+static void test_batched_outputs_equal_reference(void **state)
+{
+    (void)state;
+    uint64_t pre;
+    check_many(256, 64, 16, 12, &pre); /* plenty of KV: pure continuous batching */
+    assert_int_equal(pre, 0);
+    check_many(256, 7, 16, 12, &pre); /* tiny budget: many chunked prefills */
+}
+
+static void test_preemption_under_kv_pressure(void **state)
+{
+    (void)state;
+    uint64_t pre;
+    check_many(20, 32, 8, 12, &pre); /* 80 positions for 12 requests of up to 64 */
+    assert_true(pre > 0);
+}
+
+static void test_prefix_cache_hit_is_reported_and_correct(void **state)
+{
+    (void)state;
+    fake_exec_t fx;
+    crd_executor_t ex;
+    fake_init(&fx, &ex, 64, 64);
+    crd_sched_params_t sp = {64, 8, 8, 256, 1};
+    crd_sched_t *s = NULL;
+    assert_int_equal(crd_sched_create(&ex, &sp, &s, NULL), TDM_OK);
+    int32_t p[30];
+    make_prompt(p, 30, 1, -1);
+    collected_t a = {0}, b = {0};
+    uint64_t id;
+    crd_request_params_t rp = greedy_req(p, 30, 5, &a);
+    assert_int_equal(crd_sched_submit(s, &rp, &id, NULL), TDM_OK);
+    run_all(s);
+    rp = greedy_req(p, 30, 5, &b);
+    assert_int_equal(crd_sched_submit(s, &rp, &id, NULL), TDM_OK);
+    run_all(s);
+    assert_int_equal(a.n_cached, 0);
+    assert_int_equal(b.n_cached, 28); /* 7 full blocks of 4 before the last token */
+    assert_memory_equal(a.toks, b.toks, 5 * sizeof(int32_t));
+    crd_sched_stats_t st;
+    crd_sched_get_stats(s, &st);
+    assert_int_equal(st.prefix_hits, 28);
+    crd_sched_destroy(s);
+    fake_free(&fx);
+}
+
+static void test_decode_not_starved_by_long_prefill(void **state)
+{
+    (void)state;
+    fake_exec_t fx;
+    crd_executor_t ex;
+    fake_init(&fx, &ex, 128, 16);
+    crd_sched_params_t sp = {16, 8, 8, 256, 1};
+    crd_sched_t *s = NULL;
+    assert_int_equal(crd_sched_create(&ex, &sp, &s, NULL), TDM_OK);
+    int32_t shortp[3] = {1, 2, 3}, longp[200];
+    make_prompt(longp, 200, 2, -1);
+    collected_t a = {0}, b = {0};
+    uint64_t id;
+    crd_request_params_t rp = greedy_req(shortp, 3, 100, &a);
+    assert_int_equal(crd_sched_submit(s, &rp, &id, NULL), TDM_OK);
+    assert_int_equal(crd_sched_step(s, NULL), TDM_OK); /* short one is now decoding */
+    rp = greedy_req(longp, 200, 2, &b);
+    assert_int_equal(crd_sched_submit(s, &rp, &id, NULL), TDM_OK);
+    /* the 200-token prompt needs >= 14 steps at 15 tokens each; the decode moves every step */
+    for (int i = 0; i < 10; i++) {
+        int32_t before = a.n;
+        assert_int_equal(crd_sched_step(s, NULL), TDM_OK);
+        assert_int_equal(a.n, before + 1);
+    }
+    assert_int_equal(b.n, 0);
+    run_all(s);
+    int32_t want[100];
+    reference(longp, 200, 2, want);
+    assert_memory_equal(b.toks, want, 2 * sizeof(int32_t));
+    crd_sched_destroy(s);
+    fake_free(&fx);
+}
+
+static void test_stop_cancel_limits_and_errors(void **state)
+{
+    (void)state;
+    fake_exec_t fx;
+    crd_executor_t ex;
+    fake_init(&fx, &ex, 64, 32);
+    crd_sched_params_t sp = {32, 8, 2, 40, 1};
+    crd_sched_t *s = NULL;
+    assert_int_equal(crd_sched_create(&ex, &sp, &s, NULL), TDM_OK);
+    int32_t p[10];
+    make_prompt(p, 10, 0, -1);
+    int32_t want[64];
+    reference(p, 10, 30, want);
+    uint64_t id;
+    tdm_error_t err = {0};
+
+    /* a stop id ends the request on that token, reported as a stop token */
+    collected_t a = {0};
+    crd_request_params_t rp = greedy_req(p, 10, 0, &a);
+    rp.stop_ids = &want[3];
+    rp.n_stop_ids = 1;
+    rp.top_logprobs = 5;
+    assert_int_equal(crd_sched_submit(s, &rp, &id, NULL), TDM_OK);
+    run_all(s);
+    assert_int_equal(a.finish, CRD_FINISH_STOP);
+    assert_true(a.n <= 4 && a.toks[a.n - 1] == want[3]);
+    assert_int_equal(a.top_ok, a.n);
+    assert_true(a.logprob_sum < 0.0f);
+
+    /* the callback can stop a request (stop strings) */
+    collected_t b = {0};
+    b.stop_after = 2;
+    rp = greedy_req(p, 10, 0, &b);
+    assert_int_equal(crd_sched_submit(s, &rp, &id, NULL), TDM_OK);
+    run_all(s);
+    assert_int_equal(b.n, 2);
+    assert_int_equal(b.finish, CRD_FINISH_STOP);
+    assert_int_equal(b.n_final, 1);
+
+    /* no max_tokens: the context limit (40) ends it */
+    collected_t c = {0};
+    rp = greedy_req(p, 10, 0, &c);
+    assert_int_equal(crd_sched_submit(s, &rp, &id, NULL), TDM_OK);
+    run_all(s);
+    assert_int_equal(c.finish, CRD_FINISH_LENGTH);
+    assert_int_equal(10 + c.n, 40);
+
+    /* too-long prompt and bad tokens are refused with the numbers */
+    int32_t big[40] = {0};
+    rp = greedy_req(big, 40, 1, &c);
+    assert_int_equal(crd_sched_submit(s, &rp, &id, &err), TDM_ERR_INVALID_PARAM);
+    assert_non_null(strstr(err.msg, "40 tokens"));
+    int32_t bad[2] = {1, NV};
+    rp = greedy_req(bad, 2, 1, &c);
+    assert_int_equal(crd_sched_submit(s, &rp, &id, NULL), TDM_ERR_INVALID_PARAM);
+
+    /* queue limit: 2 waiting requests, the third is refused with BUSY */
+    collected_t q[3];
+    memset(q, 0, sizeof(q));
+    for (int i = 0; i < 2; i++) {
+        rp = greedy_req(p, 10, 50, &q[i]);
+        assert_int_equal(crd_sched_submit(s, &rp, &id, NULL), TDM_OK);
+    }
+    rp = greedy_req(p, 10, 50, &q[2]);
+    assert_int_equal(crd_sched_submit(s, &rp, &id, NULL), TDM_ERR_BUSY);
+
+    /* cancel: blocks come back within one step */
+    assert_int_equal(crd_sched_step(s, NULL), TDM_OK);
+    crd_sched_cancel(s, id);
+    crd_sched_cancel(s, id - 1);
+    crd_sched_cancel(s, 987654); /* unknown: ignored */
+    assert_int_equal(crd_sched_step(s, NULL), TDM_OK);
+    crd_sched_stats_t st;
+    crd_sched_get_stats(s, &st);
+    assert_int_equal(st.kv_blocks_used, 0);
+    assert_int_equal(q[0].finish, CRD_FINISH_CANCELED);
+    assert_int_equal(q[1].finish, CRD_FINISH_CANCELED);
+    assert_false(crd_sched_has_work(s));
+
+    /* an executor failure ends the step's requests with the error, and the scheduler lives on */
+    collected_t e1 = {0}, e2 = {0};
+    rp = greedy_req(p, 10, 5, &e1);
+    assert_int_equal(crd_sched_submit(s, &rp, &id, NULL), TDM_OK);
+    rp = greedy_req(p, 10, 5, &e2);
+    assert_int_equal(crd_sched_submit(s, &rp, &id, NULL), TDM_OK);
+    fx.fail_at_step = fx.steps + 1;
+    tdm_error_clear(&err);
+    assert_int_equal(crd_sched_step(s, &err), TDM_ERR_TRANSPORT);
+    assert_non_null(strstr(err.msg, "shard 1"));
+    assert_int_equal(e1.finish, CRD_FINISH_ERROR);
+    assert_int_equal(e2.finish, CRD_FINISH_ERROR);
+    assert_non_null(strstr(e1.error, "shard 1"));
+    collected_t f = {0};
+    rp = greedy_req(p, 10, 3, &f);
+    assert_int_equal(crd_sched_submit(s, &rp, &id, NULL), TDM_OK);
+    run_all(s);
+    assert_memory_equal(f.toks, want, 3 * sizeof(int32_t));
+
+    /* destroy ends whatever is left as canceled */
+    collected_t g = {0};
+    rp = greedy_req(p, 10, 5, &g);
+    assert_int_equal(crd_sched_submit(s, &rp, &id, NULL), TDM_OK);
+    crd_sched_destroy(s);
+    assert_int_equal(g.finish, CRD_FINISH_CANCELED);
+    fake_free(&fx);
+}
+
+static void test_seeded_sampling_repeats(void **state)
+{
+    (void)state;
+    int32_t p[6] = {1, 2, 3, 4, 5, 6};
+    collected_t r[2];
+    memset(r, 0, sizeof(r));
+    for (int k = 0; k < 2; k++) {
+        fake_exec_t fx;
+        crd_executor_t ex;
+        fake_init(&fx, &ex, 64, 32);
+        crd_sched_params_t sp = {32, 8, 8, 256, 1};
+        crd_sched_t *s = NULL;
+        assert_int_equal(crd_sched_create(&ex, &sp, &s, NULL), TDM_OK);
+        crd_request_params_t rp = greedy_req(p, 6, 40, &r[k]);
+        rp.sampling.temperature = 3.0f; /* flat enough that draws vary */
+        rp.sampling.seed = 77;
+        rp.sampling.has_seed = true;
+        uint64_t id;
+        assert_int_equal(crd_sched_submit(s, &rp, &id, NULL), TDM_OK);
+        run_all(s);
+        crd_sched_destroy(s);
+        fake_free(&fx);
+    }
+    assert_int_equal(r[0].n, 40);
+    assert_memory_equal(r[0].toks, r[1].toks, 40 * sizeof(int32_t));
+    int32_t greedy[40];
+    reference(p, 6, 40, greedy);
+    assert_memory_not_equal(r[0].toks, greedy, 40 * sizeof(int32_t));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_batched_outputs_equal_reference),
+        cmocka_unit_test(test_preemption_under_kv_pressure),
+        cmocka_unit_test(test_prefix_cache_hit_is_reported_and_correct),
+        cmocka_unit_test(test_decode_not_starved_by_long_prefill),
+        cmocka_unit_test(test_stop_cancel_limits_and_errors),
+        cmocka_unit_test(test_seeded_sampling_repeats),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
