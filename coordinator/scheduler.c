@@ -41,7 +41,7 @@ typedef struct req_list {
 } req_list_t;
 
 struct crd_sched {
-    crd_executor_t ex;
+    xp_executor_t ex;
     crd_sched_params_t p;
     crd_kvm_t *kvm;
     req_list_t waiting, running;
@@ -50,7 +50,7 @@ struct crd_sched {
     /* step buffers, sized at creation */
     int32_t *tok, *pos, *seq;
     uint8_t *want;
-    crd_step_seq_t *seqs;
+    xp_step_seq_t *seqs;
     crd_req_t **step_reqs;
     float *logits; /* n_logits_max x n_vocab */
     float *lp;     /* n_vocab scratch for log-probabilities */
@@ -114,7 +114,7 @@ static void list_remove(req_list_t *l, crd_req_t *r)
     l->n--;
 }
 
-tdm_status_t crd_sched_create(const crd_executor_t *ex, const crd_sched_params_t *p,
+tdm_status_t crd_sched_create(const xp_executor_t *ex, const crd_sched_params_t *p,
                               crd_sched_t **out, tdm_error_t *err)
 {
     if (ex == NULL || ex->ops == NULL || ex->ops->step == NULL || ex->n_vocab <= 0 ||
@@ -156,7 +156,7 @@ tdm_status_t crd_sched_create(const crd_executor_t *ex, const crd_sched_params_t
     s->pos = malloc(nt * sizeof(int32_t));
     s->seq = malloc(nt * sizeof(int32_t));
     s->want = malloc(nt);
-    s->seqs = malloc(nr * sizeof(crd_step_seq_t));
+    s->seqs = malloc(nr * sizeof(xp_step_seq_t));
     s->step_reqs = malloc(nr * sizeof(crd_req_t *));
     s->logits = malloc((size_t)ex->n_logits_max * (size_t)ex->n_vocab * sizeof(float));
     s->lp = malloc((size_t)ex->n_vocab * sizeof(float));
@@ -544,7 +544,7 @@ tdm_status_t crd_sched_step(crd_sched_t *s, tdm_error_t *err)
         return TDM_OK;
     }
 
-    crd_step_t step = {
+    xp_step_t step = {
         .n_tokens = n_tok,
         .token = s->tok,
         .pos = s->pos,

@@ -24,7 +24,7 @@
 
 #include "common/status.h"
 #include "coordinator/sampler.h"
-#include "coordinator/step.h"
+#include "transport/xp_step.h"
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -93,7 +93,7 @@ typedef struct crd_sched_stats {
 typedef struct crd_sched crd_sched_t;
 
 /* ex must outlive the scheduler. */
-tdm_status_t crd_sched_create(const crd_executor_t *ex, const crd_sched_params_t *p,
+tdm_status_t crd_sched_create(const xp_executor_t *ex, const crd_sched_params_t *p,
                               crd_sched_t **out, tdm_error_t *err);
 /* Ends any remaining request with CRD_FINISH_CANCELED (callbacks run) and frees. */
 void crd_sched_destroy(crd_sched_t *s);

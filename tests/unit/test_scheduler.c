@@ -51,7 +51,7 @@ static void fill_logits(float *row, uint32_t h)
     row[h % NV] = 10.0f; /* ... and one clear winner */
 }
 
-static tdm_status_t fake_step(void *impl, const crd_step_t *st, float *logits, tdm_error_t *err)
+static tdm_status_t fake_step(void *impl, const xp_step_t *st, float *logits, tdm_error_t *err)
 {
     fake_exec_t *fx = impl;
     fx->steps++;
@@ -62,7 +62,7 @@ static tdm_status_t fake_step(void *impl, const crd_step_t *st, float *logits, t
     fx->max_tokens_seen = st->n_tokens > fx->max_tokens_seen ? st->n_tokens : fx->max_tokens_seen;
     fx->max_seqs_seen = st->n_seqs > fx->max_seqs_seen ? st->n_seqs : fx->max_seqs_seen;
     for (int32_t t = 0; t < st->n_tokens; t++) {
-        const crd_step_seq_t *sq = &st->seqs[st->seq[t]];
+        const xp_step_seq_t *sq = &st->seqs[st->seq[t]];
         int32_t p = st->pos[t];
         assert_true(p / BT < sq->n_blocks);
         int32_t b = sq->blocks[p / BT];
@@ -75,7 +75,7 @@ static tdm_status_t fake_step(void *impl, const crd_step_t *st, float *logits, t
         if (!st->want_logits[t]) {
             continue;
         }
-        const crd_step_seq_t *sq = &st->seqs[st->seq[t]];
+        const xp_step_seq_t *sq = &st->seqs[st->seq[t]];
         for (int32_t p = 0; p <= st->pos[t]; p++) {
             int32_t b = sq->blocks[p / BT];
             assert_int_equal(fx->kv_pos[b * BT + p % BT], p + 1);
@@ -88,16 +88,16 @@ static tdm_status_t fake_step(void *impl, const crd_step_t *st, float *logits, t
     return TDM_OK;
 }
 
-static const crd_executor_ops_t fake_ops = {fake_step};
+static const xp_executor_ops_t fake_ops = {fake_step};
 
-static void fake_init(fake_exec_t *fx, crd_executor_t *ex, int32_t n_blocks, int32_t budget)
+static void fake_init(fake_exec_t *fx, xp_executor_t *ex, int32_t n_blocks, int32_t budget)
 {
     memset(fx, 0, sizeof(*fx));
     fx->n_blocks = n_blocks;
     fx->budget = budget;
     fx->kv_tok = calloc((size_t)n_blocks * BT, sizeof(int32_t));
     fx->kv_pos = calloc((size_t)n_blocks * BT, sizeof(int32_t));
-    *ex = (crd_executor_t){&fake_ops, fx, NV, n_blocks, BT, budget, 8, 256};
+    *ex = (xp_executor_t){&fake_ops, fx, NV, n_blocks, BT, budget, 8, 256};
 }
 
 static void fake_free(fake_exec_t *fx)
@@ -195,7 +195,7 @@ static void check_many(int32_t n_blocks, int32_t budget, int32_t max_running, in
                        uint64_t *preemptions)
 {
     fake_exec_t fx;
-    crd_executor_t ex;
+    xp_executor_t ex;
     fake_init(&fx, &ex, n_blocks, budget);
     crd_sched_params_t sp = {budget, max_running, 64, 256, 99};
     crd_sched_t *s = NULL;
@@ -253,7 +253,7 @@ static void test_prefix_cache_hit_is_reported_and_correct(void **state)
 {
     (void)state;
     fake_exec_t fx;
-    crd_executor_t ex;
+    xp_executor_t ex;
     fake_init(&fx, &ex, 64, 64);
     crd_sched_params_t sp = {64, 8, 8, 256, 1};
     crd_sched_t *s = NULL;
@@ -282,7 +282,7 @@ static void test_decode_not_starved_by_long_prefill(void **state)
 {
     (void)state;
     fake_exec_t fx;
-    crd_executor_t ex;
+    xp_executor_t ex;
     fake_init(&fx, &ex, 128, 16);
     crd_sched_params_t sp = {16, 8, 8, 256, 1};
     crd_sched_t *s = NULL;
@@ -315,7 +315,7 @@ static void test_stop_cancel_limits_and_errors(void **state)
 {
     (void)state;
     fake_exec_t fx;
-    crd_executor_t ex;
+    xp_executor_t ex;
     fake_init(&fx, &ex, 64, 32);
     crd_sched_params_t sp = {32, 8, 2, 40, 1};
     crd_sched_t *s = NULL;
@@ -426,7 +426,7 @@ static void test_seeded_sampling_repeats(void **state)
     memset(r, 0, sizeof(r));
     for (int k = 0; k < 2; k++) {
         fake_exec_t fx;
-        crd_executor_t ex;
+        xp_executor_t ex;
         fake_init(&fx, &ex, 64, 32);
         crd_sched_params_t sp = {32, 8, 8, 256, 1};
         crd_sched_t *s = NULL;

@@ -1,7 +1,7 @@
 /*
- * step.h - one step of work for a shard group, and who executes it.
+ * xp_step.h - one step of work for a shard group, and who executes it.
  *
- * The scheduler builds a crd_step_t each iteration: the tokens to run (prefill chunks and
+ * The scheduler builds a xp_step_t each iteration: the tokens to run (prefill chunks and
  * decode tokens of many sequences mixed), their positions, which sequence each belongs
  * to, the block table of every sequence in the step, and which tokens need logits.
  * An executor runs it and returns one row of n_vocab logits per token with want_logits,
@@ -9,21 +9,22 @@
  *
  * Executors: in one process, a shard's forward pass (transport/exec_local.c adapts it);
  * across machines, the transport sends the step to every shard of the group. The
- * coordinator only sees this ops table, so data still flows one way.
+ * coordinator calls down into this ops table: the transport layer owns the message and
+ * its executors (which may include shard headers), so data flows one way.
  */
-#ifndef CRD_STEP_H
-#define CRD_STEP_H
+#ifndef XP_STEP_H
+#define XP_STEP_H
 
 #include "common/status.h"
 
 #include <stdint.h>
 
-typedef struct crd_step_seq {
+typedef struct xp_step_seq {
     const int32_t *blocks; /* logical block j -> physical KV block id */
     int32_t n_blocks;
-} crd_step_seq_t;
+} xp_step_seq_t;
 
-typedef struct crd_step {
+typedef struct xp_step {
     int32_t n_tokens;
     const int32_t *token;       /* [n_tokens]                          */
     const int32_t *pos;         /* [n_tokens] position in its sequence */
@@ -31,17 +32,17 @@ typedef struct crd_step {
     const uint8_t *want_logits; /* [n_tokens]                          */
     int32_t n_logits;           /* number of want_logits set           */
     int32_t n_seqs;
-    const crd_step_seq_t *seqs; /* [n_seqs]                            */
-} crd_step_t;
+    const xp_step_seq_t *seqs; /* [n_seqs]                            */
+} xp_step_t;
 
-typedef struct crd_executor_ops {
+typedef struct xp_executor_ops {
     /* Runs the step; logits gets n_logits rows of n_vocab floats. Any failure ends every
      * request of the step with an error (the executor names the cause in err). */
-    tdm_status_t (*step)(void *impl, const crd_step_t *step, float *logits, tdm_error_t *err);
-} crd_executor_ops_t;
+    tdm_status_t (*step)(void *impl, const xp_step_t *step, float *logits, tdm_error_t *err);
+} xp_executor_ops_t;
 
-typedef struct crd_executor {
-    const crd_executor_ops_t *ops;
+typedef struct xp_executor {
+    const xp_executor_ops_t *ops;
     void *impl;
     int32_t n_vocab;      /* logits row length                                  */
     int32_t n_blocks;     /* KV blocks the executor holds                       */
@@ -49,6 +50,6 @@ typedef struct crd_executor {
     int32_t n_batch_max;  /* most tokens per step it accepts                    */
     int32_t n_logits_max; /* most logits rows per step                          */
     int32_t n_ctx_max;    /* most positions per sequence                        */
-} crd_executor_t;
+} xp_executor_t;
 
 #endif
