@@ -54,7 +54,9 @@ typedef struct gguf_str {
 } gguf_str_t;
 
 /* One metadata value. Scalars are widened into the union; arrays point at their
- * elements (strings as gguf_str_t[], numbers packed little-endian as on disk). */
+ * elements (strings as gguf_str_t[], numbers packed little-endian as on disk, in a
+ * malloc-aligned copy, so casting to e.g. const int32_t * is fine; BOOL elements are one
+ * byte each). An empty array may have data == NULL. */
 typedef struct gguf_value {
     gguf_value_type_t type;
     union {
@@ -108,6 +110,10 @@ uint32_t gguf_version(const gguf_ctx_t *ctx);
 uint32_t gguf_n_files(const gguf_ctx_t *ctx);
 uint64_t gguf_file_size(const gguf_ctx_t *ctx, uint32_t file_idx);
 const char *gguf_path(const gguf_ctx_t *ctx, uint32_t file_idx);
+/* general.alignment of that file (32 when absent); 0 for a bad index. */
+uint32_t gguf_alignment(const gguf_ctx_t *ctx, uint32_t file_idx);
+/* Byte offset of that file's data section (tensor offsets are relative to it). */
+uint64_t gguf_data_offset(const gguf_ctx_t *ctx, uint32_t file_idx);
 
 /* Metadata. */
 uint64_t gguf_n_kv(const gguf_ctx_t *ctx);

@@ -1,0 +1,600 @@
+/*
+ * cmd_eval.c - `tandem eval`: run token ids through a model (no tokenizer), print the
+ * greedy continuation as JSON, optionally dump every prompt position's logits.
+ *
+ *   tandem eval --model M.gguf (--tokens 1,2,3 | --prompts-file F) [--greedy N]
+ *               [--logits-out FILE.npy|FILE.bin] [--threads N] [--tp N] [--ep N]
+ *               [--chunk N] [--block-tokens B] [--batch-test]
+ *
+ * Several sequences (--prompts-file: one per line, ids separated by commas or spaces) run
+ * batched together: each step carries the next prefill chunk (--chunk tokens, 0 = whole
+ * prompt) of every sequence still prefilling and the decode token of every sequence that
+ * is generating, so prefill and decode mix in one step. --tp/--ep run that many
+ * in-process ranks (threads, transport/local_comm); every rank runs the same schedule and
+ * rank 0 reports. --batch-test also runs each sequence alone and reports the largest
+ * logit difference and whether the greedy tokens agree (exit 1 if they do not).
+ * This is the tool the Python tests and benchmarks drive.
+ */
+#include "api/cli/cli.h"
+#include "common/check.h"
+#include "common/mem.h"
+#include "shard/forward.h"
+#include "transport/local_comm.h"
+
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct eval_seq {
+    int32_t *prompt;
+    int32_t n_prompt;
+    int32_t *gen;  /* greedy tokens, n_greedy long        */
+    float *logits; /* n_prompt x n_vocab (when dumping)  */
+} eval_seq_t;
+
+typedef struct eval_opts {
+    const char *model;
+    const char *logits_out;
+    int n_greedy;
+    int threads;
+    int tp, ep;
+    int chunk;
+    int block_tokens;
+    int batch_test;
+} eval_opts_t;
+
+typedef struct eval_run {
+    const eval_opts_t *o;
+    const gguf_ctx_t *g;
+    xp_local_world_t *world;
+    int n_seqs;
+    eval_seq_t *seqs;  /* results of the batched run (rank 0 writes)  */
+    eval_seq_t *alone; /* results of the one-at-a-time run (--batch-test) */
+    int n_vocab;
+} eval_run_t;
+
+typedef struct eval_rank {
+    eval_run_t *run;
+    int rank;
+    tdm_status_t st;
+    tdm_error_t err;
+} eval_rank_t;
+
+static int32_t argmax(const float *x, int n)
+{
+    int32_t best = 0;
+    for (int i = 1; i < n; i++) {
+        if (x[i] > x[best]) {
+            best = i;
+        }
+    }
+    return best;
+}
+
+/*
+ * Runs seqs[0..count) together through m until each has o->n_greedy greedy tokens.
+ * want_all: every prompt position asks for logits (stored into seqs[s].logits when that
+ * is not NULL); otherwise only each prompt's last position. Every rank calls this with
+ * its own copy of seqs and takes the same decisions, since its logits are identical.
+ */
+static tdm_status_t run_schedule(shd_model_t *m, const eval_opts_t *o, eval_seq_t *seqs, int count,
+                                 bool want_all, tdm_error_t *err)
+{
+    const int V = shd_model_hparams(m)->n_vocab;
+    const shd_model_params_t *mp = shd_model_params(m);
+    shd_kv_pool_t *pool = NULL;
+    shd_kv_cache_t *kv = NULL;
+    shd_block_table_t *tables = tdm_xcalloc((size_t)count, sizeof(*tables));
+    shd_seq_view_t *views = tdm_xcalloc((size_t)count, sizeof(*views));
+    int32_t *done = tdm_xcalloc((size_t)count, sizeof(int32_t)); /* positions computed */
+    int32_t *n_gen = tdm_xcalloc((size_t)count, sizeof(int32_t));
+    const int nb = mp->n_batch_max;
+    int32_t *tok = tdm_xmalloc((size_t)nb * sizeof(int32_t));
+    int32_t *pos = tdm_xmalloc((size_t)nb * sizeof(int32_t));
+    int32_t *sq = tdm_xmalloc((size_t)nb * sizeof(int32_t));
+    uint8_t *want = tdm_xmalloc((size_t)nb);
+    float *logits = malloc((size_t)mp->n_out_max * (size_t)V * sizeof(float));
+    tdm_status_t st = TDM_OK;
+    for (int s = 0; s < count; s++) {
+        shd_block_table_init(&tables[s]);
+    }
+    if (logits == NULL) {
+        st = tdm_error_set(err, TDM_ERR_NO_MEMORY, "eval: out of memory for logits");
+        goto out;
+    }
+
+    /* Blocks for every position any sequence will reach. */
+    int64_t total_blocks = 0;
+    for (int s = 0; s < count; s++) {
+        total_blocks += (seqs[s].n_prompt + o->n_greedy + o->block_tokens - 1) / o->block_tokens;
+    }
+    TDM_CHECK_GOTO(shd_kv_pool_create((int32_t)total_blocks, &pool, err), st, out);
+    shd_kv_config_t kc;
+    shd_model_kv_config(m, o->block_tokens, (int32_t)total_blocks, &kc);
+    TDM_CHECK_GOTO(shd_kv_cache_create(&kc, &kv, err), st, out);
+
+    for (;;) {
+        int32_t n = 0;
+        for (int s = 0; s < count; s++) {
+            const eval_seq_t *e = &seqs[s];
+            int32_t end;
+            if (done[s] < e->n_prompt) {
+                const int32_t c = o->chunk > 0 ? o->chunk : e->n_prompt;
+                end = done[s] + c < e->n_prompt ? done[s] + c : e->n_prompt;
+                for (int32_t p = done[s]; p < end; p++) {
+                    tok[n] = e->prompt[p];
+                    pos[n] = p;
+                    sq[n] = s;
+                    want[n] = want_all || p == e->n_prompt - 1;
+                    n++;
+                }
+            } else if (n_gen[s] > 0 && n_gen[s] < o->n_greedy) {
+                end = done[s] + 1;
+                tok[n] = e->gen[n_gen[s] - 1];
+                pos[n] = done[s];
+                sq[n] = s;
+                want[n] = 1;
+                n++;
+            } else {
+                continue;
+            }
+            TDM_CHECK_GOTO(shd_block_table_reserve(&tables[s], pool, end, o->block_tokens, err), st,
+                           out);
+            views[s].blocks = tables[s].blocks;
+            views[s].n_blocks = tables[s].n_blocks;
+            done[s] = end;
+        }
+        if (n == 0) {
+            break;
+        }
+        shd_batch_t b = {n, tok, pos, sq, want, count, views};
+        TDM_CHECK_GOTO(shd_forward(m, kv, &b, logits, err), st, out);
+        int32_t row = 0;
+        for (int32_t t = 0; t < n; t++) {
+            if (!want[t]) {
+                continue;
+            }
+            const float *lg = logits + (size_t)row++ * V;
+            eval_seq_t *e = &seqs[sq[t]];
+            const int s = sq[t];
+            if (pos[t] < e->n_prompt && e->logits != NULL) {
+                memcpy(e->logits + (size_t)pos[t] * V, lg, (size_t)V * sizeof(float));
+            }
+            if (pos[t] >= e->n_prompt - 1 && n_gen[s] < o->n_greedy) {
+                e->gen[n_gen[s]++] = argmax(lg, V);
+            }
+        }
+    }
+out:
+    for (int s = 0; s < count && pool != NULL; s++) {
+        shd_block_table_release(&tables[s], pool);
+    }
+    shd_kv_cache_destroy(kv);
+    shd_kv_pool_destroy(pool);
+    free(tables);
+    free(views);
+    free(done);
+    free(n_gen);
+    free(tok);
+    free(pos);
+    free(sq);
+    free(want);
+    free(logits);
+    return st;
+}
+
+static void *rank_main(void *arg)
+{
+    eval_rank_t *r = arg;
+    eval_run_t *run = r->run;
+    const eval_opts_t *o = run->o;
+    const int W = o->tp * o->ep;
+    kern_ctx_t *kctx = NULL;
+    shd_model_t *m = NULL;
+    eval_seq_t *mine = run->seqs;
+    r->st = TDM_OK;
+
+    int per_rank = o->threads > 0 ? (o->threads / W > 0 ? o->threads / W : 1) : 0;
+    TDM_CHECK_GOTO(kern_ctx_create(per_rank, KERN_ISA_COUNT, &kctx, &r->err), r->st, out);
+
+    shd_model_params_t p = {0};
+    p.n_ctx_max = 1;
+    for (int s = 0; s < run->n_seqs; s++) {
+        const eval_seq_t *e = &run->seqs[s];
+        p.n_batch_max += o->chunk > 0 && o->chunk < e->n_prompt ? o->chunk : e->n_prompt;
+        if (e->n_prompt + o->n_greedy > p.n_ctx_max) {
+            p.n_ctx_max = e->n_prompt + o->n_greedy;
+        }
+    }
+    p.n_out_max = p.n_batch_max;
+    p.part = (shd_partition_t){r->rank % o->tp, o->tp, r->rank / o->tp, o->ep};
+    if (W > 1) {
+        p.comm = xp_local_comm(run->world, r->rank);
+    }
+    TDM_CHECK_GOTO(shd_model_load(run->g, kctx, &p, &m, &r->err), r->st, out);
+
+    const bool want_all = o->logits_out != NULL || o->batch_test;
+    if (r->rank != 0) {
+        /* Other ranks decide the same tokens into private arrays. */
+        mine = tdm_xcalloc((size_t)run->n_seqs, sizeof(*mine));
+        for (int s = 0; s < run->n_seqs; s++) {
+            mine[s].prompt = run->seqs[s].prompt;
+            mine[s].n_prompt = run->seqs[s].n_prompt;
+            mine[s].gen = tdm_xcalloc((size_t)o->n_greedy + 1, sizeof(int32_t));
+        }
+    }
+    TDM_CHECK_GOTO(run_schedule(m, o, mine, run->n_seqs, want_all, &r->err), r->st, out);
+    if (o->batch_test) {
+        for (int s = 0; s < run->n_seqs; s++) {
+            eval_seq_t one = r->rank == 0 ? run->alone[s] : mine[s];
+            if (r->rank != 0) {
+                one.logits = NULL;
+            }
+            TDM_CHECK_GOTO(run_schedule(m, o, &one, 1, want_all, &r->err), r->st, out);
+        }
+    }
+out:
+    if (r->st != TDM_OK && run->world != NULL) {
+        xp_local_world_abort(run->world);
+    }
+    if (mine != run->seqs) {
+        for (int s = 0; s < run->n_seqs; s++) {
+            free(mine[s].gen);
+        }
+        free(mine);
+    }
+    shd_model_destroy(m);
+    kern_ctx_destroy(kctx);
+    return NULL;
+}
+
+/* Parses "1,2,3" or "1 2 3" into a new array; -1 on a bad id. */
+static int parse_ids(const char *s, int32_t **out, int32_t *n)
+{
+    int32_t cap = 16, cnt = 0;
+    int32_t *ids = tdm_xmalloc((size_t)cap * sizeof(int32_t));
+    const char *p = s;
+    for (;;) {
+        while (*p == ',' || *p == ' ' || *p == '\t' || *p == '\n' || *p == '\r') {
+            p++;
+        }
+        if (*p == '\0') {
+            break;
+        }
+        char *end;
+        errno = 0;
+        long v = strtol(p, &end, 10);
+        if (end == p || errno != 0 || v < 0 || v > INT32_MAX) {
+            free(ids);
+            return -1;
+        }
+        if (cnt == cap) {
+            cap *= 2;
+            ids = tdm_xrealloc(ids, (size_t)cap * sizeof(int32_t));
+        }
+        ids[cnt++] = (int32_t)v;
+        p = end;
+    }
+    *out = ids;
+    *n = cnt;
+    return 0;
+}
+
+static int read_prompts(const char *path, eval_seq_t **seqs, int *n_seqs)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+        fprintf(stderr, "tandem eval: cannot open '%s': %s\n", path, strerror(errno));
+        return -1;
+    }
+    char *line = NULL;
+    size_t cap = 0;
+    int n = 0, lineno = 0;
+    eval_seq_t *v = NULL;
+    while (getline(&line, &cap, f) >= 0) {
+        lineno++;
+        int32_t *ids, cnt;
+        if (parse_ids(line, &ids, &cnt) != 0) {
+            fprintf(stderr, "tandem eval: %s:%d: not a list of token ids\n", path, lineno);
+            free(line);
+            fclose(f);
+            return -1;
+        }
+        if (cnt == 0) {
+            free(ids);
+            continue;
+        }
+        v = tdm_xrealloc(v, (size_t)(n + 1) * sizeof(*v));
+        memset(&v[n], 0, sizeof(v[n]));
+        v[n].prompt = ids;
+        v[n].n_prompt = cnt;
+        n++;
+    }
+    free(line);
+    fclose(f);
+    *seqs = v;
+    *n_seqs = n;
+    return 0;
+}
+
+static int write_logits(const char *path, const eval_seq_t *seqs, int n_seqs, int V)
+{
+    FILE *f = fopen(path, "wb");
+    if (f == NULL) {
+        fprintf(stderr, "tandem eval: cannot create '%s': %s\n", path, strerror(errno));
+        return -1;
+    }
+    int64_t rows = 0;
+    for (int s = 0; s < n_seqs; s++) {
+        rows += seqs[s].n_prompt;
+    }
+    size_t len = strlen(path);
+    if (len >= 4 && strcmp(path + len - 4, ".npy") == 0) {
+        char hdr[128];
+        int h = snprintf(hdr, sizeof(hdr),
+                         "{'descr': '<f4', 'fortran_order': False, "
+                         "'shape': (%lld, %d), }",
+                         (long long)rows, V);
+        int total = 10 + h + 1;
+        int pad = (64 - total % 64) % 64;
+        unsigned char pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, 0, 0};
+        const int hlen = h + pad + 1;
+        pre[8] = (unsigned char)(hlen & 0xff);
+        pre[9] = (unsigned char)(hlen >> 8);
+        fwrite(pre, 1, 10, f);
+        fwrite(hdr, 1, (size_t)h, f);
+        for (int i = 0; i < pad; i++) {
+            fputc(' ', f);
+        }
+        fputc('\n', f);
+    }
+    for (int s = 0; s < n_seqs; s++) {
+        fwrite(seqs[s].logits, sizeof(float), (size_t)seqs[s].n_prompt * (size_t)V, f);
+    }
+    if (fclose(f) != 0) {
+        fprintf(stderr, "tandem eval: writing '%s': %s\n", path, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+static void print_ids(const int32_t *v, int n)
+{
+    printf("[");
+    for (int i = 0; i < n; i++) {
+        printf(i ? ",%d" : "%d", v[i]);
+    }
+    printf("]");
+}
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: tandem eval --model M.gguf (--tokens 1,2,3 | --prompts-file F) [options]\n"
+            "  --greedy N          generate N greedy tokens per sequence (default 0)\n"
+            "  --logits-out FILE   every prompt position's logits, float32, rows in sequence\n"
+            "                      order (.npy: NumPy array [rows, n_vocab]; else raw)\n"
+            "  --threads N         kernel threads in all (default: one per CPU)\n"
+            "  --tp N, --ep N      in-process tensor / expert parallel ranks (default 1)\n"
+            "  --chunk N           prefill chunk per step (default 0: whole prompt)\n"
+            "  --block-tokens B    KV block size in tokens (default 16)\n"
+            "  --batch-test        also run each sequence alone and compare\n"
+            "prints JSON: {\"n_vocab\", \"sequences\": [{\"prompt_len\", \"greedy\"}], ...}\n");
+}
+
+static int parse_int(const char *s, int lo, int *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (*s == '\0' || *end != '\0' || errno != 0 || v < lo || v > 1 << 20) {
+        return -1;
+    }
+    *out = (int)v;
+    return 0;
+}
+
+int cmd_eval(int argc, char **argv)
+{
+    eval_opts_t o = {.tp = 1, .ep = 1, .block_tokens = SHD_KV_BLOCK_TOKENS_DEFAULT};
+    const char *tokens = NULL, *prompts = NULL;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int bad = 0;
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            usage(stdout);
+            return 0;
+        } else if (strcmp(a, "--batch-test") == 0) {
+            o.batch_test = 1;
+            continue;
+        } else if (v == NULL) {
+            bad = 1;
+        } else if (strcmp(a, "--model") == 0) {
+            o.model = v;
+        } else if (strcmp(a, "--tokens") == 0) {
+            tokens = v;
+        } else if (strcmp(a, "--prompts-file") == 0) {
+            prompts = v;
+        } else if (strcmp(a, "--logits-out") == 0) {
+            o.logits_out = v;
+        } else if (strcmp(a, "--greedy") == 0) {
+            bad = parse_int(v, 0, &o.n_greedy);
+        } else if (strcmp(a, "--threads") == 0) {
+            bad = parse_int(v, 0, &o.threads);
+        } else if (strcmp(a, "--tp") == 0) {
+            bad = parse_int(v, 1, &o.tp);
+        } else if (strcmp(a, "--ep") == 0) {
+            bad = parse_int(v, 1, &o.ep);
+        } else if (strcmp(a, "--chunk") == 0) {
+            bad = parse_int(v, 0, &o.chunk);
+        } else if (strcmp(a, "--block-tokens") == 0) {
+            bad = parse_int(v, 1, &o.block_tokens);
+        } else {
+            bad = 1;
+        }
+        if (bad) {
+            fprintf(stderr, "tandem eval: bad option '%s'%s%s\n", a, v ? " " : "", v ? v : "");
+            usage(stderr);
+            return 2;
+        }
+        i++;
+    }
+    if (o.model == NULL || (tokens == NULL) == (prompts == NULL)) {
+        fprintf(stderr, "tandem eval: need --model and exactly one of --tokens, --prompts-file\n");
+        usage(stderr);
+        return 2;
+    }
+
+    eval_run_t run = {.o = &o};
+    int rc = 1;
+    gguf_ctx_t *g = NULL;
+    eval_rank_t *ranks = NULL;
+    pthread_t *th = NULL;
+    tdm_error_t err = {0};
+    if (tokens != NULL) {
+        run.seqs = tdm_xcalloc(1, sizeof(eval_seq_t));
+        run.n_seqs = 1;
+        if (parse_ids(tokens, &run.seqs[0].prompt, &run.seqs[0].n_prompt) != 0) {
+            fprintf(stderr, "tandem eval: --tokens: not a list of token ids\n");
+            rc = 2;
+            goto out;
+        }
+    } else if (read_prompts(prompts, &run.seqs, &run.n_seqs) != 0) {
+        goto out;
+    }
+    for (int s = 0; s < run.n_seqs; s++) {
+        if (run.seqs[s].n_prompt == 0) {
+            fprintf(stderr, "tandem eval: sequence %d is empty\n", s);
+            rc = 2;
+            goto out;
+        }
+    }
+    if (run.n_seqs == 0) {
+        fprintf(stderr, "tandem eval: no sequences\n");
+        rc = 2;
+        goto out;
+    }
+    if (gguf_open(o.model, &g, &err) != TDM_OK) {
+        fprintf(stderr, "tandem eval: %s\n", tdm_error_msg(&err));
+        goto out;
+    }
+    run.g = g;
+    {
+        mdl_hparams_t hp;
+        if (mdl_hparams_load(g, &hp, &err) != TDM_OK) {
+            fprintf(stderr, "tandem eval: %s: %s\n", o.model, tdm_error_msg(&err));
+            goto out;
+        }
+        run.n_vocab = hp.n_vocab;
+    }
+    const bool want_all = o.logits_out != NULL || o.batch_test;
+    run.alone = tdm_xcalloc((size_t)run.n_seqs, sizeof(eval_seq_t));
+    for (int s = 0; s < run.n_seqs; s++) {
+        eval_seq_t *e = &run.seqs[s];
+        e->gen = tdm_xcalloc((size_t)o.n_greedy + 1, sizeof(int32_t));
+        run.alone[s] = *e;
+        run.alone[s].gen = tdm_xcalloc((size_t)o.n_greedy + 1, sizeof(int32_t));
+        if (want_all) {
+            size_t bytes = (size_t)e->n_prompt * (size_t)run.n_vocab * sizeof(float);
+            e->logits = malloc(bytes);
+            run.alone[s].logits = malloc(bytes);
+            if (e->logits == NULL || run.alone[s].logits == NULL) {
+                fprintf(stderr, "tandem eval: out of memory for logits\n");
+                goto out;
+            }
+        }
+    }
+
+    const int W = o.tp * o.ep;
+    if (W > 1 && xp_local_world_create(o.tp, o.ep, &run.world, &err) != TDM_OK) {
+        fprintf(stderr, "tandem eval: %s\n", tdm_error_msg(&err));
+        goto out;
+    }
+    ranks = tdm_xcalloc((size_t)W, sizeof(*ranks));
+    th = tdm_xcalloc((size_t)W, sizeof(*th));
+    for (int r = 0; r < W; r++) {
+        ranks[r].run = &run;
+        ranks[r].rank = r;
+        if (r > 0 && pthread_create(&th[r], NULL, rank_main, &ranks[r]) != 0) {
+            fprintf(stderr, "tandem eval: cannot start rank %d thread\n", r);
+            xp_local_world_abort(run.world);
+            for (int q = 1; q < r; q++) {
+                pthread_join(th[q], NULL);
+            }
+            goto out;
+        }
+    }
+    rank_main(&ranks[0]);
+    for (int r = 1; r < W; r++) {
+        pthread_join(th[r], NULL);
+    }
+    for (int r = 0; r < W; r++) {
+        /* The first rank that failed for a reason other than another rank's abort. */
+        if (ranks[r].st != TDM_OK && ranks[r].st != TDM_ERR_CANCELED) {
+            fprintf(stderr, "tandem eval: rank %d: %s\n", r, tdm_error_msg(&ranks[r].err));
+            goto out;
+        }
+    }
+    if (ranks[0].st != TDM_OK) {
+        fprintf(stderr, "tandem eval: %s\n", tdm_error_msg(&ranks[0].err));
+        goto out;
+    }
+    if (o.logits_out != NULL && write_logits(o.logits_out, run.seqs, run.n_seqs, run.n_vocab)) {
+        goto out;
+    }
+
+    rc = 0;
+    printf("{\"n_vocab\": %d, \"tp\": %d, \"ep\": %d, \"sequences\": [", run.n_vocab, o.tp, o.ep);
+    for (int s = 0; s < run.n_seqs; s++) {
+        printf("%s{\"prompt_len\": %d, \"greedy\": ", s ? ", " : "", run.seqs[s].n_prompt);
+        print_ids(run.seqs[s].gen, o.n_greedy);
+        printf("}");
+    }
+    printf("]");
+    if (run.n_seqs == 1) {
+        printf(", \"greedy\": ");
+        print_ids(run.seqs[0].gen, o.n_greedy);
+    }
+    if (o.batch_test) {
+        double max_abs = 0.0, max_ref = 0.0;
+        bool same = true;
+        for (int s = 0; s < run.n_seqs; s++) {
+            const size_t nl = (size_t)run.seqs[s].n_prompt * (size_t)run.n_vocab;
+            for (size_t i = 0; i < nl; i++) {
+                double d = fabs((double)run.seqs[s].logits[i] - run.alone[s].logits[i]);
+                max_abs = d > max_abs ? d : max_abs;
+                double a = fabs((double)run.alone[s].logits[i]);
+                max_ref = a > max_ref ? a : max_ref;
+            }
+            same &= memcmp(run.seqs[s].gen, run.alone[s].gen,
+                           (size_t)o.n_greedy * sizeof(int32_t)) == 0;
+        }
+        printf(", \"batch_test\": {\"max_abs_diff\": %.9g, \"max_abs_logit\": %.9g, "
+               "\"greedy_equal\": %s}",
+               max_abs, max_ref, same ? "true" : "false");
+        if (!same) {
+            rc = 1;
+        }
+    }
+    printf("}\n");
+out:
+    for (int s = 0; s < run.n_seqs; s++) {
+        free(run.seqs[s].prompt);
+        free(run.seqs[s].gen);
+        free(run.seqs[s].logits);
+        if (run.alone != NULL) {
+            free(run.alone[s].gen);
+            free(run.alone[s].logits);
+        }
+    }
+    free(run.seqs);
+    free(run.alone);
+    free(ranks);
+    free(th);
+    xp_local_world_destroy(run.world);
+    gguf_close(g);
+    return rc;
+}

@@ -1,0 +1,91 @@
+/*
+ * types_cpu.c - the per-type table: activation format, dequantizer, reference quantizer
+ * and vec_dot per ISA for every type with CPU kernels, indexed by the GGUF type id.
+ *
+ * Activation formats follow llama.cpp's CPU backend (Q8_0 for Q4_0/Q5_0/Q8_0/IQ4_NL/
+ * MXFP4, Q8_1 for Q4_1/Q5_1, Q8_K for the K-quants and IQ4_XS) except the float weight
+ * types, which dot against f32 activations as they are (no f16/bf16 rounding of x).
+ */
+#include "kernels/cpu/types_cpu.h"
+
+/* AVX-512 has no kernels of its own yet: kern_vec_dot_get falls back to AVX2. */
+#if defined(__x86_64__)
+#define DOT_X86(name) [KERN_ISA_AVX2] = name##_avx2,
+#else
+#define DOT_X86(name)
+#endif
+#if defined(__aarch64__)
+#define DOT_ARM(name) [KERN_ISA_NEON] = name##_neon, [KERN_ISA_NEON_DOT] = name##_neondot,
+#else
+#define DOT_ARM(name)
+#endif
+#define DOTS(name) {[KERN_ISA_SCALAR] = name##_ref, DOT_X86(name) DOT_ARM(name)}
+
+static const kern_type_cpu_t type_table[TDM_TYPE_COUNT] = {
+    [TDM_TYPE_F32] = {TDM_TYPE_F32, kern_to_float_f32, kern_from_float_f32,
+                      DOTS(kern_vec_dot_f32)},
+    [TDM_TYPE_F16] = {TDM_TYPE_F32, kern_to_float_f16, kern_from_float_f16,
+                      DOTS(kern_vec_dot_f16)},
+    [TDM_TYPE_BF16] = {TDM_TYPE_F32, kern_to_float_bf16, kern_from_float_bf16,
+                       DOTS(kern_vec_dot_bf16)},
+    [TDM_TYPE_Q4_0] = {TDM_TYPE_Q8_0, kern_to_float_q4_0, kern_from_float_q4_0,
+                       DOTS(kern_vec_dot_q4_0)},
+    [TDM_TYPE_Q4_1] = {TDM_TYPE_Q8_1, kern_to_float_q4_1, kern_from_float_q4_1,
+                       DOTS(kern_vec_dot_q4_1)},
+    [TDM_TYPE_Q5_0] = {TDM_TYPE_Q8_0, kern_to_float_q5_0, kern_from_float_q5_0,
+                       DOTS(kern_vec_dot_q5_0)},
+    [TDM_TYPE_Q5_1] = {TDM_TYPE_Q8_1, kern_to_float_q5_1, kern_from_float_q5_1,
+                       DOTS(kern_vec_dot_q5_1)},
+    [TDM_TYPE_Q8_0] = {TDM_TYPE_Q8_0, kern_to_float_q8_0, kern_from_float_q8_0,
+                       DOTS(kern_vec_dot_q8_0)},
+    [TDM_TYPE_Q2_K] = {TDM_TYPE_Q8_K, kern_to_float_q2_k, NULL, DOTS(kern_vec_dot_q2_k)},
+    [TDM_TYPE_Q3_K] = {TDM_TYPE_Q8_K, kern_to_float_q3_k, NULL, DOTS(kern_vec_dot_q3_k)},
+    [TDM_TYPE_Q4_K] = {TDM_TYPE_Q8_K, kern_to_float_q4_k, kern_from_float_q4_k,
+                       DOTS(kern_vec_dot_q4_k)},
+    [TDM_TYPE_Q5_K] = {TDM_TYPE_Q8_K, kern_to_float_q5_k, kern_from_float_q5_k,
+                       DOTS(kern_vec_dot_q5_k)},
+    [TDM_TYPE_Q6_K] = {TDM_TYPE_Q8_K, kern_to_float_q6_k, kern_from_float_q6_k,
+                       DOTS(kern_vec_dot_q6_k)},
+    [TDM_TYPE_IQ4_NL] = {TDM_TYPE_Q8_0, kern_to_float_iq4_nl, NULL, DOTS(kern_vec_dot_iq4_nl)},
+    [TDM_TYPE_IQ4_XS] = {TDM_TYPE_Q8_K, kern_to_float_iq4_xs, NULL, DOTS(kern_vec_dot_iq4_xs)},
+    [TDM_TYPE_MXFP4] = {TDM_TYPE_Q8_0, kern_to_float_mxfp4, kern_from_float_mxfp4,
+                        DOTS(kern_vec_dot_mxfp4)},
+};
+
+/* Activation-only formats: a dequantizer and quantizer, no vec_dot of their own. */
+static const kern_type_cpu_t act_q8_1 = {TDM_TYPE_Q8_1, kern_to_float_q8_1, kern_from_float_q8_1,
+                                         {0}};
+static const kern_type_cpu_t act_q8_k = {TDM_TYPE_Q8_K, kern_to_float_q8_k, kern_from_float_q8_k,
+                                         {0}};
+
+const kern_type_cpu_t *kern_type_cpu(tdm_type_t t)
+{
+    if (t == TDM_TYPE_Q8_1) {
+        return &act_q8_1;
+    }
+    if (t == TDM_TYPE_Q8_K) {
+        return &act_q8_k;
+    }
+    if ((unsigned)t >= TDM_TYPE_COUNT || type_table[t].to_float == NULL) {
+        return NULL;
+    }
+    return &type_table[t];
+}
+
+kern_vec_dot_fn kern_vec_dot_get(tdm_type_t t, kern_isa_t isa)
+{
+    const kern_type_cpu_t *tc = kern_type_cpu(t);
+    if (tc == NULL || tc->vec_dot[KERN_ISA_SCALAR] == NULL || (unsigned)isa >= KERN_ISA_COUNT) {
+        return tc != NULL ? tc->vec_dot[KERN_ISA_SCALAR] : NULL;
+    }
+    /* fall back within the family: AVX512 -> AVX2, NEON_DOT -> NEON, then scalar */
+    static const kern_isa_t lower[KERN_ISA_COUNT] = {
+        [KERN_ISA_SCALAR] = KERN_ISA_SCALAR, [KERN_ISA_AVX2] = KERN_ISA_SCALAR,
+        [KERN_ISA_AVX512] = KERN_ISA_AVX2,   [KERN_ISA_NEON] = KERN_ISA_SCALAR,
+        [KERN_ISA_NEON_DOT] = KERN_ISA_NEON,
+    };
+    while (tc->vec_dot[isa] == NULL) {
+        isa = lower[isa];
+    }
+    return tc->vec_dot[isa];
+}

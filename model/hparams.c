@@ -1,0 +1,349 @@
+/*
+ * hparams.c - mdl_hparams_t from GGUF metadata ("<arch>.*" keys) and tensor presence.
+ *
+ * Defaults follow llama.cpp's loader for the keys it treats as optional; everything the
+ * forward pass cannot guess (sizes, eps) is required and its absence is an error that
+ * names the key.
+ */
+#include "model/hparams.h"
+
+#include "common/check.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+static const char *const arch_names[MDL_ARCH_COUNT] = {
+    [MDL_ARCH_LLAMA] = "llama",
+    [MDL_ARCH_QWEN3MOE] = "qwen3moe",
+};
+
+int mdl_arch_from_name(const char *name, size_t len)
+{
+    for (int a = 0; a < MDL_ARCH_COUNT; a++) {
+        if (strlen(arch_names[a]) == len && memcmp(arch_names[a], name, len) == 0) {
+            return a;
+        }
+    }
+    return -1;
+}
+
+const char *mdl_arch_name(mdl_arch_t arch)
+{
+    return (unsigned)arch < MDL_ARCH_COUNT ? arch_names[arch] : "unknown";
+}
+
+/* Builds "<arch>.<suffix>" into buf. */
+static const char *key_of(char *buf, size_t size, const mdl_hparams_t *hp, const char *suffix)
+{
+    snprintf(buf, size, "%s.%s", hp->arch_name, suffix);
+    return buf;
+}
+
+static int64_t arr_int_at(const gguf_value_t *v, uint64_t i, bool *ok)
+{
+    const unsigned char *p = v->v.arr.data;
+    *ok = true;
+    switch (v->v.arr.type) {
+    case GGUF_TYPE_UINT8:
+        return ((const uint8_t *)p)[i];
+    case GGUF_TYPE_INT8:
+        return ((const int8_t *)p)[i];
+    case GGUF_TYPE_UINT16: {
+        uint16_t x;
+        memcpy(&x, p + 2 * i, 2);
+        return x;
+    }
+    case GGUF_TYPE_INT16: {
+        int16_t x;
+        memcpy(&x, p + 2 * i, 2);
+        return x;
+    }
+    case GGUF_TYPE_UINT32: {
+        uint32_t x;
+        memcpy(&x, p + 4 * i, 4);
+        return x;
+    }
+    case GGUF_TYPE_INT32: {
+        int32_t x;
+        memcpy(&x, p + 4 * i, 4);
+        return x;
+    }
+    case GGUF_TYPE_UINT64: {
+        uint64_t x;
+        memcpy(&x, p + 8 * i, 8);
+        return (int64_t)x;
+    }
+    case GGUF_TYPE_INT64: {
+        int64_t x;
+        memcpy(&x, p + 8 * i, 8);
+        return x;
+    }
+    default:
+        *ok = false;
+        return 0;
+    }
+}
+
+/*
+ * A per-model count that llama.cpp also accepts as a per-layer array. This build runs
+ * uniform models only: an array must hold one value throughout. `dflt` < 0: required.
+ */
+static tdm_status_t get_count(const gguf_ctx_t *ctx, const char *key, int64_t dflt, int *out,
+                              tdm_error_t *err)
+{
+    const gguf_value_t *v = gguf_find(ctx, key);
+    if (v == NULL) {
+        if (dflt < 0) {
+            return tdm_error_set(err, TDM_ERR_NOT_FOUND, "metadata key '%s' is missing", key);
+        }
+        *out = (int)dflt;
+        return TDM_OK;
+    }
+    int64_t val;
+    if (v->type == GGUF_TYPE_ARRAY) {
+        if (v->v.arr.n == 0) {
+            return tdm_error_set(err, TDM_ERR_FORMAT, "metadata key '%s' is an empty array", key);
+        }
+        bool ok;
+        val = arr_int_at(v, 0, &ok);
+        for (uint64_t i = 1; ok && i < v->v.arr.n; i++) {
+            if (arr_int_at(v, i, &ok) != val && ok) {
+                return tdm_error_set(err, TDM_ERR_UNSUPPORTED,
+                                     "metadata key '%s': per-layer values differ (layer 0: %lld, "
+                                     "layer %llu: %lld); only uniform models are supported",
+                                     key, (long long)val, (unsigned long long)i,
+                                     (long long)arr_int_at(v, i, &ok));
+            }
+        }
+        if (!ok) {
+            return tdm_error_set(err, TDM_ERR_FORMAT,
+                                 "metadata key '%s': array of %s, expected "
+                                 "integers",
+                                 key, gguf_value_type_name(v->v.arr.type));
+        }
+    } else {
+        TDM_CHECK(gguf_get_i64(ctx, key, &val, err));
+    }
+    if (val < 0 || val > (1 << 30)) {
+        return tdm_error_set(err, TDM_ERR_FORMAT, "metadata key '%s': value %lld out of range", key,
+                             (long long)val);
+    }
+    *out = (int)val;
+    return TDM_OK;
+}
+
+static tdm_status_t load_rope(const gguf_ctx_t *ctx, mdl_hparams_t *hp, tdm_error_t *err)
+{
+    char key[128];
+    mdl_rope_params_t *r = &hp->rope;
+    r->type = hp->arch == MDL_ARCH_LLAMA ? MDL_ROPE_NORM : MDL_ROPE_NEOX;
+    TDM_CHECK(get_count(ctx, key_of(key, sizeof(key), hp, "rope.dimension_count"), hp->head_dim,
+                        &r->n_rot, err));
+    if (r->n_rot <= 0 || r->n_rot > hp->head_dim || r->n_rot % 2 != 0) {
+        return tdm_error_set(err, TDM_ERR_FORMAT,
+                             "metadata key '%s': %d rotated dims with head "
+                             "dim %d (must be even and at most the head dim)",
+                             key, r->n_rot, hp->head_dim);
+    }
+    if (hp->arch == MDL_ARCH_LLAMA && r->n_rot != hp->head_dim) {
+        return tdm_error_set(err, TDM_ERR_FORMAT,
+                             "metadata key '%s': llama needs rope dims (%d) "
+                             "== head dim (%d)",
+                             key, r->n_rot, hp->head_dim);
+    }
+    TDM_CHECK(gguf_get_f32_or(ctx, key_of(key, sizeof(key), hp, "rope.freq_base"), 10000.0f,
+                              &r->freq_base, err));
+    if (!(r->freq_base > 1.0f) || !isfinite(r->freq_base)) {
+        return tdm_error_set(err, TDM_ERR_FORMAT, "metadata key '%s': invalid value %g", key,
+                             (double)r->freq_base);
+    }
+
+    /* Scaling: "<arch>.rope.scaling.type" (default linear) with "...factor"; the older
+     * "<arch>.rope.scale_linear" is a linear factor. A factor of 0 or 1 means none. */
+    float factor = 1.0f;
+    TDM_CHECK(gguf_get_f32_or(ctx, key_of(key, sizeof(key), hp, "rope.scale_linear"), 1.0f, &factor,
+                              err));
+    TDM_CHECK(gguf_get_f32_or(ctx, key_of(key, sizeof(key), hp, "rope.scaling.factor"), factor,
+                              &factor, err));
+    if (factor == 0.0f) {
+        factor = 1.0f;
+    }
+    if (!(factor > 0.0f) || !isfinite(factor)) {
+        return tdm_error_set(err, TDM_ERR_FORMAT, "metadata key '%s': invalid factor %g", key,
+                             (double)factor);
+    }
+    r->scaling = factor == 1.0f ? MDL_ROPE_SCALING_NONE : MDL_ROPE_SCALING_LINEAR;
+    const gguf_value_t *st = gguf_find(ctx, key_of(key, sizeof(key), hp, "rope.scaling.type"));
+    if (st != NULL) {
+        gguf_str_t s;
+        TDM_CHECK(gguf_get_str(ctx, key, &s, err));
+        if (s.len == 4 && memcmp(s.ptr, "none", 4) == 0) {
+            r->scaling = MDL_ROPE_SCALING_NONE;
+            factor = 1.0f;
+        } else if (s.len == 6 && memcmp(s.ptr, "linear", 6) == 0) {
+            /* as set above */
+        } else if (s.len == 4 && memcmp(s.ptr, "yarn", 4) == 0) {
+            r->scaling = MDL_ROPE_SCALING_YARN;
+        } else {
+            return tdm_error_set(err, TDM_ERR_UNSUPPORTED,
+                                 "metadata key '%s': rope scaling "
+                                 "'%.*s' is not supported (none, linear, yarn)",
+                                 key, (int)s.len, s.ptr);
+        }
+    }
+    r->freq_scale = 1.0f / factor;
+    r->ext_factor = r->scaling == MDL_ROPE_SCALING_YARN ? 1.0f : 0.0f;
+    /* llama.cpp: the YaRN magnitude correction 1 + 0.1 ln(factor) is applied inside rope
+     * (ggml) and the context's attn_factor is 1 times rope.scaling.attn_factor. */
+    TDM_CHECK(gguf_get_f32_or(ctx, key_of(key, sizeof(key), hp, "rope.scaling.attn_factor"), 1.0f,
+                              &r->attn_factor, err));
+    r->beta_fast = 32.0f;
+    r->beta_slow = 1.0f;
+    TDM_CHECK(gguf_get_u32_or(ctx,
+                              key_of(key, sizeof(key), hp, "rope.scaling.original_context_length"),
+                              (uint32_t)hp->n_ctx_train, &r->n_ctx_orig, err));
+    hp->has_rope_freqs = gguf_find_tensor(ctx, "rope_freqs.weight") != NULL;
+    return TDM_OK;
+}
+
+static tdm_status_t load_layers(const gguf_ctx_t *ctx, mdl_hparams_t *hp, tdm_error_t *err)
+{
+    char key[128];
+    int n_moe = 0;
+    for (int il = 0; il < hp->n_layer; il++) {
+        char name[GGUF_MAX_NAME];
+        snprintf(name, sizeof(name), "blk.%d.ffn_gate_inp.weight", il);
+        hp->layer_moe[il] = gguf_find_tensor(ctx, name) != NULL;
+        n_moe += hp->layer_moe[il];
+    }
+    if (n_moe > 0) {
+        TDM_CHECK(
+            get_count(ctx, key_of(key, sizeof(key), hp, "expert_count"), -1, &hp->n_expert, err));
+        TDM_CHECK(get_count(ctx, key_of(key, sizeof(key), hp, "expert_used_count"), -1,
+                            &hp->n_expert_used, err));
+        if (hp->n_expert < 1 || hp->n_expert_used < 1 || hp->n_expert_used > hp->n_expert) {
+            return tdm_error_set(err, TDM_ERR_FORMAT, "metadata key '%s': %d experts used of %d",
+                                 key, hp->n_expert_used, hp->n_expert);
+        }
+        /* llama (Mixtral-style) MoE uses feed_forward_length as the expert width. */
+        TDM_CHECK(get_count(ctx, key_of(key, sizeof(key), hp, "expert_feed_forward_length"),
+                            hp->arch == MDL_ARCH_LLAMA ? hp->n_ff : -1, &hp->n_ff_exp, err));
+        if (hp->n_ff_exp <= 0) {
+            return tdm_error_set(err, TDM_ERR_FORMAT, "metadata key '%s': expert width %d", key,
+                                 hp->n_ff_exp);
+        }
+        /* Both architectures renormalise the selected weights in llama.cpp (qwen3moe and
+         * Mixtral hard-code it; HF Qwen3-MoE releases set norm_topk_prob = true). A
+         * file that says otherwise is honoured. */
+        TDM_CHECK(gguf_get_bool_or(ctx, key_of(key, sizeof(key), hp, "expert_weights_norm"), true,
+                                   &hp->expert_norm_topk, err));
+        uint32_t gating = 1;
+        TDM_CHECK(gguf_get_u32_or(ctx, key_of(key, sizeof(key), hp, "expert_gating_func"), 1,
+                                  &gating, err));
+        if (gating != 1) {
+            return tdm_error_set(err, TDM_ERR_UNSUPPORTED,
+                                 "metadata key '%s': gating function "
+                                 "%u is not supported (softmax only)",
+                                 key, gating);
+        }
+    }
+    if (n_moe < hp->n_layer && hp->n_ff <= 0) {
+        return tdm_error_set(err, TDM_ERR_FORMAT,
+                             "metadata key '%s.feed_forward_length': "
+                             "missing or 0 but the model has dense FFN layers",
+                             hp->arch_name);
+    }
+    return TDM_OK;
+}
+
+tdm_status_t mdl_hparams_load(const gguf_ctx_t *ctx, mdl_hparams_t *out, tdm_error_t *err)
+{
+    mdl_hparams_t hp;
+    memset(&hp, 0, sizeof(hp));
+    char key[128];
+
+    gguf_str_t arch;
+    TDM_CHECK(gguf_get_str(ctx, "general.architecture", &arch, err));
+    int a = mdl_arch_from_name(arch.ptr, arch.len);
+    if (a < 0) {
+        return tdm_error_set(err, TDM_ERR_UNSUPPORTED,
+                             "general.architecture '%.*s' is not "
+                             "supported (llama, qwen3moe)",
+                             (int)(arch.len > 64 ? 64 : arch.len), arch.ptr);
+    }
+    hp.arch = (mdl_arch_t)a;
+    snprintf(hp.arch_name, sizeof(hp.arch_name), "%s", arch_names[a]);
+
+    TDM_CHECK(get_count(ctx, key_of(key, sizeof(key), &hp, "block_count"), -1, &hp.n_layer, err));
+    if (hp.n_layer < 1 || hp.n_layer > MDL_MAX_LAYERS) {
+        return tdm_error_set(err, TDM_ERR_FORMAT, "metadata key '%s': %d layers (1..%d)", key,
+                             hp.n_layer, MDL_MAX_LAYERS);
+    }
+    TDM_CHECK(
+        get_count(ctx, key_of(key, sizeof(key), &hp, "embedding_length"), -1, &hp.n_embd, err));
+    TDM_CHECK(
+        get_count(ctx, key_of(key, sizeof(key), &hp, "attention.head_count"), -1, &hp.n_head, err));
+    if (hp.n_embd < 1 || hp.n_head < 1) {
+        return tdm_error_set(err, TDM_ERR_FORMAT,
+                             "%s: embedding_length %d / head_count %d "
+                             "must be positive",
+                             hp.arch_name, hp.n_embd, hp.n_head);
+    }
+    TDM_CHECK(get_count(ctx, key_of(key, sizeof(key), &hp, "attention.head_count_kv"), hp.n_head,
+                        &hp.n_head_kv, err));
+    if (hp.n_head_kv < 1 || hp.n_head % hp.n_head_kv != 0) {
+        return tdm_error_set(err, TDM_ERR_FORMAT,
+                             "metadata key '%s': %d kv heads do not divide "
+                             "%d heads",
+                             key, hp.n_head_kv, hp.n_head);
+    }
+    TDM_CHECK(get_count(ctx, key_of(key, sizeof(key), &hp, "attention.key_length"),
+                        hp.n_embd % hp.n_head == 0 ? hp.n_embd / hp.n_head : -1, &hp.head_dim,
+                        err));
+    TDM_CHECK(get_count(ctx, key_of(key, sizeof(key), &hp, "attention.value_length"), hp.head_dim,
+                        &hp.head_dim_v, err));
+    if (hp.head_dim < 2 || hp.head_dim_v != hp.head_dim) {
+        return tdm_error_set(err, TDM_ERR_UNSUPPORTED,
+                             "%s: key length %d / value length %d "
+                             "(must be equal and >= 2)",
+                             hp.arch_name, hp.head_dim, hp.head_dim_v);
+    }
+    TDM_CHECK(
+        get_count(ctx, key_of(key, sizeof(key), &hp, "feed_forward_length"), 0, &hp.n_ff, err));
+    TDM_CHECK(
+        get_count(ctx, key_of(key, sizeof(key), &hp, "context_length"), -1, &hp.n_ctx_train, err));
+    TDM_CHECK(gguf_get_f32(ctx, key_of(key, sizeof(key), &hp, "attention.layer_norm_rms_epsilon"),
+                           &hp.rms_eps, err));
+    if (!(hp.rms_eps > 0.0f) || !(hp.rms_eps < 1.0f)) {
+        return tdm_error_set(err, TDM_ERR_FORMAT, "metadata key '%s': invalid eps %g", key,
+                             (double)hp.rms_eps);
+    }
+    hp.attn_scale = 1.0f / sqrtf((float)hp.head_dim);
+    TDM_CHECK(gguf_get_f32_or(ctx, key_of(key, sizeof(key), &hp, "attention.scale"), hp.attn_scale,
+                              &hp.attn_scale, err));
+
+    const gguf_tensor_t *embd = gguf_find_tensor(ctx, "token_embd.weight");
+    if (embd == NULL) {
+        return tdm_error_set(err, TDM_ERR_NOT_FOUND, "tensor 'token_embd.weight' is missing");
+    }
+    if (embd->ne[0] != hp.n_embd || embd->ne[1] < 1 || embd->ne[1] > INT32_MAX) {
+        return tdm_error_set(err, TDM_ERR_FORMAT,
+                             "tensor 'token_embd.weight': shape [%lld, %lld]"
+                             ", expected [%d, n_vocab]",
+                             (long long)embd->ne[0], (long long)embd->ne[1], hp.n_embd);
+    }
+    hp.n_vocab = (int)embd->ne[1];
+    hp.tied_output = gguf_find_tensor(ctx, "output.weight") == NULL;
+    hp.qk_norm = gguf_find_tensor(ctx, "blk.0.attn_q_norm.weight") != NULL;
+    if (hp.arch == MDL_ARCH_QWEN3MOE && !hp.qk_norm) {
+        return tdm_error_set(err, TDM_ERR_NOT_FOUND,
+                             "tensor 'blk.0.attn_q_norm.weight' is "
+                             "missing (qwen3moe has per-head q/k norms)");
+    }
+
+    TDM_CHECK(load_rope(ctx, &hp, err));
+    TDM_CHECK(load_layers(ctx, &hp, err));
+    *out = hp;
+    return TDM_OK;
+}

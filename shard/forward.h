@@ -1,0 +1,53 @@
+/*
+ * forward.h - one batched step of the forward pass.
+ *
+ * A step takes tokens from many sequences at once: prefill chunks and decode tokens mix
+ * freely. Token t belongs to sequence seq[t], sits at position pos[t] and attends to
+ * that sequence's positions 0..pos[t] (causal by position). Before the step, the caller
+ * (the scheduler) has reserved blocks so that every pos[t] is covered by its sequence's
+ * block table, and every position 0..pos[t] of the sequence is either in the cache from
+ * an earlier step or a token of this step. K/V of this step's tokens are written into the
+ * cache through the block tables before attention reads them, layer by layer.
+ * Two tokens of a step must not share (sequence, position).
+ */
+#ifndef TDM_SHD_FORWARD_H
+#define TDM_SHD_FORWARD_H
+
+#include "shard/kv_cache.h"
+#include "shard/shd_model.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct shd_seq_view {
+    const int32_t *blocks; /* logical block j -> physical block id            */
+    int32_t n_blocks;
+} shd_seq_view_t;
+
+typedef struct shd_batch {
+    int32_t n_tokens;
+    const int32_t *token;       /* [n_tokens] token ids                       */
+    const int32_t *pos;         /* [n_tokens] positions                       */
+    const int32_t *seq;         /* [n_tokens] index into seqs                 */
+    const uint8_t *want_logits; /* [n_tokens] 1: emit logits for this token   */
+    int32_t n_seqs;
+    const shd_seq_view_t *seqs; /* [n_seqs]                                  */
+} shd_batch_t;
+
+/*
+ * Runs the batch through the model, reading and writing KV in kv (made from
+ * shd_model_kv_config). logits receives one row of n_vocab floats per token with
+ * want_logits set, in token order (may be NULL when none is wanted). Input errors
+ * (token id, position, block coverage, sizes over the load-time maxima) return
+ * TDM_ERR_INVALID_PARAM before anything is written. Every rank of a partitioned model
+ * runs the same batch; each gets the full logits.
+ */
+tdm_status_t shd_forward(shd_model_t *m, shd_kv_cache_t *kv, const shd_batch_t *b, float *logits,
+                         tdm_error_t *err);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

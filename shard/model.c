@@ -1,0 +1,396 @@
+/*
+ * model.c - shd_model_load: hyper-parameters, this rank's slice of the partition, weight
+ * views bound by name with shape checks, and the step scratch arena.
+ */
+#include "common/check.h"
+#include "common/mem.h"
+#include "shard/shd_internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const gguf_tensor_t *find_tensor(shd_model_t *m, const char *name, tdm_error_t *err)
+{
+    const gguf_tensor_t *t = gguf_find_tensor(m->g, name);
+    if (t == NULL) {
+        tdm_error_set(err, TDM_ERR_NOT_FOUND, "tensor '%s' is missing", name);
+    }
+    return t;
+}
+
+tdm_status_t shd_bind_vec(shd_model_t *m, const char *name, int64_t n, const float **out,
+                          tdm_error_t *err)
+{
+    const gguf_tensor_t *t = find_tensor(m, name, err);
+    if (t == NULL) {
+        return TDM_ERR_NOT_FOUND;
+    }
+    if (t->ne[0] != n || t->ne[1] != 1 || t->ne[2] != 1 || t->ne[3] != 1) {
+        return tdm_error_set(err, TDM_ERR_FORMAT,
+                             "tensor '%s': shape [%lld, %lld], expected "
+                             "[%lld]",
+                             name, (long long)t->ne[0], (long long)t->ne[1], (long long)n);
+    }
+    if (t->type == TDM_TYPE_F32) {
+        *out = t->data;
+        return TDM_OK;
+    }
+    float *buf = malloc((size_t)n * sizeof(float));
+    if (buf == NULL) {
+        return tdm_error_set(err, TDM_ERR_NO_MEMORY, "tensor '%s': out of memory", name);
+    }
+    tdm_status_t st = kern_dequantize(t->type, t->data, buf, n, err);
+    if (st != TDM_OK) {
+        free(buf);
+        return st;
+    }
+    m->owned = tdm_xrealloc(m->owned, (size_t)(m->n_owned + 1) * sizeof(float *));
+    m->owned[m->n_owned++] = buf;
+    *out = buf;
+    return TDM_OK;
+}
+
+/* The view of rows [r0, r0+nr) x columns [c0, c0+nc) of a matrix whose rows are
+ * row_bytes apart, starting at data. */
+static tdm_status_t slice_view(const char *name, tdm_type_t type, const void *data, int64_t n_cols,
+                               int64_t r0, int64_t nr, int64_t c0, int64_t nc, kern_weight_t *out,
+                               tdm_error_t *err)
+{
+    const tdm_type_traits_t *tr = tdm_type_traits(type);
+    if (!kern_type_supported(type)) {
+        return tdm_error_set(err, TDM_ERR_UNSUPPORTED, "tensor '%s': type %s has no CPU kernel",
+                             name, tdm_type_name(type));
+    }
+    if (c0 % tr->blck != 0 || nc % tr->blck != 0) {
+        return tdm_error_set(err, TDM_ERR_UNSUPPORTED,
+                             "tensor '%s': columns [%lld, %lld) of a "
+                             "%s matrix do not fall on %u-element block boundaries (choose "
+                             "another partition)",
+                             name, (long long)c0, (long long)(c0 + nc), tdm_type_name(type),
+                             tr->blck);
+    }
+    size_t row_bytes = tdm_type_row_size(type, n_cols);
+    out->type = type;
+    out->n_cols = nc;
+    out->n_rows = nr;
+    out->row_bytes = row_bytes;
+    out->data =
+        (const unsigned char *)data + (size_t)r0 * row_bytes + (size_t)(c0 / tr->blck) * tr->size;
+    return TDM_OK;
+}
+
+tdm_status_t shd_bind_mat(shd_model_t *m, const char *name, int64_t n_cols, int64_t n_rows,
+                          int64_t r0, int64_t nr, int64_t c0, int64_t nc, kern_weight_t *out,
+                          tdm_error_t *err)
+{
+    const gguf_tensor_t *t = find_tensor(m, name, err);
+    if (t == NULL) {
+        return TDM_ERR_NOT_FOUND;
+    }
+    if (t->ne[0] != n_cols || t->ne[1] != n_rows || t->ne[2] != 1 || t->ne[3] != 1) {
+        return tdm_error_set(err, TDM_ERR_FORMAT,
+                             "tensor '%s': shape [%lld, %lld, %lld], "
+                             "expected [%lld, %lld]",
+                             name, (long long)t->ne[0], (long long)t->ne[1], (long long)t->ne[2],
+                             (long long)n_cols, (long long)n_rows);
+    }
+    TDM_ASSERT(r0 >= 0 && nr >= 1 && r0 + nr <= n_rows && c0 >= 0 && nc >= 1 && c0 + nc <= n_cols);
+    return slice_view(name, t->type, t->data, n_cols, r0, nr, c0, nc, out, err);
+}
+
+tdm_status_t shd_bind_experts(shd_model_t *m, const char *name, int64_t n_cols, int64_t n_rows,
+                              int64_t n_expert, int64_t e0, int64_t r0, int64_t nr, int64_t c0,
+                              int64_t nc, shd_experts_t *out, tdm_error_t *err)
+{
+    const gguf_tensor_t *t = find_tensor(m, name, err);
+    if (t == NULL) {
+        return TDM_ERR_NOT_FOUND;
+    }
+    if (t->ne[0] != n_cols || t->ne[1] != n_rows || t->ne[2] != n_expert || t->ne[3] != 1) {
+        return tdm_error_set(err, TDM_ERR_FORMAT,
+                             "tensor '%s': shape [%lld, %lld, %lld], "
+                             "expected [%lld, %lld, %lld]",
+                             name, (long long)t->ne[0], (long long)t->ne[1], (long long)t->ne[2],
+                             (long long)n_cols, (long long)n_rows, (long long)n_expert);
+    }
+    size_t stride = tdm_type_row_size(t->type, n_cols) * (size_t)n_rows;
+    out->stride = stride;
+    return slice_view(name, t->type, (const unsigned char *)t->data + (size_t)e0 * stride, n_cols,
+                      r0, nr, c0, nc, &out->w, err);
+}
+
+tdm_status_t shd_bind_std_layer(shd_model_t *m, int il, bool qk_norm, tdm_error_t *err)
+{
+    const mdl_hparams_t *hp = &m->hp;
+    shd_layer_t *L = &m->layers[il];
+    const int hd = hp->head_dim;
+    char n[GGUF_MAX_NAME];
+#define NAME(suffix) (snprintf(n, sizeof(n), "blk.%d." suffix, il), n)
+    TDM_CHECK(shd_bind_vec(m, NAME("attn_norm.weight"), hp->n_embd, &L->attn_norm, err));
+    TDM_CHECK(shd_bind_mat(m, NAME("attn_q.weight"), hp->n_embd, (int64_t)hp->n_head * hd,
+                           (int64_t)m->head_lo * hd, (int64_t)m->n_head_l * hd, 0, hp->n_embd,
+                           &L->wq, err));
+    TDM_CHECK(shd_bind_mat(m, NAME("attn_k.weight"), hp->n_embd, (int64_t)hp->n_head_kv * hd,
+                           (int64_t)m->kv_lo * hd, (int64_t)m->n_kv_l * hd, 0, hp->n_embd, &L->wk,
+                           err));
+    TDM_CHECK(shd_bind_mat(m, NAME("attn_v.weight"), hp->n_embd, (int64_t)hp->n_head_kv * hd,
+                           (int64_t)m->kv_lo * hd, (int64_t)m->n_kv_l * hd, 0, hp->n_embd, &L->wv,
+                           err));
+    TDM_CHECK(shd_bind_mat(m, NAME("attn_output.weight"), (int64_t)hp->n_head * hd, hp->n_embd, 0,
+                           hp->n_embd, (int64_t)m->head_lo * hd, (int64_t)m->n_head_l * hd, &L->wo,
+                           err));
+    if (qk_norm) {
+        TDM_CHECK(shd_bind_vec(m, NAME("attn_q_norm.weight"), hd, &L->q_norm, err));
+        TDM_CHECK(shd_bind_vec(m, NAME("attn_k_norm.weight"), hd, &L->k_norm, err));
+    }
+    TDM_CHECK(shd_bind_vec(m, NAME("ffn_norm.weight"), hp->n_embd, &L->ffn_norm, err));
+    L->is_moe = hp->layer_moe[il];
+    if (!L->is_moe) {
+        TDM_CHECK(shd_bind_mat(m, NAME("ffn_gate.weight"), hp->n_embd, hp->n_ff, m->ff_lo,
+                               m->n_ff_l, 0, hp->n_embd, &L->ffn_gate, err));
+        TDM_CHECK(shd_bind_mat(m, NAME("ffn_up.weight"), hp->n_embd, hp->n_ff, m->ff_lo, m->n_ff_l,
+                               0, hp->n_embd, &L->ffn_up, err));
+        TDM_CHECK(shd_bind_mat(m, NAME("ffn_down.weight"), hp->n_ff, hp->n_embd, 0, hp->n_embd,
+                               m->ff_lo, m->n_ff_l, &L->ffn_down, err));
+        return TDM_OK;
+    }
+    const int ne = hp->n_expert, fe = hp->n_ff_exp;
+    TDM_CHECK(shd_bind_mat(m, NAME("ffn_gate_inp.weight"), hp->n_embd, ne, 0, ne, 0, hp->n_embd,
+                           &L->router, err));
+    TDM_CHECK(shd_bind_experts(m, NAME("ffn_gate_exps.weight"), hp->n_embd, fe, ne, m->exp_lo,
+                               m->ffe_lo, m->n_ffe_l, 0, hp->n_embd, &L->gate_exps, err));
+    TDM_CHECK(shd_bind_experts(m, NAME("ffn_up_exps.weight"), hp->n_embd, fe, ne, m->exp_lo,
+                               m->ffe_lo, m->n_ffe_l, 0, hp->n_embd, &L->up_exps, err));
+    TDM_CHECK(shd_bind_experts(m, NAME("ffn_down_exps.weight"), fe, hp->n_embd, ne, m->exp_lo, 0,
+                               hp->n_embd, m->ffe_lo, m->n_ffe_l, &L->down_exps, err));
+#undef NAME
+    return TDM_OK;
+}
+
+/* This rank's ranges of heads, FFN columns, experts and vocab rows. */
+static tdm_status_t plan_partition(shd_model_t *m, tdm_error_t *err)
+{
+    const mdl_hparams_t *hp = &m->hp;
+    const shd_partition_t *p = &m->params.part;
+    if (p->tp_size < 1 || p->ep_size < 1 || p->tp_rank < 0 || p->tp_rank >= p->tp_size ||
+        p->ep_rank < 0 || p->ep_rank >= p->ep_size) {
+        return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
+                             "partition: tp %d/%d, ep %d/%d is not "
+                             "a valid rank/size",
+                             p->tp_rank, p->tp_size, p->ep_rank, p->ep_size);
+    }
+    m->world_size = p->tp_size * p->ep_size;
+    if (m->world_size > 1 && m->params.comm.ops == NULL) {
+        return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
+                             "partition: %d ranks but no "
+                             "communicator",
+                             m->world_size);
+    }
+    const int tp = p->tp_size, r = p->tp_rank;
+    if (hp->n_head % tp != 0) {
+        return tdm_error_set(err, TDM_ERR_UNSUPPORTED,
+                             "partition: %d attention heads do not "
+                             "split over tp %d",
+                             hp->n_head, tp);
+    }
+    const int group = hp->n_head / hp->n_head_kv;
+    m->n_head_l = hp->n_head / tp;
+    m->head_lo = r * m->n_head_l;
+    m->kv_lo = m->head_lo / group;
+    m->n_kv_l = (m->head_lo + m->n_head_l - 1) / group + 1 - m->kv_lo;
+
+    bool any_dense = false, any_moe = false;
+    for (int il = 0; il < hp->n_layer; il++) {
+        any_dense |= !hp->layer_moe[il];
+        any_moe |= hp->layer_moe[il] != 0;
+    }
+    if (any_dense) {
+        if (hp->n_ff % tp != 0) {
+            return tdm_error_set(err, TDM_ERR_UNSUPPORTED,
+                                 "partition: feed_forward_length %d "
+                                 "does not split over tp %d",
+                                 hp->n_ff, tp);
+        }
+        m->n_ff_l = hp->n_ff / tp;
+        m->ff_lo = r * m->n_ff_l;
+    }
+    if (any_moe) {
+        const int ep = p->ep_size, base = hp->n_expert / ep, rem = hp->n_expert % ep;
+        if (base == 0) {
+            return tdm_error_set(err, TDM_ERR_UNSUPPORTED,
+                                 "partition: ep %d is more than the %d "
+                                 "experts",
+                                 ep, hp->n_expert);
+        }
+        m->exp_lo = p->ep_rank * base + (p->ep_rank < rem ? p->ep_rank : rem);
+        m->n_exp_l = base + (p->ep_rank < rem);
+        if (hp->n_ff_exp % tp != 0) {
+            return tdm_error_set(err, TDM_ERR_UNSUPPORTED,
+                                 "partition: expert width %d does not "
+                                 "split over tp %d",
+                                 hp->n_ff_exp, tp);
+        }
+        m->n_ffe_l = hp->n_ff_exp / tp;
+        m->ffe_lo = r * m->n_ffe_l;
+    }
+    if (hp->n_vocab % tp == 0) {
+        m->n_vocab_l = hp->n_vocab / tp;
+        m->vocab_lo = r * m->n_vocab_l;
+    } else {
+        m->n_vocab_l = hp->n_vocab;
+        m->vocab_lo = 0;
+    }
+    return TDM_OK;
+}
+
+static size_t pad16(size_t n)
+{
+    return (n + 15) & ~(size_t)15;
+}
+
+static tdm_status_t alloc_scratch(shd_model_t *m, tdm_error_t *err)
+{
+    const mdl_hparams_t *hp = &m->hp;
+    const size_t B = (size_t)m->params.n_batch_max, E = (size_t)hp->n_embd;
+    const size_t hd = (size_t)hp->head_dim,
+                 k = (size_t)(hp->n_expert_used > 0 ? hp->n_expert_used : 1);
+    const size_t ff = (size_t)(m->n_ff_l > m->n_ffe_l ? m->n_ff_l : m->n_ffe_l);
+    const size_t nthr = (size_t)kern_ctx_n_threads(m->kctx);
+    const size_t nout = (size_t)m->params.n_out_max;
+    const size_t tp = (size_t)m->params.part.tp_size;
+    const bool split_vocab = m->n_vocab_l != hp->n_vocab;
+    size_t sizes[] = {
+        B * E,
+        B * E,
+        B * m->n_head_l * hd,
+        B * m->n_kv_l * hd,
+        B * m->n_kv_l * hd,
+        B * m->n_head_l * hd,
+        B * E,
+        B * ff,
+        B * ff,
+        B * (size_t)(hp->n_expert > 0 ? hp->n_expert : 1),
+        B * k,
+        B * k,
+        B,
+        B,
+        B * E,
+        B * E,
+        nthr * (size_t)m->params.n_ctx_max,
+        nout * E,
+        nout * (size_t)m->n_vocab_l,
+        split_vocab ? tp * nout * (size_t)m->n_vocab_l : 0,
+    };
+    size_t total = 0;
+    for (size_t i = 0; i < TDM_ARRAY_SIZE(sizes); i++) {
+        total += pad16(sizes[i]);
+    }
+    m->arena = tdm_aligned_alloc(total * sizeof(float));
+    if (m->arena == NULL) {
+        return tdm_error_set(err, TDM_ERR_NO_MEMORY,
+                             "model: out of memory for %zu MiB of step "
+                             "scratch (batch %zu)",
+                             total * sizeof(float) >> 20, B);
+    }
+    float *p = m->arena;
+    void **slots[] = {
+        (void **)&m->s.x,     (void **)&m->s.xn,   (void **)&m->s.q,    (void **)&m->s.k,
+        (void **)&m->s.v,     (void **)&m->s.attn, (void **)&m->s.proj, (void **)&m->s.ff_a,
+        (void **)&m->s.ff_b,  (void **)&m->s.rlog, (void **)&m->s.sel,  (void **)&m->s.selw,
+        (void **)&m->s.etok,  (void **)&m->s.ew,   (void **)&m->s.ex,   (void **)&m->s.ey,
+        (void **)&m->s.att_s, (void **)&m->s.lx,   (void **)&m->s.lg,   (void **)&m->s.lgg,
+    };
+    _Static_assert(TDM_ARRAY_SIZE(slots) == TDM_ARRAY_SIZE(sizes), "one size per slot");
+    for (size_t i = 0; i < TDM_ARRAY_SIZE(sizes); i++) {
+        *slots[i] = p; /* int32 slots share the float arena: same size and alignment */
+        p += pad16(sizes[i]);
+    }
+    return TDM_OK;
+}
+
+tdm_status_t shd_model_load(const gguf_ctx_t *g, kern_ctx_t *kctx, const shd_model_params_t *p,
+                            shd_model_t **out, tdm_error_t *err)
+{
+    if (p->n_batch_max < 1 || p->n_out_max < 1 || p->n_out_max > p->n_batch_max ||
+        p->n_ctx_max < 1) {
+        return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
+                             "model: batch %d, outputs %d, context "
+                             "%d (need 1 <= outputs <= batch, context >= 1)",
+                             p->n_batch_max, p->n_out_max, p->n_ctx_max);
+    }
+    tdm_status_t st;
+    shd_model_t *m = tdm_xcalloc(1, sizeof(*m));
+    m->g = g;
+    m->kctx = kctx;
+    m->params = *p;
+    TDM_CHECK_GOTO(mdl_hparams_load(g, &m->hp, err), st, fail);
+    m->arch = shd_arch_lookup(m->hp.arch);
+    if (m->arch == NULL) {
+        st = tdm_error_set(err, TDM_ERR_UNSUPPORTED, "model: no forward pass for '%s'",
+                           m->hp.arch_name);
+        goto fail;
+    }
+    TDM_CHECK_GOTO(m->arch->check(&m->hp, err), st, fail);
+    TDM_CHECK_GOTO(plan_partition(m, err), st, fail);
+
+    const mdl_hparams_t *hp = &m->hp;
+    TDM_CHECK_GOTO(shd_bind_mat(m, "token_embd.weight", hp->n_embd, hp->n_vocab, 0, hp->n_vocab, 0,
+                                hp->n_embd, &m->tok_embd, err),
+                   st, fail);
+    TDM_CHECK_GOTO(shd_bind_vec(m, "output_norm.weight", hp->n_embd, &m->out_norm, err), st, fail);
+    TDM_CHECK_GOTO(shd_bind_mat(m, hp->tied_output ? "token_embd.weight" : "output.weight",
+                                hp->n_embd, hp->n_vocab, m->vocab_lo, m->n_vocab_l, 0, hp->n_embd,
+                                &m->output, err),
+                   st, fail);
+    if (hp->has_rope_freqs) {
+        TDM_CHECK_GOTO(
+            shd_bind_vec(m, "rope_freqs.weight", hp->rope.n_rot / 2, &m->rope_freqs, err), st,
+            fail);
+    }
+    m->layers = tdm_xcalloc((size_t)hp->n_layer, sizeof(shd_layer_t));
+    for (int il = 0; il < hp->n_layer; il++) {
+        TDM_CHECK_GOTO(m->arch->bind_layer(m, il, err), st, fail);
+    }
+    TDM_CHECK_GOTO(alloc_scratch(m, err), st, fail);
+    *out = m;
+    return TDM_OK;
+fail:
+    shd_model_destroy(m);
+    return st;
+}
+
+void shd_model_destroy(shd_model_t *m)
+{
+    if (m == NULL) {
+        return;
+    }
+    for (int i = 0; i < m->n_owned; i++) {
+        free(m->owned[i]);
+    }
+    free(m->owned);
+    free(m->layers);
+    free(m->arena);
+    free(m);
+}
+
+const mdl_hparams_t *shd_model_hparams(const shd_model_t *m)
+{
+    return &m->hp;
+}
+
+const shd_model_params_t *shd_model_params(const shd_model_t *m)
+{
+    return &m->params;
+}
+
+void shd_model_kv_config(const shd_model_t *m, int block_tokens, int32_t n_blocks,
+                         shd_kv_config_t *out)
+{
+    out->n_layer = m->hp.n_layer;
+    out->n_kv_heads = m->n_kv_l;
+    out->head_dim = m->hp.head_dim;
+    out->block_tokens = block_tokens;
+    out->n_blocks = n_blocks;
+    out->type = TDM_TYPE_F32;
+}

@@ -1,0 +1,143 @@
+/*
+ * shd_internal.h - what shard/ files share privately: the bound model, the arch ops
+ * table, the step context and the shared blocks (attention, dense FFN, MoE).
+ */
+#ifndef TDM_SHD_INTERNAL_H
+#define TDM_SHD_INTERNAL_H
+
+#include "shard/forward.h"
+#include "shard/shd_model.h"
+
+#include <stddef.h>
+
+/* A stack of 2-D views of a 3-D expert tensor: expert e (local index) is `w` with data
+ * advanced by e * stride bytes. */
+typedef struct shd_experts {
+    kern_weight_t w; /* the view of the first local expert */
+    size_t stride;
+} shd_experts_t;
+
+typedef struct shd_layer {
+    const float *attn_norm;       /* [n_embd]                                   */
+    kern_weight_t wq, wk, wv;     /* local head rows                            */
+    kern_weight_t wo;             /* local head columns, all n_embd rows        */
+    const float *q_norm, *k_norm; /* [head_dim] or NULL                         */
+    const float *ffn_norm;        /* [n_embd]                                   */
+    int is_moe;
+    kern_weight_t ffn_gate, ffn_up;              /* dense: local rows of n_ff                  */
+    kern_weight_t ffn_down;                      /* dense: local columns                       */
+    kern_weight_t router;                        /* MoE: n_expert rows (replicated)            */
+    shd_experts_t gate_exps, up_exps, down_exps; /* MoE: local experts, local width */
+} shd_layer_t;
+
+/* Step scratch: carved from one arena at load, sized for n_batch_max tokens. */
+typedef struct shd_scratch {
+    float *x;      /* [B, n_embd] residual stream                  */
+    float *xn;     /* [B, n_embd] normed input of a block          */
+    float *q;      /* [B, n_head_l * hd]                            */
+    float *k;      /* [B, n_kv_l * hd]                              */
+    float *v;      /* [B, n_kv_l * hd]                              */
+    float *attn;   /* [B, n_head_l * hd] attention output           */
+    float *proj;   /* [B, n_embd] block output (partial before AR)  */
+    float *ff_a;   /* [B, ff_max] gate                              */
+    float *ff_b;   /* [B, ff_max] up                                */
+    float *rlog;   /* [B, n_expert] router probabilities            */
+    int32_t *sel;  /* [B, n_expert_used] chosen experts             */
+    float *selw;   /* [B, n_expert_used] their weights              */
+    int32_t *etok; /* [B] tokens routed to the current expert       */
+    float *ew;     /* [B] and their weights                         */
+    float *ex;     /* [B, n_embd] gathered inputs                   */
+    float *ey;     /* [B, n_embd] expert outputs                    */
+    float *att_s;  /* [n_threads, n_ctx_max] attention scores       */
+    float *lx;     /* [n_out_max, n_embd] normed rows for logits    */
+    float *lg;     /* [n_out_max * n_vocab_l] local logits          */
+    float *lgg;    /* [tp * n_out_max * n_vocab_l] gathered logits  */
+} shd_scratch_t;
+
+typedef struct shd_arch_ops shd_arch_ops_t;
+
+struct shd_model {
+    mdl_hparams_t hp;
+    shd_model_params_t params;
+    const gguf_ctx_t *g;
+    kern_ctx_t *kctx;
+    const shd_arch_ops_t *arch;
+
+    /* This rank's slice. */
+    int head_lo, n_head_l;   /* q heads [head_lo, head_lo + n_head_l)          */
+    int kv_lo, n_kv_l;       /* kv heads                                        */
+    int ff_lo, n_ff_l;       /* dense FFN columns                               */
+    int exp_lo, n_exp_l;     /* experts                                         */
+    int ffe_lo, n_ffe_l;     /* columns of each expert                          */
+    int vocab_lo, n_vocab_l; /* output rows                                     */
+    int world_size;
+
+    kern_weight_t tok_embd;  /* full, for row lookup                            */
+    const float *out_norm;   /* [n_embd]                                        */
+    kern_weight_t output;    /* local vocab rows (token_embd rows when tied)    */
+    const float *rope_freqs; /* [n_rot/2] or NULL                               */
+    shd_layer_t *layers;
+
+    float **owned; /* f32 copies of non-f32 norm vectors              */
+    int n_owned;
+    void *arena;
+    shd_scratch_t s;
+};
+
+/* One architecture: binding its tensors and running one layer. Registered in
+ * shard/arch_table.c keyed by mdl_arch_t. */
+struct shd_arch_ops {
+    mdl_arch_t arch;
+    /* Checks arch-specific hyper-parameters (before anything is bound). */
+    tdm_status_t (*check)(const mdl_hparams_t *hp, tdm_error_t *err);
+    /* Binds blk.il.* into m->layers[il]. */
+    tdm_status_t (*bind_layer)(shd_model_t *m, int il, tdm_error_t *err);
+    /* x[0..n_tok) <- layer il (x) ; uses m->s scratch. */
+    tdm_status_t (*forward_layer)(shd_model_t *m, shd_kv_cache_t *kv, const shd_batch_t *b, int il,
+                                  tdm_error_t *err);
+};
+
+const shd_arch_ops_t *shd_arch_lookup(mdl_arch_t arch);
+extern const shd_arch_ops_t shd_arch_llama;
+extern const shd_arch_ops_t shd_arch_qwen3moe;
+
+/* ---- binding helpers (model.c) ---- */
+
+/* A 1-D f32 vector of n elements (converted to f32 when stored otherwise). */
+tdm_status_t shd_bind_vec(shd_model_t *m, const char *name, int64_t n, const float **out,
+                          tdm_error_t *err);
+/* Rows [r0, r0+nr) and columns [c0, c0+nc) of the 2-D tensor `name` of shape
+ * [n_cols, n_rows]; c0 must be on a block boundary. */
+tdm_status_t shd_bind_mat(shd_model_t *m, const char *name, int64_t n_cols, int64_t n_rows,
+                          int64_t r0, int64_t nr, int64_t c0, int64_t nc, kern_weight_t *out,
+                          tdm_error_t *err);
+/* Same for every expert of the 3-D tensor [n_cols, n_rows, n_expert], from expert e0. */
+tdm_status_t shd_bind_experts(shd_model_t *m, const char *name, int64_t n_cols, int64_t n_rows,
+                              int64_t n_expert, int64_t e0, int64_t r0, int64_t nr, int64_t c0,
+                              int64_t nc, shd_experts_t *out, tdm_error_t *err);
+
+/* The common llama-family layer tensors: norms, q/k/v/o (+ q/k norms when qk_norm), and
+ * the FFN of the layer (dense or MoE, by hp.layer_moe). */
+tdm_status_t shd_bind_std_layer(shd_model_t *m, int il, bool qk_norm, tdm_error_t *err);
+
+/* ---- shared blocks (blocks.c); all on m->s, rows = b->n_tokens ---- */
+
+/* s.xn = RMSNorm(s.x; w). */
+void shd_norm_input(shd_model_t *m, int64_t n_tok, const float *w);
+/* s.proj = attention(s.xn) of layer il, all-reduced over TP; writes this step's K/V. */
+tdm_status_t shd_block_attention(shd_model_t *m, shd_kv_cache_t *kv, const shd_batch_t *b, int il,
+                                 tdm_error_t *err);
+/* s.proj = SwiGLU FFN(s.xn) of layer il, all-reduced over TP. */
+tdm_status_t shd_block_ffn(shd_model_t *m, int64_t n_tok, int il, tdm_error_t *err);
+/* s.proj = MoE(s.xn) of layer il, all-reduced over the world. */
+tdm_status_t shd_block_moe(shd_model_t *m, int64_t n_tok, int il, tdm_error_t *err);
+/* s.x += s.proj. */
+void shd_residual_add(shd_model_t *m, int64_t n_tok);
+
+/* Top-k routing of one token: probs (softmaxed in place from router logits), the k
+ * chosen experts (ties to the lower index) and their weights (renormalised when norm). */
+void shd_route_token(float *probs, int n_expert, int k, bool norm, int32_t *sel, float *w);
+
+tdm_status_t shd_all_reduce(shd_model_t *m, shd_group_t g, float *buf, int64_t n, tdm_error_t *err);
+
+#endif

@@ -1,0 +1,71 @@
+/*
+ * shd_model.h - a model as one shard holds it: hyper-parameters, this shard's slice of
+ * every weight (views into the mapped GGUF, never copies), and a scratch arena sized at
+ * load time for the largest step.
+ *
+ * Partition (shd_partition_t): TP over attention heads and dense FFN columns, EP over
+ * experts; see shd_comm.h for the groups and docs/forward-pass.md for the scheme.
+ *   - q heads: n_head / tp_size consecutive heads per TP rank (n_head must divide);
+ *   - kv heads: the consecutive range the rank's q heads use (an exact split when
+ *     n_head_kv divides by tp_size, otherwise the shared kv heads are replicated);
+ *   - attn_output: the matching input columns, the partial sums all-reduced over TP;
+ *   - dense FFN: n_ff / tp_size gate/up rows and down columns, all-reduced over TP;
+ *   - experts: consecutive ranges of n_expert / ep_size experts per EP rank (the first
+ *     n_expert % ep_size ranks take one more), each expert's width split over TP like a
+ *     dense FFN (n_ff_exp must divide by tp_size), the partial
+ *     MoE outputs all-reduced over the world;
+ *   - output (vocab) rows split over TP and all-gathered when n_vocab divides, else
+ *     replicated. Embeddings, norms and the router are replicated.
+ * A column slice of a quantized weight must start on a block boundary, otherwise the
+ * load fails with TDM_ERR_UNSUPPORTED naming the tensor.
+ */
+#ifndef TDM_SHD_MODEL_H
+#define TDM_SHD_MODEL_H
+
+#include "kernels/kern.h"
+#include "model/gguf.h"
+#include "model/hparams.h"
+#include "shard/kv_cache.h"
+#include "shard/shd_comm.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct shd_partition {
+    int tp_rank, tp_size;
+    int ep_rank, ep_size;
+} shd_partition_t;
+
+typedef struct shd_model_params {
+    int n_batch_max;      /* most tokens in one step                          */
+    int n_out_max;        /* most tokens with logits in one step (<= batch)   */
+    int n_ctx_max;        /* most positions of one sequence                   */
+    shd_partition_t part; /* {0,1,0,1} for the whole model                */
+    shd_comm_t comm;      /* ops NULL when tp_size * ep_size == 1          */
+} shd_model_params_t;
+
+typedef struct shd_model shd_model_t;
+
+/*
+ * Binds the model in g (which must outlive the model) for partition p->part, with kernels
+ * run on kctx (not owned; one per concurrently running shard). Fails naming the key or
+ * tensor that is missing, has the wrong shape or an unsupported type.
+ */
+tdm_status_t shd_model_load(const gguf_ctx_t *g, kern_ctx_t *kctx, const shd_model_params_t *p,
+                            shd_model_t **out, tdm_error_t *err);
+void shd_model_destroy(shd_model_t *m); /* NULL is fine */
+
+const mdl_hparams_t *shd_model_hparams(const shd_model_t *m);
+const shd_model_params_t *shd_model_params(const shd_model_t *m);
+
+/* The KV storage shape this shard needs (its local kv heads), for n_blocks blocks of
+ * block_tokens tokens. */
+void shd_model_kv_config(const shd_model_t *m, int block_tokens, int32_t n_blocks,
+                         shd_kv_config_t *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,780 @@
+/*
+ * test_kernels_types.c - the CPU tensor-type kernels against independent oracles.
+ *
+ *   - dequantizers: bit-exact (bit patterns, NaN/inf included) with gguf.quants.dequantize
+ *     on random blocks with edge cases (tests/fixtures/quant/, tools/fixtures/
+ *     make_quant_fixtures.py);
+ *   - quantizers: bit-exact with gguf.quants.quantize (F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1,
+ *     Q8_0, MXFP4) and with llama.cpp's reference for the activation formats Q8_1 and
+ *     Q8_K; the K-quants (own algorithm) within a stated error bound and no worse than
+ *     1.15x llama.cpp's reference quantizer on the same rows;
+ *   - vec_dot: every ISA this CPU runs equal to the scalar reference within float
+ *     rounding, and the scalar reference equal to the double-precision dot of the
+ *     dequantized operands within float rounding;
+ *   - kern_matmul (shapes, strides, n_tok 1..37, 1..4 threads, every ISA) equal to a naive
+ *     dequantize-and-dot reference; kern_parallel_for covering every index exactly once.
+ *
+ * Float-rounding bound used throughout: |got - exact| <= (n_blocks + 4) * 2^-23 * sum|w*a|,
+ * the textbook bound for summing n_blocks rounded block terms (each block's integer sum
+ * is exact; the scale product and the conversion add a few ulps).
+ */
+#include "common/cpu_features.h"
+#include "kernels/cpu/types_cpu.h"
+#include "kernels/kern.h"
+
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+
+/* ---- helpers -------------------------------------------------------------------- */
+
+static uint32_t rng_next(uint64_t *s)
+{
+    *s = *s * 6364136223846793005ull + 1442695040888963407ull;
+    return (uint32_t)(*s >> 33);
+}
+
+static float rng_uniform(uint64_t *s) /* [-1, 1) */
+{
+    return (float)(rng_next(s) & 0xFFFFFF) / 8388608.0f - 1.0f;
+}
+
+static float rng_normal(uint64_t *s)
+{
+    float u = 0.0f;
+    for (int i = 0; i < 6; i++) {
+        u += rng_uniform(s);
+    }
+    return u * 0.7071f;
+}
+
+/* The weight types with CPU kernels (all of them have a vec_dot). */
+static const tdm_type_t weight_types[] = {
+    TDM_TYPE_F32,  TDM_TYPE_F16,  TDM_TYPE_BF16, TDM_TYPE_Q4_0,   TDM_TYPE_Q4_1,   TDM_TYPE_Q5_0,
+    TDM_TYPE_Q5_1, TDM_TYPE_Q8_0, TDM_TYPE_Q2_K, TDM_TYPE_Q3_K,   TDM_TYPE_Q4_K,   TDM_TYPE_Q5_K,
+    TDM_TYPE_Q6_K, TDM_TYPE_MXFP4, TDM_TYPE_IQ4_NL, TDM_TYPE_IQ4_XS,
+};
+
+/* Byte offsets of the f16 scale fields of each block type (random bytes there would be
+ * inf/NaN scales, which make dot products meaningless). */
+static int f16_fields(tdm_type_t t, int *off)
+{
+    switch (t) {
+    case TDM_TYPE_Q4_0:
+    case TDM_TYPE_Q5_0:
+    case TDM_TYPE_Q8_0:
+    case TDM_TYPE_IQ4_NL:
+    case TDM_TYPE_IQ4_XS:
+        off[0] = 0;
+        return 1;
+    case TDM_TYPE_Q4_1:
+    case TDM_TYPE_Q5_1:
+    case TDM_TYPE_Q4_K:
+    case TDM_TYPE_Q5_K:
+        off[0] = 0;
+        off[1] = 2;
+        return 2;
+    case TDM_TYPE_Q2_K:
+        off[0] = 80;
+        off[1] = 82;
+        return 2;
+    case TDM_TYPE_Q3_K:
+        off[0] = 108;
+        return 1;
+    case TDM_TYPE_Q6_K:
+        off[0] = 208;
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/* n elements of random weights of type t with sane (finite, moderate) scales. */
+static void *random_weights(tdm_type_t t, int64_t n_rows, int64_t n, uint64_t *s)
+{
+    const tdm_type_traits_t *tr = tdm_type_traits(t);
+    const size_t bytes = tdm_type_row_size(t, n) * (size_t)n_rows;
+    uint8_t *p = malloc(bytes);
+    assert_non_null(p);
+    if (t == TDM_TYPE_F32) {
+        float *f = (float *)p;
+        for (size_t i = 0; i < bytes / 4; i++) {
+            f[i] = rng_normal(s);
+        }
+        return p;
+    }
+    if (t == TDM_TYPE_F16 || t == TDM_TYPE_BF16) {
+        uint16_t *h = (uint16_t *)p;
+        for (size_t i = 0; i < bytes / 2; i++) {
+            h[i] = t == TDM_TYPE_F16 ? kern_fp32_to_fp16(rng_normal(s))
+                                     : kern_fp32_to_bf16(rng_normal(s));
+        }
+        return p;
+    }
+    for (size_t i = 0; i < bytes; i++) {
+        p[i] = (uint8_t)rng_next(s);
+    }
+    int off[2];
+    const int nf = f16_fields(t, off);
+    for (size_t b = 0; b < bytes / tr->size; b++) {
+        uint8_t *blk = p + b * tr->size;
+        if (t == TDM_TYPE_MXFP4) {
+            blk[0] = (uint8_t)(118 + rng_next(s) % 12);
+        }
+        for (int k = 0; k < nf; k++) {
+            const float v = ldexpf(1.0f + rng_uniform(s) * 0.5f, -(int)(rng_next(s) % 8) - 4);
+            const uint16_t h = kern_fp32_to_fp16((rng_next(s) & 1) ? -v : v);
+            memcpy(blk + off[k], &h, 2);
+        }
+    }
+    return p;
+}
+
+static float *dequant_alloc(tdm_type_t t, const void *src, int64_t n)
+{
+    float *y = malloc((size_t)n * sizeof(float));
+    assert_non_null(y);
+    assert_int_equal(kern_dequantize(t, src, y, n, NULL), TDM_OK);
+    return y;
+}
+
+static int64_t n_blocks_of(tdm_type_t t, int64_t n)
+{
+    return n / (int64_t)tdm_type_traits(t)->blck;
+}
+
+/* exact (double) dot and sum of |terms| */
+static void exact_dot(const float *a, const float *b, int64_t n, double *dot, double *absdot)
+{
+    double s = 0.0, sa = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        s += (double)a[i] * b[i];
+        sa += fabs((double)a[i] * b[i]);
+    }
+    *dot = s;
+    *absdot = sa;
+}
+
+/* The reference dot of a weight row and its quantized activation row. Q8_1 carries
+ * s = f16(d * sum(q)), and the Q4_1/Q5_1 dots use it for the min term (m * s), so the
+ * reference does too: the f16 rounding of s belongs to the activation format. */
+static void ref_dot(tdm_type_t t, const void *w, const float *wd, const void *a, const float *ad,
+                    int64_t n, double *dot, double *absdot)
+{
+    exact_dot(wd, ad, n, dot, absdot);
+    if (kern_type_cpu(t)->vec_dot_type != TDM_TYPE_Q8_1) {
+        return;
+    }
+    const size_t wsize = tdm_type_traits(t)->size;
+    const kern_block_q8_1 *qa = a;
+    for (int64_t b = 0; b < n / 32; b++) {
+        uint16_t mh;
+        memcpy(&mh, (const uint8_t *)w + (size_t)b * wsize + 2, 2); /* m of Q4_1 / Q5_1 */
+        const double m = kern_fp16_to_fp32(mh), sa = kern_fp16_to_fp32(qa[b].s);
+        double sum = 0.0;
+        for (int j = 0; j < 32; j++) {
+            sum += ad[32 * b + j];
+        }
+        *dot += m * (sa - sum);
+        *absdot += fabs(m * sa);
+    }
+}
+
+static double rounding_bound(int64_t n_blocks, double absdot)
+{
+    return (double)(n_blocks + 4) * 0x1p-23 * absdot + 1e-30;
+}
+
+/* ---- fixtures ------------------------------------------------------------------- */
+
+typedef struct fixture {
+    uint32_t type, blck, size, n_blocks, n_rows, n_per_row, q_exact, q_oracle;
+    uint8_t *blocks; /* section A */
+    float *deq;
+    float *qin; /* section B */
+    uint8_t *qout;
+    uint8_t *buf;
+} fixture_t;
+
+static int load_fixture(const char *name, fixture_t *fx)
+{
+    const char *src = getenv("TANDEM_SOURCE_DIR");
+    char path[1024];
+    snprintf(path, sizeof(path), "%s/tests/fixtures/quant/%s.bin", src ? src : ".", name);
+    FILE *f = fopen(path, "rb");
+    if (f == NULL) {
+        print_error("cannot open fixture %s (set TANDEM_SOURCE_DIR)\n", path);
+        return -1;
+    }
+    fseek(f, 0, SEEK_END);
+    long len = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    memset(fx, 0, sizeof(*fx));
+    fx->buf = malloc((size_t)len);
+    assert_non_null(fx->buf);
+    assert_int_equal(fread(fx->buf, 1, (size_t)len, f), (size_t)len);
+    fclose(f);
+    assert_true(len >= 40);
+    assert_memory_equal(fx->buf, "TDMQFX1\0", 8);
+    memcpy(&fx->type, fx->buf + 8, 32);
+    uint8_t *p = fx->buf + 40;
+    fx->blocks = p;
+    p += (size_t)fx->n_blocks * fx->size;
+    fx->deq = (float *)p;
+    p += (size_t)fx->n_blocks * fx->blck * sizeof(float);
+    fx->qin = (float *)p;
+    p += (size_t)fx->n_rows * fx->n_per_row * sizeof(float);
+    fx->qout = p;
+    p += (size_t)fx->n_rows * (fx->n_per_row / fx->blck) * fx->size;
+    assert_int_equal(p - fx->buf, len);
+    return 0;
+}
+
+static const char *const fixture_names[] = {
+    "F32",  "F16",  "BF16", "Q4_0",   "Q4_1",   "Q5_0",  "Q5_1", "Q8_0", "Q2_K",
+    "Q3_K", "Q4_K", "Q5_K", "Q6_K",   "IQ4_NL", "IQ4_XS", "MXFP4", "Q8_1", "Q8_K",
+};
+
+static void test_dequant_bit_exact(void **state)
+{
+    (void)state;
+    int n_types = 0;
+    for (size_t i = 0; i < ARRAY_LEN(fixture_names); i++) {
+        fixture_t fx;
+        assert_int_equal(load_fixture(fixture_names[i], &fx), 0);
+        assert_int_equal(fx.type, (uint32_t)tdm_type_from_name(fixture_names[i]));
+        if (fx.n_blocks > 0) {
+            const int64_t n = (int64_t)fx.n_blocks * fx.blck;
+            float *y = dequant_alloc((tdm_type_t)fx.type, fx.blocks, n);
+            for (int64_t k = 0; k < n; k++) {
+                if (kern_f32_bits(y[k]) != kern_f32_bits(fx.deq[k])) {
+                    fail_msg("%s: element %lld (block %lld): got %.9g (0x%08x), gguf %.9g (0x%08x)",
+                             fixture_names[i], (long long)k, (long long)(k / fx.blck), y[k],
+                             kern_f32_bits(y[k]), fx.deq[k], kern_f32_bits(fx.deq[k]));
+                }
+            }
+            free(y);
+            n_types++;
+        }
+        free(fx.buf);
+    }
+    assert_int_equal(n_types, 16);
+}
+
+/* Our quantizer reproduces the oracle's bytes (gguf or llama.cpp's reference). */
+static void test_quantize_bit_exact(void **state)
+{
+    (void)state;
+    int n_exact = 0;
+    for (size_t i = 0; i < ARRAY_LEN(fixture_names); i++) {
+        fixture_t fx;
+        assert_int_equal(load_fixture(fixture_names[i], &fx), 0);
+        if (fx.q_exact) {
+            const size_t row_bytes = (fx.n_per_row / fx.blck) * fx.size;
+            uint8_t *q = calloc(fx.n_rows, row_bytes);
+            assert_int_equal(kern_quantize((tdm_type_t)fx.type, fx.qin, q, fx.n_rows,
+                                           fx.n_per_row, NULL),
+                             TDM_OK);
+            for (size_t b = 0; b < fx.n_rows * row_bytes; b++) {
+                if (q[b] != fx.qout[b]) {
+                    fail_msg("%s: byte %zu (row %zu, block %zu, offset %zu): got 0x%02x, "
+                             "oracle 0x%02x",
+                             fixture_names[i], b, b / row_bytes, (b % row_bytes) / fx.size,
+                             b % fx.size, q[b], fx.qout[b]);
+                }
+            }
+            free(q);
+            n_exact++;
+        }
+        free(fx.buf);
+    }
+    assert_int_equal(n_exact, 10);
+}
+
+static double row_rmse(const float *a, const float *b, int64_t n, double *rms)
+{
+    double e = 0.0, r = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        e += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+        r += (double)a[i] * a[i];
+    }
+    *rms = sqrt(r / (double)n);
+    return sqrt(e / (double)n);
+}
+
+/*
+ * K-quant quantizers (own algorithm): on Gaussian rows of 4096 the round-trip RMSE
+ * relative to the row RMS stays below Q4_K 0.12, Q5_K 0.06, Q6_K 0.03 (llama.cpp's
+ * reference reaches about 0.10 / 0.05 / 0.025), and on every fixture row our RMSE is at
+ * most 1.15x that of llama.cpp's reference quantizer (+1e-12 for exact rows).
+ */
+static void test_kquant_quality(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *name;
+        double rel_bound;
+    } kq[] = {{"Q4_K", 0.12}, {"Q5_K", 0.06}, {"Q6_K", 0.03}};
+    for (size_t i = 0; i < ARRAY_LEN(kq); i++) {
+        fixture_t fx;
+        assert_int_equal(load_fixture(kq[i].name, &fx), 0);
+        assert_int_equal(fx.q_exact, 0);
+        const tdm_type_t t = (tdm_type_t)fx.type;
+        const size_t row_bytes = tdm_type_row_size(t, fx.n_per_row);
+        uint8_t *q = malloc(row_bytes);
+        for (uint32_t r = 0; r < fx.n_rows; r++) {
+            const float *x = fx.qin + (size_t)r * fx.n_per_row;
+            assert_int_equal(kern_quantize(t, x, q, 1, fx.n_per_row, NULL), TDM_OK);
+            float *ours = dequant_alloc(t, q, fx.n_per_row);
+            float *ggml = dequant_alloc(t, fx.qout + r * row_bytes, fx.n_per_row);
+            double rms;
+            const double e_ours = row_rmse(x, ours, fx.n_per_row, &rms);
+            const double e_ggml = row_rmse(x, ggml, fx.n_per_row, &rms);
+            if (!(e_ours <= 1.15 * e_ggml + 1e-12 * rms + 1e-30)) {
+                fail_msg("%s row %u: rmse %.4g vs llama.cpp %.4g (row rms %.4g)", kq[i].name, r,
+                         e_ours, e_ggml, rms);
+            }
+            free(ours);
+            free(ggml);
+        }
+        free(q);
+        free(fx.buf);
+
+        /* the stated bound on Gaussian data */
+        const int64_t n = 4096;
+        uint64_t s = 77 + i;
+        float *x = malloc(n * sizeof(float));
+        for (int64_t k = 0; k < n; k++) {
+            x[k] = rng_normal(&s);
+        }
+        uint8_t *qq = malloc(tdm_type_row_size(t, n));
+        assert_int_equal(kern_quantize(t, x, qq, 1, n, NULL), TDM_OK);
+        float *y = dequant_alloc(t, qq, n);
+        double rms;
+        const double e = row_rmse(x, y, n, &rms);
+        print_message("%s: round-trip rmse / rms = %.4f (bound %.2f)\n", kq[i].name, e / rms,
+                      kq[i].rel_bound);
+        assert_true(e / rms < kq[i].rel_bound);
+        free(x);
+        free(qq);
+        free(y);
+    }
+}
+
+/* Activation formats: dequant(quant(x)) within half a quantization step, and the
+ * redundant fields (Q8_1 s, Q8_K bsums) consistent. */
+static void test_activation_formats(void **state)
+{
+    (void)state;
+    uint64_t s = 5;
+    const int64_t n = 512;
+    float x[512];
+    for (int64_t k = 0; k < n; k++) {
+        x[k] = rng_normal(&s) * (k < 256 ? 1.0f : 1e-3f);
+    }
+    x[3] = 0.0f;
+    kern_block_q8_1 q1[16];
+    kern_block_q8_k qk[2];
+    assert_int_equal(kern_quantize(TDM_TYPE_Q8_1, x, q1, 1, n, NULL), TDM_OK);
+    assert_int_equal(kern_quantize(TDM_TYPE_Q8_K, x, qk, 1, n, NULL), TDM_OK);
+    float y1[512], yk[512];
+    assert_int_equal(kern_dequantize(TDM_TYPE_Q8_1, q1, y1, n, NULL), TDM_OK);
+    assert_int_equal(kern_dequantize(TDM_TYPE_Q8_K, qk, yk, n, NULL), TDM_OK);
+    for (int64_t k = 0; k < n; k++) {
+        const float d1 = kern_fp16_to_fp32(q1[k / 32].d);
+        /* half a step, plus 127 steps times the f16 rounding of d (2^-11 relative) */
+        assert_true(fabsf(y1[k] - x[k]) <= d1 * (0.5f + 127.0f * 0x1p-11f) * 1.01f);
+        assert_true(fabsf(yk[k] - x[k]) <= 0.5f * fabsf(qk[k / 256].d) * 1.01f);
+    }
+    for (int b = 0; b < 16; b++) {
+        int sum = 0;
+        for (int j = 0; j < 32; j++) {
+            sum += q1[b].qs[j];
+        }
+        /* s = f16(d * sum) with the unrounded d (the fixture checks it bit-exactly) */
+        const float want = (float)sum * kern_fp16_to_fp32(q1[b].d);
+        assert_true(fabsf(kern_fp16_to_fp32(q1[b].s) - want) <= 0x1p-9f * fabsf(want) + 1e-7f);
+    }
+    for (int b = 0; b < 2; b++) {
+        for (int g = 0; g < 16; g++) {
+            int sum = 0;
+            for (int j = 0; j < 16; j++) {
+                sum += qk[b].qs[16 * g + j];
+            }
+            assert_int_equal(qk[b].bsums[g], sum);
+        }
+    }
+}
+
+/* f16 conversions against exhaustive properties: every half round-trips exactly. */
+static void test_f16_roundtrip(void **state)
+{
+    (void)state;
+    for (uint32_t h = 0; h < 65536; h++) {
+        const float f = kern_fp16_to_fp32((uint16_t)h);
+        const uint16_t back = kern_fp32_to_fp16(f);
+        if ((h & 0x7C00) == 0x7C00 && (h & 0x3FF) != 0) { /* NaN: stays NaN, quiet */
+            assert_true((back & 0x7C00) == 0x7C00 && (back & 0x3FF) != 0);
+            continue;
+        }
+        assert_int_equal(back, h);
+    }
+}
+
+/* ---- vec_dot -------------------------------------------------------------------- */
+
+static void *quantize_act(tdm_type_t vdt, const float *x, int64_t n)
+{
+    const size_t bytes = tdm_type_row_size(vdt, n);
+    void *a = malloc(bytes);
+    assert_non_null(a);
+    assert_int_equal(kern_quantize(vdt, x, a, 1, n, NULL), TDM_OK);
+    return a;
+}
+
+static void test_vec_dot(void **state)
+{
+    (void)state;
+    tdm_cpu_features_t f;
+    tdm_cpu_features_detect(&f);
+    uint64_t s = 12345;
+    for (size_t ti = 0; ti < ARRAY_LEN(weight_types); ti++) {
+        const tdm_type_t t = weight_types[ti];
+        const kern_type_cpu_t *tc = kern_type_cpu(t);
+        assert_non_null(tc);
+        const int64_t blck = tdm_type_traits(t)->blck == 1 ? 32 : tdm_type_traits(t)->blck;
+        static const int64_t mults[] = {1, 2, 3, 5, 8, 16, 17};
+        for (size_t mi = 0; mi < ARRAY_LEN(mults); mi++) {
+            const int64_t n = blck * mults[mi] + (tdm_type_traits(t)->blck == 1 ? mi : 0);
+            void *w = random_weights(t, 1, n, &s);
+            float *x = malloc((size_t)n * sizeof(float));
+            for (int64_t k = 0; k < n; k++) {
+                x[k] = rng_normal(&s) * ((k % 97) == 0 ? 8.0f : 1.0f);
+            }
+            void *a = quantize_act(tc->vec_dot_type, x, n);
+            float *wd = dequant_alloc(t, w, n);
+            float *ad = dequant_alloc(tc->vec_dot_type, a, n);
+            double exact, absdot;
+            ref_dot(t, w, wd, a, ad, n, &exact, &absdot);
+            const double tol = rounding_bound(n_blocks_of(t, n), absdot);
+
+            const float ref = tc->vec_dot[KERN_ISA_SCALAR](n, w, a);
+            if (!(fabs((double)ref - exact) <= tol)) {
+                fail_msg("%s n=%lld: scalar vec_dot %.9g, dequantized dot %.9g (tol %.3g)",
+                         tdm_type_name(t), (long long)n, ref, exact, tol);
+            }
+            for (int isa = 1; isa < KERN_ISA_COUNT; isa++) {
+                if (!kern_isa_supported((kern_isa_t)isa, &f)) {
+                    continue;
+                }
+                const float got = kern_vec_dot_get(t, (kern_isa_t)isa)(n, w, a);
+                if (!(fabs((double)got - ref) <= 2.0 * tol)) {
+                    fail_msg("%s n=%lld %s: vec_dot %.9g, scalar %.9g (tol %.3g)",
+                             tdm_type_name(t), (long long)n, kern_isa_name((kern_isa_t)isa), got,
+                             ref, 2.0 * tol);
+                }
+            }
+            free(w);
+            free(x);
+            free(a);
+            free(wd);
+            free(ad);
+        }
+    }
+}
+
+/* Every compiled SIMD level has its own vec_dot for every weight type (no silent
+ * fallback to scalar on the levels we claim). */
+static void test_simd_tables_complete(void **state)
+{
+    (void)state;
+    static const kern_isa_t simd[] = {KERN_ISA_AVX2, KERN_ISA_NEON, KERN_ISA_NEON_DOT};
+    for (size_t i = 0; i < ARRAY_LEN(simd); i++) {
+        if (!kern_isa_compiled(simd[i])) {
+            continue;
+        }
+        for (size_t ti = 0; ti < ARRAY_LEN(weight_types); ti++) {
+            const kern_type_cpu_t *tc = kern_type_cpu(weight_types[ti]);
+            if (tc->vec_dot[simd[i]] == NULL) {
+                fail_msg("%s has no %s vec_dot", tdm_type_name(weight_types[ti]),
+                         kern_isa_name(simd[i]));
+            }
+        }
+    }
+}
+
+/* ---- parallel_for --------------------------------------------------------------- */
+
+typedef struct pf_arg {
+    atomic_int *count;
+    int64_t n, grain;
+    atomic_int short_chunks;
+    atomic_int bad_thread;
+    int n_threads;
+} pf_arg_t;
+
+static void pf_task(void *arg, int64_t begin, int64_t end, int thread_idx)
+{
+    pf_arg_t *p = arg;
+    if (end - begin < p->grain && end != p->n) {
+        atomic_fetch_add(&p->short_chunks, 1);
+    }
+    if (thread_idx < 0 || thread_idx >= p->n_threads) {
+        atomic_fetch_add(&p->bad_thread, 1);
+    }
+    for (int64_t i = begin; i < end; i++) {
+        atomic_fetch_add(&p->count[i], 1);
+    }
+}
+
+typedef struct nest_arg {
+    kern_ctx_t *ctx;
+    pf_arg_t inner[64];
+} nest_arg_t;
+
+static void nest_task(void *arg, int64_t begin, int64_t end, int thread_idx)
+{
+    nest_arg_t *na = arg;
+    (void)thread_idx;
+    for (int64_t i = begin; i < end; i++) {
+        kern_parallel_for(na->ctx, na->inner[i].n, na->inner[i].grain, pf_task, &na->inner[i]);
+    }
+}
+
+static void test_parallel_for(void **state)
+{
+    (void)state;
+    static const int64_t ns[] = {0, 1, 2, 7, 64, 100, 1000, 12345};
+    static const int64_t grains[] = {1, 3, 64, 5000};
+    for (int nt = 1; nt <= 4; nt++) {
+        kern_ctx_t *ctx = NULL;
+        assert_int_equal(kern_ctx_create(nt, KERN_ISA_COUNT, &ctx, NULL), TDM_OK);
+        assert_int_equal(kern_ctx_n_threads(ctx), nt);
+        for (int rep = 0; rep < 3; rep++) {
+            for (size_t a = 0; a < ARRAY_LEN(ns); a++) {
+                for (size_t g = 0; g < ARRAY_LEN(grains); g++) {
+                    const int64_t n = ns[a];
+                    atomic_int *count = calloc((size_t)n + 1, sizeof(atomic_int));
+                    pf_arg_t p = {.count = count, .n = n, .grain = grains[g], .n_threads = nt};
+                    kern_parallel_for(ctx, n, grains[g], pf_task, &p);
+                    for (int64_t i = 0; i < n; i++) {
+                        if (atomic_load(&count[i]) != 1) {
+                            fail_msg("threads=%d n=%lld grain=%lld: index %lld ran %d times", nt,
+                                     (long long)n, (long long)grains[g], (long long)i,
+                                     atomic_load(&count[i]));
+                        }
+                    }
+                    assert_int_equal(atomic_load(&p.short_chunks), 0);
+                    assert_int_equal(atomic_load(&p.bad_thread), 0);
+                    free(count);
+                }
+            }
+        }
+        /* nested calls run serially inside the task and still cover everything */
+        nest_arg_t *na = calloc(1, sizeof(*na));
+        na->ctx = ctx;
+        atomic_int *counts[64];
+        for (int i = 0; i < 64; i++) {
+            counts[i] = calloc(50, sizeof(atomic_int));
+            na->inner[i] = (pf_arg_t){.count = counts[i], .n = 50, .grain = 4, .n_threads = nt};
+        }
+        kern_parallel_for(ctx, 64, 1, nest_task, na);
+        for (int i = 0; i < 64; i++) {
+            for (int k = 0; k < 50; k++) {
+                assert_int_equal(atomic_load(&counts[i][k]), 1);
+            }
+            free(counts[i]);
+        }
+        free(na);
+        kern_ctx_destroy(ctx);
+    }
+    kern_ctx_destroy(NULL);
+}
+
+/* ---- matmul --------------------------------------------------------------------- */
+
+static void check_matmul(kern_ctx_t *ctx, tdm_type_t t, int64_t k, int64_t n_rows, int64_t n_tok,
+                         uint64_t *s)
+{
+    const kern_type_cpu_t *tc = kern_type_cpu(t);
+    const int64_t ldx = k + 3, ldy = n_rows + 5;
+    void *wdata = random_weights(t, n_rows, k, s);
+    kern_weight_t w = {.type = t,
+                       .n_cols = k,
+                       .n_rows = n_rows,
+                       .row_bytes = tdm_type_row_size(t, k),
+                       .data = wdata};
+    float *x = malloc((size_t)(n_tok * ldx) * sizeof(float));
+    float *y = malloc((size_t)(n_tok * ldy) * sizeof(float));
+    for (int64_t i = 0; i < n_tok * ldx; i++) {
+        x[i] = rng_normal(s);
+    }
+    for (int64_t i = 0; i < n_tok * ldy; i++) {
+        y[i] = -12345.0f; /* sentinel: the padding must stay untouched */
+    }
+    tdm_error_t err = {0};
+    assert_int_equal(kern_matmul(ctx, &w, x, ldx, n_tok, y, ldy, &err), TDM_OK);
+
+    float *wd = dequant_alloc(t, wdata, k * n_rows);
+    for (int64_t tk = 0; tk < n_tok; tk++) {
+        void *a = quantize_act(tc->vec_dot_type, x + tk * ldx, k);
+        float *ad = dequant_alloc(tc->vec_dot_type, a, k);
+        for (int64_t r = 0; r < n_rows; r++) {
+            double exact, absdot;
+            ref_dot(t, (const uint8_t *)wdata + r * w.row_bytes, wd + r * k, a, ad, k, &exact,
+                    &absdot);
+            const double tol = 2.0 * rounding_bound(n_blocks_of(t, k), absdot);
+            const float got = y[tk * ldy + r];
+            if (!(fabs((double)got - exact) <= tol)) {
+                fail_msg("%s K=%lld N=%lld n_tok=%lld threads=%d isa=%s: y[%lld,%lld] = %.9g, "
+                         "reference %.9g (tol %.3g)",
+                         tdm_type_name(t), (long long)k, (long long)n_rows, (long long)n_tok,
+                         kern_ctx_n_threads(ctx), kern_isa_name(kern_ctx_isa(ctx)), (long long)tk,
+                         (long long)r, got, exact, tol);
+            }
+        }
+        for (int64_t r = n_rows; r < ldy; r++) {
+            assert_true(y[tk * ldy + r] == -12345.0f);
+        }
+        free(a);
+        free(ad);
+    }
+    free(wd);
+    free(wdata);
+    free(x);
+    free(y);
+}
+
+static void test_matmul(void **state)
+{
+    (void)state;
+    tdm_cpu_features_t f;
+    tdm_cpu_features_detect(&f);
+    uint64_t s = 999;
+    static const int64_t toks[] = {1, 2, 5, 8, 9, 37};
+    for (int isa = 0; isa < KERN_ISA_COUNT; isa++) {
+        if (!kern_isa_supported((kern_isa_t)isa, &f)) {
+            continue;
+        }
+        for (int nt = 1; nt <= 4; nt++) {
+            kern_ctx_t *ctx = NULL;
+            assert_int_equal(kern_ctx_create(nt, (kern_isa_t)isa, &ctx, NULL), TDM_OK);
+            assert_int_equal(kern_ctx_isa(ctx), isa);
+            for (size_t ti = 0; ti < ARRAY_LEN(weight_types); ti++) {
+                const tdm_type_t t = weight_types[ti];
+                const int64_t kb = tdm_type_traits(t)->blck >= 256 ? 256 : 64;
+                /* shapes: tiny, odd row counts, a K of several blocks */
+                check_matmul(ctx, t, kb, 1, toks[nt % 6], &s);
+                check_matmul(ctx, t, kb * 2, 33, toks[(nt + 1) % 6], &s);
+                check_matmul(ctx, t, kb * 3, 17, 37, &s);
+                if (nt == 2 || nt == 4) {
+                    for (size_t tk = 0; tk < ARRAY_LEN(toks); tk++) {
+                        check_matmul(ctx, t, kb, 40, toks[tk], &s);
+                    }
+                }
+            }
+            kern_ctx_destroy(ctx);
+        }
+    }
+}
+
+typedef struct nested_mm {
+    kern_ctx_t *ctx;
+    kern_weight_t w;
+    const float *x;
+    float *y;
+    atomic_int failures;
+} nested_mm_t;
+
+static void nested_mm_task(void *arg, int64_t begin, int64_t end, int thread_idx)
+{
+    nested_mm_t *m = arg;
+    (void)thread_idx;
+    for (int64_t i = begin; i < end; i++) {
+        if (kern_matmul(m->ctx, &m->w, m->x + i * m->w.n_cols, m->w.n_cols, 1,
+                        m->y + i * m->w.n_rows, m->w.n_rows, NULL) != TDM_OK) {
+            atomic_fetch_add(&m->failures, 1);
+        }
+    }
+}
+
+/* kern_matmul called from inside a task (e.g. one matmul per expert) runs serially and
+ * gives the same result as a top-level call. */
+static void test_matmul_nested(void **state)
+{
+    (void)state;
+    uint64_t s = 4242;
+    kern_ctx_t *ctx = NULL;
+    assert_int_equal(kern_ctx_create(3, KERN_ISA_COUNT, &ctx, NULL), TDM_OK);
+    const int64_t k = 256, n = 24, n_tok = 6;
+    void *wd = random_weights(TDM_TYPE_Q4_K, n, k, &s);
+    nested_mm_t m = {.ctx = ctx,
+                     .w = {TDM_TYPE_Q4_K, k, n, tdm_type_row_size(TDM_TYPE_Q4_K, k), wd}};
+    float *x = malloc(n_tok * k * sizeof(float));
+    float *y1 = malloc(n_tok * n * sizeof(float)), *y2 = malloc(n_tok * n * sizeof(float));
+    for (int64_t i = 0; i < n_tok * k; i++) {
+        x[i] = rng_normal(&s);
+    }
+    m.x = x;
+    m.y = y1;
+    kern_parallel_for(ctx, n_tok, 1, nested_mm_task, &m);
+    assert_int_equal(atomic_load(&m.failures), 0);
+    assert_int_equal(kern_matmul(ctx, &m.w, x, k, n_tok, y2, n, NULL), TDM_OK);
+    assert_memory_equal(y1, y2, n_tok * n * sizeof(float));
+    free(x);
+    free(y1);
+    free(y2);
+    free(wd);
+    kern_ctx_destroy(ctx);
+}
+
+static void test_errors(void **state)
+{
+    (void)state;
+    kern_ctx_t *ctx = NULL;
+    assert_int_equal(kern_ctx_create(1, KERN_ISA_COUNT, &ctx, NULL), TDM_OK);
+    uint8_t buf[1024] = {0};
+    float x[512] = {0}, y[8];
+    tdm_error_t err = {0};
+    kern_weight_t w = {TDM_TYPE_IQ2_XXS, 256, 1, 66, buf};
+    assert_int_equal(kern_matmul(ctx, &w, x, 256, 1, y, 1, &err), TDM_ERR_UNSUPPORTED);
+    assert_false(kern_type_supported(TDM_TYPE_IQ2_XXS));
+    assert_true(kern_type_supported(TDM_TYPE_Q4_K));
+    w = (kern_weight_t){TDM_TYPE_Q4_0, 48, 1, 36, buf};
+    tdm_error_clear(&err);
+    assert_int_equal(kern_matmul(ctx, &w, x, 48, 1, y, 1, &err), TDM_ERR_INVALID_PARAM);
+    w = (kern_weight_t){TDM_TYPE_Q4_0, 64, 1, 10, buf}; /* row_bytes too small */
+    assert_int_equal(kern_matmul(ctx, &w, x, 64, 1, y, 1, NULL), TDM_ERR_INVALID_PARAM);
+    assert_int_equal(kern_dequantize(TDM_TYPE_Q4_K, buf, x, 100, NULL), TDM_ERR_INVALID_PARAM);
+    assert_int_equal(kern_quantize(TDM_TYPE_IQ4_XS, x, buf, 1, 256, NULL), TDM_ERR_UNSUPPORTED);
+    assert_int_equal(kern_quantize(TDM_TYPE_Q2_K, x, buf, 1, 256, NULL), TDM_ERR_UNSUPPORTED);
+    kern_ctx_destroy(ctx);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_f16_roundtrip),
+        cmocka_unit_test(test_dequant_bit_exact),
+        cmocka_unit_test(test_quantize_bit_exact),
+        cmocka_unit_test(test_kquant_quality),
+        cmocka_unit_test(test_activation_formats),
+        cmocka_unit_test(test_simd_tables_complete),
+        cmocka_unit_test(test_vec_dot),
+        cmocka_unit_test(test_parallel_for),
+        cmocka_unit_test(test_matmul),
+        cmocka_unit_test(test_matmul_nested),
+        cmocka_unit_test(test_errors),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,144 @@
+/* exec_local.c - xp_executor_t over shd_forward() in this process (see exec_local.h). */
+#include "transport/exec_local.h"
+
+#include "common/check.h"
+#include "kernels/kern.h"
+#include "shard/forward.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct xp_local_exec {
+    kern_ctx_t *kctx;
+    shd_model_t *model;
+    shd_kv_cache_t *kv;
+    shd_seq_view_t *views; /* grown on demand: one per sequence of a step */
+    int32_t n_views;
+    int32_t n_blocks;
+    size_t block_bytes;
+};
+
+static tdm_status_t local_step(void *impl, const xp_step_t *st, float *logits, tdm_error_t *err)
+{
+    xp_local_exec_t *x = impl;
+    if (st->n_seqs > x->n_views) {
+        shd_seq_view_t *v = realloc(x->views, (size_t)st->n_seqs * sizeof(*v));
+        if (v == NULL) {
+            return tdm_error_set(err, TDM_ERR_NO_MEMORY, "local executor: out of memory");
+        }
+        x->views = v;
+        x->n_views = st->n_seqs;
+    }
+    for (int32_t i = 0; i < st->n_seqs; i++) {
+        x->views[i].blocks = st->seqs[i].blocks;
+        x->views[i].n_blocks = st->seqs[i].n_blocks;
+    }
+    shd_batch_t b = {
+        .n_tokens = st->n_tokens,
+        .token = st->token,
+        .pos = st->pos,
+        .seq = st->seq,
+        .want_logits = st->want_logits,
+        .n_seqs = st->n_seqs,
+        .seqs = x->views,
+    };
+    return shd_forward(x->model, x->kv, &b, logits, err);
+}
+
+static const xp_executor_ops_t local_ops = {local_step};
+
+tdm_status_t xp_local_exec_create(const gguf_ctx_t *g, const xp_local_params_t *p,
+                                  xp_local_exec_t **out, xp_executor_t *ex, tdm_error_t *err)
+{
+    tdm_status_t st;
+    xp_local_exec_t *x = calloc(1, sizeof(*x));
+    if (x == NULL) {
+        return tdm_error_set(err, TDM_ERR_NO_MEMORY, "local executor: out of memory");
+    }
+    int block_tokens = p->block_tokens > 0 ? p->block_tokens : SHD_KV_BLOCK_TOKENS_DEFAULT;
+    TDM_CHECK_GOTO(kern_ctx_create(p->n_threads, KERN_ISA_COUNT, &x->kctx, err), st, fail);
+
+    shd_model_params_t mp = {0};
+    mp.n_batch_max = p->n_batch_max > 0 ? p->n_batch_max : 512;
+    mp.n_out_max = p->n_logits_max > 0 ? p->n_logits_max : 64;
+    if (mp.n_out_max > mp.n_batch_max) {
+        mp.n_out_max = mp.n_batch_max;
+    }
+    mp.n_ctx_max = p->n_ctx;
+    mp.part = (shd_partition_t){0, 1, 0, 1};
+    if (mp.n_ctx_max <= 0) {
+        uint32_t n_ctx_train = 0;
+        gguf_str_t arch;
+        char key[128];
+        if (gguf_get_str(g, "general.architecture", &arch, NULL) == TDM_OK && arch.len < 64) {
+            snprintf(key, sizeof(key), "%.*s.context_length", (int)arch.len, arch.ptr);
+            gguf_get_u32_or(g, key, 4096, &n_ctx_train, NULL);
+        }
+        mp.n_ctx_max = n_ctx_train > 0 ? (int)n_ctx_train : 4096;
+    }
+    TDM_CHECK_GOTO(shd_model_load(g, x->kctx, &mp, &x->model, err), st, fail);
+
+    shd_kv_config_t cfg;
+    shd_model_kv_config(x->model, block_tokens, 1, &cfg);
+    x->block_bytes = 2u * (size_t)cfg.n_layer * (size_t)cfg.n_kv_heads * (size_t)cfg.head_dim *
+                     (size_t)block_tokens * sizeof(float);
+    size_t budget = p->kv_bytes;
+    if (budget == 0) {
+        budget = x->block_bytes * (((size_t)mp.n_ctx_max * 4 + block_tokens - 1) / block_tokens);
+    }
+    size_t n_blocks = budget / x->block_bytes;
+    size_t min_blocks = ((size_t)mp.n_batch_max + block_tokens - 1) / block_tokens + 1;
+    if (n_blocks < min_blocks) {
+        st = tdm_error_set(err, TDM_ERR_INVALID_PARAM,
+                           "KV budget of %zu bytes holds %zu blocks of %d tokens (%zu bytes "
+                           "each); at least %zu are needed",
+                           budget, n_blocks, block_tokens, x->block_bytes, min_blocks);
+        goto fail;
+    }
+    if (n_blocks > (size_t)INT32_MAX / 2) {
+        n_blocks = (size_t)INT32_MAX / 2;
+    }
+    x->n_blocks = (int32_t)n_blocks;
+    shd_model_kv_config(x->model, block_tokens, x->n_blocks, &cfg);
+    TDM_CHECK_GOTO(shd_kv_cache_create(&cfg, &x->kv, err), st, fail);
+
+    const mdl_hparams_t *hp = shd_model_hparams(x->model);
+    *ex = (xp_executor_t){
+        .ops = &local_ops,
+        .impl = x,
+        .n_vocab = (int32_t)hp->n_vocab,
+        .n_blocks = x->n_blocks,
+        .block_tokens = block_tokens,
+        .n_batch_max = mp.n_batch_max,
+        .n_logits_max = mp.n_out_max,
+        .n_ctx_max = mp.n_ctx_max,
+    };
+    *out = x;
+    return TDM_OK;
+fail:
+    xp_local_exec_destroy(x);
+    return st;
+}
+
+void xp_local_exec_destroy(xp_local_exec_t *x)
+{
+    if (x == NULL) {
+        return;
+    }
+    shd_kv_cache_destroy(x->kv);
+    shd_model_destroy(x->model);
+    kern_ctx_destroy(x->kctx);
+    free(x->views);
+    free(x);
+}
+
+size_t xp_local_exec_block_bytes(const xp_local_exec_t *x)
+{
+    return x->block_bytes;
+}
+
+int32_t xp_local_exec_n_blocks(const xp_local_exec_t *x)
+{
+    return x->n_blocks;
+}

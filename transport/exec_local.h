@@ -1,0 +1,42 @@
+/*
+ * exec_local.h - the single-process executor: steps run on a shard in this process.
+ *
+ * Single-node mode needs no network: the scheduler's xp_executor_t is backed directly by
+ * shd_forward() on one shard that holds the whole model, its kernels context (thread
+ * pool) and its KV storage. The multi-node executors have the same ops table, so the
+ * scheduler above cannot tell them apart.
+ */
+#ifndef XP_EXEC_LOCAL_H
+#define XP_EXEC_LOCAL_H
+
+#include "model/gguf.h"
+#include "transport/xp_step.h"
+
+#include <stddef.h>
+
+typedef struct xp_local_params {
+    int n_threads;        /* kernel threads; <= 0: one per CPU                        */
+    int n_batch_max;      /* most tokens per step                                      */
+    int n_logits_max;     /* most tokens with logits per step                          */
+    int n_ctx;            /* most positions per sequence (<= 0: the model's training)  */
+    int block_tokens;     /* tokens per KV block (<= 0: 16)                             */
+    size_t kv_bytes;      /* KV storage budget in bytes (0: enough for 4 x n_ctx)       */
+} xp_local_params_t;
+
+typedef struct xp_local_exec xp_local_exec_t;
+
+/*
+ * Loads the model in g (which must outlive the executor) into a single shard with KV
+ * storage sized from p->kv_bytes, and fills *ex for the scheduler. Fails with the
+ * loader's message (missing tensor, unsupported type, ...) or TDM_ERR_NO_MEMORY when the
+ * KV budget cannot be allocated.
+ */
+tdm_status_t xp_local_exec_create(const gguf_ctx_t *g, const xp_local_params_t *p,
+                                  xp_local_exec_t **out, xp_executor_t *ex, tdm_error_t *err);
+void xp_local_exec_destroy(xp_local_exec_t *x); /* NULL is fine */
+
+/* Bytes of KV storage per block, and the number of blocks allocated. */
+size_t xp_local_exec_block_bytes(const xp_local_exec_t *x);
+int32_t xp_local_exec_n_blocks(const xp_local_exec_t *x);
+
+#endif
