@@ -59,7 +59,8 @@ void jinja_free(jinja_tpl_t *tpl); /* NULL is fine */
  * raise_exception(msg) and run-time errors (undefined values misused, type errors)
  * return TDM_ERR_INVALID_PARAM with the message; exceeded limits TDM_ERR_OUT_OF_RANGE.
  */
-tdm_status_t jinja_render(const jinja_tpl_t *tpl, const json_t *vars, const jinja_render_opts_t *opts,
-                          char **out, size_t *out_len, tdm_error_t *err);
+tdm_status_t jinja_render(const jinja_tpl_t *tpl, const json_t *vars,
+                          const jinja_render_opts_t *opts, char **out, size_t *out_len,
+                          tdm_error_t *err);
 
 #endif

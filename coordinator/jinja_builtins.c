@@ -417,6 +417,23 @@ static jv str_replace(jx_t *x, jstr_t *s, jstr_t *old, jstr_t *new_, int64_t cou
     return jv_strv(jb_str(&b));
 }
 
+/* the code point ending at byte i (i > 0); *start gets where it begins */
+static uint32_t prev_cp(const char *s, size_t i, size_t *start)
+{
+    size_t k = i - 1;
+    while (k > 0 && i - k < 4 && ((unsigned char)s[k] & 0xC0) == 0x80) {
+        k--;
+    }
+    size_t adv;
+    uint32_t c = ju_decode(s + k, i - k, &adv);
+    if (k + adv != i) { /* not a well-formed character ending at i: one byte */
+        k = i - 1;
+        c = (unsigned char)s[k];
+    }
+    *start = k;
+    return c;
+}
+
 static jv str_split(jx_t *x, jstr_t *s, jv sepv, int64_t maxsplit, bool from_right)
 {
     jlist_t *l = jl_new(x, 0);
@@ -454,39 +471,30 @@ static jv str_split(jx_t *x, jstr_t *s, jv sepv, int64_t maxsplit, bool from_rig
             }
             return jv_list(l);
         }
-        /* rsplit(None): tokenise then merge the leading ones */
-        jv all = str_split(x, s, jv_none(), -1, false);
-        jlist_t *tok = all.v.l;
-        if (maxsplit < 0 || (size_t)maxsplit >= tok->n) {
-            return all;
-        }
-        /* keep the last maxsplit tokens separate; the head is the original text up to
-         * the end of token n - maxsplit - 1, with leading whitespace stripped */
-        size_t head_tokens = tok->n - (size_t)maxsplit;
-        size_t i = 0, seen = 0, head_end = 0, head_start = 0;
-        bool started = false;
-        while (i < s->len && seen < head_tokens) {
-            size_t adv;
-            bool sp = ju_isspace(ju_decode(s->s + i, s->len - i, &adv));
-            if (!sp && !started) {
-                started = true;
-                if (seen == 0) {
-                    head_start = i;
-                }
+        /* rsplit(None) as CPython: from the right; the head keeps its leading spaces */
+        jlist_t *rev = jl_new(x, 0);
+        size_t i = s->len, at;
+        int64_t count = 0;
+        for (;;) {
+            while (i > 0 && ju_isspace(prev_cp(s->s, i, &at))) {
+                i = at;
             }
-            if (sp && started) {
-                started = false;
-                seen++;
-                head_end = i;
+            if (i == 0) {
+                break;
             }
-            i += adv;
+            if (maxsplit >= 0 && count >= maxsplit) {
+                jl_push(x, rev, jv_str(x, s->s, i));
+                break;
+            }
+            size_t end = i;
+            while (i > 0 && !ju_isspace(prev_cp(s->s, i, &at))) {
+                i = at;
+            }
+            jl_push(x, rev, jv_str(x, s->s + i, end - i));
+            count++;
         }
-        if (seen < head_tokens) {
-            head_end = s->len;
-        }
-        jl_push(x, l, jv_str(x, s->s + head_start, head_end - head_start));
-        for (size_t k = head_tokens; k < tok->n; k++) {
-            jl_push(x, l, tok->items[k]);
+        for (size_t k = rev->n; k > 0; k--) {
+            jl_push(x, l, rev->items[k - 1]);
         }
         return jv_list(l);
     }
@@ -641,8 +649,7 @@ static bool starts_or_ends(jx_t *x, jstr_t *s, const jargs_t *a, bool ends)
     for (size_t i = 0; i < nc; i++) {
         if (cands[i].t != JV_STR) {
             need_defined(x, cands[i]);
-            jx_fail(x, TDM_ERR_INVALID_PARAM,
-                    "%s first arg must be str or a tuple of str, not %s",
+            jx_fail(x, TDM_ERR_INVALID_PARAM, "%s first arg must be str or a tuple of str, not %s",
                     ends ? "endswith" : "startswith", jv_type_name(cands[i].t));
         }
         jstr_t *p = cands[i].v.s;
@@ -722,8 +729,10 @@ static jv str_format(jx_t *x, jstr_t *fmt, const jargs_t *a)
         if (k == 0) {
             v = jarg(a, auto_idx++, NULL, jv_undef());
             if (auto_idx > a->npos) {
-                jx_fail(x, TDM_ERR_INVALID_PARAM, "Replacement index %zu out of range for "
-                        "positional args tuple", auto_idx - 1);
+                jx_fail(x, TDM_ERR_INVALID_PARAM,
+                        "Replacement index %zu out of range for "
+                        "positional args tuple",
+                        auto_idx - 1);
             }
         } else if (f[0] >= '0' && f[0] <= '9') {
             size_t idx = (size_t)strtoul(f, NULL, 10);
@@ -864,7 +873,8 @@ static jv m_str_rsplit(jx_t *x, jv self, jargs_t *a)
 static jv m_str_splitlines(jx_t *x, jv self, jargs_t *a)
 {
     jargs_check(x, a, "splitlines", 1, ARGS("keepends"));
-    return jv_list(str_splitlines(x, self_str(self), jv_truthy(jarg(a, 0, "keepends", jv_bool(false)))));
+    return jv_list(
+        str_splitlines(x, self_str(self), jv_truthy(jarg(a, 0, "keepends", jv_bool(false)))));
 }
 static jv m_str_replace(jx_t *x, jv self, jargs_t *a)
 {
@@ -1130,20 +1140,34 @@ typedef struct method {
 } method_t;
 
 static const method_t str_methods[] = {
-    {"strip", m_str_strip},         {"lstrip", m_str_lstrip},
-    {"rstrip", m_str_rstrip},       {"upper", m_str_upper},
-    {"lower", m_str_lower},         {"title", m_str_title},
-    {"capitalize", m_str_capitalize}, {"swapcase", m_str_swapcase},
-    {"startswith", m_str_startswith}, {"endswith", m_str_endswith},
-    {"split", m_str_split},         {"rsplit", m_str_rsplit},
-    {"splitlines", m_str_splitlines}, {"replace", m_str_replace},
-    {"find", m_str_find},           {"rfind", m_str_rfind},
-    {"index", m_str_index},         {"count", m_str_count},
-    {"join", m_str_join},           {"format", m_str_format},
-    {"removeprefix", m_str_removeprefix}, {"removesuffix", m_str_removesuffix},
-    {"isdigit", m_str_isdigit},     {"isalpha", m_str_isalpha},
-    {"isalnum", m_str_isalnum},     {"isspace", m_str_isspace},
-    {"islower", m_str_islower},     {"isupper", m_str_isupper},
+    {"strip", m_str_strip},
+    {"lstrip", m_str_lstrip},
+    {"rstrip", m_str_rstrip},
+    {"upper", m_str_upper},
+    {"lower", m_str_lower},
+    {"title", m_str_title},
+    {"capitalize", m_str_capitalize},
+    {"swapcase", m_str_swapcase},
+    {"startswith", m_str_startswith},
+    {"endswith", m_str_endswith},
+    {"split", m_str_split},
+    {"rsplit", m_str_rsplit},
+    {"splitlines", m_str_splitlines},
+    {"replace", m_str_replace},
+    {"find", m_str_find},
+    {"rfind", m_str_rfind},
+    {"index", m_str_index},
+    {"count", m_str_count},
+    {"join", m_str_join},
+    {"format", m_str_format},
+    {"removeprefix", m_str_removeprefix},
+    {"removesuffix", m_str_removesuffix},
+    {"isdigit", m_str_isdigit},
+    {"isalpha", m_str_isalpha},
+    {"isalnum", m_str_isalnum},
+    {"isspace", m_str_isspace},
+    {"islower", m_str_islower},
+    {"isupper", m_str_isupper},
     {NULL, NULL},
 };
 
@@ -1153,16 +1177,20 @@ static const method_t dict_methods[] = {
 };
 
 static const method_t list_methods[] = {
-    {"append", m_list_append}, {"index", m_list_index}, {"count", m_list_count}, {NULL, NULL},
+    {"append", m_list_append},
+    {"index", m_list_index},
+    {"count", m_list_count},
+    {NULL, NULL},
 };
 
 static const method_t tuple_methods[] = {
-    {"index", m_list_index}, {"count", m_list_count}, {NULL, NULL},
+    {"index", m_list_index},
+    {"count", m_list_count},
+    {NULL, NULL},
 };
 
 /* methods the immutable sandbox refuses (they would modify the value) */
-static const char *const dict_unsafe[] = {"pop", "popitem", "setdefault", "update", "clear",
-                                          NULL};
+static const char *const dict_unsafe[] = {"pop", "popitem", "setdefault", "update", "clear", NULL};
 static const char *const list_unsafe[] = {"pop",  "insert",  "extend", "remove",
                                           "sort", "reverse", "clear",  NULL};
 
@@ -1220,6 +1248,18 @@ bool jb_getattr(jx_t *x, jv obj, const char *name, jv *out)
         return false;
     case JV_TUPLE:
         return find_method(x, obj, tuple_methods, name, out);
+    case JV_INT:
+    case JV_BOOL:
+    case JV_FLOAT:
+        if (strcmp(name, "real") == 0) {
+            *out = obj.t == JV_FLOAT ? obj : jv_int(obj.t == JV_INT ? obj.v.i : obj.v.b);
+            return true;
+        }
+        if (strcmp(name, "imag") == 0) {
+            *out = obj.t == JV_FLOAT ? jv_float(0.0) : jv_int(0);
+            return true;
+        }
+        return false;
     case JV_LOOP: {
         jloop_t *lp = obj.v.lp;
         int64_t i = (int64_t)lp->i, n = (int64_t)lp->n;
@@ -1288,8 +1328,7 @@ static jv g_range(jx_t *x, jv self, jargs_t *a)
     }
     if (len > MAX_RANGE) {
         jx_fail(x, TDM_ERR_OUT_OF_RANGE,
-                "Range too big. The sandbox blocks ranges larger than MAX_RANGE (%d).",
-                MAX_RANGE);
+                "Range too big. The sandbox blocks ranges larger than MAX_RANGE (%d).", MAX_RANGE);
     }
     size_t n = (size_t)len;
     jlist_t *l = jl_new(x, n);
@@ -2074,9 +2113,9 @@ static bool parse_py_float(const char *s, size_t n, double *out)
             }
             continue;
         }
-        if (!((c >= '0' && c <= '9') || c == '.' || c == 'e' || c == 'E' || c == '+' ||
-              c == '-' || (c | 32) == 'i' || (c | 32) == 'n' || (c | 32) == 'f' ||
-              (c | 32) == 't' || (c | 32) == 'y' || (c | 32) == 'a')) {
+        if (!((c >= '0' && c <= '9') || c == '.' || c == 'e' || c == 'E' || c == '+' || c == '-' ||
+              (c | 32) == 'i' || (c | 32) == 'n' || (c | 32) == 'f' || (c | 32) == 't' ||
+              (c | 32) == 'y' || (c | 32) == 'a')) {
             return false;
         }
         buf[o++] = c;

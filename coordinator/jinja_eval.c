@@ -341,8 +341,9 @@ void jargs_check(jx_t *x, const jargs_t *a, const char *fname, size_t max_pos,
                  const char *const *names)
 {
     if (a->npos > max_pos) {
-        jx_fail(x, TDM_ERR_INVALID_PARAM, "%s() takes at most %zu positional argument(s) (%zu given)",
-                fname, max_pos, a->npos);
+        jx_fail(x, TDM_ERR_INVALID_PARAM,
+                "%s() takes at most %zu positional argument(s) (%zu given)", fname, max_pos,
+                a->npos);
     }
     for (size_t i = 0; i < a->nkw; i++) {
         bool ok = false;
@@ -358,8 +359,8 @@ void jargs_check(jx_t *x, const jargs_t *a, const char *fname, size_t max_pos,
             }
         }
         if (!ok) {
-            jx_fail(x, TDM_ERR_INVALID_PARAM, "%s() got an unexpected keyword argument '%s'",
-                    fname, a->kwn[i]);
+            jx_fail(x, TDM_ERR_INVALID_PARAM, "%s() got an unexpected keyword argument '%s'", fname,
+                    a->kwn[i]);
         }
     }
 }
@@ -386,8 +387,8 @@ static jv call_macro(jx_t *x, jmacro_t *m, jargs_t *a)
         for (size_t k = 0; k < a->nkw; k++) {
             if (strcmp(a->kwn[k], pname) == 0) {
                 if (have) {
-                    jx_fail(x, TDM_ERR_INVALID_PARAM, "macro '%s' got multiple values for argument '%s'",
-                            mname, pname);
+                    jx_fail(x, TDM_ERR_INVALID_PARAM,
+                            "macro '%s' got multiple values for argument '%s'", mname, pname);
                 }
                 v = a->kwv[k];
                 have = true;
@@ -424,7 +425,8 @@ static jv call_macro(jx_t *x, jmacro_t *m, jargs_t *a)
         if (strcmp(a->kwn[k], "caller") == 0) {
             caller = a->kwv[k];
             if (!(flags & 4) && def->kind == N_MACRO) {
-                jx_fail(x, TDM_ERR_INVALID_PARAM, "macro '%s' was invoked with a caller but does not use it", mname);
+                jx_fail(x, TDM_ERR_INVALID_PARAM,
+                        "macro '%s' was invoked with a caller but does not use it", mname);
             }
             continue;
         }
@@ -852,8 +854,8 @@ static bool contains(jx_t *x, jv container, jv item)
             if (item.t == JV_UNDEF) {
                 jv_undef_fail(x, item);
             }
-            jx_fail(x, TDM_ERR_INVALID_PARAM, "'in <string>' requires string as left operand, not %s",
-                    jv_type_name(item.t));
+            jx_fail(x, TDM_ERR_INVALID_PARAM,
+                    "'in <string>' requires string as left operand, not %s", jv_type_name(item.t));
         }
         if (item.v.s->len == 0) {
             return true;
@@ -942,6 +944,12 @@ static jv eval(jx_t *x, jscope_t *sc, const jnode_t *n)
         break;
     }
     case N_SLICE: {
+        if (n->a == NULL) {
+            /* a slice inside a tuple subscript (x[::1, 2]): Python raises TypeError and
+             * jinja2 yields undefined; the tuple key below never matches anything */
+            r = jv_none();
+            break;
+        }
         jv obj = eval(x, sc, n->a);
         jv a = n->b ? eval(x, sc, n->b) : jv_none();
         jv b = n->c ? eval(x, sc, n->c) : jv_none();
@@ -1366,8 +1374,9 @@ static int render_inner(jx_t *x, const jinja_tpl_t *tpl, const json_t *vars)
     return 0;
 }
 
-tdm_status_t jinja_render(const jinja_tpl_t *tpl, const json_t *vars, const jinja_render_opts_t *opts,
-                          char **out, size_t *out_len, tdm_error_t *err)
+tdm_status_t jinja_render(const jinja_tpl_t *tpl, const json_t *vars,
+                          const jinja_render_opts_t *opts, char **out, size_t *out_len,
+                          tdm_error_t *err)
 {
     if (tpl == NULL || out == NULL || (vars != NULL && !json_is_object(vars))) {
         return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
@@ -1417,7 +1426,8 @@ tdm_status_t jinja_render(const jinja_tpl_t *tpl, const json_t *vars, const jinj
 tdm_status_t jinja_compile(const char *src, size_t len, jinja_tpl_t **out, tdm_error_t *err)
 {
     if (src == NULL || out == NULL) {
-        return tdm_error_set(err, TDM_ERR_INVALID_PARAM, "jinja_compile: source and output are required");
+        return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
+                             "jinja_compile: source and output are required");
     }
     jinja_tpl_t *t = calloc(1, sizeof(*t));
     if (t == NULL) {

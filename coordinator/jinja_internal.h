@@ -268,15 +268,15 @@ typedef struct jtok {
 
 typedef enum jnode_kind {
     /* statements */
-    N_BODY,   /* list = statements                                          */
-    N_TEXT,   /* s = literal output                                         */
-    N_OUTPUT, /* a = expression                                             */
-    N_IF,     /* a = test, b = body, c = else (N_BODY or nested N_IF)       */
-    N_FOR,    /* a = target, b = iter, c = filter, d = body, e = else       */
-    N_SET,    /* a = target, b = value                                      */
-    N_SETBLOCK, /* a = target, b = body, c = filter chain (N_FILTER on NULL) */
-    N_MACRO,    /* s = name, names = params, list = defaults (NULL entries), b = body */
-    N_CALLBLOCK, /* a = call expr, names/list = caller params, b = body      */
+    N_BODY,        /* list = statements                                          */
+    N_TEXT,        /* s = literal output                                         */
+    N_OUTPUT,      /* a = expression                                             */
+    N_IF,          /* a = test, b = body, c = else (N_BODY or nested N_IF)       */
+    N_FOR,         /* a = target, b = iter, c = filter, d = body, e = else       */
+    N_SET,         /* a = target, b = value                                      */
+    N_SETBLOCK,    /* a = target, b = body, c = filter chain (N_FILTER on NULL) */
+    N_MACRO,       /* s = name, names = params, list = defaults (NULL entries), b = body */
+    N_CALLBLOCK,   /* a = call expr, names/list = caller params, b = body      */
     N_FILTERBLOCK, /* a = filter chain applied to NULL, b = body             */
     N_WITH,        /* list = targets, list2 = values, b = body               */
     N_BREAK,
@@ -380,7 +380,7 @@ int64_t js_ncp(jstr_t *s); /* code point count (cached) */
 uint32_t ju_decode(const char *s, size_t n, size_t *adv);
 size_t ju_encode(uint32_t cp, char *out);
 size_t ju_offset(const char *s, size_t len, int64_t cp_index); /* byte offset of code point */
-bool ju_isspace(uint32_t cp);                                /* Python str.isspace */
+bool ju_isspace(uint32_t cp);                                  /* Python str.isspace */
 
 /* containers */
 jlist_t *jl_new(jx_t *x, size_t cap);
@@ -398,7 +398,7 @@ bool jv_truthy(jv v);
 bool jv_equal(jv a, jv b);
 /* -1/0/1; fails the render for types Python cannot order */
 int jv_compare(jx_t *x, jv a, jv b);
-const char *jv_type_name(jv_type_t t); /* "dict", "list", "str", ... */
+const char *jv_type_name(jv_type_t t);        /* "dict", "list", "str", ... */
 void jv_write_str(jx_t *x, jbuf_t *b, jv v);  /* Python str()  */
 void jv_write_repr(jx_t *x, jbuf_t *b, jv v); /* Python repr() */
 jstr_t *jv_to_str(jx_t *x, jv v);

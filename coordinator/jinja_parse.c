@@ -65,8 +65,8 @@ static void line_col(jp_t *p, size_t off, uint32_t *line, uint32_t *col)
     *col = c;
 }
 
-static void jp_fail_at(jp_t *p, tdm_status_t st, uint32_t line, uint32_t col, const char *fmt,
-                       ...) __attribute__((format(printf, 5, 6), noreturn));
+static void jp_fail_at(jp_t *p, tdm_status_t st, uint32_t line, uint32_t col, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6), noreturn));
 
 static void jp_fail_at(jp_t *p, tdm_status_t st, uint32_t line, uint32_t col, const char *fmt, ...)
 {
@@ -325,7 +325,9 @@ static void lex_string_body(jp_t *p, size_t off, const char *s, size_t n, jtok_t
                 int h = i + (size_t)k < n ? hexval(s[i + k]) : -1;
                 if (h < 0) {
                     lex_fail(p, off, "string literal: truncated \\%s escape",
-                             c == 'x' ? "xXX" : c == 'u' ? "uXXXX" : "UXXXXXXXX");
+                             c == 'x'   ? "xXX"
+                             : c == 'u' ? "uXXXX"
+                                        : "UXXXXXXXX");
                 }
                 cp = cp * 16 + (uint32_t)h;
             }
@@ -402,7 +404,10 @@ static size_t lex_number(jp_t *p, size_t i, bool after_dot)
     size_t start = i;
     if (s[i] == '0' && i + 1 < len && !after_dot) {
         char k = s[i + 1];
-        int base = (k == 'x' || k == 'X') ? 16 : (k == 'o' || k == 'O') ? 8 : (k == 'b' || k == 'B') ? 2 : 0;
+        int base = (k == 'x' || k == 'X')   ? 16
+                   : (k == 'o' || k == 'O') ? 8
+                   : (k == 'b' || k == 'B') ? 2
+                                            : 0;
         if (base) {
             size_t e = scan_digits(s, len, i + 2, base);
             if (e > i + 2) {
@@ -668,7 +673,8 @@ static void lex(jp_t *p)
     while (i < len) {
         /* next tag start */
         size_t q = i;
-        while (q + 1 < len && !(s[q] == '{' && (s[q + 1] == '{' || s[q + 1] == '%' || s[q + 1] == '#'))) {
+        while (q + 1 < len &&
+               !(s[q] == '{' && (s[q + 1] == '{' || s[q + 1] == '%' || s[q + 1] == '#'))) {
             q++;
         }
         if (q + 1 >= len) {
@@ -1184,8 +1190,8 @@ static jnode_t *parse_primary(jp_t *p)
     switch (t->type) {
     case T_NAME:
         advance(p);
-        if (strcmp(t->s, "true") == 0 || strcmp(t->s, "True") == 0 ||
-            strcmp(t->s, "false") == 0 || strcmp(t->s, "False") == 0) {
+        if (strcmp(t->s, "true") == 0 || strcmp(t->s, "True") == 0 || strcmp(t->s, "false") == 0 ||
+            strcmp(t->s, "False") == 0) {
             n = mk(p, N_CONST, t);
             n->value = jv_bool(t->s[0] == 't' || t->s[0] == 'T');
         } else if (strcmp(t->s, "none") == 0 || strcmp(t->s, "None") == 0) {
@@ -1510,8 +1516,7 @@ static jnode_t *parse_tuple(jp_t *p, bool simplified, bool with_condexpr, const 
         }
         if (!explicit_parens) {
             char b[80];
-            fail_tok(p, cur(p), "expected an expression, got '%s'",
-                     tok_desc(cur(p), b, sizeof(b)));
+            fail_tok(p, cur(p), "expected an expression, got '%s'", tok_desc(cur(p), b, sizeof(b)));
         }
     }
     jnode_t *n = mk(p, N_TUPLE, at);
@@ -1654,9 +1659,10 @@ static int scan_special_names(const jnode_t *n, int depth)
     }
     int f = 0;
     if (n->kind == N_NAME) {
-        f |= strcmp(n->s, "varargs") == 0 ? 1 : strcmp(n->s, "kwargs") == 0 ? 2
-             : strcmp(n->s, "caller") == 0                                  ? 4
-                                                                            : 0;
+        f |= strcmp(n->s, "varargs") == 0  ? 1
+             : strcmp(n->s, "kwargs") == 0 ? 2
+             : strcmp(n->s, "caller") == 0 ? 4
+                                           : 0;
     }
     const jnode_t *kids[5] = {n->a, n->b, n->c, n->d, n->e};
     for (size_t i = 0; i < 5; i++) {

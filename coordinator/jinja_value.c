@@ -321,8 +321,8 @@ jlist_t *jl_new(jx_t *x, size_t cap)
 {
     jlist_t *l = jx_alloc(x, sizeof(*l));
     l->n = 0;
-    l->cap = cap;
-    l->items = cap ? jx_alloc(x, cap * sizeof(jv)) : NULL;
+    l->cap = cap ? cap : 1; /* never NULL: callers memcpy from and into it */
+    l->items = jx_alloc(x, l->cap * sizeof(jv));
     return l;
 }
 
@@ -368,11 +368,10 @@ jdict_t *jd_new(jx_t *x, size_t cap)
 {
     jdict_t *d = jx_alloc(x, sizeof(*d));
     memset(d, 0, sizeof(*d));
-    if (cap) {
-        d->keys = jx_alloc(x, cap * sizeof(jv));
-        d->vals = jx_alloc(x, cap * sizeof(jv));
-        d->cap = cap;
-    }
+    cap = cap ? cap : 1; /* never NULL: callers memcpy from it */
+    d->keys = jx_alloc(x, cap * sizeof(jv));
+    d->vals = jx_alloc(x, cap * sizeof(jv));
+    d->cap = cap;
     return d;
 }
 
@@ -773,10 +772,9 @@ static bool cp_printable(uint32_t c)
         c == 0x1680 || c == 0x180E || (c >= 0x2000 && c <= 0x200F) ||
         (c >= 0x2028 && c <= 0x202F) || (c >= 0x205F && c <= 0x2064) ||
         (c >= 0x2066 && c <= 0x206F) || c == 0x3000 || (c >= 0xD800 && c <= 0xF8FF) ||
-        c == 0xFEFF || (c >= 0xFFF0 && c <= 0xFFFB) || c == 0xFFFE || c == 0xFFFF ||
-        c == 0x110BD || c == 0x110CD || (c >= 0x1BCA0 && c <= 0x1BCA3) ||
-        (c >= 0x1D173 && c <= 0x1D17A) || c == 0xE0001 || (c >= 0xE0020 && c <= 0xE007F) ||
-        c >= 0xF0000) {
+        c == 0xFEFF || (c >= 0xFFF0 && c <= 0xFFFB) || c == 0xFFFE || c == 0xFFFF || c == 0x110BD ||
+        c == 0x110CD || (c >= 0x1BCA0 && c <= 0x1BCA3) || (c >= 0x1D173 && c <= 0x1D17A) ||
+        c == 0xE0001 || (c >= 0xE0020 && c <= 0xE007F) || c >= 0xF0000) {
         return false;
     }
     return true;
@@ -1032,8 +1030,8 @@ static void json_key(jx_t *x, jbuf_t *b, jv k, const jjson_opts_t *o)
         jb_putc(b, '"');
         return;
     default:
-        jx_fail(x, TDM_ERR_INVALID_PARAM,
-                "keys must be str, int, float, bool or None, not %s", jv_type_name(k.t));
+        jx_fail(x, TDM_ERR_INVALID_PARAM, "keys must be str, int, float, bool or None, not %s",
+                jv_type_name(k.t));
     }
 }
 
@@ -1224,8 +1222,7 @@ void jv_undef_fail(jx_t *x, jv u)
     case JU_NAME:
         jx_fail(x, TDM_ERR_INVALID_PARAM, "'%s' is undefined", d->name);
     case JU_ATTR:
-        jx_fail(x, TDM_ERR_INVALID_PARAM, "'%s' has no attribute '%s'", obj_desc(d->obj),
-                d->name);
+        jx_fail(x, TDM_ERR_INVALID_PARAM, "'%s' has no attribute '%s'", obj_desc(d->obj), d->name);
     case JU_ITEM: {
         jbuf_t b;
         jb_init(&b, x, false);

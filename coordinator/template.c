@@ -16,11 +16,11 @@ struct tpl_template {
     char *eos;
 };
 
-tdm_status_t tpl_compile_n(const char *source, size_t len, tpl_template_t **out,
-                           tdm_error_t *err)
+tdm_status_t tpl_compile_n(const char *source, size_t len, tpl_template_t **out, tdm_error_t *err)
 {
     if (source == NULL || out == NULL) {
-        return tdm_error_set(err, TDM_ERR_INVALID_PARAM, "tpl_compile: source and out are required");
+        return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
+                             "tpl_compile: source and out are required");
     }
     tpl_template_t *t = calloc(1, sizeof(*t));
     if (t == NULL) {
@@ -214,7 +214,8 @@ tdm_status_t tpl_render_ex(const tpl_template_t *tpl, const json_t *ctx,
                            tdm_error_t *err)
 {
     if (tpl == NULL || out == NULL) {
-        return tdm_error_set(err, TDM_ERR_INVALID_PARAM, "tpl_render: template and out are required");
+        return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
+                             "tpl_render: template and out are required");
     }
     if (ctx != NULL && !json_is_object(ctx)) {
         return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
@@ -245,8 +246,7 @@ tdm_status_t tpl_render_ex(const tpl_template_t *tpl, const json_t *ctx,
     return st;
 }
 
-tdm_status_t tpl_render(const tpl_template_t *tpl, const json_t *ctx, char **out,
-                        tdm_error_t *err)
+tdm_status_t tpl_render(const tpl_template_t *tpl, const json_t *ctx, char **out, tdm_error_t *err)
 {
     return tpl_render_ex(tpl, ctx, NULL, out, NULL, err);
 }
@@ -280,7 +280,8 @@ tdm_status_t tpl_from_gguf(const gguf_ctx_t *gguf, const char *name, tpl_templat
                            tdm_error_t *err)
 {
     if (gguf == NULL || out == NULL) {
-        return tdm_error_set(err, TDM_ERR_INVALID_PARAM, "tpl_from_gguf: gguf and out are required");
+        return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
+                             "tpl_from_gguf: gguf and out are required");
     }
     char key[256];
     if (name != NULL) {

@@ -37,8 +37,7 @@ typedef struct tpl_template tpl_template_t;
  * "template line L, column C: ..." followed by the source line and a caret. */
 tdm_status_t tpl_compile(const char *source, tpl_template_t **out, tdm_error_t *err);
 /* Same, with an explicit length (the source need not be NUL-terminated). */
-tdm_status_t tpl_compile_n(const char *source, size_t len, tpl_template_t **out,
-                           tdm_error_t *err);
+tdm_status_t tpl_compile_n(const char *source, size_t len, tpl_template_t **out, tdm_error_t *err);
 
 /*
  * Loads a model's chat template from GGUF metadata: `tokenizer.chat_template` (or
@@ -70,8 +69,7 @@ typedef struct tpl_render_opts {
 tpl_render_opts_t tpl_default_opts(void);
 
 /* Renders with default options. *out is malloc'd and NUL-terminated; free() it. */
-tdm_status_t tpl_render(const tpl_template_t *tpl, const json_t *ctx, char **out,
-                        tdm_error_t *err);
+tdm_status_t tpl_render(const tpl_template_t *tpl, const json_t *ctx, char **out, tdm_error_t *err);
 tdm_status_t tpl_render_ex(const tpl_template_t *tpl, const json_t *ctx,
                            const tpl_render_opts_t *opts, char **out, size_t *out_len,
                            tdm_error_t *err);

@@ -140,9 +140,9 @@ static size_t utf8_encode(uint32_t cp, uint8_t *out)
 /* Unicode White_Space (the set llama.cpp and HF's regex engines use for \s). */
 static bool is_white_space(uint32_t cp)
 {
-    return (cp >= 0x09 && cp <= 0x0D) || cp == 0x20 || cp == 0x85 || cp == 0xA0 ||
-           cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 ||
-           cp == 0x202F || cp == 0x205F || cp == 0x3000;
+    return (cp >= 0x09 && cp <= 0x0D) || cp == 0x20 || cp == 0x85 || cp == 0xA0 || cp == 0x1680 ||
+           (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F ||
+           cp == 0x205F || cp == 0x3000;
 }
 
 /* ------------------------------------------------------------------------------------ */
@@ -169,40 +169,41 @@ static uint32_t byte_to_cp(uint8_t b)
 
 /* Unicode White_Space written out: PCRE2's \s under UCP lacks U+0085, while HF (Oniguruma)
  * and llama.cpp both use White_Space. \s and \S in the patterns below are spelled with it. */
-#define WS  "\\t\\n\\x{0B}\\f\\r\\x{20}\\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}\\x{3000}"
+#define WS                                                                                       \
+    "\\t\\n\\x{0B}\\f\\r\\x{20}\\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{" \
+    "202F}\\x{205F}\\x{3000}"
 #define S_  "[" WS "]"
 #define NS_ "[^" WS "]"
 
-#define RE_GPT2                                                                               \
+#define RE_GPT2                                                                                   \
     "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^" WS "\\p{L}\\p{N}]+|" S_ "+(?!" NS_ ")|" S_ \
     "+"
 
 /* llama3 / qwen2 share everything except the digit run length. */
-#define RE_LLAMA3_LIKE(CONTR, DIGITS)                                                              \
-    CONTR "|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|" DIGITS "| ?[^" WS "\\p{L}\\p{N}]+[\\r\\n]*|" S_ "*[\\r\\n]+|" \
-          S_ "+(?!" NS_ ")|" S_ "+"
+#define RE_LLAMA3_LIKE(CONTR, DIGITS)                                                       \
+    CONTR "|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|" DIGITS "| ?[^" WS "\\p{L}\\p{N}]+[\\r\\n]*|" S_ \
+          "*[\\r\\n]+|" S_ "+(?!" NS_ ")|" S_ "+"
 
 static const char *const re_gpt2[] = {RE_GPT2};
 static const char *const re_smollm[] = {"\\p{N}", RE_GPT2};
 /* llama.cpp spells the contractions with ASCII classes for llama3 ... */
-static const char *const re_llama3[] = {RE_LLAMA3_LIKE(
-    "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])", "\\p{N}{1,3}")};
+static const char *const re_llama3[] = {
+    RE_LLAMA3_LIKE("(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])", "\\p{N}{1,3}")};
 /* ... while Qwen's tokenizer.json uses (?i:...), which the HF oracle runs as written. */
-static const char *const re_qwen2[] = {
-    RE_LLAMA3_LIKE("(?i:'s|'t|'re|'ve|'m|'ll|'d)", "\\p{N}")};
+static const char *const re_qwen2[] = {RE_LLAMA3_LIKE("(?i:'s|'t|'re|'ve|'m|'ll|'d)", "\\p{N}")};
 #define O200K_UPPER "[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]"
 #define O200K_LOWER "[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]"
 #define O200K_CONTR "(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
 static const char *const re_o200k[] = {
     "[^\\r\\n\\p{L}\\p{N}]?" O200K_UPPER "*" O200K_LOWER "+" O200K_CONTR
-    "|[^\\r\\n\\p{L}\\p{N}]?" O200K_UPPER "+" O200K_LOWER "*" O200K_CONTR
-    "|\\p{N}{1,3}| ?[^" WS "\\p{L}\\p{N}]+[\\r\\n/]*|" S_ "*[\\r\\n]+|" S_ "+(?!" NS_ ")|" S_ "+"};
+    "|[^\\r\\n\\p{L}\\p{N}]?" O200K_UPPER "+" O200K_LOWER "*" O200K_CONTR "|\\p{N}{1,3}| ?[^" WS
+    "\\p{L}\\p{N}]+[\\r\\n/]*|" S_ "*[\\r\\n]+|" S_ "+(?!" NS_ ")|" S_ "+"};
 static const char *const re_default[] = {"[\\p{P}\\$\\+<=>\\^~\\|]+", RE_GPT2, "\\p{N}+",
                                          "[0-9][0-9][0-9]"};
 
 typedef struct pre_spec {
-    const char *name;     /* canonical name                            */
-    const char *aliases;  /* other tokenizer.ggml.pre values, '|'-separated */
+    const char *name;    /* canonical name                            */
+    const char *aliases; /* other tokenizer.ggml.pre values, '|'-separated */
     const char *const *re;
     uint32_t n_re;
     bool ignore_merges; /* a piece that is itself a token is emitted as is */
@@ -445,9 +446,9 @@ static tdm_status_t trie_add(tok_vocab_t *v, tok_id_t id, uint32_t *cap)
 }
 
 static const char *const eog_texts[] = {
-    "<|eot_id|>",    "<|im_end|>", "<|end|>",         "<|return|>",        "<|call|>",
-    "<|flush|>",     "<|calls|>",  "<end_of_turn>",   "<|endoftext|>",     "<|eom_id|>",
-    "<EOT>",         "_<EOT>",     "<|end_of_text|>", "<end_of_utterance>"};
+    "<|eot_id|>", "<|im_end|>", "<|end|>",         "<|return|>",        "<|call|>",
+    "<|flush|>",  "<|calls|>",  "<end_of_turn>",   "<|endoftext|>",     "<|eom_id|>",
+    "<EOT>",      "_<EOT>",     "<|end_of_text|>", "<end_of_utterance>"};
 
 static const char *const render_always_texts[] = {"<|channel|>", "<|message|>", "<|start|>",
                                                   "<|constrain|>"};
@@ -636,8 +637,8 @@ tdm_status_t tok_vocab_build_(const tok_build_t *b, tok_vocab_t **out, tdm_error
         v->text_len[i] = (uint32_t)len;
         int32_t t = b->types ? b->types[i] : TOK_TYPE_NORMAL;
         if (t < 0 || t > TOK_TYPE_BYTE) {
-            st = tdm_error_set(err, TDM_ERR_FORMAT, "tokenizer: token %u has invalid type %d", i,
-                               t);
+            st =
+                tdm_error_set(err, TDM_ERR_FORMAT, "tokenizer: token %u has invalid type %d", i, t);
             goto fail;
         }
         v->types[i] = (uint8_t)t;
@@ -673,16 +674,16 @@ tdm_status_t tok_vocab_build_(const tok_build_t *b, tok_vocab_t **out, tdm_error
     }
     uint32_t missing_bytes = 0;
     for (int bt = 0; bt < 256; bt++) {
-        v->byte_tok[bt] =
-            tok_find_token(v, (const char *)v->byte_enc[bt], v->byte_enc_len[bt]);
+        v->byte_tok[bt] = tok_find_token(v, (const char *)v->byte_enc[bt], v->byte_enc_len[bt]);
         if (v->byte_tok[bt] == TOK_NONE) {
             missing_bytes++;
         }
     }
     if (missing_bytes) {
         /* llama.cpp drops such bytes too (SmolLM2 lacks 21 of them) */
-        TDM_INFO("tokenizer", "%u of the 256 byte tokens are missing; text with those bytes "
-                              "loses them",
+        TDM_INFO("tokenizer",
+                 "%u of the 256 byte tokens are missing; text with those bytes "
+                 "loses them",
                  missing_bytes);
     }
 
@@ -1009,8 +1010,7 @@ static void cache_clear(tok_workspace_t *ws)
     ws->c_ents = ws->c_key_used = ws->c_ids_used = 0;
 }
 
-static cache_slot_t *cache_find(tok_workspace_t *ws, const uint8_t *key, size_t len,
-                                uint64_t h)
+static cache_slot_t *cache_find(tok_workspace_t *ws, const uint8_t *key, size_t len, uint64_t h)
 {
     uint32_t i = (uint32_t)h & (CACHE_SLOTS - 1);
     for (;;) {
@@ -1040,7 +1040,9 @@ static void cache_put(tok_workspace_t *ws, const uint8_t *key, size_t len, uint6
         return;
     }
     memcpy(ws->ckeys + ws->c_key_used, key, len);
-    memcpy(ws->cids + ws->c_ids_used, ids, n * sizeof(tok_id_t));
+    if (n > 0) {
+        memcpy(ws->cids + ws->c_ids_used, ids, n * sizeof(tok_id_t));
+    }
     s->hash = h;
     s->key_off = ws->c_key_used;
     s->key_len = (uint16_t)len;
@@ -1166,8 +1168,8 @@ static void try_pair(tok_workspace_t *ws, int32_t l, int32_t r)
 }
 
 /* Appends the ids of the byte string p[0..n) (one pre-token) to out. */
-static tdm_status_t bpe_word(const tok_vocab_t *v, tok_workspace_t *ws, const uint8_t *p,
-                             size_t n, tok_ids_t *out)
+static tdm_status_t bpe_word(const tok_vocab_t *v, tok_workspace_t *ws, const uint8_t *p, size_t n,
+                             tok_ids_t *out)
 {
     if (n == 0) {
         return TDM_OK;
@@ -1254,9 +1256,11 @@ static tdm_status_t encode_piece(const tok_vocab_t *v, tok_workspace_t *ws, cons
     uint64_t h = hash_bytes(p, n);
     cache_slot_t *s = cache_find(ws, p, n, h);
     if (s->key_len != 0) {
-        TDM_CHECK(ids_reserve(out, s->n_ids));
-        memcpy(out->ids + out->n, ws->cids + s->ids_off, s->n_ids * sizeof(tok_id_t));
-        out->n += s->n_ids;
+        if (s->n_ids > 0) { /* 0 when every byte lacks a byte token */
+            TDM_CHECK(ids_reserve(out, s->n_ids));
+            memcpy(out->ids + out->n, ws->cids + s->ids_off, s->n_ids * sizeof(tok_id_t));
+            out->n += s->n_ids;
+        }
         return TDM_OK;
     }
     size_t before = out->n;
@@ -1400,8 +1404,8 @@ static tok_id_t match_special(const tok_vocab_t *v, const uint8_t *text, size_t 
     return best;
 }
 
-tdm_status_t tok_encode(const tok_vocab_t *v, tok_workspace_t *ws, const char *text_in,
-                        size_t len, unsigned flags, tok_ids_t *out, tdm_error_t *err)
+tdm_status_t tok_encode(const tok_vocab_t *v, tok_workspace_t *ws, const char *text_in, size_t len,
+                        unsigned flags, tok_ids_t *out, tdm_error_t *err)
 {
     if (v == NULL || out == NULL || (text_in == NULL && len > 0)) {
         return tdm_error_set(err, TDM_ERR_INVALID_PARAM, "tokenizer: null argument to encode");
@@ -1503,10 +1507,11 @@ tdm_status_t tok_decode(const tok_vocab_t *v, const tok_id_t *ids, size_t n, uns
     for (size_t i = 0; i < n; i++) {
         size_t l;
         if (tok_token_bytes(v, ids[i], flags, &l) == NULL) {
-            return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
-                                 "tokenizer: token id %d at position %zu is out of range (vocabulary "
-                                 "has %u tokens)",
-                                 ids[i], i, v->n_tokens);
+            return tdm_error_set(
+                err, TDM_ERR_INVALID_PARAM,
+                "tokenizer: token id %d at position %zu is out of range (vocabulary "
+                "has %u tokens)",
+                ids[i], i, v->n_tokens);
         }
         total += l;
     }

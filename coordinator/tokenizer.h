@@ -54,15 +54,15 @@ enum {
 
 /* A vocabulary given as plain arrays (tests, tools). Strings are NUL-terminated. */
 typedef struct tok_vocab_desc {
-    const char *pre;            /* tokenizer.ggml.pre name, e.g. "qwen2"         */
-    uint32_t n_tokens;          /* ids are 0 .. n_tokens-1                        */
-    const char *const *tokens;  /* token texts (byte-level unicode for NORMAL)    */
-    const int32_t *types;       /* tok_type_t per token; NULL = all NORMAL        */
-    const uint8_t *attrs;       /* TOK_ATTR_* per token; NULL = none              */
-    uint32_t n_merges;          /* rank = index                                   */
-    const char *const *merges;  /* "A B"                                          */
+    const char *pre;                  /* tokenizer.ggml.pre name, e.g. "qwen2"         */
+    uint32_t n_tokens;                /* ids are 0 .. n_tokens-1                        */
+    const char *const *tokens;        /* token texts (byte-level unicode for NORMAL)    */
+    const int32_t *types;             /* tok_type_t per token; NULL = all NORMAL        */
+    const uint8_t *attrs;             /* TOK_ATTR_* per token; NULL = none              */
+    uint32_t n_merges;                /* rank = index                                   */
+    const char *const *merges;        /* "A B"                                          */
     tok_id_t bos, eos, eot, eom, pad; /* TOK_NONE when absent                     */
-    int add_bos, add_eos; /* 1 yes, 0 no, -1 = default of the pre-tokenizer       */
+    int add_bos, add_eos;             /* 1 yes, 0 no, -1 = default of the pre-tokenizer       */
 } tok_vocab_desc_t;
 
 typedef struct tok_vocab tok_vocab_t;
@@ -131,8 +131,8 @@ void tok_workspace_destroy(tok_workspace_t *ws); /* NULL is fine */
  * bytes). ws must have been created for this vocab, or be NULL. On failure out->n is
  * restored.
  */
-tdm_status_t tok_encode(const tok_vocab_t *vocab, tok_workspace_t *ws, const char *text,
-                        size_t len, unsigned flags, tok_ids_t *out, tdm_error_t *err);
+tdm_status_t tok_encode(const tok_vocab_t *vocab, tok_workspace_t *ws, const char *text, size_t len,
+                        unsigned flags, tok_ids_t *out, tdm_error_t *err);
 
 /* ---- decoding ------------------------------------------------------------------------- */
 

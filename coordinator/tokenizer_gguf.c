@@ -83,8 +83,8 @@ tdm_status_t tok_vocab_from_gguf(const gguf_ctx_t *g, tok_vocab_t **out, tdm_err
     }
     int32_t *types = NULL;
     if (gguf_find(g, "tokenizer.ggml.token_type") != NULL) {
-        TDM_CHECK(gguf_get_arr(g, "tokenizer.ggml.token_type", GGUF_TYPE_INT32, &n_type,
-                               &type_data, err));
+        TDM_CHECK(gguf_get_arr(g, "tokenizer.ggml.token_type", GGUF_TYPE_INT32, &n_type, &type_data,
+                               err));
         if (n_type != n_tok) {
             return tdm_error_set(err, TDM_ERR_FORMAT,
                                  "%s: tokenizer.ggml.token_type has %llu entries, tokens %llu",
@@ -101,8 +101,8 @@ tdm_status_t tok_vocab_from_gguf(const gguf_ctx_t *g, tok_vocab_t **out, tdm_err
         }
     }
 
-    tok_build_t b = {.pre = pre, .n_tokens = (uint32_t)n_tok, .types = types,
-                     .n_merges = (uint32_t)n_merge};
+    tok_build_t b = {
+        .pre = pre, .n_tokens = (uint32_t)n_tok, .types = types, .n_merges = (uint32_t)n_merge};
     tok_str_t *toks = malloc(n_tok * sizeof(tok_str_t));
     tok_str_t *merges = malloc((n_merge + 1) * sizeof(tok_str_t));
     if (toks == NULL || merges == NULL) {

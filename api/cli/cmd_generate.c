@@ -12,8 +12,8 @@
 #include "common/check.h"
 #include "common/log.h"
 #include "common/mem.h"
-#include "coordinator/jinja.h"
 #include "coordinator/scheduler.h"
+#include "coordinator/template.h"
 #include "coordinator/tokenizer.h"
 #include "model/gguf.h"
 #include "transport/exec_local.h"
@@ -175,52 +175,38 @@ static int parse_opts(int argc, char **argv, gen_opts_t *o)
     return 0;
 }
 
-/* Text of a token id as the template sees bos_token / eos_token ("" if none). */
-static json_t *token_text_json(const tok_vocab_t *v, tok_id_t id)
+/* Renders the model's chat template for the messages (template.h does what transformers'
+ * apply_chat_template does around it: bos/eos tokens, defaults, reasoning aliases). */
+static tdm_status_t render_chat(const gguf_ctx_t *g, json_t *messages, const char *kwargs_json,
+                                char **out, size_t *out_len, tdm_error_t *err)
 {
-    size_t len = 0;
-    const char *t = id >= 0 ? tok_token_text(v, id, &len) : NULL;
-    return t != NULL ? json_stringn(t, len) : json_string("");
-}
-
-/* Renders the model's chat template for the messages; *out is malloc'ed. */
-static tdm_status_t render_chat(const gguf_ctx_t *g, const tok_vocab_t *v, json_t *messages,
-                                const char *kwargs_json, char **out, size_t *out_len,
-                                tdm_error_t *err)
-{
-    gguf_str_t src;
-    tdm_status_t st = gguf_get_str(g, "tokenizer.chat_template", &src, err);
+    tpl_template_t *tpl = NULL;
+    tdm_status_t st = tpl_from_gguf(g, NULL, &tpl, err);
     if (st != TDM_OK) {
-        return st == TDM_ERR_NOT_FOUND
-                   ? tdm_error_set(err, TDM_ERR_NOT_FOUND,
-                                   "the model has no chat template (tokenizer.chat_template); "
-                                   "use --prompt")
-                   : st;
+        return st;
     }
-    jinja_tpl_t *tpl = NULL;
-    TDM_CHECK(jinja_compile(src.ptr, (size_t)src.len, &tpl, err));
-    json_t *vars = json_object();
-    json_object_set(vars, "messages", messages);
-    json_object_set_new(vars, "add_generation_prompt", json_true());
-    json_object_set_new(vars, "bos_token", token_text_json(v, tok_vocab_bos(v)));
-    json_object_set_new(vars, "eos_token", token_text_json(v, tok_vocab_eos(v)));
+    json_t *ctx = json_object();
+    json_object_set(ctx, "messages", messages);
+    json_object_set_new(ctx, "add_generation_prompt", json_true());
     if (kwargs_json != NULL) {
         json_error_t jerr;
         json_t *kw = json_loads(kwargs_json, 0, &jerr);
         if (kw == NULL || !json_is_object(kw)) {
             json_decref(kw);
-            json_decref(vars);
-            jinja_free(tpl);
+            json_decref(ctx);
+            tpl_destroy(tpl);
             return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
                                  "--template-kwargs is not a JSON object: %s", jerr.text);
         }
-        json_object_update(vars, kw);
+        json_object_update(ctx, kw);
         json_decref(kw);
     }
-    jinja_render_opts_t ro = {.limits = jinja_default_limits()};
-    st = jinja_render(tpl, vars, &ro, out, out_len, err);
-    json_decref(vars);
-    jinja_free(tpl);
+    st = tpl_render(tpl, ctx, out, err);
+    if (st == TDM_OK) {
+        *out_len = strlen(*out);
+    }
+    json_decref(ctx);
+    tpl_destroy(tpl);
     return st;
 }
 
@@ -378,7 +364,7 @@ int cmd_generate(int argc, char **argv)
         if (messages == NULL) {
             goto out;
         }
-        TDM_CHECK_GOTO(render_chat(g, vocab, messages, o.kwargs_json, &text, &text_len, &err), st,
+        TDM_CHECK_GOTO(render_chat(g, messages, o.kwargs_json, &text, &text_len, &err), st,
                        out);
         if (o.show_prompt) {
             fprintf(stderr, "---- prompt ----\n%s\n----------------\n", text);

@@ -15,24 +15,25 @@
 
 static void usage(FILE *out)
 {
-    fprintf(out,
-            "usage: tandem template (--model M.gguf | --template FILE.jinja)\n"
-            "                       [--context CTX.json] [--jsonl CASES.jsonl] [options]\n\n"
-            "Renders a chat template with a JSON context (messages, tools,\n"
-            "add_generation_prompt, and extra keys such as enable_thinking or\n"
-            "reasoning_effort) and prints the prompt text.\n\n"
-            "  --model M.gguf         use the model's tokenizer.chat_template and BOS/EOS texts\n"
-            "  --name NAME            use tokenizer.chat_template.NAME instead\n"
-            "  --template FILE        use a template file\n"
-            "  --context FILE         the context (JSON object; '-' = stdin); default {}\n"
-            "  --jsonl FILE           render each line (a JSON object, merged over --context);\n"
-            "                         prints {\"output\": ...} or {\"error\": ..., \"status\": ...}\n"
-            "                         per line\n"
-            "  --bos TEXT, --eos TEXT override the bos_token / eos_token defaults\n"
-            "  --now EPOCH            fixed time for strftime_now (seconds, may be fractional)\n"
-            "  --no-reasoning-alias   do not copy reasoning_content to thinking\n"
-            "  --max-output BYTES, --max-iterations N, --max-depth N, --max-memory BYTES\n"
-            "                         resource limits of one render\n");
+    fprintf(
+        out,
+        "usage: tandem template (--model M.gguf | --template FILE.jinja)\n"
+        "                       [--context CTX.json] [--jsonl CASES.jsonl] [options]\n\n"
+        "Renders a chat template with a JSON context (messages, tools,\n"
+        "add_generation_prompt, and extra keys such as enable_thinking or\n"
+        "reasoning_effort) and prints the prompt text.\n\n"
+        "  --model M.gguf         use the model's tokenizer.chat_template and BOS/EOS texts\n"
+        "  --name NAME            use tokenizer.chat_template.NAME instead\n"
+        "  --template FILE        use a template file\n"
+        "  --context FILE         the context (JSON object; '-' = stdin); default {}\n"
+        "  --jsonl FILE           render each line (a JSON object, merged over --context);\n"
+        "                         prints {\"output\": ...} or {\"error\": ..., \"status\": ...}\n"
+        "                         per line\n"
+        "  --bos TEXT, --eos TEXT override the bos_token / eos_token defaults\n"
+        "  --now EPOCH            fixed time for strftime_now (seconds, may be fractional)\n"
+        "  --no-reasoning-alias   do not copy reasoning_content to thinking\n"
+        "  --max-output BYTES, --max-iterations N, --max-depth N, --max-memory BYTES\n"
+        "                         resource limits of one render\n");
 }
 
 static char *read_all(const char *path, size_t *len)

@@ -271,8 +271,8 @@ static int run_detokenize(const tok_vocab_t *v, const char *path, unsigned dec_f
 /* Encodes every line of the file (newline included) as one document, like the HF side of
  * bench/bench_tokenizer.py; the first pass is timed alone (cold word cache), then `iters`
  * more; prints JSON with both rates. Load time is excluded. */
-static int run_bench(const tok_vocab_t *v, tok_workspace_t *ws, const char *path,
-                     unsigned flags, int iters)
+static int run_bench(const tok_vocab_t *v, tok_workspace_t *ws, const char *path, unsigned flags,
+                     int iters)
 {
     size_t len = 0;
     char *buf = read_file(path, &len);

@@ -79,8 +79,8 @@ static void run_chunks(kern_ctx_t *ctx, int idx)
     tls_task_ctx = ctx;
     tls_task_idx = idx;
     for (;;) {
-        const int64_t begin = atomic_fetch_add_explicit(&ctx->next, ctx->chunk,
-                                                        memory_order_relaxed);
+        const int64_t begin =
+            atomic_fetch_add_explicit(&ctx->next, ctx->chunk, memory_order_relaxed);
         if (begin >= ctx->n) {
             break;
         }

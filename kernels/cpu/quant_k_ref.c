@@ -220,8 +220,8 @@ void kern_from_float_q6_k(const float *restrict src, void *restrict dst, int64_t
             b->scales[j] = (int8_t)sc;
             const float es = d * (float)sc;
             for (int l = 0; l < 16; l++) {
-                q[16 * j + l] = es != 0.0f ? clampi(nearest(src[16 * j + l] / es), -32, 31) + 32
-                                           : 32;
+                q[16 * j + l] =
+                    es != 0.0f ? clampi(nearest(src[16 * j + l] / es), -32, 31) + 32 : 32;
             }
         }
         /* layout: half h, l in 0..31: ql[64h+l] = q(128h+l) | q(128h+64+l) << 4,

@@ -19,13 +19,14 @@
 #else
 #define DOT_ARM(name)
 #endif
-#define DOTS(name) {[KERN_ISA_SCALAR] = name##_ref, DOT_X86(name) DOT_ARM(name)}
+#define DOTS(name)                                                  \
+    {                                                               \
+        [KERN_ISA_SCALAR] = name##_ref, DOT_X86(name) DOT_ARM(name) \
+    }
 
 static const kern_type_cpu_t type_table[TDM_TYPE_COUNT] = {
-    [TDM_TYPE_F32] = {TDM_TYPE_F32, kern_to_float_f32, kern_from_float_f32,
-                      DOTS(kern_vec_dot_f32)},
-    [TDM_TYPE_F16] = {TDM_TYPE_F32, kern_to_float_f16, kern_from_float_f16,
-                      DOTS(kern_vec_dot_f16)},
+    [TDM_TYPE_F32] = {TDM_TYPE_F32, kern_to_float_f32, kern_from_float_f32, DOTS(kern_vec_dot_f32)},
+    [TDM_TYPE_F16] = {TDM_TYPE_F32, kern_to_float_f16, kern_from_float_f16, DOTS(kern_vec_dot_f16)},
     [TDM_TYPE_BF16] = {TDM_TYPE_F32, kern_to_float_bf16, kern_from_float_bf16,
                        DOTS(kern_vec_dot_bf16)},
     [TDM_TYPE_Q4_0] = {TDM_TYPE_Q8_0, kern_to_float_q4_0, kern_from_float_q4_0,
@@ -53,10 +54,10 @@ static const kern_type_cpu_t type_table[TDM_TYPE_COUNT] = {
 };
 
 /* Activation-only formats: a dequantizer and quantizer, no vec_dot of their own. */
-static const kern_type_cpu_t act_q8_1 = {TDM_TYPE_Q8_1, kern_to_float_q8_1, kern_from_float_q8_1,
-                                         {0}};
-static const kern_type_cpu_t act_q8_k = {TDM_TYPE_Q8_K, kern_to_float_q8_k, kern_from_float_q8_k,
-                                         {0}};
+static const kern_type_cpu_t act_q8_1 = {
+    TDM_TYPE_Q8_1, kern_to_float_q8_1, kern_from_float_q8_1, {0}};
+static const kern_type_cpu_t act_q8_k = {
+    TDM_TYPE_Q8_K, kern_to_float_q8_k, kern_from_float_q8_k, {0}};
 
 const kern_type_cpu_t *kern_type_cpu(tdm_type_t t)
 {

@@ -264,7 +264,7 @@ void kern_from_float_q6_k(const float *restrict src, void *restrict dst, int64_t
 void kern_from_float_q8_k(const float *restrict src, void *restrict dst, int64_t n);
 void kern_from_float_mxfp4(const float *restrict src, void *restrict dst, int64_t n);
 
-#define KERN_DECLARE_DOTS(sfx)                                                               \
+#define KERN_DECLARE_DOTS(sfx)                                                                  \
     float kern_vec_dot_f32_##sfx(int64_t n, const void *restrict w, const void *restrict a);    \
     float kern_vec_dot_f16_##sfx(int64_t n, const void *restrict w, const void *restrict a);    \
     float kern_vec_dot_bf16_##sfx(int64_t n, const void *restrict w, const void *restrict a);   \

@@ -60,8 +60,8 @@ static float rng_normal(uint64_t *s)
 
 /* The weight types with CPU kernels (all of them have a vec_dot). */
 static const tdm_type_t weight_types[] = {
-    TDM_TYPE_F32,  TDM_TYPE_F16,  TDM_TYPE_BF16, TDM_TYPE_Q4_0,   TDM_TYPE_Q4_1,   TDM_TYPE_Q5_0,
-    TDM_TYPE_Q5_1, TDM_TYPE_Q8_0, TDM_TYPE_Q2_K, TDM_TYPE_Q3_K,   TDM_TYPE_Q4_K,   TDM_TYPE_Q5_K,
+    TDM_TYPE_F32,  TDM_TYPE_F16,   TDM_TYPE_BF16,   TDM_TYPE_Q4_0,   TDM_TYPE_Q4_1, TDM_TYPE_Q5_0,
+    TDM_TYPE_Q5_1, TDM_TYPE_Q8_0,  TDM_TYPE_Q2_K,   TDM_TYPE_Q3_K,   TDM_TYPE_Q4_K, TDM_TYPE_Q5_K,
     TDM_TYPE_Q6_K, TDM_TYPE_MXFP4, TDM_TYPE_IQ4_NL, TDM_TYPE_IQ4_XS,
 };
 
@@ -241,8 +241,8 @@ static int load_fixture(const char *name, fixture_t *fx)
 }
 
 static const char *const fixture_names[] = {
-    "F32",  "F16",  "BF16", "Q4_0",   "Q4_1",   "Q5_0",  "Q5_1", "Q8_0", "Q2_K",
-    "Q3_K", "Q4_K", "Q5_K", "Q6_K",   "IQ4_NL", "IQ4_XS", "MXFP4", "Q8_1", "Q8_K",
+    "F32",  "F16",  "BF16", "Q4_0", "Q4_1",   "Q5_0",   "Q5_1",  "Q8_0", "Q2_K",
+    "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS", "MXFP4", "Q8_1", "Q8_K",
 };
 
 static void test_dequant_bit_exact(void **state)
@@ -282,9 +282,9 @@ static void test_quantize_bit_exact(void **state)
         if (fx.q_exact) {
             const size_t row_bytes = (fx.n_per_row / fx.blck) * fx.size;
             uint8_t *q = calloc(fx.n_rows, row_bytes);
-            assert_int_equal(kern_quantize((tdm_type_t)fx.type, fx.qin, q, fx.n_rows,
-                                           fx.n_per_row, NULL),
-                             TDM_OK);
+            assert_int_equal(
+                kern_quantize((tdm_type_t)fx.type, fx.qin, q, fx.n_rows, fx.n_per_row, NULL),
+                TDM_OK);
             for (size_t b = 0; b < fx.n_rows * row_bytes; b++) {
                 if (q[b] != fx.qout[b]) {
                     fail_msg("%s: byte %zu (row %zu, block %zu, offset %zu): got 0x%02x, "
@@ -479,9 +479,8 @@ static void test_vec_dot(void **state)
                 }
                 const float got = kern_vec_dot_get(t, (kern_isa_t)isa)(n, w, a);
                 if (!(fabs((double)got - ref) <= 2.0 * tol)) {
-                    fail_msg("%s n=%lld %s: vec_dot %.9g, scalar %.9g (tol %.3g)",
-                             tdm_type_name(t), (long long)n, kern_isa_name((kern_isa_t)isa), got,
-                             ref, 2.0 * tol);
+                    fail_msg("%s n=%lld %s: vec_dot %.9g, scalar %.9g (tol %.3g)", tdm_type_name(t),
+                             (long long)n, kern_isa_name((kern_isa_t)isa), got, ref, 2.0 * tol);
                 }
             }
             free(w);

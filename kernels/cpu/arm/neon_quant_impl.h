@@ -191,9 +191,9 @@ float FN(iq4_nl)(int64_t n, const void *restrict w, const void *restrict a)
     for (int64_t i = 0; i < n / KERN_QK; i++) {
         int8x16_t lo, hi;
         nibbles(x[i].qs, &lo, &hi);
-        acc = block32(acc, vqtbl1q_s8(tab, vreinterpretq_u8_s8(lo)),
-                      vqtbl1q_s8(tab, vreinterpretq_u8_s8(hi)), y[i].qs,
-                      fp16(x[i].d) * fp16(y[i].d));
+        acc =
+            block32(acc, vqtbl1q_s8(tab, vreinterpretq_u8_s8(lo)),
+                    vqtbl1q_s8(tab, vreinterpretq_u8_s8(hi)), y[i].qs, fp16(x[i].d) * fp16(y[i].d));
     }
     return vaddvq_f32(acc);
 }

@@ -157,8 +157,7 @@ float kern_vec_dot_q4_0_avx2(int64_t n, const void *restrict w, const void *rest
         const __m256i s0 = dot_ss8(q0, load32(y[i].qs));
         const __m256i s1 = dot_ss8(q1, load32(y[i + 1].qs));
         const __m256 d0 = _mm256_set1_ps(fp16(x[i].d) * fp16(y[i].d));
-        const __m256 d1 =
-            _mm256_set1_ps(fp16(x[i + 1].d) * fp16(y[i + 1].d));
+        const __m256 d1 = _mm256_set1_ps(fp16(x[i + 1].d) * fp16(y[i + 1].d));
         acc0 = _mm256_fmadd_ps(d0, _mm256_cvtepi32_ps(s0), acc0);
         acc1 = _mm256_fmadd_ps(d1, _mm256_cvtepi32_ps(s1), acc1);
     }
@@ -195,8 +194,8 @@ float kern_vec_dot_q5_0_avx2(int64_t n, const void *restrict w, const void *rest
     const __m256i b4 = _mm256_set1_epi8(0x10);
     __m256 acc = _mm256_setzero_ps();
     for (int64_t i = 0; i < nb; i++) {
-        __m256i q = _mm256_or_si256(unpack_nibbles(x[i].qs),
-                                    _mm256_and_si256(expand_bits(x[i].qh), b4));
+        __m256i q =
+            _mm256_or_si256(unpack_nibbles(x[i].qs), _mm256_and_si256(expand_bits(x[i].qh), b4));
         q = _mm256_sub_epi8(q, _mm256_set1_epi8(16));
         const __m256i s = dot_ss8(q, load32(y[i].qs));
         const __m256 d = _mm256_set1_ps(fp16(x[i].d) * fp16(y[i].d));
@@ -214,8 +213,8 @@ float kern_vec_dot_q5_1_avx2(int64_t n, const void *restrict w, const void *rest
     __m256 acc = _mm256_setzero_ps();
     float summs = 0.0f;
     for (int64_t i = 0; i < nb; i++) {
-        const __m256i q = _mm256_or_si256(unpack_nibbles(x[i].qs),
-                                          _mm256_and_si256(expand_bits(x[i].qh), b4));
+        const __m256i q =
+            _mm256_or_si256(unpack_nibbles(x[i].qs), _mm256_and_si256(expand_bits(x[i].qh), b4));
         const __m256i s = dot_us8(q, load32(y[i].qs));
         const __m256 d = _mm256_set1_ps(fp16(x[i].d) * fp16(y[i].d));
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s), acc);
@@ -235,8 +234,7 @@ float kern_vec_dot_q8_0_avx2(int64_t n, const void *restrict w, const void *rest
         const __m256i s0 = dot_ss8(load32(x[i].qs), load32(y[i].qs));
         const __m256i s1 = dot_ss8(load32(x[i + 1].qs), load32(y[i + 1].qs));
         const __m256 d0 = _mm256_set1_ps(fp16(x[i].d) * fp16(y[i].d));
-        const __m256 d1 =
-            _mm256_set1_ps(fp16(x[i + 1].d) * fp16(y[i + 1].d));
+        const __m256 d1 = _mm256_set1_ps(fp16(x[i + 1].d) * fp16(y[i + 1].d));
         acc0 = _mm256_fmadd_ps(d0, _mm256_cvtepi32_ps(s0), acc0);
         acc1 = _mm256_fmadd_ps(d1, _mm256_cvtepi32_ps(s1), acc1);
     }
@@ -280,8 +278,7 @@ float kern_vec_dot_mxfp4_avx2(int64_t n, const void *restrict w, const void *res
     for (int64_t i = 0; i < nb; i++) {
         const __m256i q = _mm256_shuffle_epi8(tab, unpack_nibbles(x[i].qs));
         const __m256i s = dot_ss8(q, load32(y[i].qs));
-        const __m256 d =
-            _mm256_set1_ps(kern_e8m0_to_fp32_half(x[i].e) * fp16(y[i].d));
+        const __m256 d = _mm256_set1_ps(kern_e8m0_to_fp32_half(x[i].e) * fp16(y[i].d));
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s), acc);
     }
     return hsum_ps(acc);
@@ -400,9 +397,8 @@ float kern_vec_dot_q4_k_avx2(int64_t n, const void *restrict w, const void *rest
             const __m256i plo = _mm256_maddubs_epi16(lo, load32(y[i].qs + 64 * c));
             const __m256i phi = _mm256_maddubs_epi16(hi, load32(y[i].qs + 64 * c + 32));
             isum = _mm256_add_epi32(
-                isum, _mm256_add_epi32(
-                          _mm256_madd_epi16(plo, _mm256_set1_epi16(sc[2 * c])),
-                          _mm256_madd_epi16(phi, _mm256_set1_epi16(sc[2 * c + 1]))));
+                isum, _mm256_add_epi32(_mm256_madd_epi16(plo, _mm256_set1_epi16(sc[2 * c])),
+                                       _mm256_madd_epi16(phi, _mm256_set1_epi16(sc[2 * c + 1]))));
         }
         const float dall = y[i].d * fp16(x[i].d);
         const float dmin = y[i].d * fp16(x[i].dmin);
@@ -442,9 +438,8 @@ float kern_vec_dot_q5_k_avx2(int64_t n, const void *restrict w, const void *rest
             const __m256i plo = _mm256_maddubs_epi16(lo, load32(y[i].qs + 64 * c));
             const __m256i phi = _mm256_maddubs_epi16(hi, load32(y[i].qs + 64 * c + 32));
             isum = _mm256_add_epi32(
-                isum, _mm256_add_epi32(
-                          _mm256_madd_epi16(plo, _mm256_set1_epi16(sc[2 * c])),
-                          _mm256_madd_epi16(phi, _mm256_set1_epi16(sc[2 * c + 1]))));
+                isum, _mm256_add_epi32(_mm256_madd_epi16(plo, _mm256_set1_epi16(sc[2 * c])),
+                                       _mm256_madd_epi16(phi, _mm256_set1_epi16(sc[2 * c + 1]))));
         }
         const float dall = y[i].d * fp16(x[i].d);
         const float dmin = y[i].d * fp16(x[i].dmin);
@@ -480,16 +475,16 @@ float kern_vec_dot_q6_k_avx2(int64_t n, const void *restrict w, const void *rest
             const __m256i q4 = _mm256_or_si256(
                 _mm256_and_si256(_mm256_srli_epi16(qb, 4), m4),
                 _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m3), 4));
-            const __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(q1, load32(q8)),
-                                                 scale_pair(sc[0], sc[1]));
+            const __m256i p1 =
+                _mm256_madd_epi16(_mm256_maddubs_epi16(q1, load32(q8)), scale_pair(sc[0], sc[1]));
             const __m256i p2 = _mm256_madd_epi16(_mm256_maddubs_epi16(q2, load32(q8 + 32)),
                                                  scale_pair(sc[2], sc[3]));
             const __m256i p3 = _mm256_madd_epi16(_mm256_maddubs_epi16(q3, load32(q8 + 64)),
                                                  scale_pair(sc[4], sc[5]));
             const __m256i p4 = _mm256_madd_epi16(_mm256_maddubs_epi16(q4, load32(q8 + 96)),
                                                  scale_pair(sc[6], sc[7]));
-            isum = _mm256_add_epi32(isum, _mm256_add_epi32(_mm256_add_epi32(p1, p2),
-                                                           _mm256_add_epi32(p3, p4)));
+            isum = _mm256_add_epi32(
+                isum, _mm256_add_epi32(_mm256_add_epi32(p1, p2), _mm256_add_epi32(p3, p4)));
         }
         const __m256i corr = _mm256_slli_epi32(
             _mm256_madd_epi16(load32(y[i].bsums),
@@ -517,7 +512,8 @@ float kern_vec_dot_iq4_xs_avx2(int64_t n, const void *restrict w, const void *re
             const __m256i q = _mm256_shuffle_epi8(tab, unpack_nibbles(x[i].qs + 16 * ib));
             const __m256i qy = load32(y[i].qs + 32 * ib);
             const __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(q), _mm256_sign_epi8(qy, q));
-            isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, _mm256_set1_epi16((short)(ls - 32))));
+            isum =
+                _mm256_add_epi32(isum, _mm256_madd_epi16(p, _mm256_set1_epi16((short)(ls - 32))));
         }
         const float d = y[i].d * fp16(x[i].d);
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(isum), acc);
