@@ -448,6 +448,11 @@ static void test_vec_dot(void **state)
     tdm_cpu_features_t f;
     tdm_cpu_features_detect(&f);
     uint64_t s = 12345;
+    for (int isa = 0; isa < KERN_ISA_COUNT; isa++) {
+        if (kern_isa_supported((kern_isa_t)isa, &f)) {
+            print_message("vec_dot: checking %s\n", kern_isa_name((kern_isa_t)isa));
+        }
+    }
     for (size_t ti = 0; ti < ARRAY_LEN(weight_types); ti++) {
         const tdm_type_t t = weight_types[ti];
         const kern_type_cpu_t *tc = kern_type_cpu(t);
