@@ -15,12 +15,12 @@
 #include <stddef.h>
 
 typedef struct xp_local_params {
-    int n_threads;        /* kernel threads; <= 0: one per CPU                        */
-    int n_batch_max;      /* most tokens per step                                      */
-    int n_logits_max;     /* most tokens with logits per step                          */
-    int n_ctx;            /* most positions per sequence (<= 0: the model's training)  */
-    int block_tokens;     /* tokens per KV block (<= 0: 16)                             */
-    size_t kv_bytes;      /* KV storage budget in bytes (0: enough for 4 x n_ctx)       */
+    int n_threads;    /* kernel threads; <= 0: one per CPU                        */
+    int n_batch_max;  /* most tokens per step                                      */
+    int n_logits_max; /* most tokens with logits per step                          */
+    int n_ctx;        /* most positions per sequence (<= 0: the model's training)  */
+    int block_tokens; /* tokens per KV block (<= 0: 16)                             */
+    size_t kv_bytes;  /* KV storage budget in bytes (0: enough for 4 x n_ctx)       */
 } xp_local_params_t;
 
 typedef struct xp_local_exec xp_local_exec_t;

@@ -25,7 +25,8 @@
 #include <time.h>
 
 typedef struct gen_opts {
-    const char *model, *prompt, *prompt_file, *chat, *system, *messages_file, *kwargs_json, *ids_out;
+    const char *model, *prompt, *prompt_file, *chat, *system, *messages_file, *kwargs_json,
+        *ids_out;
     int max_tokens, threads, ctx_size, batch;
     bool parse_special, ignore_eos, show_prompt, quiet;
     crd_sampling_params_t sampling;
@@ -52,32 +53,33 @@ static double now_s(void)
 
 static void usage(FILE *out)
 {
-    fprintf(out,
-            "usage: tandem generate --model M.gguf (--prompt TEXT | --chat TEXT | --messages F)\n"
-            "\n"
-            "input:\n"
-            "  --prompt TEXT          raw text, tokenized as is (BOS if the model wants one)\n"
-            "  --prompt-file FILE     raw text from a file\n"
-            "  --chat TEXT            one user message, formatted with the model's chat template\n"
-            "  --system TEXT          a system message before --chat\n"
-            "  --messages FILE        a JSON array of {role, content} messages (- for stdin)\n"
-            "  --template-kwargs JSON extra template variables, e.g. '{\"enable_thinking\":false}'\n"
-            "  --special              parse special-token text in --prompt\n"
-            "sampling:\n"
-            "  --max-tokens N         tokens to generate (default 256)\n"
-            "  --greedy               always the most likely token (same as --temperature 0)\n"
-            "  --temperature T        default 0.8\n"
-            "  --top-k K  --top-p P  --min-p P\n"
-            "  --repetition-penalty R  --presence-penalty P  --frequency-penalty F\n"
-            "  --seed S               repeatable sampling\n"
-            "  --ignore-eos           do not stop at end-of-generation tokens\n"
-            "runtime:\n"
-            "  --threads N            kernel threads (default: all CPUs)\n"
-            "  --ctx-size N           context length (default: the model's, at most 8192)\n"
-            "  --batch N              most tokens per step (default 512)\n"
-            "  --show-prompt          print the formatted prompt to stderr\n"
-            "  --ids-out FILE         write prompt and generated token ids as JSON\n"
-            "  --quiet                no text on stdout (use with --ids-out)\n");
+    fprintf(
+        out,
+        "usage: tandem generate --model M.gguf (--prompt TEXT | --chat TEXT | --messages F)\n"
+        "\n"
+        "input:\n"
+        "  --prompt TEXT          raw text, tokenized as is (BOS if the model wants one)\n"
+        "  --prompt-file FILE     raw text from a file\n"
+        "  --chat TEXT            one user message, formatted with the model's chat template\n"
+        "  --system TEXT          a system message before --chat\n"
+        "  --messages FILE        a JSON array of {role, content} messages (- for stdin)\n"
+        "  --template-kwargs JSON extra template variables, e.g. '{\"enable_thinking\":false}'\n"
+        "  --special              parse special-token text in --prompt\n"
+        "sampling:\n"
+        "  --max-tokens N         tokens to generate (default 256)\n"
+        "  --greedy               always the most likely token (same as --temperature 0)\n"
+        "  --temperature T        default 0.8\n"
+        "  --top-k K  --top-p P  --min-p P\n"
+        "  --repetition-penalty R  --presence-penalty P  --frequency-penalty F\n"
+        "  --seed S               repeatable sampling\n"
+        "  --ignore-eos           do not stop at end-of-generation tokens\n"
+        "runtime:\n"
+        "  --threads N            kernel threads (default: all CPUs)\n"
+        "  --ctx-size N           context length (default: the model's, at most 8192)\n"
+        "  --batch N              most tokens per step (default 512)\n"
+        "  --show-prompt          print the formatted prompt to stderr\n"
+        "  --ids-out FILE         write prompt and generated token ids as JSON\n"
+        "  --quiet                no text on stdout (use with --ids-out)\n");
 }
 
 static int parse_opts(int argc, char **argv, gen_opts_t *o)
@@ -251,8 +253,8 @@ static json_t *load_messages(const gen_opts_t *o, tdm_error_t *err)
     if (o->chat != NULL) {
         json_t *msgs = json_array();
         if (o->system != NULL) {
-            json_array_append_new(msgs, json_pack("{s:s, s:s}", "role", "system", "content",
-                                                  o->system));
+            json_array_append_new(msgs,
+                                  json_pack("{s:s, s:s}", "role", "system", "content", o->system));
         }
         json_array_append_new(msgs, json_pack("{s:s, s:s}", "role", "user", "content", o->chat));
         return msgs;
@@ -364,21 +366,17 @@ int cmd_generate(int argc, char **argv)
         if (messages == NULL) {
             goto out;
         }
-        TDM_CHECK_GOTO(render_chat(g, messages, o.kwargs_json, &text, &text_len, &err), st,
-                       out);
+        TDM_CHECK_GOTO(render_chat(g, messages, o.kwargs_json, &text, &text_len, &err), st, out);
         if (o.show_prompt) {
             fprintf(stderr, "---- prompt ----\n%s\n----------------\n", text);
         }
         /* the template writes any BOS itself: parse special tokens, add none */
-        TDM_CHECK_GOTO(
-            tok_encode(vocab, ws, text, text_len, TOK_ENC_PARSE_SPECIAL, &prompt, &err), st,
-            out);
+        TDM_CHECK_GOTO(tok_encode(vocab, ws, text, text_len, TOK_ENC_PARSE_SPECIAL, &prompt, &err),
+                       st, out);
     }
 
-    xp_local_params_t lp = {.n_threads = o.threads,
-                            .n_batch_max = o.batch,
-                            .n_logits_max = 1,
-                            .n_ctx = o.ctx_size};
+    xp_local_params_t lp = {
+        .n_threads = o.threads, .n_batch_max = o.batch, .n_logits_max = 1, .n_ctx = o.ctx_size};
     if (lp.n_ctx == 0) {
         lp.n_ctx = (int)prompt.n + o.max_tokens + 1;
         if (lp.n_ctx < 8192) {
