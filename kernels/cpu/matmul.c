@@ -2,12 +2,12 @@
  * matmul.c - kern_matmul, kern_dequantize, kern_quantize, kern_type_supported.
  *
  * kern_matmul converts the activations once per call to the weight type's vec_dot_type
- * (in parallel over tokens), then splits the weight rows over the pool. Each task walks
- * its rows in tiles of KERN_TOK_TILE tokens: one weight row is dotted against every token
- * of the tile while it is hot in L1, and the tile's activations (a few KiB per token)
- * stay in L1/L2 across the task's rows, so weights are streamed from memory once per
- * tile of tokens instead of once per token. Decode (n_tok == 1) is the same loop with a
- * tile of one: a pure weight stream.
+ * (in parallel over tokens), then splits the output into work items of KERN_ROW_BLK rows x
+ * KERN_TOK_TILE tokens over the pool (see rows_task). Within an item each weight row is
+ * dotted against the item's tokens while it is hot in L1; for prefill on ISAs with a
+ * multi-token kernel (vec_dot_tile) each weight block is also unpacked once per
+ * KERN_DOT_TILE tokens instead of once per token. Decode (n_tok == 1) is the same loop
+ * with one token: a pure weight stream.
  */
 #include "common/check.h"
 #include "kernels/cpu/pool.h"
@@ -16,13 +16,15 @@
 
 #include <stdlib.h>
 
-#define KERN_TOK_TILE  8
-#define KERN_ROW_GRAIN 16
+#define KERN_TOK_TILE 16 /* tokens per work item (activations stay in L1/L2)       */
+#define KERN_ROW_BLK  16 /* rows per work item: 64 bytes of y per token             */
 
 typedef struct matmul_job {
     const kern_weight_t *w;
     kern_vec_dot_fn dot;
-    const uint8_t *act; /* converted activations, act_stride bytes per token */
+    kern_vec_dot_tile_fn tile; /* NULL: one vec_dot per (row, token) */
+    int64_t n_tok_blk;         /* token blocks of KERN_TOK_TILE per row block */
+    const uint8_t *act;        /* converted activations, act_stride bytes per token */
     size_t act_stride;
     int64_t n_tok;
     float *y;
@@ -43,6 +45,10 @@ static void convert_task(void *arg, int64_t begin, int64_t end, int thread_idx)
     }
 }
 
+/* Work item i is (row block i / n_tok_blk, token block i % n_tok_blk): a chunk of items
+ * is a run of whole row blocks (each thread streams its own weights; y is written in
+ * 64-byte pieces per token, so threads never share a cache line of y when ldy keeps rows
+ * aligned) unless there are fewer row blocks than threads, when token blocks split too. */
 static void rows_task(void *arg, int64_t begin, int64_t end, int thread_idx)
 {
     (void)thread_idx;
@@ -50,14 +56,37 @@ static void rows_task(void *arg, int64_t begin, int64_t end, int thread_idx)
     const kern_weight_t *w = j->w;
     const uint8_t *wd = w->data;
     const int64_t k = w->n_cols;
-    for (int64_t t0 = 0; t0 < j->n_tok; t0 += KERN_TOK_TILE) {
+    for (int64_t it = begin; it < end; it++) {
+        const int64_t r0 = (it / j->n_tok_blk) * KERN_ROW_BLK;
+        const int64_t r1 = r0 + KERN_ROW_BLK < w->n_rows ? r0 + KERN_ROW_BLK : w->n_rows;
+        const int64_t t0 = (it % j->n_tok_blk) * KERN_TOK_TILE;
         const int64_t t1 = t0 + KERN_TOK_TILE < j->n_tok ? t0 + KERN_TOK_TILE : j->n_tok;
-        for (int64_t r = begin; r < end; r++) {
+        for (int64_t r = r0; r < r1; r++) {
             const void *row = wd + (size_t)r * w->row_bytes;
-            for (int64_t t = t0; t < t1; t++) {
+            int64_t t = t0;
+            if (j->tile != NULL) {
+                for (; t + 1 < t1; t += KERN_DOT_TILE) {
+                    const int nt = t1 - t < KERN_DOT_TILE ? (int)(t1 - t) : KERN_DOT_TILE;
+                    j->tile(k, row, j->act + (size_t)t * j->act_stride, j->act_stride, nt,
+                            j->y + t * j->ldy + r, j->ldy);
+                }
+            }
+            for (; t < t1; t++) {
                 j->y[t * j->ldy + r] = j->dot(k, row, j->act + (size_t)t * j->act_stride);
             }
         }
+    }
+}
+
+/* Decode (one token): a pure weight stream over rows [begin, end). */
+static void rows1_task(void *arg, int64_t begin, int64_t end, int thread_idx)
+{
+    (void)thread_idx;
+    const matmul_job_t *j = arg;
+    const kern_weight_t *w = j->w;
+    const uint8_t *wd = w->data;
+    for (int64_t r = begin; r < end; r++) {
+        j->y[r] = j->dot(w->n_cols, wd + (size_t)r * w->row_bytes, j->act);
     }
 }
 
@@ -132,7 +161,16 @@ tdm_status_t kern_matmul(kern_ctx_t *ctx, const kern_weight_t *w, const float *x
         kern_parallel_for(ctx, n_tok, 1, convert_task, &j);
         j.act = j.act_out;
     }
-    kern_parallel_for(ctx, w->n_rows, KERN_ROW_GRAIN, rows_task, &j);
+    if (n_tok == 1) {
+        kern_parallel_for(ctx, w->n_rows, KERN_ROW_BLK, rows1_task, &j);
+        free(owned);
+        return TDM_OK;
+    }
+    /* prefill: the multi-token kernel when this ISA has one for the type */
+    j.tile = kern_vec_dot_tile_get(w->type, kern_ctx_isa(ctx));
+    j.n_tok_blk = (n_tok + KERN_TOK_TILE - 1) / KERN_TOK_TILE;
+    const int64_t n_row_blk = (w->n_rows + KERN_ROW_BLK - 1) / KERN_ROW_BLK;
+    kern_parallel_for(ctx, n_row_blk * j.n_tok_blk, 1, rows_task, &j);
     free(owned);
     return TDM_OK;
 }

@@ -24,6 +24,18 @@
         [KERN_ISA_SCALAR] = name##_ref, DOT_X86(name) DOT_ARM(name) \
     }
 
+#if defined(__x86_64__)
+#define TILE_X86(name)                                    \
+    {                                                     \
+        [KERN_ISA_AVX2] = kern_vec_dot_tile_##name##_avx2 \
+    }
+#else
+#define TILE_X86(name) \
+    {                  \
+        0              \
+    }
+#endif
+
 static const kern_type_cpu_t type_table[TDM_TYPE_COUNT] = {
     [TDM_TYPE_F32] = {TDM_TYPE_F32, kern_to_float_f32, kern_from_float_f32, DOTS(kern_vec_dot_f32)},
     [TDM_TYPE_F16] = {TDM_TYPE_F32, kern_to_float_f16, kern_from_float_f16, DOTS(kern_vec_dot_f16)},
@@ -32,21 +44,21 @@ static const kern_type_cpu_t type_table[TDM_TYPE_COUNT] = {
     [TDM_TYPE_Q4_0] = {TDM_TYPE_Q8_0, kern_to_float_q4_0, kern_from_float_q4_0,
                        DOTS(kern_vec_dot_q4_0)},
     [TDM_TYPE_Q4_1] = {TDM_TYPE_Q8_1, kern_to_float_q4_1, kern_from_float_q4_1,
-                       DOTS(kern_vec_dot_q4_1)},
+                       DOTS(kern_vec_dot_q4_1), TILE_X86(q4_1)},
     [TDM_TYPE_Q5_0] = {TDM_TYPE_Q8_0, kern_to_float_q5_0, kern_from_float_q5_0,
                        DOTS(kern_vec_dot_q5_0)},
     [TDM_TYPE_Q5_1] = {TDM_TYPE_Q8_1, kern_to_float_q5_1, kern_from_float_q5_1,
                        DOTS(kern_vec_dot_q5_1)},
     [TDM_TYPE_Q8_0] = {TDM_TYPE_Q8_0, kern_to_float_q8_0, kern_from_float_q8_0,
-                       DOTS(kern_vec_dot_q8_0)},
+                       DOTS(kern_vec_dot_q8_0), TILE_X86(q8_0)},
     [TDM_TYPE_Q2_K] = {TDM_TYPE_Q8_K, kern_to_float_q2_k, NULL, DOTS(kern_vec_dot_q2_k)},
     [TDM_TYPE_Q3_K] = {TDM_TYPE_Q8_K, kern_to_float_q3_k, NULL, DOTS(kern_vec_dot_q3_k)},
     [TDM_TYPE_Q4_K] = {TDM_TYPE_Q8_K, kern_to_float_q4_k, kern_from_float_q4_k,
-                       DOTS(kern_vec_dot_q4_k)},
+                       DOTS(kern_vec_dot_q4_k), TILE_X86(q4_k)},
     [TDM_TYPE_Q5_K] = {TDM_TYPE_Q8_K, kern_to_float_q5_k, kern_from_float_q5_k,
                        DOTS(kern_vec_dot_q5_k)},
     [TDM_TYPE_Q6_K] = {TDM_TYPE_Q8_K, kern_to_float_q6_k, kern_from_float_q6_k,
-                       DOTS(kern_vec_dot_q6_k)},
+                       DOTS(kern_vec_dot_q6_k), TILE_X86(q6_k)},
     [TDM_TYPE_IQ4_NL] = {TDM_TYPE_Q8_0, kern_to_float_iq4_nl, NULL, DOTS(kern_vec_dot_iq4_nl)},
     [TDM_TYPE_IQ4_XS] = {TDM_TYPE_Q8_K, kern_to_float_iq4_xs, NULL, DOTS(kern_vec_dot_iq4_xs)},
     [TDM_TYPE_MXFP4] = {TDM_TYPE_Q8_0, kern_to_float_mxfp4, kern_from_float_mxfp4,
@@ -55,9 +67,9 @@ static const kern_type_cpu_t type_table[TDM_TYPE_COUNT] = {
 
 /* Activation-only formats: a dequantizer and quantizer, no vec_dot of their own. */
 static const kern_type_cpu_t act_q8_1 = {
-    TDM_TYPE_Q8_1, kern_to_float_q8_1, kern_from_float_q8_1, {0}};
+    TDM_TYPE_Q8_1, kern_to_float_q8_1, kern_from_float_q8_1, {0}, {0}};
 static const kern_type_cpu_t act_q8_k = {
-    TDM_TYPE_Q8_K, kern_to_float_q8_k, kern_from_float_q8_k, {0}};
+    TDM_TYPE_Q8_K, kern_to_float_q8_k, kern_from_float_q8_k, {0}, {0}};
 
 const kern_type_cpu_t *kern_type_cpu(tdm_type_t t)
 {
@@ -89,4 +101,13 @@ kern_vec_dot_fn kern_vec_dot_get(tdm_type_t t, kern_isa_t isa)
         isa = lower[isa];
     }
     return tc->vec_dot[isa];
+}
+
+kern_vec_dot_tile_fn kern_vec_dot_tile_get(tdm_type_t t, kern_isa_t isa)
+{
+    const kern_type_cpu_t *tc = kern_type_cpu(t);
+    if (tc == NULL || (isa != KERN_ISA_AVX2 && isa != KERN_ISA_AVX512)) {
+        return NULL;
+    }
+    return tc->vec_dot_tile[KERN_ISA_AVX2];
 }

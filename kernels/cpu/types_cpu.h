@@ -215,11 +215,22 @@ typedef void (*kern_from_float_fn)(const float *restrict src, void *restrict dst
  * weight type's vec_dot_type. */
 typedef float (*kern_vec_dot_fn)(int64_t n, const void *restrict w, const void *restrict a);
 
+/* One weight row w against n_tok (1..KERN_DOT_TILE) activation rows a + t * a_stride:
+ * y[t * y_stride] = vec_dot(n, w, a + t * a_stride). Each weight block is unpacked once
+ * for all tokens of the tile; the per-block integer sums are those of vec_dot, only the
+ * float accumulation order may differ. */
+#define KERN_DOT_TILE 4
+typedef void (*kern_vec_dot_tile_fn)(int64_t n, const void *restrict w, const void *restrict a,
+                                     size_t a_stride, int n_tok, float *restrict y,
+                                     int64_t y_stride);
+
 typedef struct kern_type_cpu {
     tdm_type_t vec_dot_type;                 /* activation format of the vec_dot      */
     kern_to_float_fn to_float;               /* reference dequantizer                 */
     kern_from_float_fn from_float;           /* reference quantizer, NULL when none   */
     kern_vec_dot_fn vec_dot[KERN_ISA_COUNT]; /* NULL: not specialised for that ISA    */
+    /* optional multi-token kernels for prefill; NULL: kern_matmul uses vec_dot */
+    kern_vec_dot_tile_fn vec_dot_tile[KERN_ISA_COUNT];
 } kern_type_cpu_t;
 
 /* The table entry for t, or NULL when t has no CPU kernels (dequantizer + vec_dot). */
@@ -228,6 +239,10 @@ const kern_type_cpu_t *kern_type_cpu(tdm_type_t t);
 /* The best vec_dot for t usable at level isa (falls back to a lower level of the same
  * family, then to the scalar reference). NULL when t is unsupported. */
 kern_vec_dot_fn kern_vec_dot_get(tdm_type_t t, kern_isa_t isa);
+
+/* The multi-token kernel for t usable at level isa (AVX-512 falls back to AVX2), or NULL
+ * when there is none (then use kern_vec_dot_get per token). */
+kern_vec_dot_tile_fn kern_vec_dot_tile_get(tdm_type_t t, kern_isa_t isa);
 
 /* Scalar references (kernels/cpu/quant_ref.c, kernels/cpu/dot_ref.c). */
 void kern_to_float_f32(const void *restrict src, float *restrict dst, int64_t n);
@@ -281,6 +296,14 @@ void kern_from_float_mxfp4(const float *restrict src, void *restrict dst, int64_
     float kern_vec_dot_iq4_nl_##sfx(int64_t n, const void *restrict w, const void *restrict a); \
     float kern_vec_dot_iq4_xs_##sfx(int64_t n, const void *restrict w, const void *restrict a); \
     float kern_vec_dot_mxfp4_##sfx(int64_t n, const void *restrict w, const void *restrict a);
+
+#define KERN_DECLARE_TILE(name)                                                           \
+    void name(int64_t n, const void *restrict w, const void *restrict a, size_t a_stride, \
+              int n_tok, float *restrict y, int64_t y_stride);
+KERN_DECLARE_TILE(kern_vec_dot_tile_q4_1_avx2)
+KERN_DECLARE_TILE(kern_vec_dot_tile_q8_0_avx2)
+KERN_DECLARE_TILE(kern_vec_dot_tile_q4_k_avx2)
+KERN_DECLARE_TILE(kern_vec_dot_tile_q6_k_avx2)
 
 KERN_DECLARE_DOTS(ref)
 KERN_DECLARE_DOTS(avx2)

@@ -7,7 +7,7 @@ import os
 import re
 import shutil
 
-from conftest import SOURCE_DIR, run_tandem
+from conftest import BUILD_DIR, SOURCE_DIR, run_tandem
 
 
 def project_version():
@@ -62,8 +62,11 @@ def test_simd_cap_by_environment(tandem_bin):
 def test_cuda_line_matches_toolchain(tandem_bin):
     out = run_tandem("--version").stdout
     cuda_line = re.search(r"^cuda: (.*)$", out, re.M).group(1)
-    # the build looks for nvcc on PATH and in the toolkit's standard place
-    if shutil.which("nvcc") or os.path.exists("/usr/local/cuda/bin/nvcc"):
+    # the build looks for nvcc on PATH and in the toolkit's standard place, unless it was
+    # configured with -DTANDEM_CUDA=OFF
+    cache = (BUILD_DIR / "CMakeCache.txt")
+    cuda_off = cache.exists() and "TANDEM_CUDA:STRING=OFF" in cache.read_text()
+    if not cuda_off and (shutil.which("nvcc") or os.path.exists("/usr/local/cuda/bin/nvcc")):
         assert cuda_line.startswith("yes"), out
         assert "90" in cuda_line and "121" in cuda_line
     else:

@@ -12,7 +12,8 @@
  *     rounding, and the scalar reference equal to the double-precision dot of the
  *     dequantized operands within float rounding;
  *   - kern_matmul (shapes, strides, n_tok 1..37, 1..4 threads, every ISA) equal to a naive
- *     dequantize-and-dot reference; kern_parallel_for covering every index exactly once.
+ *     dequantize-and-dot reference; its multi-token (prefill) kernels, n_tok 2..37, equal
+ *     to the scalar single-token vec_dot; kern_parallel_for covering every index exactly once.
  *
  * Float-rounding bound used throughout: |got - exact| <= (n_blocks + 4) * 2^-23 * sum|w*a|,
  * the textbook bound for summing n_blocks rounded block terms (each block's integer sum
@@ -692,6 +693,97 @@ static void test_matmul(void **state)
     }
 }
 
+/* The multi-token (prefill) kernels: kern_matmul with n_tok 2..37 (tails of every length
+ * modulo the tile) on 1..4 threads, on every ISA that has a vec_dot_tile for the type,
+ * against the scalar single-token vec_dot of the same quantized activations, within the
+ * vec_dot test's tolerance (2x the rounding bound). */
+static void test_matmul_tiles(void **state)
+{
+    (void)state;
+    tdm_cpu_features_t f;
+    tdm_cpu_features_detect(&f);
+    uint64_t s = 31337;
+    int n_checked = 0;
+    for (int isa = 1; isa < KERN_ISA_COUNT; isa++) {
+        if (!kern_isa_supported((kern_isa_t)isa, &f)) {
+            continue;
+        }
+        for (size_t ti = 0; ti < ARRAY_LEN(weight_types); ti++) {
+            const tdm_type_t t = weight_types[ti];
+            if (kern_vec_dot_tile_get(t, (kern_isa_t)isa) == NULL) {
+                continue;
+            }
+            const kern_type_cpu_t *tc = kern_type_cpu(t);
+            const int64_t k = tdm_type_traits(t)->blck >= 256 ? 3 * 256 : 7 * 32;
+            const int64_t n_rows = 37, n_tok_max = 37;
+            const int64_t ldx = k + 1, ldy = n_rows + 3;
+            const size_t row_bytes = tdm_type_row_size(t, k);
+            void *wdata = random_weights(t, n_rows, k, &s);
+            float *wd = dequant_alloc(t, wdata, k * n_rows);
+            float *x = malloc((size_t)(n_tok_max * ldx) * sizeof(float));
+            float *y = malloc((size_t)(n_tok_max * ldy) * sizeof(float));
+            float *ref = malloc((size_t)(n_tok_max * n_rows) * sizeof(float));
+            double *tol = malloc((size_t)(n_tok_max * n_rows) * sizeof(double));
+            assert_true(x != NULL && y != NULL && ref != NULL && tol != NULL);
+            for (int64_t i = 0; i < n_tok_max * ldx; i++) {
+                x[i] = rng_normal(&s) * ((i % 89) == 0 ? 8.0f : 1.0f);
+            }
+            for (int64_t tk = 0; tk < n_tok_max; tk++) {
+                void *a = quantize_act(tc->vec_dot_type, x + tk * ldx, k);
+                float *ad = dequant_alloc(tc->vec_dot_type, a, k);
+                for (int64_t r = 0; r < n_rows; r++) {
+                    const uint8_t *row = (const uint8_t *)wdata + (size_t)r * row_bytes;
+                    double exact, absdot;
+                    ref_dot(t, row, wd + r * k, a, ad, k, &exact, &absdot);
+                    ref[tk * n_rows + r] = tc->vec_dot[KERN_ISA_SCALAR](k, row, a);
+                    tol[tk * n_rows + r] = 2.0 * rounding_bound(n_blocks_of(t, k), absdot);
+                }
+                free(a);
+                free(ad);
+            }
+            const kern_weight_t w = {
+                .type = t, .n_cols = k, .n_rows = n_rows, .row_bytes = row_bytes, .data = wdata};
+            for (int nt = 1; nt <= 4; nt++) {
+                kern_ctx_t *ctx = NULL;
+                assert_int_equal(kern_ctx_create(nt, (kern_isa_t)isa, &ctx, NULL), TDM_OK);
+                for (int64_t n_tok = 2; n_tok <= n_tok_max; n_tok++) {
+                    for (int64_t i = 0; i < n_tok * ldy; i++) {
+                        y[i] = -12345.0f;
+                    }
+                    assert_int_equal(kern_matmul(ctx, &w, x, ldx, n_tok, y, ldy, NULL), TDM_OK);
+                    for (int64_t tk = 0; tk < n_tok; tk++) {
+                        for (int64_t r = 0; r < n_rows; r++) {
+                            const float got = y[tk * ldy + r], want = ref[tk * n_rows + r];
+                            if (!(fabs((double)got - want) <= tol[tk * n_rows + r])) {
+                                fail_msg("%s %s threads=%d n_tok=%lld: y[%lld,%lld] = %.9g, "
+                                         "scalar vec_dot %.9g (tol %.3g)",
+                                         tdm_type_name(t), kern_isa_name((kern_isa_t)isa), nt,
+                                         (long long)n_tok, (long long)tk, (long long)r, got, want,
+                                         tol[tk * n_rows + r]);
+                            }
+                        }
+                        for (int64_t r = n_rows; r < ldy; r++) {
+                            assert_true(y[tk * ldy + r] == -12345.0f);
+                        }
+                    }
+                }
+                kern_ctx_destroy(ctx);
+            }
+            n_checked++;
+            free(wdata);
+            free(wd);
+            free(x);
+            free(y);
+            free(ref);
+            free(tol);
+        }
+    }
+    print_message("matmul tiles: %d (type, ISA) pairs checked\n", n_checked);
+    if (kern_isa_supported(KERN_ISA_AVX2, &f)) {
+        assert_true(n_checked >= 4); /* Q4_1, Q8_0, Q4_K, Q6_K on AVX2 */
+    }
+}
+
 typedef struct nested_mm {
     kern_ctx_t *ctx;
     kern_weight_t w;
@@ -777,6 +869,7 @@ int main(void)
         cmocka_unit_test(test_vec_dot),
         cmocka_unit_test(test_parallel_for),
         cmocka_unit_test(test_matmul),
+        cmocka_unit_test(test_matmul_tiles),
         cmocka_unit_test(test_matmul_nested),
         cmocka_unit_test(test_errors),
     };

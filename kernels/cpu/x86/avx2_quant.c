@@ -520,3 +520,215 @@ float kern_vec_dot_iq4_xs_avx2(int64_t n, const void *restrict w, const void *re
     }
     return hsum_ps(acc);
 }
+
+/* ---- multi-token tiles (prefill) ------------------------------------------------
+ *
+ * One weight row against NT <= KERN_DOT_TILE activation rows: each weight block is
+ * unpacked once and dotted with the same block of every token, with exactly the integer
+ * sums of the single-token kernels above. The bodies are always inlined with a constant
+ * NT so the per-token accumulators live in registers. */
+
+#define TILE_INLINE static inline __attribute__((always_inline))
+
+#define TILE_DISPATCH(body, n, w, a, a_stride, n_tok, y, y_stride) \
+    switch (n_tok) {                                               \
+    case 4:                                                        \
+        body(n, w, a, a_stride, y, y_stride, 4);                   \
+        break;                                                     \
+    case 3:                                                        \
+        body(n, w, a, a_stride, y, y_stride, 3);                   \
+        break;                                                     \
+    case 2:                                                        \
+        body(n, w, a, a_stride, y, y_stride, 2);                   \
+        break;                                                     \
+    default:                                                       \
+        body(n, w, a, a_stride, y, y_stride, 1);                   \
+        break;                                                     \
+    }
+
+TILE_INLINE void tile_q4_1(int64_t n, const void *restrict w, const uint8_t *restrict a, size_t as,
+                           float *restrict y, int64_t ys, const int NT)
+{
+    const kern_block_q4_1 *x = w;
+    const int64_t nb = n / KERN_QK;
+    __m256 acc[KERN_DOT_TILE];
+    float summs[KERN_DOT_TILE];
+    for (int t = 0; t < NT; t++) {
+        acc[t] = _mm256_setzero_ps();
+        summs[t] = 0.0f;
+    }
+    for (int64_t i = 0; i < nb; i++) {
+        const __m256i q = unpack_nibbles(x[i].qs);
+        const float dx = fp16(x[i].d), mx = fp16(x[i].m);
+        for (int t = 0; t < NT; t++) {
+            const kern_block_q8_1 *yb = (const kern_block_q8_1 *)(a + (size_t)t * as) + i;
+            const __m256i s = dot_us8(q, load32(yb->qs));
+            const __m256 d = _mm256_set1_ps(dx * fp16(yb->d));
+            acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s), acc[t]);
+            summs[t] += mx * fp16(yb->s);
+        }
+    }
+    for (int t = 0; t < NT; t++) {
+        y[t * ys] = hsum_ps(acc[t]) + summs[t];
+    }
+}
+
+void kern_vec_dot_tile_q4_1_avx2(int64_t n, const void *restrict w, const void *restrict a,
+                                 size_t a_stride, int n_tok, float *restrict y, int64_t y_stride){
+    TILE_DISPATCH(tile_q4_1, n, w, a, a_stride, n_tok, y, y_stride)}
+
+TILE_INLINE void tile_q8_0(int64_t n, const void *restrict w, const uint8_t *restrict a, size_t as,
+                           float *restrict y, int64_t ys, const int NT)
+{
+    const kern_block_q8_0 *x = w;
+    const int64_t nb = n / KERN_QK;
+    __m256 acc[KERN_DOT_TILE];
+    for (int t = 0; t < NT; t++) {
+        acc[t] = _mm256_setzero_ps();
+    }
+    for (int64_t i = 0; i < nb; i++) {
+        /* dot_ss8 split: |q| once, sign(y, q) per token */
+        const __m256i q = load32(x[i].qs);
+        const __m256i aq = _mm256_abs_epi8(q);
+        const float dx = fp16(x[i].d);
+        for (int t = 0; t < NT; t++) {
+            const kern_block_q8_0 *yb = (const kern_block_q8_0 *)(a + (size_t)t * as) + i;
+            const __m256i s = dot_us8(aq, _mm256_sign_epi8(load32(yb->qs), q));
+            const __m256 d = _mm256_set1_ps(dx * fp16(yb->d));
+            acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s), acc[t]);
+        }
+    }
+    for (int t = 0; t < NT; t++) {
+        y[t * ys] = hsum_ps(acc[t]);
+    }
+}
+
+void kern_vec_dot_tile_q8_0_avx2(int64_t n, const void *restrict w, const void *restrict a,
+                                 size_t a_stride, int n_tok, float *restrict y, int64_t y_stride){
+    TILE_DISPATCH(tile_q8_0, n, w, a, a_stride, n_tok, y, y_stride)}
+
+TILE_INLINE void tile_q4_k(int64_t n, const void *restrict w, const uint8_t *restrict a, size_t as,
+                           float *restrict y, int64_t ys, const int NT)
+{
+    const kern_block_q4_k *x = w;
+    const int64_t nb = n / KERN_QKK;
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    __m256 acc[KERN_DOT_TILE];
+    float sum[KERN_DOT_TILE];
+    for (int t = 0; t < NT; t++) {
+        acc[t] = _mm256_setzero_ps();
+        sum[t] = 0.0f;
+    }
+    for (int64_t i = 0; i < nb; i++) {
+        uint8_t sc[8], mn[8];
+        for (int k = 0; k < 8; k++) {
+            kern_scale_min_k4(k, x[i].scales, &sc[k], &mn[k]);
+        }
+        /* mins per 16-element group (each sub-block's min twice): sum_k mn[k] *
+         * (bsums[2k] + bsums[2k+1]) as one madd */
+        int16_t mg[16];
+        for (int g = 0; g < 16; g++) {
+            mg[g] = mn[g / 2];
+        }
+        const __m256i mins = load32(mg);
+        __m256i isum[KERN_DOT_TILE];
+        for (int t = 0; t < NT; t++) {
+            isum[t] = _mm256_setzero_si256();
+        }
+        for (int c = 0; c < 4; c++) {
+            const __m256i qv = load32(x[i].qs + 32 * c);
+            const __m256i lo = _mm256_and_si256(qv, m4);
+            const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(qv, 4), m4);
+            const __m256i slo = _mm256_set1_epi16(sc[2 * c]);
+            const __m256i shi = _mm256_set1_epi16(sc[2 * c + 1]);
+            for (int t = 0; t < NT; t++) {
+                const kern_block_q8_k *yb = (const kern_block_q8_k *)(a + (size_t)t * as) + i;
+                const __m256i plo = _mm256_maddubs_epi16(lo, load32(yb->qs + 64 * c));
+                const __m256i phi = _mm256_maddubs_epi16(hi, load32(yb->qs + 64 * c + 32));
+                isum[t] = _mm256_add_epi32(isum[t], _mm256_add_epi32(_mm256_madd_epi16(plo, slo),
+                                                                     _mm256_madd_epi16(phi, shi)));
+            }
+        }
+        const float dx = fp16(x[i].d), dmx = fp16(x[i].dmin);
+        for (int t = 0; t < NT; t++) {
+            const kern_block_q8_k *yb = (const kern_block_q8_k *)(a + (size_t)t * as) + i;
+            const int summs = hsum_epi32(_mm256_madd_epi16(load32(yb->bsums), mins));
+            acc[t] =
+                _mm256_fmadd_ps(_mm256_set1_ps(yb->d * dx), _mm256_cvtepi32_ps(isum[t]), acc[t]);
+            sum[t] -= yb->d * dmx * (float)summs;
+        }
+    }
+    for (int t = 0; t < NT; t++) {
+        y[t * ys] = hsum_ps(acc[t]) + sum[t];
+    }
+}
+
+void kern_vec_dot_tile_q4_k_avx2(int64_t n, const void *restrict w, const void *restrict a,
+                                 size_t a_stride, int n_tok, float *restrict y, int64_t y_stride){
+    TILE_DISPATCH(tile_q4_k, n, w, a, a_stride, n_tok, y, y_stride)}
+
+TILE_INLINE void tile_q6_k(int64_t n, const void *restrict w, const uint8_t *restrict a, size_t as,
+                           float *restrict y, int64_t ys, const int NT)
+{
+    const kern_block_q6_k *x = w;
+    const int64_t nb = n / KERN_QKK;
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m3 = _mm256_set1_epi8(3);
+    __m256 acc[KERN_DOT_TILE];
+    for (int t = 0; t < NT; t++) {
+        acc[t] = _mm256_setzero_ps();
+    }
+    for (int64_t i = 0; i < nb; i++) {
+        /* as the single-token kernel: dot the unsigned q, subtract 32 * sc . bsums */
+        const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)x[i].scales));
+        __m256i isum[KERN_DOT_TILE];
+        for (int t = 0; t < NT; t++) {
+            const kern_block_q8_k *yb = (const kern_block_q8_k *)(a + (size_t)t * as) + i;
+            isum[t] =
+                _mm256_sub_epi32(_mm256_setzero_si256(),
+                                 _mm256_slli_epi32(_mm256_madd_epi16(load32(yb->bsums), sc16), 5));
+        }
+        for (int h = 0; h < 2; h++) {
+            const __m256i qa = load32(x[i].ql + 64 * h), qb = load32(x[i].ql + 64 * h + 32);
+            const __m256i qh = load32(x[i].qh + 32 * h);
+            const int8_t *sc = x[i].scales + 8 * h;
+            const __m256i q1 = _mm256_or_si256(_mm256_and_si256(qa, m4),
+                                               _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4));
+            const __m256i q2 = _mm256_or_si256(
+                _mm256_and_si256(qb, m4),
+                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m3), 4));
+            const __m256i q3 = _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16(qa, 4), m4),
+                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m3), 4));
+            const __m256i q4 = _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16(qb, 4), m4),
+                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m3), 4));
+            const __m256i s1 = scale_pair(sc[0], sc[1]), s2 = scale_pair(sc[2], sc[3]);
+            const __m256i s3 = scale_pair(sc[4], sc[5]), s4 = scale_pair(sc[6], sc[7]);
+            for (int t = 0; t < NT; t++) {
+                const kern_block_q8_k *yb = (const kern_block_q8_k *)(a + (size_t)t * as) + i;
+                const int8_t *q8 = yb->qs + 128 * h;
+                const __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(q1, load32(q8)), s1);
+                const __m256i p2 = _mm256_madd_epi16(_mm256_maddubs_epi16(q2, load32(q8 + 32)), s2);
+                const __m256i p3 = _mm256_madd_epi16(_mm256_maddubs_epi16(q3, load32(q8 + 64)), s3);
+                const __m256i p4 = _mm256_madd_epi16(_mm256_maddubs_epi16(q4, load32(q8 + 96)), s4);
+                isum[t] = _mm256_add_epi32(
+                    isum[t], _mm256_add_epi32(_mm256_add_epi32(p1, p2), _mm256_add_epi32(p3, p4)));
+            }
+        }
+        const float dx = fp16(x[i].d);
+        for (int t = 0; t < NT; t++) {
+            const kern_block_q8_k *yb = (const kern_block_q8_k *)(a + (size_t)t * as) + i;
+            acc[t] =
+                _mm256_fmadd_ps(_mm256_set1_ps(yb->d * dx), _mm256_cvtepi32_ps(isum[t]), acc[t]);
+        }
+    }
+    for (int t = 0; t < NT; t++) {
+        y[t * ys] = hsum_ps(acc[t]);
+    }
+}
+
+void kern_vec_dot_tile_q6_k_avx2(int64_t n, const void *restrict w, const void *restrict a,
+                                 size_t a_stride, int n_tok, float *restrict y, int64_t y_stride)
+{
+    TILE_DISPATCH(tile_q6_k, n, w, a, a_stride, n_tok, y, y_stride)
+}
