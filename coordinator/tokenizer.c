@@ -7,7 +7,12 @@
  *   - merges are keyed by the *ids* of their two parts, so the merge loop never touches
  *     strings: (left_id, right_id) -> (rank, result_id) in an open-addressing table;
  *   - special tokens are matched with a byte trie (leftmost-longest, one pass over the text);
- *   - each workspace keeps a bounded cache from pre-token bytes to their ids.
+ *   - each workspace keeps a bounded cache from pre-token bytes to their ids;
+ *   - NFC (libunistring) runs only on fragments that fail Unicode's NFC quick check
+ *     (UAX #15): all of U+0000..U+02FF passes, a per-vocabulary bitmap derived from
+ *     libunistring's own data at load gives NFC_Quick_Check = Yes up to U+2FFFF (above:
+ *     Yes when there is no canonical decomposition), and combining classes must not
+ *     decrease.
  * The GGUF loader is in tokenizer_gguf.c; it calls tok_vocab_build_ (tokenizer_internal.h).
  */
 #define PCRE2_CODE_UNIT_WIDTH 8
@@ -21,6 +26,8 @@
 #include <pcre2.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unictype.h>
+#include <uninorm.h>
 #include <xxhash.h>
 
 /* ------------------------------------------------------------------------------------ */
@@ -208,16 +215,18 @@ typedef struct pre_spec {
     uint32_t n_re;
     bool ignore_merges; /* a piece that is itself a token is emitted as is */
     bool add_bos;       /* default of add_bos_token                          */
+    bool nfc;           /* default normalizer is NFC (coordinator/README.md)  */
 } pre_spec_t;
 
 static const pre_spec_t pre_specs[] = {
-    {"default", "", re_default, 4, false, false},
-    {"gpt-2", "gpt2", re_gpt2, 1, false, false},
-    {"llama3", "llama-bpe|llama-v3", re_llama3, 1, true, true},
-    {"qwen2", "deepseek-r1-qwen", re_qwen2, 1, false, false},
-    {"smollm", "starcoder|refact|command-r", re_smollm, 2, false, false},
+    {"default", "", re_default, 4, false, false, false},
+    {"gpt-2", "gpt2", re_gpt2, 1, false, false, false},
+    {"llama3", "llama-bpe|llama-v3", re_llama3, 1, true, true, false},
+    /* Every Qwen2/2.5/3 tokenizer.json has an NFC normalizer. */
+    {"qwen2", "deepseek-r1-qwen", re_qwen2, 1, false, false, true},
+    {"smollm", "starcoder|refact|command-r", re_smollm, 2, false, false, false},
     /* HF's gpt-oss tokenizer.json and tiktoken both use ignore_merges for o200k. */
-    {"gpt-4o", "o200k|minimax-m2", re_o200k, 1, true, false},
+    {"gpt-4o", "o200k|minimax-m2", re_o200k, 1, true, false, false},
 };
 
 static bool name_in_list(const char *name, const char *list)
@@ -302,6 +311,9 @@ struct tok_vocab {
 
     tok_id_t bos, eos, eot, eom, pad;
     bool add_bos, add_eos;
+    bool nfc;           /* NFC-normalize plain fragments before pre-tokenization */
+    uint8_t *nfc_inert; /* bit per code point < NFC_INERT_END: NFC_Quick_Check = Yes
+                           (see build_nfc_inert) */
     tok_id_t *eog;
     size_t n_eog;
 };
@@ -541,6 +553,38 @@ static tdm_status_t compile_pre(tok_vocab_t *v, tdm_error_t *err)
     return TDM_OK;
 }
 
+#define NFC_INERT_END 0x30000u
+
+/*
+ * A code point is NFC-inert (NFC_Quick_Check = Yes) when it is its own NFC (no singleton or
+ * excluded decomposition: != No) and never the second part of a primary composite (!=
+ * Maybe). The primary composites are found among the code points below NFC_INERT_END (all
+ * of Unicode's lie there). A string of inert code points whose nonzero combining classes
+ * never decrease is NFC (UAX #15 quick check).
+ */
+static tdm_status_t build_nfc_inert(tok_vocab_t *v, tdm_error_t *err)
+{
+    uint8_t *bits = malloc(NFC_INERT_END / 8);
+    if (bits == NULL) {
+        return tdm_error_set(err, TDM_ERR_NO_MEMORY, "tokenizer: out of memory");
+    }
+    memset(bits, 0xFF, NFC_INERT_END / 8);
+    for (uint32_t cp = 0; cp < NFC_INERT_END; cp++) {
+        ucs4_t d[UC_DECOMPOSITION_MAX_LENGTH];
+        int nd = uc_canonical_decomposition(cp, d);
+        bool primary = nd == 2 && uc_composition(d[0], d[1]) == cp;
+        bool inert = nd < 0 || primary;
+        if (primary && d[1] < NFC_INERT_END) {
+            bits[d[1] >> 3] &= (uint8_t) ~(1u << (d[1] & 7));
+        }
+        if (!inert) {
+            bits[cp >> 3] &= (uint8_t) ~(1u << (cp & 7));
+        }
+    }
+    v->nfc_inert = bits;
+    return TDM_OK;
+}
+
 tdm_status_t tok_vocab_build_(const tok_build_t *b, tok_vocab_t **out, tdm_error_t *err)
 {
     tdm_status_t st = TDM_OK;
@@ -560,6 +604,11 @@ tdm_status_t tok_vocab_build_(const tok_build_t *b, tok_vocab_t **out, tdm_error
                              "supported: default, gpt-2, llama3/llama-bpe/llama-v3, qwen2, "
                              "smollm, gpt-4o/minimax-m2",
                              pre_name);
+    }
+    if (b->normalizer != TOK_NORM_DEFAULT && b->normalizer != TOK_NORM_NONE &&
+        b->normalizer != TOK_NORM_NFC) {
+        return tdm_error_set(err, TDM_ERR_INVALID_PARAM, "tokenizer: unknown normalizer %d",
+                             (int)b->normalizer);
     }
     tok_id_t special_ids[5] = {b->bos, b->eos, b->eot, b->eom, b->pad};
     static const char *const special_names[5] = {"bos", "eos", "eot", "eom", "padding"};
@@ -586,6 +635,7 @@ tdm_status_t tok_vocab_build_(const tok_build_t *b, tok_vocab_t **out, tdm_error
     v->pad = b->pad;
     v->add_bos = b->add_bos < 0 ? pre->add_bos : b->add_bos != 0;
     v->add_eos = b->add_eos > 0;
+    v->nfc = b->normalizer == TOK_NORM_DEFAULT ? pre->nfc : b->normalizer == TOK_NORM_NFC;
     uint32_t n = b->n_tokens;
 
     /* texts */
@@ -764,6 +814,9 @@ tdm_status_t tok_vocab_build_(const tok_build_t *b, tok_vocab_t **out, tdm_error
     }
 
     TDM_CHECK_GOTO(compile_pre(v, err), st, fail);
+    if (v->nfc) {
+        TDM_CHECK_GOTO(build_nfc_inert(v, err), st, fail);
+    }
     *out = v;
     return TDM_OK;
 
@@ -815,6 +868,7 @@ tdm_status_t tok_vocab_create(const tok_vocab_desc_t *d, tok_vocab_t **out, tdm_
         .pad = d->pad,
         .add_bos = d->add_bos,
         .add_eos = d->add_eos,
+        .normalizer = d->normalizer,
     };
     tdm_status_t st = tok_vocab_build_(&b, out, err);
     free(toks);
@@ -843,6 +897,7 @@ void tok_vocab_destroy(tok_vocab_t *v)
     free(v->mslots);
     free(v->trie);
     free(v->eog);
+    free(v->nfc_inert);
     free(v);
 }
 
@@ -877,6 +932,10 @@ bool tok_vocab_add_bos(const tok_vocab_t *v)
 bool tok_vocab_add_eos(const tok_vocab_t *v)
 {
     return v->add_eos;
+}
+bool tok_vocab_nfc(const tok_vocab_t *v)
+{
+    return v->nfc;
 }
 uint32_t tok_vocab_n_merges(const tok_vocab_t *v)
 {
@@ -956,6 +1015,8 @@ struct tok_workspace {
     size_t heap_n, heap_cap;
     uint8_t *benc;
     size_t benc_cap;
+    uint8_t *nfc_buf; /* NFC of the current fragment */
+    size_t nfc_cap;
     /* cache */
     cache_slot_t *cslots;
     uint8_t *ckeys;
@@ -998,6 +1059,7 @@ void tok_workspace_destroy(tok_workspace_t *ws)
     free(ws->sym_next);
     free(ws->heap);
     free(ws->benc);
+    free(ws->nfc_buf);
     free(ws->cslots);
     free(ws->ckeys);
     free(ws->cids);
@@ -1348,6 +1410,147 @@ static tdm_status_t encode_fragment(const tok_vocab_t *v, tok_workspace_t *ws, c
     return TDM_OK;
 }
 
+/* NFC_Quick_Check = Yes (see build_nfc_inert). */
+static bool nfc_qc_yes(const tok_vocab_t *v, uint32_t cp)
+{
+    if (cp < 0x300) {
+        return true;
+    }
+    if (cp < NFC_INERT_END) {
+        return (v->nfc_inert[cp >> 3] >> (cp & 7)) & 1;
+    }
+    ucs4_t dec[UC_DECOMPOSITION_MAX_LENGTH];
+    return uc_canonical_decomposition(cp, dec) < 0;
+}
+
+static uint8_t nfc_ccc(uint32_t cp)
+{
+    return cp < 0x300 ? 0 : (uint8_t)uc_combining_class(cp);
+}
+
+/* The code point at s[0..k), k from utf8_valid_len (> 0). */
+static uint32_t cp_at(const uint8_t *s, size_t k)
+{
+    return k > 1 ? utf8_decode(s, k) : s[0];
+}
+
+/* Appends s[0..n) to the workspace's NFC buffer at *on. */
+static tdm_status_t nfc_append(tok_workspace_t *ws, size_t *on, const uint8_t *s, size_t n)
+{
+    if (n == 0) {
+        return TDM_OK;
+    }
+    if (grow((void **)&ws->nfc_buf, &ws->nfc_cap, *on + n, 1) != TDM_OK) {
+        return TDM_ERR_NO_MEMORY;
+    }
+    memcpy(ws->nfc_buf + *on, s, n);
+    *on += n;
+    return TDM_OK;
+}
+
+/*
+ * NFC of the valid UTF-8 s[0..n) into ws->nfc_buf (*on receives the length). Only the
+ * windows that fail the quick check are given to libunistring: a window runs from the last
+ * boundary before the failing code point to the next boundary after it, a boundary being
+ * the start of a code point with NFC_Quick_Check = Yes and combining class 0 (nothing
+ * before it can reorder or compose with it, UAX #15), so NFC of the whole is the
+ * concatenation of the windows' NFC and the untouched text between them.
+ */
+static tdm_status_t nfc_windows(const tok_vocab_t *v, tok_workspace_t *ws, const uint8_t *s,
+                                size_t n, size_t *on)
+{
+    size_t copied = 0, bound = 0, i = 0;
+    uint8_t last_ccc = 0;
+    *on = 0;
+    while (i < n) {
+        size_t k = utf8_valid_len(s + i, n - i);
+        uint32_t cp = cp_at(s + i, k);
+        uint8_t ccc = nfc_ccc(cp);
+        bool yes = nfc_qc_yes(v, cp);
+        if (yes && ccc == 0) {
+            bound = i;
+        }
+        if (yes && (ccc == 0 || last_ccc <= ccc)) {
+            last_ccc = ccc;
+            i += k;
+            continue;
+        }
+        size_t e = i + k;
+        while (e < n) {
+            size_t k2 = utf8_valid_len(s + e, n - e);
+            uint32_t cp2 = cp_at(s + e, k2);
+            if (nfc_ccc(cp2) == 0 && nfc_qc_yes(v, cp2)) {
+                break;
+            }
+            e += k2;
+        }
+        TDM_CHECK(nfc_append(ws, on, s + copied, bound - copied));
+        uint8_t tmp[256];
+        size_t len = sizeof(tmp);
+        uint8_t *r = u8_normalize(UNINORM_NFC, s + bound, e - bound, tmp, &len);
+        if (r == NULL) { /* input is valid UTF-8: only ENOMEM is expected */
+            return TDM_ERR_NO_MEMORY;
+        }
+        tdm_status_t st = nfc_append(ws, on, r, len);
+        if (r != tmp) {
+            free(r);
+        }
+        TDM_CHECK(st);
+        copied = bound = i = e;
+        last_ccc = 0;
+    }
+    return nfc_append(ws, on, s + copied, n - copied);
+}
+
+/*
+ * A plain fragment (text between special tokens): NFC-normalized first for an NFC vocabulary,
+ * as HF runs its normalizer on the pieces between added tokens. Only a fragment that is valid
+ * UTF-8 is normalized; one holding any ill-formed byte is encoded as it is (HF cannot take
+ * such input at all, and this keeps decode(encode(x)) == x for it).
+ */
+static tdm_status_t encode_segment(const tok_vocab_t *v, tok_workspace_t *ws, const uint8_t *text,
+                                   size_t a, size_t b, tok_ids_t *out, tdm_error_t *err)
+{
+    if (!v->nfc || a >= b) {
+        return encode_fragment(v, ws, text, a, b, out, err);
+    }
+    const uint8_t *s = text + a;
+    size_t n = b - a;
+    size_t i = 0;
+    while (i < n && s[i] < 0xCC) { /* below U+0300: NFC already */
+        i++;
+    }
+    if (i == n) {
+        return encode_fragment(v, ws, text, a, b, out, err);
+    }
+    /* validate from the start (a byte below 0xCC may be ill-formed) and run the quick check */
+    bool yes = true;
+    uint8_t last_ccc = 0;
+    for (i = 0; i < n;) {
+        size_t k = utf8_valid_len(s + i, n - i);
+        if (k == 0) {
+            return encode_fragment(v, ws, text, a, b, out, err);
+        }
+        if (yes) {
+            uint32_t cp = cp_at(s + i, k);
+            uint8_t ccc = nfc_ccc(cp);
+            if (!nfc_qc_yes(v, cp) || (ccc != 0 && last_ccc > ccc)) {
+                yes = false;
+            }
+            last_ccc = ccc;
+        }
+        i += k;
+    }
+    if (yes) {
+        return encode_fragment(v, ws, text, a, b, out, err);
+    }
+    size_t on = 0;
+    if (nfc_windows(v, ws, s, n, &on) != TDM_OK) {
+        return tdm_error_set(err, TDM_ERR_NO_MEMORY, "tokenizer: out of memory in NFC");
+    }
+    return encode_fragment(v, ws, ws->nfc_buf, 0, on, out, err);
+}
+
 /* Whitespace (Unicode White_Space) ending at text[end) going back to no earlier than lo. */
 static size_t ws_back(const uint8_t *text, size_t lo, size_t end)
 {
@@ -1444,7 +1647,7 @@ tdm_status_t tok_encode(const tok_vocab_t *v, tok_workspace_t *ws, const char *t
             if (v->attrs[id] & TOK_ATTR_LSTRIP) {
                 end = ws_back(text, frag, end);
             }
-            TDM_CHECK_GOTO(encode_fragment(v, ws, text, frag, end, out, err), st, fail);
+            TDM_CHECK_GOTO(encode_segment(v, ws, text, frag, end, out, err), st, fail);
             TDM_CHECK_GOTO(ids_push(out, id), st, nomem);
             pos += mlen;
             if (v->attrs[id] & TOK_ATTR_RSTRIP) {
@@ -1453,7 +1656,7 @@ tdm_status_t tok_encode(const tok_vocab_t *v, tok_workspace_t *ws, const char *t
             frag = pos;
         }
     }
-    TDM_CHECK_GOTO(encode_fragment(v, ws, text, frag, len, out, err), st, fail);
+    TDM_CHECK_GOTO(encode_segment(v, ws, text, frag, len, out, err), st, fail);
     if ((flags & TOK_ENC_ADD_SPECIAL) && v->add_eos && v->eos != TOK_NONE) {
         TDM_CHECK_GOTO(ids_push(out, v->eos), st, nomem);
     }

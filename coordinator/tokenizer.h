@@ -10,13 +10,15 @@
  *
  * Encoding, in order (coordinator/README.md explains each choice):
  *   1. special-token partition: leftmost-longest literal matches of CONTROL, USER_DEFINED and
- *      UNKNOWN token texts (only USER_DEFINED without TOK_ENC_PARSE_SPECIAL);
+ *      UNKNOWN token texts (only USER_DEFINED without TOK_ENC_PARSE_SPECIAL), on the raw text;
+ *   1b. for an NFC vocabulary (tok_vocab_nfc), Unicode NFC of each plain fragment between
+ *      special tokens; a fragment that is not valid UTF-8 is left as it is;
  *   2. pre-tokenization of each plain fragment with the regex list of tokenizer.ggml.pre
  *      (PCRE2, UTF + UCP, JIT-compiled once at load);
  *   3. GPT-2 byte-to-unicode mapping and BPE merges by rank (leftmost first among equals);
  *   4. BOS/EOS added per the vocabulary's add_bos/add_eos when TOK_ENC_ADD_SPECIAL is set.
  * Any byte string can be encoded; invalid UTF-8 bytes become single-byte pieces, so
- * decode(encode(x)) == x for every x.
+ * decode(encode(x)) == x for every x (== NFC(x) for a valid UTF-8 x and an NFC vocabulary).
  */
 #ifndef TDM_TOKENIZER_H
 #define TDM_TOKENIZER_H
@@ -52,6 +54,13 @@ enum {
     TOK_ATTR_RSTRIP = 1u << 1, /* swallow whitespace after it                  */
 };
 
+/* Text normalizer applied before pre-tokenization (HF tokenizer.json "normalizer"). */
+typedef enum tok_normalizer {
+    TOK_NORM_DEFAULT = 0, /* the pre-tokenizer's default: NFC for qwen2, else none */
+    TOK_NORM_NONE = 1,
+    TOK_NORM_NFC = 2,
+} tok_normalizer_t;
+
 /* A vocabulary given as plain arrays (tests, tools). Strings are NUL-terminated. */
 typedef struct tok_vocab_desc {
     const char *pre;                  /* tokenizer.ggml.pre name, e.g. "qwen2"         */
@@ -63,6 +72,7 @@ typedef struct tok_vocab_desc {
     const char *const *merges;        /* "A B"                                          */
     tok_id_t bos, eos, eot, eom, pad; /* TOK_NONE when absent                     */
     int add_bos, add_eos;             /* 1 yes, 0 no, -1 = default of the pre-tokenizer       */
+    tok_normalizer_t normalizer;      /* TOK_NORM_DEFAULT (0) = the pre-tokenizer's default   */
 } tok_vocab_desc_t;
 
 typedef struct tok_vocab tok_vocab_t;
@@ -72,9 +82,12 @@ tdm_status_t tok_vocab_create(const tok_vocab_desc_t *desc, tok_vocab_t **out, t
 
 /*
  * Reads tokenizer.ggml.{model,pre,tokens,token_type,merges,*_token_id,add_bos_token,
- * add_eos_token}. model must be "gpt2" (TDM_ERR_UNSUPPORTED otherwise); an unknown pre name
- * is TDM_ERR_UNSUPPORTED naming it; a missing pre means "default" (as llama.cpp, warned).
- * The vocabulary copies what it needs: the gguf_ctx may be closed afterwards.
+ * add_eos_token,normalizer}. normalizer (Tandem's own key, written by
+ * tools/convert_tokenizer.py) is "nfc" or "none"; absent = the pre-tokenizer's default (NFC
+ * for qwen2), any other value is TDM_ERR_UNSUPPORTED. model must be "gpt2" (TDM_ERR_UNSUPPORTED
+ * otherwise); an unknown pre name is TDM_ERR_UNSUPPORTED naming it; a missing pre means "default"
+ * (as llama.cpp, warned). The vocabulary copies what it needs: the gguf_ctx may be closed
+ * afterwards.
  */
 tdm_status_t tok_vocab_from_gguf(const struct gguf_ctx *gguf, tok_vocab_t **out, tdm_error_t *err);
 
@@ -88,6 +101,7 @@ tok_id_t tok_vocab_eot(const tok_vocab_t *vocab);
 tok_id_t tok_vocab_pad(const tok_vocab_t *vocab);
 bool tok_vocab_add_bos(const tok_vocab_t *vocab);
 bool tok_vocab_add_eos(const tok_vocab_t *vocab);
+bool tok_vocab_nfc(const tok_vocab_t *vocab); /* text is NFC-normalized before splitting */
 /* Number of merges in use (merges naming tokens absent from the vocabulary are dropped). */
 uint32_t tok_vocab_n_merges(const tok_vocab_t *vocab);
 

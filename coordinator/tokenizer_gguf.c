@@ -12,6 +12,32 @@
 #include <stdlib.h>
 #include <string.h>
 
+/*
+ * tokenizer.ggml.normalizer: Tandem's own key (GGUF has none for it), written by
+ * tools/convert_tokenizer.py. Absent -> the pre-tokenizer's default (coordinator/README.md).
+ */
+static tdm_status_t get_normalizer(const gguf_ctx_t *g, const char *path, tok_normalizer_t *out,
+                                   tdm_error_t *err)
+{
+    if (gguf_find(g, "tokenizer.ggml.normalizer") == NULL) {
+        *out = TOK_NORM_DEFAULT;
+        return TDM_OK;
+    }
+    gguf_str_t s;
+    TDM_CHECK(gguf_get_str(g, "tokenizer.ggml.normalizer", &s, err));
+    if (s.len == 3 && memcmp(s.ptr, "nfc", 3) == 0) {
+        *out = TOK_NORM_NFC;
+    } else if (s.len == 4 && memcmp(s.ptr, "none", 4) == 0) {
+        *out = TOK_NORM_NONE;
+    } else {
+        return tdm_error_set(err, TDM_ERR_UNSUPPORTED,
+                             "%s: tokenizer.ggml.normalizer '%.*s' is not supported ('nfc' or "
+                             "'none')",
+                             path, (int)(s.len > 64 ? 64 : s.len), s.ptr);
+    }
+    return TDM_OK;
+}
+
 /* Optional id key: absent -> TOK_NONE; present -> must fit int32. */
 static tdm_status_t get_id(const gguf_ctx_t *g, const char *key, tok_id_t *out, tdm_error_t *err)
 {
@@ -69,6 +95,9 @@ tdm_status_t tok_vocab_from_gguf(const gguf_ctx_t *g, tok_vocab_t **out, tdm_err
         pre[p.len] = '\0';
     }
 
+    tok_normalizer_t normalizer = TOK_NORM_DEFAULT;
+    TDM_CHECK(get_normalizer(g, path, &normalizer, err));
+
     uint64_t n_tok = 0, n_merge = 0, n_type = 0;
     const void *tok_data = NULL, *merge_data = NULL, *type_data = NULL;
     TDM_CHECK(gguf_get_arr(g, "tokenizer.ggml.tokens", GGUF_TYPE_STRING, &n_tok, &tok_data, err));
@@ -101,8 +130,11 @@ tdm_status_t tok_vocab_from_gguf(const gguf_ctx_t *g, tok_vocab_t **out, tdm_err
         }
     }
 
-    tok_build_t b = {
-        .pre = pre, .n_tokens = (uint32_t)n_tok, .types = types, .n_merges = (uint32_t)n_merge};
+    tok_build_t b = {.pre = pre,
+                     .n_tokens = (uint32_t)n_tok,
+                     .types = types,
+                     .n_merges = (uint32_t)n_merge,
+                     .normalizer = normalizer};
     tok_str_t *toks = malloc(n_tok * sizeof(tok_str_t));
     tok_str_t *merges = malloc((n_merge + 1) * sizeof(tok_str_t));
     if (toks == NULL || merges == NULL) {

@@ -22,6 +22,7 @@ typedef struct tok_build {
     const tok_str_t *merges;
     tok_id_t bos, eos, eot, eom, pad;
     int add_bos, add_eos; /* 1, 0, or -1 = default of the pre-tokenizer */
+    tok_normalizer_t normalizer;
 } tok_build_t;
 
 tdm_status_t tok_vocab_build_(const tok_build_t *b, tok_vocab_t **out, tdm_error_t *err);

@@ -9,7 +9,8 @@ into a vocab-only GGUF with the tokenizer.* keys llama.cpp uses.
 Token types follow llama.cpp's converter (convert_hf_to_gguf.py, get_vocab_base): vocabulary
 entries are NORMAL (1); an added token is CONTROL (3) when tokenizer.json marks it special
 or its text looks special (<|...|>, <｜...｜>, <pad>, <mask>, ...), else USER_DEFINED (4);
-ids with no token become "[PAD<id>]" UNUSED (5).
+ids with no token become "[PAD<id>]" UNUSED (5). An NFC normalizer in tokenizer.json (alone
+or inside a Sequence) is recorded as tokenizer.ggml.normalizer = "nfc", a Tandem key.
 
 --max-merges N keeps a smaller but self-consistent tokenizer for test fixtures: the first N
 merges, the tokens they need or produce, the 256 byte tokens, and every added token. Ids
@@ -70,6 +71,17 @@ def token_text(cfg_value):
     if isinstance(cfg_value, dict):
         return cfg_value.get("content")
     return cfg_value
+
+
+def is_nfc_normalizer(norm):
+    """True when tokenizer.json's normalizer is NFC, alone or inside a Sequence."""
+    if not norm:
+        return False
+    if norm.get("type") == "NFC":
+        return True
+    if norm.get("type") == "Sequence":
+        return any(is_nfc_normalizer(n) for n in norm.get("normalizers", []))
+    return False
 
 
 def main():
@@ -172,6 +184,10 @@ def main():
                           f"first {len(merges)} merges, {len(tokens)} tokens (ids renumbered)")
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre(args.pre)
+    if is_nfc_normalizer(tj.get("normalizer")):
+        # Tandem's own key (GGUF has none): the tokenizer NFC-normalizes text between
+        # special tokens before pre-tokenization (coordinator/README.md).
+        w.add_string("tokenizer.ggml.normalizer", "nfc")
     w.add_token_list(tokens)
     w.add_token_types(types)
     w.add_token_merges([f"{a} {b}" for a, b in merges])

@@ -326,10 +326,11 @@ static void print_info(const tok_vocab_t *v)
     size_t n_eog;
     const tok_id_t *eog = tok_eog_ids(v, &n_eog);
     printf("{\"n_tokens\":%u,\"n_merges\":%u,\"pre\":\"%s\",\"bos\":%d,\"eos\":%d,\"eot\":%d,"
-           "\"pad\":%d,\"add_bos\":%s,\"add_eos\":%s,\"eog\":[",
+           "\"pad\":%d,\"add_bos\":%s,\"add_eos\":%s,\"normalizer\":\"%s\",\"eog\":[",
            tok_vocab_n_tokens(v), tok_vocab_n_merges(v), tok_vocab_pre(v), tok_vocab_bos(v),
            tok_vocab_eos(v), tok_vocab_eot(v), tok_vocab_pad(v),
-           tok_vocab_add_bos(v) ? "true" : "false", tok_vocab_add_eos(v) ? "true" : "false");
+           tok_vocab_add_bos(v) ? "true" : "false", tok_vocab_add_eos(v) ? "true" : "false",
+           tok_vocab_nfc(v) ? "nfc" : "none");
     for (size_t i = 0; i < n_eog; i++) {
         printf(i ? ",%d" : "%d", eog[i]);
     }

@@ -10,16 +10,17 @@ Oracles:
     (tests/fixtures/tokenizers/smollm2-expected.jsonl) and, when llama_cpp is importable,
     also computed live.
 
-Two deliberate, documented differences from HF (coordinator/README.md):
-  * Qwen3's tokenizer.json has an NFC normalizer; GGUF has no normalizer key and llama.cpp does
-    not normalize, so neither does Tandem. Strings that NFC changes are compared with the HF
-    tokenizer minus its normalizer (and counted).
+Qwen3's tokenizer.json has an NFC normalizer; Tandem applies it too (tokenizer.ggml.normalizer
+= "nfc", written by the converter; the default for pre qwen2), so Qwen3 must match HF with its
+real normalizer on every string.
+
+One deliberate, documented difference from HF (coordinator/README.md):
   * Which added tokens user text may produce (parse_special off) follows the GGUF token type
     (USER_DEFINED), as in llama.cpp; HF uses its own `special` flag, which llama.cpp's converter
     overrides for texts that look special (<|fim_prefix|> ...). The HF oracle is given the
     GGUF's classification for that mode.
-decode(encode(x)) == x is checked for every string, for both the whole-sequence and the
-streaming decoder.
+decode(encode(x)) == x (== NFC(x) for an NFC vocabulary, as in HF) is checked for every
+string, for both the whole-sequence and the streaming decoder.
 """
 import hashlib
 import json
@@ -52,7 +53,7 @@ def tandem_tokenize(model, texts, *flags):
     return out
 
 
-def hf_from_fixture(name, *, special_from_types, normalizer=True):
+def hf_from_fixture(name, *, special_from_types):
     gguf = pytest.importorskip("gguf")
     tokenizers = pytest.importorskip("tokenizers")
     r = gguf.GGUFReader(str(TOKDIR / f"{name}-vocab.gguf"))
@@ -66,8 +67,6 @@ def hf_from_fixture(name, *, special_from_types, normalizer=True):
     if special_from_types:
         for t in skel["added_tokens"]:
             t["special"] = types[t["id"]] == CONTROL
-    if not normalizer:
-        skel["normalizer"] = None
     return tokenizers.Tokenizer.from_str(json.dumps(skel))
 
 
@@ -76,9 +75,12 @@ def hf_ids(tok, texts, parse_special):
     return [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
 
 
-def check_roundtrip(texts, got, label):
-    bad = [t for t, g in zip(texts, got) if g["decoded"] != t or g["stream"] != t]
-    assert not bad, f"{label}: decode(encode(x)) != x for {len(bad)} strings, e.g. {bad[:3]!r}"
+def check_roundtrip(texts, got, label, nfc=False):
+    want = [unicodedata.normalize("NFC", t) if nfc else t for t in texts]
+    bad = [t for t, w, g in zip(texts, want, got) if g["decoded"] != w or g["stream"] != w]
+    what = "NFC(x)" if nfc else "x"
+    assert not bad, f"{label}: decode(encode(x)) != {what} for {len(bad)} strings, " \
+                    f"e.g. {bad[:3]!r}"
 
 
 def report(label, n, mismatches, extra=""):
@@ -107,26 +109,43 @@ def test_hf_parity(tandem_bin, name, parse_special):
     flags = ["--parse-special", "--render-special"] if parse_special else []
     got = tandem_tokenize(TOKDIR / f"{name}-vocab.gguf", texts, *flags)
     has_nfc = (hf_skeleton_normalizer(name) or {}).get("type") == "NFC"
-    hf_raw = None
-    mismatches, nfc_changed = [], 0
-    for t, w, g in zip(texts, want, got):
-        if g["ids"] == w:
-            continue
-        if has_nfc and unicodedata.normalize("NFC", t) != t:
-            nfc_changed += 1
-            if hf_raw is None:
-                hf_raw = hf_from_fixture(name, special_from_types=not parse_special,
-                                         normalizer=False)
-                hf_raw.encode_special_tokens = not parse_special
-            if g["ids"] == hf_raw.encode(t, add_special_tokens=False).ids:
-                continue
-        mismatches.append((t, w, g["ids"]))
+    nfc_changed = sum(unicodedata.normalize("NFC", t) != t for t in texts) if has_nfc else 0
+    mismatches = [(t, w, g["ids"]) for t, w, g in zip(texts, want, got) if g["ids"] != w]
     report(f"{name} vs HF tokenizers ({'parse_special' if parse_special else 'user text'})",
            len(texts), len(mismatches),
-           f"; {nfc_changed} NFC-changed strings matched HF without its normalizer")
+           f"; {nfc_changed} strings changed by NFC" if has_nfc else "")
     assert not mismatches, "\n".join(f"{t[:60]!r}\n  hf     {w[:24]}\n  tandem {g[:24]}"
                                      for t, w, g in mismatches[:5])
-    check_roundtrip(texts, got, name)
+    check_roundtrip(texts, got, name, nfc=has_nfc)
+
+
+# NFC next to added tokens: HF matches added tokens (normalized: false in Qwen3) on the raw
+# text and normalizes only the pieces between them, so '>' + U+0338 (which NFC composes to
+# U+226F) stays split when the '>' ends <think> or <|im_end|>.
+NFC_SPECIAL_CASES = [
+    "<think>\u0338",
+    "e\u0301<think>e\u0301",
+    "<|im_start|>\u0301x<|im_end|>\u0338",
+    "a>\u0338<|im_end|>",
+    "\u0301<|endoftext|>\u0301\u0301",
+    "A\u030a\u0301 \uac00\u11a8 <tool_call>\u1100\u1161\u11a8</tool_call>",
+    "\u212b\u2126 e\u0327\u0301 q\u0307\u0323",
+]
+
+
+@pytest.mark.parametrize("parse_special", [False, True], ids=["user", "special"])
+def test_nfc_around_special_tokens(tandem_bin, parse_special):
+    texts = NFC_SPECIAL_CASES
+    assert sum(unicodedata.normalize("NFC", t) != t for t in texts) >= len(texts) - 1
+    hf = hf_from_fixture("qwen3", special_from_types=not parse_special)
+    want = hf_ids(hf, texts, parse_special)
+    flags = ["--parse-special", "--render-special"] if parse_special else []
+    got = tandem_tokenize(TOKDIR / "qwen3-vocab.gguf", texts, *flags)
+    for t, w, g in zip(texts, want, got):
+        assert g["ids"] == w, f"{t!r}: hf {w}, tandem {g['ids']}"
+    # the test strings do exercise the raw-text matching: NFC of the whole string differs
+    whole = hf_ids(hf, [unicodedata.normalize("NFC", texts[0])], parse_special)[0]
+    assert whole != want[0]
 
 
 def hf_skeleton_normalizer(name):
@@ -183,6 +202,7 @@ def test_fixture_metadata(tandem_bin):
         assert path.stat().st_size < 2_500_000, f"{path} grew past the fixture budget"
         info = json.loads(run_tandem("tokenize", "--model", path, "--info").stdout)
         assert info["pre"] == pre
+        assert info["normalizer"] == ("nfc" if name == "qwen3" else "none")
         gguf = pytest.importorskip("gguf")
         tokens = gguf.GGUFReader(str(path)).fields["tokenizer.ggml.tokens"].contents()
         assert {tokens[i] for i in info["eog"]} == eog_texts

@@ -97,7 +97,7 @@ static void tv_free(tv_t *t)
     }
 }
 
-static tok_vocab_t *tv_build(tv_t *t, const char *pre)
+static tok_vocab_t *tv_build_norm(tv_t *t, const char *pre, tok_normalizer_t norm)
 {
     tok_vocab_desc_t d = {
         .pre = pre,
@@ -114,6 +114,7 @@ static tok_vocab_t *tv_build(tv_t *t, const char *pre)
         .pad = TOK_NONE,
         .add_bos = -1,
         .add_eos = -1,
+        .normalizer = norm,
     };
     tok_vocab_t *v = NULL;
     tdm_error_t err;
@@ -123,6 +124,11 @@ static tok_vocab_t *tv_build(tv_t *t, const char *pre)
         fail_msg("tok_vocab_create: %s", tdm_error_msg(&err));
     }
     return v;
+}
+
+static tok_vocab_t *tv_build(tv_t *t, const char *pre)
+{
+    return tv_build_norm(t, pre, TOK_NORM_DEFAULT);
 }
 
 /* Encodes and compares with the expected ids (terminated by -2). */
@@ -344,6 +350,84 @@ static void test_special_tokens(void **state)
     assert_string_equal(out, s);
     free(out);
     tok_vocab_destroy(v);
+    tv_free(&t);
+}
+
+/* NFC before pre-tokenization: on for qwen2 by default or when asked, off otherwise. */
+static void test_nfc_normalizer(void **state)
+{
+    (void)state;
+    tv_t t;
+    tv_init(&t);
+    tok_id_t th = tv_add(&t, "<think>", TOK_TYPE_USER_DEFINED);
+    tok_vocab_t *nfc = tv_build(&t, "qwen2");
+    tok_vocab_t *qwen_raw = tv_build_norm(&t, "qwen2", TOK_NORM_NONE);
+    tok_vocab_t *gpt2 = tv_build(&t, "gpt-2");
+    tok_vocab_t *gpt2_nfc = tv_build_norm(&t, "gpt-2", TOK_NORM_NFC);
+    assert_true(tok_vocab_nfc(nfc));
+    assert_false(tok_vocab_nfc(qwen_raw));
+    assert_false(tok_vocab_nfc(gpt2));
+    assert_true(tok_vocab_nfc(gpt2_nfc));
+    const char *dec = "e\xCC\x81"; /* e + U+0301 COMBINING ACUTE */
+    const char *pre = "\xC3\xA9";  /* U+00E9 */
+    expect_ids(nfc, NULL, dec, 3, 0, IDS(0xC3, 0xA9));
+    expect_ids(nfc, NULL, pre, 2, 0, IDS(0xC3, 0xA9));
+    expect_ids(gpt2_nfc, NULL, dec, 3, 0, IDS(0xC3, 0xA9));
+    expect_ids(qwen_raw, NULL, dec, 3, 0, IDS('e', 0xCC, 0x81));
+    expect_ids(gpt2, NULL, dec, 3, 0, IDS('e', 0xCC, 0x81));
+    /* Special tokens are matched on the raw text and NFC runs on the pieces between them, as
+     * in HF: '>' + U+0338 would compose to U+226F, but '>' belongs to <think>. */
+    const char *sp = "e\xCC\x81<think>\xCC\xB8";
+    expect_ids(nfc, NULL, sp, strlen(sp), 0, IDS(0xC3, 0xA9, th, 0xCC, 0xB8));
+    /* ...while in plain text the pair composes */
+    expect_ids(nfc, NULL, "a>\xCC\xB8", 4, 0, IDS('a', 0xE2, 0x89, 0xAF));
+    /* a fragment with ill-formed UTF-8 is left as it is (and round-trips) */
+    expect_ids(nfc, NULL, "e\xCC\x81\xFF", 4, 0, IDS('e', 0xCC, 0x81, 0xFF));
+    /* ...also when the ill-formed byte comes before anything NFC would touch */
+    expect_ids(nfc, NULL,
+               "\x80"
+               "e\xCC\x81",
+               4, 0, IDS(0x80, 'e', 0xCC, 0x81));
+    /* Hangul: LV syllable + trailing jamo composes (the jamo is not NFC-inert) */
+    expect_ids(nfc, NULL, "\xEA\xB0\x80\xE1\x86\xA8", 6, 0, IDS(0xEA, 0xB0, 0x81));
+    /* a singleton: U+212B ANGSTROM SIGN -> U+00C5 */
+    expect_ids(nfc, NULL, "\xE2\x84\xAB", 3, 0, IDS(0xC3, 0x85));
+    /* already NFC beyond U+0300 (Greek, CJK): unchanged */
+    expect_ids(nfc, NULL, "\xCE\xB1\xE4\xB8\xAD", 5, 0, IDS(0xCE, 0xB1, 0xE4, 0xB8, 0xAD));
+    /* ...but only that fragment: the one after the special token is still normalized */
+    expect_ids(nfc, NULL, "\xFF<think>e\xCC\x81", 11, 0, IDS(0xFF, th, 0xC3, 0xA9));
+    /* long input: the workspace's NFC buffer grows (and is reused) */
+    tok_workspace_t *ws = NULL;
+    assert_int_equal(tok_workspace_create(nfc, &ws, NULL), TDM_OK);
+    for (int round = 0; round < 2; round++) {
+        size_t reps = round ? 3000 : 10;
+        char *big = malloc(3 * reps);
+        for (size_t i = 0; i < reps; i++) {
+            memcpy(big + 3 * i, dec, 3);
+        }
+        tok_ids_t ids = {0};
+        assert_int_equal(tok_encode(nfc, ws, big, 3 * reps, 0, &ids, NULL), TDM_OK);
+        assert_int_equal(ids.n, 2 * reps);
+        for (size_t i = 0; i < reps; i++) {
+            assert_int_equal(ids.ids[2 * i], 0xC3);
+            assert_int_equal(ids.ids[2 * i + 1], 0xA9);
+        }
+        tok_ids_free(&ids);
+        free(big);
+    }
+    tok_workspace_destroy(ws);
+    /* decode gives the NFC text */
+    tok_ids_t ids = {0};
+    assert_int_equal(tok_encode(nfc, NULL, dec, 3, 0, &ids, NULL), TDM_OK);
+    char *out = NULL;
+    assert_int_equal(tok_decode(nfc, ids.ids, ids.n, 0, &out, NULL, NULL), TDM_OK);
+    assert_string_equal(out, pre);
+    free(out);
+    tok_ids_free(&ids);
+    tok_vocab_destroy(nfc);
+    tok_vocab_destroy(qwen_raw);
+    tok_vocab_destroy(gpt2);
+    tok_vocab_destroy(gpt2_nfc);
     tv_free(&t);
 }
 
@@ -644,6 +728,7 @@ int main(void)
         cmocka_unit_test(test_pretokenizer_contractions_and_spaces),
         cmocka_unit_test(test_ignore_merges_for_llama3),
         cmocka_unit_test(test_special_tokens),
+        cmocka_unit_test(test_nfc_normalizer),
         cmocka_unit_test(test_lstrip_rstrip),
         cmocka_unit_test(test_eog_harmony_rule),
         cmocka_unit_test(test_roundtrip_arbitrary_bytes),
