@@ -46,8 +46,7 @@ const char *gguf_value_type_name(gguf_value_type_t t)
     return value_type_names[t];
 }
 
-/* Bytes of one scalar of type t on disk (0 for STRING / ARRAY / unknown). */
-static uint32_t value_type_size(uint32_t t)
+uint32_t gguf_value_type_size(uint32_t t)
 {
     switch (t) {
     case GGUF_TYPE_UINT8:
@@ -301,7 +300,7 @@ static void read_scalar(rd_t *r, uint32_t type, gguf_value_t *v)
         int64_t i64;
         double f64;
     } x;
-    rd_copy(r, &x, value_type_size(type));
+    rd_copy(r, &x, gguf_value_type_size(type));
     switch (type) {
     case GGUF_TYPE_UINT8:
         v->v.u64 = x.u8;
@@ -352,7 +351,7 @@ static tdm_status_t read_value(rd_t *r, gguf_file_t *f, uint32_t type, const cha
         return read_str(r, &v->v.str, what);
     }
     if (type != GGUF_TYPE_ARRAY) {
-        TDM_CHECK(rd_need(r, value_type_size(type), "key '%s' %s value", key,
+        TDM_CHECK(rd_need(r, gguf_value_type_size(type), "key '%s' %s value", key,
                           gguf_value_type_name(type)));
         read_scalar(r, type, v);
         return TDM_OK;
@@ -395,7 +394,7 @@ static tdm_status_t read_value(rd_t *r, gguf_file_t *f, uint32_t type, const cha
         v->v.arr.data = strs;
         return TDM_OK;
     }
-    uint64_t esz = value_type_size((uint32_t)et);
+    uint64_t esz = gguf_value_type_size((uint32_t)et);
     TDM_CHECK(rd_need(r, n * esz, "key '%s' array of %" PRIu64 " %s", key, n,
                       gguf_value_type_name((gguf_value_type_t)et)));
     /* copied so that callers may cast the data to the element type (the image has no

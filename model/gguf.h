@@ -149,6 +149,9 @@ const gguf_tensor_t *gguf_find_tensor(const gguf_ctx_t *ctx, const char *name); 
 
 const char *gguf_value_type_name(gguf_value_type_t t);
 
+/* Bytes of one scalar of type t on disk (0 for STRING, ARRAY and unknown types). */
+uint32_t gguf_value_type_size(uint32_t t);
+
 #ifdef __cplusplus
 }
 #endif

@@ -122,29 +122,6 @@ static tdm_status_t kv_reindex(gguf_writer_t *w)
     return TDM_OK;
 }
 
-static uint32_t scalar_size(gguf_value_type_t t)
-{
-    switch (t) {
-    case GGUF_TYPE_UINT8:
-    case GGUF_TYPE_INT8:
-    case GGUF_TYPE_BOOL:
-        return 1;
-    case GGUF_TYPE_UINT16:
-    case GGUF_TYPE_INT16:
-        return 2;
-    case GGUF_TYPE_UINT32:
-    case GGUF_TYPE_INT32:
-    case GGUF_TYPE_FLOAT32:
-        return 4;
-    case GGUF_TYPE_UINT64:
-    case GGUF_TYPE_INT64:
-    case GGUF_TYPE_FLOAT64:
-        return 8;
-    default:
-        return 0;
-    }
-}
-
 /* Stores key -> (type, bytes); takes ownership of bytes (freed on failure too). */
 static tdm_status_t put_kv(gguf_writer_t *w, const char *key, gguf_value_type_t type,
                            uint8_t *bytes, size_t len, tdm_error_t *err)
@@ -213,7 +190,7 @@ oom:
 static tdm_status_t put_scalar(gguf_writer_t *w, const char *key, gguf_value_type_t type,
                                const void *v, tdm_error_t *err)
 {
-    size_t n = scalar_size(type);
+    size_t n = gguf_value_type_size(type);
     uint8_t *b = malloc(n);
     if (b == NULL) {
         return tdm_error_set(err, TDM_ERR_NO_MEMORY, "%s: out of memory", W);
@@ -293,7 +270,7 @@ tdm_status_t gguf_writer_add_arr(gguf_writer_t *w, const char *key, gguf_value_t
             len += 8 + s[i].len;
         }
     } else {
-        len += n * scalar_size(elem);
+        len += n * gguf_value_type_size(elem);
     }
     uint8_t *b = malloc((size_t)len);
     if (b == NULL) {
