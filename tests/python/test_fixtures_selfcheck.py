@@ -104,6 +104,7 @@ def forward(path, tokens):
     hd = hp("attention.key_length", n_embd // n_head)
     eps, theta = hp("attention.layer_norm_rms_epsilon"), hp("rope.freq_base", 10000.0)
     n_used = hp("expert_used_count", 0)
+    renorm = hp("expert_weights_norm", True)  # llama.cpp's qwen3moe always renormalizes
     W = {t.name: tensor_f32(t) for t in r.tensors}
     neox = arch == "qwen3moe"
     divisors = W.get("rope_freqs.weight")
@@ -136,7 +137,7 @@ def forward(path, tokens):
             y = np.zeros_like(x)
             for t in range(T):
                 sel = np.argsort(-p[t], kind="stable")[:n_used]
-                wts = p[t, sel] / max(p[t, sel].sum(), 6.103515625e-5)
+                wts = p[t, sel] / max(p[t, sel].sum(), 6.103515625e-5) if renorm else p[t, sel]
                 for e, wt in zip(sel, wts):
                     g = W[b + "ffn_gate_exps.weight"][e] @ m[t]
                     u = W[b + "ffn_up_exps.weight"][e] @ m[t]
