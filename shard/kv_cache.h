@@ -1,16 +1,12 @@
 /*
- * kv_cache.h - paged KV cache: a pool of fixed-size blocks and per-sequence block tables.
+ * kv_cache.h - a shard's paged KV storage: n_blocks fixed-size blocks for every layer
+ * (this shard's KV heads only), addressed by block id.
  *
- * Three pieces, kept apart so the serving layer can own the bookkeeping while every
- * shard owns only storage:
- *
- *   shd_kv_pool_t     which block ids are free, and a refcount per block (prefix blocks
- *                     may be shared by several sequences). No storage.
- *   shd_block_table_t one sequence's map from logical block j (positions j*B .. j*B+B-1)
- *                     to a physical block id.
- *   shd_kv_cache_t    the storage of n_blocks blocks for every layer of one shard (its
- *                     local KV heads only). Block ids mean the same thing on every shard
- *                     of a model, so one pool and one set of block tables drive them all.
+ * A shard owns storage only. Which blocks are free, which sequence holds which block,
+ * reference counts and prefix sharing are the coordinator's (coordinator/kv_manager.h);
+ * a step carries each sequence's block table (logical block j, positions j*B .. j*B+B-1,
+ * -> block id). Block ids mean the same thing on every shard of a model, so one manager
+ * drives them all.
  *
  * Storage layout, per layer and for K and V separately (f32 now; the type field keeps
  * room for f16):
@@ -35,44 +31,6 @@ extern "C" {
 #endif
 
 #define SHD_KV_BLOCK_TOKENS_DEFAULT 16
-
-/* ---- block pool ---- */
-
-typedef struct shd_kv_pool shd_kv_pool_t;
-
-tdm_status_t shd_kv_pool_create(int32_t n_blocks, shd_kv_pool_t **out, tdm_error_t *err);
-void shd_kv_pool_destroy(shd_kv_pool_t *pool); /* NULL is fine */
-
-/* Takes a free block (refcount 1). TDM_ERR_BUSY when none is free. */
-tdm_status_t shd_kv_pool_alloc(shd_kv_pool_t *pool, int32_t *out, tdm_error_t *err);
-/* One more owner of an allocated block. TDM_ERR_INVALID_PARAM for a free / bad id. */
-tdm_status_t shd_kv_pool_ref(shd_kv_pool_t *pool, int32_t block, tdm_error_t *err);
-/* One owner fewer; the block is free again at 0. TDM_ERR_INVALID_PARAM for a free /
- * bad id (a double release is reported, never counted below zero). */
-tdm_status_t shd_kv_pool_unref(shd_kv_pool_t *pool, int32_t block, tdm_error_t *err);
-int32_t shd_kv_pool_refcount(const shd_kv_pool_t *pool, int32_t block); /* 0: free / bad id */
-int32_t shd_kv_pool_n_free(const shd_kv_pool_t *pool);
-int32_t shd_kv_pool_n_blocks(const shd_kv_pool_t *pool);
-
-/* ---- per-sequence block table ---- */
-
-typedef struct shd_block_table {
-    int32_t *blocks; /* physical block of logical block j            */
-    int32_t n_blocks;
-    int32_t cap;
-} shd_block_table_t;
-
-void shd_block_table_init(shd_block_table_t *t);
-/* Allocates blocks until positions [0, n_pos) are covered (B = block_tokens). On failure
- * (TDM_ERR_BUSY: pool exhausted) the blocks taken by this call are given back and the
- * table is as before. */
-tdm_status_t shd_block_table_reserve(shd_block_table_t *t, shd_kv_pool_t *pool, int64_t n_pos,
-                                     int block_tokens, tdm_error_t *err);
-/* dst (initialised, empty) shares all of src's blocks (refcounts + 1). */
-tdm_status_t shd_block_table_fork(shd_block_table_t *dst, const shd_block_table_t *src,
-                                  shd_kv_pool_t *pool, tdm_error_t *err);
-/* Releases every block (refcount - 1) and empties the table. */
-void shd_block_table_release(shd_block_table_t *t, shd_kv_pool_t *pool);
 
 /* ---- storage ---- */
 

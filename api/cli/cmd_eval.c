@@ -18,6 +18,7 @@
 #include "api/cli/cli.h"
 #include "common/check.h"
 #include "common/mem.h"
+#include "coordinator/kv_manager.h"
 #include "shard/forward.h"
 #include "transport/local_comm.h"
 
@@ -84,9 +85,9 @@ static tdm_status_t run_schedule(shd_model_t *m, const eval_opts_t *o, eval_seq_
 {
     const int V = shd_model_hparams(m)->n_vocab;
     const shd_model_params_t *mp = shd_model_params(m);
-    shd_kv_pool_t *pool = NULL;
+    crd_kvm_t *kvm = NULL;
     shd_kv_cache_t *kv = NULL;
-    shd_block_table_t *tables = tdm_xcalloc((size_t)count, sizeof(*tables));
+    crd_kv_seq_t **kvseq = tdm_xcalloc((size_t)count, sizeof(*kvseq));
     shd_seq_view_t *views = tdm_xcalloc((size_t)count, sizeof(*views));
     int32_t *done = tdm_xcalloc((size_t)count, sizeof(int32_t)); /* positions computed */
     int32_t *n_gen = tdm_xcalloc((size_t)count, sizeof(int32_t));
@@ -97,9 +98,6 @@ static tdm_status_t run_schedule(shd_model_t *m, const eval_opts_t *o, eval_seq_
     uint8_t *want = tdm_xmalloc((size_t)nb);
     float *logits = malloc((size_t)mp->n_out_max * (size_t)V * sizeof(float));
     tdm_status_t st = TDM_OK;
-    for (int s = 0; s < count; s++) {
-        shd_block_table_init(&tables[s]);
-    }
     if (logits == NULL) {
         st = tdm_error_set(err, TDM_ERR_NO_MEMORY, "eval: out of memory for logits");
         goto out;
@@ -110,7 +108,13 @@ static tdm_status_t run_schedule(shd_model_t *m, const eval_opts_t *o, eval_seq_
     for (int s = 0; s < count; s++) {
         total_blocks += (seqs[s].n_prompt + o->n_greedy + o->block_tokens - 1) / o->block_tokens;
     }
-    TDM_CHECK_GOTO(shd_kv_pool_create((int32_t)total_blocks, &pool, err), st, out);
+    /* block ids come from the coordinator's manager, as in serving (no prefix reuse here:
+     * every sequence starts empty) */
+    TDM_CHECK_GOTO(crd_kvm_create((int32_t)total_blocks, o->block_tokens, 0, &kvm, err), st, out);
+    for (int s = 0; s < count; s++) {
+        int32_t cached;
+        TDM_CHECK_GOTO(crd_kvm_seq_create(kvm, NULL, 0, &kvseq[s], &cached, err), st, out);
+    }
     shd_kv_config_t kc;
     shd_model_kv_config(m, o->block_tokens, (int32_t)total_blocks, &kc);
     TDM_CHECK_GOTO(shd_kv_cache_create(&kc, &kv, err), st, out);
@@ -140,10 +144,11 @@ static tdm_status_t run_schedule(shd_model_t *m, const eval_opts_t *o, eval_seq_
             } else {
                 continue;
             }
-            TDM_CHECK_GOTO(shd_block_table_reserve(&tables[s], pool, end, o->block_tokens, err), st,
-                           out);
-            views[s].blocks = tables[s].blocks;
-            views[s].n_blocks = tables[s].n_blocks;
+            if (crd_kvm_seq_reserve(kvm, kvseq[s], end) != TDM_OK) {
+                st = tdm_error_set(err, TDM_ERR_INTERNAL, "eval: KV blocks exhausted");
+                goto out;
+            }
+            views[s].blocks = crd_kvm_seq_blocks(kvseq[s], &views[s].n_blocks);
             done[s] = end;
         }
         if (n == 0) {
@@ -168,12 +173,12 @@ static tdm_status_t run_schedule(shd_model_t *m, const eval_opts_t *o, eval_seq_
         }
     }
 out:
-    for (int s = 0; s < count && pool != NULL; s++) {
-        shd_block_table_release(&tables[s], pool);
+    for (int s = 0; s < count && kvm != NULL; s++) {
+        crd_kvm_seq_free(kvm, kvseq[s]);
     }
     shd_kv_cache_destroy(kv);
-    shd_kv_pool_destroy(pool);
-    free(tables);
+    crd_kvm_destroy(kvm);
+    free(kvseq);
     free(views);
     free(done);
     free(n_gen);
