@@ -200,6 +200,7 @@ static void finish_req(crd_sched_t *s, req_list_t *from, crd_req_t *r, crd_finis
     if (send_event && r->on_event != NULL) {
         crd_event_t ev = make_event(r, -1, why);
         ev.error = error;
+        ev.status = why == CRD_FINISH_ERROR ? TDM_ERR_INTERNAL : TDM_OK;
         r->on_event(r->user, &ev);
     }
     req_free(s, r);
@@ -228,8 +229,8 @@ void crd_sched_destroy(crd_sched_t *s)
     free(s);
 }
 
-tdm_status_t crd_sched_submit(crd_sched_t *s, const crd_request_params_t *rp, uint64_t *req_id,
-                              tdm_error_t *err)
+tdm_status_t crd_sched_check_request(const crd_sched_t *s, const crd_request_params_t *rp,
+                                     tdm_error_t *err)
 {
     if (rp->n_prompt <= 0 || rp->prompt == NULL) {
         return tdm_error_set(err, TDM_ERR_INVALID_PARAM, "the prompt is empty");
@@ -253,6 +254,21 @@ tdm_status_t crd_sched_submit(crd_sched_t *s, const crd_request_params_t *rp, ui
     }
     if (rp->n_stop_ids < 0 || (rp->n_stop_ids > 0 && rp->stop_ids == NULL)) {
         return tdm_error_set(err, TDM_ERR_INVALID_PARAM, "bad stop token list");
+    }
+    return crd_sampling_params_validate(&rp->sampling, err);
+}
+
+int32_t crd_sched_n_ctx(const crd_sched_t *s)
+{
+    return s->p.n_ctx;
+}
+
+tdm_status_t crd_sched_submit(crd_sched_t *s, const crd_request_params_t *rp, uint64_t *req_id,
+                              tdm_error_t *err)
+{
+    tdm_status_t cst = crd_sched_check_request(s, rp, err);
+    if (cst != TDM_OK) {
+        return cst;
     }
     if (s->waiting.n >= s->p.max_waiting) {
         return tdm_error_set(err, TDM_ERR_BUSY, "the queue is full (%d requests waiting)",
@@ -287,11 +303,21 @@ tdm_status_t crd_sched_submit(crd_sched_t *s, const crd_request_params_t *rp, ui
     r->top_logprobs = rp->top_logprobs;
     r->on_event = rp->on_event;
     r->user = rp->user;
-    r->id = s->next_id++;
+    r->id = rp->id != 0 ? rp->id : s->next_id++;
     list_push_back(&s->waiting, r);
     s->stats.prompt_tokens += (uint64_t)rp->n_prompt;
     *req_id = r->id;
     return TDM_OK;
+}
+
+void crd_sched_cancel_all(crd_sched_t *s)
+{
+    for (crd_req_t *r = s->running.head; r != NULL; r = r->next) {
+        r->canceled = true;
+    }
+    for (crd_req_t *r = s->waiting.head; r != NULL; r = r->next) {
+        r->canceled = true;
+    }
 }
 
 void crd_sched_cancel(crd_sched_t *s, uint64_t req_id)

@@ -51,6 +51,7 @@ typedef struct crd_event {
     const float *top_logprobs;
     crd_finish_t finish; /* NONE unless this is the request's last event          */
     const char *error;   /* message when finish == CRD_FINISH_ERROR               */
+    tdm_status_t status; /* with CRD_FINISH_ERROR: what kind (BUSY: never started)  */
     int32_t n_prompt;    /* usage: prompt tokens                                   */
     int32_t n_cached;    /* usage: prompt tokens served from the prefix cache      */
     int32_t n_generated; /* usage: tokens generated so far, this one included      */
@@ -62,6 +63,7 @@ typedef struct crd_event {
 typedef int (*crd_event_fn)(void *user, const crd_event_t *ev);
 
 typedef struct crd_request_params {
+    uint64_t id;           /* 0: the scheduler numbers it; else unique, chosen by the caller */
     const int32_t *prompt; /* copied                                          */
     int32_t n_prompt;
     int32_t max_tokens; /* <= 0: until a stop token or the context limit   */
@@ -106,8 +108,21 @@ void crd_sched_destroy(crd_sched_t *s);
 tdm_status_t crd_sched_submit(crd_sched_t *s, const crd_request_params_t *rp, uint64_t *req_id,
                               tdm_error_t *err);
 
+/*
+ * The checks crd_sched_submit makes on the request itself (not the queue limit). Reads
+ * only what crd_sched_create fixed, so any thread may call it while the owner steps.
+ */
+tdm_status_t crd_sched_check_request(const crd_sched_t *s, const crd_request_params_t *rp,
+                                     tdm_error_t *err);
+
+/* The context length requests are checked against. Any thread. */
+int32_t crd_sched_n_ctx(const crd_sched_t *s);
+
 /* Marks a request canceled; it ends at the start of the next step. Unknown ids are ignored. */
 void crd_sched_cancel(crd_sched_t *s, uint64_t req_id);
+
+/* Cancels every queued and running request (same timing as crd_sched_cancel). */
+void crd_sched_cancel_all(crd_sched_t *s);
 
 /* True while any request is queued or running. */
 bool crd_sched_has_work(const crd_sched_t *s);

@@ -1,0 +1,832 @@
+/*
+ * oai_gen.c - POST /v1/chat/completions and /v1/completions.
+ *
+ * A request goes: body -> srv_gen_req_t (oai_parse.c) -> prompt tokens (chat template for
+ * chat) -> srv_job_t on the engine (job.c) -> pieces of text -> per choice, the reasoning
+ * parser then the tool-call parser (api/parse) -> one JSON response, or SSE chunks as the
+ * pieces come. The same piece handling serves both modes; only the output differs.
+ *
+ * While waiting the handler checks that the client is still there (a closed socket shows
+ * up within ~100 ms) and cancels its sequences if not; a stream with nothing to say sends
+ * an SSE comment every keepalive_s seconds so that agent clients do not time out during a
+ * long prefill.
+ */
+#include "api/parse/reasoning.h"
+#include "api/parse/tool_call.h"
+#include "api/parse/prs_json.h"
+#include "api/server/job.h"
+#include "api/server/oai_parse.h"
+#include "api/server/srv.h"
+#include "common/log.h"
+#include "coordinator/sampler.h"
+
+#include <microhttpd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define POLL_S 0.1 /* how often a waiting handler looks at its client */
+
+typedef struct choice_out {
+    prs_reasoning_t *rp;   /* NULL: no reasoning parsing */
+    prs_tool_parser_t *tp; /* NULL: no tool-call parsing */
+    bool role_sent, ended;
+    crd_finish_t finish;
+    prs_buf_t content, reasoning; /* non-streaming: the whole text */
+    json_t *lp;                   /* logprobs entries (chat: content[]; completions: legacy) */
+    size_t text_offset;           /* completions logprobs: bytes of text so far */
+    size_t n_calls_seen;
+    char (*call_ids)[32];
+    size_t cap_ids;
+    char *error;
+    tdm_status_t err_status;
+} choice_out_t;
+
+typedef struct gen {
+    srv_server_t *s;
+    srv_gen_req_t req;
+    srv_job_t *job;
+    struct MHD_Connection *conn;
+    double t_start;
+    char id[48];
+    int64_t created;
+    int n_choices;
+    choice_out_t *ch;
+    int n_ended;
+    int32_t n_prompt, n_cached;
+    int64_t n_completion;
+    uint64_t rng[4];
+    /* streaming */
+    bool stream;
+    prs_buf_t out;
+    size_t out_off;
+    bool done_sent, any_token;
+    double t_last_write;
+} gen_t;
+
+/* ---- small helpers ---- */
+
+/* s[0..n) as a JSON string value, bytes that are not UTF-8 replaced by U+FFFD. */
+static json_t *json_lossy(const char *s, size_t n)
+{
+    if (prs_utf8_valid(s, n)) {
+        json_t *v = json_stringn(s, n);
+        return v != NULL ? v : json_string("");
+    }
+    prs_buf_t b = {0};
+    for (size_t i = 0; i < n;) {
+        size_t k = prs_utf8_seq(s + i, n - i);
+        if (k == 0) {
+            prs_buf_append(&b, "\xEF\xBF\xBD", 3);
+            i++;
+        } else {
+            prs_buf_append(&b, s + i, k);
+            i += k;
+        }
+    }
+    json_t *v = json_stringn(b.data != NULL ? b.data : "", b.len);
+    prs_buf_free(&b);
+    return v != NULL ? v : json_string("");
+}
+
+static json_t *bytes_array(const char *s, size_t n)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; i < n; i++) {
+        json_array_append_new(a, json_integer((unsigned char)s[i]));
+    }
+    return a;
+}
+
+static const char *token_bytes(const gen_t *g, int32_t id, size_t *len)
+{
+    const char *t = tok_token_bytes(g->s->vocab, id, TOK_DEC_RENDER_SPECIAL, len);
+    if (t == NULL) {
+        *len = 0;
+        return "";
+    }
+    return t;
+}
+
+static const char *finish_reason(const gen_t *g, const choice_out_t *c)
+{
+    switch (c->finish) {
+    case CRD_FINISH_STOP:
+        return c->n_calls_seen > 0 && g->req.api == SRV_API_CHAT ? "tool_calls" : "stop";
+    case CRD_FINISH_LENGTH:
+        return "length";
+    case CRD_FINISH_CANCELED:
+        return "abort";
+    default:
+        return "error";
+    }
+}
+
+static const char *call_id(gen_t *g, choice_out_t *c, size_t index)
+{
+    if (index >= c->cap_ids) {
+        size_t cap = index + 8;
+        char(*ids)[32] = realloc(c->call_ids, cap * sizeof(*ids));
+        if (ids == NULL) {
+            return "call_0";
+        }
+        for (size_t i = c->cap_ids; i < cap; i++) {
+            ids[i][0] = '\0';
+        }
+        c->call_ids = ids;
+        c->cap_ids = cap;
+    }
+    if (c->call_ids[index][0] == '\0') {
+        uint64_t a = crd_rng_next(g->rng), b = crd_rng_next(g->rng);
+        snprintf(c->call_ids[index], 32, "call_%016llx%08llx", (unsigned long long)a,
+                 (unsigned long long)(b & 0xffffffffu));
+    }
+    return c->call_ids[index];
+}
+
+static json_t *usage_json(const gen_t *g)
+{
+    return json_pack("{s:i, s:I, s:I, s:{s:i}}", "prompt_tokens", (int)g->n_prompt,
+                     "completion_tokens", (json_int_t)g->n_completion, "total_tokens",
+                     (json_int_t)(g->n_prompt + g->n_completion), "prompt_tokens_details",
+                     "cached_tokens", (int)g->n_cached);
+}
+
+/* ---- streaming output ---- */
+
+static void sse_json(gen_t *g, json_t *obj)
+{
+    char *text = json_dumps(obj, JSON_COMPACT);
+    json_decref(obj);
+    if (text != NULL) {
+        prs_buf_append(&g->out, "data: ", 6);
+        prs_buf_append_str(&g->out, text);
+        prs_buf_append(&g->out, "\n\n", 2);
+        free(text);
+    }
+}
+
+/* A chunk for one choice: chat {delta, logprobs, finish_reason} or completions {text, ...}. */
+static json_t *chunk(gen_t *g, int index, json_t *delta_or_text, json_t *logprobs,
+                     const char *finish)
+{
+    json_t *choice = json_pack("{s:i}", "index", index);
+    if (g->req.api == SRV_API_CHAT) {
+        json_object_set_new(choice, "delta", delta_or_text);
+    } else {
+        json_object_set_new(choice, "text", delta_or_text);
+    }
+    json_object_set_new(choice, "logprobs", logprobs != NULL ? logprobs : json_null());
+    json_object_set_new(choice, "finish_reason",
+                        finish != NULL ? json_string(finish) : json_null());
+    json_t *o =
+        json_pack("{s:s, s:s, s:I, s:s, s:[o]}", "id", g->id, "object",
+                  g->req.api == SRV_API_CHAT ? "chat.completion.chunk" : "text_completion",
+                  "created", (json_int_t)g->created, "model", g->s->model_name, "choices", choice);
+    if (g->req.include_usage) {
+        json_object_set_new(o, "usage", json_null());
+    }
+    return o;
+}
+
+/* ---- logprobs ---- */
+
+static json_t *chat_lp_entry(const gen_t *g, const srv_piece_t *p)
+{
+    size_t n;
+    const char *t = token_bytes(g, p->token, &n);
+    json_t *e = json_pack("{s:o, s:f, s:o}", "token", json_lossy(t, n), "logprob",
+                          (double)p->logprob, "bytes", bytes_array(t, n));
+    json_t *tops = json_array();
+    for (int i = 0; i < p->n_top && i < g->req.top_logprobs; i++) {
+        const char *tt = token_bytes(g, p->top_ids[i], &n);
+        json_array_append_new(tops,
+                              json_pack("{s:o, s:f, s:o}", "token", json_lossy(tt, n), "logprob",
+                                        (double)p->top_lp[i], "bytes", bytes_array(tt, n)));
+    }
+    json_object_set_new(e, "top_logprobs", tops);
+    return e;
+}
+
+/* Completions' legacy format, as parallel arrays. */
+static json_t *legacy_lp_new(void)
+{
+    return json_pack("{s:[], s:[], s:[], s:[]}", "tokens", "token_logprobs", "top_logprobs",
+                     "text_offset");
+}
+
+static void legacy_lp_add(const gen_t *g, choice_out_t *c, json_t *lp, const srv_piece_t *p)
+{
+    size_t n;
+    const char *t = token_bytes(g, p->token, &n);
+    json_array_append_new(json_object_get(lp, "tokens"), json_lossy(t, n));
+    json_array_append_new(json_object_get(lp, "token_logprobs"), json_real(p->logprob));
+    json_t *tops = json_object();
+    for (int i = 0; i < p->n_top && i < g->req.top_logprobs; i++) {
+        size_t m;
+        const char *tt = token_bytes(g, p->top_ids[i], &m);
+        json_t *k = json_lossy(tt, m);
+        json_object_set_new(tops, json_string_value(k), json_real(p->top_lp[i]));
+        json_decref(k);
+    }
+    json_array_append_new(json_object_get(lp, "top_logprobs"), tops);
+    json_array_append_new(json_object_get(lp, "text_offset"),
+                          json_integer((json_int_t)c->text_offset));
+}
+
+/* ---- text through the parsers ---- */
+
+/* Feeds text (or finishes, when fin) through choice c's parsers and emits or stores the
+ * outcome. lp: logprobs to attach to a streamed chunk (stolen; may be NULL). */
+static void route_text(gen_t *g, int index, const char *text, size_t len, bool fin, json_t *lp)
+{
+    choice_out_t *c = &g->ch[index];
+    prs_buf_t reasoning = {0}, content = {0};
+    json_t *calls = NULL; /* streamed tool-call deltas */
+
+    /* 1. reasoning */
+    const char *ctext = text;
+    size_t clen = len;
+    if (c->rp != NULL) {
+        if (len > 0) {
+            prs_reasoning_feed(c->rp, text, len, NULL);
+        }
+        if (fin) {
+            prs_reasoning_finish(c->rp, NULL);
+        }
+        prs_buf_t *rb = prs_reasoning_reasoning(c->rp), *cb = prs_reasoning_content(c->rp);
+        prs_buf_append(&reasoning, rb->data, rb->len);
+        prs_buf_clear(rb);
+        ctext = cb->data;
+        clen = cb->len;
+    }
+    /* 2. tool calls in the content */
+    if (c->tp != NULL) {
+        if (clen > 0) {
+            prs_tool_parser_feed(c->tp, ctext, clen, NULL);
+        }
+        if (fin) {
+            prs_tool_parser_finish(c->tp, NULL);
+        }
+        const prs_tool_event_t *ev = prs_tool_parser_events(c->tp);
+        size_t n = prs_tool_parser_n_events(c->tp);
+        for (size_t i = 0; i < n; i++) {
+            switch (ev[i].kind) {
+            case PRS_TOOL_EV_CONTENT:
+                prs_buf_append(&content, ev[i].text, ev[i].len);
+                break;
+            case PRS_TOOL_EV_CALL_BEGIN:
+                if (ev[i].call + 1 > c->n_calls_seen) {
+                    c->n_calls_seen = ev[i].call + 1;
+                }
+                if (g->stream) {
+                    calls = calls ? calls : json_array();
+                    json_array_append_new(
+                        calls,
+                        json_pack("{s:i, s:s, s:s, s:{s:o, s:s}}", "index", (int)ev[i].call, "id",
+                                  call_id(g, c, ev[i].call), "type", "function", "function", "name",
+                                  json_lossy(ev[i].text, ev[i].len), "arguments", ""));
+                }
+                break;
+            case PRS_TOOL_EV_CALL_ARGS:
+                if (g->stream) {
+                    calls = calls ? calls : json_array();
+                    json_array_append_new(calls, json_pack("{s:i, s:{s:o}}", "index",
+                                                           (int)ev[i].call, "function", "arguments",
+                                                           json_lossy(ev[i].text, ev[i].len)));
+                }
+                break;
+            case PRS_TOOL_EV_CALL_END:
+                break;
+            }
+        }
+        prs_tool_parser_clear_events(c->tp);
+    } else {
+        prs_buf_append(&content, ctext, clen);
+    }
+    if (c->rp != NULL) {
+        prs_buf_clear(prs_reasoning_content(c->rp));
+    }
+
+    if (!g->stream) {
+        prs_buf_append(&c->reasoning, reasoning.data, reasoning.len);
+        prs_buf_append(&c->content, content.data, content.len);
+        json_decref(lp);
+    } else if (g->req.api == SRV_API_COMPLETIONS) {
+        if (content.len > 0 || lp != NULL) {
+            sse_json(g, chunk(g, index, json_lossy(content.data ? content.data : "", content.len),
+                              lp, NULL));
+        }
+    } else {
+        json_t *delta = json_object();
+        if (!c->role_sent) {
+            json_object_set_new(delta, "role", json_string("assistant"));
+            c->role_sent = true;
+        }
+        if (reasoning.len > 0) {
+            json_object_set_new(delta, "reasoning_content",
+                                json_lossy(reasoning.data, reasoning.len));
+        }
+        if (content.len > 0 || json_object_get(delta, "role") != NULL) {
+            json_object_set_new(delta, "content",
+                                json_lossy(content.data ? content.data : "", content.len));
+        }
+        if (calls != NULL) {
+            json_object_set_new(delta, "tool_calls", calls);
+            calls = NULL;
+        }
+        if (json_object_size(delta) > 0 || lp != NULL) {
+            json_t *lpo = lp != NULL ? json_pack("{s:[o]}", "content", lp) : NULL;
+            sse_json(g, chunk(g, index, delta, lpo, NULL));
+        } else {
+            json_decref(delta);
+        }
+    }
+    json_decref(calls);
+    prs_buf_free(&reasoning);
+    prs_buf_free(&content);
+}
+
+static void handle_piece(gen_t *g, const srv_piece_t *p)
+{
+    choice_out_t *c = &g->ch[p->choice];
+    json_t *lp = NULL;
+    if (p->has_token && g->req.logprobs) {
+        g->any_token = true;
+        if (g->req.api == SRV_API_CHAT) {
+            json_t *e = chat_lp_entry(g, p);
+            if (g->stream) {
+                lp = e;
+            } else {
+                json_array_append_new(c->lp, e);
+            }
+        } else {
+            json_t *target = g->stream ? legacy_lp_new() : c->lp;
+            legacy_lp_add(g, c, target, p);
+            if (g->stream) {
+                lp = target;
+            }
+        }
+    }
+    if (p->has_token || p->len > 0) {
+        g->any_token = true;
+    }
+    c->text_offset += p->len;
+    if (p->len > 0 || lp != NULL) {
+        route_text(g, p->choice, p->text, p->len, false, lp);
+    }
+    if (p->finish == CRD_FINISH_NONE) {
+        return;
+    }
+    route_text(g, p->choice, "", 0, true, NULL);
+    c->ended = true;
+    c->finish = p->finish;
+    g->n_ended++;
+    g->n_prompt = p->n_prompt;
+    g->n_cached = p->n_cached;
+    g->n_completion += p->n_generated;
+    if (p->finish == CRD_FINISH_ERROR || p->finish == CRD_FINISH_CANCELED) {
+        c->err_status = p->finish == CRD_FINISH_CANCELED ? TDM_ERR_CANCELED : p->status;
+        c->error = strdup(p->error != NULL ? p->error : "the request was canceled");
+    }
+    srv_metrics_count_finish(g->s->metrics, finish_reason(g, c));
+    if (g->stream) {
+        if (p->finish == CRD_FINISH_ERROR || p->finish == CRD_FINISH_CANCELED) {
+            const char *type;
+            srv_http_status_of(c->err_status, &type);
+            json_t *e = srv_error_json(type, NULL, NULL, c->error ? c->error : "error");
+            if (e != NULL) {
+                sse_json(g, e);
+            }
+        } else {
+            json_t *empty = g->req.api == SRV_API_CHAT ? json_object() : json_string("");
+            sse_json(g, chunk(g, p->choice, empty, NULL, finish_reason(g, c)));
+        }
+    }
+}
+
+/* ---- the job's lifetime ---- */
+
+static void gen_free(gen_t *g)
+{
+    if (g == NULL) {
+        return;
+    }
+    if (g->job != NULL) {
+        srv_job_cancel(g->job); /* no-op when it finished */
+        srv_job_release(g->job);
+    }
+    for (int i = 0; i < g->n_choices; i++) {
+        choice_out_t *c = &g->ch[i];
+        prs_reasoning_destroy(c->rp);
+        prs_tool_parser_destroy(c->tp);
+        prs_buf_free(&c->content);
+        prs_buf_free(&c->reasoning);
+        json_decref(c->lp);
+        free(c->call_ids);
+        free(c->error);
+    }
+    free(g->ch);
+    prs_buf_free(&g->out);
+    srv_gen_req_free(&g->req);
+    atomic_fetch_sub(&g->s->n_handlers, 1);
+    free(g);
+}
+
+/* Takes pieces for up to POLL_S; false when the client is gone (the job is canceled). */
+static bool pump(gen_t *g)
+{
+    srv_piece_t *pieces = NULL;
+    int n = srv_job_take(g->job, POLL_S, &pieces);
+    for (int i = 0; i < n; i++) {
+        handle_piece(g, &pieces[i]);
+    }
+    srv_pieces_free(pieces, n);
+    if (g->n_ended < g->n_choices && !srv_conn_alive(g->conn)) {
+        TDM_DEBUG("http", "%s: client went away, canceling", g->id);
+        srv_job_cancel(g->job);
+        return false;
+    }
+    return true;
+}
+
+static ssize_t stream_read(void *cls, char *buf, size_t max)
+{
+    gen_t *g = cls;
+    for (;;) {
+        if (g->out_off < g->out.len) {
+            size_t n = g->out.len - g->out_off;
+            n = n < max ? n : max;
+            memcpy(buf, g->out.data + g->out_off, n);
+            g->out_off += n;
+            if (g->out_off == g->out.len) {
+                prs_buf_clear(&g->out);
+                g->out_off = 0;
+            }
+            g->t_last_write = srv_now();
+            return (ssize_t)n;
+        }
+        if (g->done_sent) {
+            return SRV_STREAM_END;
+        }
+        if (g->n_ended == g->n_choices) {
+            if (g->req.include_usage) {
+                json_t *o = json_pack("{s:s, s:s, s:I, s:s, s:[], s:o}", "id", g->id, "object",
+                                      g->req.api == SRV_API_CHAT ? "chat.completion.chunk"
+                                                                 : "text_completion",
+                                      "created", (json_int_t)g->created, "model", g->s->model_name,
+                                      "choices", "usage", usage_json(g));
+                sse_json(g, o);
+            }
+            prs_buf_append_str(&g->out, "data: [DONE]\n\n");
+            g->done_sent = true;
+            srv_metrics_observe(g->s->metrics, SRV_HIST_E2E, srv_now() - g->t_start);
+            continue;
+        }
+        if (!pump(g)) {
+            return SRV_STREAM_ABORT;
+        }
+        if (g->out.len == 0 && srv_now() - g->t_last_write >= g->s->cfg.keepalive_s) {
+            prs_buf_append_str(&g->out, ": keep-alive\n\n");
+        }
+    }
+}
+
+static void stream_free(void *cls)
+{
+    gen_free(cls);
+}
+
+/* ---- the response without streaming ---- */
+
+static int reply_whole(gen_t *g, const srv_http_req_t *r)
+{
+    while (g->n_ended < g->n_choices) {
+        if (!pump(g)) {
+            gen_free(g);
+            return MHD_NO; /* nobody to answer */
+        }
+    }
+    /* a sequence that failed fails the request */
+    for (int i = 0; i < g->n_choices; i++) {
+        choice_out_t *c = &g->ch[i];
+        if (c->finish == CRD_FINISH_ERROR || c->finish == CRD_FINISH_CANCELED) {
+            const char *type;
+            unsigned status = srv_http_status_of(c->err_status, &type);
+            if (status < 500 && status != 429) {
+                status = 500;
+                type = "server_error";
+            }
+            srv_metrics_count_http(g->s->metrics, r->path, status);
+            int rc = srv_reply_error(r, status, type, NULL, NULL, "%s",
+                                     c->error ? c->error : "generation failed");
+            gen_free(g);
+            return rc;
+        }
+    }
+    json_t *choices = json_array();
+    for (int i = 0; i < g->n_choices; i++) {
+        choice_out_t *c = &g->ch[i];
+        json_t *choice = json_pack("{s:i}", "index", i);
+        if (g->req.api == SRV_API_CHAT) {
+            json_t *msg = json_pack("{s:s}", "role", "assistant");
+            size_t n_calls = c->tp != NULL ? prs_tool_parser_n_calls(c->tp) : 0;
+            json_object_set_new(
+                msg, "content",
+                c->content.len > 0 || n_calls == 0
+                    ? json_lossy(c->content.data ? c->content.data : "", c->content.len)
+                    : json_null());
+            if (c->reasoning.len > 0) {
+                json_object_set_new(msg, "reasoning_content",
+                                    json_lossy(c->reasoning.data, c->reasoning.len));
+            }
+            if (n_calls > 0) {
+                json_t *calls = json_array();
+                for (size_t k = 0; k < n_calls; k++) {
+                    const char *name = prs_tool_parser_call_name(c->tp, k);
+                    const char *args = prs_tool_parser_call_args(c->tp, k);
+                    json_array_append_new(
+                        calls,
+                        json_pack("{s:s, s:s, s:{s:o, s:o}}", "id", call_id(g, c, k), "type",
+                                  "function", "function", "name", json_lossy(name, strlen(name)),
+                                  "arguments", json_lossy(args, strlen(args))));
+                }
+                json_object_set_new(msg, "tool_calls", calls);
+            }
+            json_object_set_new(choice, "message", msg);
+            json_object_set_new(choice, "logprobs",
+                                c->lp != NULL ? json_pack("{s:O}", "content", c->lp) : json_null());
+        } else {
+            json_object_set_new(choice, "text",
+                                json_lossy(c->content.data ? c->content.data : "", c->content.len));
+            json_object_set_new(choice, "logprobs",
+                                c->lp != NULL ? json_incref(c->lp) : json_null());
+        }
+        json_object_set_new(choice, "finish_reason", json_string(finish_reason(g, c)));
+        json_array_append_new(choices, choice);
+    }
+    json_t *o = json_pack("{s:s, s:s, s:I, s:s, s:o, s:o}", "id", g->id, "object",
+                          g->req.api == SRV_API_CHAT ? "chat.completion" : "text_completion",
+                          "created", (json_int_t)g->created, "model", g->s->model_name, "choices",
+                          choices, "usage", usage_json(g));
+    srv_metrics_observe(g->s->metrics, SRV_HIST_E2E, srv_now() - g->t_start);
+    srv_metrics_count_http(g->s->metrics, r->path, 200);
+    int rc = srv_reply_json(r, 200, o);
+    gen_free(g);
+    return rc;
+}
+
+/* ---- building the prompt ---- */
+
+/* The text the server writes at the start of the assistant turn to force a tool call
+ * (tool_choice "required" or a named function), or NULL. */
+static char *tool_prefix(const srv_server_t *s, const srv_gen_req_t *req)
+{
+    char buf[256];
+    if (req->tool_choice == SRV_TOOL_CHOICE_REQUIRED) {
+        snprintf(buf, sizeof(buf), "%s",
+                 s->tool_format == PRS_TOOL_QWEN3_CODER ? "<tool_call>\n<function="
+                                                        : "<tool_call>\n");
+    } else if (req->tool_choice == SRV_TOOL_CHOICE_NAMED) {
+        /* names are [A-Za-z0-9_.-] (checked by the parser), safe to splice in */
+        if (s->tool_format == PRS_TOOL_QWEN3_CODER) {
+            snprintf(buf, sizeof(buf), "<tool_call>\n<function=%s>\n", req->tool_name);
+        } else {
+            snprintf(buf, sizeof(buf),
+                     "<tool_call>\n{\"name\": \"%s\", \"arguments\": ", req->tool_name);
+        }
+    } else {
+        return NULL;
+    }
+    return strdup(buf);
+}
+
+static bool ends_with_tag(const char *text, const char *tag)
+{
+    size_t n = strlen(text), m = strlen(tag);
+    while (n > 0 && (text[n - 1] == ' ' || text[n - 1] == '\n' || text[n - 1] == '\r' ||
+                     text[n - 1] == '\t')) {
+        n--;
+    }
+    return n >= m && memcmp(text + n - m, tag, m) == 0;
+}
+
+/* Renders the chat; *prefix gets the forced tool-call text appended to it (or NULL). */
+static tdm_status_t render_chat(srv_server_t *s, const srv_gen_req_t *req, bool use_tools,
+                                char **out, char **prefix, tdm_error_t *err)
+{
+    *prefix = NULL;
+    if (s->tpl == NULL) {
+        return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
+                             "the model has no chat template: use /v1/completions");
+    }
+    json_t *ctx = json_object();
+    json_object_set(ctx, "messages", req->messages);
+    json_object_set_new(ctx, "add_generation_prompt", json_true());
+    if (use_tools) {
+        json_object_set(ctx, "tools", req->tools);
+    }
+    if (req->template_kwargs != NULL) {
+        json_object_update(ctx, req->template_kwargs);
+    }
+    pthread_mutex_lock(&s->tpl_mu);
+    tdm_status_t st = tpl_render(s->tpl, ctx, out, err);
+    pthread_mutex_unlock(&s->tpl_mu);
+    json_decref(ctx);
+    if (st != TDM_OK) {
+        return st == TDM_ERR_NO_MEMORY ? st : TDM_ERR_INVALID_PARAM;
+    }
+    if (use_tools) {
+        *prefix = tool_prefix(s, req);
+        if (*prefix != NULL) {
+            size_t a = strlen(*out), b = strlen(*prefix);
+            char *joined = realloc(*out, a + b + 1);
+            if (joined == NULL) {
+                return tdm_error_set(err, TDM_ERR_NO_MEMORY, "out of memory");
+            }
+            memcpy(joined + a, *prefix, b + 1);
+            *out = joined;
+        }
+    }
+    return TDM_OK;
+}
+
+static int reply_status(srv_server_t *s, const srv_http_req_t *r, tdm_status_t st,
+                        const char *param, const char *code, const char *msg)
+{
+    const char *type;
+    unsigned status = srv_http_status_of(st, &type);
+    srv_metrics_count_http(s->metrics, r->path, status);
+    return srv_reply_error(r, status, type, param != NULL && param[0] ? param : NULL, code, "%s",
+                           msg);
+}
+
+static int route_gen(srv_server_t *s, const srv_http_req_t *r, srv_api_t api)
+{
+    tdm_error_t err = {0};
+    char param[96];
+    gen_t *g = calloc(1, sizeof(*g));
+    if (g == NULL) {
+        return MHD_NO;
+    }
+    atomic_fetch_add(&s->n_handlers, 1);
+    g->s = s;
+    g->conn = r->conn;
+    g->t_start = r->t_start;
+    g->t_last_write = srv_now();
+    g->created = (int64_t)time(NULL);
+    crd_rng_seed(g->rng, (uint64_t)time(NULL) ^ (atomic_fetch_add(&s->next_id, 1) << 20) ^
+                             (uint64_t)(uintptr_t)g);
+    snprintf(g->id, sizeof(g->id), "%s-%016llx%08llx", api == SRV_API_CHAT ? "chatcmpl" : "cmpl",
+             (unsigned long long)crd_rng_next(g->rng),
+             (unsigned long long)(crd_rng_next(g->rng) & 0xffffffffu));
+
+    tdm_status_t st =
+        srv_parse_gen_request(api, r->body, r->body_len, &g->req, param, sizeof(param), &err);
+    if (st != TDM_OK) {
+        int rc = reply_status(s, r, st == TDM_ERR_FORMAT ? TDM_ERR_INVALID_PARAM : st, param,
+                              st == TDM_ERR_FORMAT ? "invalid_json" : "invalid_value",
+                              tdm_error_msg(&err));
+        gen_free(g);
+        return rc;
+    }
+    srv_gen_req_t *req = &g->req;
+    if (req->model != NULL && strcmp(req->model, s->model_name) != 0) {
+        srv_metrics_count_http(s->metrics, r->path, 404);
+        int rc = srv_reply_error(r, 404, "not_found_error", "model", "model_not_found",
+                                 "the model '%s' does not exist; this server serves '%s'",
+                                 req->model, s->model_name);
+        gen_free(g);
+        return rc;
+    }
+
+    /* the prompt */
+    tok_ids_t ids = {0};
+    char *text = NULL, *prefix = NULL;
+    bool use_tools =
+        api == SRV_API_CHAT && req->tools != NULL && req->tool_choice != SRV_TOOL_CHOICE_NONE;
+    bool parse_tools = use_tools && s->tool_format != PRS_TOOL_NONE;
+    bool start_inside_think = false, parse_think = false;
+    if (use_tools && !parse_tools &&
+        (req->tool_choice == SRV_TOOL_CHOICE_REQUIRED ||
+         req->tool_choice == SRV_TOOL_CHOICE_NAMED)) {
+        int rc = reply_status(s, r, TDM_ERR_INVALID_PARAM, "tool_choice", "invalid_value",
+                              "this model's chat template has no tool-call format, so "
+                              "tool_choice cannot force a call");
+        gen_free(g);
+        return rc;
+    }
+    tok_workspace_t *ws = NULL;
+    st = tok_workspace_create(s->vocab, &ws, &err);
+    if (st == TDM_OK && api == SRV_API_CHAT) {
+        st = render_chat(s, req, use_tools, &text, &prefix, &err);
+        if (st == TDM_OK) {
+            parse_think = s->template_has_think;
+            start_inside_think = parse_think && ends_with_tag(text, "<think>");
+            if (parse_think && ends_with_tag(text, "</think>")) {
+                parse_think = false; /* thinking switched off by the template */
+            }
+            st = tok_encode(s->vocab, ws, text, strlen(text), TOK_ENC_PARSE_SPECIAL, &ids, &err);
+        }
+    } else if (st == TDM_OK && req->prompt_text != NULL) {
+        st = tok_encode(s->vocab, ws, req->prompt_text, strlen(req->prompt_text),
+                        TOK_ENC_ADD_SPECIAL | TOK_ENC_PARSE_SPECIAL, &ids, &err);
+    }
+    tok_workspace_destroy(ws);
+    free(text);
+    const int32_t *prompt = req->prompt_ids != NULL ? req->prompt_ids : ids.ids;
+    int32_t n_prompt = req->prompt_ids != NULL ? req->n_prompt_ids : (int32_t)ids.n;
+    if (st == TDM_OK && n_prompt == 0) {
+        st = tdm_error_set(&err, TDM_ERR_INVALID_PARAM, "the prompt is empty");
+    }
+    if (st == TDM_OK && n_prompt >= s->n_ctx) {
+        tok_ids_free(&ids);
+        free(prefix);
+        char msg[256];
+        snprintf(msg, sizeof(msg),
+                 "this model's maximum context length is %d tokens, but the %s has %d tokens "
+                 "(and at least one token must be generated)",
+                 (int)s->n_ctx, api == SRV_API_CHAT ? "rendered conversation" : "prompt",
+                 (int)n_prompt);
+        int rc =
+            reply_status(s, r, TDM_ERR_INVALID_PARAM, api == SRV_API_CHAT ? "messages" : "prompt",
+                         "context_length_exceeded", msg);
+        gen_free(g);
+        return rc;
+    }
+    if (st != TDM_OK) {
+        tok_ids_free(&ids);
+        free(prefix);
+        int rc = reply_status(s, r, st, api == SRV_API_CHAT ? "messages" : "prompt",
+                              "invalid_value", tdm_error_msg(&err));
+        gen_free(g);
+        return rc;
+    }
+
+    /* per-choice parsers */
+    g->n_choices = req->n;
+    g->ch = calloc((size_t)req->n, sizeof(*g->ch));
+    for (int i = 0; g->ch != NULL && i < req->n; i++) {
+        choice_out_t *c = &g->ch[i];
+        if (parse_think) {
+            prs_reasoning_create(NULL, NULL, start_inside_think, &c->rp, NULL);
+        }
+        if (parse_tools) {
+            prs_tool_parser_create(s->tool_format, req->tools, &c->tp, NULL);
+            if (c->tp != NULL && prefix != NULL) {
+                prs_tool_parser_prime(c->tp, prefix, strlen(prefix), NULL);
+            }
+        }
+        if (req->logprobs) {
+            c->lp = api == SRV_API_CHAT ? json_array() : legacy_lp_new();
+        }
+    }
+    free(prefix);
+
+    int32_t room = s->n_ctx - n_prompt;
+    int32_t max_tokens = req->max_tokens > 0 ? req->max_tokens : s->cfg.max_tokens_default;
+    if (max_tokens <= 0 || max_tokens > room) {
+        max_tokens = room;
+    }
+    size_t n_eog = 0;
+    const tok_id_t *eog = tok_eog_ids(s->vocab, &n_eog);
+    srv_job_params_t jp = {.prompt = prompt,
+                           .n_prompt = n_prompt,
+                           .n = req->n,
+                           .max_tokens = max_tokens,
+                           .sampling = req->sampling,
+                           .stop_ids = req->ignore_eos ? NULL : eog,
+                           .n_stop_ids = req->ignore_eos ? 0 : (int32_t)n_eog,
+                           .stop = req->stop,
+                           .n_stop = req->n_stop,
+                           .top_logprobs = req->logprobs ? req->top_logprobs : 0,
+                           .want_tokens = req->logprobs,
+                           .detok_flags = req->skip_special_tokens ? 0 : TOK_DEC_RENDER_SPECIAL,
+                           .t_start = r->t_start};
+    st = g->ch != NULL ? srv_job_start(s->engine, s->vocab, s->metrics, &jp, &g->job, &err)
+                       : tdm_error_set(&err, TDM_ERR_NO_MEMORY, "out of memory");
+    tok_ids_free(&ids);
+    if (st != TDM_OK) {
+        int rc = reply_status(s, r, st, NULL, st == TDM_ERR_BUSY ? "queue_full" : NULL,
+                              tdm_error_msg(&err));
+        gen_free(g);
+        return rc;
+    }
+    if (!req->stream) {
+        return reply_whole(g, r);
+    }
+    g->stream = true;
+    srv_metrics_count_http(s->metrics, r->path, 200);
+    return srv_reply_stream(r, stream_read, stream_free, g);
+}
+
+int srv_route_chat(srv_server_t *s, const srv_http_req_t *r)
+{
+    return route_gen(s, r, SRV_API_CHAT);
+}
+
+int srv_route_completions(srv_server_t *s, const srv_http_req_t *r)
+{
+    return route_gen(s, r, SRV_API_COMPLETIONS);
+}

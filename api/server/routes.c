@@ -1,0 +1,177 @@
+/*
+ * routes.c - the small routes: /health, /v1/models, /metrics, /tokenize, /detokenize.
+ */
+#include "api/server/srv.h"
+
+#include <microhttpd.h>
+#include <stdlib.h>
+#include <string.h>
+
+int srv_route_health(srv_server_t *s, const srv_http_req_t *r)
+{
+    int st = atomic_load(&s->state);
+    json_t *o;
+    unsigned code = 503;
+    switch (st) {
+    case SRV_READY:
+        o = json_pack("{s:s}", "status", "ok");
+        code = 200;
+        break;
+    case SRV_LOADING:
+        o = json_pack("{s:s}", "status", "loading");
+        break;
+    case SRV_STOPPING:
+        o = json_pack("{s:s}", "status", "shutting down");
+        break;
+    default:
+        o = json_pack("{s:s, s:s}", "status", "error", "error", s->load_error);
+        break;
+    }
+    srv_metrics_count_http(s->metrics, r->path, code);
+    return srv_reply_json(r, code, o);
+}
+
+int srv_route_models(srv_server_t *s, const srv_http_req_t *r)
+{
+    if (atomic_load(&s->state) != SRV_READY) {
+        srv_metrics_count_http(s->metrics, r->path, 503);
+        return srv_reply_error(r, 503, "service_unavailable", NULL, "not_ready",
+                               "the model is not loaded yet");
+    }
+    json_t *m = json_pack("{s:s, s:s, s:I, s:s, s:i, s:i}", "id", s->model_name, "object", "model",
+                          "created", (json_int_t)s->created, "owned_by", "tandem", "max_model_len",
+                          (int)s->n_ctx, "context_length", (int)s->n_ctx);
+    srv_metrics_count_http(s->metrics, r->path, 200);
+    return srv_reply_json(r, 200, json_pack("{s:s, s:[o]}", "object", "list", "data", m));
+}
+
+int srv_route_metrics(srv_server_t *s, const srv_http_req_t *r)
+{
+    crd_engine_stats_t es;
+    bool ready = atomic_load(&s->state) == SRV_READY && s->engine != NULL;
+    if (ready) {
+        crd_engine_get_stats(s->engine, &es);
+    }
+    size_t len = 0;
+    char *text = srv_metrics_render(s->metrics, ready ? &es : NULL,
+                                    s->model_name != NULL ? s->model_name : "", &len);
+    if (text == NULL) {
+        return srv_reply_error(r, 500, "server_error", NULL, NULL, "out of memory");
+    }
+    int rc = srv_reply_text(r, 200, "text/plain; version=0.0.4; charset=utf-8", text, len);
+    free(text);
+    return rc;
+}
+
+static json_t *parse_object(const srv_http_req_t *r, char *msg, size_t msg_size)
+{
+    json_error_t je;
+    json_t *o = json_loadb(r->body, r->body_len, 0, &je);
+    if (o == NULL) {
+        snprintf(msg, msg_size, "the body is not valid JSON: %s (at byte %d)", je.text,
+                 je.position);
+        return NULL;
+    }
+    if (!json_is_object(o)) {
+        json_decref(o);
+        snprintf(msg, msg_size, "the body must be a JSON object");
+        return NULL;
+    }
+    return o;
+}
+
+static int bad(srv_server_t *s, const srv_http_req_t *r, const char *param, const char *msg)
+{
+    srv_metrics_count_http(s->metrics, r->path, 400);
+    return srv_reply_error(r, 400, "invalid_request_error", param, "invalid_value", "%s", msg);
+}
+
+int srv_route_tokenize(srv_server_t *s, const srv_http_req_t *r)
+{
+    char msg[256];
+    json_t *o = parse_object(r, msg, sizeof(msg));
+    if (o == NULL) {
+        return bad(s, r, NULL, msg);
+    }
+    json_t *prompt = json_object_get(o, "prompt");
+    json_t *add = json_object_get(o, "add_special_tokens");
+    if (!json_is_string(prompt)) {
+        json_decref(o);
+        return bad(s, r, "prompt", "'prompt' must be a string");
+    }
+    if (add != NULL && !json_is_boolean(add)) {
+        json_decref(o);
+        return bad(s, r, "add_special_tokens", "'add_special_tokens' must be a boolean");
+    }
+    unsigned flags =
+        TOK_ENC_PARSE_SPECIAL | (add == NULL || json_is_true(add) ? TOK_ENC_ADD_SPECIAL : 0);
+    tok_workspace_t *ws = NULL;
+    tok_ids_t ids = {0};
+    tdm_error_t err = {0};
+    tdm_status_t st = tok_workspace_create(s->vocab, &ws, &err);
+    if (st == TDM_OK) {
+        st = tok_encode(s->vocab, ws, json_string_value(prompt), json_string_length(prompt), flags,
+                        &ids, &err);
+    }
+    tok_workspace_destroy(ws);
+    json_decref(o);
+    if (st != TDM_OK) {
+        return bad(s, r, "prompt", tdm_error_msg(&err));
+    }
+    json_t *arr = json_array();
+    for (size_t i = 0; i < ids.n; i++) {
+        json_array_append_new(arr, json_integer(ids.ids[i]));
+    }
+    json_t *res = json_pack("{s:o, s:i, s:i}", "tokens", arr, "count", (int)ids.n, "max_model_len",
+                            (int)s->n_ctx);
+    tok_ids_free(&ids);
+    srv_metrics_count_http(s->metrics, r->path, 200);
+    return srv_reply_json(r, 200, res);
+}
+
+int srv_route_detokenize(srv_server_t *s, const srv_http_req_t *r)
+{
+    char msg[256];
+    json_t *o = parse_object(r, msg, sizeof(msg));
+    if (o == NULL) {
+        return bad(s, r, NULL, msg);
+    }
+    json_t *tokens = json_object_get(o, "tokens");
+    if (!json_is_array(tokens) || json_array_size(tokens) > (1u << 20)) {
+        json_decref(o);
+        return bad(s, r, "tokens", "'tokens' must be an array of token ids");
+    }
+    size_t n = json_array_size(tokens);
+    tok_id_t *ids = malloc((n ? n : 1) * sizeof(tok_id_t));
+    if (ids == NULL) {
+        json_decref(o);
+        return srv_reply_error(r, 500, "server_error", NULL, NULL, "out of memory");
+    }
+    uint32_t nv = tok_vocab_n_tokens(s->vocab);
+    for (size_t i = 0; i < n; i++) {
+        json_t *v = json_array_get(tokens, i);
+        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) >= nv) {
+            free(ids);
+            json_decref(o);
+            snprintf(msg, sizeof(msg), "tokens[%zu] is not a token id in [0, %u)", i, nv);
+            return bad(s, r, "tokens", msg);
+        }
+        ids[i] = (tok_id_t)json_integer_value(v);
+    }
+    json_decref(o);
+    char *text = NULL;
+    size_t len = 0;
+    tdm_error_t err = {0};
+    tdm_status_t st = tok_decode(s->vocab, ids, n, TOK_DEC_RENDER_SPECIAL, &text, &len, &err);
+    free(ids);
+    if (st != TDM_OK) {
+        return bad(s, r, "tokens", tdm_error_msg(&err));
+    }
+    json_t *str = json_stringn(text, len);
+    free(text);
+    if (str == NULL) {
+        str = json_string("\xEF\xBF\xBD"); /* cannot happen: tok_decode repairs UTF-8 */
+    }
+    srv_metrics_count_http(s->metrics, r->path, 200);
+    return srv_reply_json(r, 200, json_pack("{s:o}", "prompt", str));
+}

@@ -1,0 +1,205 @@
+/*
+ * server.c - `tandem serve` life cycle: listen, load, serve, drain on SIGTERM.
+ *
+ * The listener starts before the model loads so that /health can say 503 "loading"
+ * (orchestrators poll it). Signals are blocked in every thread and taken synchronously by
+ * the main thread with sigwait, so no handler code runs in signal context.
+ *
+ * Shutdown: stop accepting connections, refuse new generations, give in-flight ones
+ * cfg.shutdown_timeout seconds to finish, then cancel them (clients get an error event
+ * or a 503) and close.
+ */
+#include "api/server/srv.h"
+
+#include "common/log.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+double srv_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void sleep_s(double s)
+{
+    struct timespec ts = {.tv_sec = (time_t)s, .tv_nsec = (long)((s - (double)(time_t)s) * 1e9)};
+    nanosleep(&ts, NULL);
+}
+
+/* The id clients use: --served-model-name, else the file's base name without ".gguf"
+ * (what users type; general.name is often a long descriptive title). */
+static char *model_name(const srv_config_t *cfg)
+{
+    if (cfg->served_name != NULL) {
+        return strdup(cfg->served_name);
+    }
+    const char *base = strrchr(cfg->model_path, '/');
+    base = base != NULL ? base + 1 : cfg->model_path;
+    size_t n = strlen(base);
+    if (n > 5 && strcmp(base + n - 5, ".gguf") == 0) {
+        n -= 5;
+    }
+    char *s = strndup(base, n);
+    /* printable and quote-free: it goes into metric labels */
+    for (char *p = s; p != NULL && *p; p++) {
+        if ((unsigned char)*p < 0x20 || *p == '"' || *p == '\\') {
+            *p = '_';
+        }
+    }
+    return s;
+}
+
+static tdm_status_t load_model(srv_server_t *s, tdm_error_t *err)
+{
+    const srv_config_t *cfg = &s->cfg;
+    tdm_status_t st = gguf_open(cfg->model_path, &s->gguf, err);
+    if (st != TDM_OK) {
+        return st;
+    }
+    if ((st = tok_vocab_from_gguf(s->gguf, &s->vocab, err)) != TDM_OK) {
+        return st;
+    }
+    tdm_error_t terr = {0};
+    if (tpl_from_gguf(s->gguf, NULL, &s->tpl, &terr) != TDM_OK) {
+        TDM_WARN("serve", "no usable chat template (%s): /v1/chat/completions will refuse requests",
+                 tdm_error_msg(&terr));
+        s->tpl = NULL;
+    }
+    const char *src = s->tpl != NULL ? tpl_source(s->tpl) : "";
+    if (cfg->tool_parser == NULL || strcmp(cfg->tool_parser, "auto") == 0) {
+        s->tool_format = prs_tool_format_from_template(src);
+    } else if ((st = prs_tool_format_from_name(cfg->tool_parser, &s->tool_format, err)) != TDM_OK) {
+        return st;
+    }
+    s->template_has_think = strstr(src, "<think>") != NULL;
+    s->model_name = model_name(cfg);
+
+    int n_ctx = cfg->ctx_size;
+    if (n_ctx <= 0) {
+        uint32_t train = 0;
+        gguf_str_t arch;
+        char key[128];
+        if (gguf_get_str(s->gguf, "general.architecture", &arch, NULL) == TDM_OK && arch.len < 64) {
+            snprintf(key, sizeof(key), "%.*s.context_length", (int)arch.len, arch.ptr);
+            gguf_get_u32_or(s->gguf, key, 4096, &train, NULL);
+        }
+        n_ctx = train > 0 && train < 8192 ? (int)train : 8192;
+    }
+    xp_local_params_t lp = {.n_threads = cfg->threads,
+                            .n_batch_max = cfg->batch,
+                            .n_logits_max = cfg->max_running,
+                            .n_ctx = n_ctx,
+                            .kv_bytes = cfg->kv_bytes};
+    if ((st = xp_local_exec_create(s->gguf, &lp, &s->lx, &s->ex, err)) != TDM_OK) {
+        return st;
+    }
+    crd_sched_params_t sp = {.token_budget = cfg->batch,
+                             .max_running = cfg->max_running,
+                             .max_waiting = cfg->max_waiting,
+                             .n_ctx = s->ex.n_ctx_max,
+                             .cache_seed = 0x74616e64656dULL ^ (uint64_t)s->ex.n_vocab};
+    if ((st = crd_engine_create(&s->ex, &sp, &s->engine, err)) != TDM_OK) {
+        return st;
+    }
+    s->n_ctx = crd_engine_n_ctx(s->engine);
+    s->created = (int64_t)time(NULL);
+    TDM_INFO("serve",
+             "model '%s': context %d tokens, %d KV blocks of %d tokens (%.1f MiB), tool calls: %s, "
+             "reasoning parser: %s",
+             s->model_name, (int)s->n_ctx, (int)s->ex.n_blocks, (int)s->ex.block_tokens,
+             (double)xp_local_exec_block_bytes(s->lx) * s->ex.n_blocks / (1024.0 * 1024.0),
+             prs_tool_format_name(s->tool_format), s->template_has_think ? "on" : "off");
+    return TDM_OK;
+}
+
+static void unload(srv_server_t *s)
+{
+    crd_engine_destroy(s->engine);
+    s->engine = NULL;
+    xp_local_exec_destroy(s->lx);
+    tpl_destroy(s->tpl);
+    tok_vocab_destroy(s->vocab);
+    gguf_close(s->gguf);
+    free(s->model_name);
+}
+
+/* Waits until no generation handler is active, or the deadline passes. */
+static bool drain(srv_server_t *s, double deadline)
+{
+    while (srv_now() < deadline) {
+        if (atomic_load(&s->n_handlers) == 0 &&
+            (s->engine == NULL || crd_engine_n_active(s->engine) == 0)) {
+            return true;
+        }
+        sleep_s(0.05);
+    }
+    return false;
+}
+
+int srv_run(const srv_config_t *cfg)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    srv_server_t *s = calloc(1, sizeof(*s));
+    if (s == NULL) {
+        fprintf(stderr, "tandem serve: out of memory\n");
+        return 1;
+    }
+    s->cfg = *cfg;
+    atomic_store(&s->state, SRV_LOADING);
+    pthread_mutex_init(&s->tpl_mu, NULL);
+    tdm_error_t err = {0};
+    int rc = 1;
+    if (srv_metrics_create(&s->metrics, &err) != TDM_OK || srv_http_start(s, &err) != TDM_OK) {
+        fprintf(stderr, "tandem serve: %s\n", tdm_error_msg(&err));
+        goto out;
+    }
+    fprintf(stderr, "tandem serve: listening on http://%s:%d (loading %s)\n", cfg->host,
+            srv_http_bound_port(s), cfg->model_path);
+    if (load_model(s, &err) != TDM_OK) {
+        snprintf(s->load_error, sizeof(s->load_error), "%s", tdm_error_msg(&err));
+        atomic_store(&s->state, SRV_FAILED);
+        fprintf(stderr, "tandem serve: cannot load %s: %s\n", cfg->model_path, s->load_error);
+        goto out;
+    }
+    atomic_store(&s->state, SRV_READY);
+    fprintf(stderr, "tandem serve: ready: model '%s', context %d tokens%s\n", s->model_name,
+            (int)s->n_ctx, cfg->n_api_keys > 0 ? ", API key required" : "");
+
+    int sig = 0;
+    sigwait(&set, &sig);
+    fprintf(stderr, "tandem serve: %s: draining (up to %.0f s)\n",
+            sig == SIGTERM ? "SIGTERM" : "SIGINT", cfg->shutdown_timeout);
+    atomic_store(&s->state, SRV_STOPPING);
+    srv_http_quiesce(s);
+    crd_engine_shutdown(s->engine, false);
+    if (!drain(s, srv_now() + cfg->shutdown_timeout)) {
+        fprintf(stderr, "tandem serve: canceling %d unfinished requests\n",
+                (int)crd_engine_n_active(s->engine));
+        crd_engine_shutdown(s->engine, true);
+        drain(s, srv_now() + 5.0);
+    }
+    rc = 0;
+out:
+    srv_http_stop(s);
+    unload(s);
+    srv_metrics_destroy(s->metrics);
+    pthread_mutex_destroy(&s->tpl_mu);
+    free(s);
+    if (rc == 0) {
+        fprintf(stderr, "tandem serve: stopped\n");
+    }
+    return rc;
+}

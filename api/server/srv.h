@@ -1,0 +1,131 @@
+/*
+ * srv.h - the HTTP server's shared state (internal to api/server).
+ *
+ * One srv_server_t per process. libmicrohttpd runs one thread per connection; every
+ * handler reads the immutable configuration and the loaded model, and talks to the
+ * engine thread only through crd_engine_* (which locks) and its own srv_job_t.
+ *
+ * Files: http.c (libmicrohttpd glue, routing, auth, body limits, replies), routes.c
+ * (health, models, metrics, tokenize), oai_parse.c (request JSON -> srv_gen_req_t),
+ * job.c (a request's life on the engine: text, stop strings, queue), oai_gen.c (chat and
+ * completions: responses and SSE), metrics.c, server.c (load, run, shutdown).
+ */
+#ifndef SRV_H
+#define SRV_H
+
+#include "api/parse/tool_call.h"
+#include "api/server/http.h"
+#include "api/server/metrics.h"
+#include "common/status.h"
+#include "coordinator/engine.h"
+#include "coordinator/template.h"
+#include "coordinator/tokenizer.h"
+#include "model/gguf.h"
+#include "transport/exec_local.h"
+
+#include <jansson.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct MHD_Connection;
+struct MHD_Daemon;
+
+typedef struct srv_config {
+    const char *host;
+    int port;
+    const char *model_path;
+    const char *served_name; /* NULL: the GGUF's general.name, else the file's base name */
+    int ctx_size;            /* positions per sequence; 0: the model's, at most 8192       */
+    int threads;             /* kernel threads; 0: one per CPU                              */
+    int batch;               /* token budget per step                                       */
+    int max_running;         /* sequences per step                                          */
+    int max_waiting;         /* queue limit (429 beyond)                                    */
+    size_t kv_bytes;         /* KV memory budget; 0: enough for max_running x ctx          */
+    size_t max_body;         /* request body limit in bytes (413 beyond)                    */
+    double shutdown_timeout; /* seconds in-flight requests get after SIGTERM                */
+    double keepalive_s;      /* SSE comment interval while no token has come                */
+    int max_tokens_default;  /* when a request sets none: 0 = until the context is full    */
+    char **api_keys;         /* bearer keys; none: no authentication                        */
+    int n_api_keys;
+    const char *tool_parser; /* "auto" (from the template), "hermes", "qwen3_coder", "none" */
+    int max_conns;           /* concurrent connections                                      */
+} srv_config_t;
+
+typedef enum srv_state {
+    SRV_LOADING = 0,
+    SRV_READY,
+    SRV_STOPPING,
+    SRV_FAILED,
+} srv_state_t;
+
+typedef struct srv_server {
+    srv_config_t cfg;
+    struct MHD_Daemon *mhd;
+    _Atomic int state;
+    char load_error[512];
+    srv_metrics_t *metrics;
+    _Atomic uint64_t next_id; /* response ids */
+    _Atomic int n_handlers;   /* generation handlers in flight */
+
+    /* the model: set once before state becomes READY, then read-only */
+    gguf_ctx_t *gguf;
+    tok_vocab_t *vocab;
+    tpl_template_t *tpl;    /* NULL when the GGUF has no chat template */
+    pthread_mutex_t tpl_mu; /* rendering is serialised: cheap, and keeps Jinja single-threaded */
+    xp_local_exec_t *lx;
+    xp_executor_t ex;
+    crd_engine_t *engine;
+    char *model_name;
+    int32_t n_ctx;
+    int64_t created; /* unix time the model was loaded (for /v1/models) */
+    prs_tool_format_t tool_format;
+    bool template_has_think;
+} srv_server_t;
+
+/* ---- http.c: replies (each queues a response on c and returns the MHD result) ---- */
+
+/* A parsed HTTP request as handlers see it. */
+typedef struct srv_http_req {
+    struct MHD_Connection *conn;
+    const char *method, *path;
+    const char *body;
+    size_t body_len;
+    double t_start; /* monotonic seconds when the request arrived */
+} srv_http_req_t;
+
+int srv_reply_json(const srv_http_req_t *r, unsigned status, json_t *body /* stolen */);
+int srv_reply_text(const srv_http_req_t *r, unsigned status, const char *content_type,
+                   const char *text, size_t len);
+/* OpenAI's error shape: {"error": {"message", "type", "param", "code"}}. */
+int srv_reply_error(const srv_http_req_t *r, unsigned status, const char *type, const char *param,
+                    const char *code, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+int srv_reply_stream(const srv_http_req_t *r, srv_stream_read_fn read, void (*free_fn)(void *),
+                     void *cls);
+/* The status and type an internal status maps to (400 invalid_request_error, ...). */
+unsigned srv_http_status_of(tdm_status_t st, const char **type);
+
+/* True while the peer of c is still connected (checked without blocking). */
+bool srv_conn_alive(struct MHD_Connection *c);
+
+/* ---- routes.c ---- */
+int srv_route_health(srv_server_t *s, const srv_http_req_t *r);
+int srv_route_models(srv_server_t *s, const srv_http_req_t *r);
+int srv_route_metrics(srv_server_t *s, const srv_http_req_t *r);
+int srv_route_tokenize(srv_server_t *s, const srv_http_req_t *r);
+int srv_route_detokenize(srv_server_t *s, const srv_http_req_t *r);
+
+/* ---- oai_gen.c ---- */
+int srv_route_chat(srv_server_t *s, const srv_http_req_t *r);
+int srv_route_completions(srv_server_t *s, const srv_http_req_t *r);
+
+/* ---- server.c ---- */
+double srv_now(void); /* monotonic seconds */
+
+/* Starts listening (health answers 503 while loading), loads the model, serves until
+ * SIGTERM/SIGINT, then shuts down gracefully. Returns a process exit code. */
+int srv_run(const srv_config_t *cfg);
+
+#endif

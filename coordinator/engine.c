@@ -1,0 +1,345 @@
+/*
+ * engine.c - the engine thread around the scheduler (see engine.h).
+ *
+ * Locking: e->mu guards the inbox, the cancel list, the flags and the stats snapshot.
+ * The scheduler itself is touched only by the engine thread (and by the read-only checks
+ * crd_sched_check_request / crd_sched_n_ctx, which read what creation fixed). The lock is
+ * never held during a step, so submitting never waits for the model.
+ */
+#include "coordinator/engine.h"
+
+#include "common/check.h"
+#include "common/log.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* A submission waiting in the inbox: the parameters with their arrays copied. */
+typedef struct pending {
+    struct pending *next;
+    crd_request_params_t rp;
+    int32_t *prompt, *stop_ids;
+} pending_t;
+
+/* Lives from submission to the final event: forwards events and counts completions. */
+typedef struct relay {
+    crd_engine_t *e;
+    crd_event_fn on_event;
+    void *user;
+} relay_t;
+
+typedef struct cancel_item {
+    struct cancel_item *next;
+    uint64_t id;
+} cancel_item_t;
+
+struct crd_engine {
+    crd_sched_t *sched;
+    int32_t max_waiting;
+    pthread_t thread;
+    bool thread_started;
+
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    pending_t *inbox_head, *inbox_tail;
+    int32_t n_inbox;
+    cancel_item_t *cancels;
+    bool quit, refuse, cancel_all;
+    uint64_t next_id;
+    int32_t n_active;
+    crd_engine_stats_t snap;
+};
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void pending_free(pending_t *p)
+{
+    if (p != NULL) {
+        free(p->prompt);
+        free(p->stop_ids);
+        free(p->rp.user); /* the relay */
+        free(p);
+    }
+}
+
+static int relay_event(void *user, const crd_event_t *ev)
+{
+    relay_t *r = user;
+    int rc = r->on_event(r->user, ev);
+    if (ev->finish != CRD_FINISH_NONE) {
+        crd_engine_t *e = r->e;
+        pthread_mutex_lock(&e->mu);
+        e->n_active--;
+        pthread_mutex_unlock(&e->mu);
+        free(r);
+    }
+    return rc;
+}
+
+/* Final event for a submission the scheduler refused after the inbox accepted it (the
+ * queue filled up in between). */
+static void reject_pending(crd_engine_t *e, pending_t *p, tdm_status_t st, const char *msg)
+{
+    relay_t *r = p->rp.user;
+    crd_event_t ev = {0};
+    ev.req_id = p->rp.id;
+    ev.token = -1;
+    ev.finish = CRD_FINISH_ERROR;
+    ev.error = msg;
+    ev.status = st;
+    ev.n_prompt = p->rp.n_prompt;
+    p->rp.user = NULL;
+    relay_event(r, &ev);
+    pthread_mutex_lock(&e->mu);
+    e->snap.n_rejected++;
+    pthread_mutex_unlock(&e->mu);
+}
+
+static void *engine_main(void *arg)
+{
+    crd_engine_t *e = arg;
+    bool has_work = false;
+    for (;;) {
+        pthread_mutex_lock(&e->mu);
+        while (!e->quit && e->inbox_head == NULL && e->cancels == NULL && !has_work &&
+               !e->cancel_all) {
+            pthread_cond_wait(&e->cv, &e->mu);
+        }
+        pending_t *inbox = e->inbox_head;
+        bool inbox_seen = inbox != NULL;
+        cancel_item_t *cancels = e->cancels;
+        bool quit = e->quit, cancel_all = e->cancel_all;
+        e->inbox_head = e->inbox_tail = NULL;
+        e->n_inbox = 0;
+        e->cancels = NULL;
+        e->cancel_all = false;
+        pthread_mutex_unlock(&e->mu);
+
+        while (inbox != NULL) {
+            pending_t *p = inbox;
+            inbox = p->next;
+            tdm_error_t err = {0};
+            uint64_t id;
+            if (quit || cancel_all) {
+                reject_pending(e, p, TDM_ERR_CANCELED, "the server is shutting down");
+            } else if (crd_sched_submit(e->sched, &p->rp, &id, &err) != TDM_OK) {
+                reject_pending(e, p, err.status, tdm_error_msg(&err));
+            } else {
+                p->rp.user = NULL; /* the scheduler owns the relay now */
+            }
+            pending_free(p);
+        }
+        while (cancels != NULL) {
+            cancel_item_t *c = cancels;
+            cancels = c->next;
+            crd_sched_cancel(e->sched, c->id);
+            free(c);
+        }
+        if (inbox_seen) {
+            /* the queue limit in crd_engine_submit reads this: keep it current */
+            crd_sched_stats_t st;
+            crd_sched_get_stats(e->sched, &st);
+            pthread_mutex_lock(&e->mu);
+            e->snap.sched = st;
+            pthread_mutex_unlock(&e->mu);
+        }
+        if (quit) {
+            break; /* crd_sched_destroy ends what is left with CANCELED events */
+        }
+        if (cancel_all) {
+            crd_sched_cancel_all(e->sched);
+        }
+
+        double t0 = now_s();
+        tdm_error_t err = {0};
+        if (crd_sched_has_work(e->sched) && crd_sched_step(e->sched, &err) != TDM_OK) {
+            TDM_WARN("engine", "step failed: %s", tdm_error_msg(&err));
+        }
+        double dt = now_s() - t0;
+        has_work = crd_sched_has_work(e->sched);
+
+        crd_sched_stats_t st;
+        crd_sched_get_stats(e->sched, &st);
+        pthread_mutex_lock(&e->mu);
+        e->snap.sched = st;
+        e->snap.busy_s += dt;
+        pthread_mutex_unlock(&e->mu);
+    }
+    return NULL;
+}
+
+tdm_status_t crd_engine_create(const xp_executor_t *ex, const crd_sched_params_t *p,
+                               crd_engine_t **out, tdm_error_t *err)
+{
+    *out = NULL;
+    crd_engine_t *e = calloc(1, sizeof(*e));
+    if (e == NULL) {
+        return tdm_error_set(err, TDM_ERR_NO_MEMORY, "out of memory for the engine");
+    }
+    tdm_status_t st = crd_sched_create(ex, p, &e->sched, err);
+    if (st != TDM_OK) {
+        free(e);
+        return st;
+    }
+    e->max_waiting = p->max_waiting;
+    e->next_id = 1;
+    pthread_mutex_init(&e->mu, NULL);
+    pthread_cond_init(&e->cv, NULL);
+    crd_sched_get_stats(e->sched, &e->snap.sched);
+    if (pthread_create(&e->thread, NULL, engine_main, e) != 0) {
+        crd_engine_destroy(e);
+        return tdm_error_set(err, TDM_ERR_INTERNAL, "cannot start the engine thread");
+    }
+    e->thread_started = true;
+    *out = e;
+    return TDM_OK;
+}
+
+void crd_engine_destroy(crd_engine_t *e)
+{
+    if (e == NULL) {
+        return;
+    }
+    if (e->thread_started) {
+        pthread_mutex_lock(&e->mu);
+        e->quit = true;
+        e->refuse = true;
+        pthread_cond_signal(&e->cv);
+        pthread_mutex_unlock(&e->mu);
+        pthread_join(e->thread, NULL);
+    }
+    /* anything submitted after the thread's last look at the inbox */
+    while (e->inbox_head != NULL) {
+        pending_t *p = e->inbox_head;
+        e->inbox_head = p->next;
+        reject_pending(e, p, TDM_ERR_CANCELED, "the server is shutting down");
+        pending_free(p);
+    }
+    while (e->cancels != NULL) {
+        cancel_item_t *c = e->cancels;
+        e->cancels = c->next;
+        free(c);
+    }
+    crd_sched_destroy(e->sched);
+    pthread_cond_destroy(&e->cv);
+    pthread_mutex_destroy(&e->mu);
+    free(e);
+}
+
+tdm_status_t crd_engine_submit(crd_engine_t *e, const crd_request_params_t *rp, uint64_t *req_id,
+                               tdm_error_t *err)
+{
+    tdm_status_t st = crd_sched_check_request(e->sched, rp, err);
+    if (st != TDM_OK) {
+        return st;
+    }
+    pending_t *p = calloc(1, sizeof(*p));
+    relay_t *r = calloc(1, sizeof(*r));
+    if (p == NULL || r == NULL) {
+        free(p);
+        free(r);
+        return tdm_error_set(err, TDM_ERR_NO_MEMORY, "out of memory for a request");
+    }
+    p->rp = *rp;
+    r->e = e;
+    r->on_event = rp->on_event;
+    r->user = rp->user;
+    p->rp.on_event = relay_event;
+    p->rp.user = r; /* freed with p until the scheduler takes it */
+    p->prompt = malloc((size_t)rp->n_prompt * sizeof(int32_t));
+    p->stop_ids = malloc((size_t)(rp->n_stop_ids > 0 ? rp->n_stop_ids : 1) * sizeof(int32_t));
+    if (p->prompt == NULL || p->stop_ids == NULL) {
+        pending_free(p);
+        return tdm_error_set(err, TDM_ERR_NO_MEMORY, "out of memory for a request");
+    }
+    memcpy(p->prompt, rp->prompt, (size_t)rp->n_prompt * sizeof(int32_t));
+    if (rp->n_stop_ids > 0) {
+        memcpy(p->stop_ids, rp->stop_ids, (size_t)rp->n_stop_ids * sizeof(int32_t));
+    }
+    p->rp.prompt = p->prompt;
+    p->rp.stop_ids = p->stop_ids;
+
+    pthread_mutex_lock(&e->mu);
+    if (e->refuse) {
+        e->snap.n_rejected++;
+        pthread_mutex_unlock(&e->mu);
+        pending_free(p);
+        return tdm_error_set(err, TDM_ERR_CANCELED, "the server is shutting down");
+    }
+    if (e->snap.sched.n_waiting + e->n_inbox >= e->max_waiting) {
+        int32_t n = e->snap.sched.n_waiting + e->n_inbox;
+        e->snap.n_rejected++;
+        pthread_mutex_unlock(&e->mu);
+        pending_free(p);
+        return tdm_error_set(err, TDM_ERR_BUSY,
+                             "the server is busy: %d requests are already waiting (limit %d)",
+                             (int)n, (int)e->max_waiting);
+    }
+    p->rp.id = e->next_id++;
+    *req_id = p->rp.id;
+    if (e->inbox_tail != NULL) {
+        e->inbox_tail->next = p;
+    } else {
+        e->inbox_head = p;
+    }
+    e->inbox_tail = p;
+    e->n_inbox++;
+    e->n_active++;
+    e->snap.n_submitted++;
+    pthread_cond_signal(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+    return TDM_OK;
+}
+
+void crd_engine_cancel(crd_engine_t *e, uint64_t req_id)
+{
+    cancel_item_t *c = malloc(sizeof(*c));
+    if (c == NULL) {
+        return; /* the request runs to its end: wasteful, not wrong */
+    }
+    c->id = req_id;
+    pthread_mutex_lock(&e->mu);
+    c->next = e->cancels;
+    e->cancels = c;
+    pthread_cond_signal(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+}
+
+void crd_engine_shutdown(crd_engine_t *e, bool cancel_running)
+{
+    pthread_mutex_lock(&e->mu);
+    e->refuse = true;
+    if (cancel_running) {
+        e->cancel_all = true;
+    }
+    pthread_cond_signal(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+}
+
+int32_t crd_engine_n_active(crd_engine_t *e)
+{
+    pthread_mutex_lock(&e->mu);
+    int32_t n = e->n_active;
+    pthread_mutex_unlock(&e->mu);
+    return n;
+}
+
+int32_t crd_engine_n_ctx(const crd_engine_t *e)
+{
+    return crd_sched_n_ctx(e->sched);
+}
+
+void crd_engine_get_stats(crd_engine_t *e, crd_engine_stats_t *out)
+{
+    pthread_mutex_lock(&e->mu);
+    *out = e->snap;
+    out->n_inbox = e->n_inbox;
+    pthread_mutex_unlock(&e->mu);
+}

@@ -1,0 +1,9 @@
+# Unit tests of api/server (request parsing, text streams, metrics).
+tandem_unit_test(stop_strings test_stop_strings.c tdm_coordinator)
+tandem_unit_test(engine test_engine.c tdm_coordinator)
+# The request-parser fuzz harness replayed over its seed corpus (no libFuzzer needed).
+add_executable(test_fuzz_request_replay fuzz/fuzz_request.c fuzz/replay_main.c)
+target_link_libraries(test_fuzz_request_replay PRIVATE tdm_api_server)
+add_test(NAME unit.fuzz_request_replay
+         COMMAND test_fuzz_request_replay ${CMAKE_CURRENT_SOURCE_DIR}/fuzz/corpus/request)
+set_tests_properties(unit.fuzz_request_replay PROPERTIES LABELS unit)

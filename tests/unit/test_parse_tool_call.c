@@ -1,0 +1,644 @@
+/*
+ * test_parse_tool_call.c - unit tests of the streaming tool-call parser
+ * (api/parse/tool_call.c, tool_hermes.c, tool_qwen3coder.c).
+ *
+ * Each case gives the model output and, written by hand from the format definitions in
+ * tool_call.h, the content and the calls it must produce. Arguments are compared with
+ * json_equal (structurally), except where a case gives the exact text (numbers kept as
+ * written). Every case is run whole, split at every position, one byte at a time and in
+ * random multi-way splits; each run must give the expected outputs and the same position
+ * of each call within the content, and its events must be well-formed.
+ */
+#include "api/parse/reasoning.h"
+#include "api/parse/tool_call.h"
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+/* The Qwen3-Coder cases' tools (OpenAI shape). */
+static const char *const TOOLS =
+    "[{\"type\": \"function\", \"function\": {\"name\": \"get_weather\", \"parameters\": {"
+    "\"type\": \"object\", \"properties\": {"
+    "\"city\": {\"type\": \"string\"}, \"days\": {\"type\": \"integer\"},"
+    "\"metric\": {\"type\": \"boolean\"}, \"opts\": {\"type\": \"object\"},"
+    "\"tags\": {\"type\": \"array\"}, \"ratio\": {\"type\": \"number\"},"
+    "\"note\": {\"type\": [\"string\", \"null\"]}, \"zip\": {\"type\": \"string\"},"
+    "\"when\": {\"anyOf\": [{\"type\": \"integer\"}, {\"type\": \"string\"}]}}}}},"
+    " {\"type\": \"function\", \"function\": {\"name\": \"list_files\"}},"
+    " {\"type\": \"function\"}, 42]";
+
+typedef struct tcase {
+    const char *what;
+    prs_tool_format_t fmt;
+    bool tools;        /* use TOOLS */
+    const char *prime; /* NULL: none */
+    const char *input;
+    const char *content; /* expected content */
+    const char *calls;   /* expected: JSON array of [name, args]; args an object (compared */
+                         /* structurally) or a string (the exact text expected)           */
+} tcase_t;
+
+#define H  PRS_TOOL_HERMES
+#define X  PRS_TOOL_QWEN3_CODER
+#define TC "<tool_call>\n"
+#define TE "\n</tool_call>"
+
+static const tcase_t cases[] = {
+    /* ---- Hermes ---- */
+    {"hermes single", H, false, NULL,
+     TC "{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}" TE, "",
+     "[[\"get_weather\", {\"city\": \"Paris\"}]]"},
+    {"hermes compact text", H, false, NULL,
+     TC "{\"name\": \"f\", \"arguments\": {\"a\": [1, 2], \"b\": {\"c\": \"x y\"}}}" TE, "",
+     "[[\"f\", \"{\\\"a\\\":[1,2],\\\"b\\\":{\\\"c\\\":\\\"x y\\\"}}\"]]"},
+    {"hermes several calls", H, false, NULL,
+     TC "{\"name\": \"a\", \"arguments\": {\"x\": 1}}" TE "\n" TC
+        "{\"name\": \"b\", \"arguments\": {\"y\": 2}}" TE "\n\n" TC
+        "{\"name\": \"c\", \"arguments\": {}}" TE "\n",
+     "", "[[\"a\", {\"x\": 1}], [\"b\", {\"y\": 2}], [\"c\", {}]]"},
+    {"hermes content before", H, false, NULL,
+     "Let me check the weather.\n\n" TC "{\"name\": \"get_weather\", \"arguments\": {\"city\": "
+     "\"Paris\"}}" TE,
+     "Let me check the weather.\n\n", "[[\"get_weather\", {\"city\": \"Paris\"}]]"},
+    {"hermes content after", H, false, NULL,
+     TC "{\"name\": \"f\", \"arguments\": {}}" TE "\n\n  Done, see above.", "Done, see above.",
+     "[[\"f\", {}]]"},
+    {"hermes no calls", H, false, NULL, "Just text, a < b and <tool> and </tool_call>.",
+     "Just text, a < b and <tool> and </tool_call>.", "[]"},
+    {"hermes partial tag at end", H, false, NULL, "Text <tool_ca", "Text <tool_ca", "[]"},
+    {"hermes malformed json", H, false, NULL,
+     "Hi " TC "{\"name\": \"f\", \"arguments\": {\"a\": }}" TE " after",
+     "Hi " TC "{\"name\": \"f\", \"arguments\": {\"a\": }}" TE " after", "[]"},
+    {"hermes missing name", H, false, NULL, TC "{\"arguments\": {\"a\": 1}}" TE,
+     TC "{\"arguments\": {\"a\": 1}}" TE, "[]"},
+    {"hermes empty name", H, false, NULL, TC "{\"name\": \"\", \"arguments\": {}}" TE,
+     TC "{\"name\": \"\", \"arguments\": {}}" TE, "[]"},
+    {"hermes name not a string", H, false, NULL, TC "{\"name\": 3}" TE, TC "{\"name\": 3}" TE,
+     "[]"},
+    {"hermes arguments array", H, false, NULL, TC "{\"name\": \"f\", \"arguments\": [1]}" TE,
+     TC "{\"name\": \"f\", \"arguments\": [1]}" TE, "[]"},
+    {"hermes text after object", H, false, NULL, TC "{\"name\": \"f\"} extra" TE,
+     TC "{\"name\": \"f\"} extra" TE, "[]"},
+    {"hermes not json", H, false, NULL, TC "get_weather(city=Paris)" TE,
+     TC "get_weather(city=Paris)" TE, "[]"},
+    {"hermes truncated", H, false, NULL, "Sure. " TC "{\"name\": \"f\", \"arguments\": {\"a\": 1}}",
+     "Sure. " TC "{\"name\": \"f\", \"arguments\": {\"a\": 1}}", "[]"},
+    {"hermes truncated in string", H, false, NULL,
+     TC "{\"name\": \"f\", \"arguments\": {\"a\": \"x",
+     TC "{\"name\": \"f\", \"arguments\": {\"a\": \"x", "[]"},
+    {"hermes valid then truncated", H, false, NULL,
+     TC "{\"name\": \"a\"}" TE "\n" TC "{\"name\": \"b\"", TC "{\"name\": \"b\"", "[[\"a\", {}]]"},
+    {"hermes valid then malformed", H, false, NULL,
+     TC "{\"name\": \"a\"}" TE "\n" TC "oops" TE "\n" TC "{\"name\": \"c\"}" TE, TC "oops" TE "\n",
+     "[[\"a\", {}], [\"c\", {}]]"},
+    {"hermes nested braces and closing tag in strings", H, false, NULL,
+     TC "{\"name\": \"run\", \"arguments\": {\"code\": \"if (a) { b(); } </tool_call> {{\", "
+        "\"n\": {\"m\": [1, {\"k\": \"}\\\"]\"}]}}}" TE,
+     "",
+     "[[\"run\", {\"code\": \"if (a) { b(); } </tool_call> {{\", \"n\": {\"m\": [1, {\"k\": "
+     "\"}\\\"]\"}]}}]]"},
+    {"hermes arguments as string", H, false, NULL,
+     TC "{\"name\": \"f\", \"arguments\": \"{\\\"city\\\": \\\"Paris\\\", \\\"n\\\": [1]}\"}" TE,
+     "", "[[\"f\", {\"city\": \"Paris\", \"n\": [1]}]]"},
+    {"hermes arguments string not an object", H, false, NULL,
+     TC "{\"name\": \"f\", \"arguments\": \"Paris\"}" TE,
+     TC "{\"name\": \"f\", \"arguments\": \"Paris\"}" TE, "[]"},
+    {"hermes missing and null arguments", H, false, NULL,
+     TC "{\"name\": \"a\"}" TE TC "{\"name\": \"b\", \"arguments\": null}" TE, "",
+     "[[\"a\", {}], [\"b\", {}]]"},
+    {"hermes parameters alias", H, false, NULL,
+     TC "{\"name\": \"f\", \"parameters\": {\"q\": \"x\"}}" TE, "", "[[\"f\", {\"q\": \"x\"}]]"},
+    {"hermes escaped keys and name", H, false, NULL,
+     TC "{\"n\\u0061me\": \"g\\u00e9t\", \"arguments\": {\"k\": 1}}" TE, "",
+     "[[\"g\xc3\xa9t\", {\"k\": 1}]]"},
+    {"hermes unicode", H, false, NULL,
+     "\xe5\xa5\xbd\xe7\x9a\x84 " TC "{\"name\": \"get_\xe5\xa4\xa9\xe6\xb0\x94\", \"arguments\": "
+     "{\"city\": \"\xe6\x9d\xb1\xe4\xba\xac\", \"e\": \"\xf0\x9f\x99\x82\", \"esc\": "
+     "\"\\u00e9\\ud83d\\ude42\"}}" TE,
+     "\xe5\xa5\xbd\xe7\x9a\x84 ",
+     "[[\"get_\xe5\xa4\xa9\xe6\xb0\x94\", {\"city\": \"\xe6\x9d\xb1\xe4\xba\xac\", \"e\": "
+     "\"\xf0\x9f\x99\x82\", \"esc\": \"\xc3\xa9\xf0\x9f\x99\x82\"}]]"},
+    {"hermes numbers kept as written", H, false, NULL,
+     TC "{\"name\": \"f\", \"arguments\": {\"id\": 12345678901234567890, \"x\": 3.10, \"e\": "
+        "-1E+2}}" TE,
+     "", "[[\"f\", \"{\\\"id\\\":12345678901234567890,\\\"x\\\":3.10,\\\"e\\\":-1E+2}\"]]"},
+    {"hermes raw newline in a string", H, false, NULL,
+     TC "{\"name\": \"f\", \"arguments\": {\"a\": \"x\n" TE "\nafter",
+     TC "{\"name\": \"f\", \"arguments\": {\"a\": \"x\n" TE "\nafter", "[]"},
+    {"hermes lone surrogate", H, false, NULL, TC "{\"name\": \"f\\ud800\"}" TE,
+     TC "{\"name\": \"f\\ud800\"}" TE, "[]"},
+    {"hermes tag with no newlines", H, false, NULL,
+     "<tool_call>{\"name\":\"f\",\"arguments\":{\"a\":true}}</tool_call>", "",
+     "[[\"f\", {\"a\": true}]]"},
+    {"hermes xml body is malformed", H, false, NULL, TC "<function=f>\n</function>" TE,
+     TC "<function=f>\n</function>" TE, "[]"},
+    /* the server primed a named function: the prefix is parsed, never content */
+    {"hermes primed named function", H, false, TC "{\"name\": \"get_weather\", \"arguments\": ",
+     "{\"city\": \"Paris\"}}" TE, "", "[[\"get_weather\", {\"city\": \"Paris\"}]]"},
+    {"hermes primed required", H, false, TC,
+     "{\"name\": \"f\", \"arguments\": {\"a\": 1}}" TE "\n" TC "{\"name\": \"g\"}" TE, "",
+     "[[\"f\", {\"a\": 1}], [\"g\", {}]]"},
+    {"hermes primed but malformed", H, false, TC, "I cannot do that.", "I cannot do that.", "[]"},
+    {"hermes primed but malformed closed", H, false, TC "{\"name\": ", "42}" TE " ok",
+     "42}" TE " ok", "[]"},
+
+    /* ---- Qwen3-Coder XML ---- */
+    {"xml example", X, true, NULL,
+     TC "<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n<parameter=days>\n3\n"
+        "</parameter>\n</function>" TE,
+     "", "[[\"get_weather\", {\"city\": \"Paris\", \"days\": 3}]]"},
+    {"xml exact args text", X, true, NULL,
+     TC "<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n<parameter=days>\n3\n"
+        "</parameter>\n</function>" TE,
+     "", "[[\"get_weather\", \"{\\\"city\\\":\\\"Paris\\\",\\\"days\\\":3}\"]]"},
+    {"xml schema conversions", X, true, NULL,
+     TC "<function=get_weather>\n"
+        "<parameter=days>\nthree\n</parameter>\n"
+        "<parameter=metric>\nTrue\n</parameter>\n"
+        "<parameter=opts>\n{\"a\": [1, 2], \"b\": 1.50}\n</parameter>\n"
+        "<parameter=tags>\n[\"x\", \"y\"]\n</parameter>\n"
+        "<parameter=ratio>\n0.5\n</parameter>\n"
+        "<parameter=zip>\n01234\n</parameter>\n"
+        "<parameter=note>\nnull\n</parameter>\n"
+        "<parameter=when>\n 7 \n</parameter>\n"
+        "<parameter=city>\n42\n</parameter>\n"
+        "</function>" TE,
+     "",
+     "[[\"get_weather\", {\"days\": \"three\", \"metric\": true, \"opts\": {\"a\": [1, 2], \"b\": "
+     "1.5}, \"tags\": [\"x\", \"y\"], \"ratio\": 0.5, \"zip\": \"01234\", \"note\": null, "
+     "\"when\": 7, \"city\": \"42\"}]]"},
+    {"xml schema fallbacks to string", X, true, NULL,
+     TC "<function=get_weather>\n"
+        "<parameter=metric>\nyes\n</parameter>\n"
+        "<parameter=opts>\nnot json\n</parameter>\n"
+        "<parameter=tags>\n{\"a\": 1}\n</parameter>\n"
+        "<parameter=ratio>\n1,5\n</parameter>\n"
+        "<parameter=note>\nhello\n</parameter>\n"
+        "<parameter=when>\nsoon\n</parameter>\n"
+        "</function>" TE,
+     "",
+     "[[\"get_weather\", {\"metric\": \"yes\", \"opts\": \"not json\", \"tags\": \"{\\\"a\\\": "
+     "1}\", "
+     "\"ratio\": \"1,5\", \"note\": \"hello\", \"when\": \"soon\"}]]"},
+    {"xml number kept as written", X, true, NULL,
+     TC "<function=get_weather>\n<parameter=ratio>\n3.10\n</parameter>\n<parameter=days>\n"
+        "12345678901234567890\n</parameter>\n</function>" TE,
+     "", "[[\"get_weather\", \"{\\\"ratio\\\":3.10,\\\"days\\\":12345678901234567890}\"]]"},
+    {"xml no schema", X, true, NULL,
+     TC "<function=unknown_fn>\n"
+        "<parameter=a>\n3\n</parameter>\n"
+        "<parameter=b>\ntrue\n</parameter>\n"
+        "<parameter=c>\nnull\n</parameter>\n"
+        "<parameter=d>\n{\"k\": [1, {\"z\": \"w\"}]}\n</parameter>\n"
+        "<parameter=e>\nParis\n</parameter>\n"
+        "<parameter=f>\n[1,\n</parameter>\n"
+        "<parameter=g>\n\"quoted\"\n</parameter>\n"
+        "<parameter=h>\nTrue\n</parameter>\n"
+        "</function>" TE,
+     "",
+     "[[\"unknown_fn\", {\"a\": 3, \"b\": true, \"c\": null, \"d\": {\"k\": [1, {\"z\": \"w\"}]}, "
+     "\"e\": \"Paris\", \"f\": \"[1,\", \"g\": \"quoted\", \"h\": \"True\"}]]"},
+    {"xml tool without parameters schema", X, true, NULL,
+     TC "<function=list_files>\n<parameter=path>\n/tmp\n</parameter>\n<parameter=n>\n2\n"
+        "</parameter>\n</function>" TE,
+     "", "[[\"list_files\", {\"path\": \"/tmp\", \"n\": 2}]]"},
+    {"xml newlines: one stripped each side", X, true, NULL,
+     TC "<function=get_weather>\n<parameter=city>\n\nline1\nline2\n\n</parameter>\n"
+        "<parameter=zip>x</parameter>\n<parameter=note>  spaced  </parameter>\n</function>" TE,
+     "",
+     "[[\"get_weather\", {\"city\": \"\\nline1\\nline2\\n\", \"zip\": \"x\", \"note\": \"  spaced  "
+     "\"}]]"},
+    {"xml closing tags inside a value", X, true, NULL,
+     TC "<function=get_weather>\n<parameter=city>\nprint(\"</tool_call>\") {\"x\": 1}\n"
+        "</parameter>\n</function>" TE,
+     "", "[[\"get_weather\", {\"city\": \"print(\\\"</tool_call>\\\") {\\\"x\\\": 1}\"}]]"},
+    {"xml bare function", X, true, NULL,
+     "Calling.\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n</function>\n"
+     "Done.",
+     "Calling.\nDone.", "[[\"get_weather\", {\"city\": \"Paris\"}]]"},
+    {"xml missing </parameter>", X, true, NULL,
+     TC "<function=get_weather>\n<parameter=city>\nParis\n<parameter=days>\n3\n</function>" TE, "",
+     "[[\"get_weather\", {\"city\": \"Paris\", \"days\": 3}]]"},
+    {"xml two blocks and two functions in one block", X, true, NULL,
+     "Checking both.\n" TC "<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n"
+     "</function>" TE "\n" TC "<function=get_weather>\n<parameter=city>\nRome\n</parameter>\n"
+     "</function>\n<function=list_files>\n</function>" TE,
+     "Checking both.\n",
+     "[[\"get_weather\", {\"city\": \"Paris\"}], [\"get_weather\", {\"city\": \"Rome\"}], "
+     "[\"list_files\", {}]]"},
+    {"xml no parameters", X, true, NULL, TC "<function=list_files>\n</function>" TE, "",
+     "[[\"list_files\", {}]]"},
+    {"xml repeated parameter keeps the last", X, true, NULL,
+     TC "<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n<parameter=days>\n1\n"
+        "</parameter>\n<parameter=city>\nRome\n</parameter>\n</function>" TE,
+     "", "[[\"get_weather\", {\"days\": 1, \"city\": \"Rome\"}]]"},
+    {"xml unicode", X, true, NULL,
+     TC "<function=get_weather>\n<parameter=city>\n\xe6\x9d\xb1\xe4\xba\xac \xf0\x9f\x99\x82\n"
+        "</parameter>\n</function>" TE,
+     "", "[[\"get_weather\", {\"city\": \"\xe6\x9d\xb1\xe4\xba\xac \xf0\x9f\x99\x82\"}]]"},
+    {"xml control characters escaped", X, true, NULL,
+     TC "<function=get_weather>\n<parameter=city>\na\tb\"c\\d\x01\n</parameter>\n</function>" TE,
+     "", "[[\"get_weather\", {\"city\": \"a\\tb\\\"c\\\\d\\u0001\"}]]"},
+    {"xml truncated", X, true, NULL, "Ok. " TC "<function=get_weather>\n<parameter=city>\nPar",
+     "Ok. " TC "<function=get_weather>\n<parameter=city>\nPar", "[]"},
+    {"xml truncated after function", X, true, NULL,
+     TC "<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n</function>\n",
+     TC "<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n</function>\n", "[]"},
+    {"xml junk between parameters", X, true, NULL,
+     TC
+     "<function=get_weather>\nthe city is\n<parameter=city>\nParis\n</parameter>\n</function>" TE,
+     TC
+     "<function=get_weather>\nthe city is\n<parameter=city>\nParis\n</parameter>\n</function>" TE,
+     "[]"},
+    {"xml empty block", X, true, NULL, TC TE " x", TC TE " x", "[]"},
+    {"xml json body is malformed", X, true, NULL, TC "{\"name\": \"f\"}" TE,
+     TC "{\"name\": \"f\"}" TE, "[]"},
+    {"xml bad function name", X, true, NULL, TC "<function=>\n</function>" TE,
+     TC "<function=>\n</function>" TE, "[]"},
+    {"xml partial tags at end", X, true, NULL, "a <funct", "a <funct", "[]"},
+    {"xml primed named function", X, true, TC "<function=get_weather>\n",
+     "<parameter=city>\nParis\n</parameter>\n</function>" TE, "",
+     "[[\"get_weather\", {\"city\": \"Paris\"}]]"},
+
+    /* ---- no format ---- */
+    {"none passes everything", PRS_TOOL_NONE, false, NULL, TC "{\"name\": \"f\"}" TE,
+     TC "{\"name\": \"f\"}" TE, "[]"},
+};
+
+/* ---- running a case ---------------------------------------------------------------- */
+
+typedef struct outcome {
+    char *content;
+    size_t content_len;
+    json_t *calls; /* [[name, args text, content offset], ...] */
+} outcome_t;
+
+static void outcome_free(outcome_t *o)
+{
+    free(o->content);
+    json_decref(o->calls);
+}
+
+/* Feeds the case's input cut at cuts[0..ncut) and collects what the events say. */
+static outcome_t run_split(const tcase_t *c, const size_t *cuts, size_t ncut)
+{
+    json_t *tools = c->tools ? json_loads(TOOLS, 0, NULL) : NULL;
+    assert_true(!c->tools || tools != NULL);
+    prs_tool_parser_t *p = NULL;
+    assert_int_equal(prs_tool_parser_create(c->fmt, tools, &p, NULL), TDM_OK);
+    json_decref(tools); /* the parser keeps its own copy */
+    if (c->prime != NULL) {
+        assert_int_equal(prs_tool_parser_prime(p, c->prime, strlen(c->prime), NULL), TDM_OK);
+    }
+    prs_buf_t content = {0};
+    json_t *calls = json_array();
+    json_t *cur = NULL; /* the call being assembled */
+    size_t n = strlen(c->input), at = 0;
+    for (size_t i = 0; i <= ncut + 1; i++) {
+        if (i <= ncut) {
+            size_t to = i < ncut ? cuts[i] : n;
+            assert_int_equal(prs_tool_parser_feed(p, c->input + at, to - at, NULL), TDM_OK);
+            at = to;
+        } else {
+            assert_int_equal(prs_tool_parser_finish(p, NULL), TDM_OK);
+            assert_false(prs_tool_parser_in_call(p));
+        }
+        const prs_tool_event_t *ev = prs_tool_parser_events(p);
+        for (size_t k = 0; k < prs_tool_parser_n_events(p); k++) {
+            assert_int_equal(ev[k].text[ev[k].len], '\0');
+            switch (ev[k].kind) {
+            case PRS_TOOL_EV_CONTENT:
+                assert_null(cur);
+                assert_true(ev[k].len > 0);
+                assert_int_equal(prs_buf_append(&content, ev[k].text, ev[k].len), TDM_OK);
+                break;
+            case PRS_TOOL_EV_CALL_BEGIN:
+                assert_null(cur);
+                assert_int_equal(ev[k].call, json_array_size(calls));
+                cur = json_pack("[s, s, I]", ev[k].text, "", (json_int_t)content.len);
+                break;
+            case PRS_TOOL_EV_CALL_ARGS: {
+                assert_non_null(cur);
+                assert_int_equal(ev[k].call, json_array_size(calls));
+                char *joined = NULL;
+                assert_true(asprintf(&joined, "%s%s", json_string_value(json_array_get(cur, 1)),
+                                     ev[k].text) > 0);
+                json_array_set_new(cur, 1, json_string(joined));
+                free(joined);
+                break;
+            }
+            case PRS_TOOL_EV_CALL_END:
+                assert_non_null(cur);
+                assert_int_equal(ev[k].call, json_array_size(calls));
+                json_array_append_new(calls, cur);
+                cur = NULL;
+                break;
+            }
+        }
+        prs_tool_parser_clear_events(p);
+    }
+    assert_null(cur);
+    /* the accessors agree with the events */
+    assert_int_equal(prs_tool_parser_n_calls(p), json_array_size(calls));
+    for (size_t k = 0; k < json_array_size(calls); k++) {
+        json_t *e = json_array_get(calls, k);
+        assert_string_equal(prs_tool_parser_call_name(p, k),
+                            json_string_value(json_array_get(e, 0)));
+        assert_string_equal(prs_tool_parser_call_args(p, k),
+                            json_string_value(json_array_get(e, 1)));
+    }
+    assert_null(prs_tool_parser_call_name(p, json_array_size(calls)));
+    prs_tool_parser_destroy(p);
+    outcome_t o = {.content_len = content.len, .calls = calls};
+    o.content = prs_buf_take(&content);
+    return o;
+}
+
+/* Checks an outcome against the case's expectations. */
+static void check_outcome(size_t ci, const outcome_t *o, const char *how)
+{
+    const tcase_t *c = &cases[ci];
+    if (o->content_len != strlen(c->content) || memcmp(o->content, c->content, o->content_len)) {
+        fail_msg("%s (%s): content\n  want '%s'\n  got  '%s'", c->what, how, c->content,
+                 o->content);
+    }
+    json_error_t jerr;
+    json_t *want = json_loads(c->calls, 0, &jerr);
+    if (want == NULL) {
+        fail_msg("%s: bad expected calls: %s", c->what, jerr.text);
+    }
+    if (json_array_size(want) != json_array_size(o->calls)) {
+        char *got = json_dumps(o->calls, 0);
+        fail_msg("%s (%s): want %zu calls, got %s", c->what, how, json_array_size(want), got);
+    }
+    for (size_t k = 0; k < json_array_size(want); k++) {
+        json_t *w = json_array_get(want, k), *g = json_array_get(o->calls, k);
+        const char *gname = json_string_value(json_array_get(g, 0));
+        const char *gargs = json_string_value(json_array_get(g, 1));
+        assert_string_equal(gname, json_string_value(json_array_get(w, 0)));
+        json_t *wargs = json_array_get(w, 1);
+        if (json_is_string(wargs)) {
+            if (strcmp(gargs, json_string_value(wargs)) != 0) {
+                fail_msg("%s (%s): call %zu args\n  want %s\n  got  %s", c->what, how, k,
+                         json_string_value(wargs), gargs);
+            }
+        } else {
+            json_t *ga = json_loads(gargs, 0, &jerr);
+            if (ga == NULL || !json_is_object(ga) || !json_equal(ga, wargs)) {
+                char *ws = json_dumps(wargs, JSON_COMPACT);
+                fail_msg("%s (%s): call %zu args\n  want %s\n  got  %s", c->what, how, k, ws,
+                         gargs);
+            }
+            json_decref(ga);
+        }
+    }
+    json_decref(want);
+}
+
+static void test_cases_whole(void **state)
+{
+    (void)state;
+    for (size_t ci = 0; ci < sizeof(cases) / sizeof(cases[0]); ci++) {
+        outcome_t o = run_split(&cases[ci], NULL, 0);
+        check_outcome(ci, &o, "whole");
+        outcome_free(&o);
+    }
+}
+
+static uint64_t next_rand(uint64_t *s)
+{
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    return *s;
+}
+
+static int cmp_size(const void *a, const void *b)
+{
+    size_t x = *(const size_t *)a, y = *(const size_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void check_split(size_t ci, const outcome_t *whole, const size_t *cuts, size_t ncut,
+                        const char *how)
+{
+    outcome_t o = run_split(&cases[ci], cuts, ncut);
+    check_outcome(ci, &o, how);
+    /* calls at the same places in the content */
+    if (!json_equal(o.calls, whole->calls)) {
+        char *a = json_dumps(whole->calls, 0), *b = json_dumps(o.calls, 0);
+        fail_msg("%s (%s): calls differ from the whole run\n  whole %s\n  split %s", cases[ci].what,
+                 how, a, b);
+    }
+    outcome_free(&o);
+}
+
+/* Property: any split gives the expected outputs, with calls at the same content offsets. */
+static void test_cases_every_split(void **state)
+{
+    (void)state;
+    uint64_t rng = 0x2545F4914F6CDD1Dull;
+    for (size_t ci = 0; ci < sizeof(cases) / sizeof(cases[0]); ci++) {
+        outcome_t whole = run_split(&cases[ci], NULL, 0);
+        size_t n = strlen(cases[ci].input);
+        for (size_t cut = 0; cut <= n; cut++) {
+            check_split(ci, &whole, &cut, 1, "one cut");
+        }
+        size_t *cuts = malloc((n + 1) * sizeof(*cuts));
+        for (size_t i = 0; i < n; i++) {
+            cuts[i] = i + 1;
+        }
+        check_split(ci, &whole, cuts, n, "bytewise");
+        for (int t = 0; t < 100; t++) {
+            size_t k = (size_t)(next_rand(&rng) % (n + 1));
+            for (size_t i = 0; i < k; i++) {
+                cuts[i] = (size_t)(next_rand(&rng) % (n + 1));
+            }
+            qsort(cuts, k, sizeof(*cuts), cmp_size);
+            check_split(ci, &whole, cuts, k, "random cuts");
+        }
+        free(cuts);
+        outcome_free(&whole);
+    }
+}
+
+/* ---- formats, errors, limits ------------------------------------------------------- */
+
+static void test_formats(void **state)
+{
+    (void)state;
+    assert_int_equal(prs_tool_format_from_template(NULL), PRS_TOOL_NONE);
+    assert_int_equal(prs_tool_format_from_template("{{ messages }}"), PRS_TOOL_NONE);
+    assert_int_equal(prs_tool_format_from_template("... <tool_call>\n{\"name\": ... </tool_call>"),
+                     PRS_TOOL_HERMES);
+    assert_int_equal(
+        prs_tool_format_from_template("<tool_call>\n<function=x>\n<parameter=y>\n</tool_call>"),
+        PRS_TOOL_QWEN3_CODER);
+    /* only one of the two XML markers: still Hermes */
+    assert_int_equal(prs_tool_format_from_template("<tool_call><function=x></tool_call>"),
+                     PRS_TOOL_HERMES);
+    const prs_tool_format_t all[] = {PRS_TOOL_NONE, PRS_TOOL_HERMES, PRS_TOOL_QWEN3_CODER};
+    const char *const names[] = {"none", "hermes", "qwen3_coder"};
+    for (size_t i = 0; i < 3; i++) {
+        prs_tool_format_t f = PRS_TOOL_NONE;
+        assert_string_equal(prs_tool_format_name(all[i]), names[i]);
+        assert_int_equal(prs_tool_format_from_name(names[i], &f, NULL), TDM_OK);
+        assert_int_equal(f, all[i]);
+    }
+    tdm_error_t err;
+    tdm_error_clear(&err);
+    prs_tool_format_t f = PRS_TOOL_HERMES;
+    assert_int_equal(prs_tool_format_from_name("json", &f, &err), TDM_ERR_INVALID_PARAM);
+    assert_int_equal(f, PRS_TOOL_HERMES);
+    assert_non_null(strstr(tdm_error_msg(&err), "qwen3_coder"));
+    assert_int_equal(prs_tool_format_from_name(NULL, &f, NULL), TDM_ERR_INVALID_PARAM);
+}
+
+static void test_errors_and_state(void **state)
+{
+    (void)state;
+    prs_tool_parser_t *p = NULL;
+    json_t *obj = json_object();
+    assert_int_equal(prs_tool_parser_create(PRS_TOOL_HERMES, obj, &p, NULL), TDM_ERR_INVALID_PARAM);
+    assert_int_equal(prs_tool_parser_create((prs_tool_format_t)7, NULL, &p, NULL),
+                     TDM_ERR_INVALID_PARAM);
+    assert_null(p);
+    json_decref(obj);
+    prs_tool_parser_destroy(NULL);
+
+    assert_int_equal(prs_tool_parser_create(PRS_TOOL_HERMES, NULL, &p, NULL), TDM_OK);
+    assert_int_equal(prs_tool_parser_prime(p, TC, strlen(TC), NULL), TDM_OK);
+    assert_true(prs_tool_parser_in_call(p));
+    assert_int_equal(prs_tool_parser_n_events(p), 0);
+    assert_int_equal(prs_tool_parser_feed(p, "{\"name\": \"f\"}", 13, NULL), TDM_OK);
+    assert_int_equal(prs_tool_parser_prime(p, "x", 1, NULL), TDM_ERR_INVALID_PARAM);
+    assert_int_equal(prs_tool_parser_feed(p, TE, strlen(TE), NULL), TDM_OK);
+    assert_false(prs_tool_parser_in_call(p));
+    assert_int_equal(prs_tool_parser_n_events(p), 3);
+    const prs_tool_event_t *ev = prs_tool_parser_events(p);
+    assert_int_equal(ev[0].kind, PRS_TOOL_EV_CALL_BEGIN);
+    assert_string_equal(ev[0].text, "f");
+    assert_int_equal(ev[1].kind, PRS_TOOL_EV_CALL_ARGS);
+    assert_string_equal(ev[1].text, "{}");
+    assert_int_equal(ev[2].kind, PRS_TOOL_EV_CALL_END);
+    assert_int_equal(ev[2].len, 0);
+    assert_int_equal(prs_tool_parser_finish(p, NULL), TDM_OK);
+    assert_int_equal(prs_tool_parser_finish(p, NULL), TDM_OK);
+    assert_int_equal(prs_tool_parser_feed(p, "x", 1, NULL), TDM_ERR_INVALID_PARAM);
+    assert_int_equal(prs_tool_parser_n_calls(p), 1);
+    prs_tool_parser_destroy(p);
+
+    /* adjacent content is merged into one event; NUL bytes are carried by length */
+    assert_int_equal(prs_tool_parser_create(PRS_TOOL_QWEN3_CODER, NULL, &p, NULL), TDM_OK);
+    assert_int_equal(prs_tool_parser_feed(p, "ab", 2, NULL), TDM_OK);
+    assert_int_equal(prs_tool_parser_feed(p, "c\0d", 3, NULL), TDM_OK);
+    assert_int_equal(prs_tool_parser_n_events(p), 1);
+    assert_int_equal(prs_tool_parser_events(p)[0].len, 5);
+    assert_memory_equal(prs_tool_parser_events(p)[0].text, "abc\0d", 6);
+    prs_tool_parser_destroy(p);
+}
+
+/* A call not closed within PRS_TOOL_MAX_CALL_BYTES is given back as content; one that
+ * fits is a call. */
+static void test_call_size_limit(void **state)
+{
+    (void)state;
+    const size_t cap = PRS_TOOL_MAX_CALL_BYTES;
+    const char *head = TC "{\"name\": \"f\", \"arguments\": {\"s\": \"";
+    const char *tail = "\"}}" TE;
+    for (int over = 0; over <= 1; over++) {
+        size_t pad = cap - strlen(head) - strlen(tail) + (size_t)over;
+        size_t n = strlen(head) + pad + strlen(tail) + 2;
+        char *in = malloc(n + 1);
+        strcpy(in, head);
+        memset(in + strlen(head), 'x', pad);
+        strcpy(in + strlen(head) + pad, tail);
+        strcat(in, "ok");
+        const size_t chunks[] = {n, 4096, 3};
+        for (size_t ch = 0; ch < 3; ch++) {
+            prs_tool_parser_t *p = NULL;
+            assert_int_equal(prs_tool_parser_create(PRS_TOOL_HERMES, NULL, &p, NULL), TDM_OK);
+            size_t content = 0, calls = 0;
+            for (size_t at = 0, len = 0; at < n; at += len) {
+                len = n - at < chunks[ch] ? n - at : chunks[ch];
+                assert_int_equal(prs_tool_parser_feed(p, in + at, len, NULL), TDM_OK);
+                if (at + len == n) {
+                    assert_int_equal(prs_tool_parser_finish(p, NULL), TDM_OK);
+                }
+                for (size_t k = 0; k < prs_tool_parser_n_events(p); k++) {
+                    const prs_tool_event_t *e = &prs_tool_parser_events(p)[k];
+                    content += e->kind == PRS_TOOL_EV_CONTENT ? e->len : 0;
+                    calls += e->kind == PRS_TOOL_EV_CALL_END;
+                }
+                prs_tool_parser_clear_events(p);
+            }
+            assert_int_equal(calls, over ? 0 : 1);
+            assert_int_equal(content, over ? n : 2);
+            if (!over) {
+                assert_int_equal(strlen(prs_tool_parser_call_args(p, 0)), pad + 8);
+            }
+            prs_tool_parser_destroy(p);
+        }
+        free(in);
+    }
+}
+
+/* The server's pipeline: reasoning first, its content into the tool parser. */
+static void test_reasoning_then_tools(void **state)
+{
+    (void)state;
+    const char *out = "<think>\nThe user wants the weather.\n</think>\n\n" TC
+                      "{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}" TE;
+    for (size_t step = 1; step <= 7; step++) {
+        prs_reasoning_t *r = NULL;
+        prs_tool_parser_t *t = NULL;
+        assert_int_equal(prs_reasoning_create(NULL, NULL, false, &r, NULL), TDM_OK);
+        assert_int_equal(prs_tool_parser_create(PRS_TOOL_HERMES, NULL, &t, NULL), TDM_OK);
+        prs_buf_t reasoning = {0};
+        size_t n = strlen(out), content = 0;
+        for (size_t at = 0, len = 0; at < n; at += len) {
+            len = n - at < step ? n - at : step;
+            assert_int_equal(prs_reasoning_feed(r, out + at, len, NULL), TDM_OK);
+            if (at + len == n) {
+                assert_int_equal(prs_reasoning_finish(r, NULL), TDM_OK);
+            }
+            prs_buf_t *c = prs_reasoning_content(r), *rs = prs_reasoning_reasoning(r);
+            assert_int_equal(prs_buf_append(&reasoning, rs->data, rs->len), TDM_OK);
+            assert_int_equal(prs_tool_parser_feed(t, c->data, c->len, NULL), TDM_OK);
+            prs_buf_clear(c);
+            prs_buf_clear(rs);
+            for (size_t k = 0; k < prs_tool_parser_n_events(t); k++) {
+                const prs_tool_event_t *e = &prs_tool_parser_events(t)[k];
+                content += e->kind == PRS_TOOL_EV_CONTENT ? e->len : 0;
+            }
+            prs_tool_parser_clear_events(t);
+        }
+        assert_int_equal(prs_tool_parser_finish(t, NULL), TDM_OK);
+        assert_int_equal(prs_tool_parser_n_events(t), 0);
+        assert_string_equal(reasoning.data, "\nThe user wants the weather.\n");
+        assert_int_equal(content, 0);
+        assert_int_equal(prs_tool_parser_n_calls(t), 1);
+        assert_string_equal(prs_tool_parser_call_name(t, 0), "get_weather");
+        assert_string_equal(prs_tool_parser_call_args(t, 0), "{\"city\":\"Paris\"}");
+        prs_buf_free(&reasoning);
+        prs_reasoning_destroy(r);
+        prs_tool_parser_destroy(t);
+    }
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_cases_whole),     cmocka_unit_test(test_cases_every_split),
+        cmocka_unit_test(test_formats),         cmocka_unit_test(test_errors_and_state),
+        cmocka_unit_test(test_call_size_limit), cmocka_unit_test(test_reasoning_then_tools),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
