@@ -273,8 +273,9 @@ tdm_status_t crd_engine_submit(crd_engine_t *e, const crd_request_params_t *rp, 
         pending_free(p);
         return tdm_error_set(err, TDM_ERR_CANCELED, "the server is shutting down");
     }
-    if (e->snap.sched.n_waiting + e->n_inbox >= e->max_waiting) {
-        int32_t n = e->snap.sched.n_waiting + e->n_inbox;
+    int32_t n_queued = crd_sched_n_waiting(e->sched) + e->n_inbox;
+    if (n_queued >= e->max_waiting) {
+        int32_t n = n_queued;
         e->snap.n_rejected++;
         pthread_mutex_unlock(&e->mu);
         pending_free(p);

@@ -6,6 +6,7 @@
 #include "coordinator/kv_manager.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -37,7 +38,7 @@ struct crd_req {
 
 typedef struct req_list {
     crd_req_t *head, *tail;
-    int32_t n;
+    _Atomic int32_t n; /* atomic: crd_sched_n_waiting reads it from other threads */
 } req_list_t;
 
 struct crd_sched {
@@ -256,6 +257,11 @@ tdm_status_t crd_sched_check_request(const crd_sched_t *s, const crd_request_par
         return tdm_error_set(err, TDM_ERR_INVALID_PARAM, "bad stop token list");
     }
     return crd_sampling_params_validate(&rp->sampling, err);
+}
+
+int32_t crd_sched_n_waiting(const crd_sched_t *s)
+{
+    return atomic_load(&s->waiting.n);
 }
 
 int32_t crd_sched_n_ctx(const crd_sched_t *s)

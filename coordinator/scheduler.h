@@ -115,6 +115,9 @@ tdm_status_t crd_sched_submit(crd_sched_t *s, const crd_request_params_t *rp, ui
 tdm_status_t crd_sched_check_request(const crd_sched_t *s, const crd_request_params_t *rp,
                                      tdm_error_t *err);
 
+/* Requests queued, not yet admitted. Any thread (an atomic read; exact at that moment). */
+int32_t crd_sched_n_waiting(const crd_sched_t *s);
+
 /* The context length requests are checked against. Any thread. */
 int32_t crd_sched_n_ctx(const crd_sched_t *s);
 

@@ -87,8 +87,11 @@ tdm_status_t xp_local_exec_create(const gguf_ctx_t *g, const xp_local_params_t *
     if (budget == 0) {
         budget = x->block_bytes * (((size_t)mp.n_ctx_max * 4 + block_tokens - 1) / block_tokens);
     }
-    size_t n_blocks = budget / x->block_bytes;
     size_t min_blocks = ((size_t)mp.n_batch_max + block_tokens - 1) / block_tokens + 1;
+    if (p->kv_bytes == 0 && budget < min_blocks * x->block_bytes) {
+        budget = min_blocks * x->block_bytes; /* small contexts: still one full batch */
+    }
+    size_t n_blocks = budget / x->block_bytes;
     if (n_blocks < min_blocks) {
         st = tdm_error_set(err, TDM_ERR_INVALID_PARAM,
                            "KV budget of %zu bytes holds %zu blocks of %d tokens (%zu bytes "

@@ -255,7 +255,9 @@ static const route_t *find_route(const char *method, const char *url, bool *path
     for (size_t i = 0; i < N_ROUTES; i++) {
         if (strcmp(url, k_routes[i].path) == 0) {
             *path_known = true;
-            if (strcmp(method, k_routes[i].method) == 0) {
+            /* HEAD is GET without a body (libmicrohttpd drops the body) */
+            const char *m = strcmp(method, "HEAD") == 0 ? "GET" : method;
+            if (strcmp(m, k_routes[i].method) == 0) {
                 return &k_routes[i];
             }
         }

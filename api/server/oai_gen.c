@@ -808,7 +808,9 @@ static int route_gen(srv_server_t *s, const srv_http_req_t *r, srv_api_t api)
                        : tdm_error_set(&err, TDM_ERR_NO_MEMORY, "out of memory");
     tok_ids_free(&ids);
     if (st != TDM_OK) {
-        int rc = reply_status(s, r, st, NULL, st == TDM_ERR_BUSY ? "queue_full" : NULL,
+        const char *bad =
+            st == TDM_ERR_INVALID_PARAM ? (api == SRV_API_CHAT ? "messages" : "prompt") : NULL;
+        int rc = reply_status(s, r, st, bad, st == TDM_ERR_BUSY ? "queue_full" : NULL,
                               tdm_error_msg(&err));
         gen_free(g);
         return rc;

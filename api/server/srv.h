@@ -37,7 +37,7 @@ typedef struct srv_config {
     const char *host;
     int port;
     const char *model_path;
-    const char *served_name; /* NULL: the GGUF's general.name, else the file's base name */
+    const char *served_name; /* NULL: the file's base name without .gguf                  */
     int ctx_size;            /* positions per sequence; 0: the model's, at most 8192       */
     int threads;             /* kernel threads; 0: one per CPU                              */
     int batch;               /* token budget per step                                       */
