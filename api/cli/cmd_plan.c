@@ -1,0 +1,606 @@
+/*
+ * cmd_plan.c - `tandem plan --model M.gguf --shards N [--tp T --ep E] [--ctx-size C]
+ * [--kv-memory SIZE] [--node-memory SIZE] [--json]`: the per-shard memory plan of a model
+ * split by tensor and expert parallelism (topology/topo_plan.h), printed without loading a
+ * tensor, and checked against a node's memory.
+ *
+ * Exit status: 0 the plan fits, 1 the model cannot be read, 2 bad options or an impossible
+ * split (the message names the constraint), 3 some shard needs more than --node-memory
+ * (default: MemAvailable of this machine); the plan is printed either way and the refusal
+ * with its numbers goes to stderr.
+ */
+#include "api/cli/cli.h"
+#include "model/gguf.h"
+#include "topology/topo_plan.h"
+
+#include <inttypes.h>
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+typedef struct plan_opts {
+    const char *model;
+    topo_plan_params_t p;
+    uint64_t node_memory; /* 0: MemAvailable */
+    bool json;
+} plan_opts_t;
+
+static void usage(FILE *out)
+{
+    fputs("usage: tandem plan --model M.gguf --shards N [options]\n"
+          "\n"
+          "Prints how a model would be split over N shards (one per node) and what each shard\n"
+          "needs: weights (attention and dense FFN split by TP, experts by EP with bytes\n"
+          "balanced, embeddings/norms/routers replicated), KV cache and buffers; refuses a plan\n"
+          "that does not fit a node (exit 3). Reads tensor infos only.\n"
+          "\n"
+          "  --model FILE         GGUF model (first file of a split model)\n"
+          "  --shards N           shards = tp x ep\n"
+          "  --tp T, --ep E       tensor / expert parallel degrees (default: a model with\n"
+          "                       experts gets ep = N, tp = 1; a dense model tp = N)\n"
+          "  --ctx-size C         KV cache tokens per shard (default: the model's context,\n"
+          "                       at most 8192)\n"
+          "  --kv-memory SIZE     KV cache budget per shard instead, e.g. 2G\n"
+          "  --node-memory SIZE   memory of a node (default: MemAvailable of this machine)\n"
+          "  --batch N            tokens per step for the buffer estimate (default 512)\n"
+          "  --threads N          kernel threads per shard (default: CPUs of this machine)\n"
+          "  --experts RULE       balanced (bytes, default) or contiguous (the shard loader's\n"
+          "                       rule today: n_expert / ep consecutive experts per group)\n"
+          "  --json               one JSON object (every tensor's bytes per shard)\n",
+          out);
+}
+
+static int parse_int(const char *opt, const char *v, int lo, int hi, int *out)
+{
+    char *end;
+    long x = strtol(v, &end, 10);
+    if (end == v || *end != '\0' || x < lo || x > hi) {
+        fprintf(stderr, "tandem plan: %s wants an integer in [%d, %d], got '%s'\n", opt, lo, hi, v);
+        return -1;
+    }
+    *out = (int)x;
+    return 0;
+}
+
+static int parse_opts(int argc, char **argv, plan_opts_t *o)
+{
+    memset(o, 0, sizeof(*o));
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            usage(stdout);
+            return 1;
+        }
+        if (strcmp(a, "--json") == 0) {
+            o->json = true;
+            continue;
+        }
+        if (i + 1 >= argc) {
+            fprintf(stderr, "tandem plan: unknown option or missing value: '%s'\n\n", a);
+            usage(stderr);
+            return -1;
+        }
+        const char *v = argv[++i];
+        int bad = 0;
+        if (strcmp(a, "--model") == 0 || strcmp(a, "-m") == 0) {
+            o->model = v;
+        } else if (strcmp(a, "--shards") == 0) {
+            bad = parse_int(a, v, 1, 1024, &o->p.n_shards);
+        } else if (strcmp(a, "--tp") == 0) {
+            bad = parse_int(a, v, 1, 1024, &o->p.tp);
+        } else if (strcmp(a, "--ep") == 0) {
+            bad = parse_int(a, v, 1, 1024, &o->p.ep);
+        } else if (strcmp(a, "--ctx-size") == 0 || strcmp(a, "-c") == 0) {
+            bad = parse_int(a, v, 1, 1 << 30, &o->p.ctx_size);
+        } else if (strcmp(a, "--batch") == 0) {
+            bad = parse_int(a, v, 1, 1 << 20, &o->p.batch);
+        } else if (strcmp(a, "--threads") == 0) {
+            bad = parse_int(a, v, 1, 4096, &o->p.threads);
+        } else if (strcmp(a, "--kv-memory") == 0 || strcmp(a, "--node-memory") == 0) {
+            uint64_t *dst = strcmp(a, "--kv-memory") == 0 ? &o->p.kv_bytes : &o->node_memory;
+            if (!topo_parse_size(v, dst) || *dst == 0) {
+                fprintf(stderr, "tandem plan: %s '%s' is not a size (e.g. 2G, 512M)\n", a, v);
+                bad = -1;
+            }
+        } else if (strcmp(a, "--experts") == 0) {
+            if (strcmp(v, "balanced") == 0) {
+                o->p.experts = TOPO_EXPERTS_BALANCED;
+            } else if (strcmp(v, "contiguous") == 0) {
+                o->p.experts = TOPO_EXPERTS_CONTIGUOUS;
+            } else {
+                fprintf(stderr, "tandem plan: --experts is balanced or contiguous, not '%s'\n", v);
+                bad = -1;
+            }
+        } else {
+            fprintf(stderr, "tandem plan: unknown option '%s'\n\n", a);
+            usage(stderr);
+            return -1;
+        }
+        if (bad != 0) {
+            return -1;
+        }
+    }
+    if (o->model == NULL || o->p.n_shards == 0) {
+        fprintf(stderr, "tandem plan: --model and --shards are required\n\n");
+        usage(stderr);
+        return -1;
+    }
+    if (o->p.threads == 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        o->p.threads = n > 0 ? (int)n : 1;
+    }
+    return 0;
+}
+
+/* ---- text ---------------------------------------------------------------------------- */
+
+static const char *fmt_bytes(uint64_t b, char *buf, size_t n)
+{
+    if (b >= (1ull << 30)) {
+        snprintf(buf, n, "%.2f GiB", (double)b / (double)(1ull << 30));
+    } else if (b >= (1ull << 20)) {
+        snprintf(buf, n, "%.1f MiB", (double)b / (double)(1ull << 20));
+    } else if (b >= 1024) {
+        snprintf(buf, n, "%.1f KiB", (double)b / 1024.0);
+    } else {
+        snprintf(buf, n, "%" PRIu64 " B", b);
+    }
+    return buf;
+}
+
+#define COL 15
+
+static void row_label(const char *label)
+{
+    printf("  %-26s", label);
+}
+
+static void row_range(const topo_plan_t *pl, const char *label, size_t off)
+{
+    row_label(label);
+    for (int s = 0; s < pl->n_shards; s++) {
+        const topo_range_t *r = (const topo_range_t *)((const char *)&pl->shards[s] + off);
+        char buf[32];
+        if (r->n > 0) {
+            snprintf(buf, sizeof(buf), "%d-%d", r->lo, r->lo + r->n - 1);
+        } else {
+            snprintf(buf, sizeof(buf), "-");
+        }
+        printf("%*s", COL, buf);
+    }
+    printf("\n");
+}
+
+static void row_bytes(const topo_plan_t *pl, const char *label, size_t off)
+{
+    row_label(label);
+    for (int s = 0; s < pl->n_shards; s++) {
+        char buf[32];
+        printf(
+            "%*s", COL,
+            fmt_bytes(*(const uint64_t *)((const char *)&pl->shards[s] + off), buf, sizeof(buf)));
+    }
+    printf("\n");
+}
+
+static void row_class(const topo_plan_t *pl, const char *label, topo_class_t c)
+{
+    row_bytes(pl, label, offsetof(topo_shard_plan_t, bytes) + (size_t)c * sizeof(uint64_t));
+}
+
+/* Per-layer expert counts of EP group g: "12" or "11-12". */
+static void expert_counts(const topo_plan_t *pl, int g, char *buf, size_t n)
+{
+    int lo = 1 << 30, hi = -1;
+    for (int il = 0; il < pl->hp.n_layer; il++) {
+        if (!pl->hp.layer_moe[il]) {
+            continue;
+        }
+        const int c = pl->expert_n[il * pl->ep + g];
+        lo = c < lo ? c : lo;
+        hi = c > hi ? c : hi;
+    }
+    if (hi < 0) {
+        snprintf(buf, n, "-");
+    } else if (lo == hi) {
+        snprintf(buf, n, "%d", lo);
+    } else {
+        snprintf(buf, n, "%d-%d", lo, hi);
+    }
+}
+
+static void print_text(const plan_opts_t *o, const topo_plan_t *pl, uint64_t node,
+                       const char *node_src)
+{
+    const mdl_hparams_t *hp = &pl->hp;
+    char b1[32], b2[32], b3[32];
+    printf("model    %s: %s, %d layers, n_embd %d, %d q heads / %d kv heads x %d", o->model,
+           hp->arch_name, hp->n_layer, hp->n_embd, hp->n_head, hp->n_head_kv, hp->head_dim);
+    if (pl->n_moe_layers > 0) {
+        printf(", %d experts x %d (top %d) in %d MoE layers", hp->n_expert, hp->n_ff_exp,
+               hp->n_expert_used, pl->n_moe_layers);
+    }
+    if (pl->n_moe_layers < hp->n_layer) {
+        printf(", dense FFN %d", hp->n_ff);
+    }
+    printf(", vocab %d; %s of tensors\n", hp->n_vocab, fmt_bytes(pl->model_bytes, b1, sizeof(b1)));
+    printf("split    %d shard%s = tp %d x ep %d", pl->n_shards, pl->n_shards == 1 ? "" : "s",
+           pl->tp, pl->ep);
+    if (pl->split_chosen && pl->n_shards > 1) {
+        printf(pl->ep > 1 ? " (chosen: experts over the shards, attention replicated; --tp/--ep "
+                            "to choose)"
+                          : " (chosen: heads and FFN columns over the shards; --tp/--ep to "
+                            "choose)");
+    }
+    printf("\n");
+    if (pl->n_moe_layers > 0) {
+        printf("experts  %s\n",
+               pl->p.experts == TOPO_EXPERTS_BALANCED
+                   ? "balanced by bytes: largest first onto the EP group with the fewest bytes"
+                   : "contiguous: n_expert / ep consecutive experts per EP group in every layer "
+                     "(shard/model.c today)");
+    }
+    printf("KV cache %d tokens per shard (%d blocks of %d), f32", pl->kv_tokens, pl->kv_blocks,
+           pl->p.block_tokens);
+    if (pl->p.kv_bytes > 0) {
+        printf(": what --kv-memory %s holds on the shard with the most kv heads",
+               fmt_bytes(pl->p.kv_bytes, b1, sizeof(b1)));
+    } else if (pl->kv_tokens >= pl->p.ctx_size + pl->p.block_tokens) {
+        printf(": raised from %d to hold one batch of %d tokens plus a block", pl->p.ctx_size,
+               pl->p.batch);
+    }
+    printf("\n");
+    printf("step     batch %d tokens, %d logit rows, %d kernel threads\n", pl->p.batch, pl->p.n_out,
+           pl->p.threads);
+    printf("node     %s (%s)\n\n", fmt_bytes(node, b1, sizeof(b1)), node_src);
+
+    row_label("");
+    for (int s = 0; s < pl->n_shards; s++) {
+        char h[24];
+        snprintf(h, sizeof(h), "shard %d", s);
+        printf("%*s", COL, h);
+    }
+    printf("\n");
+    row_label("tp / ep rank");
+    for (int s = 0; s < pl->n_shards; s++) {
+        char h[24];
+        snprintf(h, sizeof(h), "%d / %d", pl->shards[s].tp_rank, pl->shards[s].ep_rank);
+        printf("%*s", COL, h);
+    }
+    printf("\n");
+    row_range(pl, "q heads", offsetof(topo_shard_plan_t, heads));
+    row_range(pl, "kv heads", offsetof(topo_shard_plan_t, kv_heads));
+    if (pl->n_moe_layers < hp->n_layer) {
+        row_range(pl, "dense FFN columns", offsetof(topo_shard_plan_t, ffn_cols));
+    }
+    if (pl->n_moe_layers > 0) {
+        row_range(pl, "expert columns", offsetof(topo_shard_plan_t, expert_cols));
+        row_label("experts per MoE layer");
+        for (int s = 0; s < pl->n_shards; s++) {
+            char h[24];
+            expert_counts(pl, pl->shards[s].ep_rank, h, sizeof(h));
+            printf("%*s", COL, h);
+        }
+        printf("\n");
+    }
+    row_range(pl, "output (vocab) rows", offsetof(topo_shard_plan_t, vocab_rows));
+    row_class(pl, "embeddings, norms, routers", TOPO_CLASS_EMBD_NORMS);
+    row_class(pl, "attention", TOPO_CLASS_ATTENTION);
+    if (pl->n_moe_layers < hp->n_layer) {
+        row_class(pl, "dense FFN", TOPO_CLASS_DENSE_FFN);
+    }
+    if (pl->n_moe_layers > 0) {
+        row_class(pl, "experts", TOPO_CLASS_EXPERTS);
+    }
+    if (!hp->tied_output) {
+        row_class(pl, "output head", TOPO_CLASS_OUTPUT);
+    }
+    row_bytes(pl, "= weights", offsetof(topo_shard_plan_t, weights));
+    row_bytes(pl, "  of which replicated", offsetof(topo_shard_plan_t, replicated));
+    row_bytes(pl, "KV cache", offsetof(topo_shard_plan_t, kv));
+    row_bytes(pl, "buffers", offsetof(topo_shard_plan_t, buffers));
+    row_bytes(pl, "= total", offsetof(topo_shard_plan_t, total));
+    row_label("fits the node");
+    for (int s = 0; s < pl->n_shards; s++) {
+        printf("%*s", COL, pl->shards[s].total <= node ? "yes" : "NO");
+    }
+    printf("\n\n");
+
+    /* What every shard holds whole, by kind. */
+    static const char *const kinds[] = {
+        "token_embd.weight", "output.weight",          "attention", "dense FFN",
+        "experts",           "routers (ffn_gate_inp)", "norms"};
+    uint64_t whole[7] = {0};
+    for (int i = 0; i < pl->n_tensors; i++) {
+        const topo_tensor_plan_t *t = &pl->tensors[i];
+        bool all = t->split != TOPO_SPLIT_UNUSED;
+        for (int s = 0; s < pl->n_shards && all; s++) {
+            all = t->per_shard[s] == t->nbytes;
+        }
+        if (!all) {
+            continue;
+        }
+        const int k = strcmp(t->name, "token_embd.weight") == 0 ? 0
+                      : strcmp(t->name, "output.weight") == 0   ? 1
+                      : t->cls == TOPO_CLASS_ATTENTION          ? 2
+                      : t->cls == TOPO_CLASS_DENSE_FFN          ? 3
+                      : t->cls == TOPO_CLASS_EXPERTS            ? 4
+                      : strstr(t->name, "ffn_gate_inp") != NULL ? 5
+                                                                : 6;
+        whole[k] += t->nbytes;
+    }
+    printf("held whole by every shard:");
+    for (int k = 0, first = 1; k < 7; k++) {
+        if (whole[k] > 0) {
+            printf("%s %s %s", first ? "" : ",", kinds[k], fmt_bytes(whole[k], b1, sizeof(b1)));
+            first = 0;
+        }
+    }
+    if (hp->tied_output) {
+        printf("; the output head is token_embd (tied), no extra bytes");
+    } else if (pl->tp > 1 && hp->n_vocab % pl->tp != 0) {
+        printf("; output.weight is replicated because vocab %d does not divide by tp %d",
+               hp->n_vocab, pl->tp);
+    }
+    if (pl->tp == 1 && pl->n_shards > 1) {
+        printf("; tp 1: attention%s is replicated, only experts are split",
+               pl->n_moe_layers < hp->n_layer ? " and dense FFN" : "");
+    }
+    printf("\n");
+    if (pl->tp > 1) {
+        printf("split by TP: attn_q/k/v rows and attn_output columns by heads%s%s%s%s\n",
+               pl->n_moe_layers < hp->n_layer ? ", dense FFN gate/up rows and down columns" : "",
+               pl->n_moe_layers > 0 ? ", each expert's width (gate/up rows, down columns)" : "",
+               hp->n_vocab % pl->tp == 0 && !hp->tied_output ? ", output rows by vocab" : "",
+               hp->n_head_kv % pl->tp != 0 ? "; kv heads do not divide by tp, so neighbouring TP "
+                                             "ranks share (replicate) a kv head"
+                                           : "");
+    }
+    if (pl->n_moe_layers > 0 && pl->ep > 1) {
+        printf("experts by EP group:");
+        uint64_t lo = UINT64_MAX, hi = 0;
+        for (int g = 0; g < pl->ep; g++) {
+            printf("%s %s", g ? "," : "", fmt_bytes(pl->ep_load[g], b1, sizeof(b1)));
+            lo = pl->ep_load[g] < lo ? pl->ep_load[g] : lo;
+            hi = pl->ep_load[g] > hi ? pl->ep_load[g] : hi;
+        }
+        printf(" (spread %s; one expert of the largest layer is %s)\n",
+               fmt_bytes(hi - lo, b1, sizeof(b1)), fmt_bytes(pl->expert_item_max, b2, sizeof(b2)));
+        if (pl->p.experts == TOPO_EXPERTS_BALANCED) {
+            bool same = true;
+            for (int s = 0; s < pl->n_shards; s++) {
+                same &= pl->shards[s].experts_as_loader == pl->shards[s].bytes[TOPO_CLASS_EXPERTS];
+            }
+            printf(
+                "  the shard loader today (shard/model.c: experts [r*base + min(r, rem), +base + "
+                "(r < rem)) in every layer) %s",
+                same ? "gives the same bytes\n" : "would give expert bytes");
+            for (int s = 0; !same && s < pl->n_shards; s++) {
+                printf("%s %s", s ? "," : "",
+                       fmt_bytes(pl->shards[s].experts_as_loader, b1, sizeof(b1)));
+            }
+            if (!same) {
+                printf("\n");
+            }
+        }
+    }
+    const topo_shard_plan_t *s0 = &pl->shards[0];
+    printf("KV per token on shard 0: 2 x %d layers x %d kv heads x %d x 4 B = %s; x %d tokens = "
+           "%s\n",
+           hp->n_layer, s0->kv_heads.n, hp->head_dim, fmt_bytes(s0->kv_per_token, b1, sizeof(b1)),
+           pl->kv_tokens, fmt_bytes(s0->kv, b2, sizeof(b2)));
+    printf("buffers on shard 0: step scratch for %d tokens (shard/model.c alloc_scratch) %s + f32 "
+           "copies of non-f32 norms %s + collective staging 2 x %d x %d x 4 B %s (estimate)\n",
+           pl->p.batch, fmt_bytes(s0->scratch, b1, sizeof(b1)),
+           fmt_bytes(s0->vec_copies, b2, sizeof(b2)), pl->n_shards > 1 ? pl->p.batch : 0,
+           hp->n_embd, fmt_bytes(s0->comm, b3, sizeof(b3)));
+    if (pl->tp > 1) {
+        printf("mmapped as shd_model_load does today, column slices (attn_output, ffn_down, "
+               "ffn_down_exps) touch every page of their tensors: resident weights up to %s on "
+               "shard 0 until the loader copies its slice\n",
+               fmt_bytes(s0->weights_mmap, b1, sizeof(b1)));
+    }
+}
+
+/* ---- JSON ---------------------------------------------------------------------------- */
+
+static json_t *jrange(topo_range_t r)
+{
+    return json_pack("{s:i, s:i}", "lo", r.lo, "n", r.n);
+}
+
+static json_t *to_json(const plan_opts_t *o, const topo_plan_t *pl, uint64_t node,
+                       const char *node_src, bool fits)
+{
+    const mdl_hparams_t *hp = &pl->hp;
+    json_t *root = json_object();
+    json_object_set_new(root, "model", json_string(o->model));
+    json_object_set_new(root, "arch", json_string(hp->arch_name));
+    json_t *h = json_object();
+    json_object_set_new(h, "n_layer", json_integer(hp->n_layer));
+    json_object_set_new(h, "n_embd", json_integer(hp->n_embd));
+    json_object_set_new(h, "n_head", json_integer(hp->n_head));
+    json_object_set_new(h, "n_head_kv", json_integer(hp->n_head_kv));
+    json_object_set_new(h, "head_dim", json_integer(hp->head_dim));
+    json_object_set_new(h, "n_ff", json_integer(hp->n_ff));
+    json_object_set_new(h, "n_expert", json_integer(hp->n_expert));
+    json_object_set_new(h, "n_expert_used", json_integer(hp->n_expert_used));
+    json_object_set_new(h, "n_ff_exp", json_integer(hp->n_ff_exp));
+    json_object_set_new(h, "n_vocab", json_integer(hp->n_vocab));
+    json_object_set_new(h, "n_ctx_train", json_integer(hp->n_ctx_train));
+    json_object_set_new(h, "n_moe_layers", json_integer(pl->n_moe_layers));
+    json_object_set_new(h, "tied_output", json_boolean(hp->tied_output));
+    json_object_set_new(root, "hparams", h);
+    json_object_set_new(root, "n_shards", json_integer(pl->n_shards));
+    json_object_set_new(root, "tp", json_integer(pl->tp));
+    json_object_set_new(root, "ep", json_integer(pl->ep));
+    json_object_set_new(root, "split_chosen", json_boolean(pl->split_chosen));
+    json_object_set_new(
+        root, "experts_rule",
+        json_string(pl->p.experts == TOPO_EXPERTS_BALANCED ? "balanced" : "contiguous"));
+    json_object_set_new(root, "kv_tokens", json_integer(pl->kv_tokens));
+    json_object_set_new(root, "kv_blocks", json_integer(pl->kv_blocks));
+    json_object_set_new(root, "block_tokens", json_integer(pl->p.block_tokens));
+    json_object_set_new(root, "ctx_size", json_integer(pl->p.ctx_size));
+    json_object_set_new(root, "batch", json_integer(pl->p.batch));
+    json_object_set_new(root, "n_out", json_integer(pl->p.n_out));
+    json_object_set_new(root, "threads", json_integer(pl->p.threads));
+    json_object_set_new(root, "node_memory", json_integer((json_int_t)node));
+    json_object_set_new(root, "node_memory_source", json_string(node_src));
+    json_object_set_new(root, "model_bytes", json_integer((json_int_t)pl->model_bytes));
+    json_object_set_new(root, "expert_item_max", json_integer((json_int_t)pl->expert_item_max));
+    json_object_set_new(root, "expert_bytes_total",
+                        json_integer((json_int_t)pl->expert_bytes_total));
+    json_t *load = json_array();
+    for (int g = 0; g < pl->ep; g++) {
+        json_array_append_new(load, json_integer((json_int_t)pl->ep_load[g]));
+    }
+    json_object_set_new(root, "ep_load", load);
+    json_t *ranges = json_array();
+    for (int il = 0; il < hp->n_layer; il++) {
+        if (!hp->layer_moe[il] || pl->expert_n == NULL) {
+            json_array_append_new(ranges, json_null());
+            continue;
+        }
+        json_t *lr = json_array();
+        for (int g = 0; g < pl->ep; g++) {
+            json_array_append_new(lr, jrange((topo_range_t){pl->expert_lo[il * pl->ep + g],
+                                                            pl->expert_n[il * pl->ep + g]}));
+        }
+        json_array_append_new(ranges, lr);
+    }
+    json_object_set_new(root, "expert_ranges", ranges);
+
+    json_t *shards = json_array();
+    for (int s = 0; s < pl->n_shards; s++) {
+        const topo_shard_plan_t *sp = &pl->shards[s];
+        json_t *j = json_object();
+        json_object_set_new(j, "rank", json_integer(sp->rank));
+        json_object_set_new(j, "tp_rank", json_integer(sp->tp_rank));
+        json_object_set_new(j, "ep_rank", json_integer(sp->ep_rank));
+        json_object_set_new(j, "heads", jrange(sp->heads));
+        json_object_set_new(j, "kv_heads", jrange(sp->kv_heads));
+        json_object_set_new(j, "ffn_cols", jrange(sp->ffn_cols));
+        json_object_set_new(j, "expert_cols", jrange(sp->expert_cols));
+        json_object_set_new(j, "vocab_rows", jrange(sp->vocab_rows));
+        json_object_set_new(j, "experts_contiguous", jrange(sp->experts_contiguous));
+        json_object_set_new(j, "expert_slots", json_integer(sp->expert_slots));
+        json_t *by = json_object();
+        for (int c = 0; c < TOPO_CLASS_COUNT; c++) {
+            json_object_set_new(by, topo_class_name((topo_class_t)c),
+                                json_integer((json_int_t)sp->bytes[c]));
+        }
+        json_object_set_new(j, "bytes", by);
+#define U64(k, v) json_object_set_new(j, k, json_integer((json_int_t)(v)))
+        U64("replicated", sp->replicated);
+        U64("sharded", sp->sharded);
+        U64("weights", sp->weights);
+        U64("weights_mmap", sp->weights_mmap);
+        U64("experts_as_loader", sp->experts_as_loader);
+        U64("kv_per_token", sp->kv_per_token);
+        U64("kv", sp->kv);
+        U64("scratch", sp->scratch);
+        U64("vec_copies", sp->vec_copies);
+        U64("comm", sp->comm);
+        U64("buffers", sp->buffers);
+        U64("total", sp->total);
+#undef U64
+        json_object_set_new(j, "fits", json_boolean(sp->total <= node));
+        json_array_append_new(shards, j);
+    }
+    json_object_set_new(root, "shards", shards);
+
+    json_t *tensors = json_array();
+    for (int i = 0; i < pl->n_tensors; i++) {
+        const topo_tensor_plan_t *t = &pl->tensors[i];
+        json_t *j = json_object();
+        json_object_set_new(j, "name", json_string(t->name));
+        json_object_set_new(j, "type", json_string(tdm_type_name(t->type)));
+        json_object_set_new(j, "bytes", json_integer((json_int_t)t->nbytes));
+        json_object_set_new(j, "layer", t->layer >= 0 ? json_integer(t->layer) : json_null());
+        json_object_set_new(j, "split", json_string(topo_split_name(t->split)));
+        json_object_set_new(j, "class", json_string(topo_class_name(t->cls)));
+        json_t *ps = json_array();
+        for (int s = 0; s < pl->n_shards; s++) {
+            json_array_append_new(ps, json_integer((json_int_t)t->per_shard[s]));
+        }
+        json_object_set_new(j, "per_shard", ps);
+        json_array_append_new(tensors, j);
+    }
+    json_object_set_new(root, "tensors", tensors);
+    json_object_set_new(root, "fits", json_boolean(fits));
+    return root;
+}
+
+int cmd_plan(int argc, char **argv)
+{
+    plan_opts_t o;
+    int r = parse_opts(argc, argv, &o);
+    if (r != 0) {
+        return r > 0 ? 0 : 2;
+    }
+    tdm_error_t err = {0};
+    uint64_t node = o.node_memory;
+    const char *node_src = "--node-memory";
+    if (node == 0) {
+        if (topo_meminfo_available(NULL, &node, &err) != TDM_OK) {
+            fprintf(stderr, "tandem plan: %s (pass --node-memory)\n", tdm_error_msg(&err));
+            return 1;
+        }
+        node_src = "MemAvailable of this machine";
+    }
+    gguf_ctx_t *g = NULL;
+    if (gguf_open(o.model, &g, &err) != TDM_OK) {
+        fprintf(stderr, "tandem plan: %s\n", tdm_error_msg(&err));
+        return 1;
+    }
+    topo_plan_t *pl = NULL;
+    tdm_status_t st = topo_plan_build(g, &o.p, &pl, &err);
+    if (st != TDM_OK) {
+        fprintf(stderr, "tandem plan: %s: %s\n", o.model, tdm_error_msg(&err));
+        gguf_close(g);
+        return st == TDM_ERR_INVALID_PARAM || st == TDM_ERR_UNSUPPORTED ? 2 : 1;
+    }
+    int worst = 0;
+    for (int s = 1; s < pl->n_shards; s++) {
+        if (pl->shards[s].total > pl->shards[worst].total) {
+            worst = s;
+        }
+    }
+    const bool fits = pl->shards[worst].total <= node;
+    int rc = 0;
+    if (o.json) {
+        json_t *root = to_json(&o, pl, node, node_src, fits);
+        char *s = json_dumps(root, JSON_INDENT(1));
+        if (s != NULL) {
+            printf("%s\n", s);
+            free(s);
+        } else {
+            fprintf(stderr, "tandem plan: out of memory\n");
+            rc = 1;
+        }
+        json_decref(root);
+    } else {
+        print_text(&o, pl, node, node_src);
+    }
+    if (!fits && rc == 0) {
+        const topo_shard_plan_t *w = &pl->shards[worst];
+        char b1[32], b2[32], b3[32], b4[32], b5[32];
+        fprintf(stderr,
+                "tandem plan: refused: shard %d needs %s (%" PRIu64 " bytes: weights %s + KV %s "
+                "+ buffers %s) but a node has %s (%" PRIu64 " bytes, %s); use more shards, a "
+                "smaller --ctx-size / --kv-memory, or a smaller quantization\n",
+                worst, fmt_bytes(w->total, b1, sizeof(b1)), w->total,
+                fmt_bytes(w->weights, b2, sizeof(b2)), fmt_bytes(w->kv, b3, sizeof(b3)),
+                fmt_bytes(w->buffers, b4, sizeof(b4)), fmt_bytes(node, b5, sizeof(b5)), node,
+                node_src);
+        rc = 3;
+    }
+    topo_plan_destroy(pl);
+    gguf_close(g);
+    return rc;
+}

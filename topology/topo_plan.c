@@ -1,0 +1,855 @@
+/*
+ * topo_plan.c - the per-shard memory plan (topo_plan.h): the partition of shard/model.c
+ * reproduced over tensor infos, expert placement by bytes, KV and buffer sizes.
+ */
+#include "common/check.h"
+#include "common/mem.h"
+#include "topology/topo_plan.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define DEFAULT_BATCH        512
+#define DEFAULT_N_OUT        64
+#define DEFAULT_BLOCK_TOKENS 16 /* SHD_KV_BLOCK_TOKENS_DEFAULT */
+#define DEFAULT_CTX_CAP      8192
+#define MAX_SHARDS           1024
+
+const char *topo_split_name(topo_split_t s)
+{
+    static const char *const names[TOPO_SPLIT_COUNT] = {"replicated", "tp_rows", "tp_cols",
+                                                        "kv_shared",  "experts", "unused"};
+    return (unsigned)s < TOPO_SPLIT_COUNT ? names[s] : "?";
+}
+
+const char *topo_class_name(topo_class_t c)
+{
+    static const char *const names[TOPO_CLASS_COUNT] = {
+        "embeddings_norms", "attention", "dense_ffn", "experts", "output", "unused"};
+    return (unsigned)c < TOPO_CLASS_COUNT ? names[c] : "?";
+}
+
+/* ---- LPT ---------------------------------------------------------------------------- */
+
+typedef struct lpt_item {
+    uint64_t bytes;
+    int idx;
+} lpt_item_t;
+
+static int cmp_item(const void *a, const void *b)
+{
+    const lpt_item_t *x = a, *y = b;
+    if (x->bytes != y->bytes) {
+        return x->bytes > y->bytes ? -1 : 1;
+    }
+    return (x->idx > y->idx) - (x->idx < y->idx);
+}
+
+tdm_status_t topo_lpt_assign(const uint64_t *bytes, int n, int n_bins, int *bin_of, uint64_t *load,
+                             tdm_error_t *err)
+{
+    if (n < 0 || n_bins < 1) {
+        return tdm_error_set(err, TDM_ERR_INVALID_PARAM, "bin packing: %d items into %d bins", n,
+                             n_bins);
+    }
+    memset(load, 0, (size_t)n_bins * sizeof(uint64_t));
+    if (n == 0) {
+        return TDM_OK;
+    }
+    lpt_item_t *items = malloc((size_t)n * sizeof(*items));
+    if (items == NULL) {
+        return tdm_error_set(err, TDM_ERR_NO_MEMORY, "bin packing: out of memory for %d items", n);
+    }
+    for (int i = 0; i < n; i++) {
+        items[i] = (lpt_item_t){bytes[i], i};
+    }
+    qsort(items, (size_t)n, sizeof(*items), cmp_item);
+    for (int i = 0; i < n; i++) {
+        int best = 0;
+        for (int b = 1; b < n_bins; b++) {
+            if (load[b] < load[best]) {
+                best = b;
+            }
+        }
+        bin_of[items[i].idx] = best;
+        load[best] += items[i].bytes;
+    }
+    free(items);
+    return TDM_OK;
+}
+
+/* ---- memory sizes ------------------------------------------------------------------- */
+
+tdm_status_t topo_meminfo_available(const char *path, uint64_t *out, tdm_error_t *err)
+{
+    if (path == NULL) {
+        path = "/proc/meminfo";
+    }
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+        return tdm_error_set(err, TDM_ERR_IO, "%s: %s", path, strerror(errno));
+    }
+    char line[256];
+    while (fgets(line, sizeof(line), f) != NULL) {
+        unsigned long long kb;
+        char unit[8] = "";
+        if (sscanf(line, "MemAvailable: %llu %7s", &kb, unit) >= 1) {
+            fclose(f);
+            if (unit[0] != '\0' && strcmp(unit, "kB") != 0) {
+                return tdm_error_set(err, TDM_ERR_FORMAT, "%s: MemAvailable in unit '%s'", path,
+                                     unit);
+            }
+            *out = (uint64_t)kb * 1024u;
+            return TDM_OK;
+        }
+    }
+    fclose(f);
+    return tdm_error_set(err, TDM_ERR_NOT_FOUND, "%s: no MemAvailable line", path);
+}
+
+bool topo_parse_size(const char *s, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    double x = strtod(s, &end);
+    if (errno != 0 || end == s || !(x >= 0) || isspace((unsigned char)*s)) {
+        return false;
+    }
+    double mul = 1.0;
+    switch (toupper((unsigned char)*end)) {
+    case 'K':
+        mul = 1024.0;
+        break;
+    case 'M':
+        mul = 1024.0 * 1024.0;
+        break;
+    case 'G':
+        mul = 1024.0 * 1024.0 * 1024.0;
+        break;
+    case 'T':
+        mul = 1024.0 * 1024.0 * 1024.0 * 1024.0;
+        break;
+    default:
+        break;
+    }
+    if (mul > 1.0) {
+        end++;
+        if (*end == 'i') {
+            end++;
+        }
+    }
+    if (*end == 'B' || *end == 'b') {
+        end++;
+    }
+    x *= mul;
+    if (*end != '\0' || x >= 1.8e19) {
+        return false;
+    }
+    *out = (uint64_t)x;
+    return true;
+}
+
+/* ---- the partition (shard/model.c plan_partition) ----------------------------------- */
+
+typedef struct model_shape {
+    bool any_dense, any_moe;
+} model_shape_t;
+
+static tdm_status_t check_split(const mdl_hparams_t *hp, const model_shape_t *ms, int tp, int ep,
+                                tdm_error_t *err)
+{
+    if (hp->n_head % tp != 0) {
+        return tdm_error_set(err, TDM_ERR_UNSUPPORTED,
+                             "tp %d does not divide the %d attention heads (tp must divide "
+                             "n_head; try tp in the divisors of %d)",
+                             tp, hp->n_head, hp->n_head);
+    }
+    if (ms->any_dense && hp->n_ff % tp != 0) {
+        return tdm_error_set(err, TDM_ERR_UNSUPPORTED,
+                             "tp %d does not divide the dense FFN width %d "
+                             "(feed_forward_length)",
+                             tp, hp->n_ff);
+    }
+    if (!ms->any_moe && ep > 1) {
+        return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
+                             "ep %d: the model has no experts, so expert parallelism has "
+                             "nothing to split (use --tp)",
+                             ep);
+    }
+    if (ms->any_moe && ep > hp->n_expert) {
+        return tdm_error_set(err, TDM_ERR_UNSUPPORTED,
+                             "ep %d is more than the %d experts (each EP group needs at least "
+                             "one expert)",
+                             ep, hp->n_expert);
+    }
+    if (ms->any_moe && hp->n_ff_exp % tp != 0) {
+        return tdm_error_set(err, TDM_ERR_UNSUPPORTED,
+                             "tp %d does not divide the expert width %d "
+                             "(expert_feed_forward_length)",
+                             tp, hp->n_ff_exp);
+    }
+    return TDM_OK;
+}
+
+/* The ranges rank (tp_rank, ep_rank) holds: plan_partition in shard/model.c, line by line. */
+static void partition(const mdl_hparams_t *hp, const model_shape_t *ms, int tp, int r, int ep,
+                      int ep_rank, topo_shard_plan_t *s)
+{
+    const int group = hp->n_head / hp->n_head_kv;
+    s->heads.n = hp->n_head / tp;
+    s->heads.lo = r * s->heads.n;
+    s->kv_heads.lo = s->heads.lo / group;
+    s->kv_heads.n = (s->heads.lo + s->heads.n - 1) / group + 1 - s->kv_heads.lo;
+    if (ms->any_dense) {
+        s->ffn_cols.n = hp->n_ff / tp;
+        s->ffn_cols.lo = r * s->ffn_cols.n;
+    }
+    if (ms->any_moe) {
+        const int base = hp->n_expert / ep, rem = hp->n_expert % ep;
+        s->experts_contiguous.lo = ep_rank * base + (ep_rank < rem ? ep_rank : rem);
+        s->experts_contiguous.n = base + (ep_rank < rem);
+        s->expert_cols.n = hp->n_ff_exp / tp;
+        s->expert_cols.lo = r * s->expert_cols.n;
+    }
+    if (hp->n_vocab % tp == 0) {
+        s->vocab_rows.n = hp->n_vocab / tp;
+        s->vocab_rows.lo = r * s->vocab_rows.n;
+    } else {
+        s->vocab_rows.n = hp->n_vocab;
+        s->vocab_rows.lo = 0;
+    }
+}
+
+/* ---- tensors ------------------------------------------------------------------------ */
+
+typedef enum sel {
+    SEL_ALL = 0,
+    SEL_HEADS, /* q heads x head_dim        */
+    SEL_KV,    /* kv heads x head_dim       */
+    SEL_FF,    /* dense FFN columns         */
+    SEL_VOCAB, /* output rows               */
+} sel_t;
+
+typedef struct builder {
+    const gguf_ctx_t *g;
+    topo_plan_t *plan;
+    int cap;
+} builder_t;
+
+static topo_range_t range_of(const topo_plan_t *pl, const topo_shard_plan_t *s, sel_t sel,
+                             int64_t full)
+{
+    const int hd = pl->hp.head_dim;
+    switch (sel) {
+    case SEL_HEADS:
+        return (topo_range_t){s->heads.lo * hd, s->heads.n * hd};
+    case SEL_KV:
+        return (topo_range_t){s->kv_heads.lo * hd, s->kv_heads.n * hd};
+    case SEL_FF:
+        return s->ffn_cols;
+    case SEL_VOCAB:
+        return s->vocab_rows;
+    default:
+        return (topo_range_t){0, (int)full};
+    }
+}
+
+static topo_tensor_plan_t *add_tensor(builder_t *b, const gguf_tensor_t *t, int layer,
+                                      topo_split_t split, topo_class_t cls)
+{
+    topo_plan_t *pl = b->plan;
+    if (pl->n_tensors == b->cap) {
+        b->cap = b->cap ? b->cap * 2 : 64;
+        pl->tensors = tdm_xrealloc(pl->tensors, (size_t)b->cap * sizeof(topo_tensor_plan_t));
+    }
+    topo_tensor_plan_t *tp = &pl->tensors[pl->n_tensors++];
+    memset(tp, 0, sizeof(*tp));
+    snprintf(tp->name, sizeof(tp->name), "%s", t->name);
+    tp->type = t->type;
+    tp->nbytes = t->nbytes;
+    tp->layer = layer;
+    tp->split = split;
+    tp->cls = cls;
+    tp->per_shard = tdm_xcalloc((size_t)pl->n_shards, sizeof(uint64_t));
+    return tp;
+}
+
+static const gguf_tensor_t *need(builder_t *b, const char *name, tdm_error_t *err)
+{
+    const gguf_tensor_t *t = gguf_find_tensor(b->g, name);
+    if (t == NULL) {
+        tdm_error_set(err, TDM_ERR_NOT_FOUND, "tensor '%s' is missing", name);
+    }
+    return t;
+}
+
+static tdm_status_t shape_error(const gguf_tensor_t *t, int64_t a, int64_t b_, int64_t c,
+                                tdm_error_t *err)
+{
+    return tdm_error_set(err, TDM_ERR_FORMAT,
+                         "tensor '%s': shape [%lld, %lld, %lld], expected [%lld, %lld, %lld]",
+                         t->name, (long long)t->ne[0], (long long)t->ne[1], (long long)t->ne[2],
+                         (long long)a, (long long)b_, (long long)c);
+}
+
+/* True when every shard holds all of the tensor (by rule, or because tp or ep is 1). */
+static bool whole_everywhere(const topo_plan_t *pl, const topo_tensor_plan_t *tp)
+{
+    for (int s = 0; s < pl->n_shards; s++) {
+        if (tp->per_shard[s] != tp->nbytes) {
+            return false;
+        }
+    }
+    return tp->split != TOPO_SPLIT_UNUSED;
+}
+
+/* Adds a tensor's per-shard bytes to the shards' totals; mmap_full (when not 0) is what a
+ * shard that holds any of it keeps resident if the file is mapped. */
+static void account(topo_plan_t *pl, const topo_tensor_plan_t *tp, uint64_t mmap_full)
+{
+    const bool whole = whole_everywhere(pl, tp);
+    for (int s = 0; s < pl->n_shards; s++) {
+        topo_shard_plan_t *sp = &pl->shards[s];
+        const uint64_t v = tp->per_shard[s];
+        sp->bytes[tp->cls] += v;
+        if (tp->split == TOPO_SPLIT_UNUSED) {
+            continue;
+        }
+        if (whole) {
+            sp->replicated += v;
+        } else {
+            sp->sharded += v;
+        }
+        sp->weights_mmap += mmap_full > 0 && v > 0 ? mmap_full : v;
+    }
+}
+
+/* A 1-D vector of n elements every shard holds (shd_bind_vec). */
+static tdm_status_t bind_vec(builder_t *b, const char *name, int64_t n, int layer, tdm_error_t *err)
+{
+    const gguf_tensor_t *t = need(b, name, err);
+    if (t == NULL) {
+        return TDM_ERR_NOT_FOUND;
+    }
+    if (t->ne[0] != n || t->ne[1] != 1 || t->ne[2] != 1 || t->ne[3] != 1) {
+        return shape_error(t, n, 1, 1, err);
+    }
+    topo_plan_t *pl = b->plan;
+    topo_tensor_plan_t *tp = add_tensor(b, t, layer, TOPO_SPLIT_REPLICATED, TOPO_CLASS_EMBD_NORMS);
+    for (int s = 0; s < pl->n_shards; s++) {
+        tp->per_shard[s] = t->nbytes;
+        if (t->type != TDM_TYPE_F32) {
+            pl->shards[s].vec_copies += (uint64_t)n * sizeof(float);
+        }
+    }
+    account(pl, tp, 0);
+    return TDM_OK;
+}
+
+/*
+ * A matrix [n_cols, n_rows] (shd_bind_mat): rows or columns `sel` of it per shard, or all
+ * of it (SEL_ALL). Column slices must fall on block boundaries.
+ */
+static tdm_status_t bind_mat(builder_t *b, const char *name, int64_t n_cols, int64_t n_rows,
+                             int layer, topo_class_t cls, bool by_cols, sel_t sel,
+                             topo_split_t split, tdm_error_t *err)
+{
+    const gguf_tensor_t *t = need(b, name, err);
+    if (t == NULL) {
+        return TDM_ERR_NOT_FOUND;
+    }
+    if (t->ne[0] != n_cols || t->ne[1] != n_rows || t->ne[2] != 1 || t->ne[3] != 1) {
+        return shape_error(t, n_cols, n_rows, 1, err);
+    }
+    topo_plan_t *pl = b->plan;
+    const tdm_type_traits_t *tr = tdm_type_traits(t->type);
+    for (int s = 0; by_cols && s < pl->n_shards; s++) {
+        topo_range_t r = range_of(pl, &pl->shards[s], sel, n_cols);
+        if (tr->blck == 0 || r.lo % (int)tr->blck != 0 || r.n % (int)tr->blck != 0) {
+            return tdm_error_set(err, TDM_ERR_UNSUPPORTED,
+                                 "tensor '%s': tp %d gives shard %d columns [%d, %d) of a %s "
+                                 "matrix, which do not fall on %u-element block boundaries (the "
+                                 "shard loader refuses this; choose a smaller tp)",
+                                 t->name, pl->tp, s, r.lo, r.lo + r.n, tdm_type_name(t->type),
+                                 tr->blck);
+        }
+    }
+    topo_tensor_plan_t *tp = add_tensor(b, t, layer, split, cls);
+    for (int s = 0; s < pl->n_shards; s++) {
+        topo_range_t r = range_of(pl, &pl->shards[s], sel, by_cols ? n_cols : n_rows);
+        tp->per_shard[s] = by_cols ? (uint64_t)n_rows * tdm_type_row_size(t->type, r.n)
+                                   : (uint64_t)r.n * tdm_type_row_size(t->type, n_cols);
+    }
+    account(pl, tp, by_cols && pl->tp > 1 ? t->nbytes : 0);
+    return TDM_OK;
+}
+
+/* One 3-D expert stack [n_cols, n_rows, n_expert] of layer il: the EP group's experts, each
+ * split over TP by rows (gate, up) or by columns (down). */
+static tdm_status_t bind_experts(builder_t *b, const gguf_tensor_t *t, int il, bool by_cols,
+                                 tdm_error_t *err)
+{
+    topo_plan_t *pl = b->plan;
+    const mdl_hparams_t *hp = &pl->hp;
+    const int64_t n_cols = by_cols ? hp->n_ff_exp : hp->n_embd;
+    const int64_t n_rows = by_cols ? hp->n_embd : hp->n_ff_exp;
+    const tdm_type_traits_t *tr = tdm_type_traits(t->type);
+    for (int s = 0; by_cols && s < pl->n_shards; s++) {
+        topo_range_t r = pl->shards[s].expert_cols;
+        if (tr->blck == 0 || r.lo % (int)tr->blck != 0 || r.n % (int)tr->blck != 0) {
+            return tdm_error_set(err, TDM_ERR_UNSUPPORTED,
+                                 "tensor '%s': tp %d gives shard %d columns [%d, %d) of each %s "
+                                 "expert, which do not fall on %u-element block boundaries (the "
+                                 "shard loader refuses this; choose a smaller tp)",
+                                 t->name, pl->tp, s, r.lo, r.lo + r.n, tdm_type_name(t->type),
+                                 tr->blck);
+        }
+    }
+    topo_tensor_plan_t *tp = add_tensor(b, t, il, TOPO_SPLIT_EXPERTS, TOPO_CLASS_EXPERTS);
+    const uint64_t per_expert = t->nbytes / (uint64_t)hp->n_expert;
+    for (int s = 0; s < pl->n_shards; s++) {
+        const topo_shard_plan_t *sp = &pl->shards[s];
+        const uint64_t count = (uint64_t)pl->expert_n[il * pl->ep + sp->ep_rank];
+        const uint64_t one = by_cols
+                                 ? (uint64_t)n_rows * tdm_type_row_size(t->type, sp->expert_cols.n)
+                                 : (uint64_t)sp->expert_cols.n * tdm_type_row_size(t->type, n_cols);
+        tp->per_shard[s] = count * one;
+        pl->shards[s].experts_as_loader += (uint64_t)sp->experts_contiguous.n * one;
+    }
+    /* Mapped, a column slice of an expert pulls in the whole expert. */
+    const bool whole = whole_everywhere(pl, tp);
+    for (int s = 0; s < pl->n_shards; s++) {
+        topo_shard_plan_t *sp = &pl->shards[s];
+        const uint64_t v = tp->per_shard[s];
+        sp->bytes[TOPO_CLASS_EXPERTS] += v;
+        if (whole) {
+            sp->replicated += v;
+        } else {
+            sp->sharded += v;
+        }
+        sp->weights_mmap += by_cols && pl->tp > 1
+                                ? (uint64_t)pl->expert_n[il * pl->ep + sp->ep_rank] * per_expert
+                                : v;
+    }
+    return TDM_OK;
+}
+
+/* The three expert stacks of layer il, shape-checked; NULL entries on failure. */
+static tdm_status_t find_experts(builder_t *b, int il, const gguf_tensor_t *t[3], tdm_error_t *err)
+{
+    static const char *const parts[3] = {"ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"};
+    const mdl_hparams_t *hp = &b->plan->hp;
+    char name[GGUF_MAX_NAME];
+    for (int k = 0; k < 3; k++) {
+        snprintf(name, sizeof(name), "blk.%d.%s.weight", il, parts[k]);
+        t[k] = need(b, name, err);
+        if (t[k] == NULL) {
+            return TDM_ERR_NOT_FOUND;
+        }
+        const int64_t c = k == 2 ? hp->n_ff_exp : hp->n_embd,
+                      r = k == 2 ? hp->n_embd : hp->n_ff_exp;
+        if (t[k]->ne[0] != c || t[k]->ne[1] != r || t[k]->ne[2] != hp->n_expert ||
+            t[k]->ne[3] != 1) {
+            return shape_error(t[k], c, r, hp->n_expert, err);
+        }
+        if (t[k]->nbytes % (uint64_t)hp->n_expert != 0) {
+            return tdm_error_set(err, TDM_ERR_FORMAT,
+                                 "tensor '%s': %llu bytes do not split into %d experts", name,
+                                 (unsigned long long)t[k]->nbytes, hp->n_expert);
+        }
+    }
+    return TDM_OK;
+}
+
+/* How many experts of each MoE layer each EP group holds, and where (expert_lo/n). */
+static tdm_status_t place_experts(builder_t *b, tdm_error_t *err)
+{
+    topo_plan_t *pl = b->plan;
+    const mdl_hparams_t *hp = &pl->hp;
+    const int ep = pl->ep, ne = hp->n_expert;
+    pl->expert_lo = tdm_xcalloc((size_t)hp->n_layer * (size_t)ep, sizeof(int));
+    pl->expert_n = tdm_xcalloc((size_t)hp->n_layer * (size_t)ep, sizeof(int));
+    pl->ep_load = tdm_xcalloc((size_t)ep, sizeof(uint64_t));
+    if (pl->n_moe_layers == 0) {
+        return TDM_OK;
+    }
+    const size_t n_items = (size_t)pl->n_moe_layers * (size_t)ne;
+    uint64_t *bytes = malloc(n_items * sizeof(uint64_t));
+    int *bin = malloc(n_items * sizeof(int));
+    int *layer_of = malloc((size_t)pl->n_moe_layers * sizeof(int));
+    pl->expert_owner = malloc((size_t)hp->n_layer * (size_t)ne * sizeof(int));
+    if (bytes == NULL || bin == NULL || layer_of == NULL || pl->expert_owner == NULL) {
+        free(bytes);
+        free(bin);
+        free(layer_of);
+        return tdm_error_set(err, TDM_ERR_NO_MEMORY, "plan: out of memory for %zu experts",
+                             n_items);
+    }
+    tdm_status_t st = TDM_OK;
+    int m = 0;
+    for (int il = 0; il < hp->n_layer && st == TDM_OK; il++) {
+        if (!hp->layer_moe[il]) {
+            continue;
+        }
+        const gguf_tensor_t *t[3];
+        st = find_experts(b, il, t, err);
+        if (st != TDM_OK) {
+            break;
+        }
+        const uint64_t one = (t[0]->nbytes + t[1]->nbytes + t[2]->nbytes) / (uint64_t)ne;
+        for (int e = 0; e < ne; e++) {
+            bytes[(size_t)m * ne + e] = one;
+        }
+        if (one > pl->expert_item_max) {
+            pl->expert_item_max = one;
+        }
+        pl->expert_bytes_total += one * (uint64_t)ne;
+        layer_of[m++] = il;
+    }
+    if (st == TDM_OK && pl->p.experts == TOPO_EXPERTS_BALANCED) {
+        st = topo_lpt_assign(bytes, (int)n_items, ep, bin, pl->ep_load, err);
+    }
+    for (int k = 0; st == TDM_OK && k < m; k++) {
+        const int il = layer_of[k];
+        int *lo = &pl->expert_lo[il * ep], *n = &pl->expert_n[il * ep];
+        for (int g = 0; g < ep; g++) {
+            if (pl->p.experts == TOPO_EXPERTS_CONTIGUOUS) {
+                const int base = ne / ep, rem = ne % ep;
+                n[g] = base + (g < rem);
+            } else {
+                n[g] = 0;
+                for (int e = 0; e < ne; e++) {
+                    n[g] += bin[(size_t)k * ne + e] == g;
+                }
+            }
+            lo[g] = g == 0 ? 0 : lo[g - 1] + n[g - 1];
+            for (int e = lo[g]; e < lo[g] + n[g]; e++) {
+                pl->expert_owner[(size_t)il * ne + e] = g;
+            }
+        }
+        if (pl->p.experts == TOPO_EXPERTS_CONTIGUOUS) {
+            for (int g = 0; g < ep; g++) {
+                pl->ep_load[g] += (uint64_t)n[g] * bytes[(size_t)k * ne];
+            }
+        }
+    }
+    for (int il = 0; st == TDM_OK && il < hp->n_layer; il++) {
+        if (!hp->layer_moe[il]) {
+            for (int e = 0; e < ne; e++) {
+                pl->expert_owner[(size_t)il * ne + e] = -1;
+            }
+        }
+    }
+    free(bytes);
+    free(bin);
+    free(layer_of);
+    return st;
+}
+
+/* shd_bind_std_layer, tensor by tensor. */
+static tdm_status_t plan_layer(builder_t *b, int il, tdm_error_t *err)
+{
+    topo_plan_t *pl = b->plan;
+    const mdl_hparams_t *hp = &pl->hp;
+    const int hd = hp->head_dim;
+    const topo_split_t kv_split =
+        hp->n_head_kv % pl->tp == 0 ? TOPO_SPLIT_TP_ROWS : TOPO_SPLIT_KV_SHARED;
+    char n[GGUF_MAX_NAME];
+#define NAME(suffix) (snprintf(n, sizeof(n), "blk.%d." suffix, il), n)
+    TDM_CHECK(bind_vec(b, NAME("attn_norm.weight"), hp->n_embd, il, err));
+    TDM_CHECK(bind_mat(b, NAME("attn_q.weight"), hp->n_embd, (int64_t)hp->n_head * hd, il,
+                       TOPO_CLASS_ATTENTION, false, SEL_HEADS, TOPO_SPLIT_TP_ROWS, err));
+    TDM_CHECK(bind_mat(b, NAME("attn_k.weight"), hp->n_embd, (int64_t)hp->n_head_kv * hd, il,
+                       TOPO_CLASS_ATTENTION, false, SEL_KV, kv_split, err));
+    TDM_CHECK(bind_mat(b, NAME("attn_v.weight"), hp->n_embd, (int64_t)hp->n_head_kv * hd, il,
+                       TOPO_CLASS_ATTENTION, false, SEL_KV, kv_split, err));
+    TDM_CHECK(bind_mat(b, NAME("attn_output.weight"), (int64_t)hp->n_head * hd, hp->n_embd, il,
+                       TOPO_CLASS_ATTENTION, true, SEL_HEADS, TOPO_SPLIT_TP_COLS, err));
+    if (hp->qk_norm) {
+        TDM_CHECK(bind_vec(b, NAME("attn_q_norm.weight"), hd, il, err));
+        TDM_CHECK(bind_vec(b, NAME("attn_k_norm.weight"), hd, il, err));
+    }
+    TDM_CHECK(bind_vec(b, NAME("ffn_norm.weight"), hp->n_embd, il, err));
+    if (!hp->layer_moe[il]) {
+        TDM_CHECK(bind_mat(b, NAME("ffn_gate.weight"), hp->n_embd, hp->n_ff, il,
+                           TOPO_CLASS_DENSE_FFN, false, SEL_FF, TOPO_SPLIT_TP_ROWS, err));
+        TDM_CHECK(bind_mat(b, NAME("ffn_up.weight"), hp->n_embd, hp->n_ff, il, TOPO_CLASS_DENSE_FFN,
+                           false, SEL_FF, TOPO_SPLIT_TP_ROWS, err));
+        TDM_CHECK(bind_mat(b, NAME("ffn_down.weight"), hp->n_ff, hp->n_embd, il,
+                           TOPO_CLASS_DENSE_FFN, true, SEL_FF, TOPO_SPLIT_TP_COLS, err));
+        return TDM_OK;
+    }
+    /* The router is replicated: every shard routes every token. */
+    TDM_CHECK(bind_mat(b, NAME("ffn_gate_inp.weight"), hp->n_embd, hp->n_expert, il,
+                       TOPO_CLASS_EMBD_NORMS, false, SEL_ALL, TOPO_SPLIT_REPLICATED, err));
+#undef NAME
+    const gguf_tensor_t *ex[3];
+    TDM_CHECK(find_experts(b, il, ex, err));
+    TDM_CHECK(bind_experts(b, ex[0], il, false, err));
+    TDM_CHECK(bind_experts(b, ex[1], il, false, err));
+    TDM_CHECK(bind_experts(b, ex[2], il, true, err));
+    return TDM_OK;
+}
+
+static size_t pad16(size_t n)
+{
+    return (n + 15) & ~(size_t)15;
+}
+
+/* The step scratch arena of shard/model.c alloc_scratch, in bytes. */
+static uint64_t scratch_bytes(const topo_plan_t *pl, const topo_shard_plan_t *s)
+{
+    const mdl_hparams_t *hp = &pl->hp;
+    const size_t B = (size_t)pl->p.batch, E = (size_t)hp->n_embd, hd = (size_t)hp->head_dim;
+    const size_t k = (size_t)(hp->n_expert_used > 0 ? hp->n_expert_used : 1);
+    const size_t ff = (size_t)(s->ffn_cols.n > s->expert_cols.n ? s->ffn_cols.n : s->expert_cols.n);
+    const size_t nthr = (size_t)pl->p.threads, nout = (size_t)pl->p.n_out;
+    const size_t nh = (size_t)s->heads.n, nkv = (size_t)s->kv_heads.n;
+    const size_t nv = (size_t)s->vocab_rows.n;
+    const bool split_vocab = s->vocab_rows.n != hp->n_vocab;
+    const size_t sizes[] = {
+        B * E,
+        B * E,
+        B * nh * hd,
+        B * nkv * hd,
+        B * nkv * hd,
+        B * nh * hd,
+        B * E,
+        B * ff,
+        B * ff,
+        B * (size_t)(hp->n_expert > 0 ? hp->n_expert : 1),
+        B * k,
+        B * k,
+        B,
+        B,
+        B * E,
+        B * E,
+        nthr * (size_t)pl->p.ctx_size,
+        nout * E,
+        nout * nv,
+        split_vocab ? (size_t)pl->tp * nout * nv : 0,
+    };
+    size_t total = 0;
+    for (size_t i = 0; i < TDM_ARRAY_SIZE(sizes); i++) {
+        total += pad16(sizes[i]);
+    }
+    return (uint64_t)total * sizeof(float);
+}
+
+static tdm_status_t resolve_split(topo_plan_t *pl, const topo_plan_params_t *p,
+                                  const model_shape_t *ms, tdm_error_t *err)
+{
+    const int n = p->n_shards;
+    if (n < 1 || n > MAX_SHARDS) {
+        return tdm_error_set(err, TDM_ERR_INVALID_PARAM, "--shards %d: want 1 to %d", n,
+                             MAX_SHARDS);
+    }
+    if (p->tp < 0 || p->ep < 0) {
+        return tdm_error_set(err, TDM_ERR_INVALID_PARAM, "--tp %d / --ep %d: want positive", p->tp,
+                             p->ep);
+    }
+    int tp = p->tp, ep = p->ep;
+    pl->split_chosen = tp == 0 && ep == 0;
+    if (tp == 0 && ep == 0) {
+        if (ms->any_moe && n <= pl->hp.n_expert) {
+            ep = n;
+            tp = 1;
+        } else {
+            tp = n;
+            ep = 1;
+        }
+    } else if (tp == 0) {
+        if (n % ep != 0) {
+            return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
+                                 "--ep %d does not divide --shards %d (shards = tp x ep)", ep, n);
+        }
+        tp = n / ep;
+    } else if (ep == 0) {
+        if (n % tp != 0) {
+            return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
+                                 "--tp %d does not divide --shards %d (shards = tp x ep)", tp, n);
+        }
+        ep = n / tp;
+    }
+    if (tp * ep != n) {
+        return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
+                             "--shards %d is not --tp %d x --ep %d (shards = tp x ep)", n, tp, ep);
+    }
+    TDM_CHECK(check_split(&pl->hp, ms, tp, ep, err));
+    pl->n_shards = n;
+    pl->tp = tp;
+    pl->ep = ep;
+    return TDM_OK;
+}
+
+static tdm_status_t plan_kv(topo_plan_t *pl, tdm_error_t *err)
+{
+    const mdl_hparams_t *hp = &pl->hp;
+    const uint64_t bt = (uint64_t)pl->p.block_tokens;
+    uint64_t max_block = 0;
+    int worst = 0;
+    for (int s = 0; s < pl->n_shards; s++) {
+        topo_shard_plan_t *sp = &pl->shards[s];
+        sp->kv_per_token =
+            2u * (uint64_t)hp->n_layer * (uint64_t)sp->kv_heads.n * (uint64_t)hp->head_dim * 4u;
+        if (sp->kv_per_token * bt > max_block) {
+            max_block = sp->kv_per_token * bt;
+            worst = s;
+        }
+    }
+    /* transport/exec_local.c: at least one full batch plus a block. */
+    const uint64_t min_blocks = ((uint64_t)pl->p.batch + bt - 1) / bt + 1;
+    uint64_t n_blocks;
+    if (pl->p.kv_bytes > 0) {
+        n_blocks = pl->p.kv_bytes / max_block;
+        if (n_blocks < min_blocks) {
+            return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
+                                 "--kv-memory %llu bytes holds %llu blocks of %llu tokens on "
+                                 "shard %d (%llu bytes each); a batch of %d tokens needs at "
+                                 "least %llu",
+                                 (unsigned long long)pl->p.kv_bytes, (unsigned long long)n_blocks,
+                                 (unsigned long long)bt, worst, (unsigned long long)max_block,
+                                 pl->p.batch, (unsigned long long)min_blocks);
+        }
+    } else {
+        n_blocks = ((uint64_t)pl->p.ctx_size + bt - 1) / bt;
+        if (n_blocks < min_blocks) {
+            n_blocks = min_blocks;
+        }
+    }
+    if (n_blocks > (uint64_t)INT32_MAX / 2) {
+        n_blocks = (uint64_t)INT32_MAX / 2;
+    }
+    pl->kv_blocks = (int32_t)n_blocks;
+    pl->kv_tokens = (int)(n_blocks * bt);
+    for (int s = 0; s < pl->n_shards; s++) {
+        pl->shards[s].kv = n_blocks * bt * pl->shards[s].kv_per_token;
+    }
+    return TDM_OK;
+}
+
+tdm_status_t topo_plan_build(const gguf_ctx_t *g, const topo_plan_params_t *p, topo_plan_t **out,
+                             tdm_error_t *err)
+{
+    tdm_status_t st;
+    topo_plan_t *pl = tdm_xcalloc(1, sizeof(*pl));
+    builder_t b = {.g = g, .plan = pl};
+    TDM_CHECK_GOTO(mdl_hparams_load(g, &pl->hp, err), st, fail);
+    const mdl_hparams_t *hp = &pl->hp;
+
+    model_shape_t ms = {false, false};
+    for (int il = 0; il < hp->n_layer; il++) {
+        ms.any_dense |= !hp->layer_moe[il];
+        ms.any_moe |= hp->layer_moe[il] != 0;
+        pl->n_moe_layers += hp->layer_moe[il] != 0;
+    }
+    TDM_CHECK_GOTO(resolve_split(pl, p, &ms, err), st, fail);
+
+    pl->p = *p;
+    pl->p.tp = pl->tp;
+    pl->p.ep = pl->ep;
+    if (pl->p.batch <= 0) {
+        pl->p.batch = DEFAULT_BATCH;
+    }
+    if (pl->p.n_out <= 0) {
+        pl->p.n_out = DEFAULT_N_OUT;
+    }
+    if (pl->p.n_out > pl->p.batch) {
+        pl->p.n_out = pl->p.batch;
+    }
+    if (pl->p.threads <= 0) {
+        pl->p.threads = 1;
+    }
+    if (pl->p.block_tokens <= 0) {
+        pl->p.block_tokens = DEFAULT_BLOCK_TOKENS;
+    }
+    if (pl->p.ctx_size <= 0) {
+        pl->p.ctx_size = hp->n_ctx_train > 0 && hp->n_ctx_train < DEFAULT_CTX_CAP ? hp->n_ctx_train
+                                                                                  : DEFAULT_CTX_CAP;
+    }
+
+    pl->shards = tdm_xcalloc((size_t)pl->n_shards, sizeof(topo_shard_plan_t));
+    for (int s = 0; s < pl->n_shards; s++) {
+        topo_shard_plan_t *sp = &pl->shards[s];
+        sp->rank = s;
+        sp->tp_rank = s % pl->tp;
+        sp->ep_rank = s / pl->tp;
+        partition(hp, &ms, pl->tp, sp->tp_rank, pl->ep, sp->ep_rank, sp);
+    }
+    for (uint64_t i = 0; i < gguf_n_tensors(g); i++) {
+        pl->model_bytes += gguf_tensor_at(g, i)->nbytes;
+    }
+    TDM_CHECK_GOTO(place_experts(&b, err), st, fail);
+
+    /* shd_model_load's order: embeddings, output norm, output head, rope factors, layers. */
+    TDM_CHECK_GOTO(bind_mat(&b, "token_embd.weight", hp->n_embd, hp->n_vocab, -1,
+                            TOPO_CLASS_EMBD_NORMS, false, SEL_ALL, TOPO_SPLIT_REPLICATED, err),
+                   st, fail);
+    TDM_CHECK_GOTO(bind_vec(&b, "output_norm.weight", hp->n_embd, -1, err), st, fail);
+    if (!hp->tied_output) {
+        /* Tied: the output head is a view of token_embd, which every shard holds already. */
+        const bool split = hp->n_vocab % pl->tp == 0;
+        TDM_CHECK_GOTO(bind_mat(&b, "output.weight", hp->n_embd, hp->n_vocab, -1, TOPO_CLASS_OUTPUT,
+                                false, split ? SEL_VOCAB : SEL_ALL,
+                                split ? TOPO_SPLIT_TP_ROWS : TOPO_SPLIT_REPLICATED, err),
+                       st, fail);
+    }
+    if (hp->has_rope_freqs) {
+        TDM_CHECK_GOTO(bind_vec(&b, "rope_freqs.weight", hp->rope.n_rot / 2, -1, err), st, fail);
+    }
+    for (int il = 0; il < hp->n_layer; il++) {
+        TDM_CHECK_GOTO(plan_layer(&b, il, err), st, fail);
+    }
+    /* Whatever the loader does not bind is on no shard. */
+    for (uint64_t i = 0; i < gguf_n_tensors(g); i++) {
+        const gguf_tensor_t *t = gguf_tensor_at(g, i);
+        bool seen = false;
+        for (int k = 0; k < pl->n_tensors && !seen; k++) {
+            seen = strcmp(pl->tensors[k].name, t->name) == 0;
+        }
+        if (!seen) {
+            topo_tensor_plan_t *tp = add_tensor(&b, t, -1, TOPO_SPLIT_UNUSED, TOPO_CLASS_UNUSED);
+            account(pl, tp, 0);
+        }
+    }
+
+    TDM_CHECK_GOTO(plan_kv(pl, err), st, fail);
+    for (int s = 0; s < pl->n_shards; s++) {
+        topo_shard_plan_t *sp = &pl->shards[s];
+        for (int il = 0; il < hp->n_layer; il++) {
+            sp->expert_slots += pl->expert_n[il * pl->ep + sp->ep_rank];
+        }
+        sp->weights = sp->replicated + sp->sharded;
+        sp->scratch = scratch_bytes(pl, sp);
+        sp->comm = pl->n_shards > 1
+                       ? 2u * (uint64_t)pl->p.batch * (uint64_t)hp->n_embd * sizeof(float)
+                       : 0;
+        sp->buffers = sp->scratch + sp->vec_copies + sp->comm;
+        sp->total = sp->weights + sp->kv + sp->buffers;
+    }
+    *out = pl;
+    return TDM_OK;
+fail:
+    topo_plan_destroy(pl);
+    return st;
+}
+
+void topo_plan_destroy(topo_plan_t *pl)
+{
+    if (pl == NULL) {
+        return;
+    }
+    for (int i = 0; i < pl->n_tensors; i++) {
+        free(pl->tensors[i].per_shard);
+    }
+    free(pl->tensors);
+    free(pl->shards);
+    free(pl->ep_load);
+    free(pl->expert_owner);
+    free(pl->expert_lo);
+    free(pl->expert_n);
+    free(pl);
+}

@@ -1,0 +1,177 @@
+/*
+ * topo_plan.h - the per-shard memory plan of a model split over shards by tensor (TP) and
+ * expert (EP) parallelism, computed from GGUF metadata and tensor infos only (no tensor
+ * data is read).
+ *
+ * The partition is shard/model.c's (plan_partition and shd_bind_std_layer; the rules are
+ * listed in shard/shd_model.h), reproduced here so a plan can be made without binding a
+ * model; tests/unit/test_topo_plan.c binds the fixtures with shd_model_load on every rank
+ * and checks that both agree range for range and byte for byte. World rank
+ * s = ep_rank * tp + tp_rank (shard/shd_comm.h).
+ *
+ *   q heads      n_head / tp consecutive heads per TP rank (n_head must divide);
+ *   kv heads     the range those q heads use: n_head_kv / tp when that divides, otherwise
+ *                neighbouring TP ranks share (replicate) a kv head;
+ *   attn_output  the matching input columns; dense FFN: n_ff / tp gate/up rows, down columns;
+ *   experts      per MoE layer, a count of experts per EP group (see topo_expert_rule_t),
+ *                each expert's width split over TP like a dense FFN;
+ *   output       vocab rows over TP when n_vocab divides, else replicated;
+ *   replicated   token_embd, output_norm, every norm, the routers (ffn_gate_inp), rope_freqs.
+ * A column slice of a quantized matrix must fall on block boundaries (the loader refuses
+ * otherwise), so the plan refuses such a split too, naming the tensor.
+ *
+ * Formulas (docs/topology.md):
+ *   KV bytes per token on a shard = 2 * n_layer * kv_heads_on_shard * head_dim * 4 (f32),
+ *   allocated in blocks of block_tokens tokens, as transport/exec_local.c does;
+ *   buffers = the step scratch arena of shard/model.c alloc_scratch for `batch` tokens
+ *   + f32 copies of non-f32 norm vectors + (world > 1) 2 * batch * n_embd * 4 bytes of
+ *   collective staging (an estimate: the network transport is not built yet).
+ */
+#ifndef TDM_TOPO_PLAN_H
+#define TDM_TOPO_PLAN_H
+
+#include "common/status.h"
+#include "model/gguf.h"
+#include "model/hparams.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* How one tensor is spread over the shards. */
+typedef enum topo_split {
+    TOPO_SPLIT_REPLICATED = 0, /* every shard holds all of it                          */
+    TOPO_SPLIT_TP_ROWS,        /* rows over the TP ranks (each EP group holds a copy)   */
+    TOPO_SPLIT_TP_COLS,        /* columns over the TP ranks (each EP group a copy)      */
+    TOPO_SPLIT_KV_SHARED,      /* kv-head rows over TP, neighbours sharing a kv head    */
+    TOPO_SPLIT_EXPERTS,        /* experts over EP groups, each expert's width over TP   */
+    TOPO_SPLIT_UNUSED,         /* not bound by the shard loader: on no shard            */
+    TOPO_SPLIT_COUNT
+} topo_split_t;
+
+/* What a tensor is for (the rows of the per-shard table). */
+typedef enum topo_class {
+    TOPO_CLASS_EMBD_NORMS = 0, /* token_embd, norms, routers, rope_freqs (replicated)    */
+    TOPO_CLASS_ATTENTION,      /* attn_q/k/v/output                                    */
+    TOPO_CLASS_DENSE_FFN,      /* ffn_gate/up/down of dense layers                     */
+    TOPO_CLASS_EXPERTS,        /* ffn_{gate,up,down}_exps                              */
+    TOPO_CLASS_OUTPUT,         /* output.weight (untied)                               */
+    TOPO_CLASS_UNUSED,
+    TOPO_CLASS_COUNT
+} topo_class_t;
+
+/* How many experts of each MoE layer each EP group holds. */
+typedef enum topo_expert_rule {
+    /* Bytes balanced: greedy largest-first bin packing of the (layer, expert) items, each
+     * weighing its bytes (gate + up + down of that expert: tensor bytes / n_expert), onto
+     * the EP group with the fewest bytes so far (ties: the lower rank). Per layer the
+     * resulting counts are then laid out as consecutive ranges in EP-rank order, so a shard
+     * holds one contiguous run of experts per layer. The loader must take per-layer
+     * ranges to realise this (it takes one range for all layers today). */
+    TOPO_EXPERTS_BALANCED = 0,
+    /* shard/model.c today: EP rank r holds experts [r*base + min(r, rem), +base + (r < rem))
+     * of every MoE layer (base = n_expert / ep, rem = n_expert % ep). */
+    TOPO_EXPERTS_CONTIGUOUS,
+} topo_expert_rule_t;
+
+typedef struct topo_plan_params {
+    int n_shards;
+    int tp, ep;        /* 0: chosen (a model with experts: ep = n_shards, else tp = n_shards) */
+    int ctx_size;      /* KV tokens; 0: the model's context length, at most 8192            */
+    uint64_t kv_bytes; /* per-shard KV budget (overrides ctx_size); 0: sized for ctx_size   */
+    int batch;         /* tokens per step; 0: 512                                           */
+    int n_out;         /* rows of logits per step; 0: 64 (tandem serve's --max-running)    */
+    int threads;       /* kernel threads per shard (attention score rows); 0: 1             */
+    int block_tokens;  /* KV block size; 0: 16                                              */
+    topo_expert_rule_t experts;
+} topo_plan_params_t;
+
+typedef struct topo_range {
+    int lo, n;
+} topo_range_t;
+
+typedef struct topo_shard_plan {
+    int rank, tp_rank, ep_rank;
+    topo_range_t heads, kv_heads, ffn_cols, expert_cols, vocab_rows;
+    topo_range_t experts_contiguous;  /* the loader's range today (every MoE layer)        */
+    int expert_slots;                 /* (layer, expert) pairs held under the plan's rule  */
+    uint64_t bytes[TOPO_CLASS_COUNT]; /* weight bytes per class                            */
+    uint64_t replicated;              /* bytes of tensors every shard holds whole (by rule,
+                                         or because tp or ep is 1)                         */
+    uint64_t sharded;                 /* bytes of this shard's parts of the other tensors  */
+    uint64_t weights;                 /* replicated + sharded                              */
+    uint64_t weights_mmap;            /* resident bound when mmapped: column slices whole  */
+    uint64_t experts_as_loader;       /* expert bytes under TOPO_EXPERTS_CONTIGUOUS        */
+    uint64_t kv_per_token;            /* 2 * n_layer * kv_heads.n * head_dim * 4           */
+    uint64_t kv;                      /* kv_blocks * block_tokens * kv_per_token           */
+    uint64_t scratch;                 /* shard/model.c alloc_scratch                       */
+    uint64_t vec_copies;              /* f32 copies of non-f32 norm vectors                */
+    uint64_t comm;                    /* collective staging estimate                       */
+    uint64_t buffers;                 /* scratch + vec_copies + comm                       */
+    uint64_t total;                   /* weights + kv + buffers                            */
+} topo_shard_plan_t;
+
+typedef struct topo_tensor_plan {
+    char name[GGUF_MAX_NAME];
+    tdm_type_t type;
+    uint64_t nbytes;
+    int layer; /* -1 for the tensors outside blk.N */
+    topo_split_t split;
+    topo_class_t cls;
+    uint64_t *per_shard; /* [n_shards] bytes each shard holds */
+} topo_tensor_plan_t;
+
+typedef struct topo_plan {
+    mdl_hparams_t hp;
+    topo_plan_params_t p; /* resolved: no zeros left                                   */
+    int n_shards, tp, ep;
+    bool split_chosen;           /* tp/ep were chosen, not given                                */
+    int n_moe_layers;            /* layers with experts                                         */
+    int kv_tokens;               /* KV capacity in tokens (a multiple of block_tokens)          */
+    int32_t kv_blocks;           /* blocks, the same count on every shard                       */
+    uint64_t model_bytes;        /* every tensor in the file                           */
+    uint64_t expert_item_max;    /* bytes of the largest (layer, expert) item           */
+    uint64_t expert_bytes_total; /* all experts of all layers                           */
+    uint64_t *ep_load;           /* [ep] expert bytes per EP group                      */
+    int *expert_owner;           /* [n_layer * n_expert] EP group; -1 in dense layers   */
+    int *expert_lo, *expert_n;   /* [n_layer * ep]: EP group g of layer il holds experts
+                                    [expert_lo, expert_lo + expert_n) (0, 0 when dense)  */
+    int n_tensors;
+    topo_tensor_plan_t *tensors;
+    topo_shard_plan_t *shards; /* [n_shards] */
+} topo_plan_t;
+
+/*
+ * Plans model g for p. Fails with TDM_ERR_INVALID_PARAM or TDM_ERR_UNSUPPORTED and a message
+ * naming the constraint when the split is impossible (shards != tp * ep, heads or FFN width
+ * not divisible by tp, more EP groups than experts, EP on a model without experts, column
+ * slices off block boundaries, a KV budget below one batch), TDM_ERR_FORMAT / NOT_FOUND for
+ * missing or misshapen tensors, as shd_model_load would.
+ */
+tdm_status_t topo_plan_build(const gguf_ctx_t *g, const topo_plan_params_t *p, topo_plan_t **out,
+                             tdm_error_t *err);
+void topo_plan_destroy(topo_plan_t *plan); /* NULL is fine */
+
+const char *topo_split_name(topo_split_t s); /* "tp_rows" */
+const char *topo_class_name(topo_class_t c); /* "attention" */
+
+/* Greedy largest-first (LPT) bin packing: items by bytes descending (ties: lower index
+ * first), each onto the bin with the smallest load (ties: lower bin). Writes bin_of[n] and
+ * load[n_bins]. The result's max - min load is at most the largest item. */
+tdm_status_t topo_lpt_assign(const uint64_t *bytes, int n, int n_bins, int *bin_of, uint64_t *load,
+                             tdm_error_t *err);
+
+/* MemAvailable of a /proc/meminfo-format file (NULL: /proc/meminfo), in bytes. */
+tdm_status_t topo_meminfo_available(const char *path, uint64_t *out, tdm_error_t *err);
+
+/* "512M", "2G", "1.5GiB", "1048576" -> bytes (K/M/G/T powers of 1024); false when malformed. */
+bool topo_parse_size(const char *s, uint64_t *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
