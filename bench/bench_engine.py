@@ -2,6 +2,7 @@
 """Prefill and decode speed of Tandem against llama.cpp on the same GGUF files, same run.
 
     .venv/bin/python bench/bench_engine.py [--threads 1,2] [--models A.gguf,B.gguf] [--md OUT.md]
+        [--build BUILD_DIR] [--skip-llama]
 
 For each model and thread count:
 - Tandem: `tandem generate --prompt-file` with a fixed prompt of about --prompt-tokens
@@ -13,7 +14,8 @@ For each model and thread count:
 - roofline: bytes of weights read per decoded token (`tandem inspect --json`,
   "bytes_per_token") divided by the measured read bandwidth (`tandem-membw` with the same
   thread count) = the best possible decode rate; the share reached is reported.
-Every configuration runs --reps times and the best run counts (least disturbed).
+Every configuration runs --reps times, the two engines alternating, and the best run counts
+(least disturbed).
 """
 import argparse
 import json
@@ -28,6 +30,14 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 BUILD = ROOT / "build"
 TANDEM = BUILD / "api" / "tandem"
 MEMBW = BUILD / "bench" / "tandem-membw"
+
+
+def set_build(build):
+    global BUILD, TANDEM, MEMBW
+    BUILD = pathlib.Path(build).resolve()
+    TANDEM = BUILD / "api" / "tandem"
+    MEMBW = BUILD / "bench" / "tandem-membw"
+
 
 PROMPT_SEED = (
     "The quick brown fox jumps over the lazy dog while the engineers measure how fast a "
@@ -97,7 +107,12 @@ def main():
     ap.add_argument("--gen", type=int, default=64)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--md", help="append the markdown table to this file")
+    ap.add_argument("--build", default=str(BUILD),
+                    help="build folder holding api/tandem and bench/tandem-membw")
+    ap.add_argument("--skip-llama", action="store_true",
+                    help="Tandem only (quick iteration; ratios read as nan)")
     args = ap.parse_args()
+    set_build(args.build)
     import llama_cpp
 
     rows = []
@@ -111,8 +126,15 @@ def main():
         bpt = bytes_per_token(model)
         for threads in [int(t) for t in args.threads.split(",")]:
             bw = membw(threads)
-            td = [run_tandem(model, prompt_file, threads, args.gen) for _ in range(args.reps)]
-            lc = [run_llama_cpp(model, prompt, threads, args.gen) for _ in range(args.reps)]
+            # alternate the engines rep by rep, so a burst of other work on a shared machine
+            # hits both rather than one
+            td, lc = [], []
+            for _ in range(args.reps):
+                td.append(run_tandem(model, prompt_file, threads, args.gen))
+                if not args.skip_llama:
+                    lc.append(run_llama_cpp(model, prompt, threads, args.gen))
+            if args.skip_llama:
+                lc = [{"prefill": float("nan"), "decode": float("nan")}]
             roof = bw * 1e9 / bpt
             row = {
                 "model": model.name, "threads": threads, "prompt_tokens": td[0]["n_prompt"],

@@ -24,6 +24,7 @@ struct crd_req {
     int32_t *stop_ids;
     int32_t n_stop_ids;
     int32_t top_logprobs;
+    bool logprobs;
     crd_sampler_t *sampler;
     crd_kv_seq_t *kv;   /* NULL while waiting without blocks                */
     bool admitted_once; /* n_cached is recorded on first admission only     */
@@ -307,6 +308,7 @@ tdm_status_t crd_sched_submit(crd_sched_t *s, const crd_request_params_t *rp, ui
     r->n_stop_ids = rp->n_stop_ids;
     r->max_tokens = rp->max_tokens;
     r->top_logprobs = rp->top_logprobs;
+    r->logprobs = rp->logprobs;
     r->on_event = rp->on_event;
     r->user = rp->user;
     r->id = rp->id != 0 ? rp->id : s->next_id++;
@@ -444,7 +446,10 @@ static int32_t top_n(const float *lp, int32_t n_vocab, int32_t n, int32_t *ids, 
 static bool emit_token(crd_sched_t *s, crd_req_t *r, float *row, crd_finish_t *why)
 {
     const int32_t nv = s->ex.n_vocab;
-    crd_log_softmax(row, s->lp, nv); /* raw model distribution, before any processing */
+    bool want_lp = r->logprobs || r->top_logprobs > 0;
+    if (want_lp) {
+        crd_log_softmax(row, s->lp, nv); /* raw model distribution, before any processing */
+    }
     int32_t token = crd_sampler_sample(r->sampler, row);
     crd_sampler_accept(r->sampler, token);
     r->n_generated++;
@@ -453,7 +458,7 @@ static bool emit_token(crd_sched_t *s, crd_req_t *r, float *row, crd_finish_t *w
     int32_t top_ids[CRD_MAX_TOP_LOGPROBS];
     float top_lp[CRD_MAX_TOP_LOGPROBS];
     crd_event_t ev = make_event(r, token, CRD_FINISH_NONE);
-    ev.logprob = s->lp[token];
+    ev.logprob = want_lp ? s->lp[token] : NAN;
     if (r->top_logprobs > 0) {
         ev.n_top = top_n(s->lp, nv, r->top_logprobs, top_ids, top_lp);
         ev.top_ids = top_ids;

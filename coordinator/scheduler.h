@@ -45,7 +45,7 @@ typedef struct crd_event {
     uint64_t req_id;
     int32_t token;      /* generated token, or -1 on a final event without one   */
     bool is_stop_token; /* token is one of the request's stop ids                */
-    float logprob;      /* log p(token) under the model's raw distribution       */
+    float logprob;      /* log p(token) under the raw distribution (NAN unless asked) */
     int32_t n_top;      /* top alternatives (0 unless top_logprobs > 0)          */
     const int32_t *top_ids;
     const float *top_logprobs;
@@ -70,6 +70,8 @@ typedef struct crd_request_params {
     crd_sampling_params_t sampling;
     const int32_t *stop_ids; /* copied; tokens that end the request             */
     int32_t n_stop_ids;
+    bool logprobs;        /* events carry log p(token); else NAN (saves a
+                             pass over the vocabulary per token)            */
     int32_t top_logprobs; /* 0..CRD_MAX_TOP_LOGPROBS alternatives per token  */
     crd_event_fn on_event;
     void *user;

@@ -61,6 +61,27 @@ typedef struct kern_weight {
 tdm_status_t kern_matmul(kern_ctx_t *ctx, const kern_weight_t *w, const float *x, int64_t ldx,
                          int64_t n_tok, float *y, int64_t ldy, tdm_error_t *err);
 
+/* One product of a kern_matmul_batch: y = x * W^T with kern_matmul's arguments. */
+typedef struct kern_matmul_op {
+    const kern_weight_t *w;
+    const float *x;
+    int64_t ldx;
+    float *y;
+    int64_t ldy;
+} kern_matmul_op_t;
+
+#define KERN_MATMUL_MAX_OPS 16
+
+/*
+ * n_ops (0..KERN_MATMUL_MAX_OPS) independent products over the same n_tok tokens, as one
+ * call: activations that several weights read (same x and ldx, same vec_dot format and
+ * width) are converted once, and all rows of all products are split over the pool in one
+ * pass (one wake-up instead of one per product). Results are bit-identical to separate
+ * kern_matmul calls. Outputs must not overlap each other or any input.
+ */
+tdm_status_t kern_matmul_batch(kern_ctx_t *ctx, int n_ops, const kern_matmul_op_t *ops,
+                               int64_t n_tok, tdm_error_t *err);
+
 /* dst[0..n) = dequantized src; n must be a multiple of the type's block size. */
 tdm_status_t kern_dequantize(tdm_type_t type, const void *src, float *dst, int64_t n,
                              tdm_error_t *err);

@@ -2,15 +2,16 @@
  * kern_ops.h - f32 element-wise and row ops of the forward pass (the parts that are not
  * matrix products): RMSNorm, RoPE, softmax, SwiGLU, add, scale.
  *
- * All are portable scalar code today and are the reference for later SIMD / CUDA
- * versions. Rows are row-major with a leading dimension (elements between row starts);
- * in-place use (y == x) is allowed wherever an output and input have the same shape.
- * Accumulations that decide accuracy (sum of squares, softmax sum, rope angles) run in
- * double so these are at least as exact as the HF float32 oracle.
+ * The plain functions are portable scalar code and the reference for the SIMD / CUDA
+ * versions; the ones taking a kern_isa_t dispatch to SIMD kernels. Rows are row-major with a
+ * leading dimension (elements between row starts); in-place use (y == x) is allowed wherever an
+ * output and input have the same shape. Accumulations that decide accuracy (sum of squares, softmax
+ * sum, rope angles) run in double so these are at least as exact as the HF float32 oracle.
  */
 #ifndef KERN_OPS_H
 #define KERN_OPS_H
 
+#include "kernels/kern_isa.h"
 #include "model/hparams.h"
 
 #include <stdint.h>
@@ -51,6 +52,28 @@ void kern_op_scale_f32(float *x, float s, int64_t n);
 
 /* y[i] += s * x[i]. */
 void kern_op_axpy_f32(float *y, float s, const float *x, int64_t n);
+
+/*
+ * Attention of one query head over a paged KV cache:
+ *   out[0..head_dim) = sum_j softmax_j(scale * q . K_j) V_j,   j = 0 .. n_keys-1,
+ * key/value j at k / v + blocks[j / block_tokens] * block_stride
+ * + (j % block_tokens) * head_dim (k and v already offset to this KV head within a
+ * block). scores: n_keys floats of scratch. kern_op_attn_head_f32 runs the best kernel
+ * for isa (AVX2 when head_dim % 8 == 0; the f32 dot/axpy table elsewhere); the _ref
+ * version is the scalar oracle (softmax sum in double). Results for one head never
+ * depend on what else is in the batch.
+ */
+void kern_op_attn_head_f32(kern_isa_t isa, float *out, const float *q, const float *k,
+                           const float *v, const int32_t *blocks, size_t block_stride,
+                           int block_tokens, int32_t n_keys, int head_dim, float scale,
+                           float *scores);
+void kern_op_attn_head_f32_ref(float *out, const float *q, const float *k, const float *v,
+                               const int32_t *blocks, size_t block_stride, int block_tokens,
+                               int32_t n_keys, int head_dim, float scale, float *scores);
+
+/* kern_op_silu_mul_f32 with the isa's kernel (AVX2: a polynomial exp, ~2 ulp). */
+void kern_op_silu_mul_f32_isa(kern_isa_t isa, float *out, const float *gate, const float *up,
+                              int64_t n);
 
 /*
  * Top-k of n scores: idx[0..k) in descending score order, ties broken toward the lower

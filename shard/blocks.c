@@ -53,40 +53,19 @@ static void attn_worker(void *arg, int64_t begin, int64_t end, int thread_idx)
     const int hd = hp->head_dim, B = shd_kv_cache_config(a->kv)->block_tokens;
     const int group = hp->n_head / hp->n_head_kv;
     float *sc = m->s.att_s + (size_t)thread_idx * (size_t)m->params.n_ctx_max;
+    const kern_isa_t isa = kern_ctx_isa(m->kctx);
+    /* this layer's K/V base; block ids index whole blocks of n_kv_l heads x B slots */
+    const float *k0 = shd_kv_k(a->kv, a->il, 0), *v0 = shd_kv_v(a->kv, a->il, 0);
+    const size_t bstride = (size_t)m->n_kv_l * (size_t)B * (size_t)hd;
     for (int64_t item = begin; item < end; item++) {
         const int64_t t = item / m->n_head_l;
         const int h = (int)(item % m->n_head_l);
         const int kvh = (m->head_lo + h) / group - m->kv_lo;
         const float *q = m->s.q + (t * m->n_head_l + h) * hd;
         const shd_seq_view_t *sv = &a->b->seqs[a->b->seq[t]];
-        const int32_t n_keys = a->b->pos[t] + 1;
-        float mx = -INFINITY;
-        for (int32_t j = 0; j < n_keys; j++) {
-            const float *kb = shd_kv_k(a->kv, a->il, sv->blocks[j / B]);
-            const float *kr = kb + ((size_t)kvh * B + (size_t)(j % B)) * hd;
-            float d = 0.0f;
-            for (int c = 0; c < hd; c++) {
-                d += q[c] * kr[c];
-            }
-            sc[j] = d * hp->attn_scale;
-            mx = sc[j] > mx ? sc[j] : mx;
-        }
-        double sum = 0.0;
-        for (int32_t j = 0; j < n_keys; j++) {
-            sc[j] = expf(sc[j] - mx);
-            sum += sc[j];
-        }
-        const float inv = (float)(1.0 / sum);
-        float *o = m->s.attn + (t * m->n_head_l + h) * hd;
-        memset(o, 0, (size_t)hd * sizeof(float));
-        for (int32_t j = 0; j < n_keys; j++) {
-            const float *vb = shd_kv_v(a->kv, a->il, sv->blocks[j / B]);
-            const float *vr = vb + ((size_t)kvh * B + (size_t)(j % B)) * hd;
-            const float w = sc[j] * inv;
-            for (int c = 0; c < hd; c++) {
-                o[c] += w * vr[c];
-            }
-        }
+        const size_t hoff = (size_t)kvh * (size_t)B * (size_t)hd;
+        kern_op_attn_head_f32(isa, m->s.attn + (t * m->n_head_l + h) * hd, q, k0 + hoff, v0 + hoff,
+                              sv->blocks, bstride, B, a->b->pos[t] + 1, hd, hp->attn_scale, sc);
     }
 }
 
@@ -99,9 +78,9 @@ tdm_status_t shd_block_attention(shd_model_t *m, shd_kv_cache_t *kv, const shd_b
     const int64_t qd = (int64_t)m->n_head_l * hd, kd = (int64_t)m->n_kv_l * hd;
     shd_scratch_t *s = &m->s;
 
-    TDM_CHECK(kern_matmul(m->kctx, &L->wq, s->xn, E, n, s->q, qd, err));
-    TDM_CHECK(kern_matmul(m->kctx, &L->wk, s->xn, E, n, s->k, kd, err));
-    TDM_CHECK(kern_matmul(m->kctx, &L->wv, s->xn, E, n, s->v, kd, err));
+    const kern_matmul_op_t qkv[3] = {
+        {&L->wq, s->xn, E, s->q, qd}, {&L->wk, s->xn, E, s->k, kd}, {&L->wv, s->xn, E, s->v, kd}};
+    TDM_CHECK(kern_matmul_batch(m->kctx, 3, qkv, n, err));
     if (L->q_norm != NULL) {
         kern_op_rms_norm_f32(s->q, hd, s->q, hd, L->q_norm, n * m->n_head_l, hd, hp->rms_eps);
         kern_op_rms_norm_f32(s->k, hd, s->k, hd, L->k_norm, n * m->n_kv_l, hd, hp->rms_eps);
@@ -136,14 +115,18 @@ tdm_status_t shd_block_ffn(shd_model_t *m, int64_t n_tok, int il, tdm_error_t *e
     const shd_layer_t *L = &m->layers[il];
     const int64_t E = m->hp.n_embd, F = m->n_ff_l;
     shd_scratch_t *s = &m->s;
-    TDM_CHECK(kern_matmul(m->kctx, &L->ffn_gate, s->xn, E, n_tok, s->ff_a, F, err));
-    TDM_CHECK(kern_matmul(m->kctx, &L->ffn_up, s->xn, E, n_tok, s->ff_b, F, err));
-    kern_op_silu_mul_f32(s->ff_a, s->ff_a, s->ff_b, n_tok * F);
+    const kern_matmul_op_t gu[2] = {{&L->ffn_gate, s->xn, E, s->ff_a, F},
+                                    {&L->ffn_up, s->xn, E, s->ff_b, F}};
+    TDM_CHECK(kern_matmul_batch(m->kctx, 2, gu, n_tok, err));
+    kern_op_silu_mul_f32_isa(kern_ctx_isa(m->kctx), s->ff_a, s->ff_a, s->ff_b, n_tok * F);
     TDM_CHECK(kern_matmul(m->kctx, &L->ffn_down, s->ff_a, F, n_tok, s->proj, E, err));
     return shd_all_reduce(m, SHD_GROUP_TP, s->proj, n_tok * E, err);
 }
 
 /* ---- MoE FFN ---- */
+
+/* Experts of one decoded token run as one batch up to this many (2 products each). */
+#define SHD_MOE_BATCH_MAX (KERN_MATMUL_MAX_OPS / 2)
 
 void shd_route_token(float *probs, int n_expert, int k, bool norm, int32_t *sel, float *w)
 {
@@ -170,6 +153,50 @@ static kern_weight_t expert_view(const shd_experts_t *x, int e_local)
     return w;
 }
 
+/* One decoded token: all of its local experts as two batched products (gate/up of every
+ * expert, then every down projection), so the pool is woken twice rather than twice per
+ * expert. Same arithmetic and accumulation order as the general path below. */
+static tdm_status_t moe_one_token(shd_model_t *m, const shd_layer_t *L, tdm_error_t *err)
+{
+    const int64_t E = m->hp.n_embd, F = m->n_ffe_l;
+    const int k = m->hp.n_expert_used;
+    shd_scratch_t *s = &m->s;
+    const kern_isa_t isa = kern_ctx_isa(m->kctx);
+    /* this rank's chosen experts in expert order */
+    int el_of[SHD_MOE_BATCH_MAX];
+    float w_of[SHD_MOE_BATCH_MAX];
+    int c = 0;
+    for (int el = 0; el < m->n_exp_l; el++) {
+        for (int j = 0; j < k; j++) {
+            if (s->sel[j] == m->exp_lo + el) {
+                el_of[c] = el;
+                w_of[c] = s->selw[j];
+                c++;
+            }
+        }
+    }
+    kern_weight_t wv[3 * SHD_MOE_BATCH_MAX];
+    kern_matmul_op_t ops[2 * SHD_MOE_BATCH_MAX];
+    for (int i = 0; i < c; i++) {
+        wv[3 * i] = expert_view(&L->gate_exps, el_of[i]);
+        wv[3 * i + 1] = expert_view(&L->up_exps, el_of[i]);
+        wv[3 * i + 2] = expert_view(&L->down_exps, el_of[i]);
+        ops[2 * i] = (kern_matmul_op_t){&wv[3 * i], s->xn, E, s->ff_a + i * F, F};
+        ops[2 * i + 1] = (kern_matmul_op_t){&wv[3 * i + 1], s->xn, E, s->ff_b + i * F, F};
+    }
+    TDM_CHECK(kern_matmul_batch(m->kctx, 2 * c, ops, 1, err));
+    for (int i = 0; i < c; i++) {
+        kern_op_silu_mul_f32_isa(isa, s->ff_a + i * F, s->ff_a + i * F, s->ff_b + i * F, F);
+        ops[i] = (kern_matmul_op_t){&wv[3 * i + 2], s->ff_a + i * F, F, s->ey + i * E, E};
+    }
+    TDM_CHECK(kern_matmul_batch(m->kctx, c, ops, 1, err));
+    memset(s->proj, 0, (size_t)E * sizeof(float));
+    for (int i = 0; i < c; i++) {
+        kern_op_axpy_f32(s->proj, w_of[i], s->ey + i * E, E);
+    }
+    return shd_all_reduce(m, SHD_GROUP_WORLD, s->proj, E, err);
+}
+
 tdm_status_t shd_block_moe(shd_model_t *m, int64_t n_tok, int il, tdm_error_t *err)
 {
     const mdl_hparams_t *hp = &m->hp;
@@ -183,6 +210,11 @@ tdm_status_t shd_block_moe(shd_model_t *m, int64_t n_tok, int il, tdm_error_t *e
     for (int64_t t = 0; t < n_tok; t++) {
         shd_route_token(s->rlog + t * ne, ne, k, hp->expert_norm_topk, s->sel + t * k,
                         s->selw + t * k);
+    }
+
+    /* scratch holds k experts' rows when the batch holds k tokens */
+    if (n_tok == 1 && k <= SHD_MOE_BATCH_MAX && k <= m->params.n_batch_max) {
+        return moe_one_token(m, L, err);
     }
 
     /* This rank's experts, in expert order (HF's accumulation order): gather the tokens
@@ -206,9 +238,9 @@ tdm_status_t shd_block_moe(shd_model_t *m, int64_t n_tok, int il, tdm_error_t *e
         }
         kern_weight_t wg = expert_view(&L->gate_exps, el), wu = expert_view(&L->up_exps, el);
         kern_weight_t wd = expert_view(&L->down_exps, el);
-        TDM_CHECK(kern_matmul(m->kctx, &wg, s->ex, E, cnt, s->ff_a, F, err));
-        TDM_CHECK(kern_matmul(m->kctx, &wu, s->ex, E, cnt, s->ff_b, F, err));
-        kern_op_silu_mul_f32(s->ff_a, s->ff_a, s->ff_b, cnt * F);
+        const kern_matmul_op_t gu[2] = {{&wg, s->ex, E, s->ff_a, F}, {&wu, s->ex, E, s->ff_b, F}};
+        TDM_CHECK(kern_matmul_batch(m->kctx, 2, gu, cnt, err));
+        kern_op_silu_mul_f32_isa(kern_ctx_isa(m->kctx), s->ff_a, s->ff_a, s->ff_b, cnt * F);
         TDM_CHECK(kern_matmul(m->kctx, &wd, s->ff_a, F, cnt, s->ey, E, err));
         for (int64_t i = 0; i < cnt; i++) {
             kern_op_axpy_f32(s->proj + (int64_t)s->etok[i] * E, s->ew[i], s->ey + i * E, E);

@@ -256,6 +256,7 @@ tdm_status_t srv_job_start(crd_engine_t *engine, const tok_vocab_t *vocab, srv_m
                                    .sampling = p->sampling,
                                    .stop_ids = p->stop_ids,
                                    .n_stop_ids = p->n_stop_ids,
+                                   .logprobs = p->want_tokens,
                                    .top_logprobs = p->top_logprobs,
                                    .on_event = on_event,
                                    .user = &seqs[i]};

@@ -3,12 +3,16 @@
  * kern_parallel_for.
  *
  * The calling thread is thread 0; n_threads - 1 workers wait for a job. A job is
- * published by bumping `gen` under the mutex; workers spin briefly on it (decode issues
- * many short matmuls back to back, and a condition-variable wake-up costs tens of
- * microseconds) and then sleep on cv_work. Every thread, the caller included, takes
- * chunks from an atomic counter until none are left, so a slow or descheduled thread
- * only delays the chunk it holds. The caller waits for `pending` to reach zero, again
- * spinning briefly before sleeping on cv_done.
+ * published by writing it into one of two slots and bumping `cur` (its id); workers
+ * spin briefly on `cur` (decode issues many short matmuls back to back, and a
+ * condition-variable wake-up costs tens of microseconds) and then sleep on cv_work.
+ * Every thread, the caller included, takes chunks from the job's atomic counter until
+ * none are left, and adds the items it finished to `done`. The caller returns as soon as
+ * every item is done: it never waits for a worker that has not started (on a machine
+ * shared with other work a worker may not get a CPU for milliseconds, and the caller
+ * simply runs its chunks), only for chunks already taken, yielding the CPU while it
+ * waits. A worker that wakes late finds the job over; the two slots and their `active`
+ * counts make sure a late worker never reads a slot while the caller rewrites it.
  */
 #include "kernels/cpu/pool.h"
 
@@ -16,12 +20,14 @@
 #include "common/mem.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define KERN_SPIN_ITERS   4096
-#define KERN_CHUNKS_PER_T 4 /* chunks per thread a job is cut into, for balance */
+#define KERN_YIELD_AFTER  256 /* caller's spins on unfinished chunks before yielding */
+#define KERN_CHUNKS_PER_T 4   /* chunks per thread a job is cut into, for balance */
 
 typedef struct kern_worker {
     kern_ctx_t *ctx;
@@ -29,6 +35,17 @@ typedef struct kern_worker {
     void *scratch;
     size_t scratch_cap;
 } kern_worker_t;
+
+/* One job. Its fields are written only while `active` is 0 and `cur` names another
+ * job, so no worker can be reading them. */
+typedef struct kern_job {
+    kern_task_fn fn;
+    void *arg;
+    int64_t n, chunk;
+    atomic_int_fast64_t next;
+    atomic_int_fast64_t done; /* items finished */
+    atomic_int active;        /* workers inside this slot */
+} kern_job_t;
 
 struct kern_ctx {
     int n_threads;
@@ -39,16 +56,11 @@ struct kern_ctx {
     kern_worker_t *workers; /* n_threads entries; [0] is the calling thread's scratch */
 
     pthread_mutex_t mu;
-    pthread_cond_t cv_work, cv_done;
-    atomic_uint_fast64_t gen;
+    pthread_cond_t cv_work;
+    atomic_uint_fast64_t cur; /* id of the latest job; its slot is jobs[cur & 1] */
+    atomic_int n_sleeping;
     atomic_int stop;
-
-    /* the current job; written only while no worker is inside it */
-    kern_task_fn fn;
-    void *arg;
-    int64_t n, chunk;
-    atomic_int_fast64_t next;
-    atomic_int pending;
+    kern_job_t jobs[2];
 
     void *shared;
     size_t shared_cap;
@@ -72,7 +84,7 @@ int kern_in_task(void)
     return tls_task_ctx != NULL;
 }
 
-static void run_chunks(kern_ctx_t *ctx, int idx)
+static void run_chunks(kern_ctx_t *ctx, kern_job_t *job, int idx)
 {
     const kern_ctx_t *saved_ctx = tls_task_ctx;
     const int saved_idx = tls_task_idx;
@@ -80,12 +92,13 @@ static void run_chunks(kern_ctx_t *ctx, int idx)
     tls_task_idx = idx;
     for (;;) {
         const int64_t begin =
-            atomic_fetch_add_explicit(&ctx->next, ctx->chunk, memory_order_relaxed);
-        if (begin >= ctx->n) {
+            atomic_fetch_add_explicit(&job->next, job->chunk, memory_order_relaxed);
+        if (begin >= job->n) {
             break;
         }
-        const int64_t end = begin + ctx->chunk < ctx->n ? begin + ctx->chunk : ctx->n;
-        ctx->fn(ctx->arg, begin, end, idx);
+        const int64_t end = begin + job->chunk < job->n ? begin + job->chunk : job->n;
+        job->fn(job->arg, begin, end, idx);
+        atomic_fetch_add_explicit(&job->done, end - begin, memory_order_release);
     }
     tls_task_ctx = saved_ctx;
     tls_task_idx = saved_idx;
@@ -97,29 +110,31 @@ static void *worker_main(void *p)
     kern_ctx_t *ctx = w->ctx;
     uint_fast64_t seen = 0;
     for (;;) {
-        uint_fast64_t g = atomic_load_explicit(&ctx->gen, memory_order_acquire);
-        for (int i = 0; g == seen && i < KERN_SPIN_ITERS; i++) {
+        uint_fast64_t g = atomic_load(&ctx->cur);
+        for (int i = 0; g == seen && i < KERN_SPIN_ITERS && !atomic_load(&ctx->stop); i++) {
             cpu_relax();
-            g = atomic_load_explicit(&ctx->gen, memory_order_acquire);
+            g = atomic_load(&ctx->cur);
         }
         if (g == seen) {
             pthread_mutex_lock(&ctx->mu);
-            while ((g = atomic_load_explicit(&ctx->gen, memory_order_acquire)) == seen &&
-                   !atomic_load(&ctx->stop)) {
+            atomic_fetch_add(&ctx->n_sleeping, 1);
+            while ((g = atomic_load(&ctx->cur)) == seen && !atomic_load(&ctx->stop)) {
                 pthread_cond_wait(&ctx->cv_work, &ctx->mu);
             }
+            atomic_fetch_sub(&ctx->n_sleeping, 1);
             pthread_mutex_unlock(&ctx->mu);
         }
         if (atomic_load(&ctx->stop)) {
             break;
         }
         seen = g;
-        run_chunks(ctx, w->idx);
-        if (atomic_fetch_sub_explicit(&ctx->pending, 1, memory_order_acq_rel) == 1) {
-            pthread_mutex_lock(&ctx->mu);
-            pthread_cond_signal(&ctx->cv_done);
-            pthread_mutex_unlock(&ctx->mu);
+        kern_job_t *job = &ctx->jobs[g & 1];
+        atomic_fetch_add(&job->active, 1);
+        /* Still the current job? If not, the caller may be rewriting this slot. */
+        if (atomic_load(&ctx->cur) == g) {
+            run_chunks(ctx, job, w->idx);
         }
+        atomic_fetch_sub_explicit(&job->active, 1, memory_order_release);
     }
     return NULL;
 }
@@ -152,10 +167,14 @@ tdm_status_t kern_ctx_create(int n_threads, kern_isa_t isa_override, kern_ctx_t 
     }
     ctx->n_threads = n_threads;
     ctx->isa = isa;
-    atomic_init(&ctx->gen, 0);
+    atomic_init(&ctx->cur, 0);
+    atomic_init(&ctx->n_sleeping, 0);
     atomic_init(&ctx->stop, 0);
-    atomic_init(&ctx->next, 0);
-    atomic_init(&ctx->pending, 0);
+    for (int i = 0; i < 2; i++) {
+        atomic_init(&ctx->jobs[i].next, 0);
+        atomic_init(&ctx->jobs[i].done, 0);
+        atomic_init(&ctx->jobs[i].active, 0);
+    }
     ctx->workers = calloc((size_t)n_threads, sizeof(*ctx->workers));
     ctx->threads = n_threads > 1 ? calloc((size_t)n_threads - 1, sizeof(pthread_t)) : NULL;
     if (ctx->workers == NULL || (n_threads > 1 && ctx->threads == NULL)) {
@@ -166,7 +185,6 @@ tdm_status_t kern_ctx_create(int n_threads, kern_isa_t isa_override, kern_ctx_t 
     }
     pthread_mutex_init(&ctx->mu, NULL);
     pthread_cond_init(&ctx->cv_work, NULL);
-    pthread_cond_init(&ctx->cv_done, NULL);
     for (int i = 0; i < n_threads; i++) {
         ctx->workers[i].ctx = ctx;
         ctx->workers[i].idx = i;
@@ -197,7 +215,6 @@ void kern_ctx_destroy(kern_ctx_t *ctx)
     for (int i = 0; i < ctx->n_started; i++) {
         pthread_join(ctx->threads[i], NULL);
     }
-    pthread_cond_destroy(&ctx->cv_done);
     pthread_cond_destroy(&ctx->cv_work);
     pthread_mutex_destroy(&ctx->mu);
     for (int i = 0; i < ctx->n_threads; i++) {
@@ -243,31 +260,39 @@ void kern_parallel_for(kern_ctx_t *ctx, int64_t n, int64_t grain, kern_task_fn f
     if (chunk < grain) {
         chunk = grain;
     }
-    ctx->fn = fn;
-    ctx->arg = arg;
-    ctx->n = n;
-    ctx->chunk = chunk;
-    atomic_store_explicit(&ctx->next, 0, memory_order_relaxed);
-    atomic_store_explicit(&ctx->pending, nt - 1, memory_order_relaxed);
-
-    pthread_mutex_lock(&ctx->mu);
-    atomic_fetch_add_explicit(&ctx->gen, 1, memory_order_release);
-    pthread_cond_broadcast(&ctx->cv_work);
-    pthread_mutex_unlock(&ctx->mu);
-
-    run_chunks(ctx, 0);
-
-    for (int i = 0; i < KERN_SPIN_ITERS; i++) {
-        if (atomic_load_explicit(&ctx->pending, memory_order_acquire) == 0) {
-            return;
+    const uint_fast64_t id = atomic_load_explicit(&ctx->cur, memory_order_relaxed) + 1;
+    kern_job_t *job = &ctx->jobs[id & 1];
+    /* The slot last served job id - 2; a worker may still be leaving it. */
+    for (int i = 0; atomic_load(&job->active) != 0; i++) {
+        if (i < KERN_YIELD_AFTER) {
+            cpu_relax();
+        } else {
+            sched_yield();
         }
-        cpu_relax();
     }
-    pthread_mutex_lock(&ctx->mu);
-    while (atomic_load_explicit(&ctx->pending, memory_order_acquire) != 0) {
-        pthread_cond_wait(&ctx->cv_done, &ctx->mu);
+    job->fn = fn;
+    job->arg = arg;
+    job->n = n;
+    job->chunk = chunk;
+    atomic_store_explicit(&job->next, 0, memory_order_relaxed);
+    atomic_store_explicit(&job->done, 0, memory_order_relaxed);
+    atomic_store(&ctx->cur, id); /* publishes the fields above */
+    if (atomic_load(&ctx->n_sleeping) > 0) {
+        pthread_mutex_lock(&ctx->mu);
+        pthread_cond_broadcast(&ctx->cv_work);
+        pthread_mutex_unlock(&ctx->mu);
     }
-    pthread_mutex_unlock(&ctx->mu);
+
+    run_chunks(ctx, job, 0);
+
+    /* Only chunks another thread took can be outstanding. */
+    for (int i = 0; atomic_load_explicit(&job->done, memory_order_acquire) < n; i++) {
+        if (i < KERN_YIELD_AFTER) {
+            cpu_relax();
+        } else {
+            sched_yield(); /* let a descheduled worker finish its chunk */
+        }
+    }
 }
 
 static void *grow(void **buf, size_t *cap, size_t bytes)

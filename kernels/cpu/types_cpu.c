@@ -36,6 +36,18 @@
     }
 #endif
 
+#if defined(__x86_64__)
+#define ROWS_X86(name)                                    \
+    {                                                     \
+        [KERN_ISA_AVX2] = kern_vec_dot_rows_##name##_avx2 \
+    }
+#else
+#define ROWS_X86(name) \
+    {                  \
+        0              \
+    }
+#endif
+
 static const kern_type_cpu_t type_table[TDM_TYPE_COUNT] = {
     [TDM_TYPE_F32] = {TDM_TYPE_F32, kern_to_float_f32, kern_from_float_f32, DOTS(kern_vec_dot_f32)},
     [TDM_TYPE_F16] = {TDM_TYPE_F32, kern_to_float_f16, kern_from_float_f16, DOTS(kern_vec_dot_f16)},
@@ -44,17 +56,17 @@ static const kern_type_cpu_t type_table[TDM_TYPE_COUNT] = {
     [TDM_TYPE_Q4_0] = {TDM_TYPE_Q8_0, kern_to_float_q4_0, kern_from_float_q4_0,
                        DOTS(kern_vec_dot_q4_0)},
     [TDM_TYPE_Q4_1] = {TDM_TYPE_Q8_1, kern_to_float_q4_1, kern_from_float_q4_1,
-                       DOTS(kern_vec_dot_q4_1), TILE_X86(q4_1)},
+                       DOTS(kern_vec_dot_q4_1), TILE_X86(q4_1), ROWS_X86(q4_1)},
     [TDM_TYPE_Q5_0] = {TDM_TYPE_Q8_0, kern_to_float_q5_0, kern_from_float_q5_0,
                        DOTS(kern_vec_dot_q5_0)},
     [TDM_TYPE_Q5_1] = {TDM_TYPE_Q8_1, kern_to_float_q5_1, kern_from_float_q5_1,
                        DOTS(kern_vec_dot_q5_1)},
     [TDM_TYPE_Q8_0] = {TDM_TYPE_Q8_0, kern_to_float_q8_0, kern_from_float_q8_0,
-                       DOTS(kern_vec_dot_q8_0), TILE_X86(q8_0)},
+                       DOTS(kern_vec_dot_q8_0), TILE_X86(q8_0), ROWS_X86(q8_0)},
     [TDM_TYPE_Q2_K] = {TDM_TYPE_Q8_K, kern_to_float_q2_k, NULL, DOTS(kern_vec_dot_q2_k)},
     [TDM_TYPE_Q3_K] = {TDM_TYPE_Q8_K, kern_to_float_q3_k, NULL, DOTS(kern_vec_dot_q3_k)},
     [TDM_TYPE_Q4_K] = {TDM_TYPE_Q8_K, kern_to_float_q4_k, kern_from_float_q4_k,
-                       DOTS(kern_vec_dot_q4_k), TILE_X86(q4_k)},
+                       DOTS(kern_vec_dot_q4_k), TILE_X86(q4_k), ROWS_X86(q4_k)},
     [TDM_TYPE_Q5_K] = {TDM_TYPE_Q8_K, kern_to_float_q5_k, kern_from_float_q5_k,
                        DOTS(kern_vec_dot_q5_k)},
     [TDM_TYPE_Q6_K] = {TDM_TYPE_Q8_K, kern_to_float_q6_k, kern_from_float_q6_k,
@@ -67,9 +79,9 @@ static const kern_type_cpu_t type_table[TDM_TYPE_COUNT] = {
 
 /* Activation-only formats: a dequantizer and quantizer, no vec_dot of their own. */
 static const kern_type_cpu_t act_q8_1 = {
-    TDM_TYPE_Q8_1, kern_to_float_q8_1, kern_from_float_q8_1, {0}, {0}};
+    TDM_TYPE_Q8_1, kern_to_float_q8_1, kern_from_float_q8_1, {0}, {0}, {0}};
 static const kern_type_cpu_t act_q8_k = {
-    TDM_TYPE_Q8_K, kern_to_float_q8_k, kern_from_float_q8_k, {0}, {0}};
+    TDM_TYPE_Q8_K, kern_to_float_q8_k, kern_from_float_q8_k, {0}, {0}, {0}};
 
 const kern_type_cpu_t *kern_type_cpu(tdm_type_t t)
 {
@@ -110,4 +122,51 @@ kern_vec_dot_tile_fn kern_vec_dot_tile_get(tdm_type_t t, kern_isa_t isa)
         return NULL;
     }
     return tc->vec_dot_tile[KERN_ISA_AVX2];
+}
+
+kern_vec_dot_rows_fn kern_vec_dot_rows_get(tdm_type_t t, kern_isa_t isa)
+{
+    const kern_type_cpu_t *tc = kern_type_cpu(t);
+    if (tc == NULL || (isa != KERN_ISA_AVX2 && isa != KERN_ISA_AVX512)) {
+        return NULL;
+    }
+    return tc->vec_dot_rows[KERN_ISA_AVX2];
+}
+
+kern_from_float_fn kern_from_float_get(tdm_type_t t, kern_isa_t isa)
+{
+    const kern_type_cpu_t *tc = kern_type_cpu(t);
+    if (tc == NULL) {
+        return NULL;
+    }
+#if defined(__x86_64__)
+    if (isa == KERN_ISA_AVX2 || isa == KERN_ISA_AVX512) {
+        switch (t) {
+        case TDM_TYPE_Q8_0:
+            return kern_from_float_q8_0_avx2;
+        case TDM_TYPE_Q8_1:
+            return kern_from_float_q8_1_avx2;
+        case TDM_TYPE_Q8_K:
+            return kern_from_float_q8_k_avx2;
+        default:
+            break;
+        }
+    }
+#else
+    (void)isa;
+#endif
+    return tc->from_float;
+}
+
+kern_vec_dot_tile2_fn kern_vec_dot_tile2_get(tdm_type_t t, kern_isa_t isa)
+{
+#if defined(__x86_64__)
+    if ((isa == KERN_ISA_AVX2 || isa == KERN_ISA_AVX512) && t == TDM_TYPE_Q4_1) {
+        return kern_vec_dot_tile2_q4_1_avx2;
+    }
+#else
+    (void)t;
+    (void)isa;
+#endif
+    return NULL;
 }

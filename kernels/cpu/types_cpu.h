@@ -224,6 +224,22 @@ typedef void (*kern_vec_dot_tile_fn)(int64_t n, const void *restrict w, const vo
                                      size_t a_stride, int n_tok, float *restrict y,
                                      int64_t y_stride);
 
+/* n_rows weight rows w + r * row_bytes against one activation row a:
+ * y[r] = vec_dot(n, w + r * row_bytes, a), read `group` (1..KERN_DOT_ROWS) rows at a
+ * time block by block (the activation blocks loaded once per group). Row r's result
+ * does not depend on the grouping (bit-identical to the ISA's vec_dot on that row). */
+#define KERN_DOT_ROWS 4
+typedef void (*kern_vec_dot_rows_fn)(int64_t n, const void *restrict w, size_t row_bytes,
+                                     int n_rows, int group, const void *restrict a,
+                                     float *restrict y);
+
+/* Two weight rows (w, w + row_bytes) against n_tok (1..KERN_DOT_TILE) activation rows:
+ * y[t * y_stride + r] = vec_dot(n, w + r * row_bytes, a + t * a_stride), r = 0, 1; each
+ * result bit-identical to vec_dot_tile / vec_dot on the same row and token. */
+typedef void (*kern_vec_dot_tile2_fn)(int64_t n, const void *restrict w, size_t row_bytes,
+                                      const void *restrict a, size_t a_stride, int n_tok,
+                                      float *restrict y, int64_t y_stride);
+
 typedef struct kern_type_cpu {
     tdm_type_t vec_dot_type;                 /* activation format of the vec_dot      */
     kern_to_float_fn to_float;               /* reference dequantizer                 */
@@ -231,6 +247,8 @@ typedef struct kern_type_cpu {
     kern_vec_dot_fn vec_dot[KERN_ISA_COUNT]; /* NULL: not specialised for that ISA    */
     /* optional multi-token kernels for prefill; NULL: kern_matmul uses vec_dot */
     kern_vec_dot_tile_fn vec_dot_tile[KERN_ISA_COUNT];
+    /* optional multi-row kernels for decode; NULL: kern_matmul uses vec_dot per row */
+    kern_vec_dot_rows_fn vec_dot_rows[KERN_ISA_COUNT];
 } kern_type_cpu_t;
 
 /* The table entry for t, or NULL when t has no CPU kernels (dequantizer + vec_dot). */
@@ -243,6 +261,22 @@ kern_vec_dot_fn kern_vec_dot_get(tdm_type_t t, kern_isa_t isa);
 /* The multi-token kernel for t usable at level isa (AVX-512 falls back to AVX2), or NULL
  * when there is none (then use kern_vec_dot_get per token). */
 kern_vec_dot_tile_fn kern_vec_dot_tile_get(tdm_type_t t, kern_isa_t isa);
+
+/* The two-row prefill kernel for t at level isa (AVX-512 falls back to AVX2), or NULL. */
+kern_vec_dot_tile2_fn kern_vec_dot_tile2_get(tdm_type_t t, kern_isa_t isa);
+void kern_vec_dot_tile2_q4_1_avx2(int64_t n, const void *restrict w, size_t row_bytes,
+                                  const void *restrict a, size_t a_stride, int n_tok,
+                                  float *restrict y, int64_t y_stride);
+
+/* The multi-row kernel for t usable at level isa (AVX-512 falls back to AVX2), or NULL. */
+kern_vec_dot_rows_fn kern_vec_dot_rows_get(tdm_type_t t, kern_isa_t isa);
+
+/* The activation quantizer for t at level isa: a SIMD one bit-exact with from_float
+ * where there is one (Q8_0 / Q8_1 / Q8_K on AVX2), else from_float. */
+kern_from_float_fn kern_from_float_get(tdm_type_t t, kern_isa_t isa);
+void kern_from_float_q8_0_avx2(const float *restrict src, void *restrict dst, int64_t n);
+void kern_from_float_q8_1_avx2(const float *restrict src, void *restrict dst, int64_t n);
+void kern_from_float_q8_k_avx2(const float *restrict src, void *restrict dst, int64_t n);
 
 /* Scalar references (kernels/cpu/quant_ref.c, kernels/cpu/dot_ref.c). */
 void kern_to_float_f32(const void *restrict src, float *restrict dst, int64_t n);
@@ -304,6 +338,13 @@ KERN_DECLARE_TILE(kern_vec_dot_tile_q4_1_avx2)
 KERN_DECLARE_TILE(kern_vec_dot_tile_q8_0_avx2)
 KERN_DECLARE_TILE(kern_vec_dot_tile_q4_k_avx2)
 KERN_DECLARE_TILE(kern_vec_dot_tile_q6_k_avx2)
+
+#define KERN_DECLARE_ROWS(name)                                                           \
+    void name(int64_t n, const void *restrict w, size_t row_bytes, int n_rows, int group, \
+              const void *restrict a, float *restrict y);
+KERN_DECLARE_ROWS(kern_vec_dot_rows_q4_1_avx2)
+KERN_DECLARE_ROWS(kern_vec_dot_rows_q8_0_avx2)
+KERN_DECLARE_ROWS(kern_vec_dot_rows_q4_k_avx2)
 
 KERN_DECLARE_DOTS(ref)
 KERN_DECLARE_DOTS(avx2)

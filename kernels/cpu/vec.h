@@ -11,6 +11,7 @@
 #include "kernels/kern_isa.h"
 
 #include <stddef.h>
+#include <stdint.h>
 
 typedef struct kern_vec_ops {
     kern_isa_t isa;
@@ -37,5 +38,12 @@ float kern_dot_f32_avx512(const float *x, const float *y, size_t n);
 void kern_axpy_f32_avx512(float *y, float a, const float *x, size_t n);
 float kern_dot_f32_neon(const float *x, const float *y, size_t n);
 void kern_axpy_f32_neon(float *y, float a, const float *x, size_t n);
+
+/* AVX2 row ops behind kern_op_attn_head_f32 / kern_op_silu_mul_f32_isa (x86/avx2_ops.c);
+ * the attention kernel needs head_dim % 8 == 0. */
+void kern_attn_head_f32_avx2(float *out, const float *q, const float *k, const float *v,
+                             const int32_t *blocks, size_t block_stride, int block_tokens,
+                             int32_t n_keys, int head_dim, float scale, float *scores);
+void kern_silu_mul_f32_avx2(float *out, const float *gate, const float *up, int64_t n);
 
 #endif

@@ -834,6 +834,187 @@ static void test_matmul_nested(void **state)
     kern_ctx_destroy(ctx);
 }
 
+/* The SIMD activation quantizers (kern_from_float_get) are bit-exact with the scalar
+ * references, ties and degenerate blocks included. */
+static void test_simd_quantizers_bit_exact(void **state)
+{
+    (void)state;
+    tdm_cpu_features_t f;
+    tdm_cpu_features_detect(&f);
+    static const tdm_type_t act[] = {TDM_TYPE_Q8_0, TDM_TYPE_Q8_1, TDM_TYPE_Q8_K};
+    uint64_t s = 777;
+    const int64_t n = 4 * 256;
+    float *x = malloc((size_t)n * sizeof(float));
+    assert_non_null(x);
+    for (int round = 0; round < 40; round++) {
+        for (int64_t k = 0; k < n; k++) {
+            x[k] = rng_normal(&s) * (round % 3 == 0 ? 1e-3f : 1.0f);
+        }
+        if (round % 4 == 1) { /* exact halves after scaling: amax 127 -> id 1 */
+            for (int64_t k = 0; k < n; k++) {
+                x[k] = (float)((int)(rng_uniform(&s) * 254.0f)) * 0.5f;
+            }
+            x[0] = 127.0f;
+            x[256] = -127.0f;
+            x[512] = 127.0f;
+            x[513] = -127.0f; /* equal |max| of both signs: the first wins */
+        }
+        if (round % 5 == 2) { /* an all-zero block and a block of -0 */
+            for (int64_t k = 0; k < 256; k++) {
+                x[k] = 0.0f;
+                x[256 + k] = -0.0f;
+            }
+        }
+        for (size_t ai = 0; ai < ARRAY_LEN(act); ai++) {
+            const size_t bytes = tdm_type_row_size(act[ai], n);
+            uint8_t *want = malloc(bytes), *got = malloc(bytes);
+            assert_true(want != NULL && got != NULL);
+            kern_type_cpu(act[ai])->from_float(x, want, n);
+            for (int isa = 1; isa < KERN_ISA_COUNT; isa++) {
+                if (!kern_isa_supported((kern_isa_t)isa, &f)) {
+                    continue;
+                }
+                memset(got, 0xA5, bytes);
+                kern_from_float_get(act[ai], (kern_isa_t)isa)(x, got, n);
+                if (memcmp(want, got, bytes) != 0) {
+                    fail_msg("%s %s quantizer differs from the reference (round %d)",
+                             tdm_type_name(act[ai]), kern_isa_name((kern_isa_t)isa), round);
+                }
+            }
+            free(want);
+            free(got);
+        }
+    }
+    free(x);
+}
+
+/* The decode multi-row kernels: every row, read in groups of 1..KERN_DOT_ROWS, is bit-identical
+ * to the ISA's vec_dot on that row and to the prefill tile on the same token (so a
+ * token's output does not depend on how rows or tokens were grouped). */
+static void test_dot_rows(void **state)
+{
+    (void)state;
+    tdm_cpu_features_t f;
+    tdm_cpu_features_detect(&f);
+    uint64_t s = 4711;
+    int n_checked = 0;
+    for (int isa = 1; isa < KERN_ISA_COUNT; isa++) {
+        if (!kern_isa_supported((kern_isa_t)isa, &f)) {
+            continue;
+        }
+        for (size_t ti = 0; ti < ARRAY_LEN(weight_types); ti++) {
+            const tdm_type_t t = weight_types[ti];
+            const kern_vec_dot_rows_fn rows = kern_vec_dot_rows_get(t, (kern_isa_t)isa);
+            if (rows == NULL) {
+                continue;
+            }
+            const kern_vec_dot_fn dot = kern_vec_dot_get(t, (kern_isa_t)isa);
+            const kern_vec_dot_tile_fn tile = kern_vec_dot_tile_get(t, (kern_isa_t)isa);
+            const kern_vec_dot_tile2_fn tile2 = kern_vec_dot_tile2_get(t, (kern_isa_t)isa);
+            const kern_type_cpu_t *tc = kern_type_cpu(t);
+            const int64_t k = tdm_type_traits(t)->blck >= 256 ? 3 * 256 : 9 * 32;
+            const size_t rb = tdm_type_row_size(t, k);
+            void *w = random_weights(t, KERN_DOT_ROWS, k, &s);
+            float *x = malloc((size_t)k * sizeof(float));
+            for (int64_t i = 0; i < k; i++) {
+                x[i] = rng_normal(&s);
+            }
+            void *a = quantize_act(tc->vec_dot_type, x, k);
+            for (int nr = 1; nr <= KERN_DOT_ROWS; nr++) {
+                float y[KERN_DOT_ROWS];
+                rows(k, w, rb, KERN_DOT_ROWS, nr, a, y);
+                for (int r = 0; r < KERN_DOT_ROWS; r++) {
+                    const uint8_t *row = (const uint8_t *)w + (size_t)r * rb;
+                    const float want = dot(k, row, a);
+                    assert_memory_equal(&y[r], &want, sizeof(float));
+                    if (tile != NULL) {
+                        float yt = 0.0f;
+                        tile(k, row, a, 0, 1, &yt, 1);
+                        assert_memory_equal(&yt, &want, sizeof(float));
+                    }
+                    if (tile2 != NULL && r + 1 < KERN_DOT_ROWS) {
+                        /* the same token 1..4 times (stride 0): every copy equal */
+                        for (int nt = 1; nt <= KERN_DOT_TILE; nt++) {
+                            float y2[2 * KERN_DOT_TILE];
+                            tile2(k, row, rb, a, 0, nt, y2, 2);
+                            for (int tk = 0; tk < nt; tk++) {
+                                assert_memory_equal(&y2[2 * tk], &want, sizeof(float));
+                                const float want1 = dot(k, row + rb, a);
+                                assert_memory_equal(&y2[2 * tk + 1], &want1, sizeof(float));
+                            }
+                        }
+                    }
+                }
+            }
+            n_checked++;
+            free(w);
+            free(x);
+            free(a);
+        }
+    }
+    print_message("dot rows: %d (type, ISA) pairs checked\n", n_checked);
+}
+
+/* kern_matmul_batch gives bit-identical results to separate kern_matmul calls: weights
+ * sharing the activations (Q4_K + Q6_K + Q4_K: one conversion), mixed formats (Q4_1 +
+ * Q8_0 + Q4_1) and a product with its own input, decode and prefill, 1..3 threads. */
+static void test_matmul_batch(void **state)
+{
+    (void)state;
+    uint64_t s = 2024;
+    static const tdm_type_t sets[2][3] = {{TDM_TYPE_Q4_K, TDM_TYPE_Q6_K, TDM_TYPE_Q4_K},
+                                          {TDM_TYPE_Q4_1, TDM_TYPE_Q8_0, TDM_TYPE_Q4_1}};
+    static const int64_t rows[3] = {37, 16, 5};
+    static const int64_t toks[] = {1, 2, 7, 19};
+    for (int nt = 1; nt <= 3; nt++) {
+        kern_ctx_t *ctx = NULL;
+        assert_int_equal(kern_ctx_create(nt, KERN_ISA_COUNT, &ctx, NULL), TDM_OK);
+        for (int si = 0; si < 2; si++) {
+            const int64_t k = 512;
+            kern_weight_t w[3];
+            const kern_weight_t *wp[3];
+            void *data[3];
+            for (int i = 0; i < 3; i++) {
+                data[i] = random_weights(sets[si][i], rows[i], k, &s);
+                w[i] = (kern_weight_t){sets[si][i], k, rows[i], tdm_type_row_size(sets[si][i], k),
+                                       data[i]};
+                wp[i] = &w[i];
+            }
+            for (size_t ti = 0; ti < ARRAY_LEN(toks); ti++) {
+                const int64_t n_tok = toks[ti];
+                float *x = malloc((size_t)((n_tok + 1) * k) * sizeof(float));
+                for (int64_t i = 0; i < (n_tok + 1) * k; i++) {
+                    x[i] = rng_normal(&s);
+                }
+                /* products 0 and 1 share x; product 2 reads its own (x one row on) */
+                float *y1[3], *y2[3];
+                int64_t ld[3];
+                kern_matmul_op_t ops[3];
+                for (int i = 0; i < 3; i++) {
+                    const float *xi = i == 2 ? x + k : x;
+                    ld[i] = rows[i] + 1;
+                    y1[i] = calloc((size_t)(n_tok * ld[i]), sizeof(float));
+                    y2[i] = calloc((size_t)(n_tok * ld[i]), sizeof(float));
+                    assert_int_equal(kern_matmul(ctx, &w[i], xi, k, n_tok, y1[i], ld[i], NULL),
+                                     TDM_OK);
+                    ops[i] = (kern_matmul_op_t){wp[i], xi, k, y2[i], ld[i]};
+                }
+                assert_int_equal(kern_matmul_batch(ctx, 3, ops, n_tok, NULL), TDM_OK);
+                for (int i = 0; i < 3; i++) {
+                    assert_memory_equal(y1[i], y2[i], (size_t)(n_tok * ld[i]) * sizeof(float));
+                    free(y1[i]);
+                    free(y2[i]);
+                }
+                free(x);
+            }
+            for (int i = 0; i < 3; i++) {
+                free(data[i]);
+            }
+        }
+        kern_ctx_destroy(ctx);
+    }
+}
+
 static void test_errors(void **state)
 {
     (void)state;
@@ -871,6 +1052,9 @@ int main(void)
         cmocka_unit_test(test_matmul),
         cmocka_unit_test(test_matmul_tiles),
         cmocka_unit_test(test_matmul_nested),
+        cmocka_unit_test(test_simd_quantizers_bit_exact),
+        cmocka_unit_test(test_dot_rows),
+        cmocka_unit_test(test_matmul_batch),
         cmocka_unit_test(test_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

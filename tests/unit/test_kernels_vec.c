@@ -2,6 +2,7 @@
  * primitives against the scalar reference, over lengths that hit every tail path. */
 #include "common/cpu_features.h"
 #include "kernels/cpu/vec.h"
+#include "kernels/kern_ops.h"
 
 #include <math.h>
 #include <setjmp.h>
@@ -88,10 +89,87 @@ static void test_rms_norm_reference(void **state)
     assert_true(fabsf(y[1] - 8.0f / sqrtf(12.5f)) < 1e-6f);
 }
 
+/* kern_op_attn_head_f32 on every ISA against the scalar reference: paged keys in
+ * shuffled blocks, n_keys that end mid-block, several head sizes; and the SIMD SwiGLU. */
+static void test_attention_and_silu(void **state)
+{
+    (void)state;
+    tdm_cpu_features_t f;
+    tdm_cpu_features_detect(&f);
+    uint32_t seed = 99u;
+    static const int hds[] = {64, 128, 80, 8, 12};
+    static const int32_t nks[] = {1, 3, 4, 5, 16, 17, 63, 200};
+    const int B = 16, n_blocks = 16, n_kv = 2;
+    for (size_t hi = 0; hi < sizeof(hds) / sizeof(hds[0]); hi++) {
+        const int hd = hds[hi];
+        const size_t stride = (size_t)n_kv * B * hd;
+        float *k = malloc(stride * n_blocks * sizeof(float));
+        float *v = malloc(stride * n_blocks * sizeof(float));
+        float *q = malloc((size_t)hd * sizeof(float));
+        float *o_ref = malloc((size_t)hd * sizeof(float)), *o = malloc((size_t)hd * sizeof(float));
+        float *sc = malloc(256 * sizeof(float));
+        for (size_t i = 0; i < stride * n_blocks; i++) {
+            k[i] = frand(&seed);
+            v[i] = frand(&seed);
+        }
+        for (int i = 0; i < hd; i++) {
+            q[i] = 3.0f * frand(&seed);
+        }
+        int32_t blocks[16];
+        for (int i = 0; i < n_blocks; i++) {
+            blocks[i] = (i * 7 + 3) % n_blocks;
+        }
+        for (size_t ni = 0; ni < sizeof(nks) / sizeof(nks[0]); ni++) {
+            const int32_t nk = nks[ni];
+            const float *kh = k + (size_t)B * hd, *vh = v + (size_t)B * hd; /* kv head 1 */
+            kern_op_attn_head_f32_ref(o_ref, q, kh, vh, blocks, stride, B, nk, hd, 0.125f, sc);
+            for (int isa = 0; isa < KERN_ISA_COUNT; isa++) {
+                if (!kern_isa_supported((kern_isa_t)isa, &f)) {
+                    continue;
+                }
+                kern_op_attn_head_f32((kern_isa_t)isa, o, q, kh, vh, blocks, stride, B, nk, hd,
+                                      0.125f, sc);
+                for (int c = 0; c < hd; c++) {
+                    if (!(fabsf(o[c] - o_ref[c]) <= 2e-6f * (fabsf(o_ref[c]) + 1.0f))) {
+                        fail_msg("attention %s hd=%d n_keys=%d: out[%d] = %.9g, ref %.9g",
+                                 kern_isa_name((kern_isa_t)isa), hd, nk, c, o[c], o_ref[c]);
+                    }
+                }
+            }
+        }
+        free(k);
+        free(v);
+        free(q);
+        free(o_ref);
+        free(o);
+        free(sc);
+    }
+    enum { N = 203 };
+    float g[N], u[N], want[N], got[N];
+    for (int i = 0; i < N; i++) {
+        g[i] = 12.0f * frand(&seed);
+        u[i] = frand(&seed);
+    }
+    g[0] = -100.0f;
+    g[1] = 100.0f;
+    g[2] = 0.0f;
+    kern_op_silu_mul_f32(want, g, u, N);
+    for (int isa = 0; isa < KERN_ISA_COUNT; isa++) {
+        if (!kern_isa_supported((kern_isa_t)isa, &f)) {
+            continue;
+        }
+        kern_op_silu_mul_f32_isa((kern_isa_t)isa, got, g, u, N);
+        for (int i = 0; i < N; i++) {
+            assert_true(fabsf(got[i] - want[i]) <= 1e-6f * fabsf(want[i]) + 1e-30f);
+        }
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_every_isa_matches_reference),
+        cmocka_unit_test(test_attention_and_silu),
         cmocka_unit_test(test_isa_choice_respects_cap),
         cmocka_unit_test(test_rms_norm_reference),
     };

@@ -1,0 +1,165 @@
+/*
+ * avx2_ops.c - AVX2 + FMA versions of the forward pass's f32 row ops: attention of one
+ * query head over the paged KV cache and SwiGLU. Compiled with -mavx2 -mfma; called only
+ * after run-time detection. The references are in ops_attn.c / ops_elementwise.c.
+ */
+#include "kernels/cpu/vec.h"
+
+#include <immintrin.h>
+#include <math.h>
+
+/* exp(x) for x <= 0 (softmax) or any x in [-88, 88] (SiLU), Cephes' single-precision
+ * polynomial: relative error ~2 ulp; below -87.3 the result flushes towards 0. */
+static inline __m256 exp256(__m256 x)
+{
+    x = _mm256_min_ps(x, _mm256_set1_ps(88.3762626647949f));
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.3365447504f));
+    __m256 fx = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f));
+    fx = _mm256_floor_ps(fx);
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
+    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
+    y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), x);
+    y = _mm256_add_ps(y, _mm256_set1_ps(1.0f));
+    const __m256i e =
+        _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
+static inline float hsum256(__m256 v)
+{
+    __m128 lo = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+    lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
+    return _mm_cvtss_f32(lo);
+}
+
+/* q . k for 4 keys (hd a multiple of 8) -> 4 floats */
+static inline __m128 dot4(const float *q, const float *k0, const float *k1, const float *k2,
+                          const float *k3, int hd)
+{
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    __m256 a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+    for (int c = 0; c < hd; c += 8) {
+        const __m256 qv = _mm256_loadu_ps(q + c);
+        a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + c), a0);
+        a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k1 + c), a1);
+        a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k2 + c), a2);
+        a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k3 + c), a3);
+    }
+    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
+static inline float dot1(const float *q, const float *k, int hd)
+{
+    __m256 a = _mm256_setzero_ps();
+    for (int c = 0; c < hd; c += 8) {
+        a = _mm256_fmadd_ps(_mm256_loadu_ps(q + c), _mm256_loadu_ps(k + c), a);
+    }
+    return hsum256(a);
+}
+
+#define ATTN_CHUNK 64 /* output dims accumulated in registers per pass over the values */
+
+void kern_attn_head_f32_avx2(float *out, const float *q, const float *k, const float *v,
+                             const int32_t *blocks, size_t block_stride, int block_tokens,
+                             int32_t n_keys, int head_dim, float scale, float *scores)
+{
+    const int B = block_tokens, hd = head_dim;
+    /* scores, block by block (a block's keys of this head are contiguous rows) */
+    for (int32_t j0 = 0; j0 < n_keys; j0 += B) {
+        const float *kb = k + (size_t)blocks[j0 / B] * block_stride;
+        const int nj = n_keys - j0 < B ? (int)(n_keys - j0) : B;
+        int j = 0;
+        for (; j + 4 <= nj; j += 4) {
+            const float *kr = kb + (size_t)j * hd;
+            const __m128 s = dot4(q, kr, kr + hd, kr + 2 * hd, kr + 3 * hd, hd);
+            _mm_storeu_ps(scores + j0 + j, _mm_mul_ps(s, _mm_set1_ps(scale)));
+        }
+        for (; j < nj; j++) {
+            scores[j0 + j] = dot1(q, kb + (size_t)j * hd, hd) * scale;
+        }
+    }
+    /* softmax numerators and their sum */
+    float mx = -INFINITY;
+    for (int32_t j = 0; j < n_keys; j++) {
+        mx = scores[j] > mx ? scores[j] : mx;
+    }
+    const __m256 vmx = _mm256_set1_ps(mx);
+    __m256 vsum = _mm256_setzero_ps();
+    int32_t j = 0;
+    for (; j + 8 <= n_keys; j += 8) {
+        const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(scores + j), vmx));
+        _mm256_storeu_ps(scores + j, e);
+        vsum = _mm256_add_ps(vsum, e);
+    }
+    double sum = hsum256(vsum);
+    for (; j < n_keys; j++) {
+        scores[j] = expf(scores[j] - mx);
+        sum += scores[j];
+    }
+    const __m256 inv = _mm256_set1_ps((float)(1.0 / sum));
+    /* weighted sum of the values, ATTN_CHUNK dims at a time in registers */
+    for (int c0 = 0; c0 < hd; c0 += ATTN_CHUNK) {
+        const int nc = hd - c0 < ATTN_CHUNK ? (hd - c0) / 8 : ATTN_CHUNK / 8;
+        __m256 o[ATTN_CHUNK / 8];
+        for (int c = 0; c < ATTN_CHUNK / 8; c++) {
+            o[c] = _mm256_setzero_ps();
+        }
+        for (int32_t j0 = 0; j0 < n_keys; j0 += B) {
+            const float *vb = v + (size_t)blocks[j0 / B] * block_stride + c0;
+            const int nj = n_keys - j0 < B ? (int)(n_keys - j0) : B;
+            for (int jj = 0; jj < nj; jj++) {
+                const __m256 w = _mm256_set1_ps(scores[j0 + jj]);
+                const float *vr = vb + (size_t)jj * hd;
+                if (nc == ATTN_CHUNK / 8) {
+                    for (int c = 0; c < ATTN_CHUNK / 8; c++) {
+                        o[c] = _mm256_fmadd_ps(w, _mm256_loadu_ps(vr + 8 * c), o[c]);
+                    }
+                } else {
+                    for (int c = 0; c < nc; c++) {
+                        o[c] = _mm256_fmadd_ps(w, _mm256_loadu_ps(vr + 8 * c), o[c]);
+                    }
+                }
+            }
+        }
+        for (int c = 0; c < nc; c++) {
+            _mm256_storeu_ps(out + c0 + 8 * c, _mm256_mul_ps(o[c], inv));
+        }
+    }
+}
+
+void kern_silu_mul_f32_avx2(float *out, const float *gate, const float *up, int64_t n)
+{
+    const __m256 one = _mm256_set1_ps(1.0f);
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 g = _mm256_loadu_ps(gate + i);
+        const __m256 e = exp256(_mm256_xor_ps(g, sign)); /* exp(-g) */
+        const __m256 s = _mm256_div_ps(g, _mm256_add_ps(one, e));
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(s, _mm256_loadu_ps(up + i)));
+    }
+    if (i < n) {
+        /* the tail through the same vector code (zero-padded), so an element's result does
+         * not depend on where it sits in the array */
+        float g8[8] = {0}, u8[8] = {0}, o8[8];
+        for (int64_t k = i; k < n; k++) {
+            g8[k - i] = gate[k];
+            u8[k - i] = up[k];
+        }
+        const __m256 g = _mm256_loadu_ps(g8);
+        const __m256 e = exp256(_mm256_xor_ps(g, sign));
+        _mm256_storeu_ps(
+            o8, _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(one, e)), _mm256_loadu_ps(u8)));
+        for (int64_t k = i; k < n; k++) {
+            out[k] = o8[k - i];
+        }
+    }
+}
