@@ -1,0 +1,8 @@
+# Unit tests of transport/ (the control-plane message codec).
+tandem_unit_test(xp_msg test_xp_msg.c tdm_transport)
+# The message-codec fuzz harness replayed over its seed corpus (no libFuzzer needed).
+add_executable(test_fuzz_xp_msg_replay fuzz/fuzz_xp_msg.c fuzz/replay_main.c)
+target_link_libraries(test_fuzz_xp_msg_replay PRIVATE tdm_transport)
+add_test(NAME unit.fuzz_xp_msg_replay
+         COMMAND test_fuzz_xp_msg_replay ${CMAKE_CURRENT_SOURCE_DIR}/fuzz/corpus/xp_msg)
+set_tests_properties(unit.fuzz_xp_msg_replay PROPERTIES LABELS unit)

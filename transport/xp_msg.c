@@ -1,0 +1,739 @@
+/*
+ * xp_msg.c - msgpack encoding and validating decoding of control-plane messages.
+ *
+ * Wire layout (all msgpack arrays; integers in any msgpack width):
+ *   message   [ "TDM1", version, type, request_id, body ]
+ *   JOIN      [ tandem_version str, capabilities, [ hash bin(32), file_size, n_tensors ],
+ *               rank, world_size ]
+ *   JOIN_ACK  [ accepted bool, reason str ]
+ *   LOAD      [ tp_rank, tp_size, ep_rank, ep_size, n_ctx, kv_bytes ]
+ *   STEP      [ n_tokens, [token...], [pos...], [seq...], [want_logits bool...], n_logits,
+ *               n_seqs, [ [n_blocks, [block...]] ... ] ]
+ *   RESULT    [ status, error str, n_logits, n_vocab, logits bin (f32 little-endian) ]
+ *   HEARTBEAT [ time_ns ]
+ *   SHUTDOWN  [ ]
+ *
+ * Before msgpack-c unpacks untrusted bytes, scan_wire() walks the encoding once: every
+ * array count must fit in the bytes left (so msgpack-c's zone, which allocates the element
+ * array up front, stays proportional to the input), every string/blob lies inside the
+ * input, maps/ext/floats (never sent) are refused and nothing trails the message.
+ */
+#include "transport/xp_msg.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "xp_msg.c sends logits as raw little-endian f32: a big-endian host needs byte swaps"
+#endif
+
+const char *xp_msg_type_str(int type)
+{
+    static const char *const names[] = {"?",    "JOIN",   "JOIN_ACK",  "LOAD",
+                                        "STEP", "RESULT", "HEARTBEAT", "SHUTDOWN"};
+    if (type < XP_MSG_JOIN || type >= XP_MSG_TYPE_END) {
+        return "?";
+    }
+    return names[type];
+}
+
+/* ---- validation (shared by encode and decode) ---- */
+
+static tdm_status_t check_str(const char *s, size_t cap, const char *field, tdm_status_t fail,
+                              tdm_error_t *err)
+{
+    if (memchr(s, '\0', cap) == NULL) {
+        return tdm_error_set(err, fail, "xp_msg: %s is not NUL-terminated within %zu bytes", field,
+                             cap);
+    }
+    return TDM_OK;
+}
+
+static tdm_status_t check_rank(int32_t rank, int32_t size, const char *what, tdm_status_t fail,
+                               tdm_error_t *err)
+{
+    if (size < 1 || size > XP_MSG_MAX_WORLD) {
+        return tdm_error_set(err, fail, "xp_msg: %s size %" PRId32 " outside [1, %d]", what, size,
+                             XP_MSG_MAX_WORLD);
+    }
+    if (rank < 0 || rank >= size) {
+        return tdm_error_set(err, fail, "xp_msg: %s rank %" PRId32 " outside [0, %" PRId32 ")",
+                             what, rank, size);
+    }
+    return TDM_OK;
+}
+
+static tdm_status_t validate_step(const xp_step_t *s, tdm_status_t fail, tdm_error_t *err)
+{
+    if (s->n_tokens < 0 || s->n_tokens > XP_MSG_MAX_TOKENS) {
+        return tdm_error_set(err, fail, "xp_msg STEP: n_tokens %" PRId32 " outside [0, %d]",
+                             s->n_tokens, XP_MSG_MAX_TOKENS);
+    }
+    if (s->n_seqs < 0 || s->n_seqs > XP_MSG_MAX_SEQS) {
+        return tdm_error_set(err, fail, "xp_msg STEP: n_seqs %" PRId32 " outside [0, %d]",
+                             s->n_seqs, XP_MSG_MAX_SEQS);
+    }
+    if (s->n_tokens > 0 &&
+        (s->token == NULL || s->pos == NULL || s->seq == NULL || s->want_logits == NULL)) {
+        return tdm_error_set(err, fail, "xp_msg STEP: token/pos/seq/want_logits array is NULL");
+    }
+    if (s->n_seqs > 0 && s->seqs == NULL) {
+        return tdm_error_set(err, fail, "xp_msg STEP: seqs is NULL");
+    }
+    int32_t n_logits = 0;
+    for (int32_t i = 0; i < s->n_tokens; i++) {
+        if (s->token[i] < 0) {
+            return tdm_error_set(err, fail,
+                                 "xp_msg STEP: token[%" PRId32 "] = %" PRId32 " is negative", i,
+                                 s->token[i]);
+        }
+        if (s->pos[i] < 0) {
+            return tdm_error_set(
+                err, fail, "xp_msg STEP: pos[%" PRId32 "] = %" PRId32 " is negative", i, s->pos[i]);
+        }
+        if (s->seq[i] < 0 || s->seq[i] >= s->n_seqs) {
+            return tdm_error_set(err, fail,
+                                 "xp_msg STEP: seq[%" PRId32 "] = %" PRId32
+                                 " outside [0, n_seqs %" PRId32 ")",
+                                 i, s->seq[i], s->n_seqs);
+        }
+        if (s->want_logits[i] > 1) {
+            return tdm_error_set(err, fail, "xp_msg STEP: want_logits[%" PRId32 "] = %u not 0/1", i,
+                                 (unsigned)s->want_logits[i]);
+        }
+        n_logits += s->want_logits[i];
+    }
+    if (s->n_logits != n_logits) {
+        return tdm_error_set(err, fail,
+                             "xp_msg STEP: n_logits %" PRId32 " but %" PRId32 " want_logits set",
+                             s->n_logits, n_logits);
+    }
+    for (int32_t q = 0; q < s->n_seqs; q++) {
+        const xp_step_seq_t *sq = &s->seqs[q];
+        if (sq->n_blocks < 0 || sq->n_blocks > XP_MSG_MAX_BLOCKS) {
+            return tdm_error_set(
+                err, fail, "xp_msg STEP: seqs[%" PRId32 "].n_blocks %" PRId32 " outside [0, %d]", q,
+                sq->n_blocks, XP_MSG_MAX_BLOCKS);
+        }
+        if (sq->n_blocks > 0 && sq->blocks == NULL) {
+            return tdm_error_set(err, fail, "xp_msg STEP: seqs[%" PRId32 "].blocks is NULL", q);
+        }
+        for (int32_t j = 0; j < sq->n_blocks; j++) {
+            if (sq->blocks[j] < 0) {
+                return tdm_error_set(err, fail,
+                                     "xp_msg STEP: seqs[%" PRId32 "].blocks[%" PRId32 "] = %" PRId32
+                                     " is negative",
+                                     q, j, sq->blocks[j]);
+            }
+        }
+    }
+    return TDM_OK;
+}
+
+tdm_status_t xp_msg_validate(const xp_msg_t *m, tdm_status_t fail, tdm_error_t *err)
+{
+    tdm_status_t st = TDM_OK;
+    switch (m->type) {
+    case XP_MSG_JOIN:
+        st = check_str(m->join.tandem_version, sizeof(m->join.tandem_version),
+                       "JOIN tandem_version", fail, err);
+        if (st == TDM_OK) {
+            st = check_rank(m->join.rank, m->join.world_size, "JOIN world", fail, err);
+        }
+        return st;
+    case XP_MSG_JOIN_ACK:
+        return check_str(m->join_ack.reason, sizeof(m->join_ack.reason), "JOIN_ACK reason", fail,
+                         err);
+    case XP_MSG_LOAD:
+        st = check_rank(m->load.tp_rank, m->load.tp_size, "LOAD tp", fail, err);
+        if (st == TDM_OK) {
+            st = check_rank(m->load.ep_rank, m->load.ep_size, "LOAD ep", fail, err);
+        }
+        if (st == TDM_OK && m->load.n_ctx < 1) {
+            st = tdm_error_set(err, fail, "xp_msg LOAD: n_ctx %" PRId32 " < 1", m->load.n_ctx);
+        }
+        return st;
+    case XP_MSG_STEP:
+        return validate_step(&m->step, fail, err);
+    case XP_MSG_RESULT: {
+        const xp_msg_result_t *r = &m->result;
+        if (r->status < 0 || r->status >= TDM_STATUS_COUNT) {
+            return tdm_error_set(err, fail, "xp_msg RESULT: status %" PRId32 " unknown", r->status);
+        }
+        st = check_str(r->error, sizeof(r->error), "RESULT error", fail, err);
+        if (st != TDM_OK) {
+            return st;
+        }
+        if (r->n_logits < 0 || r->n_logits > XP_MSG_MAX_TOKENS) {
+            return tdm_error_set(err, fail, "xp_msg RESULT: n_logits %" PRId32 " outside [0, %d]",
+                                 r->n_logits, XP_MSG_MAX_TOKENS);
+        }
+        if (r->n_vocab < 0 || r->n_vocab > XP_MSG_MAX_VOCAB) {
+            return tdm_error_set(err, fail, "xp_msg RESULT: n_vocab %" PRId32 " outside [0, %d]",
+                                 r->n_vocab, XP_MSG_MAX_VOCAB);
+        }
+        if ((int64_t)r->n_logits * r->n_vocab > 0 && r->logits == NULL) {
+            return tdm_error_set(err, fail, "xp_msg RESULT: logits is NULL");
+        }
+        return TDM_OK;
+    }
+    case XP_MSG_HEARTBEAT:
+    case XP_MSG_SHUTDOWN:
+        return TDM_OK;
+    default:
+        return tdm_error_set(err, fail, "xp_msg: type %d unknown", (int)m->type);
+    }
+}
+
+/* ---- encoding ---- */
+
+/* msgpack_pack_* return 0 or -1 (the sbuffer could not grow); ok collects the results. */
+#define PK(call) ok &= ((call) == 0)
+
+static void pack_str(msgpack_packer *pk, const char *s, size_t cap, int *okp)
+{
+    int ok = *okp;
+    size_t n = strnlen(s, cap);
+    PK(msgpack_pack_str(pk, n));
+    PK(msgpack_pack_str_body(pk, s, n));
+    *okp = ok;
+}
+
+static void pack_i32_array(msgpack_packer *pk, const int32_t *v, int32_t n, int *okp)
+{
+    int ok = *okp;
+    PK(msgpack_pack_array(pk, (size_t)n));
+    for (int32_t i = 0; i < n; i++) {
+        PK(msgpack_pack_int32(pk, v[i]));
+    }
+    *okp = ok;
+}
+
+tdm_status_t xp_msg_encode(msgpack_sbuffer *out, const xp_msg_t *m, tdm_error_t *err)
+{
+    if (out == NULL || m == NULL) {
+        return tdm_error_set(err, TDM_ERR_INVALID_PARAM, "xp_msg_encode: NULL argument");
+    }
+    tdm_status_t st = xp_msg_validate(m, TDM_ERR_INVALID_PARAM, err);
+    if (st != TDM_OK) {
+        return st;
+    }
+    size_t start = out->size;
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, out, msgpack_sbuffer_write);
+    int ok = 1;
+    PK(msgpack_pack_array(&pk, 5));
+    PK(msgpack_pack_str(&pk, 4));
+    PK(msgpack_pack_str_body(&pk, XP_MSG_MAGIC, 4));
+    PK(msgpack_pack_uint16(&pk, XP_MSG_PROTOCOL_VERSION));
+    PK(msgpack_pack_uint8(&pk, (uint8_t)m->type));
+    PK(msgpack_pack_uint64(&pk, m->request_id));
+    switch (m->type) {
+    case XP_MSG_JOIN: {
+        const xp_msg_join_t *j = &m->join;
+        PK(msgpack_pack_array(&pk, 5));
+        pack_str(&pk, j->tandem_version, sizeof(j->tandem_version), &ok);
+        PK(msgpack_pack_uint32(&pk, j->capabilities));
+        PK(msgpack_pack_array(&pk, 3));
+        PK(msgpack_pack_bin_with_body(&pk, j->model.hash, sizeof(j->model.hash)));
+        PK(msgpack_pack_uint64(&pk, j->model.file_size));
+        PK(msgpack_pack_uint64(&pk, j->model.n_tensors));
+        PK(msgpack_pack_int32(&pk, j->rank));
+        PK(msgpack_pack_int32(&pk, j->world_size));
+        break;
+    }
+    case XP_MSG_JOIN_ACK:
+        PK(msgpack_pack_array(&pk, 2));
+        PK(m->join_ack.accepted ? msgpack_pack_true(&pk) : msgpack_pack_false(&pk));
+        pack_str(&pk, m->join_ack.reason, sizeof(m->join_ack.reason), &ok);
+        break;
+    case XP_MSG_LOAD:
+        PK(msgpack_pack_array(&pk, 6));
+        PK(msgpack_pack_int32(&pk, m->load.tp_rank));
+        PK(msgpack_pack_int32(&pk, m->load.tp_size));
+        PK(msgpack_pack_int32(&pk, m->load.ep_rank));
+        PK(msgpack_pack_int32(&pk, m->load.ep_size));
+        PK(msgpack_pack_int32(&pk, m->load.n_ctx));
+        PK(msgpack_pack_uint64(&pk, m->load.kv_bytes));
+        break;
+    case XP_MSG_STEP: {
+        const xp_step_t *s = &m->step;
+        PK(msgpack_pack_array(&pk, 8));
+        PK(msgpack_pack_int32(&pk, s->n_tokens));
+        pack_i32_array(&pk, s->token, s->n_tokens, &ok);
+        pack_i32_array(&pk, s->pos, s->n_tokens, &ok);
+        pack_i32_array(&pk, s->seq, s->n_tokens, &ok);
+        PK(msgpack_pack_array(&pk, (size_t)s->n_tokens));
+        for (int32_t i = 0; i < s->n_tokens; i++) {
+            PK(s->want_logits[i] ? msgpack_pack_true(&pk) : msgpack_pack_false(&pk));
+        }
+        PK(msgpack_pack_int32(&pk, s->n_logits));
+        PK(msgpack_pack_int32(&pk, s->n_seqs));
+        PK(msgpack_pack_array(&pk, (size_t)s->n_seqs));
+        for (int32_t q = 0; q < s->n_seqs; q++) {
+            PK(msgpack_pack_array(&pk, 2));
+            PK(msgpack_pack_int32(&pk, s->seqs[q].n_blocks));
+            pack_i32_array(&pk, s->seqs[q].blocks, s->seqs[q].n_blocks, &ok);
+        }
+        break;
+    }
+    case XP_MSG_RESULT: {
+        const xp_msg_result_t *r = &m->result;
+        size_t bytes = (size_t)r->n_logits * (size_t)r->n_vocab * sizeof(float);
+        PK(msgpack_pack_array(&pk, 5));
+        PK(msgpack_pack_int32(&pk, r->status));
+        pack_str(&pk, r->error, sizeof(r->error), &ok);
+        PK(msgpack_pack_int32(&pk, r->n_logits));
+        PK(msgpack_pack_int32(&pk, r->n_vocab));
+        PK(msgpack_pack_bin(&pk, bytes));
+        if (bytes > 0) {
+            PK(msgpack_pack_bin_body(&pk, r->logits, bytes));
+        }
+        break;
+    }
+    case XP_MSG_HEARTBEAT:
+        PK(msgpack_pack_array(&pk, 1));
+        PK(msgpack_pack_uint64(&pk, m->heartbeat.time_ns));
+        break;
+    case XP_MSG_SHUTDOWN:
+    default:
+        PK(msgpack_pack_array(&pk, 0));
+        break;
+    }
+    if (!ok) {
+        out->size = start;
+        return tdm_error_set(err, TDM_ERR_NO_MEMORY, "xp_msg_encode: out of memory encoding %s",
+                             xp_msg_type_str(m->type));
+    }
+    return TDM_OK;
+}
+
+/* ---- decoding ---- */
+
+static uint64_t be_read(const uint8_t *p, int n)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < n; i++) {
+        v = (v << 8) | p[i];
+    }
+    return v;
+}
+
+/* One pass over the raw bytes; see the file comment. */
+static tdm_status_t scan_wire(const uint8_t *p, size_t len, tdm_error_t *err)
+{
+    size_t off = 0;
+    uint64_t pending = 1;
+    while (pending > 0) {
+        if (off >= len) {
+            return tdm_error_set(err, TDM_ERR_FORMAT,
+                                 "xp_msg: truncated at byte %zu (%" PRIu64 " values missing)", off,
+                                 pending);
+        }
+        pending--;
+        uint8_t b = p[off++];
+        size_t left = len - off;
+        uint64_t count = 0; /* array elements that follow */
+        uint64_t skip = 0;  /* payload bytes that follow  */
+        int lenbytes = 0;
+        if (b <= 0x7f || b >= 0xe0 || b == 0xc0 || b == 0xc2 || b == 0xc3) {
+            /* fixint, negative fixint, nil, bool */
+        } else if (b >= 0x90 && b <= 0x9f) {
+            count = b & 0x0f;
+        } else if (b >= 0xa0 && b <= 0xbf) {
+            skip = b & 0x1f;
+        } else if (b >= 0xcc && b <= 0xd3) {
+            skip = 1u << ((b - 0xcc) & 3); /* uint8..64, int8..64 */
+        } else if (b == 0xc4 || b == 0xd9) {
+            lenbytes = 1;
+        } else if (b == 0xc5 || b == 0xda) {
+            lenbytes = 2;
+        } else if (b == 0xc6 || b == 0xdb) {
+            lenbytes = 4;
+        } else if (b == 0xdc || b == 0xdd) {
+            int n = b == 0xdc ? 2 : 4;
+            if (left < (size_t)n) {
+                return tdm_error_set(err, TDM_ERR_FORMAT, "xp_msg: truncated array header");
+            }
+            count = be_read(p + off, n);
+            off += (size_t)n;
+            left -= (size_t)n;
+        } else {
+            return tdm_error_set(err, TDM_ERR_FORMAT,
+                                 "xp_msg: msgpack type 0x%02x at byte %zu not allowed", b, off - 1);
+        }
+        if (lenbytes > 0) {
+            if (left < (size_t)lenbytes) {
+                return tdm_error_set(err, TDM_ERR_FORMAT, "xp_msg: truncated length at byte %zu",
+                                     off);
+            }
+            skip = be_read(p + off, lenbytes);
+            off += (size_t)lenbytes;
+            left -= (size_t)lenbytes;
+        }
+        if (skip > left) {
+            return tdm_error_set(err, TDM_ERR_FORMAT,
+                                 "xp_msg: value at byte %zu needs %" PRIu64 " bytes, %zu left", off,
+                                 skip, left);
+        }
+        if (count > left) {
+            return tdm_error_set(err, TDM_ERR_FORMAT,
+                                 "xp_msg: array of %" PRIu64 " at byte %zu, only %zu bytes left",
+                                 count, off, left);
+        }
+        off += (size_t)skip;
+        pending += count;
+    }
+    if (off != len) {
+        return tdm_error_set(err, TDM_ERR_FORMAT, "xp_msg: %zu trailing bytes after the message",
+                             len - off);
+    }
+    return TDM_OK;
+}
+
+static tdm_status_t get_array(const msgpack_object *o, const char *field, uint32_t n,
+                              const msgpack_object **items, tdm_error_t *err)
+{
+    if (o->type != MSGPACK_OBJECT_ARRAY) {
+        return tdm_error_set(err, TDM_ERR_FORMAT, "xp_msg: %s is not an array", field);
+    }
+    if (o->via.array.size != n) {
+        return tdm_error_set(err, TDM_ERR_FORMAT,
+                             "xp_msg: %s has %" PRIu32 " elements, want %" PRIu32, field,
+                             (uint32_t)o->via.array.size, n);
+    }
+    *items = o->via.array.ptr;
+    return TDM_OK;
+}
+
+static tdm_status_t get_u64(const msgpack_object *o, const char *field, uint64_t max, uint64_t *out,
+                            tdm_error_t *err)
+{
+    if (o->type != MSGPACK_OBJECT_POSITIVE_INTEGER) {
+        return tdm_error_set(err, TDM_ERR_FORMAT, "xp_msg: %s is not an unsigned integer", field);
+    }
+    if (o->via.u64 > max) {
+        return tdm_error_set(err, TDM_ERR_FORMAT, "xp_msg: %s = %" PRIu64 " exceeds %" PRIu64,
+                             field, o->via.u64, max);
+    }
+    *out = o->via.u64;
+    return TDM_OK;
+}
+
+/* An int32 (range rules are xp_msg_validate's, except where a count sizes an array). */
+static tdm_status_t get_i32(const msgpack_object *o, const char *field, int32_t *out,
+                            tdm_error_t *err)
+{
+    if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER && o->via.u64 <= INT32_MAX) {
+        *out = (int32_t)o->via.u64;
+        return TDM_OK;
+    }
+    if (o->type == MSGPACK_OBJECT_NEGATIVE_INTEGER && o->via.i64 >= INT32_MIN) {
+        *out = (int32_t)o->via.i64;
+        return TDM_OK;
+    }
+    return tdm_error_set(err, TDM_ERR_FORMAT, "xp_msg: %s is not a 32-bit integer", field);
+}
+
+static tdm_status_t get_str(const msgpack_object *o, const char *field, char *dst, size_t cap,
+                            tdm_error_t *err)
+{
+    if (o->type != MSGPACK_OBJECT_STR) {
+        return tdm_error_set(err, TDM_ERR_FORMAT, "xp_msg: %s is not a string", field);
+    }
+    size_t n = o->via.str.size;
+    if (n >= cap) {
+        return tdm_error_set(err, TDM_ERR_FORMAT, "xp_msg: %s is %zu bytes, at most %zu", field, n,
+                             cap - 1);
+    }
+    if (n > 0 && memchr(o->via.str.ptr, '\0', n) != NULL) {
+        return tdm_error_set(err, TDM_ERR_FORMAT, "xp_msg: %s contains a NUL byte", field);
+    }
+    if (n > 0) {
+        memcpy(dst, o->via.str.ptr, n);
+    }
+    dst[n] = '\0';
+    return TDM_OK;
+}
+
+static tdm_status_t get_bool(const msgpack_object *o, const char *field, bool *out,
+                             tdm_error_t *err)
+{
+    if (o->type != MSGPACK_OBJECT_BOOLEAN) {
+        return tdm_error_set(err, TDM_ERR_FORMAT, "xp_msg: %s is not a boolean", field);
+    }
+    *out = o->via.boolean;
+    return TDM_OK;
+}
+
+#define TRY(call)           \
+    do {                    \
+        st = (call);        \
+        if (st != TDM_OK) { \
+            return st;      \
+        }                   \
+    } while (0)
+
+static tdm_status_t decode_join(const msgpack_object *body, xp_msg_t *m, tdm_error_t *err)
+{
+    tdm_status_t st;
+    const msgpack_object *f = NULL, *id = NULL;
+    uint64_t v = 0;
+    TRY(get_array(body, "JOIN body", 5, &f, err));
+    TRY(get_str(&f[0], "JOIN tandem_version", m->join.tandem_version,
+                sizeof(m->join.tandem_version), err));
+    TRY(get_u64(&f[1], "JOIN capabilities", UINT32_MAX, &v, err));
+    m->join.capabilities = (uint32_t)v;
+    TRY(get_array(&f[2], "JOIN model", 3, &id, err));
+    if (id[0].type != MSGPACK_OBJECT_BIN || id[0].via.bin.size != XP_MSG_MODEL_HASH_BYTES) {
+        return tdm_error_set(err, TDM_ERR_FORMAT, "xp_msg: JOIN model hash is not a %d-byte bin",
+                             XP_MSG_MODEL_HASH_BYTES);
+    }
+    memcpy(m->join.model.hash, id[0].via.bin.ptr, XP_MSG_MODEL_HASH_BYTES);
+    TRY(get_u64(&id[1], "JOIN model file_size", UINT64_MAX, &m->join.model.file_size, err));
+    TRY(get_u64(&id[2], "JOIN model n_tensors", UINT64_MAX, &m->join.model.n_tensors, err));
+    TRY(get_i32(&f[3], "JOIN rank", &m->join.rank, err));
+    TRY(get_i32(&f[4], "JOIN world_size", &m->join.world_size, err));
+    return TDM_OK;
+}
+
+static tdm_status_t decode_i32_array(const msgpack_object *o, const char *field, int32_t n,
+                                     int32_t *dst, tdm_error_t *err)
+{
+    tdm_status_t st;
+    const msgpack_object *a = NULL;
+    TRY(get_array(o, field, (uint32_t)n, &a, err));
+    for (int32_t i = 0; i < n; i++) {
+        if (get_i32(&a[i], field, &dst[i], NULL) != TDM_OK) {
+            return tdm_error_set(err, TDM_ERR_FORMAT,
+                                 "xp_msg: %s[%" PRId32 "] is not a 32-bit integer", field, i);
+        }
+    }
+    return TDM_OK;
+}
+
+static tdm_status_t decode_step(const msgpack_object *body, xp_msg_t *m, tdm_error_t *err)
+{
+    tdm_status_t st;
+    const msgpack_object *f = NULL, *wl = NULL, *sq = NULL;
+    xp_step_t *s = &m->step;
+    TRY(get_array(body, "STEP body", 8, &f, err));
+    TRY(get_i32(&f[0], "STEP n_tokens", &s->n_tokens, err));
+    if (s->n_tokens < 0 || s->n_tokens > XP_MSG_MAX_TOKENS) {
+        return tdm_error_set(err, TDM_ERR_FORMAT,
+                             "xp_msg STEP: n_tokens %" PRId32 " outside [0, %d]", s->n_tokens,
+                             XP_MSG_MAX_TOKENS);
+    }
+    TRY(get_i32(&f[6], "STEP n_seqs", &s->n_seqs, err));
+    if (s->n_seqs < 0 || s->n_seqs > XP_MSG_MAX_SEQS) {
+        return tdm_error_set(err, TDM_ERR_FORMAT, "xp_msg STEP: n_seqs %" PRId32 " outside [0, %d]",
+                             s->n_seqs, XP_MSG_MAX_SEQS);
+    }
+    TRY(get_i32(&f[5], "STEP n_logits", &s->n_logits, err));
+    TRY(get_array(&f[4], "STEP want_logits", (uint32_t)s->n_tokens, &wl, err));
+    TRY(get_array(&f[7], "STEP seqs", (uint32_t)s->n_seqs, &sq, err));
+
+    /* Sizes are known once every seq's block count is read: one int32 allocation. */
+    size_t total = 3 * (size_t)s->n_tokens;
+    for (int32_t q = 0; q < s->n_seqs; q++) {
+        const msgpack_object *e = NULL;
+        int32_t nb = 0;
+        char field[64];
+        snprintf(field, sizeof(field), "STEP seqs[%" PRId32 "]", q);
+        TRY(get_array(&sq[q], field, 2, &e, err));
+        snprintf(field, sizeof(field), "STEP seqs[%" PRId32 "].n_blocks", q);
+        TRY(get_i32(&e[0], field, &nb, err));
+        if (nb < 0 || nb > XP_MSG_MAX_BLOCKS) {
+            return tdm_error_set(err, TDM_ERR_FORMAT, "xp_msg: %s = %" PRId32 " outside [0, %d]",
+                                 field, nb, XP_MSG_MAX_BLOCKS);
+        }
+        total += (size_t)nb; /* bounded by the input length (scan_wire) */
+    }
+    int32_t *i32 = malloc(total > 0 ? total * sizeof(int32_t) : 1);
+    uint8_t *u8 = malloc(s->n_tokens > 0 ? (size_t)s->n_tokens : 1);
+    xp_step_seq_t *seqs = malloc(s->n_seqs > 0 ? (size_t)s->n_seqs * sizeof(*seqs) : 1);
+    m->owned_i32 = i32;
+    m->owned_u8 = u8;
+    m->owned_seqs = seqs;
+    if (i32 == NULL || u8 == NULL || seqs == NULL) {
+        return tdm_error_set(err, TDM_ERR_NO_MEMORY, "xp_msg STEP: out of memory (%zu ids)", total);
+    }
+    int32_t *token = i32, *pos = i32 + s->n_tokens, *seq = i32 + 2 * (size_t)s->n_tokens;
+    TRY(decode_i32_array(&f[1], "STEP token", s->n_tokens, token, err));
+    TRY(decode_i32_array(&f[2], "STEP pos", s->n_tokens, pos, err));
+    TRY(decode_i32_array(&f[3], "STEP seq", s->n_tokens, seq, err));
+    for (int32_t i = 0; i < s->n_tokens; i++) {
+        bool b = false;
+        if (get_bool(&wl[i], "STEP want_logits", &b, NULL) != TDM_OK) {
+            return tdm_error_set(err, TDM_ERR_FORMAT,
+                                 "xp_msg: STEP want_logits[%" PRId32 "] is not a boolean", i);
+        }
+        u8[i] = b ? 1 : 0;
+    }
+    int32_t *blocks = i32 + 3 * (size_t)s->n_tokens;
+    for (int32_t q = 0; q < s->n_seqs; q++) {
+        const msgpack_object *e = sq[q].via.array.ptr;
+        char field[64];
+        seqs[q].n_blocks = (int32_t)e[0].via.u64; /* checked above */
+        seqs[q].blocks = blocks;
+        snprintf(field, sizeof(field), "STEP seqs[%" PRId32 "].blocks", q);
+        TRY(decode_i32_array(&e[1], field, seqs[q].n_blocks, blocks, err));
+        blocks += seqs[q].n_blocks;
+    }
+    s->token = token;
+    s->pos = pos;
+    s->seq = seq;
+    s->want_logits = u8;
+    s->seqs = seqs;
+    return TDM_OK;
+}
+
+static tdm_status_t decode_result(const msgpack_object *body, xp_msg_t *m, tdm_error_t *err)
+{
+    tdm_status_t st;
+    const msgpack_object *f = NULL;
+    xp_msg_result_t *r = &m->result;
+    TRY(get_array(body, "RESULT body", 5, &f, err));
+    TRY(get_i32(&f[0], "RESULT status", &r->status, err));
+    TRY(get_str(&f[1], "RESULT error", r->error, sizeof(r->error), err));
+    TRY(get_i32(&f[2], "RESULT n_logits", &r->n_logits, err));
+    TRY(get_i32(&f[3], "RESULT n_vocab", &r->n_vocab, err));
+    if (f[4].type != MSGPACK_OBJECT_BIN) {
+        return tdm_error_set(err, TDM_ERR_FORMAT, "xp_msg: RESULT logits is not a bin");
+    }
+    if (r->n_logits < 0 || r->n_vocab < 0) {
+        return tdm_error_set(err, TDM_ERR_FORMAT,
+                             "xp_msg RESULT: n_logits %" PRId32 " / n_vocab %" PRId32 " negative",
+                             r->n_logits, r->n_vocab);
+    }
+    uint64_t want = (uint64_t)r->n_logits * (uint64_t)r->n_vocab * sizeof(float);
+    if ((uint64_t)f[4].via.bin.size != want) {
+        return tdm_error_set(err, TDM_ERR_FORMAT,
+                             "xp_msg: RESULT logits blob is %" PRIu32 " bytes, n_logits %" PRId32
+                             " * n_vocab %" PRId32 " * 4 = %" PRIu64,
+                             (uint32_t)f[4].via.bin.size, r->n_logits, r->n_vocab, want);
+    }
+    if (want > 0) {
+        float *lg = malloc((size_t)want);
+        if (lg == NULL) {
+            return tdm_error_set(err, TDM_ERR_NO_MEMORY,
+                                 "xp_msg RESULT: out of memory (%" PRIu64 " bytes of logits)",
+                                 want);
+        }
+        memcpy(lg, f[4].via.bin.ptr, (size_t)want);
+        m->owned_f32 = lg;
+        r->logits = lg;
+    }
+    return TDM_OK;
+}
+
+static tdm_status_t decode_object(const msgpack_object *root, xp_msg_t *m, tdm_error_t *err)
+{
+    tdm_status_t st;
+    const msgpack_object *h = NULL, *f = NULL;
+    uint64_t v = 0;
+    TRY(get_array(root, "message", 5, &h, err));
+    if (h[0].type != MSGPACK_OBJECT_STR || h[0].via.str.size != 4 ||
+        memcmp(h[0].via.str.ptr, XP_MSG_MAGIC, 4) != 0) {
+        return tdm_error_set(err, TDM_ERR_FORMAT, "xp_msg: magic is not \"" XP_MSG_MAGIC "\"");
+    }
+    TRY(get_u64(&h[1], "version", UINT16_MAX, &v, err));
+    if (v != XP_MSG_PROTOCOL_VERSION) {
+        return tdm_error_set(err, TDM_ERR_FORMAT,
+                             "xp_msg: protocol version %" PRIu64 ", this build speaks %d", v,
+                             XP_MSG_PROTOCOL_VERSION);
+    }
+    m->version = (uint16_t)v;
+    TRY(get_u64(&h[2], "type", UINT8_MAX, &v, err));
+    if (v < XP_MSG_JOIN || v >= XP_MSG_TYPE_END) {
+        return tdm_error_set(err, TDM_ERR_FORMAT, "xp_msg: type %" PRIu64 " unknown", v);
+    }
+    m->type = (xp_msg_type_t)v;
+    TRY(get_u64(&h[3], "request_id", UINT64_MAX, &m->request_id, err));
+    const msgpack_object *body = &h[4];
+    switch (m->type) {
+    case XP_MSG_JOIN:
+        TRY(decode_join(body, m, err));
+        break;
+    case XP_MSG_JOIN_ACK:
+        TRY(get_array(body, "JOIN_ACK body", 2, &f, err));
+        TRY(get_bool(&f[0], "JOIN_ACK accepted", &m->join_ack.accepted, err));
+        TRY(get_str(&f[1], "JOIN_ACK reason", m->join_ack.reason, sizeof(m->join_ack.reason), err));
+        break;
+    case XP_MSG_LOAD:
+        TRY(get_array(body, "LOAD body", 6, &f, err));
+        TRY(get_i32(&f[0], "LOAD tp_rank", &m->load.tp_rank, err));
+        TRY(get_i32(&f[1], "LOAD tp_size", &m->load.tp_size, err));
+        TRY(get_i32(&f[2], "LOAD ep_rank", &m->load.ep_rank, err));
+        TRY(get_i32(&f[3], "LOAD ep_size", &m->load.ep_size, err));
+        TRY(get_i32(&f[4], "LOAD n_ctx", &m->load.n_ctx, err));
+        TRY(get_u64(&f[5], "LOAD kv_bytes", UINT64_MAX, &m->load.kv_bytes, err));
+        break;
+    case XP_MSG_STEP:
+        TRY(decode_step(body, m, err));
+        break;
+    case XP_MSG_RESULT:
+        TRY(decode_result(body, m, err));
+        break;
+    case XP_MSG_HEARTBEAT:
+        TRY(get_array(body, "HEARTBEAT body", 1, &f, err));
+        TRY(get_u64(&f[0], "HEARTBEAT time_ns", UINT64_MAX, &m->heartbeat.time_ns, err));
+        break;
+    case XP_MSG_SHUTDOWN:
+    default:
+        TRY(get_array(body, "SHUTDOWN body", 0, &f, err));
+        break;
+    }
+    return xp_msg_validate(m, TDM_ERR_FORMAT, err);
+}
+
+tdm_status_t xp_msg_decode(const void *data, size_t len, xp_msg_t *out, tdm_error_t *err)
+{
+    if (out == NULL || (data == NULL && len > 0)) {
+        return tdm_error_set(err, TDM_ERR_INVALID_PARAM, "xp_msg_decode: NULL argument");
+    }
+    if (len == 0) {
+        return tdm_error_set(err, TDM_ERR_FORMAT, "xp_msg: empty message");
+    }
+    tdm_status_t st = scan_wire(data, len, err);
+    if (st != TDM_OK) {
+        return st;
+    }
+    msgpack_unpacked u;
+    msgpack_unpacked_init(&u);
+    size_t off = 0;
+    msgpack_unpack_return ur = msgpack_unpack_next(&u, data, len, &off);
+    if (ur != MSGPACK_UNPACK_SUCCESS || off != len) {
+        msgpack_unpacked_destroy(&u);
+        if (ur == MSGPACK_UNPACK_NOMEM_ERROR) {
+            return tdm_error_set(err, TDM_ERR_FORMAT,
+                                 "xp_msg: msgpack nesting too deep or out "
+                                 "of memory");
+        }
+        return tdm_error_set(err, TDM_ERR_FORMAT, "xp_msg: msgpack unpack failed (%d)", (int)ur);
+    }
+    xp_msg_t m;
+    memset(&m, 0, sizeof(m));
+    st = decode_object(&u.data, &m, err);
+    msgpack_unpacked_destroy(&u);
+    if (st != TDM_OK) {
+        xp_msg_free(&m);
+        return st;
+    }
+    *out = m;
+    return TDM_OK;
+}
+
+void xp_msg_free(xp_msg_t *msg)
+{
+    if (msg == NULL) {
+        return;
+    }
+    free(msg->owned_i32);
+    free(msg->owned_u8);
+    free(msg->owned_seqs);
+    free(msg->owned_f32);
+    memset(msg, 0, sizeof(*msg));
+}

@@ -1,0 +1,145 @@
+/*
+ * xp_msg.h - the control-plane message codec (msgpack), without sockets.
+ *
+ * Every message is one msgpack array [magic "TDM1", protocol version, type, request id,
+ * body], the body an array whose layout depends on the type (see xp_msg.c). The ZeroMQ
+ * ROUTER/DEALER layer sends one encoded message per frame.
+ *
+ * Encoding appends to a caller-owned msgpack_sbuffer and checks the message with the same
+ * rules the decoder applies (TDM_ERR_INVALID_PARAM when they fail), so a peer never gets a
+ * message it would reject. Decoding takes untrusted bytes: every count, length, index and
+ * range is checked, trailing bytes are rejected, and failures return TDM_ERR_FORMAT with a
+ * message naming the field. A decoded message owns its arrays; release it with
+ * xp_msg_free(). Logits travel as a raw little-endian f32 blob (the hosts are
+ * little-endian; xp_msg.c refuses to build otherwise).
+ */
+#ifndef XP_MSG_H
+#define XP_MSG_H
+
+#include "common/status.h"
+#include "transport/xp_step.h"
+
+#include <msgpack.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define XP_MSG_MAGIC            "TDM1"
+#define XP_MSG_PROTOCOL_VERSION 1
+
+/* Bounds the decoder enforces (and the encoder, so both sides agree). */
+#define XP_MSG_MAX_TOKENS       (1 << 20)         /* tokens per STEP                  */
+#define XP_MSG_MAX_SEQS         (1 << 20)         /* sequences per STEP               */
+#define XP_MSG_MAX_BLOCKS       (1 << 20)         /* blocks per sequence in a STEP    */
+#define XP_MSG_MAX_VOCAB        (1 << 24)         /* n_vocab of a RESULT              */
+#define XP_MSG_MAX_WORLD        (1 << 16)         /* world / tp / ep sizes            */
+#define XP_MSG_VERSION_STR_MAX  64                /* tandem version string, with NUL  */
+#define XP_MSG_REASON_MAX       256               /* JOIN_ACK reason, with NUL        */
+#define XP_MSG_ERROR_MAX        TDM_ERROR_MSG_MAX /* RESULT error message, with NUL   */
+#define XP_MSG_MODEL_HASH_BYTES 32
+
+typedef enum xp_msg_type {
+    XP_MSG_JOIN = 1,  /* shard -> coordinator: who I am, what I can do, what I hold */
+    XP_MSG_JOIN_ACK,  /* coordinator -> shard: accepted or why not                  */
+    XP_MSG_LOAD,      /* coordinator -> shard: my part of the group                 */
+    XP_MSG_STEP,      /* coordinator -> shard: one xp_step_t                        */
+    XP_MSG_RESULT,    /* shard -> coordinator: status and logits of a step          */
+    XP_MSG_HEARTBEAT, /* either way: liveness                                       */
+    XP_MSG_SHUTDOWN,  /* coordinator -> shard: stop                                 */
+    XP_MSG_TYPE_END   /* one past the last type                                     */
+} xp_msg_type_t;
+
+/* Capability bits of JOIN. */
+#define XP_MSG_CAP_CUDA (1u << 0)
+#define XP_MSG_CAP_UCX  (1u << 1)
+#define XP_MSG_CAP_NCCL (1u << 2)
+#define XP_MSG_CAP_RDMA (1u << 3)
+
+typedef struct xp_msg_model_id {
+    uint8_t hash[XP_MSG_MODEL_HASH_BYTES]; /* content hash of the model file(s) */
+    uint64_t file_size;
+    uint64_t n_tensors;
+} xp_msg_model_id_t;
+
+typedef struct xp_msg_join {
+    char tandem_version[XP_MSG_VERSION_STR_MAX]; /* NUL-terminated, no embedded NUL */
+    uint32_t capabilities;                       /* XP_MSG_CAP_* bits               */
+    xp_msg_model_id_t model;
+    int32_t rank;       /* 0 <= rank < world_size               */
+    int32_t world_size; /* 1 <= world_size <= XP_MSG_MAX_WORLD  */
+} xp_msg_join_t;
+
+typedef struct xp_msg_join_ack {
+    bool accepted;
+    char reason[XP_MSG_REASON_MAX];
+} xp_msg_join_ack_t;
+
+typedef struct xp_msg_load {
+    int32_t tp_rank, tp_size; /* 0 <= rank < size <= XP_MSG_MAX_WORLD */
+    int32_t ep_rank, ep_size;
+    int32_t n_ctx; /* >= 1 */
+    uint64_t kv_bytes;
+} xp_msg_load_t;
+
+typedef struct xp_msg_result {
+    int32_t status; /* a tdm_status_t */
+    char error[XP_MSG_ERROR_MAX];
+    int32_t n_logits;    /* 0 <= n_logits <= XP_MSG_MAX_TOKENS */
+    int32_t n_vocab;     /* 0 <= n_vocab <= XP_MSG_MAX_VOCAB   */
+    const float *logits; /* [n_logits * n_vocab]; NULL allowed when that is 0 */
+} xp_msg_result_t;
+
+typedef struct xp_msg_heartbeat {
+    uint64_t time_ns; /* sender's monotonic clock */
+} xp_msg_heartbeat_t;
+
+/*
+ * One message. hdr fields and the body member matching type are meaningful; the others
+ * are ignored by the encoder and zero after decoding. For encoding, the caller fills the
+ * pointers (step arrays, logits) with its own memory; after decoding they point into
+ * storage owned by the message (the owned_* fields, private to xp_msg.c).
+ */
+typedef struct xp_msg {
+    xp_msg_type_t type;
+    uint16_t version; /* set by the encoder to XP_MSG_PROTOCOL_VERSION; checked on decode */
+    uint64_t request_id;
+
+    xp_msg_join_t join;
+    xp_msg_join_ack_t join_ack;
+    xp_msg_load_t load;
+    xp_step_t step; /* STEP: exactly the scheduler's xp_step_t */
+    xp_msg_result_t result;
+    xp_msg_heartbeat_t heartbeat;
+
+    void *owned_i32;  /* private: token/pos/seq/block storage of a decoded STEP */
+    void *owned_u8;   /* private: want_logits of a decoded STEP                 */
+    void *owned_seqs; /* private: xp_step_seq_t array of a decoded STEP         */
+    void *owned_f32;  /* private: logits of a decoded RESULT                    */
+} xp_msg_t;
+
+/* Name of a message type ("STEP"), "?" when out of range. Never NULL. */
+const char *xp_msg_type_str(int type);
+
+/*
+ * Checks msg against the protocol rules (the same ones decoding applies); on failure
+ * returns `fail` (TDM_ERR_INVALID_PARAM or TDM_ERR_FORMAT) with a message naming the field.
+ */
+tdm_status_t xp_msg_validate(const xp_msg_t *msg, tdm_status_t fail, tdm_error_t *err);
+
+/*
+ * Appends the encoding of msg to out (msg->version is ignored: the current protocol
+ * version is written). Returns TDM_ERR_INVALID_PARAM when msg breaks a rule, or
+ * TDM_ERR_NO_MEMORY; on failure out is left as it was.
+ */
+tdm_status_t xp_msg_encode(msgpack_sbuffer *out, const xp_msg_t *msg, tdm_error_t *err);
+
+/*
+ * Decodes exactly len bytes into *out (set only on success; release with xp_msg_free).
+ * Returns TDM_ERR_FORMAT for anything malformed, TDM_ERR_NO_MEMORY when allocation fails.
+ */
+tdm_status_t xp_msg_decode(const void *data, size_t len, xp_msg_t *out, tdm_error_t *err);
+
+/* Frees what a decoded message owns and zeroes it. Accepts NULL. */
+void xp_msg_free(xp_msg_t *msg);
+
+#endif
