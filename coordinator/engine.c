@@ -7,6 +7,7 @@
  * never held during a step, so submitting never waits for the model.
  */
 #include "coordinator/engine.h"
+#include "common/clock.h"
 
 #include "common/check.h"
 #include "common/log.h"
@@ -51,13 +52,6 @@ struct crd_engine {
     int32_t n_active;
     crd_engine_stats_t snap;
 };
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static void pending_free(pending_t *p)
 {
@@ -113,7 +107,6 @@ static void *engine_main(void *arg)
             pthread_cond_wait(&e->cv, &e->mu);
         }
         pending_t *inbox = e->inbox_head;
-        bool inbox_seen = inbox != NULL;
         cancel_item_t *cancels = e->cancels;
         bool quit = e->quit, cancel_all = e->cancel_all;
         e->inbox_head = e->inbox_tail = NULL;
@@ -142,14 +135,6 @@ static void *engine_main(void *arg)
             crd_sched_cancel(e->sched, c->id);
             free(c);
         }
-        if (inbox_seen) {
-            /* the queue limit in crd_engine_submit reads this: keep it current */
-            crd_sched_stats_t st;
-            crd_sched_get_stats(e->sched, &st);
-            pthread_mutex_lock(&e->mu);
-            e->snap.sched = st;
-            pthread_mutex_unlock(&e->mu);
-        }
         if (quit) {
             break; /* crd_sched_destroy ends what is left with CANCELED events */
         }
@@ -157,12 +142,12 @@ static void *engine_main(void *arg)
             crd_sched_cancel_all(e->sched);
         }
 
-        double t0 = now_s();
+        double t0 = tdm_now_s();
         tdm_error_t err = {0};
         if (crd_sched_has_work(e->sched) && crd_sched_step(e->sched, &err) != TDM_OK) {
             TDM_WARN("engine", "step failed: %s", tdm_error_msg(&err));
         }
-        double dt = now_s() - t0;
+        double dt = tdm_now_s() - t0;
         has_work = crd_sched_has_work(e->sched);
 
         crd_sched_stats_t st;

@@ -9,6 +9,7 @@
  * request. Text goes to stdout as it is produced; a summary with timings goes to stderr.
  */
 #include "api/cli/cli.h"
+#include "common/clock.h"
 #include "common/check.h"
 #include "common/log.h"
 #include "common/mem.h"
@@ -43,13 +44,6 @@ typedef struct gen_state {
     const char *error;
     char error_buf[256];
 } gen_state_t;
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static void usage(FILE *out)
 {
@@ -276,7 +270,7 @@ static int on_event(void *user, const crd_event_t *ev)
     gen_state_t *g = user;
     if (ev->token >= 0) {
         if (g->n_ids == 0) {
-            g->t_first = now_s();
+            g->t_first = tdm_now_s();
         }
         if (g->n_ids == g->cap) {
             g->cap = g->cap ? g->cap * 2 : 256;
@@ -299,7 +293,7 @@ static int on_event(void *user, const crd_event_t *ev)
     }
     if (ev->finish != CRD_FINISH_NONE) {
         g->finish = ev->finish;
-        g->t_end = now_s();
+        g->t_end = tdm_now_s();
         if (ev->error != NULL) {
             snprintf(g->error_buf, sizeof(g->error_buf), "%s", ev->error);
             g->error = g->error_buf;
@@ -406,7 +400,7 @@ int cmd_generate(int argc, char **argv)
                                .on_event = on_event,
                                .user = &gs};
     uint64_t id;
-    double t0 = now_s();
+    double t0 = tdm_now_s();
     TDM_CHECK_GOTO(crd_sched_submit(sched, &rp, &id, &err), st, out);
     while (crd_sched_has_work(sched)) {
         TDM_CHECK_GOTO(crd_sched_step(sched, &err), st, out);

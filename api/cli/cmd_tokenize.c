@@ -13,6 +13,7 @@
  * test can check both decoders in the same run. One process handles a whole corpus.
  */
 #include "api/cli/cli.h"
+#include "common/clock.h"
 #include "common/status.h"
 #include "coordinator/tokenizer.h"
 #include "model/gguf.h"
@@ -35,13 +36,6 @@ static void usage(FILE *out)
             "  --decode          with --jsonl: also output \"decoded\" and \"stream\"\n"
             "  --render-special  decoding shows control tokens\n"
             "  --iters N         with --bench: timed passes after the first (default 3)\n");
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
 static void print_ids(FILE *out, const tok_ids_t *ids)
@@ -285,7 +279,7 @@ static int run_bench(const tok_vocab_t *v, tok_workspace_t *ws, const char *path
     size_t n_tokens = 0;
     for (int it = 0; it <= iters; it++) {
         size_t tokens = 0;
-        double t0 = now_s();
+        double t0 = tdm_now_s();
         size_t pos = 0;
         while (pos < len) {
             const char *nl = memchr(buf + pos, '\n', len - pos);
@@ -302,7 +296,7 @@ static int run_bench(const tok_vocab_t *v, tok_workspace_t *ws, const char *path
             tokens += ids.n;
             pos = end;
         }
-        double dt = now_s() - t0;
+        double dt = tdm_now_s() - t0;
         if (it == 0) {
             cold = dt;
             n_tokens = tokens;

@@ -280,7 +280,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
             return MHD_NO;
         }
         *con_cls = cr;
-        cr->t_start = srv_now();
+        cr->t_start = tdm_now_s();
         bool known;
         cr->route = find_route(method, url, &known);
         int rc = -1;

@@ -2,6 +2,7 @@
  * job.c - a request's sequences on the engine thread, and the queue to its HTTP thread.
  */
 #include "api/server/job.h"
+#include "common/clock.h"
 
 #include "coordinator/stop_strings.h"
 
@@ -38,13 +39,6 @@ struct srv_job {
     seq_t *seqs;
 };
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 static void job_free(srv_job_t *j)
 {
     for (int i = 0; i < j->n_alloc; i++) {
@@ -68,40 +62,32 @@ static void job_unref(srv_job_t *j)
     }
 }
 
-/* Appends a piece (takes text and error). Called on the engine thread. */
+/* Appends a piece (takes its text and error). Called on the engine thread. Out of memory,
+ * the piece is dropped; the sequence's end is still counted, and the HTTP side reports an
+ * ended sequence it never got a final piece for as an error (oai_gen.c). */
 static void push(srv_job_t *j, srv_piece_t *p)
 {
     pthread_mutex_lock(&j->mu);
-    if (j->nq == j->capq) {
-        int cap = j->capq ? j->capq * 2 : 16;
-        srv_piece_t *nq = realloc(j->q, (size_t)cap * sizeof(*nq));
-        if (nq == NULL) {
-            /* drop the text rather than the end of the sequence */
-            pthread_mutex_unlock(&j->mu);
-            free(p->text);
-            if (p->finish == CRD_FINISH_NONE) {
-                free(p->error);
-                return;
-            }
-            p->text = NULL;
-            pthread_mutex_lock(&j->mu);
-            if (j->nq == j->capq) {
-                pthread_mutex_unlock(&j->mu);
-                free(p->error);
-                return;
-            }
-        } else {
-            j->q = nq;
-            j->capq = cap;
-        }
+    if (p->finish != CRD_FINISH_NONE) {
+        j->n_ended++;
     }
     if (p->text == NULL) {
         p->text = strdup("");
         p->len = 0;
     }
-    j->q[j->nq++] = *p;
-    if (p->finish != CRD_FINISH_NONE) {
-        j->n_ended++;
+    if (j->nq == j->capq && p->text != NULL) {
+        int cap = j->capq ? j->capq * 2 : 16;
+        srv_piece_t *nq = realloc(j->q, (size_t)cap * sizeof(*nq));
+        if (nq != NULL) {
+            j->q = nq;
+            j->capq = cap;
+        }
+    }
+    if (j->nq < j->capq && p->text != NULL) {
+        j->q[j->nq++] = *p;
+    } else {
+        free(p->text);
+        free(p->error);
     }
     pthread_cond_signal(&j->cv);
     pthread_mutex_unlock(&j->mu);
@@ -146,7 +132,7 @@ static int on_event(void *user, const crd_event_t *ev)
     p.finish = CRD_FINISH_NONE;
 
     if (ev->token >= 0) {
-        double t = now_s();
+        double t = tdm_now_s();
         if (ev->n_generated == 1) {
             srv_metrics_observe(j->metrics, SRV_HIST_TTFT, t - j->t_start);
         } else if (sq->t_last > 0) {

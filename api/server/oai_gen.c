@@ -61,7 +61,7 @@ typedef struct gen {
     bool stream;
     prs_buf_t out;
     size_t out_off;
-    bool done_sent, any_token;
+    bool done_sent;
     double t_last_write;
 } gen_t;
 
@@ -353,7 +353,6 @@ static void handle_piece(gen_t *g, const srv_piece_t *p)
     choice_out_t *c = &g->ch[p->choice];
     json_t *lp = NULL;
     if (p->has_token && g->req.logprobs) {
-        g->any_token = true;
         if (g->req.api == SRV_API_CHAT) {
             json_t *e = chat_lp_entry(g, p);
             if (g->stream) {
@@ -368,9 +367,6 @@ static void handle_piece(gen_t *g, const srv_piece_t *p)
                 lp = target;
             }
         }
-    }
-    if (p->has_token || p->len > 0) {
-        g->any_token = true;
     }
     c->text_offset += p->len;
     if (p->len > 0 || lp != NULL) {
@@ -443,6 +439,19 @@ static bool pump(gen_t *g)
         handle_piece(g, &pieces[i]);
     }
     srv_pieces_free(pieces, n);
+    if (g->n_ended < g->n_choices && srv_job_finished(g->job)) {
+        /* every sequence ended but a final piece was lost (out of memory) */
+        for (int i = 0; i < g->n_choices; i++) {
+            if (!g->ch[i].ended) {
+                srv_piece_t lost = {.choice = i,
+                                    .text = "",
+                                    .finish = CRD_FINISH_ERROR,
+                                    .status = TDM_ERR_NO_MEMORY,
+                                    .error = "out of memory"};
+                handle_piece(g, &lost);
+            }
+        }
+    }
     if (g->n_ended < g->n_choices && !srv_conn_alive(g->conn)) {
         TDM_DEBUG("http", "%s: client went away, canceling", g->id);
         srv_job_cancel(g->job);
@@ -464,7 +473,7 @@ static ssize_t stream_read(void *cls, char *buf, size_t max)
                 prs_buf_clear(&g->out);
                 g->out_off = 0;
             }
-            g->t_last_write = srv_now();
+            g->t_last_write = tdm_now_s();
             return (ssize_t)n;
         }
         if (g->done_sent) {
@@ -481,13 +490,13 @@ static ssize_t stream_read(void *cls, char *buf, size_t max)
             }
             prs_buf_append_str(&g->out, "data: [DONE]\n\n");
             g->done_sent = true;
-            srv_metrics_observe(g->s->metrics, SRV_HIST_E2E, srv_now() - g->t_start);
+            srv_metrics_observe(g->s->metrics, SRV_HIST_E2E, tdm_now_s() - g->t_start);
             continue;
         }
         if (!pump(g)) {
             return SRV_STREAM_ABORT;
         }
-        if (g->out.len == 0 && srv_now() - g->t_last_write >= g->s->cfg.keepalive_s) {
+        if (g->out.len == 0 && tdm_now_s() - g->t_last_write >= g->s->cfg.keepalive_s) {
             prs_buf_append_str(&g->out, ": keep-alive\n\n");
         }
     }
@@ -570,7 +579,7 @@ static int reply_whole(gen_t *g, const srv_http_req_t *r)
                           g->req.api == SRV_API_CHAT ? "chat.completion" : "text_completion",
                           "created", (json_int_t)g->created, "model", g->s->model_name, "choices",
                           choices, "usage", usage_json(g));
-    srv_metrics_observe(g->s->metrics, SRV_HIST_E2E, srv_now() - g->t_start);
+    srv_metrics_observe(g->s->metrics, SRV_HIST_E2E, tdm_now_s() - g->t_start);
     srv_metrics_count_http(g->s->metrics, r->path, 200);
     int rc = srv_reply_json(r, 200, o);
     gen_free(g);
@@ -674,7 +683,7 @@ static int route_gen(srv_server_t *s, const srv_http_req_t *r, srv_api_t api)
     g->s = s;
     g->conn = r->conn;
     g->t_start = r->t_start;
-    g->t_last_write = srv_now();
+    g->t_last_write = tdm_now_s();
     g->created = (int64_t)time(NULL);
     crd_rng_seed(g->rng, (uint64_t)time(NULL) ^ (atomic_fetch_add(&s->next_id, 1) << 20) ^
                              (uint64_t)(uintptr_t)g);

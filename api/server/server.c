@@ -12,6 +12,7 @@
 #include "api/server/srv.h"
 
 #include "common/log.h"
+#include "model/hparams.h"
 
 #include <signal.h>
 #include <stdio.h>
@@ -19,13 +20,6 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-
-double srv_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static void sleep_s(double s)
 {
@@ -83,14 +77,11 @@ static tdm_status_t load_model(srv_server_t *s, tdm_error_t *err)
 
     int n_ctx = cfg->ctx_size;
     if (n_ctx <= 0) {
-        uint32_t train = 0;
-        gguf_str_t arch;
-        char key[128];
-        if (gguf_get_str(s->gguf, "general.architecture", &arch, NULL) == TDM_OK && arch.len < 64) {
-            snprintf(key, sizeof(key), "%.*s.context_length", (int)arch.len, arch.ptr);
-            gguf_get_u32_or(s->gguf, key, 4096, &train, NULL);
+        mdl_hparams_t hp;
+        if ((st = mdl_hparams_load(s->gguf, &hp, err)) != TDM_OK) {
+            return st;
         }
-        n_ctx = train > 0 && train < 8192 ? (int)train : 8192;
+        n_ctx = hp.n_ctx_train > 0 && hp.n_ctx_train < 8192 ? hp.n_ctx_train : 8192;
     }
     xp_local_params_t lp = {.n_threads = cfg->threads,
                             .n_batch_max = cfg->batch,
@@ -133,7 +124,7 @@ static void unload(srv_server_t *s)
 /* Waits until no generation handler is active, or the deadline passes. */
 static bool drain(srv_server_t *s, double deadline)
 {
-    while (srv_now() < deadline) {
+    while (tdm_now_s() < deadline) {
         if (atomic_load(&s->n_handlers) == 0 &&
             (s->engine == NULL || crd_engine_n_active(s->engine) == 0)) {
             return true;
@@ -185,11 +176,11 @@ int srv_run(const srv_config_t *cfg)
     atomic_store(&s->state, SRV_STOPPING);
     srv_http_quiesce(s);
     crd_engine_shutdown(s->engine, false);
-    if (!drain(s, srv_now() + cfg->shutdown_timeout)) {
+    if (!drain(s, tdm_now_s() + cfg->shutdown_timeout)) {
         fprintf(stderr, "tandem serve: canceling %d unfinished requests\n",
                 (int)crd_engine_n_active(s->engine));
         crd_engine_shutdown(s->engine, true);
-        drain(s, srv_now() + 5.0);
+        drain(s, tdm_now_s() + 5.0);
     }
     rc = 0;
 out:

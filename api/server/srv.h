@@ -16,6 +16,7 @@
 #include "api/parse/tool_call.h"
 #include "api/server/http.h"
 #include "api/server/metrics.h"
+#include "common/clock.h"
 #include "common/status.h"
 #include "coordinator/engine.h"
 #include "coordinator/template.h"
@@ -122,8 +123,6 @@ int srv_route_chat(srv_server_t *s, const srv_http_req_t *r);
 int srv_route_completions(srv_server_t *s, const srv_http_req_t *r);
 
 /* ---- server.c ---- */
-double srv_now(void); /* monotonic seconds */
-
 /* Starts listening (health answers 503 while loading), loads the model, serves until
  * SIGTERM/SIGINT, then shuts down gracefully. Returns a process exit code. */
 int srv_run(const srv_config_t *cfg);
