@@ -345,3 +345,22 @@ void crd_kvm_get_stats(const crd_kvm_t *kvm, crd_kvm_stats_t *out)
     out->n_cached_idle = kvm->n_lru;
     out->n_used = kvm->n_blocks - kvm->n_free - kvm->n_lru;
 }
+
+void crd_kvm_forget_cached(crd_kvm_t *kvm)
+{
+    /* idle cached blocks go back to the free stack */
+    while (kvm->lru_head != NIL) {
+        int32_t b = kvm->lru_head;
+        lru_unlink(kvm, b);
+        hash_remove(kvm, b);
+        kvm->blocks[b].free_next = kvm->free_head;
+        kvm->free_head = b;
+        kvm->n_free++;
+    }
+    /* blocks still in use stay with their sequences but are no longer shared */
+    for (int32_t b = 0; b < kvm->n_blocks; b++) {
+        if (kvm->blocks[b].cached) {
+            hash_remove(kvm, b);
+        }
+    }
+}

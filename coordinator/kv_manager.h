@@ -76,4 +76,8 @@ void crd_kvm_seq_free(crd_kvm_t *kvm, crd_kv_seq_t *seq);
 
 void crd_kvm_get_stats(const crd_kvm_t *kvm, crd_kvm_stats_t *out);
 
+/* Empties the prefix cache (the KV contents behind it were lost, e.g. a shard restarted):
+ * idle cached blocks become free, blocks in use are no longer offered for reuse. */
+void crd_kvm_forget_cached(crd_kvm_t *kvm);
+
 #endif

@@ -54,8 +54,9 @@ struct crd_sched {
     uint8_t *want;
     xp_step_seq_t *seqs;
     crd_req_t **step_reqs;
-    float *logits; /* n_logits_max x n_vocab */
-    float *lp;     /* n_vocab scratch for log-probabilities */
+    float *logits;          /* n_logits_max x n_vocab */
+    float *lp;              /* n_vocab scratch for log-probabilities */
+    uint64_t ex_generation; /* the executor's generation at the last step */
 };
 
 const char *crd_finish_name(crd_finish_t f)
@@ -148,6 +149,9 @@ tdm_status_t crd_sched_create(const xp_executor_t *ex, const crd_sched_params_t 
         s->p.n_ctx = ex->n_blocks * ex->block_tokens;
     }
     s->next_id = 1;
+    if (ex->ops->generation != NULL) {
+        s->ex_generation = ex->ops->generation(ex->impl);
+    }
     tdm_status_t st = crd_kvm_create(ex->n_blocks, ex->block_tokens, p->cache_seed, &s->kvm, err);
     if (st != TDM_OK) {
         free(s);
@@ -193,19 +197,36 @@ static crd_event_t make_event(const crd_req_t *r, int32_t token, crd_finish_t fi
     return ev;
 }
 
-/* Removes r from `from`, reports its end (if no event carried it yet) and frees it. */
-static void finish_req(crd_sched_t *s, req_list_t *from, crd_req_t *r, crd_finish_t why,
-                       const char *error, bool send_event)
+/* Removes r from `from`, reports its end (if no event carried it yet) and frees it;
+ * status says what kind of error (CRD_FINISH_ERROR only). */
+static void finish_req_status(crd_sched_t *s, req_list_t *from, crd_req_t *r, crd_finish_t why,
+                              const char *error, tdm_status_t status, bool send_event)
 {
     list_remove(from, r);
     s->stats.finished[why]++;
     if (send_event && r->on_event != NULL) {
         crd_event_t ev = make_event(r, -1, why);
         ev.error = error;
-        ev.status = why == CRD_FINISH_ERROR ? TDM_ERR_INTERNAL : TDM_OK;
+        ev.status = why == CRD_FINISH_ERROR ? status : TDM_OK;
         r->on_event(r->user, &ev);
     }
     req_free(s, r);
+}
+
+static void finish_req(crd_sched_t *s, req_list_t *from, crd_req_t *r, crd_finish_t why,
+                       const char *error, bool send_event)
+{
+    finish_req_status(s, from, r, why, error, TDM_ERR_INTERNAL, send_event);
+}
+
+/* The executor lost KV contents: every running request ends with the error and the
+ * prefix cache forgets what it held. Queued requests stay queued. */
+static void lose_kv(crd_sched_t *s, const char *error, tdm_status_t status)
+{
+    while (s->running.head != NULL) {
+        finish_req_status(s, &s->running, s->running.head, CRD_FINISH_ERROR, error, status, true);
+    }
+    crd_kvm_forget_cached(s->kvm);
 }
 
 void crd_sched_destroy(crd_sched_t *s)
@@ -498,6 +519,14 @@ tdm_status_t crd_sched_step(crd_sched_t *s, tdm_error_t *err)
 {
     drop_canceled(s, &s->running);
     drop_canceled(s, &s->waiting);
+    if (s->ex.ops->generation != NULL) {
+        const uint64_t g = s->ex.ops->generation(s->ex.impl);
+        if (g != s->ex_generation) {
+            /* the shard group re-formed since the last step: its KV cache is empty */
+            lose_kv(s, "the shard group was re-formed: its KV cache was lost", TDM_ERR_TRANSPORT);
+            s->ex_generation = g;
+        }
+    }
     if (!crd_sched_has_work(s)) {
         return TDM_OK;
     }
@@ -596,10 +625,10 @@ tdm_status_t crd_sched_step(crd_sched_t *s, tdm_error_t *err)
     tdm_status_t st = s->ex.ops->step(s->ex.impl, &step, s->logits, &xerr);
     if (st != TDM_OK) {
         TDM_ERROR("sched", "step of %d tokens failed: %s", (int)n_tok, tdm_error_msg(&xerr));
-        for (int32_t i = 0; i < n_seqs; i++) {
-            finish_req(s, &s->running, s->step_reqs[i], CRD_FINISH_ERROR, tdm_error_msg(&xerr),
-                       true);
-        }
+        /* A failed step may have written part of its K/V (or, across shards, lost all of
+         * it): end every running request, not only the step's, and trust no cached
+         * prefix. */
+        lose_kv(s, tdm_error_msg(&xerr), st);
         return tdm_error_set(err, st, "%s", tdm_error_msg(&xerr));
     }
     s->stats.computed_tokens += (uint64_t)n_tok;

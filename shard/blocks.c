@@ -166,9 +166,9 @@ static tdm_status_t moe_one_token(shd_model_t *m, const shd_layer_t *L, tdm_erro
     int el_of[SHD_MOE_BATCH_MAX];
     float w_of[SHD_MOE_BATCH_MAX];
     int c = 0;
-    for (int el = 0; el < m->n_exp_l; el++) {
+    for (int el = 0; el < L->n_exp_l; el++) {
         for (int j = 0; j < k; j++) {
-            if (s->sel[j] == m->exp_lo + el) {
+            if (s->sel[j] == L->exp_lo + el) {
                 el_of[c] = el;
                 w_of[c] = s->selw[j];
                 c++;
@@ -220,8 +220,8 @@ tdm_status_t shd_block_moe(shd_model_t *m, int64_t n_tok, int il, tdm_error_t *e
     /* This rank's experts, in expert order (HF's accumulation order): gather the tokens
      * routed to each, run the expert on just those rows, scatter-add weighted. */
     memset(s->proj, 0, (size_t)(n_tok * E) * sizeof(float));
-    for (int el = 0; el < m->n_exp_l; el++) {
-        const int e = m->exp_lo + el;
+    for (int el = 0; el < L->n_exp_l; el++) {
+        const int e = L->exp_lo + el;
         int64_t cnt = 0;
         for (int64_t t = 0; t < n_tok; t++) {
             for (int j = 0; j < k; j++) {

@@ -32,6 +32,7 @@ tdm_status_t shd_bind_vec(shd_model_t *m, const char *name, int64_t n, const flo
                              "[%lld]",
                              name, (long long)t->ne[0], (long long)t->ne[1], (long long)n);
     }
+    m->weight_bytes += t->nbytes;
     if (t->type == TDM_TYPE_F32) {
         *out = t->data;
         return TDM_OK;
@@ -96,6 +97,10 @@ tdm_status_t shd_bind_mat(shd_model_t *m, const char *name, int64_t n_cols, int6
                              (long long)n_cols, (long long)n_rows);
     }
     TDM_ASSERT(r0 >= 0 && nr >= 1 && r0 + nr <= n_rows && c0 >= 0 && nc >= 1 && c0 + nc <= n_cols);
+    if (strcmp(name, "token_embd.weight") != 0 || m->tok_embd.data == NULL) {
+        /* a tied output reuses the embedding's bytes: count them once */
+        m->weight_bytes += (uint64_t)nr * tdm_type_row_size(t->type, nc);
+    }
     return slice_view(name, t->type, t->data, n_cols, r0, nr, c0, nc, out, err);
 }
 
@@ -158,12 +163,32 @@ tdm_status_t shd_bind_std_layer(shd_model_t *m, int il, bool qk_norm, tdm_error_
     const int ne = hp->n_expert, fe = hp->n_ff_exp;
     TDM_CHECK(shd_bind_mat(m, NAME("ffn_gate_inp.weight"), hp->n_embd, ne, 0, ne, 0, hp->n_embd,
                            &L->router, err));
-    TDM_CHECK(shd_bind_experts(m, NAME("ffn_gate_exps.weight"), hp->n_embd, fe, ne, m->exp_lo,
+    L->exp_lo = m->exp_lo;
+    L->n_exp_l = m->n_exp_l;
+    if (m->params.expert_lo != NULL) {
+        L->exp_lo = m->params.expert_lo[il];
+        L->n_exp_l = m->params.expert_n[il];
+    }
+    if (L->exp_lo < 0 || L->n_exp_l < 0 || L->exp_lo + L->n_exp_l > ne) {
+        return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
+                             "partition: layer %d: experts [%d, %d) outside the %d experts", il,
+                             L->exp_lo, L->exp_lo + L->n_exp_l, ne);
+    }
+    if (L->n_exp_l == 0) {
+        return TDM_OK; /* this rank holds none of the layer's experts */
+    }
+    TDM_CHECK(shd_bind_experts(m, NAME("ffn_gate_exps.weight"), hp->n_embd, fe, ne, L->exp_lo,
                                m->ffe_lo, m->n_ffe_l, 0, hp->n_embd, &L->gate_exps, err));
-    TDM_CHECK(shd_bind_experts(m, NAME("ffn_up_exps.weight"), hp->n_embd, fe, ne, m->exp_lo,
+    TDM_CHECK(shd_bind_experts(m, NAME("ffn_up_exps.weight"), hp->n_embd, fe, ne, L->exp_lo,
                                m->ffe_lo, m->n_ffe_l, 0, hp->n_embd, &L->up_exps, err));
-    TDM_CHECK(shd_bind_experts(m, NAME("ffn_down_exps.weight"), fe, hp->n_embd, ne, m->exp_lo, 0,
+    TDM_CHECK(shd_bind_experts(m, NAME("ffn_down_exps.weight"), fe, hp->n_embd, ne, L->exp_lo, 0,
                                hp->n_embd, m->ffe_lo, m->n_ffe_l, &L->down_exps, err));
+    const shd_experts_t *xs[] = {&L->gate_exps, &L->up_exps, &L->down_exps};
+    for (size_t i = 0; i < TDM_ARRAY_SIZE(xs); i++) {
+        const kern_weight_t *w = &xs[i]->w;
+        m->weight_bytes +=
+            (uint64_t)L->n_exp_l * (uint64_t)w->n_rows * tdm_type_row_size(w->type, w->n_cols);
+    }
 #undef NAME
     return TDM_OK;
 }
@@ -188,15 +213,17 @@ static tdm_status_t plan_partition(shd_model_t *m, tdm_error_t *err)
                              m->world_size);
     }
     const int tp = p->tp_size, r = p->tp_rank;
-    if (hp->n_head % tp != 0) {
+    if (tp > hp->n_head) {
         return tdm_error_set(err, TDM_ERR_UNSUPPORTED,
-                             "partition: %d attention heads do not "
-                             "split over tp %d",
-                             hp->n_head, tp);
+                             "partition: tp %d is more than the %d attention heads", tp,
+                             hp->n_head);
     }
     const int group = hp->n_head / hp->n_head_kv;
-    m->n_head_l = hp->n_head / tp;
-    m->head_lo = r * m->n_head_l;
+    /* uneven when tp does not divide n_head (SmolLM2's 9 heads over 2): the first
+     * n_head % tp ranks take one more head; kv heads follow the q heads they serve */
+    const int hb = hp->n_head / tp, hr = hp->n_head % tp;
+    m->n_head_l = hb + (r < hr);
+    m->head_lo = r * hb + (r < hr ? r : hr);
     m->kv_lo = m->head_lo / group;
     m->n_kv_l = (m->head_lo + m->n_head_l - 1) / group + 1 - m->kv_lo;
 
@@ -372,6 +399,57 @@ void shd_model_destroy(shd_model_t *m)
     free(m->layers);
     free(m->arena);
     free(m);
+}
+
+void shd_model_set_comm(shd_model_t *m, shd_comm_t comm)
+{
+    m->params.comm = comm;
+}
+
+uint64_t shd_model_weight_bytes(const shd_model_t *m)
+{
+    return m->weight_bytes;
+}
+
+/* Touches every page of rows [0, w->n_rows) of a view (each row's slice bytes). */
+static uint64_t touch_view(const kern_weight_t *w, size_t n_mats, size_t stride)
+{
+    if (w->data == NULL) {
+        return 0;
+    }
+    const size_t page = 4096;
+    const size_t slice = tdm_type_row_size(w->type, w->n_cols);
+    uint64_t sum = 0;
+    for (size_t e = 0; e < n_mats; e++) {
+        const volatile unsigned char *base = (const unsigned char *)w->data + e * stride;
+        for (int64_t r = 0; r < w->n_rows; r++) {
+            const volatile unsigned char *row = base + (size_t)r * w->row_bytes;
+            for (size_t off = 0; off < slice; off += page) {
+                sum += row[off];
+            }
+            sum += row[slice - 1];
+        }
+    }
+    return sum;
+}
+
+uint64_t shd_model_prefault(const shd_model_t *m)
+{
+    uint64_t sum = touch_view(&m->tok_embd, 1, 0) + touch_view(&m->output, 1, 0);
+    for (int il = 0; il < m->hp.n_layer; il++) {
+        const shd_layer_t *L = &m->layers[il];
+        const kern_weight_t *mats[] = {&L->wq,       &L->wk,     &L->wv,       &L->wo,
+                                       &L->ffn_gate, &L->ffn_up, &L->ffn_down, &L->router};
+        for (size_t i = 0; i < TDM_ARRAY_SIZE(mats); i++) {
+            sum += touch_view(mats[i], 1, 0);
+        }
+        if (L->is_moe && L->n_exp_l > 0) {
+            sum += touch_view(&L->gate_exps.w, (size_t)L->n_exp_l, L->gate_exps.stride);
+            sum += touch_view(&L->up_exps.w, (size_t)L->n_exp_l, L->up_exps.stride);
+            sum += touch_view(&L->down_exps.w, (size_t)L->n_exp_l, L->down_exps.stride);
+        }
+    }
+    return sum;
 }
 
 const mdl_hparams_t *shd_model_hparams(const shd_model_t *m)

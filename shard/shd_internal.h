@@ -24,9 +24,10 @@ typedef struct shd_layer {
     const float *q_norm, *k_norm; /* [head_dim] or NULL                         */
     const float *ffn_norm;        /* [n_embd]                                   */
     int is_moe;
-    kern_weight_t ffn_gate, ffn_up;              /* dense: local rows of n_ff                  */
-    kern_weight_t ffn_down;                      /* dense: local columns                       */
-    kern_weight_t router;                        /* MoE: n_expert rows (replicated)            */
+    int exp_lo, n_exp_l;            /* MoE: experts [exp_lo, exp_lo + n_exp_l) held here      */
+    kern_weight_t ffn_gate, ffn_up; /* dense: local rows of n_ff                  */
+    kern_weight_t ffn_down;         /* dense: local columns                       */
+    kern_weight_t router;           /* MoE: n_expert rows (replicated)            */
     shd_experts_t gate_exps, up_exps, down_exps; /* MoE: local experts, local width */
 } shd_layer_t;
 
@@ -67,7 +68,7 @@ struct shd_model {
     int head_lo, n_head_l;   /* q heads [head_lo, head_lo + n_head_l)          */
     int kv_lo, n_kv_l;       /* kv heads                                        */
     int ff_lo, n_ff_l;       /* dense FFN columns                               */
-    int exp_lo, n_exp_l;     /* experts                                         */
+    int exp_lo, n_exp_l;     /* experts (default range; layers may differ)      */
     int ffe_lo, n_ffe_l;     /* columns of each expert                          */
     int vocab_lo, n_vocab_l; /* output rows                                     */
     int world_size;
@@ -77,6 +78,8 @@ struct shd_model {
     kern_weight_t output;    /* local vocab rows (token_embd rows when tied)    */
     const float *rope_freqs; /* [n_rot/2] or NULL                               */
     shd_layer_t *layers;
+
+    uint64_t weight_bytes; /* bytes the bound views cover                    */
 
     float **owned; /* f32 copies of non-f32 norm vectors              */
     int n_owned;

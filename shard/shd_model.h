@@ -5,7 +5,8 @@
  *
  * Partition (shd_partition_t): TP over attention heads and dense FFN columns, EP over
  * experts; see shd_comm.h for the groups and docs/forward-pass.md for the scheme.
- *   - q heads: n_head / tp_size consecutive heads per TP rank (n_head must divide);
+ *   - q heads: consecutive runs per TP rank, n_head / tp_size each and one more for the
+ *     first n_head % tp_size ranks;
  *   - kv heads: the consecutive range the rank's q heads use (an exact split when
  *     n_head_kv divides by tp_size, otherwise the shared kv heads are replicated);
  *   - attn_output: the matching input columns, the partial sums all-reduced over TP;
@@ -43,6 +44,12 @@ typedef struct shd_model_params {
     int n_ctx_max;        /* most positions of one sequence                   */
     shd_partition_t part; /* {0,1,0,1} for the whole model                */
     shd_comm_t comm;      /* ops NULL when tp_size * ep_size == 1          */
+    /* Per-layer expert ranges of this rank ([n_layer] each, read during load only): layer
+     * il holds experts [expert_lo[il], expert_lo[il] + expert_n[il]). NULL: the same
+     * contiguous range in every layer (EP rank r: n_expert / ep_size, the first
+     * n_expert % ep_size ranks one more). The ranges of all EP ranks must tile each
+     * layer's experts; topo_plan's bytes-balanced rule produces such ranges. */
+    const int32_t *expert_lo, *expert_n;
 } shd_model_params_t;
 
 typedef struct shd_model shd_model_t;
@@ -58,6 +65,17 @@ void shd_model_destroy(shd_model_t *m); /* NULL is fine */
 
 const mdl_hparams_t *shd_model_hparams(const shd_model_t *m);
 const shd_model_params_t *shd_model_params(const shd_model_t *m);
+
+/* Replaces the communicator (same world shape; e.g. after the transport reconnected). */
+void shd_model_set_comm(shd_model_t *m, shd_comm_t comm);
+
+/* Bytes of weights this rank's views cover (its slice; replicated tensors whole). */
+uint64_t shd_model_weight_bytes(const shd_model_t *m);
+
+/* Reads one byte of every page of this rank's slice, so the slice is resident before the
+ * first step (and only the slice: other ranks' parts of the mapped file stay untouched).
+ * Returns a checksum of the bytes read, so the reads cannot be optimised away. */
+uint64_t shd_model_prefault(const shd_model_t *m);
 
 /* The KV storage shape this shard needs (its local kv heads), for n_blocks blocks of
  * block_tokens tokens. */

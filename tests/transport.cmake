@@ -6,3 +6,10 @@ target_link_libraries(test_fuzz_xp_msg_replay PRIVATE tdm_transport)
 add_test(NAME unit.fuzz_xp_msg_replay
          COMMAND test_fuzz_xp_msg_replay ${CMAKE_CURRENT_SOURCE_DIR}/fuzz/corpus/xp_msg)
 set_tests_properties(unit.fuzz_xp_msg_replay PROPERTIES LABELS unit)
+# NCCL collectives: skips (77) without a CUDA device; 2 and 4 ranks need 2 and 4 GPUs.
+if(TANDEM_HAVE_NCCL)
+    tandem_unit_test(nccl_comm test_nccl_comm.c tdm_transport)
+endif()
+# UCX collectives between forked processes (tcp and shared memory, AM and RMA, failures).
+tandem_unit_test(ucx_comm test_ucx_comm.c tdm_transport)
+set_tests_properties(unit.ucx_comm PROPERTIES TIMEOUT 180)

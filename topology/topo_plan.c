@@ -161,11 +161,11 @@ typedef struct model_shape {
 static tdm_status_t check_split(const mdl_hparams_t *hp, const model_shape_t *ms, int tp, int ep,
                                 tdm_error_t *err)
 {
-    if (hp->n_head % tp != 0) {
+    if (tp > hp->n_head) {
         return tdm_error_set(err, TDM_ERR_UNSUPPORTED,
-                             "tp %d does not divide the %d attention heads (tp must divide "
-                             "n_head; try tp in the divisors of %d)",
-                             tp, hp->n_head, hp->n_head);
+                             "tp %d is more than the %d attention heads (each TP rank needs at "
+                             "least one head)",
+                             tp, hp->n_head);
     }
     if (ms->any_dense && hp->n_ff % tp != 0) {
         return tdm_error_set(err, TDM_ERR_UNSUPPORTED,
@@ -199,8 +199,10 @@ static void partition(const mdl_hparams_t *hp, const model_shape_t *ms, int tp, 
                       int ep_rank, topo_shard_plan_t *s)
 {
     const int group = hp->n_head / hp->n_head_kv;
-    s->heads.n = hp->n_head / tp;
-    s->heads.lo = r * s->heads.n;
+    /* uneven when tp does not divide n_head: the first n_head % tp ranks take one more */
+    const int hb = hp->n_head / tp, hr = hp->n_head % tp;
+    s->heads.n = hb + (r < hr);
+    s->heads.lo = r * hb + (r < hr ? r : hr);
     s->kv_heads.lo = s->heads.lo / group;
     s->kv_heads.n = (s->heads.lo + s->heads.n - 1) / group + 1 - s->kv_heads.lo;
     if (ms->any_dense) {

@@ -9,7 +9,7 @@
  * and checks that both agree range for range and byte for byte. World rank
  * s = ep_rank * tp + tp_rank (shard/shd_comm.h).
  *
- *   q heads      n_head / tp consecutive heads per TP rank (n_head must divide);
+ *   q heads      n_head / tp consecutive heads per TP rank, the first n_head % tp one more;
  *   kv heads     the range those q heads use: n_head_kv / tp when that divides, otherwise
  *                neighbouring TP ranks share (replicate) a kv head;
  *   attn_output  the matching input columns; dense FFN: n_ff / tp gate/up rows, down columns;

@@ -46,7 +46,7 @@ static tdm_status_t local_step(void *impl, const xp_step_t *st, float *logits, t
     return shd_forward(x->model, x->kv, &b, logits, err);
 }
 
-static const xp_executor_ops_t local_ops = {local_step};
+static const xp_executor_ops_t local_ops = {.step = local_step};
 
 tdm_status_t xp_local_exec_create(const gguf_ctx_t *g, const xp_local_params_t *p,
                                   xp_local_exec_t **out, xp_executor_t *ex, tdm_error_t *err)

@@ -3,14 +3,19 @@
  *
  * Wire layout (all msgpack arrays; integers in any msgpack width):
  *   message   [ "TDM1", version, type, request_id, body ]
+ *   HELLO     [ session ]
  *   JOIN      [ tandem_version str, capabilities, [ hash bin(32), file_size, n_tensors ],
- *               rank, world_size ]
+ *               session, ucx_address bin, node_memory, threads, name str ]
  *   JOIN_ACK  [ accepted bool, reason str ]
- *   LOAD      [ tp_rank, tp_size, ep_rank, ep_size, n_ctx, kv_bytes ]
+ *   LOAD      [ epoch, tp_rank, tp_size, ep_rank, ep_size, n_ctx, kv_bytes, n_batch_max,
+ *               n_out_max, block_tokens, proto, timeout_ms, [peer address bin...],
+ *               [expert_lo...], [expert_n...] ]
+ *   READY     [ epoch, status, error str, n_blocks, n_vocab, weight_bytes, resident_bytes ]
  *   STEP      [ n_tokens, [token...], [pos...], [seq...], [want_logits bool...], n_logits,
  *               n_seqs, [ [n_blocks, [block...]] ... ] ]
- *   RESULT    [ status, error str, n_logits, n_vocab, logits bin (f32 little-endian) ]
- *   HEARTBEAT [ time_ns ]
+ *   RESULT    [ status, error str, n_logits, n_vocab, logits bin (f32 little-endian),
+ *               coll_calls, coll_bytes, coll_ns, step_ns ]
+ *   HEARTBEAT [ time_ns, epoch, state ]
  *   SHUTDOWN  [ ]
  *
  * Before msgpack-c unpacks untrusted bytes, scan_wire() walks the encoding once: every
@@ -19,6 +24,8 @@
  * input, maps/ext/floats (never sent) are refused and nothing trails the message.
  */
 #include "transport/xp_msg.h"
+
+#include "tdm_build_config.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -29,11 +36,16 @@
 #error "xp_msg.c sends logits as raw little-endian f32: a big-endian host needs byte swaps"
 #endif
 
+const char *xp_msg_build_version(void)
+{
+    return TDM_VERSION " (" TDM_GIT_COMMIT ")";
+}
+
 const char *xp_msg_type_str(int type)
 {
-    static const char *const names[] = {"?",    "JOIN",   "JOIN_ACK",  "LOAD",
-                                        "STEP", "RESULT", "HEARTBEAT", "SHUTDOWN"};
-    if (type < XP_MSG_JOIN || type >= XP_MSG_TYPE_END) {
+    static const char *const names[] = {"?",    "HELLO",  "JOIN",      "JOIN_ACK", "LOAD",
+                                        "STEP", "RESULT", "HEARTBEAT", "SHUTDOWN", "READY"};
+    if (type < XP_MSG_HELLO || type >= XP_MSG_TYPE_END) {
         return "?";
     }
     return names[type];
@@ -132,15 +144,90 @@ static tdm_status_t validate_step(const xp_step_t *s, tdm_status_t fail, tdm_err
     return TDM_OK;
 }
 
+static tdm_status_t validate_load(const xp_msg_load_t *l, tdm_status_t fail, tdm_error_t *err)
+{
+    /* the decoder takes at most XP_MSG_MAX_WORLD peer addresses */
+    if ((int64_t)l->tp_size * l->ep_size > XP_MSG_MAX_WORLD) {
+        return tdm_error_set(err, fail,
+                             "xp_msg LOAD: world of %" PRId32 " x %" PRId32 " ranks exceeds %d",
+                             l->tp_size, l->ep_size, XP_MSG_MAX_WORLD);
+    }
+    if (l->n_batch_max < 1 || l->n_out_max < 1 || l->n_out_max > l->n_batch_max ||
+        l->block_tokens < 1) {
+        return tdm_error_set(err, fail,
+                             "xp_msg LOAD: n_batch_max %" PRId32 ", n_out_max %" PRId32
+                             ", block_tokens %" PRId32 " (each >= 1, n_out_max <= n_batch_max)",
+                             l->n_batch_max, l->n_out_max, l->block_tokens);
+    }
+    if (l->proto < 0 || l->proto > 1 || l->timeout_ms < 1) {
+        return tdm_error_set(err, fail, "xp_msg LOAD: proto %" PRId32 " / timeout_ms %" PRId32,
+                             l->proto, l->timeout_ms);
+    }
+    if ((int64_t)l->n_peers != (int64_t)l->tp_size * l->ep_size ||
+        (l->n_peers > 0 && l->peers == NULL)) {
+        return tdm_error_set(err, fail,
+                             "xp_msg LOAD: %" PRId32 " peer addresses for %" PRId32 " x %" PRId32
+                             " ranks",
+                             l->n_peers, l->tp_size, l->ep_size);
+    }
+    for (int32_t i = 0; i < l->n_peers; i++) {
+        if (l->peers[i].len < 1 || l->peers[i].len > XP_MSG_MAX_ADDR || l->peers[i].data == NULL) {
+            return tdm_error_set(err, fail,
+                                 "xp_msg LOAD: peer %" PRId32 " address of %" PRIu32
+                                 " bytes outside [1, %d]",
+                                 i, l->peers[i].len, XP_MSG_MAX_ADDR);
+        }
+    }
+    if (l->n_layers < 0 || l->n_layers > XP_MSG_MAX_LAYERS ||
+        (l->n_layers > 0 && (l->expert_lo == NULL || l->expert_n == NULL))) {
+        return tdm_error_set(err, fail, "xp_msg LOAD: n_layers %" PRId32 " outside [0, %d]",
+                             l->n_layers, XP_MSG_MAX_LAYERS);
+    }
+    for (int32_t i = 0; i < l->n_layers; i++) {
+        if (l->expert_lo[i] < 0 || l->expert_n[i] < 0 ||
+            (int64_t)l->expert_lo[i] + l->expert_n[i] > INT32_MAX) {
+            return tdm_error_set(err, fail,
+                                 "xp_msg LOAD: layer %" PRId32 " expert range [%" PRId32
+                                 ", +%" PRId32 ") negative or past INT32_MAX",
+                                 i, l->expert_lo[i], l->expert_n[i]);
+        }
+    }
+    return TDM_OK;
+}
+
 tdm_status_t xp_msg_validate(const xp_msg_t *m, tdm_status_t fail, tdm_error_t *err)
 {
     tdm_status_t st = TDM_OK;
     switch (m->type) {
+    case XP_MSG_HELLO:
+        return TDM_OK;
     case XP_MSG_JOIN:
         st = check_str(m->join.tandem_version, sizeof(m->join.tandem_version),
                        "JOIN tandem_version", fail, err);
         if (st == TDM_OK) {
-            st = check_rank(m->join.rank, m->join.world_size, "JOIN world", fail, err);
+            st = check_str(m->join.name, sizeof(m->join.name), "JOIN name", fail, err);
+        }
+        if (st == TDM_OK && (m->join.ucx.len < 1 || m->join.ucx.len > XP_MSG_MAX_ADDR ||
+                             m->join.ucx.data == NULL)) {
+            st = tdm_error_set(err, fail,
+                               "xp_msg JOIN: UCX address of %" PRIu32 " bytes outside [1, %d]",
+                               m->join.ucx.len, XP_MSG_MAX_ADDR);
+        }
+        if (st == TDM_OK && m->join.threads < 0) {
+            st = tdm_error_set(err, fail, "xp_msg JOIN: threads %" PRId32 " < 0", m->join.threads);
+        }
+        return st;
+    case XP_MSG_READY:
+        if (m->ready.status < 0 || m->ready.status >= TDM_STATUS_COUNT) {
+            return tdm_error_set(err, fail, "xp_msg READY: status %" PRId32 " unknown",
+                                 m->ready.status);
+        }
+        st = check_str(m->ready.error, sizeof(m->ready.error), "READY error", fail, err);
+        if (st == TDM_OK && (m->ready.n_blocks < 0 || m->ready.n_vocab < 0 ||
+                             m->ready.n_vocab > XP_MSG_MAX_VOCAB)) {
+            st = tdm_error_set(
+                err, fail, "xp_msg READY: n_blocks %" PRId32 " / n_vocab %" PRId32 " out of range",
+                m->ready.n_blocks, m->ready.n_vocab);
         }
         return st;
     case XP_MSG_JOIN_ACK:
@@ -153,6 +240,9 @@ tdm_status_t xp_msg_validate(const xp_msg_t *m, tdm_status_t fail, tdm_error_t *
         }
         if (st == TDM_OK && m->load.n_ctx < 1) {
             st = tdm_error_set(err, fail, "xp_msg LOAD: n_ctx %" PRId32 " < 1", m->load.n_ctx);
+        }
+        if (st == TDM_OK) {
+            st = validate_load(&m->load, fail, err);
         }
         return st;
     case XP_MSG_STEP:
@@ -173,6 +263,12 @@ tdm_status_t xp_msg_validate(const xp_msg_t *m, tdm_status_t fail, tdm_error_t *
         if (r->n_vocab < 0 || r->n_vocab > XP_MSG_MAX_VOCAB) {
             return tdm_error_set(err, fail, "xp_msg RESULT: n_vocab %" PRId32 " outside [0, %d]",
                                  r->n_vocab, XP_MSG_MAX_VOCAB);
+        }
+        if ((uint64_t)r->n_logits * (uint64_t)r->n_vocab * sizeof(float) > UINT32_MAX) {
+            return tdm_error_set(err, fail,
+                                 "xp_msg RESULT: %" PRId32 " x %" PRId32
+                                 " logits do not fit a msgpack bin (4 GiB)",
+                                 r->n_logits, r->n_vocab);
         }
         if ((int64_t)r->n_logits * r->n_vocab > 0 && r->logits == NULL) {
             return tdm_error_set(err, fail, "xp_msg RESULT: logits is NULL");
@@ -231,17 +327,36 @@ tdm_status_t xp_msg_encode(msgpack_sbuffer *out, const xp_msg_t *m, tdm_error_t 
     PK(msgpack_pack_uint8(&pk, (uint8_t)m->type));
     PK(msgpack_pack_uint64(&pk, m->request_id));
     switch (m->type) {
+    case XP_MSG_HELLO:
+        PK(msgpack_pack_array(&pk, 1));
+        PK(msgpack_pack_uint64(&pk, m->hello.session));
+        break;
     case XP_MSG_JOIN: {
         const xp_msg_join_t *j = &m->join;
-        PK(msgpack_pack_array(&pk, 5));
+        PK(msgpack_pack_array(&pk, 8));
         pack_str(&pk, j->tandem_version, sizeof(j->tandem_version), &ok);
         PK(msgpack_pack_uint32(&pk, j->capabilities));
         PK(msgpack_pack_array(&pk, 3));
         PK(msgpack_pack_bin_with_body(&pk, j->model.hash, sizeof(j->model.hash)));
         PK(msgpack_pack_uint64(&pk, j->model.file_size));
         PK(msgpack_pack_uint64(&pk, j->model.n_tensors));
-        PK(msgpack_pack_int32(&pk, j->rank));
-        PK(msgpack_pack_int32(&pk, j->world_size));
+        PK(msgpack_pack_uint64(&pk, j->session));
+        PK(msgpack_pack_bin_with_body(&pk, j->ucx.data, j->ucx.len));
+        PK(msgpack_pack_uint64(&pk, j->node_memory));
+        PK(msgpack_pack_int32(&pk, j->threads));
+        pack_str(&pk, j->name, sizeof(j->name), &ok);
+        break;
+    }
+    case XP_MSG_READY: {
+        const xp_msg_ready_t *r = &m->ready;
+        PK(msgpack_pack_array(&pk, 7));
+        PK(msgpack_pack_uint64(&pk, r->epoch));
+        PK(msgpack_pack_int32(&pk, r->status));
+        pack_str(&pk, r->error, sizeof(r->error), &ok);
+        PK(msgpack_pack_int32(&pk, r->n_blocks));
+        PK(msgpack_pack_int32(&pk, r->n_vocab));
+        PK(msgpack_pack_uint64(&pk, r->weight_bytes));
+        PK(msgpack_pack_uint64(&pk, r->resident_bytes));
         break;
     }
     case XP_MSG_JOIN_ACK:
@@ -249,15 +364,29 @@ tdm_status_t xp_msg_encode(msgpack_sbuffer *out, const xp_msg_t *m, tdm_error_t 
         PK(m->join_ack.accepted ? msgpack_pack_true(&pk) : msgpack_pack_false(&pk));
         pack_str(&pk, m->join_ack.reason, sizeof(m->join_ack.reason), &ok);
         break;
-    case XP_MSG_LOAD:
-        PK(msgpack_pack_array(&pk, 6));
-        PK(msgpack_pack_int32(&pk, m->load.tp_rank));
-        PK(msgpack_pack_int32(&pk, m->load.tp_size));
-        PK(msgpack_pack_int32(&pk, m->load.ep_rank));
-        PK(msgpack_pack_int32(&pk, m->load.ep_size));
-        PK(msgpack_pack_int32(&pk, m->load.n_ctx));
-        PK(msgpack_pack_uint64(&pk, m->load.kv_bytes));
+    case XP_MSG_LOAD: {
+        const xp_msg_load_t *l = &m->load;
+        PK(msgpack_pack_array(&pk, 15));
+        PK(msgpack_pack_uint64(&pk, l->epoch));
+        PK(msgpack_pack_int32(&pk, l->tp_rank));
+        PK(msgpack_pack_int32(&pk, l->tp_size));
+        PK(msgpack_pack_int32(&pk, l->ep_rank));
+        PK(msgpack_pack_int32(&pk, l->ep_size));
+        PK(msgpack_pack_int32(&pk, l->n_ctx));
+        PK(msgpack_pack_uint64(&pk, l->kv_bytes));
+        PK(msgpack_pack_int32(&pk, l->n_batch_max));
+        PK(msgpack_pack_int32(&pk, l->n_out_max));
+        PK(msgpack_pack_int32(&pk, l->block_tokens));
+        PK(msgpack_pack_int32(&pk, l->proto));
+        PK(msgpack_pack_int32(&pk, l->timeout_ms));
+        PK(msgpack_pack_array(&pk, (size_t)l->n_peers));
+        for (int32_t i = 0; i < l->n_peers; i++) {
+            PK(msgpack_pack_bin_with_body(&pk, l->peers[i].data, l->peers[i].len));
+        }
+        pack_i32_array(&pk, l->expert_lo, l->n_layers, &ok);
+        pack_i32_array(&pk, l->expert_n, l->n_layers, &ok);
         break;
+    }
     case XP_MSG_STEP: {
         const xp_step_t *s = &m->step;
         PK(msgpack_pack_array(&pk, 8));
@@ -282,7 +411,7 @@ tdm_status_t xp_msg_encode(msgpack_sbuffer *out, const xp_msg_t *m, tdm_error_t 
     case XP_MSG_RESULT: {
         const xp_msg_result_t *r = &m->result;
         size_t bytes = (size_t)r->n_logits * (size_t)r->n_vocab * sizeof(float);
-        PK(msgpack_pack_array(&pk, 5));
+        PK(msgpack_pack_array(&pk, 9));
         PK(msgpack_pack_int32(&pk, r->status));
         pack_str(&pk, r->error, sizeof(r->error), &ok);
         PK(msgpack_pack_int32(&pk, r->n_logits));
@@ -291,11 +420,17 @@ tdm_status_t xp_msg_encode(msgpack_sbuffer *out, const xp_msg_t *m, tdm_error_t 
         if (bytes > 0) {
             PK(msgpack_pack_bin_body(&pk, r->logits, bytes));
         }
+        PK(msgpack_pack_uint64(&pk, r->coll_calls));
+        PK(msgpack_pack_uint64(&pk, r->coll_bytes));
+        PK(msgpack_pack_uint64(&pk, r->coll_ns));
+        PK(msgpack_pack_uint64(&pk, r->step_ns));
         break;
     }
     case XP_MSG_HEARTBEAT:
-        PK(msgpack_pack_array(&pk, 1));
+        PK(msgpack_pack_array(&pk, 3));
         PK(msgpack_pack_uint64(&pk, m->heartbeat.time_ns));
+        PK(msgpack_pack_uint64(&pk, m->heartbeat.epoch));
+        PK(msgpack_pack_int32(&pk, m->heartbeat.state));
         break;
     case XP_MSG_SHUTDOWN:
     default:
@@ -476,12 +611,109 @@ static tdm_status_t get_bool(const msgpack_object *o, const char *field, bool *o
         }                   \
     } while (0)
 
+static tdm_status_t decode_i32_array(const msgpack_object *o, const char *field, int32_t n,
+                                     int32_t *dst, tdm_error_t *err);
+
+static tdm_status_t get_blob(const msgpack_object *o, const char *field, xp_msg_blob_t *out,
+                             tdm_error_t *err)
+{
+    if (o->type != MSGPACK_OBJECT_BIN || o->via.bin.size > XP_MSG_MAX_ADDR) {
+        return tdm_error_set(err, TDM_ERR_FORMAT, "xp_msg: %s is not a bin of at most %d bytes",
+                             field, XP_MSG_MAX_ADDR);
+    }
+    out->data = o->via.bin.ptr;
+    out->len = (uint32_t)o->via.bin.size;
+    return TDM_OK;
+}
+
+static tdm_status_t decode_load(const msgpack_object *body, xp_msg_t *m, tdm_error_t *err)
+{
+    tdm_status_t st;
+    const msgpack_object *f = NULL, *pa = NULL;
+    xp_msg_load_t *l = &m->load;
+    TRY(get_array(body, "LOAD body", 15, &f, err));
+    TRY(get_u64(&f[0], "LOAD epoch", UINT64_MAX, &l->epoch, err));
+    TRY(get_i32(&f[1], "LOAD tp_rank", &l->tp_rank, err));
+    TRY(get_i32(&f[2], "LOAD tp_size", &l->tp_size, err));
+    TRY(get_i32(&f[3], "LOAD ep_rank", &l->ep_rank, err));
+    TRY(get_i32(&f[4], "LOAD ep_size", &l->ep_size, err));
+    TRY(get_i32(&f[5], "LOAD n_ctx", &l->n_ctx, err));
+    TRY(get_u64(&f[6], "LOAD kv_bytes", UINT64_MAX, &l->kv_bytes, err));
+    TRY(get_i32(&f[7], "LOAD n_batch_max", &l->n_batch_max, err));
+    TRY(get_i32(&f[8], "LOAD n_out_max", &l->n_out_max, err));
+    TRY(get_i32(&f[9], "LOAD block_tokens", &l->block_tokens, err));
+    TRY(get_i32(&f[10], "LOAD proto", &l->proto, err));
+    TRY(get_i32(&f[11], "LOAD timeout_ms", &l->timeout_ms, err));
+    if (f[12].type != MSGPACK_OBJECT_ARRAY || f[12].via.array.size > XP_MSG_MAX_WORLD) {
+        return tdm_error_set(err, TDM_ERR_FORMAT,
+                             "xp_msg: LOAD peers is not an array of at most "
+                             "%d",
+                             XP_MSG_MAX_WORLD);
+    }
+    if (f[13].type != MSGPACK_OBJECT_ARRAY || f[13].via.array.size > XP_MSG_MAX_LAYERS) {
+        return tdm_error_set(err, TDM_ERR_FORMAT,
+                             "xp_msg: LOAD expert_lo is not an array of at "
+                             "most %d",
+                             XP_MSG_MAX_LAYERS);
+    }
+    l->n_peers = (int32_t)f[12].via.array.size;
+    l->n_layers = (int32_t)f[13].via.array.size;
+    pa = f[12].via.array.ptr;
+    /* one allocation: the two range arrays, then the peer blobs, then their bytes */
+    size_t bytes = (size_t)l->n_peers * sizeof(xp_msg_blob_t) + 2 * (size_t)l->n_layers * 4;
+    for (int32_t i = 0; i < l->n_peers; i++) {
+        if (pa[i].type != MSGPACK_OBJECT_BIN || pa[i].via.bin.size > XP_MSG_MAX_ADDR) {
+            return tdm_error_set(err, TDM_ERR_FORMAT,
+                                 "xp_msg: LOAD peers[%" PRId32 "] is not a "
+                                 "bin of at most %d bytes",
+                                 i, XP_MSG_MAX_ADDR);
+        }
+        bytes += pa[i].via.bin.size;
+    }
+    unsigned char *mem = malloc(bytes > 0 ? bytes : 1);
+    if (mem == NULL) {
+        return tdm_error_set(err, TDM_ERR_NO_MEMORY, "xp_msg LOAD: out of memory");
+    }
+    m->owned_load = mem;
+    int32_t *lo = (int32_t *)mem, *n = lo + l->n_layers;
+    xp_msg_blob_t *peers = (xp_msg_blob_t *)(n + l->n_layers);
+    unsigned char *data = (unsigned char *)(peers + l->n_peers);
+    for (int32_t i = 0; i < l->n_peers; i++) {
+        peers[i].len = (uint32_t)pa[i].via.bin.size;
+        peers[i].data = data;
+        memcpy(data, pa[i].via.bin.ptr, peers[i].len);
+        data += peers[i].len;
+    }
+    TRY(decode_i32_array(&f[13], "LOAD expert_lo", l->n_layers, lo, err));
+    TRY(decode_i32_array(&f[14], "LOAD expert_n", l->n_layers, n, err));
+    l->peers = peers;
+    l->expert_lo = lo;
+    l->expert_n = n;
+    return TDM_OK;
+}
+
+static tdm_status_t decode_ready(const msgpack_object *body, xp_msg_t *m, tdm_error_t *err)
+{
+    tdm_status_t st;
+    const msgpack_object *f = NULL;
+    xp_msg_ready_t *r = &m->ready;
+    TRY(get_array(body, "READY body", 7, &f, err));
+    TRY(get_u64(&f[0], "READY epoch", UINT64_MAX, &r->epoch, err));
+    TRY(get_i32(&f[1], "READY status", &r->status, err));
+    TRY(get_str(&f[2], "READY error", r->error, sizeof(r->error), err));
+    TRY(get_i32(&f[3], "READY n_blocks", &r->n_blocks, err));
+    TRY(get_i32(&f[4], "READY n_vocab", &r->n_vocab, err));
+    TRY(get_u64(&f[5], "READY weight_bytes", UINT64_MAX, &r->weight_bytes, err));
+    TRY(get_u64(&f[6], "READY resident_bytes", UINT64_MAX, &r->resident_bytes, err));
+    return TDM_OK;
+}
+
 static tdm_status_t decode_join(const msgpack_object *body, xp_msg_t *m, tdm_error_t *err)
 {
     tdm_status_t st;
     const msgpack_object *f = NULL, *id = NULL;
     uint64_t v = 0;
-    TRY(get_array(body, "JOIN body", 5, &f, err));
+    TRY(get_array(body, "JOIN body", 8, &f, err));
     TRY(get_str(&f[0], "JOIN tandem_version", m->join.tandem_version,
                 sizeof(m->join.tandem_version), err));
     TRY(get_u64(&f[1], "JOIN capabilities", UINT32_MAX, &v, err));
@@ -494,8 +726,19 @@ static tdm_status_t decode_join(const msgpack_object *body, xp_msg_t *m, tdm_err
     memcpy(m->join.model.hash, id[0].via.bin.ptr, XP_MSG_MODEL_HASH_BYTES);
     TRY(get_u64(&id[1], "JOIN model file_size", UINT64_MAX, &m->join.model.file_size, err));
     TRY(get_u64(&id[2], "JOIN model n_tensors", UINT64_MAX, &m->join.model.n_tensors, err));
-    TRY(get_i32(&f[3], "JOIN rank", &m->join.rank, err));
-    TRY(get_i32(&f[4], "JOIN world_size", &m->join.world_size, err));
+    TRY(get_u64(&f[3], "JOIN session", UINT64_MAX, &m->join.session, err));
+    TRY(get_blob(&f[4], "JOIN ucx_address", &m->join.ucx, err));
+    /* the address points into the unpacked zone: copy it into owned storage */
+    void *addr = malloc(m->join.ucx.len > 0 ? m->join.ucx.len : 1);
+    if (addr == NULL) {
+        return tdm_error_set(err, TDM_ERR_NO_MEMORY, "xp_msg JOIN: out of memory");
+    }
+    memcpy(addr, m->join.ucx.data, m->join.ucx.len);
+    m->owned_load = addr;
+    m->join.ucx.data = addr;
+    TRY(get_u64(&f[5], "JOIN node_memory", UINT64_MAX, &m->join.node_memory, err));
+    TRY(get_i32(&f[6], "JOIN threads", &m->join.threads, err));
+    TRY(get_str(&f[7], "JOIN name", m->join.name, sizeof(m->join.name), err));
     return TDM_OK;
 }
 
@@ -595,7 +838,11 @@ static tdm_status_t decode_result(const msgpack_object *body, xp_msg_t *m, tdm_e
     tdm_status_t st;
     const msgpack_object *f = NULL;
     xp_msg_result_t *r = &m->result;
-    TRY(get_array(body, "RESULT body", 5, &f, err));
+    TRY(get_array(body, "RESULT body", 9, &f, err));
+    TRY(get_u64(&f[5], "RESULT coll_calls", UINT64_MAX, &r->coll_calls, err));
+    TRY(get_u64(&f[6], "RESULT coll_bytes", UINT64_MAX, &r->coll_bytes, err));
+    TRY(get_u64(&f[7], "RESULT coll_ns", UINT64_MAX, &r->coll_ns, err));
+    TRY(get_u64(&f[8], "RESULT step_ns", UINT64_MAX, &r->step_ns, err));
     TRY(get_i32(&f[0], "RESULT status", &r->status, err));
     TRY(get_str(&f[1], "RESULT error", r->error, sizeof(r->error), err));
     TRY(get_i32(&f[2], "RESULT n_logits", &r->n_logits, err));
@@ -647,15 +894,22 @@ static tdm_status_t decode_object(const msgpack_object *root, xp_msg_t *m, tdm_e
     }
     m->version = (uint16_t)v;
     TRY(get_u64(&h[2], "type", UINT8_MAX, &v, err));
-    if (v < XP_MSG_JOIN || v >= XP_MSG_TYPE_END) {
+    if (v < XP_MSG_HELLO || v >= XP_MSG_TYPE_END) {
         return tdm_error_set(err, TDM_ERR_FORMAT, "xp_msg: type %" PRIu64 " unknown", v);
     }
     m->type = (xp_msg_type_t)v;
     TRY(get_u64(&h[3], "request_id", UINT64_MAX, &m->request_id, err));
     const msgpack_object *body = &h[4];
     switch (m->type) {
+    case XP_MSG_HELLO:
+        TRY(get_array(body, "HELLO body", 1, &f, err));
+        TRY(get_u64(&f[0], "HELLO session", UINT64_MAX, &m->hello.session, err));
+        break;
     case XP_MSG_JOIN:
         TRY(decode_join(body, m, err));
+        break;
+    case XP_MSG_READY:
+        TRY(decode_ready(body, m, err));
         break;
     case XP_MSG_JOIN_ACK:
         TRY(get_array(body, "JOIN_ACK body", 2, &f, err));
@@ -663,13 +917,7 @@ static tdm_status_t decode_object(const msgpack_object *root, xp_msg_t *m, tdm_e
         TRY(get_str(&f[1], "JOIN_ACK reason", m->join_ack.reason, sizeof(m->join_ack.reason), err));
         break;
     case XP_MSG_LOAD:
-        TRY(get_array(body, "LOAD body", 6, &f, err));
-        TRY(get_i32(&f[0], "LOAD tp_rank", &m->load.tp_rank, err));
-        TRY(get_i32(&f[1], "LOAD tp_size", &m->load.tp_size, err));
-        TRY(get_i32(&f[2], "LOAD ep_rank", &m->load.ep_rank, err));
-        TRY(get_i32(&f[3], "LOAD ep_size", &m->load.ep_size, err));
-        TRY(get_i32(&f[4], "LOAD n_ctx", &m->load.n_ctx, err));
-        TRY(get_u64(&f[5], "LOAD kv_bytes", UINT64_MAX, &m->load.kv_bytes, err));
+        TRY(decode_load(body, m, err));
         break;
     case XP_MSG_STEP:
         TRY(decode_step(body, m, err));
@@ -678,8 +926,10 @@ static tdm_status_t decode_object(const msgpack_object *root, xp_msg_t *m, tdm_e
         TRY(decode_result(body, m, err));
         break;
     case XP_MSG_HEARTBEAT:
-        TRY(get_array(body, "HEARTBEAT body", 1, &f, err));
+        TRY(get_array(body, "HEARTBEAT body", 3, &f, err));
         TRY(get_u64(&f[0], "HEARTBEAT time_ns", UINT64_MAX, &m->heartbeat.time_ns, err));
+        TRY(get_u64(&f[1], "HEARTBEAT epoch", UINT64_MAX, &m->heartbeat.epoch, err));
+        TRY(get_i32(&f[2], "HEARTBEAT state", &m->heartbeat.state, err));
         break;
     case XP_MSG_SHUTDOWN:
     default:
@@ -735,5 +985,6 @@ void xp_msg_free(xp_msg_t *msg)
     free(msg->owned_u8);
     free(msg->owned_seqs);
     free(msg->owned_f32);
+    free(msg->owned_load);
     memset(msg, 0, sizeof(*msg));
 }

@@ -25,7 +25,7 @@
 #include <stdint.h>
 
 #define XP_MSG_MAGIC            "TDM1"
-#define XP_MSG_PROTOCOL_VERSION 1
+#define XP_MSG_PROTOCOL_VERSION 2
 
 /* Bounds the decoder enforces (and the encoder, so both sides agree). */
 #define XP_MSG_MAX_TOKENS       (1 << 20)         /* tokens per STEP                  */
@@ -37,15 +37,20 @@
 #define XP_MSG_REASON_MAX       256               /* JOIN_ACK reason, with NUL        */
 #define XP_MSG_ERROR_MAX        TDM_ERROR_MSG_MAX /* RESULT error message, with NUL   */
 #define XP_MSG_MODEL_HASH_BYTES 32
+#define XP_MSG_MAX_ADDR         8192 /* bytes of a UCX worker address                */
+#define XP_MSG_NAME_MAX         128  /* shard name (its listen endpoint), with NUL    */
+#define XP_MSG_MAX_LAYERS       4096 /* per-layer expert ranges of a LOAD             */
 
 typedef enum xp_msg_type {
-    XP_MSG_JOIN = 1,  /* shard -> coordinator: who I am, what I can do, what I hold */
+    XP_MSG_HELLO = 1, /* coordinator -> shard: please (re)join my group             */
+    XP_MSG_JOIN,      /* shard -> coordinator: who I am, what I can do, what I hold */
     XP_MSG_JOIN_ACK,  /* coordinator -> shard: accepted or why not                  */
     XP_MSG_LOAD,      /* coordinator -> shard: my part of the group                 */
     XP_MSG_STEP,      /* coordinator -> shard: one xp_step_t                        */
     XP_MSG_RESULT,    /* shard -> coordinator: status and logits of a step          */
     XP_MSG_HEARTBEAT, /* either way: liveness                                       */
-    XP_MSG_SHUTDOWN,  /* coordinator -> shard: stop                                 */
+    XP_MSG_SHUTDOWN,  /* coordinator -> shard: leave the group (the process stays)  */
+    XP_MSG_READY,     /* shard -> coordinator: LOAD done (or why it failed)         */
     XP_MSG_TYPE_END   /* one past the last type                                     */
 } xp_msg_type_t;
 
@@ -61,12 +66,25 @@ typedef struct xp_msg_model_id {
     uint64_t n_tensors;
 } xp_msg_model_id_t;
 
+/* A byte string inside a message (a UCX worker address). */
+typedef struct xp_msg_blob {
+    const void *data;
+    uint32_t len;
+} xp_msg_blob_t;
+
+typedef struct xp_msg_hello {
+    uint64_t session; /* the coordinator's random id: a JOIN echoes it */
+} xp_msg_hello_t;
+
 typedef struct xp_msg_join {
     char tandem_version[XP_MSG_VERSION_STR_MAX]; /* NUL-terminated, no embedded NUL */
     uint32_t capabilities;                       /* XP_MSG_CAP_* bits               */
     xp_msg_model_id_t model;
-    int32_t rank;       /* 0 <= rank < world_size               */
-    int32_t world_size; /* 1 <= world_size <= XP_MSG_MAX_WORLD  */
+    uint64_t session;     /* the HELLO's session                            */
+    xp_msg_blob_t ucx;    /* worker address, 1..XP_MSG_MAX_ADDR bytes        */
+    uint64_t node_memory; /* bytes this node can give the shard              */
+    int32_t threads;      /* kernel threads                                  */
+    char name[XP_MSG_NAME_MAX];
 } xp_msg_join_t;
 
 typedef struct xp_msg_join_ack {
@@ -75,11 +93,29 @@ typedef struct xp_msg_join_ack {
 } xp_msg_join_ack_t;
 
 typedef struct xp_msg_load {
+    uint64_t epoch;           /* the group's generation: READY, steps and the data plane carry it */
     int32_t tp_rank, tp_size; /* 0 <= rank < size <= XP_MSG_MAX_WORLD */
     int32_t ep_rank, ep_size;
     int32_t n_ctx; /* >= 1 */
     uint64_t kv_bytes;
+    int32_t n_batch_max, n_out_max, block_tokens; /* >= 1; n_out_max <= n_batch_max */
+    int32_t proto;                                /* collectives: 0 active messages, 1 RMA */
+    int32_t timeout_ms;                           /* >= 1: a collective waiting longer fails */
+    int32_t n_peers;                              /* == tp_size * ep_size               */
+    const xp_msg_blob_t *peers;                   /* [n_peers] UCX address of each rank */
+    int32_t n_layers;         /* 0 (contiguous expert ranges) or the model's n_layer */
+    const int32_t *expert_lo; /* [n_layers] first expert this rank holds per layer    */
+    const int32_t *expert_n;  /* [n_layers] how many                                  */
 } xp_msg_load_t;
+
+typedef struct xp_msg_ready {
+    uint64_t epoch;
+    int32_t status; /* a tdm_status_t */
+    char error[XP_MSG_ERROR_MAX];
+    int32_t n_blocks, n_vocab;
+    uint64_t weight_bytes;   /* bytes of this shard's slice of the weights */
+    uint64_t resident_bytes; /* the process's resident set after loading   */
+} xp_msg_ready_t;
 
 typedef struct xp_msg_result {
     int32_t status; /* a tdm_status_t */
@@ -87,10 +123,14 @@ typedef struct xp_msg_result {
     int32_t n_logits;    /* 0 <= n_logits <= XP_MSG_MAX_TOKENS */
     int32_t n_vocab;     /* 0 <= n_vocab <= XP_MSG_MAX_VOCAB   */
     const float *logits; /* [n_logits * n_vocab]; NULL allowed when that is 0 */
+    uint64_t coll_calls, coll_bytes, coll_ns; /* collectives of this step on this shard */
+    uint64_t step_ns;                         /* the step's wall time on this shard      */
 } xp_msg_result_t;
 
 typedef struct xp_msg_heartbeat {
     uint64_t time_ns; /* sender's monotonic clock */
+    uint64_t epoch;   /* the group generation the shard serves (0: none) */
+    int32_t state;    /* sender-defined (a shard's xp_shard_state_t) */
 } xp_msg_heartbeat_t;
 
 /*
@@ -104,9 +144,11 @@ typedef struct xp_msg {
     uint16_t version; /* set by the encoder to XP_MSG_PROTOCOL_VERSION; checked on decode */
     uint64_t request_id;
 
+    xp_msg_hello_t hello;
     xp_msg_join_t join;
     xp_msg_join_ack_t join_ack;
     xp_msg_load_t load;
+    xp_msg_ready_t ready;
     xp_step_t step; /* STEP: exactly the scheduler's xp_step_t */
     xp_msg_result_t result;
     xp_msg_heartbeat_t heartbeat;
@@ -115,7 +157,13 @@ typedef struct xp_msg {
     void *owned_u8;   /* private: want_logits of a decoded STEP                 */
     void *owned_seqs; /* private: xp_step_seq_t array of a decoded STEP         */
     void *owned_f32;  /* private: logits of a decoded RESULT                    */
+    void *owned_load; /* private: peers and expert ranges of a decoded LOAD, JOIN's address */
 } xp_msg_t;
+
+/* "0.1.0 (abc1234)": the version and commit of this build, which JOIN carries; a shard and
+ * a coordinator of different builds are refused (the wire format and the partition rules
+ * are only promised to agree within one build). */
+const char *xp_msg_build_version(void);
 
 /* Name of a message type ("STEP"), "?" when out of range. Never NULL. */
 const char *xp_msg_type_str(int type);

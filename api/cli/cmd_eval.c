@@ -20,6 +20,7 @@
 #include "common/mem.h"
 #include "coordinator/kv_manager.h"
 #include "shard/forward.h"
+#include "transport/exec_remote.h"
 #include "transport/local_comm.h"
 
 #include <errno.h>
@@ -44,6 +45,8 @@ typedef struct eval_opts {
     int chunk;
     int block_tokens;
     int batch_test;
+    const char *shards; /* "H:P,H:P": run on `tandem shard` processes */
+    int collective;
 } eval_opts_t;
 
 typedef struct eval_run {
@@ -80,23 +83,25 @@ static int32_t argmax(const float *x, int n)
  * is not NULL); otherwise only each prompt's last position. Every rank calls this with
  * its own copy of seqs and takes the same decisions, since its logits are identical.
  */
-static tdm_status_t run_schedule(shd_model_t *m, const eval_opts_t *o, eval_seq_t *seqs, int count,
-                                 bool want_all, tdm_error_t *err)
+static tdm_status_t run_schedule(shd_model_t *m, const xp_executor_t *ex, const eval_opts_t *o,
+                                 eval_seq_t *seqs, int count, bool want_all, tdm_error_t *err)
 {
-    const int V = shd_model_hparams(m)->n_vocab;
-    const shd_model_params_t *mp = shd_model_params(m);
+    /* m: this process runs the model; ex: a shard group does (its KV lives there) */
+    const int V = m != NULL ? shd_model_hparams(m)->n_vocab : ex->n_vocab;
+    const shd_model_params_t *mp = m != NULL ? shd_model_params(m) : NULL;
     crd_kvm_t *kvm = NULL;
     shd_kv_cache_t *kv = NULL;
     crd_kv_seq_t **kvseq = tdm_xcalloc((size_t)count, sizeof(*kvseq));
     shd_seq_view_t *views = tdm_xcalloc((size_t)count, sizeof(*views));
     int32_t *done = tdm_xcalloc((size_t)count, sizeof(int32_t)); /* positions computed */
     int32_t *n_gen = tdm_xcalloc((size_t)count, sizeof(int32_t));
-    const int nb = mp->n_batch_max;
+    const int nb = mp != NULL ? mp->n_batch_max : ex->n_batch_max;
+    const int n_out_max = mp != NULL ? mp->n_out_max : ex->n_logits_max;
     int32_t *tok = tdm_xmalloc((size_t)nb * sizeof(int32_t));
     int32_t *pos = tdm_xmalloc((size_t)nb * sizeof(int32_t));
     int32_t *sq = tdm_xmalloc((size_t)nb * sizeof(int32_t));
     uint8_t *want = tdm_xmalloc((size_t)nb);
-    float *logits = malloc((size_t)mp->n_out_max * (size_t)V * sizeof(float));
+    float *logits = malloc((size_t)n_out_max * (size_t)V * sizeof(float));
     tdm_status_t st = TDM_OK;
     if (logits == NULL) {
         st = tdm_error_set(err, TDM_ERR_NO_MEMORY, "eval: out of memory for logits");
@@ -115,9 +120,16 @@ static tdm_status_t run_schedule(shd_model_t *m, const eval_opts_t *o, eval_seq_
         int32_t cached;
         TDM_CHECK_GOTO(crd_kvm_seq_create(kvm, NULL, 0, &kvseq[s], &cached, err), st, out);
     }
-    shd_kv_config_t kc;
-    shd_model_kv_config(m, o->block_tokens, (int32_t)total_blocks, &kc);
-    TDM_CHECK_GOTO(shd_kv_cache_create(&kc, &kv, err), st, out);
+    if (m != NULL) {
+        shd_kv_config_t kc;
+        shd_model_kv_config(m, o->block_tokens, (int32_t)total_blocks, &kc);
+        TDM_CHECK_GOTO(shd_kv_cache_create(&kc, &kv, err), st, out);
+    } else if (total_blocks > ex->n_blocks) {
+        st = tdm_error_set(err, TDM_ERR_INVALID_PARAM,
+                           "eval: %lld KV blocks needed, the shard group holds %d",
+                           (long long)total_blocks, (int)ex->n_blocks);
+        goto out;
+    }
 
     for (;;) {
         int32_t n = 0;
@@ -154,8 +166,27 @@ static tdm_status_t run_schedule(shd_model_t *m, const eval_opts_t *o, eval_seq_
         if (n == 0) {
             break;
         }
-        shd_batch_t b = {n, tok, pos, sq, want, count, views};
-        TDM_CHECK_GOTO(shd_forward(m, kv, &b, logits, err), st, out);
+        if (m != NULL) {
+            shd_batch_t b = {n, tok, pos, sq, want, count, views};
+            TDM_CHECK_GOTO(shd_forward(m, kv, &b, logits, err), st, out);
+        } else {
+            int32_t n_logits = 0;
+            for (int32_t t = 0; t < n; t++) {
+                n_logits += want[t];
+            }
+            /* xp_step_seq_t and shd_seq_view_t have the same members */
+            xp_step_seq_t *xs = tdm_xcalloc((size_t)count, sizeof(*xs));
+            for (int q = 0; q < count; q++) {
+                xs[q].blocks = views[q].blocks;
+                xs[q].n_blocks = views[q].n_blocks;
+            }
+            xp_step_t xst = {n, tok, pos, sq, want, n_logits, count, xs};
+            st = ex->ops->step(ex->impl, &xst, logits, err);
+            free(xs);
+            if (st != TDM_OK) {
+                goto out;
+            }
+        }
         int32_t row = 0;
         for (int32_t t = 0; t < n; t++) {
             if (!want[t]) {
@@ -230,14 +261,14 @@ static void *rank_main(void *arg)
             mine[s].gen = tdm_xcalloc((size_t)o->n_greedy + 1, sizeof(int32_t));
         }
     }
-    TDM_CHECK_GOTO(run_schedule(m, o, mine, run->n_seqs, want_all, &r->err), r->st, out);
+    TDM_CHECK_GOTO(run_schedule(m, NULL, o, mine, run->n_seqs, want_all, &r->err), r->st, out);
     if (o->batch_test) {
         for (int s = 0; s < run->n_seqs; s++) {
             eval_seq_t one = r->rank == 0 ? run->alone[s] : mine[s];
             if (r->rank != 0) {
                 one.logits = NULL;
             }
-            TDM_CHECK_GOTO(run_schedule(m, o, &one, 1, want_all, &r->err), r->st, out);
+            TDM_CHECK_GOTO(run_schedule(m, NULL, o, &one, 1, want_all, &r->err), r->st, out);
         }
     }
 out:
@@ -253,6 +284,73 @@ out:
     shd_model_destroy(m);
     kern_ctx_destroy(kctx);
     return NULL;
+}
+
+/* --shards: the same schedule through a shard group (transport/exec_remote.h). */
+static tdm_status_t run_remote(eval_run_t *run, tdm_error_t *err)
+{
+    const eval_opts_t *o = run->o;
+    char *list = strdup(o->shards);
+    char *names[256];
+    int n = 0;
+    for (char *tok = strtok(list, ","); tok != NULL && n < 256; tok = strtok(NULL, ",")) {
+        names[n++] = tok;
+    }
+    int batch = 0, n_ctx = 1;
+    for (int s = 0; s < run->n_seqs; s++) {
+        const eval_seq_t *e = &run->seqs[s];
+        batch += o->chunk > 0 && o->chunk < e->n_prompt ? o->chunk : e->n_prompt;
+        if (e->n_prompt + o->n_greedy > n_ctx) {
+            n_ctx = e->n_prompt + o->n_greedy;
+        }
+    }
+    int64_t blocks = 0;
+    for (int s = 0; s < run->n_seqs; s++) {
+        blocks += (run->seqs[s].n_prompt + o->n_greedy + o->block_tokens - 1) / o->block_tokens;
+    }
+    xp_remote_params_t rp = {
+        .g = run->g,
+        .n_shards = n,
+        .shards = (const char *const *)names,
+        .tp = o->tp > 1 ? o->tp : 0,
+        .ep = o->ep > 1 ? o->ep : 0,
+        .n_batch_max = batch,
+        .n_logits_max = batch,
+        .n_ctx = n_ctx,
+        .block_tokens = o->block_tokens,
+        /* bytes for exactly the blocks this run needs (the shards size per their heads) */
+        .kv_bytes = 0,
+        .proto = o->collective,
+        .start_timeout_ms = 60000,
+    };
+    if (rp.tp > 0 && rp.ep == 0) {
+        rp.ep = n / rp.tp;
+    } else if (rp.ep > 0 && rp.tp == 0) {
+        rp.tp = n / rp.ep;
+    }
+    (void)blocks;
+    xp_remote_exec_t *x = NULL;
+    xp_executor_t ex;
+    tdm_status_t st = xp_remote_exec_create(&rp, &x, &ex, err);
+    const bool want_all = o->logits_out != NULL || o->batch_test;
+    if (st == TDM_OK) {
+        st = run_schedule(NULL, &ex, o, run->seqs, run->n_seqs, want_all, err);
+    }
+    for (int s = 0; st == TDM_OK && o->batch_test && s < run->n_seqs; s++) {
+        st = run_schedule(NULL, &ex, o, &run->alone[s], 1, want_all, err);
+    }
+    if (x != NULL) {
+        xp_remote_stats_t rs;
+        xp_remote_exec_stats(x, &rs);
+        fprintf(stderr,
+                "tandem eval: %llu steps on %d shards, %llu collectives, %llu bytes sent, "
+                "%.3f ms in collectives (summed over shards)\n",
+                (unsigned long long)rs.steps, n, (unsigned long long)rs.coll_calls,
+                (unsigned long long)rs.coll_bytes, rs.coll_ns / 1e6);
+    }
+    xp_remote_exec_destroy(x);
+    free(list);
+    return st;
 }
 
 /* Parses "1,2,3" or "1 2 3" into a new array; -1 on a bad id. */
@@ -386,6 +484,8 @@ static void usage(FILE *out)
             "  --chunk N           prefill chunk per step (default 0: whole prompt)\n"
             "  --block-tokens B    KV block size in tokens (default 16)\n"
             "  --batch-test        also run each sequence alone and compare\n"
+            "  --shards H:P,...    run on `tandem shard` processes (tp/ep from --tp/--ep,\n"
+            "                      else chosen); --collective am|rma\n"
             "prints JSON: {\"n_vocab\", \"sequences\": [{\"prompt_len\", \"greedy\"}], ...}\n");
 }
 
@@ -437,6 +537,11 @@ int cmd_eval(int argc, char **argv)
             bad = parse_int(v, 0, &o.chunk);
         } else if (strcmp(a, "--block-tokens") == 0) {
             bad = parse_int(v, 1, &o.block_tokens);
+        } else if (strcmp(a, "--shards") == 0) {
+            o.shards = v;
+        } else if (strcmp(a, "--collective") == 0) {
+            bad = strcmp(v, "am") != 0 && strcmp(v, "rma") != 0;
+            o.collective = strcmp(v, "rma") == 0;
         } else {
             bad = 1;
         }
@@ -513,6 +618,13 @@ int cmd_eval(int argc, char **argv)
         }
     }
 
+    if (o.shards != NULL) {
+        if (run_remote(&run, &err) != TDM_OK) {
+            fprintf(stderr, "tandem eval: %s\n", tdm_error_msg(&err));
+            goto out;
+        }
+        goto report;
+    }
     const int W = o.tp * o.ep;
     if (W > 1 && xp_local_world_create(o.tp, o.ep, &run.world, &err) != TDM_OK) {
         fprintf(stderr, "tandem eval: %s\n", tdm_error_msg(&err));
@@ -547,6 +659,7 @@ int cmd_eval(int argc, char **argv)
         fprintf(stderr, "tandem eval: %s\n", tdm_error_msg(&ranks[0].err));
         goto out;
     }
+report:
     if (o.logits_out != NULL && write_logits(o.logits_out, run.seqs, run.n_seqs, run.n_vocab)) {
         goto out;
     }

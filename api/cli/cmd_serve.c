@@ -7,6 +7,7 @@
 #include "api/server/srv.h"
 
 #include <ctype.h>
+#include <jansson.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,7 +42,21 @@ static void usage(FILE *out)
         "  --max-waiting N          queue limit; more requests get 429 (default 256)\n"
         "  --kv-memory SIZE         KV cache budget, e.g. 2G, 512M (default: 4 x context)\n"
         "  --max-tokens N           default max_tokens when a request sets none (default:\n"
-        "                           until the context is full)\n");
+        "                           until the context is full)\n"
+        "distributed (the model split over `tandem shard` processes; see docs/distributed.md):\n"
+        "  --shards H:P,H:P,...     shard control addresses; list index = world rank\n"
+        "                           (ep_rank * tp + tp_rank). None: single-node (default)\n"
+        "  --cluster FILE           JSON: {\"shards\": [\"H:P\", ...], \"tp\": N, \"ep\": N,\n"
+        "                           \"collective\": \"am\"|\"rma\"}\n"
+        "  --tp N, --ep N           tensor / expert parallel sizes (tp x ep = shards; default:\n"
+        "                           experts over EP for MoE models, else TP)\n"
+        "  --collective am|rma      data-plane collectives: UCX active messages (default) or\n"
+        "                           RMA put + flag\n"
+        "  --collective-timeout-ms N  a collective waiting longer fails (default 5000)\n"
+        "  --shard-timeout-ms N     a shard silent this long is missing (default 1500)\n"
+        "  --shard-start-timeout S  seconds to wait for every shard at start (default 120)\n"
+        "  --contiguous-experts     same expert range in every layer (default: per-layer\n"
+        "                           ranges balancing bytes)\n");
 }
 
 /* "512M", "2G", "1048576" -> bytes; 0 on a bad value. */
@@ -136,6 +151,116 @@ static int read_key_file(srv_config_t *c, const char *path)
         return -1;
     }
     return 0;
+}
+
+/* Appends "a,b,c" to c->shards (a list of strdup'ed strings). */
+static int add_shards(srv_config_t *c, const char *list)
+{
+    const char *p = list;
+    while (*p != '\0') {
+        const char *e = strchr(p, ',');
+        size_t n = e != NULL ? (size_t)(e - p) : strlen(p);
+        if (n == 0 || n > 120 || memchr(p, ':', n) == NULL) {
+            fprintf(stderr, "tandem serve: shard '%.*s': expected HOST:PORT\n", (int)n, p);
+            return -1;
+        }
+        char **v = realloc(c->shards, (size_t)(c->n_shards + 1) * sizeof(char *));
+        if (v == NULL) {
+            return -1;
+        }
+        c->shards = v;
+        c->shards[c->n_shards++] = strndup(p, n);
+        p += n;
+        if (*p == ',') {
+            p++;
+        }
+    }
+    return 0;
+}
+
+static int parse_collective(const char *v, int *out)
+{
+    if (strcmp(v, "am") == 0) {
+        *out = 0;
+    } else if (strcmp(v, "rma") == 0) {
+        *out = 1;
+    } else {
+        fprintf(stderr, "tandem serve: collective '%s': expected am or rma\n", v);
+        return -1;
+    }
+    return 0;
+}
+
+static int read_cluster(srv_config_t *c, const char *path)
+{
+    json_error_t je;
+    json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
+    if (root == NULL) {
+        fprintf(stderr, "tandem serve: --cluster %s: line %d: %s\n", path, je.line, je.text);
+        return -1;
+    }
+    int rc = -1;
+    json_t *shards = json_object_get(root, "shards");
+    if (!json_is_array(shards) || json_array_size(shards) == 0) {
+        fprintf(stderr,
+                "tandem serve: --cluster %s: \"shards\" must be a non-empty array of "
+                "\"HOST:PORT\" strings\n",
+                path);
+        goto out;
+    }
+    for (size_t i = 0; i < json_array_size(shards); i++) {
+        const char *s = json_string_value(json_array_get(shards, i));
+        if (s == NULL || add_shards(c, s) != 0) {
+            fprintf(stderr, "tandem serve: --cluster %s: shards[%zu] is not \"HOST:PORT\"\n", path,
+                    i);
+            goto out;
+        }
+    }
+    const char *keys[] = {"tp", "ep"};
+    int *dst[] = {&c->tp, &c->ep};
+    for (int k = 0; k < 2; k++) {
+        json_t *v = json_object_get(root, keys[k]);
+        if (v != NULL &&
+            (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 4096)) {
+            fprintf(stderr, "tandem serve: --cluster %s: \"%s\" must be an integer >= 1\n", path,
+                    keys[k]);
+            goto out;
+        }
+        if (v != NULL) {
+            *dst[k] = (int)json_integer_value(v);
+        }
+    }
+    json_t *coll = json_object_get(root, "collective");
+    if (coll != NULL &&
+        (!json_is_string(coll) || parse_collective(json_string_value(coll), &c->collective) != 0)) {
+        goto out;
+    }
+    const char *known[] = {"shards", "tp", "ep", "collective", "model", "comment"};
+    const char *key;
+    json_t *val;
+    json_object_foreach(root, key, val)
+    {
+        bool ok = false;
+        for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++) {
+            ok |= strcmp(key, known[i]) == 0;
+        }
+        if (!ok) {
+            fprintf(stderr, "tandem serve: --cluster %s: unknown key \"%s\"\n", path, key);
+            goto out;
+        }
+    }
+    rc = 0;
+out:
+    json_decref(root);
+    return rc;
+}
+
+static void free_shards(srv_config_t *c)
+{
+    for (int i = 0; i < c->n_shards; i++) {
+        free(c->shards[i]);
+    }
+    free(c->shards);
 }
 
 static void free_keys(srv_config_t *c)
@@ -238,6 +363,40 @@ int cmd_serve(int argc, char **argv)
                 fprintf(stderr, "tandem serve: --kv-memory '%s' is not a size (e.g. 2G)\n", v);
                 goto out;
             }
+        } else if (ARG("--shards")) {
+            if (add_shards(&c, v) != 0) {
+                goto out;
+            }
+        } else if (ARG("--cluster")) {
+            if (read_cluster(&c, v) != 0) {
+                goto out;
+            }
+        } else if (ARG("--tp")) {
+            if (parse_int(a, v, 1, 4096, &c.tp) != 0) {
+                goto out;
+            }
+        } else if (ARG("--ep")) {
+            if (parse_int(a, v, 1, 4096, &c.ep) != 0) {
+                goto out;
+            }
+        } else if (ARG("--collective")) {
+            if (parse_collective(v, &c.collective) != 0) {
+                goto out;
+            }
+        } else if (ARG("--collective-timeout-ms")) {
+            if (parse_int(a, v, 1, 3600000, &c.coll_timeout_ms) != 0) {
+                goto out;
+            }
+        } else if (ARG("--shard-timeout-ms")) {
+            if (parse_int(a, v, 100, 3600000, &c.shard_timeout_ms) != 0) {
+                goto out;
+            }
+        } else if (ARG("--shard-start-timeout")) {
+            if (parse_int(a, v, 1, 86400, &c.shard_start_timeout_s) != 0) {
+                goto out;
+            }
+        } else if (strcmp(a, "--contiguous-experts") == 0) {
+            c.contiguous_experts = true;
         } else if (ARG("--max-tokens")) {
             if (parse_int(a, v, 0, INT32_MAX, &c.max_tokens_default) != 0) {
                 goto out;
@@ -259,8 +418,29 @@ int cmd_serve(int argc, char **argv)
     if (c.max_running > c.batch) {
         c.max_running = c.batch;
     }
+    if ((c.tp > 0 || c.ep > 0) && c.n_shards == 0) {
+        fprintf(stderr, "tandem serve: --tp/--ep need --shards or --cluster\n");
+        goto out;
+    }
+    if (c.n_shards > 0 && (c.tp > 0 || c.ep > 0)) {
+        int tp = c.tp > 0 ? c.tp : 1, ep = c.ep > 0 ? c.ep : 1;
+        if (c.tp == 0) {
+            tp = c.n_shards / ep;
+        }
+        if (c.ep == 0) {
+            ep = c.n_shards / tp;
+        }
+        if (tp * ep != c.n_shards) {
+            fprintf(stderr, "tandem serve: tp %d x ep %d is not the %d shards named\n", tp, ep,
+                    c.n_shards);
+            goto out;
+        }
+        c.tp = tp;
+        c.ep = ep;
+    }
     rc = srv_run(&c);
 out:
+    free_shards(&c);
     free_keys(&c);
     return rc;
 }

@@ -7,6 +7,40 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The shard group of distributed mode: {"ready", "tp", "ep", "error", "shards": [...]}. */
+static json_t *group_json(srv_server_t *s, bool *ready)
+{
+    xp_group_health_t h = {0};
+    h.shards = calloc((size_t)xp_remote_exec_n_shards(s->rx), sizeof(*h.shards));
+    if (h.shards == NULL) {
+        *ready = false;
+        return json_null();
+    }
+    xp_remote_exec_health(s->rx, &h);
+    json_t *arr = json_array();
+    for (int i = 0; i < h.n_shards; i++) {
+        const xp_shard_health_t *sh = &h.shards[i];
+        json_t *o = json_pack("{s:i, s:s, s:s, s:I, s:I}", "rank", i, "name", sh->name, "state",
+                              sh->state, "weight_bytes", (json_int_t)sh->weight_bytes,
+                              "resident_bytes", (json_int_t)sh->resident_bytes);
+        if (sh->error[0] != '\0') {
+            json_object_set_new(o, "error", json_string(sh->error));
+        }
+        if (sh->seen_s_ago >= 0) {
+            json_object_set_new(o, "last_seen_s", json_real(sh->seen_s_ago));
+        }
+        json_array_append_new(arr, o);
+    }
+    *ready = h.ready;
+    json_t *g = json_pack("{s:b, s:i, s:i, s:I, s:o}", "ready", h.ready, "tp", h.tp, "ep", h.ep,
+                          "generation", (json_int_t)h.generation, "shards", arr);
+    if (!h.ready) {
+        json_object_set_new(g, "error", json_string(h.error));
+    }
+    free(h.shards);
+    return g;
+}
+
 int srv_route_health(srv_server_t *s, const srv_http_req_t *r)
 {
     int st = atomic_load(&s->state);
@@ -14,6 +48,17 @@ int srv_route_health(srv_server_t *s, const srv_http_req_t *r)
     unsigned code = 503;
     switch (st) {
     case SRV_READY:
+        if (s->rx != NULL) {
+            bool ready = false;
+            json_t *g = group_json(s, &ready);
+            o = json_pack("{s:s, s:o}", "status", ready ? "ok" : "degraded", "group", g);
+            if (!ready) {
+                json_object_set_new(o, "error",
+                                    json_string(json_string_value(json_object_get(g, "error"))));
+            }
+            code = ready ? 200 : 503;
+            break;
+        }
         o = json_pack("{s:s}", "status", "ok");
         code = 200;
         break;

@@ -83,13 +83,33 @@ static tdm_status_t load_model(srv_server_t *s, tdm_error_t *err)
         }
         n_ctx = hp.n_ctx_train > 0 && hp.n_ctx_train < 8192 ? hp.n_ctx_train : 8192;
     }
-    xp_local_params_t lp = {.n_threads = cfg->threads,
-                            .n_batch_max = cfg->batch,
-                            .n_logits_max = cfg->max_running,
-                            .n_ctx = n_ctx,
-                            .kv_bytes = cfg->kv_bytes};
-    if ((st = xp_local_exec_create(s->gguf, &lp, &s->lx, &s->ex, err)) != TDM_OK) {
-        return st;
+    if (cfg->n_shards > 0) {
+        xp_remote_params_t rp = {.g = s->gguf,
+                                 .n_shards = cfg->n_shards,
+                                 .shards = (const char *const *)cfg->shards,
+                                 .tp = cfg->tp,
+                                 .ep = cfg->ep,
+                                 .n_batch_max = cfg->batch,
+                                 .n_logits_max = cfg->max_running,
+                                 .n_ctx = n_ctx,
+                                 .kv_bytes = cfg->kv_bytes,
+                                 .proto = cfg->collective,
+                                 .coll_timeout_ms = cfg->coll_timeout_ms,
+                                 .heartbeat_timeout_ms = cfg->shard_timeout_ms,
+                                 .start_timeout_ms = cfg->shard_start_timeout_s * 1000,
+                                 .contiguous_experts = cfg->contiguous_experts};
+        if ((st = xp_remote_exec_create(&rp, &s->rx, &s->ex, err)) != TDM_OK) {
+            return st;
+        }
+    } else {
+        xp_local_params_t lp = {.n_threads = cfg->threads,
+                                .n_batch_max = cfg->batch,
+                                .n_logits_max = cfg->max_running,
+                                .n_ctx = n_ctx,
+                                .kv_bytes = cfg->kv_bytes};
+        if ((st = xp_local_exec_create(s->gguf, &lp, &s->lx, &s->ex, err)) != TDM_OK) {
+            return st;
+        }
     }
     crd_sched_params_t sp = {.token_budget = cfg->batch,
                              .max_running = cfg->max_running,
@@ -102,11 +122,14 @@ static tdm_status_t load_model(srv_server_t *s, tdm_error_t *err)
     s->n_ctx = crd_engine_n_ctx(s->engine);
     s->created = (int64_t)time(NULL);
     TDM_INFO("serve",
-             "model '%s': context %d tokens, %d KV blocks of %d tokens (%.1f MiB), tool calls: %s, "
-             "reasoning parser: %s",
+             "model '%s': context %d tokens, %d KV blocks of %d tokens (%.1f MiB%s), tool calls: "
+             "%s, reasoning parser: %s",
              s->model_name, (int)s->n_ctx, (int)s->ex.n_blocks, (int)s->ex.block_tokens,
-             (double)xp_local_exec_block_bytes(s->lx) * s->ex.n_blocks / (1024.0 * 1024.0),
-             prs_tool_format_name(s->tool_format), s->template_has_think ? "on" : "off");
+             s->lx != NULL
+                 ? (double)xp_local_exec_block_bytes(s->lx) * s->ex.n_blocks / (1024.0 * 1024.0)
+                 : 0.0,
+             s->rx != NULL ? " here; on the shards" : "", prs_tool_format_name(s->tool_format),
+             s->template_has_think ? "on" : "off");
     return TDM_OK;
 }
 
@@ -115,6 +138,7 @@ static void unload(srv_server_t *s)
     crd_engine_destroy(s->engine);
     s->engine = NULL;
     xp_local_exec_destroy(s->lx);
+    xp_remote_exec_destroy(s->rx);
     tpl_destroy(s->tpl);
     tok_vocab_destroy(s->vocab);
     gguf_close(s->gguf);

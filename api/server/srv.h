@@ -23,6 +23,7 @@
 #include "coordinator/tokenizer.h"
 #include "model/gguf.h"
 #include "transport/exec_local.h"
+#include "transport/exec_remote.h"
 
 #include <jansson.h>
 #include <pthread.h>
@@ -53,6 +54,15 @@ typedef struct srv_config {
     int n_api_keys;
     const char *tool_parser; /* "auto" (from the template), "hermes", "qwen3_coder", "none" */
     int max_conns;           /* concurrent connections                                      */
+    /* distributed mode (n_shards > 0): the model split over `tandem shard` processes */
+    char **shards; /* "HOST:PORT", index = world rank                                    */
+    int n_shards;
+    int tp, ep;                /* 0: chosen                                                     */
+    int collective;            /* 0 active messages, 1 RMA put + flag                           */
+    int coll_timeout_ms;       /* 0: 5000                                                       */
+    int shard_timeout_ms;      /* 0: 1500                                                       */
+    int shard_start_timeout_s; /* 0: 120                                                        */
+    bool contiguous_experts;
 } srv_config_t;
 
 typedef enum srv_state {
@@ -76,7 +86,8 @@ typedef struct srv_server {
     tok_vocab_t *vocab;
     tpl_template_t *tpl;    /* NULL when the GGUF has no chat template */
     pthread_mutex_t tpl_mu; /* rendering is serialised: cheap, and keeps Jinja single-threaded */
-    xp_local_exec_t *lx;
+    xp_local_exec_t *lx;    /* single-node mode */
+    xp_remote_exec_t *rx;   /* distributed mode */
     xp_executor_t ex;
     crd_engine_t *engine;
     char *model_name;

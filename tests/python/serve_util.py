@@ -28,12 +28,25 @@ class ServerError(AssertionError):
 
 
 class ServeProcess:
-    """One `tandem serve` process. args: extra command-line options after --model."""
+    """One `tandem serve` process. args: extra command-line options after --model.
+
+    With TANDEM_TEST_SHARDS=N (N >= 1) in the environment, every server of the suite runs
+    distributed: N `tandem shard` processes of the same model (UCX over TCP, one kernel
+    thread each) are started first and the server drives them (--shards); they are
+    stopped with the server. That is how the serving suite runs against a 2-shard cluster
+    (ctest: python_dist_serve)."""
 
     def __init__(self, model, *args, threads=2, api_key=None, ready_timeout=READY_TIMEOUT_S):
         self.model = str(model)
         self.api_key = api_key
         self.args = [str(a) for a in args]
+        self.shards = None
+        n_shards = int(os.environ.get("TANDEM_TEST_SHARDS", "0") or 0)
+        if n_shards > 0 and "--shards" not in self.args:
+            from dist_util import Shards
+            self.shards = Shards(model, n_shards, threads=1,
+                                 tls=os.environ.get("TANDEM_TEST_UCX_TLS", "tcp"))
+            self.args += ["--shards", self.shards.arg]
         if threads is not None and "--threads" not in self.args:
             self.args += ["--threads", str(threads)]
         if api_key is not None:
@@ -65,8 +78,9 @@ class ServeProcess:
             return f.read()
 
     def _fail(self, msg):
+        extra = "" if self.shards is None else "\n" + self.shards.stderr()
         raise ServerError(f"{msg}\ncommand: {' '.join(self.cmd)}\n--- server stderr ---\n"
-                          f"{self.stderr()[-6000:]}")
+                          f"{self.stderr()[-6000:]}{extra}")
 
     def _wait_port(self, timeout):
         t_end = time.monotonic() + timeout
@@ -129,6 +143,8 @@ class ServeProcess:
             os.unlink(self._err.name)
         except OSError:
             pass
+        if self.shards is not None:
+            self.shards.stop()
         return self.returncode
 
     def kill(self):
@@ -136,6 +152,8 @@ class ServeProcess:
             self.proc.kill()
             self.proc.wait()
         self.returncode = self.proc.returncode
+        if self.shards is not None:
+            self.shards.stop()
 
     # ---- clients ----
 

@@ -224,7 +224,7 @@ def test_eval_rejects_bad_input(tandem_bin, tmp_path):
     p = run_tandem("eval", "--model", model, "--tokens", "1,2,100000", check=False)
     assert p.returncode == 1 and "outside the vocabulary" in p.stderr
     p = run_tandem("eval", "--model", model, "--tokens", "1,2", "--tp", 3, check=False)
-    assert p.returncode == 1 and "do not split over tp 3" in p.stderr
+    assert p.returncode == 1 and "does not split over tp 3" in p.stderr
     p = run_tandem("eval", "--model", tmp_path / "absent.gguf", "--tokens", "1", check=False)
     assert p.returncode == 1 and "absent.gguf" in p.stderr
     p = run_tandem("eval", "--model", model, "--tokens", "1,x", check=False)

@@ -215,7 +215,8 @@ def test_plan_over_budget_refused():
 
 
 @pytest.mark.parametrize("file,args,message", [
-    ("llama-a-f32.gguf", ["--shards", "3"], "tp 3 does not divide the 4 attention heads"),
+    ("llama-a-f32.gguf", ["--shards", "3"], "tp 3 does not divide the dense FFN width 256"),
+    ("llama-a-f32.gguf", ["--shards", "5"], "tp 5 is more than the 4 attention heads"),
     ("llama-a-f32.gguf", ["--shards", "4", "--tp", "3"], "--tp 3 does not divide --shards 4"),
     ("llama-a-f32.gguf", ["--shards", "4", "--tp", "2", "--ep", "1"],
      "--shards 4 is not --tp 2 x --ep 1"),

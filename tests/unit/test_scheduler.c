@@ -88,7 +88,7 @@ static tdm_status_t fake_step(void *impl, const xp_step_t *st, float *logits, td
     return TDM_OK;
 }
 
-static const xp_executor_ops_t fake_ops = {fake_step};
+static const xp_executor_ops_t fake_ops = {.step = fake_step};
 
 static void fake_init(fake_exec_t *fx, xp_executor_t *ex, int32_t n_blocks, int32_t budget)
 {

@@ -284,7 +284,11 @@ static void test_errors(void **state)
     tdm_error_t err = {0};
     topo_plan_params_t pp = {.n_shards = 3};
     assert_int_equal(topo_plan_build(g, &pp, &pl, &err), TDM_ERR_UNSUPPORTED);
-    assert_non_null(strstr(err.msg, "4 attention heads"));
+    assert_non_null(strstr(err.msg, "dense FFN width 256"));
+    tdm_error_clear(&err);
+    pp = (topo_plan_params_t){.n_shards = 5};
+    assert_int_equal(topo_plan_build(g, &pp, &pl, &err), TDM_ERR_UNSUPPORTED);
+    assert_non_null(strstr(err.msg, "tp 5 is more than the 4 attention heads"));
     tdm_error_clear(&err);
     pp = (topo_plan_params_t){.n_shards = 4, .tp = 3};
     assert_int_equal(topo_plan_build(g, &pp, &pl, &err), TDM_ERR_INVALID_PARAM);

@@ -1,9 +1,11 @@
 /*
- * test_xp_msg.c - the control-plane message codec: seeded round trips of every message
- * type, every truncation of a STEP, 10,000 seeded bit flips, and hand-made malformed
- * messages that must be refused with TDM_ERR_FORMAT naming the field.
+ * test_xp_msg.c - the control-plane message codec (protocol version 2): seeded round trips
+ * of every message type compared field by field, every truncation of every type, 10,000
+ * seeded bit flips, hand-made malformed messages that must be refused with TDM_ERR_FORMAT
+ * naming the field, and invalid messages the encoder must refuse exactly as the decoder does.
  *
- * `test_xp_msg --write-corpus DIR` writes the fuzz seed corpus (tests/fuzz/corpus/xp_msg).
+ * `test_xp_msg --write-corpus DIR` writes the fuzz seed corpus (tests/fuzz/corpus/xp_msg):
+ * one valid message per type, named seed-<type>.
  */
 #include "transport/xp_msg.h"
 
@@ -34,11 +36,33 @@ static uint32_t rng_below(uint64_t *s, uint32_t n)
     return n == 0 ? 0 : (uint32_t)(rng_next(s) % n);
 }
 
+/* A u64 of random magnitude, so every msgpack integer width appears. */
+static uint64_t rand_u64(uint64_t *s)
+{
+    return rng_next(s) >> rng_below(s, 64);
+}
+
+/* An int32 in [0, INT32_MAX] of random magnitude. */
+static int32_t rand_nonneg(uint64_t *s)
+{
+    return (int32_t)((uint32_t)rng_next(s) >> (1 + rng_below(s, 31)));
+}
+
+/* Any int32 (negative ones too) of random magnitude. */
+static int32_t rand_i32(uint64_t *s)
+{
+    int32_t v = rand_nonneg(s);
+    return rng_below(s, 2) ? -v - 1 : v;
+}
+
 #define GEN_TOKENS 300
 #define GEN_SEQS   8
 #define GEN_BLOCKS 20
 #define GEN_LOGITS 8
 #define GEN_VOCAB  50
+#define GEN_PEERS  5   /* peer addresses of a generated LOAD: 1..5 */
+#define GEN_ADDR   200 /* bytes of a generated UCX address: 1..200 */
+#define GEN_LAYERS 64  /* expert-range layers of a generated LOAD: 0..64 */
 
 typedef struct gen_store {
     int32_t token[GEN_TOKENS], pos[GEN_TOKENS], seq[GEN_TOKENS];
@@ -46,6 +70,12 @@ typedef struct gen_store {
     int32_t blocks[GEN_SEQS][GEN_BLOCKS];
     xp_step_seq_t seqs[GEN_SEQS];
     float logits[GEN_LOGITS * GEN_VOCAB];
+    uint8_t ucx[GEN_ADDR];
+    uint8_t peer_bytes[GEN_PEERS][GEN_ADDR];
+    xp_msg_blob_t peers[GEN_PEERS];
+    /* sized for the hand-made "too many layers" LOAD; the generator uses GEN_LAYERS */
+    int32_t expert_lo[XP_MSG_MAX_LAYERS + 1], expert_n[XP_MSG_MAX_LAYERS + 1];
+    uint8_t big_addr[XP_MSG_MAX_ADDR + 1];
 } gen_store_t;
 
 static void rand_str(uint64_t *s, char *dst, size_t cap)
@@ -57,6 +87,50 @@ static void rand_str(uint64_t *s, char *dst, size_t cap)
     dst[n] = '\0';
 }
 
+static void rand_blob(uint64_t *s, uint8_t *bytes, xp_msg_blob_t *b)
+{
+    b->len = 1 + rng_below(s, GEN_ADDR);
+    for (uint32_t i = 0; i < b->len; i++) {
+        bytes[i] = (uint8_t)rng_next(s);
+    }
+    b->data = bytes;
+}
+
+/* A random valid LOAD: n_peers = tp_size * ep_size in 1..GEN_PEERS, 0..GEN_LAYERS layers. */
+static void gen_load(uint64_t *s, gen_store_t *g, xp_msg_load_t *l)
+{
+    l->epoch = rand_u64(s);
+    l->n_peers = 1 + (int32_t)rng_below(s, GEN_PEERS);
+    int32_t divisors[GEN_PEERS], n_div = 0;
+    for (int32_t d = 1; d <= l->n_peers; d++) {
+        if (l->n_peers % d == 0) {
+            divisors[n_div++] = d;
+        }
+    }
+    l->tp_size = divisors[rng_below(s, (uint32_t)n_div)];
+    l->ep_size = l->n_peers / l->tp_size;
+    l->tp_rank = (int32_t)rng_below(s, (uint32_t)l->tp_size);
+    l->ep_rank = (int32_t)rng_below(s, (uint32_t)l->ep_size);
+    l->n_ctx = 1 + (int32_t)rng_below(s, 1 << 20);
+    l->kv_bytes = rand_u64(s);
+    l->n_batch_max = 1 + (int32_t)rng_below(s, rng_below(s, 2) ? 1u << 16 : INT32_MAX);
+    l->n_out_max = 1 + (int32_t)rng_below(s, (uint32_t)l->n_batch_max);
+    l->block_tokens = 1 + (int32_t)rng_below(s, 1024);
+    l->proto = (int32_t)rng_below(s, 2);
+    l->timeout_ms = 1 + (int32_t)rng_below(s, INT32_MAX);
+    for (int32_t i = 0; i < l->n_peers; i++) {
+        rand_blob(s, g->peer_bytes[i], &g->peers[i]);
+    }
+    l->peers = g->peers;
+    l->n_layers = rng_below(s, 4) == 0 ? 0 : (int32_t)rng_below(s, GEN_LAYERS + 1);
+    for (int32_t i = 0; i < l->n_layers; i++) {
+        g->expert_lo[i] = rand_nonneg(s);
+        g->expert_n[i] = (int32_t)rng_below(s, (uint32_t)(INT32_MAX - g->expert_lo[i]) + 1);
+    }
+    l->expert_lo = g->expert_lo;
+    l->expert_n = g->expert_n;
+}
+
 /* A random valid message of the given type; arrays live in g. */
 static void gen_msg(uint64_t *s, xp_msg_type_t type, gen_store_t *g, xp_msg_t *m)
 {
@@ -64,35 +138,45 @@ static void gen_msg(uint64_t *s, xp_msg_type_t type, gen_store_t *g, xp_msg_t *m
     m->type = type;
     m->request_id = rng_next(s);
     switch (type) {
+    case XP_MSG_HELLO:
+        m->hello.session = rand_u64(s);
+        break;
     case XP_MSG_JOIN:
         rand_str(s, m->join.tandem_version, sizeof(m->join.tandem_version));
         m->join.capabilities = (uint32_t)rng_next(s);
         for (int i = 0; i < XP_MSG_MODEL_HASH_BYTES; i++) {
             m->join.model.hash[i] = (uint8_t)rng_next(s);
         }
-        m->join.model.file_size = rng_next(s) >> rng_below(s, 64);
-        m->join.model.n_tensors = rng_next(s) >> rng_below(s, 64);
-        m->join.world_size = 1 + (int32_t)rng_below(s, XP_MSG_MAX_WORLD);
-        m->join.rank = (int32_t)rng_below(s, (uint32_t)m->join.world_size);
+        m->join.model.file_size = rand_u64(s);
+        m->join.model.n_tensors = rand_u64(s);
+        m->join.session = rand_u64(s);
+        rand_blob(s, g->ucx, &m->join.ucx);
+        m->join.node_memory = rand_u64(s);
+        m->join.threads = rand_nonneg(s);
+        rand_str(s, m->join.name, sizeof(m->join.name));
         break;
     case XP_MSG_JOIN_ACK:
         m->join_ack.accepted = rng_below(s, 2);
         rand_str(s, m->join_ack.reason, sizeof(m->join_ack.reason));
         break;
     case XP_MSG_LOAD:
-        m->load.tp_size = 1 + (int32_t)rng_below(s, 16);
-        m->load.tp_rank = (int32_t)rng_below(s, (uint32_t)m->load.tp_size);
-        m->load.ep_size = 1 + (int32_t)rng_below(s, 16);
-        m->load.ep_rank = (int32_t)rng_below(s, (uint32_t)m->load.ep_size);
-        m->load.n_ctx = 1 + (int32_t)rng_below(s, 1 << 20);
-        m->load.kv_bytes = rng_next(s) >> rng_below(s, 64);
+        gen_load(s, g, &m->load);
+        break;
+    case XP_MSG_READY:
+        m->ready.epoch = rand_u64(s);
+        m->ready.status = (int32_t)rng_below(s, TDM_STATUS_COUNT);
+        rand_str(s, m->ready.error, sizeof(m->ready.error));
+        m->ready.n_blocks = rand_nonneg(s);
+        m->ready.n_vocab = (int32_t)rng_below(s, XP_MSG_MAX_VOCAB + 1);
+        m->ready.weight_bytes = rand_u64(s);
+        m->ready.resident_bytes = rand_u64(s);
         break;
     case XP_MSG_STEP: {
         xp_step_t *st = &m->step;
         st->n_seqs = (int32_t)rng_below(s, GEN_SEQS + 1);
         st->n_tokens = st->n_seqs == 0 ? 0 : (int32_t)rng_below(s, GEN_TOKENS + 1);
         for (int32_t i = 0; i < st->n_tokens; i++) {
-            g->token[i] = (int32_t)((uint32_t)rng_next(s) >> (1 + rng_below(s, 31)));
+            g->token[i] = rand_nonneg(s);
             g->pos[i] = (int32_t)rng_below(s, 1 << 17);
             g->seq[i] = (int32_t)rng_below(s, (uint32_t)st->n_seqs);
             g->want[i] = (uint8_t)rng_below(s, 2);
@@ -102,7 +186,7 @@ static void gen_msg(uint64_t *s, xp_msg_type_t type, gen_store_t *g, xp_msg_t *m
             g->seqs[q].n_blocks = (int32_t)rng_below(s, GEN_BLOCKS + 1);
             g->seqs[q].blocks = g->blocks[q];
             for (int32_t j = 0; j < g->seqs[q].n_blocks; j++) {
-                g->blocks[q][j] = (int32_t)((uint32_t)rng_next(s) >> (1 + rng_below(s, 31)));
+                g->blocks[q][j] = rand_nonneg(s);
             }
         }
         st->token = g->token;
@@ -122,13 +206,27 @@ static void gen_msg(uint64_t *s, xp_msg_type_t type, gen_store_t *g, xp_msg_t *m
             memcpy(&g->logits[i], &bits, sizeof(bits)); /* NaNs too: the blob is raw */
         }
         m->result.logits = g->logits;
+        m->result.coll_calls = rand_u64(s);
+        m->result.coll_bytes = rand_u64(s);
+        m->result.coll_ns = rand_u64(s);
+        m->result.step_ns = rand_u64(s);
         break;
     case XP_MSG_HEARTBEAT:
-        m->heartbeat.time_ns = rng_next(s);
+        m->heartbeat.time_ns = rand_u64(s);
+        m->heartbeat.epoch = rand_u64(s);
+        m->heartbeat.state = rand_i32(s);
         break;
     default:
         break;
     }
+}
+
+static void assert_blob_equal(const xp_msg_blob_t *a, const xp_msg_blob_t *b)
+{
+    assert_int_equal(a->len, b->len);
+    assert_non_null(a->data);
+    assert_non_null(b->data);
+    assert_memory_equal(a->data, b->data, a->len);
 }
 
 static void assert_msg_equal(const xp_msg_t *a, const xp_msg_t *b)
@@ -136,21 +234,59 @@ static void assert_msg_equal(const xp_msg_t *a, const xp_msg_t *b)
     assert_int_equal(a->type, b->type);
     assert_true(a->request_id == b->request_id);
     switch (a->type) {
+    case XP_MSG_HELLO:
+        assert_true(a->hello.session == b->hello.session);
+        break;
     case XP_MSG_JOIN:
         assert_string_equal(a->join.tandem_version, b->join.tandem_version);
         assert_int_equal(a->join.capabilities, b->join.capabilities);
         assert_memory_equal(a->join.model.hash, b->join.model.hash, XP_MSG_MODEL_HASH_BYTES);
         assert_true(a->join.model.file_size == b->join.model.file_size);
         assert_true(a->join.model.n_tensors == b->join.model.n_tensors);
-        assert_int_equal(a->join.rank, b->join.rank);
-        assert_int_equal(a->join.world_size, b->join.world_size);
+        assert_true(a->join.session == b->join.session);
+        assert_blob_equal(&a->join.ucx, &b->join.ucx);
+        assert_true(a->join.node_memory == b->join.node_memory);
+        assert_int_equal(a->join.threads, b->join.threads);
+        assert_string_equal(a->join.name, b->join.name);
         break;
     case XP_MSG_JOIN_ACK:
         assert_int_equal(a->join_ack.accepted, b->join_ack.accepted);
         assert_string_equal(a->join_ack.reason, b->join_ack.reason);
         break;
-    case XP_MSG_LOAD:
-        assert_memory_equal(&a->load, &b->load, sizeof(a->load));
+    case XP_MSG_LOAD: {
+        const xp_msg_load_t *x = &a->load, *y = &b->load;
+        assert_true(x->epoch == y->epoch);
+        assert_int_equal(x->tp_rank, y->tp_rank);
+        assert_int_equal(x->tp_size, y->tp_size);
+        assert_int_equal(x->ep_rank, y->ep_rank);
+        assert_int_equal(x->ep_size, y->ep_size);
+        assert_int_equal(x->n_ctx, y->n_ctx);
+        assert_true(x->kv_bytes == y->kv_bytes);
+        assert_int_equal(x->n_batch_max, y->n_batch_max);
+        assert_int_equal(x->n_out_max, y->n_out_max);
+        assert_int_equal(x->block_tokens, y->block_tokens);
+        assert_int_equal(x->proto, y->proto);
+        assert_int_equal(x->timeout_ms, y->timeout_ms);
+        assert_int_equal(x->n_peers, y->n_peers);
+        for (int32_t i = 0; i < x->n_peers; i++) {
+            assert_blob_equal(&x->peers[i], &y->peers[i]);
+        }
+        assert_int_equal(x->n_layers, y->n_layers);
+        if (x->n_layers > 0) {
+            size_t n = (size_t)x->n_layers * sizeof(int32_t);
+            assert_memory_equal(x->expert_lo, y->expert_lo, n);
+            assert_memory_equal(x->expert_n, y->expert_n, n);
+        }
+        break;
+    }
+    case XP_MSG_READY:
+        assert_true(a->ready.epoch == b->ready.epoch);
+        assert_int_equal(a->ready.status, b->ready.status);
+        assert_string_equal(a->ready.error, b->ready.error);
+        assert_int_equal(a->ready.n_blocks, b->ready.n_blocks);
+        assert_int_equal(a->ready.n_vocab, b->ready.n_vocab);
+        assert_true(a->ready.weight_bytes == b->ready.weight_bytes);
+        assert_true(a->ready.resident_bytes == b->ready.resident_bytes);
         break;
     case XP_MSG_STEP: {
         const xp_step_t *x = &a->step, *y = &b->step;
@@ -182,16 +318,23 @@ static void assert_msg_equal(const xp_msg_t *a, const xp_msg_t *b)
             assert_memory_equal(a->result.logits, b->result.logits,
                                 (size_t)a->result.n_logits * (size_t)a->result.n_vocab * 4);
         }
+        assert_true(a->result.coll_calls == b->result.coll_calls);
+        assert_true(a->result.coll_bytes == b->result.coll_bytes);
+        assert_true(a->result.coll_ns == b->result.coll_ns);
+        assert_true(a->result.step_ns == b->result.step_ns);
         break;
     case XP_MSG_HEARTBEAT:
         assert_true(a->heartbeat.time_ns == b->heartbeat.time_ns);
+        assert_true(a->heartbeat.epoch == b->heartbeat.epoch);
+        assert_int_equal(a->heartbeat.state, b->heartbeat.state);
         break;
     default:
         break;
     }
 }
 
-/* Decodes an exact-size heap copy, so ASan sees any read past the input. */
+/* Decodes an exact-size heap copy, so ASan sees any read past the input, and frees the copy
+ * before returning, so any pointer of the result left pointing into the input is caught. */
 static tdm_status_t decode_copy(const void *data, size_t len, xp_msg_t *out, tdm_error_t *err)
 {
     void *copy = malloc(len > 0 ? len : 1);
@@ -216,7 +359,157 @@ static void encode_ok(const xp_msg_t *m, msgpack_sbuffer *sb)
     }
 }
 
+/* ---- an independent packer of the documented wire layout (no validation) ---- */
+
+static void pack_header(msgpack_packer *pk, const char *magic, unsigned version, unsigned type)
+{
+    msgpack_pack_array(pk, 5);
+    msgpack_pack_str_with_body(pk, magic, strlen(magic));
+    msgpack_pack_uint16(pk, (uint16_t)version);
+    msgpack_pack_uint8(pk, (uint8_t)type);
+    msgpack_pack_uint64(pk, 99);
+}
+
+static void pack_cstr(msgpack_packer *pk, const char *s)
+{
+    msgpack_pack_str_with_body(pk, s, strlen(s));
+}
+
+/* LOAD body; `bad` breaks the wire form: 1 peers nil, 2 peers[1] a string, 3 expert_n one
+ * short, 4 no expert_n (14 fields). */
+static void pack_load_body(msgpack_packer *pk, const xp_msg_load_t *l, int bad)
+{
+    msgpack_pack_array(pk, bad == 4 ? 14 : 15);
+    msgpack_pack_uint64(pk, l->epoch);
+    msgpack_pack_int32(pk, l->tp_rank);
+    msgpack_pack_int32(pk, l->tp_size);
+    msgpack_pack_int32(pk, l->ep_rank);
+    msgpack_pack_int32(pk, l->ep_size);
+    msgpack_pack_int32(pk, l->n_ctx);
+    msgpack_pack_uint64(pk, l->kv_bytes);
+    msgpack_pack_int32(pk, l->n_batch_max);
+    msgpack_pack_int32(pk, l->n_out_max);
+    msgpack_pack_int32(pk, l->block_tokens);
+    msgpack_pack_int32(pk, l->proto);
+    msgpack_pack_int32(pk, l->timeout_ms);
+    if (bad == 1) {
+        msgpack_pack_nil(pk);
+    } else {
+        msgpack_pack_array(pk, (size_t)l->n_peers);
+        for (int32_t i = 0; i < l->n_peers; i++) {
+            if (bad == 2 && i == 1) {
+                msgpack_pack_str_with_body(pk, l->peers[i].data, l->peers[i].len);
+            } else {
+                msgpack_pack_bin_with_body(pk, l->peers[i].data, l->peers[i].len);
+            }
+        }
+    }
+    msgpack_pack_array(pk, (size_t)l->n_layers);
+    for (int32_t i = 0; i < l->n_layers; i++) {
+        msgpack_pack_int32(pk, l->expert_lo[i]);
+    }
+    if (bad != 4) {
+        int32_t n = bad == 3 ? l->n_layers - 1 : l->n_layers;
+        msgpack_pack_array(pk, (size_t)n);
+        for (int32_t i = 0; i < n; i++) {
+            msgpack_pack_int32(pk, l->expert_n[i]);
+        }
+    }
+}
+
+/* The whole message as xp_msg.c's file comment lays it out (every type but STEP). */
+static void pack_raw(msgpack_packer *pk, const xp_msg_t *m)
+{
+    msgpack_pack_array(pk, 5);
+    pack_cstr(pk, XP_MSG_MAGIC);
+    msgpack_pack_uint16(pk, XP_MSG_PROTOCOL_VERSION);
+    msgpack_pack_uint8(pk, (uint8_t)m->type);
+    msgpack_pack_uint64(pk, m->request_id);
+    switch (m->type) {
+    case XP_MSG_HELLO:
+        msgpack_pack_array(pk, 1);
+        msgpack_pack_uint64(pk, m->hello.session);
+        break;
+    case XP_MSG_JOIN:
+        msgpack_pack_array(pk, 8);
+        pack_cstr(pk, m->join.tandem_version);
+        msgpack_pack_uint32(pk, m->join.capabilities);
+        msgpack_pack_array(pk, 3);
+        msgpack_pack_bin_with_body(pk, m->join.model.hash, XP_MSG_MODEL_HASH_BYTES);
+        msgpack_pack_uint64(pk, m->join.model.file_size);
+        msgpack_pack_uint64(pk, m->join.model.n_tensors);
+        msgpack_pack_uint64(pk, m->join.session);
+        msgpack_pack_bin_with_body(pk, m->join.ucx.data, m->join.ucx.len);
+        msgpack_pack_uint64(pk, m->join.node_memory);
+        msgpack_pack_int32(pk, m->join.threads);
+        pack_cstr(pk, m->join.name);
+        break;
+    case XP_MSG_JOIN_ACK:
+        msgpack_pack_array(pk, 2);
+        if (m->join_ack.accepted) {
+            msgpack_pack_true(pk);
+        } else {
+            msgpack_pack_false(pk);
+        }
+        pack_cstr(pk, m->join_ack.reason);
+        break;
+    case XP_MSG_LOAD:
+        pack_load_body(pk, &m->load, 0);
+        break;
+    case XP_MSG_READY:
+        msgpack_pack_array(pk, 7);
+        msgpack_pack_uint64(pk, m->ready.epoch);
+        msgpack_pack_int32(pk, m->ready.status);
+        pack_cstr(pk, m->ready.error);
+        msgpack_pack_int32(pk, m->ready.n_blocks);
+        msgpack_pack_int32(pk, m->ready.n_vocab);
+        msgpack_pack_uint64(pk, m->ready.weight_bytes);
+        msgpack_pack_uint64(pk, m->ready.resident_bytes);
+        break;
+    case XP_MSG_RESULT: {
+        size_t bytes = (size_t)m->result.n_logits * (size_t)m->result.n_vocab * sizeof(float);
+        msgpack_pack_array(pk, 9);
+        msgpack_pack_int32(pk, m->result.status);
+        pack_cstr(pk, m->result.error);
+        msgpack_pack_int32(pk, m->result.n_logits);
+        msgpack_pack_int32(pk, m->result.n_vocab);
+        msgpack_pack_bin(pk, bytes);
+        if (bytes > 0) {
+            msgpack_pack_bin_body(pk, m->result.logits, bytes);
+        }
+        msgpack_pack_uint64(pk, m->result.coll_calls);
+        msgpack_pack_uint64(pk, m->result.coll_bytes);
+        msgpack_pack_uint64(pk, m->result.coll_ns);
+        msgpack_pack_uint64(pk, m->result.step_ns);
+        break;
+    }
+    case XP_MSG_HEARTBEAT:
+        msgpack_pack_array(pk, 3);
+        msgpack_pack_uint64(pk, m->heartbeat.time_ns);
+        msgpack_pack_uint64(pk, m->heartbeat.epoch);
+        msgpack_pack_int32(pk, m->heartbeat.state);
+        break;
+    default:
+        msgpack_pack_array(pk, 0);
+        break;
+    }
+}
+
 /* ---- tests ---- */
+
+static void test_type_names(void **state)
+{
+    (void)state;
+    static const char *const want[] = {"?",    "HELLO",  "JOIN",      "JOIN_ACK", "LOAD",
+                                       "STEP", "RESULT", "HEARTBEAT", "SHUTDOWN", "READY"};
+    assert_int_equal(XP_MSG_HELLO, 1);
+    assert_int_equal(XP_MSG_TYPE_END, 10);
+    for (int t = 0; t < XP_MSG_TYPE_END; t++) {
+        assert_string_equal(xp_msg_type_str(t), want[t]);
+    }
+    assert_string_equal(xp_msg_type_str(XP_MSG_TYPE_END), "?");
+    assert_string_equal(xp_msg_type_str(-1), "?");
+}
 
 static void test_round_trip_every_type(void **state)
 {
@@ -224,12 +517,31 @@ static void test_round_trip_every_type(void **state)
     gen_store_t *g = calloc(1, sizeof(*g));
     assert_non_null(g);
     uint64_t s = 0x9E3779B97F4A7C15ull;
+    int load_peers[GEN_PEERS + 1] = {0}, load_no_layers = 0, load_layers = 0;
     for (int iter = 0; iter < 300; iter++) {
-        for (int t = XP_MSG_JOIN; t < XP_MSG_TYPE_END; t++) {
+        for (int t = XP_MSG_HELLO; t < XP_MSG_TYPE_END; t++) {
             xp_msg_t m, d, d2;
             gen_msg(&s, (xp_msg_type_t)t, g, &m);
+            if (t == XP_MSG_LOAD) {
+                load_peers[m.load.n_peers]++;
+                if (m.load.n_layers == 0) {
+                    load_no_layers++;
+                } else {
+                    load_layers++;
+                }
+            }
             msgpack_sbuffer a, b;
             encode_ok(&m, &a);
+            if (t != XP_MSG_STEP) { /* the encoder writes the documented layout */
+                msgpack_sbuffer raw;
+                msgpack_packer pk;
+                msgpack_sbuffer_init(&raw);
+                msgpack_packer_init(&pk, &raw, msgpack_sbuffer_write);
+                pack_raw(&pk, &m);
+                assert_int_equal(raw.size, a.size);
+                assert_memory_equal(raw.data, a.data, a.size);
+                msgpack_sbuffer_destroy(&raw);
+            }
             tdm_error_t err;
             tdm_status_t st = decode_copy(a.data, a.size, &d, &err);
             if (st != TDM_OK) {
@@ -248,38 +560,60 @@ static void test_round_trip_every_type(void **state)
             msgpack_sbuffer_destroy(&b);
         }
     }
+    for (int n = 1; n <= GEN_PEERS; n++) {
+        assert_true(load_peers[n] > 0);
+    }
+    assert_true(load_no_layers > 0 && load_layers > 0);
     free(g);
 }
 
-static void test_step_every_truncation_rejected(void **state)
+/* Every proper prefix is refused, and so is one byte too many. */
+static void check_truncations(const msgpack_sbuffer *sb)
+{
+    for (size_t len = 0; len < sb->size; len++) {
+        xp_msg_t d;
+        tdm_error_t err;
+        tdm_status_t st = decode_copy(sb->data, len, &d, &err);
+        if (st != TDM_ERR_FORMAT) {
+            fail_msg("prefix of %zu of %zu bytes: status %d", len, sb->size, (int)st);
+        }
+    }
+    uint8_t *longer = malloc(sb->size + 1);
+    assert_non_null(longer);
+    memcpy(longer, sb->data, sb->size);
+    longer[sb->size] = 0;
+    xp_msg_t d;
+    tdm_error_t err;
+    assert_int_equal(decode_copy(longer, sb->size + 1, &d, &err), TDM_ERR_FORMAT);
+    assert_non_null(strstr(tdm_error_msg(&err), "trailing"));
+    free(longer);
+}
+
+static void test_every_truncation_rejected(void **state)
 {
     (void)state;
     gen_store_t *g = calloc(1, sizeof(*g));
     assert_non_null(g);
     uint64_t s = 42;
-    xp_msg_t m;
-    do {
-        gen_msg(&s, XP_MSG_STEP, g, &m);
-    } while (m.step.n_tokens < 50 || m.step.n_seqs < 2);
-    msgpack_sbuffer sb;
-    encode_ok(&m, &sb);
-    for (size_t len = 0; len < sb.size; len++) {
-        xp_msg_t d;
-        tdm_error_t err;
-        tdm_status_t st = decode_copy(sb.data, len, &d, &err);
-        if (st != TDM_ERR_FORMAT) {
-            fail_msg("prefix of %zu of %zu bytes: status %d", len, sb.size, (int)st);
+    for (int t = XP_MSG_HELLO; t < XP_MSG_TYPE_END; t++) {
+        for (int k = 0; k < 6; k++) {
+            xp_msg_t m;
+            /* the first message of each type is a large one */
+            do {
+                gen_msg(&s, (xp_msg_type_t)t, g, &m);
+            } while (k == 0 && ((t == XP_MSG_STEP && (m.step.n_tokens < 50 || m.step.n_seqs < 2)) ||
+                                (t == XP_MSG_LOAD && (m.load.n_peers < 4 || m.load.n_layers < 8)) ||
+                                (t == XP_MSG_RESULT && m.result.n_logits * m.result.n_vocab == 0)));
+            msgpack_sbuffer sb;
+            encode_ok(&m, &sb);
+            check_truncations(&sb);
+            msgpack_sbuffer_destroy(&sb);
         }
     }
-    /* and one byte too many */
-    msgpack_sbuffer_write(&sb, "\0", 1);
-    xp_msg_t d;
-    tdm_error_t err;
-    assert_int_equal(decode_copy(sb.data, sb.size, &d, &err), TDM_ERR_FORMAT);
-    assert_non_null(strstr(tdm_error_msg(&err), "trailing"));
-    msgpack_sbuffer_destroy(&sb);
     free(g);
 }
+
+#define FLIP_VARIANTS 4
 
 static void test_bit_flips_never_crash(void **state)
 {
@@ -287,22 +621,26 @@ static void test_bit_flips_never_crash(void **state)
     gen_store_t *g = calloc(1, sizeof(*g));
     assert_non_null(g);
     uint64_t s = 7;
-    msgpack_sbuffer enc[XP_MSG_TYPE_END];
-    for (int t = XP_MSG_JOIN; t < XP_MSG_TYPE_END; t++) {
-        xp_msg_t m;
-        do {
-            gen_msg(&s, (xp_msg_type_t)t, g, &m);
-        } while (t == XP_MSG_STEP && m.step.n_tokens < 5);
-        encode_ok(&m, &enc[t]);
+    msgpack_sbuffer enc[XP_MSG_TYPE_END][FLIP_VARIANTS];
+    for (int t = XP_MSG_HELLO; t < XP_MSG_TYPE_END; t++) {
+        for (int v = 0; v < FLIP_VARIANTS; v++) {
+            xp_msg_t m;
+            do {
+                gen_msg(&s, (xp_msg_type_t)t, g, &m);
+            } while ((t == XP_MSG_STEP && m.step.n_tokens < 5) ||
+                     (t == XP_MSG_LOAD && (m.load.n_peers < 2 || m.load.n_layers == 0)));
+            encode_ok(&m, &enc[t][v]);
+        }
     }
-    int accepted = 0, rejected = 0;
+    int accepted[XP_MSG_TYPE_END] = {0}, rejected = 0;
     uint8_t *buf = malloc(1 << 16);
     assert_non_null(buf);
     for (int iter = 0; iter < 10000; iter++) {
-        int t = XP_MSG_JOIN + (int)rng_below(&s, XP_MSG_TYPE_END - XP_MSG_JOIN);
-        size_t n = enc[t].size;
+        int t = XP_MSG_HELLO + (int)rng_below(&s, XP_MSG_TYPE_END - XP_MSG_HELLO);
+        const msgpack_sbuffer *e = &enc[t][rng_below(&s, FLIP_VARIANTS)];
+        size_t n = e->size;
         assert_true(n <= (1 << 16));
-        memcpy(buf, enc[t].data, n);
+        memcpy(buf, e->data, n);
         int flips = 1 + (int)rng_below(&s, 3);
         for (int f = 0; f < flips; f++) {
             size_t bit = rng_below(&s, (uint32_t)(n * 8));
@@ -317,7 +655,10 @@ static void test_bit_flips_never_crash(void **state)
             rejected++;
             continue;
         }
-        accepted++;
+        /* accepted: a valid message that survives another round trip unchanged */
+        assert_true(d.type >= XP_MSG_HELLO && d.type < XP_MSG_TYPE_END);
+        accepted[d.type]++;
+        assert_int_equal(xp_msg_validate(&d, TDM_ERR_FORMAT, NULL), TDM_OK);
         msgpack_sbuffer a, b;
         encode_ok(&d, &a);
         assert_int_equal(decode_copy(a.data, a.size, &d2, &err), TDM_OK);
@@ -330,25 +671,23 @@ static void test_bit_flips_never_crash(void **state)
         xp_msg_free(&d);
         xp_msg_free(&d2);
     }
-    print_message("bit flips: %d accepted, %d rejected\n", accepted, rejected);
+    int n_accepted = 0;
+    for (int t = XP_MSG_HELLO; t < XP_MSG_TYPE_END; t++) {
+        n_accepted += accepted[t];
+    }
+    print_message("bit flips: %d accepted (LOAD %d, JOIN %d, READY %d), %d rejected\n", n_accepted,
+                  accepted[XP_MSG_LOAD], accepted[XP_MSG_JOIN], accepted[XP_MSG_READY], rejected);
     assert_true(rejected > 0);
     free(buf);
-    for (int t = XP_MSG_JOIN; t < XP_MSG_TYPE_END; t++) {
-        msgpack_sbuffer_destroy(&enc[t]);
+    for (int t = XP_MSG_HELLO; t < XP_MSG_TYPE_END; t++) {
+        for (int v = 0; v < FLIP_VARIANTS; v++) {
+            msgpack_sbuffer_destroy(&enc[t][v]);
+        }
     }
     free(g);
 }
 
 /* ---- hand-made malformed messages ---- */
-
-static void pack_header(msgpack_packer *pk, const char *magic, unsigned version, unsigned type)
-{
-    msgpack_pack_array(pk, 5);
-    msgpack_pack_str_with_body(pk, magic, strlen(magic));
-    msgpack_pack_uint16(pk, (uint16_t)version);
-    msgpack_pack_uint8(pk, (uint8_t)type);
-    msgpack_pack_uint64(pk, 99);
-}
 
 static void expect_format(const msgpack_sbuffer *sb, const char *needle)
 {
@@ -398,9 +737,88 @@ static void pack_step(msgpack_packer *pk, int bad)
     msgpack_pack_array(pk, 0);
 }
 
+/* Fixed valid messages the invalid cases start from; arrays live in g. */
+static void base_msg(xp_msg_type_t type, gen_store_t *g, xp_msg_t *m)
+{
+    static const uint32_t peer_len[GEN_PEERS] = {1, 7, GEN_ADDR, 3, 33};
+    memset(m, 0, sizeof(*m));
+    m->type = type;
+    m->request_id = 99;
+    for (int i = 0; i < GEN_PEERS; i++) {
+        memset(g->peer_bytes[i], 0xa0 + i, GEN_ADDR);
+        g->peers[i].data = g->peer_bytes[i];
+        g->peers[i].len = peer_len[i];
+    }
+    memset(g->ucx, 0x5a, GEN_ADDR);
+    switch (type) {
+    case XP_MSG_HELLO:
+        m->hello.session = 0x1234;
+        break;
+    case XP_MSG_JOIN:
+        snprintf(m->join.tandem_version, sizeof(m->join.tandem_version), "0.2.0");
+        m->join.capabilities = XP_MSG_CAP_CUDA | XP_MSG_CAP_UCX;
+        memset(m->join.model.hash, 0x11, XP_MSG_MODEL_HASH_BYTES);
+        m->join.model.file_size = 1u << 30;
+        m->join.model.n_tensors = 291;
+        m->join.session = 0x1234;
+        m->join.ucx.data = g->ucx;
+        m->join.ucx.len = 16;
+        m->join.node_memory = 64ull << 30;
+        m->join.threads = 8;
+        snprintf(m->join.name, sizeof(m->join.name), "tcp://10.0.0.2:7001");
+        break;
+    case XP_MSG_LOAD: {
+        xp_msg_load_t *l = &m->load;
+        l->epoch = 3;
+        l->tp_rank = 1;
+        l->tp_size = 2;
+        l->ep_rank = 0;
+        l->ep_size = 2;
+        l->n_ctx = 4096;
+        l->kv_bytes = 1u << 28;
+        l->n_batch_max = 512;
+        l->n_out_max = 64;
+        l->block_tokens = 16;
+        l->proto = 1;
+        l->timeout_ms = 30000;
+        l->n_peers = 4;
+        l->peers = g->peers;
+        l->n_layers = 3;
+        for (int32_t i = 0; i < 3; i++) {
+            g->expert_lo[i] = 64 * i;
+            g->expert_n[i] = 64;
+        }
+        l->expert_lo = g->expert_lo;
+        l->expert_n = g->expert_n;
+        break;
+    }
+    case XP_MSG_READY:
+        m->ready.epoch = 3;
+        m->ready.status = TDM_OK;
+        m->ready.n_blocks = 1000;
+        m->ready.n_vocab = 32000;
+        m->ready.weight_bytes = 1u << 30;
+        m->ready.resident_bytes = 3u << 29;
+        break;
+    case XP_MSG_RESULT:
+        m->result.status = TDM_OK;
+        m->result.step_ns = 12345;
+        break;
+    case XP_MSG_HEARTBEAT:
+        m->heartbeat.time_ns = 777;
+        m->heartbeat.epoch = 3;
+        m->heartbeat.state = 2;
+        break;
+    default:
+        break;
+    }
+}
+
 static void test_malformed_cases(void **state)
 {
     (void)state;
+    gen_store_t *g = calloc(1, sizeof(*g));
+    assert_non_null(g);
     msgpack_sbuffer sb;
     msgpack_packer pk;
     msgpack_sbuffer_init(&sb);
@@ -435,7 +853,20 @@ static void test_malformed_cases(void **state)
     msgpack_sbuffer_clear(&sb);
     pack_header(&pk, XP_MSG_MAGIC, XP_MSG_PROTOCOL_VERSION + 1, XP_MSG_SHUTDOWN);
     msgpack_pack_array(&pk, 0);
-    expect_format(&sb, "version");
+    expect_format(&sb, "protocol version 3");
+
+    /* a protocol-1 peer: its HEARTBEAT was [time_ns] (type 6 then) */
+    msgpack_sbuffer_clear(&sb);
+    pack_header(&pk, XP_MSG_MAGIC, 1, 6);
+    msgpack_pack_array(&pk, 1);
+    msgpack_pack_uint64(&pk, 123);
+    expect_format(&sb, "protocol version 1, this build speaks 2");
+
+    /* protocol 1 with a body that happens to be valid in protocol 2 */
+    msgpack_sbuffer_clear(&sb);
+    pack_header(&pk, XP_MSG_MAGIC, 1, XP_MSG_SHUTDOWN);
+    msgpack_pack_array(&pk, 0);
+    expect_format(&sb, "protocol version 1");
 
     msgpack_sbuffer_clear(&sb);
     pack_header(&pk, XP_MSG_MAGIC, XP_MSG_PROTOCOL_VERSION, 0);
@@ -456,15 +887,78 @@ static void test_malformed_cases(void **state)
     /* RESULT blob not n_logits * n_vocab * 4 */
     msgpack_sbuffer_clear(&sb);
     pack_header(&pk, XP_MSG_MAGIC, XP_MSG_PROTOCOL_VERSION, XP_MSG_RESULT);
-    msgpack_pack_array(&pk, 5);
+    msgpack_pack_array(&pk, 9);
     msgpack_pack_int32(&pk, 0);
     msgpack_pack_str_with_body(&pk, "", 0);
     msgpack_pack_int32(&pk, 2);
     msgpack_pack_int32(&pk, 3);
     msgpack_pack_bin_with_body(&pk, "0123456789abcdef", 16);
+    for (int i = 0; i < 4; i++) {
+        msgpack_pack_uint64(&pk, 1);
+    }
     expect_format(&sb, "logits blob");
 
-    /* a JOIN whose rank is outside the world */
+    /* RESULT in the protocol-1 layout (no collective stats) */
+    msgpack_sbuffer_clear(&sb);
+    pack_header(&pk, XP_MSG_MAGIC, XP_MSG_PROTOCOL_VERSION, XP_MSG_RESULT);
+    msgpack_pack_array(&pk, 5);
+    msgpack_pack_int32(&pk, 0);
+    msgpack_pack_str_with_body(&pk, "", 0);
+    msgpack_pack_int32(&pk, 0);
+    msgpack_pack_int32(&pk, 0);
+    msgpack_pack_bin_with_body(&pk, "", 0);
+    expect_format(&sb, "RESULT body has 5 elements, want 9");
+
+    /* RESULT stats must be unsigned */
+    msgpack_sbuffer_clear(&sb);
+    pack_header(&pk, XP_MSG_MAGIC, XP_MSG_PROTOCOL_VERSION, XP_MSG_RESULT);
+    msgpack_pack_array(&pk, 9);
+    msgpack_pack_int32(&pk, 0);
+    msgpack_pack_str_with_body(&pk, "", 0);
+    msgpack_pack_int32(&pk, 0);
+    msgpack_pack_int32(&pk, 0);
+    msgpack_pack_bin_with_body(&pk, "", 0);
+    msgpack_pack_uint64(&pk, 1);
+    msgpack_pack_int64(&pk, -1);
+    msgpack_pack_uint64(&pk, 1);
+    msgpack_pack_uint64(&pk, 1);
+    expect_format(&sb, "RESULT coll_bytes");
+
+    /* HEARTBEAT of the wrong arity: protocol 1's [time_ns], and one field too many */
+    msgpack_sbuffer_clear(&sb);
+    pack_header(&pk, XP_MSG_MAGIC, XP_MSG_PROTOCOL_VERSION, XP_MSG_HEARTBEAT);
+    msgpack_pack_array(&pk, 1);
+    msgpack_pack_uint64(&pk, 123);
+    expect_format(&sb, "HEARTBEAT body has 1 elements, want 3");
+    msgpack_sbuffer_clear(&sb);
+    pack_header(&pk, XP_MSG_MAGIC, XP_MSG_PROTOCOL_VERSION, XP_MSG_HEARTBEAT);
+    msgpack_pack_array(&pk, 4);
+    for (int i = 0; i < 4; i++) {
+        msgpack_pack_uint64(&pk, 1);
+    }
+    expect_format(&sb, "HEARTBEAT body has 4 elements, want 3");
+
+    /* HEARTBEAT state beyond int32 */
+    msgpack_sbuffer_clear(&sb);
+    pack_header(&pk, XP_MSG_MAGIC, XP_MSG_PROTOCOL_VERSION, XP_MSG_HEARTBEAT);
+    msgpack_pack_array(&pk, 3);
+    msgpack_pack_uint64(&pk, 1);
+    msgpack_pack_uint64(&pk, 1);
+    msgpack_pack_uint64(&pk, 1ull << 31);
+    expect_format(&sb, "HEARTBEAT state");
+
+    /* HELLO: [session], nothing else */
+    msgpack_sbuffer_clear(&sb);
+    pack_header(&pk, XP_MSG_MAGIC, XP_MSG_PROTOCOL_VERSION, XP_MSG_HELLO);
+    msgpack_pack_array(&pk, 0);
+    expect_format(&sb, "HELLO body has 0 elements, want 1");
+    msgpack_sbuffer_clear(&sb);
+    pack_header(&pk, XP_MSG_MAGIC, XP_MSG_PROTOCOL_VERSION, XP_MSG_HELLO);
+    msgpack_pack_array(&pk, 1);
+    msgpack_pack_int32(&pk, -5);
+    expect_format(&sb, "HELLO session");
+
+    /* a JOIN in the protocol-1 layout (rank, world_size instead of session ... name) */
     msgpack_sbuffer_clear(&sb);
     pack_header(&pk, XP_MSG_MAGIC, XP_MSG_PROTOCOL_VERSION, XP_MSG_JOIN);
     msgpack_pack_array(&pk, 5);
@@ -474,9 +968,89 @@ static void test_malformed_cases(void **state)
     msgpack_pack_bin_with_body(&pk, "0123456789abcdef0123456789abcdef", 32);
     msgpack_pack_uint64(&pk, 1);
     msgpack_pack_uint64(&pk, 1);
+    msgpack_pack_int32(&pk, 0);
     msgpack_pack_int32(&pk, 4);
-    msgpack_pack_int32(&pk, 4);
-    expect_format(&sb, "JOIN world rank");
+    expect_format(&sb, "JOIN body has 5 elements, want 8");
+
+    /* a JOIN whose UCX address is a string, not a bin */
+    xp_msg_t m;
+    base_msg(XP_MSG_JOIN, g, &m);
+    msgpack_sbuffer_clear(&sb);
+    pack_header(&pk, XP_MSG_MAGIC, XP_MSG_PROTOCOL_VERSION, XP_MSG_JOIN);
+    msgpack_pack_array(&pk, 8);
+    pack_cstr(&pk, m.join.tandem_version);
+    msgpack_pack_uint32(&pk, m.join.capabilities);
+    msgpack_pack_array(&pk, 3);
+    msgpack_pack_bin_with_body(&pk, m.join.model.hash, XP_MSG_MODEL_HASH_BYTES);
+    msgpack_pack_uint64(&pk, 1);
+    msgpack_pack_uint64(&pk, 1);
+    msgpack_pack_uint64(&pk, m.join.session);
+    msgpack_pack_str_with_body(&pk, "abcd", 4);
+    msgpack_pack_uint64(&pk, 1);
+    msgpack_pack_int32(&pk, 1);
+    pack_cstr(&pk, m.join.name);
+    expect_format(&sb, "JOIN ucx_address is not a bin");
+
+    /* a LOAD in the protocol-1 layout */
+    msgpack_sbuffer_clear(&sb);
+    pack_header(&pk, XP_MSG_MAGIC, XP_MSG_PROTOCOL_VERSION, XP_MSG_LOAD);
+    msgpack_pack_array(&pk, 6);
+    msgpack_pack_int32(&pk, 0);
+    msgpack_pack_int32(&pk, 1);
+    msgpack_pack_int32(&pk, 0);
+    msgpack_pack_int32(&pk, 1);
+    msgpack_pack_int32(&pk, 4096);
+    msgpack_pack_uint64(&pk, 1);
+    expect_format(&sb, "LOAD body has 6 elements, want 15");
+
+    /* LOAD wire-shape errors (pack_load_body's `bad`) */
+    static const struct {
+        int bad;
+        const char *needle;
+    } load_cases[] = {
+        {1, "LOAD peers is not an array"},
+        {2, "LOAD peers[1] is not a bin"},
+        {3, "LOAD expert_n has 2 elements, want 3"},
+        {4, "LOAD body has 14 elements, want 15"},
+    };
+    base_msg(XP_MSG_LOAD, g, &m);
+    for (size_t i = 0; i < sizeof(load_cases) / sizeof(load_cases[0]); i++) {
+        msgpack_sbuffer_clear(&sb);
+        pack_header(&pk, XP_MSG_MAGIC, XP_MSG_PROTOCOL_VERSION, XP_MSG_LOAD);
+        pack_load_body(&pk, &m.load, load_cases[i].bad);
+        expect_format(&sb, load_cases[i].needle);
+    }
+
+    /* a LOAD with more peer addresses than XP_MSG_MAX_WORLD (each a 1-byte nil) */
+    msgpack_sbuffer_clear(&sb);
+    pack_header(&pk, XP_MSG_MAGIC, XP_MSG_PROTOCOL_VERSION, XP_MSG_LOAD);
+    msgpack_pack_array(&pk, 15);
+    for (int i = 0; i < 12; i++) {
+        msgpack_pack_int32(&pk, 1);
+    }
+    msgpack_pack_array(&pk, XP_MSG_MAX_WORLD + 1);
+    for (int i = 0; i < XP_MSG_MAX_WORLD + 1; i++) {
+        msgpack_pack_nil(&pk);
+    }
+    msgpack_pack_array(&pk, 0);
+    msgpack_pack_array(&pk, 0);
+    expect_format(&sb, "LOAD peers is not an array of at most 65536");
+
+    /* READY: a negative epoch, a too-short body */
+    msgpack_sbuffer_clear(&sb);
+    pack_header(&pk, XP_MSG_MAGIC, XP_MSG_PROTOCOL_VERSION, XP_MSG_READY);
+    msgpack_pack_array(&pk, 7);
+    msgpack_pack_int32(&pk, -1);
+    for (int i = 0; i < 6; i++) {
+        msgpack_pack_int32(&pk, 0);
+    }
+    expect_format(&sb, "READY epoch");
+    msgpack_sbuffer_clear(&sb);
+    pack_header(&pk, XP_MSG_MAGIC, XP_MSG_PROTOCOL_VERSION, XP_MSG_READY);
+    msgpack_pack_array(&pk, 2);
+    msgpack_pack_uint64(&pk, 1);
+    msgpack_pack_int32(&pk, 0);
+    expect_format(&sb, "READY body has 2 elements, want 7");
 
     /* a string with a NUL inside */
     msgpack_sbuffer_clear(&sb);
@@ -501,6 +1075,239 @@ static void test_malformed_cases(void **state)
 
     msgpack_sbuffer_destroy(&sb);
     xp_msg_free(NULL);
+    free(g);
+}
+
+/*
+ * Invalid messages both ways: each case breaks one rule of a valid base message. Packed by
+ * pack_raw (no checks), the decoder must refuse it with TDM_ERR_FORMAT naming dec_needle;
+ * the encoder must refuse the same message with TDM_ERR_INVALID_PARAM naming enc_needle
+ * and leave its buffer as it was.
+ */
+enum {
+    JOIN_EMPTY_UCX,
+    JOIN_LONG_UCX,
+    JOIN_THREADS,
+    LOAD_NO_PEERS,
+    LOAD_PEER_TOO_MANY,
+    LOAD_PEER_TOO_FEW,
+    LOAD_OUT_GT_BATCH,
+    LOAD_BATCH_ZERO,
+    LOAD_BLOCK_ZERO,
+    LOAD_PROTO_2,
+    LOAD_PROTO_NEG,
+    LOAD_TIMEOUT_ZERO,
+    LOAD_LO_NEG,
+    LOAD_N_NEG,
+    LOAD_RANGE_OVERFLOW,
+    LOAD_PEER_EMPTY,
+    LOAD_PEER_LONG,
+    LOAD_TP_RANK,
+    LOAD_EP_SIZE,
+    LOAD_N_CTX,
+    LOAD_TOO_MANY_LAYERS,
+    READY_STATUS_END,
+    READY_STATUS_NEG,
+    READY_BLOCKS_NEG,
+    READY_VOCAB_BIG,
+    RESULT_STATUS_NEG,
+    RESULT_VOCAB_BIG,
+};
+
+static void break_msg(int c, gen_store_t *g, xp_msg_t *m)
+{
+    xp_msg_load_t *l = &m->load;
+    switch (c) {
+    case JOIN_EMPTY_UCX:
+        m->join.ucx.len = 0;
+        break;
+    case JOIN_LONG_UCX:
+        m->join.ucx.data = g->big_addr;
+        m->join.ucx.len = XP_MSG_MAX_ADDR + 1;
+        break;
+    case JOIN_THREADS:
+        m->join.threads = -1;
+        break;
+    case LOAD_NO_PEERS:
+        l->tp_size = l->ep_size = 1;
+        l->tp_rank = l->ep_rank = 0;
+        l->n_peers = 0;
+        break;
+    case LOAD_PEER_TOO_MANY:
+        l->n_peers = 5;
+        break;
+    case LOAD_PEER_TOO_FEW:
+        l->n_peers = 3;
+        break;
+    case LOAD_OUT_GT_BATCH:
+        l->n_out_max = l->n_batch_max + 1;
+        break;
+    case LOAD_BATCH_ZERO:
+        l->n_batch_max = 0;
+        break;
+    case LOAD_BLOCK_ZERO:
+        l->block_tokens = 0;
+        break;
+    case LOAD_PROTO_2:
+        l->proto = 2;
+        break;
+    case LOAD_PROTO_NEG:
+        l->proto = -1;
+        break;
+    case LOAD_TIMEOUT_ZERO:
+        l->timeout_ms = 0;
+        break;
+    case LOAD_LO_NEG:
+        g->expert_lo[1] = -1;
+        break;
+    case LOAD_N_NEG:
+        g->expert_n[2] = -5;
+        break;
+    case LOAD_RANGE_OVERFLOW:
+        g->expert_lo[0] = INT32_MAX;
+        g->expert_n[0] = 1;
+        break;
+    case LOAD_PEER_EMPTY:
+        g->peers[2].len = 0;
+        break;
+    case LOAD_PEER_LONG:
+        g->peers[0].data = g->big_addr;
+        g->peers[0].len = XP_MSG_MAX_ADDR + 1;
+        break;
+    case LOAD_TP_RANK:
+        l->tp_rank = l->tp_size;
+        break;
+    case LOAD_EP_SIZE:
+        l->ep_size = 0;
+        break;
+    case LOAD_N_CTX:
+        l->n_ctx = 0;
+        break;
+    case LOAD_TOO_MANY_LAYERS:
+        l->n_layers = XP_MSG_MAX_LAYERS + 1;
+        break;
+    case READY_STATUS_END:
+        m->ready.status = TDM_STATUS_COUNT;
+        break;
+    case READY_STATUS_NEG:
+        m->ready.status = -1;
+        break;
+    case READY_BLOCKS_NEG:
+        m->ready.n_blocks = -1;
+        break;
+    case READY_VOCAB_BIG:
+        m->ready.n_vocab = XP_MSG_MAX_VOCAB + 1;
+        break;
+    case RESULT_STATUS_NEG:
+        m->result.status = -2;
+        break;
+    case RESULT_VOCAB_BIG:
+        m->result.n_vocab = XP_MSG_MAX_VOCAB + 1;
+        break;
+    default:
+        fail_msg("case %d unknown", c);
+    }
+}
+
+static void test_invalid_refused_both_ways(void **state)
+{
+    (void)state;
+    static const struct {
+        xp_msg_type_t type;
+        int c;
+        const char *enc_needle, *dec_needle; /* dec_needle NULL: the same as enc_needle */
+    } cases[] = {
+        {XP_MSG_JOIN, JOIN_EMPTY_UCX, "JOIN: UCX address of 0 bytes", NULL},
+        {XP_MSG_JOIN, JOIN_LONG_UCX, "JOIN: UCX address of 8193 bytes",
+         "JOIN ucx_address is not a bin of at most 8192"},
+        {XP_MSG_JOIN, JOIN_THREADS, "JOIN: threads -1", NULL},
+        {XP_MSG_LOAD, LOAD_NO_PEERS, "LOAD: 0 peer addresses for 1 x 1", NULL},
+        {XP_MSG_LOAD, LOAD_PEER_TOO_MANY, "LOAD: 5 peer addresses for 2 x 2", NULL},
+        {XP_MSG_LOAD, LOAD_PEER_TOO_FEW, "LOAD: 3 peer addresses for 2 x 2", NULL},
+        {XP_MSG_LOAD, LOAD_OUT_GT_BATCH, "n_batch_max 512, n_out_max 513", NULL},
+        {XP_MSG_LOAD, LOAD_BATCH_ZERO, "n_batch_max 0", NULL},
+        {XP_MSG_LOAD, LOAD_BLOCK_ZERO, "block_tokens 0", NULL},
+        {XP_MSG_LOAD, LOAD_PROTO_2, "LOAD: proto 2", NULL},
+        {XP_MSG_LOAD, LOAD_PROTO_NEG, "LOAD: proto -1", NULL},
+        {XP_MSG_LOAD, LOAD_TIMEOUT_ZERO, "timeout_ms 0", NULL},
+        {XP_MSG_LOAD, LOAD_LO_NEG, "layer 1 expert range [-1, +64)", NULL},
+        {XP_MSG_LOAD, LOAD_N_NEG, "layer 2 expert range [128, +-5)", NULL},
+        {XP_MSG_LOAD, LOAD_RANGE_OVERFLOW, "layer 0 expert range [2147483647, +1)", NULL},
+        {XP_MSG_LOAD, LOAD_PEER_EMPTY, "LOAD: peer 2 address of 0 bytes", NULL},
+        {XP_MSG_LOAD, LOAD_PEER_LONG, "LOAD: peer 0 address of 8193 bytes",
+         "LOAD peers[0] is not a bin of at most 8192"},
+        {XP_MSG_LOAD, LOAD_TP_RANK, "LOAD tp rank 2 outside [0, 2)", NULL},
+        {XP_MSG_LOAD, LOAD_EP_SIZE, "LOAD ep size 0", NULL},
+        {XP_MSG_LOAD, LOAD_N_CTX, "LOAD: n_ctx 0", NULL},
+        {XP_MSG_LOAD, LOAD_TOO_MANY_LAYERS, "LOAD: n_layers 4097",
+         "LOAD expert_lo is not an array of at most 4096"},
+        {XP_MSG_READY, READY_STATUS_END, "READY: status 14 unknown", NULL},
+        {XP_MSG_READY, READY_STATUS_NEG, "READY: status -1 unknown", NULL},
+        {XP_MSG_READY, READY_BLOCKS_NEG, "READY: n_blocks -1", NULL},
+        {XP_MSG_READY, READY_VOCAB_BIG, "n_vocab 16777217 out of range", NULL},
+        {XP_MSG_RESULT, RESULT_STATUS_NEG, "RESULT: status -2 unknown", NULL},
+        {XP_MSG_RESULT, RESULT_VOCAB_BIG, "RESULT: n_vocab 16777217", NULL},
+    };
+    assert_int_equal(TDM_STATUS_COUNT, 14); /* the READY_STATUS_END needle */
+    gen_store_t *g = calloc(1, sizeof(*g));
+    assert_non_null(g);
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+
+    /* the base messages are valid, and pack_raw writes what the encoder writes */
+    for (int t = XP_MSG_HELLO; t < XP_MSG_TYPE_END; t++) {
+        if (t == XP_MSG_STEP) {
+            continue;
+        }
+        xp_msg_t m, d;
+        base_msg((xp_msg_type_t)t, g, &m);
+        msgpack_sbuffer enc;
+        encode_ok(&m, &enc);
+        msgpack_sbuffer_clear(&sb);
+        pack_raw(&pk, &m);
+        assert_int_equal(sb.size, enc.size);
+        assert_memory_equal(sb.data, enc.data, sb.size);
+        tdm_error_t err;
+        assert_int_equal(decode_copy(sb.data, sb.size, &d, &err), TDM_OK);
+        assert_msg_equal(&m, &d);
+        xp_msg_free(&d);
+        msgpack_sbuffer_destroy(&enc);
+    }
+
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        xp_msg_t m, d;
+        base_msg(cases[i].type, g, &m);
+        break_msg(cases[i].c, g, &m);
+        const char *dec_needle = cases[i].dec_needle ? cases[i].dec_needle : cases[i].enc_needle;
+
+        msgpack_sbuffer_clear(&sb);
+        pack_raw(&pk, &m);
+        tdm_error_t err;
+        tdm_status_t st = decode_copy(sb.data, sb.size, &d, &err);
+        if (st != TDM_ERR_FORMAT || strstr(tdm_error_msg(&err), dec_needle) == NULL) {
+            fail_msg("case %zu decode: want TDM_ERR_FORMAT naming \"%s\", got %d: %s", i,
+                     dec_needle, (int)st, tdm_error_msg(&err));
+        }
+
+        msgpack_sbuffer out;
+        msgpack_sbuffer_init(&out);
+        msgpack_sbuffer_write(&out, "x", 1);
+        tdm_error_clear(&err);
+        st = xp_msg_encode(&out, &m, &err);
+        if (st != TDM_ERR_INVALID_PARAM ||
+            strstr(tdm_error_msg(&err), cases[i].enc_needle) == NULL) {
+            fail_msg("case %zu encode: want TDM_ERR_INVALID_PARAM naming \"%s\", got %d: %s", i,
+                     cases[i].enc_needle, (int)st, tdm_error_msg(&err));
+        }
+        assert_int_equal(out.size, 1); /* left as it was */
+        msgpack_sbuffer_destroy(&out);
+        /* xp_msg_validate applies the same rule with the status asked for */
+        assert_int_equal(xp_msg_validate(&m, TDM_ERR_FORMAT, NULL), TDM_ERR_FORMAT);
+    }
+    msgpack_sbuffer_destroy(&sb);
+    free(g);
 }
 
 static void test_encoder_refuses_invalid(void **state)
@@ -526,7 +1333,132 @@ static void test_encoder_refuses_invalid(void **state)
     assert_true(sb.size > 1);
     m.type = (xp_msg_type_t)0;
     assert_int_equal(xp_msg_encode(&sb, &m, NULL), TDM_ERR_INVALID_PARAM);
+    m.type = XP_MSG_TYPE_END;
+    assert_int_equal(xp_msg_encode(&sb, &m, NULL), TDM_ERR_INVALID_PARAM);
+    assert_int_equal(xp_msg_encode(NULL, &m, NULL), TDM_ERR_INVALID_PARAM);
+    assert_int_equal(xp_msg_encode(&sb, NULL, NULL), TDM_ERR_INVALID_PARAM);
+
+    /* what has no wire form: NULL arrays, strings without their NUL */
+    gen_store_t *g = calloc(1, sizeof(*g));
+    assert_non_null(g);
+    static const struct {
+        xp_msg_type_t type;
+        int c;
+        const char *needle;
+    } cases[] = {
+        {XP_MSG_JOIN, 0, "UCX address"},
+        {XP_MSG_JOIN, 1, "JOIN tandem_version"},
+        {XP_MSG_JOIN, 2, "JOIN name"},
+        {XP_MSG_LOAD, 3, "peer addresses"},
+        {XP_MSG_LOAD, 4, "peer 1 address"},
+        {XP_MSG_LOAD, 5, "n_layers 3"},
+        {XP_MSG_LOAD, 6, "n_layers 3"},
+        {XP_MSG_READY, 7, "READY error"},
+        {XP_MSG_RESULT, 8, "logits is NULL"},
+        {XP_MSG_RESULT, 9, "RESULT error"},
+        {XP_MSG_JOIN_ACK, 10, "JOIN_ACK reason"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        base_msg(cases[i].type, g, &m);
+        switch (cases[i].c) {
+        case 0:
+            m.join.ucx.data = NULL;
+            break;
+        case 1:
+            memset(m.join.tandem_version, 'v', sizeof(m.join.tandem_version));
+            break;
+        case 2:
+            memset(m.join.name, 'n', sizeof(m.join.name));
+            break;
+        case 3:
+            m.load.peers = NULL;
+            break;
+        case 4:
+            g->peers[1].data = NULL;
+            break;
+        case 5:
+            m.load.expert_lo = NULL;
+            break;
+        case 6:
+            m.load.expert_n = NULL;
+            break;
+        case 7:
+            memset(m.ready.error, 'e', sizeof(m.ready.error));
+            break;
+        case 8:
+            m.result.n_logits = 2;
+            m.result.n_vocab = 3;
+            break;
+        case 9:
+            memset(m.result.error, 'e', sizeof(m.result.error));
+            break;
+        default:
+            memset(m.join_ack.reason, 'r', sizeof(m.join_ack.reason));
+            break;
+        }
+        msgpack_sbuffer_clear(&sb);
+        tdm_error_clear(&err);
+        tdm_status_t st = xp_msg_encode(&sb, &m, &err);
+        if (st != TDM_ERR_INVALID_PARAM || strstr(tdm_error_msg(&err), cases[i].needle) == NULL) {
+            fail_msg("case %zu: want TDM_ERR_INVALID_PARAM naming \"%s\", got %d: %s", i,
+                     cases[i].needle, (int)st, tdm_error_msg(&err));
+        }
+        assert_int_equal(sb.size, 0);
+    }
+
+    /* a world the decoder could not take (more than XP_MSG_MAX_WORLD peer addresses) */
+    base_msg(XP_MSG_LOAD, g, &m);
+    m.load.tp_size = 256;
+    m.load.ep_size = 512;
+    m.load.n_peers = 256 * 512;
+    xp_msg_blob_t *many = calloc((size_t)m.load.n_peers, sizeof(*many));
+    assert_non_null(many);
+    for (int32_t i = 0; i < m.load.n_peers; i++) {
+        many[i].data = g->ucx;
+        many[i].len = 1;
+    }
+    m.load.peers = many;
+    msgpack_sbuffer_clear(&sb);
+    tdm_error_clear(&err);
+    assert_int_equal(xp_msg_encode(&sb, &m, &err), TDM_ERR_INVALID_PARAM);
+    assert_non_null(strstr(tdm_error_msg(&err), "world of 256 x 512 ranks exceeds 65536"));
+    assert_int_equal(sb.size, 0);
+    free(many);
+
+    /* logits that do not fit a msgpack bin (never read: the check comes first) */
+    static const float one = 1.0f;
+    base_msg(XP_MSG_RESULT, g, &m);
+    m.result.n_logits = 1 << 20;
+    m.result.n_vocab = 1 << 10; /* 4 GiB of f32 */
+    m.result.logits = &one;
+    tdm_error_clear(&err);
+    assert_int_equal(xp_msg_encode(&sb, &m, &err), TDM_ERR_INVALID_PARAM);
+    assert_non_null(strstr(tdm_error_msg(&err), "do not fit a msgpack bin"));
+    assert_int_equal(sb.size, 0);
+    m.result.n_vocab = (1 << 10) - 1; /* just under: allowed by the rules */
+    assert_int_equal(xp_msg_validate(&m, TDM_ERR_INVALID_PARAM, NULL), TDM_OK);
+
+    /* the largest UCX address and expert range allowed */
+    base_msg(XP_MSG_JOIN, g, &m);
+    m.join.ucx.data = g->big_addr;
+    m.join.ucx.len = XP_MSG_MAX_ADDR;
     msgpack_sbuffer_destroy(&sb);
+    encode_ok(&m, &sb);
+    xp_msg_t d;
+    assert_int_equal(decode_copy(sb.data, sb.size, &d, &err), TDM_OK);
+    assert_msg_equal(&m, &d);
+    xp_msg_free(&d);
+    base_msg(XP_MSG_LOAD, g, &m);
+    g->expert_lo[0] = INT32_MAX - 5;
+    g->expert_n[0] = 5;
+    msgpack_sbuffer_destroy(&sb);
+    encode_ok(&m, &sb);
+    assert_int_equal(decode_copy(sb.data, sb.size, &d, &err), TDM_OK);
+    assert_msg_equal(&m, &d);
+    xp_msg_free(&d);
+
+    msgpack_sbuffer_destroy(&sb);
+    free(g);
 }
 
 /* ---- corpus writer ---- */
@@ -538,18 +1470,24 @@ static int write_corpus(const char *dir)
         return 1;
     }
     uint64_t s = 2026;
-    for (int t = XP_MSG_JOIN; t < XP_MSG_TYPE_END; t++) {
+    for (int t = XP_MSG_HELLO; t < XP_MSG_TYPE_END; t++) {
         xp_msg_t m;
         do {
             gen_msg(&s, (xp_msg_type_t)t, g, &m);
         } while ((t == XP_MSG_STEP && (m.step.n_tokens == 0 || m.step.n_tokens > 40)) ||
-                 (t == XP_MSG_RESULT && m.result.n_logits * m.result.n_vocab == 0));
+                 (t == XP_MSG_RESULT && m.result.n_logits * m.result.n_vocab == 0) ||
+                 (t == XP_MSG_LOAD &&
+                  (m.load.n_peers < 2 || m.load.n_layers == 0 || m.load.n_layers > 8)));
         msgpack_sbuffer sb;
         msgpack_sbuffer_init(&sb);
-        if (xp_msg_encode(&sb, &m, NULL) != TDM_OK) {
+        xp_msg_t d;
+        if (xp_msg_encode(&sb, &m, NULL) != TDM_OK ||
+            xp_msg_decode(sb.data, sb.size, &d, NULL) != TDM_OK) {
+            fprintf(stderr, "cannot encode a valid %s\n", xp_msg_type_str(t));
             free(g);
             return 1;
         }
+        xp_msg_free(&d);
         char path[4096], name[32];
         snprintf(name, sizeof(name), "%s", xp_msg_type_str(t));
         for (char *c = name; *c; c++) {
@@ -559,6 +1497,10 @@ static int write_corpus(const char *dir)
         FILE *f = fopen(path, "wb");
         if (f == NULL || fwrite(sb.data, 1, sb.size, f) != sb.size) {
             fprintf(stderr, "cannot write %s\n", path);
+            if (f != NULL) {
+                fclose(f);
+            }
+            msgpack_sbuffer_destroy(&sb);
             free(g);
             return 1;
         }
@@ -575,10 +1517,12 @@ int main(int argc, char **argv)
         return write_corpus(argv[2]);
     }
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_type_names),
         cmocka_unit_test(test_round_trip_every_type),
-        cmocka_unit_test(test_step_every_truncation_rejected),
+        cmocka_unit_test(test_every_truncation_rejected),
         cmocka_unit_test(test_bit_flips_never_crash),
         cmocka_unit_test(test_malformed_cases),
+        cmocka_unit_test(test_invalid_refused_both_ways),
         cmocka_unit_test(test_encoder_refuses_invalid),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,0 +1,222 @@
+"""Distributed serving: `tandem shard` processes on this machine against single-node Tandem.
+
+Exactness (oracle: single-node `tandem eval`, itself checked against HF transformers in
+test_forward.py): the same prompt through 2 and 3 shard processes, over UCX TCP and over
+shared memory, must give the same greedy tokens and logits within 1e-5 relative L2 per
+position on the f32 fixtures (llama-c: TP 2 with uneven kv heads and TP 3; qwen3moe-b: EP 2
+and EP 3 with bytes-balanced per-layer expert ranges; qwen3moe-c: dense + MoE layers).
+Measured: <= 3e-7 (float summation order of the all-reduces).
+
+Refusals: a shard holding another model, and a memory plan over a node's budget, are
+refused at start with a message naming the cause.
+
+Faults (against `tandem serve` on a 2-shard cluster): kill -9 of a shard mid-generation
+ends the request with an error within 5 s, /health names the shard, a restart with the same
+command restores service without restarting the coordinator; a restarted coordinator gets
+the shards back.
+
+The serving suite itself runs against a 2-shard cluster in ctest `python_dist_serve`
+(TANDEM_TEST_SHARDS=2, see serve_util.py); the network-namespace variant is
+test_distributed_netns.py.
+"""
+import json
+import time
+
+import httpx2 as httpx
+import numpy as np
+import pytest
+
+from conftest import FIXTURES, DEFAULT_MODEL, run_tandem
+from dist_util import ShardProcess, Shards
+from serve_util import ServeProcess
+
+MODELS = FIXTURES / "models"
+PROMPTS = [[5, 17, 42, 99, 123, 7, 250, 31, 64, 200, 11, 3, 77, 301, 150, 9, 44],
+           [300, 2, 18, 260, 91, 33, 120, 8]]
+
+
+def _eval(model, *extra, tmp_path, name):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("".join(",".join(map(str, p)) + "\n" for p in PROMPTS))
+    out = tmp_path / f"{name}.npy"
+    proc = run_tandem("eval", "--model", model, "--prompts-file", prompts, "--greedy", 8,
+                      "--threads", 1, "--chunk", 5, "--logits-out", out, *extra, timeout=300)
+    res = json.loads(proc.stdout)
+    return [s["greedy"] for s in res["sequences"]], np.load(out), proc.stderr
+
+
+CASES = [
+    ("llama-c-f32.gguf", 2, "tcp", []),
+    ("llama-c-f32.gguf", 3, "tcp", []),
+    ("llama-c-f32.gguf", 2, "sm", []),
+    ("llama-c-f32.gguf", 3, "sm", ["--collective", "rma"]),
+    ("qwen3moe-b-f32.gguf", 2, "tcp", []),
+    ("qwen3moe-b-f32.gguf", 3, "tcp", ["--collective", "rma"]),
+    ("qwen3moe-b-f32.gguf", 2, "sm", ["--collective", "rma"]),
+    ("qwen3moe-b-f32.gguf", 3, "sm", []),
+    ("qwen3moe-c-f32.gguf", 2, "tcp", []),
+    ("qwen3moe-b-f32.gguf", 2, "tcp", ["--tp", "2"]),
+]
+
+
+@pytest.mark.parametrize("model,n,tls,extra", CASES,
+                         ids=[f"{m.split('-f32')[0]}-{n}x-{t}{''.join(e)}"
+                              for m, n, t, e in CASES])
+def test_shards_match_single_node(tandem_bin, tmp_path, model, n, tls, extra):
+    path = MODELS / model
+    g1, l1, _ = _eval(path, tmp_path=tmp_path, name="single")
+    with Shards(path, n, tls=tls) as sh:
+        gd, ld, err = _eval(path, "--shards", sh.arg, *extra, tmp_path=tmp_path, name="dist")
+    assert f"on {n} shards" in err
+    rel = np.linalg.norm(ld - l1, axis=1) / np.linalg.norm(l1, axis=1)
+    assert rel.max() <= 1e-5, f"max relative L2 {rel.max():.3g}"
+    assert gd == g1
+
+
+def test_model_mismatch_refused(tandem_bin, tmp_path):
+    with Shards(MODELS / "llama-a-f32.gguf", 1) as other, \
+            Shards(MODELS / "llama-c-f32.gguf", 1) as good:
+        t0 = time.monotonic()
+        proc = run_tandem("eval", "--model", MODELS / "llama-c-f32.gguf", "--tokens", "1,2,3",
+                          "--shards", f"{good.arg},{other.arg}", check=False, timeout=120)
+        assert proc.returncode == 1
+        assert "holds another model" in proc.stderr, proc.stderr
+        assert time.monotonic() - t0 < 30
+        assert "refused" in other.stderr()
+
+
+def test_memory_plan_refused(tandem_bin, tmp_path):
+    with Shards(MODELS / "qwen3moe-b-f32.gguf", 2, extra=["--node-memory", "1M"]) as sh:
+        proc = run_tandem("eval", "--model", MODELS / "qwen3moe-b-f32.gguf", "--tokens", "1,2",
+                          "--shards", sh.arg, check=False, timeout=120)
+    assert proc.returncode == 1
+    assert "needs" in proc.stderr and "offers 0.00 GiB" in proc.stderr, proc.stderr
+
+
+def test_missing_shard_times_out(tandem_bin):
+    from dist_util import free_port
+    proc = run_tandem("serve", "--model", MODELS / "llama-c-f32.gguf", "--port", "0",
+                      "--shards", f"127.0.0.1:{free_port()}", "--shard-start-timeout", "2",
+                      check=False, timeout=60)
+    assert proc.returncode == 1
+    assert "did not form within 2 s" in proc.stderr, proc.stderr
+
+
+# ---- faults against a served 2-shard cluster ----
+
+def _chat(url, content, max_tokens, stream=False, timeout=60):
+    body = {"messages": [{"role": "user", "content": content}], "max_tokens": max_tokens,
+            "temperature": 0, "stream": stream}
+    return httpx.post(url + "/v1/chat/completions", json=body, timeout=timeout)
+
+
+def _wait_health(url, status, timeout):
+    t_end = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < t_end:
+        try:
+            r = httpx.get(url + "/health", timeout=5)
+            last = (r.status_code, r.text)
+            if r.status_code == status:
+                return r.json()
+        except httpx.TransportError as e:
+            last = repr(e)
+        time.sleep(0.1)
+    raise AssertionError(f"/health not {status} within {timeout} s: {last}")
+
+
+@pytest.fixture
+def cluster(default_model):
+    shards = Shards(default_model, 2, tls="tcp")
+    srv = None
+    try:
+        srv = ServeProcess(default_model, "--shards", shards.arg, "--shard-timeout-ms", "1500",
+                           "--collective-timeout-ms", "3000")
+        yield srv, shards
+    finally:
+        if srv is not None:
+            srv.kill()
+        shards.stop()
+
+
+def test_kill_shard_mid_generation(cluster):
+    srv, shards = cluster
+    url = srv.url
+    h = _wait_health(url, 200, 10)
+    assert [s["state"] for s in h["group"]["shards"]] == ["ready", "ready"]
+    # one short request works
+    r = _chat(url, "Say hi", 4)
+    assert r.status_code == 200, r.text
+
+    # a long streaming generation, then kill -9 one shard
+    body = {"messages": [{"role": "user", "content": "Write a long story about a dragon."}],
+            "max_tokens": 4000, "temperature": 0, "stream": True}
+    events, error_at, killed_at = 0, None, None
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=30) as resp:
+        assert resp.status_code == 200
+        for line in resp.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            data = line[6:]
+            if data == "[DONE]":
+                break
+            obj = json.loads(data)
+            if "error" in obj:
+                error_at = time.monotonic()
+                assert "shard" in obj["error"]["message"], obj
+                break
+            events += 1
+            if events == 5:
+                shards.shards[1].kill9()
+                killed_at = time.monotonic()
+    assert killed_at is not None and error_at is not None, "the stream did not end with an error"
+    assert error_at - killed_at < 5.0, f"error after {error_at - killed_at:.1f} s"
+
+    # the coordinator stays up, /health names the missing shard, requests get 503 at once
+    t_end = time.monotonic() + 5
+    while True:
+        h = _wait_health(url, 503, 5)
+        assert h["status"] == "degraded"
+        missing = [s["name"] for s in h["group"]["shards"] if s["state"] == "missing"]
+        if missing or time.monotonic() > t_end:
+            break
+        time.sleep(0.1)
+    assert missing == [shards.shards[1].addr], h
+    assert shards.shards[1].addr in h["error"]
+    t0 = time.monotonic()
+    r = _chat(url, "Say hi", 4)
+    assert r.status_code == 503 and time.monotonic() - t0 < 5
+    assert "shard" in r.json()["error"]["message"]
+
+    # the same command brings it back; the coordinator re-forms the group
+    shards.shards[1].start()
+    h = _wait_health(url, 200, 30)
+    assert h["group"]["generation"] >= 2
+    r = _chat(url, "Say hi", 4)
+    assert r.status_code == 200, r.text
+    assert srv.alive()
+
+
+def test_coordinator_restart_shards_rejoin(cluster, default_model):
+    srv, shards = cluster
+    r1 = _chat(srv.url, "Name a colour.", 8).json()["choices"][0]["message"]["content"]
+    srv.stop()
+    srv2 = ServeProcess(default_model, "--shards", shards.arg)
+    try:
+        h = _wait_health(srv2.url, 200, 30)
+        assert all(s["state"] == "ready" for s in h["group"]["shards"])
+        r2 = _chat(srv2.url, "Name a colour.", 8).json()["choices"][0]["message"]["content"]
+        assert r2 == r1
+    finally:
+        srv2.stop()
+    assert all(s.alive() for s in shards.shards)
+
+
+def test_resident_slice_reported(cluster, default_model):
+    srv, _ = cluster
+    h = _wait_health(srv.url, 200, 10)
+    size = DEFAULT_MODEL.stat().st_size
+    for s in h["group"]["shards"]:
+        # each shard's views cover its slice: well under the whole file (TP 2)
+        assert 0 < s["weight_bytes"] < 0.8 * size, s
+        assert s["resident_bytes"] >= s["weight_bytes"]

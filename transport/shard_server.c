@@ -1,0 +1,763 @@
+/* shard_server.c - the shard process: control thread + compute thread (see shard_server.h). */
+#include "transport/shard_server.h"
+
+#include "tdm_build_config.h"
+#include "common/check.h"
+#include "common/clock.h"
+#include "common/log.h"
+#include "common/mem.h"
+#include "kernels/kern.h"
+#include "shard/forward.h"
+#include "topology/topo_plan.h"
+#include "transport/ucx_comm.h"
+#include "transport/ucx_ctx.h"
+#include "transport/xp_model_id.h"
+#include "transport/xp_msg.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#define SHD_SRV_ID_MAX 256 /* ZeroMQ routing ids are at most 255 bytes */
+
+typedef enum shard_state {
+    SHARD_IDLE = 0, /* no group                       */
+    SHARD_LOADING,  /* LOAD in progress               */
+    SHARD_READY,    /* in a group, waiting for steps  */
+    SHARD_BUSY,     /* running a step                 */
+} shard_state_t;
+
+typedef enum job_kind { JOB_LOAD, JOB_STEP, JOB_LEAVE, JOB_QUIT } job_kind_t;
+
+typedef struct job {
+    job_kind_t kind;
+    xp_msg_t msg; /* decoded LOAD or STEP (owned) */
+    uint8_t id[SHD_SRV_ID_MAX];
+    size_t id_len;
+    struct job *next;
+} job_t;
+
+/* What the compute thread has loaded; compared with a LOAD to decide whether to reload. */
+typedef struct loaded_shape {
+    int32_t tp_rank, tp_size, ep_rank, ep_size, n_ctx, n_batch_max, n_out_max, block_tokens;
+    uint64_t kv_bytes;
+    int32_t n_layers;
+    int32_t *expert_lo, *expert_n;
+} loaded_shape_t;
+
+struct xp_shard_server {
+    xp_shard_params_t p;
+    char endpoint[256];
+    gguf_ctx_t *g;
+    xp_msg_model_id_t model_id;
+    uint64_t node_memory;
+    xp_ucx_t *ucx;
+    void *zctx, *router, *pull, *push;
+    _Atomic bool stop;
+
+    /* the job queue: control thread -> compute thread */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    job_t *head, *tail;
+    xp_ucx_world_t *world; /* current data-plane world; written by compute under mu */
+    _Atomic int state;
+    _Atomic uint64_t epoch; /* the group the shard serves (0: none) */
+
+    /* control thread only */
+    uint8_t coord_id[SHD_SRV_ID_MAX]; /* the coordinator that sent the last LOAD */
+    size_t coord_id_len;
+
+    /* compute thread only */
+    kern_ctx_t *kctx;
+    shd_model_t *model;
+    shd_kv_cache_t *kv;
+    loaded_shape_t shape;
+    float *logits;
+    size_t logits_cap;
+    shd_seq_view_t *views;
+    int32_t n_views;
+};
+
+/* ---- small helpers ---- */
+
+static const char *state_name(int st)
+{
+    static const char *const names[] = {"idle", "loading", "ready", "busy"};
+    return st >= 0 && st <= SHARD_BUSY ? names[st] : "?";
+}
+
+/* Encodes msg and sends it with a routing id over sock (the ROUTER, or the PUSH pipe to
+ * the control thread, which forwards the same two frames). */
+static tdm_status_t send_to(void *sock, const uint8_t *id, size_t id_len, const xp_msg_t *msg,
+                            tdm_error_t *err)
+{
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    tdm_status_t st = xp_msg_encode(&sb, msg, err);
+    if (st == TDM_OK) {
+        if (zmq_send(sock, id, id_len, ZMQ_SNDMORE) < 0 ||
+            zmq_send(sock, sb.data, sb.size, 0) < 0) {
+            st = tdm_error_set(err, TDM_ERR_TRANSPORT, "shard: send %s: %s",
+                               xp_msg_type_str(msg->type), zmq_strerror(errno));
+        }
+    }
+    msgpack_sbuffer_destroy(&sb);
+    return st;
+}
+
+static uint64_t rss_bytes(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    unsigned long size = 0, res = 0;
+    if (f != NULL) {
+        if (fscanf(f, "%lu %lu", &size, &res) != 2) {
+            res = 0;
+        }
+        fclose(f);
+    }
+    return (uint64_t)res * (uint64_t)sysconf(_SC_PAGESIZE);
+}
+
+static void push_job(xp_shard_server_t *s, job_t *j)
+{
+    pthread_mutex_lock(&s->mu);
+    if (s->tail != NULL) {
+        s->tail->next = j;
+    } else {
+        s->head = j;
+    }
+    s->tail = j;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+static job_t *pop_job(xp_shard_server_t *s)
+{
+    pthread_mutex_lock(&s->mu);
+    while (s->head == NULL) {
+        pthread_cond_wait(&s->cv, &s->mu);
+    }
+    job_t *j = s->head;
+    s->head = j->next;
+    if (s->head == NULL) {
+        s->tail = NULL;
+    }
+    pthread_mutex_unlock(&s->mu);
+    return j;
+}
+
+static void free_job(job_t *j)
+{
+    if (j != NULL) {
+        xp_msg_free(&j->msg);
+        free(j);
+    }
+}
+
+/* ---- compute thread ---- */
+
+static void drop_world(xp_shard_server_t *s)
+{
+    pthread_mutex_lock(&s->mu);
+    xp_ucx_world_t *w = s->world;
+    s->world = NULL;
+    pthread_mutex_unlock(&s->mu);
+    xp_ucx_world_destroy(w);
+    atomic_store(&s->epoch, 0);
+}
+
+static void drop_model(xp_shard_server_t *s)
+{
+    shd_kv_cache_destroy(s->kv);
+    s->kv = NULL;
+    shd_model_destroy(s->model);
+    s->model = NULL;
+    free(s->shape.expert_lo);
+    free(s->shape.expert_n);
+    memset(&s->shape, 0, sizeof(s->shape));
+}
+
+static bool same_shape(const loaded_shape_t *a, const xp_msg_load_t *l)
+{
+    if (a->tp_rank != l->tp_rank || a->tp_size != l->tp_size || a->ep_rank != l->ep_rank ||
+        a->ep_size != l->ep_size || a->n_ctx != l->n_ctx || a->n_batch_max != l->n_batch_max ||
+        a->n_out_max != l->n_out_max || a->block_tokens != l->block_tokens ||
+        a->kv_bytes != l->kv_bytes || a->n_layers != l->n_layers) {
+        return false;
+    }
+    for (int32_t i = 0; i < l->n_layers; i++) {
+        if (a->expert_lo[i] != l->expert_lo[i] || a->expert_n[i] != l->expert_n[i]) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* KV storage for the budget (0: 4 x n_ctx tokens), as transport/exec_local.c sizes it. */
+static tdm_status_t alloc_kv(xp_shard_server_t *s, const xp_msg_load_t *l, tdm_error_t *err)
+{
+    shd_kv_config_t cfg;
+    shd_model_kv_config(s->model, l->block_tokens, 1, &cfg);
+    const size_t block_bytes = 2u * (size_t)cfg.n_layer * (size_t)cfg.n_kv_heads *
+                               (size_t)cfg.head_dim * (size_t)l->block_tokens * sizeof(float);
+    const size_t min_blocks = ((size_t)l->n_batch_max + l->block_tokens - 1) / l->block_tokens + 1;
+    size_t n_blocks = l->kv_bytes > 0
+                          ? l->kv_bytes / block_bytes
+                          : ((size_t)l->n_ctx * 4 + l->block_tokens - 1) / (size_t)l->block_tokens;
+    if (l->kv_bytes == 0 && n_blocks < min_blocks) {
+        n_blocks = min_blocks;
+    }
+    if (n_blocks < min_blocks) {
+        return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
+                             "KV budget of %" PRIu64 " bytes holds %zu blocks of %d tokens (%zu "
+                             "bytes each on this shard); at least %zu are needed",
+                             l->kv_bytes, n_blocks, (int)l->block_tokens, block_bytes, min_blocks);
+    }
+    if (n_blocks > (size_t)INT32_MAX / 2) {
+        n_blocks = (size_t)INT32_MAX / 2;
+    }
+    shd_model_kv_config(s->model, l->block_tokens, (int32_t)n_blocks, &cfg);
+    return shd_kv_cache_create(&cfg, &s->kv, err);
+}
+
+static tdm_status_t do_load(xp_shard_server_t *s, const xp_msg_load_t *l, xp_msg_ready_t *rd,
+                            tdm_error_t *err)
+{
+    const int world = l->tp_size * l->ep_size;
+    const int rank = l->ep_rank * l->tp_size + l->tp_rank;
+    drop_world(s);
+    if (s->model != NULL && !same_shape(&s->shape, l)) {
+        drop_model(s);
+    }
+    /* The data plane first: every rank got the LOAD at about the same moment, while model
+     * loading times differ between nodes (and the wireup must not wait for them). */
+    xp_ucx_world_t *w = NULL;
+    if (world > 1) {
+        const void **addrs = tdm_xcalloc((size_t)world, sizeof(*addrs));
+        size_t *lens = tdm_xcalloc((size_t)world, sizeof(*lens));
+        for (int i = 0; i < world; i++) {
+            addrs[i] = l->peers[i].data;
+            lens[i] = l->peers[i].len;
+        }
+        mdl_hparams_t hp;
+        tdm_status_t st = mdl_hparams_load(s->g, &hp, err);
+        if (st == TDM_OK) {
+            const int64_t vocab_l =
+                hp.n_vocab % l->tp_size == 0 ? hp.n_vocab / l->tp_size : hp.n_vocab;
+            int64_t maxf = (int64_t)l->n_batch_max * hp.n_embd;
+            if ((int64_t)l->n_out_max * vocab_l > maxf) {
+                maxf = (int64_t)l->n_out_max * vocab_l;
+            }
+            xp_ucx_world_params_t wp = {
+                .rank = rank,
+                .tp_size = l->tp_size,
+                .ep_size = l->ep_size,
+                .peer_addr = (const void *const *)addrs,
+                .peer_addr_len = lens,
+                .epoch = l->epoch,
+                .max_floats = maxf,
+                .timeout_ms = l->timeout_ms,
+                .proto = l->proto == 1 ? XP_UCX_PROTO_RMA : XP_UCX_PROTO_AM,
+            };
+            st = xp_ucx_world_create(s->ucx, &wp, &w, err);
+        }
+        free(addrs);
+        free(lens);
+        if (st != TDM_OK) {
+            return st;
+        }
+        pthread_mutex_lock(&s->mu);
+        s->world = w;
+        pthread_mutex_unlock(&s->mu);
+    }
+    shd_comm_t comm = {0};
+    if (w != NULL) {
+        comm = xp_ucx_world_comm(w);
+    }
+    if (s->model == NULL) {
+        shd_model_params_t mp = {
+            .n_batch_max = l->n_batch_max,
+            .n_out_max = l->n_out_max,
+            .n_ctx_max = l->n_ctx,
+            .part = {l->tp_rank, l->tp_size, l->ep_rank, l->ep_size},
+            .comm = comm,
+            .expert_lo = l->n_layers > 0 ? l->expert_lo : NULL,
+            .expert_n = l->n_layers > 0 ? l->expert_n : NULL,
+        };
+        const double t0 = tdm_now_s();
+        TDM_CHECK(shd_model_load(s->g, s->kctx, &mp, &s->model, err));
+        tdm_status_t st = alloc_kv(s, l, err);
+        if (st != TDM_OK) {
+            drop_model(s);
+            return st;
+        }
+        (void)shd_model_prefault(s->model);
+        loaded_shape_t *sh = &s->shape;
+        *sh = (loaded_shape_t){l->tp_rank,  l->tp_size,     l->ep_rank,   l->ep_size,
+                               l->n_ctx,    l->n_batch_max, l->n_out_max, l->block_tokens,
+                               l->kv_bytes, l->n_layers,    NULL,         NULL};
+        if (l->n_layers > 0) {
+            sh->expert_lo = tdm_xmalloc((size_t)l->n_layers * sizeof(int32_t));
+            sh->expert_n = tdm_xmalloc((size_t)l->n_layers * sizeof(int32_t));
+            memcpy(sh->expert_lo, l->expert_lo, (size_t)l->n_layers * sizeof(int32_t));
+            memcpy(sh->expert_n, l->expert_n, (size_t)l->n_layers * sizeof(int32_t));
+        }
+        TDM_INFO("shard",
+                 "loaded rank %d of %d (tp %d/%d, ep %d/%d): slice %.1f MiB of %.1f MiB, "
+                 "resident %.1f MiB, %.2f s",
+                 rank, world, l->tp_rank, l->tp_size, l->ep_rank, l->ep_size,
+                 (double)shd_model_weight_bytes(s->model) / 1048576.0,
+                 (double)s->model_id.file_size / 1048576.0, (double)rss_bytes() / 1048576.0,
+                 tdm_now_s() - t0);
+    } else {
+        shd_model_set_comm(s->model, comm);
+    }
+    rd->n_blocks = shd_kv_cache_config(s->kv)->n_blocks;
+    rd->n_vocab = shd_model_hparams(s->model)->n_vocab;
+    rd->weight_bytes = shd_model_weight_bytes(s->model);
+    rd->resident_bytes = rss_bytes();
+    return TDM_OK;
+}
+
+static tdm_status_t do_step(xp_shard_server_t *s, const xp_step_t *st_in, xp_msg_result_t *res,
+                            tdm_error_t *err)
+{
+    if (s->model == NULL || atomic_load(&s->epoch) == 0) {
+        return tdm_error_set(err, TDM_ERR_TRANSPORT, "shard: STEP before LOAD (not in a group)");
+    }
+    if (st_in->n_seqs > s->n_views) {
+        s->views = tdm_xrealloc(s->views, (size_t)st_in->n_seqs * sizeof(*s->views));
+        s->n_views = st_in->n_seqs;
+    }
+    for (int32_t i = 0; i < st_in->n_seqs; i++) {
+        s->views[i].blocks = st_in->seqs[i].blocks;
+        s->views[i].n_blocks = st_in->seqs[i].n_blocks;
+    }
+    const int32_t V = shd_model_hparams(s->model)->n_vocab;
+    const size_t need = (size_t)st_in->n_logits * (size_t)V;
+    if (need > s->logits_cap) {
+        free(s->logits);
+        s->logits = malloc(need * sizeof(float));
+        s->logits_cap = s->logits != NULL ? need : 0;
+        if (s->logits == NULL) {
+            return tdm_error_set(err, TDM_ERR_NO_MEMORY, "shard: out of memory for logits");
+        }
+    }
+    shd_batch_t b = {st_in->n_tokens,    st_in->token,  st_in->pos, st_in->seq,
+                     st_in->want_logits, st_in->n_seqs, s->views};
+    xp_ucx_stats_t before = {0}, after = {0};
+    if (s->world != NULL) {
+        xp_ucx_world_stats(s->world, &before);
+    }
+    const double t0 = tdm_now_s();
+    TDM_CHECK(shd_forward(s->model, s->kv, &b, s->logits, err));
+    res->step_ns = (uint64_t)((tdm_now_s() - t0) * 1e9);
+    if (s->world != NULL) {
+        xp_ucx_world_stats(s->world, &after);
+        res->coll_calls = after.n_calls - before.n_calls;
+        res->coll_bytes = after.bytes_sent - before.bytes_sent;
+        res->coll_ns = after.ns_in_collectives - before.ns_in_collectives;
+    }
+    /* every rank holds the full logits; only world rank 0 sends them */
+    if (s->shape.tp_rank == 0 && s->shape.ep_rank == 0) {
+        res->n_logits = st_in->n_logits;
+        res->n_vocab = V;
+        res->logits = s->logits;
+    }
+    return TDM_OK;
+}
+
+static void *compute_main(void *arg)
+{
+    xp_shard_server_t *s = arg;
+    for (;;) {
+        job_t *j = pop_job(s);
+        if (j->kind == JOB_QUIT) {
+            free_job(j);
+            break;
+        }
+        tdm_error_t err = {0};
+        xp_msg_t reply;
+        memset(&reply, 0, sizeof(reply));
+        if (j->kind == JOB_LEAVE) {
+            drop_world(s);
+            atomic_store(&s->state, SHARD_IDLE);
+            free_job(j);
+            continue;
+        }
+        if (j->kind == JOB_LOAD) {
+            const xp_msg_load_t *l = &j->msg.load;
+            atomic_store(&s->state, SHARD_LOADING);
+            reply.type = XP_MSG_READY;
+            reply.request_id = j->msg.request_id;
+            reply.ready.epoch = l->epoch;
+            tdm_status_t st = do_load(s, l, &reply.ready, &err);
+            reply.ready.status = st;
+            if (st != TDM_OK) {
+                snprintf(reply.ready.error, sizeof(reply.ready.error), "%s", tdm_error_msg(&err));
+                TDM_ERROR("shard", "LOAD (epoch %016" PRIx64 ") failed: %s", l->epoch,
+                          tdm_error_msg(&err));
+                drop_world(s);
+                atomic_store(&s->state, SHARD_IDLE);
+            } else {
+                atomic_store(&s->epoch, l->epoch);
+                atomic_store(&s->state, SHARD_READY);
+            }
+        } else {
+            atomic_store(&s->state, SHARD_BUSY);
+            reply.type = XP_MSG_RESULT;
+            reply.request_id = j->msg.request_id;
+            tdm_status_t st = do_step(s, &j->msg.step, &reply.result, &err);
+            reply.result.status = st;
+            if (st != TDM_OK) {
+                snprintf(reply.result.error, sizeof(reply.result.error), "%s", tdm_error_msg(&err));
+                reply.result.n_logits = reply.result.n_vocab = 0;
+                reply.result.logits = NULL;
+                TDM_WARN("shard", "step %" PRIu64 " failed: %s", j->msg.request_id,
+                         tdm_error_msg(&err));
+                /* a failed collective leaves the world unusable: the coordinator re-forms
+                 * the group with a new LOAD */
+                drop_world(s);
+                atomic_store(&s->state, SHARD_IDLE);
+            } else {
+                atomic_store(&s->state, SHARD_READY);
+            }
+        }
+        tdm_error_t serr = {0};
+        if (send_to(s->push, j->id, j->id_len, &reply, &serr) != TDM_OK) {
+            TDM_ERROR("shard", "%s", tdm_error_msg(&serr));
+        }
+        free_job(j);
+    }
+    return NULL;
+}
+
+/* ---- control thread ---- */
+
+static void send_join(xp_shard_server_t *s, const uint8_t *id, size_t id_len, uint64_t session,
+                      uint64_t request_id)
+{
+    xp_msg_t m;
+    memset(&m, 0, sizeof(m));
+    m.type = XP_MSG_JOIN;
+    m.request_id = request_id;
+    snprintf(m.join.tandem_version, sizeof(m.join.tandem_version), "%s", xp_msg_build_version());
+    m.join.capabilities = XP_MSG_CAP_UCX | (TDM_HAVE_CUDA ? XP_MSG_CAP_CUDA : 0) |
+                          (TDM_HAVE_NCCL ? XP_MSG_CAP_NCCL : 0);
+    m.join.model = s->model_id;
+    m.join.session = session;
+    const void *addr;
+    size_t len;
+    xp_ucx_address(s->ucx, &addr, &len);
+    m.join.ucx.data = addr;
+    m.join.ucx.len = (uint32_t)len;
+    m.join.node_memory = s->node_memory;
+    m.join.threads = kern_ctx_n_threads(s->kctx);
+    snprintf(m.join.name, sizeof(m.join.name), "%.127s", s->endpoint);
+    tdm_error_t err = {0};
+    if (send_to(s->router, id, id_len, &m, &err) != TDM_OK) {
+        TDM_WARN("shard", "%s", tdm_error_msg(&err));
+    }
+}
+
+static void send_heartbeat(xp_shard_server_t *s)
+{
+    if (s->coord_id_len == 0) {
+        return;
+    }
+    xp_msg_t m;
+    memset(&m, 0, sizeof(m));
+    m.type = XP_MSG_HEARTBEAT;
+    m.heartbeat.time_ns = (uint64_t)(tdm_now_s() * 1e9);
+    m.heartbeat.epoch = atomic_load(&s->epoch);
+    m.heartbeat.state = atomic_load(&s->state);
+    /* a coordinator that went away: the ROUTER drops the message (not mandatory) */
+    (void)send_to(s->router, s->coord_id, s->coord_id_len, &m, NULL);
+}
+
+/* One message from the ROUTER: [id][payload]. */
+static void on_router(xp_shard_server_t *s)
+{
+    uint8_t id[SHD_SRV_ID_MAX];
+    int id_len = zmq_recv(s->router, id, sizeof(id), ZMQ_DONTWAIT);
+    if (id_len < 0) {
+        return;
+    }
+    zmq_msg_t part;
+    zmq_msg_init(&part);
+    int more = 0;
+    size_t ml = sizeof(more);
+    zmq_getsockopt(s->router, ZMQ_RCVMORE, &more, &ml);
+    if (!more || zmq_msg_recv(&part, s->router, 0) < 0) {
+        zmq_msg_close(&part);
+        return;
+    }
+    /* drop any further frames of a malformed multi-part message */
+    zmq_getsockopt(s->router, ZMQ_RCVMORE, &more, &ml);
+    while (more) {
+        zmq_msg_t junk;
+        zmq_msg_init(&junk);
+        zmq_msg_recv(&junk, s->router, 0);
+        zmq_msg_close(&junk);
+        zmq_getsockopt(s->router, ZMQ_RCVMORE, &more, &ml);
+    }
+    xp_msg_t m;
+    tdm_error_t err = {0};
+    if (xp_msg_decode(zmq_msg_data(&part), zmq_msg_size(&part), &m, &err) != TDM_OK) {
+        TDM_WARN("shard", "dropped a malformed control message: %s", tdm_error_msg(&err));
+        zmq_msg_close(&part);
+        return;
+    }
+    zmq_msg_close(&part);
+    switch (m.type) {
+    case XP_MSG_HELLO:
+        send_join(s, id, (size_t)id_len, m.hello.session, m.request_id);
+        xp_msg_free(&m);
+        return;
+    case XP_MSG_JOIN_ACK:
+        if (!m.join_ack.accepted) {
+            TDM_ERROR("shard", "the coordinator refused this shard: %s", m.join_ack.reason);
+        }
+        xp_msg_free(&m);
+        return;
+    case XP_MSG_LOAD: {
+        memcpy(s->coord_id, id, (size_t)id_len);
+        s->coord_id_len = (size_t)id_len;
+        /* a step stuck in a collective of the old world must not delay the new one */
+        pthread_mutex_lock(&s->mu);
+        if (s->world != NULL) {
+            xp_ucx_world_abort(s->world);
+        }
+        pthread_mutex_unlock(&s->mu);
+        TDM_INFO("shard", "LOAD epoch %016" PRIx64 ": rank tp %d/%d ep %d/%d", m.load.epoch,
+                 m.load.tp_rank, m.load.tp_size, m.load.ep_rank, m.load.ep_size);
+        break;
+    }
+    case XP_MSG_STEP:
+        break;
+    case XP_MSG_SHUTDOWN: {
+        job_t *j = tdm_xcalloc(1, sizeof(*j));
+        j->kind = JOB_LEAVE;
+        pthread_mutex_lock(&s->mu);
+        if (s->world != NULL) {
+            xp_ucx_world_abort(s->world);
+        }
+        pthread_mutex_unlock(&s->mu);
+        push_job(s, j);
+        TDM_INFO("shard", "the coordinator released the group");
+        xp_msg_free(&m);
+        return;
+    }
+    default:
+        TDM_WARN("shard", "ignored a %s message", xp_msg_type_str(m.type));
+        xp_msg_free(&m);
+        return;
+    }
+    job_t *j = tdm_xcalloc(1, sizeof(*j));
+    j->kind = m.type == XP_MSG_LOAD ? JOB_LOAD : JOB_STEP;
+    j->msg = m;
+    memcpy(j->id, id, (size_t)id_len);
+    j->id_len = (size_t)id_len;
+    push_job(s, j);
+}
+
+/* A reply from the compute thread: forward [id][payload] to the ROUTER. */
+static void on_pull(xp_shard_server_t *s)
+{
+    zmq_msg_t id, body;
+    zmq_msg_init(&id);
+    zmq_msg_init(&body);
+    if (zmq_msg_recv(&id, s->pull, ZMQ_DONTWAIT) >= 0 && zmq_msg_recv(&body, s->pull, 0) >= 0) {
+        if (zmq_msg_send(&id, s->router, ZMQ_SNDMORE) < 0 ||
+            zmq_msg_send(&body, s->router, 0) < 0) {
+            TDM_WARN("shard", "reply not delivered: %s", zmq_strerror(errno));
+        }
+    }
+    zmq_msg_close(&id);
+    zmq_msg_close(&body);
+}
+
+tdm_status_t xp_shard_server_run(xp_shard_server_t *s, tdm_error_t *err)
+{
+    pthread_t th;
+    if (pthread_create(&th, NULL, compute_main, s) != 0) {
+        return tdm_error_set(err, TDM_ERR_INTERNAL, "shard: cannot start the compute thread");
+    }
+    const double hb = (s->p.heartbeat_ms > 0 ? s->p.heartbeat_ms : 200) / 1000.0;
+    double next_hb = tdm_now_s();
+    int last_state = -1;
+    while (!atomic_load(&s->stop)) {
+        zmq_pollitem_t items[2] = {{s->router, 0, ZMQ_POLLIN, 0}, {s->pull, 0, ZMQ_POLLIN, 0}};
+        double wait = next_hb - tdm_now_s();
+        long ms = wait <= 0 ? 0 : (long)(wait * 1000.0) + 1;
+        if (ms > 50) {
+            ms = 50;
+        }
+        if (zmq_poll(items, 2, ms) < 0 && errno != EINTR) {
+            break;
+        }
+        if (items[1].revents & ZMQ_POLLIN) {
+            on_pull(s);
+        }
+        if (items[0].revents & ZMQ_POLLIN) {
+            on_router(s);
+        }
+        if (tdm_now_s() >= next_hb) {
+            send_heartbeat(s);
+            next_hb = tdm_now_s() + hb;
+        }
+        int st = atomic_load(&s->state);
+        if (st != last_state) {
+            TDM_DEBUG("shard", "state %s", state_name(st));
+            last_state = st;
+        }
+    }
+    /* stop the compute thread: abort a running step, then queue the quit */
+    pthread_mutex_lock(&s->mu);
+    if (s->world != NULL) {
+        xp_ucx_world_abort(s->world);
+    }
+    pthread_mutex_unlock(&s->mu);
+    job_t *q = tdm_xcalloc(1, sizeof(*q));
+    q->kind = JOB_QUIT;
+    push_job(s, q);
+    pthread_join(th, NULL);
+    return TDM_OK;
+}
+
+void xp_shard_server_stop(xp_shard_server_t *s)
+{
+    atomic_store(&s->stop, true);
+}
+
+/* "HOST:PORT" -> "tcp://HOST:PORT" ("*" port for 0). */
+static tdm_status_t zmq_endpoint(const char *hostport, char *out, size_t cap, tdm_error_t *err)
+{
+    const char *colon = strrchr(hostport, ':');
+    if (colon == NULL || colon == hostport || colon[1] == '\0') {
+        return tdm_error_set(err, TDM_ERR_INVALID_PARAM, "--listen '%s': expected HOST:PORT",
+                             hostport);
+    }
+    char *end;
+    long port = strtol(colon + 1, &end, 10);
+    if (*end != '\0' || port < 0 || port > 65535) {
+        return tdm_error_set(err, TDM_ERR_INVALID_PARAM, "--listen '%s': bad port", hostport);
+    }
+    int n = port == 0 ? snprintf(out, cap, "tcp://%.*s:*", (int)(colon - hostport), hostport)
+                      : snprintf(out, cap, "tcp://%s", hostport);
+    if (n < 0 || (size_t)n >= cap) {
+        return tdm_error_set(err, TDM_ERR_INVALID_PARAM, "--listen '%s' is too long", hostport);
+    }
+    return TDM_OK;
+}
+
+tdm_status_t xp_shard_server_create(const xp_shard_params_t *p, xp_shard_server_t **out,
+                                    tdm_error_t *err)
+{
+    tdm_status_t st;
+    xp_shard_server_t *s = tdm_xcalloc(1, sizeof(*s));
+    s->p = *p;
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->cv, NULL);
+    char ep[256];
+    TDM_CHECK_GOTO(zmq_endpoint(p->listen, ep, sizeof(ep), err), st, fail);
+    TDM_CHECK_GOTO(gguf_open(p->model_path, &s->g, err), st, fail);
+    TDM_CHECK_GOTO(xp_model_id(s->g, &s->model_id, err), st, fail);
+    s->node_memory = p->node_memory;
+    if (s->node_memory == 0) {
+        /* what the node can give: available memory plus the part of the model file that
+         * is already in the page cache counts too, but MemAvailable includes reclaimable
+         * cache, so it is the right single number */
+        if (topo_meminfo_available(NULL, &s->node_memory, NULL) != TDM_OK) {
+            s->node_memory = 0;
+        }
+    }
+    TDM_CHECK_GOTO(kern_ctx_create(p->threads, KERN_ISA_COUNT, &s->kctx, err), st, fail);
+    xp_ucx_params_t up = {.tls = p->ucx_tls, .net_devices = p->ucx_devices};
+    TDM_CHECK_GOTO(xp_ucx_create(&up, &s->ucx, err), st, fail);
+
+    s->zctx = zmq_ctx_new();
+    s->router = zmq_socket(s->zctx, ZMQ_ROUTER);
+    s->pull = zmq_socket(s->zctx, ZMQ_PULL);
+    s->push = zmq_socket(s->zctx, ZMQ_PUSH);
+    if (s->zctx == NULL || s->router == NULL || s->pull == NULL || s->push == NULL) {
+        st = tdm_error_set(err, TDM_ERR_TRANSPORT, "shard: ZeroMQ: %s", zmq_strerror(errno));
+        goto fail;
+    }
+    int zero = 0, one = 1;
+    zmq_setsockopt(s->router, ZMQ_LINGER, &zero, sizeof(zero));
+    zmq_setsockopt(s->pull, ZMQ_LINGER, &zero, sizeof(zero));
+    zmq_setsockopt(s->push, ZMQ_LINGER, &zero, sizeof(zero));
+    /* a restarted coordinator reconnects with a new identity; take over stale pipes */
+    zmq_setsockopt(s->router, ZMQ_ROUTER_HANDOVER, &one, sizeof(one));
+    char inproc[64];
+    snprintf(inproc, sizeof(inproc), "inproc://shard-replies-%p", (void *)s);
+    if (zmq_bind(s->router, ep) != 0) {
+        st = tdm_error_set(err, TDM_ERR_IO, "shard: cannot listen on %s: %s", p->listen,
+                           zmq_strerror(errno));
+        goto fail;
+    }
+    if (zmq_bind(s->pull, inproc) != 0 || zmq_connect(s->push, inproc) != 0) {
+        st = tdm_error_set(err, TDM_ERR_TRANSPORT, "shard: inproc pipe: %s", zmq_strerror(errno));
+        goto fail;
+    }
+    size_t len = sizeof(s->endpoint);
+    zmq_getsockopt(s->router, ZMQ_LAST_ENDPOINT, s->endpoint, &len);
+    char idhex[17];
+    xp_model_id_short(&s->model_id, idhex);
+    TDM_INFO("shard", "model %s (id %s, %" PRIu64 " tensors, %.1f MiB); node memory %.1f GiB",
+             p->model_path, idhex, s->model_id.n_tensors, (double)s->model_id.file_size / 1048576.0,
+             (double)s->node_memory / (1024.0 * 1048576.0));
+    *out = s;
+    return TDM_OK;
+fail:
+    xp_shard_server_destroy(s);
+    return st;
+}
+
+const char *xp_shard_server_endpoint(const xp_shard_server_t *s)
+{
+    return s->endpoint;
+}
+
+void xp_shard_server_destroy(xp_shard_server_t *s)
+{
+    if (s == NULL) {
+        return;
+    }
+    xp_ucx_world_destroy(s->world);
+    drop_model(s);
+    job_t *j = s->head;
+    while (j != NULL) {
+        job_t *n = j->next;
+        free_job(j);
+        j = n;
+    }
+    if (s->router != NULL) {
+        zmq_close(s->router);
+    }
+    if (s->pull != NULL) {
+        zmq_close(s->pull);
+    }
+    if (s->push != NULL) {
+        zmq_close(s->push);
+    }
+    if (s->zctx != NULL) {
+        zmq_ctx_term(s->zctx);
+    }
+    xp_ucx_destroy(s->ucx);
+    kern_ctx_destroy(s->kctx);
+    gguf_close(s->g);
+    free(s->logits);
+    free(s->views);
+    pthread_cond_destroy(&s->cv);
+    pthread_mutex_destroy(&s->mu);
+    free(s);
+}
