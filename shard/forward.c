@@ -88,11 +88,17 @@ static tdm_status_t output_logits(shd_model_t *m, const shd_batch_t *b, int32_t 
         }
     }
     if (vl == V) {
+        if (logits == NULL) {
+            return TDM_OK; /* this rank's logits are not wanted (another rank reports them) */
+        }
         return kern_matmul(m->kctx, &m->output, m->s.lx, E, n_out, logits, V, err);
     }
     TDM_CHECK(kern_matmul(m->kctx, &m->output, m->s.lx, E, n_out, m->s.lg, vl, err));
     TDM_CHECK(m->params.comm.ops->all_gather_f32(m->params.comm.impl, SHD_GROUP_TP, m->s.lg,
                                                  (int64_t)n_out * vl, m->s.lgg, err));
+    if (logits == NULL) {
+        return TDM_OK; /* took part in the gather; the rows are another rank's to report */
+    }
     const int tp = m->params.part.tp_size;
     for (int r = 0; r < tp; r++) {
         for (int32_t i = 0; i < n_out; i++) {
@@ -108,9 +114,6 @@ tdm_status_t shd_forward(shd_model_t *m, shd_kv_cache_t *kv, const shd_batch_t *
 {
     int32_t n_out = 0;
     TDM_CHECK(check_batch(m, kv, b, &n_out, err));
-    if (n_out > 0 && logits == NULL) {
-        return tdm_error_set(err, TDM_ERR_INVALID_PARAM, "forward: logits wanted but no buffer");
-    }
     const int64_t E = m->hp.n_embd;
     for (int32_t t = 0; t < b->n_tokens; t++) {
         const unsigned char *row =

@@ -38,7 +38,9 @@ typedef struct shd_batch {
 /*
  * Runs the batch through the model, reading and writing KV in kv (made from
  * shd_model_kv_config). logits receives one row of n_vocab floats per token with
- * want_logits set, in token order (may be NULL when none is wanted). Input errors
+ * want_logits set, in token order. logits may be NULL: the
+ * output projection is then skipped, or, when TP ranks split the vocabulary, computed only
+ * for this rank's part of the all-gather (ranks whose logits nobody reads). Input errors
  * (token id, position, block coverage, sizes over the load-time maxima) return
  * TDM_ERR_INVALID_PARAM before anything is written. Every rank of a partitioned model
  * runs the same batch; each gets the full logits.

@@ -6,8 +6,9 @@
  * hold all attention heads and dense FFN columns) and the EP group (same tp_rank).
  * SHD_GROUP_WORLD is everyone.
  *
- * Contract, for every implementation (in-process threads: transport/local_comm.c; UCX
- * and NCCL later):
+ * Contract, for every implementation (in-process threads: transport/local_comm.c;
+ * between processes: transport/ucx_comm.c; NCCL: transport/nccl_comm.c, which does not
+ * promise the fixed summation order):
  *   - every rank of the world calls the same collectives in the same order with the same
  *     sizes (a rank whose group is just itself still calls), so an implementation may
  *     synchronise the whole world on each call;

@@ -25,7 +25,7 @@
  *   allocated in blocks of block_tokens tokens, as transport/exec_local.c does;
  *   buffers = the step scratch arena of shard/model.c alloc_scratch for `batch` tokens
  *   + f32 copies of non-f32 norm vectors + (world > 1) 2 * batch * n_embd * 4 bytes of
- *   collective staging (an estimate: the network transport is not built yet).
+ *   collective staging (an estimate of what transport/ucx_comm.c registers).
  */
 #ifndef TDM_TOPO_PLAN_H
 #define TDM_TOPO_PLAN_H
@@ -70,10 +70,10 @@ typedef enum topo_expert_rule {
      * the EP group with the fewest bytes so far (ties: the lower rank). Per layer the
      * resulting counts are then laid out as consecutive ranges in EP-rank order, so a shard
      * holds one contiguous run of experts per layer. The loader must take per-layer
-     * ranges to realise this (it takes one range for all layers today). */
+     * ranges to realise this (LOAD carries them; tandem serve --shards uses this rule). */
     TOPO_EXPERTS_BALANCED = 0,
-    /* shard/model.c today: EP rank r holds experts [r*base + min(r, rem), +base + (r < rem))
-     * of every MoE layer (base = n_expert / ep, rem = n_expert % ep). */
+    /* shard/model.c without per-layer ranges: EP rank r holds experts [r*base + min(r, rem), +base
+     * + (r < rem)) of every MoE layer (base = n_expert / ep, rem = n_expert % ep). */
     TOPO_EXPERTS_CONTIGUOUS,
 } topo_expert_rule_t;
 
@@ -96,7 +96,7 @@ typedef struct topo_range {
 typedef struct topo_shard_plan {
     int rank, tp_rank, ep_rank;
     topo_range_t heads, kv_heads, ffn_cols, expert_cols, vocab_rows;
-    topo_range_t experts_contiguous;  /* the loader's range today (every MoE layer)        */
+    topo_range_t experts_contiguous;  /* the contiguous rule's range (every MoE layer)      */
     int expert_slots;                 /* (layer, expert) pairs held under the plan's rule  */
     uint64_t bytes[TOPO_CLASS_COUNT]; /* weight bytes per class                            */
     uint64_t replicated;              /* bytes of tensors every shard holds whole (by rule,

@@ -186,6 +186,13 @@ static void finish_step(xp_remote_exec_t *x, tdm_status_t status, const char *er
     if (!x->step_active) {
         return;
     }
+    /* count before replying: the engine may read the stats as soon as it has the reply */
+    pthread_mutex_lock(&x->mu);
+    x->stats.steps++;
+    x->stats.failed_steps += status != TDM_OK;
+    x->stats.step_ns += (uint64_t)((tdm_now_s() - x->step_t0) * 1e9);
+    pthread_mutex_unlock(&x->mu);
+    x->step_active = false;
     step_reply_hdr_t h;
     memset(&h, 0, sizeof(h));
     h.status = status;
@@ -202,12 +209,6 @@ static void finish_step(xp_remote_exec_t *x, tdm_status_t status, const char *er
         zmq_msg_init(&x->step_logits);
         x->have_logits = false;
     }
-    pthread_mutex_lock(&x->mu);
-    x->stats.steps++;
-    x->stats.failed_steps += status != TDM_OK;
-    x->stats.step_ns += (uint64_t)((tdm_now_s() - x->step_t0) * 1e9);
-    pthread_mutex_unlock(&x->mu);
-    x->step_active = false;
 }
 
 /* The group is broken: fail the step in flight and go back to forming. Holds mu. */
@@ -272,7 +273,7 @@ static bool join_ok(xp_remote_exec_t *x, shard_t *sh, const xp_msg_join_t *j, ch
         snprintf(reason, cap,
                  "shard %s (rank %d) needs %.2f GiB (weights %.2f, KV %.2f, buffers %.2f) but "
                  "its node offers %.2f GiB",
-                 sh->name, r, sp->total / 1073741824.0, sp->weights_mmap / 1073741824.0,
+                 sh->name, r, sp->total / 1073741824.0, sp->weights / 1073741824.0,
                  sp->kv / 1073741824.0, sp->buffers / 1073741824.0, j->node_memory / 1073741824.0);
         return false;
     }
@@ -789,12 +790,26 @@ tdm_status_t xp_remote_exec_create(const xp_remote_params_t *p, xp_remote_exec_t
         pthread_cond_timedwait(&x->cv, &x->mu, &until);
     }
     const bool ready = x->gst == G_READY;
-    char why[600];
-    snprintf(why, sizeof(why), "%s", x->gerror[0] ? x->gerror : "no answer");
+    bool refused = false;
+    char why[1200];
+    int off = snprintf(why, sizeof(why), "%.500s", x->gerror[0] ? x->gerror : "no answer");
+    for (int i = 0; i < x->n && !ready; i++) {
+        const shard_t *sh = &x->shards[i];
+        refused |= sh->st == SH_REFUSED;
+        if (sh->st != SH_READY && off < (int)sizeof(why) - 64) {
+            off += snprintf(why + off, sizeof(why) - (size_t)off, "%s %s (rank %d) %s%s%.80s",
+                            i == 0 ? "; shards:" : ",", sh->name, i, shard_st_name(sh->st),
+                            sh->error[0] ? ": " : "", sh->error);
+        }
+    }
     pthread_mutex_unlock(&x->mu);
     if (!ready) {
-        st = tdm_error_set(err, TDM_ERR_TRANSPORT, "shard group did not form within %.0f s: %s",
-                           x->p.start_timeout_ms / 1000.0, why);
+        if (refused || x->gst == G_FATAL) {
+            st = tdm_error_set(err, TDM_ERR_TRANSPORT, "shard group refused: %s", why);
+        } else {
+            st = tdm_error_set(err, TDM_ERR_TRANSPORT, "shard group did not form within %.0f s: %s",
+                               x->p.start_timeout_ms / 1000.0, why);
+        }
         goto fail;
     }
     *ex = (xp_executor_t){

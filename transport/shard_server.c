@@ -252,7 +252,8 @@ static tdm_status_t do_load(xp_shard_server_t *s, const xp_msg_load_t *l, xp_msg
             const int64_t vocab_l =
                 hp.n_vocab % l->tp_size == 0 ? hp.n_vocab / l->tp_size : hp.n_vocab;
             int64_t maxf = (int64_t)l->n_batch_max * hp.n_embd;
-            if ((int64_t)l->n_out_max * vocab_l > maxf) {
+            /* the logits all-gather only runs when TP splits the vocabulary */
+            if (vocab_l != hp.n_vocab && (int64_t)l->n_out_max * vocab_l > maxf) {
                 maxf = (int64_t)l->n_out_max * vocab_l;
             }
             xp_ucx_world_params_t wp = {
@@ -357,7 +358,8 @@ static tdm_status_t do_step(xp_shard_server_t *s, const xp_step_t *st_in, xp_msg
         xp_ucx_world_stats(s->world, &before);
     }
     const double t0 = tdm_now_s();
-    TDM_CHECK(shd_forward(s->model, s->kv, &b, s->logits, err));
+    const bool rank0 = s->shape.tp_rank == 0 && s->shape.ep_rank == 0;
+    TDM_CHECK(shd_forward(s->model, s->kv, &b, rank0 ? s->logits : NULL, err));
     res->step_ns = (uint64_t)((tdm_now_s() - t0) * 1e9);
     if (s->world != NULL) {
         xp_ucx_world_stats(s->world, &after);
@@ -365,8 +367,8 @@ static tdm_status_t do_step(xp_shard_server_t *s, const xp_step_t *st_in, xp_msg
         res->coll_bytes = after.bytes_sent - before.bytes_sent;
         res->coll_ns = after.ns_in_collectives - before.ns_in_collectives;
     }
-    /* every rank holds the full logits; only world rank 0 sends them */
-    if (s->shape.tp_rank == 0 && s->shape.ep_rank == 0) {
+    /* only world rank 0 computes (the rest of) the logits and sends them */
+    if (rank0) {
         res->n_logits = st_in->n_logits;
         res->n_vocab = V;
         res->logits = s->logits;

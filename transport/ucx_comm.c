@@ -334,14 +334,21 @@ static tdm_status_t send_payload(xp_ucx_world_t *w, const wl_call_t *c, int peer
     return TDM_OK;
 }
 
-/* RMA: after the payload puts of a phase, a fence, then each peer's flag. */
+static tdm_status_t wait_sends(xp_ucx_world_t *w, const wl_call_t *c, tdm_error_t *err);
+
+/* RMA: after the payload puts of a phase, a fence, then each peer's flag; a peer that sees
+ * the sequence number in its flag may read the slot. */
 static tdm_status_t send_flags(xp_ucx_world_t *w, const wl_call_t *c, int phase, tdm_error_t *err)
 {
     if (w->proto != XP_UCX_PROTO_RMA) {
         return TDM_OK;
     }
-    /* The fence orders the flag after the payload on every transport: a peer that sees the
-     * sequence number in its flag may read the slot. */
+    /* The fence alone is not enough in UCX 1.13: ucp_worker_fence only fences the UCT
+     * interfaces and ucp_put_nbx tries the UCT endpoint without looking at UCP's pending
+     * queue, so a flag put could overtake the unsent tail of a payload put still queued
+     * there. Waiting for the payload puts that returned a request (large ones: small puts
+     * complete inside ucp_put_nbx) takes them out of that queue first. */
+    TDM_CHECK(wait_sends(w, c, err));
     ucs_status_t s = ucp_worker_fence(w->u->worker);
     if (s != UCS_OK) {
         return fail(w, err, TDM_ERR_TRANSPORT, "%s (group %s, %zu bytes): ucp_worker_fence: %s",

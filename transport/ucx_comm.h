@@ -72,8 +72,8 @@ typedef struct xp_ucx_stats {
 /* Connects to every other rank, exchanges the RMA keys and waits until every rank is
  * wired (a barrier), all within timeout_ms. Every rank calls it with the same tp/ep sizes,
  * epoch, max_floats, oneshot_max_bytes and proto. */
-tdm_status_t xp_ucx_world_create(xp_ucx_t *u, const xp_ucx_world_params_t *p,
-                                 xp_ucx_world_t **out, tdm_error_t *err);
+tdm_status_t xp_ucx_world_create(xp_ucx_t *u, const xp_ucx_world_params_t *p, xp_ucx_world_t **out,
+                                 tdm_error_t *err);
 
 /* This rank's handle (valid while w lives). */
 shd_comm_t xp_ucx_world_comm(xp_ucx_world_t *w);

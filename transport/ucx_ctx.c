@@ -314,8 +314,8 @@ void xp_ucx_peers_close(xp_ucx_t *u, xp_ucx_peer_t *peers, int n, bool force, in
 
 /* ---- operations ---------------------------------------------------------------------- */
 
-tdm_status_t xp_ucx_set_am_handler(xp_ucx_t *u, unsigned id, ucp_am_recv_callback_t cb,
-                                   void *arg, tdm_error_t *err)
+tdm_status_t xp_ucx_set_am_handler(xp_ucx_t *u, unsigned id, ucp_am_recv_callback_t cb, void *arg,
+                                   tdm_error_t *err)
 {
     ucp_am_handler_param_t hp = {
         .field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_CB |
@@ -354,8 +354,8 @@ tdm_status_t xp_ucx_am_post(xp_ucx_t *u, xp_ucx_peer_t *p, unsigned id, const vo
         .flags = flags,
         .memory_type = UCS_MEMORY_TYPE_HOST, /* skip the memory-type lookup */
     };
-    return posted(ucp_am_send_nbx(p->ep, id, hdr, hdr_len, data, len, &rp), req,
-                  "active message", p, err);
+    return posted(ucp_am_send_nbx(p->ep, id, hdr, hdr_len, data, len, &rp), req, "active message",
+                  p, err);
 }
 
 tdm_status_t xp_ucx_put_post(xp_ucx_t *u, xp_ucx_peer_t *p, const void *src, size_t len,
@@ -397,8 +397,8 @@ tdm_status_t xp_ucx_req_wait(xp_ucx_t *u, void **req, const xp_ucx_peer_t *p, do
             return TDM_OK;
         }
         if (s != UCS_INPROGRESS) {
-            return tdm_error_set(err, TDM_ERR_TRANSPORT, "%s to rank %d failed: %s", what,
-                                 p->rank, ucs_status_string(s));
+            return tdm_error_set(err, TDM_ERR_TRANSPORT, "%s to rank %d failed: %s", what, p->rank,
+                                 ucs_status_string(s));
         }
         if (p->status != UCS_OK) {
             /* The request completes with an error once the endpoint is closed; it is freed
@@ -407,8 +407,8 @@ tdm_status_t xp_ucx_req_wait(xp_ucx_t *u, void **req, const xp_ucx_peer_t *p, do
                                  p->rank, ucs_status_string(p->status));
         }
         if (tdm_now_s() > deadline) {
-            return tdm_error_set(err, TDM_ERR_TIMEOUT, "%s to rank %d: not complete in time",
-                                 what, p->rank);
+            return tdm_error_set(err, TDM_ERR_TIMEOUT, "%s to rank %d: not complete in time", what,
+                                 p->rank);
         }
         ucp_worker_progress(u->worker);
     }
@@ -421,8 +421,7 @@ tdm_status_t xp_ucx_ctrl_send(xp_ucx_t *u, xp_ucx_peer_t *p, const xp_ucx_ctrl_h
                               tdm_error_t *err)
 {
     if (len > XP_UCX_CTRL_MAX_DATA) {
-        return tdm_error_set(err, TDM_ERR_INTERNAL, "%s: control message of %zu bytes", what,
-                             len);
+        return tdm_error_set(err, TDM_ERR_INTERNAL, "%s: control message of %zu bytes", what, len);
     }
     reap_orphans(u, false);
     /* A private copy: if the wait fails, UCX may still read the message after we return. */
@@ -469,9 +468,9 @@ xp_ucx_msg_t *xp_ucx_ctrl_take(xp_ucx_t *u, uint64_t epoch, uint32_t type, int s
     return NULL;
 }
 
-tdm_status_t xp_ucx_ctrl_wait(xp_ucx_t *u, const xp_ucx_peer_t *p, uint64_t epoch,
-                              uint32_t type, double deadline, const char *what,
-                              xp_ucx_msg_t **out, tdm_error_t *err)
+tdm_status_t xp_ucx_ctrl_wait(xp_ucx_t *u, const xp_ucx_peer_t *p, uint64_t epoch, uint32_t type,
+                              double deadline, const char *what, xp_ucx_msg_t **out,
+                              tdm_error_t *err)
 {
     for (;;) {
         xp_ucx_msg_t *m = xp_ucx_ctrl_take(u, epoch, type, p->rank);
@@ -522,8 +521,7 @@ tdm_status_t xp_ucx_region_alloc(xp_ucx_t *u, size_t len, xp_ucx_region_t *r, td
     if (s != UCS_OK) {
         r->memh = NULL;
         return tdm_error_set(err, s == UCS_ERR_NO_MEMORY ? TDM_ERR_NO_MEMORY : TDM_ERR_TRANSPORT,
-                             "ucx: allocating %zu registered bytes: %s", len,
-                             ucs_status_string(s));
+                             "ucx: allocating %zu registered bytes: %s", len, ucs_status_string(s));
     }
     ucp_mem_attr_t ma = {.field_mask = UCP_MEM_ATTR_FIELD_ADDRESS | UCP_MEM_ATTR_FIELD_LENGTH};
     s = ucp_mem_query(r->memh, &ma);

@@ -76,8 +76,8 @@ void xp_ucx_peers_close(xp_ucx_t *u, xp_ucx_peer_t *peers, int n, bool force, in
 
 /* Installs cb for active-message id (whole messages only); cb NULL installs a handler
  * that drops everything. */
-tdm_status_t xp_ucx_set_am_handler(xp_ucx_t *u, unsigned id, ucp_am_recv_callback_t cb,
-                                   void *arg, tdm_error_t *err);
+tdm_status_t xp_ucx_set_am_handler(xp_ucx_t *u, unsigned id, ucp_am_recv_callback_t cb, void *arg,
+                                   tdm_error_t *err);
 
 /* Posts an active message (header and data must stay valid until the request completes:
  * UCX 1.13 has no UCP_AM_SEND_FLAG_COPY_HEADER). *req is NULL when it completed at once.
@@ -112,9 +112,9 @@ tdm_status_t xp_ucx_ctrl_send(xp_ucx_t *u, xp_ucx_peer_t *p, const xp_ucx_ctrl_h
 xp_ucx_msg_t *xp_ucx_ctrl_take(xp_ucx_t *u, uint64_t epoch, uint32_t type, int src);
 
 /* Waits (progressing) for a control message matching (epoch, type, src) from peer p. */
-tdm_status_t xp_ucx_ctrl_wait(xp_ucx_t *u, const xp_ucx_peer_t *p, uint64_t epoch,
-                              uint32_t type, double deadline, const char *what,
-                              xp_ucx_msg_t **out, tdm_error_t *err);
+tdm_status_t xp_ucx_ctrl_wait(xp_ucx_t *u, const xp_ucx_peer_t *p, uint64_t epoch, uint32_t type,
+                              double deadline, const char *what, xp_ucx_msg_t **out,
+                              tdm_error_t *err);
 
 /* Drops every queued control message of epoch. */
 void xp_ucx_ctrl_drop(xp_ucx_t *u, uint64_t epoch);

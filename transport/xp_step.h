@@ -36,8 +36,9 @@ typedef struct xp_step {
 } xp_step_t;
 
 typedef struct xp_executor_ops {
-    /* Runs the step; logits gets n_logits rows of n_vocab floats. Any failure ends every
-     * request of the step with an error (the executor names the cause in err). */
+    /* Runs the step; logits gets n_logits rows of n_vocab floats. A failure ends every
+     * running request with the error (the executor names the cause in err) and the
+     * scheduler forgets its prefix cache: a failed step may have left K/V half written. */
     tdm_status_t (*step)(void *impl, const xp_step_t *step, float *logits, tdm_error_t *err);
     /* Optional (NULL: never changes). A counter that moves whenever the executor lost its
      * KV contents (a shard group re-formed after a failure): the scheduler then forgets

@@ -304,10 +304,6 @@ static tdm_status_t run_remote(eval_run_t *run, tdm_error_t *err)
             n_ctx = e->n_prompt + o->n_greedy;
         }
     }
-    int64_t blocks = 0;
-    for (int s = 0; s < run->n_seqs; s++) {
-        blocks += (run->seqs[s].n_prompt + o->n_greedy + o->block_tokens - 1) / o->block_tokens;
-    }
     xp_remote_params_t rp = {
         .g = run->g,
         .n_shards = n,
@@ -318,8 +314,7 @@ static tdm_status_t run_remote(eval_run_t *run, tdm_error_t *err)
         .n_logits_max = batch,
         .n_ctx = n_ctx,
         .block_tokens = o->block_tokens,
-        /* bytes for exactly the blocks this run needs (the shards size per their heads) */
-        .kv_bytes = 0,
+        .kv_bytes = 0, /* the shards' default, 4 x n_ctx tokens: enough for this run */
         .proto = o->collective,
         .start_timeout_ms = 60000,
     };
@@ -328,7 +323,6 @@ static tdm_status_t run_remote(eval_run_t *run, tdm_error_t *err)
     } else if (rp.ep > 0 && rp.tp == 0) {
         rp.tp = n / rp.ep;
     }
-    (void)blocks;
     xp_remote_exec_t *x = NULL;
     xp_executor_t ex;
     tdm_status_t st = xp_remote_exec_create(&rp, &x, &ex, err);
@@ -347,6 +341,14 @@ static tdm_status_t run_remote(eval_run_t *run, tdm_error_t *err)
                 "%.3f ms in collectives (summed over shards)\n",
                 (unsigned long long)rs.steps, n, (unsigned long long)rs.coll_calls,
                 (unsigned long long)rs.coll_bytes, rs.coll_ns / 1e6);
+        /* one machine-readable line for bench/bench_shards.py */
+        fprintf(stderr,
+                "tandem eval: remote_stats {\"shards\": %d, \"steps\": %llu, \"step_ns\": %llu, "
+                "\"step_ns_shards\": %llu, \"coll_calls\": %llu, \"coll_bytes\": %llu, "
+                "\"coll_ns\": %llu}\n",
+                n, (unsigned long long)rs.steps, (unsigned long long)rs.step_ns,
+                (unsigned long long)rs.step_ns_shards, (unsigned long long)rs.coll_calls,
+                (unsigned long long)rs.coll_bytes, (unsigned long long)rs.coll_ns);
     }
     xp_remote_exec_destroy(x);
     free(list);

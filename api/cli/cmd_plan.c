@@ -49,7 +49,8 @@ static void usage(FILE *out)
           "  --batch N            tokens per step for the buffer estimate (default 512)\n"
           "  --threads N          kernel threads per shard (default: CPUs of this machine)\n"
           "  --experts RULE       balanced (bytes, default) or contiguous (the shard loader's\n"
-          "                       rule today: n_expert / ep consecutive experts per group)\n"
+          "                       rule without per-layer ranges: n_expert / ep consecutive experts "
+          "per group)\n"
           "  --json               one JSON object (every tensor's bytes per shard)\n",
           out);
 }
@@ -242,7 +243,7 @@ static void print_text(const plan_opts_t *o, const topo_plan_t *pl, uint64_t nod
                pl->p.experts == TOPO_EXPERTS_BALANCED
                    ? "balanced by bytes: largest first onto the EP group with the fewest bytes"
                    : "contiguous: n_expert / ep consecutive experts per EP group in every layer "
-                     "(shard/model.c today)");
+                     "(the contiguous rule)");
     }
     printf("KV cache %d tokens per shard (%d blocks of %d), f32", pl->kv_tokens, pl->kv_blocks,
            pl->p.block_tokens);
@@ -375,10 +376,10 @@ static void print_text(const plan_opts_t *o, const topo_plan_t *pl, uint64_t nod
             for (int s = 0; s < pl->n_shards; s++) {
                 same &= pl->shards[s].experts_as_loader == pl->shards[s].bytes[TOPO_CLASS_EXPERTS];
             }
-            printf(
-                "  the shard loader today (shard/model.c: experts [r*base + min(r, rem), +base + "
-                "(r < rem)) in every layer) %s",
-                same ? "gives the same bytes\n" : "would give expert bytes");
+            printf("  the contiguous rule (shard/model.c without per-layer ranges: experts [r*base "
+                   "+ min(r, rem), +base + "
+                   "(r < rem)) in every layer) %s",
+                   same ? "gives the same bytes\n" : "would give expert bytes");
             for (int s = 0; !same && s < pl->n_shards; s++) {
                 printf("%s %s", s ? "," : "",
                        fmt_bytes(pl->shards[s].experts_as_loader, b1, sizeof(b1)));

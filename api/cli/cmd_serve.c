@@ -235,7 +235,7 @@ static int read_cluster(srv_config_t *c, const char *path)
         (!json_is_string(coll) || parse_collective(json_string_value(coll), &c->collective) != 0)) {
         goto out;
     }
-    const char *known[] = {"shards", "tp", "ep", "collective", "model", "comment"};
+    const char *known[] = {"shards", "tp", "ep", "collective", "comment"};
     const char *key;
     json_t *val;
     json_object_foreach(root, key, val)
@@ -364,10 +364,20 @@ int cmd_serve(int argc, char **argv)
                 goto out;
             }
         } else if (ARG("--shards")) {
+            if (c.n_shards > 0) {
+                fprintf(stderr, "tandem serve: give the shards with --shards or --cluster, "
+                                "not both\n");
+                goto out;
+            }
             if (add_shards(&c, v) != 0) {
                 goto out;
             }
         } else if (ARG("--cluster")) {
+            if (c.n_shards > 0) {
+                fprintf(stderr, "tandem serve: give the shards with --shards or --cluster, "
+                                "not both\n");
+                goto out;
+            }
             if (read_cluster(&c, v) != 0) {
                 goto out;
             }

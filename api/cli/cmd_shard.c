@@ -52,7 +52,11 @@ static void *sig_main(void *p)
 int cmd_shard(int argc, char **argv)
 {
     xp_shard_params_t p = {.listen = "127.0.0.1:7100"};
-    tdm_log_set_level(TDM_LOG_INFO);
+    /* a shard is a daemon: its log is its interface. Info unless `tandem --log-level` or
+     * TANDEM_LOG_LEVEL chose otherwise (they run before this). */
+    if (tdm_log_get_level() == TDM_LOG_WARN && getenv("TANDEM_LOG_LEVEL") == NULL) {
+        tdm_log_set_level(TDM_LOG_INFO);
+    }
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {

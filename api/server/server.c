@@ -122,14 +122,11 @@ static tdm_status_t load_model(srv_server_t *s, tdm_error_t *err)
     s->n_ctx = crd_engine_n_ctx(s->engine);
     s->created = (int64_t)time(NULL);
     TDM_INFO("serve",
-             "model '%s': context %d tokens, %d KV blocks of %d tokens (%.1f MiB%s), tool calls: "
-             "%s, reasoning parser: %s",
+             "model '%s': context %d tokens, %d KV blocks of %d tokens (%s), tool calls: %s, "
+             "reasoning parser: %s",
              s->model_name, (int)s->n_ctx, (int)s->ex.n_blocks, (int)s->ex.block_tokens,
-             s->lx != NULL
-                 ? (double)xp_local_exec_block_bytes(s->lx) * s->ex.n_blocks / (1024.0 * 1024.0)
-                 : 0.0,
-             s->rx != NULL ? " here; on the shards" : "", prs_tool_format_name(s->tool_format),
-             s->template_has_think ? "on" : "off");
+             s->rx != NULL ? "held by the shards" : "in this process",
+             prs_tool_format_name(s->tool_format), s->template_has_think ? "on" : "off");
     return TDM_OK;
 }
 

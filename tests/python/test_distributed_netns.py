@@ -1,0 +1,199 @@
+"""Distributed serving across real network separation: each shard in its own network
+namespace, joined to the coordinator's (the root namespace) by a veth pair on a bridge.
+
+Needs root (CAP_NET_ADMIN) and iproute2; CI runs as root. Without them every test here is
+skipped with the reason (a skip, not a pass: the reason says which capability is missing).
+
+Checks: the exactness check of test_distributed.py with 2 and 3 shards over UCX TCP on the
+veth devices; and a cut link (the shard's veth set down inside its namespace, so its
+traffic is dropped, no reset) ends a streaming request with an error within the liveness
+timeout, /health names the cut shard, and bringing the link back up restores service.
+Namespaces, veths and the bridge are removed at the end, also on failure.
+"""
+import json
+import os
+import shutil
+import subprocess
+import time
+
+import httpx2 as httpx
+import numpy as np
+import pytest
+
+from conftest import FIXTURES, run_tandem
+from dist_util import ShardProcess
+from serve_util import ServeProcess
+
+MODELS = FIXTURES / "models"
+SUBNET = "10.77.{}".format(os.getpid() % 200 + 20)  # one /24 per test run
+
+
+def _ip(*args, check=True):
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
+
+
+def _can_make_netns():
+    if os.geteuid() != 0:
+        return "not root: network namespaces need CAP_NET_ADMIN (CI runs as root)"
+    if shutil.which("ip") is None:
+        return "iproute2 ('ip') is not installed"
+    name = f"tdmprobe{os.getpid()}"
+    p = _ip("netns", "add", name, check=False)
+    if p.returncode != 0:
+        return f"cannot create a network namespace: {p.stderr.strip()}"
+    _ip("netns", "del", name, check=False)
+    return None
+
+
+class Net:
+    """A bridge in the root namespace and n namespaces, each with one veth (tdm0) on it."""
+
+    def __init__(self, n):
+        tag = os.getpid() % 100000
+        self.bridge = f"tdmbr{tag}"
+        self.ns = [f"tdmns{tag}x{k}" for k in range(n)]
+        self.root_ends = [f"tdmv{tag}x{k}" for k in range(n)]
+        self.addrs = [f"{SUBNET}.{11 + k}" for k in range(n)]
+        try:
+            _ip("link", "add", self.bridge, "type", "bridge")
+            _ip("addr", "add", f"{SUBNET}.1/24", "dev", self.bridge)
+            _ip("link", "set", self.bridge, "up")
+            for k, ns in enumerate(self.ns):
+                _ip("netns", "add", ns)
+                _ip("link", "add", self.root_ends[k], "type", "veth", "peer", "name", "tdm0",
+                    "netns", ns)
+                _ip("link", "set", self.root_ends[k], "master", self.bridge)
+                _ip("link", "set", self.root_ends[k], "up")
+                _ip("-n", ns, "addr", "add", f"{self.addrs[k]}/24", "dev", "tdm0")
+                _ip("-n", ns, "link", "set", "tdm0", "up")
+                _ip("-n", ns, "link", "set", "lo", "up")
+        except BaseException:
+            self.remove()
+            raise
+
+    def set_link(self, k, up):
+        _ip("-n", self.ns[k], "link", "set", "tdm0", "up" if up else "down")
+
+    def remove(self):
+        for ns in self.ns:
+            _ip("netns", "del", ns, check=False)
+        for v in self.root_ends:
+            _ip("link", "del", v, check=False)
+        _ip("link", "del", self.bridge, check=False)
+
+
+@pytest.fixture
+def net_factory():
+    why = _can_make_netns()
+    if why is not None:
+        pytest.skip(f"network-namespace tests not run: {why}")
+    made = []
+
+    def make(n):
+        net = Net(n)
+        made.append(net)
+        return net
+
+    yield make
+    for net in made:
+        net.remove()
+        assert _ip("netns", "list").stdout.count(net.ns[0]) == 0
+
+
+def _shards_in(net, model):
+    out = []
+    try:
+        for k, ns in enumerate(net.ns):
+            out.append(ShardProcess(model, host=net.addrs[k], port=7100, tls="tcp",
+                                    devices="tdm0", netns=ns))
+    except BaseException:
+        for s in out:
+            s.stop()
+        raise
+    return out
+
+
+@pytest.mark.parametrize("model,n", [("llama-c-f32.gguf", 3), ("qwen3moe-b-f32.gguf", 2),
+                                     ("qwen3moe-b-f32.gguf", 3)])
+def test_netns_shards_match_single_node(tandem_bin, tmp_path, net_factory, model, n):
+    net = net_factory(n)
+    path = MODELS / model
+    toks = "5,17,42,99,123,7,250,31,64,200,11,3,77,301"
+    single = run_tandem("eval", "--model", path, "--tokens", toks, "--greedy", 8, "--threads", 1,
+                        "--logits-out", tmp_path / "s.npy")
+    shards = _shards_in(net, path)
+    try:
+        addrs = ",".join(s.addr for s in shards)
+        dist = run_tandem("eval", "--model", path, "--tokens", toks, "--greedy", 8,
+                          "--shards", addrs, "--logits-out", tmp_path / "d.npy", timeout=120)
+    finally:
+        for s in shards:
+            s.stop()
+    assert json.loads(dist.stdout)["greedy"] == json.loads(single.stdout)["greedy"]
+    a, b = np.load(tmp_path / "d.npy"), np.load(tmp_path / "s.npy")
+    rel = np.linalg.norm(a - b, axis=1) / np.linalg.norm(b, axis=1)
+    assert rel.max() <= 1e-5, rel.max()
+
+
+def test_netns_cut_link(tandem_bin, net_factory):
+    net = net_factory(2)
+    model = MODELS / "llama-c-f32.gguf"
+    shards = _shards_in(net, model)
+    srv = None
+    try:
+        srv = ServeProcess(model, "--shards", ",".join(s.addr for s in shards),
+                           "--shard-timeout-ms", "1500", "--collective-timeout-ms", "3000",
+                           "--ctx-size", "256")
+        url = srv.url
+        body = {"prompt": "hello", "max_tokens": 200, "temperature": 0, "stream": True,
+                "ignore_eos": True}
+        r = httpx.post(url + "/v1/completions", json={**body, "stream": False, "max_tokens": 4},
+                       timeout=30)
+        assert r.status_code == 200, r.text
+
+        # cut shard 1's link in the middle of a stream
+        cut_at = err_at = None
+        n = 0
+        with httpx.stream("POST", url + "/v1/completions", json=body, timeout=30) as resp:
+            assert resp.status_code == 200
+            for line in resp.iter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                obj = json.loads(line[6:])
+                if "error" in obj:
+                    err_at = time.monotonic()
+                    break
+                n += 1
+                if n == 3:
+                    net.set_link(1, False)
+                    cut_at = time.monotonic()
+        assert cut_at is not None, "the stream ended before the cut"
+        assert err_at is not None, "the stream did not end with an error after the cut"
+        assert err_at - cut_at < 8.0, f"error {err_at - cut_at:.1f} s after the cut"
+
+        t_end = time.monotonic() + 10
+        while time.monotonic() < t_end:
+            h = httpx.get(url + "/health", timeout=5)
+            missing = [s["name"] for s in h.json().get("group", {}).get("shards", [])
+                       if s["state"] == "missing"]
+            if h.status_code == 503 and missing:
+                break
+            time.sleep(0.2)
+        assert h.status_code == 503 and missing == [shards[1].addr], h.text
+
+        # link back: the group re-forms (the same shard processes) and serves again
+        net.set_link(1, True)
+        t_end = time.monotonic() + 40
+        while time.monotonic() < t_end:
+            if httpx.get(url + "/health", timeout=5).status_code == 200:
+                break
+            time.sleep(0.2)
+        r = httpx.post(url + "/v1/completions", json={**body, "stream": False, "max_tokens": 4},
+                       timeout=30)
+        assert r.status_code == 200, r.text
+        assert all(s.alive() for s in shards)
+    finally:
+        if srv is not None:
+            srv.kill()
+        for s in shards:
+            s.stop()
