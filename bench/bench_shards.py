@@ -72,10 +72,11 @@ def linkbench_latency(tls):
     return j
 
 
-def am_lat_us(lb, nbytes):
+def lat_us(lb, key, nbytes):
+    """Median latency of the first size >= nbytes in linkbench table `key` (else the largest)."""
     if lb is None:
         return None
-    rows = lb.get("am_latency") or lb.get("am_lat") or []
+    rows = lb.get(key) or []
     best = None
     for r in rows:
         if r["bytes"] >= nbytes:
@@ -114,8 +115,9 @@ def main():
             sent = st["coll_bytes"] / n / toks / n_layer  # per shard per token per layer
             coll_ms = st["coll_ns"] / n / max(steps, 1) / 1e6
             msg = n_embd * 4 * (toks // max(steps, 1))
-            lat = am_lat_us(lb, msg) if n > 1 else None
+            lat = lat_us(lb, "am_lat", msg) if n > 1 else None
             lat_colls = lat * colls / 1e3 if lat is not None else None
+            ar = lat_us(lb, f"allreduce_{a.collective}", msg) if n > 1 else None
             rows.append(dict(
                 shards=n, kind=kind, steps=steps,
                 ms_per_token=st["step_ns"] / 1e6 / toks,
@@ -125,20 +127,21 @@ def main():
                 min_bytes_per_token_layer=n_embd * 4 * per_layer if n > 1 else 0,
                 coll_ms_per_step=coll_ms,
                 lat_x_colls_ms=lat_colls,
+                allreduce_x_colls_ms=ar * colls / 1e3 if ar is not None else None,
                 goal=(coll_ms <= 1.1 * lat_colls) if lat_colls else None,
             ))
     print(f"model {a.model}: n_layer {n_layer}, n_embd {n_embd}; {a.threads} thread(s) per "
           f"shard, UCX {a.tls}, collectives {a.collective}")
     print("| shards | phase | ms/token | ms/step | colls/layer | bytes/tok/layer (min) | "
-          "coll ms/step | lat x colls ms | within 1.1x |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "coll ms/step | lat x colls ms | 2-rank all-reduce x colls ms | within 1.1x |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     for r in rows:
-        lat = "-" if r["lat_x_colls_ms"] is None else f"{r['lat_x_colls_ms']:.3f}"
         goal = "-" if r["goal"] is None else ("yes" if r["goal"] else "no")
         print(f"| {r['shards']} | {r['kind']} | {r['ms_per_token']:.3f} | {r['ms_per_step']:.2f} | "
               f"{r['colls_per_layer']:.2f} | {r['bytes_per_token_layer']:.0f} "
-              f"({r['min_bytes_per_token_layer']:.0f}) | {r['coll_ms_per_step']:.3f} | {lat} | "
-              f"{goal} |")
+              f"({r['min_bytes_per_token_layer']:.0f}) | {r['coll_ms_per_step']:.3f} | "
+              f"{fmt(r['lat_x_colls_ms'])} | {fmt(r['allreduce_x_colls_ms'])} | {goal} |")
     if a.json:
         pathlib.Path(a.json).write_text(json.dumps({"rows": rows, "linkbench": lb}, indent=1))
 

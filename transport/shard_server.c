@@ -363,7 +363,7 @@ static tdm_status_t do_step(xp_shard_server_t *s, const xp_step_t *st_in, xp_msg
     res->step_ns = (uint64_t)((tdm_now_s() - t0) * 1e9);
     if (s->world != NULL) {
         xp_ucx_world_stats(s->world, &after);
-        res->coll_calls = after.n_calls - before.n_calls;
+        res->coll_calls = after.n_exchanges - before.n_exchanges;
         res->coll_bytes = after.bytes_sent - before.bytes_sent;
         res->coll_ns = after.ns_in_collectives - before.ns_in_collectives;
     }

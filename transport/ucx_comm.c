@@ -7,17 +7,15 @@
 #include "common/mem.h"
 #include "transport/ucx_internal.h"
 
-#include <sched.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define WL_MAX_WORLD        1024
-#define WL_DEFAULT_ONESHOT  (64 * 1024)
-#define WL_DEFAULT_TIMEOUT  10000
-#define WL_SPINS_BEFORE_YIELD 256 /* idle polls before sharing the CPU (oversubscribed hosts) */
+#define WL_MAX_WORLD       1024
+#define WL_DEFAULT_ONESHOT (64 * 1024)
+#define WL_DEFAULT_TIMEOUT 10000
 
 /* What a payload is: the one-shot buffer (or an all-gather part), a reduce-scatter chunk
  * sent to its owner, or an owner's reduced chunk. One message per (sender, call, phase). */
@@ -69,16 +67,16 @@ struct xp_ucx_world {
     uint64_t *remote_base; /* [size] base of each rank's receive region */
     ucp_rkey_h *rkeys;     /* [size] */
 
-    wl_hdr_t *hdrs;        /* [size][N_PHASES] headers of in-flight AM sends */
-    uint64_t *arrived;     /* [size][2][N_PHASES] AM: seq of the last payload landed */
-    uint64_t *rndv_seq;    /* same shape: seq of a rendezvous receive in flight */
-    wl_rndv_t *rndv_ctx;   /* same shape */
+    wl_hdr_t *hdrs;      /* [size][N_PHASES] headers of in-flight AM sends */
+    uint64_t *arrived;   /* [size][2][N_PHASES] AM: seq of the last payload landed */
+    uint64_t *rndv_seq;  /* same shape: seq of a rendezvous receive in flight */
+    wl_rndv_t *rndv_ctx; /* same shape */
     int rndv_inflight;
 
-    uint32_t *shared;     /* [size] calls with messages shared with each rank */
-    uint8_t *par;         /* [size] slot parity of the current call, per rank */
-    int *members;         /* [size] scratch: the current group, ascending */
-    void **reqs;          /* send requests of the current call */
+    uint32_t *shared; /* [size] calls with messages shared with each rank */
+    uint8_t *par;     /* [size] slot parity of the current call, per rank */
+    int *members;     /* [size] scratch: the current group, ascending */
+    void **reqs;      /* send requests of the current call */
     int *req_peer;
     int n_reqs, cap_reqs;
 
@@ -176,11 +174,10 @@ static ucs_status_t on_data(void *arg, const void *header, size_t header_length,
     if (h.epoch != w->epoch) {
         return UCS_OK; /* an earlier world's straggler */
     }
-    if (h.src < 0 || h.src >= w->size || h.src == w->rank || h.phase >= N_PHASES ||
-        h.parity > 1 || h.offset > w->slot_bytes || length > w->slot_bytes - h.offset) {
+    if (h.src < 0 || h.src >= w->size || h.src == w->rank || h.phase >= N_PHASES || h.parity > 1 ||
+        h.offset > w->slot_bytes || length > w->slot_bytes - h.offset) {
         TDM_WARN("ucx", "world %llu: dropping a malformed payload (src %d, %zu bytes at %llu)",
-                 (unsigned long long)w->epoch, (int)h.src, length,
-                 (unsigned long long)h.offset);
+                 (unsigned long long)w->epoch, (int)h.src, length, (unsigned long long)h.offset);
         return UCS_OK;
     }
     unsigned char *dst = slot(w, h.parity, h.src) + h.offset;
@@ -224,8 +221,7 @@ static bool landed(xp_ucx_world_t *w, int src, int phase)
 }
 
 /* Abort, a failed peer among those listed as still needed, or the deadline. */
-static tdm_status_t check_call(xp_ucx_world_t *w, const wl_call_t *c, int needed,
-                               tdm_error_t *err)
+static tdm_status_t check_call(xp_ucx_world_t *w, const wl_call_t *c, int needed, tdm_error_t *err)
 {
     if (atomic_load_explicit(&w->aborted, memory_order_relaxed)) {
         return fail(w, err, TDM_ERR_CANCELED, "%s (group %s, %zu bytes): the world was aborted",
@@ -233,20 +229,11 @@ static tdm_status_t check_call(xp_ucx_world_t *w, const wl_call_t *c, int needed
     }
     const xp_ucx_peer_t *p = &w->peers[needed];
     if (p->status != UCS_OK) {
-        return fail(w, err, TDM_ERR_TRANSPORT, "%s (group %s, %zu bytes): rank %d (peer) failed: %s",
-                    c->op, group_name(c->g), c->bytes, needed, ucs_status_string(p->status));
+        return fail(w, err, TDM_ERR_TRANSPORT,
+                    "%s (group %s, %zu bytes): rank %d (peer) failed: %s", c->op, group_name(c->g),
+                    c->bytes, needed, ucs_status_string(p->status));
     }
     return TDM_OK;
-}
-
-static void idle_poll(xp_ucx_world_t *w, unsigned *idle)
-{
-    if (ucp_worker_progress(w->u->worker) != 0) {
-        *idle = 0;
-    } else if (++*idle > WL_SPINS_BEFORE_YIELD) {
-        /* With more busy ranks than cores, the rank we wait for needs this CPU. */
-        sched_yield();
-    }
 }
 
 /* Waits until every other group member's payload of this phase has landed. */
@@ -273,7 +260,7 @@ static tdm_status_t wait_phase(xp_ucx_world_t *w, const wl_call_t *c, int phase,
                         "%s (group %s, %zu bytes): no data from rank %d after %d ms", c->op,
                         group_name(c->g), c->bytes, missing, w->timeout_ms);
         }
-        idle_poll(w, &idle);
+        xp_ucx_poll(w->u, &idle);
     }
 }
 
@@ -296,8 +283,8 @@ static void track(xp_ucx_world_t *w, void *req, int peer)
 
 static tdm_status_t post_failed(xp_ucx_world_t *w, const wl_call_t *c, int peer, tdm_error_t *e)
 {
-    return fail(w, NULL, TDM_ERR_TRANSPORT, "%s (group %s, %zu bytes): %s", c->op,
-                group_name(c->g), c->bytes, tdm_error_msg(e));
+    return fail(w, NULL, TDM_ERR_TRANSPORT, "%s (group %s, %zu bytes): %s", c->op, group_name(c->g),
+                c->bytes, tdm_error_msg(e));
 }
 
 /* Sends send-buffer bytes [off, off + len) to peer's slot at the same parity, at doff. */
@@ -319,10 +306,9 @@ static tdm_status_t send_payload(xp_ucx_world_t *w, const wl_call_t *c, int peer
         st = xp_ucx_am_post(w->u, &w->peers[peer], XP_UCX_AM_WORLD, h, sizeof(*h), src, len, 0,
                             &req, &e);
     } else if (len > 0) {
-        const uint64_t raddr = w->remote_base[peer] + w->flags_bytes +
-                               ((uint64_t)w->par[peer] * (uint64_t)w->size + (uint64_t)w->rank) *
-                                   w->slot_bytes +
-                               doff;
+        const uint64_t raddr =
+            w->remote_base[peer] + w->flags_bytes +
+            ((uint64_t)w->par[peer] * (uint64_t)w->size + (uint64_t)w->rank) * w->slot_bytes + doff;
         st = xp_ucx_put_post(w->u, &w->peers[peer], src, len, raddr, w->rkeys[peer], &req, &e);
     }
     if (st != TDM_OK) {
@@ -404,10 +390,10 @@ static tdm_status_t wait_sends(xp_ucx_world_t *w, const wl_call_t *c, tdm_error_
         }
         if (tdm_now_s() > c->deadline) {
             return fail(w, err, TDM_ERR_TIMEOUT,
-                        "%s (group %s, %zu bytes): send to rank %d not complete after %d ms",
-                        c->op, group_name(c->g), c->bytes, pending, w->timeout_ms);
+                        "%s (group %s, %zu bytes): send to rank %d not complete after %d ms", c->op,
+                        group_name(c->g), c->bytes, pending, w->timeout_ms);
         }
-        idle_poll(w, &idle);
+        xp_ucx_poll(w->u, &idle);
     }
 }
 
@@ -432,8 +418,8 @@ static tdm_status_t call_begin(xp_ucx_world_t *w, wl_call_t *c, const char *op, 
     if (n < 0 || n > w->max_floats || (unsigned)g >= SHD_GROUP_COUNT) {
         /* The ranks no longer make the same calls: nothing later can be trusted. */
         return fail(w, err, TDM_ERR_INVALID_PARAM,
-                    "%s (group %d): %lld floats (the world was sized for at most %lld)", op,
-                    (int)g, (long long)n, (long long)w->max_floats);
+                    "%s (group %d): %lld floats (the world was sized for at most %lld)", op, (int)g,
+                    (long long)n, (long long)w->max_floats);
     }
     const int tp_rank = w->rank % w->tp, ep_rank = w->rank / w->tp;
     int first, stride;
@@ -448,6 +434,8 @@ static tdm_status_t call_begin(xp_ucx_world_t *w, wl_call_t *c, const char *op, 
         first = 0, c->count = w->size, stride = 1;
         break;
     }
+    /* a group of one (TP calls when tp is 1) exchanges nothing */
+    w->stats.n_exchanges += c->count > 1;
     for (int i = 0; i < c->count; i++) {
         const int m = first + i * stride;
         w->members[i] = m;
@@ -469,8 +457,7 @@ static tdm_status_t call_end(xp_ucx_world_t *w, const wl_call_t *c, tdm_status_t
 
 /* buf[lo, hi) = sum over the group, in ascending rank order, of each member's [lo, hi):
  * mine from the send buffer, the others' from their slots (at the same offsets). */
-static void reduce_range(xp_ucx_world_t *w, const wl_call_t *c, float *buf, int64_t lo,
-                         int64_t hi)
+static void reduce_range(xp_ucx_world_t *w, const wl_call_t *c, float *buf, int64_t lo, int64_t hi)
 {
     const float *mine = w->send.base;
     for (int i = 0; i < c->count; i++) {
@@ -626,8 +613,7 @@ static tdm_status_t check_params(const xp_ucx_t *u, const xp_ucx_world_params_t 
     }
     const int size = p->tp_size * p->ep_size;
     if (p->rank < 0 || p->rank >= size) {
-        return tdm_error_set(err, TDM_ERR_INVALID_PARAM, "ucx world: rank %d of %d", p->rank,
-                             size);
+        return tdm_error_set(err, TDM_ERR_INVALID_PARAM, "ucx world: rank %d of %d", p->rank, size);
     }
     if (p->max_floats < 1 || p->max_floats > ((int64_t)1 << 34) || p->oneshot_max_bytes < 0 ||
         p->timeout_ms < 0 || (p->proto != XP_UCX_PROTO_AM && p->proto != XP_UCX_PROTO_RMA)) {
@@ -651,6 +637,9 @@ static tdm_status_t check_params(const xp_ucx_t *u, const xp_ucx_world_params_t 
  * nobody sends payloads to a rank that is not ready for them. */
 static tdm_status_t wireup(xp_ucx_world_t *w, tdm_error_t *err)
 {
+    if (w->size == 1) {
+        return TDM_OK; /* nobody to tell; no receive region either */
+    }
     const double deadline = tdm_now_s() + w->timeout_ms * 1e-3;
     const size_t info_len = sizeof(wl_info_t) + w->recv.rkey_len;
     unsigned char *info = tdm_xmalloc(info_len);
@@ -686,8 +675,8 @@ static tdm_status_t wireup(xp_ucx_world_t *w, tdm_error_t *err)
         }
         wl_info_t theirs;
         if (m->len <= sizeof(theirs)) {
-            st = tdm_error_set(err, TDM_ERR_FORMAT, "ucx world: rank %d sent a %zu-byte wireup",
-                               r, m->len);
+            st = tdm_error_set(err, TDM_ERR_FORMAT, "ucx world: rank %d sent a %zu-byte wireup", r,
+                               m->len);
         } else {
             memcpy(&theirs, m->data, sizeof(theirs));
             if (theirs.tp != w->tp || theirs.ep != w->ep || theirs.max_floats != w->max_floats ||
@@ -714,8 +703,8 @@ static tdm_status_t wireup(xp_ucx_world_t *w, tdm_error_t *err)
     for (int r = 0; r < w->size && st == TDM_OK; r++) {
         if (r != w->rank) {
             xp_ucx_ctrl_hdr_t h = {.epoch = w->epoch, .type = CTRL_BARRIER, .src = w->rank};
-            st = xp_ucx_ctrl_send(w->u, &w->peers[r], &h, NULL, 0, deadline,
-                                  "ucx world: barrier", err);
+            st = xp_ucx_ctrl_send(w->u, &w->peers[r], &h, NULL, 0, deadline, "ucx world: barrier",
+                                  err);
         }
     }
     for (int r = 0; r < w->size && st == TDM_OK; r++) {
@@ -729,8 +718,8 @@ static tdm_status_t wireup(xp_ucx_world_t *w, tdm_error_t *err)
     return st;
 }
 
-tdm_status_t xp_ucx_world_create(xp_ucx_t *u, const xp_ucx_world_params_t *p,
-                                 xp_ucx_world_t **out, tdm_error_t *err)
+tdm_status_t xp_ucx_world_create(xp_ucx_t *u, const xp_ucx_world_params_t *p, xp_ucx_world_t **out,
+                                 tdm_error_t *err)
 {
     TDM_CHECK(check_params(u, p, err));
     xp_ucx_world_t *w = tdm_xcalloc(1, sizeof(*w));
@@ -776,9 +765,9 @@ tdm_status_t xp_ucx_world_create(xp_ucx_t *u, const xp_ucx_world_params_t *p,
         TDM_CHECK_GOTO(xp_ucx_region_alloc(u, w->flags_bytes + slots_bytes, &w->recv, err), st,
                        fail);
         memset(w->recv.base, 0, w->flags_bytes); /* sequence numbers start at 1 */
-        TDM_CHECK_GOTO(xp_ucx_region_alloc(u, w->slot_bytes + n * N_PHASES * sizeof(uint64_t),
-                                           &w->send, err),
-                       st, fail);
+        TDM_CHECK_GOTO(
+            xp_ucx_region_alloc(u, w->slot_bytes + n * N_PHASES * sizeof(uint64_t), &w->send, err),
+            st, fail);
     } else {
         /* A world of one sends nothing, but the staging copy of all_gather still needs a
          * buffer: keep the code path uniform. */
@@ -788,9 +777,9 @@ tdm_status_t xp_ucx_world_create(xp_ucx_t *u, const xp_ucx_world_params_t *p,
     u->world_attached = true;
     for (int r = 0; r < w->size; r++) {
         if (r != w->rank) {
-            TDM_CHECK_GOTO(xp_ucx_peer_connect(u, &w->peers[r], r, p->peer_addr[r],
-                                               p->peer_addr_len[r], err),
-                           st, fail);
+            TDM_CHECK_GOTO(
+                xp_ucx_peer_connect(u, &w->peers[r], r, p->peer_addr[r], p->peer_addr_len[r], err),
+                st, fail);
         }
     }
     TDM_CHECK_GOTO(wireup(w, err), st, fail);

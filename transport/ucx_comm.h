@@ -15,9 +15,18 @@
  * Protocols. AM: payloads are active messages, received straight into per-sender slots
  * (rendezvous for large ones). RMA: ucp_put_nbx of the payload into the peer's slot,
  * ucp_worker_fence, then a put of the 8-byte call sequence number into the peer's flag
- * for (sender, slot, phase); the receiver polls its flags. Slots are double-buffered by the
- * parity of the number of calls the two ranks have shared, which is enough: a rank can be
- * at most one shared call ahead of a peer, because finishing a call needs the peer's data.
+ * for (sender, slot, phase); the receiver polls its flags. (A payload put that UCX did not
+ * finish inside ucp_put_nbx is waited for before the fence: UCX 1.13's fence does not order
+ * puts still queued in UCP.) Slots are double-buffered by the parity of the number of
+ * calls the two ranks have shared, which is enough: a rank can be at most one shared call
+ * ahead of a peer, because finishing a call needs the peer's data. (The parity of the
+ * global call number is not: with TP and EP calls interleaved, a peer's next call shared
+ * with this rank can be two global calls later.) Memory: 2 x world slots of max_floats
+ * floats are registered per rank, plus one send buffer.
+ *
+ * Failure detection: over TCP a dead peer's endpoint fails within milliseconds; over
+ * shared memory UCX notices only by its keepalive (UCX_KEEPALIVE_INTERVAL, 20 s by
+ * default), so a dead peer there surfaces as TDM_ERR_TIMEOUT.
  *
  * Waiting busy-polls the worker (on a loaded host it yields the CPU after a while) and
  * gives up on abort (TDM_ERR_CANCELED), a failed peer endpoint (TDM_ERR_TRANSPORT, "rank R
@@ -65,6 +74,7 @@ typedef struct xp_ucx_world xp_ucx_world_t;
 
 typedef struct xp_ucx_stats {
     uint64_t n_calls;           /* collectives called (groups of one included)   */
+    uint64_t n_exchanges;       /* of those, calls whose group had other ranks   */
     uint64_t bytes_sent;        /* payload bytes this rank sent                  */
     uint64_t ns_in_collectives; /* wall time inside the collective calls          */
 } xp_ucx_stats_t;

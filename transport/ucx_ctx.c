@@ -6,6 +6,7 @@
 #include "common/log.h"
 #include "common/mem.h"
 
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -234,6 +235,15 @@ void xp_ucx_address(const xp_ucx_t *u, const void **addr, size_t *len)
     *len = u->addr_len;
 }
 
+void xp_ucx_poll(xp_ucx_t *u, unsigned *idle)
+{
+    if (ucp_worker_progress(u->worker) != 0) {
+        *idle = 0;
+    } else if (++*idle > XP_UCX_SPINS_BEFORE_YIELD) {
+        sched_yield();
+    }
+}
+
 /* ---- endpoints ----------------------------------------------------------------------- */
 
 /* Runs inside ucp_worker_progress: only record; the waiting loops turn it into an error
@@ -292,6 +302,7 @@ void xp_ucx_peers_close(xp_ucx_t *u, xp_ucx_peer_t *peers, int n, bool force, in
         p->ep = NULL;
     }
     const double deadline = tdm_now_s() + timeout_ms * 1e-3;
+    unsigned idle = 0;
     for (;;) {
         bool pending = false;
         for (int i = 0; i < n; i++) {
@@ -307,7 +318,7 @@ void xp_ucx_peers_close(xp_ucx_t *u, xp_ucx_peer_t *peers, int n, bool force, in
             TDM_WARN("ucx", "closing endpoints: gave up waiting after %d ms", timeout_ms);
             break;
         }
-        ucp_worker_progress(u->worker);
+        xp_ucx_poll(u, &idle);
     }
     free(reqs);
 }
@@ -391,6 +402,7 @@ ucs_status_t xp_ucx_req_test(void **req)
 tdm_status_t xp_ucx_req_wait(xp_ucx_t *u, void **req, const xp_ucx_peer_t *p, double deadline,
                              const char *what, tdm_error_t *err)
 {
+    unsigned idle = 0;
     for (;;) {
         ucs_status_t s = xp_ucx_req_test(req);
         if (s == UCS_OK) {
@@ -410,7 +422,7 @@ tdm_status_t xp_ucx_req_wait(xp_ucx_t *u, void **req, const xp_ucx_peer_t *p, do
             return tdm_error_set(err, TDM_ERR_TIMEOUT, "%s to rank %d: not complete in time", what,
                                  p->rank);
         }
-        ucp_worker_progress(u->worker);
+        xp_ucx_poll(u, &idle);
     }
 }
 
@@ -472,6 +484,7 @@ tdm_status_t xp_ucx_ctrl_wait(xp_ucx_t *u, const xp_ucx_peer_t *p, uint64_t epoc
                               double deadline, const char *what, xp_ucx_msg_t **out,
                               tdm_error_t *err)
 {
+    unsigned idle = 0;
     for (;;) {
         xp_ucx_msg_t *m = xp_ucx_ctrl_take(u, epoch, type, p->rank);
         if (m != NULL) {
@@ -486,7 +499,7 @@ tdm_status_t xp_ucx_ctrl_wait(xp_ucx_t *u, const xp_ucx_peer_t *p, uint64_t epoc
             return tdm_error_set(err, TDM_ERR_TIMEOUT, "%s: nothing from rank %d in time", what,
                                  p->rank);
         }
-        ucp_worker_progress(u->worker);
+        xp_ucx_poll(u, &idle);
     }
 }
 

@@ -58,6 +58,14 @@ struct xp_ucx {
     struct xp_ucx_orphan *orphans;
 };
 
+/* One step of a busy-wait: progress the worker; after XP_UCX_SPINS_BEFORE_YIELD calls in a
+ * row that found nothing, also sched_yield() on each. *idle counts those calls (start it
+ * at 0 per wait). On a host with more busy ranks than cores the rank being waited for
+ * needs this CPU (on a 2-vCPU VM, p99 latencies fall from milliseconds - whole scheduler
+ * ticks - to microseconds); on an idle core the yield returns at once. */
+#define XP_UCX_SPINS_BEFORE_YIELD 256
+void xp_ucx_poll(xp_ucx_t *u, unsigned *idle);
+
 /* An endpoint to another rank. status turns non-OK when UCX reports the peer failed. */
 typedef struct xp_ucx_peer {
     ucp_ep_h ep;

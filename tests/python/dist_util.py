@@ -5,6 +5,7 @@ A shard prints "listening on tcp://HOST:PORT" once its socket is bound; ShardPro
 that line. Ports are chosen free up front (not 0) so that a restart reuses the same address,
 which is what the coordinator keeps dialing.
 """
+import atexit
 import os
 import re
 import signal
@@ -16,6 +17,15 @@ import time
 from conftest import TANDEM_BIN
 
 _LISTEN_RE = re.compile(r"listening on tcp://([0-9.]+):(\d+)")
+_STARTED = []  # every shard process this test process started: killed at exit at the latest
+
+
+@atexit.register
+def _kill_leftovers():
+    for p in _STARTED:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
 
 
 def free_port(host="127.0.0.1"):
@@ -55,6 +65,7 @@ class ShardProcess:
         env = dict(os.environ)
         self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=self._err,
                                      stderr=self._err, env=env)
+        _STARTED.append(self.proc)
         t_end = time.monotonic() + timeout
         while time.monotonic() < t_end:
             if _LISTEN_RE.search(self.stderr()):

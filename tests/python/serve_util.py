@@ -130,6 +130,8 @@ class ServeProcess:
         except subprocess.TimeoutExpired:
             self.kill()
             self._fail(f"tandem serve did not exit within {timeout} s")
+        if self.shards is not None:
+            self.shards.stop()
         return self.returncode
 
     def stop(self, timeout=60, expect_rc=0):

@@ -171,6 +171,7 @@ def test_kill_shard_mid_generation(cluster):
                 killed_at = time.monotonic()
     assert killed_at is not None and error_at is not None, "the stream did not end with an error"
     assert error_at - killed_at < 5.0, f"error after {error_at - killed_at:.1f} s"
+    print(f"kill -9 -> SSE error event after {error_at - killed_at:.3f} s")
 
     # the coordinator stays up, /health names the missing shard, requests get 503 at once
     t_end = time.monotonic() + 5
@@ -189,8 +190,10 @@ def test_kill_shard_mid_generation(cluster):
     assert "shard" in r.json()["error"]["message"]
 
     # the same command brings it back; the coordinator re-forms the group
+    t_restart = time.monotonic()
     shards.shards[1].start()
     h = _wait_health(url, 200, 30)
+    print(f"restarted shard -> /health 200 after {time.monotonic() - t_restart:.3f} s")
     assert h["group"]["generation"] >= 2
     r = _chat(url, "Say hi", 4)
     assert r.status_code == 200, r.text

@@ -170,6 +170,7 @@ def test_netns_cut_link(tandem_bin, net_factory):
         assert cut_at is not None, "the stream ended before the cut"
         assert err_at is not None, "the stream did not end with an error after the cut"
         assert err_at - cut_at < 8.0, f"error {err_at - cut_at:.1f} s after the cut"
+        print(f"cut link -> SSE error event after {err_at - cut_at:.3f} s")
 
         t_end = time.monotonic() + 10
         while time.monotonic() < t_end:

@@ -19,7 +19,7 @@ gguf = pytest.importorskip("gguf")
 ROOT = Path(__file__).resolve().parents[2]
 FIX = ROOT / "tests" / "fixtures" / "models"
 MANIFEST = FIX / "manifest.json"
-BUDGET_BYTES = 22 * 1000 * 1000
+BUDGET_BYTES = 26 * 1000 * 1000  # llama-c (3-way TP fixture) added 2.5 MB
 
 
 def load_manifest():
