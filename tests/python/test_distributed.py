@@ -71,6 +71,7 @@ def test_shards_match_single_node(tandem_bin, tmp_path, model, n, tls, extra):
     rel = np.linalg.norm(ld - l1, axis=1) / np.linalg.norm(l1, axis=1)
     assert rel.max() <= 1e-5, f"max relative L2 {rel.max():.3g}"
     assert gd == g1
+    print(f"{model} x{n} {tls} {' '.join(extra)}: max relative L2 {rel.max():.3g}")
 
 
 def test_model_mismatch_refused(tandem_bin, tmp_path):
