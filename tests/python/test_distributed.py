@@ -5,7 +5,7 @@ test_forward.py): the same prompt through 2 and 3 shard processes, over UCX TCP 
 shared memory, must give the same greedy tokens and logits within 1e-5 relative L2 per
 position on the f32 fixtures (llama-c: TP 2 with uneven kv heads and TP 3; qwen3moe-b: EP 2
 and EP 3 with bytes-balanced per-layer expert ranges; qwen3moe-c: dense + MoE layers).
-Measured: <= 3e-7 (float summation order of the all-reduces).
+Measured: <= 4.3e-7 (float summation order of the all-reduces; qwen3moe-c: 0).
 
 Refusals: a shard holding another model, and a memory plan over a node's budget, are
 refused at start with a message naming the cause.
