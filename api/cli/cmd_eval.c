@@ -57,6 +57,7 @@ typedef struct eval_run {
     eval_seq_t *seqs;  /* results of the batched run (rank 0 writes)  */
     eval_seq_t *alone; /* results of the one-at-a-time run (--batch-test) */
     int n_vocab;
+    int group_tp, group_ep; /* --shards: the split the coordinator chose */
 } eval_run_t;
 
 typedef struct eval_rank {
@@ -334,6 +335,12 @@ static tdm_status_t run_remote(eval_run_t *run, tdm_error_t *err)
         st = run_schedule(NULL, &ex, o, &run->alone[s], 1, want_all, err);
     }
     if (x != NULL) {
+        xp_shard_health_t *hs = tdm_xcalloc((size_t)n, sizeof(*hs));
+        xp_group_health_t gh = {.shards = hs};
+        xp_remote_exec_health(x, &gh);
+        run->group_tp = gh.tp;
+        run->group_ep = gh.ep;
+        free(hs);
         xp_remote_stats_t rs;
         xp_remote_exec_stats(x, &rs);
         fprintf(stderr,
@@ -667,7 +674,8 @@ report:
     }
 
     rc = 0;
-    printf("{\"n_vocab\": %d, \"tp\": %d, \"ep\": %d, \"sequences\": [", run.n_vocab, o.tp, o.ep);
+    printf("{\"n_vocab\": %d, \"tp\": %d, \"ep\": %d, \"sequences\": [", run.n_vocab,
+           run.group_tp > 0 ? run.group_tp : o.tp, run.group_ep > 0 ? run.group_ep : o.ep);
     for (int s = 0; s < run.n_seqs; s++) {
         printf("%s{\"prompt_len\": %d, \"greedy\": ", s ? ", " : "", run.seqs[s].n_prompt);
         print_ids(run.seqs[s].gen, o.n_greedy);
