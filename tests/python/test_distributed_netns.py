@@ -42,6 +42,11 @@ def _can_make_netns():
     if p.returncode != 0:
         return f"cannot create a network namespace: {p.stderr.strip()}"
     _ip("netns", "del", name, check=False)
+    br = f"tdmprb{os.getpid() % 100000}"
+    p = _ip("link", "add", br, "type", "bridge", check=False)
+    if p.returncode != 0:
+        return f"cannot create a bridge (kernel without CONFIG_BRIDGE?): {p.stderr.strip()}"
+    _ip("link", "del", br, check=False)
     return None
 
 
