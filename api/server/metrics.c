@@ -172,8 +172,45 @@ static void metric(textbuf_t *b, const char *name, const char *type, const char 
               type, name, model, value);
 }
 
-char *srv_metrics_render(srv_metrics_t *m, const crd_engine_stats_t *es, const char *model,
-                         size_t *len)
+/* The shard group: readiness per shard (alert on tandem_shard_up == 0), formations, and
+ * what the shards report of their collectives. */
+static void group_metrics(textbuf_t *b, const srv_group_metrics_t *gm, const char *model)
+{
+    const xp_group_health_t *h = gm->health;
+    const xp_remote_stats_t *st = gm->stats;
+    metric(b, "tandem_shard_group_ready", "gauge",
+           "1 when every shard is in the group and steps can run.", model, h->ready ? 1 : 0);
+    tb_printf(b, "# HELP tandem_shard_up 1 when the shard is ready in the current group.\n"
+                 "# TYPE tandem_shard_up gauge\n");
+    for (int i = 0; i < h->n_shards; i++) {
+        tb_printf(b, "tandem_shard_up{model_name=\"%s\",rank=\"%d\",shard=\"%s\"} %d\n", model, i,
+                  h->shards[i].name, strcmp(h->shards[i].state, "ready") == 0);
+    }
+    tb_printf(b, "# HELP tandem_shard_resident_bytes Resident set of the shard after its last "
+                 "load.\n# TYPE tandem_shard_resident_bytes gauge\n");
+    for (int i = 0; i < h->n_shards; i++) {
+        tb_printf(b,
+                  "tandem_shard_resident_bytes{model_name=\"%s\",rank=\"%d\",shard=\"%s\"} %llu\n",
+                  model, i, h->shards[i].name, (unsigned long long)h->shards[i].resident_bytes);
+    }
+    metric(b, "tandem_shard_group_formations_total", "counter",
+           "Times the shard group formed (1 at start, +1 per recovery).", model,
+           (double)st->formations);
+    metric(b, "tandem_shard_steps_failed_total", "counter",
+           "Steps that failed on the shard group (a shard missing or failing).", model,
+           (double)st->failed_steps);
+    metric(b, "tandem_collective_calls_total", "counter",
+           "Collectives that exchanged data, summed over shards.", model, (double)st->coll_calls);
+    metric(b, "tandem_collective_bytes_total", "counter",
+           "Bytes the shards sent in collectives, summed over shards.", model,
+           (double)st->coll_bytes);
+    metric(b, "tandem_collective_seconds_total", "counter",
+           "Seconds the shards spent inside collectives (waiting included), summed over shards.",
+           model, (double)st->coll_ns / 1e9);
+}
+
+char *srv_metrics_render(srv_metrics_t *m, const crd_engine_stats_t *es,
+                         const srv_group_metrics_t *gm, const char *model, size_t *len)
 {
     textbuf_t b = {.cap = 8192};
     b.p = malloc(b.cap);
@@ -219,6 +256,9 @@ char *srv_metrics_render(srv_metrics_t *m, const crd_engine_stats_t *es, const c
         metric(&b, "tandem_requests_aborted_total", "counter",
                "Requests canceled before they finished (client disconnect, shutdown).", model,
                (double)ss->finished[CRD_FINISH_CANCELED]);
+    }
+    if (gm != NULL) {
+        group_metrics(&b, gm, model);
     }
     pthread_mutex_lock(&m->mu);
     tb_printf(&b, "# HELP tandem_request_success_total Sequences finished, by reason.\n"

@@ -10,6 +10,7 @@
 
 #include "common/status.h"
 #include "coordinator/engine.h"
+#include "transport/exec_remote.h"
 
 #include <stddef.h>
 
@@ -31,8 +32,15 @@ void srv_metrics_count_http(srv_metrics_t *m, const char *route, unsigned status
 /* One generated sequence ended for reason ("stop", "length", "tool_calls", "abort", "error"). */
 void srv_metrics_count_finish(srv_metrics_t *m, const char *reason);
 
-/* The exposition text (malloc'd) with the engine's figures es (may be NULL). */
-char *srv_metrics_render(srv_metrics_t *m, const crd_engine_stats_t *es, const char *model,
-                         size_t *len);
+/* Distributed mode: the shard group's state and the shards' communication counters. */
+typedef struct srv_group_metrics {
+    const xp_group_health_t *health;
+    const xp_remote_stats_t *stats;
+} srv_group_metrics_t;
+
+/* The exposition text (malloc'd) with the engine's figures es and the shard group's gm
+ * (each may be NULL: not loaded yet / single-node). */
+char *srv_metrics_render(srv_metrics_t *m, const crd_engine_stats_t *es,
+                         const srv_group_metrics_t *gm, const char *model, size_t *len);
 
 #endif

@@ -98,8 +98,20 @@ int srv_route_metrics(srv_server_t *s, const srv_http_req_t *r)
         crd_engine_get_stats(s->engine, &es);
     }
     size_t len = 0;
-    char *text = srv_metrics_render(s->metrics, ready ? &es : NULL,
+    xp_group_health_t gh = {0};
+    xp_remote_stats_t rs = {0};
+    srv_group_metrics_t gm = {&gh, &rs};
+    if (ready && s->rx != NULL) {
+        gh.shards = calloc((size_t)xp_remote_exec_n_shards(s->rx), sizeof(*gh.shards));
+        if (gh.shards == NULL) {
+            return srv_reply_error(r, 500, "server_error", NULL, NULL, "out of memory");
+        }
+        xp_remote_exec_health(s->rx, &gh);
+        xp_remote_exec_stats(s->rx, &rs);
+    }
+    char *text = srv_metrics_render(s->metrics, ready ? &es : NULL, gh.shards != NULL ? &gm : NULL,
                                     s->model_name != NULL ? s->model_name : "", &len);
+    free(gh.shards);
     if (text == NULL) {
         return srv_reply_error(r, 500, "server_error", NULL, NULL, "out of memory");
     }

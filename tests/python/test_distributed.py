@@ -20,6 +20,7 @@ The serving suite itself runs against a 2-shard cluster in ctest `python_dist_se
 test_distributed_netns.py.
 """
 import json
+import re
 import time
 
 import httpx2 as httpx
@@ -185,6 +186,10 @@ def test_kill_shard_mid_generation(cluster):
         time.sleep(0.1)
     assert missing == [shards.shards[1].addr], h
     assert shards.shards[1].addr in h["error"]
+    metrics = httpx.get(url + "/metrics", timeout=5).text
+    assert 'tandem_shard_group_ready{model_name=' in metrics
+    assert re.search(r'tandem_shard_up\{[^}]*rank="1"[^}]*\} 0', metrics), metrics
+    assert re.search(r'tandem_collective_bytes_total\{[^}]*\} [1-9]', metrics), metrics
     t0 = time.monotonic()
     r = _chat(url, "Say hi", 4)
     assert r.status_code == 503 and time.monotonic() - t0 < 5
@@ -199,6 +204,10 @@ def test_kill_shard_mid_generation(cluster):
     r = _chat(url, "Say hi", 4)
     assert r.status_code == 200, r.text
     assert srv.alive()
+    metrics = httpx.get(url + "/metrics", timeout=5).text
+    assert re.search(r'tandem_shard_group_ready\{[^}]*\} 1', metrics), metrics
+    assert re.search(r'tandem_shard_group_formations_total\{[^}]*\} [2-9]', metrics), metrics
+    assert re.search(r'tandem_shard_steps_failed_total\{[^}]*\} [1-9]', metrics), metrics
 
 
 def test_coordinator_restart_shards_rejoin(cluster, default_model):
