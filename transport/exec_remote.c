@@ -720,7 +720,7 @@ tdm_status_t xp_remote_exec_create(const xp_remote_params_t *p, xp_remote_exec_t
         x->p.block_tokens = 16;
     }
     if (x->p.coll_timeout_ms <= 0) {
-        x->p.coll_timeout_ms = 5000;
+        x->p.coll_timeout_ms = 15000;
     }
     if (x->p.heartbeat_timeout_ms <= 0) {
         x->p.heartbeat_timeout_ms = 1500;

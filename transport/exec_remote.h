@@ -41,7 +41,7 @@ typedef struct xp_remote_params {
     int block_tokens;          /* <= 0: 16                                             */
     uint64_t kv_bytes;         /* per-shard KV budget; 0: 4 x n_ctx tokens              */
     int proto;                 /* collectives: 0 active messages, 1 RMA put + flag      */
-    int coll_timeout_ms;       /* <= 0: 5000                                           */
+    int coll_timeout_ms;       /* <= 0: 15000                                          */
     int heartbeat_timeout_ms;  /* <= 0: 1500                                           */
     int start_timeout_ms;      /* how long create waits for the group; <= 0: 120000    */
     bool contiguous_experts;   /* the same expert range in every layer, instead of the

@@ -52,7 +52,7 @@ static void usage(FILE *out)
         "                           experts over EP for MoE models, else TP)\n"
         "  --collective am|rma      data-plane collectives: UCX active messages (default) or\n"
         "                           RMA put + flag\n"
-        "  --collective-timeout-ms N  a collective waiting longer fails (default 5000)\n"
+        "  --collective-timeout-ms N  a collective waiting longer fails (default 15000)\n"
         "  --shard-timeout-ms N     a shard silent this long is missing (default 1500)\n"
         "  --shard-start-timeout S  seconds to wait for every shard at start (default 120)\n"
         "  --contiguous-experts     same expert range in every layer (default: per-layer\n"
