@@ -305,6 +305,15 @@ static tdm_status_t run_remote(eval_run_t *run, tdm_error_t *err)
             n_ctx = e->n_prompt + o->n_greedy;
         }
     }
+    /* the shards hold 4 x n_ctx tokens of KV when no budget is given: ask for a context
+     * long enough that every sequence of this run fits at once */
+    int64_t blocks = 0;
+    for (int s = 0; s < run->n_seqs; s++) {
+        blocks += (run->seqs[s].n_prompt + o->n_greedy + o->block_tokens - 1) / o->block_tokens;
+    }
+    if (blocks * o->block_tokens > 4 * (int64_t)n_ctx) {
+        n_ctx = (int)((blocks * o->block_tokens + 3) / 4);
+    }
     xp_remote_params_t rp = {
         .g = run->g,
         .n_shards = n,
