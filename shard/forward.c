@@ -79,6 +79,9 @@ static tdm_status_t output_logits(shd_model_t *m, const shd_batch_t *b, int32_t 
 {
     const mdl_hparams_t *hp = &m->hp;
     const int64_t E = hp->n_embd, V = hp->n_vocab, vl = m->n_vocab_l;
+    if (logits == NULL && vl == V) {
+        return TDM_OK; /* this rank's logits are not wanted (another rank reports them) */
+    }
     int32_t o = 0;
     for (int32_t t = 0; t < b->n_tokens; t++) {
         if (b->want_logits[t]) {
@@ -88,9 +91,6 @@ static tdm_status_t output_logits(shd_model_t *m, const shd_batch_t *b, int32_t 
         }
     }
     if (vl == V) {
-        if (logits == NULL) {
-            return TDM_OK; /* this rank's logits are not wanted (another rank reports them) */
-        }
         return kern_matmul(m->kctx, &m->output, m->s.lx, E, n_out, logits, V, err);
     }
     TDM_CHECK(kern_matmul(m->kctx, &m->output, m->s.lx, E, n_out, m->s.lg, vl, err));

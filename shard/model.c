@@ -462,6 +462,32 @@ const shd_model_params_t *shd_model_params(const shd_model_t *m)
     return &m->params;
 }
 
+tdm_status_t shd_model_kv_blocks(const shd_model_t *m, int block_tokens, uint64_t kv_bytes,
+                                 int32_t *n_blocks, size_t *block_bytes, tdm_error_t *err)
+{
+    const size_t bt = (size_t)block_tokens;
+    const size_t bb = 2u * (size_t)m->hp.n_layer * (size_t)m->n_kv_l * (size_t)m->hp.head_dim * bt *
+                      sizeof(float);
+    const size_t min_blocks = ((size_t)m->params.n_batch_max + bt - 1) / bt + 1;
+    size_t n =
+        kv_bytes > 0 ? (size_t)(kv_bytes / bb) : ((size_t)m->params.n_ctx_max * 4 + bt - 1) / bt;
+    if (kv_bytes == 0 && n < min_blocks) {
+        n = min_blocks; /* small contexts: still one full batch */
+    }
+    if (n < min_blocks) {
+        return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
+                             "KV budget of %llu bytes holds %zu blocks of %d tokens (%zu bytes "
+                             "each); at least %zu are needed",
+                             (unsigned long long)kv_bytes, n, block_tokens, bb, min_blocks);
+    }
+    if (n > (size_t)INT32_MAX / 2) {
+        n = (size_t)INT32_MAX / 2;
+    }
+    *n_blocks = (int32_t)n;
+    *block_bytes = bb;
+    return TDM_OK;
+}
+
 void shd_model_kv_config(const shd_model_t *m, int block_tokens, int32_t n_blocks,
                          shd_kv_config_t *out)
 {

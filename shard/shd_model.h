@@ -77,6 +77,15 @@ uint64_t shd_model_weight_bytes(const shd_model_t *m);
  * Returns a checksum of the bytes read, so the reads cannot be optimised away. */
 uint64_t shd_model_prefault(const shd_model_t *m);
 
+/*
+ * How many KV blocks of block_tokens tokens a budget of kv_bytes holds on this shard (its
+ * kv heads), and the bytes of one block. kv_bytes 0 means "4 x n_ctx_max tokens, and at
+ * least one full batch". A budget below one batch (n_batch_max tokens, plus a block) fails
+ * with TDM_ERR_INVALID_PARAM and the numbers. The one rule for single-node and shards.
+ */
+tdm_status_t shd_model_kv_blocks(const shd_model_t *m, int block_tokens, uint64_t kv_bytes,
+                                 int32_t *n_blocks, size_t *block_bytes, tdm_error_t *err);
+
 /* The KV storage shape this shard needs (its local kv heads), for n_blocks blocks of
  * block_tokens tokens. */
 void shd_model_kv_config(const shd_model_t *m, int block_tokens, int32_t n_blocks,

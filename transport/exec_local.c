@@ -16,7 +16,6 @@ struct xp_local_exec {
     shd_seq_view_t *views; /* grown on demand: one per sequence of a step */
     int32_t n_views;
     int32_t n_blocks;
-    size_t block_bytes;
 };
 
 static tdm_status_t local_step(void *impl, const xp_step_t *st, float *logits, tdm_error_t *err)
@@ -79,30 +78,11 @@ tdm_status_t xp_local_exec_create(const gguf_ctx_t *g, const xp_local_params_t *
     }
     TDM_CHECK_GOTO(shd_model_load(g, x->kctx, &mp, &x->model, err), st, fail);
 
+    size_t block_bytes = 0;
+    TDM_CHECK_GOTO(
+        shd_model_kv_blocks(x->model, block_tokens, p->kv_bytes, &x->n_blocks, &block_bytes, err),
+        st, fail);
     shd_kv_config_t cfg;
-    shd_model_kv_config(x->model, block_tokens, 1, &cfg);
-    x->block_bytes = 2u * (size_t)cfg.n_layer * (size_t)cfg.n_kv_heads * (size_t)cfg.head_dim *
-                     (size_t)block_tokens * sizeof(float);
-    size_t budget = p->kv_bytes;
-    if (budget == 0) {
-        budget = x->block_bytes * (((size_t)mp.n_ctx_max * 4 + block_tokens - 1) / block_tokens);
-    }
-    size_t min_blocks = ((size_t)mp.n_batch_max + block_tokens - 1) / block_tokens + 1;
-    if (p->kv_bytes == 0 && budget < min_blocks * x->block_bytes) {
-        budget = min_blocks * x->block_bytes; /* small contexts: still one full batch */
-    }
-    size_t n_blocks = budget / x->block_bytes;
-    if (n_blocks < min_blocks) {
-        st = tdm_error_set(err, TDM_ERR_INVALID_PARAM,
-                           "KV budget of %zu bytes holds %zu blocks of %d tokens (%zu bytes "
-                           "each); at least %zu are needed",
-                           budget, n_blocks, block_tokens, x->block_bytes, min_blocks);
-        goto fail;
-    }
-    if (n_blocks > (size_t)INT32_MAX / 2) {
-        n_blocks = (size_t)INT32_MAX / 2;
-    }
-    x->n_blocks = (int32_t)n_blocks;
     shd_model_kv_config(x->model, block_tokens, x->n_blocks, &cfg);
     TDM_CHECK_GOTO(shd_kv_cache_create(&cfg, &x->kv, err), st, fail);
 
@@ -134,14 +114,4 @@ void xp_local_exec_destroy(xp_local_exec_t *x)
     kern_ctx_destroy(x->kctx);
     free(x->views);
     free(x);
-}
-
-size_t xp_local_exec_block_bytes(const xp_local_exec_t *x)
-{
-    return x->block_bytes;
-}
-
-int32_t xp_local_exec_n_blocks(const xp_local_exec_t *x)
-{
-    return x->n_blocks;
 }

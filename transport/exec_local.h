@@ -35,8 +35,4 @@ tdm_status_t xp_local_exec_create(const gguf_ctx_t *g, const xp_local_params_t *
                                   xp_local_exec_t **out, xp_executor_t *ex, tdm_error_t *err);
 void xp_local_exec_destroy(xp_local_exec_t *x); /* NULL is fine */
 
-/* Bytes of KV storage per block, and the number of blocks allocated. */
-size_t xp_local_exec_block_bytes(const xp_local_exec_t *x);
-int32_t xp_local_exec_n_blocks(const xp_local_exec_t *x);
-
 #endif

@@ -90,8 +90,8 @@ struct xp_remote_exec {
     char step_error[512];
     zmq_msg_t step_logits; /* rank 0's RESULT payload (the encoded message) */
     bool have_logits;
-    uint64_t next_step_id;
-    uint64_t rng; /* splitmix64 state for epochs */
+    uint64_t engine_step_id; /* engine thread: the id of the last step it encoded */
+    uint64_t rng;            /* splitmix64 state for epochs */
 };
 
 static uint64_t next_random(uint64_t *state)
@@ -115,11 +115,14 @@ static tdm_status_t remote_step(void *impl, const xp_step_t *st, float *logits, 
     xp_msg_t m;
     memset(&m, 0, sizeof(m));
     m.type = XP_MSG_STEP;
+    m.request_id = ++x->engine_step_id;
     m.step = *st;
     msgpack_sbuffer sb;
     msgpack_sbuffer_init(&sb);
     tdm_status_t rc = xp_msg_encode(&sb, &m, err);
-    if (rc == TDM_OK && zmq_send(x->pipe_engine, sb.data, sb.size, 0) < 0) {
+    if (rc == TDM_OK &&
+        (zmq_send(x->pipe_engine, &m.request_id, sizeof(m.request_id), ZMQ_SNDMORE) < 0 ||
+         zmq_send(x->pipe_engine, sb.data, sb.size, 0) < 0)) {
         rc = tdm_error_set(err, TDM_ERR_INTERNAL, "remote executor: pipe: %s", zmq_strerror(errno));
     }
     msgpack_sbuffer_destroy(&sb);
@@ -165,7 +168,7 @@ static const xp_executor_ops_t remote_ops = {.step = remote_step, .generation = 
 
 /* ---- I/O thread ---- */
 
-static void send_msg(xp_remote_exec_t *x, shard_t *sh, const xp_msg_t *m)
+static void send_msg(shard_t *sh, const xp_msg_t *m)
 {
     msgpack_sbuffer sb;
     msgpack_sbuffer_init(&sb);
@@ -176,7 +179,6 @@ static void send_msg(xp_remote_exec_t *x, shard_t *sh, const xp_msg_t *m)
         TDM_WARN("remote", "send %s to %s: %s", xp_msg_type_str(m->type), sh->name,
                  zmq_strerror(errno));
     }
-    (void)x;
     msgpack_sbuffer_destroy(&sb);
 }
 
@@ -326,7 +328,7 @@ static void send_load(xp_remote_exec_t *x)
             l->expert_lo = lo;
             l->expert_n = cnt;
         }
-        send_msg(x, &x->shards[r], &m);
+        send_msg(&x->shards[r], &m);
         x->shards[r].st = SH_LOADING;
     }
     free(peers);
@@ -337,7 +339,13 @@ static void send_load(xp_remote_exec_t *x)
              x->ep);
 }
 
-static void on_shard_msg(xp_remote_exec_t *x, int r, const xp_msg_t *m, zmq_msg_t *raw)
+static void free_logits(void *data, void *hint)
+{
+    (void)hint;
+    free(data);
+}
+
+static void on_shard_msg(xp_remote_exec_t *x, int r, xp_msg_t *m)
 {
     shard_t *sh = &x->shards[r];
     const double now = tdm_now_s();
@@ -361,10 +369,10 @@ static void on_shard_msg(xp_remote_exec_t *x, int r, const xp_msg_t *m, zmq_msg_
             snprintf(sh->error, sizeof(sh->error), "%.255s", reason);
             sh->st = SH_REFUSED;
             snprintf(x->gerror, sizeof(x->gerror), "%.511s", reason);
-            send_msg(x, sh, &ack);
+            send_msg(sh, &ack);
             break;
         }
-        send_msg(x, sh, &ack);
+        send_msg(sh, &ack);
         if (sh->st == SH_MISSING || sh->st == SH_REFUSED || sh->st == SH_FAILED ||
             sh->st == SH_REJOIN) {
             free(sh->ucx);
@@ -463,16 +471,17 @@ static void on_shard_msg(xp_remote_exec_t *x, int r, const xp_msg_t *m, zmq_msg_
             x->n_results++;
         }
         if (r == 0) {
-            /* keep rank 0's logits bytes (copied out of the decoded message) */
-            (void)raw;
+            /* keep rank 0's logits: the decoder's copy becomes the reply frame as it is */
             const size_t bytes =
                 (size_t)m->result.n_logits * (size_t)m->result.n_vocab * sizeof(float);
             if (x->have_logits) {
                 zmq_msg_close(&x->step_logits);
             }
-            zmq_msg_init_size(&x->step_logits, bytes);
             if (bytes > 0) {
-                memcpy(zmq_msg_data(&x->step_logits), m->result.logits, bytes);
+                zmq_msg_init_data(&x->step_logits, m->owned_f32, bytes, free_logits, NULL);
+                m->owned_f32 = NULL; /* now the frame's */
+            } else {
+                zmq_msg_init(&x->step_logits);
             }
             x->have_logits = true;
         }
@@ -503,7 +512,7 @@ static void on_shard_readable(xp_remote_exec_t *x, int r)
             TDM_WARN("remote", "malformed message from %s: %s", x->shards[r].name,
                      tdm_error_msg(&err));
         } else {
-            on_shard_msg(x, r, &m, &part);
+            on_shard_msg(x, r, &m);
             xp_msg_free(&m);
         }
         zmq_msg_close(&part);
@@ -511,22 +520,29 @@ static void on_shard_readable(xp_remote_exec_t *x, int r)
 }
 
 /* A step from the engine: forward it to every shard, or refuse it at once. */
+/* A step from the engine, [id][encoded STEP]: forward the bytes to every shard as they
+ * are (zmq_msg_copy shares the buffer), or refuse the step at once. */
 static void on_engine(xp_remote_exec_t *x)
 {
+    uint64_t id = 0;
     zmq_msg_t req;
     zmq_msg_init(&req);
-    if (zmq_msg_recv(&req, x->pipe_io, ZMQ_DONTWAIT) < 0) {
+    if (zmq_recv(x->pipe_io, &id, sizeof(id), ZMQ_DONTWAIT) != (int)sizeof(id) ||
+        zmq_msg_recv(&req, x->pipe_io, 0) < 0) {
         zmq_msg_close(&req);
         return;
     }
     x->step_active = true;
     x->step_t0 = tdm_now_s();
+    x->step_id = id;
     x->n_results = 0;
     pthread_mutex_lock(&x->mu);
     const bool ready = x->gst == G_READY;
-    char why[512];
-    snprintf(why, sizeof(why), "shard group not ready: %.480s",
-             x->gerror[0] ? x->gerror : "forming");
+    char why[512] = "";
+    if (!ready) {
+        snprintf(why, sizeof(why), "shard group not ready: %.480s",
+                 x->gerror[0] ? x->gerror : "forming");
+    }
     for (int i = 0; i < x->n; i++) {
         x->shards[i].have_result = false;
     }
@@ -536,37 +552,21 @@ static void on_engine(xp_remote_exec_t *x)
         finish_step(x, TDM_ERR_TRANSPORT, why);
         return;
     }
-    /* re-stamp the request id: the engine encoded 0 */
-    xp_msg_t m;
-    tdm_error_t err = {0};
-    if (xp_msg_decode(zmq_msg_data(&req), zmq_msg_size(&req), &m, &err) != TDM_OK) {
-        zmq_msg_close(&req);
-        finish_step(x, TDM_ERR_INTERNAL, tdm_error_msg(&err));
-        return;
-    }
-    zmq_msg_close(&req);
-    x->step_id = ++x->next_step_id;
-    m.request_id = x->step_id;
-    msgpack_sbuffer sb;
-    msgpack_sbuffer_init(&sb);
-    if (xp_msg_encode(&sb, &m, &err) != TDM_OK) {
-        msgpack_sbuffer_destroy(&sb);
-        xp_msg_free(&m);
-        finish_step(x, TDM_ERR_INTERNAL, tdm_error_msg(&err));
-        return;
-    }
-    xp_msg_free(&m);
     for (int i = 0; i < x->n; i++) {
-        if (zmq_send(x->shards[i].sock, sb.data, sb.size, ZMQ_DONTWAIT) < 0) {
+        zmq_msg_t part;
+        zmq_msg_init(&part);
+        zmq_msg_copy(&part, &req);
+        if (zmq_msg_send(&part, x->shards[i].sock, ZMQ_DONTWAIT) < 0) {
             char w[512];
             snprintf(w, sizeof(w), "shard %s (rank %d) unreachable: %s", x->shards[i].name, i,
                      zmq_strerror(errno));
-            msgpack_sbuffer_destroy(&sb);
+            zmq_msg_close(&part);
+            zmq_msg_close(&req);
             fail_group_and_step(x, TDM_ERR_TRANSPORT, w);
             return;
         }
     }
-    msgpack_sbuffer_destroy(&sb);
+    zmq_msg_close(&req);
 }
 
 /* Periodic work: greetings, liveness, starting a formation. */
@@ -614,7 +614,7 @@ static void tick(xp_remote_exec_t *x)
                 memset(&h, 0, sizeof(h));
                 h.type = XP_MSG_HELLO;
                 h.hello.session = x->session;
-                send_msg(x, sh, &h);
+                send_msg(sh, &h);
                 sh->last_hello = now;
             }
             if (sh->st == SH_MISSING && sh->error[0] == '\0') {
@@ -845,7 +845,7 @@ void xp_remote_exec_destroy(xp_remote_exec_t *x)
             memset(&m, 0, sizeof(m));
             m.type = XP_MSG_SHUTDOWN;
             if (sh->st == SH_READY || sh->st == SH_LOADING) {
-                send_msg(x, sh, &m);
+                send_msg(sh, &m);
             }
             zmq_close(sh->sock);
         }

@@ -93,6 +93,12 @@ static const char *state_name(int st)
     return st >= 0 && st <= SHARD_BUSY ? names[st] : "?";
 }
 
+static void free_frame(void *data, void *hint)
+{
+    (void)hint;
+    free(data);
+}
+
 /* Encodes msg and sends it with a routing id over sock (the ROUTER, or the PUSH pipe to
  * the control thread, which forwards the same two frames). */
 static tdm_status_t send_to(void *sock, const uint8_t *id, size_t id_len, const xp_msg_t *msg,
@@ -101,15 +107,20 @@ static tdm_status_t send_to(void *sock, const uint8_t *id, size_t id_len, const 
     msgpack_sbuffer sb;
     msgpack_sbuffer_init(&sb);
     tdm_status_t st = xp_msg_encode(&sb, msg, err);
-    if (st == TDM_OK) {
-        if (zmq_send(sock, id, id_len, ZMQ_SNDMORE) < 0 ||
-            zmq_send(sock, sb.data, sb.size, 0) < 0) {
-            st = tdm_error_set(err, TDM_ERR_TRANSPORT, "shard: send %s: %s",
-                               xp_msg_type_str(msg->type), zmq_strerror(errno));
-        }
+    if (st != TDM_OK) {
+        msgpack_sbuffer_destroy(&sb);
+        return st;
     }
-    msgpack_sbuffer_destroy(&sb);
-    return st;
+    /* the encoded bytes become the frame (a RESULT carries megabytes of logits) */
+    const size_t size = sb.size;
+    zmq_msg_t body;
+    zmq_msg_init_data(&body, msgpack_sbuffer_release(&sb), size, free_frame, NULL);
+    if (zmq_send(sock, id, id_len, ZMQ_SNDMORE) < 0 || zmq_msg_send(&body, sock, 0) < 0) {
+        zmq_msg_close(&body);
+        return tdm_error_set(err, TDM_ERR_TRANSPORT, "shard: send %s: %s",
+                             xp_msg_type_str(msg->type), zmq_strerror(errno));
+    }
+    return TDM_OK;
 }
 
 static uint64_t rss_bytes(void)
@@ -200,30 +211,15 @@ static bool same_shape(const loaded_shape_t *a, const xp_msg_load_t *l)
     return true;
 }
 
-/* KV storage for the budget (0: 4 x n_ctx tokens), as transport/exec_local.c sizes it. */
+/* KV storage for the LOAD's budget, by the rule single-node mode uses. */
 static tdm_status_t alloc_kv(xp_shard_server_t *s, const xp_msg_load_t *l, tdm_error_t *err)
 {
+    int32_t n_blocks = 0;
+    size_t block_bytes = 0;
+    TDM_CHECK(
+        shd_model_kv_blocks(s->model, l->block_tokens, l->kv_bytes, &n_blocks, &block_bytes, err));
     shd_kv_config_t cfg;
-    shd_model_kv_config(s->model, l->block_tokens, 1, &cfg);
-    const size_t block_bytes = 2u * (size_t)cfg.n_layer * (size_t)cfg.n_kv_heads *
-                               (size_t)cfg.head_dim * (size_t)l->block_tokens * sizeof(float);
-    const size_t min_blocks = ((size_t)l->n_batch_max + l->block_tokens - 1) / l->block_tokens + 1;
-    size_t n_blocks = l->kv_bytes > 0
-                          ? l->kv_bytes / block_bytes
-                          : ((size_t)l->n_ctx * 4 + l->block_tokens - 1) / (size_t)l->block_tokens;
-    if (l->kv_bytes == 0 && n_blocks < min_blocks) {
-        n_blocks = min_blocks;
-    }
-    if (n_blocks < min_blocks) {
-        return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
-                             "KV budget of %" PRIu64 " bytes holds %zu blocks of %d tokens (%zu "
-                             "bytes each on this shard); at least %zu are needed",
-                             l->kv_bytes, n_blocks, (int)l->block_tokens, block_bytes, min_blocks);
-    }
-    if (n_blocks > (size_t)INT32_MAX / 2) {
-        n_blocks = (size_t)INT32_MAX / 2;
-    }
-    shd_model_kv_config(s->model, l->block_tokens, (int32_t)n_blocks, &cfg);
+    shd_model_kv_config(s->model, l->block_tokens, n_blocks, &cfg);
     return shd_kv_cache_create(&cfg, &s->kv, err);
 }
 

@@ -137,7 +137,8 @@ typedef struct xp_msg_heartbeat {
  * One message. hdr fields and the body member matching type are meaningful; the others
  * are ignored by the encoder and zero after decoding. For encoding, the caller fills the
  * pointers (step arrays, logits) with its own memory; after decoding they point into
- * storage owned by the message (the owned_* fields, private to xp_msg.c).
+ * storage owned by the message (the owned_* fields, private to xp_msg.c except that a
+ * caller may take owned_f32).
  */
 typedef struct xp_msg {
     xp_msg_type_t type;
@@ -156,7 +157,8 @@ typedef struct xp_msg {
     void *owned_i32;  /* private: token/pos/seq/block storage of a decoded STEP */
     void *owned_u8;   /* private: want_logits of a decoded STEP                 */
     void *owned_seqs; /* private: xp_step_seq_t array of a decoded STEP         */
-    void *owned_f32;  /* private: logits of a decoded RESULT                    */
+    void *owned_f32;  /* logits of a decoded RESULT (malloc'd); a caller may take it,
+                         setting the field NULL, and free() it later             */
     void *owned_load; /* private: peers and expert ranges of a decoded LOAD, JOIN's address */
 } xp_msg_t;
 
