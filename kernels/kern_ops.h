@@ -13,6 +13,9 @@
 
 #include "kernels/kern_isa.h"
 #include "model/hparams.h"
+#include "model/tensor_types.h"
+
+#include <stdbool.h>
 
 #include <stdint.h>
 
@@ -70,6 +73,26 @@ void kern_op_attn_head_f32(kern_isa_t isa, float *out, const float *q, const flo
 void kern_op_attn_head_f32_ref(float *out, const float *q, const float *k, const float *v,
                                const int32_t *blocks, size_t block_stride, int block_tokens,
                                int32_t n_keys, int head_dim, float scale, float *scores);
+
+/*
+ * The same over a cache whose rows are of `type` (F32, F16 or Q8_0; kernels/cpu/ops_kv.c):
+ * k and v point at the layer's block 0 offset to this KV head, a block is block_bytes, a
+ * slot row_bytes. row: head_dim floats of scratch for one converted row.
+ */
+void kern_op_attn_head_kv(kern_isa_t isa, tdm_type_t type, float *out, const float *q,
+                          const void *k, const void *v, const int32_t *blocks, size_t block_bytes,
+                          int block_tokens, size_t row_bytes, int32_t n_keys, int head_dim,
+                          float scale, float *scores, float *row);
+
+/* dst (one cache row of `type`) = src (head_dim floats), converted as the CUDA backend does. */
+void kern_op_kv_row_store(tdm_type_t type, void *dst, const float *src, int head_dim);
+
+/*
+ * MoE routing of one token: probs (router logits, softmaxed in place), the k chosen
+ * experts (ties to the lower index) and their weights, renormalised to sum 1 when norm
+ * (the divisor clamped at 2^-14, as llama.cpp does).
+ */
+void kern_op_route_token(float *probs, int n_expert, int k, bool norm, int32_t *sel, float *w);
 
 /* kern_op_silu_mul_f32 with the isa's kernel (AVX2: a polynomial exp, ~2 ulp). */
 void kern_op_silu_mul_f32_isa(kern_isa_t isa, float *out, const float *gate, const float *up,

@@ -254,6 +254,9 @@ void gguf_file_release(gguf_file_t *f)
     if (f->map != NULL) {
         munmap(f->map, f->map_len);
     }
+    if (f->fd_valid) {
+        close(f->fd);
+    }
     free(f->path);
     memset(f, 0, sizeof(*f));
 }
@@ -722,7 +725,8 @@ tdm_status_t gguf_file_open(gguf_file_t *f, const char *path, uint32_t file_idx,
         f->map_len = (size_t)f->size;
         f->base = m;
     }
-    close(fd);
+    f->fd = fd;
+    f->fd_valid = true;
     return gguf_file_parse(f, file_idx, err);
 }
 
@@ -1051,4 +1055,27 @@ tdm_status_t gguf_get_arr(const gguf_ctx_t *ctx, const char *key, gguf_value_typ
     *n = v->v.arr.n;
     *data = v->v.arr.data;
     return TDM_OK;
+}
+
+void gguf_release_pages(const gguf_ctx_t *ctx, const void *p, size_t n)
+{
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    for (uint32_t i = 0; i < ctx->n_files; i++) {
+        const gguf_file_t *f = &ctx->files[i];
+        const uintptr_t base = (uintptr_t)f->map, a = (uintptr_t)p;
+        if (f->map == NULL || a < base || a + n > base + f->map_len) {
+            continue;
+        }
+        /* only whole pages inside [p, p + n): a page shared with bytes still to be read
+         * stays */
+        const uintptr_t lo = (a + page - 1) & ~(page - 1), hi = (a + n) & ~(page - 1);
+        if (hi > lo) {
+            (void)madvise((void *)lo, hi - lo, MADV_DONTNEED);
+            if (f->fd_valid) {
+                (void)posix_fadvise(f->fd, (off_t)(lo - base), (off_t)(hi - lo),
+                                    POSIX_FADV_DONTNEED);
+            }
+        }
+        return;
+    }
 }

@@ -147,6 +147,15 @@ uint64_t gguf_n_tensors(const gguf_ctx_t *ctx);
 const gguf_tensor_t *gguf_tensor_at(const gguf_ctx_t *ctx, uint64_t i);
 const gguf_tensor_t *gguf_find_tensor(const gguf_ctx_t *ctx, const char *name); /* NULL if absent */
 
+/*
+ * Tells the kernel that the mapped bytes [p, p + n) of a tensor will not be read again:
+ * the whole pages inside the range leave this process's mapping and the page cache, so a
+ * model copied to a GPU is not held twice on a unified-memory machine (DGX Spark). A
+ * later read of those bytes still works (the page is read from the file again). No-op for
+ * memory images and ranges outside the mappings.
+ */
+void gguf_release_pages(const gguf_ctx_t *ctx, const void *p, size_t n);
+
 const char *gguf_value_type_name(gguf_value_type_t t);
 
 /* Bytes of one scalar of type t on disk (0 for STRING, ARRAY and unknown types). */

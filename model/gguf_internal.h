@@ -23,6 +23,8 @@ typedef struct gguf_file {
     uint64_t size;
     void *map; /* mmap'ed region, or NULL for memory images     */
     size_t map_len;
+    int fd;        /* kept open for posix_fadvise, when fd_valid      */
+    bool fd_valid; /* false for memory images                         */
     uint32_t version;
     uint32_t alignment;
     uint64_t data_offset; /* start of the data section               */

@@ -3,9 +3,9 @@
  * of the architecture, final norm and the output projection for the selected tokens).
  */
 #include "common/check.h"
-#include "kernels/kern_ops.h"
 #include "shard/shd_internal.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 static tdm_status_t check_batch(const shd_model_t *m, const shd_kv_cache_t *kv,
@@ -72,38 +72,62 @@ static tdm_status_t check_batch(const shd_model_t *m, const shd_kv_cache_t *kv,
     return TDM_OK;
 }
 
-/* Final norm of the selected rows and the output projection; TP ranks each produce
- * their vocab rows and all-gather them. */
-static tdm_status_t output_logits(shd_model_t *m, const shd_batch_t *b, int32_t n_out,
-                                  float *logits, tdm_error_t *err)
+/* Final norm of the selected rows and the output projection. TP ranks that split the
+ * vocabulary each produce their rows and all-gather them. Runs inside the step: the
+ * device work ends (and a captured graph is launched) in step_end, before the copy. */
+static void output_rows(shd_model_t *m, int32_t n_out)
 {
-    const mdl_hparams_t *hp = &m->hp;
-    const int64_t E = hp->n_embd, V = hp->n_vocab, vl = m->n_vocab_l;
-    if (logits == NULL && vl == V) {
-        return TDM_OK; /* this rank's logits are not wanted (another rank reports them) */
-    }
-    int32_t o = 0;
-    for (int32_t t = 0; t < b->n_tokens; t++) {
-        if (b->want_logits[t]) {
-            kern_op_rms_norm_f32(m->s.lx + (int64_t)o * E, E, m->s.x + (int64_t)t * E, E,
-                                 m->out_norm, 1, E, hp->rms_eps);
-            o++;
-        }
-    }
+    const int64_t E = m->hp.n_embd;
+    kern_be_get_out_rows(m->be, m->s.lx, E, m->s.x, E, E);
+    kern_be_rms_norm(m->be, m->s.lx, E, m->s.lx, E, m->out_norm, n_out, E, m->hp.rms_eps);
+}
+
+static tdm_status_t output_logits(shd_model_t *m, int32_t n_out, float *logits, tdm_error_t *err)
+{
+    const int64_t V = m->hp.n_vocab, vl = m->n_vocab_l;
     if (vl == V) {
-        return kern_matmul(m->kctx, &m->output, m->s.lx, E, n_out, logits, V, err);
+        if (logits == NULL) {
+            return TDM_OK; /* this rank's logits are not wanted (another rank reports them) */
+        }
+        return kern_be_to_host(m->be, logits, m->s.lg, (size_t)n_out * (size_t)V * sizeof(float),
+                               err);
     }
-    TDM_CHECK(kern_matmul(m->kctx, &m->output, m->s.lx, E, n_out, m->s.lg, vl, err));
+    if (!m->params.comm.ops->device_memory) {
+        TDM_CHECK(kern_be_sync(m->be, err)); /* lg is host-visible: it must be written */
+    }
     TDM_CHECK(m->params.comm.ops->all_gather_f32(m->params.comm.impl, SHD_GROUP_TP, m->s.lg,
                                                  (int64_t)n_out * vl, m->s.lgg, err));
     if (logits == NULL) {
         return TDM_OK; /* took part in the gather; the rows are another rank's to report */
     }
+    const float *gathered = m->s.lgg;
+    if (m->params.comm.ops->device_memory) {
+        /* gathered on the device: bring the ranks' rows over once, then reorder */
+        const size_t bytes = (size_t)m->params.part.tp_size * (size_t)n_out * (size_t)vl * 4;
+        TDM_CHECK(kern_be_to_host(m->be, logits, m->s.lgg, bytes, err));
+        gathered = NULL;
+    }
     const int tp = m->params.part.tp_size;
+    if (gathered == NULL) {
+        /* logits holds [rank][row][vl]; the rows want [row][rank][vl]: via scratch */
+        float *tmp = malloc((size_t)tp * (size_t)n_out * (size_t)vl * sizeof(float));
+        if (tmp == NULL) {
+            return tdm_error_set(err, TDM_ERR_NO_MEMORY, "forward: out of memory for logits");
+        }
+        memcpy(tmp, logits, (size_t)tp * (size_t)n_out * (size_t)vl * sizeof(float));
+        for (int r = 0; r < tp; r++) {
+            for (int32_t i = 0; i < n_out; i++) {
+                memcpy(logits + (int64_t)i * V + (int64_t)r * vl,
+                       tmp + ((int64_t)r * n_out + i) * vl, (size_t)vl * sizeof(float));
+            }
+        }
+        free(tmp);
+        return TDM_OK;
+    }
     for (int r = 0; r < tp; r++) {
         for (int32_t i = 0; i < n_out; i++) {
             memcpy(logits + (int64_t)i * V + (int64_t)r * vl,
-                   m->s.lgg + ((int64_t)r * n_out + i) * vl, (size_t)vl * sizeof(float));
+                   gathered + ((int64_t)r * n_out + i) * vl, (size_t)vl * sizeof(float));
         }
     }
     return TDM_OK;
@@ -114,17 +138,52 @@ tdm_status_t shd_forward(shd_model_t *m, shd_kv_cache_t *kv, const shd_batch_t *
 {
     int32_t n_out = 0;
     TDM_CHECK(check_batch(m, kv, b, &n_out, err));
-    const int64_t E = m->hp.n_embd;
-    for (int32_t t = 0; t < b->n_tokens; t++) {
-        const unsigned char *row =
-            (const unsigned char *)m->tok_embd.data + (size_t)b->token[t] * m->tok_embd.row_bytes;
-        TDM_CHECK(kern_dequantize(m->tok_embd.type, row, m->s.x + t * E, E, err));
+    for (int32_t t = 0, o = 0; t < b->n_tokens; t++) {
+        if (b->want_logits != NULL && b->want_logits[t]) {
+            m->out_idx[o++] = t;
+        }
     }
-    for (int il = 0; il < m->hp.n_layer; il++) {
-        TDM_CHECK(m->arch->forward_layer(m, kv, b, il, err));
-    }
-    if (n_out == 0) {
+    const kern_step_t step = {
+        .n_tokens = b->n_tokens,
+        .token = b->token,
+        .pos = b->pos,
+        .seq = b->seq,
+        .n_seqs = b->n_seqs,
+        .seqs = b->seqs,
+        .n_out = n_out,
+        .out_idx = m->out_idx,
+    };
+    /* The output head runs when this rank's logits are read, or when it takes part in
+     * the vocabulary all-gather. On the CPU the logits are written in place. */
+    const bool split_vocab = m->n_vocab_l != m->hp.n_vocab;
+    const bool head = n_out > 0 && (logits != NULL || split_vocab);
+    const bool direct = head && !split_vocab && kern_be_host_memory(m->be);
+    bool graphable = shd_comm_on_device(m), rerun = false;
+    tdm_status_t st;
+    do {
+        kern_be_step_begin(m->be, &step, graphable);
+        kern_be_get_rows(m->be, m->s.x, m->hp.n_embd, &m->tok_embd);
+        st = TDM_OK;
+        for (int il = 0; il < m->hp.n_layer && st == TDM_OK; il++) {
+            st = m->arch->forward_layer(m, kv, b, il, err);
+        }
+        if (st == TDM_OK && head) {
+            output_rows(m, n_out);
+            const kern_matmul_op_t out = {&m->output, m->s.lx, m->hp.n_embd,
+                                          direct ? logits : m->s.lg,
+                                          direct ? m->hp.n_vocab : m->n_vocab_l};
+            kern_be_matmul(m->be, 1, &out, n_out);
+        }
+        /* always ends the step, so the backend's state is clean after a failure too */
+        tdm_status_t end = kern_be_step_end(m->be, &rerun, err);
+        if (st == TDM_OK) {
+            st = end;
+        }
+        graphable = false; /* a rerun runs the ops as they come */
+    } while (st == TDM_OK && rerun);
+    TDM_CHECK(st);
+    if (!head || direct) {
         return TDM_OK;
     }
-    return output_logits(m, b, n_out, logits, err);
+    return output_logits(m, n_out, logits, err);
 }

@@ -20,10 +20,8 @@
 extern "C" {
 #endif
 
-typedef struct shd_seq_view {
-    const int32_t *blocks; /* logical block j -> physical block id            */
-    int32_t n_blocks;
-} shd_seq_view_t;
+/* A sequence's block table: logical block j -> physical block id (the backend's type). */
+typedef kern_seq_t shd_seq_view_t;
 
 typedef struct shd_batch {
     int32_t n_tokens;

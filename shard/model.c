@@ -19,6 +19,16 @@ static const gguf_tensor_t *find_tensor(shd_model_t *m, const char *name, tdm_er
     return t;
 }
 
+/* Remembers a bound view for the backend's weight store (kern_be_weights_load). */
+static void add_ref(shd_model_t *m, kern_weight_ref_t r)
+{
+    if (m->n_refs == m->cap_refs) {
+        m->cap_refs = m->cap_refs > 0 ? 2 * m->cap_refs : 64;
+        m->refs = tdm_xrealloc(m->refs, (size_t)m->cap_refs * sizeof(*m->refs));
+    }
+    m->refs[m->n_refs++] = r;
+}
+
 tdm_status_t shd_bind_vec(shd_model_t *m, const char *name, int64_t n, const float **out,
                           tdm_error_t *err)
 {
@@ -33,6 +43,7 @@ tdm_status_t shd_bind_vec(shd_model_t *m, const char *name, int64_t n, const flo
                              name, (long long)t->ne[0], (long long)t->ne[1], (long long)n);
     }
     m->weight_bytes += t->nbytes;
+    add_ref(m, (kern_weight_ref_t){.vec = out, .vec_len = n});
     if (t->type == TDM_TYPE_F32) {
         *out = t->data;
         return TDM_OK;
@@ -101,12 +112,13 @@ tdm_status_t shd_bind_mat(shd_model_t *m, const char *name, int64_t n_cols, int6
         /* a tied output reuses the embedding's bytes: count them once */
         m->weight_bytes += (uint64_t)nr * tdm_type_row_size(t->type, nc);
     }
+    add_ref(m, (kern_weight_ref_t){.w = out, .n_mats = 1});
     return slice_view(name, t->type, t->data, n_cols, r0, nr, c0, nc, out, err);
 }
 
 tdm_status_t shd_bind_experts(shd_model_t *m, const char *name, int64_t n_cols, int64_t n_rows,
-                              int64_t n_expert, int64_t e0, int64_t r0, int64_t nr, int64_t c0,
-                              int64_t nc, shd_experts_t *out, tdm_error_t *err)
+                              int64_t n_expert, int64_t e0, int64_t ne, int64_t r0, int64_t nr,
+                              int64_t c0, int64_t nc, shd_experts_t *out, tdm_error_t *err)
 {
     const gguf_tensor_t *t = find_tensor(m, name, err);
     if (t == NULL) {
@@ -119,8 +131,10 @@ tdm_status_t shd_bind_experts(shd_model_t *m, const char *name, int64_t n_cols, 
                              name, (long long)t->ne[0], (long long)t->ne[1], (long long)t->ne[2],
                              (long long)n_cols, (long long)n_rows, (long long)n_expert);
     }
+    TDM_ASSERT(e0 >= 0 && ne >= 1 && e0 + ne <= n_expert);
     size_t stride = tdm_type_row_size(t->type, n_cols) * (size_t)n_rows;
     out->stride = stride;
+    add_ref(m, (kern_weight_ref_t){.w = &out->w, .n_mats = (int)ne, .stride = &out->stride});
     return slice_view(name, t->type, (const unsigned char *)t->data + (size_t)e0 * stride, n_cols,
                       r0, nr, c0, nc, &out->w, err);
 }
@@ -178,11 +192,13 @@ tdm_status_t shd_bind_std_layer(shd_model_t *m, int il, bool qk_norm, tdm_error_
         return TDM_OK; /* this rank holds none of the layer's experts */
     }
     TDM_CHECK(shd_bind_experts(m, NAME("ffn_gate_exps.weight"), hp->n_embd, fe, ne, L->exp_lo,
-                               m->ffe_lo, m->n_ffe_l, 0, hp->n_embd, &L->gate_exps, err));
+                               L->n_exp_l, m->ffe_lo, m->n_ffe_l, 0, hp->n_embd, &L->gate_exps,
+                               err));
     TDM_CHECK(shd_bind_experts(m, NAME("ffn_up_exps.weight"), hp->n_embd, fe, ne, L->exp_lo,
-                               m->ffe_lo, m->n_ffe_l, 0, hp->n_embd, &L->up_exps, err));
-    TDM_CHECK(shd_bind_experts(m, NAME("ffn_down_exps.weight"), fe, hp->n_embd, ne, L->exp_lo, 0,
-                               hp->n_embd, m->ffe_lo, m->n_ffe_l, &L->down_exps, err));
+                               L->n_exp_l, m->ffe_lo, m->n_ffe_l, 0, hp->n_embd, &L->up_exps, err));
+    TDM_CHECK(shd_bind_experts(m, NAME("ffn_down_exps.weight"), fe, hp->n_embd, ne, L->exp_lo,
+                               L->n_exp_l, 0, hp->n_embd, m->ffe_lo, m->n_ffe_l, &L->down_exps,
+                               err));
     const shd_experts_t *xs[] = {&L->gate_exps, &L->up_exps, &L->down_exps};
     for (size_t i = 0; i < TDM_ARRAY_SIZE(xs); i++) {
         const kern_weight_t *w = &xs[i]->w;
@@ -276,67 +292,162 @@ static size_t pad16(size_t n)
     return (n + 15) & ~(size_t)15;
 }
 
-static tdm_status_t alloc_scratch(shd_model_t *m, tdm_error_t *err)
+/* Floats of every scratch slot, in shd_scratch_t order; the last three (proj, lg, lgg)
+ * are the ones collectives touch. */
+enum { N_SLOTS = 15, N_SHARED = 3 };
+
+static void scratch_sizes(const shd_model_t *m, size_t sizes[N_SLOTS])
 {
     const mdl_hparams_t *hp = &m->hp;
     const size_t B = (size_t)m->params.n_batch_max, E = (size_t)hp->n_embd;
     const size_t hd = (size_t)hp->head_dim,
                  k = (size_t)(hp->n_expert_used > 0 ? hp->n_expert_used : 1);
-    const size_t ff = (size_t)(m->n_ff_l > m->n_ffe_l ? m->n_ff_l : m->n_ffe_l);
-    const size_t nthr = (size_t)kern_ctx_n_threads(m->kctx);
     const size_t nout = (size_t)m->params.n_out_max;
     const size_t tp = (size_t)m->params.part.tp_size;
     const bool split_vocab = m->n_vocab_l != hp->n_vocab;
-    size_t sizes[] = {
-        B * E,
-        B * E,
-        B * m->n_head_l * hd,
-        B * m->n_kv_l * hd,
-        B * m->n_kv_l * hd,
-        B * m->n_head_l * hd,
-        B * E,
-        B * ff,
-        B * ff,
-        B * (size_t)(hp->n_expert > 0 ? hp->n_expert : 1),
-        B * k,
-        B * k,
-        B,
-        B,
-        B * E,
-        B * E,
-        nthr * (size_t)m->params.n_ctx_max,
-        nout * E,
-        nout * (size_t)m->n_vocab_l,
-        split_vocab ? tp * nout * (size_t)m->n_vocab_l : 0,
+    const size_t v[N_SLOTS] = {
+        B * E,                                              /* x    */
+        B * E,                                              /* xn   */
+        B * m->n_head_l * hd,                               /* q    */
+        B * m->n_kv_l * hd,                                 /* k    */
+        B * m->n_kv_l * hd,                                 /* v    */
+        B * m->n_head_l * hd,                               /* attn */
+        B * (size_t)m->n_ff_l,                              /* ff_a */
+        B * (size_t)m->n_ff_l,                              /* ff_b */
+        B * (size_t)(hp->n_expert > 0 ? hp->n_expert : 1),  /* rlog */
+        B * k,                                              /* sel  */
+        B * k,                                              /* selw */
+        nout * E,                                           /* lx   */
+        B * E,                                              /* proj */
+        nout * (size_t)m->n_vocab_l,                        /* lg   */
+        split_vocab ? tp * nout * (size_t)m->n_vocab_l : 0, /* lgg  */
     };
-    size_t total = 0;
-    for (size_t i = 0; i < TDM_ARRAY_SIZE(sizes); i++) {
+    memcpy(sizes, v, sizeof(v));
+}
+
+static uint64_t scratch_bytes(const shd_model_t *m)
+{
+    size_t sizes[N_SLOTS], total = 0;
+    scratch_sizes(m, sizes);
+    for (int i = 0; i < N_SLOTS; i++) {
         total += pad16(sizes[i]);
     }
-    m->arena = tdm_aligned_alloc(total * sizeof(float));
-    if (m->arena == NULL) {
-        return tdm_error_set(err, TDM_ERR_NO_MEMORY,
-                             "model: out of memory for %zu MiB of step "
-                             "scratch (batch %zu)",
-                             total * sizeof(float) >> 20, B);
+    return (uint64_t)total * sizeof(float);
+}
+
+static tdm_status_t alloc_scratch(shd_model_t *m, tdm_error_t *err)
+{
+    size_t sizes[N_SLOTS], priv = 0, shared = 0;
+    scratch_sizes(m, sizes);
+    for (int i = 0; i < N_SLOTS; i++) {
+        *(i < N_SLOTS - N_SHARED ? &priv : &shared) += pad16(sizes[i]);
+    }
+    /* collectives through the host read and write proj/lg/lgg in place: pinned host memory
+     * on a GPU (the CPU backend's memory is the host's anyway) */
+    const bool hv =
+        m->world_size > 1 && !m->params.comm.ops->device_memory && !kern_be_host_memory(m->be);
+    if (!hv) {
+        priv += shared;
+    }
+    TDM_CHECK(kern_be_alloc(m->be, priv * sizeof(float), KERN_MEM_DEVICE, "step scratch", &m->arena,
+                            err));
+    if (hv) {
+        TDM_CHECK(kern_be_alloc(m->be, shared * sizeof(float), KERN_MEM_HOST_VISIBLE,
+                                "collective buffers", &m->arena_hv, err));
     }
     float *p = m->arena;
-    void **slots[] = {
-        (void **)&m->s.x,     (void **)&m->s.xn,   (void **)&m->s.q,    (void **)&m->s.k,
-        (void **)&m->s.v,     (void **)&m->s.attn, (void **)&m->s.proj, (void **)&m->s.ff_a,
-        (void **)&m->s.ff_b,  (void **)&m->s.rlog, (void **)&m->s.sel,  (void **)&m->s.selw,
-        (void **)&m->s.etok,  (void **)&m->s.ew,   (void **)&m->s.ex,   (void **)&m->s.ey,
-        (void **)&m->s.att_s, (void **)&m->s.lx,   (void **)&m->s.lg,   (void **)&m->s.lgg,
+    void **slots[N_SLOTS] = {
+        (void **)&m->s.x,    (void **)&m->s.xn,   (void **)&m->s.q,    (void **)&m->s.k,
+        (void **)&m->s.v,    (void **)&m->s.attn, (void **)&m->s.ff_a, (void **)&m->s.ff_b,
+        (void **)&m->s.rlog, (void **)&m->s.sel,  (void **)&m->s.selw, (void **)&m->s.lx,
+        (void **)&m->s.proj, (void **)&m->s.lg,   (void **)&m->s.lgg,
     };
-    _Static_assert(TDM_ARRAY_SIZE(slots) == TDM_ARRAY_SIZE(sizes), "one size per slot");
-    for (size_t i = 0; i < TDM_ARRAY_SIZE(sizes); i++) {
+    for (int i = 0; i < N_SLOTS; i++) {
+        if (hv && i == N_SLOTS - N_SHARED) {
+            p = m->arena_hv;
+        }
         *slots[i] = p; /* int32 slots share the float arena: same size and alignment */
         p += pad16(sizes[i]);
+    }
+    m->out_idx = tdm_xmalloc((size_t)m->params.n_out_max * sizeof(int32_t));
+    return TDM_OK;
+}
+
+/* What the compound ops need reserved in the backend (attention scores, MoE scratch,
+ * quantized activations on a GPU). */
+static kern_reserve_t reserve_of(const shd_model_t *m)
+{
+    const mdl_hparams_t *hp = &m->hp;
+    int64_t max_cols = hp->n_embd, max_rows = m->n_vocab_l;
+    const int64_t widths[] = {(int64_t)m->n_head_l * hp->head_dim, m->n_ff_l, m->n_ffe_l};
+    for (size_t i = 0; i < TDM_ARRAY_SIZE(widths); i++) {
+        max_cols = widths[i] > max_cols ? widths[i] : max_cols;
+    }
+    const int64_t rows[] = {hp->n_embd,
+                            (int64_t)m->n_head_l * hp->head_dim,
+                            (int64_t)m->n_kv_l * hp->head_dim,
+                            m->n_ff_l,
+                            m->n_ffe_l,
+                            hp->n_expert};
+    for (size_t i = 0; i < TDM_ARRAY_SIZE(rows); i++) {
+        max_rows = rows[i] > max_rows ? rows[i] : max_rows;
+    }
+    return (kern_reserve_t){
+        .n_tok = m->params.n_batch_max,
+        .n_out = m->params.n_out_max,
+        .n_ctx = m->params.n_ctx_max,
+        .max_cols = max_cols,
+        .max_rows = max_rows,
+        .n_head = m->n_head_l,
+        .head_dim = hp->head_dim,
+        .n_expert = hp->n_expert,
+        .n_expert_used = hp->n_expert_used,
+        .n_embd = hp->n_embd,
+        .n_ff_exp = m->n_ffe_l,
+    };
+}
+
+/* On a backend that copies the weights: refuse before copying anything when weights,
+ * scratch and the KV cache the caller will ask for do not fit, with the numbers. */
+static tdm_status_t check_fit(shd_model_t *m, tdm_error_t *err)
+{
+    if (kern_be_host_memory(m->be)) {
+        return TDM_OK; /* CPU: the weights stay in the page cache; KV is checked when made */
+    }
+    const kern_reserve_t r = reserve_of(m);
+    const uint64_t w = kern_be_weights_bytes(m->be, m->refs, m->n_refs);
+    const uint64_t sc = scratch_bytes(m) + kern_be_reserve_bytes(m->be, &r);
+    uint64_t kv = 0;
+    if (m->params.kv_block_tokens > 0) {
+        int32_t nb;
+        size_t bb;
+        TDM_CHECK(
+            shd_model_kv_blocks(m, m->params.kv_block_tokens, m->params.kv_bytes, &nb, &bb, err));
+        kv = (uint64_t)nb * bb;
+    }
+    uint64_t free_b = 0, total_b = 0;
+    TDM_CHECK(kern_be_mem_info(m->be, &free_b, &total_b, err));
+    /* a margin for the CUDA context's own allocations and fragmentation */
+    const uint64_t margin = 256ull << 20;
+    if (w + sc + kv + margin > free_b) {
+        return tdm_error_set(err, TDM_ERR_NO_MEMORY,
+                             "model: needs %.2f GiB on %s (weights %.2f, KV cache %.2f, scratch "
+                             "%.2f, margin 0.25) but %.2f GiB of %.2f are free; lower --ctx-size "
+                             "or --kv-budget, or split the model over more shards",
+                             (double)(w + sc + kv + margin) / 1073741824.0, kern_be_describe(m->be),
+                             (double)w / 1073741824.0, (double)kv / 1073741824.0,
+                             (double)sc / 1073741824.0, (double)free_b / 1073741824.0,
+                             (double)total_b / 1073741824.0);
     }
     return TDM_OK;
 }
 
-tdm_status_t shd_model_load(const gguf_ctx_t *g, kern_ctx_t *kctx, const shd_model_params_t *p,
+static void release_pages(void *arg, const void *src, size_t n)
+{
+    gguf_release_pages(arg, src, n);
+}
+
+tdm_status_t shd_model_load(const gguf_ctx_t *g, kern_backend_t *be, const shd_model_params_t *p,
                             shd_model_t **out, tdm_error_t *err)
 {
     if (p->n_batch_max < 1 || p->n_out_max < 1 || p->n_out_max > p->n_batch_max ||
@@ -349,7 +460,7 @@ tdm_status_t shd_model_load(const gguf_ctx_t *g, kern_ctx_t *kctx, const shd_mod
     tdm_status_t st;
     shd_model_t *m = tdm_xcalloc(1, sizeof(*m));
     m->g = g;
-    m->kctx = kctx;
+    m->be = be;
     m->params = *p;
     TDM_CHECK_GOTO(mdl_hparams_load(g, &m->hp, err), st, fail);
     m->arch = shd_arch_lookup(m->hp.arch);
@@ -379,7 +490,13 @@ tdm_status_t shd_model_load(const gguf_ctx_t *g, kern_ctx_t *kctx, const shd_mod
     for (int il = 0; il < hp->n_layer; il++) {
         TDM_CHECK_GOTO(m->arch->bind_layer(m, il, err), st, fail);
     }
+    TDM_CHECK_GOTO(check_fit(m, err), st, fail);
+    const kern_reserve_t r = reserve_of(m);
+    TDM_CHECK_GOTO(kern_be_reserve(be, &r, err), st, fail);
     TDM_CHECK_GOTO(alloc_scratch(m, err), st, fail);
+    TDM_CHECK_GOTO(kern_be_weights_load(be, m->refs, m->n_refs, release_pages, (void *)g,
+                                        &m->weights_region, err),
+                   st, fail);
     *out = m;
     return TDM_OK;
 fail:
@@ -397,7 +514,11 @@ void shd_model_destroy(shd_model_t *m)
     }
     free(m->owned);
     free(m->layers);
-    free(m->arena);
+    free(m->refs);
+    free(m->out_idx);
+    kern_be_free(m->be, m->arena);
+    kern_be_free(m->be, m->arena_hv);
+    kern_be_free(m->be, m->weights_region);
     free(m);
 }
 
@@ -435,6 +556,9 @@ static uint64_t touch_view(const kern_weight_t *w, size_t n_mats, size_t stride)
 
 uint64_t shd_model_prefault(const shd_model_t *m)
 {
+    if (!kern_be_host_memory(m->be)) {
+        return 0; /* the weights were copied to the device; the file's pages were dropped */
+    }
     uint64_t sum = touch_view(&m->tok_embd, 1, 0) + touch_view(&m->output, 1, 0);
     for (int il = 0; il < m->hp.n_layer; il++) {
         const shd_layer_t *L = &m->layers[il];
@@ -462,12 +586,24 @@ const shd_model_params_t *shd_model_params(const shd_model_t *m)
     return &m->params;
 }
 
+kern_backend_t *shd_model_backend(const shd_model_t *m)
+{
+    return m->be;
+}
+
 tdm_status_t shd_model_kv_blocks(const shd_model_t *m, int block_tokens, uint64_t kv_bytes,
                                  int32_t *n_blocks, size_t *block_bytes, tdm_error_t *err)
 {
     const size_t bt = (size_t)block_tokens;
-    const size_t bb = 2u * (size_t)m->hp.n_layer * (size_t)m->n_kv_l * (size_t)m->hp.head_dim * bt *
-                      sizeof(float);
+    const size_t row = tdm_type_row_size(m->params.kv_type, m->hp.head_dim);
+    if (row == 0) {
+        return tdm_error_set(err, TDM_ERR_UNSUPPORTED,
+                             "KV cache type %s needs a head dim that is a multiple of %u (the "
+                             "model's is %d): use --kv-type f16",
+                             tdm_type_name(m->params.kv_type),
+                             tdm_type_traits(m->params.kv_type)->blck, m->hp.head_dim);
+    }
+    const size_t bb = 2u * (size_t)m->hp.n_layer * (size_t)m->n_kv_l * row * bt;
     const size_t min_blocks = ((size_t)m->params.n_batch_max + bt - 1) / bt + 1;
     size_t n =
         kv_bytes > 0 ? (size_t)(kv_bytes / bb) : ((size_t)m->params.n_ctx_max * 4 + bt - 1) / bt;
@@ -496,5 +632,5 @@ void shd_model_kv_config(const shd_model_t *m, int block_tokens, int32_t n_block
     out->head_dim = m->hp.head_dim;
     out->block_tokens = block_tokens;
     out->n_blocks = n_blocks;
-    out->type = TDM_TYPE_F32;
+    out->type = m->params.kv_type;
 }

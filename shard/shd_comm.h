@@ -32,6 +32,8 @@
 
 #include "common/status.h"
 
+#include <stdbool.h>
+
 #include <stdint.h>
 
 #ifdef __cplusplus
@@ -47,6 +49,10 @@ typedef enum shd_group {
 
 typedef struct shd_comm_ops {
     const char *name;
+    /* false: buffers are host memory (on a GPU backend, host-visible pinned memory the
+     * kernels wrote; the shard finishes the step's ops before each call). true: buffers
+     * are the backend's device memory and a call is ordered on its stream (NCCL). */
+    bool device_memory;
     tdm_status_t (*all_reduce_sum_f32)(void *impl, shd_group_t group, float *buf, int64_t n,
                                        tdm_error_t *err);
     tdm_status_t (*all_gather_f32)(void *impl, shd_group_t group, const float *in, int64_t n,

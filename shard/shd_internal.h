@@ -31,28 +31,25 @@ typedef struct shd_layer {
     shd_experts_t gate_exps, up_exps, down_exps; /* MoE: local experts, local width */
 } shd_layer_t;
 
-/* Step scratch: carved from one arena at load, sized for n_batch_max tokens. */
+/* Step scratch: backend memory carved at load, sized for n_batch_max tokens. The buffers
+ * a collective reads or writes (proj, lg, lgg) are host-visible when the model is split
+ * over ranks and the communicator works on host memory. */
 typedef struct shd_scratch {
-    float *x;      /* [B, n_embd] residual stream                  */
-    float *xn;     /* [B, n_embd] normed input of a block          */
-    float *q;      /* [B, n_head_l * hd]                            */
-    float *k;      /* [B, n_kv_l * hd]                              */
-    float *v;      /* [B, n_kv_l * hd]                              */
-    float *attn;   /* [B, n_head_l * hd] attention output           */
-    float *proj;   /* [B, n_embd] block output (partial before AR)  */
-    float *ff_a;   /* [B, ff_max] gate                              */
-    float *ff_b;   /* [B, ff_max] up                                */
-    float *rlog;   /* [B, n_expert] router probabilities            */
-    int32_t *sel;  /* [B, n_expert_used] chosen experts             */
-    float *selw;   /* [B, n_expert_used] their weights              */
-    int32_t *etok; /* [B] tokens routed to the current expert       */
-    float *ew;     /* [B] and their weights                         */
-    float *ex;     /* [B, n_embd] gathered inputs                   */
-    float *ey;     /* [B, n_embd] expert outputs                    */
-    float *att_s;  /* [n_threads, n_ctx_max] attention scores       */
-    float *lx;     /* [n_out_max, n_embd] normed rows for logits    */
-    float *lg;     /* [n_out_max * n_vocab_l] local logits          */
-    float *lgg;    /* [tp * n_out_max * n_vocab_l] gathered logits  */
+    float *x;     /* [B, n_embd] residual stream                  */
+    float *xn;    /* [B, n_embd] normed input of a block          */
+    float *q;     /* [B, n_head_l * hd]                            */
+    float *k;     /* [B, n_kv_l * hd]                              */
+    float *v;     /* [B, n_kv_l * hd]                              */
+    float *attn;  /* [B, n_head_l * hd] attention output           */
+    float *proj;  /* [B, n_embd] block output (partial before AR)  */
+    float *ff_a;  /* [B, ff_max] gate                              */
+    float *ff_b;  /* [B, ff_max] up                                */
+    float *rlog;  /* [B, n_expert] router logits, then probabilities */
+    int32_t *sel; /* [B, n_expert_used] chosen experts             */
+    float *selw;  /* [B, n_expert_used] their weights              */
+    float *lx;    /* [n_out_max, n_embd] normed rows for logits    */
+    float *lg;    /* [n_out_max * n_vocab_l] local logits          */
+    float *lgg;   /* [tp * n_out_max * n_vocab_l] gathered logits  */
 } shd_scratch_t;
 
 typedef struct shd_arch_ops shd_arch_ops_t;
@@ -61,7 +58,7 @@ struct shd_model {
     mdl_hparams_t hp;
     shd_model_params_t params;
     const gguf_ctx_t *g;
-    kern_ctx_t *kctx;
+    kern_backend_t *be;
     const shd_arch_ops_t *arch;
 
     /* This rank's slice. */
@@ -83,8 +80,13 @@ struct shd_model {
 
     float **owned; /* f32 copies of non-f32 norm vectors              */
     int n_owned;
-    void *arena;
+    kern_weight_ref_t *refs; /* every bound view, for the backend's weight store */
+    int n_refs, cap_refs;
+    void *weights_region; /* the backend's copy of the weights (NULL on the CPU) */
+    void *arena;          /* backend memory of the scratch                 */
+    void *arena_hv;       /* its host-visible part (NULL when not split)   */
     shd_scratch_t s;
+    int32_t *out_idx; /* host: the step's rows that want logits     */
 };
 
 /* One architecture: binding its tensors and running one layer. Registered in
@@ -114,10 +116,10 @@ tdm_status_t shd_bind_vec(shd_model_t *m, const char *name, int64_t n, const flo
 tdm_status_t shd_bind_mat(shd_model_t *m, const char *name, int64_t n_cols, int64_t n_rows,
                           int64_t r0, int64_t nr, int64_t c0, int64_t nc, kern_weight_t *out,
                           tdm_error_t *err);
-/* Same for every expert of the 3-D tensor [n_cols, n_rows, n_expert], from expert e0. */
+/* Same for experts [e0, e0 + ne) of the 3-D tensor [n_cols, n_rows, n_expert]. */
 tdm_status_t shd_bind_experts(shd_model_t *m, const char *name, int64_t n_cols, int64_t n_rows,
-                              int64_t n_expert, int64_t e0, int64_t r0, int64_t nr, int64_t c0,
-                              int64_t nc, shd_experts_t *out, tdm_error_t *err);
+                              int64_t n_expert, int64_t e0, int64_t ne, int64_t r0, int64_t nr,
+                              int64_t c0, int64_t nc, shd_experts_t *out, tdm_error_t *err);
 
 /* The common llama-family layer tensors: norms, q/k/v/o (+ q/k norms when qk_norm), and
  * the FFN of the layer (dense or MoE, by hp.layer_moe). */
@@ -137,10 +139,12 @@ tdm_status_t shd_block_moe(shd_model_t *m, int64_t n_tok, int il, tdm_error_t *e
 /* s.x += s.proj. */
 void shd_residual_add(shd_model_t *m, int64_t n_tok);
 
-/* Top-k routing of one token: probs (softmaxed in place from router logits), the k
- * chosen experts (ties to the lower index) and their weights (renormalised when norm). */
-void shd_route_token(float *probs, int n_expert, int k, bool norm, int32_t *sel, float *w);
-
+/* Sums buf over the group's ranks (shd_comm.h). On a device backend with a communicator
+ * of host memory the step's ops are finished first (buf is host-visible memory). */
 tdm_status_t shd_all_reduce(shd_model_t *m, shd_group_t g, float *buf, int64_t n, tdm_error_t *err);
+
+/* True when the communicator reads device memory in stream order (NCCL), or there is
+ * none: then a step needs no host synchronisation and may be replayed as a graph. */
+bool shd_comm_on_device(const shd_model_t *m);
 
 #endif

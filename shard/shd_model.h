@@ -24,6 +24,7 @@
 #define TDM_SHD_MODEL_H
 
 #include "kernels/kern.h"
+#include "kernels/kern_backend.h"
 #include "model/gguf.h"
 #include "model/hparams.h"
 #include "shard/kv_cache.h"
@@ -50,21 +51,31 @@ typedef struct shd_model_params {
      * n_expert % ep_size ranks one more). The ranges of all EP ranks must tile each
      * layer's experts; topo_plan's bytes-balanced rule produces such ranges. */
     const int32_t *expert_lo, *expert_n;
+    tdm_type_t kv_type; /* KV cache rows: F32 (0, the default), F16 or Q8_0 */
+    /* The KV cache the caller will make (shd_model_kv_blocks' arguments), so a device
+     * backend can refuse a load that would not fit before copying anything; 0 blocks:
+     * not counted. */
+    int kv_block_tokens;
+    uint64_t kv_bytes;
 } shd_model_params_t;
 
 typedef struct shd_model shd_model_t;
 
 /*
- * Binds the model in g (which must outlive the model) for partition p->part, with kernels
- * run on kctx (not owned; one per concurrently running shard). Fails naming the key or
- * tensor that is missing, has the wrong shape or an unsupported type.
+ * Binds the model in g (which must outlive the model) for partition p->part, with ops run
+ * on the backend be (not owned; one per concurrently running shard). A device backend
+ * gets its own copy of the slice's weights (in bounded chunks, the file's pages dropped
+ * behind them); the load is refused first, with the numbers, when weights, scratch and
+ * the KV cache would not fit. Fails naming the key or tensor that is missing, has the
+ * wrong shape or an unsupported type.
  */
-tdm_status_t shd_model_load(const gguf_ctx_t *g, kern_ctx_t *kctx, const shd_model_params_t *p,
+tdm_status_t shd_model_load(const gguf_ctx_t *g, kern_backend_t *be, const shd_model_params_t *p,
                             shd_model_t **out, tdm_error_t *err);
 void shd_model_destroy(shd_model_t *m); /* NULL is fine */
 
 const mdl_hparams_t *shd_model_hparams(const shd_model_t *m);
 const shd_model_params_t *shd_model_params(const shd_model_t *m);
+kern_backend_t *shd_model_backend(const shd_model_t *m);
 
 /* Replaces the communicator (same world shape; e.g. after the transport reconnected). */
 void shd_model_set_comm(shd_model_t *m, shd_comm_t comm);
@@ -74,7 +85,8 @@ uint64_t shd_model_weight_bytes(const shd_model_t *m);
 
 /* Reads one byte of every page of this rank's slice, so the slice is resident before the
  * first step (and only the slice: other ranks' parts of the mapped file stay untouched).
- * Returns a checksum of the bytes read, so the reads cannot be optimised away. */
+ * Returns a checksum of the bytes read, so the reads cannot be optimised away. On a device
+ * backend (weights copied at load) it does nothing and returns 0. */
 uint64_t shd_model_prefault(const shd_model_t *m);
 
 /*

@@ -4,6 +4,7 @@
  */
 #include "common/check.h"
 #include "common/mem.h"
+#include "common/meminfo.h"
 #include "topology/topo_plan.h"
 
 #include <ctype.h>
@@ -85,29 +86,7 @@ tdm_status_t topo_lpt_assign(const uint64_t *bytes, int n, int n_bins, int *bin_
 
 tdm_status_t topo_meminfo_available(const char *path, uint64_t *out, tdm_error_t *err)
 {
-    if (path == NULL) {
-        path = "/proc/meminfo";
-    }
-    FILE *f = fopen(path, "r");
-    if (f == NULL) {
-        return tdm_error_set(err, TDM_ERR_IO, "%s: %s", path, strerror(errno));
-    }
-    char line[256];
-    while (fgets(line, sizeof(line), f) != NULL) {
-        unsigned long long kb;
-        char unit[8] = "";
-        if (sscanf(line, "MemAvailable: %llu %7s", &kb, unit) >= 1) {
-            fclose(f);
-            if (unit[0] != '\0' && strcmp(unit, "kB") != 0) {
-                return tdm_error_set(err, TDM_ERR_FORMAT, "%s: MemAvailable in unit '%s'", path,
-                                     unit);
-            }
-            *out = (uint64_t)kb * 1024u;
-            return TDM_OK;
-        }
-    }
-    fclose(f);
-    return tdm_error_set(err, TDM_ERR_NOT_FOUND, "%s: no MemAvailable line", path);
+    return tdm_meminfo_read(path, out, NULL, err);
 }
 
 bool topo_parse_size(const char *s, uint64_t *out)

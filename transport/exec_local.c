@@ -2,7 +2,8 @@
 #include "transport/exec_local.h"
 
 #include "common/check.h"
-#include "kernels/kern.h"
+#include "common/log.h"
+#include "kernels/kern_backend.h"
 #include "shard/forward.h"
 
 #include <stdio.h>
@@ -10,7 +11,7 @@
 #include <string.h>
 
 struct xp_local_exec {
-    kern_ctx_t *kctx;
+    kern_backend_t *be;
     shd_model_t *model;
     shd_kv_cache_t *kv;
     shd_seq_view_t *views; /* grown on demand: one per sequence of a step */
@@ -56,7 +57,15 @@ tdm_status_t xp_local_exec_create(const gguf_ctx_t *g, const xp_local_params_t *
         return tdm_error_set(err, TDM_ERR_NO_MEMORY, "local executor: out of memory");
     }
     int block_tokens = p->block_tokens > 0 ? p->block_tokens : SHD_KV_BLOCK_TOKENS_DEFAULT;
-    TDM_CHECK_GOTO(kern_ctx_create(p->n_threads, KERN_ISA_COUNT, &x->kctx, err), st, fail);
+    const kern_backend_params_t bp = {
+        .device = p->device, .n_threads = p->n_threads, .isa_override = KERN_ISA_COUNT};
+    TDM_CHECK_GOTO(kern_backend_create(&bp, &x->be, err), st, fail);
+    if (kern_be_fallback_reason(x->be)[0] != '\0') {
+        TDM_INFO("exec", "device auto: no usable GPU (%s), running on %s",
+                 kern_be_fallback_reason(x->be), kern_be_describe(x->be));
+    } else {
+        TDM_INFO("exec", "device: %s", kern_be_describe(x->be));
+    }
 
     shd_model_params_t mp = {0};
     mp.n_batch_max = p->n_batch_max > 0 ? p->n_batch_max : 512;
@@ -66,6 +75,9 @@ tdm_status_t xp_local_exec_create(const gguf_ctx_t *g, const xp_local_params_t *
     }
     mp.n_ctx_max = p->n_ctx;
     mp.part = (shd_partition_t){0, 1, 0, 1};
+    TDM_CHECK_GOTO(kern_kv_type_resolve(p->kv_type, x->be, &mp.kv_type, err), st, fail);
+    mp.kv_block_tokens = block_tokens;
+    mp.kv_bytes = p->kv_bytes;
     if (mp.n_ctx_max <= 0) {
         uint32_t n_ctx_train = 0;
         gguf_str_t arch;
@@ -76,7 +88,7 @@ tdm_status_t xp_local_exec_create(const gguf_ctx_t *g, const xp_local_params_t *
         }
         mp.n_ctx_max = n_ctx_train > 0 ? (int)n_ctx_train : 4096;
     }
-    TDM_CHECK_GOTO(shd_model_load(g, x->kctx, &mp, &x->model, err), st, fail);
+    TDM_CHECK_GOTO(shd_model_load(g, x->be, &mp, &x->model, err), st, fail);
 
     size_t block_bytes = 0;
     TDM_CHECK_GOTO(
@@ -84,7 +96,7 @@ tdm_status_t xp_local_exec_create(const gguf_ctx_t *g, const xp_local_params_t *
         st, fail);
     shd_kv_config_t cfg;
     shd_model_kv_config(x->model, block_tokens, x->n_blocks, &cfg);
-    TDM_CHECK_GOTO(shd_kv_cache_create(&cfg, &x->kv, err), st, fail);
+    TDM_CHECK_GOTO(shd_kv_cache_create(x->be, &cfg, &x->kv, err), st, fail);
 
     const mdl_hparams_t *hp = shd_model_hparams(x->model);
     *ex = (xp_executor_t){
@@ -111,7 +123,12 @@ void xp_local_exec_destroy(xp_local_exec_t *x)
     }
     shd_kv_cache_destroy(x->kv);
     shd_model_destroy(x->model);
-    kern_ctx_destroy(x->kctx);
+    kern_backend_destroy(x->be);
     free(x->views);
     free(x);
+}
+
+const char *xp_local_exec_device(const xp_local_exec_t *x)
+{
+    return kern_be_describe(x->be);
 }

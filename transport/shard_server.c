@@ -6,7 +6,7 @@
 #include "common/clock.h"
 #include "common/log.h"
 #include "common/mem.h"
-#include "kernels/kern.h"
+#include "kernels/kern_backend.h"
 #include "shard/forward.h"
 #include "topology/topo_plan.h"
 #include "transport/ucx_comm.h"
@@ -74,8 +74,10 @@ struct xp_shard_server {
     uint8_t coord_id[SHD_SRV_ID_MAX]; /* the coordinator that sent the last LOAD */
     size_t coord_id_len;
 
-    /* compute thread only */
-    kern_ctx_t *kctx;
+    /* compute thread only (the backend is made before the threads start) */
+    kern_backend_t *be;
+    tdm_type_t kv_type;
+    int be_threads;
     shd_model_t *model;
     shd_kv_cache_t *kv;
     loaded_shape_t shape;
@@ -220,7 +222,7 @@ static tdm_status_t alloc_kv(xp_shard_server_t *s, const xp_msg_load_t *l, tdm_e
         shd_model_kv_blocks(s->model, l->block_tokens, l->kv_bytes, &n_blocks, &block_bytes, err));
     shd_kv_config_t cfg;
     shd_model_kv_config(s->model, l->block_tokens, n_blocks, &cfg);
-    return shd_kv_cache_create(&cfg, &s->kv, err);
+    return shd_kv_cache_create(s->be, &cfg, &s->kv, err);
 }
 
 static tdm_status_t do_load(xp_shard_server_t *s, const xp_msg_load_t *l, xp_msg_ready_t *rd,
@@ -287,9 +289,12 @@ static tdm_status_t do_load(xp_shard_server_t *s, const xp_msg_load_t *l, xp_msg
             .comm = comm,
             .expert_lo = l->n_layers > 0 ? l->expert_lo : NULL,
             .expert_n = l->n_layers > 0 ? l->expert_n : NULL,
+            .kv_type = s->kv_type,
+            .kv_block_tokens = l->block_tokens,
+            .kv_bytes = l->kv_bytes,
         };
         const double t0 = tdm_now_s();
-        TDM_CHECK(shd_model_load(s->g, s->kctx, &mp, &s->model, err));
+        TDM_CHECK(shd_model_load(s->g, s->be, &mp, &s->model, err));
         tdm_status_t st = alloc_kv(s, l, err);
         if (st != TDM_OK) {
             drop_model(s);
@@ -457,7 +462,7 @@ static void send_join(xp_shard_server_t *s, const uint8_t *id, size_t id_len, ui
     m.join.ucx.data = addr;
     m.join.ucx.len = (uint32_t)len;
     m.join.node_memory = s->node_memory;
-    m.join.threads = kern_ctx_n_threads(s->kctx);
+    m.join.threads = s->be_threads;
     snprintf(m.join.name, sizeof(m.join.name), "%.127s", s->endpoint);
     tdm_error_t err = {0};
     if (send_to(s->router, id, id_len, &m, &err) != TDM_OK) {
@@ -677,7 +682,23 @@ tdm_status_t xp_shard_server_create(const xp_shard_params_t *p, xp_shard_server_
             s->node_memory = 0;
         }
     }
-    TDM_CHECK_GOTO(kern_ctx_create(p->threads, KERN_ISA_COUNT, &s->kctx, err), st, fail);
+    const kern_backend_params_t bp = {
+        .device = p->device, .n_threads = p->threads, .isa_override = KERN_ISA_COUNT};
+    TDM_CHECK_GOTO(kern_backend_create(&bp, &s->be, err), st, fail);
+    TDM_CHECK_GOTO(kern_kv_type_resolve(p->kv_type, s->be, &s->kv_type, err), st, fail);
+    s->be_threads = kern_be_cpu_ctx(s->be) != NULL ? kern_ctx_n_threads(kern_be_cpu_ctx(s->be)) : 0;
+    if (kern_be_kind(s->be) != KERN_DEVICE_CPU && p->node_memory == 0) {
+        /* the plan's budget is the GPU's free memory (on a Spark also bounded by the
+         * host's MemAvailable, which kern_be_mem_info takes into account) */
+        uint64_t tot = 0;
+        TDM_CHECK_GOTO(kern_be_mem_info(s->be, &s->node_memory, &tot, err), st, fail);
+    }
+    if (kern_be_fallback_reason(s->be)[0] != '\0') {
+        TDM_INFO("shard", "device auto: no usable GPU (%s), running on %s",
+                 kern_be_fallback_reason(s->be), kern_be_describe(s->be));
+    } else {
+        TDM_INFO("shard", "device: %s", kern_be_describe(s->be));
+    }
     xp_ucx_params_t up = {.tls = p->ucx_tls, .net_devices = p->ucx_devices};
     TDM_CHECK_GOTO(xp_ucx_create(&up, &s->ucx, err), st, fail);
 
@@ -751,7 +772,7 @@ void xp_shard_server_destroy(xp_shard_server_t *s)
         zmq_ctx_term(s->zctx);
     }
     xp_ucx_destroy(s->ucx);
-    kern_ctx_destroy(s->kctx);
+    kern_backend_destroy(s->be);
     gguf_close(s->g);
     free(s->logits);
     free(s->views);

@@ -39,6 +39,8 @@ typedef struct xp_shard_params {
     const char *ucx_devices; /* UCX_NET_DEVICES; NULL: UCX's env             */
     uint64_t node_memory;    /* bytes offered to the plan; 0: MemAvailable    */
     int heartbeat_ms;        /* <= 0: 200                                     */
+    const char *device;      /* "auto" (NULL), "cpu", "cuda", "cuda:N"        */
+    const char *kv_type;     /* NULL: f16 on a GPU, f32 on the CPU            */
 } xp_shard_params_t;
 
 typedef struct xp_shard_server xp_shard_server_t;

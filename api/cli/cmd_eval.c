@@ -4,7 +4,7 @@
  *
  *   tandem eval --model M.gguf (--tokens 1,2,3 | --prompts-file F) [--greedy N]
  *               [--logits-out FILE.npy|FILE.bin] [--threads N] [--tp N] [--ep N]
- *               [--chunk N] [--block-tokens B] [--batch-test]
+ *               [--chunk N] [--block-tokens B] [--batch-test] [--device D] [--kv-type T]
  *
  * Several sequences (--prompts-file: one per line, ids separated by commas or spaces) run
  * batched together: each step carries the next prefill chunk (--chunk tokens, 0 = whole
@@ -47,6 +47,8 @@ typedef struct eval_opts {
     int batch_test;
     const char *shards; /* "H:P,H:P": run on `tandem shard` processes */
     int collective;
+    const char *device;  /* auto | cpu | cuda[:N] */
+    const char *kv_type; /* NULL: the device's default */
 } eval_opts_t;
 
 typedef struct eval_run {
@@ -124,7 +126,7 @@ static tdm_status_t run_schedule(shd_model_t *m, const xp_executor_t *ex, const 
     if (m != NULL) {
         shd_kv_config_t kc;
         shd_model_kv_config(m, o->block_tokens, (int32_t)total_blocks, &kc);
-        TDM_CHECK_GOTO(shd_kv_cache_create(&kc, &kv, err), st, out);
+        TDM_CHECK_GOTO(shd_kv_cache_create(shd_model_backend(m), &kc, &kv, err), st, out);
     } else if (total_blocks > ex->n_blocks) {
         st = tdm_error_set(err, TDM_ERR_INVALID_PARAM,
                            "eval: %lld KV blocks needed, the shard group holds %d",
@@ -228,13 +230,20 @@ static void *rank_main(void *arg)
     eval_run_t *run = r->run;
     const eval_opts_t *o = run->o;
     const int W = o->tp * o->ep;
-    kern_ctx_t *kctx = NULL;
+    kern_backend_t *be = NULL;
     shd_model_t *m = NULL;
     eval_seq_t *mine = run->seqs;
     r->st = TDM_OK;
 
     int per_rank = o->threads > 0 ? (o->threads / W > 0 ? o->threads / W : 1) : 0;
-    TDM_CHECK_GOTO(kern_ctx_create(per_rank, KERN_ISA_COUNT, &kctx, &r->err), r->st, out);
+    const kern_backend_params_t bp = {
+        .device = o->device, .n_threads = per_rank, .isa_override = KERN_ISA_COUNT};
+    TDM_CHECK_GOTO(kern_backend_create(&bp, &be, &r->err), r->st, out);
+    if (r->rank == 0) {
+        fprintf(stderr, "tandem eval: device %s%s%s\n", kern_be_describe(be),
+                kern_be_fallback_reason(be)[0] != '\0' ? " (no usable GPU: " : "",
+                kern_be_fallback_reason(be)[0] != '\0' ? kern_be_fallback_reason(be) : "");
+    }
 
     shd_model_params_t p = {0};
     p.n_ctx_max = 1;
@@ -250,7 +259,8 @@ static void *rank_main(void *arg)
     if (W > 1) {
         p.comm = xp_local_comm(run->world, r->rank);
     }
-    TDM_CHECK_GOTO(shd_model_load(run->g, kctx, &p, &m, &r->err), r->st, out);
+    TDM_CHECK_GOTO(kern_kv_type_resolve(o->kv_type, be, &p.kv_type, &r->err), r->st, out);
+    TDM_CHECK_GOTO(shd_model_load(run->g, be, &p, &m, &r->err), r->st, out);
 
     const bool want_all = o->logits_out != NULL || o->batch_test;
     if (r->rank != 0) {
@@ -283,7 +293,7 @@ out:
         free(mine);
     }
     shd_model_destroy(m);
-    kern_ctx_destroy(kctx);
+    kern_backend_destroy(be);
     return NULL;
 }
 
@@ -504,6 +514,9 @@ static void usage(FILE *out)
             "  --batch-test        also run each sequence alone and compare\n"
             "  --shards H:P,...    run on `tandem shard` processes (tp/ep from --tp/--ep,\n"
             "                      else chosen); --collective am|rma\n"
+            "  --device D          auto (default: a GPU if usable, else the CPU), cpu, cuda[:N]\n"
+            "  --kv-type T         KV cache rows: f32, f16, q8_0 (default f16 on a GPU, f32\n"
+            "                      on the CPU)\n"
             "prints JSON: {\"n_vocab\", \"sequences\": [{\"prompt_len\", \"greedy\"}], ...}\n");
 }
 
@@ -557,6 +570,10 @@ int cmd_eval(int argc, char **argv)
             bad = parse_int(v, 1, &o.block_tokens);
         } else if (strcmp(a, "--shards") == 0) {
             o.shards = v;
+        } else if (strcmp(a, "--device") == 0) {
+            o.device = v;
+        } else if (strcmp(a, "--kv-type") == 0) {
+            o.kv_type = v;
         } else if (strcmp(a, "--collective") == 0) {
             bad = strcmp(v, "am") != 0 && strcmp(v, "rma") != 0;
             o.collective = strcmp(v, "rma") == 0;

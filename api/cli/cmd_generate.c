@@ -27,7 +27,7 @@
 
 typedef struct gen_opts {
     const char *model, *prompt, *prompt_file, *chat, *system, *messages_file, *kwargs_json,
-        *ids_out;
+        *ids_out, *device, *kv_type;
     int max_tokens, threads, ctx_size, batch;
     bool parse_special, ignore_eos, show_prompt, quiet;
     crd_sampling_params_t sampling;
@@ -68,6 +68,9 @@ static void usage(FILE *out)
         "  --seed S               repeatable sampling\n"
         "  --ignore-eos           do not stop at end-of-generation tokens\n"
         "runtime:\n"
+        "  --device D             auto (a usable GPU, else the CPU; default), cpu, cuda[:N]\n"
+        "  --kv-type T            KV cache rows: f32, f16, q8_0 (default: f16 on a GPU, f32\n"
+        "                         on the CPU)\n"
         "  --threads N            kernel threads (default: all CPUs)\n"
         "  --ctx-size N           context length (default: the model's, at most 8192)\n"
         "  --batch N              most tokens per step (default 512)\n"
@@ -110,6 +113,10 @@ static int parse_opts(int argc, char **argv, gen_opts_t *o)
             o->max_tokens = atoi(v);
         } else if (ARG("--threads") || ARG("-t")) {
             o->threads = atoi(v);
+        } else if (ARG("--device")) {
+            o->device = v;
+        } else if (ARG("--kv-type")) {
+            o->kv_type = v;
         } else if (ARG("--ctx-size") || ARG("-c")) {
             o->ctx_size = atoi(v);
         } else if (ARG("--batch")) {
@@ -369,8 +376,12 @@ int cmd_generate(int argc, char **argv)
                        st, out);
     }
 
-    xp_local_params_t lp = {
-        .n_threads = o.threads, .n_batch_max = o.batch, .n_logits_max = 1, .n_ctx = o.ctx_size};
+    xp_local_params_t lp = {.n_threads = o.threads,
+                            .n_batch_max = o.batch,
+                            .n_logits_max = 1,
+                            .n_ctx = o.ctx_size,
+                            .device = o.device,
+                            .kv_type = o.kv_type};
     if (lp.n_ctx == 0) {
         lp.n_ctx = (int)prompt.n + o.max_tokens + 1;
         if (lp.n_ctx < 8192) {

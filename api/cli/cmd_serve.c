@@ -36,6 +36,10 @@ static void usage(FILE *out)
         "  --ctx-size N             positions per sequence (default: the model's, at most 8192)\n"
         "  --tool-parser P          auto (from the chat template), hermes, qwen3_coder, none\n"
         "engine:\n"
+        "  --device D               auto (a usable GPU, else the CPU; default), cpu, cuda,\n"
+        "                           cuda:N\n"
+        "  --kv-type T              KV cache rows: f32, f16, q8_0 (default: f16 on a GPU,\n"
+        "                           f32 on the CPU)\n"
         "  --threads N              kernel threads (default: all CPUs)\n"
         "  --batch N                token budget per step (default 512)\n"
         "  --max-running N          sequences per step (default 64)\n"
@@ -345,6 +349,10 @@ int cmd_serve(int argc, char **argv)
             if (parse_int(a, v, 0, 4096, &c.threads) != 0) {
                 goto out;
             }
+        } else if (ARG("--device")) {
+            c.device = v;
+        } else if (ARG("--kv-type")) {
+            c.kv_type = v;
         } else if (ARG("--batch")) {
             if (parse_int(a, v, 16, 1 << 16, &c.batch) != 0) {
                 goto out;

@@ -1,8 +1,8 @@
 /*
  * cmd_shard.c - `tandem shard`: run one shard of a distributed model (transport/shard_server.h).
  *
- *   tandem shard --model M.gguf --listen HOST:PORT [--threads N] [--ucx-tls LIST]
- *                [--ucx-devices LIST] [--node-memory SIZE] [--log-level L]
+ *   tandem shard --model M.gguf --listen HOST:PORT [--device D] [--kv-type T] [--threads N]
+ *                [--ucx-tls LIST] [--ucx-devices LIST] [--node-memory SIZE] [--log-level L]
  *
  * The shard listens; `tandem serve --shards HOST:PORT,...` dials it. It serves until
  * SIGTERM/SIGINT; a coordinator that goes away leaves it waiting for the next one.
@@ -20,18 +20,24 @@
 
 static void usage(FILE *out)
 {
-    fprintf(out, "usage: tandem shard --model M.gguf --listen HOST:PORT [options]\n"
-                 "\n"
-                 "  --model FILE         GGUF file (the same file the coordinator serves)\n"
-                 "  --listen HOST:PORT   control-plane address the coordinator dials (default\n"
-                 "                       127.0.0.1:7100; port 0 picks a free one and prints it)\n"
-                 "  --threads N          kernel threads (default: all CPUs)\n"
-                 "  --ucx-tls LIST       UCX transports of the data plane (default: UCX_TLS or\n"
-                 "                       UCX's choice; e.g. tcp, sm, rc)\n"
-                 "  --ucx-devices LIST   UCX devices (default: UCX_NET_DEVICES; on a Spark both\n"
-                 "                       twins, see `tandem topo`)\n"
-                 "  --node-memory SIZE   memory this node offers the plan (default: MemAvailable)\n"
-                 "  --log-level L        error|warn|info|debug (default info)\n");
+    fprintf(out,
+            "usage: tandem shard --model M.gguf --listen HOST:PORT [options]\n"
+            "\n"
+            "  --model FILE         GGUF file (the same file the coordinator serves)\n"
+            "  --listen HOST:PORT   control-plane address the coordinator dials (default\n"
+            "                       127.0.0.1:7100; port 0 picks a free one and prints it)\n"
+            "  --device D           auto (a usable GPU, else the CPU; default), cpu, cuda,\n"
+            "                       cuda:N\n"
+            "  --kv-type T          KV cache rows: f32, f16, q8_0 (default: f16 on a GPU,\n"
+            "                       f32 on the CPU)\n"
+            "  --threads N          kernel threads (default: all CPUs)\n"
+            "  --ucx-tls LIST       UCX transports of the data plane (default: UCX_TLS or\n"
+            "                       UCX's choice; e.g. tcp, sm, rc)\n"
+            "  --ucx-devices LIST   UCX devices (default: UCX_NET_DEVICES; on a Spark both\n"
+            "                       twins, see `tandem topo`)\n"
+            "  --node-memory SIZE   memory this node offers the plan (default: the GPU's free\n"
+            "                       memory, or MemAvailable on the CPU)\n"
+            "  --log-level L        error|warn|info|debug (default info)\n");
 }
 
 typedef struct sig_arg {
@@ -81,6 +87,10 @@ int cmd_shard(int argc, char **argv)
                 return 2;
             }
             p.threads = (int)n;
+        } else if (strcmp(a, "--device") == 0) {
+            p.device = v;
+        } else if (strcmp(a, "--kv-type") == 0) {
+            p.kv_type = v;
         } else if (strcmp(a, "--ucx-tls") == 0) {
             p.ucx_tls = v;
         } else if (strcmp(a, "--ucx-devices") == 0) {

@@ -2,12 +2,9 @@
  * running machine offers (SIMD level detected now, CUDA devices visible now). */
 #include "api/cli/cli.h"
 #include "common/cpu_features.h"
+#include "kernels/kern_backend.h"
 #include "kernels/kern_isa.h"
 #include "tdm_build_config.h"
-
-#if TDM_HAVE_CUDA
-#include "kernels/cuda/kern_cuda.h"
-#endif
 
 #include <string.h>
 #include <ucp/api/ucp.h>
@@ -22,18 +19,20 @@ void cli_print_version(FILE *out)
     fprintf(out, "tandem %s (commit %s, %s build)\n", TDM_VERSION, TDM_GIT_COMMIT, TDM_BUILD_TYPE);
 #if TDM_HAVE_CUDA
     fprintf(out, "cuda: yes (toolkit %s, archs %s)\n", TDM_CUDA_VERSION, TDM_CUDA_ARCHS);
-    int ndev = kern_cuda_device_count();
+    const int ndev = kern_gpu_count();
     for (int d = 0; d < ndev; d++) {
-        char name[128];
-        int major = 0, minor = 0;
-        size_t mem = 0;
-        if (kern_cuda_device_info(d, name, sizeof(name), &major, &minor, &mem, NULL) == TDM_OK) {
-            fprintf(out, "cuda device %d: %s, sm_%d%d, %.1f GiB\n", d, name, major, minor,
-                    (double)mem / (1024.0 * 1024.0 * 1024.0));
+        kern_gpu_info_t gi;
+        if (kern_gpu_info(d, &gi, NULL) == TDM_OK) {
+            fprintf(out,
+                    "cuda device %d: %s, compute capability %d.%d (sm_%d%d), %d SMs, %.1f GiB "
+                    "(%.1f free), %s\n",
+                    d, gi.name, gi.cc_major, gi.cc_minor, gi.cc_major, gi.cc_minor, gi.n_sm,
+                    (double)gi.total_bytes / 1073741824.0, (double)gi.free_bytes / 1073741824.0,
+                    gi.integrated ? "integrated (memory shared with the host)" : "discrete");
         }
     }
     if (ndev == 0) {
-        fprintf(out, "cuda devices: none visible\n");
+        fprintf(out, "cuda devices: none visible (--device auto runs on the CPU)\n");
     }
 #else
     fprintf(out, "cuda: no\n");

@@ -106,7 +106,9 @@ static tdm_status_t load_model(srv_server_t *s, tdm_error_t *err)
                                 .n_batch_max = cfg->batch,
                                 .n_logits_max = cfg->max_running,
                                 .n_ctx = n_ctx,
-                                .kv_bytes = cfg->kv_bytes};
+                                .kv_bytes = cfg->kv_bytes,
+                                .device = cfg->device,
+                                .kv_type = cfg->kv_type};
         if ((st = xp_local_exec_create(s->gguf, &lp, &s->lx, &s->ex, err)) != TDM_OK) {
             return st;
         }

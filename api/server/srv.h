@@ -42,6 +42,8 @@ typedef struct srv_config {
     const char *served_name; /* NULL: the file's base name without .gguf                  */
     int ctx_size;            /* positions per sequence; 0: the model's, at most 8192       */
     int threads;             /* kernel threads; 0: one per CPU                              */
+    const char *device;      /* auto | cpu | cuda[:N] (single-node; NULL: auto)             */
+    const char *kv_type;     /* f32 | f16 | q8_0; NULL: f16 on a GPU, f32 on the CPU        */
     int batch;               /* token budget per step                                       */
     int max_running;         /* sequences per step                                          */
     int max_waiting;         /* queue limit (429 beyond)                                    */

@@ -1,4 +1,4 @@
-/* ops_norm.c - scalar RMSNorm, softmax and top-k (kern_ops.h). */
+/* ops_norm.c - scalar RMSNorm, softmax, top-k and MoE routing of a token (kern_ops.h). */
 #include "kernels/kern_ops.h"
 
 #include <math.h>
@@ -64,5 +64,23 @@ void kern_op_topk_f32(const float *x, int n, int k, int32_t *idx)
             }
         }
         idx[j] = best;
+    }
+}
+
+void kern_op_route_token(float *probs, int n_expert, int k, bool norm, int32_t *sel, float *w)
+{
+    kern_op_softmax_f32(probs, n_expert);
+    kern_op_topk_f32(probs, n_expert, k, sel);
+    double sum = 0.0;
+    for (int j = 0; j < k; j++) {
+        w[j] = probs[sel[j]];
+        sum += w[j];
+    }
+    if (norm) {
+        /* llama.cpp clamps the divisor at 2^-14 (6.103515625e-5). */
+        const float inv = (float)(1.0 / (sum > 6.103515625e-5 ? sum : 6.103515625e-5));
+        for (int j = 0; j < k; j++) {
+            w[j] *= inv;
+        }
     }
 }

@@ -2,6 +2,10 @@
 
 ctest sets TANDEM_BIN, TANDEM_SOURCE_DIR and TANDEM_BUILD_DIR; when pytest is run by hand
 the defaults below point at a tree built with tools/build.sh.
+
+Every tandem process the suite starts runs on TANDEM_TEST_DEVICE (default "cpu", whose
+results the oracles' tolerances are set for): it becomes their TANDEM_DEVICE. The GPU
+check runs the serving suite again with TANDEM_TEST_DEVICE=cuda (tools/gpu-check.sh).
 """
 import os
 import pathlib
@@ -15,6 +19,8 @@ BUILD_DIR = pathlib.Path(os.environ.get("TANDEM_BUILD_DIR", SOURCE_DIR / "build"
 TANDEM_BIN = pathlib.Path(os.environ.get("TANDEM_BIN", BUILD_DIR / "api" / "tandem"))
 DEFAULT_MODEL = SOURCE_DIR / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 FIXTURES = SOURCE_DIR / "tests" / "fixtures"
+TEST_DEVICE = os.environ.get("TANDEM_TEST_DEVICE", "cpu")
+os.environ["TANDEM_DEVICE"] = TEST_DEVICE
 
 
 @pytest.fixture(scope="session")

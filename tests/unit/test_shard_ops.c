@@ -200,7 +200,7 @@ static void test_route_token(void **state)
     float probs[4] = {2.0f, 2.0f, 1.0f, 0.0f};
     int32_t sel[2];
     float w[2];
-    shd_route_token(probs, 4, 2, true, sel, w);
+    kern_op_route_token(probs, 4, 2, true, sel, w);
     assert_int_equal(sel[0], 0);
     assert_int_equal(sel[1], 1);
     assert_true(fabsf(w[0] - 0.5f) < 1e-7f && fabsf(w[1] - 0.5f) < 1e-7f);
@@ -210,7 +210,7 @@ static void test_route_token(void **state)
     int32_t sel3[3];
     float w3[3];
     float p3[4] = {0.0f, 3.0f, 1.0f, 3.0f};
-    shd_route_token(p3, 4, 3, false, sel3, w3);
+    kern_op_route_token(p3, 4, 3, false, sel3, w3);
     assert_int_equal(sel3[0], 1);
     assert_int_equal(sel3[1], 3);
     assert_int_equal(sel3[2], 2);

@@ -87,7 +87,7 @@ static void test_sizes(void **state)
 
 /* ---- the plan against the loader ----------------------------------------------------- */
 
-static const shd_comm_ops_t no_ops = {"none", NULL, NULL}; /* loading makes no calls */
+static const shd_comm_ops_t no_ops = {"none", false, NULL, NULL}; /* loading makes no calls */
 
 static gguf_ctx_t *open_fixture(const char *name)
 {
@@ -133,7 +133,8 @@ typedef struct counts {
     int plans, refused;
 } counts_t;
 
-static void check_split(const char *file, gguf_ctx_t *g, kern_ctx_t *k, int tp, int ep, counts_t *c)
+static void check_split(const char *file, gguf_ctx_t *g, kern_backend_t *k, int tp, int ep,
+                        counts_t *c)
 {
     topo_plan_params_t pp = {.n_shards = tp * ep,
                              .tp = tp,
@@ -222,8 +223,10 @@ static void test_plan_matches_loader(void **state)
         "llama-a-f32.gguf",    "llama-b-f32.gguf",    "llama-a-q4_k.gguf",   "llama-a-q8_0.gguf",
         "qwen3moe-a-f32.gguf", "qwen3moe-b-f32.gguf", "qwen3moe-c-f32.gguf", "qwen3moe-a-q4_k.gguf",
     };
-    kern_ctx_t *k = NULL;
-    assert_int_equal(kern_ctx_create(1, KERN_ISA_COUNT, &k, NULL), TDM_OK);
+    kern_backend_t *k = NULL;
+    const kern_backend_params_t bp = {
+        .device = "cpu", .n_threads = 1, .isa_override = KERN_ISA_COUNT};
+    assert_int_equal(kern_backend_create(&bp, &k, NULL), TDM_OK);
     counts_t c = {0, 0};
     for (size_t f = 0; f < sizeof(files) / sizeof(files[0]); f++) {
         gguf_ctx_t *g = open_fixture(files[f]);
@@ -234,7 +237,7 @@ static void test_plan_matches_loader(void **state)
         }
         gguf_close(g);
     }
-    kern_ctx_destroy(k);
+    kern_backend_destroy(k);
     print_message("plan == loader on %d splits; %d refused by both\n", c.plans, c.refused);
     assert_true(c.plans >= 20);
     assert_true(c.refused >= 5);

@@ -1,0 +1,360 @@
+/*
+ * backend_cpu.c - the CPU backend: kern_backend.h's ops on the CPU kernels of this folder,
+ * run on one kern_ctx_t thread pool. Backend memory is host memory (64-byte aligned),
+ * weights stay views into the mapped GGUF file, and every op runs to completion before it
+ * returns, so sync and step_end have nothing to wait for.
+ */
+#include "common/mem.h"
+#include "common/meminfo.h"
+#include "kernels/cpu/backend_cpu.h"
+#include "kernels/cpu/pool.h"
+#include "kernels/kern_ops.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void cpu_destroy(kern_backend_t *be)
+{
+    cpu_backend_t *c = cpu_be(be);
+    kern_ctx_destroy(c->ctx);
+    free(c->arena);
+    free(c);
+}
+
+static tdm_status_t cpu_mem_info(kern_backend_t *be, uint64_t *free_b, uint64_t *total_b,
+                                 tdm_error_t *err)
+{
+    (void)be;
+    return tdm_meminfo_read(NULL, free_b, total_b, err);
+}
+
+static tdm_status_t cpu_alloc(kern_backend_t *be, size_t bytes, unsigned flags, const char *what,
+                              void **out, tdm_error_t *err)
+{
+    (void)be;
+    (void)flags;
+    void *p = tdm_aligned_alloc(bytes > 0 ? bytes : 1);
+    if (p == NULL) {
+        return tdm_error_set(err, TDM_ERR_NO_MEMORY, "%s: out of memory for %.1f MiB", what,
+                             (double)bytes / 1048576.0);
+    }
+    memset(p, 0, bytes);
+    *out = p;
+    return TDM_OK;
+}
+
+static void cpu_free(kern_backend_t *be, void *p)
+{
+    (void)be;
+    free(p);
+}
+
+static tdm_status_t cpu_copy_sync(kern_backend_t *be, void *dst, const void *src, size_t n,
+                                  tdm_error_t *err)
+{
+    (void)be;
+    (void)err;
+    memmove(dst, src, n);
+    return TDM_OK;
+}
+
+static tdm_status_t cpu_sync(kern_backend_t *be, tdm_error_t *err)
+{
+    (void)be;
+    (void)err;
+    return TDM_OK;
+}
+
+static void cpu_copy(kern_backend_t *be, void *dst, const void *src, size_t n)
+{
+    (void)be;
+    memmove(dst, src, n);
+}
+
+static uint64_t cpu_weights_bytes(const kern_backend_t *be, const kern_weight_ref_t *refs, int n)
+{
+    (void)be;
+    (void)refs;
+    (void)n;
+    return 0; /* the views stay in the mapped file */
+}
+
+static tdm_status_t cpu_weights_load(kern_backend_t *be, kern_weight_ref_t *refs, int n,
+                                     kern_release_fn release, void *release_arg, void **region,
+                                     tdm_error_t *err)
+{
+    *region = NULL;
+    (void)be;
+    (void)refs;
+    (void)n;
+    (void)release;
+    (void)release_arg;
+    (void)err;
+    return TDM_OK;
+}
+
+/* Sizes of the reserved scratch, in floats, in the order cpu_reserve carves it. */
+static void reserve_sizes(const cpu_backend_t *c, const kern_reserve_t *r, size_t sizes[8])
+{
+    const size_t nt = (size_t)kern_ctx_n_threads(c->ctx);
+    const size_t B = (size_t)r->n_tok, E = (size_t)r->n_embd;
+    const size_t k = (size_t)(r->n_expert_used > 0 ? r->n_expert_used : 1);
+    const size_t rows = B > k ? B : k;
+    const bool moe = r->n_expert > 0;
+    sizes[0] = nt * (size_t)r->n_ctx;                /* att_s   */
+    sizes[1] = nt * (size_t)r->head_dim;             /* att_row */
+    sizes[2] = moe ? B : 0;                          /* etok    */
+    sizes[3] = moe ? B : 0;                          /* ew      */
+    sizes[4] = moe ? B * E : 0;                      /* ex      */
+    sizes[5] = moe ? rows * E : 0;                   /* ey      */
+    sizes[6] = moe ? rows * (size_t)r->n_ff_exp : 0; /* ff_a */
+    sizes[7] = moe ? rows * (size_t)r->n_ff_exp : 0; /* ff_b */
+}
+
+static size_t pad16(size_t n)
+{
+    return (n + 15) & ~(size_t)15;
+}
+
+static uint64_t cpu_reserve_bytes(const kern_backend_t *be, const kern_reserve_t *r)
+{
+    size_t sizes[8], total = 0;
+    reserve_sizes((const cpu_backend_t *)be, r, sizes);
+    for (int i = 0; i < 8; i++) {
+        total += pad16(sizes[i]);
+    }
+    return (uint64_t)total * sizeof(float);
+}
+
+static tdm_status_t cpu_reserve(kern_backend_t *be, const kern_reserve_t *r, tdm_error_t *err)
+{
+    cpu_backend_t *c = cpu_be(be);
+    size_t sizes[8], total = 0;
+    reserve_sizes(c, r, sizes);
+    for (int i = 0; i < 8; i++) {
+        total += pad16(sizes[i]);
+    }
+    float *arena = tdm_aligned_alloc(total * sizeof(float) + 64);
+    if (arena == NULL) {
+        return tdm_error_set(err, TDM_ERR_NO_MEMORY,
+                             "cpu backend: out of memory for %zu MiB of "
+                             "op scratch",
+                             total * sizeof(float) >> 20);
+    }
+    free(c->arena);
+    c->arena = arena;
+    c->r = *r;
+    float *p = arena;
+    void **slots[8] = {(void **)&c->att_s, (void **)&c->att_row, (void **)&c->etok,
+                       (void **)&c->ew,    (void **)&c->ex,      (void **)&c->ey,
+                       (void **)&c->ff_a,  (void **)&c->ff_b};
+    for (int i = 0; i < 8; i++) {
+        *slots[i] = p; /* etok shares the float arena: same size and alignment */
+        p += pad16(sizes[i]);
+    }
+    return TDM_OK;
+}
+
+static void cpu_step_begin(kern_backend_t *be, const kern_step_t *st, bool graphable)
+{
+    (void)be;
+    (void)st;
+    (void)graphable;
+}
+
+static tdm_status_t cpu_step_end(kern_backend_t *be, bool *rerun, tdm_error_t *err)
+{
+    (void)be;
+    (void)err;
+    *rerun = false;
+    return TDM_OK;
+}
+
+/* ---- ops --------------------------------------------------------------------------- */
+
+static void cpu_get_rows(kern_backend_t *be, float *x, int64_t ldx, const kern_weight_t *emb)
+{
+    const kern_step_t *st = be->step;
+    for (int32_t t = 0; t < st->n_tokens; t++) {
+        const unsigned char *row =
+            (const unsigned char *)emb->data + (size_t)st->token[t] * emb->row_bytes;
+        tdm_error_t err = {0};
+        if (kern_dequantize(emb->type, row, x + t * ldx, emb->n_cols, &err) != TDM_OK) {
+            kern_be_fail(be, err.status, "embedding: %s", tdm_error_msg(&err));
+            return;
+        }
+    }
+}
+
+static void cpu_get_out_rows(kern_backend_t *be, float *dst, int64_t ldd, const float *src,
+                             int64_t lds, int64_t cols)
+{
+    const kern_step_t *st = be->step;
+    for (int32_t i = 0; i < st->n_out; i++) {
+        memcpy(dst + i * ldd, src + (int64_t)st->out_idx[i] * lds, (size_t)cols * sizeof(float));
+    }
+}
+
+static void cpu_rms_norm(kern_backend_t *be, float *y, int64_t ldy, const float *x, int64_t ldx,
+                         const float *w, int64_t rows, int64_t cols, float eps)
+{
+    (void)be;
+    kern_op_rms_norm_f32(y, ldy, x, ldx, w, rows, cols, eps);
+}
+
+static void cpu_rope(kern_backend_t *be, float *x, int64_t ld, int n_heads, int head_dim,
+                     const mdl_rope_params_t *p, const float *freq_factors)
+{
+    kern_op_rope_f32(x, ld, be->step->n_tokens, n_heads, head_dim, be->step->pos, p, freq_factors);
+}
+
+static void cpu_matmul(kern_backend_t *be, int n_ops, const kern_matmul_op_t *ops, int64_t n_tok)
+{
+    tdm_error_t err = {0};
+    if (kern_matmul_batch(cpu_be(be)->ctx, n_ops, ops, n_tok, &err) != TDM_OK) {
+        kern_be_fail(be, err.status, "%s", tdm_error_msg(&err));
+    }
+}
+
+static void cpu_swiglu(kern_backend_t *be, float *out, const float *gate, const float *up,
+                       int64_t n)
+{
+    kern_op_silu_mul_f32_isa(kern_ctx_isa(cpu_be(be)->ctx), out, gate, up, n);
+}
+
+static void cpu_add(kern_backend_t *be, float *y, const float *a, const float *b, int64_t n)
+{
+    (void)be;
+    kern_op_add_f32(y, a, b, n);
+}
+
+static void cpu_kv_store(kern_backend_t *be, const kern_kv_layout_t *l, void *k_layer,
+                         void *v_layer, const float *k, const float *v, int64_t ld)
+{
+    const kern_step_t *st = be->step;
+    const int B = l->block_tokens, hd = l->head_dim;
+    for (int32_t t = 0; t < st->n_tokens; t++) {
+        const kern_seq_t *sq = &st->seqs[st->seq[t]];
+        const int32_t blk = sq->blocks[st->pos[t] / B], slot = st->pos[t] % B;
+        for (int h = 0; h < l->n_kv_heads; h++) {
+            const size_t off = (size_t)blk * l->block_bytes +
+                               ((size_t)h * (size_t)B + (size_t)slot) * l->row_bytes;
+            kern_op_kv_row_store(l->type, (unsigned char *)k_layer + off, k + t * ld + h * hd, hd);
+            kern_op_kv_row_store(l->type, (unsigned char *)v_layer + off, v + t * ld + h * hd, hd);
+        }
+    }
+}
+
+typedef struct attn_task {
+    kern_backend_t *be;
+    float *out;
+    const float *q;
+    const kern_kv_layout_t *l;
+    const unsigned char *k, *v;
+    const kern_attn_params_t *p;
+} attn_task_t;
+
+/* One (token, local q head) per item: scores against every key of the token's sequence
+ * at positions 0..pos, softmax, weighted sum of values. */
+static void attn_worker(void *arg, int64_t begin, int64_t end, int thread_idx)
+{
+    const attn_task_t *a = arg;
+    cpu_backend_t *c = cpu_be(a->be);
+    const kern_step_t *st = a->be->step;
+    const kern_kv_layout_t *l = a->l;
+    const int hd = l->head_dim, B = l->block_tokens, H = a->p->n_head;
+    float *sc = c->att_s + (size_t)thread_idx * (size_t)c->r.n_ctx;
+    float *row = c->att_row + (size_t)thread_idx * (size_t)c->r.head_dim;
+    const kern_isa_t isa = kern_ctx_isa(c->ctx);
+    for (int64_t item = begin; item < end; item++) {
+        const int64_t t = item / H;
+        const int h = (int)(item % H);
+        const int kvh = (a->p->head_lo + h) / a->p->group - a->p->kv_lo;
+        const float *q = a->q + (t * H + h) * hd;
+        float *o = a->out + (t * H + h) * hd;
+        const kern_seq_t *sq = &st->seqs[st->seq[t]];
+        const size_t hoff = (size_t)kvh * (size_t)B * l->row_bytes;
+        if (l->type == TDM_TYPE_F32) {
+            kern_op_attn_head_f32(
+                isa, o, q, (const float *)(a->k + hoff), (const float *)(a->v + hoff), sq->blocks,
+                l->block_bytes / sizeof(float), B, st->pos[t] + 1, hd, a->p->scale, sc);
+        } else {
+            kern_op_attn_head_kv(isa, l->type, o, q, a->k + hoff, a->v + hoff, sq->blocks,
+                                 l->block_bytes, B, l->row_bytes, st->pos[t] + 1, hd, a->p->scale,
+                                 sc, row);
+        }
+    }
+}
+
+static void cpu_attention(kern_backend_t *be, float *out, const float *q, const kern_kv_layout_t *l,
+                          const void *k_layer, const void *v_layer, const kern_attn_params_t *p)
+{
+    attn_task_t task = {be, out, q, l, k_layer, v_layer, p};
+    kern_parallel_for(cpu_be(be)->ctx, (int64_t)be->step->n_tokens * p->n_head, 1, attn_worker,
+                      &task);
+}
+
+static void cpu_moe_route(kern_backend_t *be, float *logits, int n_expert, int k, bool norm,
+                          int32_t *sel, float *w)
+{
+    for (int32_t t = 0; t < be->step->n_tokens; t++) {
+        kern_op_route_token(logits + (int64_t)t * n_expert, n_expert, k, norm, sel + t * k,
+                            w + t * k);
+    }
+}
+
+static const kern_backend_ops_t cpu_ops = {
+    .destroy = cpu_destroy,
+    .mem_info = cpu_mem_info,
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .to_device = cpu_copy_sync,
+    .to_host = cpu_copy_sync,
+    .sync = cpu_sync,
+    .copy = cpu_copy,
+    .weights_bytes = cpu_weights_bytes,
+    .weights_load = cpu_weights_load,
+    .reserve_bytes = cpu_reserve_bytes,
+    .reserve = cpu_reserve,
+    .step_begin = cpu_step_begin,
+    .step_end = cpu_step_end,
+    .get_rows = cpu_get_rows,
+    .get_out_rows = cpu_get_out_rows,
+    .rms_norm = cpu_rms_norm,
+    .rope = cpu_rope,
+    .matmul = cpu_matmul,
+    .swiglu = cpu_swiglu,
+    .add = cpu_add,
+    .kv_store = cpu_kv_store,
+    .attention = cpu_attention,
+    .moe_route = cpu_moe_route,
+    .moe_experts = kern_cpu_moe_experts,
+};
+
+tdm_status_t kern_backend_create_cpu(const kern_backend_params_t *p, kern_backend_t **out,
+                                     tdm_error_t *err)
+{
+    cpu_backend_t *c = calloc(1, sizeof(*c));
+    if (c == NULL) {
+        return tdm_error_set(err, TDM_ERR_NO_MEMORY, "cpu backend: out of memory");
+    }
+    tdm_status_t st = kern_ctx_create(p->n_threads, p->isa_override, &c->ctx, err);
+    if (st != TDM_OK) {
+        free(c);
+        return st;
+    }
+    c->base.ops = &cpu_ops;
+    c->base.kind = KERN_DEVICE_CPU;
+    c->base.host_memory = true;
+    c->base.impl = c;
+    snprintf(c->base.desc, sizeof(c->base.desc), "cpu (%s, %d threads)",
+             kern_isa_name(kern_ctx_isa(c->ctx)), kern_ctx_n_threads(c->ctx));
+    *out = &c->base;
+    return TDM_OK;
+}
+
+kern_ctx_t *kern_be_cpu_ctx(kern_backend_t *be)
+{
+    return be != NULL && be->kind == KERN_DEVICE_CPU ? cpu_be(be)->ctx : NULL;
+}

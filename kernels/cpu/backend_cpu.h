@@ -1,0 +1,34 @@
+/*
+ * backend_cpu.h - the CPU backend's state, shared by its files (backend_cpu.c: memory,
+ * steps and the plain ops; moe_cpu.c: the routed experts).
+ */
+#ifndef KERN_CPU_BACKEND_CPU_H
+#define KERN_CPU_BACKEND_CPU_H
+
+#include "kernels/kern_backend_impl.h"
+
+typedef struct cpu_backend {
+    kern_backend_t base; /* first: a kern_backend_t * is a cpu_backend_t * */
+    kern_ctx_t *ctx;
+    kern_reserve_t r;
+    void *arena; /* everything below, one allocation */
+    /* attention: per thread, n_ctx scores and one converted row of a typed cache */
+    float *att_s;
+    float *att_row;
+    /* experts: tokens routed to one expert (indices, weights, gathered rows) and the
+     * expert's outputs; ff_a / ff_b hold max(n_tok, n_used) rows of n_ff_exp */
+    int32_t *etok;
+    float *ew, *ex, *ey, *ff_a, *ff_b;
+} cpu_backend_t;
+
+static inline cpu_backend_t *cpu_be(kern_backend_t *be)
+{
+    return (cpu_backend_t *)be;
+}
+
+/* kern_be_moe_experts on the CPU (moe_cpu.c). */
+void kern_cpu_moe_experts(kern_backend_t *be, const kern_moe_t *moe, const float *x, int64_t ldx,
+                          const int32_t *sel, const float *w, float *out, int64_t ldo,
+                          int64_t n_tok);
+
+#endif

@@ -1,0 +1,82 @@
+/*
+ * ops_kv.c - the paged KV cache in f16 or q8_0 on the CPU (kern_ops.h): storing a row in
+ * the cache's type and one query head's attention over rows of that type.
+ *
+ * f32 caches keep using kern_op_attn_head_f32 (the SIMD path); these are the typed ones,
+ * which convert each key and value row to f32 as they read it and then follow the same
+ * steps (scores, softmax with the sum in double, weighted sum of values). The conversions
+ * are the reference ones, bit-exact with the CUDA backend's (an f16 row is round-to-
+ * nearest-even; a q8_0 row is kern_from_float_q8_0), so both backends hold the same bits.
+ */
+#include "kernels/cpu/types_cpu.h"
+#include "kernels/cpu/vec.h"
+#include "kernels/kern_ops.h"
+
+#include <math.h>
+#include <string.h>
+
+void kern_op_kv_row_store(tdm_type_t type, void *dst, const float *src, int head_dim)
+{
+    switch (type) {
+    case TDM_TYPE_F16:
+        kern_from_float_f16(src, dst, head_dim);
+        break;
+    case TDM_TYPE_Q8_0:
+        kern_from_float_q8_0(src, dst, head_dim);
+        break;
+    default:
+        memcpy(dst, src, (size_t)head_dim * sizeof(float));
+        break;
+    }
+}
+
+static void row_to_f32(tdm_type_t type, const void *src, float *dst, int hd)
+{
+    switch (type) {
+    case TDM_TYPE_F16:
+        kern_to_float_f16(src, dst, hd);
+        break;
+    case TDM_TYPE_Q8_0:
+        kern_to_float_q8_0(src, dst, hd);
+        break;
+    default:
+        memcpy(dst, src, (size_t)hd * sizeof(float));
+        break;
+    }
+}
+
+void kern_op_attn_head_kv(kern_isa_t isa, tdm_type_t type, float *out, const float *q,
+                          const void *k, const void *v, const int32_t *blocks, size_t block_bytes,
+                          int block_tokens, size_t row_bytes, int32_t n_keys, int head_dim,
+                          float scale, float *scores, float *row)
+{
+    const kern_vec_ops_t *vo = isa == KERN_ISA_SCALAR ? NULL : kern_vec_ops_get(isa);
+    const int B = block_tokens, hd = head_dim;
+    float mx = -INFINITY;
+    for (int32_t j = 0; j < n_keys; j++) {
+        const unsigned char *kr = (const unsigned char *)k + (size_t)blocks[j / B] * block_bytes +
+                                  (size_t)(j % B) * row_bytes;
+        row_to_f32(type, kr, row, hd);
+        scores[j] =
+            (vo != NULL ? vo->dot_f32(q, row, (size_t)hd) : kern_dot_f32_ref(q, row, (size_t)hd)) *
+            scale;
+        mx = scores[j] > mx ? scores[j] : mx;
+    }
+    double sum = 0.0;
+    for (int32_t j = 0; j < n_keys; j++) {
+        scores[j] = expf(scores[j] - mx);
+        sum += scores[j];
+    }
+    const float inv = (float)(1.0 / sum);
+    memset(out, 0, (size_t)hd * sizeof(float));
+    for (int32_t j = 0; j < n_keys; j++) {
+        const unsigned char *vr = (const unsigned char *)v + (size_t)blocks[j / B] * block_bytes +
+                                  (size_t)(j % B) * row_bytes;
+        row_to_f32(type, vr, row, hd);
+        if (vo != NULL) {
+            vo->axpy_f32(out, scores[j] * inv, row, (size_t)hd);
+        } else {
+            kern_axpy_f32_ref(out, scores[j] * inv, row, (size_t)hd);
+        }
+    }
+}

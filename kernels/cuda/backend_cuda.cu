@@ -1,0 +1,917 @@
+/*
+ * backend_cuda.cu - the CUDA backend object (kern_backend.h): one GPU, one stream.
+ *
+ * Memory: device memory from cudaMalloc; host-visible memory (the collectives' buffers) is
+ * pinned, mapped host memory, which under unified addressing has one pointer for both
+ * sides. Weights: one region holding every view's slice compact, filled through two
+ * pinned staging buffers in turn (kernels/weights_plan.c), the file's page cache dropped
+ * behind each chunk. Steps: the metadata (tokens, positions, block tables) is packed into
+ * one pinned buffer and copied once; a decode-sized step may be captured as a CUDA graph
+ * and replayed (kernels/step_graph.h). Each op hashes its arguments into the step's
+ * fingerprint, and in replay mode does nothing else.
+ */
+#include "common/check.h"
+#include "common/meminfo.h"
+#include "kernels/cuda/cuda_be.cuh"
+#include "kernels/cuda/kern_cuda.h"
+#include "kernels/cuda/qblock.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Steps of at most this many tokens may be captured (decode and small mixed steps;
+ * prefill shapes rarely repeat). */
+#define CU_GRAPH_MAX_TOKENS 64
+#define CU_GRAPH_CAPACITY   32
+/* Pinned staging for the weight copy: two buffers of this many bytes. */
+#define CU_STAGING_BYTES (64u << 20)
+/* Split-K partial sums and attention segments: at most this many floats each. */
+#define CU_PARTIAL_FLOATS   (16u << 20)
+#define CU_ATTN_PART_FLOATS (8u << 20)
+
+/* Op ids in the fingerprint. */
+enum {
+    OP_GET_ROWS = 1,
+    OP_OUT_ROWS,
+    OP_RMS_NORM,
+    OP_ROPE,
+    OP_MATMUL,
+    OP_SWIGLU,
+    OP_ADD,
+    OP_KV_STORE,
+    OP_ATTENTION,
+    OP_MOE_ROUTE,
+    OP_MOE_EXPERTS,
+    OP_COPY,
+};
+
+bool cu_check_launch(cuda_backend_t *c, const char *what)
+{
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) {
+        kern_be_fail(&c->base, TDM_ERR_DEVICE, "cuda: %s: %s", what, cudaGetErrorString(e));
+        return false;
+    }
+    return true;
+}
+
+static tdm_status_t cu_err(tdm_error_t *err, cudaError_t e, const char *what)
+{
+    (void)cudaGetLastError();
+    return tdm_error_set(err, TDM_ERR_DEVICE, "cuda: %s: %s", what, cudaGetErrorString(e));
+}
+
+#define CU_TRY(call, what)                     \
+    do {                                       \
+        cudaError_t cu_e_ = (call);            \
+        if (cu_e_ != cudaSuccess) {            \
+            return cu_err(err, cu_e_, (what)); \
+        }                                      \
+    } while (0)
+
+/* The runtime's current device is per host thread; the engine thread is not the one that
+ * made the backend. */
+static void cu_enter(cuda_backend_t *c)
+{
+    (void)cudaSetDevice(c->dev);
+}
+
+/* Hashes an op into the step's fingerprint; true when the op must run (not a replay). */
+static bool cu_op(cuda_backend_t *c, uint32_t op, const void *args, size_t n)
+{
+    if (c->mode != KERN_GRAPH_EAGER) {
+        kern_fingerprint_add(&c->fp, op, args, n);
+    }
+    return c->mode != KERN_GRAPH_REPLAY;
+}
+
+/* ---- memory ------------------------------------------------------------------------------ */
+
+static void cu_destroy(kern_backend_t *be)
+{
+    cuda_backend_t *c = cu_be(be);
+    cu_enter(c);
+    if (c->stream != NULL) {
+        (void)cudaStreamSynchronize(c->stream);
+    }
+    kern_graph_cache_destroy(c->graphs);
+    kern_fingerprint_free(&c->fp);
+    cudaFree(c->scratch);
+    cudaFree(c->meta_dev);
+    cudaFreeHost(c->meta_host);
+    for (int i = 0; i < c->n_pinned; i++) {
+        cudaFreeHost(c->pinned[i]);
+    }
+    free(c->pinned);
+    if (c->meta_copied != NULL) {
+        cudaEventDestroy(c->meta_copied);
+    }
+    if (c->stream != NULL) {
+        cudaStreamDestroy(c->stream);
+    }
+    (void)cudaGetLastError();
+    free(c);
+}
+
+static tdm_status_t cu_mem_info(kern_backend_t *be, uint64_t *free_b, uint64_t *total_b,
+                                tdm_error_t *err)
+{
+    cuda_backend_t *c = cu_be(be);
+    cu_enter(c);
+    size_t f = 0, t = 0;
+    CU_TRY(cudaMemGetInfo(&f, &t), "cudaMemGetInfo");
+    *free_b = f;
+    *total_b = t;
+    if (c->integrated) {
+        /* unified memory: the GPU's free memory is the host's; the page cache the driver
+         * counts as used is reclaimable, and other processes' allocations are not */
+        uint64_t avail = 0;
+        if (tdm_meminfo_read(NULL, &avail, NULL, NULL) == TDM_OK && avail < *free_b) {
+            *free_b = avail;
+        }
+    }
+    return TDM_OK;
+}
+
+static tdm_status_t cu_alloc(kern_backend_t *be, size_t bytes, unsigned flags, const char *what,
+                             void **out, tdm_error_t *err)
+{
+    cuda_backend_t *c = cu_be(be);
+    cu_enter(c);
+    if (bytes == 0) {
+        bytes = 1;
+    }
+    void *p = NULL;
+    cudaError_t e;
+    if (flags & KERN_MEM_HOST_VISIBLE) {
+        e = cudaHostAlloc(&p, bytes, cudaHostAllocMapped | cudaHostAllocPortable);
+        if (e == cudaSuccess) {
+            void *dp = NULL;
+            if (cudaHostGetDevicePointer(&dp, p, 0) != cudaSuccess || dp != p) {
+                cudaFreeHost(p);
+                (void)cudaGetLastError();
+                return tdm_error_set(err, TDM_ERR_UNSUPPORTED,
+                                     "%s: pinned host memory has another address on the GPU "
+                                     "(no unified addressing)",
+                                     what);
+            }
+            memset(p, 0, bytes);
+            if (c->n_pinned == c->cap_pinned) {
+                c->cap_pinned = c->cap_pinned > 0 ? 2 * c->cap_pinned : 8;
+                c->pinned = (void **)realloc(c->pinned, (size_t)c->cap_pinned * sizeof(void *));
+            }
+            c->pinned[c->n_pinned++] = p;
+        }
+    } else {
+        e = cudaMalloc(&p, bytes);
+        if (e == cudaSuccess) { /* on the stream: ordered before every op that uses it */
+            e = cudaMemsetAsync(p, 0, bytes, c->stream);
+        }
+    }
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        if (p != NULL && !(flags & KERN_MEM_HOST_VISIBLE)) {
+            cudaFree(p);
+        }
+        return tdm_error_set(err,
+                             e == cudaErrorMemoryAllocation ? TDM_ERR_NO_MEMORY : TDM_ERR_DEVICE,
+                             "%s: cannot allocate %.1f MiB on %s: %s", what,
+                             (double)bytes / 1048576.0, c->base.desc, cudaGetErrorString(e));
+    }
+    *out = p;
+    return TDM_OK;
+}
+
+static void cu_free(kern_backend_t *be, void *p)
+{
+    cuda_backend_t *c = cu_be(be);
+    cu_enter(c);
+    (void)cudaStreamSynchronize(c->stream); /* no op may still use it */
+    for (int i = 0; i < c->n_pinned; i++) {
+        if (c->pinned[i] == p) {
+            cudaFreeHost(p);
+            c->pinned[i] = c->pinned[--c->n_pinned];
+            return;
+        }
+    }
+    cudaFree(p);
+    /* graphs may point into the freed memory */
+    if (c->graphs != NULL) {
+        kern_graph_clear(c->graphs);
+    }
+}
+
+static tdm_status_t cu_to_device(kern_backend_t *be, void *dst, const void *src, size_t n,
+                                 tdm_error_t *err)
+{
+    cuda_backend_t *c = cu_be(be);
+    cu_enter(c);
+    CU_TRY(cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, c->stream), "copy to device");
+    CU_TRY(cudaStreamSynchronize(c->stream), "copy to device");
+    return TDM_OK;
+}
+
+static tdm_status_t cu_to_host(kern_backend_t *be, void *dst, const void *src, size_t n,
+                               tdm_error_t *err)
+{
+    cuda_backend_t *c = cu_be(be);
+    cu_enter(c);
+    CU_TRY(cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToHost, c->stream), "copy to host");
+    CU_TRY(cudaStreamSynchronize(c->stream), "copy to host");
+    return TDM_OK;
+}
+
+static tdm_status_t cu_sync(kern_backend_t *be, tdm_error_t *err)
+{
+    cuda_backend_t *c = cu_be(be);
+    cu_enter(c);
+    CU_TRY(cudaStreamSynchronize(c->stream), "synchronize");
+    return TDM_OK;
+}
+
+static void cu_copy(kern_backend_t *be, void *dst, const void *src, size_t n)
+{
+    cuda_backend_t *c = cu_be(be);
+    struct {
+        void *dst;
+        const void *src;
+        size_t n;
+    } a = {dst, src, n};
+    if (cu_op(c, OP_COPY, &a, sizeof(a))) {
+        cudaError_t e = cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToDevice, c->stream);
+        if (e != cudaSuccess) {
+            (void)cudaGetLastError();
+            kern_be_fail(be, TDM_ERR_DEVICE, "cuda: copy: %s", cudaGetErrorString(e));
+        }
+    }
+}
+
+/* ---- weights ------------------------------------------------------------------------------ */
+
+#define CU_WEIGHT_ALIGN 256
+
+static uint64_t cu_weights_bytes(const kern_backend_t *be, const kern_weight_ref_t *refs, int n)
+{
+    (void)be;
+    kern_weight_place_t *pl = (kern_weight_place_t *)calloc((size_t)(n > 0 ? n : 1), sizeof(*pl));
+    uint64_t total = 0;
+    if (pl == NULL || kern_weights_plan(refs, n, CU_WEIGHT_ALIGN, pl, &total, NULL) != TDM_OK) {
+        total = UINT64_MAX;
+    }
+    free(pl);
+    return total;
+}
+
+typedef struct cu_sink_state {
+    cuda_backend_t *c;
+    void *stage[2];
+    cudaEvent_t ev[2];
+    bool pending[2];
+} cu_sink_state_t;
+
+static tdm_status_t sink_copy(void *arg, int slot, void *dst, size_t n, tdm_error_t *err)
+{
+    cu_sink_state_t *s = (cu_sink_state_t *)arg;
+    CU_TRY(cudaMemcpyAsync(dst, s->stage[slot], n, cudaMemcpyHostToDevice, s->c->stream),
+           "weight copy");
+    CU_TRY(cudaEventRecord(s->ev[slot], s->c->stream), "weight copy");
+    s->pending[slot] = true;
+    return TDM_OK;
+}
+
+static tdm_status_t sink_wait(void *arg, int slot, tdm_error_t *err)
+{
+    cu_sink_state_t *s = (cu_sink_state_t *)arg;
+    if (s->pending[slot]) {
+        CU_TRY(cudaEventSynchronize(s->ev[slot]), "weight copy");
+        s->pending[slot] = false;
+    }
+    return TDM_OK;
+}
+
+static tdm_status_t cu_weights_load(kern_backend_t *be, kern_weight_ref_t *refs, int n,
+                                    kern_release_fn release, void *release_arg, void **out,
+                                    tdm_error_t *err)
+{
+    cuda_backend_t *c = cu_be(be);
+    cu_enter(c);
+    void *region = NULL;
+    kern_weight_place_t *pl = (kern_weight_place_t *)calloc((size_t)(n > 0 ? n : 1), sizeof(*pl));
+    if (pl == NULL) {
+        return tdm_error_set(err, TDM_ERR_NO_MEMORY, "weights: out of memory");
+    }
+    uint64_t total = 0;
+    tdm_status_t st = kern_weights_plan(refs, n, CU_WEIGHT_ALIGN, pl, &total, err);
+    uint64_t free_b = 0, total_b = 0;
+    if (st == TDM_OK) {
+        st = cu_mem_info(be, &free_b, &total_b, err);
+    }
+    if (st == TDM_OK && total > free_b) {
+        st = tdm_error_set(
+            err, TDM_ERR_NO_MEMORY, "weights: %.2f GiB do not fit in the %.2f GiB free on %s",
+            (double)total / 1073741824.0, (double)free_b / 1073741824.0, c->base.desc);
+    }
+    if (st == TDM_OK) {
+        st = cu_alloc(be, (size_t)total, KERN_MEM_DEVICE, "weights", &region, err);
+    }
+    /* two pinned staging buffers, used in turn */
+    const size_t stage =
+        total < CU_STAGING_BYTES ? (size_t)(total > 0 ? total : 1) : CU_STAGING_BYTES;
+    void *sb[2] = {NULL, NULL};
+    cu_sink_state_t ss = {c, {NULL, NULL}, {NULL, NULL}, {false, false}};
+    for (int i = 0; i < 2 && st == TDM_OK; i++) {
+        st = cu_alloc(be, stage, KERN_MEM_HOST_VISIBLE, "weight staging", &sb[i], err);
+        ss.stage[i] = sb[i];
+        if (st == TDM_OK &&
+            cudaEventCreateWithFlags(&ss.ev[i], cudaEventDisableTiming) != cudaSuccess) {
+            st = cu_err(err, cudaGetLastError(), "event");
+        }
+    }
+    if (st == TDM_OK) {
+        kern_copy_sink_t sink = {
+            &ss, {(unsigned char *)sb[0], (unsigned char *)sb[1]}, stage, sink_copy, sink_wait};
+        st = kern_weights_copy(refs, n, pl, (unsigned char *)region, &sink, release, release_arg,
+                               err);
+    }
+    for (int i = 0; i < 2; i++) {
+        if (ss.ev[i] != NULL) {
+            cudaEventDestroy(ss.ev[i]);
+        }
+    }
+    for (int i = 1; i >= 0; i--) {
+        if (sb[i] != NULL) {
+            cu_free(be, sb[i]);
+        }
+    }
+    if (st == TDM_OK) {
+        kern_weights_rebind(refs, n, pl, (unsigned char *)region);
+        c->weights_bytes += total;
+        *out = region;
+    } else if (region != NULL) {
+        cudaFree(region);
+    }
+    free(pl);
+    return st;
+}
+
+/* ---- reserved scratch -------------------------------------------------------------------------
+ */
+
+static size_t align256(size_t n)
+{
+    return (n + 255) & ~(size_t)255;
+}
+
+typedef struct cu_sizes {
+    size_t act, partial, attn, cnt, pair, tiles, ff, out;
+    int max_pairs, max_tiles;
+} cu_sizes_t;
+
+static cu_sizes_t reserve_sizes(const kern_reserve_t *r)
+{
+    cu_sizes_t z;
+    memset(&z, 0, sizeof(z));
+    const int k = r->n_expert_used > 0 ? r->n_expert_used : 0;
+    z.max_pairs = r->n_expert > 0 ? (int)(r->n_tok * k) : 0;
+    const int64_t rows = r->n_tok > z.max_pairs ? r->n_tok : z.max_pairs;
+    size_t act = 0;
+    for (int f = QB_ACT_Q8_0; f <= QB_ACT_Q8_K; f++) {
+        const size_t b = cu_act_bytes(f, rows, r->max_cols);
+        act = b > act ? b : act;
+    }
+    z.act = align256(act);
+    size_t part = (size_t)8 * (size_t)rows * (size_t)r->max_rows;
+    z.partial = part < CU_PARTIAL_FLOATS ? part : CU_PARTIAL_FLOATS;
+    const int64_t segs = (r->n_ctx + CU_ATTN_SEG - 1) / CU_ATTN_SEG;
+    size_t attn = (size_t)r->n_tok * (size_t)r->n_head * (size_t)segs * (size_t)(r->head_dim + 2);
+    z.attn = segs > 1 ? (attn < CU_ATTN_PART_FLOATS ? attn : CU_ATTN_PART_FLOATS) : 0;
+    if (r->n_expert > 0) {
+        z.max_tiles = cu_moe_max_tiles(z.max_pairs, r->n_expert);
+        z.cnt = (size_t)r->n_expert + 1;
+        z.pair = (size_t)z.max_pairs;
+        z.tiles = (size_t)z.max_tiles * 3 + 2; /* + the count of tiles and of pairs */
+        z.ff = (size_t)z.max_pairs * (size_t)r->n_ff_exp;
+        z.out = (size_t)z.max_pairs * (size_t)r->n_embd;
+    }
+    return z;
+}
+
+static uint64_t sizes_total(const cu_sizes_t *z)
+{
+    return 2 * z->act + align256(z->partial * 4) + align256(z->attn * 4) +
+           2 * align256(z->cnt * 4) + 3 * align256(z->pair * 4) + align256(z->tiles * 4) +
+           2 * align256(z->ff * 4) + align256(z->out * 4);
+}
+
+static uint64_t cu_reserve_bytes(const kern_backend_t *be, const kern_reserve_t *r)
+{
+    (void)be;
+    const cu_sizes_t z = reserve_sizes(r);
+    /* + the step metadata, device and pinned host */
+    const uint64_t meta = (uint64_t)(6 * r->n_tok + 2 + r->n_tok * (r->n_ctx / 16 + 1)) * 4;
+    return sizes_total(&z) + 2 * meta;
+}
+
+static tdm_status_t grow_meta(cuda_backend_t *c, size_t need, tdm_error_t *err)
+{
+    if (need <= c->meta_cap) {
+        return TDM_OK;
+    }
+    size_t cap = c->meta_cap > 0 ? c->meta_cap : 1024;
+    while (cap < need) {
+        cap *= 2;
+    }
+    CU_TRY(cudaStreamSynchronize(c->stream), "metadata");
+    cudaFreeHost(c->meta_host);
+    cudaFree(c->meta_dev);
+    c->meta_host = NULL;
+    c->meta_dev = NULL;
+    c->meta_cap = 0;
+    CU_TRY(cudaHostAlloc((void **)&c->meta_host, cap * 4, cudaHostAllocDefault), "metadata");
+    CU_TRY(cudaMalloc((void **)&c->meta_dev, cap * 4), "metadata");
+    c->meta_cap = cap;
+    kern_graph_clear(c->graphs); /* captured kernels point at the old buffer */
+    return TDM_OK;
+}
+
+static tdm_status_t cu_reserve(kern_backend_t *be, const kern_reserve_t *r, tdm_error_t *err)
+{
+    cuda_backend_t *c = cu_be(be);
+    cu_enter(c);
+    const cu_sizes_t z = reserve_sizes(r);
+    void *buf = NULL;
+    TDM_CHECK(cu_alloc(be, (size_t)sizes_total(&z), KERN_MEM_DEVICE, "op scratch", &buf, err));
+    cudaFree(c->scratch);
+    kern_graph_clear(c->graphs);
+    c->scratch = buf;
+    c->r = *r;
+    unsigned char *p = (unsigned char *)buf;
+#define CARVE(dst, type, bytes) (dst = (type)p, p += align256(bytes))
+    CARVE(c->act_buf[0], unsigned char *, z.act);
+    CARVE(c->act_buf[1], unsigned char *, z.act);
+    c->act_bytes = z.act;
+    CARVE(c->partial, float *, z.partial * 4);
+    c->partial_floats = z.partial;
+    CARVE(c->attn_part, float *, z.attn * 4);
+    c->attn_part_floats = z.attn;
+    CARVE(c->moe_cnt, int32_t *, z.cnt * 4);
+    CARVE(c->moe_off, int32_t *, z.cnt * 4);
+    CARVE(c->moe_pair_tok, int32_t *, z.pair * 4);
+    CARVE(c->moe_pair_w, float *, z.pair * 4);
+    CARVE(c->moe_pair_of, int32_t *, z.pair * 4);
+    CARVE(c->moe_tiles, int32_t *, z.tiles * 4);
+    c->moe_n_tiles = c->moe_tiles + (size_t)z.max_tiles * 3;
+    CARVE(c->moe_gate, float *, z.ff * 4);
+    CARVE(c->moe_up, float *, z.ff * 4);
+    CARVE(c->moe_out, float *, z.out * 4);
+#undef CARVE
+    c->max_pairs = z.max_pairs;
+    return grow_meta(c, (size_t)(6 * r->n_tok + 2 + r->n_tok * (r->n_ctx / 16 + 1)), err);
+}
+
+/* ---- steps -------------------------------------------------------------------------------------
+ */
+
+static int32_t next_pow2(int32_t v)
+{
+    int32_t p = 1;
+    while (p < v) {
+        p *= 2;
+    }
+    return p;
+}
+
+static void cu_step_begin(kern_backend_t *be, const kern_step_t *st, bool graphable)
+{
+    cuda_backend_t *c = cu_be(be);
+    cu_enter(c);
+    c->mode = KERN_GRAPH_EAGER;
+    const int32_t T = (int32_t)c->r.n_tok, n = st->n_tokens;
+    if (n > T || st->n_out > T || st->n_seqs > T) {
+        kern_be_fail(be, TDM_ERR_INTERNAL,
+                     "cuda: step of %d tokens, %d seqs beyond the %d "
+                     "reserved",
+                     n, st->n_seqs, T);
+        return;
+    }
+    size_t nb = 0;
+    for (int32_t s = 0; s < st->n_seqs; s++) {
+        nb += (size_t)st->seqs[s].n_blocks;
+    }
+    tdm_error_t err;
+    tdm_error_clear(&err);
+    const size_t need = (size_t)5 * (size_t)T + 1 + (size_t)T + nb;
+    if (grow_meta(c, need, &err) != TDM_OK) {
+        kern_be_fail(be, err.status, "%s", err.msg);
+        return;
+    }
+    /* the previous step's copy must have read the pinned buffer before it is rewritten */
+    (void)cudaEventSynchronize(c->meta_copied);
+    int32_t *h = c->meta_host;
+    int32_t max_keys = 1;
+    for (int32_t t = 0; t < n; t++) {
+        h[t] = st->token[t];
+        h[T + t] = st->pos[t];
+        h[2 * T + t] = st->seq[t];
+        max_keys = st->pos[t] + 1 > max_keys ? st->pos[t] + 1 : max_keys;
+    }
+    for (int32_t i = 0; i < st->n_out; i++) {
+        h[3 * T + i] = st->out_idx[i];
+    }
+    int32_t *off = h + 4 * T, *blocks = h + 5 * T + 1;
+    off[0] = 0;
+    for (int32_t s = 0; s < st->n_seqs; s++) {
+        memcpy(blocks + off[s], st->seqs[s].blocks, (size_t)st->seqs[s].n_blocks * 4);
+        off[s + 1] = off[s] + st->seqs[s].n_blocks;
+    }
+    const size_t used = (size_t)5 * (size_t)T + 1 + nb;
+    if (cudaMemcpyAsync(c->meta_dev, h, used * 4, cudaMemcpyHostToDevice, c->stream) !=
+            cudaSuccess ||
+        cudaEventRecord(c->meta_copied, c->stream) != cudaSuccess) {
+        cu_check_launch(c, "step metadata copy");
+        return;
+    }
+    c->d_tok = c->meta_dev;
+    c->d_pos = c->meta_dev + T;
+    c->d_seq = c->meta_dev + 2 * T;
+    c->d_out = c->meta_dev + 3 * T;
+    c->d_seq_off = c->meta_dev + 4 * T;
+    c->d_blocks = c->meta_dev + 5 * T + 1;
+    /* the attention grid covers a power of two of segments (one graph per bucket) */
+    c->max_keys = next_pow2((max_keys + CU_ATTN_SEG - 1) / CU_ATTN_SEG) * CU_ATTN_SEG;
+
+    if (!graphable || c->graphs_off || n > CU_GRAPH_MAX_TOKENS) {
+        return;
+    }
+    c->key = (kern_graph_key_t){n, st->n_out, c->max_keys / CU_ATTN_SEG};
+    c->mode = kern_graph_begin(c->graphs, &c->key, &c->replay_exec, &c->replay_fp);
+    kern_fingerprint_reset(&c->fp);
+    if (c->mode == KERN_GRAPH_CAPTURE &&
+        cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal) != cudaSuccess) {
+        (void)cudaGetLastError();
+        kern_graph_drop(c->graphs, &c->key);
+        c->mode = KERN_GRAPH_EAGER;
+    }
+}
+
+static void free_exec(void *exec)
+{
+    cudaGraphExecDestroy((cudaGraphExec_t)exec);
+}
+
+static tdm_status_t cu_step_end(kern_backend_t *be, bool *rerun, tdm_error_t *err)
+{
+    cuda_backend_t *c = cu_be(be);
+    cu_enter(c);
+    const kern_graph_action_t mode = c->mode;
+    c->mode = KERN_GRAPH_EAGER;
+    if (mode == KERN_GRAPH_CAPTURE) {
+        cudaGraph_t g = NULL;
+        cudaError_t e = cudaStreamEndCapture(c->stream, &g);
+        cudaGraphExec_t exec = NULL;
+        if (e == cudaSuccess && !be->failed) {
+            e = cudaGraphInstantiate(&exec, g, 0);
+        }
+        if (g != NULL) {
+            cudaGraphDestroy(g);
+        }
+        (void)cudaGetLastError();
+        if (e != cudaSuccess || be->failed || exec == NULL) {
+            /* nothing ran: the step runs again without a graph */
+            if (exec != NULL) {
+                cudaGraphExecDestroy(exec);
+            }
+            kern_graph_drop(c->graphs, &c->key);
+            if (be->failed) {
+                return TDM_OK; /* the op's failure is reported by the caller */
+            }
+            *rerun = true;
+            return TDM_OK;
+        }
+        kern_graph_store(c->graphs, &c->key, exec, kern_fingerprint_value(&c->fp));
+        CU_TRY(cudaGraphLaunch(exec, c->stream), "graph launch");
+        return TDM_OK;
+    }
+    if (mode == KERN_GRAPH_REPLAY) {
+        if (kern_fingerprint_value(&c->fp) != c->replay_fp) {
+            kern_graph_drop(c->graphs, &c->key);
+            *rerun = true;
+            return TDM_OK;
+        }
+        CU_TRY(cudaGraphLaunch((cudaGraphExec_t)c->replay_exec, c->stream), "graph launch");
+    }
+    return TDM_OK;
+}
+
+/* ---- ops ---------------------------------------------------------------------------------------
+ */
+
+static void cu_op_get_rows(kern_backend_t *be, float *x, int64_t ldx, const kern_weight_t *emb)
+{
+    cuda_backend_t *c = cu_be(be);
+    struct {
+        float *x;
+        int64_t ldx;
+        kern_weight_t emb;
+    } a = {x, ldx, *emb};
+    if (cu_op(c, OP_GET_ROWS, &a, sizeof(a))) {
+        cu_get_rows(c, x, ldx, emb, be->step->n_tokens);
+    }
+}
+
+static void cu_op_get_out_rows(kern_backend_t *be, float *dst, int64_t ldd, const float *src,
+                               int64_t lds, int64_t cols)
+{
+    cuda_backend_t *c = cu_be(be);
+    struct {
+        float *dst;
+        int64_t ldd;
+        const float *src;
+        int64_t lds, cols;
+    } a = {dst, ldd, src, lds, cols};
+    if (cu_op(c, OP_OUT_ROWS, &a, sizeof(a))) {
+        cu_get_out_rows(c, dst, ldd, src, lds, cols, be->step->n_out);
+    }
+}
+
+static void cu_op_rms_norm(kern_backend_t *be, float *y, int64_t ldy, const float *x, int64_t ldx,
+                           const float *w, int64_t rows, int64_t cols, float eps)
+{
+    cuda_backend_t *c = cu_be(be);
+    struct {
+        float *y;
+        int64_t ldy;
+        const float *x;
+        int64_t ldx;
+        const float *w;
+        int64_t rows, cols;
+        float eps;
+    } a = {y, ldy, x, ldx, w, rows, cols, eps};
+    if (cu_op(c, OP_RMS_NORM, &a, sizeof(a))) {
+        cu_rms_norm(c, y, ldy, x, ldx, w, rows, cols, eps);
+    }
+}
+
+static void cu_op_rope(kern_backend_t *be, float *x, int64_t ld, int n_heads, int head_dim,
+                       const mdl_rope_params_t *p, const float *freq_factors)
+{
+    cuda_backend_t *c = cu_be(be);
+    struct {
+        float *x;
+        int64_t ld;
+        int n_heads, head_dim;
+        mdl_rope_params_t p;
+        const float *ff;
+    } a;
+    memset(&a, 0, sizeof(a)); /* padding bytes are hashed too */
+    a.x = x;
+    a.ld = ld;
+    a.n_heads = n_heads;
+    a.head_dim = head_dim;
+    a.p = *p;
+    a.ff = freq_factors;
+    if (cu_op(c, OP_ROPE, &a, sizeof(a))) {
+        cu_rope(c, x, ld, be->step->n_tokens, n_heads, head_dim, p, freq_factors);
+    }
+}
+
+static void cu_op_matmul(kern_backend_t *be, int n_ops, const kern_matmul_op_t *ops, int64_t n_tok)
+{
+    cuda_backend_t *c = cu_be(be);
+    if (c->mode != KERN_GRAPH_EAGER) {
+        kern_fingerprint_add(&c->fp, OP_MATMUL, &n_tok, sizeof(n_tok));
+        for (int i = 0; i < n_ops; i++) {
+            kern_fingerprint_add(&c->fp, OP_MATMUL, ops[i].w, sizeof(*ops[i].w));
+            kern_fingerprint_add(&c->fp, OP_MATMUL, &ops[i], sizeof(ops[i]));
+        }
+        if (c->mode == KERN_GRAPH_REPLAY) {
+            return;
+        }
+    }
+    if (n_tok > c->r.n_tok) {
+        kern_be_fail(be, TDM_ERR_INTERNAL, "cuda: matmul of %lld rows (reserved %lld)",
+                     (long long)n_tok, (long long)c->r.n_tok);
+        return;
+    }
+    /* Inputs shared by several products are quantized once: up to two at a time. */
+    const float *have_x[2] = {NULL, NULL};
+    int have_fmt[2] = {-2, -2};
+    int64_t have_k[2] = {0, 0}, have_ld[2] = {0, 0};
+    cu_act_t acts[2];
+    int next = 0;
+    for (int i = 0; i < n_ops && !be->failed; i++) {
+        const kern_weight_t *w = ops[i].w;
+        const int fmt = cu_act_format(w->type);
+        cu_mm_t mm;
+        memset(&mm, 0, sizeof(mm));
+        mm.w = w;
+        mm.x = ops[i].x;
+        mm.ldx = ops[i].ldx;
+        mm.y = ops[i].y;
+        mm.ldy = ops[i].ldy;
+        mm.n_rows_x = n_tok;
+        if (fmt >= 0) {
+            int slot = -1;
+            for (int s = 0; s < 2; s++) {
+                if (have_x[s] == ops[i].x && have_fmt[s] == fmt && have_k[s] == w->n_cols &&
+                    have_ld[s] == ops[i].ldx) {
+                    slot = s;
+                }
+            }
+            if (slot < 0) {
+                slot = next;
+                next ^= 1;
+                acts[slot] = cu_act_view(c->act_buf[slot], fmt, n_tok, w->n_cols);
+                cu_quantize_act(c, fmt, ops[i].x, ops[i].ldx, n_tok, &acts[slot]);
+                have_x[slot] = ops[i].x;
+                have_fmt[slot] = fmt;
+                have_k[slot] = w->n_cols;
+                have_ld[slot] = ops[i].ldx;
+            }
+            mm.act = &acts[slot];
+        }
+        cu_matmul_launch(c, &mm);
+    }
+}
+
+static void cu_op_swiglu(kern_backend_t *be, float *out, const float *gate, const float *up,
+                         int64_t n)
+{
+    cuda_backend_t *c = cu_be(be);
+    struct {
+        float *out;
+        const float *gate, *up;
+        int64_t n;
+    } a = {out, gate, up, n};
+    if (cu_op(c, OP_SWIGLU, &a, sizeof(a))) {
+        cu_swiglu(c, out, gate, up, n);
+    }
+}
+
+static void cu_op_add(kern_backend_t *be, float *y, const float *x1, const float *x2, int64_t n)
+{
+    cuda_backend_t *c = cu_be(be);
+    struct {
+        float *y;
+        const float *a, *b;
+        int64_t n;
+    } a = {y, x1, x2, n};
+    if (cu_op(c, OP_ADD, &a, sizeof(a))) {
+        cu_add(c, y, x1, x2, n);
+    }
+}
+
+static void cu_op_kv_store(kern_backend_t *be, const kern_kv_layout_t *l, void *k_layer,
+                           void *v_layer, const float *k, const float *v, int64_t ld)
+{
+    cuda_backend_t *c = cu_be(be);
+    struct {
+        kern_kv_layout_t l;
+        void *kl, *vl;
+        const float *k, *v;
+        int64_t ld;
+    } a;
+    memset(&a, 0, sizeof(a));
+    a.l = *l;
+    a.kl = k_layer;
+    a.vl = v_layer;
+    a.k = k;
+    a.v = v;
+    a.ld = ld;
+    if (cu_op(c, OP_KV_STORE, &a, sizeof(a))) {
+        cu_kv_store(c, l, k_layer, v_layer, k, v, ld, be->step->n_tokens);
+    }
+}
+
+static void cu_op_attention(kern_backend_t *be, float *out, const float *q,
+                            const kern_kv_layout_t *l, const void *k_layer, const void *v_layer,
+                            const kern_attn_params_t *p)
+{
+    cuda_backend_t *c = cu_be(be);
+    struct {
+        float *out;
+        const float *q;
+        kern_kv_layout_t l;
+        const void *kl, *vl;
+        kern_attn_params_t p;
+    } a;
+    memset(&a, 0, sizeof(a));
+    a.out = out;
+    a.q = q;
+    a.l = *l;
+    a.kl = k_layer;
+    a.vl = v_layer;
+    a.p = *p;
+    if (cu_op(c, OP_ATTENTION, &a, sizeof(a))) {
+        cu_attention(c, out, q, l, k_layer, v_layer, p, be->step->n_tokens);
+    }
+}
+
+static void cu_op_moe_route(kern_backend_t *be, float *logits, int n_expert, int k, bool norm,
+                            int32_t *sel, float *w)
+{
+    cuda_backend_t *c = cu_be(be);
+    struct {
+        float *logits;
+        int n_expert, k, norm;
+        int32_t *sel;
+        float *w;
+    } a = {logits, n_expert, k, norm ? 1 : 0, sel, w};
+    if (cu_op(c, OP_MOE_ROUTE, &a, sizeof(a))) {
+        cu_moe_route(c, logits, n_expert, k, norm, sel, w, be->step->n_tokens);
+    }
+}
+
+static void cu_op_moe_experts(kern_backend_t *be, const kern_moe_t *moe, const float *x,
+                              int64_t ldx, const int32_t *sel, const float *w, float *out,
+                              int64_t ldo, int64_t n_tok)
+{
+    cuda_backend_t *c = cu_be(be);
+    struct {
+        kern_moe_t moe;
+        const float *x;
+        int64_t ldx;
+        const int32_t *sel;
+        const float *w;
+        float *out;
+        int64_t ldo, n_tok;
+    } a;
+    memset(&a, 0, sizeof(a));
+    a.moe = *moe;
+    a.x = x;
+    a.ldx = ldx;
+    a.sel = sel;
+    a.w = w;
+    a.out = out;
+    a.ldo = ldo;
+    a.n_tok = n_tok;
+    if (cu_op(c, OP_MOE_EXPERTS, &a, sizeof(a))) {
+        cu_moe_experts(c, moe, x, ldx, sel, w, out, ldo, n_tok);
+    }
+}
+
+static const kern_backend_ops_t cuda_ops = {
+    cu_destroy,         cu_mem_info,    cu_alloc,        cu_free,          cu_to_device,
+    cu_to_host,         cu_sync,        cu_copy,         cu_weights_bytes, cu_weights_load,
+    cu_reserve_bytes,   cu_reserve,     cu_step_begin,   cu_step_end,      cu_op_get_rows,
+    cu_op_get_out_rows, cu_op_rms_norm, cu_op_rope,      cu_op_matmul,     cu_op_swiglu,
+    cu_op_add,          cu_op_kv_store, cu_op_attention, cu_op_moe_route,  cu_op_moe_experts,
+};
+
+/* ---- creation
+ * ------------------------------------------------------------------------------------ */
+
+extern "C" tdm_status_t kern_backend_create_cuda(int device, kern_backend_t **out, tdm_error_t *err)
+{
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess || n == 0) {
+        (void)cudaGetLastError();
+        return tdm_error_set(err, TDM_ERR_DEVICE, "no CUDA device: %s",
+                             e != cudaSuccess ? cudaGetErrorString(e) : "none visible");
+    }
+    if (device < 0 || device >= n) {
+        return tdm_error_set(err, TDM_ERR_DEVICE, "cuda:%d: only %d CUDA device%s (0..%d)", device,
+                             n, n == 1 ? "" : "s", n - 1);
+    }
+    kern_gpu_info_t gi;
+    TDM_CHECK(kern_gpu_info(device, &gi, err));
+    TDM_CHECK(kern_cuda_probe(device, err)); /* a kernel image for this GPU is in the binary */
+    cuda_backend_t *c = (cuda_backend_t *)calloc(1, sizeof(*c));
+    if (c == NULL) {
+        return tdm_error_set(err, TDM_ERR_NO_MEMORY, "cuda backend: out of memory");
+    }
+    c->base.ops = &cuda_ops;
+    c->base.kind = KERN_DEVICE_CUDA;
+    c->base.host_memory = false;
+    c->base.impl = c;
+    c->dev = device;
+    c->n_sm = gi.n_sm;
+    c->integrated = gi.integrated;
+    snprintf(c->base.desc, sizeof(c->base.desc), "cuda:%d %s (sm_%d%d, %.1f GiB%s)", device,
+             gi.name, gi.cc_major, gi.cc_minor, (double)gi.total_bytes / 1073741824.0,
+             gi.integrated ? ", unified memory" : "");
+    const char *g = getenv("TANDEM_CUDA_GRAPHS");
+    c->graphs_off = g != NULL && strcmp(g, "0") == 0;
+    const char *sk = getenv("TANDEM_CUDA_SPLITK");
+    c->splitk_force = sk != NULL ? atoi(sk) : 0;
+    tdm_status_t st = TDM_OK;
+    cu_enter(c);
+    if (cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking) != cudaSuccess ||
+        cudaEventCreateWithFlags(&c->meta_copied, cudaEventDisableTiming) != cudaSuccess) {
+        st = cu_err(err, cudaGetLastError(), "stream");
+    }
+    if (st == TDM_OK) {
+        c->graphs = kern_graph_cache_create(CU_GRAPH_CAPACITY, 1, free_exec);
+        if (c->graphs == NULL || !kern_fingerprint_init(&c->fp)) {
+            st = tdm_error_set(err, TDM_ERR_NO_MEMORY, "cuda backend: out of memory");
+        }
+    }
+    if (st != TDM_OK) {
+        cu_destroy(&c->base);
+        return st;
+    }
+    *out = &c->base;
+    return TDM_OK;
+}

@@ -1,0 +1,321 @@
+/*
+ * kern_backend.h - one interface, two backends: what the forward pass (shard/) calls to
+ * allocate memory and run its ops, on the CPU or on a CUDA GPU.
+ *
+ * A backend is an object with an ops table, as Redis's connection types or ggml's
+ * backends: shard/blocks.c and the files of shard/models describe each architecture once, as a
+ * sequence of kern_be_* calls, and the same description runs on either backend. The
+ * backends are
+ *
+ *   cpu   (kernels/cpu/backend_cpu.c)    today's CPU kernels on a kern_ctx_t thread pool;
+ *                                        "device" memory is host memory, weights stay
+ *                                        views into the mapped GGUF file
+ *   cuda  (kernels/cuda/backend_cuda.cu) kernels on one stream of one GPU; weights copied
+ *                                        once into device memory; activations, scratch
+ *                                        and the KV cache live there; the host receives
+ *                                        only the logits
+ *
+ * Memory. Every pointer an op takes is the backend's ("device") memory, from kern_be_alloc
+ * or the weight store; the host never dereferences it unless the backend says memory is
+ * host-visible (the CPU backend, or an allocation made with KERN_MEM_HOST_VISIBLE, which
+ * the collectives between shards use: pinned host memory the GPU reads and writes in
+ * place, as a DGX Spark without GPUDirect RDMA needs).
+ *
+ * Steps. A forward step is bracketed by kern_be_step_begin / kern_be_step_end. step_begin
+ * hands the backend the step's token ids, positions, sequence block tables and the rows
+ * that want logits (one host-to-device copy); the ops that need them (embedding lookup,
+ * RoPE, KV writes, attention, the logits rows) read them from there. Ops are enqueued in
+ * order and may run asynchronously; kern_be_to_host and kern_be_sync wait.
+ *
+ * Errors. Ops return nothing: the first failure (a CUDA launch error, an unsupported
+ * type) is kept by the backend, every later op is skipped, and kern_be_step_end or
+ * kern_be_sync reports it. So the forward pass reads like the math, with one check per
+ * step, as SQLite's sticky out-of-memory flag.
+ *
+ * Batch invariance. On both backends a token's results do not depend on what else is in
+ * the step: each output element of a matrix product is accumulated in the same order
+ * whatever the number of tokens, and attention of a token reads only its own sequence.
+ * The serving tests rely on it (an answer is the same alone and in a batch of 16).
+ *
+ * docs/gpu.md describes the CUDA backend; docs/architecture.md the layering.
+ */
+#ifndef KERN_BACKEND_H
+#define KERN_BACKEND_H
+
+#include "common/status.h"
+#include "kernels/kern.h"
+#include "model/hparams.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct kern_backend kern_backend_t;
+
+typedef enum kern_device_kind {
+    KERN_DEVICE_CPU = 0,
+    KERN_DEVICE_CUDA,
+} kern_device_kind_t;
+
+/* ---- creating a backend ------------------------------------------------------------ */
+
+typedef struct kern_backend_params {
+    /* "auto" (a usable CUDA GPU if there is one, else the CPU), "cpu", "cuda" (GPU 0) or
+     * "cuda:N". NULL: the environment's TANDEM_DEVICE, else "auto". */
+    const char *device;
+    int n_threads;           /* CPU threads (<= 0: one per CPU); the CPU backend's pool */
+    kern_isa_t isa_override; /* KERN_ISA_COUNT: the best the CPU supports               */
+} kern_backend_params_t;
+
+/*
+ * Creates the backend p->device names. "cuda" fails with TDM_ERR_UNSUPPORTED when the
+ * build has no CUDA, and with TDM_ERR_DEVICE naming the reason when no usable GPU is
+ * there; "auto" then falls back to the CPU (kern_backend_describe says which it chose,
+ * and why).
+ */
+tdm_status_t kern_backend_create(const kern_backend_params_t *p, kern_backend_t **out,
+                                 tdm_error_t *err);
+void kern_backend_destroy(kern_backend_t *be); /* NULL is fine */
+
+/* Parses "auto" | "cpu" | "cuda" | "cuda:N" (N a GPU index). *kind is KERN_DEVICE_CUDA for
+ * "auto" with *auto_pick set; *index is the GPU (0 when none given). */
+tdm_status_t kern_device_parse(const char *s, kern_device_kind_t *kind, int *index, bool *auto_pick,
+                               tdm_error_t *err);
+
+kern_device_kind_t kern_be_kind(const kern_backend_t *be);
+/* "cpu (avx2, 8 threads)", "cuda:0 NVIDIA H100 80GB HBM3 (sm_90, 79.1 GiB)". */
+const char *kern_be_describe(const kern_backend_t *be);
+/* Why "auto" chose the CPU ("no CUDA device: ..."), or "" when it did not fall back. */
+const char *kern_be_fallback_reason(const kern_backend_t *be);
+/* The CPU backend's context (NULL for the others): kern_matmul and friends in tests. */
+kern_ctx_t *kern_be_cpu_ctx(kern_backend_t *be);
+
+/* Memory the backend can still give (device memory; on a unified-memory GPU also bounded
+ * by the host's MemAvailable) and its total, in bytes. */
+tdm_status_t kern_be_mem_info(kern_backend_t *be, uint64_t *free_bytes, uint64_t *total_bytes,
+                              tdm_error_t *err);
+
+/* ---- GPUs present (tandem --version, tandem plan) ----------------------------------- */
+
+typedef struct kern_gpu_info {
+    int index;
+    char name[128];
+    int cc_major, cc_minor;
+    uint64_t total_bytes;
+    uint64_t free_bytes;
+    bool integrated; /* shares memory with the host (DGX Spark's GB10, Jetson) */
+    int n_sm;
+} kern_gpu_info_t;
+
+/* Number of usable GPUs (0 without CUDA, a driver or a device; never fails). */
+int kern_gpu_count(void);
+tdm_status_t kern_gpu_info(int index, kern_gpu_info_t *out, tdm_error_t *err);
+
+/* ---- memory ----------------------------------------------------------------------- */
+
+enum {
+    KERN_MEM_DEVICE = 0,            /* the backend's memory                            */
+    KERN_MEM_HOST_VISIBLE = 1u << 0 /* also readable and writable by the host at the
+                                       same address (pinned, mapped host memory)      */
+};
+
+/* Zero-filled memory of `bytes`; NULL never returned on success. `what` names it in the
+ * error ("KV cache", "step scratch"). */
+tdm_status_t kern_be_alloc(kern_backend_t *be, size_t bytes, unsigned flags, const char *what,
+                           void **out, tdm_error_t *err);
+void kern_be_free(kern_backend_t *be, void *p); /* NULL is fine */
+
+/* True when every allocation of this backend is host memory (the CPU backend). */
+bool kern_be_host_memory(const kern_backend_t *be);
+
+/* Copies between host and backend memory; both wait for the ops enqueued before. */
+tdm_status_t kern_be_to_device(kern_backend_t *be, void *dst, const void *src, size_t n,
+                               tdm_error_t *err);
+tdm_status_t kern_be_to_host(kern_backend_t *be, void *dst, const void *src, size_t n,
+                             tdm_error_t *err);
+/* Waits for every enqueued op; reports the first error since the last report. */
+tdm_status_t kern_be_sync(kern_backend_t *be, tdm_error_t *err);
+/* dst = src inside backend memory, in op order (copy-on-write of a KV block). */
+void kern_be_copy(kern_backend_t *be, void *dst, const void *src, size_t n);
+
+/* ---- weights ------------------------------------------------------------------------ */
+
+/*
+ * One weight the shard bound as a view into the mapped GGUF file: a matrix (or a stack
+ * of n_mats expert matrices `stride` bytes apart) or a vector of f32. kern_be_weights_load
+ * copies them into backend memory and rewrites the views to point there; each matrix is
+ * stored compact (its slice's row bytes, not the file's), and a view that lies inside
+ * another (a tied output inside token_embd) shares its copy. The CPU backend keeps the
+ * views as they are.
+ */
+typedef struct kern_weight_ref {
+    kern_weight_t *w;  /* a matrix view, or NULL for a vector              */
+    int n_mats;        /* matrices in the stack (1 for a plain matrix)     */
+    size_t *stride;    /* bytes between them (rewritten); NULL if n_mats 1 */
+    const float **vec; /* a vector (w == NULL)                             */
+    int64_t vec_len;   /* its floats                                       */
+} kern_weight_ref_t;
+
+/* Called behind each chunk copied from the file, so the page cache can be dropped there
+ * (model/gguf: gguf_release_pages). */
+typedef void (*kern_release_fn)(void *arg, const void *src, size_t n);
+
+/* Bytes kern_be_weights_load would place in backend memory for refs (0 on the CPU). */
+uint64_t kern_be_weights_bytes(const kern_backend_t *be, const kern_weight_ref_t *refs, int n);
+
+/* Copies the weights in bounded chunks through a pinned staging buffer (never a whole
+ * host copy), calling release behind each chunk. Refuses before copying anything when
+ * they do not fit (TDM_ERR_NO_MEMORY with the numbers). *region is the memory made for
+ * them (NULL on the CPU), for kern_be_free once the views are no longer used. */
+tdm_status_t kern_be_weights_load(kern_backend_t *be, kern_weight_ref_t *refs, int n,
+                                  kern_release_fn release, void *release_arg, void **region,
+                                  tdm_error_t *err);
+
+/* ---- scratch the compound ops need, reserved once at load ---------------------------- */
+
+typedef struct kern_reserve {
+    int64_t n_tok;    /* most tokens in a step                                 */
+    int64_t n_out;    /* most rows with logits                                 */
+    int64_t n_ctx;    /* most positions of a sequence                          */
+    int64_t max_cols; /* widest matrix input (K) of any product                */
+    int64_t max_rows; /* most output rows of any product                       */
+    int n_head;       /* local q heads                                         */
+    int head_dim;
+    int n_expert;      /* router width (0: no MoE)                              */
+    int n_expert_used; /* top-k                                                 */
+    int64_t n_embd;
+    int64_t n_ff_exp; /* local expert width                                    */
+} kern_reserve_t;
+
+tdm_status_t kern_be_reserve(kern_backend_t *be, const kern_reserve_t *r, tdm_error_t *err);
+/* Bytes kern_be_reserve allocates for r (for memory plans before loading). */
+uint64_t kern_be_reserve_bytes(const kern_backend_t *be, const kern_reserve_t *r);
+
+/* ---- a step --------------------------------------------------------------------------- */
+
+typedef struct kern_seq {
+    const int32_t *blocks; /* logical block j -> KV block id */
+    int32_t n_blocks;
+} kern_seq_t;
+
+typedef struct kern_step {
+    int32_t n_tokens;
+    const int32_t *token; /* [n_tokens] */
+    const int32_t *pos;   /* [n_tokens] */
+    const int32_t *seq;   /* [n_tokens] index into seqs */
+    int32_t n_seqs;
+    const kern_seq_t *seqs;
+    int32_t n_out;          /* tokens that want logits                 */
+    const int32_t *out_idx; /* [n_out] their indices, ascending         */
+} kern_step_t;
+
+/*
+ * Starts a step. `graphable`: every op until kern_be_step_end is pure device work with
+ * arguments that are a function of the step's shape (no host synchronisation, no
+ * collective through the host), so a GPU backend may capture it once per shape as a CUDA
+ * graph and replay it (docs/gpu.md, "CUDA graphs").
+ */
+void kern_be_step_begin(kern_backend_t *be, const kern_step_t *st, bool graphable);
+/* Ends the step's device work (launching a captured or replayed graph) and reports the
+ * first error. *rerun is set when the step's ops were not run (a replay whose ops did not
+ * match the captured graph's): the caller runs the same step again, not graphable. */
+tdm_status_t kern_be_step_end(kern_backend_t *be, bool *rerun, tdm_error_t *err);
+
+/* ---- ops -------------------------------------------------------------------------------- */
+
+/* x[t] = row token[t] of emb, dequantized, for every token of the step. */
+void kern_be_get_rows(kern_backend_t *be, float *x, int64_t ldx, const kern_weight_t *emb);
+/* dst[i] = src[out_idx[i]] (cols floats), for the step's rows that want logits. */
+void kern_be_get_out_rows(kern_backend_t *be, float *dst, int64_t ldd, const float *src,
+                          int64_t lds, int64_t cols);
+/* kern_op_rms_norm_f32 (w may be NULL). */
+void kern_be_rms_norm(kern_backend_t *be, float *y, int64_t ldy, const float *x, int64_t ldx,
+                      const float *w, int64_t rows, int64_t cols, float eps);
+/* kern_op_rope_f32 over the step's tokens at their positions. */
+void kern_be_rope(kern_backend_t *be, float *x, int64_t ld, int n_heads, int head_dim,
+                  const mdl_rope_params_t *p, const float *freq_factors);
+/* kern_matmul_batch: n_ops products over the step's first n_tok rows. */
+void kern_be_matmul(kern_backend_t *be, int n_ops, const kern_matmul_op_t *ops, int64_t n_tok);
+/* out = silu(gate) * up, n elements. */
+void kern_be_swiglu(kern_backend_t *be, float *out, const float *gate, const float *up, int64_t n);
+/* y = a + b, n elements. */
+void kern_be_add(kern_backend_t *be, float *y, const float *a, const float *b, int64_t n);
+
+/* ---- the paged KV cache (shard/kv_cache.h owns it; the layout is shared) ---------------- */
+
+/*
+ * Per layer, K and V each: n_blocks blocks of n_kv_heads heads of block_tokens slots of
+ * one head_dim row of `type` (F32, F16 or Q8_0: row_bytes = tdm_type_row_size(type,
+ * head_dim)). Position p of a sequence is in block table[p / block_tokens], slot p %
+ * block_tokens.
+ */
+typedef struct kern_kv_layout {
+    tdm_type_t type;
+    int n_kv_heads;
+    int head_dim;
+    int block_tokens;
+    int32_t n_blocks;
+    size_t row_bytes;
+    size_t block_bytes; /* n_kv_heads * block_tokens * row_bytes */
+} kern_kv_layout_t;
+
+/* The KV cache type `name` asks for ("f32", "f16", "q8_0"; NULL or "auto": f16 on a GPU,
+ * f32 on the CPU, whose kernels are fastest on f32). */
+tdm_status_t kern_kv_type_resolve(const char *name, const kern_backend_t *be, tdm_type_t *out,
+                                  tdm_error_t *err);
+
+/* Fills the byte sizes of l from its other fields; TDM_ERR_UNSUPPORTED for a type or a
+ * head_dim the cache cannot hold (Q8_0 needs head_dim % 32 == 0). */
+tdm_status_t kern_kv_layout_init(kern_kv_layout_t *l, tdm_error_t *err);
+
+/* Writes the step's K and V rows (n_kv_heads heads of head_dim, ld apart per token) into
+ * the layer's cache at each token's position, converted to the cache's type. */
+void kern_be_kv_store(kern_backend_t *be, const kern_kv_layout_t *l, void *k_layer, void *v_layer,
+                      const float *k, const float *v, int64_t ld);
+
+typedef struct kern_attn_params {
+    int n_head;  /* local q heads, ld of q and out is n_head * head_dim per token */
+    int head_lo; /* global index of local q head 0                                */
+    int kv_lo;   /* global index of the cache's kv head 0                         */
+    int group;   /* q heads per kv head: kv head of q head h is (head_lo+h)/group */
+    float scale;
+} kern_attn_params_t;
+
+/* out[t, h] = softmax(scale * q[t, h] . K) V over positions 0..pos[t] of token t's
+ * sequence, for every token of the step and local head h. */
+void kern_be_attention(kern_backend_t *be, float *out, const float *q, const kern_kv_layout_t *l,
+                       const void *k_layer, const void *v_layer, const kern_attn_params_t *p);
+
+/* ---- mixture of experts ------------------------------------------------------------------ */
+
+/* Router: per token, softmax over n_expert logits (ld n_expert; overwritten with the
+ * probabilities), the top k experts (ties to the lower index) and their weights,
+ * renormalised to sum 1 when norm. */
+void kern_be_moe_route(kern_backend_t *be, float *logits, int n_expert, int k, bool norm,
+                       int32_t *sel, float *w);
+
+/* The experts this rank holds: experts [exp_lo, exp_lo + n_exp), each a SwiGLU FFN whose
+ * gate/up/down views are the first expert's, the next `stride` bytes further. */
+typedef struct kern_moe {
+    kern_weight_t gate, up, down;
+    size_t gate_stride, up_stride, down_stride;
+    int exp_lo, n_exp;
+    int n_used;     /* top-k: sel and w hold n_used entries per token */
+    int64_t n_embd; /* width of x and out (the views are empty when n_exp is 0) */
+} kern_moe_t;
+
+/* out[t] = sum over token t's selected experts held here, in ascending expert order, of
+ * w * down_e(silu(gate_e x[t]) * up_e x[t]); zero for a token with none here. */
+void kern_be_moe_experts(kern_backend_t *be, const kern_moe_t *moe, const float *x, int64_t ldx,
+                         const int32_t *sel, const float *w, float *out, int64_t ldo,
+                         int64_t n_tok);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
