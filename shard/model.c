@@ -433,7 +433,7 @@ static tdm_status_t check_fit(shd_model_t *m, tdm_error_t *err)
         return tdm_error_set(err, TDM_ERR_NO_MEMORY,
                              "model: needs %.2f GiB on %s (weights %.2f, KV cache %.2f, scratch "
                              "%.2f, margin 0.25) but %.2f GiB of %.2f are free; lower --ctx-size "
-                             "or --kv-budget, or split the model over more shards",
+                             "or --kv-memory, or split the model over more shards",
                              (double)(w + sc + kv + margin) / 1073741824.0, kern_be_describe(m->be),
                              (double)w / 1073741824.0, (double)kv / 1073741824.0,
                              (double)sc / 1073741824.0, (double)free_b / 1073741824.0,
