@@ -15,8 +15,14 @@
 
 #include "common/status.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
 void tdm_assert_fail(const char *expr, const char *file, int line, const char *func)
     __attribute__((noreturn));
+#ifdef __cplusplus
+}
+#endif
 
 #define TDM_ASSERT(x)                                          \
     do {                                                       \

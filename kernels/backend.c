@@ -131,6 +131,25 @@ const char *kern_be_fallback_reason(const kern_backend_t *be)
     return be->fallback;
 }
 
+int kern_be_cuda_device(const kern_backend_t *be)
+{
+#if TDM_HAVE_CUDA
+    if (be != NULL && be->kind == KERN_DEVICE_CUDA) {
+        return kern_backend_cuda_device(be);
+    }
+#endif
+    (void)be;
+    return -1;
+}
+
+void kern_be_stats(const kern_backend_t *be, kern_be_stats_t *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (be->ops->stats != NULL) {
+        be->ops->stats(be, out);
+    }
+}
+
 bool kern_be_host_memory(const kern_backend_t *be)
 {
     return be->host_memory;

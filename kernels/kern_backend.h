@@ -93,6 +93,18 @@ const char *kern_be_describe(const kern_backend_t *be);
 const char *kern_be_fallback_reason(const kern_backend_t *be);
 /* The CPU backend's context (NULL for the others): kern_matmul and friends in tests. */
 kern_ctx_t *kern_be_cpu_ctx(kern_backend_t *be);
+/* The CUDA device index a CUDA backend runs on (what NCCL must use for this process's
+ * rank), -1 for any other backend. */
+int kern_be_cuda_device(const kern_backend_t *be);
+
+/* What a backend counted (CUDA graphs; zeros where there is nothing to count). */
+typedef struct kern_be_stats {
+    uint64_t graph_captures; /* steps captured as a graph                        */
+    uint64_t graph_replays;  /* steps run as one launch of a stored graph        */
+    uint64_t graph_drops;    /* shapes given up (a failed capture, a mismatch)   */
+} kern_be_stats_t;
+
+void kern_be_stats(const kern_backend_t *be, kern_be_stats_t *out);
 
 /* Memory the backend can still give (device memory; on a unified-memory GPU also bounded
  * by the host's MemAvailable) and its total, in bytes. */
@@ -194,6 +206,10 @@ typedef struct kern_reserve {
 tdm_status_t kern_be_reserve(kern_backend_t *be, const kern_reserve_t *r, tdm_error_t *err);
 /* Bytes kern_be_reserve allocates for r (for memory plans before loading). */
 uint64_t kern_be_reserve_bytes(const kern_backend_t *be, const kern_reserve_t *r);
+/* What the CUDA backend's kern_be_reserve_bytes answers, without a backend or a GPU (plain
+ * C, in every build: kernels/cuda_reserve.c), so memory plans count a GPU shard's op
+ * scratch with the backend's own formula. */
+uint64_t kern_cuda_reserve_bytes(const kern_reserve_t *r);
 
 /* ---- a step --------------------------------------------------------------------------- */
 

@@ -8,12 +8,15 @@
 
 #include "kernels/kern_backend.h"
 
+#include <string.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
 
 typedef struct kern_backend_ops {
     void (*destroy)(kern_backend_t *be);
+    void (*stats)(const kern_backend_t *be, kern_be_stats_t *out); /* NULL: nothing counted */
     tdm_status_t (*mem_info)(kern_backend_t *be, uint64_t *free_b, uint64_t *total_b,
                              tdm_error_t *err);
     tdm_status_t (*alloc)(kern_backend_t *be, size_t bytes, unsigned flags, const char *what,
@@ -79,6 +82,8 @@ tdm_status_t kern_be_take_error(kern_backend_t *be, tdm_error_t *err);
 tdm_status_t kern_backend_create_cpu(const kern_backend_params_t *p, kern_backend_t **out,
                                      tdm_error_t *err);
 tdm_status_t kern_backend_create_cuda(int device, kern_backend_t **out, tdm_error_t *err);
+/* The CUDA backend's device index (kern_be_cuda_device forwards here for a CUDA backend). */
+int kern_backend_cuda_device(const kern_backend_t *be);
 
 /* The weight store's plan (kernels/weights_plan.c): where each ref's compact copy goes in
  * one contiguous region, and which refs alias another's copy. Shared by every backend
@@ -117,6 +122,23 @@ tdm_status_t kern_weights_copy(const kern_weight_ref_t *refs, int n,
                                const kern_weight_place_t *place, unsigned char *base,
                                const kern_copy_sink_t *sink, kern_release_fn release,
                                void *release_arg, tdm_error_t *err);
+
+/* The CUDA backend's op scratch (kernels/cuda_reserve.c, plain C): element counts of each
+ * piece (floats or int32), the activation buffers' bytes, and the whole reservation. */
+typedef struct kern_cuda_sizes {
+    uint64_t act;                       /* bytes of each of the two activation buffers */
+    uint64_t partial, attn;             /* floats                                      */
+    uint64_t cnt, pair, tiles, ff, out; /* elements                                    */
+    uint64_t meta;                      /* int32 of the step metadata (each side)      */
+    uint64_t scratch_bytes;             /* the device scratch, every piece aligned     */
+    int max_pairs, max_tiles;
+} kern_cuda_sizes_t;
+
+void kern_cuda_reserve_sizes(const kern_reserve_t *r, kern_cuda_sizes_t *z);
+/* Bytes of n_rows quantized activation rows of width k in format fmt (QB_ACT_*). */
+uint64_t kern_cuda_act_bytes(int fmt, int64_t n_rows, int64_t k);
+/* Most tiles a grouped product of max_pairs pairs over n_exp experts can have. */
+int kern_cuda_moe_max_tiles(int max_pairs, int n_exp);
 
 #ifdef __cplusplus
 }

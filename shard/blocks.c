@@ -8,11 +8,6 @@
 #include "common/check.h"
 #include "shard/shd_internal.h"
 
-bool shd_comm_on_device(const shd_model_t *m)
-{
-    return m->world_size == 1 || m->params.comm.ops->device_memory;
-}
-
 tdm_status_t shd_all_reduce(shd_model_t *m, shd_group_t g, float *buf, int64_t n, tdm_error_t *err)
 {
     /* A group of one still calls when the world is larger: every rank makes the same

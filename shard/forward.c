@@ -158,7 +158,9 @@ tdm_status_t shd_forward(shd_model_t *m, shd_kv_cache_t *kv, const shd_batch_t *
     const bool split_vocab = m->n_vocab_l != m->hp.n_vocab;
     const bool head = n_out > 0 && (logits != NULL || split_vocab);
     const bool direct = head && !split_vocab && kern_be_host_memory(m->be);
-    bool graphable = shd_comm_on_device(m), rerun = false;
+    /* Only a model alone may be captured as a graph: a collective is a call of the shard
+     * (not a backend op), which a replayed step would not order within the graph. */
+    bool graphable = m->world_size == 1, rerun = false;
     tdm_status_t st;
     do {
         kern_be_step_begin(m->be, &step, graphable);

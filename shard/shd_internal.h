@@ -143,8 +143,4 @@ void shd_residual_add(shd_model_t *m, int64_t n_tok);
  * of host memory the step's ops are finished first (buf is host-visible memory). */
 tdm_status_t shd_all_reduce(shd_model_t *m, shd_group_t g, float *buf, int64_t n, tdm_error_t *err);
 
-/* True when the communicator reads device memory in stream order (NCCL), or there is
- * none: then a step needs no host synchronisation and may be replayed as a graph. */
-bool shd_comm_on_device(const shd_model_t *m);
-
 #endif

@@ -3,6 +3,7 @@
 tandem_unit_test(kernels_vec test_kernels_vec.c tdm_kernels)
 tandem_unit_test(kernels_types test_kernels_types.c tdm_kernels)
 tandem_unit_test(cuda_qblock test_cuda_qblock.c tdm_kernels)
+tandem_unit_test(backend_api test_backend_api.c tdm_kernels)
 tandem_unit_test(step_graph test_step_graph.c tdm_kernels)
 tandem_unit_test(weights_plan test_weights_plan.c tdm_kernels)
 

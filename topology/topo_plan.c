@@ -1,6 +1,7 @@
 /*
  * topo_plan.c - the per-shard memory plan (topo_plan.h): the partition of shard/model.c
- * reproduced over tensor infos, expert placement by bytes, KV and buffer sizes.
+ * reproduced over tensor infos, expert placement by bytes, KV and buffer sizes, on the CPU
+ * or on a GPU (the weight store, the CUDA backend's reserve and check_fit's margin).
  */
 #include "common/check.h"
 #include "common/mem.h"
@@ -18,6 +19,7 @@
 #define DEFAULT_BLOCK_TOKENS 16 /* SHD_KV_BLOCK_TOKENS_DEFAULT */
 #define DEFAULT_CTX_CAP      8192
 #define MAX_SHARDS           1024
+#define GPU_WEIGHT_ALIGN     256 /* kernels/cuda/backend_cuda.cu CU_WEIGHT_ALIGN */
 
 const char *topo_split_name(topo_split_t s)
 {
@@ -308,6 +310,18 @@ static void account(topo_plan_t *pl, const topo_tensor_plan_t *tp, uint64_t mmap
     }
 }
 
+/* A view of `bytes` bound on shard s, in the loader's order: where the GPU weight store
+ * (kernels/weights_plan.c kern_weights_plan) would put it. weights_device is its running
+ * end until topo_plan_build settles it. A shard that holds none of a tensor binds no view. */
+static void device_view(topo_plan_t *pl, int s, uint64_t bytes)
+{
+    if (bytes == 0) {
+        return;
+    }
+    uint64_t *end = &pl->shards[s].weights_device;
+    *end = (*end + GPU_WEIGHT_ALIGN - 1) / GPU_WEIGHT_ALIGN * GPU_WEIGHT_ALIGN + bytes;
+}
+
 /* A 1-D vector of n elements every shard holds (shd_bind_vec). */
 static tdm_status_t bind_vec(builder_t *b, const char *name, int64_t n, int layer, tdm_error_t *err)
 {
@@ -325,6 +339,7 @@ static tdm_status_t bind_vec(builder_t *b, const char *name, int64_t n, int laye
         if (t->type != TDM_TYPE_F32) {
             pl->shards[s].vec_copies += (uint64_t)n * sizeof(float);
         }
+        device_view(pl, s, (uint64_t)n * sizeof(float)); /* the f32 values, copied */
     }
     account(pl, tp, 0);
     return TDM_OK;
@@ -363,6 +378,7 @@ static tdm_status_t bind_mat(builder_t *b, const char *name, int64_t n_cols, int
         topo_range_t r = range_of(pl, &pl->shards[s], sel, by_cols ? n_cols : n_rows);
         tp->per_shard[s] = by_cols ? (uint64_t)n_rows * tdm_type_row_size(t->type, r.n)
                                    : (uint64_t)r.n * tdm_type_row_size(t->type, n_cols);
+        device_view(pl, s, tp->per_shard[s]);
     }
     account(pl, tp, by_cols && pl->tp > 1 ? t->nbytes : 0);
     return TDM_OK;
@@ -399,6 +415,7 @@ static tdm_status_t bind_experts(builder_t *b, const gguf_tensor_t *t, int il, b
                                  : (uint64_t)sp->expert_cols.n * tdm_type_row_size(t->type, n_cols);
         tp->per_shard[s] = count * one;
         pl->shards[s].experts_as_loader += (uint64_t)sp->experts_contiguous.n * one;
+        device_view(pl, s, tp->per_shard[s]);
     }
     /* Mapped, a column slice of an expert pulls in the whole expert. */
     const bool whole = whole_everywhere(pl, tp);
@@ -580,44 +597,130 @@ static size_t pad16(size_t n)
     return (n + 15) & ~(size_t)15;
 }
 
-/* The step scratch arena of shard/model.c alloc_scratch, in bytes. */
+/* The step scratch arena of shard/model.c alloc_scratch (scratch_sizes), in bytes. */
 static uint64_t scratch_bytes(const topo_plan_t *pl, const topo_shard_plan_t *s)
 {
     const mdl_hparams_t *hp = &pl->hp;
     const size_t B = (size_t)pl->p.batch, E = (size_t)hp->n_embd, hd = (size_t)hp->head_dim;
     const size_t k = (size_t)(hp->n_expert_used > 0 ? hp->n_expert_used : 1);
-    const size_t ff = (size_t)(s->ffn_cols.n > s->expert_cols.n ? s->ffn_cols.n : s->expert_cols.n);
-    const size_t nthr = (size_t)pl->p.threads, nout = (size_t)pl->p.n_out;
+    const size_t nout = (size_t)pl->p.n_out;
     const size_t nh = (size_t)s->heads.n, nkv = (size_t)s->kv_heads.n;
-    const size_t nv = (size_t)s->vocab_rows.n;
+    const size_t ff = (size_t)s->ffn_cols.n, nv = (size_t)s->vocab_rows.n;
     const bool split_vocab = s->vocab_rows.n != hp->n_vocab;
     const size_t sizes[] = {
-        B * E,
-        B * E,
-        B * nh * hd,
-        B * nkv * hd,
-        B * nkv * hd,
-        B * nh * hd,
-        B * E,
-        B * ff,
-        B * ff,
-        B * (size_t)(hp->n_expert > 0 ? hp->n_expert : 1),
-        B * k,
-        B * k,
-        B,
-        B,
-        B * E,
-        B * E,
-        nthr * (size_t)pl->p.ctx_size,
-        nout * E,
-        nout * nv,
-        split_vocab ? (size_t)pl->tp * nout * nv : 0,
+        B * E,                                             /* x    */
+        B * E,                                             /* xn   */
+        B * nh * hd,                                       /* q    */
+        B * nkv * hd,                                      /* k    */
+        B * nkv * hd,                                      /* v    */
+        B * nh * hd,                                       /* attn */
+        B * ff,                                            /* ff_a */
+        B * ff,                                            /* ff_b */
+        B * (size_t)(hp->n_expert > 0 ? hp->n_expert : 1), /* rlog */
+        B * k,                                             /* sel  */
+        B * k,                                             /* selw */
+        nout * E,                                          /* lx   */
+        B * E,                                             /* proj */
+        nout * nv,                                         /* lg   */
+        split_vocab ? (size_t)pl->tp * nout * nv : 0,      /* lgg  */
     };
     size_t total = 0;
     for (size_t i = 0; i < TDM_ARRAY_SIZE(sizes); i++) {
         total += pad16(sizes[i]);
     }
     return (uint64_t)total * sizeof(float);
+}
+
+void topo_shard_reserve(const topo_plan_t *pl, const topo_shard_plan_t *s, kern_reserve_t *out)
+{
+    const mdl_hparams_t *hp = &pl->hp;
+    const int64_t q = (int64_t)s->heads.n * hp->head_dim,
+                  kv = (int64_t)s->kv_heads.n * hp->head_dim;
+    const int64_t ff = s->ffn_cols.n, ffe = s->expert_cols.n;
+    int64_t max_cols = hp->n_embd, max_rows = s->vocab_rows.n;
+    const int64_t widths[] = {q, ff, ffe};
+    for (size_t i = 0; i < TDM_ARRAY_SIZE(widths); i++) {
+        max_cols = widths[i] > max_cols ? widths[i] : max_cols;
+    }
+    const int64_t rows[] = {hp->n_embd, q, kv, ff, ffe, hp->n_expert};
+    for (size_t i = 0; i < TDM_ARRAY_SIZE(rows); i++) {
+        max_rows = rows[i] > max_rows ? rows[i] : max_rows;
+    }
+    *out = (kern_reserve_t){
+        .n_tok = pl->p.batch,
+        .n_out = pl->p.n_out,
+        .n_ctx = pl->p.ctx_size,
+        .max_cols = max_cols,
+        .max_rows = max_rows,
+        .n_head = s->heads.n,
+        .head_dim = hp->head_dim,
+        .n_expert = hp->n_expert,
+        .n_expert_used = hp->n_expert_used,
+        .n_embd = hp->n_embd,
+        .n_ff_exp = ffe,
+    };
+}
+
+uint64_t topo_cpu_reserve_bytes(const kern_reserve_t *r, int threads)
+{
+    const size_t nt = (size_t)(threads > 0 ? threads : 1);
+    const size_t B = (size_t)r->n_tok, E = (size_t)r->n_embd;
+    const size_t k = (size_t)(r->n_expert_used > 0 ? r->n_expert_used : 1);
+    const size_t rows = B > k ? B : k;
+    const bool moe = r->n_expert > 0;
+    const size_t sizes[] = {
+        nt * (size_t)r->n_ctx,                /* att_s   */
+        nt * (size_t)r->head_dim,             /* att_row */
+        moe ? B : 0,                          /* etok    */
+        moe ? B : 0,                          /* ew      */
+        moe ? B * E : 0,                      /* ex      */
+        moe ? rows * E : 0,                   /* ey      */
+        moe ? rows * (size_t)r->n_ff_exp : 0, /* ff_a    */
+        moe ? rows * (size_t)r->n_ff_exp : 0, /* ff_b    */
+    };
+    size_t total = 0;
+    for (size_t i = 0; i < TDM_ARRAY_SIZE(sizes); i++) {
+        total += pad16(sizes[i]);
+    }
+    return (uint64_t)total * sizeof(float);
+}
+
+tdm_status_t topo_kv_type_parse(const char *name, topo_plan_device_t device, tdm_type_t *out,
+                                tdm_error_t *err)
+{
+    if (name == NULL || strcmp(name, "auto") == 0) {
+        *out = device == TOPO_PLAN_CUDA ? TDM_TYPE_F16 : TDM_TYPE_F32;
+        return TDM_OK;
+    }
+    const int t = tdm_type_from_name(name);
+    if (t != TDM_TYPE_F32 && t != TDM_TYPE_F16 && t != TDM_TYPE_Q8_0) {
+        return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
+                             "--kv-type '%s': expected f32, f16, q8_0 or auto", name);
+    }
+    *out = (tdm_type_t)t;
+    return TDM_OK;
+}
+
+const char *topo_kv_type_name(tdm_type_t t)
+{
+    switch (t) {
+    case TDM_TYPE_F32:
+        return "f32";
+    case TDM_TYPE_F16:
+        return "f16";
+    case TDM_TYPE_Q8_0:
+        return "q8_0";
+    default:
+        return tdm_type_name(t);
+    }
+}
+
+uint64_t topo_gpu_budget(const kern_gpu_info_t *gpu, uint64_t host_available)
+{
+    if (gpu->integrated && host_available < gpu->free_bytes) {
+        return host_available; /* the GPU's memory is the host's (DGX Spark) */
+    }
+    return gpu->free_bytes;
 }
 
 static tdm_status_t resolve_split(topo_plan_t *pl, const topo_plan_params_t *p,
@@ -670,12 +773,24 @@ static tdm_status_t plan_kv(topo_plan_t *pl, tdm_error_t *err)
 {
     const mdl_hparams_t *hp = &pl->hp;
     const uint64_t bt = (uint64_t)pl->p.block_tokens;
+    const tdm_type_t kt = pl->p.kv_type;
+    if (kt != TDM_TYPE_F32 && kt != TDM_TYPE_F16 && kt != TDM_TYPE_Q8_0) {
+        return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
+                             "KV cache type %s: expected f32, f16 or q8_0", topo_kv_type_name(kt));
+    }
+    /* shard/model.c shd_model_kv_blocks: one row of head_dim values per head and token */
+    const uint64_t row = tdm_type_row_size(kt, hp->head_dim);
+    if (row == 0) {
+        return tdm_error_set(err, TDM_ERR_UNSUPPORTED,
+                             "KV cache type %s needs a head dim that is a multiple of %u (the "
+                             "model's is %d): use --kv-type f16",
+                             topo_kv_type_name(kt), tdm_type_traits(kt)->blck, hp->head_dim);
+    }
     uint64_t max_block = 0;
     int worst = 0;
     for (int s = 0; s < pl->n_shards; s++) {
         topo_shard_plan_t *sp = &pl->shards[s];
-        sp->kv_per_token =
-            2u * (uint64_t)hp->n_layer * (uint64_t)sp->kv_heads.n * (uint64_t)hp->head_dim * 4u;
+        sp->kv_per_token = 2u * (uint64_t)hp->n_layer * (uint64_t)sp->kv_heads.n * row;
         if (sp->kv_per_token * bt > max_block) {
             max_block = sp->kv_per_token * bt;
             worst = s;
@@ -729,6 +844,11 @@ tdm_status_t topo_plan_build(const gguf_ctx_t *g, const topo_plan_params_t *p, t
     }
     TDM_CHECK_GOTO(resolve_split(pl, p, &ms, err), st, fail);
 
+    if (p->device != TOPO_PLAN_CPU && p->device != TOPO_PLAN_CUDA) {
+        st = tdm_error_set(err, TDM_ERR_INVALID_PARAM, "plan: device %d is not the CPU or CUDA",
+                           (int)p->device);
+        goto fail;
+    }
     pl->p = *p;
     pl->p.tp = pl->tp;
     pl->p.ep = pl->ep;
@@ -808,8 +928,21 @@ tdm_status_t topo_plan_build(const gguf_ctx_t *g, const topo_plan_params_t *p, t
         sp->comm = pl->n_shards > 1
                        ? 2u * (uint64_t)pl->p.batch * (uint64_t)hp->n_embd * sizeof(float)
                        : 0;
-        sp->buffers = sp->scratch + sp->vec_copies + sp->comm;
-        sp->total = sp->weights + sp->kv + sp->buffers;
+        kern_reserve_t r;
+        topo_shard_reserve(pl, sp, &r);
+        if (pl->p.device == TOPO_PLAN_CUDA) {
+            /* what check_fit counts in device memory; the norm copies and the collective
+             * staging stay in host memory */
+            sp->backend_scratch = kern_cuda_reserve_bytes(&r);
+            sp->margin = TOPO_GPU_MARGIN;
+            sp->buffers = sp->scratch + sp->backend_scratch + sp->margin;
+        } else {
+            /* the CPU backend keeps the weights as views into the mapped file */
+            sp->weights_device = sp->weights;
+            sp->backend_scratch = topo_cpu_reserve_bytes(&r, pl->p.threads);
+            sp->buffers = sp->scratch + sp->backend_scratch + sp->vec_copies + sp->comm;
+        }
+        sp->total = sp->weights_device + sp->kv + sp->buffers;
     }
     *out = pl;
     return TDM_OK;

@@ -21,16 +21,26 @@
  * otherwise), so the plan refuses such a split too, naming the tensor.
  *
  * Formulas (docs/topology.md):
- *   KV bytes per token on a shard = 2 * n_layer * kv_heads_on_shard * head_dim * 4 (f32),
- *   allocated in blocks of block_tokens tokens, as transport/exec_local.c does;
- *   buffers = the step scratch arena of shard/model.c alloc_scratch for `batch` tokens
- *   + f32 copies of non-f32 norm vectors + (world > 1) 2 * batch * n_embd * 4 bytes of
- *   collective staging (an estimate of what transport/ucx_comm.c registers).
+ *   KV bytes per token on a shard = 2 * n_layer * kv_heads_on_shard * row bytes of head_dim
+ *   values of the KV type (f32: 4 * head_dim, f16: 2 * head_dim, q8_0: 34 * head_dim / 32),
+ *   allocated in blocks of block_tokens tokens, as shard/model.c shd_model_kv_blocks does;
+ *   scratch = the step scratch arena of shard/model.c alloc_scratch for `batch` tokens;
+ *   backend scratch = what the device's backend reserves for its compound ops
+ *   (kern_be_reserve): on the CPU attention rows per thread and MoE buffers, on a GPU
+ *   kern_cuda_reserve_bytes (the CUDA backend's own formula).
+ *   CPU shard: total = weights + KV + buffers, buffers = scratch + backend scratch + f32
+ *   copies of non-f32 norm vectors + (world > 1) 2 * batch * n_embd * 4 bytes of collective
+ *   staging (an estimate of what transport/ucx_comm.c registers).
+ *   GPU shard: what shard/model.c check_fit counts in device memory: total = the weight
+ *   store (each view's slice compact, vectors as f32, 256-byte aligned) + KV + buffers,
+ *   buffers = scratch + backend scratch + TOPO_GPU_MARGIN. The f32 norm copies and the
+ *   collective staging are host memory there and not in the total.
  */
 #ifndef TDM_TOPO_PLAN_H
 #define TDM_TOPO_PLAN_H
 
 #include "common/status.h"
+#include "kernels/kern_backend.h"
 #include "model/gguf.h"
 #include "model/hparams.h"
 
@@ -77,16 +87,31 @@ typedef enum topo_expert_rule {
     TOPO_EXPERTS_CONTIGUOUS,
 } topo_expert_rule_t;
 
+/* The device the shards run on: what their memory and their backend's scratch are. */
+typedef enum topo_plan_device {
+    TOPO_PLAN_CPU = 0, /* host memory; the CPU backend                              */
+    TOPO_PLAN_CUDA,    /* a GPU's memory; the CUDA backend (weights copied compact) */
+} topo_plan_device_t;
+
+/* What shard/model.c check_fit keeps free on a GPU for the CUDA context's own allocations
+ * and fragmentation. */
+#define TOPO_GPU_MARGIN (256ull << 20)
+
 typedef struct topo_plan_params {
     int n_shards;
     int tp, ep;        /* 0: chosen (a model with experts: ep = n_shards, else tp = n_shards) */
-    int ctx_size;      /* KV tokens; 0: the model's context length, at most 8192            */
+    int ctx_size;      /* KV tokens, and the longest sequence the op scratch is sized for
+                          (attention); 0: the model's context length, at most 8192          */
     uint64_t kv_bytes; /* per-shard KV budget (overrides ctx_size); 0: sized for ctx_size   */
     int batch;         /* tokens per step; 0: 512                                           */
     int n_out;         /* rows of logits per step; 0: 64 (tandem serve's --max-running)    */
     int threads;       /* kernel threads per shard (attention score rows); 0: 1             */
     int block_tokens;  /* KV block size; 0: 16                                              */
     topo_expert_rule_t experts;
+    topo_plan_device_t device; /* 0: the CPU                                      */
+    /* KV cache rows: F32 (the zero value), F16 or Q8_0 (topo_kv_type_parse gives the
+     * default by device: f16 on a GPU) */
+    tdm_type_t kv_type;
 } topo_plan_params_t;
 
 typedef struct topo_range {
@@ -105,13 +130,18 @@ typedef struct topo_shard_plan {
     uint64_t weights;                 /* replicated + sharded                              */
     uint64_t weights_mmap;            /* resident bound when mmapped: column slices whole  */
     uint64_t experts_as_loader;       /* expert bytes under TOPO_EXPERTS_CONTIGUOUS        */
-    uint64_t kv_per_token;            /* 2 * n_layer * kv_heads.n * head_dim * 4           */
+    uint64_t weights_device;          /* GPU: the weight store (slices compact, vectors as
+                                         f32, 256-byte aligned views); CPU: weights        */
+    uint64_t kv_per_token;            /* 2 * n_layer * kv_heads.n * KV row bytes           */
     uint64_t kv;                      /* kv_blocks * block_tokens * kv_per_token           */
     uint64_t scratch;                 /* shard/model.c alloc_scratch                       */
-    uint64_t vec_copies;              /* f32 copies of non-f32 norm vectors                */
-    uint64_t comm;                    /* collective staging estimate                       */
-    uint64_t buffers;                 /* scratch + vec_copies + comm                       */
-    uint64_t total;                   /* weights + kv + buffers                            */
+    uint64_t backend_scratch;         /* kern_be_reserve of the device's backend           */
+    uint64_t vec_copies;              /* f32 copies of non-f32 norm vectors (host)         */
+    uint64_t comm;                    /* collective staging estimate (host)                */
+    uint64_t margin;                  /* GPU: TOPO_GPU_MARGIN; CPU: 0                      */
+    uint64_t buffers;                 /* CPU: scratch + backend_scratch + vec_copies + comm;
+                                         GPU: scratch + backend_scratch + margin           */
+    uint64_t total;                   /* weights_device + kv + buffers                     */
 } topo_shard_plan_t;
 
 typedef struct topo_tensor_plan {
@@ -148,7 +178,8 @@ typedef struct topo_plan {
  * Plans model g for p. Fails with TDM_ERR_INVALID_PARAM or TDM_ERR_UNSUPPORTED and a message
  * naming the constraint when the split is impossible (shards != tp * ep, heads or FFN width
  * not divisible by tp, more EP groups than experts, EP on a model without experts, column
- * slices off block boundaries, a KV budget below one batch), TDM_ERR_FORMAT / NOT_FOUND for
+ * slices off block boundaries, a KV budget below one batch, a KV type the cache cannot hold:
+ * q8_0 with a head_dim that is not a multiple of 32), TDM_ERR_FORMAT / NOT_FOUND for
  * missing or misshapen tensors, as shd_model_load would.
  */
 tdm_status_t topo_plan_build(const gguf_ctx_t *g, const topo_plan_params_t *p, topo_plan_t **out,
@@ -157,6 +188,26 @@ void topo_plan_destroy(topo_plan_t *plan); /* NULL is fine */
 
 const char *topo_split_name(topo_split_t s); /* "tp_rows" */
 const char *topo_class_name(topo_class_t c); /* "attention" */
+
+/* What shard s asks its backend to reserve (shard/model.c reserve_of, with the plan's batch,
+ * logit rows and ctx_size as the longest sequence). */
+void topo_shard_reserve(const topo_plan_t *plan, const topo_shard_plan_t *s, kern_reserve_t *out);
+
+/* The bytes the CPU backend reserves for r with `threads` kernel threads (kernels/cpu/
+ * backend_cpu.c cpu_reserve: attention scores and a row per thread, MoE token buffers). */
+uint64_t topo_cpu_reserve_bytes(const kern_reserve_t *r, int threads);
+
+/* "f32", "f16", "q8_0", or NULL / "auto": f16 on a GPU, f32 on the CPU (as
+ * kern_kv_type_resolve chooses for a backend). TDM_ERR_INVALID_PARAM for other names. */
+tdm_status_t topo_kv_type_parse(const char *name, topo_plan_device_t device, tdm_type_t *out,
+                                tdm_error_t *err);
+
+/* The --kv-type spelling of a KV cache type ("f32", "f16", "q8_0"); tdm_type_name else. */
+const char *topo_kv_type_name(tdm_type_t t);
+
+/* A shard's memory on GPU `gpu`: its free memory, on an integrated (unified-memory) GPU at
+ * most the host's MemAvailable `host_available` (as the CUDA backend's kern_be_mem_info). */
+uint64_t topo_gpu_budget(const kern_gpu_info_t *gpu, uint64_t host_available);
 
 /* Greedy largest-first (LPT) bin packing: items by bytes descending (ties: lower index
  * first), each onto the bin with the smallest load (ties: lower bin). Writes bin_of[n] and

@@ -1,12 +1,14 @@
 /* exec_remote.c - xp_executor_t over a group of shard processes (see exec_remote.h). */
 #include "transport/exec_remote.h"
 
+#include "tdm_build_config.h"
 #include "common/check.h"
 #include "common/clock.h"
 #include "common/log.h"
 #include "common/mem.h"
 #include "model/hparams.h"
 #include "topology/topo_plan.h"
+#include "transport/nccl_comm.h"
 #include "transport/xp_model_id.h"
 #include "transport/xp_msg.h"
 
@@ -265,8 +267,26 @@ static bool join_ok(xp_remote_exec_t *x, shard_t *sh, const xp_msg_join_t *j, ch
                  x->model_id.n_tensors);
         return false;
     }
-    if ((j->capabilities & XP_MSG_CAP_UCX) == 0 && x->n > 1) {
+    if ((j->capabilities & XP_MSG_CAP_UCX) == 0 && x->n > 1 && x->p.proto != XP_MSG_PROTO_NCCL) {
         snprintf(reason, cap, "shard %s has no UCX data plane", sh->name);
+        return false;
+    }
+    if (x->p.proto == XP_MSG_PROTO_NCCL && (j->capabilities & XP_MSG_CAP_NCCL) == 0) {
+        snprintf(reason, cap,
+                 "shard %s was built without NCCL: --collective nccl needs NCCL in every "
+                 "shard's build",
+                 sh->name);
+        return false;
+    }
+    /* Refused here rather than by the shard at LOAD: that LOAD would carry a new NCCL id,
+     * whose bootstrap root (a thread and a socket in this process, which NCCL cannot
+     * cancel) would wait for this rank for ever. A group of one has no NCCL world and no
+     * id, and its shard refuses the LOAD itself. */
+    if (x->p.proto == XP_MSG_PROTO_NCCL && x->n > 1 && (j->capabilities & XP_MSG_CAP_ON_GPU) == 0) {
+        snprintf(reason, cap,
+                 "shard %s runs on the CPU: --collective nccl needs shards on a GPU "
+                 "(--device cuda)",
+                 sh->name);
         return false;
     }
     const int r = (int)(sh - x->shards);
@@ -282,8 +302,69 @@ static bool join_ok(xp_remote_exec_t *x, shard_t *sh, const xp_msg_join_t *j, ch
     return true;
 }
 
+static const char *proto_name(int proto)
+{
+    return proto == XP_MSG_PROTO_NCCL ? "nccl" : proto == XP_MSG_PROTO_RMA ? "rma" : "am";
+}
+
+#define NO_NCCL_MSG                                                                          \
+    "--collective nccl: this build of tandem has no NCCL (tandem --version says nccl: no); " \
+    "rebuild with the CUDA toolkit and NCCL installed (see README), or use --collective am " \
+    "or rma"
+
+tdm_status_t xp_collective_parse(const char *s, int *proto, tdm_error_t *err)
+{
+    if (s != NULL && strcmp(s, "nccl") == 0) {
+        if (!TDM_HAVE_NCCL) {
+            return tdm_error_set(err, TDM_ERR_UNSUPPORTED, "%s", NO_NCCL_MSG);
+        }
+        *proto = XP_MSG_PROTO_NCCL;
+        return TDM_OK;
+    }
+    if (s != NULL && (strcmp(s, "am") == 0 || strcmp(s, "rma") == 0)) {
+        *proto = s[0] == 'a' ? XP_MSG_PROTO_AM : XP_MSG_PROTO_RMA;
+        return TDM_OK;
+    }
+    return tdm_error_set(err, TDM_ERR_INVALID_PARAM, "collective '%s': expected am, rma or nccl",
+                         s != NULL ? s : "");
+}
+
+/* A new NCCL unique id for this formation when the group needs one (xp_msg_load_has_nccl_id:
+ * nccl over more than one shard). Its bootstrap root runs in this process until every
+ * shard has connected, so the id is made only now, once every shard has joined. */
+static tdm_status_t formation_nccl_id(xp_remote_exec_t *x, uint8_t id[XP_MSG_NCCL_ID_BYTES],
+                                      tdm_error_t *err)
+{
+    if (x->p.proto != XP_MSG_PROTO_NCCL || x->n < 2) {
+        return TDM_OK;
+    }
+#if TDM_HAVE_NCCL
+    _Static_assert(XP_MSG_NCCL_ID_BYTES == XP_NCCL_ID_BYTES, "one NCCL id size");
+    return xp_nccl_unique_id(id, err);
+#else
+    (void)id;
+    return tdm_error_set(err, TDM_ERR_UNSUPPORTED, "this build has no NCCL");
+#endif
+}
+
+/* Holds mu. */
 static void send_load(xp_remote_exec_t *x)
 {
+    uint8_t nccl_id[XP_MSG_NCCL_ID_BYTES] = {0};
+    tdm_error_t ierr = {0};
+    if (formation_nccl_id(x, nccl_id, &ierr) != TDM_OK) {
+        char why[512];
+        snprintf(why, sizeof(why),
+                 "cannot make the NCCL id of a new formation (check NCCL_SOCKET_IFNAME on the "
+                 "coordinator): %.380s",
+                 tdm_error_msg(&ierr));
+        TDM_ERROR("remote", "%s", why);
+        group_break(x, why); /* the shards join again and the next formation retries */
+        if (x->n_blocks == 0) {
+            x->gst = G_FATAL; /* at start: give up with this message */
+        }
+        return;
+    }
     uint64_t epoch = next_random(&x->rng);
     if (epoch == 0) {
         epoch = 1;
@@ -319,6 +400,7 @@ static void send_load(xp_remote_exec_t *x)
         l->timeout_ms = x->p.coll_timeout_ms;
         l->n_peers = x->n;
         l->peers = peers;
+        memcpy(l->nccl_id, nccl_id, sizeof(l->nccl_id)); /* on the wire only when needed */
         if (ranges) {
             for (int il = 0; il < x->n_layer; il++) {
                 lo[il] = x->plan->expert_lo[il * x->ep + l->ep_rank];
@@ -335,8 +417,8 @@ static void send_load(xp_remote_exec_t *x)
     free(lo);
     free(cnt);
     x->gst = G_LOADING;
-    TDM_INFO("remote", "loading the group (epoch %016" PRIx64 ", tp %d x ep %d)", epoch, x->tp,
-             x->ep);
+    TDM_INFO("remote", "loading the group (epoch %016" PRIx64 ", tp %d x ep %d, collectives %s)",
+             epoch, x->tp, x->ep, proto_name(x->p.proto));
 }
 
 static void free_logits(void *data, void *hint)
@@ -711,6 +793,13 @@ tdm_status_t xp_remote_exec_create(const xp_remote_params_t *p, xp_remote_exec_t
 {
     if (p->n_shards < 1 || p->n_shards > XP_MSG_MAX_WORLD || p->shards == NULL) {
         return tdm_error_set(err, TDM_ERR_INVALID_PARAM, "remote executor: %d shards", p->n_shards);
+    }
+    if (p->proto < XP_MSG_PROTO_AM || p->proto > XP_MSG_PROTO_NCCL) {
+        return tdm_error_set(err, TDM_ERR_INVALID_PARAM, "remote executor: collective protocol %d",
+                             p->proto);
+    }
+    if (p->proto == XP_MSG_PROTO_NCCL && !TDM_HAVE_NCCL) {
+        return tdm_error_set(err, TDM_ERR_UNSUPPORTED, "%s", NO_NCCL_MSG);
     }
     tdm_status_t st;
     xp_remote_exec_t *x = tdm_xcalloc(1, sizeof(*x));

@@ -40,7 +40,9 @@ typedef struct xp_remote_params {
     int n_ctx;                 /* positions per sequence                               */
     int block_tokens;          /* <= 0: 16                                             */
     uint64_t kv_bytes;         /* per-shard KV budget; 0: 4 x n_ctx tokens              */
-    int proto;                 /* collectives: 0 active messages, 1 RMA put + flag      */
+    int proto;                 /* collectives: XP_MSG_PROTO_AM (UCX active messages),
+                                  _RMA (UCX put + flag), _NCCL (the shards' GPUs; the
+                                  coordinator makes each formation's NCCL id)          */
     int coll_timeout_ms;       /* <= 0: 15000                                          */
     int heartbeat_timeout_ms;  /* <= 0: 1500                                           */
     int start_timeout_ms;      /* how long create waits for the group; <= 0: 120000    */
@@ -49,6 +51,10 @@ typedef struct xp_remote_params {
 } xp_remote_params_t;
 
 typedef struct xp_remote_exec xp_remote_exec_t;
+
+/* Parses a --collective value, "am", "rma" or "nccl", into XP_MSG_PROTO_*. "nccl" in a
+ * build without NCCL fails with TDM_ERR_UNSUPPORTED, saying so. */
+tdm_status_t xp_collective_parse(const char *s, int *proto, tdm_error_t *err);
 
 /*
  * Starts the I/O thread and waits until the group is ready (or a shard is refused, a

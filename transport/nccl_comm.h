@@ -9,20 +9,32 @@
  * that is the rank alone (tp 1 or ep 1) makes no NCCL call at all.
  *
  * Setting up, in order:
- *   1. rank 0 calls xp_nccl_unique_id(); the 128 bytes hold rank 0's bootstrap socket
- *      address, so NCCL_SOCKET_IFNAME must name the interface the other ranks can reach
- *      (on a DGX Spark the ConnectX-7 netdev, not Wi-Fi or the 10 GbE port);
+ *   1. one process calls xp_nccl_unique_id() (with `tandem serve --collective nccl` the
+ *      coordinator, once per formation of the group); the 128 bytes hold the address of
+ *      the bootstrap root, a thread NCCL starts in that process, so NCCL_SOCKET_IFNAME
+ *      there must name an interface every rank can reach (on a DGX Spark the ConnectX-7
+ *      netdev, not Wi-Fi or the 10 GbE port). The root waits until every rank has checked
+ *      in and then exits; NCCL offers no way to cancel it, so an id whose world never
+ *      forms leaves that thread and its socket behind: make an id only for a world whose
+ *      ranks are all expected;
  *   2. the control plane ships those bytes to every rank;
- *   3. every rank calls xp_nccl_world_create() with its own rank. It blocks until every
- *      rank of the world has called it (a rank that never comes leaves the others
- *      waiting in NCCL's bootstrap: start it only after every shard has joined), then
- *      runs one 1-float all-reduce on each group, so connections are made here rather
- *      than in the first step and a world that returns TDM_OK has carried traffic.
+ *   3. every rank calls xp_nccl_world_create() (or xp_nccl_world_new() then
+ *      xp_nccl_world_connect(), so that another thread can abort the wait) with its own
+ *      rank. It waits until every rank of the world has called it, then runs one 1-float
+ *      all-reduce on each group, so connections are made here rather than in the first
+ *      step and a world that returns TDM_OK has carried traffic.
  *
- * The collectives take host f32 buffers, as the forward pass (on the CPU today) hands
- * them over; they are staged through a device buffer (see nccl_comm.c for why). n may
- * not exceed max_floats (TDM_ERR_OUT_OF_RANGE, before any rank sends anything, so every
- * rank of a consistent world refuses together).
+ * The communicators are NCCL's nonblocking kind (ncclConfig_t.blocking = 0): no NCCL call
+ * blocks the thread, and every wait here (for the other ranks at creation, for a
+ * collective to be enqueued and to finish) is a poll that an abort request or the
+ * world's timeout ends. That is what makes a rank that never arrives, or a peer that
+ * stops mid-collective, recoverable without restarting the process.
+ *
+ * The collectives take host f32 buffers, as the forward pass hands them over (pinned,
+ * host-visible memory on a GPU backend: shd_comm_ops_t.device_memory is false); they are
+ * staged through a device buffer (see nccl_comm.c for why). n may not exceed max_floats
+ * (TDM_ERR_OUT_OF_RANGE, before any rank sends anything, so every rank of a consistent
+ * world refuses together).
  *
  * Numerics: unlike transport/local_comm.c, the order in which NCCL adds the ranks'
  * contributions is NCCL's (ring or tree, chunked over channels; it depends on the rank
@@ -37,10 +49,11 @@
  * any other thread at any time before destroy.
  *
  * Failure: a collective that fails (CUDA error: TDM_ERR_DEVICE; NCCL error, e.g. a peer
- * gone: TDM_ERR_TRANSPORT) aborts the world's communicators, and every later call
- * returns the same status. NCCL reports a dead peer only when its network transport
- * times out (NCCL_IB_TIMEOUT, seconds), so the control plane's heartbeat should call
- * xp_nccl_world_abort() sooner; a collective waiting then returns TDM_ERR_CANCELED.
+ * gone: TDM_ERR_TRANSPORT; no completion within timeout_ms: TDM_ERR_TIMEOUT) aborts the
+ * world's communicators, and every later call returns the same status. NCCL reports a
+ * dead peer only when its network transport notices (a closed socket at once, a silent
+ * RoCE peer after NCCL_IB_TIMEOUT), so the control plane calls xp_nccl_world_abort()
+ * when it knows sooner; a collective waiting then returns TDM_ERR_CANCELED.
  */
 #ifndef TDM_XP_NCCL_COMM_H
 #define TDM_XP_NCCL_COMM_H
@@ -61,12 +74,34 @@ typedef struct xp_nccl_world xp_nccl_world_t;
  * does). */
 tdm_status_t xp_nccl_unique_id(uint8_t out[XP_NCCL_ID_BYTES], tdm_error_t *err);
 
+typedef struct xp_nccl_world_params {
+    int rank;             /* 0 <= rank < tp_size * ep_size                          */
+    int tp_size, ep_size; /* world rank = ep_rank * tp_size + tp_rank               */
+    const uint8_t *id;    /* XP_NCCL_ID_BYTES from xp_nccl_unique_id()               */
+    int device;           /* the CUDA device this rank uses (one rank per GPU)       */
+    int64_t max_floats;   /* the largest n any collective of this world is called
+                             with (an all-gather then writes group size * n floats);
+                             the device buffer holds tp_size * ep_size * max_floats   */
+    int timeout_ms;       /* > 0: connecting, and each collective, gives up after this
+                             long with TDM_ERR_TIMEOUT; <= 0: waits until aborted    */
+} xp_nccl_world_params_t;
+
 /*
- * Joins the world as `rank` (0 <= rank < tp_size * ep_size) on CUDA device `device`;
- * collective over the world (see above). max_floats is the largest n any collective of
- * this world will be called with (an all-gather then writes group size * n floats); the
- * device buffer holds tp_size * ep_size * max_floats floats.
+ * Allocates this rank's world (its stream and device buffer) without any NCCL call, so the
+ * caller can publish it for xp_nccl_world_abort() before the wait in connect. *out is set
+ * only on success; destroy it when done.
  */
+tdm_status_t xp_nccl_world_new(const xp_nccl_world_params_t *p, xp_nccl_world_t **out,
+                               tdm_error_t *err);
+
+/*
+ * Joins the NCCL world: collective over the world (see above), once per world. On failure
+ * (TDM_ERR_CANCELED when aborted, TDM_ERR_TIMEOUT, TDM_ERR_TRANSPORT, TDM_ERR_DEVICE) the
+ * world is dead: every collective returns that status; destroy it.
+ */
+tdm_status_t xp_nccl_world_connect(xp_nccl_world_t *w, tdm_error_t *err);
+
+/* xp_nccl_world_new() + xp_nccl_world_connect() with no timeout; *out only on success. */
 tdm_status_t xp_nccl_world_create(int rank, int tp_size, int ep_size,
                                   const uint8_t id[XP_NCCL_ID_BYTES], int device,
                                   int64_t max_floats, xp_nccl_world_t **out, tdm_error_t *err);
@@ -78,8 +113,20 @@ shd_comm_t xp_nccl_world_comm(xp_nccl_world_t *w);
  * notices: it polls); that collective and every later one return TDM_ERR_CANCELED. */
 void xp_nccl_world_abort(xp_nccl_world_t *w);
 
-/* NULL is fine. A healthy world is finalized, which waits until every rank is quiescent:
- * when a peer may be gone, call xp_nccl_world_abort() first. */
+typedef struct xp_nccl_stats {
+    uint64_t n_calls;           /* collectives called (groups of one included)            */
+    uint64_t n_exchanges;       /* of those, calls whose group had other ranks            */
+    uint64_t bytes_sent;        /* payload bytes this rank handed to NCCL (what NCCL puts
+                                   on the wire depends on its algorithm)                  */
+    uint64_t ns_in_collectives; /* wall time inside the collective calls                   */
+} xp_nccl_stats_t;
+
+/* Counters of this rank's collectives; the thread that calls the collectives reads them. */
+void xp_nccl_world_stats(const xp_nccl_world_t *w, xp_nccl_stats_t *out);
+
+/* NULL is fine. A healthy world is finalized, which waits (at most timeout_ms, else 10 s)
+ * until every rank is quiescent: when a peer may be gone, call xp_nccl_world_abort()
+ * first. */
 void xp_nccl_world_destroy(xp_nccl_world_t *w);
 
 #ifdef __cplusplus

@@ -9,6 +9,7 @@
 #include "kernels/kern_backend.h"
 #include "shard/forward.h"
 #include "topology/topo_plan.h"
+#include "transport/nccl_comm.h"
 #include "transport/ucx_comm.h"
 #include "transport/ucx_ctx.h"
 #include "transport/xp_model_id.h"
@@ -38,7 +39,8 @@ typedef enum job_kind { JOB_LOAD, JOB_STEP, JOB_LEAVE, JOB_QUIT } job_kind_t;
 
 typedef struct job {
     job_kind_t kind;
-    xp_msg_t msg; /* decoded LOAD or STEP (owned) */
+    xp_msg_t msg;    /* decoded LOAD or STEP (owned) */
+    uint64_t aborts; /* LOAD: the server's abort count when it came (make_nccl_world) */
     uint8_t id[SHD_SRV_ID_MAX];
     size_t id_len;
     struct job *next;
@@ -50,6 +52,7 @@ typedef struct loaded_shape {
     uint64_t kv_bytes;
     int32_t n_layers;
     int32_t *expert_lo, *expert_n;
+    bool comm_device_memory; /* the collectives' buffer kind the scratch was laid out for */
 } loaded_shape_t;
 
 struct xp_shard_server {
@@ -66,7 +69,11 @@ struct xp_shard_server {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     job_t *head, *tail;
-    xp_ucx_world_t *world; /* current data-plane world; written by compute under mu */
+    /* the current data-plane world, UCX or NCCL (at most one is set); written by the
+     * compute thread under mu, aborted by the control thread under mu */
+    xp_ucx_world_t *world;
+    xp_nccl_world_t *nccl;
+    uint64_t aborts; /* abort requests from the control thread so far (under mu) */
     _Atomic int state;
     _Atomic uint64_t epoch; /* the group the shard serves (0: none) */
 
@@ -176,13 +183,37 @@ static void free_job(job_t *j)
 
 /* ---- compute thread ---- */
 
+/* Control thread (or stop): a step stuck in a collective, or a world still connecting,
+ * must not delay what comes next. Holds mu. */
+static void abort_world_locked(xp_shard_server_t *s)
+{
+    s->aborts++;
+    if (s->world != NULL) {
+        xp_ucx_world_abort(s->world);
+    }
+#if TDM_HAVE_NCCL
+    if (s->nccl != NULL) {
+        xp_nccl_world_abort(s->nccl);
+    }
+#endif
+}
+
 static void drop_world(xp_shard_server_t *s)
 {
     pthread_mutex_lock(&s->mu);
     xp_ucx_world_t *w = s->world;
+    xp_nccl_world_t *nw = s->nccl;
     s->world = NULL;
+    s->nccl = NULL;
     pthread_mutex_unlock(&s->mu);
     xp_ucx_world_destroy(w);
+#if TDM_HAVE_NCCL
+    /* no finalize: a dropped world's peers are leaving it too, or gone */
+    xp_nccl_world_abort(nw);
+    xp_nccl_world_destroy(nw);
+#else
+    (void)nw;
+#endif
     atomic_store(&s->epoch, 0);
 }
 
@@ -213,6 +244,55 @@ static bool same_shape(const loaded_shape_t *a, const xp_msg_load_t *l)
     return true;
 }
 
+/* The largest n of any collective of the forward pass under this LOAD: the activations of
+ * a full batch, or the logits all-gather when TP splits the vocabulary. Both data planes
+ * size their buffers by it. */
+static int64_t collective_max_floats(const mdl_hparams_t *hp, const xp_msg_load_t *l)
+{
+    const int64_t vocab_l = hp->n_vocab % l->tp_size == 0 ? hp->n_vocab / l->tp_size : hp->n_vocab;
+    int64_t maxf = (int64_t)l->n_batch_max * hp->n_embd;
+    /* the logits all-gather only runs when TP splits the vocabulary */
+    if (vocab_l != hp->n_vocab && (int64_t)l->n_out_max * vocab_l > maxf) {
+        maxf = (int64_t)l->n_out_max * vocab_l;
+    }
+    return maxf;
+}
+
+/* The NCCL world of a LOAD with proto nccl: this shard's GPU, the coordinator's id. The
+ * world is published before it connects, so that a LOAD or SHUTDOWN arriving meanwhile
+ * (abort_world_locked) ends the wait for ranks that will not come. */
+static tdm_status_t make_nccl_world(xp_shard_server_t *s, const xp_msg_load_t *l, uint64_t aborts,
+                                    int64_t max_floats, shd_comm_t *comm, tdm_error_t *err)
+{
+#if TDM_HAVE_NCCL
+    const xp_nccl_world_params_t np = {
+        .rank = l->ep_rank * l->tp_size + l->tp_rank,
+        .tp_size = l->tp_size,
+        .ep_size = l->ep_size,
+        .id = l->nccl_id,
+        .device = kern_be_cuda_device(s->be),
+        .max_floats = max_floats,
+        .timeout_ms = l->timeout_ms,
+    };
+    xp_nccl_world_t *w = NULL;
+    TDM_CHECK(xp_nccl_world_new(&np, &w, err));
+    pthread_mutex_lock(&s->mu);
+    s->nccl = w;
+    if (s->aborts != aborts) { /* a later LOAD or SHUTDOWN is queued: do not wait */
+        xp_nccl_world_abort(w);
+    }
+    pthread_mutex_unlock(&s->mu);
+    TDM_CHECK(xp_nccl_world_connect(w, err)); /* on failure drop_world destroys it */
+    *comm = xp_nccl_world_comm(w);
+    return TDM_OK;
+#else
+    (void)s, (void)l, (void)aborts, (void)max_floats, (void)comm;
+    return tdm_error_set(err, TDM_ERR_UNSUPPORTED,
+                         "--collective nccl: this shard's build has no NCCL (tandem --version "
+                         "says nccl: no)");
+#endif
+}
+
 /* KV storage for the LOAD's budget, by the rule single-node mode uses. */
 static tdm_status_t alloc_kv(xp_shard_server_t *s, const xp_msg_load_t *l, tdm_error_t *err)
 {
@@ -225,19 +305,32 @@ static tdm_status_t alloc_kv(xp_shard_server_t *s, const xp_msg_load_t *l, tdm_e
     return shd_kv_cache_create(s->be, &cfg, &s->kv, err);
 }
 
-static tdm_status_t do_load(xp_shard_server_t *s, const xp_msg_load_t *l, xp_msg_ready_t *rd,
-                            tdm_error_t *err)
+static tdm_status_t do_load(xp_shard_server_t *s, const xp_msg_load_t *l, uint64_t aborts,
+                            xp_msg_ready_t *rd, tdm_error_t *err)
 {
     const int world = l->tp_size * l->ep_size;
     const int rank = l->ep_rank * l->tp_size + l->tp_rank;
     drop_world(s);
+    if (l->proto == XP_MSG_PROTO_NCCL && kern_be_cuda_device(s->be) < 0) {
+        /* before anything else: the coordinator refuses such a shard at JOIN when the
+         * group has more than one, so this is the answer for a group of one */
+        return tdm_error_set(err, TDM_ERR_UNSUPPORTED,
+                             "--collective nccl needs shards on a GPU (--device cuda); this "
+                             "shard runs on %s",
+                             kern_be_describe(s->be));
+    }
     if (s->model != NULL && !same_shape(&s->shape, l)) {
         drop_model(s);
     }
     /* The data plane first: every rank got the LOAD at about the same moment, while model
      * loading times differ between nodes (and the wireup must not wait for them). */
     xp_ucx_world_t *w = NULL;
-    if (world > 1) {
+    shd_comm_t comm = {0};
+    if (world > 1 && l->proto == XP_MSG_PROTO_NCCL) {
+        mdl_hparams_t hp;
+        TDM_CHECK(mdl_hparams_load(s->g, &hp, err));
+        TDM_CHECK(make_nccl_world(s, l, aborts, collective_max_floats(&hp, l), &comm, err));
+    } else if (world > 1) {
         const void **addrs = tdm_xcalloc((size_t)world, sizeof(*addrs));
         size_t *lens = tdm_xcalloc((size_t)world, sizeof(*lens));
         for (int i = 0; i < world; i++) {
@@ -247,13 +340,6 @@ static tdm_status_t do_load(xp_shard_server_t *s, const xp_msg_load_t *l, xp_msg
         mdl_hparams_t hp;
         tdm_status_t st = mdl_hparams_load(s->g, &hp, err);
         if (st == TDM_OK) {
-            const int64_t vocab_l =
-                hp.n_vocab % l->tp_size == 0 ? hp.n_vocab / l->tp_size : hp.n_vocab;
-            int64_t maxf = (int64_t)l->n_batch_max * hp.n_embd;
-            /* the logits all-gather only runs when TP splits the vocabulary */
-            if (vocab_l != hp.n_vocab && (int64_t)l->n_out_max * vocab_l > maxf) {
-                maxf = (int64_t)l->n_out_max * vocab_l;
-            }
             xp_ucx_world_params_t wp = {
                 .rank = rank,
                 .tp_size = l->tp_size,
@@ -261,9 +347,9 @@ static tdm_status_t do_load(xp_shard_server_t *s, const xp_msg_load_t *l, xp_msg
                 .peer_addr = (const void *const *)addrs,
                 .peer_addr_len = lens,
                 .epoch = l->epoch,
-                .max_floats = maxf,
+                .max_floats = collective_max_floats(&hp, l),
                 .timeout_ms = l->timeout_ms,
-                .proto = l->proto == 1 ? XP_UCX_PROTO_RMA : XP_UCX_PROTO_AM,
+                .proto = l->proto == XP_MSG_PROTO_RMA ? XP_UCX_PROTO_RMA : XP_UCX_PROTO_AM,
             };
             st = xp_ucx_world_create(s->ucx, &wp, &w, err);
         }
@@ -275,10 +361,13 @@ static tdm_status_t do_load(xp_shard_server_t *s, const xp_msg_load_t *l, xp_msg
         pthread_mutex_lock(&s->mu);
         s->world = w;
         pthread_mutex_unlock(&s->mu);
-    }
-    shd_comm_t comm = {0};
-    if (w != NULL) {
         comm = xp_ucx_world_comm(w);
+    }
+    /* the step scratch puts the collectives' buffers in host-visible memory or not by the
+     * kind the data plane takes: another kind needs another layout */
+    const bool comm_dm = comm.ops != NULL && comm.ops->device_memory;
+    if (s->model != NULL && s->shape.comm_device_memory != comm_dm) {
+        drop_model(s);
     }
     if (s->model == NULL) {
         shd_model_params_t mp = {
@@ -304,7 +393,8 @@ static tdm_status_t do_load(xp_shard_server_t *s, const xp_msg_load_t *l, xp_msg
         loaded_shape_t *sh = &s->shape;
         *sh = (loaded_shape_t){l->tp_rank,  l->tp_size,     l->ep_rank,   l->ep_size,
                                l->n_ctx,    l->n_batch_max, l->n_out_max, l->block_tokens,
-                               l->kv_bytes, l->n_layers,    NULL,         NULL};
+                               l->kv_bytes, l->n_layers,    NULL,         NULL,
+                               comm_dm};
         if (l->n_layers > 0) {
             sh->expert_lo = tdm_xmalloc((size_t)l->n_layers * sizeof(int32_t));
             sh->expert_n = tdm_xmalloc((size_t)l->n_layers * sizeof(int32_t));
@@ -326,6 +416,29 @@ static tdm_status_t do_load(xp_shard_server_t *s, const xp_msg_load_t *l, xp_msg
     rd->weight_bytes = shd_model_weight_bytes(s->model);
     rd->resident_bytes = rss_bytes();
     return TDM_OK;
+}
+
+/* The data plane's counters: exchanges (calls with other ranks), bytes, ns; zero without
+ * a world. Compute thread (which alone changes the world pointers). */
+static void world_stats(const xp_shard_server_t *s, uint64_t out[3])
+{
+    out[0] = out[1] = out[2] = 0;
+    if (s->world != NULL) {
+        xp_ucx_stats_t u;
+        xp_ucx_world_stats(s->world, &u);
+        out[0] = u.n_exchanges;
+        out[1] = u.bytes_sent;
+        out[2] = u.ns_in_collectives;
+    }
+#if TDM_HAVE_NCCL
+    if (s->nccl != NULL) {
+        xp_nccl_stats_t n;
+        xp_nccl_world_stats(s->nccl, &n);
+        out[0] = n.n_exchanges;
+        out[1] = n.bytes_sent;
+        out[2] = n.ns_in_collectives;
+    }
+#endif
 }
 
 static tdm_status_t do_step(xp_shard_server_t *s, const xp_step_t *st_in, xp_msg_result_t *res,
@@ -354,20 +467,16 @@ static tdm_status_t do_step(xp_shard_server_t *s, const xp_step_t *st_in, xp_msg
     }
     shd_batch_t b = {st_in->n_tokens,    st_in->token,  st_in->pos, st_in->seq,
                      st_in->want_logits, st_in->n_seqs, s->views};
-    xp_ucx_stats_t before = {0}, after = {0};
-    if (s->world != NULL) {
-        xp_ucx_world_stats(s->world, &before);
-    }
+    uint64_t before[3], after[3];
+    world_stats(s, before);
     const double t0 = tdm_now_s();
     const bool rank0 = s->shape.tp_rank == 0 && s->shape.ep_rank == 0;
     TDM_CHECK(shd_forward(s->model, s->kv, &b, rank0 ? s->logits : NULL, err));
     res->step_ns = (uint64_t)((tdm_now_s() - t0) * 1e9);
-    if (s->world != NULL) {
-        xp_ucx_world_stats(s->world, &after);
-        res->coll_calls = after.n_exchanges - before.n_exchanges;
-        res->coll_bytes = after.bytes_sent - before.bytes_sent;
-        res->coll_ns = after.ns_in_collectives - before.ns_in_collectives;
-    }
+    world_stats(s, after);
+    res->coll_calls = after[0] - before[0];
+    res->coll_bytes = after[1] - before[1];
+    res->coll_ns = after[2] - before[2];
     /* only world rank 0 computes (the rest of) the logits and sends them */
     if (rank0) {
         res->n_logits = st_in->n_logits;
@@ -401,7 +510,7 @@ static void *compute_main(void *arg)
             reply.type = XP_MSG_READY;
             reply.request_id = j->msg.request_id;
             reply.ready.epoch = l->epoch;
-            tdm_status_t st = do_load(s, l, &reply.ready, &err);
+            tdm_status_t st = do_load(s, l, j->aborts, &reply.ready, &err);
             reply.ready.status = st;
             if (st != TDM_OK) {
                 snprintf(reply.ready.error, sizeof(reply.ready.error), "%s", tdm_error_msg(&err));
@@ -453,7 +562,8 @@ static void send_join(xp_shard_server_t *s, const uint8_t *id, size_t id_len, ui
     m.request_id = request_id;
     snprintf(m.join.tandem_version, sizeof(m.join.tandem_version), "%s", xp_msg_build_version());
     m.join.capabilities = XP_MSG_CAP_UCX | (TDM_HAVE_CUDA ? XP_MSG_CAP_CUDA : 0) |
-                          (TDM_HAVE_NCCL ? XP_MSG_CAP_NCCL : 0);
+                          (TDM_HAVE_NCCL ? XP_MSG_CAP_NCCL : 0) |
+                          (kern_be_cuda_device(s->be) >= 0 ? XP_MSG_CAP_ON_GPU : 0);
     m.join.model = s->model_id;
     m.join.session = session;
     const void *addr;
@@ -519,8 +629,24 @@ static void on_router(xp_shard_server_t *s)
         return;
     }
     zmq_msg_close(&part);
+    uint64_t aborts = 0;
     switch (m.type) {
     case XP_MSG_HELLO:
+        /* The coordinator greets a shard of its group only once that group broke (it is
+         * forming again), so a HELLO from the coordinator of our NCCL world ends that
+         * world now: NCCL itself notices a silent peer late or never, and the collective
+         * timeout would keep the GPU spinning meanwhile. UCX worlds fail on their own
+         * (endpoint errors, timeouts) and are left to do so. */
+        pthread_mutex_lock(&s->mu);
+        if (s->coord_id_len == (size_t)id_len && memcmp(s->coord_id, id, (size_t)id_len) == 0) {
+            s->aborts++; /* also an NCCL world of that LOAD not yet published */
+#if TDM_HAVE_NCCL
+            if (s->nccl != NULL) {
+                xp_nccl_world_abort(s->nccl);
+            }
+#endif
+        }
+        pthread_mutex_unlock(&s->mu);
         send_join(s, id, (size_t)id_len, m.hello.session, m.request_id);
         xp_msg_free(&m);
         return;
@@ -535,9 +661,8 @@ static void on_router(xp_shard_server_t *s)
         s->coord_id_len = (size_t)id_len;
         /* a step stuck in a collective of the old world must not delay the new one */
         pthread_mutex_lock(&s->mu);
-        if (s->world != NULL) {
-            xp_ucx_world_abort(s->world);
-        }
+        abort_world_locked(s);
+        aborts = s->aborts;
         pthread_mutex_unlock(&s->mu);
         TDM_INFO("shard", "LOAD epoch %016" PRIx64 ": rank tp %d/%d ep %d/%d", m.load.epoch,
                  m.load.tp_rank, m.load.tp_size, m.load.ep_rank, m.load.ep_size);
@@ -549,9 +674,7 @@ static void on_router(xp_shard_server_t *s)
         job_t *j = tdm_xcalloc(1, sizeof(*j));
         j->kind = JOB_LEAVE;
         pthread_mutex_lock(&s->mu);
-        if (s->world != NULL) {
-            xp_ucx_world_abort(s->world);
-        }
+        abort_world_locked(s);
         pthread_mutex_unlock(&s->mu);
         push_job(s, j);
         TDM_INFO("shard", "the coordinator released the group");
@@ -565,6 +688,7 @@ static void on_router(xp_shard_server_t *s)
     }
     job_t *j = tdm_xcalloc(1, sizeof(*j));
     j->kind = m.type == XP_MSG_LOAD ? JOB_LOAD : JOB_STEP;
+    j->aborts = aborts;
     j->msg = m;
     memcpy(j->id, id, (size_t)id_len);
     j->id_len = (size_t)id_len;
@@ -624,9 +748,7 @@ tdm_status_t xp_shard_server_run(xp_shard_server_t *s, tdm_error_t *err)
     }
     /* stop the compute thread: abort a running step, then queue the quit */
     pthread_mutex_lock(&s->mu);
-    if (s->world != NULL) {
-        xp_ucx_world_abort(s->world);
-    }
+    abort_world_locked(s);
     pthread_mutex_unlock(&s->mu);
     job_t *q = tdm_xcalloc(1, sizeof(*q));
     q->kind = JOB_QUIT;
@@ -752,6 +874,10 @@ void xp_shard_server_destroy(xp_shard_server_t *s)
         return;
     }
     xp_ucx_world_destroy(s->world);
+#if TDM_HAVE_NCCL
+    xp_nccl_world_abort(s->nccl); /* its peers may be gone: no finalize */
+    xp_nccl_world_destroy(s->nccl);
+#endif
     drop_model(s);
     job_t *j = s->head;
     while (j != NULL) {

@@ -11,7 +11,8 @@
  *   JOIN_ACK / LOAD(epoch, partition, peers' UCX addresses, limits, expert ranges)  ->
  *                             <-      READY(epoch, KV blocks, slice bytes, resident bytes)
  *   STEP(id)                  ->      forward pass; collectives with the other shards over
- *                                     UCX (transport/ucx_comm.h)
+ *                                     UCX (transport/ucx_comm.h), or NCCL on the shards'
+ *                                     GPUs when LOAD's proto is nccl (transport/nccl_comm.h)
  *                             <-      RESULT(id; logits from world rank 0)
  *                             <-      HEARTBEAT every heartbeat_ms to the coordinator
  *   SHUTDOWN                  ->      leave the group (the process keeps running)
@@ -20,9 +21,11 @@
  * sends heartbeats even while a long step runs, so liveness never depends on step
  * length); the compute thread owns the model, the KV cache and the UCX worker. A LOAD
  * while a step is stuck (a peer died mid-collective) aborts the old data-plane world
- * first, so a coordinator can always re-form the group. The model file is mapped once at
- * start (for the identity in JOIN); a LOAD binds this rank's slice and touches its pages,
- * so only the slice becomes resident. A later LOAD with the same partition keeps it.
+ * first, so a coordinator can always re-form the group; so does, for an NCCL world, a
+ * HELLO from the coordinator of that world (it greets only once the group broke). The
+ * model file is mapped once at start (for the identity in JOIN); a LOAD binds this rank's
+ * slice and touches its pages, so only the slice becomes resident. A later LOAD with the
+ * same partition keeps it.
  */
 #ifndef XP_SHARD_SERVER_H
 #define XP_SHARD_SERVER_H

@@ -9,7 +9,9 @@
  *   JOIN_ACK  [ accepted bool, reason str ]
  *   LOAD      [ epoch, tp_rank, tp_size, ep_rank, ep_size, n_ctx, kv_bytes, n_batch_max,
  *               n_out_max, block_tokens, proto, timeout_ms, [peer address bin...],
- *               [expert_lo...], [expert_n...] ]
+ *               [expert_lo...], [expert_n...] (, nccl_id bin(128)) ]
+ *             nccl_id exactly when proto is 2 (NCCL) and tp_size * ep_size > 1, so a LOAD
+ *             of the UCX protocols is the same 15 fields as before NCCL was added
  *   READY     [ epoch, status, error str, n_blocks, n_vocab, weight_bytes, resident_bytes ]
  *   STEP      [ n_tokens, [token...], [pos...], [seq...], [want_logits bool...], n_logits,
  *               n_seqs, [ [n_blocks, [block...]] ... ] ]
@@ -159,7 +161,7 @@ static tdm_status_t validate_load(const xp_msg_load_t *l, tdm_status_t fail, tdm
                              ", block_tokens %" PRId32 " (each >= 1, n_out_max <= n_batch_max)",
                              l->n_batch_max, l->n_out_max, l->block_tokens);
     }
-    if (l->proto < 0 || l->proto > 1 || l->timeout_ms < 1) {
+    if (l->proto < XP_MSG_PROTO_AM || l->proto > XP_MSG_PROTO_NCCL || l->timeout_ms < 1) {
         return tdm_error_set(err, fail, "xp_msg LOAD: proto %" PRId32 " / timeout_ms %" PRId32,
                              l->proto, l->timeout_ms);
     }
@@ -193,6 +195,11 @@ static tdm_status_t validate_load(const xp_msg_load_t *l, tdm_status_t fail, tdm
         }
     }
     return TDM_OK;
+}
+
+bool xp_msg_load_has_nccl_id(const xp_msg_load_t *l)
+{
+    return l->proto == XP_MSG_PROTO_NCCL && (int64_t)l->tp_size * l->ep_size > 1;
 }
 
 tdm_status_t xp_msg_validate(const xp_msg_t *m, tdm_status_t fail, tdm_error_t *err)
@@ -366,7 +373,8 @@ tdm_status_t xp_msg_encode(msgpack_sbuffer *out, const xp_msg_t *m, tdm_error_t 
         break;
     case XP_MSG_LOAD: {
         const xp_msg_load_t *l = &m->load;
-        PK(msgpack_pack_array(&pk, 15));
+        const bool nccl_id = xp_msg_load_has_nccl_id(l);
+        PK(msgpack_pack_array(&pk, nccl_id ? 16 : 15));
         PK(msgpack_pack_uint64(&pk, l->epoch));
         PK(msgpack_pack_int32(&pk, l->tp_rank));
         PK(msgpack_pack_int32(&pk, l->tp_size));
@@ -385,6 +393,9 @@ tdm_status_t xp_msg_encode(msgpack_sbuffer *out, const xp_msg_t *m, tdm_error_t 
         }
         pack_i32_array(&pk, l->expert_lo, l->n_layers, &ok);
         pack_i32_array(&pk, l->expert_n, l->n_layers, &ok);
+        if (nccl_id) {
+            PK(msgpack_pack_bin_with_body(&pk, l->nccl_id, sizeof(l->nccl_id)));
+        }
         break;
     }
     case XP_MSG_STEP: {
@@ -631,7 +642,17 @@ static tdm_status_t decode_load(const msgpack_object *body, xp_msg_t *m, tdm_err
     tdm_status_t st;
     const msgpack_object *f = NULL, *pa = NULL;
     xp_msg_load_t *l = &m->load;
-    TRY(get_array(body, "LOAD body", 15, &f, err));
+    /* 15 fields, or 16 with an NCCL id; which one is checked once proto and sizes are read */
+    if (body->type != MSGPACK_OBJECT_ARRAY) {
+        return tdm_error_set(err, TDM_ERR_FORMAT, "xp_msg: LOAD body is not an array");
+    }
+    if (body->via.array.size != 15 && body->via.array.size != 16) {
+        return tdm_error_set(err, TDM_ERR_FORMAT,
+                             "xp_msg: LOAD body has %" PRIu32 " elements, want 15 (16 with an "
+                             "NCCL id)",
+                             (uint32_t)body->via.array.size);
+    }
+    f = body->via.array.ptr;
     TRY(get_u64(&f[0], "LOAD epoch", UINT64_MAX, &l->epoch, err));
     TRY(get_i32(&f[1], "LOAD tp_rank", &l->tp_rank, err));
     TRY(get_i32(&f[2], "LOAD tp_size", &l->tp_size, err));
@@ -644,6 +665,28 @@ static tdm_status_t decode_load(const msgpack_object *body, xp_msg_t *m, tdm_err
     TRY(get_i32(&f[9], "LOAD block_tokens", &l->block_tokens, err));
     TRY(get_i32(&f[10], "LOAD proto", &l->proto, err));
     TRY(get_i32(&f[11], "LOAD timeout_ms", &l->timeout_ms, err));
+    const bool want_id = xp_msg_load_has_nccl_id(l);
+    const int64_t ranks = (int64_t)l->tp_size * l->ep_size;
+    if (want_id && body->via.array.size != 16) {
+        return tdm_error_set(err, TDM_ERR_FORMAT,
+                             "xp_msg: LOAD with proto 2 (nccl) over %" PRId64
+                             " ranks has no NCCL id (15 elements, want 16)",
+                             ranks);
+    }
+    if (!want_id && body->via.array.size != 15) {
+        return tdm_error_set(err, TDM_ERR_FORMAT,
+                             "xp_msg: LOAD body has 16 elements, want 15: an NCCL id only with "
+                             "proto 2 over more than one rank (proto %" PRId32 ", %" PRId64
+                             " ranks)",
+                             l->proto, ranks);
+    }
+    if (want_id) {
+        if (f[15].type != MSGPACK_OBJECT_BIN || f[15].via.bin.size != XP_MSG_NCCL_ID_BYTES) {
+            return tdm_error_set(err, TDM_ERR_FORMAT, "xp_msg: LOAD nccl_id is not a %d-byte bin",
+                                 XP_MSG_NCCL_ID_BYTES);
+        }
+        memcpy(l->nccl_id, f[15].via.bin.ptr, XP_MSG_NCCL_ID_BYTES);
+    }
     if (f[12].type != MSGPACK_OBJECT_ARRAY || f[12].via.array.size > XP_MSG_MAX_WORLD) {
         return tdm_error_set(err, TDM_ERR_FORMAT,
                              "xp_msg: LOAD peers is not an array of at most "

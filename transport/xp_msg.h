@@ -40,6 +40,12 @@
 #define XP_MSG_MAX_ADDR         8192 /* bytes of a UCX worker address                */
 #define XP_MSG_NAME_MAX         128  /* shard name (its listen endpoint), with NUL    */
 #define XP_MSG_MAX_LAYERS       4096 /* per-layer expert ranges of a LOAD             */
+#define XP_MSG_NCCL_ID_BYTES    128  /* an NCCL unique id (NCCL_UNIQUE_ID_BYTES)      */
+
+/* LOAD's proto: how the shards' collectives move data (`--collective`). */
+#define XP_MSG_PROTO_AM   0 /* UCX active messages                                   */
+#define XP_MSG_PROTO_RMA  1 /* UCX RMA put + flag                                    */
+#define XP_MSG_PROTO_NCCL 2 /* NCCL on the shards' GPUs (transport/nccl_comm.h)       */
 
 typedef enum xp_msg_type {
     XP_MSG_HELLO = 1, /* coordinator -> shard: please (re)join my group             */
@@ -59,6 +65,9 @@ typedef enum xp_msg_type {
 #define XP_MSG_CAP_UCX  (1u << 1)
 #define XP_MSG_CAP_NCCL (1u << 2)
 #define XP_MSG_CAP_RDMA (1u << 3)
+/* The shard runs its forward pass on a GPU (its --device resolved to cuda): a run-time
+ * fact, unlike the build's CUDA and NCCL bits. --collective nccl needs it. */
+#define XP_MSG_CAP_ON_GPU (1u << 4)
 
 typedef struct xp_msg_model_id {
     uint8_t hash[XP_MSG_MODEL_HASH_BYTES]; /* content hash of the model file(s) */
@@ -99,14 +108,22 @@ typedef struct xp_msg_load {
     int32_t n_ctx; /* >= 1 */
     uint64_t kv_bytes;
     int32_t n_batch_max, n_out_max, block_tokens; /* >= 1; n_out_max <= n_batch_max */
-    int32_t proto;                                /* collectives: 0 active messages, 1 RMA */
+    int32_t proto;                                /* collectives: XP_MSG_PROTO_*           */
     int32_t timeout_ms;                           /* >= 1: a collective waiting longer fails */
     int32_t n_peers;                              /* == tp_size * ep_size               */
     const xp_msg_blob_t *peers;                   /* [n_peers] UCX address of each rank */
     int32_t n_layers;         /* 0 (contiguous expert ranges) or the model's n_layer */
     const int32_t *expert_lo; /* [n_layers] first expert this rank holds per layer    */
     const int32_t *expert_n;  /* [n_layers] how many                                  */
+    /* The NCCL unique id of this formation (the coordinator made it; its bootstrap root
+     * runs there). On the wire only when xp_msg_load_has_nccl_id(): proto NCCL over more
+     * than one rank (a world of one makes no NCCL calls); ignored by the encoder and zero
+     * after decoding otherwise. */
+    uint8_t nccl_id[XP_MSG_NCCL_ID_BYTES];
 } xp_msg_load_t;
+
+/* Whether a LOAD carries an NCCL id: proto XP_MSG_PROTO_NCCL and tp_size * ep_size > 1. */
+bool xp_msg_load_has_nccl_id(const xp_msg_load_t *l);
 
 typedef struct xp_msg_ready {
     uint64_t epoch;

@@ -283,6 +283,13 @@ static void *rank_main(void *arg)
         }
     }
 out:
+    if (be != NULL && r->rank == 0 && kern_be_kind(be) == KERN_DEVICE_CUDA) {
+        kern_be_stats_t bs;
+        kern_be_stats(be, &bs);
+        fprintf(stderr, "tandem eval: cuda graphs: %llu captured, %llu replayed, %llu dropped\n",
+                (unsigned long long)bs.graph_captures, (unsigned long long)bs.graph_replays,
+                (unsigned long long)bs.graph_drops);
+    }
     if (r->st != TDM_OK && run->world != NULL) {
         xp_local_world_abort(run->world);
     }
@@ -513,7 +520,7 @@ static void usage(FILE *out)
             "  --block-tokens B    KV block size in tokens (default 16)\n"
             "  --batch-test        also run each sequence alone and compare\n"
             "  --shards H:P,...    run on `tandem shard` processes (tp/ep from --tp/--ep,\n"
-            "                      else chosen); --collective am|rma\n"
+            "                      else chosen); --collective am|rma|nccl\n"
             "  --device D          auto (default: a GPU if usable, else the CPU), cpu, cuda[:N]\n"
             "  --kv-type T         KV cache rows: f32, f16, q8_0 (default f16 on a GPU, f32\n"
             "                      on the CPU)\n"
@@ -575,8 +582,11 @@ int cmd_eval(int argc, char **argv)
         } else if (strcmp(a, "--kv-type") == 0) {
             o.kv_type = v;
         } else if (strcmp(a, "--collective") == 0) {
-            bad = strcmp(v, "am") != 0 && strcmp(v, "rma") != 0;
-            o.collective = strcmp(v, "rma") == 0;
+            tdm_error_t cerr = {0};
+            if (xp_collective_parse(v, &o.collective, &cerr) != TDM_OK) {
+                fprintf(stderr, "tandem eval: %s\n", tdm_error_msg(&cerr));
+                return 2;
+            }
         } else {
             bad = 1;
         }

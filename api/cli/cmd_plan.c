@@ -1,15 +1,21 @@
 /*
  * cmd_plan.c - `tandem plan --model M.gguf --shards N [--tp T --ep E] [--ctx-size C]
- * [--kv-memory SIZE] [--node-memory SIZE] [--json]`: the per-shard memory plan of a model
- * split by tensor and expert parallelism (topology/topo_plan.h), printed without loading a
- * tensor, and checked against a node's memory.
+ * [--kv-memory SIZE] [--node-memory SIZE] [--device D] [--kv-type T] [--gpu-memory SIZE]
+ * [--json]`: the per-shard memory plan of a model split by tensor and expert parallelism
+ * (topology/topo_plan.h), printed without loading a tensor, and checked against the memory
+ * a shard has: a GPU's free memory when the shards run on one (on a unified-memory GPU at
+ * most the host's MemAvailable), else the host's MemAvailable, or --node-memory.
  *
- * Exit status: 0 the plan fits, 1 the model cannot be read, 2 bad options or an impossible
- * split (the message names the constraint), 3 some shard needs more than --node-memory
- * (default: MemAvailable of this machine); the plan is printed either way and the refusal
- * with its numbers goes to stderr.
+ * --gpu-memory SIZE plans for a GPU that need not be here (another machine's, or the tests'
+ * on a machine without one): the CUDA backend's accounting with SIZE as its free memory.
+ *
+ * Exit status: 0 the plan fits, 1 the model or the memory cannot be read, 2 bad options,
+ * an impossible split (the message names the constraint) or --device cuda without a GPU,
+ * 3 some shard needs more than it has; the plan is printed either way and the refusal with
+ * its numbers goes to stderr.
  */
 #include "api/cli/cli.h"
+#include "kernels/kern_backend.h"
 #include "model/gguf.h"
 #include "topology/topo_plan.h"
 
@@ -25,9 +31,24 @@
 typedef struct plan_opts {
     const char *model;
     topo_plan_params_t p;
-    uint64_t node_memory; /* 0: MemAvailable */
+    uint64_t node_memory; /* 0: the device's memory                              */
+    const char *device;   /* NULL: auto                                          */
+    const char *kv_type;  /* NULL: by device                                     */
+    uint64_t gpu_memory;  /* > 0: plan for a GPU with this much free, not queried */
     bool json;
 } plan_opts_t;
+
+/* The device the plan is for and the memory a shard has there. */
+typedef struct plan_device {
+    topo_plan_device_t kind;
+    int index;            /* the GPU                                             */
+    bool queried;         /* info came from the driver (not --gpu-memory)         */
+    kern_gpu_info_t info; /* when queried                                        */
+    uint64_t host_avail;  /* MemAvailable, when read (0 otherwise)                */
+    char label[320];      /* "cpu", "cuda:0 NVIDIA H100 ... (sm_90, 132 SMs)"     */
+    uint64_t budget;      /* a shard's memory                                    */
+    char budget_src[256]; /* where budget comes from                             */
+} plan_device_t;
 
 static void usage(FILE *out)
 {
@@ -45,7 +66,16 @@ static void usage(FILE *out)
           "  --ctx-size C         KV cache tokens per shard (default: the model's context,\n"
           "                       at most 8192)\n"
           "  --kv-memory SIZE     KV cache budget per shard instead, e.g. 2G\n"
-          "  --node-memory SIZE   memory of a node (default: MemAvailable of this machine)\n"
+          "  --node-memory SIZE   memory a shard has (default: the device's: a GPU's free\n"
+          "                       memory, at most MemAvailable on a unified-memory GPU; the\n"
+          "                       CPU's MemAvailable)\n"
+          "  --device D           auto (GPU 0 when there is one, else the CPU), cpu, cuda or\n"
+          "                       cuda:N: the shards' memory and backend scratch (default:\n"
+          "                       TANDEM_DEVICE, else auto, as serve and shard choose)\n"
+          "  --kv-type T          KV cache rows: f32, f16, q8_0 (default: f16 on a GPU, f32 on\n"
+          "                       the CPU, as serve and shard choose)\n"
+          "  --gpu-memory SIZE    plan for a GPU with SIZE free without asking the driver (a\n"
+          "                       GPU elsewhere, or none here); implies --device cuda\n"
           "  --batch N            tokens per step for the buffer estimate (default 512)\n"
           "  --threads N          kernel threads per shard (default: CPUs of this machine)\n"
           "  --experts RULE       balanced (bytes, default) or contiguous (the shard loader's\n"
@@ -101,8 +131,15 @@ static int parse_opts(int argc, char **argv, plan_opts_t *o)
             bad = parse_int(a, v, 1, 1 << 20, &o->p.batch);
         } else if (strcmp(a, "--threads") == 0) {
             bad = parse_int(a, v, 1, 4096, &o->p.threads);
-        } else if (strcmp(a, "--kv-memory") == 0 || strcmp(a, "--node-memory") == 0) {
-            uint64_t *dst = strcmp(a, "--kv-memory") == 0 ? &o->p.kv_bytes : &o->node_memory;
+        } else if (strcmp(a, "--device") == 0) {
+            o->device = v;
+        } else if (strcmp(a, "--kv-type") == 0) {
+            o->kv_type = v;
+        } else if (strcmp(a, "--kv-memory") == 0 || strcmp(a, "--node-memory") == 0 ||
+                   strcmp(a, "--gpu-memory") == 0) {
+            uint64_t *dst = strcmp(a, "--kv-memory") == 0     ? &o->p.kv_bytes
+                            : strcmp(a, "--node-memory") == 0 ? &o->node_memory
+                                                              : &o->gpu_memory;
             if (!topo_parse_size(v, dst) || *dst == 0) {
                 fprintf(stderr, "tandem plan: %s '%s' is not a size (e.g. 2G, 512M)\n", a, v);
                 bad = -1;
@@ -151,6 +188,99 @@ static const char *fmt_bytes(uint64_t b, char *buf, size_t n)
         snprintf(buf, n, "%" PRIu64 " B", b);
     }
     return buf;
+}
+
+/* --device, --gpu-memory and --node-memory: the device planned for and a shard's memory.
+ * Returns 0, or the exit status with the message printed. */
+static int resolve_device(const plan_opts_t *o, plan_device_t *d)
+{
+    memset(d, 0, sizeof(*d));
+    tdm_error_t err = {0};
+    char b1[32], b2[32];
+    kern_device_kind_t kind;
+    bool auto_pick;
+    /* the default the shards themselves take (kern_backend_create): TANDEM_DEVICE, else
+     * auto; --gpu-memory names a GPU itself */
+    const char *dev = o->device != NULL   ? o->device
+                      : o->gpu_memory > 0 ? "cuda"
+                                          : getenv("TANDEM_DEVICE");
+    if (kern_device_parse(dev, &kind, &d->index, &auto_pick, &err) != TDM_OK) {
+        fprintf(stderr, "tandem plan: %s\n", tdm_error_msg(&err));
+        return 2;
+    }
+    d->kind = TOPO_PLAN_CPU;
+    if (o->gpu_memory > 0) {
+        if (kind == KERN_DEVICE_CPU) {
+            fprintf(stderr, "tandem plan: --gpu-memory plans for a GPU, not for --device cpu\n");
+            return 2;
+        }
+        d->kind = TOPO_PLAN_CUDA;
+        snprintf(d->label, sizeof(d->label),
+                 "cuda:%d, a GPU with %s free (--gpu-memory; not queried)", d->index,
+                 fmt_bytes(o->gpu_memory, b1, sizeof(b1)));
+    } else if (kind == KERN_DEVICE_CUDA) {
+        const int n = kern_gpu_count();
+        if (d->index >= n && !auto_pick) {
+            /* a plan for a GPU that is not here takes its memory from --gpu-memory */
+            fprintf(stderr,
+                    "tandem plan: --device %s: no CUDA device %d (this machine has %d GPU%s); "
+                    "plan for a GPU elsewhere with --gpu-memory SIZE\n",
+                    dev, d->index, n, n == 1 ? "" : "s");
+            return 2;
+        }
+        if (n > 0) {
+            if (kern_gpu_info(d->index, &d->info, &err) != TDM_OK) {
+                fprintf(stderr, "tandem plan: GPU %d: %s\n", d->index, tdm_error_msg(&err));
+                return 1;
+            }
+            d->kind = TOPO_PLAN_CUDA;
+            d->queried = true;
+            snprintf(d->label, sizeof(d->label), "cuda:%d %s (sm_%d%d, %d SMs%s): %s free of %s",
+                     d->index, d->info.name, d->info.cc_major, d->info.cc_minor, d->info.n_sm,
+                     d->info.integrated ? ", unified memory" : "",
+                     fmt_bytes(d->info.free_bytes, b1, sizeof(b1)),
+                     fmt_bytes(d->info.total_bytes, b2, sizeof(b2)));
+        }
+    }
+    if (d->kind == TOPO_PLAN_CPU) {
+        snprintf(d->label, sizeof(d->label), "cpu (%d kernel threads)%s", o->p.threads,
+                 auto_pick ? "; no CUDA device here (--gpu-memory SIZE plans for one)" : "");
+    }
+    if (o->node_memory > 0) {
+        d->budget = o->node_memory;
+        snprintf(d->budget_src, sizeof(d->budget_src), "--node-memory");
+        return 0;
+    }
+    if (o->gpu_memory > 0) {
+        d->budget = o->gpu_memory;
+        snprintf(d->budget_src, sizeof(d->budget_src), "--gpu-memory");
+        return 0;
+    }
+    /* the host's MemAvailable: the CPU's budget, and a unified-memory GPU's bound */
+    const bool need_host = d->kind == TOPO_PLAN_CPU || d->info.integrated;
+    if (need_host && topo_meminfo_available(NULL, &d->host_avail, &err) != TDM_OK) {
+        if (d->kind == TOPO_PLAN_CPU) {
+            fprintf(stderr, "tandem plan: %s (pass --node-memory)\n", tdm_error_msg(&err));
+            return 1;
+        }
+        d->host_avail = UINT64_MAX; /* the GPU's own number, unbounded */
+    }
+    if (d->kind == TOPO_PLAN_CPU) {
+        d->budget = d->host_avail;
+        snprintf(d->budget_src, sizeof(d->budget_src), "MemAvailable of this machine");
+    } else if (d->info.integrated) {
+        d->budget = topo_gpu_budget(&d->info, d->host_avail);
+        snprintf(d->budget_src, sizeof(d->budget_src),
+                 "free memory of cuda:%d, at most MemAvailable (unified memory: GPU free %s, "
+                 "MemAvailable %s)",
+                 d->index, fmt_bytes(d->info.free_bytes, b1, sizeof(b1)),
+                 d->host_avail == UINT64_MAX ? "unknown"
+                                             : fmt_bytes(d->host_avail, b2, sizeof(b2)));
+    } else {
+        d->budget = topo_gpu_budget(&d->info, 0);
+        snprintf(d->budget_src, sizeof(d->budget_src), "free memory of cuda:%d", d->index);
+    }
+    return 0;
 }
 
 #define COL 15
@@ -214,9 +344,22 @@ static void expert_counts(const topo_plan_t *pl, int g, char *buf, size_t n)
     }
 }
 
-static void print_text(const plan_opts_t *o, const topo_plan_t *pl, uint64_t node,
-                       const char *node_src)
+/* "2 x 64 x 4 B" style: the bytes of one KV row of head_dim values. */
+static void kv_row_text(const topo_plan_t *pl, char *buf, size_t n)
 {
+    const tdm_type_t t = pl->p.kv_type;
+    const int hd = pl->hp.head_dim;
+    if (t == TDM_TYPE_Q8_0) {
+        snprintf(buf, n, "%zu B (%d values as q8_0: 34 B per 32)", tdm_type_row_size(t, hd), hd);
+    } else {
+        snprintf(buf, n, "%d x %zu B", hd, tdm_type_row_size(t, 1));
+    }
+}
+
+static void print_text(const plan_opts_t *o, const topo_plan_t *pl, const plan_device_t *d)
+{
+    const uint64_t node = d->budget;
+    const bool gpu = d->kind == TOPO_PLAN_CUDA;
     const mdl_hparams_t *hp = &pl->hp;
     char b1[32], b2[32], b3[32];
     printf("model    %s: %s, %d layers, n_embd %d, %d q heads / %d kv heads x %d", o->model,
@@ -245,8 +388,8 @@ static void print_text(const plan_opts_t *o, const topo_plan_t *pl, uint64_t nod
                    : "contiguous: n_expert / ep consecutive experts per EP group in every layer "
                      "(the contiguous rule)");
     }
-    printf("KV cache %d tokens per shard (%d blocks of %d), f32", pl->kv_tokens, pl->kv_blocks,
-           pl->p.block_tokens);
+    printf("KV cache %d tokens per shard (%d blocks of %d), %s", pl->kv_tokens, pl->kv_blocks,
+           pl->p.block_tokens, topo_kv_type_name(pl->p.kv_type));
     if (pl->p.kv_bytes > 0) {
         printf(": what --kv-memory %s holds on the shard with the most kv heads",
                fmt_bytes(pl->p.kv_bytes, b1, sizeof(b1)));
@@ -255,9 +398,14 @@ static void print_text(const plan_opts_t *o, const topo_plan_t *pl, uint64_t nod
                pl->p.batch);
     }
     printf("\n");
-    printf("step     batch %d tokens, %d logit rows, %d kernel threads\n", pl->p.batch, pl->p.n_out,
-           pl->p.threads);
-    printf("node     %s (%s)\n\n", fmt_bytes(node, b1, sizeof(b1)), node_src);
+    if (gpu) {
+        printf("step     batch %d tokens, %d logit rows\n", pl->p.batch, pl->p.n_out);
+    } else {
+        printf("step     batch %d tokens, %d logit rows, %d kernel threads\n", pl->p.batch,
+               pl->p.n_out, pl->p.threads);
+    }
+    printf("device   %s\n", d->label);
+    printf("memory   %s per shard (%s)\n\n", fmt_bytes(node, b1, sizeof(b1)), d->budget_src);
 
     row_label("");
     for (int s = 0; s < pl->n_shards; s++) {
@@ -302,10 +450,19 @@ static void print_text(const plan_opts_t *o, const topo_plan_t *pl, uint64_t nod
     }
     row_bytes(pl, "= weights", offsetof(topo_shard_plan_t, weights));
     row_bytes(pl, "  of which replicated", offsetof(topo_shard_plan_t, replicated));
+    if (gpu) {
+        row_bytes(pl, "weights on the GPU", offsetof(topo_shard_plan_t, weights_device));
+    }
     row_bytes(pl, "KV cache", offsetof(topo_shard_plan_t, kv));
-    row_bytes(pl, "buffers", offsetof(topo_shard_plan_t, buffers));
+    if (gpu) {
+        row_bytes(pl, "step scratch", offsetof(topo_shard_plan_t, scratch));
+        row_bytes(pl, "GPU scratch", offsetof(topo_shard_plan_t, backend_scratch));
+        row_bytes(pl, "GPU margin", offsetof(topo_shard_plan_t, margin));
+    } else {
+        row_bytes(pl, "buffers", offsetof(topo_shard_plan_t, buffers));
+    }
     row_bytes(pl, "= total", offsetof(topo_shard_plan_t, total));
-    row_label("fits the node");
+    row_label(gpu ? "fits the GPU" : "fits the node");
     for (int s = 0; s < pl->n_shards; s++) {
         printf("%*s", COL, pl->shards[s].total <= node ? "yes" : "NO");
     }
@@ -390,16 +547,36 @@ static void print_text(const plan_opts_t *o, const topo_plan_t *pl, uint64_t nod
         }
     }
     const topo_shard_plan_t *s0 = &pl->shards[0];
-    printf("KV per token on shard 0: 2 x %d layers x %d kv heads x %d x 4 B = %s; x %d tokens = "
-           "%s\n",
-           hp->n_layer, s0->kv_heads.n, hp->head_dim, fmt_bytes(s0->kv_per_token, b1, sizeof(b1)),
+    char row[64];
+    kv_row_text(pl, row, sizeof(row));
+    printf("KV per token on shard 0: 2 x %d layers x %d kv heads x %s = %s; x %d tokens = %s\n",
+           hp->n_layer, s0->kv_heads.n, row, fmt_bytes(s0->kv_per_token, b1, sizeof(b1)),
            pl->kv_tokens, fmt_bytes(s0->kv, b2, sizeof(b2)));
-    printf("buffers on shard 0: step scratch for %d tokens (shard/model.c alloc_scratch) %s + f32 "
-           "copies of non-f32 norms %s + collective staging 2 x %d x %d x 4 B %s (estimate)\n",
-           pl->p.batch, fmt_bytes(s0->scratch, b1, sizeof(b1)),
-           fmt_bytes(s0->vec_copies, b2, sizeof(b2)), pl->n_shards > 1 ? pl->p.batch : 0,
-           hp->n_embd, fmt_bytes(s0->comm, b3, sizeof(b3)));
-    if (pl->tp > 1) {
+    if (gpu) {
+        char b4[32], b5[32];
+        printf("GPU memory on shard 0, as the shard's load checks it (shard/model.c check_fit): "
+               "weights stored compact %s + KV %s + step scratch for %d tokens %s + the CUDA "
+               "backend's op scratch for %d tokens and %d positions (kern_cuda_reserve_bytes: "
+               "quantized activations, split-K and attention partials, MoE pairs, step "
+               "metadata) %s + margin %s\n",
+               fmt_bytes(s0->weights_device, b1, sizeof(b1)), fmt_bytes(s0->kv, b2, sizeof(b2)),
+               pl->p.batch, fmt_bytes(s0->scratch, b3, sizeof(b3)), pl->p.batch, pl->p.ctx_size,
+               fmt_bytes(s0->backend_scratch, b4, sizeof(b4)),
+               fmt_bytes(s0->margin, b5, sizeof(b5)));
+        printf("host memory on shard 0 besides (not in the GPU total): f32 copies of non-f32 "
+               "norms %s + collective staging %s (estimate)\n",
+               fmt_bytes(s0->vec_copies, b1, sizeof(b1)), fmt_bytes(s0->comm, b2, sizeof(b2)));
+    } else {
+        char b4[32];
+        printf("buffers on shard 0: step scratch for %d tokens (shard/model.c alloc_scratch) %s + "
+               "the CPU backend's op scratch for %d threads and %d positions %s + f32 copies of "
+               "non-f32 norms %s + collective staging 2 x %d x %d x 4 B %s (estimate)\n",
+               pl->p.batch, fmt_bytes(s0->scratch, b1, sizeof(b1)), pl->p.threads, pl->p.ctx_size,
+               fmt_bytes(s0->backend_scratch, b4, sizeof(b4)),
+               fmt_bytes(s0->vec_copies, b2, sizeof(b2)), pl->n_shards > 1 ? pl->p.batch : 0,
+               hp->n_embd, fmt_bytes(s0->comm, b3, sizeof(b3)));
+    }
+    if (pl->tp > 1 && !gpu) {
         printf("mmapped as shd_model_load does today, column slices (attn_output, ffn_down, "
                "ffn_down_exps) touch every page of their tensors: resident weights up to %s on "
                "shard 0 until the loader copies its slice\n",
@@ -414,9 +591,36 @@ static json_t *jrange(topo_range_t r)
     return json_pack("{s:i, s:i}", "lo", r.lo, "n", r.n);
 }
 
-static json_t *to_json(const plan_opts_t *o, const topo_plan_t *pl, uint64_t node,
-                       const char *node_src, bool fits)
+static json_t *device_json(const plan_device_t *d)
 {
+    json_t *j = json_object();
+    const bool gpu = d->kind == TOPO_PLAN_CUDA;
+    json_object_set_new(j, "kind", json_string(gpu ? "cuda" : "cpu"));
+    json_object_set_new(j, "label", json_string(d->label));
+    if (gpu) {
+        json_object_set_new(j, "index", json_integer(d->index));
+        json_object_set_new(j, "queried", json_boolean(d->queried));
+    }
+    if (d->queried) {
+        char cc[16];
+        snprintf(cc, sizeof(cc), "%d.%d", d->info.cc_major, d->info.cc_minor);
+        json_object_set_new(j, "name", json_string(d->info.name));
+        json_object_set_new(j, "compute_capability", json_string(cc));
+        json_object_set_new(j, "n_sm", json_integer(d->info.n_sm));
+        json_object_set_new(j, "integrated", json_boolean(d->info.integrated));
+        json_object_set_new(j, "total_bytes", json_integer((json_int_t)d->info.total_bytes));
+        json_object_set_new(j, "free_bytes", json_integer((json_int_t)d->info.free_bytes));
+    }
+    if (d->host_avail > 0 && d->host_avail != UINT64_MAX) {
+        json_object_set_new(j, "host_available", json_integer((json_int_t)d->host_avail));
+    }
+    return j;
+}
+
+static json_t *to_json(const plan_opts_t *o, const topo_plan_t *pl, const plan_device_t *d,
+                       bool fits)
+{
+    const uint64_t node = d->budget;
     const mdl_hparams_t *hp = &pl->hp;
     json_t *root = json_object();
     json_object_set_new(root, "model", json_string(o->model));
@@ -450,8 +654,10 @@ static json_t *to_json(const plan_opts_t *o, const topo_plan_t *pl, uint64_t nod
     json_object_set_new(root, "batch", json_integer(pl->p.batch));
     json_object_set_new(root, "n_out", json_integer(pl->p.n_out));
     json_object_set_new(root, "threads", json_integer(pl->p.threads));
+    json_object_set_new(root, "device", device_json(d));
+    json_object_set_new(root, "kv_type", json_string(topo_kv_type_name(pl->p.kv_type)));
     json_object_set_new(root, "node_memory", json_integer((json_int_t)node));
-    json_object_set_new(root, "node_memory_source", json_string(node_src));
+    json_object_set_new(root, "node_memory_source", json_string(d->budget_src));
     json_object_set_new(root, "model_bytes", json_integer((json_int_t)pl->model_bytes));
     json_object_set_new(root, "expert_item_max", json_integer((json_int_t)pl->expert_item_max));
     json_object_set_new(root, "expert_bytes_total",
@@ -501,10 +707,13 @@ static json_t *to_json(const plan_opts_t *o, const topo_plan_t *pl, uint64_t nod
         U64("sharded", sp->sharded);
         U64("weights", sp->weights);
         U64("weights_mmap", sp->weights_mmap);
+        U64("weights_device", sp->weights_device);
         U64("experts_as_loader", sp->experts_as_loader);
         U64("kv_per_token", sp->kv_per_token);
         U64("kv", sp->kv);
         U64("scratch", sp->scratch);
+        U64("backend_scratch", sp->backend_scratch);
+        U64("margin", sp->margin);
         U64("vec_copies", sp->vec_copies);
         U64("comm", sp->comm);
         U64("buffers", sp->buffers);
@@ -545,14 +754,15 @@ int cmd_plan(int argc, char **argv)
         return r > 0 ? 0 : 2;
     }
     tdm_error_t err = {0};
-    uint64_t node = o.node_memory;
-    const char *node_src = "--node-memory";
-    if (node == 0) {
-        if (topo_meminfo_available(NULL, &node, &err) != TDM_OK) {
-            fprintf(stderr, "tandem plan: %s (pass --node-memory)\n", tdm_error_msg(&err));
-            return 1;
-        }
-        node_src = "MemAvailable of this machine";
+    plan_device_t d;
+    r = resolve_device(&o, &d);
+    if (r != 0) {
+        return r;
+    }
+    o.p.device = d.kind;
+    if (topo_kv_type_parse(o.kv_type, d.kind, &o.p.kv_type, &err) != TDM_OK) {
+        fprintf(stderr, "tandem plan: %s\n", tdm_error_msg(&err));
+        return 2;
     }
     gguf_ctx_t *g = NULL;
     if (gguf_open(o.model, &g, &err) != TDM_OK) {
@@ -566,6 +776,7 @@ int cmd_plan(int argc, char **argv)
         gguf_close(g);
         return st == TDM_ERR_INVALID_PARAM || st == TDM_ERR_UNSUPPORTED ? 2 : 1;
     }
+    const uint64_t node = d.budget;
     int worst = 0;
     for (int s = 1; s < pl->n_shards; s++) {
         if (pl->shards[s].total > pl->shards[worst].total) {
@@ -575,7 +786,7 @@ int cmd_plan(int argc, char **argv)
     const bool fits = pl->shards[worst].total <= node;
     int rc = 0;
     if (o.json) {
-        json_t *root = to_json(&o, pl, node, node_src, fits);
+        json_t *root = to_json(&o, pl, &d, fits);
         char *s = json_dumps(root, JSON_INDENT(1));
         if (s != NULL) {
             printf("%s\n", s);
@@ -586,19 +797,31 @@ int cmd_plan(int argc, char **argv)
         }
         json_decref(root);
     } else {
-        print_text(&o, pl, node, node_src);
+        print_text(&o, pl, &d);
     }
     if (!fits && rc == 0) {
         const topo_shard_plan_t *w = &pl->shards[worst];
-        char b1[32], b2[32], b3[32], b4[32], b5[32];
+        const bool gpu = d.kind == TOPO_PLAN_CUDA;
+        char b1[32], b2[32], b3[32], b4[32], b5[32], b6[32], b7[32], extra[128] = "";
+        /* a smaller KV row where the cache can hold one */
+        const char *kv_hint = pl->p.kv_type == TDM_TYPE_F32 ? ", --kv-type f16"
+                              : pl->p.kv_type == TDM_TYPE_F16 && pl->hp.head_dim % 32 == 0
+                                  ? ", --kv-type q8_0"
+                                  : "";
+        if (gpu) {
+            snprintf(extra, sizeof(extra), ", of which GPU scratch %s and margin %s",
+                     fmt_bytes(w->backend_scratch, b6, sizeof(b6)),
+                     fmt_bytes(w->margin, b7, sizeof(b7)));
+        }
         fprintf(stderr,
                 "tandem plan: refused: shard %d needs %s (%" PRIu64 " bytes: weights %s + KV %s "
-                "+ buffers %s) but a node has %s (%" PRIu64 " bytes, %s); use more shards, a "
-                "smaller --ctx-size / --kv-memory, or a smaller quantization\n",
+                "(%s) + buffers %s%s) but %s has %s (%" PRIu64 " bytes, %s); use more shards, a "
+                "smaller --ctx-size / --kv-memory%s, or a smaller quantization\n",
                 worst, fmt_bytes(w->total, b1, sizeof(b1)), w->total,
-                fmt_bytes(w->weights, b2, sizeof(b2)), fmt_bytes(w->kv, b3, sizeof(b3)),
-                fmt_bytes(w->buffers, b4, sizeof(b4)), fmt_bytes(node, b5, sizeof(b5)), node,
-                node_src);
+                fmt_bytes(w->weights_device, b2, sizeof(b2)), fmt_bytes(w->kv, b3, sizeof(b3)),
+                topo_kv_type_name(pl->p.kv_type), fmt_bytes(w->buffers, b4, sizeof(b4)), extra,
+                gpu ? "the GPU" : "a node", fmt_bytes(node, b5, sizeof(b5)), node, d.budget_src,
+                kv_hint);
         rc = 3;
     }
     topo_plan_destroy(pl);

@@ -5,6 +5,7 @@
  */
 #include "api/cli/cli.h"
 #include "api/server/srv.h"
+#include "transport/exec_remote.h"
 
 #include <ctype.h>
 #include <jansson.h>
@@ -51,11 +52,12 @@ static void usage(FILE *out)
         "  --shards H:P,H:P,...     shard control addresses; list index = world rank\n"
         "                           (ep_rank * tp + tp_rank). None: single-node (default)\n"
         "  --cluster FILE           JSON: {\"shards\": [\"H:P\", ...], \"tp\": N, \"ep\": N,\n"
-        "                           \"collective\": \"am\"|\"rma\"}\n"
+        "                           \"collective\": \"am\"|\"rma\"|\"nccl\"}\n"
         "  --tp N, --ep N           tensor / expert parallel sizes (tp x ep = shards; default:\n"
         "                           experts over EP for MoE models, else TP)\n"
-        "  --collective am|rma      data-plane collectives: UCX active messages (default) or\n"
-        "                           RMA put + flag\n"
+        "  --collective am|rma|nccl data-plane collectives: UCX active messages (default),\n"
+        "                           UCX RMA put + flag, or NCCL (shards on GPUs, one GPU\n"
+        "                           each; builds with NCCL)\n"
         "  --collective-timeout-ms N  a collective waiting longer fails (default 15000)\n"
         "  --shard-timeout-ms N     a shard silent this long is missing (default 1500)\n"
         "  --shard-start-timeout S  seconds to wait for every shard at start (default 120)\n"
@@ -184,12 +186,9 @@ static int add_shards(srv_config_t *c, const char *list)
 
 static int parse_collective(const char *v, int *out)
 {
-    if (strcmp(v, "am") == 0) {
-        *out = 0;
-    } else if (strcmp(v, "rma") == 0) {
-        *out = 1;
-    } else {
-        fprintf(stderr, "tandem serve: collective '%s': expected am or rma\n", v);
+    tdm_error_t err = {0};
+    if (xp_collective_parse(v, out, &err) != TDM_OK) {
+        fprintf(stderr, "tandem serve: %s\n", tdm_error_msg(&err));
         return -1;
     }
     return 0;
@@ -235,9 +234,15 @@ static int read_cluster(srv_config_t *c, const char *path)
         }
     }
     json_t *coll = json_object_get(root, "collective");
-    if (coll != NULL &&
-        (!json_is_string(coll) || parse_collective(json_string_value(coll), &c->collective) != 0)) {
-        goto out;
+    if (coll != NULL) {
+        tdm_error_t cerr = {0};
+        if (!json_is_string(coll) ||
+            xp_collective_parse(json_string_value(coll), &c->collective, &cerr) != TDM_OK) {
+            fprintf(stderr, "tandem serve: --cluster %s: \"collective\": %s\n", path,
+                    json_is_string(coll) ? tdm_error_msg(&cerr)
+                                         : "must be \"am\", \"rma\" or \"nccl\"");
+            goto out;
+        }
     }
     const char *known[] = {"shards", "tp", "ep", "collective", "comment"};
     const char *key;

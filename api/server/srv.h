@@ -60,7 +60,7 @@ typedef struct srv_config {
     char **shards; /* "HOST:PORT", index = world rank                                    */
     int n_shards;
     int tp, ep;                /* 0: chosen                                                     */
-    int collective;            /* 0 active messages, 1 RMA put + flag                           */
+    int collective;            /* XP_MSG_PROTO_*: 0 UCX active messages, 1 RMA put + flag, 2 NCCL */
     int coll_timeout_ms;       /* 0: 5000                                                       */
     int shard_timeout_ms;      /* 0: 1500                                                       */
     int shard_start_timeout_s; /* 0: 120                                                        */

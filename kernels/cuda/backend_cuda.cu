@@ -26,9 +26,6 @@
 #define CU_GRAPH_CAPACITY   32
 /* Pinned staging for the weight copy: two buffers of this many bytes. */
 #define CU_STAGING_BYTES (64u << 20)
-/* Split-K partial sums and attention segments: at most this many floats each. */
-#define CU_PARTIAL_FLOATS   (16u << 20)
-#define CU_ATTN_PART_FLOATS (8u << 20)
 
 /* Op ids in the fingerprint. */
 enum {
@@ -77,13 +74,22 @@ static void cu_enter(cuda_backend_t *c)
     (void)cudaSetDevice(c->dev);
 }
 
-/* Hashes an op into the step's fingerprint; true when the op must run (not a replay). */
-static bool cu_op(cuda_backend_t *c, uint32_t op, const void *args, size_t n)
+/* Forgets every captured graph (the memory they point into is going away). A replay in
+ * progress cannot launch its graph any more: the step is then run again. */
+static void cu_graphs_clear(cuda_backend_t *c)
 {
-    if (c->mode != KERN_GRAPH_EAGER) {
-        kern_fingerprint_add(&c->fp, op, args, n);
+    if (c->graphs == NULL) {
+        return;
     }
-    return c->mode != KERN_GRAPH_REPLAY;
+    if (c->mode == KERN_GRAPH_REPLAY) {
+        c->replay_lost = true;
+    }
+    kern_graph_clear(c->graphs);
+}
+
+static void cu_stats(const kern_backend_t *be, kern_be_stats_t *out)
+{
+    *out = ((const cuda_backend_t *)be)->stats;
 }
 
 /* ---- memory ------------------------------------------------------------------------------ */
@@ -196,10 +202,7 @@ static void cu_free(kern_backend_t *be, void *p)
         }
     }
     cudaFree(p);
-    /* graphs may point into the freed memory */
-    if (c->graphs != NULL) {
-        kern_graph_clear(c->graphs);
-    }
+    cu_graphs_clear(c); /* graphs may point into the freed memory */
 }
 
 static tdm_status_t cu_to_device(kern_backend_t *be, void *dst, const void *src, size_t n,
@@ -233,17 +236,20 @@ static tdm_status_t cu_sync(kern_backend_t *be, tdm_error_t *err)
 static void cu_copy(kern_backend_t *be, void *dst, const void *src, size_t n)
 {
     cuda_backend_t *c = cu_be(be);
-    struct {
-        void *dst;
-        const void *src;
-        size_t n;
-    } a = {dst, src, n};
-    if (cu_op(c, OP_COPY, &a, sizeof(a))) {
-        cudaError_t e = cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToDevice, c->stream);
-        if (e != cudaSuccess) {
-            (void)cudaGetLastError();
-            kern_be_fail(be, TDM_ERR_DEVICE, "cuda: copy: %s", cudaGetErrorString(e));
+    cu_enter(c);
+    /* a copy outside a step (copy-on-write of a KV block) runs as it comes; inside a step
+     * the copy is recorded like an op (its arguments: plain words, no padding) */
+    if (c->mode != KERN_GRAPH_EAGER) {
+        const uint64_t v[3] = {(uint64_t)(uintptr_t)dst, (uint64_t)(uintptr_t)src, (uint64_t)n};
+        kern_fingerprint_add(&c->fp, OP_COPY, v, sizeof(v));
+        if (c->mode == KERN_GRAPH_REPLAY) {
+            return;
         }
+    }
+    cudaError_t e = cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToDevice, c->stream);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        kern_be_fail(be, TDM_ERR_DEVICE, "cuda: copy: %s", cudaGetErrorString(e));
     }
 }
 
@@ -349,6 +355,7 @@ static tdm_status_t cu_weights_load(kern_backend_t *be, kern_weight_ref_t *refs,
         c->weights_bytes += total;
         *out = region;
     } else if (region != NULL) {
+        (void)cudaStreamSynchronize(c->stream); /* its zeroing may still be running */
         cudaFree(region);
     }
     free(pl);
@@ -363,54 +370,12 @@ static size_t align256(size_t n)
     return (n + 255) & ~(size_t)255;
 }
 
-typedef struct cu_sizes {
-    size_t act, partial, attn, cnt, pair, tiles, ff, out;
-    int max_pairs, max_tiles;
-} cu_sizes_t;
-
-static cu_sizes_t reserve_sizes(const kern_reserve_t *r)
-{
-    cu_sizes_t z;
-    memset(&z, 0, sizeof(z));
-    const int k = r->n_expert_used > 0 ? r->n_expert_used : 0;
-    z.max_pairs = r->n_expert > 0 ? (int)(r->n_tok * k) : 0;
-    const int64_t rows = r->n_tok > z.max_pairs ? r->n_tok : z.max_pairs;
-    size_t act = 0;
-    for (int f = QB_ACT_Q8_0; f <= QB_ACT_Q8_K; f++) {
-        const size_t b = cu_act_bytes(f, rows, r->max_cols);
-        act = b > act ? b : act;
-    }
-    z.act = align256(act);
-    size_t part = (size_t)8 * (size_t)rows * (size_t)r->max_rows;
-    z.partial = part < CU_PARTIAL_FLOATS ? part : CU_PARTIAL_FLOATS;
-    const int64_t segs = (r->n_ctx + CU_ATTN_SEG - 1) / CU_ATTN_SEG;
-    size_t attn = (size_t)r->n_tok * (size_t)r->n_head * (size_t)segs * (size_t)(r->head_dim + 2);
-    z.attn = segs > 1 ? (attn < CU_ATTN_PART_FLOATS ? attn : CU_ATTN_PART_FLOATS) : 0;
-    if (r->n_expert > 0) {
-        z.max_tiles = cu_moe_max_tiles(z.max_pairs, r->n_expert);
-        z.cnt = (size_t)r->n_expert + 1;
-        z.pair = (size_t)z.max_pairs;
-        z.tiles = (size_t)z.max_tiles * 3 + 2; /* + the count of tiles and of pairs */
-        z.ff = (size_t)z.max_pairs * (size_t)r->n_ff_exp;
-        z.out = (size_t)z.max_pairs * (size_t)r->n_embd;
-    }
-    return z;
-}
-
-static uint64_t sizes_total(const cu_sizes_t *z)
-{
-    return 2 * z->act + align256(z->partial * 4) + align256(z->attn * 4) +
-           2 * align256(z->cnt * 4) + 3 * align256(z->pair * 4) + align256(z->tiles * 4) +
-           2 * align256(z->ff * 4) + align256(z->out * 4);
-}
-
 static uint64_t cu_reserve_bytes(const kern_backend_t *be, const kern_reserve_t *r)
 {
     (void)be;
-    const cu_sizes_t z = reserve_sizes(r);
-    /* + the step metadata, device and pinned host */
-    const uint64_t meta = (uint64_t)(6 * r->n_tok + 2 + r->n_tok * (r->n_ctx / 16 + 1)) * 4;
-    return sizes_total(&z) + 2 * meta;
+    /* the same formula cu_reserve carves by (kernels/cuda_reserve.c, plain C, so memory
+     * plans count it without a GPU) */
+    return kern_cuda_reserve_bytes(r);
 }
 
 static tdm_status_t grow_meta(cuda_backend_t *c, size_t need, tdm_error_t *err)
@@ -431,7 +396,7 @@ static tdm_status_t grow_meta(cuda_backend_t *c, size_t need, tdm_error_t *err)
     CU_TRY(cudaHostAlloc((void **)&c->meta_host, cap * 4, cudaHostAllocDefault), "metadata");
     CU_TRY(cudaMalloc((void **)&c->meta_dev, cap * 4), "metadata");
     c->meta_cap = cap;
-    kern_graph_clear(c->graphs); /* captured kernels point at the old buffer */
+    cu_graphs_clear(c); /* captured kernels point at the old buffer */
     return TDM_OK;
 }
 
@@ -439,11 +404,13 @@ static tdm_status_t cu_reserve(kern_backend_t *be, const kern_reserve_t *r, tdm_
 {
     cuda_backend_t *c = cu_be(be);
     cu_enter(c);
-    const cu_sizes_t z = reserve_sizes(r);
+    kern_cuda_sizes_t z;
+    kern_cuda_reserve_sizes(r, &z);
     void *buf = NULL;
-    TDM_CHECK(cu_alloc(be, (size_t)sizes_total(&z), KERN_MEM_DEVICE, "op scratch", &buf, err));
+    TDM_CHECK(cu_alloc(be, (size_t)z.scratch_bytes, KERN_MEM_DEVICE, "op scratch", &buf, err));
+    (void)cudaStreamSynchronize(c->stream); /* no op may still use the old scratch */
     cudaFree(c->scratch);
-    kern_graph_clear(c->graphs);
+    cu_graphs_clear(c);
     c->scratch = buf;
     c->r = *r;
     unsigned char *p = (unsigned char *)buf;
@@ -467,7 +434,8 @@ static tdm_status_t cu_reserve(kern_backend_t *be, const kern_reserve_t *r, tdm_
     CARVE(c->moe_out, float *, z.out * 4);
 #undef CARVE
     c->max_pairs = z.max_pairs;
-    return grow_meta(c, (size_t)(6 * r->n_tok + 2 + r->n_tok * (r->n_ctx / 16 + 1)), err);
+    TDM_ASSERT((uint64_t)(p - (unsigned char *)buf) == z.scratch_bytes); /* carved = sized */
+    return grow_meta(c, (size_t)z.meta, err);
 }
 
 /* ---- steps -------------------------------------------------------------------------------------
@@ -487,6 +455,7 @@ static void cu_step_begin(kern_backend_t *be, const kern_step_t *st, bool grapha
     cuda_backend_t *c = cu_be(be);
     cu_enter(c);
     c->mode = KERN_GRAPH_EAGER;
+    c->replay_lost = false;
     const int32_t T = (int32_t)c->r.n_tok, n = st->n_tokens;
     if (n > T || st->n_out > T || st->n_seqs > T) {
         kern_be_fail(be, TDM_ERR_INTERNAL,
@@ -577,45 +546,112 @@ static tdm_status_t cu_step_end(kern_backend_t *be, bool *rerun, tdm_error_t *er
             cudaGraphDestroy(g);
         }
         (void)cudaGetLastError();
-        if (e != cudaSuccess || be->failed || exec == NULL) {
-            /* nothing ran: the step runs again without a graph */
+        if (be->failed) {
+            /* an op failed while recording: nothing ran, and the failure is reported by
+             * the caller; the shape itself may be fine */
             if (exec != NULL) {
                 cudaGraphExecDestroy(exec);
             }
+            return TDM_OK;
+        }
+        if (e != cudaSuccess || exec == NULL) {
+            /* the graph could not be made: nothing ran, the step runs again without one,
+             * and this shape is not captured again */
             kern_graph_drop(c->graphs, &c->key);
-            if (be->failed) {
-                return TDM_OK; /* the op's failure is reported by the caller */
-            }
+            c->stats.graph_drops++;
             *rerun = true;
             return TDM_OK;
         }
         kern_graph_store(c->graphs, &c->key, exec, kern_fingerprint_value(&c->fp));
+        c->stats.graph_captures++;
         CU_TRY(cudaGraphLaunch(exec, c->stream), "graph launch");
         return TDM_OK;
     }
     if (mode == KERN_GRAPH_REPLAY) {
-        if (kern_fingerprint_value(&c->fp) != c->replay_fp) {
-            kern_graph_drop(c->graphs, &c->key);
+        if (c->replay_lost || kern_fingerprint_value(&c->fp) != c->replay_fp) {
+            if (!c->replay_lost) {
+                kern_graph_drop(c->graphs, &c->key);
+                c->stats.graph_drops++;
+            }
+            c->replay_lost = false;
             *rerun = true;
             return TDM_OK;
         }
+        c->stats.graph_replays++;
         CU_TRY(cudaGraphLaunch((cudaGraphExec_t)c->replay_exec, c->stream), "graph launch");
     }
     return TDM_OK;
 }
 
 /* ---- ops ---------------------------------------------------------------------------------------
- */
+ *
+ * Each op first lists its arguments as 64-bit words for the step's fingerprint (field by
+ * field: hashing a struct would hash its padding, whose bytes are whatever the stack
+ * held, and no replay would ever match), then launches unless the step is a replay. */
+
+#define FA_MAX 160
+
+typedef struct fp_args {
+    uint64_t v[FA_MAX];
+    int n;
+} fp_args_t;
+
+static void fa_u(fp_args_t *a, uint64_t x)
+{
+    if (a->n < FA_MAX) {
+        a->v[a->n++] = x;
+    }
+}
+
+static void fa_p(fp_args_t *a, const void *p)
+{
+    fa_u(a, (uint64_t)(uintptr_t)p);
+}
+
+static void fa_f(fp_args_t *a, float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    fa_u(a, u);
+}
+
+static void fa_weight(fp_args_t *a, const kern_weight_t *w)
+{
+    fa_u(a, (uint64_t)w->type);
+    fa_u(a, (uint64_t)w->n_cols);
+    fa_u(a, (uint64_t)w->n_rows);
+    fa_u(a, (uint64_t)w->row_bytes);
+    fa_p(a, w->data);
+}
+
+static void fa_kv(fp_args_t *a, const kern_kv_layout_t *l)
+{
+    fa_u(a, (uint64_t)l->type);
+    fa_u(a, (uint64_t)l->n_kv_heads);
+    fa_u(a, (uint64_t)l->head_dim);
+    fa_u(a, (uint64_t)l->block_tokens);
+    fa_u(a, (uint64_t)l->n_blocks);
+    fa_u(a, (uint64_t)l->row_bytes);
+    fa_u(a, (uint64_t)l->block_bytes);
+}
+
+/* Hashes an op into the step's fingerprint; true when the op must run (not a replay). */
+static bool cu_op(cuda_backend_t *c, uint32_t op, const fp_args_t *a)
+{
+    if (c->mode != KERN_GRAPH_EAGER) {
+        kern_fingerprint_add(&c->fp, op, a->v, (size_t)a->n * sizeof(uint64_t));
+    }
+    return c->mode != KERN_GRAPH_REPLAY;
+}
 
 static void cu_op_get_rows(kern_backend_t *be, float *x, int64_t ldx, const kern_weight_t *emb)
 {
     cuda_backend_t *c = cu_be(be);
-    struct {
-        float *x;
-        int64_t ldx;
-        kern_weight_t emb;
-    } a = {x, ldx, *emb};
-    if (cu_op(c, OP_GET_ROWS, &a, sizeof(a))) {
+    fp_args_t a = {{0}, 0};
+    fa_p(&a, x);
+    fa_u(&a, (uint64_t)ldx);
+    fa_weight(&a, emb);
+    if (cu_op(c, OP_GET_ROWS, &a)) {
         cu_get_rows(c, x, ldx, emb, be->step->n_tokens);
     }
 }
@@ -624,13 +660,13 @@ static void cu_op_get_out_rows(kern_backend_t *be, float *dst, int64_t ldd, cons
                                int64_t lds, int64_t cols)
 {
     cuda_backend_t *c = cu_be(be);
-    struct {
-        float *dst;
-        int64_t ldd;
-        const float *src;
-        int64_t lds, cols;
-    } a = {dst, ldd, src, lds, cols};
-    if (cu_op(c, OP_OUT_ROWS, &a, sizeof(a))) {
+    fp_args_t a = {{0}, 0};
+    fa_p(&a, dst);
+    fa_u(&a, (uint64_t)ldd);
+    fa_p(&a, src);
+    fa_u(&a, (uint64_t)lds);
+    fa_u(&a, (uint64_t)cols);
+    if (cu_op(c, OP_OUT_ROWS, &a)) {
         cu_get_out_rows(c, dst, ldd, src, lds, cols, be->step->n_out);
     }
 }
@@ -639,16 +675,16 @@ static void cu_op_rms_norm(kern_backend_t *be, float *y, int64_t ldy, const floa
                            const float *w, int64_t rows, int64_t cols, float eps)
 {
     cuda_backend_t *c = cu_be(be);
-    struct {
-        float *y;
-        int64_t ldy;
-        const float *x;
-        int64_t ldx;
-        const float *w;
-        int64_t rows, cols;
-        float eps;
-    } a = {y, ldy, x, ldx, w, rows, cols, eps};
-    if (cu_op(c, OP_RMS_NORM, &a, sizeof(a))) {
+    fp_args_t a = {{0}, 0};
+    fa_p(&a, y);
+    fa_u(&a, (uint64_t)ldy);
+    fa_p(&a, x);
+    fa_u(&a, (uint64_t)ldx);
+    fa_p(&a, w);
+    fa_u(&a, (uint64_t)rows);
+    fa_u(&a, (uint64_t)cols);
+    fa_f(&a, eps);
+    if (cu_op(c, OP_RMS_NORM, &a)) {
         cu_rms_norm(c, y, ldy, x, ldx, w, rows, cols, eps);
     }
 }
@@ -657,21 +693,23 @@ static void cu_op_rope(kern_backend_t *be, float *x, int64_t ld, int n_heads, in
                        const mdl_rope_params_t *p, const float *freq_factors)
 {
     cuda_backend_t *c = cu_be(be);
-    struct {
-        float *x;
-        int64_t ld;
-        int n_heads, head_dim;
-        mdl_rope_params_t p;
-        const float *ff;
-    } a;
-    memset(&a, 0, sizeof(a)); /* padding bytes are hashed too */
-    a.x = x;
-    a.ld = ld;
-    a.n_heads = n_heads;
-    a.head_dim = head_dim;
-    a.p = *p;
-    a.ff = freq_factors;
-    if (cu_op(c, OP_ROPE, &a, sizeof(a))) {
+    fp_args_t a = {{0}, 0};
+    fa_p(&a, x);
+    fa_u(&a, (uint64_t)ld);
+    fa_u(&a, (uint64_t)n_heads);
+    fa_u(&a, (uint64_t)head_dim);
+    fa_u(&a, (uint64_t)p->type);
+    fa_u(&a, (uint64_t)p->n_rot);
+    fa_f(&a, p->freq_base);
+    fa_f(&a, p->freq_scale);
+    fa_u(&a, (uint64_t)p->scaling);
+    fa_f(&a, p->ext_factor);
+    fa_f(&a, p->attn_factor);
+    fa_f(&a, p->beta_fast);
+    fa_f(&a, p->beta_slow);
+    fa_u(&a, p->n_ctx_orig);
+    fa_p(&a, freq_factors);
+    if (cu_op(c, OP_ROPE, &a)) {
         cu_rope(c, x, ld, be->step->n_tokens, n_heads, head_dim, p, freq_factors);
     }
 }
@@ -679,15 +717,17 @@ static void cu_op_rope(kern_backend_t *be, float *x, int64_t ld, int n_heads, in
 static void cu_op_matmul(kern_backend_t *be, int n_ops, const kern_matmul_op_t *ops, int64_t n_tok)
 {
     cuda_backend_t *c = cu_be(be);
-    if (c->mode != KERN_GRAPH_EAGER) {
-        kern_fingerprint_add(&c->fp, OP_MATMUL, &n_tok, sizeof(n_tok));
-        for (int i = 0; i < n_ops; i++) {
-            kern_fingerprint_add(&c->fp, OP_MATMUL, ops[i].w, sizeof(*ops[i].w));
-            kern_fingerprint_add(&c->fp, OP_MATMUL, &ops[i], sizeof(ops[i]));
-        }
-        if (c->mode == KERN_GRAPH_REPLAY) {
-            return;
-        }
+    fp_args_t a = {{0}, 0};
+    fa_u(&a, (uint64_t)n_tok);
+    for (int i = 0; i < n_ops; i++) {
+        fa_weight(&a, ops[i].w);
+        fa_p(&a, ops[i].x);
+        fa_u(&a, (uint64_t)ops[i].ldx);
+        fa_p(&a, ops[i].y);
+        fa_u(&a, (uint64_t)ops[i].ldy);
+    }
+    if (!cu_op(c, OP_MATMUL, &a)) {
+        return;
     }
     if (n_tok > c->r.n_tok) {
         kern_be_fail(be, TDM_ERR_INTERNAL, "cuda: matmul of %lld rows (reserved %lld)",
@@ -739,12 +779,12 @@ static void cu_op_swiglu(kern_backend_t *be, float *out, const float *gate, cons
                          int64_t n)
 {
     cuda_backend_t *c = cu_be(be);
-    struct {
-        float *out;
-        const float *gate, *up;
-        int64_t n;
-    } a = {out, gate, up, n};
-    if (cu_op(c, OP_SWIGLU, &a, sizeof(a))) {
+    fp_args_t a = {{0}, 0};
+    fa_p(&a, out);
+    fa_p(&a, gate);
+    fa_p(&a, up);
+    fa_u(&a, (uint64_t)n);
+    if (cu_op(c, OP_SWIGLU, &a)) {
         cu_swiglu(c, out, gate, up, n);
     }
 }
@@ -752,12 +792,12 @@ static void cu_op_swiglu(kern_backend_t *be, float *out, const float *gate, cons
 static void cu_op_add(kern_backend_t *be, float *y, const float *x1, const float *x2, int64_t n)
 {
     cuda_backend_t *c = cu_be(be);
-    struct {
-        float *y;
-        const float *a, *b;
-        int64_t n;
-    } a = {y, x1, x2, n};
-    if (cu_op(c, OP_ADD, &a, sizeof(a))) {
+    fp_args_t a = {{0}, 0};
+    fa_p(&a, y);
+    fa_p(&a, x1);
+    fa_p(&a, x2);
+    fa_u(&a, (uint64_t)n);
+    if (cu_op(c, OP_ADD, &a)) {
         cu_add(c, y, x1, x2, n);
     }
 }
@@ -766,20 +806,14 @@ static void cu_op_kv_store(kern_backend_t *be, const kern_kv_layout_t *l, void *
                            void *v_layer, const float *k, const float *v, int64_t ld)
 {
     cuda_backend_t *c = cu_be(be);
-    struct {
-        kern_kv_layout_t l;
-        void *kl, *vl;
-        const float *k, *v;
-        int64_t ld;
-    } a;
-    memset(&a, 0, sizeof(a));
-    a.l = *l;
-    a.kl = k_layer;
-    a.vl = v_layer;
-    a.k = k;
-    a.v = v;
-    a.ld = ld;
-    if (cu_op(c, OP_KV_STORE, &a, sizeof(a))) {
+    fp_args_t a = {{0}, 0};
+    fa_kv(&a, l);
+    fa_p(&a, k_layer);
+    fa_p(&a, v_layer);
+    fa_p(&a, k);
+    fa_p(&a, v);
+    fa_u(&a, (uint64_t)ld);
+    if (cu_op(c, OP_KV_STORE, &a)) {
         cu_kv_store(c, l, k_layer, v_layer, k, v, ld, be->step->n_tokens);
     }
 }
@@ -789,21 +823,18 @@ static void cu_op_attention(kern_backend_t *be, float *out, const float *q,
                             const kern_attn_params_t *p)
 {
     cuda_backend_t *c = cu_be(be);
-    struct {
-        float *out;
-        const float *q;
-        kern_kv_layout_t l;
-        const void *kl, *vl;
-        kern_attn_params_t p;
-    } a;
-    memset(&a, 0, sizeof(a));
-    a.out = out;
-    a.q = q;
-    a.l = *l;
-    a.kl = k_layer;
-    a.vl = v_layer;
-    a.p = *p;
-    if (cu_op(c, OP_ATTENTION, &a, sizeof(a))) {
+    fp_args_t a = {{0}, 0};
+    fa_p(&a, out);
+    fa_p(&a, q);
+    fa_kv(&a, l);
+    fa_p(&a, k_layer);
+    fa_p(&a, v_layer);
+    fa_u(&a, (uint64_t)p->n_head);
+    fa_u(&a, (uint64_t)p->head_lo);
+    fa_u(&a, (uint64_t)p->kv_lo);
+    fa_u(&a, (uint64_t)p->group);
+    fa_f(&a, p->scale);
+    if (cu_op(c, OP_ATTENTION, &a)) {
         cu_attention(c, out, q, l, k_layer, v_layer, p, be->step->n_tokens);
     }
 }
@@ -812,13 +843,14 @@ static void cu_op_moe_route(kern_backend_t *be, float *logits, int n_expert, int
                             int32_t *sel, float *w)
 {
     cuda_backend_t *c = cu_be(be);
-    struct {
-        float *logits;
-        int n_expert, k, norm;
-        int32_t *sel;
-        float *w;
-    } a = {logits, n_expert, k, norm ? 1 : 0, sel, w};
-    if (cu_op(c, OP_MOE_ROUTE, &a, sizeof(a))) {
+    fp_args_t a = {{0}, 0};
+    fa_p(&a, logits);
+    fa_u(&a, (uint64_t)n_expert);
+    fa_u(&a, (uint64_t)k);
+    fa_u(&a, norm ? 1u : 0u);
+    fa_p(&a, sel);
+    fa_p(&a, w);
+    if (cu_op(c, OP_MOE_ROUTE, &a)) {
         cu_moe_route(c, logits, n_expert, k, norm, sel, w, be->step->n_tokens);
     }
 }
@@ -828,39 +860,45 @@ static void cu_op_moe_experts(kern_backend_t *be, const kern_moe_t *moe, const f
                               int64_t ldo, int64_t n_tok)
 {
     cuda_backend_t *c = cu_be(be);
-    struct {
-        kern_moe_t moe;
-        const float *x;
-        int64_t ldx;
-        const int32_t *sel;
-        const float *w;
-        float *out;
-        int64_t ldo, n_tok;
-    } a;
-    memset(&a, 0, sizeof(a));
-    a.moe = *moe;
-    a.x = x;
-    a.ldx = ldx;
-    a.sel = sel;
-    a.w = w;
-    a.out = out;
-    a.ldo = ldo;
-    a.n_tok = n_tok;
-    if (cu_op(c, OP_MOE_EXPERTS, &a, sizeof(a))) {
+    fp_args_t a = {{0}, 0};
+    fa_weight(&a, &moe->gate);
+    fa_weight(&a, &moe->up);
+    fa_weight(&a, &moe->down);
+    fa_u(&a, (uint64_t)moe->gate_stride);
+    fa_u(&a, (uint64_t)moe->up_stride);
+    fa_u(&a, (uint64_t)moe->down_stride);
+    fa_u(&a, (uint64_t)moe->exp_lo);
+    fa_u(&a, (uint64_t)moe->n_exp);
+    fa_u(&a, (uint64_t)moe->n_used);
+    fa_u(&a, (uint64_t)moe->n_embd);
+    fa_p(&a, x);
+    fa_u(&a, (uint64_t)ldx);
+    fa_p(&a, sel);
+    fa_p(&a, w);
+    fa_p(&a, out);
+    fa_u(&a, (uint64_t)ldo);
+    fa_u(&a, (uint64_t)n_tok);
+    if (cu_op(c, OP_MOE_EXPERTS, &a)) {
         cu_moe_experts(c, moe, x, ldx, sel, w, out, ldo, n_tok);
     }
 }
 
 static const kern_backend_ops_t cuda_ops = {
-    cu_destroy,         cu_mem_info,    cu_alloc,        cu_free,          cu_to_device,
-    cu_to_host,         cu_sync,        cu_copy,         cu_weights_bytes, cu_weights_load,
-    cu_reserve_bytes,   cu_reserve,     cu_step_begin,   cu_step_end,      cu_op_get_rows,
-    cu_op_get_out_rows, cu_op_rms_norm, cu_op_rope,      cu_op_matmul,     cu_op_swiglu,
-    cu_op_add,          cu_op_kv_store, cu_op_attention, cu_op_moe_route,  cu_op_moe_experts,
+    cu_destroy,        cu_stats,           cu_mem_info,    cu_alloc,        cu_free,
+    cu_to_device,      cu_to_host,         cu_sync,        cu_copy,         cu_weights_bytes,
+    cu_weights_load,   cu_reserve_bytes,   cu_reserve,     cu_step_begin,   cu_step_end,
+    cu_op_get_rows,    cu_op_get_out_rows, cu_op_rms_norm, cu_op_rope,      cu_op_matmul,
+    cu_op_swiglu,      cu_op_add,          cu_op_kv_store, cu_op_attention, cu_op_moe_route,
+    cu_op_moe_experts,
 };
 
 /* ---- creation
  * ------------------------------------------------------------------------------------ */
+
+extern "C" int kern_backend_cuda_device(const kern_backend_t *be)
+{
+    return ((const cuda_backend_t *)be)->dev;
+}
 
 extern "C" tdm_status_t kern_backend_create_cuda(int device, kern_backend_t **out, tdm_error_t *err)
 {

@@ -15,14 +15,12 @@
 #define KERN_CUDA_BE_CUH
 
 #include "kernels/cuda/cuda_check.cuh"
+#include "kernels/cuda/cuda_limits.h"
 #include "kernels/kern_backend_impl.h"
 #include "kernels/step_graph.h"
 
 #include <cuda_runtime.h>
 #include <stdint.h>
-
-/* Keys per segment of the attention's canonical split (attention.cu). */
-#define CU_ATTN_SEG 512
 
 /* The quantized activations of one product's input: see qblock.h's qb_act_t. */
 typedef struct cu_act {
@@ -80,6 +78,8 @@ typedef struct cuda_backend {
     void *replay_exec;
     uint64_t replay_fp;
     kern_fingerprint_t fp;
+    bool replay_lost; /* the graph being replayed was freed mid-step        */
+    kern_be_stats_t stats;
     bool graphs_off;  /* TANDEM_CUDA_GRAPHS=0                               */
     int splitk_force; /* TANDEM_CUDA_SPLITK=N: at most N K segments (tests)  */
 } cuda_backend_t;
@@ -159,8 +159,5 @@ void cu_moe_route(cuda_backend_t *c, float *logits, int n_expert, int k, bool no
                   float *w, int32_t n_tok);
 void cu_moe_experts(cuda_backend_t *c, const kern_moe_t *moe, const float *x, int64_t ldx,
                     const int32_t *sel, const float *w, float *out, int64_t ldo, int64_t n_tok);
-
-/* Pairs and tiles the grouped products need, for the reservation. */
-int cu_moe_max_tiles(int max_pairs, int n_exp);
 
 #endif

@@ -67,17 +67,7 @@ static size_t a256(size_t n)
 
 size_t cu_act_bytes(int fmt, int64_t n_rows, int64_t k)
 {
-    const size_t r = (size_t)n_rows, kk = (size_t)k;
-    size_t b = a256(r * kk);
-    if (fmt == QB_ACT_Q8_K) {
-        b += a256(r * (kk / 256) * 4) + a256(r * (kk / 16) * 4);
-    } else {
-        b += a256(r * (kk / 32) * 4);
-        if (fmt == QB_ACT_Q8_1) {
-            b += a256(r * (kk / 32) * 4);
-        }
-    }
-    return b;
+    return (size_t)kern_cuda_act_bytes(fmt, n_rows, k);
 }
 
 cu_act_t cu_act_view(void *buf, int fmt, int64_t n_rows, int64_t k)
@@ -103,15 +93,17 @@ cu_act_t cu_act_view(void *buf, int fmt, int64_t n_rows, int64_t k)
 }
 
 /* One warp per block of 32 (Q8_0 / Q8_1), as kern_from_float_q8_0 / _q8_1. */
+/* Grids are 1-D, (row, group of blocks) flattened, so rows (tokens or token-expert pairs)
+ * are not bound by the 65535 of a grid's y. */
 __global__ void quantize_q8_kernel(const float *x, int64_t ldx, int64_t k, int with_sum, int8_t *qs,
-                                   float *d, float *s, const int32_t *rows_dev)
+                                   float *d, float *s, const int32_t *rows_dev, int groups)
 {
     const int lane = threadIdx.x & 31;
-    const int64_t row = blockIdx.y;
+    const int64_t row = blockIdx.x / groups;
     if (rows_dev != NULL && row >= *rows_dev) {
         return;
     }
-    const int64_t blk = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    const int64_t blk = (int64_t)(blockIdx.x % groups) * (blockDim.x / 32) + threadIdx.x / 32;
     if (blk * 32 >= k) {
         return;
     }
@@ -140,14 +132,14 @@ __global__ void quantize_q8_kernel(const float *x, int64_t ldx, int64_t k, int w
 /* One warp per super-block of 256 (Q8_K), as kern_from_float_q8_k: the scale comes from
  * the first element of largest magnitude, values round half to even. */
 __global__ void quantize_q8k_kernel(const float *x, int64_t ldx, int64_t k, int8_t *qs, float *d,
-                                    int32_t *bsums, const int32_t *rows_dev)
+                                    int32_t *bsums, const int32_t *rows_dev, int groups)
 {
     const int lane = threadIdx.x & 31;
-    const int64_t row = blockIdx.y;
+    const int64_t row = blockIdx.x / groups;
     if (rows_dev != NULL && row >= *rows_dev) {
         return;
     }
-    const int64_t blk = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    const int64_t blk = (int64_t)(blockIdx.x % groups) * (blockDim.x / 32) + threadIdx.x / 32;
     if (blk * 256 >= k) {
         return;
     }
@@ -218,16 +210,15 @@ void cu_quantize_act_rows(cuda_backend_t *c, int fmt, const float *x, int64_t ld
         return;
     }
     const int warps = 8;
+    const int64_t nb = fmt == QB_ACT_Q8_K ? a->k / 256 : a->k / 32;
+    const int groups = (int)((nb + warps - 1) / warps);
+    const unsigned grid = (unsigned)(n_rows * groups);
     if (fmt == QB_ACT_Q8_K) {
-        const int64_t nb = a->k / 256;
-        dim3 grid((unsigned)((nb + warps - 1) / warps), (unsigned)n_rows);
         quantize_q8k_kernel<<<grid, 32 * warps, 0, c->stream>>>(x, ldx, a->k, a->qs, a->d, a->bsums,
-                                                                rows_dev);
+                                                                rows_dev, groups);
     } else {
-        const int64_t nb = a->k / 32;
-        dim3 grid((unsigned)((nb + warps - 1) / warps), (unsigned)n_rows);
         quantize_q8_kernel<<<grid, 32 * warps, 0, c->stream>>>(x, ldx, a->k, fmt == QB_ACT_Q8_1,
-                                                               a->qs, a->d, a->s, rows_dev);
+                                                               a->qs, a->d, a->s, rows_dev, groups);
     }
     cu_check_launch(c, "quantize activations");
 }
@@ -515,18 +506,20 @@ __global__ void fmm_kernel(const uint8_t *w, size_t row_bytes, size_t w_stride, 
                            int64_t k, const float *x, int64_t ldx, const int32_t *act_idx, float *y,
                            int64_t ldy, int64_t rows, const int32_t *tiles, const int32_t *n_tiles)
 {
+    /* rows on the grid's x (a vocabulary of 262144 rows is 65536 blocks of 4), column
+     * tiles on y */
     const int lane = threadIdx.x & 31;
-    const int64_t r = (int64_t)blockIdx.y * (blockDim.x / 32) + (threadIdx.x >> 5);
+    const int64_t r = (int64_t)blockIdx.x * (blockDim.x / 32) + (threadIdx.x >> 5);
     int e = 0, p0, cnt;
     if (tiles != NULL) {
-        if ((int)blockIdx.x >= *n_tiles) {
+        if ((int)blockIdx.y >= *n_tiles) {
             return;
         }
-        e = tiles[3 * blockIdx.x];
-        p0 = tiles[3 * blockIdx.x + 1];
-        cnt = tiles[3 * blockIdx.x + 2];
+        e = tiles[3 * blockIdx.y];
+        p0 = tiles[3 * blockIdx.y + 1];
+        cnt = tiles[3 * blockIdx.y + 2];
     } else {
-        p0 = blockIdx.x * FMM_TOK;
+        p0 = blockIdx.y * FMM_TOK;
         cnt = (int)(rows - p0 < FMM_TOK ? rows - p0 : FMM_TOK);
     }
     if (r >= n) {

@@ -19,15 +19,8 @@
 
 #include <math.h>
 
-/* Pairs per tile of a grouped product (one mma column group). */
-#define MOE_TILE 8
 /* Experts a lane of the route kernel covers: n_expert <= 32 * MOE_EPL. */
 #define MOE_EPL 32
-
-int cu_moe_max_tiles(int max_pairs, int n_exp)
-{
-    return (max_pairs + MOE_TILE - 1) / MOE_TILE + n_exp;
-}
 
 __global__ void route_kernel(float *logits, int n_expert, int k, int norm, int32_t *sel, float *w)
 {
@@ -129,10 +122,10 @@ __global__ void group_kernel(const int32_t *sel, const float *w, int n_pairs, in
         int acc = 0, nt = 0;
         for (int e = 0; e < n_exp; e++) {
             off[e] = acc;
-            for (int r = 0; r < cnt[e]; r += MOE_TILE) {
+            for (int r = 0; r < cnt[e]; r += CU_MOE_TILE) {
                 tiles[3 * nt] = e;
                 tiles[3 * nt + 1] = acc + r;
-                tiles[3 * nt + 2] = cnt[e] - r < MOE_TILE ? cnt[e] - r : MOE_TILE;
+                tiles[3 * nt + 2] = cnt[e] - r < CU_MOE_TILE ? cnt[e] - r : CU_MOE_TILE;
                 nt++;
             }
             acc += cnt[e];
@@ -211,7 +204,7 @@ void cu_moe_experts(cuda_backend_t *c, const kern_moe_t *moe, const float *x, in
                      n_pairs, moe->n_exp, (long long)F);
         return;
     }
-    const int max_tiles = cu_moe_max_tiles(n_pairs, moe->n_exp);
+    const int max_tiles = kern_cuda_moe_max_tiles(n_pairs, moe->n_exp);
     if (moe->n_exp > 0) {
         group_kernel<<<1, 256, 0, c->stream>>>(
             sel, w, n_pairs, k, moe->exp_lo, moe->n_exp, c->moe_cnt, c->moe_off, c->moe_pair_tok,
@@ -278,7 +271,10 @@ void cu_moe_experts(cuda_backend_t *c, const kern_moe_t *moe, const float *x, in
         cu_matmul_launch(c, &mm);
     } else {
         /* no expert here: every pair is "not held", so the sum below is zero */
-        cudaMemsetAsync(c->moe_pair_of, 0xff, (size_t)n_pairs * 4, c->stream);
+        if (cudaMemsetAsync(c->moe_pair_of, 0xff, (size_t)n_pairs * 4, c->stream) != cudaSuccess) {
+            cu_check_launch(c, "moe: no expert here");
+            return;
+        }
     }
     const int threads = 256;
     const int gy = (int)((E + threads - 1) / threads);

@@ -55,13 +55,14 @@ __device__ static float deq_elem(int t, const uint8_t *row, int64_t e)
     }
 }
 
+/* 1-D grid: `per` blocks for each token (tokens are not bound by a grid's y). */
 __global__ void get_rows_kernel(float *x, int64_t ldx, const uint8_t *w, size_t row_bytes,
-                                int64_t n_cols, int type, const int32_t *tok)
+                                int64_t n_cols, int type, const int32_t *tok, int per)
 {
-    const int t = blockIdx.y;
+    const int64_t t = blockIdx.x / per;
     const uint8_t *row = w + (size_t)tok[t] * row_bytes;
-    for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < n_cols;
-         e += (int64_t)gridDim.x * blockDim.x) {
+    for (int64_t e = (int64_t)(blockIdx.x % per) * blockDim.x + threadIdx.x; e < n_cols;
+         e += (int64_t)per * blockDim.x) {
         x[t * ldx + e] = deq_elem(type, row, e);
     }
 }
@@ -99,21 +100,22 @@ void cu_get_rows(cuda_backend_t *c, float *x, int64_t ldx, const kern_weight_t *
         return;
     }
     const int blocks = (int)((emb->n_cols + 255) / 256);
-    dim3 grid(blocks < 64 ? blocks : 64, n_tok);
-    get_rows_kernel<<<grid, 256, 0, c->stream>>>(x, ldx, (const uint8_t *)emb->data, emb->row_bytes,
-                                                 emb->n_cols, (int)emb->type, c->d_tok);
+    const int per = blocks < 64 ? blocks : 64;
+    get_rows_kernel<<<(unsigned)(n_tok * per), 256, 0, c->stream>>>(
+        x, ldx, (const uint8_t *)emb->data, emb->row_bytes, emb->n_cols, (int)emb->type, c->d_tok,
+        per);
     cu_check_launch(c, "get_rows");
 }
 
 /* ---- rows that want logits ---- */
 
 __global__ void out_rows_kernel(float *dst, int64_t ldd, const float *src, int64_t lds,
-                                int64_t cols, const int32_t *out_idx)
+                                int64_t cols, const int32_t *out_idx, int per)
 {
-    const int i = blockIdx.y;
+    const int64_t i = blockIdx.x / per;
     const float *s = src + (int64_t)out_idx[i] * lds;
-    for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < cols;
-         e += (int64_t)gridDim.x * blockDim.x) {
+    for (int64_t e = (int64_t)(blockIdx.x % per) * blockDim.x + threadIdx.x; e < cols;
+         e += (int64_t)per * blockDim.x) {
         dst[i * ldd + e] = s[e];
     }
 }
@@ -125,8 +127,9 @@ void cu_get_out_rows(cuda_backend_t *c, float *dst, int64_t ldd, const float *sr
         return;
     }
     const int blocks = (int)((cols + 255) / 256);
-    dim3 grid(blocks < 64 ? blocks : 64, n_out);
-    out_rows_kernel<<<grid, 256, 0, c->stream>>>(dst, ldd, src, lds, cols, c->d_out);
+    const int per = blocks < 64 ? blocks : 64;
+    out_rows_kernel<<<(unsigned)(n_out * per), 256, 0, c->stream>>>(dst, ldd, src, lds, cols,
+                                                                    c->d_out, per);
     cu_check_launch(c, "get_out_rows");
 }
 
@@ -192,21 +195,23 @@ __global__ void rope_kernel(float *x, int64_t ld, int n_heads, int head_dim, rop
     const int t = blockIdx.x, half = a.n_rot / 2;
     for (int idx = threadIdx.x; idx < n_heads * half; idx += blockDim.x) {
         const int h = idx / half, i = idx % half;
-        double freq = pow(a.base, -2.0 * i / a.n_rot);
+        /* the CPU's double arithmetic, operation by operation (no fused multiply-add) */
+        double freq = pow(a.base, __ddiv_rn(-2.0 * i, (double)a.n_rot));
         if (ff != NULL) {
-            freq /= ff[i];
+            freq = __ddiv_rn(freq, (double)ff[i]);
         }
         double mix = 0.0;
         if (a.yarn) {
             const double span = a.high - a.low > 0.001 ? a.high - a.low : 0.001;
-            double yv = (i - a.low) / span;
+            double yv = __ddiv_rn((double)i - a.low, span);
             yv = yv < 0.0 ? 0.0 : (yv > 1.0 ? 1.0 : yv);
-            mix = (1.0 - yv) * a.ext_factor;
+            mix = __dmul_rn(1.0 - yv, a.ext_factor);
         }
-        const double extrap = (double)pos[t] * freq;
-        const double interp = a.freq_scale * extrap;
-        const double theta = interp * (1.0 - mix) + extrap * mix;
-        const float cs = (float)(cos(theta) * a.mscale), sn = (float)(sin(theta) * a.mscale);
+        const double extrap = __dmul_rn((double)pos[t], freq);
+        const double interp = __dmul_rn(a.freq_scale, extrap);
+        const double theta = __dadd_rn(__dmul_rn(interp, 1.0 - mix), __dmul_rn(extrap, mix));
+        const float cs = (float)__dmul_rn(cos(theta), a.mscale);
+        const float sn = (float)__dmul_rn(sin(theta), a.mscale);
         float *v = x + t * ld + (int64_t)h * head_dim;
         const int i0 = a.neox ? i : 2 * i, i1 = a.neox ? i + half : 2 * i + 1;
         const float p = v[i0], q = v[i1];

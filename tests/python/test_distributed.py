@@ -15,6 +15,12 @@ ends the request with an error within 5 s, /health names the shard, a restart wi
 command restores service without restarting the coordinator; a restarted coordinator gets
 the shards back.
 
+--collective nccl: with 2 visible GPUs, 2 shards on cuda:0 and cuda:1 must match single-node
+on cuda:0 within the same 1e-5 (TP 2 and EP 2), and a served cluster must survive kill -9 of
+a shard (a new formation with a new NCCL id). Everywhere (builds with NCCL): CPU shards are
+refused with a message naming the cause, at JOIN for 2 shards and by the shard at LOAD for
+one. Builds without NCCL: --collective nccl is refused naming the build.
+
 The serving suite itself runs against a 2-shard cluster in ctest `python_dist_serve`
 (TANDEM_TEST_SHARDS=2, see serve_util.py); the network-namespace variant is
 test_distributed_netns.py.
@@ -233,3 +239,174 @@ def test_resident_slice_reported(cluster, default_model):
         # each shard's views cover its slice: well under the whole file (TP 2)
         assert 0 < s["weight_bytes"] < 0.8 * size, s
         assert s["resident_bytes"] >= s["weight_bytes"]
+
+
+# ---- --collective nccl ----
+
+NCCL_CPU_MSG = "--collective nccl needs shards on a GPU (--device cuda)"
+
+
+def _build_info():
+    out = run_tandem("--version").stdout
+    gpus = len(re.findall(r"^cuda device \d+:", out, re.M))
+    return "nccl: yes" in out, gpus
+
+
+def _need_nccl_build():
+    nccl, _ = _build_info()
+    if not nccl:
+        pytest.skip("this build has no NCCL (tandem --version: nccl: no)")
+
+
+def _need_two_gpus():
+    nccl, gpus = _build_info()
+    if not nccl:
+        pytest.skip("this build has no NCCL (tandem --version: nccl: no)")
+    if gpus < 2:
+        pytest.skip(f"{gpus} CUDA device(s) visible; --collective nccl needs one GPU per shard "
+                    "(NCCL refuses two ranks on one GPU), so 2 shards need 2 GPUs")
+
+
+def _gpu_shards(path, n, *extra):
+    """n shards, shard i on cuda:i (f32 KV, as the single-node oracle below)."""
+    shards = Shards(path, 0)
+    try:
+        for i in range(n):
+            shards.shards.append(ShardProcess(path, tls="tcp", extra=[
+                "--device", f"cuda:{i}", "--kv-type", "f32", *extra]))
+    except BaseException:
+        shards.stop()
+        raise
+    return shards
+
+
+NCCL_CASES = [("llama-c-f32.gguf", ["--tp", "2"]), ("qwen3moe-b-f32.gguf", ["--ep", "2"])]
+
+
+@pytest.mark.parametrize("model,extra", NCCL_CASES,
+                         ids=[f"{m.split('-f32')[0]}-{e[0][2:]}2" for m, e in NCCL_CASES])
+def test_nccl_shards_match_single_node(tandem_bin, tmp_path, model, extra):
+    _need_two_gpus()
+    path = MODELS / model
+    # the oracle on the same kind of device: what is compared is the split, not the kernels
+    g1, l1, _ = _eval(path, "--device", "cuda:0", "--kv-type", "f32", tmp_path=tmp_path,
+                      name="single")
+    with _gpu_shards(path, 2) as sh:
+        gd, ld, err = _eval(path, "--shards", sh.arg, "--collective", "nccl", *extra,
+                            tmp_path=tmp_path, name="dist")
+        assert "device: cuda" in sh.stderr(), sh.stderr()
+    assert "on 2 shards" in err
+    rel = np.linalg.norm(ld - l1, axis=1) / np.linalg.norm(l1, axis=1)
+    assert rel.max() <= 1e-5, f"max relative L2 {rel.max():.3g}"
+    assert gd == g1
+    print(f"{model} x2 nccl: max relative L2 {rel.max():.3g}")
+
+
+def test_nccl_served_cluster_survives_kill(tandem_bin, default_model):
+    _need_two_gpus()
+    shards = _gpu_shards(default_model, 2)
+    srv = None
+    try:
+        srv = ServeProcess(default_model, "--shards", shards.arg, "--collective", "nccl",
+                           "--shard-timeout-ms", "1500")
+        url = srv.url
+        r1 = _chat(url, "Name a colour.", 8)
+        assert r1.status_code == 200, r1.text
+        body = {"messages": [{"role": "user", "content": "Write a long story about a dragon."}],
+                "max_tokens": 4000, "temperature": 0, "stream": True}
+        events, error_at, killed_at = 0, None, None
+        with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=60) as resp:
+            assert resp.status_code == 200
+            for line in resp.iter_lines():
+                if not line.startswith("data: "):
+                    continue
+                if line[6:] == "[DONE]":
+                    break
+                obj = json.loads(line[6:])
+                if "error" in obj:
+                    error_at = time.monotonic()
+                    break
+                events += 1
+                if events == 5:
+                    shards.shards[1].kill9()
+                    killed_at = time.monotonic()
+        assert killed_at is not None and error_at is not None, "no error ended the stream"
+        assert error_at - killed_at < 10.0, f"error after {error_at - killed_at:.1f} s"
+        # the survivor left the dead world (no hang in NCCL): a restart re-forms the group
+        # with a new epoch and a new NCCL id, and the answers are those of before
+        shards.shards[1].start()
+        h = _wait_health(url, 200, 60)
+        assert h["group"]["generation"] >= 2
+        r2 = _chat(url, "Name a colour.", 8)
+        assert r2.status_code == 200, r2.text
+        assert r2.json()["choices"][0]["message"]["content"] == \
+            r1.json()["choices"][0]["message"]["content"]
+        assert shards.shards[0].alive()
+    finally:
+        if srv is not None:
+            srv.kill()
+        shards.stop()
+
+
+def test_nccl_cpu_shards_refused(tandem_bin, tmp_path):
+    """Two CPU shards: the coordinator refuses them at JOIN (it makes no NCCL id)."""
+    _need_nccl_build()
+    path = MODELS / "llama-c-f32.gguf"
+    with Shards(path, 2, extra=["--device", "cpu"]) as sh:
+        t0 = time.monotonic()
+        proc = run_tandem("eval", "--model", path, "--tokens", "1,2,3", "--shards", sh.arg,
+                          "--collective", "nccl", check=False, timeout=120)
+        assert proc.returncode == 1, proc.stderr
+        assert NCCL_CPU_MSG in proc.stderr, proc.stderr
+        assert "shard group refused" in proc.stderr, proc.stderr
+        assert time.monotonic() - t0 < 30
+        assert NCCL_CPU_MSG in sh.shards[0].stderr() + sh.shards[1].stderr()
+
+        # the same through tandem serve and the cluster file's "collective" key
+        cluster = tmp_path / "cluster.json"
+        cluster.write_text(json.dumps({"shards": [s.addr for s in sh.shards],
+                                       "collective": "nccl"}))
+        proc = run_tandem("serve", "--model", path, "--port", "0", "--cluster", cluster,
+                          "--shard-start-timeout", "30", check=False, timeout=120)
+        assert proc.returncode == 1, proc.stderr
+        assert NCCL_CPU_MSG in proc.stderr, proc.stderr
+
+
+def test_nccl_single_cpu_shard_refuses_load(tandem_bin):
+    """One CPU shard (no NCCL world, no id): the shard itself refuses the LOAD."""
+    _need_nccl_build()
+    path = MODELS / "llama-c-f32.gguf"
+    with Shards(path, 1, extra=["--device", "cpu"]) as sh:
+        proc = run_tandem("eval", "--model", path, "--tokens", "1,2,3", "--shards", sh.arg,
+                          "--collective", "nccl", check=False, timeout=120)
+        assert proc.returncode == 1, proc.stderr
+        assert "failed to load: " + NCCL_CPU_MSG in proc.stderr, proc.stderr
+        assert "LOAD" in sh.shards[0].stderr() and NCCL_CPU_MSG in sh.shards[0].stderr()
+
+
+def test_collective_option_values(tandem_bin, tmp_path):
+    path = MODELS / "llama-c-f32.gguf"
+    proc = run_tandem("eval", "--model", path, "--tokens", "1", "--shards", "127.0.0.1:1",
+                      "--collective", "mpi", check=False, timeout=60)
+    assert proc.returncode == 2
+    assert "collective 'mpi': expected am, rma or nccl" in proc.stderr, proc.stderr
+    cluster = tmp_path / "cluster.json"
+    cluster.write_text(json.dumps({"shards": ["127.0.0.1:1"], "collective": 2}))
+    proc = run_tandem("serve", "--model", path, "--port", "0", "--cluster", cluster,
+                      check=False, timeout=60)
+    assert proc.returncode != 0
+    assert '"collective": must be "am", "rma" or "nccl"' in proc.stderr, proc.stderr
+
+
+def test_collective_nccl_needs_nccl_build(tandem_bin, tmp_path):
+    nccl, _ = _build_info()
+    if nccl:
+        pytest.skip("this build has NCCL (the refusal is for builds without it)")
+    path = MODELS / "llama-c-f32.gguf"
+    for args in (["eval", "--model", path, "--tokens", "1", "--shards", "127.0.0.1:1",
+                  "--collective", "nccl"],
+                 ["serve", "--model", path, "--port", "0", "--shards", "127.0.0.1:1",
+                  "--collective", "nccl"]):
+        proc = run_tandem(*args, check=False, timeout=60)
+        assert proc.returncode != 0
+        assert "this build of tandem has no NCCL" in proc.stderr, proc.stderr

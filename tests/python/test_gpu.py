@@ -199,12 +199,18 @@ def test_batch_invariance_on_gpu(tandem_bin, tmp_path, name):
 def test_cuda_graphs_change_nothing(tandem_bin, tmp_path):
     model = MODELS / "qwen3moe-a-q4_k.gguf"
     toks = manifest()["sequences"]["s33"]
-    g1, l1, _ = tandem_eval(tmp_path, model, toks, "--device", "cuda", greedy=24, name="graphs")
+    g1, l1, p1 = tandem_eval(tmp_path, model, toks, "--device", "cuda", greedy=24, name="graphs")
     env = dict(os.environ, TANDEM_CUDA_GRAPHS="0")
-    g0, l0, _ = tandem_eval(tmp_path, model, toks, "--device", "cuda", greedy=24, name="eager",
-                            env=env)
+    g0, l0, p0 = tandem_eval(tmp_path, model, toks, "--device", "cuda", greedy=24, name="eager",
+                             env=env)
     assert g1 == g0
     assert np.array_equal(l1, l0)
+    # 23 decode steps of one shape: captured on the second, replayed from the third on
+    stats = re.search(r"cuda graphs: (\d+) captured, (\d+) replayed, (\d+) dropped", p1.stderr)
+    assert stats, p1.stderr
+    captured, replayed, dropped = map(int, stats.groups())
+    assert captured >= 1 and replayed >= 20 and dropped == 0, stats.group(0)
+    assert "0 captured, 0 replayed" in p0.stderr
 
 
 @needs_gpu

@@ -5,8 +5,13 @@ plan: the per-shard bytes of every tensor are recomputed here from the GGUF tens
 topology/topo_plan.c: heads, kv heads as the set of kv heads a rank's q heads use, FFN
 columns, output rows, experts per EP group. Checked: split tensors sum to the unpartitioned
 bytes (times the EP groups that each hold a copy), replicated tensors count once per shard,
-expert bytes are balanced within one expert of optimal, KV bytes follow the formula,
+expert bytes are balanced within one expert of optimal, KV bytes follow the formula for every
+KV type, a GPU plan (--gpu-memory: no GPU needed) counts the CUDA backend's op scratch
+(recomputed here from kernels/cuda/backend_cuda.cu's carving) and check_fit's margin,
 over-budget plans exit 3 with the numbers, and impossible splits are refused by name.
+
+Plans run with --device cpu unless a test says otherwise, so they do not depend on whether
+the machine has a GPU.
 
 topo: on this machine (no RDMA expected) it says TCP; over a fabricated DGX Spark sysfs
 tree it proposes both twins of the cabled port.
@@ -78,9 +83,45 @@ def expected_bytes(m, name, nbytes, plan, shard):
 
 
 def plan(model, *args, check=True):
+    args = [str(a) for a in args]
+    if "--device" not in args and "--gpu-memory" not in args:
+        args += ["--device", "cpu"]
     proc = run_tandem("plan", "--model", model, *args, "--json", "--node-memory", "1T",
                       check=check)
     return (json.loads(proc.stdout) if proc.returncode in (0, 3) else None), proc
+
+
+def a256(n):
+    return (n + 255) // 256 * 256
+
+
+def cuda_reserve(p, sh):
+    """What the CUDA backend reserves for a shard (backend_cuda.cu reserve_sizes, sizes_total
+    and the step metadata; matmul.cu cu_act_bytes; moe.cu cu_moe_max_tiles), for the request
+    shard/model.c reserve_of makes, from the plan's ranges."""
+    hp = p["hparams"]
+    hd, e, n_exp, k = hp["head_dim"], hp["n_embd"], hp["n_expert"], hp["n_expert_used"]
+    tok, ctx = p["batch"], p["ctx_size"]
+    q, kv = sh["heads"]["n"] * hd, sh["kv_heads"]["n"] * hd
+    ff, ffe = sh["ffn_cols"]["n"], sh["expert_cols"]["n"]
+    max_cols = max(e, q, ff, ffe)
+    max_rows = max(sh["vocab_rows"]["n"], e, q, kv, ff, ffe, n_exp)
+    pairs = tok * k if n_exp > 0 else 0
+    rows = max(tok, pairs)
+    q8_1 = a256(rows * max_cols) + 2 * a256(rows * (max_cols // 32) * 4)
+    q8_k = (a256(rows * max_cols) + a256(rows * (max_cols // 256) * 4)
+            + a256(rows * (max_cols // 16) * 4))
+    act = a256(max(q8_1, q8_k))  # Q8_0 is Q8_1 without its sums: never the largest
+    partial = min(8 * rows * max_rows, 16 << 20)
+    segs = (ctx + 511) // 512
+    attn = min(tok * sh["heads"]["n"] * segs * (hd + 2), 8 << 20) if segs > 1 else 0
+    moe = 0
+    if n_exp > 0:
+        tiles = (pairs + 7) // 8 + n_exp
+        moe = (2 * a256((n_exp + 1) * 4) + 3 * a256(pairs * 4) + a256((tiles * 3 + 2) * 4)
+               + 2 * a256(pairs * ffe * 4) + a256(pairs * e * 4))
+    meta = (6 * tok + 2 + tok * (ctx // 16 + 1)) * 4
+    return 2 * act + a256(partial * 4) + a256(attn * 4) + moe + 2 * meta
 
 
 SPLITS = [
@@ -178,12 +219,16 @@ def test_plan_kv_and_buffers():
     m = Model(MODELS / "llama-a-f32.gguf")
     p, _ = plan(MODELS / "llama-a-f32.gguf", "--shards", "4", "--ctx-size", "1000")
     assert p["kv_tokens"] == 1008 and p["kv_blocks"] == 63  # whole blocks of 16
+    assert p["device"]["kind"] == "cpu" and p["kv_type"] == "f32"
     for s, sh in enumerate(p["shards"]):
         kvh = len(kv_heads_of(m, 4, sh["tp_rank"]))
         assert sh["kv_per_token"] == 2 * m.n_layer * kvh * m.head_dim * 4
         assert sh["kv"] == 1008 * sh["kv_per_token"]
-        assert sh["buffers"] == sh["scratch"] + sh["vec_copies"] + sh["comm"]
+        assert sh["buffers"] == (sh["scratch"] + sh["backend_scratch"] + sh["vec_copies"]
+                                 + sh["comm"])
+        assert sh["backend_scratch"] > 0 and sh["margin"] == 0
         assert sh["comm"] == 2 * 512 * m.n_embd * 4
+        assert sh["weights_device"] == sh["weights"]
         assert sh["total"] == sh["weights"] + sh["kv"] + sh["buffers"]
     # A small context still holds one batch (transport/exec_local.c's minimum).
     p, _ = plan(MODELS / "llama-a-f32.gguf", "--shards", "2", "--ctx-size", "16")
@@ -199,19 +244,132 @@ def test_plan_over_budget_refused():
     p, _ = plan(model, "--shards", "2")
     need = max(sh["total"] for sh in p["shards"])
     proc = run_tandem("plan", "--model", model, "--shards", "2", "--node-memory", "1M",
-                      check=False)
+                      "--device", "cpu", check=False)
     assert proc.returncode == 3
     assert "refused" in proc.stderr and f"({need} bytes" in proc.stderr
     assert "1048576 bytes, --node-memory" in proc.stderr
     assert "NO" in proc.stdout  # the plan is still printed
     proc = run_tandem("plan", "--model", model, "--shards", "2", "--node-memory", "1M", "--json",
-                      check=False)
+                      "--device", "cpu", check=False)
     assert proc.returncode == 3
     j = json.loads(proc.stdout)
     assert j["fits"] is False and not any(sh["fits"] for sh in j["shards"])
     # Enough memory: accepted.
-    proc = run_tandem("plan", "--model", model, "--shards", "2", "--node-memory", str(need))
+    proc = run_tandem("plan", "--model", model, "--shards", "2", "--node-memory", str(need),
+                      "--device", "cpu")
     assert "refused" not in proc.stderr
+
+
+KV_BYTES = {"f32": (4, 1), "f16": (2, 1), "q8_0": (34, 32)}  # bytes per element, as a ratio
+
+
+@pytest.mark.parametrize("kv_type", ["f32", "f16", "q8_0"])
+@pytest.mark.parametrize("device", [["--device", "cpu"], ["--gpu-memory", "80G"]])
+def test_plan_kv_types(kv_type, device):
+    m = Model(MODELS / "llama-a-f32.gguf")  # head_dim 64
+    p, _ = plan(MODELS / "llama-a-f32.gguf", "--shards", "2", "--ctx-size", "1000",
+                "--kv-type", kv_type, *device)
+    assert p["kv_type"] == kv_type and p["kv_tokens"] == 1008
+    num, den = KV_BYTES[kv_type]
+    for sh in p["shards"]:
+        kvh = len(kv_heads_of(m, 2, sh["tp_rank"]))
+        assert sh["kv_per_token"] == 2 * m.n_layer * kvh * m.head_dim * num // den
+        assert sh["kv"] == 1008 * sh["kv_per_token"]
+    f32, _ = plan(MODELS / "llama-a-f32.gguf", "--shards", "2", "--ctx-size", "1000",
+                  "--kv-type", "f32", *device)
+    for sh, ref in zip(p["shards"], f32["shards"]):
+        assert sh["kv"] * 4 * den == ref["kv"] * num  # f16: half; q8_0: 34/128 of f32
+        assert sh["total"] - sh["kv"] == ref["total"] - ref["kv"]  # nothing else moves
+
+
+def test_plan_kv_type_default_by_device():
+    cpu, _ = plan(MODELS / "llama-a-f32.gguf", "--shards", "1", "--device", "cpu")
+    gpu, _ = plan(MODELS / "llama-a-f32.gguf", "--shards", "1", "--gpu-memory", "80G")
+    assert cpu["kv_type"] == "f32" and gpu["kv_type"] == "f16"
+    assert gpu["shards"][0]["kv"] * 2 == cpu["shards"][0]["kv"]
+
+
+@pytest.mark.parametrize("file,head_dim", [("qwen3moe-b-f32.gguf", 48), ("llama-b-f32.gguf", 16)])
+def test_plan_q8_0_needs_head_dim_of_32(file, head_dim):
+    proc = run_tandem("plan", "--model", MODELS / file, "--shards", "1", "--kv-type", "q8_0",
+                      "--device", "cpu", check=False)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert (f"KV cache type q8_0 needs a head dim that is a multiple of 32 (the model's is "
+            f"{head_dim}): use --kv-type f16") in proc.stderr
+    plan(MODELS / file, "--shards", "1", "--kv-type", "f16")  # f16 rows have no blocks
+
+
+@pytest.mark.parametrize("file,args", [
+    ("llama-a-f32.gguf", ["--shards", "2"]),
+    ("llama-a-q4_k.gguf", ["--shards", "1", "--ctx-size", "4096"]),  # attention segments
+    ("qwen3moe-a-f32.gguf", ["--shards", "2"]),
+    ("qwen3moe-c-f32.gguf", ["--shards", "4", "--tp", "2", "--batch", "64"]),
+])
+def test_plan_gpu_scratch(file, args):
+    """--gpu-memory plans for a GPU without one: the CUDA backend's op scratch and the
+    256 MiB margin of shard/model.c check_fit join the step scratch; the f32 norm copies and
+    collective staging stay in host memory."""
+    p, _ = plan(MODELS / file, *args, "--gpu-memory", "80G", "--kv-type", "f32")
+    cpu, _ = plan(MODELS / file, *args, "--device", "cpu", "--kv-type", "f32")
+    assert p["device"]["kind"] == "cuda" and p["device"]["queried"] is False
+    assert "a GPU with 80.00 GiB free" in p["device"]["label"]
+    assert p["node_memory_source"] == "--node-memory"  # plan() passes 1T: it wins
+    for sh, c in zip(p["shards"], cpu["shards"]):
+        assert sh["backend_scratch"] == cuda_reserve(p, sh)
+        assert sh["margin"] == 256 << 20
+        assert sh["buffers"] == sh["scratch"] + sh["backend_scratch"] + sh["margin"]
+        assert sh["total"] == sh["weights_device"] + sh["kv"] + sh["buffers"]
+        # the same slice, KV and step scratch as on the CPU; the store holds vectors as f32
+        # and aligns each view to 256 bytes
+        assert (sh["weights"], sh["kv"], sh["scratch"]) == (c["weights"], c["kv"], c["scratch"])
+        assert sh["weights_device"] >= sh["weights"]
+        assert sh["weights_device"] - sh["weights"] < 256 * len(p["tensors"]) + 4 * sum(
+            t["bytes"] for t in p["tensors"] if t["name"].endswith("norm.weight"))
+
+
+def test_plan_gpu_text_and_refusal():
+    model = MODELS / "qwen3moe-a-f32.gguf"
+    out = run_tandem("plan", "--model", model, "--shards", "2", "--gpu-memory", "80G").stdout
+    assert "device   cuda:0, a GPU with 80.00 GiB free (--gpu-memory; not queried)" in out
+    assert "memory   80.00 GiB per shard (--gpu-memory)" in out
+    for row in ("weights on the GPU", "step scratch", "GPU scratch", "GPU margin",
+                "fits the GPU"):
+        assert f"  {row}" in out, row
+    assert "x 64 x 2 B" in out  # f16 KV rows by default
+    p, _ = plan(model, "--shards", "2", "--gpu-memory", "80G")
+    need = max(sh["total"] for sh in p["shards"])
+    proc = run_tandem("plan", "--model", model, "--shards", "2", "--gpu-memory", "1G",
+                      "--node-memory", str(need - 1), check=False)
+    assert proc.returncode == 3
+    assert f"({need} bytes" in proc.stderr and "GPU scratch" in proc.stderr
+    assert f"but the GPU has" in proc.stderr and "--node-memory" in proc.stderr
+    proc = run_tandem("plan", "--model", model, "--shards", "2", "--gpu-memory", str(need))
+    assert "refused" not in proc.stderr
+
+
+def test_plan_device_options():
+    model = MODELS / "llama-a-f32.gguf"
+    # --device cuda asks the driver: without a GPU it fails cleanly and names the way out
+    proc = run_tandem("plan", "--model", model, "--shards", "1", "--device", "cuda",
+                      "--json", check=False)
+    if proc.returncode in (0, 3):
+        d = json.loads(proc.stdout)["device"]
+        assert d["kind"] == "cuda" and d["queried"] is True and d["free_bytes"] > 0
+    else:
+        assert proc.returncode == 2 and proc.stdout == ""
+        assert "no CUDA device" in proc.stderr and "--gpu-memory" in proc.stderr
+    for args, message in [
+        (["--device", "tpu"], "expected auto, cpu, cuda or cuda:N"),
+        (["--device", "cpu", "--gpu-memory", "1G"], "--gpu-memory plans for a GPU"),
+        (["--kv-type", "q4_0"], "--kv-type 'q4_0': expected f32, f16, q8_0"),
+        (["--gpu-memory", "lots"], "is not a size"),
+    ]:
+        proc = run_tandem("plan", "--model", model, "--shards", "1", *args, check=False)
+        assert proc.returncode == 2 and message in proc.stderr, (args, proc.stderr)
+    # the default device is the shards': TANDEM_DEVICE (the suite sets it), else auto
+    env = dict(os.environ, TANDEM_DEVICE="cpu")
+    out = run_tandem("plan", "--model", model, "--shards", "1", "--json", env=env).stdout
+    assert json.loads(out)["device"]["kind"] == "cpu"
 
 
 @pytest.mark.parametrize("file,args,message", [
@@ -245,7 +403,7 @@ def test_plan_usage_and_missing_model(tmp_path):
 
 def test_plan_text_names_what_is_replicated():
     out = run_tandem("plan", "--model", MODELS / "qwen3moe-a-f32.gguf", "--shards", "2",
-                     "--node-memory", "1T").stdout
+                     "--node-memory", "1T", "--device", "cpu").stdout
     assert "tp 1 x ep 2" in out
     assert "held whole by every shard: token_embd.weight" in out
     assert "routers (ffn_gate_inp)" in out

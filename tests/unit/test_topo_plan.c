@@ -1,8 +1,12 @@
 /* test_topo_plan.c - the memory plan (topology/topo_plan.c): greedy largest-first bin
  * packing, size parsing, and the partition checked against the shard loader itself: every
  * fixture model is bound with shd_model_load on every rank of every tp x ep split, and
- * the plan's ranges and per-class weight bytes must equal what the loader binds (the
- * plan reproduces shard/model.c; this test keeps the two from drifting apart). */
+ * the plan's ranges, per-class weight bytes, step scratch, backend reserve (CPU backend,
+ * and the CUDA formula on the loader's own reserve), GPU weight store and KV block bytes
+ * of every KV type must equal what the loader binds (the plan reproduces shard/model.c;
+ * this test keeps the two from drifting apart). Also the CUDA reserve formula on
+ * hand-computed cases, KV types and the GPU budget. */
+#include "kernels/kern_backend_impl.h"
 #include "shard/shd_internal.h"
 #include "topology/topo_plan.h"
 
@@ -133,8 +137,68 @@ typedef struct counts {
     int plans, refused;
 } counts_t;
 
-static void check_split(const char *file, gguf_ctx_t *g, kern_backend_t *k, int tp, int ep,
-                        counts_t *c)
+/* shard/model.c reserve_of, from the loader's bound slice. */
+static kern_reserve_t loader_reserve(const shd_model_t *m)
+{
+    const mdl_hparams_t *hp = &m->hp;
+    const int64_t q = (int64_t)m->n_head_l * hp->head_dim, kv = (int64_t)m->n_kv_l * hp->head_dim;
+    const int64_t cols[] = {hp->n_embd, q, m->n_ff_l, m->n_ffe_l};
+    const int64_t rows[] = {m->n_vocab_l, hp->n_embd, q, kv, m->n_ff_l, m->n_ffe_l, hp->n_expert};
+    int64_t max_cols = 0, max_rows = 0;
+    for (size_t i = 0; i < sizeof(cols) / sizeof(cols[0]); i++) {
+        max_cols = cols[i] > max_cols ? cols[i] : max_cols;
+    }
+    for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+        max_rows = rows[i] > max_rows ? rows[i] : max_rows;
+    }
+    return (kern_reserve_t){.n_tok = m->params.n_batch_max,
+                            .n_out = m->params.n_out_max,
+                            .n_ctx = m->params.n_ctx_max,
+                            .max_cols = max_cols,
+                            .max_rows = max_rows,
+                            .n_head = m->n_head_l,
+                            .head_dim = hp->head_dim,
+                            .n_expert = hp->n_expert,
+                            .n_expert_used = hp->n_expert_used,
+                            .n_embd = hp->n_embd,
+                            .n_ff_exp = m->n_ffe_l};
+}
+
+/* The step scratch the loader carved: its slots follow each other in one arena (a CPU
+ * backend keeps even the collective slots there), so the arena runs from x to the end of
+ * lgg, the last slot. */
+static uint64_t loader_scratch(const shd_model_t *m)
+{
+    const size_t lgg =
+        m->n_vocab_l != m->hp.n_vocab
+            ? (size_t)m->params.part.tp_size * (size_t)m->params.n_out_max * (size_t)m->n_vocab_l
+            : 0;
+    return (uint64_t)((const char *)m->s.lgg - (const char *)m->s.x) +
+           (uint64_t)((lgg + 15) & ~(size_t)15) * sizeof(float);
+}
+
+/* The plan's KV row bytes against shd_model_kv_blocks for KV type t, on the loaded shard. */
+static void check_kv_type(const char *file, shd_model_t *m, const topo_plan_t *pl, int s,
+                          tdm_type_t t)
+{
+    m->params.kv_type = t;
+    int32_t nb = 0;
+    size_t bb = 0;
+    tdm_error_t lerr = {0};
+    const tdm_status_t lst = shd_model_kv_blocks(m, 16, 0, &nb, &bb, &lerr);
+    if ((pl != NULL) != (lst == TDM_OK)) {
+        fail_msg("%s rank %d kv %s: plan %s but loader '%s'", file, s, tdm_type_name(t),
+                 pl != NULL ? "ok" : "refused", lerr.msg);
+    }
+    if (pl != NULL && (uint64_t)bb != 16u * pl->shards[s].kv_per_token) {
+        fail_msg("%s rank %d kv %s: block bytes plan %llu, loader %zu", file, s, tdm_type_name(t),
+                 (unsigned long long)(16u * pl->shards[s].kv_per_token), bb);
+    }
+    m->params.kv_type = TDM_TYPE_F32;
+}
+
+static void check_split(const char *file, gguf_ctx_t *g, kern_backend_t *k, kern_backend_t *k3,
+                        int tp, int ep, counts_t *c)
 {
     topo_plan_params_t pp = {.n_shards = tp * ep,
                              .tp = tp,
@@ -154,6 +218,22 @@ static void check_split(const char *file, gguf_ctx_t *g, kern_backend_t *k, int 
         c->refused++;
         return; /* the plan refuses EP on dense models; the loader just replicates */
     }
+    /* The same split for a GPU, and with the other KV types (NULL when refused). */
+    topo_plan_t *gpu = NULL, *kv16 = NULL, *kv8 = NULL;
+    if (pst == TDM_OK) {
+        topo_plan_params_t q = pp;
+        q.device = TOPO_PLAN_CUDA;
+        q.kv_type = TDM_TYPE_F16;
+        assert_int_equal(topo_plan_build(g, &q, &gpu, NULL), TDM_OK);
+        q.device = TOPO_PLAN_CPU;
+        assert_int_equal(topo_plan_build(g, &q, &kv16, NULL), TDM_OK);
+        q.kv_type = TDM_TYPE_Q8_0;
+        tdm_error_t qerr = {0};
+        if (topo_plan_build(g, &q, &kv8, &qerr) != TDM_OK) {
+            assert_int_not_equal(pl->hp.head_dim % 32, 0);
+            assert_non_null(strstr(qerr.msg, "multiple of 32"));
+        }
+    }
     for (int s = 0; s < tp * ep; s++) {
         shd_model_params_t mp = {.n_batch_max = 8, .n_out_max = 1, .n_ctx_max = 16};
         mp.part = (shd_partition_t){s % tp, tp, s / tp, ep};
@@ -170,6 +250,9 @@ static void check_split(const char *file, gguf_ctx_t *g, kern_backend_t *k, int 
             }
             shd_model_destroy(m);
             c->refused++;
+            topo_plan_destroy(gpu);
+            topo_plan_destroy(kv16);
+            topo_plan_destroy(kv8);
             return;
         }
         const topo_shard_plan_t *sp = &pl->shards[s];
@@ -210,34 +293,82 @@ static void check_split(const char *file, gguf_ctx_t *g, kern_backend_t *k, int 
         shd_model_kv_config(m, 16, 1, &kv);
         assert_true(sp->kv_per_token == 2ull * (uint64_t)kv.n_layer * (uint64_t)kv.n_kv_heads *
                                             (uint64_t)kv.head_dim * 4u);
+        check_kv_type(file, m, pl, s, TDM_TYPE_F32);
+        check_kv_type(file, m, kv16, s, TDM_TYPE_F16);
+        check_kv_type(file, m, kv8, s, TDM_TYPE_Q8_0);
+
+        /* Buffers: the step scratch the loader carved, the reserve it asks its backend for
+         * (shard/model.c reserve_of) and what the CPU backend takes for it. */
+        if (sp->scratch != loader_scratch(m)) {
+            fail_msg("%s tp %d ep %d rank %d: step scratch plan %llu, loader %llu", file, tp, ep, s,
+                     (unsigned long long)sp->scratch, (unsigned long long)loader_scratch(m));
+        }
+        const kern_reserve_t lr = loader_reserve(m);
+        kern_reserve_t r;
+        topo_shard_reserve(pl, sp, &r);
+        assert_memory_equal(&r, &lr, sizeof(r));
+        assert_true(sp->backend_scratch == kern_be_reserve_bytes(k, &lr));
+        assert_true(topo_cpu_reserve_bytes(&lr, 3) == kern_be_reserve_bytes(k3, &lr));
+        assert_true(sp->buffers == sp->scratch + sp->backend_scratch + sp->vec_copies + sp->comm);
+        assert_true(sp->weights_device == sp->weights);
+        assert_true(sp->total == sp->weights + sp->kv + sp->buffers);
+
+        /* On a GPU: the weight store kern_be_weights_load would make of the loader's views
+         * (compact slices, vectors as f32, aliases shared, 256-byte aligned), the CUDA
+         * backend's reserve for the loader's own request, and check_fit's margin. */
+        const topo_shard_plan_t *gp = &gpu->shards[s];
+        kern_weight_place_t *place = calloc((size_t)m->n_refs + 1, sizeof(*place));
+        uint64_t store = 0;
+        assert_int_equal(kern_weights_plan(m->refs, m->n_refs, 256, place, &store, NULL), TDM_OK);
+        free(place);
+        if (gp->weights_device != store) {
+            fail_msg("%s tp %d ep %d rank %d: GPU weight store plan %llu, loader's views %llu",
+                     file, tp, ep, s, (unsigned long long)gp->weights_device,
+                     (unsigned long long)store);
+        }
+        assert_true(gp->weights == sp->weights);
+        assert_true(gp->scratch == sp->scratch);
+        assert_true(gp->backend_scratch == kern_cuda_reserve_bytes(&lr));
+        assert_true(gp->margin == TOPO_GPU_MARGIN);
+        assert_true(gp->buffers == gp->scratch + gp->backend_scratch + gp->margin);
+        assert_true(gp->kv * 2 == sp->kv); /* f16 rows */
+        assert_true(gp->total == gp->weights_device + gp->kv + gp->buffers);
         shd_model_destroy(m);
     }
     c->plans++;
     topo_plan_destroy(pl);
+    topo_plan_destroy(gpu);
+    topo_plan_destroy(kv16);
+    topo_plan_destroy(kv8);
 }
 
 static void test_plan_matches_loader(void **state)
 {
     (void)state;
     static const char *const files[] = {
-        "llama-a-f32.gguf",    "llama-b-f32.gguf",    "llama-a-q4_k.gguf",   "llama-a-q8_0.gguf",
-        "qwen3moe-a-f32.gguf", "qwen3moe-b-f32.gguf", "qwen3moe-c-f32.gguf", "qwen3moe-a-q4_k.gguf",
+        "llama-a-f32.gguf",    "llama-b-f32.gguf",     "llama-c-f32.gguf",    "llama-a-q4_k.gguf",
+        "llama-a-q8_0.gguf",   "llama-a-f16.gguf",     "qwen3moe-a-f32.gguf", "qwen3moe-b-f32.gguf",
+        "qwen3moe-c-f32.gguf", "qwen3moe-a-q4_k.gguf",
     };
-    kern_backend_t *k = NULL;
+    kern_backend_t *k = NULL, *k3 = NULL;
     const kern_backend_params_t bp = {
         .device = "cpu", .n_threads = 1, .isa_override = KERN_ISA_COUNT};
     assert_int_equal(kern_backend_create(&bp, &k, NULL), TDM_OK);
+    const kern_backend_params_t bp3 = {
+        .device = "cpu", .n_threads = 3, .isa_override = KERN_ISA_COUNT};
+    assert_int_equal(kern_backend_create(&bp3, &k3, NULL), TDM_OK);
     counts_t c = {0, 0};
     for (size_t f = 0; f < sizeof(files) / sizeof(files[0]); f++) {
         gguf_ctx_t *g = open_fixture(files[f]);
         for (int tp = 1; tp <= 4; tp++) {
             for (int ep = 1; ep * tp <= 8; ep++) {
-                check_split(files[f], g, k, tp, ep, &c);
+                check_split(files[f], g, k, k3, tp, ep, &c);
             }
         }
         gguf_close(g);
     }
     kern_backend_destroy(k);
+    kern_backend_destroy(k3);
     print_message("plan == loader on %d splits; %d refused by both\n", c.plans, c.refused);
     assert_true(c.plans >= 20);
     assert_true(c.refused >= 5);
@@ -323,6 +454,173 @@ static void test_errors(void **state)
     gguf_close(g);
 }
 
+/* KV bytes by type: f16 half of f32, q8_0 34/128 of it (head_dim a multiple of 32), and
+ * q8_0 refused by name when the head dim does not split into blocks of 32. */
+static void test_kv_types(void **state)
+{
+    (void)state;
+    gguf_ctx_t *g = open_fixture("llama-a-f32.gguf"); /* head_dim 64 */
+    topo_plan_t *pl[3] = {NULL, NULL, NULL};
+    const tdm_type_t types[3] = {TDM_TYPE_F32, TDM_TYPE_F16, TDM_TYPE_Q8_0};
+    for (int i = 0; i < 3; i++) {
+        topo_plan_params_t pp = {.n_shards = 2, .ctx_size = 1000, .kv_type = types[i]};
+        assert_int_equal(topo_plan_build(g, &pp, &pl[i], NULL), TDM_OK);
+        assert_int_equal(pl[i]->kv_tokens, 1008);
+    }
+    for (int s = 0; s < 2; s++) {
+        const uint64_t f32 = pl[0]->shards[s].kv_per_token;
+        assert_true(f32 == 2ull * pl[0]->hp.n_layer * pl[0]->shards[s].kv_heads.n * 64 * 4);
+        assert_true(pl[1]->shards[s].kv_per_token * 2 == f32);
+        assert_true(pl[2]->shards[s].kv_per_token * 128 == f32 * 34);
+        for (int i = 0; i < 3; i++) {
+            const topo_shard_plan_t *sp = &pl[i]->shards[s];
+            assert_true(sp->kv == 1008u * sp->kv_per_token);
+            /* only the KV changes */
+            assert_true(sp->total - sp->kv == pl[0]->shards[s].total - pl[0]->shards[s].kv);
+        }
+    }
+    for (int i = 0; i < 3; i++) {
+        topo_plan_destroy(pl[i]);
+    }
+    /* --kv-memory: the same budget holds twice the f16 blocks. */
+    topo_plan_params_t pp = {.n_shards = 1, .kv_bytes = 8u << 20};
+    topo_plan_t *a = NULL, *b = NULL;
+    assert_int_equal(topo_plan_build(g, &pp, &a, NULL), TDM_OK);
+    pp.kv_type = TDM_TYPE_F16;
+    assert_int_equal(topo_plan_build(g, &pp, &b, NULL), TDM_OK);
+    assert_int_equal(b->kv_blocks, 2 * a->kv_blocks);
+    topo_plan_destroy(a);
+    topo_plan_destroy(b);
+    /* Not a KV type. */
+    tdm_error_t err = {0};
+    pp = (topo_plan_params_t){.n_shards = 1, .kv_type = TDM_TYPE_Q4_0};
+    assert_int_equal(topo_plan_build(g, &pp, &a, &err), TDM_ERR_INVALID_PARAM);
+    assert_non_null(strstr(err.msg, "KV cache type Q4_0: expected f32, f16 or q8_0"));
+    gguf_close(g);
+
+    static const char *const odd[] = {"qwen3moe-b-f32.gguf", "llama-b-f32.gguf"};
+    static const char *const msg[] = {"the model's is 48", "the model's is 16"};
+    for (int i = 0; i < 2; i++) {
+        g = open_fixture(odd[i]);
+        tdm_error_clear(&err);
+        pp = (topo_plan_params_t){.n_shards = 1, .kv_type = TDM_TYPE_Q8_0};
+        assert_int_equal(topo_plan_build(g, &pp, &a, &err), TDM_ERR_UNSUPPORTED);
+        assert_non_null(strstr(err.msg, "KV cache type q8_0 needs a head dim that is a "
+                                        "multiple of 32"));
+        assert_non_null(strstr(err.msg, msg[i]));
+        assert_non_null(strstr(err.msg, "--kv-type f16"));
+        pp.kv_type = TDM_TYPE_F16; /* f16 rows have no blocks */
+        assert_int_equal(topo_plan_build(g, &pp, &a, NULL), TDM_OK);
+        topo_plan_destroy(a);
+        gguf_close(g);
+    }
+
+    /* Names, and the default by device. */
+    tdm_type_t t;
+    assert_int_equal(topo_kv_type_parse(NULL, TOPO_PLAN_CPU, &t, NULL), TDM_OK);
+    assert_int_equal(t, TDM_TYPE_F32);
+    assert_int_equal(topo_kv_type_parse("auto", TOPO_PLAN_CUDA, &t, NULL), TDM_OK);
+    assert_int_equal(t, TDM_TYPE_F16);
+    assert_int_equal(topo_kv_type_parse("q8_0", TOPO_PLAN_CPU, &t, NULL), TDM_OK);
+    assert_int_equal(t, TDM_TYPE_Q8_0);
+    assert_int_equal(topo_kv_type_parse("f32", TOPO_PLAN_CUDA, &t, NULL), TDM_OK);
+    assert_int_equal(t, TDM_TYPE_F32);
+    tdm_error_clear(&err);
+    assert_int_equal(topo_kv_type_parse("bf16", TOPO_PLAN_CPU, &t, &err), TDM_ERR_INVALID_PARAM);
+    assert_non_null(strstr(err.msg, "expected f32, f16, q8_0"));
+}
+
+/* kern_cuda_reserve_bytes (backend_cuda.cu's cu_reserve_bytes) on cases worked by hand. */
+static void test_cuda_reserve(void **state)
+{
+    (void)state;
+    /* Dense, one attention segment: rows 4, K 64. Activations: Q8_1 (the largest) 256 B of
+     * int8 + 2 x 256 B (32 B of scales, 32 B of sums, each padded) = 768, twice; split-K
+     * partials 8 x 4 x 100 floats = 12800 B; no attention partials (16 keys, one segment),
+     * no MoE; metadata (6 x 4 + 2 + 4 x (16 / 16 + 1)) x 4 B = 136, device and host. */
+    kern_reserve_t r = {.n_tok = 4,
+                        .n_out = 1,
+                        .n_ctx = 16,
+                        .max_cols = 64,
+                        .max_rows = 100,
+                        .n_head = 2,
+                        .head_dim = 32,
+                        .n_embd = 64};
+    assert_true(kern_cuda_reserve_bytes(&r) == 2 * 768 + 12800 + 2 * 136);
+    /* MoE, top 2 of 8 experts: 8 token-expert pairs. Activations for 8 rows: Q8_1 512 +
+     * 2 x 256 = 1024, twice; partials 8 x 8 x 100 floats = 25600 B; counts and offsets 9
+     * ints (256 B each, padded); 3 pair lists 256 B; tiles (1 + 8) x 3 + 2 ints 256 B;
+     * gate/up 8 x 32 floats 1024 B each; out 8 x 64 floats 2048 B. */
+    r.n_expert = 8;
+    r.n_expert_used = 2;
+    r.n_ff_exp = 32;
+    assert_true(kern_cuda_reserve_bytes(&r) ==
+                2 * 1024 + 25600 + 2 * 256 + 3 * 256 + 256 + 2 * 1024 + 2048 + 2 * 136);
+    /* Caps: split-K partials at 16M floats, attention partials at 8M; past them only the
+     * activations and the metadata grow. */
+    kern_reserve_t big = {.n_tok = 4096,
+                          .n_out = 64,
+                          .n_ctx = 32768,
+                          .max_cols = 4096,
+                          .max_rows = 151936,
+                          .n_head = 32,
+                          .head_dim = 128,
+                          .n_embd = 4096};
+    kern_reserve_t wider = big;
+    wider.max_rows *= 2;
+    assert_true(kern_cuda_reserve_bytes(&wider) == kern_cuda_reserve_bytes(&big));
+    kern_reserve_t more_heads = big;
+    more_heads.n_head *= 2;
+    assert_true(kern_cuda_reserve_bytes(&more_heads) == kern_cuda_reserve_bytes(&big));
+    /* Q8_K, the largest here: int8 + 16 scales + 256 sums of 16 per row, 256-aligned */
+    const uint64_t act = 4096ull * 4096 + 4096ull * 16 * 4 + 4096ull * 256 * 4;
+    const uint64_t meta = (6ull * 4096 + 2 + 4096ull * (32768 / 16 + 1)) * 4;
+    assert_true(kern_cuda_reserve_bytes(&big) ==
+                2 * act + (16ull << 20) * 4 + (8ull << 20) * 4 + 2 * meta);
+    /* More than one segment of 512 keys brings in the attention partials. */
+    kern_reserve_t one = r, two = r;
+    one.n_ctx = 512;
+    two.n_ctx = 513;
+    const uint64_t parts = 4ull * 2 * 2 * (32 + 2) * 4; /* tokens x heads x segments x (d+2) */
+    const uint64_t meta1 = (6ull * 4 + 2 + 4 * (512 / 16 + 1)) * 4;
+    const uint64_t meta2 = (6ull * 4 + 2 + 4 * (513 / 16 + 1)) * 4;
+    assert_true(kern_cuda_reserve_bytes(&two) - kern_cuda_reserve_bytes(&one) ==
+                ((parts + 255) & ~255ull) + 2 * (meta2 - meta1));
+}
+
+/* A shard's memory on a GPU: its free memory, on a unified-memory one at most the host's. */
+static void test_gpu_budget(void **state)
+{
+    (void)state;
+    kern_gpu_info_t h100 = {.free_bytes = 80ull << 30, .integrated = false};
+    assert_true(topo_gpu_budget(&h100, 10ull << 30) == 80ull << 30);
+    kern_gpu_info_t gb10 = {.free_bytes = 119ull << 30, .integrated = true};
+    assert_true(topo_gpu_budget(&gb10, 100ull << 30) == 100ull << 30);
+    assert_true(topo_gpu_budget(&gb10, 200ull << 30) == 119ull << 30);
+
+    /* The same plan on a GPU: weights and KV for f16, plus the CUDA scratch and margin. */
+    gguf_ctx_t *g = open_fixture("qwen3moe-a-f32.gguf");
+    topo_plan_params_t pp = {.n_shards = 2, .kv_type = TDM_TYPE_F16};
+    topo_plan_t *cpu = NULL, *gpu = NULL;
+    assert_int_equal(topo_plan_build(g, &pp, &cpu, NULL), TDM_OK);
+    pp.device = TOPO_PLAN_CUDA;
+    assert_int_equal(topo_plan_build(g, &pp, &gpu, NULL), TDM_OK);
+    for (int s = 0; s < 2; s++) {
+        const topo_shard_plan_t *c = &cpu->shards[s], *d = &gpu->shards[s];
+        assert_true(d->weights == c->weights && d->kv == c->kv && d->scratch == c->scratch);
+        kern_reserve_t r;
+        topo_shard_reserve(gpu, d, &r);
+        assert_true(d->backend_scratch == kern_cuda_reserve_bytes(&r));
+        assert_true(d->backend_scratch > 0 && d->margin == 256ull << 20);
+        assert_true(d->total ==
+                    d->weights_device + d->kv + d->scratch + d->backend_scratch + d->margin);
+        assert_true(c->margin == 0 && c->backend_scratch == topo_cpu_reserve_bytes(&r, 1));
+    }
+    topo_plan_destroy(cpu);
+    topo_plan_destroy(gpu);
+    gguf_close(g);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -331,6 +629,9 @@ int main(void)
         cmocka_unit_test(test_plan_matches_loader),
         cmocka_unit_test(test_balanced_experts),
         cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_kv_types),
+        cmocka_unit_test(test_cuda_reserve),
+        cmocka_unit_test(test_gpu_budget),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -3,9 +3,11 @@
  * of every message type compared field by field, every truncation of every type, 10,000
  * seeded bit flips, hand-made malformed messages that must be refused with TDM_ERR_FORMAT
  * naming the field, and invalid messages the encoder must refuse exactly as the decoder does.
+ * LOAD is covered with and without its NCCL id (16 fields when proto is nccl over more than
+ * one rank, else 15).
  *
  * `test_xp_msg --write-corpus DIR` writes the fuzz seed corpus (tests/fuzz/corpus/xp_msg):
- * one valid message per type, named seed-<type>.
+ * one valid message per type, named seed-<type>, and a LOAD with an NCCL id, seed-load-nccl.
  */
 #include "transport/xp_msg.h"
 
@@ -116,8 +118,12 @@ static void gen_load(uint64_t *s, gen_store_t *g, xp_msg_load_t *l)
     l->n_batch_max = 1 + (int32_t)rng_below(s, rng_below(s, 2) ? 1u << 16 : INT32_MAX);
     l->n_out_max = 1 + (int32_t)rng_below(s, (uint32_t)l->n_batch_max);
     l->block_tokens = 1 + (int32_t)rng_below(s, 1024);
-    l->proto = (int32_t)rng_below(s, 2);
+    l->proto = (int32_t)rng_below(s, 3); /* am, rma, nccl */
     l->timeout_ms = 1 + (int32_t)rng_below(s, INT32_MAX);
+    /* random bytes either way: the encoder must ignore them when the LOAD carries no id */
+    for (int i = 0; i < XP_MSG_NCCL_ID_BYTES; i++) {
+        l->nccl_id[i] = (uint8_t)rng_next(s);
+    }
     for (int32_t i = 0; i < l->n_peers; i++) {
         rand_blob(s, g->peer_bytes[i], &g->peers[i]);
     }
@@ -277,6 +283,10 @@ static void assert_msg_equal(const xp_msg_t *a, const xp_msg_t *b)
             assert_memory_equal(x->expert_lo, y->expert_lo, n);
             assert_memory_equal(x->expert_n, y->expert_n, n);
         }
+        assert_int_equal(xp_msg_load_has_nccl_id(x), xp_msg_load_has_nccl_id(y));
+        if (xp_msg_load_has_nccl_id(x)) {
+            assert_memory_equal(x->nccl_id, y->nccl_id, XP_MSG_NCCL_ID_BYTES);
+        }
         break;
     }
     case XP_MSG_READY:
@@ -375,11 +385,20 @@ static void pack_cstr(msgpack_packer *pk, const char *s)
     msgpack_pack_str_with_body(pk, s, strlen(s));
 }
 
+/* Whether the documented layout has the NCCL id: proto 2 (nccl) over more than one rank
+ * (written out here, not taken from xp_msg.c). */
+static bool wire_has_id(const xp_msg_load_t *l)
+{
+    return l->proto == 2 && l->tp_size * l->ep_size > 1;
+}
+
 /* LOAD body; `bad` breaks the wire form: 1 peers nil, 2 peers[1] a string, 3 expert_n one
- * short, 4 no expert_n (14 fields). */
+ * short, 4 no expert_n (14 fields), 5 no NCCL id where one is due, 6 an NCCL id where none
+ * is, 7 an NCCL id of 127 bytes, 8 an NCCL id that is a string. */
 static void pack_load_body(msgpack_packer *pk, const xp_msg_load_t *l, int bad)
 {
-    msgpack_pack_array(pk, bad == 4 ? 14 : 15);
+    const bool id = bad == 6 || (bad != 5 && wire_has_id(l));
+    msgpack_pack_array(pk, (bad == 4 ? 14 : 15) + (id ? 1 : 0));
     msgpack_pack_uint64(pk, l->epoch);
     msgpack_pack_int32(pk, l->tp_rank);
     msgpack_pack_int32(pk, l->tp_size);
@@ -414,6 +433,11 @@ static void pack_load_body(msgpack_packer *pk, const xp_msg_load_t *l, int bad)
         for (int32_t i = 0; i < n; i++) {
             msgpack_pack_int32(pk, l->expert_n[i]);
         }
+    }
+    if (id && bad == 8) {
+        msgpack_pack_str_with_body(pk, l->nccl_id, XP_MSG_NCCL_ID_BYTES);
+    } else if (id) {
+        msgpack_pack_bin_with_body(pk, l->nccl_id, bad == 7 ? 127 : XP_MSG_NCCL_ID_BYTES);
     }
 }
 
@@ -517,12 +541,15 @@ static void test_round_trip_every_type(void **state)
     gen_store_t *g = calloc(1, sizeof(*g));
     assert_non_null(g);
     uint64_t s = 0x9E3779B97F4A7C15ull;
-    int load_peers[GEN_PEERS + 1] = {0}, load_no_layers = 0, load_layers = 0;
+    int load_peers[GEN_PEERS + 1] = {0}, load_no_layers = 0, load_layers = 0, load_ids = 0;
+    int load_nccl_alone = 0;
     for (int iter = 0; iter < 300; iter++) {
         for (int t = XP_MSG_HELLO; t < XP_MSG_TYPE_END; t++) {
             xp_msg_t m, d, d2;
             gen_msg(&s, (xp_msg_type_t)t, g, &m);
             if (t == XP_MSG_LOAD) {
+                load_ids += xp_msg_load_has_nccl_id(&m.load);
+                load_nccl_alone += m.load.proto == XP_MSG_PROTO_NCCL && m.load.n_peers == 1;
                 load_peers[m.load.n_peers]++;
                 if (m.load.n_layers == 0) {
                     load_no_layers++;
@@ -564,6 +591,7 @@ static void test_round_trip_every_type(void **state)
         assert_true(load_peers[n] > 0);
     }
     assert_true(load_no_layers > 0 && load_layers > 0);
+    assert_true(load_ids > 0 && load_nccl_alone > 0);
     free(g);
 }
 
@@ -601,9 +629,11 @@ static void test_every_truncation_rejected(void **state)
             /* the first message of each type is a large one */
             do {
                 gen_msg(&s, (xp_msg_type_t)t, g, &m);
-            } while (k == 0 && ((t == XP_MSG_STEP && (m.step.n_tokens < 50 || m.step.n_seqs < 2)) ||
-                                (t == XP_MSG_LOAD && (m.load.n_peers < 4 || m.load.n_layers < 8)) ||
-                                (t == XP_MSG_RESULT && m.result.n_logits * m.result.n_vocab == 0)));
+            } while (
+                (k == 0 && ((t == XP_MSG_STEP && (m.step.n_tokens < 50 || m.step.n_seqs < 2)) ||
+                            (t == XP_MSG_LOAD && (m.load.n_peers < 4 || m.load.n_layers < 8)) ||
+                            (t == XP_MSG_RESULT && m.result.n_logits * m.result.n_vocab == 0))) ||
+                (k == 1 && t == XP_MSG_LOAD && !xp_msg_load_has_nccl_id(&m.load)));
             msgpack_sbuffer sb;
             encode_ok(&m, &sb);
             check_truncations(&sb);
@@ -628,7 +658,8 @@ static void test_bit_flips_never_crash(void **state)
             do {
                 gen_msg(&s, (xp_msg_type_t)t, g, &m);
             } while ((t == XP_MSG_STEP && m.step.n_tokens < 5) ||
-                     (t == XP_MSG_LOAD && (m.load.n_peers < 2 || m.load.n_layers == 0)));
+                     (t == XP_MSG_LOAD && (m.load.n_peers < 2 || m.load.n_layers == 0)) ||
+                     (t == XP_MSG_LOAD && v < 2 && !xp_msg_load_has_nccl_id(&m.load)));
             encode_ok(&m, &enc[t][v]);
         }
     }
@@ -1005,16 +1036,29 @@ static void test_malformed_cases(void **state)
 
     /* LOAD wire-shape errors (pack_load_body's `bad`) */
     static const struct {
-        int bad;
+        int bad, proto, world; /* proto and world (tp 1 x ep world) of the LOAD; 0: base */
         const char *needle;
     } load_cases[] = {
-        {1, "LOAD peers is not an array"},
-        {2, "LOAD peers[1] is not a bin"},
-        {3, "LOAD expert_n has 2 elements, want 3"},
-        {4, "LOAD body has 14 elements, want 15"},
+        {1, 0, 0, "LOAD peers is not an array"},
+        {2, 0, 0, "LOAD peers[1] is not a bin"},
+        {3, 0, 0, "LOAD expert_n has 2 elements, want 3"},
+        {4, 0, 0, "LOAD body has 14 elements, want 15"},
+        {5, 2, 0, "LOAD with proto 2 (nccl) over 4 ranks has no NCCL id"},
+        {6, 1, 0, "LOAD body has 16 elements, want 15"},
+        {6, 2, 1, "LOAD body has 16 elements, want 15"}, /* nccl, but a world of one */
+        {7, 2, 0, "LOAD nccl_id is not a 128-byte bin"},
+        {8, 2, 0, "LOAD nccl_id is not a 128-byte bin"},
     };
-    base_msg(XP_MSG_LOAD, g, &m);
     for (size_t i = 0; i < sizeof(load_cases) / sizeof(load_cases[0]); i++) {
+        base_msg(XP_MSG_LOAD, g, &m);
+        if (load_cases[i].proto != 0) {
+            m.load.proto = load_cases[i].proto;
+        }
+        if (load_cases[i].world == 1) {
+            m.load.tp_size = m.load.ep_size = 1;
+            m.load.tp_rank = m.load.ep_rank = 0;
+            m.load.n_peers = 1;
+        }
         msgpack_sbuffer_clear(&sb);
         pack_header(&pk, XP_MSG_MAGIC, XP_MSG_PROTOCOL_VERSION, XP_MSG_LOAD);
         pack_load_body(&pk, &m.load, load_cases[i].bad);
@@ -1094,7 +1138,7 @@ enum {
     LOAD_OUT_GT_BATCH,
     LOAD_BATCH_ZERO,
     LOAD_BLOCK_ZERO,
-    LOAD_PROTO_2,
+    LOAD_PROTO_3,
     LOAD_PROTO_NEG,
     LOAD_TIMEOUT_ZERO,
     LOAD_LO_NEG,
@@ -1148,8 +1192,8 @@ static void break_msg(int c, gen_store_t *g, xp_msg_t *m)
     case LOAD_BLOCK_ZERO:
         l->block_tokens = 0;
         break;
-    case LOAD_PROTO_2:
-        l->proto = 2;
+    case LOAD_PROTO_3:
+        l->proto = 3;
         break;
     case LOAD_PROTO_NEG:
         l->proto = -1;
@@ -1227,7 +1271,7 @@ static void test_invalid_refused_both_ways(void **state)
         {XP_MSG_LOAD, LOAD_OUT_GT_BATCH, "n_batch_max 512, n_out_max 513", NULL},
         {XP_MSG_LOAD, LOAD_BATCH_ZERO, "n_batch_max 0", NULL},
         {XP_MSG_LOAD, LOAD_BLOCK_ZERO, "block_tokens 0", NULL},
-        {XP_MSG_LOAD, LOAD_PROTO_2, "LOAD: proto 2", NULL},
+        {XP_MSG_LOAD, LOAD_PROTO_3, "LOAD: proto 3", NULL},
         {XP_MSG_LOAD, LOAD_PROTO_NEG, "LOAD: proto -1", NULL},
         {XP_MSG_LOAD, LOAD_TIMEOUT_ZERO, "timeout_ms 0", NULL},
         {XP_MSG_LOAD, LOAD_LO_NEG, "layer 1 expert range [-1, +64)", NULL},
@@ -1307,6 +1351,64 @@ static void test_invalid_refused_both_ways(void **state)
         assert_int_equal(xp_msg_validate(&m, TDM_ERR_FORMAT, NULL), TDM_ERR_FORMAT);
     }
     msgpack_sbuffer_destroy(&sb);
+    free(g);
+}
+
+/* The NCCL id travels exactly when proto is nccl over more than one rank, as the last
+ * field, a 128-byte bin; otherwise the encoder ignores it and the decoder leaves it zero. */
+static void test_load_nccl_id(void **state)
+{
+    (void)state;
+    gen_store_t *g = calloc(1, sizeof(*g));
+    assert_non_null(g);
+    xp_msg_t m, d;
+    tdm_error_t err;
+    msgpack_sbuffer a, b;
+
+    base_msg(XP_MSG_LOAD, g, &m); /* tp 2 x ep 2 */
+    m.load.proto = XP_MSG_PROTO_NCCL;
+    for (int i = 0; i < XP_MSG_NCCL_ID_BYTES; i++) {
+        m.load.nccl_id[i] = (uint8_t)(0x80 ^ i);
+    }
+    assert_true(xp_msg_load_has_nccl_id(&m.load));
+    encode_ok(&m, &a);
+    assert_true(a.size > XP_MSG_NCCL_ID_BYTES + 2);
+    const uint8_t *tail = (const uint8_t *)a.data + a.size - XP_MSG_NCCL_ID_BYTES - 2;
+    assert_int_equal(tail[0], 0xc4); /* bin 8 */
+    assert_int_equal(tail[1], XP_MSG_NCCL_ID_BYTES);
+    assert_memory_equal(tail + 2, m.load.nccl_id, XP_MSG_NCCL_ID_BYTES);
+    assert_int_equal(decode_copy(a.data, a.size, &d, &err), TDM_OK);
+    assert_true(xp_msg_load_has_nccl_id(&d.load));
+    assert_memory_equal(d.load.nccl_id, m.load.nccl_id, XP_MSG_NCCL_ID_BYTES);
+    assert_msg_equal(&m, &d);
+    xp_msg_free(&d);
+    msgpack_sbuffer_destroy(&a);
+
+    static const uint8_t zero[XP_MSG_NCCL_ID_BYTES] = {0};
+    for (int c = 0; c < 3; c++) {
+        base_msg(XP_MSG_LOAD, g, &m);
+        if (c == 0) { /* nccl, but a world of one: no NCCL calls, no id */
+            m.load.proto = XP_MSG_PROTO_NCCL;
+            m.load.tp_size = m.load.ep_size = 1;
+            m.load.tp_rank = m.load.ep_rank = 0;
+            m.load.n_peers = 1;
+        } else {
+            m.load.proto = c == 1 ? XP_MSG_PROTO_AM : XP_MSG_PROTO_RMA;
+        }
+        encode_ok(&m, &b); /* the id all zero */
+        memset(m.load.nccl_id, 0x5a, XP_MSG_NCCL_ID_BYTES);
+        assert_false(xp_msg_load_has_nccl_id(&m.load));
+        encode_ok(&m, &a); /* ignored */
+        assert_int_equal(a.size, b.size);
+        assert_memory_equal(a.data, b.data, a.size);
+        assert_int_equal(decode_copy(a.data, a.size, &d, &err), TDM_OK);
+        assert_false(xp_msg_load_has_nccl_id(&d.load));
+        assert_memory_equal(d.load.nccl_id, zero, XP_MSG_NCCL_ID_BYTES);
+        assert_int_equal(d.load.proto, m.load.proto);
+        xp_msg_free(&d);
+        msgpack_sbuffer_destroy(&a);
+        msgpack_sbuffer_destroy(&b);
+    }
     free(g);
 }
 
@@ -1470,26 +1572,34 @@ static int write_corpus(const char *dir)
         return 1;
     }
     uint64_t s = 2026;
-    for (int t = XP_MSG_HELLO; t < XP_MSG_TYPE_END; t++) {
+    /* every type, then (t == XP_MSG_TYPE_END) a LOAD with an NCCL id */
+    for (int t = XP_MSG_HELLO; t <= XP_MSG_TYPE_END; t++) {
         xp_msg_t m;
-        do {
-            gen_msg(&s, (xp_msg_type_t)t, g, &m);
-        } while ((t == XP_MSG_STEP && (m.step.n_tokens == 0 || m.step.n_tokens > 40)) ||
-                 (t == XP_MSG_RESULT && m.result.n_logits * m.result.n_vocab == 0) ||
-                 (t == XP_MSG_LOAD &&
-                  (m.load.n_peers < 2 || m.load.n_layers == 0 || m.load.n_layers > 8)));
+        if (t == XP_MSG_TYPE_END) {
+            do {
+                gen_msg(&s, XP_MSG_LOAD, g, &m);
+            } while (!xp_msg_load_has_nccl_id(&m.load) || m.load.n_layers > 8);
+        } else {
+            do {
+                gen_msg(&s, (xp_msg_type_t)t, g, &m);
+            } while (
+                (t == XP_MSG_STEP && (m.step.n_tokens == 0 || m.step.n_tokens > 40)) ||
+                (t == XP_MSG_RESULT && m.result.n_logits * m.result.n_vocab == 0) ||
+                (t == XP_MSG_LOAD && (m.load.n_peers < 2 || m.load.n_layers == 0 ||
+                                      m.load.n_layers > 8 || m.load.proto == XP_MSG_PROTO_NCCL)));
+        }
         msgpack_sbuffer sb;
         msgpack_sbuffer_init(&sb);
         xp_msg_t d;
         if (xp_msg_encode(&sb, &m, NULL) != TDM_OK ||
             xp_msg_decode(sb.data, sb.size, &d, NULL) != TDM_OK) {
-            fprintf(stderr, "cannot encode a valid %s\n", xp_msg_type_str(t));
+            fprintf(stderr, "cannot encode a valid %s\n", xp_msg_type_str(m.type));
             free(g);
             return 1;
         }
         xp_msg_free(&d);
         char path[4096], name[32];
-        snprintf(name, sizeof(name), "%s", xp_msg_type_str(t));
+        snprintf(name, sizeof(name), "%s", t == XP_MSG_TYPE_END ? "LOAD_NCCL" : xp_msg_type_str(t));
         for (char *c = name; *c; c++) {
             *c = (char)(*c == '_' ? '-' : *c | 0x20);
         }
@@ -1523,6 +1633,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_bit_flips_never_crash),
         cmocka_unit_test(test_malformed_cases),
         cmocka_unit_test(test_invalid_refused_both_ways),
+        cmocka_unit_test(test_load_nccl_id),
         cmocka_unit_test(test_encoder_refuses_invalid),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
