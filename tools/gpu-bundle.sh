@@ -100,6 +100,10 @@ if [ "$WHEELS" = 1 ]; then
     "${PIP[@]}" "${want[@]}"
 fi
 
+git rev-parse --short=12 HEAD >"$STAGE/COMMIT" 2>/dev/null || echo unknown >"$STAGE/COMMIT"
+if ! git diff --quiet HEAD 2>/dev/null; then
+    echo "+uncommitted changes" >>"$STAGE/COMMIT"
+fi
 mkdir -p .gpu
 tar -C "$STAGE" -cJf .gpu/bundle.tar.xz .
 log "$(du -h .gpu/bundle.tar.xz | cut -f1) in .gpu/bundle.tar.xz ($(ls "$STAGE/lib" | wc -l) libraries, $(ls "$STAGE/wheels" | wc -l) wheels)"

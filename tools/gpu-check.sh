@@ -42,18 +42,20 @@ SUMMARY="$OUTDIR/summary.md"
 FAILED=0
 note() { printf '%s\n' "$*" | tee -a "$SUMMARY"; }
 
-note "# GPU check, $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
-note ""
+COMMIT="$(git rev-parse --short HEAD 2>/dev/null || echo '?')"
 
 # ---- the bundle: binaries, libraries, wheels ------------------------------------------------
 T=/tmp/tandem-gpu
 if [ -f "$BUNDLE" ]; then
-    rm -rf "$T" && mkdir -p "$T" && tar -C "$T" -xJf "$BUNDLE"
+    # Python's tarfile, not tar -J: the image may lack the xz program, never Python
+    rm -rf "$T" && mkdir -p "$T" &&
+        python3 -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" \
+            "$BUNDLE" "$T"
     BIN="$T/bin" # wrappers: our libraries on the path of our binaries only
     if ls "$T/wheels/"*.whl >/dev/null 2>&1; then
         python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
             --target "$T/site" "$T/wheels/"*.whl >"$OUTDIR/pip.log" 2>&1 ||
-            note "- wheels: install failed (see pip.log)"
+            WHEELS_FAILED=1
         export PYTHONPATH="$T/site${PYTHONPATH:+:$PYTHONPATH}"
     fi
 else
@@ -62,6 +64,12 @@ else
     [ -x "$ROOT/build/tests/test_backend_ops" ] && ln -sf "$ROOT/build/tests/test_backend_ops" "$BIN/"
 fi
 export TANDEM_BIN="$BIN/tandem" TANDEM_SOURCE_DIR="$ROOT" TANDEM_BUILD_DIR="$ROOT/build"
+if [ -f "$BUNDLE" ] && [ -f "$T/COMMIT" ]; then
+    COMMIT="$(tr '\n' ' ' <"$T/COMMIT")"
+fi
+note "# GPU check, $(date -u '+%Y-%m-%d %H:%M UTC'), binaries of commit $COMMIT"
+note ""
+[ "${WHEELS_FAILED:-0}" = 1 ] && note "- wheels: install failed (see pip.log)"
 PY="${PYTHON:-python3}"
 
 # step NAME LOG TIMEOUT_S COMMAND...: runs, records pass/fail/time in the summary
