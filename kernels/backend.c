@@ -312,6 +312,25 @@ void kern_be_add(kern_backend_t *be, float *y, const float *a, const float *b, i
     KERN_BE_OP(be, add(be, y, a, b, n));
 }
 
+void kern_be_add_bias(kern_backend_t *be, float *y, int64_t ldy, const float *bias, int64_t rows,
+                      int64_t cols)
+{
+    KERN_BE_OP(be, add_bias(be, y, ldy, bias, rows, cols));
+}
+
+void kern_be_sum_sq(kern_backend_t *be, float *ss, int64_t lds, const float *x, int64_t ldx,
+                    int64_t rows, int64_t cols)
+{
+    KERN_BE_OP(be, sum_sq(be, ss, lds, x, ldx, rows, cols));
+}
+
+void kern_be_rms_apply(kern_backend_t *be, float *y, int64_t ldy, const float *x, int64_t ldx,
+                       const float *ss, int64_t lds, const float *w, int64_t rows, int64_t cols,
+                       int64_t n_total, float eps)
+{
+    KERN_BE_OP(be, rms_apply(be, y, ldy, x, ldx, ss, lds, w, rows, cols, n_total, eps));
+}
+
 void kern_be_kv_store(kern_backend_t *be, const kern_kv_layout_t *l, void *k_layer, void *v_layer,
                       const float *k, const float *v, int64_t ld)
 {
@@ -324,10 +343,10 @@ void kern_be_attention(kern_backend_t *be, float *out, const float *q, const ker
     KERN_BE_OP(be, attention(be, out, q, l, k_layer, v_layer, p));
 }
 
-void kern_be_moe_route(kern_backend_t *be, float *logits, int n_expert, int k, bool norm,
-                       int32_t *sel, float *w)
+void kern_be_moe_route(kern_backend_t *be, float *logits, const kern_route_t *r, int32_t *sel,
+                       float *w)
 {
-    KERN_BE_OP(be, moe_route(be, logits, n_expert, k, norm, sel, w));
+    KERN_BE_OP(be, moe_route(be, logits, r, sel, w));
 }
 
 void kern_be_moe_experts(kern_backend_t *be, const kern_moe_t *moe, const float *x, int64_t ldx,

@@ -44,6 +44,7 @@
 
 #include "common/status.h"
 #include "kernels/kern.h"
+#include "kernels/kern_ops.h"
 #include "model/hparams.h"
 
 #include <stdbool.h>
@@ -260,6 +261,21 @@ void kern_be_matmul(kern_backend_t *be, int n_ops, const kern_matmul_op_t *ops, 
 void kern_be_swiglu(kern_backend_t *be, float *out, const float *gate, const float *up, int64_t n);
 /* y = a + b, n elements. */
 void kern_be_add(kern_backend_t *be, float *y, const float *a, const float *b, int64_t n);
+/* y[r, c] += bias[c] for rows r < rows, columns c < cols (a linear layer's bias). */
+void kern_be_add_bias(kern_backend_t *be, float *y, int64_t ldy, const float *bias, int64_t rows,
+                      int64_t cols);
+/*
+ * RMSNorm in two halves, for a norm over a vector that is split across ranks (MiniMax-M2's
+ * q/k norm spans every head; each TP rank holds some): ss[r] = sum_c x[r, c]^2 over this
+ * rank's cols (accumulated in double, stored as float), summed over the ranks by the
+ * caller, then y[r, c] = x[r, c] / sqrt(ss[r] / n_total + eps) * w[c] with w this rank's
+ * slice of the weight.
+ */
+void kern_be_sum_sq(kern_backend_t *be, float *ss, int64_t lds, const float *x, int64_t ldx,
+                    int64_t rows, int64_t cols);
+void kern_be_rms_apply(kern_backend_t *be, float *y, int64_t ldy, const float *x, int64_t ldx,
+                       const float *ss, int64_t lds, const float *w, int64_t rows, int64_t cols,
+                       int64_t n_total, float eps);
 
 /* ---- the paged KV cache (shard/kv_cache.h owns it; the layout is shared) ---------------- */
 
@@ -299,33 +315,51 @@ typedef struct kern_attn_params {
     int kv_lo;   /* global index of the cache's kv head 0                         */
     int group;   /* q heads per kv head: kv head of q head h is (head_lo+h)/group */
     float scale;
+    /* Sliding window (gpt-oss's even layers): > 0, a query at position p sees the keys at
+     * p - window + 1 .. p only; 0, every position up to p. */
+    int32_t window;
+    /* Attention sinks (gpt-oss): one learned logit per local head that joins the softmax
+     * denominator and carries no value, not scaled; NULL for none. */
+    const float *sinks;
+    /* Attention temperature (Mistral 3 / Llama 4): when temp_scale != 0, a query at
+     * position p has its scores multiplied by 1 + temp_scale * ln(1 + floor(p /
+     * temp_floor)) (llama.cpp scales q by it; the same product). */
+    float temp_scale;
+    int32_t temp_floor;
 } kern_attn_params_t;
 
 /* out[t, h] = softmax(scale * q[t, h] . K) V over positions 0..pos[t] of token t's
- * sequence, for every token of the step and local head h. */
+ * sequence (or the window's last positions), with the sink in the denominator, for every
+ * token of the step and local head h. Keys are visited in position order in both
+ * backends, and the sink joins last, so a token's result does not depend on the step. */
 void kern_be_attention(kern_backend_t *be, float *out, const float *q, const kern_kv_layout_t *l,
                        const void *k_layer, const void *v_layer, const kern_attn_params_t *p);
 
 /* ---- mixture of experts ------------------------------------------------------------------ */
 
-/* Router: per token, softmax over n_expert logits (ld n_expert; overwritten with the
- * probabilities), the top k experts (ties to the lower index) and their weights,
- * renormalised to sum 1 when norm. */
-void kern_be_moe_route(kern_backend_t *be, float *logits, int n_expert, int k, bool norm,
-                       int32_t *sel, float *w);
+/* Router: per token, the probabilities of r->gating (written over the logits), the top k
+ * experts by probability + sel_bias (ties to the lower index) and their weights. */
+void kern_be_moe_route(kern_backend_t *be, float *logits, const kern_route_t *r, int32_t *sel,
+                       float *w);
 
-/* The experts this rank holds: experts [exp_lo, exp_lo + n_exp), each a SwiGLU FFN whose
- * gate/up/down views are the first expert's, the next `stride` bytes further. */
+/* The experts this rank holds: experts [exp_lo, exp_lo + n_exp), each a gated FFN whose
+ * gate/up/down views are the first expert's, the next `stride` bytes further, with
+ * optional biases (the first local expert's, the next *_b_stride floats further). */
 typedef struct kern_moe {
     kern_weight_t gate, up, down;
     size_t gate_stride, up_stride, down_stride;
+    const float *gate_b, *up_b, *down_b; /* NULL: none                           */
+    int64_t gate_b_stride, up_b_stride, down_b_stride;
+    kern_act_t act;
+    float act_alpha, act_limit; /* KERN_ACT_SWIGLU_OAI                      */
     int exp_lo, n_exp;
     int n_used;     /* top-k: sel and w hold n_used entries per token */
     int64_t n_embd; /* width of x and out (the views are empty when n_exp is 0) */
 } kern_moe_t;
 
 /* out[t] = sum over token t's selected experts held here, in ascending expert order, of
- * w * down_e(silu(gate_e x[t]) * up_e x[t]); zero for a token with none here. */
+ * w * (down_e act(gate_e x[t] + gate_b_e, up_e x[t] + up_b_e) + down_b_e); zero for a
+ * token with none here. */
 void kern_be_moe_experts(kern_backend_t *be, const kern_moe_t *moe, const float *x, int64_t ldx,
                          const int32_t *sel, const float *w, float *out, int64_t ldo,
                          int64_t n_tok);

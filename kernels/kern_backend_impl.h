@@ -49,12 +49,19 @@ typedef struct kern_backend_ops {
     void (*matmul)(kern_backend_t *be, int n_ops, const kern_matmul_op_t *ops, int64_t n_tok);
     void (*swiglu)(kern_backend_t *be, float *out, const float *gate, const float *up, int64_t n);
     void (*add)(kern_backend_t *be, float *y, const float *a, const float *b, int64_t n);
+    void (*add_bias)(kern_backend_t *be, float *y, int64_t ldy, const float *bias, int64_t rows,
+                     int64_t cols);
+    void (*sum_sq)(kern_backend_t *be, float *ss, int64_t lds, const float *x, int64_t ldx,
+                   int64_t rows, int64_t cols);
+    void (*rms_apply)(kern_backend_t *be, float *y, int64_t ldy, const float *x, int64_t ldx,
+                      const float *ss, int64_t lds, const float *w, int64_t rows, int64_t cols,
+                      int64_t n_total, float eps);
     void (*kv_store)(kern_backend_t *be, const kern_kv_layout_t *l, void *k_layer, void *v_layer,
                      const float *k, const float *v, int64_t ld);
     void (*attention)(kern_backend_t *be, float *out, const float *q, const kern_kv_layout_t *l,
                       const void *k_layer, const void *v_layer, const kern_attn_params_t *p);
-    void (*moe_route)(kern_backend_t *be, float *logits, int n_expert, int k, bool norm,
-                      int32_t *sel, float *w);
+    void (*moe_route)(kern_backend_t *be, float *logits, const kern_route_t *r, int32_t *sel,
+                      float *w);
     void (*moe_experts)(kern_backend_t *be, const kern_moe_t *moe, const float *x, int64_t ldx,
                         const int32_t *sel, const float *w, float *out, int64_t ldo, int64_t n_tok);
 } kern_backend_ops_t;

@@ -50,29 +50,55 @@ void kern_op_silu_mul_f32(float *out, const float *gate, const float *up, int64_
 /* y[i] = a[i] + b[i]. */
 void kern_op_add_f32(float *y, const float *a, const float *b, int64_t n);
 
+/* y[r, c] += bias[c]. */
+void kern_op_add_bias_f32(float *y, int64_t ldy, const float *bias, int64_t rows, int64_t cols);
+
+/* ss[r * lds] = sum_c x[r, c]^2 (in double, stored as float). */
+void kern_op_sum_sq_f32(float *ss, int64_t lds, const float *x, int64_t ldx, int64_t rows,
+                        int64_t cols);
+
+/* y[r, c] = x[r, c] / sqrt(ss[r * lds] / n_total + eps) * w[c] (w == NULL: no weight). */
+void kern_op_rms_apply_f32(float *y, int64_t ldy, const float *x, int64_t ldx, const float *ss,
+                           int64_t lds, const float *w, int64_t rows, int64_t cols, int64_t n_total,
+                           float eps);
+
+/* gpt-oss's clamped SwiGLU: out[i] = g' * sigmoid(alpha * g') * (u' + 1) with
+ * g' = min(gate[i], limit), u' = clamp(up[i], -limit, limit). */
+void kern_op_swiglu_oai_f32(float *out, const float *gate, const float *up, int64_t n, float alpha,
+                            float limit);
+
 /* x[i] *= s. */
 void kern_op_scale_f32(float *x, float s, int64_t n);
 
 /* y[i] += s * x[i]. */
 void kern_op_axpy_f32(float *y, float s, const float *x, int64_t n);
 
+/* The keys one query head attends to and the extras of its softmax. */
+typedef struct kern_attn_span {
+    int32_t lo, hi; /* keys at positions [lo, hi) (hi = pos + 1; lo > 0 under a window) */
+    float scale;    /* on q . k                                                        */
+    float sink;     /* a logit in the denominator with no value; -INFINITY: none        */
+} kern_attn_span_t;
+
 /*
  * Attention of one query head over a paged KV cache:
- *   out[0..head_dim) = sum_j softmax_j(scale * q . K_j) V_j,   j = 0 .. n_keys-1,
+ *   out[0..head_dim) = sum_j w_j V_j,  j in [sp->lo, sp->hi),
+ *   w_j = exp(z_j - M) / (sum_i exp(z_i - M) + exp(sink - M)),  z_j = scale * q . K_j,
+ *   M = max(max_j z_j, sink),
  * key/value j at k / v + blocks[j / block_tokens] * block_stride
  * + (j % block_tokens) * head_dim (k and v already offset to this KV head within a
- * block). scores: n_keys floats of scratch. kern_op_attn_head_f32 runs the best kernel
- * for isa (AVX2 when head_dim % 8 == 0; the f32 dot/axpy table elsewhere); the _ref
- * version is the scalar oracle (softmax sum in double). Results for one head never
- * depend on what else is in the batch.
+ * block). scores: sp->hi floats of scratch (indexed by position). kern_op_attn_head_f32
+ * runs the best kernel for isa (AVX2 when head_dim % 8 == 0; the f32 dot/axpy table
+ * elsewhere); the _ref version is the scalar oracle (softmax sum in double). Results for
+ * one head never depend on what else is in the batch.
  */
 void kern_op_attn_head_f32(kern_isa_t isa, float *out, const float *q, const float *k,
                            const float *v, const int32_t *blocks, size_t block_stride,
-                           int block_tokens, int32_t n_keys, int head_dim, float scale,
+                           int block_tokens, int head_dim, const kern_attn_span_t *sp,
                            float *scores);
 void kern_op_attn_head_f32_ref(float *out, const float *q, const float *k, const float *v,
                                const int32_t *blocks, size_t block_stride, int block_tokens,
-                               int32_t n_keys, int head_dim, float scale, float *scores);
+                               int head_dim, const kern_attn_span_t *sp, float *scores);
 
 /*
  * The same over a cache whose rows are of `type` (F32, F16 or Q8_0; kernels/cpu/ops_kv.c):
@@ -81,18 +107,47 @@ void kern_op_attn_head_f32_ref(float *out, const float *q, const float *k, const
  */
 void kern_op_attn_head_kv(kern_isa_t isa, tdm_type_t type, float *out, const float *q,
                           const void *k, const void *v, const int32_t *blocks, size_t block_bytes,
-                          int block_tokens, size_t row_bytes, int32_t n_keys, int head_dim,
-                          float scale, float *scores, float *row);
+                          int block_tokens, size_t row_bytes, int head_dim,
+                          const kern_attn_span_t *sp, float *scores, float *row);
 
 /* dst (one cache row of `type`) = src (head_dim floats), converted as the CUDA backend does. */
 void kern_op_kv_row_store(tdm_type_t type, void *dst, const float *src, int head_dim);
 
-/*
- * MoE routing of one token: probs (router logits, softmaxed in place), the k chosen
- * experts (ties to the lower index) and their weights, renormalised to sum 1 when norm
- * (the divisor clamped at 2^-14, as llama.cpp does).
- */
-void kern_op_route_token(float *probs, int n_expert, int k, bool norm, int32_t *sel, float *w);
+/* How router logits become expert choices and weights (llama.cpp's build_moe_ffn; the
+ * values are GGUF's <arch>.expert_gating_func). */
+typedef enum kern_gating {
+    KERN_GATING_SOFTMAX = 1,          /* probs = softmax(logits) over every expert   */
+    KERN_GATING_SIGMOID = 2,          /* probs = sigmoid(logits), each on its own     */
+    KERN_GATING_SOFTMAX_SELECTED = 3, /* top-k of the logits, softmax over those k    */
+} kern_gating_t;
+
+/* The widest router the kernels take (mdl_hparams_load refuses wider ones; released MoEs
+ * have at most 512 experts). */
+#define KERN_ROUTE_MAX_EXPERTS 1024
+
+typedef struct kern_route {
+    int n_expert; /* router width (the ld of logits)                                   */
+    int k;        /* experts chosen per token                                           */
+    kern_gating_t gating;
+    /* Added to the probabilities for choosing only (DeepSeek-V3 / MiniMax-M2's
+     * e_score_correction_bias, GGUF exp_probs_b); the weights stay unbiased. NULL: none. */
+    const float *sel_bias;
+    bool norm;   /* weights /= max(their sum, 2^-14)                                   */
+    float scale; /* weights *= scale when not 0 or 1 (expert_weights_scale)            */
+} kern_route_t;
+
+/* MoE routing of one token (kern_be_moe_route): probs (router logits, turned into the
+ * gating's probabilities in place), the k chosen experts (ties to the lower index) and
+ * their weights. */
+void kern_op_route_token(float *probs, const kern_route_t *r, int32_t *sel, float *w);
+
+/* The gated activation of an FFN's gate g and up u. */
+typedef enum kern_act {
+    KERN_ACT_SWIGLU = 0, /* silu(g) * u                                               */
+    /* gpt-oss: g' = min(g, limit), u' = clamp(u, -limit, limit),
+     * g' * sigmoid(alpha * g') * (u' + 1) */
+    KERN_ACT_SWIGLU_OAI,
+} kern_act_t;
 
 /* kern_op_silu_mul_f32 with the isa's kernel (AVX2: a polynomial exp, ~2 ulp). */
 void kern_op_silu_mul_f32_isa(kern_isa_t isa, float *out, const float *gate, const float *up,

@@ -14,9 +14,12 @@
 #include <string.h>
 
 static const char *const arch_names[MDL_ARCH_COUNT] = {
-    [MDL_ARCH_LLAMA] = "llama",
-    [MDL_ARCH_QWEN3MOE] = "qwen3moe",
+    [MDL_ARCH_LLAMA] = "llama",           [MDL_ARCH_QWEN3MOE] = "qwen3moe",
+    [MDL_ARCH_MINIMAX_M2] = "minimax-m2", [MDL_ARCH_GPT_OSS] = "gpt-oss",
+    [MDL_ARCH_QWEN2] = "qwen2",           [MDL_ARCH_MISTRAL3] = "mistral3",
 };
+
+#define ARCH_LIST "llama, qwen3moe, minimax-m2, gpt-oss, qwen2, mistral3"
 
 int mdl_arch_from_name(const char *name, size_t len)
 {
@@ -137,7 +140,10 @@ static tdm_status_t load_rope(const gguf_ctx_t *ctx, mdl_hparams_t *hp, tdm_erro
 {
     char key[128];
     mdl_rope_params_t *r = &hp->rope;
-    r->type = hp->arch == MDL_ARCH_LLAMA ? MDL_ROPE_NORM : MDL_ROPE_NEOX;
+    /* llama.cpp's llama_model_rope_type: the converter permutes llama's and mistral3's
+     * q/k rows for adjacent pairs; the others keep HF's halves */
+    const bool norm_rope = hp->arch == MDL_ARCH_LLAMA || hp->arch == MDL_ARCH_MISTRAL3;
+    r->type = norm_rope ? MDL_ROPE_NORM : MDL_ROPE_NEOX;
     TDM_CHECK(get_count(ctx, key_of(key, sizeof(key), hp, "rope.dimension_count"), hp->head_dim,
                         &r->n_rot, err));
     if (r->n_rot <= 0 || r->n_rot > hp->head_dim || r->n_rot % 2 != 0) {
@@ -146,11 +152,11 @@ static tdm_status_t load_rope(const gguf_ctx_t *ctx, mdl_hparams_t *hp, tdm_erro
                              "dim %d (must be even and at most the head dim)",
                              key, r->n_rot, hp->head_dim);
     }
-    if (hp->arch == MDL_ARCH_LLAMA && r->n_rot != hp->head_dim) {
+    if (norm_rope && r->n_rot != hp->head_dim) {
         return tdm_error_set(err, TDM_ERR_FORMAT,
-                             "metadata key '%s': llama needs rope dims (%d) "
+                             "metadata key '%s': %s needs rope dims (%d) "
                              "== head dim (%d)",
-                             key, r->n_rot, hp->head_dim);
+                             key, hp->arch_name, r->n_rot, hp->head_dim);
     }
     TDM_CHECK(gguf_get_f32_or(ctx, key_of(key, sizeof(key), hp, "rope.freq_base"), 10000.0f,
                               &r->freq_base, err));
@@ -195,15 +201,112 @@ static tdm_status_t load_rope(const gguf_ctx_t *ctx, mdl_hparams_t *hp, tdm_erro
     r->freq_scale = 1.0f / factor;
     r->ext_factor = r->scaling == MDL_ROPE_SCALING_YARN ? 1.0f : 0.0f;
     /* llama.cpp: the YaRN magnitude correction 1 + 0.1 ln(factor) is applied inside rope
-     * (ggml) and the context's attn_factor is 1 times rope.scaling.attn_factor. */
+     * (ggml) and the context's attn_factor is 1 times rope.scaling.attn_factor; with a
+     * log multiplier (HF mscale_all_dim, Mistral 3) the context divides by its mscale,
+     * 1 + 0.1 * mul * ln(factor), so that cos/sin carry mscale(1) / mscale(mul). */
     TDM_CHECK(gguf_get_f32_or(ctx, key_of(key, sizeof(key), hp, "rope.scaling.attn_factor"), 1.0f,
                               &r->attn_factor, err));
-    r->beta_fast = 32.0f;
-    r->beta_slow = 1.0f;
+    float log_mul = 0.0f;
+    TDM_CHECK(gguf_get_f32_or(ctx, key_of(key, sizeof(key), hp, "rope.scaling.yarn_log_multiplier"),
+                              0.0f, &log_mul, err));
+    if (r->scaling == MDL_ROPE_SCALING_YARN && log_mul != 0.0f && factor > 1.0f) {
+        r->attn_factor /= 0.1f * log_mul * logf(factor) + 1.0f;
+    }
+    TDM_CHECK(gguf_get_f32_or(ctx, key_of(key, sizeof(key), hp, "rope.scaling.yarn_beta_fast"),
+                              32.0f, &r->beta_fast, err));
+    TDM_CHECK(gguf_get_f32_or(ctx, key_of(key, sizeof(key), hp, "rope.scaling.yarn_beta_slow"),
+                              1.0f, &r->beta_slow, err));
+    if (!(r->beta_fast > 0.0f) || !(r->beta_slow > 0.0f)) {
+        return tdm_error_set(err, TDM_ERR_FORMAT, "%s: YaRN beta_fast %g / beta_slow %g",
+                             hp->arch_name, (double)r->beta_fast, (double)r->beta_slow);
+    }
     TDM_CHECK(gguf_get_u32_or(ctx,
                               key_of(key, sizeof(key), hp, "rope.scaling.original_context_length"),
                               (uint32_t)hp->n_ctx_train, &r->n_ctx_orig, err));
+    if (r->n_ctx_orig == 0) {
+        return tdm_error_set(err, TDM_ERR_FORMAT, "%s: original context length 0", hp->arch_name);
+    }
     hp->has_rope_freqs = gguf_find_tensor(ctx, "rope_freqs.weight") != NULL;
+    hp->rope_freq_base_swa = r->freq_base;
+    TDM_CHECK(gguf_get_f32_or(ctx, key_of(key, sizeof(key), hp, "rope.freq_base_swa"), r->freq_base,
+                              &hp->rope_freq_base_swa, err));
+    if (!(hp->rope_freq_base_swa > 1.0f) || !isfinite(hp->rope_freq_base_swa)) {
+        return tdm_error_set(err, TDM_ERR_FORMAT, "metadata key '%s': invalid value %g", key,
+                             (double)hp->rope_freq_base_swa);
+    }
+    return TDM_OK;
+}
+
+/* Which layers attend in a sliding window: "<arch>.attention.sliding_window_pattern" as a
+ * per-layer bool array, or a period n (layer il slides when il % n < n - 1; llama.cpp's
+ * set_swa_pattern), default `period`. */
+static tdm_status_t load_swa(const gguf_ctx_t *ctx, mdl_hparams_t *hp, uint32_t period,
+                             tdm_error_t *err)
+{
+    char key[128];
+    TDM_CHECK(get_count(ctx, key_of(key, sizeof(key), hp, "attention.sliding_window"), -1,
+                        &hp->n_swa, err));
+    if (hp->n_swa < 1) {
+        return tdm_error_set(err, TDM_ERR_FORMAT, "metadata key '%s': window %d", key, hp->n_swa);
+    }
+    const gguf_value_t *v =
+        gguf_find(ctx, key_of(key, sizeof(key), hp, "attention.sliding_window_pattern"));
+    if (v != NULL && v->type == GGUF_TYPE_ARRAY) {
+        if (v->v.arr.type != GGUF_TYPE_BOOL || v->v.arr.n < (uint64_t)hp->n_layer) {
+            return tdm_error_set(err, TDM_ERR_FORMAT,
+                                 "metadata key '%s': expected %d bools, one per layer", key,
+                                 hp->n_layer);
+        }
+        const uint8_t *b = v->v.arr.data;
+        for (int il = 0; il < hp->n_layer; il++) {
+            hp->layer_swa[il] = b[il] != 0;
+        }
+        return TDM_OK;
+    }
+    if (v != NULL) {
+        TDM_CHECK(gguf_get_u32_or(ctx, key, period, &period, err));
+    }
+    for (int il = 0; il < hp->n_layer; il++) {
+        hp->layer_swa[il] = period == 0 || (uint32_t)il % period < period - 1;
+    }
+    return TDM_OK;
+}
+
+/* The router's gating and weight normalisation, as llama.cpp's graph for each
+ * architecture builds it. */
+static tdm_status_t load_gating(const gguf_ctx_t *ctx, mdl_hparams_t *hp, tdm_error_t *err)
+{
+    char key[128];
+    hp->expert_weights_scale = 0.0f; /* none of these architectures' graphs reads it */
+    switch (hp->arch) {
+    case MDL_ARCH_GPT_OSS:
+        /* top-k of the raw logits, softmax over them, no renormalisation; clamped SwiGLU */
+        hp->expert_gating = MDL_GATING_SOFTMAX_SELECTED;
+        hp->expert_norm_topk = false;
+        hp->expert_oai_act = true;
+        return TDM_OK;
+    case MDL_ARCH_MINIMAX_M2:
+        hp->expert_norm_topk = true; /* hard-coded in llama.cpp's graph */
+        break;
+    default:
+        /* qwen3moe and Mixtral renormalise in llama.cpp (HF Qwen3-MoE releases set
+         * norm_topk_prob = true); a file that says otherwise is honoured */
+        TDM_CHECK(gguf_get_bool_or(ctx, key_of(key, sizeof(key), hp, "expert_weights_norm"), true,
+                                   &hp->expert_norm_topk, err));
+        break;
+    }
+    /* minimax-m2's converter writes 2 (sigmoid); read it, defaulting by architecture */
+    const uint32_t dflt = hp->arch == MDL_ARCH_MINIMAX_M2 ? MDL_GATING_SIGMOID : MDL_GATING_SOFTMAX;
+    uint32_t gating = dflt;
+    TDM_CHECK(gguf_get_u32_or(ctx, key_of(key, sizeof(key), hp, "expert_gating_func"), dflt,
+                              &gating, err));
+    if (gating != MDL_GATING_SOFTMAX && gating != MDL_GATING_SIGMOID) {
+        return tdm_error_set(err, TDM_ERR_UNSUPPORTED,
+                             "metadata key '%s': gating function %u is not supported (1 "
+                             "softmax, 2 sigmoid)",
+                             key, gating);
+    }
+    hp->expert_gating = (mdl_gating_t)gating;
     return TDM_OK;
 }
 
@@ -233,20 +336,11 @@ static tdm_status_t load_layers(const gguf_ctx_t *ctx, mdl_hparams_t *hp, tdm_er
             return tdm_error_set(err, TDM_ERR_FORMAT, "metadata key '%s': expert width %d", key,
                                  hp->n_ff_exp);
         }
-        /* Both architectures renormalise the selected weights in llama.cpp (qwen3moe and
-         * Mixtral hard-code it; HF Qwen3-MoE releases set norm_topk_prob = true). A
-         * file that says otherwise is honoured. */
-        TDM_CHECK(gguf_get_bool_or(ctx, key_of(key, sizeof(key), hp, "expert_weights_norm"), true,
-                                   &hp->expert_norm_topk, err));
-        uint32_t gating = 1;
-        TDM_CHECK(gguf_get_u32_or(ctx, key_of(key, sizeof(key), hp, "expert_gating_func"), 1,
-                                  &gating, err));
-        if (gating != 1) {
-            return tdm_error_set(err, TDM_ERR_UNSUPPORTED,
-                                 "metadata key '%s': gating function "
-                                 "%u is not supported (softmax only)",
-                                 key, gating);
+        if (hp->n_expert > MDL_MAX_EXPERTS) {
+            return tdm_error_set(err, TDM_ERR_UNSUPPORTED, "%s: %d experts (at most %d)",
+                                 hp->arch_name, hp->n_expert, MDL_MAX_EXPERTS);
         }
+        TDM_CHECK(load_gating(ctx, hp, err));
     }
     if (n_moe < hp->n_layer && hp->n_ff <= 0) {
         return tdm_error_set(err, TDM_ERR_FORMAT,
@@ -268,8 +362,7 @@ tdm_status_t mdl_hparams_load(const gguf_ctx_t *ctx, mdl_hparams_t *out, tdm_err
     int a = mdl_arch_from_name(arch.ptr, arch.len);
     if (a < 0) {
         return tdm_error_set(err, TDM_ERR_UNSUPPORTED,
-                             "general.architecture '%.*s' is not "
-                             "supported (llama, qwen3moe)",
+                             "general.architecture '%.*s' is not supported (" ARCH_LIST ")",
                              (int)(arch.len > 64 ? 64 : arch.len), arch.ptr);
     }
     hp.arch = (mdl_arch_t)a;
@@ -336,14 +429,34 @@ tdm_status_t mdl_hparams_load(const gguf_ctx_t *ctx, mdl_hparams_t *out, tdm_err
     hp.n_vocab = (int)embd->ne[1];
     hp.tied_output = gguf_find_tensor(ctx, "output.weight") == NULL;
     hp.qk_norm = gguf_find_tensor(ctx, "blk.0.attn_q_norm.weight") != NULL;
-    if (hp.arch == MDL_ARCH_QWEN3MOE && !hp.qk_norm) {
+    hp.qk_norm_full = hp.arch == MDL_ARCH_MINIMAX_M2;
+    if ((hp.arch == MDL_ARCH_QWEN3MOE || hp.arch == MDL_ARCH_MINIMAX_M2) && !hp.qk_norm) {
         return tdm_error_set(err, TDM_ERR_NOT_FOUND,
-                             "tensor 'blk.0.attn_q_norm.weight' is "
-                             "missing (qwen3moe has per-head q/k norms)");
+                             "tensor 'blk.0.attn_q_norm.weight' is missing (%s normalises q "
+                             "and k)",
+                             hp.arch_name);
     }
+    hp.attn_sinks = hp.arch == MDL_ARCH_GPT_OSS;
 
     TDM_CHECK(load_rope(ctx, &hp, err));
     TDM_CHECK(load_layers(ctx, &hp, err));
+    if (hp.arch == MDL_ARCH_GPT_OSS) {
+        TDM_CHECK(load_swa(ctx, &hp, 2, err)); /* llama.cpp: period 2, even layers slide */
+    }
+    if (hp.arch == MDL_ARCH_MISTRAL3) {
+        /* Llama 4-style attention temperature, floor period = YaRN's original context */
+        TDM_CHECK(gguf_get_f32_or(ctx, key_of(key, sizeof(key), &hp, "attention.temperature_scale"),
+                                  0.0f, &hp.attn_temp_scale, err));
+        if (!isfinite(hp.attn_temp_scale)) {
+            return tdm_error_set(err, TDM_ERR_FORMAT, "metadata key '%s': invalid value", key);
+        }
+        hp.attn_temp_floor = (int)hp.rope.n_ctx_orig;
+        if (hp.attn_temp_scale != 0.0f && hp.attn_temp_floor <= 0) {
+            return tdm_error_set(err, TDM_ERR_FORMAT,
+                                 "%s: attention temperature needs an original context length",
+                                 hp.arch_name);
+        }
+    }
     *out = hp;
     return TDM_OK;
 }

@@ -2,11 +2,13 @@
  * hparams.h - the hyper-parameters of a model, read from GGUF metadata.
  *
  * mdl_hparams_load() reads general.architecture and the "<arch>.*" keys for the
- * architectures this build runs ("llama", "qwen3moe"), applies llama.cpp's defaults for
- * absent optional keys, and derives what the forward pass needs: RoPE style and
- * scaling, which layers are MoE (by tensor presence: blk.N.ffn_gate_inp.weight), tied
- * embeddings (output.weight absent). Facts: ../shared/reference/
- * gguf-and-moe-architectures.md section 3. Errors name the key or tensor at fault.
+ * architectures this build runs (llama, qwen3moe, minimax-m2, gpt-oss, qwen2, mistral3),
+ * applies llama.cpp's defaults and per-architecture constants for absent optional keys,
+ * and derives what the forward pass needs: RoPE style and scaling, which layers are MoE
+ * (by tensor presence: blk.N.ffn_gate_inp.weight) and which attend in a sliding window,
+ * tied embeddings (output.weight absent), the router's gating. Facts: ../shared/
+ * reference/gguf-and-moe-architectures.md section 3. Errors name the key or tensor at
+ * fault.
  */
 #ifndef TDM_MDL_HPARAMS_H
 #define TDM_MDL_HPARAMS_H
@@ -24,7 +26,22 @@ extern "C" {
 #define MDL_MAX_LAYERS 512
 #define MDL_ARCH_NAME  32
 
-typedef enum mdl_arch { MDL_ARCH_LLAMA = 0, MDL_ARCH_QWEN3MOE, MDL_ARCH_COUNT } mdl_arch_t;
+typedef enum mdl_arch {
+    MDL_ARCH_LLAMA = 0,
+    MDL_ARCH_QWEN3MOE,
+    MDL_ARCH_MINIMAX_M2, /* "minimax-m2" */
+    MDL_ARCH_GPT_OSS,    /* "gpt-oss"    */
+    MDL_ARCH_QWEN2,
+    MDL_ARCH_MISTRAL3,
+    MDL_ARCH_COUNT
+} mdl_arch_t;
+
+/* How router logits become expert weights (GGUF <arch>.expert_gating_func's values). */
+typedef enum mdl_gating {
+    MDL_GATING_SOFTMAX = 1,
+    MDL_GATING_SIGMOID = 2,
+    MDL_GATING_SOFTMAX_SELECTED = 3, /* top-k of the logits, softmax over those (gpt-oss) */
+} mdl_gating_t;
 
 /* Which elements of a head RoPE rotates together (ggml's names). */
 typedef enum mdl_rope_type {
@@ -53,6 +70,9 @@ typedef struct mdl_rope_params {
     uint32_t n_ctx_orig; /* YaRN original context length                           */
 } mdl_rope_params_t;
 
+/* The widest expert router this build takes (kernels' KERN_ROUTE_MAX_EXPERTS). */
+#define MDL_MAX_EXPERTS 1024
+
 typedef struct mdl_hparams {
     mdl_arch_t arch;
     char arch_name[MDL_ARCH_NAME]; /* general.architecture                       */
@@ -74,10 +94,27 @@ typedef struct mdl_hparams {
     int n_expert;
     int n_expert_used;
     int n_ff_exp;
-    bool expert_norm_topk; /* renormalise the top-k softmax weights to sum 1      */
+    bool expert_norm_topk;      /* renormalise the top-k weights to sum 1          */
+    mdl_gating_t expert_gating; /* softmax (default), sigmoid, softmax over top-k */
+    float expert_weights_scale; /* weights *= it when not 0 or 1                  */
+    bool expert_oai_act;        /* gpt-oss's clamped SwiGLU (alpha 1.702, limit 7)*/
 
-    bool tied_output; /* output.weight absent: logits use token_embd.weight        */
-    bool qk_norm;     /* per-head RMSNorm on q and k (qwen3moe)                    */
+    bool tied_output;  /* output.weight absent: logits use token_embd.weight        */
+    bool qk_norm;      /* RMSNorm on q and k (attn_q_norm / attn_k_norm present)    */
+    bool qk_norm_full; /* ... over all heads together (minimax-m2), not per head    */
+    bool attn_sinks;   /* a learned sink logit per head (gpt-oss)                   */
+
+    /* Sliding-window attention: layers with layer_swa[il] see the last n_swa
+     * positions only, with RoPE base rope_freq_base_swa (gpt-oss: even layers, 128). */
+    int n_swa;
+    float rope_freq_base_swa;
+    uint8_t layer_swa[MDL_MAX_LAYERS];
+
+    /* Attention temperature (mistral3): q scaled by 1 + attn_temp_scale * ln(1 +
+     * floor(pos / attn_temp_floor)); attn_temp_scale 0: none. */
+    float attn_temp_scale;
+    int attn_temp_floor;
+
     uint8_t layer_moe[MDL_MAX_LAYERS]; /* 1: blk.N has an MoE FFN, 0: dense       */
 } mdl_hparams_t;
 

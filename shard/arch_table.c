@@ -4,8 +4,9 @@
 #include "shard/shd_internal.h"
 
 static const shd_arch_ops_t *const arch_table[MDL_ARCH_COUNT] = {
-    [MDL_ARCH_LLAMA] = &shd_arch_llama,
-    [MDL_ARCH_QWEN3MOE] = &shd_arch_qwen3moe,
+    [MDL_ARCH_LLAMA] = &shd_arch_llama,           [MDL_ARCH_QWEN3MOE] = &shd_arch_qwen3moe,
+    [MDL_ARCH_MINIMAX_M2] = &shd_arch_minimax_m2, [MDL_ARCH_GPT_OSS] = &shd_arch_gpt_oss,
+    [MDL_ARCH_QWEN2] = &shd_arch_qwen2,           [MDL_ARCH_MISTRAL3] = &shd_arch_mistral3,
 };
 
 const shd_arch_ops_t *shd_arch_lookup(mdl_arch_t arch)

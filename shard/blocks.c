@@ -1,7 +1,9 @@
 /*
- * blocks.c - the blocks llama-family layers are made of, shared by the files in shard/models:
- * input RMSNorm, GQA attention over the paged KV cache, SwiGLU FFN, and the routed MoE
- * FFN. Each works on all tokens of the step at once, as a sequence of backend ops
+ * blocks.c - the blocks every layer here is made of, shared by the files in shard/models:
+ * input RMSNorm, GQA attention over the paged KV cache (biases, q/k norms per head or over
+ * all heads, sliding windows, sinks, temperature), the gated FFN, and the routed MoE FFN
+ * (softmax / sigmoid / top-k-softmax routers, expert biases, gpt-oss's clamped SwiGLU).
+ * Each works on all tokens of the step at once, as a sequence of backend ops
  * (kernels/kern_backend.h: the same code runs on the CPU and on a GPU), and leaves its
  * output in m->s.proj, already summed over the ranks that hold the other slices.
  */
@@ -35,6 +37,28 @@ void shd_residual_add(shd_model_t *m, int64_t n_tok)
 
 /* ---- attention ---- */
 
+/* MiniMax-M2's q/k RMSNorm over all heads at once: each rank sums the squares of its
+ * heads (k: only the kv heads it owns, the ones whose first q head is here, since a kv
+ * head may be held by several ranks), the TP group adds them up, then each rank scales
+ * its heads. */
+static tdm_status_t qk_norm_full(shd_model_t *m, int64_t n, const shd_layer_t *L, tdm_error_t *err)
+{
+    const mdl_hparams_t *hp = &m->hp;
+    const int64_t hd = hp->head_dim, qd = (int64_t)m->n_head_l * hd, kd = (int64_t)m->n_kv_l * hd;
+    const int group = hp->n_head / hp->n_head_kv;
+    const int first_owned = (m->head_lo + group - 1) / group; /* kv head of a q head here */
+    const int64_t k_own0 = (int64_t)(first_owned > m->kv_lo ? first_owned - m->kv_lo : 0) * hd;
+    shd_scratch_t *s = &m->s;
+    kern_be_sum_sq(m->be, s->ss, 2, s->q, qd, n, qd);
+    kern_be_sum_sq(m->be, s->ss + 1, 2, s->k + k_own0, kd, n, kd - k_own0);
+    TDM_CHECK(shd_all_reduce(m, SHD_GROUP_TP, s->ss, 2 * n, err));
+    kern_be_rms_apply(m->be, s->q, qd, s->q, qd, s->ss, 2, L->q_norm, n, qd,
+                      (int64_t)hp->n_head * hd, hp->rms_eps);
+    kern_be_rms_apply(m->be, s->k, kd, s->k, kd, s->ss + 1, 2, L->k_norm, n, kd,
+                      (int64_t)hp->n_head_kv * hd, hp->rms_eps);
+    return TDM_OK;
+}
+
 tdm_status_t shd_block_attention(shd_model_t *m, shd_kv_cache_t *kv, const shd_batch_t *b, int il,
                                  tdm_error_t *err)
 {
@@ -48,15 +72,28 @@ tdm_status_t shd_block_attention(shd_model_t *m, shd_kv_cache_t *kv, const shd_b
     const kern_matmul_op_t qkv[3] = {
         {&L->wq, s->xn, E, s->q, qd}, {&L->wk, s->xn, E, s->k, kd}, {&L->wv, s->xn, E, s->v, kd}};
     kern_be_matmul(be, 3, qkv, n);
-    if (L->q_norm != NULL) {
+    const float *bias[3] = {L->bq, L->bk, L->bv};
+    for (int i = 0; i < 3; i++) {
+        if (bias[i] != NULL) {
+            kern_be_add_bias(be, qkv[i].y, qkv[i].ldy, bias[i], n, qkv[i].ldy);
+        }
+    }
+    if (L->q_norm != NULL && hp->qk_norm_full) {
+        TDM_CHECK(qk_norm_full(m, n, L, err));
+    } else if (L->q_norm != NULL) {
         kern_be_rms_norm(be, s->q, hd, s->q, hd, L->q_norm, n * m->n_head_l, hd, hp->rms_eps);
         kern_be_rms_norm(be, s->k, hd, s->k, hd, L->k_norm, n * m->n_kv_l, hd, hp->rms_eps);
     }
-    kern_be_rope(be, s->q, qd, m->n_head_l, (int)hd, &hp->rope, m->rope_freqs);
-    kern_be_rope(be, s->k, kd, m->n_kv_l, (int)hd, &hp->rope, m->rope_freqs);
+    mdl_rope_params_t rope = hp->rope;
+    if (L->is_swa) {
+        rope.freq_base = hp->rope_freq_base_swa;
+    }
+    kern_be_rope(be, s->q, qd, m->n_head_l, (int)hd, &rope, m->rope_freqs);
+    kern_be_rope(be, s->k, kd, m->n_kv_l, (int)hd, &rope, m->rope_freqs);
 
     /* This step's K/V go into the cache through the block tables before any token reads
-     * them; then every (token, head) attends to its sequence's positions 0..pos. */
+     * them; then every (token, head) attends to its sequence's positions 0..pos (the
+     * window's last ones on a sliding layer). */
     const kern_kv_layout_t *lay = shd_kv_layout(kv);
     kern_be_kv_store(be, lay, shd_kv_layer_k(kv, il), shd_kv_layer_v(kv, il), s->k, s->v, kd);
     const kern_attn_params_t ap = {
@@ -65,15 +102,23 @@ tdm_status_t shd_block_attention(shd_model_t *m, shd_kv_cache_t *kv, const shd_b
         .kv_lo = m->kv_lo,
         .group = hp->n_head / hp->n_head_kv,
         .scale = hp->attn_scale,
+        .window = L->is_swa ? hp->n_swa : 0,
+        .sinks = L->sinks,
+        .temp_scale = hp->attn_temp_scale,
+        .temp_floor = hp->attn_temp_floor,
     };
     kern_be_attention(be, s->attn, s->q, lay, shd_kv_layer_k(kv, il), shd_kv_layer_v(kv, il), &ap);
 
     const kern_matmul_op_t o = {&L->wo, s->attn, qd, s->proj, E};
     kern_be_matmul(be, 1, &o, n);
-    return shd_all_reduce(m, SHD_GROUP_TP, s->proj, n * E, err);
+    TDM_CHECK(shd_all_reduce(m, SHD_GROUP_TP, s->proj, n * E, err));
+    if (L->bo != NULL) {
+        kern_be_add_bias(be, s->proj, E, L->bo, n, E); /* once, on the sum */
+    }
+    return TDM_OK;
 }
 
-/* ---- dense SwiGLU FFN ---- */
+/* ---- dense gated FFN ---- */
 
 tdm_status_t shd_block_ffn(shd_model_t *m, int64_t n_tok, int il, tdm_error_t *err)
 {
@@ -83,13 +128,27 @@ tdm_status_t shd_block_ffn(shd_model_t *m, int64_t n_tok, int il, tdm_error_t *e
     const kern_matmul_op_t gu[2] = {{&L->ffn_gate, s->xn, E, s->ff_a, F},
                                     {&L->ffn_up, s->xn, E, s->ff_b, F}};
     kern_be_matmul(m->be, 2, gu, n_tok);
+    if (L->ffn_gate_b != NULL) {
+        kern_be_add_bias(m->be, s->ff_a, F, L->ffn_gate_b, n_tok, F);
+    }
+    if (L->ffn_up_b != NULL) {
+        kern_be_add_bias(m->be, s->ff_b, F, L->ffn_up_b, n_tok, F);
+    }
     kern_be_swiglu(m->be, s->ff_a, s->ff_a, s->ff_b, n_tok * F);
     const kern_matmul_op_t down = {&L->ffn_down, s->ff_a, F, s->proj, E};
     kern_be_matmul(m->be, 1, &down, n_tok);
-    return shd_all_reduce(m, SHD_GROUP_TP, s->proj, n_tok * E, err);
+    TDM_CHECK(shd_all_reduce(m, SHD_GROUP_TP, s->proj, n_tok * E, err));
+    if (L->ffn_down_b != NULL) {
+        kern_be_add_bias(m->be, s->proj, E, L->ffn_down_b, n_tok, E);
+    }
+    return TDM_OK;
 }
 
 /* ---- MoE FFN ---- */
+
+/* gpt-oss's clamped SwiGLU constants (llama.cpp's LLM_FFN_SWIGLU_OAI_MOE, HF swiglu_limit) */
+#define OAI_ALPHA 1.702f
+#define OAI_LIMIT 7.0f
 
 tdm_status_t shd_block_moe(shd_model_t *m, int64_t n_tok, int il, tdm_error_t *err)
 {
@@ -102,10 +161,23 @@ tdm_status_t shd_block_moe(shd_model_t *m, int64_t n_tok, int il, tdm_error_t *e
     /* Router (replicated on every rank): probabilities, top-k, weights. */
     const kern_matmul_op_t router = {&L->router, s->xn, E, s->rlog, ne};
     kern_be_matmul(m->be, 1, &router, n_tok);
-    kern_be_moe_route(m->be, s->rlog, ne, k, hp->expert_norm_topk, s->sel, s->selw);
+    if (L->router_b != NULL) {
+        kern_be_add_bias(m->be, s->rlog, ne, L->router_b, n_tok, ne);
+    }
+    const kern_route_t route = {
+        .n_expert = ne,
+        .k = k,
+        .gating = (kern_gating_t)hp->expert_gating,
+        .sel_bias = L->exp_probs_b,
+        .norm = hp->expert_norm_topk,
+        .scale = hp->expert_weights_scale,
+    };
+    kern_be_moe_route(m->be, s->rlog, &route, s->sel, s->selw);
 
     /* This rank's experts on the tokens routed to them; zeros elsewhere, so the sum over
-     * the ranks is the MoE output (shd_comm.h says why an all-reduce). */
+     * the ranks is the MoE output (shd_comm.h says why an all-reduce). An expert split
+     * over TP ranks by columns gets its down bias from the rank holding column 0. */
+    const int64_t c0 = m->ffe_lo;
     const kern_moe_t moe = {
         .gate = L->gate_exps.w,
         .up = L->up_exps.w,
@@ -113,6 +185,15 @@ tdm_status_t shd_block_moe(shd_model_t *m, int64_t n_tok, int il, tdm_error_t *e
         .gate_stride = L->gate_exps.stride,
         .up_stride = L->up_exps.stride,
         .down_stride = L->down_exps.stride,
+        .gate_b = L->gate_exps_b != NULL ? L->gate_exps_b + c0 : NULL,
+        .up_b = L->up_exps_b != NULL ? L->up_exps_b + c0 : NULL,
+        .down_b = c0 == 0 ? L->down_exps_b : NULL,
+        .gate_b_stride = hp->n_ff_exp,
+        .up_b_stride = hp->n_ff_exp,
+        .down_b_stride = E,
+        .act = hp->expert_oai_act ? KERN_ACT_SWIGLU_OAI : KERN_ACT_SWIGLU,
+        .act_alpha = OAI_ALPHA,
+        .act_limit = OAI_LIMIT,
         .exp_lo = L->exp_lo,
         .n_exp = L->n_exp_l,
         .n_used = k,
@@ -120,4 +201,24 @@ tdm_status_t shd_block_moe(shd_model_t *m, int64_t n_tok, int il, tdm_error_t *e
     };
     kern_be_moe_experts(m->be, &moe, s->xn, E, s->sel, s->selw, s->proj, E, n_tok);
     return shd_all_reduce(m, SHD_GROUP_WORLD, s->proj, n_tok * E, err);
+}
+
+/* ---- a whole layer ---- */
+
+tdm_status_t shd_std_layer_forward(shd_model_t *m, shd_kv_cache_t *kv, const shd_batch_t *b, int il,
+                                   tdm_error_t *err)
+{
+    const shd_layer_t *L = &m->layers[il];
+    const int64_t n = b->n_tokens;
+    shd_norm_input(m, n, L->attn_norm);
+    TDM_CHECK(shd_block_attention(m, kv, b, il, err));
+    shd_residual_add(m, n);
+    shd_norm_input(m, n, L->ffn_norm);
+    if (L->is_moe) {
+        TDM_CHECK(shd_block_moe(m, n, il, err));
+    } else {
+        TDM_CHECK(shd_block_ffn(m, n, il, err));
+    }
+    shd_residual_add(m, n);
+    return TDM_OK;
 }

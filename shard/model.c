@@ -29,38 +29,57 @@ static void add_ref(shd_model_t *m, kern_weight_ref_t r)
     m->refs[m->n_refs++] = r;
 }
 
-tdm_status_t shd_bind_vec(shd_model_t *m, const char *name, int64_t n, const float **out,
-                          tdm_error_t *err)
+tdm_status_t shd_bind_f32(shd_model_t *m, const char *name, int64_t ne0, int64_t ne1, int64_t off,
+                          int64_t n, const float **out, tdm_error_t *err)
 {
     const gguf_tensor_t *t = find_tensor(m, name, err);
     if (t == NULL) {
         return TDM_ERR_NOT_FOUND;
     }
-    if (t->ne[0] != n || t->ne[1] != 1 || t->ne[2] != 1 || t->ne[3] != 1) {
+    if (t->ne[0] != ne0 || t->ne[1] != ne1 || t->ne[2] != 1 || t->ne[3] != 1) {
         return tdm_error_set(err, TDM_ERR_FORMAT,
                              "tensor '%s': shape [%lld, %lld], expected "
-                             "[%lld]",
-                             name, (long long)t->ne[0], (long long)t->ne[1], (long long)n);
+                             "[%lld, %lld]",
+                             name, (long long)t->ne[0], (long long)t->ne[1], (long long)ne0,
+                             (long long)ne1);
     }
-    m->weight_bytes += t->nbytes;
+    TDM_ASSERT(off >= 0 && n >= 1 && off + n <= ne0 * ne1);
+    m->weight_bytes += (uint64_t)t->nbytes * (uint64_t)n / (uint64_t)(ne0 * ne1);
     add_ref(m, (kern_weight_ref_t){.vec = out, .vec_len = n});
     if (t->type == TDM_TYPE_F32) {
-        *out = t->data;
+        *out = (const float *)t->data + off;
         return TDM_OK;
     }
-    float *buf = malloc((size_t)n * sizeof(float));
+    /* another type (f16, bf16): the whole tensor to f32 (vectors are small), kept */
+    float *buf = malloc((size_t)(ne0 * ne1) * sizeof(float));
     if (buf == NULL) {
         return tdm_error_set(err, TDM_ERR_NO_MEMORY, "tensor '%s': out of memory", name);
     }
-    tdm_status_t st = kern_dequantize(t->type, t->data, buf, n, err);
+    tdm_status_t st = kern_dequantize(t->type, t->data, buf, ne0 * ne1, err);
     if (st != TDM_OK) {
         free(buf);
         return st;
     }
     m->owned = tdm_xrealloc(m->owned, (size_t)(m->n_owned + 1) * sizeof(float *));
     m->owned[m->n_owned++] = buf;
-    *out = buf;
+    *out = buf + off;
     return TDM_OK;
+}
+
+tdm_status_t shd_bind_f32_opt(shd_model_t *m, const char *name, int64_t ne0, int64_t ne1,
+                              int64_t off, int64_t n, const float **out, tdm_error_t *err)
+{
+    *out = NULL;
+    if (gguf_find_tensor(m->g, name) == NULL) {
+        return TDM_OK;
+    }
+    return shd_bind_f32(m, name, ne0, ne1, off, n, out, err);
+}
+
+tdm_status_t shd_bind_vec(shd_model_t *m, const char *name, int64_t n, const float **out,
+                          tdm_error_t *err)
+{
+    return shd_bind_f32(m, name, n, 1, 0, n, out, err);
 }
 
 /* The view of rows [r0, r0+nr) x columns [c0, c0+nc) of a matrix whose rows are
@@ -139,44 +158,81 @@ tdm_status_t shd_bind_experts(shd_model_t *m, const char *name, int64_t n_cols, 
                       r0, nr, c0, nc, &out->w, err);
 }
 
-tdm_status_t shd_bind_std_layer(shd_model_t *m, int il, bool qk_norm, tdm_error_t *err)
+/* The attention tensors: norm, q/k/v/o with their optional biases (this rank's head
+ * rows; the output bias whole, added once after the reduction), q/k norms (per head, or
+ * this rank's slice of the full-width ones) and sinks. */
+static tdm_status_t bind_attention(shd_model_t *m, int il, tdm_error_t *err)
 {
     const mdl_hparams_t *hp = &m->hp;
     shd_layer_t *L = &m->layers[il];
-    const int hd = hp->head_dim;
+    const int64_t hd = hp->head_dim, E = hp->n_embd;
+    const int64_t q0 = m->head_lo * hd, nq = m->n_head_l * hd, QD = hp->n_head * hd;
+    const int64_t k0 = m->kv_lo * hd, nk = m->n_kv_l * hd, KD = hp->n_head_kv * hd;
     char n[GGUF_MAX_NAME];
 #define NAME(suffix) (snprintf(n, sizeof(n), "blk.%d." suffix, il), n)
-    TDM_CHECK(shd_bind_vec(m, NAME("attn_norm.weight"), hp->n_embd, &L->attn_norm, err));
-    TDM_CHECK(shd_bind_mat(m, NAME("attn_q.weight"), hp->n_embd, (int64_t)hp->n_head * hd,
-                           (int64_t)m->head_lo * hd, (int64_t)m->n_head_l * hd, 0, hp->n_embd,
-                           &L->wq, err));
-    TDM_CHECK(shd_bind_mat(m, NAME("attn_k.weight"), hp->n_embd, (int64_t)hp->n_head_kv * hd,
-                           (int64_t)m->kv_lo * hd, (int64_t)m->n_kv_l * hd, 0, hp->n_embd, &L->wk,
-                           err));
-    TDM_CHECK(shd_bind_mat(m, NAME("attn_v.weight"), hp->n_embd, (int64_t)hp->n_head_kv * hd,
-                           (int64_t)m->kv_lo * hd, (int64_t)m->n_kv_l * hd, 0, hp->n_embd, &L->wv,
-                           err));
-    TDM_CHECK(shd_bind_mat(m, NAME("attn_output.weight"), (int64_t)hp->n_head * hd, hp->n_embd, 0,
-                           hp->n_embd, (int64_t)m->head_lo * hd, (int64_t)m->n_head_l * hd, &L->wo,
-                           err));
-    if (qk_norm) {
+    TDM_CHECK(shd_bind_vec(m, NAME("attn_norm.weight"), E, &L->attn_norm, err));
+    TDM_CHECK(shd_bind_mat(m, NAME("attn_q.weight"), E, QD, q0, nq, 0, E, &L->wq, err));
+    TDM_CHECK(shd_bind_mat(m, NAME("attn_k.weight"), E, KD, k0, nk, 0, E, &L->wk, err));
+    TDM_CHECK(shd_bind_mat(m, NAME("attn_v.weight"), E, KD, k0, nk, 0, E, &L->wv, err));
+    TDM_CHECK(shd_bind_mat(m, NAME("attn_output.weight"), QD, E, 0, E, q0, nq, &L->wo, err));
+    TDM_CHECK(shd_bind_f32_opt(m, NAME("attn_q.bias"), QD, 1, q0, nq, &L->bq, err));
+    TDM_CHECK(shd_bind_f32_opt(m, NAME("attn_k.bias"), KD, 1, k0, nk, &L->bk, err));
+    TDM_CHECK(shd_bind_f32_opt(m, NAME("attn_v.bias"), KD, 1, k0, nk, &L->bv, err));
+    TDM_CHECK(shd_bind_f32_opt(m, NAME("attn_output.bias"), E, 1, 0, E, &L->bo, err));
+    if (hp->qk_norm && hp->qk_norm_full) {
+        TDM_CHECK(shd_bind_f32(m, NAME("attn_q_norm.weight"), QD, 1, q0, nq, &L->q_norm, err));
+        TDM_CHECK(shd_bind_f32(m, NAME("attn_k_norm.weight"), KD, 1, k0, nk, &L->k_norm, err));
+    } else if (hp->qk_norm) {
         TDM_CHECK(shd_bind_vec(m, NAME("attn_q_norm.weight"), hd, &L->q_norm, err));
         TDM_CHECK(shd_bind_vec(m, NAME("attn_k_norm.weight"), hd, &L->k_norm, err));
     }
-    TDM_CHECK(shd_bind_vec(m, NAME("ffn_norm.weight"), hp->n_embd, &L->ffn_norm, err));
-    L->is_moe = hp->layer_moe[il];
-    if (!L->is_moe) {
-        TDM_CHECK(shd_bind_mat(m, NAME("ffn_gate.weight"), hp->n_embd, hp->n_ff, m->ff_lo,
-                               m->n_ff_l, 0, hp->n_embd, &L->ffn_gate, err));
-        TDM_CHECK(shd_bind_mat(m, NAME("ffn_up.weight"), hp->n_embd, hp->n_ff, m->ff_lo, m->n_ff_l,
-                               0, hp->n_embd, &L->ffn_up, err));
-        TDM_CHECK(shd_bind_mat(m, NAME("ffn_down.weight"), hp->n_ff, hp->n_embd, 0, hp->n_embd,
-                               m->ff_lo, m->n_ff_l, &L->ffn_down, err));
-        return TDM_OK;
+    if (hp->attn_sinks) {
+        TDM_CHECK(shd_bind_f32(m, NAME("attn_sinks.weight"), hp->n_head, 1, m->head_lo, m->n_head_l,
+                               &L->sinks, err));
     }
+    L->is_swa = hp->layer_swa[il];
+#undef NAME
+    return TDM_OK;
+}
+
+/* A dense gated FFN: this rank's columns of gate/up (and their biases), rows of down;
+ * the down bias whole, added once after the reduction. */
+static tdm_status_t bind_dense_ffn(shd_model_t *m, int il, tdm_error_t *err)
+{
+    const mdl_hparams_t *hp = &m->hp;
+    shd_layer_t *L = &m->layers[il];
+    const int64_t E = hp->n_embd, F = hp->n_ff;
+    char n[GGUF_MAX_NAME];
+#define NAME(suffix) (snprintf(n, sizeof(n), "blk.%d." suffix, il), n)
+    TDM_CHECK(shd_bind_mat(m, NAME("ffn_gate.weight"), E, F, m->ff_lo, m->n_ff_l, 0, E,
+                           &L->ffn_gate, err));
+    TDM_CHECK(
+        shd_bind_mat(m, NAME("ffn_up.weight"), E, F, m->ff_lo, m->n_ff_l, 0, E, &L->ffn_up, err));
+    TDM_CHECK(shd_bind_mat(m, NAME("ffn_down.weight"), F, E, 0, E, m->ff_lo, m->n_ff_l,
+                           &L->ffn_down, err));
+    TDM_CHECK(
+        shd_bind_f32_opt(m, NAME("ffn_gate.bias"), F, 1, m->ff_lo, m->n_ff_l, &L->ffn_gate_b, err));
+    TDM_CHECK(
+        shd_bind_f32_opt(m, NAME("ffn_up.bias"), F, 1, m->ff_lo, m->n_ff_l, &L->ffn_up_b, err));
+    TDM_CHECK(shd_bind_f32_opt(m, NAME("ffn_down.bias"), E, 1, 0, E, &L->ffn_down_b, err));
+#undef NAME
+    return TDM_OK;
+}
+
+/* A routed MoE FFN: the replicated router (+ bias, + selection bias), this rank's experts
+ * (its columns of each) and their biases (the local experts' whole rows: the op offsets
+ * into them). */
+static tdm_status_t bind_moe(shd_model_t *m, int il, tdm_error_t *err)
+{
+    const mdl_hparams_t *hp = &m->hp;
+    shd_layer_t *L = &m->layers[il];
     const int ne = hp->n_expert, fe = hp->n_ff_exp;
-    TDM_CHECK(shd_bind_mat(m, NAME("ffn_gate_inp.weight"), hp->n_embd, ne, 0, ne, 0, hp->n_embd,
-                           &L->router, err));
+    const int64_t E = hp->n_embd;
+    char n[GGUF_MAX_NAME];
+#define NAME(suffix) (snprintf(n, sizeof(n), "blk.%d." suffix, il), n)
+    TDM_CHECK(shd_bind_mat(m, NAME("ffn_gate_inp.weight"), E, ne, 0, ne, 0, E, &L->router, err));
+    TDM_CHECK(shd_bind_f32_opt(m, NAME("ffn_gate_inp.bias"), ne, 1, 0, ne, &L->router_b, err));
+    TDM_CHECK(shd_bind_f32_opt(m, NAME("exp_probs_b.bias"), ne, 1, 0, ne, &L->exp_probs_b, err));
     L->exp_lo = m->exp_lo;
     L->n_exp_l = m->n_exp_l;
     if (m->params.expert_lo != NULL) {
@@ -191,22 +247,38 @@ tdm_status_t shd_bind_std_layer(shd_model_t *m, int il, bool qk_norm, tdm_error_
     if (L->n_exp_l == 0) {
         return TDM_OK; /* this rank holds none of the layer's experts */
     }
-    TDM_CHECK(shd_bind_experts(m, NAME("ffn_gate_exps.weight"), hp->n_embd, fe, ne, L->exp_lo,
-                               L->n_exp_l, m->ffe_lo, m->n_ffe_l, 0, hp->n_embd, &L->gate_exps,
-                               err));
-    TDM_CHECK(shd_bind_experts(m, NAME("ffn_up_exps.weight"), hp->n_embd, fe, ne, L->exp_lo,
-                               L->n_exp_l, m->ffe_lo, m->n_ffe_l, 0, hp->n_embd, &L->up_exps, err));
-    TDM_CHECK(shd_bind_experts(m, NAME("ffn_down_exps.weight"), fe, hp->n_embd, ne, L->exp_lo,
-                               L->n_exp_l, 0, hp->n_embd, m->ffe_lo, m->n_ffe_l, &L->down_exps,
-                               err));
+    const int e0 = L->exp_lo, nl = L->n_exp_l;
+    TDM_CHECK(shd_bind_experts(m, NAME("ffn_gate_exps.weight"), E, fe, ne, e0, nl, m->ffe_lo,
+                               m->n_ffe_l, 0, E, &L->gate_exps, err));
+    TDM_CHECK(shd_bind_experts(m, NAME("ffn_up_exps.weight"), E, fe, ne, e0, nl, m->ffe_lo,
+                               m->n_ffe_l, 0, E, &L->up_exps, err));
+    TDM_CHECK(shd_bind_experts(m, NAME("ffn_down_exps.weight"), fe, E, ne, e0, nl, 0, E, m->ffe_lo,
+                               m->n_ffe_l, &L->down_exps, err));
     const shd_experts_t *xs[] = {&L->gate_exps, &L->up_exps, &L->down_exps};
     for (size_t i = 0; i < TDM_ARRAY_SIZE(xs); i++) {
         const kern_weight_t *w = &xs[i]->w;
         m->weight_bytes +=
-            (uint64_t)L->n_exp_l * (uint64_t)w->n_rows * tdm_type_row_size(w->type, w->n_cols);
+            (uint64_t)nl * (uint64_t)w->n_rows * tdm_type_row_size(w->type, w->n_cols);
     }
+    TDM_CHECK(shd_bind_f32_opt(m, NAME("ffn_gate_exps.bias"), fe, ne, (int64_t)e0 * fe,
+                               (int64_t)nl * fe, &L->gate_exps_b, err));
+    TDM_CHECK(shd_bind_f32_opt(m, NAME("ffn_up_exps.bias"), fe, ne, (int64_t)e0 * fe,
+                               (int64_t)nl * fe, &L->up_exps_b, err));
+    TDM_CHECK(shd_bind_f32_opt(m, NAME("ffn_down_exps.bias"), E, ne, (int64_t)e0 * E,
+                               (int64_t)nl * E, &L->down_exps_b, err));
 #undef NAME
     return TDM_OK;
+}
+
+tdm_status_t shd_bind_std_layer(shd_model_t *m, int il, const char *ffn_norm, tdm_error_t *err)
+{
+    shd_layer_t *L = &m->layers[il];
+    char n[GGUF_MAX_NAME];
+    TDM_CHECK(bind_attention(m, il, err));
+    snprintf(n, sizeof(n), "blk.%d.%s.weight", il, ffn_norm);
+    TDM_CHECK(shd_bind_vec(m, n, m->hp.n_embd, &L->ffn_norm, err));
+    L->is_moe = m->hp.layer_moe[il];
+    return L->is_moe ? bind_moe(m, il, err) : bind_dense_ffn(m, il, err);
 }
 
 /* This rank's ranges of heads, FFN columns, experts and vocab rows. */
@@ -292,9 +364,9 @@ static size_t pad16(size_t n)
     return (n + 15) & ~(size_t)15;
 }
 
-/* Floats of every scratch slot, in shd_scratch_t order; the last three (proj, lg, lgg)
+/* Floats of every scratch slot, in shd_scratch_t order; the last four (ss, proj, lg, lgg)
  * are the ones collectives touch. */
-enum { N_SLOTS = 15, N_SHARED = 3 };
+enum { N_SLOTS = 16, N_SHARED = 4 };
 
 static void scratch_sizes(const shd_model_t *m, size_t sizes[N_SLOTS])
 {
@@ -318,6 +390,7 @@ static void scratch_sizes(const shd_model_t *m, size_t sizes[N_SLOTS])
         B * k,                                              /* sel  */
         B * k,                                              /* selw */
         nout * E,                                           /* lx   */
+        hp->qk_norm_full ? 2 * B : 0,                       /* ss   */
         B * E,                                              /* proj */
         nout * (size_t)m->n_vocab_l,                        /* lg   */
         split_vocab ? tp * nout * (size_t)m->n_vocab_l : 0, /* lgg  */
@@ -360,7 +433,7 @@ static tdm_status_t alloc_scratch(shd_model_t *m, tdm_error_t *err)
         (void **)&m->s.x,    (void **)&m->s.xn,   (void **)&m->s.q,    (void **)&m->s.k,
         (void **)&m->s.v,    (void **)&m->s.attn, (void **)&m->s.ff_a, (void **)&m->s.ff_b,
         (void **)&m->s.rlog, (void **)&m->s.sel,  (void **)&m->s.selw, (void **)&m->s.lx,
-        (void **)&m->s.proj, (void **)&m->s.lg,   (void **)&m->s.lgg,
+        (void **)&m->s.ss,   (void **)&m->s.proj, (void **)&m->s.lg,   (void **)&m->s.lgg,
     };
     for (int i = 0; i < N_SLOTS; i++) {
         if (hv && i == N_SLOTS - N_SHARED) {

@@ -17,23 +17,36 @@ typedef struct shd_experts {
     size_t stride;
 } shd_experts_t;
 
+/* One layer's bound tensors. Optional ones (biases, norms, sinks) are NULL when absent. */
 typedef struct shd_layer {
     const float *attn_norm;       /* [n_embd]                                   */
     kern_weight_t wq, wk, wv;     /* local head rows                            */
     kern_weight_t wo;             /* local head columns, all n_embd rows        */
-    const float *q_norm, *k_norm; /* [head_dim] or NULL                         */
-    const float *ffn_norm;        /* [n_embd]                                   */
+    const float *bq, *bk, *bv;    /* their biases: local head rows              */
+    const float *bo;              /* [n_embd], added once after the reduction   */
+    const float *q_norm, *k_norm; /* [head_dim], or local slices of the full-width
+                                     norms (hp.qk_norm_full)                    */
+    const float *sinks;           /* [n_head_l] sink logits                     */
+    int is_swa;                   /* sliding-window layer (hp.n_swa)            */
+    const float *ffn_norm;        /* [n_embd] (gpt-oss: post_attention_norm)    */
     int is_moe;
-    int exp_lo, n_exp_l;            /* MoE: experts [exp_lo, exp_lo + n_exp_l) held here      */
-    kern_weight_t ffn_gate, ffn_up; /* dense: local rows of n_ff                  */
-    kern_weight_t ffn_down;         /* dense: local columns                       */
-    kern_weight_t router;           /* MoE: n_expert rows (replicated)            */
+    int exp_lo, n_exp_l;                /* MoE: experts [exp_lo, exp_lo + n_exp_l) held here      */
+    kern_weight_t ffn_gate, ffn_up;     /* dense: local rows of n_ff                  */
+    kern_weight_t ffn_down;             /* dense: local columns                       */
+    const float *ffn_gate_b, *ffn_up_b; /* dense: local rows of the biases        */
+    const float *ffn_down_b;            /* dense: [n_embd], after the reduction   */
+    kern_weight_t router;               /* MoE: n_expert rows (replicated)        */
+    const float *router_b;              /* [n_expert] on the logits               */
+    const float *exp_probs_b;           /* [n_expert] steering the choice only    */
     shd_experts_t gate_exps, up_exps, down_exps; /* MoE: local experts, local width */
+    /* expert biases, the local experts' whole rows ([n_exp_l, n_ff_exp] for gate/up,
+     * [n_exp_l, n_embd] for down) */
+    const float *gate_exps_b, *up_exps_b, *down_exps_b;
 } shd_layer_t;
 
 /* Step scratch: backend memory carved at load, sized for n_batch_max tokens. The buffers
- * a collective reads or writes (proj, lg, lgg) are host-visible when the model is split
- * over ranks and the communicator works on host memory. */
+ * a collective reads or writes (ss, proj, lg, lgg) are host-visible when the model is
+ * split over ranks and the communicator works on host memory. */
 typedef struct shd_scratch {
     float *x;     /* [B, n_embd] residual stream                  */
     float *xn;    /* [B, n_embd] normed input of a block          */
@@ -48,6 +61,7 @@ typedef struct shd_scratch {
     int32_t *sel; /* [B, n_expert_used] chosen experts             */
     float *selw;  /* [B, n_expert_used] their weights              */
     float *lx;    /* [n_out_max, n_embd] normed rows for logits    */
+    float *ss;    /* [B, 2] q and k sums of squares (full-width norms) */
     float *lg;    /* [n_out_max * n_vocab_l] local logits          */
     float *lgg;   /* [tp * n_out_max * n_vocab_l] gathered logits  */
 } shd_scratch_t;
@@ -105,12 +119,22 @@ struct shd_arch_ops {
 const shd_arch_ops_t *shd_arch_lookup(mdl_arch_t arch);
 extern const shd_arch_ops_t shd_arch_llama;
 extern const shd_arch_ops_t shd_arch_qwen3moe;
+extern const shd_arch_ops_t shd_arch_minimax_m2;
+extern const shd_arch_ops_t shd_arch_gpt_oss;
+extern const shd_arch_ops_t shd_arch_qwen2;
+extern const shd_arch_ops_t shd_arch_mistral3;
 
 /* ---- binding helpers (model.c) ---- */
 
 /* A 1-D f32 vector of n elements (converted to f32 when stored otherwise). */
 tdm_status_t shd_bind_vec(shd_model_t *m, const char *name, int64_t n, const float **out,
                           tdm_error_t *err);
+/* Elements [off, off + n) of the f32 tensor `name` of shape [ne0, ne1] (ne1 = 1 for a
+ * vector), flattened; _opt leaves *out NULL when the tensor is absent. */
+tdm_status_t shd_bind_f32(shd_model_t *m, const char *name, int64_t ne0, int64_t ne1, int64_t off,
+                          int64_t n, const float **out, tdm_error_t *err);
+tdm_status_t shd_bind_f32_opt(shd_model_t *m, const char *name, int64_t ne0, int64_t ne1,
+                              int64_t off, int64_t n, const float **out, tdm_error_t *err);
 /* Rows [r0, r0+nr) and columns [c0, c0+nc) of the 2-D tensor `name` of shape
  * [n_cols, n_rows]; c0 must be on a block boundary. */
 tdm_status_t shd_bind_mat(shd_model_t *m, const char *name, int64_t n_cols, int64_t n_rows,
@@ -121,9 +145,10 @@ tdm_status_t shd_bind_experts(shd_model_t *m, const char *name, int64_t n_cols, 
                               int64_t n_expert, int64_t e0, int64_t ne, int64_t r0, int64_t nr,
                               int64_t c0, int64_t nc, shd_experts_t *out, tdm_error_t *err);
 
-/* The common llama-family layer tensors: norms, q/k/v/o (+ q/k norms when qk_norm), and
- * the FFN of the layer (dense or MoE, by hp.layer_moe). */
-tdm_status_t shd_bind_std_layer(shd_model_t *m, int il, bool qk_norm, tdm_error_t *err);
+/* The common layer tensors: attention (norm, q/k/v/o, and what hparams says the model
+ * has: biases, q/k norms, sinks), the FFN's input norm blk.il.<ffn_norm>.weight, and the
+ * FFN of the layer (dense or MoE, by hp.layer_moe, with any biases). */
+tdm_status_t shd_bind_std_layer(shd_model_t *m, int il, const char *ffn_norm, tdm_error_t *err);
 
 /* ---- shared blocks (blocks.c); all on m->s, rows = b->n_tokens ---- */
 
@@ -138,6 +163,12 @@ tdm_status_t shd_block_ffn(shd_model_t *m, int64_t n_tok, int il, tdm_error_t *e
 tdm_status_t shd_block_moe(shd_model_t *m, int64_t n_tok, int il, tdm_error_t *err);
 /* s.x += s.proj. */
 void shd_residual_add(shd_model_t *m, int64_t n_tok);
+
+/* The pre-norm layer every architecture here shares:
+ *   h = x + Attn(RMSNorm(x; attn_norm)),  x' = h + FFN(RMSNorm(h; ffn_norm))
+ * with FFN dense or routed by the layer. */
+tdm_status_t shd_std_layer_forward(shd_model_t *m, shd_kv_cache_t *kv, const shd_batch_t *b, int il,
+                                   tdm_error_t *err);
 
 /* Sums buf over the group's ranks (shd_comm.h). On a device backend with a communicator
  * of host memory the step's ops are finished first (buf is host-visible memory). */

@@ -620,6 +620,7 @@ static uint64_t scratch_bytes(const topo_plan_t *pl, const topo_shard_plan_t *s)
         B * k,                                             /* sel  */
         B * k,                                             /* selw */
         nout * E,                                          /* lx   */
+        hp->qk_norm_full ? 2 * B : 0,                      /* ss   */
         B * E,                                             /* proj */
         nout * nv,                                         /* lg   */
         split_vocab ? (size_t)pl->tp * nout * nv : 0,      /* lgg  */

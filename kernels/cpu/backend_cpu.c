@@ -10,6 +10,7 @@
 #include "kernels/cpu/pool.h"
 #include "kernels/kern_ops.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -229,6 +230,28 @@ static void cpu_add(kern_backend_t *be, float *y, const float *a, const float *b
     kern_op_add_f32(y, a, b, n);
 }
 
+static void cpu_add_bias(kern_backend_t *be, float *y, int64_t ldy, const float *bias, int64_t rows,
+                         int64_t cols)
+{
+    (void)be;
+    kern_op_add_bias_f32(y, ldy, bias, rows, cols);
+}
+
+static void cpu_sum_sq(kern_backend_t *be, float *ss, int64_t lds, const float *x, int64_t ldx,
+                       int64_t rows, int64_t cols)
+{
+    (void)be;
+    kern_op_sum_sq_f32(ss, lds, x, ldx, rows, cols);
+}
+
+static void cpu_rms_apply(kern_backend_t *be, float *y, int64_t ldy, const float *x, int64_t ldx,
+                          const float *ss, int64_t lds, const float *w, int64_t rows, int64_t cols,
+                          int64_t n_total, float eps)
+{
+    (void)be;
+    kern_op_rms_apply_f32(y, ldy, x, ldx, ss, lds, w, rows, cols, n_total, eps);
+}
+
 static void cpu_kv_store(kern_backend_t *be, const kern_kv_layout_t *l, void *k_layer,
                          void *v_layer, const float *k, const float *v, int64_t ld)
 {
@@ -255,8 +278,26 @@ typedef struct attn_task {
     const kern_attn_params_t *p;
 } attn_task_t;
 
-/* One (token, local q head) per item: scores against every key of the token's sequence
- * at positions 0..pos, softmax, weighted sum of values. */
+/* The keys position pos attends to, its score scale and its head's sink. */
+kern_attn_span_t kern_attn_span_of(const kern_attn_params_t *p, int32_t pos, int h)
+{
+    kern_attn_span_t sp = {
+        .lo = p->window > 0 && pos >= p->window ? pos - p->window + 1 : 0,
+        .hi = pos + 1,
+        .scale = p->scale,
+        .sink = p->sinks != NULL ? p->sinks[h] : -INFINITY,
+    };
+    if (p->temp_scale != 0.0f) {
+        /* llama.cpp's per-position factor on q (llm_graph_input_attn_temp), in double */
+        const double f =
+            log(floor((double)pos / (double)p->temp_floor) + 1.0) * p->temp_scale + 1.0;
+        sp.scale = (float)((double)p->scale * f);
+    }
+    return sp;
+}
+
+/* One (token, local q head) per item: scores against the keys of the token's sequence
+ * it sees, softmax, weighted sum of values. */
 static void attn_worker(void *arg, int64_t begin, int64_t end, int thread_idx)
 {
     const attn_task_t *a = arg;
@@ -275,14 +316,14 @@ static void attn_worker(void *arg, int64_t begin, int64_t end, int thread_idx)
         float *o = a->out + (t * H + h) * hd;
         const kern_seq_t *sq = &st->seqs[st->seq[t]];
         const size_t hoff = (size_t)kvh * (size_t)B * l->row_bytes;
+        const kern_attn_span_t sp = kern_attn_span_of(a->p, st->pos[t], h);
         if (l->type == TDM_TYPE_F32) {
-            kern_op_attn_head_f32(
-                isa, o, q, (const float *)(a->k + hoff), (const float *)(a->v + hoff), sq->blocks,
-                l->block_bytes / sizeof(float), B, st->pos[t] + 1, hd, a->p->scale, sc);
+            kern_op_attn_head_f32(isa, o, q, (const float *)(a->k + hoff),
+                                  (const float *)(a->v + hoff), sq->blocks,
+                                  l->block_bytes / sizeof(float), B, hd, &sp, sc);
         } else {
             kern_op_attn_head_kv(isa, l->type, o, q, a->k + hoff, a->v + hoff, sq->blocks,
-                                 l->block_bytes, B, l->row_bytes, st->pos[t] + 1, hd, a->p->scale,
-                                 sc, row);
+                                 l->block_bytes, B, l->row_bytes, hd, &sp, sc, row);
         }
     }
 }
@@ -295,12 +336,11 @@ static void cpu_attention(kern_backend_t *be, float *out, const float *q, const 
                       &task);
 }
 
-static void cpu_moe_route(kern_backend_t *be, float *logits, int n_expert, int k, bool norm,
-                          int32_t *sel, float *w)
+static void cpu_moe_route(kern_backend_t *be, float *logits, const kern_route_t *r, int32_t *sel,
+                          float *w)
 {
     for (int32_t t = 0; t < be->step->n_tokens; t++) {
-        kern_op_route_token(logits + (int64_t)t * n_expert, n_expert, k, norm, sel + t * k,
-                            w + t * k);
+        kern_op_route_token(logits + (int64_t)t * r->n_expert, r, sel + t * r->k, w + t * r->k);
     }
 }
 
@@ -326,6 +366,9 @@ static const kern_backend_ops_t cpu_ops = {
     .matmul = cpu_matmul,
     .swiglu = cpu_swiglu,
     .add = cpu_add,
+    .add_bias = cpu_add_bias,
+    .sum_sq = cpu_sum_sq,
+    .rms_apply = cpu_rms_apply,
     .kv_store = cpu_kv_store,
     .attention = cpu_attention,
     .moe_route = cpu_moe_route,

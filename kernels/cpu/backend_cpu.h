@@ -27,6 +27,10 @@ static inline cpu_backend_t *cpu_be(kern_backend_t *be)
 }
 
 /* kern_be_moe_experts on the CPU (moe_cpu.c). */
+/* The keys a query at position pos attends to under p (window), its score scale
+ * (temperature) and local head h's sink. */
+kern_attn_span_t kern_attn_span_of(const kern_attn_params_t *p, int32_t pos, int h);
+
 void kern_cpu_moe_experts(kern_backend_t *be, const kern_moe_t *moe, const float *x, int64_t ldx,
                           const int32_t *sel, const float *w, float *out, int64_t ldo,
                           int64_t n_tok);

@@ -1,5 +1,6 @@
 /*
- * moe_cpu.c - the routed SwiGLU experts on the CPU (kern_be_moe_experts).
+ * moe_cpu.c - the routed experts on the CPU (kern_be_moe_experts): gated FFNs (SwiGLU or
+ * gpt-oss's clamped variant) with optional biases.
  *
  * This rank's experts run in expert order (HF's accumulation order): the tokens routed
  * to each are gathered, the expert runs on just those rows (gate and up as one batched
@@ -22,6 +23,31 @@ static kern_weight_t expert_view(const kern_weight_t *w0, size_t stride, int e_l
     kern_weight_t w = *w0;
     w.data = (const unsigned char *)w.data + (size_t)e_local * stride;
     return w;
+}
+
+/* Expert el's bias vector (NULL when the experts have none). */
+static const float *expert_bias(const float *b0, int64_t stride, int el)
+{
+    return b0 != NULL ? b0 + (int64_t)el * stride : NULL;
+}
+
+/* a = act(a + gate bias, b + up bias) over rows of F (ld F). */
+static void gated_act(kern_isa_t isa, const kern_moe_t *moe, int el, float *a, float *b,
+                      int64_t rows, int64_t F)
+{
+    const float *gb = expert_bias(moe->gate_b, moe->gate_b_stride, el);
+    const float *ub = expert_bias(moe->up_b, moe->up_b_stride, el);
+    if (gb != NULL) {
+        kern_op_add_bias_f32(a, F, gb, rows, F);
+    }
+    if (ub != NULL) {
+        kern_op_add_bias_f32(b, F, ub, rows, F);
+    }
+    if (moe->act == KERN_ACT_SWIGLU_OAI) {
+        kern_op_swiglu_oai_f32(a, a, b, rows * F, moe->act_alpha, moe->act_limit);
+    } else {
+        kern_op_silu_mul_f32_isa(isa, a, a, b, rows * F);
+    }
 }
 
 static tdm_status_t moe_one_token(cpu_backend_t *c, const kern_moe_t *moe, const float *x,
@@ -54,12 +80,16 @@ static tdm_status_t moe_one_token(cpu_backend_t *c, const kern_moe_t *moe, const
     }
     TDM_CHECK(kern_matmul_batch(c->ctx, 2 * n, ops, 1, err));
     for (int i = 0; i < n; i++) {
-        kern_op_silu_mul_f32_isa(isa, c->ff_a + i * F, c->ff_a + i * F, c->ff_b + i * F, F);
+        gated_act(isa, moe, el_of[i], c->ff_a + i * F, c->ff_b + i * F, 1, F);
         ops[i] = (kern_matmul_op_t){&wv[3 * i + 2], c->ff_a + i * F, F, c->ey + i * E, E};
     }
     TDM_CHECK(kern_matmul_batch(c->ctx, n, ops, 1, err));
     memset(out, 0, (size_t)E * sizeof(float));
     for (int i = 0; i < n; i++) {
+        const float *db = expert_bias(moe->down_b, moe->down_b_stride, el_of[i]);
+        if (db != NULL) {
+            kern_op_add_bias_f32(c->ey + i * E, E, db, 1, E);
+        }
         kern_op_axpy_f32(out, w_of[i], c->ey + i * E, E);
     }
     return TDM_OK;
@@ -95,8 +125,12 @@ static tdm_status_t moe_general(cpu_backend_t *c, const kern_moe_t *moe, const f
         kern_weight_t wd = expert_view(&moe->down, moe->down_stride, el);
         const kern_matmul_op_t gu[2] = {{&wg, c->ex, E, c->ff_a, F}, {&wu, c->ex, E, c->ff_b, F}};
         TDM_CHECK(kern_matmul_batch(c->ctx, 2, gu, cnt, err));
-        kern_op_silu_mul_f32_isa(kern_ctx_isa(c->ctx), c->ff_a, c->ff_a, c->ff_b, cnt * F);
+        gated_act(kern_ctx_isa(c->ctx), moe, el, c->ff_a, c->ff_b, cnt, F);
         TDM_CHECK(kern_matmul(c->ctx, &wd, c->ff_a, F, cnt, c->ey, E, err));
+        const float *db = expert_bias(moe->down_b, moe->down_b_stride, el);
+        if (db != NULL) {
+            kern_op_add_bias_f32(c->ey, E, db, cnt, E);
+        }
         for (int64_t i = 0; i < cnt; i++) {
             kern_op_axpy_f32(out + (int64_t)c->etok[i] * ldo, c->ew[i], c->ey + i * E, E);
         }

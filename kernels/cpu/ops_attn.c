@@ -16,29 +16,39 @@ static inline const float *key_row(const float *base, const int32_t *blocks, siz
     return base + (size_t)blocks[j / B] * stride + (size_t)(j % B) * (size_t)hd;
 }
 
+/* Softmax numerators of scores[lo, hi) in place, max and sum including the sink: the
+ * sink joins the max and, last, the double sum. Returns 1 / sum. */
+static float softmax_span(float *scores, const kern_attn_span_t *sp)
+{
+    float mx = sp->sink;
+    for (int32_t j = sp->lo; j < sp->hi; j++) {
+        mx = scores[j] > mx ? scores[j] : mx;
+    }
+    double sum = 0.0;
+    for (int32_t j = sp->lo; j < sp->hi; j++) {
+        scores[j] = expf(scores[j] - mx);
+        sum += scores[j];
+    }
+    sum += expf(sp->sink - mx); /* 0 without a sink: exp(-inf) */
+    return (float)(1.0 / sum);
+}
+
 void kern_op_attn_head_f32_ref(float *out, const float *q, const float *k, const float *v,
                                const int32_t *blocks, size_t block_stride, int block_tokens,
-                               int32_t n_keys, int head_dim, float scale, float *scores)
+                               int head_dim, const kern_attn_span_t *sp, float *scores)
 {
     const int B = block_tokens, hd = head_dim;
-    float mx = -INFINITY;
-    for (int32_t j = 0; j < n_keys; j++) {
+    for (int32_t j = sp->lo; j < sp->hi; j++) {
         const float *kr = key_row(k, blocks, block_stride, B, hd, j);
         float d = 0.0f;
         for (int c = 0; c < hd; c++) {
             d += q[c] * kr[c];
         }
-        scores[j] = d * scale;
-        mx = scores[j] > mx ? scores[j] : mx;
+        scores[j] = d * sp->scale;
     }
-    double sum = 0.0;
-    for (int32_t j = 0; j < n_keys; j++) {
-        scores[j] = expf(scores[j] - mx);
-        sum += scores[j];
-    }
-    const float inv = (float)(1.0 / sum);
+    const float inv = softmax_span(scores, sp);
     memset(out, 0, (size_t)hd * sizeof(float));
-    for (int32_t j = 0; j < n_keys; j++) {
+    for (int32_t j = sp->lo; j < sp->hi; j++) {
         const float *vr = key_row(v, blocks, block_stride, B, hd, j);
         const float w = scores[j] * inv;
         for (int c = 0; c < hd; c++) {
@@ -50,47 +60,39 @@ void kern_op_attn_head_f32_ref(float *out, const float *q, const float *k, const
 /* Any ISA with an f32 dot/axpy table (NEON): the same steps through the table. */
 static void attn_head_vec(const kern_vec_ops_t *vo, float *out, const float *q, const float *k,
                           const float *v, const int32_t *blocks, size_t block_stride,
-                          int block_tokens, int32_t n_keys, int head_dim, float scale,
-                          float *scores)
+                          int block_tokens, int head_dim, const kern_attn_span_t *sp, float *scores)
 {
     const int B = block_tokens, hd = head_dim;
-    float mx = -INFINITY;
-    for (int32_t j = 0; j < n_keys; j++) {
-        scores[j] = vo->dot_f32(q, key_row(k, blocks, block_stride, B, hd, j), (size_t)hd) * scale;
-        mx = scores[j] > mx ? scores[j] : mx;
+    for (int32_t j = sp->lo; j < sp->hi; j++) {
+        scores[j] =
+            vo->dot_f32(q, key_row(k, blocks, block_stride, B, hd, j), (size_t)hd) * sp->scale;
     }
-    double sum = 0.0;
-    for (int32_t j = 0; j < n_keys; j++) {
-        scores[j] = expf(scores[j] - mx);
-        sum += scores[j];
-    }
-    const float inv = (float)(1.0 / sum);
+    const float inv = softmax_span(scores, sp);
     memset(out, 0, (size_t)hd * sizeof(float));
-    for (int32_t j = 0; j < n_keys; j++) {
+    for (int32_t j = sp->lo; j < sp->hi; j++) {
         vo->axpy_f32(out, scores[j] * inv, key_row(v, blocks, block_stride, B, hd, j), (size_t)hd);
     }
 }
 
 void kern_op_attn_head_f32(kern_isa_t isa, float *out, const float *q, const float *k,
                            const float *v, const int32_t *blocks, size_t block_stride,
-                           int block_tokens, int32_t n_keys, int head_dim, float scale,
+                           int block_tokens, int head_dim, const kern_attn_span_t *sp,
                            float *scores)
 {
 #if defined(__x86_64__)
     if ((isa == KERN_ISA_AVX2 || isa == KERN_ISA_AVX512) && head_dim % 8 == 0) {
-        kern_attn_head_f32_avx2(out, q, k, v, blocks, block_stride, block_tokens, n_keys, head_dim,
-                                scale, scores);
+        kern_attn_head_f32_avx2(out, q, k, v, blocks, block_stride, block_tokens, head_dim, sp,
+                                scores);
         return;
     }
 #endif
     const kern_vec_ops_t *vo = isa == KERN_ISA_SCALAR ? NULL : kern_vec_ops_get(isa);
     if (vo == NULL) {
-        kern_op_attn_head_f32_ref(out, q, k, v, blocks, block_stride, block_tokens, n_keys,
-                                  head_dim, scale, scores);
+        kern_op_attn_head_f32_ref(out, q, k, v, blocks, block_stride, block_tokens, head_dim, sp,
+                                  scores);
         return;
     }
-    attn_head_vec(vo, out, q, k, v, blocks, block_stride, block_tokens, n_keys, head_dim, scale,
-                  scores);
+    attn_head_vec(vo, out, q, k, v, blocks, block_stride, block_tokens, head_dim, sp, scores);
 }
 
 void kern_op_silu_mul_f32_isa(kern_isa_t isa, float *out, const float *gate, const float *up,

@@ -47,29 +47,30 @@ static void row_to_f32(tdm_type_t type, const void *src, float *dst, int hd)
 
 void kern_op_attn_head_kv(kern_isa_t isa, tdm_type_t type, float *out, const float *q,
                           const void *k, const void *v, const int32_t *blocks, size_t block_bytes,
-                          int block_tokens, size_t row_bytes, int32_t n_keys, int head_dim,
-                          float scale, float *scores, float *row)
+                          int block_tokens, size_t row_bytes, int head_dim,
+                          const kern_attn_span_t *sp, float *scores, float *row)
 {
     const kern_vec_ops_t *vo = isa == KERN_ISA_SCALAR ? NULL : kern_vec_ops_get(isa);
     const int B = block_tokens, hd = head_dim;
-    float mx = -INFINITY;
-    for (int32_t j = 0; j < n_keys; j++) {
+    float mx = sp->sink;
+    for (int32_t j = sp->lo; j < sp->hi; j++) {
         const unsigned char *kr = (const unsigned char *)k + (size_t)blocks[j / B] * block_bytes +
                                   (size_t)(j % B) * row_bytes;
         row_to_f32(type, kr, row, hd);
         scores[j] =
             (vo != NULL ? vo->dot_f32(q, row, (size_t)hd) : kern_dot_f32_ref(q, row, (size_t)hd)) *
-            scale;
+            sp->scale;
         mx = scores[j] > mx ? scores[j] : mx;
     }
     double sum = 0.0;
-    for (int32_t j = 0; j < n_keys; j++) {
+    for (int32_t j = sp->lo; j < sp->hi; j++) {
         scores[j] = expf(scores[j] - mx);
         sum += scores[j];
     }
+    sum += expf(sp->sink - mx); /* 0 without a sink */
     const float inv = (float)(1.0 / sum);
     memset(out, 0, (size_t)hd * sizeof(float));
-    for (int32_t j = 0; j < n_keys; j++) {
+    for (int32_t j = sp->lo; j < sp->hi; j++) {
         const unsigned char *vr = (const unsigned char *)v + (size_t)blocks[j / B] * block_bytes +
                                   (size_t)(j % B) * row_bytes;
         row_to_f32(type, vr, row, hd);

@@ -9,6 +9,7 @@
 #define KERN_CPU_VEC_H
 
 #include "kernels/kern_isa.h"
+#include "kernels/kern_ops.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -43,7 +44,7 @@ void kern_axpy_f32_neon(float *y, float a, const float *x, size_t n);
  * the attention kernel needs head_dim % 8 == 0. */
 void kern_attn_head_f32_avx2(float *out, const float *q, const float *k, const float *v,
                              const int32_t *blocks, size_t block_stride, int block_tokens,
-                             int32_t n_keys, int head_dim, float scale, float *scores);
+                             int head_dim, const kern_attn_span_t *sp, float *scores);
 void kern_silu_mul_f32_avx2(float *out, const float *gate, const float *up, int64_t n);
 
 #endif

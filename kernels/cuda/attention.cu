@@ -2,14 +2,19 @@
  * attention.cu - the paged KV cache on the GPU: writing a step's K/V rows (f32, f16 or
  * q8_0, converted as the CPU converts them) and attention over the cached positions.
  *
- * Attention of a query (token t, local head h) over keys 0..pos[t] of its sequence is
- * computed in a canonical order that never depends on the step: keys are cut into
- * segments of CU_ATTN_SEG; each segment is an online softmax (running max, sum and
- * weighted values) started fresh; segments are merged one after the other, in order.
- * A warp per (query, segment) writes the segment's state and a second kernel merges them
- * (long contexts, few queries: the split spreads one query over many SMs), or a warp per
- * query walks all segments itself (many queries); both do the same arithmetic, so a
- * token's attention is the same in a prefill chunk and in a decode step.
+ * Attention of a query (token t, local head h) over the keys [lo, hi) of its sequence it
+ * sees (hi = pos[t] + 1; lo = 0, or hi - window under a sliding window) is computed in a
+ * canonical order that never depends on the step: the span is cut into segments of
+ * CU_ATTN_SEG counted from lo, so the boundaries are a function of the span alone; each
+ * segment is an online softmax (running max, sum and weighted values) started fresh;
+ * segments are merged one after the other, in order, and the head's sink (a logit with no
+ * value) is merged last, once, as a segment of one key whose value is zero. A warp per
+ * (query, segment) writes the segment's state and a second kernel merges them (long
+ * contexts, few queries: the split spreads one query over many SMs), or a warp per query
+ * walks all segments itself (many queries); both do the same arithmetic, so a token's
+ * attention is the same in a prefill chunk and in a decode step. The score scale of a
+ * query (with a temperature, a function of its position) is computed as the CPU's
+ * kern_attn_span_of computes it, in double.
  */
 #include "kernels/cuda/cuda_be.cuh"
 
@@ -98,6 +103,10 @@ typedef struct att_args {
     int type, hd, B, n_head, head_lo, kv_lo, group;
     size_t row_bytes, block_bytes;
     float scale;
+    int window;         /* > 0: a query sees its last `window` positions only   */
+    const float *sinks; /* per local head, or NULL                              */
+    float temp_scale;   /* != 0: scores scaled by 1 + temp_scale ln(1 + p / fl) */
+    int temp_floor;     /* fl                                                   */
     const int32_t *pos, *seq, *seq_off, *blocks;
     float *part; /* split: (m, l, acc[hd]) per (t, h, segment) */
     int n_seg;   /* split: segments per query in part; serial: 0 */
@@ -120,8 +129,36 @@ __device__ __forceinline__ void merge(seg_state_t *a, const seg_state_t *b, int 
     a->m = mm;
 }
 
+/* The keys [lo, hi) token t's query sees, and its score scale (kern_attn_span_of's
+ * arithmetic, operation by operation in double). */
+typedef struct att_span {
+    int lo, hi;
+    float scale;
+} att_span_t;
+
+__device__ __forceinline__ att_span_t span_of(const att_args_t &a, int t)
+{
+    const int p = a.pos[t];
+    att_span_t sp;
+    sp.hi = p + 1;
+    sp.lo = a.window > 0 && p >= a.window ? p - a.window + 1 : 0;
+    sp.scale = a.scale;
+    if (a.temp_scale != 0.0f) {
+        const double fl = floor(__ddiv_rn((double)p, (double)a.temp_floor));
+        const double f = __dadd_rn(__dmul_rn(log(__dadd_rn(fl, 1.0)), (double)a.temp_scale), 1.0);
+        sp.scale = (float)__dmul_rn((double)a.scale, f);
+    }
+    return sp;
+}
+
+/* Segments of a span (at least one: a span is never empty). */
+__device__ __forceinline__ int span_segs(const att_span_t &sp)
+{
+    return (sp.hi - sp.lo + CU_ATTN_SEG - 1) / CU_ATTN_SEG;
+}
+
 /* Keys [j0, j1) of query (t, h) from a fresh state. */
-__device__ static void run_segment(const att_args_t &a, int t, int h, int j0, int j1,
+__device__ static void run_segment(const att_args_t &a, int t, int h, int j0, int j1, float scale,
                                    const float *qv, seg_state_t *st)
 {
     const int lane = threadIdx.x & 31, nd = (a.hd + 31) / 32;
@@ -146,7 +183,7 @@ __device__ static void run_segment(const att_args_t &a, int t, int h, int j0, in
         for (int o = 16; o > 0; o >>= 1) {
             dot += __shfl_xor_sync(0xffffffffu, dot, o);
         }
-        const float s = __fmul_rn(dot, a.scale);
+        const float s = __fmul_rn(dot, scale);
         const float mn = fmaxf(st->m, s);
         const float corr = expf(st->m - mn), p = expf(s - mn);
         st->l = __fadd_rn(__fmul_rn(st->l, corr), p);
@@ -159,12 +196,44 @@ __device__ static void run_segment(const att_args_t &a, int t, int h, int j0, in
     }
 }
 
+/* Segment s of a span: keys [j0, j1). */
+__device__ __forceinline__ void seg_keys(const att_span_t &sp, int s, int *j0, int *j1)
+{
+    *j0 = sp.lo + s * CU_ATTN_SEG;
+    *j1 = sp.hi - *j0 > CU_ATTN_SEG ? *j0 + CU_ATTN_SEG : sp.hi;
+}
+
+/* The final state: the head's sink merged last (merge() with a state of one key of logit
+ * sinks[h] and value 0: m = sink, l = 1, acc = 0), then the weighted values divided by the
+ * sum. */
+__device__ static void finish(const att_args_t &a, int t, int h, seg_state_t *run, int nd)
+{
+    const int lane = threadIdx.x & 31;
+    if (a.sinks != NULL) {
+        const float sink = a.sinks[h];
+        const float mm = fmaxf(run->m, sink);
+        const float ca = expf(run->m - mm), cb = expf(sink - mm);
+        run->l = __fadd_rn(__fmul_rn(run->l, ca), cb);
+        for (int i = 0; i < nd; i++) {
+            run->acc[i] = __fmul_rn(run->acc[i], ca);
+        }
+        run->m = mm;
+    }
+    float *o = a.out + ((int64_t)t * a.n_head + h) * a.hd;
+    for (int i = 0; i < nd; i++) {
+        const int d = lane + 32 * i;
+        if (d < a.hd) {
+            o[d] = __fdiv_rn(run->acc[i], run->l);
+        }
+    }
+}
+
 /* Grid (token, head, segment or 1): one warp each. */
 __global__ void attention_kernel(att_args_t a)
 {
     const int t = blockIdx.x, h = blockIdx.y, lane = threadIdx.x & 31, nd = (a.hd + 31) / 32;
-    const int n_keys = a.pos[t] + 1;
-    const int nseg = (n_keys + CU_ATTN_SEG - 1) / CU_ATTN_SEG;
+    const att_span_t sp = span_of(a, t);
+    const int nseg = span_segs(sp);
     const float *q = a.q + ((int64_t)t * a.n_head + h) * a.hd;
     float qv[ATT_DPL];
     for (int i = 0; i < ATT_DPL; i++) {
@@ -178,8 +247,9 @@ __global__ void attention_kernel(att_args_t a)
             return; /* the merge reads only the query's own segments */
         }
         seg_state_t st;
-        const int j1 = (s + 1) * CU_ATTN_SEG < n_keys ? (s + 1) * CU_ATTN_SEG : n_keys;
-        run_segment(a, t, h, s * CU_ATTN_SEG, j1, qv, &st);
+        int j0, j1;
+        seg_keys(sp, s, &j0, &j1);
+        run_segment(a, t, h, j0, j1, sp.scale, qv, &st);
         float *p = a.part + (((int64_t)t * a.n_head + h) * a.n_seg + s) * (a.hd + 2);
         if (lane == 0) {
             p[0] = st.m;
@@ -195,26 +265,21 @@ __global__ void attention_kernel(att_args_t a)
     }
     seg_state_t run, st;
     for (int s = 0; s < nseg; s++) {
-        const int j1 = (s + 1) * CU_ATTN_SEG < n_keys ? (s + 1) * CU_ATTN_SEG : n_keys;
-        run_segment(a, t, h, s * CU_ATTN_SEG, j1, qv, s == 0 ? &run : &st);
+        int j0, j1;
+        seg_keys(sp, s, &j0, &j1);
+        run_segment(a, t, h, j0, j1, sp.scale, qv, s == 0 ? &run : &st);
         if (s > 0) {
             merge(&run, &st, nd);
         }
     }
-    float *o = a.out + ((int64_t)t * a.n_head + h) * a.hd;
-    for (int i = 0; i < nd; i++) {
-        const int d = lane + 32 * i;
-        if (d < a.hd) {
-            o[d] = __fdiv_rn(run.acc[i], run.l);
-        }
-    }
+    finish(a, t, h, &run, nd);
 }
 
 /* Grid (token, head): merges the query's segments in order. */
 __global__ void attention_merge_kernel(att_args_t a)
 {
     const int t = blockIdx.x, h = blockIdx.y, lane = threadIdx.x & 31, nd = (a.hd + 31) / 32;
-    const int nseg = (a.pos[t] + 1 + CU_ATTN_SEG - 1) / CU_ATTN_SEG;
+    const int nseg = span_segs(span_of(a, t));
     const float *base = a.part + ((int64_t)t * a.n_head + h) * a.n_seg * (a.hd + 2);
     seg_state_t run, st;
     for (int s = 0; s < nseg; s++) {
@@ -230,13 +295,7 @@ __global__ void attention_merge_kernel(att_args_t a)
             merge(&run, &st, nd);
         }
     }
-    float *o = a.out + ((int64_t)t * a.n_head + h) * a.hd;
-    for (int i = 0; i < nd; i++) {
-        const int d = lane + 32 * i;
-        if (d < a.hd) {
-            o[d] = __fdiv_rn(run.acc[i], run.l);
-        }
-    }
+    finish(a, t, h, &run, nd);
 }
 
 void cu_attention(cuda_backend_t *c, float *out, const float *q, const kern_kv_layout_t *l,
@@ -266,13 +325,19 @@ void cu_attention(cuda_backend_t *c, float *out, const float *q, const kern_kv_l
     a.row_bytes = l->row_bytes;
     a.block_bytes = l->block_bytes;
     a.scale = p->scale;
+    a.window = p->window;
+    a.sinks = p->sinks;
+    a.temp_scale = p->temp_scale;
+    a.temp_floor = p->temp_floor;
     a.pos = c->d_pos;
     a.seq = c->d_seq;
     a.seq_off = c->d_seq_off;
     a.blocks = c->d_blocks;
     a.part = c->attn_part;
-    /* the grid's segment span: c->max_keys covers every query of the step */
-    const int segs = c->max_keys / CU_ATTN_SEG;
+    /* the grid's segment span: c->max_keys covers every query of the step, and a window
+     * bounds every span (segments count from a span's first key) */
+    const int32_t span_max = p->window > 0 && p->window < c->max_keys ? p->window : c->max_keys;
+    const int segs = (span_max + CU_ATTN_SEG - 1) / CU_ATTN_SEG;
     const size_t need =
         (size_t)n_tok * (size_t)p->n_head * (size_t)segs * (size_t)(l->head_dim + 2);
     const bool split = segs > 1 && need <= c->attn_part_floats &&

@@ -41,6 +41,9 @@ enum {
     OP_MOE_ROUTE,
     OP_MOE_EXPERTS,
     OP_COPY,
+    OP_ADD_BIAS,
+    OP_SUM_SQ,
+    OP_RMS_APPLY,
 };
 
 bool cu_check_launch(cuda_backend_t *c, const char *what)
@@ -834,24 +837,84 @@ static void cu_op_attention(kern_backend_t *be, float *out, const float *q,
     fa_u(&a, (uint64_t)p->kv_lo);
     fa_u(&a, (uint64_t)p->group);
     fa_f(&a, p->scale);
+    fa_u(&a, (uint64_t)(int64_t)p->window);
+    fa_p(&a, p->sinks);
+    fa_f(&a, p->temp_scale);
+    fa_u(&a, (uint64_t)(int64_t)p->temp_floor);
     if (cu_op(c, OP_ATTENTION, &a)) {
         cu_attention(c, out, q, l, k_layer, v_layer, p, be->step->n_tokens);
     }
 }
 
-static void cu_op_moe_route(kern_backend_t *be, float *logits, int n_expert, int k, bool norm,
-                            int32_t *sel, float *w)
+static void cu_op_moe_route(kern_backend_t *be, float *logits, const kern_route_t *r, int32_t *sel,
+                            float *w)
 {
     cuda_backend_t *c = cu_be(be);
     fp_args_t a = {{0}, 0};
     fa_p(&a, logits);
-    fa_u(&a, (uint64_t)n_expert);
-    fa_u(&a, (uint64_t)k);
-    fa_u(&a, norm ? 1u : 0u);
+    fa_u(&a, (uint64_t)r->n_expert);
+    fa_u(&a, (uint64_t)r->k);
+    fa_u(&a, (uint64_t)r->gating);
+    fa_p(&a, r->sel_bias);
+    fa_u(&a, r->norm ? 1u : 0u);
+    fa_f(&a, r->scale);
     fa_p(&a, sel);
     fa_p(&a, w);
     if (cu_op(c, OP_MOE_ROUTE, &a)) {
-        cu_moe_route(c, logits, n_expert, k, norm, sel, w, be->step->n_tokens);
+        cu_moe_route(c, logits, r, sel, w, be->step->n_tokens);
+    }
+}
+
+static void cu_op_add_bias(kern_backend_t *be, float *y, int64_t ldy, const float *bias,
+                           int64_t rows, int64_t cols)
+{
+    cuda_backend_t *c = cu_be(be);
+    fp_args_t a = {{0}, 0};
+    fa_p(&a, y);
+    fa_u(&a, (uint64_t)ldy);
+    fa_p(&a, bias);
+    fa_u(&a, (uint64_t)rows);
+    fa_u(&a, (uint64_t)cols);
+    if (cu_op(c, OP_ADD_BIAS, &a)) {
+        cu_add_bias(c, y, ldy, bias, rows, cols);
+    }
+}
+
+static void cu_op_sum_sq(kern_backend_t *be, float *ss, int64_t lds, const float *x, int64_t ldx,
+                         int64_t rows, int64_t cols)
+{
+    cuda_backend_t *c = cu_be(be);
+    fp_args_t a = {{0}, 0};
+    fa_p(&a, ss);
+    fa_u(&a, (uint64_t)lds);
+    fa_p(&a, x);
+    fa_u(&a, (uint64_t)ldx);
+    fa_u(&a, (uint64_t)rows);
+    fa_u(&a, (uint64_t)cols);
+    if (cu_op(c, OP_SUM_SQ, &a)) {
+        cu_sum_sq(c, ss, lds, x, ldx, rows, cols);
+    }
+}
+
+static void cu_op_rms_apply(kern_backend_t *be, float *y, int64_t ldy, const float *x, int64_t ldx,
+                            const float *ss, int64_t lds, const float *w, int64_t rows,
+                            int64_t cols, int64_t n_total, float eps)
+{
+    cuda_backend_t *c = cu_be(be);
+    fp_args_t a = {{0}, 0};
+    fa_p(&a, y);
+    fa_u(&a, (uint64_t)ldy);
+    fa_p(&a, x);
+    fa_u(&a, (uint64_t)ldx);
+    fa_p(&a, ss);
+    fa_u(&a, (uint64_t)lds);
+    fa_p(&a, w);
+    fa_u(&a, (uint64_t)rows);
+    fa_u(&a, (uint64_t)cols);
+    fa_u(&a, (uint64_t)n_total);
+    fa_f(&a, eps);
+    if (cu_op(c, OP_RMS_APPLY, &a)) {
+        cu_rms_apply(c, y, ldy, x, ldx, ss, lds, w, rows, cols, n_total, eps);
     }
 }
 
@@ -867,6 +930,15 @@ static void cu_op_moe_experts(kern_backend_t *be, const kern_moe_t *moe, const f
     fa_u(&a, (uint64_t)moe->gate_stride);
     fa_u(&a, (uint64_t)moe->up_stride);
     fa_u(&a, (uint64_t)moe->down_stride);
+    fa_p(&a, moe->gate_b);
+    fa_p(&a, moe->up_b);
+    fa_p(&a, moe->down_b);
+    fa_u(&a, (uint64_t)moe->gate_b_stride);
+    fa_u(&a, (uint64_t)moe->up_b_stride);
+    fa_u(&a, (uint64_t)moe->down_b_stride);
+    fa_u(&a, (uint64_t)moe->act);
+    fa_f(&a, moe->act_alpha);
+    fa_f(&a, moe->act_limit);
     fa_u(&a, (uint64_t)moe->exp_lo);
     fa_u(&a, (uint64_t)moe->n_exp);
     fa_u(&a, (uint64_t)moe->n_used);
@@ -884,12 +956,12 @@ static void cu_op_moe_experts(kern_backend_t *be, const kern_moe_t *moe, const f
 }
 
 static const kern_backend_ops_t cuda_ops = {
-    cu_destroy,        cu_stats,           cu_mem_info,    cu_alloc,        cu_free,
-    cu_to_device,      cu_to_host,         cu_sync,        cu_copy,         cu_weights_bytes,
-    cu_weights_load,   cu_reserve_bytes,   cu_reserve,     cu_step_begin,   cu_step_end,
-    cu_op_get_rows,    cu_op_get_out_rows, cu_op_rms_norm, cu_op_rope,      cu_op_matmul,
-    cu_op_swiglu,      cu_op_add,          cu_op_kv_store, cu_op_attention, cu_op_moe_route,
-    cu_op_moe_experts,
+    cu_destroy,      cu_stats,           cu_mem_info,     cu_alloc,          cu_free,
+    cu_to_device,    cu_to_host,         cu_sync,         cu_copy,           cu_weights_bytes,
+    cu_weights_load, cu_reserve_bytes,   cu_reserve,      cu_step_begin,     cu_step_end,
+    cu_op_get_rows,  cu_op_get_out_rows, cu_op_rms_norm,  cu_op_rope,        cu_op_matmul,
+    cu_op_swiglu,    cu_op_add,          cu_op_add_bias,  cu_op_sum_sq,      cu_op_rms_apply,
+    cu_op_kv_store,  cu_op_attention,    cu_op_moe_route, cu_op_moe_experts,
 };
 
 /* ---- creation

@@ -3,11 +3,14 @@
  *
  *   backend_cuda.cu  the object: device, stream, memory, weights, step metadata, graphs,
  *                    and the ops table (each op: fingerprint, then its launcher)
- *   ops.cu           embedding rows, logits rows, RMSNorm, RoPE, SwiGLU, add
+ *   ops.cu           embedding rows, logits rows, RMSNorm (whole or in two halves), RoPE,
+ *                    SwiGLU, add, bias
  *   matmul.cu        activation quantizers and the matrix products (int8 mma.sync tiles
  *                    for the quantized types, FFMA for f32/f16/bf16)
- *   attention.cu     KV-cache writes and paged attention (segments + merge)
- *   moe.cu           routing, grouping tokens by expert, the experts, the weighted sum
+ *   attention.cu     KV-cache writes and paged attention (segments + merge; windows,
+ *                    sinks, temperature)
+ *   moe.cu           routing, grouping tokens by expert, the experts (biases, SwiGLU or
+ *                    gpt-oss's clamped one), the weighted sum
  *
  * One stream per backend: ops run in issue order, so no op waits on an event of another.
  */
@@ -104,6 +107,13 @@ void cu_rope(cuda_backend_t *c, float *x, int64_t ld, int32_t n_tok, int n_heads
              const mdl_rope_params_t *p, const float *freq_factors);
 void cu_swiglu(cuda_backend_t *c, float *out, const float *gate, const float *up, int64_t n);
 void cu_add(cuda_backend_t *c, float *y, const float *a, const float *b, int64_t n);
+void cu_add_bias(cuda_backend_t *c, float *y, int64_t ldy, const float *bias, int64_t rows,
+                 int64_t cols);
+void cu_sum_sq(cuda_backend_t *c, float *ss, int64_t lds, const float *x, int64_t ldx, int64_t rows,
+               int64_t cols);
+void cu_rms_apply(cuda_backend_t *c, float *y, int64_t ldy, const float *x, int64_t ldx,
+                  const float *ss, int64_t lds, const float *w, int64_t rows, int64_t cols,
+                  int64_t n_total, float eps);
 
 /* matmul.cu */
 /* The activation format of a weight type (QB_ACT_*), -1 for the float types. */
@@ -155,8 +165,8 @@ void cu_attention(cuda_backend_t *c, float *out, const float *q, const kern_kv_l
                   int32_t n_tok);
 
 /* moe.cu */
-void cu_moe_route(cuda_backend_t *c, float *logits, int n_expert, int k, bool norm, int32_t *sel,
-                  float *w, int32_t n_tok);
+void cu_moe_route(cuda_backend_t *c, float *logits, const kern_route_t *r, int32_t *sel, float *w,
+                  int32_t n_tok);
 void cu_moe_experts(cuda_backend_t *c, const kern_moe_t *moe, const float *x, int64_t ldx,
                     const int32_t *sel, const float *w, float *out, int64_t ldo, int64_t n_tok);
 

@@ -1,6 +1,7 @@
 /*
  * ops.cu - the CUDA backend's row and element-wise ops: embedding rows of any type, the
- * rows that want logits, RMSNorm, RoPE, SwiGLU and add.
+ * rows that want logits, RMSNorm (whole, or in two halves: sum of squares, then apply),
+ * RoPE, SwiGLU, add and a linear layer's bias.
  *
  * Each follows its CPU oracle's arithmetic (kernels/cpu/ops_*.c): RMSNorm's sum of
  * squares and RoPE's angles in double, products without contraction where the CPU has
@@ -182,6 +183,83 @@ void cu_rms_norm(cuda_backend_t *c, float *y, int64_t ldy, const float *x, int64
     cu_check_launch(c, "rms_norm");
 }
 
+/* RMSNorm in two halves (a norm whose vector is split across ranks): the sum of squares
+ * of a row in double, over a fixed tree (the same order whatever the step), stored as
+ * float; then the scale from the ranks' total, in double as kern_op_rms_apply_f32. */
+__global__ void sum_sq_kernel(float *ss, int64_t lds, const float *x, int64_t ldx, int64_t cols)
+{
+    const float *xr = x + blockIdx.x * ldx;
+    __shared__ double part[NORM_THREADS / 32];
+    double acc = 0.0;
+    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+        acc += (double)xr[c] * (double)xr[c];
+    }
+    for (int off = 16; off > 0; off >>= 1) {
+        acc += __shfl_xor_sync(0xffffffffu, acc, off);
+    }
+    if ((threadIdx.x & 31) == 0) {
+        part[threadIdx.x >> 5] = acc;
+    }
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        acc = threadIdx.x < (blockDim.x >> 5) ? part[threadIdx.x] : 0.0;
+        for (int off = 16; off > 0; off >>= 1) {
+            acc += __shfl_xor_sync(0xffffffffu, acc, off);
+        }
+        if (threadIdx.x == 0) {
+            ss[blockIdx.x * lds] = (float)acc;
+        }
+    }
+}
+
+/* 1-D grid: `per` blocks for each row. */
+__global__ void rms_apply_kernel(float *y, int64_t ldy, const float *x, int64_t ldx,
+                                 const float *ss, int64_t lds, const float *w, int64_t cols,
+                                 int64_t n_total, float eps, int per)
+{
+    const int64_t r = blockIdx.x / per;
+    const float *xr = x + r * ldx;
+    float *yr = y + r * ldy;
+    const double mean = __ddiv_rn((double)ss[r * lds], (double)n_total);
+    const float scale = (float)__ddiv_rn(1.0, __dsqrt_rn(__dadd_rn(mean, (double)eps)));
+    for (int64_t c = (int64_t)(blockIdx.x % per) * blockDim.x + threadIdx.x; c < cols;
+         c += (int64_t)per * blockDim.x) {
+        const float v = __fmul_rn(xr[c], scale);
+        yr[c] = w != NULL ? __fmul_rn(v, w[c]) : v;
+    }
+}
+
+/* Blocks of 256 threads for each row of cols elements (at most 64). */
+static int row_blocks(int64_t cols)
+{
+    const int64_t b = (cols + 255) / 256;
+    return (int)(b < 64 ? (b > 0 ? b : 1) : 64);
+}
+
+void cu_sum_sq(cuda_backend_t *c, float *ss, int64_t lds, const float *x, int64_t ldx, int64_t rows,
+               int64_t cols)
+{
+    if (rows == 0) {
+        return;
+    }
+    sum_sq_kernel<<<(unsigned)rows, NORM_THREADS, 0, c->stream>>>(ss, lds, x, ldx, cols);
+    cu_check_launch(c, "sum_sq");
+}
+
+void cu_rms_apply(cuda_backend_t *c, float *y, int64_t ldy, const float *x, int64_t ldx,
+                  const float *ss, int64_t lds, const float *w, int64_t rows, int64_t cols,
+                  int64_t n_total, float eps)
+{
+    if (rows == 0 || cols == 0) {
+        return;
+    }
+    const int per = row_blocks(cols);
+    const unsigned grid = (unsigned)(rows * per);
+    rms_apply_kernel<<<grid, 256, 0, c->stream>>>(y, ldy, x, ldx, ss, lds, w, cols, n_total, eps,
+                                                  per);
+    cu_check_launch(c, "rms_apply");
+}
+
 /* ---- RoPE (ggml's NORM/NEOX, freq factors, linear and YaRN scaling; angles in double) ---- */
 
 typedef struct rope_args {
@@ -251,7 +329,7 @@ void cu_rope(cuda_backend_t *c, float *x, int64_t ld, int32_t n_tok, int n_heads
     cu_check_launch(c, "rope");
 }
 
-/* ---- SwiGLU, add ---- */
+/* ---- SwiGLU, add, bias ---- */
 
 __global__ void swiglu_kernel(float *out, const float *gate, const float *up, int64_t n)
 {
@@ -267,6 +345,16 @@ __global__ void add_kernel(float *y, const float *a, const float *b, int64_t n)
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (int64_t)gridDim.x * blockDim.x) {
         y[i] = __fadd_rn(a[i], b[i]);
+    }
+}
+
+/* 1-D grid: `per` blocks for each row. */
+__global__ void add_bias_kernel(float *y, int64_t ldy, const float *bias, int64_t cols, int per)
+{
+    float *yr = y + (int64_t)(blockIdx.x / per) * ldy;
+    for (int64_t c = (int64_t)(blockIdx.x % per) * blockDim.x + threadIdx.x; c < cols;
+         c += (int64_t)per * blockDim.x) {
+        yr[c] = __fadd_rn(yr[c], bias[c]);
     }
 }
 
@@ -292,4 +380,16 @@ void cu_add(cuda_backend_t *c, float *y, const float *a, const float *b, int64_t
     }
     add_kernel<<<elem_blocks(n), 256, 0, c->stream>>>(y, a, b, n);
     cu_check_launch(c, "add");
+}
+
+void cu_add_bias(cuda_backend_t *c, float *y, int64_t ldy, const float *bias, int64_t rows,
+                 int64_t cols)
+{
+    if (rows == 0 || cols == 0) {
+        return;
+    }
+    const int per = row_blocks(cols);
+    const unsigned grid = (unsigned)(rows * per);
+    add_bias_kernel<<<grid, 256, 0, c->stream>>>(y, ldy, bias, cols, per);
+    cu_check_launch(c, "add_bias");
 }

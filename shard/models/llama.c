@@ -21,30 +21,12 @@ static tdm_status_t llama_check(const mdl_hparams_t *hp, tdm_error_t *err)
 
 static tdm_status_t llama_bind_layer(shd_model_t *m, int il, tdm_error_t *err)
 {
-    return shd_bind_std_layer(m, il, false, err);
-}
-
-static tdm_status_t llama_forward_layer(shd_model_t *m, shd_kv_cache_t *kv, const shd_batch_t *b,
-                                        int il, tdm_error_t *err)
-{
-    const shd_layer_t *L = &m->layers[il];
-    const int64_t n = b->n_tokens;
-    shd_norm_input(m, n, L->attn_norm);
-    TDM_CHECK(shd_block_attention(m, kv, b, il, err));
-    shd_residual_add(m, n);
-    shd_norm_input(m, n, L->ffn_norm);
-    if (L->is_moe) {
-        TDM_CHECK(shd_block_moe(m, n, il, err));
-    } else {
-        TDM_CHECK(shd_block_ffn(m, n, il, err));
-    }
-    shd_residual_add(m, n);
-    return TDM_OK;
+    return shd_bind_std_layer(m, il, "ffn_norm", err);
 }
 
 const shd_arch_ops_t shd_arch_llama = {
     .arch = MDL_ARCH_LLAMA,
     .check = llama_check,
     .bind_layer = llama_bind_layer,
-    .forward_layer = llama_forward_layer,
+    .forward_layer = shd_std_layer_forward,
 };

@@ -13,7 +13,7 @@
 
 static tdm_status_t qwen3moe_check(const mdl_hparams_t *hp, tdm_error_t *err)
 {
-    if (hp->rope.type != MDL_ROPE_NEOX || !hp->qk_norm) {
+    if (hp->rope.type != MDL_ROPE_NEOX || !hp->qk_norm || hp->qk_norm_full) {
         return tdm_error_set(err, TDM_ERR_INTERNAL, "qwen3moe: needs NEOX rope and q/k norms");
     }
     return TDM_OK;
@@ -21,30 +21,12 @@ static tdm_status_t qwen3moe_check(const mdl_hparams_t *hp, tdm_error_t *err)
 
 static tdm_status_t qwen3moe_bind_layer(shd_model_t *m, int il, tdm_error_t *err)
 {
-    return shd_bind_std_layer(m, il, true, err);
-}
-
-static tdm_status_t qwen3moe_forward_layer(shd_model_t *m, shd_kv_cache_t *kv, const shd_batch_t *b,
-                                           int il, tdm_error_t *err)
-{
-    const shd_layer_t *L = &m->layers[il];
-    const int64_t n = b->n_tokens;
-    shd_norm_input(m, n, L->attn_norm);
-    TDM_CHECK(shd_block_attention(m, kv, b, il, err)); /* q/k norms: L->q_norm set */
-    shd_residual_add(m, n);
-    shd_norm_input(m, n, L->ffn_norm);
-    if (L->is_moe) {
-        TDM_CHECK(shd_block_moe(m, n, il, err));
-    } else {
-        TDM_CHECK(shd_block_ffn(m, n, il, err));
-    }
-    shd_residual_add(m, n);
-    return TDM_OK;
+    return shd_bind_std_layer(m, il, "ffn_norm", err);
 }
 
 const shd_arch_ops_t shd_arch_qwen3moe = {
     .arch = MDL_ARCH_QWEN3MOE,
     .check = qwen3moe_check,
     .bind_layer = qwen3moe_bind_layer,
-    .forward_layer = qwen3moe_forward_layer,
+    .forward_layer = shd_std_layer_forward,
 };

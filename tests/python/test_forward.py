@@ -157,13 +157,19 @@ def test_quantized_models_near_hf(tandem_bin, tmp_path, entry, seq):
 
 
 def _partition_cases():
+    """TP 2, 3, 4 where the heads and FFN widths divide; for MoE models EP 2, 3, 4 where
+    there are enough experts, and TP 2 x EP 2."""
     out = []
     for e in _entries({"F32"}):
         hp = e["hparams"]
-        cfgs = [("--tp", t) for t in (2, 4) if hp["n_head"] % t == 0]
-        if hp["arch"] == "qwen3moe":
-            cfgs += [("--ep", p) for p in (2, 4) if p <= hp["n_expert"]]
-            cfgs.append(("--tp", 2, "--ep", 2))
+        moe = hp.get("n_expert", 0) > 0
+        widths = ([hp["n_ff_exp"]] if moe else []) + ([hp["n_ff"]] if hp.get("n_ff") else [])
+        tps = [t for t in (2, 3, 4) if hp["n_head"] % t == 0 and all(w % t == 0 for w in widths)]
+        cfgs = [("--tp", t) for t in tps]
+        if moe:
+            cfgs += [("--ep", p) for p in (2, 3, 4) if p <= hp["n_expert"]]
+            if 2 in tps:
+                cfgs.append(("--tp", 2, "--ep", 2))
         for c in cfgs:
             out.append(pytest.param(e, c, id=f"{e['file']}{''.join(map(str, c))}"))
     return out

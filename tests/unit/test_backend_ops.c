@@ -16,13 +16,23 @@
  *   matmul, quantized weights                  1e-5 (the same integer sums; float order)
  *   matmul, f32/f16/bf16 weights               2e-5 (f32 sums on the GPU, double on CPU)
  *   rms_norm, add, swiglu                      1e-6, 0, 2e-6 (expf)
+ *   add_bias                                   exact (one float add)
+ *   sum_sq                                     1e-6 of each row's sum (double sums in
+ *                                              another order, rounded to float)
+ *   rms_apply                                  1e-6 (the same double arithmetic; 1e-6
+ *                                              leaves room for a last-bit difference)
  *   rope                                       2e-6
- *   attention                                  2e-5 (online softmax vs two-pass)
- *   moe routing                                same experts; weights 1e-6
- *   moe experts                                2e-5 (f32 weights), 1e-3 (quantized:
- *                                              SwiGLU's expf differs by an ulp, so an
- *                                              int8 input of the down projection may
- *                                              round the other way)
+ *   attention (windows, sinks, temperature)    2e-5 (online softmax vs two-pass; the
+ *                                              temperature's log in double may differ by
+ *                                              an ulp, a float ulp of the scale at most)
+ *   moe routing (every gating, selection       same experts; probabilities and weights
+ *   bias, renormalisation, scale)              1e-6 (expf by an ulp)
+ *   moe experts (biases, SwiGLU or gpt-oss's   2e-5 (f32 weights), 1e-3 (quantized:
+ *   clamped one)                               the activation's expf differs by an ulp,
+ *                                              so an int8 input of the down projection
+ *                                              may round the other way)
+ *   CUDA graphs                                a replay with any other argument refused
+ *                                              (counted), results as above
  */
 #include "common/check.h"
 #include "kernels/kern_backend.h"
@@ -547,6 +557,85 @@ static void test_rms_norm_add_swiglu(void **state)
     }
 }
 
+/* A linear layer's bias, and RMSNorm in two halves (MiniMax-M2's q/k norm over heads split
+ * across ranks): sum_sq strided into a column of ss, rms_apply from given sums with
+ * n_total wider than this rank's columns, with and without a weight, in place, and the
+ * two chained over a whole row (which is rms_norm). */
+static void test_bias_sum_sq_rms_apply(void **state)
+{
+    (void)state;
+    const int64_t shapes[][2] = {{1, 1}, {7, 576}, {33, 1000}, {3, 4096}, {300, 129}};
+    for (size_t si = 0; si < TDM_ARRAY_SIZE(shapes); si++) {
+        if (g_quick && si == 4) {
+            continue;
+        }
+        const int64_t rows = shapes[si][0], cols = shapes[si][1], ld = cols + 2, lds = 3;
+        float *x = random_x(rows, cols, ld), *w = random_x(1, cols, cols);
+        float *bias = random_x(1, cols, cols);
+        /* given sums of squares: this rank's columns are a third of the vector */
+        float *ss = malloc((size_t)(rows * lds) * sizeof(float));
+        for (int64_t r = 0; r < rows * lds; r++) {
+            ss[r] = frand(0.0f, 3.0f * (float)cols);
+        }
+        ss[0] = 0.0f; /* a row of zeros on every rank: only eps remains */
+        float *o[2][6];
+        kern_backend_t *bes[2] = {g_ref, g_dut};
+        step_t s = step_simple((int32_t)rows, 1);
+        for (int b = 0; b < 2; b++) {
+            reserve(bes[b], rows, cols, cols, 1, 8, 16, 0, 0, cols, 0);
+            buf_t dx = up(bes[b], x, (size_t)(rows * ld) * 4), dw = up(bes[b], w, (size_t)cols * 4);
+            buf_t db = up(bes[b], bias, (size_t)cols * 4);
+            buf_t dss = up(bes[b], ss, (size_t)(rows * lds) * 4);
+            buf_t yb = up(bes[b], x, (size_t)(rows * ld) * 4);
+            buf_t sq = up(bes[b], NULL, (size_t)(rows * lds) * 4);
+            buf_t ya = up(bes[b], NULL, (size_t)(rows * ld) * 4);
+            buf_t yi = up(bes[b], x, (size_t)(rows * ld) * 4);
+            buf_t s2 = up(bes[b], NULL, (size_t)rows * 4),
+                  yc = up(bes[b], NULL, (size_t)(rows * ld) * 4);
+            kern_be_step_begin(bes[b], &s.st, false);
+            kern_be_add_bias(bes[b], yb.p, ld, db.p, rows, cols);
+            kern_be_sum_sq(bes[b], (float *)sq.p + 1, lds, dx.p, ld, rows, cols);
+            kern_be_rms_apply(bes[b], ya.p, ld, dx.p, ld, dss.p, lds, dw.p, rows, cols, 3 * cols,
+                              1e-6f);
+            kern_be_rms_apply(bes[b], yi.p, ld, yi.p, ld, (float *)dss.p + 2, lds, NULL, rows, cols,
+                              3 * cols, 1e-5f); /* in place, no weight */
+            kern_be_sum_sq(bes[b], s2.p, 1, dx.p, ld, rows, cols);
+            kern_be_rms_apply(bes[b], yc.p, ld, dx.p, ld, s2.p, 1, dw.p, rows, cols, cols, 1e-6f);
+            end_step(bes[b]);
+            buf_t *bufs[6] = {&yb, &sq, &ya, &yi, &s2, &yc};
+            for (int i = 0; i < 6; i++) {
+                o[b][i] = calloc(bufs[i]->n, 1);
+                down(bufs[i], o[b][i]);
+                drop(bufs[i]);
+            }
+            drop(&dx);
+            drop(&dw);
+            drop(&db);
+            drop(&dss);
+        }
+        compare("add_bias", o[0][0], o[1][0], rows * ld, 0.0);
+        for (int64_t r = 0; r < rows; r++) {
+            /* one sum per row: compared on its own (relative to itself) */
+            compare("sum_sq (strided)", o[0][1] + r * lds + 1, o[1][1] + r * lds + 1, 1, 1e-6);
+            compare("sum_sq", o[0][4] + r, o[1][4] + r, 1, 1e-6);
+            compare("rms_apply (weight)", o[0][2] + r * ld, o[1][2] + r * ld, cols, 1e-6);
+            compare("rms_apply (in place, no weight)", o[0][3] + r * ld, o[1][3] + r * ld, cols,
+                    1e-6);
+            compare("sum_sq + rms_apply", o[0][5] + r * ld, o[1][5] + r * ld, cols, 1e-6);
+        }
+        for (int b = 0; b < 2; b++) {
+            for (int i = 0; i < 6; i++) {
+                free(o[b][i]);
+            }
+        }
+        free(x);
+        free(w);
+        free(bias);
+        free(ss);
+        step_free(&s);
+    }
+}
+
 static void test_rope(void **state)
 {
     (void)state;
@@ -607,6 +696,10 @@ typedef struct att_case {
     int n_seqs;
     int32_t len[4];  /* positions already cached + this step's, per sequence */
     int32_t step[4]; /* tokens of this step, the sequence's last positions   */
+    int32_t window;  /* kern_attn_params_t's; 0: none                         */
+    bool sinks;      /* a sink per head (head 0's dominates every score)      */
+    float temp_scale;
+    int32_t temp_floor;
 } att_case_t;
 
 static void run_attention(const att_case_t *ac)
@@ -664,7 +757,10 @@ static void run_attention(const att_case_t *ac)
     kern_kv_layout_t lay = {ac->type, n_kv, hd, B, total_blocks + 3, 0, 0};
     assert_int_equal(kern_kv_layout_init(&lay, NULL), TDM_OK);
     const size_t layer = lay.block_bytes * (size_t)lay.n_blocks;
-    const kern_attn_params_t ap = {n_head, 0, 0, ac->group, 1.0f / sqrtf((float)hd)};
+    float *sinks = malloc((size_t)n_head * sizeof(float));
+    for (int h = 0; h < n_head; h++) {
+        sinks[h] = h == 0 ? 6.0f : frand(-2.0f, 2.0f);
+    }
     float *o[2];
     unsigned char *kc[2];
     kern_backend_t *bes[2] = {g_ref, g_dut};
@@ -677,6 +773,16 @@ static void run_attention(const att_case_t *ac)
               dv2 = up(bes[b], v2, (size_t)(n_all * kd) * 4);
         buf_t dq = up(bes[b], q, (size_t)(n_tok * qd) * 4),
               dout = up(bes[b], NULL, (size_t)(n_tok * qd) * 4);
+        buf_t dsk = up(bes[b], sinks, (size_t)n_head * 4);
+        const kern_attn_params_t ap = {.n_head = n_head,
+                                       .head_lo = 0,
+                                       .kv_lo = 0,
+                                       .group = ac->group,
+                                       .scale = 1.0f / sqrtf((float)hd),
+                                       .window = ac->window,
+                                       .sinks = ac->sinks ? dsk.p : NULL,
+                                       .temp_scale = ac->temp_scale,
+                                       .temp_floor = ac->temp_floor};
         if (n_pre > 0) {
             const kern_step_t s1 = {n_pre, tok, pos1, seq1, ac->n_seqs, seqs, 0, outi};
             kern_be_step_begin(bes[b], &s1, false);
@@ -692,7 +798,25 @@ static void run_attention(const att_case_t *ac)
         down(&dout, o[b]);
         kc[b] = calloc(layer, 1);
         down(&kl, kc[b]);
-        buf_t *bufs[] = {&kl, &vl, &dk1, &dv1, &dk2, &dv2, &dq, &dout};
+        if (b == 1) {
+            /* batch invariance: sequence 0's last query alone in a step (on a GPU the
+             * split-segment kernels; in the batch perhaps the serial ones) gives the same
+             * bits as in the batch: segment boundaries depend on the key span only */
+            const int32_t i = ac->step[0] - 1;
+            const kern_step_t s3 = {1, tok, pos2 + i, seq2 + i, ac->n_seqs, seqs, 0, outi};
+            buf_t d1 = up(bes[b], NULL, (size_t)qd * 4);
+            float *o1 = calloc((size_t)qd, 4);
+            kern_be_step_begin(bes[b], &s3, false);
+            kern_be_kv_store(bes[b], &lay, kl.p, vl.p, (float *)dk2.p + i * kd,
+                             (float *)dv2.p + i * kd, kd);
+            kern_be_attention(bes[b], d1.p, (float *)dq.p + i * qd, &lay, kl.p, vl.p, &ap);
+            end_step(bes[b]);
+            down(&d1, o1);
+            compare("attention: a query alone vs in its step", o[b] + i * qd, o1, qd, 0.0);
+            drop(&d1);
+            free(o1);
+        }
+        buf_t *bufs[] = {&kl, &vl, &dk1, &dv1, &dk2, &dv2, &dq, &dout, &dsk};
         for (size_t i = 0; i < TDM_ARRAY_SIZE(bufs); i++) {
             drop(bufs[i]);
         }
@@ -711,9 +835,11 @@ static void run_attention(const att_case_t *ac)
             }
         }
     }
-    char what[128];
-    snprintf(what, sizeof(what), "attention %s hd %d gqa %d B %d, %d seqs (len %d)",
-             tdm_type_name(ac->type), hd, ac->group, B, ac->n_seqs, ac->len[0]);
+    char what[160];
+    snprintf(what, sizeof(what),
+             "attention %s hd %d gqa %d B %d, %d seqs (len %d), window %d, sinks %d, temp %g/%d",
+             tdm_type_name(ac->type), hd, ac->group, B, ac->n_seqs, ac->len[0], ac->window,
+             ac->sinks, (double)ac->temp_scale, ac->temp_floor);
     compare(what, o[0], o[1], n_tok * qd, 2e-5);
     for (int b = 0; b < 2; b++) {
         free(o[b]);
@@ -724,6 +850,7 @@ static void run_attention(const att_case_t *ac)
     free(k2);
     free(v2);
     free(q);
+    free(sinks);
     free(tok);
     free(pos1);
     free(seq1);
@@ -740,13 +867,13 @@ static void test_attention(void **state)
     for (size_t ti = 0; ti < TDM_ARRAY_SIZE(kv_types); ti++) {
         const att_case_t cases[] = {
             /* decode of one token at position 0 and at a block edge */
-            {kv_types[ti], 64, 2, 1, 16, 2, {1, 17, 0, 0}, {1, 1, 0, 0}},
+            {kv_types[ti], 64, 2, 1, 16, 2, {1, 17, 0, 0}, {1, 1, 0, 0}, 0, false, 0.0f, 0},
             /* a prefill chunk of 7 after 9 cached, GQA 4, odd block size */
-            {kv_types[ti], 128, 2, 4, 7, 1, {16, 0, 0, 0}, {7, 0, 0, 0}},
+            {kv_types[ti], 128, 2, 4, 7, 1, {16, 0, 0, 0}, {7, 0, 0, 0}, 0, false, 0.0f, 0},
             /* contexts past one attention segment (512) and several, GQA 8, mixed step */
-            {kv_types[ti], 64, 1, 8, 16, 3, {600, 1500, 33, 0}, {1, 2, 33, 0}},
+            {kv_types[ti], 64, 1, 8, 16, 3, {600, 1500, 33, 0}, {1, 2, 33, 0}, 0, false, 0.0f, 0},
             /* head dim 256 */
-            {kv_types[ti], 256, 1, 2, 16, 1, {40, 0, 0, 0}, {3, 0, 0, 0}},
+            {kv_types[ti], 256, 1, 2, 16, 1, {40, 0, 0, 0}, {3, 0, 0, 0}, 0, false, 0.0f, 0},
         };
         for (size_t ci = 0; ci < TDM_ARRAY_SIZE(cases); ci++) {
             if (!g_quick || ci != 2) {
@@ -754,32 +881,122 @@ static void test_attention(void **state)
             }
         }
         if (kv_types[ti] != TDM_TYPE_Q8_0) { /* a head dim that is no multiple of 32 */
-            const att_case_t c80 = {kv_types[ti], 80, 2, 2, 16, 2, {50, 9, 0, 0}, {50, 1, 0, 0}};
+            const att_case_t c80 = {kv_types[ti],  80, 2,     2,    16, 2, {50, 9, 0, 0},
+                                    {50, 1, 0, 0}, 0,  false, 0.0f, 0};
             run_attention(&c80);
         }
     }
 }
 
+/* Sliding windows, sinks and the attention temperature (gpt-oss, Mistral 3 / Llama 4). */
+static void test_attention_window_sinks_temp(void **state)
+{
+    (void)state;
+    const tdm_type_t kv_types[] = {TDM_TYPE_F32, TDM_TYPE_F16, TDM_TYPE_Q8_0};
+    for (size_t ti = 0; ti < TDM_ARRAY_SIZE(kv_types); ti++) {
+        const tdm_type_t kt = kv_types[ti];
+        const att_case_t cases[] = {
+            /* a window of 5 starting mid-block: a prefill of 40 (the first queries see
+             * fewer than 5 keys) and a decode after 99 cached */
+            {kt, 64, 2, 4, 16, 2, {40, 100, 0, 0}, {40, 1, 0, 0}, 5, false, 0.0f, 0},
+            /* an odd block size and a window of one key */
+            {kt, 64, 1, 2, 7, 1, {30, 0, 0, 0}, {9, 0, 0, 0}, 1, false, 0.0f, 0},
+            /* a window larger than every context: the same as none */
+            {kt, 64, 2, 2, 16, 2, {70, 33, 0, 0}, {2, 33, 0, 0}, 4096, false, 0.0f, 0},
+            /* sinks alone (head 0's dominates), a chunk crossing blocks */
+            {kt, 64, 2, 4, 16, 2, {45, 17, 0, 0}, {20, 1, 0, 0}, 0, true, 0.0f, 0},
+            /* the temperature over short positions (floor 4: a new factor every 4) */
+            {kt, 128, 2, 2, 16, 2, {41, 12, 0, 0}, {41, 1, 0, 0}, 0, false, 0.1f, 4},
+            /* gpt-oss: window 128 and sinks, GQA 8, a chunk of 33 after 267 and a decode */
+            {kt, 64, 1, 8, 16, 2, {300, 129, 0, 0}, {33, 1, 0, 0}, 128, true, 0.0f, 0},
+            /* long: the window's span crosses a segment boundary (lo = 800: keys 800..1299
+             * and 1300..1499 from lo, not the positions' 512-multiples), a window of
+             * exactly one segment and one key more, with sinks and the temperature */
+            {kt, 64, 1, 8, 16, 3, {1500, 600, 513, 0}, {2, 1, 1, 0}, 700, true, 0.0f, 0},
+            {kt, 64, 2, 2, 16, 2, {1100, 600, 0, 0}, {1, 1, 0, 0}, 512, true, 0.1f, 64},
+            {kt, 64, 2, 2, 16, 2, {1100, 600, 0, 0}, {1, 1, 0, 0}, 513, false, 0.1f, 64},
+            /* no window, sinks and the temperature past several segments */
+            {kt, 64, 1, 4, 16, 2, {1500, 40, 0, 0}, {1, 40, 0, 0}, 0, true, 0.25f, 256},
+        };
+        for (size_t ci = 0; ci < TDM_ARRAY_SIZE(cases); ci++) {
+            if (!g_quick || cases[ci].len[0] < 600) {
+                run_attention(&cases[ci]);
+            }
+        }
+    }
+    /* Chunks of more than 1056 (query, head) pairs, which a GPU of up to 132 SMs runs with a
+     * warp per query walking its segments (the long cases above: a warp per segment and a
+     * merge); their last query is also run alone (run_attention), so the two kernels must
+     * agree bit for bit. The f32 cache only: the paths do not depend on the row type. */
+    const att_case_t chunks[] = {
+        {TDM_TYPE_F32, 64, 1, 8, 16, 2, {1100, 20, 0, 0}, {140, 1, 0, 0}, 700, true, 0.0f, 0},
+        {TDM_TYPE_F32, 64, 1, 8, 16, 1, {1100, 0, 0, 0}, {133, 0, 0, 0}, 0, true, 0.1f, 256},
+    };
+    for (size_t ci = 0; ci < TDM_ARRAY_SIZE(chunks) && !g_quick; ci++) {
+        run_attention(&chunks[ci]);
+    }
+}
+
 /* ---- mixture of experts ---- */
 
-static void run_moe(tdm_type_t type, int n_expert, int k, bool norm, int exp_lo, int n_exp,
-                    int64_t n_tok)
+/* One routing + experts case. */
+typedef struct moe_case {
+    tdm_type_t type;
+    int n_expert, k;
+    kern_gating_t gating;
+    bool sel_bias, norm;
+    float scale;
+    int exp_lo, n_exp;
+    int64_t n_tok;
+    bool biases; /* gate, up and down biases (strides wider than the rows)   */
+    kern_act_t act;
+    float alpha, limit;
+} moe_case_t;
+
+/* The case with softmax gating, no bias, plain SwiGLU. */
+static moe_case_t moe_plain(tdm_type_t type, int n_expert, int k, bool norm, int exp_lo, int n_exp,
+                            int64_t n_tok)
 {
+    const moe_case_t mc = {.type = type,
+                           .n_expert = n_expert,
+                           .k = k,
+                           .gating = KERN_GATING_SOFTMAX,
+                           .norm = norm,
+                           .exp_lo = exp_lo,
+                           .n_exp = n_exp,
+                           .n_tok = n_tok,
+                           .act = KERN_ACT_SWIGLU};
+    return mc;
+}
+
+static void run_moe(const moe_case_t *mc)
+{
+    const tdm_type_t type = mc->type;
+    const int n_expert = mc->n_expert, k = mc->k, exp_lo = mc->exp_lo, n_exp = mc->n_exp;
+    const int64_t n_tok = mc->n_tok;
     const int64_t E = 2 * (tdm_type_traits(type)->blck > 32 ? 256 : 64);
     const int64_t F = tdm_type_traits(type)->blck > 32 ? 256 : 96;
-    void *gate = random_blocks(type, (int64_t)n_expert * F * E);
-    void *upw = random_blocks(type, (int64_t)n_expert * F * E);
-    void *dn = random_blocks(type, (int64_t)n_expert * E * F);
+    /* only this rank's experts get weights (a wide router stays cheap) */
+    void *gate = random_blocks(type, (int64_t)n_exp * F * E);
+    void *upw = random_blocks(type, (int64_t)n_exp * F * E);
+    void *dn = random_blocks(type, (int64_t)n_exp * E * F);
+    const int64_t gbs = F + 5, ubs = F + 1, dbs = E + 3;
+    const int nb = n_exp > 0 ? n_exp : 1;
+    float *gb = random_x(nb, F, gbs), *ub = random_x(nb, F, ubs), *dbv = random_x(nb, E, dbs);
     float *x = random_x(n_tok, E, E);
     float *lg = random_x(n_tok, n_expert, n_expert);
-    if (n_tok > 1) { /* a tie between two experts */
+    float *sb = random_x(1, n_expert, n_expert);
+    for (int i = 0; i < n_expert; i++) {
+        sb[i] *= 0.3f; /* of the order of DeepSeek-V3's e_score_correction_bias */
+    }
+    if (n_tok > 1) { /* a tie between two experts (their selection biases equal too) */
         lg[n_expert + 1] = lg[n_expert + 2] = 2.5f;
+        sb[2] = sb[1];
     }
     step_t s = step_simple((int32_t)n_tok, 1);
     float *o[2], *pr[2], *wt[2];
     int32_t *sl[2];
     kern_backend_t *bes[2] = {g_ref, g_dut};
-    const size_t rs = tdm_type_row_size(type, E), rsd = tdm_type_row_size(type, F);
     for (int b = 0; b < 2; b++) {
         reserve(bes[b], n_tok, E > F ? E : F, E > F ? E : F, 1, 8, 16, n_expert, k, E, F);
         wt_t wg, wu, wd;
@@ -788,22 +1005,44 @@ static void run_moe(tdm_type_t type, int n_expert, int k, bool norm, int exp_lo,
         memset(&wd, 0, sizeof(wd));
         wg.be = wu.be = wd.be = bes[b];
         if (n_exp > 0) { /* a rank holding no expert binds no views */
-            wg = weight_on(bes[b], type, F, E, n_exp,
-                           (const uint8_t *)gate + (size_t)exp_lo * F * rs);
-            wu = weight_on(bes[b], type, F, E, n_exp,
-                           (const uint8_t *)upw + (size_t)exp_lo * F * rs);
-            wd = weight_on(bes[b], type, E, F, n_exp,
-                           (const uint8_t *)dn + (size_t)exp_lo * E * rsd);
+            wg = weight_on(bes[b], type, F, E, n_exp, gate);
+            wu = weight_on(bes[b], type, F, E, n_exp, upw);
+            wd = weight_on(bes[b], type, E, F, n_exp, dn);
         }
         buf_t dx = up(bes[b], x, (size_t)(n_tok * E) * 4),
               dl = up(bes[b], lg, (size_t)(n_tok * n_expert) * 4);
         buf_t dsel = up(bes[b], NULL, (size_t)(n_tok * k) * 4),
               dw = up(bes[b], NULL, (size_t)(n_tok * k) * 4);
         buf_t dout = up(bes[b], NULL, (size_t)(n_tok * E) * 4);
-        const kern_moe_t moe = {wg.w,      wu.w,   wd.w,  wg.stride, wu.stride,
-                                wd.stride, exp_lo, n_exp, k,         E};
+        buf_t dsb = up(bes[b], sb, (size_t)n_expert * 4);
+        /* the biases of the first local expert on: what the shard binds */
+        buf_t dgb = up(bes[b], gb, (size_t)(n_exp * gbs) * 4),
+              dub = up(bes[b], ub, (size_t)(n_exp * ubs) * 4),
+              ddb = up(bes[b], dbv, (size_t)(n_exp * dbs) * 4);
+        const bool bias = mc->biases && n_exp > 0;
+        const kern_moe_t moe = {.gate = wg.w,
+                                .up = wu.w,
+                                .down = wd.w,
+                                .gate_stride = wg.stride,
+                                .up_stride = wu.stride,
+                                .down_stride = wd.stride,
+                                .gate_b = bias ? dgb.p : NULL,
+                                .up_b = bias ? dub.p : NULL,
+                                .down_b = bias ? ddb.p : NULL,
+                                .gate_b_stride = gbs,
+                                .up_b_stride = ubs,
+                                .down_b_stride = dbs,
+                                .act = mc->act,
+                                .act_alpha = mc->alpha,
+                                .act_limit = mc->limit,
+                                .exp_lo = exp_lo,
+                                .n_exp = n_exp,
+                                .n_used = k,
+                                .n_embd = E};
+        const kern_route_t route = {n_expert, k,        mc->gating, mc->sel_bias ? dsb.p : NULL,
+                                    mc->norm, mc->scale};
         kern_be_step_begin(bes[b], &s.st, false);
-        kern_be_moe_route(bes[b], dl.p, n_expert, k, norm, dsel.p, dw.p);
+        kern_be_moe_route(bes[b], dl.p, &route, dsel.p, dw.p);
         kern_be_moe_experts(bes[b], &moe, dx.p, E, dsel.p, dw.p, dout.p, E, n_tok);
         end_step(bes[b]);
         o[b] = calloc((size_t)(n_tok * E), 4);
@@ -814,7 +1053,7 @@ static void run_moe(tdm_type_t type, int n_expert, int k, bool norm, int exp_lo,
         down(&dl, pr[b]);
         down(&dw, wt[b]);
         down(&dsel, sl[b]);
-        buf_t *bufs[] = {&dx, &dl, &dsel, &dw, &dout};
+        buf_t *bufs[] = {&dx, &dl, &dsel, &dw, &dout, &dsb, &dgb, &dub, &ddb};
         for (size_t i = 0; i < TDM_ARRAY_SIZE(bufs); i++) {
             drop(bufs[i]);
         }
@@ -822,12 +1061,18 @@ static void run_moe(tdm_type_t type, int n_expert, int k, bool norm, int exp_lo,
         weight_drop(&wu);
         weight_drop(&wd);
     }
-    assert_memory_equal(sl[0], sl[1], (size_t)(n_tok * k) * 4);
+    char what[160];
+    snprintf(what, sizeof(what),
+             "moe %s %d experts [%d, %d) top-%d, %lld tokens, gating %d%s%s scale %g, %s%s",
+             tdm_type_name(type), n_expert, exp_lo, exp_lo + n_exp, k, (long long)n_tok,
+             (int)mc->gating, mc->sel_bias ? " sel_bias" : "", mc->norm ? " norm" : "",
+             (double)mc->scale, mc->act == KERN_ACT_SWIGLU_OAI ? "swiglu_oai" : "swiglu",
+             mc->biases ? " biases" : "");
+    if (memcmp(sl[0], sl[1], (size_t)(n_tok * k) * 4) != 0) {
+        fail_msg("%s: the chosen experts differ", what);
+    }
     compare("moe router probabilities", pr[0], pr[1], n_tok * n_expert, 1e-6);
     compare("moe weights", wt[0], wt[1], n_tok * k, 1e-6);
-    char what[96];
-    snprintf(what, sizeof(what), "moe %s %d experts [%d, %d) top-%d, %lld tokens",
-             tdm_type_name(type), n_expert, exp_lo, exp_lo + n_exp, k, (long long)n_tok);
     /* quantized experts: SwiGLU's expf differs by an ulp between libm and CUDA, so the down
      * projection's int8 input can round the other way at a boundary (one step of its scale) */
     compare(what, o[0], o[1], n_tok * E, tdm_type_traits(type)->quantized ? 1e-3 : 2e-5);
@@ -840,8 +1085,12 @@ static void run_moe(tdm_type_t type, int n_expert, int k, bool norm, int exp_lo,
     free(gate);
     free(upw);
     free(dn);
+    free(gb);
+    free(ub);
+    free(dbv);
     free(x);
     free(lg);
+    free(sb);
     step_free(&s);
 }
 
@@ -855,12 +1104,385 @@ static void test_moe(void **state)
             if (g_quick && ni != 1) {
                 continue;
             }
-            run_moe(types[ti], 16, 4, true, 0, 16, toks[ni]); /* every expert here */
-            run_moe(types[ti], 16, 2, false, 5, 6, toks[ni]); /* an EP slice       */
+            moe_case_t mc = moe_plain(types[ti], 16, 4, true, 0, 16, toks[ni]);
+            run_moe(&mc); /* every expert here */
+            mc = moe_plain(types[ti], 16, 2, false, 5, 6, toks[ni]);
+            run_moe(&mc); /* an EP slice       */
         }
     }
-    run_moe(TDM_TYPE_Q4_K, 128, 8, true, 64, 64, 9); /* Qwen3-30B-A3B's routing */
-    run_moe(TDM_TYPE_Q8_0, 8, 2, true, 3, 0, 4);     /* a rank with no expert */
+    moe_case_t mc = moe_plain(TDM_TYPE_Q4_K, 128, 8, true, 64, 64, 9);
+    run_moe(&mc); /* Qwen3-30B-A3B's routing */
+    mc = moe_plain(TDM_TYPE_Q8_0, 8, 2, true, 3, 0, 4);
+    run_moe(&mc); /* a rank with no expert */
+}
+
+/* Every gating with and without the selection bias, renormalisation and scale, routers up
+ * to KERN_ROUTE_MAX_EXPERTS wide (on a rank with no expert: the routing alone). */
+static void test_moe_route(void **state)
+{
+    (void)state;
+    const kern_gating_t gatings[] = {KERN_GATING_SOFTMAX, KERN_GATING_SIGMOID,
+                                     KERN_GATING_SOFTMAX_SELECTED};
+    /* sel_bias, norm, scale */
+    const struct {
+        bool sel_bias, norm;
+        float scale;
+    } variants[] = {{false, false, 0.0f}, {true, false, 0.0f},  {false, true, 0.0f},
+                    {false, false, 2.5f}, {false, false, 1.0f}, {true, true, 2.5f}};
+    for (size_t gi = 0; gi < TDM_ARRAY_SIZE(gatings); gi++) {
+        for (size_t vi = 0; vi < TDM_ARRAY_SIZE(variants); vi++) {
+            moe_case_t mc = moe_plain(TDM_TYPE_F32, 64, 6, variants[vi].norm, 0, 0, 7);
+            mc.gating = gatings[gi];
+            mc.sel_bias = variants[vi].sel_bias;
+            mc.scale = variants[vi].scale;
+            run_moe(&mc);
+            if (!g_quick) {
+                mc.n_tok = 33;
+                run_moe(&mc);
+            }
+        }
+    }
+    /* MiniMax-M2 (256 experts top-8: sigmoid, bias, norm), gpt-oss-120b (128 top-4 with a
+     * softmax over the chosen), the widest router top-16 and top-1 */
+    const moe_case_t wide[] = {
+        {TDM_TYPE_F32, 256, 8, KERN_GATING_SIGMOID, true, true, 0.0f, 0, 0, 9, false,
+         KERN_ACT_SWIGLU, 0.0f, 0.0f},
+        {TDM_TYPE_F32, 128, 4, KERN_GATING_SOFTMAX_SELECTED, false, false, 0.0f, 0, 0, 9, false,
+         KERN_ACT_SWIGLU, 0.0f, 0.0f},
+        {TDM_TYPE_F32, KERN_ROUTE_MAX_EXPERTS, 16, KERN_GATING_SOFTMAX, false, true, 0.0f, 0, 0, 5,
+         false, KERN_ACT_SWIGLU, 0.0f, 0.0f},
+        {TDM_TYPE_F32, KERN_ROUTE_MAX_EXPERTS, 8, KERN_GATING_SIGMOID, true, true, 2.5f, 0, 0, 5,
+         false, KERN_ACT_SWIGLU, 0.0f, 0.0f},
+        {TDM_TYPE_F32, KERN_ROUTE_MAX_EXPERTS, 1, KERN_GATING_SOFTMAX_SELECTED, true, false, 0.0f,
+         0, 0, 5, false, KERN_ACT_SWIGLU, 0.0f, 0.0f},
+    };
+    for (size_t i = 0; i < TDM_ARRAY_SIZE(wide); i++) {
+        run_moe(&wide[i]);
+    }
+}
+
+/* Experts with biases and gpt-oss's clamped SwiGLU: gpt-oss itself (MXFP4, 32 experts
+ * top-4, softmax over the chosen, alpha 1.702, limit 7), other types with a low limit (so
+ * both clamps engage), biases with plain SwiGLU, EP slices whose biases start at their
+ * first expert, and MiniMax-M2's routing in front of an EP slice. */
+static void test_moe_biases_oai(void **state)
+{
+    (void)state;
+    const int64_t toks[] = {1, 7, 33};
+    for (size_t ni = 0; ni < TDM_ARRAY_SIZE(toks); ni++) {
+        if (g_quick && ni != 1) {
+            continue;
+        }
+        const int64_t n = toks[ni];
+        const moe_case_t cases[] = {
+            {TDM_TYPE_MXFP4, 32, 4, KERN_GATING_SOFTMAX_SELECTED, false, false, 0.0f, 0, 32, n,
+             true, KERN_ACT_SWIGLU_OAI, 1.702f, 7.0f},
+            {TDM_TYPE_MXFP4, 32, 4, KERN_GATING_SOFTMAX_SELECTED, false, false, 0.0f, 8, 16, n,
+             true, KERN_ACT_SWIGLU_OAI, 1.702f, 7.0f},
+            {TDM_TYPE_F32, 16, 4, KERN_GATING_SOFTMAX, false, true, 0.0f, 0, 16, n, true,
+             KERN_ACT_SWIGLU_OAI, 1.702f, 1.0f},
+            {TDM_TYPE_Q8_0, 16, 2, KERN_GATING_SOFTMAX_SELECTED, false, false, 0.0f, 5, 6, n, true,
+             KERN_ACT_SWIGLU_OAI, 1.702f, 0.5f},
+            {TDM_TYPE_Q4_K, 16, 4, KERN_GATING_SOFTMAX, false, true, 0.0f, 0, 16, n, true,
+             KERN_ACT_SWIGLU, 0.0f, 0.0f},
+            {TDM_TYPE_F32, 16, 3, KERN_GATING_SIGMOID, true, true, 2.0f, 4, 8, n, true,
+             KERN_ACT_SWIGLU, 0.0f, 0.0f},
+            {TDM_TYPE_Q4_K, 64, 8, KERN_GATING_SIGMOID, true, true, 0.0f, 16, 32, n, false,
+             KERN_ACT_SWIGLU, 0.0f, 0.0f},
+        };
+        for (size_t ci = 0; ci < TDM_ARRAY_SIZE(cases); ci++) {
+            run_moe(&cases[ci]);
+        }
+    }
+}
+
+/* ---- CUDA graphs: a replay with other arguments is refused ---- */
+
+/*
+ * One decode-sized step using every op argument added for gpt-oss, MiniMax-M2 and Mistral 3
+ * (bias, two-half RMSNorm, windowed attention with sinks and temperature, gated routing,
+ * expert biases and activation), run graphable on the backend under test: seen once
+ * (eager), captured, then run with one argument changed. A GPU must refuse to replay the
+ * captured graph (the argument is in the step's fingerprint) and run the step again without
+ * it; the results must be the reference's for the changed argument. Variant 0 changes
+ * nothing: the graph is replayed. On the CPU (no graphs) the same steps run eagerly.
+ */
+enum {
+    GV_NONE,
+    GV_BIAS,
+    GV_NTOTAL,
+    GV_WINDOW,
+    GV_SINKS,
+    GV_TEMP,
+    GV_TFLOOR,
+    GV_GATING,
+    GV_SELB,
+    GV_SCALE,
+    GV_GATEB,
+    GV_DOWNB,
+    GV_ACT,
+    GV_LIMIT,
+    GV_ALPHA,
+    GV_COUNT
+};
+
+#define GS_TOK  6  /* tokens of the step: positions 0..5 of one sequence */
+#define GS_E    64 /* width of the row ops and of the experts' input     */
+#define GS_F    64 /* expert width                                       */
+#define GS_NEXP 8
+#define GS_K    2
+#define GS_HD   32
+#define GS_NH   2 /* q heads (GQA 2 over one kv head) */
+
+typedef struct gs_host {
+    float *x, *bias[2], *w, *k, *v, *q, *sinks, *lg, *sb, *gb, *ub, *db;
+    void *gate, *upw, *dn;
+} gs_host_t;
+
+typedef struct gs_dev {
+    buf_t x, bias[2], w, k, v, q, sinks, lg0, sb, gb, ub, db;
+    buf_t y, ss, z, kl, vl, att, lg, sel, wts, mo;
+    wt_t wg, wu, wd;
+} gs_dev_t;
+
+static const kern_kv_layout_t *gs_layout(void)
+{
+    static kern_kv_layout_t lay = {TDM_TYPE_F16, 1, GS_HD, 4, 4, 0, 0};
+    if (lay.row_bytes == 0) {
+        assert_int_equal(kern_kv_layout_init(&lay, NULL), TDM_OK);
+    }
+    return &lay;
+}
+
+static void gs_setup(kern_backend_t *be, const gs_host_t *h, gs_dev_t *d)
+{
+    const kern_kv_layout_t *lay = gs_layout();
+    const size_t layer = lay->block_bytes * (size_t)lay->n_blocks;
+    reserve(be, GS_TOK, GS_E, GS_E, GS_NH, GS_HD, 16, GS_NEXP, GS_K, GS_E, GS_F);
+    d->wg = weight_on(be, TDM_TYPE_MXFP4, GS_F, GS_E, GS_NEXP, h->gate);
+    d->wu = weight_on(be, TDM_TYPE_MXFP4, GS_F, GS_E, GS_NEXP, h->upw);
+    d->wd = weight_on(be, TDM_TYPE_MXFP4, GS_E, GS_F, GS_NEXP, h->dn);
+    const size_t row = (size_t)GS_TOK * GS_E * 4;
+    d->x = up(be, h->x, row);
+    d->bias[0] = up(be, h->bias[0], GS_E * 4);
+    d->bias[1] = up(be, h->bias[1], GS_E * 4);
+    d->w = up(be, h->w, GS_E * 4);
+    d->k = up(be, h->k, (size_t)GS_TOK * GS_HD * 4);
+    d->v = up(be, h->v, (size_t)GS_TOK * GS_HD * 4);
+    d->q = up(be, h->q, (size_t)GS_TOK * GS_NH * GS_HD * 4);
+    d->sinks = up(be, h->sinks, GS_NH * 4);
+    d->lg0 = up(be, h->lg, (size_t)GS_TOK * GS_NEXP * 4);
+    d->sb = up(be, h->sb, GS_NEXP * 4);
+    d->gb = up(be, h->gb, (size_t)GS_NEXP * GS_F * 4);
+    d->ub = up(be, h->ub, (size_t)GS_NEXP * GS_F * 4);
+    d->db = up(be, h->db, (size_t)GS_NEXP * GS_E * 4);
+    d->y = up(be, NULL, row);
+    d->ss = up(be, NULL, GS_TOK * 4);
+    d->z = up(be, NULL, row);
+    d->kl = up(be, NULL, layer);
+    d->vl = up(be, NULL, layer);
+    d->att = up(be, NULL, (size_t)GS_TOK * GS_NH * GS_HD * 4);
+    d->lg = up(be, NULL, (size_t)GS_TOK * GS_NEXP * 4);
+    d->sel = up(be, NULL, (size_t)GS_TOK * GS_K * 4);
+    d->wts = up(be, NULL, (size_t)GS_TOK * GS_K * 4);
+    d->mo = up(be, NULL, row);
+}
+
+/* The outputs, in one host array each (y, z, att, lg, sel, wts, mo). */
+#define GS_OUTS 7
+
+static void gs_collect(gs_dev_t *d, float *out[GS_OUTS])
+{
+    buf_t *o[GS_OUTS] = {&d->y, &d->z, &d->att, &d->lg, &d->sel, &d->wts, &d->mo};
+    for (int i = 0; i < GS_OUTS; i++) {
+        out[i] = calloc(o[i]->n, 1);
+        down(o[i], out[i]);
+    }
+}
+
+static void gs_free(gs_dev_t *d)
+{
+    buf_t *bufs[] = {&d->x,   &d->bias[0], &d->bias[1], &d->w,  &d->k,   &d->v,   &d->q,  &d->sinks,
+                     &d->lg0, &d->sb,      &d->gb,      &d->ub, &d->db,  &d->y,   &d->ss, &d->z,
+                     &d->kl,  &d->vl,      &d->att,     &d->lg, &d->sel, &d->wts, &d->mo};
+    for (size_t i = 0; i < TDM_ARRAY_SIZE(bufs); i++) {
+        drop(bufs[i]);
+    }
+    weight_drop(&d->wg);
+    weight_drop(&d->wu);
+    weight_drop(&d->wd);
+}
+
+/* Runs the step with variant v's arguments; returns the step's rerun flag. */
+static bool gs_run(kern_backend_t *be, const kern_step_t *st, gs_dev_t *d, int v, bool graphable)
+{
+    const kern_kv_layout_t *lay = gs_layout();
+    kern_attn_params_t ap = {.n_head = GS_NH,
+                             .group = GS_NH,
+                             .scale = 1.0f / sqrtf((float)GS_HD),
+                             .temp_scale = 0.5f,
+                             .temp_floor = 2};
+    ap.window = v == GV_WINDOW ? 3 : 0;
+    ap.sinks = v == GV_SINKS ? d->sinks.p : NULL;
+    ap.temp_scale = v == GV_TEMP ? 0.25f : ap.temp_scale;
+    ap.temp_floor = v == GV_TFLOOR ? 1 : ap.temp_floor;
+    const kern_route_t route = {GS_NEXP,
+                                GS_K,
+                                v == GV_GATING ? KERN_GATING_SIGMOID : KERN_GATING_SOFTMAX,
+                                v == GV_SELB ? d->sb.p : NULL,
+                                true,
+                                v == GV_SCALE ? 2.5f : 0.0f};
+    const kern_moe_t moe = {.gate = d->wg.w,
+                            .up = d->wu.w,
+                            .down = d->wd.w,
+                            .gate_stride = d->wg.stride,
+                            .up_stride = d->wu.stride,
+                            .down_stride = d->wd.stride,
+                            .gate_b = v == GV_GATEB ? d->gb.p : NULL,
+                            .up_b = d->ub.p,
+                            .down_b = v == GV_DOWNB ? d->db.p : NULL,
+                            .gate_b_stride = GS_F,
+                            .up_b_stride = GS_F,
+                            .down_b_stride = GS_E,
+                            .act = v == GV_ACT ? KERN_ACT_SWIGLU : KERN_ACT_SWIGLU_OAI,
+                            .act_alpha = v == GV_ALPHA ? 1.0f : 1.702f,
+                            .act_limit = v == GV_LIMIT ? 0.5f : 7.0f,
+                            .exp_lo = 0,
+                            .n_exp = GS_NEXP,
+                            .n_used = GS_K,
+                            .n_embd = GS_E};
+    kern_be_step_begin(be, st, graphable);
+    kern_be_copy(be, d->y.p, d->x.p, d->x.n);
+    kern_be_add_bias(be, d->y.p, GS_E, d->bias[v == GV_BIAS].p, GS_TOK, GS_E);
+    kern_be_sum_sq(be, d->ss.p, 1, d->y.p, GS_E, GS_TOK, GS_E);
+    kern_be_rms_apply(be, d->z.p, GS_E, d->y.p, GS_E, d->ss.p, 1, d->w.p, GS_TOK, GS_E,
+                      v == GV_NTOTAL ? 2 * GS_E : GS_E, 1e-6f);
+    kern_be_kv_store(be, lay, d->kl.p, d->vl.p, d->k.p, d->v.p, GS_HD);
+    kern_be_attention(be, d->att.p, d->q.p, lay, d->kl.p, d->vl.p, &ap);
+    kern_be_copy(be, d->lg.p, d->lg0.p, d->lg0.n);
+    kern_be_moe_route(be, d->lg.p, &route, d->sel.p, d->wts.p);
+    kern_be_moe_experts(be, &moe, d->z.p, GS_E, d->sel.p, d->wts.p, d->mo.p, GS_E, GS_TOK);
+    bool rerun = false;
+    tdm_error_t err = {0};
+    if (kern_be_step_end(be, &rerun, &err) != TDM_OK) {
+        fail_msg("graph step, variant %d on %s: %s", v, kern_be_describe(be), err.msg);
+    }
+    return rerun;
+}
+
+static void test_graph_args(void **state)
+{
+    (void)state;
+    gs_host_t h;
+    h.x = random_x(GS_TOK, GS_E, GS_E);
+    h.bias[0] = random_x(1, GS_E, GS_E);
+    h.bias[1] = random_x(1, GS_E, GS_E);
+    h.w = random_x(1, GS_E, GS_E);
+    h.k = random_x(GS_TOK, GS_HD, GS_HD);
+    h.v = random_x(GS_TOK, GS_HD, GS_HD);
+    h.q = random_x(GS_TOK, GS_NH * GS_HD, GS_NH * GS_HD);
+    h.sinks = random_x(1, GS_NH, GS_NH);
+    h.lg = random_x(GS_TOK, GS_NEXP, GS_NEXP);
+    h.sb = random_x(1, GS_NEXP, GS_NEXP);
+    h.gb = random_x(GS_NEXP, GS_F, GS_F);
+    h.ub = random_x(GS_NEXP, GS_F, GS_F);
+    h.db = random_x(GS_NEXP, GS_E, GS_E);
+    h.gate = random_blocks(TDM_TYPE_MXFP4, (int64_t)GS_NEXP * GS_F * GS_E);
+    h.upw = random_blocks(TDM_TYPE_MXFP4, (int64_t)GS_NEXP * GS_F * GS_E);
+    h.dn = random_blocks(TDM_TYPE_MXFP4, (int64_t)GS_NEXP * GS_E * GS_F);
+    int32_t blocks[2] = {3, 1};
+    const kern_seq_t seq = {blocks, 2};
+    int32_t tok[GS_TOK] = {0}, pos[GS_TOK], sq[GS_TOK] = {0}, outi[1] = {0};
+    for (int t = 0; t < GS_TOK; t++) {
+        pos[t] = t;
+    }
+    const kern_step_t st = {GS_TOK, tok, pos, sq, 1, &seq, 0, outi};
+    const char *g = getenv("TANDEM_CUDA_GRAPHS");
+    const bool graphs =
+        kern_be_kind(g_dut) == KERN_DEVICE_CUDA && !(g != NULL && strcmp(g, "0") == 0);
+    static const char *names[GV_COUNT] = {"nothing",    "bias",        "n_total",    "window",
+                                          "sinks",      "temp_scale",  "temp_floor", "gating",
+                                          "sel_bias",   "route scale", "gate bias",  "down bias",
+                                          "activation", "act_limit",   "act_alpha"};
+    static const char *outs[GS_OUTS] = {
+        "add_bias",       "rms_apply",   "attention",  "router probabilities",
+        "chosen experts", "moe weights", "moe experts"};
+    static const double tols[GS_OUTS] = {0.0, 1e-6, 2e-5, 1e-6, 0.0, 1e-6, 1e-3};
+    const int64_t ns[GS_OUTS] = {GS_TOK * GS_E,    GS_TOK * GS_E, GS_TOK * GS_NH * GS_HD,
+                                 GS_TOK * GS_NEXP, GS_TOK * GS_K, GS_TOK * GS_K,
+                                 GS_TOK * GS_E};
+    float *base[GS_OUTS] = {NULL};
+    for (int v = 0; v < GV_COUNT; v++) {
+        gs_dev_t d;
+        float *ref[GS_OUTS], *got[GS_OUTS];
+        gs_setup(g_ref, &h, &d);
+        assert_false(gs_run(g_ref, &st, &d, v, false));
+        gs_collect(&d, ref);
+        gs_free(&d);
+        /* the test's own check: every variant changes some output (else a stale replay
+         * would go unseen by the comparison below) */
+        bool differs = v == GV_NONE;
+        for (int i = 0; i < GS_OUTS && v != GV_NONE; i++) {
+            differs |= memcmp(base[i], ref[i], (size_t)ns[i] * 4) != 0;
+        }
+        if (!differs) {
+            fail_msg("graph step: another %s changes no output", names[v]);
+        }
+
+        gs_setup(g_dut, &h, &d);
+        kern_be_stats_t s0, s1, s2;
+        kern_be_stats(g_dut, &s0);
+        assert_false(gs_run(g_dut, &st, &d, GV_NONE, true)); /* seen once: eager */
+        assert_false(gs_run(g_dut, &st, &d, GV_NONE, true)); /* captured          */
+        kern_be_stats(g_dut, &s1);
+        const bool rerun = gs_run(g_dut, &st, &d, v, true);
+        kern_be_stats(g_dut, &s2);
+        if (graphs) {
+            if (s1.graph_captures != s0.graph_captures + 1) {
+                fail_msg("graph step: the second step of a shape was not captured");
+            }
+            if (v == GV_NONE && (rerun || s2.graph_replays != s1.graph_replays + 1)) {
+                fail_msg("graph step: the same arguments were not replayed");
+            }
+            if (v != GV_NONE && (!rerun || s2.graph_drops != s1.graph_drops + 1)) {
+                fail_msg("graph step: a replay with another %s was not refused", names[v]);
+            }
+        }
+        if (rerun) {
+            assert_false(gs_run(g_dut, &st, &d, v, false));
+        }
+        gs_collect(&d, got);
+        gs_free(&d);
+
+        for (int i = 0; i < GS_OUTS; i++) {
+            char what[96];
+            snprintf(what, sizeof(what), "graph step, another %s: %s", names[v], outs[i]);
+            if (i == 4) {
+                if (memcmp(ref[i], got[i], (size_t)ns[i] * 4) != 0) {
+                    fail_msg("%s differ", what);
+                }
+            } else {
+                compare(what, ref[i], got[i], ns[i], tols[i]);
+            }
+            if (v == GV_NONE) {
+                base[i] = ref[i];
+            } else {
+                free(ref[i]);
+            }
+            free(got[i]);
+        }
+    }
+    for (int i = 0; i < GS_OUTS; i++) {
+        free(base[i]);
+    }
+    float *fl[] = {h.x,     h.bias[0], h.bias[1], h.w,  h.k,  h.v, h.q,
+                   h.sinks, h.lg,      h.sb,      h.gb, h.ub, h.db};
+    for (size_t i = 0; i < TDM_ARRAY_SIZE(fl); i++) {
+        free(fl[i]);
+    }
+    free(h.gate);
+    free(h.upw);
+    free(h.dn);
 }
 
 /* ---- logits rows ---- */
@@ -928,11 +1550,16 @@ int main(void)
         cmocka_unit_test(test_get_rows),
         cmocka_unit_test(test_out_rows),
         cmocka_unit_test(test_rms_norm_add_swiglu),
+        cmocka_unit_test(test_bias_sum_sq_rms_apply),
         cmocka_unit_test(test_rope),
         cmocka_unit_test(test_matmul),
         cmocka_unit_test(test_matmul_batch_invariance),
         cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_attention_window_sinks_temp),
         cmocka_unit_test(test_moe),
+        cmocka_unit_test(test_moe_route),
+        cmocka_unit_test(test_moe_biases_oai),
+        cmocka_unit_test(test_graph_args),
     };
     const int rc = cmocka_run_group_tests(tests, NULL, NULL);
     kern_backend_destroy(g_dut);

@@ -119,20 +119,52 @@ static void test_attention_and_silu(void **state)
         for (int i = 0; i < n_blocks; i++) {
             blocks[i] = (i * 7 + 3) % n_blocks;
         }
+        /* spans: all keys, a window starting mid-block, and a window with a sink */
         for (size_t ni = 0; ni < sizeof(nks) / sizeof(nks[0]); ni++) {
-            const int32_t nk = nks[ni];
-            const float *kh = k + (size_t)B * hd, *vh = v + (size_t)B * hd; /* kv head 1 */
-            kern_op_attn_head_f32_ref(o_ref, q, kh, vh, blocks, stride, B, nk, hd, 0.125f, sc);
-            for (int isa = 0; isa < KERN_ISA_COUNT; isa++) {
-                if (!kern_isa_supported((kern_isa_t)isa, &f)) {
-                    continue;
+            for (int variant = 0; variant < 3; variant++) {
+                const int32_t nk = nks[ni];
+                const int32_t lo = variant == 0 ? 0 : (nk > 5 ? nk - 5 : 0);
+                const kern_attn_span_t sp = {lo, nk, 0.125f, variant == 2 ? 0.7f : -INFINITY};
+                const float *kh = k + (size_t)B * hd, *vh = v + (size_t)B * hd; /* kv head 1 */
+                kern_op_attn_head_f32_ref(o_ref, q, kh, vh, blocks, stride, B, hd, &sp, sc);
+                /* an independent double-precision evaluation of the span's formula */
+                double z[256], mx = sp.sink, den = 0.0;
+                for (int32_t j = lo; j < nk; j++) {
+                    const float *kr = kh + (size_t)blocks[j / B] * stride + (size_t)(j % B) * hd;
+                    double d = 0.0;
+                    for (int c = 0; c < hd; c++) {
+                        d += (double)q[c] * kr[c];
+                    }
+                    z[j] = d * 0.125;
+                    mx = z[j] > mx ? z[j] : mx;
                 }
-                kern_op_attn_head_f32((kern_isa_t)isa, o, q, kh, vh, blocks, stride, B, nk, hd,
-                                      0.125f, sc);
+                for (int32_t j = lo; j < nk; j++) {
+                    den += exp(z[j] - mx);
+                }
+                den += variant == 2 ? exp(0.7 - mx) : 0.0;
                 for (int c = 0; c < hd; c++) {
-                    if (!(fabsf(o[c] - o_ref[c]) <= 2e-6f * (fabsf(o_ref[c]) + 1.0f))) {
-                        fail_msg("attention %s hd=%d n_keys=%d: out[%d] = %.9g, ref %.9g",
-                                 kern_isa_name((kern_isa_t)isa), hd, nk, c, o[c], o_ref[c]);
+                    double want = 0.0;
+                    for (int32_t j = lo; j < nk; j++) {
+                        want += exp(z[j] - mx) / den *
+                                vh[(size_t)blocks[j / B] * stride + (size_t)(j % B) * hd + c];
+                    }
+                    if (!(fabs(o_ref[c] - want) <= 1e-5 * (fabs(want) + 1.0))) {
+                        fail_msg("attention ref hd=%d keys [%d, %d) sink %d: out[%d] = %.9g, "
+                                 "double %.9g",
+                                 hd, lo, nk, variant == 2, c, o_ref[c], want);
+                    }
+                }
+                for (int isa = 0; isa < KERN_ISA_COUNT; isa++) {
+                    if (!kern_isa_supported((kern_isa_t)isa, &f)) {
+                        continue;
+                    }
+                    kern_op_attn_head_f32((kern_isa_t)isa, o, q, kh, vh, blocks, stride, B, hd, &sp,
+                                          sc);
+                    for (int c = 0; c < hd; c++) {
+                        if (!(fabsf(o[c] - o_ref[c]) <= 2e-6f * (fabsf(o_ref[c]) + 1.0f))) {
+                            fail_msg("attention %s hd=%d keys [%d, %d): out[%d] = %.9g, ref %.9g",
+                                     kern_isa_name((kern_isa_t)isa), hd, lo, nk, c, o[c], o_ref[c]);
+                        }
                     }
                 }
             }

@@ -200,7 +200,8 @@ static void test_route_token(void **state)
     float probs[4] = {2.0f, 2.0f, 1.0f, 0.0f};
     int32_t sel[2];
     float w[2];
-    kern_op_route_token(probs, 4, 2, true, sel, w);
+    const kern_route_t r2 = {4, 2, KERN_GATING_SOFTMAX, NULL, true, 0.0f};
+    kern_op_route_token(probs, &r2, sel, w);
     assert_int_equal(sel[0], 0);
     assert_int_equal(sel[1], 1);
     assert_true(fabsf(w[0] - 0.5f) < 1e-7f && fabsf(w[1] - 0.5f) < 1e-7f);
@@ -210,7 +211,8 @@ static void test_route_token(void **state)
     int32_t sel3[3];
     float w3[3];
     float p3[4] = {0.0f, 3.0f, 1.0f, 3.0f};
-    kern_op_route_token(p3, 4, 3, false, sel3, w3);
+    const kern_route_t r3 = {4, 3, KERN_GATING_SOFTMAX, NULL, false, 0.0f};
+    kern_op_route_token(p3, &r3, sel3, w3);
     assert_int_equal(sel3[0], 1);
     assert_int_equal(sel3[1], 3);
     assert_int_equal(sel3[2], 2);
@@ -218,10 +220,95 @@ static void test_route_token(void **state)
     assert_true(fabs(w3[2] - exp(1.0) / z) < 1e-7); /* not renormalised */
 }
 
+static double sigm(double x)
+{
+    return 1.0 / (1.0 + exp(-x));
+}
+
+/* MiniMax-M2's router: sigmoid probabilities, a selection bias that changes the choice but
+ * not the weights, the chosen weights renormalised; and a scale. */
+static void test_route_sigmoid_bias(void **state)
+{
+    (void)state;
+    const float logits[4] = {1.0f, 0.5f, -0.5f, 0.0f};
+    /* unbiased order 0, 1, 3, 2; the bias lifts expert 2 to the top and sinks expert 0 */
+    const float bias[4] = {-1.0f, 0.0f, 2.0f, 0.0f};
+    float p[4];
+    int32_t sel[2];
+    float w[2];
+    memcpy(p, logits, sizeof(p));
+    kern_route_t r = {4, 2, KERN_GATING_SIGMOID, bias, true, 0.0f};
+    kern_op_route_token(p, &r, sel, w);
+    assert_int_equal(sel[0], 2);
+    assert_int_equal(sel[1], 1);
+    const double s2 = sigm(-0.5), s1 = sigm(0.5);
+    assert_true(fabs(w[0] - s2 / (s1 + s2)) < 1e-7 && fabs(w[1] - s1 / (s1 + s2)) < 1e-7);
+    assert_true(fabs(p[0] - sigm(1.0)) < 1e-7); /* the probabilities stay unbiased */
+
+    /* no bias, no renormalisation, a scale of 2.5 */
+    memcpy(p, logits, sizeof(p));
+    r = (kern_route_t){4, 2, KERN_GATING_SIGMOID, NULL, false, 2.5f};
+    kern_op_route_token(p, &r, sel, w);
+    assert_int_equal(sel[0], 0);
+    assert_int_equal(sel[1], 1);
+    assert_true(fabs(w[0] - 2.5 * sigm(1.0)) < 1e-6 && fabs(w[1] - 2.5 * sigm(0.5)) < 1e-6);
+}
+
+/* gpt-oss's router: top-k of the raw logits, softmax over the chosen only. */
+static void test_route_softmax_selected(void **state)
+{
+    (void)state;
+    float p[5] = {0.25f, 3.0f, -1.0f, 2.0f, 2.5f};
+    int32_t sel[3];
+    float w[3];
+    const kern_route_t r = {5, 3, KERN_GATING_SOFTMAX_SELECTED, NULL, false, 0.0f};
+    kern_op_route_token(p, &r, sel, w);
+    assert_int_equal(sel[0], 1);
+    assert_int_equal(sel[1], 4);
+    assert_int_equal(sel[2], 3);
+    const double z = exp(3.0) + exp(2.5) + exp(2.0);
+    assert_true(fabs(w[0] - exp(3.0) / z) < 1e-7 && fabs(w[1] - exp(2.5) / z) < 1e-7 &&
+                fabs(w[2] - exp(2.0) / z) < 1e-7);
+}
+
+/* The split RMSNorm (sum of squares, summed over "ranks", then applied) equals the whole
+ * one, and gpt-oss's clamped SwiGLU follows its formula. */
+static void test_split_norm_and_oai_act(void **state)
+{
+    (void)state;
+    enum { C = 24 };
+    float x[C], w[C], whole[C], split[C], ss[2];
+    for (int i = 0; i < C; i++) {
+        x[i] = (float)sin(1.7 * i) * 3.0f;
+        w[i] = 0.5f + 0.05f * (float)i;
+    }
+    kern_op_rms_norm_f32(whole, C, x, C, w, 1, C, 1e-6f);
+    kern_op_sum_sq_f32(&ss[0], 1, x, C, 1, 10);
+    kern_op_sum_sq_f32(&ss[1], 1, x + 10, C, 1, C - 10);
+    const float total = ss[0] + ss[1];
+    kern_op_rms_apply_f32(split, C, x, C, &total, 1, w, 1, 10, C, 1e-6f);
+    kern_op_rms_apply_f32(split + 10, C, x + 10, C, &total, 1, w + 10, 1, C - 10, C, 1e-6f);
+    for (int i = 0; i < C; i++) {
+        assert_true(fabsf(split[i] - whole[i]) <= 1e-6f * fabsf(whole[i]) + 1e-7f);
+    }
+    const float g[5] = {-3.0f, 0.5f, 9.0f, 7.0f, 1.0f}, u[5] = {-9.0f, 0.25f, 8.0f, -2.0f, 1.0f};
+    float out[5];
+    kern_op_swiglu_oai_f32(out, g, u, 5, 1.702f, 7.0f);
+    for (int i = 0; i < 5; i++) {
+        const double gc = g[i] < 7.0 ? g[i] : 7.0;
+        const double uc = u[i] < -7.0 ? -7.0 : (u[i] > 7.0 ? 7.0 : u[i]);
+        const double want = gc * sigm(1.702 * gc) * (uc + 1.0);
+        assert_true(fabs(out[i] - want) <= 1e-6 * (fabs(want) + 1.0));
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_rms_norm),
+        cmocka_unit_test(test_route_sigmoid_bias),
+        cmocka_unit_test(test_route_softmax_selected),
+        cmocka_unit_test(test_split_norm_and_oai_act),
         cmocka_unit_test(test_softmax),
         cmocka_unit_test(test_rope),
         cmocka_unit_test(test_silu_mul_add_scale),
