@@ -96,7 +96,28 @@ def test_float_models_match_hf(tandem_bin, tmp_path, entry, seq):
 
 @pytest.fixture(scope="module")
 def llama_cpp():
-    return pytest.importorskip("llama_cpp")
+    lc = pytest.importorskip("llama_cpp")
+    _no_extra_bufts(lc)
+    return lc
+
+
+def _no_extra_bufts(lc):
+    """Load weights without llama.cpp's "extra" CPU buffer types (AMX, CPU_REPACK): on CPUs
+    with AMX-INT8 the llama.cpp of llama-cpp-python 0.3.36 (GGML_NATIVE) faults in
+    ggml_backend_amx_mul_mat on quantized weights (tools/fixtures/make_tiny_models.py, which
+    does the same, says more). Plain CPU buffers are also the portable reference."""
+    raw = lc.llama_cpp
+    if getattr(raw.llama_model_default_params, "_tandem_patched", False):
+        return
+    orig = raw.llama_model_default_params
+
+    def params():
+        p = orig()
+        p.use_extra_bufts = False
+        return p
+
+    params._tandem_patched = True
+    raw.llama_model_default_params = params
 
 
 def llamacpp_run(llama_cpp, path, tokens, n_greedy):
@@ -115,7 +136,7 @@ def llamacpp_run(llama_cpp, path, tokens, n_greedy):
 
 
 @pytest.mark.parametrize("entry", [pytest.param(e, id=e["file"])
-                                   for e in _entries({"Q8_0", "Q4_K", "Q6_K"})])
+                                   for e in _entries({"Q8_0", "Q4_K", "Q6_K", "MXFP4"})])
 def test_quantized_models_match_llamacpp(tandem_bin, tmp_path, llama_cpp, entry):
     """All fixture sequences of one file, positions pooled (see the module docstring)."""
     m = manifest()
@@ -132,7 +153,7 @@ def test_quantized_models_match_llamacpp(tandem_bin, tmp_path, llama_cpp, entry)
 
 
 @pytest.mark.parametrize("entry", [pytest.param(e, id=e["file"])
-                                   for e in _entries({"Q8_0", "Q4_K", "Q6_K"})])
+                                   for e in _entries({"Q8_0", "Q4_K", "Q6_K", "MXFP4"})])
 def test_quantized_greedy_consistent_with_prefill(tandem_bin, tmp_path, entry):
     """Greedy tokens decoded through the KV cache are the argmax of a prefill over the
     prompt + those tokens (decode and prefill compute the same rows)."""
@@ -143,7 +164,7 @@ def test_quantized_greedy_consistent_with_prefill(tandem_bin, tmp_path, entry):
     assert logits[len(toks) - 1:].argmax(1).tolist() == greedy
 
 
-@pytest.mark.parametrize("entry,seq", _cases({"Q8_0", "Q4_K", "Q6_K"}))
+@pytest.mark.parametrize("entry,seq", _cases({"Q8_0", "Q4_K", "Q6_K", "MXFP4"}))
 def test_quantized_models_near_hf(tandem_bin, tmp_path, entry, seq):
     m = manifest()
     exp = entry["expected"][seq]
