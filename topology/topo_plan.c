@@ -6,6 +6,7 @@
 #include "common/check.h"
 #include "common/mem.h"
 #include "common/meminfo.h"
+#include "kernels/kern.h"
 #include "topology/topo_plan.h"
 
 #include <ctype.h>
@@ -210,10 +211,12 @@ static void partition(const mdl_hparams_t *hp, const model_shape_t *ms, int tp, 
 
 typedef enum sel {
     SEL_ALL = 0,
-    SEL_HEADS, /* q heads x head_dim        */
-    SEL_KV,    /* kv heads x head_dim       */
-    SEL_FF,    /* dense FFN columns         */
-    SEL_VOCAB, /* output rows               */
+    SEL_HEADS,   /* q heads x head_dim                                    */
+    SEL_KV,      /* kv heads x head_dim                                   */
+    SEL_FF,      /* dense FFN columns                                     */
+    SEL_VOCAB,   /* output rows                                           */
+    SEL_HEAD1,   /* q heads, one value each (attention sinks)             */
+    SEL_EXPERTS, /* the EP group's experts of the layer, a row of ne0 each */
 } sel_t;
 
 typedef struct builder {
@@ -222,8 +225,10 @@ typedef struct builder {
     int cap;
 } builder_t;
 
+/* The elements (rows or columns) of a dimension of `full` that shard s binds; il and row
+ * only for SEL_EXPERTS (the layer, and the elements per expert). */
 static topo_range_t range_of(const topo_plan_t *pl, const topo_shard_plan_t *s, sel_t sel,
-                             int64_t full)
+                             int64_t full, int il, int64_t row)
 {
     const int hd = pl->hp.head_dim;
     switch (sel) {
@@ -235,6 +240,12 @@ static topo_range_t range_of(const topo_plan_t *pl, const topo_shard_plan_t *s, 
         return s->ffn_cols;
     case SEL_VOCAB:
         return s->vocab_rows;
+    case SEL_HEAD1:
+        return s->heads;
+    case SEL_EXPERTS: {
+        const int k = il * pl->ep + s->ep_rank;
+        return (topo_range_t){(int)(pl->expert_lo[k] * row), (int)(pl->expert_n[k] * row)};
+    }
     default:
         return (topo_range_t){0, (int)full};
     }
@@ -276,6 +287,19 @@ static tdm_status_t shape_error(const gguf_tensor_t *t, int64_t a, int64_t b_, i
                          "tensor '%s': shape [%lld, %lld, %lld], expected [%lld, %lld, %lld]",
                          t->name, (long long)t->ne[0], (long long)t->ne[1], (long long)t->ne[2],
                          (long long)a, (long long)b_, (long long)c);
+}
+
+/* The loader's slice_view refuses a matrix of a type without kernels (IQ2_XXS, ...). */
+static tdm_status_t check_type(const gguf_tensor_t *t, tdm_error_t *err)
+{
+    if (!kern_type_supported(t->type)) {
+        return tdm_error_set(err, TDM_ERR_UNSUPPORTED,
+                             "tensor '%s': type %s has no kernel in this build (F32, F16, BF16, "
+                             "Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K to Q6_K, IQ4_NL, IQ4_XS and "
+                             "MXFP4 do): choose another quantization of the model",
+                             t->name, tdm_type_name(t->type));
+    }
+    return TDM_OK;
 }
 
 /* True when every shard holds all of the tensor (by rule, or because tp or ep is 1). */
@@ -322,27 +346,51 @@ static void device_view(topo_plan_t *pl, int s, uint64_t bytes)
     *end = (*end + GPU_WEIGHT_ALIGN - 1) / GPU_WEIGHT_ALIGN * GPU_WEIGHT_ALIGN + bytes;
 }
 
+/*
+ * A tensor of ne0 x ne1 values bound as f32 (shd_bind_f32): the elements `sel` of it per
+ * shard (all of them: SEL_ALL), bytes pro rata. One stored in another type is converted
+ * whole on the host by every shard that binds any of it. Optional (shd_bind_f32_opt): an
+ * absent tensor is skipped. Under SEL_EXPERTS a shard binds only when its EP group holds
+ * some of the layer's experts, as bind_moe does.
+ */
+static tdm_status_t bind_f32(builder_t *b, const char *name, int64_t ne0, int64_t ne1, int layer,
+                             topo_class_t cls, sel_t sel, topo_split_t split, bool optional,
+                             tdm_error_t *err)
+{
+    const gguf_tensor_t *t = gguf_find_tensor(b->g, name);
+    if (t == NULL && optional) {
+        return TDM_OK;
+    }
+    if (t == NULL) {
+        return tdm_error_set(err, TDM_ERR_NOT_FOUND, "tensor '%s' is missing", name);
+    }
+    if (t->ne[0] != ne0 || t->ne[1] != ne1 || t->ne[2] != 1 || t->ne[3] != 1) {
+        return shape_error(t, ne0, ne1, 1, err);
+    }
+    topo_plan_t *pl = b->plan;
+    const uint64_t n_all = (uint64_t)(ne0 * ne1);
+    topo_tensor_plan_t *tp = add_tensor(b, t, layer, split, cls);
+    for (int s = 0; s < pl->n_shards; s++) {
+        topo_shard_plan_t *sp = &pl->shards[s];
+        const topo_range_t r = range_of(pl, sp, sel, (int64_t)n_all, layer, ne0);
+        tp->per_shard[s] = t->nbytes * (uint64_t)r.n / n_all;
+        if (r.n > 0 && t->type != TDM_TYPE_F32) {
+            sp->vec_copies += n_all * sizeof(float);
+        }
+        if (sel == SEL_EXPERTS) {
+            sp->experts_as_loader += t->nbytes * (uint64_t)sp->experts_contiguous.n / (uint64_t)ne1;
+        }
+        device_view(pl, s, (uint64_t)r.n * sizeof(float)); /* the f32 values, copied */
+    }
+    account(pl, tp, t->type != TDM_TYPE_F32 ? t->nbytes : 0);
+    return TDM_OK;
+}
+
 /* A 1-D vector of n elements every shard holds (shd_bind_vec). */
 static tdm_status_t bind_vec(builder_t *b, const char *name, int64_t n, int layer, tdm_error_t *err)
 {
-    const gguf_tensor_t *t = need(b, name, err);
-    if (t == NULL) {
-        return TDM_ERR_NOT_FOUND;
-    }
-    if (t->ne[0] != n || t->ne[1] != 1 || t->ne[2] != 1 || t->ne[3] != 1) {
-        return shape_error(t, n, 1, 1, err);
-    }
-    topo_plan_t *pl = b->plan;
-    topo_tensor_plan_t *tp = add_tensor(b, t, layer, TOPO_SPLIT_REPLICATED, TOPO_CLASS_EMBD_NORMS);
-    for (int s = 0; s < pl->n_shards; s++) {
-        tp->per_shard[s] = t->nbytes;
-        if (t->type != TDM_TYPE_F32) {
-            pl->shards[s].vec_copies += (uint64_t)n * sizeof(float);
-        }
-        device_view(pl, s, (uint64_t)n * sizeof(float)); /* the f32 values, copied */
-    }
-    account(pl, tp, 0);
-    return TDM_OK;
+    return bind_f32(b, name, n, 1, layer, TOPO_CLASS_EMBD_NORMS, SEL_ALL, TOPO_SPLIT_REPLICATED,
+                    false, err);
 }
 
 /*
@@ -360,10 +408,11 @@ static tdm_status_t bind_mat(builder_t *b, const char *name, int64_t n_cols, int
     if (t->ne[0] != n_cols || t->ne[1] != n_rows || t->ne[2] != 1 || t->ne[3] != 1) {
         return shape_error(t, n_cols, n_rows, 1, err);
     }
+    TDM_CHECK(check_type(t, err));
     topo_plan_t *pl = b->plan;
     const tdm_type_traits_t *tr = tdm_type_traits(t->type);
     for (int s = 0; by_cols && s < pl->n_shards; s++) {
-        topo_range_t r = range_of(pl, &pl->shards[s], sel, n_cols);
+        topo_range_t r = range_of(pl, &pl->shards[s], sel, n_cols, layer, 0);
         if (tr->blck == 0 || r.lo % (int)tr->blck != 0 || r.n % (int)tr->blck != 0) {
             return tdm_error_set(err, TDM_ERR_UNSUPPORTED,
                                  "tensor '%s': tp %d gives shard %d columns [%d, %d) of a %s "
@@ -375,7 +424,7 @@ static tdm_status_t bind_mat(builder_t *b, const char *name, int64_t n_cols, int
     }
     topo_tensor_plan_t *tp = add_tensor(b, t, layer, split, cls);
     for (int s = 0; s < pl->n_shards; s++) {
-        topo_range_t r = range_of(pl, &pl->shards[s], sel, by_cols ? n_cols : n_rows);
+        topo_range_t r = range_of(pl, &pl->shards[s], sel, by_cols ? n_cols : n_rows, layer, 0);
         tp->per_shard[s] = by_cols ? (uint64_t)n_rows * tdm_type_row_size(t->type, r.n)
                                    : (uint64_t)r.n * tdm_type_row_size(t->type, n_cols);
         device_view(pl, s, tp->per_shard[s]);
@@ -393,6 +442,7 @@ static tdm_status_t bind_experts(builder_t *b, const gguf_tensor_t *t, int il, b
     const mdl_hparams_t *hp = &pl->hp;
     const int64_t n_cols = by_cols ? hp->n_ff_exp : hp->n_embd;
     const int64_t n_rows = by_cols ? hp->n_embd : hp->n_ff_exp;
+    TDM_CHECK(check_type(t, err));
     const tdm_type_traits_t *tr = tdm_type_traits(t->type);
     for (int s = 0; by_cols && s < pl->n_shards; s++) {
         topo_range_t r = pl->shards[s].expert_cols;
@@ -433,6 +483,21 @@ static tdm_status_t bind_experts(builder_t *b, const gguf_tensor_t *t, int il, b
                                 : v;
     }
     return TDM_OK;
+}
+
+/* The bytes of one expert's biases in layer il (ffn_{gate,up,down}_exps.bias, where
+ * present; their shapes are checked when they are bound). */
+static uint64_t expert_bias_bytes(const builder_t *b, int il)
+{
+    static const char *const parts[3] = {"gate", "up", "down"};
+    char name[GGUF_MAX_NAME];
+    uint64_t sum = 0;
+    for (int k = 0; k < 3; k++) {
+        snprintf(name, sizeof(name), "blk.%d.ffn_%s_exps.bias", il, parts[k]);
+        const gguf_tensor_t *t = gguf_find_tensor(b->g, name);
+        sum += t != NULL ? t->nbytes / (uint64_t)b->plan->hp.n_expert : 0;
+    }
+    return sum;
 }
 
 /* The three expert stacks of layer il, shape-checked; NULL entries on failure. */
@@ -497,7 +562,8 @@ static tdm_status_t place_experts(builder_t *b, tdm_error_t *err)
         if (st != TDM_OK) {
             break;
         }
-        const uint64_t one = (t[0]->nbytes + t[1]->nbytes + t[2]->nbytes) / (uint64_t)ne;
+        const uint64_t one =
+            (t[0]->nbytes + t[1]->nbytes + t[2]->nbytes) / (uint64_t)ne + expert_bias_bytes(b, il);
         for (int e = 0; e < ne; e++) {
             bytes[(size_t)m * ne + e] = one;
         }
@@ -547,48 +613,101 @@ static tdm_status_t place_experts(builder_t *b, tdm_error_t *err)
     return st;
 }
 
-/* shd_bind_std_layer, tensor by tensor. */
+/* bind_attention of shard/model.c, tensor by tensor: norm, q/k/v/o, their optional
+ * biases (q/k/v this shard's heads, o whole), q/k norms (per head, or this shard's slice of
+ * the full-width ones) and the sinks of its heads. */
+static tdm_status_t plan_attention(builder_t *b, int il, tdm_error_t *err)
+{
+    topo_plan_t *pl = b->plan;
+    const mdl_hparams_t *hp = &pl->hp;
+    const int64_t hd = hp->head_dim, E = hp->n_embd;
+    const int64_t QD = (int64_t)hp->n_head * hd, KD = (int64_t)hp->n_head_kv * hd;
+    const topo_split_t kv_split =
+        hp->n_head_kv % pl->tp == 0 ? TOPO_SPLIT_TP_ROWS : TOPO_SPLIT_KV_SHARED;
+    const topo_class_t A = TOPO_CLASS_ATTENTION, N = TOPO_CLASS_EMBD_NORMS;
+    char n[GGUF_MAX_NAME];
+#define NAME(suffix) (snprintf(n, sizeof(n), "blk.%d." suffix, il), n)
+    TDM_CHECK(bind_vec(b, NAME("attn_norm.weight"), E, il, err));
+    TDM_CHECK(bind_mat(b, NAME("attn_q.weight"), E, QD, il, A, false, SEL_HEADS, TOPO_SPLIT_TP_ROWS,
+                       err));
+    TDM_CHECK(bind_mat(b, NAME("attn_k.weight"), E, KD, il, A, false, SEL_KV, kv_split, err));
+    TDM_CHECK(bind_mat(b, NAME("attn_v.weight"), E, KD, il, A, false, SEL_KV, kv_split, err));
+    TDM_CHECK(bind_mat(b, NAME("attn_output.weight"), QD, E, il, A, true, SEL_HEADS,
+                       TOPO_SPLIT_TP_COLS, err));
+    TDM_CHECK(
+        bind_f32(b, NAME("attn_q.bias"), QD, 1, il, A, SEL_HEADS, TOPO_SPLIT_TP_ROWS, true, err));
+    TDM_CHECK(bind_f32(b, NAME("attn_k.bias"), KD, 1, il, A, SEL_KV, kv_split, true, err));
+    TDM_CHECK(bind_f32(b, NAME("attn_v.bias"), KD, 1, il, A, SEL_KV, kv_split, true, err));
+    TDM_CHECK(bind_f32(b, NAME("attn_output.bias"), E, 1, il, A, SEL_ALL, TOPO_SPLIT_REPLICATED,
+                       true, err));
+    if (hp->qk_norm && hp->qk_norm_full) {
+        TDM_CHECK(bind_f32(b, NAME("attn_q_norm.weight"), QD, 1, il, N, SEL_HEADS,
+                           TOPO_SPLIT_TP_ROWS, false, err));
+        TDM_CHECK(
+            bind_f32(b, NAME("attn_k_norm.weight"), KD, 1, il, N, SEL_KV, kv_split, false, err));
+    } else if (hp->qk_norm) {
+        TDM_CHECK(bind_vec(b, NAME("attn_q_norm.weight"), hd, il, err));
+        TDM_CHECK(bind_vec(b, NAME("attn_k_norm.weight"), hd, il, err));
+    }
+    if (hp->attn_sinks) {
+        TDM_CHECK(bind_f32(b, NAME("attn_sinks.weight"), hp->n_head, 1, il, A, SEL_HEAD1,
+                           TOPO_SPLIT_TP_ROWS, false, err));
+    }
+#undef NAME
+    return TDM_OK;
+}
+
+/* shd_bind_std_layer, tensor by tensor: the attention, the FFN input norm (gpt-oss names it
+ * post_attention_norm: shard/models/gpt_oss.c), then bind_dense_ffn or bind_moe. */
 static tdm_status_t plan_layer(builder_t *b, int il, tdm_error_t *err)
 {
     topo_plan_t *pl = b->plan;
     const mdl_hparams_t *hp = &pl->hp;
-    const int hd = hp->head_dim;
-    const topo_split_t kv_split =
-        hp->n_head_kv % pl->tp == 0 ? TOPO_SPLIT_TP_ROWS : TOPO_SPLIT_KV_SHARED;
+    const int64_t E = hp->n_embd, F = hp->n_ff, FE = hp->n_ff_exp, NE = hp->n_expert;
     char n[GGUF_MAX_NAME];
 #define NAME(suffix) (snprintf(n, sizeof(n), "blk.%d." suffix, il), n)
-    TDM_CHECK(bind_vec(b, NAME("attn_norm.weight"), hp->n_embd, il, err));
-    TDM_CHECK(bind_mat(b, NAME("attn_q.weight"), hp->n_embd, (int64_t)hp->n_head * hd, il,
-                       TOPO_CLASS_ATTENTION, false, SEL_HEADS, TOPO_SPLIT_TP_ROWS, err));
-    TDM_CHECK(bind_mat(b, NAME("attn_k.weight"), hp->n_embd, (int64_t)hp->n_head_kv * hd, il,
-                       TOPO_CLASS_ATTENTION, false, SEL_KV, kv_split, err));
-    TDM_CHECK(bind_mat(b, NAME("attn_v.weight"), hp->n_embd, (int64_t)hp->n_head_kv * hd, il,
-                       TOPO_CLASS_ATTENTION, false, SEL_KV, kv_split, err));
-    TDM_CHECK(bind_mat(b, NAME("attn_output.weight"), (int64_t)hp->n_head * hd, hp->n_embd, il,
-                       TOPO_CLASS_ATTENTION, true, SEL_HEADS, TOPO_SPLIT_TP_COLS, err));
-    if (hp->qk_norm) {
-        TDM_CHECK(bind_vec(b, NAME("attn_q_norm.weight"), hd, il, err));
-        TDM_CHECK(bind_vec(b, NAME("attn_k_norm.weight"), hd, il, err));
-    }
-    TDM_CHECK(bind_vec(b, NAME("ffn_norm.weight"), hp->n_embd, il, err));
+    TDM_CHECK(plan_attention(b, il, err));
+    TDM_CHECK(bind_vec(b,
+                       hp->arch == MDL_ARCH_GPT_OSS ? NAME("post_attention_norm.weight")
+                                                    : NAME("ffn_norm.weight"),
+                       E, il, err));
     if (!hp->layer_moe[il]) {
-        TDM_CHECK(bind_mat(b, NAME("ffn_gate.weight"), hp->n_embd, hp->n_ff, il,
-                           TOPO_CLASS_DENSE_FFN, false, SEL_FF, TOPO_SPLIT_TP_ROWS, err));
-        TDM_CHECK(bind_mat(b, NAME("ffn_up.weight"), hp->n_embd, hp->n_ff, il, TOPO_CLASS_DENSE_FFN,
-                           false, SEL_FF, TOPO_SPLIT_TP_ROWS, err));
-        TDM_CHECK(bind_mat(b, NAME("ffn_down.weight"), hp->n_ff, hp->n_embd, il,
-                           TOPO_CLASS_DENSE_FFN, true, SEL_FF, TOPO_SPLIT_TP_COLS, err));
+        const topo_class_t D = TOPO_CLASS_DENSE_FFN;
+        TDM_CHECK(bind_mat(b, NAME("ffn_gate.weight"), E, F, il, D, false, SEL_FF,
+                           TOPO_SPLIT_TP_ROWS, err));
+        TDM_CHECK(bind_mat(b, NAME("ffn_up.weight"), E, F, il, D, false, SEL_FF, TOPO_SPLIT_TP_ROWS,
+                           err));
+        TDM_CHECK(bind_mat(b, NAME("ffn_down.weight"), F, E, il, D, true, SEL_FF,
+                           TOPO_SPLIT_TP_COLS, err));
+        TDM_CHECK(
+            bind_f32(b, NAME("ffn_gate.bias"), F, 1, il, D, SEL_FF, TOPO_SPLIT_TP_ROWS, true, err));
+        TDM_CHECK(
+            bind_f32(b, NAME("ffn_up.bias"), F, 1, il, D, SEL_FF, TOPO_SPLIT_TP_ROWS, true, err));
+        TDM_CHECK(bind_f32(b, NAME("ffn_down.bias"), E, 1, il, D, SEL_ALL, TOPO_SPLIT_REPLICATED,
+                           true, err));
         return TDM_OK;
     }
     /* The router is replicated: every shard routes every token. */
-    TDM_CHECK(bind_mat(b, NAME("ffn_gate_inp.weight"), hp->n_embd, hp->n_expert, il,
-                       TOPO_CLASS_EMBD_NORMS, false, SEL_ALL, TOPO_SPLIT_REPLICATED, err));
-#undef NAME
+    const topo_class_t R = TOPO_CLASS_EMBD_NORMS, X = TOPO_CLASS_EXPERTS;
+    TDM_CHECK(bind_mat(b, NAME("ffn_gate_inp.weight"), E, NE, il, R, false, SEL_ALL,
+                       TOPO_SPLIT_REPLICATED, err));
+    TDM_CHECK(bind_f32(b, NAME("ffn_gate_inp.bias"), NE, 1, il, R, SEL_ALL, TOPO_SPLIT_REPLICATED,
+                       true, err));
+    TDM_CHECK(bind_f32(b, NAME("exp_probs_b.bias"), NE, 1, il, R, SEL_ALL, TOPO_SPLIT_REPLICATED,
+                       true, err));
     const gguf_tensor_t *ex[3];
     TDM_CHECK(find_experts(b, il, ex, err));
     TDM_CHECK(bind_experts(b, ex[0], il, false, err));
     TDM_CHECK(bind_experts(b, ex[1], il, false, err));
     TDM_CHECK(bind_experts(b, ex[2], il, true, err));
+    /* each expert's bias rows whole on every TP rank of its group */
+    TDM_CHECK(bind_f32(b, NAME("ffn_gate_exps.bias"), FE, NE, il, X, SEL_EXPERTS,
+                       TOPO_SPLIT_EXPERTS, true, err));
+    TDM_CHECK(bind_f32(b, NAME("ffn_up_exps.bias"), FE, NE, il, X, SEL_EXPERTS, TOPO_SPLIT_EXPERTS,
+                       true, err));
+    TDM_CHECK(bind_f32(b, NAME("ffn_down_exps.bias"), E, NE, il, X, SEL_EXPERTS, TOPO_SPLIT_EXPERTS,
+                       true, err));
+#undef NAME
     return TDM_OK;
 }
 
@@ -770,6 +889,45 @@ static tdm_status_t resolve_split(topo_plan_t *pl, const topo_plan_params_t *p,
     return TDM_OK;
 }
 
+/*
+ * The sliding-window layers' pool for a full pool of n_blocks blocks. The KV cache keeps
+ * one pool for every layer today (shard/model.c shd_model_kv_blocks: each block holds K and
+ * V of all layers), so the sliding layers take a block for each block of the full pool.
+ * A separate sliding pool, sized from the window and the running sequences, is computed
+ * here; everything else (bytes, --kv-memory, what fits) follows from this count.
+ */
+static uint64_t swa_pool_blocks(const topo_plan_t *pl, uint64_t n_blocks)
+{
+    return pl->n_swa_layers > 0 ? n_blocks : 0;
+}
+
+/* KV bytes of shard s for a full pool of n_blocks blocks (and the sliding pool it implies). */
+static uint64_t kv_bytes_of(const topo_plan_t *pl, const topo_shard_plan_t *sp, uint64_t n_blocks)
+{
+    const uint64_t bt = (uint64_t)pl->p.block_tokens;
+    return n_blocks * bt * sp->kv_per_token_full +
+           swa_pool_blocks(pl, n_blocks) * bt * sp->kv_per_token_swa;
+}
+
+/* The most full-pool blocks whose KV fits `bytes` on every shard (0 when none). */
+static uint64_t kv_blocks_within(const topo_plan_t *pl, uint64_t bytes)
+{
+    uint64_t lo = 0, hi = (uint64_t)INT32_MAX / 2;
+    while (lo < hi) {
+        const uint64_t mid = lo + (hi - lo + 1) / 2;
+        bool fits = true;
+        for (int s = 0; s < pl->n_shards && fits; s++) {
+            fits = kv_bytes_of(pl, &pl->shards[s], mid) <= bytes;
+        }
+        if (fits) {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    return lo;
+}
+
 static tdm_status_t plan_kv(topo_plan_t *pl, tdm_error_t *err)
 {
     const mdl_hparams_t *hp = &pl->hp;
@@ -787,13 +945,24 @@ static tdm_status_t plan_kv(topo_plan_t *pl, tdm_error_t *err)
                              "model's is %d): use --kv-type f16",
                              topo_kv_type_name(kt), tdm_type_traits(kt)->blck, hp->head_dim);
     }
+    /* layers by kind: the sliding-window ones (hp.layer_swa, when there is a window) and the
+     * full-attention rest */
+    pl->n_swa_layers = 0;
+    for (int il = 0; hp->n_swa > 0 && il < hp->n_layer; il++) {
+        pl->n_swa_layers += hp->layer_swa[il] != 0;
+    }
+    pl->swa_window = pl->n_swa_layers > 0 ? hp->n_swa : 0;
+    const uint64_t n_full = (uint64_t)(hp->n_layer - pl->n_swa_layers);
     uint64_t max_block = 0;
     int worst = 0;
     for (int s = 0; s < pl->n_shards; s++) {
         topo_shard_plan_t *sp = &pl->shards[s];
-        sp->kv_per_token = 2u * (uint64_t)hp->n_layer * (uint64_t)sp->kv_heads.n * row;
-        if (sp->kv_per_token * bt > max_block) {
-            max_block = sp->kv_per_token * bt;
+        const uint64_t layer = 2u * (uint64_t)sp->kv_heads.n * row; /* K and V of one layer */
+        sp->kv_per_token_full = n_full * layer;
+        sp->kv_per_token_swa = (uint64_t)pl->n_swa_layers * layer;
+        sp->kv_per_token = sp->kv_per_token_full + sp->kv_per_token_swa;
+        if (kv_bytes_of(pl, sp, 1) > max_block) {
+            max_block = kv_bytes_of(pl, sp, 1);
             worst = s;
         }
     }
@@ -801,7 +970,7 @@ static tdm_status_t plan_kv(topo_plan_t *pl, tdm_error_t *err)
     const uint64_t min_blocks = ((uint64_t)pl->p.batch + bt - 1) / bt + 1;
     uint64_t n_blocks;
     if (pl->p.kv_bytes > 0) {
-        n_blocks = pl->p.kv_bytes / max_block;
+        n_blocks = kv_blocks_within(pl, pl->p.kv_bytes);
         if (n_blocks < min_blocks) {
             return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
                                  "--kv-memory %llu bytes holds %llu blocks of %llu tokens on "
@@ -822,10 +991,88 @@ static tdm_status_t plan_kv(topo_plan_t *pl, tdm_error_t *err)
     }
     pl->kv_blocks = (int32_t)n_blocks;
     pl->kv_tokens = (int)(n_blocks * bt);
+    pl->kv_swa_blocks = (int32_t)swa_pool_blocks(pl, n_blocks);
+    pl->kv_swa_tokens = (int)((uint64_t)pl->kv_swa_blocks * bt);
     for (int s = 0; s < pl->n_shards; s++) {
-        pl->shards[s].kv = n_blocks * bt * pl->shards[s].kv_per_token;
+        pl->shards[s].kv = kv_bytes_of(pl, &pl->shards[s], n_blocks);
     }
     return TDM_OK;
+}
+
+/* The weight bytes one decoded token reads on each shard (topo_plan.h). */
+static void plan_reads(topo_plan_t *pl)
+{
+    const mdl_hparams_t *hp = &pl->hp;
+    for (int i = 0; i < pl->n_tensors; i++) {
+        const topo_tensor_plan_t *t = &pl->tensors[i];
+        for (int s = 0; s < pl->n_shards; s++) {
+            topo_shard_plan_t *sp = &pl->shards[s];
+            const uint64_t v = t->per_shard[s];
+            if (t->split == TOPO_SPLIT_UNUSED || v == 0) {
+                continue;
+            }
+            if (t->cls == TOPO_CLASS_EXPERTS) {
+                const uint64_t x = v * (uint64_t)hp->n_expert_used / (uint64_t)hp->n_expert;
+                sp->read_experts += x;
+                sp->read_per_token += x;
+            } else if (strcmp(t->name, "token_embd.weight") == 0) {
+                /* one row looked up; tied, the output head's rows besides */
+                const uint64_t rows = (uint64_t)hp->n_vocab;
+                sp->read_per_token += t->nbytes / rows;
+                if (hp->tied_output) {
+                    sp->read_per_token += t->nbytes / rows * (uint64_t)sp->vocab_rows.n;
+                }
+            } else {
+                sp->read_per_token += v;
+            }
+        }
+    }
+    pl->read_per_token_max = 0;
+    for (int s = 0; s < pl->n_shards; s++) {
+        if (pl->shards[s].read_per_token > pl->read_per_token_max) {
+            pl->read_per_token_max = pl->shards[s].read_per_token;
+        }
+    }
+}
+
+uint64_t topo_plan_kv_tokens_fit(const topo_plan_t *pl, uint64_t budget)
+{
+    uint64_t room = UINT64_MAX;
+    for (int s = 0; s < pl->n_shards; s++) {
+        const topo_shard_plan_t *sp = &pl->shards[s];
+        const uint64_t other = sp->total - sp->kv;
+        if (other >= budget) {
+            return 0;
+        }
+        room = budget - other < room ? budget - other : room;
+    }
+    return kv_blocks_within(pl, room) * (uint64_t)pl->p.block_tokens;
+}
+
+static uint64_t kv_read_of(const topo_plan_t *pl, const topo_shard_plan_t *sp, int ctx)
+{
+    const int w = pl->swa_window > 0 && pl->swa_window < ctx ? pl->swa_window : ctx;
+    return (uint64_t)ctx * sp->kv_per_token_full + (uint64_t)w * sp->kv_per_token_swa;
+}
+
+uint64_t topo_plan_kv_read(const topo_plan_t *pl, int ctx)
+{
+    uint64_t most = 0;
+    for (int s = 0; s < pl->n_shards; s++) {
+        const uint64_t r = kv_read_of(pl, &pl->shards[s], ctx);
+        most = r > most ? r : most;
+    }
+    return most;
+}
+
+double topo_plan_decode_ceiling(const topo_plan_t *pl, double bytes_per_s, int ctx)
+{
+    uint64_t most = 0;
+    for (int s = 0; s < pl->n_shards; s++) {
+        const uint64_t r = pl->shards[s].read_per_token + kv_read_of(pl, &pl->shards[s], ctx);
+        most = r > most ? r : most;
+    }
+    return most > 0 ? bytes_per_s / (double)most : 0.0;
 }
 
 tdm_status_t topo_plan_build(const gguf_ctx_t *g, const topo_plan_params_t *p, topo_plan_t **out,
@@ -945,6 +1192,7 @@ tdm_status_t topo_plan_build(const gguf_ctx_t *g, const topo_plan_params_t *p, t
         }
         sp->total = sp->weights_device + sp->kv + sp->buffers;
     }
+    plan_reads(pl);
     *out = pl;
     return TDM_OK;
 fail:

@@ -16,7 +16,11 @@
  *   experts      per MoE layer, a count of experts per EP group (see topo_expert_rule_t),
  *                each expert's width split over TP like a dense FFN;
  *   output       vocab rows over TP when n_vocab divides, else replicated;
- *   replicated   token_embd, output_norm, every norm, the routers (ffn_gate_inp), rope_freqs.
+ *   vectors      q/k/v biases, full-width q/k norms (minimax-m2) and attention sinks: the
+ *                rank's heads / kv heads; dense gate/up biases: its FFN columns; expert
+ *                biases: the whole rows of its EP group's experts (not split over TP);
+ *   replicated   token_embd, output_norm, per-head norms, the routers (ffn_gate_inp and
+ *                its bias, exp_probs_b), attn_output / ffn_down biases, rope_freqs.
  * A column slice of a quantized matrix must fall on block boundaries (the loader refuses
  * otherwise), so the plan refuses such a split too, naming the tensor.
  *
@@ -24,6 +28,13 @@
  *   KV bytes per token on a shard = 2 * n_layer * kv_heads_on_shard * row bytes of head_dim
  *   values of the KV type (f32: 4 * head_dim, f16: 2 * head_dim, q8_0: 34 * head_dim / 32),
  *   allocated in blocks of block_tokens tokens, as shard/model.c shd_model_kv_blocks does;
+ *   kept per layer kind (full-attention layers, sliding-window layers): the cache keeps one
+ *   pool for both today, so the sliding layers' pool has as many blocks as the full one
+ *   (kv_swa_blocks == kv_blocks; topo_plan.c swa_pool_blocks is where a smaller pool goes);
+ *   bytes read per decoded token = the weights one token touches on a shard: every bound
+ *   tensor's slice except token_embd (one row, and the output head's rows when tied) and
+ *   the experts, of which the top k of n_expert are touched (k / n_expert of the shard's
+ *   expert bytes: uniform routing); the decode ceiling at bandwidth W is W / the largest;
  *   scratch = the step scratch arena of shard/model.c alloc_scratch for `batch` tokens;
  *   backend scratch = what the device's backend reserves for its compound ops
  *   (kern_be_reserve): on the CPU attention rows per thread and MoE buffers, on a GPU
@@ -64,10 +75,10 @@ typedef enum topo_split {
 
 /* What a tensor is for (the rows of the per-shard table). */
 typedef enum topo_class {
-    TOPO_CLASS_EMBD_NORMS = 0, /* token_embd, norms, routers, rope_freqs (replicated)    */
-    TOPO_CLASS_ATTENTION,      /* attn_q/k/v/output                                    */
-    TOPO_CLASS_DENSE_FFN,      /* ffn_gate/up/down of dense layers                     */
-    TOPO_CLASS_EXPERTS,        /* ffn_{gate,up,down}_exps                              */
+    TOPO_CLASS_EMBD_NORMS = 0, /* token_embd, norms, routers (+ biases), rope_freqs      */
+    TOPO_CLASS_ATTENTION,      /* attn_q/k/v/output and their biases, attn_sinks        */
+    TOPO_CLASS_DENSE_FFN,      /* ffn_gate/up/down of dense layers and their biases     */
+    TOPO_CLASS_EXPERTS,        /* ffn_{gate,up,down}_exps and their biases              */
     TOPO_CLASS_OUTPUT,         /* output.weight (untied)                               */
     TOPO_CLASS_UNUSED,
     TOPO_CLASS_COUNT
@@ -76,8 +87,9 @@ typedef enum topo_class {
 /* How many experts of each MoE layer each EP group holds. */
 typedef enum topo_expert_rule {
     /* Bytes balanced: greedy largest-first bin packing of the (layer, expert) items, each
-     * weighing its bytes (gate + up + down of that expert: tensor bytes / n_expert), onto
-     * the EP group with the fewest bytes so far (ties: the lower rank). Per layer the
+     * weighing its bytes (gate + up + down of that expert and their biases: tensor bytes /
+     * n_expert), onto the EP group with the fewest bytes so far (ties: the lower rank). Per
+     * layer the
      * resulting counts are then laid out as consecutive ranges in EP-rank order, so a shard
      * holds one contiguous run of experts per layer. The loader must take per-layer
      * ranges to realise this (LOAD carries them; tandem serve --shards uses this rule). */
@@ -133,7 +145,12 @@ typedef struct topo_shard_plan {
     uint64_t weights_device;          /* GPU: the weight store (slices compact, vectors as
                                          f32, 256-byte aligned views); CPU: weights        */
     uint64_t kv_per_token;            /* 2 * n_layer * kv_heads.n * KV row bytes           */
-    uint64_t kv;                      /* kv_blocks * block_tokens * kv_per_token           */
+    uint64_t kv_per_token_full;       /* ... of the full-attention layers                  */
+    uint64_t kv_per_token_swa;        /* ... of the sliding-window layers (0: none)        */
+    uint64_t kv;                      /* kv_tokens * kv_per_token_full
+                                         + kv_swa_tokens * kv_per_token_swa                */
+    uint64_t read_per_token;          /* weight bytes one decoded token reads here (above) */
+    uint64_t read_experts;            /* ... of which experts (k / n_expert of them)       */
     uint64_t scratch;                 /* shard/model.c alloc_scratch                       */
     uint64_t backend_scratch;         /* kern_be_reserve of the device's backend           */
     uint64_t vec_copies;              /* f32 copies of non-f32 norm vectors (host)         */
@@ -162,6 +179,11 @@ typedef struct topo_plan {
     int n_moe_layers;            /* layers with experts                                         */
     int kv_tokens;               /* KV capacity in tokens (a multiple of block_tokens)          */
     int32_t kv_blocks;           /* blocks, the same count on every shard                       */
+    int n_swa_layers;            /* layers attending in a sliding window (gpt-oss: the even)    */
+    int swa_window;              /* their window in tokens (0: none)                            */
+    int32_t kv_swa_blocks;       /* the sliding layers' pool (== kv_blocks: one pool today)     */
+    int kv_swa_tokens;           /* kv_swa_blocks * block_tokens                                */
+    uint64_t read_per_token_max; /* the largest shard's read_per_token: decode's critical path  */
     uint64_t model_bytes;        /* every tensor in the file                           */
     uint64_t expert_item_max;    /* bytes of the largest (layer, expert) item           */
     uint64_t expert_bytes_total; /* all experts of all layers                           */
@@ -188,6 +210,21 @@ void topo_plan_destroy(topo_plan_t *plan); /* NULL is fine */
 
 const char *topo_split_name(topo_split_t s); /* "tp_rows" */
 const char *topo_class_name(topo_class_t c); /* "attention" */
+
+/* Tokens of KV cache that fit beside the weights and buffers on every shard when each has
+ * `budget` bytes (the buffers as planned, for p.ctx_size), in whole blocks; 0 when not even
+ * the weights and buffers fit. */
+uint64_t topo_plan_kv_tokens_fit(const topo_plan_t *plan, uint64_t budget);
+
+/* The KV bytes one decoded token reads on the shard that reads most, at a context of ctx
+ * tokens: ctx * kv_per_token_full + min(ctx, swa_window) * kv_per_token_swa. */
+uint64_t topo_plan_kv_read(const topo_plan_t *plan, int ctx);
+
+/* The decode ceiling of one sequence in tokens per second at a context of ctx tokens when
+ * every shard reads memory at `bytes_per_s` (a DGX Spark: about 273e9): bytes_per_s / the
+ * largest read_per_token + KV read of a shard (ctx 0: the weights only). Collectives and
+ * compute come on top. */
+double topo_plan_decode_ceiling(const topo_plan_t *plan, double bytes_per_s, int ctx);
 
 /* What shard s asks its backend to reserve (shard/model.c reserve_of, with the plan's batch,
  * logit rows and ctx_size as the longest sequence). */

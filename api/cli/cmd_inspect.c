@@ -9,12 +9,17 @@
  * (blk.N.ffn_*_exps.*) are scaled by <arch>.expert_used_count / <arch>.expert_count in
  * the "per token (top-k experts)" figure; "all weights" counts them fully.
  *
+ * The "model" section is the file as Tandem reads it (model/hparams.h, mdl_hparams_load):
+ * layers, heads, head dim, experts, gating, RoPE, sliding window and its layers, sinks, q/k
+ * norms, biases, tied output; or why this build cannot run it.
+ *
  * --json prints one object with every key and value exactly as stored (arrays in full;
  * UINT64 values above 2^63-1 as decimal strings; non-finite floats as "nan"/"inf"/"-inf";
  * string bytes that are not valid UTF-8 replaced by U+FFFD each).
  */
 #include "api/cli/cli.h"
 #include "model/gguf.h"
+#include "model/hparams.h"
 
 #include <inttypes.h>
 #include <jansson.h>
@@ -125,6 +130,206 @@ static void compute_totals(const gguf_ctx_t *g, inspect_totals_t *t)
     }
     t->per_token_all = all;
     t->per_token_topk = topk;
+}
+
+/* ---- the model as Tandem reads it --------------------------------------------------- */
+
+/* The biases a layer 0 tensor name has ("attn_q.bias" ...), as a list for text and JSON. */
+static const char *const bias_names[] = {
+    "attn_q.bias",      "attn_k.bias",        "attn_v.bias",      "attn_output.bias",
+    "ffn_gate.bias",    "ffn_up.bias",        "ffn_down.bias",    "ffn_gate_inp.bias",
+    "exp_probs_b.bias", "ffn_gate_exps.bias", "ffn_up_exps.bias", "ffn_down_exps.bias",
+};
+
+static bool has_layer0(const gguf_ctx_t *g, const char *suffix)
+{
+    char name[GGUF_MAX_NAME];
+    snprintf(name, sizeof(name), "blk.0.%s", suffix);
+    return gguf_find_tensor(g, name) != NULL;
+}
+
+static const char *gating_name(const mdl_hparams_t *hp)
+{
+    switch (hp->expert_gating) {
+    case MDL_GATING_SIGMOID:
+        return "sigmoid";
+    case MDL_GATING_SOFTMAX_SELECTED:
+        return "softmax_selected";
+    default:
+        return "softmax";
+    }
+}
+
+static const char *qk_norm_name(const mdl_hparams_t *hp)
+{
+    return !hp->qk_norm ? "none" : hp->qk_norm_full ? "all_heads" : "per_head";
+}
+
+static const char *rope_scaling_name(mdl_rope_scaling_t s)
+{
+    return s == MDL_ROPE_SCALING_YARN ? "yarn" : s == MDL_ROPE_SCALING_LINEAR ? "linear" : "none";
+}
+
+static int n_swa_layers(const mdl_hparams_t *hp)
+{
+    int n = 0;
+    for (int il = 0; hp->n_swa > 0 && il < hp->n_layer; il++) {
+        n += hp->layer_swa[il] != 0;
+    }
+    return n;
+}
+
+static void print_model(FILE *out, const gguf_ctx_t *g)
+{
+    mdl_hparams_t hp;
+    tdm_error_t err = {0};
+    fputs("\nmodel (as Tandem reads it):\n", out);
+    if (mdl_hparams_load(g, &hp, &err) != TDM_OK) {
+        fprintf(out, "  this build cannot run it: %s\n", tdm_error_msg(&err));
+        return;
+    }
+    fprintf(out, "  architecture     %s\n", hp.arch_name);
+    const int n_swa = n_swa_layers(&hp);
+    fprintf(out, "  layers           %d", hp.n_layer);
+    if (n_swa > 0) {
+        fprintf(out, ": %d in a sliding window of %d tokens (layers", n_swa, hp.n_swa);
+        for (int il = 0, k = 0; il < hp.n_layer; il++) {
+            if (hp.layer_swa[il] && k++ < 4) {
+                fprintf(out, "%s %d", k > 1 ? "," : "", il);
+            }
+        }
+        fprintf(out, "%s), %d over the whole context", n_swa > 4 ? ", ..." : "",
+                hp.n_layer - n_swa);
+    }
+    fprintf(out, "\n  attention        %d q heads / %d kv heads x %d (groups of %d), scale %g",
+            hp.n_head, hp.n_head_kv, hp.head_dim, hp.n_head / hp.n_head_kv, (double)hp.attn_scale);
+    if (hp.attn_sinks) {
+        fputs(", a sink logit per head", out);
+    }
+    fputc('\n', out);
+    fprintf(out, "  q/k norm         %s\n",
+            !hp.qk_norm       ? "none"
+            : hp.qk_norm_full ? "RMSNorm over all heads at once (attn_q_norm n_head x head_dim)"
+                              : "RMSNorm per head");
+    fprintf(out, "  rope             %s on %d of %d dims, base %g",
+            hp.rope.type == MDL_ROPE_NEOX ? "NEOX" : "NORM", hp.rope.n_rot, hp.head_dim,
+            (double)hp.rope.freq_base);
+    if (hp.rope.scaling != MDL_ROPE_SCALING_NONE) {
+        fprintf(out, ", %s x%g from %u tokens", rope_scaling_name(hp.rope.scaling),
+                (double)(1.0f / hp.rope.freq_scale), hp.rope.n_ctx_orig);
+        if (hp.rope.scaling == MDL_ROPE_SCALING_YARN) {
+            fprintf(out, " (beta fast %g, slow %g)", (double)hp.rope.beta_fast,
+                    (double)hp.rope.beta_slow);
+        }
+    }
+    if (hp.has_rope_freqs) {
+        fputs(", per-dim factors (rope_freqs)", out);
+    }
+    fputc('\n', out);
+    if (hp.attn_temp_scale != 0.0f) {
+        fprintf(out, "  attn temperature q x (1 + %g ln(1 + floor(pos / %d)))\n",
+                (double)hp.attn_temp_scale, hp.attn_temp_floor);
+    }
+    int n_moe = 0;
+    for (int il = 0; il < hp.n_layer; il++) {
+        n_moe += hp.layer_moe[il] != 0;
+    }
+    if (n_moe < hp.n_layer) {
+        fprintf(out, "  dense FFN        %d layer%s, width %d\n", hp.n_layer - n_moe,
+                hp.n_layer - n_moe == 1 ? "" : "s", hp.n_ff);
+    }
+    if (n_moe > 0) {
+        fprintf(out, "  experts          %d MoE layers: %d experts x %d wide, top %d; ", n_moe,
+                hp.n_expert, hp.n_ff_exp, hp.n_expert_used);
+        switch (hp.expert_gating) {
+        case MDL_GATING_SOFTMAX_SELECTED:
+            fputs("router: top k of the logits, softmax over those k", out);
+            break;
+        case MDL_GATING_SIGMOID:
+            fprintf(out, "router: sigmoid%s",
+                    has_layer0(g, "exp_probs_b.bias") ? ", chosen by sigmoid + exp_probs_b" : "");
+            break;
+        default:
+            fputs("router: softmax over all experts", out);
+            break;
+        }
+        fprintf(out, "%s; %s\n", hp.expert_norm_topk ? ", weights renormalised" : "",
+                hp.expert_oai_act ? "clamped SwiGLU (alpha 1.702, limit 7)" : "SwiGLU");
+    }
+    fputs("  biases           ", out);
+    int nb = 0;
+    for (size_t i = 0; i < sizeof(bias_names) / sizeof(bias_names[0]); i++) {
+        if (has_layer0(g, bias_names[i])) {
+            fprintf(out, "%s%s", nb++ ? ", " : "", bias_names[i]);
+        }
+    }
+    fputs(nb ? "\n" : "none\n", out);
+    fprintf(out, "  output head      %s\n",
+            hp.tied_output ? "tied: token_embd (no output.weight)" : "output.weight");
+    fprintf(out, "  context          %d tokens (training), vocab %d\n", hp.n_ctx_train, hp.n_vocab);
+}
+
+static json_t *model_json(const gguf_ctx_t *g)
+{
+    mdl_hparams_t hp;
+    tdm_error_t err = {0};
+    json_t *j = json_object();
+    if (mdl_hparams_load(g, &hp, &err) != TDM_OK) {
+        json_object_set_new(j, "supported", json_false());
+        json_object_set_new(j, "error", json_string(tdm_error_msg(&err)));
+        return j;
+    }
+    json_object_set_new(j, "supported", json_true());
+    json_object_set_new(j, "arch", json_string(hp.arch_name));
+    json_object_set_new(j, "n_layer", json_integer(hp.n_layer));
+    json_object_set_new(j, "n_embd", json_integer(hp.n_embd));
+    json_object_set_new(j, "n_head", json_integer(hp.n_head));
+    json_object_set_new(j, "n_head_kv", json_integer(hp.n_head_kv));
+    json_object_set_new(j, "head_dim", json_integer(hp.head_dim));
+    json_object_set_new(j, "n_ff", json_integer(hp.n_ff));
+    json_object_set_new(j, "n_vocab", json_integer(hp.n_vocab));
+    json_object_set_new(j, "n_ctx_train", json_integer(hp.n_ctx_train));
+    int n_moe = 0;
+    for (int il = 0; il < hp.n_layer; il++) {
+        n_moe += hp.layer_moe[il] != 0;
+    }
+    json_object_set_new(j, "n_moe_layers", json_integer(n_moe));
+    json_object_set_new(j, "n_expert", json_integer(hp.n_expert));
+    json_object_set_new(j, "n_expert_used", json_integer(hp.n_expert_used));
+    json_object_set_new(j, "n_ff_exp", json_integer(hp.n_ff_exp));
+    json_object_set_new(j, "gating", n_moe > 0 ? json_string(gating_name(&hp)) : json_null());
+    json_object_set_new(j, "expert_norm_topk", json_boolean(n_moe > 0 && hp.expert_norm_topk));
+    json_object_set_new(j, "expert_oai_act", json_boolean(hp.expert_oai_act));
+    json_t *r = json_object();
+    json_object_set_new(r, "type", json_string(hp.rope.type == MDL_ROPE_NEOX ? "neox" : "norm"));
+    json_object_set_new(r, "n_rot", json_integer(hp.rope.n_rot));
+    json_object_set_new(r, "freq_base", json_real(hp.rope.freq_base));
+    json_object_set_new(r, "scaling", json_string(rope_scaling_name(hp.rope.scaling)));
+    json_object_set_new(r, "factor", json_real(1.0 / (double)hp.rope.freq_scale));
+    json_object_set_new(r, "n_ctx_orig", json_integer(hp.rope.n_ctx_orig));
+    json_object_set_new(r, "freq_factors", json_boolean(hp.has_rope_freqs));
+    json_object_set_new(j, "rope", r);
+    const int n_swa = n_swa_layers(&hp);
+    json_object_set_new(j, "sliding_window", json_integer(n_swa > 0 ? hp.n_swa : 0));
+    json_t *sl = json_array();
+    for (int il = 0; n_swa > 0 && il < hp.n_layer; il++) {
+        if (hp.layer_swa[il]) {
+            json_array_append_new(sl, json_integer(il));
+        }
+    }
+    json_object_set_new(j, "swa_layers", sl);
+    json_object_set_new(j, "attn_sinks", json_boolean(hp.attn_sinks));
+    json_object_set_new(j, "qk_norm", json_string(qk_norm_name(&hp)));
+    json_object_set_new(j, "attn_temp_scale", json_real(hp.attn_temp_scale));
+    json_object_set_new(j, "tied_output", json_boolean(hp.tied_output));
+    json_t *bi = json_array();
+    for (size_t i = 0; i < sizeof(bias_names) / sizeof(bias_names[0]); i++) {
+        if (has_layer0(g, bias_names[i])) {
+            json_array_append_new(bi, json_string(bias_names[i]));
+        }
+    }
+    json_object_set_new(j, "biases", bi);
+    return j;
 }
 
 /* ---- text output --------------------------------------------------------------------- */
@@ -369,6 +574,8 @@ static void print_text(FILE *out, const gguf_ctx_t *g, bool tensors)
         print_value(out, &kv->value);
         fputc('\n', out);
     }
+
+    print_model(out, g);
 
     fputs("\ntokenizer:\n", out);
     gguf_str_t s;
@@ -665,6 +872,7 @@ static json_t *build_json(const gguf_ctx_t *g, bool tensors)
         json_array_append_new(meta, jk);
     }
     json_object_set_new(root, "metadata", meta);
+    json_object_set_new(root, "model", model_json(g));
 
     json_t *tok = json_object();
     gguf_str_t s;

@@ -1,9 +1,9 @@
 /*
  * cmd_plan.c - `tandem plan --model M.gguf --shards N [--tp T --ep E] [--ctx-size C]
  * [--kv-memory SIZE] [--node-memory SIZE] [--device D] [--kv-type T] [--gpu-memory SIZE]
- * [--json]`: the per-shard memory plan of a model split by tensor and expert parallelism
- * (topology/topo_plan.h), printed without loading a tensor, and checked against the memory
- * a shard has: a GPU's free memory when the shards run on one (on a unified-memory GPU at
+ * [--mem-bw GBPS] [--json]`: the per-shard memory plan of a model split by tensor and expert
+ * parallelism (topology/topo_plan.h), printed without loading a tensor, and checked against the
+ * memory a shard has: a GPU's free memory when the shards run on one (on a unified-memory GPU at
  * most the host's MemAvailable), else the host's MemAvailable, or --node-memory.
  *
  * --gpu-memory SIZE plans for a GPU that need not be here (another machine's, or the tests'
@@ -35,6 +35,7 @@ typedef struct plan_opts {
     const char *device;   /* NULL: auto                                          */
     const char *kv_type;  /* NULL: by device                                     */
     uint64_t gpu_memory;  /* > 0: plan for a GPU with this much free, not queried */
+    double mem_bw;        /* > 0: memory bandwidth, GB/s, for the decode ceiling  */
     bool json;
 } plan_opts_t;
 
@@ -81,6 +82,8 @@ static void usage(FILE *out)
           "  --experts RULE       balanced (bytes, default) or contiguous (the shard loader's\n"
           "                       rule without per-layer ranges: n_expert / ep consecutive experts "
           "per group)\n"
+          "  --mem-bw GBPS        memory bandwidth of a shard in GB/s (a DGX Spark: 273): prints\n"
+          "                       the decode ceiling, bandwidth / weight bytes read per token\n"
           "  --json               one JSON object (every tensor's bytes per shard)\n",
           out);
 }
@@ -142,6 +145,13 @@ static int parse_opts(int argc, char **argv, plan_opts_t *o)
                                                               : &o->gpu_memory;
             if (!topo_parse_size(v, dst) || *dst == 0) {
                 fprintf(stderr, "tandem plan: %s '%s' is not a size (e.g. 2G, 512M)\n", a, v);
+                bad = -1;
+            }
+        } else if (strcmp(a, "--mem-bw") == 0) {
+            char *end;
+            o->mem_bw = strtod(v, &end);
+            if (end == v || *end != '\0' || !(o->mem_bw > 0) || o->mem_bw > 1e6) {
+                fprintf(stderr, "tandem plan: --mem-bw wants GB/s, e.g. 273, got '%s'\n", v);
                 bad = -1;
             }
         } else if (strcmp(a, "--experts") == 0) {
@@ -552,6 +562,39 @@ static void print_text(const plan_opts_t *o, const topo_plan_t *pl, const plan_d
     printf("KV per token on shard 0: 2 x %d layers x %d kv heads x %s = %s; x %d tokens = %s\n",
            hp->n_layer, s0->kv_heads.n, row, fmt_bytes(s0->kv_per_token, b1, sizeof(b1)),
            pl->kv_tokens, fmt_bytes(s0->kv, b2, sizeof(b2)));
+    if (pl->n_swa_layers > 0) {
+        printf(
+            "  of which the %d sliding-window layer%s (window %d) %s per token, for %d tokens%s\n",
+            pl->n_swa_layers, pl->n_swa_layers == 1 ? "" : "s", pl->swa_window,
+            fmt_bytes(s0->kv_per_token_swa, b1, sizeof(b1)), pl->kv_swa_tokens,
+            pl->kv_swa_blocks == pl->kv_blocks ? " (one pool with the full-attention layers)"
+                                               : " (their own pool)");
+    }
+    const topo_shard_plan_t *rd = s0;
+    for (int s = 1; s < pl->n_shards; s++) {
+        rd = pl->shards[s].read_per_token > rd->read_per_token ? &pl->shards[s] : rd;
+    }
+    printf("decode reads %s of weights per token on shard %d",
+           fmt_bytes(rd->read_per_token, b1, sizeof(b1)), rd->rank);
+    if (pl->n_moe_layers > 0) {
+        printf(" (experts %s: the top %d of %d, uniform routing)",
+               fmt_bytes(rd->read_experts, b2, sizeof(b2)), hp->n_expert_used, hp->n_expert);
+    }
+    printf("; and %s of KV at a context of %d tokens\n",
+           fmt_bytes(topo_plan_kv_read(pl, pl->p.ctx_size), b2, sizeof(b2)), pl->p.ctx_size);
+    if (o->mem_bw > 0) {
+        printf("decode ceiling at %.0f GB/s: %.1f tokens/s for one sequence at a short context, "
+               "%.1f at %d tokens (memory reads only: compute and collectives come on top)\n",
+               o->mem_bw, topo_plan_decode_ceiling(pl, o->mem_bw * 1e9, 0),
+               topo_plan_decode_ceiling(pl, o->mem_bw * 1e9, pl->p.ctx_size), pl->p.ctx_size);
+    }
+    const uint64_t fit = topo_plan_kv_tokens_fit(pl, node);
+    printf("KV that fits beside weights and buffers: %" PRIu64 " tokens per shard", fit);
+    if (fit > 0) {
+        printf(" (%.1f sequences of %d tokens)", (double)fit / (double)pl->p.ctx_size,
+               pl->p.ctx_size);
+    }
+    printf("\n");
     if (gpu) {
         char b4[32], b5[32];
         printf("GPU memory on shard 0, as the shard's load checks it (shard/model.c check_fit): "
@@ -639,6 +682,7 @@ static json_t *to_json(const plan_opts_t *o, const topo_plan_t *pl, const plan_d
     json_object_set_new(h, "n_ctx_train", json_integer(hp->n_ctx_train));
     json_object_set_new(h, "n_moe_layers", json_integer(pl->n_moe_layers));
     json_object_set_new(h, "tied_output", json_boolean(hp->tied_output));
+    json_object_set_new(h, "n_swa", json_integer(hp->n_swa));
     json_object_set_new(root, "hparams", h);
     json_object_set_new(root, "n_shards", json_integer(pl->n_shards));
     json_object_set_new(root, "tp", json_integer(pl->tp));
@@ -649,6 +693,24 @@ static json_t *to_json(const plan_opts_t *o, const topo_plan_t *pl, const plan_d
         json_string(pl->p.experts == TOPO_EXPERTS_BALANCED ? "balanced" : "contiguous"));
     json_object_set_new(root, "kv_tokens", json_integer(pl->kv_tokens));
     json_object_set_new(root, "kv_blocks", json_integer(pl->kv_blocks));
+    json_object_set_new(root, "n_swa_layers", json_integer(pl->n_swa_layers));
+    json_object_set_new(root, "swa_window", json_integer(pl->swa_window));
+    json_object_set_new(root, "kv_swa_tokens", json_integer(pl->kv_swa_tokens));
+    json_object_set_new(root, "kv_swa_blocks", json_integer(pl->kv_swa_blocks));
+    json_object_set_new(root, "kv_tokens_fit",
+                        json_integer((json_int_t)topo_plan_kv_tokens_fit(pl, node)));
+    json_object_set_new(root, "read_per_token_max",
+                        json_integer((json_int_t)pl->read_per_token_max));
+    json_object_set_new(root, "mem_bw_gbps", o->mem_bw > 0 ? json_real(o->mem_bw) : json_null());
+    json_object_set_new(root, "kv_read_at_ctx",
+                        json_integer((json_int_t)topo_plan_kv_read(pl, pl->p.ctx_size)));
+    json_object_set_new(root, "decode_ceiling_tps",
+                        o->mem_bw > 0 ? json_real(topo_plan_decode_ceiling(pl, o->mem_bw * 1e9, 0))
+                                      : json_null());
+    json_object_set_new(
+        root, "decode_ceiling_tps_at_ctx",
+        o->mem_bw > 0 ? json_real(topo_plan_decode_ceiling(pl, o->mem_bw * 1e9, pl->p.ctx_size))
+                      : json_null());
     json_object_set_new(root, "block_tokens", json_integer(pl->p.block_tokens));
     json_object_set_new(root, "ctx_size", json_integer(pl->p.ctx_size));
     json_object_set_new(root, "batch", json_integer(pl->p.batch));
@@ -710,7 +772,11 @@ static json_t *to_json(const plan_opts_t *o, const topo_plan_t *pl, const plan_d
         U64("weights_device", sp->weights_device);
         U64("experts_as_loader", sp->experts_as_loader);
         U64("kv_per_token", sp->kv_per_token);
+        U64("kv_per_token_full", sp->kv_per_token_full);
+        U64("kv_per_token_swa", sp->kv_per_token_swa);
         U64("kv", sp->kv);
+        U64("read_per_token", sp->read_per_token);
+        U64("read_experts", sp->read_experts);
         U64("scratch", sp->scratch);
         U64("backend_scratch", sp->backend_scratch);
         U64("margin", sp->margin);

@@ -2,13 +2,23 @@
 
 plan: the per-shard bytes of every tensor are recomputed here from the GGUF tensor infos
 (the `gguf` package) and the split rules of shard/shd_model.h, written independently of
-topology/topo_plan.c: heads, kv heads as the set of kv heads a rank's q heads use, FFN
-columns, output rows, experts per EP group. Checked: split tensors sum to the unpartitioned
+topology/topo_plan.c, by tensor name: heads (the first n_head % tp ranks one more), kv heads
+as the set of kv heads a rank's q heads use, FFN columns, output rows, experts per EP group,
+and the vectors bound with them (q/k/v biases and minimax-m2's full-width q/k norms by
+heads, sinks by heads, dense gate/up biases by columns, expert biases as whole rows of the
+group's experts, the rest whole). Every tensor of every architecture's fixtures must be in
+the plan and bound by some shard. Checked: split tensors sum to the unpartitioned
 bytes (times the EP groups that each hold a copy), replicated tensors count once per shard,
 expert bytes are balanced within one expert of optimal, KV bytes follow the formula for every
 KV type, a GPU plan (--gpu-memory: no GPU needed) counts the CUDA backend's op scratch
 (recomputed here from kernels/cuda/backend_cuda.cu's carving) and check_fit's margin,
 over-budget plans exit 3 with the numbers, and impossible splits are refused by name.
+
+Also: the weight bytes one decoded token reads (and the decode ceiling of --mem-bw), KV by
+layer kind (gpt-oss's sliding-window layers), the KV that fits a budget, refusal of tensor
+types without kernels, `tandem inspect`'s model section, and real models planned from
+metadata-only GGUFs (tools/make_shape_gguf.py: sparse files with the real tensor infos, the
+published sizes met) on one and two DGX Sparks.
 
 Plans run with --device cpu unless a test says otherwise, so they do not depend on whether
 the machine has a GPU.
@@ -19,8 +29,11 @@ tree it proposes both twins of the cabled port.
 import json
 import math
 import os
+import subprocess
+import sys
 
 import gguf
+import numpy as np
 import pytest
 
 from conftest import FIXTURES, SOURCE_DIR, run_tandem
@@ -54,40 +67,66 @@ class Model:
         self.moe_layers = [i for i in range(self.n_layer)
                            if f"blk.{i}.ffn_gate_inp.weight" in self.tensors]
 
+        self.shapes = {t.name: [int(x) for x in t.shape] for t in r.tensors}
+        self.types = {t.name: t.tensor_type for t in r.tensors}
+        self.n_expert_used = get("expert_used_count", 0)
+
     def expert_bytes(self, layer):
-        """Bytes of one expert of a layer: gate + up + down of the stacked tensors / n_expert."""
-        return sum(self.tensors[f"blk.{layer}.ffn_{p}_exps.weight"]
-                   for p in ("gate", "up", "down")) // self.n_expert
+        """Bytes of one expert of a layer: gate + up + down of the stacked tensors and their
+        biases (where present) / n_expert."""
+        return sum(self.tensors.get(f"blk.{layer}.ffn_{p}_exps.{w}", 0)
+                   for p in ("gate", "up", "down") for w in ("weight", "bias")) // self.n_expert
+
+
+def heads_of(m, tp, tp_rank):
+    """The q heads of a TP rank: n_head // tp consecutive ones, the first n_head % tp ranks
+    one more."""
+    base, rem = divmod(m.n_head, tp)
+    lo = tp_rank * base + min(tp_rank, rem)
+    return list(range(lo, lo + base + (tp_rank < rem)))
 
 
 def kv_heads_of(m, tp, tp_rank):
     """The kv heads a TP rank needs: those its q heads map to (GQA groups)."""
-    per = m.n_head // tp
     group = m.n_head // m.n_head_kv
-    return sorted({h // group for h in range(tp_rank * per, (tp_rank + 1) * per)})
+    return sorted({h // group for h in heads_of(m, tp, tp_rank)})
 
 
-def expected_bytes(m, name, nbytes, plan, shard):
-    """What a shard holds of one tensor, from the rules, or None for experts (checked apart)."""
+def expected_bytes(m, name, nbytes, plan, shard, held=None):
+    """What a shard holds of one tensor, from the rules; None for the expert weights (checked
+    apart). `held`: experts of the tensor's layer the shard's EP group holds."""
     tp, tp_rank = plan["tp"], shard["tp_rank"]
-    base = name.split(".")[-2] if name.startswith("blk.") else name.split(".")[0]
-    if base in ("attn_q", "attn_output", "ffn_gate", "ffn_up", "ffn_down"):
+    parts = name.split(".")
+    base, kind = (parts[2], parts[3]) if name.startswith("blk.") else (parts[0], parts[1])
+    heads = len(heads_of(m, tp, tp_rank))
+    kv = len(kv_heads_of(m, tp, tp_rank))
+    if base.endswith("_exps"):
+        # weights: checked apart; biases: whole rows of the held experts, on every TP rank
+        return None if kind == "weight" else nbytes * held // m.n_expert
+    if base in ("attn_q", "attn_sinks") or (base == "attn_q_norm"
+                                             and m.shapes[name][0] != m.head_dim):
+        return nbytes * heads // m.n_head  # by heads (minimax-m2's norm over all of them)
+    if base in ("attn_k", "attn_v") or (base == "attn_k_norm"
+                                         and m.shapes[name][0] != m.head_dim):
+        return nbytes * kv // m.n_head_kv
+    if base == "attn_output":
+        return nbytes * heads // m.n_head if kind == "weight" else nbytes
+    if base in ("ffn_gate", "ffn_up"):
         return nbytes // tp
-    if base in ("attn_k", "attn_v"):
-        return nbytes // m.n_head_kv * len(kv_heads_of(m, tp, tp_rank))
+    if base == "ffn_down":
+        return nbytes // tp if kind == "weight" else nbytes
     if base == "output":
         return nbytes // tp if m.n_vocab % tp == 0 else nbytes
-    if base.endswith("_exps"):
-        return None
-    return nbytes  # token_embd, norms, routers: replicated
+    return nbytes  # token_embd, norms, routers and their biases: replicated
 
 
 def plan(model, *args, check=True):
     args = [str(a) for a in args]
     if "--device" not in args and "--gpu-memory" not in args:
         args += ["--device", "cpu"]
-    proc = run_tandem("plan", "--model", model, *args, "--json", "--node-memory", "1T",
-                      check=check)
+    if "--node-memory" not in args:
+        args += ["--node-memory", "1T"]
+    proc = run_tandem("plan", "--model", model, *args, "--json", check=check)
     return (json.loads(proc.stdout) if proc.returncode in (0, 3) else None), proc
 
 
@@ -135,17 +174,66 @@ SPLITS = [
     ("qwen3moe-b-f32.gguf", ["--shards", "3"]),
     ("qwen3moe-c-f32.gguf", ["--shards", "4", "--tp", "2"]),  # dense and MoE layers
 ]
+# The other architectures: every fixture at tp 2 and 3, ep 2 and 3, where the split is
+# possible (test_plan_every_fixture says which are not, and why).
+FAMILIES = ("minimax-m2", "gpt-oss", "qwen2", "mistral3")
+NEW_FIXTURES = sorted(p.name for p in MODELS.glob("*.gguf") if p.name.startswith(FAMILIES))
+for _f in NEW_FIXTURES:
+    SPLITS += [(_f, ["--shards", "1"])]
+    SPLITS += [(_f, ["--shards", str(n), "--tp", str(n)]) for n in (2, 3)]
+    SPLITS += [(_f, ["--shards", str(n), "--ep", str(n)]) for n in (2, 3)]
+    SPLITS += [(_f, ["--shards", "4", "--tp", "2", "--ep", "2"])]
+
+
+def refusal(m, file, tp, ep):
+    """Why the loader cannot take a split of m (a substring of the plan's message), or None:
+    the rules of shard/model.c plan_partition and of the block boundaries of column slices."""
+    if tp > m.n_head:
+        return f"tp {tp} is more than the {m.n_head} attention heads"
+    if len(m.moe_layers) < m.n_layer and m.n_ff % tp:
+        return f"tp {tp} does not divide the dense FFN width {m.n_ff}"
+    if not m.moe_layers and ep > 1:
+        return "the model has no experts"
+    if m.moe_layers and ep > m.n_expert:
+        return f"ep {ep} is more than the {m.n_expert} experts"
+    if m.moe_layers and m.n_ff_exp % tp:
+        return f"tp {tp} does not divide the expert width {m.n_ff_exp}"
+    for name, t in m.types.items():
+        if tp > 1 and name.endswith(("attn_output.weight", "ffn_down.weight",
+                                     "ffn_down_exps.weight")):
+            blck = gguf.GGML_QUANT_SIZES[t][0]
+            if "attn_output" in name:
+                cols = [(h[0] * m.head_dim, len(h) * m.head_dim)
+                        for h in (heads_of(m, tp, r) for r in range(tp))]
+            else:
+                w = m.shapes[name][0] // tp
+                cols = [(r * w, w) for r in range(tp)]
+            if any(lo % blck or n % blck for lo, n in cols):
+                return "block boundaries"
+    return None
 
 
 @pytest.mark.parametrize("file,args", SPLITS, ids=[f"{f}:{' '.join(a)}" for f, a in SPLITS])
 def test_plan_bytes(file, args):
     m = Model(MODELS / file)
+    want_tp = int(args[args.index("--tp") + 1]) if "--tp" in args else None
+    want_ep = int(args[args.index("--ep") + 1]) if "--ep" in args else None
+    if want_tp or want_ep:
+        shards = int(args[args.index("--shards") + 1])
+        tp = want_tp or shards // want_ep
+        why = refusal(m, file, tp, shards // tp)
+        if why is not None:
+            _, proc = plan(MODELS / file, *args, check=False)
+            assert proc.returncode == 2 and why in proc.stderr, proc.stderr
+            return
     p, _ = plan(MODELS / file, *args)
     n, tp, ep = p["n_shards"], p["tp"], p["ep"]
     assert n == tp * ep
     assert p["model_bytes"] == sum(m.tensors.values())
     by_name = {t["name"]: t for t in p["tensors"]}
     assert set(by_name) == set(m.tensors), "every tensor of the file is in the plan"
+    unused = [t["name"] for t in p["tensors"] if t["split"] == "unused"]
+    assert not unused, f"tensors no shard binds: {unused}"
 
     for name, nbytes in m.tensors.items():
         t = by_name[name]
@@ -157,9 +245,14 @@ def test_plan_bytes(file, args):
             # Each EP group holds one copy, split over its TP ranks.
             assert sum(ps) == nbytes * ep, name
         elif t["split"] == "experts":
-            assert sum(ps) == nbytes, f"{name}: each expert on exactly one EP group"
+            # each expert on exactly one EP group: its weights split over the group's TP
+            # ranks, its biases whole on each of them
+            assert sum(ps) == nbytes * (tp if name.endswith(".bias") else 1), name
         for s, shard in enumerate(p["shards"]):
-            want = expected_bytes(m, name, nbytes, p, shard)
+            layer = int(name.split(".")[1]) if name.startswith("blk.") else None
+            held = (p["expert_ranges"][layer][shard["ep_rank"]]["n"]
+                    if layer in m.moe_layers else None)
+            want = expected_bytes(m, name, nbytes, p, shard, held)
             if want is not None:
                 assert ps[s] == want, f"{name} shard {s}: {ps[s]} != {want}"
 
@@ -195,7 +288,8 @@ def test_plan_bytes(file, args):
 
 
 @pytest.mark.parametrize("file", ["qwen3moe-a-f32.gguf", "qwen3moe-b-f32.gguf",
-                                  "qwen3moe-c-f32.gguf"])
+                                  "qwen3moe-c-f32.gguf", "minimax-m2-b-f32.gguf",
+                                  "gpt-oss-a-mxfp4.gguf", "gpt-oss-b-f32.gguf"])
 @pytest.mark.parametrize("ep", [2, 3, 4])
 def test_plan_expert_balance(file, ep):
     m = Model(MODELS / file)
@@ -213,6 +307,105 @@ def test_plan_expert_balance(file, ep):
     optimal = max(math.ceil(total / ep), one)  # no packing of whole experts does better
     assert max(loads) <= optimal + one, "within one expert's bytes of optimal"
     assert max(loads) - min(loads) <= one
+
+
+def expected_reads(m, p):
+    """Weight bytes one decoded token reads on each shard, from the rules: every tensor's
+    slice, token_embd one row (and the output head's rows when tied), expert tensors k /
+    n_expert of the slice (uniform routing; rounded down per tensor)."""
+    out = []
+    for shard in p["shards"]:
+        total = experts = 0
+        for name, nbytes in m.tensors.items():
+            layer = int(name.split(".")[1]) if name.startswith("blk.") else None
+            held = (p["expert_ranges"][layer][shard["ep_rank"]]["n"]
+                    if layer in m.moe_layers else None)
+            want = expected_bytes(m, name, nbytes, p, shard, held)
+            if name == "token_embd.weight":
+                row = nbytes // m.n_vocab
+                want = row + (row * shard["vocab_rows"]["n"] if "output.weight" not in m.tensors
+                              else 0)
+            elif "_exps." in name:
+                if want is None:  # the expert weights: the held experts' slices
+                    want = held * (nbytes // m.n_expert) // p["tp"]
+                want = want * m.n_expert_used // m.n_expert
+                experts += want
+            total += want
+        out.append((total, experts))
+    return out
+
+
+@pytest.mark.parametrize("file,args", [
+    ("llama-b-f32.gguf", ["--shards", "2"]),  # tied output
+    ("qwen3moe-b-f32.gguf", ["--shards", "2"]),
+    ("minimax-m2-b-f32.gguf", ["--shards", "2", "--tp", "2"]),
+    ("minimax-m2-a-q4_k.gguf", ["--shards", "3"]),
+    ("gpt-oss-a-mxfp4.gguf", ["--shards", "4", "--tp", "2"]),
+    ("gpt-oss-b-f32.gguf", ["--shards", "1"]),
+    ("qwen2-b-f32.gguf", ["--shards", "3"]),
+    ("mistral3-b-f32.gguf", ["--shards", "2"]),
+])
+def test_plan_reads_per_token(file, args):
+    """The bytes one decoded token reads (the roofline's numerator) per shard, and the decode
+    ceiling --mem-bw derives from them; at one shard the same as `tandem inspect`'s."""
+    m = Model(MODELS / file)
+    p, _ = plan(MODELS / file, *args, "--mem-bw", "273", "--ctx-size", "100")
+    for sh, (total, experts) in zip(p["shards"], expected_reads(m, p)):
+        assert (sh["read_per_token"], sh["read_experts"]) == (total, experts)
+    most = max(sh["read_per_token"] for sh in p["shards"])
+    assert p["read_per_token_max"] == most
+    kv = max(100 * sh["kv_per_token_full"] + min(100, p["swa_window"] or 100)
+             * sh["kv_per_token_swa"] for sh in p["shards"])
+    assert p["kv_read_at_ctx"] == kv
+    assert p["decode_ceiling_tps"] == pytest.approx(273e9 / most)
+    assert p["decode_ceiling_tps_at_ctx"] == pytest.approx(273e9 / (most + kv), rel=1e-3)
+    if p["n_shards"] == 1:
+        j = json.loads(run_tandem("inspect", "--json", "--no-tensors", MODELS / file).stdout)
+        per = j["totals"]["bytes_per_token"]
+        assert abs(per["top_k_experts"] - most) <= len(m.tensors)  # rounding per tensor
+    # without --mem-bw, no ceiling
+    q, _ = plan(MODELS / file, *args)
+    assert q["decode_ceiling_tps"] is None and q["read_per_token_max"] == most
+
+
+def test_plan_kv_by_layer_kind():
+    """gpt-oss: KV per token by layer kind (sliding-window layers and full ones); one pool
+    for both today, so the sliding layers keep as many tokens as the rest."""
+    m = Model(MODELS / "gpt-oss-b-f32.gguf")  # 3 layers, 0 and 2 slide (window 5)
+    p, _ = plan(MODELS / "gpt-oss-b-f32.gguf", "--shards", "3", "--tp", "3",
+                "--ctx-size", "1000")
+    assert (p["n_swa_layers"], p["swa_window"]) == (2, 5)
+    assert p["kv_swa_tokens"] == p["kv_tokens"] == 1008
+    assert p["kv_swa_blocks"] == p["kv_blocks"]
+    for sh in p["shards"]:
+        row = 2 * len(kv_heads_of(m, 3, sh["tp_rank"])) * m.head_dim * 4
+        assert sh["kv_per_token_swa"] == 2 * row and sh["kv_per_token_full"] == row
+        assert sh["kv_per_token"] == 3 * row
+        assert sh["kv"] == 1008 * 3 * row
+    text = run_tandem("plan", "--model", MODELS / "gpt-oss-b-f32.gguf", "--shards", "1",
+                      "--device", "cpu", "--node-memory", "1T").stdout
+    assert "of which the 2 sliding-window layers (window 5)" in text
+    assert "(one pool with the full-attention layers)" in text
+    p, _ = plan(MODELS / "llama-a-f32.gguf", "--shards", "1")
+    assert (p["n_swa_layers"], p["swa_window"], p["kv_swa_tokens"]) == (0, 0, 0)
+    assert p["shards"][0]["kv_per_token_swa"] == 0
+
+
+@pytest.mark.parametrize("file", ["gpt-oss-a-mxfp4.gguf", "minimax-m2-b-f32.gguf"])
+def test_plan_kv_tokens_fit(file):
+    """The KV a shard's memory holds beside the weights and buffers, in whole blocks."""
+    p, _ = plan(MODELS / file, "--shards", "2", "--gpu-memory", "1G", "--node-memory", "1G")
+    room = (1 << 30) - max(sh["total"] - sh["kv"] for sh in p["shards"])
+    per_block = 16 * max(sh["kv_per_token"] for sh in p["shards"])
+    assert p["kv_tokens_fit"] == room // per_block * 16
+    need = max(sh["total"] for sh in p["shards"])
+    p, _ = plan(MODELS / file, "--shards", "2", "--node-memory", str(need))
+    assert p["kv_tokens_fit"] >= p["kv_tokens"]
+    p, proc = plan(MODELS / file, "--shards", "2", "--node-memory", "1M", check=False)
+    assert p["kv_tokens_fit"] == 0 and proc.returncode == 3
+    proc = run_tandem("plan", "--model", MODELS / file, "--shards", "1", "--mem-bw", "fast",
+                      check=False)
+    assert proc.returncode == 2 and "--mem-bw wants GB/s" in proc.stderr
 
 
 def test_plan_kv_and_buffers():
@@ -393,6 +586,78 @@ def test_plan_bad_splits(file, args, message):
     assert proc.stdout == ""
 
 
+def retyped_copy(src, dst, retype):
+    """A metadata-only copy of GGUF src (the data section a hole) with the types of the
+    tensors named in retype replaced."""
+    r = gguf.GGUFReader(str(src))
+    arch = bytes(r.fields["general.architecture"].parts[-1]).decode()
+    w = gguf.GGUFWriter(str(dst), arch)
+    for name, f in r.fields.items():
+        if name.startswith("GGUF.") or name == "general.architecture":
+            continue
+        vt = f.types[0]
+        sub = f.types[-1] if vt == gguf.GGUFValueType.ARRAY else None
+        w.add_key_value(name, f.contents(), vt, sub)
+    for t in r.tensors:
+        typ = retype.get(t.name, t.tensor_type)
+        blck, size = gguf.GGML_QUANT_SIZES[typ]
+        ne = [int(x) for x in t.shape]
+        w.add_tensor_info(t.name, list(reversed(ne)), np.dtype("float32"),
+                          int(np.prod(ne)) // blck * size, raw_dtype=typ)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    end = w.fout[0].tell()
+    w.fout[0].truncate(end + sum(ti.nbytes + 64 for ti in w.tensors[0].values()))
+    w.close()
+
+
+def test_plan_refuses_types_without_kernels(tmp_path):
+    """The loader has no kernel for the IQ1/IQ2/IQ3 types; the plan refuses them by name."""
+    model = tmp_path / "llama-iq2.gguf"
+    retyped_copy(MODELS / "llama-a-f32.gguf", model,
+                 {"blk.1.attn_q.weight": gguf.GGMLQuantizationType.IQ2_XXS})
+    proc = run_tandem("plan", "--model", model, "--shards", "1", "--device", "cpu", check=False)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "tensor 'blk.1.attn_q.weight': type IQ2_XXS has no kernel in this build" in proc.stderr
+    same = tmp_path / "llama-same.gguf"  # the copy itself plans as the original
+    retyped_copy(MODELS / "llama-a-f32.gguf", same, {})
+    assert plan(same, "--shards", "2")[0]["shards"] == plan(MODELS / "llama-a-f32.gguf",
+                                                           "--shards", "2")[0]["shards"]
+
+
+def test_inspect_model_section(tmp_path):
+    """`tandem inspect` says how Tandem reads a model of each family, and why it cannot
+    read one of another architecture."""
+    for file, wants in [
+        ("gpt-oss-b-f32.gguf", ["architecture     gpt-oss", "2 in a sliding window of 5 tokens",
+                                "a sink logit per head", "router: top k of the logits",
+                                "clamped SwiGLU", "attn_q.bias", "ffn_down_exps.bias"]),
+        ("minimax-m2-b-f32.gguf", ["RMSNorm over all heads at once", "NEOX on 12 of 16 dims",
+                                   "chosen by sigmoid + exp_probs_b", "exp_probs_b.bias"]),
+        ("mistral3-b-f32.gguf", ["NORM on 16 of 16 dims", "yarn x8 from 32 tokens",
+                                 "attn temperature", "tied: token_embd"]),
+        ("qwen2-a-f32.gguf", ["attn_q.bias, attn_k.bias, attn_v.bias", "dense FFN        2 layers"]),
+        ("qwen3moe-a-f32.gguf", ["RMSNorm per head", "router: softmax over all experts"]),
+    ]:
+        text = run_tandem("inspect", "--no-tensors", MODELS / file).stdout
+        for want in wants:
+            assert want in text, (file, want)
+    j = json.loads(run_tandem("inspect", "--json", "--no-tensors",
+                              MODELS / "gpt-oss-b-f32.gguf").stdout)["model"]
+    assert (j["arch"], j["sliding_window"], j["swa_layers"]) == ("gpt-oss", 5, [0, 2])
+    assert (j["gating"], j["attn_sinks"], j["qk_norm"]) == ("softmax_selected", True, "none")
+    w = gguf.GGUFWriter(str(tmp_path / "other.gguf"), "qwen3next")
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    w.close()
+    text = run_tandem("inspect", tmp_path / "other.gguf").stdout
+    assert "this build cannot run it: general.architecture 'qwen3next' is not supported" in text
+    j = json.loads(run_tandem("inspect", "--json", tmp_path / "other.gguf").stdout)["model"]
+    assert j["supported"] is False and "qwen3next" in j["error"]
+
+
 def test_plan_usage_and_missing_model(tmp_path):
     proc = run_tandem("plan", "--shards", "2", check=False)
     assert proc.returncode == 2 and "--model and --shards are required" in proc.stderr
@@ -422,6 +687,104 @@ def test_plan_bench_model(shards):
     assert reps.pop() + sum(sh["sharded"] for sh in p["shards"]) == p["model_bytes"]
     loads = [sh["bytes"]["experts"] for sh in p["shards"]]
     assert max(loads) - min(loads) <= max(m.expert_bytes(i) for i in m.moe_layers)
+
+
+# ---- real models, as metadata-only GGUFs ------------------------------------------------
+
+SHAPE_TOOL = SOURCE_DIR / "tools" / "make_shape_gguf.py"
+# (model, mix): the published size its tensors should add up to, in bytes, and how close
+# (the sources are in docs/models.md)
+SHAPES = {
+    ("gpt-oss-120b", "mxfp4"): (59.02 * 2**30, 0.01 * 2**30),  # ggml-org, 59.02 GiB
+    ("gpt-oss-120b", "bf16"): (60.87 * 2**30, 0.01 * 2**30),   # unsloth "F16", 60.87 GiB
+    ("gpt-oss-20b", "mxfp4"): (12.1e9, 0.05e9),                # ~12.1 GB
+    ("minimax-m2.5", "q4_k_m"): (138e9, 1.5e9),                # ~138 GB
+    ("minimax-m2.5", "q3_k_xl"): (101 * 2**30, 2 * 2**30),     # ~101 GiB (an assumed mix)
+    ("qwen2.5-coder-32b", "q4_k_m"): (19.85e9, 0.05e9),        # 19.85 GB
+    ("devstral-small-2", "q4_k_m"): (14.3e9, 0.3e9),
+    ("qwen3-235b-a22b", "q4_k_m"): (142e9, 1.5e9),             # ~142 GB
+    ("qwen3-coder-30b-a3b", "q4_k_m"): (18.6e9, 0.1e9),        # ~18.6 GB
+    ("llama-3.3-70b", "q4_k_m"): (42.52e9, 0.05e9),            # 42.52 GB
+}
+SPARK = ["--gpu-memory", "119.2G", "--node-memory", "119.2G", "--ctx-size", "32768",
+         "--mem-bw", "273"]  # a DGX Spark: 128 GB = 119.2 GiB unified memory, 273 GB/s
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    """The metadata-only real-size GGUFs, written by tools/make_shape_gguf.py: sparse files as
+    long as the real ones, occupying a few KiB."""
+    d = tmp_path_factory.mktemp("shapes")
+    out = {}
+    for model, mix in SHAPES:
+        path = d / f"{model}-{mix}.gguf"
+        subprocess.run([sys.executable, str(SHAPE_TOOL), model, "--mix", mix, "-o", str(path)],
+                       check=True, capture_output=True, timeout=60)
+        out[model, mix] = path
+    return out
+
+
+@pytest.mark.parametrize("key", list(SHAPES), ids=[f"{m}-{x}" for m, x in SHAPES])
+def test_shape_gguf(shapes, key):
+    """tandem inspect and tandem plan on the real shapes: every tensor planned, the bytes
+    consistent with the file's, the published sizes met; one and two DGX Sparks."""
+    path = shapes[key]
+    want, tol = SHAPES[key]
+    st = os.stat(path)
+    assert st.st_size > 10**10 and st.st_blocks * 512 < 16 << 20, "sparse"
+    m = Model(path)
+    tensor_bytes = sum(m.tensors.values())
+    assert abs(tensor_bytes - want) <= tol, f"{tensor_bytes / 2**30:.2f} GiB"
+
+    j = json.loads(run_tandem("inspect", "--json", "--no-tensors", path).stdout)
+    assert j["totals"]["tensor_bytes"] == tensor_bytes
+    assert j["totals"]["file_bytes"] == st.st_size
+    model = j["model"]
+    assert model["supported"] and model["n_layer"] == m.n_layer
+    assert (model["n_head"], model["n_head_kv"], model["head_dim"]) == \
+        (m.n_head, m.n_head_kv, m.head_dim)
+    assert model["n_expert"] == m.n_expert and model["n_ff_exp"] == m.n_ff_exp
+    text = run_tandem("inspect", "--no-tensors", path).stdout
+    assert "model (as Tandem reads it):" in text and "bytes per type:" in text
+
+    one, proc1 = plan(path, "--shards", "1", *SPARK, check=False)
+    assert one["model_bytes"] == tensor_bytes
+    assert not [t for t in one["tensors"] if t["split"] == "unused"]
+    assert one["shards"][0]["weights"] == tensor_bytes  # one shard binds everything
+    assert proc1.returncode == (0 if one["fits"] else 3)
+    # one row of token_embd, k / n_expert of the experts, everything else once
+    experts = sum(v for n, v in m.tensors.items() if "_exps." in n)
+    rest = tensor_bytes - experts - m.tensors["token_embd.weight"]
+    read = one["shards"][0]["read_per_token"]
+    k = m.n_expert_used / m.n_expert if m.n_expert else 0
+    assert abs(read - (rest + experts * k + m.tensors["token_embd.weight"] / m.n_vocab)) < 4096
+    assert one["decode_ceiling_tps"] == pytest.approx(273e9 / read)
+
+    two, proc2 = plan(path, "--shards", "2", *SPARK, check=False)
+    assert proc2.returncode == 0 and two["fits"], "two Sparks hold each of these"
+    if m.n_expert:
+        assert (two["tp"], two["ep"]) == (1, 2)
+        for sh in two["shards"]:  # EP 2 halves the experts, the rest stays whole
+            assert sh["bytes"]["experts"] * 2 == two["expert_bytes_total"]
+            assert sh["weights"] == tensor_bytes - two["expert_bytes_total"] // 2
+    else:
+        assert (two["tp"], two["ep"]) == (2, 1)
+        assert all(sh["weights"] < tensor_bytes * 0.55 for sh in two["shards"])
+
+
+def test_shape_gguf_fits_a_spark(shapes):
+    """What fits one DGX Spark with 32768 tokens of f16 KV: gpt-oss-120b and the 3-bit
+    MiniMax-M2.5 do, its Q4_K_M does not (exit 3, with the numbers)."""
+    for key, fits in [(("gpt-oss-120b", "mxfp4"), True), (("minimax-m2.5", "q3_k_xl"), True),
+                      (("minimax-m2.5", "q4_k_m"), False)]:
+        p, proc = plan(shapes[key], "--shards", "1", *SPARK, check=False)
+        assert p["fits"] is fits and proc.returncode == (0 if fits else 3), key
+        if not fits:
+            assert "refused: shard 0 needs" in proc.stderr and p["kv_tokens_fit"] == 0
+    p, _ = plan(shapes["gpt-oss-120b", "mxfp4"], "--shards", "1", *SPARK)
+    assert (p["n_swa_layers"], p["swa_window"]) == (18, 128)
+    assert p["shards"][0]["kv_per_token"] == 72 << 10  # f16: 2 x 36 x 8 x 64 x 2 B
+    assert p["kv_tokens_fit"] > 20 * 32768
 
 
 # ---- topo --------------------------------------------------------------------------------

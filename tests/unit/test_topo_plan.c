@@ -111,21 +111,50 @@ static uint64_t wbytes(const kern_weight_t *w)
     return (uint64_t)w->n_rows * tdm_type_row_size(w->type, w->n_cols);
 }
 
-/* Weight bytes per class as the loader bound them on this rank. */
+/* The file bytes of the n of `of` values of blk.il.<suffix> a bound vector covers (0 when
+ * the loader bound none: p is NULL). */
+static uint64_t vbytes(const shd_model_t *m, const float *p, int il, const char *suffix, int64_t n,
+                       int64_t of)
+{
+    if (p == NULL) {
+        return 0;
+    }
+    char name[GGUF_MAX_NAME];
+    snprintf(name, sizeof(name), "blk.%d.%s", il, suffix);
+    const gguf_tensor_t *t = gguf_find_tensor(m->g, name);
+    assert_non_null(t);
+    return t->nbytes * (uint64_t)n / (uint64_t)of;
+}
+
+/* Weight bytes per class as the loader bound them on this rank: the matrices and the
+ * vectors of each class (biases, sinks) at the slices the loader's ranges give. */
 static void loader_bytes(const shd_model_t *m, uint64_t out[TOPO_CLASS_COUNT])
 {
     memset(out, 0, TOPO_CLASS_COUNT * sizeof(uint64_t));
-    for (int il = 0; il < m->hp.n_layer; il++) {
+    const mdl_hparams_t *hp = &m->hp;
+    const int64_t hd = hp->head_dim, nq = (int64_t)m->n_head_l * hd, nk = (int64_t)m->n_kv_l * hd;
+    for (int il = 0; il < hp->n_layer; il++) {
         const shd_layer_t *L = &m->layers[il];
         out[TOPO_CLASS_ATTENTION] +=
-            wbytes(&L->wq) + wbytes(&L->wk) + wbytes(&L->wv) + wbytes(&L->wo);
+            wbytes(&L->wq) + wbytes(&L->wk) + wbytes(&L->wv) + wbytes(&L->wo) +
+            vbytes(m, L->bq, il, "attn_q.bias", nq, (int64_t)hp->n_head * hd) +
+            vbytes(m, L->bk, il, "attn_k.bias", nk, (int64_t)hp->n_head_kv * hd) +
+            vbytes(m, L->bv, il, "attn_v.bias", nk, (int64_t)hp->n_head_kv * hd) +
+            vbytes(m, L->bo, il, "attn_output.bias", 1, 1) +
+            vbytes(m, L->sinks, il, "attn_sinks.weight", m->n_head_l, hp->n_head);
         if (!L->is_moe) {
             out[TOPO_CLASS_DENSE_FFN] +=
-                wbytes(&L->ffn_gate) + wbytes(&L->ffn_up) + wbytes(&L->ffn_down);
-        } else {
+                wbytes(&L->ffn_gate) + wbytes(&L->ffn_up) + wbytes(&L->ffn_down) +
+                vbytes(m, L->ffn_gate_b, il, "ffn_gate.bias", m->n_ff_l, hp->n_ff) +
+                vbytes(m, L->ffn_up_b, il, "ffn_up.bias", m->n_ff_l, hp->n_ff) +
+                vbytes(m, L->ffn_down_b, il, "ffn_down.bias", 1, 1);
+        } else if (L->n_exp_l > 0) {
             out[TOPO_CLASS_EXPERTS] +=
-                (uint64_t)m->n_exp_l *
-                (wbytes(&L->gate_exps.w) + wbytes(&L->up_exps.w) + wbytes(&L->down_exps.w));
+                (uint64_t)L->n_exp_l *
+                    (wbytes(&L->gate_exps.w) + wbytes(&L->up_exps.w) + wbytes(&L->down_exps.w)) +
+                vbytes(m, L->gate_exps_b, il, "ffn_gate_exps.bias", L->n_exp_l, hp->n_expert) +
+                vbytes(m, L->up_exps_b, il, "ffn_up_exps.bias", L->n_exp_l, hp->n_expert) +
+                vbytes(m, L->down_exps_b, il, "ffn_down_exps.bias", L->n_exp_l, hp->n_expert);
         }
     }
     if (!m->hp.tied_output) {
@@ -190,9 +219,15 @@ static void check_kv_type(const char *file, shd_model_t *m, const topo_plan_t *p
         fail_msg("%s rank %d kv %s: plan %s but loader '%s'", file, s, tdm_type_name(t),
                  pl != NULL ? "ok" : "refused", lerr.msg);
     }
-    if (pl != NULL && (uint64_t)bb != 16u * pl->shards[s].kv_per_token) {
+    /* the loader's (full) pool holds every layer while the KV cache keeps one pool, and the
+     * full-attention layers only once the sliding-window layers have a pool of their own
+     * (being added to shard/: then topo_plan.c swa_pool_blocks sizes it, and this check
+     * can insist on the second) */
+    const topo_shard_plan_t *sp = pl != NULL ? &pl->shards[s] : NULL;
+    if (sp != NULL && (uint64_t)bb != 16u * sp->kv_per_token &&
+        !(sp->kv_per_token_swa > 0 && (uint64_t)bb == 16u * sp->kv_per_token_full)) {
         fail_msg("%s rank %d kv %s: block bytes plan %llu, loader %zu", file, s, tdm_type_name(t),
-                 (unsigned long long)(16u * pl->shards[s].kv_per_token), bb);
+                 (unsigned long long)(16u * sp->kv_per_token), bb);
     }
     m->params.kv_type = TDM_TYPE_F32;
 }
@@ -288,11 +323,32 @@ static void check_split(const char *file, gguf_ctx_t *g, kern_backend_t *k, kern
             }
         }
         assert_true(sp->experts_as_loader == sp->bytes[TOPO_CLASS_EXPERTS]);
-        /* KV: the loader's per-shard config. */
+        /* everything bound, vectors (biases, norms, sinks) included */
+        if (sp->weights != shd_model_weight_bytes(m)) {
+            fail_msg("%s tp %d ep %d rank %d: weight bytes plan %llu, loader %llu", file, tp, ep, s,
+                     (unsigned long long)sp->weights,
+                     (unsigned long long)shd_model_weight_bytes(m));
+        }
+        for (int i = 0; i < pl->n_tensors; i++) {
+            if (pl->tensors[i].split == TOPO_SPLIT_UNUSED) {
+                fail_msg("%s: tensor '%s' is bound by no shard", file, pl->tensors[i].name);
+            }
+        }
+        /* KV: the loader's per-shard config, and its layers by kind. */
         shd_kv_config_t kv;
         shd_model_kv_config(m, 16, 1, &kv);
         assert_true(sp->kv_per_token == 2ull * (uint64_t)kv.n_layer * (uint64_t)kv.n_kv_heads *
                                             (uint64_t)kv.head_dim * 4u);
+        int n_swa = 0;
+        for (int il = 0; m->hp.n_swa > 0 && il < m->hp.n_layer; il++) {
+            n_swa += m->hp.layer_swa[il] != 0;
+        }
+        assert_int_equal(pl->n_swa_layers, n_swa);
+        assert_true(sp->kv_per_token_swa ==
+                    2ull * (uint64_t)n_swa * (uint64_t)kv.n_kv_heads * (uint64_t)kv.head_dim * 4u);
+        assert_true(sp->kv_per_token_full + sp->kv_per_token_swa == sp->kv_per_token);
+        assert_true(sp->kv == (uint64_t)pl->kv_tokens * sp->kv_per_token_full +
+                                  (uint64_t)pl->kv_swa_tokens * sp->kv_per_token_swa);
         check_kv_type(file, m, pl, s, TDM_TYPE_F32);
         check_kv_type(file, m, kv16, s, TDM_TYPE_F16);
         check_kv_type(file, m, kv8, s, TDM_TYPE_Q8_0);
@@ -346,9 +402,14 @@ static void test_plan_matches_loader(void **state)
 {
     (void)state;
     static const char *const files[] = {
-        "llama-a-f32.gguf",    "llama-b-f32.gguf",     "llama-c-f32.gguf",    "llama-a-q4_k.gguf",
-        "llama-a-q8_0.gguf",   "llama-a-f16.gguf",     "qwen3moe-a-f32.gguf", "qwen3moe-b-f32.gguf",
-        "qwen3moe-c-f32.gguf", "qwen3moe-a-q4_k.gguf",
+        "llama-a-f32.gguf",       "llama-b-f32.gguf",       "llama-c-f32.gguf",
+        "llama-a-q4_k.gguf",      "llama-a-q8_0.gguf",      "llama-a-f16.gguf",
+        "qwen3moe-a-f32.gguf",    "qwen3moe-b-f32.gguf",    "qwen3moe-c-f32.gguf",
+        "qwen3moe-a-q4_k.gguf",   "minimax-m2-a-f32.gguf",  "minimax-m2-b-f32.gguf",
+        "minimax-m2-a-q4_k.gguf", "minimax-m2-a-q8_0.gguf", "gpt-oss-a-f32.gguf",
+        "gpt-oss-b-f32.gguf",     "gpt-oss-a-mxfp4.gguf",   "gpt-oss-a-q4_k.gguf",
+        "qwen2-a-f32.gguf",       "qwen2-b-f32.gguf",       "qwen2-a-q4_k.gguf",
+        "mistral3-a-f32.gguf",    "mistral3-b-f32.gguf",    "mistral3-a-q4_k.gguf",
     };
     kern_backend_t *k = NULL, *k3 = NULL;
     const kern_backend_params_t bp = {
