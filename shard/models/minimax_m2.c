@@ -18,7 +18,8 @@
 static tdm_status_t minimax_m2_check(const mdl_hparams_t *hp, tdm_error_t *err)
 {
     if (hp->rope.type != MDL_ROPE_NEOX || !hp->qk_norm_full) {
-        return tdm_error_set(err, TDM_ERR_INTERNAL, "minimax-m2: needs NEOX rope and full q/k norms");
+        return tdm_error_set(err, TDM_ERR_INTERNAL,
+                             "minimax-m2: needs NEOX rope and full q/k norms");
     }
     if (hp->n_expert == 0) {
         return tdm_error_set(err, TDM_ERR_FORMAT, "minimax-m2: no MoE layer (ffn_gate_inp)");
