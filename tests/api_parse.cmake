@@ -8,3 +8,5 @@ target_link_libraries(test_fuzz_parse_replay PRIVATE tdm_api_parse tdm_model)
 add_test(NAME unit.fuzz_parse_replay
          COMMAND test_fuzz_parse_replay ${CMAKE_CURRENT_SOURCE_DIR}/fuzz/corpus/parse)
 set_tests_properties(unit.fuzz_parse_replay PROPERTIES LABELS unit)
+tandem_unit_test(parse_harmony test_parse_harmony.c tdm_api_parse)
+tandem_unit_test(parse_output test_parse_output.c tdm_api_parse)

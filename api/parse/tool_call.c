@@ -1,7 +1,8 @@
 /*
  * tool_call.c - the streaming driver of the tool-call parser: content and opening tags,
  * the held region of a possible call, the event list and the completed calls. The
- * formats' scanners and parsers are in tool_hermes.c and tool_qwen3coder.c.
+ * formats' scanners and parsers are in tool_hermes.c, tool_qwen3coder.c and
+ * tool_minimax.c.
  */
 #include "api/parse/tool_call.h"
 
@@ -45,6 +46,14 @@ prs_tool_format_t prs_tool_format_from_template(const char *src)
     if (src == NULL) {
         return PRS_TOOL_NONE;
     }
+    /* the most specific markers first, so that a template that also shows another
+     * format's tags (in an example or a tool description) is still recognised */
+    if (strstr(src, "<|channel|>") != NULL) {
+        return PRS_TOOL_HARMONY;
+    }
+    if (strstr(src, PRS_TAG_MM_CALL) != NULL) {
+        return PRS_TOOL_MINIMAX_M2;
+    }
     if (strstr(src, PRS_TAG_FUNCTION) != NULL && strstr(src, PRS_TAG_PARAMETER) != NULL) {
         return PRS_TOOL_QWEN3_CODER;
     }
@@ -58,6 +67,8 @@ static const char *const format_names[] = {
     [PRS_TOOL_NONE] = "none",
     [PRS_TOOL_HERMES] = "hermes",
     [PRS_TOOL_QWEN3_CODER] = "qwen3_coder",
+    [PRS_TOOL_MINIMAX_M2] = "minimax_m2",
+    [PRS_TOOL_HARMONY] = "harmony",
 };
 
 const char *prs_tool_format_name(prs_tool_format_t format)
@@ -77,7 +88,8 @@ tdm_status_t prs_tool_format_from_name(const char *name, prs_tool_format_t *out,
         }
     }
     return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
-                         "unknown tool-call format '%s' (expected none, hermes or qwen3_coder)",
+                         "unknown tool-call format '%s' (expected none, hermes, qwen3_coder, "
+                         "minimax_m2 or harmony)",
                          name != NULL ? name : "(null)");
 }
 
@@ -125,6 +137,11 @@ tdm_status_t prs_tool_parser_create(prs_tool_format_t format, const json_t *tool
     if ((unsigned)format >= TDM_ARRAY_SIZE(format_names)) {
         return tdm_error_set(err, TDM_ERR_INVALID_PARAM, "tool-call parser: unknown format %d",
                              (int)format);
+    }
+    if (format == PRS_TOOL_HARMONY) {
+        /* harmony carries reasoning and content as well: api/parse/harmony.h parses it */
+        return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
+                             "tool-call parser: harmony output is parsed by the harmony parser");
     }
     if (tools != NULL && !json_is_array(tools)) {
         return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
@@ -247,20 +264,30 @@ static void fix_events(prs_tool_parser_t *p)
 
 /* ---- the state machine ----------------------------------------------------------- */
 
-/* Where the first opening tag of the format is in r[0..n): *at (n if none) and its kind;
- * *cut is where a partial tag at the end starts (n if none). */
-static void find_open(const prs_tool_parser_t *p, const char *r, size_t n, size_t *at,
+/* Where the first opening tag of the format is in r[0..n): *at (n if none), *open the
+ * length of that tag and *wrapped its kind; *cut is where a partial tag at the end starts
+ * (n if none). */
+static void find_open(const prs_tool_parser_t *p, const char *r, size_t n, size_t *at, size_t *open,
                       bool *wrapped, size_t *cut)
 {
+    if (p->format == PRS_TOOL_MINIMAX_M2) {
+        *at = prs_find(r, n, PRS_LIT(PRS_TAG_MM_CALL));
+        *cut = prs_partial_start(r, n, PRS_LIT(PRS_TAG_MM_CALL));
+        *open = sizeof(PRS_TAG_MM_CALL) - 1;
+        *wrapped = true;
+        return;
+    }
     size_t a = prs_find(r, n, PRS_LIT(PRS_TAG_TOOL_CALL));
     size_t c = prs_partial_start(r, n, PRS_LIT(PRS_TAG_TOOL_CALL));
     *wrapped = true;
+    *open = sizeof(PRS_TAG_TOOL_CALL) - 1;
     if (p->format == PRS_TOOL_QWEN3_CODER) {
         size_t b = prs_find(r, n, PRS_LIT(PRS_TAG_FUNCTION));
         size_t d = prs_partial_start(r, n, PRS_LIT(PRS_TAG_FUNCTION));
         if (b < a) {
             a = b;
             *wrapped = false;
+            *open = sizeof(PRS_TAG_FUNCTION) - 1;
         }
         c = d < c ? d : c;
     }
@@ -268,13 +295,35 @@ static void find_open(const prs_tool_parser_t *p, const char *r, size_t n, size_
     *cut = c;
 }
 
+/* The format's scanner over the held region. */
+static bool scan_region(prs_tool_parser_t *p, const char *r, size_t n, size_t *end)
+{
+    switch (p->format) {
+    case PRS_TOOL_HERMES:
+        return prs_hermes_scan(&p->scan, r, n, end);
+    case PRS_TOOL_MINIMAX_M2:
+        return prs_minimax_scan(&p->scan, r, n, end);
+    default:
+        return prs_xml_scan(&p->scan, r, n, end);
+    }
+}
+
 /* Decides a region whose end the scanner found: calls, or content when malformed. */
 static tdm_status_t close_region(prs_tool_parser_t *p, const char *r, size_t end, uint64_t off)
 {
     prs_callv_t cv = {0};
-    tdm_status_t st = p->format == PRS_TOOL_HERMES
-                          ? prs_hermes_parse(r, end, &cv)
-                          : prs_xml_parse(r, end, p->scan.wrapped, p->tools, &cv);
+    tdm_status_t st;
+    switch (p->format) {
+    case PRS_TOOL_HERMES:
+        st = prs_hermes_parse(r, end, &cv);
+        break;
+    case PRS_TOOL_MINIMAX_M2:
+        st = prs_minimax_parse(r, end, p->tools, &cv);
+        break;
+    default:
+        st = prs_xml_parse(r, end, p->scan.wrapped, p->tools, &cv);
+        break;
+    }
     if (st == TDM_OK) {
         st = emit_calls(p, &cv);
         p->state = TS_AFTER_CALL;
@@ -301,9 +350,9 @@ static tdm_status_t process(prs_tool_parser_t *p)
                 pos = n;
                 break;
             }
-            size_t at, cut;
+            size_t at, open, cut;
             bool wrapped;
-            find_open(p, r, m, &at, &wrapped, &cut);
+            find_open(p, r, m, &at, &open, &wrapped, &cut);
             if (at == m) {
                 st = emit_content(p, off, r, cut);
                 pos += cut;
@@ -312,10 +361,7 @@ static tdm_status_t process(prs_tool_parser_t *p)
             st = emit_content(p, off, r, at);
             pos += at;
             p->state = TS_REGION;
-            p->scan = (prs_scan_t){.pos = wrapped ? sizeof(PRS_TAG_TOOL_CALL) - 1
-                                                  : sizeof(PRS_TAG_FUNCTION) - 1,
-                                   .sub = 0,
-                                   .wrapped = wrapped};
+            p->scan = (prs_scan_t){.pos = open, .sub = 0, .wrapped = wrapped};
         } else if (p->state == TS_AFTER_CALL) {
             while (pos < n && prs_json_is_ws(p->hold.data[pos])) {
                 pos++;
@@ -325,8 +371,7 @@ static tdm_status_t process(prs_tool_parser_t *p)
             }
         } else {
             size_t end;
-            bool done = p->format == PRS_TOOL_HERMES ? prs_hermes_scan(&p->scan, r, m, &end)
-                                                     : prs_xml_scan(&p->scan, r, m, &end);
+            bool done = scan_region(p, r, m, &end);
             if (done) {
                 st = close_region(p, r, end, off);
                 pos += end;

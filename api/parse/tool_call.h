@@ -1,6 +1,8 @@
 /*
  * tool_call.h - streaming extraction of tool calls from model output, for the OpenAI
- * "tool_calls" field. Two output formats are understood:
+ * "tool_calls" field. Three output formats are understood (a fourth, gpt-oss harmony,
+ * carries reasoning and content too and has its own parser, harmony.h; output.h puts the
+ * parsers together as the server uses them):
  *
  *   PRS_TOOL_HERMES (Qwen2.5, Qwen3, NousHermes):
  *       <tool_call>
@@ -37,6 +39,20 @@
  *     booleans, null and JSON values are recognised with surrounding whitespace trimmed.
  *     A repeated parameter keeps its last value.
  *
+ *   PRS_TOOL_MINIMAX_M2 (MiniMax-M2, M2.1, M2.5):
+ *       <minimax:tool_call>
+ *       <invoke name="get_weather">
+ *       <parameter name="city">Paris</parameter>
+ *       </invoke>
+ *       </minimax:tool_call>
+ *     One or more <invoke> blocks inside <minimax:tool_call>...</minimax:tool_call> (the
+ *     wrapper is required). Names may be quoted with '"' or '\'' or not at all. A value runs
+ *     to the first "</parameter>" (a missing one is tolerated as for Qwen3-Coder: the value
+ *     then ends at the next "<parameter name=" or at "</invoke>"), and
+ *     "</minimax:tool_call>" inside a value does not end the call. Surrounding whitespace
+ *     of a value is stripped (MiniMax writes values inline; vLLM reads them so), and the
+ *     value is converted by the schema exactly as for Qwen3-Coder (same code).
+ *
  * Events. feed() appends events to a list the caller reads and empties:
  *   CONTENT     ordinary text (adjacent CONTENT text is merged into one event)
  *   CALL_BEGIN  a call starts: its index and function name
@@ -56,7 +72,7 @@
  *
  * Streaming invariant: for any split of the output into chunks, the concatenated CONTENT
  * text, the calls, and the position of each call in the content are identical to feeding
- * the output at once. Only a partial opening tag (at most 11 bytes) or an open call is
+ * the output at once. Only a partial opening tag (at most 18 bytes) or an open call is
  * held back. If chunks are whole UTF-8 characters, CONTENT events are too. Arguments are
  * always valid UTF-8 JSON (a byte that is not UTF-8 in an XML string value becomes U+FFFD).
  *
@@ -78,17 +94,21 @@
 #define PRS_TOOL_MAX_CALL_BYTES ((size_t)1 << 20)
 
 typedef enum prs_tool_format {
-    PRS_TOOL_NONE = 0,    /* no tool calls: everything is content */
-    PRS_TOOL_HERMES,      /* <tool_call>{json}</tool_call>        */
-    PRS_TOOL_QWEN3_CODER, /* <tool_call><function=...> XML        */
+    PRS_TOOL_NONE = 0,    /* no tool calls: everything is content                       */
+    PRS_TOOL_HERMES,      /* <tool_call>{json}</tool_call>                              */
+    PRS_TOOL_QWEN3_CODER, /* <tool_call><function=...> XML                              */
+    PRS_TOOL_MINIMAX_M2,  /* <minimax:tool_call><invoke name=...> XML                   */
+    PRS_TOOL_HARMONY,     /* gpt-oss harmony messages: harmony.h, not this parser       */
 } prs_tool_format_t;
 
-/* The format a chat template's source implies: QWEN3_CODER if it contains both
+/* The format a chat template's source implies: HARMONY if it contains "<|channel|>", else
+ * MINIMAX_M2 if it contains "<minimax:tool_call>", else QWEN3_CODER if it contains both
  * "<function=" and "<parameter=", else HERMES if it contains "<tool_call>", else NONE
  * (also for NULL). */
 prs_tool_format_t prs_tool_format_from_template(const char *template_source);
 
-/* "none", "hermes", "qwen3_coder" (for a CLI override); never NULL. */
+/* "none", "hermes", "qwen3_coder", "minimax_m2", "harmony" (for a CLI override); never
+ * NULL. */
 const char *prs_tool_format_name(prs_tool_format_t format);
 
 /* The format named by name (as prs_tool_format_name writes it); TDM_ERR_INVALID_PARAM
@@ -114,9 +134,10 @@ typedef struct prs_tool_parser prs_tool_parser_t;
 
 /*
  * tools is the request's OpenAI "tools" array (may be NULL); the parser keeps a copy and
- * uses it only for the schemas of Qwen3-Coder parameters (entries that are not
+ * uses it only for the schemas of XML parameters (entries that are not
  * {"type": "function", "function": {"name": ..., "parameters": ...}} are ignored). An
- * unknown format, or tools that is not an array, is TDM_ERR_INVALID_PARAM.
+ * unknown format, PRS_TOOL_HARMONY, or tools that is not an array, is
+ * TDM_ERR_INVALID_PARAM.
  */
 tdm_status_t prs_tool_parser_create(prs_tool_format_t format, const json_t *tools,
                                     prs_tool_parser_t **out, tdm_error_t *err);

@@ -1,6 +1,7 @@
 /*
  * tool_internal.h - what the tool-call driver (tool_call.c) and the per-format code
- * (tool_hermes.c, tool_qwen3coder.c) share. Not for use outside api/parse.
+ * (tool_hermes.c, tool_qwen3coder.c, tool_minimax.c, with tool_xmlargs.c shared by the two
+ * XML formats) share. Not for use outside api/parse.
  *
  * The driver keeps the text of a possible call (a "region", from its opening tag on) until
  * the format's scanner says where the region ends; the format's parser then turns the
@@ -24,6 +25,11 @@
 #define PRS_TAG_FUNCTION_END  "</function>"
 #define PRS_TAG_PARAMETER     "<parameter="
 #define PRS_TAG_PARAMETER_END "</parameter>"
+#define PRS_TAG_MM_CALL       "<minimax:tool_call>"
+#define PRS_TAG_MM_CALL_END   "</minimax:tool_call>"
+#define PRS_TAG_MM_INVOKE     "<invoke name="
+#define PRS_TAG_MM_INVOKE_END "</invoke>"
+#define PRS_TAG_MM_PARAM      "<parameter name="
 #define PRS_LIT(s)            s, (sizeof(s) - 1)
 
 /* Scanner state of one region. */
@@ -71,5 +77,55 @@ bool prs_xml_scan(prs_scan_t *sc, const char *r, size_t n, size_t *end);
  * parameter values with the schemas in tools (may be NULL). Errors as prs_hermes_parse. */
 tdm_status_t prs_xml_parse(const char *r, size_t n, bool wrapped, const json_t *tools,
                            prs_callv_t *out);
+
+/*
+ * MiniMax-M2 XML. The region starts with "<minimax:tool_call>". Returns true when its end
+ * is known (*end as for Hermes): the first "</minimax:tool_call>" outside a parameter value.
+ */
+bool prs_minimax_scan(prs_scan_t *sc, const char *r, size_t n, size_t *end);
+
+/* Parses a complete MiniMax-M2 region r[0..n) into one or more calls (one per <invoke>),
+ * converting parameter values with the schemas in tools. Errors as prs_hermes_parse. */
+tdm_status_t prs_minimax_parse(const char *r, size_t n, const json_t *tools, prs_callv_t *out);
+
+/* ---- tool_xmlargs.c: what the two XML formats share ------------------------------------ */
+
+/* 1 when tag is at r[i..n), -1 when r[i..n) is a proper prefix of it, 0 otherwise. */
+int prs_tag_at(const char *r, size_t n, size_t i, const char *tag, size_t tl);
+
+/* True when tag is at r[i..n). */
+bool prs_at_tag(const char *r, size_t n, size_t i, const char *tag, size_t tl);
+
+/*
+ * A name written between '=' at r[*i - 1] and the next '>': the text up to '>' must hold no
+ * '<', newline or NUL; it is trimmed of whitespace and, when unquote is set, of one pair of
+ * matching '"' or '\'' around it, and must then be non-empty UTF-8. On success [*nb, *ne) is
+ * the name and *i is just past the '>'.
+ */
+bool prs_xml_name(const char *r, size_t n, size_t *i, bool unquote, size_t *nb, size_t *ne);
+
+/* One parameter of an XML call, as spans into the region's text. */
+typedef struct prs_xparam {
+    size_t nb, ne; /* the name                                        */
+    size_t vb, ve; /* the value, already trimmed as the format says   */
+} prs_xparam_t;
+
+/* A growable list of parameters. */
+typedef struct prs_xparamv {
+    prs_xparam_t *v;
+    size_t n, cap;
+} prs_xparamv_t;
+
+tdm_status_t prs_xparamv_push(prs_xparamv_t *pv, prs_xparam_t p);
+void prs_xparamv_free(prs_xparamv_t *pv);
+
+/*
+ * Appends the call of function r[fb..fe) with parameters ps to out: the arguments object
+ * built from the parameters (a repeated name keeps its last value), each value converted
+ * by the type its property has in the function's schema in tools (rules in tool_call.h).
+ * TDM_ERR_NO_MEMORY only.
+ */
+tdm_status_t prs_xml_push_call(const char *r, size_t fb, size_t fe, const prs_xparamv_t *ps,
+                               const json_t *tools, prs_callv_t *out);
 
 #endif

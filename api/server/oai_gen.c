@@ -2,17 +2,17 @@
  * oai_gen.c - POST /v1/chat/completions and /v1/completions.
  *
  * A request goes: body -> srv_gen_req_t (oai_parse.c) -> prompt tokens (chat template for
- * chat) -> srv_job_t on the engine (job.c) -> pieces of text -> per choice, the reasoning
- * parser then the tool-call parser (api/parse) -> one JSON response, or SSE chunks as the
- * pieces come. The same piece handling serves both modes; only the output differs.
+ * chat) -> srv_job_t on the engine (job.c) -> pieces of text -> per choice, the output
+ * parser (api/parse/output.h: reasoning then tool calls, or harmony) -> one JSON response,
+ * or SSE chunks as the pieces come. The same piece handling serves both modes; only the
+ * output differs.
  *
  * While waiting the handler checks that the client is still there (a closed socket shows
  * up within ~100 ms) and cancels its sequences if not; a stream with nothing to say sends
  * an SSE comment every keepalive_s seconds so that agent clients do not time out during a
  * long prefill.
  */
-#include "api/parse/reasoning.h"
-#include "api/parse/tool_call.h"
+#include "api/parse/output.h"
 #include "api/parse/prs_json.h"
 #include "api/server/job.h"
 #include "api/server/oai_parse.h"
@@ -29,8 +29,7 @@
 #define POLL_S 0.1 /* how often a waiting handler looks at its client */
 
 typedef struct choice_out {
-    prs_reasoning_t *rp;   /* NULL: no reasoning parsing */
-    prs_tool_parser_t *tp; /* NULL: no tool-call parsing */
+    prs_output_t *op; /* NULL: the text is content as it comes (completions) */
     bool role_sent, ended;
     crd_finish_t finish;
     prs_buf_t content, reasoning; /* non-streaming: the whole text */
@@ -245,38 +244,26 @@ static void route_text(gen_t *g, int index, const char *text, size_t len, bool f
     prs_buf_t reasoning = {0}, content = {0};
     json_t *calls = NULL; /* streamed tool-call deltas */
 
-    /* 1. reasoning */
-    const char *ctext = text;
-    size_t clen = len;
-    if (c->rp != NULL) {
+    if (c->op == NULL) {
+        prs_buf_append(&content, text, len);
+    } else {
         if (len > 0) {
-            prs_reasoning_feed(c->rp, text, len, NULL);
+            prs_output_feed(c->op, text, len, NULL);
         }
         if (fin) {
-            prs_reasoning_finish(c->rp, NULL);
+            prs_output_finish(c->op, NULL);
         }
-        prs_buf_t *rb = prs_reasoning_reasoning(c->rp), *cb = prs_reasoning_content(c->rp);
-        prs_buf_append(&reasoning, rb->data, rb->len);
-        prs_buf_clear(rb);
-        ctext = cb->data;
-        clen = cb->len;
-    }
-    /* 2. tool calls in the content */
-    if (c->tp != NULL) {
-        if (clen > 0) {
-            prs_tool_parser_feed(c->tp, ctext, clen, NULL);
-        }
-        if (fin) {
-            prs_tool_parser_finish(c->tp, NULL);
-        }
-        const prs_tool_event_t *ev = prs_tool_parser_events(c->tp);
-        size_t n = prs_tool_parser_n_events(c->tp);
+        const prs_event_t *ev = prs_output_events(c->op);
+        size_t n = prs_output_n_events(c->op);
         for (size_t i = 0; i < n; i++) {
             switch (ev[i].kind) {
-            case PRS_TOOL_EV_CONTENT:
+            case PRS_EV_CONTENT:
                 prs_buf_append(&content, ev[i].text, ev[i].len);
                 break;
-            case PRS_TOOL_EV_CALL_BEGIN:
+            case PRS_EV_REASONING:
+                prs_buf_append(&reasoning, ev[i].text, ev[i].len);
+                break;
+            case PRS_EV_CALL_BEGIN:
                 if (ev[i].call + 1 > c->n_calls_seen) {
                     c->n_calls_seen = ev[i].call + 1;
                 }
@@ -289,7 +276,7 @@ static void route_text(gen_t *g, int index, const char *text, size_t len, bool f
                                   json_lossy(ev[i].text, ev[i].len), "arguments", ""));
                 }
                 break;
-            case PRS_TOOL_EV_CALL_ARGS:
+            case PRS_EV_CALL_ARGS:
                 if (g->stream) {
                     calls = calls ? calls : json_array();
                     json_array_append_new(calls, json_pack("{s:i, s:{s:o}}", "index",
@@ -297,16 +284,11 @@ static void route_text(gen_t *g, int index, const char *text, size_t len, bool f
                                                            json_lossy(ev[i].text, ev[i].len)));
                 }
                 break;
-            case PRS_TOOL_EV_CALL_END:
+            case PRS_EV_CALL_END:
                 break;
             }
         }
-        prs_tool_parser_clear_events(c->tp);
-    } else {
-        prs_buf_append(&content, ctext, clen);
-    }
-    if (c->rp != NULL) {
-        prs_buf_clear(prs_reasoning_content(c->rp));
+        prs_output_clear_events(c->op);
     }
 
     if (!g->stream) {
@@ -415,8 +397,7 @@ static void gen_free(gen_t *g)
     }
     for (int i = 0; i < g->n_choices; i++) {
         choice_out_t *c = &g->ch[i];
-        prs_reasoning_destroy(c->rp);
-        prs_tool_parser_destroy(c->tp);
+        prs_output_destroy(c->op);
         prs_buf_free(&c->content);
         prs_buf_free(&c->reasoning);
         json_decref(c->lp);
@@ -540,7 +521,7 @@ static int reply_whole(gen_t *g, const srv_http_req_t *r)
         json_t *choice = json_pack("{s:i}", "index", i);
         if (g->req.api == SRV_API_CHAT) {
             json_t *msg = json_pack("{s:s}", "role", "assistant");
-            size_t n_calls = c->tp != NULL ? prs_tool_parser_n_calls(c->tp) : 0;
+            size_t n_calls = c->op != NULL ? prs_output_n_calls(c->op) : 0;
             json_object_set_new(
                 msg, "content",
                 c->content.len > 0 || n_calls == 0
@@ -553,8 +534,8 @@ static int reply_whole(gen_t *g, const srv_http_req_t *r)
             if (n_calls > 0) {
                 json_t *calls = json_array();
                 for (size_t k = 0; k < n_calls; k++) {
-                    const char *name = prs_tool_parser_call_name(c->tp, k);
-                    const char *args = prs_tool_parser_call_args(c->tp, k);
+                    const char *name = prs_output_call_name(c->op, k);
+                    const char *args = prs_output_call_args(c->op, k);
                     json_array_append_new(
                         calls,
                         json_pack("{s:s, s:s, s:{s:o, s:o}}", "id", call_id(g, c, k), "type",
@@ -593,22 +574,79 @@ static int reply_whole(gen_t *g, const srv_http_req_t *r)
 static char *tool_prefix(const srv_server_t *s, const srv_gen_req_t *req)
 {
     char buf[256];
-    if (req->tool_choice == SRV_TOOL_CHOICE_REQUIRED) {
-        snprintf(buf, sizeof(buf), "%s",
-                 s->tool_format == PRS_TOOL_QWEN3_CODER ? "<tool_call>\n<function="
-                                                        : "<tool_call>\n");
-    } else if (req->tool_choice == SRV_TOOL_CHOICE_NAMED) {
-        /* names are [A-Za-z0-9_.-] (checked by the parser), safe to splice in */
-        if (s->tool_format == PRS_TOOL_QWEN3_CODER) {
-            snprintf(buf, sizeof(buf), "<tool_call>\n<function=%s>\n", req->tool_name);
-        } else {
-            snprintf(buf, sizeof(buf),
-                     "<tool_call>\n{\"name\": \"%s\", \"arguments\": ", req->tool_name);
-        }
-    } else {
+    /* names are [A-Za-z0-9_.-] (checked by the parser), safe to splice in */
+    bool named = req->tool_choice == SRV_TOOL_CHOICE_NAMED;
+    if (req->tool_choice != SRV_TOOL_CHOICE_REQUIRED && !named) {
         return NULL;
     }
+    switch (s->tool_format) {
+    case PRS_TOOL_QWEN3_CODER:
+        if (named) {
+            snprintf(buf, sizeof(buf), "<tool_call>\n<function=%s>\n", req->tool_name);
+        } else {
+            snprintf(buf, sizeof(buf), "<tool_call>\n<function=");
+        }
+        break;
+    case PRS_TOOL_MINIMAX_M2:
+        /* the generation prompt opened <think>: a forced call closes it first (the model
+         * skips its reasoning, as with any forced call) */
+        if (named) {
+            snprintf(buf, sizeof(buf), "</think>\n\n<minimax:tool_call>\n<invoke name=\"%s\">\n",
+                     req->tool_name);
+        } else {
+            snprintf(buf, sizeof(buf), "</think>\n\n<minimax:tool_call>\n<invoke name=\"");
+        }
+        break;
+    case PRS_TOOL_HARMONY:
+        /* the generation prompt ends with "<|start|>assistant": the header goes on */
+        if (named) {
+            snprintf(buf, sizeof(buf),
+                     "<|channel|>commentary to=functions.%s <|constrain|>json<|message|>",
+                     req->tool_name);
+        } else {
+            snprintf(buf, sizeof(buf), "<|channel|>commentary to=functions.");
+        }
+        break;
+    default:
+        if (named) {
+            snprintf(buf, sizeof(buf),
+                     "<tool_call>\n{\"name\": \"%s\", \"arguments\": ", req->tool_name);
+        } else {
+            snprintf(buf, sizeof(buf), "<tool_call>\n");
+        }
+        break;
+    }
     return strdup(buf);
+}
+
+/*
+ * The messages as the gpt-oss template wants them: it reads an assistant message's
+ * reasoning from "thinking" (and replays it before a tool call, which gpt-oss needs to go
+ * on with its chain of thought), where OpenAI clients send "reasoning_content". The
+ * template refuses content and thinking together on a tool-call message; content wins
+ * there. Returns a new array (the messages shared, or copied where thinking is added).
+ */
+static json_t *harmony_messages(const json_t *messages)
+{
+    json_t *out = json_array();
+    size_t i;
+    json_t *m;
+    json_array_foreach(messages, i, m)
+    {
+        json_t *rc = json_object_get(m, "reasoning_content");
+        const char *content = json_string_value(json_object_get(m, "content"));
+        bool calls = json_object_get(m, "tool_calls") != NULL;
+        if (json_is_string(rc) && json_string_length(rc) > 0 &&
+            json_object_get(m, "thinking") == NULL &&
+            !(calls && content != NULL && content[0] != '\0')) {
+            json_t *copy = json_copy(m);
+            json_object_set(copy, "thinking", rc);
+            json_array_append_new(out, copy);
+        } else {
+            json_array_append(out, m);
+        }
+    }
+    return out;
 }
 
 static bool ends_with_tag(const char *text, const char *tag)
@@ -631,10 +669,17 @@ static tdm_status_t render_chat(srv_server_t *s, const srv_gen_req_t *req, bool 
                              "the model has no chat template: use /v1/completions");
     }
     json_t *ctx = json_object();
-    json_object_set(ctx, "messages", req->messages);
+    json_object_set_new(ctx, "messages",
+                        s->tool_format == PRS_TOOL_HARMONY ? harmony_messages(req->messages)
+                                                           : json_incref(req->messages));
     json_object_set_new(ctx, "add_generation_prompt", json_true());
     if (use_tools) {
         json_object_set(ctx, "tools", req->tools);
+    }
+    if (req->reasoning_effort != NULL) {
+        /* the variable the gpt-oss template reads ("Reasoning: low|medium|high"); other
+         * templates ignore it. chat_template_kwargs below may still override it. */
+        json_object_set_new(ctx, "reasoning_effort", json_string(req->reasoning_effort));
     }
     if (req->template_kwargs != NULL) {
         json_object_update(ctx, req->template_kwargs);
@@ -716,6 +761,7 @@ static int route_gen(srv_server_t *s, const srv_http_req_t *r, srv_api_t api)
     bool use_tools =
         api == SRV_API_CHAT && req->tools != NULL && req->tool_choice != SRV_TOOL_CHOICE_NONE;
     bool parse_tools = use_tools && s->tool_format != PRS_TOOL_NONE;
+    bool harmony = api == SRV_API_CHAT && s->tool_format == PRS_TOOL_HARMONY;
     bool start_inside_think = false, parse_think = false;
     if (use_tools && !parse_tools &&
         (req->tool_choice == SRV_TOOL_CHOICE_REQUIRED ||
@@ -731,7 +777,8 @@ static int route_gen(srv_server_t *s, const srv_http_req_t *r, srv_api_t api)
     if (st == TDM_OK && api == SRV_API_CHAT) {
         st = render_chat(s, req, use_tools, &text, &prefix, &err);
         if (st == TDM_OK) {
-            parse_think = s->template_has_think;
+            /* harmony carries its reasoning in analysis messages, not in <think> */
+            parse_think = s->template_has_think && !harmony;
             start_inside_think = parse_think && ends_with_tag(text, "<think>");
             if (parse_think && ends_with_tag(text, "</think>")) {
                 parse_think = false; /* thinking switched off by the template */
@@ -778,13 +825,15 @@ static int route_gen(srv_server_t *s, const srv_http_req_t *r, srv_api_t api)
     g->ch = calloc((size_t)req->n, sizeof(*g->ch));
     for (int i = 0; g->ch != NULL && i < req->n; i++) {
         choice_out_t *c = &g->ch[i];
-        if (parse_think) {
-            prs_reasoning_create(NULL, NULL, start_inside_think, &c->rp, NULL);
-        }
-        if (parse_tools) {
-            prs_tool_parser_create(s->tool_format, req->tools, &c->tp, NULL);
-            if (c->tp != NULL && prefix != NULL) {
-                prs_tool_parser_prime(c->tp, prefix, strlen(prefix), NULL);
+        if (api == SRV_API_CHAT) {
+            prs_output_params_t op = {.format = s->tool_format,
+                                      .calls = parse_tools,
+                                      .tools = req->tools,
+                                      .reasoning = parse_think,
+                                      .start_inside = start_inside_think};
+            prs_output_create(&op, &c->op, NULL);
+            if (c->op != NULL && prefix != NULL) {
+                prs_output_prime(c->op, prefix, strlen(prefix), NULL);
             }
         }
         if (req->logprobs) {
@@ -811,7 +860,10 @@ static int route_gen(srv_server_t *s, const srv_http_req_t *r, srv_api_t api)
                            .n_stop = req->n_stop,
                            .top_logprobs = req->logprobs ? req->top_logprobs : 0,
                            .want_tokens = req->logprobs,
-                           .detok_flags = req->skip_special_tokens ? 0 : TOK_DEC_RENDER_SPECIAL,
+                           /* harmony's <|end|> is a control token: the parser must see it
+                            * (it shows no marker to the client) */
+                           .detok_flags =
+                               req->skip_special_tokens && !harmony ? 0 : TOK_DEC_RENDER_SPECIAL,
                            .t_start = r->t_start};
     st = g->ch != NULL ? srv_job_start(s->engine, s->vocab, s->metrics, &jp, &g->job, &err)
                        : tdm_error_set(&err, TDM_ERR_NO_MEMORY, "out of memory");

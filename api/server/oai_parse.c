@@ -473,10 +473,30 @@ static tdm_status_t parse_tools(pctx_t *c, const json_t *o, srv_gen_req_t *r)
     return TDM_OK;
 }
 
+/* OpenAI's reasoning_effort, passed to the chat template as the variable of the same name
+ * (gpt-oss writes "Reasoning: low|medium|high" into its system message from it). */
+static tdm_status_t parse_reasoning_effort(pctx_t *c, const json_t *o, srv_gen_req_t *r)
+{
+    static const char *const efforts[] = {"none", "minimal", "low", "medium", "high", "xhigh"};
+    json_t *v = get(o, "reasoning_effort");
+    if (v == NULL) {
+        return TDM_OK;
+    }
+    for (size_t i = 0; json_is_string(v) && i < sizeof(efforts) / sizeof(efforts[0]); i++) {
+        if (strcmp(json_string_value(v), efforts[i]) == 0) {
+            r->reasoning_effort = efforts[i];
+            return TDM_OK;
+        }
+    }
+    return fail(c, "reasoning_effort",
+                "'reasoning_effort' must be one of none, minimal, low, medium, high, xhigh");
+}
+
 static tdm_status_t parse_chat(pctx_t *c, const json_t *o, srv_gen_req_t *r)
 {
     TRY(parse_messages(c, o, r));
     TRY(parse_tools(c, o, r));
+    TRY(parse_reasoning_effort(c, o, r));
     TRY(get_bool(c, o, "logprobs", &r->logprobs));
     int64_t x = 0;
     bool given = false;

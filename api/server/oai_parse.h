@@ -40,8 +40,9 @@ typedef struct srv_gen_req {
     json_t *messages; /* normalised: content is a string, tool arguments objects */
     json_t *tools;    /* NULL or a non-empty array of function tools              */
     srv_tool_choice_t tool_choice;
-    char *tool_name;         /* SRV_TOOL_CHOICE_NAMED                                    */
-    json_t *template_kwargs; /* NULL or an object (chat_template_kwargs)                 */
+    char *tool_name;              /* SRV_TOOL_CHOICE_NAMED                              */
+    json_t *template_kwargs;      /* NULL or an object (chat_template_kwargs)           */
+    const char *reasoning_effort; /* NULL or a static string ("none" ... "xhigh")       */
     /* completions */
     char *prompt_text; /* a text prompt, or NULL when given as token ids           */
     int32_t *prompt_ids;

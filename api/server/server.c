@@ -128,7 +128,10 @@ static tdm_status_t load_model(srv_server_t *s, tdm_error_t *err)
              "reasoning parser: %s",
              s->model_name, (int)s->n_ctx, (int)s->ex.n_blocks, (int)s->ex.block_tokens,
              s->rx != NULL ? "held by the shards" : "in this process",
-             prs_tool_format_name(s->tool_format), s->template_has_think ? "on" : "off");
+             prs_tool_format_name(s->tool_format),
+             s->tool_format == PRS_TOOL_HARMONY ? "harmony"
+             : s->template_has_think            ? "on"
+                                                : "off");
     return TDM_OK;
 }
 

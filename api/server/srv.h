@@ -54,7 +54,7 @@ typedef struct srv_config {
     int max_tokens_default;  /* when a request sets none: 0 = until the context is full    */
     char **api_keys;         /* bearer keys; none: no authentication                        */
     int n_api_keys;
-    const char *tool_parser; /* "auto" (from the template), "hermes", "qwen3_coder", "none" */
+    const char *tool_parser; /* "auto" (from the template) or a prs_tool_format_name         */
     int max_conns;           /* concurrent connections                                      */
     /* distributed mode (n_shards > 0): the model split over `tandem shard` processes */
     char **shards; /* "HOST:PORT", index = world rank                                    */

@@ -1,6 +1,7 @@
 /*
  * test_parse_tool_call.c - unit tests of the streaming tool-call parser
- * (api/parse/tool_call.c, tool_hermes.c, tool_qwen3coder.c).
+ * (api/parse/tool_call.c, tool_hermes.c, tool_qwen3coder.c, tool_minimax.c,
+ * tool_xmlargs.c).
  *
  * Each case gives the model output and, written by hand from the format definitions in
  * tool_call.h, the content and the calls it must produce. Arguments are compared with
@@ -47,8 +48,13 @@ typedef struct tcase {
 
 #define H  PRS_TOOL_HERMES
 #define X  PRS_TOOL_QWEN3_CODER
+#define M  PRS_TOOL_MINIMAX_M2
 #define TC "<tool_call>\n"
 #define TE "\n</tool_call>"
+#define MC "<minimax:tool_call>\n"
+#define ME "</minimax:tool_call>"
+#define MI "<invoke name=\"get_weather\">\n"
+#define MP "<parameter name="
 
 static const tcase_t cases[] = {
     /* ---- Hermes ---- */
@@ -267,6 +273,107 @@ static const tcase_t cases[] = {
      "<parameter=city>\nParis\n</parameter>\n</function>" TE, "",
      "[[\"get_weather\", {\"city\": \"Paris\"}]]"},
 
+    /* ---- MiniMax-M2 XML ---- */
+    {"minimax example", M, true, NULL,
+     MC MI MP "\"city\">Paris</parameter>\n" MP "\"days\">3</parameter>\n</invoke>\n" ME, "",
+     "[[\"get_weather\", \"{\\\"city\\\":\\\"Paris\\\",\\\"days\\\":3}\"]]"},
+    {"minimax reasoning-free content around", M, true, NULL,
+     "Let me look.\n" MC MI MP "\"city\">Paris</parameter>\n</invoke>\n" ME "\n\nDone.",
+     "Let me look.\nDone.", "[[\"get_weather\", {\"city\": \"Paris\"}]]"},
+    {"minimax schema conversions", M, true, NULL,
+     MC MI MP "\"days\">three</parameter>\n" MP "\"metric\">True</parameter>\n" MP
+              "\"opts\">{\"a\": [1, 2], \"b\": 1.50}</parameter>\n" MP
+              "\"tags\">[\"x\", \"y\"]</parameter>\n" MP "\"ratio\">0.5</parameter>\n" MP
+              "\"zip\">01234</parameter>\n" MP "\"note\">null</parameter>\n" MP
+              "\"when\"> 7 </parameter>\n" MP "\"city\">42</parameter>\n</invoke>\n" ME,
+     "",
+     "[[\"get_weather\", {\"days\": \"three\", \"metric\": true, \"opts\": {\"a\": [1, 2], \"b\": "
+     "1.5}, \"tags\": [\"x\", \"y\"], \"ratio\": 0.5, \"zip\": \"01234\", \"note\": null, "
+     "\"when\": 7, \"city\": \"42\"}]]"},
+    {"minimax schema fallbacks to string", M, true, NULL,
+     MC MI MP "\"metric\">yes</parameter>" MP "\"opts\">not json</parameter>" MP
+              "\"tags\">{\"a\": 1}</parameter>" MP "\"when\">soon</parameter></invoke>" ME,
+     "",
+     "[[\"get_weather\", {\"metric\": \"yes\", \"opts\": \"not json\", \"tags\": \"{\\\"a\\\": "
+     "1}\", \"when\": \"soon\"}]]"},
+    {"minimax number kept as written", M, true, NULL,
+     MC MI MP "\"ratio\">3.10</parameter>\n" MP
+              "\"days\">12345678901234567890</parameter>\n</invoke>\n" ME,
+     "", "[[\"get_weather\", \"{\\\"ratio\\\":3.10,\\\"days\\\":12345678901234567890}\"]]"},
+    {"minimax no schema", M, true, NULL,
+     MC "<invoke name=\"unknown_fn\">\n" MP "\"a\">3</parameter>\n" MP "\"b\">true</parameter>\n" MP
+        "\"c\">{\"k\": [1]}</parameter>\n" MP "\"e\">Paris</parameter>\n" MP
+        "\"h\">True</parameter>\n</invoke>\n" ME,
+     "",
+     "[[\"unknown_fn\", {\"a\": 3, \"b\": true, \"c\": {\"k\": [1]}, \"e\": \"Paris\", "
+     "\"h\": \"True\"}]]"},
+    {"minimax several invokes and blocks", M, true, NULL,
+     "Both.\n" MC MI MP "\"city\">Paris</parameter>\n</invoke>\n"
+     "<invoke name=\"list_files\">\n</invoke>\n" ME "\n" MC MI MP
+     "\"city\">Rome</parameter>\n</invoke>\n" ME,
+     "Both.\n",
+     "[[\"get_weather\", {\"city\": \"Paris\"}], [\"list_files\", {}], [\"get_weather\", "
+     "{\"city\": \"Rome\"}]]"},
+    {"minimax quoting of names", M, true, NULL,
+     MC "<invoke name='get_weather'>" MP "'city'>Paris</parameter>" MP
+        "days>2</parameter></invoke>" ME "<minimax:tool_call><invoke name=list_files>"
+        "</invoke></minimax:tool_call>",
+     "", "[[\"get_weather\", {\"city\": \"Paris\", \"days\": 2}], [\"list_files\", {}]]"},
+    {"minimax whitespace of values stripped", M, true, NULL,
+     MC MI MP "\"city\">\n  New York \n\n</parameter>" MP
+              "\"note\">\ta\nb </parameter>\n</invoke>" ME,
+     "", "[[\"get_weather\", {\"city\": \"New York\", \"note\": \"a\\nb\"}]]"},
+    {"minimax missing </parameter>", M, true, NULL,
+     MC MI MP "\"city\">Paris\n" MP "\"days\">3\n</invoke>\n" ME, "",
+     "[[\"get_weather\", {\"city\": \"Paris\", \"days\": 3}]]"},
+    {"minimax closing tags inside a value", M, true, NULL,
+     MC MI MP "\"city\">echo '</minimax:tool_call>' <b></parameter>\n</invoke>\n" ME, "",
+     "[[\"get_weather\", {\"city\": \"echo '</minimax:tool_call>' <b>\"}]]"},
+    {"minimax repeated parameter keeps the last", M, true, NULL,
+     MC MI MP "\"city\">Paris</parameter>" MP "\"city\">Rome</parameter></invoke>" ME, "",
+     "[[\"get_weather\", {\"city\": \"Rome\"}]]"},
+    {"minimax unicode and escapes", M, true, NULL,
+     MC MI MP "\"city\">\xe6\x9d\xb1\xe4\xba\xac \"q\" \\ \xf0\x9f\x99\x82</parameter></invoke>" ME,
+     "",
+     "[[\"get_weather\", {\"city\": \"\xe6\x9d\xb1\xe4\xba\xac \\\"q\\\" \\\\ "
+     "\xf0\x9f\x99\x82\"}]]"},
+    {"minimax truncated", M, true, NULL, "Ok. " MC MI MP "\"city\">Par",
+     "Ok. " MC MI MP "\"city\">Par", "[]"},
+    {"minimax truncated after invoke", M, true, NULL,
+     MC MI MP "\"city\">Paris</parameter>\n</invoke>\n",
+     MC MI MP "\"city\">Paris</parameter>\n</invoke>\n", "[]"},
+    {"minimax empty block", M, true, NULL, MC ME " x", MC ME " x", "[]"},
+    {"minimax junk between parameters", M, true, NULL,
+     MC MI "city is " MP "\"city\">Paris</parameter></invoke>" ME,
+     MC MI "city is " MP "\"city\">Paris</parameter></invoke>" ME, "[]"},
+    {"minimax bad invoke name", M, true, NULL, MC "<invoke name=\"\">\n</invoke>" ME,
+     MC "<invoke name=\"\">\n</invoke>" ME, "[]"},
+    /* a block is one region: a bad invoke gives back the whole block, good invokes included */
+    {"minimax one bad invoke spoils its block", M, true, NULL,
+     MC MI MP "\"city\">Paris</parameter></invoke>\n<invoke name=\"\"></invoke>\n" ME,
+     MC MI MP "\"city\">Paris</parameter></invoke>\n<invoke name=\"\"></invoke>\n" ME, "[]"},
+    {"minimax unclosed invoke", M, true, NULL, MC MI MP "\"city\">Paris</parameter>\n" ME,
+     MC MI MP "\"city\">Paris</parameter>\n" ME, "[]"},
+    {"minimax malformed then valid", M, true, NULL,
+     MC "oops\n" ME "\n" MC MI MP "\"city\">Oslo</parameter></invoke>" ME " tail",
+     MC "oops\n" ME "\ntail", "[[\"get_weather\", {\"city\": \"Oslo\"}]]"},
+    {"minimax valid then malformed then valid", M, true, NULL,
+     MC "<invoke name=\"list_files\"></invoke>" ME MC "<invoke name=x>" ME MC
+        "<invoke name=\"list_files\"></invoke>" ME,
+     MC "<invoke name=x>" ME, "[[\"list_files\", {}], [\"list_files\", {}]]"},
+    {"minimax other formats are text", M, true, NULL,
+     TC "{\"name\": \"f\"}" TE " <function=f></function>",
+     TC "{\"name\": \"f\"}" TE " <function=f></function>", "[]"},
+    {"minimax partial tag at end", M, true, NULL, "a <minimax:tool_ca", "a <minimax:tool_ca", "[]"},
+    {"minimax primed named", M, true, "</think>\n\n" MC MI,
+     MP "\"city\">Paris</parameter>\n</invoke>\n" ME, "",
+     "[[\"get_weather\", {\"city\": \"Paris\"}]]"},
+    {"minimax primed required", M, true, "</think>\n\n" MC "<invoke name=\"",
+     "get_weather\">" MP "\"days\">4</parameter></invoke>" ME, "",
+     "[[\"get_weather\", {\"days\": 4}]]"},
+    {"minimax primed but malformed", M, true, "</think>\n\n" MC "<invoke name=\"", "I will not.",
+     "I will not.", "[]"},
+
     /* ---- no format ---- */
     {"none passes everything", PRS_TOOL_NONE, false, NULL, TC "{\"name\": \"f\"}" TE,
      TC "{\"name\": \"f\"}" TE, "[]"},
@@ -484,9 +591,14 @@ static void test_formats(void **state)
     /* only one of the two XML markers: still Hermes */
     assert_int_equal(prs_tool_format_from_template("<tool_call><function=x></tool_call>"),
                      PRS_TOOL_HERMES);
-    const prs_tool_format_t all[] = {PRS_TOOL_NONE, PRS_TOOL_HERMES, PRS_TOOL_QWEN3_CODER};
-    const char *const names[] = {"none", "hermes", "qwen3_coder"};
-    for (size_t i = 0; i < 3; i++) {
+    assert_int_equal(prs_tool_format_from_template("{{ '<minimax:tool_call>' }}<tool_call>"),
+                     PRS_TOOL_MINIMAX_M2);
+    assert_int_equal(prs_tool_format_from_template("<|start|>assistant<|channel|>final"),
+                     PRS_TOOL_HARMONY);
+    const prs_tool_format_t all[] = {PRS_TOOL_NONE, PRS_TOOL_HERMES, PRS_TOOL_QWEN3_CODER,
+                                     PRS_TOOL_MINIMAX_M2, PRS_TOOL_HARMONY};
+    const char *const names[] = {"none", "hermes", "qwen3_coder", "minimax_m2", "harmony"};
+    for (size_t i = 0; i < 5; i++) {
         prs_tool_format_t f = PRS_TOOL_NONE;
         assert_string_equal(prs_tool_format_name(all[i]), names[i]);
         assert_int_equal(prs_tool_format_from_name(names[i], &f, NULL), TDM_OK);
@@ -497,8 +609,60 @@ static void test_formats(void **state)
     prs_tool_format_t f = PRS_TOOL_HERMES;
     assert_int_equal(prs_tool_format_from_name("json", &f, &err), TDM_ERR_INVALID_PARAM);
     assert_int_equal(f, PRS_TOOL_HERMES);
-    assert_non_null(strstr(tdm_error_msg(&err), "qwen3_coder"));
+    assert_non_null(strstr(tdm_error_msg(&err), "minimax_m2"));
     assert_int_equal(prs_tool_format_from_name(NULL, &f, NULL), TDM_ERR_INVALID_PARAM);
+}
+
+static char *read_text(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL) {
+        return NULL;
+    }
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *s = malloc((size_t)n + 1);
+    assert_non_null(s);
+    assert_int_equal(fread(s, 1, (size_t)n, f), (size_t)n);
+    s[n] = '\0';
+    fclose(f);
+    return s;
+}
+
+/* The real chat templates (tests/fixtures/templates) select their model's format. */
+static void test_formats_of_real_templates(void **state)
+{
+    (void)state;
+    const char *src = getenv("TANDEM_SOURCE_DIR");
+    if (src == NULL) {
+        skip();
+    }
+    static const struct {
+        const char *file;
+        prs_tool_format_t fmt;
+    } want[] = {
+        {"gpt-oss.jinja", PRS_TOOL_HARMONY},
+        {"minimax-m2.jinja", PRS_TOOL_MINIMAX_M2},
+        {"qwen3-coder.jinja", PRS_TOOL_QWEN3_CODER},
+        {"qwen3.jinja", PRS_TOOL_HERMES},
+        {"smollm2.jinja", PRS_TOOL_NONE},
+        {"llama-3.1.jinja", PRS_TOOL_NONE},
+    };
+    for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
+        char path[4096];
+        snprintf(path, sizeof(path), "%s/tests/fixtures/templates/%s", src, want[i].file);
+        char *t = read_text(path);
+        if (t == NULL) {
+            fail_msg("cannot read %s", path);
+        }
+        if (prs_tool_format_from_template(t) != want[i].fmt) {
+            fail_msg("%s: format %s, want %s", want[i].file,
+                     prs_tool_format_name(prs_tool_format_from_template(t)),
+                     prs_tool_format_name(want[i].fmt));
+        }
+        free(t);
+    }
 }
 
 static void test_errors_and_state(void **state)
@@ -508,6 +672,9 @@ static void test_errors_and_state(void **state)
     json_t *obj = json_object();
     assert_int_equal(prs_tool_parser_create(PRS_TOOL_HERMES, obj, &p, NULL), TDM_ERR_INVALID_PARAM);
     assert_int_equal(prs_tool_parser_create((prs_tool_format_t)7, NULL, &p, NULL),
+                     TDM_ERR_INVALID_PARAM);
+    /* harmony has its own parser (harmony.h) */
+    assert_int_equal(prs_tool_parser_create(PRS_TOOL_HARMONY, NULL, &p, NULL),
                      TDM_ERR_INVALID_PARAM);
     assert_null(p);
     json_decref(obj);
@@ -636,9 +803,13 @@ static void test_reasoning_then_tools(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_cases_whole),     cmocka_unit_test(test_cases_every_split),
-        cmocka_unit_test(test_formats),         cmocka_unit_test(test_errors_and_state),
-        cmocka_unit_test(test_call_size_limit), cmocka_unit_test(test_reasoning_then_tools),
+        cmocka_unit_test(test_cases_whole),
+        cmocka_unit_test(test_cases_every_split),
+        cmocka_unit_test(test_formats),
+        cmocka_unit_test(test_formats_of_real_templates),
+        cmocka_unit_test(test_errors_and_state),
+        cmocka_unit_test(test_call_size_limit),
+        cmocka_unit_test(test_reasoning_then_tools),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
