@@ -16,6 +16,29 @@
  * token: that token must be computed anyway (its logits start generation), and it then
  * lands in a block of the sequence's own, so shared blocks are never written.
  *
+ * Two pools (vLLM v1's hybrid KV cache manager is the model). A model with sliding-window
+ * layers (window w: a query at position p sees keys p - w + 1 .. p) keeps those layers'
+ * K/V in a second pool, the sliding pool, with an id space of its own. A sequence then has
+ * two tables of the same length: blocks[j] (the full pool, as above) and swa_blocks[j]
+ * (the sliding pool; -1 where the sequence no longer needs that block). The rules:
+ *   - reserve: a step computing positions [c, n) needs full blocks for [0, n) and sliding
+ *     blocks covering [max(0, c - w + 1), n);
+ *   - release: once the sequence has computed n positions, its sliding blocks wholly below
+ *     n - w + 1 (the next token's first key) are no longer needed by it; one whose logical
+ *     block is in the prefix cache becomes an idle cached sliding block (kept with its
+ *     contents, evictable, tied to that cached full block), any other is freed at once (a
+ *     sequence that computed an already cached block again ties its sliding block to the
+ *     cached one when that has lost its own);
+ *   - prefix hits: a hit of P tokens (block-aligned, as above) stands only if the sliding
+ *     blocks covering [max(0, P - w + 1), P) are still there for those logical blocks (the
+ *     token at P reads keys from P - w + 1); otherwise it is cut to the longest block
+ *     boundary for which that holds (possibly 0). A hit references those sliding blocks;
+ *   - eviction: the sliding pool allocates free blocks first, then evicts its least
+ *     recently used idle cached block (whose full block stays cached: its prefix then
+ *     hits only up to an earlier boundary). Evicting or forgetting a cached full block
+ *     frees its idle sliding block.
+ * Without sliding layers (w = 0) there is one pool and the sliding parts cost nothing.
+ *
  * Not thread-safe: the scheduler calls it from its single loop.
  */
 #ifndef CRD_KV_MANAGER_H
@@ -29,47 +52,75 @@
 typedef struct crd_kvm crd_kvm_t;
 typedef struct crd_kv_seq crd_kv_seq_t;
 
+typedef struct crd_kvm_params {
+    int32_t n_blocks;     /* the full pool                                           */
+    int32_t block_size;   /* tokens per block (both pools)                           */
+    uint64_t seed;        /* namespaces the hashes (model identity)                  */
+    int32_t n_swa;        /* the sliding window; 0: no sliding layers                */
+    int32_t n_swa_blocks; /* the sliding pool (> 0 exactly when n_swa > 0)           */
+} crd_kvm_params_t;
+
 typedef struct crd_kvm_stats {
-    int32_t n_blocks;        /* total blocks                                   */
+    int32_t n_blocks;        /* total blocks (full pool)                       */
     int32_t n_free;          /* on the free list (never cached or evicted)     */
     int32_t n_cached_idle;   /* cached, no user: reusable or evictable         */
     int32_t n_used;          /* referenced by at least one sequence            */
+    int32_t n_used_peak;     /* most n_used so far                             */
     uint64_t prefix_queries; /* prompt tokens looked up                        */
     uint64_t prefix_hits;    /* prompt tokens served from the cache            */
     uint64_t evictions;
+    /* the sliding pool (all 0 without one) */
+    int32_t swa_blocks, swa_free, swa_cached_idle, swa_used;
+    int32_t swa_used_peak;  /* most sliding blocks in use at once so far            */
+    uint64_t swa_evictions; /* idle cached sliding blocks taken for new ones        */
+    uint64_t swa_hits_cut;  /* prompt tokens hits lost: their sliding window was evicted */
 } crd_kvm_stats_t;
 
-/* n_blocks blocks of block_size tokens; `seed` namespaces the hashes (model identity). */
+/* A manager for p's pools. TDM_ERR_INVALID_PARAM for bad sizes. */
+tdm_status_t crd_kvm_create_pools(const crd_kvm_params_t *p, crd_kvm_t **out, tdm_error_t *err);
+/* One pool of n_blocks blocks of block_size tokens; `seed` namespaces the hashes. */
 tdm_status_t crd_kvm_create(int32_t n_blocks, int32_t block_size, uint64_t seed, crd_kvm_t **out,
                             tdm_error_t *err);
 void crd_kvm_destroy(crd_kvm_t *kvm);
 
 int32_t crd_kvm_block_size(const crd_kvm_t *kvm);
+/* The sliding window the manager serves (0: one pool). */
+int32_t crd_kvm_swa_window(const crd_kvm_t *kvm);
 
 /*
  * Starts a sequence for a prompt: reuses cached blocks for its longest cached prefix (see
- * above) and returns in *n_cached how many prompt tokens need no computing. No new blocks
- * are allocated yet (crd_kvm_seq_reserve does that).
+ * above) and returns in *n_cached how many prompt tokens need no computing (the sequence
+ * counts them as computed). No new blocks are allocated yet (crd_kvm_seq_reserve does).
  */
 tdm_status_t crd_kvm_seq_create(crd_kvm_t *kvm, const int32_t *prompt, int32_t n_prompt,
                                 crd_kv_seq_t **out, int32_t *n_cached, tdm_error_t *err);
 
-/* Ensures the sequence has blocks for positions [0, n_tokens). TDM_ERR_BUSY (nothing
- * changed) when not enough blocks can be found even after evicting idle cached ones. */
+/* Ensures the sequence has blocks for a step computing positions [computed, n_tokens),
+ * where computed is what crd_kvm_seq_create / crd_kvm_seq_commit last recorded: full
+ * blocks for [0, n_tokens), sliding blocks for the window of those positions.
+ * TDM_ERR_BUSY (nothing changed) when either pool cannot provide them even after
+ * evicting idle cached blocks. */
 tdm_status_t crd_kvm_seq_reserve(crd_kvm_t *kvm, crd_kv_seq_t *seq, int32_t n_tokens);
 
-/* Blocks needed to grow seq to n_tokens (0 if it already has them). */
+/* Blocks of each pool needed to grow seq to n_tokens (0 if it already has them). */
 int32_t crd_kvm_seq_blocks_needed(const crd_kvm_t *kvm, const crd_kv_seq_t *seq, int32_t n_tokens);
+int32_t crd_kvm_seq_swa_blocks_needed(const crd_kvm_t *kvm, const crd_kv_seq_t *seq,
+                                      int32_t n_tokens);
 
-/* Number of blocks that could be handed out now (free + idle cached). */
+/* Blocks that could be handed out now (free + idle cached): full pool, sliding pool. */
 int32_t crd_kvm_available(const crd_kvm_t *kvm);
+int32_t crd_kvm_swa_available(const crd_kvm_t *kvm);
 
-/* Records that tokens[0, n) of the sequence now have their K/V computed; full blocks
- * among them enter the prefix cache. tokens is the sequence's whole token list so far. */
+/* Records that tokens[0, n) of the sequence now have their K/V computed: full blocks
+ * among them enter the prefix cache, then sliding blocks no later token can see are
+ * released (see above). tokens is the sequence's whole token list so far; NULL: nothing
+ * enters the prefix cache (the sliding blocks are freed; `tandem eval`). */
 void crd_kvm_seq_commit(crd_kvm_t *kvm, crd_kv_seq_t *seq, const int32_t *tokens, int32_t n);
 
-/* The block table: block ids for positions [0, n_blocks * block_size). */
+/* The block tables: ids for positions [0, n_blocks * block_size), full pool, and the
+ * sliding pool's of the same length (-1 where released; NULL without a sliding pool). */
 const int32_t *crd_kvm_seq_blocks(const crd_kv_seq_t *seq, int32_t *n_blocks);
+const int32_t *crd_kvm_seq_swa_blocks(const crd_kv_seq_t *seq);
 
 /* Ends a sequence, releasing its blocks (cached ones stay reusable). NULL is fine. */
 void crd_kvm_seq_free(crd_kvm_t *kvm, crd_kv_seq_t *seq);
@@ -77,7 +128,8 @@ void crd_kvm_seq_free(crd_kvm_t *kvm, crd_kv_seq_t *seq);
 void crd_kvm_get_stats(const crd_kvm_t *kvm, crd_kvm_stats_t *out);
 
 /* Empties the prefix cache (the KV contents behind it were lost, e.g. a shard restarted):
- * idle cached blocks become free, blocks in use are no longer offered for reuse. */
+ * idle cached blocks of both pools become free, blocks in use are no longer offered for
+ * reuse. */
 void crd_kvm_forget_cached(crd_kvm_t *kvm);
 
 #endif

@@ -46,6 +46,7 @@ struct crd_sched {
     xp_executor_t ex;
     crd_sched_params_t p;
     crd_kvm_t *kvm;
+    bool kvm_swa; /* the manager has a sliding pool */
     req_list_t waiting, running;
     uint64_t next_id;
     crd_sched_stats_t stats;
@@ -148,11 +149,34 @@ tdm_status_t crd_sched_create(const xp_executor_t *ex, const crd_sched_params_t 
     if ((int64_t)s->p.n_ctx > (int64_t)ex->n_blocks * ex->block_tokens) {
         s->p.n_ctx = ex->n_blocks * ex->block_tokens;
     }
+    const bool swa = ex->n_swa > 0 && ex->n_swa_blocks > 0;
+    if (swa && ex->n_swa_blocks < ex->n_blocks) {
+        /* a step of c tokens keeps at most ceil((w - 1 + c) / B) + 1 sliding blocks of a
+         * sequence: a smaller sliding pool than the full one bounds the chunk, so that one
+         * sequence alone always fits */
+        const int64_t c_max = (int64_t)(ex->n_swa_blocks - 1) * ex->block_tokens - (ex->n_swa - 1);
+        if (c_max < 1) {
+            free(s);
+            return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
+                                 "scheduler: a sliding pool of %d blocks of %d tokens cannot hold "
+                                 "a window of %d",
+                                 (int)ex->n_swa_blocks, (int)ex->block_tokens, (int)ex->n_swa);
+        }
+        if (s->p.token_budget > c_max) {
+            s->p.token_budget = (int32_t)c_max;
+        }
+    }
     s->next_id = 1;
     if (ex->ops->generation != NULL) {
         s->ex_generation = ex->ops->generation(ex->impl);
     }
-    tdm_status_t st = crd_kvm_create(ex->n_blocks, ex->block_tokens, p->cache_seed, &s->kvm, err);
+    const crd_kvm_params_t kp = {.n_blocks = ex->n_blocks,
+                                 .block_size = ex->block_tokens,
+                                 .seed = p->cache_seed,
+                                 .n_swa = swa ? ex->n_swa : 0,
+                                 .n_swa_blocks = swa ? ex->n_swa_blocks : 0};
+    tdm_status_t st = crd_kvm_create_pools(&kp, &s->kvm, err);
+    s->kvm_swa = swa;
     if (st != TDM_OK) {
         free(s);
         return st;
@@ -413,6 +437,7 @@ static void add_to_step(crd_sched_t *s, crd_req_t *r, int32_t chunk, int32_t *n_
     int32_t nb;
     s->seqs[si].blocks = crd_kvm_seq_blocks(r->kv, &nb);
     s->seqs[si].n_blocks = nb;
+    s->seqs[si].swa_blocks = crd_kvm_seq_swa_blocks(r->kv); /* NULL without a sliding pool */
     r->step_chunk = chunk;
     r->step_logit_row = -1;
     for (int32_t i = 0; i < chunk; i++) {
@@ -601,7 +626,8 @@ tdm_status_t crd_sched_step(crd_sched_t *s, tdm_error_t *err)
     }
 
     if (n_tok == 0) {
-        if (s->running.n == 0 && s->waiting.n > 0 && crd_kvm_available(s->kvm) == s->ex.n_blocks) {
+        if (s->running.n == 0 && s->waiting.n > 0 && crd_kvm_available(s->kvm) == s->ex.n_blocks &&
+            crd_kvm_swa_available(s->kvm) == (s->kvm_swa ? s->ex.n_swa_blocks : 0)) {
             /* nothing runs and the whole cache is free: the head request cannot fit at all */
             crd_req_t *r = s->waiting.head;
             finish_req(s, &s->waiting, r, CRD_FINISH_ERROR,
@@ -661,4 +687,8 @@ void crd_sched_get_stats(const crd_sched_t *s, crd_sched_stats_t *out)
     out->kv_blocks_total = ks.n_blocks;
     out->kv_blocks_used = ks.n_used;
     out->kv_blocks_free = ks.n_free + ks.n_cached_idle;
+    out->kv_swa_blocks_total = ks.swa_blocks;
+    out->kv_swa_blocks_used = ks.swa_used;
+    out->kv_swa_blocks_free = ks.swa_free + ks.swa_cached_idle;
+    out->kv_swa_blocks_peak = ks.swa_used_peak;
 }

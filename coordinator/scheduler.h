@@ -5,9 +5,11 @@
  *   1. requests already running get their next tokens first, in admission order: one
  *      token for a decode, the next chunk of its prompt for a partial prefill, all under
  *      a per-step token budget so a long prompt never stalls running streams for long;
- *   2. if KV blocks run out, the most recently admitted running request is preempted:
- *      its blocks are released (full ones stay in the prefix cache) and it goes back to
- *      the front of the queue, to be resumed by recomputing what the cache lost;
+ *   2. if KV blocks run out (of either pool, for a model with sliding-window layers:
+ *      coordinator/kv_manager.h), the most recently admitted running request is
+ *      preempted: its blocks are released (full ones stay in the prefix cache) and it
+ *      goes back to the front of the queue, to be resumed by recomputing what the cache
+ *      lost;
  *   3. waiting requests are admitted while budget, KV blocks and the running limit allow;
  *      a new request first reuses the longest cached prefix of its prompt.
  * The step goes to the executor; each request whose prompt is now fully computed gets a
@@ -92,6 +94,8 @@ typedef struct crd_sched_stats {
     uint64_t prefix_queries, prefix_hits;
     uint64_t finished[CRD_FINISH_ERROR + 1];
     int32_t kv_blocks_total, kv_blocks_used, kv_blocks_free;
+    /* the sliding-window layers' pool (all 0 when the model has none) */
+    int32_t kv_swa_blocks_total, kv_swa_blocks_used, kv_swa_blocks_free, kv_swa_blocks_peak;
 } crd_sched_stats_t;
 
 typedef struct crd_sched crd_sched_t;

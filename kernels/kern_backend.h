@@ -214,9 +214,17 @@ uint64_t kern_cuda_reserve_bytes(const kern_reserve_t *r);
 
 /* ---- a step --------------------------------------------------------------------------- */
 
+/*
+ * A sequence's block tables. blocks[j] holds positions j*B .. j*B+B-1 of the layers whose
+ * cache is the full pool; swa_blocks[j] the same positions of the sliding-window layers
+ * (kern_kv_layout_t.swa), whose cache is a second, smaller pool: -1 where the sequence no
+ * longer keeps that block (every key there is out of every later query's window). NULL
+ * when the model has no sliding pool.
+ */
 typedef struct kern_seq {
-    const int32_t *blocks; /* logical block j -> KV block id */
-    int32_t n_blocks;
+    const int32_t *blocks;     /* logical block j -> KV block id (full pool)   */
+    int32_t n_blocks;          /* entries of blocks (and of swa_blocks)        */
+    const int32_t *swa_blocks; /* logical block j -> sliding pool id, or -1    */
 } kern_seq_t;
 
 typedef struct kern_step {
@@ -283,7 +291,9 @@ void kern_be_rms_apply(kern_backend_t *be, float *y, int64_t ldy, const float *x
  * Per layer, K and V each: n_blocks blocks of n_kv_heads heads of block_tokens slots of
  * one head_dim row of `type` (F32, F16 or Q8_0: row_bytes = tdm_type_row_size(type,
  * head_dim)). Position p of a sequence is in block table[p / block_tokens], slot p %
- * block_tokens.
+ * block_tokens, where table is the sequence's `blocks`, or its `swa_blocks` when the
+ * layout is the sliding pool's (swa): a sliding-window layer's cache holds only the
+ * blocks its window still needs.
  */
 typedef struct kern_kv_layout {
     tdm_type_t type;
@@ -293,6 +303,7 @@ typedef struct kern_kv_layout {
     int32_t n_blocks;
     size_t row_bytes;
     size_t block_bytes; /* n_kv_heads * block_tokens * row_bytes */
+    bool swa;           /* the sliding pool: tables are kern_seq_t.swa_blocks */
 } kern_kv_layout_t;
 
 /* The KV cache type `name` asks for ("f32", "f16", "q8_0"; NULL or "auto": f16 on a GPU,

@@ -460,3 +460,17 @@ tdm_status_t mdl_hparams_load(const gguf_ctx_t *ctx, mdl_hparams_t *out, tdm_err
     *out = hp;
     return TDM_OK;
 }
+
+int mdl_hparams_n_swa_layers(const mdl_hparams_t *hp)
+{
+    int n = 0;
+    for (int il = 0; hp->n_swa > 0 && il < hp->n_layer; il++) {
+        n += hp->layer_swa[il] != 0;
+    }
+    return n;
+}
+
+int mdl_hparams_swa_window(const mdl_hparams_t *hp)
+{
+    return mdl_hparams_n_swa_layers(hp) > 0 ? hp->n_swa : 0;
+}

@@ -125,6 +125,12 @@ const char *mdl_arch_name(mdl_arch_t arch);
 /* Reads and validates the hyper-parameters of the model in ctx. */
 tdm_status_t mdl_hparams_load(const gguf_ctx_t *ctx, mdl_hparams_t *out, tdm_error_t *err);
 
+/* The sliding window of the model's sliding layers (n_swa) when it has any, else 0: the
+ * window the KV cache's sliding pool serves (shard/kv_cache.h). */
+int mdl_hparams_swa_window(const mdl_hparams_t *hp);
+/* How many layers attend in a sliding window (0 when n_swa is 0). */
+int mdl_hparams_n_swa_layers(const mdl_hparams_t *hp);
+
 #ifdef __cplusplus
 }
 #endif

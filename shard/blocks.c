@@ -94,7 +94,7 @@ tdm_status_t shd_block_attention(shd_model_t *m, shd_kv_cache_t *kv, const shd_b
     /* This step's K/V go into the cache through the block tables before any token reads
      * them; then every (token, head) attends to its sequence's positions 0..pos (the
      * window's last ones on a sliding layer). */
-    const kern_kv_layout_t *lay = shd_kv_layout(kv);
+    const kern_kv_layout_t *lay = shd_kv_layout(kv, il); /* a sliding layer: its pool */
     kern_be_kv_store(be, lay, shd_kv_layer_k(kv, il), shd_kv_layer_v(kv, il), s->k, s->v, kd);
     const kern_attn_params_t ap = {
         .n_head = m->n_head_l,

@@ -8,17 +8,63 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* A sliding pool must hold exactly the model's sliding layers. (Without one, every layer
+ * keeps its K/V in the full pool, as a model without sliding layers does.) */
+static bool swa_layers_match(const shd_model_t *m, const shd_kv_config_t *kc)
+{
+    if (shd_model_swa_window(m) == 0) {
+        return false;
+    }
+    for (int il = 0; il < m->hp.n_layer; il++) {
+        if ((kc->layer_swa[il] != 0) != (m->hp.layer_swa[il] != 0)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* With a sliding pool: every position token t reads in a sliding layer (its window,
+ * pos - n_swa + 1 .. pos, its own position being written there) maps to a block of the
+ * sliding pool. Blocks below the window may be -1 (released). */
+static tdm_status_t check_swa_table(const shd_model_t *m, const shd_kv_config_t *kc,
+                                    const shd_batch_t *b, int32_t t, tdm_error_t *err)
+{
+    if (kc->n_swa_blocks == 0) {
+        return TDM_OK;
+    }
+    const shd_seq_view_t *sv = &b->seqs[b->seq[t]];
+    if (sv->swa_blocks == NULL) {
+        return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
+                             "forward: sequence %d has no sliding-window block table (the "
+                             "model keeps its sliding layers in a pool of %d blocks)",
+                             b->seq[t], (int)kc->n_swa_blocks);
+    }
+    const int32_t p = b->pos[t], lo = p >= m->hp.n_swa ? p - m->hp.n_swa + 1 : 0;
+    for (int32_t j = lo / kc->block_tokens; j <= p / kc->block_tokens; j++) {
+        if (sv->swa_blocks[j] < 0 || sv->swa_blocks[j] >= kc->n_swa_blocks) {
+            return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
+                                 "forward: token %d: position %d reads positions %d..%d of "
+                                 "the sliding layers, but sequence %d's sliding block %d is "
+                                 "id %d (the sliding pool has %d)",
+                                 t, p, lo, p, b->seq[t], j, sv->swa_blocks[j],
+                                 (int)kc->n_swa_blocks);
+        }
+    }
+    return TDM_OK;
+}
+
 static tdm_status_t check_batch(const shd_model_t *m, const shd_kv_cache_t *kv,
                                 const shd_batch_t *b, int32_t *n_out, tdm_error_t *err)
 {
     const shd_kv_config_t *kc = shd_kv_cache_config(kv);
     if (kc->n_layer != m->hp.n_layer || kc->n_kv_heads != m->n_kv_l ||
-        kc->head_dim != m->hp.head_dim) {
+        kc->head_dim != m->hp.head_dim || (kc->n_swa_blocks > 0 && !swa_layers_match(m, kc))) {
         return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
                              "forward: kv cache shape (%d layers, "
-                             "%d kv heads, dim %d) does not match the model (%d, %d, %d)",
-                             kc->n_layer, kc->n_kv_heads, kc->head_dim, m->hp.n_layer, m->n_kv_l,
-                             m->hp.head_dim);
+                             "%d kv heads, dim %d, sliding pool %d) does not match the model "
+                             "(%d, %d, %d, window %d)",
+                             kc->n_layer, kc->n_kv_heads, kc->head_dim, (int)kc->n_swa_blocks,
+                             m->hp.n_layer, m->n_kv_l, m->hp.head_dim, shd_model_swa_window(m));
     }
     if (b->n_tokens < 1 || b->n_tokens > m->params.n_batch_max) {
         return tdm_error_set(err, TDM_ERR_INVALID_PARAM, "forward: %d tokens (1..%d)", b->n_tokens,
@@ -60,6 +106,7 @@ static tdm_status_t check_batch(const shd_model_t *m, const shd_kv_cache_t *kv,
                                      b->seq[t], j, sv->blocks[j], kc->n_blocks);
             }
         }
+        TDM_CHECK(check_swa_table(m, kc, b, t, err));
         outs += b->want_logits != NULL && b->want_logits[t];
     }
     if (outs > m->params.n_out_max) {

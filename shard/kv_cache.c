@@ -1,5 +1,5 @@
-/* kv_cache.c - KV storage of one shard in backend memory, addressed by block id (see
- * kv_cache.h). */
+/* kv_cache.c - KV storage of one shard in backend memory, addressed by block id, in one
+ * pool or two (see kv_cache.h). */
 #include "shard/kv_cache.h"
 
 #include "common/check.h"
@@ -10,17 +10,32 @@
 
 struct shd_kv_cache {
     shd_kv_config_t cfg;
-    kern_kv_layout_t lay;
+    kern_kv_layout_t lay;     /* the full pool's layers   */
+    kern_kv_layout_t lay_swa; /* the sliding pool's layers */
     kern_backend_t *be;
-    unsigned char **k; /* per layer: n_blocks * block_bytes, backend memory */
+    unsigned char **k; /* per layer: its pool's blocks * block_bytes, backend memory */
     unsigned char **v;
 };
+
+static bool layer_swa(const shd_kv_config_t *cfg, int il)
+{
+    return cfg->n_swa_blocks > 0 && cfg->layer_swa[il] != 0;
+}
 
 tdm_status_t shd_kv_cache_create(kern_backend_t *be, const shd_kv_config_t *cfg,
                                  shd_kv_cache_t **out, tdm_error_t *err)
 {
-    if (cfg->n_layer < 1) {
+    if (cfg->n_layer < 1 || cfg->n_layer > MDL_MAX_LAYERS) {
         return tdm_error_set(err, TDM_ERR_INVALID_PARAM, "kv cache: %d layers", cfg->n_layer);
+    }
+    int n_swa_layers = 0;
+    for (int il = 0; il < cfg->n_layer; il++) {
+        n_swa_layers += cfg->layer_swa[il] != 0;
+    }
+    if (cfg->n_swa_blocks < 0 || (cfg->n_swa_blocks > 0) != (n_swa_layers > 0)) {
+        return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
+                             "kv cache: a sliding pool of %d blocks for %d sliding layers",
+                             (int)cfg->n_swa_blocks, n_swa_layers);
     }
     kern_kv_layout_t lay = {
         .type = cfg->type,
@@ -30,8 +45,12 @@ tdm_status_t shd_kv_cache_create(kern_backend_t *be, const shd_kv_config_t *cfg,
         .n_blocks = cfg->n_blocks,
     };
     TDM_CHECK(kern_kv_layout_init(&lay, err));
-    size_t layer_bytes;
-    if (tdm_mul_size(lay.block_bytes, (size_t)cfg->n_blocks, &layer_bytes) != 0) {
+    kern_kv_layout_t lay_swa = lay;
+    lay_swa.n_blocks = cfg->n_swa_blocks;
+    lay_swa.swa = true;
+    size_t layer_bytes, swa_layer_bytes;
+    if (tdm_mul_size(lay.block_bytes, (size_t)cfg->n_blocks, &layer_bytes) != 0 ||
+        tdm_mul_size(lay.block_bytes, (size_t)cfg->n_swa_blocks, &swa_layer_bytes) != 0) {
         return tdm_error_set(err, TDM_ERR_OUT_OF_RANGE, "kv cache: size overflows");
     }
     shd_kv_cache_t *kv = calloc(1, sizeof(*kv));
@@ -40,6 +59,7 @@ tdm_status_t shd_kv_cache_create(kern_backend_t *be, const shd_kv_config_t *cfg,
     }
     kv->cfg = *cfg;
     kv->lay = lay;
+    kv->lay_swa = lay_swa;
     kv->be = be;
     kv->k = calloc((size_t)cfg->n_layer, sizeof(*kv->k));
     kv->v = calloc((size_t)cfg->n_layer, sizeof(*kv->v));
@@ -50,17 +70,19 @@ tdm_status_t shd_kv_cache_create(kern_backend_t *be, const shd_kv_config_t *cfg,
     /* Zeroed (kern_be_alloc) so a read of a never-written slot (a caller bug) is at least
      * finite. */
     for (int il = 0; il < cfg->n_layer; il++) {
+        const size_t bytes = layer_swa(cfg, il) ? swa_layer_bytes : layer_bytes;
         tdm_status_t st =
-            kern_be_alloc(be, layer_bytes, KERN_MEM_DEVICE, "KV cache", (void **)&kv->k[il], err);
+            kern_be_alloc(be, bytes, KERN_MEM_DEVICE, "KV cache", (void **)&kv->k[il], err);
         if (st == TDM_OK) {
-            st = kern_be_alloc(be, layer_bytes, KERN_MEM_DEVICE, "KV cache", (void **)&kv->v[il],
-                               err);
+            st = kern_be_alloc(be, bytes, KERN_MEM_DEVICE, "KV cache", (void **)&kv->v[il], err);
         }
         if (st != TDM_OK) {
             shd_kv_cache_destroy(kv);
             return tdm_error_set(err, st,
-                                 "kv cache: out of memory for %d layers x %zu bytes x 2 (%s)",
-                                 cfg->n_layer, layer_bytes, kern_be_describe(be));
+                                 "kv cache: out of memory for %d layers x %zu bytes x 2 (%d of "
+                                 "them sliding, %zu bytes x 2) (%s)",
+                                 cfg->n_layer - n_swa_layers, layer_bytes, n_swa_layers,
+                                 swa_layer_bytes, kern_be_describe(be));
         }
     }
     *out = kv;
@@ -90,9 +112,16 @@ const shd_kv_config_t *shd_kv_cache_config(const shd_kv_cache_t *kv)
     return &kv->cfg;
 }
 
-const kern_kv_layout_t *shd_kv_layout(const shd_kv_cache_t *kv)
+const kern_kv_layout_t *shd_kv_layout(const shd_kv_cache_t *kv, int il)
 {
-    return &kv->lay;
+    TDM_ASSERT(il >= 0 && il < kv->cfg.n_layer);
+    return layer_swa(&kv->cfg, il) ? &kv->lay_swa : &kv->lay;
+}
+
+bool shd_kv_layer_is_swa(const shd_kv_cache_t *kv, int il)
+{
+    TDM_ASSERT(il >= 0 && il < kv->cfg.n_layer);
+    return layer_swa(&kv->cfg, il);
 }
 
 size_t shd_kv_block_bytes(const shd_kv_cache_t *kv)
@@ -102,7 +131,11 @@ size_t shd_kv_block_bytes(const shd_kv_cache_t *kv)
 
 uint64_t shd_kv_total_bytes(const shd_kv_cache_t *kv)
 {
-    return 2u * (uint64_t)kv->cfg.n_layer * (uint64_t)kv->cfg.n_blocks * kv->lay.block_bytes;
+    uint64_t blocks = 0;
+    for (int il = 0; il < kv->cfg.n_layer; il++) {
+        blocks += (uint64_t)shd_kv_layout(kv, il)->n_blocks;
+    }
+    return 2u * blocks * kv->lay.block_bytes;
 }
 
 void *shd_kv_layer_k(shd_kv_cache_t *kv, int il)
@@ -119,20 +152,36 @@ void *shd_kv_layer_v(shd_kv_cache_t *kv, int il)
 
 void *shd_kv_k(shd_kv_cache_t *kv, int il, int32_t block)
 {
-    TDM_ASSERT(il >= 0 && il < kv->cfg.n_layer && block >= 0 && block < kv->cfg.n_blocks);
+    TDM_ASSERT(il >= 0 && il < kv->cfg.n_layer && block >= 0 &&
+               block < shd_kv_layout(kv, il)->n_blocks);
     return kv->k[il] + (size_t)block * kv->lay.block_bytes;
 }
 
 void *shd_kv_v(shd_kv_cache_t *kv, int il, int32_t block)
 {
-    TDM_ASSERT(il >= 0 && il < kv->cfg.n_layer && block >= 0 && block < kv->cfg.n_blocks);
+    TDM_ASSERT(il >= 0 && il < kv->cfg.n_layer && block >= 0 &&
+               block < shd_kv_layout(kv, il)->n_blocks);
     return kv->v[il] + (size_t)block * kv->lay.block_bytes;
+}
+
+/* Copies block src to dst in every layer of one pool. */
+static void copy_block(shd_kv_cache_t *kv, bool swa, int32_t dst, int32_t src)
+{
+    for (int il = 0; il < kv->cfg.n_layer; il++) {
+        if (layer_swa(&kv->cfg, il) != swa) {
+            continue;
+        }
+        kern_be_copy(kv->be, shd_kv_k(kv, il, dst), shd_kv_k(kv, il, src), kv->lay.block_bytes);
+        kern_be_copy(kv->be, shd_kv_v(kv, il, dst), shd_kv_v(kv, il, src), kv->lay.block_bytes);
+    }
 }
 
 void shd_kv_cache_copy_block(shd_kv_cache_t *kv, int32_t dst, int32_t src)
 {
-    for (int il = 0; il < kv->cfg.n_layer; il++) {
-        kern_be_copy(kv->be, shd_kv_k(kv, il, dst), shd_kv_k(kv, il, src), kv->lay.block_bytes);
-        kern_be_copy(kv->be, shd_kv_v(kv, il, dst), shd_kv_v(kv, il, src), kv->lay.block_bytes);
-    }
+    copy_block(kv, false, dst, src);
+}
+
+void shd_kv_cache_copy_swa_block(shd_kv_cache_t *kv, int32_t dst, int32_t src)
+{
+    copy_block(kv, true, dst, src);
 }

@@ -1,12 +1,19 @@
 /*
- * kv_cache.h - a shard's paged KV storage: n_blocks fixed-size blocks for every layer
- * (this shard's KV heads only), addressed by block id, in the backend's memory.
+ * kv_cache.h - a shard's paged KV storage: fixed-size blocks for every layer (this
+ * shard's KV heads only), addressed by block id, in the backend's memory.
  *
  * A shard owns storage only. Which blocks are free, which sequence holds which block,
  * reference counts and prefix sharing are the coordinator's (coordinator/kv_manager.h);
  * a step carries each sequence's block table (logical block j, positions j*B .. j*B+B-1,
  * -> block id). Block ids mean the same thing on every shard of a model, so one manager
  * drives them all.
+ *
+ * Two pools. The layers that attend over everything keep n_blocks blocks (the full pool,
+ * table kern_seq_t.blocks). A model with sliding-window layers (gpt-oss: the even ones,
+ * 128 positions) keeps those layers in a second pool of n_swa_blocks blocks (table
+ * kern_seq_t.swa_blocks), sized for the windows of the running sequences rather than for
+ * their contexts: the coordinator releases a sliding block as soon as no later query of
+ * its sequence can see it. Without sliding layers n_swa_blocks is 0 and there is one pool.
  *
  * Storage layout, per layer and for K and V separately (kernels/kern_backend.h,
  * kern_kv_layout_t), rows of `type` (f32, f16 or q8_0):
@@ -16,15 +23,18 @@
  *     kv head:   [ slot 0: one head_dim row ] ... [ slot B-1 ]
  *
  * so one head's keys of one block are B rows back to back, and position p of a sequence
- * lives in block table[p / B], slot p % B.
+ * lives in block table[p / B], slot p % B (table: the sequence's table of the layer's
+ * pool). A sliding layer has n_swa_blocks blocks, a full one n_blocks.
  */
 #ifndef TDM_SHD_KV_CACHE_H
 #define TDM_SHD_KV_CACHE_H
 
 #include "common/status.h"
 #include "kernels/kern_backend.h"
+#include "model/hparams.h"
 #include "model/tensor_types.h"
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #ifdef __cplusplus
@@ -40,21 +50,31 @@ typedef struct shd_kv_config {
     int n_kv_heads; /* this shard's KV heads                   */
     int head_dim;
     int block_tokens; /* B                                      */
-    int32_t n_blocks;
-    tdm_type_t type; /* TDM_TYPE_F32, TDM_TYPE_F16 or TDM_TYPE_Q8_0 */
+    int32_t n_blocks; /* the full pool                          */
+    tdm_type_t type;  /* TDM_TYPE_F32, TDM_TYPE_F16 or TDM_TYPE_Q8_0 */
+    /* The sliding pool: blocks of the layers with layer_swa[il] set (0: none; then no
+     * layer may be flagged). */
+    int32_t n_swa_blocks;
+    uint8_t layer_swa[MDL_MAX_LAYERS];
 } shd_kv_config_t;
 
 typedef struct shd_kv_cache shd_kv_cache_t;
 
 /* Allocates the cache in be's memory (zeroed). Fails with TDM_ERR_NO_MEMORY naming the
- * size, TDM_ERR_UNSUPPORTED for a type the cache cannot hold. */
+ * size, TDM_ERR_UNSUPPORTED for a type the cache cannot hold, TDM_ERR_INVALID_PARAM for a
+ * sliding pool without sliding layers or the reverse. */
 tdm_status_t shd_kv_cache_create(kern_backend_t *be, const shd_kv_config_t *cfg,
                                  shd_kv_cache_t **out, tdm_error_t *err);
 void shd_kv_cache_destroy(shd_kv_cache_t *kv); /* NULL is fine */
 const shd_kv_config_t *shd_kv_cache_config(const shd_kv_cache_t *kv);
-const kern_kv_layout_t *shd_kv_layout(const shd_kv_cache_t *kv);
+/* Layer il's layout: the sliding pool's (n_swa_blocks blocks, swa set) for a sliding
+ * layer, the full pool's otherwise. */
+const kern_kv_layout_t *shd_kv_layout(const shd_kv_cache_t *kv, int il);
+/* Whether layer il keeps its K/V in the sliding pool. */
+bool shd_kv_layer_is_swa(const shd_kv_cache_t *kv, int il);
 
-/* Bytes of one block of one layer's K (or V), and of the whole cache. */
+/* Bytes of one block of one layer's K (or V) (the same in both pools), and of the whole
+ * cache. */
 size_t shd_kv_block_bytes(const shd_kv_cache_t *kv);
 uint64_t shd_kv_total_bytes(const shd_kv_cache_t *kv);
 
@@ -62,13 +82,18 @@ uint64_t shd_kv_total_bytes(const shd_kv_cache_t *kv);
 void *shd_kv_layer_k(shd_kv_cache_t *kv, int il);
 void *shd_kv_layer_v(shd_kv_cache_t *kv, int il);
 
-/* Start of block `block` of layer il (host-readable on the CPU backend only). */
+/* Start of block `block` of layer il, an id of that layer's pool (host-readable on the
+ * CPU backend only). */
 void *shd_kv_k(shd_kv_cache_t *kv, int il, int32_t block);
 void *shd_kv_v(shd_kv_cache_t *kv, int il, int32_t block);
 
-/* Copies every layer's K and V of block src into block dst (copy-on-write of a shared
- * prefix block before a sequence writes into it), in the backend's op order. */
+/* Copies the K and V of block src into block dst in every layer of the full pool
+ * (copy-on-write of a shared prefix block before a sequence writes into it), in the
+ * backend's op order. */
 void shd_kv_cache_copy_block(shd_kv_cache_t *kv, int32_t dst, int32_t src);
+/* The same for the sliding pool's layers (ids of the sliding pool; nothing to do without
+ * one). */
+void shd_kv_cache_copy_swa_block(shd_kv_cache_t *kv, int32_t dst, int32_t src);
 
 #ifdef __cplusplus
 }

@@ -492,11 +492,10 @@ static tdm_status_t check_fit(shd_model_t *m, tdm_error_t *err)
     const uint64_t sc = scratch_bytes(m) + kern_be_reserve_bytes(m->be, &r);
     uint64_t kv = 0;
     if (m->params.kv_block_tokens > 0) {
-        int32_t nb;
-        size_t bb;
-        TDM_CHECK(
-            shd_model_kv_blocks(m, m->params.kv_block_tokens, m->params.kv_bytes, &nb, &bb, err));
-        kv = (uint64_t)nb * bb;
+        shd_kv_pools_t pl;
+        TDM_CHECK(shd_model_kv_pools(m, m->params.kv_block_tokens, m->params.kv_bytes, &pl, err));
+        kv =
+            (uint64_t)pl.n_blocks * pl.block_bytes + (uint64_t)pl.n_swa_blocks * pl.swa_block_bytes;
     }
     uint64_t free_b = 0, total_b = 0;
     TDM_CHECK(kern_be_mem_info(m->be, &free_b, &total_b, err));
@@ -664,8 +663,18 @@ kern_backend_t *shd_model_backend(const shd_model_t *m)
     return m->be;
 }
 
-tdm_status_t shd_model_kv_blocks(const shd_model_t *m, int block_tokens, uint64_t kv_bytes,
-                                 int32_t *n_blocks, size_t *block_bytes, tdm_error_t *err)
+int shd_model_swa_window(const shd_model_t *m)
+{
+    return mdl_hparams_swa_window(&m->hp);
+}
+
+static size_t ceil_div(size_t a, size_t b)
+{
+    return (a + b - 1) / b;
+}
+
+tdm_status_t shd_model_kv_pools(const shd_model_t *m, int block_tokens, uint64_t kv_bytes,
+                                shd_kv_pools_t *out, tdm_error_t *err)
 {
     const size_t bt = (size_t)block_tokens;
     const size_t row = tdm_type_row_size(m->params.kv_type, m->hp.head_dim);
@@ -676,34 +685,96 @@ tdm_status_t shd_model_kv_blocks(const shd_model_t *m, int block_tokens, uint64_
                              tdm_type_name(m->params.kv_type),
                              tdm_type_traits(m->params.kv_type)->blck, m->hp.head_dim);
     }
-    const size_t bb = 2u * (size_t)m->hp.n_layer * (size_t)m->n_kv_l * row * bt;
-    const size_t min_blocks = ((size_t)m->params.n_batch_max + bt - 1) / bt + 1;
-    size_t n =
-        kv_bytes > 0 ? (size_t)(kv_bytes / bb) : ((size_t)m->params.n_ctx_max * 4 + bt - 1) / bt;
-    if (kv_bytes == 0 && n < min_blocks) {
-        n = min_blocks; /* small contexts: still one full batch */
+    const int w = shd_model_swa_window(m);
+    const size_t n_swa_layers = w > 0 ? (size_t)mdl_hparams_n_swa_layers(&m->hp) : 0;
+    const size_t n_full_layers = (size_t)m->hp.n_layer - n_swa_layers;
+    const size_t per_layer = 2u * (size_t)m->n_kv_l * row * bt; /* K and V of one block */
+    const size_t bb = n_full_layers * per_layer, bb_swa = n_swa_layers * per_layer;
+    const size_t min_blocks = ceil_div((size_t)m->params.n_batch_max, bt) + 1;
+    /* the sliding pool the running sequences need (see shd_model.h) */
+    size_t swa_want = 0;
+    if (w > 0) {
+        const size_t per_seq = ceil_div((size_t)w - 1 + (size_t)m->params.n_batch_max, bt) + 1;
+        swa_want = (size_t)m->params.n_out_max * per_seq * 2;
+    }
+    size_t n, n_swa;
+    if (kv_bytes == 0 || bb == 0) {
+        /* no budget (or nothing in the full pool costs memory: its ids are free) */
+        n = ceil_div((size_t)m->params.n_ctx_max * 4, bt);
+        n = n < min_blocks ? min_blocks : n;
+        n_swa = swa_want < n ? swa_want : n;
+        if (kv_bytes > 0 && bb_swa > 0 && n_swa > kv_bytes / bb_swa) {
+            n_swa = (size_t)(kv_bytes / bb_swa);
+            if (n_swa < min_blocks) {
+                return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
+                                     "KV budget of %llu bytes holds %zu sliding-window blocks of "
+                                     "%d tokens (%zu bytes each); at least %zu are needed",
+                                     (unsigned long long)kv_bytes, n_swa, block_tokens, bb_swa,
+                                     min_blocks);
+            }
+        }
+    } else if ((uint64_t)swa_want * (bb + bb_swa) <= kv_bytes) {
+        /* the sliding pool's bytes first, the rest to the full pool (which then has at
+         * least as many blocks) */
+        n_swa = swa_want;
+        n = (size_t)((kv_bytes - (uint64_t)swa_want * bb_swa) / bb);
+    } else {
+        /* a budget below that: the sliding pool need not exceed the full one */
+        n = n_swa = (size_t)(kv_bytes / (bb + bb_swa));
+        n_swa = w > 0 ? n_swa : 0;
     }
     if (n < min_blocks) {
         return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
                              "KV budget of %llu bytes holds %zu blocks of %d tokens (%zu bytes "
-                             "each); at least %zu are needed",
-                             (unsigned long long)kv_bytes, n, block_tokens, bb, min_blocks);
+                             "each%s); at least %zu are needed",
+                             (unsigned long long)kv_bytes, n, block_tokens, bb + bb_swa,
+                             w > 0 ? ", the sliding-window layers' share included" : "",
+                             min_blocks);
     }
     if (n > (size_t)INT32_MAX / 2) {
         n = (size_t)INT32_MAX / 2;
     }
-    *n_blocks = (int32_t)n;
-    *block_bytes = bb;
+    if (n_swa > (size_t)INT32_MAX / 2) {
+        n_swa = (size_t)INT32_MAX / 2;
+    }
+    *out = (shd_kv_pools_t){
+        .n_blocks = (int32_t)n,
+        .n_swa_blocks = (int32_t)n_swa,
+        .block_bytes = bb,
+        .swa_block_bytes = bb_swa,
+    };
     return TDM_OK;
+}
+
+tdm_status_t shd_model_kv_blocks(const shd_model_t *m, int block_tokens, uint64_t kv_bytes,
+                                 int32_t *n_blocks, size_t *block_bytes, tdm_error_t *err)
+{
+    shd_kv_pools_t p;
+    TDM_CHECK(shd_model_kv_pools(m, block_tokens, kv_bytes, &p, err));
+    *n_blocks = p.n_blocks;
+    *block_bytes = p.block_bytes;
+    return TDM_OK;
+}
+
+void shd_model_kv_config_pools(const shd_model_t *m, int block_tokens, const shd_kv_pools_t *pools,
+                               shd_kv_config_t *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->n_layer = m->hp.n_layer;
+    out->n_kv_heads = m->n_kv_l;
+    out->head_dim = m->hp.head_dim;
+    out->block_tokens = block_tokens;
+    out->n_blocks = pools->n_blocks;
+    out->type = m->params.kv_type;
+    out->n_swa_blocks = shd_model_swa_window(m) > 0 ? pools->n_swa_blocks : 0;
+    for (int il = 0; out->n_swa_blocks > 0 && il < m->hp.n_layer; il++) {
+        out->layer_swa[il] = m->hp.layer_swa[il];
+    }
 }
 
 void shd_model_kv_config(const shd_model_t *m, int block_tokens, int32_t n_blocks,
                          shd_kv_config_t *out)
 {
-    out->n_layer = m->hp.n_layer;
-    out->n_kv_heads = m->n_kv_l;
-    out->head_dim = m->hp.head_dim;
-    out->block_tokens = block_tokens;
-    out->n_blocks = n_blocks;
-    out->type = m->params.kv_type;
+    const shd_kv_pools_t one = {.n_blocks = n_blocks};
+    shd_model_kv_config_pools(m, block_tokens, &one, out);
 }

@@ -89,17 +89,49 @@ uint64_t shd_model_weight_bytes(const shd_model_t *m);
  * backend (weights copied at load) it does nothing and returns 0. */
 uint64_t shd_model_prefault(const shd_model_t *m);
 
+/* The sliding window the KV cache's sliding pool serves: hp.n_swa when the model has
+ * sliding-window layers, else 0. */
+int shd_model_swa_window(const shd_model_t *m);
+
+/* The KV cache's pools on this shard (shard/kv_cache.h) and what one block of each costs
+ * (K and V of every layer of that pool, this shard's kv heads). */
+typedef struct shd_kv_pools {
+    int32_t n_blocks;       /* the full pool: the layers that see every position     */
+    int32_t n_swa_blocks;   /* the sliding pool; 0 without sliding layers            */
+    size_t block_bytes;     /* one full-pool block (0 when every layer slides)       */
+    size_t swa_block_bytes; /* one sliding-pool block (0 without sliding layers)      */
+} shd_kv_pools_t;
+
 /*
- * How many KV blocks of block_tokens tokens a budget of kv_bytes holds on this shard (its
- * kv heads), and the bytes of one block. kv_bytes 0 means "4 x n_ctx_max tokens, and at
- * least one full batch". A budget below one batch (n_batch_max tokens, plus a block) fails
- * with TDM_ERR_INVALID_PARAM and the numbers. The one rule for single-node and shards.
+ * How many KV blocks of block_tokens tokens each pool gets on this shard for a budget of
+ * kv_bytes. The one rule for single-node and shards:
+ *   - the full pool: kv_bytes 0 means "4 x n_ctx_max tokens, and at least one full
+ *     batch"; a budget whose full pool is below one batch (n_batch_max tokens, plus a
+ *     block) fails with TDM_ERR_INVALID_PARAM and the numbers;
+ *   - the sliding pool (models with sliding-window layers, window w) is sized from the
+ *     concurrency it serves, not from the context: a sequence keeps at most
+ *     ceil((w - 1 + n_batch_max) / block_tokens) + 1 sliding blocks (its window behind
+ *     a step's first token, the step's tokens, one block of misalignment), and at most
+ *     n_out_max sequences run at once (each running sequence takes a logits row when it
+ *     samples; serve passes --max-running as that limit), so the pool holds
+ *     min(n_blocks, n_out_max x that x 2) blocks: the factor 2 leaves room for the idle
+ *     cached windows of shared prefixes (a prefix hit needs the window before its end).
+ *     With an explicit budget the sliding pool's bytes are taken first and the rest goes
+ *     to the full pool.
  */
+tdm_status_t shd_model_kv_pools(const shd_model_t *m, int block_tokens, uint64_t kv_bytes,
+                                shd_kv_pools_t *out, tdm_error_t *err);
+
+/* The full pool of shd_model_kv_pools and the bytes of one of its blocks (for a model
+ * without sliding layers: the whole cache). */
 tdm_status_t shd_model_kv_blocks(const shd_model_t *m, int block_tokens, uint64_t kv_bytes,
                                  int32_t *n_blocks, size_t *block_bytes, tdm_error_t *err);
 
-/* The KV storage shape this shard needs (its local kv heads), for n_blocks blocks of
- * block_tokens tokens. */
+/* The KV storage shape this shard needs (its local kv heads), for pools of blocks of
+ * block_tokens tokens (the sliding layers flagged when pools->n_swa_blocks > 0). */
+void shd_model_kv_config_pools(const shd_model_t *m, int block_tokens, const shd_kv_pools_t *pools,
+                               shd_kv_config_t *out);
+/* The same with one pool of n_blocks for every layer (no sliding pool). */
 void shd_model_kv_config(const shd_model_t *m, int block_tokens, int32_t n_blocks,
                          shd_kv_config_t *out);
 

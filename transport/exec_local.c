@@ -33,6 +33,7 @@ static tdm_status_t local_step(void *impl, const xp_step_t *st, float *logits, t
     for (int32_t i = 0; i < st->n_seqs; i++) {
         x->views[i].blocks = st->seqs[i].blocks;
         x->views[i].n_blocks = st->seqs[i].n_blocks;
+        x->views[i].swa_blocks = st->seqs[i].swa_blocks;
     }
     shd_batch_t b = {
         .n_tokens = st->n_tokens,
@@ -90,13 +91,21 @@ tdm_status_t xp_local_exec_create(const gguf_ctx_t *g, const xp_local_params_t *
     }
     TDM_CHECK_GOTO(shd_model_load(g, x->be, &mp, &x->model, err), st, fail);
 
-    size_t block_bytes = 0;
-    TDM_CHECK_GOTO(
-        shd_model_kv_blocks(x->model, block_tokens, p->kv_bytes, &x->n_blocks, &block_bytes, err),
-        st, fail);
+    shd_kv_pools_t pools;
+    TDM_CHECK_GOTO(shd_model_kv_pools(x->model, block_tokens, p->kv_bytes, &pools, err), st, fail);
+    x->n_blocks = pools.n_blocks;
     shd_kv_config_t cfg;
-    shd_model_kv_config(x->model, block_tokens, x->n_blocks, &cfg);
+    shd_model_kv_config_pools(x->model, block_tokens, &pools, &cfg);
     TDM_CHECK_GOTO(shd_kv_cache_create(x->be, &cfg, &x->kv, err), st, fail);
+    if (pools.n_swa_blocks > 0) {
+        TDM_INFO("exec",
+                 "KV cache: %d blocks of %d tokens for the full-attention layers (%.1f MiB), %d "
+                 "for the sliding-window layers (%.1f MiB)",
+                 (int)pools.n_blocks, block_tokens,
+                 (double)pools.n_blocks * (double)pools.block_bytes / 1048576.0,
+                 (int)pools.n_swa_blocks,
+                 (double)pools.n_swa_blocks * (double)pools.swa_block_bytes / 1048576.0);
+    }
 
     const mdl_hparams_t *hp = shd_model_hparams(x->model);
     *ex = (xp_executor_t){
@@ -108,6 +117,8 @@ tdm_status_t xp_local_exec_create(const gguf_ctx_t *g, const xp_local_params_t *
         .n_batch_max = mp.n_batch_max,
         .n_logits_max = mp.n_out_max,
         .n_ctx_max = mp.n_ctx_max,
+        .n_swa = pools.n_swa_blocks > 0 ? shd_model_swa_window(x->model) : 0,
+        .n_swa_blocks = pools.n_swa_blocks,
     };
     *out = x;
     return TDM_OK;

@@ -52,7 +52,7 @@ typedef struct shard {
     uint32_t ucx_len;
     uint64_t node_memory;
     int32_t threads;
-    int32_t n_blocks;
+    int32_t n_blocks, n_swa_blocks;
     uint64_t weight_bytes, resident_bytes;
     char error[256];
     bool have_result; /* for the step in flight */
@@ -80,7 +80,9 @@ struct xp_remote_exec {
     char gerror[512];
     uint64_t epoch;
     _Atomic uint64_t generation;
-    int32_t n_blocks; /* fixed at the first formation */
+    int32_t n_blocks;     /* fixed at the first formation */
+    int32_t n_swa_blocks; /* the sliding pool, likewise (0: the model has none) */
+    int32_t n_swa;        /* the sliding window (0: none)                      */
     xp_remote_stats_t stats;
 
     /* I/O thread: the step in flight */
@@ -488,30 +490,46 @@ static void on_shard_msg(xp_remote_exec_t *x, int r, xp_msg_t *m)
         }
         sh->st = SH_READY;
         sh->n_blocks = m->ready.n_blocks;
+        sh->n_swa_blocks = m->ready.n_swa_blocks;
         sh->weight_bytes = m->ready.weight_bytes;
         sh->resident_bytes = m->ready.resident_bytes;
         TDM_INFO("remote",
                  "shard %s (rank %d) ready: slice %.1f MiB, resident %.1f MiB, %d KV "
-                 "blocks",
+                 "blocks (%d sliding-window)",
                  sh->name, r, m->ready.weight_bytes / 1048576.0,
-                 m->ready.resident_bytes / 1048576.0, (int)m->ready.n_blocks);
+                 m->ready.resident_bytes / 1048576.0, (int)m->ready.n_blocks,
+                 (int)m->ready.n_swa_blocks);
         bool all = true;
-        int32_t nb = INT32_MAX;
+        int32_t nb = INT32_MAX, nsb = INT32_MAX;
         for (int i = 0; i < x->n; i++) {
             all &= x->shards[i].st == SH_READY;
             if (x->shards[i].n_blocks < nb) {
                 nb = x->shards[i].n_blocks;
             }
+            if (x->shards[i].n_swa_blocks < nsb) {
+                nsb = x->shards[i].n_swa_blocks;
+            }
         }
         if (!all) {
             break;
         }
+        /* every shard keeps the same layers in its sliding pool (same model, same rule):
+         * one without a pool while the model has sliding layers would misread the tables */
+        if ((nsb > 0) != (x->n_swa > 0)) {
+            snprintf(x->gerror, sizeof(x->gerror),
+                     "a shard holds %d sliding-window KV blocks for a model whose window is %d",
+                     (int)nsb, (int)x->n_swa);
+            x->gst = G_FATAL;
+            break;
+        }
         if (x->n_blocks == 0) {
             x->n_blocks = nb;
-        } else if (nb < x->n_blocks) {
+            x->n_swa_blocks = nsb;
+        } else if (nb < x->n_blocks || nsb < x->n_swa_blocks) {
             snprintf(x->gerror, sizeof(x->gerror),
-                     "the re-formed group holds %d KV blocks, fewer than the %d it started with",
-                     (int)nb, (int)x->n_blocks);
+                     "the re-formed group holds %d KV blocks (%d sliding-window), fewer than the "
+                     "%d (%d) it started with",
+                     (int)nb, (int)nsb, (int)x->n_blocks, (int)x->n_swa_blocks);
             x->gst = G_FATAL;
             break;
         }
@@ -837,6 +855,7 @@ tdm_status_t xp_remote_exec_create(const xp_remote_params_t *p, xp_remote_exec_t
     TDM_CHECK_GOTO(mdl_hparams_load(p->g, &hp, err), st, fail);
     x->n_layer = hp.n_layer;
     x->n_vocab = hp.n_vocab;
+    x->n_swa = mdl_hparams_swa_window(&hp);
     topo_plan_params_t pp = {
         .n_shards = x->n,
         .tp = p->tp,
@@ -910,6 +929,8 @@ tdm_status_t xp_remote_exec_create(const xp_remote_params_t *p, xp_remote_exec_t
         .n_batch_max = x->p.n_batch_max,
         .n_logits_max = x->p.n_logits_max,
         .n_ctx_max = x->p.n_ctx,
+        .n_swa = x->n_swa,
+        .n_swa_blocks = x->n_swa_blocks,
     };
     *out = x;
     return TDM_OK;

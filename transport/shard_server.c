@@ -296,12 +296,10 @@ static tdm_status_t make_nccl_world(xp_shard_server_t *s, const xp_msg_load_t *l
 /* KV storage for the LOAD's budget, by the rule single-node mode uses. */
 static tdm_status_t alloc_kv(xp_shard_server_t *s, const xp_msg_load_t *l, tdm_error_t *err)
 {
-    int32_t n_blocks = 0;
-    size_t block_bytes = 0;
-    TDM_CHECK(
-        shd_model_kv_blocks(s->model, l->block_tokens, l->kv_bytes, &n_blocks, &block_bytes, err));
+    shd_kv_pools_t pools;
+    TDM_CHECK(shd_model_kv_pools(s->model, l->block_tokens, l->kv_bytes, &pools, err));
     shd_kv_config_t cfg;
-    shd_model_kv_config(s->model, l->block_tokens, n_blocks, &cfg);
+    shd_model_kv_config_pools(s->model, l->block_tokens, &pools, &cfg);
     return shd_kv_cache_create(s->be, &cfg, &s->kv, err);
 }
 
@@ -412,6 +410,7 @@ static tdm_status_t do_load(xp_shard_server_t *s, const xp_msg_load_t *l, uint64
         shd_model_set_comm(s->model, comm);
     }
     rd->n_blocks = shd_kv_cache_config(s->kv)->n_blocks;
+    rd->n_swa_blocks = shd_kv_cache_config(s->kv)->n_swa_blocks;
     rd->n_vocab = shd_model_hparams(s->model)->n_vocab;
     rd->weight_bytes = shd_model_weight_bytes(s->model);
     rd->resident_bytes = rss_bytes();
@@ -454,6 +453,7 @@ static tdm_status_t do_step(xp_shard_server_t *s, const xp_step_t *st_in, xp_msg
     for (int32_t i = 0; i < st_in->n_seqs; i++) {
         s->views[i].blocks = st_in->seqs[i].blocks;
         s->views[i].n_blocks = st_in->seqs[i].n_blocks;
+        s->views[i].swa_blocks = st_in->seqs[i].swa_blocks;
     }
     const int32_t V = shd_model_hparams(s->model)->n_vocab;
     const size_t need = (size_t)st_in->n_logits * (size_t)V;

@@ -12,9 +12,13 @@
  *               [expert_lo...], [expert_n...] (, nccl_id bin(128)) ]
  *             nccl_id exactly when proto is 2 (NCCL) and tp_size * ep_size > 1, so a LOAD
  *             of the UCX protocols is the same 15 fields as before NCCL was added
- *   READY     [ epoch, status, error str, n_blocks, n_vocab, weight_bytes, resident_bytes ]
+ *   READY     [ epoch, status, error str, n_blocks, n_vocab, weight_bytes, resident_bytes,
+ *               n_swa_blocks ]
  *   STEP      [ n_tokens, [token...], [pos...], [seq...], [want_logits bool...], n_logits,
- *               n_seqs, [ [n_blocks, [block...]] ... ] ]
+ *               n_seqs, [ [n_blocks, [block...] (, [swa_block...])] ... ] ]
+ *             every sequence has the sliding table (n_blocks ids >= -1) or none does: a
+ *             step of a model with a sliding pool carries them, any other step is as in
+ *             protocol 2
  *   RESULT    [ status, error str, n_logits, n_vocab, logits bin (f32 little-endian),
  *               coll_calls, coll_bytes, coll_ns, step_ns ]
  *   HEARTBEAT [ time_ns, epoch, state ]
@@ -142,6 +146,21 @@ static tdm_status_t validate_step(const xp_step_t *s, tdm_status_t fail, tdm_err
                                      q, j, sq->blocks[j]);
             }
         }
+        if ((sq->swa_blocks != NULL) != (s->seqs[0].swa_blocks != NULL)) {
+            return tdm_error_set(err, fail,
+                                 "xp_msg STEP: seqs[%" PRId32 "] %s a sliding-window table and "
+                                 "seqs[0] %s",
+                                 q, sq->swa_blocks != NULL ? "has" : "lacks",
+                                 s->seqs[0].swa_blocks != NULL ? "has one" : "not");
+        }
+        for (int32_t j = 0; sq->swa_blocks != NULL && j < sq->n_blocks; j++) {
+            if (sq->swa_blocks[j] < -1) {
+                return tdm_error_set(err, fail,
+                                     "xp_msg STEP: seqs[%" PRId32 "].swa_blocks[%" PRId32
+                                     "] = %" PRId32 " is below -1",
+                                     q, j, sq->swa_blocks[j]);
+            }
+        }
     }
     return TDM_OK;
 }
@@ -231,10 +250,11 @@ tdm_status_t xp_msg_validate(const xp_msg_t *m, tdm_status_t fail, tdm_error_t *
         }
         st = check_str(m->ready.error, sizeof(m->ready.error), "READY error", fail, err);
         if (st == TDM_OK && (m->ready.n_blocks < 0 || m->ready.n_vocab < 0 ||
-                             m->ready.n_vocab > XP_MSG_MAX_VOCAB)) {
-            st = tdm_error_set(
-                err, fail, "xp_msg READY: n_blocks %" PRId32 " / n_vocab %" PRId32 " out of range",
-                m->ready.n_blocks, m->ready.n_vocab);
+                             m->ready.n_vocab > XP_MSG_MAX_VOCAB || m->ready.n_swa_blocks < 0)) {
+            st = tdm_error_set(err, fail,
+                               "xp_msg READY: n_blocks %" PRId32 " / n_vocab %" PRId32
+                               " / n_swa_blocks %" PRId32 " out of range",
+                               m->ready.n_blocks, m->ready.n_vocab, m->ready.n_swa_blocks);
         }
         return st;
     case XP_MSG_JOIN_ACK:
@@ -356,7 +376,7 @@ tdm_status_t xp_msg_encode(msgpack_sbuffer *out, const xp_msg_t *m, tdm_error_t 
     }
     case XP_MSG_READY: {
         const xp_msg_ready_t *r = &m->ready;
-        PK(msgpack_pack_array(&pk, 7));
+        PK(msgpack_pack_array(&pk, 8));
         PK(msgpack_pack_uint64(&pk, r->epoch));
         PK(msgpack_pack_int32(&pk, r->status));
         pack_str(&pk, r->error, sizeof(r->error), &ok);
@@ -364,6 +384,7 @@ tdm_status_t xp_msg_encode(msgpack_sbuffer *out, const xp_msg_t *m, tdm_error_t 
         PK(msgpack_pack_int32(&pk, r->n_vocab));
         PK(msgpack_pack_uint64(&pk, r->weight_bytes));
         PK(msgpack_pack_uint64(&pk, r->resident_bytes));
+        PK(msgpack_pack_int32(&pk, r->n_swa_blocks));
         break;
     }
     case XP_MSG_JOIN_ACK:
@@ -413,9 +434,13 @@ tdm_status_t xp_msg_encode(msgpack_sbuffer *out, const xp_msg_t *m, tdm_error_t 
         PK(msgpack_pack_int32(&pk, s->n_seqs));
         PK(msgpack_pack_array(&pk, (size_t)s->n_seqs));
         for (int32_t q = 0; q < s->n_seqs; q++) {
-            PK(msgpack_pack_array(&pk, 2));
+            const bool swa = s->seqs[q].swa_blocks != NULL;
+            PK(msgpack_pack_array(&pk, swa ? 3 : 2));
             PK(msgpack_pack_int32(&pk, s->seqs[q].n_blocks));
             pack_i32_array(&pk, s->seqs[q].blocks, s->seqs[q].n_blocks, &ok);
+            if (swa) {
+                pack_i32_array(&pk, s->seqs[q].swa_blocks, s->seqs[q].n_blocks, &ok);
+            }
         }
         break;
     }
@@ -740,7 +765,7 @@ static tdm_status_t decode_ready(const msgpack_object *body, xp_msg_t *m, tdm_er
     tdm_status_t st;
     const msgpack_object *f = NULL;
     xp_msg_ready_t *r = &m->ready;
-    TRY(get_array(body, "READY body", 7, &f, err));
+    TRY(get_array(body, "READY body", 8, &f, err));
     TRY(get_u64(&f[0], "READY epoch", UINT64_MAX, &r->epoch, err));
     TRY(get_i32(&f[1], "READY status", &r->status, err));
     TRY(get_str(&f[2], "READY error", r->error, sizeof(r->error), err));
@@ -748,6 +773,7 @@ static tdm_status_t decode_ready(const msgpack_object *body, xp_msg_t *m, tdm_er
     TRY(get_i32(&f[4], "READY n_vocab", &r->n_vocab, err));
     TRY(get_u64(&f[5], "READY weight_bytes", UINT64_MAX, &r->weight_bytes, err));
     TRY(get_u64(&f[6], "READY resident_bytes", UINT64_MAX, &r->resident_bytes, err));
+    TRY(get_i32(&f[7], "READY n_swa_blocks", &r->n_swa_blocks, err));
     return TDM_OK;
 }
 
@@ -821,21 +847,27 @@ static tdm_status_t decode_step(const msgpack_object *body, xp_msg_t *m, tdm_err
     TRY(get_array(&f[4], "STEP want_logits", (uint32_t)s->n_tokens, &wl, err));
     TRY(get_array(&f[7], "STEP seqs", (uint32_t)s->n_seqs, &sq, err));
 
-    /* Sizes are known once every seq's block count is read: one int32 allocation. */
+    /* Sizes are known once every seq's block count is read: one int32 allocation. A seq
+     * is [n_blocks, blocks] or, with a sliding-window table, [n_blocks, blocks, swa]. */
     size_t total = 3 * (size_t)s->n_tokens;
     for (int32_t q = 0; q < s->n_seqs; q++) {
-        const msgpack_object *e = NULL;
         int32_t nb = 0;
         char field[64];
         snprintf(field, sizeof(field), "STEP seqs[%" PRId32 "]", q);
-        TRY(get_array(&sq[q], field, 2, &e, err));
+        if (sq[q].type != MSGPACK_OBJECT_ARRAY ||
+            (sq[q].via.array.size != 2 && sq[q].via.array.size != 3)) {
+            return tdm_error_set(err, TDM_ERR_FORMAT, "xp_msg: %s is not an array of 2 or 3",
+                                 field);
+        }
+        const msgpack_object *e = sq[q].via.array.ptr;
         snprintf(field, sizeof(field), "STEP seqs[%" PRId32 "].n_blocks", q);
         TRY(get_i32(&e[0], field, &nb, err));
         if (nb < 0 || nb > XP_MSG_MAX_BLOCKS) {
             return tdm_error_set(err, TDM_ERR_FORMAT, "xp_msg: %s = %" PRId32 " outside [0, %d]",
                                  field, nb, XP_MSG_MAX_BLOCKS);
         }
-        total += (size_t)nb; /* bounded by the input length (scan_wire) */
+        /* bounded by the input length (scan_wire): each id is at least one byte */
+        total += sq[q].via.array.size == 3 ? 2 * (size_t)nb : (size_t)nb;
     }
     int32_t *i32 = malloc(total > 0 ? total * sizeof(int32_t) : 1);
     uint8_t *u8 = malloc(s->n_tokens > 0 ? (size_t)s->n_tokens : 1);
@@ -864,9 +896,16 @@ static tdm_status_t decode_step(const msgpack_object *body, xp_msg_t *m, tdm_err
         char field[64];
         seqs[q].n_blocks = (int32_t)e[0].via.u64; /* checked above */
         seqs[q].blocks = blocks;
+        seqs[q].swa_blocks = NULL;
         snprintf(field, sizeof(field), "STEP seqs[%" PRId32 "].blocks", q);
         TRY(decode_i32_array(&e[1], field, seqs[q].n_blocks, blocks, err));
         blocks += seqs[q].n_blocks;
+        if (sq[q].via.array.size == 3) {
+            seqs[q].swa_blocks = blocks;
+            snprintf(field, sizeof(field), "STEP seqs[%" PRId32 "].swa_blocks", q);
+            TRY(decode_i32_array(&e[2], field, seqs[q].n_blocks, blocks, err));
+            blocks += seqs[q].n_blocks;
+        }
     }
     s->token = token;
     s->pos = pos;

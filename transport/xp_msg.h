@@ -25,7 +25,7 @@
 #include <stdint.h>
 
 #define XP_MSG_MAGIC            "TDM1"
-#define XP_MSG_PROTOCOL_VERSION 2
+#define XP_MSG_PROTOCOL_VERSION 3 /* 3: sliding-window block tables (STEP, READY) */
 
 /* Bounds the decoder enforces (and the encoder, so both sides agree). */
 #define XP_MSG_MAX_TOKENS       (1 << 20)         /* tokens per STEP                  */
@@ -132,6 +132,7 @@ typedef struct xp_msg_ready {
     int32_t n_blocks, n_vocab;
     uint64_t weight_bytes;   /* bytes of this shard's slice of the weights */
     uint64_t resident_bytes; /* the process's resident set after loading   */
+    int32_t n_swa_blocks;    /* the KV cache's sliding pool (0: none)       */
 } xp_msg_ready_t;
 
 typedef struct xp_msg_result {

@@ -3,7 +3,8 @@
  *
  * The scheduler builds a xp_step_t each iteration: the tokens to run (prefill chunks and
  * decode tokens of many sequences mixed), their positions, which sequence each belongs
- * to, the block table of every sequence in the step, and which tokens need logits.
+ * to, the block tables of every sequence in the step (a second one for the sliding-window
+ * layers of a model that has them), and which tokens need logits.
  * An executor runs it and returns one row of n_vocab logits per token with want_logits,
  * in token order.
  *
@@ -19,9 +20,14 @@
 
 #include <stdint.h>
 
+/* A sequence's block tables (kernels/kern_backend.h kern_seq_t, member for member). */
 typedef struct xp_step_seq {
-    const int32_t *blocks; /* logical block j -> physical KV block id */
-    int32_t n_blocks;
+    const int32_t *blocks; /* logical block j -> physical KV block id (full pool)  */
+    int32_t n_blocks;      /* entries of blocks and of swa_blocks                   */
+    /* Executors with a sliding pool (n_swa_blocks > 0): logical block j -> its block
+     * there for the sliding-window layers, -1 where the sequence no longer keeps it;
+     * NULL otherwise. */
+    const int32_t *swa_blocks;
 } xp_step_seq_t;
 
 typedef struct xp_step {
@@ -55,6 +61,10 @@ typedef struct xp_executor {
     int32_t n_batch_max;  /* most tokens per step it accepts                    */
     int32_t n_logits_max; /* most logits rows per step                          */
     int32_t n_ctx_max;    /* most positions per sequence                        */
+    /* The sliding pool (shard/kv_cache.h): blocks of the sliding-window layers, whose
+     * queries see the last n_swa positions; both 0 when the model has none. */
+    int32_t n_swa;
+    int32_t n_swa_blocks;
 } xp_executor_t;
 
 #endif

@@ -51,6 +51,13 @@ typedef struct eval_opts {
     const char *kv_type; /* NULL: the device's default */
 } eval_opts_t;
 
+/* What the KV manager counted in a schedule (the batched run's goes into the JSON). */
+typedef struct eval_kv {
+    int32_t swa_window;      /* the sliding window of the sliding pool (0: none)     */
+    int32_t blocks_peak;     /* most full-pool blocks in use at once                 */
+    int32_t swa_blocks_peak; /* most sliding-pool blocks in use at once              */
+} eval_kv_t;
+
 typedef struct eval_run {
     const eval_opts_t *o;
     const gguf_ctx_t *g;
@@ -60,6 +67,7 @@ typedef struct eval_run {
     eval_seq_t *alone; /* results of the one-at-a-time run (--batch-test) */
     int n_vocab;
     int group_tp, group_ep; /* --shards: the split the coordinator chose */
+    eval_kv_t kv;           /* the batched run's KV use (rank 0)         */
 } eval_run_t;
 
 typedef struct eval_rank {
@@ -85,9 +93,13 @@ static int32_t argmax(const float *x, int n)
  * want_all: every prompt position asks for logits (stored into seqs[s].logits when that
  * is not NULL); otherwise only each prompt's last position. Every rank calls this with
  * its own copy of seqs and takes the same decisions, since its logits are identical.
+ * A model with sliding-window layers keeps them in a sliding pool as in serving: after
+ * each step the KV manager releases the blocks no later token can see; *kvs (may be
+ * NULL) gets the pools' peak use.
  */
 static tdm_status_t run_schedule(shd_model_t *m, const xp_executor_t *ex, const eval_opts_t *o,
-                                 eval_seq_t *seqs, int count, bool want_all, tdm_error_t *err)
+                                 eval_seq_t *seqs, int count, bool want_all, eval_kv_t *kvs,
+                                 tdm_error_t *err)
 {
     /* m: this process runs the model; ex: a shard group does (its KV lives there) */
     const int V = m != NULL ? shd_model_hparams(m)->n_vocab : ex->n_vocab;
@@ -105,6 +117,7 @@ static tdm_status_t run_schedule(shd_model_t *m, const xp_executor_t *ex, const 
     int32_t *sq = tdm_xmalloc((size_t)nb * sizeof(int32_t));
     uint8_t *want = tdm_xmalloc((size_t)nb);
     float *logits = malloc((size_t)n_out_max * (size_t)V * sizeof(float));
+    const int32_t n_swa = m != NULL ? shd_model_swa_window(m) : ex->n_swa;
     tdm_status_t st = TDM_OK;
     if (logits == NULL) {
         st = tdm_error_set(err, TDM_ERR_NO_MEMORY, "eval: out of memory for logits");
@@ -117,15 +130,26 @@ static tdm_status_t run_schedule(shd_model_t *m, const xp_executor_t *ex, const 
         total_blocks += (seqs[s].n_prompt + o->n_greedy + o->block_tokens - 1) / o->block_tokens;
     }
     /* block ids come from the coordinator's manager, as in serving (no prefix reuse here:
-     * every sequence starts empty) */
-    TDM_CHECK_GOTO(crd_kvm_create((int32_t)total_blocks, o->block_tokens, 0, &kvm, err), st, out);
+     * every sequence starts empty); the sliding pool (if any) could hold every position
+     * too, so its peak use shows what releasing saves */
+    crd_kvm_params_t kp = {.n_blocks = (int32_t)total_blocks,
+                           .block_size = o->block_tokens,
+                           .n_swa = n_swa,
+                           .n_swa_blocks = n_swa > 0 ? (int32_t)total_blocks : 0};
+    if (m == NULL && n_swa > 0 && kp.n_swa_blocks > ex->n_swa_blocks) {
+        kp.n_swa_blocks = ex->n_swa_blocks; /* what the shards hold */
+    }
+    TDM_CHECK_GOTO(crd_kvm_create_pools(&kp, &kvm, err), st, out);
     for (int s = 0; s < count; s++) {
         int32_t cached;
         TDM_CHECK_GOTO(crd_kvm_seq_create(kvm, NULL, 0, &kvseq[s], &cached, err), st, out);
+        views[s].blocks = crd_kvm_seq_blocks(kvseq[s], &views[s].n_blocks);
+        views[s].swa_blocks = crd_kvm_seq_swa_blocks(kvseq[s]);
     }
     if (m != NULL) {
+        const shd_kv_pools_t pools = {.n_blocks = kp.n_blocks, .n_swa_blocks = kp.n_swa_blocks};
         shd_kv_config_t kc;
-        shd_model_kv_config(m, o->block_tokens, (int32_t)total_blocks, &kc);
+        shd_model_kv_config_pools(m, o->block_tokens, &pools, &kc);
         TDM_CHECK_GOTO(shd_kv_cache_create(shd_model_backend(m), &kc, &kv, err), st, out);
     } else if (total_blocks > ex->n_blocks) {
         st = tdm_error_set(err, TDM_ERR_INVALID_PARAM,
@@ -160,10 +184,13 @@ static tdm_status_t run_schedule(shd_model_t *m, const xp_executor_t *ex, const 
                 continue;
             }
             if (crd_kvm_seq_reserve(kvm, kvseq[s], end) != TDM_OK) {
-                st = tdm_error_set(err, TDM_ERR_INTERNAL, "eval: KV blocks exhausted");
+                st = tdm_error_set(err, TDM_ERR_INTERNAL,
+                                   "eval: KV blocks exhausted (%d full, %d sliding-window)",
+                                   (int)kp.n_blocks, (int)kp.n_swa_blocks);
                 goto out;
             }
             views[s].blocks = crd_kvm_seq_blocks(kvseq[s], &views[s].n_blocks);
+            views[s].swa_blocks = crd_kvm_seq_swa_blocks(kvseq[s]);
             done[s] = end;
         }
         if (n == 0) {
@@ -182,6 +209,7 @@ static tdm_status_t run_schedule(shd_model_t *m, const xp_executor_t *ex, const 
             for (int q = 0; q < count; q++) {
                 xs[q].blocks = views[q].blocks;
                 xs[q].n_blocks = views[q].n_blocks;
+                xs[q].swa_blocks = views[q].swa_blocks;
             }
             xp_step_t xst = {n, tok, pos, sq, want, n_logits, count, xs};
             st = ex->ops->step(ex->impl, &xst, logits, err);
@@ -189,6 +217,10 @@ static tdm_status_t run_schedule(shd_model_t *m, const xp_executor_t *ex, const 
             if (st != TDM_OK) {
                 goto out;
             }
+        }
+        /* the step's positions are computed: sliding blocks out of every later window go */
+        for (int q = 0; q < count; q++) {
+            crd_kvm_seq_commit(kvm, kvseq[q], NULL, done[q]);
         }
         int32_t row = 0;
         for (int32_t t = 0; t < n; t++) {
@@ -207,6 +239,13 @@ static tdm_status_t run_schedule(shd_model_t *m, const xp_executor_t *ex, const 
         }
     }
 out:
+    if (kvm != NULL && kvs != NULL) {
+        crd_kvm_stats_t ks;
+        crd_kvm_get_stats(kvm, &ks);
+        kvs->swa_window = n_swa;
+        kvs->blocks_peak = ks.n_used_peak;
+        kvs->swa_blocks_peak = ks.swa_used_peak;
+    }
     for (int s = 0; s < count && kvm != NULL; s++) {
         crd_kvm_seq_free(kvm, kvseq[s]);
     }
@@ -272,14 +311,16 @@ static void *rank_main(void *arg)
             mine[s].gen = tdm_xcalloc((size_t)o->n_greedy + 1, sizeof(int32_t));
         }
     }
-    TDM_CHECK_GOTO(run_schedule(m, NULL, o, mine, run->n_seqs, want_all, &r->err), r->st, out);
+    TDM_CHECK_GOTO(run_schedule(m, NULL, o, mine, run->n_seqs, want_all,
+                                r->rank == 0 ? &run->kv : NULL, &r->err),
+                   r->st, out);
     if (o->batch_test) {
         for (int s = 0; s < run->n_seqs; s++) {
             eval_seq_t one = r->rank == 0 ? run->alone[s] : mine[s];
             if (r->rank != 0) {
                 one.logits = NULL;
             }
-            TDM_CHECK_GOTO(run_schedule(m, NULL, o, &one, 1, want_all, &r->err), r->st, out);
+            TDM_CHECK_GOTO(run_schedule(m, NULL, o, &one, 1, want_all, NULL, &r->err), r->st, out);
         }
     }
 out:
@@ -355,10 +396,10 @@ static tdm_status_t run_remote(eval_run_t *run, tdm_error_t *err)
     tdm_status_t st = xp_remote_exec_create(&rp, &x, &ex, err);
     const bool want_all = o->logits_out != NULL || o->batch_test;
     if (st == TDM_OK) {
-        st = run_schedule(NULL, &ex, o, run->seqs, run->n_seqs, want_all, err);
+        st = run_schedule(NULL, &ex, o, run->seqs, run->n_seqs, want_all, &run->kv, err);
     }
     for (int s = 0; st == TDM_OK && o->batch_test && s < run->n_seqs; s++) {
-        st = run_schedule(NULL, &ex, o, &run->alone[s], 1, want_all, err);
+        st = run_schedule(NULL, &ex, o, &run->alone[s], 1, want_all, NULL, err);
     }
     if (x != NULL) {
         xp_shard_health_t *hs = tdm_xcalloc((size_t)n, sizeof(*hs));
@@ -524,7 +565,9 @@ static void usage(FILE *out)
             "  --device D          auto (default: a GPU if usable, else the CPU), cpu, cuda[:N]\n"
             "  --kv-type T         KV cache rows: f32, f16, q8_0 (default f16 on a GPU, f32\n"
             "                      on the CPU)\n"
-            "prints JSON: {\"n_vocab\", \"sequences\": [{\"prompt_len\", \"greedy\"}], ...}\n");
+            "prints JSON: {\"n_vocab\", \"sequences\": [{\"prompt_len\", \"greedy\"}], \"kv\":\n"
+            "  {\"block_tokens\", \"swa_window\", \"blocks_peak\", \"swa_blocks_peak\"}, ...}\n"
+            "  (kv: most KV blocks the batched run held at once, full and sliding-window pool)\n");
 }
 
 static int parse_int(const char *s, int lo, int *out)
@@ -722,6 +765,10 @@ report:
         printf(", \"greedy\": ");
         print_ids(run.seqs[0].gen, o.n_greedy);
     }
+    printf(", \"kv\": {\"block_tokens\": %d, \"swa_window\": %d, \"blocks_peak\": %d, "
+           "\"swa_blocks_peak\": %d}",
+           o.block_tokens, (int)run.kv.swa_window, (int)run.kv.blocks_peak,
+           (int)run.kv.swa_blocks_peak);
     if (o.batch_test) {
         double max_abs = 0.0, max_ref = 0.0;
         bool same = true;

@@ -252,14 +252,37 @@ static void cpu_rms_apply(kern_backend_t *be, float *y, int64_t ldy, const float
     kern_op_rms_apply_f32(y, ldy, x, ldx, ss, lds, w, rows, cols, n_total, eps);
 }
 
+/* The block table a layout reads: the sliding pool's or the full one's. */
+static const int32_t *seq_table(const kern_seq_t *sq, const kern_kv_layout_t *l)
+{
+    return l->swa ? sq->swa_blocks : sq->blocks;
+}
+
+/* False (and the backend failed) when a sliding layout meets a step without sliding
+ * tables: the shard's check_batch refuses such a step, so this is a caller bug. */
+static bool tables_ok(kern_backend_t *be, const kern_kv_layout_t *l)
+{
+    const kern_step_t *st = be->step;
+    for (int32_t s = 0; l->swa && s < st->n_seqs; s++) {
+        if (st->seqs[s].swa_blocks == NULL) {
+            kern_be_fail(be, TDM_ERR_INTERNAL, "kv cache: sequence %d has no sliding table", s);
+            return false;
+        }
+    }
+    return true;
+}
+
 static void cpu_kv_store(kern_backend_t *be, const kern_kv_layout_t *l, void *k_layer,
                          void *v_layer, const float *k, const float *v, int64_t ld)
 {
     const kern_step_t *st = be->step;
     const int B = l->block_tokens, hd = l->head_dim;
+    if (!tables_ok(be, l)) {
+        return;
+    }
     for (int32_t t = 0; t < st->n_tokens; t++) {
         const kern_seq_t *sq = &st->seqs[st->seq[t]];
-        const int32_t blk = sq->blocks[st->pos[t] / B], slot = st->pos[t] % B;
+        const int32_t blk = seq_table(sq, l)[st->pos[t] / B], slot = st->pos[t] % B;
         for (int h = 0; h < l->n_kv_heads; h++) {
             const size_t off = (size_t)blk * l->block_bytes +
                                ((size_t)h * (size_t)B + (size_t)slot) * l->row_bytes;
@@ -314,15 +337,15 @@ static void attn_worker(void *arg, int64_t begin, int64_t end, int thread_idx)
         const int kvh = (a->p->head_lo + h) / a->p->group - a->p->kv_lo;
         const float *q = a->q + (t * H + h) * hd;
         float *o = a->out + (t * H + h) * hd;
-        const kern_seq_t *sq = &st->seqs[st->seq[t]];
+        const int32_t *table = seq_table(&st->seqs[st->seq[t]], l);
         const size_t hoff = (size_t)kvh * (size_t)B * l->row_bytes;
         const kern_attn_span_t sp = kern_attn_span_of(a->p, st->pos[t], h);
         if (l->type == TDM_TYPE_F32) {
             kern_op_attn_head_f32(isa, o, q, (const float *)(a->k + hoff),
-                                  (const float *)(a->v + hoff), sq->blocks,
+                                  (const float *)(a->v + hoff), table,
                                   l->block_bytes / sizeof(float), B, hd, &sp, sc);
         } else {
-            kern_op_attn_head_kv(isa, l->type, o, q, a->k + hoff, a->v + hoff, sq->blocks,
+            kern_op_attn_head_kv(isa, l->type, o, q, a->k + hoff, a->v + hoff, table,
                                  l->block_bytes, B, l->row_bytes, hd, &sp, sc, row);
         }
     }
@@ -331,6 +354,9 @@ static void attn_worker(void *arg, int64_t begin, int64_t end, int thread_idx)
 static void cpu_attention(kern_backend_t *be, float *out, const float *q, const kern_kv_layout_t *l,
                           const void *k_layer, const void *v_layer, const kern_attn_params_t *p)
 {
+    if (!tables_ok(be, l)) {
+        return;
+    }
     attn_task_t task = {be, out, q, l, k_layer, v_layer, p};
     kern_parallel_for(cpu_be(be)->ctx, (int64_t)be->step->n_tokens * p->n_head, 1, attn_worker,
                       &task);

@@ -71,13 +71,18 @@ void cu_kv_store(cuda_backend_t *c, const kern_kv_layout_t *l, void *k_layer, vo
     if (n_tok == 0) {
         return;
     }
+    if (l->swa && c->d_swa_off == NULL) {
+        kern_be_fail(&c->base, TDM_ERR_INTERNAL,
+                     "cuda: a sliding-pool layer in a step without sliding tables");
+        return;
+    }
     dim3 grid(n_tok, l->n_kv_heads, 2);
     int threads = l->type == TDM_TYPE_Q8_0 ? 32 * (l->head_dim / 32) : l->head_dim;
     threads = threads < 32 ? 32 : (threads > 256 ? 256 : (threads + 31) / 32 * 32);
     kv_store_kernel<<<grid, threads, 0, c->stream>>>(
         (unsigned char *)k_layer, (unsigned char *)v_layer, k, v, ld, (int)l->type, l->head_dim,
-        l->block_tokens, l->row_bytes, l->block_bytes, c->d_pos, c->d_seq, c->d_seq_off,
-        c->d_blocks);
+        l->block_tokens, l->row_bytes, l->block_bytes, c->d_pos, c->d_seq,
+        l->swa ? c->d_swa_off : c->d_seq_off, c->d_blocks);
     cu_check_launch(c, "kv_store");
 }
 
@@ -310,6 +315,11 @@ void cu_attention(cuda_backend_t *c, float *out, const float *q, const kern_kv_l
     if (n_tok == 0 || p->n_head == 0) {
         return;
     }
+    if (l->swa && c->d_swa_off == NULL) {
+        kern_be_fail(&c->base, TDM_ERR_INTERNAL,
+                     "cuda: a sliding-pool layer in a step without sliding tables");
+        return;
+    }
     att_args_t a;
     a.out = out;
     a.q = q;
@@ -331,7 +341,7 @@ void cu_attention(cuda_backend_t *c, float *out, const float *q, const kern_kv_l
     a.temp_floor = p->temp_floor;
     a.pos = c->d_pos;
     a.seq = c->d_seq;
-    a.seq_off = c->d_seq_off;
+    a.seq_off = l->swa ? c->d_swa_off : c->d_seq_off; /* the sliding pool's tables */
     a.blocks = c->d_blocks;
     a.part = c->attn_part;
     /* the grid's segment span: c->max_keys covers every query of the step, and a window

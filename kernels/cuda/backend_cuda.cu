@@ -467,13 +467,20 @@ static void cu_step_begin(kern_backend_t *be, const kern_step_t *st, bool grapha
                      n, st->n_seqs, T);
         return;
     }
+    /* Layout of the metadata (int32 each), every array at an offset that is a function of
+     * the reserved T alone, so a captured graph's pointers stay valid from step to step:
+     *   token[T] pos[T] seq[T] out[T] seq_off[T+1] (swa_off[T+1]) tables...
+     * tables: every sequence's blocks, then (with sliding tables) every sequence's
+     * swa_blocks; swa_off[s] = nb + seq_off[s] (relative to the tables). */
+    const bool swa = st->n_seqs > 0 && st->seqs[0].swa_blocks != NULL;
+    const size_t head = (size_t)5 * (size_t)T + 1 + (swa ? (size_t)T + 1 : 0);
     size_t nb = 0;
     for (int32_t s = 0; s < st->n_seqs; s++) {
         nb += (size_t)st->seqs[s].n_blocks;
     }
     tdm_error_t err;
     tdm_error_clear(&err);
-    const size_t need = (size_t)5 * (size_t)T + 1 + (size_t)T + nb;
+    const size_t need = head + (swa ? 2 : 1) * nb;
     if (grow_meta(c, need, &err) != TDM_OK) {
         kern_be_fail(be, err.status, "%s", err.msg);
         return;
@@ -491,13 +498,26 @@ static void cu_step_begin(kern_backend_t *be, const kern_step_t *st, bool grapha
     for (int32_t i = 0; i < st->n_out; i++) {
         h[3 * T + i] = st->out_idx[i];
     }
-    int32_t *off = h + 4 * T, *blocks = h + 5 * T + 1;
+    int32_t *off = h + 4 * T, *swa_off = h + 5 * T + 1, *blocks = h + head;
     off[0] = 0;
     for (int32_t s = 0; s < st->n_seqs; s++) {
-        memcpy(blocks + off[s], st->seqs[s].blocks, (size_t)st->seqs[s].n_blocks * 4);
-        off[s + 1] = off[s] + st->seqs[s].n_blocks;
+        const kern_seq_t *sq = &st->seqs[s];
+        memcpy(blocks + off[s], sq->blocks, (size_t)sq->n_blocks * 4);
+        off[s + 1] = off[s] + sq->n_blocks;
+        if (!swa) {
+            continue;
+        }
+        swa_off[s] = (int32_t)nb + off[s];
+        if (sq->swa_blocks != NULL) {
+            memcpy(blocks + swa_off[s], sq->swa_blocks, (size_t)sq->n_blocks * 4);
+        } else {
+            /* not expected (the shard checks every sequence has one): no block anywhere */
+            for (int32_t j = 0; j < sq->n_blocks; j++) {
+                blocks[swa_off[s] + j] = -1;
+            }
+        }
     }
-    const size_t used = (size_t)5 * (size_t)T + 1 + nb;
+    const size_t used = head + (swa ? 2 : 1) * nb;
     if (cudaMemcpyAsync(c->meta_dev, h, used * 4, cudaMemcpyHostToDevice, c->stream) !=
             cudaSuccess ||
         cudaEventRecord(c->meta_copied, c->stream) != cudaSuccess) {
@@ -509,7 +529,8 @@ static void cu_step_begin(kern_backend_t *be, const kern_step_t *st, bool grapha
     c->d_seq = c->meta_dev + 2 * T;
     c->d_out = c->meta_dev + 3 * T;
     c->d_seq_off = c->meta_dev + 4 * T;
-    c->d_blocks = c->meta_dev + 5 * T + 1;
+    c->d_swa_off = swa ? c->meta_dev + 5 * T + 1 : NULL;
+    c->d_blocks = c->meta_dev + head;
     /* the attention grid covers a power of two of segments (one graph per bucket) */
     c->max_keys = next_pow2((max_keys + CU_ATTN_SEG - 1) / CU_ATTN_SEG) * CU_ATTN_SEG;
 
@@ -636,6 +657,14 @@ static void fa_kv(fp_args_t *a, const kern_kv_layout_t *l)
     fa_u(a, (uint64_t)l->n_blocks);
     fa_u(a, (uint64_t)l->row_bytes);
     fa_u(a, (uint64_t)l->block_bytes);
+    fa_u(a, l->swa ? 1u : 0u);
+}
+
+/* The step's table arrays a layout's kernels read (their addresses are in the launch). */
+static void fa_tables(fp_args_t *a, const cuda_backend_t *c, const kern_kv_layout_t *l)
+{
+    fa_p(a, c->d_blocks);
+    fa_p(a, l->swa ? c->d_swa_off : c->d_seq_off);
 }
 
 /* Hashes an op into the step's fingerprint; true when the op must run (not a replay). */
@@ -811,6 +840,7 @@ static void cu_op_kv_store(kern_backend_t *be, const kern_kv_layout_t *l, void *
     cuda_backend_t *c = cu_be(be);
     fp_args_t a = {{0}, 0};
     fa_kv(&a, l);
+    fa_tables(&a, c, l);
     fa_p(&a, k_layer);
     fa_p(&a, v_layer);
     fa_p(&a, k);
@@ -830,6 +860,7 @@ static void cu_op_attention(kern_backend_t *be, float *out, const float *q,
     fa_p(&a, out);
     fa_p(&a, q);
     fa_kv(&a, l);
+    fa_tables(&a, c, l);
     fa_p(&a, k_layer);
     fa_p(&a, v_layer);
     fa_u(&a, (uint64_t)p->n_head);

@@ -72,6 +72,9 @@ typedef struct cuda_backend {
     size_t meta_cap; /* int32 each */
     cudaEvent_t meta_copied;
     const int32_t *d_tok, *d_pos, *d_seq, *d_out, *d_seq_off, *d_blocks;
+    /* with sliding tables: sequence s's table starts at d_blocks + d_swa_off[s] (NULL
+     * when the step has none) */
+    const int32_t *d_swa_off;
     int32_t max_keys; /* most keys a token of the step attends to */
 
     /* CUDA graphs */

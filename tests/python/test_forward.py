@@ -33,6 +33,12 @@ Tolerances (relative L2 per position, ||ours - ref|| / ||ref||), measured on the
   either: its prefix match is in the manifest).
 - Partitions vs unpartitioned: 1e-5 relative (measured <= 6e-7), greedy identical.
 - Batched together vs alone: measured bit-identical; bound 1e-6 of the largest logit.
+- Sliding-window pool (gpt-oss: the sliding layers' K/V in a pool of their own, blocks
+  released once out of every later window): the same HF bound with small blocks and
+  chunks, so that windows cross blocks and blocks are released (and their ids reused)
+  mid-sequence; the pool's peak use, which `tandem eval` reports, within
+  ceil((w - 1 + chunk) / b) + 1 blocks (a step's window behind its first token, its
+  tokens, one block of misalignment).
 """
 import json
 import pathlib
@@ -208,7 +214,8 @@ def test_partitions_match_unpartitioned(tandem_bin, tmp_path, entry, cfg):
 
 
 BATCH_MODELS = ["llama-a-f32.gguf", "llama-b-f32.gguf", "qwen3moe-a-f32.gguf",
-                "qwen3moe-b-f32.gguf", "llama-a-q4_k.gguf", "qwen3moe-b-f32.gguf:tp2"]
+                "qwen3moe-b-f32.gguf", "llama-a-q4_k.gguf", "qwen3moe-b-f32.gguf:tp2",
+                "gpt-oss-a-f32.gguf", "gpt-oss-b-f32.gguf", "gpt-oss-b-f32.gguf:tp2"]
 
 
 @pytest.mark.parametrize("spec", BATCH_MODELS)
@@ -240,6 +247,95 @@ def test_chunked_prefill_equals_whole_prompt(tandem_bin, tmp_path):
     g0, l0 = tandem_eval(tmp_path, model, toks, greedy=8, name="whole")
     g1, l1 = tandem_eval(tmp_path, model, toks, "--chunk", 7, "--block-tokens", 3, greedy=8,
                          name="chunked")
+    assert g0 == g1
+    assert rel_l2(l1, l0).max() <= 1e-5
+
+
+GPT_OSS_F32 = ["gpt-oss-a-f32.gguf", "gpt-oss-b-f32.gguf"]
+# (block tokens, chunk): windows of 8 / 5 cross blocks of 2, 3, 4; chunks of 1 (every
+# prefill token its own step), 3, 5, 7 and the whole prompt (0)
+SWA_SCHEDULES = [(2, 1), (2, 3), (3, 5), (4, 7), (3, 0)]
+
+
+def _gpt_oss(name):
+    e = next((e for e in _entries({"F32"}) if e["file"] == name), None)
+    if e is None:
+        pytest.skip(f"{name} not in the fixtures")
+    return e
+
+
+@pytest.mark.parametrize("bt,chunk", SWA_SCHEDULES)
+@pytest.mark.parametrize("name", GPT_OSS_F32)
+def test_gpt_oss_sliding_pool_matches_hf(tandem_bin, tmp_path, name, bt, chunk):
+    """Every fixture sequence through the sliding pool with small blocks and chunks:
+    HF's logits and greedy tokens, as with the default schedule."""
+    m = manifest()
+    entry = _gpt_oss(name)
+    for seq, exp in entry["expected"].items():
+        greedy, logits = tandem_eval(tmp_path, MODELS / name, m["sequences"][seq],
+                                     "--block-tokens", bt, "--chunk", chunk, name=seq)
+        ref = np.load(MODELS / exp["logits"])
+        rel = rel_l2(logits[exp["positions"]], ref)
+        assert rel.max() <= 1e-4, f"{seq}: max relative L2 {rel.max():.3g} at {rel.argmax()}"
+        assert greedy == exp["greedy"], seq
+
+
+@pytest.mark.parametrize("bt,chunk", SWA_SCHEDULES + [(1, 1), (16, 0), (5, 64)])
+@pytest.mark.parametrize("name", GPT_OSS_F32)
+def test_gpt_oss_sliding_blocks_released(tandem_bin, tmp_path, name, bt, chunk):
+    """A 64-token prompt (and 8 greedy tokens): the sliding pool's peak use, which
+    `tandem eval` reports, is what one step's window and tokens need, far below what the
+    sequence's positions fill (so blocks were released mid-sequence); the full pool
+    holds every position."""
+    w = _gpt_oss(name)["hparams"]["sliding_window"]
+    toks = manifest()["sequences"]["s64"]
+    assert len(toks) == 64
+    proc = run_tandem("eval", "--model", MODELS / name, "--tokens", ",".join(map(str, toks)),
+                      "--greedy", 8, "--threads", 2, "--block-tokens", bt, "--chunk", chunk)
+    kv = json.loads(proc.stdout)["kv"]
+    c = chunk if chunk > 0 else len(toks)
+    bound = -(-(w - 1 + c) // bt) + 1
+    assert kv["block_tokens"] == bt and kv["swa_window"] == w
+    assert kv["blocks_peak"] == -(-(64 + 8 - 1) // bt)  # the last greedy token is not fed
+    assert 0 < kv["swa_blocks_peak"] <= bound, (kv, bound)
+    if c + w - 1 < 48:
+        assert kv["swa_blocks_peak"] < kv["blocks_peak"] / 2, kv
+
+
+def test_no_sliding_pool_without_sliding_layers(tandem_bin):
+    model = MODELS / "qwen3moe-b-f32.gguf"
+    if not model.exists():
+        pytest.skip("fixtures missing")
+    proc = run_tandem("eval", "--model", model, "--tokens", "1,2,3,4,5,6,7", "--greedy", 2,
+                      "--block-tokens", 2)
+    kv = json.loads(proc.stdout)["kv"]
+    assert kv == {"block_tokens": 2, "swa_window": 0, "blocks_peak": 4, "swa_blocks_peak": 0}
+
+
+@pytest.mark.parametrize("bt,chunk", [(2, 3), (3, 5), (4, 1)])
+@pytest.mark.parametrize("name", GPT_OSS_F32)
+def test_gpt_oss_batched_equals_alone_small_blocks(tandem_bin, tmp_path, name, bt, chunk):
+    """All fixture sequences in one schedule through the sliding pool (their windows'
+    blocks released at different times) against each alone."""
+    m = manifest()
+    _gpt_oss(name)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("".join(",".join(map(str, v)) + "\n" for v in m["sequences"].values()))
+    proc = run_tandem("eval", "--model", MODELS / name, "--prompts-file", prompts, "--greedy", 8,
+                      "--threads", 2, "--chunk", chunk, "--block-tokens", bt, "--batch-test")
+    bt_res = json.loads(proc.stdout)["batch_test"]
+    assert bt_res["greedy_equal"]
+    assert bt_res["max_abs_diff"] <= 1e-6 * bt_res["max_abs_logit"]
+
+
+@pytest.mark.parametrize("chunk,bt", [(7, 3), (3, 2), (1, 4), (5, 5)])
+@pytest.mark.parametrize("name", GPT_OSS_F32)
+def test_gpt_oss_chunked_prefill_equals_whole_prompt(tandem_bin, tmp_path, name, chunk, bt):
+    _gpt_oss(name)
+    toks = manifest()["sequences"]["s64"]
+    g0, l0 = tandem_eval(tmp_path, MODELS / name, toks, greedy=8, name="whole")
+    g1, l1 = tandem_eval(tmp_path, MODELS / name, toks, "--chunk", chunk, "--block-tokens", bt,
+                         greedy=8, name="chunked")
     assert g0 == g1
     assert rel_l2(l1, l0).max() <= 1e-5
 

@@ -106,7 +106,7 @@ static void test_kv_type_and_layout(void **state)
     assert_non_null(strstr(err.msg, "f32, f16, q8_0"));
     kern_backend_destroy(be);
 
-    kern_kv_layout_t l = {TDM_TYPE_Q8_0, 2, 128, 16, 10, 0, 0};
+    kern_kv_layout_t l = {TDM_TYPE_Q8_0, 2, 128, 16, 10, 0, 0, false};
     assert_int_equal(kern_kv_layout_init(&l, NULL), TDM_OK);
     assert_int_equal(l.row_bytes, 4 * 34);
     assert_int_equal(l.block_bytes, 2 * 16 * 4 * 34);
@@ -145,7 +145,7 @@ static void test_sticky_error(void **state)
     float x[64] = {0}, y[8] = {0}, z[8] = {1, 1, 1, 1, 1, 1, 1, 1};
     const int32_t tok[2] = {0, 0}, pos[2] = {0, 1}, seq[2] = {0, 0}, out[2] = {0, 1};
     const int32_t blocks[1] = {0};
-    const kern_seq_t sq = {blocks, 1};
+    const kern_seq_t sq = {blocks, 1, NULL};
     const kern_step_t st = {2, tok, pos, seq, 1, &sq, 2, out};
     kern_be_step_begin(be, &st, false);
     const kern_matmul_op_t op = {&w, x, 32, y, 4};

@@ -754,7 +754,7 @@ static void run_attention(const att_case_t *ac)
     float *k1 = random_x(n_all, kd, kd), *v1 = random_x(n_all, kd, kd);
     float *k2 = random_x(n_all, kd, kd), *v2 = random_x(n_all, kd, kd);
     float *q = random_x(n_tok, qd, qd);
-    kern_kv_layout_t lay = {ac->type, n_kv, hd, B, total_blocks + 3, 0, 0};
+    kern_kv_layout_t lay = {ac->type, n_kv, hd, B, total_blocks + 3, 0, 0, false};
     assert_int_equal(kern_kv_layout_init(&lay, NULL), TDM_OK);
     const size_t layer = lay.block_bytes * (size_t)lay.n_blocks;
     float *sinks = malloc((size_t)n_head * sizeof(float));
@@ -934,6 +934,141 @@ static void test_attention_window_sinks_temp(void **state)
     };
     for (size_t ci = 0; ci < TDM_ARRAY_SIZE(chunks) && !g_quick; ci++) {
         run_attention(&chunks[ci]);
+    }
+}
+
+/*
+ * A sliding-window layer whose cache is the sliding pool (kern_kv_layout_t.swa): K/V are
+ * stored through, and attention reads through, the sequences' swa_blocks (ids of their
+ * own, -1 below the window of the step's first query, a released block), never their
+ * `blocks`. Oracle: the same two steps with a plain layout whose table is the sliding one
+ * (whole) on the reference backend: the same outputs bit for bit, the same bytes in the
+ * sliding blocks, and nothing written where the full table points.
+ */
+static void run_attention_swa(tdm_type_t type, int hd, int n_kv, int group, int B, int32_t window,
+                              int32_t len, int32_t step, bool sinks)
+{
+    const int n_head = n_kv * group;
+    const int32_t nb = (len + B - 1) / B, n_pool = 2 * nb + 2;
+    /* full-pool ids in [0, nb), sliding ids in [nb, 2 nb): disjoint, in one buffer */
+    int32_t *full = malloc((size_t)nb * 4), *swa_all = malloc((size_t)nb * 4);
+    int32_t *swa_step = malloc((size_t)nb * 4);
+    for (int32_t j = 0; j < nb; j++) {
+        full[j] = j;
+        swa_all[j] = nb + j;
+    }
+    for (int32_t i = nb - 1; i > 0; i--) { /* shuffled */
+        const int32_t k = (int32_t)(rnd() % (uint32_t)(i + 1)), t = swa_all[i];
+        swa_all[i] = swa_all[k];
+        swa_all[k] = t;
+    }
+    const int32_t first = len - step, lo = (first >= window ? first - window + 1 : 0) / B;
+    for (int32_t j = 0; j < nb; j++) {
+        swa_step[j] = j < lo ? -1 : swa_all[j];
+    }
+    int32_t *tok = calloc((size_t)len, 4), *pos = calloc((size_t)len, 4);
+    int32_t *sq = calloc((size_t)len, 4), *outi = calloc((size_t)len, 4);
+    for (int32_t p = 0; p < len; p++) {
+        pos[p] = p;
+    }
+    const int64_t kd = (int64_t)n_kv * hd, qd = (int64_t)n_head * hd;
+    float *k = random_x(len, kd, kd), *v = random_x(len, kd, kd), *q = random_x(step, qd, qd);
+    float *sk = malloc((size_t)n_head * sizeof(float));
+    for (int h = 0; h < n_head; h++) {
+        sk[h] = frand(-2.0f, 2.0f);
+    }
+    kern_kv_layout_t lay = {type, n_kv, hd, B, n_pool, 0, 0, false};
+    assert_int_equal(kern_kv_layout_init(&lay, NULL), TDM_OK);
+    kern_kv_layout_t lay_swa = lay;
+    lay_swa.swa = true;
+    const size_t layer = lay.block_bytes * (size_t)n_pool;
+    /* runs: 0 ref with the sliding layout, 1 dut with it, 2 ref plain over swa_all */
+    float *o[3];
+    unsigned char *kc[3];
+    for (int run = 0; run < 3; run++) {
+        kern_backend_t *be = run == 1 ? g_dut : g_ref;
+        const bool plain = run == 2;
+        reserve(be, len, qd, qd, n_head, hd, len, 0, 0, qd, 0);
+        buf_t kl = up(be, NULL, layer), vl = up(be, NULL, layer);
+        buf_t dk = up(be, k, (size_t)(len * kd) * 4), dv = up(be, v, (size_t)(len * kd) * 4);
+        buf_t dq = up(be, q, (size_t)(step * qd) * 4), dout = up(be, NULL, (size_t)(step * qd) * 4);
+        buf_t dsk = up(be, sk, (size_t)n_head * 4);
+        const kern_attn_params_t ap = {.n_head = n_head,
+                                       .group = group,
+                                       .scale = 1.0f / sqrtf((float)hd),
+                                       .window = window,
+                                       .sinks = sinks ? dsk.p : NULL};
+        const kern_kv_layout_t *l = plain ? &lay : &lay_swa;
+        const kern_seq_t s1 = {plain ? swa_all : full, nb, plain ? NULL : swa_all};
+        const kern_seq_t s2 = {plain ? swa_all : full, nb, plain ? NULL : swa_step};
+        if (first > 0) { /* the cached positions, through the whole sliding table */
+            const kern_step_t st1 = {first, tok, pos, sq, 1, &s1, 0, outi};
+            kern_be_step_begin(be, &st1, false);
+            kern_be_kv_store(be, l, kl.p, vl.p, dk.p, dv.p, kd);
+            end_step(be);
+        }
+        const kern_step_t st2 = {step, tok, pos + first, sq, 1, &s2, 0, outi};
+        kern_be_step_begin(be, &st2, false);
+        kern_be_kv_store(be, l, kl.p, vl.p, (float *)dk.p + first * kd, (float *)dv.p + first * kd,
+                         kd);
+        kern_be_attention(be, dout.p, dq.p, l, kl.p, vl.p, &ap);
+        end_step(be);
+        o[run] = calloc((size_t)(step * qd), 4);
+        down(&dout, o[run]);
+        kc[run] = calloc(layer, 1);
+        down(&kl, kc[run]);
+        buf_t *bufs[] = {&kl, &vl, &dk, &dv, &dq, &dout, &dsk};
+        for (size_t i = 0; i < TDM_ARRAY_SIZE(bufs); i++) {
+            drop(bufs[i]);
+        }
+    }
+    char what[160];
+    snprintf(what, sizeof(what), "sliding-pool attention %s hd %d B %d window %d len %d step %d",
+             tdm_type_name(type), hd, B, window, len, step);
+    compare(what, o[2], o[0], step * qd, 0.0);
+    compare(what, o[0], o[1], step * qd, 2e-5);
+    /* every byte where it belongs: the sliding blocks as the plain run has them, nothing
+     * in the full table's blocks */
+    for (int run = 0; run < 2; run++) {
+        if (memcmp(kc[run], kc[2], layer) != 0) {
+            fail_msg("%s: run %d's cache differs from the plain run's", what, run);
+        }
+    }
+    for (int32_t j = 0; j < nb; j++) {
+        for (size_t b = 0; b < lay.block_bytes; b++) {
+            if (kc[0][(size_t)full[j] * lay.block_bytes + b] != 0) {
+                fail_msg("%s: a store went through the full table", what);
+            }
+        }
+    }
+    for (int run = 0; run < 3; run++) {
+        free(o[run]);
+        free(kc[run]);
+    }
+    free(full);
+    free(swa_all);
+    free(swa_step);
+    free(tok);
+    free(pos);
+    free(sq);
+    free(outi);
+    free(k);
+    free(v);
+    free(q);
+    free(sk);
+}
+
+static void test_attention_sliding_pool(void **state)
+{
+    (void)state;
+    const tdm_type_t kv_types[] = {TDM_TYPE_F32, TDM_TYPE_F16, TDM_TYPE_Q8_0};
+    for (size_t ti = 0; ti < TDM_ARRAY_SIZE(kv_types); ti++) {
+        /* a decode after 99 cached (window 5 from mid-block), a chunk crossing blocks with
+         * its first query's window starting in a released block's successor, gpt-oss's
+         * window 128 with sinks over blocks of 16 */
+        run_attention_swa(kv_types[ti], 64, 2, 4, 4, 5, 100, 1, false);
+        run_attention_swa(kv_types[ti], 64, 1, 2, 3, 8, 41, 9, true);
+        run_attention_swa(kv_types[ti], 64, 1, 8, 16, 128, 300, 33, true);
     }
 }
 
@@ -1247,7 +1382,7 @@ typedef struct gs_dev {
 
 static const kern_kv_layout_t *gs_layout(void)
 {
-    static kern_kv_layout_t lay = {TDM_TYPE_F16, 1, GS_HD, 4, 4, 0, 0};
+    static kern_kv_layout_t lay = {TDM_TYPE_F16, 1, GS_HD, 4, 4, 0, 0, false};
     if (lay.row_bytes == 0) {
         assert_int_equal(kern_kv_layout_init(&lay, NULL), TDM_OK);
     }
@@ -1391,7 +1526,7 @@ static void test_graph_args(void **state)
     h.upw = random_blocks(TDM_TYPE_MXFP4, (int64_t)GS_NEXP * GS_F * GS_E);
     h.dn = random_blocks(TDM_TYPE_MXFP4, (int64_t)GS_NEXP * GS_E * GS_F);
     int32_t blocks[2] = {3, 1};
-    const kern_seq_t seq = {blocks, 2};
+    const kern_seq_t seq = {blocks, 2, NULL};
     int32_t tok[GS_TOK] = {0}, pos[GS_TOK], sq[GS_TOK] = {0}, outi[1] = {0};
     for (int t = 0; t < GS_TOK; t++) {
         pos[t] = t;
@@ -1556,6 +1691,7 @@ int main(void)
         cmocka_unit_test(test_matmul_batch_invariance),
         cmocka_unit_test(test_attention),
         cmocka_unit_test(test_attention_window_sinks_temp),
+        cmocka_unit_test(test_attention_sliding_pool),
         cmocka_unit_test(test_moe),
         cmocka_unit_test(test_moe_route),
         cmocka_unit_test(test_moe_biases_oai),

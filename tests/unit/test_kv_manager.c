@@ -1,4 +1,6 @@
-/* test_kv_manager.c - KV block accounting, prefix sharing, LRU eviction and exhaustion. */
+/* test_kv_manager.c - KV block accounting, prefix sharing, LRU eviction and exhaustion;
+ * the sliding-window pool (reserve, release, hits cut by evicted windows, both pools'
+ * eviction), and a randomized run against an independent model of the rules. */
 #include "coordinator/kv_manager.h"
 
 #include <setjmp.h>
@@ -42,6 +44,34 @@ static void check_accounting(crd_kvm_t *kvm)
     crd_kvm_get_stats(kvm, &st);
     assert_int_equal(st.n_free + st.n_cached_idle + st.n_used, st.n_blocks);
     assert_int_equal(crd_kvm_available(kvm), st.n_free + st.n_cached_idle);
+    assert_int_equal(st.swa_free + st.swa_cached_idle + st.swa_used, st.swa_blocks);
+    assert_int_equal(crd_kvm_swa_available(kvm), st.swa_free + st.swa_cached_idle);
+    assert_true(st.n_used <= st.n_used_peak && st.swa_used <= st.swa_used_peak);
+}
+
+/* A manager with a sliding pool: blocks of bs tokens, window w. */
+static crd_kvm_t *make_swa(int32_t n_blocks, int32_t bs, int32_t w, int32_t n_swa_blocks)
+{
+    crd_kvm_t *kvm = NULL;
+    const crd_kvm_params_t p = {.n_blocks = n_blocks,
+                                .block_size = bs,
+                                .seed = 42,
+                                .n_swa = w,
+                                .n_swa_blocks = n_swa_blocks};
+    assert_int_equal(crd_kvm_create_pools(&p, &kvm, NULL), TDM_OK);
+    return kvm;
+}
+
+/* Which of seq's sliding table entries are blocks (1) or released (0), as a string. */
+static void swa_pattern(const crd_kv_seq_t *seq, char *out)
+{
+    int32_t n;
+    crd_kvm_seq_blocks(seq, &n);
+    const int32_t *sw = crd_kvm_seq_swa_blocks(seq);
+    for (int32_t j = 0; j < n; j++) {
+        out[j] = sw[j] >= 0 ? '1' : '0';
+    }
+    out[n] = '\0';
 }
 
 static void test_shared_prefix_reuses_blocks(void **state)
@@ -230,6 +260,620 @@ static void test_random_operations_keep_accounting(void **state)
     crd_kvm_destroy(kvm);
 }
 
+/* Reserve covers [max(0, c - w + 1), n) in the sliding pool, release drops blocks wholly
+ * below n - w + 1: cached ones stay (idle), others are freed. */
+static void test_swa_reserve_and_release(void **state)
+{
+    (void)state;
+    crd_kvm_t *kvm = make_swa(32, 4, 6, 32); /* blocks of 4, window 6 */
+    assert_int_equal(crd_kvm_swa_window(kvm), 6);
+    int32_t t[64], cached;
+    fill(t, 64, 11);
+    crd_kv_seq_t *a = NULL;
+    assert_int_equal(crd_kvm_seq_create(kvm, t, 40, &a, &cached, NULL), TDM_OK);
+    assert_int_equal(cached, 0);
+    /* a chunk of 10: positions 0..9, blocks 0..2 in both pools */
+    assert_int_equal(crd_kvm_seq_blocks_needed(kvm, a, 10), 3);
+    assert_int_equal(crd_kvm_seq_swa_blocks_needed(kvm, a, 10), 3);
+    assert_int_equal(crd_kvm_seq_reserve(kvm, a, 10), TDM_OK);
+    char pat[64];
+    swa_pattern(a, pat);
+    assert_string_equal(pat, "111");
+    crd_kvm_stats_t st;
+    crd_kvm_get_stats(kvm, &st);
+    assert_int_equal(st.swa_used, 3);
+    /* computed 10: the next token (10) reads keys 5..10, block 0 (0..3) is out; it is
+     * full and hashed, so it stays as an idle cached sliding block */
+    crd_kvm_seq_commit(kvm, a, t, 10);
+    swa_pattern(a, pat);
+    assert_string_equal(pat, "011");
+    crd_kvm_get_stats(kvm, &st);
+    assert_int_equal(st.swa_used, 2);
+    assert_int_equal(st.swa_cached_idle, 1);
+    check_accounting(kvm);
+    /* the next chunk, positions 10..22: window from 5 (block 1) to block 5 */
+    assert_int_equal(crd_kvm_seq_blocks_needed(kvm, a, 23), 3);
+    assert_int_equal(crd_kvm_seq_swa_blocks_needed(kvm, a, 23), 3);
+    assert_int_equal(crd_kvm_seq_reserve(kvm, a, 23), TDM_OK);
+    swa_pattern(a, pat);
+    assert_string_equal(pat, "011111");
+    crd_kvm_seq_commit(kvm, a, t, 23); /* next token 23 reads from 18: blocks 0..3 go */
+    swa_pattern(a, pat);
+    assert_string_equal(pat, "000011");
+    crd_kvm_get_stats(kvm, &st);
+    assert_int_equal(st.swa_used, 2);
+    assert_int_equal(st.swa_cached_idle, 4); /* blocks 0..3 are full and hashed */
+    assert_int_equal(st.swa_used_peak, 5);   /* blocks 1..5 */
+    /* decode, one token at a time: at most ceil((w - 1 + 1) / bs) + 1 = 3 sliding blocks */
+    for (int32_t n = 24; n <= 40; n++) {
+        assert_int_equal(crd_kvm_seq_reserve(kvm, a, n), TDM_OK);
+        crd_kvm_seq_commit(kvm, a, t, n);
+        crd_kvm_get_stats(kvm, &st);
+        assert_true(st.swa_used <= 3);
+        check_accounting(kvm);
+    }
+    crd_kvm_seq_free(kvm, a);
+    crd_kvm_get_stats(kvm, &st);
+    assert_int_equal(st.swa_used, 0);
+    assert_int_equal(st.swa_cached_idle, 10); /* one per full logical block of the 40 */
+    assert_int_equal(st.n_cached_idle, 10);
+
+    /* without the prefix cache (tokens NULL) a released sliding block is freed at once */
+    crd_kv_seq_t *b = NULL;
+    assert_int_equal(crd_kvm_seq_create(kvm, NULL, 0, &b, &cached, NULL), TDM_OK);
+    assert_int_equal(crd_kvm_seq_reserve(kvm, b, 12), TDM_OK);
+    crd_kvm_seq_commit(kvm, b, NULL, 12); /* next reads from 7: block 0 goes */
+    swa_pattern(b, pat);
+    assert_string_equal(pat, "011");
+    crd_kvm_get_stats(kvm, &st);
+    assert_int_equal(st.swa_used, 2);
+    assert_int_equal(st.swa_cached_idle, 10);
+    assert_int_equal(st.swa_free, 32 - 12);
+    crd_kvm_seq_free(kvm, b);
+    check_accounting(kvm);
+    crd_kvm_destroy(kvm);
+}
+
+/* A hit of P tokens stands only while the sliding blocks of [P - w + 1, P) are there;
+ * an evicted window cuts it to the longest boundary whose window survived, and the full
+ * blocks stay cached meanwhile. LRU order: blocks released at commit, in order, then the
+ * rest in reverse at the end of the sequence. */
+static void test_swa_hit_cut_by_evicted_window(void **state)
+{
+    (void)state;
+    /* blocks of 4, window 6: a hit at P needs the sliding blocks of P-5..P-1, i.e. the
+     * two logical blocks before P */
+    crd_kvm_t *kvm = make_swa(64, 4, 6, 8);
+    int32_t t[40], cached;
+    fill(t, 40, 3);
+    crd_kv_seq_t *a = NULL;
+    assert_int_equal(crd_kvm_seq_create(kvm, t, 33, &a, &cached, NULL), TDM_OK);
+    assert_int_equal(crd_kvm_seq_reserve(kvm, a, 32), TDM_OK);
+    crd_kvm_seq_commit(kvm, a, t, 32); /* releases logical 0..5 in order: LRU 0 1 2 3 4 5 */
+    crd_kvm_seq_free(kvm, a);          /* then 7, 6: LRU 0 1 2 3 4 5 7 6 */
+    crd_kvm_stats_t st;
+    crd_kvm_get_stats(kvm, &st);
+    assert_int_equal(st.swa_cached_idle, 8);
+
+    /* the whole 32 hit (max hit of a 33-token prompt), window blocks 6, 7 revived */
+    crd_kv_seq_t *b = NULL;
+    assert_int_equal(crd_kvm_seq_create(kvm, t, 33, &b, &cached, NULL), TDM_OK);
+    assert_int_equal(cached, 32);
+    char pat[64];
+    swa_pattern(b, pat);
+    assert_string_equal(pat, "00000011");
+    crd_kvm_get_stats(kvm, &st);
+    assert_int_equal(st.swa_used, 2);
+    crd_kvm_seq_free(kvm, b); /* LRU 0 1 2 3 4 5 7 6 */
+
+    /* a 17-token prompt of the same start: hit 16, window blocks 2, 3 revived and then
+     * released last (LRU 0 1 4 5 7 6 3 2) */
+    crd_kv_seq_t *c = NULL;
+    assert_int_equal(crd_kvm_seq_create(kvm, t, 17, &c, &cached, NULL), TDM_OK);
+    assert_int_equal(cached, 16);
+    swa_pattern(c, pat);
+    assert_string_equal(pat, "0011");
+    crd_kvm_seq_free(kvm, c);
+
+    /* an unrelated sequence takes 6 sliding blocks: the 6 least recently used go */
+    int32_t u[40];
+    fill(u, 40, 7000);
+    crd_kv_seq_t *d = NULL;
+    assert_int_equal(crd_kvm_seq_create(kvm, u, 30, &d, &cached, NULL), TDM_OK);
+    assert_int_equal(cached, 0);
+    assert_int_equal(crd_kvm_seq_reserve(kvm, d, 24), TDM_OK);
+    crd_kvm_get_stats(kvm, &st);
+    assert_int_equal(st.swa_evictions, 6);
+    assert_int_equal(st.swa_cached_idle, 2);
+    assert_int_equal(st.evictions, 0);
+    assert_int_equal(st.n_cached_idle, 8); /* the full blocks stay cached */
+
+    /* the 33-token prompt again: boundaries 32 .. 20 lost a window block; 16 kept 2, 3 */
+    const uint64_t cut_before = st.swa_hits_cut;
+    assert_int_equal(crd_kvm_seq_create(kvm, t, 33, &b, &cached, NULL), TDM_OK);
+    assert_int_equal(cached, 16);
+    crd_kvm_get_stats(kvm, &st);
+    assert_int_equal(st.swa_hits_cut - cut_before, 16);
+    swa_pattern(b, pat);
+    assert_string_equal(pat, "0011");
+    /* it recomputes 16..31 (the window from 11: blocks 2..7); 6 sliding blocks are in
+     * use by d, 2 by b: no room for 4 more until d goes */
+    assert_int_equal(crd_kvm_seq_swa_blocks_needed(kvm, b, 32), 4);
+    assert_int_equal(crd_kvm_seq_reserve(kvm, b, 32), TDM_ERR_BUSY);
+    swa_pattern(b, pat);
+    assert_string_equal(pat, "0011"); /* unchanged */
+    crd_kvm_seq_free(kvm, d);
+    assert_int_equal(crd_kvm_seq_reserve(kvm, b, 32), TDM_OK);
+    swa_pattern(b, pat);
+    assert_string_equal(pat, "00111111");
+    crd_kvm_seq_commit(kvm, b, t, 32);
+    swa_pattern(b, pat);
+    assert_string_equal(pat, "00000011");
+    d = NULL;
+    crd_kvm_seq_free(kvm, b);
+    crd_kvm_seq_free(kvm, d);
+    check_accounting(kvm);
+    crd_kvm_destroy(kvm);
+}
+
+/* Evicting a cached full block frees its idle sliding block (free blocks are taken before
+ * any idle one is evicted, so no sliding eviction is counted); the prefix then hits up to
+ * the evicted block only. */
+static void test_swa_full_eviction_frees_window(void **state)
+{
+    (void)state;
+    crd_kvm_t *kvm = make_swa(6, 4, 6, 6);
+    int32_t t[32], u[8], cached;
+    fill(t, 32, 5);
+    fill(u, 8, 900);
+    crd_kv_seq_t *a = NULL;
+    assert_int_equal(crd_kvm_seq_create(kvm, t, 25, &a, &cached, NULL), TDM_OK);
+    assert_int_equal(crd_kvm_seq_reserve(kvm, a, 24), TDM_OK);
+    crd_kvm_seq_commit(kvm, a, t, 24);
+    crd_kvm_seq_free(kvm, a); /* full LRU: 5 4 3 2 1 0 (deepest first) */
+    crd_kvm_stats_t st;
+    crd_kvm_get_stats(kvm, &st);
+    assert_int_equal(st.n_cached_idle, 6);
+    assert_int_equal(st.swa_cached_idle, 6);
+    crd_kv_seq_t *b = NULL;
+    assert_int_equal(crd_kvm_seq_create(kvm, u, 8, &b, &cached, NULL), TDM_OK);
+    assert_int_equal(crd_kvm_seq_reserve(kvm, b, 4), TDM_OK);
+    crd_kvm_get_stats(kvm, &st);
+    assert_int_equal(st.evictions, 1);     /* logical block 5's full block ...       */
+    assert_int_equal(st.swa_evictions, 0); /* ... took its sliding block with it, and
+                                              b got that one, now free             */
+    assert_int_equal(st.swa_cached_idle, 5);
+    assert_int_equal(st.swa_used, 1);
+    crd_kv_seq_t *c = NULL;
+    assert_int_equal(crd_kvm_seq_create(kvm, t, 25, &c, &cached, NULL), TDM_OK);
+    assert_int_equal(cached, 20); /* blocks 0..4; the window of 20 (blocks 3, 4) is there */
+    crd_kvm_seq_free(kvm, c);
+    crd_kvm_seq_free(kvm, b);
+    /* forgetting the cache frees every idle block of both pools */
+    crd_kvm_forget_cached(kvm);
+    crd_kvm_get_stats(kvm, &st);
+    assert_int_equal(st.n_free, 6);
+    assert_int_equal(st.swa_free, 6);
+    assert_int_equal(crd_kvm_seq_create(kvm, t, 25, &c, &cached, NULL), TDM_OK);
+    assert_int_equal(cached, 0);
+    crd_kvm_seq_free(kvm, c);
+    check_accounting(kvm);
+    crd_kvm_destroy(kvm);
+}
+
+/* ---- an independent model of the two-pool rules (kv_manager.h), for the random run:
+ * plain arrays, prefixes compared as token strings, LRU by timestamps ---- */
+
+#define M_BLOCKS 48
+#define M_SEQS   5
+#define M_TOK    120
+
+typedef struct m_full {
+    int ref;
+    bool cached;
+    int32_t key[M_TOK]; /* the whole prefix up to the block's end */
+    int key_len;
+    long idle_since; /* -1: not idle (in use or free) */
+    int swa;         /* the sliding block of this cached logical block, -1 */
+} m_full_t;
+
+typedef struct m_swa {
+    int ref;
+    int owner; /* the cached full block it belongs to, -1 */
+    long idle_since;
+} m_swa_t;
+
+typedef struct m_seq {
+    bool live;
+    int32_t tok[M_TOK];
+    int n_tok, n_prompt;
+    int nb, blocks[M_TOK], swa[M_TOK];
+    int committed, computed;
+    crd_kv_seq_t *real;
+} m_seq_t;
+
+typedef struct model {
+    int bs, w, n_full, n_swa;
+    m_full_t full[M_BLOCKS];
+    m_swa_t swa[M_BLOCKS];
+    m_seq_t seq[M_SEQS];
+    long clock;
+    uint64_t evict_full, evict_swa;
+} model_t;
+
+static int m_wlo(const model_t *m, int p)
+{
+    return p >= m->w ? p - m->w + 1 : 0;
+}
+
+static int m_find(const model_t *m, const int32_t *key, int len)
+{
+    for (int b = 0; b < m->n_full; b++) {
+        if (m->full[b].cached && m->full[b].key_len == len &&
+            memcmp(m->full[b].key, key, (size_t)len * sizeof(int32_t)) == 0) {
+            return b;
+        }
+    }
+    return -1;
+}
+
+static int m_oldest_idle_full(const model_t *m)
+{
+    int best = -1;
+    for (int b = 0; b < m->n_full; b++) {
+        if (m->full[b].ref == 0 && m->full[b].idle_since >= 0 &&
+            (best < 0 || m->full[b].idle_since < m->full[best].idle_since)) {
+            best = b;
+        }
+    }
+    return best;
+}
+
+static int m_oldest_idle_swa(const model_t *m)
+{
+    int best = -1;
+    for (int s = 0; s < m->n_swa; s++) {
+        if (m->swa[s].ref == 0 && m->swa[s].idle_since >= 0 &&
+            (best < 0 || m->swa[s].idle_since < m->swa[best].idle_since)) {
+            best = s;
+        }
+    }
+    return best;
+}
+
+static int m_take_full(model_t *m)
+{
+    for (int b = 0; b < m->n_full; b++) {
+        if (m->full[b].ref == 0 && m->full[b].idle_since < 0) {
+            m->full[b].ref = 1;
+            return b;
+        }
+    }
+    const int b = m_oldest_idle_full(m);
+    assert_true(b >= 0);
+    m->evict_full++;
+    m->full[b].cached = false;
+    const int s = m->full[b].swa;
+    if (s >= 0) { /* its sliding block goes with it (freed when idle) */
+        m->swa[s].owner = -1;
+        if (m->swa[s].ref == 0) {
+            m->swa[s].idle_since = -1;
+        }
+        m->full[b].swa = -1;
+    }
+    m->full[b].idle_since = -1;
+    m->full[b].ref = 1;
+    return b;
+}
+
+static int m_take_swa(model_t *m)
+{
+    for (int s = 0; s < m->n_swa; s++) {
+        if (m->swa[s].ref == 0 && m->swa[s].idle_since < 0) {
+            m->swa[s].ref = 1;
+            return s;
+        }
+    }
+    const int s = m_oldest_idle_swa(m);
+    assert_true(s >= 0);
+    m->evict_swa++;
+    m->full[m->swa[s].owner].swa = -1;
+    m->swa[s].owner = -1;
+    m->swa[s].idle_since = -1;
+    m->swa[s].ref = 1;
+    return s;
+}
+
+static void m_ref_full(model_t *m, int b)
+{
+    if (m->full[b].ref++ == 0) {
+        m->full[b].idle_since = -1;
+    }
+}
+
+static void m_ref_swa(model_t *m, int s)
+{
+    if (m->swa[s].ref++ == 0) {
+        m->swa[s].idle_since = -1;
+    }
+}
+
+static void m_unref_full(model_t *m, int b)
+{
+    if (--m->full[b].ref == 0) {
+        m->full[b].idle_since = m->full[b].cached ? m->clock++ : -1;
+    }
+}
+
+static void m_unref_swa(model_t *m, int s)
+{
+    if (--m->swa[s].ref == 0) {
+        m->swa[s].idle_since = m->swa[s].owner >= 0 ? m->clock++ : -1;
+    }
+}
+
+static int m_create(model_t *m, m_seq_t *q)
+{
+    const int bs = m->bs, max_hit = q->n_prompt > 0 ? (q->n_prompt - 1) / bs : 0;
+    int chain = 0, blk[M_TOK];
+    while (chain < max_hit && (blk[chain] = m_find(m, q->tok, (chain + 1) * bs)) >= 0) {
+        chain++;
+    }
+    int k = chain;
+    for (; k > 0; k--) { /* the window before k * bs must be whole */
+        bool ok = true;
+        for (int j = m_wlo(m, k * bs) / bs; j < k; j++) {
+            ok &= m->full[blk[j]].swa >= 0;
+        }
+        if (ok) {
+            break;
+        }
+    }
+    q->nb = q->committed = k;
+    q->computed = k * bs;
+    for (int j = 0; j < k; j++) {
+        q->blocks[j] = blk[j];
+        m_ref_full(m, blk[j]);
+        q->swa[j] = j < m_wlo(m, k * bs) / bs ? -1 : m->full[blk[j]].swa;
+        if (q->swa[j] >= 0) {
+            m_ref_swa(m, q->swa[j]);
+        }
+    }
+    return k * bs;
+}
+
+static int m_count_avail_full(const model_t *m)
+{
+    int n = 0;
+    for (int b = 0; b < m->n_full; b++) {
+        n += m->full[b].ref == 0;
+    }
+    return n;
+}
+
+static int m_count_avail_swa(const model_t *m)
+{
+    int n = 0;
+    for (int s = 0; s < m->n_swa; s++) {
+        n += m->swa[s].ref == 0;
+    }
+    return n;
+}
+
+static tdm_status_t m_reserve(model_t *m, m_seq_t *q, int n)
+{
+    const int bs = m->bs, want = (n + bs - 1) / bs, lo = m_wlo(m, q->computed) / bs;
+    const int need = want > q->nb ? want - q->nb : 0;
+    int need_swa = 0;
+    for (int j = lo; j < want; j++) {
+        need_swa += j >= q->nb || q->swa[j] < 0;
+    }
+    if (need > m_count_avail_full(m) || need_swa > m_count_avail_swa(m)) {
+        return TDM_ERR_BUSY;
+    }
+    for (int i = 0; i < need; i++) {
+        q->swa[q->nb] = -1;
+        q->blocks[q->nb++] = m_take_full(m);
+    }
+    for (int j = lo; j < q->nb; j++) {
+        if (q->swa[j] < 0) {
+            q->swa[j] = m_take_swa(m);
+        }
+    }
+    return TDM_OK;
+}
+
+static void m_commit(model_t *m, m_seq_t *q, int n)
+{
+    const int bs = m->bs, full = n / bs < q->nb ? n / bs : q->nb;
+    for (int i = q->committed; i < full; i++) {
+        const int b = q->blocks[i];
+        int canon = m->full[b].cached ? b : m_find(m, q->tok, (i + 1) * bs);
+        if (canon < 0) {
+            m->full[b].cached = true;
+            m->full[b].key_len = (i + 1) * bs;
+            memcpy(m->full[b].key, q->tok, (size_t)(i + 1) * bs * sizeof(int32_t));
+            canon = b;
+        }
+        const int s = q->swa[i];
+        if (s >= 0 && m->full[canon].swa < 0 && m->swa[s].owner < 0) {
+            m->full[canon].swa = s;
+            m->swa[s].owner = canon;
+        }
+        q->committed = i + 1;
+    }
+    q->computed = n > q->computed ? n : q->computed;
+    for (int j = 0; j < m_wlo(m, q->computed) / bs && j < q->nb; j++) {
+        if (q->swa[j] >= 0) {
+            m_unref_swa(m, q->swa[j]);
+            q->swa[j] = -1;
+        }
+    }
+}
+
+static void m_free(model_t *m, m_seq_t *q)
+{
+    for (int i = q->nb - 1; i >= 0; i--) {
+        if (q->swa[i] >= 0) {
+            m_unref_swa(m, q->swa[i]);
+        }
+        m_unref_full(m, q->blocks[i]);
+    }
+    q->live = false;
+}
+
+/* The manager and the model agree on everything observable; shared real ids hold the
+ * same prefix. */
+static void m_compare(const model_t *m, crd_kvm_t *kvm)
+{
+    crd_kvm_stats_t st;
+    crd_kvm_get_stats(kvm, &st);
+    int free_f = 0, idle_f = 0, free_s = 0, idle_s = 0;
+    for (int b = 0; b < m->n_full; b++) {
+        free_f += m->full[b].ref == 0 && m->full[b].idle_since < 0;
+        idle_f += m->full[b].ref == 0 && m->full[b].idle_since >= 0;
+    }
+    for (int s = 0; s < m->n_swa; s++) {
+        free_s += m->swa[s].ref == 0 && m->swa[s].idle_since < 0;
+        idle_s += m->swa[s].ref == 0 && m->swa[s].idle_since >= 0;
+    }
+    assert_int_equal(st.n_free, free_f);
+    assert_int_equal(st.n_cached_idle, idle_f);
+    assert_int_equal(st.swa_free, free_s);
+    assert_int_equal(st.swa_cached_idle, idle_s);
+    assert_true(st.evictions == m->evict_full);
+    assert_true(st.swa_evictions == m->evict_swa);
+    check_accounting(kvm);
+    for (int a = 0; a < M_SEQS; a++) {
+        const m_seq_t *q = &m->seq[a];
+        if (!q->live) {
+            continue;
+        }
+        int32_t nb;
+        const int32_t *rb = crd_kvm_seq_blocks(q->real, &nb);
+        const int32_t *rs = crd_kvm_seq_swa_blocks(q->real);
+        assert_int_equal(nb, q->nb);
+        for (int j = 0; j < nb; j++) {
+            assert_int_equal(rs[j] >= 0, q->swa[j] >= 0);
+            assert_true(rb[j] >= 0 && rb[j] < m->n_full && rs[j] < m->n_swa);
+        }
+        for (int b = 0; b <= a; b++) { /* a real id two tables share: the same prefix */
+            const m_seq_t *r = &m->seq[b];
+            if (!r->live) {
+                continue;
+            }
+            int32_t nb2;
+            const int32_t *rb2 = crd_kvm_seq_blocks(r->real, &nb2);
+            const int32_t *rs2 = crd_kvm_seq_swa_blocks(r->real);
+            for (int i = 0; i < nb; i++) {
+                for (int j = 0; j < nb2; j++) {
+                    if ((a == b && i == j) || (rb[i] != rb2[j] && (rs[i] < 0 || rs[i] != rs2[j]))) {
+                        continue;
+                    }
+                    assert_int_equal(i, j);
+                    assert_true(a != b);
+                    assert_true(q->computed >= (i + 1) * m->bs && r->computed >= (i + 1) * m->bs);
+                    assert_memory_equal(q->tok, r->tok, (size_t)(i + 1) * m->bs * sizeof(int32_t));
+                }
+            }
+        }
+    }
+}
+
+static void run_model(int bs, int w, int n_full, int n_swa, uint32_t seed)
+{
+    model_t *m = calloc(1, sizeof(*m));
+    assert_non_null(m);
+    m->bs = bs;
+    m->w = w;
+    m->n_full = n_full;
+    m->n_swa = n_swa;
+    for (int b = 0; b < M_BLOCKS; b++) {
+        m->full[b].idle_since = m->swa[b].idle_since = -1;
+        m->full[b].swa = m->swa[b].owner = -1;
+    }
+    crd_kvm_t *kvm = make_swa(n_full, bs, w, n_swa);
+    uint32_t r = seed;
+    int hits = 0, busy = 0, cut = 0;
+    for (int it = 0; it < 4000; it++) {
+        r = r * 1103515245u + 12345u;
+        const uint32_t x = r >> 8;
+        m_seq_t *q = &m->seq[x % M_SEQS];
+        if (!q->live) {
+            /* prompts from three stems, so prefixes really repeat */
+            const int stem = (int)((x >> 4) % 3);
+            q->n_prompt = q->n_tok = 1 + (int)((x >> 7) % 60);
+            for (int i = 0; i < q->n_tok; i++) {
+                q->tok[i] = stem * 1000 + i;
+            }
+            if ((x >> 14) % 4 == 0) { /* a different tail */
+                q->tok[q->n_tok - 1] = 7;
+            }
+            int32_t cached;
+            assert_int_equal(crd_kvm_seq_create(kvm, q->tok, q->n_prompt, &q->real, &cached, NULL),
+                             TDM_OK);
+            assert_int_equal(cached, m_create(m, q));
+            hits += cached > 0;
+            q->live = true;
+        } else if ((x >> 4) % 6 == 0) {
+            crd_kvm_seq_free(kvm, q->real);
+            m_free(m, q);
+        } else {
+            const int target = q->computed + 1 + (int)((x >> 9) % 7);
+            if (target >= M_TOK) {
+                crd_kvm_seq_free(kvm, q->real);
+                m_free(m, q);
+                continue;
+            }
+            for (; q->n_tok < target; q->n_tok++) {
+                q->tok[q->n_tok] = (int32_t)((x >> 12) % 3); /* generated: few choices */
+            }
+            const tdm_status_t st = crd_kvm_seq_reserve(kvm, q->real, target);
+            assert_int_equal(st, m_reserve(m, q, target));
+            if (st == TDM_OK) {
+                crd_kvm_seq_commit(kvm, q->real, q->tok, target);
+                m_commit(m, q, target);
+            } else {
+                busy++;
+            }
+        }
+        m_compare(m, kvm);
+    }
+    crd_kvm_stats_t st;
+    crd_kvm_get_stats(kvm, &st);
+    cut = (int)st.swa_hits_cut;
+    print_message("bs %d window %d pools %d/%d: %d hits, %d busy, %d tokens cut, %llu + %llu "
+                  "evictions\n",
+                  bs, w, n_full, n_swa, hits, busy, cut, (unsigned long long)st.evictions,
+                  (unsigned long long)st.swa_evictions);
+    /* the run exercised what it is for */
+    assert_true(hits > 0 && busy > 0 && st.evictions > 0);
+    /* a sliding pool as large as the full one never evicts on its own (every sequence
+     * needs fewer sliding blocks than full ones, and a full eviction frees its window) */
+    assert_true((st.swa_evictions > 0) == (n_swa < n_full));
+    assert_true(w == 1 || n_swa == n_full || cut > 0); /* a window of 1 is never cut */
+    for (int a = 0; a < M_SEQS; a++) {
+        if (m->seq[a].live) {
+            crd_kvm_seq_free(kvm, m->seq[a].real);
+            m_free(m, &m->seq[a]);
+        }
+    }
+    m_compare(m, kvm);
+    crd_kvm_destroy(kvm);
+    free(m);
+}
+
+static void test_swa_random_against_model(void **state)
+{
+    (void)state;
+    run_model(4, 6, 24, 10, 1);
+    run_model(2, 5, 40, 9, 2);
+    run_model(1, 3, 30, 6, 3);
+    run_model(3, 9, 20, 12, 4);
+    run_model(4, 1, 20, 5, 5);
+    run_model(4, 16, 32, 32, 6); /* a window larger than most prompts */
+}
+
 static void test_bad_arguments(void **state)
 {
     (void)state;
@@ -237,6 +881,11 @@ static void test_bad_arguments(void **state)
     tdm_error_t err = {0};
     assert_int_equal(crd_kvm_create(0, 16, 0, &kvm, &err), TDM_ERR_INVALID_PARAM);
     assert_int_equal(crd_kvm_create(4, 0, 0, &kvm, NULL), TDM_ERR_INVALID_PARAM);
+    /* a window needs a sliding pool and the reverse */
+    crd_kvm_params_t p = {.n_blocks = 4, .block_size = 4, .n_swa = 8, .n_swa_blocks = 0};
+    assert_int_equal(crd_kvm_create_pools(&p, &kvm, NULL), TDM_ERR_INVALID_PARAM);
+    p = (crd_kvm_params_t){.n_blocks = 4, .block_size = 4, .n_swa = 0, .n_swa_blocks = 3};
+    assert_int_equal(crd_kvm_create_pools(&p, &kvm, NULL), TDM_ERR_INVALID_PARAM);
     kvm = make(2);
     crd_kv_seq_t *s = NULL;
     int32_t cached;
@@ -258,6 +907,10 @@ int main(void)
         cmocka_unit_test(test_exhaustion_and_lru_eviction),
         cmocka_unit_test(test_concurrent_duplicate_prefix),
         cmocka_unit_test(test_random_operations_keep_accounting),
+        cmocka_unit_test(test_swa_reserve_and_release),
+        cmocka_unit_test(test_swa_hit_cut_by_evicted_window),
+        cmocka_unit_test(test_swa_full_eviction_frees_window),
+        cmocka_unit_test(test_swa_random_against_model),
         cmocka_unit_test(test_bad_arguments),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -9,6 +9,12 @@
  * context. Any wrong block table, prefix-cache hit on the wrong blocks, lost chunk or
  * bad preemption replay therefore changes the generated tokens, which are compared with
  * a direct computation from the true token sequence.
+ *
+ * With a sliding pool (a model with sliding-window layers) the executor also keeps a
+ * second store addressed by the sliding tables: every token is written there too, and
+ * every token of a step reads its window (pos - W + 1 .. pos) back through its sliding
+ * table, which must give the same tokens as the full store; a sequence's sliding table
+ * may hold no more blocks than its window and the step's tokens need.
  */
 #include "coordinator/scheduler.h"
 
@@ -27,8 +33,11 @@
 
 typedef struct fake_exec {
     int32_t n_blocks;
-    int32_t *kv_tok; /* [n_blocks * BT] */
-    int32_t *kv_pos; /* [n_blocks * BT] position + 1, 0 = empty */
+    int32_t *kv_tok;              /* [n_blocks * BT] */
+    int32_t *kv_pos;              /* [n_blocks * BT] position + 1, 0 = empty */
+    int32_t window, n_swa_blocks; /* the sliding pool (0: none) */
+    int32_t *swa_tok, *swa_pos;   /* [n_swa_blocks * BT] */
+    int32_t max_swa_live;         /* most sliding blocks one sequence held in a step */
     int32_t max_tokens_seen, max_seqs_seen, steps;
     int fail_at_step; /* 1-based; 0 = never */
     int32_t budget;
@@ -69,6 +78,38 @@ static tdm_status_t fake_step(void *impl, const xp_step_t *st, float *logits, td
         assert_true(b >= 0 && b < fx->n_blocks);
         fx->kv_tok[b * BT + p % BT] = st->token[t];
         fx->kv_pos[b * BT + p % BT] = p + 1;
+        if (fx->n_swa_blocks > 0) {
+            assert_non_null(sq->swa_blocks);
+            const int32_t sb = sq->swa_blocks[p / BT];
+            assert_true(sb >= 0 && sb < fx->n_swa_blocks);
+            fx->swa_tok[sb * BT + p % BT] = st->token[t];
+            fx->swa_pos[sb * BT + p % BT] = p + 1;
+        } else {
+            assert_null(sq->swa_blocks);
+        }
+    }
+    for (int32_t t = 0; t < st->n_tokens && fx->n_swa_blocks > 0; t++) {
+        /* a sliding layer: the window through the sliding table, as the full store has it */
+        const xp_step_seq_t *sq = &st->seqs[st->seq[t]];
+        const int32_t p = st->pos[t], lo = p >= fx->window ? p - fx->window + 1 : 0;
+        for (int32_t q = lo; q <= p; q++) {
+            const int32_t sb = sq->swa_blocks[q / BT], b = sq->blocks[q / BT];
+            assert_true(sb >= 0 && sb < fx->n_swa_blocks);
+            assert_int_equal(fx->swa_pos[sb * BT + q % BT], q + 1);
+            assert_int_equal(fx->swa_tok[sb * BT + q % BT], fx->kv_tok[b * BT + q % BT]);
+        }
+    }
+    for (int32_t q = 0; q < st->n_seqs && fx->n_swa_blocks > 0; q++) {
+        /* a chunk of c tokens: at most ceil((W - 1 + c) / BT) + 1 sliding blocks */
+        int32_t c = 0, live = 0;
+        for (int32_t t = 0; t < st->n_tokens; t++) {
+            c += st->seq[t] == q;
+        }
+        for (int32_t j = 0; j < st->seqs[q].n_blocks; j++) {
+            live += st->seqs[q].swa_blocks[j] >= 0;
+        }
+        assert_true(live <= (fx->window - 1 + c + BT - 1) / BT + 1);
+        fx->max_swa_live = live > fx->max_swa_live ? live : fx->max_swa_live;
     }
     int32_t row = 0, ctx[512];
     for (int32_t t = 0; t < st->n_tokens; t++) {
@@ -97,13 +138,28 @@ static void fake_init(fake_exec_t *fx, xp_executor_t *ex, int32_t n_blocks, int3
     fx->budget = budget;
     fx->kv_tok = calloc((size_t)n_blocks * BT, sizeof(int32_t));
     fx->kv_pos = calloc((size_t)n_blocks * BT, sizeof(int32_t));
-    *ex = (xp_executor_t){&fake_ops, fx, NV, n_blocks, BT, budget, 8, 256};
+    *ex = (xp_executor_t){&fake_ops, fx, NV, n_blocks, BT, budget, 8, 256, 0, 0};
+}
+
+/* The same with a sliding pool of n_swa_blocks blocks for a window of `window`. */
+static void fake_init_swa(fake_exec_t *fx, xp_executor_t *ex, int32_t n_blocks, int32_t budget,
+                          int32_t window, int32_t n_swa_blocks)
+{
+    fake_init(fx, ex, n_blocks, budget);
+    fx->window = window;
+    fx->n_swa_blocks = n_swa_blocks;
+    fx->swa_tok = calloc((size_t)n_swa_blocks * BT, sizeof(int32_t));
+    fx->swa_pos = calloc((size_t)n_swa_blocks * BT, sizeof(int32_t));
+    ex->n_swa = window;
+    ex->n_swa_blocks = n_swa_blocks;
 }
 
 static void fake_free(fake_exec_t *fx)
 {
     free(fx->kv_tok);
     free(fx->kv_pos);
+    free(fx->swa_tok);
+    free(fx->swa_pos);
 }
 
 /* Greedy continuation computed directly from the true sequence. */
@@ -191,12 +247,18 @@ static void make_prompt(int32_t *p, int32_t n, int32_t stem, int32_t salt)
     }
 }
 
-static void check_many(int32_t n_blocks, int32_t budget, int32_t max_running, int n_req,
-                       uint64_t *preemptions)
+/* n_req requests on a cache of n_blocks (and, with window > 0, a sliding pool of
+ * n_swa_blocks): every output equals the reference. */
+static void check_many_swa(int32_t n_blocks, int32_t budget, int32_t max_running, int n_req,
+                           int32_t window, int32_t n_swa_blocks, uint64_t *preemptions)
 {
     fake_exec_t fx;
     xp_executor_t ex;
-    fake_init(&fx, &ex, n_blocks, budget);
+    if (window > 0) {
+        fake_init_swa(&fx, &ex, n_blocks, budget, window, n_swa_blocks);
+    } else {
+        fake_init(&fx, &ex, n_blocks, budget);
+    }
     crd_sched_params_t sp = {budget, max_running, 64, 256, 99};
     crd_sched_t *s = NULL;
     assert_int_equal(crd_sched_create(&ex, &sp, &s, NULL), TDM_OK);
@@ -226,10 +288,21 @@ static void check_many(int32_t n_blocks, int32_t budget, int32_t max_running, in
     crd_sched_stats_t st;
     crd_sched_get_stats(s, &st);
     assert_int_equal(st.kv_blocks_used, 0);
+    assert_int_equal(st.kv_swa_blocks_used, 0);
+    assert_int_equal(st.kv_swa_blocks_total, window > 0 ? n_swa_blocks : 0);
     assert_int_equal(st.finished[CRD_FINISH_LENGTH], (uint64_t)n_req);
+    if (window > 0) {
+        assert_true(fx.max_swa_live > 0 && st.kv_swa_blocks_peak <= n_swa_blocks);
+    }
     *preemptions = st.preemptions;
     crd_sched_destroy(s);
     fake_free(&fx);
+}
+
+static void check_many(int32_t n_blocks, int32_t budget, int32_t max_running, int n_req,
+                       uint64_t *preemptions)
+{
+    check_many_swa(n_blocks, budget, max_running, n_req, 0, 0, preemptions);
 }
 
 static void test_batched_outputs_equal_reference(void **state)
@@ -275,6 +348,105 @@ static void test_prefix_cache_hit_is_reported_and_correct(void **state)
     crd_sched_get_stats(s, &st);
     assert_int_equal(st.prefix_hits, 28);
     crd_sched_destroy(s);
+    fake_free(&fx);
+}
+
+/* A model with sliding-window layers (window 6, blocks of 4): the same outputs with a
+ * sliding pool as large as the full one, one that forces preemption (sliding blocks
+ * run out first) and a window of one position. */
+static void test_sliding_pool_outputs_equal_reference(void **state)
+{
+    (void)state;
+    uint64_t pre;
+    check_many_swa(256, 64, 16, 12, 6, 256, &pre);
+    assert_int_equal(pre, 0);
+    check_many_swa(256, 7, 16, 12, 6, 256, &pre); /* chunked prefills cross blocks */
+    check_many_swa(256, 32, 16, 12, 6, 14, &pre); /* 14 sliding blocks for 16 running */
+    assert_true(pre > 0);
+    check_many_swa(40, 32, 8, 12, 6, 12, &pre); /* both pools short */
+    assert_true(pre > 0);
+    check_many_swa(256, 16, 16, 12, 1, 40, &pre);
+}
+
+/* Prefix hits with a sliding pool: a repeated prompt hits in full while its window is
+ * cached; after other requests churned the sliding pool the hit is cut (or gone) and the
+ * output is still right. */
+static void test_sliding_pool_prefix_hits(void **state)
+{
+    (void)state;
+    fake_exec_t fx;
+    xp_executor_t ex;
+    fake_init_swa(&fx, &ex, 128, 64, 6, 8);
+    crd_sched_params_t sp = {64, 4, 8, 256, 1};
+    crd_sched_t *s = NULL;
+    assert_int_equal(crd_sched_create(&ex, &sp, &s, NULL), TDM_OK);
+    int32_t p[30], want[5];
+    make_prompt(p, 30, 1, -1);
+    reference(p, 30, 5, want);
+    collected_t a = {0}, b = {0}, c = {0};
+    uint64_t id;
+    crd_request_params_t rp = greedy_req(p, 30, 5, &a);
+    assert_int_equal(crd_sched_submit(s, &rp, &id, NULL), TDM_OK);
+    run_all(s);
+    rp = greedy_req(p, 30, 5, &b);
+    assert_int_equal(crd_sched_submit(s, &rp, &id, NULL), TDM_OK);
+    run_all(s);
+    assert_int_equal(a.n_cached, 0);
+    assert_int_equal(b.n_cached, 28); /* the window of 28 (blocks 5, 6) was kept */
+    assert_memory_equal(a.toks, want, sizeof(want));
+    assert_memory_equal(b.toks, want, sizeof(want));
+    /* two long unrelated requests take every sliding block (8) more than once */
+    int32_t q1[40], q2[40];
+    make_prompt(q1, 40, 2, 5);
+    make_prompt(q2, 40, 4, 9);
+    collected_t x = {0}, y = {0};
+    rp = greedy_req(q1, 40, 3, &x);
+    assert_int_equal(crd_sched_submit(s, &rp, &id, NULL), TDM_OK);
+    rp = greedy_req(q2, 40, 3, &y);
+    assert_int_equal(crd_sched_submit(s, &rp, &id, NULL), TDM_OK);
+    run_all(s);
+    rp = greedy_req(p, 30, 5, &c);
+    assert_int_equal(crd_sched_submit(s, &rp, &id, NULL), TDM_OK);
+    run_all(s);
+    assert_true(c.n_cached < 28);
+    assert_memory_equal(c.toks, want, sizeof(want));
+    crd_sched_stats_t st;
+    crd_sched_get_stats(s, &st);
+    assert_int_equal(st.kv_swa_blocks_used, 0);
+    assert_int_equal(st.kv_swa_blocks_total, 8);
+    crd_sched_destroy(s);
+    fake_free(&fx);
+}
+
+/* A sliding pool smaller than the full one bounds the chunk so that one sequence fits,
+ * and one that cannot hold a window is refused. */
+static void test_sliding_pool_bounds(void **state)
+{
+    (void)state;
+    fake_exec_t fx;
+    xp_executor_t ex;
+    fake_init_swa(&fx, &ex, 64, 64, 6, 4);
+    crd_sched_params_t sp = {64, 4, 8, 256, 1};
+    crd_sched_t *s = NULL;
+    assert_int_equal(crd_sched_create(&ex, &sp, &s, NULL), TDM_OK);
+    int32_t p[40], want[4];
+    make_prompt(p, 40, 3, -1);
+    reference(p, 40, 4, want);
+    collected_t a = {0};
+    uint64_t id;
+    crd_request_params_t rp = greedy_req(p, 40, 4, &a);
+    assert_int_equal(crd_sched_submit(s, &rp, &id, NULL), TDM_OK);
+    run_all(s);
+    assert_memory_equal(a.toks, want, sizeof(want));
+    /* (4 - 1) * 4 - (6 - 1) = 7 tokens per step at most */
+    assert_true(fx.max_tokens_seen <= 7);
+    crd_sched_destroy(s);
+    fake_free(&fx);
+
+    fake_init_swa(&fx, &ex, 64, 64, 9, 3); /* (3 - 1) * 4 < 9: no chunk fits */
+    tdm_error_t err = {0};
+    assert_int_equal(crd_sched_create(&ex, &sp, &s, &err), TDM_ERR_INVALID_PARAM);
+    assert_non_null(strstr(err.msg, "cannot hold a window of 9"));
     fake_free(&fx);
 }
 
@@ -454,6 +626,9 @@ int main(void)
         cmocka_unit_test(test_batched_outputs_equal_reference),
         cmocka_unit_test(test_preemption_under_kv_pressure),
         cmocka_unit_test(test_prefix_cache_hit_is_reported_and_correct),
+        cmocka_unit_test(test_sliding_pool_outputs_equal_reference),
+        cmocka_unit_test(test_sliding_pool_prefix_hits),
+        cmocka_unit_test(test_sliding_pool_bounds),
         cmocka_unit_test(test_decode_not_starved_by_long_prefill),
         cmocka_unit_test(test_stop_cancel_limits_and_errors),
         cmocka_unit_test(test_seeded_sampling_repeats),

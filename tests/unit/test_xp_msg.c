@@ -70,6 +70,7 @@ typedef struct gen_store {
     int32_t token[GEN_TOKENS], pos[GEN_TOKENS], seq[GEN_TOKENS];
     uint8_t want[GEN_TOKENS];
     int32_t blocks[GEN_SEQS][GEN_BLOCKS];
+    int32_t swa_blocks[GEN_SEQS][GEN_BLOCKS];
     xp_step_seq_t seqs[GEN_SEQS];
     float logits[GEN_LOGITS * GEN_VOCAB];
     uint8_t ucx[GEN_ADDR];
@@ -176,6 +177,7 @@ static void gen_msg(uint64_t *s, xp_msg_type_t type, gen_store_t *g, xp_msg_t *m
         m->ready.n_vocab = (int32_t)rng_below(s, XP_MSG_MAX_VOCAB + 1);
         m->ready.weight_bytes = rand_u64(s);
         m->ready.resident_bytes = rand_u64(s);
+        m->ready.n_swa_blocks = rng_below(s, 2) ? rand_nonneg(s) : 0;
         break;
     case XP_MSG_STEP: {
         xp_step_t *st = &m->step;
@@ -188,11 +190,15 @@ static void gen_msg(uint64_t *s, xp_msg_type_t type, gen_store_t *g, xp_msg_t *m
             g->want[i] = (uint8_t)rng_below(s, 2);
             st->n_logits += g->want[i];
         }
+        const bool swa = rng_below(s, 2); /* a model with a sliding pool: every seq */
         for (int32_t q = 0; q < st->n_seqs; q++) {
             g->seqs[q].n_blocks = (int32_t)rng_below(s, GEN_BLOCKS + 1);
             g->seqs[q].blocks = g->blocks[q];
+            g->seqs[q].swa_blocks = swa ? g->swa_blocks[q] : NULL;
             for (int32_t j = 0; j < g->seqs[q].n_blocks; j++) {
                 g->blocks[q][j] = rand_nonneg(s);
+                /* released (-1) below a window, ids above */
+                g->swa_blocks[q][j] = rng_below(s, 3) == 0 ? -1 : rand_nonneg(s);
             }
         }
         st->token = g->token;
@@ -297,6 +303,7 @@ static void assert_msg_equal(const xp_msg_t *a, const xp_msg_t *b)
         assert_int_equal(a->ready.n_vocab, b->ready.n_vocab);
         assert_true(a->ready.weight_bytes == b->ready.weight_bytes);
         assert_true(a->ready.resident_bytes == b->ready.resident_bytes);
+        assert_int_equal(a->ready.n_swa_blocks, b->ready.n_swa_blocks);
         break;
     case XP_MSG_STEP: {
         const xp_step_t *x = &a->step, *y = &b->step;
@@ -314,6 +321,11 @@ static void assert_msg_equal(const xp_msg_t *a, const xp_msg_t *b)
             assert_int_equal(x->seqs[q].n_blocks, y->seqs[q].n_blocks);
             if (x->seqs[q].n_blocks > 0) {
                 assert_memory_equal(x->seqs[q].blocks, y->seqs[q].blocks,
+                                    (size_t)x->seqs[q].n_blocks * sizeof(int32_t));
+            }
+            assert_int_equal(x->seqs[q].swa_blocks != NULL, y->seqs[q].swa_blocks != NULL);
+            if (x->seqs[q].swa_blocks != NULL && x->seqs[q].n_blocks > 0) {
+                assert_memory_equal(x->seqs[q].swa_blocks, y->seqs[q].swa_blocks,
                                     (size_t)x->seqs[q].n_blocks * sizeof(int32_t));
             }
         }
@@ -481,7 +493,7 @@ static void pack_raw(msgpack_packer *pk, const xp_msg_t *m)
         pack_load_body(pk, &m->load, 0);
         break;
     case XP_MSG_READY:
-        msgpack_pack_array(pk, 7);
+        msgpack_pack_array(pk, 8);
         msgpack_pack_uint64(pk, m->ready.epoch);
         msgpack_pack_int32(pk, m->ready.status);
         pack_cstr(pk, m->ready.error);
@@ -489,6 +501,7 @@ static void pack_raw(msgpack_packer *pk, const xp_msg_t *m)
         msgpack_pack_int32(pk, m->ready.n_vocab);
         msgpack_pack_uint64(pk, m->ready.weight_bytes);
         msgpack_pack_uint64(pk, m->ready.resident_bytes);
+        msgpack_pack_int32(pk, m->ready.n_swa_blocks);
         break;
     case XP_MSG_RESULT: {
         size_t bytes = (size_t)m->result.n_logits * (size_t)m->result.n_vocab * sizeof(float);
@@ -731,8 +744,9 @@ static void expect_format(const msgpack_sbuffer *sb, const char *needle)
     }
 }
 
-/* A STEP body of 2 tokens / 2 seqs with one piece replaced according to `bad`. */
-static void pack_step(msgpack_packer *pk, int bad)
+/* A STEP body of 2 tokens / 2 seqs with one piece replaced according to `bad`; swa:
+ * every seq carries a sliding-window table (bad 9..12 break those). */
+static void pack_step_swa(msgpack_packer *pk, int bad, bool swa)
 {
     pack_header(pk, XP_MSG_MAGIC, XP_MSG_PROTOCOL_VERSION, XP_MSG_STEP);
     msgpack_pack_array(pk, 8);
@@ -759,13 +773,31 @@ static void pack_step(msgpack_packer *pk, int bad)
     msgpack_pack_int32(pk, bad == 6 ? 2 : 1); /* n_logits */
     msgpack_pack_int32(pk, 2);                /* n_seqs */
     msgpack_pack_array(pk, 2);
-    msgpack_pack_array(pk, 2);
+    msgpack_pack_array(pk, bad == 11 ? 4 : swa ? 3 : 2); /* seq 0: one block */
     msgpack_pack_int32(pk, bad == 7 ? (1 << 20) + 1 : 1);
     msgpack_pack_array(pk, 1);
     msgpack_pack_int32(pk, 3);
-    msgpack_pack_array(pk, 2);
+    if (swa || bad == 11) {
+        msgpack_pack_array(pk, bad == 12 ? 2 : 1);
+        msgpack_pack_int32(pk, bad == 10 ? -2 : -1);
+        if (bad == 12) {
+            msgpack_pack_int32(pk, 4);
+        }
+    }
+    if (bad == 11) {
+        msgpack_pack_array(pk, 0);
+    }
+    msgpack_pack_array(pk, swa && bad != 9 ? 3 : 2); /* seq 1: no blocks */
     msgpack_pack_int32(pk, bad == 8 ? 3 : 0);
     msgpack_pack_array(pk, 0);
+    if (swa && bad != 9) {
+        msgpack_pack_array(pk, 0);
+    }
+}
+
+static void pack_step(msgpack_packer *pk, int bad)
+{
+    pack_step_swa(pk, bad, false);
 }
 
 /* Fixed valid messages the invalid cases start from; arrays live in g. */
@@ -830,6 +862,7 @@ static void base_msg(xp_msg_type_t type, gen_store_t *g, xp_msg_t *m)
         m->ready.n_vocab = 32000;
         m->ready.weight_bytes = 1u << 30;
         m->ready.resident_bytes = 3u << 29;
+        m->ready.n_swa_blocks = 300;
         break;
     case XP_MSG_RESULT:
         m->result.status = TDM_OK;
@@ -876,6 +909,30 @@ static void test_malformed_cases(void **state)
         expect_format(&sb, step_cases[i].needle);
     }
 
+    /* with sliding-window tables: valid as is (-1: a released block), and broken */
+    msgpack_sbuffer_clear(&sb);
+    pack_step_swa(&pk, 0, true);
+    assert_int_equal(decode_copy(sb.data, sb.size, &d, &err), TDM_OK);
+    assert_non_null(d.step.seqs[0].swa_blocks);
+    assert_non_null(d.step.seqs[1].swa_blocks);
+    assert_int_equal(d.step.seqs[0].swa_blocks[0], -1);
+    assert_int_equal(d.step.seqs[0].blocks[0], 3);
+    xp_msg_free(&d);
+    static const struct {
+        int bad;
+        const char *needle;
+    } swa_cases[] = {
+        {9, "seqs[1] lacks a sliding-window table and seqs[0] has one"},
+        {10, "seqs[0].swa_blocks[0] = -2 is below -1"},
+        {11, "STEP seqs[0] is not an array of 2 or 3"},
+        {12, "STEP seqs[0].swa_blocks has 2 elements, want 1"},
+    };
+    for (size_t i = 0; i < sizeof(swa_cases) / sizeof(swa_cases[0]); i++) {
+        msgpack_sbuffer_clear(&sb);
+        pack_step_swa(&pk, swa_cases[i].bad, swa_cases[i].bad != 11);
+        expect_format(&sb, swa_cases[i].needle);
+    }
+
     msgpack_sbuffer_clear(&sb);
     pack_header(&pk, "TDM2", XP_MSG_PROTOCOL_VERSION, XP_MSG_SHUTDOWN);
     msgpack_pack_array(&pk, 0);
@@ -884,14 +941,20 @@ static void test_malformed_cases(void **state)
     msgpack_sbuffer_clear(&sb);
     pack_header(&pk, XP_MSG_MAGIC, XP_MSG_PROTOCOL_VERSION + 1, XP_MSG_SHUTDOWN);
     msgpack_pack_array(&pk, 0);
-    expect_format(&sb, "protocol version 3");
+    expect_format(&sb, "protocol version 4");
+
+    /* a protocol-2 peer (no sliding-window tables, READY of 7 fields) */
+    msgpack_sbuffer_clear(&sb);
+    pack_header(&pk, XP_MSG_MAGIC, 2, XP_MSG_SHUTDOWN);
+    msgpack_pack_array(&pk, 0);
+    expect_format(&sb, "protocol version 2, this build speaks 3");
 
     /* a protocol-1 peer: its HEARTBEAT was [time_ns] (type 6 then) */
     msgpack_sbuffer_clear(&sb);
     pack_header(&pk, XP_MSG_MAGIC, 1, 6);
     msgpack_pack_array(&pk, 1);
     msgpack_pack_uint64(&pk, 123);
-    expect_format(&sb, "protocol version 1, this build speaks 2");
+    expect_format(&sb, "protocol version 1, this build speaks 3");
 
     /* protocol 1 with a body that happens to be valid in protocol 2 */
     msgpack_sbuffer_clear(&sb);
@@ -1083,18 +1146,30 @@ static void test_malformed_cases(void **state)
     /* READY: a negative epoch, a too-short body */
     msgpack_sbuffer_clear(&sb);
     pack_header(&pk, XP_MSG_MAGIC, XP_MSG_PROTOCOL_VERSION, XP_MSG_READY);
-    msgpack_pack_array(&pk, 7);
+    msgpack_pack_array(&pk, 8);
     msgpack_pack_int32(&pk, -1);
-    for (int i = 0; i < 6; i++) {
+    for (int i = 0; i < 7; i++) {
         msgpack_pack_int32(&pk, 0);
     }
     expect_format(&sb, "READY epoch");
+    /* protocol 2's READY (no n_swa_blocks) */
+    msgpack_sbuffer_clear(&sb);
+    pack_header(&pk, XP_MSG_MAGIC, XP_MSG_PROTOCOL_VERSION, XP_MSG_READY);
+    msgpack_pack_array(&pk, 7);
+    for (int i = 0; i < 7; i++) {
+        if (i == 2) {
+            msgpack_pack_str_with_body(&pk, "", 0);
+        } else {
+            msgpack_pack_int32(&pk, 0);
+        }
+    }
+    expect_format(&sb, "READY body has 7 elements, want 8");
     msgpack_sbuffer_clear(&sb);
     pack_header(&pk, XP_MSG_MAGIC, XP_MSG_PROTOCOL_VERSION, XP_MSG_READY);
     msgpack_pack_array(&pk, 2);
     msgpack_pack_uint64(&pk, 1);
     msgpack_pack_int32(&pk, 0);
-    expect_format(&sb, "READY body has 2 elements, want 7");
+    expect_format(&sb, "READY body has 2 elements, want 8");
 
     /* a string with a NUL inside */
     msgpack_sbuffer_clear(&sb);
@@ -1154,6 +1229,7 @@ enum {
     READY_STATUS_NEG,
     READY_BLOCKS_NEG,
     READY_VOCAB_BIG,
+    READY_SWA_NEG,
     RESULT_STATUS_NEG,
     RESULT_VOCAB_BIG,
 };
@@ -1242,6 +1318,9 @@ static void break_msg(int c, gen_store_t *g, xp_msg_t *m)
     case READY_VOCAB_BIG:
         m->ready.n_vocab = XP_MSG_MAX_VOCAB + 1;
         break;
+    case READY_SWA_NEG:
+        m->ready.n_swa_blocks = -1;
+        break;
     case RESULT_STATUS_NEG:
         m->result.status = -2;
         break;
@@ -1288,7 +1367,8 @@ static void test_invalid_refused_both_ways(void **state)
         {XP_MSG_READY, READY_STATUS_END, "READY: status 14 unknown", NULL},
         {XP_MSG_READY, READY_STATUS_NEG, "READY: status -1 unknown", NULL},
         {XP_MSG_READY, READY_BLOCKS_NEG, "READY: n_blocks -1", NULL},
-        {XP_MSG_READY, READY_VOCAB_BIG, "n_vocab 16777217 out of range", NULL},
+        {XP_MSG_READY, READY_VOCAB_BIG, "n_vocab 16777217", NULL},
+        {XP_MSG_READY, READY_SWA_NEG, "n_swa_blocks -1 out of range", NULL},
         {XP_MSG_RESULT, RESULT_STATUS_NEG, "RESULT: status -2 unknown", NULL},
         {XP_MSG_RESULT, RESULT_VOCAB_BIG, "RESULT: n_vocab 16777217", NULL},
     };
@@ -1417,7 +1497,7 @@ static void test_encoder_refuses_invalid(void **state)
     (void)state;
     int32_t tok[2] = {1, 2}, pos[2] = {0, 1}, seq[2] = {0, 1};
     uint8_t want[2] = {1, 0};
-    xp_step_seq_t seqs[1] = {{NULL, 0}};
+    xp_step_seq_t seqs[1] = {{NULL, 0, NULL}};
     xp_msg_t m;
     memset(&m, 0, sizeof(m));
     m.type = XP_MSG_STEP;
@@ -1439,6 +1519,28 @@ static void test_encoder_refuses_invalid(void **state)
     assert_int_equal(xp_msg_encode(&sb, &m, NULL), TDM_ERR_INVALID_PARAM);
     assert_int_equal(xp_msg_encode(NULL, &m, NULL), TDM_ERR_INVALID_PARAM);
     assert_int_equal(xp_msg_encode(&sb, NULL, NULL), TDM_ERR_INVALID_PARAM);
+
+    /* sliding-window tables: every seq has one or none does; ids >= -1 */
+    const int32_t blk[2] = {4, 5}, swa_ok[2] = {-1, 7}, swa_bad[2] = {-1, -3};
+    xp_step_seq_t two[2] = {{blk, 2, swa_ok}, {blk, 1, NULL}};
+    m.type = XP_MSG_STEP;
+    m.step = (xp_step_t){2, tok, pos, seq, want, 1, 2, two};
+    msgpack_sbuffer_clear(&sb);
+    tdm_error_clear(&err);
+    assert_int_equal(xp_msg_encode(&sb, &m, &err), TDM_ERR_INVALID_PARAM);
+    assert_non_null(strstr(tdm_error_msg(&err), "seqs[1] lacks a sliding-window table"));
+    two[1].swa_blocks = swa_bad;
+    two[1].n_blocks = 2;
+    tdm_error_clear(&err);
+    assert_int_equal(xp_msg_encode(&sb, &m, &err), TDM_ERR_INVALID_PARAM);
+    assert_non_null(strstr(tdm_error_msg(&err), "seqs[1].swa_blocks[1] = -3 is below -1"));
+    assert_int_equal(sb.size, 0);
+    two[1].swa_blocks = swa_ok;
+    assert_int_equal(xp_msg_encode(&sb, &m, NULL), TDM_OK);
+    xp_msg_t d2;
+    assert_int_equal(decode_copy(sb.data, sb.size, &d2, &err), TDM_OK);
+    assert_msg_equal(&m, &d2);
+    xp_msg_free(&d2);
 
     /* what has no wire form: NULL arrays, strings without their NUL */
     gen_store_t *g = calloc(1, sizeof(*g));
@@ -1572,18 +1674,25 @@ static int write_corpus(const char *dir)
         return 1;
     }
     uint64_t s = 2026;
-    /* every type, then (t == XP_MSG_TYPE_END) a LOAD with an NCCL id */
-    for (int t = XP_MSG_HELLO; t <= XP_MSG_TYPE_END; t++) {
+    /* every type, then (t == XP_MSG_TYPE_END) a LOAD with an NCCL id and (TYPE_END + 1) a
+     * STEP with sliding-window tables */
+    for (int t = XP_MSG_HELLO; t <= XP_MSG_TYPE_END + 1; t++) {
         xp_msg_t m;
         if (t == XP_MSG_TYPE_END) {
             do {
                 gen_msg(&s, XP_MSG_LOAD, g, &m);
             } while (!xp_msg_load_has_nccl_id(&m.load) || m.load.n_layers > 8);
+        } else if (t == XP_MSG_TYPE_END + 1) {
+            do {
+                gen_msg(&s, XP_MSG_STEP, g, &m);
+            } while (m.step.n_tokens == 0 || m.step.n_tokens > 40 ||
+                     m.step.seqs[0].swa_blocks == NULL);
         } else {
             do {
                 gen_msg(&s, (xp_msg_type_t)t, g, &m);
             } while (
-                (t == XP_MSG_STEP && (m.step.n_tokens == 0 || m.step.n_tokens > 40)) ||
+                (t == XP_MSG_STEP && (m.step.n_tokens == 0 || m.step.n_tokens > 40 ||
+                                      m.step.seqs[0].swa_blocks != NULL)) ||
                 (t == XP_MSG_RESULT && m.result.n_logits * m.result.n_vocab == 0) ||
                 (t == XP_MSG_LOAD && (m.load.n_peers < 2 || m.load.n_layers == 0 ||
                                       m.load.n_layers > 8 || m.load.proto == XP_MSG_PROTO_NCCL)));
@@ -1599,7 +1708,10 @@ static int write_corpus(const char *dir)
         }
         xp_msg_free(&d);
         char path[4096], name[32];
-        snprintf(name, sizeof(name), "%s", t == XP_MSG_TYPE_END ? "LOAD_NCCL" : xp_msg_type_str(t));
+        snprintf(name, sizeof(name), "%s",
+                 t == XP_MSG_TYPE_END       ? "LOAD_NCCL"
+                 : t == XP_MSG_TYPE_END + 1 ? "STEP_SWA"
+                                            : xp_msg_type_str(t));
         for (char *c = name; *c; c++) {
             *c = (char)(*c == '_' ? '-' : *c | 0x20);
         }
