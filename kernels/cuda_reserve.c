@@ -69,7 +69,11 @@ void kern_cuda_reserve_sizes(const kern_reserve_t *r, kern_cuda_sizes_t *z)
         z->ff = (uint64_t)z->max_pairs * (uint64_t)r->n_ff_exp;
         z->out = (uint64_t)z->max_pairs * (uint64_t)r->n_embd;
     }
-    z->meta = (uint64_t)(6 * r->n_tok + 2 + r->n_tok * (r->n_ctx / 16 + 1));
+    /* tokens, positions, sequences, outputs and the two offset arrays (6T + 2), and a
+     * table of n_ctx / 16 + 1 blocks per token, for each pool with a sliding pool; smaller
+     * blocks grow it at the step that needs them */
+    const uint64_t tables = (uint64_t)r->n_tok * (uint64_t)(r->n_ctx / 16 + 1);
+    z->meta = (uint64_t)(6 * r->n_tok + 2) + (r->swa_tables ? 2 : 1) * tables;
     z->scratch_bytes = 2 * z->act + a256(z->partial * 4) + a256(z->attn * 4) +
                        2 * a256(z->cnt * 4) + 3 * a256(z->pair * 4) + a256(z->tiles * 4) +
                        2 * a256(z->ff * 4) + a256(z->out * 4);

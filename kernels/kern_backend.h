@@ -202,6 +202,7 @@ typedef struct kern_reserve {
     int n_expert_used; /* top-k                                                 */
     int64_t n_embd;
     int64_t n_ff_exp; /* local expert width                                    */
+    bool swa_tables;  /* steps carry the sliding pool's tables too (kern_seq_t) */
 } kern_reserve_t;
 
 tdm_status_t kern_be_reserve(kern_backend_t *be, const kern_reserve_t *r, tdm_error_t *err);

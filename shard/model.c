@@ -477,6 +477,7 @@ static kern_reserve_t reserve_of(const shd_model_t *m)
         .n_expert_used = hp->n_expert_used,
         .n_embd = hp->n_embd,
         .n_ff_exp = m->n_ffe_l,
+        .swa_tables = shd_model_swa_window(m) > 0,
     };
 }
 
@@ -673,6 +674,15 @@ static size_t ceil_div(size_t a, size_t b)
     return (a + b - 1) / b;
 }
 
+size_t shd_kv_swa_pool_want(int window, int block_tokens, int n_batch_max, int n_seqs_max)
+{
+    const size_t bt = (size_t)block_tokens;
+    /* a running sequence's window behind its step, plus two blocks of misalignment (one at
+     * each end), for each sequence twice over; the step's tokens once for all of them */
+    const size_t per_seq = ceil_div((size_t)window - 1, bt) + 2;
+    return 2 * (size_t)n_seqs_max * per_seq + ceil_div((size_t)n_batch_max, bt);
+}
+
 tdm_status_t shd_model_kv_pools(const shd_model_t *m, int block_tokens, uint64_t kv_bytes,
                                 shd_kv_pools_t *out, tdm_error_t *err)
 {
@@ -694,8 +704,8 @@ tdm_status_t shd_model_kv_pools(const shd_model_t *m, int block_tokens, uint64_t
     /* the sliding pool the running sequences need (see shd_model.h) */
     size_t swa_want = 0;
     if (w > 0) {
-        const size_t per_seq = ceil_div((size_t)w - 1 + (size_t)m->params.n_batch_max, bt) + 1;
-        swa_want = (size_t)m->params.n_out_max * per_seq * 2;
+        swa_want = shd_kv_swa_pool_want(w, block_tokens, m->params.n_batch_max,
+                                        m->params.n_out_max);
     }
     size_t n, n_swa;
     if (kv_bytes == 0 || bb == 0) {

@@ -109,18 +109,23 @@ typedef struct shd_kv_pools {
  *     batch"; a budget whose full pool is below one batch (n_batch_max tokens, plus a
  *     block) fails with TDM_ERR_INVALID_PARAM and the numbers;
  *   - the sliding pool (models with sliding-window layers, window w) is sized from the
- *     concurrency it serves, not from the context: a sequence keeps at most
- *     ceil((w - 1 + n_batch_max) / block_tokens) + 1 sliding blocks (its window behind
- *     a step's first token, the step's tokens, one block of misalignment), and at most
- *     n_out_max sequences run at once (each running sequence takes a logits row when it
- *     samples; serve passes --max-running as that limit), so the pool holds
- *     min(n_blocks, n_out_max x that x 2) blocks: the factor 2 leaves room for the idle
- *     cached windows of shared prefixes (a prefix hit needs the window before its end).
- *     With an explicit budget the sliding pool's bytes are taken first and the rest goes
- *     to the full pool.
+ *     concurrency it serves, not from the context (shd_kv_swa_pool_want): a sequence
+ *     whose step computes positions [c, n) keeps the blocks of [c - w + 1, n), at most
+ *     ceil((w - 1) / bt) + 2 blocks beyond those of its step's tokens; the step's tokens
+ *     of all sequences together are at most n_batch_max; and at most n_out_max sequences
+ *     run at once (each running sequence takes a logits row when it samples; serve passes
+ *     --max-running as that limit). The pool holds min(n_blocks, 2 x n_out_max x
+ *     (ceil((w - 1) / bt) + 2) + ceil(n_batch_max / bt)) blocks: the factor 2 leaves room
+ *     for the idle cached windows of shared prefixes (a prefix hit needs the window
+ *     before its end). With an explicit budget the sliding pool's bytes are taken first
+ *     and the rest goes to the full pool.
  */
 tdm_status_t shd_model_kv_pools(const shd_model_t *m, int block_tokens, uint64_t kv_bytes,
                                 shd_kv_pools_t *out, tdm_error_t *err);
+
+/* The sliding pool the rule above wants before the min with the full pool (also what
+ * topology/topo_plan.c counts). */
+size_t shd_kv_swa_pool_want(int window, int block_tokens, int n_batch_max, int n_seqs_max);
 
 /* The full pool of shd_model_kv_pools and the bytes of one of its blocks (for a model
  * without sliding layers: the whole cache). */

@@ -778,6 +778,7 @@ void topo_shard_reserve(const topo_plan_t *pl, const topo_shard_plan_t *s, kern_
         .n_expert_used = hp->n_expert_used,
         .n_embd = hp->n_embd,
         .n_ff_exp = ffe,
+        .swa_tables = pl->n_swa_layers > 0,
     };
 }
 
@@ -890,15 +891,21 @@ static tdm_status_t resolve_split(topo_plan_t *pl, const topo_plan_params_t *p,
 }
 
 /*
- * The sliding-window layers' pool for a full pool of n_blocks blocks. The KV cache keeps
- * one pool for every layer today (shard/model.c shd_model_kv_blocks: each block holds K and
- * V of all layers), so the sliding layers take a block for each block of the full pool.
- * A separate sliding pool, sized from the window and the running sequences, is computed
- * here; everything else (bytes, --kv-memory, what fits) follows from this count.
+ * The sliding-window layers' pool for a full pool of n_blocks blocks: shard/model.c
+ * shd_model_kv_pools's rule (shd_kv_swa_pool_want), sized from the concurrency it serves,
+ * not the context: min(n_blocks, 2 x n_out x (ceil((w - 1) / bt) + 2) + ceil(batch / bt)).
+ * tests/unit/test_topo_plan.c checks the two agree.
  */
 static uint64_t swa_pool_blocks(const topo_plan_t *pl, uint64_t n_blocks)
 {
-    return pl->n_swa_layers > 0 ? n_blocks : 0;
+    if (pl->n_swa_layers == 0) {
+        return 0;
+    }
+    const uint64_t bt = (uint64_t)pl->p.block_tokens, w = (uint64_t)pl->swa_window;
+    const uint64_t n_seqs = (uint64_t)(pl->p.n_out > 0 ? pl->p.n_out : 64);
+    const uint64_t want =
+        2 * n_seqs * ((w - 1 + bt - 1) / bt + 2) + ((uint64_t)pl->p.batch + bt - 1) / bt;
+    return want < n_blocks ? want : n_blocks;
 }
 
 /* KV bytes of shard s for a full pool of n_blocks blocks (and the sliding pool it implies). */

@@ -79,8 +79,9 @@ def test_shared_prefix_hits_and_matches_alone(alone):
 
 
 def test_evicted_window_cuts_the_hit(alone, monkeypatch):
-    # the sliding pool's want first (6 blocks of 2 layers), then 200 full-pool blocks
-    swa_want = 1 * (-(-(5 - 1 + 16) // 16) + 1) * 2  # max-running 1, batch 16
+    # the sliding pool's want first (7 blocks of 2 layers: shard/shd_model.h's rule
+    # 2 x sequences x (ceil((w - 1) / bt) + 2) + ceil(batch / bt)), then 200 full-pool blocks
+    swa_want = 2 * 1 * (-(-(5 - 1) // 16) + 2) + -(-16 // 16)  # max-running 1, batch 16
     budget = swa_want * 2 * LAYER_BLOCK + 200 * LAYER_BLOCK
     monkeypatch.setenv("TANDEM_LOG_LEVEL", "info")  # the KV pools' sizes
     srv = serve("--max-running", 1, "--batch", 16, "--kv-memory", budget)

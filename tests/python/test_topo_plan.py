@@ -396,8 +396,16 @@ def test_plan_kv_tokens_fit(file):
     """The KV a shard's memory holds beside the weights and buffers, in whole blocks."""
     p, _ = plan(MODELS / file, "--shards", "2", "--gpu-memory", "1G", "--node-memory", "1G")
     room = (1 << 30) - max(sh["total"] - sh["kv"] for sh in p["shards"])
-    per_block = 16 * max(sh["kv_per_token"] for sh in p["shards"])
-    assert p["kv_tokens_fit"] == room // per_block * 16
+    full = 16 * max(sh["kv_per_token_full"] for sh in p["shards"])
+    swa = 16 * max(sh["kv_per_token_swa"] for sh in p["shards"])
+    # the sliding pool: min(full pool, 2 x sequences x (ceil((w - 1) / 16) + 2) + ceil(batch /
+    # 16)), plan's defaults 64 sequences and a batch of 512 (shard/shd_model.h)
+    w = p["swa_window"]
+    want = 2 * 64 * (-(-(w - 1) // 16) + 2) + 512 // 16 if w else 0
+    n = room // (full + swa)  # pools of equal size, when that is below the sliding want
+    if n > want:
+        n = (room - want * swa) // full
+    assert p["kv_tokens_fit"] == n * 16
     need = max(sh["total"] for sh in p["shards"])
     p, _ = plan(MODELS / file, "--shards", "2", "--node-memory", str(need))
     assert p["kv_tokens_fit"] >= p["kv_tokens"]

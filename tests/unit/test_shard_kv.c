@@ -182,20 +182,21 @@ static void test_pool_sizes_gpt_oss(void **state)
     assert_int_equal(pl.block_bytes, 1 * per_layer);     /* layer 1 */
     assert_int_equal(pl.swa_block_bytes, 2 * per_layer); /* layers 0 and 2 */
     assert_int_equal(pl.n_blocks, 4 * 512 / 4);
-    /* a sequence: ceil((5 - 1 + 16) / 4) + 1 = 6 sliding blocks; 2 sequences, twice */
-    assert_int_equal(pl.n_swa_blocks, 2 * 6 * 2);
+    /* per sequence ceil((5 - 1) / 4) + 2 = 3 sliding blocks, twice for 2 sequences, and the
+     * batch's 16 tokens once: 2 * 2 * 3 + 4 = 16 */
+    assert_int_equal(pl.n_swa_blocks, 16);
     /* a budget: the sliding pool's bytes first, the rest to the full pool */
-    const uint64_t budget = 24 * 2 * per_layer + 100 * per_layer + 7;
+    const uint64_t budget = 16 * 2 * per_layer + 100 * per_layer + 7;
     assert_int_equal(shd_model_kv_pools(m, 4, budget, &pl, NULL), TDM_OK);
-    assert_int_equal(pl.n_swa_blocks, 24);
+    assert_int_equal(pl.n_swa_blocks, 16);
     assert_int_equal(pl.n_blocks, 100);
     assert_int_equal(shd_model_kv_pools(m, 4, 30 * 3 * per_layer, &pl, NULL), TDM_OK);
-    assert_int_equal(pl.n_swa_blocks, 24);
-    assert_int_equal(pl.n_blocks, 30 * 3 - 24 * 2);
-    /* below the sliding pool's want (24 blocks in both): the pools as large as each other */
-    assert_int_equal(shd_model_kv_pools(m, 4, 20 * 3 * per_layer, &pl, NULL), TDM_OK);
-    assert_int_equal(pl.n_blocks, 20);
-    assert_int_equal(pl.n_swa_blocks, 20);
+    assert_int_equal(pl.n_swa_blocks, 16);
+    assert_int_equal(pl.n_blocks, 30 * 3 - 16 * 2);
+    /* below the sliding pool's want (16 blocks in both): the pools as large as each other */
+    assert_int_equal(shd_model_kv_pools(m, 4, 14 * 3 * per_layer, &pl, NULL), TDM_OK);
+    assert_int_equal(pl.n_blocks, 14);
+    assert_int_equal(pl.n_swa_blocks, 14);
     /* below one batch (16 tokens + a block = 5 blocks) */
     tdm_error_t err = {0};
     assert_int_equal(shd_model_kv_pools(m, 4, 4 * 3 * per_layer, &pl, &err), TDM_ERR_INVALID_PARAM);
@@ -209,7 +210,7 @@ static void test_pool_sizes_gpt_oss(void **state)
     shd_kv_config_t kc;
     assert_int_equal(shd_model_kv_pools(m, 4, 0, &pl, NULL), TDM_OK);
     shd_model_kv_config_pools(m, 4, &pl, &kc);
-    assert_int_equal(kc.n_swa_blocks, 24);
+    assert_int_equal(kc.n_swa_blocks, 16);
     assert_int_equal(kc.layer_swa[0] + kc.layer_swa[1] * 2 + kc.layer_swa[2] * 4, 5);
     shd_model_destroy(m);
     kern_backend_destroy(be);

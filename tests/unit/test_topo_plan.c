@@ -190,7 +190,19 @@ static kern_reserve_t loader_reserve(const shd_model_t *m)
                             .n_expert = hp->n_expert,
                             .n_expert_used = hp->n_expert_used,
                             .n_embd = hp->n_embd,
-                            .n_ff_exp = m->n_ffe_l};
+                            .n_ff_exp = m->n_ffe_l,
+                            .swa_tables = shd_model_swa_window(m) > 0};
+}
+
+/* Field by field (the struct's padding is not part of its value). */
+static void assert_reserve_equal(const kern_reserve_t *a, const kern_reserve_t *b)
+{
+    assert_true(a->n_tok == b->n_tok && a->n_out == b->n_out && a->n_ctx == b->n_ctx);
+    assert_true(a->max_cols == b->max_cols && a->max_rows == b->max_rows);
+    assert_true(a->n_head == b->n_head && a->head_dim == b->head_dim);
+    assert_true(a->n_expert == b->n_expert && a->n_expert_used == b->n_expert_used);
+    assert_true(a->n_embd == b->n_embd && a->n_ff_exp == b->n_ff_exp);
+    assert_true(a->swa_tables == b->swa_tables);
 }
 
 /* The step scratch the loader carved: its slots follow each other in one arena (a CPU
@@ -219,15 +231,34 @@ static void check_kv_type(const char *file, shd_model_t *m, const topo_plan_t *p
         fail_msg("%s rank %d kv %s: plan %s but loader '%s'", file, s, tdm_type_name(t),
                  pl != NULL ? "ok" : "refused", lerr.msg);
     }
-    /* the loader's (full) pool holds every layer while the KV cache keeps one pool, and the
-     * full-attention layers only once the sliding-window layers have a pool of their own
-     * (being added to shard/: then topo_plan.c swa_pool_blocks sizes it, and this check
-     * can insist on the second) */
+    /* the loader's full pool holds the full-attention layers, its sliding pool the others */
     const topo_shard_plan_t *sp = pl != NULL ? &pl->shards[s] : NULL;
-    if (sp != NULL && (uint64_t)bb != 16u * sp->kv_per_token &&
-        !(sp->kv_per_token_swa > 0 && (uint64_t)bb == 16u * sp->kv_per_token_full)) {
+    if (sp != NULL && (uint64_t)bb != 16u * sp->kv_per_token_full) {
         fail_msg("%s rank %d kv %s: block bytes plan %llu, loader %zu", file, s, tdm_type_name(t),
-                 (unsigned long long)(16u * sp->kv_per_token), bb);
+                 (unsigned long long)(16u * sp->kv_per_token_full), bb);
+    }
+    /* with a budget of 300 blocks of every layer: the same pools in the plan and the loader
+     * (the plan sizes for its least roomy shard: compare where every shard is alike) */
+    if (pl != NULL) {
+        bool alike = true;
+        for (int i = 0; i < pl->n_shards; i++) {
+            alike = alike && pl->shards[i].kv_per_token == sp->kv_per_token;
+        }
+        topo_plan_params_t q = pl->p;
+        q.kv_bytes = 300u * 16u * sp->kv_per_token;
+        topo_plan_t *b = NULL;
+        shd_kv_pools_t pools;
+        const tdm_status_t pst = topo_plan_build(m->g, &q, &b, NULL);
+        const tdm_status_t lst2 = shd_model_kv_pools(m, 16, q.kv_bytes, &pools, NULL);
+        assert_int_equal(pst == TDM_OK, lst2 == TDM_OK);
+        if (alike && pst == TDM_OK) {
+            if (b->kv_blocks != pools.n_blocks || b->kv_swa_blocks != pools.n_swa_blocks) {
+                fail_msg("%s rank %d kv %s: pools plan %d + %d sliding, loader %d + %d", file, s,
+                         tdm_type_name(t), b->kv_blocks, b->kv_swa_blocks, pools.n_blocks,
+                         pools.n_swa_blocks);
+            }
+        }
+        topo_plan_destroy(b);
     }
     m->params.kv_type = TDM_TYPE_F32;
 }
@@ -362,7 +393,7 @@ static void check_split(const char *file, gguf_ctx_t *g, kern_backend_t *k, kern
         const kern_reserve_t lr = loader_reserve(m);
         kern_reserve_t r;
         topo_shard_reserve(pl, sp, &r);
-        assert_memory_equal(&r, &lr, sizeof(r));
+        assert_reserve_equal(&r, &lr);
         assert_true(sp->backend_scratch == kern_be_reserve_bytes(k, &lr));
         assert_true(topo_cpu_reserve_bytes(&lr, 3) == kern_be_reserve_bytes(k3, &lr));
         assert_true(sp->buffers == sp->scratch + sp->backend_scratch + sp->vec_copies + sp->comm);
