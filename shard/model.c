@@ -704,8 +704,8 @@ tdm_status_t shd_model_kv_pools(const shd_model_t *m, int block_tokens, uint64_t
     /* the sliding pool the running sequences need (see shd_model.h) */
     size_t swa_want = 0;
     if (w > 0) {
-        swa_want = shd_kv_swa_pool_want(w, block_tokens, m->params.n_batch_max,
-                                        m->params.n_out_max);
+        swa_want =
+            shd_kv_swa_pool_want(w, block_tokens, m->params.n_batch_max, m->params.n_out_max);
     }
     size_t n, n_swa;
     if (kv_bytes == 0 || bb == 0) {
