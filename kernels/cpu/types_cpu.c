@@ -36,6 +36,25 @@
     }
 #endif
 
+/* Multi-token kernels on both families (x86: AVX2; arm64: NEON and NEON dotprod). */
+#if defined(__x86_64__)
+#define TILE_ALL(kind, name)                                  \
+    {                                                         \
+        [KERN_ISA_AVX2] = kern_vec_dot_##kind##_##name##_avx2 \
+    }
+#elif defined(__aarch64__)
+#define TILE_ALL(kind, name)                                         \
+    {                                                                \
+        [KERN_ISA_NEON] = kern_vec_dot_##kind##_##name##_neon,       \
+        [KERN_ISA_NEON_DOT] = kern_vec_dot_##kind##_##name##_neondot \
+    }
+#else
+#define TILE_ALL(kind, name) \
+    {                        \
+        0                    \
+    }
+#endif
+
 #if defined(__x86_64__)
 #define ROWS_X86(name)                                    \
     {                                                     \
@@ -48,6 +67,18 @@
     }
 #endif
 
+#if defined(__x86_64__)
+#define TILE2_X86(name)                                    \
+    {                                                      \
+        [KERN_ISA_AVX2] = kern_vec_dot_tile2_##name##_avx2 \
+    }
+#else
+#define TILE2_X86(name) \
+    {                   \
+        0               \
+    }
+#endif
+
 static const kern_type_cpu_t type_table[TDM_TYPE_COUNT] = {
     [TDM_TYPE_F32] = {TDM_TYPE_F32, kern_to_float_f32, kern_from_float_f32, DOTS(kern_vec_dot_f32)},
     [TDM_TYPE_F16] = {TDM_TYPE_F32, kern_to_float_f16, kern_from_float_f16, DOTS(kern_vec_dot_f16)},
@@ -56,7 +87,7 @@ static const kern_type_cpu_t type_table[TDM_TYPE_COUNT] = {
     [TDM_TYPE_Q4_0] = {TDM_TYPE_Q8_0, kern_to_float_q4_0, kern_from_float_q4_0,
                        DOTS(kern_vec_dot_q4_0)},
     [TDM_TYPE_Q4_1] = {TDM_TYPE_Q8_1, kern_to_float_q4_1, kern_from_float_q4_1,
-                       DOTS(kern_vec_dot_q4_1), TILE_X86(q4_1), ROWS_X86(q4_1)},
+                       DOTS(kern_vec_dot_q4_1), TILE_X86(q4_1), ROWS_X86(q4_1), TILE2_X86(q4_1)},
     [TDM_TYPE_Q5_0] = {TDM_TYPE_Q8_0, kern_to_float_q5_0, kern_from_float_q5_0,
                        DOTS(kern_vec_dot_q5_0)},
     [TDM_TYPE_Q5_1] = {TDM_TYPE_Q8_1, kern_to_float_q5_1, kern_from_float_q5_1,
@@ -74,14 +105,15 @@ static const kern_type_cpu_t type_table[TDM_TYPE_COUNT] = {
     [TDM_TYPE_IQ4_NL] = {TDM_TYPE_Q8_0, kern_to_float_iq4_nl, NULL, DOTS(kern_vec_dot_iq4_nl)},
     [TDM_TYPE_IQ4_XS] = {TDM_TYPE_Q8_K, kern_to_float_iq4_xs, NULL, DOTS(kern_vec_dot_iq4_xs)},
     [TDM_TYPE_MXFP4] = {TDM_TYPE_Q8_0, kern_to_float_mxfp4, kern_from_float_mxfp4,
-                        DOTS(kern_vec_dot_mxfp4)},
+                        DOTS(kern_vec_dot_mxfp4), TILE_ALL(tile, mxfp4), ROWS_X86(mxfp4),
+                        TILE_ALL(tile2, mxfp4)},
 };
 
 /* Activation-only formats: a dequantizer and quantizer, no vec_dot of their own. */
 static const kern_type_cpu_t act_q8_1 = {
-    TDM_TYPE_Q8_1, kern_to_float_q8_1, kern_from_float_q8_1, {0}, {0}, {0}};
+    TDM_TYPE_Q8_1, kern_to_float_q8_1, kern_from_float_q8_1, {0}, {0}, {0}, {0}};
 static const kern_type_cpu_t act_q8_k = {
-    TDM_TYPE_Q8_K, kern_to_float_q8_k, kern_from_float_q8_k, {0}, {0}, {0}};
+    TDM_TYPE_Q8_K, kern_to_float_q8_k, kern_from_float_q8_k, {0}, {0}, {0}, {0}};
 
 const kern_type_cpu_t *kern_type_cpu(tdm_type_t t)
 {
@@ -115,13 +147,29 @@ kern_vec_dot_fn kern_vec_dot_get(tdm_type_t t, kern_isa_t isa)
     return tc->vec_dot[isa];
 }
 
+/* The table slot of a multi-token kernel used at level isa, -1 for none: AVX-512 runs
+ * AVX2's, NEON dotprod its own when the type has one, else NEON's (as kern_vec_dot_get
+ * falls back). */
+static int tile_slot(kern_isa_t isa, int has_neon_dot)
+{
+    switch (isa) {
+    case KERN_ISA_AVX2:
+    case KERN_ISA_AVX512:
+        return KERN_ISA_AVX2;
+    case KERN_ISA_NEON_DOT:
+        return has_neon_dot ? KERN_ISA_NEON_DOT : KERN_ISA_NEON;
+    case KERN_ISA_NEON:
+        return KERN_ISA_NEON;
+    default:
+        return -1;
+    }
+}
+
 kern_vec_dot_tile_fn kern_vec_dot_tile_get(tdm_type_t t, kern_isa_t isa)
 {
     const kern_type_cpu_t *tc = kern_type_cpu(t);
-    if (tc == NULL || (isa != KERN_ISA_AVX2 && isa != KERN_ISA_AVX512)) {
-        return NULL;
-    }
-    return tc->vec_dot_tile[KERN_ISA_AVX2];
+    const int s = tc != NULL ? tile_slot(isa, tc->vec_dot_tile[KERN_ISA_NEON_DOT] != NULL) : -1;
+    return s < 0 ? NULL : tc->vec_dot_tile[s];
 }
 
 kern_vec_dot_rows_fn kern_vec_dot_rows_get(tdm_type_t t, kern_isa_t isa)
@@ -160,13 +208,7 @@ kern_from_float_fn kern_from_float_get(tdm_type_t t, kern_isa_t isa)
 
 kern_vec_dot_tile2_fn kern_vec_dot_tile2_get(tdm_type_t t, kern_isa_t isa)
 {
-#if defined(__x86_64__)
-    if ((isa == KERN_ISA_AVX2 || isa == KERN_ISA_AVX512) && t == TDM_TYPE_Q4_1) {
-        return kern_vec_dot_tile2_q4_1_avx2;
-    }
-#else
-    (void)t;
-    (void)isa;
-#endif
-    return NULL;
+    const kern_type_cpu_t *tc = kern_type_cpu(t);
+    const int s = tc != NULL ? tile_slot(isa, tc->vec_dot_tile2[KERN_ISA_NEON_DOT] != NULL) : -1;
+    return s < 0 ? NULL : tc->vec_dot_tile2[s];
 }

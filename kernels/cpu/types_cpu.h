@@ -249,6 +249,8 @@ typedef struct kern_type_cpu {
     kern_vec_dot_tile_fn vec_dot_tile[KERN_ISA_COUNT];
     /* optional multi-row kernels for decode; NULL: kern_matmul uses vec_dot per row */
     kern_vec_dot_rows_fn vec_dot_rows[KERN_ISA_COUNT];
+    /* optional two-row prefill kernels; NULL: vec_dot_tile per row */
+    kern_vec_dot_tile2_fn vec_dot_tile2[KERN_ISA_COUNT];
 } kern_type_cpu_t;
 
 /* The table entry for t, or NULL when t has no CPU kernels (dequantizer + vec_dot). */
@@ -258,15 +260,12 @@ const kern_type_cpu_t *kern_type_cpu(tdm_type_t t);
  * family, then to the scalar reference). NULL when t is unsupported. */
 kern_vec_dot_fn kern_vec_dot_get(tdm_type_t t, kern_isa_t isa);
 
-/* The multi-token kernel for t usable at level isa (AVX-512 falls back to AVX2), or NULL
- * when there is none (then use kern_vec_dot_get per token). */
+/* The multi-token kernel for t usable at level isa (AVX-512 falls back to AVX2, NEON
+ * dotprod to NEON), or NULL when there is none (then use kern_vec_dot_get per token). */
 kern_vec_dot_tile_fn kern_vec_dot_tile_get(tdm_type_t t, kern_isa_t isa);
 
-/* The two-row prefill kernel for t at level isa (AVX-512 falls back to AVX2), or NULL. */
+/* The two-row prefill kernel for t at level isa (the same fallbacks), or NULL. */
 kern_vec_dot_tile2_fn kern_vec_dot_tile2_get(tdm_type_t t, kern_isa_t isa);
-void kern_vec_dot_tile2_q4_1_avx2(int64_t n, const void *restrict w, size_t row_bytes,
-                                  const void *restrict a, size_t a_stride, int n_tok,
-                                  float *restrict y, int64_t y_stride);
 
 /* The multi-row kernel for t usable at level isa (AVX-512 falls back to AVX2), or NULL. */
 kern_vec_dot_rows_fn kern_vec_dot_rows_get(tdm_type_t t, kern_isa_t isa);
@@ -338,6 +337,17 @@ KERN_DECLARE_TILE(kern_vec_dot_tile_q4_1_avx2)
 KERN_DECLARE_TILE(kern_vec_dot_tile_q8_0_avx2)
 KERN_DECLARE_TILE(kern_vec_dot_tile_q4_k_avx2)
 KERN_DECLARE_TILE(kern_vec_dot_tile_q6_k_avx2)
+KERN_DECLARE_TILE(kern_vec_dot_tile_mxfp4_avx2)
+KERN_DECLARE_TILE(kern_vec_dot_tile_mxfp4_neon)
+KERN_DECLARE_TILE(kern_vec_dot_tile_mxfp4_neondot)
+
+#define KERN_DECLARE_TILE2(name)                                                           \
+    void name(int64_t n, const void *restrict w, size_t row_bytes, const void *restrict a, \
+              size_t a_stride, int n_tok, float *restrict y, int64_t y_stride);
+KERN_DECLARE_TILE2(kern_vec_dot_tile2_q4_1_avx2)
+KERN_DECLARE_TILE2(kern_vec_dot_tile2_mxfp4_avx2)
+KERN_DECLARE_TILE2(kern_vec_dot_tile2_mxfp4_neon)
+KERN_DECLARE_TILE2(kern_vec_dot_tile2_mxfp4_neondot)
 
 #define KERN_DECLARE_ROWS(name)                                                           \
     void name(int64_t n, const void *restrict w, size_t row_bytes, int n_rows, int group, \
@@ -345,6 +355,7 @@ KERN_DECLARE_TILE(kern_vec_dot_tile_q6_k_avx2)
 KERN_DECLARE_ROWS(kern_vec_dot_rows_q4_1_avx2)
 KERN_DECLARE_ROWS(kern_vec_dot_rows_q8_0_avx2)
 KERN_DECLARE_ROWS(kern_vec_dot_rows_q4_k_avx2)
+KERN_DECLARE_ROWS(kern_vec_dot_rows_mxfp4_avx2)
 
 KERN_DECLARE_DOTS(ref)
 KERN_DECLARE_DOTS(avx2)

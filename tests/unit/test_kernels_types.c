@@ -13,7 +13,10 @@
  *     dequantized operands within float rounding;
  *   - kern_matmul (shapes, strides, n_tok 1..37, 1..4 threads, every ISA) equal to a naive
  *     dequantize-and-dot reference; its multi-token (prefill) kernels, n_tok 2..37, equal
- *     to the scalar single-token vec_dot; kern_parallel_for covering every index exactly once.
+ *     to the scalar single-token vec_dot; kern_parallel_for covering every index exactly once;
+ *   - batch invariance: the decode row kernels and the prefill tiles give each (row, token)
+ *     the bits of the ISA's vec_dot, and kern_matmul gives a token the same bits alone, in
+ *     any batch and on any thread count.
  *
  * Float-rounding bound used throughout: |got - exact| <= (n_blocks + 4) * 2^-23 * sum|w*a|,
  * the textbook bound for summing n_blocks rounded block terms (each block's integer sum
@@ -518,6 +521,42 @@ static void test_simd_tables_complete(void **state)
     }
 }
 
+/* The prefill tiles (tile, tile2) and decode row kernels each SIMD level claims for a type:
+ * present, and not a silent fallback to the per-token vec_dot. */
+static void test_simd_multi_kernels_complete(void **state)
+{
+    (void)state;
+    static const struct {
+        tdm_type_t t;
+        kern_isa_t isa;
+        int tile, tile2, rows;
+    } want[] = {
+        {TDM_TYPE_Q4_1, KERN_ISA_AVX2, 1, 1, 1},  {TDM_TYPE_Q8_0, KERN_ISA_AVX2, 1, 0, 1},
+        {TDM_TYPE_Q4_K, KERN_ISA_AVX2, 1, 0, 1},  {TDM_TYPE_Q6_K, KERN_ISA_AVX2, 1, 0, 0},
+        {TDM_TYPE_MXFP4, KERN_ISA_AVX2, 1, 1, 1}, {TDM_TYPE_MXFP4, KERN_ISA_AVX512, 1, 1, 1},
+        {TDM_TYPE_MXFP4, KERN_ISA_NEON, 1, 1, 0}, {TDM_TYPE_MXFP4, KERN_ISA_NEON_DOT, 1, 1, 0},
+    };
+    for (size_t i = 0; i < ARRAY_LEN(want); i++) {
+        if (!kern_isa_compiled(want[i].isa)) {
+            continue;
+        }
+        const tdm_type_t t = want[i].t;
+        const kern_isa_t isa = want[i].isa;
+        if ((kern_vec_dot_tile_get(t, isa) != NULL) != want[i].tile ||
+            (kern_vec_dot_tile2_get(t, isa) != NULL) != want[i].tile2 ||
+            (kern_vec_dot_rows_get(t, isa) != NULL) != want[i].rows) {
+            fail_msg("%s %s: tile %d tile2 %d rows %d, want %d %d %d", tdm_type_name(t),
+                     kern_isa_name(isa), kern_vec_dot_tile_get(t, isa) != NULL,
+                     kern_vec_dot_tile2_get(t, isa) != NULL, kern_vec_dot_rows_get(t, isa) != NULL,
+                     want[i].tile, want[i].tile2, want[i].rows);
+        }
+    }
+    /* the scalar level never has them */
+    assert_null(kern_vec_dot_tile_get(TDM_TYPE_MXFP4, KERN_ISA_SCALAR));
+    assert_null(kern_vec_dot_tile2_get(TDM_TYPE_MXFP4, KERN_ISA_SCALAR));
+    assert_null(kern_vec_dot_rows_get(TDM_TYPE_MXFP4, KERN_ISA_SCALAR));
+}
+
 /* ---- parallel_for --------------------------------------------------------------- */
 
 typedef struct pf_arg {
@@ -780,7 +819,10 @@ static void test_matmul_tiles(void **state)
     }
     print_message("matmul tiles: %d (type, ISA) pairs checked\n", n_checked);
     if (kern_isa_supported(KERN_ISA_AVX2, &f)) {
-        assert_true(n_checked >= 4); /* Q4_1, Q8_0, Q4_K, Q6_K on AVX2 */
+        assert_true(n_checked >= 5); /* Q4_1, Q8_0, Q4_K, Q6_K, MXFP4 on AVX2 */
+    }
+    if (kern_isa_supported(KERN_ISA_NEON, &f)) {
+        assert_true(n_checked >= 1); /* MXFP4 on NEON */
     }
 }
 
@@ -888,9 +930,12 @@ static void test_simd_quantizers_bit_exact(void **state)
     free(x);
 }
 
-/* The decode multi-row kernels: every row, read in groups of 1..KERN_DOT_ROWS, is bit-identical
- * to the ISA's vec_dot on that row and to the prefill tile on the same token (so a
- * token's output does not depend on how rows or tokens were grouped). */
+/* The decode multi-row kernels and the prefill tiles: every row, read in groups of
+ * 1..KERN_DOT_ROWS, and every token of a tile (1..KERN_DOT_TILE tokens, one or two rows)
+ * is bit-identical to the ISA's vec_dot on that row and token (so a token's output does
+ * not depend on how rows or tokens were grouped). Checked on every ISA and type that has
+ * any of these kernels, with K a few blocks past a multiple of 4 blocks (MXFP4 reduces
+ * blocks in fours) and K past the 1024 blocks up to which MXFP4's decode precomputes. */
 static void test_dot_rows(void **state)
 {
     (void)state;
@@ -905,54 +950,201 @@ static void test_dot_rows(void **state)
         for (size_t ti = 0; ti < ARRAY_LEN(weight_types); ti++) {
             const tdm_type_t t = weight_types[ti];
             const kern_vec_dot_rows_fn rows = kern_vec_dot_rows_get(t, (kern_isa_t)isa);
-            if (rows == NULL) {
+            const kern_vec_dot_tile_fn tile = kern_vec_dot_tile_get(t, (kern_isa_t)isa);
+            const kern_vec_dot_tile2_fn tile2 = kern_vec_dot_tile2_get(t, (kern_isa_t)isa);
+            if (rows == NULL && tile == NULL && tile2 == NULL) {
                 continue;
             }
             const kern_vec_dot_fn dot = kern_vec_dot_get(t, (kern_isa_t)isa);
-            const kern_vec_dot_tile_fn tile = kern_vec_dot_tile_get(t, (kern_isa_t)isa);
-            const kern_vec_dot_tile2_fn tile2 = kern_vec_dot_tile2_get(t, (kern_isa_t)isa);
             const kern_type_cpu_t *tc = kern_type_cpu(t);
-            const int64_t k = tdm_type_traits(t)->blck >= 256 ? 3 * 256 : 9 * 32;
-            const size_t rb = tdm_type_row_size(t, k);
-            void *w = random_weights(t, KERN_DOT_ROWS, k, &s);
-            float *x = malloc((size_t)k * sizeof(float));
-            for (int64_t i = 0; i < k; i++) {
-                x[i] = rng_normal(&s);
-            }
-            void *a = quantize_act(tc->vec_dot_type, x, k);
-            for (int nr = 1; nr <= KERN_DOT_ROWS; nr++) {
-                float y[KERN_DOT_ROWS];
-                rows(k, w, rb, KERN_DOT_ROWS, nr, a, y);
+            const int64_t ks[2] = {tdm_type_traits(t)->blck >= 256 ? 3 * 256 : 9 * 32,
+                                   t == TDM_TYPE_MXFP4 ? 1027 * 32 : 0};
+            for (int ki = 0; ki < 2 && ks[ki] > 0; ki++) {
+                const int64_t k = ks[ki];
+                const size_t rb = tdm_type_row_size(t, k);
+                void *w = random_weights(t, KERN_DOT_ROWS, k, &s);
+                float *x = malloc((size_t)k * sizeof(float));
+                for (int64_t i = 0; i < k; i++) {
+                    x[i] = rng_normal(&s);
+                }
+                void *a = quantize_act(tc->vec_dot_type, x, k);
+                float want[KERN_DOT_ROWS];
+                for (int r = 0; r < KERN_DOT_ROWS; r++) {
+                    want[r] = dot(k, (const uint8_t *)w + (size_t)r * rb, a);
+                }
+                for (int nr = 1; rows != NULL && nr <= KERN_DOT_ROWS; nr++) {
+                    float y[KERN_DOT_ROWS];
+                    rows(k, w, rb, KERN_DOT_ROWS, nr, a, y);
+                    assert_memory_equal(y, want, sizeof(want));
+                    rows(k, w, rb, 1, nr, a, y); /* a single row */
+                    assert_memory_equal(&y[0], &want[0], sizeof(float));
+                }
                 for (int r = 0; r < KERN_DOT_ROWS; r++) {
                     const uint8_t *row = (const uint8_t *)w + (size_t)r * rb;
-                    const float want = dot(k, row, a);
-                    assert_memory_equal(&y[r], &want, sizeof(float));
-                    if (tile != NULL) {
-                        float yt = 0.0f;
-                        tile(k, row, a, 0, 1, &yt, 1);
-                        assert_memory_equal(&yt, &want, sizeof(float));
-                    }
-                    if (tile2 != NULL && r + 1 < KERN_DOT_ROWS) {
-                        /* the same token 1..4 times (stride 0): every copy equal */
-                        for (int nt = 1; nt <= KERN_DOT_TILE; nt++) {
-                            float y2[2 * KERN_DOT_TILE];
+                    /* the same token 1..4 times (stride 0): every copy equal */
+                    for (int nt = 1; nt <= KERN_DOT_TILE; nt++) {
+                        float yt[KERN_DOT_TILE], y2[2 * KERN_DOT_TILE];
+                        if (tile != NULL) {
+                            tile(k, row, a, 0, nt, yt, 1);
+                            for (int tk = 0; tk < nt; tk++) {
+                                assert_memory_equal(&yt[tk], &want[r], sizeof(float));
+                            }
+                        }
+                        if (tile2 != NULL && r + 1 < KERN_DOT_ROWS) {
                             tile2(k, row, rb, a, 0, nt, y2, 2);
                             for (int tk = 0; tk < nt; tk++) {
-                                assert_memory_equal(&y2[2 * tk], &want, sizeof(float));
-                                const float want1 = dot(k, row + rb, a);
-                                assert_memory_equal(&y2[2 * tk + 1], &want1, sizeof(float));
+                                assert_memory_equal(&y2[2 * tk], &want[r], sizeof(float));
+                                assert_memory_equal(&y2[2 * tk + 1], &want[r + 1], sizeof(float));
                             }
                         }
                     }
                 }
+                n_checked++;
+                free(w);
+                free(x);
+                free(a);
             }
-            n_checked++;
-            free(w);
-            free(x);
-            free(a);
         }
     }
-    print_message("dot rows: %d (type, ISA) pairs checked\n", n_checked);
+    print_message("dot rows and tiles: %d (type, ISA, K) cases checked\n", n_checked);
+}
+
+/* Batch invariance at the kern_matmul level: each token's outputs of a prefill batch
+ * (n_tok 2..37: tiles, tile2 row pairs, tails) on 1..3 threads are bit-identical to
+ * the same token decoded alone (n_tok 1: the row kernels or vec_dot), for every weight
+ * type on every ISA, with short rows (decode reads them in pairs) and long ones. */
+static void test_matmul_batch_invariance(void **state)
+{
+    (void)state;
+    tdm_cpu_features_t f;
+    tdm_cpu_features_detect(&f);
+    uint64_t s = 8080;
+    static const int64_t toks[] = {2, 5, 37};
+    for (int isa = 0; isa < KERN_ISA_COUNT; isa++) {
+        if (!kern_isa_supported((kern_isa_t)isa, &f)) {
+            continue;
+        }
+        kern_ctx_t *ctx[3];
+        for (int nt = 1; nt <= 3; nt++) {
+            assert_int_equal(kern_ctx_create(nt, (kern_isa_t)isa, &ctx[nt - 1], NULL), TDM_OK);
+        }
+        for (size_t ti = 0; ti < ARRAY_LEN(weight_types); ti++) {
+            const tdm_type_t t = weight_types[ti];
+            const int big = tdm_type_traits(t)->blck >= 256;
+            const int64_t ks[2] = {big ? 2 * 256 : 11 * 32, big ? 5 * 256 : 35 * 32};
+            for (int ki = 0; ki < 2; ki++) {
+                const int64_t k = ks[ki], n_rows = 37, n_tok_max = 37;
+                const kern_weight_t w = {.type = t,
+                                         .n_cols = k,
+                                         .n_rows = n_rows,
+                                         .row_bytes = tdm_type_row_size(t, k),
+                                         .data = random_weights(t, n_rows, k, &s)};
+                float *x = malloc((size_t)(n_tok_max * k) * sizeof(float));
+                float *y1 = malloc((size_t)(n_tok_max * n_rows) * sizeof(float));
+                float *yb = malloc((size_t)(n_tok_max * n_rows) * sizeof(float));
+                assert_true(x != NULL && y1 != NULL && yb != NULL);
+                for (int64_t i = 0; i < n_tok_max * k; i++) {
+                    x[i] = rng_normal(&s);
+                }
+                for (int64_t tk = 0; tk < n_tok_max; tk++) { /* each token alone */
+                    assert_int_equal(kern_matmul(ctx[tk % 3], &w, x + tk * k, k, 1,
+                                                 y1 + tk * n_rows, n_rows, NULL),
+                                     TDM_OK);
+                }
+                for (size_t bi = 0; bi < ARRAY_LEN(toks); bi++) {
+                    for (int nt = 0; nt < 3; nt++) {
+                        const int64_t n_tok = toks[bi];
+                        assert_int_equal(kern_matmul(ctx[nt], &w, x, k, n_tok, yb, n_rows, NULL),
+                                         TDM_OK);
+                        if (memcmp(yb, y1, (size_t)(n_tok * n_rows) * sizeof(float)) != 0) {
+                            fail_msg("%s %s K=%lld n_tok=%lld threads=%d: a batch differs from "
+                                     "its tokens alone",
+                                     tdm_type_name(t), kern_isa_name((kern_isa_t)isa), (long long)k,
+                                     (long long)n_tok, nt + 1);
+                        }
+                    }
+                }
+                free((void *)w.data);
+                free(x);
+                free(y1);
+                free(yb);
+            }
+        }
+        for (int nt = 0; nt < 3; nt++) {
+            kern_ctx_destroy(ctx[nt]);
+        }
+    }
+}
+
+/* MXFP4 scale bytes over their whole range (the SIMD kernels read E8M0 through their own
+ * tables): for every e, two rows of 5 blocks all with that e (a group of four and a
+ * tail), every ISA's vec_dot and decode rows against the scalar vec_dot. The activations
+ * are scaled so that the products stay normal and finite (2^127 * 12 * x at e = 255,
+ * 2^-128 * dy at e = 0). */
+static void test_mxfp4_scale_range(void **state)
+{
+    (void)state;
+    tdm_cpu_features_t f;
+    tdm_cpu_features_detect(&f);
+    uint64_t s = 2718;
+    const int nb = 5;
+    const int64_t k = (int64_t)nb * 32;
+    const size_t rb = tdm_type_row_size(TDM_TYPE_MXFP4, k);
+    float *x = malloc((size_t)k * sizeof(float));
+    assert_non_null(x);
+    for (int e = 0; e < 256; e++) {
+        kern_block_mxfp4 *w = random_weights(TDM_TYPE_MXFP4, 2, k, &s);
+        for (int b = 0; b < 2 * nb; b++) {
+            w[b].e = (uint8_t)e;
+        }
+        const float xscale = e >= 200 ? 1e-4f : e < 40 ? 100.0f : 1.0f;
+        for (int64_t i = 0; i < k; i++) {
+            x[i] = rng_normal(&s) * xscale;
+        }
+        void *a = quantize_act(TDM_TYPE_Q8_0, x, k);
+        float *ad = dequant_alloc(TDM_TYPE_Q8_0, a, k);
+        for (int r = 0; r < 2; r++) {
+            const kern_block_mxfp4 *row = w + r * nb;
+            /* in double: the f32 dequantization of the weights would overflow */
+            double exact = 0.0, absdot = 0.0;
+            for (int64_t i = 0; i < k; i++) {
+                const kern_block_mxfp4 *b = &row[i / 32];
+                const int j = (int)(i % 32);
+                const int code = j < 16 ? b->qs[j] & 0xF : b->qs[j - 16] >> 4;
+                const double term = ldexp(kern_mxfp4_values[code], e - 128) * ad[i];
+                exact += term;
+                absdot += fabs(term);
+            }
+            /* no absolute floor (rounding_bound's 1e-30 would hide the e < 27 rows) */
+            const double tol = 2.0 * (double)(nb + 4) * 0x1p-23 * absdot;
+            const float ref = kern_vec_dot_mxfp4_ref(k, row, a);
+            if (!(isfinite(ref) && fabs((double)ref - exact) <= tol)) {
+                fail_msg("MXFP4 e=%d: scalar vec_dot %.9g, exact %.9g (tol %.3g)", e, ref, exact,
+                         tol);
+            }
+            for (int isa = 1; isa < KERN_ISA_COUNT; isa++) {
+                if (!kern_isa_supported((kern_isa_t)isa, &f)) {
+                    continue;
+                }
+                const float got = kern_vec_dot_get(TDM_TYPE_MXFP4, (kern_isa_t)isa)(k, row, a);
+                if (!(fabs((double)got - ref) <= tol)) {
+                    fail_msg("MXFP4 e=%d %s: vec_dot %.9g, scalar %.9g (tol %.3g)", e,
+                             kern_isa_name((kern_isa_t)isa), got, ref, tol);
+                }
+                const kern_vec_dot_rows_fn rows =
+                    kern_vec_dot_rows_get(TDM_TYPE_MXFP4, (kern_isa_t)isa);
+                if (rows != NULL) { /* both rows at once: decode's precomputed path */
+                    float y2[2];
+                    rows(k, w, rb, 2, 1, a, y2);
+                    assert_memory_equal(&y2[r], &got, sizeof(float));
+                }
+            }
+        }
+        free(w);
+        free(a);
+        free(ad);
+    }
+    free(x);
 }
 
 /* kern_matmul_batch gives bit-identical results to separate kern_matmul calls: weights
@@ -1047,6 +1239,7 @@ int main(void)
         cmocka_unit_test(test_kquant_quality),
         cmocka_unit_test(test_activation_formats),
         cmocka_unit_test(test_simd_tables_complete),
+        cmocka_unit_test(test_simd_multi_kernels_complete),
         cmocka_unit_test(test_vec_dot),
         cmocka_unit_test(test_parallel_for),
         cmocka_unit_test(test_matmul),
@@ -1054,6 +1247,8 @@ int main(void)
         cmocka_unit_test(test_matmul_nested),
         cmocka_unit_test(test_simd_quantizers_bit_exact),
         cmocka_unit_test(test_dot_rows),
+        cmocka_unit_test(test_matmul_batch_invariance),
+        cmocka_unit_test(test_mxfp4_scale_range),
         cmocka_unit_test(test_matmul_batch),
         cmocka_unit_test(test_errors),
     };

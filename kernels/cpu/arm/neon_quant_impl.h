@@ -437,3 +437,92 @@ float FN(iq4_xs)(int64_t n, const void *restrict w, const void *restrict a)
     }
     return sum;
 }
+
+/* ---- MXFP4 prefill tiles ------------------------------------------------------------
+ *
+ * One weight row (tile) or two (tile2, rows rb apart) against NT <= KERN_DOT_TILE tokens
+ * (as apart): each weight block is unpacked (nibbles, table lookup, E8M0 scale) once for
+ * all tokens, and every (row, token) gets exactly the arithmetic of FN(mxfp4) (the same
+ * dot16 sums, scale product ew * dy and FMA sequence), so tiles and vec_dot agree bit for
+ * bit. y[t * ys + r * yr]. */
+
+#define TILE_INLINE static inline __attribute__((always_inline))
+
+TILE_INLINE void mx_tile(int64_t n, const uint8_t *restrict w, size_t rb, const uint8_t *restrict a,
+                         size_t as, float *restrict y, int64_t ys, int64_t yr, const int NR,
+                         const int NT)
+{
+    const int8x16_t tab = vld1q_s8(kern_mxfp4_values);
+    float32x4_t acc[2][KERN_DOT_TILE];
+    for (int r = 0; r < NR; r++) {
+        for (int t = 0; t < NT; t++) {
+            acc[r][t] = vdupq_n_f32(0.0f);
+        }
+    }
+    for (int64_t i = 0; i < n / KERN_QK; i++) {
+        int8x16_t lo[2], hi[2];
+        float ew[2];
+        for (int r = 0; r < NR; r++) {
+            const kern_block_mxfp4 *xb = (const kern_block_mxfp4 *)(w + (size_t)r * rb) + i;
+            int8x16_t l, h;
+            nibbles(xb->qs, &l, &h);
+            lo[r] = vqtbl1q_s8(tab, vreinterpretq_u8_s8(l));
+            hi[r] = vqtbl1q_s8(tab, vreinterpretq_u8_s8(h));
+            ew[r] = kern_e8m0_to_fp32_half(xb->e);
+        }
+        for (int t = 0; t < NT; t++) {
+            const kern_block_q8_0 *yb = (const kern_block_q8_0 *)(a + (size_t)t * as) + i;
+            const float dy = fp16(yb->d);
+            for (int r = 0; r < NR; r++) {
+                acc[r][t] = block32(acc[r][t], lo[r], hi[r], yb->qs, ew[r] * dy);
+            }
+        }
+    }
+    for (int r = 0; r < NR; r++) {
+        for (int t = 0; t < NT; t++) {
+            y[t * ys + r * yr] = vaddvq_f32(acc[r][t]);
+        }
+    }
+}
+
+void KERN_CAT(kern_vec_dot_tile_mxfp4_, KERN_SFX)(int64_t n, const void *restrict w,
+                                                  const void *restrict a, size_t a_stride,
+                                                  int n_tok, float *restrict y, int64_t y_stride)
+{
+    const uint8_t *w8 = w, *a8 = a;
+    switch (n_tok) {
+    case 4:
+        mx_tile(n, w8, 0, a8, a_stride, y, y_stride, 0, 1, 4);
+        break;
+    case 3:
+        mx_tile(n, w8, 0, a8, a_stride, y, y_stride, 0, 1, 3);
+        break;
+    case 2:
+        mx_tile(n, w8, 0, a8, a_stride, y, y_stride, 0, 1, 2);
+        break;
+    default:
+        mx_tile(n, w8, 0, a8, a_stride, y, y_stride, 0, 1, 1);
+        break;
+    }
+}
+
+void KERN_CAT(kern_vec_dot_tile2_mxfp4_,
+              KERN_SFX)(int64_t n, const void *restrict w, size_t row_bytes, const void *restrict a,
+                        size_t a_stride, int n_tok, float *restrict y, int64_t y_stride)
+{
+    const uint8_t *w8 = w, *a8 = a;
+    switch (n_tok) {
+    case 4:
+        mx_tile(n, w8, row_bytes, a8, a_stride, y, y_stride, 1, 2, 4);
+        break;
+    case 3:
+        mx_tile(n, w8, row_bytes, a8, a_stride, y, y_stride, 1, 2, 3);
+        break;
+    case 2:
+        mx_tile(n, w8, row_bytes, a8, a_stride, y, y_stride, 1, 2, 2);
+        break;
+    default:
+        mx_tile(n, w8, row_bytes, a8, a_stride, y, y_stride, 1, 2, 1);
+        break;
+    }
+}

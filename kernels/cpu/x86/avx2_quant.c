@@ -247,18 +247,9 @@ float kern_vec_dot_iq4_nl_avx2(int64_t n, const void *restrict w, const void *re
 
 float kern_vec_dot_mxfp4_avx2(int64_t n, const void *restrict w, const void *restrict a)
 {
-    const kern_block_mxfp4 *x = w;
-    const kern_block_q8_0 *y = a;
-    const int64_t nb = n / KERN_QK;
-    const __m256i tab = table16(kern_mxfp4_values);
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t i = 0; i < nb; i++) {
-        const __m256i q = _mm256_shuffle_epi8(tab, unpack_nibbles(x[i].qs));
-        const __m256i s = dot_ss8(q, load32(y[i].qs));
-        const __m256 d = _mm256_set1_ps(kern_e8m0_to_fp32_half(x[i].e) * fp16(y[i].d));
-        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s), acc);
-    }
-    return hsum_ps(acc);
+    float y;
+    kern_vec_dot_tile_mxfp4_avx2(n, w, a, 0, 1, &y, 1);
+    return y;
 }
 
 /* ---- 256-element super-blocks against Q8_K ------------------------------------- */
@@ -1007,6 +998,277 @@ void kern_vec_dot_rows_q4_k_avx2(int64_t n, const void *restrict w, size_t row_b
                                  int group, const void *restrict a, float *restrict y)
 {
     ROWS_DISPATCH(rows_q4_k, kern_block_q8_k, n, w, row_bytes, n_rows, group, a, y);
+}
+
+/* ---- MXFP4: one body for rows (decode), tile and tile2 (prefill) -----------------
+ *
+ * A block's 16 packed E2M1 codes become 32 bytes through ggml's doubled value table (low
+ * nibbles in the low lane, as Q8_0's first 16 values), once per weight block. Four
+ * consecutive blocks of one (row, token) are reduced together: maddubs gives 16 x i16 per
+ * block, then madd with ones, packs, madd, packs, madd leave the exact integer sum of
+ * each half block in lanes [b0 b1 b2 b3 | b0 b1 b2 b3] (packs only sees sums of at most 8
+ * products of |.| <= 24 * 127, below 2^15, so it never saturates), and
+ * acc += float(sums) * (ew * dy): one conversion, one scale product and one FMA per four
+ * blocks instead of per block. ew is the E8M0 half scale (kern_e8m0_to_fp32_half, from a
+ * table), dy the activation's f16 d; ew * dy is the reference's scale product.
+ *
+ * The integer sums come two ways, with identical results:
+ *   - prefill (tokens change every call): signed q (|q| <= 12) against the activations,
+ *     maddubs(|q|, sign(y, q));
+ *   - decode (one activation row for all the rows of a call): the table shifted by 12
+ *     makes the weights unsigned, maddubs(q + 12, y), and 12 * (the half-block sums of y),
+ *     computed once per call together with the dy, is subtracted from the group's sums;
+ *     no abs or sign per block.
+ * A (row, token) result depends only on that row and token: the same per-group integer
+ * sums, scale products and FMA sequence whatever NR (rows) and NT (tokens) the body is
+ * instantiated with, so vec_dot, rows, tile and tile2 agree bit for bit. Blocks past the
+ * last whole group run as one zero-padded group (zero weights and a zero d add 0). */
+
+#define MX_G 4 /* blocks per reduction group */
+
+/* kern_e8m0_to_fp32_half as bit patterns, for all 256 scale bytes */
+#define MX_E(e)   ((e) < 2 ? 0x00200000u << (e) : (uint32_t)((e)-1) << 23)
+#define MX_E4(e)  MX_E(e), MX_E((e) + 1), MX_E((e) + 2), MX_E((e) + 3)
+#define MX_E16(e) MX_E4(e), MX_E4((e) + 4), MX_E4((e) + 8), MX_E4((e) + 12)
+#define MX_E64(e) MX_E16(e), MX_E16((e) + 16), MX_E16((e) + 32), MX_E16((e) + 48)
+static const uint32_t mx_e8m0_half[256] = {MX_E64(0), MX_E64(64), MX_E64(128), MX_E64(192)};
+#undef MX_E64
+#undef MX_E16
+#undef MX_E4
+#undef MX_E
+
+/* What decode precomputes per group of its activation row: [dy0..dy3] and 12 * the
+ * half-block sums of y in the lanes of the group's sums. */
+typedef struct mx_pre {
+    _Alignas(16) float dy[MX_G]; /* read as one __m128 */
+    int32_t c12[8];
+} mx_pre_t;
+
+/* The half scales of four blocks, [ew0 ew1 ew2 ew3 | ew0 ew1 ew2 ew3]. */
+TILE_INLINE __m256 mx_ew4(const kern_block_mxfp4 *x)
+{
+    const __m128 v =
+        _mm_castsi128_ps(_mm_setr_epi32((int)mx_e8m0_half[x[0].e], (int)mx_e8m0_half[x[1].e],
+                                        (int)mx_e8m0_half[x[2].e], (int)mx_e8m0_half[x[3].e]));
+    return _mm256_set_m128(v, v);
+}
+
+/* The activation scales of four blocks, [dy0 dy1 dy2 dy3 | dy0 dy1 dy2 dy3] (exact). */
+TILE_INLINE __m256 mx_dy4(const kern_block_q8_0 *y)
+{
+    __m128i v = _mm_cvtsi32_si128((int)kern_load_u32((const uint8_t *)&y[0]));
+    v = _mm_insert_epi16(v, y[1].d, 1);
+    v = _mm_insert_epi16(v, y[2].d, 2);
+    v = _mm_insert_epi16(v, y[3].d, 3);
+    return _mm256_cvtph_ps(_mm_unpacklo_epi64(v, v));
+}
+
+/* The maddubs outputs of four blocks -> the half-block sums, [b0 b1 b2 b3 | b0 b1 b2 b3]. */
+TILE_INLINE __m256i mx_reduce4(const __m256i *p, __m256i ones)
+{
+    __m256i m[MX_G];
+    for (int j = 0; j < MX_G; j++) {
+        m[j] = _mm256_madd_epi16(p[j], ones);
+    }
+    const __m256i t01 = _mm256_madd_epi16(_mm256_packs_epi32(m[0], m[1]), ones);
+    const __m256i t23 = _mm256_madd_epi16(_mm256_packs_epi32(m[2], m[3]), ones);
+    return _mm256_madd_epi16(_mm256_packs_epi32(t01, t23), ones);
+}
+
+/* One group of four blocks: NR rows (x[r]) x NT tokens (yb[t]) into acc[r][t]. PRE: use
+ * the group's precomputed activation terms *pre (decode, NT == 1). */
+TILE_INLINE void mx_group(const kern_block_mxfp4 *const *x, const kern_block_q8_0 *const *yb,
+                          const mx_pre_t *pre, __m256 acc[][KERN_DOT_TILE], const int NR,
+                          const int NT, const int PRE)
+{
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const __m256i shift = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4);
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i tab = table16(kern_mxfp4_values);
+    __m256 dy[KERN_DOT_TILE];
+    __m256i c12 = _mm256_setzero_si256();
+    if (PRE) {
+        tab = _mm256_add_epi8(tab, _mm256_set1_epi8(12)); /* 0..24 */
+        dy[0] = _mm256_broadcast_ps((const __m128 *)pre->dy);
+        c12 = load32(pre->c12);
+    } else {
+        for (int t = 0; t < NT; t++) {
+            dy[t] = mx_dy4(yb[t]);
+        }
+    }
+    for (int r = 0; r < NR; r++) {
+        __m256i q[MX_G], aq[MX_G];
+        for (int j = 0; j < MX_G; j++) {
+            q[j] = _mm256_shuffle_epi8(tab, unpack_nibbles_v(x[r][j].qs, shift, m4));
+            aq[j] = PRE ? q[j] : _mm256_abs_epi8(q[j]);
+        }
+        const __m256 ew = mx_ew4(x[r]);
+        for (int t = 0; t < NT; t++) {
+            __m256i p[MX_G];
+            for (int j = 0; j < MX_G; j++) {
+                const __m256i qy = load32(yb[t][j].qs);
+                p[j] = _mm256_maddubs_epi16(aq[j], PRE ? qy : _mm256_sign_epi8(qy, q[j]));
+            }
+            const __m256i s = _mm256_sub_epi32(mx_reduce4(p, ones), c12);
+            acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(ew, dy[t]), acc[r][t]);
+        }
+    }
+}
+
+/* NR rows (rb apart) x NT tokens (as apart): y[t * ys + r * yr]. PRE: use pre, the
+ * precomputed activation terms of every group (decode, NT == 1; the last group
+ * zero-padded). PF: prefetch the weights ahead (decode). */
+TILE_INLINE void mx_body(int64_t n, const uint8_t *restrict w, size_t rb, const uint8_t *restrict a,
+                         size_t as, const mx_pre_t *pre, float *restrict y, int64_t ys, int64_t yr,
+                         const int NR, const int NT, const int PRE, const int PF)
+{
+    const int64_t nb = n / KERN_QK, ng = nb / MX_G;
+    __m256 acc[KERN_DOT_ROWS][KERN_DOT_TILE];
+    const kern_block_mxfp4 *x[KERN_DOT_ROWS];
+    const kern_block_q8_0 *yb[KERN_DOT_TILE];
+    for (int r = 0; r < NR; r++) {
+        for (int t = 0; t < NT; t++) {
+            acc[r][t] = _mm256_setzero_ps();
+        }
+    }
+    for (int64_t g = 0; g < ng; g++) {
+        for (int r = 0; r < NR; r++) {
+            x[r] = (const kern_block_mxfp4 *)(w + (size_t)r * rb) + MX_G * g;
+            if (PF) {
+                prefetch_ahead(x[r], MX_G * sizeof(kern_block_mxfp4));
+            }
+        }
+        for (int t = 0; t < NT; t++) {
+            yb[t] = (const kern_block_q8_0 *)(a + (size_t)t * as) + MX_G * g;
+        }
+        mx_group(x, yb, PRE ? pre + g : NULL, acc, NR, NT, PRE);
+    }
+    const int rem = (int)(nb - MX_G * ng);
+    if (rem > 0) {
+        kern_block_mxfp4 xp[KERN_DOT_ROWS][MX_G];
+        kern_block_q8_0 yp[KERN_DOT_TILE][MX_G];
+        memset(xp, 0, sizeof(xp));
+        memset(yp, 0, sizeof(yp));
+        for (int r = 0; r < NR; r++) {
+            memcpy(xp[r], (const kern_block_mxfp4 *)(w + (size_t)r * rb) + MX_G * ng,
+                   (size_t)rem * sizeof(kern_block_mxfp4));
+            x[r] = xp[r];
+        }
+        for (int t = 0; t < NT; t++) {
+            memcpy(yp[t], (const kern_block_q8_0 *)(a + (size_t)t * as) + MX_G * ng,
+                   (size_t)rem * sizeof(kern_block_q8_0));
+            yb[t] = yp[t];
+        }
+        mx_group(x, yb, PRE ? pre + ng : NULL, acc, NR, NT, PRE);
+    }
+    for (int r = 0; r < NR; r++) {
+        for (int t = 0; t < NT; t++) {
+            y[t * ys + r * yr] = hsum_ps(acc[r][t]);
+        }
+    }
+}
+
+/* Decode precomputes its activation terms for rows of up to MX_PRE_MAX blocks (12 KiB of
+ * stack) when it has several rows to share them; otherwise (and for vec_dot) it takes the
+ * prefill path, with the same results. */
+#define MX_PRE_MAX 1024
+
+static void mx_precompute(const kern_block_q8_0 *y, int64_t nb, mx_pre_t *pre)
+{
+    const __m256i ones = _mm256_set1_epi16(1), twelve = _mm256_set1_epi8(12);
+    for (int64_t g = 0; g * MX_G < nb; g++) {
+        kern_block_q8_0 pad[MX_G];
+        const kern_block_q8_0 *yb = y + MX_G * g;
+        if (MX_G * (g + 1) > nb) {
+            memset(pad, 0, sizeof(pad));
+            memcpy(pad, yb, (size_t)(nb - MX_G * g) * sizeof(kern_block_q8_0));
+            yb = pad;
+        }
+        __m256i p[MX_G];
+        for (int j = 0; j < MX_G; j++) {
+            p[j] = _mm256_maddubs_epi16(twelve, load32(yb[j].qs));
+        }
+        _mm256_storeu_si256((__m256i *)pre[g].c12, mx_reduce4(p, ones));
+        _mm_storeu_ps(pre[g].dy, _mm256_castps256_ps128(mx_dy4(yb)));
+    }
+}
+
+TILE_INLINE void rows_mxfp4(int64_t n, const uint8_t *restrict w, size_t rb,
+                            const kern_block_q8_0 *restrict y, const mx_pre_t *pre,
+                            float *restrict out, const int NR)
+{
+    if (pre != NULL) {
+        mx_body(n, w, rb, (const uint8_t *)y, 0, pre, out, 0, 1, NR, 1, 1, 1);
+    } else {
+        mx_body(n, w, rb, (const uint8_t *)y, 0, NULL, out, 0, 1, NR, 1, 0, 1);
+    }
+}
+
+void kern_vec_dot_rows_mxfp4_avx2(int64_t n, const void *restrict w, size_t row_bytes, int n_rows,
+                                  int group, const void *restrict a, float *restrict y)
+{
+    const int64_t nb = n / KERN_QK;
+    mx_pre_t pre_buf[MX_PRE_MAX / MX_G];
+    const mx_pre_t *pre = NULL;
+    if (nb <= MX_PRE_MAX && n_rows > 1) {
+        mx_precompute(a, nb, pre_buf);
+        pre = pre_buf;
+    }
+    const uint8_t *w8 = w;
+    int r = 0;
+    if (group >= 4) {
+        for (; r + 4 <= n_rows; r += 4) {
+            rows_mxfp4(n, w8 + (size_t)r * row_bytes, row_bytes, a, pre, y + r, 4);
+        }
+    }
+    if (group >= 2) {
+        for (; r + 2 <= n_rows; r += 2) {
+            rows_mxfp4(n, w8 + (size_t)r * row_bytes, row_bytes, a, pre, y + r, 2);
+        }
+    }
+    for (; r < n_rows; r++) {
+        rows_mxfp4(n, w8 + (size_t)r * row_bytes, row_bytes, a, pre, y + r, 1);
+    }
+}
+
+TILE_INLINE void tile_mxfp4(int64_t n, const void *restrict w, const uint8_t *restrict a, size_t as,
+                            float *restrict y, int64_t ys, const int NT)
+{
+    mx_body(n, w, 0, a, as, NULL, y, ys, 0, 1, NT, 0, 0);
+}
+
+void kern_vec_dot_tile_mxfp4_avx2(int64_t n, const void *restrict w, const void *restrict a,
+                                  size_t a_stride, int n_tok, float *restrict y, int64_t y_stride)
+{
+    TILE_DISPATCH(tile_mxfp4, n, w, a, a_stride, n_tok, y, y_stride);
+}
+
+TILE_INLINE void tile2_mxfp4(int64_t n, const uint8_t *restrict w, size_t rb,
+                             const uint8_t *restrict a, size_t as, float *restrict y, int64_t ys,
+                             const int NT)
+{
+    mx_body(n, w, rb, a, as, NULL, y, ys, 1, 2, NT, 0, 0);
+}
+
+void kern_vec_dot_tile2_mxfp4_avx2(int64_t n, const void *restrict w, size_t row_bytes,
+                                   const void *restrict a, size_t a_stride, int n_tok,
+                                   float *restrict y, int64_t y_stride)
+{
+    const uint8_t *w8 = w, *a8 = a;
+    switch (n_tok) {
+    case 4:
+        tile2_mxfp4(n, w8, row_bytes, a8, a_stride, y, y_stride, 4);
+        break;
+    case 3:
+        tile2_mxfp4(n, w8, row_bytes, a8, a_stride, y, y_stride, 3);
+        break;
+    case 2:
+        tile2_mxfp4(n, w8, row_bytes, a8, a_stride, y, y_stride, 2);
+        break;
+    default:
+        tile2_mxfp4(n, w8, row_bytes, a8, a_stride, y, y_stride, 1);
+        break;
+    }
 }
 
 /* ---- activation quantizers -------------------------------------------------------
