@@ -22,7 +22,8 @@ import json
 import random
 from pathlib import Path
 
-TEMPLATES = ["qwen3-coder", "gpt-oss", "minimax-m2", "llama-3.1", "qwen3", "smollm2"]
+TEMPLATES = ["qwen3-coder", "gpt-oss", "minimax-m2", "llama-3.1", "qwen3", "smollm2", "devstral-small-2",
+             "mistral-v13"]
 
 SPECIALS = {
     "qwen3-coder": ("", "<|im_end|>"),
@@ -31,6 +32,8 @@ SPECIALS = {
     "minimax-m2": ("]~!b[", "[e~["),
     "llama-3.1": ("<|begin_of_text|>", "<|eot_id|>"),
     "smollm2": ("<|im_start|>", "<|im_end|>"),
+    "devstral-small-2": ("<s>", "</s>"),
+    "mistral-v13": ("<s>", "</s>"),
 }
 
 TEXTS = [
@@ -283,6 +286,18 @@ def profile_cases(name, rng, n):
                 ctx["date_string"] = "01 Jan 2025"
             if tools and rng.random() < 0.3:
                 ctx["tools_in_user_message"] = False
+        elif name in ("devstral-small-2", "mistral-v13"):
+            # Mistral tokenizer v13: [TOOL_CALLS]NAME[ARGS]{...} per call, no ids; no
+            # generation prompt (the answer follows [/INST])
+            msgs = g.conversation(tools=tools, string_args=True, max_calls=3, reasoning=False,
+                                  system_role="system" if has_system else None,
+                                  content_with_calls=lambda r: r.choice(["", "Let me check.", None]))
+            if rng.random() < 0.3:
+                for m in msgs:
+                    if m["role"] == "user" and m["content"]:
+                        m["content"] = [{"type": "image_url", "image_url": {"url": "data:,"}},
+                                        {"type": "text", "text": m["content"]}]
+                        break
         else:  # smollm2: no tools in the template
             tools = None
             msgs = g.conversation(tools=None, string_args=False, max_calls=1, reasoning=False,
@@ -363,6 +378,26 @@ def edge_cases(name):
                     "add_generation_prompt": True, "enable_thinking": False})
         out.append({"messages": [{"role": "system", "content": "S1"}, user, {"role": "system", "content": "S2"}],
                     "tools": [TOOLS[4]]})
+    if name in ("devstral-small-2", "mistral-v13"):
+        # an assistant message with neither content nor tool calls: raises
+        out.append({"bos_token": bos, "eos_token": eos, "messages": [user, {"role": "assistant", "content": ""}]})
+        # an unknown role: raises
+        out.append({"bos_token": bos, "eos_token": eos, "messages": [user, {"role": "custom", "content": "x"}]})
+        # empty string arguments become {}, a list system prompt, an image in a user message
+        out.append({"bos_token": bos, "eos_token": eos,
+                    "messages": [{"role": "system", "content": [{"type": "text", "text": "Sys"}]},
+                                 {"role": "user", "content": [{"type": "text", "text": "look"},
+                                                              {"type": "image"}]},
+                                 {"role": "assistant", "content": None, "tool_calls": [
+                                     {"id": "c1", "type": "function", "function": {"name": "list_files",
+                                                                                   "arguments": ""}}]},
+                                 {"role": "tool", "tool_call_id": "c1", "content": "a.txt"}],
+                    "tools": [TOOLS[0]]})
+        # a system message after the first, and an assistant turn ending the conversation
+        out.append({"bos_token": bos, "eos_token": eos,
+                    "messages": [user, {"role": "assistant", "content": "A"},
+                                 {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Q2"},
+                                 {"role": "assistant", "content": "B"}]})
     if name == "smollm2":
         out.append({"messages": [{"role": "system", "content": "Custom system"}, user], "add_generation_prompt": True})
         out.append({"messages": [user, {"role": "assistant", "content": None}]})

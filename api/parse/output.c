@@ -20,7 +20,7 @@ tdm_status_t prs_output_create(const prs_output_params_t *params, prs_output_t *
                                tdm_error_t *err)
 {
     *out = NULL;
-    if ((unsigned)params->format > PRS_TOOL_HARMONY) {
+    if ((unsigned)params->format > PRS_TOOL_MISTRAL) {
         return tdm_error_set(err, TDM_ERR_INVALID_PARAM, "output parser: unknown format %d",
                              (int)params->format);
     }
@@ -212,4 +212,9 @@ const char *prs_output_call_args(const prs_output_t *o, size_t index)
         return prs_harmony_call_args(o->hm, index);
     }
     return o->tp != NULL ? prs_tool_parser_call_args(o->tp, index) : NULL;
+}
+
+const char *prs_output_call_id(const prs_output_t *o, size_t index)
+{
+    return o->hm == NULL && o->tp != NULL ? prs_tool_parser_call_id(o->tp, index) : NULL;
 }

@@ -4,8 +4,9 @@
  * model's format.
  *
  * Two pipelines, chosen by the format:
- *   - "<think>" models (Hermes, Qwen3-Coder, MiniMax-M2 tool calls, or none): reasoning.h
- *     splits off the reasoning, and what it leaves as content goes through tool_call.h;
+ *   - "<think>" models (Hermes, Qwen3-Coder, MiniMax-M2, Mistral tool calls, or none):
+ *     reasoning.h splits off the reasoning, and what it leaves as content goes through
+ *     tool_call.h;
  *   - PRS_TOOL_HARMONY (gpt-oss): harmony.h, which reads reasoning, content and calls from
  *     the same message stream.
  * Each stage is optional: no reasoning stage unless params.reasoning, no tool-call stage
@@ -73,5 +74,8 @@ void prs_output_clear_events(prs_output_t *o);
 size_t prs_output_n_calls(const prs_output_t *o);
 const char *prs_output_call_name(const prs_output_t *o, size_t index);
 const char *prs_output_call_args(const prs_output_t *o, size_t index);
+
+/* The id the model wrote for a call (Mistral), or NULL: the server then makes one up. */
+const char *prs_output_call_id(const prs_output_t *o, size_t index);
 
 #endif

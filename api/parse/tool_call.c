@@ -1,8 +1,8 @@
 /*
  * tool_call.c - the streaming driver of the tool-call parser: content and opening tags,
  * the held region of a possible call, the event list and the completed calls. The
- * formats' scanners and parsers are in tool_hermes.c, tool_qwen3coder.c and
- * tool_minimax.c.
+ * formats' scanners and parsers are in tool_hermes.c, tool_qwen3coder.c, tool_minimax.c
+ * and tool_mistral.c.
  */
 #include "api/parse/tool_call.h"
 
@@ -54,6 +54,10 @@ prs_tool_format_t prs_tool_format_from_template(const char *src)
     if (strstr(src, PRS_TAG_MM_CALL) != NULL) {
         return PRS_TOOL_MINIMAX_M2;
     }
+    /* Mistral's templates show no XML tags, and no other format's show this token */
+    if (strstr(src, PRS_TAG_MS_CALLS) != NULL) {
+        return PRS_TOOL_MISTRAL;
+    }
     if (strstr(src, PRS_TAG_FUNCTION) != NULL && strstr(src, PRS_TAG_PARAMETER) != NULL) {
         return PRS_TOOL_QWEN3_CODER;
     }
@@ -69,6 +73,7 @@ static const char *const format_names[] = {
     [PRS_TOOL_QWEN3_CODER] = "qwen3_coder",
     [PRS_TOOL_MINIMAX_M2] = "minimax_m2",
     [PRS_TOOL_HARMONY] = "harmony",
+    [PRS_TOOL_MISTRAL] = "mistral",
 };
 
 const char *prs_tool_format_name(prs_tool_format_t format)
@@ -89,7 +94,7 @@ tdm_status_t prs_tool_format_from_name(const char *name, prs_tool_format_t *out,
     }
     return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
                          "unknown tool-call format '%s' (expected none, hermes, qwen3_coder, "
-                         "minimax_m2 or harmony)",
+                         "minimax_m2, harmony or mistral)",
                          name != NULL ? name : "(null)");
 }
 
@@ -97,9 +102,15 @@ tdm_status_t prs_tool_format_from_name(const char *name, prs_tool_format_t *out,
 
 tdm_status_t prs_callv_push(prs_callv_t *cv, char *name, char *args)
 {
+    return prs_callv_push_id(cv, name, args, NULL);
+}
+
+tdm_status_t prs_callv_push_id(prs_callv_t *cv, char *name, char *args, char *id)
+{
     if (name == NULL || args == NULL) {
         free(name);
         free(args);
+        free(id);
         return TDM_ERR_NO_MEMORY;
     }
     if (cv->n == cv->cap) {
@@ -108,13 +119,13 @@ tdm_status_t prs_callv_push(prs_callv_t *cv, char *name, char *args)
         if (v == NULL) {
             free(name);
             free(args);
+            free(id);
             return TDM_ERR_NO_MEMORY;
         }
         cv->v = v;
         cv->cap = cap;
     }
-    cv->v[cv->n].name = name;
-    cv->v[cv->n].args = args;
+    cv->v[cv->n] = (prs_call_t){.name = name, .args = args, .id = id};
     cv->n++;
     return TDM_OK;
 }
@@ -124,6 +135,7 @@ void prs_callv_free(prs_callv_t *cv)
     for (size_t i = 0; i < cv->n; i++) {
         free(cv->v[i].name);
         free(cv->v[i].args);
+        free(cv->v[i].id);
     }
     free(cv->v);
     memset(cv, 0, sizeof(*cv));
@@ -243,10 +255,9 @@ static tdm_status_t emit_calls(prs_tool_parser_t *p, prs_callv_t *cv)
 {
     for (size_t i = 0; i < cv->n; i++) {
         prs_call_t c = cv->v[i];
-        cv->v[i].name = NULL;
-        cv->v[i].args = NULL;
+        cv->v[i] = (prs_call_t){0};
         uint32_t idx = (uint32_t)p->calls.n;
-        TDM_CHECK(prs_callv_push(&p->calls, c.name, c.args));
+        TDM_CHECK(prs_callv_push_id(&p->calls, c.name, c.args, c.id));
         TDM_CHECK(push_event(p, PRS_TOOL_EV_CALL_BEGIN, idx, c.name, strlen(c.name)));
         TDM_CHECK(push_event(p, PRS_TOOL_EV_CALL_ARGS, idx, c.args, strlen(c.args)));
         TDM_CHECK(push_event(p, PRS_TOOL_EV_CALL_END, idx, "", 0));
@@ -270,10 +281,12 @@ static void fix_events(prs_tool_parser_t *p)
 static void find_open(const prs_tool_parser_t *p, const char *r, size_t n, size_t *at, size_t *open,
                       bool *wrapped, size_t *cut)
 {
-    if (p->format == PRS_TOOL_MINIMAX_M2) {
-        *at = prs_find(r, n, PRS_LIT(PRS_TAG_MM_CALL));
-        *cut = prs_partial_start(r, n, PRS_LIT(PRS_TAG_MM_CALL));
-        *open = sizeof(PRS_TAG_MM_CALL) - 1;
+    if (p->format == PRS_TOOL_MINIMAX_M2 || p->format == PRS_TOOL_MISTRAL) {
+        const char *tag = p->format == PRS_TOOL_MISTRAL ? PRS_TAG_MS_CALLS : PRS_TAG_MM_CALL;
+        size_t tl = strlen(tag);
+        *at = prs_find(r, n, tag, tl);
+        *cut = prs_partial_start(r, n, tag, tl);
+        *open = tl;
         *wrapped = true;
         return;
     }
@@ -303,6 +316,8 @@ static bool scan_region(prs_tool_parser_t *p, const char *r, size_t n, size_t *e
         return prs_hermes_scan(&p->scan, r, n, end);
     case PRS_TOOL_MINIMAX_M2:
         return prs_minimax_scan(&p->scan, r, n, end);
+    case PRS_TOOL_MISTRAL:
+        return prs_mistral_scan(&p->scan, r, n, end);
     default:
         return prs_xml_scan(&p->scan, r, n, end);
     }
@@ -319,6 +334,9 @@ static tdm_status_t close_region(prs_tool_parser_t *p, const char *r, size_t end
         break;
     case PRS_TOOL_MINIMAX_M2:
         st = prs_minimax_parse(r, end, p->tools, &cv);
+        break;
+    case PRS_TOOL_MISTRAL:
+        st = prs_mistral_parse(r, end, &cv);
         break;
     default:
         st = prs_xml_parse(r, end, p->scan.wrapped, p->tools, &cv);
@@ -490,4 +508,9 @@ const char *prs_tool_parser_call_name(const prs_tool_parser_t *p, size_t index)
 const char *prs_tool_parser_call_args(const prs_tool_parser_t *p, size_t index)
 {
     return index < p->calls.n ? p->calls.v[index].args : NULL;
+}
+
+const char *prs_tool_parser_call_id(const prs_tool_parser_t *p, size_t index)
+{
+    return index < p->calls.n ? p->calls.v[index].id : NULL;
 }

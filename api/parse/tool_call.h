@@ -1,6 +1,6 @@
 /*
  * tool_call.h - streaming extraction of tool calls from model output, for the OpenAI
- * "tool_calls" field. Three output formats are understood (a fourth, gpt-oss harmony,
+ * "tool_calls" field. Four output formats are understood (a fifth, gpt-oss harmony,
  * carries reasoning and content too and has its own parser, harmony.h; output.h puts the
  * parsers together as the server uses them):
  *
@@ -53,6 +53,26 @@
  *     of a value is stripped (MiniMax writes values inline; vLLM reads them so), and the
  *     value is converted by the schema exactly as for Qwen3-Coder (same code).
  *
+ *   PRS_TOOL_MISTRAL (Mistral's [TOOL_CALLS] token; the tokenizer version decides the shape):
+ *       [TOOL_CALLS]get_weather[ARGS]{"city": "Paris"}              v13+: Devstral Small 2,
+ *                                                                   Devstral 2, Ministral 3
+ *       [TOOL_CALLS]get_weather[CALL_ID]a1b2c3d4e[ARGS]{"city": ...} v11: Mistral Small 3.1/3.2
+ *       [TOOL_CALLS][{"name": "get_weather", "arguments": {...}, "id": "a1b2c3d4e"}, ...]
+ *                                                                   v2-v7: Nemo, Small 3, ...
+ *     One call per [TOOL_CALLS] in the first two shapes (parallel calls repeat it), any
+ *     number in the JSON array of the third. There is no closing tag: a call ends where its
+ *     JSON value ends (the '}' or ']' that balances the first bracket, outside strings).
+ *     NAME is 1..256 bytes of [A-Za-z0-9_.:-] or UTF-8 beyond ASCII; whitespace around it is
+ *     allowed; "[ARGS]" may be missing (NAME{...}, as vLLM reads text with the control
+ *     tokens dropped). The arguments must be one JSON object. An id (the [CALL_ID] text, or
+ *     the array elements' "id") is kept when it is 9 ASCII letters and digits, Mistral's
+ *     form (prs_tool_parser_call_id), and otherwise dropped (the call still counts). Array
+ *     elements follow the Hermes rules ("name" a non-empty string, "arguments" or
+ *     "parameters" an object, a string holding one, or absent / null); one bad element
+ *     makes the whole array content. A raw control character inside a JSON string ends the
+ *     call at once as malformed (valid JSON never has one), so broken output is not held.
+ *     [TOOL_CALLS], [ARGS] and [CALL_ID] are control tokens: the text fed must render them.
+ *
  * Events. feed() appends events to a list the caller reads and empties:
  *   CONTENT     ordinary text (adjacent CONTENT text is merged into one event)
  *   CALL_BEGIN  a call starts: its index and function name
@@ -62,13 +82,15 @@
  * Call indexes count from 0 over the parser's life.
  *
  * Calls are atomic: the parser holds the raw text of a possible call from its opening
- * tag until the tag that closes it, and only then decides. A valid call yields BEGIN,
+ * tag until the tag that closes it (Mistral: until its JSON value is complete), and only
+ * then decides. A valid call yields BEGIN,
  * ARGS and END together; anything else - invalid JSON, no name, a malformed XML block,
  * output that ends inside an unclosed call (a <tool_call> with no </tool_call> included),
  * or a call longer than PRS_TOOL_MAX_CALL_BYTES - is given back as CONTENT, byte for byte,
  * and no CALL_* event is ever emitted for it. Nothing fed is lost except: whitespace right
  * after a valid call (between calls and at the end; a following text keeps no leading
- * whitespace), the tags of valid calls, and primed text (prs_tool_parser_prime).
+ * whitespace), the tags of valid calls (and a Mistral call's id, kept apart), and primed
+ * text (prs_tool_parser_prime).
  *
  * Streaming invariant: for any split of the output into chunks, the concatenated CONTENT
  * text, the calls, and the position of each call in the content are identical to feeding
@@ -99,16 +121,17 @@ typedef enum prs_tool_format {
     PRS_TOOL_QWEN3_CODER, /* <tool_call><function=...> XML                              */
     PRS_TOOL_MINIMAX_M2,  /* <minimax:tool_call><invoke name=...> XML                   */
     PRS_TOOL_HARMONY,     /* gpt-oss harmony messages: harmony.h, not this parser       */
+    PRS_TOOL_MISTRAL,     /* [TOOL_CALLS]NAME[ARGS]{json}, or [TOOL_CALLS][{json}, ...]  */
 } prs_tool_format_t;
 
 /* The format a chat template's source implies: HARMONY if it contains "<|channel|>", else
- * MINIMAX_M2 if it contains "<minimax:tool_call>", else QWEN3_CODER if it contains both
- * "<function=" and "<parameter=", else HERMES if it contains "<tool_call>", else NONE
- * (also for NULL). */
+ * MINIMAX_M2 if it contains "<minimax:tool_call>", else MISTRAL if it contains
+ * "[TOOL_CALLS]", else QWEN3_CODER if it contains both "<function=" and "<parameter=", else
+ * HERMES if it contains "<tool_call>", else NONE (also for NULL). */
 prs_tool_format_t prs_tool_format_from_template(const char *template_source);
 
-/* "none", "hermes", "qwen3_coder", "minimax_m2", "harmony" (for a CLI override); never
- * NULL. */
+/* "none", "hermes", "qwen3_coder", "minimax_m2", "harmony", "mistral" (for a CLI
+ * override); never NULL. */
 const char *prs_tool_format_name(prs_tool_format_t format);
 
 /* The format named by name (as prs_tool_format_name writes it); TDM_ERR_INVALID_PARAM
@@ -177,5 +200,9 @@ bool prs_tool_parser_in_call(const prs_tool_parser_t *p);
 size_t prs_tool_parser_n_calls(const prs_tool_parser_t *p);
 const char *prs_tool_parser_call_name(const prs_tool_parser_t *p, size_t index);
 const char *prs_tool_parser_call_args(const prs_tool_parser_t *p, size_t index);
+
+/* The id the model wrote for call index (Mistral's 9-character ids), or NULL when it wrote
+ * none (or one that is not valid): the caller then makes one up. */
+const char *prs_tool_parser_call_id(const prs_tool_parser_t *p, size_t index);
 
 #endif

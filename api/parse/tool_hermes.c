@@ -55,8 +55,7 @@ bool prs_hermes_scan(prs_scan_t *sc, const char *r, size_t n, size_t *end)
     return false;
 }
 
-/* The arguments member as a compact JSON object text (malloc'd), or NULL with *st set. */
-static char *normalise_args(const char *body, const prs_json_member_t *m, tdm_status_t *st)
+char *prs_json_call_args(const char *body, const prs_json_member_t *m, tdm_status_t *st)
 {
     prs_buf_t out = {0}, inner = {0};
     *st = TDM_OK;
@@ -128,7 +127,7 @@ tdm_status_t prs_hermes_parse(const char *r, size_t n, prs_callv_t *out)
         return st;
     }
     const prs_json_member_t *am = has_args ? &args_m : has_params ? &params_m : NULL;
-    char *args = normalise_args(body, am, &st);
+    char *args = prs_json_call_args(body, am, &st);
     if (args == NULL) {
         prs_buf_free(&name);
         return st;

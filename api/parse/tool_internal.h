@@ -1,7 +1,7 @@
 /*
  * tool_internal.h - what the tool-call driver (tool_call.c) and the per-format code
- * (tool_hermes.c, tool_qwen3coder.c, tool_minimax.c, with tool_xmlargs.c shared by the two
- * XML formats) share. Not for use outside api/parse.
+ * (tool_hermes.c, tool_qwen3coder.c, tool_minimax.c, tool_mistral.c, with tool_xmlargs.c
+ * shared by the two XML formats) share. Not for use outside api/parse.
  *
  * The driver keeps the text of a possible call (a "region", from its opening tag on) until
  * the format's scanner says where the region ends; the format's parser then turns the
@@ -13,6 +13,7 @@
 #define PRS_TOOL_INTERNAL_H
 
 #include "api/parse/prs_buf.h"
+#include "api/parse/prs_json.h"
 #include "api/parse/tool_call.h"
 
 #include <jansson.h>
@@ -30,6 +31,9 @@
 #define PRS_TAG_MM_INVOKE     "<invoke name="
 #define PRS_TAG_MM_INVOKE_END "</invoke>"
 #define PRS_TAG_MM_PARAM      "<parameter name="
+#define PRS_TAG_MS_CALLS      "[TOOL_CALLS]"
+#define PRS_TAG_MS_ARGS       "[ARGS]"
+#define PRS_TAG_MS_CALL_ID    "[CALL_ID]"
 #define PRS_LIT(s)            s, (sizeof(s) - 1)
 
 /* Scanner state of one region. */
@@ -37,12 +41,16 @@ typedef struct prs_scan {
     size_t pos;   /* next byte of the region to look at                          */
     int sub;      /* format-specific sub-state                                   */
     bool wrapped; /* Qwen3-Coder: region opened by <tool_call> (else <function=) */
+    int depth;    /* Mistral: open JSON brackets                                 */
+    size_t count; /* Mistral: bytes of the name or id so far                     */
+    size_t mark;  /* Mistral: where the JSON array's '[' is                      */
 } prs_scan_t;
 
 /* One parsed call. */
 typedef struct prs_call {
     char *name; /* function name, UTF-8, NUL-terminated        */
     char *args; /* compact JSON object text, NUL-terminated   */
+    char *id;   /* the model's call id, or NULL                */
 } prs_call_t;
 
 /* A growable list of calls (the result of parsing one region). */
@@ -53,7 +61,18 @@ typedef struct prs_callv {
 
 /* Appends a call, taking ownership of name and args (freed on failure too). */
 tdm_status_t prs_callv_push(prs_callv_t *cv, char *name, char *args);
+
+/* The same with the model's id (may be NULL; owned and freed likewise). */
+tdm_status_t prs_callv_push_id(prs_callv_t *cv, char *name, char *args, char *id);
 void prs_callv_free(prs_callv_t *cv);
+
+/*
+ * A JSON call's "arguments" member m (NULL: absent) of the object text body, as a compact
+ * JSON object text (malloc'd): an object as written less whitespace, a string holding an
+ * object, or null / absent as "{}". NULL with *st = TDM_ERR_FORMAT for anything else (or
+ * TDM_ERR_NO_MEMORY). Shared by Hermes and Mistral's JSON array.
+ */
+char *prs_json_call_args(const char *body, const prs_json_member_t *m, tdm_status_t *st);
 
 /*
  * Hermes. The region starts with "<tool_call>". Returns true when its end is known:
@@ -87,6 +106,18 @@ bool prs_minimax_scan(prs_scan_t *sc, const char *r, size_t n, size_t *end);
 /* Parses a complete MiniMax-M2 region r[0..n) into one or more calls (one per <invoke>),
  * converting parameter values with the schemas in tools. Errors as prs_hermes_parse. */
 tdm_status_t prs_minimax_parse(const char *r, size_t n, const json_t *tools, prs_callv_t *out);
+
+/*
+ * Mistral. The region starts with "[TOOL_CALLS]". Returns true when its end is known: just
+ * past the '}' or ']' that completes its JSON value, or, as soon as the text cannot be a
+ * call, the place where it stops being one (the parser then rejects the region and the rest
+ * is read as text again).
+ */
+bool prs_mistral_scan(prs_scan_t *sc, const char *r, size_t n, size_t *end);
+
+/* Parses a complete Mistral region r[0..n) into its call (name form) or calls (JSON array).
+ * Errors as prs_hermes_parse. */
+tdm_status_t prs_mistral_parse(const char *r, size_t n, prs_callv_t *out);
 
 /* ---- tool_xmlargs.c: what the two XML formats share ------------------------------------ */
 

@@ -136,7 +136,11 @@ static const char *call_id(gen_t *g, choice_out_t *c, size_t index)
         c->call_ids = ids;
         c->cap_ids = cap;
     }
-    if (c->call_ids[index][0] == '\0') {
+    const char *mine = c->op != NULL ? prs_output_call_id(c->op, index) : NULL;
+    if (c->call_ids[index][0] == '\0' && mine != NULL) {
+        /* the model's own id (Mistral's 9 characters): its template replays it */
+        snprintf(c->call_ids[index], 32, "%s", mine);
+    } else if (c->call_ids[index][0] == '\0') {
         uint64_t a = crd_rng_next(g->rng), b = crd_rng_next(g->rng);
         snprintf(c->call_ids[index], 32, "call_%016llx%08llx", (unsigned long long)a,
                  (unsigned long long)(b & 0xffffffffu));
@@ -597,6 +601,23 @@ static char *tool_prefix(const srv_server_t *s, const srv_gen_req_t *req)
             snprintf(buf, sizeof(buf), "</think>\n\n<minimax:tool_call>\n<invoke name=\"");
         }
         break;
+    case PRS_TOOL_MISTRAL: {
+        /* Mistral templates add no generation prompt: the call follows [/INST]. The
+         * template shows the shape the model was trained on: NAME[ARGS] (v11 and later,
+         * NAME[CALL_ID]ID[ARGS] in v11) or one JSON array (v2-v7) */
+        const char *src = tpl_source(s->tpl);
+        bool args = strstr(src, "[ARGS]") != NULL;
+        if (named && args) {
+            snprintf(buf, sizeof(buf), "[TOOL_CALLS]%s%s", req->tool_name,
+                     strstr(src, "[CALL_ID]") != NULL ? "[CALL_ID]" : "[ARGS]");
+        } else if (named) {
+            snprintf(buf, sizeof(buf),
+                     "[TOOL_CALLS][{\"name\": \"%s\", \"arguments\": ", req->tool_name);
+        } else {
+            snprintf(buf, sizeof(buf), "%s", args ? "[TOOL_CALLS]" : "[TOOL_CALLS][");
+        }
+        break;
+    }
     case PRS_TOOL_HARMONY:
         /* the generation prompt ends with "<|start|>assistant": the header goes on */
         if (named) {
@@ -762,6 +783,7 @@ static int route_gen(srv_server_t *s, const srv_http_req_t *r, srv_api_t api)
         api == SRV_API_CHAT && req->tools != NULL && req->tool_choice != SRV_TOOL_CHOICE_NONE;
     bool parse_tools = use_tools && s->tool_format != PRS_TOOL_NONE;
     bool harmony = api == SRV_API_CHAT && s->tool_format == PRS_TOOL_HARMONY;
+    bool mistral_calls = parse_tools && s->tool_format == PRS_TOOL_MISTRAL;
     bool start_inside_think = false, parse_think = false;
     if (use_tools && !parse_tools &&
         (req->tool_choice == SRV_TOOL_CHOICE_REQUIRED ||
@@ -860,10 +882,12 @@ static int route_gen(srv_server_t *s, const srv_http_req_t *r, srv_api_t api)
                            .n_stop = req->n_stop,
                            .top_logprobs = req->logprobs ? req->top_logprobs : 0,
                            .want_tokens = req->logprobs,
-                           /* harmony's <|end|> is a control token: the parser must see it
-                            * (it shows no marker to the client) */
-                           .detok_flags =
-                               req->skip_special_tokens && !harmony ? 0 : TOK_DEC_RENDER_SPECIAL,
+                           /* harmony's <|end|> and Mistral's [TOOL_CALLS] and [ARGS] are
+                            * control tokens: the parser must see them (it shows no marker
+                            * to the client, except in a call it cannot read) */
+                           .detok_flags = req->skip_special_tokens && !harmony && !mistral_calls
+                                              ? 0
+                                              : TOK_DEC_RENDER_SPECIAL,
                            .t_start = r->t_start};
     st = g->ch != NULL ? srv_job_start(s->engine, s->vocab, s->metrics, &jp, &g->job, &err)
                        : tdm_error_set(&err, TDM_ERR_NO_MEMORY, "out of memory");

@@ -4,22 +4,24 @@
  * (output.h) over the same, and the gpt-oss harmony parser.
  *
  * Input: byte 0 picks the options. Bit 7 clear: bits 0-1 the tool format (none, hermes,
- * qwen3_coder, qwen3_coder). Bit 7 set: bits 0-1 pick minimax_m2 (0 and 3), harmony (1) or
- * harmony with calls off (2). Then bit 2 the reasoning stage, bit 3 start_inside, bit 4 the
- * tools array (harmony: a named rather than a "required" prime), bit 5 a primed prefix,
- * bit 6 other reasoning tags. Byte 1 seeds the chunk sizes (up to (byte1 & 31) + 1 bytes,
- * zero-length chunks included). The rest is the model output. FUZZ_PARSE_FORMAT=minimax_m2
- * or harmony in the environment pins the format (byte 0's other options still vary), for a
+ * qwen3_coder, qwen3_coder). Bit 7 set: bits 0-1 pick minimax_m2 (0), harmony (1), harmony
+ * with calls off (2) or mistral (3). Then bit 2 the reasoning stage, bit 3 start_inside,
+ * bit 4 the tools array (harmony and mistral: a named rather than a "required" prime), bit
+ * 5 a primed prefix, bit 6 other reasoning tags ([THINK], [/THINK]; mistral: a JSON-array
+ * prime). Byte 1 seeds the chunk sizes (up to (byte1 & 31) + 1 bytes, zero-length chunks
+ * included). The rest is the model output. FUZZ_PARSE_FORMAT=minimax_m2, harmony or
+ * mistral in the environment pins the format (byte 0's other options still vary), for a
  * campaign on one format.
  *
  * Checked (abort() on failure): feeding the output in chunks gives the same reasoning,
  * the same content, the same calls at the same reasoning and content offsets as feeding it
  * at once; every call has a non-empty UTF-8 name and arguments that are one compact JSON
- * object. Reasoning + tool calls: with no valid call and nothing primed, the tool parser's
- * content is exactly its input; the combined parser gives exactly what the two chained by
- * hand give. Harmony: nothing is invented (reasoning and content together are at most the
- * output), and an output without "<|" is content exactly. Built with -DTANDEM_FUZZ=ON
- * (clang); replayed over tests/fuzz/corpus/parse by replay_main.c in the unit tests.
+ * object, and an id only when it is a Mistral call's 9 letters and digits (the same in
+ * every run). Reasoning + tool calls: with no valid call and nothing primed, the tool
+ * parser's content is exactly its input; the combined parser gives exactly what the two
+ * chained by hand give. Harmony: nothing is invented (reasoning and content together are at most
+ * the output), and an output without "<|" is content exactly. Built with -DTANDEM_FUZZ=ON (clang);
+ * replayed over tests/fuzz/corpus/parse by replay_main.c in the unit tests.
  */
 #include "api/parse/output.h"
 #include "api/parse/prs_json.h"
@@ -72,6 +74,23 @@ static void check_name(const char *s, size_t n)
     REQUIRE(memchr(s, '\0', n) == NULL);
 }
 
+/* A call's id: none, or (Mistral only) 9 ASCII letters and digits. Appended to the calls
+ * record so that split and whole runs must agree on it too. */
+static void check_id(const char *id, prs_tool_format_t fmt, prs_buf_t *calls)
+{
+    if (id == NULL) {
+        REQUIRE(prs_buf_append(calls, "\x01-", 2) == TDM_OK);
+        return;
+    }
+    REQUIRE(fmt == PRS_TOOL_MISTRAL && strlen(id) == 9);
+    for (size_t i = 0; i < 9; i++) {
+        char c = id[i];
+        REQUIRE((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'));
+    }
+    REQUIRE(prs_buf_append(calls, "\x01", 1) == TDM_OK);
+    REQUIRE(prs_buf_append(calls, id, 9) == TDM_OK);
+}
+
 /* A call's arguments: exactly one JSON object, compact. */
 static void check_args(const char *s, size_t n)
 {
@@ -84,7 +103,7 @@ static void check_args(const char *s, size_t n)
     prs_buf_free(&mini);
 }
 
-static void drain_tools(prs_tool_parser_t *t, outputs_t *o)
+static void drain_tools(prs_tool_parser_t *t, prs_tool_format_t fmt, outputs_t *o)
 {
     const prs_tool_event_t *ev = prs_tool_parser_events(t);
     for (size_t k = 0; k < prs_tool_parser_n_events(t); k++) {
@@ -106,6 +125,7 @@ static void drain_tools(prs_tool_parser_t *t, outputs_t *o)
             break;
         case PRS_TOOL_EV_CALL_END:
             REQUIRE(ev[k].call == o->n_calls);
+            check_id(prs_tool_parser_call_id(t, ev[k].call), fmt, &o->calls);
             snprintf(num, sizeof(num), "\x01%zu\x02", o->content.len);
             REQUIRE(prs_buf_append_str(&o->calls, num) == TDM_OK);
             o->n_calls++;
@@ -116,7 +136,7 @@ static void drain_tools(prs_tool_parser_t *t, outputs_t *o)
 }
 
 /* Passes the reasoning stage's new content on to the tool parser. */
-static void pump(prs_reasoning_t *r, prs_tool_parser_t *t, outputs_t *o)
+static void pump(prs_reasoning_t *r, prs_tool_parser_t *t, prs_tool_format_t fmt, outputs_t *o)
 {
     prs_buf_t *c = prs_reasoning_content(r), *rs = prs_reasoning_reasoning(r);
     REQUIRE(prs_buf_append(&o->reasoning, rs->data, rs->len) == TDM_OK);
@@ -124,7 +144,7 @@ static void pump(prs_reasoning_t *r, prs_tool_parser_t *t, outputs_t *o)
     REQUIRE(prs_tool_parser_feed(t, c->data, c->len, NULL) == TDM_OK);
     prs_buf_clear(c);
     prs_buf_clear(rs);
-    drain_tools(t, o);
+    drain_tools(t, fmt, o);
 }
 
 static prs_tool_format_t pick_format(uint8_t opt)
@@ -132,7 +152,7 @@ static prs_tool_format_t pick_format(uint8_t opt)
     static const prs_tool_format_t formats[] = {PRS_TOOL_NONE, PRS_TOOL_HERMES,
                                                 PRS_TOOL_QWEN3_CODER, PRS_TOOL_QWEN3_CODER};
     static const prs_tool_format_t more[] = {PRS_TOOL_MINIMAX_M2, PRS_TOOL_HARMONY,
-                                             PRS_TOOL_HARMONY, PRS_TOOL_MINIMAX_M2};
+                                             PRS_TOOL_HARMONY, PRS_TOOL_MISTRAL};
     return (opt & 128) ? more[opt & 3] : formats[opt & 3];
 }
 
@@ -148,6 +168,12 @@ static const char *prime_text(prs_tool_format_t fmt, uint8_t opt)
         return (opt & 16) ? "<|channel|>commentary to=functions.get_weather <|constrain|>json"
                             "<|message|>"
                           : "<|channel|>commentary to=functions.";
+    case PRS_TOOL_MISTRAL:
+        if (opt & 64) {
+            return (opt & 16) ? "[TOOL_CALLS][{\"name\": \"get_weather\", \"arguments\": "
+                              : "[TOOL_CALLS][";
+        }
+        return (opt & 16) ? "[TOOL_CALLS]get_weather[ARGS]" : "[TOOL_CALLS]";
     default:
         return "<tool_call>\n";
     }
@@ -168,7 +194,7 @@ static size_t next_chunk(uint64_t *rng, uint8_t split, size_t left)
 }
 
 /* The combined parser's events, in the same shape as outputs_t. */
-static void drain_output(prs_output_t *p, outputs_t *o, bool both_offsets)
+static void drain_output(prs_output_t *p, prs_tool_format_t fmt, outputs_t *o, bool both_offsets)
 {
     const prs_event_t *ev = prs_output_events(p);
     for (size_t k = 0; k < prs_output_n_events(p); k++) {
@@ -195,6 +221,7 @@ static void drain_output(prs_output_t *p, outputs_t *o, bool both_offsets)
             break;
         case PRS_EV_CALL_END:
             REQUIRE(ev[k].call == o->n_calls);
+            check_id(prs_output_call_id(p, ev[k].call), fmt, &o->calls);
             if (both_offsets) {
                 snprintf(num, sizeof(num), "\x01%zu\x01%zu\x02", o->reasoning.len, o->content.len);
             } else {
@@ -225,16 +252,16 @@ static void run_output(uint8_t opt, uint8_t split, const char *text, size_t n, c
     if (primed) {
         const char *prime = prime_text(fmt, opt);
         REQUIRE(prs_output_prime(p, prime, strlen(prime), NULL) == TDM_OK);
-        drain_output(p, o, harmony);
+        drain_output(p, fmt, o, harmony);
     }
     uint64_t rng = 0x9E3779B97F4A7C15ull ^ ((uint64_t)split * 0xBF58476D1CE4E5B9ull);
     for (size_t at = 0, len; at < n; at += len) {
         len = next_chunk(&rng, split, n - at);
         REQUIRE(prs_output_feed(p, text + at, len, NULL) == TDM_OK);
-        drain_output(p, o, harmony);
+        drain_output(p, fmt, o, harmony);
     }
     REQUIRE(prs_output_finish(p, NULL) == TDM_OK);
-    drain_output(p, o, harmony);
+    drain_output(p, fmt, o, harmony);
     REQUIRE(prs_output_n_calls(p) == o->n_calls);
     if (harmony) {
         /* markers and headers are dropped, primed text is never output; nothing is added */
@@ -263,7 +290,7 @@ static void run(uint8_t opt, uint8_t split, const char *text, size_t n, const js
     if (opt & 32) {
         const char *prime = prime_text(fmt, opt);
         REQUIRE(prs_tool_parser_prime(t, prime, strlen(prime), NULL) == TDM_OK);
-        drain_tools(t, o);
+        drain_tools(t, fmt, o);
     }
     uint64_t rng = 0x9E3779B97F4A7C15ull ^ ((uint64_t)split * 0xBF58476D1CE4E5B9ull);
     size_t at = 0;
@@ -271,20 +298,20 @@ static void run(uint8_t opt, uint8_t split, const char *text, size_t n, const js
         size_t len = next_chunk(&rng, split, n - at);
         if (r != NULL) {
             REQUIRE(prs_reasoning_feed(r, text + at, len, NULL) == TDM_OK);
-            pump(r, t, o);
+            pump(r, t, fmt, o);
         } else {
             REQUIRE(prs_buf_append(&o->tool_in, text + at, len) == TDM_OK);
             REQUIRE(prs_tool_parser_feed(t, text + at, len, NULL) == TDM_OK);
-            drain_tools(t, o);
+            drain_tools(t, fmt, o);
         }
         at += len;
     }
     if (r != NULL) {
         REQUIRE(prs_reasoning_finish(r, NULL) == TDM_OK);
-        pump(r, t, o);
+        pump(r, t, fmt, o);
     }
     REQUIRE(prs_tool_parser_finish(t, NULL) == TDM_OK);
-    drain_tools(t, o);
+    drain_tools(t, fmt, o);
     REQUIRE(prs_tool_parser_n_calls(t) == o->n_calls);
     if (o->n_calls == 0 && (opt & 32) == 0) {
         /* nothing is lost: without a call the content is the tool parser's input */
@@ -314,15 +341,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     const char *text = (const char *)data + 2;
     size_t n = size - 2;
     uint8_t opt = data[0], chunks = data[1] == 0 ? 1 : data[1];
-    static int pin = -1; /* 0 none, 1 minimax_m2, 2 harmony */
+    static int pin = -1; /* 0 none, 1 minimax_m2, 2 harmony, 3 mistral */
     if (pin < 0) {
         const char *f = getenv("FUZZ_PARSE_FORMAT");
-        pin = f == NULL ? 0 : strcmp(f, "minimax_m2") == 0 ? 1 : strcmp(f, "harmony") == 0 ? 2 : 0;
+        pin = f == NULL                      ? 0
+              : strcmp(f, "minimax_m2") == 0 ? 1
+              : strcmp(f, "harmony") == 0    ? 2
+              : strcmp(f, "mistral") == 0    ? 3
+                                             : 0;
     }
     if (pin == 1) {
         opt = (uint8_t)((opt & 0x7C) | 0x80);
     } else if (pin == 2) {
         opt = (uint8_t)((opt & 0x7C) | 0x80 | ((opt & 2) ? 2 : 1));
+    } else if (pin == 3) {
+        opt = (uint8_t)((opt & 0x7C) | 0x83);
     }
     outputs_t whole = {0}, split = {0};
     if (pick_format(opt) == PRS_TOOL_HARMONY) {

@@ -354,3 +354,93 @@ def test_harmony_tool_result_turn(harmony):
     check_parsed(h, case["parsed"])
     # the reasoning was rendered (as an analysis message) only where it was sent
     assert g.usage.prompt_tokens > h.usage.prompt_tokens > first.usage.prompt_tokens
+
+
+# ---- Mistral (Devstral) through the server ----
+
+@pytest.fixture(scope="module")
+def mistral(tandem_bin):
+    srv = serve_logged("scripted-mistral.gguf")
+    yield srv
+    srv.stop()
+
+
+WEATHER_ARGS = '{"city":"Paris","days":3}'  # the arguments as the server returns them (compact)
+
+
+def test_mistral_format_chosen(mistral):
+    """[TOOL_CALLS] in the template picks the mistral parser; the template has no <think>."""
+    log = mistral.stderr()
+    assert "tool calls: mistral" in log and "reasoning parser: off" in log
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_mistral_tool_call(mistral, stream):
+    """Devstral's shape, [TOOL_CALLS]get_weather[ARGS]{...}: the two control tokens reach the
+    parser (rendered for it although skip_special_tokens is on) and neither reaches the
+    client; tokenizer v13 writes no call id, so the server makes one up."""
+    case = scripted_case("scripted-mistral.gguf", "tools")
+    g = ask(mistral, "scripted-mistral", case["messages"], stream=stream, tools=[TOOL],
+            max_tokens=32, temperature=0)
+    assert g.usage.prompt_tokens == len(case["prompt_ids"])
+    check_parsed(g, case["parsed"])
+    assert g.tool_calls[0]["arguments"] == WEATHER_ARGS
+    assert g.tool_calls[0]["id"].startswith("call_")
+    if not stream:
+        assert g.content is None or g.content == ""
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+@pytest.mark.parametrize("choice", ["none", "no_tools"])
+def test_mistral_without_tools(mistral, stream, choice):
+    """No tools offered (or tool_choice none): nothing is parsed and the control tokens are not
+    rendered (skip_special_tokens), so the name and the JSON are content."""
+    case = scripted_case("scripted-mistral.gguf", "plain")
+    kw = {"tools": [TOOL], "tool_choice": "none"} if choice == "none" else {}
+    g = ask(mistral, "scripted-mistral", case["messages"], stream=stream, max_tokens=32,
+            temperature=0, **kw)
+    check_parsed(g, case["parsed"])
+    assert g.usage.prompt_tokens == len(case["prompt_ids"])
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+@pytest.mark.parametrize("choice", ["required", "named"])
+def test_mistral_forced_call(mistral, stream, choice):
+    """tool_choice required ("[TOOL_CALLS]" written after [/INST]) and a named function
+    ("[TOOL_CALLS]get_weather[ARGS]"): the model completes the call."""
+    case = scripted_case("scripted-mistral.gguf", "tools")
+    tc = "required" if choice == "required" else {"type": "function",
+                                                  "function": {"name": "get_weather"}}
+    g = ask(mistral, "scripted-mistral", case["messages"], stream=stream, tools=[TOOL],
+            tool_choice=tc, max_tokens=32, temperature=0)
+    check_parsed(g, case["parsed"])
+    assert g.tool_calls[0]["arguments"] == WEATHER_ARGS
+    # the forced prefix is part of the prompt: one token for required, three for named
+    assert g.usage.prompt_tokens == len(case["prompt_ids"]) + (1 if choice == "required" else 3)
+
+
+def test_mistral_skip_special_tokens_false(mistral):
+    """skip_special_tokens false changes nothing when calls are parsed."""
+    case = scripted_case("scripted-mistral.gguf", "tools")
+    g = ask(mistral, "scripted-mistral", case["messages"], tools=[TOOL], max_tokens=32,
+            temperature=0, extra_body={"skip_special_tokens": False})
+    check_parsed(g, case["parsed"])
+
+
+def test_mistral_tool_result_turn(mistral):
+    """A second turn: the assistant's call and the tool's result render through the v13
+    template ([TOOL_CALLS]NAME[ARGS]{...}</s>[TOOL_RESULTS]...[/TOOL_RESULTS]); the script has
+    nothing to say after [/TOOL_RESULTS], so the answer is empty."""
+    case = scripted_case("scripted-mistral.gguf", "tools")
+    first = ask(mistral, "scripted-mistral", case["messages"], tools=[TOOL], max_tokens=32,
+                temperature=0)
+    tc = first.tool_calls[0]
+    msgs = case["messages"] + [
+        {"role": "assistant", "content": None,
+         "tool_calls": [{"id": tc["id"], "type": "function",
+                         "function": {"name": tc["name"], "arguments": tc["arguments"]}}]},
+        {"role": "tool", "tool_call_id": tc["id"], "content": "sunny, 21 C"}]
+    g = ask(mistral, "scripted-mistral", msgs, tools=[TOOL], max_tokens=32, temperature=0)
+    assert g.finish == "stop" and not g.tool_calls
+    assert (g.content or "") == ""
+    assert g.usage.prompt_tokens > first.usage.prompt_tokens

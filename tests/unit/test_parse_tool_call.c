@@ -1,7 +1,7 @@
 /*
  * test_parse_tool_call.c - unit tests of the streaming tool-call parser
  * (api/parse/tool_call.c, tool_hermes.c, tool_qwen3coder.c, tool_minimax.c,
- * tool_xmlargs.c).
+ * tool_mistral.c, tool_xmlargs.c).
  *
  * Each case gives the model output and, written by hand from the format definitions in
  * tool_call.h, the content and the calls it must produce. Arguments are compared with
@@ -10,6 +10,7 @@
  * random multi-way splits; each run must give the expected outputs and the same position
  * of each call within the content, and its events must be well-formed.
  */
+#include "api/parse/output.h"
 #include "api/parse/reasoning.h"
 #include "api/parse/tool_call.h"
 
@@ -55,6 +56,10 @@ typedef struct tcase {
 #define ME "</minimax:tool_call>"
 #define MI "<invoke name=\"get_weather\">\n"
 #define MP "<parameter name="
+#define S  PRS_TOOL_MISTRAL
+#define TK "[TOOL_CALLS]"
+#define AR "[ARGS]"
+#define CI "[CALL_ID]"
 
 static const tcase_t cases[] = {
     /* ---- Hermes ---- */
@@ -374,9 +379,153 @@ static const tcase_t cases[] = {
     {"minimax primed but malformed", M, true, "</think>\n\n" MC "<invoke name=\"", "I will not.",
      "I will not.", "[]"},
 
+    /* ---- Mistral ([TOOL_CALLS]); a third element of an expected call is its id ---- */
+    {"mistral v13 single", S, false, NULL, TK "get_weather" AR "{\"city\": \"Paris\"}", "",
+     "[[\"get_weather\", {\"city\": \"Paris\"}, null]]"},
+    {"mistral compact text", S, false, NULL,
+     TK "get_weather" AR "{\"city\": \"Paris\", \"days\": 3, \"x\": 3.10, \"n\": [1, {}]}", "",
+     "[[\"get_weather\", \"{\\\"city\\\":\\\"Paris\\\",\\\"days\\\":3,\\\"x\\\":3.10,\\\"n\\\":"
+     "[1,{}]}\"]]"},
+    {"mistral parallel calls", S, false, NULL,
+     TK "a" AR "{\"x\": 1}" TK "b" AR "{\"y\": [1, 2]}\n" TK "list_files" AR "{}", "",
+     "[[\"a\", {\"x\": 1}], [\"b\", {\"y\": [1, 2]}], [\"list_files\", {}]]"},
+    {"mistral content before", S, false, NULL,
+     "Let me check the weather.\n\n" TK "get_weather" AR "{\"city\": \"Paris\"}",
+     "Let me check the weather.\n\n", "[[\"get_weather\", {\"city\": \"Paris\"}]]"},
+    {"mistral content after", S, false, NULL, TK "f" AR "{}\n\n  Done, see above.",
+     "Done, see above.", "[[\"f\", {}]]"},
+    {"mistral no calls", S, false, NULL, "Text with [ARGS], [TOOL_CALL] and {\"a\": 1} [x]",
+     "Text with [ARGS], [TOOL_CALL] and {\"a\": 1} [x]", "[]"},
+    {"mistral partial tag at end", S, false, NULL, "Text [TOOL_CA", "Text [TOOL_CA", "[]"},
+    {"mistral brackets, braces and the tag in strings", S, false, NULL,
+     TK "run" AR "{\"code\": \"if (a) { b[0] = ']'; } [TOOL_CALLS]x[ARGS]{ {{\", \"n\": {\"m\": "
+        "[1, {\"k\": \"}\\\"]\\\\\"}, []]}}",
+     "",
+     "[[\"run\", {\"code\": \"if (a) { b[0] = ']'; } [TOOL_CALLS]x[ARGS]{ {{\", \"n\": {\"m\": "
+     "[1, {\"k\": \"}\\\"]\\\\\"}, []]}}]]"},
+    {"mistral escapes and unicode", S, false, NULL,
+     "\xe5\xa5\xbd " TK "get_\xe5\xa4\xa9\xe6\xb0\x94" AR
+     "{\"s\": \"a\\\"b\\\\c\\n\\t\\u00e9\\ud83d\\ude42\", \"t\": \"\xe6\x9d\xb1\xe4\xba\xac\"}",
+     "\xe5\xa5\xbd ",
+     "[[\"get_\xe5\xa4\xa9\xe6\xb0\x94\", {\"s\": \"a\\\"b\\\\c\\n\\t\xc3\xa9\xf0\x9f\x99\x82\", "
+     "\"t\": \"\xe6\x9d\xb1\xe4\xba\xac\"}]]"},
+    {"mistral v11 call id kept", S, false, NULL,
+     TK "get_weather" CI "a1B2c3D4e" AR "{\"city\": \"Paris\"}" TK "f" CI "000000002" AR "{}", "",
+     "[[\"get_weather\", {\"city\": \"Paris\"}, \"a1B2c3D4e\"], [\"f\", {}, \"000000002\"]]"},
+    {"mistral call ids not in Mistral's form are dropped", S, false, NULL,
+     TK "f" CI "abc" AR "{}" TK "g" CI "call_1234" AR "{}" TK "h" CI "abcdefghij" AR "{}", "",
+     "[[\"f\", {}, null], [\"g\", {}, null], [\"h\", {}, null]]"},
+    {"mistral whitespace around the name", S, false, NULL,
+     TK " get_weather [ARGS] {\"city\": \"Paris\"}" TK "\nf\n" CI "123456789" AR "\n{}", "",
+     "[[\"get_weather\", {\"city\": \"Paris\"}, null], [\"f\", {}, \"123456789\"]]"},
+    {"mistral without [ARGS]", S, false, NULL, TK "get_weather{\"city\": \"Paris\"}", "",
+     "[[\"get_weather\", {\"city\": \"Paris\"}]]"},
+    {"mistral name characters", S, false, NULL, TK "ns.tool:get-x_1" AR "{}", "",
+     "[[\"ns.tool:get-x_1\", {}]]"},
+    {"mistral json array (v3)", S, false, NULL,
+     TK
+     "[{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}, \"id\": \"123456789\"}, "
+     "{\"name\": \"b\", \"arguments\": \"{\\\"y\\\": [2]}\", \"id\": \"12\"}, {\"name\": \"c\"}]",
+     "",
+     "[[\"get_weather\", {\"city\": \"Paris\"}, \"123456789\"], [\"b\", {\"y\": [2]}, null], "
+     "[\"c\", {}, null]]"},
+    {"mistral json array with a space (SentencePiece)", S, false, NULL,
+     "Sure.\n" TK " [ {\"name\": \"f\", \"parameters\": {\"q\": \"]}\"}} ] after", "Sure.\nafter",
+     "[[\"f\", {\"q\": \"]}\"}]]"},
+    {"mistral truncated arguments", S, false, NULL, "Sure. " TK "f" AR "{\"a\": [1, {\"b\": 2}",
+     "Sure. " TK "f" AR "{\"a\": [1, {\"b\": 2}", "[]"},
+    {"mistral truncated in a string", S, false, NULL, TK "f" AR "{\"a\": \"x}]",
+     TK "f" AR "{\"a\": \"x}]", "[]"},
+    {"mistral truncated in the name", S, false, NULL, "x " TK "get_wea", "x " TK "get_wea", "[]"},
+    {"mistral truncated after the tag", S, false, NULL, "x " TK, "x " TK, "[]"},
+    {"mistral truncated array", S, false, NULL, TK "[{\"name\": \"f\"}, {\"name\"",
+     TK "[{\"name\": \"f\"}, {\"name\"", "[]"},
+    {"mistral arguments not an object", S, false, NULL, TK "f" AR "[1, 2] and " TK "g" AR "\"x\"",
+     TK "f" AR "[1, 2] and " TK "g" AR "\"x\"", "[]"},
+    {"mistral malformed json", S, false, NULL, TK "f" AR "{\"a\": } after",
+     TK "f" AR "{\"a\": } after", "[]"},
+    {"mistral raw newline in a string ends the call", S, false, NULL,
+     TK "f" AR "{\"a\": \"x\n\"}" TK "g" AR "{}", TK "f" AR "{\"a\": \"x\n\"}", "[[\"g\", {}]]"},
+    {"mistral name with a space", S, false, NULL, TK "get weather" AR "{}",
+     TK "get weather" AR "{}", "[]"},
+    {"mistral name not UTF-8", S, false, NULL, TK "f\xff" AR "{}", TK "f\xff" AR "{}", "[]"},
+    {"mistral name too long", S, false, NULL,
+     TK "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" AR
+        "{}",
+     TK "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" AR
+        "{}",
+     "[]"},
+    /* 255 + 2 bytes: the name is given up before the 2-byte character, not inside it */
+    {"mistral name too long in a character", S, false, NULL,
+     TK "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+        "aaaaaaaaaaaaaaa"
+        "\xc3\xa9" AR "{}",
+     TK "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+        "aaaaaaaaaaaaaaa"
+        "\xc3\xa9" AR "{}",
+     "[]"},
+    /* exactly 256 bytes is a name */
+    {"mistral longest name", S, false, NULL,
+     TK "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+        "aaaaaaaaaaaaaa"
+        "\xc3\xa9" AR "{}",
+     "",
+     "[[\""
+     "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+     "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+     "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+     "aaaaaaaaaaaaaa"
+     "\xc3\xa9\", {}]]"},
+    {"mistral empty name", S, false, NULL, TK AR "{}", TK AR "{}", "[]"},
+    {"mistral doubled tag", S, false, NULL, TK TK "f" AR "{}", TK, "[[\"f\", {}]]"},
+    {"mistral unknown tag after the name", S, false, NULL, TK "f[ARG]{}", TK "f[ARG]{}", "[]"},
+    {"mistral id without [ARGS]", S, false, NULL, TK "f" CI "123456789{}", TK "f" CI "123456789{}",
+     "[]"},
+    {"mistral empty array", S, false, NULL, TK "[] x", TK "[] x", "[]"},
+    {"mistral array of non-objects", S, false, NULL, TK "[1, 2]", TK "[1, 2]", "[]"},
+    {"mistral array with a bad element", S, false, NULL,
+     TK "[{\"name\": \"a\"}, {\"arguments\": {}}]", TK "[{\"name\": \"a\"}, {\"arguments\": {}}]",
+     "[]"},
+    {"mistral text after the array element", S, false, NULL, TK "[{\"name\": \"a\"} x]",
+     TK "[{\"name\": \"a\"} x]", "[]"},
+    {"mistral malformed then valid", S, false, NULL,
+     TK "oops " TK "get_weather" AR "{\"city\": \"Oslo\"} tail", TK "oops tail",
+     "[[\"get_weather\", {\"city\": \"Oslo\"}]]"},
+    {"mistral valid then truncated", S, false, NULL,
+     TK "a" AR "{}" TK "b" AR "{\"c\": ", TK "b" AR "{\"c\": ", "[[\"a\", {}]]"},
+    {"mistral other formats are text", S, false, NULL,
+     TC "{\"name\": \"f\"}" TE " <function=f></function>",
+     TC "{\"name\": \"f\"}" TE " <function=f></function>", "[]"},
+    /* the server primed a forced call: the prefix is parsed, never content */
+    {"mistral primed named", S, false, TK "get_weather" AR, "{\"city\": \"Paris\"}", "",
+     "[[\"get_weather\", {\"city\": \"Paris\"}]]"},
+    {"mistral primed named with an id", S, false, TK "get_weather" CI,
+     "a1b2c3d4e" AR "{\"city\": \"Paris\"}", "",
+     "[[\"get_weather\", {\"city\": \"Paris\"}, \"a1b2c3d4e\"]]"},
+    {"mistral primed required", S, false, TK,
+     "get_weather" AR "{\"city\": \"Paris\"}" TK "f" AR "{}", "",
+     "[[\"get_weather\", {\"city\": \"Paris\"}], [\"f\", {}]]"},
+    {"mistral primed named array", S, false, TK "[{\"name\": \"get_weather\", \"arguments\": ",
+     "{\"city\": \"Paris\"}, \"id\": \"abcDEF123\"}]", "",
+     "[[\"get_weather\", {\"city\": \"Paris\"}, \"abcDEF123\"]]"},
+    {"mistral primed but malformed", S, false, TK, "I cannot do that.", "I cannot do that.", "[]"},
+    {"mistral primed but malformed array", S, false, TK "[", "{\"name\": 4}] ok",
+     "{\"name\": 4}] ok", "[]"},
+
     /* ---- no format ---- */
     {"none passes everything", PRS_TOOL_NONE, false, NULL, TC "{\"name\": \"f\"}" TE,
      TC "{\"name\": \"f\"}" TE, "[]"},
+    {"none passes Mistral calls", PRS_TOOL_NONE, false, NULL, TK "f" AR "{}", TK "f" AR "{}", "[]"},
 };
 
 /* ---- running a case ---------------------------------------------------------------- */
@@ -385,12 +534,14 @@ typedef struct outcome {
     char *content;
     size_t content_len;
     json_t *calls; /* [[name, args text, content offset], ...] */
+    json_t *ids;   /* [the model's id or null, ...] */
 } outcome_t;
 
 static void outcome_free(outcome_t *o)
 {
     free(o->content);
     json_decref(o->calls);
+    json_decref(o->ids);
 }
 
 /* Feeds the case's input cut at cuts[0..ncut) and collects what the events say. */
@@ -452,18 +603,23 @@ static outcome_t run_split(const tcase_t *c, const size_t *cuts, size_t ncut)
         prs_tool_parser_clear_events(p);
     }
     assert_null(cur);
-    /* the accessors agree with the events */
+    /* the accessors agree with the events; only Mistral calls carry the model's ids */
     assert_int_equal(prs_tool_parser_n_calls(p), json_array_size(calls));
+    json_t *ids = json_array();
     for (size_t k = 0; k < json_array_size(calls); k++) {
         json_t *e = json_array_get(calls, k);
         assert_string_equal(prs_tool_parser_call_name(p, k),
                             json_string_value(json_array_get(e, 0)));
         assert_string_equal(prs_tool_parser_call_args(p, k),
                             json_string_value(json_array_get(e, 1)));
+        const char *id = prs_tool_parser_call_id(p, k);
+        assert_true(id == NULL || c->fmt == PRS_TOOL_MISTRAL);
+        json_array_append_new(ids, id != NULL ? json_string(id) : json_null());
     }
     assert_null(prs_tool_parser_call_name(p, json_array_size(calls)));
+    assert_null(prs_tool_parser_call_id(p, json_array_size(calls)));
     prs_tool_parser_destroy(p);
-    outcome_t o = {.content_len = content.len, .calls = calls};
+    outcome_t o = {.content_len = content.len, .calls = calls, .ids = ids};
     o.content = prs_buf_take(&content);
     return o;
 }
@@ -504,6 +660,12 @@ static void check_outcome(size_t ci, const outcome_t *o, const char *how)
                          gargs);
             }
             json_decref(ga);
+        }
+        json_t *wid = json_array_get(w, 2), *gid = json_array_get(o->ids, k);
+        if (wid != NULL && !json_equal(wid, gid)) {
+            fail_msg("%s (%s): call %zu id: want %s, got %s", c->what, how, k,
+                     json_is_string(wid) ? json_string_value(wid) : "none",
+                     json_is_string(gid) ? json_string_value(gid) : "none");
         }
     }
     json_decref(want);
@@ -595,10 +757,22 @@ static void test_formats(void **state)
                      PRS_TOOL_MINIMAX_M2);
     assert_int_equal(prs_tool_format_from_template("<|start|>assistant<|channel|>final"),
                      PRS_TOOL_HARMONY);
-    const prs_tool_format_t all[] = {PRS_TOOL_NONE, PRS_TOOL_HERMES, PRS_TOOL_QWEN3_CODER,
-                                     PRS_TOOL_MINIMAX_M2, PRS_TOOL_HARMONY};
-    const char *const names[] = {"none", "hermes", "qwen3_coder", "minimax_m2", "harmony"};
-    for (size_t i = 0; i < 5; i++) {
+    assert_int_equal(prs_tool_format_from_template("{{- '[TOOL_CALLS]' + name + '[ARGS]' }}"),
+                     PRS_TOOL_MISTRAL);
+    /* Mistral's marker wins over the XML ones (a tool description may show them), not over
+     * harmony's and MiniMax's */
+    assert_int_equal(
+        prs_tool_format_from_template("[TOOL_CALLS]<tool_call><function=x><parameter="),
+        PRS_TOOL_MISTRAL);
+    assert_int_equal(prs_tool_format_from_template("[TOOL_CALLS]<minimax:tool_call>"),
+                     PRS_TOOL_MINIMAX_M2);
+    assert_int_equal(prs_tool_format_from_template("<|channel|>[TOOL_CALLS]"), PRS_TOOL_HARMONY);
+    assert_int_equal(prs_tool_format_from_template("[TOOL_CALL] [ARGS]"), PRS_TOOL_NONE);
+    const prs_tool_format_t all[] = {PRS_TOOL_NONE,       PRS_TOOL_HERMES,  PRS_TOOL_QWEN3_CODER,
+                                     PRS_TOOL_MINIMAX_M2, PRS_TOOL_HARMONY, PRS_TOOL_MISTRAL};
+    const char *const names[] = {"none",       "hermes",  "qwen3_coder",
+                                 "minimax_m2", "harmony", "mistral"};
+    for (size_t i = 0; i < 6; i++) {
         prs_tool_format_t f = PRS_TOOL_NONE;
         assert_string_equal(prs_tool_format_name(all[i]), names[i]);
         assert_int_equal(prs_tool_format_from_name(names[i], &f, NULL), TDM_OK);
@@ -610,6 +784,7 @@ static void test_formats(void **state)
     assert_int_equal(prs_tool_format_from_name("json", &f, &err), TDM_ERR_INVALID_PARAM);
     assert_int_equal(f, PRS_TOOL_HERMES);
     assert_non_null(strstr(tdm_error_msg(&err), "minimax_m2"));
+    assert_non_null(strstr(tdm_error_msg(&err), "mistral"));
     assert_int_equal(prs_tool_format_from_name(NULL, &f, NULL), TDM_ERR_INVALID_PARAM);
 }
 
@@ -643,6 +818,8 @@ static void test_formats_of_real_templates(void **state)
         prs_tool_format_t fmt;
     } want[] = {
         {"gpt-oss.jinja", PRS_TOOL_HARMONY},
+        {"devstral-small-2.jinja", PRS_TOOL_MISTRAL},
+        {"mistral-v13.jinja", PRS_TOOL_MISTRAL},
         {"minimax-m2.jinja", PRS_TOOL_MINIMAX_M2},
         {"qwen3-coder.jinja", PRS_TOOL_QWEN3_CODER},
         {"qwen3.jinja", PRS_TOOL_HERMES},
@@ -718,9 +895,16 @@ static void test_call_size_limit(void **state)
 {
     (void)state;
     const size_t cap = PRS_TOOL_MAX_CALL_BYTES;
-    const char *head = TC "{\"name\": \"f\", \"arguments\": {\"s\": \"";
-    const char *tail = "\"}}" TE;
-    for (int over = 0; over <= 1; over++) {
+    static const struct {
+        prs_tool_format_t fmt;
+        const char *head, *tail;
+    } fmts[] = {
+        {PRS_TOOL_HERMES, TC "{\"name\": \"f\", \"arguments\": {\"s\": \"", "\"}}" TE},
+        {PRS_TOOL_MISTRAL, TK "f" AR "{\"s\": \"", "\"}"},
+    };
+    for (size_t t = 0; t < 4; t++) {
+        size_t fi = t / 2, over = t % 2;
+        const char *head = fmts[fi].head, *tail = fmts[fi].tail;
         size_t pad = cap - strlen(head) - strlen(tail) + (size_t)over;
         size_t n = strlen(head) + pad + strlen(tail) + 2;
         char *in = malloc(n + 1);
@@ -731,7 +915,7 @@ static void test_call_size_limit(void **state)
         const size_t chunks[] = {n, 4096, 3};
         for (size_t ch = 0; ch < 3; ch++) {
             prs_tool_parser_t *p = NULL;
-            assert_int_equal(prs_tool_parser_create(PRS_TOOL_HERMES, NULL, &p, NULL), TDM_OK);
+            assert_int_equal(prs_tool_parser_create(fmts[fi].fmt, NULL, &p, NULL), TDM_OK);
             size_t content = 0, calls = 0;
             for (size_t at = 0, len = 0; at < n; at += len) {
                 len = n - at < chunks[ch] ? n - at : chunks[ch];
@@ -800,6 +984,68 @@ static void test_reasoning_then_tools(void **state)
     }
 }
 
+/* The server's combined parser with the Mistral format: the model's ids reach the caller;
+ * with no tools offered (calls off) a call is content. */
+static void test_output_mistral(void **state)
+{
+    (void)state;
+    const char *out =
+        "Checking.\n" TK "get_weather" CI "a1B2c3D4e" AR "{\"city\": \"Paris\"}" TK "f" AR "{}";
+    for (int calls = 0; calls <= 1; calls++) {
+        prs_output_params_t pp = {.format = PRS_TOOL_MISTRAL, .calls = calls != 0};
+        prs_output_t *o = NULL;
+        assert_int_equal(prs_output_create(&pp, &o, NULL), TDM_OK);
+        prs_buf_t content = {0};
+        size_t n = strlen(out), begins = 0;
+        for (size_t at = 0; at < n; at += 3) {
+            assert_int_equal(prs_output_feed(o, out + at, n - at < 3 ? n - at : 3, NULL), TDM_OK);
+            if (at + 3 >= n) {
+                assert_int_equal(prs_output_finish(o, NULL), TDM_OK);
+            }
+            const prs_event_t *ev = prs_output_events(o);
+            for (size_t k = 0; k < prs_output_n_events(o); k++) {
+                if (ev[k].kind == PRS_EV_CONTENT) {
+                    assert_int_equal(prs_buf_append(&content, ev[k].text, ev[k].len), TDM_OK);
+                } else if (ev[k].kind == PRS_EV_CALL_BEGIN) {
+                    /* the id is known when the call begins (the server streams it then) */
+                    const char *id = prs_output_call_id(o, ev[k].call);
+                    if (ev[k].call == 0) {
+                        assert_string_equal(id, "a1B2c3D4e");
+                    } else {
+                        assert_null(id);
+                    }
+                    begins++;
+                }
+            }
+            prs_output_clear_events(o);
+        }
+        if (calls) {
+            assert_int_equal(begins, 2);
+            assert_int_equal(prs_output_n_calls(o), 2);
+            assert_string_equal(content.data, "Checking.\n");
+            assert_string_equal(prs_output_call_args(o, 0), "{\"city\":\"Paris\"}");
+            assert_null(prs_output_call_id(o, 2));
+        } else {
+            assert_int_equal(begins, 0);
+            assert_int_equal(prs_output_n_calls(o), 0);
+            assert_null(prs_output_call_id(o, 0));
+            assert_string_equal(content.data, out);
+        }
+        prs_buf_free(&content);
+        prs_output_destroy(o);
+    }
+    /* harmony calls have no ids of the model's */
+    prs_output_params_t hp = {.format = PRS_TOOL_HARMONY, .calls = true};
+    prs_output_t *h = NULL;
+    assert_int_equal(prs_output_create(&hp, &h, NULL), TDM_OK);
+    const char *hc = "<|channel|>commentary to=functions.f <|constrain|>json<|message|>{}<|call|>";
+    assert_int_equal(prs_output_feed(h, hc, strlen(hc), NULL), TDM_OK);
+    assert_int_equal(prs_output_finish(h, NULL), TDM_OK);
+    assert_int_equal(prs_output_n_calls(h), 1);
+    assert_null(prs_output_call_id(h, 0));
+    prs_output_destroy(h);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -810,6 +1056,7 @@ int main(void)
         cmocka_unit_test(test_errors_and_state),
         cmocka_unit_test(test_call_size_limit),
         cmocka_unit_test(test_reasoning_then_tools),
+        cmocka_unit_test(test_output_mistral),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
