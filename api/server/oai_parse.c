@@ -585,8 +585,8 @@ static tdm_status_t parse_completions(pctx_t *c, const json_t *o, srv_gen_req_t 
     return TDM_OK;
 }
 
-tdm_status_t srv_parse_gen_request(srv_api_t api, const char *body, size_t len, srv_gen_req_t *out,
-                                   char *param, size_t param_size, tdm_error_t *err)
+tdm_status_t srv_parse_gen_json(srv_api_t api, const json_t *o, srv_gen_req_t *out, char *param,
+                                size_t param_size, tdm_error_t *err)
 {
     memset(out, 0, sizeof(*out));
     out->api = api;
@@ -597,12 +597,6 @@ tdm_status_t srv_parse_gen_request(srv_api_t api, const char *body, size_t len, 
         param[0] = '\0';
     }
     pctx_t c = {.param = param, .param_size = param_size, .err = err};
-    json_error_t je;
-    json_t *o = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
-    if (o == NULL) {
-        return tdm_error_set(err, TDM_ERR_FORMAT, "the body is not valid JSON: %s (at byte %d)",
-                             je.text, je.position);
-    }
     tdm_status_t st;
     if (!json_is_object(o)) {
         st = fail(&c, NULL, "the body must be a JSON object");
@@ -615,12 +609,29 @@ tdm_status_t srv_parse_gen_request(srv_api_t api, const char *body, size_t len, 
             st = crd_sampling_params_validate(&out->sampling, err);
         }
     }
-    json_decref(o);
     for (int i = 0; i < out->n_stop && st == TDM_OK; i++) {
         if (out->stop[i] == NULL) {
             st = tdm_error_set(err, TDM_ERR_NO_MEMORY, "out of memory");
         }
     }
+    return st;
+}
+
+tdm_status_t srv_parse_gen_request(srv_api_t api, const char *body, size_t len, srv_gen_req_t *out,
+                                   char *param, size_t param_size, tdm_error_t *err)
+{
+    json_error_t je;
+    json_t *o = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
+    if (o == NULL) {
+        memset(out, 0, sizeof(*out));
+        if (param_size > 0) {
+            param[0] = '\0';
+        }
+        return tdm_error_set(err, TDM_ERR_FORMAT, "the body is not valid JSON: %s (at byte %d)",
+                             je.text, je.position);
+    }
+    tdm_status_t st = srv_parse_gen_json(api, o, out, param, param_size, err);
+    json_decref(o);
     return st;
 }
 

@@ -67,6 +67,10 @@ typedef struct srv_gen_req {
  */
 tdm_status_t srv_parse_gen_request(srv_api_t api, const char *body, size_t len, srv_gen_req_t *out,
                                    char *param, size_t param_size, tdm_error_t *err);
+/* The same for a body already parsed (o is borrowed): the Responses route builds a chat
+ * request from its own body and has it checked here. */
+tdm_status_t srv_parse_gen_json(srv_api_t api, const json_t *o, srv_gen_req_t *out, char *param,
+                                size_t param_size, tdm_error_t *err);
 void srv_gen_req_free(srv_gen_req_t *r);
 
 #endif
