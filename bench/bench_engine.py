@@ -5,6 +5,7 @@
         [--batches 1,16] [--threads 1,2] [--prompt-tokens 256] [--gen 64] [--reps 3]
         [--llama-bench PATH [--llama-batched-bench PATH]] [--bandwidth-gbs X]
         [--md OUT.md] [--json OUT.json] [--build BUILD_DIR | --tandem PATH] [--skip-llama]
+        [--stat best|median] [--max-load L [--load-wait S]]
 
 For each model, thread count and batch size B (sequences decoded together):
 - Tandem, B = 1: `tandem generate --prompt-file` with a fixed prompt of --prompt-tokens tokens
@@ -34,8 +35,15 @@ For each model, thread count and batch size B (sequences decoded together):
   run: `tandem-membw` (same thread count) on the CPU, bench/gpu_membw.py (torch
   device-to-device copy, (bytes read + written) / time) on a GPU.
 Every configuration runs --reps times; on the CPU the engines alternate rep by rep so a burst
-of other work on a shared machine hits both; the best rep counts (least disturbed). Prints a
-markdown table (for docs/benchmarks.md) and JSON (one line per row, all of it with --json).
+of other work on a shared machine hits both; the best rep counts (least disturbed), or with
+--stat median the median rep (rates: median of the reps' rates; eval differencing: median of
+each wall time). --max-load L: before every timed tool run (each rep of each engine, each eval,
+tandem-membw), wait while the machine is busy: go when the 1-minute load average is <= L, or
+when a 5 s sample of /proc/stat shows other processes using <= L CPUs (the load average still
+carries this script's own previous run for a minute); else poll every 30 s, up to --load-wait
+seconds (default 1200), then run anyway. The load average and the CPUs busy at each start go
+to the JSON and their range under the table. Prints a markdown table (for docs/benchmarks.md)
+and JSON (one line per row, all of it with --json).
 """
 import argparse
 import json
@@ -46,6 +54,7 @@ import platform
 import re
 import shlex
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -62,6 +71,75 @@ NAN = float("nan")
 
 def log(msg):
     print(f"bench_engine: {msg}", file=sys.stderr, flush=True)
+
+
+# ---- statistics and a quiet machine -----------------------------------------------------------
+STAT = {"stat": "best"}
+
+
+def agg_rate(xs):
+    """best (max) or median of rates"""
+    xs = [x for x in xs if x is not None and not math.isnan(x)]
+    if not xs:
+        return NAN
+    return max(xs) if STAT["stat"] == "best" else statistics.median(xs)
+
+
+def agg_time(xs):
+    """best (min) or median of wall times"""
+    xs = [x for x in xs if x is not None and not math.isnan(x)]
+    if not xs:
+        return NAN
+    return min(xs) if STAT["stat"] == "best" else statistics.median(xs)
+
+
+def cpu_times():
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + (v[4] if len(v) > 4 else 0)  # idle + iowait
+    return sum(v[:8]), idle
+
+
+def busy_cpus(seconds):
+    """CPUs in use (by everything: this script is idle meanwhile) over `seconds`"""
+    t0, i0 = cpu_times()
+    time.sleep(seconds)
+    t1, i1 = cpu_times()
+    dt = t1 - t0
+    return (os.cpu_count() or 1) * (dt - (i1 - i0)) / dt if dt > 0 else NAN
+
+
+LOADS = []  # (what, 1-min load average, CPUs busy or None, seconds waited) per timed run
+
+
+class Quiet:
+    def __init__(self, max_load, wait_s):
+        self.max_load, self.wait_s = max_load, wait_s
+
+    def __call__(self, what):
+        """waits (see --max-load) and records the load this run starts with"""
+        if self.max_load is None:
+            LOADS.append((what, os.getloadavg()[0], None, 0.0))
+            return
+        t0 = time.time()
+        while True:
+            la = os.getloadavg()[0]
+            busy = None
+            if la <= self.max_load:
+                break
+            busy = busy_cpus(5.0)
+            if busy <= self.max_load:
+                break
+            if time.time() - t0 > self.wait_s:
+                log(f"{what}: still busy after {self.wait_s} s (load {la:.2f}, {busy:.2f} CPUs "
+                    "in use): running anyway")
+                break
+            log(f"{what}: load {la:.2f}, {busy:.2f} CPUs in use by others: waiting")
+            time.sleep(25.0)
+        LOADS.append((what, os.getloadavg()[0], busy, time.time() - t0))
+
+
+QUIET = Quiet(None, 0)
 
 
 def run(cmd, env=None, timeout=None, check=True):
@@ -208,11 +286,14 @@ def tandem_eval_rates(td, model, facts, batch, n_prompt, n_gen, threads, reps):
     t0, t1, t2 = [], [], []
     note = None
     for _ in range(reps):
+        QUIET(f"tandem eval B={batch} load")
         t0.append(td.eval_wall(model, small, 1, threads)[0])
+        QUIET(f"tandem eval B={batch} prefill")
         t1.append(td.eval_wall(model, big, 1, threads)[0])
+        QUIET(f"tandem eval B={batch} decode")
         w, note = td.eval_wall(model, big, n_gen + 1, threads)  # note: the decoding run's
         t2.append(w)
-    a, b, c = min(t0), min(t1), min(t2)
+    a, b, c = agg_time(t0), agg_time(t1), agg_time(t2)
     pre = batch * n_prompt / (b - a) if b > a else NAN
     dec = batch * n_gen / (c - b) if c > b else NAN
     return {"prefill": pre, "decode": dec, "n_prompt": n_prompt,
@@ -236,8 +317,7 @@ def llama_bench(args, model, n_prompt, n_gen, threads, reps):
     res = json.loads(p.stdout)
 
     def best(sel):
-        xs = [max(r.get("samples_ts") or [r["avg_ts"]]) for r in res if sel(r)]
-        return max(xs) if xs else NAN
+        return agg_rate([x for r in res if sel(r) for x in (r.get("samples_ts") or [r["avg_ts"]])])
     pre = best(lambda r: r["n_prompt"] == n_prompt and r["n_gen"] == 0 and r.get("n_depth", 0) == 0)
     dec = best(lambda r: r["n_prompt"] == 0 and r["n_gen"] == n_gen
                and r.get("n_depth", 0) == n_prompt)
@@ -251,6 +331,7 @@ def llama_bench(args, model, n_prompt, n_gen, threads, reps):
 def llama_batched_bench(args, model, batches, n_prompt, n_gen, threads, reps):
     n_ctx = max(batches) * (n_prompt + n_gen) + 256
     npl = ",".join(str(b) for b in batches for _ in range(reps))
+    QUIET("llama-batched-bench")
     cmd = [args.llama_batched_bench, "-m", model, "-c", n_ctx, "-b", 2048, "-ub", 512,
            "-npp", n_prompt, "-ntg", n_gen, "-npl", npl, "--output-format", "jsonl"]
     cmd += llama_common(args, threads)
@@ -262,10 +343,12 @@ def llama_batched_bench(args, model, batches, n_prompt, n_gen, threads, reps):
         line = line.strip()
         if line.startswith("{") and "speed_pp" in line:
             r = json.loads(line)
-            o = out.setdefault(r["pl"], {"prefill": NAN, "decode": NAN, "tool": "llama-batched-bench",
+            o = out.setdefault(r["pl"], {"pp": [], "tg": [], "tool": "llama-batched-bench",
                                          "wall_s": wall, "command": shlex.join(map(str, cmd))})
-            o["prefill"] = r["speed_pp"] if math.isnan(o["prefill"]) else max(o["prefill"], r["speed_pp"])
-            o["decode"] = r["speed_tg"] if math.isnan(o["decode"]) else max(o["decode"], r["speed_tg"])
+            o["pp"].append(r["speed_pp"])
+            o["tg"].append(r["speed_tg"])
+    for o in out.values():
+        o["prefill"], o["decode"] = agg_rate(o["pp"]), agg_rate(o["tg"])
     if not out:
         raise RuntimeError(f"no results from llama-batched-bench:\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
     return out
@@ -317,6 +400,7 @@ def bandwidth(args, threads):
     if args.device == "cpu":
         if not args.membw or not pathlib.Path(args.membw).exists():
             return NAN, "no tandem-membw"
+        QUIET("tandem-membw")
         p, _ = run([args.membw, "--threads", threads or os.cpu_count(), "--mib", 1024, "--reps", 5])
         return json.loads(p.stdout)["read_gb_per_s"], f"tandem-membw, {threads or os.cpu_count()} threads"
     if "bw" not in _gpu_bw:
@@ -418,9 +502,19 @@ def main():
     ap.add_argument("--alternate", choices=["auto", "yes", "no"], default="auto",
                     help="alternate the engines rep by rep (auto: on the CPU)")
     ap.add_argument("--timeout", type=int, default=900, help="seconds per tool run")
+    ap.add_argument("--stat", choices=["best", "median"], default="best",
+                    help="which rep counts: the best (default) or the median")
+    ap.add_argument("--max-load", type=float,
+                    help="wait before each timed run while the machine is busier than this "
+                    "(1-minute load average, else CPUs in use over 5 s; see above)")
+    ap.add_argument("--load-wait", type=int, default=1200,
+                    help="longest wait for --max-load, seconds (then run anyway)")
     ap.add_argument("--md", help="append the markdown table to this file")
     ap.add_argument("--json", help="write all rows and the run's facts to this file")
     args = ap.parse_args()
+    STAT["stat"] = args.stat
+    global QUIET
+    QUIET = Quiet(args.max_load, args.load_wait)
 
     build = pathlib.Path(args.build).resolve()
     tandem_bin = pathlib.Path(args.tandem or build / "api" / "tandem").resolve()
@@ -464,6 +558,7 @@ def main():
         "command": shlex.join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
         "prompt_tokens": args.prompt_tokens, "gen": args.gen, "reps": args.reps,
         "batches": batches, "kv_type": args.kv_type, "peer": peer, "llama_commit": None,
+        "stat": args.stat, "max_load": args.max_load,
         "llama_build": llama_info,
     }
     log(f"{meta['tandem']}; device {args.device}: {meta['device_name']}; peer {peer}")
@@ -484,6 +579,7 @@ def main():
         prompt_file = pathlib.Path(tempfile.gettempdir()) / f"bench-prompt-{os.getpid()}.txt"
         prompt_file.write_text(text)
         for threads in threads_list:
+            load_mark = len(LOADS)
             bw, bw_src = bandwidth(args, threads)
             tdm = {b: {"runs": [], "error": None} for b in batches}
             lc = {b: {"runs": [], "error": None} for b in batches}
@@ -492,6 +588,7 @@ def main():
                 if tdm[1]["error"]:
                     return  # failed once: do not pay for the load again
                 try:
+                    QUIET("tandem generate")
                     tdm[1]["runs"].append(td.generate(model, prompt_file, threads, args.gen, n_prompt))
                 except Exception as e:  # noqa: BLE001 - record and go on
                     tdm[1]["error"] = str(e)[-800:]
@@ -500,8 +597,10 @@ def main():
             def llama_b1(reps):
                 try:
                     if peer == "native":
+                        QUIET("llama-bench")
                         lc[1]["runs"].append(llama_bench(args, model, n_prompt, args.gen, threads, reps))
                     elif peer == "python":
+                        QUIET("llama-cpp-python")
                         lc[1]["runs"].append(llama_python(args, model, prompt_ids, threads, args.gen))
                 except Exception as e:  # noqa: BLE001
                     lc[1]["error"] = str(e)[-800:]
@@ -544,10 +643,10 @@ def main():
 
             for b in batches:
                 tr, lr = tdm[b]["runs"], lc[b]["runs"]
-                t_pre = max((r["prefill"] for r in tr), default=NAN)
-                t_dec = max((r["decode"] for r in tr), default=NAN)
-                l_pre = max((r["prefill"] for r in lr), default=NAN)
-                l_dec = max((r["decode"] for r in lr), default=NAN)
+                t_pre = agg_rate([r["prefill"] for r in tr])
+                t_dec = agg_rate([r["decode"] for r in tr])
+                l_pre = agg_rate([r["prefill"] for r in lr])
+                l_dec = agg_rate([r["decode"] for r in lr])
                 for r in lr:
                     if r.get("build_commit"):
                         meta["llama_commit"] = r["build_commit"]
@@ -565,10 +664,13 @@ def main():
                     "bw_gbs": bw, "bw_source": bw_src, "roofline_decode": roof,
                     "tandem_bw_share": ratio(t_dec, roof), "llama_bw_share": ratio(l_dec, roof),
                     "tandem_error": tdm[b]["error"], "llama_error": lc[b]["error"],
+                    "loads": [{"run": w, "load1": la, "busy_cpus": bz, "waited_s": ws}
+                              for w, la, bz, ws in LOADS[load_mark:]],
                     "tandem_runs": tr, "llama_runs": lr,
                 }
                 rows.append(row)
-                print(json.dumps(clean({k: v for k, v in row.items() if not k.endswith("_runs")})),
+                print(json.dumps(clean({k: v for k, v in row.items()
+                                        if not k.endswith("_runs") and k != "loads"})),
                       flush=True)
                 if args.json:  # kept up to date: a run cut short still leaves its rows
                     write_json(args.json, meta, rows)
@@ -582,7 +684,8 @@ def main():
             f"{meta['tandem']}; peer {peer_name}"
             f"{', ' + (meta['llama_build'] or 'build ' + str(meta['llama_commit'])) if peer == 'native' else ''}"
             f"{', -ngl ' + str(args.ngl) if peer == 'native' else ''}. Prompt "
-            f"{args.prompt_tokens} tokens, {args.gen} decoded tokens, best of {args.reps}. "
+            f"{args.prompt_tokens} tokens, {args.gen} decoded tokens, "
+            f"{'best' if args.stat == 'best' else 'median'} of {args.reps}. "
             f"Bandwidth: {rows[0]['bw_source'] if rows else '-'}.")
     lines = [f"`{meta['command']}`", "", head, "",
              "| model | batch |" + (" threads |" if on_cpu else "") +
@@ -608,6 +711,16 @@ def main():
             for r in rows if r["tandem_error"] or r["llama_error"]]
     if errs:
         notes.append("Failed: " + " | ".join(errs))
+    if LOADS:
+        las = [x[1] for x in LOADS]
+        bzs = [x[2] for x in LOADS if x[2] is not None]
+        waited = sum(x[3] for x in LOADS)
+        notes.append(f"1-minute load average at the start of the {len(LOADS)} timed runs: "
+                     f"{min(las):.2f} to {max(las):.2f} (median {statistics.median(las):.2f})"
+                     + (f"; CPUs in use by others where sampled: {min(bzs):.2f} to {max(bzs):.2f}"
+                        if bzs else "")
+                     + (f"; waited {waited:.0f} s in all for a quieter machine (--max-load "
+                        f"{args.max_load})" if args.max_load is not None else ""))
     table = "\n".join(lines + ([""] + notes if notes else []))
     print(table)
     if args.md:

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Builds llama.cpp's native `llama-bench` and `llama-batched-bench` (and optionally
-# `llama-server`) from the llama.cpp
+# `llama-server` and `llama-quantize`) from the llama.cpp
 # vendored in llama-cpp-python's PyPI source distribution: the same llama.cpp as the Python peer
 # in bench/bench_engine.py and bench/serve_compare.py.
 #
 #   bench/build_llamacpp.sh --cpu                      # GGML_NATIVE=ON (AMX off), for this machine
 #   bench/build_llamacpp.sh --cuda --arch 90           # GGML_CUDA=ON, SASS for sm_90 (H100/H200)
 #   bench/build_llamacpp.sh --cuda --arch 90 --server  # also llama-server
+#   bench/build_llamacpp.sh --cpu --quantize           # also llama-quantize (bench models)
 #   bench/build_llamacpp.sh --pack-src FILE.tar.xz     # only write a trimmed source archive
 #
 # Options:
@@ -14,6 +15,8 @@
 #   --arch A[,B]         CUDA architectures (default 90); a bare number N means N-real (SASS
 #                        only, no PTX: smaller); write 90-real,90-virtual to keep PTX too
 #   --server             build llama-server too
+#   --quantize           build llama-quantize too (tools/make_bench_model.py --mix f16 writes
+#                        the F16 file it quantizes, as users' files are made)
 #   --fa-all-quants      GGML_CUDA_FA_ALL_QUANTS=ON (every K/V type pair for FlashAttention;
 #                        much longer build, bigger binary; default OFF)
 #   --amx                --cpu on a CPU with AMX: GGML_NATIVE=ON all the same (by default such
@@ -30,7 +33,8 @@
 #                        MB) to FILE and exit; carry it to a machine without internet and build
 #                        there with --src FILE
 #
-# Without --src the sdist is looked for in DIR, else fetched with
+# Without --src: the tree an existing DIR/build-<mode> was configured from (an incremental
+# build, e.g. adding --quantize), else the sdist in DIR, else one fetched with
 # `pip download --no-binary :all: --no-deps llama-cpp-python==V` (needs PyPI).
 # Static libraries (BUILD_SHARED_LIBS=OFF), so each tool is one binary; a CUDA build links
 # libcudart.so.13 and libcublas(Lt).so.13 dynamically (present wherever CUDA 13 or torch's
@@ -43,6 +47,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 MODE=cpu
 ARCH=90
 SERVER=0
+QUANTIZE=0
 FA_ALL=OFF
 AMX=0
 NATIVE_NOTE=
@@ -62,6 +67,7 @@ while [ $# -gt 0 ]; do
         --cuda) MODE=cuda ;;
         --arch) ARCH=$2; shift ;;
         --server) SERVER=1 ;;
+        --quantize) QUANTIZE=1 ;;
         --fa-all-quants) FA_ALL=ON ;;
         --amx) AMX=1 ;;
         --no-strip) STRIP=0 ;;
@@ -103,7 +109,20 @@ extract() {  # $1: archive; extracts under $OUT/src-<name> once
     find_tree "$dest" || die "no llama.cpp tree in $a"
 }
 
-if [ -n "$SRC" ]; then
+PREV=
+if [ -z "$SRC" ] && [ -f "$OUT/build-$MODE/CMakeCache.txt" ]; then
+    # a build folder configured from another tree (an earlier --src): build there again
+    # (cmake refuses a second source folder for one build folder)
+    PREV=$(sed -n 's/^CMAKE_HOME_DIRECTORY:INTERNAL=//p' "$OUT/build-$MODE/CMakeCache.txt")
+    if [ -n "$PREV" ] && find_tree "$PREV" >/dev/null; then
+        echo "build folder $OUT/build-$MODE was configured from $PREV: using that tree" >&2
+    else
+        PREV=
+    fi
+fi
+if [ -n "$PREV" ]; then
+    LLAMA=$PREV
+elif [ -n "$SRC" ]; then
     if [ -d "$SRC" ]; then
         LLAMA=$(find_tree "$(cd "$SRC" && pwd)") || die "no llama.cpp tree under $SRC"
     elif [ -f "$SRC" ]; then
@@ -206,6 +225,7 @@ fi
 
 TARGETS=(llama-bench llama-batched-bench)
 [ $SERVER = 1 ] && TARGETS+=(llama-server)
+[ $QUANTIZE = 1 ] && TARGETS+=(llama-quantize)
 
 T0=$(date +%s)
 # llama.cpp names its build after `git rev-parse HEAD` in its folder: keep git from finding

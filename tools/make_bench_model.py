@@ -5,6 +5,9 @@ random weights, fast enough for a 30B MoE (about 17 GB) in well under two minute
     .venv/bin/python tools/make_bench_model.py --shape qwen3-30b-a3b --out /dev/shm/q3-30b-a3b.Q4_K_M.gguf
     .venv/bin/python tools/make_bench_model.py --shape qwen3-30b-a3b --layers 2 --out /tmp/q3-2l.gguf
     .venv/bin/python tools/make_bench_model.py --shape smollm2-135m --out /tmp/smollm2-135m.Q4_1.gguf
+    # an F16 file made as a converter makes it, then llama.cpp's own quantizer:
+    .venv/bin/python tools/make_bench_model.py --shape gpt-oss-20b --layers 4 --out /tmp/g.F16.gguf
+    build-llamacpp/bin-cpu/llama-quantize /tmp/g.F16.gguf /tmp/g.MXFP4_MOE.gguf MXFP4_MOE
 
 Shapes (--list prints them):
   qwen3-30b-a3b  qwen3moe: 48 layers, hidden 2048, 32 query / 4 KV heads of 128, per-head q/k
@@ -14,6 +17,16 @@ Shapes (--list prints them):
                  vocabulary 49152, tied embeddings, rope theta 1e5; default mix q4_1
   qwen3moe-1b    tools/make_bench_moe.py's shape (16 layers, hidden 1024, 24 experts x 512, 4
                  active); default mix q4_k
+  gpt-oss-20b    gpt-oss: 24 layers, hidden 2880, 64 query / 8 KV heads of 64 with q/k/v/o
+                 biases and attention sinks, sliding window 128 on even layers, YaRN (factor 32,
+                 original context 4096, theta 150000), 32 experts of width 2880 with 4 active
+                 and biases (router too), vocabulary 201088, untied output; default mix f16
+                 (quantize with llama-quantize MXFP4_MOE, as ggml-org's release is made)
+  minimax-m2     minimax-m2: 62 layers, hidden 3072, 48 query / 8 KV heads of 128, rotary dims
+                 64, q/k RMS norms over the whole projection ([6144] / [1024]), 256 experts of
+                 width 1536 with 8 active, sigmoid router with a selection bias (exp_probs_b),
+                 vocabulary 200064, untied output, rope theta 5e6; default mix f16 (quantize
+                 with llama-quantize Q4_K_M)
 --layers N keeps the first N layers (the mix rules then see N layers, as llama-quantize would).
 
 Mixes (--mix), following llama.cpp's llama_tensor_get_type (src/llama-quant.cpp of the
@@ -27,9 +40,13 @@ llama.cpp vendored in llama-cpp-python 0.3.36) for a model without an imatrix:
           a multiple of 256 (SmolLM2: 576, so Q8_0, as in the published Q4_1 file)
   q8_0    Q8_0 everywhere
   q4_k    Q4_K everywhere, output Q6_K (what `tandem quantize --type q4_k` is compared with)
+  f16     F16 matrices, as convert_hf_to_gguf.py --outtype f16 writes them: the input of
+          llama-quantize (bench/build_llamacpp.sh --quantize builds it). Values are
+          normal(0, 0.02) from one random pool per file read at random offsets.
 Tensors whose row length does not divide into their type's super-block fall back as
-llama.cpp does (Q4_K -> Q5_0, Q6_K -> Q8_0). Norms and the MoE router (ffn_gate_inp) are F32,
-as llama-quantize leaves them.
+llama.cpp does (Q4_K -> Q5_0, Q6_K -> Q8_0). Norms, the MoE router (ffn_gate_inp), biases
+(gpt-oss's expert biases included), attention sinks and the selection bias are F32, as the
+converter writes them and llama-quantize leaves them.
 
 Quantized weights are random bytes with the f16 scale fields (d, dmin, m) overwritten by
 small finite values chosen so that weights come out with a standard deviation of about 0.02,
@@ -37,11 +54,19 @@ so every block decodes to finite floats. Bytes come from one random pool per typ
 that each tensor reads from a random block offset (wrapping around), so writing is bound by
 the disk (or the page cache, written by --threads threads with pwrite), not by Python.
 Router weights are normal(0, 0.02) and norms 1.0, so MoE routing is spread over the experts
-as with a trained model (no expert is favoured).
+as with a trained model (no expert is favoured). Biases, sinks and the selection bias are
+normal(0, 0.02): small, so activations stay finite and routing stays spread.
+
+Keys and tensor names of gpt-oss-20b and minimax-m2 are those llama.cpp's convert_hf_to_gguf.py
+writes (copied from tests/fixtures/models/gpt-oss-a-f32.gguf and minimax-m2-a-f32.gguf, which
+were written that way), in the converter's tensor order.
 
 Tokenizer: qwen3 shapes copy the keys of tests/fixtures/tokenizers/qwen3-vocab.gguf (Qwen3's
 vocabulary, padded with unused tokens to the embedding rows as Qwen3 checkpoints are);
-smollm2-135m gets a minimal byte-level gpt2 vocabulary with SmolLM2's special tokens
+gpt-oss-20b and minimax-m2 copy tests/fixtures/tokenizers/gpt-oss-vocab.gguf (o200k_harmony's
+first 50,000 merges, pre-tokenizer gpt-4o, padded to the embedding rows; llama.cpp maps
+MiniMax-M2's pre-tokenizer to the same regex) and the chat template of the fixture model of
+their architecture; smollm2-135m gets a minimal byte-level gpt2 vocabulary with SmolLM2's special tokens
 (<|endoftext|>, <|im_start|>, <|im_end|> at 0..2, 256 byte tokens, a few merges, padding), or
 the keys of --vocab-gguf (e.g. models/SmolLM2-135M-Instruct.Q4_1.gguf) when given. Benchmarks
 feed token ids, so the tokenizer only has to load.
@@ -77,6 +102,18 @@ SHAPES = {
         n_head=16, n_head_kv=4, head_dim=64, n_expert=24, n_expert_used=4, n_ff_exp=512,
         n_vocab=151936, rope_theta=1e6, eps=1e-6, ctx=32768, tied=False, qk_norm=True,
         mix="q4_k", vocab="qwen3"),
+    "gpt-oss-20b": dict(
+        arch="gpt-oss", name="bench-gpt-oss-20b", n_layer=24, n_embd=2880, n_ff=2880,
+        n_head=64, n_head_kv=8, head_dim=64, n_expert=32, n_expert_used=4, n_ff_exp=2880,
+        n_vocab=201088, rope_theta=150000.0, eps=1e-5, ctx=131072, tied=False, qk_norm=False,
+        swa=128, yarn=dict(factor=32.0, orig_ctx=4096, beta_fast=32.0, beta_slow=1.0),
+        mix="f16", vocab="gpt-oss", template="tests/fixtures/models/gpt-oss-a-f32.gguf"),
+    "minimax-m2": dict(
+        arch="minimax-m2", name="bench-minimax-m2", n_layer=62, n_embd=3072, n_ff=1536,
+        n_head=48, n_head_kv=8, head_dim=128, n_rot=64, n_expert=256, n_expert_used=8,
+        n_ff_exp=1536, n_vocab=200064, rope_theta=5e6, eps=1e-6, ctx=196608, tied=False,
+        qk_norm=True, mix="f16", vocab="gpt-oss",
+        template="tests/fixtures/models/minimax-m2-a-f32.gguf"),
 }
 
 FILE_TYPE = {
@@ -84,6 +121,7 @@ FILE_TYPE = {
     "q4_1": gguf.LlamaFileType.MOSTLY_Q4_1,
     "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
     "q4_k": gguf.LlamaFileType.MOSTLY_Q4_K_S,  # nearest llama.cpp label for "all Q4_K"
+    "f16": gguf.LlamaFileType.MOSTLY_F16,
 }
 
 # ---- random but valid blocks -------------------------------------------------------------------
@@ -101,6 +139,9 @@ TARGET_STD = 0.02
 
 
 def make_pool(qtype, pool_bytes, rng):
+    if qtype == Q.F16:  # normal(0, TARGET_STD) values
+        n = max(1, pool_bytes // 2)
+        return (rng.standard_normal(n, dtype=np.float32) * TARGET_STD).astype(np.float16).view(np.uint8)
     blk, size = gguf.GGML_QUANT_SIZES[qtype]
     nb = max(1, pool_bytes // size)
     pool = np.frombuffer(rng.bytes(nb * size), dtype=np.uint8).reshape(nb, size).copy()
@@ -173,12 +214,17 @@ def fallback(qtype, ne0):
             Q.Q4_0: Q.Q8_0}.get(qtype, Q.Q8_0)
 
 
+F32_ROLES = ("attn_norm", "ffn_norm", "output_norm", "attn_q_norm", "attn_k_norm",
+             "post_attention_norm", "ffn_gate_inp", "attn_sinks")
+
+
 def tensor_type(mix, role, il, n_layer, ne0, tied):
-    """role: the tensor name without blk.N. and .weight"""
-    if role in ("attn_norm", "ffn_norm", "output_norm", "attn_q_norm", "attn_k_norm",
-                "ffn_gate_inp"):
+    """role: the tensor name without blk.N. and .weight (biases keep their .bias)"""
+    if role in F32_ROLES or role.endswith(".bias"):
         return Q.F32
     head = role == "output" or (role == "token_embd" and tied)
+    if mix == "f16":
+        return Q.F16
     if mix == "q8_0":
         t = Q.Q8_0
     elif mix == "q4_1":
@@ -285,15 +331,38 @@ def tensor_list(s, n_layer):
     """(name, role, layer, numpy-order shape) in llama.cpp's file order"""
     E, H, HKV, D = s["n_embd"], s["n_head"], s["n_head_kv"], s["head_dim"]
     out = [("token_embd.weight", "token_embd", -1, (s["n_vocab"], E))]
+    X, F = s["n_expert"], s["n_ff_exp"]
     for il in range(n_layer):
         p = f"blk.{il}."
+        if s["arch"] == "gpt-oss":  # convert_hf_to_gguf.py's order (gpt-oss-a-f32.gguf)
+            lay = [("attn_norm", (E,)), ("attn_q", (H * D, E)), ("attn_q.bias", (H * D,)),
+                   ("attn_k", (HKV * D, E)), ("attn_k.bias", (HKV * D,)),
+                   ("attn_v", (HKV * D, E)), ("attn_v.bias", (HKV * D,)),
+                   ("attn_output", (E, H * D)), ("attn_output.bias", (E,)),
+                   ("attn_sinks", (H,)), ("post_attention_norm", (E,)),
+                   ("ffn_gate_inp", (X, E)), ("ffn_gate_inp.bias", (X,)),
+                   ("ffn_gate_exps", (X, F, E)), ("ffn_gate_exps.bias", (X, F)),
+                   ("ffn_up_exps", (X, F, E)), ("ffn_up_exps.bias", (X, F)),
+                   ("ffn_down_exps", (X, E, F)), ("ffn_down_exps.bias", (X, E))]
+            out += [(p + (role if role.endswith(".bias") else role + ".weight"), role, il, shape)
+                    for role, shape in lay]
+            continue
+        if s["arch"] == "minimax-m2":  # minimax-m2-a-f32.gguf: q/k norms over all heads
+            lay = [("attn_norm", (E,)), ("attn_q", (H * D, E)), ("attn_k", (HKV * D, E)),
+                   ("attn_v", (HKV * D, E)), ("attn_output", (E, H * D)),
+                   ("attn_q_norm", (H * D,)), ("attn_k_norm", (HKV * D,)), ("ffn_norm", (E,)),
+                   ("ffn_gate_inp", (X, E)), ("exp_probs_b.bias", (X,)),
+                   ("ffn_gate_exps", (X, F, E)), ("ffn_up_exps", (X, F, E)),
+                   ("ffn_down_exps", (X, E, F))]
+            out += [(p + (role if role.endswith(".bias") else role + ".weight"), role, il, shape)
+                    for role, shape in lay]
+            continue
         lay = [("attn_norm", (E,)), ("attn_q", (H * D, E)), ("attn_k", (HKV * D, E)),
                ("attn_v", (HKV * D, E)), ("attn_output", (E, H * D))]
         if s["qk_norm"]:
             lay += [("attn_q_norm", (D,)), ("attn_k_norm", (D,))]
         lay.append(("ffn_norm", (E,)))
         if s["n_expert"]:
-            X, F = s["n_expert"], s["n_ff_exp"]
             lay += [("ffn_gate_inp", (X, E)), ("ffn_gate_exps", (X, F, E)),
                     ("ffn_up_exps", (X, F, E)), ("ffn_down_exps", (X, E, F))]
         else:
@@ -347,9 +416,66 @@ def main():
 
     w = gguf.GGUFWriter(args.out, arch)
     name = s["name"] + (f"-{n_layer}l" if n_layer != s["n_layer"] else "")
-    w.add_name(f"{name} {mix.upper()} (random weights)")
+    # an F16 file is what llama-quantize reads: its name stays in the quantized file
+    w.add_name(f"{name} (random weights)" if mix == "f16" else f"{name} {mix.upper()} (random weights)")
+    if arch in ("gpt-oss", "minimax-m2"):
+        w.add_type("model")
     w.add_description(f"tools/make_bench_model.py --shape {args.shape} --mix {mix} "
                       f"--layers {n_layer} --seed {args.seed}: random weights, for benchmarks")
+    if arch in ("gpt-oss", "minimax-m2"):
+        add_keys_converter_order(w, s, n_layer, mix)
+    else:
+        add_keys(w, s, n_layer, mix)
+    if args.vocab_gguf:
+        copy_tokenizer(w, args.vocab_gguf, s["n_vocab"])
+    elif s["vocab"] == "qwen3":
+        copy_tokenizer(w, ROOT / "tests/fixtures/tokenizers/qwen3-vocab.gguf", s["n_vocab"])
+    elif s["vocab"] == "gpt-oss":
+        copy_tokenizer(w, ROOT / "tests/fixtures/tokenizers/gpt-oss-vocab.gguf", s["n_vocab"])
+    else:
+        synth_tokenizer(w, s["n_vocab"])
+    if "template" in s and not args.vocab_gguf:  # the fixture model's chat template
+        f = gguf.GGUFReader(ROOT / s["template"]).fields.get("tokenizer.chat_template")
+        if f is not None:
+            w.add_chat_template(f.contents())
+    write_tensors(w, args, s, n_layer, mix, rng, t0)
+    return 0
+
+
+def add_keys_converter_order(w, s, n_layer, mix):
+    """the keys convert_hf_to_gguf.py writes for gpt-oss / minimax-m2, in its order"""
+    w.add_block_count(n_layer)
+    w.add_context_length(s["ctx"])
+    w.add_embedding_length(s["n_embd"])
+    w.add_feed_forward_length(s["n_ff"])
+    w.add_head_count(s["n_head"])
+    w.add_head_count_kv(s["n_head_kv"])
+    if "yarn" in s:
+        y = s["yarn"]
+        w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        w.add_rope_scaling_factor(y["factor"])
+        w.add_rope_scaling_orig_ctx_len(y["orig_ctx"])
+        w.add_rope_scaling_yarn_beta_fast(y["beta_fast"])
+        w.add_rope_scaling_yarn_beta_slow(y["beta_slow"])
+    w.add_rope_freq_base(s["rope_theta"])
+    w.add_layer_norm_rms_eps(s["eps"])
+    w.add_expert_count(s["n_expert"])
+    w.add_expert_used_count(s["n_expert_used"])
+    if s["arch"] == "minimax-m2":
+        w.add_expert_gating_func(gguf.ExpertGatingFuncType.SIGMOID)
+    w.add_key_length(s["head_dim"])
+    w.add_value_length(s["head_dim"])
+    w.add_file_type(int(FILE_TYPE[mix]))
+    if "swa" in s:
+        w.add_sliding_window(s["swa"])
+    w.add_expert_feed_forward_length(s["n_ff_exp"])
+    if "n_rot" in s:
+        w.add_rope_dimension_count(s["n_rot"])
+    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+
+
+def add_keys(w, s, n_layer, mix):
+    arch = s["arch"]
     w.add_context_length(s["ctx"])
     w.add_embedding_length(s["n_embd"])
     w.add_block_count(n_layer)
@@ -370,13 +496,9 @@ def main():
         w.add_expert_feed_forward_length(s["n_ff_exp"])
     w.add_file_type(int(FILE_TYPE[mix]))
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    if args.vocab_gguf:
-        copy_tokenizer(w, args.vocab_gguf, s["n_vocab"])
-    elif s["vocab"] == "qwen3":
-        copy_tokenizer(w, ROOT / "tests/fixtures/tokenizers/qwen3-vocab.gguf", s["n_vocab"])
-    else:
-        synth_tokenizer(w, s["n_vocab"])
 
+
+def write_tensors(w, args, s, n_layer, mix, rng, t0):
     plan = []
     for tname, role, il, shape in tensor_list(s, n_layer):
         qt = tensor_type(mix, role, il, n_layer, shape[-1], s["tied"])
@@ -397,7 +519,7 @@ def main():
     pools = Pools(args.pool_mib << 20, rng)
     for tname, role, qt, shape, nb in plan:
         if qt == Q.F32:
-            if role == "ffn_gate_inp":
+            if role == "ffn_gate_inp" or role.endswith(".bias") or role == "attn_sinks":
                 a = rng.standard_normal(shape, dtype=np.float32) * TARGET_STD
             else:
                 a = np.ones(shape, dtype=np.float32)
@@ -432,7 +554,6 @@ def main():
     size = pathlib.Path(args.out).stat().st_size
     print(f"wrote {args.out}: {args.shape} {mix}, {n_layer} layers, {len(plan)} tensors, "
           f"{size / 1e9:.3f} GB in {time.time() - t0:.1f} s ({mix_s})", file=sys.stderr)
-    return 0
 
 
 if __name__ == "__main__":
