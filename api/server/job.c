@@ -88,6 +88,7 @@ static void push(srv_job_t *j, srv_piece_t *p)
     } else {
         free(p->text);
         free(p->error);
+        free(p->stop_seq);
     }
     pthread_cond_signal(&j->cv);
     pthread_mutex_unlock(&j->mu);
@@ -187,6 +188,9 @@ static int on_event(void *user, const crd_event_t *ev)
                 ? CRD_FINISH_STOP
                 : ev->finish;
         p.stop_string = sq->stop_matched;
+        if (sq->stop_matched && crd_stop_strings_matched(sq->stops) != NULL) {
+            p.stop_seq = strdup(crd_stop_strings_matched(sq->stops));
+        }
         p.status = ev->status;
         if (ev->error != NULL) {
             p.error = strdup(ev->error);
@@ -298,6 +302,7 @@ void srv_pieces_free(srv_piece_t *pieces, int n)
     for (int i = 0; i < n; i++) {
         free(pieces[i].text);
         free(pieces[i].error);
+        free(pieces[i].stop_seq);
     }
     free(pieces);
 }

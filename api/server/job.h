@@ -30,6 +30,7 @@ typedef struct srv_piece {
     float top_lp[CRD_MAX_TOP_LOGPROBS];
     crd_finish_t finish; /* NONE unless the choice ended here              */
     bool stop_string;    /* finish STOP came from a stop string            */
+    char *stop_seq;      /* the stop string that matched (or NULL)         */
     tdm_status_t status; /* with CRD_FINISH_ERROR                          */
     char *error;
     int32_t n_prompt, n_cached, n_generated;

@@ -14,6 +14,7 @@
  */
 #include "api/parse/output.h"
 #include "api/parse/prs_json.h"
+#include "api/server/chat_prompt.h"
 #include "api/server/job.h"
 #include "api/server/oai_parse.h"
 #include "api/server/srv.h"
@@ -571,162 +572,6 @@ static int reply_whole(gen_t *g, const srv_http_req_t *r)
     return rc;
 }
 
-/* ---- building the prompt ---- */
-
-/* The text the server writes at the start of the assistant turn to force a tool call
- * (tool_choice "required" or a named function), or NULL. */
-static char *tool_prefix(const srv_server_t *s, const srv_gen_req_t *req)
-{
-    char buf[256];
-    /* names are [A-Za-z0-9_.-] (checked by the parser), safe to splice in */
-    bool named = req->tool_choice == SRV_TOOL_CHOICE_NAMED;
-    if (req->tool_choice != SRV_TOOL_CHOICE_REQUIRED && !named) {
-        return NULL;
-    }
-    switch (s->tool_format) {
-    case PRS_TOOL_QWEN3_CODER:
-        if (named) {
-            snprintf(buf, sizeof(buf), "<tool_call>\n<function=%s>\n", req->tool_name);
-        } else {
-            snprintf(buf, sizeof(buf), "<tool_call>\n<function=");
-        }
-        break;
-    case PRS_TOOL_MINIMAX_M2:
-        /* the generation prompt opened <think>: a forced call closes it first (the model
-         * skips its reasoning, as with any forced call) */
-        if (named) {
-            snprintf(buf, sizeof(buf), "</think>\n\n<minimax:tool_call>\n<invoke name=\"%s\">\n",
-                     req->tool_name);
-        } else {
-            snprintf(buf, sizeof(buf), "</think>\n\n<minimax:tool_call>\n<invoke name=\"");
-        }
-        break;
-    case PRS_TOOL_MISTRAL: {
-        /* Mistral templates add no generation prompt: the call follows [/INST]. The
-         * template shows the shape the model was trained on: NAME[ARGS] (v11 and later,
-         * NAME[CALL_ID]ID[ARGS] in v11) or one JSON array (v2-v7) */
-        const char *src = tpl_source(s->tpl);
-        bool args = strstr(src, "[ARGS]") != NULL;
-        if (named && args) {
-            snprintf(buf, sizeof(buf), "[TOOL_CALLS]%s%s", req->tool_name,
-                     strstr(src, "[CALL_ID]") != NULL ? "[CALL_ID]" : "[ARGS]");
-        } else if (named) {
-            snprintf(buf, sizeof(buf),
-                     "[TOOL_CALLS][{\"name\": \"%s\", \"arguments\": ", req->tool_name);
-        } else {
-            snprintf(buf, sizeof(buf), "%s", args ? "[TOOL_CALLS]" : "[TOOL_CALLS][");
-        }
-        break;
-    }
-    case PRS_TOOL_HARMONY:
-        /* the generation prompt ends with "<|start|>assistant": the header goes on */
-        if (named) {
-            snprintf(buf, sizeof(buf),
-                     "<|channel|>commentary to=functions.%s <|constrain|>json<|message|>",
-                     req->tool_name);
-        } else {
-            snprintf(buf, sizeof(buf), "<|channel|>commentary to=functions.");
-        }
-        break;
-    default:
-        if (named) {
-            snprintf(buf, sizeof(buf),
-                     "<tool_call>\n{\"name\": \"%s\", \"arguments\": ", req->tool_name);
-        } else {
-            snprintf(buf, sizeof(buf), "<tool_call>\n");
-        }
-        break;
-    }
-    return strdup(buf);
-}
-
-/*
- * The messages as the gpt-oss template wants them: it reads an assistant message's
- * reasoning from "thinking" (and replays it before a tool call, which gpt-oss needs to go
- * on with its chain of thought), where OpenAI clients send "reasoning_content". The
- * template refuses content and thinking together on a tool-call message; content wins
- * there. Returns a new array (the messages shared, or copied where thinking is added).
- */
-static json_t *harmony_messages(const json_t *messages)
-{
-    json_t *out = json_array();
-    size_t i;
-    json_t *m;
-    json_array_foreach(messages, i, m)
-    {
-        json_t *rc = json_object_get(m, "reasoning_content");
-        const char *content = json_string_value(json_object_get(m, "content"));
-        bool calls = json_object_get(m, "tool_calls") != NULL;
-        if (json_is_string(rc) && json_string_length(rc) > 0 &&
-            json_object_get(m, "thinking") == NULL &&
-            !(calls && content != NULL && content[0] != '\0')) {
-            json_t *copy = json_copy(m);
-            json_object_set(copy, "thinking", rc);
-            json_array_append_new(out, copy);
-        } else {
-            json_array_append(out, m);
-        }
-    }
-    return out;
-}
-
-static bool ends_with_tag(const char *text, const char *tag)
-{
-    size_t n = strlen(text), m = strlen(tag);
-    while (n > 0 && (text[n - 1] == ' ' || text[n - 1] == '\n' || text[n - 1] == '\r' ||
-                     text[n - 1] == '\t')) {
-        n--;
-    }
-    return n >= m && memcmp(text + n - m, tag, m) == 0;
-}
-
-/* Renders the chat; *prefix gets the forced tool-call text appended to it (or NULL). */
-static tdm_status_t render_chat(srv_server_t *s, const srv_gen_req_t *req, bool use_tools,
-                                char **out, char **prefix, tdm_error_t *err)
-{
-    *prefix = NULL;
-    if (s->tpl == NULL) {
-        return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
-                             "the model has no chat template: use /v1/completions");
-    }
-    json_t *ctx = json_object();
-    json_object_set_new(ctx, "messages",
-                        s->tool_format == PRS_TOOL_HARMONY ? harmony_messages(req->messages)
-                                                           : json_incref(req->messages));
-    json_object_set_new(ctx, "add_generation_prompt", json_true());
-    if (use_tools) {
-        json_object_set(ctx, "tools", req->tools);
-    }
-    if (req->reasoning_effort != NULL) {
-        /* the variable the gpt-oss template reads ("Reasoning: low|medium|high"); other
-         * templates ignore it. chat_template_kwargs below may still override it. */
-        json_object_set_new(ctx, "reasoning_effort", json_string(req->reasoning_effort));
-    }
-    if (req->template_kwargs != NULL) {
-        json_object_update(ctx, req->template_kwargs);
-    }
-    pthread_mutex_lock(&s->tpl_mu);
-    tdm_status_t st = tpl_render(s->tpl, ctx, out, err);
-    pthread_mutex_unlock(&s->tpl_mu);
-    json_decref(ctx);
-    if (st != TDM_OK) {
-        return st == TDM_ERR_NO_MEMORY ? st : TDM_ERR_INVALID_PARAM;
-    }
-    if (use_tools) {
-        *prefix = tool_prefix(s, req);
-        if (*prefix != NULL) {
-            size_t a = strlen(*out), b = strlen(*prefix);
-            char *joined = realloc(*out, a + b + 1);
-            if (joined == NULL) {
-                return tdm_error_set(err, TDM_ERR_NO_MEMORY, "out of memory");
-            }
-            memcpy(joined + a, *prefix, b + 1);
-            *out = joined;
-        }
-    }
-    return TDM_OK;
-}
-
 static int reply_status(srv_server_t *s, const srv_http_req_t *r, tdm_status_t st,
                         const char *param, const char *code, const char *msg)
 {
@@ -777,50 +622,32 @@ static int route_gen(srv_server_t *s, const srv_http_req_t *r, srv_api_t api)
     }
 
     /* the prompt */
+    srv_chat_prompt_t cp = {0};
     tok_ids_t ids = {0};
-    char *text = NULL, *prefix = NULL;
-    bool use_tools =
-        api == SRV_API_CHAT && req->tools != NULL && req->tool_choice != SRV_TOOL_CHOICE_NONE;
-    bool parse_tools = use_tools && s->tool_format != PRS_TOOL_NONE;
-    bool harmony = api == SRV_API_CHAT && s->tool_format == PRS_TOOL_HARMONY;
-    bool mistral_calls = parse_tools && s->tool_format == PRS_TOOL_MISTRAL;
-    bool start_inside_think = false, parse_think = false;
-    if (use_tools && !parse_tools &&
-        (req->tool_choice == SRV_TOOL_CHOICE_REQUIRED ||
-         req->tool_choice == SRV_TOOL_CHOICE_NAMED)) {
-        int rc = reply_status(s, r, TDM_ERR_INVALID_PARAM, "tool_choice", "invalid_value",
-                              "this model's chat template has no tool-call format, so "
-                              "tool_choice cannot force a call");
-        gen_free(g);
-        return rc;
-    }
-    tok_workspace_t *ws = NULL;
-    st = tok_workspace_create(s->vocab, &ws, &err);
-    if (st == TDM_OK && api == SRV_API_CHAT) {
-        st = render_chat(s, req, use_tools, &text, &prefix, &err);
+    const char *bad_param = api == SRV_API_CHAT ? "messages" : "prompt";
+    if (api == SRV_API_CHAT) {
+        st = srv_chat_prompt_build(s, req, &cp, &bad_param, &err);
+    } else if (req->prompt_text != NULL) {
+        tok_workspace_t *ws = NULL;
+        st = tok_workspace_create(s->vocab, &ws, &err);
         if (st == TDM_OK) {
-            /* harmony carries its reasoning in analysis messages, not in <think> */
-            parse_think = s->template_has_think && !harmony;
-            start_inside_think = parse_think && ends_with_tag(text, "<think>");
-            if (parse_think && ends_with_tag(text, "</think>")) {
-                parse_think = false; /* thinking switched off by the template */
-            }
-            st = tok_encode(s->vocab, ws, text, strlen(text), TOK_ENC_PARSE_SPECIAL, &ids, &err);
+            st = tok_encode(s->vocab, ws, req->prompt_text, strlen(req->prompt_text),
+                            TOK_ENC_ADD_SPECIAL | TOK_ENC_PARSE_SPECIAL, &ids, &err);
         }
-    } else if (st == TDM_OK && req->prompt_text != NULL) {
-        st = tok_encode(s->vocab, ws, req->prompt_text, strlen(req->prompt_text),
-                        TOK_ENC_ADD_SPECIAL | TOK_ENC_PARSE_SPECIAL, &ids, &err);
+        tok_workspace_destroy(ws);
     }
-    tok_workspace_destroy(ws);
-    free(text);
-    const int32_t *prompt = req->prompt_ids != NULL ? req->prompt_ids : ids.ids;
-    int32_t n_prompt = req->prompt_ids != NULL ? req->n_prompt_ids : (int32_t)ids.n;
+    const int32_t *prompt = req->prompt_ids != NULL ? req->prompt_ids
+                            : api == SRV_API_CHAT   ? cp.ids.ids
+                                                    : ids.ids;
+    int32_t n_prompt = req->prompt_ids != NULL ? req->n_prompt_ids
+                       : api == SRV_API_CHAT   ? (int32_t)cp.ids.n
+                                               : (int32_t)ids.n;
     if (st == TDM_OK && n_prompt == 0) {
         st = tdm_error_set(&err, TDM_ERR_INVALID_PARAM, "the prompt is empty");
     }
     if (st == TDM_OK && n_prompt >= s->n_ctx) {
         tok_ids_free(&ids);
-        free(prefix);
+        srv_chat_prompt_free(&cp);
         char msg[256];
         snprintf(msg, sizeof(msg),
                  "this model's maximum context length is %d tokens, but the %s has %d tokens "
@@ -835,9 +662,8 @@ static int route_gen(srv_server_t *s, const srv_http_req_t *r, srv_api_t api)
     }
     if (st != TDM_OK) {
         tok_ids_free(&ids);
-        free(prefix);
-        int rc = reply_status(s, r, st, api == SRV_API_CHAT ? "messages" : "prompt",
-                              "invalid_value", tdm_error_msg(&err));
+        srv_chat_prompt_free(&cp);
+        int rc = reply_status(s, r, st, bad_param, "invalid_value", tdm_error_msg(&err));
         gen_free(g);
         return rc;
     }
@@ -848,21 +674,12 @@ static int route_gen(srv_server_t *s, const srv_http_req_t *r, srv_api_t api)
     for (int i = 0; g->ch != NULL && i < req->n; i++) {
         choice_out_t *c = &g->ch[i];
         if (api == SRV_API_CHAT) {
-            prs_output_params_t op = {.format = s->tool_format,
-                                      .calls = parse_tools,
-                                      .tools = req->tools,
-                                      .reasoning = parse_think,
-                                      .start_inside = start_inside_think};
-            prs_output_create(&op, &c->op, NULL);
-            if (c->op != NULL && prefix != NULL) {
-                prs_output_prime(c->op, prefix, strlen(prefix), NULL);
-            }
+            srv_chat_output_create(s, req, &cp, &c->op, NULL);
         }
         if (req->logprobs) {
             c->lp = api == SRV_API_CHAT ? json_array() : legacy_lp_new();
         }
     }
-    free(prefix);
 
     int32_t room = s->n_ctx - n_prompt;
     int32_t max_tokens = req->max_tokens > 0 ? req->max_tokens : s->cfg.max_tokens_default;
@@ -882,16 +699,14 @@ static int route_gen(srv_server_t *s, const srv_http_req_t *r, srv_api_t api)
                            .n_stop = req->n_stop,
                            .top_logprobs = req->logprobs ? req->top_logprobs : 0,
                            .want_tokens = req->logprobs,
-                           /* harmony's <|end|> and Mistral's [TOOL_CALLS] and [ARGS] are
-                            * control tokens: the parser must see them (it shows no marker
-                            * to the client, except in a call it cannot read) */
-                           .detok_flags = req->skip_special_tokens && !harmony && !mistral_calls
-                                              ? 0
-                                              : TOK_DEC_RENDER_SPECIAL,
+                           .detok_flags = api == SRV_API_CHAT        ? cp.detok_flags
+                                          : req->skip_special_tokens ? 0
+                                                                     : TOK_DEC_RENDER_SPECIAL,
                            .t_start = r->t_start};
     st = g->ch != NULL ? srv_job_start(s->engine, s->vocab, s->metrics, &jp, &g->job, &err)
                        : tdm_error_set(&err, TDM_ERR_NO_MEMORY, "out of memory");
     tok_ids_free(&ids);
+    srv_chat_prompt_free(&cp);
     if (st != TDM_OK) {
         const char *bad =
             st == TDM_ERR_INVALID_PARAM ? (api == SRV_API_CHAT ? "messages" : "prompt") : NULL;
