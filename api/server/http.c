@@ -36,6 +36,7 @@ static const route_t k_routes[] = {
     {"GET", "/v1/models", srv_route_models, true, false},
     {"POST", "/v1/chat/completions", srv_route_chat, true, true},
     {"POST", "/v1/completions", srv_route_completions, true, true},
+    {"POST", "/v1/responses", srv_route_responses, true, true},
     {"POST", "/tokenize", srv_route_tokenize, true, true},
     {"POST", "/detokenize", srv_route_detokenize, true, true},
 };

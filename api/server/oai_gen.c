@@ -15,6 +15,7 @@
 #include "api/parse/output.h"
 #include "api/parse/prs_json.h"
 #include "api/server/chat_prompt.h"
+#include "api/server/gen_util.h"
 #include "api/server/job.h"
 #include "api/server/oai_parse.h"
 #include "api/server/srv.h"
@@ -66,29 +67,6 @@ typedef struct gen {
 } gen_t;
 
 /* ---- small helpers ---- */
-
-/* s[0..n) as a JSON string value, bytes that are not UTF-8 replaced by U+FFFD. */
-static json_t *json_lossy(const char *s, size_t n)
-{
-    if (prs_utf8_valid(s, n)) {
-        json_t *v = json_stringn(s, n);
-        return v != NULL ? v : json_string("");
-    }
-    prs_buf_t b = {0};
-    for (size_t i = 0; i < n;) {
-        size_t k = prs_utf8_seq(s + i, n - i);
-        if (k == 0) {
-            prs_buf_append(&b, "\xEF\xBF\xBD", 3);
-            i++;
-        } else {
-            prs_buf_append(&b, s + i, k);
-            i += k;
-        }
-    }
-    json_t *v = json_stringn(b.data != NULL ? b.data : "", b.len);
-    prs_buf_free(&b);
-    return v != NULL ? v : json_string("");
-}
 
 static json_t *bytes_array(const char *s, size_t n)
 {
@@ -142,9 +120,7 @@ static const char *call_id(gen_t *g, choice_out_t *c, size_t index)
         /* the model's own id (Mistral's 9 characters): its template replays it */
         snprintf(c->call_ids[index], 32, "%s", mine);
     } else if (c->call_ids[index][0] == '\0') {
-        uint64_t a = crd_rng_next(g->rng), b = crd_rng_next(g->rng);
-        snprintf(c->call_ids[index], 32, "call_%016llx%08llx", (unsigned long long)a,
-                 (unsigned long long)(b & 0xffffffffu));
+        srv_random_id(g->rng, "call", '_', c->call_ids[index], 32);
     }
     return c->call_ids[index];
 }
@@ -200,14 +176,14 @@ static json_t *chat_lp_entry(const gen_t *g, const srv_piece_t *p)
 {
     size_t n;
     const char *t = token_bytes(g, p->token, &n);
-    json_t *e = json_pack("{s:o, s:f, s:o}", "token", json_lossy(t, n), "logprob",
+    json_t *e = json_pack("{s:o, s:f, s:o}", "token", srv_json_lossy(t, n), "logprob",
                           (double)p->logprob, "bytes", bytes_array(t, n));
     json_t *tops = json_array();
     for (int i = 0; i < p->n_top && i < g->req.top_logprobs; i++) {
         const char *tt = token_bytes(g, p->top_ids[i], &n);
-        json_array_append_new(tops,
-                              json_pack("{s:o, s:f, s:o}", "token", json_lossy(tt, n), "logprob",
-                                        (double)p->top_lp[i], "bytes", bytes_array(tt, n)));
+        json_array_append_new(tops, json_pack("{s:o, s:f, s:o}", "token", srv_json_lossy(tt, n),
+                                              "logprob", (double)p->top_lp[i], "bytes",
+                                              bytes_array(tt, n)));
     }
     json_object_set_new(e, "top_logprobs", tops);
     return e;
@@ -224,13 +200,13 @@ static void legacy_lp_add(const gen_t *g, choice_out_t *c, json_t *lp, const srv
 {
     size_t n;
     const char *t = token_bytes(g, p->token, &n);
-    json_array_append_new(json_object_get(lp, "tokens"), json_lossy(t, n));
+    json_array_append_new(json_object_get(lp, "tokens"), srv_json_lossy(t, n));
     json_array_append_new(json_object_get(lp, "token_logprobs"), json_real(p->logprob));
     json_t *tops = json_object();
     for (int i = 0; i < p->n_top && i < g->req.top_logprobs; i++) {
         size_t m;
         const char *tt = token_bytes(g, p->top_ids[i], &m);
-        json_t *k = json_lossy(tt, m);
+        json_t *k = srv_json_lossy(tt, m);
         json_object_set_new(tops, json_string_value(k), json_real(p->top_lp[i]));
         json_decref(k);
     }
@@ -278,7 +254,7 @@ static void route_text(gen_t *g, int index, const char *text, size_t len, bool f
                         calls,
                         json_pack("{s:i, s:s, s:s, s:{s:o, s:s}}", "index", (int)ev[i].call, "id",
                                   call_id(g, c, ev[i].call), "type", "function", "function", "name",
-                                  json_lossy(ev[i].text, ev[i].len), "arguments", ""));
+                                  srv_json_lossy(ev[i].text, ev[i].len), "arguments", ""));
                 }
                 break;
             case PRS_EV_CALL_ARGS:
@@ -286,7 +262,7 @@ static void route_text(gen_t *g, int index, const char *text, size_t len, bool f
                     calls = calls ? calls : json_array();
                     json_array_append_new(calls, json_pack("{s:i, s:{s:o}}", "index",
                                                            (int)ev[i].call, "function", "arguments",
-                                                           json_lossy(ev[i].text, ev[i].len)));
+                                                           srv_json_lossy(ev[i].text, ev[i].len)));
                 }
                 break;
             case PRS_EV_CALL_END:
@@ -302,8 +278,9 @@ static void route_text(gen_t *g, int index, const char *text, size_t len, bool f
         json_decref(lp);
     } else if (g->req.api == SRV_API_COMPLETIONS) {
         if (content.len > 0 || lp != NULL) {
-            sse_json(g, chunk(g, index, json_lossy(content.data ? content.data : "", content.len),
-                              lp, NULL));
+            sse_json(g,
+                     chunk(g, index, srv_json_lossy(content.data ? content.data : "", content.len),
+                           lp, NULL));
         }
     } else {
         json_t *delta = json_object();
@@ -313,11 +290,11 @@ static void route_text(gen_t *g, int index, const char *text, size_t len, bool f
         }
         if (reasoning.len > 0) {
             json_object_set_new(delta, "reasoning_content",
-                                json_lossy(reasoning.data, reasoning.len));
+                                srv_json_lossy(reasoning.data, reasoning.len));
         }
         if (content.len > 0 || json_object_get(delta, "role") != NULL) {
             json_object_set_new(delta, "content",
-                                json_lossy(content.data ? content.data : "", content.len));
+                                srv_json_lossy(content.data ? content.data : "", content.len));
         }
         if (calls != NULL) {
             json_object_set_new(delta, "tool_calls", calls);
@@ -530,11 +507,11 @@ static int reply_whole(gen_t *g, const srv_http_req_t *r)
             json_object_set_new(
                 msg, "content",
                 c->content.len > 0 || n_calls == 0
-                    ? json_lossy(c->content.data ? c->content.data : "", c->content.len)
+                    ? srv_json_lossy(c->content.data ? c->content.data : "", c->content.len)
                     : json_null());
             if (c->reasoning.len > 0) {
                 json_object_set_new(msg, "reasoning_content",
-                                    json_lossy(c->reasoning.data, c->reasoning.len));
+                                    srv_json_lossy(c->reasoning.data, c->reasoning.len));
             }
             if (n_calls > 0) {
                 json_t *calls = json_array();
@@ -542,10 +519,10 @@ static int reply_whole(gen_t *g, const srv_http_req_t *r)
                     const char *name = prs_output_call_name(c->op, k);
                     const char *args = prs_output_call_args(c->op, k);
                     json_array_append_new(
-                        calls,
-                        json_pack("{s:s, s:s, s:{s:o, s:o}}", "id", call_id(g, c, k), "type",
-                                  "function", "function", "name", json_lossy(name, strlen(name)),
-                                  "arguments", json_lossy(args, strlen(args))));
+                        calls, json_pack("{s:s, s:s, s:{s:o, s:o}}", "id", call_id(g, c, k), "type",
+                                         "function", "function", "name",
+                                         srv_json_lossy(name, strlen(name)), "arguments",
+                                         srv_json_lossy(args, strlen(args))));
                 }
                 json_object_set_new(msg, "tool_calls", calls);
             }
@@ -553,8 +530,9 @@ static int reply_whole(gen_t *g, const srv_http_req_t *r)
             json_object_set_new(choice, "logprobs",
                                 c->lp != NULL ? json_pack("{s:O}", "content", c->lp) : json_null());
         } else {
-            json_object_set_new(choice, "text",
-                                json_lossy(c->content.data ? c->content.data : "", c->content.len));
+            json_object_set_new(
+                choice, "text",
+                srv_json_lossy(c->content.data ? c->content.data : "", c->content.len));
             json_object_set_new(choice, "logprobs",
                                 c->lp != NULL ? json_incref(c->lp) : json_null());
         }
@@ -598,9 +576,7 @@ static int route_gen(srv_server_t *s, const srv_http_req_t *r, srv_api_t api)
     g->created = (int64_t)time(NULL);
     crd_rng_seed(g->rng, (uint64_t)time(NULL) ^ (atomic_fetch_add(&s->next_id, 1) << 20) ^
                              (uint64_t)(uintptr_t)g);
-    snprintf(g->id, sizeof(g->id), "%s-%016llx%08llx", api == SRV_API_CHAT ? "chatcmpl" : "cmpl",
-             (unsigned long long)crd_rng_next(g->rng),
-             (unsigned long long)(crd_rng_next(g->rng) & 0xffffffffu));
+    srv_random_id(g->rng, api == SRV_API_CHAT ? "chatcmpl" : "cmpl", '-', g->id, sizeof(g->id));
 
     tdm_status_t st =
         srv_parse_gen_request(api, r->body, r->body_len, &g->req, param, sizeof(param), &err);

@@ -8,7 +8,8 @@
  * Files: http.c (libmicrohttpd glue, routing, auth, body limits, replies), routes.c
  * (health, models, metrics, tokenize), oai_parse.c (request JSON -> srv_gen_req_t),
  * job.c (a request's life on the engine: text, stop strings, queue), oai_gen.c (chat and
- * completions: responses and SSE), metrics.c, server.c (load, run, shutdown).
+ * completions: responses and SSE), resp_parse.c + resp_gen.c (the Responses API), gen_util.c,
+ * metrics.c, server.c (load, run, shutdown).
  */
 #ifndef SRV_H
 #define SRV_H
@@ -134,6 +135,9 @@ int srv_route_detokenize(srv_server_t *s, const srv_http_req_t *r);
 /* ---- oai_gen.c ---- */
 int srv_route_chat(srv_server_t *s, const srv_http_req_t *r);
 int srv_route_completions(srv_server_t *s, const srv_http_req_t *r);
+
+/* ---- resp_gen.c ---- */
+int srv_route_responses(srv_server_t *s, const srv_http_req_t *r);
 
 /* ---- server.c ---- */
 /* Starts listening (health answers 503 while loading), loads the model, serves until
