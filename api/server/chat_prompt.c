@@ -190,8 +190,8 @@ tdm_status_t srv_chat_prompt_build(srv_server_t *s, const srv_gen_req_t *req,
         tok_workspace_t *ws = NULL;
         st = tok_workspace_create(s->vocab, &ws, err);
         if (st == TDM_OK) {
-            st = tok_encode(s->vocab, ws, text, strlen(text), TOK_ENC_PARSE_SPECIAL, &out->ids,
-                            err);
+            st =
+                tok_encode(s->vocab, ws, text, strlen(text), TOK_ENC_PARSE_SPECIAL, &out->ids, err);
         }
         tok_workspace_destroy(ws);
     }

@@ -37,6 +37,8 @@ static const route_t k_routes[] = {
     {"POST", "/v1/chat/completions", srv_route_chat, true, true},
     {"POST", "/v1/completions", srv_route_completions, true, true},
     {"POST", "/v1/responses", srv_route_responses, true, true},
+    {"POST", "/v1/messages", srv_route_messages, true, true},
+    {"POST", "/v1/messages/count_tokens", srv_route_count_tokens, true, true},
     {"POST", "/tokenize", srv_route_tokenize, true, true},
     {"POST", "/detokenize", srv_route_detokenize, true, true},
 };
@@ -105,10 +107,13 @@ int srv_reply_error(const srv_http_req_t *r, unsigned status, const char *type, 
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    json_t *body = srv_error_json(type, param, code, msg);
+    /* Anthropic's routes answer in Anthropic's shape, whoever refuses the request */
+    bool anth = r->path != NULL && strncmp(r->path, "/v1/messages", 12) == 0;
+    json_t *body = anth ? srv_anth_error_json(status, msg) : srv_error_json(type, param, code, msg);
     if (body == NULL) {
         /* the message was not valid UTF-8 (it quotes client input): say less */
-        body = srv_error_json(type, param, code, "invalid request");
+        body = anth ? srv_anth_error_json(status, "invalid request")
+                    : srv_error_json(type, param, code, "invalid request");
     }
     return srv_reply_json(r, status, body);
 }

@@ -139,6 +139,14 @@ int srv_route_completions(srv_server_t *s, const srv_http_req_t *r);
 /* ---- resp_gen.c ---- */
 int srv_route_responses(srv_server_t *s, const srv_http_req_t *r);
 
+/* ---- anth_gen.c ---- */
+int srv_route_messages(srv_server_t *s, const srv_http_req_t *r);
+int srv_route_count_tokens(srv_server_t *s, const srv_http_req_t *r);
+/* Anthropic's error body {"type": "error", "error": {"type", "message"}}, the type chosen
+ * by the HTTP status (invalid_request_error, authentication_error, not_found_error,
+ * rate_limit_error, overloaded_error, api_error, ...); NULL if msg is not valid UTF-8. */
+json_t *srv_anth_error_json(unsigned status, const char *msg);
+
 /* ---- server.c ---- */
 /* Starts listening (health answers 503 while loading), loads the model, serves until
  * SIGTERM/SIGINT, then shuts down gracefully. Returns a process exit code. */
