@@ -7,3 +7,9 @@ target_link_libraries(test_fuzz_request_replay PRIVATE tdm_api_server)
 add_test(NAME unit.fuzz_request_replay
          COMMAND test_fuzz_request_replay ${CMAKE_CURRENT_SOURCE_DIR}/fuzz/corpus/request)
 set_tests_properties(unit.fuzz_request_replay PROPERTIES LABELS unit)
+# The Responses request-parser harness replayed over its seed corpus.
+add_executable(test_fuzz_responses_replay fuzz/fuzz_responses.c fuzz/replay_main.c)
+target_link_libraries(test_fuzz_responses_replay PRIVATE tdm_api_server)
+add_test(NAME unit.fuzz_responses_replay
+         COMMAND test_fuzz_responses_replay ${CMAKE_CURRENT_SOURCE_DIR}/fuzz/corpus/responses)
+set_tests_properties(unit.fuzz_responses_replay PROPERTIES LABELS unit)
