@@ -359,4 +359,11 @@ def render_chat_template(source, messages, **extra):
 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
                                         extensions=[jinja2.ext.loopcontrols])
+
+    # transformers' tojson: keys in their order (jinja2's own sorts them), no HTML escaping
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
+                          sort_keys=sort_keys)
+
+    env.filters["tojson"] = tojson
     return env.from_string(source).render(messages=messages, add_generation_prompt=True, **extra)
