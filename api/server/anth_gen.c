@@ -114,8 +114,7 @@ static int reply_error(srv_server_t *s, const srv_http_req_t *r, unsigned status
     return srv_reply_json(r, status, body);
 }
 
-static int reply_status(srv_server_t *s, const srv_http_req_t *r, tdm_status_t st,
-                        const char *msg)
+static int reply_status(srv_server_t *s, const srv_http_req_t *r, tdm_status_t st, const char *msg)
 {
     const char *type;
     return reply_error(s, r, srv_http_status_of(st, &type), msg);
@@ -126,8 +125,8 @@ static int reply_status(srv_server_t *s, const srv_http_req_t *r, tdm_status_t s
 static json_t *usage_json(const anth_gen_t *g)
 {
     return json_pack("{s:i, s:i, s:i, s:i}", "input_tokens", (int)(g->n_prompt - g->n_cached),
-                     "cache_creation_input_tokens", 0, "cache_read_input_tokens",
-                     (int)g->n_cached, "output_tokens", (int)g->n_generated);
+                     "cache_creation_input_tokens", 0, "cache_read_input_tokens", (int)g->n_cached,
+                     "output_tokens", (int)g->n_generated);
 }
 
 static const char *stop_reason(const anth_gen_t *g)
@@ -226,7 +225,10 @@ static void close_block(anth_gen_t *g)
         if (g->open == BLK_TEXT) {
             json_object_set_new(b, "text", srv_json_lossy(text, g->acc.len));
         } else if (g->open == BLK_THINKING) {
-            json_object_set_new(b, "thinking", srv_json_lossy(text, g->acc.len));
+            /* display "omitted": the signature alone, as Anthropic sends it */
+            json_object_set_new(b, "thinking",
+                                g->req.thinking_omitted ? json_string("")
+                                                        : srv_json_lossy(text, g->acc.len));
             json_object_set_new(b, "signature", signature_of(text, g->acc.len));
         } else {
             /* the parsers give a call's arguments as one JSON object text */
@@ -265,7 +267,7 @@ static void block_text(anth_gen_t *g, blk_kind_t kind, const char *text, size_t 
                                                 "", "signature", ""));
     }
     prs_buf_append(&g->acc, text, len);
-    if (g->stream) {
+    if (g->stream && (kind == BLK_TEXT || !g->req.thinking_omitted)) {
         bool t = kind == BLK_TEXT;
         sse_event(g, "content_block_delta",
                   json_pack("{s:s, s:i, s:{s:s, s:o}}", "type", "content_block_delta", "index",
@@ -279,7 +281,8 @@ static void call_begin(anth_gen_t *g, uint32_t call, const char *name, size_t le
     const char *mine = prs_output_call_id(g->op, call);
     char id[48];
     if (mine != NULL) {
-        snprintf(id, sizeof(id), "%s", mine); /* the model's own (Mistral): its template replays it */
+        snprintf(id, sizeof(id), "%s",
+                 mine); /* the model's own (Mistral): its template replays it */
     } else {
         srv_random_id(g->rng, "toolu", '_', id, sizeof(id));
     }
@@ -372,8 +375,8 @@ static void handle_piece(anth_gen_t *g, const srv_piece_t *p)
         return;
     }
     sse_event(g, "message_delta",
-              json_pack("{s:s, s:{s:s, s:o}, s:o}", "type", "message_delta", "delta",
-                        "stop_reason", stop_reason(g), "stop_sequence",
+              json_pack("{s:s, s:{s:s, s:o}, s:o}", "type", "message_delta", "delta", "stop_reason",
+                        stop_reason(g), "stop_sequence",
                         g->stop_seq != NULL ? json_string(g->stop_seq) : json_null(), "usage",
                         usage_json(g)));
     sse_event(g, "message_stop", json_pack("{s:s}", "type", "message_stop"));
@@ -507,8 +510,8 @@ static int reply_whole(anth_gen_t *g, const srv_http_req_t *r)
  * Parses the body and renders its prompt. On failure the error reply was sent and the
  * return value is that reply's MHD result; on success *ok is set.
  */
-static int prepare(srv_server_t *s, const srv_http_req_t *r, bool count_tokens,
-                   srv_anth_req_t *req, srv_chat_prompt_t *cp, bool *ok)
+static int prepare(srv_server_t *s, const srv_http_req_t *r, bool count_tokens, srv_anth_req_t *req,
+                   srv_chat_prompt_t *cp, bool *ok)
 {
     tdm_error_t err = {0};
     *ok = false;

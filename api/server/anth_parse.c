@@ -327,7 +327,8 @@ static tdm_status_t parse_messages(actx_t *c, const json_t *o)
             return fail(c, "messages[%zu].role must be \"user\" or \"assistant\"", i);
         }
         if (json_is_string(content)) {
-            json_array_append_new(c->msgs, json_pack("{s:O, s:O}", "role", role, "content", content));
+            json_array_append_new(c->msgs,
+                                  json_pack("{s:O, s:O}", "role", role, "content", content));
         } else if (json_is_array(content)) {
             TRY(user ? user_blocks(c, content, i) : assistant_blocks(c, content, i));
         } else {
@@ -426,9 +427,9 @@ static tdm_status_t parse_tools(actx_t *c, const json_t *o, json_t *chat)
         if (!json_is_string(name)) {
             return fail(c, "tool_choice.name: a string is required for type \"tool\"");
         }
-        json_object_set_new(chat, "tool_choice",
-                            json_pack("{s:s, s:{s:O}}", "type", "function", "function", "name",
-                                      name));
+        json_object_set_new(
+            chat, "tool_choice",
+            json_pack("{s:s, s:{s:O}}", "type", "function", "function", "name", name));
     } else {
         return fail(c, "tool_choice.type must be auto, any, tool or none");
     }
@@ -467,47 +468,75 @@ static tdm_status_t copy_number(actx_t *c, const json_t *o, json_t *chat, const 
 /*
  * thinking -> the template's switch. Qwen3-style templates read enable_thinking; gpt-oss
  * reads reasoning_effort, set from the budget (Anthropic asks for at least 1024 tokens;
- * below 4096 is "low", below 16384 "medium", above "high"). Without `thinking` the
- * template's default holds, and whatever reasoning the model writes comes back as thinking
- * blocks.
+ * below 4096 is "low", below 16384 "medium", above "high") or from output_config.effort,
+ * which wins. Without `thinking` the template's default holds, and whatever reasoning the
+ * model writes comes back as thinking blocks (empty ones with display "omitted").
  */
 static tdm_status_t parse_thinking(actx_t *c, const json_t *o, json_t *chat, int64_t max_tokens,
                                    srv_anth_req_t *out)
 {
     json_t *th = get(o, "thinking");
-    if (th == NULL) {
+    if (th != NULL) {
+        json_t *type = json_object_get(th, "type");
+        json_t *display = get(th, "display");
+        if (!json_is_object(th) || !json_is_string(type)) {
+            return fail(c, "thinking must be an object with a type (enabled, adaptive, "
+                           "between_tools or disabled)");
+        }
+        if (display != NULL && !is_str(display, "summarized") && !is_str(display, "omitted")) {
+            return fail(c, "thinking.display must be summarized or omitted");
+        }
+        out->thinking_omitted = is_str(display, "omitted");
+        bool on = true;
+        if (is_str(type, "enabled")) {
+            int64_t budget = 0;
+            json_t *b = get(th, "budget_tokens");
+            if (b == NULL) {
+                return fail(c, "thinking.budget_tokens: field required");
+            }
+            TRY(get_integer(c, b, "thinking.budget_tokens", 1024, INT32_MAX, &budget));
+            if (max_tokens > 0 && budget >= max_tokens) {
+                return fail(c, "max_tokens must be greater than thinking.budget_tokens");
+            }
+            json_object_set_new(chat, "reasoning_effort",
+                                json_string(budget < 4096    ? "low"
+                                            : budget < 16384 ? "medium"
+                                                             : "high"));
+        } else if (is_str(type, "disabled")) {
+            on = false;
+        } else if (!is_str(type, "adaptive") && !is_str(type, "between_tools")) {
+            return fail(c, "thinking.type must be enabled, adaptive, between_tools or disabled");
+        }
+        out->thinking = on;
+        json_object_set_new(chat, "chat_template_kwargs",
+                            json_pack("{s:b}", "enable_thinking", on));
+    }
+    json_t *oc = get(o, "output_config");
+    if (oc == NULL) {
         return TDM_OK;
     }
-    json_t *type = json_object_get(th, "type");
-    if (!json_is_object(th) || !json_is_string(type)) {
-        return fail(c, "thinking must be an object with a type (enabled, adaptive or disabled)");
+    if (!json_is_object(oc)) {
+        return fail(c, "output_config must be an object");
     }
-    bool on;
-    if (is_str(type, "enabled")) {
-        int64_t budget = 0;
-        json_t *b = get(th, "budget_tokens");
-        if (b == NULL) {
-            return fail(c, "thinking.budget_tokens: field required");
-        }
-        TRY(get_integer(c, b, "thinking.budget_tokens", 1024, INT32_MAX, &budget));
-        if (max_tokens > 0 && budget >= max_tokens) {
-            return fail(c, "max_tokens must be greater than thinking.budget_tokens");
-        }
-        json_object_set_new(chat, "reasoning_effort",
-                            json_string(budget < 4096    ? "low"
-                                        : budget < 16384 ? "medium"
-                                                         : "high"));
-        on = true;
-    } else if (is_str(type, "adaptive")) {
-        on = true;
-    } else if (is_str(type, "disabled")) {
-        on = false;
-    } else {
-        return fail(c, "thinking.type must be enabled, adaptive or disabled");
+    if (get(oc, "format") != NULL) {
+        return fail(c, "output_config.format (structured outputs) is not supported");
     }
-    out->thinking = on;
-    json_object_set_new(chat, "chat_template_kwargs", json_pack("{s:b}", "enable_thinking", on));
-    return TDM_OK;
+    static const char *const efforts[][2] = {{"low", "low"},
+                                             {"medium", "medium"},
+                                             {"high", "high"},
+                                             {"xhigh", "xhigh"},
+                                             {"max", "xhigh"}};
+    json_t *effort = get(oc, "effort");
+    if (effort == NULL) {
+        return TDM_OK;
+    }
+    for (size_t i = 0; i < sizeof(efforts) / sizeof(efforts[0]); i++) {
+        if (is_str(effort, efforts[i][0])) {
+            json_object_set_new(chat, "reasoning_effort", json_string(efforts[i][1]));
+            return TDM_OK;
+        }
+    }
+    return fail(c, "output_config.effort must be low, medium, high, xhigh or max");
 }
 
 static tdm_status_t parse_options(actx_t *c, const json_t *o, json_t *chat, bool count_tokens,

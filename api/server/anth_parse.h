@@ -7,8 +7,9 @@
  * `tool_use` blocks an assistant message's tool_calls, `tool_result` blocks tool messages,
  * `thinking` blocks reasoning_content (redacted_thinking is opaque and dropped), tools with
  * `input_schema` function tools, `tool_choice` {auto, any, tool, none} the chat values,
- * `thinking` {type: enabled|adaptive|disabled} the template's thinking switch
- * (enable_thinking, and reasoning_effort from budget_tokens for templates that read it).
+ * `thinking` {type: enabled|adaptive|between_tools|disabled} the template's thinking
+ * switch (enable_thinking, and reasoning_effort from budget_tokens or
+ * output_config.effort for templates that read it).
  * The result goes through the chat completions' own parser (oai_parse.h), so both APIs
  * render, cache and parse a conversation the same way.
  *
@@ -25,8 +26,9 @@
 #include <stdbool.h>
 
 typedef struct srv_anth_req {
-    srv_gen_req_t gen; /* the conversation as a chat request (api SRV_API_CHAT) */
-    bool thinking;     /* thinking {type: enabled or adaptive}                  */
+    srv_gen_req_t gen;     /* the conversation as a chat request (api SRV_API_CHAT) */
+    bool thinking;         /* thinking {type: enabled, adaptive or between_tools}  */
+    bool thinking_omitted; /* thinking.display "omitted": blocks without their text */
 } srv_anth_req_t;
 
 /*
