@@ -13,3 +13,9 @@ target_link_libraries(test_fuzz_responses_replay PRIVATE tdm_api_server)
 add_test(NAME unit.fuzz_responses_replay
          COMMAND test_fuzz_responses_replay ${CMAKE_CURRENT_SOURCE_DIR}/fuzz/corpus/responses)
 set_tests_properties(unit.fuzz_responses_replay PROPERTIES LABELS unit)
+# The HTTP framing checker's fuzz harness replayed over its seed corpus.
+add_executable(test_fuzz_http_frame_replay fuzz/fuzz_http_frame.c fuzz/replay_main.c)
+target_link_libraries(test_fuzz_http_frame_replay PRIVATE tdm_api_server)
+add_test(NAME unit.fuzz_http_frame_replay
+         COMMAND test_fuzz_http_frame_replay ${CMAKE_CURRENT_SOURCE_DIR}/fuzz/corpus/http_frame)
+set_tests_properties(unit.fuzz_http_frame_replay PROPERTIES LABELS unit)

@@ -27,7 +27,16 @@ static void usage(FILE *out)
         "                           (repeatable; also TANDEM_API_KEY)\n"
         "  --api-key-file FILE      one key per line (blank lines and # comments ignored)\n"
         "  --max-body-bytes N       request body limit (default 8M; 413 beyond)\n"
-        "  --max-connections N      concurrent connections (default 512)\n"
+        "  --max-connections N      concurrent connections; more get a JSON 503 and are\n"
+        "                           closed (default 512)\n"
+        "  --max-connections-per-client N  from one client address; more get 429\n"
+        "                           (default 256)\n"
+        "  --http-header-timeout S  a request head must arrive within S s (default 10; 408)\n"
+        "  --http-body-timeout S    a request body silent for S s is dropped (default 30; 408)\n"
+        "  --http-idle-timeout S    keep-alive connections idle, or clients not reading, for\n"
+        "                           S s are closed (default 30)\n"
+        "  --max-header-bytes N     request head limit (default 32K; 431 beyond; lines 8K,\n"
+        "                           100 header lines)\n"
         "  --shutdown-timeout S     seconds in-flight requests get after SIGTERM (default 30)\n"
         "  --keepalive S            SSE comment interval while waiting (default 5)\n"
         "model:\n"
@@ -293,7 +302,14 @@ int cmd_serve(int argc, char **argv)
                       .shutdown_timeout = 30.0,
                       .keepalive_s = 5.0,
                       .tool_parser = "auto",
-                      .max_conns = 512};
+                      .max_conns = 512,
+                      .max_conns_per_client = 256,
+                      .header_timeout_s = 10.0,
+                      .body_timeout_s = 30.0,
+                      .idle_timeout_s = 30.0,
+                      .max_header_bytes = 32u << 10,
+                      .max_header_line = 8u << 10,
+                      .max_headers = 100};
     int rc = 2;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -327,6 +343,27 @@ int cmd_serve(int argc, char **argv)
             }
         } else if (ARG("--max-connections")) {
             if (parse_int(a, v, 1, 65536, &c.max_conns) != 0) {
+                goto out;
+            }
+        } else if (ARG("--max-connections-per-client")) {
+            if (parse_int(a, v, 1, 65536, &c.max_conns_per_client) != 0) {
+                goto out;
+            }
+        } else if (ARG("--http-header-timeout") || ARG("--http-body-timeout") ||
+                   ARG("--http-idle-timeout")) {
+            double *dst = strcmp(a, "--http-header-timeout") == 0 ? &c.header_timeout_s
+                          : strcmp(a, "--http-body-timeout") == 0 ? &c.body_timeout_s
+                                                                  : &c.idle_timeout_s;
+            char *end;
+            *dst = strtod(v, &end);
+            if (end == v || *end != '\0' || !(*dst >= 0.1 && *dst <= 86400.0)) {
+                fprintf(stderr, "tandem serve: %s must be seconds in [0.1, 86400]\n", a);
+                goto out;
+            }
+        } else if (ARG("--max-header-bytes")) {
+            c.max_header_bytes = parse_size(v);
+            if (c.max_header_bytes < 1024 || c.max_header_bytes > (16u << 20)) {
+                fprintf(stderr, "tandem serve: --max-header-bytes must be in [1K, 16M]\n");
                 goto out;
             }
         } else if (ARG("--shutdown-timeout")) {
@@ -439,6 +476,9 @@ int cmd_serve(int argc, char **argv)
     const char *env_key = getenv("TANDEM_API_KEY");
     if (env_key != NULL && env_key[0] != '\0' && add_key(&c, env_key) != 0) {
         goto out;
+    }
+    if (c.max_header_line > c.max_header_bytes) {
+        c.max_header_line = c.max_header_bytes;
     }
     if (c.max_running > c.batch) {
         c.max_running = c.batch;

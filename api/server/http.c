@@ -9,6 +9,7 @@
  */
 #include "api/server/http.h"
 
+#include "api/server/front.h"
 #include "api/server/srv.h"
 #include "common/log.h"
 
@@ -34,6 +35,7 @@ static const route_t k_routes[] = {
     {"GET", "/health", srv_route_health, false, false},
     {"GET", "/metrics", srv_route_metrics, false, false},
     {"GET", "/v1/models", srv_route_models, true, false},
+    {"GET", "/v1/models/", srv_route_model, true, false}, /* "/" at the end: a prefix */
     {"POST", "/v1/chat/completions", srv_route_chat, true, true},
     {"POST", "/v1/completions", srv_route_completions, true, true},
     {"POST", "/v1/responses", srv_route_responses, true, true},
@@ -60,6 +62,10 @@ static int queue(const srv_http_req_t *r, unsigned status, struct MHD_Response *
 {
     if (resp == NULL) {
         return MHD_NO;
+    }
+    if (r->srv != NULL && atomic_load(&r->srv->state) == SRV_STOPPING) {
+        /* draining: keep-alive clients should reconnect elsewhere */
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
     }
     enum MHD_Result rc = MHD_queue_response(r->conn, status, resp);
     MHD_destroy_response(resp);
@@ -259,7 +265,10 @@ static const route_t *find_route(const char *method, const char *url, bool *path
 {
     *path_known = false;
     for (size_t i = 0; i < N_ROUTES; i++) {
-        if (strcmp(url, k_routes[i].path) == 0) {
+        size_t n = strlen(k_routes[i].path);
+        bool prefix = k_routes[i].path[n - 1] == '/';
+        if (prefix ? strncmp(url, k_routes[i].path, n) == 0 && url[n] != '\0'
+                   : strcmp(url, k_routes[i].path) == 0) {
             *path_known = true;
             /* HEAD is GET without a body (libmicrohttpd drops the body) */
             const char *m = strcmp(method, "HEAD") == 0 ? "GET" : method;
@@ -278,7 +287,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     (void)version;
     srv_server_t *s = cls;
     conn_req_t *cr = *con_cls;
-    srv_http_req_t r = {.conn = conn, .method = method, .path = url};
+    srv_http_req_t r = {.conn = conn, .method = method, .path = url, .srv = s};
 
     if (cr == NULL) {
         cr = calloc(1, sizeof(*cr));
@@ -376,9 +385,13 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
-    (void)cls;
-    (void)conn;
-    (void)toe;
+    srv_server_t *s = cls;
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (ci != NULL) {
+        srv_front_request_done(s->front, ci->connect_fd,
+                               toe == MHD_REQUEST_TERMINATED_COMPLETED_OK);
+    }
     conn_req_t *cr = *con_cls;
     if (cr != NULL) {
         free(cr->body);
@@ -399,43 +412,61 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
     TDM_DEBUG("http", "%s", msg);
 }
 
-tdm_status_t srv_http_start(srv_server_t *s, tdm_error_t *err)
+static bool hand_over(void *cls, int fd, const struct sockaddr *addr, socklen_t addrlen)
 {
-    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)s->cfg.port)};
-    if (inet_pton(AF_INET, s->cfg.host, &addr.sin_addr) != 1) {
-        return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
-                             "--host %s is not an IPv4 address (e.g. 127.0.0.1 or 0.0.0.0)",
-                             s->cfg.host);
-    }
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
-                     MHD_USE_POLL | MHD_USE_ERROR_LOG;
-    s->mhd = MHD_start_daemon(
-        flags, (uint16_t)s->cfg.port, NULL, NULL, on_access, s, MHD_OPTION_SOCK_ADDR,
-        (struct sockaddr *)&addr, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned)s->cfg.max_conns, MHD_OPTION_CONNECTION_TIMEOUT,
-        (unsigned)600, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(128 * 1024),
-        MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log,
-        NULL, MHD_OPTION_END);
-    if (s->mhd == NULL) {
-        return tdm_error_set(err, TDM_ERR_IO,
-                             "cannot listen on %s:%d (address in use, or not allowed)", s->cfg.host,
-                             s->cfg.port);
-    }
-    return TDM_OK;
+    srv_server_t *s = cls;
+    return MHD_add_connection(s->mhd, fd, addr, addrlen) == MHD_YES;
 }
 
-void srv_http_quiesce(srv_server_t *s)
+tdm_status_t srv_http_start(srv_server_t *s, tdm_error_t *err)
 {
-    if (s->mhd != NULL) {
-        MHD_socket fd = MHD_quiesce_daemon(s->mhd);
-        if (fd != MHD_INVALID_SOCKET) {
-            close(fd);
-        }
+    const srv_config_t *c = &s->cfg;
+    srv_front_params_t fp = {.host = c->host,
+                             .port = c->port,
+                             .max_conns = c->max_conns,
+                             .max_per_client = c->max_conns_per_client > 0 ? c->max_conns_per_client
+                                                                           : c->max_conns,
+                             .header_timeout_s = c->header_timeout_s,
+                             .body_timeout_s = c->body_timeout_s,
+                             .idle_timeout_s = c->idle_timeout_s,
+                             .limits = {.max_line = c->max_header_line,
+                                        .max_head = c->max_header_bytes,
+                                        .max_headers = c->max_headers,
+                                        .max_body = c->max_body},
+                             .hand_over = hand_over,
+                             .cls = s};
+    tdm_status_t st = srv_front_create(&fp, &s->front, err);
+    if (st != TDM_OK) {
+        return st;
     }
+    /* The front listens, caps, checks framing and times connections out (front.c);
+     * libmicrohttpd gets each connection from it, so it has no listening socket, no
+     * timeout and a connection limit above the front's. Its memory pool holds a whole
+     * head (the front has checked it fits) plus room to build a response. */
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
+                     MHD_USE_POLL | MHD_USE_ERROR_LOG | MHD_USE_NO_LISTEN_SOCKET | MHD_USE_ITC;
+    size_t pool = c->max_header_bytes + 64 * 1024;
+    s->mhd = MHD_start_daemon(flags, 0, NULL, NULL, on_access, s, MHD_OPTION_NOTIFY_COMPLETED,
+                              on_completed, s, MHD_OPTION_CONNECTION_LIMIT,
+                              (unsigned)(2 * c->max_conns + 16), MHD_OPTION_CONNECTION_TIMEOUT,
+                              (unsigned)0, MHD_OPTION_CONNECTION_MEMORY_LIMIT, pool,
+                              MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL, MHD_OPTION_END);
+    if (s->mhd == NULL) {
+        srv_front_destroy(s->front);
+        s->front = NULL;
+        return tdm_error_set(err, TDM_ERR_IO, "cannot start the HTTP server");
+    }
+    if ((st = srv_front_start(s->front, err)) != TDM_OK) {
+        srv_http_stop(s);
+    }
+    return st;
 }
 
 void srv_http_stop(srv_server_t *s)
 {
+    /* the front first: closing its ends of the pairs ends libmicrohttpd's connections */
+    srv_front_destroy(s->front);
+    s->front = NULL;
     if (s->mhd != NULL) {
         MHD_stop_daemon(s->mhd);
         s->mhd = NULL;
@@ -444,6 +475,5 @@ void srv_http_stop(srv_server_t *s)
 
 int srv_http_bound_port(const srv_server_t *s)
 {
-    const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_BIND_PORT);
-    return di != NULL ? di->port : s->cfg.port;
+    return s->front != NULL ? srv_front_port(s->front) : s->cfg.port;
 }

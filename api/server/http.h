@@ -11,11 +11,11 @@
 
 struct srv_server;
 
-/* Binds cfg.host:cfg.port and starts serving (one thread per connection). */
+/* Binds cfg.host:cfg.port (front.c) and starts serving (libmicrohttpd, one thread per
+ * connection, behind the front). */
 tdm_status_t srv_http_start(struct srv_server *s, tdm_error_t *err);
-/* Stops accepting new connections; those open are served to their end. */
-void srv_http_quiesce(struct srv_server *s);
-/* Closes everything (waits for connection threads). */
+/* Closes everything (waits for connection threads). Until then the listener accepts, so
+ * that /health can say "draining" during a graceful shutdown. */
 void srv_http_stop(struct srv_server *s);
 /* The port actually bound (for --port 0). */
 int srv_http_bound_port(const struct srv_server *s);

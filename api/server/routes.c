@@ -66,7 +66,7 @@ int srv_route_health(srv_server_t *s, const srv_http_req_t *r)
         o = json_pack("{s:s}", "status", "loading");
         break;
     case SRV_STOPPING:
-        o = json_pack("{s:s}", "status", "shutting down");
+        o = json_pack("{s:s}", "status", "draining");
         break;
     default:
         o = json_pack("{s:s, s:s}", "status", "error", "error", s->load_error);
@@ -76,6 +76,14 @@ int srv_route_health(srv_server_t *s, const srv_http_req_t *r)
     return srv_reply_json(r, code, o);
 }
 
+/* The model object of /v1/models and /v1/models/{id}. */
+static json_t *model_json(const srv_server_t *s)
+{
+    return json_pack("{s:s, s:s, s:I, s:s, s:i, s:i}", "id", s->model_name, "object", "model",
+                     "created", (json_int_t)s->created, "owned_by", "tandem", "max_model_len",
+                     (int)s->n_ctx, "context_length", (int)s->n_ctx);
+}
+
 int srv_route_models(srv_server_t *s, const srv_http_req_t *r)
 {
     if (atomic_load(&s->state) != SRV_READY) {
@@ -83,11 +91,27 @@ int srv_route_models(srv_server_t *s, const srv_http_req_t *r)
         return srv_reply_error(r, 503, "service_unavailable", NULL, "not_ready",
                                "the model is not loaded yet");
     }
-    json_t *m = json_pack("{s:s, s:s, s:I, s:s, s:i, s:i}", "id", s->model_name, "object", "model",
-                          "created", (json_int_t)s->created, "owned_by", "tandem", "max_model_len",
-                          (int)s->n_ctx, "context_length", (int)s->n_ctx);
     srv_metrics_count_http(s->metrics, r->path, 200);
-    return srv_reply_json(r, 200, json_pack("{s:s, s:[o]}", "object", "list", "data", m));
+    return srv_reply_json(r, 200,
+                          json_pack("{s:s, s:[o]}", "object", "list", "data", model_json(s)));
+}
+
+int srv_route_model(srv_server_t *s, const srv_http_req_t *r)
+{
+    const char *id = r->path + strlen("/v1/models/");
+    if (atomic_load(&s->state) != SRV_READY) {
+        srv_metrics_count_http(s->metrics, "/v1/models/{id}", 503);
+        return srv_reply_error(r, 503, "service_unavailable", NULL, "not_ready",
+                               "the model is not loaded yet");
+    }
+    if (strcmp(id, s->model_name) != 0) {
+        srv_metrics_count_http(s->metrics, "/v1/models/{id}", 404);
+        return srv_reply_error(r, 404, "invalid_request_error", "model", "model_not_found",
+                               "The model '%s' does not exist (this server serves '%s')", id,
+                               s->model_name);
+    }
+    srv_metrics_count_http(s->metrics, "/v1/models/{id}", 200);
+    return srv_reply_json(r, 200, model_json(s));
 }
 
 int srv_route_metrics(srv_server_t *s, const srv_http_req_t *r)

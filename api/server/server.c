@@ -5,9 +5,9 @@
  * (orchestrators poll it). Signals are blocked in every thread and taken synchronously by
  * the main thread with sigwait, so no handler code runs in signal context.
  *
- * Shutdown: stop accepting connections, refuse new generations, give in-flight ones
- * cfg.shutdown_timeout seconds to finish, then cancel them (clients get an error event
- * or a 503) and close.
+ * Shutdown: /health says "draining", new generations are refused (503), in-flight ones
+ * get cfg.shutdown_timeout seconds to finish, then are canceled (clients get an error
+ * event or a 503); then the listener closes.
  */
 #include "api/server/srv.h"
 
@@ -199,8 +199,9 @@ int srv_run(const srv_config_t *cfg)
     sigwait(&set, &sig);
     fprintf(stderr, "tandem serve: %s: draining (up to %.0f s)\n",
             sig == SIGTERM ? "SIGTERM" : "SIGINT", cfg->shutdown_timeout);
+    /* the listener stays open: /health answers 503 "draining", new generations 503, and
+     * every response closes its connection, so balancers and clients move elsewhere */
     atomic_store(&s->state, SRV_STOPPING);
-    srv_http_quiesce(s);
     crd_engine_shutdown(s->engine, false);
     if (!drain(s, tdm_now_s() + cfg->shutdown_timeout)) {
         fprintf(stderr, "tandem serve: canceling %d unfinished requests\n",

@@ -35,6 +35,7 @@
 
 struct MHD_Connection;
 struct MHD_Daemon;
+struct srv_front;
 
 typedef struct srv_config {
     const char *host;
@@ -55,8 +56,15 @@ typedef struct srv_config {
     int max_tokens_default;  /* when a request sets none: 0 = until the context is full    */
     char **api_keys;         /* bearer keys; none: no authentication                        */
     int n_api_keys;
-    const char *tool_parser; /* "auto" (from the template) or a prs_tool_format_name         */
-    int max_conns;           /* concurrent connections                                      */
+    const char *tool_parser;  /* "auto" (from the template) or a prs_tool_format_name         */
+    int max_conns;            /* concurrent connections (503 beyond)                         */
+    int max_conns_per_client; /* from one address (429 beyond); 0: max_conns                 */
+    double header_timeout_s;  /* a request head must arrive within this (408)                */
+    double body_timeout_s;    /* a body silent this long (408)                               */
+    double idle_timeout_s;    /* a keep-alive connection without a request, or not reading   */
+    size_t max_header_bytes;  /* the whole request head (431 beyond)                         */
+    size_t max_header_line;   /* one header line (431) or the request line (414)             */
+    int max_headers;          /* header lines (431 beyond)                                   */
     /* distributed mode (n_shards > 0): the model split over `tandem shard` processes */
     char **shards; /* "HOST:PORT", index = world rank                                    */
     int n_shards;
@@ -78,6 +86,7 @@ typedef enum srv_state {
 typedef struct srv_server {
     srv_config_t cfg;
     struct MHD_Daemon *mhd;
+    struct srv_front *front; /* the listener in front of libmicrohttpd (front.c) */
     _Atomic int state;
     char load_error[512];
     srv_metrics_t *metrics;
@@ -109,6 +118,7 @@ typedef struct srv_http_req {
     const char *body;
     size_t body_len;
     double t_start; /* monotonic seconds when the request arrived */
+    struct srv_server *srv;
 } srv_http_req_t;
 
 int srv_reply_json(const srv_http_req_t *r, unsigned status, json_t *body /* stolen */);
@@ -128,6 +138,8 @@ bool srv_conn_alive(struct MHD_Connection *c);
 /* ---- routes.c ---- */
 int srv_route_health(srv_server_t *s, const srv_http_req_t *r);
 int srv_route_models(srv_server_t *s, const srv_http_req_t *r);
+/* GET /v1/models/{id} */
+int srv_route_model(srv_server_t *s, const srv_http_req_t *r);
 int srv_route_metrics(srv_server_t *s, const srv_http_req_t *r);
 int srv_route_tokenize(srv_server_t *s, const srv_http_req_t *r);
 int srv_route_detokenize(srv_server_t *s, const srv_http_req_t *r);

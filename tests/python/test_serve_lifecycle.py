@@ -11,7 +11,7 @@ import httpx2 as httpx
 import pytest
 
 from conftest import FIXTURES
-from serve_util import ServeProcess, connect_refused
+from serve_util import ServeProcess
 
 TINY = FIXTURES / "models" / "llama-a-f32.gguf"
 TINY_NAME = "llama-a-f32"
@@ -111,7 +111,9 @@ def test_keepalive_comments_during_prefill(smol_ka):
 
 def test_sigterm_drains_stream(smol_ka):
     """SIGTERM with a stream in flight and --shutdown-timeout 10: the stream completes (its
-    last chunk, then [DONE]), new connections are refused meanwhile, and the exit status is 0."""
+    last chunk, then [DONE]); meanwhile the listener still answers, /health with 503
+    {"status": "draining"} and a new generation with 503, each closing its connection;
+    the exit status is 0."""
     s = smol_ka
     n_tokens = 40
     body = {"model": model_id(s), "messages": MSGS, "max_tokens": n_tokens, "ignore_eos": True,
@@ -141,16 +143,21 @@ def test_sigterm_drains_stream(smol_ka):
     assert first.wait(60) and not errors, errors
     s.terminate()
     in_flight = not done.is_set()
-    # the listener closes at once; the stream keeps going
+    # the stream keeps going; the listener stays open and says so
     t0 = time.monotonic()
-    refused = False
+    health = None
     while time.monotonic() - t0 < 3:
-        if connect_refused(s.host, s.port):
-            refused = True
+        health = httpx.get(s.url + "/health", timeout=5)
+        if health.status_code == 503:
             break
-        time.sleep(0.05)
-    assert in_flight, "the stream ended before SIGTERM was sent"
-    assert refused, "new connections were still accepted after SIGTERM"
+        time.sleep(0.02)
+    gen = httpx.post(s.url + "/v1/chat/completions", timeout=10,
+                     json={"model": body["model"], "messages": MSGS, "max_tokens": 2})
+    assert in_flight and not done.is_set(), "the stream ended before the checks"
+    assert health.status_code == 503 and health.json() == {"status": "draining"}, health.text
+    assert health.headers.get("connection") == "close"
+    assert gen.status_code == 503, gen.text
+    assert gen.json()["error"]["code"] == "not_ready", gen.text
     assert done.wait(30), "the stream did not end"
     assert not errors, errors
     rc = s.wait(15)
