@@ -19,3 +19,9 @@ target_link_libraries(test_fuzz_http_frame_replay PRIVATE tdm_api_server)
 add_test(NAME unit.fuzz_http_frame_replay
          COMMAND test_fuzz_http_frame_replay ${CMAKE_CURRENT_SOURCE_DIR}/fuzz/corpus/http_frame)
 set_tests_properties(unit.fuzz_http_frame_replay PROPERTIES LABELS unit)
+# The Anthropic Messages request-parser harness replayed over its seed corpus.
+add_executable(test_fuzz_messages_replay fuzz/fuzz_messages.c fuzz/replay_main.c)
+target_link_libraries(test_fuzz_messages_replay PRIVATE tdm_api_server)
+add_test(NAME unit.fuzz_messages_replay
+         COMMAND test_fuzz_messages_replay ${CMAKE_CURRENT_SOURCE_DIR}/fuzz/corpus/messages)
+set_tests_properties(unit.fuzz_messages_replay PROPERTIES LABELS unit)
