@@ -13,3 +13,12 @@ endif()
 # UCX collectives between forked processes (tcp and shared memory, AM and RMA, failures).
 tandem_unit_test(ucx_comm test_ucx_comm.c tdm_transport)
 set_tests_properties(unit.ucx_comm PROPERTIES TIMEOUT 180)
+# A short collective stress (bench/coll_stress.c; the long runs and their figures are in
+# docs/testing.md): 5000 checked collectives, 2 ranks over TCP with active messages and 3 over
+# shared memory with RMA, beside two spinning processes (more runnable threads than cores).
+add_test(NAME stress.coll_tcp_am
+         COMMAND tandem-coll-stress --tp 2 --tls tcp --proto am --calls 5000 --spin 2 --limit-s 240)
+add_test(NAME stress.coll_sm_rma
+         COMMAND tandem-coll-stress --tp 3 --tls sm --proto rma --calls 5000 --spin 2 --limit-s 240)
+set_tests_properties(stress.coll_tcp_am stress.coll_sm_rma PROPERTIES LABELS stress TIMEOUT 300
+                     RUN_SERIAL TRUE)

@@ -12,6 +12,7 @@
 #include "transport/nccl_comm.h"
 #include "transport/ucx_comm.h"
 #include "transport/ucx_ctx.h"
+#include "transport/xp_auth.h"
 #include "transport/xp_model_id.h"
 #include "transport/xp_msg.h"
 
@@ -80,6 +81,12 @@ struct xp_shard_server {
     /* control thread only */
     uint8_t coord_id[SHD_SRV_ID_MAX]; /* the coordinator that sent the last LOAD */
     size_t coord_id_len;
+    /* with a cluster secret (xp_auth.h): the last JOIN's challenge, and the peer whose
+     * JOIN_ACK proved the secret (the only one obeyed) */
+    uint8_t chal_id[SHD_SRV_ID_MAX], auth_id[SHD_SRV_ID_MAX];
+    size_t chal_id_len, auth_id_len;
+    uint64_t chal_session, chal_nonce;
+    bool warned_unauth;
 
     /* compute thread only (the backend is made before the threads start) */
     kern_backend_t *be;
@@ -553,6 +560,28 @@ static void *compute_main(void *arg)
 
 /* ---- control thread ---- */
 
+static bool has_secret(const xp_shard_server_t *s)
+{
+    return s->p.cluster_secret != NULL && s->p.cluster_secret[0] != '\0';
+}
+
+/* With a cluster secret, whether the peer id proved it (its JOIN_ACK). */
+static bool peer_trusted(xp_shard_server_t *s, const uint8_t *id, size_t id_len)
+{
+    if (!has_secret(s)) {
+        return true;
+    }
+    if (s->auth_id_len == id_len && memcmp(s->auth_id, id, id_len) == 0) {
+        return true;
+    }
+    if (!s->warned_unauth) {
+        TDM_ERROR("shard", "ignoring control messages from a peer that has not proved the "
+                           "cluster secret (a coordinator without the same --cluster-secret?)");
+        s->warned_unauth = true;
+    }
+    return false;
+}
+
 static void send_join(xp_shard_server_t *s, const uint8_t *id, size_t id_len, uint64_t session,
                       uint64_t request_id)
 {
@@ -574,6 +603,15 @@ static void send_join(xp_shard_server_t *s, const uint8_t *id, size_t id_len, ui
     m.join.node_memory = s->node_memory;
     m.join.threads = s->be_threads;
     snprintf(m.join.name, sizeof(m.join.name), "%.127s", s->endpoint);
+    if (has_secret(s)) {
+        m.join.nonce = xp_auth_nonce();
+        m.join.has_auth = true;
+        xp_auth_mac(s->p.cluster_secret, XP_AUTH_JOIN, session, m.join.nonce, m.join.auth);
+        memcpy(s->chal_id, id, id_len);
+        s->chal_id_len = id_len;
+        s->chal_session = session;
+        s->chal_nonce = m.join.nonce;
+    }
     tdm_error_t err = {0};
     if (send_to(s->router, id, id_len, &m, &err) != TDM_OK) {
         TDM_WARN("shard", "%s", tdm_error_msg(&err));
@@ -653,9 +691,36 @@ static void on_router(xp_shard_server_t *s)
     case XP_MSG_JOIN_ACK:
         if (!m.join_ack.accepted) {
             TDM_ERROR("shard", "the coordinator refused this shard: %s", m.join_ack.reason);
+        } else if (has_secret(s)) {
+            bool ok = s->chal_id_len == (size_t)id_len &&
+                      memcmp(s->chal_id, id, (size_t)id_len) == 0 && m.join_ack.has_auth &&
+                      xp_auth_check(s->p.cluster_secret, XP_AUTH_ACK, s->chal_session,
+                                    s->chal_nonce, m.join_ack.auth);
+            if (ok) {
+                memcpy(s->auth_id, id, (size_t)id_len);
+                s->auth_id_len = (size_t)id_len;
+                s->warned_unauth = false;
+            } else {
+                TDM_ERROR("shard",
+                          "refused a coordinator: %s cluster secret; its LOAD and STEP "
+                          "messages are ignored",
+                          m.join_ack.has_auth ? "wrong" : "no proof of the");
+            }
         }
         xp_msg_free(&m);
         return;
+    case XP_MSG_LOAD:
+    case XP_MSG_STEP:
+    case XP_MSG_SHUTDOWN:
+        if (!peer_trusted(s, id, (size_t)id_len)) {
+            xp_msg_free(&m);
+            return;
+        }
+        break;
+    default:
+        break;
+    }
+    switch (m.type) {
     case XP_MSG_LOAD: {
         memcpy(s->coord_id, id, (size_t)id_len);
         s->coord_id_len = (size_t)id_len;

@@ -875,7 +875,14 @@ void xp_ucx_world_destroy(xp_ucx_world_t *w)
     }
     xp_ucx_ctrl_drop(u, w->epoch);
     if (!quiet) {
-        /* UCX may still write into these buffers or call back into w: keep them. */
+        /* UCX may still write into these buffers or call back into w: keep them, but hand
+         * the requests back (an unreleased request trips ucp_worker_destroy's assertion). */
+        for (int i = 0; i < w->n_reqs; i++) {
+            if (w->reqs[i] != NULL) {
+                ucp_request_free(w->reqs[i]);
+                w->reqs[i] = NULL;
+            }
+        }
         TDM_WARN("ucx", "world %llu: operations still in flight at destroy; leaking its buffers",
                  (unsigned long long)w->epoch);
         return;

@@ -215,6 +215,14 @@ void xp_ucx_destroy(xp_ucx_t *u)
         ucp_worker_release_address(u->worker, u->addr);
     }
     reap_orphans(u, false);
+    /* Release what is still in flight to UCX (see xp_ucx_peers_close); the buffers are
+     * freed once the worker is gone. */
+    for (xp_ucx_orphan_t *o = u->orphans; o != NULL; o = o->next) {
+        if (o->req != NULL) {
+            ucp_request_free(o->req);
+            o->req = NULL;
+        }
+    }
     if (u->worker != NULL) {
         ucp_worker_destroy(u->worker);
     }
@@ -314,8 +322,15 @@ void xp_ucx_peers_close(xp_ucx_t *u, xp_ucx_peer_t *peers, int n, bool force, in
             break;
         }
         if (tdm_now_s() > deadline) {
-            /* The requests stay with the worker, which releases them when destroyed. */
+            /* Handed back to UCX: it frees them when they complete or when the worker is
+             * destroyed. Unreleased, they would trip UCX's assertion in ucp_worker_destroy
+             * (seen when a peer froze during the close). */
             TDM_WARN("ucx", "closing endpoints: gave up waiting after %d ms", timeout_ms);
+            for (int i = 0; i < n; i++) {
+                if (reqs[i] != NULL) {
+                    ucp_request_free(reqs[i]);
+                }
+            }
             break;
         }
         xp_ucx_poll(u, &idle);

@@ -5,8 +5,10 @@
  *   message   [ "TDM1", version, type, request_id, body ]
  *   HELLO     [ session ]
  *   JOIN      [ tandem_version str, capabilities, [ hash bin(32), file_size, n_tensors ],
- *               session, ucx_address bin, node_memory, threads, name str ]
- *   JOIN_ACK  [ accepted bool, reason str ]
+ *               session, ucx_address bin, node_memory, threads, name str, nonce,
+ *               auth bin(0 or 32) ]
+ *   JOIN_ACK  [ accepted bool, reason str, auth bin(0 or 32) ]
+ *             auth: an HMAC with the cluster secret (xp_auth.h), empty without one
  *   LOAD      [ epoch, tp_rank, tp_size, ep_rank, ep_size, n_ctx, kv_bytes, n_batch_max,
  *               n_out_max, block_tokens, proto, timeout_ms, [peer address bin...],
  *               [expert_lo...], [expert_n...] (, nccl_id bin(128)) ]
@@ -360,7 +362,7 @@ tdm_status_t xp_msg_encode(msgpack_sbuffer *out, const xp_msg_t *m, tdm_error_t 
         break;
     case XP_MSG_JOIN: {
         const xp_msg_join_t *j = &m->join;
-        PK(msgpack_pack_array(&pk, 8));
+        PK(msgpack_pack_array(&pk, 10));
         pack_str(&pk, j->tandem_version, sizeof(j->tandem_version), &ok);
         PK(msgpack_pack_uint32(&pk, j->capabilities));
         PK(msgpack_pack_array(&pk, 3));
@@ -372,6 +374,8 @@ tdm_status_t xp_msg_encode(msgpack_sbuffer *out, const xp_msg_t *m, tdm_error_t 
         PK(msgpack_pack_uint64(&pk, j->node_memory));
         PK(msgpack_pack_int32(&pk, j->threads));
         pack_str(&pk, j->name, sizeof(j->name), &ok);
+        PK(msgpack_pack_uint64(&pk, j->nonce));
+        PK(msgpack_pack_bin_with_body(&pk, j->auth, j->has_auth ? sizeof(j->auth) : 0));
         break;
     }
     case XP_MSG_READY: {
@@ -388,9 +392,11 @@ tdm_status_t xp_msg_encode(msgpack_sbuffer *out, const xp_msg_t *m, tdm_error_t 
         break;
     }
     case XP_MSG_JOIN_ACK:
-        PK(msgpack_pack_array(&pk, 2));
+        PK(msgpack_pack_array(&pk, 3));
         PK(m->join_ack.accepted ? msgpack_pack_true(&pk) : msgpack_pack_false(&pk));
         pack_str(&pk, m->join_ack.reason, sizeof(m->join_ack.reason), &ok);
+        PK(msgpack_pack_bin_with_body(&pk, m->join_ack.auth,
+                                      m->join_ack.has_auth ? sizeof(m->join_ack.auth) : 0));
         break;
     case XP_MSG_LOAD: {
         const xp_msg_load_t *l = &m->load;
@@ -662,6 +668,22 @@ static tdm_status_t get_blob(const msgpack_object *o, const char *field, xp_msg_
     return TDM_OK;
 }
 
+/* An HMAC of XP_MSG_AUTH_BYTES, or an empty bin (no cluster secret). */
+static tdm_status_t get_auth(const msgpack_object *o, const char *field, bool *has, uint8_t *out,
+                             tdm_error_t *err)
+{
+    if (o->type != MSGPACK_OBJECT_BIN ||
+        (o->via.bin.size != 0 && o->via.bin.size != XP_MSG_AUTH_BYTES)) {
+        return tdm_error_set(err, TDM_ERR_FORMAT, "xp_msg: %s is not a bin of 0 or %d bytes", field,
+                             XP_MSG_AUTH_BYTES);
+    }
+    *has = o->via.bin.size != 0;
+    if (*has) {
+        memcpy(out, o->via.bin.ptr, XP_MSG_AUTH_BYTES);
+    }
+    return TDM_OK;
+}
+
 static tdm_status_t decode_load(const msgpack_object *body, xp_msg_t *m, tdm_error_t *err)
 {
     tdm_status_t st;
@@ -782,7 +804,7 @@ static tdm_status_t decode_join(const msgpack_object *body, xp_msg_t *m, tdm_err
     tdm_status_t st;
     const msgpack_object *f = NULL, *id = NULL;
     uint64_t v = 0;
-    TRY(get_array(body, "JOIN body", 8, &f, err));
+    TRY(get_array(body, "JOIN body", 10, &f, err));
     TRY(get_str(&f[0], "JOIN tandem_version", m->join.tandem_version,
                 sizeof(m->join.tandem_version), err));
     TRY(get_u64(&f[1], "JOIN capabilities", UINT32_MAX, &v, err));
@@ -808,6 +830,8 @@ static tdm_status_t decode_join(const msgpack_object *body, xp_msg_t *m, tdm_err
     TRY(get_u64(&f[5], "JOIN node_memory", UINT64_MAX, &m->join.node_memory, err));
     TRY(get_i32(&f[6], "JOIN threads", &m->join.threads, err));
     TRY(get_str(&f[7], "JOIN name", m->join.name, sizeof(m->join.name), err));
+    TRY(get_u64(&f[8], "JOIN nonce", UINT64_MAX, &m->join.nonce, err));
+    TRY(get_auth(&f[9], "JOIN auth", &m->join.has_auth, m->join.auth, err));
     return TDM_OK;
 }
 
@@ -994,9 +1018,10 @@ static tdm_status_t decode_object(const msgpack_object *root, xp_msg_t *m, tdm_e
         TRY(decode_ready(body, m, err));
         break;
     case XP_MSG_JOIN_ACK:
-        TRY(get_array(body, "JOIN_ACK body", 2, &f, err));
+        TRY(get_array(body, "JOIN_ACK body", 3, &f, err));
         TRY(get_bool(&f[0], "JOIN_ACK accepted", &m->join_ack.accepted, err));
         TRY(get_str(&f[1], "JOIN_ACK reason", m->join_ack.reason, sizeof(m->join_ack.reason), err));
+        TRY(get_auth(&f[2], "JOIN_ACK auth", &m->join_ack.has_auth, m->join_ack.auth, err));
         break;
     case XP_MSG_LOAD:
         TRY(decode_load(body, m, err));

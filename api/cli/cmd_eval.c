@@ -385,6 +385,7 @@ static tdm_status_t run_remote(eval_run_t *run, tdm_error_t *err)
         .kv_bytes = 0, /* the shards' default, 4 x n_ctx tokens: enough for this run */
         .proto = o->collective,
         .start_timeout_ms = 60000,
+        .cluster_secret = getenv("TANDEM_CLUSTER_SECRET"),
     };
     if (rp.tp > 0 && rp.ep == 0) {
         rp.ep = n / rp.tp;

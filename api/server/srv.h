@@ -74,6 +74,7 @@ typedef struct srv_config {
     int shard_timeout_ms;      /* 0: 1500                                                       */
     int shard_start_timeout_s; /* 0: 120                                                        */
     bool contiguous_experts;
+    const char *cluster_secret; /* NULL: none (transport/xp_auth.h) */
 } srv_config_t;
 
 typedef enum srv_state {

@@ -161,10 +161,19 @@ static void gen_msg(uint64_t *s, xp_msg_type_t type, gen_store_t *g, xp_msg_t *m
         m->join.node_memory = rand_u64(s);
         m->join.threads = rand_nonneg(s);
         rand_str(s, m->join.name, sizeof(m->join.name));
+        m->join.nonce = rand_u64(s);
+        m->join.has_auth = rng_below(s, 2);
+        for (int i = 0; m->join.has_auth && i < XP_MSG_AUTH_BYTES; i++) {
+            m->join.auth[i] = (uint8_t)rng_next(s);
+        }
         break;
     case XP_MSG_JOIN_ACK:
         m->join_ack.accepted = rng_below(s, 2);
         rand_str(s, m->join_ack.reason, sizeof(m->join_ack.reason));
+        m->join_ack.has_auth = rng_below(s, 2);
+        for (int i = 0; m->join_ack.has_auth && i < XP_MSG_AUTH_BYTES; i++) {
+            m->join_ack.auth[i] = (uint8_t)rng_next(s);
+        }
         break;
     case XP_MSG_LOAD:
         gen_load(s, g, &m->load);
@@ -260,10 +269,15 @@ static void assert_msg_equal(const xp_msg_t *a, const xp_msg_t *b)
         assert_true(a->join.node_memory == b->join.node_memory);
         assert_int_equal(a->join.threads, b->join.threads);
         assert_string_equal(a->join.name, b->join.name);
+        assert_true(a->join.nonce == b->join.nonce);
+        assert_int_equal(a->join.has_auth, b->join.has_auth);
+        assert_memory_equal(a->join.auth, b->join.auth, XP_MSG_AUTH_BYTES);
         break;
     case XP_MSG_JOIN_ACK:
         assert_int_equal(a->join_ack.accepted, b->join_ack.accepted);
         assert_string_equal(a->join_ack.reason, b->join_ack.reason);
+        assert_int_equal(a->join_ack.has_auth, b->join_ack.has_auth);
+        assert_memory_equal(a->join_ack.auth, b->join_ack.auth, XP_MSG_AUTH_BYTES);
         break;
     case XP_MSG_LOAD: {
         const xp_msg_load_t *x = &a->load, *y = &b->load;
@@ -467,7 +481,7 @@ static void pack_raw(msgpack_packer *pk, const xp_msg_t *m)
         msgpack_pack_uint64(pk, m->hello.session);
         break;
     case XP_MSG_JOIN:
-        msgpack_pack_array(pk, 8);
+        msgpack_pack_array(pk, 10);
         pack_cstr(pk, m->join.tandem_version);
         msgpack_pack_uint32(pk, m->join.capabilities);
         msgpack_pack_array(pk, 3);
@@ -479,15 +493,19 @@ static void pack_raw(msgpack_packer *pk, const xp_msg_t *m)
         msgpack_pack_uint64(pk, m->join.node_memory);
         msgpack_pack_int32(pk, m->join.threads);
         pack_cstr(pk, m->join.name);
+        msgpack_pack_uint64(pk, m->join.nonce);
+        msgpack_pack_bin_with_body(pk, m->join.auth, m->join.has_auth ? XP_MSG_AUTH_BYTES : 0);
         break;
     case XP_MSG_JOIN_ACK:
-        msgpack_pack_array(pk, 2);
+        msgpack_pack_array(pk, 3);
         if (m->join_ack.accepted) {
             msgpack_pack_true(pk);
         } else {
             msgpack_pack_false(pk);
         }
         pack_cstr(pk, m->join_ack.reason);
+        msgpack_pack_bin_with_body(pk, m->join_ack.auth,
+                                   m->join_ack.has_auth ? XP_MSG_AUTH_BYTES : 0);
         break;
     case XP_MSG_LOAD:
         pack_load_body(pk, &m->load, 0);
@@ -941,20 +959,20 @@ static void test_malformed_cases(void **state)
     msgpack_sbuffer_clear(&sb);
     pack_header(&pk, XP_MSG_MAGIC, XP_MSG_PROTOCOL_VERSION + 1, XP_MSG_SHUTDOWN);
     msgpack_pack_array(&pk, 0);
-    expect_format(&sb, "protocol version 4");
+    expect_format(&sb, "protocol version 5");
 
     /* a protocol-2 peer (no sliding-window tables, READY of 7 fields) */
     msgpack_sbuffer_clear(&sb);
     pack_header(&pk, XP_MSG_MAGIC, 2, XP_MSG_SHUTDOWN);
     msgpack_pack_array(&pk, 0);
-    expect_format(&sb, "protocol version 2, this build speaks 3");
+    expect_format(&sb, "protocol version 2, this build speaks 4");
 
     /* a protocol-1 peer: its HEARTBEAT was [time_ns] (type 6 then) */
     msgpack_sbuffer_clear(&sb);
     pack_header(&pk, XP_MSG_MAGIC, 1, 6);
     msgpack_pack_array(&pk, 1);
     msgpack_pack_uint64(&pk, 123);
-    expect_format(&sb, "protocol version 1, this build speaks 3");
+    expect_format(&sb, "protocol version 1, this build speaks 4");
 
     /* protocol 1 with a body that happens to be valid in protocol 2 */
     msgpack_sbuffer_clear(&sb);
@@ -1064,14 +1082,14 @@ static void test_malformed_cases(void **state)
     msgpack_pack_uint64(&pk, 1);
     msgpack_pack_int32(&pk, 0);
     msgpack_pack_int32(&pk, 4);
-    expect_format(&sb, "JOIN body has 5 elements, want 8");
+    expect_format(&sb, "JOIN body has 5 elements, want 10");
 
     /* a JOIN whose UCX address is a string, not a bin */
     xp_msg_t m;
     base_msg(XP_MSG_JOIN, g, &m);
     msgpack_sbuffer_clear(&sb);
     pack_header(&pk, XP_MSG_MAGIC, XP_MSG_PROTOCOL_VERSION, XP_MSG_JOIN);
-    msgpack_pack_array(&pk, 8);
+    msgpack_pack_array(&pk, 10);
     pack_cstr(&pk, m.join.tandem_version);
     msgpack_pack_uint32(&pk, m.join.capabilities);
     msgpack_pack_array(&pk, 3);
@@ -1083,7 +1101,34 @@ static void test_malformed_cases(void **state)
     msgpack_pack_uint64(&pk, 1);
     msgpack_pack_int32(&pk, 1);
     pack_cstr(&pk, m.join.name);
+    msgpack_pack_uint64(&pk, 7);
+    msgpack_pack_bin_with_body(&pk, "", 0);
     expect_format(&sb, "JOIN ucx_address is not a bin");
+
+    /* a JOIN whose proof of the cluster secret is neither empty nor 32 bytes */
+    for (int k = 0; k < 2; k++) {
+        msgpack_sbuffer_clear(&sb);
+        pack_header(&pk, XP_MSG_MAGIC, XP_MSG_PROTOCOL_VERSION, XP_MSG_JOIN);
+        msgpack_pack_array(&pk, 10);
+        pack_cstr(&pk, m.join.tandem_version);
+        msgpack_pack_uint32(&pk, m.join.capabilities);
+        msgpack_pack_array(&pk, 3);
+        msgpack_pack_bin_with_body(&pk, m.join.model.hash, XP_MSG_MODEL_HASH_BYTES);
+        msgpack_pack_uint64(&pk, 1);
+        msgpack_pack_uint64(&pk, 1);
+        msgpack_pack_uint64(&pk, m.join.session);
+        msgpack_pack_bin_with_body(&pk, "abcd", 4);
+        msgpack_pack_uint64(&pk, 1);
+        msgpack_pack_int32(&pk, 1);
+        pack_cstr(&pk, m.join.name);
+        msgpack_pack_uint64(&pk, 7);
+        if (k == 0) {
+            msgpack_pack_bin_with_body(&pk, "0123456789abcdef0123456789abcde", 31);
+        } else {
+            msgpack_pack_str_with_body(&pk, "0123456789abcdef0123456789abcdef", 32);
+        }
+        expect_format(&sb, "JOIN auth is not a bin of 0 or 32 bytes");
+    }
 
     /* a LOAD in the protocol-1 layout */
     msgpack_sbuffer_clear(&sb);
@@ -1174,9 +1219,10 @@ static void test_malformed_cases(void **state)
     /* a string with a NUL inside */
     msgpack_sbuffer_clear(&sb);
     pack_header(&pk, XP_MSG_MAGIC, XP_MSG_PROTOCOL_VERSION, XP_MSG_JOIN_ACK);
-    msgpack_pack_array(&pk, 2);
+    msgpack_pack_array(&pk, 3);
     msgpack_pack_true(&pk);
     msgpack_pack_str_with_body(&pk, "a\0b", 3);
+    msgpack_pack_bin_with_body(&pk, "", 0);
     expect_format(&sb, "JOIN_ACK reason");
 
     /* raw bytes: an array32 claiming 4 billion elements, deep nesting, a map, empty */
