@@ -28,6 +28,7 @@ tandem_require_pkg(microhttpd libmicrohttpd libmicrohttpd-dev)
 tandem_require_pkg(jansson jansson libjansson-dev)
 tandem_require_pkg(pcre2 libpcre2-8 libpcre2-dev)
 tandem_require_pkg(xxhash libxxhash libxxhash-dev)
+tandem_require_pkg(sodium libsodium libsodium-dev)
 
 # libunistring (Unicode NFC for the tokenizer's normalizer) ships no pkg-config file on
 # Debian: find its header and library directly.

@@ -39,7 +39,7 @@ APT_PACKAGES=(
     python3 python3-venv python3-pip
     libucx-dev libibverbs-dev rdma-core ibverbs-utils
     libzmq3-dev libmsgpack-dev libmicrohttpd-dev libjansson-dev
-    libpcre2-dev libxxhash-dev libunistring-dev libcmocka-dev
+    libpcre2-dev libxxhash-dev libunistring-dev libcmocka-dev libsodium-dev
     iproute2 unzip curl ca-certificates
 )
 SUDO=""

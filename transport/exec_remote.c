@@ -9,6 +9,7 @@
 #include "model/hparams.h"
 #include "topology/topo_plan.h"
 #include "transport/nccl_comm.h"
+#include "transport/xp_auth.h"
 #include "transport/xp_model_id.h"
 #include "transport/xp_msg.h"
 
@@ -252,6 +253,22 @@ static bool join_ok(xp_remote_exec_t *x, shard_t *sh, const xp_msg_join_t *j, ch
                     size_t cap)
 {
     char a[17], b[17];
+    const char *secret = x->p.cluster_secret;
+    if (secret != NULL && secret[0] != '\0') {
+        if (!j->has_auth || !xp_auth_check(secret, XP_AUTH_JOIN, j->session, j->nonce, j->auth)) {
+            snprintf(reason, cap,
+                     "shard %s: %s cluster secret (give it the coordinator's --cluster-secret "
+                     "or TANDEM_CLUSTER_SECRET)",
+                     sh->name, j->has_auth ? "wrong" : "no proof of the");
+            return false;
+        }
+    } else if (j->has_auth) {
+        snprintf(reason, cap,
+                 "shard %s requires a cluster secret: give the coordinator the same "
+                 "--cluster-secret or TANDEM_CLUSTER_SECRET",
+                 sh->name);
+        return false;
+    }
     if (strcmp(j->tandem_version, xp_msg_build_version()) != 0) {
         snprintf(reason, cap, "shard %s runs tandem %s, the coordinator %s (use one build)",
                  sh->name, j->tandem_version, xp_msg_build_version());
@@ -455,6 +472,11 @@ static void on_shard_msg(xp_remote_exec_t *x, int r, xp_msg_t *m)
             snprintf(x->gerror, sizeof(x->gerror), "%.511s", reason);
             send_msg(sh, &ack);
             break;
+        }
+        if (x->p.cluster_secret != NULL && x->p.cluster_secret[0] != '\0') {
+            ack.join_ack.has_auth = true;
+            xp_auth_mac(x->p.cluster_secret, XP_AUTH_ACK, m->join.session, m->join.nonce,
+                        ack.join_ack.auth);
         }
         send_msg(sh, &ack);
         if (sh->st == SH_MISSING || sh->st == SH_REFUSED || sh->st == SH_FAILED ||

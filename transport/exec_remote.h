@@ -31,23 +31,25 @@
 #include <stdint.h>
 
 typedef struct xp_remote_params {
-    const gguf_ctx_t *g;       /* the coordinator's copy of the model (identity, plan) */
-    int n_shards;              /* >= 1                                               */
-    const char *const *shards; /* [n_shards] "HOST:PORT"; index = world rank        */
-    int tp, ep;                /* 0, 0: chosen (a model with experts: ep = n, else tp = n) */
-    int n_batch_max;           /* most tokens per step                                 */
-    int n_logits_max;          /* most tokens with logits per step                     */
-    int n_ctx;                 /* positions per sequence                               */
-    int block_tokens;          /* <= 0: 16                                             */
-    uint64_t kv_bytes;         /* per-shard KV budget; 0: 4 x n_ctx tokens              */
-    int proto;                 /* collectives: XP_MSG_PROTO_AM (UCX active messages),
-                                  _RMA (UCX put + flag), _NCCL (the shards' GPUs; the
-                                  coordinator makes each formation's NCCL id)          */
-    int coll_timeout_ms;       /* <= 0: 15000                                          */
-    int heartbeat_timeout_ms;  /* <= 0: 1500                                           */
-    int start_timeout_ms;      /* how long create waits for the group; <= 0: 120000    */
-    bool contiguous_experts;   /* the same expert range in every layer, instead of the
-                                  plan's bytes-balanced per-layer ranges               */
+    const gguf_ctx_t *g;        /* the coordinator's copy of the model (identity, plan) */
+    int n_shards;               /* >= 1                                               */
+    const char *const *shards;  /* [n_shards] "HOST:PORT"; index = world rank        */
+    int tp, ep;                 /* 0, 0: chosen (a model with experts: ep = n, else tp = n) */
+    int n_batch_max;            /* most tokens per step                                 */
+    int n_logits_max;           /* most tokens with logits per step                     */
+    int n_ctx;                  /* positions per sequence                               */
+    int block_tokens;           /* <= 0: 16                                             */
+    uint64_t kv_bytes;          /* per-shard KV budget; 0: 4 x n_ctx tokens              */
+    int proto;                  /* collectives: XP_MSG_PROTO_AM (UCX active messages),
+                                   _RMA (UCX put + flag), _NCCL (the shards' GPUs; the
+                                   coordinator makes each formation's NCCL id)          */
+    int coll_timeout_ms;        /* <= 0: 15000                                          */
+    int heartbeat_timeout_ms;   /* <= 0: 1500                                           */
+    int start_timeout_ms;       /* how long create waits for the group; <= 0: 120000    */
+    bool contiguous_experts;    /* the same expert range in every layer, instead of the
+                                   plan's bytes-balanced per-layer ranges               */
+    const char *cluster_secret; /* NULL/"": none; else shards must prove it at JOIN and
+                                   are shown it in JOIN_ACK (transport/xp_auth.h)      */
 } xp_remote_params_t;
 
 typedef struct xp_remote_exec xp_remote_exec_t;

@@ -36,14 +36,16 @@
 
 typedef struct xp_shard_params {
     const char *model_path;
-    const char *listen;      /* "HOST:PORT" (PORT 0: any free port)           */
-    int threads;             /* kernel threads; <= 0: one per CPU             */
-    const char *ucx_tls;     /* UCX_TLS for the data plane; NULL: UCX's env   */
-    const char *ucx_devices; /* UCX_NET_DEVICES; NULL: UCX's env             */
-    uint64_t node_memory;    /* bytes offered to the plan; 0: MemAvailable    */
-    int heartbeat_ms;        /* <= 0: 200                                     */
-    const char *device;      /* "auto" (NULL), "cpu", "cuda", "cuda:N"        */
-    const char *kv_type;     /* NULL: f16 on a GPU, f32 on the CPU            */
+    const char *listen;         /* "HOST:PORT" (PORT 0: any free port)           */
+    int threads;                /* kernel threads; <= 0: one per CPU             */
+    const char *ucx_tls;        /* UCX_TLS for the data plane; NULL: UCX's env   */
+    const char *ucx_devices;    /* UCX_NET_DEVICES; NULL: UCX's env             */
+    uint64_t node_memory;       /* bytes offered to the plan; 0: MemAvailable    */
+    int heartbeat_ms;           /* <= 0: 200                                     */
+    const char *device;         /* "auto" (NULL), "cpu", "cuda", "cuda:N"        */
+    const char *kv_type;        /* NULL: f16 on a GPU, f32 on the CPU            */
+    const char *cluster_secret; /* NULL/"": none; else coordinators must prove it
+                                   (transport/xp_auth.h)                        */
 } xp_shard_params_t;
 
 typedef struct xp_shard_server xp_shard_server_t;

@@ -24,8 +24,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Protocol 3: sliding-window block tables (STEP, READY); 4: the cluster secret's proofs
+ * (JOIN, JOIN_ACK). */
 #define XP_MSG_MAGIC            "TDM1"
-#define XP_MSG_PROTOCOL_VERSION 3 /* 3: sliding-window block tables (STEP, READY) */
+#define XP_MSG_PROTOCOL_VERSION 4
 
 /* Bounds the decoder enforces (and the encoder, so both sides agree). */
 #define XP_MSG_MAX_TOKENS       (1 << 20)         /* tokens per STEP                  */
@@ -41,6 +43,7 @@
 #define XP_MSG_NAME_MAX         128  /* shard name (its listen endpoint), with NUL    */
 #define XP_MSG_MAX_LAYERS       4096 /* per-layer expert ranges of a LOAD             */
 #define XP_MSG_NCCL_ID_BYTES    128  /* an NCCL unique id (NCCL_UNIQUE_ID_BYTES)      */
+#define XP_MSG_AUTH_BYTES       32   /* an HMAC-SHA-256 (transport/xp_auth.h)          */
 
 /* LOAD's proto: how the shards' collectives move data (`--collective`). */
 #define XP_MSG_PROTO_AM   0 /* UCX active messages                                   */
@@ -94,11 +97,16 @@ typedef struct xp_msg_join {
     uint64_t node_memory; /* bytes this node can give the shard              */
     int32_t threads;      /* kernel threads                                  */
     char name[XP_MSG_NAME_MAX];
+    uint64_t nonce; /* the shard's random challenge for JOIN_ACK's proof       */
+    bool has_auth;  /* the shard has a cluster secret: auth proves it          */
+    uint8_t auth[XP_MSG_AUTH_BYTES];
 } xp_msg_join_t;
 
 typedef struct xp_msg_join_ack {
     bool accepted;
     char reason[XP_MSG_REASON_MAX];
+    bool has_auth; /* the coordinator has a cluster secret: auth proves it */
+    uint8_t auth[XP_MSG_AUTH_BYTES];
 } xp_msg_join_ack_t;
 
 typedef struct xp_msg_load {

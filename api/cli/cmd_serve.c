@@ -73,7 +73,9 @@ static void usage(FILE *out)
         "  --shard-timeout-ms N     a shard silent this long is missing (default 1500)\n"
         "  --shard-start-timeout S  seconds to wait for every shard at start (default 120)\n"
         "  --contiguous-experts     same expert range in every layer (default: per-layer\n"
-        "                           ranges balancing bytes)\n");
+        "                           ranges balancing bytes)\n"
+        "  --cluster-secret S       shared secret the shards must prove at JOIN (also\n"
+        "                           TANDEM_CLUSTER_SECRET; give each `tandem shard` the same)\n");
 }
 
 /* "512M", "2G", "1048576" -> bytes; 0 on a bad value. */
@@ -457,6 +459,8 @@ int cmd_serve(int argc, char **argv)
             if (parse_int(a, v, 1, 86400, &c.shard_start_timeout_s) != 0) {
                 goto out;
             }
+        } else if (ARG("--cluster-secret")) {
+            c.cluster_secret = v;
         } else if (strcmp(a, "--contiguous-experts") == 0) {
             c.contiguous_experts = true;
         } else if (ARG("--max-tokens")) {
@@ -472,6 +476,9 @@ int cmd_serve(int argc, char **argv)
     if (c.model_path == NULL) {
         fprintf(stderr, "tandem serve: --model is required (see --help)\n");
         goto out;
+    }
+    if (c.cluster_secret == NULL) {
+        c.cluster_secret = getenv("TANDEM_CLUSTER_SECRET");
     }
     const char *env_key = getenv("TANDEM_API_KEY");
     if (env_key != NULL && env_key[0] != '\0' && add_key(&c, env_key) != 0) {

@@ -37,6 +37,9 @@ static void usage(FILE *out)
             "                       twins, see `tandem topo`)\n"
             "  --node-memory SIZE   memory this node offers the plan (default: the GPU's free\n"
             "                       memory, or MemAvailable on the CPU)\n"
+            "  --cluster-secret S   only a coordinator that proves this shared secret may\n"
+            "                       drive the shard (also TANDEM_CLUSTER_SECRET, which keeps\n"
+            "                       it out of `ps`; give `tandem serve` the same)\n"
             "  --log-level L        error|warn|info|debug (default info)\n");
 }
 
@@ -100,6 +103,8 @@ int cmd_shard(int argc, char **argv)
                 fprintf(stderr, "tandem shard: --node-memory '%s': expected a size (64G)\n", v);
                 return 2;
             }
+        } else if (strcmp(a, "--cluster-secret") == 0) {
+            p.cluster_secret = v;
         } else if (strcmp(a, "--log-level") == 0) {
             tdm_log_level_t lv;
             if (tdm_log_parse_level(v, &lv) != 0) {
@@ -112,6 +117,9 @@ int cmd_shard(int argc, char **argv)
             usage(stderr);
             return 2;
         }
+    }
+    if (p.cluster_secret == NULL) {
+        p.cluster_secret = getenv("TANDEM_CLUSTER_SECRET");
     }
     if (p.model_path == NULL) {
         fprintf(stderr, "tandem shard: --model is required\n");

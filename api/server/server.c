@@ -97,7 +97,8 @@ static tdm_status_t load_model(srv_server_t *s, tdm_error_t *err)
                                  .coll_timeout_ms = cfg->coll_timeout_ms,
                                  .heartbeat_timeout_ms = cfg->shard_timeout_ms,
                                  .start_timeout_ms = cfg->shard_start_timeout_s * 1000,
-                                 .contiguous_experts = cfg->contiguous_experts};
+                                 .contiguous_experts = cfg->contiguous_experts,
+                                 .cluster_secret = cfg->cluster_secret};
         if ((st = xp_remote_exec_create(&rp, &s->rx, &s->ex, err)) != TDM_OK) {
             return st;
         }

@@ -138,6 +138,40 @@ def test_model_mismatch_refused(tandem_bin, tmp_path):
         assert "refused" in other.stderr()
 
 
+def test_cluster_secret(tandem_bin):
+    """--cluster-secret on the shards, TANDEM_CLUSTER_SECRET on the coordinator: the same
+    secret forms the group; a wrong one, none on either side, are refused at JOIN with a
+    message naming the cluster secret, and the shard logs the refusal."""
+    import os
+    model = MODELS / "llama-c-f32.gguf"
+
+    def run(secret):
+        env = dict(os.environ)
+        env.pop("TANDEM_CLUSTER_SECRET", None)
+        if secret is not None:
+            env["TANDEM_CLUSTER_SECRET"] = secret
+        return run_tandem("eval", "--model", model, "--tokens", "1,2,3", "--shards", sh.arg,
+                          check=False, timeout=120, env=env)
+
+    with Shards(model, 2, extra=["--cluster-secret", "open sesame"]) as sh:
+        ok = run("open sesame")
+        assert ok.returncode == 0, ok.stderr
+        assert "on 2 shards" in ok.stderr
+        for secret, want in [("open sesame!", "wrong cluster secret"),
+                             (None, "requires a cluster secret")]:
+            t0 = time.monotonic()
+            bad = run(secret)
+            assert bad.returncode == 1, bad.stderr
+            assert want in bad.stderr, bad.stderr
+            assert time.monotonic() - t0 < 30
+        assert "the coordinator refused this shard" in sh.stderr()
+        assert "cluster secret" in sh.stderr()
+    with Shards(model, 1) as sh:
+        bad = run("open sesame")
+        assert bad.returncode == 1, bad.stderr
+        assert "no proof of the cluster secret" in bad.stderr, bad.stderr
+
+
 def test_memory_plan_refused(tandem_bin, tmp_path):
     with Shards(MODELS / "qwen3moe-b-f32.gguf", 2, extra=["--node-memory", "1M"]) as sh:
         proc = run_tandem("eval", "--model", MODELS / "qwen3moe-b-f32.gguf", "--tokens", "1,2",
