@@ -46,6 +46,8 @@ struct crd_kvm {
     int32_t *buckets;   /* [n_buckets] head block per hash bucket          */
     uint32_t bucket_mask;
     crd_kvm_stats_t stats;
+    int32_t n_state_slots; /* recurrent-state slots (0: the model has none)    */
+    uint8_t *slot_used;    /* [n_state_slots]                                  */
 };
 
 struct crd_kv_seq {
@@ -56,6 +58,7 @@ struct crd_kv_seq {
     uint64_t last_hash;  /* hash of block n_committed - 1 (seed if none)      */
     int32_t n_computed;  /* positions with K/V (the last commit, or the hit)  */
     int32_t swa_lo;      /* swa_blocks[j] is NIL for every j < swa_lo         */
+    int32_t state_slot;  /* recurrent-state slot, or NIL                      */
 };
 
 /* ---- pools ---- */
@@ -181,7 +184,7 @@ static int32_t pool_take(kv_pool_t *p, bool *evicted)
 tdm_status_t crd_kvm_create_pools(const crd_kvm_params_t *p, crd_kvm_t **out, tdm_error_t *err)
 {
     if (p->n_blocks <= 0 || p->block_size <= 0 || p->block_size > 4096 || p->n_swa < 0 ||
-        p->n_swa_blocks < 0 || (p->n_swa > 0) != (p->n_swa_blocks > 0)) {
+        p->n_swa_blocks < 0 || (p->n_swa > 0) != (p->n_swa_blocks > 0) || p->n_state_slots < 0) {
         return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
                              "kv manager: %d blocks of %d tokens, window %d in %d blocks",
                              (int)p->n_blocks, (int)p->block_size, (int)p->n_swa,
@@ -203,9 +206,11 @@ tdm_status_t crd_kvm_create_pools(const crd_kvm_params_t *p, crd_kvm_t **out, td
     kvm->tokens = malloc((size_t)p->n_blocks * (size_t)p->block_size * sizeof(int32_t));
     kvm->buckets = malloc((size_t)nb * sizeof(int32_t));
     kvm->swa_owner = malloc((p->n_swa_blocks > 0 ? (size_t)p->n_swa_blocks : 1) * sizeof(int32_t));
+    kvm->n_state_slots = p->n_state_slots;
+    kvm->slot_used = calloc(p->n_state_slots > 0 ? (size_t)p->n_state_slots : 1, 1);
     const int pools = pool_init(&kvm->full, p->n_blocks) | pool_init(&kvm->swa, p->n_swa_blocks);
     if (kvm->meta == NULL || kvm->tokens == NULL || kvm->buckets == NULL ||
-        kvm->swa_owner == NULL || pools != 0) {
+        kvm->swa_owner == NULL || kvm->slot_used == NULL || pools != 0) {
         crd_kvm_destroy(kvm);
         return tdm_error_set(err, TDM_ERR_NO_MEMORY, "kv manager: out of memory for %d blocks",
                              (int)p->n_blocks);
@@ -241,6 +246,7 @@ void crd_kvm_destroy(crd_kvm_t *kvm)
     free(kvm->swa_owner);
     free(kvm->tokens);
     free(kvm->buckets);
+    free(kvm->slot_used);
     free(kvm);
 }
 
@@ -387,14 +393,30 @@ tdm_status_t crd_kvm_seq_create(crd_kvm_t *kvm, const int32_t *prompt, int32_t n
     if (n_prompt < 0 || (n_prompt > 0 && prompt == NULL)) {
         return tdm_error_set(err, TDM_ERR_INVALID_PARAM, "kv manager: bad prompt");
     }
+    /* a recurrent-state slot first: without one the sequence cannot run */
+    int32_t slot = NIL;
+    for (int32_t i = 0; i < kvm->n_state_slots && slot == NIL; i++) {
+        slot = kvm->slot_used[i] ? NIL : i;
+    }
+    if (kvm->n_state_slots > 0 && slot == NIL) {
+        return tdm_error_set(err, TDM_ERR_BUSY, "kv manager: all %d state slots in use",
+                             (int)kvm->n_state_slots);
+    }
     crd_kv_seq_t *seq = calloc(1, sizeof(*seq));
     if (seq == NULL) {
         return tdm_error_set(err, TDM_ERR_NO_MEMORY, "kv manager: out of memory");
     }
     seq->last_hash = kvm->seed;
+    seq->state_slot = slot;
     const int32_t bs = kvm->block_size;
     const bool swa = kvm->n_swa > 0;
     int32_t max_hit = n_prompt > 0 ? (n_prompt - 1) / bs : 0;
+    if (kvm->n_state_slots > 0) {
+        /* no stored recurrent state for a cached prefix yet: a hit would skip positions
+         * the state never saw, so every prompt is computed from its start (its full
+         * blocks still enter the cache) */
+        max_hit = 0;
+    }
     if (seq_grow(seq, max_hit > 0 ? max_hit : 1, swa) != 0) {
         free(seq->blocks);
         free(seq->swa_blocks);
@@ -451,6 +473,9 @@ tdm_status_t crd_kvm_seq_create(crd_kvm_t *kvm, const int32_t *prompt, int32_t n
     }
     kvm->stats.prefix_queries += (uint64_t)n_prompt;
     kvm->stats.prefix_hits += (uint64_t)hit;
+    if (slot != NIL) {
+        kvm->slot_used[slot] = 1;
+    }
     *n_cached = hit;
     *out = seq;
     return TDM_OK;
@@ -588,6 +613,9 @@ void crd_kvm_seq_free(crd_kvm_t *kvm, crd_kv_seq_t *seq)
     if (seq == NULL) {
         return;
     }
+    if (seq->state_slot != NIL) {
+        kvm->slot_used[seq->state_slot] = 0;
+    }
     /* release in reverse so a prefix's deepest blocks become the oldest idle entries */
     for (int32_t i = seq->n_blocks - 1; i >= 0; i--) {
         if (seq->swa_blocks != NULL && seq->swa_blocks[i] != NIL) {
@@ -634,4 +662,18 @@ void crd_kvm_forget_cached(crd_kvm_t *kvm)
             hash_remove(kvm, b);
         }
     }
+}
+
+int32_t crd_kvm_seq_state_slot(const crd_kv_seq_t *seq)
+{
+    return seq->state_slot;
+}
+
+int32_t crd_kvm_state_slots_free(const crd_kvm_t *kvm)
+{
+    int32_t n = 0;
+    for (int32_t i = 0; i < kvm->n_state_slots; i++) {
+        n += !kvm->slot_used[i];
+    }
+    return n;
 }

@@ -39,6 +39,9 @@
  *     frees its idle sliding block.
  * Without sliding layers (w = 0) there is one pool and the sliding parts cost nothing.
  *
+ * Recurrent state (Gated DeltaNet models): besides its blocks each sequence holds a state
+ * slot (crd_kvm_params_t.n_state_slots); prefix hits are off for such a manager.
+ *
  * Not thread-safe: the scheduler calls it from its single loop.
  */
 #ifndef CRD_KV_MANAGER_H
@@ -58,6 +61,11 @@ typedef struct crd_kvm_params {
     uint64_t seed;        /* namespaces the hashes (model identity)                  */
     int32_t n_swa;        /* the sliding window; 0: no sliding layers                */
     int32_t n_swa_blocks; /* the sliding pool (> 0 exactly when n_swa > 0)           */
+    /* Recurrent-state slots (models with Gated DeltaNet layers; 0: none). Each sequence
+     * takes one at crd_kvm_seq_create (TDM_ERR_BUSY when none is free) and gives it back
+     * at crd_kvm_seq_free. Until states of cached prefixes are stored, such a manager
+     * never serves a prefix hit: the state of the hit's positions would be missing. */
+    int32_t n_state_slots;
 } crd_kvm_params_t;
 
 typedef struct crd_kvm_stats {
@@ -122,7 +130,12 @@ void crd_kvm_seq_commit(crd_kvm_t *kvm, crd_kv_seq_t *seq, const int32_t *tokens
 const int32_t *crd_kvm_seq_blocks(const crd_kv_seq_t *seq, int32_t *n_blocks);
 const int32_t *crd_kvm_seq_swa_blocks(const crd_kv_seq_t *seq);
 
-/* Ends a sequence, releasing its blocks (cached ones stay reusable). NULL is fine. */
+/* The sequence's recurrent-state slot (-1 without slots), and how many are free. */
+int32_t crd_kvm_seq_state_slot(const crd_kv_seq_t *seq);
+int32_t crd_kvm_state_slots_free(const crd_kvm_t *kvm);
+
+/* Ends a sequence, releasing its blocks and state slot (cached blocks stay reusable).
+ * NULL is fine. */
 void crd_kvm_seq_free(crd_kvm_t *kvm, crd_kv_seq_t *seq);
 
 void crd_kvm_get_stats(const crd_kvm_t *kvm, crd_kvm_stats_t *out);

@@ -174,7 +174,8 @@ tdm_status_t crd_sched_create(const xp_executor_t *ex, const crd_sched_params_t 
                                  .block_size = ex->block_tokens,
                                  .seed = p->cache_seed,
                                  .n_swa = swa ? ex->n_swa : 0,
-                                 .n_swa_blocks = swa ? ex->n_swa_blocks : 0};
+                                 .n_swa_blocks = swa ? ex->n_swa_blocks : 0,
+                                 .n_state_slots = ex->n_state_slots};
     tdm_status_t st = crd_kvm_create_pools(&kp, &s->kvm, err);
     s->kvm_swa = swa;
     if (st != TDM_OK) {
@@ -438,6 +439,7 @@ static void add_to_step(crd_sched_t *s, crd_req_t *r, int32_t chunk, int32_t *n_
     s->seqs[si].blocks = crd_kvm_seq_blocks(r->kv, &nb);
     s->seqs[si].n_blocks = nb;
     s->seqs[si].swa_blocks = crd_kvm_seq_swa_blocks(r->kv); /* NULL without a sliding pool */
+    s->seqs[si].state_slot = crd_kvm_seq_state_slot(r->kv); /* -1 without recurrent layers */
     r->step_chunk = chunk;
     r->step_logit_row = -1;
     for (int32_t i = 0; i < chunk; i++) {

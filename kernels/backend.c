@@ -355,6 +355,52 @@ void kern_be_moe_experts(kern_backend_t *be, const kern_moe_t *moe, const float 
     KERN_BE_OP(be, moe_experts(be, moe, x, ldx, sel, w, out, ldo, n_tok));
 }
 
+/* The optional ops (a backend without them fails the step, naming the op). */
+#define KERN_BE_OPT_OP(be, name, call)                              \
+    do {                                                            \
+        if ((be)->failed) {                                         \
+        } else if ((be)->ops->name == NULL) {                       \
+            kern_be_fail(be, TDM_ERR_UNSUPPORTED,                   \
+                         "%s: no %s kernel (Gated DeltaNet models " \
+                         "run on the CPU)",                         \
+                         (be)->desc, #name);                        \
+        } else {                                                    \
+            (be)->ops->call;                                        \
+        }                                                           \
+    } while (0)
+
+void kern_be_gdn_conv(kern_backend_t *be, const kern_gdn_t *g, float *x, int64_t ldx)
+{
+    KERN_BE_OPT_OP(be, gdn_conv, gdn_conv(be, g, x, ldx));
+}
+
+void kern_be_gdn_rule(kern_backend_t *be, const kern_gdn_t *g, const float *qkv, int64_t ldq,
+                      const float *beta, int64_t ldb, const float *alpha, int64_t lda, int grp,
+                      float *out)
+{
+    KERN_BE_OPT_OP(be, gdn_rule, gdn_rule(be, g, qkv, ldq, beta, ldb, alpha, lda, grp, out));
+}
+
+void kern_be_rms_norm_gated(kern_backend_t *be, float *y, int64_t ldy, const float *x, int64_t ldx,
+                            const float *w, const float *z, int64_t ldz, int64_t rows, int64_t cols,
+                            float eps)
+{
+    KERN_BE_OPT_OP(be, rms_norm_gated,
+                   rms_norm_gated(be, y, ldy, x, ldx, w, z, ldz, rows, cols, eps));
+}
+
+void kern_be_mul_sigmoid(kern_backend_t *be, float *y, int64_t ldy, const float *g, int64_t ldg,
+                         int64_t rows, int64_t cols, bool bcast)
+{
+    KERN_BE_OPT_OP(be, mul_sigmoid, mul_sigmoid(be, y, ldy, g, ldg, rows, cols, bcast));
+}
+
+bool kern_be_has_gdn(const kern_backend_t *be)
+{
+    return be->ops->gdn_conv != NULL && be->ops->gdn_rule != NULL &&
+           be->ops->rms_norm_gated != NULL && be->ops->mul_sigmoid != NULL;
+}
+
 /* ---- the KV layout -----------------------------------------------------------------------------
  */
 

@@ -203,6 +203,7 @@ typedef struct kern_reserve {
     int64_t n_embd;
     int64_t n_ff_exp; /* local expert width                                    */
     bool swa_tables;  /* steps carry the sliding pool's tables too (kern_seq_t) */
+    int gdn_head_dim; /* Gated DeltaNet head dim (0: no GDN layer)                 */
 } kern_reserve_t;
 
 tdm_status_t kern_be_reserve(kern_backend_t *be, const kern_reserve_t *r, tdm_error_t *err);
@@ -226,6 +227,9 @@ typedef struct kern_seq {
     const int32_t *blocks;     /* logical block j -> KV block id (full pool)   */
     int32_t n_blocks;          /* entries of blocks (and of swa_blocks)        */
     const int32_t *swa_blocks; /* logical block j -> sliding pool id, or -1    */
+    /* The sequence's recurrent-state slot (models with Gated DeltaNet layers: the conv
+     * and delta-rule state it carries from step to step, kern_gdn_t); -1: none. */
+    int32_t state_slot;
 } kern_seq_t;
 
 typedef struct kern_step {
@@ -375,6 +379,72 @@ typedef struct kern_moe {
 void kern_be_moe_experts(kern_backend_t *be, const kern_moe_t *moe, const float *x, int64_t ldx,
                          const int32_t *sel, const float *w, float *out, int64_t ldo,
                          int64_t n_tok);
+
+/* ---- Gated DeltaNet (qwen3next, qwen35moe: the "linear attention" layers) ---------------- */
+
+/*
+ * One Gated DeltaNet layer's recurrent state and constants. Each sequence of a step names
+ * its state slot (kern_seq_t.state_slot); a slot holds the layer's conv state, the last
+ * conv - 1 inputs of every channel ([conv - 1][n_ch], oldest first), and the delta-rule
+ * state, one [head_dim (k)][head_dim (v)] matrix per v head. A sequence whose first token
+ * in the step is at position 0 starts from zero state; otherwise the step continues the
+ * state the slot holds (the shard checks that it is the sequence's, up to that position).
+ * A sequence's tokens must be consecutive in the step and in position order.
+ */
+typedef struct kern_gdn {
+    int n_k_heads, n_v_heads, head_dim;
+    int conv;             /* taps of the causal conv                                       */
+    bool v_tiled;         /* v head h reads q/k head h % n_k_heads (else h / (n_v / n_k))  */
+    float eps;            /* of the L2 norms of q and k: x / sqrt(sum x^2 + eps)            */
+    const float *conv_w;  /* [n_ch][conv], tap conv - 1 on the current token    */
+    const float *a;       /* [n_v] ssm_a = -exp(A_log)                          */
+    const float *dt_bias; /* [n_v]                                              */
+    float *conv_state;    /* the layer's slots: [n_slots][conv - 1][n_ch]        */
+    float *ssm_state;     /* [n_slots][n_v][head_dim][head_dim]                  */
+    int32_t n_slots;
+} kern_gdn_t;
+
+/* Channels of the conv: q and k (n_k_heads each) and v (n_v_heads), head_dim each. */
+static inline int64_t kern_gdn_channels(const kern_gdn_t *g)
+{
+    return (2 * (int64_t)g->n_k_heads + g->n_v_heads) * g->head_dim;
+}
+
+/* x[t, 0..n_ch) <- silu(sum_j conv_w[c][j] * u[t - conv + 1 + j][c]) for every token of
+ * the step, in place, u being the inputs before the step (the slot's conv state) and x's
+ * own rows; the slot's conv state becomes the last conv - 1 inputs. */
+void kern_be_gdn_conv(kern_backend_t *be, const kern_gdn_t *g, float *x, int64_t ldx);
+
+/*
+ * The gated delta rule over the step's tokens. qkv: the conv outputs ([q | k | v] per
+ * token, ldq apart); beta[t * ldb + bidx(h)], alpha[t * lda + bidx(h)] the raw gates of v
+ * head h, where bidx(h) = (h / r) * grp + h % r with r = n_v / n_k (qwen3next packs b
+ * and a per k head: grp = 2r, alpha = beta + r; separate tensors: grp = r). Per v head
+ * h, with q, k L2-normalised and q scaled by 1/sqrt(head_dim), b = sigmoid(beta),
+ * g = a[h] * softplus(alpha + dt_bias[h]):
+ *     S <- exp(g) S;  S <- S + k (b (v - S^T k))^T;  out = S^T q
+ * A sequence's run of more than one token is computed in the chunked (parallel-in-chunk)
+ * form, chunks of KERN_GDN_CHUNK tokens from the run's start (the same values up to
+ * rounding); a single token in the recurrent form. out: [n_tok][n_v * head_dim].
+ */
+#define KERN_GDN_CHUNK 64
+void kern_be_gdn_rule(kern_backend_t *be, const kern_gdn_t *g, const float *qkv, int64_t ldq,
+                      const float *beta, int64_t ldb, const float *alpha, int64_t lda, int grp,
+                      float *out);
+
+/* y[r, c] = x[r, c] / sqrt(mean_c x[r, :]^2 + eps) * w[c] * silu(z[r, c]) (the gated
+ * RMSNorm of a DeltaNet head; rows = tokens x heads, each cols wide, ld apart). */
+void kern_be_rms_norm_gated(kern_backend_t *be, float *y, int64_t ldy, const float *x, int64_t ldx,
+                            const float *w, const float *z, int64_t ldz, int64_t rows, int64_t cols,
+                            float eps);
+
+/* y[r, c] *= sigmoid(g[r * ldg + c]) (the gated attention's output gate), or with bcast
+ * sigmoid(g[r * ldg]) for the whole row (the shared expert's scalar gate). */
+void kern_be_mul_sigmoid(kern_backend_t *be, float *y, int64_t ldy, const float *g, int64_t ldg,
+                         int64_t rows, int64_t cols, bool bcast);
+
+/* Whether the backend has the Gated DeltaNet ops (the CUDA backend does not yet). */
+bool kern_be_has_gdn(const kern_backend_t *be);
 
 #ifdef __cplusplus
 }

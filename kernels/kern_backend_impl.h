@@ -64,6 +64,17 @@ typedef struct kern_backend_ops {
                       float *w);
     void (*moe_experts)(kern_backend_t *be, const kern_moe_t *moe, const float *x, int64_t ldx,
                         const int32_t *sel, const float *w, float *out, int64_t ldo, int64_t n_tok);
+    /* Gated DeltaNet and gating ops; NULL where the backend has none (the public calls
+     * then fail the step with TDM_ERR_UNSUPPORTED). */
+    void (*gdn_conv)(kern_backend_t *be, const kern_gdn_t *g, float *x, int64_t ldx);
+    void (*gdn_rule)(kern_backend_t *be, const kern_gdn_t *g, const float *qkv, int64_t ldq,
+                     const float *beta, int64_t ldb, const float *alpha, int64_t lda, int grp,
+                     float *out);
+    void (*rms_norm_gated)(kern_backend_t *be, float *y, int64_t ldy, const float *x, int64_t ldx,
+                           const float *w, const float *z, int64_t ldz, int64_t rows, int64_t cols,
+                           float eps);
+    void (*mul_sigmoid)(kern_backend_t *be, float *y, int64_t ldy, const float *g, int64_t ldg,
+                        int64_t rows, int64_t cols, bool bcast);
 } kern_backend_ops_t;
 
 struct kern_backend {

@@ -17,9 +17,10 @@ static const char *const arch_names[MDL_ARCH_COUNT] = {
     [MDL_ARCH_LLAMA] = "llama",           [MDL_ARCH_QWEN3MOE] = "qwen3moe",
     [MDL_ARCH_MINIMAX_M2] = "minimax-m2", [MDL_ARCH_GPT_OSS] = "gpt-oss",
     [MDL_ARCH_QWEN2] = "qwen2",           [MDL_ARCH_MISTRAL3] = "mistral3",
+    [MDL_ARCH_QWEN3NEXT] = "qwen3next",   [MDL_ARCH_QWEN35MOE] = "qwen35moe",
 };
 
-#define ARCH_LIST "llama, qwen3moe, minimax-m2, gpt-oss, qwen2, mistral3"
+#define ARCH_LIST "llama, qwen3moe, minimax-m2, gpt-oss, qwen2, mistral3, qwen3next, qwen35moe"
 
 int mdl_arch_from_name(const char *name, size_t len)
 {
@@ -351,6 +352,87 @@ static tdm_status_t load_layers(const gguf_ctx_t *ctx, mdl_hparams_t *hp, tdm_er
     return TDM_OK;
 }
 
+/* The hybrid Qwen models (qwen3next, qwen35moe; llama.cpp's load_arch_hparams): which
+ * layers are Gated DeltaNet, their sizes, the gated attention and the shared expert.
+ * Their rope is NEOX on the first rope.dimension_count dims (qwen35moe's interleaved
+ * M-RoPE rotates the same pairs by the same angles when the three position components
+ * are equal, as they are for text). */
+static tdm_status_t load_hybrid(const gguf_ctx_t *ctx, mdl_hparams_t *hp, tdm_error_t *err)
+{
+    char key[128];
+    hp->attn_out_gate = true;
+    hp->qk_norm = true; /* on the attention layers (blk.0 is a DeltaNet layer) */
+    hp->gdn_v_tiled = hp->arch == MDL_ARCH_QWEN35MOE;
+    TDM_CHECK(get_count(ctx, key_of(key, sizeof(key), hp, "expert_shared_feed_forward_length"), 0,
+                        &hp->n_ff_shexp, err));
+    TDM_CHECK(
+        get_count(ctx, key_of(key, sizeof(key), hp, "ssm.conv_kernel"), -1, &hp->gdn_conv, err));
+    TDM_CHECK(
+        get_count(ctx, key_of(key, sizeof(key), hp, "ssm.state_size"), -1, &hp->gdn_head_dim, err));
+    TDM_CHECK(
+        get_count(ctx, key_of(key, sizeof(key), hp, "ssm.group_count"), -1, &hp->gdn_k_heads, err));
+    TDM_CHECK(get_count(ctx, key_of(key, sizeof(key), hp, "ssm.time_step_rank"), -1,
+                        &hp->gdn_v_heads, err));
+    int inner = 0;
+    TDM_CHECK(get_count(ctx, key_of(key, sizeof(key), hp, "ssm.inner_size"), -1, &inner, err));
+    if (hp->gdn_conv < 1 || hp->gdn_conv > 16 || hp->gdn_head_dim < 1 || hp->gdn_k_heads < 1 ||
+        hp->gdn_v_heads < 1 || hp->gdn_v_heads % hp->gdn_k_heads != 0 ||
+        inner != hp->gdn_v_heads * hp->gdn_head_dim) {
+        return tdm_error_set(err, TDM_ERR_FORMAT,
+                             "%s: Gated DeltaNet sizes: conv %d taps, %d k heads, %d v heads of "
+                             "%d, inner size %d (v heads must be a multiple of k heads, inner = "
+                             "v heads x state size, conv 1..16)",
+                             hp->arch_name, hp->gdn_conv, hp->gdn_k_heads, hp->gdn_v_heads,
+                             hp->gdn_head_dim, inner);
+    }
+    const gguf_value_t *v =
+        gguf_find(ctx, key_of(key, sizeof(key), hp, "attention.recurrent_layers"));
+    if (v != NULL) {
+        if (v->type != GGUF_TYPE_ARRAY || v->v.arr.type != GGUF_TYPE_BOOL ||
+            v->v.arr.n < (uint64_t)hp->n_layer) {
+            return tdm_error_set(err, TDM_ERR_FORMAT,
+                                 "metadata key '%s': expected %d bools, one per layer", key,
+                                 hp->n_layer);
+        }
+        const uint8_t *b = v->v.arr.data;
+        for (int il = 0; il < hp->n_layer; il++) {
+            hp->layer_recurrent[il] = b[il] != 0;
+        }
+    } else {
+        uint32_t interval = 4;
+        TDM_CHECK(gguf_get_u32_or(ctx, key_of(key, sizeof(key), hp, "full_attention_interval"), 4,
+                                  &interval, err));
+        if (interval == 0) {
+            return tdm_error_set(err, TDM_ERR_FORMAT, "metadata key '%s': 0", key);
+        }
+        for (int il = 0; il < hp->n_layer; il++) {
+            hp->layer_recurrent[il] = ((uint32_t)il + 1) % interval != 0;
+        }
+    }
+    for (int il = 0; il < hp->n_layer; il++) {
+        hp->n_recurrent += hp->layer_recurrent[il];
+    }
+    return TDM_OK;
+}
+
+int64_t mdl_hparams_gdn_conv_floats(const mdl_hparams_t *hp)
+{
+    const int64_t ch = (2 * (int64_t)hp->gdn_k_heads + hp->gdn_v_heads) * hp->gdn_head_dim;
+    return hp->n_recurrent > 0 ? (int64_t)(hp->gdn_conv - 1) * ch : 0;
+}
+
+int64_t mdl_hparams_gdn_state_floats(const mdl_hparams_t *hp)
+{
+    return hp->n_recurrent > 0 ? (int64_t)hp->gdn_v_heads * hp->gdn_head_dim * hp->gdn_head_dim : 0;
+}
+
+uint64_t mdl_hparams_state_bytes(const mdl_hparams_t *hp)
+{
+    return (uint64_t)hp->n_recurrent *
+           (uint64_t)(mdl_hparams_gdn_conv_floats(hp) + mdl_hparams_gdn_state_floats(hp)) *
+           sizeof(float);
+}
+
 tdm_status_t mdl_hparams_load(const gguf_ctx_t *ctx, mdl_hparams_t *out, tdm_error_t *err)
 {
     mdl_hparams_t hp;
@@ -437,6 +519,9 @@ tdm_status_t mdl_hparams_load(const gguf_ctx_t *ctx, mdl_hparams_t *out, tdm_err
                              hp.arch_name);
     }
     hp.attn_sinks = hp.arch == MDL_ARCH_GPT_OSS;
+    if (hp.arch == MDL_ARCH_QWEN3NEXT || hp.arch == MDL_ARCH_QWEN35MOE) {
+        TDM_CHECK(load_hybrid(ctx, &hp, err));
+    }
 
     TDM_CHECK(load_rope(ctx, &hp, err));
     TDM_CHECK(load_layers(ctx, &hp, err));

@@ -2,7 +2,8 @@
  * hparams.h - the hyper-parameters of a model, read from GGUF metadata.
  *
  * mdl_hparams_load() reads general.architecture and the "<arch>.*" keys for the
- * architectures this build runs (llama, qwen3moe, minimax-m2, gpt-oss, qwen2, mistral3),
+ * architectures this build runs (llama, qwen3moe, minimax-m2, gpt-oss, qwen2, mistral3,
+ * qwen3next, qwen35moe),
  * applies llama.cpp's defaults and per-architecture constants for absent optional keys,
  * and derives what the forward pass needs: RoPE style and scaling, which layers are MoE
  * (by tensor presence: blk.N.ffn_gate_inp.weight) and which attend in a sliding window,
@@ -33,6 +34,8 @@ typedef enum mdl_arch {
     MDL_ARCH_GPT_OSS,    /* "gpt-oss"    */
     MDL_ARCH_QWEN2,
     MDL_ARCH_MISTRAL3,
+    MDL_ARCH_QWEN3NEXT, /* Qwen3-Next, Qwen3-Coder-Next: Gated DeltaNet + gated attention */
+    MDL_ARCH_QWEN35MOE, /* Qwen3.5 / 3.6 MoE: the same hybrid, V heads in tiled order     */
     MDL_ARCH_COUNT
 } mdl_arch_t;
 
@@ -116,6 +119,26 @@ typedef struct mdl_hparams {
     int attn_temp_floor;
 
     uint8_t layer_moe[MDL_MAX_LAYERS]; /* 1: blk.N has an MoE FFN, 0: dense       */
+
+    /* Shared expert beside the routed ones (qwen3next, qwen35moe): a SwiGLU FFN of width
+     * n_ff_shexp whose output is scaled by sigmoid(ffn_gate_inp_shexp . x); 0: none. */
+    int n_ff_shexp;
+    /* Gated attention (qwen3next, qwen35moe): attn_q holds, per head, head_dim query
+     * rows and then head_dim gate rows; the attention output is multiplied by
+     * sigmoid(gate) before attn_output. */
+    bool attn_out_gate;
+
+    /* Gated DeltaNet ("linear attention") layers: layer_recurrent[il] marks them (GGUF
+     * <arch>.attention.recurrent_layers, else every layer but each full_attention_interval-th).
+     * Sizes from the ssm.* keys: gdn_k_heads (ssm.group_count) q/k heads and gdn_v_heads
+     * (ssm.time_step_rank) v heads of gdn_head_dim (ssm.state_size) each, a causal conv of
+     * gdn_conv taps (ssm.conv_kernel) over the q, k, v channels. V head h reads q/k head
+     * h / (v/k) (qwen3next: grouped, HF's order) or h % k (gdn_v_tiled, qwen35moe: the
+     * converter reorders the V heads for ggml's broadcast). */
+    int n_recurrent; /* layers marked (0: no GDN layer)                       */
+    int gdn_k_heads, gdn_v_heads, gdn_head_dim, gdn_conv;
+    bool gdn_v_tiled;
+    uint8_t layer_recurrent[MDL_MAX_LAYERS];
 } mdl_hparams_t;
 
 /* "llama" -> MDL_ARCH_LLAMA; -1 when this build does not run the architecture. */
@@ -130,6 +153,14 @@ tdm_status_t mdl_hparams_load(const gguf_ctx_t *ctx, mdl_hparams_t *out, tdm_err
 int mdl_hparams_swa_window(const mdl_hparams_t *hp);
 /* How many layers attend in a sliding window (0 when n_swa is 0). */
 int mdl_hparams_n_swa_layers(const mdl_hparams_t *hp);
+
+/* Floats of one sequence's recurrent state in one Gated DeltaNet layer: the conv state
+ * ((gdn_conv - 1) inputs of the 2 k + v channels) and the delta-rule state (gdn_v_heads
+ * matrices of gdn_head_dim^2). 0 without GDN layers. */
+int64_t mdl_hparams_gdn_conv_floats(const mdl_hparams_t *hp);
+int64_t mdl_hparams_gdn_state_floats(const mdl_hparams_t *hp);
+/* Bytes of one sequence's recurrent state over every GDN layer (f32). */
+uint64_t mdl_hparams_state_bytes(const mdl_hparams_t *hp);
 
 #ifdef __cplusplus
 }

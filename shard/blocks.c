@@ -69,8 +69,12 @@ tdm_status_t shd_block_attention(shd_model_t *m, shd_kv_cache_t *kv, const shd_b
     shd_scratch_t *s = &m->s;
     kern_backend_t *be = m->be;
 
-    const kern_matmul_op_t qkv[3] = {
-        {&L->wq, s->xn, E, s->q, qd}, {&L->wk, s->xn, E, s->k, kd}, {&L->wv, s->xn, E, s->v, kd}};
+    /* gated attention (qwen3next): per head, hd query rows then hd gate rows into qg; the
+     * per-head q norm reads the query halves out of it into s.q */
+    const bool gated = hp->attn_out_gate;
+    const kern_matmul_op_t qkv[3] = {{&L->wq, s->xn, E, gated ? s->qg : s->q, gated ? 2 * qd : qd},
+                                     {&L->wk, s->xn, E, s->k, kd},
+                                     {&L->wv, s->xn, E, s->v, kd}};
     kern_be_matmul(be, 3, qkv, n);
     const float *bias[3] = {L->bq, L->bk, L->bv};
     for (int i = 0; i < 3; i++) {
@@ -78,7 +82,10 @@ tdm_status_t shd_block_attention(shd_model_t *m, shd_kv_cache_t *kv, const shd_b
             kern_be_add_bias(be, qkv[i].y, qkv[i].ldy, bias[i], n, qkv[i].ldy);
         }
     }
-    if (L->q_norm != NULL && hp->qk_norm_full) {
+    if (gated) {
+        kern_be_rms_norm(be, s->q, hd, s->qg, 2 * hd, L->q_norm, n * m->n_head_l, hd, hp->rms_eps);
+        kern_be_rms_norm(be, s->k, hd, s->k, hd, L->k_norm, n * m->n_kv_l, hd, hp->rms_eps);
+    } else if (L->q_norm != NULL && hp->qk_norm_full) {
         TDM_CHECK(qk_norm_full(m, n, L, err));
     } else if (L->q_norm != NULL) {
         kern_be_rms_norm(be, s->q, hd, s->q, hd, L->q_norm, n * m->n_head_l, hd, hp->rms_eps);
@@ -108,6 +115,9 @@ tdm_status_t shd_block_attention(shd_model_t *m, shd_kv_cache_t *kv, const shd_b
         .temp_floor = hp->attn_temp_floor,
     };
     kern_be_attention(be, s->attn, s->q, lay, shd_kv_layer_k(kv, il), shd_kv_layer_v(kv, il), &ap);
+    if (gated) {
+        kern_be_mul_sigmoid(be, s->attn, hd, s->qg + hd, 2 * hd, n * m->n_head_l, hd, false);
+    }
 
     const kern_matmul_op_t o = {&L->wo, s->attn, qd, s->proj, E};
     kern_be_matmul(be, 1, &o, n);
@@ -203,6 +213,26 @@ tdm_status_t shd_block_moe(shd_model_t *m, int64_t n_tok, int il, tdm_error_t *e
     return shd_all_reduce(m, SHD_GROUP_WORLD, s->proj, n_tok * E, err);
 }
 
+/* ---- the shared expert (qwen3next, qwen35moe) ---- */
+
+tdm_status_t shd_block_shared_expert(shd_model_t *m, int64_t n_tok, int il, tdm_error_t *err)
+{
+    (void)err;
+    const shd_layer_t *L = &m->layers[il];
+    const int64_t E = m->hp.n_embd, F = m->hp.n_ff_shexp;
+    shd_scratch_t *s = &m->s;
+    const kern_matmul_op_t in[3] = {{&L->shexp_gate, s->xn, E, s->sha, F},
+                                    {&L->shexp_up, s->xn, E, s->shb, F},
+                                    {&L->shexp_inp, s->xn, E, s->shg, 1}};
+    kern_be_matmul(m->be, 3, in, n_tok);
+    kern_be_swiglu(m->be, s->sha, s->sha, s->shb, n_tok * F);
+    const kern_matmul_op_t down = {&L->shexp_down, s->sha, F, s->shy, E};
+    kern_be_matmul(m->be, 1, &down, n_tok);
+    kern_be_mul_sigmoid(m->be, s->shy, E, s->shg, 1, n_tok, E, true);
+    kern_be_add(m->be, s->proj, s->proj, s->shy, n_tok * E);
+    return TDM_OK;
+}
+
 /* ---- a whole layer ---- */
 
 tdm_status_t shd_std_layer_forward(shd_model_t *m, shd_kv_cache_t *kv, const shd_batch_t *b, int il,
@@ -216,6 +246,31 @@ tdm_status_t shd_std_layer_forward(shd_model_t *m, shd_kv_cache_t *kv, const shd
     shd_norm_input(m, n, L->ffn_norm);
     if (L->is_moe) {
         TDM_CHECK(shd_block_moe(m, n, il, err));
+    } else {
+        TDM_CHECK(shd_block_ffn(m, n, il, err));
+    }
+    shd_residual_add(m, n);
+    return TDM_OK;
+}
+
+tdm_status_t shd_hybrid_layer_forward(shd_model_t *m, shd_kv_cache_t *kv, const shd_batch_t *b,
+                                      int il, tdm_error_t *err)
+{
+    const shd_layer_t *L = &m->layers[il];
+    const int64_t n = b->n_tokens;
+    shd_norm_input(m, n, L->attn_norm);
+    if (L->is_gdn) {
+        TDM_CHECK(shd_block_gdn(m, kv, b, il, err));
+    } else {
+        TDM_CHECK(shd_block_attention(m, kv, b, il, err));
+    }
+    shd_residual_add(m, n);
+    shd_norm_input(m, n, L->ffn_norm);
+    if (L->is_moe) {
+        TDM_CHECK(shd_block_moe(m, n, il, err));
+        if (m->hp.n_ff_shexp > 0) {
+            TDM_CHECK(shd_block_shared_expert(m, n, il, err));
+        }
     } else {
         TDM_CHECK(shd_block_ffn(m, n, il, err));
     }

@@ -53,6 +53,79 @@ static tdm_status_t check_swa_table(const shd_model_t *m, const shd_kv_config_t 
     return TDM_OK;
 }
 
+/* With recurrent (Gated DeltaNet) layers: each sequence's tokens are consecutive in the
+ * step, in position order, its state slot is valid and not another sequence's of the
+ * step, and the slot's state has consumed exactly the positions before the run (or the
+ * run starts at 0, which starts from zero state). */
+static tdm_status_t check_states(const shd_model_t *m, const shd_kv_cache_t *kv,
+                                 const shd_batch_t *b, tdm_error_t *err)
+{
+    const shd_kv_config_t *kc = shd_kv_cache_config(kv);
+    if (m->hp.n_recurrent == 0) {
+        return TDM_OK;
+    }
+    if (kc->n_state_slots < 1) {
+        return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
+                             "forward: the model has %d recurrent layers but the cache no state "
+                             "slots",
+                             m->hp.n_recurrent);
+    }
+    for (int32_t t = 0; t < b->n_tokens; t++) {
+        const bool first = t == 0 || b->seq[t - 1] != b->seq[t];
+        const int32_t slot = b->seqs[b->seq[t]].state_slot;
+        if (!first) {
+            if (b->pos[t] != b->pos[t - 1] + 1) {
+                return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
+                                     "forward: token %d: sequence %d's tokens must be "
+                                     "consecutive positions (recurrent layers)",
+                                     t, b->seq[t]);
+            }
+            continue;
+        }
+        if (slot < 0 || slot >= kc->n_state_slots) {
+            return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
+                                 "forward: sequence %d has recurrent state slot %d (the cache "
+                                 "has %d)",
+                                 b->seq[t], slot, (int)kc->n_state_slots);
+        }
+        for (int32_t u = 0; u < t; u++) {
+            if (b->seq[u] == b->seq[t]) {
+                return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
+                                     "forward: sequence %d's tokens are not consecutive in the "
+                                     "step (recurrent layers)",
+                                     b->seq[t]);
+            }
+            if (b->seqs[b->seq[u]].state_slot == slot) {
+                return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
+                                     "forward: sequences %d and %d share state slot %d", b->seq[u],
+                                     b->seq[t], slot);
+            }
+        }
+        const int32_t have = shd_kv_state_pos(kv, slot);
+        if (b->pos[t] != 0 && have != b->pos[t]) {
+            return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
+                                 "forward: sequence %d continues at position %d but its state "
+                                 "slot %d holds %d positions (a recurrent state cannot skip or "
+                                 "rewind)",
+                                 b->seq[t], b->pos[t], slot, have);
+        }
+    }
+    return TDM_OK;
+}
+
+/* After the step: each slot's state has consumed its run (or is unknown after a failure). */
+static void commit_states(const shd_model_t *m, shd_kv_cache_t *kv, const shd_batch_t *b, bool ok)
+{
+    if (m->hp.n_recurrent == 0) {
+        return;
+    }
+    for (int32_t t = 0; t < b->n_tokens; t++) {
+        if (t + 1 == b->n_tokens || b->seq[t + 1] != b->seq[t]) {
+            shd_kv_state_set_pos(kv, b->seqs[b->seq[t]].state_slot, ok ? b->pos[t] + 1 : -1);
+        }
+    }
+}
+
 static tdm_status_t check_batch(const shd_model_t *m, const shd_kv_cache_t *kv,
                                 const shd_batch_t *b, int32_t *n_out, tdm_error_t *err)
 {
@@ -109,6 +182,7 @@ static tdm_status_t check_batch(const shd_model_t *m, const shd_kv_cache_t *kv,
         TDM_CHECK(check_swa_table(m, kc, b, t, err));
         outs += b->want_logits != NULL && b->want_logits[t];
     }
+    TDM_CHECK(check_states(m, kv, b, err));
     if (outs > m->params.n_out_max) {
         return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
                              "forward: %d tokens want logits "
@@ -230,6 +304,7 @@ tdm_status_t shd_forward(shd_model_t *m, shd_kv_cache_t *kv, const shd_batch_t *
         }
         graphable = false; /* a rerun runs the ops as they come */
     } while (st == TDM_OK && rerun);
+    commit_states(m, kv, b, st == TDM_OK);
     TDM_CHECK(st);
     if (!head || direct) {
         return TDM_OK;

@@ -15,11 +15,45 @@ struct shd_kv_cache {
     kern_backend_t *be;
     unsigned char **k; /* per layer: its pool's blocks * block_bytes, backend memory */
     unsigned char **v;
+    float **conv, **ssm; /* per recurrent layer: every slot's state, backend memory */
+    int32_t *state_pos;  /* host: per slot, positions consumed (-1 unknown)        */
 };
 
 static bool layer_swa(const shd_kv_config_t *cfg, int il)
 {
     return cfg->n_swa_blocks > 0 && cfg->layer_swa[il] != 0;
+}
+
+static bool layer_rec(const shd_kv_config_t *cfg, int il)
+{
+    return cfg->n_state_slots > 0 && cfg->layer_recurrent[il] != 0;
+}
+
+/* The recurrent layers' state slots (zeroed). */
+static tdm_status_t alloc_states(shd_kv_cache_t *kv, tdm_error_t *err)
+{
+    const shd_kv_config_t *cfg = &kv->cfg;
+    kv->conv = calloc((size_t)cfg->n_layer, sizeof(*kv->conv));
+    kv->ssm = calloc((size_t)cfg->n_layer, sizeof(*kv->ssm));
+    kv->state_pos =
+        malloc((size_t)(cfg->n_state_slots > 0 ? cfg->n_state_slots : 1) * sizeof(int32_t));
+    if (kv->conv == NULL || kv->ssm == NULL || kv->state_pos == NULL) {
+        return tdm_error_set(err, TDM_ERR_NO_MEMORY, "kv cache: out of memory");
+    }
+    for (int32_t i = 0; i < cfg->n_state_slots; i++) {
+        kv->state_pos[i] = -1;
+    }
+    const size_t n = (size_t)cfg->n_state_slots;
+    for (int il = 0; il < cfg->n_layer; il++) {
+        if (!layer_rec(cfg, il)) {
+            continue;
+        }
+        TDM_CHECK(kern_be_alloc(kv->be, n * (size_t)cfg->state_conv_floats * sizeof(float),
+                                KERN_MEM_DEVICE, "recurrent state", (void **)&kv->conv[il], err));
+        TDM_CHECK(kern_be_alloc(kv->be, n * (size_t)cfg->state_ssm_floats * sizeof(float),
+                                KERN_MEM_DEVICE, "recurrent state", (void **)&kv->ssm[il], err));
+    }
+    return TDM_OK;
 }
 
 tdm_status_t shd_kv_cache_create(kern_backend_t *be, const shd_kv_config_t *cfg,
@@ -28,9 +62,16 @@ tdm_status_t shd_kv_cache_create(kern_backend_t *be, const shd_kv_config_t *cfg,
     if (cfg->n_layer < 1 || cfg->n_layer > MDL_MAX_LAYERS) {
         return tdm_error_set(err, TDM_ERR_INVALID_PARAM, "kv cache: %d layers", cfg->n_layer);
     }
-    int n_swa_layers = 0;
+    int n_swa_layers = 0, n_rec = 0;
     for (int il = 0; il < cfg->n_layer; il++) {
         n_swa_layers += cfg->layer_swa[il] != 0;
+        n_rec += cfg->layer_recurrent[il] != 0;
+    }
+    if (cfg->n_state_slots < 0 || (n_rec > 0 && cfg->n_state_slots == 0) ||
+        (cfg->n_state_slots > 0 && (cfg->state_conv_floats < 0 || cfg->state_ssm_floats < 1))) {
+        return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
+                             "kv cache: %d recurrent layers with %d state slots", n_rec,
+                             (int)cfg->n_state_slots);
     }
     if (cfg->n_swa_blocks < 0 || (cfg->n_swa_blocks > 0) != (n_swa_layers > 0)) {
         return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
@@ -69,7 +110,15 @@ tdm_status_t shd_kv_cache_create(kern_backend_t *be, const shd_kv_config_t *cfg,
     }
     /* Zeroed (kern_be_alloc) so a read of a never-written slot (a caller bug) is at least
      * finite. */
+    tdm_status_t sst = alloc_states(kv, err);
+    if (sst != TDM_OK) {
+        shd_kv_cache_destroy(kv);
+        return sst;
+    }
     for (int il = 0; il < cfg->n_layer; il++) {
+        if (layer_rec(cfg, il)) {
+            continue; /* a Gated DeltaNet layer keeps its state in the slots, no K/V */
+        }
         const size_t bytes = layer_swa(cfg, il) ? swa_layer_bytes : layer_bytes;
         tdm_status_t st =
             kern_be_alloc(be, bytes, KERN_MEM_DEVICE, "KV cache", (void **)&kv->k[il], err);
@@ -102,6 +151,17 @@ void shd_kv_cache_destroy(shd_kv_cache_t *kv)
             kern_be_free(kv->be, kv->v[il]);
         }
     }
+    for (int il = 0; il < kv->cfg.n_layer; il++) {
+        if (kv->conv != NULL) {
+            kern_be_free(kv->be, kv->conv[il]);
+        }
+        if (kv->ssm != NULL) {
+            kern_be_free(kv->be, kv->ssm[il]);
+        }
+    }
+    free(kv->conv);
+    free(kv->ssm);
+    free(kv->state_pos);
     free(kv->k);
     free(kv->v);
     free(kv);
@@ -133,9 +193,43 @@ uint64_t shd_kv_total_bytes(const shd_kv_cache_t *kv)
 {
     uint64_t blocks = 0;
     for (int il = 0; il < kv->cfg.n_layer; il++) {
-        blocks += (uint64_t)shd_kv_layout(kv, il)->n_blocks;
+        blocks += layer_rec(&kv->cfg, il) ? 0 : (uint64_t)shd_kv_layout(kv, il)->n_blocks;
     }
-    return 2u * blocks * kv->lay.block_bytes;
+    return 2u * blocks * kv->lay.block_bytes + shd_kv_state_bytes(kv);
+}
+
+float *shd_kv_state_conv(shd_kv_cache_t *kv, int il)
+{
+    TDM_ASSERT(il >= 0 && il < kv->cfg.n_layer);
+    return kv->conv[il];
+}
+
+float *shd_kv_state_ssm(shd_kv_cache_t *kv, int il)
+{
+    TDM_ASSERT(il >= 0 && il < kv->cfg.n_layer);
+    return kv->ssm[il];
+}
+
+uint64_t shd_kv_state_bytes(const shd_kv_cache_t *kv)
+{
+    uint64_t n = 0;
+    for (int il = 0; il < kv->cfg.n_layer; il++) {
+        n += layer_rec(&kv->cfg, il) ? 1 : 0;
+    }
+    return n * (uint64_t)kv->cfg.n_state_slots *
+           (uint64_t)(kv->cfg.state_conv_floats + kv->cfg.state_ssm_floats) * sizeof(float);
+}
+
+int32_t shd_kv_state_pos(const shd_kv_cache_t *kv, int32_t slot)
+{
+    return slot >= 0 && slot < kv->cfg.n_state_slots ? kv->state_pos[slot] : -1;
+}
+
+void shd_kv_state_set_pos(shd_kv_cache_t *kv, int32_t slot, int32_t pos)
+{
+    if (slot >= 0 && slot < kv->cfg.n_state_slots) {
+        kv->state_pos[slot] = pos;
+    }
 }
 
 void *shd_kv_layer_k(shd_kv_cache_t *kv, int il)
@@ -168,7 +262,7 @@ void *shd_kv_v(shd_kv_cache_t *kv, int il, int32_t block)
 static void copy_block(shd_kv_cache_t *kv, bool swa, int32_t dst, int32_t src)
 {
     for (int il = 0; il < kv->cfg.n_layer; il++) {
-        if (layer_swa(&kv->cfg, il) != swa) {
+        if (layer_swa(&kv->cfg, il) != swa || layer_rec(&kv->cfg, il)) {
             continue;
         }
         kern_be_copy(kv->be, shd_kv_k(kv, il, dst), shd_kv_k(kv, il, src), kv->lay.block_bytes);

@@ -25,6 +25,15 @@
  * so one head's keys of one block are B rows back to back, and position p of a sequence
  * lives in block table[p / B], slot p % B (table: the sequence's table of the layer's
  * pool). A sliding layer has n_swa_blocks blocks, a full one n_blocks.
+ *
+ * Recurrent state (models with Gated DeltaNet layers, layer_recurrent[il]): such a layer
+ * keeps no K/V. Instead each of n_state_slots slots holds one sequence's state in every
+ * recurrent layer: state_conv_floats of conv state and state_ssm_floats of delta-rule
+ * state (kern_gdn_t), f32, in backend memory. The coordinator hands each running
+ * sequence a slot next to its blocks (coordinator/kv_manager.h); the step names it
+ * (kern_seq_t.state_slot). The cache also remembers, per slot, how many positions its
+ * state has consumed (shd_kv_state_pos), so a step that would continue a state from the
+ * wrong place is refused instead of computing garbage.
  */
 #ifndef TDM_SHD_KV_CACHE_H
 #define TDM_SHD_KV_CACHE_H
@@ -56,6 +65,10 @@ typedef struct shd_kv_config {
      * layer may be flagged). */
     int32_t n_swa_blocks;
     uint8_t layer_swa[MDL_MAX_LAYERS];
+    /* Recurrent layers (no K/V) and their state slots; all 0 without such layers. */
+    int32_t n_state_slots;
+    int64_t state_conv_floats, state_ssm_floats; /* per slot and recurrent layer */
+    uint8_t layer_recurrent[MDL_MAX_LAYERS];
 } shd_kv_config_t;
 
 typedef struct shd_kv_cache shd_kv_cache_t;
@@ -86,6 +99,17 @@ void *shd_kv_layer_v(shd_kv_cache_t *kv, int il);
  * CPU backend only). */
 void *shd_kv_k(shd_kv_cache_t *kv, int il, int32_t block);
 void *shd_kv_v(shd_kv_cache_t *kv, int il, int32_t block);
+
+/* Layer il's recurrent state of every slot ([n_state_slots] x the per-slot floats), in
+ * backend memory; NULL for a layer that is not recurrent. */
+float *shd_kv_state_conv(shd_kv_cache_t *kv, int il);
+float *shd_kv_state_ssm(shd_kv_cache_t *kv, int il);
+/* Bytes of the recurrent state of all slots (0 without recurrent layers). */
+uint64_t shd_kv_state_bytes(const shd_kv_cache_t *kv);
+/* Positions the state of slot has consumed (-1: unknown, e.g. after a failed step); the
+ * forward pass sets it after each step. */
+int32_t shd_kv_state_pos(const shd_kv_cache_t *kv, int32_t slot);
+void shd_kv_state_set_pos(shd_kv_cache_t *kv, int32_t slot, int32_t pos);
 
 /* Copies the K and V of block src into block dst in every layer of the full pool
  * (copy-on-write of a shared prefix block before a sequence writes into it), in the

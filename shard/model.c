@@ -167,11 +167,14 @@ static tdm_status_t bind_attention(shd_model_t *m, int il, tdm_error_t *err)
     shd_layer_t *L = &m->layers[il];
     const int64_t hd = hp->head_dim, E = hp->n_embd;
     const int64_t q0 = m->head_lo * hd, nq = m->n_head_l * hd, QD = hp->n_head * hd;
+    /* gated attention: each head's q rows are followed by its gate rows in attn_q */
+    const int64_t qm = hp->attn_out_gate ? 2 : 1;
     const int64_t k0 = m->kv_lo * hd, nk = m->n_kv_l * hd, KD = hp->n_head_kv * hd;
     char n[GGUF_MAX_NAME];
 #define NAME(suffix) (snprintf(n, sizeof(n), "blk.%d." suffix, il), n)
     TDM_CHECK(shd_bind_vec(m, NAME("attn_norm.weight"), E, &L->attn_norm, err));
-    TDM_CHECK(shd_bind_mat(m, NAME("attn_q.weight"), E, QD, q0, nq, 0, E, &L->wq, err));
+    TDM_CHECK(
+        shd_bind_mat(m, NAME("attn_q.weight"), E, qm * QD, qm * q0, qm * nq, 0, E, &L->wq, err));
     TDM_CHECK(shd_bind_mat(m, NAME("attn_k.weight"), E, KD, k0, nk, 0, E, &L->wk, err));
     TDM_CHECK(shd_bind_mat(m, NAME("attn_v.weight"), E, KD, k0, nk, 0, E, &L->wv, err));
     TDM_CHECK(shd_bind_mat(m, NAME("attn_output.weight"), QD, E, 0, E, q0, nq, &L->wo, err));
@@ -270,11 +273,73 @@ static tdm_status_t bind_moe(shd_model_t *m, int il, tdm_error_t *err)
     return TDM_OK;
 }
 
+tdm_status_t shd_bind_shared_expert(shd_model_t *m, int il, tdm_error_t *err)
+{
+    const mdl_hparams_t *hp = &m->hp;
+    shd_layer_t *L = &m->layers[il];
+    const int64_t E = hp->n_embd, F = hp->n_ff_shexp;
+    char n[GGUF_MAX_NAME];
+#define NAME(suffix) (snprintf(n, sizeof(n), "blk.%d." suffix, il), n)
+    TDM_CHECK(
+        shd_bind_mat(m, NAME("ffn_gate_inp_shexp.weight"), E, 1, 0, 1, 0, E, &L->shexp_inp, err));
+    TDM_CHECK(
+        shd_bind_mat(m, NAME("ffn_gate_shexp.weight"), E, F, 0, F, 0, E, &L->shexp_gate, err));
+    TDM_CHECK(shd_bind_mat(m, NAME("ffn_up_shexp.weight"), E, F, 0, F, 0, E, &L->shexp_up, err));
+    TDM_CHECK(
+        shd_bind_mat(m, NAME("ffn_down_shexp.weight"), F, E, 0, E, 0, F, &L->shexp_down, err));
+#undef NAME
+    return TDM_OK;
+}
+
+tdm_status_t shd_bind_gdn(shd_model_t *m, int il, tdm_error_t *err)
+{
+    const mdl_hparams_t *hp = &m->hp;
+    shd_layer_t *L = &m->layers[il];
+    const int64_t E = hp->n_embd, d = hp->gdn_head_dim, nv = hp->gdn_v_heads;
+    const int64_t ch = (2 * (int64_t)hp->gdn_k_heads + nv) * d, vd = nv * d;
+    char n[GGUF_MAX_NAME];
+#define NAME(suffix) (snprintf(n, sizeof(n), "blk.%d." suffix, il), n)
+    L->is_gdn = 1;
+    TDM_CHECK(shd_bind_vec(m, NAME("attn_norm.weight"), E, &L->attn_norm, err));
+    if (gguf_find_tensor(m->g, NAME("attn_qkv.weight")) == NULL &&
+        gguf_find_tensor(m->g, NAME("ssm_in.weight")) != NULL) {
+        return tdm_error_set(err, TDM_ERR_UNSUPPORTED,
+                             "tensor 'blk.%d.ssm_in.weight': the legacy fused q/k/v/z layout is "
+                             "not supported; convert the model again with a current llama.cpp "
+                             "(attn_qkv + attn_gate)",
+                             il);
+    }
+    TDM_CHECK(shd_bind_mat(m, NAME("attn_qkv.weight"), E, ch, 0, ch, 0, E, &L->gdn_qkv, err));
+    TDM_CHECK(shd_bind_mat(m, NAME("attn_gate.weight"), E, vd, 0, vd, 0, E, &L->gdn_z, err));
+    if (gguf_find_tensor(m->g, NAME("ssm_ba.weight")) != NULL) {
+        TDM_CHECK(shd_bind_mat(m, n, E, 2 * nv, 0, 2 * nv, 0, E, &L->gdn_ba, err));
+    } else {
+        TDM_CHECK(shd_bind_mat(m, NAME("ssm_beta.weight"), E, nv, 0, nv, 0, E, &L->gdn_beta, err));
+        TDM_CHECK(
+            shd_bind_mat(m, NAME("ssm_alpha.weight"), E, nv, 0, nv, 0, E, &L->gdn_alpha, err));
+    }
+    TDM_CHECK(shd_bind_f32(m, NAME("ssm_conv1d.weight"), hp->gdn_conv, ch, 0, hp->gdn_conv * ch,
+                           &L->gdn_conv_w, err));
+    TDM_CHECK(shd_bind_vec(m, NAME("ssm_a"), nv, &L->gdn_a, err));
+    TDM_CHECK(shd_bind_vec(m, NAME("ssm_dt.bias"), nv, &L->gdn_dt_bias, err));
+    TDM_CHECK(shd_bind_vec(m, NAME("ssm_norm.weight"), d, &L->gdn_norm, err));
+    TDM_CHECK(shd_bind_mat(m, NAME("ssm_out.weight"), vd, E, 0, E, 0, vd, &L->gdn_out, err));
+#undef NAME
+    return TDM_OK;
+}
+
 tdm_status_t shd_bind_std_layer(shd_model_t *m, int il, const char *ffn_norm, tdm_error_t *err)
 {
     shd_layer_t *L = &m->layers[il];
     char n[GGUF_MAX_NAME];
-    TDM_CHECK(bind_attention(m, il, err));
+    if (m->hp.layer_recurrent[il]) {
+        TDM_CHECK(shd_bind_gdn(m, il, err));
+    } else {
+        TDM_CHECK(bind_attention(m, il, err));
+    }
+    if (m->hp.n_ff_shexp > 0 && m->hp.layer_moe[il]) {
+        TDM_CHECK(shd_bind_shared_expert(m, il, err));
+    }
     snprintf(n, sizeof(n), "blk.%d.%s.weight", il, ffn_norm);
     TDM_CHECK(shd_bind_vec(m, n, m->hp.n_embd, &L->ffn_norm, err));
     L->is_moe = m->hp.layer_moe[il];
@@ -366,7 +431,7 @@ static size_t pad16(size_t n)
 
 /* Floats of every scratch slot, in shd_scratch_t order; the last four (ss, proj, lg, lgg)
  * are the ones collectives touch. */
-enum { N_SLOTS = 16, N_SHARED = 4 };
+enum { N_SLOTS = 25, N_SHARED = 4 };
 
 static void scratch_sizes(const shd_model_t *m, size_t sizes[N_SLOTS])
 {
@@ -377,6 +442,9 @@ static void scratch_sizes(const shd_model_t *m, size_t sizes[N_SLOTS])
     const size_t nout = (size_t)m->params.n_out_max;
     const size_t tp = (size_t)m->params.part.tp_size;
     const bool split_vocab = m->n_vocab_l != hp->n_vocab;
+    const bool gdn = hp->n_recurrent > 0;
+    const size_t gdn_vd = gdn ? (size_t)hp->gdn_v_heads * (size_t)hp->gdn_head_dim : 0;
+    const size_t gdn_ch = gdn ? gdn_vd + 2 * (size_t)hp->gdn_k_heads * (size_t)hp->gdn_head_dim : 0;
     const size_t v[N_SLOTS] = {
         B * E,                                              /* x    */
         B * E,                                              /* xn   */
@@ -390,6 +458,15 @@ static void scratch_sizes(const shd_model_t *m, size_t sizes[N_SLOTS])
         B * k,                                              /* sel  */
         B * k,                                              /* selw */
         nout * E,                                           /* lx   */
+        hp->attn_out_gate ? B * m->n_head_l * 2 * hd : 0,   /* qg   */
+        B * (size_t)hp->n_ff_shexp,                         /* sha  */
+        B * (size_t)hp->n_ff_shexp,                         /* shb  */
+        hp->n_ff_shexp > 0 ? B * E : 0,                     /* shy  */
+        hp->n_ff_shexp > 0 ? B : 0,                         /* shg  */
+        B * gdn_ch,                                         /* gqkv */
+        B * gdn_vd,                                         /* gz   */
+        B * 2 * (size_t)hp->gdn_v_heads,                    /* gba  */
+        B * gdn_vd,                                         /* go   */
         hp->qk_norm_full ? 2 * B : 0,                       /* ss   */
         B * E,                                              /* proj */
         nout * (size_t)m->n_vocab_l,                        /* lg   */
@@ -433,7 +510,10 @@ static tdm_status_t alloc_scratch(shd_model_t *m, tdm_error_t *err)
         (void **)&m->s.x,    (void **)&m->s.xn,   (void **)&m->s.q,    (void **)&m->s.k,
         (void **)&m->s.v,    (void **)&m->s.attn, (void **)&m->s.ff_a, (void **)&m->s.ff_b,
         (void **)&m->s.rlog, (void **)&m->s.sel,  (void **)&m->s.selw, (void **)&m->s.lx,
-        (void **)&m->s.ss,   (void **)&m->s.proj, (void **)&m->s.lg,   (void **)&m->s.lgg,
+        (void **)&m->s.qg,   (void **)&m->s.sha,  (void **)&m->s.shb,  (void **)&m->s.shy,
+        (void **)&m->s.shg,  (void **)&m->s.gqkv, (void **)&m->s.gz,   (void **)&m->s.gba,
+        (void **)&m->s.go,   (void **)&m->s.ss,   (void **)&m->s.proj, (void **)&m->s.lg,
+        (void **)&m->s.lgg,
     };
     for (int i = 0; i < N_SLOTS; i++) {
         if (hv && i == N_SLOTS - N_SHARED) {
@@ -452,7 +532,9 @@ static kern_reserve_t reserve_of(const shd_model_t *m)
 {
     const mdl_hparams_t *hp = &m->hp;
     int64_t max_cols = hp->n_embd, max_rows = m->n_vocab_l;
-    const int64_t widths[] = {(int64_t)m->n_head_l * hp->head_dim, m->n_ff_l, m->n_ffe_l};
+    const int64_t gdn_vd = (int64_t)hp->gdn_v_heads * hp->gdn_head_dim;
+    const int64_t widths[] = {(int64_t)m->n_head_l * hp->head_dim, m->n_ff_l, m->n_ffe_l,
+                              hp->n_ff_shexp, gdn_vd};
     for (size_t i = 0; i < TDM_ARRAY_SIZE(widths); i++) {
         max_cols = widths[i] > max_cols ? widths[i] : max_cols;
     }
@@ -461,7 +543,10 @@ static kern_reserve_t reserve_of(const shd_model_t *m)
                             (int64_t)m->n_kv_l * hp->head_dim,
                             m->n_ff_l,
                             m->n_ffe_l,
-                            hp->n_expert};
+                            hp->n_expert,
+                            (int64_t)m->n_head_l * hp->head_dim * (hp->attn_out_gate ? 2 : 1),
+                            hp->n_ff_shexp,
+                            gdn_vd + 2 * (int64_t)hp->gdn_k_heads * hp->gdn_head_dim};
     for (size_t i = 0; i < TDM_ARRAY_SIZE(rows); i++) {
         max_rows = rows[i] > max_rows ? rows[i] : max_rows;
     }
@@ -478,6 +563,7 @@ static kern_reserve_t reserve_of(const shd_model_t *m)
         .n_embd = hp->n_embd,
         .n_ff_exp = m->n_ffe_l,
         .swa_tables = shd_model_swa_window(m) > 0,
+        .gdn_head_dim = hp->n_recurrent > 0 ? hp->gdn_head_dim : 0,
     };
 }
 
@@ -495,8 +581,8 @@ static tdm_status_t check_fit(shd_model_t *m, tdm_error_t *err)
     if (m->params.kv_block_tokens > 0) {
         shd_kv_pools_t pl;
         TDM_CHECK(shd_model_kv_pools(m, m->params.kv_block_tokens, m->params.kv_bytes, &pl, err));
-        kv =
-            (uint64_t)pl.n_blocks * pl.block_bytes + (uint64_t)pl.n_swa_blocks * pl.swa_block_bytes;
+        kv = (uint64_t)pl.n_blocks * pl.block_bytes +
+             (uint64_t)pl.n_swa_blocks * pl.swa_block_bytes + pl.state_bytes;
     }
     uint64_t free_b = 0, total_b = 0;
     TDM_CHECK(kern_be_mem_info(m->be, &free_b, &total_b, err));
@@ -635,8 +721,10 @@ uint64_t shd_model_prefault(const shd_model_t *m)
     uint64_t sum = touch_view(&m->tok_embd, 1, 0) + touch_view(&m->output, 1, 0);
     for (int il = 0; il < m->hp.n_layer; il++) {
         const shd_layer_t *L = &m->layers[il];
-        const kern_weight_t *mats[] = {&L->wq,       &L->wk,     &L->wv,       &L->wo,
-                                       &L->ffn_gate, &L->ffn_up, &L->ffn_down, &L->router};
+        const kern_weight_t *mats[] = {
+            &L->wq,       &L->wk,     &L->wv,        &L->wo,         &L->ffn_gate,  &L->ffn_up,
+            &L->ffn_down, &L->router, &L->shexp_inp, &L->shexp_gate, &L->shexp_up,  &L->shexp_down,
+            &L->gdn_qkv,  &L->gdn_z,  &L->gdn_ba,    &L->gdn_beta,   &L->gdn_alpha, &L->gdn_out};
         for (size_t i = 0; i < TDM_ARRAY_SIZE(mats); i++) {
             sum += touch_view(mats[i], 1, 0);
         }
@@ -697,7 +785,22 @@ tdm_status_t shd_model_kv_pools(const shd_model_t *m, int block_tokens, uint64_t
     }
     const int w = shd_model_swa_window(m);
     const size_t n_swa_layers = w > 0 ? (size_t)mdl_hparams_n_swa_layers(&m->hp) : 0;
-    const size_t n_full_layers = (size_t)m->hp.n_layer - n_swa_layers;
+    const size_t n_full_layers = (size_t)m->hp.n_layer - n_swa_layers - (size_t)m->hp.n_recurrent;
+    /* recurrent state: one slot per sequence that can run at once (n_out_max), taken
+     * from the budget before the blocks */
+    const int32_t n_slots = m->hp.n_recurrent > 0 ? m->params.n_out_max : 0;
+    const uint64_t state_bytes = (uint64_t)n_slots * mdl_hparams_state_bytes(&m->hp);
+    if (kv_bytes > 0 && state_bytes > 0) {
+        if (state_bytes >= kv_bytes) {
+            return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
+                                 "KV budget of %llu bytes does not hold the recurrent state of "
+                                 "%d sequences (%llu bytes); lower the running sequences or "
+                                 "raise --kv-memory",
+                                 (unsigned long long)kv_bytes, (int)n_slots,
+                                 (unsigned long long)state_bytes);
+        }
+        kv_bytes -= state_bytes;
+    }
     const size_t per_layer = 2u * (size_t)m->n_kv_l * row * bt; /* K and V of one block */
     const size_t bb = n_full_layers * per_layer, bb_swa = n_swa_layers * per_layer;
     const size_t min_blocks = ceil_div((size_t)m->params.n_batch_max, bt) + 1;
@@ -752,6 +855,8 @@ tdm_status_t shd_model_kv_pools(const shd_model_t *m, int block_tokens, uint64_t
         .n_swa_blocks = (int32_t)n_swa,
         .block_bytes = bb,
         .swa_block_bytes = bb_swa,
+        .n_state_slots = n_slots,
+        .state_bytes = state_bytes,
     };
     return TDM_OK;
 }
@@ -779,6 +884,12 @@ void shd_model_kv_config_pools(const shd_model_t *m, int block_tokens, const shd
     out->n_swa_blocks = shd_model_swa_window(m) > 0 ? pools->n_swa_blocks : 0;
     for (int il = 0; out->n_swa_blocks > 0 && il < m->hp.n_layer; il++) {
         out->layer_swa[il] = m->hp.layer_swa[il];
+    }
+    if (m->hp.n_recurrent > 0) {
+        out->n_state_slots = pools->n_state_slots > 0 ? pools->n_state_slots : 1;
+        out->state_conv_floats = mdl_hparams_gdn_conv_floats(&m->hp);
+        out->state_ssm_floats = mdl_hparams_gdn_state_floats(&m->hp);
+        memcpy(out->layer_recurrent, m->hp.layer_recurrent, sizeof(out->layer_recurrent));
     }
 }
 

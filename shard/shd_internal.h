@@ -42,6 +42,16 @@ typedef struct shd_layer {
     /* expert biases, the local experts' whole rows ([n_exp_l, n_ff_exp] for gate/up,
      * [n_exp_l, n_embd] for down) */
     const float *gate_exps_b, *up_exps_b, *down_exps_b;
+    /* shared expert (hp.n_ff_shexp > 0): a SwiGLU FFN scaled by sigmoid(shexp_inp . x) */
+    kern_weight_t shexp_inp; /* one row                                          */
+    kern_weight_t shexp_gate, shexp_up, shexp_down;
+    /* Gated DeltaNet layer (hp.layer_recurrent): projections to the conv channels [q | k
+     * | v], to z (the output gate) and to the raw b / a gates (packed per k head in
+     * ssm_ba, or ssm_beta and ssm_alpha); conv taps, ssm_a, dt bias, the gated norm and
+     * the output projection */
+    int is_gdn;
+    kern_weight_t gdn_qkv, gdn_z, gdn_ba, gdn_beta, gdn_alpha, gdn_out;
+    const float *gdn_conv_w, *gdn_a, *gdn_dt_bias, *gdn_norm;
 } shd_layer_t;
 
 /* Step scratch: backend memory carved at load, sized for n_batch_max tokens. The buffers
@@ -61,6 +71,15 @@ typedef struct shd_scratch {
     int32_t *sel; /* [B, n_expert_used] chosen experts             */
     float *selw;  /* [B, n_expert_used] their weights              */
     float *lx;    /* [n_out_max, n_embd] normed rows for logits    */
+    float *qg;    /* [B, n_head_l * 2 hd] q and output gate (hp.attn_out_gate) */
+    float *sha;   /* [B, n_ff_shexp] shared expert gate, then its activation */
+    float *shb;   /* [B, n_ff_shexp] shared expert up              */
+    float *shy;   /* [B, n_embd] shared expert output              */
+    float *shg;   /* [B] shared expert gate logit                   */
+    float *gqkv;  /* [B, gdn channels] GDN conv input / output      */
+    float *gz;    /* [B, v heads * hd] GDN output gate z            */
+    float *gba;   /* [B, 2 v heads] GDN raw b and a                 */
+    float *go;    /* [B, v heads * hd] GDN rule output, then normed */
     float *ss;    /* [B, 2] q and k sums of squares (full-width norms) */
     float *lg;    /* [n_out_max * n_vocab_l] local logits          */
     float *lgg;   /* [tp * n_out_max * n_vocab_l] gathered logits  */
@@ -123,6 +142,8 @@ extern const shd_arch_ops_t shd_arch_minimax_m2;
 extern const shd_arch_ops_t shd_arch_gpt_oss;
 extern const shd_arch_ops_t shd_arch_qwen2;
 extern const shd_arch_ops_t shd_arch_mistral3;
+extern const shd_arch_ops_t shd_arch_qwen3next;
+extern const shd_arch_ops_t shd_arch_qwen35moe;
 
 /* ---- binding helpers (model.c) ---- */
 
@@ -163,6 +184,20 @@ tdm_status_t shd_block_ffn(shd_model_t *m, int64_t n_tok, int il, tdm_error_t *e
 tdm_status_t shd_block_moe(shd_model_t *m, int64_t n_tok, int il, tdm_error_t *err);
 /* s.x += s.proj. */
 void shd_residual_add(shd_model_t *m, int64_t n_tok);
+/* s.proj += sigmoid(shexp_inp . s.xn) * SwiGLU_shexp(s.xn) of layer il (after the MoE). */
+tdm_status_t shd_block_shared_expert(shd_model_t *m, int64_t n_tok, int il, tdm_error_t *err);
+/* s.proj = the Gated DeltaNet mixer of layer il on s.xn (block_gdn.c): projections, the
+ * causal conv and the delta rule on the sequences' state slots, the gated RMSNorm, the
+ * output projection. */
+tdm_status_t shd_block_gdn(shd_model_t *m, shd_kv_cache_t *kv, const shd_batch_t *b, int il,
+                           tdm_error_t *err);
+/* Binds blk.il's Gated DeltaNet tensors (model.c) and the shared expert's. */
+tdm_status_t shd_bind_gdn(shd_model_t *m, int il, tdm_error_t *err);
+tdm_status_t shd_bind_shared_expert(shd_model_t *m, int il, tdm_error_t *err);
+/* The hybrid layer (qwen3next, qwen35moe): h = x + (GDN or gated attention)(RMSNorm(x)),
+ * x' = h + MoE(n) + shared expert(n), n = RMSNorm(h; post_attention_norm). */
+tdm_status_t shd_hybrid_layer_forward(shd_model_t *m, shd_kv_cache_t *kv, const shd_batch_t *b,
+                                      int il, tdm_error_t *err);
 
 /* The pre-norm layer every architecture here shares:
  *   h = x + Attn(RMSNorm(x; attn_norm)),  x' = h + FFN(RMSNorm(h; ffn_norm))

@@ -100,6 +100,10 @@ typedef struct shd_kv_pools {
     int32_t n_swa_blocks;   /* the sliding pool; 0 without sliding layers            */
     size_t block_bytes;     /* one full-pool block (0 when every layer slides)       */
     size_t swa_block_bytes; /* one sliding-pool block (0 without sliding layers)      */
+    /* Recurrent state (Gated DeltaNet layers): one slot per sequence that can run at
+     * once (n_out_max), its bytes taken from the budget first; 0 without such layers. */
+    int32_t n_state_slots;
+    uint64_t state_bytes; /* of all slots                                           */
 } shd_kv_pools_t;
 
 /*

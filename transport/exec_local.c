@@ -34,6 +34,7 @@ static tdm_status_t local_step(void *impl, const xp_step_t *st, float *logits, t
         x->views[i].blocks = st->seqs[i].blocks;
         x->views[i].n_blocks = st->seqs[i].n_blocks;
         x->views[i].swa_blocks = st->seqs[i].swa_blocks;
+        x->views[i].state_slot = st->seqs[i].state_slot;
     }
     shd_batch_t b = {
         .n_tokens = st->n_tokens,
@@ -97,6 +98,13 @@ tdm_status_t xp_local_exec_create(const gguf_ctx_t *g, const xp_local_params_t *
     shd_kv_config_t cfg;
     shd_model_kv_config_pools(x->model, block_tokens, &pools, &cfg);
     TDM_CHECK_GOTO(shd_kv_cache_create(x->be, &cfg, &x->kv, err), st, fail);
+    if (pools.n_state_slots > 0) {
+        TDM_INFO("exec",
+                 "recurrent state: %d slots of %.2f MiB (%d Gated DeltaNet layers), %.1f MiB",
+                 (int)pools.n_state_slots,
+                 (double)mdl_hparams_state_bytes(shd_model_hparams(x->model)) / 1048576.0,
+                 shd_model_hparams(x->model)->n_recurrent, (double)pools.state_bytes / 1048576.0);
+    }
     if (pools.n_swa_blocks > 0) {
         TDM_INFO("exec",
                  "KV cache: %d blocks of %d tokens for the full-attention layers (%.1f MiB), %d "
@@ -119,6 +127,7 @@ tdm_status_t xp_local_exec_create(const gguf_ctx_t *g, const xp_local_params_t *
         .n_ctx_max = mp.n_ctx_max,
         .n_swa = pools.n_swa_blocks > 0 ? shd_model_swa_window(x->model) : 0,
         .n_swa_blocks = pools.n_swa_blocks,
+        .n_state_slots = pools.n_state_slots,
     };
     *out = x;
     return TDM_OK;

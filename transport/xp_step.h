@@ -28,6 +28,10 @@ typedef struct xp_step_seq {
      * there for the sliding-window layers, -1 where the sequence no longer keeps it;
      * NULL otherwise. */
     const int32_t *swa_blocks;
+    /* The sequence's recurrent-state slot (Gated DeltaNet models, xp_executor_t
+     * n_state_slots > 0); -1 otherwise. Not carried by the STEP message yet: such models
+     * run single-node. */
+    int32_t state_slot;
 } xp_step_seq_t;
 
 typedef struct xp_step {
@@ -65,6 +69,9 @@ typedef struct xp_executor {
      * queries see the last n_swa positions; both 0 when the model has none. */
     int32_t n_swa;
     int32_t n_swa_blocks;
+    /* Recurrent-state slots the executor holds (models with Gated DeltaNet layers; 0:
+     * none): each running sequence needs one (coordinator/kv_manager.h). */
+    int32_t n_state_slots;
 } xp_executor_t;
 
 #endif

@@ -118,6 +118,9 @@ static tdm_status_t run_schedule(shd_model_t *m, const xp_executor_t *ex, const 
     uint8_t *want = tdm_xmalloc((size_t)nb);
     float *logits = malloc((size_t)n_out_max * (size_t)V * sizeof(float));
     const int32_t n_swa = m != NULL ? shd_model_swa_window(m) : ex->n_swa;
+    /* recurrent layers: a state slot per sequence (from the manager, as in serving) */
+    const int32_t n_slots =
+        m != NULL ? (shd_model_hparams(m)->n_recurrent > 0 ? count : 0) : ex->n_state_slots;
     tdm_status_t st = TDM_OK;
     if (logits == NULL) {
         st = tdm_error_set(err, TDM_ERR_NO_MEMORY, "eval: out of memory for logits");
@@ -135,7 +138,8 @@ static tdm_status_t run_schedule(shd_model_t *m, const xp_executor_t *ex, const 
     crd_kvm_params_t kp = {.n_blocks = (int32_t)total_blocks,
                            .block_size = o->block_tokens,
                            .n_swa = n_swa,
-                           .n_swa_blocks = n_swa > 0 ? (int32_t)total_blocks : 0};
+                           .n_swa_blocks = n_swa > 0 ? (int32_t)total_blocks : 0,
+                           .n_state_slots = n_slots};
     if (m == NULL && n_swa > 0 && kp.n_swa_blocks > ex->n_swa_blocks) {
         kp.n_swa_blocks = ex->n_swa_blocks; /* what the shards hold */
     }
@@ -145,9 +149,11 @@ static tdm_status_t run_schedule(shd_model_t *m, const xp_executor_t *ex, const 
         TDM_CHECK_GOTO(crd_kvm_seq_create(kvm, NULL, 0, &kvseq[s], &cached, err), st, out);
         views[s].blocks = crd_kvm_seq_blocks(kvseq[s], &views[s].n_blocks);
         views[s].swa_blocks = crd_kvm_seq_swa_blocks(kvseq[s]);
+        views[s].state_slot = crd_kvm_seq_state_slot(kvseq[s]);
     }
     if (m != NULL) {
-        const shd_kv_pools_t pools = {.n_blocks = kp.n_blocks, .n_swa_blocks = kp.n_swa_blocks};
+        const shd_kv_pools_t pools = {
+            .n_blocks = kp.n_blocks, .n_swa_blocks = kp.n_swa_blocks, .n_state_slots = n_slots};
         shd_kv_config_t kc;
         shd_model_kv_config_pools(m, o->block_tokens, &pools, &kc);
         TDM_CHECK_GOTO(shd_kv_cache_create(shd_model_backend(m), &kc, &kv, err), st, out);
@@ -210,6 +216,7 @@ static tdm_status_t run_schedule(shd_model_t *m, const xp_executor_t *ex, const 
                 xs[q].blocks = views[q].blocks;
                 xs[q].n_blocks = views[q].n_blocks;
                 xs[q].swa_blocks = views[q].swa_blocks;
+                xs[q].state_slot = views[q].state_slot;
             }
             xp_step_t xst = {n, tok, pos, sq, want, n_logits, count, xs};
             st = ex->ops->step(ex->impl, &xst, logits, err);

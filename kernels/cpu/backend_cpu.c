@@ -95,8 +95,15 @@ static tdm_status_t cpu_weights_load(kern_backend_t *be, kern_weight_ref_t *refs
     return TDM_OK;
 }
 
+static size_t pad16(size_t n)
+{
+    return (n + 15) & ~(size_t)15;
+}
+
 /* Sizes of the reserved scratch, in floats, in the order cpu_reserve carves it. */
-static void reserve_sizes(const cpu_backend_t *c, const kern_reserve_t *r, size_t sizes[8])
+#define N_RESERVE 11
+
+static void reserve_sizes(const cpu_backend_t *c, const kern_reserve_t *r, size_t sizes[N_RESERVE])
 {
     const size_t nt = (size_t)kern_ctx_n_threads(c->ctx);
     const size_t B = (size_t)r->n_tok, E = (size_t)r->n_embd;
@@ -111,18 +118,17 @@ static void reserve_sizes(const cpu_backend_t *c, const kern_reserve_t *r, size_
     sizes[5] = moe ? rows * E : 0;                   /* ey      */
     sizes[6] = moe ? rows * (size_t)r->n_ff_exp : 0; /* ff_a */
     sizes[7] = moe ? rows * (size_t)r->n_ff_exp : 0; /* ff_b */
-}
-
-static size_t pad16(size_t n)
-{
-    return (n + 15) & ~(size_t)15;
+    const bool gdn = r->gdn_head_dim > 0;
+    sizes[8] = gdn ? B : 0; /* gdn_run0    */
+    sizes[9] = gdn ? B : 0; /* gdn_runlen  */
+    sizes[10] = gdn ? nt * pad16(kern_cpu_gdn_scratch_floats(r->gdn_head_dim)) : 0; /* scratch */
 }
 
 static uint64_t cpu_reserve_bytes(const kern_backend_t *be, const kern_reserve_t *r)
 {
-    size_t sizes[8], total = 0;
+    size_t sizes[N_RESERVE], total = 0;
     reserve_sizes((const cpu_backend_t *)be, r, sizes);
-    for (int i = 0; i < 8; i++) {
+    for (int i = 0; i < N_RESERVE; i++) {
         total += pad16(sizes[i]);
     }
     return (uint64_t)total * sizeof(float);
@@ -131,9 +137,9 @@ static uint64_t cpu_reserve_bytes(const kern_backend_t *be, const kern_reserve_t
 static tdm_status_t cpu_reserve(kern_backend_t *be, const kern_reserve_t *r, tdm_error_t *err)
 {
     cpu_backend_t *c = cpu_be(be);
-    size_t sizes[8], total = 0;
+    size_t sizes[N_RESERVE], total = 0;
     reserve_sizes(c, r, sizes);
-    for (int i = 0; i < 8; i++) {
+    for (int i = 0; i < N_RESERVE; i++) {
         total += pad16(sizes[i]);
     }
     float *arena = tdm_aligned_alloc(total * sizeof(float) + 64);
@@ -147,10 +153,12 @@ static tdm_status_t cpu_reserve(kern_backend_t *be, const kern_reserve_t *r, tdm
     c->arena = arena;
     c->r = *r;
     float *p = arena;
-    void **slots[8] = {(void **)&c->att_s, (void **)&c->att_row, (void **)&c->etok,
-                       (void **)&c->ew,    (void **)&c->ex,      (void **)&c->ey,
-                       (void **)&c->ff_a,  (void **)&c->ff_b};
-    for (int i = 0; i < 8; i++) {
+    void **slots[N_RESERVE] = {
+        (void **)&c->att_s,    (void **)&c->att_row,    (void **)&c->etok,       (void **)&c->ew,
+        (void **)&c->ex,       (void **)&c->ey,         (void **)&c->ff_a,       (void **)&c->ff_b,
+        (void **)&c->gdn_run0, (void **)&c->gdn_runlen, (void **)&c->gdn_scratch};
+    c->gdn_scratch_stride = pad16(kern_cpu_gdn_scratch_floats(r->gdn_head_dim));
+    for (int i = 0; i < N_RESERVE; i++) {
         *slots[i] = p; /* etok shares the float arena: same size and alignment */
         p += pad16(sizes[i]);
     }
@@ -399,6 +407,10 @@ static const kern_backend_ops_t cpu_ops = {
     .attention = cpu_attention,
     .moe_route = cpu_moe_route,
     .moe_experts = kern_cpu_moe_experts,
+    .gdn_conv = kern_cpu_gdn_conv,
+    .gdn_rule = kern_cpu_gdn_rule,
+    .rms_norm_gated = kern_cpu_rms_norm_gated,
+    .mul_sigmoid = kern_cpu_mul_sigmoid,
 };
 
 tdm_status_t kern_backend_create_cpu(const kern_backend_params_t *p, kern_backend_t **out,

@@ -986,6 +986,9 @@ static void cu_op_moe_experts(kern_backend_t *be, const kern_moe_t *moe, const f
     }
 }
 
+/* The Gated DeltaNet ops (the members after moe_experts) stay null: no CUDA kernels yet,
+ * so qwen3next / qwen35moe refuse to load on a GPU (kern_be_has_gdn), and the ops would
+ * fail a step naming themselves. */
 static const kern_backend_ops_t cuda_ops = {
     cu_destroy,      cu_stats,           cu_mem_info,     cu_alloc,          cu_free,
     cu_to_device,    cu_to_host,         cu_sync,         cu_copy,           cu_weights_bytes,

@@ -874,6 +874,53 @@ static void test_swa_random_against_model(void **state)
     run_model(4, 16, 32, 32, 6); /* a window larger than most prompts */
 }
 
+/* Recurrent-state slots (Gated DeltaNet models): one per sequence, BUSY when all are
+ * taken, given back at free and reused; no prefix hits while states of cached prefixes
+ * are not stored, though full blocks still enter the cache. */
+static void test_state_slots_and_no_prefix_hits(void **state)
+{
+    (void)state;
+    crd_kvm_t *kvm = NULL;
+    const crd_kvm_params_t p = {.n_blocks = 16, .block_size = 16, .n_state_slots = 2};
+    assert_int_equal(crd_kvm_create_pools(&p, &kvm, NULL), TDM_OK);
+    int32_t t[40], cached = -1;
+    fill(t, 40, 1);
+    crd_kv_seq_t *a = run_prompt(kvm, t, 40, &cached);
+    assert_int_equal(cached, 0);
+    crd_kv_seq_t *b = NULL, *c = NULL;
+    assert_int_equal(crd_kvm_seq_create(kvm, t, 40, &b, &cached, NULL), TDM_OK);
+    assert_int_equal(cached, 0); /* the same prompt: blocks cached, but no hit */
+    assert_int_not_equal(crd_kvm_seq_state_slot(a), crd_kvm_seq_state_slot(b));
+    assert_true(crd_kvm_seq_state_slot(a) >= 0 && crd_kvm_seq_state_slot(a) < 2);
+    assert_true(crd_kvm_seq_state_slot(b) >= 0 && crd_kvm_seq_state_slot(b) < 2);
+    assert_int_equal(crd_kvm_state_slots_free(kvm), 0);
+    tdm_error_t err = {0};
+    assert_int_equal(crd_kvm_seq_create(kvm, t, 40, &c, &cached, &err), TDM_ERR_BUSY);
+    assert_null(c);
+    const int32_t freed = crd_kvm_seq_state_slot(a);
+    crd_kvm_seq_free(kvm, a);
+    assert_int_equal(crd_kvm_state_slots_free(kvm), 1);
+    assert_int_equal(crd_kvm_seq_create(kvm, t, 40, &c, &cached, NULL), TDM_OK);
+    assert_int_equal(crd_kvm_seq_state_slot(c), freed);
+    assert_int_equal(cached, 0);
+    crd_kvm_stats_t st;
+    crd_kvm_get_stats(kvm, &st);
+    assert_int_equal(st.prefix_hits, 0);
+    assert_int_equal(st.n_cached_idle + st.n_used >= 2, 1); /* a's full blocks were hashed */
+    check_accounting(kvm);
+    crd_kvm_seq_free(kvm, b);
+    crd_kvm_seq_free(kvm, c);
+    assert_int_equal(crd_kvm_state_slots_free(kvm), 2);
+    crd_kvm_destroy(kvm);
+
+    /* without slots a sequence has none */
+    kvm = make(4);
+    crd_kv_seq_t *d = run_prompt(kvm, t, 8, &cached);
+    assert_int_equal(crd_kvm_seq_state_slot(d), -1);
+    crd_kvm_seq_free(kvm, d);
+    crd_kvm_destroy(kvm);
+}
+
 static void test_bad_arguments(void **state)
 {
     (void)state;
@@ -911,6 +958,7 @@ int main(void)
         cmocka_unit_test(test_swa_hit_cut_by_evicted_window),
         cmocka_unit_test(test_swa_full_eviction_frees_window),
         cmocka_unit_test(test_swa_random_against_model),
+        cmocka_unit_test(test_state_slots_and_no_prefix_hits),
         cmocka_unit_test(test_bad_arguments),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

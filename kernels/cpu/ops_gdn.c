@@ -1,0 +1,395 @@
+/*
+ * ops_gdn.c - the Gated DeltaNet ops of the CPU backend (kern_backend.h, kern_gdn_t): the
+ * causal conv with its per-sequence state, the gated delta rule in its recurrent form
+ * (one token) and its chunked form (a run of tokens: prefill), the gated RMSNorm and the
+ * sigmoid gates. Scalar C; the work is spread over the pool by (sequence, v head).
+ *
+ * The chunked form (the one HF's torch_chunk_gated_delta_rule and llama.cpp compute for
+ * prompts) for a chunk of c tokens with cumulative log-decays G_i = g_0 + ... + g_i:
+ *     T_ij = b_i (k_i . k_j) exp(G_i - G_j)                      (j < i)
+ *     U_i  = b_i v_i            - sum_{j<i} T_ij U_j              (forward substitution:
+ *     W_i  = b_i exp(G_i) k_i   - sum_{j<i} T_ij W_j               (I + T)^-1 applied)
+ *     V'_i = U_i - W_i S                                          (S the state before)
+ *     o_i  = exp(G_i) q_i S + sum_{j<=i} (q_i . k_j) exp(G_i - G_j) V'_j
+ *     S   <- exp(G_c-1) S + sum_j exp(G_c-1 - G_j) k_j V'_j^T
+ * which equals c steps of the recurrence S <- exp(g) S; S <- S + k (b (v - S^T k))^T;
+ * o = S^T q (rows of S: key dims, columns: value dims).
+ */
+#include "kernels/cpu/backend_cpu.h"
+#include "kernels/cpu/pool.h"
+
+#include <math.h>
+#include <string.h>
+
+static float sigmoidf_(float x)
+{
+    return 1.0f / (1.0f + expf(-x));
+}
+
+static float siluf_(float x)
+{
+    return x / (1.0f + expf(-x));
+}
+
+/* torch.nn.functional.softplus (beta 1, threshold 20) */
+static float softplusf_(float x)
+{
+    return x > 20.0f ? x : log1pf(expf(x));
+}
+
+/* The step's runs: consecutive tokens of one sequence. Fills run0/runlen (the backend's
+ * reserved arrays), returns how many; a run starting at position 0 starts from zero state. */
+static int32_t step_runs(const kern_step_t *st, int32_t *run0, int32_t *runlen)
+{
+    int32_t n = 0;
+    for (int32_t t = 0; t < st->n_tokens; t++) {
+        if (n > 0 && st->seq[t] == st->seq[run0[n - 1]]) {
+            runlen[n - 1]++;
+        } else {
+            run0[n] = t;
+            runlen[n] = 1;
+            n++;
+        }
+    }
+    return n;
+}
+
+static bool slots_ok(kern_backend_t *be, const kern_gdn_t *g, int32_t n_runs)
+{
+    const cpu_backend_t *c = cpu_be(be);
+    const kern_step_t *st = be->step;
+    for (int32_t r = 0; r < n_runs; r++) {
+        const int32_t slot = st->seqs[st->seq[c->gdn_run0[r]]].state_slot;
+        if (slot < 0 || slot >= g->n_slots) {
+            kern_be_fail(be, TDM_ERR_INVALID_PARAM,
+                         "gated delta net: sequence %d has state slot %d (the layer has %d)",
+                         st->seq[c->gdn_run0[r]], slot, g->n_slots);
+            return false;
+        }
+    }
+    return true;
+}
+
+/* ---- the causal conv ---- */
+
+typedef struct conv_task {
+    kern_backend_t *be;
+    const kern_gdn_t *g;
+    float *x;
+    int64_t ldx, n_ch;
+} conv_task_t;
+
+/* Items: (run, channel). Each channel keeps its last conv - 1 inputs in a small window, so
+ * the outputs can overwrite the inputs. */
+static void conv_worker(void *arg, int64_t begin, int64_t end, int thread_idx)
+{
+    (void)thread_idx;
+    const conv_task_t *a = arg;
+    const cpu_backend_t *c = cpu_be(a->be);
+    const kern_step_t *st = a->be->step;
+    const kern_gdn_t *g = a->g;
+    const int K = g->conv, H = K - 1;
+    float win[16];
+    for (int64_t item = begin; item < end; item++) {
+        const int32_t r = (int32_t)(item / a->n_ch);
+        const int64_t ch = item % a->n_ch;
+        const int32_t t0 = c->gdn_run0[r], n = c->gdn_runlen[r];
+        const int32_t slot = st->seqs[st->seq[t0]].state_slot;
+        float *state = g->conv_state + (size_t)slot * (size_t)H * (size_t)a->n_ch;
+        const float *w = g->conv_w + ch * K;
+        const bool fresh = st->pos[t0] == 0;
+        for (int j = 0; j < H; j++) {
+            win[j] = fresh ? 0.0f : state[(int64_t)j * a->n_ch + ch];
+        }
+        for (int32_t i = 0; i < n; i++) {
+            float *px = a->x + (int64_t)(t0 + i) * a->ldx + ch;
+            const float cur = *px;
+            float acc = 0.0f;
+            for (int j = 0; j < H; j++) {
+                acc += w[j] * win[j];
+            }
+            acc += w[H] * cur;
+            for (int j = 0; j + 1 < H; j++) {
+                win[j] = win[j + 1];
+            }
+            if (H > 0) {
+                win[H - 1] = cur;
+            }
+            *px = siluf_(acc);
+        }
+        for (int j = 0; j < H; j++) {
+            state[(int64_t)j * a->n_ch + ch] = win[j];
+        }
+    }
+}
+
+void kern_cpu_gdn_conv(kern_backend_t *be, const kern_gdn_t *g, float *x, int64_t ldx)
+{
+    cpu_backend_t *c = cpu_be(be);
+    if (g->conv < 1 || g->conv > 16) {
+        kern_be_fail(be, TDM_ERR_UNSUPPORTED, "gated delta net: conv of %d taps", g->conv);
+        return;
+    }
+    const int32_t n_runs = step_runs(be->step, c->gdn_run0, c->gdn_runlen);
+    if (!slots_ok(be, g, n_runs)) {
+        return;
+    }
+    conv_task_t task = {be, g, x, ldx, kern_gdn_channels(g)};
+    kern_parallel_for(c->ctx, (int64_t)n_runs * task.n_ch, 64, conv_worker, &task);
+}
+
+/* ---- the gated delta rule ---- */
+
+typedef struct rule_task {
+    kern_backend_t *be;
+    const kern_gdn_t *g;
+    const float *qkv;
+    int64_t ldq;
+    const float *beta, *alpha;
+    int64_t ldb, lda;
+    int grp;
+    float *out;
+} rule_task_t;
+
+static float dotf(const float *a, const float *b, int n)
+{
+    float s = 0.0f;
+    for (int i = 0; i < n; i++) {
+        s += a[i] * b[i];
+    }
+    return s;
+}
+
+/* dst = src / sqrt(sum src^2 + eps) * scale */
+static void l2norm(float *dst, const float *src, int n, float eps, float scale)
+{
+    const float inv = 1.0f / sqrtf(dotf(src, src, n) + eps) * scale;
+    for (int i = 0; i < n; i++) {
+        dst[i] = src[i] * inv;
+    }
+}
+
+/* One token of the recurrence; S [d][d] (rows: key dims). */
+static void rule_step(float *S, int d, const float *q, const float *k, const float *v, float b,
+                      float decay, float *tmp, float *o)
+{
+    for (int64_t i = 0; i < (int64_t)d * d; i++) {
+        S[i] *= decay;
+    }
+    for (int j = 0; j < d; j++) {
+        tmp[j] = 0.0f;
+    }
+    for (int r = 0; r < d; r++) {
+        const float kr = k[r];
+        const float *row = S + (int64_t)r * d;
+        for (int j = 0; j < d; j++) {
+            tmp[j] += row[j] * kr;
+        }
+    }
+    for (int j = 0; j < d; j++) {
+        tmp[j] = (v[j] - tmp[j]) * b;
+    }
+    for (int j = 0; j < d; j++) {
+        o[j] = 0.0f;
+    }
+    for (int r = 0; r < d; r++) {
+        float *row = S + (int64_t)r * d;
+        const float kr = k[r], qr = q[r];
+        for (int j = 0; j < d; j++) {
+            row[j] += kr * tmp[j];
+            o[j] += row[j] * qr;
+        }
+    }
+}
+
+/* Per-thread scratch of the chunked form (cpu_backend_t.gdn_scratch), in floats. */
+static size_t chunk_scratch_floats(int d)
+{
+    const size_t C = KERN_GDN_CHUNK;
+    return 6 * C * (size_t)d + C * C + 3 * C + (size_t)d;
+}
+
+/* One chunk of c tokens (rows of qn, kn, v, 1/scale applied to qn already). */
+static void rule_chunk(float *S, int d, int c, const float *qn, const float *kn, const float *v,
+                       const float *b, const float *gl, float *ws, float *o, int64_t ldo)
+{
+    const int C = KERN_GDN_CHUNK;
+    float *U = ws, *W = U + (size_t)C * d, *Vn = W + (size_t)C * d, *T = Vn + (size_t)C * d;
+    float *G = T + (size_t)C * C;
+    float acc = 0.0f;
+    for (int i = 0; i < c; i++) {
+        acc += gl[i];
+        G[i] = acc;
+    }
+    for (int i = 0; i < c; i++) {
+        const float *ki = kn + (size_t)i * d;
+        float *Ui = U + (size_t)i * d, *Wi = W + (size_t)i * d;
+        const float eG = expf(G[i]);
+        for (int x = 0; x < d; x++) {
+            Ui[x] = b[i] * v[(size_t)i * d + x];
+            Wi[x] = b[i] * eG * ki[x];
+        }
+        for (int j = 0; j < i; j++) {
+            const float tij = b[i] * dotf(ki, kn + (size_t)j * d, d) * expf(G[i] - G[j]);
+            T[(size_t)i * C + j] = tij;
+            const float *Uj = U + (size_t)j * d, *Wj = W + (size_t)j * d;
+            for (int x = 0; x < d; x++) {
+                Ui[x] -= tij * Uj[x];
+                Wi[x] -= tij * Wj[x];
+            }
+        }
+    }
+    /* V' = U - W S; o = exp(G) q S + (q k^T . decay) V' */
+    for (int i = 0; i < c; i++) {
+        float *vn = Vn + (size_t)i * d, *oi = o + (int64_t)i * ldo;
+        const float *Wi = W + (size_t)i * d, *qi = qn + (size_t)i * d;
+        memcpy(vn, U + (size_t)i * d, (size_t)d * sizeof(float));
+        for (int x = 0; x < d; x++) {
+            oi[x] = 0.0f;
+        }
+        for (int r = 0; r < d; r++) {
+            const float *row = S + (size_t)r * d;
+            const float wr = Wi[r], qr = qi[r];
+            for (int x = 0; x < d; x++) {
+                vn[x] -= wr * row[x];
+                oi[x] += qr * row[x];
+            }
+        }
+        const float eG = expf(G[i]);
+        for (int x = 0; x < d; x++) {
+            oi[x] *= eG;
+        }
+        for (int j = 0; j <= i; j++) {
+            const float aij = dotf(qi, kn + (size_t)j * d, d) * expf(G[i] - G[j]);
+            const float *vj = Vn + (size_t)j * d;
+            for (int x = 0; x < d; x++) {
+                oi[x] += aij * vj[x];
+            }
+        }
+    }
+    /* S = exp(G_last) S + sum_j exp(G_last - G_j) k_j V'_j^T */
+    const float gL = G[c - 1], eL = expf(gL);
+    for (int64_t i = 0; i < (int64_t)d * d; i++) {
+        S[i] *= eL;
+    }
+    for (int j = 0; j < c; j++) {
+        const float f = expf(gL - G[j]);
+        const float *kj = kn + (size_t)j * d, *vj = Vn + (size_t)j * d;
+        for (int r = 0; r < d; r++) {
+            const float kr = kj[r] * f;
+            float *row = S + (size_t)r * d;
+            for (int x = 0; x < d; x++) {
+                row[x] += kr * vj[x];
+            }
+        }
+    }
+}
+
+/* Items: (run, v head). */
+static void rule_worker(void *arg, int64_t begin, int64_t end, int thread_idx)
+{
+    const rule_task_t *a = arg;
+    const cpu_backend_t *c = cpu_be(a->be);
+    const kern_step_t *st = a->be->step;
+    const kern_gdn_t *g = a->g;
+    const int d = g->head_dim, nv = g->n_v_heads, nk = g->n_k_heads, rr = nv / nk;
+    const int C = KERN_GDN_CHUNK;
+    const float scale = 1.0f / sqrtf((float)d);
+    float *ws = c->gdn_scratch + (size_t)thread_idx * c->gdn_scratch_stride;
+    float *qn = ws, *kn = qn + (size_t)C * d, *vv = kn + (size_t)C * d;
+    float *bb = vv + (size_t)C * d, *gl = bb + C, *tmp = gl + C, *cw = tmp + d;
+    for (int64_t item = begin; item < end; item++) {
+        const int32_t r = (int32_t)(item / nv);
+        const int h = (int)(item % nv);
+        const int kh = g->v_tiled ? h % nk : h / rr;
+        const int bi = (h / rr) * a->grp + h % rr;
+        const int32_t t0 = c->gdn_run0[r], n = c->gdn_runlen[r];
+        const int32_t slot = st->seqs[st->seq[t0]].state_slot;
+        float *S = g->ssm_state + ((size_t)slot * (size_t)nv + (size_t)h) * (size_t)d * (size_t)d;
+        if (st->pos[t0] == 0) {
+            memset(S, 0, (size_t)d * (size_t)d * sizeof(float));
+        }
+        for (int32_t i0 = 0; i0 < n; i0 += C) {
+            const int cn = n - i0 < C ? n - i0 : C;
+            for (int i = 0; i < cn; i++) {
+                const int64_t t = t0 + i0 + i;
+                const float *row = a->qkv + t * a->ldq;
+                l2norm(qn + (size_t)i * d, row + (int64_t)kh * d, d, g->eps, scale);
+                l2norm(kn + (size_t)i * d, row + (int64_t)(nk + kh) * d, d, g->eps, 1.0f);
+                memcpy(vv + (size_t)i * d, row + (int64_t)(2 * nk + h) * d,
+                       (size_t)d * sizeof(float));
+                bb[i] = sigmoidf_(a->beta[t * a->ldb + bi]);
+                gl[i] = g->a[h] * softplusf_(a->alpha[t * a->lda + bi] + g->dt_bias[h]);
+            }
+            float *o = a->out + (int64_t)(t0 + i0) * nv * d + (int64_t)h * d;
+            if (n == 1) {
+                rule_step(S, d, qn, kn, vv, bb[0], expf(gl[0]), tmp, o);
+            } else {
+                rule_chunk(S, d, cn, qn, kn, vv, bb, gl, cw, o, (int64_t)nv * d);
+            }
+        }
+    }
+}
+
+void kern_cpu_gdn_rule(kern_backend_t *be, const kern_gdn_t *g, const float *qkv, int64_t ldq,
+                       const float *beta, int64_t ldb, const float *alpha, int64_t lda, int grp,
+                       float *out)
+{
+    cpu_backend_t *c = cpu_be(be);
+    if (g->head_dim > c->r.gdn_head_dim || g->n_k_heads < 1 || g->n_v_heads % g->n_k_heads != 0) {
+        kern_be_fail(be, TDM_ERR_INVALID_PARAM,
+                     "gated delta net: head dim %d (reserved %d), %d k / %d v heads", g->head_dim,
+                     c->r.gdn_head_dim, g->n_k_heads, g->n_v_heads);
+        return;
+    }
+    const int32_t n_runs = step_runs(be->step, c->gdn_run0, c->gdn_runlen);
+    if (!slots_ok(be, g, n_runs)) {
+        return;
+    }
+    rule_task_t task = {be, g, qkv, ldq, beta, alpha, ldb, lda, grp, out};
+    kern_parallel_for(c->ctx, (int64_t)n_runs * g->n_v_heads, 1, rule_worker, &task);
+}
+
+size_t kern_cpu_gdn_scratch_floats(int head_dim)
+{
+    if (head_dim <= 0) {
+        return 0;
+    }
+    const size_t C = KERN_GDN_CHUNK, d = (size_t)head_dim;
+    /* qn, kn, v, b, g, tmp, then the chunk's own workspace */
+    return 3 * C * d + 2 * C + d + chunk_scratch_floats(head_dim);
+}
+
+/* ---- norms and gates ---- */
+
+void kern_cpu_rms_norm_gated(kern_backend_t *be, float *y, int64_t ldy, const float *x, int64_t ldx,
+                             const float *w, const float *z, int64_t ldz, int64_t rows,
+                             int64_t cols, float eps)
+{
+    (void)be;
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * ldx, *zr = z + r * ldz;
+        float *yr = y + r * ldy;
+        double ss = 0.0;
+        for (int64_t i = 0; i < cols; i++) {
+            ss += (double)xr[i] * xr[i];
+        }
+        const float inv = (float)(1.0 / sqrt(ss / (double)cols + (double)eps));
+        for (int64_t i = 0; i < cols; i++) {
+            yr[i] = xr[i] * inv * w[i] * siluf_(zr[i]);
+        }
+    }
+}
+
+void kern_cpu_mul_sigmoid(kern_backend_t *be, float *y, int64_t ldy, const float *g, int64_t ldg,
+                          int64_t rows, int64_t cols, bool bcast)
+{
+    (void)be;
+    for (int64_t r = 0; r < rows; r++) {
+        float *yr = y + r * ldy;
+        const float *gr = g + r * ldg;
+        for (int64_t i = 0; i < cols; i++) {
+            yr[i] *= sigmoidf_(gr[bcast ? 0 : i]);
+        }
+    }
+}
