@@ -9,7 +9,9 @@
  * of the type's block). Weights are random valid blocks (kern_quantize of Gaussian
  * values). Every (type, shape, tokens) line gives the median over R calls of one
  * kern_matmul (activation conversion included), the fastest call (a check on noise from
- * other work on the machine), and from the median the weight bytes streamed per second
+ * other work on the machine), the median CPU time of the process per call (with one
+ * thread: the call's time less what other work on a shared machine took), and from the
+ * median the weight bytes streamed per second
  * and GFLOP/s (2 * N * K * tokens / time).
  *
  * Decode (1 token) cycles through copies of the weight filling --pool-mib (default
@@ -47,6 +49,15 @@ static double now_s(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* CPU time of the whole process: with one thread, the call's time without the time other
+ * work on a shared machine took the core away (what compares kernels on a busy VM). */
+static double cpu_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
@@ -205,31 +216,38 @@ static int run_one(kern_ctx_t *ctx, const bench_opts_t *o, tdm_type_t t, int64_t
     }
     const int reps = o->reps > 0 ? o->reps : n_tok == 1 ? 200 : n_tok <= 64 ? 15 : 5;
     double *times = malloc((size_t)reps * sizeof(double));
+    double *cpu = malloc((size_t)reps * sizeof(double));
+    if (times == NULL || cpu == NULL) {
+        return -1;
+    }
     const int warm = n_tok == 1 ? (int)(n_copies < 20 ? n_copies : 20) : 1;
     size_t c = 0;
     tdm_error_t err = {0};
     for (int i = -warm; i < reps; i++) {
         const kern_weight_t w = {t, k, n_rows, row_bytes, pool + c * w_bytes};
         c = (c + 1) % n_copies;
-        const double t0 = now_s();
+        const double t0 = now_s(), c0 = cpu_s();
         if (kern_matmul(ctx, &w, x, k, n_tok, y, n_rows, &err) != TDM_OK) {
             fprintf(stderr, "matmul-bench: %s\n", err.msg);
             return -1;
         }
         if (i >= 0) {
             times[i] = now_s() - t0;
+            cpu[i] = cpu_s() - c0;
         }
     }
     qsort(times, (size_t)reps, sizeof(double), cmp_double);
+    qsort(cpu, (size_t)reps, sizeof(double), cmp_double);
     const double med = times[reps / 2];
-    printf("%-6s %6lld %6lld %5lld %3d %-7s %-10s %10.3f %9.3f %9.2f %9.2f  %.6g\n",
+    printf("%-6s %6lld %6lld %5lld %3d %-7s %-10s %10.3f %9.3f %9.3f %9.2f %9.2f  %.6g\n",
            tdm_type_name(t), (long long)n_rows, (long long)k, (long long)n_tok,
            kern_ctx_n_threads(ctx), kern_isa_name(kern_ctx_isa(ctx)),
            kernels_used(t, kern_ctx_isa(ctx), n_tok), med * 1e3, times[0] * 1e3,
-           (double)w_bytes / med * 1e-9,
+           cpu[reps / 2] * 1e3, (double)w_bytes / med * 1e-9,
            2.0 * (double)n_rows * (double)k * (double)n_tok / med * 1e-9, (double)y[0]);
     fflush(stdout);
     free(times);
+    free(cpu);
     free(pool);
     free(x);
     free(y);
@@ -263,8 +281,9 @@ int main(int argc, char **argv)
     printf("# decode: %s; GB/s = weight bytes / median time; reps %s\n",
            o.hot ? "one weight copy (hot)" : "weights cycled over the pool (cold)",
            o.reps > 0 ? "as given" : "200 decode, 15 up to 64 tokens, 5 above");
-    printf("%-6s %6s %6s %5s %3s %-7s %-10s %10s %9s %9s %9s  %s\n", "type", "rows", "cols", "tok",
-           "thr", "isa", "kernels", "median_ms", "best_ms", "GB/s", "GFLOP/s", "y[0]");
+    printf("%-6s %6s %6s %5s %3s %-7s %-10s %10s %9s %9s %9s %9s  %s\n", "type", "rows", "cols",
+           "tok", "thr", "isa", "kernels", "median_ms", "best_ms", "cpu_ms", "GB/s", "GFLOP/s",
+           "y[0]");
     for (int ti = 0; ti < o.n_types; ti++) {
         for (int si = 0; si < o.n_shapes; si++) {
             const uint32_t blck = tdm_type_traits(o.types[ti])->blck;

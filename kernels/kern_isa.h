@@ -15,7 +15,7 @@
 typedef enum kern_isa {
     KERN_ISA_SCALAR = 0, /* portable C, the reference        */
     KERN_ISA_AVX2,       /* x86-64: AVX2 + FMA + F16C         */
-    KERN_ISA_AVX512,     /* x86-64: AVX-512 F/BW/VL/DQ        */
+    KERN_ISA_AVX512,     /* x86-64: AVX-512 F/BW/VL/DQ + VNNI */
     KERN_ISA_NEON,       /* arm64: Advanced SIMD              */
     KERN_ISA_NEON_DOT,   /* arm64: Advanced SIMD + dotprod    */
     KERN_ISA_COUNT

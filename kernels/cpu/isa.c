@@ -46,7 +46,7 @@ int kern_isa_supported(kern_isa_t isa, const tdm_cpu_features_t *f)
     case KERN_ISA_AVX2:
         return f->avx2;
     case KERN_ISA_AVX512:
-        return f->avx2 && f->avx512;
+        return f->avx2 && f->avx512 && f->avx512_vnni; /* the quant kernels use VNNI */
     case KERN_ISA_NEON:
         return f->neon;
     case KERN_ISA_NEON_DOT:

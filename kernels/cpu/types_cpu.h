@@ -340,6 +340,10 @@ KERN_DECLARE_TILE(kern_vec_dot_tile_q6_k_avx2)
 KERN_DECLARE_TILE(kern_vec_dot_tile_mxfp4_avx2)
 KERN_DECLARE_TILE(kern_vec_dot_tile_mxfp4_neon)
 KERN_DECLARE_TILE(kern_vec_dot_tile_mxfp4_neondot)
+KERN_DECLARE_TILE(kern_vec_dot_tile_q8_0_avx512)
+KERN_DECLARE_TILE(kern_vec_dot_tile_q4_k_avx512)
+KERN_DECLARE_TILE(kern_vec_dot_tile_q6_k_avx512)
+KERN_DECLARE_TILE(kern_vec_dot_tile_mxfp4_avx512)
 
 #define KERN_DECLARE_TILE2(name)                                                           \
     void name(int64_t n, const void *restrict w, size_t row_bytes, const void *restrict a, \
@@ -348,6 +352,10 @@ KERN_DECLARE_TILE2(kern_vec_dot_tile2_q4_1_avx2)
 KERN_DECLARE_TILE2(kern_vec_dot_tile2_mxfp4_avx2)
 KERN_DECLARE_TILE2(kern_vec_dot_tile2_mxfp4_neon)
 KERN_DECLARE_TILE2(kern_vec_dot_tile2_mxfp4_neondot)
+KERN_DECLARE_TILE2(kern_vec_dot_tile2_q8_0_avx512)
+KERN_DECLARE_TILE2(kern_vec_dot_tile2_q4_k_avx512)
+KERN_DECLARE_TILE2(kern_vec_dot_tile2_q6_k_avx512)
+KERN_DECLARE_TILE2(kern_vec_dot_tile2_mxfp4_avx512)
 
 #define KERN_DECLARE_ROWS(name)                                                           \
     void name(int64_t n, const void *restrict w, size_t row_bytes, int n_rows, int group, \
@@ -355,7 +363,19 @@ KERN_DECLARE_TILE2(kern_vec_dot_tile2_mxfp4_neondot)
 KERN_DECLARE_ROWS(kern_vec_dot_rows_q4_1_avx2)
 KERN_DECLARE_ROWS(kern_vec_dot_rows_q8_0_avx2)
 KERN_DECLARE_ROWS(kern_vec_dot_rows_q4_k_avx2)
+KERN_DECLARE_ROWS(kern_vec_dot_rows_q6_k_avx2)
 KERN_DECLARE_ROWS(kern_vec_dot_rows_mxfp4_avx2)
+KERN_DECLARE_ROWS(kern_vec_dot_rows_q8_0_avx512)
+KERN_DECLARE_ROWS(kern_vec_dot_rows_q4_k_avx512)
+KERN_DECLARE_ROWS(kern_vec_dot_rows_q6_k_avx512)
+KERN_DECLARE_ROWS(kern_vec_dot_rows_mxfp4_avx512)
+
+/* AVX-512 VNNI kernels (x86/avx512_quant.c) for the types of today's big models; the
+ * other types run AVX2's at that level. */
+float kern_vec_dot_q8_0_avx512(int64_t n, const void *restrict w, const void *restrict a);
+float kern_vec_dot_q4_k_avx512(int64_t n, const void *restrict w, const void *restrict a);
+float kern_vec_dot_q6_k_avx512(int64_t n, const void *restrict w, const void *restrict a);
+float kern_vec_dot_mxfp4_avx512(int64_t n, const void *restrict w, const void *restrict a);
 
 KERN_DECLARE_DOTS(ref)
 KERN_DECLARE_DOTS(avx2)

@@ -531,10 +531,12 @@ static void test_simd_multi_kernels_complete(void **state)
         kern_isa_t isa;
         int tile, tile2, rows;
     } want[] = {
-        {TDM_TYPE_Q4_1, KERN_ISA_AVX2, 1, 1, 1},  {TDM_TYPE_Q8_0, KERN_ISA_AVX2, 1, 0, 1},
-        {TDM_TYPE_Q4_K, KERN_ISA_AVX2, 1, 0, 1},  {TDM_TYPE_Q6_K, KERN_ISA_AVX2, 1, 0, 0},
-        {TDM_TYPE_MXFP4, KERN_ISA_AVX2, 1, 1, 1}, {TDM_TYPE_MXFP4, KERN_ISA_AVX512, 1, 1, 1},
-        {TDM_TYPE_MXFP4, KERN_ISA_NEON, 1, 1, 0}, {TDM_TYPE_MXFP4, KERN_ISA_NEON_DOT, 1, 1, 0},
+        {TDM_TYPE_Q4_1, KERN_ISA_AVX2, 1, 1, 1},   {TDM_TYPE_Q8_0, KERN_ISA_AVX2, 1, 0, 1},
+        {TDM_TYPE_Q4_K, KERN_ISA_AVX2, 1, 0, 1},   {TDM_TYPE_Q6_K, KERN_ISA_AVX2, 1, 0, 1},
+        {TDM_TYPE_MXFP4, KERN_ISA_AVX2, 1, 1, 1},  {TDM_TYPE_MXFP4, KERN_ISA_AVX512, 1, 1, 1},
+        {TDM_TYPE_Q8_0, KERN_ISA_AVX512, 1, 1, 1}, {TDM_TYPE_Q4_K, KERN_ISA_AVX512, 1, 1, 1},
+        {TDM_TYPE_Q6_K, KERN_ISA_AVX512, 1, 1, 1}, {TDM_TYPE_Q4_1, KERN_ISA_AVX512, 1, 1, 1},
+        {TDM_TYPE_MXFP4, KERN_ISA_NEON, 1, 1, 0},  {TDM_TYPE_MXFP4, KERN_ISA_NEON_DOT, 1, 1, 0},
     };
     for (size_t i = 0; i < ARRAY_LEN(want); i++) {
         if (!kern_isa_compiled(want[i].isa)) {
