@@ -21,6 +21,7 @@ typedef struct actx {
     tdm_error_t *err;
     json_t *msgs;       /* the chat messages so far                                  */
     json_t *call_names; /* tool_use id -> tool name, for the tool messages' "name"   */
+    json_t *prefill;    /* a final assistant message's text (a JSON string) or NULL  */
 } actx_t;
 
 static tdm_status_t fail(actx_t *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -336,6 +337,15 @@ static tdm_status_t parse_messages(actx_t *c, const json_t *o)
                         i);
         }
     }
+    /* A final assistant message is a prefill: the reply continues its text (unless it holds
+     * tool calls, which only a tool result can follow). */
+    json_t *last = json_array_get(c->msgs, json_array_size(c->msgs) - 1);
+    if (is_str(json_object_get(json_array_get(msgs, json_array_size(msgs) - 1), "role"),
+               "assistant") &&
+        json_object_get(last, "tool_calls") == NULL) {
+        c->prefill = json_incref(json_object_get(last, "content"));
+        json_array_remove(c->msgs, json_array_size(c->msgs) - 1);
+    }
     return TDM_OK;
 }
 
@@ -633,10 +643,17 @@ tdm_status_t srv_parse_anth_request(const char *body, size_t len, bool count_tok
         json_object_set(chat, "messages", c.msgs);
         char param[96];
         st = srv_parse_gen_json(SRV_API_CHAT, chat, &out->gen, param, sizeof(param), err);
+        if (st == TDM_OK && json_string_length(c.prefill) > 0) {
+            out->gen.assistant_prefill = strdup(json_string_value(c.prefill));
+            if (out->gen.assistant_prefill == NULL) {
+                st = tdm_error_set(err, TDM_ERR_NO_MEMORY, "out of memory");
+            }
+        }
     }
     json_decref(chat);
     json_decref(c.msgs);
     json_decref(c.call_names);
+    json_decref(c.prefill);
     json_decref(o);
     return st;
 }

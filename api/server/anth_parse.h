@@ -10,6 +10,8 @@
  * `thinking` {type: enabled|adaptive|between_tools|disabled} the template's thinking
  * switch (enable_thinking, and reasoning_effort from budget_tokens or
  * output_config.effort for templates that read it).
+ * A final assistant message is a prefill, as in Anthropic's API: its text is written after
+ * the generation prompt and the reply continues it.
  * The result goes through the chat completions' own parser (oai_parse.h), so both APIs
  * render, cache and parse a conversation the same way.
  *

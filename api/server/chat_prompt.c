@@ -114,7 +114,21 @@ static bool ends_with_tag(const char *text, const char *tag)
     return n >= m && memcmp(text + n - m, tag, m) == 0;
 }
 
-/* Renders the chat; *prefix gets the forced tool-call text appended to it (or NULL). */
+/* Appends text to the malloc'd string *out; false when out of memory. */
+static bool append(char **out, const char *text)
+{
+    size_t a = strlen(*out), b = strlen(text);
+    char *joined = realloc(*out, a + b + 1);
+    if (joined == NULL) {
+        return false;
+    }
+    memcpy(joined + a, text, b + 1);
+    *out = joined;
+    return true;
+}
+
+/* Renders the chat, then the assistant prefill and the forced tool-call text (*prefix gets the
+ * latter, or NULL). */
 static tdm_status_t render_chat(srv_server_t *s, const srv_gen_req_t *req, bool use_tools,
                                 char **out, char **prefix, tdm_error_t *err)
 {
@@ -146,16 +160,13 @@ static tdm_status_t render_chat(srv_server_t *s, const srv_gen_req_t *req, bool 
     if (st != TDM_OK) {
         return st == TDM_ERR_NO_MEMORY ? st : TDM_ERR_INVALID_PARAM;
     }
+    if (req->assistant_prefill != NULL && !append(out, req->assistant_prefill)) {
+        return tdm_error_set(err, TDM_ERR_NO_MEMORY, "out of memory");
+    }
     if (use_tools) {
         *prefix = tool_prefix(s, req);
-        if (*prefix != NULL) {
-            size_t a = strlen(*out), b = strlen(*prefix);
-            char *joined = realloc(*out, a + b + 1);
-            if (joined == NULL) {
-                return tdm_error_set(err, TDM_ERR_NO_MEMORY, "out of memory");
-            }
-            memcpy(joined + a, *prefix, b + 1);
-            *out = joined;
+        if (*prefix != NULL && !append(out, *prefix)) {
+            return tdm_error_set(err, TDM_ERR_NO_MEMORY, "out of memory");
         }
     }
     return TDM_OK;

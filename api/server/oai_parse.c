@@ -642,6 +642,7 @@ void srv_gen_req_free(srv_gen_req_t *r)
     json_decref(r->tools);
     free(r->tool_name);
     json_decref(r->template_kwargs);
+    free(r->assistant_prefill);
     free(r->prompt_text);
     free(r->prompt_ids);
     for (int i = 0; i < r->n_stop; i++) {

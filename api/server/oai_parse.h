@@ -43,6 +43,9 @@ typedef struct srv_gen_req {
     char *tool_name;              /* SRV_TOOL_CHOICE_NAMED                              */
     json_t *template_kwargs;      /* NULL or an object (chat_template_kwargs)           */
     const char *reasoning_effort; /* NULL or a static string ("none" ... "xhigh")       */
+    char *assistant_prefill;      /* NULL, or text the assistant turn starts with (the
+                                   * Messages API's final assistant message): written after
+                                   * the generation prompt, the reply continues it      */
     /* completions */
     char *prompt_text; /* a text prompt, or NULL when given as token ids           */
     int32_t *prompt_ids;

@@ -179,6 +179,21 @@ def test_max_tokens(content_srv):
     assert full.startswith(msg.content[0].text) and len(msg.content[0].text) < len(full)
 
 
+def test_assistant_prefill_is_continued(content_srv):
+    """A final assistant message is a prefill: the reply is the rest of the scripted text, and
+    the prompt is HF's prompt ids plus the prefill's tokens."""
+    c = case("scripted-content.gguf", "think")
+    full, head = c["parsed"]["content"], "Hello from"
+    cl = client(content_srv)
+    msgs = [{"role": "user", "content": QUESTION}, {"role": "assistant", "content": head}]
+    msg = cl.messages.create(model="scripted-content", max_tokens=64, messages=msgs)
+    assert head + msg.content[0].text == full
+    n = cl.messages.count_tokens(model="scripted-content", messages=msgs).input_tokens
+    assert n == len(c["prompt_ids"]) + len(content_srv.tokenize(head, add_special_tokens=False)
+                                           ["tokens"])
+    assert total_input(msg.usage) == n
+
+
 # ---- counting and the prefix cache ----
 
 def test_count_tokens_matches_hf_and_usage(content_srv):
