@@ -82,7 +82,9 @@ struct srv_front {
     _Atomic int n_live_pub;
     _Atomic unsigned long n_rejected;
     pthread_mutex_t mu;
-    conn_t **by_mhd_fd; /* libmicrohttpd's fd -> connection (under mu) */
+    conn_t **by_mhd_fd;      /* libmicrohttpd's fd -> connection (under mu) */
+    pthread_mutex_t hand_mu; /* held across hand_over, so stop_accepting can wait it out */
+    bool handing_closed;     /* under hand_mu: hand_over is not called any more */
     int n_by_fd;
     char tag_listen, tag_wake; /* epoll data for the two special fds */
 };
@@ -334,7 +336,14 @@ static void accept_all(srv_front_t *f)
         pthread_mutex_lock(&f->mu);
         f->by_mhd_fd[sv[1]] = c;
         pthread_mutex_unlock(&f->mu);
-        if (!f->p.hand_over(f->p.cls, sv[1], (struct sockaddr *)&sa, len)) {
+        pthread_mutex_lock(&f->hand_mu);
+        bool handed =
+            !f->handing_closed && f->p.hand_over(f->p.cls, sv[1], (struct sockaddr *)&sa, len);
+        if (!handed && f->handing_closed) {
+            close(sv[1]);
+        }
+        pthread_mutex_unlock(&f->hand_mu);
+        if (!handed) {
             /* the library closed sv[1]: answer 503 on our own */
             pthread_mutex_lock(&f->mu);
             f->by_mhd_fd[sv[1]] = NULL;
@@ -671,6 +680,7 @@ tdm_status_t srv_front_create(const srv_front_params_t *p, srv_front_t **out, td
     f->p = *p;
     f->lfd = f->efd = f->ep = -1;
     pthread_mutex_init(&f->mu, NULL);
+    pthread_mutex_init(&f->hand_mu, NULL);
     struct rlimit rl;
     f->n_by_fd = 1 << 16;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
@@ -739,7 +749,17 @@ void srv_front_destroy(srv_front_t *f)
         close(f->ep);
     }
     pthread_mutex_destroy(&f->mu);
+    pthread_mutex_destroy(&f->hand_mu);
     free(f);
+}
+
+void srv_front_stop_handing_over(srv_front_t *f)
+{
+    if (f != NULL) {
+        pthread_mutex_lock(&f->hand_mu);
+        f->handing_closed = true;
+        pthread_mutex_unlock(&f->hand_mu);
+    }
 }
 
 int srv_front_port(const srv_front_t *f)

@@ -40,6 +40,9 @@ typedef struct srv_front_params {
 tdm_status_t srv_front_create(const srv_front_params_t *p, srv_front_t **out, tdm_error_t *err);
 /* Starts accepting (the HTTP library must be ready for hand_over). */
 tdm_status_t srv_front_start(srv_front_t *f, tdm_error_t *err);
+/* After this returns hand_over is never called again (new connections get 503): call it
+ * before stopping the HTTP library. NULL is fine. */
+void srv_front_stop_handing_over(srv_front_t *f);
 /* Stops accepting, closes every connection, joins the thread. NULL is fine. */
 void srv_front_destroy(srv_front_t *f);
 /* The port bound. */

@@ -464,13 +464,16 @@ tdm_status_t srv_http_start(srv_server_t *s, tdm_error_t *err)
 
 void srv_http_stop(srv_server_t *s)
 {
-    /* the front first: closing its ends of the pairs ends libmicrohttpd's connections */
-    srv_front_destroy(s->front);
-    s->front = NULL;
+    /* libmicrohttpd first (its threads report finished requests to the front, which must
+     * outlive them), once the front no longer hands it connections; the front then
+     * closes what is left */
+    srv_front_stop_handing_over(s->front);
     if (s->mhd != NULL) {
         MHD_stop_daemon(s->mhd);
         s->mhd = NULL;
     }
+    srv_front_destroy(s->front);
+    s->front = NULL;
 }
 
 int srv_http_bound_port(const srv_server_t *s)

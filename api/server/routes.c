@@ -1,6 +1,7 @@
 /*
  * routes.c - the small routes: /health, /v1/models, /metrics, /tokenize, /detokenize.
  */
+#include "api/server/front.h"
 #include "api/server/srv.h"
 
 #include <microhttpd.h>
@@ -136,11 +137,27 @@ int srv_route_metrics(srv_server_t *s, const srv_http_req_t *r)
     char *text = srv_metrics_render(s->metrics, ready ? &es : NULL, gh.shards != NULL ? &gm : NULL,
                                     s->model_name != NULL ? s->model_name : "", &len);
     free(gh.shards);
-    if (text == NULL) {
+    /* the front's connection counts (front.c) */
+    char conns[512];
+    int n = snprintf(conns, sizeof(conns),
+                     "# HELP tandem_http_connections Client connections relayed now.\n"
+                     "# TYPE tandem_http_connections gauge\n"
+                     "tandem_http_connections %d\n"
+                     "# HELP tandem_http_connections_rejected_total Connections turned away "
+                     "(over --max-connections or --max-connections-per-client).\n"
+                     "# TYPE tandem_http_connections_rejected_total counter\n"
+                     "tandem_http_connections_rejected_total %lu\n",
+                     s->front != NULL ? srv_front_n_conns(s->front) : 0,
+                     s->front != NULL ? srv_front_n_rejected(s->front) : 0UL);
+    char *all = text != NULL ? realloc(text, len + (size_t)n + 1) : NULL;
+    if (all == NULL) {
+        free(text);
         return srv_reply_error(r, 500, "server_error", NULL, NULL, "out of memory");
     }
-    int rc = srv_reply_text(r, 200, "text/plain; version=0.0.4; charset=utf-8", text, len);
-    free(text);
+    memcpy(all + len, conns, (size_t)n + 1);
+    len += (size_t)n;
+    int rc = srv_reply_text(r, 200, "text/plain; version=0.0.4; charset=utf-8", all, len);
+    free(all);
     return rc;
 }
 

@@ -326,6 +326,8 @@ def test_idle_flood_over_the_cap(srv):
     """--max-connections idle connections (from several addresses): one more gets a JSON
     503 and is closed at once (not reset); when one idle connection goes, a normal client
     is served at once; the flood itself is closed by the idle timeout."""
+    rejected = metric_value(parse_metrics(httpx.get(srv.url + "/metrics", timeout=5).text),
+                            "tandem_http_connections_rejected_total")
     flood = []
     try:
         for i in range(MAX_CONNS):
@@ -343,6 +345,9 @@ def test_idle_flood_over_the_cap(srv):
         flood.pop().close()
         time.sleep(0.2)
         assert_served_at_once(srv)
+        m = parse_metrics(httpx.get(srv.url + "/metrics", timeout=5).text)
+        assert metric_value(m, "tandem_http_connections_rejected_total") == rejected + 1
+        assert metric_value(m, "tandem_http_connections") == MAX_CONNS  # this one included
         # the rest are dropped by the idle timeout
         for c in flood:
             out, closed = read_all(c)
