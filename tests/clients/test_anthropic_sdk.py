@@ -410,3 +410,72 @@ def test_tool_choice(hermes_srv):
     with pytest.raises(anthropic.BadRequestError):
         cl.messages.create(model="scripted-hermes", max_tokens=16, tools=[TOOL], messages=msgs,
                            tool_choice={"type": "tool", "name": "other"})
+
+
+# ---- every output format through the Messages API ----
+
+@pytest.fixture(scope="module")
+def servers(tandem_bin):
+    """Servers of the scripted models, started on first use."""
+    running = {}
+
+    def get(file):
+        if file not in running:
+            running[file] = ServeProcess(SCRIPTED / file)
+        return running[file]
+
+    yield get
+    for srv in running.values():
+        srv.stop()
+
+
+def parsed_cases():
+    return [pytest.param(m["file"], c, id=f"{m['file'][:-5]}-{c['name']}")
+            for m in DOC["models"] for c in m["cases"] if c.get("parsed")]
+
+
+def request_of(c):
+    """The Messages request for a scripted case: its template kwargs in Anthropic's terms."""
+    kw = dict(messages=[{"role": "user", "content": QUESTION}])
+    tk = c["template_kwargs"]
+    if "tools" in tk:
+        kw["tools"] = [TOOL]
+    if tk.get("enable_thinking") is False:
+        kw["thinking"] = {"type": "disabled"}
+    if "reasoning_effort" in tk:
+        kw["output_config"] = {"effort": tk["reasoning_effort"]}
+    assert set(tk) <= {"tools", "enable_thinking", "reasoning_effort"}
+    return kw
+
+
+def check_blocks(msg, parsed):
+    calls = parsed["tool_calls"]
+    want = (["thinking"] if parsed["reasoning_content"] else []) + \
+        (["text"] if parsed["content"] else []) + ["tool_use"] * len(calls)
+    assert [b.type for b in msg.content] == want
+    assert "".join(b.thinking for b in msg.content if b.type == "thinking").strip() == \
+        parsed["reasoning_content"]
+    assert "".join(b.text for b in msg.content if b.type == "text") == parsed["content"]
+    uses = [b for b in msg.content if b.type == "tool_use"]
+    for u, w in zip(uses, calls):
+        assert u.name == w["name"] and u.input == w["arguments"] and u.id
+    assert msg.stop_reason == ("tool_use" if calls else "end_turn")
+
+
+@pytest.mark.parametrize("file,c", parsed_cases())
+def test_output_formats(servers, file, c):
+    """Hermes, Qwen3-Coder, MiniMax-M2, harmony and Mistral output read by the chat API's
+    parsers into blocks, whole and streamed; calls the request did not offer tools for (or
+    cannot be read) stay text, markers included."""
+    srv = servers(file)
+    cl = client(srv)
+    model = file[:-5]
+    kw = request_of(c)
+    msg = cl.messages.create(model=model, max_tokens=256, **kw)
+    check_blocks(msg, c["parsed"])
+    with cl.messages.stream(model=model, max_tokens=256, **kw) as stream:
+        final = stream.get_final_message()
+    check_blocks(final, c["parsed"])
+    if not c.get("date_dependent"):  # gpt-oss writes today's date into its prompt
+        assert total_input(msg.usage) == len(c["prompt_ids"])
+        assert cl.messages.count_tokens(model=model, **kw).input_tokens == len(c["prompt_ids"])
