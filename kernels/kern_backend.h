@@ -443,6 +443,10 @@ void kern_be_rms_norm_gated(kern_backend_t *be, float *y, int64_t ldy, const flo
 void kern_be_mul_sigmoid(kern_backend_t *be, float *y, int64_t ldy, const float *g, int64_t ldg,
                          int64_t rows, int64_t cols, bool bcast);
 
+/* Floats of per-thread scratch the CPU backend reserves for kern_be_gdn_rule at a GDN
+ * head dim (0: none), so memory plans count it with the backend's own formula. */
+size_t kern_cpu_gdn_scratch_floats(int head_dim);
+
 /* Whether the backend has the Gated DeltaNet ops (the CUDA backend does not yet). */
 bool kern_be_has_gdn(const kern_backend_t *be);
 

@@ -216,6 +216,7 @@ typedef enum sel {
     SEL_FF,      /* dense FFN columns                                     */
     SEL_VOCAB,   /* output rows                                           */
     SEL_HEAD1,   /* q heads, one value each (attention sinks)             */
+    SEL_HEADS2,  /* q heads x 2 head_dim (gated attention's q + gate)     */
     SEL_EXPERTS, /* the EP group's experts of the layer, a row of ne0 each */
 } sel_t;
 
@@ -242,6 +243,8 @@ static topo_range_t range_of(const topo_plan_t *pl, const topo_shard_plan_t *s, 
         return s->vocab_rows;
     case SEL_HEAD1:
         return s->heads;
+    case SEL_HEADS2:
+        return (topo_range_t){s->heads.lo * 2 * hd, s->heads.n * 2 * hd};
     case SEL_EXPERTS: {
         const int k = il * pl->ep + s->ep_rank;
         return (topo_range_t){(int)(pl->expert_lo[k] * row), (int)(pl->expert_n[k] * row)};
@@ -628,8 +631,13 @@ static tdm_status_t plan_attention(builder_t *b, int il, tdm_error_t *err)
     char n[GGUF_MAX_NAME];
 #define NAME(suffix) (snprintf(n, sizeof(n), "blk.%d." suffix, il), n)
     TDM_CHECK(bind_vec(b, NAME("attn_norm.weight"), E, il, err));
-    TDM_CHECK(bind_mat(b, NAME("attn_q.weight"), E, QD, il, A, false, SEL_HEADS, TOPO_SPLIT_TP_ROWS,
-                       err));
+    if (hp->attn_out_gate) { /* each head's q rows followed by its gate rows */
+        TDM_CHECK(bind_mat(b, NAME("attn_q.weight"), E, 2 * QD, il, A, false, SEL_HEADS2,
+                           TOPO_SPLIT_TP_ROWS, err));
+    } else {
+        TDM_CHECK(bind_mat(b, NAME("attn_q.weight"), E, QD, il, A, false, SEL_HEADS,
+                           TOPO_SPLIT_TP_ROWS, err));
+    }
     TDM_CHECK(bind_mat(b, NAME("attn_k.weight"), E, KD, il, A, false, SEL_KV, kv_split, err));
     TDM_CHECK(bind_mat(b, NAME("attn_v.weight"), E, KD, il, A, false, SEL_KV, kv_split, err));
     TDM_CHECK(bind_mat(b, NAME("attn_output.weight"), QD, E, il, A, true, SEL_HEADS,
@@ -657,8 +665,55 @@ static tdm_status_t plan_attention(builder_t *b, int il, tdm_error_t *err)
     return TDM_OK;
 }
 
-/* shd_bind_std_layer, tensor by tensor: the attention, the FFN input norm (gpt-oss names it
- * post_attention_norm: shard/models/gpt_oss.c), then bind_dense_ffn or bind_moe. */
+/* shd_bind_gdn and shd_bind_shared_expert of shard/model.c: every tensor whole (the
+ * hybrid models run unsplit). */
+static tdm_status_t plan_gdn(builder_t *b, int il, tdm_error_t *err)
+{
+    const mdl_hparams_t *hp = &b->plan->hp;
+    const int64_t E = hp->n_embd, d = hp->gdn_head_dim, nv = hp->gdn_v_heads;
+    const int64_t ch = (2 * (int64_t)hp->gdn_k_heads + nv) * d, vd = nv * d;
+    const topo_class_t A = TOPO_CLASS_ATTENTION;
+    const topo_split_t R = TOPO_SPLIT_REPLICATED;
+    char n[GGUF_MAX_NAME];
+#define NAME(suffix) (snprintf(n, sizeof(n), "blk.%d." suffix, il), n)
+    TDM_CHECK(bind_vec(b, NAME("attn_norm.weight"), E, il, err));
+    TDM_CHECK(bind_mat(b, NAME("attn_qkv.weight"), E, ch, il, A, false, SEL_ALL, R, err));
+    TDM_CHECK(bind_mat(b, NAME("attn_gate.weight"), E, vd, il, A, false, SEL_ALL, R, err));
+    if (gguf_find_tensor(b->g, NAME("ssm_ba.weight")) != NULL) {
+        TDM_CHECK(bind_mat(b, n, E, 2 * nv, il, A, false, SEL_ALL, R, err));
+    } else {
+        TDM_CHECK(bind_mat(b, NAME("ssm_beta.weight"), E, nv, il, A, false, SEL_ALL, R, err));
+        TDM_CHECK(bind_mat(b, NAME("ssm_alpha.weight"), E, nv, il, A, false, SEL_ALL, R, err));
+    }
+    TDM_CHECK(
+        bind_f32(b, NAME("ssm_conv1d.weight"), hp->gdn_conv, ch, il, A, SEL_ALL, R, false, err));
+    TDM_CHECK(bind_vec(b, NAME("ssm_a"), nv, il, err));
+    TDM_CHECK(bind_vec(b, NAME("ssm_dt.bias"), nv, il, err));
+    TDM_CHECK(bind_vec(b, NAME("ssm_norm.weight"), d, il, err));
+    TDM_CHECK(bind_mat(b, NAME("ssm_out.weight"), vd, E, il, A, false, SEL_ALL, R, err));
+#undef NAME
+    return TDM_OK;
+}
+
+static tdm_status_t plan_shared_expert(builder_t *b, int il, tdm_error_t *err)
+{
+    const mdl_hparams_t *hp = &b->plan->hp;
+    const int64_t E = hp->n_embd, F = hp->n_ff_shexp;
+    const topo_class_t D = TOPO_CLASS_DENSE_FFN;
+    const topo_split_t R = TOPO_SPLIT_REPLICATED;
+    char n[GGUF_MAX_NAME];
+#define NAME(suffix) (snprintf(n, sizeof(n), "blk.%d." suffix, il), n)
+    TDM_CHECK(bind_mat(b, NAME("ffn_gate_inp_shexp.weight"), E, 1, il, D, false, SEL_ALL, R, err));
+    TDM_CHECK(bind_mat(b, NAME("ffn_gate_shexp.weight"), E, F, il, D, false, SEL_ALL, R, err));
+    TDM_CHECK(bind_mat(b, NAME("ffn_up_shexp.weight"), E, F, il, D, false, SEL_ALL, R, err));
+    TDM_CHECK(bind_mat(b, NAME("ffn_down_shexp.weight"), F, E, il, D, false, SEL_ALL, R, err));
+#undef NAME
+    return TDM_OK;
+}
+
+/* shd_bind_std_layer, tensor by tensor: the attention (or a hybrid model's Gated DeltaNet),
+ * the FFN input norm (gpt-oss and the hybrid models name it post_attention_norm), then
+ * bind_dense_ffn or bind_moe (and a shared expert). */
 static tdm_status_t plan_layer(builder_t *b, int il, tdm_error_t *err)
 {
     topo_plan_t *pl = b->plan;
@@ -666,11 +721,23 @@ static tdm_status_t plan_layer(builder_t *b, int il, tdm_error_t *err)
     const int64_t E = hp->n_embd, F = hp->n_ff, FE = hp->n_ff_exp, NE = hp->n_expert;
     char n[GGUF_MAX_NAME];
 #define NAME(suffix) (snprintf(n, sizeof(n), "blk.%d." suffix, il), n)
-    TDM_CHECK(plan_attention(b, il, err));
-    TDM_CHECK(bind_vec(b,
-                       hp->arch == MDL_ARCH_GPT_OSS ? NAME("post_attention_norm.weight")
-                                                    : NAME("ffn_norm.weight"),
-                       E, il, err));
+    if (hp->n_recurrent > 0 && pl->n_shards > 1) {
+        return tdm_error_set(err, TDM_ERR_UNSUPPORTED,
+                             "%s: tensor and expert parallel splits of Gated DeltaNet models are "
+                             "not implemented yet (plan it with --shards 1)",
+                             hp->arch_name);
+    }
+    if (hp->layer_recurrent[il]) {
+        TDM_CHECK(plan_gdn(b, il, err));
+    } else {
+        TDM_CHECK(plan_attention(b, il, err));
+    }
+    const bool post = hp->arch == MDL_ARCH_GPT_OSS || hp->n_recurrent > 0;
+    TDM_CHECK(bind_vec(b, post ? NAME("post_attention_norm.weight") : NAME("ffn_norm.weight"), E,
+                       il, err));
+    if (hp->n_ff_shexp > 0 && hp->layer_moe[il]) {
+        TDM_CHECK(plan_shared_expert(b, il, err));
+    }
     if (!hp->layer_moe[il]) {
         const topo_class_t D = TOPO_CLASS_DENSE_FFN;
         TDM_CHECK(bind_mat(b, NAME("ffn_gate.weight"), E, F, il, D, false, SEL_FF,
@@ -726,7 +793,20 @@ static uint64_t scratch_bytes(const topo_plan_t *pl, const topo_shard_plan_t *s)
     const size_t nh = (size_t)s->heads.n, nkv = (size_t)s->kv_heads.n;
     const size_t ff = (size_t)s->ffn_cols.n, nv = (size_t)s->vocab_rows.n;
     const bool split_vocab = s->vocab_rows.n != hp->n_vocab;
+    /* the hybrid models' buffers (gated attention, shared expert, Gated DeltaNet) */
+    const bool gdn = hp->n_recurrent > 0, shexp = hp->n_ff_shexp > 0;
+    const size_t gdn_vd = gdn ? (size_t)hp->gdn_v_heads * (size_t)hp->gdn_head_dim : 0;
+    const size_t gdn_ch = gdn ? gdn_vd + 2 * (size_t)hp->gdn_k_heads * (size_t)hp->gdn_head_dim : 0;
     const size_t sizes[] = {
+        hp->attn_out_gate ? B * nh * 2 * hd : 0,           /* qg   */
+        B * (size_t)hp->n_ff_shexp,                        /* sha  */
+        B * (size_t)hp->n_ff_shexp,                        /* shb  */
+        shexp ? B * E : 0,                                 /* shy  */
+        shexp ? B : 0,                                     /* shg  */
+        B * gdn_ch,                                        /* gqkv */
+        B * gdn_vd,                                        /* gz   */
+        B * 2 * (size_t)hp->gdn_v_heads,                   /* gba  */
+        B * gdn_vd,                                        /* go   */
         B * E,                                             /* x    */
         B * E,                                             /* xn   */
         B * nh * hd,                                       /* q    */
@@ -758,11 +838,20 @@ void topo_shard_reserve(const topo_plan_t *pl, const topo_shard_plan_t *s, kern_
                   kv = (int64_t)s->kv_heads.n * hp->head_dim;
     const int64_t ff = s->ffn_cols.n, ffe = s->expert_cols.n;
     int64_t max_cols = hp->n_embd, max_rows = s->vocab_rows.n;
-    const int64_t widths[] = {q, ff, ffe};
+    const int64_t gdn_vd = (int64_t)hp->gdn_v_heads * hp->gdn_head_dim;
+    const int64_t widths[] = {q, ff, ffe, hp->n_ff_shexp, gdn_vd};
     for (size_t i = 0; i < TDM_ARRAY_SIZE(widths); i++) {
         max_cols = widths[i] > max_cols ? widths[i] : max_cols;
     }
-    const int64_t rows[] = {hp->n_embd, q, kv, ff, ffe, hp->n_expert};
+    const int64_t rows[] = {hp->n_embd,
+                            q,
+                            kv,
+                            ff,
+                            ffe,
+                            hp->n_expert,
+                            q * (hp->attn_out_gate ? 2 : 1),
+                            hp->n_ff_shexp,
+                            gdn_vd + 2 * (int64_t)hp->gdn_k_heads * hp->gdn_head_dim};
     for (size_t i = 0; i < TDM_ARRAY_SIZE(rows); i++) {
         max_rows = rows[i] > max_rows ? rows[i] : max_rows;
     }
@@ -779,6 +868,7 @@ void topo_shard_reserve(const topo_plan_t *pl, const topo_shard_plan_t *s, kern_
         .n_embd = hp->n_embd,
         .n_ff_exp = ffe,
         .swa_tables = pl->n_swa_layers > 0,
+        .gdn_head_dim = hp->n_recurrent > 0 ? hp->gdn_head_dim : 0,
     };
 }
 
@@ -798,6 +888,9 @@ uint64_t topo_cpu_reserve_bytes(const kern_reserve_t *r, int threads)
         moe ? rows * E : 0,                   /* ey      */
         moe ? rows * (size_t)r->n_ff_exp : 0, /* ff_a    */
         moe ? rows * (size_t)r->n_ff_exp : 0, /* ff_b    */
+        r->gdn_head_dim > 0 ? B : 0,          /* gdn_run0, gdn_runlen, per-thread scratch */
+        r->gdn_head_dim > 0 ? B : 0,
+        r->gdn_head_dim > 0 ? nt * pad16(kern_cpu_gdn_scratch_floats(r->gdn_head_dim)) : 0,
     };
     size_t total = 0;
     for (size_t i = 0; i < TDM_ARRAY_SIZE(sizes); i++) {
@@ -913,7 +1006,7 @@ static uint64_t kv_bytes_of(const topo_plan_t *pl, const topo_shard_plan_t *sp, 
 {
     const uint64_t bt = (uint64_t)pl->p.block_tokens;
     return n_blocks * bt * sp->kv_per_token_full +
-           swa_pool_blocks(pl, n_blocks) * bt * sp->kv_per_token_swa;
+           swa_pool_blocks(pl, n_blocks) * bt * sp->kv_per_token_swa + sp->state;
 }
 
 /* The most full-pool blocks whose KV fits `bytes` on every shard (0 when none). */
@@ -959,7 +1052,10 @@ static tdm_status_t plan_kv(topo_plan_t *pl, tdm_error_t *err)
         pl->n_swa_layers += hp->layer_swa[il] != 0;
     }
     pl->swa_window = pl->n_swa_layers > 0 ? hp->n_swa : 0;
-    const uint64_t n_full = (uint64_t)(hp->n_layer - pl->n_swa_layers);
+    /* Gated DeltaNet layers keep no K/V but a recurrent state per running sequence
+     * (shd_model_kv_pools: n_out slots, taken from the budget first) */
+    const uint64_t n_full = (uint64_t)(hp->n_layer - pl->n_swa_layers - hp->n_recurrent);
+    pl->n_state_slots = hp->n_recurrent > 0 ? pl->p.n_out : 0;
     uint64_t max_block = 0;
     int worst = 0;
     for (int s = 0; s < pl->n_shards; s++) {
@@ -968,6 +1064,7 @@ static tdm_status_t plan_kv(topo_plan_t *pl, tdm_error_t *err)
         sp->kv_per_token_full = n_full * layer;
         sp->kv_per_token_swa = (uint64_t)pl->n_swa_layers * layer;
         sp->kv_per_token = sp->kv_per_token_full + sp->kv_per_token_swa;
+        sp->state = (uint64_t)pl->n_state_slots * mdl_hparams_state_bytes(hp);
         if (kv_bytes_of(pl, sp, 1) > max_block) {
             max_block = kv_bytes_of(pl, sp, 1);
             worst = s;
@@ -1054,6 +1151,17 @@ uint64_t topo_plan_kv_tokens_fit(const topo_plan_t *pl, uint64_t budget)
         room = budget - other < room ? budget - other : room;
     }
     return kv_blocks_within(pl, room) * (uint64_t)pl->p.block_tokens;
+}
+
+uint64_t topo_plan_kv_bytes(const topo_plan_t *pl, uint64_t tokens)
+{
+    const uint64_t bt = (uint64_t)pl->p.block_tokens;
+    uint64_t most = 0;
+    for (int s = 0; s < pl->n_shards; s++) {
+        const uint64_t b = kv_bytes_of(pl, &pl->shards[s], (tokens + bt - 1) / bt);
+        most = b > most ? b : most;
+    }
+    return most;
 }
 
 static uint64_t kv_read_of(const topo_plan_t *pl, const topo_shard_plan_t *sp, int ctx)

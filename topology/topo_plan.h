@@ -147,8 +147,10 @@ typedef struct topo_shard_plan {
     uint64_t kv_per_token;            /* 2 * n_layer * kv_heads.n * KV row bytes           */
     uint64_t kv_per_token_full;       /* ... of the full-attention layers                  */
     uint64_t kv_per_token_swa;        /* ... of the sliding-window layers (0: none)        */
+    uint64_t state;                   /* recurrent state: n_state_slots x the model's
+                                         per-sequence state (Gated DeltaNet layers)        */
     uint64_t kv;                      /* kv_tokens * kv_per_token_full
-                                         + kv_swa_tokens * kv_per_token_swa                */
+                                         + kv_swa_tokens * kv_per_token_swa + state        */
     uint64_t read_per_token;          /* weight bytes one decoded token reads here (above) */
     uint64_t read_experts;            /* ... of which experts (k / n_expert of them)       */
     uint64_t scratch;                 /* shard/model.c alloc_scratch                       */
@@ -183,6 +185,7 @@ typedef struct topo_plan {
     int swa_window;              /* their window in tokens (0: none)                            */
     int32_t kv_swa_blocks;       /* the sliding layers' pool (== kv_blocks: one pool today)     */
     int kv_swa_tokens;           /* kv_swa_blocks * block_tokens                                */
+    int32_t n_state_slots;       /* recurrent-state slots (n_out; 0 without GDN layers)         */
     uint64_t read_per_token_max; /* the largest shard's read_per_token: decode's critical path  */
     uint64_t model_bytes;        /* every tensor in the file                           */
     uint64_t expert_item_max;    /* bytes of the largest (layer, expert) item           */
@@ -215,6 +218,32 @@ const char *topo_class_name(topo_class_t c); /* "attention" */
  * `budget` bytes (the buffers as planned, for p.ctx_size), in whole blocks; 0 when not even
  * the weights and buffers fit. */
 uint64_t topo_plan_kv_tokens_fit(const topo_plan_t *plan, uint64_t budget);
+
+/* The KV bytes a full pool of `tokens` tokens (whole blocks) and the sliding pool beside it
+ * take on the shard that needs most: the --kv-memory that holds them. */
+uint64_t topo_plan_kv_bytes(const topo_plan_t *plan, uint64_t tokens);
+
+/*
+ * The context `tandem serve` uses when --ctx-size is not given, for one shard holding the
+ * whole model in `budget` bytes (a GPU's free memory, or the host's MemAvailable): the
+ * model's trained context when its KV cache for one such sequence plus a batch fits beside
+ * the weights and buffers (p->ctx_size is ignored), else the largest context that fits
+ * (whole blocks). The KV budget is then 4 x min(ctx, 8192) tokens, or one full sequence and
+ * a batch if that is more, as far as memory allows (so short requests keep the concurrency
+ * the old 8192 default gave them). With p->kv_bytes set, that budget is kept and bounds the
+ * context instead.
+ */
+typedef struct topo_ctx_pick {
+    int ctx;            /* positions per sequence                                     */
+    int ctx_train;      /* the model's trained context (4096 when the file has none)  */
+    bool trained;       /* ctx == ctx_train                                           */
+    uint64_t kv_bytes;  /* the KV budget for the executor; 0: its default (4 x ctx)    */
+    uint64_t kv_tokens; /* KV tokens that budget holds                                */
+    uint64_t fit;       /* KV tokens that fit in budget beside weights and buffers    */
+} topo_ctx_pick_t;
+
+tdm_status_t topo_pick_ctx(const gguf_ctx_t *g, const topo_plan_params_t *p, uint64_t budget,
+                           topo_ctx_pick_t *out, tdm_error_t *err);
 
 /* The KV bytes one decoded token reads on the shard that reads most, at a context of ctx
  * tokens: ctx * kv_per_token_full + min(ctx, swa_window) * kv_per_token_swa. */

@@ -76,12 +76,11 @@ static tdm_status_t load_model(srv_server_t *s, tdm_error_t *err)
     s->model_name = model_name(cfg);
 
     int n_ctx = cfg->ctx_size;
-    if (n_ctx <= 0) {
-        mdl_hparams_t hp;
-        if ((st = mdl_hparams_load(s->gguf, &hp, err)) != TDM_OK) {
-            return st;
-        }
-        n_ctx = hp.n_ctx_train > 0 && hp.n_ctx_train < 8192 ? hp.n_ctx_train : 8192;
+    size_t kv_bytes = cfg->kv_bytes;
+    snprintf(s->ctx_note, sizeof(s->ctx_note), "%d tokens, set by --ctx-size", n_ctx);
+    if (n_ctx <= 0 && (st = srv_default_ctx(cfg, s->gguf, &n_ctx, &kv_bytes, s->ctx_note,
+                                            sizeof(s->ctx_note), err)) != TDM_OK) {
+        return st;
     }
     if (cfg->n_shards > 0) {
         xp_remote_params_t rp = {.g = s->gguf,
@@ -92,7 +91,7 @@ static tdm_status_t load_model(srv_server_t *s, tdm_error_t *err)
                                  .n_batch_max = cfg->batch,
                                  .n_logits_max = cfg->max_running,
                                  .n_ctx = n_ctx,
-                                 .kv_bytes = cfg->kv_bytes,
+                                 .kv_bytes = kv_bytes,
                                  .proto = cfg->collective,
                                  .coll_timeout_ms = cfg->coll_timeout_ms,
                                  .heartbeat_timeout_ms = cfg->shard_timeout_ms,
@@ -107,7 +106,7 @@ static tdm_status_t load_model(srv_server_t *s, tdm_error_t *err)
                                 .n_batch_max = cfg->batch,
                                 .n_logits_max = cfg->max_running,
                                 .n_ctx = n_ctx,
-                                .kv_bytes = cfg->kv_bytes,
+                                .kv_bytes = kv_bytes,
                                 .device = cfg->device,
                                 .kv_type = cfg->kv_type};
         if ((st = xp_local_exec_create(s->gguf, &lp, &s->lx, &s->ex, err)) != TDM_OK) {
@@ -195,6 +194,7 @@ int srv_run(const srv_config_t *cfg)
     atomic_store(&s->state, SRV_READY);
     fprintf(stderr, "tandem serve: ready: model '%s', context %d tokens%s\n", s->model_name,
             (int)s->n_ctx, cfg->n_api_keys > 0 ? ", API key required" : "");
+    fprintf(stderr, "tandem serve: context: %s\n", s->ctx_note);
 
     int sig = 0;
     sigwait(&set, &sig);

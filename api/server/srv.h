@@ -42,7 +42,7 @@ typedef struct srv_config {
     int port;
     const char *model_path;
     const char *served_name; /* NULL: the file's base name without .gguf                  */
-    int ctx_size;            /* positions per sequence; 0: the model's, at most 8192       */
+    int ctx_size;            /* positions per sequence; 0: srv_default_ctx                 */
     int threads;             /* kernel threads; 0: one per CPU                              */
     const char *device;      /* auto | cpu | cuda[:N] (single-node; NULL: auto)             */
     const char *kv_type;     /* f32 | f16 | q8_0; NULL: f16 on a GPU, f32 on the CPU        */
@@ -105,7 +105,8 @@ typedef struct srv_server {
     crd_engine_t *engine;
     char *model_name;
     int32_t n_ctx;
-    int64_t created; /* unix time the model was loaded (for /v1/models) */
+    char ctx_note[256]; /* how the context was chosen (the ready line says it) */
+    int64_t created;    /* unix time the model was loaded (for /v1/models) */
     prs_tool_format_t tool_format;
     bool template_has_think;
 } srv_server_t;
@@ -159,6 +160,12 @@ int srv_route_count_tokens(srv_server_t *s, const srv_http_req_t *r);
  * by the HTTP status (invalid_request_error, authentication_error, not_found_error,
  * rate_limit_error, overloaded_error, api_error, ...); NULL if msg is not valid UTF-8. */
 json_t *srv_anth_error_json(unsigned status, const char *msg);
+
+/* ---- ctx_default.c ---- */
+/* The context (and KV budget) when cfg->ctx_size is 0: the model's trained context when the
+ * memory plan holds it, else the largest that fits; note says which, for the log. */
+tdm_status_t srv_default_ctx(const srv_config_t *cfg, const gguf_ctx_t *g, int *n_ctx,
+                             size_t *kv_bytes, char *note, size_t note_size, tdm_error_t *err);
 
 /* ---- server.c ---- */
 /* Starts listening (health answers 503 while loading), loads the model, serves until

@@ -46,7 +46,6 @@ void kern_cpu_rms_norm_gated(kern_backend_t *be, float *y, int64_t ldy, const fl
                              int64_t cols, float eps);
 void kern_cpu_mul_sigmoid(kern_backend_t *be, float *y, int64_t ldy, const float *g, int64_t ldg,
                           int64_t rows, int64_t cols, bool bcast);
-size_t kern_cpu_gdn_scratch_floats(int head_dim);
 
 void kern_cpu_moe_experts(kern_backend_t *be, const kern_moe_t *moe, const float *x, int64_t ldx,
                           const int32_t *sel, const float *w, float *out, int64_t ldo,
