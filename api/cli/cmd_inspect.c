@@ -201,12 +201,34 @@ static void print_model(FILE *out, const gguf_ctx_t *g)
         fprintf(out, "%s), %d over the whole context", n_swa > 4 ? ", ..." : "",
                 hp.n_layer - n_swa);
     }
+    if (hp.n_recurrent > 0) {
+        fprintf(out, ": %d Gated DeltaNet (layers", hp.n_recurrent);
+        for (int il = 0, k = 0; il < hp.n_layer; il++) {
+            if (hp.layer_recurrent[il] && k++ < 6) {
+                fprintf(out, "%s %d", k > 1 ? "," : "", il);
+            }
+        }
+        fprintf(out, "%s), %d gated attention", hp.n_recurrent > 6 ? ", ..." : "",
+                hp.n_layer - hp.n_recurrent);
+    }
     fprintf(out, "\n  attention        %d q heads / %d kv heads x %d (groups of %d), scale %g",
             hp.n_head, hp.n_head_kv, hp.head_dim, hp.n_head / hp.n_head_kv, (double)hp.attn_scale);
     if (hp.attn_sinks) {
         fputs(", a sink logit per head", out);
     }
+    if (hp.attn_out_gate) {
+        fputs(", output gate sigmoid(g) per head (in attn_q)", out);
+    }
     fputc('\n', out);
+    if (hp.n_recurrent > 0) {
+        fprintf(out,
+                "  gated deltanet   %d q/k heads, %d v heads (%s) x %d, conv %d taps; state "
+                "%.2f MiB per sequence (f32: %lld conv + %lld delta-rule floats per layer)\n",
+                hp.gdn_k_heads, hp.gdn_v_heads, hp.gdn_v_tiled ? "tiled order" : "grouped order",
+                hp.gdn_head_dim, hp.gdn_conv, (double)mdl_hparams_state_bytes(&hp) / 1048576.0,
+                (long long)mdl_hparams_gdn_conv_floats(&hp),
+                (long long)mdl_hparams_gdn_state_floats(&hp));
+    }
     fprintf(out, "  q/k norm         %s\n",
             !hp.qk_norm       ? "none"
             : hp.qk_norm_full ? "RMSNorm over all heads at once (attn_q_norm n_head x head_dim)"
@@ -255,6 +277,11 @@ static void print_model(FILE *out, const gguf_ctx_t *g)
         }
         fprintf(out, "%s; %s\n", hp.expert_norm_topk ? ", weights renormalised" : "",
                 hp.expert_oai_act ? "clamped SwiGLU (alpha 1.702, limit 7)" : "SwiGLU");
+    }
+    if (hp.n_ff_shexp > 0) {
+        fprintf(out,
+                "  shared expert    SwiGLU %d wide, scaled by sigmoid(ffn_gate_inp_shexp . x)\n",
+                hp.n_ff_shexp);
     }
     fputs("  biases           ", out);
     int nb = 0;
@@ -319,6 +346,26 @@ static json_t *model_json(const gguf_ctx_t *g)
     }
     json_object_set_new(j, "swa_layers", sl);
     json_object_set_new(j, "attn_sinks", json_boolean(hp.attn_sinks));
+    json_object_set_new(j, "attn_out_gate", json_boolean(hp.attn_out_gate));
+    json_object_set_new(j, "n_ff_shexp", json_integer(hp.n_ff_shexp));
+    json_t *rl = json_array();
+    for (int il = 0; il < hp.n_layer; il++) {
+        if (hp.layer_recurrent[il]) {
+            json_array_append_new(rl, json_integer(il));
+        }
+    }
+    json_object_set_new(j, "gdn_layers", rl);
+    if (hp.n_recurrent > 0) {
+        json_t *gd = json_object();
+        json_object_set_new(gd, "k_heads", json_integer(hp.gdn_k_heads));
+        json_object_set_new(gd, "v_heads", json_integer(hp.gdn_v_heads));
+        json_object_set_new(gd, "head_dim", json_integer(hp.gdn_head_dim));
+        json_object_set_new(gd, "conv", json_integer(hp.gdn_conv));
+        json_object_set_new(gd, "v_tiled", json_boolean(hp.gdn_v_tiled));
+        json_object_set_new(gd, "state_bytes",
+                            json_integer((json_int_t)mdl_hparams_state_bytes(&hp)));
+        json_object_set_new(j, "gdn", gd);
+    }
     json_object_set_new(j, "qk_norm", json_string(qk_norm_name(&hp)));
     json_object_set_new(j, "attn_temp_scale", json_real(hp.attn_temp_scale));
     json_object_set_new(j, "tied_output", json_boolean(hp.tied_output));

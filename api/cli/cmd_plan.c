@@ -560,8 +560,15 @@ static void print_text(const plan_opts_t *o, const topo_plan_t *pl, const plan_d
     char row[64];
     kv_row_text(pl, row, sizeof(row));
     printf("KV per token on shard 0: 2 x %d layers x %d kv heads x %s = %s; x %d tokens = %s\n",
-           hp->n_layer, s0->kv_heads.n, row, fmt_bytes(s0->kv_per_token, b1, sizeof(b1)),
-           pl->kv_tokens, fmt_bytes(s0->kv, b2, sizeof(b2)));
+           hp->n_layer - hp->n_recurrent, s0->kv_heads.n, row,
+           fmt_bytes(s0->kv_per_token, b1, sizeof(b1)), pl->kv_tokens,
+           fmt_bytes(s0->kv - s0->state, b2, sizeof(b2)));
+    if (pl->n_state_slots > 0) {
+        printf("  recurrent state: %d Gated DeltaNet layers, %s per sequence x %d sequences = %s "
+               "(in the KV total)\n",
+               hp->n_recurrent, fmt_bytes(mdl_hparams_state_bytes(hp), b1, sizeof(b1)),
+               (int)pl->n_state_slots, fmt_bytes(s0->state, b2, sizeof(b2)));
+    }
     if (pl->n_swa_layers > 0) {
         printf(
             "  of which the %d sliding-window layer%s (window %d) %s per token, for %d tokens%s\n",
@@ -697,6 +704,8 @@ static json_t *to_json(const plan_opts_t *o, const topo_plan_t *pl, const plan_d
     json_object_set_new(root, "swa_window", json_integer(pl->swa_window));
     json_object_set_new(root, "kv_swa_tokens", json_integer(pl->kv_swa_tokens));
     json_object_set_new(root, "kv_swa_blocks", json_integer(pl->kv_swa_blocks));
+    json_object_set_new(root, "n_state_slots", json_integer(pl->n_state_slots));
+    json_object_set_new(root, "gdn_layers", json_integer(pl->hp.n_recurrent));
     json_object_set_new(root, "kv_tokens_fit",
                         json_integer((json_int_t)topo_plan_kv_tokens_fit(pl, node)));
     json_object_set_new(root, "read_per_token_max",
@@ -775,6 +784,7 @@ static json_t *to_json(const plan_opts_t *o, const topo_plan_t *pl, const plan_d
         U64("kv_per_token_full", sp->kv_per_token_full);
         U64("kv_per_token_swa", sp->kv_per_token_swa);
         U64("kv", sp->kv);
+        U64("state", sp->state);
         U64("read_per_token", sp->read_per_token);
         U64("read_experts", sp->read_experts);
         U64("scratch", sp->scratch);

@@ -172,3 +172,27 @@ def test_hybrid_refusals(tandem_bin):
     model = HYBRID / e["file"]
     p = run_tandem("eval", "--model", model, "--tokens", "1,2,3", "--tp", 2, check=False)
     assert p.returncode == 1 and "not implemented yet" in p.stderr, p.stderr
+
+
+def test_hybrid_plan_counts_states(tandem_bin):
+    """`tandem plan`: the recurrent layers keep no K/V; each of n_out running sequences
+    gets a state (conv + delta rule per GDN layer, f32) inside the KV total; a split is
+    refused, as the loader refuses it."""
+    e = next(x for x in _entries() if x["config"] == "qwen3next-a") if _entries() else None
+    if e is None:
+        pytest.skip("fixtures missing")
+    hp = e["hparams"]
+    model = HYBRID / e["file"]
+    p = json.loads(run_tandem("plan", "--model", model, "--shards", 1, "--device", "cpu",
+                              "--json").stdout)
+    n_rec = hp["interval"] - 1  # 3 of the 4 layers
+    conv = (hp["conv"] - 1) * (2 * hp["lin_k_heads"] + hp["lin_v_heads"]) * hp["lin_head_dim"]
+    ssm = hp["lin_v_heads"] * hp["lin_head_dim"] ** 2
+    per_seq = n_rec * 4 * (conv + ssm)
+    sp = p["shards"][0]
+    assert p["gdn_layers"] == n_rec and p["n_state_slots"] == 64
+    assert sp["state"] == 64 * per_seq
+    assert sp["kv_per_token"] == 2 * (hp["n_layer"] - n_rec) * hp["n_head_kv"] * hp["head_dim"] * 4
+    assert sp["kv"] == p["kv_tokens"] * sp["kv_per_token"] + sp["state"]
+    bad = run_tandem("plan", "--model", model, "--shards", 2, "--device", "cpu", check=False)
+    assert bad.returncode != 0 and "not implemented yet" in bad.stderr, bad.stderr

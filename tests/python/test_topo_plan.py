@@ -655,15 +655,24 @@ def test_inspect_model_section(tmp_path):
                               MODELS / "gpt-oss-b-f32.gguf").stdout)["model"]
     assert (j["arch"], j["sliding_window"], j["swa_layers"]) == ("gpt-oss", 5, [0, 2])
     assert (j["gating"], j["attn_sinks"], j["qk_norm"]) == ("softmax_selected", True, "none")
-    w = gguf.GGUFWriter(str(tmp_path / "other.gguf"), "qwen3next")
+    hybrid = MODELS.parent / "hybrid" / "qwen35moe-a-f32.gguf"
+    text = run_tandem("inspect", "--no-tensors", hybrid).stdout
+    for want in ["3 Gated DeltaNet (layers 0, 1, 2), 1 gated attention", "output gate sigmoid(g)",
+                 "2 q/k heads, 4 v heads (tiled order) x 32, conv 4 taps",
+                 "shared expert    SwiGLU 48 wide"]:
+        assert want in text, want
+    j = json.loads(run_tandem("inspect", "--json", "--no-tensors", hybrid).stdout)["model"]
+    assert (j["gdn_layers"], j["attn_out_gate"], j["n_ff_shexp"]) == ([0, 1, 2], True, 48)
+    assert j["gdn"]["state_bytes"] == 3 * 4 * ((2 * 2 + 4) * 32 * 3 + 4 * 32 * 32)
+    w = gguf.GGUFWriter(str(tmp_path / "other.gguf"), "rwkv7")
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
     w.close()
     text = run_tandem("inspect", tmp_path / "other.gguf").stdout
-    assert "this build cannot run it: general.architecture 'qwen3next' is not supported" in text
+    assert "this build cannot run it: general.architecture 'rwkv7' is not supported" in text
     j = json.loads(run_tandem("inspect", "--json", tmp_path / "other.gguf").stdout)["model"]
-    assert j["supported"] is False and "qwen3next" in j["error"]
+    assert j["supported"] is False and "rwkv7" in j["error"]
 
 
 def test_plan_usage_and_missing_model(tmp_path):

@@ -142,6 +142,14 @@ static void loader_bytes(const shd_model_t *m, uint64_t out[TOPO_CLASS_COUNT])
             vbytes(m, L->bv, il, "attn_v.bias", nk, (int64_t)hp->n_head_kv * hd) +
             vbytes(m, L->bo, il, "attn_output.bias", 1, 1) +
             vbytes(m, L->sinks, il, "attn_sinks.weight", m->n_head_l, hp->n_head);
+        /* a hybrid model's Gated DeltaNet layer (the mixer's matrices and conv taps) and
+         * shared expert (dense FFN) */
+        out[TOPO_CLASS_ATTENTION] += wbytes(&L->gdn_qkv) + wbytes(&L->gdn_z) + wbytes(&L->gdn_ba) +
+                                     wbytes(&L->gdn_beta) + wbytes(&L->gdn_alpha) +
+                                     wbytes(&L->gdn_out) +
+                                     vbytes(m, L->gdn_conv_w, il, "ssm_conv1d.weight", 1, 1);
+        out[TOPO_CLASS_DENSE_FFN] += wbytes(&L->shexp_inp) + wbytes(&L->shexp_gate) +
+                                     wbytes(&L->shexp_up) + wbytes(&L->shexp_down);
         if (!L->is_moe) {
             out[TOPO_CLASS_DENSE_FFN] +=
                 wbytes(&L->ffn_gate) + wbytes(&L->ffn_up) + wbytes(&L->ffn_down) +
@@ -171,8 +179,18 @@ static kern_reserve_t loader_reserve(const shd_model_t *m)
 {
     const mdl_hparams_t *hp = &m->hp;
     const int64_t q = (int64_t)m->n_head_l * hp->head_dim, kv = (int64_t)m->n_kv_l * hp->head_dim;
-    const int64_t cols[] = {hp->n_embd, q, m->n_ff_l, m->n_ffe_l};
-    const int64_t rows[] = {m->n_vocab_l, hp->n_embd, q, kv, m->n_ff_l, m->n_ffe_l, hp->n_expert};
+    const int64_t gvd = (int64_t)hp->gdn_v_heads * hp->gdn_head_dim;
+    const int64_t cols[] = {hp->n_embd, q, m->n_ff_l, m->n_ffe_l, hp->n_ff_shexp, gvd};
+    const int64_t rows[] = {m->n_vocab_l,
+                            hp->n_embd,
+                            q,
+                            kv,
+                            m->n_ff_l,
+                            m->n_ffe_l,
+                            hp->n_expert,
+                            q * (hp->attn_out_gate ? 2 : 1),
+                            hp->n_ff_shexp,
+                            gvd + 2 * (int64_t)hp->gdn_k_heads * hp->gdn_head_dim};
     int64_t max_cols = 0, max_rows = 0;
     for (size_t i = 0; i < sizeof(cols) / sizeof(cols[0]); i++) {
         max_cols = cols[i] > max_cols ? cols[i] : max_cols;
@@ -191,7 +209,8 @@ static kern_reserve_t loader_reserve(const shd_model_t *m)
                             .n_expert_used = hp->n_expert_used,
                             .n_embd = hp->n_embd,
                             .n_ff_exp = m->n_ffe_l,
-                            .swa_tables = shd_model_swa_window(m) > 0};
+                            .swa_tables = shd_model_swa_window(m) > 0,
+                            .gdn_head_dim = hp->n_recurrent > 0 ? hp->gdn_head_dim : 0};
 }
 
 /* Field by field (the struct's padding is not part of its value). */
@@ -203,6 +222,7 @@ static void assert_reserve_equal(const kern_reserve_t *a, const kern_reserve_t *
     assert_true(a->n_expert == b->n_expert && a->n_expert_used == b->n_expert_used);
     assert_true(a->n_embd == b->n_embd && a->n_ff_exp == b->n_ff_exp);
     assert_true(a->swa_tables == b->swa_tables);
+    assert_true(a->gdn_head_dim == b->gdn_head_dim);
 }
 
 /* The step scratch the loader carved: its slots follow each other in one arena (a CPU
@@ -368,8 +388,12 @@ static void check_split(const char *file, gguf_ctx_t *g, kern_backend_t *k, kern
         /* KV: the loader's per-shard config, and its layers by kind. */
         shd_kv_config_t kv;
         shd_model_kv_config(m, 16, 1, &kv);
-        assert_true(sp->kv_per_token == 2ull * (uint64_t)kv.n_layer * (uint64_t)kv.n_kv_heads *
-                                            (uint64_t)kv.head_dim * 4u);
+        int n_rec = 0; /* Gated DeltaNet layers keep a state, no K/V */
+        for (int il = 0; il < kv.n_layer; il++) {
+            n_rec += kv.layer_recurrent[il] != 0;
+        }
+        assert_true(sp->kv_per_token == 2ull * (uint64_t)(kv.n_layer - n_rec) *
+                                            (uint64_t)kv.n_kv_heads * (uint64_t)kv.head_dim * 4u);
         int n_swa = 0;
         for (int il = 0; m->hp.n_swa > 0 && il < m->hp.n_layer; il++) {
             n_swa += m->hp.layer_swa[il] != 0;
@@ -379,7 +403,11 @@ static void check_split(const char *file, gguf_ctx_t *g, kern_backend_t *k, kern
                     2ull * (uint64_t)n_swa * (uint64_t)kv.n_kv_heads * (uint64_t)kv.head_dim * 4u);
         assert_true(sp->kv_per_token_full + sp->kv_per_token_swa == sp->kv_per_token);
         assert_true(sp->kv == (uint64_t)pl->kv_tokens * sp->kv_per_token_full +
-                                  (uint64_t)pl->kv_swa_tokens * sp->kv_per_token_swa);
+                                  (uint64_t)pl->kv_swa_tokens * sp->kv_per_token_swa + sp->state);
+        /* the recurrent state: the loader's slots for n_out sequences */
+        shd_kv_pools_t sl;
+        assert_int_equal(shd_model_kv_pools(m, 16, 0, &sl, NULL), TDM_OK);
+        assert_true(sl.state_bytes == sp->state && sl.n_state_slots == pl->n_state_slots);
         check_kv_type(file, m, pl, s, TDM_TYPE_F32);
         check_kv_type(file, m, kv16, s, TDM_TYPE_F16);
         check_kv_type(file, m, kv8, s, TDM_TYPE_Q8_0);
@@ -418,7 +446,7 @@ static void check_split(const char *file, gguf_ctx_t *g, kern_backend_t *k, kern
         assert_true(gp->backend_scratch == kern_cuda_reserve_bytes(&lr));
         assert_true(gp->margin == TOPO_GPU_MARGIN);
         assert_true(gp->buffers == gp->scratch + gp->backend_scratch + gp->margin);
-        assert_true(gp->kv * 2 == sp->kv); /* f16 rows */
+        assert_true((gp->kv - gp->state) * 2 == sp->kv - sp->state); /* f16 rows, f32 state */
         assert_true(gp->total == gp->weights_device + gp->kv + gp->buffers);
         shd_model_destroy(m);
     }
@@ -433,14 +461,33 @@ static void test_plan_matches_loader(void **state)
 {
     (void)state;
     static const char *const files[] = {
-        "llama-a-f32.gguf",       "llama-b-f32.gguf",       "llama-c-f32.gguf",
-        "llama-a-q4_k.gguf",      "llama-a-q8_0.gguf",      "llama-a-f16.gguf",
-        "qwen3moe-a-f32.gguf",    "qwen3moe-b-f32.gguf",    "qwen3moe-c-f32.gguf",
-        "qwen3moe-a-q4_k.gguf",   "minimax-m2-a-f32.gguf",  "minimax-m2-b-f32.gguf",
-        "minimax-m2-a-q4_k.gguf", "minimax-m2-a-q8_0.gguf", "gpt-oss-a-f32.gguf",
-        "gpt-oss-b-f32.gguf",     "gpt-oss-a-mxfp4.gguf",   "gpt-oss-a-q4_k.gguf",
-        "qwen2-a-f32.gguf",       "qwen2-b-f32.gguf",       "qwen2-a-q4_k.gguf",
-        "mistral3-a-f32.gguf",    "mistral3-b-f32.gguf",    "mistral3-a-q4_k.gguf",
+        "llama-a-f32.gguf",
+        "llama-b-f32.gguf",
+        "llama-c-f32.gguf",
+        "llama-a-q4_k.gguf",
+        "llama-a-q8_0.gguf",
+        "llama-a-f16.gguf",
+        "qwen3moe-a-f32.gguf",
+        "qwen3moe-b-f32.gguf",
+        "qwen3moe-c-f32.gguf",
+        "qwen3moe-a-q4_k.gguf",
+        "minimax-m2-a-f32.gguf",
+        "minimax-m2-b-f32.gguf",
+        "minimax-m2-a-q4_k.gguf",
+        "minimax-m2-a-q8_0.gguf",
+        "gpt-oss-a-f32.gguf",
+        "gpt-oss-b-f32.gguf",
+        "gpt-oss-a-mxfp4.gguf",
+        "gpt-oss-a-q4_k.gguf",
+        "qwen2-a-f32.gguf",
+        "qwen2-b-f32.gguf",
+        "qwen2-a-q4_k.gguf",
+        "mistral3-a-f32.gguf",
+        "mistral3-b-f32.gguf",
+        "mistral3-a-q4_k.gguf",
+        /* the hybrid models (tests/fixtures/hybrid): unsplit only, both refuse the rest */
+        "../hybrid/qwen3next-a-f32.gguf",
+        "../hybrid/qwen35moe-b-f32.gguf",
     };
     kern_backend_t *k = NULL, *k3 = NULL;
     const kern_backend_params_t bp = {
