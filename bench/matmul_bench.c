@@ -171,6 +171,9 @@ static const char *kernels_used(tdm_type_t t, kern_isa_t isa, int64_t n_tok)
     }
     const int tile = kern_vec_dot_tile_get(t, isa) != NULL;
     const int tile2 = kern_vec_dot_tile2_get(t, isa) != NULL;
+    if (kern_vec_dot_tile4_get(t, isa) != NULL) {
+        return tile2 ? "tile4+2+1" : "tile4";
+    }
     return tile2 ? (tile ? "tile2+tile" : "tile2") : tile ? "tile" : "vec_dot";
 }
 

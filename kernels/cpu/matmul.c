@@ -9,8 +9,8 @@
  * weight stream. kern_matmul_batch puts up to KERN_MATMUL_MAX_OPS products (Q/K/V,
  * gate/up, the experts of a decoded token) in one call, so the pool is woken once.
  * Within a prefill item each weight row is dotted against the item's tokens while it is
- * hot in L1; with a multi-token kernel (vec_dot_tile, tile2) each weight block is
- * unpacked once per KERN_DOT_TILE tokens (and two rows share the activation loads).
+ * hot in L1; with a multi-token kernel (vec_dot_tile, tile2, tile4) each weight block is
+ * unpacked once per KERN_DOT_TILE tokens (and two or four rows share the activation loads).
  * Decode kernels read rows_group rows at a time (see KERN_ROWS_SHORT) and prefetch ahead.
  * The row kernels and tiles give a row and token the same bits as the type's vec_dot
  * (test_dot_rows), so results do not depend on batching, grouping or the thread count.
@@ -38,6 +38,7 @@ typedef struct matmul_part {
     kern_vec_dot_fn dot;
     kern_vec_dot_tile_fn tile;   /* NULL: one vec_dot per (row, token) */
     kern_vec_dot_tile2_fn tile2; /* prefill, two rows at a time; NULL: tile per row */
+    kern_vec_dot_tile4_fn tile4; /* prefill, four rows at a time; NULL: tile2 */
     kern_vec_dot_rows_fn rows;   /* decode: rows_group rows per call; NULL: vec_dot */
     int rows_group;
     float *y;
@@ -96,6 +97,16 @@ static void rows_part(const matmul_job_t *j, const matmul_part_t *p, int64_t beg
         const int64_t t0 = (it % j->n_tok_blk) * KERN_TOK_TILE;
         const int64_t t1 = t0 + KERN_TOK_TILE < j->n_tok ? t0 + KERN_TOK_TILE : j->n_tok;
         int64_t r = r0;
+        if (p->tile4 != NULL) {
+            for (; r + 3 < r1; r += 4) {
+                const void *row = wd + (size_t)r * w->row_bytes;
+                for (int64_t t = t0; t < t1; t += KERN_DOT_TILE) {
+                    const int nt = t1 - t < KERN_DOT_TILE ? (int)(t1 - t) : KERN_DOT_TILE;
+                    p->tile4(k, row, w->row_bytes, p->act + (size_t)t * p->act_stride,
+                             p->act_stride, nt, p->y + t * p->ldy + r, p->ldy);
+                }
+            }
+        }
         if (p->tile2 != NULL) {
             for (; r + 1 < r1; r += 2) {
                 const void *row = wd + (size_t)r * w->row_bytes;
@@ -296,6 +307,7 @@ tdm_status_t kern_matmul_batch(kern_ctx_t *ctx, int n_ops, const kern_matmul_op_
             /* prefill: the multi-token kernels when this ISA has them for the type */
             p->tile = kern_vec_dot_tile_get(w->type, isa);
             p->tile2 = kern_vec_dot_tile2_get(w->type, isa);
+            p->tile4 = kern_vec_dot_tile4_get(w->type, isa);
         }
         p->item0 = items;
         items +=

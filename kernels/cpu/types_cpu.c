@@ -109,7 +109,8 @@ static const kern_type_cpu_t type_table[TDM_TYPE_COUNT] = {
 #if defined(__x86_64__)
     [TDM_TYPE_Q8_0] = {TDM_TYPE_Q8_0, kern_to_float_q8_0, kern_from_float_q8_0,
                        DOTS5(kern_vec_dot_q8_0), K5(tile, q8_0, kern_vec_dot_tile_q8_0_avx2),
-                       K5(rows, q8_0, kern_vec_dot_rows_q8_0_avx2), K5(tile2, q8_0, NULL)},
+                       K5(rows, q8_0, kern_vec_dot_rows_q8_0_avx2), K5(tile2, q8_0, NULL),
+                       K5(tile4, q8_0, NULL)},
 #else
     [TDM_TYPE_Q8_0] = {TDM_TYPE_Q8_0, kern_to_float_q8_0, kern_from_float_q8_0,
                        DOTS(kern_vec_dot_q8_0), TILE_X86(q8_0), ROWS_X86(q8_0)},
@@ -119,7 +120,8 @@ static const kern_type_cpu_t type_table[TDM_TYPE_COUNT] = {
 #if defined(__x86_64__)
     [TDM_TYPE_Q4_K] = {TDM_TYPE_Q8_K, kern_to_float_q4_k, kern_from_float_q4_k,
                        DOTS5(kern_vec_dot_q4_k), K5(tile, q4_k, kern_vec_dot_tile_q4_k_avx2),
-                       K5(rows, q4_k, kern_vec_dot_rows_q4_k_avx2), K5(tile2, q4_k, NULL)},
+                       K5(rows, q4_k, kern_vec_dot_rows_q4_k_avx2), K5(tile2, q4_k, NULL),
+                       K5(tile4, q4_k, NULL)},
 #else
     [TDM_TYPE_Q4_K] = {TDM_TYPE_Q8_K, kern_to_float_q4_k, kern_from_float_q4_k,
                        DOTS(kern_vec_dot_q4_k), TILE_X86(q4_k), ROWS_X86(q4_k)},
@@ -129,7 +131,8 @@ static const kern_type_cpu_t type_table[TDM_TYPE_COUNT] = {
 #if defined(__x86_64__)
     [TDM_TYPE_Q6_K] = {TDM_TYPE_Q8_K, kern_to_float_q6_k, kern_from_float_q6_k,
                        DOTS5(kern_vec_dot_q6_k), K5(tile, q6_k, kern_vec_dot_tile_q6_k_avx2),
-                       K5(rows, q6_k, kern_vec_dot_rows_q6_k_avx2), K5(tile2, q6_k, NULL)},
+                       K5(rows, q6_k, kern_vec_dot_rows_q6_k_avx2), K5(tile2, q6_k, NULL),
+                       K5(tile4, q6_k, NULL)},
 #else
     [TDM_TYPE_Q6_K] = {TDM_TYPE_Q8_K, kern_to_float_q6_k, kern_from_float_q6_k,
                        DOTS(kern_vec_dot_q6_k), TILE_X86(q6_k), ROWS_X86(q6_k)},
@@ -140,7 +143,7 @@ static const kern_type_cpu_t type_table[TDM_TYPE_COUNT] = {
     [TDM_TYPE_MXFP4] = {TDM_TYPE_Q8_0, kern_to_float_mxfp4, kern_from_float_mxfp4,
                         DOTS5(kern_vec_dot_mxfp4), K5(tile, mxfp4, kern_vec_dot_tile_mxfp4_avx2),
                         K5(rows, mxfp4, kern_vec_dot_rows_mxfp4_avx2),
-                        K5(tile2, mxfp4, kern_vec_dot_tile2_mxfp4_avx2)},
+                        K5(tile2, mxfp4, kern_vec_dot_tile2_mxfp4_avx2), K5(tile4, mxfp4, NULL)},
 #else
     [TDM_TYPE_MXFP4] = {TDM_TYPE_Q8_0, kern_to_float_mxfp4, kern_from_float_mxfp4,
                         DOTS(kern_vec_dot_mxfp4), TILE_ALL(tile, mxfp4), ROWS_X86(mxfp4),
@@ -150,9 +153,9 @@ static const kern_type_cpu_t type_table[TDM_TYPE_COUNT] = {
 
 /* Activation-only formats: a dequantizer and quantizer, no vec_dot of their own. */
 static const kern_type_cpu_t act_q8_1 = {
-    TDM_TYPE_Q8_1, kern_to_float_q8_1, kern_from_float_q8_1, {0}, {0}, {0}, {0}};
+    TDM_TYPE_Q8_1, kern_to_float_q8_1, kern_from_float_q8_1, {0}, {0}, {0}, {0}, {0}};
 static const kern_type_cpu_t act_q8_k = {
-    TDM_TYPE_Q8_K, kern_to_float_q8_k, kern_from_float_q8_k, {0}, {0}, {0}, {0}};
+    TDM_TYPE_Q8_K, kern_to_float_q8_k, kern_from_float_q8_k, {0}, {0}, {0}, {0}, {0}};
 
 const kern_type_cpu_t *kern_type_cpu(tdm_type_t t)
 {
@@ -253,4 +256,12 @@ kern_vec_dot_tile2_fn kern_vec_dot_tile2_get(tdm_type_t t, kern_isa_t isa)
     const int s =
         tc != NULL ? tile_slot(tc, isa, tc->vec_dot_tile2[KERN_ISA_NEON_DOT] != NULL) : -1;
     return s < 0 ? NULL : tc->vec_dot_tile2[s];
+}
+
+kern_vec_dot_tile4_fn kern_vec_dot_tile4_get(tdm_type_t t, kern_isa_t isa)
+{
+    const kern_type_cpu_t *tc = kern_type_cpu(t);
+    const int s =
+        tc != NULL ? tile_slot(tc, isa, tc->vec_dot_tile4[KERN_ISA_NEON_DOT] != NULL) : -1;
+    return s < 0 ? NULL : tc->vec_dot_tile4[s];
 }

@@ -240,6 +240,11 @@ typedef void (*kern_vec_dot_tile2_fn)(int64_t n, const void *restrict w, size_t 
                                       const void *restrict a, size_t a_stride, int n_tok,
                                       float *restrict y, int64_t y_stride);
 
+/* Four weight rows (w + r * row_bytes, r = 0..3) against n_tok tokens, as tile2 with four
+ * rows (the same signature): y[t * y_stride + r]. The activations of a token tile are
+ * loaded once for four rows. */
+typedef kern_vec_dot_tile2_fn kern_vec_dot_tile4_fn;
+
 typedef struct kern_type_cpu {
     tdm_type_t vec_dot_type;                 /* activation format of the vec_dot      */
     kern_to_float_fn to_float;               /* reference dequantizer                 */
@@ -251,6 +256,8 @@ typedef struct kern_type_cpu {
     kern_vec_dot_rows_fn vec_dot_rows[KERN_ISA_COUNT];
     /* optional two-row prefill kernels; NULL: vec_dot_tile per row */
     kern_vec_dot_tile2_fn vec_dot_tile2[KERN_ISA_COUNT];
+    /* optional four-row prefill kernels; NULL: tile2 (or tile) */
+    kern_vec_dot_tile4_fn vec_dot_tile4[KERN_ISA_COUNT];
 } kern_type_cpu_t;
 
 /* The table entry for t, or NULL when t has no CPU kernels (dequantizer + vec_dot). */
@@ -266,6 +273,9 @@ kern_vec_dot_tile_fn kern_vec_dot_tile_get(tdm_type_t t, kern_isa_t isa);
 
 /* The two-row prefill kernel for t at level isa (the same fallbacks), or NULL. */
 kern_vec_dot_tile2_fn kern_vec_dot_tile2_get(tdm_type_t t, kern_isa_t isa);
+
+/* The four-row prefill kernel for t at level isa (the same fallbacks), or NULL. */
+kern_vec_dot_tile4_fn kern_vec_dot_tile4_get(tdm_type_t t, kern_isa_t isa);
 
 /* The multi-row kernel for t usable at level isa (AVX-512 falls back to AVX2), or NULL. */
 kern_vec_dot_rows_fn kern_vec_dot_rows_get(tdm_type_t t, kern_isa_t isa);
@@ -356,6 +366,10 @@ KERN_DECLARE_TILE2(kern_vec_dot_tile2_q8_0_avx512)
 KERN_DECLARE_TILE2(kern_vec_dot_tile2_q4_k_avx512)
 KERN_DECLARE_TILE2(kern_vec_dot_tile2_q6_k_avx512)
 KERN_DECLARE_TILE2(kern_vec_dot_tile2_mxfp4_avx512)
+KERN_DECLARE_TILE2(kern_vec_dot_tile4_q8_0_avx512)
+KERN_DECLARE_TILE2(kern_vec_dot_tile4_q4_k_avx512)
+KERN_DECLARE_TILE2(kern_vec_dot_tile4_q6_k_avx512)
+KERN_DECLARE_TILE2(kern_vec_dot_tile4_mxfp4_avx512)
 
 #define KERN_DECLARE_ROWS(name)                                                           \
     void name(int64_t n, const void *restrict w, size_t row_bytes, int n_rows, int group, \

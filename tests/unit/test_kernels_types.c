@@ -553,6 +553,12 @@ static void test_simd_multi_kernels_complete(void **state)
                      want[i].tile, want[i].tile2, want[i].rows);
         }
     }
+    /* AVX-512 reads four rows at a time for its own types */
+    static const tdm_type_t t4[] = {TDM_TYPE_Q8_0, TDM_TYPE_Q4_K, TDM_TYPE_Q6_K, TDM_TYPE_MXFP4};
+    for (size_t i = 0; i < ARRAY_LEN(t4) && kern_isa_compiled(KERN_ISA_AVX512); i++) {
+        assert_non_null(kern_vec_dot_tile4_get(t4[i], KERN_ISA_AVX512));
+        assert_null(kern_vec_dot_tile4_get(t4[i], KERN_ISA_AVX2));
+    }
     /* the scalar level never has them */
     assert_null(kern_vec_dot_tile_get(TDM_TYPE_MXFP4, KERN_ISA_SCALAR));
     assert_null(kern_vec_dot_tile2_get(TDM_TYPE_MXFP4, KERN_ISA_SCALAR));
@@ -954,7 +960,8 @@ static void test_dot_rows(void **state)
             const kern_vec_dot_rows_fn rows = kern_vec_dot_rows_get(t, (kern_isa_t)isa);
             const kern_vec_dot_tile_fn tile = kern_vec_dot_tile_get(t, (kern_isa_t)isa);
             const kern_vec_dot_tile2_fn tile2 = kern_vec_dot_tile2_get(t, (kern_isa_t)isa);
-            if (rows == NULL && tile == NULL && tile2 == NULL) {
+            const kern_vec_dot_tile4_fn tile4 = kern_vec_dot_tile4_get(t, (kern_isa_t)isa);
+            if (rows == NULL && tile == NULL && tile2 == NULL && tile4 == NULL) {
                 continue;
             }
             const kern_vec_dot_fn dot = kern_vec_dot_get(t, (kern_isa_t)isa);
@@ -990,6 +997,13 @@ static void test_dot_rows(void **state)
                             tile(k, row, a, 0, nt, yt, 1);
                             for (int tk = 0; tk < nt; tk++) {
                                 assert_memory_equal(&yt[tk], &want[r], sizeof(float));
+                            }
+                        }
+                        if (tile4 != NULL && r + 3 < KERN_DOT_ROWS) {
+                            float y4[4 * KERN_DOT_TILE];
+                            tile4(k, row, rb, a, 0, nt, y4, 4);
+                            for (int tk = 0; tk < nt; tk++) {
+                                assert_memory_equal(&y4[4 * tk], &want[r], 4 * sizeof(float));
                             }
                         }
                         if (tile2 != NULL && r + 1 < KERN_DOT_ROWS) {

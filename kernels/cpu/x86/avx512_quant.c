@@ -1,13 +1,14 @@
 /*
  * avx512_quant.c - AVX-512 VNNI kernels for the weight types of the big models we run on
  * the CPU (gpt-oss: Q8_0 and MXFP4; Q4_K_M mixes: Q4_K and Q6_K): vec_dot, decode rows
- * with prefetch, and prefill tiles (1 and 2 rows x up to KERN_DOT_TILE tokens). Compiled
+ * with prefetch, and prefill tiles (1, 2 and 4 rows x up to KERN_DOT_TILE tokens). Compiled
  * with -mavx512f/bw/vl/dq/vnni; called only when kern_isa_supported(KERN_ISA_AVX512).
  * The other types run AVX2's kernels at this level (types_cpu.c).
  *
  * 64 weights per instruction: vpdpbusd (u8 x s8, four products summed into an i32
- * lane) for the 32-element types, where a signed weight x enters as |x| against y with
- * x's sign (|x| <= 128 as u8, and the activations never hold -128); for the K-quants
+ * lane) for the 32-element types, where a signed weight x enters as x + off (u8: Q8_0
+ * off 128, MXFP4's doubled E2M1 values off 12) and each sum starts at -off times the
+ * activations' sum, computed once per token and shared by the rows; for the K-quants
  * vpmaddubsw (u8 x s8 pairs -> i16, at most 2 * 63 * 128, no saturation) and vpdpwssd,
  * which multiplies the pairs by the 16-bit sub-block scales and sums them into i32. All
  * integer sums are exact, so each block's sum is the scalar reference's; only the float
@@ -50,8 +51,8 @@ K5_INLINE __m512 pair_ps(uint32_t a, uint32_t b)
 {
     const __m512i idx = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
     const __m128i v = _mm_cvtsi32_si128((int)a);
-    return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_castsi128_ps(
-                                          _mm_insert_epi32(v, (int)b, 1))));
+    return _mm512_permutexvar_ps(
+        idx, _mm512_castps128_ps512(_mm_castsi128_ps(_mm_insert_epi32(v, (int)b, 1))));
 }
 
 /* [f16(a) x 8 | f16(b) x 8] as f32 (exact) */
@@ -62,55 +63,55 @@ K5_INLINE __m512 pair_f16(uint16_t a, uint16_t b)
     return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(f));
 }
 
-/* dot of |x| (u8) with y carrying x's sign (neg: lanes where x < 0) */
-K5_INLINE __m512i dot_signed(__m512i ax, __mmask64 neg, __m512i y)
+/* -off * (sums of 4 consecutive y) per i32 lane: what a weight stored as x + off (u8)
+ * adds to dpbusd's sums, subtracted by starting them at this value. */
+K5_INLINE __m512i offset_corr(__m512i off, __m512i y)
 {
     const __m512i zero = _mm512_setzero_si512();
-    return _mm512_dpbusd_epi32(zero, ax, _mm512_mask_sub_epi8(y, neg, zero, y));
+    return _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, off, y));
 }
 
 /* The rows of a decode call in groups of `group` (4, 2 or 1): each group one call of the
  * body with a constant NR. */
-#define ROWS_DISPATCH(body, n, w, rb, n_rows, group, a, y)                           \
-    do {                                                                             \
-        const uint8_t *w_ = (const uint8_t *)(w);                                    \
-        int r_ = 0;                                                                  \
-        if ((group) >= 4) {                                                          \
-            for (; r_ + 4 <= (n_rows); r_ += 4) {                                    \
-                body(n, w_ + (size_t)r_ * (rb), rb, a, 0, (y) + r_, 0, 1, 4, 1, 1);  \
-            }                                                                        \
-        }                                                                            \
-        if ((group) >= 2) {                                                          \
-            for (; r_ + 2 <= (n_rows); r_ += 2) {                                    \
-                body(n, w_ + (size_t)r_ * (rb), rb, a, 0, (y) + r_, 0, 1, 2, 1, 1);  \
-            }                                                                        \
-        }                                                                            \
-        for (; r_ < (n_rows); r_++) {                                                \
-            body(n, w_ + (size_t)r_ * (rb), rb, a, 0, (y) + r_, 0, 1, 1, 1, 1);      \
-        }                                                                            \
+#define ROWS_DISPATCH(body, n, w, rb, n_rows, group, a, y)                          \
+    do {                                                                            \
+        const uint8_t *w_ = (const uint8_t *)(w);                                   \
+        int r_ = 0;                                                                 \
+        if ((group) >= 4) {                                                         \
+            for (; r_ + 4 <= (n_rows); r_ += 4) {                                   \
+                body(n, w_ + (size_t)r_ * (rb), rb, a, 0, (y) + r_, 0, 1, 4, 1, 1); \
+            }                                                                       \
+        }                                                                           \
+        if ((group) >= 2) {                                                         \
+            for (; r_ + 2 <= (n_rows); r_ += 2) {                                   \
+                body(n, w_ + (size_t)r_ * (rb), rb, a, 0, (y) + r_, 0, 1, 2, 1, 1); \
+            }                                                                       \
+        }                                                                           \
+        for (; r_ < (n_rows); r_++) {                                               \
+            body(n, w_ + (size_t)r_ * (rb), rb, a, 0, (y) + r_, 0, 1, 1, 1, 1);     \
+        }                                                                           \
     } while (0)
 
 /* NR rows x n_tok tokens, with a constant NT per call */
-#define TILE_DISPATCH(body, n, w, rb, a, as, n_tok, y, ys, NR)  \
-    switch (n_tok) {                                            \
-    case 4:                                                     \
-        body(n, w, rb, a, as, y, ys, 1, NR, 4, 0);              \
-        break;                                                  \
-    case 3:                                                     \
-        body(n, w, rb, a, as, y, ys, 1, NR, 3, 0);              \
-        break;                                                  \
-    case 2:                                                     \
-        body(n, w, rb, a, as, y, ys, 1, NR, 2, 0);              \
-        break;                                                  \
-    default:                                                    \
-        body(n, w, rb, a, as, y, ys, 1, NR, 1, 0);              \
-        break;                                                  \
+#define TILE_DISPATCH(body, n, w, rb, a, as, n_tok, y, ys, NR) \
+    switch (n_tok) {                                           \
+    case 4:                                                    \
+        body(n, w, rb, a, as, y, ys, 1, NR, 4, 0);             \
+        break;                                                 \
+    case 3:                                                    \
+        body(n, w, rb, a, as, y, ys, 1, NR, 3, 0);             \
+        break;                                                 \
+    case 2:                                                    \
+        body(n, w, rb, a, as, y, ys, 1, NR, 2, 0);             \
+        break;                                                 \
+    default:                                                   \
+        body(n, w, rb, a, as, y, ys, 1, NR, 1, 0);             \
+        break;                                                 \
     }
 
 /* The entry points of a type whose body is `body`. */
 #define K5_ENTRIES(name, body)                                                                    \
-    float kern_vec_dot_##name##_avx512(int64_t n, const void *restrict w,                         \
-                                       const void *restrict a)                                    \
+    float kern_vec_dot_##name##_avx512(int64_t n, const void *restrict w, const void *restrict a) \
     {                                                                                             \
         float y;                                                                                  \
         body(n, w, 0, a, 0, &y, 0, 1, 1, 1, 0);                                                   \
@@ -133,14 +134,20 @@ K5_INLINE __m512i dot_signed(__m512i ax, __mmask64 neg, __m512i y)
                                             float *restrict y, int64_t y_stride)                  \
     {                                                                                             \
         TILE_DISPATCH(body, n, w, row_bytes, a, a_stride, n_tok, y, y_stride, 2)                  \
+    }                                                                                             \
+    void kern_vec_dot_tile4_##name##_avx512(int64_t n, const void *restrict w, size_t row_bytes,  \
+                                            const void *restrict a, size_t a_stride, int n_tok,   \
+                                            float *restrict y, int64_t y_stride)                  \
+    {                                                                                             \
+        TILE_DISPATCH(body, n, w, row_bytes, a, a_stride, n_tok, y, y_stride, 4)                  \
     }
 
 /* Horizontal sums into y[t * ys + r * yr]. */
-#define K5_STORE(acc, y, ys, yr, NR, NT)                               \
-    for (int r = 0; r < (NR); r++) {                                   \
-        for (int t = 0; t < (NT); t++) {                               \
+#define K5_STORE(acc, y, ys, yr, NR, NT)                                \
+    for (int r = 0; r < (NR); r++) {                                    \
+        for (int t = 0; t < (NT); t++) {                                \
             (y)[t * (ys) + r * (yr)] = _mm512_reduce_add_ps(acc[r][t]); \
-        }                                                              \
+        }                                                               \
     }
 
 /* ---- Q8_0 x Q8_0 and MXFP4 x Q8_0: two 32-element blocks per vector ------------------
@@ -167,6 +174,7 @@ K5_INLINE void q8_0_body(int64_t n, const void *restrict w, size_t rb, const voi
                          const int NT, const int PF)
 {
     const int64_t nb = n / KERN_QK;
+    const __m512i off = _mm512_set1_epi8((char)0x80);
     __m512 acc[KERN_DOT_ROWS][KERN_DOT_TILE];
     for (int r = 0; r < NR; r++) {
         for (int t = 0; t < NT; t++) {
@@ -175,25 +183,23 @@ K5_INLINE void q8_0_body(int64_t n, const void *restrict w, size_t rb, const voi
     }
     for (int64_t i = 0; i < nb; i += 2) {
         const int two = i + 1 < nb;
-        __m512i ax[KERN_DOT_ROWS];
-        __mmask64 neg[KERN_DOT_ROWS];
+        __m512i ux[KERN_DOT_ROWS];
         __m512 dx[KERN_DOT_ROWS];
         for (int r = 0; r < NR; r++) {
             const kern_block_q8_0 *xb = (const kern_block_q8_0 *)((const uint8_t *)w + r * rb) + i;
             if (PF) {
                 prefetch_ahead(xb, 2 * sizeof(*xb));
             }
-            const __m512i v = q8_pair(xb, two);
-            ax[r] = _mm512_abs_epi8(v);
-            neg[r] = _mm512_movepi8_mask(v);
+            ux[r] = _mm512_xor_si512(q8_pair(xb, two), off); /* x + 128 as u8 */
             dx[r] = q8_pair_d(xb, two);
         }
         for (int t = 0; t < NT; t++) {
             const kern_block_q8_0 *yb = (const kern_block_q8_0 *)((const uint8_t *)a + t * as) + i;
             const __m512i yv = q8_pair(yb, two);
             const __m512 dy = q8_pair_d(yb, two);
+            const __m512i c = offset_corr(off, yv);
             for (int r = 0; r < NR; r++) {
-                const __m512i s = dot_signed(ax[r], neg[r], yv);
+                const __m512i s = _mm512_dpbusd_epi32(c, ux[r], yv);
                 acc[r][t] =
                     _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dx[r], dy), acc[r][t]);
             }
@@ -232,10 +238,10 @@ K5_INLINE void mxfp4_body(int64_t n, const void *restrict w, size_t rb, const vo
                           const int NT, const int PF)
 {
     const int64_t nb = n / KERN_QK;
-    /* |value| per code (codes 8..15 are the negatives of 0..7) */
-    const __m512i tab = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 1, 2, 3, 4, 6, 8, 12, 0, 1, 2,
-                                                             3, 4, 6, 8, 12));
-    const __m512i sign = _mm512_set1_epi8(8);
+    /* value + 12 per code (kern_mxfp4_values: 0..12, then the negatives of 0..12) */
+    const __m512i tab = _mm512_broadcast_i32x4(
+        _mm_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0));
+    const __m512i off = _mm512_set1_epi8(12);
     __m512 acc[KERN_DOT_ROWS][KERN_DOT_TILE];
     for (int r = 0; r < NR; r++) {
         for (int t = 0; t < NT; t++) {
@@ -244,25 +250,24 @@ K5_INLINE void mxfp4_body(int64_t n, const void *restrict w, size_t rb, const vo
     }
     for (int64_t i = 0; i < nb; i += 2) {
         const int two = i + 1 < nb;
-        __m512i ax[KERN_DOT_ROWS];
-        __mmask64 neg[KERN_DOT_ROWS];
+        __m512i ux[KERN_DOT_ROWS];
         __m512 ex[KERN_DOT_ROWS];
         for (int r = 0; r < NR; r++) {
-            const kern_block_mxfp4 *xb = (const kern_block_mxfp4 *)((const uint8_t *)w + r * rb) + i;
+            const kern_block_mxfp4 *xb =
+                (const kern_block_mxfp4 *)((const uint8_t *)w + r * rb) + i;
             if (PF && (i & 3) == 0) { /* 68 bytes per four blocks: two lines at most */
                 prefetch_ahead(xb, 4 * sizeof(*xb) + 63);
             }
-            const __m512i idx = mx_pair_idx(xb, two);
-            ax[r] = _mm512_shuffle_epi8(tab, idx);
-            neg[r] = _mm512_test_epi8_mask(idx, sign);
+            ux[r] = _mm512_shuffle_epi8(tab, mx_pair_idx(xb, two));
             ex[r] = pair_ps(mx_e8m0_half[xb[0].e], two ? mx_e8m0_half[xb[1].e] : 0);
         }
         for (int t = 0; t < NT; t++) {
             const kern_block_q8_0 *yb = (const kern_block_q8_0 *)((const uint8_t *)a + t * as) + i;
             const __m512i yv = q8_pair(yb, two);
             const __m512 dy = q8_pair_d(yb, two);
+            const __m512i c = offset_corr(off, yv);
             for (int r = 0; r < NR; r++) {
-                const __m512i s = dot_signed(ax[r], neg[r], yv);
+                const __m512i s = _mm512_dpbusd_epi32(c, ux[r], yv);
                 acc[r][t] =
                     _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(ex[r], dy), acc[r][t]);
             }
@@ -315,25 +320,33 @@ K5_INLINE const kern_block_q8_k *q8k_at(const void *a, size_t as, int t, int64_t
 }
 
 /* Per super-block and (row, token): sum_j sc_j * (q_j . y_j) as i32 lanes (dpwssd of the
- * maddubs pairs with the scales), then acc += d*yd * sums and acc -= dmin*yd * (mins .
- * per-32 activation sums) (that term in lanes 0..3, +0 elsewhere). */
+ * maddubs pairs with the scales), acc[r][t] += d*yd * sums. The mins term, dmin*yd *
+ * (mins . per-32 activation sums), goes for all tokens at once into macc[r]: token t in
+ * lanes 4t..4t+3 (the same lanes whatever NT), added to the token's sum at the end. */
 K5_INLINE void q4_k_body(int64_t n, const void *restrict w, size_t rb, const void *restrict a,
                          size_t as, float *restrict y, int64_t ys, int64_t yr, const int NR,
                          const int NT, const int PF)
 {
     const int64_t nb = n / KERN_QKK;
     const __m256i m4 = _mm256_set1_epi8(0x0F);
-    __m512 acc[KERN_DOT_ROWS][KERN_DOT_TILE];
+    __m512 acc[KERN_DOT_ROWS][KERN_DOT_TILE], macc[KERN_DOT_ROWS];
     for (int r = 0; r < NR; r++) {
+        macc[r] = _mm512_setzero_ps();
         for (int t = 0; t < NT; t++) {
             acc[r][t] = _mm512_setzero_ps();
         }
     }
     for (int64_t i = 0; i < nb; i++) {
-        __m128i q8s[KERN_DOT_TILE]; /* per-32 activation sums, 8 x i16 */
+        /* token t's per-32 activation sums (8 x i16) and d in 128-bit lane t */
+        __m512i q8s = _mm512_setzero_si512();
+        __m512 yd = _mm512_setzero_ps();
         for (int t = 0; t < NT; t++) {
-            const __m256i bs = load32(q8k_at(a, as, t, i)->bsums);
-            q8s[t] = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
+            const kern_block_q8_k *yb = q8k_at(a, as, t, i);
+            const __m256i bs = load32(yb->bsums);
+            const __m128i s8 =
+                _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
+            q8s = _mm512_mask_broadcast_i32x4(q8s, (__mmask16)(0xF << (4 * t)), s8);
+            yd = _mm512_mask_broadcast_f32x4(yd, (__mmask16)(0xF << (4 * t)), _mm_set1_ps(yb->d));
         }
         for (int r = 0; r < NR; r++) {
             const kern_block_q4_k *xb = (const kern_block_q4_k *)((const uint8_t *)w + r * rb) + i;
@@ -342,9 +355,13 @@ K5_INLINE void q4_k_body(int64_t n, const void *restrict w, size_t rb, const voi
             }
             const __m256i sm = q4k_scales_mins(xb->scales);
             const __m512i sm512 = _mm512_castsi256_si512(sm);
-            const __m128i mins = _mm256_extracti128_si256(sm, 1);
             const __m128 ddx =
                 _mm_cvtph_ps(_mm_cvtsi32_si128((int)kern_load_u32((const uint8_t *)xb)));
+            const __m512 dyd = _mm512_mul_ps(_mm512_broadcastss_ps(ddx), yd);
+            const __m512 dmyd = _mm512_mul_ps(_mm512_broadcastss_ps(_mm_movehdup_ps(ddx)), yd);
+            const __m512i pm =
+                _mm512_madd_epi16(_mm512_broadcast_i32x4(_mm256_extracti128_si256(sm, 1)), q8s);
+            macc[r] = _mm512_fnmadd_ps(dmyd, _mm512_cvtepi32_ps(pm), macc[r]);
             __m512i isum[KERN_DOT_TILE];
             for (int t = 0; t < NT; t++) {
                 isum[t] = _mm512_setzero_si512();
@@ -352,9 +369,9 @@ K5_INLINE void q4_k_body(int64_t n, const void *restrict w, size_t rb, const voi
             for (int j = 0; j < 4; j++) {
                 const __m512i sc = _mm512_permutexvar_epi16(sel_q4k(j), sm512);
                 const __m256i qv = load32(xb->qs + 32 * j);
-                const __m512i q = _mm512_inserti64x4(
-                    _mm512_castsi256_si512(_mm256_and_si256(qv, m4)),
-                    _mm256_and_si256(_mm256_srli_epi16(qv, 4), m4), 1);
+                const __m512i q =
+                    _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(qv, m4)),
+                                       _mm256_and_si256(_mm256_srli_epi16(qv, 4), m4), 1);
                 for (int t = 0; t < NT; t++) {
                     const __m512i p =
                         _mm512_maddubs_epi16(q, load64(q8k_at(a, as, t, i)->qs + 64 * j));
@@ -362,17 +379,19 @@ K5_INLINE void q4_k_body(int64_t n, const void *restrict w, size_t rb, const voi
                 }
             }
             for (int t = 0; t < NT; t++) {
-                const __m128 dd = _mm_mul_ps(ddx, _mm_set1_ps(q8k_at(a, as, t, i)->d));
-                const __m512 pm =
-                    _mm512_cvtepi32_ps(_mm512_zextsi128_si512(_mm_madd_epi16(mins, q8s[t])));
-                acc[r][t] = _mm512_fmadd_ps(_mm512_broadcastss_ps(dd), _mm512_cvtepi32_ps(isum[t]),
-                                            acc[r][t]);
-                acc[r][t] = _mm512_fnmadd_ps(
-                    _mm512_broadcastss_ps(_mm_permute_ps(dd, 0x55)), pm, acc[r][t]);
+                const __m512 d = _mm512_permutexvar_ps(_mm512_set1_epi32(4 * t), dyd);
+                acc[r][t] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(isum[t]), acc[r][t]);
             }
         }
     }
-    K5_STORE(acc, y, ys, yr, NR, NT)
+    for (int r = 0; r < NR; r++) {
+        float m[16];
+        _mm512_storeu_ps(m, macc[r]);
+        for (int t = 0; t < NT; t++) {
+            y[t * ys + r * yr] = _mm512_reduce_add_ps(acc[r][t]) +
+                                 ((m[4 * t] + m[4 * t + 1]) + (m[4 * t + 2] + m[4 * t + 3]));
+        }
+    }
 }
 
 K5_ENTRIES(q4_k, q4_k_body)
@@ -397,8 +416,7 @@ K5_INLINE void q6_k_body(int64_t n, const void *restrict w, size_t rb, const voi
             if (PF) {
                 prefetch_ahead(xb, sizeof(*xb) + 63);
             }
-            const __m256i sc16 =
-                _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)xb->scales));
+            const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)xb->scales));
             const __m512i sc512 = _mm512_castsi256_si512(sc16);
             __m512i isum[KERN_DOT_TILE];
             for (int t = 0; t < NT; t++) {
@@ -411,9 +429,8 @@ K5_INLINE void q6_k_body(int64_t n, const void *restrict w, size_t rb, const voi
                 const __m256i qh = load32(xb->qh + 32 * h);
                 const __m512i qhx =
                     _mm512_inserti64x4(_mm512_castsi256_si512(qh), _mm256_srli_epi16(qh, 2), 1);
-                const __m512i v1 =
-                    _mm512_or_si512(_mm512_and_si512(qa, m4),
-                                    _mm512_slli_epi16(_mm512_and_si512(qhx, m3), 4));
+                const __m512i v1 = _mm512_or_si512(_mm512_and_si512(qa, m4),
+                                                   _mm512_slli_epi16(_mm512_and_si512(qhx, m3), 4));
                 const __m512i v2 = _mm512_or_si512(
                     _mm512_and_si512(_mm512_srli_epi16(qa, 4), m4),
                     _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(qhx, 4), m3), 4));
@@ -423,8 +440,8 @@ K5_INLINE void q6_k_body(int64_t n, const void *restrict w, size_t rb, const voi
                     const int8_t *q8 = q8k_at(a, as, t, i)->qs + 128 * h;
                     isum[t] =
                         _mm512_dpwssd_epi32(isum[t], _mm512_maddubs_epi16(v1, load64(q8)), s1);
-                    isum[t] = _mm512_dpwssd_epi32(isum[t],
-                                                  _mm512_maddubs_epi16(v2, load64(q8 + 64)), s2);
+                    isum[t] =
+                        _mm512_dpwssd_epi32(isum[t], _mm512_maddubs_epi16(v2, load64(q8 + 64)), s2);
                 }
             }
             const float dx = _cvtsh_ss(xb->d);
