@@ -728,6 +728,52 @@ static void test_cuda_reserve(void **state)
 }
 
 /* A shard's memory on a GPU: its free memory, on a unified-memory one at most the host's. */
+/* The context tandem serve picks without --ctx-size (topo_pick_ctx): the trained context
+ * when one such sequence and a batch fit beside the weights and buffers, else the most that
+ * fits; the KV budget 4 x the context for a model trained for <= 8192 tokens, when it fits. */
+static void test_pick_ctx(void **state)
+{
+    (void)state;
+    gguf_ctx_t *g = open_fixture("llama-a-f32.gguf");
+    mdl_hparams_t hp;
+    assert_int_equal(mdl_hparams_load(g, &hp, NULL), TDM_OK);
+    const int train = hp.n_ctx_train;
+    assert_true(train > 0 && train <= 8192);
+    topo_plan_params_t pp = {.n_shards = 1, .ctx_size = train, .batch = 512};
+    topo_plan_t *pl = NULL;
+    assert_int_equal(topo_plan_build(g, &pp, &pl, NULL), TDM_OK);
+    const uint64_t other = pl->shards[0].total - pl->shards[0].kv;
+    const uint64_t per_token = pl->shards[0].kv_per_token;
+    topo_ctx_pick_t k;
+    /* plenty: the trained context, the executor's own 4 x ctx budget */
+    assert_int_equal(topo_pick_ctx(g, &pp, 1ull << 40, &k, NULL), TDM_OK);
+    assert_int_equal(k.ctx, train);
+    assert_true(k.trained && k.ctx_train == train && k.kv_bytes == 0);
+    assert_true(k.kv_tokens == 4u * (uint64_t)train);
+    /* room for one sequence and a batch but not 4 x: the trained context, all of the room */
+    uint64_t budget = other + ((uint64_t)train + 512) * per_token + 8 * per_token;
+    assert_int_equal(topo_pick_ctx(g, &pp, budget, &k, NULL), TDM_OK);
+    assert_int_equal(k.ctx, train);
+    assert_true(k.kv_tokens >= (uint64_t)train + 512 && k.kv_tokens < 4u * (uint64_t)train);
+    assert_true(k.kv_bytes == k.kv_tokens * per_token && k.kv_bytes <= budget - other);
+    /* room for half: the largest context that fits beside a batch, in whole blocks */
+    budget = other + ((uint64_t)train / 2 + 512) * per_token;
+    assert_int_equal(topo_pick_ctx(g, &pp, budget, &k, NULL), TDM_OK);
+    assert_false(k.trained);
+    assert_int_equal(k.ctx, (int)((k.fit - 512) / 16 * 16));
+    assert_true(k.ctx >= train / 2 - 16 && k.ctx <= train / 2);
+    /* not even the weights: the old default, and loading says what is missing */
+    assert_int_equal(topo_pick_ctx(g, &pp, other / 2, &k, NULL), TDM_OK);
+    assert_true(k.ctx == train && k.kv_tokens == 0 && k.fit == 0);
+    /* --kv-memory: what the budget holds beside one batch */
+    pp.kv_bytes = (uint64_t)(train / 4 + 512) * per_token;
+    assert_int_equal(topo_pick_ctx(g, &pp, 1ull << 40, &k, NULL), TDM_OK);
+    assert_int_equal(k.ctx, train / 4);
+    assert_true(k.kv_bytes == pp.kv_bytes && !k.trained);
+    topo_plan_destroy(pl);
+    gguf_close(g);
+}
+
 static void test_gpu_budget(void **state)
 {
     (void)state;
@@ -771,6 +817,7 @@ int main(void)
         cmocka_unit_test(test_kv_types),
         cmocka_unit_test(test_cuda_reserve),
         cmocka_unit_test(test_gpu_budget),
+        cmocka_unit_test(test_pick_ctx),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
