@@ -262,3 +262,33 @@ def test_unknown_model(content_srv):
     with pytest.raises(openai.NotFoundError) as ei:
         client(content_srv).responses.create(model="gpt-5", input="x")
     assert ei.value.body["code"] == "model_not_found"
+
+
+# ---- gpt-oss harmony: reasoning.effort reaches the template ----
+
+def test_harmony_reasoning_effort(tandem_bin):
+    """reasoning.effort is the template's reasoning_effort ("Reasoning: low" instead of the
+    default medium): the prompt grows by what HF's rendering of the two scripted cases says;
+    the analysis channel comes back as a reasoning item, the commentary call as a
+    function_call."""
+    cases = {n: case("scripted-harmony.gguf", n) for n in ("tools", "tools_effort_low")}
+    # the date in the prompt changes both lengths alike: compare differences
+    want = len(cases["tools_effort_low"]["prompt_ids"]) - len(cases["tools"]["prompt_ids"])
+    parsed = cases["tools"]["parsed"]
+    srv = ServeProcess(SCRIPTED / "scripted-harmony.gguf")
+    try:
+        cl = client(srv)
+
+        def ask(**kw):
+            r = cl.responses.create(model="scripted-harmony", input=QUESTION, tools=[TOOL],
+                                    temperature=0, **kw)
+            assert [o.type for o in r.output] == ["reasoning", "function_call"]
+            assert r.output[0].content[0].text == parsed["reasoning_content"]
+            assert json.loads(r.output[1].arguments) == parsed["tool_calls"][0]["arguments"]
+            return r.usage.input_tokens
+
+        base = ask()
+        assert ask(reasoning={"effort": "medium"}) == base
+        assert ask(reasoning={"effort": "low"}) - base == want != 0
+    finally:
+        srv.stop()
