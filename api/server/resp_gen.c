@@ -191,6 +191,9 @@ static void add_text(resp_t *r, const char *text, size_t len)
         return;
     }
     prs_buf_append(&r->text, text, len);
+    if (!r->stream) {
+        return; /* the whole response takes the text from the item */
+    }
     const char *id = item_id(r);
     int oi = output_index(r);
     json_t *delta = srv_json_lossy(text, len);
