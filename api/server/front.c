@@ -286,7 +286,7 @@ static int count_ip(const srv_front_t *f, uint32_t ip)
 
 static void accept_all(srv_front_t *f)
 {
-    for (;;) {
+    for (int k = 0; k < 256; k++) { /* the rest on the next turn of the loop */
         struct sockaddr_in sa;
         socklen_t len = sizeof(sa);
         int fd = accept4(f->lfd, (struct sockaddr *)&sa, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -434,7 +434,9 @@ static void step(srv_front_t *f, conn_t *c, double now)
 {
     char tmp[IO_CHUNK];
     bool progress = true;
-    while (progress && !c->dead) {
+    /* bounded, so that one fast client cannot starve the others: epoll is level-triggered
+     * and brings the connection back while it has bytes to move */
+    for (int round = 0; progress && !c->dead && round < 32; round++) {
         progress = false;
         if (!c->cli_eof && pending(&c->to_mhd) < HIGH_WATER) {
             ssize_t r = recv(c->cfd, tmp, sizeof(tmp), 0);
@@ -585,6 +587,9 @@ static void sweep(srv_front_t *f, double now)
         if (c->final_queued || c->reject) {
             if (now > c->t_linger) {
                 conn_close(f, c);
+            } else if (!c->reject) {
+                step(f, c, now); /* a step cut short may have a shutdown left to do */
+                update_events(f, c);
             }
             continue;
         }
