@@ -33,6 +33,7 @@ typedef struct kv_meta {
     uint64_t hash; /* chained prefix hash when cached                    */
     int32_t hnext; /* next block in the same hash bucket                 */
     int32_t swa;   /* cached: the sliding block of this logical block, or NIL */
+    int32_t snap;  /* cached: the stored recurrent state at this block's end, or NIL */
 } kv_meta_t;
 
 struct crd_kvm {
@@ -48,6 +49,11 @@ struct crd_kvm {
     crd_kvm_stats_t stats;
     int32_t n_state_slots; /* recurrent-state slots (0: the model has none)    */
     uint8_t *slot_used;    /* [n_state_slots]                                  */
+    /* stored states of cached prefixes: a pool like the sliding one (refcounted while a
+     * step reads or writes one, idle ones on an LRU), each tied to the cached full block
+     * whose end it holds; the state slot id of stored state i is n_state_slots + i */
+    kv_pool_t snap;
+    int32_t *snap_owner; /* [snap.n] the cached full block it is tied to, or NIL */
 };
 
 struct crd_kv_seq {
@@ -59,6 +65,9 @@ struct crd_kv_seq {
     int32_t n_computed;  /* positions with K/V (the last commit, or the hit)  */
     int32_t swa_lo;      /* swa_blocks[j] is NIL for every j < swa_lo         */
     int32_t state_slot;  /* recurrent-state slot, or NIL                      */
+    int32_t snap_load;   /* stored state the next step starts from (pinned), or NIL */
+    int32_t snap_save;   /* stored state the step in flight writes (pinned), or NIL */
+    int32_t snap_block;  /* the logical block whose end snap_save holds       */
 };
 
 /* ---- pools ---- */
@@ -184,7 +193,8 @@ static int32_t pool_take(kv_pool_t *p, bool *evicted)
 tdm_status_t crd_kvm_create_pools(const crd_kvm_params_t *p, crd_kvm_t **out, tdm_error_t *err)
 {
     if (p->n_blocks <= 0 || p->block_size <= 0 || p->block_size > 4096 || p->n_swa < 0 ||
-        p->n_swa_blocks < 0 || (p->n_swa > 0) != (p->n_swa_blocks > 0) || p->n_state_slots < 0) {
+        p->n_swa_blocks < 0 || (p->n_swa > 0) != (p->n_swa_blocks > 0) || p->n_state_slots < 0 ||
+        p->n_state_store < 0) {
         return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
                              "kv manager: %d blocks of %d tokens, window %d in %d blocks",
                              (int)p->n_blocks, (int)p->block_size, (int)p->n_swa,
@@ -208,9 +218,12 @@ tdm_status_t crd_kvm_create_pools(const crd_kvm_params_t *p, crd_kvm_t **out, td
     kvm->swa_owner = malloc((p->n_swa_blocks > 0 ? (size_t)p->n_swa_blocks : 1) * sizeof(int32_t));
     kvm->n_state_slots = p->n_state_slots;
     kvm->slot_used = calloc(p->n_state_slots > 0 ? (size_t)p->n_state_slots : 1, 1);
-    const int pools = pool_init(&kvm->full, p->n_blocks) | pool_init(&kvm->swa, p->n_swa_blocks);
+    const int32_t n_snap = p->n_state_slots > 0 ? p->n_state_store : 0;
+    kvm->snap_owner = malloc((n_snap > 0 ? (size_t)n_snap : 1) * sizeof(int32_t));
+    const int pools = pool_init(&kvm->full, p->n_blocks) | pool_init(&kvm->swa, p->n_swa_blocks) |
+                      pool_init(&kvm->snap, n_snap);
     if (kvm->meta == NULL || kvm->tokens == NULL || kvm->buckets == NULL ||
-        kvm->swa_owner == NULL || kvm->slot_used == NULL || pools != 0) {
+        kvm->swa_owner == NULL || kvm->slot_used == NULL || kvm->snap_owner == NULL || pools != 0) {
         crd_kvm_destroy(kvm);
         return tdm_error_set(err, TDM_ERR_NO_MEMORY, "kv manager: out of memory for %d blocks",
                              (int)p->n_blocks);
@@ -220,6 +233,10 @@ tdm_status_t crd_kvm_create_pools(const crd_kvm_params_t *p, crd_kvm_t **out, td
     }
     for (int32_t b = 0; b < p->n_blocks; b++) {
         kvm->meta[b].swa = NIL;
+        kvm->meta[b].snap = NIL;
+    }
+    for (int32_t i = 0; i < n_snap; i++) {
+        kvm->snap_owner[i] = NIL;
     }
     for (int32_t s = 0; s < p->n_swa_blocks; s++) {
         kvm->swa_owner[s] = NIL;
@@ -242,6 +259,8 @@ void crd_kvm_destroy(crd_kvm_t *kvm)
     }
     free(kvm->full.node);
     free(kvm->swa.node);
+    free(kvm->snap.node);
+    free(kvm->snap_owner);
     free(kvm->meta);
     free(kvm->swa_owner);
     free(kvm->tokens);
@@ -297,6 +316,27 @@ static void swa_detach(crd_kvm_t *kvm, int32_t b)
     }
 }
 
+/* Unties full block b's stored state; an idle one is freed. */
+static void snap_detach(crd_kvm_t *kvm, int32_t b)
+{
+    const int32_t s = kvm->meta[b].snap;
+    if (s == NIL) {
+        return;
+    }
+    kvm->meta[b].snap = NIL;
+    kvm->snap_owner[s] = NIL;
+    if (kvm->snap.node[s].in_lru) {
+        lru_unlink(&kvm->snap, s);
+        free_push(&kvm->snap, s);
+    }
+}
+
+/* A stored state is kept idle only while it is tied to a cached full block. */
+static void snap_unref(crd_kvm_t *kvm, int32_t s)
+{
+    pool_unref(&kvm->snap, s, kvm->snap_owner[s] != NIL);
+}
+
 static void hash_remove(crd_kvm_t *kvm, int32_t b)
 {
     int32_t *pp = &kvm->buckets[kvm->meta[b].hash & kvm->bucket_mask];
@@ -309,6 +349,7 @@ static void hash_remove(crd_kvm_t *kvm, int32_t b)
     kvm->meta[b].cached = false;
     kvm->meta[b].hnext = NIL;
     swa_detach(kvm, b);
+    snap_detach(kvm, b);
 }
 
 static void full_unref(crd_kvm_t *kvm, int32_t b)
@@ -408,13 +449,13 @@ tdm_status_t crd_kvm_seq_create(crd_kvm_t *kvm, const int32_t *prompt, int32_t n
     }
     seq->last_hash = kvm->seed;
     seq->state_slot = slot;
+    seq->snap_load = seq->snap_save = NIL;
     const int32_t bs = kvm->block_size;
     const bool swa = kvm->n_swa > 0;
     int32_t max_hit = n_prompt > 0 ? (n_prompt - 1) / bs : 0;
-    if (kvm->n_state_slots > 0) {
-        /* no stored recurrent state for a cached prefix yet: a hit would skip positions
-         * the state never saw, so every prompt is computed from its start (its full
-         * blocks still enter the cache) */
+    if (kvm->n_state_slots > 0 && kvm->snap.n == 0) {
+        /* no stored recurrent states: a hit would skip positions the state never saw, so
+         * every prompt is computed from its start (its full blocks still enter the cache) */
         max_hit = 0;
     }
     if (seq_grow(seq, max_hit > 0 ? max_hit : 1, swa) != 0) {
@@ -453,6 +494,17 @@ tdm_status_t crd_kvm_seq_create(crd_kvm_t *kvm, const int32_t *prompt, int32_t n
             }
         }
         kvm->stats.swa_hits_cut += (uint64_t)(chain - k) * (uint64_t)bs;
+    }
+    if (kvm->n_state_slots > 0) {
+        /* recurrent layers: the hit ends at the deepest block whose end has a stored state,
+         * which the sequence's first step loads into its slot */
+        while (k > 0 && kvm->meta[seq->blocks[k - 1]].snap == NIL) {
+            k--;
+        }
+        if (k > 0) {
+            seq->snap_load = kvm->meta[seq->blocks[k - 1]].snap;
+            pool_ref(&kvm->snap, seq->snap_load);
+        }
     }
     for (int32_t i = 0; i < k; i++) {
         pool_ref(&kvm->full, seq->blocks[i]);
@@ -588,6 +640,28 @@ void crd_kvm_seq_commit(crd_kvm_t *kvm, crd_kv_seq_t *seq, const int32_t *tokens
         seq->last_hash = h;
         seq->n_committed = i + 1;
     }
+    if (seq->snap_load != NIL) { /* the step that loaded it has run */
+        snap_unref(kvm, seq->snap_load);
+        seq->snap_load = NIL;
+    }
+    if (seq->snap_save != NIL) {
+        /* the step wrote the state at the end of logical block snap_block: tie it to that
+         * block's canonical cached copy (unless that has one already, or none is cached) */
+        const int32_t s = seq->snap_save, j = seq->snap_block;
+        seq->snap_save = NIL;
+        int32_t owner = NIL;
+        if (tokens != NULL && j < seq->n_committed) {
+            owner = kvm->meta[seq->blocks[j]].cached ? seq->blocks[j] : NIL;
+            if (owner == NIL && j == seq->n_committed - 1) { /* a concurrent twin's copy */
+                owner = lookup(kvm, seq->last_hash, tokens + (size_t)j * bs);
+            }
+        }
+        if (owner != NIL && kvm->meta[owner].snap == NIL) {
+            kvm->meta[owner].snap = s;
+            kvm->snap_owner[s] = owner;
+        }
+        snap_unref(kvm, s);
+    }
     if (n > seq->n_computed) {
         seq->n_computed = n;
     }
@@ -615,6 +689,12 @@ void crd_kvm_seq_free(crd_kvm_t *kvm, crd_kv_seq_t *seq)
     }
     if (seq->state_slot != NIL) {
         kvm->slot_used[seq->state_slot] = 0;
+    }
+    if (seq->snap_load != NIL) {
+        snap_unref(kvm, seq->snap_load);
+    }
+    if (seq->snap_save != NIL) {
+        snap_unref(kvm, seq->snap_save); /* its step never committed: nothing tied */
     }
     /* release in reverse so a prefix's deepest blocks become the oldest idle entries */
     for (int32_t i = seq->n_blocks - 1; i >= 0; i--) {
@@ -676,4 +756,39 @@ int32_t crd_kvm_state_slots_free(const crd_kvm_t *kvm)
         n += !kvm->slot_used[i];
     }
     return n;
+}
+
+int32_t crd_kvm_seq_state_load(const crd_kvm_t *kvm, const crd_kv_seq_t *seq)
+{
+    return seq->snap_load != NIL ? kvm->n_state_slots + seq->snap_load : NIL;
+}
+
+int32_t crd_kvm_seq_save_point(const crd_kvm_t *kvm, const crd_kv_seq_t *seq, int32_t n_tokens)
+{
+    if (kvm->snap.n == 0 || n_tokens < 1) {
+        return 0;
+    }
+    const int32_t p = (n_tokens - 1) / kvm->block_size * kvm->block_size;
+    return p > seq->n_computed ? p : 0;
+}
+
+int32_t crd_kvm_seq_state_save(crd_kvm_t *kvm, crd_kv_seq_t *seq, int32_t n)
+{
+    const int32_t bs = kvm->block_size;
+    if (kvm->snap.n == 0 || seq->snap_save != NIL || n <= 0 || n % bs != 0 ||
+        n / bs > seq->n_blocks) {
+        return NIL;
+    }
+    bool evicted;
+    const int32_t s = pool_take(&kvm->snap, &evicted);
+    if (s == NIL) {
+        return NIL; /* every stored state is in use: this prefix goes without */
+    }
+    if (evicted) {
+        kvm->meta[kvm->snap_owner[s]].snap = NIL;
+        kvm->snap_owner[s] = NIL;
+    }
+    seq->snap_save = s;
+    seq->snap_block = n / bs - 1;
+    return kvm->n_state_slots + s;
 }

@@ -40,7 +40,9 @@
  * Without sliding layers (w = 0) there is one pool and the sliding parts cost nothing.
  *
  * Recurrent state (Gated DeltaNet models): besides its blocks each sequence holds a state
- * slot (crd_kvm_params_t.n_state_slots); prefix hits are off for such a manager.
+ * slot (crd_kvm_params_t.n_state_slots). A prefix hit also needs the recurrent state at its
+ * end: with stored states (n_state_store) a hit is cut to the deepest cached block that has
+ * one; without, such a manager serves no hits.
  *
  * Not thread-safe: the scheduler calls it from its single loop.
  */
@@ -66,6 +68,15 @@ typedef struct crd_kvm_params {
      * at crd_kvm_seq_free. Until states of cached prefixes are stored, such a manager
      * never serves a prefix hit: the state of the hit's positions would be missing. */
     int32_t n_state_slots;
+    /* Stored recurrent states of cached prefixes (0: none; then no prefix hits for such a
+     * model). A state is stored at the end of a sequence's last full prompt block (the
+     * step that reaches it stops there, crd_kvm_seq_save_point, and writes it,
+     * crd_kvm_seq_state_save), tied to that cached full block; a hit then ends at the
+     * deepest block that has one, and the sequence's first step loads it
+     * (crd_kvm_seq_state_load). Idle ones are evicted least recently used first, and go
+     * with their full block. Their state slot ids follow the running slots':
+     * n_state_slots + i. */
+    int32_t n_state_store;
 } crd_kvm_params_t;
 
 typedef struct crd_kvm_stats {
@@ -133,6 +144,17 @@ const int32_t *crd_kvm_seq_swa_blocks(const crd_kv_seq_t *seq);
 /* The sequence's recurrent-state slot (-1 without slots), and how many are free. */
 int32_t crd_kvm_seq_state_slot(const crd_kv_seq_t *seq);
 int32_t crd_kvm_state_slots_free(const crd_kvm_t *kvm);
+/* The stored state (its slot id) the sequence's next step must load first: its prefix
+ * hit's; -1 when none (always, after the step's commit). */
+int32_t crd_kvm_seq_state_load(const crd_kvm_t *kvm, const crd_kv_seq_t *seq);
+/* Where the sequence, with n_tokens to compute, wants its state stored: the end of its last
+ * full block before token n_tokens - 1 while that is still ahead of it, else 0 (also
+ * without stored states). A step should end there. */
+int32_t crd_kvm_seq_save_point(const crd_kvm_t *kvm, const crd_kv_seq_t *seq, int32_t n_tokens);
+/* For a step that ends at position n (a block boundary): a stored state (its slot id) the
+ * step writes after it, tied to the block ending at n by the next commit; -1 when none can
+ * be had (all in use) or n is not a boundary of the sequence's blocks. */
+int32_t crd_kvm_seq_state_save(crd_kvm_t *kvm, crd_kv_seq_t *seq, int32_t n);
 
 /* Ends a sequence, releasing its blocks and state slot (cached blocks stay reusable).
  * NULL is fine. */

@@ -175,7 +175,8 @@ tdm_status_t crd_sched_create(const xp_executor_t *ex, const crd_sched_params_t 
                                  .seed = p->cache_seed,
                                  .n_swa = swa ? ex->n_swa : 0,
                                  .n_swa_blocks = swa ? ex->n_swa_blocks : 0,
-                                 .n_state_slots = ex->n_state_slots};
+                                 .n_state_slots = ex->n_state_slots,
+                                 .n_state_store = ex->n_state_store};
     tdm_status_t st = crd_kvm_create_pools(&kp, &s->kvm, err);
     s->kvm_swa = swa;
     if (st != TDM_OK) {
@@ -422,6 +423,12 @@ static int32_t plan_chunk(const crd_sched_t *s, const crd_req_t *r, int32_t budg
 {
     int32_t need = r->n_tokens - r->n_computed;
     int32_t chunk = need < budget ? need : budget;
+    /* a model with recurrent layers stores its state at the end of the last full prompt
+     * block (the state there cannot be had after a step that runs past it) */
+    const int32_t save = crd_kvm_seq_save_point(s->kvm, r->kv, r->n_tokens);
+    if (save > 0 && r->n_computed + chunk > save) {
+        chunk = save - r->n_computed;
+    }
     if (chunk > 0 && r->n_computed + chunk == r->n_tokens && n_logits >= s->ex.n_logits_max) {
         /* its last token would need a logits row and none is left this step */
         chunk = chunk > 1 ? chunk - 1 : 0;
@@ -440,6 +447,12 @@ static void add_to_step(crd_sched_t *s, crd_req_t *r, int32_t chunk, int32_t *n_
     s->seqs[si].n_blocks = nb;
     s->seqs[si].swa_blocks = crd_kvm_seq_swa_blocks(r->kv); /* NULL without a sliding pool */
     s->seqs[si].state_slot = crd_kvm_seq_state_slot(r->kv); /* -1 without recurrent layers */
+    /* a prefix hit's stored state to start from; the state to store at a save point */
+    s->seqs[si].state_load = crd_kvm_seq_state_load(s->kvm, r->kv);
+    const int32_t save = crd_kvm_seq_save_point(s->kvm, r->kv, r->n_tokens);
+    s->seqs[si].state_save = save > 0 && r->n_computed + chunk == save
+                                 ? crd_kvm_seq_state_save(s->kvm, r->kv, save)
+                                 : -1;
     r->step_chunk = chunk;
     r->step_logit_row = -1;
     for (int32_t i = 0; i < chunk; i++) {

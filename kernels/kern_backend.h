@@ -230,6 +230,10 @@ typedef struct kern_seq {
     /* The sequence's recurrent-state slot (models with Gated DeltaNet layers: the conv
      * and delta-rule state it carries from step to step, kern_gdn_t); -1: none. */
     int32_t state_slot;
+    /* Stored states of cached prefixes (other slots): copied into state_slot before the
+     * step (shard/forward.c; a prefix hit resumes there) and from it after the step; -1:
+     * none. The GDN ops read state_slot only. */
+    int32_t state_load, state_save;
 } kern_seq_t;
 
 typedef struct kern_step {

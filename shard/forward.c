@@ -101,7 +101,17 @@ static tdm_status_t check_states(const shd_model_t *m, const shd_kv_cache_t *kv,
                                      b->seq[t], slot);
             }
         }
-        const int32_t have = shd_kv_state_pos(kv, slot);
+        const int32_t load = b->seqs[b->seq[t]].state_load;
+        const int32_t save = b->seqs[b->seq[t]].state_save;
+        if (load >= kc->n_state_slots || save >= kc->n_state_slots || load == slot ||
+            save == slot || (load >= 0 && load == save)) {
+            return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
+                                 "forward: sequence %d: stored states %d / %d for slot %d (the "
+                                 "cache has %d slots)",
+                                 b->seq[t], load, save, slot, (int)kc->n_state_slots);
+        }
+        /* with a stored state to load, the run continues that state */
+        const int32_t have = shd_kv_state_pos(kv, load >= 0 ? load : slot);
         if (b->pos[t] != 0 && have != b->pos[t]) {
             return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
                                  "forward: sequence %d continues at position %d but its state "
@@ -113,7 +123,25 @@ static tdm_status_t check_states(const shd_model_t *m, const shd_kv_cache_t *kv,
     return TDM_OK;
 }
 
-/* After the step: each slot's state has consumed its run (or is unknown after a failure). */
+/* Before (save false) or after (true) the step's layers: copies the stored states the
+ * sequences load into their slots, or their slots into the stored states they save (in the
+ * backend's op order). */
+static void copy_states(const shd_model_t *m, shd_kv_cache_t *kv, const shd_batch_t *b, bool save)
+{
+    if (m->hp.n_recurrent == 0) {
+        return;
+    }
+    for (int32_t q = 0; q < b->n_seqs; q++) {
+        const shd_seq_view_t *sv = &b->seqs[q];
+        const int32_t other = save ? sv->state_save : sv->state_load;
+        if (other >= 0 && sv->state_slot >= 0) {
+            shd_kv_state_copy(kv, save ? other : sv->state_slot, save ? sv->state_slot : other);
+        }
+    }
+}
+
+/* After the step: each slot's state has consumed its run (or is unknown after a failure),
+ * and a stored state saved from it is at the same place. */
 static void commit_states(const shd_model_t *m, shd_kv_cache_t *kv, const shd_batch_t *b, bool ok)
 {
     if (m->hp.n_recurrent == 0) {
@@ -121,7 +149,12 @@ static void commit_states(const shd_model_t *m, shd_kv_cache_t *kv, const shd_ba
     }
     for (int32_t t = 0; t < b->n_tokens; t++) {
         if (t + 1 == b->n_tokens || b->seq[t + 1] != b->seq[t]) {
-            shd_kv_state_set_pos(kv, b->seqs[b->seq[t]].state_slot, ok ? b->pos[t] + 1 : -1);
+            const shd_seq_view_t *sv = &b->seqs[b->seq[t]];
+            const int32_t pos = ok ? b->pos[t] + 1 : -1;
+            shd_kv_state_set_pos(kv, sv->state_slot, pos);
+            if (sv->state_save >= 0) {
+                shd_kv_state_set_pos(kv, sv->state_save, pos);
+            }
         }
     }
 }
@@ -286,9 +319,13 @@ tdm_status_t shd_forward(shd_model_t *m, shd_kv_cache_t *kv, const shd_batch_t *
     do {
         kern_be_step_begin(m->be, &step, graphable);
         kern_be_get_rows(m->be, m->s.x, m->hp.n_embd, &m->tok_embd);
+        copy_states(m, kv, b, false);
         st = TDM_OK;
         for (int il = 0; il < m->hp.n_layer && st == TDM_OK; il++) {
             st = m->arch->forward_layer(m, kv, b, il, err);
+        }
+        if (st == TDM_OK) {
+            copy_states(m, kv, b, true);
         }
         if (st == TDM_OK && head) {
             output_rows(m, n_out);

@@ -220,6 +220,23 @@ uint64_t shd_kv_state_bytes(const shd_kv_cache_t *kv)
            (uint64_t)(kv->cfg.state_conv_floats + kv->cfg.state_ssm_floats) * sizeof(float);
 }
 
+void shd_kv_state_copy(shd_kv_cache_t *kv, int32_t dst, int32_t src)
+{
+    const shd_kv_config_t *c = &kv->cfg;
+    TDM_ASSERT(dst >= 0 && dst < c->n_state_slots && src >= 0 && src < c->n_state_slots);
+    const size_t cb = (size_t)c->state_conv_floats * sizeof(float);
+    const size_t sb = (size_t)c->state_ssm_floats * sizeof(float);
+    for (int il = 0; il < c->n_layer; il++) {
+        if (layer_rec(c, il)) {
+            kern_be_copy(kv->be, (unsigned char *)kv->conv[il] + (size_t)dst * cb,
+                         (const unsigned char *)kv->conv[il] + (size_t)src * cb, cb);
+            kern_be_copy(kv->be, (unsigned char *)kv->ssm[il] + (size_t)dst * sb,
+                         (const unsigned char *)kv->ssm[il] + (size_t)src * sb, sb);
+        }
+    }
+    kv->state_pos[dst] = kv->state_pos[src];
+}
+
 int32_t shd_kv_state_pos(const shd_kv_cache_t *kv, int32_t slot)
 {
     return slot >= 0 && slot < kv->cfg.n_state_slots ? kv->state_pos[slot] : -1;

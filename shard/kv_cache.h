@@ -110,6 +110,9 @@ uint64_t shd_kv_state_bytes(const shd_kv_cache_t *kv);
  * forward pass sets it after each step. */
 int32_t shd_kv_state_pos(const shd_kv_cache_t *kv, int32_t slot);
 void shd_kv_state_set_pos(shd_kv_cache_t *kv, int32_t slot, int32_t pos);
+/* Slot dst's state in every recurrent layer = slot src's, in the backend's op order (a
+ * stored prefix state loaded into a sequence's slot, or saved from it). */
+void shd_kv_state_copy(shd_kv_cache_t *kv, int32_t dst, int32_t src);
 
 /* Copies the K and V of block src into block dst in every layer of the full pool
  * (copy-on-write of a shared prefix block before a sequence writes into it), in the

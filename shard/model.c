@@ -789,14 +789,16 @@ tdm_status_t shd_model_kv_pools(const shd_model_t *m, int block_tokens, uint64_t
     /* recurrent state: one slot per sequence that can run at once (n_out_max), taken
      * from the budget before the blocks */
     const int32_t n_slots = m->hp.n_recurrent > 0 ? m->params.n_out_max : 0;
-    const uint64_t state_bytes = (uint64_t)n_slots * mdl_hparams_state_bytes(&m->hp);
+    const int32_t n_store =
+        n_slots > 0 && m->params.n_state_store > 0 ? m->params.n_state_store : 0;
+    const uint64_t state_bytes = (uint64_t)(n_slots + n_store) * mdl_hparams_state_bytes(&m->hp);
     if (kv_bytes > 0 && state_bytes > 0) {
         if (state_bytes >= kv_bytes) {
             return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
                                  "KV budget of %llu bytes does not hold the recurrent state of "
-                                 "%d sequences (%llu bytes); lower the running sequences or "
-                                 "raise --kv-memory",
-                                 (unsigned long long)kv_bytes, (int)n_slots,
+                                 "%d sequences and %d stored prefixes (%llu bytes); lower the "
+                                 "running sequences or raise --kv-memory",
+                                 (unsigned long long)kv_bytes, (int)n_slots, (int)n_store,
                                  (unsigned long long)state_bytes);
         }
         kv_bytes -= state_bytes;
@@ -856,6 +858,7 @@ tdm_status_t shd_model_kv_pools(const shd_model_t *m, int block_tokens, uint64_t
         .block_bytes = bb,
         .swa_block_bytes = bb_swa,
         .n_state_slots = n_slots,
+        .n_state_store = n_store,
         .state_bytes = state_bytes,
     };
     return TDM_OK;
@@ -886,7 +889,8 @@ void shd_model_kv_config_pools(const shd_model_t *m, int block_tokens, const shd
         out->layer_swa[il] = m->hp.layer_swa[il];
     }
     if (m->hp.n_recurrent > 0) {
-        out->n_state_slots = pools->n_state_slots > 0 ? pools->n_state_slots : 1;
+        out->n_state_slots =
+            pools->n_state_slots > 0 ? pools->n_state_slots + pools->n_state_store : 1;
         out->state_conv_floats = mdl_hparams_gdn_conv_floats(&m->hp);
         out->state_ssm_floats = mdl_hparams_gdn_state_floats(&m->hp);
         memcpy(out->layer_recurrent, m->hp.layer_recurrent, sizeof(out->layer_recurrent));

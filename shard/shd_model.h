@@ -57,6 +57,10 @@ typedef struct shd_model_params {
      * not counted. */
     int kv_block_tokens;
     uint64_t kv_bytes;
+    /* Models with recurrent (Gated DeltaNet) layers: stored states of cached prefixes the
+     * KV cache keeps beside the n_out_max running sequences' slots (0: none; then the
+     * coordinator serves no prefix hits for the model). */
+    int n_state_store;
 } shd_model_params_t;
 
 typedef struct shd_model shd_model_t;
@@ -101,9 +105,11 @@ typedef struct shd_kv_pools {
     size_t block_bytes;     /* one full-pool block (0 when every layer slides)       */
     size_t swa_block_bytes; /* one sliding-pool block (0 without sliding layers)      */
     /* Recurrent state (Gated DeltaNet layers): one slot per sequence that can run at
-     * once (n_out_max), its bytes taken from the budget first; 0 without such layers. */
+     * once (n_out_max) and n_state_store stored states of cached prefixes (slots
+     * n_state_slots ..), their bytes taken from the budget first; 0 without such layers. */
     int32_t n_state_slots;
-    uint64_t state_bytes; /* of all slots                                           */
+    int32_t n_state_store;
+    uint64_t state_bytes; /* of all of them                                         */
 } shd_kv_pools_t;
 
 /*

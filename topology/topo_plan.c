@@ -1056,6 +1056,7 @@ static tdm_status_t plan_kv(topo_plan_t *pl, tdm_error_t *err)
      * (shd_model_kv_pools: n_out slots, taken from the budget first) */
     const uint64_t n_full = (uint64_t)(hp->n_layer - pl->n_swa_layers - hp->n_recurrent);
     pl->n_state_slots = hp->n_recurrent > 0 ? pl->p.n_out : 0;
+    pl->n_state_store = pl->n_state_slots; /* serve's default: a stored prefix state each */
     uint64_t max_block = 0;
     int worst = 0;
     for (int s = 0; s < pl->n_shards; s++) {
@@ -1064,7 +1065,7 @@ static tdm_status_t plan_kv(topo_plan_t *pl, tdm_error_t *err)
         sp->kv_per_token_full = n_full * layer;
         sp->kv_per_token_swa = (uint64_t)pl->n_swa_layers * layer;
         sp->kv_per_token = sp->kv_per_token_full + sp->kv_per_token_swa;
-        sp->state = (uint64_t)pl->n_state_slots * mdl_hparams_state_bytes(hp);
+        sp->state = (uint64_t)(pl->n_state_slots + pl->n_state_store) * mdl_hparams_state_bytes(hp);
         if (kv_bytes_of(pl, sp, 1) > max_block) {
             max_block = kv_bytes_of(pl, sp, 1);
             worst = s;

@@ -147,8 +147,8 @@ typedef struct topo_shard_plan {
     uint64_t kv_per_token;            /* 2 * n_layer * kv_heads.n * KV row bytes           */
     uint64_t kv_per_token_full;       /* ... of the full-attention layers                  */
     uint64_t kv_per_token_swa;        /* ... of the sliding-window layers (0: none)        */
-    uint64_t state;                   /* recurrent state: n_state_slots x the model's
-                                         per-sequence state (Gated DeltaNet layers)        */
+    uint64_t state;                   /* recurrent state: (n_state_slots + n_state_store)
+                                         x the model's per-sequence state (GDN layers)     */
     uint64_t kv;                      /* kv_tokens * kv_per_token_full
                                          + kv_swa_tokens * kv_per_token_swa + state        */
     uint64_t read_per_token;          /* weight bytes one decoded token reads here (above) */
@@ -186,6 +186,7 @@ typedef struct topo_plan {
     int32_t kv_swa_blocks;       /* the sliding layers' pool (== kv_blocks: one pool today)     */
     int kv_swa_tokens;           /* kv_swa_blocks * block_tokens                                */
     int32_t n_state_slots;       /* recurrent-state slots (n_out; 0 without GDN layers)         */
+    int32_t n_state_store;       /* stored prefix states beside them (serve: as many)           */
     uint64_t read_per_token_max; /* the largest shard's read_per_token: decode's critical path  */
     uint64_t model_bytes;        /* every tensor in the file                           */
     uint64_t expert_item_max;    /* bytes of the largest (layer, expert) item           */

@@ -35,6 +35,8 @@ static tdm_status_t local_step(void *impl, const xp_step_t *st, float *logits, t
         x->views[i].n_blocks = st->seqs[i].n_blocks;
         x->views[i].swa_blocks = st->seqs[i].swa_blocks;
         x->views[i].state_slot = st->seqs[i].state_slot;
+        x->views[i].state_load = st->seqs[i].state_load;
+        x->views[i].state_save = st->seqs[i].state_save;
     }
     shd_batch_t b = {
         .n_tokens = st->n_tokens,
@@ -80,6 +82,9 @@ tdm_status_t xp_local_exec_create(const gguf_ctx_t *g, const xp_local_params_t *
     TDM_CHECK_GOTO(kern_kv_type_resolve(p->kv_type, x->be, &mp.kv_type, err), st, fail);
     mp.kv_block_tokens = block_tokens;
     mp.kv_bytes = p->kv_bytes;
+    mp.n_state_store = p->n_state_store == 0  ? mp.n_out_max
+                       : p->n_state_store > 0 ? p->n_state_store
+                                              : 0;
     if (mp.n_ctx_max <= 0) {
         uint32_t n_ctx_train = 0;
         gguf_str_t arch;
@@ -100,8 +105,9 @@ tdm_status_t xp_local_exec_create(const gguf_ctx_t *g, const xp_local_params_t *
     TDM_CHECK_GOTO(shd_kv_cache_create(x->be, &cfg, &x->kv, err), st, fail);
     if (pools.n_state_slots > 0) {
         TDM_INFO("exec",
-                 "recurrent state: %d slots of %.2f MiB (%d Gated DeltaNet layers), %.1f MiB",
-                 (int)pools.n_state_slots,
+                 "recurrent state: %d slots and %d stored prefix states of %.2f MiB (%d Gated "
+                 "DeltaNet layers), %.1f MiB",
+                 (int)pools.n_state_slots, (int)pools.n_state_store,
                  (double)mdl_hparams_state_bytes(shd_model_hparams(x->model)) / 1048576.0,
                  shd_model_hparams(x->model)->n_recurrent, (double)pools.state_bytes / 1048576.0);
     }
@@ -128,6 +134,7 @@ tdm_status_t xp_local_exec_create(const gguf_ctx_t *g, const xp_local_params_t *
         .n_swa = pools.n_swa_blocks > 0 ? shd_model_swa_window(x->model) : 0,
         .n_swa_blocks = pools.n_swa_blocks,
         .n_state_slots = pools.n_state_slots,
+        .n_state_store = pools.n_state_store,
     };
     *out = x;
     return TDM_OK;

@@ -23,6 +23,9 @@ typedef struct xp_local_params {
     size_t kv_bytes;     /* KV storage budget in bytes (0: enough for 4 x n_ctx)       */
     const char *device;  /* "auto" (NULL), "cpu", "cuda", "cuda:N" (kern_backend.h)  */
     const char *kv_type; /* "f32", "f16", "q8_0"; NULL: f16 on a GPU, f32 on the CPU  */
+    /* Gated DeltaNet models: stored recurrent states of cached prefixes (prefix caching for
+     * them): 0 as many as n_logits_max (the running sequences), > 0 that many, < 0 none. */
+    int n_state_store;
 } xp_local_params_t;
 
 typedef struct xp_local_exec xp_local_exec_t;

@@ -462,6 +462,8 @@ static tdm_status_t do_step(xp_shard_server_t *s, const xp_step_t *st_in, xp_msg
         s->views[i].n_blocks = st_in->seqs[i].n_blocks;
         s->views[i].swa_blocks = st_in->seqs[i].swa_blocks;
         s->views[i].state_slot = st_in->seqs[i].state_slot;
+        s->views[i].state_load = st_in->seqs[i].state_load;
+        s->views[i].state_save = st_in->seqs[i].state_save;
     }
     const int32_t V = shd_model_hparams(s->model)->n_vocab;
     const size_t need = (size_t)st_in->n_logits * (size_t)V;

@@ -922,6 +922,7 @@ static tdm_status_t decode_step(const msgpack_object *body, xp_msg_t *m, tdm_err
         seqs[q].blocks = blocks;
         seqs[q].swa_blocks = NULL;
         seqs[q].state_slot = -1; /* not carried: recurrent models run single-node */
+        seqs[q].state_load = seqs[q].state_save = -1;
         snprintf(field, sizeof(field), "STEP seqs[%" PRId32 "].blocks", q);
         TRY(decode_i32_array(&e[1], field, seqs[q].n_blocks, blocks, err));
         blocks += seqs[q].n_blocks;

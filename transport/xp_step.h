@@ -32,6 +32,10 @@ typedef struct xp_step_seq {
      * n_state_slots > 0); -1 otherwise. Not carried by the STEP message yet: such models
      * run single-node. */
     int32_t state_slot;
+    /* Stored states (state slot ids, coordinator/kv_manager.h): copied into state_slot
+     * before the step (a prefix hit resuming there), and from it after the step (the
+     * state at a cached prefix's end); -1: none. */
+    int32_t state_load, state_save;
 } xp_step_seq_t;
 
 typedef struct xp_step {
@@ -72,6 +76,8 @@ typedef struct xp_executor {
     /* Recurrent-state slots the executor holds (models with Gated DeltaNet layers; 0:
      * none): each running sequence needs one (coordinator/kv_manager.h). */
     int32_t n_state_slots;
+    /* Of which stored states of cached prefixes (the slots after the running ones). */
+    int32_t n_state_store;
 } xp_executor_t;
 
 #endif

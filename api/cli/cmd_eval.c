@@ -150,6 +150,7 @@ static tdm_status_t run_schedule(shd_model_t *m, const xp_executor_t *ex, const 
         views[s].blocks = crd_kvm_seq_blocks(kvseq[s], &views[s].n_blocks);
         views[s].swa_blocks = crd_kvm_seq_swa_blocks(kvseq[s]);
         views[s].state_slot = crd_kvm_seq_state_slot(kvseq[s]);
+        views[s].state_load = views[s].state_save = -1; /* no prefix reuse here */
     }
     if (m != NULL) {
         const shd_kv_pools_t pools = {
@@ -217,6 +218,7 @@ static tdm_status_t run_schedule(shd_model_t *m, const xp_executor_t *ex, const 
                 xs[q].n_blocks = views[q].n_blocks;
                 xs[q].swa_blocks = views[q].swa_blocks;
                 xs[q].state_slot = views[q].state_slot;
+                xs[q].state_load = xs[q].state_save = -1;
             }
             xp_step_t xst = {n, tok, pos, sq, want, n_logits, count, xs};
             st = ex->ops->step(ex->impl, &xst, logits, err);

@@ -564,10 +564,11 @@ static void print_text(const plan_opts_t *o, const topo_plan_t *pl, const plan_d
            fmt_bytes(s0->kv_per_token, b1, sizeof(b1)), pl->kv_tokens,
            fmt_bytes(s0->kv - s0->state, b2, sizeof(b2)));
     if (pl->n_state_slots > 0) {
-        printf("  recurrent state: %d Gated DeltaNet layers, %s per sequence x %d sequences = %s "
-               "(in the KV total)\n",
+        printf("  recurrent state: %d Gated DeltaNet layers, %s per sequence x (%d running + %d "
+               "stored prefix states) = %s (in the KV total)\n",
                hp->n_recurrent, fmt_bytes(mdl_hparams_state_bytes(hp), b1, sizeof(b1)),
-               (int)pl->n_state_slots, fmt_bytes(s0->state, b2, sizeof(b2)));
+               (int)pl->n_state_slots, (int)pl->n_state_store,
+               fmt_bytes(s0->state, b2, sizeof(b2)));
     }
     if (pl->n_swa_layers > 0) {
         printf(
@@ -705,6 +706,7 @@ static json_t *to_json(const plan_opts_t *o, const topo_plan_t *pl, const plan_d
     json_object_set_new(root, "kv_swa_tokens", json_integer(pl->kv_swa_tokens));
     json_object_set_new(root, "kv_swa_blocks", json_integer(pl->kv_swa_blocks));
     json_object_set_new(root, "n_state_slots", json_integer(pl->n_state_slots));
+    json_object_set_new(root, "n_state_store", json_integer(pl->n_state_store));
     json_object_set_new(root, "gdn_layers", json_integer(pl->hp.n_recurrent));
     json_object_set_new(root, "kv_tokens_fit",
                         json_integer((json_int_t)topo_plan_kv_tokens_fit(pl, node)));

@@ -190,8 +190,8 @@ def test_hybrid_plan_counts_states(tandem_bin):
     ssm = hp["lin_v_heads"] * hp["lin_head_dim"] ** 2
     per_seq = n_rec * 4 * (conv + ssm)
     sp = p["shards"][0]
-    assert p["gdn_layers"] == n_rec and p["n_state_slots"] == 64
-    assert sp["state"] == 64 * per_seq
+    assert p["gdn_layers"] == n_rec and p["n_state_slots"] == 64 and p["n_state_store"] == 64
+    assert sp["state"] == (64 + 64) * per_seq  # running sequences + stored prefix states
     assert sp["kv_per_token"] == 2 * (hp["n_layer"] - n_rec) * hp["n_head_kv"] * hp["head_dim"] * 4
     assert sp["kv"] == p["kv_tokens"] * sp["kv_per_token"] + sp["state"]
     bad = run_tandem("plan", "--model", model, "--shards", 2, "--device", "cpu", check=False)

@@ -5,8 +5,11 @@ blocks (coordinator/kv_manager.h).
 Prompts are token ids through /v1/completions. The oracle is HF's greedy continuation stored
 in the fixture manifest, detokenized with the fixture tokenizer:
 - a 150-token prompt and a 33-token one answer HF's greedy text;
-- the same prompt again is computed from its start (no prefix hit: there is no stored
-  recurrent state for a cached prefix yet) and answers the same;
+- the same prompt again resumes from the recurrent state stored at the end of its last full
+  prompt block (cached_tokens) and answers the same;
+- a three-turn agent conversation (each turn's prompt is the previous prompt, its answer and
+  new text) reuses the previous turn's prefix from its stored state on turns 2 and 3 and
+  answers as servers that computed each turn from scratch;
 - four requests at once on a server that runs two at a time (--max-running 2: two state
   slots, reused as requests finish) each answer as alone.
 """
@@ -57,7 +60,8 @@ def test_hybrid_serve_matches_hf(server, seq):
     got = complete(server, prompt, n)
     assert got[0] == text and got[1] == n, (got, text)
     again = complete(server, prompt, n)
-    assert again[2] == 0, again  # computed from the start: no recurrent state to resume
+    # resumed from the state stored at the end of the last full 16-token prompt block
+    assert again[2] == (len(prompt) - 1) // 16 * 16, again
     assert again[:2] == got[:2]
 
 
@@ -78,3 +82,40 @@ def test_hybrid_serve_concurrent_slots(server):
     for t in threads:
         t.join(60)
     assert out == alone
+
+
+def test_hybrid_agent_turns_reuse_stored_states(server, tandem_bin):
+    """Turn k + 1's prompt extends turn k's prompt and answer: it resumes from the state
+    stored at the end of turn k's last full prompt block, computing only the rest, and its
+    answer (greedy text and log-probabilities) is the one of a server that never saw the
+    earlier turns."""
+    m = json.loads((HYBRID / "manifest.json").read_text())
+    seqs = m["sequences"]
+    user = [seqs["s64"] + seqs["s8"], seqs["rep24"][:13], seqs["s33"][:21]]
+    prompt, turns = [], []
+    for k, extra in enumerate(user):
+        prompt = prompt + extra
+        r = server.client().completions.create(model=NAME, prompt=prompt, max_tokens=6,
+                                               temperature=0, logprobs=1)
+        ch = r.choices[0]
+        turns.append((list(prompt), ch.text, ch.logprobs.token_logprobs,
+                      r.usage.prompt_tokens_details.cached_tokens))
+        # the answer's ids, for the next turn's prompt (the fixture tokenizer round-trips)
+        tok = pytest.importorskip("tokenizers").Tokenizer.from_file(
+            str(FIXTURES / "models" / "tokenizer" / "tokenizer.json"))
+        prompt = prompt + tok.encode(ch.text).ids
+    for k in (1, 2):
+        prev_prompt_len = len(turns[k - 1][0])
+        want = (prev_prompt_len - 1) // 16 * 16  # where turn k - 1 stored its state
+        assert turns[k][3] == want > 0, (k, turns[k][3], want)
+    for p, text, lps, _ in turns:
+        fresh = ServeProcess(MODEL, "--max-running", 2)
+        try:
+            r = fresh.client().completions.create(model=NAME, prompt=p, max_tokens=6,
+                                                  temperature=0, logprobs=1)
+        finally:
+            fresh.stop()
+        assert r.usage.prompt_tokens_details.cached_tokens == 0
+        assert r.choices[0].text == text
+        got = r.choices[0].logprobs.token_logprobs
+        assert all(abs(a - b) <= 1e-4 * max(1.0, abs(b)) for a, b in zip(lps, got)), (lps, got)

@@ -145,7 +145,7 @@ static void test_sticky_error(void **state)
     float x[64] = {0}, y[8] = {0}, z[8] = {1, 1, 1, 1, 1, 1, 1, 1};
     const int32_t tok[2] = {0, 0}, pos[2] = {0, 1}, seq[2] = {0, 0}, out[2] = {0, 1};
     const int32_t blocks[1] = {0};
-    const kern_seq_t sq = {blocks, 1, NULL, -1};
+    const kern_seq_t sq = {blocks, 1, NULL, -1, -1, -1};
     const kern_step_t st = {2, tok, pos, seq, 1, &sq, 2, out};
     kern_be_step_begin(be, &st, false);
     const kern_matmul_op_t op = {&w, x, 32, y, 4};

@@ -999,8 +999,8 @@ static void run_attention_swa(tdm_type_t type, int hd, int n_kv, int group, int 
                                        .window = window,
                                        .sinks = sinks ? dsk.p : NULL};
         const kern_kv_layout_t *l = plain ? &lay : &lay_swa;
-        const kern_seq_t s1 = {plain ? swa_all : full, nb, plain ? NULL : swa_all, -1};
-        const kern_seq_t s2 = {plain ? swa_all : full, nb, plain ? NULL : swa_step, -1};
+        const kern_seq_t s1 = {plain ? swa_all : full, nb, plain ? NULL : swa_all, -1, -1, -1};
+        const kern_seq_t s2 = {plain ? swa_all : full, nb, plain ? NULL : swa_step, -1, -1, -1};
         if (first > 0) { /* the cached positions, through the whole sliding table */
             const kern_step_t st1 = {first, tok, pos, sq, 1, &s1, 0, outi};
             kern_be_step_begin(be, &st1, false);
@@ -1526,7 +1526,7 @@ static void test_graph_args(void **state)
     h.upw = random_blocks(TDM_TYPE_MXFP4, (int64_t)GS_NEXP * GS_F * GS_E);
     h.dn = random_blocks(TDM_TYPE_MXFP4, (int64_t)GS_NEXP * GS_E * GS_F);
     int32_t blocks[2] = {3, 1};
-    const kern_seq_t seq = {blocks, 2, NULL, -1};
+    const kern_seq_t seq = {blocks, 2, NULL, -1, -1, -1};
     int32_t tok[GS_TOK] = {0}, pos[GS_TOK], sq[GS_TOK] = {0}, outi[1] = {0};
     for (int t = 0; t < GS_TOK; t++) {
         pos[t] = t;

@@ -921,6 +921,72 @@ static void test_state_slots_and_no_prefix_hits(void **state)
     crd_kvm_destroy(kvm);
 }
 
+/* Stored recurrent states: a state saved at a sequence's last full prompt block is tied
+ * to that cached block; a later prompt sharing the prefix hits up to it (not further,
+ * though more blocks are cached) and loads it; unused stored states are evicted LRU and go
+ * with their block. */
+static void test_stored_states_give_prefix_hits(void **state)
+{
+    (void)state;
+    crd_kvm_t *kvm = NULL;
+    const crd_kvm_params_t p = {
+        .n_blocks = 16, .block_size = 16, .n_state_slots = 2, .n_state_store = 1};
+    assert_int_equal(crd_kvm_create_pools(&p, &kvm, NULL), TDM_OK);
+    int32_t t[60], u[60], cached = -1;
+    fill(t, 60, 1);
+    fill(u, 60, 500);
+    /* a: 40 tokens; its prefill stops at 32 and stores the state there */
+    crd_kv_seq_t *a = NULL;
+    assert_int_equal(crd_kvm_seq_create(kvm, t, 40, &a, &cached, NULL), TDM_OK);
+    assert_int_equal(crd_kvm_seq_state_load(kvm, a), -1);
+    assert_int_equal(crd_kvm_seq_save_point(kvm, a, 40), 32);
+    assert_int_equal(crd_kvm_seq_reserve(kvm, a, 32), TDM_OK);
+    assert_int_equal(crd_kvm_seq_state_save(kvm, a, 31), -1); /* not a boundary */
+    assert_int_equal(crd_kvm_seq_state_save(kvm, a, 32), 2);  /* after the 2 running slots */
+    crd_kvm_seq_commit(kvm, a, t, 32);
+    assert_int_equal(crd_kvm_seq_save_point(kvm, a, 40), 0); /* done */
+    assert_int_equal(crd_kvm_seq_reserve(kvm, a, 48), TDM_OK);
+    crd_kvm_seq_commit(kvm, a, t, 48); /* generated tokens: block 2 cached too */
+    crd_kvm_seq_free(kvm, a);
+
+    /* b: the same 40 tokens and more: the hit ends at 32 (block 2 has no stored state) */
+    crd_kv_seq_t *b = NULL;
+    assert_int_equal(crd_kvm_seq_create(kvm, t, 60, &b, &cached, NULL), TDM_OK);
+    assert_int_equal(cached, 32);
+    assert_int_equal(crd_kvm_seq_state_load(kvm, b), 2);
+    assert_int_equal(crd_kvm_seq_save_point(kvm, b, 60), 48);
+    assert_int_equal(crd_kvm_seq_reserve(kvm, b, 48), TDM_OK);
+    /* the one stored state is b's to load: none left to save into */
+    assert_int_equal(crd_kvm_seq_state_save(kvm, b, 48), -1);
+    crd_kvm_seq_commit(kvm, b, t, 48);
+    assert_int_equal(crd_kvm_seq_state_load(kvm, b), -1); /* loaded by that step */
+    crd_kvm_seq_free(kvm, b);
+
+    /* c: another prompt stores its state, evicting a's (idle, least recently used) */
+    crd_kv_seq_t *c = NULL;
+    assert_int_equal(crd_kvm_seq_create(kvm, u, 40, &c, &cached, NULL), TDM_OK);
+    assert_int_equal(cached, 0);
+    assert_int_equal(crd_kvm_seq_reserve(kvm, c, 32), TDM_OK);
+    assert_int_equal(crd_kvm_seq_state_save(kvm, c, 32), 2);
+    crd_kvm_seq_commit(kvm, c, u, 32);
+    crd_kvm_seq_free(kvm, c);
+    crd_kv_seq_t *d = NULL;
+    assert_int_equal(crd_kvm_seq_create(kvm, t, 40, &d, &cached, NULL), TDM_OK);
+    assert_int_equal(cached, 0); /* blocks still cached, their state gone */
+    crd_kvm_seq_free(kvm, d);
+    assert_int_equal(crd_kvm_seq_create(kvm, u, 40, &d, &cached, NULL), TDM_OK);
+    assert_int_equal(cached, 32);
+    crd_kvm_seq_free(kvm, d); /* never stepped: its pin is released */
+
+    /* forgetting the cache forgets the stored states */
+    crd_kvm_forget_cached(kvm);
+    assert_int_equal(crd_kvm_seq_create(kvm, u, 40, &d, &cached, NULL), TDM_OK);
+    assert_int_equal(cached, 0);
+    crd_kvm_seq_free(kvm, d);
+    check_accounting(kvm);
+    crd_kvm_destroy(kvm);
+}
+
 static void test_bad_arguments(void **state)
 {
     (void)state;
@@ -959,6 +1025,7 @@ int main(void)
         cmocka_unit_test(test_swa_full_eviction_frees_window),
         cmocka_unit_test(test_swa_random_against_model),
         cmocka_unit_test(test_state_slots_and_no_prefix_hits),
+        cmocka_unit_test(test_stored_states_give_prefix_hits),
         cmocka_unit_test(test_bad_arguments),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

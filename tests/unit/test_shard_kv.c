@@ -260,7 +260,8 @@ static void test_forward_through_sliding_pool(void **state)
         for (int i = c; i < n; i++) {
             pos[i - c] = i;
         }
-        const shd_seq_view_t v1 = {blocks, 16, NULL, -1}, v2 = {blocks, 16, swa, -1};
+        const shd_seq_view_t v1 = {blocks, 16, NULL, -1, -1, -1},
+                             v2 = {blocks, 16, swa, -1, -1, -1};
         const shd_batch_t b1 = {n - c, tok + c, pos, sq, want, 1, &v1};
         const shd_batch_t b2 = {n - c, tok + c, pos, sq, want, 1, &v2};
         assert_int_equal(shd_forward(m, kv1, &b1, l1, NULL), TDM_OK);
@@ -274,7 +275,7 @@ static void test_forward_through_sliding_pool(void **state)
 
     /* refusals: no sliding table, and a released block inside a window */
     int32_t p1[1] = {N}, t1[1] = {1};
-    const shd_seq_view_t none = {blocks, 16, NULL, -1};
+    const shd_seq_view_t none = {blocks, 16, NULL, -1, -1, -1};
     const shd_batch_t bn = {1, t1, p1, sq, want, 1, &none};
     tdm_error_t err = {0};
     assert_int_equal(shd_forward(m, kv2, &bn, l2, &err), TDM_ERR_INVALID_PARAM);
@@ -282,7 +283,7 @@ static void test_forward_through_sliding_pool(void **state)
     for (int j = 0; j < 16; j++) {
         swa[j] = j == (N - W + 1) / BT ? -1 : j % NSWA; /* the window's first block */
     }
-    const shd_seq_view_t hole = {blocks, 16, swa, -1};
+    const shd_seq_view_t hole = {blocks, 16, swa, -1, -1, -1};
     const shd_batch_t bh = {1, t1, p1, sq, want, 1, &hole};
     tdm_error_clear(&err);
     assert_int_equal(shd_forward(m, kv2, &bh, l2, &err), TDM_ERR_INVALID_PARAM);

@@ -321,7 +321,9 @@ static void check_split(const char *file, gguf_ctx_t *g, kern_backend_t *k, kern
         }
     }
     for (int s = 0; s < tp * ep; s++) {
-        shd_model_params_t mp = {.n_batch_max = 8, .n_out_max = 1, .n_ctx_max = 16};
+        /* stored prefix states as serve keeps them: one per running sequence */
+        shd_model_params_t mp = {
+            .n_batch_max = 8, .n_out_max = 1, .n_ctx_max = 16, .n_state_store = 1};
         mp.part = (shd_partition_t){s % tp, tp, s / tp, ep};
         if (tp * ep > 1) {
             mp.comm = (shd_comm_t){&no_ops, NULL};
@@ -407,7 +409,8 @@ static void check_split(const char *file, gguf_ctx_t *g, kern_backend_t *k, kern
         /* the recurrent state: the loader's slots for n_out sequences */
         shd_kv_pools_t sl;
         assert_int_equal(shd_model_kv_pools(m, 16, 0, &sl, NULL), TDM_OK);
-        assert_true(sl.state_bytes == sp->state && sl.n_state_slots == pl->n_state_slots);
+        assert_true(sl.state_bytes == sp->state && sl.n_state_slots == pl->n_state_slots &&
+                    sl.n_state_store == pl->n_state_store);
         check_kv_type(file, m, pl, s, TDM_TYPE_F32);
         check_kv_type(file, m, kv16, s, TDM_TYPE_F16);
         check_kv_type(file, m, kv8, s, TDM_TYPE_Q8_0);

@@ -1543,7 +1543,7 @@ static void test_encoder_refuses_invalid(void **state)
     (void)state;
     int32_t tok[2] = {1, 2}, pos[2] = {0, 1}, seq[2] = {0, 1};
     uint8_t want[2] = {1, 0};
-    xp_step_seq_t seqs[1] = {{NULL, 0, NULL, -1}};
+    xp_step_seq_t seqs[1] = {{NULL, 0, NULL, -1, -1, -1}};
     xp_msg_t m;
     memset(&m, 0, sizeof(m));
     m.type = XP_MSG_STEP;
@@ -1568,7 +1568,7 @@ static void test_encoder_refuses_invalid(void **state)
 
     /* sliding-window tables: every seq has one or none does; ids >= -1 */
     const int32_t blk[2] = {4, 5}, swa_ok[2] = {-1, 7}, swa_bad[2] = {-1, -3};
-    xp_step_seq_t two[2] = {{blk, 2, swa_ok, -1}, {blk, 1, NULL, -1}};
+    xp_step_seq_t two[2] = {{blk, 2, swa_ok, -1, -1, -1}, {blk, 1, NULL, -1, -1, -1}};
     m.type = XP_MSG_STEP;
     m.step = (xp_step_t){2, tok, pos, seq, want, 1, 2, two};
     msgpack_sbuffer_clear(&sb);
