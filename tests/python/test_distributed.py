@@ -172,6 +172,71 @@ def test_cluster_secret(tandem_bin):
         assert "no proof of the cluster secret" in bad.stderr, bad.stderr
 
 
+def test_shard_obeys_only_proven_coordinator(tandem_bin):
+    """A shard with --cluster-secret, driven over its control port by this test (pyzmq,
+    msgpack): its JOIN's proof is HMAC-SHA-256(secret, "tandem-join" || session || nonce),
+    checked with Python's hmac; a JOIN_ACK without the coordinator's proof, or with one
+    under another secret, makes the shard ignore that peer (its SHUTDOWN is not obeyed);
+    with the right proof it obeys."""
+    zmq = pytest.importorskip("zmq")
+    msgpack = pytest.importorskip("msgpack")
+    import hashlib
+    import hmac
+    import random
+    secret = b"open sesame"
+    hello, join, join_ack, shutdown = 1, 2, 3, 8
+
+    def mac(key, label, session, nonce):
+        return hmac.new(key, label + session.to_bytes(8, "little") + nonce.to_bytes(8, "little"),
+                        hashlib.sha256).digest()
+
+    def send(sock, typ, body):
+        sock.send(msgpack.packb(["TDM1", 4, typ, random.getrandbits(32), body],
+                                use_bin_type=True))
+
+    def released(sh):
+        return sh.stderr().count("the coordinator released the group")
+
+    with Shards(MODELS / "llama-c-f32.gguf", 1, extra=["--cluster-secret", "open sesame"]) \
+            as group:
+        sh = group.shards[0]
+        ctx = zmq.Context()
+        try:
+            for ack_key, obeyed, log in [(None, False, "no proof of the cluster secret"),
+                                         (b"open sesame!", False, "wrong cluster secret"),
+                                         (secret, True, None)]:
+                sock = ctx.socket(zmq.DEALER)
+                sock.setsockopt(zmq.LINGER, 0)
+                sock.setsockopt(zmq.RCVTIMEO, 10000)
+                sock.connect(f"tcp://{sh.addr}")
+                session = random.getrandbits(64)
+                send(sock, hello, [session])
+                while True:  # skip anything but the JOIN
+                    magic, version, typ, _, body = msgpack.unpackb(sock.recv(), raw=False)
+                    if typ == join:
+                        break
+                assert (magic, version, len(body)) == ("TDM1", 4, 10), body[:4]
+                assert body[3] == session
+                nonce, proof = body[8], body[9]
+                assert proof == mac(secret, b"tandem-join", session, nonce)
+                auth = b"" if ack_key is None else mac(ack_key, b"tandem-ack", session, nonce)
+                before = released(sh)
+                send(sock, join_ack, [True, "", auth])
+                send(sock, shutdown, [])
+                t_end = time.monotonic() + 5
+                while time.monotonic() < t_end and released(sh) == before and \
+                        (log is None or log not in sh.stderr()):
+                    time.sleep(0.05)
+                time.sleep(0.3)
+                assert (released(sh) > before) == obeyed, sh.stderr()[-2000:]
+                if log is not None:
+                    assert f"refused a coordinator: {log}" in sh.stderr(), sh.stderr()[-2000:]
+                sock.close()
+            assert "ignoring control messages from a peer that has not proved" in sh.stderr()
+        finally:
+            ctx.term()
+
+
 def test_memory_plan_refused(tandem_bin, tmp_path):
     with Shards(MODELS / "qwen3moe-b-f32.gguf", 2, extra=["--node-memory", "1M"]) as sh:
         proc = run_tandem("eval", "--model", MODELS / "qwen3moe-b-f32.gguf", "--tokens", "1,2",
