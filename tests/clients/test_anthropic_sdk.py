@@ -479,3 +479,27 @@ def test_output_formats(servers, file, c):
     if not c.get("date_dependent"):  # gpt-oss writes today's date into its prompt
         assert total_input(msg.usage) == len(c["prompt_ids"])
         assert cl.messages.count_tokens(model=model, **kw).input_tokens == len(c["prompt_ids"])
+
+
+# ---- keep-alive during a long prefill ----
+
+def test_pings_during_long_prefill(default_model, tandem_bin):
+    """A prompt that takes a while to prefill (SmolLM2, ~800 tokens in 16-token steps):
+    message_start goes out after --keepalive, then ping events, all before the first token's
+    block; the final usage still has the whole prompt."""
+    srv = ServeProcess(default_model, "--keepalive", "0.02", "--batch", "16")
+    try:
+        system = " ".join(f"Line {i}: the quick brown fox." for i in range(80))
+        body = {"model": default_model.name[:-5], "max_tokens": 2, "stream": True,
+                "system": system, "messages": [{"role": "user", "content": "Say hi."}]}
+        events = sse_events(srv, body)
+        check_sequence(events)
+        first_block = next(i for i, (n, _) in enumerate(events) if n == "content_block_start")
+        assert sum(n == "ping" for n, _ in events[1:first_block]) >= 2
+        usage = events[-2][1]["usage"]
+        n = client(srv, api_key="none").messages.count_tokens(
+            model=body["model"], system=system, messages=body["messages"]).input_tokens
+        assert n > 500
+        assert usage["input_tokens"] + usage["cache_read_input_tokens"] == n
+    finally:
+        srv.stop()
