@@ -2,7 +2,9 @@
  * ops_gdn.c - the Gated DeltaNet ops of the CPU backend (kern_backend.h, kern_gdn_t): the
  * causal conv with its per-sequence state, the gated delta rule in its recurrent form
  * (one token) and its chunked form (a run of tokens: prefill), the gated RMSNorm and the
- * sigmoid gates. Scalar C; the work is spread over the pool by (sequence, v head).
+ * sigmoid gates. The rule's inner loops are dot products and axpys of head_dim floats on
+ * the ISA's vector table (kernels/cpu/vec.h: AVX2, AVX-512, NEON or scalar), the rows of
+ * the state S being contiguous; the work is spread over the pool by (sequence, v head).
  *
  * The chunked form (the one HF's torch_chunk_gated_delta_rule and llama.cpp compute for
  * prompts) for a chunk of c tokens with cumulative log-decays G_i = g_0 + ... + g_i:
@@ -17,6 +19,7 @@
  */
 #include "kernels/cpu/backend_cpu.h"
 #include "kernels/cpu/pool.h"
+#include "kernels/cpu/vec.h"
 
 #include <math.h>
 #include <string.h>
@@ -142,6 +145,7 @@ void kern_cpu_gdn_conv(kern_backend_t *be, const kern_gdn_t *g, float *x, int64_
 
 typedef struct rule_task {
     kern_backend_t *be;
+    const kern_vec_ops_t *vo;
     const kern_gdn_t *g;
     const float *qkv;
     int64_t ldq;
@@ -151,54 +155,41 @@ typedef struct rule_task {
     float *out;
 } rule_task_t;
 
-static float dotf(const float *a, const float *b, int n)
-{
-    float s = 0.0f;
-    for (int i = 0; i < n; i++) {
-        s += a[i] * b[i];
-    }
-    return s;
-}
-
 /* dst = src / sqrt(sum src^2 + eps) * scale */
-static void l2norm(float *dst, const float *src, int n, float eps, float scale)
+static void l2norm(const kern_vec_ops_t *vo, float *dst, const float *src, int n, float eps,
+                   float scale)
 {
-    const float inv = 1.0f / sqrtf(dotf(src, src, n) + eps) * scale;
+    const float inv = 1.0f / sqrtf(vo->dot_f32(src, src, (size_t)n) + eps) * scale;
     for (int i = 0; i < n; i++) {
         dst[i] = src[i] * inv;
     }
 }
 
-/* One token of the recurrence; S [d][d] (rows: key dims). */
-static void rule_step(float *S, int d, const float *q, const float *k, const float *v, float b,
-                      float decay, float *tmp, float *o)
+static void scalef(float *x, float a, int64_t n)
 {
-    for (int64_t i = 0; i < (int64_t)d * d; i++) {
-        S[i] *= decay;
+    for (int64_t i = 0; i < n; i++) {
+        x[i] *= a;
     }
-    for (int j = 0; j < d; j++) {
-        tmp[j] = 0.0f;
-    }
-    for (int r = 0; r < d; r++) {
-        const float kr = k[r];
-        const float *row = S + (int64_t)r * d;
-        for (int j = 0; j < d; j++) {
-            tmp[j] += row[j] * kr;
-        }
+}
+
+/* One token of the recurrence; S [d][d] (rows: key dims). */
+static void rule_step(const kern_vec_ops_t *vo, float *S, int d, const float *q, const float *k,
+                      const float *v, float b, float decay, float *tmp, float *o)
+{
+    const size_t n = (size_t)d;
+    scalef(S, decay, (int64_t)d * d);
+    memset(tmp, 0, n * sizeof(float));
+    for (int r = 0; r < d; r++) { /* S^T k */
+        vo->axpy_f32(tmp, k[r], S + (size_t)r * n, n);
     }
     for (int j = 0; j < d; j++) {
         tmp[j] = (v[j] - tmp[j]) * b;
     }
-    for (int j = 0; j < d; j++) {
-        o[j] = 0.0f;
-    }
+    memset(o, 0, n * sizeof(float));
     for (int r = 0; r < d; r++) {
-        float *row = S + (int64_t)r * d;
-        const float kr = k[r], qr = q[r];
-        for (int j = 0; j < d; j++) {
-            row[j] += kr * tmp[j];
-            o[j] += row[j] * qr;
-        }
+        float *row = S + (size_t)r * n;
+        vo->axpy_f32(row, k[r], tmp, n);
+        vo->axpy_f32(o, q[r], row, n);
     }
 }
 
@@ -210,9 +201,11 @@ static size_t chunk_scratch_floats(int d)
 }
 
 /* One chunk of c tokens (rows of qn, kn, v, 1/scale applied to qn already). */
-static void rule_chunk(float *S, int d, int c, const float *qn, const float *kn, const float *v,
-                       const float *b, const float *gl, float *ws, float *o, int64_t ldo)
+static void rule_chunk(const kern_vec_ops_t *vo, float *S, int d, int c, const float *qn,
+                       const float *kn, const float *v, const float *b, const float *gl, float *ws,
+                       float *o, int64_t ldo)
 {
+    const size_t n = (size_t)d;
     const int C = KERN_GDN_CHUNK;
     float *U = ws, *W = U + (size_t)C * d, *Vn = W + (size_t)C * d, *T = Vn + (size_t)C * d;
     float *G = T + (size_t)C * C;
@@ -230,57 +223,37 @@ static void rule_chunk(float *S, int d, int c, const float *qn, const float *kn,
             Wi[x] = b[i] * eG * ki[x];
         }
         for (int j = 0; j < i; j++) {
-            const float tij = b[i] * dotf(ki, kn + (size_t)j * d, d) * expf(G[i] - G[j]);
+            const float tij = b[i] * vo->dot_f32(ki, kn + (size_t)j * n, n) * expf(G[i] - G[j]);
             T[(size_t)i * C + j] = tij;
-            const float *Uj = U + (size_t)j * d, *Wj = W + (size_t)j * d;
-            for (int x = 0; x < d; x++) {
-                Ui[x] -= tij * Uj[x];
-                Wi[x] -= tij * Wj[x];
-            }
+            vo->axpy_f32(Ui, -tij, U + (size_t)j * n, n);
+            vo->axpy_f32(Wi, -tij, W + (size_t)j * n, n);
         }
     }
     /* V' = U - W S; o = exp(G) q S + (q k^T . decay) V' */
     for (int i = 0; i < c; i++) {
         float *vn = Vn + (size_t)i * d, *oi = o + (int64_t)i * ldo;
         const float *Wi = W + (size_t)i * d, *qi = qn + (size_t)i * d;
-        memcpy(vn, U + (size_t)i * d, (size_t)d * sizeof(float));
-        for (int x = 0; x < d; x++) {
-            oi[x] = 0.0f;
-        }
+        memcpy(vn, U + (size_t)i * n, n * sizeof(float));
+        memset(oi, 0, n * sizeof(float));
         for (int r = 0; r < d; r++) {
-            const float *row = S + (size_t)r * d;
-            const float wr = Wi[r], qr = qi[r];
-            for (int x = 0; x < d; x++) {
-                vn[x] -= wr * row[x];
-                oi[x] += qr * row[x];
-            }
+            const float *row = S + (size_t)r * n;
+            vo->axpy_f32(vn, -Wi[r], row, n);
+            vo->axpy_f32(oi, qi[r], row, n);
         }
-        const float eG = expf(G[i]);
-        for (int x = 0; x < d; x++) {
-            oi[x] *= eG;
-        }
+        scalef(oi, expf(G[i]), d);
         for (int j = 0; j <= i; j++) {
-            const float aij = dotf(qi, kn + (size_t)j * d, d) * expf(G[i] - G[j]);
-            const float *vj = Vn + (size_t)j * d;
-            for (int x = 0; x < d; x++) {
-                oi[x] += aij * vj[x];
-            }
+            const float aij = vo->dot_f32(qi, kn + (size_t)j * n, n) * expf(G[i] - G[j]);
+            vo->axpy_f32(oi, aij, Vn + (size_t)j * n, n);
         }
     }
     /* S = exp(G_last) S + sum_j exp(G_last - G_j) k_j V'_j^T */
-    const float gL = G[c - 1], eL = expf(gL);
-    for (int64_t i = 0; i < (int64_t)d * d; i++) {
-        S[i] *= eL;
-    }
+    const float gL = G[c - 1];
+    scalef(S, expf(gL), (int64_t)d * d);
     for (int j = 0; j < c; j++) {
         const float f = expf(gL - G[j]);
-        const float *kj = kn + (size_t)j * d, *vj = Vn + (size_t)j * d;
+        const float *kj = kn + (size_t)j * n, *vj = Vn + (size_t)j * n;
         for (int r = 0; r < d; r++) {
-            const float kr = kj[r] * f;
-            float *row = S + (size_t)r * d;
-            for (int x = 0; x < d; x++) {
-                row[x] += kr * vj[x];
-            }
+            vo->axpy_f32(S + (size_t)r * n, kj[r] * f, vj, n);
         }
     }
 }
@@ -314,8 +287,8 @@ static void rule_worker(void *arg, int64_t begin, int64_t end, int thread_idx)
             for (int i = 0; i < cn; i++) {
                 const int64_t t = t0 + i0 + i;
                 const float *row = a->qkv + t * a->ldq;
-                l2norm(qn + (size_t)i * d, row + (int64_t)kh * d, d, g->eps, scale);
-                l2norm(kn + (size_t)i * d, row + (int64_t)(nk + kh) * d, d, g->eps, 1.0f);
+                l2norm(a->vo, qn + (size_t)i * d, row + (int64_t)kh * d, d, g->eps, scale);
+                l2norm(a->vo, kn + (size_t)i * d, row + (int64_t)(nk + kh) * d, d, g->eps, 1.0f);
                 memcpy(vv + (size_t)i * d, row + (int64_t)(2 * nk + h) * d,
                        (size_t)d * sizeof(float));
                 bb[i] = sigmoidf_(a->beta[t * a->ldb + bi]);
@@ -323,9 +296,9 @@ static void rule_worker(void *arg, int64_t begin, int64_t end, int thread_idx)
             }
             float *o = a->out + (int64_t)(t0 + i0) * nv * d + (int64_t)h * d;
             if (n == 1) {
-                rule_step(S, d, qn, kn, vv, bb[0], expf(gl[0]), tmp, o);
+                rule_step(a->vo, S, d, qn, kn, vv, bb[0], expf(gl[0]), tmp, o);
             } else {
-                rule_chunk(S, d, cn, qn, kn, vv, bb, gl, cw, o, (int64_t)nv * d);
+                rule_chunk(a->vo, S, d, cn, qn, kn, vv, bb, gl, cw, o, (int64_t)nv * d);
             }
         }
     }
@@ -346,7 +319,11 @@ void kern_cpu_gdn_rule(kern_backend_t *be, const kern_gdn_t *g, const float *qkv
     if (!slots_ok(be, g, n_runs)) {
         return;
     }
-    rule_task_t task = {be, g, qkv, ldq, beta, alpha, ldb, lda, grp, out};
+    const kern_vec_ops_t *vo = kern_vec_ops_get(kern_ctx_isa(c->ctx));
+    if (vo == NULL) {
+        vo = kern_vec_ops_get(KERN_ISA_SCALAR);
+    }
+    rule_task_t task = {be, vo, g, qkv, ldq, beta, alpha, ldb, lda, grp, out};
     kern_parallel_for(c->ctx, (int64_t)n_runs * g->n_v_heads, 1, rule_worker, &task);
 }
 

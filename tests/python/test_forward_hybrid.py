@@ -7,7 +7,7 @@ Oracles:
 - HF transformers float32 logits and 32 greedy tokens (prefill through HF's chunked gated
   delta rule, decode through its recurrent form); prompts of 8 to 150 tokens, so more than
   two 64-token chunks of the rule and, with --chunk, many prefill steps whose state carries
-  over. Bound: 1e-4 relative L2 per stored position (measured <= 8.5e-6), greedy identical.
+  over. Bound: 1e-4 relative L2 per stored position (measured <= 1e-5), greedy identical.
 - llama.cpp (llama-cpp-python) on the same file: 1e-4 relative L2 (it matches HF to ~6e-5
   absolute, recorded in the manifest).
 - Tandem itself: batched sequences against each alone (1e-6 of the largest logit; measured
