@@ -160,7 +160,9 @@ tdm_status_t shd_block_ffn(shd_model_t *m, int64_t n_tok, int il, tdm_error_t *e
 #define OAI_ALPHA 1.702f
 #define OAI_LIMIT 7.0f
 
-tdm_status_t shd_block_moe(shd_model_t *m, int64_t n_tok, int il, tdm_error_t *err)
+/* s.proj = this rank's part of MoE(s.xn) (zero rows for tokens routed elsewhere), before
+ * the reduction. */
+static void moe_local(shd_model_t *m, int64_t n_tok, int il)
 {
     const mdl_hparams_t *hp = &m->hp;
     const shd_layer_t *L = &m->layers[il];
@@ -210,14 +212,19 @@ tdm_status_t shd_block_moe(shd_model_t *m, int64_t n_tok, int il, tdm_error_t *e
         .n_embd = E,
     };
     kern_be_moe_experts(m->be, &moe, s->xn, E, s->sel, s->selw, s->proj, E, n_tok);
-    return shd_all_reduce(m, SHD_GROUP_WORLD, s->proj, n_tok * E, err);
+}
+
+tdm_status_t shd_block_moe(shd_model_t *m, int64_t n_tok, int il, tdm_error_t *err)
+{
+    moe_local(m, n_tok, il);
+    return shd_all_reduce(m, SHD_GROUP_WORLD, m->s.proj, n_tok * m->hp.n_embd, err);
 }
 
 /* ---- the shared expert (qwen3next, qwen35moe) ---- */
 
-tdm_status_t shd_block_shared_expert(shd_model_t *m, int64_t n_tok, int il, tdm_error_t *err)
+/* s.proj += sigmoid(shexp_inp . s.xn) * SwiGLU_shexp(s.xn) */
+static void shared_expert(shd_model_t *m, int64_t n_tok, int il)
 {
-    (void)err;
     const shd_layer_t *L = &m->layers[il];
     const int64_t E = m->hp.n_embd, F = m->hp.n_ff_shexp;
     shd_scratch_t *s = &m->s;
@@ -230,7 +237,19 @@ tdm_status_t shd_block_shared_expert(shd_model_t *m, int64_t n_tok, int il, tdm_
     kern_be_matmul(m->be, 1, &down, n_tok);
     kern_be_mul_sigmoid(m->be, s->shy, E, s->shg, 1, n_tok, E, true);
     kern_be_add(m->be, s->proj, s->proj, s->shy, n_tok * E);
-    return TDM_OK;
+}
+
+tdm_status_t shd_block_moe_shared(shd_model_t *m, int64_t n_tok, int il, tdm_error_t *err)
+{
+    moe_local(m, n_tok, il);
+    /* the shared expert is held whole by every rank and computed by world rank 0 only, so
+     * the world's sum holds it once; alone, it is added to the routed experts' output as
+     * HF does */
+    const shd_partition_t *p = &m->params.part;
+    if (p->ep_rank * p->tp_size + p->tp_rank == 0) {
+        shared_expert(m, n_tok, il);
+    }
+    return shd_all_reduce(m, SHD_GROUP_WORLD, m->s.proj, n_tok * m->hp.n_embd, err);
 }
 
 /* ---- a whole layer ---- */
@@ -266,11 +285,10 @@ tdm_status_t shd_hybrid_layer_forward(shd_model_t *m, shd_kv_cache_t *kv, const 
     }
     shd_residual_add(m, n);
     shd_norm_input(m, n, L->ffn_norm);
-    if (L->is_moe) {
+    if (L->is_moe && m->hp.n_ff_shexp > 0) {
+        TDM_CHECK(shd_block_moe_shared(m, n, il, err));
+    } else if (L->is_moe) {
         TDM_CHECK(shd_block_moe(m, n, il, err));
-        if (m->hp.n_ff_shexp > 0) {
-            TDM_CHECK(shd_block_shared_expert(m, n, il, err));
-        }
     } else {
         TDM_CHECK(shd_block_ffn(m, n, il, err));
     }

@@ -184,8 +184,9 @@ tdm_status_t shd_block_ffn(shd_model_t *m, int64_t n_tok, int il, tdm_error_t *e
 tdm_status_t shd_block_moe(shd_model_t *m, int64_t n_tok, int il, tdm_error_t *err);
 /* s.x += s.proj. */
 void shd_residual_add(shd_model_t *m, int64_t n_tok);
-/* s.proj += sigmoid(shexp_inp . s.xn) * SwiGLU_shexp(s.xn) of layer il (after the MoE). */
-tdm_status_t shd_block_shared_expert(shd_model_t *m, int64_t n_tok, int il, tdm_error_t *err);
+/* s.proj = MoE(s.xn) + sigmoid(shexp_inp . s.xn) * SwiGLU_shexp(s.xn) of layer il, all-reduced
+ * over the world (the shared expert counted once: world rank 0 adds it). */
+tdm_status_t shd_block_moe_shared(shd_model_t *m, int64_t n_tok, int il, tdm_error_t *err);
 /* s.proj = the Gated DeltaNet mixer of layer il on s.xn (block_gdn.c): projections, the
  * causal conv and the delta rule on the sequences' state slots, the gated RMSNorm, the
  * output projection. */

@@ -721,10 +721,10 @@ static tdm_status_t plan_layer(builder_t *b, int il, tdm_error_t *err)
     const int64_t E = hp->n_embd, F = hp->n_ff, FE = hp->n_ff_exp, NE = hp->n_expert;
     char n[GGUF_MAX_NAME];
 #define NAME(suffix) (snprintf(n, sizeof(n), "blk.%d." suffix, il), n)
-    if (hp->n_recurrent > 0 && pl->n_shards > 1) {
+    if (hp->n_recurrent > 0 && pl->tp > 1) {
         return tdm_error_set(err, TDM_ERR_UNSUPPORTED,
-                             "%s: tensor and expert parallel splits of Gated DeltaNet models are "
-                             "not implemented yet (plan it with --shards 1)",
+                             "%s: tensor parallel splits of Gated DeltaNet models are not "
+                             "implemented yet (expert parallel is: --tp 1)",
                              hp->arch_name);
     }
     if (hp->layer_recurrent[il]) {

@@ -389,6 +389,13 @@ static tdm_status_t do_load(xp_shard_server_t *s, const xp_msg_load_t *l, uint64
         };
         const double t0 = tdm_now_s();
         TDM_CHECK(shd_model_load(s->g, s->be, &mp, &s->model, err));
+        if (shd_model_hparams(s->model)->n_recurrent > 0) {
+            /* the STEP message does not carry recurrent-state slots yet */
+            drop_model(s);
+            return tdm_error_set(err, TDM_ERR_UNSUPPORTED,
+                                 "Gated DeltaNet models (qwen3next, qwen35moe) run single-node "
+                                 "for now (serve without --shards; --ep splits in-process)");
+        }
         tdm_status_t st = alloc_kv(s, l, err);
         if (st != TDM_OK) {
             drop_model(s);

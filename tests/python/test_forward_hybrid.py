@@ -167,6 +167,29 @@ def test_hybrid_fixtures_selfcheck():
     assert {p.name for p in HYBRID.iterdir()} == named
 
 
+def _ep_cases():
+    out = []
+    for e in _entries():
+        for ep in (2, 3):
+            if ep <= e["hparams"]["n_expert"]:
+                out.append(pytest.param(e, ep, id=f"{e['file']}-ep{ep}"))
+    return out
+
+
+@pytest.mark.parametrize("entry,ep", _ep_cases())
+def test_hybrid_expert_parallel_matches_single(tandem_bin, tmp_path, entry, ep):
+    """EP over in-process ranks: each holds the DeltaNet and attention layers (and its
+    recurrent states) whole, its range of experts, and rank 0 the shared expert's share of
+    the all-reduce."""
+    toks = manifest()["sequences"]["s150"]
+    g1, l1 = tandem_eval(tmp_path, HYBRID / entry["file"], toks, "--chunk", 40, greedy=8,
+                         name="whole")
+    gp, lp = tandem_eval(tmp_path, HYBRID / entry["file"], toks, "--chunk", 40, "--ep", ep,
+                         greedy=8, name="part")
+    assert rel_l2(lp, l1).max() <= 1e-5
+    assert gp == g1
+
+
 def test_hybrid_refusals(tandem_bin):
     e = _entries()[0] if _entries() else pytest.skip("fixtures missing")
     model = HYBRID / e["file"]
@@ -176,8 +199,9 @@ def test_hybrid_refusals(tandem_bin):
 
 def test_hybrid_plan_counts_states(tandem_bin):
     """`tandem plan`: the recurrent layers keep no K/V; each of n_out running sequences
-    gets a state (conv + delta rule per GDN layer, f32) inside the KV total; a split is
-    refused, as the loader refuses it."""
+    gets a state (conv + delta rule per GDN layer, f32), and as many stored prefix states,
+    inside the KV total; a TP split is refused, as the loader refuses it; under EP every
+    shard keeps the states whole."""
     e = next(x for x in _entries() if x["config"] == "qwen3next-a") if _entries() else None
     if e is None:
         pytest.skip("fixtures missing")
@@ -194,5 +218,9 @@ def test_hybrid_plan_counts_states(tandem_bin):
     assert sp["state"] == (64 + 64) * per_seq  # running sequences + stored prefix states
     assert sp["kv_per_token"] == 2 * (hp["n_layer"] - n_rec) * hp["n_head_kv"] * hp["head_dim"] * 4
     assert sp["kv"] == p["kv_tokens"] * sp["kv_per_token"] + sp["state"]
-    bad = run_tandem("plan", "--model", model, "--shards", 2, "--device", "cpu", check=False)
+    bad = run_tandem("plan", "--model", model, "--shards", 2, "--tp", 2, "--device", "cpu",
+                     check=False)
     assert bad.returncode != 0 and "not implemented yet" in bad.stderr, bad.stderr
+    ep = json.loads(run_tandem("plan", "--model", model, "--shards", 2, "--device", "cpu",
+                               "--json").stdout)
+    assert ep["ep"] == 2 and all(s["state"] == sp["state"] for s in ep["shards"])
