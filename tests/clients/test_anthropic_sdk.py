@@ -503,3 +503,75 @@ def test_pings_during_long_prefill(default_model, tandem_bin):
         assert usage["input_tokens"] + usage["cache_read_input_tokens"] == n
     finally:
         srv.stop()
+
+
+# ---- a Claude Code-shaped session ----
+
+def claude_code_tools():
+    """Tool definitions in the shape Claude Code sends (JSON Schema draft-07 with $schema and
+    additionalProperties, MCP-style names), plus the scripted model's tool."""
+    def tool(name, desc, props, required):
+        return {"name": name, "description": desc, "input_schema": {
+            "type": "object", "properties": props, "required": required,
+            "additionalProperties": False, "$schema": "http://json-schema.org/draft-07/schema#"}}
+    return [
+        tool("Bash", "Executes a given bash command in a persistent shell session.",
+             {"command": {"type": "string", "description": "The command to execute"},
+              "timeout": {"type": "number", "description": "Optional timeout in milliseconds"}},
+             ["command"]),
+        tool("Read", "Reads a file from the local filesystem.",
+             {"file_path": {"type": "string"}, "offset": {"type": "number"},
+              "limit": {"type": "number"}}, ["file_path"]),
+        tool("TodoWrite", "Create and manage a structured task list.",
+             {"todos": {"type": "array", "items": {"type": "object", "properties": {
+                 "content": {"type": "string", "minLength": 1},
+                 "status": {"type": "string", "enum": ["pending", "in_progress", "completed"]}},
+                 "required": ["content", "status"], "additionalProperties": False}}},
+             ["todos"]),
+        tool("mcp__ide__getDiagnostics", "Get language diagnostics from VS Code",
+             {"uri": {"type": "string"}}, []),
+        TOOL,
+    ]
+
+
+def test_claude_code_shaped_session(hermes_srv):
+    """Two turns as Claude Code sends them: system blocks (a billing header line, cache_control),
+    system-reminder text blocks, its tool schemas, max_tokens beyond the context, thinking with
+    a 31999-token budget, metadata.user_id, stream; the second turn carries the thinking and
+    tool_use blocks back with an is_error tool_result, and reads the shared prefix from the
+    cache."""
+    cl = client(hermes_srv)
+    system = [
+        {"type": "text", "text": "x-anthropic-billing-header: cc_version=2.0.14; cc_entrypoint=cli"},
+        {"type": "text", "text": "You are Claude Code, Anthropic's official CLI for Claude.",
+         "cache_control": {"type": "ephemeral"}},
+        {"type": "text", "text": "You are an interactive CLI tool that helps users with software "
+         "engineering tasks. " * 20, "cache_control": {"type": "ephemeral"}}]
+    user = {"role": "user", "content": [
+        {"type": "text", "text": "<system-reminder>\nAs you answer the user's questions, you can "
+         "use the following context: today's date is 2026-12-06.\n</system-reminder>"},
+        {"type": "text", "text": QUESTION, "cache_control": {"type": "ephemeral"}}]}
+    kw = dict(model="scripted-hermes", max_tokens=32000, system=system, tools=claude_code_tools(),
+              thinking={"type": "enabled", "budget_tokens": 31999},
+              metadata={"user_id": "user_0123_account__session_4567"},
+              extra_headers={"anthropic-beta": "claude-code-20250219,interleaved-thinking-2025-05-14"},
+              extra_query={"beta": "true"})
+    with cl.messages.stream(messages=[user], **kw) as stream:
+        first = stream.get_final_message()
+    parsed = case("scripted-hermes.gguf", "think_tools")["parsed"]
+    check_tool_reply(first, parsed)
+    tu = first.content[1]
+    second_msgs = [user,
+                   {"role": "assistant",
+                    "content": [b.model_dump(exclude_none=True) for b in first.content]},
+                   {"role": "user", "content": [
+                       {"type": "tool_result", "tool_use_id": tu.id, "is_error": True,
+                        "content": "Error: the weather service is unreachable"}]}]
+    with cl.messages.stream(messages=second_msgs, **kw) as stream:
+        second = stream.get_final_message()
+    check_tool_reply(second, parsed)
+    n = cl.messages.count_tokens(model="scripted-hermes", system=system, tools=kw["tools"],
+                                 thinking=kw["thinking"], messages=second_msgs).input_tokens
+    assert total_input(second.usage) == n
+    # the system prompt and tool schemas (well over 1000 tokens) come from the cache
+    assert second.usage.cache_read_input_tokens > 1000
