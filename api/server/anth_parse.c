@@ -138,7 +138,9 @@ static tdm_status_t parse_system(actx_t *c, const json_t *o)
     return TDM_OK;
 }
 
-/* A tool_result's content: a string or text blocks. */
+/* A tool_result's content: a string or text blocks. An image or document a tool returned
+ * (Claude Code's Read on a picture or a PDF) becomes a line saying so: refusing it would
+ * refuse every later turn of the conversation, which carries it along. */
 static tdm_status_t tool_result_text(actx_t *c, const json_t *content, const char *pname,
                                      json_t **out)
 {
@@ -161,9 +163,19 @@ static tdm_status_t tool_result_text(actx_t *c, const json_t *content, const cha
         char bname[96];
         snprintf(bname, sizeof(bname), "%s.content[%zu]", pname, i);
         json_t *type = json_object_get(b, "type");
-        tdm_status_t st = json_is_object(b) && is_str(type, "text")
-                              ? text_block(c, b, bname, out)
-                              : unsupported_block(c, type, bname);
+        tdm_status_t st;
+        if (json_is_object(b) && (is_str(type, "image") || is_str(type, "document"))) {
+            json_t *note =
+                json_sprintf("[%s omitted: this model reads text only]", json_string_value(type));
+            if (note != NULL) {
+                join_text(out, note);
+                json_decref(note);
+            }
+            st = TDM_OK;
+        } else {
+            st = json_is_object(b) && is_str(type, "text") ? text_block(c, b, bname, out)
+                                                           : unsupported_block(c, type, bname);
+        }
         if (st != TDM_OK) {
             json_decref(*out);
             *out = NULL;

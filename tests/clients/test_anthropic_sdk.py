@@ -566,7 +566,13 @@ def test_claude_code_shaped_session(hermes_srv):
                     "content": [b.model_dump(exclude_none=True) for b in first.content]},
                    {"role": "user", "content": [
                        {"type": "tool_result", "tool_use_id": tu.id, "is_error": True,
-                        "content": "Error: the weather service is unreachable"}]}]
+                        "content": "Error: the weather service is unreachable"},
+                       # Read on a picture: an image in a tool result is noted, not refused
+                       {"type": "tool_result", "tool_use_id": "toolu_read_1", "content": [
+                           {"type": "text", "text": "map.png"},
+                           {"type": "image", "source": {"type": "base64",
+                                                        "media_type": "image/png",
+                                                        "data": "iVBORw0KGgo="}}]}]}]
     with cl.messages.stream(messages=second_msgs, **kw) as stream:
         second = stream.get_final_message()
     check_tool_reply(second, parsed)
