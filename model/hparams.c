@@ -455,6 +455,15 @@ tdm_status_t mdl_hparams_load(const gguf_ctx_t *ctx, mdl_hparams_t *out, tdm_err
         return tdm_error_set(err, TDM_ERR_FORMAT, "metadata key '%s': %d layers (1..%d)", key,
                              hp.n_layer, MDL_MAX_LAYERS);
     }
+    /* multi-token-prediction blocks follow the trunk (llama.cpp: n_layer() = block_count -
+     * nextn_predict_layers) */
+    TDM_CHECK(
+        get_count(ctx, key_of(key, sizeof(key), &hp, "nextn_predict_layers"), 0, &hp.n_mtp, err));
+    if (hp.n_mtp >= hp.n_layer) {
+        return tdm_error_set(err, TDM_ERR_FORMAT, "metadata key '%s': %d of %d blocks", key,
+                             hp.n_mtp, hp.n_layer);
+    }
+    hp.n_layer -= hp.n_mtp;
     TDM_CHECK(
         get_count(ctx, key_of(key, sizeof(key), &hp, "embedding_length"), -1, &hp.n_embd, err));
     TDM_CHECK(

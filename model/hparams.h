@@ -136,6 +136,10 @@ typedef struct mdl_hparams {
      * h / (v/k) (qwen3next: grouped, HF's order) or h % k (gdn_v_tiled, qwen35moe: the
      * converter reorders the V heads for ggml's broadcast). */
     int n_recurrent; /* layers marked (0: no GDN layer)                       */
+    /* Multi-token-prediction layers (<arch>.nextn_predict_layers: Qwen3.5, GLM-4.5) after
+     * the trunk: blocks n_layer .. n_layer + n_mtp - 1. block_count counts them; n_layer
+     * does not. The forward pass does not run them; the shard keeps their tensors. */
+    int n_mtp;
     int gdn_k_heads, gdn_v_heads, gdn_head_dim, gdn_conv;
     bool gdn_v_tiled;
     uint8_t layer_recurrent[MDL_MAX_LAYERS];

@@ -346,6 +346,55 @@ tdm_status_t shd_bind_std_layer(shd_model_t *m, int il, const char *ffn_norm, td
     return L->is_moe ? bind_moe(m, il, err) : bind_dense_ffn(m, il, err);
 }
 
+/* The block index of a "blk.N.*" tensor name, -1 for others. */
+static int block_of(const char *name)
+{
+    int il = -1, n = 0;
+    if (sscanf(name, "blk.%d.%n", &il, &n) != 1 || n == 0) {
+        return -1;
+    }
+    return il;
+}
+
+/* The multi-token-prediction blocks after the trunk: every tensor bound whole, kept (and
+ * copied to a device backend with the rest) for speculative decoding. */
+static tdm_status_t bind_mtp(shd_model_t *m, tdm_error_t *err)
+{
+    const int lo = m->hp.n_layer, hi = m->hp.n_layer + m->hp.n_mtp;
+    int n = 0;
+    for (uint64_t i = 0; i < gguf_n_tensors(m->g); i++) {
+        const int il = block_of(gguf_tensor_at(m->g, i)->name);
+        n += il >= lo && il < hi;
+    }
+    if (n == 0) {
+        return TDM_OK;
+    }
+    m->mtp = tdm_xcalloc((size_t)n, sizeof(*m->mtp)); /* never moved: refs point in */
+    for (uint64_t i = 0; i < gguf_n_tensors(m->g); i++) {
+        const gguf_tensor_t *t = gguf_tensor_at(m->g, i);
+        const int il = block_of(t->name);
+        if (il < lo || il >= hi) {
+            continue;
+        }
+        shd_mtp_tensor_t *x = &m->mtp[m->n_mtp_tensors++];
+        x->name = t->name;
+        if (t->ne[3] != 1) {
+            return tdm_error_set(err, TDM_ERR_FORMAT, "tensor '%s': 4-D", t->name);
+        }
+        if (t->ne[1] == 1 && t->ne[2] == 1) {
+            TDM_CHECK(shd_bind_f32(m, t->name, t->ne[0], 1, 0, t->ne[0], &x->vec, err));
+        } else if (t->ne[2] == 1) {
+            TDM_CHECK(shd_bind_mat(m, t->name, t->ne[0], t->ne[1], 0, t->ne[1], 0, t->ne[0],
+                                   &x->e.w, err));
+        } else {
+            TDM_CHECK(shd_bind_experts(m, t->name, t->ne[0], t->ne[1], t->ne[2], 0, t->ne[2], 0,
+                                       t->ne[1], 0, t->ne[0], &x->e, err));
+            m->weight_bytes += (uint64_t)t->nbytes;
+        }
+    }
+    return TDM_OK;
+}
+
 /* This rank's ranges of heads, FFN columns, experts and vocab rows. */
 static tdm_status_t plan_partition(shd_model_t *m, tdm_error_t *err)
 {
@@ -649,6 +698,7 @@ tdm_status_t shd_model_load(const gguf_ctx_t *g, kern_backend_t *be, const shd_m
     for (int il = 0; il < hp->n_layer; il++) {
         TDM_CHECK_GOTO(m->arch->bind_layer(m, il, err), st, fail);
     }
+    TDM_CHECK_GOTO(bind_mtp(m, err), st, fail);
     TDM_CHECK_GOTO(check_fit(m, err), st, fail);
     const kern_reserve_t r = reserve_of(m);
     TDM_CHECK_GOTO(kern_be_reserve(be, &r, err), st, fail);
@@ -673,6 +723,7 @@ void shd_model_destroy(shd_model_t *m)
     }
     free(m->owned);
     free(m->layers);
+    free(m->mtp);
     free(m->refs);
     free(m->out_idx);
     kern_be_free(m->be, m->arena);

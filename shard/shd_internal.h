@@ -85,6 +85,14 @@ typedef struct shd_scratch {
     float *lgg;   /* [tp * n_out_max * n_vocab_l] gathered logits  */
 } shd_scratch_t;
 
+/* One tensor of a multi-token-prediction block (hp.n_mtp), bound whole on every rank and
+ * kept for speculative decoding; the forward pass does not read it yet. */
+typedef struct shd_mtp_tensor {
+    const char *name; /* the GGUF tensor's name (the file's memory)        */
+    shd_experts_t e;  /* a matrix (e.w), or a 3-D stack of them            */
+    const float *vec; /* a vector (1-D tensors and single rows)            */
+} shd_mtp_tensor_t;
+
 typedef struct shd_arch_ops shd_arch_ops_t;
 
 struct shd_model {
@@ -108,6 +116,8 @@ struct shd_model {
     kern_weight_t output;    /* local vocab rows (token_embd rows when tied)    */
     const float *rope_freqs; /* [n_rot/2] or NULL                               */
     shd_layer_t *layers;
+    shd_mtp_tensor_t *mtp; /* the MTP blocks' tensors (hp.n_mtp > 0)        */
+    int n_mtp_tensors;
 
     uint64_t weight_bytes; /* bytes the bound views cover                    */
 

@@ -32,7 +32,7 @@ const char *topo_split_name(topo_split_t s)
 const char *topo_class_name(topo_class_t c)
 {
     static const char *const names[TOPO_CLASS_COUNT] = {
-        "embeddings_norms", "attention", "dense_ffn", "experts", "output", "unused"};
+        "embeddings_norms", "attention", "dense_ffn", "experts", "output", "mtp", "unused"};
     return (unsigned)c < TOPO_CLASS_COUNT ? names[c] : "?";
 }
 
@@ -1113,8 +1113,8 @@ static void plan_reads(topo_plan_t *pl)
         for (int s = 0; s < pl->n_shards; s++) {
             topo_shard_plan_t *sp = &pl->shards[s];
             const uint64_t v = t->per_shard[s];
-            if (t->split == TOPO_SPLIT_UNUSED || v == 0) {
-                continue;
+            if (t->split == TOPO_SPLIT_UNUSED || t->cls == TOPO_CLASS_MTP || v == 0) {
+                continue; /* the MTP blocks are not run */
             }
             if (t->cls == TOPO_CLASS_EXPERTS) {
                 const uint64_t x = v * (uint64_t)hp->n_expert_used / (uint64_t)hp->n_expert;
@@ -1267,6 +1267,22 @@ tdm_status_t topo_plan_build(const gguf_ctx_t *g, const topo_plan_params_t *p, t
     }
     for (int il = 0; il < hp->n_layer; il++) {
         TDM_CHECK_GOTO(plan_layer(&b, il, err), st, fail);
+    }
+    /* shard/model.c bind_mtp: the multi-token-prediction blocks whole on every shard */
+    for (uint64_t i = 0; i < gguf_n_tensors(g) && hp->n_mtp > 0; i++) {
+        const gguf_tensor_t *t = gguf_tensor_at(g, i);
+        int il = -1;
+        if (sscanf(t->name, "blk.%d.", &il) != 1 || il < hp->n_layer ||
+            il >= hp->n_layer + hp->n_mtp) {
+            continue;
+        }
+        TDM_CHECK_GOTO(check_type(t, err), st, fail);
+        topo_tensor_plan_t *tp = add_tensor(&b, t, il, TOPO_SPLIT_REPLICATED, TOPO_CLASS_MTP);
+        for (int s = 0; s < pl->n_shards; s++) {
+            tp->per_shard[s] = t->nbytes;
+            device_view(pl, s, t->nbytes);
+        }
+        account(pl, tp, 0);
     }
     /* Whatever the loader does not bind is on no shard. */
     for (uint64_t i = 0; i < gguf_n_tensors(g); i++) {

@@ -80,6 +80,7 @@ typedef enum topo_class {
     TOPO_CLASS_DENSE_FFN,      /* ffn_gate/up/down of dense layers and their biases     */
     TOPO_CLASS_EXPERTS,        /* ffn_{gate,up,down}_exps and their biases              */
     TOPO_CLASS_OUTPUT,         /* output.weight (untied)                               */
+    TOPO_CLASS_MTP,            /* multi-token-prediction blocks: kept whole, not run    */
     TOPO_CLASS_UNUSED,
     TOPO_CLASS_COUNT
 } topo_class_t;

@@ -179,6 +179,22 @@ static int n_swa_layers(const mdl_hparams_t *hp)
     return n;
 }
 
+/* The tensors of the multi-token-prediction blocks (blk.n_layer ..) and their bytes. */
+static void mtp_tensors(const gguf_ctx_t *g, const mdl_hparams_t *hp, int *n, uint64_t *bytes)
+{
+    *n = 0;
+    *bytes = 0;
+    for (uint64_t i = 0; i < gguf_n_tensors(g); i++) {
+        const gguf_tensor_t *t = gguf_tensor_at(g, i);
+        int il = -1;
+        if (sscanf(t->name, "blk.%d.", &il) == 1 && il >= hp->n_layer &&
+            il < hp->n_layer + hp->n_mtp) {
+            (*n)++;
+            *bytes += t->nbytes;
+        }
+    }
+}
+
 static void print_model(FILE *out, const gguf_ctx_t *g)
 {
     mdl_hparams_t hp;
@@ -283,6 +299,15 @@ static void print_model(FILE *out, const gguf_ctx_t *g)
                 "  shared expert    SwiGLU %d wide, scaled by sigmoid(ffn_gate_inp_shexp . x)\n",
                 hp.n_ff_shexp);
     }
+    if (hp.n_mtp > 0) {
+        uint64_t bytes = 0;
+        int n = 0;
+        mtp_tensors(g, &hp, &n, &bytes);
+        fprintf(out,
+                "  mtp              %d multi-token-prediction block%s (from blk.%d): %d tensors, "
+                "%.2f MiB, kept for speculative decoding, not run\n",
+                hp.n_mtp, hp.n_mtp == 1 ? "" : "s", hp.n_layer, n, (double)bytes / 1048576.0);
+    }
     fputs("  biases           ", out);
     int nb = 0;
     for (size_t i = 0; i < sizeof(bias_names) / sizeof(bias_names[0]); i++) {
@@ -355,6 +380,12 @@ static json_t *model_json(const gguf_ctx_t *g)
         }
     }
     json_object_set_new(j, "gdn_layers", rl);
+    int n_mtp_t = 0;
+    uint64_t mtp_b = 0;
+    mtp_tensors(g, &hp, &n_mtp_t, &mtp_b);
+    json_object_set_new(j, "n_mtp", json_integer(hp.n_mtp));
+    json_object_set_new(j, "mtp_tensors", json_integer(n_mtp_t));
+    json_object_set_new(j, "mtp_bytes", json_integer((json_int_t)mtp_b));
     if (hp.n_recurrent > 0) {
         json_t *gd = json_object();
         json_object_set_new(gd, "k_heads", json_integer(hp.gdn_k_heads));

@@ -458,6 +458,9 @@ static void print_text(const plan_opts_t *o, const topo_plan_t *pl, const plan_d
     if (!hp->tied_output) {
         row_class(pl, "output head", TOPO_CLASS_OUTPUT);
     }
+    if (hp->n_mtp > 0) {
+        row_class(pl, "MTP (kept, not run)", TOPO_CLASS_MTP);
+    }
     row_bytes(pl, "= weights", offsetof(topo_shard_plan_t, weights));
     row_bytes(pl, "  of which replicated", offsetof(topo_shard_plan_t, replicated));
     if (gpu) {

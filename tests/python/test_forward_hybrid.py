@@ -224,3 +224,28 @@ def test_hybrid_plan_counts_states(tandem_bin):
     ep = json.loads(run_tandem("plan", "--model", model, "--shards", 2, "--device", "cpu",
                                "--json").stdout)
     assert ep["ep"] == 2 and all(s["state"] == sp["state"] for s in ep["shards"])
+
+
+def test_hybrid_mtp_block_kept_not_run(tandem_bin, tmp_path):
+    """qwen35moe-b carries a multi-token-prediction block as the converter writes Qwen3.5's
+    (block_count 5, nextn_predict_layers 1): the trunk is the first 4 blocks (its logits are
+    HF's, test_hybrid_matches_hf), `tandem inspect` lists the block and `tandem plan` counts
+    its bytes on every shard, outside what a decoded token reads."""
+    gguf = pytest.importorskip("gguf")
+    e = next((x for x in _entries() if x["config"] == "qwen35moe-b"), None)
+    if e is None:
+        pytest.skip("fixtures missing")
+    model = HYBRID / e["file"]
+    r = gguf.GGUFReader(str(model))
+    assert r.fields["qwen35moe.nextn_predict_layers"].contents() == 1
+    mtp = [t for t in r.tensors if t.name.startswith("blk.4.")]
+    assert any(t.name == "blk.4.nextn.eh_proj.weight" for t in mtp)
+    j = json.loads(run_tandem("inspect", "--json", "--no-tensors", model).stdout)["model"]
+    assert (j["n_layer"], j["n_mtp"], j["mtp_tensors"]) == (4, 1, len(mtp))
+    assert j["mtp_bytes"] == sum(int(t.n_bytes) for t in mtp)
+    assert "multi-token-prediction block (from blk.4)" in run_tandem(
+        "inspect", "--no-tensors", model).stdout
+    for shards in (1, 2):
+        p = json.loads(run_tandem("plan", "--model", model, "--shards", shards, "--device", "cpu",
+                                  "--json").stdout)
+        assert all(s["bytes"]["mtp"] == j["mtp_bytes"] for s in p["shards"]), p["shards"]

@@ -168,6 +168,12 @@ static void loader_bytes(const shd_model_t *m, uint64_t out[TOPO_CLASS_COUNT])
     if (!m->hp.tied_output) {
         out[TOPO_CLASS_OUTPUT] = wbytes(&m->output);
     }
+    for (int i = 0; i < m->n_mtp_tensors; i++) { /* kept whole */
+        const shd_mtp_tensor_t *x = &m->mtp[i];
+        const gguf_tensor_t *t = gguf_find_tensor(m->g, x->name);
+        assert_non_null(t);
+        out[TOPO_CLASS_MTP] += x->vec != NULL ? t->nbytes : (uint64_t)t->ne[2] * wbytes(&x->e.w);
+    }
 }
 
 typedef struct counts {
@@ -368,7 +374,7 @@ static void check_split(const char *file, gguf_ctx_t *g, kern_backend_t *k, kern
         }
         uint64_t lb[TOPO_CLASS_COUNT];
         loader_bytes(m, lb);
-        for (int cl = TOPO_CLASS_ATTENTION; cl <= TOPO_CLASS_OUTPUT; cl++) {
+        for (int cl = TOPO_CLASS_ATTENTION; cl <= TOPO_CLASS_MTP; cl++) {
             if (lb[cl] != sp->bytes[cl]) {
                 fail_msg("%s tp %d ep %d rank %d: %s bytes: plan %llu, loader %llu", file, tp, ep,
                          s, topo_class_name((topo_class_t)cl), (unsigned long long)sp->bytes[cl],
