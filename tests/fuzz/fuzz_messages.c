@@ -43,8 +43,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     bool count = data[0] & 1;
     srv_anth_req_t req;
     tdm_error_t err = {0};
-    tdm_status_t st =
-        srv_parse_anth_request((const char *)data + 1, size - 1, count, &req, &err);
+    tdm_status_t st = srv_parse_anth_request((const char *)data + 1, size - 1, count, &req, &err);
     if (st != TDM_OK) {
         FUZZ_REQUIRE(st == TDM_ERR_INVALID_PARAM || st == TDM_ERR_FORMAT ||
                      st == TDM_ERR_NO_MEMORY);
