@@ -363,11 +363,13 @@ K5_INLINE __m256i q4k_scales_mins(const uint8_t *q)
     return _mm256_cvtepu8_epi16(_mm_or_si128(lo, hi));
 }
 
-/* i16 lane selectors: [2j x 16 | 2j+1 x 16] (Q4_K: two 32-element sub-blocks) */
+/* byte shuffle of the eight 16-bit scales (in every 128-bit lane) to [sc_2j x 16 | sc_2j+1
+ * x 16] (Q4_K: two 32-element sub-blocks per vector) */
 K5_INLINE __m512i sel_q4k(int j)
 {
-    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16((short)(2 * j))),
-                              _mm256_set1_epi16((short)(2 * j + 1)), 1);
+    const short a = (short)((4 * j + 1) << 8 | 4 * j), b = (short)((4 * j + 3) << 8 | (4 * j + 2));
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16(a)), _mm256_set1_epi16(b),
+                              1);
 }
 
 /* [4m x 8 | 4m+1 x 8 | 4m+2 x 8 | 4m+3 x 8] (Q6_K: four 16-element sub-blocks) */
@@ -394,7 +396,7 @@ K5_INLINE void q4_k_body(int64_t n, const void *restrict w, size_t rb, const voi
 {
     (void)pre;
     const int64_t nb = n / KERN_QKK;
-    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
     __m512 acc[KERN_DOT_ROWS][KERN_DOT_TILE], macc[KERN_DOT_ROWS];
     for (int r = 0; r < NR; r++) {
         macc[r] = _mm512_setzero_ps();
@@ -420,7 +422,8 @@ K5_INLINE void q4_k_body(int64_t n, const void *restrict w, size_t rb, const voi
                 prefetch_ahead(xb, sizeof(*xb));
             }
             const __m256i sm = q4k_scales_mins(xb->scales);
-            const __m512i sm512 = _mm512_castsi256_si512(sm);
+            /* the eight 16-bit scales in every 128-bit lane */
+            const __m512i sc4 = _mm512_broadcast_i32x4(_mm256_castsi256_si128(sm));
             const __m128 ddx =
                 _mm_cvtph_ps(_mm_cvtsi32_si128((int)kern_load_u32((const uint8_t *)xb)));
             const __m512 dyd = _mm512_mul_ps(_mm512_broadcastss_ps(ddx), yd);
@@ -432,16 +435,21 @@ K5_INLINE void q4_k_body(int64_t n, const void *restrict w, size_t rb, const voi
             for (int t = 0; t < NT; t++) {
                 isum[t] = _mm512_setzero_si512();
             }
-            for (int j = 0; j < 4; j++) {
-                const __m512i sc = _mm512_permutexvar_epi16(sel_q4k(j), sm512);
-                const __m256i qv = load32(xb->qs + 32 * j);
-                const __m512i q =
-                    _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(qv, m4)),
-                                       _mm256_and_si256(_mm256_srli_epi16(qv, 4), m4), 1);
-                for (int t = 0; t < NT; t++) {
-                    const __m512i p =
-                        _mm512_maddubs_epi16(q, load64(q8k_at(a, as, t, i)->qs + 64 * j));
-                    isum[t] = _mm512_dpwssd_epi32(isum[t], p, sc);
+            for (int j2 = 0; j2 < 2; j2++) {
+                /* 64 bytes = sub-blocks 4j2..4j2+3: low nibbles of the first 32 bytes, high
+                 * nibbles of them, then the same of the next 32 */
+                const __m512i qv = load64(xb->qs + 64 * j2);
+                const __m512i lo = _mm512_and_si512(qv, m4);
+                const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(qv, 4), m4);
+                for (int jj = 0; jj < 2; jj++) {
+                    const int j = 2 * j2 + jj;
+                    const __m512i q = _mm512_shuffle_i64x2(lo, hi, jj ? 0xEE : 0x44);
+                    const __m512i sc = _mm512_shuffle_epi8(sc4, sel_q4k(j));
+                    for (int t = 0; t < NT; t++) {
+                        const __m512i p =
+                            _mm512_maddubs_epi16(q, load64(q8k_at(a, as, t, i)->qs + 64 * j));
+                        isum[t] = _mm512_dpwssd_epi32(isum[t], p, sc);
+                    }
                 }
             }
             for (int t = 0; t < NT; t++) {
