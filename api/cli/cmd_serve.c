@@ -63,6 +63,9 @@ static void usage(FILE *out)
         "                           until the context is full)\n"
         "distributed (the model split over `tandem shard` processes; see docs/distributed.md):\n"
         "  --shards H:P,H:P,...     shard control addresses; list index = world rank\n"
+        "  --state-cache N          Gated DeltaNet models (qwen3next, qwen35moe): recurrent\n"
+        "                           states of cached prefixes kept for prefix hits, in the\n"
+        "                           KV budget (default: --max-running; 0: no prefix hits)\n"
         "                           (ep_rank * tp + tp_rank). None: single-node (default)\n"
         "  --cluster FILE           JSON: {\"shards\": [\"H:P\", ...], \"tp\": N, \"ep\": N,\n"
         "                           \"collective\": \"am\"|\"rma\"|\"nccl\"}\n"
@@ -305,6 +308,7 @@ int cmd_serve(int argc, char **argv)
                       .max_body = 8u << 20,
                       .shutdown_timeout = 30.0,
                       .keepalive_s = 5.0,
+                      .state_cache = -1,
                       .tool_parser = "auto",
                       .max_conns = 512,
                       .max_conns_per_client = 256,
@@ -411,6 +415,10 @@ int cmd_serve(int argc, char **argv)
             }
         } else if (ARG("--max-waiting")) {
             if (parse_int(a, v, 0, 1 << 20, &c.max_waiting) != 0) {
+                goto out;
+            }
+        } else if (ARG("--state-cache")) {
+            if (parse_int(a, v, 0, 1 << 16, &c.state_cache) != 0) {
                 goto out;
             }
         } else if (ARG("--kv-memory")) {

@@ -108,7 +108,11 @@ static tdm_status_t load_model(srv_server_t *s, tdm_error_t *err)
                                 .n_ctx = n_ctx,
                                 .kv_bytes = kv_bytes,
                                 .device = cfg->device,
-                                .kv_type = cfg->kv_type};
+                                .kv_type = cfg->kv_type,
+                                /* xp_local: 0 its default (max_running), < 0 none */
+                                .n_state_store = cfg->state_cache < 0    ? 0
+                                                 : cfg->state_cache == 0 ? -1
+                                                                         : cfg->state_cache};
         if ((st = xp_local_exec_create(s->gguf, &lp, &s->lx, &s->ex, err)) != TDM_OK) {
             return st;
         }

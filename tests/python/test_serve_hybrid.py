@@ -119,3 +119,18 @@ def test_hybrid_agent_turns_reuse_stored_states(server, tandem_bin):
         assert r.choices[0].text == text
         got = r.choices[0].logprobs.token_logprobs
         assert all(abs(a - b) <= 1e-4 * max(1.0, abs(b)) for a, b in zip(lps, got)), (lps, got)
+
+
+def test_hybrid_state_cache_off(tandem_bin):
+    """--state-cache 0: no stored states, so no prefix hit (a hit would need the recurrent
+    state at its end); the answer is the same."""
+    if not MODEL.exists():
+        pytest.skip("hybrid fixtures missing")
+    prompt, text, n = expected("s150")
+    srv = ServeProcess(MODEL, "--max-running", 2, "--state-cache", 0)
+    try:
+        first = complete(srv, prompt, n)
+        again = complete(srv, prompt, n)
+    finally:
+        srv.stop()
+    assert first == (text, n, 0) and again == (text, n, 0), (first, again)
