@@ -1,6 +1,8 @@
 # Unit tests of api/server (request parsing, text streams, metrics).
 tandem_unit_test(stop_strings test_stop_strings.c tdm_coordinator)
 tandem_unit_test(engine test_engine.c tdm_coordinator)
+# --cache-stable-prompts' rewrites (api/server/cache_stable.c).
+tandem_unit_test(cache_stable test_cache_stable.c tdm_api_server)
 # The request-parser fuzz harness replayed over its seed corpus (no libFuzzer needed).
 add_executable(test_fuzz_request_replay fuzz/fuzz_request.c fuzz/replay_main.c)
 target_link_libraries(test_fuzz_request_replay PRIVATE tdm_api_server)

@@ -49,6 +49,10 @@ static void usage(FILE *out)
         "  --tool-parser P          auto (from the chat template), hermes, qwen3_coder,\n"
         "                           minimax_m2, harmony (gpt-oss), mistral (Devstral),\n"
         "                           none\n"
+        "  --cache-stable-prompts   keep agent clients' volatile bytes from breaking the\n"
+        "                           prefix cache: drop Claude Code's billing line, move\n"
+        "                           OpenCode's moving <system-reminder> to the end, sort\n"
+        "                           tool-schema keys (docs/serving.md)\n"
         "engine:\n"
         "  --device D               auto (a usable GPU, else the CPU; default), cpu, cuda,\n"
         "                           cuda:N\n"
@@ -59,13 +63,13 @@ static void usage(FILE *out)
         "  --max-running N          sequences per step (default 64)\n"
         "  --max-waiting N          queue limit; more requests get 429 (default 256)\n"
         "  --kv-memory SIZE         KV cache budget, e.g. 2G, 512M (default: 4 x context)\n"
+        "  --state-cache N          Gated DeltaNet models (qwen3next, qwen35moe): recurrent\n"
+        "                           states of cached prefixes kept for prefix hits, in the\n"
+        "                           KV budget (default: --max-running; 0: no prefix hits)\n"
         "  --max-tokens N           default max_tokens when a request sets none (default:\n"
         "                           until the context is full)\n"
         "distributed (the model split over `tandem shard` processes; see docs/distributed.md):\n"
         "  --shards H:P,H:P,...     shard control addresses; list index = world rank\n"
-        "  --state-cache N          Gated DeltaNet models (qwen3next, qwen35moe): recurrent\n"
-        "                           states of cached prefixes kept for prefix hits, in the\n"
-        "                           KV budget (default: --max-running; 0: no prefix hits)\n"
         "                           (ep_rank * tp + tp_rank). None: single-node (default)\n"
         "  --cluster FILE           JSON: {\"shards\": [\"H:P\", ...], \"tp\": N, \"ep\": N,\n"
         "                           \"collective\": \"am\"|\"rma\"|\"nccl\"}\n"
@@ -304,11 +308,11 @@ int cmd_serve(int argc, char **argv)
                       .port = 8080,
                       .batch = 512,
                       .max_running = 64,
+                      .state_cache = -1,
                       .max_waiting = 256,
                       .max_body = 8u << 20,
                       .shutdown_timeout = 30.0,
                       .keepalive_s = 5.0,
-                      .state_cache = -1,
                       .tool_parser = "auto",
                       .max_conns = 512,
                       .max_conns_per_client = 256,
@@ -413,12 +417,12 @@ int cmd_serve(int argc, char **argv)
             if (parse_int(a, v, 1, 4096, &c.max_running) != 0) {
                 goto out;
             }
-        } else if (ARG("--max-waiting")) {
-            if (parse_int(a, v, 0, 1 << 20, &c.max_waiting) != 0) {
-                goto out;
-            }
         } else if (ARG("--state-cache")) {
             if (parse_int(a, v, 0, 1 << 16, &c.state_cache) != 0) {
+                goto out;
+            }
+        } else if (ARG("--max-waiting")) {
+            if (parse_int(a, v, 0, 1 << 20, &c.max_waiting) != 0) {
                 goto out;
             }
         } else if (ARG("--kv-memory")) {
@@ -473,6 +477,8 @@ int cmd_serve(int argc, char **argv)
             c.cluster_secret = v;
         } else if (strcmp(a, "--contiguous-experts") == 0) {
             c.contiguous_experts = true;
+        } else if (strcmp(a, "--cache-stable-prompts") == 0) {
+            c.cache_stable = true;
         } else if (ARG("--max-tokens")) {
             if (parse_int(a, v, 0, INT32_MAX, &c.max_tokens_default) != 0) {
                 goto out;

@@ -4,6 +4,8 @@
  */
 #include "api/server/chat_prompt.h"
 
+#include "api/server/cache_stable.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -137,14 +139,29 @@ static tdm_status_t render_chat(srv_server_t *s, const srv_gen_req_t *req, bool 
         return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
                              "the model has no chat template: use /v1/completions");
     }
+    json_t *messages = req->messages, *tools = req->tools;
+    if (s->cfg.cache_stable) {
+        messages = srv_cache_stable_messages(req->messages);
+        tools = use_tools ? srv_cache_stable_tools(req->tools) : NULL;
+        if (messages == NULL || (use_tools && tools == NULL)) {
+            json_decref(messages);
+            json_decref(tools);
+            return tdm_error_set(err, TDM_ERR_NO_MEMORY, "out of memory");
+        }
+    } else {
+        json_incref(messages);
+        json_incref(tools);
+    }
     json_t *ctx = json_object();
     json_object_set_new(ctx, "messages",
-                        s->tool_format == PRS_TOOL_HARMONY ? harmony_messages(req->messages)
-                                                           : json_incref(req->messages));
+                        s->tool_format == PRS_TOOL_HARMONY ? harmony_messages(messages)
+                                                           : json_incref(messages));
+    json_decref(messages);
     json_object_set_new(ctx, "add_generation_prompt", json_true());
     if (use_tools) {
-        json_object_set(ctx, "tools", req->tools);
+        json_object_set(ctx, "tools", tools);
     }
+    json_decref(tools);
     if (req->reasoning_effort != NULL) {
         /* the variable the gpt-oss template reads ("Reasoning: low|medium|high"); other
          * templates ignore it. chat_template_kwargs below may still override it. */

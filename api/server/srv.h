@@ -58,6 +58,7 @@ typedef struct srv_config {
     char **api_keys;         /* bearer keys; none: no authentication                        */
     int n_api_keys;
     const char *tool_parser;  /* "auto" (from the template) or a prs_tool_format_name         */
+    bool cache_stable;        /* --cache-stable-prompts: cache_stable.h's rewrites           */
     int max_conns;            /* concurrent connections (503 beyond)                         */
     int max_conns_per_client; /* from one address (429 beyond); 0: max_conns                 */
     double header_timeout_s;  /* a request head must arrive within this (408)                */
