@@ -708,6 +708,21 @@ void crd_kvm_seq_free(crd_kvm_t *kvm, crd_kv_seq_t *seq)
     free(seq);
 }
 
+void crd_kvm_seq_trim(crd_kvm_t *kvm, crd_kv_seq_t *seq, int32_t n_tokens)
+{
+    const int32_t bs = kvm->block_size;
+    int32_t keep = (n_tokens + bs - 1) / bs;
+    keep = keep > seq->n_committed ? keep : seq->n_committed;
+    while (seq->n_blocks > keep) {
+        const int32_t j = --seq->n_blocks;
+        if (seq->swa_blocks != NULL && seq->swa_blocks[j] != NIL) {
+            swa_unref(kvm, seq->swa_blocks[j]);
+            seq->swa_blocks[j] = NIL;
+        }
+        full_unref(kvm, seq->blocks[j]);
+    }
+}
+
 void crd_kvm_get_stats(const crd_kvm_t *kvm, crd_kvm_stats_t *out)
 {
     *out = kvm->stats;

@@ -156,6 +156,12 @@ int32_t crd_kvm_seq_save_point(const crd_kvm_t *kvm, const crd_kv_seq_t *seq, in
  * be had (all in use) or n is not a boundary of the sequence's blocks. */
 int32_t crd_kvm_seq_state_save(crd_kvm_t *kvm, crd_kv_seq_t *seq, int32_t n);
 
+/* Speculative decoding's rollback: releases the blocks past those positions [0, n_tokens)
+ * need (never a committed one). Positions past the last commit hold K/V of rejected
+ * drafts; they were never hashed, and the next step writes them again before any commit
+ * covers them. */
+void crd_kvm_seq_trim(crd_kvm_t *kvm, crd_kv_seq_t *seq, int32_t n_tokens);
+
 /* Ends a sequence, releasing its blocks and state slot (cached blocks stay reusable).
  * NULL is fine. */
 void crd_kvm_seq_free(crd_kvm_t *kvm, crd_kv_seq_t *seq);

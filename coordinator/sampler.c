@@ -209,16 +209,22 @@ static int cmp_desc(const void *a, const void *b, void *ctx)
     return ia < ib ? -1 : (ia > ib);
 }
 
-int32_t crd_sampler_sample(crd_sampler_t *s, float *logits)
+/*
+ * Penalties, temperature and filters: the tokens that may be drawn are s->idx[0, m), with
+ * weights s->prob[id] summing to *total. Returns m, or 0 when the choice is simply the
+ * argmax (greedy, or nothing left), which is then in *best.
+ */
+static int32_t candidates(crd_sampler_t *s, float *logits, double *total, int32_t *best)
 {
     const crd_sampling_params_t *p = &s->params;
     const int32_t n = s->n_vocab;
     apply_penalties(s, logits);
+    *best = argmax(logits, n);
     if (p->temperature == 0.0f) {
-        return argmax(logits, n);
+        return 0;
     }
     /* probabilities at temperature T, into a scratch indexed by token id */
-    float mx = logits[argmax(logits, n)];
+    float mx = logits[*best];
     float *pr = s->prob;
     double sum = 0.0;
     for (int32_t t = 0; t < n; t++) {
@@ -235,7 +241,8 @@ int32_t crd_sampler_sample(crd_sampler_t *s, float *logits)
         }
     }
     if (m == 0) {
-        return argmax(logits, n);
+        *best = argmax(logits, n);
+        return 0;
     }
     bool filter = (p->top_k > 0 && p->top_k < m) || p->top_p < 1.0f || p->min_p > 0.0f;
     if (filter) {
@@ -267,16 +274,66 @@ int32_t crd_sampler_sample(crd_sampler_t *s, float *logits)
             m = cut;
         }
     }
-    double total = 0.0;
+    *total = 0.0;
     for (int32_t i = 0; i < m; i++) {
-        total += pr[s->idx[i]];
+        *total += pr[s->idx[i]];
     }
+    return m;
+}
+
+/* Draws from candidates idx[0, m) of weight total, skipping `skip` (-1: none). */
+static int32_t draw(crd_sampler_t *s, int32_t m, double total, int32_t skip)
+{
+    const float *pr = s->prob;
     double r = rng_uniform(s->rng) * total, acc = 0.0;
+    int32_t last = -1;
     for (int32_t i = 0; i < m; i++) {
+        if (s->idx[i] == skip) {
+            continue;
+        }
         acc += pr[s->idx[i]];
+        last = s->idx[i];
         if (r < acc) {
             return s->idx[i];
         }
     }
-    return s->idx[m - 1];
+    return last;
+}
+
+int32_t crd_sampler_sample(crd_sampler_t *s, float *logits)
+{
+    double total = 0.0;
+    int32_t best;
+    const int32_t m = candidates(s, logits, &total, &best);
+    return m == 0 ? best : draw(s, m, total, -1);
+}
+
+bool crd_sampler_verify(crd_sampler_t *s, float *logits, int32_t draft, int32_t *token)
+{
+    double total = 0.0;
+    int32_t best;
+    const int32_t m = candidates(s, logits, &total, &best);
+    if (m == 0) {
+        *token = best;
+        return best == draft;
+    }
+    double p = 0.0;
+    for (int32_t i = 0; i < m; i++) {
+        if (s->idx[i] == draft) {
+            p = s->prob[draft];
+            break;
+        }
+    }
+    /* q is a point mass on the draft: accept with probability min(1, p / q) = p */
+    if (p > 0.0 && rng_uniform(s->rng) * total < p) {
+        *token = draft;
+        return true;
+    }
+    /* rejected: draw from the residual max(0, p - q), i.e. p without the draft */
+    if (total - p <= 0.0) {
+        *token = draft; /* cannot happen: p == total is always accepted */
+        return true;
+    }
+    *token = draw(s, m, total - p, draft);
+    return false;
 }

@@ -58,6 +58,18 @@ void crd_sampler_accept(crd_sampler_t *s, int32_t token);
  * and filtering are applied to it). Does not call crd_sampler_accept. */
 int32_t crd_sampler_sample(crd_sampler_t *s, float *logits);
 
+/*
+ * Speculative decoding: checks a drafted token against logits (processed as
+ * crd_sampler_sample does them). Greedy: accepted exactly when the draft is the argmax,
+ * and *token is the argmax either way. Sampled (the draft came from a deterministic
+ * drafter, a point mass q): accepted with probability p(draft) under the processed
+ * distribution p; when rejected *token is drawn from the residual max(0, p - q)
+ * renormalised, i.e. p without the draft. Either way *token is distributed as a draw
+ * from p (Leviathan et al. 2023; Chen et al. 2023). Returns whether the draft was
+ * accepted (then *token == draft). Does not call crd_sampler_accept.
+ */
+bool crd_sampler_verify(crd_sampler_t *s, float *logits, int32_t draft, int32_t *token);
+
 /* log-softmax of logits[n] into out[n] (numerically stable; out may equal logits). */
 void crd_log_softmax(const float *logits, float *out, int32_t n);
 

@@ -2,8 +2,10 @@
 #include "coordinator/scheduler.h"
 
 #include "common/check.h"
+#include "common/clock.h"
 #include "common/log.h"
 #include "coordinator/kv_manager.h"
+#include "coordinator/spec_cost.h"
 
 #include <math.h>
 #include <stdatomic.h>
@@ -26,8 +28,9 @@ struct crd_req {
     int32_t top_logprobs;
     bool logprobs;
     crd_sampler_t *sampler;
-    crd_kv_seq_t *kv;   /* NULL while waiting without blocks                */
-    bool admitted_once; /* n_cached is recorded on first admission only     */
+    crd_kv_seq_t *kv;     /* NULL while waiting without blocks                */
+    crd_spec_seq_t *spec; /* its drafter (NULL: no speculation)             */
+    bool admitted_once;   /* n_cached is recorded on first admission only     */
     bool canceled;
     crd_event_fn on_event;
     void *user;
@@ -35,6 +38,7 @@ struct crd_req {
     /* this step */
     int32_t step_chunk;
     int32_t step_logit_row; /* -1: no logits this step */
+    int32_t step_draft;     /* drafted tokens after the first one this step */
 };
 
 typedef struct req_list {
@@ -58,6 +62,11 @@ struct crd_sched {
     float *logits;          /* n_logits_max x n_vocab */
     float *lp;              /* n_vocab scratch for log-probabilities */
     uint64_t ex_generation; /* the executor's generation at the last step */
+    /* speculative decoding (spec.h) */
+    crd_spec_cost_t cost;
+    bool cost_measured;
+    bool spec_refused_logged;
+    crd_spec_seq_t **plan_q; /* [max_running] */
 };
 
 const char *crd_finish_name(crd_finish_t f)
@@ -192,8 +201,10 @@ tdm_status_t crd_sched_create(const xp_executor_t *ex, const crd_sched_params_t 
     s->step_reqs = malloc(nr * sizeof(crd_req_t *));
     s->logits = malloc((size_t)ex->n_logits_max * (size_t)ex->n_vocab * sizeof(float));
     s->lp = malloc((size_t)ex->n_vocab * sizeof(float));
-    if (s->tok == NULL || s->pos == NULL || s->seq == NULL || s->want == NULL || s->seqs == NULL ||
-        s->step_reqs == NULL || s->logits == NULL || s->lp == NULL) {
+    s->plan_q = malloc(nr * sizeof(crd_spec_seq_t *));
+    if (s->plan_q == NULL || s->tok == NULL || s->pos == NULL || s->seq == NULL ||
+        s->want == NULL || s->seqs == NULL || s->step_reqs == NULL || s->logits == NULL ||
+        s->lp == NULL) {
         crd_sched_destroy(s);
         return tdm_error_set(err, TDM_ERR_NO_MEMORY, "scheduler: out of memory for buffers");
     }
@@ -205,6 +216,7 @@ static void req_free(crd_sched_t *s, crd_req_t *r)
 {
     crd_kvm_seq_free(s->kvm, r->kv);
     crd_sampler_destroy(r->sampler);
+    crd_spec_seq_destroy(r->spec);
     free(r->tokens);
     free(r->stop_ids);
     free(r);
@@ -275,6 +287,7 @@ void crd_sched_destroy(crd_sched_t *s)
     free(s->step_reqs);
     free(s->logits);
     free(s->lp);
+    free(s->plan_q);
     free(s);
 }
 
@@ -304,6 +317,11 @@ tdm_status_t crd_sched_check_request(const crd_sched_t *s, const crd_request_par
     if (rp->n_stop_ids < 0 || (rp->n_stop_ids > 0 && rp->stop_ids == NULL)) {
         return tdm_error_set(err, TDM_ERR_INVALID_PARAM, "bad stop token list");
     }
+    if (rp->spec.mode < CRD_SPEC_DEFAULT || rp->spec.mode >= CRD_SPEC_N_MODES ||
+        rp->spec.max_draft < 0 || rp->spec.max_draft > CRD_SPEC_MAX_DRAFT) {
+        return tdm_error_set(err, TDM_ERR_INVALID_PARAM, "speculative: max must be in [0, %d]",
+                             CRD_SPEC_MAX_DRAFT);
+    }
     return crd_sampling_params_validate(&rp->sampling, err);
 }
 
@@ -315,6 +333,39 @@ int32_t crd_sched_n_waiting(const crd_sched_t *s)
 int32_t crd_sched_n_ctx(const crd_sched_t *s)
 {
     return s->p.n_ctx;
+}
+
+/* The request's drafter, from its override and the server's defaults; NULL: none. */
+static tdm_status_t spec_create(crd_sched_t *s, const crd_request_params_t *rp,
+                                crd_spec_seq_t **out, tdm_error_t *err)
+{
+    *out = NULL;
+    const crd_spec_mode_t mode = rp->spec.mode != CRD_SPEC_DEFAULT ? rp->spec.mode : s->p.spec.mode;
+    int32_t max = s->p.spec.max_draft > 0 ? s->p.spec.max_draft : 8;
+    if (rp->spec.max_draft > 0) {
+        max = rp->spec.max_draft;
+    }
+    if (mode != CRD_SPEC_NGRAM) {
+        return TDM_OK;
+    }
+    if (rp->spec.mode == CRD_SPEC_DEFAULT && rp->sampling.has_seed &&
+        rp->sampling.temperature > 0.0f) {
+        /* a seed promises a repeatable stream, but the draws of a speculative run depend
+         * on the draft lengths the cost model picks from step timings: seeded sampling
+         * runs without speculation unless the request asks for it */
+        return TDM_OK;
+    }
+    if (s->ex.n_state_slots > 0) {
+        /* a recurrent state cannot be rolled back past rejected drafts yet (no state
+         * checkpoints per position): such models run without speculation */
+        if (!s->spec_refused_logged) {
+            TDM_WARN("sched", "speculative decoding is not available for models with "
+                              "recurrent layers yet: running without it");
+            s->spec_refused_logged = true;
+        }
+        return TDM_OK;
+    }
+    return crd_spec_seq_create(mode, max, out, err);
 }
 
 tdm_status_t crd_sched_submit(crd_sched_t *s, const crd_request_params_t *rp, uint64_t *req_id,
@@ -350,6 +401,10 @@ tdm_status_t crd_sched_submit(crd_sched_t *s, const crd_request_params_t *rp, ui
     }
     for (int32_t i = 0; i < rp->n_prompt; i++) {
         crd_sampler_accept_prompt(r->sampler, rp->prompt[i]);
+    }
+    if ((st = spec_create(s, rp, &r->spec, err)) != TDM_OK) {
+        req_free(s, r);
+        return st;
     }
     r->n_tokens = r->n_prompt = rp->n_prompt;
     r->n_stop_ids = rp->n_stop_ids;
@@ -457,14 +512,19 @@ static void add_to_step(crd_sched_t *s, crd_req_t *r, int32_t chunk, int32_t *n_
     r->step_logit_row = -1;
     for (int32_t i = 0; i < chunk; i++) {
         int32_t p = r->n_computed + i, t = (*n_tok)++;
-        s->tok[t] = r->tokens[p];
+        /* past its tokens: this step's drafts, scored in the same pass */
+        s->tok[t] = p < r->n_tokens ? r->tokens[p] : r->spec->draft[p - r->n_tokens];
         s->pos[t] = p;
         s->seq[t] = si;
         s->want[t] = 0;
     }
-    if (r->n_computed + chunk == r->n_tokens) {
-        s->want[*n_tok - 1] = 1;
-        r->step_logit_row = (*n_logits)++;
+    if (r->n_computed + chunk == r->n_tokens + r->step_draft) {
+        /* the last token, and each draft: row j scores the token after draft j */
+        for (int32_t j = 0; j <= r->step_draft; j++) {
+            s->want[*n_tok - 1 - j] = 1;
+        }
+        r->step_logit_row = *n_logits;
+        *n_logits += 1 + r->step_draft;
     }
 }
 
@@ -504,14 +564,20 @@ static int32_t top_n(const float *lp, int32_t n_vocab, int32_t n, int32_t *ids, 
 }
 
 /* Samples r's next token from its logits row and reports it; true if r is finished. */
-static bool emit_token(crd_sched_t *s, crd_req_t *r, float *row, crd_finish_t *why)
+static bool emit_token(crd_sched_t *s, crd_req_t *r, float *row, int32_t draft, bool *accepted,
+                       crd_finish_t *why)
 {
     const int32_t nv = s->ex.n_vocab;
     bool want_lp = r->logprobs || r->top_logprobs > 0;
     if (want_lp) {
         crd_log_softmax(row, s->lp, nv); /* raw model distribution, before any processing */
     }
-    int32_t token = crd_sampler_sample(r->sampler, row);
+    int32_t token;
+    if (draft >= 0) {
+        *accepted = crd_sampler_verify(r->sampler, row, draft, &token);
+    } else {
+        token = crd_sampler_sample(r->sampler, row);
+    }
     crd_sampler_accept(r->sampler, token);
     r->n_generated++;
     s->stats.generated_tokens++;
@@ -555,6 +621,130 @@ static bool emit_token(crd_sched_t *s, crd_req_t *r, float *row, crd_finish_t *w
     return ev.finish != CRD_FINISH_NONE;
 }
 
+/*
+ * Speculative decoding: proposes drafts for the running requests that decode this step
+ * and keeps as many as the cost model says pay (spec.h); sets r->step_draft. The first
+ * time it has something to plan it measures the cost model on the executor.
+ */
+static tdm_status_t plan_drafts(crd_sched_t *s, tdm_error_t *err)
+{
+    int32_t n_q = 0, n_base = 0, n_decode = 0, n_rows = 0;
+    bool always = s->p.spec.always != 0;
+    for (crd_req_t *r = s->running.head; r != NULL; r = r->next) {
+        r->step_draft = 0;
+        const int32_t need = r->n_tokens - r->n_computed;
+        n_base += need;
+        n_rows++;
+        if (need != 1 || r->n_generated == 0) {
+            continue;
+        }
+        n_decode++;
+        if (r->spec == NULL) {
+            continue;
+        }
+        /* no draft past the context, nor past max_tokens (the last token is the
+         * verifier's own) */
+        int32_t max = s->p.n_ctx - 1 - r->n_tokens;
+        if (r->max_tokens > 0 && r->max_tokens - r->n_generated - 1 < max) {
+            max = r->max_tokens - r->n_generated - 1;
+        }
+        crd_spec_seq_propose(r->spec, r->tokens, r->n_tokens, max);
+        if (r->spec->n_proposed > 0) {
+            s->plan_q[n_q++] = r->spec;
+        }
+    }
+    if (n_q == 0) {
+        return TDM_OK;
+    }
+    /* prompts waiting for admission come first: their tokens are in the step anyway */
+    int32_t wait_tokens = 0, wait_rows = 0;
+    for (crd_req_t *r = s->waiting.head; r != NULL && s->running.n + wait_rows < s->p.max_running;
+         r = r->next) {
+        wait_tokens += r->n_tokens - r->n_computed;
+        wait_rows++;
+    }
+    n_base += wait_tokens;
+    n_base = n_base < s->p.token_budget ? n_base : s->p.token_budget;
+    int32_t room = s->p.token_budget - n_base;
+    const int32_t rows = s->ex.n_logits_max - n_rows - wait_rows;
+    room = room < rows ? room : rows;
+    if (room <= 0) {
+        return TDM_OK;
+    }
+    if (!always && !s->cost_measured) {
+        s->cost_measured = true;
+        int32_t n_max = s->p.token_budget < 256 ? s->p.token_budget : 256;
+        tdm_status_t st = crd_spec_cost_measure(&s->ex, s->kvm, n_max, s->logits, &s->cost, err);
+        if (st != TDM_OK) {
+            lose_kv(s, tdm_error_msg(err), st);
+            return st;
+        }
+        s->stats.spec.cost_1 = crd_spec_cost_time(&s->cost, 1);
+        s->stats.spec.cost_slope =
+            crd_spec_cost_time(&s->cost, 33) - crd_spec_cost_time(&s->cost, 32);
+        TDM_INFO("sched",
+                 "speculative decoding cost model: step of 1 token %.2f ms, 8 %.2f ms, "
+                 "64 %.2f ms",
+                 1e3 * crd_spec_cost_time(&s->cost, 1), 1e3 * crd_spec_cost_time(&s->cost, 8),
+                 1e3 * crd_spec_cost_time(&s->cost, 64));
+    }
+    int32_t planned = crd_spec_plan(&s->cost, s->plan_q, n_q, n_base, n_decode, room, always);
+    TDM_DEBUG("sched", "spec plan: %d proposals, base %d, decode %d, room %d -> %d drafts",
+              (int)n_q, (int)n_base, (int)n_decode, (int)room, (int)planned);
+    for (crd_req_t *r = s->running.head; r != NULL; r = r->next) {
+        if (r->spec != NULL && r->n_tokens - r->n_computed == 1 && r->n_generated > 0) {
+            r->step_draft = r->spec->n_draft;
+        }
+    }
+    return TDM_OK;
+}
+
+/*
+ * After a step that carried drafts for r: logits row j (from r->step_logit_row) scores
+ * the token after draft j (row 0: after its last accepted token). Drafts are accepted in
+ * order while they verify; the first rejection's residual draw, or the bonus token after
+ * the last draft, ends the run. Only accepted positions are committed (the prefix cache
+ * never hashes a rejected draft) and the blocks past them are given back.
+ */
+static void verify_drafts(crd_sched_t *s, crd_req_t *r)
+{
+    const int32_t k = r->step_draft;
+    const crd_spec_mode_t mode = r->spec->ops->mode;
+    const int32_t *draft = r->spec->draft;
+    crd_finish_t why = CRD_FINISH_NONE;
+    bool done = false;
+    int32_t n_acc = 0, n_emitted = 0;
+    r->n_computed++; /* the last accepted token */
+    for (int32_t j = 0; j <= k; j++) {
+        float *row = s->logits + (size_t)(r->step_logit_row + j) * (size_t)s->ex.n_vocab;
+        bool accepted = false;
+        done = emit_token(s, r, row, j < k ? draft[j] : -1, &accepted, &why);
+        n_emitted++;
+        if (!accepted) {
+            break;
+        }
+        n_acc++;
+        if (done) {
+            break;
+        }
+        r->n_computed++; /* draft j was the right token: its K/V stands */
+    }
+    s->stats.spec.drafted[mode] += (uint64_t)k;
+    s->stats.spec.accepted[mode] += (uint64_t)n_acc;
+    s->stats.spec.verify_steps++;
+    s->stats.spec.decode_steps++;
+    s->stats.spec.decode_tokens += (uint64_t)n_emitted;
+    r->spec->n_draft = k;
+    crd_spec_seq_observe(r->spec, n_acc);
+    r->step_draft = 0;
+    crd_kvm_seq_commit(s->kvm, r->kv, r->tokens, r->n_computed);
+    if (done) {
+        finish_req(s, &s->running, r, why, NULL, false);
+    } else {
+        crd_kvm_seq_trim(s->kvm, r->kv, r->n_tokens);
+    }
+}
+
 tdm_status_t crd_sched_step(crd_sched_t *s, tdm_error_t *err)
 {
     drop_canceled(s, &s->running);
@@ -573,13 +763,30 @@ tdm_status_t crd_sched_step(crd_sched_t *s, tdm_error_t *err)
 
     int32_t budget = s->p.token_budget, n_tok = 0, n_seqs = 0, n_logits = 0;
     bool preempted = false;
+    tdm_status_t st0;
+
+    if ((st0 = plan_drafts(s, err)) != TDM_OK) {
+        return st0;
+    }
 
     /* 1. running requests, oldest first */
     for (crd_req_t *r = s->running.head; r != NULL && budget > 0;) {
         int32_t chunk = plan_chunk(s, r, budget, n_logits);
         if (chunk == 0) {
+            r->step_draft = 0;
             r = r->next;
             continue;
+        }
+        if (r->step_draft > 0) {
+            /* drafts only where the budget, the logits rows and the KV blocks allow */
+            int32_t k = chunk == 1 ? r->step_draft : 0;
+            k = k < budget - 1 ? k : budget - 1;
+            k = k < s->ex.n_logits_max - n_logits - 1 ? k : s->ex.n_logits_max - n_logits - 1;
+            if (k > 0 && crd_kvm_seq_reserve(s->kvm, r->kv, r->n_computed + 1 + k) != TDM_OK) {
+                k = 0;
+            }
+            r->step_draft = k > 0 ? k : 0;
+            chunk += r->step_draft;
         }
         bool self_preempted = false;
         while (crd_kvm_seq_reserve(s->kvm, r->kv, r->n_computed + chunk) == TDM_ERR_BUSY) {
@@ -613,6 +820,7 @@ tdm_status_t crd_sched_step(crd_sched_t *s, tdm_error_t *err)
     /* 2. admit waiting requests (not in a step that had to preempt) */
     while (!preempted && s->waiting.head != NULL && budget > 0 && s->running.n < s->p.max_running) {
         crd_req_t *r = s->waiting.head;
+        r->step_draft = 0;
         if (r->kv == NULL) {
             int32_t cached = 0;
             tdm_status_t st =
@@ -663,7 +871,12 @@ tdm_status_t crd_sched_step(crd_sched_t *s, tdm_error_t *err)
     };
     s->stats.steps++;
     tdm_error_t xerr = {0};
+    const double t_step = tdm_now_s();
     tdm_status_t st = s->ex.ops->step(s->ex.impl, &step, s->logits, &xerr);
+    if (st == TDM_OK && n_logits == n_tok) {
+        /* decodes and verifications only: what the cost model predicts */
+        crd_spec_cost_observe(&s->cost, n_tok, tdm_now_s() - t_step);
+    }
     if (st != TDM_OK) {
         TDM_ERROR("sched", "step of %d tokens failed: %s", (int)n_tok, tdm_error_msg(&xerr));
         /* A failed step may have written part of its K/V (or, across shards, lost all of
@@ -676,6 +889,10 @@ tdm_status_t crd_sched_step(crd_sched_t *s, tdm_error_t *err)
 
     for (int32_t i = 0; i < n_seqs; i++) {
         crd_req_t *r = s->step_reqs[i];
+        if (r->step_draft > 0) {
+            verify_drafts(s, r);
+            continue;
+        }
         r->n_computed += r->step_chunk;
         crd_kvm_seq_commit(s->kvm, r->kv, r->tokens, r->n_computed);
         if (r->step_logit_row < 0) {
@@ -683,7 +900,11 @@ tdm_status_t crd_sched_step(crd_sched_t *s, tdm_error_t *err)
         }
         crd_finish_t why = CRD_FINISH_NONE;
         float *row = s->logits + (size_t)r->step_logit_row * (size_t)s->ex.n_vocab;
-        if (emit_token(s, r, row, &why)) {
+        if (r->step_chunk == 1 && r->n_generated > 0) {
+            s->stats.spec.decode_steps++;
+            s->stats.spec.decode_tokens++;
+        }
+        if (emit_token(s, r, row, -1, NULL, &why)) {
             finish_req(s, &s->running, r, why, NULL, false);
         }
     }

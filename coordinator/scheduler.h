@@ -26,6 +26,7 @@
 
 #include "common/status.h"
 #include "coordinator/sampler.h"
+#include "coordinator/spec.h"
 #include "transport/xp_step.h"
 
 #include <stdbool.h>
@@ -72,19 +73,21 @@ typedef struct crd_request_params {
     crd_sampling_params_t sampling;
     const int32_t *stop_ids; /* copied; tokens that end the request             */
     int32_t n_stop_ids;
-    bool logprobs;        /* events carry log p(token); else NAN (saves a
-                             pass over the vocabulary per token)            */
-    int32_t top_logprobs; /* 0..CRD_MAX_TOP_LOGPROBS alternatives per token  */
+    bool logprobs;           /* events carry log p(token); else NAN (saves a
+                                pass over the vocabulary per token)            */
+    int32_t top_logprobs;    /* 0..CRD_MAX_TOP_LOGPROBS alternatives per token  */
+    crd_spec_request_t spec; /* speculative decoding override (zero: the server's) */
     crd_event_fn on_event;
     void *user;
 } crd_request_params_t;
 
 typedef struct crd_sched_params {
-    int32_t token_budget; /* most tokens per step (<= executor n_batch_max)      */
-    int32_t max_running;  /* most sequences per step                             */
-    int32_t max_waiting;  /* queue limit: more submissions get TDM_ERR_BUSY      */
-    int32_t n_ctx;        /* positions per sequence (<= executor n_ctx_max)      */
-    uint64_t cache_seed;  /* namespaces prefix-cache hashes (model identity)     */
+    int32_t token_budget;   /* most tokens per step (<= executor n_batch_max)      */
+    int32_t max_running;    /* most sequences per step                             */
+    int32_t max_waiting;    /* queue limit: more submissions get TDM_ERR_BUSY      */
+    int32_t n_ctx;          /* positions per sequence (<= executor n_ctx_max)      */
+    uint64_t cache_seed;    /* namespaces prefix-cache hashes (model identity)     */
+    crd_spec_params_t spec; /* speculative decoding (zero: off; spec.h)          */
 } crd_sched_params_t;
 
 typedef struct crd_sched_stats {
@@ -96,6 +99,7 @@ typedef struct crd_sched_stats {
     int32_t kv_blocks_total, kv_blocks_used, kv_blocks_free;
     /* the sliding-window layers' pool (all 0 when the model has none) */
     int32_t kv_swa_blocks_total, kv_swa_blocks_used, kv_swa_blocks_free, kv_swa_blocks_peak;
+    crd_spec_stats_t spec; /* speculative decoding */
 } crd_sched_stats_t;
 
 typedef struct crd_sched crd_sched_t;

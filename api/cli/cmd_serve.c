@@ -5,6 +5,7 @@
  */
 #include "api/cli/cli.h"
 #include "api/server/srv.h"
+#include "coordinator/spec.h"
 #include "transport/exec_remote.h"
 
 #include <ctype.h>
@@ -68,6 +69,14 @@ static void usage(FILE *out)
         "                           KV budget (default: --max-running; 0: no prefix hits)\n"
         "  --max-tokens N           default max_tokens when a request sets none (default:\n"
         "                           until the context is full)\n"
+        "  --spec ngram|off         speculative decoding: drafts from the request's own\n"
+        "                           prompt and output (n-gram lookup), verified in one\n"
+        "                           step; drafts only while a cost model measured at the\n"
+        "                           first step says they pay (default ngram)\n"
+        "  --spec-max N             most drafted tokens per sequence and step (1..16,\n"
+        "                           default 8)\n"
+        "  --spec-always            draft every proposal, ignoring the cost model\n"
+        "                           (benchmarks)\n"
         "distributed (the model split over `tandem shard` processes; see docs/distributed.md):\n"
         "  --shards H:P,H:P,...     shard control addresses; list index = world rank\n"
         "                           (ep_rank * tp + tp_rank). None: single-node (default)\n"
@@ -309,6 +318,8 @@ int cmd_serve(int argc, char **argv)
                       .batch = 512,
                       .max_running = 64,
                       .state_cache = -1,
+                      .spec_mode = CRD_SPEC_NGRAM,
+                      .spec_max = 8,
                       .max_waiting = 256,
                       .max_body = 8u << 20,
                       .shutdown_timeout = 30.0,
@@ -479,6 +490,20 @@ int cmd_serve(int argc, char **argv)
             c.contiguous_experts = true;
         } else if (strcmp(a, "--cache-stable-prompts") == 0) {
             c.cache_stable = true;
+        } else if (ARG("--spec")) {
+            tdm_error_t serr = {0};
+            crd_spec_mode_t m;
+            if (crd_spec_mode_parse(v, &m, &serr) != TDM_OK) {
+                fprintf(stderr, "tandem serve: --spec: %s\n", tdm_error_msg(&serr));
+                goto out;
+            }
+            c.spec_mode = (int)m;
+        } else if (ARG("--spec-max")) {
+            if (parse_int(a, v, 1, CRD_SPEC_MAX_DRAFT, &c.spec_max) != 0) {
+                goto out;
+            }
+        } else if (strcmp(a, "--spec-always") == 0) {
+            c.spec_always = true;
         } else if (ARG("--max-tokens")) {
             if (parse_int(a, v, 0, INT32_MAX, &c.max_tokens_default) != 0) {
                 goto out;

@@ -248,6 +248,7 @@ tdm_status_t srv_job_start(crd_engine_t *engine, const tok_vocab_t *vocab, srv_m
                                    .n_stop_ids = p->n_stop_ids,
                                    .logprobs = p->want_tokens,
                                    .top_logprobs = p->top_logprobs,
+                                   .spec = p->spec,
                                    .on_event = on_event,
                                    .user = &seqs[i]};
         if (p->sampling.has_seed) {

@@ -47,9 +47,10 @@ typedef struct srv_job_params {
     char *const *stop; /* stop strings */
     int n_stop;
     int top_logprobs;
-    bool want_tokens;     /* pieces carry token ids and logprobs (logprobs requested) */
-    unsigned detok_flags; /* tok_decode flags for the text                             */
-    double t_start;       /* request arrival, for the latency histograms               */
+    bool want_tokens;        /* pieces carry token ids and logprobs (logprobs requested) */
+    unsigned detok_flags;    /* tok_decode flags for the text                             */
+    double t_start;          /* request arrival, for the latency histograms               */
+    crd_spec_request_t spec; /* speculative decoding override (zero: the server's)      */
 } srv_job_params_t;
 
 typedef struct srv_job srv_job_t;

@@ -209,6 +209,40 @@ static void group_metrics(textbuf_t *b, const srv_group_metrics_t *gm, const cha
            model, (double)st->coll_ns / 1e9);
 }
 
+/* Speculative decoding: per drafter (label drafter=...), and tokens per decoding step. */
+static void spec_metrics(textbuf_t *b, const crd_spec_stats_t *sp, const char *model)
+{
+    static const char *const names[2] = {"tandem_spec_draft_tokens_total",
+                                         "tandem_spec_accepted_tokens_total"};
+    static const char *const helps[2] = {"Drafted tokens sent to verification, per drafter.",
+                                         "Drafted tokens the verification accepted, per drafter."};
+    for (int k = 0; k < 2; k++) {
+        tb_printf(b, "# HELP %s %s\n# TYPE %s counter\n", names[k], helps[k], names[k]);
+        for (int d = CRD_SPEC_NGRAM; d < CRD_SPEC_N_MODES; d++) {
+            const uint64_t v = k == 0 ? sp->drafted[d] : sp->accepted[d];
+            tb_printf(b, "%s{model_name=\"%s\",drafter=\"%s\"} %llu\n", names[k], model,
+                      crd_spec_mode_name((crd_spec_mode_t)d), (unsigned long long)v);
+        }
+    }
+    tb_printf(b, "# HELP tandem_spec_acceptance_rate Accepted / drafted tokens since start, per "
+                 "drafter.\n# TYPE tandem_spec_acceptance_rate gauge\n");
+    for (int d = CRD_SPEC_NGRAM; d < CRD_SPEC_N_MODES; d++) {
+        tb_printf(b, "tandem_spec_acceptance_rate{model_name=\"%s\",drafter=\"%s\"} %.17g\n", model,
+                  crd_spec_mode_name((crd_spec_mode_t)d),
+                  sp->drafted[d] ? (double)sp->accepted[d] / (double)sp->drafted[d] : 0.0);
+    }
+    metric(b, "tandem_spec_verify_steps_total", "counter",
+           "Sequence-steps that carried drafted tokens.", model, (double)sp->verify_steps);
+    metric(b, "tandem_decode_steps_total", "counter",
+           "Sequence-steps that decoded (with or without drafts).", model,
+           (double)sp->decode_steps);
+    metric(b, "tandem_decode_step_tokens_total", "counter",
+           "Tokens those sequence-steps generated.", model, (double)sp->decode_tokens);
+    metric(b, "tandem_decode_tokens_per_step", "gauge",
+           "Generated tokens per decoding sequence-step since start (1 without speculation).",
+           model, sp->decode_steps ? (double)sp->decode_tokens / (double)sp->decode_steps : 0.0);
+}
+
 char *srv_metrics_render(srv_metrics_t *m, const crd_engine_stats_t *es,
                          const srv_group_metrics_t *gm, const char *model, size_t *len)
 {
@@ -256,6 +290,7 @@ char *srv_metrics_render(srv_metrics_t *m, const crd_engine_stats_t *es,
         metric(&b, "tandem_requests_aborted_total", "counter",
                "Requests canceled before they finished (client disconnect, shutdown).", model,
                (double)ss->finished[CRD_FINISH_CANCELED]);
+        spec_metrics(&b, &ss->spec, model);
     }
     if (gm != NULL) {
         group_metrics(&b, gm, model);

@@ -142,6 +142,37 @@ static tdm_status_t parse_stop(pctx_t *c, const json_t *o, srv_gen_req_t *r)
 }
 
 /* Sampling, lengths, stop, n, streaming: the parameters both APIs share. */
+/* Tandem's extension (an extra_body field for the OpenAI clients):
+ * "speculative": {"mode": "off" | "ngram", "max": 1..16}, both optional. */
+static tdm_status_t parse_speculative(pctx_t *c, const json_t *o, srv_gen_req_t *r)
+{
+    json_t *v = get(o, "speculative");
+    if (v == NULL) {
+        return TDM_OK;
+    }
+    if (!json_is_object(v)) {
+        return fail(c, "speculative", "'speculative' must be an object");
+    }
+    json_t *m = json_object_get(v, "mode");
+    if (m != NULL && !json_is_null(m)) {
+        const char *s = json_is_string(m) ? json_string_value(m) : "";
+        if (strcmp(s, "off") == 0) {
+            r->spec.mode = CRD_SPEC_OFF;
+        } else if (strcmp(s, "ngram") == 0) {
+            r->spec.mode = CRD_SPEC_NGRAM;
+        } else {
+            return fail(c, "speculative", "'speculative.mode' must be \"off\" or \"ngram\"");
+        }
+    }
+    int64_t x = 0;
+    bool given = false;
+    TRY(get_int(c, v, "max", 1, CRD_SPEC_MAX_DRAFT, &x, &given));
+    if (given) {
+        r->spec.max_draft = (int32_t)x;
+    }
+    return TDM_OK;
+}
+
 static tdm_status_t parse_common(pctx_t *c, const json_t *o, srv_gen_req_t *r)
 {
     json_t *model = get(o, "model");
@@ -169,6 +200,7 @@ static tdm_status_t parse_common(pctx_t *c, const json_t *o, srv_gen_req_t *r)
     if (given) {
         r->max_tokens = (int32_t)x;
     }
+    TRY(parse_speculative(c, o, r));
     crd_sampling_params_t *sp = &r->sampling;
     TRY(get_number(c, o, "temperature", 0.0, 2.0, &sp->temperature));
     TRY(get_number(c, o, "top_p", 0.0, 1.0, &sp->top_p));

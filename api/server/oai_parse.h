@@ -12,6 +12,7 @@
 
 #include "common/status.h"
 #include "coordinator/sampler.h"
+#include "coordinator/spec.h"
 #include "coordinator/stop_strings.h"
 
 #include <jansson.h>
@@ -61,6 +62,7 @@ typedef struct srv_gen_req {
     int top_logprobs;
     bool ignore_eos;          /* vLLM's extension: do not stop at end-of-generation tokens */
     bool skip_special_tokens; /* default true: special tokens are not part of the text     */
+    crd_spec_request_t spec;  /* "speculative": {"mode", "max"} (zero: the server's)        */
 } srv_gen_req_t;
 
 /*

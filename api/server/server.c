@@ -50,6 +50,25 @@ static char *model_name(const srv_config_t *cfg)
     return s;
 }
 
+/* Logits rows per step: one per running sequence, plus room for the drafts speculative
+ * decoding verifies (capped: with many streams the cost model drafts little anyway, and a
+ * row is n_vocab floats). A server started with --spec off still verifies what requests
+ * ask for, within the rows its idle sequences leave. */
+static int logits_rows(const srv_config_t *cfg, const gguf_ctx_t *g)
+{
+    /* a model with recurrent layers has one state slot per logits row and no speculation
+     * yet (coordinator/scheduler.c refuses it): no extra rows */
+    mdl_hparams_t hp;
+    const bool recurrent = mdl_hparams_load(g, &hp, NULL) == TDM_OK && hp.n_recurrent > 0;
+    int extra = 0;
+    if (cfg->spec_mode != CRD_SPEC_OFF && !recurrent) {
+        const int per = cfg->spec_max > 0 ? cfg->spec_max : 8;
+        extra = cfg->max_running * per < 256 ? cfg->max_running * per : 256;
+    }
+    const int rows = cfg->max_running + extra;
+    return rows < cfg->batch ? rows : cfg->batch;
+}
+
 static tdm_status_t load_model(srv_server_t *s, tdm_error_t *err)
 {
     const srv_config_t *cfg = &s->cfg;
@@ -89,7 +108,7 @@ static tdm_status_t load_model(srv_server_t *s, tdm_error_t *err)
                                  .tp = cfg->tp,
                                  .ep = cfg->ep,
                                  .n_batch_max = cfg->batch,
-                                 .n_logits_max = cfg->max_running,
+                                 .n_logits_max = logits_rows(cfg, s->gguf),
                                  .n_ctx = n_ctx,
                                  .kv_bytes = kv_bytes,
                                  .proto = cfg->collective,
@@ -104,7 +123,7 @@ static tdm_status_t load_model(srv_server_t *s, tdm_error_t *err)
     } else {
         xp_local_params_t lp = {.n_threads = cfg->threads,
                                 .n_batch_max = cfg->batch,
-                                .n_logits_max = cfg->max_running,
+                                .n_logits_max = logits_rows(cfg, s->gguf),
                                 .n_ctx = n_ctx,
                                 .kv_bytes = kv_bytes,
                                 .device = cfg->device,
@@ -121,7 +140,10 @@ static tdm_status_t load_model(srv_server_t *s, tdm_error_t *err)
                              .max_running = cfg->max_running,
                              .max_waiting = cfg->max_waiting,
                              .n_ctx = s->ex.n_ctx_max,
-                             .cache_seed = 0x74616e64656dULL ^ (uint64_t)s->ex.n_vocab};
+                             .cache_seed = 0x74616e64656dULL ^ (uint64_t)s->ex.n_vocab,
+                             .spec = {.mode = (crd_spec_mode_t)cfg->spec_mode,
+                                      .max_draft = cfg->spec_max,
+                                      .always = cfg->spec_always}};
     if ((st = crd_engine_create(&s->ex, &sp, &s->engine, err)) != TDM_OK) {
         return st;
     }

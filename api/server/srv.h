@@ -55,6 +55,9 @@ typedef struct srv_config {
     double shutdown_timeout; /* seconds in-flight requests get after SIGTERM                */
     double keepalive_s;      /* SSE comment interval while no token has come                */
     int max_tokens_default;  /* when a request sets none: 0 = until the context is full    */
+    int spec_mode;           /* crd_spec_mode_t: speculative decoding default (0: off)      */
+    int spec_max;            /* most drafted tokens per sequence and step (0: 8)            */
+    bool spec_always;        /* draft every proposal, ignoring the cost model (benchmarks)  */
     char **api_keys;         /* bearer keys; none: no authentication                        */
     int n_api_keys;
     const char *tool_parser;  /* "auto" (from the template) or a prs_tool_format_name         */

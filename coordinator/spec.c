@@ -1,0 +1,219 @@
+/* spec.c - drafters, acceptance estimates, the step cost model and the planner (spec.h). */
+#include "coordinator/spec.h"
+
+#include "coordinator/ngram.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ACCEPT_PRIOR 0.5f  /* a new sequence's acceptance estimate            */
+#define ACCEPT_EMA 0.3f    /* weight of the latest verification               */
+#define ACCEPT_FLOOR 0.02f /* an estimate never reaches 0: it can come back   */
+
+const char *crd_spec_mode_name(crd_spec_mode_t m)
+{
+    switch (m) {
+    case CRD_SPEC_OFF:
+        return "off";
+    case CRD_SPEC_NGRAM:
+        return "ngram";
+    default:
+        return "default";
+    }
+}
+
+tdm_status_t crd_spec_mode_parse(const char *s, crd_spec_mode_t *out, tdm_error_t *err)
+{
+    if (strcmp(s, "off") == 0) {
+        *out = CRD_SPEC_OFF;
+    } else if (strcmp(s, "ngram") == 0) {
+        *out = CRD_SPEC_NGRAM;
+    } else if (strcmp(s, "mtp") == 0 || strcmp(s, "draft") == 0) {
+        return tdm_error_set(err, TDM_ERR_UNSUPPORTED,
+                             "speculative mode '%s' is not available yet (use 'ngram' or 'off')",
+                             s);
+    } else {
+        return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
+                             "unknown speculative mode '%s' (use 'ngram' or 'off')", s);
+    }
+    return TDM_OK;
+}
+
+/* ---- the prompt-lookup drafter ---- */
+
+static tdm_status_t ngram_update(void *impl, const int32_t *tokens, int32_t n)
+{
+    return crd_ngram_update(impl, tokens, n);
+}
+
+static int32_t ngram_propose(void *impl, const int32_t *tokens, int32_t n, int32_t max,
+                             int32_t *out)
+{
+    return crd_ngram_propose(impl, tokens, n, 1, max, out);
+}
+
+static void ngram_destroy(void *impl)
+{
+    crd_ngram_destroy(impl);
+}
+
+static const crd_drafter_ops_t ngram_ops = {
+    .mode = CRD_SPEC_NGRAM,
+    .update = ngram_update,
+    .propose = ngram_propose,
+    .destroy = ngram_destroy,
+};
+
+tdm_status_t crd_spec_seq_create(crd_spec_mode_t mode, int32_t max_draft, crd_spec_seq_t **out,
+                                 tdm_error_t *err)
+{
+    *out = NULL;
+    if (mode != CRD_SPEC_NGRAM || max_draft <= 0) {
+        return TDM_OK;
+    }
+    crd_spec_seq_t *q = calloc(1, sizeof(*q));
+    void *impl = crd_ngram_create();
+    if (q == NULL || impl == NULL) {
+        free(q);
+        crd_ngram_destroy(impl);
+        return tdm_error_set(err, TDM_ERR_NO_MEMORY, "out of memory for a drafter");
+    }
+    q->ops = &ngram_ops;
+    q->impl = impl;
+    q->max_draft = max_draft < CRD_SPEC_MAX_DRAFT ? max_draft : CRD_SPEC_MAX_DRAFT;
+    q->accept = ACCEPT_PRIOR;
+    *out = q;
+    return TDM_OK;
+}
+
+void crd_spec_seq_destroy(crd_spec_seq_t *q)
+{
+    if (q != NULL) {
+        q->ops->destroy(q->impl);
+        free(q);
+    }
+}
+
+void crd_spec_seq_propose(crd_spec_seq_t *q, const int32_t *tokens, int32_t n, int32_t max)
+{
+    q->n_proposed = 0;
+    q->n_draft = 0;
+    max = max < q->max_draft ? max : q->max_draft;
+    if (max <= 0 || q->ops->update(q->impl, tokens, n) != TDM_OK) {
+        return;
+    }
+    q->n_proposed = q->ops->propose(q->impl, tokens, n, max, q->draft);
+    if (q->n_proposed > 0 && q->accept < ACCEPT_PRIOR) {
+        /* a sequence that stopped drafting gets a slow second chance: its text may have
+         * turned repetitive since */
+        q->accept += 0.01f;
+    }
+}
+
+void crd_spec_seq_observe(crd_spec_seq_t *q, int32_t accepted)
+{
+    if (q->n_draft <= 0) {
+        return;
+    }
+    /* each draft up to the first rejection was a trial; a run accepted whole had no
+     * failure */
+    const int32_t trials = accepted + (accepted < q->n_draft ? 1 : 0);
+    const float rate = (float)accepted / (float)trials;
+    q->accept += ACCEPT_EMA * (rate - q->accept);
+    if (q->accept < ACCEPT_FLOOR) {
+        q->accept = ACCEPT_FLOOR;
+    }
+    if (q->accept > 0.98f) {
+        q->accept = 0.98f;
+    }
+}
+
+/* ---- the cost model ---- */
+
+double crd_spec_cost_time(const crd_spec_cost_t *c, int32_t n)
+{
+    if (c->n_points <= 0) {
+        return 1.0; /* unmeasured: flat, i.e. drafts look free; the planner is not used */
+    }
+    if (n < 1) {
+        n = 1;
+    }
+    const double scale = c->scale > 0.0 ? c->scale : 1.0;
+    if (c->n_points == 1) {
+        return c->t[0] * (double)n * scale;
+    }
+    int32_t i = 0; /* t[i] at 2^i, t[i + 1] at 2^(i + 1) */
+    while (i + 2 < c->n_points && (1 << (i + 1)) < n) {
+        i++;
+    }
+    const double x0 = (double)(1 << i), x1 = (double)(1 << (i + 1));
+    const double slope = (c->t[i + 1] - c->t[i]) / (x1 - x0);
+    return (c->t[i] + slope * ((double)n - x0)) * scale;
+}
+
+void crd_spec_cost_observe(crd_spec_cost_t *c, int32_t n, double seconds)
+{
+    if (c->n_points <= 0 || seconds <= 0.0) {
+        return;
+    }
+    const double scale = c->scale > 0.0 ? c->scale : 1.0;
+    const double model = crd_spec_cost_time(c, n) / scale;
+    double r = seconds / model;
+    r = r < 0.25 ? 0.25 : r > 4.0 ? 4.0 : r;
+    c->scale = scale + 0.1 * (r - scale);
+}
+
+/* ---- planning ---- */
+
+int32_t crd_spec_plan(const crd_spec_cost_t *c, crd_spec_seq_t *const *q, int32_t n_seqs,
+                      int32_t n_base, int32_t n_decode, int32_t room, bool always)
+{
+    int32_t total = 0;
+    for (int32_t i = 0; i < n_seqs; i++) {
+        q[i]->n_draft = 0;
+    }
+    if (always) {
+        for (int32_t i = 0; i < n_seqs && total < room; i++) {
+            int32_t k = q[i]->n_proposed;
+            k = k < room - total ? k : room - total;
+            q[i]->n_draft = k;
+            total += k;
+        }
+        return total;
+    }
+    if (n_decode <= 0 || c->n_points <= 0) {
+        return 0;
+    }
+    double tokens = (double)n_decode; /* expected tokens of the step so far */
+    int32_t n = n_base;
+    double t_n = crd_spec_cost_time(c, n);
+    while (total < room) {
+        /* the best next draft: the largest a_i^(k_i + 1) */
+        int32_t best = -1;
+        double best_gain = 0.0;
+        for (int32_t i = 0; i < n_seqs; i++) {
+            if (q[i]->n_draft >= q[i]->n_proposed) {
+                continue;
+            }
+            const double g = pow((double)q[i]->accept, (double)(q[i]->n_draft + 1));
+            if (g > best_gain) {
+                best_gain = g;
+                best = i;
+            }
+        }
+        if (best < 0) {
+            break;
+        }
+        const double t_next = crd_spec_cost_time(c, n + 1);
+        if ((tokens + best_gain) * t_n <= tokens * t_next) {
+            break; /* one more token would lower the step's expected tokens per second */
+        }
+        q[best]->n_draft++;
+        tokens += best_gain;
+        n++;
+        t_n = t_next;
+        total++;
+    }
+    return total;
+}

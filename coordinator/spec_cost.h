@@ -1,0 +1,20 @@
+/*
+ * spec_cost.h - measures the step cost model (spec.h) on the real executor.
+ *
+ * Steps of 1, 2, 4, ... n_max tokens with logits at every position (what a verification
+ * step asks for) are timed on a throw-away sequence; the fastest of three runs of each
+ * size is kept. The first speculative step pays for it (a fraction of a second).
+ */
+#ifndef CRD_SPEC_COST_H
+#define CRD_SPEC_COST_H
+
+#include "coordinator/kv_manager.h"
+#include "coordinator/spec.h"
+#include "transport/xp_step.h"
+
+/* logits: room for n_max rows (the scheduler's buffer). A failed step is returned (the
+ * scheduler then treats it as any failed step); no free blocks leaves c unmeasured. */
+tdm_status_t crd_spec_cost_measure(const xp_executor_t *ex, crd_kvm_t *kvm, int32_t n_max,
+                                   float *logits, crd_spec_cost_t *c, tdm_error_t *err);
+
+#endif

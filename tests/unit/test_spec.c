@@ -1,0 +1,299 @@
+/* test_spec.c - speculative decoding's pieces against independent computations:
+ * the verification rule keeps the sampler's distribution (chi-square against the
+ * softmax of the filtered logits, for drafts of every kind), greedy verification accepts
+ * exactly the argmax, the n-gram index proposes what a brute-force search finds, the
+ * planner follows the cost model, and rolling back a sequence gives its blocks back
+ * without touching the prefix cache. */
+#include "coordinator/kv_manager.h"
+#include "coordinator/ngram.h"
+#include "coordinator/sampler.h"
+#include "coordinator/spec.h"
+
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#define V 8
+
+static const float base_logits[V] = {1.0f, 3.0f, 2.5f, -1.0f, 0.0f, 3.0f, 0.5f, 2.0f};
+
+/* softmax(l / t) restricted to the top_k largest (0: all), renormalised */
+static void filtered_softmax(const float *l, double *p, float t, int top_k)
+{
+    double mx = -INFINITY, sum = 0;
+    for (int i = 0; i < V; i++) {
+        mx = fmax(mx, l[i] / t);
+    }
+    for (int i = 0; i < V; i++) {
+        int rank = 0; /* tokens strictly ahead of i (ties: lower id first) */
+        for (int j = 0; j < V; j++) {
+            rank += l[j] > l[i] || (l[j] == l[i] && j < i);
+        }
+        p[i] = top_k > 0 && rank >= top_k ? 0.0 : exp(l[i] / t - mx);
+        sum += p[i];
+    }
+    for (int i = 0; i < V; i++) {
+        p[i] /= sum;
+    }
+}
+
+/* Pearson chi-square of counts against n * p over the tokens with p > 0. */
+static double chi_square(const int *counts, const double *p, int n)
+{
+    double x = 0;
+    for (int i = 0; i < V; i++) {
+        if (p[i] > 0) {
+            const double e = n * p[i];
+            x += (counts[i] - e) * (counts[i] - e) / e;
+        } else {
+            assert_int_equal(counts[i], 0);
+        }
+    }
+    return x;
+}
+
+static void check_verify_distribution(float temp, int top_k, int32_t draft, uint64_t seed)
+{
+    crd_sampling_params_t sp;
+    crd_sampling_params_default(&sp);
+    sp.temperature = temp;
+    sp.top_k = top_k;
+    sp.seed = seed;
+    sp.has_seed = true;
+    crd_sampler_t *s = NULL;
+    assert_int_equal(crd_sampler_create(&sp, V, &s, NULL), TDM_OK);
+    const int n = 60000;
+    int counts[V] = {0}, n_acc = 0;
+    for (int i = 0; i < n; i++) {
+        float l[V];
+        memcpy(l, base_logits, sizeof(l));
+        int32_t tok = -1;
+        const bool acc = crd_sampler_verify(s, l, draft, &tok);
+        assert_true(tok >= 0 && tok < V);
+        assert_true(acc == (tok == draft)); /* a rejection never returns the draft */
+        counts[tok]++;
+        n_acc += acc;
+    }
+    double p[V];
+    filtered_softmax(base_logits, p, temp, top_k);
+    /* 7 degrees of freedom at most; 40 is far beyond the 1e-5 quantile (~ 35.3 for 7) */
+    assert_true(chi_square(counts, p, n) < 40.0);
+    /* the acceptance rate is p(draft) (q is a point mass) */
+    const double sd = sqrt(n * p[draft] * (1 - p[draft]));
+    assert_true(fabs(n_acc - n * p[draft]) <= 5 * sd + 1);
+    crd_sampler_destroy(s);
+}
+
+static void test_verify_keeps_the_distribution(void **state)
+{
+    (void)state;
+    check_verify_distribution(1.0f, 0, 1, 11);   /* the most likely token        */
+    check_verify_distribution(1.0f, 0, 3, 12);   /* the least likely             */
+    check_verify_distribution(0.7f, 0, 7, 13);   /* another temperature          */
+    check_verify_distribution(1.0f, 3, 2, 14);   /* inside the top-k             */
+    check_verify_distribution(1.0f, 3, 0, 15);   /* filtered out: always rejected */
+    check_verify_distribution(1.5f, 4, 7, 16);
+}
+
+static void test_greedy_verify_is_argmax(void **state)
+{
+    (void)state;
+    crd_sampling_params_t sp;
+    crd_sampling_params_default(&sp);
+    sp.temperature = 0.0f;
+    crd_sampler_t *s = NULL;
+    assert_int_equal(crd_sampler_create(&sp, V, &s, NULL), TDM_OK);
+    for (int32_t d = 0; d < V; d++) {
+        float l[V];
+        memcpy(l, base_logits, sizeof(l));
+        int32_t tok = -1;
+        const bool acc = crd_sampler_verify(s, l, d, &tok);
+        assert_int_equal(tok, 1); /* argmax, lowest id on the 1/5 tie */
+        assert_true(acc == (d == 1));
+    }
+    crd_sampler_destroy(s);
+}
+
+/* The oracle: the latest earlier occurrence of the longest suffix (n = 3..1) whose
+ * continuation exists, found by scanning. */
+static int32_t brute_propose(const int32_t *t, int32_t n, int32_t max, int32_t *out)
+{
+    for (int32_t k = n < CRD_NGRAM_MAX ? n : CRD_NGRAM_MAX; k >= 1; k--) {
+        for (int32_t end = n - 1; end >= k; end--) {
+            if (memcmp(t + end - k, t + n - k, (size_t)k * sizeof(int32_t)) == 0) {
+                int32_t m = 0;
+                while (m < max && end + m < n) {
+                    out[m] = t[end + m];
+                    m++;
+                }
+                return m;
+            }
+        }
+    }
+    return 0;
+}
+
+static void test_ngram_matches_brute_force(void **state)
+{
+    (void)state;
+    uint64_t rng[4];
+    crd_rng_seed(rng, 5);
+    for (int trial = 0; trial < 40; trial++) {
+        const int32_t vocab = 2 + trial % 9, len = 600;
+        int32_t *t = malloc(len * sizeof(int32_t));
+        crd_ngram_t *g = crd_ngram_create();
+        assert_non_null(g);
+        for (int32_t n = 0; n < len; n++) {
+            t[n] = (int32_t)(crd_rng_next(rng) % (uint64_t)vocab);
+            if (n % 3 == 0 || trial % 2 == 0) { /* grows by one or by a few tokens */
+                assert_int_equal(crd_ngram_update(g, t, n + 1), TDM_OK);
+                int32_t a[8], b[8];
+                const int32_t na = crd_ngram_propose(g, t, n + 1, 1, 8, a);
+                const int32_t nb = brute_propose(t, n + 1, 8, b);
+                assert_int_equal(na, nb);
+                assert_memory_equal(a, b, (size_t)na * sizeof(int32_t));
+            }
+        }
+        crd_ngram_destroy(g);
+        free(t);
+    }
+    /* a verbatim repeat: the rest of the earlier copy */
+    const int32_t text[] = {10, 11, 12, 13, 14, 15, 16, 17, 9, 10, 11, 12};
+    crd_ngram_t *g = crd_ngram_create();
+    assert_int_equal(crd_ngram_update(g, text, 12), TDM_OK);
+    int32_t out[4];
+    assert_int_equal(crd_ngram_propose(g, text, 12, 1, 4, out), 4);
+    const int32_t want[] = {13, 14, 15, 16};
+    assert_memory_equal(out, want, sizeof(want));
+    crd_ngram_destroy(g);
+}
+
+static crd_spec_seq_t *seq_with(float accept, int32_t n_proposed)
+{
+    crd_spec_seq_t *q = NULL;
+    assert_int_equal(crd_spec_seq_create(CRD_SPEC_NGRAM, 8, &q, NULL), TDM_OK);
+    q->accept = accept;
+    q->n_proposed = n_proposed;
+    return q;
+}
+
+static void test_plan_follows_the_cost_model(void **state)
+{
+    (void)state;
+    /* bandwidth-bound: 1 ms per step plus 0.01 ms per token */
+    crd_spec_cost_t cheap = {.n_points = 8, .scale = 1.0};
+    /* compute-bound: the time is proportional to the tokens */
+    crd_spec_cost_t steep = {.n_points = 8, .scale = 1.0};
+    for (int i = 0; i < 8; i++) {
+        cheap.t[i] = 1e-3 + 1e-5 * (1 << i);
+        steep.t[i] = 1e-3 * (1 << i);
+    }
+    crd_spec_seq_t *q[16];
+    for (int i = 0; i < 16; i++) {
+        q[i] = seq_with(0.8f, 6);
+    }
+    /* one stream, cheap steps: the whole proposal */
+    assert_int_equal(crd_spec_plan(&cheap, q, 1, 1, 1, 100, false), 6);
+    assert_int_equal(q[0]->n_draft, 6);
+    /* proportional cost: no draft can pay (a^j < 1 per extra token) */
+    assert_int_equal(crd_spec_plan(&steep, q, 1, 1, 1, 100, false), 0);
+    /* room caps the drafts; `always` ignores the cost */
+    assert_int_equal(crd_spec_plan(&steep, q, 16, 16, 16, 20, true), 20);
+    /* a low acceptance drafts less than a high one under the same cost */
+    crd_spec_cost_t mid = {.n_points = 8, .scale = 1.0};
+    for (int i = 0; i < 8; i++) {
+        mid.t[i] = 1e-3 + 2e-4 * (1 << i);
+    }
+    crd_spec_seq_t *lo = seq_with(0.3f, 6), *hi = seq_with(0.9f, 6);
+    crd_spec_seq_t *pair[2] = {lo, hi};
+    crd_spec_plan(&mid, pair, 2, 2, 2, 100, false);
+    assert_true(hi->n_draft > lo->n_draft);
+    /* a full batch drafts less per sequence than a single stream */
+    crd_spec_plan(&mid, q, 1, 1, 1, 100, false);
+    const int32_t single = q[0]->n_draft;
+    const int32_t batch = crd_spec_plan(&mid, q, 16, 16, 16, 1000, false);
+    assert_true(single > 0);
+    assert_true(batch < 16 * single);
+    /* the estimate follows what verification finds */
+    crd_spec_seq_t *e = seq_with(0.5f, 4);
+    e->n_draft = 4;
+    for (int i = 0; i < 20; i++) {
+        crd_spec_seq_observe(e, 0);
+    }
+    assert_true(e->accept < 0.05f);
+    for (int i = 0; i < 20; i++) {
+        crd_spec_seq_observe(e, 4);
+    }
+    assert_true(e->accept > 0.9f);
+    for (int i = 0; i < 16; i++) {
+        crd_spec_seq_destroy(q[i]);
+    }
+    crd_spec_seq_destroy(lo);
+    crd_spec_seq_destroy(hi);
+    crd_spec_seq_destroy(e);
+    crd_spec_mode_t m;
+    tdm_error_t err = {0};
+    assert_int_equal(crd_spec_mode_parse("ngram", &m, &err), TDM_OK);
+    assert_int_equal(m, CRD_SPEC_NGRAM);
+    assert_int_equal(crd_spec_mode_parse("eagle", &m, &err), TDM_ERR_INVALID_PARAM);
+}
+
+static void test_trim_returns_rejected_blocks(void **state)
+{
+    (void)state;
+    crd_kvm_t *kvm = NULL;
+    assert_int_equal(crd_kvm_create(8, 4, 1, &kvm, NULL), TDM_OK);
+    int32_t toks[32];
+    for (int i = 0; i < 32; i++) {
+        toks[i] = 100 + i;
+    }
+    crd_kv_seq_t *a = NULL;
+    int32_t cached = -1;
+    assert_int_equal(crd_kvm_seq_create(kvm, toks, 6, &a, &cached, NULL), TDM_OK);
+    /* a verification step: 6 accepted tokens + 7 drafts = positions [0, 13) -> 4 blocks */
+    assert_int_equal(crd_kvm_seq_reserve(kvm, a, 13), TDM_OK);
+    assert_int_equal(crd_kvm_available(kvm), 4);
+    /* 2 drafts accepted: 8 positions computed, the next token is the 9th */
+    int32_t wrong[32];
+    memcpy(wrong, toks, sizeof(wrong));
+    crd_kvm_seq_commit(kvm, a, toks, 8);
+    crd_kvm_seq_trim(kvm, a, 9);
+    int32_t nb;
+    crd_kvm_seq_blocks(a, &nb);
+    assert_int_equal(nb, 3);
+    assert_int_equal(crd_kvm_available(kvm), 5);
+    /* trimming never drops a committed block */
+    crd_kvm_seq_trim(kvm, a, 1);
+    crd_kvm_seq_blocks(a, &nb);
+    assert_int_equal(nb, 2);
+    crd_kvm_seq_free(kvm, a);
+    /* only the committed blocks are in the prefix cache: a prompt of 13 tokens reuses 8 */
+    crd_kv_seq_t *b = NULL;
+    assert_int_equal(crd_kvm_seq_create(kvm, toks, 13, &b, &cached, NULL), TDM_OK);
+    assert_int_equal(cached, 8);
+    crd_kvm_seq_free(kvm, b);
+    /* and a different continuation after them shares them too, nothing past */
+    wrong[8] = 7;
+    assert_int_equal(crd_kvm_seq_create(kvm, wrong, 13, &b, &cached, NULL), TDM_OK);
+    assert_int_equal(cached, 8);
+    crd_kvm_seq_free(kvm, b);
+    crd_kvm_destroy(kvm);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_verify_keeps_the_distribution),
+        cmocka_unit_test(test_greedy_verify_is_argmax),
+        cmocka_unit_test(test_ngram_matches_brute_force),
+        cmocka_unit_test(test_plan_follows_the_cost_model),
+        cmocka_unit_test(test_trim_returns_rejected_blocks),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
