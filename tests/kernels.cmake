@@ -6,6 +6,7 @@ tandem_unit_test(cuda_qblock test_cuda_qblock.c tdm_kernels)
 tandem_unit_test(backend_api test_backend_api.c tdm_kernels)
 tandem_unit_test(step_graph test_step_graph.c tdm_kernels)
 tandem_unit_test(weights_plan test_weights_plan.c tdm_kernels)
+tandem_unit_test(gdn_ops test_gdn_ops.c tdm_kernels)
 
 # The op test (ggml's test-backend-ops manner): the SIMD CPU backend against the scalar one
 # everywhere (this also keeps the harness honest in CI), and the CUDA backend against it on a
