@@ -375,13 +375,16 @@ static tdm_status_t load_hybrid(const gguf_ctx_t *ctx, mdl_hparams_t *hp, tdm_er
                         &hp->gdn_v_heads, err));
     int inner = 0;
     TDM_CHECK(get_count(ctx, key_of(key, sizeof(key), hp, "ssm.inner_size"), -1, &inner, err));
-    if (hp->gdn_conv < 1 || hp->gdn_conv > 16 || hp->gdn_head_dim < 1 || hp->gdn_k_heads < 1 ||
-        hp->gdn_v_heads < 1 || hp->gdn_v_heads % hp->gdn_k_heads != 0 ||
-        inner != hp->gdn_v_heads * hp->gdn_head_dim) {
+    /* bounded so that every size derived from them fits (state, scratch, channels) */
+    if (hp->gdn_conv < 1 || hp->gdn_conv > 16 || hp->gdn_head_dim < 1 || hp->gdn_head_dim > 4096 ||
+        hp->gdn_k_heads < 1 || hp->gdn_v_heads < 1 || hp->gdn_v_heads > 65536 ||
+        hp->gdn_v_heads % hp->gdn_k_heads != 0 ||
+        (int64_t)inner != (int64_t)hp->gdn_v_heads * hp->gdn_head_dim) {
         return tdm_error_set(err, TDM_ERR_FORMAT,
                              "%s: Gated DeltaNet sizes: conv %d taps, %d k heads, %d v heads of "
                              "%d, inner size %d (v heads must be a multiple of k heads, inner = "
-                             "v heads x state size, conv 1..16)",
+                             "v heads x state size, conv 1..16, state size <= 4096, v heads <= "
+                             "65536)",
                              hp->arch_name, hp->gdn_conv, hp->gdn_k_heads, hp->gdn_v_heads,
                              hp->gdn_head_dim, inner);
     }

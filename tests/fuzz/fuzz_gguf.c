@@ -2,10 +2,13 @@
  * fuzz_gguf.c - libFuzzer harness for the GGUF reader: parses the input with
  * gguf_open_memory() and, when it is accepted, touches everything a consumer could reach
  * (every key through every typed getter, every array element, every tensor's first and last
- * data byte and its lookup by name). Built with -DTANDEM_FUZZ=ON (clang); the same entry
+ * data byte and its lookup by name), then reads the hyper-parameters from it as the loader
+ * does (mdl_hparams_load: per-layer arrays, recurrent layers, ssm.* sizes, MTP blocks),
+ * checking what it derives. Built with -DTANDEM_FUZZ=ON (clang); the same entry
  * point is replayed over tests/fuzz/corpus/gguf by replay_main.c in the unit tests.
  */
 #include "model/gguf.h"
+#include "model/hparams.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -92,6 +95,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     FUZZ_REQUIRE(gguf_kv_at(g, gguf_n_kv(g)) == NULL &&
                  gguf_tensor_at(g, gguf_n_tensors(g)) == NULL);
+    static mdl_hparams_t hp; /* large (per-layer arrays): not on the stack */
+    tdm_error_clear(&err);
+    if (mdl_hparams_load(g, &hp, &err) == TDM_OK) {
+        FUZZ_REQUIRE(hp.n_layer >= 1 && hp.n_layer + hp.n_mtp <= MDL_MAX_LAYERS);
+        FUZZ_REQUIRE(hp.n_recurrent >= 0 && hp.n_recurrent <= hp.n_layer);
+        if (hp.n_recurrent > 0) {
+            FUZZ_REQUIRE(hp.gdn_k_heads > 0 && hp.gdn_v_heads % hp.gdn_k_heads == 0);
+            sink += mdl_hparams_state_bytes(&hp);
+        }
+    } else {
+        FUZZ_REQUIRE(err.msg[0] != '\0');
+    }
     gguf_close(g);
     return 0;
 }
