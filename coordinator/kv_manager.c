@@ -54,6 +54,7 @@ struct crd_kvm {
      * whose end it holds; the state slot id of stored state i is n_state_slots + i */
     kv_pool_t snap;
     int32_t *snap_owner; /* [snap.n] the cached full block it is tied to, or NIL */
+    int32_t state_every; /* blocks between stored states inside a prompt (0: none) */
 };
 
 struct crd_kv_seq {
@@ -194,7 +195,7 @@ tdm_status_t crd_kvm_create_pools(const crd_kvm_params_t *p, crd_kvm_t **out, td
 {
     if (p->n_blocks <= 0 || p->block_size <= 0 || p->block_size > 4096 || p->n_swa < 0 ||
         p->n_swa_blocks < 0 || (p->n_swa > 0) != (p->n_swa_blocks > 0) || p->n_state_slots < 0 ||
-        p->n_state_store < 0) {
+        p->n_state_store < 0 || p->state_every < 0) {
         return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
                              "kv manager: %d blocks of %d tokens, window %d in %d blocks",
                              (int)p->n_blocks, (int)p->block_size, (int)p->n_swa,
@@ -217,6 +218,7 @@ tdm_status_t crd_kvm_create_pools(const crd_kvm_params_t *p, crd_kvm_t **out, td
     kvm->buckets = malloc((size_t)nb * sizeof(int32_t));
     kvm->swa_owner = malloc((p->n_swa_blocks > 0 ? (size_t)p->n_swa_blocks : 1) * sizeof(int32_t));
     kvm->n_state_slots = p->n_state_slots;
+    kvm->state_every = p->state_every;
     kvm->slot_used = calloc(p->n_state_slots > 0 ? (size_t)p->n_state_slots : 1, 1);
     const int32_t n_snap = p->n_state_slots > 0 ? p->n_state_store : 0;
     kvm->snap_owner = malloc((n_snap > 0 ? (size_t)n_snap : 1) * sizeof(int32_t));
@@ -784,6 +786,13 @@ int32_t crd_kvm_seq_save_point(const crd_kvm_t *kvm, const crd_kv_seq_t *seq, in
         return 0;
     }
     const int32_t p = (n_tokens - 1) / kvm->block_size * kvm->block_size;
+    if (kvm->state_every > 0) {
+        const int32_t every = kvm->state_every * kvm->block_size;
+        const int32_t next = (seq->n_computed / every + 1) * every;
+        if (next < p) {
+            return next;
+        }
+    }
     return p > seq->n_computed ? p : 0;
 }
 

@@ -77,6 +77,10 @@ typedef struct crd_kvm_params {
      * with their full block. Their state slot ids follow the running slots':
      * n_state_slots + i. */
     int32_t n_state_store;
+    /* Also store states every state_every blocks of a prompt (0: only at its last full
+     * block), so prompts that share only a leading part (agents with one system prompt and
+     * different tasks) resume from the deepest such boundary of the shared part. */
+    int32_t state_every;
 } crd_kvm_params_t;
 
 typedef struct crd_kvm_stats {
@@ -147,8 +151,9 @@ int32_t crd_kvm_state_slots_free(const crd_kvm_t *kvm);
 /* The stored state (its slot id) the sequence's next step must load first: its prefix
  * hit's; -1 when none (always, after the step's commit). */
 int32_t crd_kvm_seq_state_load(const crd_kvm_t *kvm, const crd_kv_seq_t *seq);
-/* Where the sequence, with n_tokens to compute, wants its state stored: the end of its last
- * full block before token n_tokens - 1 while that is still ahead of it, else 0 (also
+/* Where the sequence, with n_tokens to compute, wants its state stored next: the next
+ * multiple of state_every blocks, or the end of its last full block before token
+ * n_tokens - 1, whichever comes first, while that is still ahead of it; else 0 (also
  * without stored states). A step should end there. */
 int32_t crd_kvm_seq_save_point(const crd_kvm_t *kvm, const crd_kv_seq_t *seq, int32_t n_tokens);
 /* For a step that ends at position n (a block boundary): a stored state (its slot id) the

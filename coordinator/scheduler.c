@@ -185,7 +185,8 @@ tdm_status_t crd_sched_create(const xp_executor_t *ex, const crd_sched_params_t 
                                  .n_swa = swa ? ex->n_swa : 0,
                                  .n_swa_blocks = swa ? ex->n_swa_blocks : 0,
                                  .n_state_slots = ex->n_state_slots,
-                                 .n_state_store = ex->n_state_store};
+                                 .n_state_store = ex->n_state_store,
+                                 .state_every = p->state_every / ex->block_tokens};
     tdm_status_t st = crd_kvm_create_pools(&kp, &s->kvm, err);
     s->kvm_swa = swa;
     if (st != TDM_OK) {

@@ -88,6 +88,9 @@ typedef struct crd_sched_params {
     int32_t n_ctx;          /* positions per sequence (<= executor n_ctx_max)      */
     uint64_t cache_seed;    /* namespaces prefix-cache hashes (model identity)     */
     crd_spec_params_t spec; /* speculative decoding (zero: off; spec.h)          */
+    /* Recurrent (Gated DeltaNet) models: also store the state every state_every prompt
+     * tokens (rounded down to blocks; 0: only at a prompt's last full block). */
+    int32_t state_every;
 } crd_sched_params_t;
 
 typedef struct crd_sched_stats {

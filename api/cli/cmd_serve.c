@@ -67,6 +67,9 @@ static void usage(FILE *out)
         "  --state-cache N          Gated DeltaNet models (qwen3next, qwen35moe): recurrent\n"
         "                           states of cached prefixes kept for prefix hits, in the\n"
         "                           KV budget (default: --max-running; 0: no prefix hits)\n"
+        "  --state-every N          ... stored also every N prompt tokens (default 0: at a\n"
+        "                           prompt's last full block only), so prompts that share\n"
+        "                           only a leading part resume inside it\n"
         "  --max-tokens N           default max_tokens when a request sets none (default:\n"
         "                           until the context is full)\n"
         "  --spec ngram|off         speculative decoding: drafts from the request's own\n"
@@ -426,6 +429,10 @@ int cmd_serve(int argc, char **argv)
             }
         } else if (ARG("--max-running")) {
             if (parse_int(a, v, 1, 4096, &c.max_running) != 0) {
+                goto out;
+            }
+        } else if (ARG("--state-every")) {
+            if (parse_int(a, v, 0, 1 << 24, &c.state_every) != 0) {
                 goto out;
             }
         } else if (ARG("--state-cache")) {

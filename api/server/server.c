@@ -141,6 +141,7 @@ static tdm_status_t load_model(srv_server_t *s, tdm_error_t *err)
                              .max_waiting = cfg->max_waiting,
                              .n_ctx = s->ex.n_ctx_max,
                              .cache_seed = 0x74616e64656dULL ^ (uint64_t)s->ex.n_vocab,
+                             .state_every = cfg->state_every,
                              .spec = {.mode = (crd_spec_mode_t)cfg->spec_mode,
                                       .max_draft = cfg->spec_max,
                                       .always = cfg->spec_always}};

@@ -134,3 +134,29 @@ def test_hybrid_state_cache_off(tandem_bin):
     finally:
         srv.stop()
     assert first == (text, n, 0) and again == (text, n, 0), (first, again)
+
+
+def test_hybrid_state_every_serves_shared_leading_part(tandem_bin):
+    """Two prompts that share only their first 100 tokens (one system prompt, two tasks):
+    by default the first stores its state at its own last full block only, which the second
+    does not share (no hit); with --state-every 32 it also stores at 32, 64 and 96, and the
+    second resumes at 96, answering as a cold server does."""
+    if not MODEL.exists():
+        pytest.skip("hybrid fixtures missing")
+    seqs = json.loads((HYBRID / "manifest.json").read_text())["sequences"]
+    shared = seqs["s150"][:100]
+    a, b = shared + seqs["s33"][:20], shared + seqs["s64"][:20]
+    cold = ServeProcess(MODEL, "--max-running", 2)
+    try:
+        want = complete(cold, b, 6)
+    finally:
+        cold.stop()
+    for args, hit in (([], 0), (["--state-every", 32], 96)):
+        srv = ServeProcess(MODEL, "--max-running", 2, *args)
+        try:
+            complete(srv, a, 6)
+            got = complete(srv, b, 6)
+        finally:
+            srv.stop()
+        assert got[2] == hit, (args, got)
+        assert got[:2] == want[:2], (args, got, want)

@@ -987,6 +987,41 @@ static void test_stored_states_give_prefix_hits(void **state)
     crd_kvm_destroy(kvm);
 }
 
+/* state_every: save points every K blocks inside a prompt, then its last full block; a
+ * prompt sharing only the first 40 tokens resumes at 32 (the deepest K boundary inside). */
+static void test_stored_states_every_k_blocks(void **state)
+{
+    (void)state;
+    crd_kvm_t *kvm = NULL;
+    const crd_kvm_params_t p = {
+        .n_blocks = 32, .block_size = 16, .n_state_slots = 1, .n_state_store = 4, .state_every = 2};
+    assert_int_equal(crd_kvm_create_pools(&p, &kvm, NULL), TDM_OK);
+    int32_t t[100], u[100], cached = -1;
+    fill(t, 100, 1);
+    memcpy(u, t, 40 * sizeof(int32_t));
+    fill(u + 40, 60, 700); /* u shares t's first 40 tokens */
+    crd_kv_seq_t *a = NULL;
+    assert_int_equal(crd_kvm_seq_create(kvm, t, 100, &a, &cached, NULL), TDM_OK);
+    const int32_t want[] = {32, 64, 96};
+    for (int i = 0; i < 3; i++) {
+        const int32_t sp = crd_kvm_seq_save_point(kvm, a, 100);
+        assert_int_equal(sp, want[i]);
+        assert_int_equal(crd_kvm_seq_reserve(kvm, a, sp), TDM_OK);
+        assert_true(crd_kvm_seq_state_save(kvm, a, sp) >= 1);
+        crd_kvm_seq_commit(kvm, a, t, sp);
+    }
+    assert_int_equal(crd_kvm_seq_save_point(kvm, a, 100), 0);
+    crd_kvm_seq_free(kvm, a);
+    crd_kv_seq_t *b = NULL;
+    assert_int_equal(crd_kvm_seq_create(kvm, u, 100, &b, &cached, NULL), TDM_OK);
+    assert_int_equal(cached, 32);
+    assert_true(crd_kvm_seq_state_load(kvm, b) >= 1);
+    assert_int_equal(crd_kvm_seq_save_point(kvm, b, 100), 64);
+    crd_kvm_seq_free(kvm, b);
+    check_accounting(kvm);
+    crd_kvm_destroy(kvm);
+}
+
 static void test_bad_arguments(void **state)
 {
     (void)state;
@@ -1026,6 +1061,7 @@ int main(void)
         cmocka_unit_test(test_swa_random_against_model),
         cmocka_unit_test(test_state_slots_and_no_prefix_hits),
         cmocka_unit_test(test_stored_states_give_prefix_hits),
+        cmocka_unit_test(test_stored_states_every_k_blocks),
         cmocka_unit_test(test_bad_arguments),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -259,7 +259,7 @@ static void check_many_swa(int32_t n_blocks, int32_t budget, int32_t max_running
     } else {
         fake_init(&fx, &ex, n_blocks, budget);
     }
-    crd_sched_params_t sp = {budget, max_running, 64, 256, 99, {0}};
+    crd_sched_params_t sp = {budget, max_running, 64, 256, 99, {0}, 0};
     crd_sched_t *s = NULL;
     assert_int_equal(crd_sched_create(&ex, &sp, &s, NULL), TDM_OK);
     static int32_t prompts[16][64];
@@ -328,7 +328,7 @@ static void test_prefix_cache_hit_is_reported_and_correct(void **state)
     fake_exec_t fx;
     xp_executor_t ex;
     fake_init(&fx, &ex, 64, 64);
-    crd_sched_params_t sp = {64, 8, 8, 256, 1, {0}};
+    crd_sched_params_t sp = {64, 8, 8, 256, 1, {0}, 0};
     crd_sched_t *s = NULL;
     assert_int_equal(crd_sched_create(&ex, &sp, &s, NULL), TDM_OK);
     int32_t p[30];
@@ -377,7 +377,7 @@ static void test_sliding_pool_prefix_hits(void **state)
     fake_exec_t fx;
     xp_executor_t ex;
     fake_init_swa(&fx, &ex, 128, 64, 6, 8);
-    crd_sched_params_t sp = {64, 4, 8, 256, 1, {0}};
+    crd_sched_params_t sp = {64, 4, 8, 256, 1, {0}, 0};
     crd_sched_t *s = NULL;
     assert_int_equal(crd_sched_create(&ex, &sp, &s, NULL), TDM_OK);
     int32_t p[30], want[5];
@@ -426,7 +426,7 @@ static void test_sliding_pool_bounds(void **state)
     fake_exec_t fx;
     xp_executor_t ex;
     fake_init_swa(&fx, &ex, 64, 64, 6, 4);
-    crd_sched_params_t sp = {64, 4, 8, 256, 1, {0}};
+    crd_sched_params_t sp = {64, 4, 8, 256, 1, {0}, 0};
     crd_sched_t *s = NULL;
     assert_int_equal(crd_sched_create(&ex, &sp, &s, NULL), TDM_OK);
     int32_t p[40], want[4];
@@ -456,7 +456,7 @@ static void test_decode_not_starved_by_long_prefill(void **state)
     fake_exec_t fx;
     xp_executor_t ex;
     fake_init(&fx, &ex, 128, 16);
-    crd_sched_params_t sp = {16, 8, 8, 256, 1, {0}};
+    crd_sched_params_t sp = {16, 8, 8, 256, 1, {0}, 0};
     crd_sched_t *s = NULL;
     assert_int_equal(crd_sched_create(&ex, &sp, &s, NULL), TDM_OK);
     int32_t shortp[3] = {1, 2, 3}, longp[200];
@@ -489,7 +489,7 @@ static void test_stop_cancel_limits_and_errors(void **state)
     fake_exec_t fx;
     xp_executor_t ex;
     fake_init(&fx, &ex, 64, 32);
-    crd_sched_params_t sp = {32, 8, 2, 40, 1, {0}};
+    crd_sched_params_t sp = {32, 8, 2, 40, 1, {0}, 0};
     crd_sched_t *s = NULL;
     assert_int_equal(crd_sched_create(&ex, &sp, &s, NULL), TDM_OK);
     int32_t p[10];
@@ -600,7 +600,7 @@ static void test_seeded_sampling_repeats(void **state)
         fake_exec_t fx;
         xp_executor_t ex;
         fake_init(&fx, &ex, 64, 32);
-        crd_sched_params_t sp = {32, 8, 8, 256, 1, {0}};
+        crd_sched_params_t sp = {32, 8, 8, 256, 1, {0}, 0};
         crd_sched_t *s = NULL;
         assert_int_equal(crd_sched_create(&ex, &sp, &s, NULL), TDM_OK);
         crd_request_params_t rp = greedy_req(p, 6, 40, &r[k]);
