@@ -443,7 +443,9 @@ K5_INLINE void q4_k_body(int64_t n, const void *restrict w, size_t rb, const voi
                 const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(qv, 4), m4);
                 for (int jj = 0; jj < 2; jj++) {
                     const int j = 2 * j2 + jj;
-                    const __m512i q = _mm512_shuffle_i64x2(lo, hi, jj ? 0xEE : 0x44);
+                    /* two literal immediates: an unoptimised build does not fold jj */
+                    const __m512i q = jj ? _mm512_shuffle_i64x2(lo, hi, 0xEE)
+                                         : _mm512_shuffle_i64x2(lo, hi, 0x44);
                     const __m512i sc = _mm512_shuffle_epi8(sc4, sel_q4k(j));
                     for (int t = 0; t < NT; t++) {
                         const __m512i p =
