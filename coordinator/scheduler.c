@@ -9,6 +9,7 @@
 
 #include <math.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -683,11 +684,13 @@ static tdm_status_t plan_drafts(crd_sched_t *s, tdm_error_t *err)
         s->stats.spec.cost_1 = crd_spec_cost_time(&s->cost, 1);
         s->stats.spec.cost_slope =
             crd_spec_cost_time(&s->cost, 33) - crd_spec_cost_time(&s->cost, 32);
-        TDM_INFO("sched",
-                 "speculative decoding cost model: step of 1 token %.2f ms, 8 %.2f ms, "
-                 "64 %.2f ms",
-                 1e3 * crd_spec_cost_time(&s->cost, 1), 1e3 * crd_spec_cost_time(&s->cost, 8),
-                 1e3 * crd_spec_cost_time(&s->cost, 64));
+        char line[256];
+        int len = 0;
+        for (int32_t i = 0; i < s->cost.n_points && len < (int)sizeof(line) - 24; i++) {
+            len += snprintf(line + len, sizeof(line) - (size_t)len, " %d: %.2f", 1 << i,
+                            1e3 * s->cost.t[i]);
+        }
+        TDM_INFO("sched", "speculative decoding cost model, ms per step of n tokens:%s", line);
     }
     int32_t planned = crd_spec_plan(&s->cost, s->plan_q, n_q, n_base, n_decode, room, always);
     TDM_DEBUG("sched", "spec plan: %d proposals, base %d, decode %d, room %d -> %d drafts",

@@ -8,7 +8,7 @@
 #include <string.h>
 
 #define ACCEPT_PRIOR 0.5f  /* a new sequence's acceptance estimate            */
-#define ACCEPT_EMA 0.3f    /* weight of the latest verification               */
+#define ACCEPT_EMA   0.3f  /* weight of the latest verification               */
 #define ACCEPT_FLOOR 0.02f /* an estimate never reaches 0: it can come back   */
 
 const char *crd_spec_mode_name(crd_spec_mode_t m)
@@ -47,10 +47,13 @@ static tdm_status_t ngram_update(void *impl, const int32_t *tokens, int32_t n)
     return crd_ngram_update(impl, tokens, n);
 }
 
+/* A single repeated token says little about what follows it: at least two must match. */
+#define NGRAM_MIN 2
+
 static int32_t ngram_propose(void *impl, const int32_t *tokens, int32_t n, int32_t max,
                              int32_t *out)
 {
-    return crd_ngram_propose(impl, tokens, n, 1, max, out);
+    return crd_ngram_propose(impl, tokens, n, NGRAM_MIN, max, out);
 }
 
 static void ngram_destroy(void *impl)
@@ -120,6 +123,7 @@ void crd_spec_seq_observe(crd_spec_seq_t *q, int32_t accepted)
      * failure */
     const int32_t trials = accepted + (accepted < q->n_draft ? 1 : 0);
     const float rate = (float)accepted / (float)trials;
+    q->n_obs++;
     q->accept += ACCEPT_EMA * (rate - q->accept);
     if (q->accept < ACCEPT_FLOOR) {
         q->accept = ACCEPT_FLOOR;
@@ -196,7 +200,9 @@ int32_t crd_spec_plan(const crd_spec_cost_t *c, crd_spec_seq_t *const *q, int32_
             if (q[i]->n_draft >= q[i]->n_proposed) {
                 continue;
             }
-            const double g = pow((double)q[i]->accept, (double)(q[i]->n_draft + 1));
+            double a = (double)q[i]->accept + 0.4 / sqrt(1.0 + (double)q[i]->n_obs);
+            a = a < 0.95 ? a : 0.95;
+            const double g = pow(a, (double)(q[i]->n_draft + 1));
             if (g > best_gain) {
                 best_gain = g;
                 best = i;

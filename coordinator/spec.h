@@ -20,9 +20,11 @@
  * (one per decoding sequence). A sequence whose drafts are accepted with probability a
  * each gains a^j expected tokens from its j-th draft. Drafts are added in order of gain
  * while (T + G + g) / t(n + 1) > (T + G) / t(n), i.e. while one more draft raises the
- * expected tokens per second of the step. A single stream on a bandwidth-bound machine
- * drafts freely (t grows slowly); a full batch, whose steps are already compute-bound,
- * drafts little or nothing.
+ * expected tokens per second of the step. While a sequence has had few verifications its
+ * estimate is taken optimistically (a + 0.4 / sqrt(1 + verifications), an upper
+ * confidence bound), so a new sequence tries a few drafts and then follows what it finds. A single
+ * stream on a bandwidth-bound machine drafts freely (t grows slowly); a full batch, whose steps are
+ * already compute-bound, drafts little or nothing.
  */
 #ifndef CRD_SPEC_H
 #define CRD_SPEC_H
@@ -89,6 +91,7 @@ typedef struct crd_spec_seq {
     void *impl;
     int32_t max_draft;  /* this request's cap                               */
     float accept;       /* EMA of the per-draft acceptance rate              */
+    int32_t n_obs;      /* verifications seen (exploration while few)        */
     int32_t n_proposed; /* proposal for this step (before planning)          */
     int32_t n_draft;    /* drafts in this step (after planning)              */
     int32_t draft[CRD_SPEC_MAX_DRAFT];

@@ -3,7 +3,8 @@
  *
  * Steps of 1, 2, 4, ... n_max tokens with logits at every position (what a verification
  * step asks for) are timed on a throw-away sequence; the fastest of three runs of each
- * size is kept. The first speculative step pays for it (a fraction of a second).
+ * size is kept (three rounds over all sizes). The first speculative step pays for it
+ * (a second or two).
  */
 #ifndef CRD_SPEC_COST_H
 #define CRD_SPEC_COST_H

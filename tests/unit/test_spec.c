@@ -93,11 +93,11 @@ static void check_verify_distribution(float temp, int top_k, int32_t draft, uint
 static void test_verify_keeps_the_distribution(void **state)
 {
     (void)state;
-    check_verify_distribution(1.0f, 0, 1, 11);   /* the most likely token        */
-    check_verify_distribution(1.0f, 0, 3, 12);   /* the least likely             */
-    check_verify_distribution(0.7f, 0, 7, 13);   /* another temperature          */
-    check_verify_distribution(1.0f, 3, 2, 14);   /* inside the top-k             */
-    check_verify_distribution(1.0f, 3, 0, 15);   /* filtered out: always rejected */
+    check_verify_distribution(1.0f, 0, 1, 11); /* the most likely token        */
+    check_verify_distribution(1.0f, 0, 3, 12); /* the least likely             */
+    check_verify_distribution(0.7f, 0, 7, 13); /* another temperature          */
+    check_verify_distribution(1.0f, 3, 2, 14); /* inside the top-k             */
+    check_verify_distribution(1.0f, 3, 0, 15); /* filtered out: always rejected */
     check_verify_distribution(1.5f, 4, 7, 16);
 }
 
@@ -179,6 +179,7 @@ static crd_spec_seq_t *seq_with(float accept, int32_t n_proposed)
     crd_spec_seq_t *q = NULL;
     assert_int_equal(crd_spec_seq_create(CRD_SPEC_NGRAM, 8, &q, NULL), TDM_OK);
     q->accept = accept;
+    q->n_obs = 10000; /* a settled estimate: no exploration bonus */
     q->n_proposed = n_proposed;
     return q;
 }
@@ -220,6 +221,14 @@ static void test_plan_follows_the_cost_model(void **state)
     const int32_t batch = crd_spec_plan(&mid, q, 16, 16, 16, 1000, false);
     assert_true(single > 0);
     assert_true(batch < 16 * single);
+    /* a fresh sequence explores: its estimate is taken optimistically at first */
+    crd_spec_seq_t *fresh = seq_with(0.3f, 6), *settled = seq_with(0.3f, 6);
+    fresh->n_obs = 0;
+    crd_spec_plan(&mid, &fresh, 1, 1, 1, 100, false);
+    crd_spec_plan(&mid, &settled, 1, 1, 1, 100, false);
+    assert_true(fresh->n_draft > settled->n_draft);
+    crd_spec_seq_destroy(fresh);
+    crd_spec_seq_destroy(settled);
     /* the estimate follows what verification finds */
     crd_spec_seq_t *e = seq_with(0.5f, 4);
     e->n_draft = 4;
