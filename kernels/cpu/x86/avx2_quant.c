@@ -1044,7 +1044,9 @@ void kern_vec_dot_rows_q6_k_avx2(int64_t n, const void *restrict w, size_t row_b
 #define MX_G 4 /* blocks per reduction group */
 
 /* kern_e8m0_to_fp32_half as bit patterns, for all 256 scale bytes */
-#define MX_E(e)   ((e) < 2 ? 0x00200000u << (e) : (uint32_t)((e)-1) << 23)
+#define MX_E(e)                       \
+    ((e) < 2 ? 0x00200000u << ((e)&1) \
+             : (uint32_t)((e)-1) << 23) /* &1: clang checks the shift of the branch not taken */
 #define MX_E4(e)  MX_E(e), MX_E((e) + 1), MX_E((e) + 2), MX_E((e) + 3)
 #define MX_E16(e) MX_E4(e), MX_E4((e) + 4), MX_E4((e) + 8), MX_E4((e) + 12)
 #define MX_E64(e) MX_E16(e), MX_E16((e) + 16), MX_E16((e) + 32), MX_E16((e) + 48)
