@@ -107,8 +107,11 @@ def complete_ids(srv, prompt, spec, n_tokens, **kw):
 
 # a prompt that repeats, so the n-gram drafter always finds something
 PATTERN = [(i * 37 + 11) % 370 for i in range(24)]
+# the last: "L t s(t)" for every id t, then L, so whatever the first token t1 is the
+# drafter (which needs two matching tokens) finds "L t1" and proposes s(t1)
 FIX_PROMPTS = [PATTERN * 3, PATTERN[:7] * 6 + [3, 4], list(range(40, 90)) * 2,
-               [5, 6, 7, 8] * 12 + PATTERN]
+               [5, 6, 7, 8] * 12 + PATTERN,
+               [x for t in range(360) for x in (365, t, (t * 53 + 7) % 360)] + [365]]
 
 
 @pytest.fixture(scope="module")
@@ -176,10 +179,11 @@ def two_sample_p(ca, cb):
 def test_sampled_distribution_unchanged(fixture_model):
     srv = ServeProcess(fixture_model, "--spec", "ngram", "--spec-always", "--spec-max", "4",
                        "--max-running", "64")
-    # every id below 360 once: whatever the first token is, the drafter proposes the one
-    # that followed it in the prompt, succ(t1)
-    prompt = [(i * 53) % 360 for i in range(360)]
-    succ = {prompt[i]: prompt[i + 1] for i in range(len(prompt) - 1)}
+    # L t succ(t) for every id t below 360, then L: whatever the first token t1 is, the
+    # drafter finds "L t1" earlier and proposes succ(t1) (it needs two matching tokens)
+    last = 365
+    succ = {t: (t * 53 + 7) % 360 for t in range(360)}
+    prompt = [x for t in range(360) for x in (last, t, succ[t])] + [last]
     try:
         text = {}
         for t in range(360):
