@@ -19,7 +19,7 @@ prompt was sent once before (one token), so prompts come from the prefix cache w
 server has one. tok/s = generated tokens after each request's first / (last streamed text
 - first streamed text of the batch): decode throughput, prompt processing left out.
 
-Tandem: one `tandem serve` (default flags: --spec ngram, the cost model deciding), the
+Tandem: one `tandem serve --spec ngram` (the cost model deciding), the
 same requests with "speculative": {"mode": "off"} and {"mode": "ngram"}, --repeat pairs
 per cell in alternating order, so both modes share the server, the warm-up and the load
 of the machine at that time; the median of each mode is reported; drafted/accepted
@@ -261,9 +261,11 @@ def main():
     args.concurrency = [int(x) for x in args.concurrency.split(",")]
     args.llama_concurrency = [int(x) for x in args.llama_concurrency.split(",")]
     work = args.workloads.split(",")
-    rows = [] if args.skip_tandem else tandem_pass(args, work, "tandem", [], ["off", "ngram"])
+    rows = [] if args.skip_tandem else tandem_pass(args, work, "tandem", ["--spec", "ngram"],
+                                                   ["off", "ngram"])
     if args.always:
-        al = tandem_pass(args, work, "tandem", ["--spec-always"], ["off", "ngram"])
+        al = tandem_pass(args, work, "tandem", ["--spec", "ngram", "--spec-always"],
+                         ["off", "ngram"])
         for r in al:
             r["mode"] = "always" if r["mode"] == "ngram" else "off-always"
         # compare "always" with the off runs of its own server

@@ -75,7 +75,8 @@ static void usage(FILE *out)
         "  --spec ngram|off         speculative decoding: drafts from the request's own\n"
         "                           prompt and output (n-gram lookup), verified in one\n"
         "                           step; drafts only while a cost model measured at the\n"
-        "                           first step says they pay (default ngram)\n"
+        "                           first step says they pay (default off: requests may\n"
+        "                           still ask for it; docs/serving.md)\n"
         "  --spec-max N             most drafted tokens per sequence and step (1..16,\n"
         "                           default 8)\n"
         "  --spec-always            draft every proposal, ignoring the cost model\n"
@@ -321,7 +322,7 @@ int cmd_serve(int argc, char **argv)
                       .batch = 512,
                       .max_running = 64,
                       .state_cache = -1,
-                      .spec_mode = CRD_SPEC_NGRAM,
+                      .spec_mode = CRD_SPEC_OFF,
                       .spec_max = 8,
                       .max_waiting = 256,
                       .max_body = 8u << 20,
