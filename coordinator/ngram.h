@@ -22,7 +22,7 @@
 
 typedef struct crd_ngram crd_ngram_t;
 
-crd_ngram_t *crd_ngram_create(void); /* NULL when out of memory */
+crd_ngram_t *crd_ngram_create(void);    /* NULL when out of memory */
 void crd_ngram_destroy(crd_ngram_t *g); /* NULL is fine */
 
 /* Brings the index up to tokens[0, n): tokens must extend what earlier calls saw (the
