@@ -294,6 +294,13 @@ def server(name, cmd, port, log_path, timeout=600):
         lf.close()
 
 
+def save_partial(args, rows, sys_tokens):
+    """the rows so far (a long run cut short keeps what it measured)"""
+    if args.json:
+        with open(args.json + ".partial", "w") as f:
+            json.dump({"rows": rows, "system_tokens": sys_tokens}, f, indent=1)
+
+
 def fmt(x, nd=2):
     return "n/a" if x is None else f"{x:.{nd}f}"
 
@@ -356,6 +363,7 @@ def main():
                 r = run_swarm(port, model_name, api, args, system, tools)
                 r["engine"] = "Tandem"
                 rows.append(r)
+                save_partial(args, rows, sys_tokens)
                 log(f"Tandem {api}: {fmt(r['tok_s'], 1)} tok/s, hit {fmt(r['hit_rate'], 3)}, "
                     f"errors {len(r['errors'])}")
     if args.llama_server_bin:
@@ -372,6 +380,7 @@ def main():
                 r = run_swarm(port, model_name, api, args, system, tools)
                 r["engine"] = "llama.cpp"
                 rows.append(r)
+                save_partial(args, rows, sys_tokens)
                 log(f"llama.cpp {api}: {fmt(r['tok_s'], 1)} tok/s, hit {fmt(r['hit_rate'], 3)}, "
                     f"errors {len(r['errors'])}")
     md = "\n".join([
