@@ -76,7 +76,7 @@ typedef struct srv_config {
     int n_shards;
     int tp, ep;                /* 0: chosen                                                     */
     int collective;            /* XP_MSG_PROTO_*: 0 UCX active messages, 1 RMA put + flag, 2 NCCL */
-    int coll_timeout_ms;       /* 0: 5000                                                       */
+    int coll_timeout_ms;       /* 0: 15000                                                      */
     int shard_timeout_ms;      /* 0: 1500                                                       */
     int shard_start_timeout_s; /* 0: 120                                                        */
     bool contiguous_experts;
