@@ -23,7 +23,7 @@
 #define TDM_TEMPLATE_H
 
 #include "common/status.h"
-#include "coordinator/jinja.h"
+#include "coordinator/jinja/jinja.h"
 #include "model/gguf.h"
 
 #include <jansson.h>

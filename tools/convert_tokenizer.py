@@ -186,7 +186,7 @@ def main():
     w.add_tokenizer_pre(args.pre)
     if is_nfc_normalizer(tj.get("normalizer")):
         # Tandem's own key (GGUF has none): the tokenizer NFC-normalizes text between
-        # special tokens before pre-tokenization (coordinator/README.md).
+        # special tokens before pre-tokenization (coordinator/tokenizer/README.md).
         w.add_string("tokenizer.ggml.normalizer", "nfc")
     w.add_token_list(tokens)
     w.add_token_types(types)

@@ -15,7 +15,7 @@
 #include "common/mem.h"
 #include "coordinator/scheduler.h"
 #include "coordinator/template.h"
-#include "coordinator/tokenizer.h"
+#include "coordinator/tokenizer/tokenizer.h"
 #include "model/gguf.h"
 #include "transport/exec_local.h"
 

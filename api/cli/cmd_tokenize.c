@@ -15,7 +15,7 @@
 #include "api/cli/cli.h"
 #include "common/clock.h"
 #include "common/status.h"
-#include "coordinator/tokenizer.h"
+#include "coordinator/tokenizer/tokenizer.h"
 #include "model/gguf.h"
 
 #include <jansson.h>

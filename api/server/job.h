@@ -13,7 +13,7 @@
 
 #include "api/server/metrics.h"
 #include "coordinator/engine.h"
-#include "coordinator/tokenizer.h"
+#include "coordinator/tokenizer/tokenizer.h"
 
 #include <stdbool.h>
 #include <stdint.h>

@@ -21,7 +21,7 @@
 #include "common/status.h"
 #include "coordinator/engine.h"
 #include "coordinator/template.h"
-#include "coordinator/tokenizer.h"
+#include "coordinator/tokenizer/tokenizer.h"
 #include "model/gguf.h"
 #include "transport/exec_local.h"
 #include "transport/exec_remote.h"

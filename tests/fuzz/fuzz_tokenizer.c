@@ -7,7 +7,7 @@
  * input is valid UTF-8. Built with -DTANDEM_FUZZ=ON (clang); replayed over
  * tests/fuzz/corpus/tokenizer by replay_main.c in the unit tests.
  */
-#include "coordinator/tokenizer.h"
+#include "coordinator/tokenizer/tokenizer.h"
 
 #include <stdbool.h>
 #include <stddef.h>

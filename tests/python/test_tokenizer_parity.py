@@ -14,7 +14,7 @@ Qwen3's tokenizer.json has an NFC normalizer; Tandem applies it too (tokenizer.g
 = "nfc", written by the converter; the default for pre qwen2), so Qwen3 must match HF with its
 real normalizer on every string.
 
-One deliberate, documented difference from HF (coordinator/README.md):
+One deliberate, documented difference from HF (coordinator/tokenizer/README.md):
   * Which added tokens user text may produce (parse_special off) follows the GGUF token type
     (USER_DEFINED), as in llama.cpp; HF uses its own `special` flag, which llama.cpp's converter
     overrides for texts that look special (<|fim_prefix|> ...). The HF oracle is given the

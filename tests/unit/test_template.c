@@ -1,5 +1,5 @@
 /*
- * test_template.c - unit tests of the chat-template engine (coordinator/jinja*.c,
+ * test_template.c - unit tests of the chat-template engine (coordinator/jinja/,
  * coordinator/template.c): lexing and whitespace control, parsing and operator
  * precedence, interpreter semantics (scoping, loops, macros, filters, tests, Python
  * value formatting), syntax-error positions, run-time errors and resource limits.

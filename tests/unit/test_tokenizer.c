@@ -4,7 +4,7 @@
  * (whole and streaming), and bad input. Real-vocabulary parity against HF tokenizers and
  * llama.cpp is tests/python/test_tokenizer_parity.py.
  */
-#include "coordinator/tokenizer.h"
+#include "coordinator/tokenizer/tokenizer.h"
 
 #include <setjmp.h>
 #include <stdarg.h>

@@ -17,8 +17,8 @@
  */
 #define PCRE2_CODE_UNIT_WIDTH 8
 
-#include "coordinator/tokenizer.h"
-#include "coordinator/tokenizer_internal.h"
+#include "coordinator/tokenizer/tokenizer.h"
+#include "coordinator/tokenizer/tokenizer_internal.h"
 
 #include "common/check.h"
 #include "common/log.h"

@@ -2,8 +2,8 @@
  * tokenizer_gguf.c - builds a tok_vocab_t from a GGUF file's tokenizer.* metadata
  * (keys and defaults: shared/reference/gguf-and-moe-architectures.md section 4.1).
  */
-#include "coordinator/tokenizer.h"
-#include "coordinator/tokenizer_internal.h"
+#include "coordinator/tokenizer/tokenizer.h"
+#include "coordinator/tokenizer/tokenizer_internal.h"
 
 #include "common/check.h"
 #include "common/log.h"

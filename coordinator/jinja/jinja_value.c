@@ -4,7 +4,7 @@
  * Python's semantics for truth, equality, ordering, str(), repr(), float formatting and
  * json.dumps.
  */
-#include "coordinator/jinja_internal.h"
+#include "coordinator/jinja/jinja_internal.h"
 
 #include <math.h>
 #include <stdarg.h>

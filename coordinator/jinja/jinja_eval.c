@@ -9,7 +9,7 @@
  * numbers, `and`/`or` returning an operand, string and list concatenation and
  * repetition, chained comparisons).
  */
-#include "coordinator/jinja_internal.h"
+#include "coordinator/jinja/jinja_internal.h"
 
 #include <math.h>
 #include <stdarg.h>

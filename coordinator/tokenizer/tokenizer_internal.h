@@ -5,7 +5,7 @@
 #ifndef TDM_TOKENIZER_INTERNAL_H
 #define TDM_TOKENIZER_INTERNAL_H
 
-#include "coordinator/tokenizer.h"
+#include "coordinator/tokenizer/tokenizer.h"
 
 typedef struct tok_str {
     const char *ptr;

@@ -7,7 +7,7 @@
  * Case mapping covers ASCII, Latin-1, Latin Extended-A, Greek, Cyrillic and fullwidth
  * Latin; other scripts are left unchanged (see coordinator/README.md).
  */
-#include "coordinator/jinja_internal.h"
+#include "coordinator/jinja/jinja_internal.h"
 
 #include <math.h>
 #include <stdio.h>

@@ -16,7 +16,7 @@
 #define TDM_JINJA_INTERNAL_H
 
 #include "common/status.h"
-#include "coordinator/jinja.h"
+#include "coordinator/jinja/jinja.h"
 
 #include <setjmp.h>
 #include <stdbool.h>

@@ -11,7 +11,7 @@
  *
  * Errors carry line and column (1-based) and a caret under the offending source line.
  */
-#include "coordinator/jinja_internal.h"
+#include "coordinator/jinja/jinja_internal.h"
 
 #include <stdarg.h>
 #include <stdio.h>
