@@ -397,8 +397,14 @@ void kern_be_moe_experts(kern_backend_t *be, const kern_moe_t *moe, const float 
  */
 typedef struct kern_gdn {
     int n_k_heads, n_v_heads, head_dim;
-    int conv;             /* taps of the causal conv                                       */
-    bool v_tiled;         /* v head h reads q/k head h % n_k_heads (else h / (n_v / n_k))  */
+    int conv;     /* taps of the causal conv                                       */
+    bool v_tiled; /* v head h reads q/k head h % n_k_heads (else h / (n_v / n_k))  */
+    /* A tensor-parallel slice (0 when unsplit): the layer has n_k_all k and n_v_all v heads,
+     * this one holds v heads [v_head0, v_head0 + n_v_heads) and k heads [k_head0, k_head0 +
+     * n_k_heads), every k head its v heads read. The head maps above apply to the global
+     * indices (v_tiled: (v_head0 + h) % n_k_all, else (v_head0 + h) / (n_v_all / n_k_all)),
+     * minus k_head0. */
+    int n_k_all, n_v_all, v_head0, k_head0;
     float eps;            /* of the L2 norms of q and k: x / sqrt(sum x^2 + eps)            */
     const float *conv_w;  /* [n_ch][conv], tap conv - 1 on the current token    */
     const float *a;       /* [n_v] ssm_a = -exp(A_log)                          */
@@ -423,7 +429,9 @@ void kern_be_gdn_conv(kern_backend_t *be, const kern_gdn_t *g, float *x, int64_t
  * The gated delta rule over the step's tokens. qkv: the conv outputs ([q | k | v] per
  * token, ldq apart); beta[t * ldb + bidx(h)], alpha[t * lda + bidx(h)] the raw gates of v
  * head h, where bidx(h) = (h / r) * grp + h % r with r = n_v / n_k (qwen3next packs b
- * and a per k head: grp = 2r, alpha = beta + r; separate tensors: grp = r). Per v head
+ * and a per k head: grp = 2r, alpha = beta + r; separate tensors: grp = r, bidx(h) = h).
+ * In a slice (n_k_all > 0) r = n_v_all / n_k_all and packed gates hold the rows of the k
+ * heads held: bidx(h) = (H / r - k_head0) * grp + H % r, H = v_head0 + h. Per v head
  * h, with q, k L2-normalised and q scaled by 1/sqrt(head_dim), b = sigmoid(beta),
  * g = a[h] * softplus(alpha + dt_bias[h]):
  *     S <- exp(g) S;  S <- S + k (b (v - S^T k))^T;  out = S^T q

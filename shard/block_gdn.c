@@ -12,7 +12,10 @@
  *   y = RMSNorm(o per v head; ssm_norm) * silu(z);  out = W_ssm_out y
  *
  * The state lives in the KV cache's slots (shard/kv_cache.h); each sequence of the step
- * names its slot. Facts: shared/reference/gguf-and-moe-architectures.md 3.5.
+ * names its slot. Under TP each rank runs its v heads and the k heads they read
+ * (shd_model.h): its conv channels, gates, norm rows and ssm_out columns; the outputs are
+ * summed over the TP group like attention's. Facts:
+ * shared/reference/gguf-and-moe-architectures.md 3.5.
  */
 #include "common/check.h"
 #include "shard/shd_internal.h"
@@ -26,22 +29,26 @@ tdm_status_t shd_block_gdn(shd_model_t *m, shd_kv_cache_t *kv, const shd_batch_t
     const mdl_hparams_t *hp = &m->hp;
     const shd_layer_t *L = &m->layers[il];
     const int64_t n = b->n_tokens, E = hp->n_embd, d = hp->gdn_head_dim;
-    const int nk = hp->gdn_k_heads, nv = hp->gdn_v_heads, r = nv / nk;
+    /* this rank's heads (all of them unsplit; shd_model.h) */
+    const int nk = m->n_gk_l, nv = m->n_gv_l, rr = hp->gdn_v_heads / hp->gdn_k_heads;
     const int64_t ch = (2 * (int64_t)nk + nv) * d, vd = (int64_t)nv * d;
     shd_scratch_t *s = &m->s;
     kern_backend_t *be = m->be;
 
-    /* b and a land in one buffer of 2 nv per token: packed (qwen3next: per k head r b's
-     * then r a's) as stored, or beta in columns [0, nv) and alpha in [nv, 2 nv) */
+    /* b and a land in one buffer: packed (qwen3next: per k head rr b's then rr a's) as
+     * stored, 2 rr per k head held; or beta in columns [0, nv) and alpha in [nv, 2 nv) */
     const bool packed = L->gdn_ba.data != NULL;
-    kern_matmul_op_t ops[4] = {{&L->gdn_qkv, s->xn, E, s->gqkv, ch},
+    const int64_t ldba = packed ? 2 * rr * (int64_t)nk : 2 * (int64_t)nv;
+    kern_matmul_op_t ops[6] = {{&L->gdn_q, s->xn, E, s->gqkv, ch},
+                               {&L->gdn_k, s->xn, E, s->gqkv + nk * d, ch},
+                               {&L->gdn_v, s->xn, E, s->gqkv + 2 * nk * d, ch},
                                {&L->gdn_z, s->xn, E, s->gz, vd}};
-    int n_ops = 2;
+    int n_ops = 4;
     if (packed) {
-        ops[n_ops++] = (kern_matmul_op_t){&L->gdn_ba, s->xn, E, s->gba, 2 * (int64_t)nv};
+        ops[n_ops++] = (kern_matmul_op_t){&L->gdn_ba, s->xn, E, s->gba, ldba};
     } else {
-        ops[n_ops++] = (kern_matmul_op_t){&L->gdn_beta, s->xn, E, s->gba, 2 * (int64_t)nv};
-        ops[n_ops++] = (kern_matmul_op_t){&L->gdn_alpha, s->xn, E, s->gba + nv, 2 * (int64_t)nv};
+        ops[n_ops++] = (kern_matmul_op_t){&L->gdn_beta, s->xn, E, s->gba, ldba};
+        ops[n_ops++] = (kern_matmul_op_t){&L->gdn_alpha, s->xn, E, s->gba + nv, ldba};
     }
     kern_be_matmul(be, n_ops, ops, n);
 
@@ -51,6 +58,10 @@ tdm_status_t shd_block_gdn(shd_model_t *m, shd_kv_cache_t *kv, const shd_batch_t
         .head_dim = (int)d,
         .conv = hp->gdn_conv,
         .v_tiled = hp->gdn_v_tiled,
+        .n_k_all = hp->gdn_k_heads,
+        .n_v_all = hp->gdn_v_heads,
+        .v_head0 = m->gv_lo,
+        .k_head0 = m->gk_lo,
         .eps = GDN_L2_EPS,
         .conv_w = L->gdn_conv_w,
         .a = L->gdn_a,
@@ -60,8 +71,8 @@ tdm_status_t shd_block_gdn(shd_model_t *m, shd_kv_cache_t *kv, const shd_batch_t
         .n_slots = shd_kv_cache_config(kv)->n_state_slots,
     };
     kern_be_gdn_conv(be, &g, s->gqkv, ch);
-    kern_be_gdn_rule(be, &g, s->gqkv, ch, s->gba, 2 * (int64_t)nv, s->gba + (packed ? r : nv),
-                     2 * (int64_t)nv, packed ? 2 * r : r, s->go);
+    kern_be_gdn_rule(be, &g, s->gqkv, ch, s->gba, ldba, s->gba + (packed ? rr : nv), ldba,
+                     packed ? 2 * rr : rr, s->go);
     kern_be_rms_norm_gated(be, s->go, d, s->go, d, L->gdn_norm, s->gz, d, n * nv, d, hp->rms_eps);
     const kern_matmul_op_t out = {&L->gdn_out, s->go, vd, s->proj, E};
     kern_be_matmul(be, 1, &out, n);

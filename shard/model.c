@@ -291,12 +291,66 @@ tdm_status_t shd_bind_shared_expert(shd_model_t *m, int il, tdm_error_t *err)
     return TDM_OK;
 }
 
+/* The conv taps of the local channels (three runs of the [q | k | v] channels) gathered
+ * into memory the model owns: a split's channels are not one slice of the tensor. */
+static tdm_status_t bind_conv_gather(shd_model_t *m, const char *name, int64_t conv, int64_t ch,
+                                     const int64_t run[3][2], const float **out, tdm_error_t *err)
+{
+    const gguf_tensor_t *t = find_tensor(m, name, err);
+    if (t == NULL) {
+        return TDM_ERR_NOT_FOUND;
+    }
+    if (t->ne[0] != conv || t->ne[1] != ch || t->ne[2] != 1 || t->ne[3] != 1) {
+        return tdm_error_set(
+            err, TDM_ERR_FORMAT, "tensor '%s': shape [%lld, %lld], expected [%lld, %lld]", name,
+            (long long)t->ne[0], (long long)t->ne[1], (long long)conv, (long long)ch);
+    }
+    const int64_t n_ch = run[0][1] + run[1][1] + run[2][1];
+    float *whole = NULL;
+    const float *src = (const float *)t->data;
+    if (t->type != TDM_TYPE_F32) {
+        whole = malloc((size_t)(conv * ch) * sizeof(float));
+        if (whole == NULL) {
+            return tdm_error_set(err, TDM_ERR_NO_MEMORY, "tensor '%s': out of memory", name);
+        }
+        tdm_status_t st = kern_dequantize(t->type, t->data, whole, conv * ch, err);
+        if (st != TDM_OK) {
+            free(whole);
+            return st;
+        }
+        src = whole;
+    }
+    float *buf = malloc((size_t)(n_ch * conv) * sizeof(float));
+    if (buf == NULL) {
+        free(whole);
+        return tdm_error_set(err, TDM_ERR_NO_MEMORY, "tensor '%s': out of memory", name);
+    }
+    float *p = buf;
+    for (int i = 0; i < 3; i++) {
+        TDM_ASSERT(run[i][0] >= 0 && run[i][1] >= 0 && run[i][0] + run[i][1] <= ch);
+        memcpy(p, src + run[i][0] * conv, (size_t)(run[i][1] * conv) * sizeof(float));
+        p += run[i][1] * conv;
+    }
+    free(whole);
+    m->owned = tdm_xrealloc(m->owned, (size_t)(m->n_owned + 1) * sizeof(float *));
+    m->owned[m->n_owned++] = buf;
+    m->weight_bytes += (uint64_t)t->nbytes * (uint64_t)n_ch / (uint64_t)ch;
+    add_ref(m, (kern_weight_ref_t){.vec = out, .vec_len = n_ch * conv});
+    *out = buf;
+    return TDM_OK;
+}
+
 tdm_status_t shd_bind_gdn(shd_model_t *m, int il, tdm_error_t *err)
 {
     const mdl_hparams_t *hp = &m->hp;
     shd_layer_t *L = &m->layers[il];
     const int64_t E = hp->n_embd, d = hp->gdn_head_dim, nv = hp->gdn_v_heads;
-    const int64_t ch = (2 * (int64_t)hp->gdn_k_heads + nv) * d, vd = nv * d;
+    const int64_t nk = hp->gdn_k_heads, rr = nv / nk;
+    const int64_t ch = (2 * nk + nv) * d, vd = nv * d;
+    /* this rank's heads: rows of the projections, channels of the conv */
+    const int64_t k0 = m->gk_lo, kn = m->n_gk_l, v0 = m->gv_lo, vn = m->n_gv_l;
+    const int64_t run[3][2] = {
+        {k0 * d, kn * d}, {(nk + k0) * d, kn * d}, {(2 * nk + v0) * d, vn * d}};
     char n[GGUF_MAX_NAME];
 #define NAME(suffix) (snprintf(n, sizeof(n), "blk.%d." suffix, il), n)
     L->is_gdn = 1;
@@ -309,21 +363,39 @@ tdm_status_t shd_bind_gdn(shd_model_t *m, int il, tdm_error_t *err)
                              "(attn_qkv + attn_gate)",
                              il);
     }
-    TDM_CHECK(shd_bind_mat(m, NAME("attn_qkv.weight"), E, ch, 0, ch, 0, E, &L->gdn_qkv, err));
-    TDM_CHECK(shd_bind_mat(m, NAME("attn_gate.weight"), E, vd, 0, vd, 0, E, &L->gdn_z, err));
-    if (gguf_find_tensor(m->g, NAME("ssm_ba.weight")) != NULL) {
-        TDM_CHECK(shd_bind_mat(m, n, E, 2 * nv, 0, 2 * nv, 0, E, &L->gdn_ba, err));
-    } else {
-        TDM_CHECK(shd_bind_mat(m, NAME("ssm_beta.weight"), E, nv, 0, nv, 0, E, &L->gdn_beta, err));
+    for (int i = 0; i < 3; i++) {
+        kern_weight_t *w[] = {&L->gdn_q, &L->gdn_k, &L->gdn_v};
         TDM_CHECK(
-            shd_bind_mat(m, NAME("ssm_alpha.weight"), E, nv, 0, nv, 0, E, &L->gdn_alpha, err));
+            shd_bind_mat(m, NAME("attn_qkv.weight"), E, ch, run[i][0], run[i][1], 0, E, w[i], err));
     }
-    TDM_CHECK(shd_bind_f32(m, NAME("ssm_conv1d.weight"), hp->gdn_conv, ch, 0, hp->gdn_conv * ch,
-                           &L->gdn_conv_w, err));
-    TDM_CHECK(shd_bind_vec(m, NAME("ssm_a"), nv, &L->gdn_a, err));
-    TDM_CHECK(shd_bind_vec(m, NAME("ssm_dt.bias"), nv, &L->gdn_dt_bias, err));
+    TDM_CHECK(
+        shd_bind_mat(m, NAME("attn_gate.weight"), E, vd, v0 * d, vn * d, 0, E, &L->gdn_z, err));
+    if (gguf_find_tensor(m->g, NAME("ssm_ba.weight")) != NULL) {
+        if (hp->gdn_v_tiled && m->n_gv_l < nv) {
+            return tdm_error_set(err, TDM_ERR_UNSUPPORTED,
+                                 "%s: b / a gates packed per k head with v heads in tiled order "
+                                 "do not split over tp %d",
+                                 hp->arch_name, m->params.part.tp_size);
+        }
+        /* packed per k head: the rows of the k heads held */
+        TDM_CHECK(shd_bind_mat(m, n, E, 2 * nv, 2 * rr * k0, 2 * rr * kn, 0, E, &L->gdn_ba, err));
+    } else {
+        TDM_CHECK(shd_bind_mat(m, NAME("ssm_beta.weight"), E, nv, v0, vn, 0, E, &L->gdn_beta, err));
+        TDM_CHECK(
+            shd_bind_mat(m, NAME("ssm_alpha.weight"), E, nv, v0, vn, 0, E, &L->gdn_alpha, err));
+    }
+    if (vn == nv) {
+        TDM_CHECK(shd_bind_f32(m, NAME("ssm_conv1d.weight"), hp->gdn_conv, ch, 0, hp->gdn_conv * ch,
+                               &L->gdn_conv_w, err));
+    } else {
+        TDM_CHECK(bind_conv_gather(m, NAME("ssm_conv1d.weight"), hp->gdn_conv, ch, run,
+                                   &L->gdn_conv_w, err));
+    }
+    TDM_CHECK(shd_bind_f32(m, NAME("ssm_a"), nv, 1, v0, vn, &L->gdn_a, err));
+    TDM_CHECK(shd_bind_f32(m, NAME("ssm_dt.bias"), nv, 1, v0, vn, &L->gdn_dt_bias, err));
     TDM_CHECK(shd_bind_vec(m, NAME("ssm_norm.weight"), d, &L->gdn_norm, err));
-    TDM_CHECK(shd_bind_mat(m, NAME("ssm_out.weight"), vd, E, 0, E, 0, vd, &L->gdn_out, err));
+    TDM_CHECK(
+        shd_bind_mat(m, NAME("ssm_out.weight"), vd, E, 0, E, v0 * d, vn * d, &L->gdn_out, err));
 #undef NAME
     return TDM_OK;
 }
@@ -395,6 +467,38 @@ static tdm_status_t bind_mtp(shd_model_t *m, tdm_error_t *err)
     return TDM_OK;
 }
 
+/* Gated DeltaNet heads over TP: the v heads in runs like the q heads (the first
+ * n_v % tp ranks one more), each rank with the k heads its v heads read: a run of
+ * v heads / (n_v / n_k) in grouped order, in tiled order (v head h reads k head h % n_k)
+ * the run's residues, or every k head when the run wraps. The conv channels, gates, norm
+ * and output columns follow the heads. */
+static tdm_status_t plan_gdn_heads(shd_model_t *m, tdm_error_t *err)
+{
+    const mdl_hparams_t *hp = &m->hp;
+    const int tp = m->params.part.tp_size, r = m->params.part.tp_rank;
+    const int nv = hp->gdn_v_heads, nk = hp->gdn_k_heads;
+    if (tp > nv) {
+        return tdm_error_set(err, TDM_ERR_UNSUPPORTED,
+                             "partition: tp %d is more than the %d Gated DeltaNet value heads", tp,
+                             nv);
+    }
+    const int vb = nv / tp, vr = nv % tp;
+    m->n_gv_l = vb + (r < vr);
+    m->gv_lo = r * vb + (r < vr ? r : vr);
+    if (!hp->gdn_v_tiled) {
+        const int rr = nv / nk;
+        m->gk_lo = m->gv_lo / rr;
+        m->n_gk_l = (m->gv_lo + m->n_gv_l - 1) / rr + 1 - m->gk_lo;
+    } else if (m->gv_lo % nk + m->n_gv_l <= nk) {
+        m->gk_lo = m->gv_lo % nk;
+        m->n_gk_l = m->n_gv_l;
+    } else {
+        m->gk_lo = 0;
+        m->n_gk_l = nk;
+    }
+    return TDM_OK;
+}
+
 /* This rank's ranges of heads, FFN columns, experts and vocab rows. */
 static tdm_status_t plan_partition(shd_model_t *m, tdm_error_t *err)
 {
@@ -462,6 +566,9 @@ static tdm_status_t plan_partition(shd_model_t *m, tdm_error_t *err)
         }
         m->n_ffe_l = hp->n_ff_exp / tp;
         m->ffe_lo = r * m->n_ffe_l;
+    }
+    if (hp->n_recurrent > 0) {
+        TDM_CHECK(plan_gdn_heads(m, err));
     }
     if (hp->n_vocab % tp == 0) {
         m->n_vocab_l = hp->n_vocab / tp;
@@ -772,10 +879,11 @@ uint64_t shd_model_prefault(const shd_model_t *m)
     uint64_t sum = touch_view(&m->tok_embd, 1, 0) + touch_view(&m->output, 1, 0);
     for (int il = 0; il < m->hp.n_layer; il++) {
         const shd_layer_t *L = &m->layers[il];
-        const kern_weight_t *mats[] = {
-            &L->wq,       &L->wk,     &L->wv,        &L->wo,         &L->ffn_gate,  &L->ffn_up,
-            &L->ffn_down, &L->router, &L->shexp_inp, &L->shexp_gate, &L->shexp_up,  &L->shexp_down,
-            &L->gdn_qkv,  &L->gdn_z,  &L->gdn_ba,    &L->gdn_beta,   &L->gdn_alpha, &L->gdn_out};
+        const kern_weight_t *mats[] = {&L->wq,        &L->wk,         &L->wv,        &L->wo,
+                                       &L->ffn_gate,  &L->ffn_up,     &L->ffn_down,  &L->router,
+                                       &L->shexp_inp, &L->shexp_gate, &L->shexp_up,  &L->shexp_down,
+                                       &L->gdn_q,     &L->gdn_k,      &L->gdn_v,     &L->gdn_z,
+                                       &L->gdn_ba,    &L->gdn_beta,   &L->gdn_alpha, &L->gdn_out};
         for (size_t i = 0; i < TDM_ARRAY_SIZE(mats); i++) {
             sum += touch_view(mats[i], 1, 0);
         }
@@ -842,7 +950,7 @@ tdm_status_t shd_model_kv_pools(const shd_model_t *m, int block_tokens, uint64_t
     const int32_t n_slots = m->hp.n_recurrent > 0 ? m->params.n_out_max : 0;
     const int32_t n_store =
         n_slots > 0 && m->params.n_state_store > 0 ? m->params.n_state_store : 0;
-    const uint64_t state_bytes = (uint64_t)(n_slots + n_store) * mdl_hparams_state_bytes(&m->hp);
+    const uint64_t state_bytes = (uint64_t)(n_slots + n_store) * shd_model_state_bytes(m);
     if (kv_bytes > 0 && state_bytes > 0) {
         if (state_bytes >= kv_bytes) {
             return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
@@ -915,6 +1023,28 @@ tdm_status_t shd_model_kv_pools(const shd_model_t *m, int block_tokens, uint64_t
     return TDM_OK;
 }
 
+/* One GDN layer's state of one sequence on this rank: the conv inputs of its channels,
+ * the delta-rule matrix of each of its v heads. */
+static int64_t gdn_conv_floats(const shd_model_t *m)
+{
+    const int64_t d = m->hp.gdn_head_dim;
+    return m->hp.n_recurrent > 0
+               ? (int64_t)(m->hp.gdn_conv - 1) * (2 * (int64_t)m->n_gk_l + m->n_gv_l) * d
+               : 0;
+}
+
+static int64_t gdn_ssm_floats(const shd_model_t *m)
+{
+    const int64_t d = m->hp.gdn_head_dim;
+    return m->hp.n_recurrent > 0 ? (int64_t)m->n_gv_l * d * d : 0;
+}
+
+uint64_t shd_model_state_bytes(const shd_model_t *m)
+{
+    return (uint64_t)m->hp.n_recurrent * (uint64_t)(gdn_conv_floats(m) + gdn_ssm_floats(m)) *
+           sizeof(float);
+}
+
 tdm_status_t shd_model_kv_blocks(const shd_model_t *m, int block_tokens, uint64_t kv_bytes,
                                  int32_t *n_blocks, size_t *block_bytes, tdm_error_t *err)
 {
@@ -942,8 +1072,8 @@ void shd_model_kv_config_pools(const shd_model_t *m, int block_tokens, const shd
     if (m->hp.n_recurrent > 0) {
         out->n_state_slots =
             pools->n_state_slots > 0 ? pools->n_state_slots + pools->n_state_store : 1;
-        out->state_conv_floats = mdl_hparams_gdn_conv_floats(&m->hp);
-        out->state_ssm_floats = mdl_hparams_gdn_state_floats(&m->hp);
+        out->state_conv_floats = gdn_conv_floats(m);
+        out->state_ssm_floats = gdn_ssm_floats(m);
         memcpy(out->layer_recurrent, m->hp.layer_recurrent, sizeof(out->layer_recurrent));
     }
 }

@@ -50,7 +50,8 @@ typedef struct shd_layer {
      * ssm_ba, or ssm_beta and ssm_alpha); conv taps, ssm_a, dt bias, the gated norm and
      * the output projection */
     int is_gdn;
-    kern_weight_t gdn_qkv, gdn_z, gdn_ba, gdn_beta, gdn_alpha, gdn_out;
+    kern_weight_t gdn_q, gdn_k, gdn_v; /* the local heads' rows of attn_qkv */
+    kern_weight_t gdn_z, gdn_ba, gdn_beta, gdn_alpha, gdn_out;
     const float *gdn_conv_w, *gdn_a, *gdn_dt_bias, *gdn_norm;
 } shd_layer_t;
 
@@ -109,6 +110,10 @@ struct shd_model {
     int exp_lo, n_exp_l;     /* experts (default range; layers may differ)      */
     int ffe_lo, n_ffe_l;     /* columns of each expert                          */
     int vocab_lo, n_vocab_l; /* output rows                                     */
+    /* Gated DeltaNet heads: v heads [gv_lo, gv_lo + n_gv_l) in runs like the q heads, and
+     * the k heads [gk_lo, gk_lo + n_gk_l) they read (all of them when a tiled run wraps) */
+    int gv_lo, n_gv_l;
+    int gk_lo, n_gk_l;
     int world_size;
 
     kern_weight_t tok_embd;  /* full, for row lookup                            */

@@ -133,6 +133,11 @@ typedef struct shd_kv_pools {
 tdm_status_t shd_model_kv_pools(const shd_model_t *m, int block_tokens, uint64_t kv_bytes,
                                 shd_kv_pools_t *out, tdm_error_t *err);
 
+/* One sequence's recurrent state on this shard: conv inputs and delta-rule matrices of
+ * every Gated DeltaNet layer for this rank's heads (mdl_hparams_state_bytes / about tp under
+ * a TP split; 0 without such layers). */
+uint64_t shd_model_state_bytes(const shd_model_t *m);
+
 /* The sliding pool the rule above wants before the min with the full pool (also what
  * topology/topo_plan.c counts). */
 size_t shd_kv_swa_pool_want(int window, int block_tokens, int n_batch_max, int n_seqs_max);

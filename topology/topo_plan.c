@@ -167,6 +167,12 @@ static tdm_status_t check_split(const mdl_hparams_t *hp, const model_shape_t *ms
                              "one expert)",
                              ep, hp->n_expert);
     }
+    if (hp->n_recurrent > 0 && tp > hp->gdn_v_heads) {
+        return tdm_error_set(err, TDM_ERR_UNSUPPORTED,
+                             "tp %d is more than the %d Gated DeltaNet value heads (each TP rank "
+                             "needs at least one)",
+                             tp, hp->gdn_v_heads);
+    }
     if (ms->any_moe && hp->n_ff_exp % tp != 0) {
         return tdm_error_set(err, TDM_ERR_UNSUPPORTED,
                              "tp %d does not divide the expert width %d "
@@ -198,6 +204,19 @@ static void partition(const mdl_hparams_t *hp, const model_shape_t *ms, int tp, 
         s->expert_cols.n = hp->n_ff_exp / tp;
         s->expert_cols.lo = r * s->expert_cols.n;
     }
+    if (hp->n_recurrent > 0) { /* plan_gdn_heads */
+        const int nv = hp->gdn_v_heads, nk = hp->gdn_k_heads, vb = nv / tp, vr = nv % tp;
+        s->gdn_v.n = vb + (r < vr);
+        s->gdn_v.lo = r * vb + (r < vr ? r : vr);
+        if (!hp->gdn_v_tiled) {
+            s->gdn_k.lo = s->gdn_v.lo / (nv / nk);
+            s->gdn_k.n = (s->gdn_v.lo + s->gdn_v.n - 1) / (nv / nk) + 1 - s->gdn_k.lo;
+        } else if (s->gdn_v.lo % nk + s->gdn_v.n <= nk) {
+            s->gdn_k = (topo_range_t){s->gdn_v.lo % nk, s->gdn_v.n};
+        } else {
+            s->gdn_k = (topo_range_t){0, nk};
+        }
+    }
     if (hp->n_vocab % tp == 0) {
         s->vocab_rows.n = hp->n_vocab / tp;
         s->vocab_rows.lo = r * s->vocab_rows.n;
@@ -218,6 +237,10 @@ typedef enum sel {
     SEL_HEAD1,   /* q heads, one value each (attention sinks)             */
     SEL_HEADS2,  /* q heads x 2 head_dim (gated attention's q + gate)     */
     SEL_EXPERTS, /* the EP group's experts of the layer, a row of ne0 each */
+    SEL_GDN_V,   /* Gated DeltaNet v heads x head_dim                     */
+    SEL_GDN_V1,  /* GDN v heads, one value each (ssm_a, dt bias, b, a)    */
+    SEL_GDN_BA,  /* GDN k heads x 2 (n_v / n_k) (b / a packed per k head) */
+    SEL_GDN_CH,  /* GDN conv channels (q, k of the k heads, v) x taps      */
 } sel_t;
 
 typedef struct builder {
@@ -231,7 +254,7 @@ typedef struct builder {
 static topo_range_t range_of(const topo_plan_t *pl, const topo_shard_plan_t *s, sel_t sel,
                              int64_t full, int il, int64_t row)
 {
-    const int hd = pl->hp.head_dim;
+    const int hd = pl->hp.head_dim, gd = pl->hp.gdn_head_dim;
     switch (sel) {
     case SEL_HEADS:
         return (topo_range_t){s->heads.lo * hd, s->heads.n * hd};
@@ -245,6 +268,16 @@ static topo_range_t range_of(const topo_plan_t *pl, const topo_shard_plan_t *s, 
         return s->heads;
     case SEL_HEADS2:
         return (topo_range_t){s->heads.lo * 2 * hd, s->heads.n * 2 * hd};
+    case SEL_GDN_V:
+        return (topo_range_t){s->gdn_v.lo * gd, s->gdn_v.n * gd};
+    case SEL_GDN_V1:
+        return s->gdn_v;
+    case SEL_GDN_BA: {
+        const int rr2 = 2 * (pl->hp.gdn_v_heads / pl->hp.gdn_k_heads);
+        return (topo_range_t){s->gdn_k.lo * rr2, s->gdn_k.n * rr2};
+    }
+    case SEL_GDN_CH: /* the count only: three runs of channels, gathered */
+        return (topo_range_t){0, (2 * s->gdn_k.n + s->gdn_v.n) * gd * pl->hp.gdn_conv};
     case SEL_EXPERTS: {
         const int k = il * pl->ep + s->ep_rank;
         return (topo_range_t){(int)(pl->expert_lo[k] * row), (int)(pl->expert_n[k] * row)};
@@ -377,7 +410,9 @@ static tdm_status_t bind_f32(builder_t *b, const char *name, int64_t ne0, int64_
         topo_shard_plan_t *sp = &pl->shards[s];
         const topo_range_t r = range_of(pl, sp, sel, (int64_t)n_all, layer, ne0);
         tp->per_shard[s] = t->nbytes * (uint64_t)r.n / n_all;
-        if (r.n > 0 && t->type != TDM_TYPE_F32) {
+        if (sel == SEL_GDN_CH && (uint64_t)r.n < n_all) {
+            sp->vec_copies += (uint64_t)r.n * sizeof(float); /* bind_conv_gather's copy */
+        } else if (r.n > 0 && t->type != TDM_TYPE_F32) {
             sp->vec_copies += n_all * sizeof(float);
         }
         if (sel == SEL_EXPERTS) {
@@ -665,32 +700,74 @@ static tdm_status_t plan_attention(builder_t *b, int il, tdm_error_t *err)
     return TDM_OK;
 }
 
-/* shd_bind_gdn and shd_bind_shared_expert of shard/model.c: every tensor whole (the
- * hybrid models run unsplit). */
+/* attn_qkv under shd_bind_gdn: three row views (q and k of the k heads held, v of the v
+ * heads held), one tensor's bytes. */
+static tdm_status_t plan_gdn_qkv(builder_t *b, const char *name, int il, tdm_error_t *err)
+{
+    topo_plan_t *pl = b->plan;
+    const mdl_hparams_t *hp = &pl->hp;
+    const int64_t E = hp->n_embd, d = hp->gdn_head_dim;
+    const int64_t ch = (2 * (int64_t)hp->gdn_k_heads + hp->gdn_v_heads) * d;
+    const gguf_tensor_t *t = need(b, name, err);
+    if (t == NULL) {
+        return TDM_ERR_NOT_FOUND;
+    }
+    if (t->ne[0] != E || t->ne[1] != ch || t->ne[2] != 1 || t->ne[3] != 1) {
+        return shape_error(t, E, ch, 1, err);
+    }
+    TDM_CHECK(check_type(t, err));
+    const bool whole = pl->tp == 1;
+    topo_tensor_plan_t *tp = add_tensor(
+        b, t, il, whole ? TOPO_SPLIT_REPLICATED : TOPO_SPLIT_TP_ROWS, TOPO_CLASS_ATTENTION);
+    const uint64_t row = tdm_type_row_size(t->type, E);
+    for (int s = 0; s < pl->n_shards; s++) {
+        const topo_shard_plan_t *sp = &pl->shards[s];
+        const uint64_t nk = (uint64_t)sp->gdn_k.n * (uint64_t)d,
+                       nv = (uint64_t)sp->gdn_v.n * (uint64_t)d;
+        tp->per_shard[s] = (2 * nk + nv) * row;
+        device_view(pl, s, nk * row);
+        device_view(pl, s, nk * row);
+        device_view(pl, s, nv * row);
+    }
+    account(pl, tp, 0);
+    return TDM_OK;
+}
+
+/* shd_bind_gdn of shard/model.c: this shard's v heads and the k heads they read (rows of
+ * the projections, channels of the conv, columns of ssm_out); the norm whole. */
 static tdm_status_t plan_gdn(builder_t *b, int il, tdm_error_t *err)
 {
-    const mdl_hparams_t *hp = &b->plan->hp;
+    const topo_plan_t *pl = b->plan;
+    const mdl_hparams_t *hp = &pl->hp;
     const int64_t E = hp->n_embd, d = hp->gdn_head_dim, nv = hp->gdn_v_heads;
     const int64_t ch = (2 * (int64_t)hp->gdn_k_heads + nv) * d, vd = nv * d;
-    const topo_class_t A = TOPO_CLASS_ATTENTION;
-    const topo_split_t R = TOPO_SPLIT_REPLICATED;
+    const topo_class_t A = TOPO_CLASS_ATTENTION, N = TOPO_CLASS_EMBD_NORMS;
+    const bool whole = pl->tp == 1;
+    const topo_split_t R = whole ? TOPO_SPLIT_REPLICATED : TOPO_SPLIT_TP_ROWS;
+    const topo_split_t C = whole ? TOPO_SPLIT_REPLICATED : TOPO_SPLIT_TP_COLS;
     char n[GGUF_MAX_NAME];
 #define NAME(suffix) (snprintf(n, sizeof(n), "blk.%d." suffix, il), n)
     TDM_CHECK(bind_vec(b, NAME("attn_norm.weight"), E, il, err));
-    TDM_CHECK(bind_mat(b, NAME("attn_qkv.weight"), E, ch, il, A, false, SEL_ALL, R, err));
-    TDM_CHECK(bind_mat(b, NAME("attn_gate.weight"), E, vd, il, A, false, SEL_ALL, R, err));
+    TDM_CHECK(plan_gdn_qkv(b, NAME("attn_qkv.weight"), il, err));
+    TDM_CHECK(bind_mat(b, NAME("attn_gate.weight"), E, vd, il, A, false, SEL_GDN_V, R, err));
     if (gguf_find_tensor(b->g, NAME("ssm_ba.weight")) != NULL) {
-        TDM_CHECK(bind_mat(b, n, E, 2 * nv, il, A, false, SEL_ALL, R, err));
+        if (hp->gdn_v_tiled && !whole) {
+            return tdm_error_set(err, TDM_ERR_UNSUPPORTED,
+                                 "%s: b / a gates packed per k head with v heads in tiled order "
+                                 "do not split over tp %d",
+                                 hp->arch_name, pl->tp);
+        }
+        TDM_CHECK(bind_mat(b, n, E, 2 * nv, il, A, false, SEL_GDN_BA, R, err));
     } else {
-        TDM_CHECK(bind_mat(b, NAME("ssm_beta.weight"), E, nv, il, A, false, SEL_ALL, R, err));
-        TDM_CHECK(bind_mat(b, NAME("ssm_alpha.weight"), E, nv, il, A, false, SEL_ALL, R, err));
+        TDM_CHECK(bind_mat(b, NAME("ssm_beta.weight"), E, nv, il, A, false, SEL_GDN_V1, R, err));
+        TDM_CHECK(bind_mat(b, NAME("ssm_alpha.weight"), E, nv, il, A, false, SEL_GDN_V1, R, err));
     }
-    TDM_CHECK(
-        bind_f32(b, NAME("ssm_conv1d.weight"), hp->gdn_conv, ch, il, A, SEL_ALL, R, false, err));
-    TDM_CHECK(bind_vec(b, NAME("ssm_a"), nv, il, err));
-    TDM_CHECK(bind_vec(b, NAME("ssm_dt.bias"), nv, il, err));
+    TDM_CHECK(bind_f32(b, NAME("ssm_conv1d.weight"), hp->gdn_conv, ch, il, A,
+                       whole ? SEL_ALL : SEL_GDN_CH, R, false, err));
+    TDM_CHECK(bind_f32(b, NAME("ssm_a"), nv, 1, il, N, SEL_GDN_V1, R, false, err));
+    TDM_CHECK(bind_f32(b, NAME("ssm_dt.bias"), nv, 1, il, N, SEL_GDN_V1, R, false, err));
     TDM_CHECK(bind_vec(b, NAME("ssm_norm.weight"), d, il, err));
-    TDM_CHECK(bind_mat(b, NAME("ssm_out.weight"), vd, E, il, A, false, SEL_ALL, R, err));
+    TDM_CHECK(bind_mat(b, NAME("ssm_out.weight"), vd, E, il, A, true, SEL_GDN_V, C, err));
 #undef NAME
     return TDM_OK;
 }
@@ -721,12 +798,6 @@ static tdm_status_t plan_layer(builder_t *b, int il, tdm_error_t *err)
     const int64_t E = hp->n_embd, F = hp->n_ff, FE = hp->n_ff_exp, NE = hp->n_expert;
     char n[GGUF_MAX_NAME];
 #define NAME(suffix) (snprintf(n, sizeof(n), "blk.%d." suffix, il), n)
-    if (hp->n_recurrent > 0 && pl->tp > 1) {
-        return tdm_error_set(err, TDM_ERR_UNSUPPORTED,
-                             "%s: tensor parallel splits of Gated DeltaNet models are not "
-                             "implemented yet (expert parallel is: --tp 1)",
-                             hp->arch_name);
-    }
     if (hp->layer_recurrent[il]) {
         TDM_CHECK(plan_gdn(b, il, err));
     } else {
@@ -1065,7 +1136,17 @@ static tdm_status_t plan_kv(topo_plan_t *pl, tdm_error_t *err)
         sp->kv_per_token_full = n_full * layer;
         sp->kv_per_token_swa = (uint64_t)pl->n_swa_layers * layer;
         sp->kv_per_token = sp->kv_per_token_full + sp->kv_per_token_swa;
-        sp->state = (uint64_t)(pl->n_state_slots + pl->n_state_store) * mdl_hparams_state_bytes(hp);
+        /* shd_model_state_bytes: this shard's GDN heads */
+        const uint64_t gd = (uint64_t)hp->gdn_head_dim;
+        const uint64_t one =
+            hp->n_recurrent > 0
+                ? (uint64_t)hp->n_recurrent *
+                      ((uint64_t)(hp->gdn_conv - 1) *
+                           (2 * (uint64_t)sp->gdn_k.n + (uint64_t)sp->gdn_v.n) * gd +
+                       (uint64_t)sp->gdn_v.n * gd * gd) *
+                      sizeof(float)
+                : 0;
+        sp->state = (uint64_t)(pl->n_state_slots + pl->n_state_store) * one;
         if (kv_bytes_of(pl, sp, 1) > max_block) {
             max_block = kv_bytes_of(pl, sp, 1);
             worst = s;

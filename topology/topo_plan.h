@@ -135,6 +135,7 @@ typedef struct topo_shard_plan {
     int rank, tp_rank, ep_rank;
     topo_range_t heads, kv_heads, ffn_cols, expert_cols, vocab_rows;
     topo_range_t experts_contiguous;  /* the contiguous rule's range (every MoE layer)      */
+    topo_range_t gdn_v, gdn_k;        /* Gated DeltaNet v heads and the k heads they read   */
     int expert_slots;                 /* (layer, expert) pairs held under the plan's rule  */
     uint64_t bytes[TOPO_CLASS_COUNT]; /* weight bytes per class                            */
     uint64_t replicated;              /* bytes of tensors every shard holds whole (by rule,

@@ -54,6 +54,7 @@ typedef struct shard {
     uint64_t node_memory;
     int32_t threads;
     int32_t n_blocks, n_swa_blocks;
+    int32_t n_state_slots, n_state_store;
     uint64_t weight_bytes, resident_bytes;
     char error[256];
     bool have_result; /* for the step in flight */
@@ -84,6 +85,9 @@ struct xp_remote_exec {
     int32_t n_blocks;     /* fixed at the first formation */
     int32_t n_swa_blocks; /* the sliding pool, likewise (0: the model has none) */
     int32_t n_swa;        /* the sliding window (0: none)                      */
+    /* recurrent-state slots (Gated DeltaNet models), fixed at the first formation: the
+     * slot ids the coordinator hands out address the same slot on every shard */
+    int32_t n_state_slots, n_state_store;
     xp_remote_stats_t stats;
 
     /* I/O thread: the step in flight */
@@ -513,6 +517,8 @@ static void on_shard_msg(xp_remote_exec_t *x, int r, xp_msg_t *m)
         sh->st = SH_READY;
         sh->n_blocks = m->ready.n_blocks;
         sh->n_swa_blocks = m->ready.n_swa_blocks;
+        sh->n_state_slots = m->ready.n_state_slots;
+        sh->n_state_store = m->ready.n_state_store;
         sh->weight_bytes = m->ready.weight_bytes;
         sh->resident_bytes = m->ready.resident_bytes;
         TDM_INFO("remote",
@@ -522,9 +528,14 @@ static void on_shard_msg(xp_remote_exec_t *x, int r, xp_msg_t *m)
                  m->ready.resident_bytes / 1048576.0, (int)m->ready.n_blocks,
                  (int)m->ready.n_swa_blocks);
         bool all = true;
-        int32_t nb = INT32_MAX, nsb = INT32_MAX;
+        int32_t nb = INT32_MAX, nsb = INT32_MAX, nss = INT32_MAX;
+        bool same_slots = true;
         for (int i = 0; i < x->n; i++) {
             all &= x->shards[i].st == SH_READY;
+            same_slots &= x->shards[i].n_state_slots == x->shards[0].n_state_slots;
+            if (x->shards[i].n_state_store < nss) {
+                nss = x->shards[i].n_state_store;
+            }
             if (x->shards[i].n_blocks < nb) {
                 nb = x->shards[i].n_blocks;
             }
@@ -544,10 +555,21 @@ static void on_shard_msg(xp_remote_exec_t *x, int r, xp_msg_t *m)
             x->gst = G_FATAL;
             break;
         }
+        /* the running slots are indexed 0.., the stored states after them: every shard
+         * must count the running ones alike (they all got the same n_out_max) */
+        if (!same_slots) {
+            snprintf(x->gerror, sizeof(x->gerror),
+                     "the shards hold different numbers of recurrent-state slots");
+            x->gst = G_FATAL;
+            break;
+        }
         if (x->n_blocks == 0) {
             x->n_blocks = nb;
             x->n_swa_blocks = nsb;
-        } else if (nb < x->n_blocks || nsb < x->n_swa_blocks) {
+            x->n_state_slots = x->shards[0].n_state_slots;
+            x->n_state_store = nss;
+        } else if (nb < x->n_blocks || nsb < x->n_swa_blocks ||
+                   x->shards[0].n_state_slots != x->n_state_slots || nss < x->n_state_store) {
             snprintf(x->gerror, sizeof(x->gerror),
                      "the re-formed group holds %d KV blocks (%d sliding-window), fewer than the "
                      "%d (%d) it started with",
@@ -953,6 +975,8 @@ tdm_status_t xp_remote_exec_create(const xp_remote_params_t *p, xp_remote_exec_t
         .n_ctx_max = x->p.n_ctx,
         .n_swa = x->n_swa,
         .n_swa_blocks = x->n_swa_blocks,
+        .n_state_slots = x->n_state_slots,
+        .n_state_store = x->n_state_store,
     };
     *out = x;
     return TDM_OK;

@@ -386,16 +386,12 @@ static tdm_status_t do_load(xp_shard_server_t *s, const xp_msg_load_t *l, uint64
             .kv_type = s->kv_type,
             .kv_block_tokens = l->block_tokens,
             .kv_bytes = l->kv_bytes,
+            /* recurrent models: a stored prefix state per running sequence (serve's
+             * default; the coordinator addresses them after the running slots) */
+            .n_state_store = l->n_out_max,
         };
         const double t0 = tdm_now_s();
         TDM_CHECK(shd_model_load(s->g, s->be, &mp, &s->model, err));
-        if (shd_model_hparams(s->model)->n_recurrent > 0) {
-            /* the STEP message does not carry recurrent-state slots yet */
-            drop_model(s);
-            return tdm_error_set(err, TDM_ERR_UNSUPPORTED,
-                                 "Gated DeltaNet models (qwen3next, qwen35moe) run single-node "
-                                 "for now (serve without --shards; --ep splits in-process)");
-        }
         tdm_status_t st = alloc_kv(s, l, err);
         if (st != TDM_OK) {
             drop_model(s);
@@ -425,6 +421,11 @@ static tdm_status_t do_load(xp_shard_server_t *s, const xp_msg_load_t *l, uint64
     }
     rd->n_blocks = shd_kv_cache_config(s->kv)->n_blocks;
     rd->n_swa_blocks = shd_kv_cache_config(s->kv)->n_swa_blocks;
+    if (shd_model_hparams(s->model)->n_recurrent > 0) {
+        /* the cache's slots: the running sequences' (one per logits row), then the stored */
+        rd->n_state_slots = l->n_out_max;
+        rd->n_state_store = shd_kv_cache_config(s->kv)->n_state_slots - l->n_out_max;
+    }
     rd->n_vocab = shd_model_hparams(s->model)->n_vocab;
     rd->weight_bytes = shd_model_weight_bytes(s->model);
     rd->resident_bytes = rss_bytes();

@@ -15,12 +15,14 @@
  *             nccl_id exactly when proto is 2 (NCCL) and tp_size * ep_size > 1, so a LOAD
  *             of the UCX protocols is the same 15 fields as before NCCL was added
  *   READY     [ epoch, status, error str, n_blocks, n_vocab, weight_bytes, resident_bytes,
- *               n_swa_blocks ]
+ *               n_swa_blocks, n_state_slots, n_state_store ]
  *   STEP      [ n_tokens, [token...], [pos...], [seq...], [want_logits bool...], n_logits,
- *               n_seqs, [ [n_blocks, [block...] (, [swa_block...])] ... ] ]
+ *               n_seqs, [ [n_blocks, [block...] (, [swa_block...])
+ *                         (, state_slot, state_load, state_save)] ... ] ]
  *             every sequence has the sliding table (n_blocks ids >= -1) or none does: a
  *             step of a model with a sliding pool carries them, any other step is as in
- *             protocol 2
+ *             protocol 2; a sequence with a recurrent-state slot (>= 0) carries it and its
+ *             stored states to load / save (-1: none) as three more integers
  *   RESULT    [ status, error str, n_logits, n_vocab, logits bin (f32 little-endian),
  *               coll_calls, coll_bytes, coll_ns, step_ns ]
  *   HEARTBEAT [ time_ns, epoch, state ]
@@ -163,6 +165,14 @@ static tdm_status_t validate_step(const xp_step_t *s, tdm_status_t fail, tdm_err
                                      q, j, sq->swa_blocks[j]);
             }
         }
+        /* stored states are copied to / from the sequence's slot: none without one */
+        if (sq->state_slot < -1 || sq->state_load < -1 || sq->state_save < -1 ||
+            (sq->state_slot < 0 && (sq->state_load >= 0 || sq->state_save >= 0))) {
+            return tdm_error_set(err, fail,
+                                 "xp_msg STEP: seqs[%" PRId32 "] state slot %" PRId32
+                                 ", load %" PRId32 ", save %" PRId32,
+                                 q, sq->state_slot, sq->state_load, sq->state_save);
+        }
     }
     return TDM_OK;
 }
@@ -252,11 +262,14 @@ tdm_status_t xp_msg_validate(const xp_msg_t *m, tdm_status_t fail, tdm_error_t *
         }
         st = check_str(m->ready.error, sizeof(m->ready.error), "READY error", fail, err);
         if (st == TDM_OK && (m->ready.n_blocks < 0 || m->ready.n_vocab < 0 ||
-                             m->ready.n_vocab > XP_MSG_MAX_VOCAB || m->ready.n_swa_blocks < 0)) {
+                             m->ready.n_vocab > XP_MSG_MAX_VOCAB || m->ready.n_swa_blocks < 0 ||
+                             m->ready.n_state_slots < 0 || m->ready.n_state_store < 0)) {
             st = tdm_error_set(err, fail,
                                "xp_msg READY: n_blocks %" PRId32 " / n_vocab %" PRId32
-                               " / n_swa_blocks %" PRId32 " out of range",
-                               m->ready.n_blocks, m->ready.n_vocab, m->ready.n_swa_blocks);
+                               " / n_swa_blocks %" PRId32 " / state slots %" PRId32 " + %" PRId32
+                               " out of range",
+                               m->ready.n_blocks, m->ready.n_vocab, m->ready.n_swa_blocks,
+                               m->ready.n_state_slots, m->ready.n_state_store);
         }
         return st;
     case XP_MSG_JOIN_ACK:
@@ -380,7 +393,7 @@ tdm_status_t xp_msg_encode(msgpack_sbuffer *out, const xp_msg_t *m, tdm_error_t 
     }
     case XP_MSG_READY: {
         const xp_msg_ready_t *r = &m->ready;
-        PK(msgpack_pack_array(&pk, 8));
+        PK(msgpack_pack_array(&pk, 10));
         PK(msgpack_pack_uint64(&pk, r->epoch));
         PK(msgpack_pack_int32(&pk, r->status));
         pack_str(&pk, r->error, sizeof(r->error), &ok);
@@ -389,6 +402,8 @@ tdm_status_t xp_msg_encode(msgpack_sbuffer *out, const xp_msg_t *m, tdm_error_t 
         PK(msgpack_pack_uint64(&pk, r->weight_bytes));
         PK(msgpack_pack_uint64(&pk, r->resident_bytes));
         PK(msgpack_pack_int32(&pk, r->n_swa_blocks));
+        PK(msgpack_pack_int32(&pk, r->n_state_slots));
+        PK(msgpack_pack_int32(&pk, r->n_state_store));
         break;
     }
     case XP_MSG_JOIN_ACK:
@@ -441,11 +456,17 @@ tdm_status_t xp_msg_encode(msgpack_sbuffer *out, const xp_msg_t *m, tdm_error_t 
         PK(msgpack_pack_array(&pk, (size_t)s->n_seqs));
         for (int32_t q = 0; q < s->n_seqs; q++) {
             const bool swa = s->seqs[q].swa_blocks != NULL;
-            PK(msgpack_pack_array(&pk, swa ? 3 : 2));
+            const bool state = s->seqs[q].state_slot >= 0;
+            PK(msgpack_pack_array(&pk, (swa ? 3 : 2) + (state ? 3 : 0)));
             PK(msgpack_pack_int32(&pk, s->seqs[q].n_blocks));
             pack_i32_array(&pk, s->seqs[q].blocks, s->seqs[q].n_blocks, &ok);
             if (swa) {
                 pack_i32_array(&pk, s->seqs[q].swa_blocks, s->seqs[q].n_blocks, &ok);
+            }
+            if (state) {
+                PK(msgpack_pack_int32(&pk, s->seqs[q].state_slot));
+                PK(msgpack_pack_int32(&pk, s->seqs[q].state_load));
+                PK(msgpack_pack_int32(&pk, s->seqs[q].state_save));
             }
         }
         break;
@@ -787,7 +808,7 @@ static tdm_status_t decode_ready(const msgpack_object *body, xp_msg_t *m, tdm_er
     tdm_status_t st;
     const msgpack_object *f = NULL;
     xp_msg_ready_t *r = &m->ready;
-    TRY(get_array(body, "READY body", 8, &f, err));
+    TRY(get_array(body, "READY body", 10, &f, err));
     TRY(get_u64(&f[0], "READY epoch", UINT64_MAX, &r->epoch, err));
     TRY(get_i32(&f[1], "READY status", &r->status, err));
     TRY(get_str(&f[2], "READY error", r->error, sizeof(r->error), err));
@@ -796,6 +817,8 @@ static tdm_status_t decode_ready(const msgpack_object *body, xp_msg_t *m, tdm_er
     TRY(get_u64(&f[5], "READY weight_bytes", UINT64_MAX, &r->weight_bytes, err));
     TRY(get_u64(&f[6], "READY resident_bytes", UINT64_MAX, &r->resident_bytes, err));
     TRY(get_i32(&f[7], "READY n_swa_blocks", &r->n_swa_blocks, err));
+    TRY(get_i32(&f[8], "READY n_state_slots", &r->n_state_slots, err));
+    TRY(get_i32(&f[9], "READY n_state_store", &r->n_state_store, err));
     return TDM_OK;
 }
 
@@ -872,15 +895,16 @@ static tdm_status_t decode_step(const msgpack_object *body, xp_msg_t *m, tdm_err
     TRY(get_array(&f[7], "STEP seqs", (uint32_t)s->n_seqs, &sq, err));
 
     /* Sizes are known once every seq's block count is read: one int32 allocation. A seq
-     * is [n_blocks, blocks] or, with a sliding-window table, [n_blocks, blocks, swa]. */
+     * is [n_blocks, blocks] or, with a sliding-window table, [n_blocks, blocks, swa], each
+     * optionally followed by state_slot, state_load, state_save. */
     size_t total = 3 * (size_t)s->n_tokens;
     for (int32_t q = 0; q < s->n_seqs; q++) {
         int32_t nb = 0;
         char field[64];
         snprintf(field, sizeof(field), "STEP seqs[%" PRId32 "]", q);
-        if (sq[q].type != MSGPACK_OBJECT_ARRAY ||
-            (sq[q].via.array.size != 2 && sq[q].via.array.size != 3)) {
-            return tdm_error_set(err, TDM_ERR_FORMAT, "xp_msg: %s is not an array of 2 or 3",
+        if (sq[q].type != MSGPACK_OBJECT_ARRAY || sq[q].via.array.size < 2 ||
+            sq[q].via.array.size > 6 || sq[q].via.array.size == 4) {
+            return tdm_error_set(err, TDM_ERR_FORMAT, "xp_msg: %s is not an array of 2, 3, 5 or 6",
                                  field);
         }
         const msgpack_object *e = sq[q].via.array.ptr;
@@ -891,7 +915,8 @@ static tdm_status_t decode_step(const msgpack_object *body, xp_msg_t *m, tdm_err
                                  field, nb, XP_MSG_MAX_BLOCKS);
         }
         /* bounded by the input length (scan_wire): each id is at least one byte */
-        total += sq[q].via.array.size == 3 ? 2 * (size_t)nb : (size_t)nb;
+        const uint32_t size = sq[q].via.array.size;
+        total += size == 3 || size == 6 ? 2 * (size_t)nb : (size_t)nb;
     }
     int32_t *i32 = malloc(total > 0 ? total * sizeof(int32_t) : 1);
     uint8_t *u8 = malloc(s->n_tokens > 0 ? (size_t)s->n_tokens : 1);
@@ -921,16 +946,30 @@ static tdm_status_t decode_step(const msgpack_object *body, xp_msg_t *m, tdm_err
         seqs[q].n_blocks = (int32_t)e[0].via.u64; /* checked above */
         seqs[q].blocks = blocks;
         seqs[q].swa_blocks = NULL;
-        seqs[q].state_slot = -1; /* not carried: recurrent models run single-node */
-        seqs[q].state_load = seqs[q].state_save = -1;
+        seqs[q].state_slot = seqs[q].state_load = seqs[q].state_save = -1;
         snprintf(field, sizeof(field), "STEP seqs[%" PRId32 "].blocks", q);
         TRY(decode_i32_array(&e[1], field, seqs[q].n_blocks, blocks, err));
         blocks += seqs[q].n_blocks;
-        if (sq[q].via.array.size == 3) {
+        const uint32_t size = sq[q].via.array.size;
+        if (size == 3 || size == 6) {
             seqs[q].swa_blocks = blocks;
             snprintf(field, sizeof(field), "STEP seqs[%" PRId32 "].swa_blocks", q);
             TRY(decode_i32_array(&e[2], field, seqs[q].n_blocks, blocks, err));
             blocks += seqs[q].n_blocks;
+        }
+        if (size >= 5) {
+            /* the recurrent state: a slot, and stored states to load / save or -1 (the
+             * shard checks them against its cache) */
+            const msgpack_object *st3 = &e[size - 3];
+            int32_t *dst[3] = {&seqs[q].state_slot, &seqs[q].state_load, &seqs[q].state_save};
+            for (int i = 0; i < 3; i++) {
+                snprintf(field, sizeof(field), "STEP seqs[%" PRId32 "].state[%d]", q, i);
+                TRY(get_i32(&st3[i], field, dst[i], err));
+                if (*dst[i] < (i == 0 ? 0 : -1)) {
+                    return tdm_error_set(err, TDM_ERR_FORMAT, "xp_msg: %s = %" PRId32 " below %d",
+                                         field, *dst[i], i == 0 ? 0 : -1);
+                }
+            }
         }
     }
     s->token = token;

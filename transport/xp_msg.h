@@ -25,9 +25,9 @@
 #include <stdint.h>
 
 /* Protocol 3: sliding-window block tables (STEP, READY); 4: the cluster secret's proofs
- * (JOIN, JOIN_ACK). */
+ * (JOIN, JOIN_ACK); 5: recurrent-state slots (STEP, READY). */
 #define XP_MSG_MAGIC            "TDM1"
-#define XP_MSG_PROTOCOL_VERSION 4
+#define XP_MSG_PROTOCOL_VERSION 5
 
 /* Bounds the decoder enforces (and the encoder, so both sides agree). */
 #define XP_MSG_MAX_TOKENS       (1 << 20)         /* tokens per STEP                  */
@@ -141,6 +141,9 @@ typedef struct xp_msg_ready {
     uint64_t weight_bytes;   /* bytes of this shard's slice of the weights */
     uint64_t resident_bytes; /* the process's resident set after loading   */
     int32_t n_swa_blocks;    /* the KV cache's sliding pool (0: none)       */
+    /* recurrent-state slots (Gated DeltaNet models; 0: none): running sequences', then
+     * the stored states of cached prefixes (xp_step.h) */
+    int32_t n_state_slots, n_state_store;
 } xp_msg_ready_t;
 
 typedef struct xp_msg_result {

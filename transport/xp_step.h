@@ -29,8 +29,8 @@ typedef struct xp_step_seq {
      * NULL otherwise. */
     const int32_t *swa_blocks;
     /* The sequence's recurrent-state slot (Gated DeltaNet models, xp_executor_t
-     * n_state_slots > 0); -1 otherwise. Not carried by the STEP message yet: such models
-     * run single-node. */
+     * n_state_slots > 0); -1 otherwise. The STEP message carries it to every shard, each
+     * holding its heads' share of the slot. */
     int32_t state_slot;
     /* Stored states (state slot ids, coordinator/kv_manager.h): copied into state_slot
      * before the step (a prefix hit resuming there), and from it after the step (the

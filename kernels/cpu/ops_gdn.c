@@ -57,6 +57,46 @@ static int32_t step_runs(const kern_step_t *st, int32_t *run0, int32_t *runlen)
     return n;
 }
 
+/* The k head (local index) v head h (local) reads, and the column of its b / a gates
+ * (kern_be_gdn_rule). */
+static int gdn_k_head(const kern_gdn_t *g, int h)
+{
+    const int nk = g->n_k_all > 0 ? g->n_k_all : g->n_k_heads;
+    const int rr = (g->n_v_all > 0 ? g->n_v_all : g->n_v_heads) / nk;
+    const int gh = g->v_head0 + h;
+    return (g->v_tiled ? gh % nk : gh / rr) - g->k_head0;
+}
+
+static int gdn_gate_index(const kern_gdn_t *g, int h, int grp)
+{
+    const int nk = g->n_k_all > 0 ? g->n_k_all : g->n_k_heads;
+    const int rr = (g->n_v_all > 0 ? g->n_v_all : g->n_v_heads) / nk;
+    if (grp != 2 * rr) {
+        return h; /* b and a per v head held */
+    }
+    const int gh = g->v_head0 + h;
+    return (gh / rr - g->k_head0) * grp + gh % rr;
+}
+
+/* The head counts and maps of a layer or its slice: every v head reads a k head held. */
+static bool heads_ok(const kern_gdn_t *g)
+{
+    const int nk = g->n_k_all > 0 ? g->n_k_all : g->n_k_heads;
+    const int nv = g->n_v_all > 0 ? g->n_v_all : g->n_v_heads;
+    if (g->n_k_heads < 1 || g->n_v_heads < 1 || nk < g->n_k_heads || nv < g->n_v_heads ||
+        nv % nk != 0 || g->v_head0 < 0 || g->v_head0 + g->n_v_heads > nv || g->k_head0 < 0 ||
+        g->k_head0 + g->n_k_heads > nk) {
+        return false;
+    }
+    for (int h = 0; h < g->n_v_heads; h++) {
+        const int kh = gdn_k_head(g, h);
+        if (kh < 0 || kh >= g->n_k_heads) {
+            return false;
+        }
+    }
+    return true;
+}
+
 static bool slots_ok(kern_backend_t *be, const kern_gdn_t *g, int32_t n_runs)
 {
     const cpu_backend_t *c = cpu_be(be);
@@ -265,7 +305,7 @@ static void rule_worker(void *arg, int64_t begin, int64_t end, int thread_idx)
     const cpu_backend_t *c = cpu_be(a->be);
     const kern_step_t *st = a->be->step;
     const kern_gdn_t *g = a->g;
-    const int d = g->head_dim, nv = g->n_v_heads, nk = g->n_k_heads, rr = nv / nk;
+    const int d = g->head_dim, nv = g->n_v_heads, nk = g->n_k_heads;
     const int C = KERN_GDN_CHUNK;
     const float scale = 1.0f / sqrtf((float)d);
     float *ws = c->gdn_scratch + (size_t)thread_idx * c->gdn_scratch_stride;
@@ -274,8 +314,8 @@ static void rule_worker(void *arg, int64_t begin, int64_t end, int thread_idx)
     for (int64_t item = begin; item < end; item++) {
         const int32_t r = (int32_t)(item / nv);
         const int h = (int)(item % nv);
-        const int kh = g->v_tiled ? h % nk : h / rr;
-        const int bi = (h / rr) * a->grp + h % rr;
+        const int kh = gdn_k_head(g, h);
+        const int bi = gdn_gate_index(g, h, a->grp);
         const int32_t t0 = c->gdn_run0[r], n = c->gdn_runlen[r];
         const int32_t slot = st->seqs[st->seq[t0]].state_slot;
         float *S = g->ssm_state + ((size_t)slot * (size_t)nv + (size_t)h) * (size_t)d * (size_t)d;
@@ -309,10 +349,12 @@ void kern_cpu_gdn_rule(kern_backend_t *be, const kern_gdn_t *g, const float *qkv
                        float *out)
 {
     cpu_backend_t *c = cpu_be(be);
-    if (g->head_dim > c->r.gdn_head_dim || g->n_k_heads < 1 || g->n_v_heads % g->n_k_heads != 0) {
+    if (g->head_dim > c->r.gdn_head_dim || !heads_ok(g)) {
         kern_be_fail(be, TDM_ERR_INVALID_PARAM,
-                     "gated delta net: head dim %d (reserved %d), %d k / %d v heads", g->head_dim,
-                     c->r.gdn_head_dim, g->n_k_heads, g->n_v_heads);
+                     "gated delta net: head dim %d (reserved %d), %d k / %d v heads (from k "
+                     "%d / v %d of %d / %d)",
+                     g->head_dim, c->r.gdn_head_dim, g->n_k_heads, g->n_v_heads, g->k_head0,
+                     g->v_head0, g->n_k_all, g->n_v_all);
         return;
     }
     const int32_t n_runs = step_runs(be->step, c->gdn_run0, c->gdn_runlen);

@@ -43,13 +43,6 @@ static tdm_status_t hybrid_check(const mdl_hparams_t *hp, tdm_error_t *err)
 
 static tdm_status_t hybrid_bind_layer(shd_model_t *m, int il, tdm_error_t *err)
 {
-    if (m->params.part.tp_size > 1) {
-        /* EP only: every rank holds the DeltaNet and attention layers whole */
-        return tdm_error_set(err, TDM_ERR_UNSUPPORTED,
-                             "%s: tensor parallel splits of Gated DeltaNet models are not "
-                             "implemented yet (expert parallel is: --ep)",
-                             m->hp.arch_name);
-    }
     if (!kern_be_has_gdn(m->be)) {
         return tdm_error_set(err, TDM_ERR_UNSUPPORTED,
                              "%s: %s has no Gated DeltaNet kernels yet; run it with --device "

@@ -191,41 +191,49 @@ def test_hybrid_fixtures_selfcheck():
     assert {p.name for p in HYBRID.iterdir()} == named
 
 
-def _ep_cases():
+def _split_cases():
     out = []
     for e in _entries():
-        for ep in (2, 3):
-            if ep <= e["hparams"]["n_expert"]:
-                out.append(pytest.param(e, ep, id=f"{e['file']}-ep{ep}"))
+        hp = e["hparams"]
+        for tp, ep in ((1, 2), (1, 3), (2, 1), (3, 1), (2, 2)):
+            if ep <= hp["n_expert"] and hp["n_ff_exp"] % tp == 0 and tp <= hp["lin_v_heads"]:
+                out.append(pytest.param(e, tp, ep, id=f"{e['file']}-tp{tp}-ep{ep}"))
     return out
 
 
-@pytest.mark.parametrize("entry,ep", _ep_cases())
-def test_hybrid_expert_parallel_matches_single(tandem_bin, tmp_path, entry, ep):
-    """EP over in-process ranks: each holds the DeltaNet and attention layers (and its
-    recurrent states) whole, its range of experts, and rank 0 the shared expert's share of
-    the all-reduce."""
+@pytest.mark.parametrize("entry,tp,ep", _split_cases())
+def test_hybrid_parallel_matches_single(tandem_bin, tmp_path, entry, tp, ep):
+    """TP and EP over in-process ranks: under TP each rank holds its DeltaNet v heads, the
+    k heads they read (conv channels, gates and ssm_out columns follow) and its share of
+    every recurrent state, its attention heads and its columns of each expert; under EP its
+    range of experts; world rank 0 adds the shared expert to the all-reduce."""
     toks = manifest()["sequences"]["s150"]
     g1, l1 = tandem_eval(tmp_path, HYBRID / entry["file"], toks, "--chunk", 40, greedy=8,
                          name="whole")
-    gp, lp = tandem_eval(tmp_path, HYBRID / entry["file"], toks, "--chunk", 40, "--ep", ep,
-                         greedy=8, name="part")
+    gp, lp = tandem_eval(tmp_path, HYBRID / entry["file"], toks, "--chunk", 40, "--tp", tp,
+                         "--ep", ep, greedy=8, name="part")
     assert rel_l2(lp, l1).max() <= 1e-5
     assert gp == g1
 
 
 def test_hybrid_refusals(tandem_bin):
-    e = _entries()[0] if _entries() else pytest.skip("fixtures missing")
+    """TP needs a DeltaNet v head per rank (qwen35moe-b has 3)."""
+    e = next((x for x in _entries() if x["config"] == "qwen35moe-b"), None)
+    if e is None:
+        pytest.skip("fixtures missing")
     model = HYBRID / e["file"]
-    p = run_tandem("eval", "--model", model, "--tokens", "1,2,3", "--tp", 2, check=False)
-    assert p.returncode == 1 and "not implemented yet" in p.stderr, p.stderr
+    p = run_tandem("eval", "--model", model, "--tokens", "1,2,3", "--tp", 4, check=False)
+    assert p.returncode == 1 and "3 Gated DeltaNet value heads" in p.stderr, p.stderr
+    p = run_tandem("plan", "--model", model, "--shards", 4, "--tp", 4, "--device", "cpu",
+                   check=False)
+    assert p.returncode != 0 and "3 Gated DeltaNet value heads" in p.stderr, p.stderr
 
 
 def test_hybrid_plan_counts_states(tandem_bin):
     """`tandem plan`: the recurrent layers keep no K/V; each of n_out running sequences
     gets a state (conv + delta rule per GDN layer, f32), and as many stored prefix states,
-    inside the KV total; a TP split is refused, as the loader refuses it; under EP every
-    shard keeps the states whole."""
+    inside the KV total; under TP 2 each shard keeps half of every state (its 2 of the 4 v
+    heads, 1 of the 2 k heads); under EP every shard keeps the states whole."""
     e = next(x for x in _entries() if x["config"] == "qwen3next-a") if _entries() else None
     if e is None:
         pytest.skip("fixtures missing")
@@ -242,9 +250,9 @@ def test_hybrid_plan_counts_states(tandem_bin):
     assert sp["state"] == (64 + 64) * per_seq  # running sequences + stored prefix states
     assert sp["kv_per_token"] == 2 * (hp["n_layer"] - n_rec) * hp["n_head_kv"] * hp["head_dim"] * 4
     assert sp["kv"] == p["kv_tokens"] * sp["kv_per_token"] + sp["state"]
-    bad = run_tandem("plan", "--model", model, "--shards", 2, "--tp", 2, "--device", "cpu",
-                     check=False)
-    assert bad.returncode != 0 and "not implemented yet" in bad.stderr, bad.stderr
+    tp = json.loads(run_tandem("plan", "--model", model, "--shards", 2, "--tp", 2, "--device",
+                               "cpu", "--json").stdout)
+    assert tp["tp"] == 2 and all(2 * s["state"] == sp["state"] for s in tp["shards"])
     ep = json.loads(run_tandem("plan", "--model", model, "--shards", 2, "--device", "cpu",
                                "--json").stdout)
     assert ep["ep"] == 2 and all(s["state"] == sp["state"] for s in ep["shards"])

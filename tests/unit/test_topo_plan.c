@@ -144,10 +144,12 @@ static void loader_bytes(const shd_model_t *m, uint64_t out[TOPO_CLASS_COUNT])
             vbytes(m, L->sinks, il, "attn_sinks.weight", m->n_head_l, hp->n_head);
         /* a hybrid model's Gated DeltaNet layer (the mixer's matrices and conv taps) and
          * shared expert (dense FFN) */
-        out[TOPO_CLASS_ATTENTION] += wbytes(&L->gdn_qkv) + wbytes(&L->gdn_z) + wbytes(&L->gdn_ba) +
-                                     wbytes(&L->gdn_beta) + wbytes(&L->gdn_alpha) +
-                                     wbytes(&L->gdn_out) +
-                                     vbytes(m, L->gdn_conv_w, il, "ssm_conv1d.weight", 1, 1);
+        const int64_t gch = (2 * (int64_t)m->n_gk_l + m->n_gv_l) * hp->gdn_head_dim;
+        const int64_t gch_all = (2 * (int64_t)hp->gdn_k_heads + hp->gdn_v_heads) * hp->gdn_head_dim;
+        out[TOPO_CLASS_ATTENTION] +=
+            wbytes(&L->gdn_q) + wbytes(&L->gdn_k) + wbytes(&L->gdn_v) + wbytes(&L->gdn_z) +
+            wbytes(&L->gdn_ba) + wbytes(&L->gdn_beta) + wbytes(&L->gdn_alpha) +
+            wbytes(&L->gdn_out) + vbytes(m, L->gdn_conv_w, il, "ssm_conv1d.weight", gch, gch_all);
         out[TOPO_CLASS_DENSE_FFN] += wbytes(&L->shexp_inp) + wbytes(&L->shexp_gate) +
                                      wbytes(&L->shexp_up) + wbytes(&L->shexp_down);
         if (!L->is_moe) {
@@ -268,7 +270,8 @@ static void check_kv_type(const char *file, shd_model_t *m, const topo_plan_t *p
     if (pl != NULL) {
         bool alike = true;
         for (int i = 0; i < pl->n_shards; i++) {
-            alike = alike && pl->shards[i].kv_per_token == sp->kv_per_token;
+            alike = alike && pl->shards[i].kv_per_token == sp->kv_per_token &&
+                    pl->shards[i].state == sp->state;
         }
         topo_plan_params_t q = pl->p;
         q.kv_bytes = 300u * 16u * sp->kv_per_token;
@@ -494,8 +497,11 @@ static void test_plan_matches_loader(void **state)
         "mistral3-a-f32.gguf",
         "mistral3-b-f32.gguf",
         "mistral3-a-q4_k.gguf",
-        /* the hybrid models (tests/fixtures/hybrid): unsplit only, both refuse the rest */
+        /* the hybrid models (tests/fixtures/hybrid): TP over the DeltaNet heads (grouped and
+         * tiled v heads, k heads shared by neighbouring ranks or all held), EP */
         "../hybrid/qwen3next-a-f32.gguf",
+        "../hybrid/qwen3next-b-f32.gguf",
+        "../hybrid/qwen35moe-a-f32.gguf",
         "../hybrid/qwen35moe-b-f32.gguf",
     };
     kern_backend_t *k = NULL, *k3 = NULL;

@@ -7,7 +7,8 @@
  * one rank, else 15).
  *
  * `test_xp_msg --write-corpus DIR` writes the fuzz seed corpus (tests/fuzz/corpus/xp_msg):
- * one valid message per type, named seed-<type>, and a LOAD with an NCCL id, seed-load-nccl.
+ * one valid message per type, named seed-<type>, a LOAD with an NCCL id, seed-load-nccl, and
+ * STEPs with sliding-window tables (seed-step-swa) and recurrent-state slots (seed-step-state).
  */
 #include "transport/xp_msg.h"
 
@@ -187,6 +188,8 @@ static void gen_msg(uint64_t *s, xp_msg_type_t type, gen_store_t *g, xp_msg_t *m
         m->ready.weight_bytes = rand_u64(s);
         m->ready.resident_bytes = rand_u64(s);
         m->ready.n_swa_blocks = rng_below(s, 2) ? rand_nonneg(s) : 0;
+        m->ready.n_state_slots = rng_below(s, 2) ? rand_nonneg(s) : 0;
+        m->ready.n_state_store = rng_below(s, 2) ? rand_nonneg(s) : 0;
         break;
     case XP_MSG_STEP: {
         xp_step_t *st = &m->step;
@@ -204,6 +207,11 @@ static void gen_msg(uint64_t *s, xp_msg_type_t type, gen_store_t *g, xp_msg_t *m
             g->seqs[q].n_blocks = (int32_t)rng_below(s, GEN_BLOCKS + 1);
             g->seqs[q].blocks = g->blocks[q];
             g->seqs[q].swa_blocks = swa ? g->swa_blocks[q] : NULL;
+            /* a recurrent-state slot (and stored states to load / save) or none */
+            const bool state = rng_below(s, 2);
+            g->seqs[q].state_slot = state ? rand_nonneg(s) : -1;
+            g->seqs[q].state_load = state && rng_below(s, 2) ? rand_nonneg(s) : -1;
+            g->seqs[q].state_save = state && rng_below(s, 2) ? rand_nonneg(s) : -1;
             for (int32_t j = 0; j < g->seqs[q].n_blocks; j++) {
                 g->blocks[q][j] = rand_nonneg(s);
                 /* released (-1) below a window, ids above */
@@ -318,6 +326,8 @@ static void assert_msg_equal(const xp_msg_t *a, const xp_msg_t *b)
         assert_true(a->ready.weight_bytes == b->ready.weight_bytes);
         assert_true(a->ready.resident_bytes == b->ready.resident_bytes);
         assert_int_equal(a->ready.n_swa_blocks, b->ready.n_swa_blocks);
+        assert_int_equal(a->ready.n_state_slots, b->ready.n_state_slots);
+        assert_int_equal(a->ready.n_state_store, b->ready.n_state_store);
         break;
     case XP_MSG_STEP: {
         const xp_step_t *x = &a->step, *y = &b->step;
@@ -337,6 +347,9 @@ static void assert_msg_equal(const xp_msg_t *a, const xp_msg_t *b)
                 assert_memory_equal(x->seqs[q].blocks, y->seqs[q].blocks,
                                     (size_t)x->seqs[q].n_blocks * sizeof(int32_t));
             }
+            assert_int_equal(x->seqs[q].state_slot, y->seqs[q].state_slot);
+            assert_int_equal(x->seqs[q].state_load, y->seqs[q].state_load);
+            assert_int_equal(x->seqs[q].state_save, y->seqs[q].state_save);
             assert_int_equal(x->seqs[q].swa_blocks != NULL, y->seqs[q].swa_blocks != NULL);
             if (x->seqs[q].swa_blocks != NULL && x->seqs[q].n_blocks > 0) {
                 assert_memory_equal(x->seqs[q].swa_blocks, y->seqs[q].swa_blocks,
@@ -511,7 +524,7 @@ static void pack_raw(msgpack_packer *pk, const xp_msg_t *m)
         pack_load_body(pk, &m->load, 0);
         break;
     case XP_MSG_READY:
-        msgpack_pack_array(pk, 8);
+        msgpack_pack_array(pk, 10);
         msgpack_pack_uint64(pk, m->ready.epoch);
         msgpack_pack_int32(pk, m->ready.status);
         pack_cstr(pk, m->ready.error);
@@ -520,6 +533,8 @@ static void pack_raw(msgpack_packer *pk, const xp_msg_t *m)
         msgpack_pack_uint64(pk, m->ready.weight_bytes);
         msgpack_pack_uint64(pk, m->ready.resident_bytes);
         msgpack_pack_int32(pk, m->ready.n_swa_blocks);
+        msgpack_pack_int32(pk, m->ready.n_state_slots);
+        msgpack_pack_int32(pk, m->ready.n_state_store);
         break;
     case XP_MSG_RESULT: {
         size_t bytes = (size_t)m->result.n_logits * (size_t)m->result.n_vocab * sizeof(float);
@@ -881,6 +896,8 @@ static void base_msg(xp_msg_type_t type, gen_store_t *g, xp_msg_t *m)
         m->ready.weight_bytes = 1u << 30;
         m->ready.resident_bytes = 3u << 29;
         m->ready.n_swa_blocks = 300;
+        m->ready.n_state_slots = 8;
+        m->ready.n_state_store = 8;
         break;
     case XP_MSG_RESULT:
         m->result.status = TDM_OK;
@@ -942,7 +959,7 @@ static void test_malformed_cases(void **state)
     } swa_cases[] = {
         {9, "seqs[1] lacks a sliding-window table and seqs[0] has one"},
         {10, "seqs[0].swa_blocks[0] = -2 is below -1"},
-        {11, "STEP seqs[0] is not an array of 2 or 3"},
+        {11, "STEP seqs[0] is not an array of 2, 3, 5 or 6"},
         {12, "STEP seqs[0].swa_blocks has 2 elements, want 1"},
     };
     for (size_t i = 0; i < sizeof(swa_cases) / sizeof(swa_cases[0]); i++) {
@@ -959,20 +976,20 @@ static void test_malformed_cases(void **state)
     msgpack_sbuffer_clear(&sb);
     pack_header(&pk, XP_MSG_MAGIC, XP_MSG_PROTOCOL_VERSION + 1, XP_MSG_SHUTDOWN);
     msgpack_pack_array(&pk, 0);
-    expect_format(&sb, "protocol version 5");
+    expect_format(&sb, "protocol version 6");
 
     /* a protocol-2 peer (no sliding-window tables, READY of 7 fields) */
     msgpack_sbuffer_clear(&sb);
     pack_header(&pk, XP_MSG_MAGIC, 2, XP_MSG_SHUTDOWN);
     msgpack_pack_array(&pk, 0);
-    expect_format(&sb, "protocol version 2, this build speaks 4");
+    expect_format(&sb, "protocol version 2, this build speaks 5");
 
     /* a protocol-1 peer: its HEARTBEAT was [time_ns] (type 6 then) */
     msgpack_sbuffer_clear(&sb);
     pack_header(&pk, XP_MSG_MAGIC, 1, 6);
     msgpack_pack_array(&pk, 1);
     msgpack_pack_uint64(&pk, 123);
-    expect_format(&sb, "protocol version 1, this build speaks 4");
+    expect_format(&sb, "protocol version 1, this build speaks 5");
 
     /* protocol 1 with a body that happens to be valid in protocol 2 */
     msgpack_sbuffer_clear(&sb);
@@ -1191,9 +1208,9 @@ static void test_malformed_cases(void **state)
     /* READY: a negative epoch, a too-short body */
     msgpack_sbuffer_clear(&sb);
     pack_header(&pk, XP_MSG_MAGIC, XP_MSG_PROTOCOL_VERSION, XP_MSG_READY);
-    msgpack_pack_array(&pk, 8);
+    msgpack_pack_array(&pk, 10);
     msgpack_pack_int32(&pk, -1);
-    for (int i = 0; i < 7; i++) {
+    for (int i = 0; i < 9; i++) {
         msgpack_pack_int32(&pk, 0);
     }
     expect_format(&sb, "READY epoch");
@@ -1208,13 +1225,13 @@ static void test_malformed_cases(void **state)
             msgpack_pack_int32(&pk, 0);
         }
     }
-    expect_format(&sb, "READY body has 7 elements, want 8");
+    expect_format(&sb, "READY body has 7 elements, want 10");
     msgpack_sbuffer_clear(&sb);
     pack_header(&pk, XP_MSG_MAGIC, XP_MSG_PROTOCOL_VERSION, XP_MSG_READY);
     msgpack_pack_array(&pk, 2);
     msgpack_pack_uint64(&pk, 1);
     msgpack_pack_int32(&pk, 0);
-    expect_format(&sb, "READY body has 2 elements, want 8");
+    expect_format(&sb, "READY body has 2 elements, want 10");
 
     /* a string with a NUL inside */
     msgpack_sbuffer_clear(&sb);
@@ -1414,7 +1431,7 @@ static void test_invalid_refused_both_ways(void **state)
         {XP_MSG_READY, READY_STATUS_NEG, "READY: status -1 unknown", NULL},
         {XP_MSG_READY, READY_BLOCKS_NEG, "READY: n_blocks -1", NULL},
         {XP_MSG_READY, READY_VOCAB_BIG, "n_vocab 16777217", NULL},
-        {XP_MSG_READY, READY_SWA_NEG, "n_swa_blocks -1 out of range", NULL},
+        {XP_MSG_READY, READY_SWA_NEG, "n_swa_blocks -1 / state slots", NULL},
         {XP_MSG_RESULT, RESULT_STATUS_NEG, "RESULT: status -2 unknown", NULL},
         {XP_MSG_RESULT, RESULT_VOCAB_BIG, "RESULT: n_vocab 16777217", NULL},
     };
@@ -1720,9 +1737,9 @@ static int write_corpus(const char *dir)
         return 1;
     }
     uint64_t s = 2026;
-    /* every type, then (t == XP_MSG_TYPE_END) a LOAD with an NCCL id and (TYPE_END + 1) a
-     * STEP with sliding-window tables */
-    for (int t = XP_MSG_HELLO; t <= XP_MSG_TYPE_END + 1; t++) {
+    /* every type, then (t == XP_MSG_TYPE_END) a LOAD with an NCCL id, (TYPE_END + 1) a
+     * STEP with sliding-window tables and (TYPE_END + 2) one with recurrent-state slots */
+    for (int t = XP_MSG_HELLO; t <= XP_MSG_TYPE_END + 2; t++) {
         xp_msg_t m;
         if (t == XP_MSG_TYPE_END) {
             do {
@@ -1733,12 +1750,19 @@ static int write_corpus(const char *dir)
                 gen_msg(&s, XP_MSG_STEP, g, &m);
             } while (m.step.n_tokens == 0 || m.step.n_tokens > 40 ||
                      m.step.seqs[0].swa_blocks == NULL);
+        } else if (t == XP_MSG_TYPE_END + 2) {
+            do {
+                gen_msg(&s, XP_MSG_STEP, g, &m);
+            } while (m.step.n_tokens == 0 || m.step.n_tokens > 40 || m.step.n_seqs < 2 ||
+                     m.step.seqs[0].swa_blocks != NULL || m.step.seqs[0].state_slot < 0 ||
+                     m.step.seqs[0].state_load < 0);
         } else {
             do {
                 gen_msg(&s, (xp_msg_type_t)t, g, &m);
             } while (
-                (t == XP_MSG_STEP && (m.step.n_tokens == 0 || m.step.n_tokens > 40 ||
-                                      m.step.seqs[0].swa_blocks != NULL)) ||
+                (t == XP_MSG_STEP &&
+                 (m.step.n_tokens == 0 || m.step.n_tokens > 40 ||
+                  m.step.seqs[0].swa_blocks != NULL || m.step.seqs[0].state_slot >= 0)) ||
                 (t == XP_MSG_RESULT && m.result.n_logits * m.result.n_vocab == 0) ||
                 (t == XP_MSG_LOAD && (m.load.n_peers < 2 || m.load.n_layers == 0 ||
                                       m.load.n_layers > 8 || m.load.proto == XP_MSG_PROTO_NCCL)));
@@ -1757,6 +1781,7 @@ static int write_corpus(const char *dir)
         snprintf(name, sizeof(name), "%s",
                  t == XP_MSG_TYPE_END       ? "LOAD_NCCL"
                  : t == XP_MSG_TYPE_END + 1 ? "STEP_SWA"
+                 : t == XP_MSG_TYPE_END + 2 ? "STEP_STATE"
                                             : xp_msg_type_str(t));
         for (char *c = name; *c; c++) {
             *c = (char)(*c == '_' ? '-' : *c | 0x20);
