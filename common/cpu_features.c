@@ -5,6 +5,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
 #if defined(__aarch64__)
 #include <sys/auxv.h>
 #ifndef HWCAP_ASIMDDP
@@ -33,6 +36,10 @@ void tdm_cpu_features_detect(tdm_cpu_features_t *out)
 #if defined(__GNUC__) && __GNUC__ >= 11
     out->avx_vnni = __builtin_cpu_supports("avxvnni");
 #endif
+    unsigned int a, b, c, d;
+    if (__get_cpuid_count(7, 0, &a, &b, &c, &d)) {
+        out->amx_int8 = (d >> 24 & 1) && (d >> 25 & 1); /* EDX: AMX-TILE, AMX-INT8 */
+    }
 #elif defined(__aarch64__)
     unsigned long hw = getauxval(AT_HWCAP);
     unsigned long hw2 = getauxval(AT_HWCAP2);
@@ -52,9 +59,10 @@ void tdm_cpu_features_str(const tdm_cpu_features_t *f, char *buf, unsigned long 
         bool on;
         const char *name;
     } names[] = {
-        {f->avx2, "avx2"},         {f->avx512, "avx512"}, {f->avx512_vnni, "avx512_vnni"},
-        {f->avx_vnni, "avx_vnni"}, {f->neon, "neon"},     {f->dotprod, "dotprod"},
-        {f->i8mm, "i8mm"},         {f->fp16, "fp16"},     {f->sve, "sve"},
+        {f->avx2, "avx2"},         {f->avx512, "avx512"},     {f->avx512_vnni, "avx512_vnni"},
+        {f->avx_vnni, "avx_vnni"}, {f->amx_int8, "amx_int8"}, {f->neon, "neon"},
+        {f->dotprod, "dotprod"},   {f->i8mm, "i8mm"},         {f->fp16, "fp16"},
+        {f->sve, "sve"},
     };
     size_t used = 0;
     buf[0] = '\0';

@@ -15,6 +15,7 @@ typedef struct tdm_cpu_features {
     bool avx512; /* AVX-512 F + BW + VL + DQ                                  */
     bool avx512_vnni;
     bool avx_vnni;
+    bool amx_int8; /* AMX-TILE + AMX-INT8 (the OS must still grant the tile state) */
     /* arm64 */
     bool neon;    /* Advanced SIMD (always present on arm64)                   */
     bool dotprod; /* SDOT/UDOT (armv8.2-a dotprod)                             */

@@ -36,6 +36,9 @@ tdm_status_t kern_ctx_create(int n_threads, kern_isa_t isa_override, kern_ctx_t 
 void kern_ctx_destroy(kern_ctx_t *ctx); /* NULL is fine */
 int kern_ctx_n_threads(const kern_ctx_t *ctx);
 kern_isa_t kern_ctx_isa(const kern_ctx_t *ctx);
+/* 1 when the context's Q4_K products run on AMX (AVX-512 level, a CPU with AMX-INT8,
+ * the tile state granted by the kernel, TANDEM_CPU_AMX not "0"), else 0. */
+int kern_ctx_amx(const kern_ctx_t *ctx);
 
 /* fn(arg, begin, end, thread_idx) is called on disjoint chunks covering [0, n), each at
  * least `grain` long (except the last); returns when all chunks are done. Calls from

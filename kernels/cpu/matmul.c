@@ -24,6 +24,8 @@
 
 #define KERN_TOK_TILE 16 /* tokens per work item (activations stay in L1/L2)       */
 #define KERN_ROW_BLK  16 /* rows per work item: 64 bytes of y per token             */
+_Static_assert(KERN_TOK_TILE <= KERN_GEMM_TOK && KERN_ROW_BLK <= KERN_GEMM_ROWS,
+               "an AMX call takes a whole work item");
 /* Decode streams each weight row once. Reading several rows block by block (sharing the
  * activation loads) pays only for short rows: measured on a 2-core AMD EPYC VM, two rows
  * at a time gain ~20% at 360-byte rows but lose up to 2x at 600+ bytes (the interleaved
@@ -40,6 +42,7 @@ typedef struct matmul_part {
     kern_vec_dot_tile2_fn tile2; /* prefill, two rows at a time; NULL: tile per row */
     kern_vec_dot_tile4_fn tile4; /* prefill, four rows at a time; NULL: tile2 */
     kern_vec_dot_rows_fn rows;   /* decode: rows_group rows per call; NULL: vec_dot */
+    kern_gemm_fn gemm; /* AMX: every product of the type, decode and prefill; NULL: above */
     int rows_group;
     float *y;
     int64_t ldy;
@@ -96,6 +99,12 @@ static void rows_part(const matmul_job_t *j, const matmul_part_t *p, int64_t beg
         const int64_t r1 = r0 + KERN_ROW_BLK < w->n_rows ? r0 + KERN_ROW_BLK : w->n_rows;
         const int64_t t0 = (it % j->n_tok_blk) * KERN_TOK_TILE;
         const int64_t t1 = t0 + KERN_TOK_TILE < j->n_tok ? t0 + KERN_TOK_TILE : j->n_tok;
+        if (p->gemm != NULL) { /* the whole item in one call */
+            p->gemm(k, wd + (size_t)r0 * w->row_bytes, w->row_bytes, (int)(r1 - r0),
+                    p->act + (size_t)t0 * p->act_stride, p->act_stride, (int)(t1 - t0),
+                    p->y + t0 * p->ldy + r0, p->ldy);
+            continue;
+        }
         int64_t r = r0;
         if (p->tile4 != NULL) {
             for (; r + 3 < r1; r += 4) {
@@ -139,6 +148,14 @@ static void rows1_part(const matmul_part_t *p, int64_t begin, int64_t end)
 {
     const kern_weight_t *w = p->w;
     const uint8_t *wd = w->data;
+    if (p->gemm != NULL) {
+        for (int64_t r = begin; r < end; r += KERN_GEMM_ROWS) {
+            const int nr = end - r < KERN_GEMM_ROWS ? (int)(end - r) : KERN_GEMM_ROWS;
+            p->gemm(w->n_cols, wd + (size_t)r * w->row_bytes, w->row_bytes, nr, p->act, 0, 1,
+                    p->y + r, 0);
+        }
+        return;
+    }
     if (p->rows != NULL) {
         p->rows(w->n_cols, wd + (size_t)begin * w->row_bytes, w->row_bytes, (int)(end - begin),
                 p->rows_group, p->act, p->y + begin);
@@ -313,6 +330,8 @@ tdm_status_t kern_matmul_batch(kern_ctx_t *ctx, int n_ops, const kern_matmul_op_
             p->tile2 = kern_vec_dot_tile2_get(w->type, isa);
             p->tile4 = kern_vec_dot_tile4_get(w->type, isa);
         }
+        /* AMX: decode too, so a token's result does not depend on the batch */
+        p->gemm = kern_ctx_amx(ctx) ? kern_gemm_amx_get(w->type) : NULL;
         p->item0 = items;
         items +=
             n_tok == 1 ? w->n_rows : (w->n_rows + KERN_ROW_BLK - 1) / KERN_ROW_BLK * j.n_tok_blk;

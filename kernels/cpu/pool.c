@@ -18,6 +18,7 @@
 
 #include "common/cpu_features.h"
 #include "common/mem.h"
+#include "kernels/cpu/types_cpu.h"
 
 #include <pthread.h>
 #include <sched.h>
@@ -50,6 +51,7 @@ typedef struct kern_job {
 struct kern_ctx {
     int n_threads;
     kern_isa_t isa;
+    int amx; /* Q4_K products on AMX (kern_ctx_amx) */
 
     pthread_t *threads; /* n_threads - 1 workers (indices 1..n_threads-1) */
     int n_started;
@@ -139,6 +141,17 @@ static void *worker_main(void *p)
     return NULL;
 }
 
+/* Asks the kernel for the AMX tile state (once per process is enough; repeating it is
+ * harmless). 0 where AMX is not built or not granted. */
+static int amx_request(void)
+{
+#if defined(KERN_HAVE_AMX)
+    return kern_amx_request();
+#else
+    return 0;
+#endif
+}
+
 tdm_status_t kern_ctx_create(int n_threads, kern_isa_t isa_override, kern_ctx_t **out,
                              tdm_error_t *err)
 {
@@ -167,6 +180,11 @@ tdm_status_t kern_ctx_create(int n_threads, kern_isa_t isa_override, kern_ctx_t 
     }
     ctx->n_threads = n_threads;
     ctx->isa = isa;
+    /* AMX belongs to the AVX-512 level (TANDEM_CPU_ISA=avx2 turns it off with the rest);
+     * TANDEM_CPU_AMX=0 keeps AVX-512 without it, for comparison */
+    const char *amx_env = getenv("TANDEM_CPU_AMX");
+    ctx->amx = isa == KERN_ISA_AVX512 && f.amx_int8 && kern_gemm_amx_get(TDM_TYPE_Q4_K) != NULL &&
+               (amx_env == NULL || strcmp(amx_env, "0") != 0) && amx_request();
     atomic_init(&ctx->cur, 0);
     atomic_init(&ctx->n_sleeping, 0);
     atomic_init(&ctx->stop, 0);
@@ -234,6 +252,11 @@ int kern_ctx_n_threads(const kern_ctx_t *ctx)
 kern_isa_t kern_ctx_isa(const kern_ctx_t *ctx)
 {
     return ctx->isa;
+}
+
+int kern_ctx_amx(const kern_ctx_t *ctx)
+{
+    return ctx->amx;
 }
 
 void kern_parallel_for(kern_ctx_t *ctx, int64_t n, int64_t grain, kern_task_fn fn, void *arg)

@@ -265,3 +265,15 @@ kern_vec_dot_tile4_fn kern_vec_dot_tile4_get(tdm_type_t t, kern_isa_t isa)
         tc != NULL ? tile_slot(tc, isa, tc->vec_dot_tile4[KERN_ISA_NEON_DOT] != NULL) : -1;
     return s < 0 ? NULL : tc->vec_dot_tile4[s];
 }
+
+kern_gemm_fn kern_gemm_amx_get(tdm_type_t t)
+{
+#if defined(KERN_HAVE_AMX)
+    if (t == TDM_TYPE_Q4_K) {
+        return kern_gemm_q4_k_amx;
+    }
+#else
+    (void)t;
+#endif
+    return NULL;
+}

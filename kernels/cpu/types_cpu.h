@@ -391,6 +391,23 @@ float kern_vec_dot_q4_k_avx512(int64_t n, const void *restrict w, const void *re
 float kern_vec_dot_q6_k_avx512(int64_t n, const void *restrict w, const void *restrict a);
 float kern_vec_dot_mxfp4_avx512(int64_t n, const void *restrict w, const void *restrict a);
 
+/* AMX products (x86/amx_quant.c, built when KERN_HAVE_AMX): n_rows (1..16) weight rows
+ * w + r * row_bytes against n_tok (1..16) activation rows a + t * a_stride into
+ * y[t * y_stride + r]; a (row, token) gets the same bits whatever n_rows and n_tok. Only
+ * after kern_amx_request() returned 1 (kern_ctx_amx). */
+typedef void (*kern_gemm_fn)(int64_t n, const void *restrict w, size_t row_bytes, int n_rows,
+                             const void *restrict a, size_t a_stride, int n_tok, float *restrict y,
+                             int64_t y_stride);
+#define KERN_GEMM_ROWS 16
+#define KERN_GEMM_TOK  16
+int kern_amx_request(void);
+void kern_gemm_q4_k_amx(int64_t n, const void *restrict w, size_t row_bytes, int n_rows,
+                        const void *restrict a, size_t a_stride, int n_tok, float *restrict y,
+                        int64_t y_stride);
+
+/* The AMX product for weight type t, or NULL (no AMX kernel for t, or none built). */
+kern_gemm_fn kern_gemm_amx_get(tdm_type_t t);
+
 KERN_DECLARE_DOTS(ref)
 KERN_DECLARE_DOTS(avx2)
 KERN_DECLARE_DOTS(neon)

@@ -1025,6 +1025,114 @@ static void test_dot_rows(void **state)
     print_message("dot rows and tiles: %d (type, ISA, K) cases checked\n", n_checked);
 }
 
+/* The AMX Q4_K product (kern_gemm_q4_k_amx) against the scalar vec_dot, within the
+ * rounding bound, for 1..16 rows x 1..16 tokens (the one-token path and the tiles, rows
+ * and tokens short of a full tile, padded row and activation strides, K of 1, 3 and 11
+ * super-blocks); and every (row, token) bit-identical whatever the call's shape. Runs
+ * where the CPU has AMX-INT8 and the kernel grants the tile state; a context at the
+ * AVX-512 level then uses it (kern_ctx_amx), so test_matmul_tiles and
+ * test_matmul_batch_invariance cover it through kern_matmul too. */
+static void test_gemm_amx(void **state)
+{
+    (void)state;
+#if !defined(KERN_HAVE_AMX)
+    print_message("AMX: not built, skipped\n");
+#else
+    tdm_cpu_features_t f;
+    tdm_cpu_features_detect(&f);
+    const kern_gemm_fn gemm = kern_gemm_amx_get(TDM_TYPE_Q4_K);
+    if (gemm == NULL || !f.amx_int8 || !kern_isa_supported(KERN_ISA_AVX512, &f) ||
+        !kern_amx_request()) {
+        print_message("AMX: not built or not available here, skipped\n");
+        return;
+    }
+    const char *env = getenv("TANDEM_CPU_AMX");
+    kern_ctx_t *ctx = NULL;
+    assert_int_equal(kern_ctx_create(1, KERN_ISA_AVX512, &ctx, NULL), TDM_OK);
+    assert_int_equal(kern_ctx_amx(ctx), env == NULL || strcmp(env, "0") != 0);
+    kern_ctx_destroy(ctx);
+    assert_null(kern_gemm_amx_get(TDM_TYPE_Q6_K));
+
+    uint64_t s = 2718;
+    const tdm_type_t t = TDM_TYPE_Q4_K;
+    static const int64_t ks[] = {256, 3 * 256, 11 * 256};
+    enum { NR = KERN_GEMM_ROWS, NT = KERN_GEMM_TOK };
+    for (size_t ki = 0; ki < ARRAY_LEN(ks); ki++) {
+        const int64_t k = ks[ki];
+        const size_t rb = tdm_type_row_size(t, k) + 16; /* rows need not be packed */
+        const size_t qrb = tdm_type_row_size(TDM_TYPE_Q8_K, k);
+        const size_t as = qrb + 8;
+        uint8_t *w = calloc(NR, rb);
+        uint8_t *a = calloc(NT, as);
+        float *wd = malloc((size_t)(NR * k) * sizeof(float));
+        float *x = malloc((size_t)k * sizeof(float));
+        assert_true(w != NULL && a != NULL && wd != NULL && x != NULL);
+        void *wq = random_weights(t, NR, k, &s);
+        for (int r = 0; r < NR; r++) {
+            memcpy(w + (size_t)r * rb, (const uint8_t *)wq + (size_t)r * (rb - 16), rb - 16);
+            kern_to_float_q4_k(w + (size_t)r * rb, wd + r * k, k);
+        }
+        free(wq);
+        float want[NT][NR];
+        double tol[NT][NR];
+        for (int tk = 0; tk < NT; tk++) {
+            for (int64_t i = 0; i < k; i++) {
+                x[i] = rng_normal(&s) * ((i % 61) == 0 ? 8.0f : 1.0f);
+            }
+            void *q = quantize_act(TDM_TYPE_Q8_K, x, k);
+            memcpy(a + (size_t)tk * as, q, qrb);
+            float *ad = dequant_alloc(TDM_TYPE_Q8_K, q, k);
+            for (int r = 0; r < NR; r++) {
+                const uint8_t *row = w + (size_t)r * rb;
+                double exact, absdot;
+                ref_dot(t, row, wd + r * k, q, ad, k, &exact, &absdot);
+                want[tk][r] = kern_vec_dot_q4_k_ref(k, row, q);
+                tol[tk][r] = 2.0 * rounding_bound(n_blocks_of(t, k), absdot);
+            }
+            free(q);
+            free(ad);
+        }
+        float full[NT][NR + 3];
+        gemm(k, w, rb, NR, a, as, NT, &full[0][0], NR + 3);
+        for (int tk = 0; tk < NT; tk++) {
+            for (int r = 0; r < NR; r++) {
+                if (!(fabs((double)full[tk][r] - want[tk][r]) <= tol[tk][r])) {
+                    fail_msg("AMX Q4_K K=%lld y[%d,%d] = %.9g, scalar vec_dot %.9g (tol %.3g)",
+                             (long long)k, tk, r, full[tk][r], want[tk][r], tol[tk][r]);
+                }
+            }
+        }
+        /* every sub-shape, from every first row and token: the same bits */
+        for (int nr = 1; nr <= NR; nr++) {
+            for (int nt = 1; nt <= NT; nt++) {
+                const int r0 = (nr * 7 + nt) % (NR - nr + 1), t0 = (nt * 5 + nr) % (NT - nt + 1);
+                float part[NT][NR];
+                for (int tk = 0; tk < NT; tk++) {
+                    for (int r = 0; r < NR; r++) {
+                        part[tk][r] = -12345.0f;
+                    }
+                }
+                gemm(k, w + (size_t)r0 * rb, rb, nr, a + (size_t)t0 * as, as, nt, &part[0][0], NR);
+                for (int tk = 0; tk < NT; tk++) {
+                    for (int r = 0; r < NR; r++) {
+                        if (tk < nt && r < nr) {
+                            assert_memory_equal(&part[tk][r], &full[t0 + tk][r0 + r],
+                                                sizeof(float));
+                        } else {
+                            assert_true(part[tk][r] == -12345.0f); /* nothing else written */
+                        }
+                    }
+                }
+            }
+        }
+        free(w);
+        free(a);
+        free(wd);
+        free(x);
+    }
+#endif
+}
+
 /* Batch invariance at the kern_matmul level: each token's outputs of a prefill batch
  * (n_tok 2..37: tiles, tile2 row pairs, tails) on 1..3 threads are bit-identical to
  * the same token decoded alone (n_tok 1: the row kernels or vec_dot), for every weight
@@ -1263,6 +1371,7 @@ int main(void)
         cmocka_unit_test(test_matmul_nested),
         cmocka_unit_test(test_simd_quantizers_bit_exact),
         cmocka_unit_test(test_dot_rows),
+        cmocka_unit_test(test_gemm_amx),
         cmocka_unit_test(test_matmul_batch_invariance),
         cmocka_unit_test(test_mxfp4_scale_range),
         cmocka_unit_test(test_matmul_batch),
