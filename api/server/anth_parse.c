@@ -8,9 +8,9 @@
  */
 #include "api/server/anth_parse.h"
 
+#include "api/server/json_util.h"
 #include "coordinator/stop_strings.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,42 +18,11 @@
 #define ANTH_MAX_TOOL_NAME 128
 
 typedef struct actx {
-    tdm_error_t *err;
+    srv_perr_t pe;      /* no parameter names: the messages carry the path           */
     json_t *msgs;       /* the chat messages so far                                  */
     json_t *call_names; /* tool_use id -> tool name, for the tool messages' "name"   */
     json_t *prefill;    /* a final assistant message's text (a JSON string) or NULL  */
 } actx_t;
-
-static tdm_status_t fail(actx_t *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static tdm_status_t fail(actx_t *c, const char *fmt, ...)
-{
-    char msg[TDM_ERROR_MSG_MAX];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
-    return tdm_error_set(c->err, TDM_ERR_INVALID_PARAM, "%s", msg);
-}
-
-#define TRY(expr)                  \
-    do {                           \
-        tdm_status_t st_ = (expr); \
-        if (st_ != TDM_OK) {       \
-            return st_;            \
-        }                          \
-    } while (0)
-
-/* The value of key, or NULL when absent or null (clients send explicit nulls). */
-static json_t *get(const json_t *o, const char *key)
-{
-    json_t *v = json_object_get(o, key);
-    return json_is_null(v) ? NULL : v;
-}
-
-static bool is_str(const json_t *v, const char *s)
-{
-    return json_is_string(v) && strcmp(json_string_value(v), s) == 0;
-}
 
 /* Appends text to the growing string *acc (a JSON string, or NULL for none yet), with a
  * newline between blocks, as the chat API joins its text parts. */
@@ -85,7 +54,7 @@ static tdm_status_t text_block(actx_t *c, const json_t *b, const char *pname, js
 {
     json_t *text = json_object_get(b, "text");
     if (!json_is_string(text)) {
-        return fail(c, "%s.text must be a string", pname);
+        return srv_fail(&c->pe, NULL, "%s.text must be a string", pname);
     }
     join_text(acc, text);
     return TDM_OK;
@@ -93,18 +62,19 @@ static tdm_status_t text_block(actx_t *c, const json_t *b, const char *pname, js
 
 static tdm_status_t unsupported_block(actx_t *c, const json_t *type, const char *pname)
 {
-    if (is_str(type, "image") || is_str(type, "document")) {
-        return fail(c, "%s: %s blocks are not supported (this server reads text only)", pname,
-                    json_string_value(type));
+    if (srv_json_is_str(type, "image") || srv_json_is_str(type, "document")) {
+        return srv_fail(&c->pe, NULL,
+                        "%s: %s blocks are not supported (this server reads text only)", pname,
+                        json_string_value(type));
     }
-    return fail(c, "%s.type '%s' is not a content block type this server knows", pname,
-                json_is_string(type) ? json_string_value(type) : "?");
+    return srv_fail(&c->pe, NULL, "%s.type '%s' is not a content block type this server knows",
+                    pname, json_is_string(type) ? json_string_value(type) : "?");
 }
 
 /* system: a string or an array of text blocks. */
 static tdm_status_t parse_system(actx_t *c, const json_t *o)
 {
-    json_t *sys = get(o, "system");
+    json_t *sys = srv_json_get(o, "system");
     if (sys == NULL) {
         return TDM_OK;
     }
@@ -119,9 +89,9 @@ static tdm_status_t parse_system(actx_t *c, const json_t *o)
             char pname[48];
             snprintf(pname, sizeof(pname), "system[%zu]", i);
             json_t *type = json_object_get(b, "type");
-            if (!json_is_object(b) || !is_str(type, "text")) {
+            if (!json_is_object(b) || !srv_json_is_str(type, "text")) {
                 json_decref(text);
-                return fail(c, "%s must be a text block", pname);
+                return srv_fail(&c->pe, NULL, "%s must be a text block", pname);
             }
             tdm_status_t st = text_block(c, b, pname, &text);
             if (st != TDM_OK) {
@@ -130,7 +100,7 @@ static tdm_status_t parse_system(actx_t *c, const json_t *o)
             }
         }
     } else {
-        return fail(c, "system must be a string or an array of text blocks");
+        return srv_fail(&c->pe, NULL, "system must be a string or an array of text blocks");
     }
     if (text != NULL) {
         json_array_append_new(c->msgs, json_pack("{s:s, s:o}", "role", "system", "content", text));
@@ -154,7 +124,8 @@ static tdm_status_t tool_result_text(actx_t *c, const json_t *content, const cha
         return TDM_OK;
     }
     if (!json_is_array(content)) {
-        return fail(c, "%s.content must be a string or an array of content blocks", pname);
+        return srv_fail(&c->pe, NULL, "%s.content must be a string or an array of content blocks",
+                        pname);
     }
     size_t i;
     json_t *b;
@@ -164,7 +135,8 @@ static tdm_status_t tool_result_text(actx_t *c, const json_t *content, const cha
         snprintf(bname, sizeof(bname), "%s.content[%zu]", pname, i);
         json_t *type = json_object_get(b, "type");
         tdm_status_t st;
-        if (json_is_object(b) && (is_str(type, "image") || is_str(type, "document"))) {
+        if (json_is_object(b) &&
+            (srv_json_is_str(type, "image") || srv_json_is_str(type, "document"))) {
             json_t *note =
                 json_sprintf("[%s omitted: this model reads text only]", json_string_value(type));
             if (note != NULL) {
@@ -173,8 +145,9 @@ static tdm_status_t tool_result_text(actx_t *c, const json_t *content, const cha
             }
             st = TDM_OK;
         } else {
-            st = json_is_object(b) && is_str(type, "text") ? text_block(c, b, bname, out)
-                                                           : unsupported_block(c, type, bname);
+            st = json_is_object(b) && srv_json_is_str(type, "text")
+                     ? text_block(c, b, bname, out)
+                     : unsupported_block(c, type, bname);
         }
         if (st != TDM_OK) {
             json_decref(*out);
@@ -210,19 +183,19 @@ static tdm_status_t user_blocks(actx_t *c, const json_t *content, size_t mi)
         json_t *type = json_object_get(b, "type");
         tdm_status_t st = TDM_OK;
         if (!json_is_object(b)) {
-            st = fail(c, "%s must be a content block", pname);
-        } else if (is_str(type, "text")) {
+            st = srv_fail(&c->pe, NULL, "%s must be a content block", pname);
+        } else if (srv_json_is_str(type, "text")) {
             st = text_block(c, b, pname, &text);
-        } else if (is_str(type, "tool_result")) {
+        } else if (srv_json_is_str(type, "tool_result")) {
             json_t *id = json_object_get(b, "tool_use_id");
-            json_t *is_error = get(b, "is_error");
+            json_t *is_error = srv_json_get(b, "is_error");
             json_t *out = NULL;
             if (!json_is_string(id) || json_string_length(id) == 0) {
-                st = fail(c, "%s.tool_use_id must be a non-empty string", pname);
+                st = srv_fail(&c->pe, NULL, "%s.tool_use_id must be a non-empty string", pname);
             } else if (is_error != NULL && !json_is_boolean(is_error)) {
-                st = fail(c, "%s.is_error must be a boolean", pname);
+                st = srv_fail(&c->pe, NULL, "%s.is_error must be a boolean", pname);
             } else {
-                st = tool_result_text(c, get(b, "content"), pname, &out);
+                st = tool_result_text(c, srv_json_get(b, "content"), pname, &out);
             }
             if (st == TDM_OK) {
                 flush_user(c, &text);
@@ -260,27 +233,27 @@ static tdm_status_t assistant_blocks(actx_t *c, const json_t *content, size_t mi
         snprintf(pname, sizeof(pname), "messages[%zu].content[%zu]", mi, i);
         json_t *type = json_object_get(b, "type");
         if (!json_is_object(b)) {
-            st = fail(c, "%s must be a content block", pname);
-        } else if (is_str(type, "text")) {
+            st = srv_fail(&c->pe, NULL, "%s must be a content block", pname);
+        } else if (srv_json_is_str(type, "text")) {
             st = text_block(c, b, pname, &text);
-        } else if (is_str(type, "thinking")) {
+        } else if (srv_json_is_str(type, "thinking")) {
             json_t *t = json_object_get(b, "thinking");
             if (!json_is_string(t)) {
-                st = fail(c, "%s.thinking must be a string", pname);
+                st = srv_fail(&c->pe, NULL, "%s.thinking must be a string", pname);
             } else {
                 join_text(&reasoning, t);
             }
-        } else if (is_str(type, "redacted_thinking")) {
+        } else if (srv_json_is_str(type, "redacted_thinking")) {
             /* nothing the model can read */
-        } else if (is_str(type, "tool_use")) {
+        } else if (srv_json_is_str(type, "tool_use")) {
             json_t *id = json_object_get(b, "id"), *name = json_object_get(b, "name");
-            json_t *input = get(b, "input");
+            json_t *input = srv_json_get(b, "input");
             if (!json_is_string(id) || json_string_length(id) == 0) {
-                st = fail(c, "%s.id must be a non-empty string", pname);
+                st = srv_fail(&c->pe, NULL, "%s.id must be a non-empty string", pname);
             } else if (!json_is_string(name) || json_string_length(name) == 0) {
-                st = fail(c, "%s.name must be a non-empty string", pname);
+                st = srv_fail(&c->pe, NULL, "%s.name must be a non-empty string", pname);
             } else if (input != NULL && !json_is_object(input)) {
-                st = fail(c, "%s.input must be an object", pname);
+                st = srv_fail(&c->pe, NULL, "%s.input must be an object", pname);
             } else {
                 calls = calls != NULL ? calls : json_array();
                 json_array_append_new(
@@ -316,15 +289,15 @@ static tdm_status_t assistant_blocks(actx_t *c, const json_t *content, size_t mi
 
 static tdm_status_t parse_messages(actx_t *c, const json_t *o)
 {
-    json_t *msgs = get(o, "messages");
+    json_t *msgs = srv_json_get(o, "messages");
     if (msgs == NULL) {
-        return fail(c, "messages: field required");
+        return srv_fail(&c->pe, NULL, "messages: field required");
     }
     if (!json_is_array(msgs) || json_array_size(msgs) == 0) {
-        return fail(c, "messages must be a non-empty array");
+        return srv_fail(&c->pe, NULL, "messages must be a non-empty array");
     }
     if (json_array_size(msgs) > SRV_MAX_MESSAGES) {
-        return fail(c, "at most %d messages are allowed", SRV_MAX_MESSAGES);
+        return srv_fail(&c->pe, NULL, "at most %d messages are allowed", SRV_MAX_MESSAGES);
     }
     size_t i;
     json_t *m;
@@ -332,28 +305,30 @@ static tdm_status_t parse_messages(actx_t *c, const json_t *o)
     {
         json_t *role = json_object_get(m, "role");
         json_t *content = json_object_get(m, "content");
-        bool user = is_str(role, "user");
+        bool user = srv_json_is_str(role, "user");
         if (!json_is_object(m)) {
-            return fail(c, "messages[%zu] must be an object", i);
+            return srv_fail(&c->pe, NULL, "messages[%zu] must be an object", i);
         }
-        if (!user && !is_str(role, "assistant")) {
-            return fail(c, "messages[%zu].role must be \"user\" or \"assistant\"", i);
+        if (!user && !srv_json_is_str(role, "assistant")) {
+            return srv_fail(&c->pe, NULL, "messages[%zu].role must be \"user\" or \"assistant\"",
+                            i);
         }
         if (json_is_string(content)) {
             json_array_append_new(c->msgs,
                                   json_pack("{s:O, s:O}", "role", role, "content", content));
         } else if (json_is_array(content)) {
-            TRY(user ? user_blocks(c, content, i) : assistant_blocks(c, content, i));
+            SRV_TRY(user ? user_blocks(c, content, i) : assistant_blocks(c, content, i));
         } else {
-            return fail(c, "messages[%zu].content must be a string or an array of content blocks",
-                        i);
+            return srv_fail(&c->pe, NULL,
+                            "messages[%zu].content must be a string or an array of content blocks",
+                            i);
         }
     }
     /* A final assistant message is a prefill: the reply continues its text (unless it holds
      * tool calls, which only a tool result can follow). */
     json_t *last = json_array_get(c->msgs, json_array_size(c->msgs) - 1);
-    if (is_str(json_object_get(json_array_get(msgs, json_array_size(msgs) - 1), "role"),
-               "assistant") &&
+    if (srv_json_is_str(json_object_get(json_array_get(msgs, json_array_size(msgs) - 1), "role"),
+                        "assistant") &&
         json_object_get(last, "tool_calls") == NULL) {
         c->prefill = json_incref(json_object_get(last, "content"));
         json_array_remove(c->msgs, json_array_size(c->msgs) - 1);
@@ -361,33 +336,15 @@ static tdm_status_t parse_messages(actx_t *c, const json_t *o)
     return TDM_OK;
 }
 
-/* Anthropic's rule for tool names (the chat parser applies OpenAI's, which also allows
- * dots, at most 64 characters). */
-static bool valid_tool_name(const json_t *name)
-{
-    if (!json_is_string(name) || json_string_length(name) == 0 ||
-        json_string_length(name) > ANTH_MAX_TOOL_NAME) {
-        return false;
-    }
-    for (const char *p = json_string_value(name); *p; p++) {
-        char ch = *p;
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-              ch == '_' || ch == '-' || ch == '.')) {
-            return false;
-        }
-    }
-    return true;
-}
-
 static tdm_status_t parse_tools(actx_t *c, const json_t *o, json_t *chat)
 {
-    json_t *tools = get(o, "tools");
+    json_t *tools = srv_json_get(o, "tools");
     if (tools != NULL) {
         if (!json_is_array(tools)) {
-            return fail(c, "tools must be an array");
+            return srv_fail(&c->pe, NULL, "tools must be an array");
         }
         if (json_array_size(tools) > SRV_MAX_TOOLS) {
-            return fail(c, "at most %d tools are allowed", SRV_MAX_TOOLS);
+            return srv_fail(&c->pe, NULL, "at most %d tools are allowed", SRV_MAX_TOOLS);
         }
         json_t *out = json_array();
         json_object_set_new(chat, "tools", out);
@@ -395,28 +352,29 @@ static tdm_status_t parse_tools(actx_t *c, const json_t *o, json_t *chat)
         json_t *t;
         json_array_foreach(tools, i, t)
         {
-            json_t *type = get(t, "type"), *name = json_object_get(t, "name");
-            json_t *desc = get(t, "description"), *schema = json_object_get(t, "input_schema");
+            json_t *type = srv_json_get(t, "type"), *name = json_object_get(t, "name");
+            json_t *desc = srv_json_get(t, "description"),
+                   *schema = json_object_get(t, "input_schema");
             if (!json_is_object(t)) {
-                return fail(c, "tools[%zu] must be an object", i);
+                return srv_fail(&c->pe, NULL, "tools[%zu] must be an object", i);
             }
-            if (type != NULL && !is_str(type, "custom")) {
-                return fail(c,
-                            "tools[%zu]: tool type '%s' is not supported (only client tools "
-                            "with an input_schema)",
-                            i, json_is_string(type) ? json_string_value(type) : "?");
+            if (type != NULL && !srv_json_is_str(type, "custom")) {
+                return srv_fail(&c->pe, NULL,
+                                "tools[%zu]: tool type '%s' is not supported (only client tools "
+                                "with an input_schema)",
+                                i, json_is_string(type) ? json_string_value(type) : "?");
             }
-            if (!valid_tool_name(name)) {
-                return fail(c,
-                            "tools[%zu].name must be 1 to %d characters of a-z, A-Z, 0-9, "
-                            "underscores, dots and dashes",
-                            i, ANTH_MAX_TOOL_NAME);
+            if (!srv_valid_tool_name(name, ANTH_MAX_TOOL_NAME)) {
+                return srv_fail(&c->pe, NULL,
+                                "tools[%zu].name must be 1 to %d characters of a-z, A-Z, 0-9, "
+                                "underscores, dots and dashes",
+                                i, ANTH_MAX_TOOL_NAME);
             }
             if (desc != NULL && !json_is_string(desc)) {
-                return fail(c, "tools[%zu].description must be a string", i);
+                return srv_fail(&c->pe, NULL, "tools[%zu].description must be a string", i);
             }
             if (!json_is_object(schema)) {
-                return fail(c, "tools[%zu].input_schema: an object is required", i);
+                return srv_fail(&c->pe, NULL, "tools[%zu].input_schema: an object is required", i);
             }
             json_t *fn = json_pack("{s:O}", "name", name);
             if (desc != NULL) {
@@ -426,34 +384,36 @@ static tdm_status_t parse_tools(actx_t *c, const json_t *o, json_t *chat)
             json_array_append_new(out, json_pack("{s:s, s:o}", "type", "function", "function", fn));
         }
     }
-    json_t *tc = get(o, "tool_choice");
+    json_t *tc = srv_json_get(o, "tool_choice");
     if (tc == NULL) {
         return TDM_OK;
     }
     json_t *type = json_object_get(tc, "type");
-    json_t *dp = get(tc, "disable_parallel_tool_use");
+    json_t *dp = srv_json_get(tc, "disable_parallel_tool_use");
     if (!json_is_object(tc) || !json_is_string(type)) {
-        return fail(c, "tool_choice must be an object with a type (auto, any, tool or none)");
+        return srv_fail(&c->pe, NULL,
+                        "tool_choice must be an object with a type (auto, any, tool or none)");
     }
     if (dp != NULL && !json_is_boolean(dp)) {
-        return fail(c, "tool_choice.disable_parallel_tool_use must be a boolean");
+        return srv_fail(&c->pe, NULL, "tool_choice.disable_parallel_tool_use must be a boolean");
     }
-    if (is_str(type, "auto")) {
+    if (srv_json_is_str(type, "auto")) {
         json_object_set_new(chat, "tool_choice", json_string("auto"));
-    } else if (is_str(type, "any")) {
+    } else if (srv_json_is_str(type, "any")) {
         json_object_set_new(chat, "tool_choice", json_string("required"));
-    } else if (is_str(type, "none")) {
+    } else if (srv_json_is_str(type, "none")) {
         json_object_set_new(chat, "tool_choice", json_string("none"));
-    } else if (is_str(type, "tool")) {
+    } else if (srv_json_is_str(type, "tool")) {
         json_t *name = json_object_get(tc, "name");
         if (!json_is_string(name)) {
-            return fail(c, "tool_choice.name: a string is required for type \"tool\"");
+            return srv_fail(&c->pe, NULL,
+                            "tool_choice.name: a string is required for type \"tool\"");
         }
         json_object_set_new(
             chat, "tool_choice",
             json_pack("{s:s, s:{s:O}}", "type", "function", "function", "name", name));
     } else {
-        return fail(c, "tool_choice.type must be auto, any, tool or none");
+        return srv_fail(&c->pe, NULL, "tool_choice.type must be auto, any, tool or none");
     }
     return TDM_OK;
 }
@@ -462,12 +422,12 @@ static tdm_status_t get_integer(actx_t *c, const json_t *v, const char *name, in
                                 int64_t hi, int64_t *out)
 {
     if (!json_is_integer(v)) {
-        return fail(c, "%s must be an integer", name);
+        return srv_fail(&c->pe, NULL, "%s must be an integer", name);
     }
     *out = json_integer_value(v);
     if (*out < lo || *out > hi) {
-        return fail(c, "%s must be between %lld and %lld (got %lld)", name, (long long)lo,
-                    (long long)hi, (long long)*out);
+        return srv_fail(&c->pe, NULL, "%s must be between %lld and %lld (got %lld)", name,
+                        (long long)lo, (long long)hi, (long long)*out);
     }
     return TDM_OK;
 }
@@ -475,13 +435,14 @@ static tdm_status_t get_integer(actx_t *c, const json_t *v, const char *name, in
 static tdm_status_t copy_number(actx_t *c, const json_t *o, json_t *chat, const char *key,
                                 double lo, double hi, bool lo_open)
 {
-    json_t *v = get(o, key);
+    json_t *v = srv_json_get(o, key);
     if (v == NULL) {
         return TDM_OK;
     }
     double x = json_number_value(v);
     if (!json_is_number(v) || !(x >= lo && x <= hi) || (lo_open && x <= lo)) {
-        return fail(c, "%s must be a number in %s%g, %g]", key, lo_open ? "(" : "[", lo, hi);
+        return srv_fail(&c->pe, NULL, "%s must be a number in %s%g, %g]", key, lo_open ? "(" : "[",
+                        lo, hi);
     }
     json_object_set(chat, key, v);
     return TDM_OK;
@@ -497,108 +458,112 @@ static tdm_status_t copy_number(actx_t *c, const json_t *o, json_t *chat, const 
 static tdm_status_t parse_thinking(actx_t *c, const json_t *o, json_t *chat, int64_t max_tokens,
                                    srv_anth_req_t *out)
 {
-    json_t *th = get(o, "thinking");
+    json_t *th = srv_json_get(o, "thinking");
     if (th != NULL) {
         json_t *type = json_object_get(th, "type");
-        json_t *display = get(th, "display");
+        json_t *display = srv_json_get(th, "display");
         if (!json_is_object(th) || !json_is_string(type)) {
-            return fail(c, "thinking must be an object with a type (enabled, adaptive, "
-                           "between_tools or disabled)");
+            return srv_fail(&c->pe, NULL,
+                            "thinking must be an object with a type (enabled, adaptive, "
+                            "between_tools or disabled)");
         }
-        if (display != NULL && !is_str(display, "summarized") && !is_str(display, "omitted")) {
-            return fail(c, "thinking.display must be summarized or omitted");
+        if (display != NULL && !srv_json_is_str(display, "summarized") &&
+            !srv_json_is_str(display, "omitted")) {
+            return srv_fail(&c->pe, NULL, "thinking.display must be summarized or omitted");
         }
-        out->thinking_omitted = is_str(display, "omitted");
+        out->thinking_omitted = srv_json_is_str(display, "omitted");
         bool on = true;
-        if (is_str(type, "enabled")) {
+        if (srv_json_is_str(type, "enabled")) {
             int64_t budget = 0;
-            json_t *b = get(th, "budget_tokens");
+            json_t *b = srv_json_get(th, "budget_tokens");
             if (b == NULL) {
-                return fail(c, "thinking.budget_tokens: field required");
+                return srv_fail(&c->pe, NULL, "thinking.budget_tokens: field required");
             }
-            TRY(get_integer(c, b, "thinking.budget_tokens", 1024, INT32_MAX, &budget));
+            SRV_TRY(get_integer(c, b, "thinking.budget_tokens", 1024, INT32_MAX, &budget));
             if (max_tokens > 0 && budget >= max_tokens) {
-                return fail(c, "max_tokens must be greater than thinking.budget_tokens");
+                return srv_fail(&c->pe, NULL,
+                                "max_tokens must be greater than thinking.budget_tokens");
             }
             json_object_set_new(chat, "reasoning_effort",
                                 json_string(budget < 4096    ? "low"
                                             : budget < 16384 ? "medium"
                                                              : "high"));
-        } else if (is_str(type, "disabled")) {
+        } else if (srv_json_is_str(type, "disabled")) {
             on = false;
-        } else if (!is_str(type, "adaptive") && !is_str(type, "between_tools")) {
-            return fail(c, "thinking.type must be enabled, adaptive, between_tools or disabled");
+        } else if (!srv_json_is_str(type, "adaptive") && !srv_json_is_str(type, "between_tools")) {
+            return srv_fail(&c->pe, NULL,
+                            "thinking.type must be enabled, adaptive, between_tools or disabled");
         }
         out->thinking = on;
         json_object_set_new(chat, "chat_template_kwargs",
                             json_pack("{s:b}", "enable_thinking", on));
     }
-    json_t *oc = get(o, "output_config");
+    json_t *oc = srv_json_get(o, "output_config");
     if (oc == NULL) {
         return TDM_OK;
     }
     if (!json_is_object(oc)) {
-        return fail(c, "output_config must be an object");
+        return srv_fail(&c->pe, NULL, "output_config must be an object");
     }
-    if (get(oc, "format") != NULL) {
-        return fail(c, "output_config.format (structured outputs) is not supported");
+    if (srv_json_get(oc, "format") != NULL) {
+        return srv_fail(&c->pe, NULL, "output_config.format (structured outputs) is not supported");
     }
     static const char *const efforts[][2] = {{"low", "low"},
                                              {"medium", "medium"},
                                              {"high", "high"},
                                              {"xhigh", "xhigh"},
                                              {"max", "xhigh"}};
-    json_t *effort = get(oc, "effort");
+    json_t *effort = srv_json_get(oc, "effort");
     if (effort == NULL) {
         return TDM_OK;
     }
     for (size_t i = 0; i < sizeof(efforts) / sizeof(efforts[0]); i++) {
-        if (is_str(effort, efforts[i][0])) {
+        if (srv_json_is_str(effort, efforts[i][0])) {
             json_object_set_new(chat, "reasoning_effort", json_string(efforts[i][1]));
             return TDM_OK;
         }
     }
-    return fail(c, "output_config.effort must be low, medium, high, xhigh or max");
+    return srv_fail(&c->pe, NULL, "output_config.effort must be low, medium, high, xhigh or max");
 }
 
 static tdm_status_t parse_options(actx_t *c, const json_t *o, json_t *chat, bool count_tokens,
                                   srv_anth_req_t *out)
 {
-    json_t *model = get(o, "model");
+    json_t *model = srv_json_get(o, "model");
     if (!json_is_string(model)) {
-        return fail(c, "model: a string is required");
+        return srv_fail(&c->pe, NULL, "model: a string is required");
     }
     json_object_set(chat, "model", model);
     int64_t max_tokens = 0;
-    json_t *mt = get(o, "max_tokens");
+    json_t *mt = srv_json_get(o, "max_tokens");
     if (mt != NULL && !count_tokens) {
-        TRY(get_integer(c, mt, "max_tokens", 1, INT32_MAX, &max_tokens));
+        SRV_TRY(get_integer(c, mt, "max_tokens", 1, INT32_MAX, &max_tokens));
         json_object_set_new(chat, "max_tokens", json_integer(max_tokens));
     } else if (!count_tokens) {
-        return fail(c, "max_tokens: field required");
+        return srv_fail(&c->pe, NULL, "max_tokens: field required");
     }
-    TRY(parse_thinking(c, o, chat, max_tokens, out));
+    SRV_TRY(parse_thinking(c, o, chat, max_tokens, out));
     if (count_tokens) {
         return TDM_OK; /* the prompt only: sampling and streaming do not change it */
     }
-    json_t *stream = get(o, "stream");
+    json_t *stream = srv_json_get(o, "stream");
     if (stream != NULL && !json_is_boolean(stream)) {
-        return fail(c, "stream must be a boolean");
+        return srv_fail(&c->pe, NULL, "stream must be a boolean");
     }
     json_object_set_new(chat, "stream", json_boolean(json_is_true(stream)));
-    TRY(copy_number(c, o, chat, "temperature", 0.0, 1.0, false));
-    TRY(copy_number(c, o, chat, "top_p", 0.0, 1.0, true));
-    json_t *tk = get(o, "top_k");
+    SRV_TRY(copy_number(c, o, chat, "temperature", 0.0, 1.0, false));
+    SRV_TRY(copy_number(c, o, chat, "top_p", 0.0, 1.0, true));
+    json_t *tk = srv_json_get(o, "top_k");
     if (tk != NULL) {
         int64_t k;
-        TRY(get_integer(c, tk, "top_k", 0, INT32_MAX, &k));
+        SRV_TRY(get_integer(c, tk, "top_k", 0, INT32_MAX, &k));
         json_object_set(chat, "top_k", tk);
     }
-    json_t *stops = get(o, "stop_sequences");
+    json_t *stops = srv_json_get(o, "stop_sequences");
     if (stops != NULL) {
         if (!json_is_array(stops) || json_array_size(stops) > CRD_MAX_STOP_STRINGS) {
-            return fail(c, "stop_sequences must be an array of at most %d strings",
-                        CRD_MAX_STOP_STRINGS);
+            return srv_fail(&c->pe, NULL, "stop_sequences must be an array of at most %d strings",
+                            CRD_MAX_STOP_STRINGS);
         }
         size_t i;
         json_t *s;
@@ -606,19 +571,20 @@ static tdm_status_t parse_options(actx_t *c, const json_t *o, json_t *chat, bool
         {
             if (!json_is_string(s) || json_string_length(s) == 0 ||
                 json_string_length(s) > CRD_MAX_STOP_LEN) {
-                return fail(c, "stop_sequences[%zu] must be a string of 1 to %d bytes", i,
-                            CRD_MAX_STOP_LEN);
+                return srv_fail(&c->pe, NULL,
+                                "stop_sequences[%zu] must be a string of 1 to %d bytes", i,
+                                CRD_MAX_STOP_LEN);
             }
         }
         if (json_array_size(stops) > 0) {
             json_object_set(chat, "stop", stops);
         }
     }
-    json_t *md = get(o, "metadata");
+    json_t *md = srv_json_get(o, "metadata");
     if (md != NULL) {
-        json_t *uid = get(md, "user_id");
+        json_t *uid = srv_json_get(md, "user_id");
         if (!json_is_object(md) || (uid != NULL && !json_is_string(uid))) {
-            return fail(c, "metadata must be an object whose user_id is a string");
+            return srv_fail(&c->pe, NULL, "metadata must be an object whose user_id is a string");
         }
     }
     return TDM_OK;
@@ -628,17 +594,15 @@ tdm_status_t srv_parse_anth_request(const char *body, size_t len, bool count_tok
                                     srv_anth_req_t *out, tdm_error_t *err)
 {
     memset(out, 0, sizeof(*out));
-    json_error_t je;
-    json_t *o = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
+    json_t *o = srv_json_body(body, len, err);
     if (o == NULL) {
-        return tdm_error_set(err, TDM_ERR_FORMAT, "the body is not valid JSON: %s (at byte %d)",
-                             je.text, je.position);
+        return TDM_ERR_FORMAT;
     }
-    actx_t c = {.err = err, .msgs = json_array(), .call_names = json_object()};
+    actx_t c = {.pe = {.err = err}, .msgs = json_array(), .call_names = json_object()};
     json_t *chat = json_object();
     tdm_status_t st;
     if (!json_is_object(o)) {
-        st = fail(&c, "the body must be a JSON object");
+        st = srv_fail(&c.pe, NULL, "the body must be a JSON object");
     } else {
         st = parse_options(&c, o, chat, count_tokens, out);
         if (st == TDM_OK) {

@@ -6,50 +6,26 @@
  */
 #include "api/server/oai_parse.h"
 
+#include "api/server/json_util.h"
 #include "coordinator/scheduler.h"
 
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 typedef struct pctx {
-    char *param;
-    size_t param_size;
-    tdm_error_t *err;
+    srv_perr_t pe;
 } pctx_t;
-
-static tdm_status_t fail(pctx_t *c, const char *param, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static tdm_status_t fail(pctx_t *c, const char *param, const char *fmt, ...)
-{
-    if (c->param_size > 0) {
-        snprintf(c->param, c->param_size, "%s", param != NULL ? param : "");
-    }
-    char msg[TDM_ERROR_MSG_MAX];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
-    return tdm_error_set(c->err, TDM_ERR_INVALID_PARAM, "%s", msg);
-}
-
-/* The value of key, or NULL when absent or null. */
-static json_t *get(const json_t *o, const char *key)
-{
-    json_t *v = json_object_get(o, key);
-    return json_is_null(v) ? NULL : v;
-}
 
 static tdm_status_t get_bool(pctx_t *c, const json_t *o, const char *key, bool *out)
 {
-    json_t *v = get(o, key);
+    json_t *v = srv_json_get(o, key);
     if (v == NULL) {
         return TDM_OK;
     }
     if (!json_is_boolean(v)) {
-        return fail(c, key, "'%s' must be a boolean", key);
+        return srv_fail(&c->pe, key, "'%s' must be a boolean", key);
     }
     *out = json_is_true(v);
     return TDM_OK;
@@ -58,16 +34,16 @@ static tdm_status_t get_bool(pctx_t *c, const json_t *o, const char *key, bool *
 static tdm_status_t get_number(pctx_t *c, const json_t *o, const char *key, double lo, double hi,
                                float *out)
 {
-    json_t *v = get(o, key);
+    json_t *v = srv_json_get(o, key);
     if (v == NULL) {
         return TDM_OK;
     }
     if (!json_is_number(v)) {
-        return fail(c, key, "'%s' must be a number", key);
+        return srv_fail(&c->pe, key, "'%s' must be a number", key);
     }
     double x = json_number_value(v);
     if (!(x >= lo && x <= hi)) {
-        return fail(c, key, "'%s' must be between %g and %g (got %g)", key, lo, hi, x);
+        return srv_fail(&c->pe, key, "'%s' must be between %g and %g (got %g)", key, lo, hi, x);
     }
     *out = (float)x;
     return TDM_OK;
@@ -76,7 +52,7 @@ static tdm_status_t get_number(pctx_t *c, const json_t *o, const char *key, doub
 static tdm_status_t get_int(pctx_t *c, const json_t *o, const char *key, int64_t lo, int64_t hi,
                             int64_t *out, bool *given)
 {
-    json_t *v = get(o, key);
+    json_t *v = srv_json_get(o, key);
     if (given != NULL) {
         *given = v != NULL;
     }
@@ -90,42 +66,36 @@ static tdm_status_t get_int(pctx_t *c, const json_t *o, const char *key, int64_t
                fabs(json_real_value(v)) < 9e15) {
         x = (int64_t)json_real_value(v);
     } else {
-        return fail(c, key, "'%s' must be an integer", key);
+        return srv_fail(&c->pe, key, "'%s' must be an integer", key);
     }
     if (x < lo || x > hi) {
-        return fail(c, key, "'%s' must be between %lld and %lld (got %lld)", key, (long long)lo,
-                    (long long)hi, (long long)x);
+        return srv_fail(&c->pe, key, "'%s' must be between %lld and %lld (got %lld)", key,
+                        (long long)lo, (long long)hi, (long long)x);
     }
     *out = x;
     return TDM_OK;
 }
 
-#define TRY(expr)                  \
-    do {                           \
-        tdm_status_t st_ = (expr); \
-        if (st_ != TDM_OK) {       \
-            return st_;            \
-        }                          \
-    } while (0)
-
 static tdm_status_t parse_stop(pctx_t *c, const json_t *o, srv_gen_req_t *r)
 {
-    json_t *v = get(o, "stop");
+    json_t *v = srv_json_get(o, "stop");
     if (v == NULL) {
         return TDM_OK;
     }
     if (json_is_string(v)) {
         if (json_string_length(v) == 0 || json_string_length(v) > CRD_MAX_STOP_LEN) {
-            return fail(c, "stop", "stop strings must be 1 to %d bytes long", CRD_MAX_STOP_LEN);
+            return srv_fail(&c->pe, "stop", "stop strings must be 1 to %d bytes long",
+                            CRD_MAX_STOP_LEN);
         }
         r->stop[r->n_stop++] = strdup(json_string_value(v));
         return TDM_OK;
     }
     if (!json_is_array(v)) {
-        return fail(c, "stop", "'stop' must be a string or an array of strings");
+        return srv_fail(&c->pe, "stop", "'stop' must be a string or an array of strings");
     }
     if (json_array_size(v) > CRD_MAX_STOP_STRINGS) {
-        return fail(c, "stop", "at most %d stop strings are allowed", CRD_MAX_STOP_STRINGS);
+        return srv_fail(&c->pe, "stop", "at most %d stop strings are allowed",
+                        CRD_MAX_STOP_STRINGS);
     }
     size_t i;
     json_t *e;
@@ -133,8 +103,8 @@ static tdm_status_t parse_stop(pctx_t *c, const json_t *o, srv_gen_req_t *r)
     {
         if (!json_is_string(e) || json_string_length(e) == 0 ||
             json_string_length(e) > CRD_MAX_STOP_LEN) {
-            return fail(c, "stop", "stop[%zu] must be a string of 1 to %d bytes", i,
-                        CRD_MAX_STOP_LEN);
+            return srv_fail(&c->pe, "stop", "stop[%zu] must be a string of 1 to %d bytes", i,
+                            CRD_MAX_STOP_LEN);
         }
         r->stop[r->n_stop++] = strdup(json_string_value(e));
     }
@@ -146,12 +116,12 @@ static tdm_status_t parse_stop(pctx_t *c, const json_t *o, srv_gen_req_t *r)
  * "speculative": {"mode": "off" | "ngram", "max": 1..16}, both optional. */
 static tdm_status_t parse_speculative(pctx_t *c, const json_t *o, srv_gen_req_t *r)
 {
-    json_t *v = get(o, "speculative");
+    json_t *v = srv_json_get(o, "speculative");
     if (v == NULL) {
         return TDM_OK;
     }
     if (!json_is_object(v)) {
-        return fail(c, "speculative", "'speculative' must be an object");
+        return srv_fail(&c->pe, "speculative", "'speculative' must be an object");
     }
     json_t *m = json_object_get(v, "mode");
     if (m != NULL && !json_is_null(m)) {
@@ -161,12 +131,13 @@ static tdm_status_t parse_speculative(pctx_t *c, const json_t *o, srv_gen_req_t 
         } else if (strcmp(s, "ngram") == 0) {
             r->spec.mode = CRD_SPEC_NGRAM;
         } else {
-            return fail(c, "speculative", "'speculative.mode' must be \"off\" or \"ngram\"");
+            return srv_fail(&c->pe, "speculative",
+                            "'speculative.mode' must be \"off\" or \"ngram\"");
         }
     }
     int64_t x = 0;
     bool given = false;
-    TRY(get_int(c, v, "max", 1, CRD_SPEC_MAX_DRAFT, &x, &given));
+    SRV_TRY(get_int(c, v, "max", 1, CRD_SPEC_MAX_DRAFT, &x, &given));
     if (given) {
         r->spec.max_draft = (int32_t)x;
     }
@@ -175,65 +146,65 @@ static tdm_status_t parse_speculative(pctx_t *c, const json_t *o, srv_gen_req_t 
 
 static tdm_status_t parse_common(pctx_t *c, const json_t *o, srv_gen_req_t *r)
 {
-    json_t *model = get(o, "model");
+    json_t *model = srv_json_get(o, "model");
     if (model != NULL) {
         if (!json_is_string(model)) {
-            return fail(c, "model", "'model' must be a string");
+            return srv_fail(&c->pe, "model", "'model' must be a string");
         }
         r->model = strdup(json_string_value(model));
     }
-    TRY(get_bool(c, o, "stream", &r->stream));
-    json_t *so = get(o, "stream_options");
+    SRV_TRY(get_bool(c, o, "stream", &r->stream));
+    json_t *so = srv_json_get(o, "stream_options");
     if (so != NULL) {
         if (!json_is_object(so)) {
-            return fail(c, "stream_options", "'stream_options' must be an object");
+            return srv_fail(&c->pe, "stream_options", "'stream_options' must be an object");
         }
-        TRY(get_bool(c, so, "include_usage", &r->include_usage));
+        SRV_TRY(get_bool(c, so, "include_usage", &r->include_usage));
     }
     int64_t x = 0;
     bool given = false;
-    TRY(get_int(c, o, "max_tokens", 1, INT32_MAX, &x, &given));
+    SRV_TRY(get_int(c, o, "max_tokens", 1, INT32_MAX, &x, &given));
     if (given) {
         r->max_tokens = (int32_t)x;
     }
-    TRY(get_int(c, o, "max_completion_tokens", 1, INT32_MAX, &x, &given));
+    SRV_TRY(get_int(c, o, "max_completion_tokens", 1, INT32_MAX, &x, &given));
     if (given) {
         r->max_tokens = (int32_t)x;
     }
-    TRY(parse_speculative(c, o, r));
+    SRV_TRY(parse_speculative(c, o, r));
     crd_sampling_params_t *sp = &r->sampling;
-    TRY(get_number(c, o, "temperature", 0.0, 2.0, &sp->temperature));
-    TRY(get_number(c, o, "top_p", 0.0, 1.0, &sp->top_p));
-    if (get(o, "top_p") != NULL && sp->top_p <= 0.0f) {
-        return fail(c, "top_p", "'top_p' must be greater than 0");
+    SRV_TRY(get_number(c, o, "temperature", 0.0, 2.0, &sp->temperature));
+    SRV_TRY(get_number(c, o, "top_p", 0.0, 1.0, &sp->top_p));
+    if (srv_json_get(o, "top_p") != NULL && sp->top_p <= 0.0f) {
+        return srv_fail(&c->pe, "top_p", "'top_p' must be greater than 0");
     }
-    TRY(get_int(c, o, "top_k", -1, INT32_MAX, &x, &given));
+    SRV_TRY(get_int(c, o, "top_k", -1, INT32_MAX, &x, &given));
     if (given) {
         sp->top_k = (int32_t)x;
     }
-    TRY(get_number(c, o, "min_p", 0.0, 1.0, &sp->min_p));
-    TRY(get_number(c, o, "presence_penalty", -2.0, 2.0, &sp->presence_penalty));
-    TRY(get_number(c, o, "frequency_penalty", -2.0, 2.0, &sp->frequency_penalty));
-    TRY(get_number(c, o, "repetition_penalty", 1e-3, 100.0, &sp->repetition_penalty));
-    TRY(get_int(c, o, "seed", INT64_MIN, INT64_MAX, &x, &given));
+    SRV_TRY(get_number(c, o, "min_p", 0.0, 1.0, &sp->min_p));
+    SRV_TRY(get_number(c, o, "presence_penalty", -2.0, 2.0, &sp->presence_penalty));
+    SRV_TRY(get_number(c, o, "frequency_penalty", -2.0, 2.0, &sp->frequency_penalty));
+    SRV_TRY(get_number(c, o, "repetition_penalty", 1e-3, 100.0, &sp->repetition_penalty));
+    SRV_TRY(get_int(c, o, "seed", INT64_MIN, INT64_MAX, &x, &given));
     if (given) {
         sp->seed = (uint64_t)x;
         sp->has_seed = true;
     }
-    TRY(get_int(c, o, "n", 1, SRV_MAX_N, &x, &given));
+    SRV_TRY(get_int(c, o, "n", 1, SRV_MAX_N, &x, &given));
     if (given) {
         r->n = (int)x;
     }
-    TRY(get_bool(c, o, "ignore_eos", &r->ignore_eos));
-    TRY(get_bool(c, o, "skip_special_tokens", &r->skip_special_tokens));
-    TRY(parse_stop(c, o, r));
-    json_t *lb = get(o, "logit_bias");
+    SRV_TRY(get_bool(c, o, "ignore_eos", &r->ignore_eos));
+    SRV_TRY(get_bool(c, o, "skip_special_tokens", &r->skip_special_tokens));
+    SRV_TRY(parse_stop(c, o, r));
+    json_t *lb = srv_json_get(o, "logit_bias");
     if (lb != NULL && (!json_is_object(lb) || json_object_size(lb) > 0)) {
-        return fail(c, "logit_bias", "'logit_bias' is not supported");
+        return srv_fail(&c->pe, "logit_bias", "'logit_bias' is not supported");
     }
-    json_t *bo = get(o, "best_of");
+    json_t *bo = srv_json_get(o, "best_of");
     if (bo != NULL && !(json_is_integer(bo) && json_integer_value(bo) == 1)) {
-        return fail(c, "best_of", "'best_of' is not supported");
+        return srv_fail(&c->pe, "best_of", "'best_of' is not supported");
     }
     return TDM_OK;
 }
@@ -252,7 +223,7 @@ static tdm_status_t content_text(pctx_t *c, json_t *content, size_t mi, json_t *
         return TDM_OK;
     }
     if (!json_is_array(content)) {
-        return fail(c, pname, "'%s' must be a string or an array of content parts", pname);
+        return srv_fail(&c->pe, pname, "'%s' must be a string or an array of content parts", pname);
     }
     size_t total = 0, i;
     json_t *part;
@@ -260,21 +231,21 @@ static tdm_status_t content_text(pctx_t *c, json_t *content, size_t mi, json_t *
     {
         json_t *type = json_object_get(part, "type"), *text = json_object_get(part, "text");
         if (!json_is_object(part) || !json_is_string(type)) {
-            return fail(c, pname, "%s[%zu] must be an object with a 'type'", pname, i);
+            return srv_fail(&c->pe, pname, "%s[%zu] must be an object with a 'type'", pname, i);
         }
         if (strcmp(json_string_value(type), "text") != 0) {
-            return fail(c, pname,
-                        "%s[%zu]: content parts of type '%s' are not supported (text only)", pname,
-                        i, json_string_value(type));
+            return srv_fail(&c->pe, pname,
+                            "%s[%zu]: content parts of type '%s' are not supported (text only)",
+                            pname, i, json_string_value(type));
         }
         if (!json_is_string(text)) {
-            return fail(c, pname, "%s[%zu].text must be a string", pname, i);
+            return srv_fail(&c->pe, pname, "%s[%zu].text must be a string", pname, i);
         }
         total += json_string_length(text) + 1;
     }
     char *buf = malloc(total + 1), *p = buf;
     if (buf == NULL) {
-        return tdm_error_set(c->err, TDM_ERR_NO_MEMORY, "out of memory");
+        return tdm_error_set(c->pe.err, TDM_ERR_NO_MEMORY, "out of memory");
     }
     json_array_foreach(content, i, part)
     {
@@ -287,7 +258,7 @@ static tdm_status_t content_text(pctx_t *c, json_t *content, size_t mi, json_t *
     }
     *out = json_stringn(buf, (size_t)(p - buf));
     free(buf);
-    return *out != NULL ? TDM_OK : fail(c, pname, "'%s' has text with a NUL byte", pname);
+    return *out != NULL ? TDM_OK : srv_fail(&c->pe, pname, "'%s' has text with a NUL byte", pname);
 }
 
 /* An assistant message's tool_calls, arguments turned into objects for the template (as
@@ -297,7 +268,7 @@ static tdm_status_t normalise_tool_calls(pctx_t *c, json_t *calls, size_t mi, js
     char pname[64];
     snprintf(pname, sizeof(pname), "messages[%zu].tool_calls", mi);
     if (!json_is_array(calls)) {
-        return fail(c, pname, "'%s' must be an array", pname);
+        return srv_fail(&c->pe, pname, "'%s' must be an array", pname);
     }
     json_t *res = json_array();
     size_t i;
@@ -309,7 +280,7 @@ static tdm_status_t normalise_tool_calls(pctx_t *c, json_t *calls, size_t mi, js
         json_t *args = json_object_get(fn, "arguments");
         if (!json_is_object(tc) || !json_is_object(fn) || !json_is_string(name)) {
             json_decref(res);
-            return fail(c, pname, "%s[%zu] must have function.name", pname, i);
+            return srv_fail(&c->pe, pname, "%s[%zu] must have function.name", pname, i);
         }
         json_t *a;
         if (args == NULL || json_is_null(args)) {
@@ -319,8 +290,8 @@ static tdm_status_t normalise_tool_calls(pctx_t *c, json_t *calls, size_t mi, js
             a = json_loads(json_string_value(args), JSON_DECODE_ANY, &je);
             if (a == NULL) {
                 json_decref(res);
-                return fail(c, pname, "%s[%zu].function.arguments is not valid JSON: %s", pname, i,
-                            je.text);
+                return srv_fail(&c->pe, pname, "%s[%zu].function.arguments is not valid JSON: %s",
+                                pname, i, je.text);
             }
         } else {
             a = json_incref(args);
@@ -339,15 +310,15 @@ static tdm_status_t normalise_tool_calls(pctx_t *c, json_t *calls, size_t mi, js
 
 static tdm_status_t parse_messages(pctx_t *c, const json_t *o, srv_gen_req_t *r)
 {
-    json_t *msgs = get(o, "messages");
+    json_t *msgs = srv_json_get(o, "messages");
     if (msgs == NULL) {
-        return fail(c, "messages", "'messages' is required");
+        return srv_fail(&c->pe, "messages", "'messages' is required");
     }
     if (!json_is_array(msgs) || json_array_size(msgs) == 0) {
-        return fail(c, "messages", "'messages' must be a non-empty array");
+        return srv_fail(&c->pe, "messages", "'messages' must be a non-empty array");
     }
     if (json_array_size(msgs) > SRV_MAX_MESSAGES) {
-        return fail(c, "messages", "at most %d messages are allowed", SRV_MAX_MESSAGES);
+        return srv_fail(&c->pe, "messages", "at most %d messages are allowed", SRV_MAX_MESSAGES);
     }
     static const char *const roles[] = {"system", "developer", "user", "assistant", "tool"};
     r->messages = json_array();
@@ -358,7 +329,7 @@ static tdm_status_t parse_messages(pctx_t *c, const json_t *o, srv_gen_req_t *r)
         char pname[64];
         snprintf(pname, sizeof(pname), "messages[%zu]", i);
         if (!json_is_object(m)) {
-            return fail(c, pname, "'%s' must be an object", pname);
+            return srv_fail(&c->pe, pname, "'%s' must be an object", pname);
         }
         json_t *role = json_object_get(m, "role");
         bool known = false;
@@ -367,8 +338,8 @@ static tdm_status_t parse_messages(pctx_t *c, const json_t *o, srv_gen_req_t *r)
         }
         if (!known) {
             snprintf(pname, sizeof(pname), "messages[%zu].role", i);
-            return fail(c, pname, "'%s' must be one of system, developer, user, assistant, tool",
-                        pname);
+            return srv_fail(&c->pe, pname,
+                            "'%s' must be one of system, developer, user, assistant, tool", pname);
         }
         json_t *nm = json_deep_copy(m);
         json_t *text = NULL;
@@ -378,7 +349,7 @@ static tdm_status_t parse_messages(pctx_t *c, const json_t *o, srv_gen_req_t *r)
             return st;
         }
         json_object_set_new(nm, "content", text);
-        json_t *calls = get(m, "tool_calls");
+        json_t *calls = srv_json_get(m, "tool_calls");
         if (calls != NULL) {
             json_t *norm = NULL;
             st = normalise_tool_calls(c, calls, i, &norm);
@@ -390,43 +361,26 @@ static tdm_status_t parse_messages(pctx_t *c, const json_t *o, srv_gen_req_t *r)
         } else {
             json_object_del(nm, "tool_calls");
         }
-        json_t *rc = get(m, "reasoning_content");
+        json_t *rc = srv_json_get(m, "reasoning_content");
         if (rc != NULL && !json_is_string(rc)) {
             json_decref(nm);
             snprintf(pname, sizeof(pname), "messages[%zu].reasoning_content", i);
-            return fail(c, pname, "'%s' must be a string", pname);
+            return srv_fail(&c->pe, pname, "'%s' must be a string", pname);
         }
         json_array_append_new(r->messages, nm);
     }
     return TDM_OK;
 }
 
-/* OpenAI's rule for function names; it also keeps names safe to splice into the tool-call
- * prefix the server writes for tool_choice. */
-static bool valid_function_name(const json_t *name)
-{
-    if (!json_is_string(name) || json_string_length(name) == 0 || json_string_length(name) > 64) {
-        return false;
-    }
-    for (const char *p = json_string_value(name); *p; p++) {
-        char ch = *p;
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-              ch == '_' || ch == '-' || ch == '.')) {
-            return false;
-        }
-    }
-    return true;
-}
-
 static tdm_status_t parse_tools(pctx_t *c, const json_t *o, srv_gen_req_t *r)
 {
-    json_t *tools = get(o, "tools");
+    json_t *tools = srv_json_get(o, "tools");
     if (tools != NULL) {
         if (!json_is_array(tools)) {
-            return fail(c, "tools", "'tools' must be an array");
+            return srv_fail(&c->pe, "tools", "'tools' must be an array");
         }
         if (json_array_size(tools) > SRV_MAX_TOOLS) {
-            return fail(c, "tools", "at most %d tools are allowed", SRV_MAX_TOOLS);
+            return srv_fail(&c->pe, "tools", "at most %d tools are allowed", SRV_MAX_TOOLS);
         }
         size_t i;
         json_t *t;
@@ -437,25 +391,26 @@ static tdm_status_t parse_tools(pctx_t *c, const json_t *o, srv_gen_req_t *r)
             snprintf(pname, sizeof(pname), "tools[%zu]", i);
             if (!json_is_object(t) || !json_is_string(type) ||
                 strcmp(json_string_value(type), "function") != 0 || !json_is_object(fn)) {
-                return fail(c, pname, "'%s' must be {\"type\": \"function\", \"function\": {...}}",
-                            pname);
+                return srv_fail(&c->pe, pname,
+                                "'%s' must be {\"type\": \"function\", \"function\": {...}}",
+                                pname);
             }
             json_t *name = json_object_get(fn, "name"), *params = json_object_get(fn, "parameters");
-            if (!valid_function_name(name)) {
-                return fail(c, pname,
-                            "%s.function.name must be 1 to 64 characters of a-z, A-Z, 0-9, "
-                            "underscores, dots and dashes",
-                            pname);
+            if (!srv_valid_tool_name(name, SRV_MAX_FUNCTION_NAME)) {
+                return srv_fail(&c->pe, pname,
+                                "%s.function.name must be 1 to 64 characters of a-z, A-Z, 0-9, "
+                                "underscores, dots and dashes",
+                                pname);
             }
             if (params != NULL && !json_is_null(params) && !json_is_object(params)) {
-                return fail(c, pname, "%s.function.parameters must be an object", pname);
+                return srv_fail(&c->pe, pname, "%s.function.parameters must be an object", pname);
             }
         }
         if (json_array_size(tools) > 0) {
             r->tools = json_incref(tools);
         }
     }
-    json_t *tc = get(o, "tool_choice");
+    json_t *tc = srv_json_get(o, "tool_choice");
     r->tool_choice = SRV_TOOL_CHOICE_AUTO;
     if (tc == NULL) {
         return TDM_OK;
@@ -469,23 +424,23 @@ static tdm_status_t parse_tools(pctx_t *c, const json_t *o, srv_gen_req_t *r)
         } else if (strcmp(v, "required") == 0) {
             r->tool_choice = SRV_TOOL_CHOICE_REQUIRED;
         } else {
-            return fail(c, "tool_choice",
-                        "'tool_choice' must be \"auto\", \"none\", \"required\" or a function");
+            return srv_fail(&c->pe, "tool_choice",
+                            "'tool_choice' must be \"auto\", \"none\", \"required\" or a function");
         }
     } else {
         json_t *fn = json_object_get(tc, "function");
         json_t *name = json_object_get(fn, "name");
         if (!json_is_object(tc) || !json_is_string(name)) {
-            return fail(c, "tool_choice",
-                        "'tool_choice' must be a string or {\"type\": \"function\", "
-                        "\"function\": {\"name\": ...}}");
+            return srv_fail(&c->pe, "tool_choice",
+                            "'tool_choice' must be a string or {\"type\": \"function\", "
+                            "\"function\": {\"name\": ...}}");
         }
         r->tool_choice = SRV_TOOL_CHOICE_NAMED;
         r->tool_name = strdup(json_string_value(name));
     }
     if (r->tool_choice != SRV_TOOL_CHOICE_AUTO && r->tool_choice != SRV_TOOL_CHOICE_NONE &&
         r->tools == NULL) {
-        return fail(c, "tool_choice", "'tool_choice' requires 'tools'");
+        return srv_fail(&c->pe, "tool_choice", "'tool_choice' requires 'tools'");
     }
     if (r->tool_choice == SRV_TOOL_CHOICE_NAMED) {
         bool found = false;
@@ -498,8 +453,8 @@ static tdm_status_t parse_tools(pctx_t *c, const json_t *o, srv_gen_req_t *r)
             found |= n != NULL && strcmp(n, r->tool_name) == 0;
         }
         if (!found) {
-            return fail(c, "tool_choice", "tool_choice names '%s', which is not in 'tools'",
-                        r->tool_name);
+            return srv_fail(&c->pe, "tool_choice",
+                            "tool_choice names '%s', which is not in 'tools'", r->tool_name);
         }
     }
     return TDM_OK;
@@ -510,7 +465,7 @@ static tdm_status_t parse_tools(pctx_t *c, const json_t *o, srv_gen_req_t *r)
 static tdm_status_t parse_reasoning_effort(pctx_t *c, const json_t *o, srv_gen_req_t *r)
 {
     static const char *const efforts[] = {"none", "minimal", "low", "medium", "high", "xhigh"};
-    json_t *v = get(o, "reasoning_effort");
+    json_t *v = srv_json_get(o, "reasoning_effort");
     if (v == NULL) {
         return TDM_OK;
     }
@@ -520,38 +475,39 @@ static tdm_status_t parse_reasoning_effort(pctx_t *c, const json_t *o, srv_gen_r
             return TDM_OK;
         }
     }
-    return fail(c, "reasoning_effort",
-                "'reasoning_effort' must be one of none, minimal, low, medium, high, xhigh");
+    return srv_fail(&c->pe, "reasoning_effort",
+                    "'reasoning_effort' must be one of none, minimal, low, medium, high, xhigh");
 }
 
 static tdm_status_t parse_chat(pctx_t *c, const json_t *o, srv_gen_req_t *r)
 {
-    TRY(parse_messages(c, o, r));
-    TRY(parse_tools(c, o, r));
-    TRY(parse_reasoning_effort(c, o, r));
-    TRY(get_bool(c, o, "logprobs", &r->logprobs));
+    SRV_TRY(parse_messages(c, o, r));
+    SRV_TRY(parse_tools(c, o, r));
+    SRV_TRY(parse_reasoning_effort(c, o, r));
+    SRV_TRY(get_bool(c, o, "logprobs", &r->logprobs));
     int64_t x = 0;
     bool given = false;
-    TRY(get_int(c, o, "top_logprobs", 0, CRD_MAX_TOP_LOGPROBS, &x, &given));
+    SRV_TRY(get_int(c, o, "top_logprobs", 0, CRD_MAX_TOP_LOGPROBS, &x, &given));
     if (given) {
         if (!r->logprobs && x > 0) {
-            return fail(c, "top_logprobs", "'top_logprobs' requires 'logprobs': true");
+            return srv_fail(&c->pe, "top_logprobs", "'top_logprobs' requires 'logprobs': true");
         }
         r->top_logprobs = (int)x;
     }
-    json_t *kw = get(o, "chat_template_kwargs");
+    json_t *kw = srv_json_get(o, "chat_template_kwargs");
     if (kw != NULL) {
         if (!json_is_object(kw)) {
-            return fail(c, "chat_template_kwargs", "'chat_template_kwargs' must be an object");
+            return srv_fail(&c->pe, "chat_template_kwargs",
+                            "'chat_template_kwargs' must be an object");
         }
         r->template_kwargs = json_incref(kw);
     }
-    json_t *rf = get(o, "response_format");
+    json_t *rf = srv_json_get(o, "response_format");
     if (rf != NULL) {
         json_t *t = json_object_get(rf, "type");
         if (!json_is_string(t) || strcmp(json_string_value(t), "text") != 0) {
-            return fail(c, "response_format",
-                        "only response_format {\"type\": \"text\"} is supported");
+            return srv_fail(&c->pe, "response_format",
+                            "only response_format {\"type\": \"text\"} is supported");
         }
     }
     return TDM_OK;
@@ -561,16 +517,18 @@ static tdm_status_t parse_prompt_ids(pctx_t *c, json_t *arr, srv_gen_req_t *r)
 {
     size_t n = json_array_size(arr);
     if (n == 0 || n > SRV_MAX_PROMPT_IDS) {
-        return fail(c, "prompt", "a token-id prompt must have 1 to %d ids", SRV_MAX_PROMPT_IDS);
+        return srv_fail(&c->pe, "prompt", "a token-id prompt must have 1 to %d ids",
+                        SRV_MAX_PROMPT_IDS);
     }
     r->prompt_ids = malloc(n * sizeof(int32_t));
     if (r->prompt_ids == NULL) {
-        return tdm_error_set(c->err, TDM_ERR_NO_MEMORY, "out of memory");
+        return tdm_error_set(c->pe.err, TDM_ERR_NO_MEMORY, "out of memory");
     }
     for (size_t i = 0; i < n; i++) {
         json_t *v = json_array_get(arr, i);
         if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > INT32_MAX) {
-            return fail(c, "prompt", "prompt[%zu] must be a token id (a non-negative integer)", i);
+            return srv_fail(&c->pe, "prompt",
+                            "prompt[%zu] must be a token id (a non-negative integer)", i);
         }
         r->prompt_ids[i] = (int32_t)json_integer_value(v);
     }
@@ -580,9 +538,9 @@ static tdm_status_t parse_prompt_ids(pctx_t *c, json_t *arr, srv_gen_req_t *r)
 
 static tdm_status_t parse_completions(pctx_t *c, const json_t *o, srv_gen_req_t *r)
 {
-    json_t *p = get(o, "prompt");
+    json_t *p = srv_json_get(o, "prompt");
     if (p == NULL) {
-        return fail(c, "prompt", "'prompt' is required");
+        return srv_fail(&c->pe, "prompt", "'prompt' is required");
     }
     if (json_is_array(p) && json_array_size(p) == 1 &&
         (json_is_string(json_array_get(p, 0)) || json_is_array(json_array_get(p, 0)))) {
@@ -592,24 +550,24 @@ static tdm_status_t parse_completions(pctx_t *c, const json_t *o, srv_gen_req_t 
         r->prompt_text = strdup(json_string_value(p));
     } else if (json_is_array(p) && json_array_size(p) > 0 &&
                json_is_integer(json_array_get(p, 0))) {
-        TRY(parse_prompt_ids(c, p, r));
+        SRV_TRY(parse_prompt_ids(c, p, r));
     } else if (json_is_array(p) && json_array_size(p) > 1) {
-        return fail(c, "prompt", "only one prompt per request is supported");
+        return srv_fail(&c->pe, "prompt", "only one prompt per request is supported");
     } else {
-        return fail(c, "prompt",
-                    "'prompt' must be a string or an array of token ids (and not empty)");
+        return srv_fail(&c->pe, "prompt",
+                        "'prompt' must be a string or an array of token ids (and not empty)");
     }
     bool echo = false;
-    TRY(get_bool(c, o, "echo", &echo));
+    SRV_TRY(get_bool(c, o, "echo", &echo));
     if (echo) {
-        return fail(c, "echo", "'echo' is not supported");
+        return srv_fail(&c->pe, "echo", "'echo' is not supported");
     }
-    if (get(o, "suffix") != NULL) {
-        return fail(c, "suffix", "'suffix' is not supported");
+    if (srv_json_get(o, "suffix") != NULL) {
+        return srv_fail(&c->pe, "suffix", "'suffix' is not supported");
     }
     int64_t x = 0;
     bool given = false;
-    TRY(get_int(c, o, "logprobs", 0, 5, &x, &given));
+    SRV_TRY(get_int(c, o, "logprobs", 0, 5, &x, &given));
     if (given) {
         r->logprobs = true;
         r->top_logprobs = (int)x;
@@ -628,10 +586,10 @@ tdm_status_t srv_parse_gen_json(srv_api_t api, const json_t *o, srv_gen_req_t *o
     if (param_size > 0) {
         param[0] = '\0';
     }
-    pctx_t c = {.param = param, .param_size = param_size, .err = err};
+    pctx_t c = {.pe = {.err = err, .param = param, .param_size = param_size}};
     tdm_status_t st;
     if (!json_is_object(o)) {
-        st = fail(&c, NULL, "the body must be a JSON object");
+        st = srv_fail(&c.pe, NULL, "the body must be a JSON object");
     } else {
         st = parse_common(&c, o, out);
         if (st == TDM_OK) {
@@ -652,15 +610,13 @@ tdm_status_t srv_parse_gen_json(srv_api_t api, const json_t *o, srv_gen_req_t *o
 tdm_status_t srv_parse_gen_request(srv_api_t api, const char *body, size_t len, srv_gen_req_t *out,
                                    char *param, size_t param_size, tdm_error_t *err)
 {
-    json_error_t je;
-    json_t *o = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
+    json_t *o = srv_json_body(body, len, err);
     if (o == NULL) {
         memset(out, 0, sizeof(*out));
         if (param_size > 0) {
             param[0] = '\0';
         }
-        return tdm_error_set(err, TDM_ERR_FORMAT, "the body is not valid JSON: %s (at byte %d)",
-                             je.text, je.position);
+        return TDM_ERR_FORMAT;
     }
     tdm_status_t st = srv_parse_gen_json(api, o, out, param, param_size, err);
     json_decref(o);
