@@ -8,6 +8,7 @@
  */
 #include "coordinator/engine.h"
 #include "common/clock.h"
+#include "coordinator/kv_manager.h"
 
 #include "common/check.h"
 #include "common/log.h"
@@ -51,6 +52,15 @@ struct crd_engine {
     uint64_t next_id;
     int32_t n_active;
     crd_engine_stats_t snap;
+
+    /* The prefix cache's block hashes, sorted, for crd_engine_cached_prefix: `hashes`
+     * (under mu) is what readers search; the engine thread fills `hashes_next` when the
+     * KV manager's cache version moved and swaps the two under mu. */
+    uint64_t cache_seed;
+    int32_t block_size, hashes_cap;
+    uint64_t *hashes, *hashes_next;
+    int32_t n_hashes;
+    uint64_t hashes_version;
 };
 
 static void pending_free(pending_t *p)
@@ -94,6 +104,31 @@ static void reject_pending(crd_engine_t *e, pending_t *p, tdm_status_t st, const
     pthread_mutex_lock(&e->mu);
     e->snap.n_rejected++;
     pthread_mutex_unlock(&e->mu);
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    const uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Engine thread: republishes the prefix cache's hashes if they changed since last time. */
+static void publish_hashes(crd_engine_t *e)
+{
+    const crd_kvm_t *kvm = crd_sched_kv_manager(e->sched);
+    const uint64_t v = crd_kvm_cache_version(kvm);
+    if (v == e->hashes_version) {
+        return;
+    }
+    int32_t n = crd_kvm_cached_hashes(kvm, e->hashes_next, e->hashes_cap);
+    qsort(e->hashes_next, (size_t)n, sizeof(uint64_t), cmp_u64);
+    pthread_mutex_lock(&e->mu);
+    uint64_t *t = e->hashes;
+    e->hashes = e->hashes_next;
+    e->hashes_next = t;
+    e->n_hashes = n;
+    pthread_mutex_unlock(&e->mu);
+    e->hashes_version = v;
 }
 
 static void *engine_main(void *arg)
@@ -149,6 +184,7 @@ static void *engine_main(void *arg)
         }
         double dt = tdm_now_s() - t0;
         has_work = crd_sched_has_work(e->sched);
+        publish_hashes(e);
 
         crd_sched_stats_t st;
         crd_sched_get_stats(e->sched, &st);
@@ -175,6 +211,18 @@ tdm_status_t crd_engine_create(const xp_executor_t *ex, const crd_sched_params_t
     }
     e->max_waiting = p->max_waiting;
     e->next_id = 1;
+    e->cache_seed = p->cache_seed;
+    e->block_size = ex->block_tokens > 0 ? ex->block_tokens : 1;
+    e->hashes_cap = ex->n_blocks > 0 ? ex->n_blocks : 1;
+    e->hashes = calloc((size_t)e->hashes_cap, sizeof(uint64_t));
+    e->hashes_next = calloc((size_t)e->hashes_cap, sizeof(uint64_t));
+    if (e->hashes == NULL || e->hashes_next == NULL) {
+        crd_sched_destroy(e->sched);
+        free(e->hashes);
+        free(e->hashes_next);
+        free(e);
+        return tdm_error_set(err, TDM_ERR_NO_MEMORY, "out of memory for the engine");
+    }
     pthread_mutex_init(&e->mu, NULL);
     pthread_cond_init(&e->cv, NULL);
     crd_sched_get_stats(e->sched, &e->snap.sched);
@@ -213,6 +261,8 @@ void crd_engine_destroy(crd_engine_t *e)
         free(c);
     }
     crd_sched_destroy(e->sched);
+    free(e->hashes);
+    free(e->hashes_next);
     pthread_cond_destroy(&e->cv);
     pthread_mutex_destroy(&e->mu);
     free(e);
@@ -328,4 +378,28 @@ void crd_engine_get_stats(crd_engine_t *e, crd_engine_stats_t *out)
     *out = e->snap;
     out->n_inbox = e->n_inbox;
     pthread_mutex_unlock(&e->mu);
+}
+
+int32_t crd_engine_block_size(const crd_engine_t *e)
+{
+    return e->block_size;
+}
+
+uint64_t crd_engine_cache_seed(const crd_engine_t *e)
+{
+    return e->cache_seed;
+}
+
+int32_t crd_engine_cached_prefix(crd_engine_t *e, const uint64_t *hashes, int32_t n)
+{
+    int32_t i = 0;
+    pthread_mutex_lock(&e->mu);
+    for (; i < n; i++) {
+        if (bsearch(&hashes[i], e->hashes, (size_t)e->n_hashes, sizeof(uint64_t), cmp_u64) ==
+            NULL) {
+            break;
+        }
+    }
+    pthread_mutex_unlock(&e->mu);
+    return i;
 }

@@ -55,6 +55,7 @@ struct crd_kvm {
     kv_pool_t snap;
     int32_t *snap_owner; /* [snap.n] the cached full block it is tied to, or NIL */
     int32_t state_every; /* blocks between stored states inside a prompt (0: none) */
+    uint64_t version;    /* moves whenever a hash enters or leaves the prefix cache */
 };
 
 struct crd_kv_seq {
@@ -350,6 +351,7 @@ static void hash_remove(crd_kvm_t *kvm, int32_t b)
     }
     kvm->meta[b].cached = false;
     kvm->meta[b].hnext = NIL;
+    kvm->version++;
     swa_detach(kvm, b);
     snap_detach(kvm, b);
 }
@@ -632,6 +634,7 @@ void crd_kvm_seq_commit(crd_kvm_t *kvm, crd_kv_seq_t *seq, const int32_t *tokens
             int32_t *head = &kvm->buckets[h & kvm->bucket_mask];
             k->hnext = *head;
             *head = b;
+            kvm->version++;
         }
         const int32_t owner = canon == NIL ? b : canon;
         const int32_t s = kvm->n_swa > 0 ? seq->swa_blocks[i] : NIL;
@@ -740,6 +743,34 @@ void crd_kvm_get_stats(const crd_kvm_t *kvm, crd_kvm_stats_t *out)
     out->swa_used = pool_used(&kvm->swa);
     out->swa_used_peak = kvm->swa.used_peak;
     out->swa_evictions = kvm->swa.evictions;
+}
+
+uint64_t crd_kvm_cache_version(const crd_kvm_t *kvm)
+{
+    return kvm->version;
+}
+
+int32_t crd_kvm_cached_hashes(const crd_kvm_t *kvm, uint64_t *out, int32_t cap)
+{
+    int32_t n = 0;
+    for (int32_t b = 0; b < kvm->full.n && n < cap; b++) {
+        if (kvm->meta[b].cached) {
+            out[n++] = kvm->meta[b].hash;
+        }
+    }
+    return n;
+}
+
+int32_t crd_kvm_prefix_hashes(uint64_t seed, int32_t block_size, const int32_t *tokens,
+                              int32_t n_tokens, uint64_t *out, int32_t cap)
+{
+    int32_t n = 0;
+    uint64_t h = seed;
+    for (int32_t i = 0; (i + 1) * block_size <= n_tokens && n < cap; i++) {
+        h = chain_hash(h, tokens + (size_t)i * block_size, block_size);
+        out[n++] = h;
+    }
+    return n;
 }
 
 void crd_kvm_forget_cached(crd_kvm_t *kvm)

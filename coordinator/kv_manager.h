@@ -173,6 +173,19 @@ void crd_kvm_seq_free(crd_kvm_t *kvm, crd_kv_seq_t *seq);
 
 void crd_kvm_get_stats(const crd_kvm_t *kvm, crd_kvm_stats_t *out);
 
+/* For the router (coordinator/router.h), which asks every engine how much of a prompt it
+ * holds without touching its manager:
+ *   - crd_kvm_cache_version moves whenever a hash enters or leaves the prefix cache, so a
+ *     snapshot is rebuilt only when it changed;
+ *   - crd_kvm_cached_hashes writes the chained hashes of the cached full blocks (at most
+ *     cap, in block order) and returns how many;
+ *   - crd_kvm_prefix_hashes computes a prompt's chained block hashes exactly as the
+ *     manager does (h(-1) = seed), one per full block of tokens, at most cap. */
+uint64_t crd_kvm_cache_version(const crd_kvm_t *kvm);
+int32_t crd_kvm_cached_hashes(const crd_kvm_t *kvm, uint64_t *out, int32_t cap);
+int32_t crd_kvm_prefix_hashes(uint64_t seed, int32_t block_size, const int32_t *tokens,
+                              int32_t n_tokens, uint64_t *out, int32_t cap);
+
 /* Empties the prefix cache (the KV contents behind it were lost, e.g. a shard restarted):
  * idle cached blocks of both pools become free, blocks in use are no longer offered for
  * reuse. */

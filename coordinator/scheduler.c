@@ -337,6 +337,11 @@ int32_t crd_sched_n_ctx(const crd_sched_t *s)
     return s->p.n_ctx;
 }
 
+const crd_kvm_t *crd_sched_kv_manager(const crd_sched_t *s)
+{
+    return s->kvm;
+}
+
 /* The request's drafter, from its override and the server's defaults; NULL: none. */
 static tdm_status_t spec_create(crd_sched_t *s, const crd_request_params_t *rp,
                                 crd_spec_seq_t **out, tdm_error_t *err)

@@ -134,6 +134,9 @@ int32_t crd_sched_n_waiting(const crd_sched_t *s);
 /* The context length requests are checked against. Any thread. */
 int32_t crd_sched_n_ctx(const crd_sched_t *s);
 
+/* The KV manager (its prefix cache): the owner's thread only, between steps. */
+const struct crd_kvm *crd_sched_kv_manager(const crd_sched_t *s);
+
 /* Marks a request canceled; it ends at the start of the next step. Unknown ids are ignored. */
 void crd_sched_cancel(crd_sched_t *s, uint64_t req_id);
 

@@ -5,6 +5,7 @@
  */
 #include "api/cli/cli.h"
 #include "api/server/srv.h"
+#include "coordinator/router.h"
 #include "coordinator/spec.h"
 #include "transport/exec_remote.h"
 
@@ -85,7 +86,16 @@ static void usage(FILE *out)
         "  --shards H:P,H:P,...     shard control addresses; list index = world rank\n"
         "                           (ep_rank * tp + tp_rank). None: single-node (default)\n"
         "  --cluster FILE           JSON: {\"shards\": [\"H:P\", ...], \"tp\": N, \"ep\": N,\n"
-        "                           \"collective\": \"am\"|\"rma\"|\"nccl\"}\n"
+        "                           \"collective\": \"am\"|\"rma\"|\"nccl\"}, or engine groups\n"
+        "                           (replicas): {\"groups\": [{\"name\": \"a\", \"shards\": "
+        "[...],\n"
+        "                           \"tp\": N, \"ep\": N, \"role\": \"mixed\"}, {\"name\": "
+        "\"b\"}],\n"
+        "                           \"collective\": ...}; a group without shards is an engine\n"
+        "                           in this process (docs/distributed.md)\n"
+        "  --routing prefix|round-robin  which group serves a request: the one holding\n"
+        "                           the longest cached prefix, weighed against its load\n"
+        "                           (default), or each in turn\n"
         "  --tp N, --ep N           tensor / expert parallel sizes (tp x ep = shards; default:\n"
         "                           experts over EP for MoE models, else TP)\n"
         "  --collective am|rma|nccl data-plane collectives: UCX active messages (default),\n"
@@ -229,6 +239,183 @@ static int parse_collective(const char *v, int *out)
     return 0;
 }
 
+/* Reads "shards" (an array of "HOST:PORT") into *shards / *n. */
+static int read_shard_list(json_t *arr, const char *path, const char *where, char ***shards, int *n)
+{
+    if (!json_is_array(arr) || json_array_size(arr) == 0) {
+        fprintf(stderr,
+                "tandem serve: --cluster %s: %s\"shards\" must be a non-empty array of "
+                "\"HOST:PORT\" strings\n",
+                path, where);
+        return -1;
+    }
+    for (size_t i = 0; i < json_array_size(arr); i++) {
+        const char *s = json_string_value(json_array_get(arr, i));
+        srv_config_t tmp = {.shards = *shards, .n_shards = *n};
+        int rc = s != NULL ? add_shards(&tmp, s) : -1;
+        *shards = tmp.shards;
+        *n = tmp.n_shards;
+        if (rc != 0) {
+            fprintf(stderr, "tandem serve: --cluster %s: %sshards[%zu] is not \"HOST:PORT\"\n",
+                    path, where, i);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* "tp" / "ep" of obj into *tp / *ep (left alone when absent). */
+static int read_split(json_t *obj, const char *path, const char *where, int *tp, int *ep)
+{
+    const char *keys[] = {"tp", "ep"};
+    int *dst[] = {tp, ep};
+    for (int k = 0; k < 2; k++) {
+        json_t *v = json_object_get(obj, keys[k]);
+        if (v != NULL &&
+            (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 4096)) {
+            fprintf(stderr, "tandem serve: --cluster %s: %s\"%s\" must be an integer >= 1\n", path,
+                    where, keys[k]);
+            return -1;
+        }
+        if (v != NULL) {
+            *dst[k] = (int)json_integer_value(v);
+        }
+    }
+    return 0;
+}
+
+static int only_keys(json_t *obj, const char *const *known, size_t n, const char *path,
+                     const char *where)
+{
+    const char *key;
+    json_t *val;
+    json_object_foreach(obj, key, val)
+    {
+        bool ok = false;
+        for (size_t i = 0; i < n; i++) {
+            ok |= strcmp(key, known[i]) == 0;
+        }
+        if (!ok) {
+            fprintf(stderr, "tandem serve: --cluster %s: %sunknown key \"%s\"\n", path, where, key);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* tp x ep against the shards named (either may be 0: chosen from the other). */
+static int check_split(const char *where, int n_shards, int *tp_io, int *ep_io)
+{
+    if (n_shards == 0 || (*tp_io == 0 && *ep_io == 0)) {
+        return 0;
+    }
+    int tp = *tp_io > 0 ? *tp_io : 1, ep = *ep_io > 0 ? *ep_io : 1;
+    if (*tp_io == 0) {
+        tp = n_shards / ep;
+    }
+    if (*ep_io == 0) {
+        ep = n_shards / tp;
+    }
+    if (tp * ep != n_shards) {
+        fprintf(stderr, "tandem serve: %stp %d x ep %d is not the %d shards named\n", where, tp, ep,
+                n_shards);
+        return -1;
+    }
+    *tp_io = tp;
+    *ep_io = ep;
+    return 0;
+}
+
+/* The "groups" form: one engine group per element (coordinator/router.h). */
+static int read_groups(srv_config_t *c, json_t *groups, const char *path)
+{
+    const size_t n = json_array_size(groups);
+    if (!json_is_array(groups) || n == 0 || n > 64) {
+        fprintf(stderr,
+                "tandem serve: --cluster %s: \"groups\" must be an array of 1 to 64 "
+                "group objects\n",
+                path);
+        return -1;
+    }
+    c->groups = calloc(n, sizeof(*c->groups));
+    if (c->groups == NULL) {
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++) {
+        json_t *g = json_array_get(groups, i);
+        srv_group_config_t *gc = &c->groups[i];
+        c->n_groups = (int)i + 1;
+        char where[96];
+        snprintf(where, sizeof(where), "groups[%zu]: ", i);
+        if (!json_is_object(g)) {
+            fprintf(stderr, "tandem serve: --cluster %s: %snot an object\n", path, where);
+            return -1;
+        }
+        static const char *const known[] = {"name", "shards", "tp", "ep", "role", "comment"};
+        if (only_keys(g, known, sizeof(known) / sizeof(known[0]), path, where) != 0) {
+            return -1;
+        }
+        json_t *name = json_object_get(g, "name");
+        char def[32];
+        snprintf(def, sizeof(def), "g%zu", i);
+        const char *nm = name != NULL ? json_string_value(name) : def;
+        bool ok = nm != NULL && nm[0] != '\0' && strlen(nm) <= 64;
+        for (const char *p = nm; ok && *p; p++) {
+            ok = isalnum((unsigned char)*p) || *p == '-' || *p == '_' || *p == '.';
+        }
+        for (size_t j = 0; ok && j < i; j++) {
+            ok = strcmp(c->groups[j].name, nm) != 0;
+        }
+        if (!ok) {
+            fprintf(stderr,
+                    "tandem serve: --cluster %s: %s\"name\" must be unique, 1-64 letters, "
+                    "digits, '-', '_' or '.'\n",
+                    path, where);
+            return -1;
+        }
+        gc->name = strdup(nm);
+        json_t *role = json_object_get(g, "role");
+        if (role != NULL) {
+            tdm_error_t rerr = {0};
+            crd_group_role_t r;
+            if (!json_is_string(role) ||
+                crd_group_role_parse(json_string_value(role), &r, &rerr) != TDM_OK) {
+                fprintf(stderr, "tandem serve: --cluster %s: %s\"role\": %s\n", path, where,
+                        json_is_string(role) ? tdm_error_msg(&rerr)
+                                             : "must be \"mixed\", \"prefill\" or \"decode\"");
+                return -1;
+            }
+            if (r != CRD_ROLE_MIXED) {
+                fprintf(stderr,
+                        "tandem serve: --cluster %s: %s\"role\": \"%s\" groups "
+                        "(disaggregated prefill/decode) are not supported yet: use \"mixed\"\n",
+                        path, where, crd_group_role_name(r));
+                return -1;
+            }
+            gc->role = (int)r;
+        }
+        json_t *shards = json_object_get(g, "shards");
+        if (shards != NULL &&
+            read_shard_list(shards, path, where, &gc->shards, &gc->n_shards) != 0) {
+            return -1;
+        }
+        if (read_split(g, path, where, &gc->tp, &gc->ep) != 0) {
+            return -1;
+        }
+        if (gc->n_shards == 0 && (gc->tp > 0 || gc->ep > 0)) {
+            fprintf(stderr, "tandem serve: --cluster %s: %s\"tp\"/\"ep\" need \"shards\"\n", path,
+                    where);
+            return -1;
+        }
+        char cwhere[128];
+        snprintf(cwhere, sizeof(cwhere), "--cluster %s: %s", path, where);
+        if (check_split(cwhere, gc->n_shards, &gc->tp, &gc->ep) != 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static int read_cluster(srv_config_t *c, const char *path)
 {
     json_error_t je;
@@ -238,35 +425,18 @@ static int read_cluster(srv_config_t *c, const char *path)
         return -1;
     }
     int rc = -1;
-    json_t *shards = json_object_get(root, "shards");
-    if (!json_is_array(shards) || json_array_size(shards) == 0) {
-        fprintf(stderr,
-                "tandem serve: --cluster %s: \"shards\" must be a non-empty array of "
-                "\"HOST:PORT\" strings\n",
-                path);
+    json_t *groups = json_object_get(root, "groups");
+    if (groups != NULL) {
+        /* engine groups; "shards"/"tp"/"ep" belong inside them */
+        static const char *const known[] = {"groups", "collective", "comment"};
+        if (only_keys(root, known, sizeof(known) / sizeof(known[0]), path, "") != 0 ||
+            read_groups(c, groups, path) != 0) {
+            goto out;
+        }
+    } else if (read_shard_list(json_object_get(root, "shards"), path, "", &c->shards,
+                               &c->n_shards) != 0 ||
+               read_split(root, path, "", &c->tp, &c->ep) != 0) {
         goto out;
-    }
-    for (size_t i = 0; i < json_array_size(shards); i++) {
-        const char *s = json_string_value(json_array_get(shards, i));
-        if (s == NULL || add_shards(c, s) != 0) {
-            fprintf(stderr, "tandem serve: --cluster %s: shards[%zu] is not \"HOST:PORT\"\n", path,
-                    i);
-            goto out;
-        }
-    }
-    const char *keys[] = {"tp", "ep"};
-    int *dst[] = {&c->tp, &c->ep};
-    for (int k = 0; k < 2; k++) {
-        json_t *v = json_object_get(root, keys[k]);
-        if (v != NULL &&
-            (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 4096)) {
-            fprintf(stderr, "tandem serve: --cluster %s: \"%s\" must be an integer >= 1\n", path,
-                    keys[k]);
-            goto out;
-        }
-        if (v != NULL) {
-            *dst[k] = (int)json_integer_value(v);
-        }
     }
     json_t *coll = json_object_get(root, "collective");
     if (coll != NULL) {
@@ -279,19 +449,9 @@ static int read_cluster(srv_config_t *c, const char *path)
             goto out;
         }
     }
-    const char *known[] = {"shards", "tp", "ep", "collective", "comment"};
-    const char *key;
-    json_t *val;
-    json_object_foreach(root, key, val)
-    {
-        bool ok = false;
-        for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++) {
-            ok |= strcmp(key, known[i]) == 0;
-        }
-        if (!ok) {
-            fprintf(stderr, "tandem serve: --cluster %s: unknown key \"%s\"\n", path, key);
-            goto out;
-        }
+    static const char *const known[] = {"shards", "tp", "ep", "collective", "comment"};
+    if (groups == NULL && only_keys(root, known, sizeof(known) / sizeof(known[0]), path, "") != 0) {
+        goto out;
     }
     rc = 0;
 out:
@@ -305,6 +465,14 @@ static void free_shards(srv_config_t *c)
         free(c->shards[i]);
     }
     free(c->shards);
+    for (int g = 0; g < c->n_groups; g++) {
+        for (int i = 0; i < c->groups[g].n_shards; i++) {
+            free(c->groups[g].shards[i]);
+        }
+        free(c->groups[g].shards);
+        free(c->groups[g].name);
+    }
+    free(c->groups);
 }
 
 static void free_keys(srv_config_t *c)
@@ -450,8 +618,16 @@ int cmd_serve(int argc, char **argv)
                 fprintf(stderr, "tandem serve: --kv-memory '%s' is not a size (e.g. 2G)\n", v);
                 goto out;
             }
+        } else if (ARG("--routing")) {
+            tdm_error_t rerr = {0};
+            crd_routing_t rt;
+            if (crd_routing_parse(v, &rt, &rerr) != TDM_OK) {
+                fprintf(stderr, "tandem serve: --routing: %s\n", tdm_error_msg(&rerr));
+                goto out;
+            }
+            c.routing = (int)rt;
         } else if (ARG("--shards")) {
-            if (c.n_shards > 0) {
+            if (c.n_shards > 0 || c.n_groups > 0) {
                 fprintf(stderr, "tandem serve: give the shards with --shards or --cluster, "
                                 "not both\n");
                 goto out;
@@ -460,7 +636,7 @@ int cmd_serve(int argc, char **argv)
                 goto out;
             }
         } else if (ARG("--cluster")) {
-            if (c.n_shards > 0) {
+            if (c.n_shards > 0 || c.n_groups > 0) {
                 fprintf(stderr, "tandem serve: give the shards with --shards or --cluster, "
                                 "not both\n");
                 goto out;
@@ -539,25 +715,16 @@ int cmd_serve(int argc, char **argv)
     if (c.max_running > c.batch) {
         c.max_running = c.batch;
     }
+    if ((c.tp > 0 || c.ep > 0) && c.n_groups > 0) {
+        fprintf(stderr, "tandem serve: with \"groups\" in --cluster, give tp/ep per group\n");
+        goto out;
+    }
     if ((c.tp > 0 || c.ep > 0) && c.n_shards == 0) {
         fprintf(stderr, "tandem serve: --tp/--ep need --shards or --cluster\n");
         goto out;
     }
-    if (c.n_shards > 0 && (c.tp > 0 || c.ep > 0)) {
-        int tp = c.tp > 0 ? c.tp : 1, ep = c.ep > 0 ? c.ep : 1;
-        if (c.tp == 0) {
-            tp = c.n_shards / ep;
-        }
-        if (c.ep == 0) {
-            ep = c.n_shards / tp;
-        }
-        if (tp * ep != c.n_shards) {
-            fprintf(stderr, "tandem serve: tp %d x ep %d is not the %d shards named\n", tp, ep,
-                    c.n_shards);
-            goto out;
-        }
-        c.tp = tp;
-        c.ep = ep;
+    if (check_split("", c.n_shards, &c.tp, &c.ep) != 0) {
+        goto out;
     }
     rc = srv_run(&c);
 out:

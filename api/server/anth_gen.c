@@ -590,7 +590,7 @@ int srv_route_messages(srv_server_t *s, const srv_http_req_t *r)
                            .detok_flags = cp.detok_flags,
                            .t_start = r->t_start};
     if (st == TDM_OK) {
-        st = srv_job_start(s->engine, s->vocab, s->metrics, &jp, &g->job, &err);
+        st = srv_job_start(s->router, s->vocab, s->metrics, &jp, &g->job, &err);
     }
     srv_chat_prompt_free(&cp);
     if (st != TDM_OK) {

@@ -51,7 +51,11 @@ tdm_status_t srv_default_ctx(const srv_config_t *cfg, const gguf_ctx_t *g, int *
     const int legacy = hp.n_ctx_train > 0 && hp.n_ctx_train < 8192 ? hp.n_ctx_train : 8192;
     *n_ctx = legacy;
     *kv_bytes = cfg->kv_bytes;
-    if (cfg->n_shards > 0) {
+    bool shards = cfg->n_shards > 0;
+    for (int i = 0; i < cfg->n_groups; i++) {
+        shards |= cfg->groups[i].n_shards > 0;
+    }
+    if (shards) {
         snprintf(note, note_size,
                  "%d tokens (distributed: the model's, at most 8192, as the shards' "
                  "memory is not known here; --ctx-size sets it)",

@@ -16,7 +16,7 @@
 typedef struct seq {
     srv_job_t *job;
     int index;
-    uint64_t req_id;
+    crd_route_t route; /* the group and the engine's id */
     bool submitted, ended;
     tok_decode_stream_t dec;
     crd_stop_strings_t *stops;
@@ -25,7 +25,7 @@ typedef struct seq {
 } seq_t;
 
 struct srv_job {
-    crd_engine_t *engine;
+    crd_router_t *router;
     srv_metrics_t *metrics;
     double t_start;
     bool want_tokens;
@@ -207,7 +207,7 @@ static int on_event(void *user, const crd_event_t *ev)
     return stop;
 }
 
-tdm_status_t srv_job_start(crd_engine_t *engine, const tok_vocab_t *vocab, srv_metrics_t *metrics,
+tdm_status_t srv_job_start(crd_router_t *router, const tok_vocab_t *vocab, srv_metrics_t *metrics,
                            const srv_job_params_t *p, srv_job_t **out, tdm_error_t *err)
 {
     *out = NULL;
@@ -218,7 +218,7 @@ tdm_status_t srv_job_start(crd_engine_t *engine, const tok_vocab_t *vocab, srv_m
         free(seqs);
         return tdm_error_set(err, TDM_ERR_NO_MEMORY, "out of memory for a request");
     }
-    j->engine = engine;
+    j->router = router;
     j->metrics = metrics;
     j->t_start = p->t_start;
     j->want_tokens = p->want_tokens;
@@ -257,7 +257,7 @@ tdm_status_t srv_job_start(crd_engine_t *engine, const tok_vocab_t *vocab, srv_m
         pthread_mutex_lock(&j->mu);
         j->refs++;
         pthread_mutex_unlock(&j->mu);
-        tdm_status_t st = crd_engine_submit(engine, &rp, &seqs[i].req_id, err);
+        tdm_status_t st = crd_router_submit(router, &rp, &seqs[i].route, err);
         if (st != TDM_OK) {
             pthread_mutex_lock(&j->mu);
             j->refs--;
@@ -325,7 +325,7 @@ void srv_job_cancel(srv_job_t *j)
         /* reading `ended` races with the engine thread; a stale false only costs a
          * cancel of a finished id, which the engine ignores */
         if (j->seqs[i].submitted) {
-            crd_engine_cancel(j->engine, j->seqs[i].req_id);
+            crd_router_cancel(j->router, &j->seqs[i].route);
         }
     }
 }

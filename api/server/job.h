@@ -13,6 +13,7 @@
 
 #include "api/server/metrics.h"
 #include "coordinator/engine.h"
+#include "coordinator/router.h"
 #include "coordinator/tokenizer/tokenizer.h"
 
 #include <stdbool.h>
@@ -56,7 +57,7 @@ typedef struct srv_job_params {
 typedef struct srv_job srv_job_t;
 
 /* Submits p->n sequences. On failure nothing keeps running and *out is NULL. */
-tdm_status_t srv_job_start(crd_engine_t *engine, const tok_vocab_t *vocab, srv_metrics_t *metrics,
+tdm_status_t srv_job_start(crd_router_t *router, const tok_vocab_t *vocab, srv_metrics_t *metrics,
                            const srv_job_params_t *p, srv_job_t **out, tdm_error_t *err);
 
 /* Waits up to timeout_s for pieces; *pieces (free with srv_pieces_free) gets all queued. */

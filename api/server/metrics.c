@@ -172,41 +172,109 @@ static void metric(textbuf_t *b, const char *name, const char *type, const char 
               type, name, model, value);
 }
 
-/* The shard group: readiness per shard (alert on tandem_shard_up == 0), formations, and
- * what the shards report of their collectives. */
-static void group_metrics(textbuf_t *b, const srv_group_metrics_t *gm, const char *model)
+/* A gauge or counter with one sample per group (label group=...); shards_only: only the
+ * shard groups. */
+static void group_family(textbuf_t *b, const char *name, const char *type, const char *help,
+                         const char *model, const srv_group_metrics_t *gm, int n, const double *v,
+                         bool shards_only)
 {
-    const xp_group_health_t *h = gm->health;
-    const xp_remote_stats_t *st = gm->stats;
-    metric(b, "tandem_shard_group_ready", "gauge",
-           "1 when every shard is in the group and steps can run.", model, h->ready ? 1 : 0);
-    tb_printf(b, "# HELP tandem_shard_up 1 when the shard is ready in the current group.\n"
-                 "# TYPE tandem_shard_up gauge\n");
-    for (int i = 0; i < h->n_shards; i++) {
-        tb_printf(b, "tandem_shard_up{model_name=\"%s\",rank=\"%d\",shard=\"%s\"} %d\n", model, i,
-                  h->shards[i].name, strcmp(h->shards[i].state, "ready") == 0);
+    tb_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+    for (int g = 0; g < n; g++) {
+        if (!shards_only || gm[g].health != NULL) {
+            tb_printf(b, "%s{model_name=\"%s\",group=\"%s\"} %.17g\n", name, model,
+                      gm[g].route->name, v[g]);
+        }
     }
-    tb_printf(b, "# HELP tandem_shard_resident_bytes Resident set of the shard after its last "
-                 "load.\n# TYPE tandem_shard_resident_bytes gauge\n");
-    for (int i = 0; i < h->n_shards; i++) {
-        tb_printf(b,
-                  "tandem_shard_resident_bytes{model_name=\"%s\",rank=\"%d\",shard=\"%s\"} %llu\n",
-                  model, i, h->shards[i].name, (unsigned long long)h->shards[i].resident_bytes);
+}
+
+/* The engine groups: what the router sent each (requests, prompt tokens, the part its
+ * prefix cache served), its load and queue; for shard groups readiness per shard (alert on
+ * tandem_shard_up == 0), formations, and what the shards report of their collectives. */
+static void group_metrics(textbuf_t *b, const srv_group_metrics_t *gm, int n, const char *model)
+{
+    double *v = calloc((size_t)n, sizeof(double));
+    if (v == NULL) {
+        b->failed = 1;
+        return;
     }
-    metric(b, "tandem_shard_group_formations_total", "counter",
-           "Times the shard group formed (1 at start, +1 per recovery).", model,
-           (double)st->formations);
-    metric(b, "tandem_shard_steps_failed_total", "counter",
-           "Steps that failed on the shard group (a shard missing or failing).", model,
-           (double)st->failed_steps);
-    metric(b, "tandem_collective_calls_total", "counter",
-           "Collectives that exchanged data, summed over shards.", model, (double)st->coll_calls);
-    metric(b, "tandem_collective_bytes_total", "counter",
-           "Bytes the shards sent in collectives, summed over shards.", model,
-           (double)st->coll_bytes);
-    metric(b, "tandem_collective_seconds_total", "counter",
-           "Seconds the shards spent inside collectives (waiting included), summed over shards.",
-           model, (double)st->coll_ns / 1e9);
+    bool any_shards = false;
+    for (int g = 0; g < n; g++) {
+        v[g] = gm[g].route->up;
+        any_shards |= gm[g].health != NULL;
+    }
+    group_family(b, "tandem_group_up", "gauge",
+                 "1 while the engine group takes requests (a shard group: formed).", model, gm, n,
+                 v, false);
+#define FAMILY(name, type, help, expr, shards_only)                            \
+    do {                                                                       \
+        for (int g = 0; g < n; g++) {                                          \
+            const srv_group_metrics_t *x = &gm[g];                             \
+            v[g] = x->health != NULL || !(shards_only) ? (double)(expr) : 0.0; \
+        }                                                                      \
+        group_family(b, name, type, help, model, gm, n, v, shards_only);       \
+    } while (0)
+    FAMILY("tandem_group_routed_requests_total", "counter",
+           "Requests the router sent to the group.", x->route->routed, false);
+    FAMILY("tandem_group_prompt_tokens_total", "counter", "Prompt tokens of those requests.",
+           x->route->prompt_tokens, false);
+    FAMILY("tandem_group_cached_tokens_total", "counter",
+           "Of those, tokens served from the group's prefix cache.", x->route->cached_tokens,
+           false);
+    FAMILY("tandem_group_load_tokens", "gauge",
+           "Tokens the group owes: prompt tokens not computed yet and tokens still to generate "
+           "(estimated) of its requests.",
+           x->route->load_tokens, false);
+    FAMILY("tandem_group_requests_running", "gauge", "Requests in the group's running batch.",
+           x->es->sched.n_running, false);
+    FAMILY("tandem_group_requests_waiting", "gauge", "Requests queued in the group.",
+           x->es->sched.n_waiting + x->es->n_inbox, false);
+    FAMILY("tandem_group_kv_blocks_used", "gauge", "KV cache blocks held by the group's requests.",
+           x->es->sched.kv_blocks_used, false);
+    if (any_shards) {
+        FAMILY("tandem_shard_group_ready", "gauge",
+               "1 when every shard is in the group and steps can run.", x->health->ready, true);
+        tb_printf(b, "# HELP tandem_shard_up 1 when the shard is ready in the current group.\n"
+                     "# TYPE tandem_shard_up gauge\n");
+        for (int g = 0; g < n; g++) {
+            const xp_group_health_t *h = gm[g].health;
+            for (int i = 0; h != NULL && i < h->n_shards; i++) {
+                tb_printf(b,
+                          "tandem_shard_up{model_name=\"%s\",group=\"%s\",rank=\"%d\","
+                          "shard=\"%s\"} %d\n",
+                          model, gm[g].route->name, i, h->shards[i].name,
+                          strcmp(h->shards[i].state, "ready") == 0);
+            }
+        }
+        tb_printf(b, "# HELP tandem_shard_resident_bytes Resident set of the shard after its "
+                     "last load.\n# TYPE tandem_shard_resident_bytes gauge\n");
+        for (int g = 0; g < n; g++) {
+            const xp_group_health_t *h = gm[g].health;
+            for (int i = 0; h != NULL && i < h->n_shards; i++) {
+                tb_printf(b,
+                          "tandem_shard_resident_bytes{model_name=\"%s\",group=\"%s\","
+                          "rank=\"%d\",shard=\"%s\"} %llu\n",
+                          model, gm[g].route->name, i, h->shards[i].name,
+                          (unsigned long long)h->shards[i].resident_bytes);
+            }
+        }
+        FAMILY("tandem_shard_group_formations_total", "counter",
+               "Times the shard group formed (1 at start, +1 per recovery).", x->stats->formations,
+               true);
+        FAMILY("tandem_shard_steps_failed_total", "counter",
+               "Steps that failed on the shard group (a shard missing or failing).",
+               x->stats->failed_steps, true);
+        FAMILY("tandem_collective_calls_total", "counter",
+               "Collectives that exchanged data, summed over shards.", x->stats->coll_calls, true);
+        FAMILY("tandem_collective_bytes_total", "counter",
+               "Bytes the shards sent in collectives, summed over shards.", x->stats->coll_bytes,
+               true);
+        FAMILY("tandem_collective_seconds_total", "counter",
+               "Seconds the shards spent inside collectives (waiting included), summed over "
+               "shards.",
+               (double)x->stats->coll_ns / 1e9, true);
+    }
+#undef FAMILY
+    free(v);
 }
 
 /* Speculative decoding: per drafter (label drafter=...), and tokens per decoding step. */
@@ -244,7 +312,8 @@ static void spec_metrics(textbuf_t *b, const crd_spec_stats_t *sp, const char *m
 }
 
 char *srv_metrics_render(srv_metrics_t *m, const crd_engine_stats_t *es,
-                         const srv_group_metrics_t *gm, const char *model, size_t *len)
+                         const srv_group_metrics_t *gm, int n_groups, const char *model,
+                         size_t *len)
 {
     textbuf_t b = {.cap = 8192};
     b.p = malloc(b.cap);
@@ -292,8 +361,8 @@ char *srv_metrics_render(srv_metrics_t *m, const crd_engine_stats_t *es,
                (double)ss->finished[CRD_FINISH_CANCELED]);
         spec_metrics(&b, &ss->spec, model);
     }
-    if (gm != NULL) {
-        group_metrics(&b, gm, model);
+    if (es != NULL && gm != NULL && n_groups > 0) {
+        group_metrics(&b, gm, n_groups, model);
     }
     pthread_mutex_lock(&m->mu);
     tb_printf(&b, "# HELP tandem_request_success_total Sequences finished, by reason.\n"

@@ -10,6 +10,7 @@
 
 #include "common/status.h"
 #include "coordinator/engine.h"
+#include "coordinator/router.h"
 #include "transport/exec_remote.h"
 
 #include <stddef.h>
@@ -32,15 +33,19 @@ void srv_metrics_count_http(srv_metrics_t *m, const char *route, unsigned status
 /* One generated sequence ended for reason ("stop", "length", "tool_calls", "abort", "error"). */
 void srv_metrics_count_finish(srv_metrics_t *m, const char *reason);
 
-/* Distributed mode: the shard group's state and the shards' communication counters. */
+/* One engine group (coordinator/router.h): what the router counted, its engine's figures,
+ * and for a shard group its state and the shards' communication counters. */
 typedef struct srv_group_metrics {
-    const xp_group_health_t *health;
-    const xp_remote_stats_t *stats;
+    const crd_router_group_stats_t *route;
+    const crd_engine_stats_t *es;
+    const xp_group_health_t *health; /* NULL: a local engine */
+    const xp_remote_stats_t *stats;  /* NULL: a local engine */
 } srv_group_metrics_t;
 
-/* The exposition text (malloc'd) with the engine's figures es and the shard group's gm
- * (each may be NULL: not loaded yet / single-node). */
+/* The exposition text (malloc'd) with the engines' figures summed in es and per group in
+ * gm[n_groups] (label group="NAME"); es NULL: not loaded yet. */
 char *srv_metrics_render(srv_metrics_t *m, const crd_engine_stats_t *es,
-                         const srv_group_metrics_t *gm, const char *model, size_t *len);
+                         const srv_group_metrics_t *gm, int n_groups, const char *model,
+                         size_t *len);
 
 #endif

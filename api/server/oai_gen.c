@@ -680,7 +680,7 @@ static int route_gen(srv_server_t *s, const srv_http_req_t *r, srv_api_t api)
                                                                      : TOK_DEC_RENDER_SPECIAL,
                            .t_start = r->t_start,
                            .spec = req->spec};
-    st = g->ch != NULL ? srv_job_start(s->engine, s->vocab, s->metrics, &jp, &g->job, &err)
+    st = g->ch != NULL ? srv_job_start(s->router, s->vocab, s->metrics, &jp, &g->job, &err)
                        : tdm_error_set(&err, TDM_ERR_NO_MEMORY, "out of memory");
     tok_ids_free(&ids);
     srv_chat_prompt_free(&cp);

@@ -596,7 +596,7 @@ int srv_route_responses(srv_server_t *s, const srv_http_req_t *h)
                            .n_stop_ids = (int32_t)n_eog,
                            .detok_flags = cp.detok_flags,
                            .t_start = h->t_start};
-    st = srv_job_start(s->engine, s->vocab, s->metrics, &jp, &r->job, &err);
+    st = srv_job_start(s->router, s->vocab, s->metrics, &jp, &r->job, &err);
     srv_chat_prompt_free(&cp);
     if (st != TDM_OK) {
         int rc = reply_status(s, h, st, st == TDM_ERR_INVALID_PARAM ? "input" : NULL,

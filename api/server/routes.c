@@ -8,16 +8,16 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* The shard group of distributed mode: {"ready", "tp", "ep", "error", "shards": [...]}. */
-static json_t *group_json(srv_server_t *s, bool *ready)
+/* A shard group: {"ready", "tp", "ep", "error", "shards": [...]}. */
+static json_t *shard_group_json(xp_remote_exec_t *rx, bool *ready)
 {
     xp_group_health_t h = {0};
-    h.shards = calloc((size_t)xp_remote_exec_n_shards(s->rx), sizeof(*h.shards));
+    h.shards = calloc((size_t)xp_remote_exec_n_shards(rx), sizeof(*h.shards));
     if (h.shards == NULL) {
         *ready = false;
         return json_null();
     }
-    xp_remote_exec_health(s->rx, &h);
+    xp_remote_exec_health(rx, &h);
     json_t *arr = json_array();
     for (int i = 0; i < h.n_shards; i++) {
         const xp_shard_health_t *sh = &h.shards[i];
@@ -42,27 +42,79 @@ static json_t *group_json(srv_server_t *s, bool *ready)
     return g;
 }
 
+/* Every engine group: {"name", "role", "up", "routed", "prompt_tokens", "cached_tokens",
+ * "load_tokens"}, a shard group's state in "group" ({"ready", "shards": [...], ...}). */
+static json_t *groups_json(srv_server_t *s, int *n_up)
+{
+    json_t *arr = json_array();
+    *n_up = 0;
+    for (int i = 0; i < s->n_groups; i++) {
+        crd_router_group_stats_t rs;
+        crd_router_group_stats(s->router, i, &rs);
+        json_t *o = json_pack("{s:s, s:s, s:s, s:b, s:I, s:I, s:I, s:I}", "name", rs.name, "role",
+                              crd_group_role_name(rs.role), "kind",
+                              s->groups[i].rx != NULL ? "shards" : "local", "up", rs.up, "routed",
+                              (json_int_t)rs.routed, "prompt_tokens", (json_int_t)rs.prompt_tokens,
+                              "cached_tokens", (json_int_t)rs.cached_tokens, "load_tokens",
+                              (json_int_t)rs.load_tokens);
+        if (s->groups[i].rx != NULL) {
+            bool ready = false;
+            json_t *g = shard_group_json(s->groups[i].rx, &ready);
+            rs.up = ready;
+            json_object_set_new(o, "up", json_boolean(ready));
+            json_object_set_new(o, "group", g);
+        }
+        *n_up += rs.up;
+        json_array_append_new(arr, o);
+    }
+    return arr;
+}
+
 int srv_route_health(srv_server_t *s, const srv_http_req_t *r)
 {
     int st = atomic_load(&s->state);
     json_t *o;
     unsigned code = 503;
     switch (st) {
-    case SRV_READY:
-        if (s->rx != NULL) {
-            bool ready = false;
-            json_t *g = group_json(s, &ready);
-            o = json_pack("{s:s, s:o}", "status", ready ? "ok" : "degraded", "group", g);
-            if (!ready) {
-                json_object_set_new(o, "error",
-                                    json_string(json_string_value(json_object_get(g, "error"))));
-            }
-            code = ready ? 200 : 503;
+    case SRV_READY: {
+        if (s->n_groups == 1 && s->groups[0].rx == NULL) {
+            o = json_pack("{s:s}", "status", "ok"); /* one engine in this process */
+            code = 200;
             break;
         }
-        o = json_pack("{s:s}", "status", "ok");
-        code = 200;
+        /* degraded while a group is down; unavailable (503) only when none is up */
+        int n_up = 0;
+        json_t *groups = groups_json(s, &n_up);
+        o = json_pack("{s:s, s:s}", "status", n_up == s->n_groups ? "ok" : "degraded", "routing",
+                      crd_routing_name(crd_router_routing(s->router)));
+        code = n_up > 0 ? 200 : 503;
+        /* one shard group: its state at the top as before ("group", "error") */
+        json_t *g0 = json_object_get(json_array_get(groups, 0), "group");
+        if (s->n_groups == 1 && g0 != NULL) {
+            json_object_set(o, "group", g0);
+            if (n_up == 0) {
+                json_object_set_new(o, "error",
+                                    json_string(json_string_value(json_object_get(g0, "error"))));
+            }
+        } else if (n_up < s->n_groups) {
+            char why[1024] = "";
+            size_t len = 0;
+            for (size_t i = 0; i < json_array_size(groups); i++) {
+                json_t *gi = json_array_get(groups, i);
+                if (json_is_false(json_object_get(gi, "up")) && len < sizeof(why)) {
+                    const char *e =
+                        json_string_value(json_object_get(json_object_get(gi, "group"), "error"));
+                    len += (size_t)snprintf(why + len, sizeof(why) - len, "%sgroup '%s' down: %s",
+                                            len > 0 ? "; " : "",
+                                            json_string_value(json_object_get(gi, "name")),
+                                            e != NULL ? e : "not ready");
+                }
+            }
+            json_object_set_new(o, "error", json_string(why));
+        }
+        json_object_set_new(o, "groups", groups);
         break;
+    }
     case SRV_LOADING:
         o = json_pack("{s:s}", "status", "loading");
         break;
@@ -80,9 +132,17 @@ int srv_route_health(srv_server_t *s, const srv_http_req_t *r)
 /* The model object of /v1/models and /v1/models/{id}. */
 static json_t *model_json(const srv_server_t *s)
 {
-    return json_pack("{s:s, s:s, s:I, s:s, s:i, s:i}", "id", s->model_name, "object", "model",
+    /* where it is served: every engine group, and whether it takes requests now */
+    json_t *groups = json_array();
+    for (int i = 0; i < s->n_groups; i++) {
+        crd_router_group_stats_t rs;
+        crd_router_group_stats(s->router, i, &rs);
+        json_array_append_new(groups, json_pack("{s:s, s:s, s:b}", "name", rs.name, "role",
+                                                crd_group_role_name(rs.role), "up", rs.up));
+    }
+    return json_pack("{s:s, s:s, s:I, s:s, s:i, s:i, s:o}", "id", s->model_name, "object", "model",
                      "created", (json_int_t)s->created, "owned_by", "tandem", "max_model_len",
-                     (int)s->n_ctx, "context_length", (int)s->n_ctx);
+                     (int)s->n_ctx, "context_length", (int)s->n_ctx, "groups", groups);
 }
 
 int srv_route_models(srv_server_t *s, const srv_http_req_t *r)
@@ -118,25 +178,49 @@ int srv_route_model(srv_server_t *s, const srv_http_req_t *r)
 int srv_route_metrics(srv_server_t *s, const srv_http_req_t *r)
 {
     crd_engine_stats_t es;
-    bool ready = atomic_load(&s->state) == SRV_READY && s->engine != NULL;
+    const bool ready = atomic_load(&s->state) == SRV_READY && s->router != NULL;
+    const int n_g = ready ? s->n_groups : 0;
+    srv_group_metrics_t *gm = calloc((size_t)(n_g > 0 ? n_g : 1), sizeof(*gm));
+    crd_router_group_stats_t *rs = calloc((size_t)(n_g > 0 ? n_g : 1), sizeof(*rs));
+    crd_engine_stats_t *ges = calloc((size_t)(n_g > 0 ? n_g : 1), sizeof(*ges));
+    xp_group_health_t *gh = calloc((size_t)(n_g > 0 ? n_g : 1), sizeof(*gh));
+    xp_remote_stats_t *xs = calloc((size_t)(n_g > 0 ? n_g : 1), sizeof(*xs));
+    bool oom = gm == NULL || rs == NULL || ges == NULL || gh == NULL || xs == NULL;
     if (ready) {
-        crd_engine_get_stats(s->engine, &es);
+        crd_router_get_stats(s->router, &es);
+    }
+    for (int i = 0; i < n_g && !oom; i++) {
+        crd_router_group_stats(s->router, i, &rs[i]);
+        crd_engine_get_stats(s->groups[i].engine, &ges[i]);
+        gm[i].route = &rs[i];
+        gm[i].es = &ges[i];
+        xp_remote_exec_t *rx = s->groups[i].rx;
+        if (rx != NULL) {
+            gh[i].shards = calloc((size_t)xp_remote_exec_n_shards(rx), sizeof(*gh[i].shards));
+            oom |= gh[i].shards == NULL;
+            if (gh[i].shards != NULL) {
+                xp_remote_exec_health(rx, &gh[i]);
+                xp_remote_exec_stats(rx, &xs[i]);
+                gm[i].health = &gh[i];
+                gm[i].stats = &xs[i];
+            }
+        }
     }
     size_t len = 0;
-    xp_group_health_t gh = {0};
-    xp_remote_stats_t rs = {0};
-    srv_group_metrics_t gm = {&gh, &rs};
-    if (ready && s->rx != NULL) {
-        gh.shards = calloc((size_t)xp_remote_exec_n_shards(s->rx), sizeof(*gh.shards));
-        if (gh.shards == NULL) {
-            return srv_reply_error(r, 500, "server_error", NULL, NULL, "out of memory");
-        }
-        xp_remote_exec_health(s->rx, &gh);
-        xp_remote_exec_stats(s->rx, &rs);
+    char *text = oom ? NULL
+                     : srv_metrics_render(s->metrics, ready ? &es : NULL, gm, n_g,
+                                          s->model_name != NULL ? s->model_name : "", &len);
+    for (int i = 0; i < n_g && gh != NULL; i++) {
+        free(gh[i].shards);
     }
-    char *text = srv_metrics_render(s->metrics, ready ? &es : NULL, gh.shards != NULL ? &gm : NULL,
-                                    s->model_name != NULL ? s->model_name : "", &len);
-    free(gh.shards);
+    free(gm);
+    free(rs);
+    free(ges);
+    free(gh);
+    free(xs);
+    if (text == NULL) {
+        return srv_reply_error(r, 500, "server_error", NULL, NULL, "out of memory");
+    }
     /* the front's connection counts (front.c) */
     char conns[512];
     int n = snprintf(conns, sizeof(conns),

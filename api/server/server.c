@@ -69,6 +69,77 @@ static int logits_rows(const srv_config_t *cfg, const gguf_ctx_t *g)
     return rows < cfg->batch ? rows : cfg->batch;
 }
 
+/* The router's "is this group up": a shard group is while it is formed. */
+static bool group_up(void *rx)
+{
+    const int n = xp_remote_exec_n_shards(rx);
+    xp_group_health_t h = {.shards = calloc((size_t)n, sizeof(xp_shard_health_t))};
+    if (h.shards == NULL) {
+        return true; /* cannot tell: a step there fails with the reason if it is not */
+    }
+    xp_remote_exec_health(rx, &h);
+    free(h.shards);
+    return h.ready;
+}
+
+/* One engine group: its executor (a shard group or this process) and the engine over it. */
+static tdm_status_t load_group(srv_server_t *s, const srv_group_config_t *gc, srv_group_t *g,
+                               int n_ctx, size_t kv_bytes, tdm_error_t *err)
+{
+    const srv_config_t *cfg = &s->cfg;
+    tdm_status_t st;
+    g->name = strdup(gc->name);
+    g->role = (crd_group_role_t)gc->role;
+    if (g->name == NULL) {
+        return tdm_error_set(err, TDM_ERR_NO_MEMORY, "out of memory for a group");
+    }
+    if (gc->n_shards > 0) {
+        xp_remote_params_t rp = {.g = s->gguf,
+                                 .n_shards = gc->n_shards,
+                                 .shards = (const char *const *)gc->shards,
+                                 .tp = gc->tp,
+                                 .ep = gc->ep,
+                                 .n_batch_max = cfg->batch,
+                                 .n_logits_max = logits_rows(cfg, s->gguf),
+                                 .n_ctx = n_ctx,
+                                 .kv_bytes = kv_bytes,
+                                 .proto = cfg->collective,
+                                 .coll_timeout_ms = cfg->coll_timeout_ms,
+                                 .heartbeat_timeout_ms = cfg->shard_timeout_ms,
+                                 .start_timeout_ms = cfg->shard_start_timeout_s * 1000,
+                                 .contiguous_experts = cfg->contiguous_experts,
+                                 .cluster_secret = cfg->cluster_secret};
+        if ((st = xp_remote_exec_create(&rp, &g->rx, &g->ex, err)) != TDM_OK) {
+            return st;
+        }
+    } else {
+        xp_local_params_t lp = {.n_threads = cfg->threads,
+                                .n_batch_max = cfg->batch,
+                                .n_logits_max = logits_rows(cfg, s->gguf),
+                                .n_ctx = n_ctx,
+                                .kv_bytes = kv_bytes,
+                                .device = cfg->device,
+                                .kv_type = cfg->kv_type,
+                                /* xp_local: 0 its default (max_running), < 0 none */
+                                .n_state_store = cfg->state_cache < 0    ? 0
+                                                 : cfg->state_cache == 0 ? -1
+                                                                         : cfg->state_cache};
+        if ((st = xp_local_exec_create(s->gguf, &lp, &g->lx, &g->ex, err)) != TDM_OK) {
+            return st;
+        }
+    }
+    crd_sched_params_t sp = {.token_budget = cfg->batch,
+                             .max_running = cfg->max_running,
+                             .max_waiting = cfg->max_waiting,
+                             .n_ctx = g->ex.n_ctx_max,
+                             .cache_seed = 0x74616e64656dULL ^ (uint64_t)g->ex.n_vocab,
+                             .state_every = cfg->state_every,
+                             .spec = {.mode = (crd_spec_mode_t)cfg->spec_mode,
+                                      .max_draft = cfg->spec_max,
+                                      .always = cfg->spec_always}};
+    return crd_engine_create(&g->ex, &sp, &g->engine, err);
+}
+
 static tdm_status_t load_model(srv_server_t *s, tdm_error_t *err)
 {
     const srv_config_t *cfg = &s->cfg;
@@ -101,61 +172,46 @@ static tdm_status_t load_model(srv_server_t *s, tdm_error_t *err)
                                             sizeof(s->ctx_note), err)) != TDM_OK) {
         return st;
     }
-    if (cfg->n_shards > 0) {
-        xp_remote_params_t rp = {.g = s->gguf,
-                                 .n_shards = cfg->n_shards,
-                                 .shards = (const char *const *)cfg->shards,
-                                 .tp = cfg->tp,
-                                 .ep = cfg->ep,
-                                 .n_batch_max = cfg->batch,
-                                 .n_logits_max = logits_rows(cfg, s->gguf),
-                                 .n_ctx = n_ctx,
-                                 .kv_bytes = kv_bytes,
-                                 .proto = cfg->collective,
-                                 .coll_timeout_ms = cfg->coll_timeout_ms,
-                                 .heartbeat_timeout_ms = cfg->shard_timeout_ms,
-                                 .start_timeout_ms = cfg->shard_start_timeout_s * 1000,
-                                 .contiguous_experts = cfg->contiguous_experts,
-                                 .cluster_secret = cfg->cluster_secret};
-        if ((st = xp_remote_exec_create(&rp, &s->rx, &s->ex, err)) != TDM_OK) {
-            return st;
-        }
-    } else {
-        xp_local_params_t lp = {.n_threads = cfg->threads,
-                                .n_batch_max = cfg->batch,
-                                .n_logits_max = logits_rows(cfg, s->gguf),
-                                .n_ctx = n_ctx,
-                                .kv_bytes = kv_bytes,
-                                .device = cfg->device,
-                                .kv_type = cfg->kv_type,
-                                /* xp_local: 0 its default (max_running), < 0 none */
-                                .n_state_store = cfg->state_cache < 0    ? 0
-                                                 : cfg->state_cache == 0 ? -1
-                                                                         : cfg->state_cache};
-        if ((st = xp_local_exec_create(s->gguf, &lp, &s->lx, &s->ex, err)) != TDM_OK) {
-            return st;
-        }
+    /* one group unless the cluster file named several: the shards given, or this process */
+    srv_group_config_t one = {.name = cfg->n_shards > 0 ? "shards" : "local",
+                              .shards = cfg->shards,
+                              .n_shards = cfg->n_shards,
+                              .tp = cfg->tp,
+                              .ep = cfg->ep};
+    const srv_group_config_t *gc = cfg->n_groups > 0 ? cfg->groups : &one;
+    const int n_groups = cfg->n_groups > 0 ? cfg->n_groups : 1;
+    s->groups = calloc((size_t)n_groups, sizeof(*s->groups));
+    if (s->groups == NULL) {
+        return tdm_error_set(err, TDM_ERR_NO_MEMORY, "out of memory for the engine groups");
     }
-    crd_sched_params_t sp = {.token_budget = cfg->batch,
-                             .max_running = cfg->max_running,
-                             .max_waiting = cfg->max_waiting,
-                             .n_ctx = s->ex.n_ctx_max,
-                             .cache_seed = 0x74616e64656dULL ^ (uint64_t)s->ex.n_vocab,
-                             .state_every = cfg->state_every,
-                             .spec = {.mode = (crd_spec_mode_t)cfg->spec_mode,
-                                      .max_draft = cfg->spec_max,
-                                      .always = cfg->spec_always}};
-    if ((st = crd_engine_create(&s->ex, &sp, &s->engine, err)) != TDM_OK) {
+    if ((st = crd_router_create((crd_routing_t)cfg->routing, &s->router, err)) != TDM_OK) {
         return st;
     }
-    s->n_ctx = crd_engine_n_ctx(s->engine);
+    for (int i = 0; i < n_groups; i++) {
+        s->n_groups = i + 1;
+        if ((st = load_group(s, &gc[i], &s->groups[i], n_ctx, kv_bytes, err)) != TDM_OK) {
+            if (n_groups > 1) {
+                tdm_error_t gerr = *err;
+                return tdm_error_set(err, st, "group '%s': %s", gc[i].name, tdm_error_msg(&gerr));
+            }
+            return st;
+        }
+        srv_group_t *g = &s->groups[i];
+        if ((st = crd_router_add(s->router, g->name, g->role, g->engine,
+                                 g->rx != NULL ? group_up : NULL, g->rx, err)) != TDM_OK) {
+            return st;
+        }
+        TDM_INFO("serve", "group '%s' (%s): %d KV blocks of %d tokens (%s)", g->name,
+                 crd_group_role_name(g->role), (int)g->ex.n_blocks, (int)g->ex.block_tokens,
+                 g->rx != NULL ? "held by the shards" : "in this process");
+    }
+    s->n_ctx = crd_router_n_ctx(s->router);
     s->created = (int64_t)time(NULL);
     TDM_INFO("serve",
-             "model '%s': context %d tokens, %d KV blocks of %d tokens (%s), tool calls: %s, "
+             "model '%s': context %d tokens, %d engine group%s (routing: %s), tool calls: %s, "
              "reasoning parser: %s",
-             s->model_name, (int)s->n_ctx, (int)s->ex.n_blocks, (int)s->ex.block_tokens,
-             s->rx != NULL ? "held by the shards" : "in this process",
-             prs_tool_format_name(s->tool_format),
+             s->model_name, (int)s->n_ctx, n_groups, n_groups == 1 ? "" : "s",
+             crd_routing_name((crd_routing_t)cfg->routing), prs_tool_format_name(s->tool_format),
              s->tool_format == PRS_TOOL_HARMONY ? "harmony"
              : s->template_has_think            ? "on"
                                                 : "off");
@@ -164,10 +220,18 @@ static tdm_status_t load_model(srv_server_t *s, tdm_error_t *err)
 
 static void unload(srv_server_t *s)
 {
-    crd_engine_destroy(s->engine);
-    s->engine = NULL;
-    xp_local_exec_destroy(s->lx);
-    xp_remote_exec_destroy(s->rx);
+    crd_router_destroy(s->router);
+    s->router = NULL;
+    for (int i = 0; i < s->n_groups; i++) {
+        srv_group_t *g = &s->groups[i];
+        crd_engine_destroy(g->engine);
+        xp_local_exec_destroy(g->lx);
+        xp_remote_exec_destroy(g->rx);
+        free(g->name);
+    }
+    free(s->groups);
+    s->groups = NULL;
+    s->n_groups = 0;
     tpl_destroy(s->tpl);
     tok_vocab_destroy(s->vocab);
     gguf_close(s->gguf);
@@ -179,7 +243,7 @@ static bool drain(srv_server_t *s, double deadline)
 {
     while (tdm_now_s() < deadline) {
         if (atomic_load(&s->n_handlers) == 0 &&
-            (s->engine == NULL || crd_engine_n_active(s->engine) == 0)) {
+            (s->router == NULL || crd_router_n_active(s->router) == 0)) {
             return true;
         }
         sleep_s(0.05);
@@ -230,11 +294,11 @@ int srv_run(const srv_config_t *cfg)
     /* the listener stays open: /health answers 503 "draining", new generations 503, and
      * every response closes its connection, so balancers and clients move elsewhere */
     atomic_store(&s->state, SRV_STOPPING);
-    crd_engine_shutdown(s->engine, false);
+    crd_router_shutdown(s->router, false);
     if (!drain(s, tdm_now_s() + cfg->shutdown_timeout)) {
         fprintf(stderr, "tandem serve: canceling %d unfinished requests\n",
-                (int)crd_engine_n_active(s->engine));
-        crd_engine_shutdown(s->engine, true);
+                (int)crd_router_n_active(s->router));
+        crd_router_shutdown(s->router, true);
         drain(s, tdm_now_s() + 5.0);
     }
     rc = 0;

@@ -20,6 +20,7 @@
 #include "common/clock.h"
 #include "common/status.h"
 #include "coordinator/engine.h"
+#include "coordinator/router.h"
 #include "coordinator/template.h"
 #include "coordinator/tokenizer/tokenizer.h"
 #include "model/gguf.h"
@@ -36,6 +37,15 @@
 struct MHD_Connection;
 struct MHD_Daemon;
 struct srv_front;
+
+/* One engine group of a --cluster file's "groups" (coordinator/router.h). */
+typedef struct srv_group_config {
+    char *name;
+    int role;      /* crd_group_role_t (only mixed is served yet)   */
+    char **shards; /* "HOST:PORT", index = world rank; none: a local engine */
+    int n_shards;
+    int tp, ep; /* 0: chosen */
+} srv_group_config_t;
 
 typedef struct srv_config {
     const char *host;
@@ -81,6 +91,11 @@ typedef struct srv_config {
     int shard_start_timeout_s; /* 0: 120                                                        */
     bool contiguous_experts;
     const char *cluster_secret; /* NULL: none (transport/xp_auth.h) */
+    /* several engine groups (a --cluster file with "groups"); none: one group, the shards
+     * above or a local engine */
+    srv_group_config_t *groups;
+    int n_groups;
+    int routing; /* crd_routing_t */
 } srv_config_t;
 
 typedef enum srv_state {
@@ -103,12 +118,11 @@ typedef struct srv_server {
     /* the model: set once before state becomes READY, then read-only */
     gguf_ctx_t *gguf;
     tok_vocab_t *vocab;
-    tpl_template_t *tpl;    /* NULL when the GGUF has no chat template */
-    pthread_mutex_t tpl_mu; /* rendering is serialised: cheap, and keeps Jinja single-threaded */
-    xp_local_exec_t *lx;    /* single-node mode */
-    xp_remote_exec_t *rx;   /* distributed mode */
-    xp_executor_t ex;
-    crd_engine_t *engine;
+    tpl_template_t *tpl;      /* NULL when the GGUF has no chat template */
+    pthread_mutex_t tpl_mu;   /* rendering is serialised: cheap, and keeps Jinja single-threaded */
+    struct srv_group *groups; /* [n_groups] the engines (server.c) */
+    int n_groups;
+    crd_router_t *router; /* picks a group per request */
     char *model_name;
     int32_t n_ctx;
     char ctx_note[256]; /* how the context was chosen (the ready line says it) */
@@ -116,6 +130,16 @@ typedef struct srv_server {
     prs_tool_format_t tool_format;
     bool template_has_think;
 } srv_server_t;
+
+/* One engine group: a local executor or a shard group, and the engine over it. */
+typedef struct srv_group {
+    char *name;
+    crd_group_role_t role;
+    xp_local_exec_t *lx;  /* a local engine */
+    xp_remote_exec_t *rx; /* a shard group   */
+    xp_executor_t ex;
+    crd_engine_t *engine;
+} srv_group_t;
 
 /* ---- http.c: replies (each queues a response on c and returns the MHD result) ---- */
 

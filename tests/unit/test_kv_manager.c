@@ -4,6 +4,7 @@
 #include "coordinator/kv_manager.h"
 
 #include <setjmp.h>
+#include <stdbool.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -1046,6 +1047,55 @@ static void test_bad_arguments(void **state)
     crd_kvm_destroy(NULL);
 }
 
+/* The router's view (crd_kvm_cached_hashes + crd_kvm_prefix_hashes) predicts exactly the
+ * hit the manager then gives: for prompts sharing 0..4 leading blocks with a cached one,
+ * the leading hashes found in the cached set, times the block size, equal seq_create's
+ * n_cached; the version moves on every change and forget_cached empties the set. */
+static void test_router_view_predicts_hits(void **state)
+{
+    (void)state;
+    crd_kvm_t *kvm = make(64);
+    int32_t a[5 * BS + 3], cached;
+    fill(a, 5 * BS + 3, 11);
+    const uint64_t v0 = crd_kvm_cache_version(kvm);
+    crd_kvm_seq_free(kvm, run_prompt(kvm, a, 5 * BS + 3, &cached));
+    assert_true(crd_kvm_cache_version(kvm) != v0);
+    uint64_t set[64], h[8];
+    const int32_t n_set = crd_kvm_cached_hashes(kvm, set, 64);
+    assert_int_equal(n_set, 5);
+    for (int32_t shared = 0; shared <= 4; shared++) {
+        int32_t b[5 * BS + 3];
+        memcpy(b, a, sizeof(b));
+        for (int32_t i = shared * BS; i < 5 * BS + 3; i++) {
+            b[i] = a[i] + 1; /* differs from block `shared` on */
+        }
+        const int32_t nh = crd_kvm_prefix_hashes(42, BS, b, 5 * BS + 3, h, 8);
+        assert_int_equal(nh, 5);
+        int32_t lead = 0;
+        for (bool found = true; lead < nh && found; lead += found) {
+            found = false;
+            for (int32_t k = 0; k < n_set; k++) {
+                found |= set[k] == h[lead];
+            }
+        }
+        crd_kv_seq_t *s = NULL;
+        assert_int_equal(crd_kvm_seq_create(kvm, b, 5 * BS + 3, &s, &cached, NULL), TDM_OK);
+        assert_int_equal(cached, lead * BS);
+        assert_int_equal(lead, shared);
+        crd_kvm_seq_free(kvm, s);
+    }
+    /* another seed namespaces the hashes: nothing matches */
+    crd_kvm_prefix_hashes(43, BS, a, 5 * BS + 3, h, 8);
+    for (int32_t k = 0; k < n_set; k++) {
+        assert_true(set[k] != h[0]);
+    }
+    const uint64_t v1 = crd_kvm_cache_version(kvm);
+    crd_kvm_forget_cached(kvm);
+    assert_true(crd_kvm_cache_version(kvm) != v1);
+    assert_int_equal(crd_kvm_cached_hashes(kvm, set, 64), 0);
+    crd_kvm_destroy(kvm);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1063,6 +1113,7 @@ int main(void)
         cmocka_unit_test(test_stored_states_give_prefix_hits),
         cmocka_unit_test(test_stored_states_every_k_blocks),
         cmocka_unit_test(test_bad_arguments),
+        cmocka_unit_test(test_router_view_predicts_hits),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

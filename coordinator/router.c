@@ -1,0 +1,359 @@
+/*
+ * router.c - engine groups and the choice of one per request (see router.h).
+ *
+ * Locking: the group table is fixed once submissions start. Counters and loads are
+ * atomics (the engines' threads update loads from their event callbacks); the turn cursor
+ * is an atomic too. Nothing here waits for a step: the prefix query reads the engine's
+ * published snapshot under the engine's own short lock.
+ */
+#include "coordinator/router.h"
+#include "coordinator/kv_manager.h"
+
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct group {
+    char *name;
+    crd_group_role_t role;
+    crd_engine_t *engine;
+    crd_group_up_fn up;
+    void *up_ctx;
+    _Atomic uint64_t routed, prompt_tokens, cached_tokens;
+    _Atomic int64_t load; /* tokens owed (router.h) */
+} group_t;
+
+struct crd_router {
+    crd_routing_t routing;
+    group_t *groups;
+    int32_t n, cap;
+    _Atomic uint32_t turn;
+};
+
+/* Lives from submission to the final event: forwards events and settles the group's load. */
+typedef struct relay {
+    group_t *g;
+    crd_event_fn on_event;
+    void *user;
+    int64_t owed_prompt; /* prompt tokens charged, until the first token */
+    int64_t owed_gen;    /* generation tokens charged, one off per token  */
+    bool first_seen;
+} relay_t;
+
+tdm_status_t crd_group_role_parse(const char *s, crd_group_role_t *out, tdm_error_t *err)
+{
+    static const char *const names[] = {"mixed", "prefill", "decode"};
+    for (int i = 0; i < 3; i++) {
+        if (strcmp(s, names[i]) == 0) {
+            *out = (crd_group_role_t)i;
+            return TDM_OK;
+        }
+    }
+    return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
+                         "unknown group role '%s' (use \"mixed\", \"prefill\" or \"decode\")", s);
+}
+
+const char *crd_group_role_name(crd_group_role_t r)
+{
+    return r == CRD_ROLE_PREFILL ? "prefill" : r == CRD_ROLE_DECODE ? "decode" : "mixed";
+}
+
+tdm_status_t crd_routing_parse(const char *s, crd_routing_t *out, tdm_error_t *err)
+{
+    if (strcmp(s, "prefix") == 0) {
+        *out = CRD_ROUTE_PREFIX;
+    } else if (strcmp(s, "round-robin") == 0) {
+        *out = CRD_ROUTE_ROUND_ROBIN;
+    } else {
+        return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
+                             "unknown routing '%s' (use \"prefix\" or \"round-robin\")", s);
+    }
+    return TDM_OK;
+}
+
+const char *crd_routing_name(crd_routing_t r)
+{
+    return r == CRD_ROUTE_ROUND_ROBIN ? "round-robin" : "prefix";
+}
+
+tdm_status_t crd_router_create(crd_routing_t routing, crd_router_t **out, tdm_error_t *err)
+{
+    *out = calloc(1, sizeof(**out));
+    if (*out == NULL) {
+        return tdm_error_set(err, TDM_ERR_NO_MEMORY, "out of memory for the router");
+    }
+    (*out)->routing = routing;
+    return TDM_OK;
+}
+
+void crd_router_destroy(crd_router_t *r)
+{
+    if (r == NULL) {
+        return;
+    }
+    for (int32_t i = 0; i < r->n; i++) {
+        free(r->groups[i].name);
+    }
+    free(r->groups);
+    free(r);
+}
+
+tdm_status_t crd_router_add(crd_router_t *r, const char *name, crd_group_role_t role,
+                            crd_engine_t *engine, crd_group_up_fn up, void *up_ctx,
+                            tdm_error_t *err)
+{
+    if (r->n == r->cap) {
+        int32_t cap = r->cap ? r->cap * 2 : 4;
+        group_t *g = realloc(r->groups, (size_t)cap * sizeof(*g));
+        if (g == NULL) {
+            return tdm_error_set(err, TDM_ERR_NO_MEMORY, "out of memory for the router");
+        }
+        r->groups = g;
+        r->cap = cap;
+    }
+    group_t *g = &r->groups[r->n];
+    memset(g, 0, sizeof(*g));
+    g->name = strdup(name);
+    if (g->name == NULL) {
+        return tdm_error_set(err, TDM_ERR_NO_MEMORY, "out of memory for the router");
+    }
+    g->role = role;
+    g->engine = engine;
+    g->up = up;
+    g->up_ctx = up_ctx;
+    r->n++;
+    return TDM_OK;
+}
+
+int32_t crd_router_n_groups(const crd_router_t *r)
+{
+    return r->n;
+}
+
+crd_engine_t *crd_router_engine(const crd_router_t *r, int32_t group)
+{
+    return group >= 0 && group < r->n ? r->groups[group].engine : NULL;
+}
+
+crd_routing_t crd_router_routing(const crd_router_t *r)
+{
+    return r->routing;
+}
+
+static bool group_up(const group_t *g)
+{
+    return g->up == NULL || g->up(g->up_ctx);
+}
+
+/* The prompt tokens group g holds in its prefix cache (whole blocks; at most n - 1: the
+ * last prompt token is always computed, as the KV manager does). */
+static int32_t cached_tokens(group_t *g, const crd_request_params_t *rp)
+{
+    const int32_t bs = crd_engine_block_size(g->engine);
+    const int32_t nb = (rp->n_prompt - 1) / bs;
+    if (nb <= 0) {
+        return 0;
+    }
+    uint64_t stack[256];
+    uint64_t *h = nb <= 256 ? stack : malloc((size_t)nb * sizeof(uint64_t));
+    if (h == NULL) {
+        return 0;
+    }
+    const int32_t n =
+        crd_kvm_prefix_hashes(crd_engine_cache_seed(g->engine), bs, rp->prompt, nb * bs, h, nb);
+    const int32_t hit = crd_engine_cached_prefix(g->engine, h, n) * bs;
+    if (h != stack) {
+        free(h);
+    }
+    return hit;
+}
+
+/* The group for rp, and the prompt tokens it holds (*hit). */
+static int32_t choose(crd_router_t *r, const crd_request_params_t *rp, int32_t *hit)
+{
+    const uint32_t t = atomic_fetch_add(&r->turn, 1);
+    const int32_t start = (int32_t)(t % (uint32_t)r->n);
+    int32_t best = -1, best_hit = 0;
+    int64_t best_work = 0, best_load = 0;
+    for (int32_t k = 0; k < r->n; k++) {
+        const int32_t i = (start + k) % r->n;
+        group_t *g = &r->groups[i];
+        if (!group_up(g)) {
+            continue;
+        }
+        if (r->routing == CRD_ROUTE_ROUND_ROBIN) {
+            best = i;
+            break;
+        }
+        const int32_t h = cached_tokens(g, rp);
+        const int64_t load = atomic_load(&g->load);
+        const int64_t work = (int64_t)(rp->n_prompt - h) + (load > 0 ? load : 0);
+        if (best < 0 || work < best_work || (work == best_work && load < best_load)) {
+            best = i;
+            best_hit = h;
+            best_work = work;
+            best_load = load;
+        }
+    }
+    *hit = best_hit;
+    return best >= 0 ? best : start; /* all down: fails there with that group's reason */
+}
+
+static int relay_event(void *user, const crd_event_t *ev)
+{
+    relay_t *rl = user;
+    group_t *g = rl->g;
+    if (!rl->first_seen && (ev->token >= 0 || ev->finish != CRD_FINISH_NONE)) {
+        rl->first_seen = true;
+        atomic_fetch_sub(&g->load, rl->owed_prompt);
+        rl->owed_prompt = 0;
+        if (ev->status != TDM_ERR_BUSY) {
+            atomic_fetch_add(&g->cached_tokens, (uint64_t)(ev->n_cached > 0 ? ev->n_cached : 0));
+        }
+    }
+    if (ev->token >= 0 && rl->owed_gen > 0) {
+        atomic_fetch_sub(&g->load, 1);
+        rl->owed_gen--;
+    }
+    int rc = rl->on_event(rl->user, ev);
+    if (ev->finish != CRD_FINISH_NONE) {
+        atomic_fetch_sub(&g->load, rl->owed_gen);
+        free(rl);
+    }
+    return rc;
+}
+
+tdm_status_t crd_router_submit(crd_router_t *r, const crd_request_params_t *rp, crd_route_t *out,
+                               tdm_error_t *err)
+{
+    if (r->n == 0) {
+        return tdm_error_set(err, TDM_ERR_INTERNAL, "the router has no engine group");
+    }
+    if (rp->n_prompt <= 0 || rp->prompt == NULL) {
+        /* the engine's checks give the message */
+        return crd_engine_submit(r->groups[0].engine, rp, &out->req_id, err);
+    }
+    int32_t hit = 0;
+    const int32_t gi = choose(r, rp, &hit);
+    group_t *g = &r->groups[gi];
+    relay_t *rl = calloc(1, sizeof(*rl));
+    if (rl == NULL) {
+        return tdm_error_set(err, TDM_ERR_NO_MEMORY, "out of memory for a request");
+    }
+    rl->g = g;
+    rl->on_event = rp->on_event;
+    rl->user = rp->user;
+    rl->owed_prompt = rp->n_prompt - hit;
+    rl->owed_gen = rp->max_tokens > 0 && rp->max_tokens < CRD_ROUTER_GEN_ESTIMATE
+                       ? rp->max_tokens
+                       : CRD_ROUTER_GEN_ESTIMATE;
+    atomic_fetch_add(&g->load, rl->owed_prompt + rl->owed_gen);
+    crd_request_params_t p = *rp;
+    p.on_event = relay_event;
+    p.user = rl;
+    tdm_status_t st = crd_engine_submit(g->engine, &p, &out->req_id, err);
+    if (st != TDM_OK) {
+        atomic_fetch_sub(&g->load, rl->owed_prompt + rl->owed_gen);
+        free(rl);
+        return st;
+    }
+    out->group = gi;
+    atomic_fetch_add(&g->routed, 1);
+    atomic_fetch_add(&g->prompt_tokens, (uint64_t)rp->n_prompt);
+    return TDM_OK;
+}
+
+void crd_router_cancel(crd_router_t *r, const crd_route_t *rt)
+{
+    crd_engine_t *e = crd_router_engine(r, rt->group);
+    if (e != NULL) {
+        crd_engine_cancel(e, rt->req_id);
+    }
+}
+
+void crd_router_shutdown(crd_router_t *r, bool cancel_running)
+{
+    for (int32_t i = 0; i < r->n; i++) {
+        crd_engine_shutdown(r->groups[i].engine, cancel_running);
+    }
+}
+
+int32_t crd_router_n_active(crd_router_t *r)
+{
+    int32_t n = 0;
+    for (int32_t i = 0; i < r->n; i++) {
+        n += crd_engine_n_active(r->groups[i].engine);
+    }
+    return n;
+}
+
+int32_t crd_router_n_ctx(const crd_router_t *r)
+{
+    int32_t n = 0;
+    for (int32_t i = 0; i < r->n; i++) {
+        const int32_t c = crd_engine_n_ctx(r->groups[i].engine);
+        n = i == 0 || c < n ? c : n;
+    }
+    return n;
+}
+
+void crd_router_group_stats(crd_router_t *r, int32_t group, crd_router_group_stats_t *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (group < 0 || group >= r->n) {
+        return;
+    }
+    group_t *g = &r->groups[group];
+    out->name = g->name;
+    out->role = g->role;
+    out->up = group_up(g);
+    out->routed = atomic_load(&g->routed);
+    out->prompt_tokens = atomic_load(&g->prompt_tokens);
+    out->cached_tokens = atomic_load(&g->cached_tokens);
+    out->load_tokens = atomic_load(&g->load);
+}
+
+void crd_router_get_stats(crd_router_t *r, crd_engine_stats_t *out)
+{
+    memset(out, 0, sizeof(*out));
+    for (int32_t i = 0; i < r->n; i++) {
+        crd_engine_stats_t e;
+        crd_engine_get_stats(r->groups[i].engine, &e);
+        crd_sched_stats_t *a = &out->sched;
+        const crd_sched_stats_t *x = &e.sched;
+        a->n_running += x->n_running;
+        a->n_waiting += x->n_waiting;
+        a->steps += x->steps;
+        a->preemptions += x->preemptions;
+        a->prompt_tokens += x->prompt_tokens;
+        a->generated_tokens += x->generated_tokens;
+        a->computed_tokens += x->computed_tokens;
+        a->prefix_queries += x->prefix_queries;
+        a->prefix_hits += x->prefix_hits;
+        for (int f = 0; f <= CRD_FINISH_ERROR; f++) {
+            a->finished[f] += x->finished[f];
+        }
+        a->kv_blocks_total += x->kv_blocks_total;
+        a->kv_blocks_used += x->kv_blocks_used;
+        a->kv_blocks_free += x->kv_blocks_free;
+        a->kv_swa_blocks_total += x->kv_swa_blocks_total;
+        a->kv_swa_blocks_used += x->kv_swa_blocks_used;
+        a->kv_swa_blocks_free += x->kv_swa_blocks_free;
+        a->kv_swa_blocks_peak += x->kv_swa_blocks_peak;
+        for (int m = 0; m < CRD_SPEC_N_MODES; m++) {
+            a->spec.drafted[m] += x->spec.drafted[m];
+            a->spec.accepted[m] += x->spec.accepted[m];
+        }
+        a->spec.verify_steps += x->spec.verify_steps;
+        a->spec.decode_steps += x->spec.decode_steps;
+        a->spec.decode_tokens += x->spec.decode_tokens;
+        if (i == 0) { /* a model, not a count: the first group's */
+            a->spec.cost_1 = x->spec.cost_1;
+            a->spec.cost_slope = x->spec.cost_slope;
+        }
+        out->n_inbox += e.n_inbox;
+        out->n_submitted += e.n_submitted;
+        out->n_rejected += e.n_rejected;
+        out->busy_s += e.busy_s;
+    }
+}

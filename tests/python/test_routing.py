@@ -1,0 +1,269 @@
+"""Engine groups behind one `tandem serve` (coordinator/router.h): replicas as shard
+processes on loopback, prefix-aware routing against the round-robin baseline, and a replica
+killed under load. The model is the tiny llama-a fixture (token-id prompts on
+/v1/completions), so 2K-token prompts cost milliseconds and the test stays fast on 2 cores.
+
+Prefix routing: 8 agents, each with its own 2048-token system prompt, do 4 turns each
+against 2 replicas (one `tandem shard` each); turn t's prompt is turn t-1's plus the agent's
+new 24-token message. The turns of all agents run side by side, in a shuffled order every
+turn (a seeded RNG), as independent agents' turns interleave. The
+oracle is the servers' own accounting of cached prompt tokens per group (/metrics,
+tandem_group_cached_tokens_total against tandem_group_prompt_tokens_total), cross-checked
+with the per-response usage (prompt_tokens_details.cached_tokens): after the first turn
+>= 90% of the agents' prompt tokens must come from the cache with prefix routing, and the
+round-robin baseline, measured in the same test on the same shards, must be clearly lower
+(it lands an agent on either replica regardless of where its prefix is).
+
+Faults: 8 long streams spread over the 2 replicas, then kill -9 of one replica's shard: the
+streams it served end with an error naming the shard within 5 s, the others complete, /health
+says degraded (200: the survivor serves), new requests all go to the survivor, and the
+restarted shard rejoins (its group is up again and takes requests).
+"""
+import json
+import random
+import threading
+import time
+
+import httpx2 as httpx
+import pytest
+
+from dist_util import ShardProcess
+from serve_util import ServeProcess, metric_value, parse_metrics
+
+from conftest import FIXTURES
+
+MODEL = FIXTURES / "models" / "llama-a-f32.gguf"
+N_AGENTS = 8
+N_TURNS = 4
+SYSTEM_TOKENS = 2048
+TURN_TOKENS = 24
+
+
+def _tokens(rng, n):
+    return [rng.randrange(3, 370) for _ in range(n)]  # below the fixture's special ids
+
+
+def _cluster_file(tmp_path, shards):
+    path = tmp_path / "cluster.json"
+    path.write_text(json.dumps({"groups": [{"name": f"r{i}", "shards": [s.addr], "tp": 1}
+                                           for i, s in enumerate(shards)]}))
+    return path
+
+
+@pytest.fixture
+def replicas():
+    shards = []
+    try:
+        for _ in range(2):
+            shards.append(ShardProcess(MODEL, tls="tcp", threads=1))
+        yield shards
+    finally:
+        for s in shards:
+            s.stop()
+
+
+def _serve(cluster, *extra):
+    return ServeProcess(MODEL, "--cluster", cluster, "--ctx-size", "4096", "--max-running", "16",
+                        "--shard-timeout-ms", "1500", "--collective-timeout-ms", "5000", *extra)
+
+
+def _group_counts(srv):
+    m = parse_metrics(srv.get("/metrics").text)
+    out = {}
+    for g in ("r0", "r1"):
+        out[g] = {k: metric_value(m, f"tandem_group_{k}_total", group=g)
+                  for k in ("routed_requests", "prompt_tokens", "cached_tokens")}
+    return out
+
+
+def _swarm(srv, systems, seed):
+    """8 agents x 4 turns; returns (cached share of prompt tokens after turn 1, counts)."""
+    rng = random.Random(seed)
+    prompts = list(systems)
+    usage_prompt = usage_cached = 0
+    before = None
+    for turn in range(N_TURNS):
+        if turn == 1:
+            before = _group_counts(srv)
+        prompts = [p + _tokens(rng, TURN_TOKENS) for p in prompts]
+        results = [None] * N_AGENTS
+        order = list(range(N_AGENTS))
+        rng.shuffle(order)
+
+        def one(a):
+            r = srv.post("/v1/completions", {"prompt": prompts[a], "max_tokens": 8,
+                                             "temperature": 0}, timeout=300)
+            assert r.status_code == 200, r.text
+            results[a] = r.json()["usage"]
+
+        threads = []
+        for a in order:  # arrival order shuffled every turn, staggered so it holds
+            t = threading.Thread(target=one, args=(a,))
+            t.start()
+            threads.append(t)
+            time.sleep(0.03)
+        for t in threads:
+            t.join()
+        for u in results:
+            assert u is not None
+            if turn > 0:
+                usage_prompt += u["prompt_tokens"]
+                usage_cached += u["prompt_tokens_details"]["cached_tokens"]
+    after = _group_counts(srv)
+    d = {k: sum(after[g][k] - before[g][k] for g in after)
+         for k in ("routed_requests", "prompt_tokens", "cached_tokens")}
+    assert d["routed_requests"] == N_AGENTS * (N_TURNS - 1), (before, after)
+    assert d["prompt_tokens"] == usage_prompt, (d, usage_prompt)
+    assert d["cached_tokens"] == usage_cached, (d, usage_cached)
+    # both replicas served: the first turn spreads cold prompts by load
+    assert all(after[g]["routed_requests"] > 0 for g in after), after
+    return d["cached_tokens"] / d["prompt_tokens"], after
+
+
+def test_prefix_routing_beats_round_robin(replicas, tmp_path):
+    cluster = _cluster_file(tmp_path, replicas)
+    rng = random.Random(14)
+    systems = [_tokens(rng, SYSTEM_TOKENS) for _ in range(N_AGENTS)]
+    share = {}
+    for routing in ("round-robin", "prefix"):
+        srv = _serve(cluster, "--routing", routing)
+        try:
+            h = srv.get("/health").json()
+            assert h["status"] == "ok" and h["routing"] == routing, h
+            assert [g["name"] for g in h["groups"]] == ["r0", "r1"]
+            # a new coordinator starts with empty prefix caches: same prompts, same seed
+            share[routing], counts = _swarm(srv, systems, seed=7)
+            print(f"{routing}: {100 * share[routing]:.1f}% of prompt tokens after turn 1 "
+                  f"cached; per group {counts}")
+        finally:
+            srv.stop()
+    assert share["prefix"] >= 0.90, share
+    assert share["round-robin"] <= share["prefix"] - 0.2, share
+
+
+def _stream(srv, content, max_tokens, out, i, started):
+    body = {"prompt": content, "max_tokens": max_tokens, "temperature": 0, "stream": True,
+            "ignore_eos": True}
+    events, err, finish = 0, None, None
+    try:
+        with httpx.stream("POST", srv.url + "/v1/completions", json=body,
+                          timeout=60) as resp:
+            assert resp.status_code == 200
+            for line in resp.iter_lines():
+                if not line.startswith("data: "):
+                    continue
+                data = line[6:]
+                if data == "[DONE]":
+                    break
+                obj = json.loads(data)
+                if "error" in obj:
+                    err = (time.monotonic(), obj["error"]["message"])
+                    break
+                events += 1
+                if events == 3:
+                    started.release()
+                for c in obj.get("choices", []):
+                    finish = c.get("finish_reason") or finish
+    finally:
+        if events < 3:
+            started.release()
+        out[i] = {"events": events, "error": err, "finish": finish}
+
+
+def _wait_health(srv, pred, timeout):
+    t_end = time.monotonic() + timeout
+    while True:
+        r = srv.get("/health", timeout=5)
+        if pred(r) or time.monotonic() > t_end:
+            return r
+        time.sleep(0.1)
+
+
+def test_replica_killed_under_load(replicas, tmp_path):
+    srv = _serve(_cluster_file(tmp_path, replicas))
+    try:
+        n = 8
+        out = [None] * n
+        started = threading.Semaphore(0)
+        rng = random.Random(5)
+        threads = [threading.Thread(target=_stream,
+                                    args=(srv, _tokens(rng, 64), 1500, out, i, started))
+                   for i in range(n)]
+        for t in threads:
+            t.start()
+            time.sleep(0.02)
+        for _ in range(n):
+            assert started.acquire(timeout=120), "streams did not start"
+        c0 = _group_counts(srv)
+        assert c0["r0"]["routed_requests"] == c0["r1"]["routed_requests"] == n // 2, c0
+        replicas[1].kill9()
+        killed_at = time.monotonic()
+        for t in threads:
+            t.join(timeout=120)
+        errors = [o for o in out if o["error"] is not None]
+        done = [o for o in out if o["error"] is None]
+        # the dead replica's streams error, promptly and saying why; the survivor's finish
+        assert len(errors) == n // 2, out
+        for o in errors:
+            assert o["error"][0] - killed_at < 5.0, (o, killed_at)
+            assert "shard" in o["error"][1], o
+        assert all(o["finish"] == "length" for o in done), out
+
+        # degraded, not down: 200 with the dead group named
+        r = _wait_health(srv, lambda r: r.json()["status"] == "degraded", 5)
+        h = r.json()
+        assert r.status_code == 200 and h["status"] == "degraded", h
+        assert [g["up"] for g in h["groups"]] == [True, False], h
+        assert "r1" in h["error"] and replicas[1].addr in h["error"], h
+        # new requests all go to the survivor
+        c1 = _group_counts(srv)
+        for i in range(4):
+            r = srv.post("/v1/completions",
+                         {"prompt": _tokens(rng, 40), "max_tokens": 4, "temperature": 0})
+            assert r.status_code == 200, r.text
+        c2 = _group_counts(srv)
+        assert c2["r0"]["routed_requests"] - c1["r0"]["routed_requests"] == 4, (c1, c2)
+        assert c2["r1"]["routed_requests"] == c1["r1"]["routed_requests"], (c1, c2)
+        m = parse_metrics(srv.get("/metrics").text)
+        assert metric_value(m, "tandem_group_up", group="r1") == 0
+        assert metric_value(m, "tandem_shard_group_ready", group="r1") == 0
+
+        # the same command brings the replica back; its group rejoins and takes requests
+        replicas[1].start()
+        r = _wait_health(srv, lambda r: r.json()["status"] == "ok", 30)
+        assert r.status_code == 200 and r.json()["status"] == "ok", r.text
+        for i in range(4):  # cold prompts on idle replicas: spread over both
+            r = srv.post("/v1/completions",
+                         {"prompt": _tokens(rng, 40), "max_tokens": 4, "temperature": 0})
+            assert r.status_code == 200, r.text
+        c3 = _group_counts(srv)
+        assert c3["r1"]["routed_requests"] > c2["r1"]["routed_requests"], (c2, c3)
+        assert srv.alive()
+    finally:
+        srv.kill()
+
+
+def test_cluster_groups_refused(tandem_bin, tmp_path):
+    """Bad group files fail at start with a message naming the cause."""
+    cases = [
+        ({"groups": [{"name": "p", "shards": ["127.0.0.1:1"], "role": "prefill"}]},
+         "not supported yet"),
+        ({"groups": [{"name": "x", "role": "both"}]}, "unknown group role 'both'"),
+        ({"groups": [{"name": "a"}, {"name": "a"}]}, "must be unique"),
+        ({"groups": [{"name": "a", "shards": ["127.0.0.1:1", "127.0.0.1:2"], "tp": 3}]},
+         "is not the 2 shards named"),
+        ({"groups": [{"name": "a", "tp": 2}]}, "need \"shards\""),
+        ({"groups": [], "collective": "am"}, "array of 1 to 64"),
+        ({"groups": [{"name": "a", "shards": ["127.0.0.1:1"]}], "shards": ["127.0.0.1:2"]},
+         "unknown key \"shards\""),
+    ]
+    import subprocess
+    for i, (doc, msg) in enumerate(cases):
+        path = tmp_path / f"c{i}.json"
+        path.write_text(json.dumps(doc))
+        p = subprocess.run([str(tandem_bin), "serve", "--model", str(MODEL), "--cluster",
+                            str(path), "--port", "0"], capture_output=True, text=True, timeout=30)
+        assert p.returncode == 2 and msg in p.stderr, (doc, p.returncode, p.stderr)
+    p = subprocess.run([str(tandem_bin), "serve", "--model", str(MODEL), "--routing",
+                        "random"], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 2 and "unknown routing 'random'" in p.stderr, p.stderr
