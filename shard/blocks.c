@@ -226,7 +226,7 @@ tdm_status_t shd_block_moe(shd_model_t *m, int64_t n_tok, int il, tdm_error_t *e
 static void shared_expert(shd_model_t *m, int64_t n_tok, int il)
 {
     const shd_layer_t *L = &m->layers[il];
-    const int64_t E = m->hp.n_embd, F = m->hp.n_ff_shexp;
+    const int64_t E = m->hp.n_embd, F = m->n_shx_l; /* this rank's columns */
     shd_scratch_t *s = &m->s;
     const kern_matmul_op_t in[3] = {{&L->shexp_gate, s->xn, E, s->sha, F},
                                     {&L->shexp_up, s->xn, E, s->shb, F},
@@ -242,11 +242,10 @@ static void shared_expert(shd_model_t *m, int64_t n_tok, int il)
 tdm_status_t shd_block_moe_shared(shd_model_t *m, int64_t n_tok, int il, tdm_error_t *err)
 {
     moe_local(m, n_tok, il);
-    /* the shared expert is held whole by every rank and computed by world rank 0 only, so
-     * the world's sum holds it once; alone, it is added to the routed experts' output as
-     * HF does */
-    const shd_partition_t *p = &m->params.part;
-    if (p->ep_rank * p->tp_size + p->tp_rank == 0) {
+    /* each rank adds its columns of the shared expert (gate x down is linear in them, the
+     * scalar gate multiplies every partial), so the world's sum holds it once; alone, it is
+     * added to the routed experts' output as HF does */
+    if (m->n_shx_l > 0) {
         shared_expert(m, n_tok, il);
     }
     return shd_all_reduce(m, SHD_GROUP_WORLD, m->s.proj, n_tok * m->hp.n_embd, err);

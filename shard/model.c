@@ -277,16 +277,19 @@ tdm_status_t shd_bind_shared_expert(shd_model_t *m, int il, tdm_error_t *err)
 {
     const mdl_hparams_t *hp = &m->hp;
     shd_layer_t *L = &m->layers[il];
-    const int64_t E = hp->n_embd, F = hp->n_ff_shexp;
+    const int64_t E = hp->n_embd, F = hp->n_ff_shexp, f0 = m->shx_lo, fn = m->n_shx_l;
     char n[GGUF_MAX_NAME];
+    if (fn == 0) {
+        return TDM_OK; /* this rank holds none of the shared expert */
+    }
 #define NAME(suffix) (snprintf(n, sizeof(n), "blk.%d." suffix, il), n)
     TDM_CHECK(
         shd_bind_mat(m, NAME("ffn_gate_inp_shexp.weight"), E, 1, 0, 1, 0, E, &L->shexp_inp, err));
     TDM_CHECK(
-        shd_bind_mat(m, NAME("ffn_gate_shexp.weight"), E, F, 0, F, 0, E, &L->shexp_gate, err));
-    TDM_CHECK(shd_bind_mat(m, NAME("ffn_up_shexp.weight"), E, F, 0, F, 0, E, &L->shexp_up, err));
+        shd_bind_mat(m, NAME("ffn_gate_shexp.weight"), E, F, f0, fn, 0, E, &L->shexp_gate, err));
+    TDM_CHECK(shd_bind_mat(m, NAME("ffn_up_shexp.weight"), E, F, f0, fn, 0, E, &L->shexp_up, err));
     TDM_CHECK(
-        shd_bind_mat(m, NAME("ffn_down_shexp.weight"), F, E, 0, E, 0, F, &L->shexp_down, err));
+        shd_bind_mat(m, NAME("ffn_down_shexp.weight"), F, E, 0, E, f0, fn, &L->shexp_down, err));
 #undef NAME
     return TDM_OK;
 }
@@ -499,6 +502,31 @@ static tdm_status_t plan_gdn_heads(shd_model_t *m, tdm_error_t *err)
     return TDM_OK;
 }
 
+/* The shared expert's columns over the world ranks (its output joins the routed experts'
+ * world all-reduce, so a split costs no extra collective): runs of whole blocks of the
+ * down projections' types, the first ranks one block more; a rank may hold none. */
+static void plan_shared_expert(shd_model_t *m)
+{
+    const mdl_hparams_t *hp = &m->hp;
+    const shd_partition_t *p = &m->params.part;
+    int blk = 1;
+    for (int il = 0; il < hp->n_layer; il++) {
+        char n[GGUF_MAX_NAME];
+        snprintf(n, sizeof(n), "blk.%d.ffn_down_shexp.weight", il);
+        const gguf_tensor_t *t = gguf_find_tensor(m->g, n);
+        const int b = t != NULL ? (int)tdm_type_traits(t->type)->blck : 1;
+        blk = b > blk ? b : blk;
+    }
+    const int world = p->tp_size * p->ep_size, wr = p->ep_rank * p->tp_size + p->tp_rank;
+    const int units = hp->n_ff_shexp / blk, ub = units / world, ur = units % world;
+    m->n_shx_l = (ub + (wr < ur)) * blk;
+    m->shx_lo = (wr * ub + (wr < ur ? wr : ur)) * blk;
+    if (units * blk != hp->n_ff_shexp) { /* not whole blocks: the loader refuses the file */
+        m->shx_lo = 0;
+        m->n_shx_l = wr == 0 ? hp->n_ff_shexp : 0;
+    }
+}
+
 /* This rank's ranges of heads, FFN columns, experts and vocab rows. */
 static tdm_status_t plan_partition(shd_model_t *m, tdm_error_t *err)
 {
@@ -569,6 +597,9 @@ static tdm_status_t plan_partition(shd_model_t *m, tdm_error_t *err)
     }
     if (hp->n_recurrent > 0) {
         TDM_CHECK(plan_gdn_heads(m, err));
+    }
+    if (hp->n_ff_shexp > 0) {
+        plan_shared_expert(m);
     }
     if (hp->n_vocab % tp == 0) {
         m->n_vocab_l = hp->n_vocab / tp;

@@ -114,6 +114,9 @@ struct shd_model {
      * the k heads [gk_lo, gk_lo + n_gk_l) they read (all of them when a tiled run wraps) */
     int gv_lo, n_gv_l;
     int gk_lo, n_gk_l;
+    /* shared expert columns [shx_lo, shx_lo + n_shx_l) (hp.n_ff_shexp > 0): split over the
+     * world ranks in runs of whole quantization blocks; 0 for a rank with none */
+    int shx_lo, n_shx_l;
     int world_size;
 
     kern_weight_t tok_embd;  /* full, for row lookup                            */

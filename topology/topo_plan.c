@@ -24,8 +24,8 @@
 
 const char *topo_split_name(topo_split_t s)
 {
-    static const char *const names[TOPO_SPLIT_COUNT] = {"replicated", "tp_rows", "tp_cols",
-                                                        "kv_shared",  "experts", "unused"};
+    static const char *const names[TOPO_SPLIT_COUNT] = {
+        "replicated", "tp_rows", "tp_cols", "kv_shared", "experts", "unused", "world"};
     return (unsigned)s < TOPO_SPLIT_COUNT ? names[s] : "?";
 }
 
@@ -138,6 +138,7 @@ bool topo_parse_size(const char *s, uint64_t *out)
 
 typedef struct model_shape {
     bool any_dense, any_moe;
+    int shexp_blk; /* the largest block of the ffn_down_shexp types (1: none) */
 } model_shape_t;
 
 static tdm_status_t check_split(const mdl_hparams_t *hp, const model_shape_t *ms, int tp, int ep,
@@ -217,6 +218,15 @@ static void partition(const mdl_hparams_t *hp, const model_shape_t *ms, int tp, 
             s->gdn_k = (topo_range_t){0, nk};
         }
     }
+    if (hp->n_ff_shexp > 0) { /* plan_shared_expert: over the world ranks */
+        const int blk = ms->shexp_blk, world = tp * ep, wr = ep_rank * tp + r;
+        const int units = hp->n_ff_shexp / blk, ub = units / world, ur = units % world;
+        s->shexp_cols.n = (ub + (wr < ur)) * blk;
+        s->shexp_cols.lo = (wr * ub + (wr < ur ? wr : ur)) * blk;
+        if (units * blk != hp->n_ff_shexp) {
+            s->shexp_cols = (topo_range_t){0, wr == 0 ? hp->n_ff_shexp : 0};
+        }
+    }
     if (hp->n_vocab % tp == 0) {
         s->vocab_rows.n = hp->n_vocab / tp;
         s->vocab_rows.lo = r * s->vocab_rows.n;
@@ -241,6 +251,8 @@ typedef enum sel {
     SEL_GDN_V1,  /* GDN v heads, one value each (ssm_a, dt bias, b, a)    */
     SEL_GDN_BA,  /* GDN k heads x 2 (n_v / n_k) (b / a packed per k head) */
     SEL_GDN_CH,  /* GDN conv channels (q, k of the k heads, v) x taps      */
+    SEL_SHEXP,   /* shared expert columns                                 */
+    SEL_SHEXP1,  /* the shared expert's gate row, where any column is held */
 } sel_t;
 
 typedef struct builder {
@@ -272,6 +284,10 @@ static topo_range_t range_of(const topo_plan_t *pl, const topo_shard_plan_t *s, 
         return (topo_range_t){s->gdn_v.lo * gd, s->gdn_v.n * gd};
     case SEL_GDN_V1:
         return s->gdn_v;
+    case SEL_SHEXP:
+        return s->shexp_cols;
+    case SEL_SHEXP1:
+        return (topo_range_t){0, s->shexp_cols.n > 0};
     case SEL_GDN_BA: {
         const int rr2 = 2 * (pl->hp.gdn_v_heads / pl->hp.gdn_k_heads);
         return (topo_range_t){s->gdn_k.lo * rr2, s->gdn_k.n * rr2};
@@ -467,7 +483,7 @@ static tdm_status_t bind_mat(builder_t *b, const char *name, int64_t n_cols, int
                                    : (uint64_t)r.n * tdm_type_row_size(t->type, n_cols);
         device_view(pl, s, tp->per_shard[s]);
     }
-    account(pl, tp, by_cols && pl->tp > 1 ? t->nbytes : 0);
+    account(pl, tp, by_cols && (pl->tp > 1 || sel == SEL_SHEXP) ? t->nbytes : 0);
     return TDM_OK;
 }
 
@@ -777,13 +793,15 @@ static tdm_status_t plan_shared_expert(builder_t *b, int il, tdm_error_t *err)
     const mdl_hparams_t *hp = &b->plan->hp;
     const int64_t E = hp->n_embd, F = hp->n_ff_shexp;
     const topo_class_t D = TOPO_CLASS_DENSE_FFN;
-    const topo_split_t R = TOPO_SPLIT_REPLICATED;
+    const bool whole = b->plan->n_shards == 1;
+    const topo_split_t W = whole ? TOPO_SPLIT_REPLICATED : TOPO_SPLIT_WORLD;
     char n[GGUF_MAX_NAME];
 #define NAME(suffix) (snprintf(n, sizeof(n), "blk.%d." suffix, il), n)
-    TDM_CHECK(bind_mat(b, NAME("ffn_gate_inp_shexp.weight"), E, 1, il, D, false, SEL_ALL, R, err));
-    TDM_CHECK(bind_mat(b, NAME("ffn_gate_shexp.weight"), E, F, il, D, false, SEL_ALL, R, err));
-    TDM_CHECK(bind_mat(b, NAME("ffn_up_shexp.weight"), E, F, il, D, false, SEL_ALL, R, err));
-    TDM_CHECK(bind_mat(b, NAME("ffn_down_shexp.weight"), F, E, il, D, false, SEL_ALL, R, err));
+    TDM_CHECK(
+        bind_mat(b, NAME("ffn_gate_inp_shexp.weight"), E, 1, il, D, false, SEL_SHEXP1, W, err));
+    TDM_CHECK(bind_mat(b, NAME("ffn_gate_shexp.weight"), E, F, il, D, false, SEL_SHEXP, W, err));
+    TDM_CHECK(bind_mat(b, NAME("ffn_up_shexp.weight"), E, F, il, D, false, SEL_SHEXP, W, err));
+    TDM_CHECK(bind_mat(b, NAME("ffn_down_shexp.weight"), F, E, il, D, true, SEL_SHEXP, W, err));
 #undef NAME
     return TDM_OK;
 }
@@ -945,29 +963,7 @@ void topo_shard_reserve(const topo_plan_t *pl, const topo_shard_plan_t *s, kern_
 
 uint64_t topo_cpu_reserve_bytes(const kern_reserve_t *r, int threads)
 {
-    const size_t nt = (size_t)(threads > 0 ? threads : 1);
-    const size_t B = (size_t)r->n_tok, E = (size_t)r->n_embd;
-    const size_t k = (size_t)(r->n_expert_used > 0 ? r->n_expert_used : 1);
-    const size_t rows = B > k ? B : k;
-    const bool moe = r->n_expert > 0;
-    const size_t sizes[] = {
-        nt * (size_t)r->n_ctx,                /* att_s   */
-        nt * (size_t)r->head_dim,             /* att_row */
-        moe ? B : 0,                          /* etok    */
-        moe ? B : 0,                          /* ew      */
-        moe ? B * E : 0,                      /* ex      */
-        moe ? rows * E : 0,                   /* ey      */
-        moe ? rows * (size_t)r->n_ff_exp : 0, /* ff_a    */
-        moe ? rows * (size_t)r->n_ff_exp : 0, /* ff_b    */
-        r->gdn_head_dim > 0 ? B : 0,          /* gdn_run0, gdn_runlen, per-thread scratch */
-        r->gdn_head_dim > 0 ? B : 0,
-        r->gdn_head_dim > 0 ? nt * pad16(kern_cpu_gdn_scratch_floats(r->gdn_head_dim)) : 0,
-    };
-    size_t total = 0;
-    for (size_t i = 0; i < TDM_ARRAY_SIZE(sizes); i++) {
-        total += pad16(sizes[i]);
-    }
-    return (uint64_t)total * sizeof(float);
+    return kern_cpu_reserve_bytes(r, threads);
 }
 
 tdm_status_t topo_kv_type_parse(const char *name, topo_plan_device_t device, tdm_type_t *out,
@@ -1281,11 +1277,18 @@ tdm_status_t topo_plan_build(const gguf_ctx_t *g, const topo_plan_params_t *p, t
     TDM_CHECK_GOTO(mdl_hparams_load(g, &pl->hp, err), st, fail);
     const mdl_hparams_t *hp = &pl->hp;
 
-    model_shape_t ms = {false, false};
+    model_shape_t ms = {false, false, 1};
     for (int il = 0; il < hp->n_layer; il++) {
         ms.any_dense |= !hp->layer_moe[il];
         ms.any_moe |= hp->layer_moe[il] != 0;
         pl->n_moe_layers += hp->layer_moe[il] != 0;
+    }
+    for (int il = 0; il < hp->n_layer; il++) { /* shard/model.c plan_shared_expert */
+        char n[GGUF_MAX_NAME];
+        snprintf(n, sizeof(n), "blk.%d.ffn_down_shexp.weight", il);
+        const gguf_tensor_t *t = gguf_find_tensor(g, n);
+        const int blk = t != NULL ? (int)tdm_type_traits(t->type)->blck : 1;
+        ms.shexp_blk = blk > ms.shexp_blk ? blk : ms.shexp_blk;
     }
     TDM_CHECK_GOTO(resolve_split(pl, p, &ms, err), st, fail);
 

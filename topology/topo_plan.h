@@ -70,6 +70,7 @@ typedef enum topo_split {
     TOPO_SPLIT_KV_SHARED,      /* kv-head rows over TP, neighbours sharing a kv head    */
     TOPO_SPLIT_EXPERTS,        /* experts over EP groups, each expert's width over TP   */
     TOPO_SPLIT_UNUSED,         /* not bound by the shard loader: on no shard            */
+    TOPO_SPLIT_WORLD,          /* columns over every shard (the shared expert)          */
     TOPO_SPLIT_COUNT
 } topo_split_t;
 
@@ -136,6 +137,7 @@ typedef struct topo_shard_plan {
     topo_range_t heads, kv_heads, ffn_cols, expert_cols, vocab_rows;
     topo_range_t experts_contiguous;  /* the contiguous rule's range (every MoE layer)      */
     topo_range_t gdn_v, gdn_k;        /* Gated DeltaNet v heads and the k heads they read   */
+    topo_range_t shexp_cols;          /* shared expert columns (split over the world)       */
     int expert_slots;                 /* (layer, expert) pairs held under the plan's rule  */
     uint64_t bytes[TOPO_CLASS_COUNT]; /* weight bytes per class                            */
     uint64_t replicated;              /* bytes of tensors every shard holds whole (by rule,

@@ -503,6 +503,8 @@ static void test_plan_matches_loader(void **state)
         "../hybrid/qwen3next-b-f32.gguf",
         "../hybrid/qwen35moe-a-f32.gguf",
         "../hybrid/qwen35moe-b-f32.gguf",
+        /* the shared expert split in 32-column blocks */
+        "../hybrid/qwen3next-a-q8_0.gguf",
     };
     kern_backend_t *k = NULL, *k3 = NULL;
     const kern_backend_params_t bp = {
