@@ -213,6 +213,9 @@ uint64_t kern_be_reserve_bytes(const kern_backend_t *be, const kern_reserve_t *r
  * C, in every build: kernels/cuda_reserve.c), so memory plans count a GPU shard's op
  * scratch with the backend's own formula. */
 uint64_t kern_cuda_reserve_bytes(const kern_reserve_t *r);
+/* The same for the CPU backend with `threads` kernel threads (its own formula, so a plan
+ * and the loader never disagree). */
+uint64_t kern_cpu_reserve_bytes(const kern_reserve_t *r, int threads);
 
 /* ---- a step --------------------------------------------------------------------------- */
 

@@ -110,6 +110,30 @@ void kern_op_attn_head_kv(kern_isa_t isa, tdm_type_t type, float *out, const flo
                           int block_tokens, size_t row_bytes, int head_dim,
                           const kern_attn_span_t *sp, float *scores, float *row);
 
+/*
+ * Attention of a tile of query rows that share one sequence and one KV head: the q heads
+ * of a GQA group, over one or several tokens of a step. Each row's output is bit-identical
+ * to what kern_op_attn_head_f32 (F32) or kern_op_attn_head_kv (F16, Q8_0) computes for it
+ * alone: the same operations in the same order, so results never depend on the tile. What
+ * changes is memory traffic: a key or value block is read from memory once per tile and
+ * reused from cache by every row, not read once per row (decode of a GQA model, and every
+ * prompt chunk, used to re-read the whole context per query head).
+ * k, v, blocks, block_bytes, block_tokens, row_bytes, head_dim: as kern_op_attn_head_kv.
+ * scores: n_rows rows of ld_scores floats (>= the largest sp.hi); acc: n_rows * head_dim
+ * floats; conv: KERN_ATTN_CONV_ROWS * head_dim floats (typed caches' converted rows).
+ */
+#define KERN_ATTN_CONV_ROWS 16
+typedef struct kern_attn_row {
+    const float *q;
+    float *out;
+    kern_attn_span_t sp;
+} kern_attn_row_t;
+
+void kern_op_attn_tile(kern_isa_t isa, tdm_type_t type, const kern_attn_row_t *rows, int n_rows,
+                       const void *k, const void *v, const int32_t *blocks, size_t block_bytes,
+                       int block_tokens, size_t row_bytes, int head_dim, float *scores,
+                       size_t ld_scores, float *acc, float *conv);
+
 /* dst (one cache row of `type`) = src (head_dim floats), converted as the CUDA backend does. */
 void kern_op_kv_row_store(tdm_type_t type, void *dst, const float *src, int head_dim);
 

@@ -963,29 +963,7 @@ void topo_shard_reserve(const topo_plan_t *pl, const topo_shard_plan_t *s, kern_
 
 uint64_t topo_cpu_reserve_bytes(const kern_reserve_t *r, int threads)
 {
-    const size_t nt = (size_t)(threads > 0 ? threads : 1);
-    const size_t B = (size_t)r->n_tok, E = (size_t)r->n_embd;
-    const size_t k = (size_t)(r->n_expert_used > 0 ? r->n_expert_used : 1);
-    const size_t rows = B > k ? B : k;
-    const bool moe = r->n_expert > 0;
-    const size_t sizes[] = {
-        nt * (size_t)r->n_ctx,                /* att_s   */
-        nt * (size_t)r->head_dim,             /* att_row */
-        moe ? B : 0,                          /* etok    */
-        moe ? B : 0,                          /* ew      */
-        moe ? B * E : 0,                      /* ex      */
-        moe ? rows * E : 0,                   /* ey      */
-        moe ? rows * (size_t)r->n_ff_exp : 0, /* ff_a    */
-        moe ? rows * (size_t)r->n_ff_exp : 0, /* ff_b    */
-        r->gdn_head_dim > 0 ? B : 0,          /* gdn_run0, gdn_runlen, per-thread scratch */
-        r->gdn_head_dim > 0 ? B : 0,
-        r->gdn_head_dim > 0 ? nt * pad16(kern_cpu_gdn_scratch_floats(r->gdn_head_dim)) : 0,
-    };
-    size_t total = 0;
-    for (size_t i = 0; i < TDM_ARRAY_SIZE(sizes); i++) {
-        total += pad16(sizes[i]);
-    }
-    return (uint64_t)total * sizeof(float);
+    return kern_cpu_reserve_bytes(r, threads);
 }
 
 tdm_status_t topo_kv_type_parse(const char *name, topo_plan_device_t device, tdm_type_t *out,

@@ -101,44 +101,52 @@ static size_t pad16(size_t n)
 }
 
 /* Sizes of the reserved scratch, in floats, in the order cpu_reserve carves it. */
-#define N_RESERVE 11
+#define N_RESERVE 12
 
-static void reserve_sizes(const cpu_backend_t *c, const kern_reserve_t *r, size_t sizes[N_RESERVE])
+static void reserve_sizes(int threads, const kern_reserve_t *r, size_t sizes[N_RESERVE])
 {
-    const size_t nt = (size_t)kern_ctx_n_threads(c->ctx);
+    const size_t nt = (size_t)(threads > 0 ? threads : 1);
     const size_t B = (size_t)r->n_tok, E = (size_t)r->n_embd;
     const size_t k = (size_t)(r->n_expert_used > 0 ? r->n_expert_used : 1);
     const size_t rows = B > k ? B : k;
     const bool moe = r->n_expert > 0;
-    sizes[0] = nt * (size_t)r->n_ctx;                /* att_s   */
-    sizes[1] = nt * (size_t)r->head_dim;             /* att_row */
-    sizes[2] = moe ? B : 0;                          /* etok    */
-    sizes[3] = moe ? B : 0;                          /* ew      */
-    sizes[4] = moe ? B * E : 0;                      /* ex      */
-    sizes[5] = moe ? rows * E : 0;                   /* ey      */
-    sizes[6] = moe ? rows * (size_t)r->n_ff_exp : 0; /* ff_a */
-    sizes[7] = moe ? rows * (size_t)r->n_ff_exp : 0; /* ff_b */
+    const size_t ar = (size_t)kern_cpu_attn_rows(r->n_ctx);
+    sizes[0] = nt * ar * (size_t)r->n_ctx; /* att_s: scores of a tile's rows */
+    sizes[1] = nt * (ar + KERN_ATTN_CONV_ROWS) * (size_t)r->head_dim; /* att_row */
+    sizes[2] = moe ? B : 0;                                           /* etok    */
+    sizes[3] = moe ? B : 0;                                           /* ew      */
+    sizes[4] = moe ? B * E : 0;                                       /* ex      */
+    sizes[5] = moe ? rows * E : 0;                                    /* ey      */
+    sizes[6] = moe ? rows * (size_t)r->n_ff_exp : 0;                  /* ff_a */
+    sizes[7] = moe ? rows * (size_t)r->n_ff_exp : 0;                  /* ff_b */
     const bool gdn = r->gdn_head_dim > 0;
     sizes[8] = gdn ? B : 0; /* gdn_run0    */
     sizes[9] = gdn ? B : 0; /* gdn_runlen  */
     sizes[10] = gdn ? nt * pad16(kern_cpu_gdn_scratch_floats(r->gdn_head_dim)) : 0; /* scratch */
+    sizes[11] = B + 1;                                                              /* att_tiles */
 }
 
-static uint64_t cpu_reserve_bytes(const kern_backend_t *be, const kern_reserve_t *r)
+uint64_t kern_cpu_reserve_bytes(const kern_reserve_t *r, int threads)
 {
     size_t sizes[N_RESERVE], total = 0;
-    reserve_sizes((const cpu_backend_t *)be, r, sizes);
+    reserve_sizes(threads, r, sizes);
     for (int i = 0; i < N_RESERVE; i++) {
         total += pad16(sizes[i]);
     }
     return (uint64_t)total * sizeof(float);
 }
 
+static uint64_t cpu_reserve_bytes(const kern_backend_t *be, const kern_reserve_t *r)
+{
+    const cpu_backend_t *c = (const cpu_backend_t *)be;
+    return kern_cpu_reserve_bytes(r, kern_ctx_n_threads(c->ctx));
+}
+
 static tdm_status_t cpu_reserve(kern_backend_t *be, const kern_reserve_t *r, tdm_error_t *err)
 {
     cpu_backend_t *c = cpu_be(be);
     size_t sizes[N_RESERVE], total = 0;
-    reserve_sizes(c, r, sizes);
+    reserve_sizes(kern_ctx_n_threads(c->ctx), r, sizes);
     for (int i = 0; i < N_RESERVE; i++) {
         total += pad16(sizes[i]);
     }
@@ -154,9 +162,10 @@ static tdm_status_t cpu_reserve(kern_backend_t *be, const kern_reserve_t *r, tdm
     c->r = *r;
     float *p = arena;
     void **slots[N_RESERVE] = {
-        (void **)&c->att_s,    (void **)&c->att_row,    (void **)&c->etok,       (void **)&c->ew,
-        (void **)&c->ex,       (void **)&c->ey,         (void **)&c->ff_a,       (void **)&c->ff_b,
-        (void **)&c->gdn_run0, (void **)&c->gdn_runlen, (void **)&c->gdn_scratch};
+        (void **)&c->att_s,      (void **)&c->att_row,     (void **)&c->etok,
+        (void **)&c->ew,         (void **)&c->ex,          (void **)&c->ey,
+        (void **)&c->ff_a,       (void **)&c->ff_b,        (void **)&c->gdn_run0,
+        (void **)&c->gdn_runlen, (void **)&c->gdn_scratch, (void **)&c->att_tiles};
     c->gdn_scratch_stride = pad16(kern_cpu_gdn_scratch_floats(r->gdn_head_dim));
     for (int i = 0; i < N_RESERVE; i++) {
         *slots[i] = p; /* etok shares the float arena: same size and alignment */
@@ -300,15 +309,6 @@ static void cpu_kv_store(kern_backend_t *be, const kern_kv_layout_t *l, void *k_
     }
 }
 
-typedef struct attn_task {
-    kern_backend_t *be;
-    float *out;
-    const float *q;
-    const kern_kv_layout_t *l;
-    const unsigned char *k, *v;
-    const kern_attn_params_t *p;
-} attn_task_t;
-
 /* The keys position pos attends to, its score scale and its head's sink. */
 kern_attn_span_t kern_attn_span_of(const kern_attn_params_t *p, int32_t pos, int h)
 {
@@ -327,35 +327,90 @@ kern_attn_span_t kern_attn_span_of(const kern_attn_params_t *p, int32_t pos, int
     return sp;
 }
 
-/* One (token, local q head) per item: scores against the keys of the token's sequence
- * it sees, softmax, weighted sum of values. */
+/*
+ * Attention in tiles: the step's tokens are cut into tiles of consecutive tokens of one
+ * sequence (c->att_tiles), the local q heads into chunks of heads that share a KV head;
+ * an item is one (tile, head chunk), whose rows read each key and value block once
+ * (kern_op_attn_tile). Heads are chunked finer when there are too few items for the
+ * threads, and tokens per tile are bounded by the scratch (kern_cpu_attn_rows).
+ */
+typedef struct attn_task {
+    kern_backend_t *be;
+    float *out;
+    const float *q;
+    const kern_kv_layout_t *l;
+    const unsigned char *k, *v;
+    const kern_attn_params_t *p;
+    int32_t n_tiles;
+    int n_chunks;    /* head chunks per tile */
+    int heads_chunk; /* most heads in a chunk */
+} attn_task_t;
+
+/* Rows of scores a thread's scratch holds for contexts of n_ctx: about 4 MiB of them, at
+ * least one row and at most 32 (kern_op_attn_tile's inner tile). */
+int kern_cpu_attn_rows(int64_t n_ctx)
+{
+    const int64_t r = n_ctx > 0 ? ((int64_t)1 << 20) / n_ctx : 32;
+    return r < 1 ? 1 : r > 32 ? 32 : (int)r;
+}
+
+static int kv_head_of(const kern_attn_params_t *p, int h)
+{
+    return (p->head_lo + h) / p->group - p->kv_lo;
+}
+
+/* Head chunk `idx` of the local heads: [*h0, *h0 + return value). Chunks never cross a KV
+ * head and hold at most per heads. */
+static int head_chunk(const kern_attn_params_t *p, int per, int idx, int *h0)
+{
+    int h = 0;
+    while (h < p->n_head) {
+        int e = h + 1;
+        while (e < p->n_head && e - h < per && kv_head_of(p, e) == kv_head_of(p, h)) {
+            e++;
+        }
+        if (idx-- == 0) {
+            *h0 = h;
+            return e - h;
+        }
+        h = e;
+    }
+    *h0 = 0;
+    return 0;
+}
+
 static void attn_worker(void *arg, int64_t begin, int64_t end, int thread_idx)
 {
     const attn_task_t *a = arg;
     cpu_backend_t *c = cpu_be(a->be);
     const kern_step_t *st = a->be->step;
     const kern_kv_layout_t *l = a->l;
-    const int hd = l->head_dim, B = l->block_tokens, H = a->p->n_head;
-    float *sc = c->att_s + (size_t)thread_idx * (size_t)c->r.n_ctx;
-    float *row = c->att_row + (size_t)thread_idx * (size_t)c->r.head_dim;
+    const int hd = l->head_dim, H = a->p->n_head;
+    const int rows_max = kern_cpu_attn_rows(c->r.n_ctx);
+    float *sc = c->att_s + (size_t)thread_idx * (size_t)rows_max * (size_t)c->r.n_ctx;
+    float *acc = c->att_row + (size_t)thread_idx * (size_t)(rows_max + KERN_ATTN_CONV_ROWS) * hd;
+    float *conv = acc + (size_t)rows_max * hd;
     const kern_isa_t isa = kern_ctx_isa(c->ctx);
+    kern_attn_row_t rows[32];
     for (int64_t item = begin; item < end; item++) {
-        const int64_t t = item / H;
-        const int h = (int)(item % H);
-        const int kvh = (a->p->head_lo + h) / a->p->group - a->p->kv_lo;
-        const float *q = a->q + (t * H + h) * hd;
-        float *o = a->out + (t * H + h) * hd;
-        const int32_t *table = seq_table(&st->seqs[st->seq[t]], l);
-        const size_t hoff = (size_t)kvh * (size_t)B * l->row_bytes;
-        const kern_attn_span_t sp = kern_attn_span_of(a->p, st->pos[t], h);
-        if (l->type == TDM_TYPE_F32) {
-            kern_op_attn_head_f32(isa, o, q, (const float *)(a->k + hoff),
-                                  (const float *)(a->v + hoff), table,
-                                  l->block_bytes / sizeof(float), B, hd, &sp, sc);
-        } else {
-            kern_op_attn_head_kv(isa, l->type, o, q, a->k + hoff, a->v + hoff, table,
-                                 l->block_bytes, B, l->row_bytes, hd, &sp, sc, row);
+        const int32_t tile = (int32_t)(item / a->n_chunks);
+        int h0;
+        const int nh = head_chunk(a->p, a->heads_chunk, (int)(item % a->n_chunks), &h0);
+        const int32_t t0 = c->att_tiles[tile], t1 = c->att_tiles[tile + 1];
+        const int kvh = kv_head_of(a->p, h0);
+        const int32_t *table = seq_table(&st->seqs[st->seq[t0]], l);
+        const size_t hoff = (size_t)kvh * (size_t)l->block_tokens * l->row_bytes;
+        int n = 0;
+        for (int32_t t = t0; t < t1; t++) {
+            for (int h = h0; h < h0 + nh; h++) {
+                rows[n].q = a->q + ((size_t)t * H + h) * hd;
+                rows[n].out = a->out + ((size_t)t * H + h) * hd;
+                rows[n].sp = kern_attn_span_of(a->p, st->pos[t], h);
+                n++;
+            }
         }
+        kern_op_attn_tile(isa, l->type, rows, n, a->k + hoff, a->v + hoff, table, l->block_bytes,
+                          l->block_tokens, l->row_bytes, hd, sc, (size_t)c->r.n_ctx, acc, conv);
     }
 }
 
@@ -365,9 +420,40 @@ static void cpu_attention(kern_backend_t *be, float *out, const float *q, const 
     if (!tables_ok(be, l)) {
         return;
     }
-    attn_task_t task = {be, out, q, l, k_layer, v_layer, p};
-    kern_parallel_for(cpu_be(be)->ctx, (int64_t)be->step->n_tokens * p->n_head, 1, attn_worker,
-                      &task);
+    cpu_backend_t *c = cpu_be(be);
+    const kern_step_t *st = be->step;
+    const int rows_max = kern_cpu_attn_rows(c->r.n_ctx);
+    const int n_threads = kern_ctx_n_threads(c->ctx);
+    /* heads per chunk: a whole GQA group, halved while the items would leave threads idle */
+    int per = p->group < p->n_head ? p->group : p->n_head;
+    per = per < rows_max ? per : rows_max;
+    per = per > 0 ? per : 1;
+    int n_chunks = 0;
+    int32_t n_tiles = 0;
+    for (;;) {
+        n_chunks = 0;
+        for (int h0 = 0; head_chunk(p, per, n_chunks, &h0) > 0;) {
+            n_chunks++;
+        }
+        /* tiles: runs of one sequence's tokens, at most rows_max / per tokens each */
+        const int32_t tok_per_tile = rows_max / per > 0 ? rows_max / per : 1;
+        n_tiles = 0;
+        for (int32_t t = 0; t < st->n_tokens;) {
+            int32_t e = t + 1;
+            while (e < st->n_tokens && e - t < tok_per_tile && st->seq[e] == st->seq[t]) {
+                e++;
+            }
+            c->att_tiles[n_tiles++] = t;
+            t = e;
+        }
+        c->att_tiles[n_tiles] = st->n_tokens;
+        if (per == 1 || (int64_t)n_tiles * n_chunks >= 2 * (int64_t)n_threads) {
+            break;
+        }
+        per = (per + 1) / 2;
+    }
+    attn_task_t task = {be, out, q, l, k_layer, v_layer, p, n_tiles, n_chunks, per};
+    kern_parallel_for(c->ctx, (int64_t)n_tiles * n_chunks, 1, attn_worker, &task);
 }
 
 static void cpu_moe_route(kern_backend_t *be, float *logits, const kern_route_t *r, int32_t *sel,

@@ -12,9 +12,12 @@ typedef struct cpu_backend {
     kern_ctx_t *ctx;
     kern_reserve_t r;
     void *arena; /* everything below, one allocation */
-    /* attention: per thread, n_ctx scores and one converted row of a typed cache */
+    /* attention: per thread, kern_cpu_attn_rows(n_ctx) rows of n_ctx scores, as many
+     * accumulator rows and KERN_ATTN_CONV_ROWS converted rows of a typed cache; the step's
+     * tiles (first token of each, then n_tokens) */
     float *att_s;
     float *att_row;
+    int32_t *att_tiles;
     /* experts: tokens routed to one expert (indices, weights, gathered rows) and the
      * expert's outputs; ff_a / ff_b hold max(n_tok, n_used) rows of n_ff_exp */
     int32_t *etok;
@@ -32,6 +35,9 @@ static inline cpu_backend_t *cpu_be(kern_backend_t *be)
 }
 
 /* kern_be_moe_experts on the CPU (moe_cpu.c). */
+/* Rows of attention scores per thread for contexts of n_ctx positions (backend_cpu.c). */
+int kern_cpu_attn_rows(int64_t n_ctx);
+
 /* The keys a query at position pos attends to under p (window), its score scale
  * (temperature) and local head h's sink. */
 kern_attn_span_t kern_attn_span_of(const kern_attn_params_t *p, int32_t pos, int h);

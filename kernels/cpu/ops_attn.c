@@ -95,6 +95,35 @@ void kern_op_attn_head_f32(kern_isa_t isa, float *out, const float *q, const flo
     attn_head_vec(vo, out, q, k, v, blocks, block_stride, block_tokens, head_dim, sp, scores);
 }
 
+void kern_op_attn_tile(kern_isa_t isa, tdm_type_t type, const kern_attn_row_t *rows, int n_rows,
+                       const void *k, const void *v, const int32_t *blocks, size_t block_bytes,
+                       int block_tokens, size_t row_bytes, int head_dim, float *scores,
+                       size_t ld_scores, float *acc, float *conv)
+{
+    for (int r0 = 0; r0 < n_rows; r0 += 32) {
+        const int n = n_rows - r0 < 32 ? n_rows - r0 : 32;
+        float *sc = scores + (size_t)r0 * ld_scores;
+        if (type != TDM_TYPE_F32) {
+            kern_attn_tile_kv(isa, type, rows + r0, n, k, v, blocks, block_bytes, block_tokens,
+                              row_bytes, head_dim, sc, ld_scores, acc, conv);
+            continue;
+        }
+#if defined(__x86_64__)
+        if ((isa == KERN_ISA_AVX2 || isa == KERN_ISA_AVX512) && head_dim % 8 == 0) {
+            kern_attn_tile_f32_avx2(rows + r0, n, k, v, blocks, block_bytes / sizeof(float),
+                                    block_tokens, head_dim, sc, ld_scores, acc);
+            continue;
+        }
+#endif
+        /* the per-row kernels elsewhere (NEON's table, the scalar oracle, odd head dims) */
+        for (int r = r0; r < r0 + n; r++) {
+            kern_op_attn_head_f32(isa, rows[r].out, rows[r].q, k, v, blocks,
+                                  block_bytes / sizeof(float), block_tokens, head_dim, &rows[r].sp,
+                                  sc);
+        }
+    }
+}
+
 void kern_op_silu_mul_f32_isa(kern_isa_t isa, float *out, const float *gate, const float *up,
                               int64_t n)
 {

@@ -45,6 +45,17 @@ void kern_axpy_f32_neon(float *y, float a, const float *x, size_t n);
 void kern_attn_head_f32_avx2(float *out, const float *q, const float *k, const float *v,
                              const int32_t *blocks, size_t block_stride, int block_tokens,
                              int head_dim, const kern_attn_span_t *sp, float *scores);
+/* kern_op_attn_tile for an f32 cache (head_dim % 8 == 0): each row bit-identical to
+ * kern_attn_head_f32_avx2 on it alone. */
+void kern_attn_tile_f32_avx2(const kern_attn_row_t *rows, int n_rows, const float *k,
+                             const float *v, const int32_t *blocks, size_t block_stride,
+                             int block_tokens, int head_dim, float *scores, size_t ld_scores,
+                             float *acc);
+/* kern_op_attn_tile for an F16 or Q8_0 cache, any ISA (ops_kv.c). */
+void kern_attn_tile_kv(kern_isa_t isa, tdm_type_t type, const kern_attn_row_t *rows, int n_rows,
+                       const void *k, const void *v, const int32_t *blocks, size_t block_bytes,
+                       int block_tokens, size_t row_bytes, int head_dim, float *scores,
+                       size_t ld_scores, float *acc, float *conv);
 void kern_silu_mul_f32_avx2(float *out, const float *gate, const float *up, int64_t n);
 
 #endif

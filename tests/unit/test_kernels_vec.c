@@ -197,11 +197,125 @@ static void test_attention_and_silu(void **state)
     }
 }
 
+/* kern_op_attn_tile: every row bit-identical to the one-row kernel of its cache type on
+ * that row alone, at every ISA, for f32, f16 and q8_0 caches; tiles of 1 to 40 rows (past
+ * the inner tile of 32), rows of consecutive positions (a prompt chunk), several heads of
+ * one position (a GQA group), windows that start mid-block and differ per row, sinks, and a
+ * block table whose blocks before every row's window are gone (-1). */
+static void test_attention_tile(void **state)
+{
+    (void)state;
+    tdm_cpu_features_t f;
+    tdm_cpu_features_detect(&f);
+    uint32_t seed = 99u;
+    static const int hds[] = {64, 128, 32, 12};
+    static const tdm_type_t types[] = {TDM_TYPE_F32, TDM_TYPE_F16, TDM_TYPE_Q8_0};
+    const int B = 16, n_blocks = 24;
+    for (size_t hi = 0; hi < sizeof(hds) / sizeof(hds[0]); hi++) {
+        const int hd = hds[hi];
+        for (size_t ti = 0; ti < sizeof(types) / sizeof(types[0]); ti++) {
+            const tdm_type_t type = types[ti];
+            if (type == TDM_TYPE_Q8_0 && hd % 32 != 0) {
+                continue;
+            }
+            const size_t row_bytes = type == TDM_TYPE_F32   ? (size_t)hd * 4
+                                     : type == TDM_TYPE_F16 ? (size_t)hd * 2
+                                                            : (size_t)hd / 32 * 34;
+            const size_t block_bytes = (size_t)B * row_bytes;
+            unsigned char *k = malloc(block_bytes * n_blocks), *v = malloc(block_bytes * n_blocks);
+            float *tmp = malloc((size_t)hd * sizeof(float));
+            for (int r = 0; r < B * n_blocks; r++) {
+                for (int c = 0; c < hd; c++) {
+                    tmp[c] = frand(&seed);
+                }
+                kern_op_kv_row_store(type, k + (size_t)r * row_bytes, tmp, hd);
+                for (int c = 0; c < hd; c++) {
+                    tmp[c] = frand(&seed);
+                }
+                kern_op_kv_row_store(type, v + (size_t)r * row_bytes, tmp, hd);
+            }
+            const int max_rows = 40, n_ctx = B * n_blocks;
+            float *q = malloc((size_t)max_rows * hd * sizeof(float));
+            float *o = malloc((size_t)max_rows * hd * sizeof(float)), *o1 = malloc((size_t)hd * 4);
+            float *sc = malloc((size_t)max_rows * n_ctx * sizeof(float));
+            float *acc = malloc((size_t)32 * hd * sizeof(float));
+            float *conv = malloc((size_t)KERN_ATTN_CONV_ROWS * hd * sizeof(float));
+            float *row = malloc((size_t)hd * sizeof(float));
+            for (int i = 0; i < max_rows * hd; i++) {
+                q[i] = 3.0f * frand(&seed);
+            }
+            for (int variant = 0; variant < 4; variant++) {
+                /* 0: a prompt chunk, 1: a GQA group of heads at one position,
+                 * 2: a chunk under a window of 37 with sinks, 3: 40 rows, window 20 */
+                const int n_rows = variant == 0 ? 23 : variant == 1 ? 8 : variant == 2 ? 17 : 40;
+                const int32_t window = variant == 2 ? 37 : variant == 3 ? 20 : 0;
+                const int32_t p0 = variant == 1 ? 301 : 250 + variant * 7;
+                int32_t blocks[24];
+                for (int i = 0; i < n_blocks; i++) {
+                    blocks[i] = (i * 7 + 3) % n_blocks;
+                }
+                kern_attn_row_t rows[40];
+                for (int r = 0; r < n_rows; r++) {
+                    const int32_t pos = variant == 1 ? p0 : p0 + r;
+                    rows[r].q = q + (size_t)r * hd;
+                    rows[r].out = o + (size_t)r * hd;
+                    rows[r].sp.lo = window > 0 && pos >= window ? pos - window + 1 : 0;
+                    rows[r].sp.hi = pos + 1;
+                    rows[r].sp.scale = 0.125f;
+                    rows[r].sp.sink = variant == 2 ? 0.3f * (float)(r % 3) : -INFINITY;
+                }
+                if (window > 0) {
+                    for (int b = 0; b < rows[0].sp.lo / B; b++) {
+                        blocks[b] = -1; /* out of every row's window: never read */
+                    }
+                }
+                for (int isa = 0; isa < KERN_ISA_COUNT; isa++) {
+                    if (!kern_isa_supported((kern_isa_t)isa, &f)) {
+                        continue;
+                    }
+                    kern_op_attn_tile((kern_isa_t)isa, type, rows, n_rows, k, v, blocks,
+                                      block_bytes, B, row_bytes, hd, sc, (size_t)n_ctx, acc, conv);
+                    for (int r = 0; r < n_rows; r++) {
+                        if (type == TDM_TYPE_F32) {
+                            kern_op_attn_head_f32((kern_isa_t)isa, o1, rows[r].q, (const float *)k,
+                                                  (const float *)v, blocks, block_bytes / 4, B, hd,
+                                                  &rows[r].sp, sc);
+                        } else {
+                            kern_op_attn_head_kv((kern_isa_t)isa, type, o1, rows[r].q, k, v, blocks,
+                                                 block_bytes, B, row_bytes, hd, &rows[r].sp, sc,
+                                                 row);
+                        }
+                        for (int c = 0; c < hd; c++) {
+                            if (o1[c] != rows[r].out[c]) {
+                                fail_msg("attention tile %s type %d hd %d variant %d row %d/%d: "
+                                         "out[%d] = %.9g, alone %.9g",
+                                         kern_isa_name((kern_isa_t)isa), (int)type, hd, variant, r,
+                                         n_rows, c, rows[r].out[c], o1[c]);
+                            }
+                        }
+                    }
+                }
+            }
+            free(k);
+            free(v);
+            free(tmp);
+            free(q);
+            free(o);
+            free(o1);
+            free(sc);
+            free(acc);
+            free(conv);
+            free(row);
+        }
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_every_isa_matches_reference),
         cmocka_unit_test(test_attention_and_silu),
+        cmocka_unit_test(test_attention_tile),
         cmocka_unit_test(test_isa_choice_respects_cap),
         cmocka_unit_test(test_rms_norm_reference),
     };

@@ -7,6 +7,7 @@
 
 #include <immintrin.h>
 #include <math.h>
+#include <string.h>
 
 /* exp(x) for x <= 0 (softmax) or any x in [-88, 88] (SiLU), Cephes' single-precision
  * polynomial: relative error ~2 ulp; below -87.3 the result flushes towards 0. */
@@ -39,6 +40,25 @@ static inline float hsum256(__m256 v)
     return _mm_cvtss_f32(lo);
 }
 
+/* max(init, x[lo..hi)), eight lanes at a time: a max is exact, so the lane order does not
+ * change it (a serial vmaxss chain was a sixth of a long prompt's attention time). */
+static inline float max_span(const float *x, int32_t lo, int32_t hi, float init)
+{
+    __m256 m = _mm256_set1_ps(init);
+    int32_t j = lo;
+    for (; j + 8 <= hi; j += 8) {
+        m = _mm256_max_ps(m, _mm256_loadu_ps(x + j));
+    }
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_movehdup_ps(h));
+    float mx = _mm_cvtss_f32(h);
+    for (; j < hi; j++) {
+        mx = x[j] > mx ? x[j] : mx;
+    }
+    return mx;
+}
+
 /* q . k for 4 keys (hd a multiple of 8) -> 4 floats */
 static inline __m128 dot4(const float *q, const float *k0, const float *k1, const float *k2,
                           const float *k3, int hd)
@@ -54,6 +74,36 @@ static inline __m128 dot4(const float *q, const float *k0, const float *k1, cons
     }
     const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
     return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
+/* dot4 for two query rows at once (the same four keys): each row's four results are
+ * dot4's bit for bit (the same fma chains, the same reduction), with half the key loads
+ * per product. */
+static inline void dot4x2(const float *q0, const float *q1, const float *k0, int hd, __m128 *r0,
+                          __m128 *r1)
+{
+    const float *k1 = k0 + hd, *k2 = k0 + 2 * hd, *k3 = k0 + 3 * hd;
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    __m256 a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+    __m256 b0 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps();
+    __m256 b2 = _mm256_setzero_ps(), b3 = _mm256_setzero_ps();
+    for (int c = 0; c < hd; c += 8) {
+        const __m256 qa = _mm256_loadu_ps(q0 + c), qb = _mm256_loadu_ps(q1 + c);
+        const __m256 x0 = _mm256_loadu_ps(k0 + c), x1 = _mm256_loadu_ps(k1 + c);
+        a0 = _mm256_fmadd_ps(qa, x0, a0);
+        b0 = _mm256_fmadd_ps(qb, x0, b0);
+        a1 = _mm256_fmadd_ps(qa, x1, a1);
+        b1 = _mm256_fmadd_ps(qb, x1, b1);
+        const __m256 x2 = _mm256_loadu_ps(k2 + c), x3 = _mm256_loadu_ps(k3 + c);
+        a2 = _mm256_fmadd_ps(qa, x2, a2);
+        b2 = _mm256_fmadd_ps(qb, x2, b2);
+        a3 = _mm256_fmadd_ps(qa, x3, a3);
+        b3 = _mm256_fmadd_ps(qb, x3, b3);
+    }
+    const __m256 ha = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+    const __m256 hb = _mm256_hadd_ps(_mm256_hadd_ps(b0, b1), _mm256_hadd_ps(b2, b3));
+    *r0 = _mm_add_ps(_mm256_castps256_ps128(ha), _mm256_extractf128_ps(ha, 1));
+    *r1 = _mm_add_ps(_mm256_castps256_ps128(hb), _mm256_extractf128_ps(hb, 1));
 }
 
 static inline float dot1(const float *q, const float *k, int hd)
@@ -92,10 +142,7 @@ void kern_attn_head_f32_avx2(float *out, const float *q, const float *k, const f
         j0 += nj;
     }
     /* softmax numerators and their sum; the sink joins the max and, last, the sum */
-    float mx = sp->sink;
-    for (int32_t j = lo; j < hi; j++) {
-        mx = scores[j] > mx ? scores[j] : mx;
-    }
+    const float mx = max_span(scores, lo, hi, sp->sink);
     const __m256 vmx = _mm256_set1_ps(mx);
     __m256 vsum = _mm256_setzero_ps();
     int32_t j = lo;
@@ -139,6 +186,142 @@ void kern_attn_head_f32_avx2(float *out, const float *q, const float *k, const f
         }
         for (int c = 0; c < nc; c++) {
             _mm256_storeu_ps(out + c0 + 8 * c, _mm256_mul_ps(o[c], inv));
+        }
+    }
+}
+
+/*
+ * The tile version: the loops of kern_attn_head_f32_avx2 turned inside out so a block of
+ * keys (then of values) is loaded once and used by every row while it sits in L1. Per row
+ * and per key the arithmetic is unchanged: a key's score comes from dot4 when it falls in
+ * a whole group of four counted from the start of the row's segment of that block, else
+ * from dot1 (the two reduce in different orders); the softmax is the same code; each
+ * output element is the same fma chain over the keys in ascending order, kept in acc
+ * between blocks.
+ */
+void kern_attn_tile_f32_avx2(const kern_attn_row_t *rows, int n_rows, const float *k,
+                             const float *v, const int32_t *blocks, size_t block_stride,
+                             int block_tokens, int head_dim, float *scores, size_t ld_scores,
+                             float *acc)
+{
+    const int B = block_tokens, hd = head_dim;
+    int32_t lo = rows[0].sp.lo, hi = rows[0].sp.hi;
+    for (int r = 1; r < n_rows; r++) {
+        lo = rows[r].sp.lo < lo ? rows[r].sp.lo : lo;
+        hi = rows[r].sp.hi > hi ? rows[r].sp.hi : hi;
+    }
+    const int32_t b_first = lo - lo % B;
+    /* scores */
+    for (int32_t b0 = b_first; b0 < hi; b0 += B) {
+        for (int r = 0; r < n_rows; r++) {
+            const kern_attn_span_t *sp = &rows[r].sp;
+            const int32_t s = sp->lo > b0 ? sp->lo : b0;
+            const int32_t e = sp->hi < b0 + B ? sp->hi : b0 + B;
+            if (s >= e) {
+                continue;
+            }
+            /* the block's pointer only once a row sees it: a block no row sees may be
+             * gone (-1 in a sliding table) */
+            float *sc = scores + (size_t)r * ld_scores + s;
+            const float *kr0 = k + (size_t)blocks[b0 / B] * block_stride + (size_t)(s - b0) * hd;
+            const float *q = rows[r].q;
+            const int nj = (int)(e - s);
+            int j = 0;
+            const kern_attn_span_t *nx = r + 1 < n_rows ? &rows[r + 1].sp : NULL;
+            if (nx != NULL && (nx->lo > b0 ? nx->lo : b0) == s &&
+                (nx->hi < b0 + B ? nx->hi : b0 + B) == e) {
+                /* the next row has the same segment of this block: both rows at once */
+                const kern_attn_span_t *sp1 = &rows[r + 1].sp;
+                float *sc1 = scores + (size_t)(r + 1) * ld_scores + s;
+                const float *q1 = rows[r + 1].q;
+                for (; j + 4 <= nj; j += 4) {
+                    __m128 d0, d1;
+                    dot4x2(q, q1, kr0 + (size_t)j * hd, hd, &d0, &d1);
+                    _mm_storeu_ps(sc + j, _mm_mul_ps(d0, _mm_set1_ps(sp->scale)));
+                    _mm_storeu_ps(sc1 + j, _mm_mul_ps(d1, _mm_set1_ps(sp1->scale)));
+                }
+                for (int jj = j; jj < nj; jj++) {
+                    sc1[jj] = dot1(q1, kr0 + (size_t)jj * hd, hd) * sp1->scale;
+                }
+                r++; /* the loop's r++ then moves past the pair */
+            }
+            for (; j + 4 <= nj; j += 4) {
+                const float *kr = kr0 + (size_t)j * hd;
+                const __m128 d = dot4(q, kr, kr + hd, kr + 2 * hd, kr + 3 * hd, hd);
+                _mm_storeu_ps(sc + j, _mm_mul_ps(d, _mm_set1_ps(sp->scale)));
+            }
+            for (; j < nj; j++) {
+                sc[j] = dot1(q, kr0 + (size_t)j * hd, hd) * sp->scale;
+            }
+        }
+    }
+    /* softmax numerators per row and the reciprocals of their sums (n_rows <= 32:
+     * kern_op_attn_tile splits larger tiles) */
+    float inv[32];
+    for (int r = 0; r < n_rows; r++) {
+        const kern_attn_span_t *sp = &rows[r].sp;
+        float *sc = scores + (size_t)r * ld_scores;
+        const float mx = max_span(sc, sp->lo, sp->hi, sp->sink);
+        const __m256 vmx = _mm256_set1_ps(mx);
+        __m256 vsum = _mm256_setzero_ps();
+        int32_t j = sp->lo;
+        for (; j + 8 <= sp->hi; j += 8) {
+            const __m256 ex = exp256(_mm256_sub_ps(_mm256_loadu_ps(sc + j), vmx));
+            _mm256_storeu_ps(sc + j, ex);
+            vsum = _mm256_add_ps(vsum, ex);
+        }
+        double sum = hsum256(vsum);
+        for (; j < sp->hi; j++) {
+            sc[j] = expf(sc[j] - mx);
+            sum += sc[j];
+        }
+        sum += expf(sp->sink - mx);
+        inv[r] = (float)(1.0 / sum);
+        memset(acc + (size_t)r * hd, 0, (size_t)hd * sizeof(float));
+    }
+    /* weighted sums of the values, block by block, ATTN_CHUNK dims in registers */
+    for (int32_t b0 = b_first; b0 < hi; b0 += B) {
+        for (int r = 0; r < n_rows; r++) {
+            const kern_attn_span_t *sp = &rows[r].sp;
+            const int32_t s = sp->lo > b0 ? sp->lo : b0;
+            const int32_t e = sp->hi < b0 + B ? sp->hi : b0 + B;
+            if (s >= e) {
+                continue;
+            }
+            const float *sc = scores + (size_t)r * ld_scores;
+            const float *vb = v + (size_t)blocks[b0 / B] * block_stride;
+            float *ar = acc + (size_t)r * hd;
+            for (int c0 = 0; c0 < hd; c0 += ATTN_CHUNK) {
+                const int nc = hd - c0 < ATTN_CHUNK ? (hd - c0) / 8 : ATTN_CHUNK / 8;
+                __m256 o[ATTN_CHUNK / 8];
+                for (int c = 0; c < ATTN_CHUNK / 8; c++) {
+                    o[c] = c < nc ? _mm256_loadu_ps(ar + c0 + 8 * c) : _mm256_setzero_ps();
+                }
+                for (int32_t j = s; j < e; j++) {
+                    const __m256 w = _mm256_set1_ps(sc[j]);
+                    const float *vr = vb + (size_t)(j - b0) * hd + c0;
+                    if (nc == ATTN_CHUNK / 8) {
+                        /* a constant trip count keeps o[] in registers */
+                        for (int c = 0; c < ATTN_CHUNK / 8; c++) {
+                            o[c] = _mm256_fmadd_ps(w, _mm256_loadu_ps(vr + 8 * c), o[c]);
+                        }
+                    } else {
+                        for (int c = 0; c < nc; c++) {
+                            o[c] = _mm256_fmadd_ps(w, _mm256_loadu_ps(vr + 8 * c), o[c]);
+                        }
+                    }
+                }
+                for (int c = 0; c < nc; c++) {
+                    _mm256_storeu_ps(ar + c0 + 8 * c, o[c]);
+                }
+            }
+        }
+    }
+    for (int r = 0; r < n_rows; r++) {
+        const __m256 vi = _mm256_set1_ps(inv[r]);
+        const float *ar = acc + (size_t)r * hd;
+        for (int c = 0; c < hd; c += 8) {
+            _mm256_storeu_ps(rows[r].out + c, _mm256_mul_ps(_mm256_loadu_ps(ar + c), vi));
         }
     }
 }
