@@ -24,6 +24,7 @@
  */
 #include "common/clock.h"
 #include "transport/ucx_comm.h"
+#include "tests/support/coll_check.h"
 
 #include <errno.h>
 #include <math.h>
@@ -63,39 +64,6 @@ typedef struct report {
     char msg[320];
 } report_t;
 
-static uint64_t mix(uint64_t x)
-{
-    x += 0x9e3779b97f4a7c15ull;
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-    return x ^ (x >> 31);
-}
-
-/* Rank r's element i of call c: magnitudes 2^-8..2^7 so another summation order changes
- * the bits. */
-static float val(uint64_t c, int r, int64_t i)
-{
-    const uint64_t x = mix(c * 0x100000001b3ull ^ mix((uint64_t)r * 1000003u + (uint64_t)i));
-    const float mant = (float)((x >> 40) & 0xffffff) / 16777216.0f - 0.5f;
-    return ldexpf(mant, (int)((x >> 8) & 15) - 8);
-}
-
-typedef struct group {
-    int count, first, stride;
-} group_t;
-
-static group_t group_of(const opts_t *o, int rank, shd_group_t g)
-{
-    const int tp_rank = rank % o->tp, ep_rank = rank / o->tp;
-    if (g == SHD_GROUP_TP) {
-        return (group_t){o->tp, ep_rank * o->tp, 1};
-    }
-    if (g == SHD_GROUP_EP) {
-        return (group_t){o->ep, tp_rank, o->tp};
-    }
-    return (group_t){o->tp * o->ep, 0, 1};
-}
-
 /* Call c's shape, the same on every rank. */
 typedef struct call {
     shd_group_t group;
@@ -105,7 +73,7 @@ typedef struct call {
 
 static call_t call_of(const opts_t *o, uint64_t c)
 {
-    const uint64_t h = mix(o->seed ^ (c * 0x9e3779b97f4a7c15ull));
+    const uint64_t h = coll_mix(o->seed ^ (c * 0x9e3779b97f4a7c15ull));
     call_t k = {SHD_GROUP_TP, 2048, false};
     static const shd_group_t groups[3] = {SHD_GROUP_TP, SHD_GROUP_EP, SHD_GROUP_WORLD};
     k.group = groups[(h >> 8) % 3];
@@ -135,57 +103,23 @@ static int rfail(report_t *r, const char *fmt, ...)
     return 1;
 }
 
-static int write_all(int fd, const void *p, size_t n)
-{
-    const char *b = p;
-    while (n > 0) {
-        ssize_t k = write(fd, b, n);
-        if (k < 0 && errno == EINTR) {
-            continue;
-        }
-        if (k <= 0) {
-            return -1;
-        }
-        b += k;
-        n -= (size_t)k;
-    }
-    return 0;
-}
-
-static int read_all(int fd, void *p, size_t n)
-{
-    char *b = p;
-    while (n > 0) {
-        ssize_t k = read(fd, b, n);
-        if (k < 0 && errno == EINTR) {
-            continue;
-        }
-        if (k <= 0) {
-            return -1;
-        }
-        b += k;
-        n -= (size_t)k;
-    }
-    return 0;
-}
-
 /* One call: fill, run, compare with the reference. */
 static int one_call(const opts_t *o, shd_comm_t comm, int rank, uint64_t c, float *buf, float *ref,
                     report_t *r)
 {
     const call_t k = call_of(o, c);
-    const group_t gr = group_of(o, rank, k.group);
+    const coll_group_t gr = coll_group_of(o->tp, o->ep, rank, k.group);
     tdm_error_t err = {0};
     tdm_status_t st;
     if (k.gather) {
         for (int64_t i = 0; i < k.n; i++) {
-            ref[i] = val(c, rank, i);
+            ref[i] = coll_val(c, rank, i);
         }
         st = comm.ops->all_gather_f32(comm.impl, SHD_GROUP_TP, ref, k.n, buf, &err);
         if (st == TDM_OK) {
             for (int m = 0; m < gr.count; m++) {
                 for (int64_t i = 0; i < k.n; i++) {
-                    float want = val(c, gr.first + m * gr.stride, i);
+                    float want = coll_val(c, gr.first + m * gr.stride, i);
                     if (memcmp(&buf[m * k.n + i], &want, sizeof(float)) != 0) {
                         return rfail(r,
                                      "rank %d call %llu: all-gather member %d element %lld wrong",
@@ -196,18 +130,11 @@ static int one_call(const opts_t *o, shd_comm_t comm, int rank, uint64_t c, floa
         }
     } else {
         for (int64_t i = 0; i < k.n; i++) {
-            buf[i] = val(c, rank, i);
+            buf[i] = coll_val(c, rank, i);
         }
         st = comm.ops->all_reduce_sum_f32(comm.impl, k.group, buf, k.n, &err);
         if (st == TDM_OK) {
-            for (int64_t i = 0; i < k.n; i++) {
-                ref[i] = val(c, gr.first, i);
-            }
-            for (int m = 1; m < gr.count; m++) {
-                for (int64_t i = 0; i < k.n; i++) {
-                    ref[i] += val(c, gr.first + m * gr.stride, i);
-                }
-            }
+            coll_reference_sum(c, gr, ref, k.n);
             if (memcmp(buf, ref, (size_t)k.n * sizeof(float)) != 0) {
                 return rfail(r,
                              "rank %d call %llu: all-reduce of %lld floats differs from the "
@@ -232,25 +159,17 @@ static void rank_main(const opts_t *o, int rank, int up, int down)
     tdm_error_t err = {0};
     if (xp_ucx_create(&up_params, &u, &err) != TDM_OK) {
         rfail(&r, "rank %d: xp_ucx_create: %s", rank, tdm_error_msg(&err));
-        write_all(up, &(size_t){0}, sizeof(size_t));
-        write_all(up, &r, sizeof(r));
+        coll_write_all(up, &(size_t){0}, sizeof(size_t));
+        coll_write_all(up, &r, sizeof(r));
         _exit(1);
     }
     const void *addr;
     size_t len;
     xp_ucx_address(u, &addr, &len);
-    write_all(up, &len, sizeof(len));
-    write_all(up, addr, len);
     void *addrs[MAX_RANKS] = {0};
     size_t lens[MAX_RANKS] = {0};
-    for (int q = 0; q < size; q++) {
-        if (read_all(down, &lens[q], sizeof(lens[q])) != 0) {
-            _exit(3);
-        }
-        addrs[q] = malloc(lens[q] + 1);
-        if (addrs[q] == NULL || read_all(down, addrs[q], lens[q]) != 0) {
-            _exit(3);
-        }
+    if (coll_exchange_addrs(up, down, addr, len, size, addrs, lens) != 0) {
+        _exit(3);
     }
     xp_ucx_world_params_t wp = {
         .rank = rank,
@@ -300,7 +219,7 @@ static void rank_main(const opts_t *o, int rank, int up, int down)
     for (int q = 0; q < size; q++) {
         free(addrs[q]);
     }
-    write_all(up, &r, sizeof(r));
+    coll_write_all(up, &r, sizeof(r));
     _exit(r.ok ? 0 : 1);
 }
 
@@ -308,7 +227,7 @@ static void spin_main(void)
 {
     volatile uint64_t x = 1;
     for (;;) {
-        x = mix(x);
+        x = coll_mix(x);
     }
 }
 
@@ -405,25 +324,9 @@ int main(int argc, char **argv)
         close(down[r][0]);
     }
     const double t_start = tdm_now_s();
-    /* relay the worker addresses */
-    void *addrs[MAX_RANKS] = {0};
-    size_t lens[MAX_RANKS] = {0};
-    bool relay_ok = true;
-    for (int r = 0; r < size && relay_ok; r++) {
-        relay_ok = read_all(up[r][0], &lens[r], sizeof(lens[r])) == 0 && lens[r] > 0 &&
-                   (addrs[r] = malloc(lens[r])) != NULL &&
-                   read_all(up[r][0], addrs[r], lens[r]) == 0;
-    }
-    for (int r = 0; r < size && relay_ok; r++) {
-        for (int q = 0; q < size; q++) {
-            write_all(down[r][1], &lens[q], sizeof(lens[q]));
-            write_all(down[r][1], addrs[q], lens[q]);
-        }
-    }
-    for (int r = 0; r < size; r++) {
-        free(addrs[r]);
-        close(down[r][1]);
-    }
+    /* relay the worker addresses (no time limit: a rank that dies closes its pipe); after a
+     * failed relay the ranks read EOF and exit without a report, which counts as a failure */
+    (void)coll_relay_addrs(size, up, down, -1);
     /* collect the reports; a rank still running at the limit is a hang */
     report_t rep[MAX_RANKS];
     bool done[MAX_RANKS] = {false}, have[MAX_RANKS] = {false}, hang = false;
@@ -434,7 +337,7 @@ int main(int argc, char **argv)
             if (!done[r] && waitpid(pid[r], &status, WNOHANG) == pid[r]) {
                 done[r] = true;
                 left--;
-                have[r] = read_all(up[r][0], &rep[r], sizeof(rep[r])) == 0;
+                have[r] = coll_read_all(up[r][0], &rep[r], sizeof(rep[r])) == 0;
             }
         }
         if (left > 0 && tdm_now_s() - t_start > o.limit_s) {

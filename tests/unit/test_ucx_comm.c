@@ -14,6 +14,7 @@
 #include "common/clock.h"
 #include "transport/local_comm.h"
 #include "transport/ucx_comm.h"
+#include "tests/support/coll_check.h"
 
 #include <errno.h>
 #include <math.h>
@@ -38,60 +39,7 @@
 #define SMALL_RUNS 200
 #define TLS_SHM    "sm"
 
-/* ---- inputs and the reference -------------------------------------------------------- */
-
-static uint64_t mix(uint64_t x)
-{
-    x += 0x9e3779b97f4a7c15ull;
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-    return x ^ (x >> 31);
-}
-
-/* Rank r's input element i of call seed: magnitudes spread over 2^-8..2^7 so that adding in
- * another order would change the bits. */
-static float val(uint64_t seed, int r, int64_t i)
-{
-    const uint64_t x = mix(seed * 0x100000001b3ull ^ mix((uint64_t)r * 1000003u + (uint64_t)i));
-    const float mant = (float)((x >> 40) & 0xffffff) / 16777216.0f - 0.5f;
-    return ldexpf(mant, (int)((x >> 8) & 15) - 8);
-}
-
-typedef struct group {
-    int count, first, stride, me;
-} group_t;
-
-static group_t group_of(int tp, int ep, int rank, shd_group_t g)
-{
-    const int tp_rank = rank % tp, ep_rank = rank / tp;
-    group_t gr;
-    switch (g) {
-    case SHD_GROUP_TP:
-        gr = (group_t){tp, ep_rank * tp, 1, tp_rank};
-        break;
-    case SHD_GROUP_EP:
-        gr = (group_t){ep, tp_rank, tp, ep_rank};
-        break;
-    default:
-        gr = (group_t){tp * ep, 0, 1, rank};
-        break;
-    }
-    return gr;
-}
-
-/* What local_comm.c computes: the lowest rank's values, then += each next rank's. */
-static void reference_sum(uint64_t seed, group_t gr, float *out, int64_t n)
-{
-    for (int64_t i = 0; i < n; i++) {
-        out[i] = val(seed, gr.first, i);
-    }
-    for (int k = 1; k < gr.count; k++) {
-        const int r = gr.first + k * gr.stride;
-        for (int64_t i = 0; i < n; i++) {
-            out[i] += val(seed, r, i);
-        }
-    }
-}
+/* ---- result hashes (inputs and the reference: tests/support/coll_check.h) ------------ */
 
 static uint64_t fnv(uint64_t h, const void *p, size_t n)
 {
@@ -139,41 +87,6 @@ static int vfail(verdict_t *v, const char *fmt, ...)
     return 1;
 }
 
-static int write_all(int fd, const void *p, size_t n)
-{
-    const char *c = p;
-    while (n > 0) {
-        ssize_t k = write(fd, c, n);
-        if (k < 0 && errno == EINTR) {
-            continue;
-        }
-        if (k <= 0) {
-            return -1;
-        }
-        c += k;
-        n -= (size_t)k;
-    }
-    return 0;
-}
-
-static int read_all(int fd, void *p, size_t n)
-{
-    char *c = p;
-    while (n > 0) {
-        ssize_t k = read(fd, c, n);
-        if (k < 0 && errno == EINTR) {
-            continue;
-        }
-        if (k <= 0) {
-            return -1;
-        }
-        c += k;
-        n -= (size_t)k;
-    }
-    return 0;
-}
-
-/* A rank: UCX, address out, every address in, world, the scenario, verdict out. */
 static void child(const scenario_t *sc, int rank, int up, int down)
 {
     const int size = sc->tp * sc->ep;
@@ -183,25 +96,17 @@ static void child(const scenario_t *sc, int rank, int up, int down)
     tdm_error_t err = {0};
     if (xp_ucx_create(&up_params, &u, &err) != TDM_OK) {
         vfail(&v, "rank %d: xp_ucx_create: %s", rank, tdm_error_msg(&err));
-        write_all(up, &(size_t){0}, sizeof(size_t));
-        write_all(up, &v, sizeof(v));
+        coll_write_all(up, &(size_t){0}, sizeof(size_t));
+        coll_write_all(up, &v, sizeof(v));
         exit(1);
     }
     const void *addr;
     size_t len;
     xp_ucx_address(u, &addr, &len);
-    write_all(up, &len, sizeof(len));
-    write_all(up, addr, len);
     void *addrs[MAX_RANKS] = {0};
     size_t lens[MAX_RANKS] = {0};
-    for (int r = 0; r < size; r++) {
-        if (read_all(down, &lens[r], sizeof(lens[r])) != 0) {
-            exit(3);
-        }
-        addrs[r] = malloc(lens[r] + 1);
-        if (read_all(down, addrs[r], lens[r]) != 0) {
-            exit(3);
-        }
+    if (coll_exchange_addrs(up, down, addr, len, size, addrs, lens) != 0) {
+        exit(3);
     }
     xp_ucx_world_params_t wp = {
         .rank = rank,
@@ -231,7 +136,7 @@ static void child(const scenario_t *sc, int rank, int up, int down)
     for (int r = 0; r < size; r++) {
         free(addrs[r]);
     }
-    write_all(up, &v, sizeof(v));
+    coll_write_all(up, &v, sizeof(v));
     close(up);
     close(down);
     /* exit, not _exit: under ASan the leak check runs in every rank */
@@ -269,29 +174,7 @@ static void run_world(const scenario_t *sc, double limit_s, outcome_t *o)
         close(up[r][1]);
         close(down[r][0]);
     }
-    /* relay the addresses */
-    void *addrs[MAX_RANKS] = {0};
-    size_t lens[MAX_RANKS] = {0};
-    bool relay_ok = true;
-    for (int r = 0; r < size && relay_ok; r++) {
-        struct pollfd pfd = {.fd = up[r][0], .events = POLLIN};
-        relay_ok = poll(&pfd, 1, (int)(limit_s * 1000)) == 1 &&
-                   read_all(up[r][0], &lens[r], sizeof(lens[r])) == 0 && lens[r] > 0;
-        if (relay_ok) {
-            addrs[r] = malloc(lens[r]);
-            relay_ok = read_all(up[r][0], addrs[r], lens[r]) == 0;
-        }
-    }
-    for (int r = 0; r < size && relay_ok; r++) {
-        for (int q = 0; q < size; q++) {
-            write_all(down[r][1], &lens[q], sizeof(lens[q]));
-            write_all(down[r][1], addrs[q], lens[q]);
-        }
-    }
-    for (int r = 0; r < size; r++) {
-        free(addrs[r]);
-        close(down[r][1]); /* after a failed relay, the waiting ranks read EOF and leave */
-    }
+    const bool relay_ok = coll_relay_addrs(size, up, down, (int)(limit_s * 1000));
     /* verdicts as the ranks finish; a rank still running at the limit is a hang */
     const double deadline = tdm_now_s() + limit_s;
     int left = size;
@@ -301,7 +184,7 @@ static void run_world(const scenario_t *sc, double limit_s, outcome_t *o)
             if (!done[r] && waitpid(pid[r], &o->status[r], WNOHANG) == pid[r]) {
                 done[r] = true;
                 left--;
-                o->have_v[r] = read_all(up[r][0], &o->v[r], sizeof(o->v[r])) == 0;
+                o->have_v[r] = coll_read_all(up[r][0], &o->v[r], sizeof(o->v[r])) == 0;
             }
         }
         if (left > 0 && tdm_now_s() > deadline) {
@@ -347,7 +230,7 @@ static int check_reduce(const scenario_t *sc, shd_comm_t c, int rank, shd_group_
                         int64_t n, float *buf, float *ref, verdict_t *v)
 {
     for (int64_t i = 0; i < n; i++) {
-        buf[i] = val(seed, rank, i);
+        buf[i] = coll_val(seed, rank, i);
     }
     tdm_error_t err = {0};
     tdm_status_t st = c.ops->all_reduce_sum_f32(c.impl, g, buf, n, &err);
@@ -355,8 +238,8 @@ static int check_reduce(const scenario_t *sc, shd_comm_t c, int rank, shd_group_
         return vfail(v, "rank %d: all-reduce %d of %lld floats (seed %llu): %s", rank, (int)g,
                      (long long)n, (unsigned long long)seed, tdm_error_msg(&err));
     }
-    const group_t gr = group_of(sc->tp, sc->ep, rank, g);
-    reference_sum(seed, gr, ref, n);
+    const coll_group_t gr = coll_group_of(sc->tp, sc->ep, rank, g);
+    coll_reference_sum(seed, gr, ref, n);
     if (memcmp(buf, ref, (size_t)n * sizeof(float)) != 0) {
         int64_t i = 0;
         while (buf[i] == ref[i]) {
@@ -376,7 +259,7 @@ static int check_gather(const scenario_t *sc, shd_comm_t c, int rank, uint64_t s
                         float *in, float *out, verdict_t *v)
 {
     for (int64_t i = 0; i < n; i++) {
-        in[i] = val(seed, rank, i);
+        in[i] = coll_val(seed, rank, i);
     }
     tdm_error_t err = {0};
     tdm_status_t st = c.ops->all_gather_f32(c.impl, SHD_GROUP_TP, in, n, out, &err);
@@ -384,10 +267,10 @@ static int check_gather(const scenario_t *sc, shd_comm_t c, int rank, uint64_t s
         return vfail(v, "rank %d: all-gather of %lld floats: %s", rank, (long long)n,
                      tdm_error_msg(&err));
     }
-    const group_t gr = group_of(sc->tp, sc->ep, rank, SHD_GROUP_TP);
+    const coll_group_t gr = coll_group_of(sc->tp, sc->ep, rank, SHD_GROUP_TP);
     for (int k = 0; k < gr.count; k++) {
         for (int64_t i = 0; i < n; i++) {
-            const float want = val(seed, gr.first + k * gr.stride, i);
+            const float want = coll_val(seed, gr.first + k * gr.stride, i);
             if (memcmp(&out[k * n + i], &want, sizeof(float)) != 0) {
                 return vfail(v,
                              "rank %d: all-gather of %lld floats: part %d element %lld is %a, "
@@ -446,7 +329,7 @@ static void run_correct(const char *tls, xp_ucx_proto_t proto, int tp, int ep, i
         }
         /* every member of a group holds the same bits */
         for (int g = 0; g < SHD_GROUP_COUNT; g++) {
-            const group_t gr = group_of(tp, ep, r, (shd_group_t)g);
+            const coll_group_t gr = coll_group_of(tp, ep, r, (shd_group_t)g);
             assert_true(o.v[r].hash[g] == o.v[gr.first].hash[g]);
         }
     }
@@ -793,7 +676,7 @@ static void *local_rank(void *p)
     shd_comm_t c = xp_local_comm(a->w, a->rank);
     for (int g = 0; g < SHD_GROUP_COUNT; g++) {
         for (int i = 0; i < 1000; i++) {
-            a->buf[g][i] = val(77 + (uint64_t)g, a->rank, i);
+            a->buf[g][i] = coll_val(77 + (uint64_t)g, a->rank, i);
         }
         c.ops->all_reduce_sum_f32(c.impl, (shd_group_t)g, a->buf[g], 1000, NULL);
     }
@@ -818,16 +701,16 @@ static void test_reference_is_local_comm(void **state)
     float ref[1000], shuffled[1000];
     for (int r = 0; r < 4; r++) {
         for (int g = 0; g < SHD_GROUP_COUNT; g++) {
-            reference_sum(77 + (uint64_t)g, group_of(2, 2, r, (shd_group_t)g), ref, 1000);
+            coll_reference_sum(77 + (uint64_t)g, coll_group_of(2, 2, r, (shd_group_t)g), ref, 1000);
             assert_memory_equal(args[r].buf[g], ref, sizeof(ref));
         }
     }
     /* and the inputs are such that another order gives other bits (the test can fail) */
     for (int i = 0; i < 1000; i++) {
-        shuffled[i] =
-            ((val(77 + 2, 3, i) + val(77 + 2, 2, i)) + val(77 + 2, 1, i)) + val(77 + 2, 0, i);
+        shuffled[i] = ((coll_val(77 + 2, 3, i) + coll_val(77 + 2, 2, i)) + coll_val(77 + 2, 1, i)) +
+                      coll_val(77 + 2, 0, i);
     }
-    reference_sum(77 + 2, group_of(2, 2, 0, SHD_GROUP_WORLD), ref, 1000);
+    coll_reference_sum(77 + 2, coll_group_of(2, 2, 0, SHD_GROUP_WORLD), ref, 1000);
     assert_true(memcmp(ref, shuffled, sizeof(ref)) != 0);
     xp_local_world_destroy(w);
 }
