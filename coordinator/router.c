@@ -211,7 +211,7 @@ static int relay_event(void *user, const crd_event_t *ev)
             atomic_fetch_add(&g->cached_tokens, (uint64_t)(ev->n_cached > 0 ? ev->n_cached : 0));
         }
     }
-    if (ev->token >= 0 && rl->owed_gen > 0) {
+    if (ev->token >= 0 && rl->owed_gen > CRD_ROUTER_GEN_FLOOR) {
         atomic_fetch_sub(&g->load, 1);
         rl->owed_gen--;
     }

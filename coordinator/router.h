@@ -12,7 +12,8 @@
  *     work before the request's first token: the prompt tokens that group would compute
  *     (the prompt less its cached prefix) plus the group's load, the tokens it still owes
  *     to the requests routed to it (prompt tokens not computed yet, and the tokens still
- *     to generate, max_tokens capped at CRD_ROUTER_GEN_ESTIMATE). The least work wins; on
+ *     to generate, max_tokens capped at CRD_ROUTER_GEN_ESTIMATE, never below
+ *     CRD_ROUTER_GEN_FLOOR while the request runs). The least work wins; on
  *     a tie (cold prefixes on idle groups) the least loaded, then the next in turn. So a
  *     conversation returns to the group that holds its prefix unless that group owes more
  *     tokens than recomputing the prefix elsewhere costs.
@@ -31,8 +32,11 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-/* Generation tokens a request is expected to owe its group at most (for the load). */
+/* Generation tokens a request is expected to owe its group at most (for the load), and
+ * what a running request still counts once it has generated past its estimate: a group
+ * busy with long streams is not idle. */
 #define CRD_ROUTER_GEN_ESTIMATE 256
+#define CRD_ROUTER_GEN_FLOOR    16
 
 typedef enum crd_group_role {
     CRD_ROLE_MIXED = 0, /* prefill and decode (a replica)                       */

@@ -8,6 +8,9 @@ Checks: the exactness check of test_distributed.py with 2 and 3 shards over UCX 
 veth devices; and a cut link (the shard's veth set down inside its namespace, so its
 traffic is dropped, no reset) ends a streaming request with an error within the liveness
 timeout, /health names the cut shard, and bringing the link back up restores service.
+Replicas (engine groups, test_routing.py): two one-shard replicas, each in its own
+namespace, and kill -9 of one under load: its streams error within 5 s, the other's finish,
+new requests go to the survivor, and the restarted replica rejoins.
 Namespaces, veths and the bridge are removed at the end, also on failure.
 """
 import json
@@ -198,6 +201,26 @@ def test_netns_cut_link(tandem_bin, net_factory):
                        timeout=30)
         assert r.status_code == 200, r.text
         assert all(s.alive() for s in shards)
+    finally:
+        if srv is not None:
+            srv.kill()
+        for s in shards:
+            s.stop()
+
+
+def test_netns_replica_killed_under_load(tandem_bin, net_factory, tmp_path):
+    from test_routing import MODEL, replica_kill_under_load
+
+    net = net_factory(2)
+    shards = _shards_in(net, MODEL)
+    srv = None
+    try:
+        cluster = tmp_path / "cluster.json"
+        cluster.write_text(json.dumps({"groups": [{"name": f"r{k}", "shards": [s.addr]}
+                                                  for k, s in enumerate(shards)]}))
+        srv = ServeProcess(MODEL, "--cluster", cluster, "--ctx-size", "4096", "--max-running",
+                           "16", "--shard-timeout-ms", "1500", "--collective-timeout-ms", "5000")
+        replica_kill_under_load(srv, shards)
     finally:
         if srv is not None:
             srv.kill()

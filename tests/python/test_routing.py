@@ -5,8 +5,10 @@ killed under load. The model is the tiny llama-a fixture (token-id prompts on
 
 Prefix routing: 8 agents, each with its own 2048-token system prompt, do 4 turns each
 against 2 replicas (one `tandem shard` each); turn t's prompt is turn t-1's plus the agent's
-new 24-token message. The turns of all agents run side by side, in a shuffled order every
-turn (a seeded RNG), as independent agents' turns interleave. The
+new 24-token message. The turns of all agents run side by side, arriving in a shuffled
+order every turn (a seeded RNG; each request is routed before the next is sent, so the
+order, and round-robin's choices, are the same on every run), as independent agents'
+turns interleave. The
 oracle is the servers' own accounting of cached prompt tokens per group (/metrics,
 tandem_group_cached_tokens_total against tandem_group_prompt_tokens_total), cross-checked
 with the per-response usage (prompt_tokens_details.cached_tokens): after the first turn
@@ -14,7 +16,7 @@ with the per-response usage (prompt_tokens_details.cached_tokens): after the fir
 round-robin baseline, measured in the same test on the same shards, must be clearly lower
 (it lands an agent on either replica regardless of where its prefix is).
 
-Faults: 8 long streams spread over the 2 replicas, then kill -9 of one replica's shard: the
+Faults: 8 long streams spread over the 2 replicas by load, then kill -9 of one replica's shard: the
 streams it served end with an error naming the shard within 5 s, the others complete, /health
 says degraded (200: the survivor serves), new requests all go to the survivor, and the
 restarted shard rejoins (its group is up again and takes requests).
@@ -37,6 +39,10 @@ N_AGENTS = 8
 N_TURNS = 4
 SYSTEM_TOKENS = 2048
 TURN_TOKENS = 24
+# per replica: 768 blocks of 16 tokens (llama-a, f32 K and V: 2 KiB a token), room for
+# about 5 agents' conversations; prefix routing keeps 4 on each replica, round-robin makes
+# each replica cache all 8 and evict
+KV_MEMORY = "24M"
 
 
 def _tokens(rng, n):
@@ -76,6 +82,11 @@ def _group_counts(srv):
     return out
 
 
+def _n_routed(srv):
+    m = parse_metrics(srv.get("/metrics").text)
+    return metric_value(m, "tandem_group_routed_requests_total")
+
+
 def _swarm(srv, systems, seed):
     """8 agents x 4 turns; returns (cached share of prompt tokens after turn 1, counts)."""
     rng = random.Random(seed)
@@ -97,11 +108,14 @@ def _swarm(srv, systems, seed):
             results[a] = r.json()["usage"]
 
         threads = []
-        for a in order:  # arrival order shuffled every turn, staggered so it holds
+        for a in order:  # arrival order shuffled every turn; each routed before the next
+            routed = _n_routed(srv)
             t = threading.Thread(target=one, args=(a,))
             t.start()
             threads.append(t)
-            time.sleep(0.03)
+            t_end = time.monotonic() + 30
+            while _n_routed(srv) == routed and time.monotonic() < t_end:
+                time.sleep(0.005)
         for t in threads:
             t.join()
         for u in results:
@@ -126,7 +140,7 @@ def test_prefix_routing_beats_round_robin(replicas, tmp_path):
     systems = [_tokens(rng, SYSTEM_TOKENS) for _ in range(N_AGENTS)]
     share = {}
     for routing in ("round-robin", "prefix"):
-        srv = _serve(cluster, "--routing", routing)
+        srv = _serve(cluster, "--routing", routing, "--kv-memory", KV_MEMORY)
         try:
             h = srv.get("/health").json()
             assert h["status"] == "ok" and h["routing"] == routing, h
@@ -179,66 +193,76 @@ def _wait_health(srv, pred, timeout):
         time.sleep(0.1)
 
 
+def replica_kill_under_load(srv, replicas):
+    """8 streams over the 2 replicas of srv (groups r0, r1), kill -9 of r1's shard, then
+    the checks of the module docstring (also run in network namespaces:
+    test_distributed_netns.py)."""
+    n = 8
+    out = [None] * n
+    started = threading.Semaphore(0)
+    rng = random.Random(5)
+    threads = [threading.Thread(target=_stream,
+                                args=(srv, _tokens(rng, 64), 1500, out, i, started))
+               for i in range(n)]
+    for t in threads:
+        t.start()
+        time.sleep(0.02)
+    for _ in range(n):
+        assert started.acquire(timeout=120), "streams did not start"
+    c0 = _group_counts(srv)
+    on_r1 = c0["r1"]["routed_requests"]
+    assert c0["r0"]["routed_requests"] + on_r1 == n and 0 < on_r1 < n, c0  # spread by load
+    replicas[1].kill9()
+    killed_at = time.monotonic()
+    for t in threads:
+        t.join(timeout=120)
+    errors = [o for o in out if o["error"] is not None]
+    done = [o for o in out if o["error"] is None]
+    # the dead replica's streams error, promptly and saying why; the survivor's finish
+    assert len(errors) == on_r1, (on_r1, out)
+    for o in errors:
+        assert o["error"][0] - killed_at < 5.0, (o, killed_at)
+        assert "shard" in o["error"][1], o
+    assert all(o["finish"] == "length" for o in done), out
+
+    # degraded, not down: 200 with the dead group named
+    r = _wait_health(srv, lambda r: r.json()["status"] == "degraded", 5)
+    h = r.json()
+    assert r.status_code == 200 and h["status"] == "degraded", h
+    assert [g["up"] for g in h["groups"]] == [True, False], h
+    assert "r1" in h["error"] and replicas[1].addr in h["error"], h
+    # new requests all go to the survivor
+    c1 = _group_counts(srv)
+    for i in range(4):
+        r = srv.post("/v1/completions",
+                     {"prompt": _tokens(rng, 40), "max_tokens": 4, "temperature": 0})
+        assert r.status_code == 200, r.text
+    c2 = _group_counts(srv)
+    assert c2["r0"]["routed_requests"] - c1["r0"]["routed_requests"] == 4, (c1, c2)
+    assert c2["r1"]["routed_requests"] == c1["r1"]["routed_requests"], (c1, c2)
+    m = parse_metrics(srv.get("/metrics").text)
+    assert metric_value(m, "tandem_group_up", group="r1") == 0
+    assert metric_value(m, "tandem_shard_group_ready", group="r1") == 0
+
+    # the same command brings the replica back; its group rejoins and takes requests
+    replicas[1].start()
+    r = _wait_health(srv, lambda r: r.json()["status"] == "ok", 30)
+    assert r.status_code == 200 and r.json()["status"] == "ok", r.text
+    for i in range(4):  # cold prompts on idle replicas: spread over both
+        r = srv.post("/v1/completions",
+                     {"prompt": _tokens(rng, 40), "max_tokens": 4, "temperature": 0})
+        assert r.status_code == 200, r.text
+    c3 = _group_counts(srv)
+    assert c3["r1"]["routed_requests"] > c2["r1"]["routed_requests"], (c2, c3)
+    assert srv.alive()
+    print(f"kill -9 -> {len(errors)} streams ended with an error after at most "
+          f"{max(o['error'][0] for o in errors) - killed_at:.3f} s")
+
+
 def test_replica_killed_under_load(replicas, tmp_path):
     srv = _serve(_cluster_file(tmp_path, replicas))
     try:
-        n = 8
-        out = [None] * n
-        started = threading.Semaphore(0)
-        rng = random.Random(5)
-        threads = [threading.Thread(target=_stream,
-                                    args=(srv, _tokens(rng, 64), 1500, out, i, started))
-                   for i in range(n)]
-        for t in threads:
-            t.start()
-            time.sleep(0.02)
-        for _ in range(n):
-            assert started.acquire(timeout=120), "streams did not start"
-        c0 = _group_counts(srv)
-        assert c0["r0"]["routed_requests"] == c0["r1"]["routed_requests"] == n // 2, c0
-        replicas[1].kill9()
-        killed_at = time.monotonic()
-        for t in threads:
-            t.join(timeout=120)
-        errors = [o for o in out if o["error"] is not None]
-        done = [o for o in out if o["error"] is None]
-        # the dead replica's streams error, promptly and saying why; the survivor's finish
-        assert len(errors) == n // 2, out
-        for o in errors:
-            assert o["error"][0] - killed_at < 5.0, (o, killed_at)
-            assert "shard" in o["error"][1], o
-        assert all(o["finish"] == "length" for o in done), out
-
-        # degraded, not down: 200 with the dead group named
-        r = _wait_health(srv, lambda r: r.json()["status"] == "degraded", 5)
-        h = r.json()
-        assert r.status_code == 200 and h["status"] == "degraded", h
-        assert [g["up"] for g in h["groups"]] == [True, False], h
-        assert "r1" in h["error"] and replicas[1].addr in h["error"], h
-        # new requests all go to the survivor
-        c1 = _group_counts(srv)
-        for i in range(4):
-            r = srv.post("/v1/completions",
-                         {"prompt": _tokens(rng, 40), "max_tokens": 4, "temperature": 0})
-            assert r.status_code == 200, r.text
-        c2 = _group_counts(srv)
-        assert c2["r0"]["routed_requests"] - c1["r0"]["routed_requests"] == 4, (c1, c2)
-        assert c2["r1"]["routed_requests"] == c1["r1"]["routed_requests"], (c1, c2)
-        m = parse_metrics(srv.get("/metrics").text)
-        assert metric_value(m, "tandem_group_up", group="r1") == 0
-        assert metric_value(m, "tandem_shard_group_ready", group="r1") == 0
-
-        # the same command brings the replica back; its group rejoins and takes requests
-        replicas[1].start()
-        r = _wait_health(srv, lambda r: r.json()["status"] == "ok", 30)
-        assert r.status_code == 200 and r.json()["status"] == "ok", r.text
-        for i in range(4):  # cold prompts on idle replicas: spread over both
-            r = srv.post("/v1/completions",
-                         {"prompt": _tokens(rng, 40), "max_tokens": 4, "temperature": 0})
-            assert r.status_code == 200, r.text
-        c3 = _group_counts(srv)
-        assert c3["r1"]["routed_requests"] > c2["r1"]["routed_requests"], (c2, c3)
-        assert srv.alive()
+        replica_kill_under_load(srv, replicas)
     finally:
         srv.kill()
 
