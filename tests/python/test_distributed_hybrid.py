@@ -64,13 +64,16 @@ CASES = [
     # of ranks share one; and TP x EP
     ("qwen35moe-a", 4, "tcp", ["--tp", "4"]),
     ("qwen3next-a", 4, "tcp", ["--tp", "2", "--ep", "2"]),
+    # Q8_0: the shared expert's 64 columns in 32-column blocks (EP 3: the third shard holds
+    # none of it; TP is refused there: its experts are 32 wide, one block)
+    ("qwen3next-a-q8_0", 3, "tcp", ["--ep", "3"]),
 ]
 
 
 @pytest.mark.parametrize("cfg,n,tls,extra", CASES,
                          ids=[f"{c}-{n}x-{t}{''.join(e)}" for c, n, t, e in CASES])
 def test_hybrid_shards_match_single_node(tandem_bin, tmp_path, cfg, n, tls, extra):
-    path = HYBRID / f"{cfg}-f32.gguf"
+    path = HYBRID / (f"{cfg}.gguf" if cfg.endswith("q8_0") else f"{cfg}-f32.gguf")
     g1, l1, _ = _eval(path, tmp_path=tmp_path, name="single")
     with Shards(path, n, tls=tls) as sh:
         gd, ld, res = _eval(path, "--shards", sh.arg, *extra, tmp_path=tmp_path, name="dist")
