@@ -231,6 +231,8 @@ def replica_kill_under_load(srv, replicas):
     assert r.status_code == 200 and h["status"] == "degraded", h
     assert [g["up"] for g in h["groups"]] == [True, False], h
     assert "r1" in h["error"] and replicas[1].addr in h["error"], h
+    models = srv.get("/v1/models").json()["data"][0]["groups"]
+    assert [(g["name"], g["up"]) for g in models] == [("r0", True), ("r1", False)], models
     # new requests all go to the survivor
     c1 = _group_counts(srv)
     for i in range(4):
@@ -265,6 +267,42 @@ def test_replica_killed_under_load(replicas, tmp_path):
         replica_kill_under_load(srv, replicas)
     finally:
         srv.kill()
+
+
+def test_local_groups(tmp_path):
+    """Groups without shards are engines in the server's process: a repeated prompt returns
+    to the group that cached it, cold prompts spread, /v1/models lists the groups."""
+    path = tmp_path / "local.json"
+    path.write_text(json.dumps({"groups": [{"name": "a"}, {"name": "b"}]}))
+    srv = ServeProcess(MODEL, "--cluster", path, "--ctx-size", "1024", "--threads", "1")
+    try:
+        h = srv.get("/health").json()
+        assert h["status"] == "ok" and [g["kind"] for g in h["groups"]] == ["local", "local"], h
+        models = srv.get("/v1/models").json()["data"][0]["groups"]
+        assert models == [{"name": "a", "role": "mixed", "up": True},
+                          {"name": "b", "role": "mixed", "up": True}], models
+        rng = random.Random(3)
+        warm = _tokens(rng, 300)
+        cached = []
+        for i in range(3):
+            r = srv.post("/v1/completions", {"prompt": warm + _tokens(rng, 5), "max_tokens": 2,
+                                             "temperature": 0})
+            assert r.status_code == 200, r.text
+            cached.append(r.json()["usage"]["prompt_tokens_details"]["cached_tokens"])
+        assert cached[0] == 0 and cached[1] >= 288 and cached[2] >= 288, cached
+        m = parse_metrics(srv.get("/metrics").text)
+        routed = [metric_value(m, "tandem_group_routed_requests_total", group=g) for g in "ab"]
+        assert sorted(routed) == [0, 3], routed  # all three where the prefix is
+        for i in range(4):  # cold prompts on idle groups: spread
+            r = srv.post("/v1/completions", {"prompt": _tokens(rng, 20), "max_tokens": 2,
+                                             "temperature": 0})
+            assert r.status_code == 200, r.text
+        m = parse_metrics(srv.get("/metrics").text)
+        after = [metric_value(m, "tandem_group_routed_requests_total", group=g) for g in "ab"]
+        assert min(after) > 0 and sum(after) == 7, (routed, after)
+        assert metric_value(m, "tandem_group_cached_tokens_total") == sum(cached)
+    finally:
+        srv.stop()
 
 
 def test_cluster_groups_refused(tandem_bin, tmp_path):
