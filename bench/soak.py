@@ -17,7 +17,8 @@ Acceptance (printed as one JSON object, exit 0 when all hold):
 - `unexpected`: 0 requests with another status or a broken stream than their kind expects;
 - RSS flat after --warmup: the last sample under load within 5% (--rss-tolerance) of the first
   one after the warm-up, per process; open file descriptors back to their idle count of before the load
-  (+-4) once the load has stopped;
+  (+-4) once the load has stopped (both idle counts taken once closed connections are torn down:
+  a count that stays up for 10 s is a leak);
 - `kv_blocks_used_end`: 0 once the load has stopped;
 - with --asan (the binary built with TANDEM_SANITIZE=address,undefined): every process exits
   0 on SIGTERM and its stderr has no AddressSanitizer / LeakSanitizer / UBSan report.
@@ -87,6 +88,23 @@ class Proc:
             return len(os.listdir(f"/proc/{self.p.pid}/fd"))
         except OSError:
             return None
+
+    def idle_fds(self, want=None, limit_s=10.0):
+        """Open fds once no request runs. A connection the client has just closed holds 3
+        fds in the server (client socket and the socketpair to libmicrohttpd) for a few ms
+        to ~0.3 s until both ends are torn down; the sampler's own /metrics request is one
+        such. So wait until the count has not changed for 1 s (and is at most `want` when
+        given, up to limit_s): a count that stays up is a leak, one that falls is not."""
+        t_end = time.monotonic() + limit_s
+        last, since = self.fds(), time.monotonic()
+        while last is not None and time.monotonic() < t_end:
+            time.sleep(0.1)
+            n = self.fds()
+            if n != last:
+                last, since = n, time.monotonic()
+            elif time.monotonic() - since >= 1.0 and (want is None or n <= want):
+                break
+        return last
 
     def stop(self, timeout=90):
         if self.p.poll() is None:
@@ -253,8 +271,15 @@ def main():
 
         def sample(t0, load=True):
             s = {"t_s": round(time.monotonic() - t0, 1), "load": load,
-                 "kv_blocks_used": metric(port, "tandem_kv_blocks_used"),
-                 "procs": {p.name: {"rss_kib": p.rss_kib(), "fds": p.fds()} for p in procs}}
+                 "kv_blocks_used": metric(port, "tandem_kv_blocks_used")}
+            if load:
+                fds = {p.name: p.fds() for p in procs}
+            else:  # idle: let closed connections go first (the idle count before the load
+                # is the target of the one after it)
+                want = {p.name: samples[0]["procs"][p.name]["fds"] + 4 for p in procs} \
+                    if samples else {}
+                fds = {p.name: p.idle_fds(want.get(p.name)) for p in procs}
+            s["procs"] = {p.name: {"rss_kib": p.rss_kib(), "fds": fds[p.name]} for p in procs}
             samples.append(s)
             print(f"soak: {json.dumps(s)}", file=sys.stderr, flush=True)
 
