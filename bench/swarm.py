@@ -131,17 +131,20 @@ def user_turn(agent, turn, rng):
 # ---- one streamed request per API -------------------------------------------------------------
 
 def post_stream(port, path, body, timeout=900):
-    """POST, read the SSE stream; returns (ttft_s, text, usage dict, timings dict, error)."""
+    """POST, read the SSE stream; returns (ttft_s, text, usage dict, timings dict, error,
+    gaps): gaps are the seconds between successive streamed pieces of text (inter-token
+    latency as the client sees it)."""
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     t0 = time.perf_counter()
     ttft, text, usage, timings, err = None, [], {}, {}, None
+    gaps, t_last = [], None
     try:
         c.request("POST", path, body=json.dumps(body),
                   headers={"Content-Type": "application/json", "x-api-key": "none",
                            "anthropic-version": "2023-06-01"})
         r = c.getresponse()
         if r.status != 200:
-            return None, "", {}, {}, f"HTTP {r.status}: {r.read()[:300]!r}"
+            return None, "", {}, {}, f"HTTP {r.status}: {r.read()[:300]!r}", []
         for raw in r:
             line = raw.decode(errors="replace").strip()
             if not line.startswith("data:"):
@@ -174,14 +177,18 @@ def post_stream(port, path, body, timeout=900):
                 if obj.get("timings"):
                     timings = obj["timings"]
             if piece:
+                now = time.perf_counter()
                 if ttft is None:
-                    ttft = time.perf_counter() - t0
+                    ttft = now - t0
+                else:
+                    gaps.append(now - t_last)
+                t_last = now
                 text.append(piece)
     except (OSError, http.client.HTTPException, ValueError) as e:
         err = repr(e)[:300]
     finally:
         c.close()
-    return ttft, "".join(text), usage, timings, err
+    return ttft, "".join(text), usage, timings, err, gaps
 
 
 def request_body(api, model, system, tools, history, max_tokens):
@@ -215,6 +222,7 @@ def run_swarm(port, model, api, args, system, tools):
     results = [[None] * args.turns for _ in range(args.agents)]
     errors = []
     out_tokens = [0]
+    all_gaps = []
     lock = threading.Lock()
 
     def agent(a):
@@ -223,7 +231,7 @@ def run_swarm(port, model, api, args, system, tools):
         for turn in range(args.turns):
             history.append({"role": "user", "content": user_turn(a, turn, rng)})
             body = request_body(api, model, system, tools, history, args.max_tokens)
-            ttft, text, usage, timings, err = post_stream(port, path, body)
+            ttft, text, usage, timings, err, gaps = post_stream(port, path, body)
             if err is not None or ttft is None:
                 with lock:
                     errors.append(f"agent {a} turn {turn}: {err or 'no text'}")
@@ -232,6 +240,7 @@ def run_swarm(port, model, api, args, system, tools):
             n_out = usage.get("completion_tokens") or usage.get("output_tokens") or 0
             with lock:
                 out_tokens[0] += n_out
+                all_gaps.extend(gaps)
             results[a][turn] = {"ttft": ttft, "prompt": prompt, "cached": cached, "out": n_out}
             history.append({"role": "assistant", "content": text})
 
@@ -252,7 +261,11 @@ def run_swarm(port, model, api, args, system, tools):
     cached = sum(r[t]["cached"] for r in results for t in range(args.turns) if r[t])
     later_p = sum(r[t]["prompt"] for r in results for t in range(1, args.turns) if r[t])
     later_c = sum(r[t]["cached"] for r in results for t in range(1, args.turns) if r[t])
-    return {"api": api, "wall_s": wall, "out_tokens": out_tokens[0],
+    all_gaps.sort()
+    itl = {"p50": all_gaps[len(all_gaps) // 2] if all_gaps else None,
+           "p99": all_gaps[min(len(all_gaps) - 1, int(0.99 * len(all_gaps)))] if all_gaps else None,
+           "max": all_gaps[-1] if all_gaps else None}
+    return {"api": api, "wall_s": wall, "out_tokens": out_tokens[0], "itl": itl,
             "tok_s": out_tokens[0] / wall if wall > 0 else None, "ttft": per_turn,
             "prompt_tokens": prompt, "cached_tokens": cached,
             "hit_rate": cached / prompt if prompt else None,
@@ -307,12 +320,15 @@ def fmt(x, nd=2):
 
 def markdown(rows, args, sys_tokens):
     head = "| engine | API | " + " | ".join(f"TTFT t{t + 1} p50 / p99 (s)" for t in range(args.turns)) \
-        + " | output tok/s | cache hit (all) | cache hit (turns 2+) | errors |"
-    sep = "|" + "---|" * (args.turns + 6)
+        + " | ITL p50 / p99 / max (ms) | output tok/s | cache hit (all) | cache hit (turns 2+) | errors |"
+    sep = "|" + "---|" * (args.turns + 7)
     out = [head, sep]
     for r in rows:
         cells = [f"{fmt(x['p50'])} / {fmt(x['p99'])}" for x in r["ttft"]]
+        itl = r.get("itl") or {}
+        ms = [None if itl.get(k) is None else 1e3 * itl[k] for k in ("p50", "p99", "max")]
         out.append(f"| {r['engine']} | {r['api']} | " + " | ".join(cells) +
+                   f" | {fmt(ms[0], 0)} / {fmt(ms[1], 0)} / {fmt(ms[2], 0)}"
                    f" | {fmt(r['tok_s'], 1)} | {fmt(r['hit_rate'] and 100 * r['hit_rate'], 1)}% | "
                    f"{fmt(r['hit_rate_after_turn1'] and 100 * r['hit_rate_after_turn1'], 1)}% | "
                    f"{len(r['errors'])} |")
@@ -361,7 +377,7 @@ def main():
             log(f"system prompt + tools: {sys_tokens} tokens")
             for api in apis:
                 r = run_swarm(port, model_name, api, args, system, tools)
-                r["engine"] = "Tandem"
+                r["engine"] = "Tandem" + (f" `{args.tandem_args}`" if args.tandem_args else "")
                 rows.append(r)
                 save_partial(args, rows, sys_tokens)
                 log(f"Tandem {api}: {fmt(r['tok_s'], 1)} tok/s, hit {fmt(r['hit_rate'], 3)}, "

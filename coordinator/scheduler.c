@@ -6,6 +6,7 @@
 #include "common/log.h"
 #include "coordinator/kv_manager.h"
 #include "coordinator/spec_cost.h"
+#include "coordinator/step_time.h"
 
 #include <math.h>
 #include <stdatomic.h>
@@ -68,7 +69,16 @@ struct crd_sched {
     bool cost_measured;
     bool spec_refused_logged;
     crd_spec_seq_t **plan_q; /* [max_running] */
+    /* the step-time budget (step_time.h) */
+    crd_step_time_t step_time;
+    double prefill_s; /* seconds left for prompt chunks this step (INFINITY: no limit) */
+    bool min_chunk_given;
+    bool budget_cut;
 };
+
+/* The automatic budget never goes below this: shorter steps cost more in fixed overhead
+ * (launches, weight reads) than they save in latency. */
+#define STEP_BUDGET_FLOOR_S 0.05
 
 const char *crd_finish_name(crd_finish_t f)
 {
@@ -136,7 +146,8 @@ tdm_status_t crd_sched_create(const xp_executor_t *ex, const crd_sched_params_t 
         ex->n_logits_max <= 0 || ex->n_ctx_max <= 0) {
         return tdm_error_set(err, TDM_ERR_INVALID_PARAM, "scheduler: incomplete executor");
     }
-    if (p->token_budget <= 0 || p->max_running <= 0 || p->max_waiting < 0 || p->n_ctx <= 1) {
+    if (p->token_budget <= 0 || p->max_running <= 0 || p->max_waiting < 0 || p->n_ctx <= 1 ||
+        !isfinite(p->max_step_s)) {
         return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
                              "scheduler: token_budget %d, max_running %d, max_waiting %d, "
                              "n_ctx %d",
@@ -498,6 +509,60 @@ static int32_t plan_chunk(const crd_sched_t *s, const crd_req_t *r, int32_t budg
     return chunk;
 }
 
+/* Bounds a prompt chunk of r by the time left for prompt chunks this step; the first
+ * prompt chunk of a step always gets at least a block's worth, so prompts keep moving. */
+static int32_t time_cap(crd_sched_t *s, const crd_req_t *r, int32_t chunk)
+{
+    if (chunk <= 1 || isinf(s->prefill_s)) {
+        return chunk;
+    }
+    int32_t cap = crd_step_time_chunk(&s->step_time, r->n_computed, s->prefill_s);
+    const int32_t min_chunk = s->ex.block_tokens > 16 ? s->ex.block_tokens : 16;
+    if (cap < min_chunk && !s->min_chunk_given) {
+        cap = min_chunk;
+    }
+    if (cap < chunk) {
+        chunk = cap;
+        s->budget_cut = true;
+    }
+    if (chunk > 0) {
+        s->min_chunk_given = true;
+        s->prefill_s -= crd_step_time_chunk_cost(&s->step_time, r->n_computed, chunk);
+    }
+    return chunk;
+}
+
+/* Sets the time left for prompt chunks this step: the budget less the predicted time of
+ * the decode rows (running requests past their prompt, with their drafts). No limit
+ * while nothing decodes or before the model has seen enough steps. */
+static void plan_step_time(crd_sched_t *s)
+{
+    s->prefill_s = INFINITY;
+    s->min_chunk_given = false;
+    s->budget_cut = false;
+    s->stats.step_budget_s = 0.0;
+    if (s->p.max_step_s == 0.0 || !crd_step_time_ready(&s->step_time)) {
+        return;
+    }
+    int64_t n_dec = 0, ctx_dec = 0;
+    for (crd_req_t *r = s->running.head; r != NULL; r = r->next) {
+        if (r->n_tokens - r->n_computed == 1 && r->n_generated > 0) {
+            n_dec += 1 + r->step_draft;
+            ctx_dec += (int64_t)(1 + r->step_draft) * r->n_tokens;
+        }
+    }
+    if (n_dec == 0) {
+        return;
+    }
+    const double t_dec = crd_step_time_predict(&s->step_time, n_dec, ctx_dec);
+    double budget = s->p.max_step_s;
+    if (budget < 0.0) {
+        budget = 2.0 * t_dec > STEP_BUDGET_FLOOR_S ? 2.0 * t_dec : STEP_BUDGET_FLOOR_S;
+    }
+    s->prefill_s = budget - t_dec;
+    s->stats.step_budget_s = budget;
+}
+
 /* Adds r's next chunk to the step arrays. */
 static void add_to_step(crd_sched_t *s, crd_req_t *r, int32_t chunk, int32_t *n_tok,
                         int32_t *n_seqs, int32_t *n_logits)
@@ -777,10 +842,11 @@ tdm_status_t crd_sched_step(crd_sched_t *s, tdm_error_t *err)
     if ((st0 = plan_drafts(s, err)) != TDM_OK) {
         return st0;
     }
+    plan_step_time(s);
 
     /* 1. running requests, oldest first */
     for (crd_req_t *r = s->running.head; r != NULL && budget > 0;) {
-        int32_t chunk = plan_chunk(s, r, budget, n_logits);
+        int32_t chunk = time_cap(s, r, plan_chunk(s, r, budget, n_logits));
         if (chunk == 0) {
             r->step_draft = 0;
             r = r->next;
@@ -842,7 +908,7 @@ tdm_status_t crd_sched_step(crd_sched_t *s, tdm_error_t *err)
                 r->n_cached = cached < r->n_prompt ? cached : r->n_prompt;
             }
         }
-        int32_t chunk = plan_chunk(s, r, budget, n_logits);
+        int32_t chunk = time_cap(s, r, plan_chunk(s, r, budget, n_logits));
         if (chunk == 0 || crd_kvm_seq_reserve(s->kvm, r->kv, r->n_computed + chunk) != TDM_OK) {
             /* keep no idle references while waiting, so the cache can evict freely */
             crd_kvm_seq_free(s->kvm, r->kv);
@@ -882,9 +948,21 @@ tdm_status_t crd_sched_step(crd_sched_t *s, tdm_error_t *err)
     tdm_error_t xerr = {0};
     const double t_step = tdm_now_s();
     tdm_status_t st = s->ex.ops->step(s->ex.impl, &step, s->logits, &xerr);
+    const double dt_step = tdm_now_s() - t_step;
     if (st == TDM_OK && n_logits == n_tok) {
         /* decodes and verifications only: what the cost model predicts */
-        crd_spec_cost_observe(&s->cost, n_tok, tdm_now_s() - t_step);
+        crd_spec_cost_observe(&s->cost, n_tok, dt_step);
+    }
+    if (st == TDM_OK) {
+        int64_t ctx = 0;
+        for (int32_t i = 0; i < n_tok; i++) {
+            ctx += (int64_t)s->pos[i] + 1;
+        }
+        crd_step_time_observe(&s->step_time, n_tok, ctx, dt_step);
+        s->stats.steps_budgeted += s->budget_cut;
+        for (int i = 0; i < 3; i++) {
+            s->stats.step_cost[i] = s->step_time.c[i];
+        }
     }
     if (st != TDM_OK) {
         TDM_ERROR("sched", "step of %d tokens failed: %s", (int)n_tok, tdm_error_msg(&xerr));

@@ -12,6 +12,9 @@
  *      lost;
  *   3. waiting requests are admitted while budget, KV blocks and the running limit allow;
  *      a new request first reuses the longest cached prefix of its prompt.
+ * While requests are decoding, a step-time budget (max_step_s, step_time.h) also bounds
+ * the prompt chunks of steps 1 and 3 by their predicted time, so a long prompt cannot
+ * stall the running streams' inter-token latency.
  * The step goes to the executor; each request whose prompt is now fully computed gets a
  * sampled token, reported through its event callback.
  *
@@ -91,6 +94,9 @@ typedef struct crd_sched_params {
     /* Recurrent (Gated DeltaNet) models: also store the state every state_every prompt
      * tokens (rounded down to blocks; 0: only at a prompt's last full block). */
     int32_t state_every;
+    /* Step-time budget (step_time.h), seconds: > 0 fixed, < 0 automatic (twice the decode
+     * rows' predicted time), 0 none (chunks limited by token_budget only). */
+    double max_step_s;
 } crd_sched_params_t;
 
 typedef struct crd_sched_stats {
@@ -103,6 +109,11 @@ typedef struct crd_sched_stats {
     /* the sliding-window layers' pool (all 0 when the model has none) */
     int32_t kv_swa_blocks_total, kv_swa_blocks_used, kv_swa_blocks_free, kv_swa_blocks_peak;
     crd_spec_stats_t spec; /* speculative decoding */
+    /* the step-time budget: the last one applied (0: none), steps whose prompt chunks it
+     * cut, and the step-time model's coefficients (c0 s, s per token, s per key) */
+    double step_budget_s;
+    uint64_t steps_budgeted;
+    double step_cost[3];
 } crd_sched_stats_t;
 
 typedef struct crd_sched crd_sched_t;

@@ -63,6 +63,9 @@ static void usage(FILE *out)
         "  --threads N              kernel threads (default: all CPUs)\n"
         "  --batch N                token budget per step (default 512)\n"
         "  --max-running N          sequences per step (default 64)\n"
+        "  --max-step-ms N|auto|off while requests decode, prompt chunks are cut so a\n"
+        "                           step's predicted time stays within N ms (auto, the\n"
+        "                           default: twice the decode rows' time, >= 50 ms)\n"
         "  --max-waiting N          queue limit; more requests get 429 (default 256)\n"
         "  --kv-memory SIZE         KV cache budget, e.g. 2G, 512M (default: 4 x context)\n"
         "  --state-cache N          Gated DeltaNet models (qwen3next, qwen35moe): recurrent\n"
@@ -489,6 +492,7 @@ int cmd_serve(int argc, char **argv)
                       .port = 8080,
                       .batch = 512,
                       .max_running = 64,
+                      .max_step_s = -1.0,
                       .state_cache = -1,
                       .spec_mode = CRD_SPEC_OFF,
                       .spec_max = 8,
@@ -598,6 +602,17 @@ int cmd_serve(int argc, char **argv)
             }
         } else if (ARG("--max-running")) {
             if (parse_int(a, v, 1, 4096, &c.max_running) != 0) {
+                goto out;
+            }
+        } else if (ARG("--max-step-ms")) {
+            int ms = 0;
+            if (strcmp(v, "auto") == 0) {
+                c.max_step_s = -1.0;
+            } else if (strcmp(v, "off") == 0) {
+                c.max_step_s = 0.0;
+            } else if (parse_int(a, v, 1, 600000, &ms) == 0) {
+                c.max_step_s = ms / 1000.0;
+            } else {
                 goto out;
             }
         } else if (ARG("--state-every")) {

@@ -348,6 +348,12 @@ char *srv_metrics_render(srv_metrics_t *m, const crd_engine_stats_t *es,
         metric(&b, "tandem_prefix_cache_hit_rate", "gauge",
                "Prefix cache hits / queries, in tokens, since start.", model,
                ss->prefix_queries ? (double)ss->prefix_hits / (double)ss->prefix_queries : 0.0);
+        metric(&b, "tandem_step_budget_seconds", "gauge",
+               "The step-time budget of the last step (0: none applied).", model,
+               ss->step_budget_s);
+        metric(&b, "tandem_steps_budgeted_total", "counter",
+               "Steps whose prompt chunks the step-time budget cut.", model,
+               (double)ss->steps_budgeted);
         metric(&b, "tandem_preemptions_total", "counter",
                "Running requests preempted for lack of KV blocks.", model, (double)ss->preemptions);
         metric(&b, "tandem_engine_steps_total", "counter", "Engine steps run.", model,

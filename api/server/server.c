@@ -134,6 +134,7 @@ static tdm_status_t load_group(srv_server_t *s, const srv_group_config_t *gc, sr
                              .n_ctx = g->ex.n_ctx_max,
                              .cache_seed = 0x74616e64656dULL ^ (uint64_t)g->ex.n_vocab,
                              .state_every = cfg->state_every,
+                             .max_step_s = cfg->max_step_s,
                              .spec = {.mode = (crd_spec_mode_t)cfg->spec_mode,
                                       .max_draft = cfg->spec_max,
                                       .always = cfg->spec_always}};

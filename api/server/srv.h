@@ -62,6 +62,7 @@ typedef struct srv_config {
     size_t kv_bytes;         /* KV memory budget; 0: enough for max_running x ctx          */
     int state_cache;         /* stored prefix states of Gated DeltaNet models; -1: max_running */
     int state_every;         /* ... also every N prompt tokens (0: at the last full block only) */
+    double max_step_s;       /* step-time budget: > 0 s, < 0 automatic, 0 off (scheduler.h) */
     size_t max_body;         /* request body limit in bytes (413 beyond)                    */
     double shutdown_timeout; /* seconds in-flight requests get after SIGTERM                */
     double keepalive_s;      /* SSE comment interval while no token has come                */

@@ -16,6 +16,7 @@
  * table, which must give the same tokens as the full store; a sequence's sliding table
  * may hold no more blocks than its window and the step's tokens need.
  */
+#include "common/clock.h"
 #include "coordinator/scheduler.h"
 
 #include <math.h>
@@ -41,6 +42,10 @@ typedef struct fake_exec {
     int32_t max_tokens_seen, max_seqs_seen, steps;
     int fail_at_step; /* 1-based; 0 = never */
     int32_t budget;
+    /* a step takes busy_base + busy_tok x tokens seconds (busy-waits; 0: instant), and
+     * the most tokens of a step that carried a decode row beside a prompt chunk */
+    double busy_base, busy_tok;
+    int32_t max_mixed_tokens;
 } fake_exec_t;
 
 static uint32_t ctx_hash(const int32_t *toks, int32_t n)
@@ -64,6 +69,14 @@ static tdm_status_t fake_step(void *impl, const xp_step_t *st, float *logits, td
 {
     fake_exec_t *fx = impl;
     fx->steps++;
+    if (fx->busy_base > 0.0 || fx->busy_tok > 0.0) {
+        const double t_end = tdm_now_s() + fx->busy_base + fx->busy_tok * st->n_tokens;
+        while (tdm_now_s() < t_end) {
+        }
+    }
+    if (st->n_seqs >= 2 && st->n_tokens > fx->max_mixed_tokens) {
+        fx->max_mixed_tokens = st->n_tokens;
+    }
     if (fx->fail_at_step == fx->steps) {
         return tdm_error_set(err, TDM_ERR_TRANSPORT, "shard 1 is gone");
     }
@@ -259,7 +272,7 @@ static void check_many_swa(int32_t n_blocks, int32_t budget, int32_t max_running
     } else {
         fake_init(&fx, &ex, n_blocks, budget);
     }
-    crd_sched_params_t sp = {budget, max_running, 64, 256, 99, {0}, 0};
+    crd_sched_params_t sp = {budget, max_running, 64, 256, 99, {0}, 0, 0.0};
     crd_sched_t *s = NULL;
     assert_int_equal(crd_sched_create(&ex, &sp, &s, NULL), TDM_OK);
     static int32_t prompts[16][64];
@@ -328,7 +341,7 @@ static void test_prefix_cache_hit_is_reported_and_correct(void **state)
     fake_exec_t fx;
     xp_executor_t ex;
     fake_init(&fx, &ex, 64, 64);
-    crd_sched_params_t sp = {64, 8, 8, 256, 1, {0}, 0};
+    crd_sched_params_t sp = {64, 8, 8, 256, 1, {0}, 0, 0.0};
     crd_sched_t *s = NULL;
     assert_int_equal(crd_sched_create(&ex, &sp, &s, NULL), TDM_OK);
     int32_t p[30];
@@ -377,7 +390,7 @@ static void test_sliding_pool_prefix_hits(void **state)
     fake_exec_t fx;
     xp_executor_t ex;
     fake_init_swa(&fx, &ex, 128, 64, 6, 8);
-    crd_sched_params_t sp = {64, 4, 8, 256, 1, {0}, 0};
+    crd_sched_params_t sp = {64, 4, 8, 256, 1, {0}, 0, 0.0};
     crd_sched_t *s = NULL;
     assert_int_equal(crd_sched_create(&ex, &sp, &s, NULL), TDM_OK);
     int32_t p[30], want[5];
@@ -426,7 +439,7 @@ static void test_sliding_pool_bounds(void **state)
     fake_exec_t fx;
     xp_executor_t ex;
     fake_init_swa(&fx, &ex, 64, 64, 6, 4);
-    crd_sched_params_t sp = {64, 4, 8, 256, 1, {0}, 0};
+    crd_sched_params_t sp = {64, 4, 8, 256, 1, {0}, 0, 0.0};
     crd_sched_t *s = NULL;
     assert_int_equal(crd_sched_create(&ex, &sp, &s, NULL), TDM_OK);
     int32_t p[40], want[4];
@@ -456,7 +469,7 @@ static void test_decode_not_starved_by_long_prefill(void **state)
     fake_exec_t fx;
     xp_executor_t ex;
     fake_init(&fx, &ex, 128, 16);
-    crd_sched_params_t sp = {16, 8, 8, 256, 1, {0}, 0};
+    crd_sched_params_t sp = {16, 8, 8, 256, 1, {0}, 0, 0.0};
     crd_sched_t *s = NULL;
     assert_int_equal(crd_sched_create(&ex, &sp, &s, NULL), TDM_OK);
     int32_t shortp[3] = {1, 2, 3}, longp[200];
@@ -489,7 +502,7 @@ static void test_stop_cancel_limits_and_errors(void **state)
     fake_exec_t fx;
     xp_executor_t ex;
     fake_init(&fx, &ex, 64, 32);
-    crd_sched_params_t sp = {32, 8, 2, 40, 1, {0}, 0};
+    crd_sched_params_t sp = {32, 8, 2, 40, 1, {0}, 0, 0.0};
     crd_sched_t *s = NULL;
     assert_int_equal(crd_sched_create(&ex, &sp, &s, NULL), TDM_OK);
     int32_t p[10];
@@ -600,7 +613,7 @@ static void test_seeded_sampling_repeats(void **state)
         fake_exec_t fx;
         xp_executor_t ex;
         fake_init(&fx, &ex, 64, 32);
-        crd_sched_params_t sp = {32, 8, 8, 256, 1, {0}, 0};
+        crd_sched_params_t sp = {32, 8, 8, 256, 1, {0}, 0, 0.0};
         crd_sched_t *s = NULL;
         assert_int_equal(crd_sched_create(&ex, &sp, &s, NULL), TDM_OK);
         crd_request_params_t rp = greedy_req(p, 6, 40, &r[k]);
@@ -620,6 +633,72 @@ static void test_seeded_sampling_repeats(void **state)
     assert_memory_not_equal(r[0].toks, greedy, 40 * sizeof(int32_t));
 }
 
+/*
+ * The step-time budget: request A decodes while B's 200-token prompt arrives. A step costs
+ * 2 ms + 0.05 ms per token (busy-waited), so a 5 ms budget leaves about 60 prompt tokens
+ * per step beside A's decode row: B's prompt runs in several chunks, none near the token
+ * budget (256), and both outputs equal the reference. Without the budget the prompt runs
+ * in one step. A budget below the decode row's own time still moves the prompt a minimum
+ * chunk per step. (Timing noise only makes the learned costs larger and the chunks
+ * smaller, so the bounds hold on a loaded machine.)
+ */
+static void run_budget_case(double max_step_s, int32_t *max_mixed, uint64_t *budgeted)
+{
+    fake_exec_t fx;
+    xp_executor_t ex;
+    fake_init(&fx, &ex, 256, 256);
+    fx.busy_base = 0.002;
+    fx.busy_tok = 0.00005;
+    crd_sched_params_t sp = {256, 4, 8, 256, 1, {0}, 0, max_step_s};
+    crd_sched_t *s = NULL;
+    assert_int_equal(crd_sched_create(&ex, &sp, &s, NULL), TDM_OK);
+    int32_t pa[40], pb[200], want_a[120], want_b[8];
+    make_prompt(pa, 40, 3, -1);
+    make_prompt(pb, 200, 11, -1);
+    reference(pa, 40, 120, want_a);
+    reference(pb, 200, 8, want_b);
+    collected_t ca = {0}, cb = {0};
+    uint64_t id;
+    crd_request_params_t ra = greedy_req(pa, 40, 120, &ca), rb = greedy_req(pb, 200, 8, &cb);
+    assert_int_equal(crd_sched_submit(s, &ra, &id, NULL), TDM_OK);
+    for (int i = 0; i < 20; i++) { /* A's prompt, then decodes: the model warms up */
+        assert_int_equal(crd_sched_step(s, NULL), TDM_OK);
+    }
+    fx.max_mixed_tokens = 0;
+    assert_int_equal(crd_sched_submit(s, &rb, &id, NULL), TDM_OK);
+    run_all(s);
+    assert_int_equal(ca.n, 120);
+    assert_int_equal(cb.n, 8);
+    assert_memory_equal(ca.toks, want_a, sizeof(want_a));
+    assert_memory_equal(cb.toks, want_b, sizeof(want_b));
+    crd_sched_stats_t st;
+    crd_sched_get_stats(s, &st);
+    *max_mixed = fx.max_mixed_tokens;
+    *budgeted = st.steps_budgeted;
+    crd_sched_destroy(s);
+    fake_free(&fx);
+}
+
+static void test_step_time_budget(void **state)
+{
+    (void)state;
+    int32_t mixed;
+    uint64_t budgeted;
+    run_budget_case(0.0, &mixed, &budgeted); /* off: the whole prompt beside the decode */
+    assert_int_equal(mixed, 201);
+    assert_true(budgeted == 0);
+    run_budget_case(0.005, &mixed, &budgeted);
+    if (!(mixed >= 2 && mixed <= 130 && budgeted >= 2)) {
+        fail_msg("5 ms budget: largest mixed step %d tokens, %llu steps cut", (int)mixed,
+                 (unsigned long long)budgeted);
+    }
+    run_budget_case(0.0005, &mixed, &budgeted); /* below a decode step: minimum chunks */
+    if (!(mixed == 17 && budgeted >= 10)) {
+        fail_msg("0.5 ms budget: largest mixed step %d tokens (want 16 + 1), %llu cut", (int)mixed,
+                 (unsigned long long)budgeted);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -630,6 +709,7 @@ int main(void)
         cmocka_unit_test(test_sliding_pool_prefix_hits),
         cmocka_unit_test(test_sliding_pool_bounds),
         cmocka_unit_test(test_decode_not_starved_by_long_prefill),
+        cmocka_unit_test(test_step_time_budget),
         cmocka_unit_test(test_stop_cancel_limits_and_errors),
         cmocka_unit_test(test_seeded_sampling_repeats),
     };
