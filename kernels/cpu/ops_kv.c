@@ -13,6 +13,7 @@
 #include "kernels/kern_ops.h"
 
 #include <math.h>
+#include <stdbool.h>
 #include <string.h>
 
 void kern_op_kv_row_store(tdm_type_t type, void *dst, const float *src, int head_dim)
@@ -94,6 +95,10 @@ void kern_attn_tile_kv(kern_isa_t isa, tdm_type_t type, const kern_attn_row_t *r
     (void)acc;
     const kern_vec_ops_t *vo = isa == KERN_ISA_SCALAR ? NULL : kern_vec_ops_get(isa);
     const int B = block_tokens, hd = head_dim, CR = KERN_ATTN_CONV_ROWS;
+#if defined(__x86_64__)
+    const bool f16c =
+        type == TDM_TYPE_F16 && hd % 8 == 0 && (isa == KERN_ISA_AVX2 || isa == KERN_ISA_AVX512);
+#endif
     int32_t lo = rows[0].sp.lo, hi = rows[0].sp.hi;
     for (int r = 1; r < n_rows; r++) {
         lo = rows[r].sp.lo < lo ? rows[r].sp.lo : lo;
@@ -147,8 +152,15 @@ void kern_attn_tile_kv(kern_isa_t isa, tdm_type_t type, const kern_attn_row_t *r
             const unsigned char *src =
                 base + (size_t)blocks[c0 / B] * block_bytes + (size_t)(c0 % B) * row_bytes;
             for (int32_t j = us; j < ue; j++) {
-                row_to_f32(type, src + (size_t)(j - c0) * row_bytes, conv + (size_t)(j - c0) * hd,
-                           hd);
+                const unsigned char *rs = src + (size_t)(j - c0) * row_bytes;
+                float *rd = conv + (size_t)(j - c0) * hd;
+#if defined(__x86_64__)
+                if (f16c) {
+                    kern_f16_to_f32_avx2(rs, rd, hd); /* the same bits, eight at a time */
+                    continue;
+                }
+#endif
+                row_to_f32(type, rs, rd, hd);
             }
             for (int r = 0; r < n_rows; r++) {
                 const kern_attn_span_t *sp = &rows[r].sp;

@@ -56,6 +56,8 @@ void kern_attn_tile_kv(kern_isa_t isa, tdm_type_t type, const kern_attn_row_t *r
                        const void *k, const void *v, const int32_t *blocks, size_t block_bytes,
                        int block_tokens, size_t row_bytes, int head_dim, float *scores,
                        size_t ld_scores, float *acc, float *conv);
+/* n (a multiple of 8) f16 values to f32 with F16C (x86/avx2_ops.c): exact. */
+void kern_f16_to_f32_avx2(const void *src, float *dst, int n);
 void kern_silu_mul_f32_avx2(float *out, const float *gate, const float *up, int64_t n);
 
 #endif
