@@ -27,6 +27,16 @@ Shapes (--list prints them):
                  width 1536 with 8 active, sigmoid router with a selection bias (exp_probs_b),
                  vocabulary 200064, untied output, rope theta 5e6; default mix f16 (quantize
                  with llama-quantize Q4_K_M)
+  qwen3-coder-next
+                 qwen3next (Qwen3-Coder-Next): 48 layers, three Gated DeltaNet layers then one
+                 gated attention layer (full attention iff (il + 1) % 4 == 0), hidden 2048;
+                 DeltaNet 16 k heads / 32 v heads of 128 (attn_qkv 8192 rows, attn_gate 4096,
+                 ssm_ba 64, conv kernel 4, ssm_out 4096 -> 2048); attention 16 query (with
+                 their output gates: attn_q 8192 rows) / 2 KV heads of 256, q/k RMS norms,
+                 rotary dims 64, rope theta 5e6; 512 experts of width 512 with 10 active plus a
+                 shared expert of width 512 with its sigmoid gate (ffn_gate_inp_shexp);
+                 vocabulary 151936, untied output; default mix f16 (quantize with
+                 llama-quantize Q4_K_M). --layers 4 keeps the real 3:1 pattern.
 --layers N keeps the first N layers (the mix rules then see N layers, as llama-quantize would).
 
 Mixes (--mix), following llama.cpp's llama_tensor_get_type (src/llama-quant.cpp of the
@@ -53,13 +63,15 @@ small finite values chosen so that weights come out with a standard deviation of
 so every block decodes to finite floats. Bytes come from one random pool per type (--pool-mib)
 that each tensor reads from a random block offset (wrapping around), so writing is bound by
 the disk (or the page cache, written by --threads threads with pwrite), not by Python.
-Router weights are normal(0, 0.02) and norms 1.0, so MoE routing is spread over the experts
+Router weights (the shared expert's gate too) are normal(0, 0.02) and norms 1.0, so MoE routing is spread over the experts
 as with a trained model (no expert is favoured). Biases, sinks and the selection bias are
-normal(0, 0.02): small, so activations stay finite and routing stays spread.
+normal(0, 0.02): small, so activations stay finite and routing stays spread. qwen3next's
+ssm_a is -exp(U(0, log 16)) and its conv taps U(-1/2, 1/2), as HF initializes them.
 
-Keys and tensor names of gpt-oss-20b and minimax-m2 are those llama.cpp's convert_hf_to_gguf.py
-writes (copied from tests/fixtures/models/gpt-oss-a-f32.gguf and minimax-m2-a-f32.gguf, which
-were written that way), in the converter's tensor order.
+Keys and tensor names of gpt-oss-20b, minimax-m2 and qwen3-coder-next are those llama.cpp's
+convert_hf_to_gguf.py writes (copied from tests/fixtures/models/gpt-oss-a-f32.gguf,
+minimax-m2-a-f32.gguf and tests/fixtures/hybrid/qwen3next-a-f32.gguf, which were written that
+way), in the converter's tensor order.
 
 Tokenizer: qwen3 shapes copy the keys of tests/fixtures/tokenizers/qwen3-vocab.gguf (Qwen3's
 vocabulary, padded with unused tokens to the embedding rows as Qwen3 checkpoints are);
@@ -114,6 +126,13 @@ SHAPES = {
         n_ff_exp=1536, n_vocab=200064, rope_theta=5e6, eps=1e-6, ctx=196608, tied=False,
         qk_norm=True, mix="f16", vocab="gpt-oss",
         template="tests/fixtures/models/minimax-m2-a-f32.gguf"),
+    "qwen3-coder-next": dict(
+        arch="qwen3next", name="bench-qwen3-coder-next", n_layer=48, n_embd=2048, n_ff=5120,
+        n_head=16, n_head_kv=2, head_dim=256, n_rot=64, n_expert=512, n_expert_used=10,
+        n_ff_exp=512, n_ff_shexp=512, ssm_conv=4, ssm_state=128, ssm_groups=16, ssm_dt_rank=32,
+        ssm_inner=4096, attn_interval=4, n_vocab=151936, rope_theta=5e6, eps=1e-6, ctx=262144,
+        tied=False, qk_norm=True, mix="f16", vocab="qwen3",
+        template="tests/fixtures/hybrid/qwen3next-a-f32.gguf"),
 }
 
 FILE_TYPE = {
@@ -215,7 +234,8 @@ def fallback(qtype, ne0):
 
 
 F32_ROLES = ("attn_norm", "ffn_norm", "output_norm", "attn_q_norm", "attn_k_norm",
-             "post_attention_norm", "ffn_gate_inp", "attn_sinks")
+             "post_attention_norm", "ffn_gate_inp", "attn_sinks", "ffn_gate_inp_shexp",
+             "ssm_a", "ssm_conv1d", "ssm_norm")
 
 
 def tensor_type(mix, role, il, n_layer, ne0, tied):
@@ -347,6 +367,10 @@ def tensor_list(s, n_layer):
             out += [(p + (role if role.endswith(".bias") else role + ".weight"), role, il, shape)
                     for role, shape in lay]
             continue
+        if s["arch"] == "qwen3next":  # qwen3next-a-f32.gguf's order
+            out += [(p + (role if role in ("ssm_a", "ssm_dt.bias") else role + ".weight"), role,
+                     il, shape) for role, shape in qwen3next_layer(s, il)]
+            continue
         if s["arch"] == "minimax-m2":  # minimax-m2-a-f32.gguf: q/k norms over all heads
             lay = [("attn_norm", (E,)), ("attn_q", (H * D, E)), ("attn_k", (HKV * D, E)),
                    ("attn_v", (HKV * D, E)), ("attn_output", (E, H * D)),
@@ -373,6 +397,27 @@ def tensor_list(s, n_layer):
     if not s["tied"]:
         out.append(("output.weight", "output", -1, (s["n_vocab"], E)))
     return out
+
+
+def qwen3next_layer(s, il):
+    """(role, shape) of one qwen3next layer in convert_hf_to_gguf.py's order: the token
+    mixer (Gated DeltaNet, or gated attention every attn_interval-th layer), then the MoE"""
+    E, X, F, FS = s["n_embd"], s["n_expert"], s["n_ff_exp"], s["n_ff_shexp"]
+    nv, dk = s["ssm_dt_rank"], s["ssm_state"]
+    key_dim, value_dim = s["ssm_groups"] * dk, s["ssm_inner"]
+    conv_dim = 2 * key_dim + value_dim
+    ffn = [("ffn_down_exps", (X, E, F)), ("ffn_gate_exps", (X, F, E)), ("ffn_up_exps", (X, F, E)),
+           ("ffn_gate_inp", (X, E)), ("ffn_down_shexp", (E, FS)), ("ffn_gate_shexp", (FS, E)),
+           ("ffn_up_shexp", (FS, E)), ("ffn_gate_inp_shexp", (1, E)),
+           ("post_attention_norm", (E,))]
+    if (il + 1) % s["attn_interval"] != 0:
+        return [("attn_norm", (E,)), ("ssm_a", (nv,)), ("ssm_conv1d", (conv_dim, s["ssm_conv"])),
+                ("ssm_dt.bias", (nv,)), ("ssm_ba", (2 * nv, E)), ("attn_qkv", (conv_dim, E)),
+                ("attn_gate", (value_dim, E)), ("ssm_norm", (dk,)), ("ssm_out", (E, value_dim))] + ffn
+    H, HKV, D = s["n_head"], s["n_head_kv"], s["head_dim"]
+    return ([("attn_norm", (E,))] + ffn +
+            [("attn_k_norm", (D,)), ("attn_k", (HKV * D, E)), ("attn_output", (E, H * D)),
+             ("attn_q_norm", (D,)), ("attn_q", (2 * H * D, E)), ("attn_v", (HKV * D, E))])
 
 
 def nbytes_of(qtype, shape):
@@ -418,11 +463,11 @@ def main():
     name = s["name"] + (f"-{n_layer}l" if n_layer != s["n_layer"] else "")
     # an F16 file is what llama-quantize reads: its name stays in the quantized file
     w.add_name(f"{name} (random weights)" if mix == "f16" else f"{name} {mix.upper()} (random weights)")
-    if arch in ("gpt-oss", "minimax-m2"):
+    if arch in ("gpt-oss", "minimax-m2", "qwen3next"):
         w.add_type("model")
     w.add_description(f"tools/make_bench_model.py --shape {args.shape} --mix {mix} "
                       f"--layers {n_layer} --seed {args.seed}: random weights, for benchmarks")
-    if arch in ("gpt-oss", "minimax-m2"):
+    if arch in ("gpt-oss", "minimax-m2", "qwen3next"):
         add_keys_converter_order(w, s, n_layer, mix)
     else:
         add_keys(w, s, n_layer, mix)
@@ -469,6 +514,16 @@ def add_keys_converter_order(w, s, n_layer, mix):
     if "swa" in s:
         w.add_sliding_window(s["swa"])
     w.add_expert_feed_forward_length(s["n_ff_exp"])
+    if s["arch"] == "qwen3next":  # qwen3next-a-f32.gguf's keys after the expert width
+        w.add_expert_shared_feed_forward_length(s["n_ff_shexp"])
+        w.add_ssm_conv_kernel(s["ssm_conv"])
+        w.add_ssm_state_size(s["ssm_state"])
+        w.add_ssm_group_count(s["ssm_groups"])
+        w.add_ssm_time_step_rank(s["ssm_dt_rank"])
+        w.add_ssm_inner_size(s["ssm_inner"])
+        w.add_array("qwen3next.attention.recurrent_layers",
+                    [(il + 1) % s["attn_interval"] != 0 for il in range(n_layer)])
+        w.add_full_attention_interval(s["attn_interval"])
     if "n_rot" in s:
         w.add_rope_dimension_count(s["n_rot"])
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
@@ -519,8 +574,12 @@ def write_tensors(w, args, s, n_layer, mix, rng, t0):
     pools = Pools(args.pool_mib << 20, rng)
     for tname, role, qt, shape, nb in plan:
         if qt == Q.F32:
-            if role == "ffn_gate_inp" or role.endswith(".bias") or role == "attn_sinks":
+            if role in ("ffn_gate_inp", "ffn_gate_inp_shexp", "attn_sinks") or role.endswith(".bias"):
                 a = rng.standard_normal(shape, dtype=np.float32) * TARGET_STD
+            elif role == "ssm_a":  # -exp(A_log), A_log uniform in [0, log 16) as HF initializes it
+                a = -np.exp(rng.uniform(0.0, np.log(16.0), shape)).astype(np.float32)
+            elif role == "ssm_conv1d":  # HF's default for a 4-tap depthwise conv: U(-1/2, 1/2)
+                a = rng.uniform(-0.5, 0.5, shape).astype(np.float32)
             else:
                 a = np.ones(shape, dtype=np.float32)
             assert a.nbytes == nb

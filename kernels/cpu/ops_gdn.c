@@ -212,22 +212,24 @@ static void scalef(float *x, float a, int64_t n)
     }
 }
 
-/* One token of the recurrence; S [d][d] (rows: key dims). */
+/* One token of the recurrence; S [d][d] (rows: key dims). Two passes over S (64 KiB per
+ * head at d = 128, more than L1 holds): (exp(g) S)^T k is taken as exp(g) (S^T k) on the
+ * state before its decay, and each row is decayed while it is in L1 for its update. */
 static void rule_step(const kern_vec_ops_t *vo, float *S, int d, const float *q, const float *k,
                       const float *v, float b, float decay, float *tmp, float *o)
 {
     const size_t n = (size_t)d;
-    scalef(S, decay, (int64_t)d * d);
     memset(tmp, 0, n * sizeof(float));
     for (int r = 0; r < d; r++) { /* S^T k */
         vo->axpy_f32(tmp, k[r], S + (size_t)r * n, n);
     }
     for (int j = 0; j < d; j++) {
-        tmp[j] = (v[j] - tmp[j]) * b;
+        tmp[j] = (v[j] - decay * tmp[j]) * b;
     }
     memset(o, 0, n * sizeof(float));
     for (int r = 0; r < d; r++) {
         float *row = S + (size_t)r * n;
+        scalef(row, decay, d);
         vo->axpy_f32(row, k[r], tmp, n);
         vo->axpy_f32(o, q[r], row, n);
     }
