@@ -61,6 +61,11 @@ struct crd_engine {
     uint64_t *hashes, *hashes_next;
     int32_t n_hashes;
     uint64_t hashes_version;
+    /* The executor's generation the published hashes belong to (under mu): a shard group
+     * that re-formed since has lost its KV, which the scheduler notices only at its next
+     * step, so until then the hashes describe nothing. */
+    const xp_executor_t *ex;
+    uint64_t hashes_gen;
 };
 
 static void pending_free(pending_t *p)
@@ -112,12 +117,21 @@ static int cmp_u64(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-/* Engine thread: republishes the prefix cache's hashes if they changed since last time. */
-static void publish_hashes(crd_engine_t *e)
+static uint64_t ex_generation(const xp_executor_t *ex)
+{
+    return ex->ops->generation != NULL ? ex->ops->generation(ex->impl) : 0;
+}
+
+/* Engine thread: republishes the prefix cache's hashes if they changed since last time;
+ * gen: the executor's generation before the step that produced them. */
+static void publish_hashes(crd_engine_t *e, uint64_t gen)
 {
     const crd_kvm_t *kvm = crd_sched_kv_manager(e->sched);
     const uint64_t v = crd_kvm_cache_version(kvm);
     if (v == e->hashes_version) {
+        pthread_mutex_lock(&e->mu);
+        e->hashes_gen = gen;
+        pthread_mutex_unlock(&e->mu);
         return;
     }
     int32_t n = crd_kvm_cached_hashes(kvm, e->hashes_next, e->hashes_cap);
@@ -127,6 +141,7 @@ static void publish_hashes(crd_engine_t *e)
     e->hashes = e->hashes_next;
     e->hashes_next = t;
     e->n_hashes = n;
+    e->hashes_gen = gen;
     pthread_mutex_unlock(&e->mu);
     e->hashes_version = v;
 }
@@ -179,12 +194,18 @@ static void *engine_main(void *arg)
 
         double t0 = tdm_now_s();
         tdm_error_t err = {0};
-        if (crd_sched_has_work(e->sched) && crd_sched_step(e->sched, &err) != TDM_OK) {
+        /* a step starts by checking the executor's generation (the KV was lost?): hashes
+         * published after it hold for the generation read before it */
+        const bool stepped = crd_sched_has_work(e->sched);
+        const uint64_t gen = stepped ? ex_generation(e->ex) : 0;
+        if (stepped && crd_sched_step(e->sched, &err) != TDM_OK) {
             TDM_WARN("engine", "step failed: %s", tdm_error_msg(&err));
         }
         double dt = tdm_now_s() - t0;
         has_work = crd_sched_has_work(e->sched);
-        publish_hashes(e);
+        if (stepped) {
+            publish_hashes(e, gen);
+        }
 
         crd_sched_stats_t st;
         crd_sched_get_stats(e->sched, &st);
@@ -212,6 +233,8 @@ tdm_status_t crd_engine_create(const xp_executor_t *ex, const crd_sched_params_t
     e->max_waiting = p->max_waiting;
     e->next_id = 1;
     e->cache_seed = p->cache_seed;
+    e->ex = ex;
+    e->hashes_gen = ex_generation(ex);
     e->block_size = ex->block_tokens > 0 ? ex->block_tokens : 1;
     e->hashes_cap = ex->n_blocks > 0 ? ex->n_blocks : 1;
     e->hashes = calloc((size_t)e->hashes_cap, sizeof(uint64_t));
@@ -393,7 +416,11 @@ uint64_t crd_engine_cache_seed(const crd_engine_t *e)
 int32_t crd_engine_cached_prefix(crd_engine_t *e, const uint64_t *hashes, int32_t n)
 {
     int32_t i = 0;
+    const uint64_t gen = ex_generation(e->ex); /* any thread: an atomic in exec_remote */
     pthread_mutex_lock(&e->mu);
+    if (gen != e->hashes_gen) {
+        n = 0; /* re-formed since: its cache is empty, whatever was published */
+    }
     for (; i < n; i++) {
         if (bsearch(&hashes[i], e->hashes, (size_t)e->n_hashes, sizeof(uint64_t), cmp_u64) ==
             NULL) {

@@ -66,8 +66,9 @@ void crd_engine_get_stats(crd_engine_t *e, crd_engine_stats_t *out);
  * every step that changed it, the engine thread publishes the cached blocks' chained
  * hashes. crd_engine_cached_prefix returns how many of the leading hashes (a prompt's,
  * from crd_kvm_prefix_hashes with this engine's block size and cache seed) are cached,
- * as of the end of the last step. A snapshot: the scheduler may evict them before the
- * request is admitted, which only costs recomputing.
+ * as of the end of the last step; none while the executor's generation moved since that
+ * step (a shard group re-formed: its KV is gone). A snapshot: the scheduler may evict them
+ * before the request is admitted, which only costs recomputing.
  */
 int32_t crd_engine_block_size(const crd_engine_t *e);
 uint64_t crd_engine_cache_seed(const crd_engine_t *e);

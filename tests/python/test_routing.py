@@ -197,10 +197,17 @@ def replica_kill_under_load(srv, replicas):
     """8 streams over the 2 replicas of srv (groups r0, r1), kill -9 of r1's shard, then
     the checks of the module docstring (also run in network namespaces:
     test_distributed_netns.py)."""
+    rng = random.Random(5)
+
+    def complete(prompt):
+        r = srv.post("/v1/completions", {"prompt": prompt, "max_tokens": 2, "temperature": 0})
+        assert r.status_code == 200, r.text
+        return r.json()["usage"]["prompt_tokens_details"]["cached_tokens"]
+
     n = 8
     out = [None] * n
     started = threading.Semaphore(0)
-    rng = random.Random(5)
+    pre = _group_counts(srv)
     threads = [threading.Thread(target=_stream,
                                 args=(srv, _tokens(rng, 64), 1500, out, i, started))
                for i in range(n)]
@@ -210,8 +217,9 @@ def replica_kill_under_load(srv, replicas):
     for _ in range(n):
         assert started.acquire(timeout=120), "streams did not start"
     c0 = _group_counts(srv)
-    on_r1 = c0["r1"]["routed_requests"]
-    assert c0["r0"]["routed_requests"] + on_r1 == n and 0 < on_r1 < n, c0  # spread by load
+    on = {g: c0[g]["routed_requests"] - pre[g]["routed_requests"] for g in c0}
+    on_r1 = on["r1"]
+    assert on["r0"] + on_r1 == n and 0 < on_r1 < n, (pre, c0)  # spread by load
     replicas[1].kill9()
     killed_at = time.monotonic()
     for t in threads:
@@ -257,6 +265,27 @@ def replica_kill_under_load(srv, replicas):
     c3 = _group_counts(srv)
     assert c3["r1"]["routed_requests"] > c2["r1"]["routed_requests"], (c2, c3)
     assert srv.alive()
+
+    # r1 dies idle (no step fails there, its engine never notices) with a prompt cached on
+    # it, which then gets cached on r0 too; r1 re-forms with an empty cache: what it
+    # published before is void, so the prompt goes to r0 (not to r1 on a tie of two hits)
+    warm = None
+    for _ in range(4):  # cold prompts on idle replicas alternate
+        p, before = _tokens(rng, 200), _group_counts(srv)["r1"]["routed_requests"]
+        complete(p)
+        if _group_counts(srv)["r1"]["routed_requests"] > before:
+            warm = p
+            break
+    assert warm is not None
+    replicas[1].kill9()
+    r = _wait_health(srv, lambda r: r.json()["status"] == "degraded", 5)
+    assert r.json()["status"] == "degraded", r.text
+    assert complete(warm + _tokens(rng, 5)) == 0  # on r0 now
+    replicas[1].start()
+    r = _wait_health(srv, lambda r: r.json()["status"] == "ok", 30)
+    assert r.json()["status"] == "ok", r.text
+    for _ in range(3):
+        assert complete(warm + _tokens(rng, 5)) >= 192
     print(f"kill -9 -> {len(errors)} streams ended with an error after at most "
           f"{max(o['error'][0] for o in errors) - killed_at:.3f} s")
 
