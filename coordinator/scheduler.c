@@ -4,6 +4,7 @@
 #include "common/check.h"
 #include "common/clock.h"
 #include "common/log.h"
+#include "coordinator/draft_model.h"
 #include "coordinator/kv_manager.h"
 #include "coordinator/spec_cost.h"
 #include "coordinator/step_time.h"
@@ -68,7 +69,9 @@ struct crd_sched {
     crd_spec_cost_t cost;
     bool cost_measured;
     bool spec_refused_logged;
-    crd_spec_seq_t **plan_q; /* [max_running] */
+    crd_spec_seq_t **plan_q;  /* [max_running] */
+    const int32_t **fill_tok; /* [max_running]: crd_spec_fill's arguments */
+    int32_t *fill_n;
     /* the step-time budget (step_time.h) */
     crd_step_time_t step_time;
     double prefill_s; /* seconds left for prompt chunks this step (INFINITY: no limit) */
@@ -154,6 +157,11 @@ tdm_status_t crd_sched_create(const xp_executor_t *ex, const crd_sched_params_t 
                              (int)p->token_budget, (int)p->max_running, (int)p->max_waiting,
                              (int)p->n_ctx);
     }
+    if (p->spec.draft != NULL && crd_draft_model_n_vocab(p->spec.draft) != ex->n_vocab) {
+        return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
+                             "the draft model has %d tokens in its vocabulary, the model %d",
+                             (int)crd_draft_model_n_vocab(p->spec.draft), (int)ex->n_vocab);
+    }
     crd_sched_t *s = calloc(1, sizeof(*s));
     if (s == NULL) {
         return tdm_error_set(err, TDM_ERR_NO_MEMORY, "scheduler: out of memory");
@@ -215,9 +223,11 @@ tdm_status_t crd_sched_create(const xp_executor_t *ex, const crd_sched_params_t 
     s->logits = malloc((size_t)ex->n_logits_max * (size_t)ex->n_vocab * sizeof(float));
     s->lp = malloc((size_t)ex->n_vocab * sizeof(float));
     s->plan_q = malloc(nr * sizeof(crd_spec_seq_t *));
-    if (s->plan_q == NULL || s->tok == NULL || s->pos == NULL || s->seq == NULL ||
-        s->want == NULL || s->seqs == NULL || s->step_reqs == NULL || s->logits == NULL ||
-        s->lp == NULL) {
+    s->fill_tok = malloc(nr * sizeof(int32_t *));
+    s->fill_n = malloc(nr * sizeof(int32_t));
+    if (s->plan_q == NULL || s->fill_tok == NULL || s->fill_n == NULL || s->tok == NULL ||
+        s->pos == NULL || s->seq == NULL || s->want == NULL || s->seqs == NULL ||
+        s->step_reqs == NULL || s->logits == NULL || s->lp == NULL) {
         crd_sched_destroy(s);
         return tdm_error_set(err, TDM_ERR_NO_MEMORY, "scheduler: out of memory for buffers");
     }
@@ -301,6 +311,8 @@ void crd_sched_destroy(crd_sched_t *s)
     free(s->logits);
     free(s->lp);
     free(s->plan_q);
+    free(s->fill_tok);
+    free(s->fill_n);
     free(s);
 }
 
@@ -335,6 +347,10 @@ tdm_status_t crd_sched_check_request(const crd_sched_t *s, const crd_request_par
         return tdm_error_set(err, TDM_ERR_INVALID_PARAM, "speculative: max must be in [0, %d]",
                              CRD_SPEC_MAX_DRAFT);
     }
+    if (rp->spec.mode == CRD_SPEC_DRAFT && s->p.spec.draft == NULL) {
+        return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
+                             "speculative mode 'draft' needs a draft model (serve --draft-model)");
+    }
     return crd_sampling_params_validate(&rp->sampling, err);
 }
 
@@ -363,7 +379,7 @@ static tdm_status_t spec_create(crd_sched_t *s, const crd_request_params_t *rp,
     if (rp->spec.max_draft > 0) {
         max = rp->spec.max_draft;
     }
-    if (mode != CRD_SPEC_NGRAM) {
+    if (mode != CRD_SPEC_NGRAM && mode != CRD_SPEC_DRAFT) {
         return TDM_OK;
     }
     if (rp->spec.mode == CRD_SPEC_DEFAULT && rp->sampling.has_seed &&
@@ -383,7 +399,7 @@ static tdm_status_t spec_create(crd_sched_t *s, const crd_request_params_t *rp,
         }
         return TDM_OK;
     }
-    return crd_spec_seq_create(mode, max, out, err);
+    return crd_spec_seq_create(mode, max, s->p.spec.draft, out, err);
 }
 
 tdm_status_t crd_sched_submit(crd_sched_t *s, const crd_request_params_t *rp, uint64_t *req_id,
@@ -694,6 +710,29 @@ static bool emit_token(crd_sched_t *s, crd_req_t *r, float *row, int32_t draft, 
 }
 
 /*
+ * The drafts the planner kept, computed now by the drafters that run a model (one batch
+ * for all the step's sequences). A failed draft step only costs this step's drafts.
+ */
+static void fill_drafts(crd_sched_t *s)
+{
+    int32_t n = 0;
+    for (crd_req_t *r = s->running.head; r != NULL; r = r->next) {
+        if (r->spec != NULL && r->spec->ops->fill != NULL && r->spec->n_draft > 0 &&
+            r->n_tokens - r->n_computed == 1 && r->n_generated > 0) {
+            s->plan_q[n] = r->spec;
+            s->fill_tok[n] = r->tokens;
+            s->fill_n[n] = r->n_tokens;
+            n++;
+        }
+    }
+    tdm_error_t ferr = {0};
+    if (crd_spec_fill(s->plan_q, s->fill_tok, s->fill_n, n, &ferr) != TDM_OK) {
+        TDM_WARN("sched", "drafting failed, this step runs without drafts: %s",
+                 tdm_error_msg(&ferr));
+    }
+}
+
+/*
  * Speculative decoding: proposes drafts for the running requests that decode this step
  * and keeps as many as the cost model says pay (spec.h); sets r->step_draft. The first
  * time it has something to plan it measures the cost model on the executor.
@@ -765,6 +804,9 @@ static tdm_status_t plan_drafts(crd_sched_t *s, tdm_error_t *err)
     int32_t planned = crd_spec_plan(&s->cost, s->plan_q, n_q, n_base, n_decode, room, always);
     TDM_DEBUG("sched", "spec plan: %d proposals, base %d, decode %d, room %d -> %d drafts",
               (int)n_q, (int)n_base, (int)n_decode, (int)room, (int)planned);
+    if (planned > 0) {
+        fill_drafts(s);
+    }
     for (crd_req_t *r = s->running.head; r != NULL; r = r->next) {
         if (r->spec != NULL && r->n_tokens - r->n_computed == 1 && r->n_generated > 0) {
             r->step_draft = r->spec->n_draft;

@@ -1,6 +1,7 @@
 /* spec.c - drafters, acceptance estimates, the step cost model and the planner (spec.h). */
 #include "coordinator/spec.h"
 
+#include "coordinator/draft_model.h"
 #include "coordinator/ngram.h"
 
 #include <math.h>
@@ -18,6 +19,8 @@ const char *crd_spec_mode_name(crd_spec_mode_t m)
         return "off";
     case CRD_SPEC_NGRAM:
         return "ngram";
+    case CRD_SPEC_DRAFT:
+        return "draft";
     default:
         return "default";
     }
@@ -29,13 +32,16 @@ tdm_status_t crd_spec_mode_parse(const char *s, crd_spec_mode_t *out, tdm_error_
         *out = CRD_SPEC_OFF;
     } else if (strcmp(s, "ngram") == 0) {
         *out = CRD_SPEC_NGRAM;
-    } else if (strcmp(s, "mtp") == 0 || strcmp(s, "draft") == 0) {
+    } else if (strcmp(s, "draft") == 0) {
+        *out = CRD_SPEC_DRAFT;
+    } else if (strcmp(s, "mtp") == 0) {
         return tdm_error_set(err, TDM_ERR_UNSUPPORTED,
-                             "speculative mode '%s' is not available yet (use 'ngram' or 'off')",
+                             "speculative mode '%s' is not available yet (use 'ngram', 'draft' "
+                             "or 'off')",
                              s);
     } else {
         return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
-                             "unknown speculative mode '%s' (use 'ngram' or 'off')", s);
+                             "unknown speculative mode '%s' (use 'ngram', 'draft' or 'off')", s);
     }
     return TDM_OK;
 }
@@ -68,21 +74,70 @@ static const crd_drafter_ops_t ngram_ops = {
     .destroy = ngram_destroy,
 };
 
-tdm_status_t crd_spec_seq_create(crd_spec_mode_t mode, int32_t max_draft, crd_spec_seq_t **out,
+/* ---- the draft-model drafter ---- */
+
+static void draft_destroy(void *impl)
+{
+    crd_draft_seq_destroy(impl);
+}
+
+/* All q[i] draft with the same model (one per scheduler). */
+static tdm_status_t draft_fill(crd_spec_seq_t *const *q, const int32_t *const *tokens,
+                               const int32_t *n, int32_t count, tdm_error_t *err)
+{
+    crd_draft_job_t *jobs = calloc((size_t)(count > 0 ? count : 1), sizeof(*jobs));
+    if (jobs == NULL) {
+        return tdm_error_set(err, TDM_ERR_NO_MEMORY, "out of memory for drafting");
+    }
+    for (int32_t i = 0; i < count; i++) {
+        jobs[i] = (crd_draft_job_t){.seq = q[i]->impl,
+                                    .tokens = tokens[i],
+                                    .n_tokens = n[i],
+                                    .max = q[i]->n_draft,
+                                    .out = q[i]->draft};
+    }
+    tdm_status_t st = TDM_OK;
+    if (count > 0) {
+        st = crd_draft_model_propose(crd_draft_seq_model(q[0]->impl), jobs, count, err);
+    }
+    for (int32_t i = 0; i < count; i++) {
+        q[i]->n_draft = jobs[i].n_out;
+    }
+    free(jobs);
+    return st;
+}
+
+static const crd_drafter_ops_t draft_ops = {
+    .mode = CRD_SPEC_DRAFT,
+    .fill = draft_fill,
+    .destroy = draft_destroy,
+};
+
+tdm_status_t crd_spec_seq_create(crd_spec_mode_t mode, int32_t max_draft,
+                                 struct crd_draft_model *draft, crd_spec_seq_t **out,
                                  tdm_error_t *err)
 {
     *out = NULL;
-    if (mode != CRD_SPEC_NGRAM || max_draft <= 0) {
+    if ((mode != CRD_SPEC_NGRAM && mode != CRD_SPEC_DRAFT) || max_draft <= 0) {
         return TDM_OK;
     }
+    if (mode == CRD_SPEC_DRAFT && draft == NULL) {
+        return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
+                             "speculative mode 'draft' needs a draft model (serve --draft-model)");
+    }
     crd_spec_seq_t *q = calloc(1, sizeof(*q));
-    void *impl = crd_ngram_create();
+    void *impl =
+        mode == CRD_SPEC_DRAFT ? (void *)crd_draft_seq_create(draft) : (void *)crd_ngram_create();
     if (q == NULL || impl == NULL) {
         free(q);
-        crd_ngram_destroy(impl);
+        if (mode == CRD_SPEC_DRAFT) {
+            crd_draft_seq_destroy(impl);
+        } else {
+            crd_ngram_destroy(impl);
+        }
         return tdm_error_set(err, TDM_ERR_NO_MEMORY, "out of memory for a drafter");
     }
-    q->ops = &ngram_ops;
+    q->ops = mode == CRD_SPEC_DRAFT ? &draft_ops : &ngram_ops;
     q->impl = impl;
     q->max_draft = max_draft < CRD_SPEC_MAX_DRAFT ? max_draft : CRD_SPEC_MAX_DRAFT;
     q->accept = ACCEPT_PRIOR;
@@ -103,6 +158,11 @@ void crd_spec_seq_propose(crd_spec_seq_t *q, const int32_t *tokens, int32_t n, i
     q->n_proposed = 0;
     q->n_draft = 0;
     max = max < q->max_draft ? max : q->max_draft;
+    if (max > 0 && q->ops->fill != NULL) {
+        /* computed by crd_spec_fill once the planner has said how many pay */
+        q->n_proposed = max;
+        return;
+    }
     if (max <= 0 || q->ops->update(q->impl, tokens, n) != TDM_OK) {
         return;
     }
@@ -112,6 +172,24 @@ void crd_spec_seq_propose(crd_spec_seq_t *q, const int32_t *tokens, int32_t n, i
          * turned repetitive since */
         q->accept += 0.01f;
     }
+}
+
+tdm_status_t crd_spec_fill(crd_spec_seq_t *const *q, const int32_t *const *tokens, const int32_t *n,
+                           int32_t count, tdm_error_t *err)
+{
+    if (count <= 0) {
+        return TDM_OK;
+    }
+    tdm_status_t st = q[0]->ops->fill(q, tokens, n, count, err);
+    if (st != TDM_OK) {
+        for (int32_t i = 0; i < count; i++) {
+            q[i]->n_draft = 0;
+        }
+    }
+    for (int32_t i = 0; i < count; i++) {
+        q[i]->n_proposed = q[i]->n_draft;
+    }
+    return st;
 }
 
 void crd_spec_seq_observe(crd_spec_seq_t *q, int32_t accepted)

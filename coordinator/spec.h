@@ -40,12 +40,13 @@ typedef enum crd_spec_mode {
     CRD_SPEC_DEFAULT = 0, /* per request: the server's choice             */
     CRD_SPEC_OFF,
     CRD_SPEC_NGRAM, /* prompt lookup over the sequence itself (ngram.h) */
+    CRD_SPEC_DRAFT, /* a small model of the same vocabulary (draft_model.h) */
     CRD_SPEC_N_MODES
 } crd_spec_mode_t;
 
 const char *crd_spec_mode_name(crd_spec_mode_t m);
-/* "off", "ngram" -> the mode; TDM_ERR_INVALID_PARAM naming the accepted values otherwise
- * ("mtp" and "draft" are refused as not available yet). */
+/* "off", "ngram", "draft" -> the mode; TDM_ERR_INVALID_PARAM naming the accepted values
+ * otherwise ("mtp" is refused as not available yet). */
 tdm_status_t crd_spec_mode_parse(const char *s, crd_spec_mode_t *out, tdm_error_t *err);
 
 /* Server-wide defaults (crd_sched_params_t.spec). All zero: off. */
@@ -55,6 +56,9 @@ typedef struct crd_spec_params {
     /* Planning: 0 uses the cost model; 1 drafts every proposal up to max_draft
      * regardless of cost (tests, and measuring what the cost model saves). */
     int32_t always;
+    /* The draft model (serve --draft-model; NULL: none, and mode draft is refused). Not
+     * owned; it outlives the scheduler. */
+    struct crd_draft_model *draft;
 } crd_spec_params_t;
 
 /* A request's override (crd_request_params_t.spec): mode DEFAULT and max 0 keep the
@@ -76,12 +80,22 @@ typedef struct crd_spec_stats {
 
 /* ---- drafters ---- */
 
+struct crd_spec_seq;
+
 /* A drafter proposes tokens for one sequence. `update` sees the sequence's tokens so far
- * (prompt + accepted output; the list only grows), `propose` writes up to max drafts. */
+ * (prompt + accepted output; the list only grows), `propose` writes up to max drafts.
+ *
+ * A drafter whose proposals cost a model step each (the draft model) has `fill` instead of
+ * update/propose: it proposes as many drafts as allowed without computing them, the
+ * planner picks how many pay, and fill then computes exactly those, for all the sequences
+ * of the step at once (q[i]->n_draft of them into q[i]->draft, lowering n_draft where it
+ * has fewer). A fill failure costs the step's drafts, never output. */
 typedef struct crd_drafter_ops {
     crd_spec_mode_t mode;
     tdm_status_t (*update)(void *impl, const int32_t *tokens, int32_t n);
     int32_t (*propose)(void *impl, const int32_t *tokens, int32_t n, int32_t max, int32_t *out);
+    tdm_status_t (*fill)(struct crd_spec_seq *const *q, const int32_t *const *tokens,
+                         const int32_t *n, int32_t count, tdm_error_t *err);
     void (*destroy)(void *impl);
 } crd_drafter_ops_t;
 
@@ -97,13 +111,21 @@ typedef struct crd_spec_seq {
     int32_t draft[CRD_SPEC_MAX_DRAFT];
 } crd_spec_seq_t;
 
-/* A sequence's state for mode (CRD_SPEC_OFF: NULL without error). TDM_ERR_NO_MEMORY. */
-tdm_status_t crd_spec_seq_create(crd_spec_mode_t mode, int32_t max_draft, crd_spec_seq_t **out,
+/* A sequence's state for mode (CRD_SPEC_OFF: NULL without error); mode draft needs
+ * draft (TDM_ERR_INVALID_PARAM without). TDM_ERR_NO_MEMORY. */
+tdm_status_t crd_spec_seq_create(crd_spec_mode_t mode, int32_t max_draft,
+                                 struct crd_draft_model *draft, crd_spec_seq_t **out,
                                  tdm_error_t *err);
 void crd_spec_seq_destroy(crd_spec_seq_t *q); /* NULL is fine */
 
 /* Sets q->n_proposed (and q->draft) from tokens[0, n); at most max. */
 void crd_spec_seq_propose(crd_spec_seq_t *q, const int32_t *tokens, int32_t n, int32_t max);
+
+/* Computes the planned drafts of the sequences whose drafter has `fill` (see
+ * crd_drafter_ops_t), all of one drafter; tokens[i], n[i]: q[i]'s sequence. On failure
+ * every q[i]->n_draft is 0. */
+tdm_status_t crd_spec_fill(crd_spec_seq_t *const *q, const int32_t *const *tokens, const int32_t *n,
+                           int32_t count, tdm_error_t *err);
 
 /* After verification: `accepted` of q->n_draft drafts were taken. Updates the estimate. */
 void crd_spec_seq_observe(crd_spec_seq_t *q, int32_t accepted);

@@ -76,11 +76,14 @@ static void usage(FILE *out)
         "                           only a leading part resume inside it\n"
         "  --max-tokens N           default max_tokens when a request sets none (default:\n"
         "                           until the context is full)\n"
-        "  --spec ngram|off         speculative decoding: drafts from the request's own\n"
-        "                           prompt and output (n-gram lookup), verified in one\n"
-        "                           step; drafts only while a cost model measured at the\n"
-        "                           first step says they pay (default off: requests may\n"
-        "                           still ask for it; docs/serving.md)\n"
+        "  --spec ngram|draft|off   speculative decoding: drafts from the request's own\n"
+        "                           prompt and output (n-gram lookup) or from a draft\n"
+        "                           model, verified in one step; drafts only while a cost\n"
+        "                           model measured at the first step says they pay\n"
+        "                           (default off: requests may still ask for it;\n"
+        "                           docs/serving.md)\n"
+        "  --draft-model FILE       GGUF of a small model with the same vocabulary that\n"
+        "                           drafts for --spec draft (and requests that ask)\n"
         "  --spec-max N             most drafted tokens per sequence and step (1..16,\n"
         "                           default 8)\n"
         "  --spec-always            draft every proposal, ignoring the cost model\n"
@@ -703,6 +706,8 @@ int cmd_serve(int argc, char **argv)
             }
         } else if (strcmp(a, "--spec-always") == 0) {
             c.spec_always = true;
+        } else if (ARG("--draft-model")) {
+            c.draft_model = v;
         } else if (ARG("--max-tokens")) {
             if (parse_int(a, v, 0, INT32_MAX, &c.max_tokens_default) != 0) {
                 goto out;
@@ -715,6 +720,10 @@ int cmd_serve(int argc, char **argv)
     }
     if (c.model_path == NULL) {
         fprintf(stderr, "tandem serve: --model is required (see --help)\n");
+        goto out;
+    }
+    if (c.spec_mode == CRD_SPEC_DRAFT && c.draft_model == NULL) {
+        fprintf(stderr, "tandem serve: --spec draft needs --draft-model FILE\n");
         goto out;
     }
     if (c.cluster_secret == NULL) {

@@ -12,6 +12,7 @@
 #include "api/server/srv.h"
 
 #include "common/log.h"
+#include "coordinator/draft_model.h"
 #include "model/hparams.h"
 
 #include <signal.h>
@@ -67,6 +68,87 @@ static int logits_rows(const srv_config_t *cfg, const gguf_ctx_t *g)
     }
     const int rows = cfg->max_running + extra;
     return rows < cfg->batch ? rows : cfg->batch;
+}
+
+/* A draft model's tokens must mean what the model's mean: its drafts are verified as token
+ * ids. The vocabulary size, the tokenizer kind, every token string and every merge are
+ * compared (a few MB of memcmp at start-up). */
+static tdm_status_t same_vocab(const gguf_ctx_t *a, const gguf_ctx_t *b, tdm_error_t *err)
+{
+    static const char *const keys[2] = {"tokenizer.ggml.tokens", "tokenizer.ggml.merges"};
+    gguf_str_t ma = {0}, mb = {0};
+    gguf_get_str(a, "tokenizer.ggml.model", &ma, NULL);
+    gguf_get_str(b, "tokenizer.ggml.model", &mb, NULL);
+    if (ma.len != mb.len || (ma.len > 0 && memcmp(ma.ptr, mb.ptr, ma.len) != 0)) {
+        return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
+                             "the draft model's tokenizer is '%.*s', the model's '%.*s'",
+                             (int)mb.len, mb.ptr ? mb.ptr : "", (int)ma.len, ma.ptr ? ma.ptr : "");
+    }
+    for (int k = 0; k < 2; k++) {
+        uint64_t na = 0, nb = 0;
+        const void *da = NULL, *db = NULL;
+        const bool ha = gguf_get_arr(a, keys[k], GGUF_TYPE_STRING, &na, &da, NULL) == TDM_OK;
+        const bool hb = gguf_get_arr(b, keys[k], GGUF_TYPE_STRING, &nb, &db, NULL) == TDM_OK;
+        if (ha != hb || na != nb) {
+            return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
+                                 "the draft model has another vocabulary: %s has %llu entries "
+                                 "there, %llu in the model",
+                                 keys[k], (unsigned long long)nb, (unsigned long long)na);
+        }
+        const gguf_str_t *sa = da, *sb = db;
+        for (uint64_t i = 0; i < na; i++) {
+            if (sa[i].len != sb[i].len || memcmp(sa[i].ptr, sb[i].ptr, sa[i].len) != 0) {
+                return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
+                                     "the draft model has another vocabulary: %s[%llu] is "
+                                     "'%.*s' there, '%.*s' in the model",
+                                     keys[k], (unsigned long long)i, (int)sb[i].len, sb[i].ptr,
+                                     (int)sa[i].len, sa[i].ptr);
+            }
+        }
+    }
+    return TDM_OK;
+}
+
+/* The draft model of a group: an executor in this process whose KV cache holds as many
+ * tokens as the model's (it drafts for the sequences that cache holds), at most
+ * max_running sequences of the full context; blocks are handed out as sequences grow. */
+static tdm_status_t load_draft(srv_server_t *s, srv_group_t *g, tdm_error_t *err)
+{
+    const srv_config_t *cfg = &s->cfg;
+    mdl_hparams_t hp;
+    tdm_status_t st = mdl_hparams_load(s->draft_gguf, &hp, err);
+    if (st != TDM_OK) {
+        return st;
+    }
+    /* f32 K and V per layer (a smaller cache type only gives more blocks) */
+    const size_t per_token =
+        2u * (size_t)hp.n_layer * (size_t)hp.n_head_kv * (size_t)hp.head_dim * sizeof(float);
+    size_t tokens = (size_t)cfg->max_running * (size_t)g->ex.n_ctx_max;
+    const size_t held = (size_t)g->ex.n_blocks * (size_t)g->ex.block_tokens;
+    tokens = held < tokens ? held : tokens;
+    xp_local_params_t lp = {.n_threads = cfg->threads,
+                            .n_batch_max = cfg->batch,
+                            .n_logits_max = cfg->max_running,
+                            .n_ctx = g->ex.n_ctx_max,
+                            .kv_bytes = per_token * tokens,
+                            .device = cfg->device,
+                            .kv_type = cfg->kv_type,
+                            .n_state_store = -1};
+    if ((st = xp_local_exec_create(s->draft_gguf, &lp, &g->draft_lx, &g->draft_ex, err)) !=
+        TDM_OK) {
+        return st;
+    }
+    if (g->draft_ex.n_vocab != g->ex.n_vocab) {
+        return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
+                             "the draft model has %d tokens in its vocabulary, the model %d",
+                             (int)g->draft_ex.n_vocab, (int)g->ex.n_vocab);
+    }
+    if ((st = crd_draft_model_create(&g->draft_ex, &g->draft, err)) != TDM_OK) {
+        return st;
+    }
+    TDM_INFO("serve", "draft model '%s': %d KV blocks of %d tokens", cfg->draft_model,
+             (int)g->draft_ex.n_blocks, (int)g->draft_ex.block_tokens);
+    return TDM_OK;
 }
 
 /* The router's "is this group up": a shard group is while it is formed. */
@@ -128,6 +210,9 @@ static tdm_status_t load_group(srv_server_t *s, const srv_group_config_t *gc, sr
             return st;
         }
     }
+    if (s->draft_gguf != NULL && (st = load_draft(s, g, err)) != TDM_OK) {
+        return st;
+    }
     crd_sched_params_t sp = {.token_budget = cfg->batch,
                              .max_running = cfg->max_running,
                              .max_waiting = cfg->max_waiting,
@@ -137,7 +222,8 @@ static tdm_status_t load_group(srv_server_t *s, const srv_group_config_t *gc, sr
                              .max_step_s = cfg->max_step_s,
                              .spec = {.mode = (crd_spec_mode_t)cfg->spec_mode,
                                       .max_draft = cfg->spec_max,
-                                      .always = cfg->spec_always}};
+                                      .always = cfg->spec_always,
+                                      .draft = g->draft}};
     return crd_engine_create(&g->ex, &sp, &g->engine, err);
 }
 
@@ -164,6 +250,14 @@ static tdm_status_t load_model(srv_server_t *s, tdm_error_t *err)
         return st;
     }
     s->template_has_think = strstr(src, "<think>") != NULL;
+    if (cfg->draft_model != NULL) {
+        tdm_error_t derr = {0};
+        if ((st = gguf_open(cfg->draft_model, &s->draft_gguf, &derr)) != TDM_OK ||
+            (st = same_vocab(s->gguf, s->draft_gguf, &derr)) != TDM_OK) {
+            return tdm_error_set(err, st, "--draft-model %s: %s", cfg->draft_model,
+                                 tdm_error_msg(&derr));
+        }
+    }
     s->model_name = model_name(cfg);
 
     int n_ctx = cfg->ctx_size;
@@ -226,6 +320,8 @@ static void unload(srv_server_t *s)
     for (int i = 0; i < s->n_groups; i++) {
         srv_group_t *g = &s->groups[i];
         crd_engine_destroy(g->engine);
+        crd_draft_model_destroy(g->draft);
+        xp_local_exec_destroy(g->draft_lx);
         xp_local_exec_destroy(g->lx);
         xp_remote_exec_destroy(g->rx);
         free(g->name);
@@ -236,6 +332,8 @@ static void unload(srv_server_t *s)
     tpl_destroy(s->tpl);
     tok_vocab_destroy(s->vocab);
     gguf_close(s->gguf);
+    gguf_close(s->draft_gguf);
+    s->draft_gguf = NULL;
     free(s->model_name);
 }
 

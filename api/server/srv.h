@@ -70,6 +70,7 @@ typedef struct srv_config {
     int spec_mode;           /* crd_spec_mode_t: speculative decoding default (0: off)      */
     int spec_max;            /* most drafted tokens per sequence and step (0: 8)            */
     bool spec_always;        /* draft every proposal, ignoring the cost model (benchmarks)  */
+    const char *draft_model; /* GGUF of a draft model of the same vocabulary (NULL: none)   */
     char **api_keys;         /* bearer keys; none: no authentication                        */
     int n_api_keys;
     const char *tool_parser;  /* "auto" (from the template) or a prs_tool_format_name         */
@@ -118,6 +119,7 @@ typedef struct srv_server {
 
     /* the model: set once before state becomes READY, then read-only */
     gguf_ctx_t *gguf;
+    gguf_ctx_t *draft_gguf; /* --draft-model (NULL: none) */
     tok_vocab_t *vocab;
     tpl_template_t *tpl;      /* NULL when the GGUF has no chat template */
     pthread_mutex_t tpl_mu;   /* rendering is serialised: cheap, and keeps Jinja single-threaded */
@@ -140,6 +142,10 @@ typedef struct srv_group {
     xp_remote_exec_t *rx; /* a shard group   */
     xp_executor_t ex;
     crd_engine_t *engine;
+    /* the draft model (--draft-model): its executor in this process, and the drafter */
+    xp_local_exec_t *draft_lx;
+    xp_executor_t draft_ex;
+    struct crd_draft_model *draft;
 } srv_group_t;
 
 /* ---- http.c: replies (each queues a response on c and returns the MHD result) ---- */

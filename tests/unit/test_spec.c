@@ -177,7 +177,7 @@ static void test_ngram_matches_brute_force(void **state)
 static crd_spec_seq_t *seq_with(float accept, int32_t n_proposed)
 {
     crd_spec_seq_t *q = NULL;
-    assert_int_equal(crd_spec_seq_create(CRD_SPEC_NGRAM, 8, &q, NULL), TDM_OK);
+    assert_int_equal(crd_spec_seq_create(CRD_SPEC_NGRAM, 8, NULL, &q, NULL), TDM_OK);
     q->accept = accept;
     q->n_obs = 10000; /* a settled estimate: no exploration bonus */
     q->n_proposed = n_proposed;
