@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""Speculative decoding (n-gram drafts) on and off, on Tandem and on llama.cpp's server.
+"""Speculative decoding (n-gram drafts, a draft model) on and off, on Tandem and on llama.cpp's
+server.
 
     .venv/bin/python bench/spec_bench.py [--concurrency 1,4,16] [--max-tokens 192] \\
-        [--threads 2] [--llama-server-bin build-llamacpp/bin-cpu/llama-server]
+        [--threads 2] [--llama-server-bin build-llamacpp/bin-cpu/llama-server] \\
+        [--draft-model D.gguf [--modes off,ngram,draft]]
 
 Workloads (greedy, so a request gives the same tokens with and without speculation; the
 prompts are SmolLM2's chat format rendered here and sent to /v1/completions, so both
@@ -20,7 +22,8 @@ server has one. tok/s = generated tokens after each request's first / (last stre
 - first streamed text of the batch): decode throughput, prompt processing left out.
 
 Tandem: one `tandem serve --spec ngram` (the cost model deciding), the
-same requests with "speculative": {"mode": "off"} and {"mode": "ngram"}, --repeat pairs
+same requests with "speculative": {"mode": "off"} and {"mode": "ngram"} (and {"mode":
+"draft"} with --draft-model, which the server then loads: --modes picks), --repeat pairs
 per cell in alternating order, so both modes share the server, the warm-up and the load
 of the machine at that time; the median of each mode is reported; drafted/accepted
 (summed over the repeats) come from /metrics deltas. With --always, a
@@ -87,10 +90,12 @@ def metrics(base):
         text = r.read().decode()
     out = {}
     for line in text.splitlines():
+        # summed over the drafters (one label each): a run uses one mode, and the deltas
+        # around it count only that one
         if line.startswith("tandem_spec_draft_tokens_total"):
-            out["drafted"] = float(line.rsplit(" ", 1)[1])
+            out["drafted"] = out.get("drafted", 0.0) + float(line.rsplit(" ", 1)[1])
         elif line.startswith("tandem_spec_accepted_tokens_total"):
-            out["accepted"] = float(line.rsplit(" ", 1)[1])
+            out["accepted"] = out.get("accepted", 0.0) + float(line.rsplit(" ", 1)[1])
         elif line.startswith("tandem_decode_steps_total"):
             out["steps"] = float(line.rsplit(" ", 1)[1])
         elif line.startswith("tandem_decode_step_tokens_total"):
@@ -254,6 +259,11 @@ def main():
                     help="Tandem: off/ngram pairs per cell (median reported, order alternated)")
     ap.add_argument("--skip-tandem", action="store_true")
     ap.add_argument("--port", type=int, default=18611)
+    ap.add_argument("--draft-model", type=pathlib.Path,
+                    help="serve with --draft-model (same vocabulary; tools/make_draft_model.py "
+                         "cuts one from a model) and add mode draft")
+    ap.add_argument("--modes", help="Tandem request modes, off first (default off,ngram; "
+                                    "off,ngram,draft with --draft-model)")
     ap.add_argument("--always", action="store_true",
                     help="also run ngram with --spec-always (no cost model)")
     ap.add_argument("--out", type=pathlib.Path, default=pathlib.Path("/tmp/spec_bench.json"))
@@ -261,8 +271,12 @@ def main():
     args.concurrency = [int(x) for x in args.concurrency.split(",")]
     args.llama_concurrency = [int(x) for x in args.llama_concurrency.split(",")]
     work = args.workloads.split(",")
-    rows = [] if args.skip_tandem else tandem_pass(args, work, "tandem", ["--spec", "ngram"],
-                                                   ["off", "ngram"])
+    modes = (args.modes.split(",") if args.modes else
+             ["off", "ngram", "draft"] if args.draft_model else ["off", "ngram"])
+    flags = ["--spec", "ngram"]
+    if args.draft_model:
+        flags += ["--draft-model", str(args.draft_model)]
+    rows = [] if args.skip_tandem else tandem_pass(args, work, "tandem", flags, modes)
     if args.always:
         al = tandem_pass(args, work, "tandem", ["--spec", "ngram", "--spec-always"],
                          ["off", "ngram"])

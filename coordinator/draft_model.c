@@ -1,6 +1,8 @@
 /* draft_model.c - greedy drafting with a small model of the same vocabulary (draft_model.h). */
 #include "coordinator/draft_model.h"
 
+#include "common/clock.h"
+
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +21,7 @@ struct crd_draft_model {
      * epoch differs has no K/V it can trust. */
     uint64_t epoch;
     uint64_t ex_generation;
+    double step_s; /* drafting step time, seconds (EMA; 0: none yet) */
 };
 
 struct crd_draft_seq {
@@ -87,6 +90,11 @@ void crd_draft_model_destroy(crd_draft_model_t *m)
 int32_t crd_draft_model_n_vocab(const crd_draft_model_t *m)
 {
     return m->ex.n_vocab;
+}
+
+double crd_draft_model_step_seconds(const crd_draft_model_t *m)
+{
+    return m->step_s;
 }
 
 crd_draft_seq_t *crd_draft_seq_create(crd_draft_model_t *m)
@@ -239,8 +247,8 @@ tdm_status_t crd_draft_model_propose(crd_draft_model_t *m, crd_draft_job_t *jobs
         c[i] = p;
         k_max = k[i] > k_max ? k[i] : k_max;
     }
-    const int32_t rows_max = m->ex.n_logits_max < m->ex.n_batch_max ? m->ex.n_logits_max
-                                                                     : m->ex.n_batch_max;
+    const int32_t rows_max =
+        m->ex.n_logits_max < m->ex.n_batch_max ? m->ex.n_logits_max : m->ex.n_batch_max;
     tdm_status_t st = TDM_OK;
     /* catch-up: every token not yet in the draft cache, the last one with logits (draft 0) */
     for (int32_t first = 0; st == TDM_OK;) {
@@ -254,8 +262,8 @@ tdm_status_t crd_draft_model_propose(crd_draft_model_t *m, crd_draft_job_t *jobs
                 continue;
             }
             crd_draft_seq_t *q = jobs[i].seq;
-            const int32_t take = n - c[i] < m->ex.n_batch_max - nt ? n - c[i]
-                                                                   : m->ex.n_batch_max - nt;
+            const int32_t take =
+                n - c[i] < m->ex.n_batch_max - nt ? n - c[i] : m->ex.n_batch_max - nt;
             add_seq(m, ns, q);
             for (int32_t t = 0; t < take; t++, nt++) {
                 m->tok[nt] = q->hist[c[i] + t];
@@ -301,7 +309,10 @@ tdm_status_t crd_draft_model_propose(crd_draft_model_t *m, crd_draft_job_t *jobs
             if (nr == 0) {
                 break;
             }
+            const double t0 = tdm_now_s();
             st = run(m, nr, nr, nr, err);
+            const double dt = tdm_now_s() - t0;
+            m->step_s = m->step_s > 0.0 ? m->step_s + 0.2 * (dt - m->step_s) : dt;
             for (int32_t r = 0; st == TDM_OK && r < nr; r++) {
                 const int32_t j = m->row_job[r];
                 jobs[j].out[d] =

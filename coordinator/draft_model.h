@@ -35,6 +35,9 @@ tdm_status_t crd_draft_model_create(const xp_executor_t *ex, crd_draft_model_t *
 void crd_draft_model_destroy(crd_draft_model_t *m); /* NULL is fine; seqs must be gone */
 
 int32_t crd_draft_model_n_vocab(const crd_draft_model_t *m);
+/* Seconds of one drafting step (one token per sequence; an average of recent ones, 0 before
+ * the first): what each draft position costs the step (spec.h crd_spec_cost_t). */
+double crd_draft_model_step_seconds(const crd_draft_model_t *m);
 
 crd_draft_seq_t *crd_draft_seq_create(crd_draft_model_t *m); /* NULL: out of memory */
 void crd_draft_seq_destroy(crd_draft_seq_t *q); /* gives its blocks back; NULL is fine */

@@ -801,6 +801,8 @@ static tdm_status_t plan_drafts(crd_sched_t *s, tdm_error_t *err)
         }
         TDM_INFO("sched", "speculative decoding cost model, ms per step of n tokens:%s", line);
     }
+    s->cost.draft_step =
+        s->p.spec.draft != NULL ? crd_draft_model_step_seconds(s->p.spec.draft) : 0.0;
     int32_t planned = crd_spec_plan(&s->cost, s->plan_q, n_q, n_base, n_decode, room, always);
     TDM_DEBUG("sched", "spec plan: %d proposals, base %d, decode %d, room %d -> %d drafts",
               (int)n_q, (int)n_base, (int)n_decode, (int)room, (int)planned);

@@ -269,6 +269,7 @@ int32_t crd_spec_plan(const crd_spec_cost_t *c, crd_spec_seq_t *const *q, int32_
     }
     double tokens = (double)n_decode; /* expected tokens of the step so far */
     int32_t n = n_base;
+    int32_t k_model = 0; /* the longest run of drafts a draft model must make */
     double t_n = crd_spec_cost_time(c, n);
     while (total < room) {
         /* the best next draft: the largest a_i^(k_i + 1) */
@@ -289,11 +290,17 @@ int32_t crd_spec_plan(const crd_spec_cost_t *c, crd_spec_seq_t *const *q, int32_
         if (best < 0) {
             break;
         }
-        const double t_next = crd_spec_cost_time(c, n + 1);
+        int32_t k_next = k_model;
+        if (q[best]->ops != NULL && q[best]->ops->fill != NULL && q[best]->n_draft + 1 > k_model) {
+            k_next = q[best]->n_draft + 1;
+        }
+        /* a draft model's steps are part of the step's time */
+        const double t_next = crd_spec_cost_time(c, n + 1) + c->draft_step * (double)k_next;
         if ((tokens + best_gain) * t_n <= tokens * t_next) {
             break; /* one more token would lower the step's expected tokens per second */
         }
         q[best]->n_draft++;
+        k_model = k_next;
         tokens += best_gain;
         n++;
         t_n = t_next;

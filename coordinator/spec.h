@@ -138,6 +138,9 @@ typedef struct crd_spec_cost {
     double t[CRD_SPEC_COST_POINTS]; /* seconds; 0: not measured          */
     int32_t n_points;
     double scale; /* online correction: real decode steps / the model (EMA) */
+    /* Seconds of one draft-model step (0: none measured, or no drafter that runs a model):
+     * a step whose longest run of model-made drafts is k also costs k of them. */
+    double draft_step;
 } crd_spec_cost_t;
 
 /* Predicted time of a step of n tokens (linear between measured points, extrapolated

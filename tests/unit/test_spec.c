@@ -253,6 +253,40 @@ static void test_plan_follows_the_cost_model(void **state)
     assert_int_equal(crd_spec_mode_parse("eagle", &m, &err), TDM_ERR_INVALID_PARAM);
 }
 
+static tdm_status_t no_fill(crd_spec_seq_t *const *q, const int32_t *const *tokens,
+                            const int32_t *n, int32_t count, tdm_error_t *err)
+{
+    (void)q, (void)tokens, (void)n, (void)count, (void)err;
+    return TDM_OK;
+}
+
+/* A draft model's steps count in the step's time: the dearer they are, the fewer drafts;
+ * a prompt-lookup sequence (no model) is not charged for them. */
+static void test_plan_counts_draft_model_steps(void **state)
+{
+    (void)state;
+    crd_spec_cost_t c = {.n_points = 8, .scale = 1.0};
+    for (int i = 0; i < 8; i++) {
+        c.t[i] = 1e-3 + 1e-5 * (1 << i);
+    }
+    crd_spec_seq_t *m = seq_with(0.8f, 6), *g = seq_with(0.8f, 6);
+    const crd_drafter_ops_t *ngram = m->ops;
+    crd_drafter_ops_t model = *ngram;
+    model.mode = CRD_SPEC_DRAFT;
+    model.fill = no_fill;
+    m->ops = &model;
+    c.draft_step = 0.0; /* free: the whole proposal, as without a model */
+    assert_int_equal(crd_spec_plan(&c, &m, 1, 1, 1, 100, false), 6);
+    c.draft_step = 4e-4; /* 0.4 of a step: k = 3 costs more than it brings at a = 0.8 */
+    assert_int_equal(crd_spec_plan(&c, &m, 1, 1, 1, 100, false), 2);
+    c.draft_step = 1e-3; /* as dear as the step itself: no draft pays */
+    assert_int_equal(crd_spec_plan(&c, &m, 1, 1, 1, 100, false), 0);
+    assert_int_equal(crd_spec_plan(&c, &g, 1, 1, 1, 100, false), 6);
+    m->ops = ngram;
+    crd_spec_seq_destroy(m);
+    crd_spec_seq_destroy(g);
+}
+
 static void test_trim_returns_rejected_blocks(void **state)
 {
     (void)state;
@@ -302,6 +336,7 @@ int main(void)
         cmocka_unit_test(test_greedy_verify_is_argmax),
         cmocka_unit_test(test_ngram_matches_brute_force),
         cmocka_unit_test(test_plan_follows_the_cost_model),
+        cmocka_unit_test(test_plan_counts_draft_model_steps),
         cmocka_unit_test(test_trim_returns_rejected_blocks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
