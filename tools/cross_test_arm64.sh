@@ -23,7 +23,7 @@ CFLAGS=(-std=c11 -O2 -g -Wall -Wextra -Wshadow -Wno-unused-parameter -Werror -D_
 REF=(kernels/cpu/quant_ref.c kernels/cpu/dot_ref.c kernels/cpu/quant_k_ref.c)
 LIB=(common/status.c common/log.c common/mem.c common/cpu_features.c model/tensor_types.c
      kernels/cpu/isa.c kernels/cpu/vec_ref.c kernels/cpu/vec_ops.c kernels/cpu/pool.c
-     kernels/cpu/matmul.c kernels/cpu/types_cpu.c kernels/cpu/ops_attn.c
+     kernels/cpu/matmul.c kernels/cpu/types_cpu.c kernels/cpu/ops_attn.c kernels/cpu/ops_kv.c
      kernels/cpu/ops_elementwise.c kernels/cpu/arm/neon_vec.c
      kernels/cpu/arm/neon_quant.c)
 objs=()

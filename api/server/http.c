@@ -53,6 +53,10 @@ typedef struct conn_req {
     size_t len, cap;
     bool too_big;
     bool answered; /* a response was queued before the body was read */
+    /* 404 / 405 / 401 decided from the head: answered once the body has been read (and
+     * dropped), because closing a socket with unread bytes sends a reset that can destroy
+     * the answer before the client reads it */
+    unsigned early_status;
     double t_start;
 } conn_req_t;
 
@@ -301,16 +305,9 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         int rc = -1;
         unsigned status = 0;
         if (cr->route == NULL) {
-            status = known ? 405 : 404;
-            rc = known
-                     ? srv_reply_error(&r, 405, "invalid_request_error", NULL, "method_not_allowed",
-                                       "%s is not allowed on %s", method, url)
-                     : srv_reply_error(&r, 404, "not_found_error", NULL, "unknown_url",
-                                       "no route %s %s", method, url);
+            cr->early_status = known ? 405 : 404;
         } else if (cr->route->needs_key && !authorized(s, conn)) {
-            status = 401;
-            rc = srv_reply_error(&r, 401, "authentication_error", NULL, "invalid_api_key",
-                                 "a valid API key is required (Authorization: Bearer KEY)");
+            cr->early_status = 401;
         } else {
             const char *cl =
                 MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
@@ -330,6 +327,10 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     }
 
     if (*upload_size > 0) {
+        if (cr->early_status != 0) {
+            *upload_size = 0; /* read and dropped: the answer is already decided */
+            return MHD_YES;
+        }
         if (!cr->answered && !cr->too_big) {
             if (cr->len + *upload_size > s->cfg.max_body) {
                 cr->too_big = true;
@@ -361,6 +362,21 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         return MHD_YES;
     }
     cr->answered = true;
+    if (cr->early_status != 0) {
+        const unsigned st = cr->early_status;
+        srv_metrics_count_http(s->metrics, cr->route ? cr->route->path : "other", st);
+        if (st == 401) {
+            return (enum MHD_Result)srv_reply_error(
+                &r, 401, "authentication_error", NULL, "invalid_api_key",
+                "a valid API key is required (Authorization: Bearer KEY)");
+        }
+        return (enum MHD_Result)(
+            st == 405
+                ? srv_reply_error(&r, 405, "invalid_request_error", NULL, "method_not_allowed",
+                                  "%s is not allowed on %s", method, url)
+                : srv_reply_error(&r, 404, "not_found_error", NULL, "unknown_url", "no route %s %s",
+                                  method, url));
+    }
     r.body = cr->body != NULL ? cr->body : "";
     r.body_len = cr->len;
     r.t_start = cr->t_start;
