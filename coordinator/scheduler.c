@@ -732,6 +732,22 @@ static void fill_drafts(crd_sched_t *s)
     }
 }
 
+/* The prompt tokens a request needing `need` more at position pos will run this step under
+ * the step-time budget (time_cap's rule, estimated ahead of it); *left is the time left
+ * for prompt chunks, consumed. */
+static int32_t expected_prompt_tokens(const crd_sched_t *s, int32_t need, int32_t pos, double *left)
+{
+    if (need <= 1 || isinf(*left)) {
+        return need;
+    }
+    int32_t cap = crd_step_time_chunk(&s->step_time, pos, *left);
+    const int32_t min_chunk = s->ex.block_tokens > 16 ? s->ex.block_tokens : 16;
+    cap = cap < min_chunk ? min_chunk : cap;
+    const int32_t n = need < cap ? need : cap;
+    *left -= crd_step_time_chunk_cost(&s->step_time, pos, n);
+    return n;
+}
+
 /*
  * Speculative decoding: proposes drafts for the running requests that decode this step
  * and keeps as many as the cost model says pay (spec.h); sets r->step_draft. The first
@@ -741,10 +757,11 @@ static tdm_status_t plan_drafts(crd_sched_t *s, tdm_error_t *err)
 {
     int32_t n_q = 0, n_base = 0, n_decode = 0, n_rows = 0;
     bool always = s->p.spec.always != 0;
+    double left = s->prefill_s; /* prompt chunks are cut by the step-time budget */
     for (crd_req_t *r = s->running.head; r != NULL; r = r->next) {
         r->step_draft = 0;
         const int32_t need = r->n_tokens - r->n_computed;
-        n_base += need;
+        n_base += expected_prompt_tokens(s, need, r->n_computed, &left);
         n_rows++;
         if (need != 1 || r->n_generated == 0) {
             continue;
@@ -771,7 +788,7 @@ static tdm_status_t plan_drafts(crd_sched_t *s, tdm_error_t *err)
     int32_t wait_tokens = 0, wait_rows = 0;
     for (crd_req_t *r = s->waiting.head; r != NULL && s->running.n + wait_rows < s->p.max_running;
          r = r->next) {
-        wait_tokens += r->n_tokens - r->n_computed;
+        wait_tokens += expected_prompt_tokens(s, r->n_tokens - r->n_computed, r->n_computed, &left);
         wait_rows++;
     }
     n_base += wait_tokens;
@@ -883,6 +900,12 @@ tdm_status_t crd_sched_step(crd_sched_t *s, tdm_error_t *err)
     bool preempted = false;
     tdm_status_t st0;
 
+    /* the budget first for the decode rows alone (drafts plan around the prompt tokens it
+     * lets through), then again with the drafts the plan kept */
+    for (crd_req_t *r = s->running.head; r != NULL; r = r->next) {
+        r->step_draft = 0;
+    }
+    plan_step_time(s);
     if ((st0 = plan_drafts(s, err)) != TDM_OK) {
         return st0;
     }
