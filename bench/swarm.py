@@ -156,10 +156,15 @@ def post_stream(port, path, body, timeout=900):
             if "error" in obj and obj.get("type") != "message_delta":
                 err = json.dumps(obj["error"])[:300]
                 break
-            piece = ""
+            piece, extra = "", ""
             if path.endswith("/chat/completions"):
                 for ch in obj.get("choices") or []:
-                    piece += (ch.get("delta") or {}).get("content") or ""
+                    d = ch.get("delta") or {}
+                    piece += d.get("content") or ""
+                    # a model's first output may be reasoning or a tool call (a random-weights
+                    # bench model's often is): any generated delta counts for TTFT and ITL
+                    extra += (d.get("reasoning_content") or "") + \
+                        "".join(json.dumps(tc) for tc in d.get("tool_calls") or [])
                 if obj.get("usage"):
                     usage = obj["usage"]
                 if obj.get("timings"):
@@ -169,6 +174,9 @@ def post_stream(port, path, body, timeout=900):
                 if t == "content_block_delta":
                     d = obj.get("delta") or {}
                     piece = d.get("text") or d.get("thinking") or d.get("partial_json") or ""
+                elif t == "content_block_start" and \
+                        (obj.get("content_block") or {}).get("type") == "tool_use":
+                    extra = json.dumps(obj["content_block"])
                 elif t == "message_start":
                     usage.update((obj.get("message") or {}).get("usage") or {})
                 elif t == "message_delta":
@@ -176,14 +184,14 @@ def post_stream(port, path, body, timeout=900):
                                   if v is not None})
                 if obj.get("timings"):
                     timings = obj["timings"]
-            if piece:
+            if piece or extra:
                 now = time.perf_counter()
                 if ttft is None:
                     ttft = now - t0
                 else:
                     gaps.append(now - t_last)
                 t_last = now
-                text.append(piece)
+                text.append(piece)  # the history keeps the answer's text only
     except (OSError, http.client.HTTPException, ValueError) as e:
         err = repr(e)[:300]
     finally:
