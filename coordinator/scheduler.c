@@ -525,27 +525,35 @@ static int32_t plan_chunk(const crd_sched_t *s, const crd_req_t *r, int32_t budg
     return chunk;
 }
 
+/* The budget's rule for one prompt chunk of `chunk` tokens at position pos: as many as fit
+ * in *left seconds, at least a minimum chunk when allow_min (so prompts keep moving); *left
+ * is consumed. */
+static int32_t budget_chunk(const crd_sched_t *s, int32_t chunk, int32_t pos, double *left,
+                            bool allow_min)
+{
+    int32_t cap = crd_step_time_chunk(&s->step_time, pos, *left);
+    const int32_t min_chunk = s->ex.block_tokens > 16 ? s->ex.block_tokens : 16;
+    if (cap < min_chunk && allow_min) {
+        cap = min_chunk;
+    }
+    chunk = chunk < cap ? chunk : cap;
+    if (chunk > 0) {
+        *left -= crd_step_time_chunk_cost(&s->step_time, pos, chunk);
+    }
+    return chunk;
+}
+
 /* Bounds a prompt chunk of r by the time left for prompt chunks this step; the first
- * prompt chunk of a step always gets at least a block's worth, so prompts keep moving. */
+ * prompt chunk of a step always gets at least the minimum. */
 static int32_t time_cap(crd_sched_t *s, const crd_req_t *r, int32_t chunk)
 {
     if (chunk <= 1 || isinf(s->prefill_s)) {
         return chunk;
     }
-    int32_t cap = crd_step_time_chunk(&s->step_time, r->n_computed, s->prefill_s);
-    const int32_t min_chunk = s->ex.block_tokens > 16 ? s->ex.block_tokens : 16;
-    if (cap < min_chunk && !s->min_chunk_given) {
-        cap = min_chunk;
-    }
-    if (cap < chunk) {
-        chunk = cap;
-        s->budget_cut = true;
-    }
-    if (chunk > 0) {
-        s->min_chunk_given = true;
-        s->prefill_s -= crd_step_time_chunk_cost(&s->step_time, r->n_computed, chunk);
-    }
-    return chunk;
+    const int32_t n = budget_chunk(s, chunk, r->n_computed, &s->prefill_s, !s->min_chunk_given);
+    s->budget_cut |= n < chunk;
+    s->min_chunk_given |= n > 0;
+    return n;
 }
 
 /* Sets the time left for prompt chunks this step: the budget less the predicted time of
@@ -733,19 +741,10 @@ static void fill_drafts(crd_sched_t *s)
 }
 
 /* The prompt tokens a request needing `need` more at position pos will run this step under
- * the step-time budget (time_cap's rule, estimated ahead of it); *left is the time left
- * for prompt chunks, consumed. */
+ * the step-time budget (time_cap's rule, estimated ahead of it); *left is consumed. */
 static int32_t expected_prompt_tokens(const crd_sched_t *s, int32_t need, int32_t pos, double *left)
 {
-    if (need <= 1 || isinf(*left)) {
-        return need;
-    }
-    int32_t cap = crd_step_time_chunk(&s->step_time, pos, *left);
-    const int32_t min_chunk = s->ex.block_tokens > 16 ? s->ex.block_tokens : 16;
-    cap = cap < min_chunk ? min_chunk : cap;
-    const int32_t n = need < cap ? need : cap;
-    *left -= crd_step_time_chunk_cost(&s->step_time, pos, n);
-    return n;
+    return need <= 1 || isinf(*left) ? need : budget_chunk(s, need, pos, left, true);
 }
 
 /*

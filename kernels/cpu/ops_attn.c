@@ -80,7 +80,8 @@ void kern_op_attn_head_f32(kern_isa_t isa, float *out, const float *q, const flo
                            float *scores)
 {
 #if defined(__x86_64__)
-    if ((isa == KERN_ISA_AVX2 || isa == KERN_ISA_AVX512) && head_dim % 8 == 0) {
+    if ((isa == KERN_ISA_AVX2 || isa == KERN_ISA_AVX512) && head_dim % 8 == 0 &&
+        head_dim <= KERN_ATTN_AVX2_MAX_HD) {
         kern_attn_head_f32_avx2(out, q, k, v, blocks, block_stride, block_tokens, head_dim, sp,
                                 scores);
         return;
@@ -109,7 +110,8 @@ void kern_op_attn_tile(kern_isa_t isa, tdm_type_t type, const kern_attn_row_t *r
             continue;
         }
 #if defined(__x86_64__)
-        if ((isa == KERN_ISA_AVX2 || isa == KERN_ISA_AVX512) && head_dim % 8 == 0) {
+        if ((isa == KERN_ISA_AVX2 || isa == KERN_ISA_AVX512) && head_dim % 8 == 0 &&
+            head_dim <= KERN_ATTN_AVX2_MAX_HD) {
             kern_attn_tile_f32_avx2(rows + r0, n, k, v, blocks, block_bytes / sizeof(float),
                                     block_tokens, head_dim, sc, ld_scores, acc);
             continue;

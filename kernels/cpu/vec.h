@@ -41,7 +41,8 @@ float kern_dot_f32_neon(const float *x, const float *y, size_t n);
 void kern_axpy_f32_neon(float *y, float a, const float *x, size_t n);
 
 /* AVX2 row ops behind kern_op_attn_head_f32 / kern_op_silu_mul_f32_isa (x86/avx2_ops.c);
- * the attention kernel needs head_dim % 8 == 0. */
+ * the attention kernels need head_dim % 8 == 0 and <= KERN_ATTN_AVX2_MAX_HD. */
+#define KERN_ATTN_AVX2_MAX_HD 512
 void kern_attn_head_f32_avx2(float *out, const float *q, const float *k, const float *v,
                              const int32_t *blocks, size_t block_stride, int block_tokens,
                              int head_dim, const kern_attn_span_t *sp, float *scores);

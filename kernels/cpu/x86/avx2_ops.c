@@ -117,77 +117,16 @@ static inline float dot1(const float *q, const float *k, int hd)
 
 #define ATTN_CHUNK 64 /* output dims accumulated in registers per pass over the values */
 
+/* One row is a tile of one (kern_attn_tile_f32_avx2 below): the same arithmetic by
+ * construction, so a row's result never depends on the tile it was computed in. */
 void kern_attn_head_f32_avx2(float *out, const float *q, const float *k, const float *v,
                              const int32_t *blocks, size_t block_stride, int block_tokens,
                              int head_dim, const kern_attn_span_t *sp, float *scores)
 {
-    const int B = block_tokens, hd = head_dim;
-    const int32_t lo = sp->lo, hi = sp->hi;
-    const float scale = sp->scale;
-    /* scores, block by block (a block's keys of this head are contiguous rows); a window
-     * may start inside a block */
-    for (int32_t j0 = lo; j0 < hi;) {
-        const int s0 = (int)(j0 % B);
-        const float *kb = k + (size_t)blocks[j0 / B] * block_stride + (size_t)s0 * hd;
-        const int nj = hi - j0 < B - s0 ? (int)(hi - j0) : B - s0;
-        int j = 0;
-        for (; j + 4 <= nj; j += 4) {
-            const float *kr = kb + (size_t)j * hd;
-            const __m128 s = dot4(q, kr, kr + hd, kr + 2 * hd, kr + 3 * hd, hd);
-            _mm_storeu_ps(scores + j0 + j, _mm_mul_ps(s, _mm_set1_ps(scale)));
-        }
-        for (; j < nj; j++) {
-            scores[j0 + j] = dot1(q, kb + (size_t)j * hd, hd) * scale;
-        }
-        j0 += nj;
-    }
-    /* softmax numerators and their sum; the sink joins the max and, last, the sum */
-    const float mx = max_span(scores, lo, hi, sp->sink);
-    const __m256 vmx = _mm256_set1_ps(mx);
-    __m256 vsum = _mm256_setzero_ps();
-    int32_t j = lo;
-    for (; j + 8 <= hi; j += 8) {
-        const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(scores + j), vmx));
-        _mm256_storeu_ps(scores + j, e);
-        vsum = _mm256_add_ps(vsum, e);
-    }
-    double sum = hsum256(vsum);
-    for (; j < hi; j++) {
-        scores[j] = expf(scores[j] - mx);
-        sum += scores[j];
-    }
-    sum += expf(sp->sink - mx); /* 0 without a sink */
-    const __m256 inv = _mm256_set1_ps((float)(1.0 / sum));
-    /* weighted sum of the values, ATTN_CHUNK dims at a time in registers */
-    for (int c0 = 0; c0 < hd; c0 += ATTN_CHUNK) {
-        const int nc = hd - c0 < ATTN_CHUNK ? (hd - c0) / 8 : ATTN_CHUNK / 8;
-        __m256 o[ATTN_CHUNK / 8];
-        for (int c = 0; c < ATTN_CHUNK / 8; c++) {
-            o[c] = _mm256_setzero_ps();
-        }
-        for (int32_t j0 = lo; j0 < hi;) {
-            const int s0 = (int)(j0 % B);
-            const float *vb = v + (size_t)blocks[j0 / B] * block_stride + (size_t)s0 * hd + c0;
-            const int nj = hi - j0 < B - s0 ? (int)(hi - j0) : B - s0;
-            for (int jj = 0; jj < nj; jj++) {
-                const __m256 w = _mm256_set1_ps(scores[j0 + jj]);
-                const float *vr = vb + (size_t)jj * hd;
-                if (nc == ATTN_CHUNK / 8) {
-                    for (int c = 0; c < ATTN_CHUNK / 8; c++) {
-                        o[c] = _mm256_fmadd_ps(w, _mm256_loadu_ps(vr + 8 * c), o[c]);
-                    }
-                } else {
-                    for (int c = 0; c < nc; c++) {
-                        o[c] = _mm256_fmadd_ps(w, _mm256_loadu_ps(vr + 8 * c), o[c]);
-                    }
-                }
-            }
-            j0 += nj;
-        }
-        for (int c = 0; c < nc; c++) {
-            _mm256_storeu_ps(out + c0 + 8 * c, _mm256_mul_ps(o[c], inv));
-        }
-    }
+    float acc[KERN_ATTN_AVX2_MAX_HD];
+    const kern_attn_row_t row = {q, out, *sp};
+    kern_attn_tile_f32_avx2(&row, 1, k, v, blocks, block_stride, block_tokens, head_dim, scores, 0,
+                            acc);
 }
 
 /*
