@@ -22,8 +22,10 @@ import json
 import random
 from pathlib import Path
 
+# new templates go at the end: each template's cases come from its own seeded generator, so
+# the earlier templates' cases stay as they were
 TEMPLATES = ["qwen3-coder", "gpt-oss", "minimax-m2", "llama-3.1", "qwen3", "smollm2", "devstral-small-2",
-             "mistral-v13"]
+             "mistral-v13", "qwen3-coder-next", "qwen3.5"]
 
 SPECIALS = {
     "qwen3-coder": ("", "<|im_end|>"),
@@ -34,6 +36,8 @@ SPECIALS = {
     "smollm2": ("<|im_start|>", "<|im_end|>"),
     "devstral-small-2": ("<s>", "</s>"),
     "mistral-v13": ("<s>", "</s>"),
+    "qwen3-coder-next": ("", "<|im_end|>"),
+    "qwen3.5": ("", "<|im_end|>"),
 }
 
 TEXTS = [
@@ -248,7 +252,7 @@ def profile_cases(name, rng, n):
         use_tools = rng.random() < 0.6
         tools = g.tools() if use_tools else None
         has_system = rng.random() < 0.5
-        if name == "qwen3-coder":
+        if name in ("qwen3-coder", "qwen3-coder-next"):
             msgs = g.conversation(tools=tools, string_args=False, max_calls=2, reasoning=False,
                                   system_role="system" if has_system else None,
                                   content_with_calls=lambda r: r.choice([None, "", "Let me check.", "  padded  "]))
@@ -264,6 +268,8 @@ def profile_cases(name, rng, n):
                         break
             if rng.random() < 0.6:
                 ctx["enable_thinking"] = rng.random() < 0.5
+        elif name == "qwen3.5":
+            msgs = qwen35_conversation(g, rng, tools, has_system, ctx)
         elif name == "gpt-oss":
             role = rng.choice(["system", "developer"]) if has_system else None
             msgs = g.conversation(tools=tools, string_args=True, max_calls=1, reasoning=True,
@@ -308,6 +314,44 @@ def profile_cases(name, rng, n):
             ctx["tools"] = tools
         cases.append(ctx)
     return cases
+
+
+MEDIA = [{"type": "image", "image": "data:,"}, {"type": "image_url", "image_url": {"url": "data:,"}},
+         {"type": "video", "video": "data:,"}]
+
+
+def qwen35_conversation(g, rng, tools, has_system, ctx):
+    """Qwen3.5 / 3.6: thinking (reasoning_content, or <think> inside the content, shown only
+    after the last real user query), content as lists of text and media parts, consecutive
+    tool results, enable_thinking and add_vision_id."""
+    msgs = g.conversation(tools=tools, string_args=False, max_calls=3, reasoning=True,
+                          system_role="system" if has_system else None,
+                          content_with_calls=lambda r: r.choice([None, "", "I'll call a tool.",
+                                                                 "\nLeading newline\n"]))
+    if rng.random() < 0.3:
+        for m in msgs:
+            if m["role"] == "assistant" and "reasoning_content" not in m and m["content"]:
+                m["content"] = rng.choice(["<think>\n", "<think>", "\n\n<think>\n"]) + rng.choice(REASONING) + \
+                    "\n</think>\n\n" + m["content"]
+                break
+    if rng.random() < 0.35:
+        for m in msgs:
+            if m["role"] == "user" and rng.random() < 0.7:
+                parts = [{"type": "text", "text": m["content"]}]
+                parts.insert(rng.randint(0, 1), dict(rng.choice(MEDIA)))
+                if rng.random() < 0.3:
+                    parts.append({"text": " and more"})
+                m["content"] = parts
+        if rng.random() < 0.5:
+            ctx["add_vision_id"] = True
+    if rng.random() < 0.2:
+        for m in msgs:
+            if m["role"] == "tool":
+                m["content"] = [{"type": "text", "text": m["content"]}]
+                break
+    if rng.random() < 0.7:
+        ctx["enable_thinking"] = rng.random() < 0.5
+    return msgs
 
 
 def edge_cases(name):
@@ -356,6 +400,55 @@ def edge_cases(name):
                     "add_generation_prompt": True})
         out.append({"messages": [user, {"role": "assistant", "content": "", "tool_calls": [call]},
                                  {"role": "tool", "content": [{"output": "o1"}, {"type": "text", "text": "t2"}]}]})
+    if name == "qwen3.5":
+        sys_msg = {"role": "system", "content": "S"}
+        # no messages; only tool responses as user turns; a system message later; an unknown
+        # role; an image in the system message; a number as content: all raise
+        out.append({"messages": []})
+        out.append({"messages": [{"role": "user", "content": "<tool_response>\nx\n</tool_response>"}]})
+        out.append({"messages": [user, sys_msg]})
+        out.append({"messages": [user, {"role": "critic", "content": "x"}]})
+        out.append({"messages": [{"role": "system", "content": [{"type": "image"}]}, user]})
+        out.append({"messages": [{"role": "user", "content": 42}]})
+        out.append({"messages": [{"role": "user", "content": [{"type": "audio"}]}]})
+        # string arguments cannot be iterated with |items: a type error in both engines
+        out.append({"messages": [user, {"role": "assistant", "content": "",
+                                        "tool_calls": [{"type": "function", "function": {
+                                            "name": "f", "arguments": "{\"a\": 1}"}}]}]})
+        # a system message with tools, arguments of every JSON type, a tool call without a
+        # function wrapper, a multi-step tool loop after the last query (thinking shown)
+        out.append({"messages": [sys_msg, user,
+                                 {"role": "assistant", "content": "", "reasoning_content": "  plan  ",
+                                  "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": {
+                                      "s": "str", "i": 3, "f": 2.5, "b": False, "n": None, "l": [1, "x"],
+                                      "d": {"k": [True]}}}}, {"name": "g", "arguments": {}}]},
+                                 {"role": "tool", "content": "r1"}, {"role": "tool", "content": "r2"},
+                                 {"role": "assistant", "content": "<think>\nmore\n</think>\n\ndone"}],
+                    "tools": [TOOLS[0], TOOLS[3]], "add_generation_prompt": True})
+        # a whitespace-only system message with tools, enable_thinking false
+        out.append({"messages": [{"role": "system", "content": "  \n "}, user], "tools": [TOOLS[4]],
+                    "add_generation_prompt": True, "enable_thinking": False})
+    if name == "qwen3-coder-next":
+        # string arguments: a type error in both engines; content None on a plain assistant
+        # message: str + None fails in both
+        out.append({"messages": [user, {"role": "assistant", "content": "",
+                                        "tool_calls": [{"type": "function", "function": {
+                                            "name": "f", "arguments": "{\"a\": 1}"}}]}]})
+        out.append({"messages": [user, {"role": "assistant", "content": None}]})
+        # extra keys on tools and parameters (rendered as <key> tags), a tool without a
+        # description or parameters, a system message with no tools, an unknown role
+        out.append({"messages": [{"role": "system", "content": "S"}, user,
+                                 {"role": "custom_role", "content": "other"}],
+                    "tools": [{"name": "bare_tool",
+                               "parameters": {"type": "object", "properties": {
+                                   "x": {"type": "integer", "minimum": 0, "maximum": 10, "items": [1, 2],
+                                         "nested": {"k": "v"}, "nothing": None, "flag": True,
+                                         "required": ["a", 1]}},
+                                   "required": ["x"], "additionalProperties": False},
+                               "return": {"type": "string"}, "strict": True},
+                              {"type": "function", "function": {"name": "no_desc"}}]})
+        out.append({"messages": [{"role": "system", "content": "Only a system prompt"}, user],
+                    "add_generation_prompt": True})
     if name == "qwen3-coder":
         # string arguments cannot be iterated with |items: a type error in both engines
         out.append({"messages": [user, {"role": "assistant", "content": "",

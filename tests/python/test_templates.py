@@ -27,7 +27,7 @@ TPL_DIR = FIXTURES / "templates"
 CASES = TPL_DIR / "cases.jsonl"
 NOW = 1718000000.123456  # fixed clock for strftime_now (2024-06-10 06:13:20 UTC)
 TEMPLATES = ["qwen3-coder", "gpt-oss", "minimax-m2", "llama-3.1", "qwen3", "smollm2", "devstral-small-2",
-             "mistral-v13"]
+             "mistral-v13", "qwen3-coder-next", "qwen3.5"]
 MIN_CASES = 30
 
 

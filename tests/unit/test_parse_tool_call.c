@@ -822,6 +822,8 @@ static void test_formats_of_real_templates(void **state)
         {"mistral-v13.jinja", PRS_TOOL_MISTRAL},
         {"minimax-m2.jinja", PRS_TOOL_MINIMAX_M2},
         {"qwen3-coder.jinja", PRS_TOOL_QWEN3_CODER},
+        {"qwen3-coder-next.jinja", PRS_TOOL_QWEN3_CODER},
+        {"qwen3.5.jinja", PRS_TOOL_QWEN3_CODER},
         {"qwen3.jinja", PRS_TOOL_HERMES},
         {"smollm2.jinja", PRS_TOOL_NONE},
         {"llama-3.1.jinja", PRS_TOOL_NONE},
