@@ -330,8 +330,9 @@ tdm_status_t kern_matmul_batch(kern_ctx_t *ctx, int n_ops, const kern_matmul_op_
             p->tile2 = kern_vec_dot_tile2_get(w->type, isa);
             p->tile4 = kern_vec_dot_tile4_get(w->type, isa);
         }
-        /* AMX: decode too, so a token's result does not depend on the batch */
-        p->gemm = kern_ctx_amx(ctx) ? kern_gemm_amx_get(w->type) : NULL;
+        /* row-lane products (AMX, or AVX-512 VNNI: the same bits): decode too, so a
+         * token's result does not depend on the batch */
+        p->gemm = kern_gemm_get(w->type, isa, kern_ctx_amx(ctx));
         p->item0 = items;
         items +=
             n_tok == 1 ? w->n_rows : (w->n_rows + KERN_ROW_BLK - 1) / KERN_ROW_BLK * j.n_tok_blk;

@@ -277,3 +277,19 @@ kern_gemm_fn kern_gemm_amx_get(tdm_type_t t)
 #endif
     return NULL;
 }
+
+kern_gemm_fn kern_gemm_get(tdm_type_t t, kern_isa_t isa, int amx)
+{
+    if (amx) {
+        return kern_gemm_amx_get(t);
+    }
+#if defined(__x86_64__)
+    if (isa == KERN_ISA_AVX512 && t == TDM_TYPE_Q4_K) {
+        return kern_gemm_q4_k_avx512;
+    }
+#else
+    (void)t;
+    (void)isa;
+#endif
+    return NULL;
+}

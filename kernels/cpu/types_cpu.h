@@ -408,6 +408,16 @@ void kern_gemm_q4_k_amx(int64_t n, const void *restrict w, size_t row_bytes, int
 /* The AMX product for weight type t, or NULL (no AMX kernel for t, or none built). */
 kern_gemm_fn kern_gemm_amx_get(tdm_type_t t);
 
+/* The same product on AVX-512 VNNI (x86/avx512_gemm.c): the AMX product's bits, for a
+ * context at the AVX-512 level without AMX. */
+void kern_gemm_q4_k_avx512(int64_t n, const void *restrict w, size_t row_bytes, int n_rows,
+                           const void *restrict a, size_t a_stride, int n_tok, float *restrict y,
+                           int64_t y_stride);
+
+/* The row-lane product for weight type t at ISA level isa (AMX when amx), or NULL: then
+ * the type's vec_dot, row kernels and tiles do its products. */
+kern_gemm_fn kern_gemm_get(tdm_type_t t, kern_isa_t isa, int amx);
+
 KERN_DECLARE_DOTS(ref)
 KERN_DECLARE_DOTS(avx2)
 KERN_DECLARE_DOTS(neon)

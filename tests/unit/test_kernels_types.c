@@ -1025,34 +1025,13 @@ static void test_dot_rows(void **state)
     print_message("dot rows and tiles: %d (type, ISA, K) cases checked\n", n_checked);
 }
 
-/* The AMX Q4_K product (kern_gemm_q4_k_amx) against the scalar vec_dot, within the
- * rounding bound, for 1..16 rows x 1..16 tokens (the one-token path and the tiles, rows
- * and tokens short of a full tile, padded row and activation strides, K of 1, 3 and 11
- * super-blocks); and every (row, token) bit-identical whatever the call's shape. Runs
- * where the CPU has AMX-INT8 and the kernel grants the tile state; a context at the
- * AVX-512 level then uses it (kern_ctx_amx), so test_matmul_tiles and
- * test_matmul_batch_invariance cover it through kern_matmul too. */
-static void test_gemm_amx(void **state)
+/* A row-lane Q4_K product (kern_gemm_fn) against the scalar vec_dot, within the rounding
+ * bound, for 1..16 rows x 1..16 tokens (the one-token path and the multi-token one, rows
+ * and tokens short of a full call, padded row and activation strides, K of 1, 3 and 11
+ * super-blocks); every (row, token) bit-identical whatever the call's shape; and, when
+ * `other` is given, bit-identical to it. */
+static void check_gemm_q4_k(kern_gemm_fn gemm, kern_gemm_fn other, const char *name)
 {
-    (void)state;
-#if !defined(KERN_HAVE_AMX)
-    print_message("AMX: not built, skipped\n");
-#else
-    tdm_cpu_features_t f;
-    tdm_cpu_features_detect(&f);
-    const kern_gemm_fn gemm = kern_gemm_amx_get(TDM_TYPE_Q4_K);
-    if (gemm == NULL || !f.amx_int8 || !kern_isa_supported(KERN_ISA_AVX512, &f) ||
-        !kern_amx_request()) {
-        print_message("AMX: not built or not available here, skipped\n");
-        return;
-    }
-    const char *env = getenv("TANDEM_CPU_AMX");
-    kern_ctx_t *ctx = NULL;
-    assert_int_equal(kern_ctx_create(1, KERN_ISA_AVX512, &ctx, NULL), TDM_OK);
-    assert_int_equal(kern_ctx_amx(ctx), env == NULL || strcmp(env, "0") != 0);
-    kern_ctx_destroy(ctx);
-    assert_null(kern_gemm_amx_get(TDM_TYPE_Q6_K));
-
     uint64_t s = 2718;
     const tdm_type_t t = TDM_TYPE_Q4_K;
     static const int64_t ks[] = {256, 3 * 256, 11 * 256};
@@ -1097,9 +1076,16 @@ static void test_gemm_amx(void **state)
         for (int tk = 0; tk < NT; tk++) {
             for (int r = 0; r < NR; r++) {
                 if (!(fabs((double)full[tk][r] - want[tk][r]) <= tol[tk][r])) {
-                    fail_msg("AMX Q4_K K=%lld y[%d,%d] = %.9g, scalar vec_dot %.9g (tol %.3g)",
+                    fail_msg("%s Q4_K K=%lld y[%d,%d] = %.9g, scalar vec_dot %.9g (tol %.3g)", name,
                              (long long)k, tk, r, full[tk][r], want[tk][r], tol[tk][r]);
                 }
+            }
+        }
+        if (other != NULL) {
+            float o[NT][NR + 3];
+            other(k, w, rb, NR, a, as, NT, &o[0][0], NR + 3);
+            for (int tk = 0; tk < NT; tk++) {
+                assert_memory_equal(o[tk], full[tk], NR * sizeof(float));
             }
         }
         /* every sub-shape, from every first row and token: the same bits */
@@ -1130,6 +1116,42 @@ static void test_gemm_amx(void **state)
         free(wd);
         free(x);
     }
+}
+
+/* The AVX-512 VNNI Q4_K product (kern_gemm_q4_k_avx512, what an AVX-512 context without
+ * AMX runs every Q4_K product through) and the AMX one (kern_gemm_q4_k_amx, where the CPU
+ * has AMX-INT8 and the kernel grants the tile state) by check_gemm_q4_k, and the two
+ * bit-identical. A context at the AVX-512 level uses one of them, so test_matmul_tiles
+ * and test_matmul_batch_invariance cover them through kern_matmul too. */
+static void test_gemm_q4_k(void **state)
+{
+    (void)state;
+    tdm_cpu_features_t f;
+    tdm_cpu_features_detect(&f);
+    if (!kern_isa_supported(KERN_ISA_AVX512, &f)) {
+        print_message("AVX-512: not available here, Q4_K products skipped\n");
+        return;
+    }
+    const kern_gemm_fn g512 = kern_gemm_get(TDM_TYPE_Q4_K, KERN_ISA_AVX512, 0);
+    assert_non_null(g512);
+    assert_null(kern_gemm_get(TDM_TYPE_Q6_K, KERN_ISA_AVX512, 0));
+    assert_null(kern_gemm_get(TDM_TYPE_Q4_K, KERN_ISA_AVX2, 0));
+    check_gemm_q4_k(g512, NULL, "AVX-512");
+#if !defined(KERN_HAVE_AMX)
+    print_message("AMX: not built, skipped\n");
+#else
+    const kern_gemm_fn gemm = kern_gemm_amx_get(TDM_TYPE_Q4_K);
+    if (gemm == NULL || !f.amx_int8 || !kern_amx_request()) {
+        print_message("AMX: not built or not available here, skipped\n");
+        return;
+    }
+    const char *env = getenv("TANDEM_CPU_AMX");
+    kern_ctx_t *ctx = NULL;
+    assert_int_equal(kern_ctx_create(1, KERN_ISA_AVX512, &ctx, NULL), TDM_OK);
+    assert_int_equal(kern_ctx_amx(ctx), env == NULL || strcmp(env, "0") != 0);
+    kern_ctx_destroy(ctx);
+    assert_null(kern_gemm_amx_get(TDM_TYPE_Q6_K));
+    check_gemm_q4_k(gemm, g512, "AMX");
 #endif
 }
 
@@ -1371,7 +1393,7 @@ int main(void)
         cmocka_unit_test(test_matmul_nested),
         cmocka_unit_test(test_simd_quantizers_bit_exact),
         cmocka_unit_test(test_dot_rows),
-        cmocka_unit_test(test_gemm_amx),
+        cmocka_unit_test(test_gemm_q4_k),
         cmocka_unit_test(test_matmul_batch_invariance),
         cmocka_unit_test(test_mxfp4_scale_range),
         cmocka_unit_test(test_matmul_batch),
