@@ -31,6 +31,8 @@ typedef struct jp {
     jtok_t *toks;
     size_t ntok, cap;
     size_t scan_off, scan_line, scan_line_start; /* incremental line tracking */
+    size_t col_off, col_line_start; /* incremental column: col_off's column is col_cp */
+    uint32_t col_cp;
     /* parser */
     size_t pos;
     int depth;
@@ -53,16 +55,21 @@ static void line_col(jp_t *p, size_t off, uint32_t *line, uint32_t *col)
         p->scan_off++;
     }
     *line = (uint32_t)p->scan_line;
-    /* column in code points */
-    uint32_t c = 1;
-    size_t i = p->scan_line_start;
-    while (i < off && i < p->len) {
-        size_t adv;
-        ju_decode(p->src + i, p->len - i, &adv);
-        i += adv;
-        c++;
+    /* column in code points, counted on from the last token's when it is on the same line
+     * (tokens come in order): counting from the line start every time was quadratic in the
+     * length of a line, and minified templates are one long line */
+    if (p->col_line_start != p->scan_line_start || p->col_off > off || p->col_cp == 0) {
+        p->col_line_start = p->scan_line_start;
+        p->col_off = p->scan_line_start;
+        p->col_cp = 1;
     }
-    *col = c;
+    while (p->col_off < off && p->col_off < p->len) {
+        size_t adv;
+        ju_decode(p->src + p->col_off, p->len - p->col_off, &adv);
+        p->col_off += adv;
+        p->col_cp++;
+    }
+    *col = p->col_cp;
 }
 
 static void jp_fail_at(jp_t *p, tdm_status_t st, uint32_t line, uint32_t col, const char *fmt, ...)

@@ -1072,6 +1072,13 @@ static void cache_clear(tok_workspace_t *ws)
     ws->c_ents = ws->c_key_used = ws->c_ids_used = 0;
 }
 
+void tok_workspace_clear(tok_workspace_t *ws)
+{
+    if (ws != NULL) {
+        cache_clear(ws);
+    }
+}
+
 static cache_slot_t *cache_find(tok_workspace_t *ws, const uint8_t *key, size_t len, uint64_t h)
 {
     uint32_t i = (uint32_t)h & (CACHE_SLOTS - 1);

@@ -139,6 +139,9 @@ typedef struct tok_workspace tok_workspace_t;
 tdm_status_t tok_workspace_create(const tok_vocab_t *vocab, tok_workspace_t **out,
                                   tdm_error_t *err);
 void tok_workspace_destroy(tok_workspace_t *ws); /* NULL is fine */
+/* Forgets the word cache, so that the next encoding computes every word again as with a new
+ * workspace, without allocating one (the fuzz harness compares cold and cached encodings). */
+void tok_workspace_clear(tok_workspace_t *ws); /* NULL is fine */
 
 /*
  * Appends the ids of text[0..len) to out (text need not be NUL-terminated, may hold any
