@@ -50,6 +50,21 @@ tdm_status_t crd_sampling_params_validate(const crd_sampling_params_t *p, tdm_er
     if (!(p->frequency_penalty >= -2.0f && p->frequency_penalty <= 2.0f)) {
         return tdm_error_set(err, TDM_ERR_INVALID_PARAM, "frequency_penalty must be in [-2, 2]");
     }
+    if (p->n_logit_bias < 0 || p->n_logit_bias > CRD_LOGIT_BIAS_MAX) {
+        return tdm_error_set(err, TDM_ERR_INVALID_PARAM, "logit_bias may hold at most %d tokens",
+                             CRD_LOGIT_BIAS_MAX);
+    }
+    for (int32_t i = 0; i < p->n_logit_bias; i++) {
+        if (p->logit_bias_id[i] < 0) {
+            return tdm_error_set(err, TDM_ERR_INVALID_PARAM, "logit_bias: token id %d",
+                                 (int)p->logit_bias_id[i]);
+        }
+        if (!(p->logit_bias[i] >= -CRD_LOGIT_BIAS_LIMIT &&
+              p->logit_bias[i] <= CRD_LOGIT_BIAS_LIMIT)) {
+            return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
+                                 "logit_bias values must be in [-100, 100]");
+        }
+    }
     return TDM_OK;
 }
 
@@ -98,6 +113,13 @@ tdm_status_t crd_sampler_create(const crd_sampling_params_t *params, int32_t n_v
     tdm_status_t st = crd_sampling_params_validate(params, err);
     if (st != TDM_OK) {
         return st;
+    }
+    for (int32_t i = 0; i < params->n_logit_bias; i++) {
+        if (params->logit_bias_id[i] >= n_vocab) {
+            return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
+                                 "logit_bias: token id %d is not in the vocabulary [0, %d)",
+                                 (int)params->logit_bias_id[i], (int)n_vocab);
+        }
     }
     crd_sampler_t *s = calloc(1, sizeof(*s));
     if (s == NULL) {
@@ -168,6 +190,15 @@ void crd_log_softmax(const float *logits, float *out, int32_t n)
     }
 }
 
+/* Before the penalties, as vLLM orders its logits processors. */
+static void apply_logit_bias(const crd_sampler_t *s, float *logits)
+{
+    const crd_sampling_params_t *p = &s->params;
+    for (int32_t i = 0; i < p->n_logit_bias; i++) {
+        logits[p->logit_bias_id[i]] += p->logit_bias[i];
+    }
+}
+
 static void apply_penalties(crd_sampler_t *s, float *logits)
 {
     const crd_sampling_params_t *p = &s->params;
@@ -218,6 +249,7 @@ static int32_t candidates(crd_sampler_t *s, float *logits, double *total, int32_
 {
     const crd_sampling_params_t *p = &s->params;
     const int32_t n = s->n_vocab;
+    apply_logit_bias(s, logits);
     apply_penalties(s, logits);
     *best = argmax(logits, n);
     if (p->temperature == 0.0f) {

@@ -3,6 +3,8 @@
  *
  * Order of operations (as vLLM applies them, so results match what OpenAI-API users
  * expect):
+ *   0. logit_bias: each listed token's bias is added to its raw logit (OpenAI's range
+ *      [-100, 100]; -100 all but bans a token, +100 all but forces it);
  *   1. penalties on the raw logits:
  *        repetition (HF/CTRL style: logit / p if logit > 0 else logit * p, for every token
  *        seen in prompt or output), then
@@ -25,6 +27,10 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+/* The most logit_bias entries a request may carry, and the range of each bias. */
+#define CRD_LOGIT_BIAS_MAX   300
+#define CRD_LOGIT_BIAS_LIMIT 100.0f
+
 typedef struct crd_sampling_params {
     float temperature;        /* 0 = greedy                                    */
     int32_t top_k;            /* <= 0: off                                     */
@@ -35,12 +41,19 @@ typedef struct crd_sampling_params {
     float frequency_penalty;  /* 0: off; OpenAI range [-2, 2]                  */
     uint64_t seed;            /* used when has_seed                            */
     bool has_seed;            /* false: seeded from the clock and a counter    */
+    /* OpenAI's logit_bias: n_logit_bias pairs, ids distinct. Held inline (the params are
+     * copied by value from the request to the job to the sampler) and capped, as OpenAI
+     * caps the map, so a request cannot make every copy large. */
+    int32_t n_logit_bias;
+    int32_t logit_bias_id[CRD_LOGIT_BIAS_MAX];
+    float logit_bias[CRD_LOGIT_BIAS_MAX];
 } crd_sampling_params_t;
 
 /* temperature 1, everything else off, no seed. */
 void crd_sampling_params_default(crd_sampling_params_t *p);
 
-/* TDM_ERR_INVALID_PARAM with a message naming the field when a value is out of range. */
+/* TDM_ERR_INVALID_PARAM with a message naming the field when a value is out of range.
+ * (logit_bias ids are checked against the vocabulary by crd_sampler_create.) */
 tdm_status_t crd_sampling_params_validate(const crd_sampling_params_t *p, tdm_error_t *err);
 
 typedef struct crd_sampler crd_sampler_t;

@@ -597,6 +597,18 @@ static int route_gen(srv_server_t *s, const srv_http_req_t *r, srv_api_t api)
         return rc;
     }
 
+    uint32_t n_tokens = tok_vocab_n_tokens(s->vocab);
+    for (int32_t i = 0; i < req->sampling.n_logit_bias; i++) {
+        if ((uint32_t)req->sampling.logit_bias_id[i] >= n_tokens) {
+            char msg[160];
+            snprintf(msg, sizeof(msg), "logit_bias: token %d is not in the vocabulary [0, %u)",
+                     (int)req->sampling.logit_bias_id[i], n_tokens);
+            int rc = reply_status(s, r, TDM_ERR_INVALID_PARAM, "logit_bias", "invalid_value", msg);
+            gen_free(g);
+            return rc;
+        }
+    }
+
     /* the prompt */
     srv_chat_prompt_t cp = {0};
     tok_ids_t ids = {0};

@@ -147,6 +147,59 @@ static tdm_status_t parse_speculative(pctx_t *c, const json_t *o, srv_gen_req_t 
     return TDM_OK;
 }
 
+/*
+ * OpenAI's logit_bias: {"<token id>": bias, ...}, bias in [-100, 100], at most
+ * CRD_LOGIT_BIAS_MAX entries. Keys are decimal token ids as OpenAI documents them; whether
+ * an id is in the vocabulary is checked by the caller, which knows the model.
+ */
+static tdm_status_t parse_logit_bias(pctx_t *c, const json_t *o, crd_sampling_params_t *sp)
+{
+    json_t *lb = srv_json_get(o, "logit_bias");
+    if (lb == NULL) {
+        return TDM_OK;
+    }
+    if (!json_is_object(lb)) {
+        return srv_fail(&c->pe, "logit_bias", "'logit_bias' must be an object of token ids");
+    }
+    if (json_object_size(lb) > CRD_LOGIT_BIAS_MAX) {
+        return srv_fail(&c->pe, "logit_bias", "'logit_bias' may hold at most %d tokens (got %zu)",
+                        CRD_LOGIT_BIAS_MAX, json_object_size(lb));
+    }
+    const char *key;
+    json_t *v;
+    int32_t n = 0;
+    json_object_foreach(lb, key, v)
+    {
+        size_t len = strlen(key);
+        bool digits = len > 0 && len <= 10;
+        for (size_t i = 0; digits && i < len; i++) {
+            digits = key[i] >= '0' && key[i] <= '9';
+        }
+        long long id = digits ? strtoll(key, NULL, 10) : -1;
+        if (!digits || id > INT32_MAX) {
+            return srv_fail(&c->pe, "logit_bias",
+                            "'logit_bias' keys must be token ids (decimal integers), got '%.32s'",
+                            key);
+        }
+        if (!json_is_number(v) || !(json_number_value(v) >= -CRD_LOGIT_BIAS_LIMIT &&
+                                    json_number_value(v) <= CRD_LOGIT_BIAS_LIMIT)) {
+            return srv_fail(&c->pe, "logit_bias",
+                            "'logit_bias' values must be numbers between -100 and 100 (token %s)",
+                            key);
+        }
+        for (int32_t j = 0; j < n; j++) {
+            if (sp->logit_bias_id[j] == (int32_t)id) {
+                return srv_fail(&c->pe, "logit_bias", "'logit_bias' names token %lld twice", id);
+            }
+        }
+        sp->logit_bias_id[n] = (int32_t)id;
+        sp->logit_bias[n] = (float)json_number_value(v);
+        n++;
+    }
+    sp->n_logit_bias = n;
+    return TDM_OK;
+}
+
 static tdm_status_t parse_common(pctx_t *c, const json_t *o, srv_gen_req_t *r)
 {
     json_t *model = srv_json_get(o, "model");
@@ -201,10 +254,7 @@ static tdm_status_t parse_common(pctx_t *c, const json_t *o, srv_gen_req_t *r)
     SRV_TRY(get_bool(c, o, "ignore_eos", &r->ignore_eos));
     SRV_TRY(get_bool(c, o, "skip_special_tokens", &r->skip_special_tokens));
     SRV_TRY(parse_stop(c, o, r));
-    json_t *lb = srv_json_get(o, "logit_bias");
-    if (lb != NULL && (!json_is_object(lb) || json_object_size(lb) > 0)) {
-        return srv_fail(&c->pe, "logit_bias", "'logit_bias' is not supported");
-    }
+    SRV_TRY(parse_logit_bias(c, o, sp));
     json_t *bo = srv_json_get(o, "best_of");
     if (bo != NULL && !(json_is_integer(bo) && json_integer_value(bo) == 1)) {
         return srv_fail(&c->pe, "best_of", "'best_of' is not supported");

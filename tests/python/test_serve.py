@@ -342,6 +342,40 @@ def test_sampling_filters_reduce_to_greedy(tiny):
     assert g.content != greedy
 
 
+def test_logit_bias(smol, smol_tok):
+    """OpenAI's logit_bias through the official client: -100 on the greedy first token
+    makes the runner-up (by the unbiased top_logprobs) come first, +100 on a token makes it
+    every token; ids are SmolLM2's as HF tokenizers (checked against llama.cpp) gives them.
+    Reported logprobs stay those of the model, as vLLM reports them."""
+    cl = smol.client()
+    prompt = EXPECTED["greedy"][0]["prompt_ids"]
+    a = cl.completions.create(model=SMOL_NAME, prompt=prompt, max_tokens=1, temperature=0,
+                              logprobs=2)
+    tops = sorted(a.choices[0].logprobs.top_logprobs[0].items(), key=lambda kv: -kv[1])
+    (t1, l1), (t2, l2) = tops[0], tops[1]
+    assert a.choices[0].text == t1 and l1 > l2
+    id1 = smol_tok.encode(t1, add_special_tokens=False).ids
+    assert len(id1) == 1, (t1, id1)
+    b = cl.completions.create(model=SMOL_NAME, prompt=prompt, max_tokens=1, temperature=0,
+                              logprobs=2, logit_bias={str(id1[0]): -100})
+    assert b.choices[0].text == t2
+    assert b.choices[0].logprobs.top_logprobs[0] == a.choices[0].logprobs.top_logprobs[0]
+    # banned for every step: the token never appears in a longer greedy answer
+    c = cl.completions.create(model=SMOL_NAME, prompt=prompt, max_tokens=12, temperature=0,
+                              logprobs=1, logit_bias={str(id1[0]): -100})
+    assert t1 not in c.choices[0].logprobs.tokens
+    # +100 forces a token, through chat too
+    idb = smol_tok.encode(" banana", add_special_tokens=False).ids
+    assert len(idb) == 1
+    d = chat(cl, SMOL_NAME, [{"role": "user", "content": "Name a colour."}], max_tokens=6,
+             temperature=0, logit_bias={str(idb[0]): 100})
+    assert d.content == " banana" * 6 and d.finish == "length"
+    # sampled, not only greedy: a banned token is never drawn at temperature 2
+    e = cl.completions.create(model=SMOL_NAME, prompt=prompt, max_tokens=1, temperature=2.0,
+                              seed=3, n=16, logit_bias={str(id1[0]): -100})
+    assert all(ch.text != t1 for ch in e.choices)
+
+
 # ---- 2. completions: text prompt and token-id prompt ----
 
 def test_completions_text_and_ids(smol):

@@ -207,6 +207,74 @@ static void test_validation_and_log_softmax(void **state)
     assert_true(fabs(sum - 1.0) < 1e-5);
 }
 
+/* logit_bias adds to the raw logit before everything else: greedy follows the biased
+ * argmax, a -100 bias removes a token from the sampled support, and the sampled
+ * distribution is softmax of the biased logits. */
+static void test_logit_bias(void **state)
+{
+    (void)state;
+    crd_sampling_params_t p;
+    crd_sampling_params_default(&p);
+    p.temperature = 0.0f;
+    p.n_logit_bias = 2;
+    p.logit_bias_id[0] = 1;
+    p.logit_bias[0] = -100.0f;
+    p.logit_bias_id[1] = 5;
+    p.logit_bias[1] = -0.75f; /* 5: 3.0 -> 2.25, below 2 (2.5) */
+    crd_sampler_t *s = make(&p);
+    assert_int_equal(draw(s), 2);
+    crd_sampler_destroy(s);
+    p.logit_bias[1] = 100.0f; /* forces 5 */
+    s = make(&p);
+    assert_int_equal(draw(s), 5);
+    crd_sampler_destroy(s);
+
+    /* sampled: token 1 banned, token 3 raised by 3 (-1 -> 2) */
+    crd_sampling_params_default(&p);
+    p.seed = 7;
+    p.has_seed = true;
+    p.n_logit_bias = 2;
+    p.logit_bias_id[0] = 1;
+    p.logit_bias[0] = -100.0f;
+    p.logit_bias_id[1] = 3;
+    p.logit_bias[1] = 3.0f;
+    s = make(&p);
+    float biased[V];
+    memcpy(biased, base_logits, sizeof(biased));
+    biased[1] -= 100.0f;
+    biased[3] += 3.0f;
+    double want[V];
+    softmax_t(biased, want, 1.0f);
+    const int n = 40000;
+    int counts[V] = {0};
+    for (int i = 0; i < n; i++) {
+        counts[draw(s)]++;
+    }
+    assert_int_equal(counts[1], 0);
+    for (int t = 0; t < V; t++) {
+        double sd = sqrt(n * want[t] * (1 - want[t]));
+        assert_true(fabs(counts[t] - n * want[t]) <= 5 * sd + 1);
+    }
+    crd_sampler_destroy(s);
+
+    /* limits: value range, entry count, ids inside the vocabulary */
+    tdm_error_t err = {0};
+    crd_sampling_params_default(&p);
+    p.n_logit_bias = 1;
+    p.logit_bias_id[0] = 0;
+    p.logit_bias[0] = 100.5f;
+    assert_int_equal(crd_sampling_params_validate(&p, &err), TDM_ERR_INVALID_PARAM);
+    p.logit_bias[0] = -100.0f;
+    assert_int_equal(crd_sampling_params_validate(&p, &err), TDM_OK);
+    p.n_logit_bias = CRD_LOGIT_BIAS_MAX + 1;
+    assert_int_equal(crd_sampling_params_validate(&p, &err), TDM_ERR_INVALID_PARAM);
+    p.n_logit_bias = 1;
+    p.logit_bias_id[0] = V;
+    crd_sampler_t *bad = NULL;
+    assert_int_equal(crd_sampler_create(&p, V, &bad, &err), TDM_ERR_INVALID_PARAM);
+    assert_null(bad);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -216,6 +284,7 @@ int main(void)
         cmocka_unit_test(test_top_k_top_p_min_p_support),
         cmocka_unit_test(test_penalties_follow_formulas),
         cmocka_unit_test(test_validation_and_log_softmax),
+        cmocka_unit_test(test_logit_bias),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
