@@ -2,6 +2,8 @@
  * with LRU eviction, and the sliding-window pool (see kv_manager.h for the contract). */
 #include "coordinator/kv_manager.h"
 
+#include "common/check.h"
+
 #include <stdlib.h>
 #include <string.h>
 #include <xxhash.h>
@@ -804,6 +806,33 @@ int32_t crd_kvm_state_slots_free(const crd_kvm_t *kvm)
         n += !kvm->slot_used[i];
     }
     return n;
+}
+
+int32_t crd_kvm_state_slot_take(crd_kvm_t *kvm)
+{
+    for (int32_t i = 0; i < kvm->n_state_slots; i++) {
+        if (!kvm->slot_used[i]) {
+            kvm->slot_used[i] = 1;
+            return i;
+        }
+    }
+    return NIL;
+}
+
+void crd_kvm_state_slot_put(crd_kvm_t *kvm, int32_t slot)
+{
+    TDM_ASSERT(slot >= 0 && slot < kvm->n_state_slots && kvm->slot_used[slot]);
+    kvm->slot_used[slot] = 0;
+}
+
+void crd_kvm_seq_state_move(crd_kvm_t *kvm, crd_kv_seq_t *seq, int32_t slot)
+{
+    TDM_ASSERT(slot >= 0 && slot < kvm->n_state_slots && kvm->slot_used[slot] &&
+               slot != seq->state_slot);
+    if (seq->state_slot != NIL) {
+        kvm->slot_used[seq->state_slot] = 0;
+    }
+    seq->state_slot = slot;
 }
 
 int32_t crd_kvm_seq_state_load(const crd_kvm_t *kvm, const crd_kv_seq_t *seq)

@@ -148,6 +148,15 @@ const int32_t *crd_kvm_seq_swa_blocks(const crd_kv_seq_t *seq);
 /* The sequence's recurrent-state slot (-1 without slots), and how many are free. */
 int32_t crd_kvm_seq_state_slot(const crd_kv_seq_t *seq);
 int32_t crd_kvm_state_slots_free(const crd_kvm_t *kvm);
+/* Speculative decoding on recurrent layers: a step that carries drafts runs in a spare
+ * slot loaded from the sequence's own, which keeps the state from before the drafts (the
+ * checkpoint a rejection rolls back to). crd_kvm_state_slot_take marks a free slot used
+ * and returns it (-1: none free); crd_kvm_state_slot_put frees it again;
+ * crd_kvm_seq_state_move makes a taken slot the sequence's own (every draft accepted)
+ * and frees the one it had. */
+int32_t crd_kvm_state_slot_take(crd_kvm_t *kvm);
+void crd_kvm_state_slot_put(crd_kvm_t *kvm, int32_t slot);
+void crd_kvm_seq_state_move(crd_kvm_t *kvm, crd_kv_seq_t *seq, int32_t slot);
 /* The stored state (its slot id) the sequence's next step must load first: its prefix
  * hit's; -1 when none (always, after the step's commit). */
 int32_t crd_kvm_seq_state_load(const crd_kvm_t *kvm, const crd_kv_seq_t *seq);

@@ -347,6 +347,7 @@ void crd_router_get_stats(crd_router_t *r, crd_engine_stats_t *out)
         a->spec.verify_steps += x->spec.verify_steps;
         a->spec.decode_steps += x->spec.decode_steps;
         a->spec.decode_tokens += x->spec.decode_tokens;
+        a->spec.replayed_tokens += x->spec.replayed_tokens;
         if (i == 0) { /* a model, not a count: the first group's */
             a->spec.cost_1 = x->spec.cost_1;
             a->spec.cost_slope = x->spec.cost_slope;

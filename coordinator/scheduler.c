@@ -42,6 +42,10 @@ struct crd_req {
     int32_t step_chunk;
     int32_t step_logit_row; /* -1: no logits this step */
     int32_t step_draft;     /* drafted tokens after the first one this step */
+    /* recurrent layers: the spare state slot this step's drafts run in (-1: none); the
+     * sequence's own slot keeps the state from before them (spec_rollback) */
+    int32_t step_spare;
+    bool replay; /* the next step computes accepted tokens again (spec_rollback) */
 };
 
 typedef struct req_list {
@@ -68,7 +72,6 @@ struct crd_sched {
     /* speculative decoding (spec.h) */
     crd_spec_cost_t cost;
     bool cost_measured;
-    bool spec_refused_logged;
     crd_spec_seq_t **plan_q;  /* [max_running] */
     const int32_t **fill_tok; /* [max_running]: crd_spec_fill's arguments */
     int32_t *fill_n;
@@ -235,8 +238,18 @@ tdm_status_t crd_sched_create(const xp_executor_t *ex, const crd_sched_params_t 
     return TDM_OK;
 }
 
+/* Gives back the spare state slot r's drafts would have run in this step. */
+static void spare_put(crd_sched_t *s, crd_req_t *r)
+{
+    if (r->step_spare >= 0) {
+        crd_kvm_state_slot_put(s->kvm, r->step_spare);
+        r->step_spare = -1;
+    }
+}
+
 static void req_free(crd_sched_t *s, crd_req_t *r)
 {
+    spare_put(s, r);
     crd_kvm_seq_free(s->kvm, r->kv);
     crd_sampler_destroy(r->sampler);
     crd_spec_seq_destroy(r->spec);
@@ -389,16 +402,6 @@ static tdm_status_t spec_create(crd_sched_t *s, const crd_request_params_t *rp,
          * runs without speculation unless the request asks for it */
         return TDM_OK;
     }
-    if (s->ex.n_state_slots > 0) {
-        /* a recurrent state cannot be rolled back past rejected drafts yet (no state
-         * checkpoints per position): such models run without speculation */
-        if (!s->spec_refused_logged) {
-            TDM_WARN("sched", "speculative decoding is not available for models with "
-                              "recurrent layers yet: running without it");
-            s->spec_refused_logged = true;
-        }
-        return TDM_OK;
-    }
     return crd_spec_seq_create(mode, max, s->p.spec.draft, out, err);
 }
 
@@ -441,6 +444,7 @@ tdm_status_t crd_sched_submit(crd_sched_t *s, const crd_request_params_t *rp, ui
         return st;
     }
     r->n_tokens = r->n_prompt = rp->n_prompt;
+    r->step_spare = -1;
     r->n_stop_ids = rp->n_stop_ids;
     r->max_tokens = rp->max_tokens;
     r->top_logprobs = rp->top_logprobs;
@@ -487,6 +491,7 @@ bool crd_sched_has_work(const crd_sched_t *s)
 static void preempt(crd_sched_t *s, crd_req_t *r)
 {
     list_remove(&s->running, r);
+    spare_put(s, r);
     crd_kvm_seq_free(s->kvm, r->kv);
     r->kv = NULL;
     r->n_computed = 0;
@@ -604,6 +609,12 @@ static void add_to_step(crd_sched_t *s, crd_req_t *r, int32_t chunk, int32_t *n_
     s->seqs[si].state_save = save > 0 && r->n_computed + chunk == save
                                  ? crd_kvm_seq_state_save(s->kvm, r->kv, save)
                                  : -1;
+    if (r->step_spare >= 0) {
+        /* drafts on recurrent layers: the step continues the state in the spare slot and
+         * leaves the sequence's own as it was (a decode step never loads or saves one) */
+        s->seqs[si].state_load = s->seqs[si].state_slot;
+        s->seqs[si].state_slot = r->step_spare;
+    }
     r->step_chunk = chunk;
     r->step_logit_row = -1;
     for (int32_t i = 0; i < chunk; i++) {
@@ -757,6 +768,13 @@ static tdm_status_t plan_drafts(crd_sched_t *s, tdm_error_t *err)
     int32_t n_q = 0, n_base = 0, n_decode = 0, n_rows = 0;
     bool always = s->p.spec.always != 0;
     double left = s->prefill_s; /* prompt chunks are cut by the step-time budget */
+    /* recurrent layers: each drafting sequence needs a spare state slot for the step
+     * (spec_rollback), and the requests this step may admit come first */
+    int32_t spares = INT32_MAX;
+    if (s->ex.n_state_slots > 0) {
+        const int32_t admit = s->p.max_running - s->running.n;
+        spares = crd_kvm_state_slots_free(s->kvm) - (s->waiting.n < admit ? s->waiting.n : admit);
+    }
     for (crd_req_t *r = s->running.head; r != NULL; r = r->next) {
         r->step_draft = 0;
         const int32_t need = r->n_tokens - r->n_computed;
@@ -766,7 +784,7 @@ static tdm_status_t plan_drafts(crd_sched_t *s, tdm_error_t *err)
             continue;
         }
         n_decode++;
-        if (r->spec == NULL) {
+        if (r->spec == NULL || spares <= 0) {
             continue;
         }
         /* no draft past the context, nor past max_tokens (the last token is the
@@ -778,6 +796,7 @@ static tdm_status_t plan_drafts(crd_sched_t *s, tdm_error_t *err)
         crd_spec_seq_propose(r->spec, r->tokens, r->n_tokens, max);
         if (r->spec->n_proposed > 0) {
             s->plan_q[n_q++] = r->spec;
+            spares--;
         }
     }
     if (n_q == 0) {
@@ -834,6 +853,39 @@ static tdm_status_t plan_drafts(crd_sched_t *s, tdm_error_t *err)
 }
 
 /*
+ * Rolling back a recurrent state after verification (models with Gated DeltaNet layers).
+ * The step ran r's last token and its k drafts in a spare slot loaded from r's own, so the
+ * own slot still holds the state before them. Every draft accepted: the spare is now
+ * r's state. A draft rejected: the spare, which has consumed the rejected drafts too, is
+ * dropped, and r goes back to the position before the step (p0); the next step runs the
+ * accepted tokens again (n_acc + 2 of them, the emitted token last) from the kept state.
+ *
+ * Why this and not a state per drafted position (vLLM's and SGLang's way for Mamba
+ * layers): it needs no change to the kernels of any backend nor to the shards' step
+ * message, one state copy per verify step instead of k + 1 state writes, and one spare
+ * slot per drafting sequence instead of k + 1. The price, the accepted tokens recomputed
+ * after a rejection, is paid in the next step, whose weights are read anyway (a decode
+ * step is bound by weight reads); those tokens' K/V are written again with the same
+ * values. Returns the position r's computed tokens now end at.
+ */
+static int32_t spec_rollback(crd_sched_t *s, crd_req_t *r, int32_t p0, int32_t n_computed,
+                             bool all_accepted)
+{
+    if (r->step_spare < 0) {
+        return n_computed;
+    }
+    if (all_accepted) {
+        crd_kvm_seq_state_move(s->kvm, r->kv, r->step_spare);
+        r->step_spare = -1;
+        return n_computed;
+    }
+    spare_put(s, r);
+    s->stats.spec.replayed_tokens += (uint64_t)(n_computed - p0);
+    r->replay = true;
+    return p0;
+}
+
+/*
  * After a step that carried drafts for r: logits row j (from r->step_logit_row) scores
  * the token after draft j (row 0: after its last accepted token). Drafts are accepted in
  * order while they verify; the first rejection's residual draw, or the bonus token after
@@ -845,6 +897,7 @@ static void verify_drafts(crd_sched_t *s, crd_req_t *r)
     const int32_t k = r->step_draft;
     const crd_spec_mode_t mode = r->spec->ops->mode;
     const int32_t *draft = r->spec->draft;
+    const int32_t p0 = r->n_computed;
     crd_finish_t why = CRD_FINISH_NONE;
     bool done = false;
     int32_t n_acc = 0, n_emitted = 0;
@@ -871,6 +924,7 @@ static void verify_drafts(crd_sched_t *s, crd_req_t *r)
     r->spec->n_draft = k;
     crd_spec_seq_observe(r->spec, n_acc);
     r->step_draft = 0;
+    r->n_computed = spec_rollback(s, r, p0, r->n_computed, n_acc == k || done);
     crd_kvm_seq_commit(s->kvm, r->kv, r->tokens, r->n_computed);
     if (done) {
         finish_req(s, &s->running, r, why, NULL, false);
@@ -923,8 +977,15 @@ tdm_status_t crd_sched_step(crd_sched_t *s, tdm_error_t *err)
             int32_t k = chunk == 1 ? r->step_draft : 0;
             k = k < budget - 1 ? k : budget - 1;
             k = k < s->ex.n_logits_max - n_logits - 1 ? k : s->ex.n_logits_max - n_logits - 1;
+            if (k > 0 && s->ex.n_state_slots > 0 &&
+                (r->step_spare = crd_kvm_state_slot_take(s->kvm)) < 0) {
+                k = 0; /* no spare slot for the drafts' state */
+            }
             if (k > 0 && crd_kvm_seq_reserve(s->kvm, r->kv, r->n_computed + 1 + k) != TDM_OK) {
                 k = 0;
+            }
+            if (k == 0) {
+                spare_put(s, r);
             }
             r->step_draft = k > 0 ? k : 0;
             chunk += r->step_draft;
@@ -1053,10 +1114,11 @@ tdm_status_t crd_sched_step(crd_sched_t *s, tdm_error_t *err)
         }
         crd_finish_t why = CRD_FINISH_NONE;
         float *row = s->logits + (size_t)r->step_logit_row * (size_t)s->ex.n_vocab;
-        if (r->step_chunk == 1 && r->n_generated > 0) {
+        if ((r->step_chunk == 1 || r->replay) && r->n_generated > 0) {
             s->stats.spec.decode_steps++;
             s->stats.spec.decode_tokens++;
         }
+        r->replay = false;
         if (emit_token(s, r, row, -1, NULL, &why)) {
             finish_req(s, &s->running, r, why, NULL, false);
         }

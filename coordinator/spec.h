@@ -75,7 +75,10 @@ typedef struct crd_spec_stats {
     uint64_t verify_steps;               /* sequence-steps that carried drafts          */
     uint64_t decode_steps;               /* sequence-steps that decoded (drafts or not) */
     uint64_t decode_tokens;              /* tokens those emitted (drafts + 1 each at most) */
-    double cost_1, cost_slope;           /* the cost model: t(1) s, and dt/dn per token */
+    /* recurrent layers: accepted tokens computed again after a rejection rolled the state
+     * back (scheduler.c, spec_rollback) */
+    uint64_t replayed_tokens;
+    double cost_1, cost_slope; /* the cost model: t(1) s, and dt/dn per token */
 } crd_spec_stats_t;
 
 /* ---- drafters ---- */

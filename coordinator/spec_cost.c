@@ -53,15 +53,18 @@ tdm_status_t crd_spec_cost_measure(const xp_executor_t *ex, crd_kvm_t *kvm, int3
         for (int32_t p = 0; p < n_points; p++) {
             const int32_t n = 1 << p;
             int32_t nb;
+            /* recurrent layers: the sequence's state slot, each run from position 0 (a
+             * state cannot skip positions; a run at 0 starts from zero state) */
+            const int32_t slot = crd_kvm_seq_state_slot(seq);
             xp_step_seq_t ss = {.blocks = crd_kvm_seq_blocks(seq, &nb),
                                 .swa_blocks = crd_kvm_seq_swa_blocks(seq),
-                                .state_slot = -1,
+                                .state_slot = slot,
                                 .state_load = -1,
                                 .state_save = -1};
             ss.n_blocks = nb;
             /* positions at the end of the run, as decode tokens sit after their context */
             for (int32_t i = 0; i < n; i++) {
-                pos[i] = n_max - n + i;
+                pos[i] = slot >= 0 ? i : n_max - n + i;
             }
             const xp_step_t step = {.n_tokens = n,
                                     .token = tok,

@@ -306,6 +306,10 @@ static void spec_metrics(textbuf_t *b, const crd_spec_stats_t *sp, const char *m
            (double)sp->decode_steps);
     metric(b, "tandem_decode_step_tokens_total", "counter",
            "Tokens those sequence-steps generated.", model, (double)sp->decode_tokens);
+    metric(b, "tandem_spec_replayed_tokens_total", "counter",
+           "Accepted tokens computed again after a rejected draft rolled a recurrent state "
+           "back (hybrid models).",
+           model, (double)sp->replayed_tokens);
     metric(b, "tandem_decode_tokens_per_step", "gauge",
            "Generated tokens per decoding sequence-step since start (1 without speculation).",
            model, sp->decode_steps ? (double)sp->decode_tokens / (double)sp->decode_steps : 0.0);

@@ -55,16 +55,25 @@ static char *model_name(const srv_config_t *cfg)
  * decoding verifies (capped: with many streams the cost model drafts little anyway, and a
  * row is n_vocab floats). A server started with --spec off still verifies what requests
  * ask for, within the rows its idle sequences leave. */
+/* Spare recurrent-state slots for speculative decoding on hybrid models (logits_rows). */
+#define SPEC_RECURRENT_SPARES 8
+
 static int logits_rows(const srv_config_t *cfg, const gguf_ctx_t *g)
 {
-    /* a model with recurrent layers has one state slot per logits row and no speculation
-     * yet (coordinator/scheduler.c refuses it): no extra rows */
+    /* a model with recurrent layers has one state slot per logits row (and as many stored
+     * prefix states by default): each extra row is a whole state more. Its drafting
+     * sequences need one spare slot each (coordinator/scheduler.c, spec_rollback): up to
+     * SPEC_RECURRENT_SPARES of them, which is where the cost model stops drafting anyway */
     mdl_hparams_t hp;
     const bool recurrent = mdl_hparams_load(g, &hp, NULL) == TDM_OK && hp.n_recurrent > 0;
     int extra = 0;
-    if (cfg->spec_mode != CRD_SPEC_OFF && !recurrent) {
+    if (cfg->spec_mode != CRD_SPEC_OFF) {
         const int per = cfg->spec_max > 0 ? cfg->spec_max : 8;
         extra = cfg->max_running * per < 256 ? cfg->max_running * per : 256;
+        if (recurrent) {
+            extra =
+                cfg->max_running < SPEC_RECURRENT_SPARES ? cfg->max_running : SPEC_RECURRENT_SPARES;
+        }
     }
     const int rows = cfg->max_running + extra;
     return rows < cfg->batch ? rows : cfg->batch;

@@ -922,6 +922,39 @@ static void test_state_slots_and_no_prefix_hits(void **state)
     crd_kvm_destroy(kvm);
 }
 
+/* Speculative decoding's spare slots: a free running slot is taken and given back, or made
+ * the sequence's own (its old one freed); a sequence cannot be created while the spare
+ * holds the last free slot. */
+static void test_spare_state_slots(void **state)
+{
+    (void)state;
+    crd_kvm_t *kvm = NULL;
+    const crd_kvm_params_t p = {.n_blocks = 8, .block_size = 16, .n_state_slots = 2};
+    assert_int_equal(crd_kvm_create_pools(&p, &kvm, NULL), TDM_OK);
+    int32_t t[8], cached = -1;
+    fill(t, 8, 1);
+    crd_kv_seq_t *a = NULL, *b = NULL;
+    assert_int_equal(crd_kvm_seq_create(kvm, t, 8, &a, &cached, NULL), TDM_OK);
+    assert_int_equal(crd_kvm_seq_state_slot(a), 0);
+    const int32_t spare = crd_kvm_state_slot_take(kvm);
+    assert_int_equal(spare, 1);
+    assert_int_equal(crd_kvm_state_slots_free(kvm), 0);
+    assert_int_equal(crd_kvm_state_slot_take(kvm), -1);
+    assert_int_equal(crd_kvm_seq_create(kvm, t, 8, &b, &cached, NULL), TDM_ERR_BUSY);
+    crd_kvm_state_slot_put(kvm, spare); /* a rejected draft: the spare goes back */
+    assert_int_equal(crd_kvm_state_slots_free(kvm), 1);
+    assert_int_equal(crd_kvm_state_slot_take(kvm), 1);
+    crd_kvm_seq_state_move(kvm, a, 1); /* every draft accepted: the spare is a's now */
+    assert_int_equal(crd_kvm_seq_state_slot(a), 1);
+    assert_int_equal(crd_kvm_state_slots_free(kvm), 1);
+    assert_int_equal(crd_kvm_seq_create(kvm, t, 8, &b, &cached, NULL), TDM_OK);
+    assert_int_equal(crd_kvm_seq_state_slot(b), 0);
+    crd_kvm_seq_free(kvm, a);
+    crd_kvm_seq_free(kvm, b);
+    assert_int_equal(crd_kvm_state_slots_free(kvm), 2);
+    crd_kvm_destroy(kvm);
+}
+
 /* Stored recurrent states: a state saved at a sequence's last full prompt block is tied
  * to that cached block; a later prompt sharing the prefix hits up to it (not further,
  * though more blocks are cached) and loads it; unused stored states are evicted LRU and go
@@ -1111,6 +1144,7 @@ int main(void)
         cmocka_unit_test(test_swa_random_against_model),
         cmocka_unit_test(test_state_slots_and_no_prefix_hits),
         cmocka_unit_test(test_stored_states_give_prefix_hits),
+        cmocka_unit_test(test_spare_state_slots),
         cmocka_unit_test(test_stored_states_every_k_blocks),
         cmocka_unit_test(test_bad_arguments),
         cmocka_unit_test(test_router_view_predicts_hits),
