@@ -418,6 +418,9 @@ static void send_load(xp_remote_exec_t *x)
         l->kv_bytes = x->p.kv_bytes;
         l->n_batch_max = x->p.n_batch_max;
         l->n_out_max = x->p.n_logits_max;
+        l->n_state_store = x->p.n_state_store == 0  ? x->p.n_logits_max
+                           : x->p.n_state_store > 0 ? x->p.n_state_store
+                                                    : 0;
         l->block_tokens = x->p.block_tokens;
         l->proto = x->p.proto;
         l->timeout_ms = x->p.coll_timeout_ms;

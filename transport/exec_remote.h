@@ -50,6 +50,8 @@ typedef struct xp_remote_params {
                                    plan's bytes-balanced per-layer ranges               */
     const char *cluster_secret; /* NULL/"": none; else shards must prove it at JOIN and
                                    are shown it in JOIN_ACK (transport/xp_auth.h)      */
+    int n_state_store;          /* recurrent models: stored prefix states per shard;
+                                   0: n_logits_max (one per running sequence), < 0: none */
 } xp_remote_params_t;
 
 typedef struct xp_remote_exec xp_remote_exec_t;

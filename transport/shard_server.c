@@ -54,6 +54,7 @@ typedef struct loaded_shape {
     int32_t n_layers;
     int32_t *expert_lo, *expert_n;
     bool comm_device_memory; /* the collectives' buffer kind the scratch was laid out for */
+    int32_t n_state_store;   /* stored prefix states (recurrent models)                  */
 } loaded_shape_t;
 
 struct xp_shard_server {
@@ -240,7 +241,8 @@ static bool same_shape(const loaded_shape_t *a, const xp_msg_load_t *l)
     if (a->tp_rank != l->tp_rank || a->tp_size != l->tp_size || a->ep_rank != l->ep_rank ||
         a->ep_size != l->ep_size || a->n_ctx != l->n_ctx || a->n_batch_max != l->n_batch_max ||
         a->n_out_max != l->n_out_max || a->block_tokens != l->block_tokens ||
-        a->kv_bytes != l->kv_bytes || a->n_layers != l->n_layers) {
+        a->kv_bytes != l->kv_bytes || a->n_layers != l->n_layers ||
+        a->n_state_store != l->n_state_store) {
         return false;
     }
     for (int32_t i = 0; i < l->n_layers; i++) {
@@ -386,9 +388,9 @@ static tdm_status_t do_load(xp_shard_server_t *s, const xp_msg_load_t *l, uint64
             .kv_type = s->kv_type,
             .kv_block_tokens = l->block_tokens,
             .kv_bytes = l->kv_bytes,
-            /* recurrent models: a stored prefix state per running sequence (serve's
-             * default; the coordinator addresses them after the running slots) */
-            .n_state_store = l->n_out_max,
+            /* recurrent models: the stored prefix states serve asked for (--state-cache;
+             * the coordinator addresses them after the running slots) */
+            .n_state_store = l->n_state_store,
         };
         const double t0 = tdm_now_s();
         TDM_CHECK(shd_model_load(s->g, s->be, &mp, &s->model, err));
@@ -399,10 +401,10 @@ static tdm_status_t do_load(xp_shard_server_t *s, const xp_msg_load_t *l, uint64
         }
         (void)shd_model_prefault(s->model);
         loaded_shape_t *sh = &s->shape;
-        *sh = (loaded_shape_t){l->tp_rank,  l->tp_size,     l->ep_rank,   l->ep_size,
-                               l->n_ctx,    l->n_batch_max, l->n_out_max, l->block_tokens,
-                               l->kv_bytes, l->n_layers,    NULL,         NULL,
-                               comm_dm};
+        *sh = (loaded_shape_t){l->tp_rank,  l->tp_size,      l->ep_rank,   l->ep_size,
+                               l->n_ctx,    l->n_batch_max,  l->n_out_max, l->block_tokens,
+                               l->kv_bytes, l->n_layers,     NULL,         NULL,
+                               comm_dm,     l->n_state_store};
         if (l->n_layers > 0) {
             sh->expert_lo = tdm_xmalloc((size_t)l->n_layers * sizeof(int32_t));
             sh->expert_n = tdm_xmalloc((size_t)l->n_layers * sizeof(int32_t));

@@ -11,9 +11,9 @@
  *             auth: an HMAC with the cluster secret (xp_auth.h), empty without one
  *   LOAD      [ epoch, tp_rank, tp_size, ep_rank, ep_size, n_ctx, kv_bytes, n_batch_max,
  *               n_out_max, block_tokens, proto, timeout_ms, [peer address bin...],
- *               [expert_lo...], [expert_n...] (, nccl_id bin(128)) ]
- *             nccl_id exactly when proto is 2 (NCCL) and tp_size * ep_size > 1, so a LOAD
- *             of the UCX protocols is the same 15 fields as before NCCL was added
+ *               [expert_lo...], [expert_n...], n_state_store (, nccl_id bin(128)) ]
+ *             nccl_id exactly when proto is 2 (NCCL) and tp_size * ep_size > 1: 16 fields,
+ *             17 with it
  *   READY     [ epoch, status, error str, n_blocks, n_vocab, weight_bytes, resident_bytes,
  *               n_swa_blocks, n_state_slots, n_state_store ]
  *   STEP      [ n_tokens, [token...], [pos...], [seq...], [want_logits bool...], n_logits,
@@ -191,6 +191,10 @@ static tdm_status_t validate_load(const xp_msg_load_t *l, tdm_status_t fail, tdm
                              "xp_msg LOAD: n_batch_max %" PRId32 ", n_out_max %" PRId32
                              ", block_tokens %" PRId32 " (each >= 1, n_out_max <= n_batch_max)",
                              l->n_batch_max, l->n_out_max, l->block_tokens);
+    }
+    if (l->n_state_store < 0 || l->n_state_store > XP_MSG_MAX_STATE_STORE) {
+        return tdm_error_set(err, fail, "xp_msg LOAD: n_state_store %" PRId32 " outside [0, %d]",
+                             l->n_state_store, XP_MSG_MAX_STATE_STORE);
     }
     if (l->proto < XP_MSG_PROTO_AM || l->proto > XP_MSG_PROTO_NCCL || l->timeout_ms < 1) {
         return tdm_error_set(err, fail, "xp_msg LOAD: proto %" PRId32 " / timeout_ms %" PRId32,
@@ -416,7 +420,7 @@ tdm_status_t xp_msg_encode(msgpack_sbuffer *out, const xp_msg_t *m, tdm_error_t 
     case XP_MSG_LOAD: {
         const xp_msg_load_t *l = &m->load;
         const bool nccl_id = xp_msg_load_has_nccl_id(l);
-        PK(msgpack_pack_array(&pk, nccl_id ? 16 : 15));
+        PK(msgpack_pack_array(&pk, nccl_id ? 17 : 16));
         PK(msgpack_pack_uint64(&pk, l->epoch));
         PK(msgpack_pack_int32(&pk, l->tp_rank));
         PK(msgpack_pack_int32(&pk, l->tp_size));
@@ -435,6 +439,7 @@ tdm_status_t xp_msg_encode(msgpack_sbuffer *out, const xp_msg_t *m, tdm_error_t 
         }
         pack_i32_array(&pk, l->expert_lo, l->n_layers, &ok);
         pack_i32_array(&pk, l->expert_n, l->n_layers, &ok);
+        PK(msgpack_pack_int32(&pk, l->n_state_store));
         if (nccl_id) {
             PK(msgpack_pack_bin_with_body(&pk, l->nccl_id, sizeof(l->nccl_id)));
         }
@@ -710,13 +715,13 @@ static tdm_status_t decode_load(const msgpack_object *body, xp_msg_t *m, tdm_err
     tdm_status_t st;
     const msgpack_object *f = NULL, *pa = NULL;
     xp_msg_load_t *l = &m->load;
-    /* 15 fields, or 16 with an NCCL id; which one is checked once proto and sizes are read */
+    /* 16 fields, or 17 with an NCCL id; which one is checked once proto and sizes are read */
     if (body->type != MSGPACK_OBJECT_ARRAY) {
         return tdm_error_set(err, TDM_ERR_FORMAT, "xp_msg: LOAD body is not an array");
     }
-    if (body->via.array.size != 15 && body->via.array.size != 16) {
+    if (body->via.array.size != 16 && body->via.array.size != 17) {
         return tdm_error_set(err, TDM_ERR_FORMAT,
-                             "xp_msg: LOAD body has %" PRIu32 " elements, want 15 (16 with an "
+                             "xp_msg: LOAD body has %" PRIu32 " elements, want 16 (17 with an "
                              "NCCL id)",
                              (uint32_t)body->via.array.size);
     }
@@ -735,25 +740,26 @@ static tdm_status_t decode_load(const msgpack_object *body, xp_msg_t *m, tdm_err
     TRY(get_i32(&f[11], "LOAD timeout_ms", &l->timeout_ms, err));
     const bool want_id = xp_msg_load_has_nccl_id(l);
     const int64_t ranks = (int64_t)l->tp_size * l->ep_size;
-    if (want_id && body->via.array.size != 16) {
+    if (want_id && body->via.array.size != 17) {
         return tdm_error_set(err, TDM_ERR_FORMAT,
                              "xp_msg: LOAD with proto 2 (nccl) over %" PRId64
-                             " ranks has no NCCL id (15 elements, want 16)",
+                             " ranks has no NCCL id (16 elements, want 17)",
                              ranks);
     }
-    if (!want_id && body->via.array.size != 15) {
+    if (!want_id && body->via.array.size != 16) {
         return tdm_error_set(err, TDM_ERR_FORMAT,
-                             "xp_msg: LOAD body has 16 elements, want 15: an NCCL id only with "
+                             "xp_msg: LOAD body has 17 elements, want 16: an NCCL id only with "
                              "proto 2 over more than one rank (proto %" PRId32 ", %" PRId64
                              " ranks)",
                              l->proto, ranks);
     }
+    TRY(get_i32(&f[15], "LOAD n_state_store", &l->n_state_store, err));
     if (want_id) {
-        if (f[15].type != MSGPACK_OBJECT_BIN || f[15].via.bin.size != XP_MSG_NCCL_ID_BYTES) {
+        if (f[16].type != MSGPACK_OBJECT_BIN || f[16].via.bin.size != XP_MSG_NCCL_ID_BYTES) {
             return tdm_error_set(err, TDM_ERR_FORMAT, "xp_msg: LOAD nccl_id is not a %d-byte bin",
                                  XP_MSG_NCCL_ID_BYTES);
         }
-        memcpy(l->nccl_id, f[15].via.bin.ptr, XP_MSG_NCCL_ID_BYTES);
+        memcpy(l->nccl_id, f[16].via.bin.ptr, XP_MSG_NCCL_ID_BYTES);
     }
     if (f[12].type != MSGPACK_OBJECT_ARRAY || f[12].via.array.size > XP_MSG_MAX_WORLD) {
         return tdm_error_set(err, TDM_ERR_FORMAT,

@@ -25,15 +25,17 @@
 #include <stdint.h>
 
 /* Protocol 3: sliding-window block tables (STEP, READY); 4: the cluster secret's proofs
- * (JOIN, JOIN_ACK); 5: recurrent-state slots (STEP, READY). */
+ * (JOIN, JOIN_ACK); 5: recurrent-state slots (STEP, READY); 6: how many stored prefix
+ * states a shard keeps (LOAD, serve's --state-cache). */
 #define XP_MSG_MAGIC            "TDM1"
-#define XP_MSG_PROTOCOL_VERSION 5
+#define XP_MSG_PROTOCOL_VERSION 6
 
 /* Bounds the decoder enforces (and the encoder, so both sides agree). */
 #define XP_MSG_MAX_TOKENS       (1 << 20)         /* tokens per STEP                  */
 #define XP_MSG_MAX_SEQS         (1 << 20)         /* sequences per STEP               */
 #define XP_MSG_MAX_BLOCKS       (1 << 20)         /* blocks per sequence in a STEP    */
 #define XP_MSG_MAX_VOCAB        (1 << 24)         /* n_vocab of a RESULT              */
+#define XP_MSG_MAX_STATE_STORE  (1 << 16)         /* stored prefix states of a LOAD   */
 #define XP_MSG_MAX_WORLD        (1 << 16)         /* world / tp / ep sizes            */
 #define XP_MSG_VERSION_STR_MAX  64                /* tandem version string, with NUL  */
 #define XP_MSG_REASON_MAX       256               /* JOIN_ACK reason, with NUL        */
@@ -123,6 +125,10 @@ typedef struct xp_msg_load {
     int32_t n_layers;         /* 0 (contiguous expert ranges) or the model's n_layer */
     const int32_t *expert_lo; /* [n_layers] first expert this rank holds per layer    */
     const int32_t *expert_n;  /* [n_layers] how many                                  */
+    /* Recurrent models: the stored prefix states the shard keeps beside its n_out_max
+     * running slots (0: none, so no prefix hits); other models ignore it. 0..
+     * XP_MSG_MAX_STATE_STORE. */
+    int32_t n_state_store;
     /* The NCCL unique id of this formation (the coordinator made it; its bootstrap root
      * runs there). On the wire only when xp_msg_load_has_nccl_id(): proto NCCL over more
      * than one rank (a world of one makes no NCCL calls); ignored by the encoder and zero

@@ -199,7 +199,11 @@ static tdm_status_t load_group(srv_server_t *s, const srv_group_config_t *gc, sr
                                  .heartbeat_timeout_ms = cfg->shard_timeout_ms,
                                  .start_timeout_ms = cfg->shard_start_timeout_s * 1000,
                                  .contiguous_experts = cfg->contiguous_experts,
-                                 .cluster_secret = cfg->cluster_secret};
+                                 .cluster_secret = cfg->cluster_secret,
+                                 /* as xp_local: 0 its default (max_running), < 0 none */
+                                 .n_state_store = cfg->state_cache < 0    ? 0
+                                                  : cfg->state_cache == 0 ? -1
+                                                                          : cfg->state_cache};
         if ((st = xp_remote_exec_create(&rp, &g->rx, &g->ex, err)) != TDM_OK) {
             return st;
         }

@@ -168,3 +168,86 @@ def test_hybrid_serve_on_shards_stores_states_and_frees_slots(tandem_bin):
         if k > 0:  # resumed where the previous turn stored its state on the shards
             assert cached == (got_turns[k - 1][3] - 1) // 16 * 16 > 0, (k, cached)
     assert out == want_alone and again == want_alone[0], (out, want_alone)
+
+
+def test_hybrid_state_cache_reaches_shards(tandem_bin):
+    """`tandem serve --state-cache N` is carried to the shards in LOAD: each keeps N stored
+    prefix states (the coordinator addresses as many as the fewest any shard reported).
+    Oracle: a single-node server with caching off (--state-cache 0), which computes every
+    turn from scratch.
+    - --state-cache 3 (more than --max-running 2): turns 2 and 3 of an agent conversation
+      resume from states stored on the shards (cached_tokens, and the prefix-cache hit
+      counter of /metrics), answers equal to the oracle's;
+    - --state-cache 1 on the same shards (they reload for it): turn 3 resumes where turn 1
+      stored (turn 2 could not store beside the state it resumed from); prompt A, then B,
+      then A: the one stored state is B's when A comes back, so A is computed again (with
+      3 it resumes);
+    - --state-cache 0: no stored state on the shards, so no hit, same answers."""
+    seqs = _seqs()
+    model = HYBRID / "qwen3next-a-f32.gguf"
+    tok = pytest.importorskip("tokenizers").Tokenizer.from_file(
+        str(FIXTURES / "models" / "tokenizer" / "tokenizer.json"))
+    user = [seqs["s64"] + seqs["s8"], seqs["rep24"][:13], seqs["s33"][:21]]
+    a, b = seqs["s150"][:70], seqs["s33"] + seqs["s64"][:20]
+
+    def turns_of(srv):
+        prompt, out = [], []
+        for extra in user:
+            prompt = prompt + extra
+            r = _complete(srv, prompt, 6, logprobs=1)
+            ch = r.choices[0]
+            out.append((ch.text, ch.logprobs.token_logprobs,
+                        r.usage.prompt_tokens_details.cached_tokens, len(prompt)))
+            prompt = prompt + tok.encode(ch.text).ids
+        return out
+
+    def aba(srv):
+        return [(_complete(srv, p, 4).choices[0].text, _complete(srv, p, 1).usage) for p in (a, b)] + \
+            [(None, _complete(srv, a, 1).usage)]
+
+    def hits(srv):
+        return srv.metric("tandem_prefix_cache_hits_total")
+
+    ref = ServeProcess(model, "--max-running", 2, "--state-cache", 0)
+    try:
+        want = turns_of(ref)
+        want_ab = [_complete(ref, p, 4).choices[0].text for p in (a, b)]
+        assert hits(ref) == 0
+    finally:
+        ref.stop()
+    assert [t[2] for t in want] == [0, 0, 0]
+
+    got = {}
+    with Shards(model, 2, tls="tcp") as sh:
+        for n in (3, 1, 0):
+            srv = ServeProcess(model, "--max-running", 2, "--shards", sh.arg, "--tp", 2,
+                               "--state-cache", n)
+            try:
+                got[n] = (turns_of(srv), hits(srv), aba(srv))
+            finally:
+                srv.stop()
+    for n, (turns, n_hits, ab) in got.items():
+        for k, ((text, lps, cached, _), (wtext, wlps, _, _)) in enumerate(zip(turns, want)):
+            assert text == wtext, (n, k, text, wtext)
+            assert all(abs(x - y) <= 1e-4 * max(1.0, abs(y)) for x, y in zip(lps, wlps)), (n, lps, wlps)
+        cached = [t[2] for t in turns]
+        want_cached = [0] + [(turns[k - 1][3] - 1) // 16 * 16 for k in (1, 2)]
+        assert min(want_cached[1:]) > 0
+        if n == 3:  # resumed where the previous turn stored its state on the shards
+            assert cached == want_cached, (n, cached)
+        elif n == 1:
+            # turn 2 holds the one stored state it resumed from while its step saves: no
+            # room for its own, so turn 3 resumes where turn 1 stored
+            assert cached == [0, want_cached[1], want_cached[1]], (n, cached)
+        else:
+            assert cached == [0, 0, 0], cached
+        assert n_hits == sum(cached), (n, n_hits, cached)
+        assert [t for t, _ in ab[:2]] == want_ab, (n, ab)
+        # the second request of each prompt resumes from the first's stored state
+        a_again = ab[2][1].prompt_tokens_details.cached_tokens
+        if n == 0:
+            assert [u.prompt_tokens_details.cached_tokens for _, u in ab] == [0, 0, 0], (n, ab)
+        elif n == 1:
+            assert a_again == 0, ab  # B's state took the only place
+        else:
+            assert a_again == (len(a) - 1) // 16 * 16, ab

@@ -3,8 +3,8 @@
  * of every message type compared field by field, every truncation of every type, 10,000
  * seeded bit flips, hand-made malformed messages that must be refused with TDM_ERR_FORMAT
  * naming the field, and invalid messages the encoder must refuse exactly as the decoder does.
- * LOAD is covered with and without its NCCL id (16 fields when proto is nccl over more than
- * one rank, else 15).
+ * LOAD is covered with and without its NCCL id (17 fields when proto is nccl over more than
+ * one rank, else 16).
  *
  * `test_xp_msg --write-corpus DIR` writes the fuzz seed corpus (tests/fuzz/corpus/xp_msg):
  * one valid message per type, named seed-<type>, a LOAD with an NCCL id, seed-load-nccl, and
@@ -137,6 +137,7 @@ static void gen_load(uint64_t *s, gen_store_t *g, xp_msg_load_t *l)
     }
     l->expert_lo = g->expert_lo;
     l->expert_n = g->expert_n;
+    l->n_state_store = (int32_t)rng_below(s, XP_MSG_MAX_STATE_STORE + 1);
 }
 
 /* A random valid message of the given type; arrays live in g. */
@@ -311,6 +312,7 @@ static void assert_msg_equal(const xp_msg_t *a, const xp_msg_t *b)
             assert_memory_equal(x->expert_lo, y->expert_lo, n);
             assert_memory_equal(x->expert_n, y->expert_n, n);
         }
+        assert_int_equal(x->n_state_store, y->n_state_store);
         assert_int_equal(xp_msg_load_has_nccl_id(x), xp_msg_load_has_nccl_id(y));
         if (xp_msg_load_has_nccl_id(x)) {
             assert_memory_equal(x->nccl_id, y->nccl_id, XP_MSG_NCCL_ID_BYTES);
@@ -432,12 +434,12 @@ static bool wire_has_id(const xp_msg_load_t *l)
 }
 
 /* LOAD body; `bad` breaks the wire form: 1 peers nil, 2 peers[1] a string, 3 expert_n one
- * short, 4 no expert_n (14 fields), 5 no NCCL id where one is due, 6 an NCCL id where none
- * is, 7 an NCCL id of 127 bytes, 8 an NCCL id that is a string. */
+ * short, 4 no expert_n (15 fields), 5 no NCCL id where one is due, 6 an NCCL id where none
+ * is, 7 an NCCL id of 127 bytes, 8 an NCCL id that is a string, 9 n_state_store a string. */
 static void pack_load_body(msgpack_packer *pk, const xp_msg_load_t *l, int bad)
 {
     const bool id = bad == 6 || (bad != 5 && wire_has_id(l));
-    msgpack_pack_array(pk, (bad == 4 ? 14 : 15) + (id ? 1 : 0));
+    msgpack_pack_array(pk, (bad == 4 ? 15 : 16) + (id ? 1 : 0));
     msgpack_pack_uint64(pk, l->epoch);
     msgpack_pack_int32(pk, l->tp_rank);
     msgpack_pack_int32(pk, l->tp_size);
@@ -472,6 +474,11 @@ static void pack_load_body(msgpack_packer *pk, const xp_msg_load_t *l, int bad)
         for (int32_t i = 0; i < n; i++) {
             msgpack_pack_int32(pk, l->expert_n[i]);
         }
+    }
+    if (bad == 9) {
+        msgpack_pack_str_with_body(pk, "8", 1);
+    } else {
+        msgpack_pack_int32(pk, l->n_state_store);
     }
     if (id && bad == 8) {
         msgpack_pack_str_with_body(pk, l->nccl_id, XP_MSG_NCCL_ID_BYTES);
@@ -886,6 +893,7 @@ static void base_msg(xp_msg_type_t type, gen_store_t *g, xp_msg_t *m)
         }
         l->expert_lo = g->expert_lo;
         l->expert_n = g->expert_n;
+        l->n_state_store = 64;
         break;
     }
     case XP_MSG_READY:
@@ -976,20 +984,20 @@ static void test_malformed_cases(void **state)
     msgpack_sbuffer_clear(&sb);
     pack_header(&pk, XP_MSG_MAGIC, XP_MSG_PROTOCOL_VERSION + 1, XP_MSG_SHUTDOWN);
     msgpack_pack_array(&pk, 0);
-    expect_format(&sb, "protocol version 6");
+    expect_format(&sb, "protocol version 7");
 
     /* a protocol-2 peer (no sliding-window tables, READY of 7 fields) */
     msgpack_sbuffer_clear(&sb);
     pack_header(&pk, XP_MSG_MAGIC, 2, XP_MSG_SHUTDOWN);
     msgpack_pack_array(&pk, 0);
-    expect_format(&sb, "protocol version 2, this build speaks 5");
+    expect_format(&sb, "protocol version 2, this build speaks 6");
 
     /* a protocol-1 peer: its HEARTBEAT was [time_ns] (type 6 then) */
     msgpack_sbuffer_clear(&sb);
     pack_header(&pk, XP_MSG_MAGIC, 1, 6);
     msgpack_pack_array(&pk, 1);
     msgpack_pack_uint64(&pk, 123);
-    expect_format(&sb, "protocol version 1, this build speaks 5");
+    expect_format(&sb, "protocol version 1, this build speaks 6");
 
     /* protocol 1 with a body that happens to be valid in protocol 2 */
     msgpack_sbuffer_clear(&sb);
@@ -1157,7 +1165,7 @@ static void test_malformed_cases(void **state)
     msgpack_pack_int32(&pk, 1);
     msgpack_pack_int32(&pk, 4096);
     msgpack_pack_uint64(&pk, 1);
-    expect_format(&sb, "LOAD body has 6 elements, want 15");
+    expect_format(&sb, "LOAD body has 6 elements, want 16");
 
     /* LOAD wire-shape errors (pack_load_body's `bad`) */
     static const struct {
@@ -1167,12 +1175,14 @@ static void test_malformed_cases(void **state)
         {1, 0, 0, "LOAD peers is not an array"},
         {2, 0, 0, "LOAD peers[1] is not a bin"},
         {3, 0, 0, "LOAD expert_n has 2 elements, want 3"},
-        {4, 0, 0, "LOAD body has 14 elements, want 15"},
+        {4, 0, 0, "LOAD body has 15 elements, want 16"},
         {5, 2, 0, "LOAD with proto 2 (nccl) over 4 ranks has no NCCL id"},
-        {6, 1, 0, "LOAD body has 16 elements, want 15"},
-        {6, 2, 1, "LOAD body has 16 elements, want 15"}, /* nccl, but a world of one */
+        {6, 1, 0, "LOAD body has 17 elements, want 16"},
+        {6, 2, 1, "LOAD body has 17 elements, want 16"}, /* nccl, but a world of one */
         {7, 2, 0, "LOAD nccl_id is not a 128-byte bin"},
         {8, 2, 0, "LOAD nccl_id is not a 128-byte bin"},
+        {9, 0, 0, "LOAD n_state_store is not a 32-bit integer"},
+        {9, 2, 0, "LOAD n_state_store is not a 32-bit integer"},
     };
     for (size_t i = 0; i < sizeof(load_cases) / sizeof(load_cases[0]); i++) {
         base_msg(XP_MSG_LOAD, g, &m);
@@ -1193,7 +1203,7 @@ static void test_malformed_cases(void **state)
     /* a LOAD with more peer addresses than XP_MSG_MAX_WORLD (each a 1-byte nil) */
     msgpack_sbuffer_clear(&sb);
     pack_header(&pk, XP_MSG_MAGIC, XP_MSG_PROTOCOL_VERSION, XP_MSG_LOAD);
-    msgpack_pack_array(&pk, 15);
+    msgpack_pack_array(&pk, 16);
     for (int i = 0; i < 12; i++) {
         msgpack_pack_int32(&pk, 1);
     }
@@ -1203,6 +1213,7 @@ static void test_malformed_cases(void **state)
     }
     msgpack_pack_array(&pk, 0);
     msgpack_pack_array(&pk, 0);
+    msgpack_pack_int32(&pk, 0);
     expect_format(&sb, "LOAD peers is not an array of at most 65536");
 
     /* READY: a negative epoch, a too-short body */
@@ -1288,6 +1299,8 @@ enum {
     LOAD_EP_SIZE,
     LOAD_N_CTX,
     LOAD_TOO_MANY_LAYERS,
+    LOAD_STATE_STORE_NEG,
+    LOAD_STATE_STORE_BIG,
     READY_STATUS_END,
     READY_STATUS_NEG,
     READY_BLOCKS_NEG,
@@ -1369,6 +1382,12 @@ static void break_msg(int c, gen_store_t *g, xp_msg_t *m)
     case LOAD_TOO_MANY_LAYERS:
         l->n_layers = XP_MSG_MAX_LAYERS + 1;
         break;
+    case LOAD_STATE_STORE_NEG:
+        l->n_state_store = -1;
+        break;
+    case LOAD_STATE_STORE_BIG:
+        l->n_state_store = XP_MSG_MAX_STATE_STORE + 1;
+        break;
     case READY_STATUS_END:
         m->ready.status = TDM_STATUS_COUNT;
         break;
@@ -1427,6 +1446,8 @@ static void test_invalid_refused_both_ways(void **state)
         {XP_MSG_LOAD, LOAD_N_CTX, "LOAD: n_ctx 0", NULL},
         {XP_MSG_LOAD, LOAD_TOO_MANY_LAYERS, "LOAD: n_layers 4097",
          "LOAD expert_lo is not an array of at most 4096"},
+        {XP_MSG_LOAD, LOAD_STATE_STORE_NEG, "LOAD: n_state_store -1 outside [0, 65536]", NULL},
+        {XP_MSG_LOAD, LOAD_STATE_STORE_BIG, "LOAD: n_state_store 65537 outside [0, 65536]", NULL},
         {XP_MSG_READY, READY_STATUS_END, "READY: status 14 unknown", NULL},
         {XP_MSG_READY, READY_STATUS_NEG, "READY: status -1 unknown", NULL},
         {XP_MSG_READY, READY_BLOCKS_NEG, "READY: n_blocks -1", NULL},
