@@ -2,14 +2,16 @@
 """Soak: many streams of mixed, partly hostile traffic for a bounded time; nothing may leak.
 
     bench/soak.py --tandem build/api/tandem [--model M.gguf] [--streams 64] [--duration 600]
-                  [--shards 0|2] [--sample 60] [--warmup 120] [--asan] [--json OUT]
+                  [--shards 0|2] [--sample 60] [--warmup 120] [--timeout 300] [--asan]
+                  [--json OUT]
 
 Issue 16, item 3. `tandem serve` (single node, or over --shards `tandem shard` processes) gets
 --streams client threads for --duration seconds; each thread loops over a random mix of:
 streamed and whole chat completions, completions, chat with tools, stop strings, logprobs,
 requests the client abandons mid-stream (socket closed after a few events), and malformed or
 refused requests (bad JSON, unknown model, a prompt over the context, a negative max_tokens),
-each with the status it must get. Every --sample seconds it records the resident memory (VmRSS)
+each with the status it must get (a request that gets no answer within --timeout seconds is
+unexpected). Every --sample seconds it records the resident memory (VmRSS)
 and open file descriptors of every server and shard process and the KV blocks held by requests
 (`tandem_kv_blocks_used`).
 
@@ -220,6 +222,10 @@ def main():
     ap.add_argument("--warmup", type=float, default=120)
     ap.add_argument("--rss-tolerance", type=float, default=0.05,
                     help="largest RSS change after the warm-up (fraction; short runs need more)")
+    ap.add_argument("--timeout", type=float, default=300,
+                    help="client timeout per request (s); a Debug + ASan server at 64 streams "
+                         "needs about 1200: it answers ~0.3 requests/s, so a request waits "
+                         "~200 s on average behind the 63 others")
     ap.add_argument("--asan", action="store_true")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json")
@@ -263,7 +269,7 @@ def main():
             while not stop.is_set():
                 name, _, make = rng.choices(mix, weights)[0]
                 path, body, expect, streamed, abandon = make(rng)
-                err = one(port, path, body, expect, streamed, abandon, timeout=300)
+                err = one(port, path, body, expect, streamed, abandon, timeout=args.timeout)
                 with lock:
                     counts[name] = counts.get(name, 0) + 1
                     if err is not None:
@@ -300,7 +306,7 @@ def main():
             time.sleep(0.2)
         stop.set()
         for t in threads:
-            t.join(timeout=330)
+            t.join(timeout=args.timeout + 30)
         # the load is gone: blocks must come back (aborted streams are noticed within ~0.1 s)
         t_q = time.monotonic()
         while (metric(port, "tandem_kv_blocks_used") or 0) > 0 and time.monotonic() - t_q < 30:
