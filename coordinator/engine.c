@@ -14,6 +14,7 @@
 #include "common/log.h"
 
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -23,7 +24,19 @@ typedef struct pending {
     struct pending *next;
     crd_request_params_t rp;
     int32_t *prompt, *stop_ids;
+    crd_remote_prefill_t remote; /* rp.remote / rp.handoff point here when given */
+    crd_kv_handoff_t handoff;
+    int32_t *kv_dst;
 } pending_t;
+
+/* Disaggregated prefill: another group finished (or failed) a request's prompt. */
+typedef struct remote_item {
+    struct remote_item *next;
+    uint64_t id;
+    float *row; /* NULL: failed */
+    tdm_status_t status;
+    char error[TDM_ERROR_MSG_MAX];
+} remote_item_t;
 
 /* Lives from submission to the final event: forwards events and counts completions. */
 typedef struct relay {
@@ -48,6 +61,7 @@ struct crd_engine {
     pending_t *inbox_head, *inbox_tail;
     int32_t n_inbox;
     cancel_item_t *cancels;
+    remote_item_t *remote_head, *remote_tail;
     bool quit, refuse, cancel_all;
     uint64_t next_id;
     int32_t n_active;
@@ -73,6 +87,7 @@ static void pending_free(pending_t *p)
     if (p != NULL) {
         free(p->prompt);
         free(p->stop_ids);
+        free(p->kv_dst);
         free(p->rp.user); /* the relay */
         free(p);
     }
@@ -153,11 +168,13 @@ static void *engine_main(void *arg)
     for (;;) {
         pthread_mutex_lock(&e->mu);
         while (!e->quit && e->inbox_head == NULL && e->cancels == NULL && !has_work &&
-               !e->cancel_all) {
+               !e->cancel_all && e->remote_head == NULL) {
             pthread_cond_wait(&e->cv, &e->mu);
         }
         pending_t *inbox = e->inbox_head;
         cancel_item_t *cancels = e->cancels;
+        remote_item_t *remotes = e->remote_head;
+        e->remote_head = e->remote_tail = NULL;
         bool quit = e->quit, cancel_all = e->cancel_all;
         e->inbox_head = e->inbox_tail = NULL;
         e->n_inbox = 0;
@@ -184,6 +201,13 @@ static void *engine_main(void *arg)
             cancels = c->next;
             crd_sched_cancel(e->sched, c->id);
             free(c);
+        }
+        while (remotes != NULL) {
+            remote_item_t *ri = remotes;
+            remotes = ri->next;
+            crd_sched_remote_done(e->sched, ri->id, ri->row, ri->status, ri->error);
+            free(ri->row);
+            free(ri);
         }
         if (quit) {
             break; /* crd_sched_destroy ends what is left with CANCELED events */
@@ -283,6 +307,12 @@ void crd_engine_destroy(crd_engine_t *e)
         e->cancels = c->next;
         free(c);
     }
+    while (e->remote_head != NULL) {
+        remote_item_t *ri = e->remote_head;
+        e->remote_head = ri->next;
+        free(ri->row);
+        free(ri);
+    }
     crd_sched_destroy(e->sched);
     free(e->hashes);
     free(e->hashes_next);
@@ -323,6 +353,22 @@ tdm_status_t crd_engine_submit(crd_engine_t *e, const crd_request_params_t *rp, 
     }
     p->rp.prompt = p->prompt;
     p->rp.stop_ids = p->stop_ids;
+    if (rp->remote != NULL) {
+        p->remote = *rp->remote;
+        p->rp.remote = &p->remote;
+    }
+    if (rp->handoff != NULL) {
+        p->handoff = *rp->handoff;
+        p->kv_dst =
+            malloc((size_t)(rp->handoff->n_dst > 0 ? rp->handoff->n_dst : 1) * sizeof(int32_t));
+        if (p->kv_dst == NULL) {
+            pending_free(p);
+            return tdm_error_set(err, TDM_ERR_NO_MEMORY, "out of memory for a request");
+        }
+        memcpy(p->kv_dst, rp->handoff->dst, (size_t)rp->handoff->n_dst * sizeof(int32_t));
+        p->handoff.dst = p->kv_dst;
+        p->rp.handoff = &p->handoff;
+    }
 
     pthread_mutex_lock(&e->mu);
     if (e->refuse) {
@@ -367,6 +413,39 @@ void crd_engine_cancel(crd_engine_t *e, uint64_t req_id)
     pthread_mutex_lock(&e->mu);
     c->next = e->cancels;
     e->cancels = c;
+    pthread_cond_signal(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+}
+
+void crd_engine_remote_done(crd_engine_t *e, uint64_t req_id, const float *row, int32_t n_vocab,
+                            tdm_status_t status, const char *error)
+{
+    remote_item_t *ri = calloc(1, sizeof(*ri));
+    float *copy = row != NULL ? malloc((size_t)n_vocab * sizeof(float)) : NULL;
+    if (ri == NULL || (row != NULL && copy == NULL)) {
+        /* the request cannot learn its end: better an error than a hang */
+        free(copy);
+        copy = NULL;
+        if (ri == NULL) {
+            TDM_ERROR("engine", "out of memory: request %llu is lost", (unsigned long long)req_id);
+            return;
+        }
+        status = TDM_ERR_NO_MEMORY;
+        error = "out of memory for the prefilled logits";
+    } else if (row != NULL) {
+        memcpy(copy, row, (size_t)n_vocab * sizeof(float));
+    }
+    ri->id = req_id;
+    ri->row = copy;
+    ri->status = status;
+    snprintf(ri->error, sizeof(ri->error), "%s", error != NULL ? error : "");
+    pthread_mutex_lock(&e->mu);
+    if (e->remote_tail != NULL) {
+        e->remote_tail->next = ri;
+    } else {
+        e->remote_head = ri;
+    }
+    e->remote_tail = ri;
     pthread_cond_signal(&e->cv);
     pthread_mutex_unlock(&e->mu);
 }

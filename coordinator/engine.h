@@ -50,6 +50,12 @@ tdm_status_t crd_engine_submit(crd_engine_t *e, const crd_request_params_t *rp, 
 /* Cancels a request (any thread); its final event follows within one step. */
 void crd_engine_cancel(crd_engine_t *e, uint64_t req_id);
 
+/* Disaggregated prefill: another group finished the prompt of request req_id (submitted
+ * with rp->remote): row, n_vocab floats, is copied; NULL with status and error when it
+ * failed. Any thread; crd_sched_remote_done runs on the engine thread. */
+void crd_engine_remote_done(crd_engine_t *e, uint64_t req_id, const float *row, int32_t n_vocab,
+                            tdm_status_t status, const char *error);
+
 /* Refuses new submissions from now on; cancel_running also cancels everything queued
  * and running. */
 void crd_engine_shutdown(crd_engine_t *e, bool cancel_running);

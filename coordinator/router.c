@@ -10,6 +10,7 @@
 #include "coordinator/kv_manager.h"
 
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -21,6 +22,7 @@ typedef struct group {
     void *up_ctx;
     _Atomic uint64_t routed, prompt_tokens, cached_tokens;
     _Atomic int64_t load; /* tokens owed (router.h) */
+    int32_t partner;      /* disaggregated: the decode group's prefill group, and back */
 } group_t;
 
 struct crd_router {
@@ -28,6 +30,7 @@ struct crd_router {
     group_t *groups;
     int32_t n, cap;
     _Atomic uint32_t turn;
+    bool disaggregated; /* prefill + decode groups (crd_router_pair_roles) */
 };
 
 /* Lives from submission to the final event: forwards events and settles the group's load. */
@@ -121,8 +124,46 @@ tdm_status_t crd_router_add(crd_router_t *r, const char *name, crd_group_role_t 
     g->engine = engine;
     g->up = up;
     g->up_ctx = up_ctx;
+    g->partner = -1;
     r->n++;
     return TDM_OK;
+}
+
+tdm_status_t crd_router_pair_roles(crd_router_t *r, tdm_error_t *err)
+{
+    int32_t n_pre = 0, n_dec = 0, n_mixed = 0;
+    for (int32_t i = 0; i < r->n; i++) {
+        n_pre += r->groups[i].role == CRD_ROLE_PREFILL;
+        n_dec += r->groups[i].role == CRD_ROLE_DECODE;
+        n_mixed += r->groups[i].role == CRD_ROLE_MIXED;
+    }
+    if (n_pre == 0 && n_dec == 0) {
+        return TDM_OK;
+    }
+    if (n_pre != n_dec || n_mixed > 0) {
+        return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
+                             "disaggregated prefill/decode needs as many \"prefill\" groups as "
+                             "\"decode\" groups and no \"mixed\" one (%d prefill, %d decode, %d "
+                             "mixed)",
+                             (int)n_pre, (int)n_dec, (int)n_mixed);
+    }
+    for (int32_t k = 0, pi = 0, di = 0; k < n_pre; k++, pi++, di++) {
+        while (r->groups[pi].role != CRD_ROLE_PREFILL) {
+            pi++;
+        }
+        while (r->groups[di].role != CRD_ROLE_DECODE) {
+            di++;
+        }
+        r->groups[pi].partner = di;
+        r->groups[di].partner = pi;
+    }
+    r->disaggregated = true;
+    return TDM_OK;
+}
+
+int32_t crd_router_partner(const crd_router_t *r, int32_t group)
+{
+    return group >= 0 && group < r->n ? r->groups[group].partner : -1;
 }
 
 int32_t crd_router_n_groups(const crd_router_t *r)
@@ -181,6 +222,9 @@ static int32_t choose(crd_router_t *r, const crd_request_params_t *rp, int32_t *
         if (!group_up(g)) {
             continue;
         }
+        if (r->disaggregated && (g->role != CRD_ROLE_DECODE || !group_up(&r->groups[g->partner]))) {
+            continue; /* a request goes to a decode group whose prefill group is up */
+        }
         if (r->routing == CRD_ROUTE_ROUND_ROBIN) {
             best = i;
             break;
@@ -196,7 +240,121 @@ static int32_t choose(crd_router_t *r, const crd_request_params_t *rp, int32_t *
         }
     }
     *hit = best_hit;
+    if (best < 0 && r->disaggregated) {
+        for (int32_t k = 0; k < r->n; k++) { /* fails there, with that pair's reason */
+            const int32_t i = (start + k) % r->n;
+            if (r->groups[i].role == CRD_ROLE_DECODE) {
+                return i;
+            }
+        }
+    }
     return best >= 0 ? best : start; /* all down: fails there with that group's reason */
+}
+
+/*
+ * Disaggregated prefill (router.h). One handoff per request routed to a decode group:
+ * the decode scheduler calls start when it has reserved the prompt's blocks, and the
+ * request goes to the partner prefill group with those blocks as its destination. Owned
+ * by two sides: the decode request (until its release hook) and, once started, the prefill
+ * request (until its final event).
+ */
+typedef struct handoff {
+    crd_router_t *r;
+    group_t *pre;
+    crd_engine_t *dec;
+    crd_request_params_t rp; /* the prefill request: prompt and sampling as the client's */
+    int32_t *prompt;
+    uint64_t dec_id, pre_id;
+    bool started;
+    float *row; /* the prompt's last logits, from the prefill group */
+    int32_t n_vocab;
+    _Atomic int refs;
+} handoff_t;
+
+static void handoff_unref(handoff_t *h)
+{
+    if (atomic_fetch_sub(&h->refs, 1) == 1) {
+        free(h->prompt);
+        free(h->row);
+        free(h);
+    }
+}
+
+/* prefill group's thread */
+static void handoff_prefilled(void *user, const float *row, int32_t n_vocab)
+{
+    handoff_t *h = user;
+    free(h->row);
+    h->row = malloc((size_t)n_vocab * sizeof(float));
+    if (h->row != NULL) {
+        memcpy(h->row, row, (size_t)n_vocab * sizeof(float));
+        h->n_vocab = n_vocab;
+    }
+}
+
+/* prefill group's thread: its request ended; the decode group takes over or fails */
+static int handoff_event(void *user, const crd_event_t *ev)
+{
+    handoff_t *h = user;
+    if (ev->finish == CRD_FINISH_NONE) {
+        return 0;
+    }
+    const bool ok = ev->finish == CRD_FINISH_STOP && h->row != NULL;
+    char msg[TDM_ERROR_MSG_MAX];
+    snprintf(msg, sizeof(msg), "prefill group '%s': %s", h->pre->name,
+             ev->error != NULL                   ? ev->error
+             : ev->finish == CRD_FINISH_CANCELED ? "canceled"
+                                                 : "no logits");
+    crd_engine_remote_done(h->dec, h->dec_id, ok ? h->row : NULL, h->n_vocab,
+                           ok                                  ? TDM_OK
+                           : ev->finish == CRD_FINISH_CANCELED ? TDM_ERR_CANCELED
+                           : ev->status != TDM_OK              ? ev->status
+                                                               : TDM_ERR_TRANSPORT,
+                           ok ? NULL : msg);
+    handoff_unref(h);
+    return 0;
+}
+
+/* decode group's thread (crd_remote_prefill_t.start) */
+static tdm_status_t handoff_start(void *user, uint64_t req_id, const int32_t *blocks,
+                                  int32_t n_blocks, int32_t n_cached, tdm_error_t *err)
+{
+    handoff_t *h = user;
+    h->dec_id = req_id;
+    const crd_kv_handoff_t ho = {
+        .dst = blocks,
+        .n_dst = n_blocks,
+        .send_from = n_cached / crd_engine_block_size(h->dec),
+        .on_prefilled = handoff_prefilled,
+        .user = h,
+    };
+    crd_request_params_t p = h->rp;
+    p.handoff = &ho;
+    p.on_event = handoff_event;
+    p.user = h;
+    atomic_fetch_add(&h->refs, 1);
+    tdm_status_t st = crd_engine_submit(h->pre->engine, &p, &h->pre_id, err);
+    if (st != TDM_OK) {
+        atomic_fetch_sub(&h->refs, 1);
+        return tdm_error_set(err, st, "prefill group '%s': %s", h->pre->name, tdm_error_msg(err));
+    }
+    h->started = true;
+    atomic_fetch_add(&h->pre->routed, 1);
+    atomic_fetch_add(&h->pre->prompt_tokens, (uint64_t)h->rp.n_prompt);
+    return TDM_OK;
+}
+
+static void handoff_cancel(void *user)
+{
+    handoff_t *h = user;
+    if (h->started) {
+        crd_engine_cancel(h->pre->engine, h->pre_id);
+    }
+}
+
+static void handoff_release(void *user)
+{
+    handoff_unref(user);
 }
 
 static int relay_event(void *user, const crd_event_t *ev)
@@ -251,10 +409,46 @@ tdm_status_t crd_router_submit(crd_router_t *r, const crd_request_params_t *rp, 
     crd_request_params_t p = *rp;
     p.on_event = relay_event;
     p.user = rl;
+    handoff_t *h = NULL;
+    crd_remote_prefill_t remote;
+    if (r->disaggregated && g->role == CRD_ROLE_DECODE) {
+        h = calloc(1, sizeof(*h));
+        int32_t *prompt = malloc((size_t)rp->n_prompt * sizeof(int32_t));
+        if (h == NULL || prompt == NULL) {
+            free(h);
+            free(prompt);
+            atomic_fetch_sub(&g->load, rl->owed_prompt + rl->owed_gen);
+            free(rl);
+            return tdm_error_set(err, TDM_ERR_NO_MEMORY, "out of memory for a request");
+        }
+        memcpy(prompt, rp->prompt, (size_t)rp->n_prompt * sizeof(int32_t));
+        h->r = r;
+        h->pre = &r->groups[g->partner];
+        h->dec = g->engine;
+        h->prompt = prompt;
+        h->rp = *rp;
+        h->rp.prompt = prompt;
+        h->rp.max_tokens = 1;
+        h->rp.logprobs = false;
+        h->rp.top_logprobs = 0;
+        h->rp.stop_ids = NULL;
+        h->rp.n_stop_ids = 0;
+        h->rp.spec = (crd_spec_request_t){0};
+        h->rp.remote = NULL;
+        atomic_init(&h->refs, 1); /* the decode request's, until release */
+        remote = (crd_remote_prefill_t){.start = handoff_start,
+                                        .cancel = handoff_cancel,
+                                        .release = handoff_release,
+                                        .user = h};
+        p.remote = &remote;
+    }
     tdm_status_t st = crd_engine_submit(g->engine, &p, &out->req_id, err);
     if (st != TDM_OK) {
         atomic_fetch_sub(&g->load, rl->owed_prompt + rl->owed_gen);
         free(rl);
+        if (h != NULL) {
+            handoff_unref(h);
+        }
         return st;
     }
     out->group = gi;

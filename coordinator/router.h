@@ -40,8 +40,8 @@
 
 typedef enum crd_group_role {
     CRD_ROLE_MIXED = 0, /* prefill and decode (a replica)                       */
-    CRD_ROLE_PREFILL,   /* prompts only, KV handed to a decode group (not yet) */
-    CRD_ROLE_DECODE,    /* decodes what a prefill group computed (not yet)     */
+    CRD_ROLE_PREFILL,   /* prompts only, KV handed to its decode group         */
+    CRD_ROLE_DECODE,    /* decodes what its prefill group computed             */
 } crd_group_role_t;
 
 typedef enum crd_routing {
@@ -84,6 +84,19 @@ void crd_router_destroy(crd_router_t *r);
 tdm_status_t crd_router_add(crd_router_t *r, const char *name, crd_group_role_t role,
                             crd_engine_t *engine, crd_group_up_fn up, void *up_ctx,
                             tdm_error_t *err);
+
+/*
+ * Disaggregated prefill/decode (docs/distributed.md), after every crd_router_add: pairs
+ * the k-th "prefill" group with the k-th "decode" group. Requests are then routed (as
+ * above) among the decode groups whose prefill partner is up; the decode group reserves
+ * the prompt's blocks (its prefix cache first), its partner computes the prompt and puts
+ * the missing blocks into them (the executors carry that), and the decode group samples
+ * the first token from the partner's logits and decodes. Without such groups: nothing.
+ * TDM_ERR_INVALID_PARAM unless the counts match and no "mixed" group is among them.
+ */
+tdm_status_t crd_router_pair_roles(crd_router_t *r, tdm_error_t *err);
+/* The paired group (-1: none). */
+int32_t crd_router_partner(const crd_router_t *r, int32_t group);
 
 int32_t crd_router_n_groups(const crd_router_t *r);
 crd_engine_t *crd_router_engine(const crd_router_t *r, int32_t group);

@@ -35,6 +35,14 @@ struct crd_req {
     crd_spec_seq_t *spec; /* its drafter (NULL: no speculation)             */
     bool admitted_once;   /* n_cached is recorded on first admission only     */
     bool canceled;
+    /* disaggregated prefill (scheduler.h): the decode side's hooks, and the prefill
+     * side's destination table and progress (logical blocks sent whole) */
+    bool has_remote, remote_lost;
+    crd_remote_prefill_t remote;
+    int32_t *kv_dst;
+    int32_t n_kv_dst, kv_send_from, kv_sent;
+    void (*on_prefilled)(void *user, const float *row, int32_t n_vocab);
+    void *prefilled_user;
     crd_event_fn on_event;
     void *user;
     crd_req_t *prev, *next;
@@ -59,12 +67,15 @@ struct crd_sched {
     crd_kvm_t *kvm;
     bool kvm_swa; /* the manager has a sliding pool */
     req_list_t waiting, running;
+    req_list_t remote; /* admitted; their prompts are computed by another group */
     uint64_t next_id;
     crd_sched_stats_t stats;
     /* step buffers, sized at creation */
     int32_t *tok, *pos, *seq;
     uint8_t *want;
     xp_step_seq_t *seqs;
+    xp_step_kv_send_t *kv_sends; /* [max_running] */
+    int32_t n_kv_sends;
     crd_req_t **step_reqs;
     float *logits;          /* n_logits_max x n_vocab */
     float *lp;              /* n_vocab scratch for log-probabilities */
@@ -222,6 +233,7 @@ tdm_status_t crd_sched_create(const xp_executor_t *ex, const crd_sched_params_t 
     s->seq = malloc(nt * sizeof(int32_t));
     s->want = malloc(nt);
     s->seqs = malloc(nr * sizeof(xp_step_seq_t));
+    s->kv_sends = malloc(nr * sizeof(xp_step_kv_send_t));
     s->step_reqs = malloc(nr * sizeof(crd_req_t *));
     s->logits = malloc((size_t)ex->n_logits_max * (size_t)ex->n_vocab * sizeof(float));
     s->lp = malloc((size_t)ex->n_vocab * sizeof(float));
@@ -230,7 +242,7 @@ tdm_status_t crd_sched_create(const xp_executor_t *ex, const crd_sched_params_t 
     s->fill_n = malloc(nr * sizeof(int32_t));
     if (s->plan_q == NULL || s->fill_tok == NULL || s->fill_n == NULL || s->tok == NULL ||
         s->pos == NULL || s->seq == NULL || s->want == NULL || s->seqs == NULL ||
-        s->step_reqs == NULL || s->logits == NULL || s->lp == NULL) {
+        s->step_reqs == NULL || s->logits == NULL || s->lp == NULL || s->kv_sends == NULL) {
         crd_sched_destroy(s);
         return tdm_error_set(err, TDM_ERR_NO_MEMORY, "scheduler: out of memory for buffers");
     }
@@ -253,6 +265,10 @@ static void req_free(crd_sched_t *s, crd_req_t *r)
     crd_kvm_seq_free(s->kvm, r->kv);
     crd_sampler_destroy(r->sampler);
     crd_spec_seq_destroy(r->spec);
+    if (r->has_remote && r->remote.release != NULL) {
+        r->remote.release(r->remote.user);
+    }
+    free(r->kv_dst);
     free(r->tokens);
     free(r->stop_ids);
     free(r);
@@ -300,6 +316,11 @@ static void lose_kv(crd_sched_t *s, const char *error, tdm_status_t status)
     while (s->running.head != NULL) {
         finish_req_status(s, &s->running, s->running.head, CRD_FINISH_ERROR, error, status, true);
     }
+    /* prompts another group is computing into the lost storage: they end when it is done
+     * (it may still be writing their blocks) */
+    for (crd_req_t *r = s->remote.head; r != NULL; r = r->next) {
+        r->remote_lost = true;
+    }
     crd_kvm_forget_cached(s->kvm);
 }
 
@@ -314,12 +335,16 @@ void crd_sched_destroy(crd_sched_t *s)
     while (s->waiting.head != NULL) {
         finish_req(s, &s->waiting, s->waiting.head, CRD_FINISH_CANCELED, NULL, true);
     }
+    while (s->remote.head != NULL) {
+        finish_req(s, &s->remote, s->remote.head, CRD_FINISH_CANCELED, NULL, true);
+    }
     crd_kvm_destroy(s->kvm);
     free(s->tok);
     free(s->pos);
     free(s->seq);
     free(s->want);
     free(s->seqs);
+    free(s->kv_sends);
     free(s->step_reqs);
     free(s->logits);
     free(s->lp);
@@ -451,6 +476,23 @@ tdm_status_t crd_sched_submit(crd_sched_t *s, const crd_request_params_t *rp, ui
     r->logprobs = rp->logprobs;
     r->on_event = rp->on_event;
     r->user = rp->user;
+    if (rp->remote != NULL) {
+        r->has_remote = true;
+        r->remote = *rp->remote;
+    }
+    if (rp->handoff != NULL) {
+        const int32_t n = rp->handoff->n_dst;
+        r->kv_dst = malloc((size_t)(n > 0 ? n : 1) * sizeof(int32_t));
+        if (r->kv_dst == NULL) {
+            req_free(s, r);
+            return tdm_error_set(err, TDM_ERR_NO_MEMORY, "out of memory for a request");
+        }
+        memcpy(r->kv_dst, rp->handoff->dst, (size_t)n * sizeof(int32_t));
+        r->n_kv_dst = n;
+        r->kv_send_from = r->kv_sent = rp->handoff->send_from;
+        r->on_prefilled = rp->handoff->on_prefilled;
+        r->prefilled_user = rp->handoff->user;
+    }
     r->id = rp->id != 0 ? rp->id : s->next_id++;
     list_push_back(&s->waiting, r);
     s->stats.prompt_tokens += (uint64_t)rp->n_prompt;
@@ -458,8 +500,21 @@ tdm_status_t crd_sched_submit(crd_sched_t *s, const crd_request_params_t *rp, ui
     return TDM_OK;
 }
 
+/* A request whose prompt another group computes: ask it to stop; the request ends at
+ * crd_sched_remote_done. */
+static void cancel_remote(crd_req_t *r)
+{
+    if (!r->canceled && r->remote.cancel != NULL) {
+        r->remote.cancel(r->remote.user);
+    }
+    r->canceled = true;
+}
+
 void crd_sched_cancel_all(crd_sched_t *s)
 {
+    for (crd_req_t *r = s->remote.head; r != NULL; r = r->next) {
+        cancel_remote(r);
+    }
     for (crd_req_t *r = s->running.head; r != NULL; r = r->next) {
         r->canceled = true;
     }
@@ -477,6 +532,12 @@ void crd_sched_cancel(crd_sched_t *s, uint64_t req_id)
                 r->canceled = true;
                 return;
             }
+        }
+    }
+    for (crd_req_t *r = s->remote.head; r != NULL; r = r->next) {
+        if (r->id == req_id) {
+            cancel_remote(r);
+            return;
         }
     }
 }
@@ -617,6 +678,20 @@ static void add_to_step(crd_sched_t *s, crd_req_t *r, int32_t chunk, int32_t *n_
     }
     r->step_chunk = chunk;
     r->step_logit_row = -1;
+    if (r->kv_dst != NULL) {
+        /* disaggregated prefill: the blocks this chunk touches (and any the other group
+         * lacks that were cached here), each shard putting its heads after the step */
+        const int32_t B = s->ex.block_tokens;
+        int32_t hi = (r->n_computed + chunk + B - 1) / B;
+        hi = hi < r->n_kv_dst ? hi : r->n_kv_dst;
+        if (hi > r->kv_sent) {
+            xp_step_kv_send_t *ks = &s->kv_sends[s->n_kv_sends++];
+            ks->seq = si;
+            ks->lo = r->kv_sent;
+            ks->hi = hi;
+            ks->dst = r->kv_dst + r->kv_sent;
+        }
+    }
     for (int32_t i = 0; i < chunk; i++) {
         int32_t p = r->n_computed + i, t = (*n_tok)++;
         /* past its tokens: this step's drafts, scored in the same pass */
@@ -933,6 +1008,70 @@ static void verify_drafts(crd_sched_t *s, crd_req_t *r)
     }
 }
 
+/*
+ * Admits a request whose prompt another group computes: the prefix cache's blocks and the
+ * rest of the prompt's reserved, then the other group started. Returns non-zero when the
+ * blocks are short (the request keeps waiting, as any other would).
+ */
+static int admit_remote(crd_sched_t *s, crd_req_t *r)
+{
+    int32_t cached = 0;
+    if (r->kv == NULL &&
+        crd_kvm_seq_create(s->kvm, r->tokens, r->n_tokens, &r->kv, &cached, NULL) != TDM_OK) {
+        return -1;
+    }
+    if (crd_kvm_seq_reserve(s->kvm, r->kv, r->n_prompt) != TDM_OK) {
+        crd_kvm_seq_free(s->kvm, r->kv);
+        r->kv = NULL;
+        return -1;
+    }
+    r->n_computed = cached;
+    r->n_cached = cached < r->n_prompt ? cached : r->n_prompt;
+    r->admitted_once = true;
+    list_remove(&s->waiting, r);
+    list_push_back(&s->remote, r);
+    int32_t nb = 0;
+    const int32_t *blocks = crd_kvm_seq_blocks(r->kv, &nb);
+    tdm_error_t e = {0};
+    if (r->remote.start(r->remote.user, r->id, blocks, nb, cached, &e) != TDM_OK) {
+        finish_req_status(s, &s->remote, r, CRD_FINISH_ERROR, tdm_error_msg(&e), e.status, true);
+    }
+    return 0;
+}
+
+void crd_sched_remote_done(crd_sched_t *s, uint64_t req_id, const float *row, tdm_status_t status,
+                           const char *error)
+{
+    crd_req_t *r = s->remote.head;
+    while (r != NULL && r->id != req_id) {
+        r = r->next;
+    }
+    if (r == NULL) {
+        return;
+    }
+    if (row == NULL || r->canceled || r->remote_lost) {
+        const crd_finish_t why =
+            r->canceled && !r->remote_lost ? CRD_FINISH_CANCELED : CRD_FINISH_ERROR;
+        const char *msg = r->remote_lost  ? "the shard group was re-formed: its KV cache was lost"
+                          : error != NULL ? error
+                                          : "the prefill group failed";
+        finish_req_status(s, &s->remote, r, why, why == CRD_FINISH_ERROR ? msg : NULL,
+                          r->remote_lost ? TDM_ERR_TRANSPORT : status, true);
+        return;
+    }
+    /* the prompt's K/V is in our blocks: cache its full blocks, sample the first token
+     * from the other group's logits, then decode here */
+    r->n_computed = r->n_prompt;
+    crd_kvm_seq_commit(s->kvm, r->kv, r->tokens, r->n_computed);
+    list_remove(&s->remote, r);
+    list_push_back(&s->running, r);
+    memcpy(s->logits, row, (size_t)s->ex.n_vocab * sizeof(float));
+    crd_finish_t why = CRD_FINISH_NONE;
+    if (emit_token(s, r, s->logits, -1, NULL, &why)) {
+        finish_req(s, &s->running, r, why, NULL, false);
+    }
+}
+
 tdm_status_t crd_sched_step(crd_sched_t *s, tdm_error_t *err)
 {
     drop_canceled(s, &s->running);
@@ -951,6 +1090,7 @@ tdm_status_t crd_sched_step(crd_sched_t *s, tdm_error_t *err)
 
     int32_t budget = s->p.token_budget, n_tok = 0, n_seqs = 0, n_logits = 0;
     bool preempted = false;
+    s->n_kv_sends = 0;
     tdm_status_t st0;
 
     /* the budget first for the decode rows alone (drafts plan around the prompt tokens it
@@ -1020,9 +1160,16 @@ tdm_status_t crd_sched_step(crd_sched_t *s, tdm_error_t *err)
     }
 
     /* 2. admit waiting requests (not in a step that had to preempt) */
-    while (!preempted && s->waiting.head != NULL && budget > 0 && s->running.n < s->p.max_running) {
+    while (!preempted && s->waiting.head != NULL && budget > 0 &&
+           s->running.n + s->remote.n < s->p.max_running) {
         crd_req_t *r = s->waiting.head;
         r->step_draft = 0;
+        if (r->has_remote) {
+            if (admit_remote(s, r) != 0) {
+                break;
+            }
+            continue;
+        }
         if (r->kv == NULL) {
             int32_t cached = 0;
             tdm_status_t st =
@@ -1070,6 +1217,8 @@ tdm_status_t crd_sched_step(crd_sched_t *s, tdm_error_t *err)
         .n_logits = n_logits,
         .n_seqs = n_seqs,
         .seqs = s->seqs,
+        .n_kv_sends = s->n_kv_sends,
+        .kv_sends = s->kv_sends,
     };
     s->stats.steps++;
     tdm_error_t xerr = {0};
@@ -1109,11 +1258,22 @@ tdm_status_t crd_sched_step(crd_sched_t *s, tdm_error_t *err)
         }
         r->n_computed += r->step_chunk;
         crd_kvm_seq_commit(s->kvm, r->kv, r->tokens, r->n_computed);
+        if (r->kv_dst != NULL) {
+            const int32_t whole = r->n_computed / s->ex.block_tokens;
+            r->kv_sent = whole > r->kv_sent ? whole : r->kv_sent; /* the partial one again */
+        }
         if (r->step_logit_row < 0) {
             continue;
         }
         crd_finish_t why = CRD_FINISH_NONE;
         float *row = s->logits + (size_t)r->step_logit_row * (size_t)s->ex.n_vocab;
+        if (r->on_prefilled != NULL) {
+            /* a prefill group's request: its K/V is in the other pool (the shards flushed
+             * before answering); the other group samples from this row */
+            r->on_prefilled(r->prefilled_user, row, s->ex.n_vocab);
+            finish_req(s, &s->running, r, CRD_FINISH_STOP, NULL, true);
+            continue;
+        }
         if ((r->step_chunk == 1 || r->replay) && r->n_generated > 0) {
             s->stats.spec.decode_steps++;
             s->stats.spec.decode_tokens++;

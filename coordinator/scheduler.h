@@ -68,6 +68,37 @@ typedef struct crd_event {
  * string matched); the return value of a final event is ignored. */
 typedef int (*crd_event_fn)(void *user, const crd_event_t *ev);
 
+/*
+ * Disaggregated prefill, the decode group's side (coordinator/router.c wires it): the
+ * prompt's K/V is computed by another group and put into this scheduler's blocks. At
+ * admission the scheduler takes the prefix cache's blocks and reserves the rest of the
+ * prompt's, then calls start (on its own thread) with the whole table and how many
+ * leading prompt tokens it already holds; the request waits, in no step, until
+ * crd_sched_remote_done. cancel asks the other group to stop (the blocks stay reserved
+ * until remote_done: the other group may still be writing them); release is called once,
+ * when the request is freed, after which no hook is called again.
+ */
+typedef struct crd_remote_prefill {
+    tdm_status_t (*start)(void *user, uint64_t req_id, const int32_t *blocks, int32_t n_blocks,
+                          int32_t n_cached, tdm_error_t *err);
+    void (*cancel)(void *user);
+    void (*release)(void *user);
+    void *user;
+} crd_remote_prefill_t;
+
+/* Disaggregated prefill, the prefill group's side: the prompt's full and partial blocks
+ * are put into another group's pool (xp_step_kv_send_t), and the request ends when its
+ * prompt is computed: on_prefilled gets the last prompt position's logits (the decode
+ * group samples the first token from them), then a final CRD_FINISH_STOP event without a
+ * token follows. */
+typedef struct crd_kv_handoff {
+    const int32_t *dst; /* [n_dst] copied: logical block j -> block id in the other pool */
+    int32_t n_dst;      /* covers the prompt                                             */
+    int32_t send_from;  /* first logical block to send (the other group holds the rest)  */
+    void (*on_prefilled)(void *user, const float *row, int32_t n_vocab);
+    void *user; /* on_prefilled's (the request's own user may be wrapped by the engine) */
+} crd_kv_handoff_t;
+
 typedef struct crd_request_params {
     uint64_t id;           /* 0: the scheduler numbers it; else unique, chosen by the caller */
     const int32_t *prompt; /* copied                                          */
@@ -82,6 +113,8 @@ typedef struct crd_request_params {
     crd_spec_request_t spec; /* speculative decoding override (zero: the server's) */
     crd_event_fn on_event;
     void *user;
+    const crd_remote_prefill_t *remote; /* NULL, or: the prompt is computed elsewhere     */
+    const crd_kv_handoff_t *handoff;    /* NULL, or: compute the prompt for another group */
 } crd_request_params_t;
 
 typedef struct crd_sched_params {
@@ -156,6 +189,13 @@ void crd_sched_cancel_all(crd_sched_t *s);
 
 /* True while any request is queued or running. */
 bool crd_sched_has_work(const crd_sched_t *s);
+
+/* The other group finished the prompt of a request started through rp->remote: row is
+ * the last prompt position's logits (n_vocab floats), or NULL when it failed (status and
+ * error say why; TDM_ERR_CANCELED after a cancel). The request samples its first token
+ * from row and decodes from then on, or ends. Owner's thread, between steps. */
+void crd_sched_remote_done(crd_sched_t *s, uint64_t req_id, const float *row, tdm_status_t status,
+                           const char *error);
 
 /* Runs one step (no-op without work). An executor failure ends the step's requests with
  * CRD_FINISH_ERROR and is returned; the scheduler stays usable. */

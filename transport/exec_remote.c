@@ -58,6 +58,10 @@ typedef struct shard {
     uint64_t weight_bytes, resident_bytes;
     char error[256];
     bool have_result; /* for the step in flight */
+    /* a decode group's shard: its registered KV storage as READY listed it (one block:
+     * the regions, then their keys) */
+    xp_msg_kv_region_t *kv_regions;
+    int32_t n_kv_regions;
 } shard_t;
 
 typedef enum group_st { G_FORMING = 0, G_LOADING, G_READY, G_FATAL } group_st_t;
@@ -100,7 +104,11 @@ struct xp_remote_exec {
     zmq_msg_t step_logits; /* rank 0's RESULT payload (the encoded message) */
     bool have_logits;
     uint64_t engine_step_id; /* engine thread: the id of the last step it encoded */
-    uint64_t rng;            /* splitmix64 state for epochs */
+    /* engine thread, a prefill group: the decode group, and which of its formations the
+     * shards were last told about during which of ours */
+    xp_remote_exec_t *kv_target;
+    uint64_t kv_told_epoch, kv_told_generation;
+    uint64_t rng; /* splitmix64 state for epochs */
 };
 
 static uint64_t next_random(uint64_t *state)
@@ -126,9 +134,33 @@ static tdm_status_t remote_step(void *impl, const xp_step_t *st, float *logits, 
     m.type = XP_MSG_STEP;
     m.request_id = ++x->engine_step_id;
     m.step = *st;
+    xp_msg_kv_peer_t *peer = NULL;
+    if (st->n_kv_sends > 0) {
+        if (x->kv_target == NULL || (peer = xp_remote_exec_kv_peer(x->kv_target)) == NULL) {
+            return tdm_error_set(err, TDM_ERR_TRANSPORT,
+                                 "the decode group is not ready for the prefilled KV");
+        }
+        const uint64_t gen = xp_remote_exec_generation(x);
+        if (peer->epoch != x->kv_told_epoch || gen != x->kv_told_generation) {
+            m.kv_peer = *peer; /* the shards connect anew */
+        }
+        uint64_t blocks = 0;
+        for (int32_t i = 0; i < st->n_kv_sends; i++) {
+            blocks += (uint64_t)(st->kv_sends[i].hi - st->kv_sends[i].lo);
+        }
+        pthread_mutex_lock(&x->mu);
+        x->stats.kv_blocks += blocks;
+        pthread_mutex_unlock(&x->mu);
+    }
     msgpack_sbuffer sb;
     msgpack_sbuffer_init(&sb);
     tdm_status_t rc = xp_msg_encode(&sb, &m, err);
+    if (rc == TDM_OK && peer != NULL) {
+        /* told once the step is sent: a failed step re-forms this group, which tells again */
+        x->kv_told_epoch = peer->epoch;
+        x->kv_told_generation = xp_remote_exec_generation(x);
+    }
+    free(peer);
     if (rc == TDM_OK &&
         (zmq_send(x->pipe_engine, &m.request_id, sizeof(m.request_id), ZMQ_SNDMORE) < 0 ||
          zmq_send(x->pipe_engine, sb.data, sb.size, 0) < 0)) {
@@ -426,6 +458,7 @@ static void send_load(xp_remote_exec_t *x)
         l->timeout_ms = x->p.coll_timeout_ms;
         l->n_peers = x->n;
         l->peers = peers;
+        l->kv_export = x->p.kv_export;
         memcpy(l->nccl_id, nccl_id, sizeof(l->nccl_id)); /* on the wire only when needed */
         if (ranges) {
             for (int il = 0; il < x->n_layer; il++) {
@@ -518,6 +551,31 @@ static void on_shard_msg(xp_remote_exec_t *x, int r, xp_msg_t *m)
             break;
         }
         sh->st = SH_READY;
+        free(sh->kv_regions);
+        sh->kv_regions = NULL;
+        sh->n_kv_regions = m->ready.n_kv_regions;
+        if (m->ready.n_kv_regions > 0) {
+            size_t bytes = (size_t)m->ready.n_kv_regions * sizeof(xp_msg_kv_region_t);
+            for (int32_t i = 0; i < m->ready.n_kv_regions; i++) {
+                bytes += m->ready.kv_regions[i].rkey.len;
+            }
+            sh->kv_regions = tdm_xmalloc(bytes);
+            unsigned char *keys = (unsigned char *)(sh->kv_regions + m->ready.n_kv_regions);
+            for (int32_t i = 0; i < m->ready.n_kv_regions; i++) {
+                sh->kv_regions[i] = m->ready.kv_regions[i];
+                sh->kv_regions[i].rkey.data = keys;
+                if (m->ready.kv_regions[i].rkey.len > 0) {
+                    memcpy(keys, m->ready.kv_regions[i].rkey.data, m->ready.kv_regions[i].rkey.len);
+                }
+                keys += m->ready.kv_regions[i].rkey.len;
+            }
+        }
+        if (x->p.kv_export && m->ready.n_kv_regions == 0) {
+            snprintf(x->gerror, sizeof(x->gerror),
+                     "shard %.100s (rank %d) did not register its KV storage", sh->name, r);
+            x->gst = G_FATAL;
+            break;
+        }
         sh->n_blocks = m->ready.n_blocks;
         sh->n_swa_blocks = m->ready.n_swa_blocks;
         sh->n_state_slots = m->ready.n_state_slots;
@@ -613,6 +671,8 @@ static void on_shard_msg(xp_remote_exec_t *x, int r, xp_msg_t *m)
         x->stats.coll_bytes += m->result.coll_bytes;
         x->stats.coll_ns += m->result.coll_ns;
         x->stats.step_ns_shards += m->result.step_ns;
+        x->stats.kv_bytes += m->result.kv_bytes;
+        x->stats.kv_ns += m->result.kv_ns;
         if (!sh->have_result) {
             sh->have_result = true;
             x->n_results++;
@@ -1009,6 +1069,7 @@ void xp_remote_exec_destroy(xp_remote_exec_t *x)
             zmq_close(sh->sock);
         }
         free(sh->ucx);
+        free(sh->kv_regions);
     }
     if (x->pipe_io != NULL) {
         zmq_close(x->pipe_io);
@@ -1065,4 +1126,55 @@ void xp_remote_exec_stats(xp_remote_exec_t *x, xp_remote_stats_t *out)
     pthread_mutex_lock(&x->mu);
     *out = x->stats;
     pthread_mutex_unlock(&x->mu);
+}
+
+xp_msg_kv_peer_t *xp_remote_exec_kv_peer(xp_remote_exec_t *x)
+{
+    pthread_mutex_lock(&x->mu);
+    if (x->gst != G_READY || !x->p.kv_export) {
+        pthread_mutex_unlock(&x->mu);
+        return NULL;
+    }
+    /* one block: the peer, its ranks, every rank's regions, then addresses and keys */
+    size_t n_regions = 0, n_bytes = 0;
+    for (int i = 0; i < x->n; i++) {
+        n_regions += (size_t)x->shards[i].n_kv_regions;
+        n_bytes += x->shards[i].ucx_len;
+        for (int32_t j = 0; j < x->shards[i].n_kv_regions; j++) {
+            n_bytes += x->shards[i].kv_regions[j].rkey.len;
+        }
+    }
+    xp_msg_kv_peer_t *p = tdm_xmalloc(sizeof(*p) + (size_t)x->n * sizeof(xp_msg_kv_rank_t) +
+                                      n_regions * sizeof(xp_msg_kv_region_t) + n_bytes);
+    xp_msg_kv_rank_t *rk = (xp_msg_kv_rank_t *)(p + 1);
+    xp_msg_kv_region_t *rg = (xp_msg_kv_region_t *)(rk + x->n);
+    unsigned char *data = (unsigned char *)(rg + n_regions);
+    p->epoch = x->epoch;
+    p->n_ranks = x->n;
+    p->ranks = rk;
+    for (int i = 0; i < x->n; i++) {
+        const shard_t *sh = &x->shards[i];
+        memcpy(data, sh->ucx, sh->ucx_len);
+        rk[i].addr.data = data;
+        rk[i].addr.len = sh->ucx_len;
+        data += sh->ucx_len;
+        rk[i].n_regions = sh->n_kv_regions;
+        rk[i].regions = rg;
+        for (int32_t j = 0; j < sh->n_kv_regions; j++) {
+            rg[j] = sh->kv_regions[j];
+            if (rg[j].rkey.len > 0) {
+                memcpy(data, sh->kv_regions[j].rkey.data, rg[j].rkey.len);
+            }
+            rg[j].rkey.data = data;
+            data += rg[j].rkey.len;
+        }
+        rg += sh->n_kv_regions;
+    }
+    pthread_mutex_unlock(&x->mu);
+    return p;
+}
+
+void xp_remote_exec_set_kv_target(xp_remote_exec_t *x, xp_remote_exec_t *decode)
+{
+    x->kv_target = decode;
 }

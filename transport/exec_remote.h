@@ -24,6 +24,7 @@
 #define XP_EXEC_REMOTE_H
 
 #include "model/gguf.h"
+#include "transport/xp_msg.h"
 #include "transport/xp_step.h"
 
 #include <stdbool.h>
@@ -52,6 +53,8 @@ typedef struct xp_remote_params {
                                    are shown it in JOIN_ACK (transport/xp_auth.h)      */
     int n_state_store;          /* recurrent models: stored prefix states per shard;
                                    0: n_logits_max (one per running sequence), < 0: none */
+    bool kv_export;             /* a decode group (disaggregated prefill): the shards
+                                   register their KV storage for RMA (transport/kv_xfer.h) */
 } xp_remote_params_t;
 
 typedef struct xp_remote_exec xp_remote_exec_t;
@@ -98,7 +101,25 @@ typedef struct xp_remote_stats {
     uint64_t coll_calls, coll_bytes, coll_ns; /* summed over shards */
     uint64_t step_ns_shards;                  /* summed over shards */
     uint64_t step_ns;                         /* coordinator wall time in steps */
+    /* disaggregated prefill, as the prefill group: logical KV blocks put into the decode
+     * group's pool (each block: every layer's K and V), bytes (summed over shards) and
+     * the shards' put + flush time (summed over shards) */
+    uint64_t kv_blocks, kv_bytes, kv_ns;
 } xp_remote_stats_t;
 void xp_remote_exec_stats(xp_remote_exec_t *x, xp_remote_stats_t *out);
+
+/*
+ * Disaggregated prefill (docs/distributed.md). A decode group (kv_export) describes its
+ * registered KV storage: the current formation's epoch and every shard's UCX address and
+ * KV regions, as one malloc'd block (free() it); NULL while the group is not ready.
+ * Any thread.
+ */
+xp_msg_kv_peer_t *xp_remote_exec_kv_peer(xp_remote_exec_t *x);
+
+/* Makes x (a prefill group) put the K/V blocks its steps name (xp_step_t.kv_sends) into
+ * decode's pool: the descriptor above travels beside the first such STEP of every formation
+ * of either group. decode must outlive x's steps; call before the first step. A step with
+ * sends while decode is not ready fails with TDM_ERR_TRANSPORT. */
+void xp_remote_exec_set_kv_target(xp_remote_exec_t *x, xp_remote_exec_t *decode);
 
 #endif

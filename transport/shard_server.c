@@ -10,6 +10,7 @@
 #include "shard/forward.h"
 #include "topology/topo_plan.h"
 #include "transport/nccl_comm.h"
+#include "transport/kv_xfer.h"
 #include "transport/ucx_comm.h"
 #include "transport/ucx_ctx.h"
 #include "transport/xp_auth.h"
@@ -24,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <zmq.h>
 
@@ -100,6 +102,10 @@ struct xp_shard_server {
     size_t logits_cap;
     shd_seq_view_t *views;
     int32_t n_views;
+    /* disaggregated prefill (kv_xfer.h): a decode shard's registered KV storage, a
+     * prefill shard's puts into one */
+    xp_kv_export_t *kv_export;
+    xp_kv_sender_t *kv_sender;
 };
 
 /* ---- small helpers ---- */
@@ -166,11 +172,34 @@ static void push_job(xp_shard_server_t *s, job_t *j)
     pthread_mutex_unlock(&s->mu);
 }
 
+/* The compute thread's wait for work. A decode group's shard keeps its UCX worker
+ * progressing meanwhile (every KV_PROGRESS_NS), for the prefill shards' puts
+ * (xp_kv_export_progress says why). */
+#define KV_PROGRESS_NS 200000L
+
 static job_t *pop_job(xp_shard_server_t *s)
 {
     pthread_mutex_lock(&s->mu);
     while (s->head == NULL) {
-        pthread_cond_wait(&s->cv, &s->mu);
+        if (s->kv_export == NULL) {
+            pthread_cond_wait(&s->cv, &s->mu);
+            continue;
+        }
+        /* kv_export is the compute thread's own (this thread): safe to use unlocked */
+        pthread_mutex_unlock(&s->mu);
+        xp_kv_export_progress(s->kv_export);
+        pthread_mutex_lock(&s->mu);
+        if (s->head != NULL) {
+            break;
+        }
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += KV_PROGRESS_NS;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&s->cv, &s->mu, &ts);
     }
     job_t *j = s->head;
     s->head = j->next;
@@ -227,6 +256,8 @@ static void drop_world(xp_shard_server_t *s)
 
 static void drop_model(xp_shard_server_t *s)
 {
+    xp_kv_export_destroy(s->kv_export); /* before the storage it registered */
+    s->kv_export = NULL;
     shd_kv_cache_destroy(s->kv);
     s->kv = NULL;
     shd_model_destroy(s->model);
@@ -421,6 +452,14 @@ static tdm_status_t do_load(xp_shard_server_t *s, const xp_msg_load_t *l, uint64
     } else {
         shd_model_set_comm(s->model, comm);
     }
+    /* a decode group's shard: its KV storage registered anew per formation (a reloaded
+     * cache moved), none otherwise */
+    xp_kv_export_destroy(s->kv_export);
+    s->kv_export = NULL;
+    if (l->kv_export) {
+        TDM_CHECK(xp_kv_export_create(s->ucx, s->kv, &s->kv_export, err));
+        rd->kv_regions = xp_kv_export_regions(s->kv_export, &rd->n_kv_regions);
+    }
     rd->n_blocks = shd_kv_cache_config(s->kv)->n_blocks;
     rd->n_swa_blocks = shd_kv_cache_config(s->kv)->n_swa_blocks;
     if (shd_model_hparams(s->model)->n_recurrent > 0) {
@@ -455,6 +494,30 @@ static void world_stats(const xp_shard_server_t *s, uint64_t out[3])
         out[2] = n.ns_in_collectives;
     }
 #endif
+}
+
+/* Disaggregated prefill: the step's K/V blocks into the decode group's pool (kv_xfer.h),
+ * flushed before the RESULT leaves. */
+static tdm_status_t send_kv(xp_shard_server_t *s, const xp_msg_t *msg, xp_msg_result_t *res,
+                            tdm_error_t *err)
+{
+    if (msg->kv_peer.n_ranks == 0 && msg->step.n_kv_sends == 0) {
+        return TDM_OK;
+    }
+    if (s->kv_sender == NULL) {
+        TDM_CHECK(xp_kv_sender_create(s->ucx, &s->kv_sender, err));
+    }
+    if (msg->kv_peer.n_ranks > 0) {
+        const int rank = s->shape.ep_rank * s->shape.tp_size + s->shape.tp_rank;
+        TDM_CHECK(xp_kv_sender_set_peer(s->kv_sender, &msg->kv_peer, rank, err));
+    }
+    xp_kv_sender_stats_t ks = {0};
+    /* a decode shard that stopped answering fails the step well inside the coordinator's
+     * patience */
+    TDM_CHECK(xp_kv_sender_send(s->kv_sender, s->kv, &msg->step, 10.0, &ks, err));
+    res->kv_bytes = ks.bytes;
+    res->kv_ns = ks.ns;
+    return TDM_OK;
 }
 
 static tdm_status_t do_step(xp_shard_server_t *s, const xp_step_t *st_in, xp_msg_result_t *res,
@@ -547,6 +610,9 @@ static void *compute_main(void *arg)
             reply.type = XP_MSG_RESULT;
             reply.request_id = j->msg.request_id;
             tdm_status_t st = do_step(s, &j->msg.step, &reply.result, &err);
+            if (st == TDM_OK) {
+                st = send_kv(s, &j->msg, &reply.result, &err);
+            }
             reply.result.status = st;
             if (st != TDM_OK) {
                 snprintf(reply.result.error, sizeof(reply.result.error), "%s", tdm_error_msg(&err));
@@ -957,6 +1023,7 @@ void xp_shard_server_destroy(xp_shard_server_t *s)
     xp_nccl_world_destroy(s->nccl);
 #endif
     drop_model(s);
+    xp_kv_sender_destroy(s->kv_sender);
     job_t *j = s->head;
     while (j != NULL) {
         job_t *n = j->next;

@@ -11,20 +11,26 @@
  *             auth: an HMAC with the cluster secret (xp_auth.h), empty without one
  *   LOAD      [ epoch, tp_rank, tp_size, ep_rank, ep_size, n_ctx, kv_bytes, n_batch_max,
  *               n_out_max, block_tokens, proto, timeout_ms, [peer address bin...],
- *               [expert_lo...], [expert_n...], n_state_store (, nccl_id bin(128)) ]
- *             nccl_id exactly when proto is 2 (NCCL) and tp_size * ep_size > 1: 16 fields,
- *             17 with it
+ *               [expert_lo...], [expert_n...], n_state_store, kv_export bool
+ *               (, nccl_id bin(128)) ]
+ *             nccl_id exactly when proto is 2 (NCCL) and tp_size * ep_size > 1: 17 fields,
+ *             18 with it
  *   READY     [ epoch, status, error str, n_blocks, n_vocab, weight_bytes, resident_bytes,
- *               n_swa_blocks, n_state_slots, n_state_store ]
+ *               n_swa_blocks, n_state_slots, n_state_store, [[base, len, rkey bin]...] ]
+ *             the KV regions (a K and a V region per layer) with LOAD's kv_export, else []
  *   STEP      [ n_tokens, [token...], [pos...], [seq...], [want_logits bool...], n_logits,
  *               n_seqs, [ [n_blocks, [block...] (, [swa_block...])
  *                         (, state_slot, state_load, state_save)] ... ] ]
  *             every sequence has the sliding table (n_blocks ids >= -1) or none does: a
  *             step of a model with a sliding pool carries them, any other step is as in
  *             protocol 2; a sequence with a recurrent-state slot (>= 0) carries it and its
- *             stored states to load / save (-1: none) as three more integers
+ *             stored states to load / save (-1: none) as three more integers;
+ *             a 9th field with disaggregated prefill's K/V sends:
+ *               [ nil | [epoch, [[address bin, [[base, len, rkey bin]...]]...]],
+ *                 [[seq, lo, hi, [dst block...]]...] ]
+ *             (the decode group, when it changed; the blocks to put into its pool)
  *   RESULT    [ status, error str, n_logits, n_vocab, logits bin (f32 little-endian),
- *               coll_calls, coll_bytes, coll_ns, step_ns ]
+ *               coll_calls, coll_bytes, coll_ns, step_ns, kv_bytes, kv_ns ]
  *   HEARTBEAT [ time_ns, epoch, state ]
  *   SHUTDOWN  [ ]
  *
@@ -177,6 +183,67 @@ static tdm_status_t validate_step(const xp_step_t *s, tdm_status_t fail, tdm_err
     return TDM_OK;
 }
 
+static tdm_status_t validate_kv_sends(const xp_step_t *s, tdm_status_t fail, tdm_error_t *err)
+{
+    if (s->n_kv_sends < 0 || s->n_kv_sends > XP_MSG_MAX_SEQS ||
+        (s->n_kv_sends > 0 && s->kv_sends == NULL)) {
+        return tdm_error_set(err, fail, "xp_msg STEP: %" PRId32 " kv sends", s->n_kv_sends);
+    }
+    for (int32_t i = 0; i < s->n_kv_sends; i++) {
+        const xp_step_kv_send_t *k = &s->kv_sends[i];
+        if (k->seq < 0 || k->seq >= s->n_seqs || k->lo < 0 || k->hi <= k->lo ||
+            k->hi > s->seqs[k->seq].n_blocks || k->dst == NULL) {
+            return tdm_error_set(err, fail,
+                                 "xp_msg STEP: kv_sends[%" PRId32 "] seq %" PRId32
+                                 " blocks [%" PRId32 ", %" PRId32 ") out of range",
+                                 i, k->seq, k->lo, k->hi);
+        }
+        for (int32_t j = 0; j < k->hi - k->lo; j++) {
+            if (k->dst[j] < 0) {
+                return tdm_error_set(
+                    err, fail, "xp_msg STEP: kv_sends[%" PRId32 "].dst[%" PRId32 "] is negative", i,
+                    j);
+            }
+        }
+    }
+    return TDM_OK;
+}
+
+static tdm_status_t validate_regions(const xp_msg_kv_region_t *r, int32_t n, const char *what,
+                                     tdm_status_t fail, tdm_error_t *err)
+{
+    if (n < 0 || n > XP_MSG_MAX_KV_REGIONS || (n > 0 && r == NULL)) {
+        return tdm_error_set(err, fail, "xp_msg %s: %" PRId32 " KV regions", what, n);
+    }
+    for (int32_t i = 0; i < n; i++) {
+        const bool empty = r[i].len == 0;
+        if ((empty && r[i].rkey.len != 0) ||
+            (!empty && (r[i].rkey.len < 1 || r[i].rkey.len > XP_MSG_MAX_ADDR ||
+                        r[i].rkey.data == NULL || r[i].base > UINT64_MAX - r[i].len))) {
+            return tdm_error_set(err, fail, "xp_msg %s: KV region %" PRId32 " malformed", what, i);
+        }
+    }
+    return TDM_OK;
+}
+
+static tdm_status_t validate_kv_peer(const xp_msg_kv_peer_t *p, tdm_status_t fail, tdm_error_t *err)
+{
+    if (p->n_ranks < 0 || p->n_ranks > XP_MSG_MAX_WORLD || (p->n_ranks > 0 && p->ranks == NULL)) {
+        return tdm_error_set(err, fail, "xp_msg STEP: KV peer of %" PRId32 " ranks", p->n_ranks);
+    }
+    for (int32_t i = 0; i < p->n_ranks; i++) {
+        const xp_msg_kv_rank_t *r = &p->ranks[i];
+        if (r->addr.len < 1 || r->addr.len > XP_MSG_MAX_ADDR || r->addr.data == NULL) {
+            return tdm_error_set(err, fail, "xp_msg STEP: KV peer rank %" PRId32 " address", i);
+        }
+        tdm_status_t st = validate_regions(r->regions, r->n_regions, "STEP KV peer", fail, err);
+        if (st != TDM_OK) {
+            return st;
+        }
+    }
+    return TDM_OK;
+}
+
 static tdm_status_t validate_load(const xp_msg_load_t *l, tdm_status_t fail, tdm_error_t *err)
 {
     /* the decoder takes at most XP_MSG_MAX_WORLD peer addresses */
@@ -275,6 +342,9 @@ tdm_status_t xp_msg_validate(const xp_msg_t *m, tdm_status_t fail, tdm_error_t *
                                m->ready.n_blocks, m->ready.n_vocab, m->ready.n_swa_blocks,
                                m->ready.n_state_slots, m->ready.n_state_store);
         }
+        if (st == TDM_OK) {
+            st = validate_regions(m->ready.kv_regions, m->ready.n_kv_regions, "READY", fail, err);
+        }
         return st;
     case XP_MSG_JOIN_ACK:
         return check_str(m->join_ack.reason, sizeof(m->join_ack.reason), "JOIN_ACK reason", fail,
@@ -292,7 +362,14 @@ tdm_status_t xp_msg_validate(const xp_msg_t *m, tdm_status_t fail, tdm_error_t *
         }
         return st;
     case XP_MSG_STEP:
-        return validate_step(&m->step, fail, err);
+        st = validate_step(&m->step, fail, err);
+        if (st == TDM_OK) {
+            st = validate_kv_sends(&m->step, fail, err);
+        }
+        if (st == TDM_OK) {
+            st = validate_kv_peer(&m->kv_peer, fail, err);
+        }
+        return st;
     case XP_MSG_RESULT: {
         const xp_msg_result_t *r = &m->result;
         if (r->status < 0 || r->status >= TDM_STATUS_COUNT) {
@@ -340,6 +417,19 @@ static void pack_str(msgpack_packer *pk, const char *s, size_t cap, int *okp)
     size_t n = strnlen(s, cap);
     PK(msgpack_pack_str(pk, n));
     PK(msgpack_pack_str_body(pk, s, n));
+    *okp = ok;
+}
+
+static void pack_regions(msgpack_packer *pk, const xp_msg_kv_region_t *r, int32_t n, int *okp)
+{
+    int ok = *okp;
+    ok &= msgpack_pack_array(pk, (size_t)n) == 0;
+    for (int32_t i = 0; i < n; i++) {
+        ok &= msgpack_pack_array(pk, 3) == 0;
+        ok &= msgpack_pack_uint64(pk, r[i].base) == 0;
+        ok &= msgpack_pack_uint64(pk, r[i].len) == 0;
+        ok &= msgpack_pack_bin_with_body(pk, r[i].rkey.data, r[i].rkey.len) == 0;
+    }
     *okp = ok;
 }
 
@@ -397,7 +487,7 @@ tdm_status_t xp_msg_encode(msgpack_sbuffer *out, const xp_msg_t *m, tdm_error_t 
     }
     case XP_MSG_READY: {
         const xp_msg_ready_t *r = &m->ready;
-        PK(msgpack_pack_array(&pk, 10));
+        PK(msgpack_pack_array(&pk, 11));
         PK(msgpack_pack_uint64(&pk, r->epoch));
         PK(msgpack_pack_int32(&pk, r->status));
         pack_str(&pk, r->error, sizeof(r->error), &ok);
@@ -408,6 +498,7 @@ tdm_status_t xp_msg_encode(msgpack_sbuffer *out, const xp_msg_t *m, tdm_error_t 
         PK(msgpack_pack_int32(&pk, r->n_swa_blocks));
         PK(msgpack_pack_int32(&pk, r->n_state_slots));
         PK(msgpack_pack_int32(&pk, r->n_state_store));
+        pack_regions(&pk, r->kv_regions, r->n_kv_regions, &ok);
         break;
     }
     case XP_MSG_JOIN_ACK:
@@ -420,7 +511,7 @@ tdm_status_t xp_msg_encode(msgpack_sbuffer *out, const xp_msg_t *m, tdm_error_t 
     case XP_MSG_LOAD: {
         const xp_msg_load_t *l = &m->load;
         const bool nccl_id = xp_msg_load_has_nccl_id(l);
-        PK(msgpack_pack_array(&pk, nccl_id ? 17 : 16));
+        PK(msgpack_pack_array(&pk, nccl_id ? 18 : 17));
         PK(msgpack_pack_uint64(&pk, l->epoch));
         PK(msgpack_pack_int32(&pk, l->tp_rank));
         PK(msgpack_pack_int32(&pk, l->tp_size));
@@ -440,6 +531,7 @@ tdm_status_t xp_msg_encode(msgpack_sbuffer *out, const xp_msg_t *m, tdm_error_t 
         pack_i32_array(&pk, l->expert_lo, l->n_layers, &ok);
         pack_i32_array(&pk, l->expert_n, l->n_layers, &ok);
         PK(msgpack_pack_int32(&pk, l->n_state_store));
+        PK(l->kv_export ? msgpack_pack_true(&pk) : msgpack_pack_false(&pk));
         if (nccl_id) {
             PK(msgpack_pack_bin_with_body(&pk, l->nccl_id, sizeof(l->nccl_id)));
         }
@@ -447,7 +539,8 @@ tdm_status_t xp_msg_encode(msgpack_sbuffer *out, const xp_msg_t *m, tdm_error_t 
     }
     case XP_MSG_STEP: {
         const xp_step_t *s = &m->step;
-        PK(msgpack_pack_array(&pk, 8));
+        const bool kv = s->n_kv_sends > 0 || m->kv_peer.n_ranks > 0;
+        PK(msgpack_pack_array(&pk, kv ? 9 : 8));
         PK(msgpack_pack_int32(&pk, s->n_tokens));
         pack_i32_array(&pk, s->token, s->n_tokens, &ok);
         pack_i32_array(&pk, s->pos, s->n_tokens, &ok);
@@ -474,12 +567,39 @@ tdm_status_t xp_msg_encode(msgpack_sbuffer *out, const xp_msg_t *m, tdm_error_t 
                 PK(msgpack_pack_int32(&pk, s->seqs[q].state_save));
             }
         }
+        if (kv) {
+            /* [peer or nil (unchanged), [[seq, lo, hi, [dst...]]...]] */
+            PK(msgpack_pack_array(&pk, 2));
+            const xp_msg_kv_peer_t *p = &m->kv_peer;
+            if (p->n_ranks == 0) {
+                PK(msgpack_pack_nil(&pk));
+            } else {
+                PK(msgpack_pack_array(&pk, 2));
+                PK(msgpack_pack_uint64(&pk, p->epoch));
+                PK(msgpack_pack_array(&pk, (size_t)p->n_ranks));
+                for (int32_t i = 0; i < p->n_ranks; i++) {
+                    PK(msgpack_pack_array(&pk, 2));
+                    PK(msgpack_pack_bin_with_body(&pk, p->ranks[i].addr.data,
+                                                  p->ranks[i].addr.len));
+                    pack_regions(&pk, p->ranks[i].regions, p->ranks[i].n_regions, &ok);
+                }
+            }
+            PK(msgpack_pack_array(&pk, (size_t)s->n_kv_sends));
+            for (int32_t i = 0; i < s->n_kv_sends; i++) {
+                const xp_step_kv_send_t *k = &s->kv_sends[i];
+                PK(msgpack_pack_array(&pk, 4));
+                PK(msgpack_pack_int32(&pk, k->seq));
+                PK(msgpack_pack_int32(&pk, k->lo));
+                PK(msgpack_pack_int32(&pk, k->hi));
+                pack_i32_array(&pk, k->dst, k->hi - k->lo, &ok);
+            }
+        }
         break;
     }
     case XP_MSG_RESULT: {
         const xp_msg_result_t *r = &m->result;
         size_t bytes = (size_t)r->n_logits * (size_t)r->n_vocab * sizeof(float);
-        PK(msgpack_pack_array(&pk, 9));
+        PK(msgpack_pack_array(&pk, 11));
         PK(msgpack_pack_int32(&pk, r->status));
         pack_str(&pk, r->error, sizeof(r->error), &ok);
         PK(msgpack_pack_int32(&pk, r->n_logits));
@@ -492,6 +612,8 @@ tdm_status_t xp_msg_encode(msgpack_sbuffer *out, const xp_msg_t *m, tdm_error_t 
         PK(msgpack_pack_uint64(&pk, r->coll_bytes));
         PK(msgpack_pack_uint64(&pk, r->coll_ns));
         PK(msgpack_pack_uint64(&pk, r->step_ns));
+        PK(msgpack_pack_uint64(&pk, r->kv_bytes));
+        PK(msgpack_pack_uint64(&pk, r->kv_ns));
         break;
     }
     case XP_MSG_HEARTBEAT:
@@ -715,13 +837,13 @@ static tdm_status_t decode_load(const msgpack_object *body, xp_msg_t *m, tdm_err
     tdm_status_t st;
     const msgpack_object *f = NULL, *pa = NULL;
     xp_msg_load_t *l = &m->load;
-    /* 16 fields, or 17 with an NCCL id; which one is checked once proto and sizes are read */
+    /* 17 fields, or 18 with an NCCL id; which one is checked once proto and sizes are read */
     if (body->type != MSGPACK_OBJECT_ARRAY) {
         return tdm_error_set(err, TDM_ERR_FORMAT, "xp_msg: LOAD body is not an array");
     }
-    if (body->via.array.size != 16 && body->via.array.size != 17) {
+    if (body->via.array.size != 17 && body->via.array.size != 18) {
         return tdm_error_set(err, TDM_ERR_FORMAT,
-                             "xp_msg: LOAD body has %" PRIu32 " elements, want 16 (17 with an "
+                             "xp_msg: LOAD body has %" PRIu32 " elements, want 17 (18 with an "
                              "NCCL id)",
                              (uint32_t)body->via.array.size);
     }
@@ -740,26 +862,27 @@ static tdm_status_t decode_load(const msgpack_object *body, xp_msg_t *m, tdm_err
     TRY(get_i32(&f[11], "LOAD timeout_ms", &l->timeout_ms, err));
     const bool want_id = xp_msg_load_has_nccl_id(l);
     const int64_t ranks = (int64_t)l->tp_size * l->ep_size;
-    if (want_id && body->via.array.size != 17) {
+    if (want_id && body->via.array.size != 18) {
         return tdm_error_set(err, TDM_ERR_FORMAT,
                              "xp_msg: LOAD with proto 2 (nccl) over %" PRId64
-                             " ranks has no NCCL id (16 elements, want 17)",
+                             " ranks has no NCCL id (17 elements, want 18)",
                              ranks);
     }
-    if (!want_id && body->via.array.size != 16) {
+    if (!want_id && body->via.array.size != 17) {
         return tdm_error_set(err, TDM_ERR_FORMAT,
-                             "xp_msg: LOAD body has 17 elements, want 16: an NCCL id only with "
+                             "xp_msg: LOAD body has 18 elements, want 17: an NCCL id only with "
                              "proto 2 over more than one rank (proto %" PRId32 ", %" PRId64
                              " ranks)",
                              l->proto, ranks);
     }
     TRY(get_i32(&f[15], "LOAD n_state_store", &l->n_state_store, err));
+    TRY(get_bool(&f[16], "LOAD kv_export", &l->kv_export, err));
     if (want_id) {
-        if (f[16].type != MSGPACK_OBJECT_BIN || f[16].via.bin.size != XP_MSG_NCCL_ID_BYTES) {
+        if (f[17].type != MSGPACK_OBJECT_BIN || f[17].via.bin.size != XP_MSG_NCCL_ID_BYTES) {
             return tdm_error_set(err, TDM_ERR_FORMAT, "xp_msg: LOAD nccl_id is not a %d-byte bin",
                                  XP_MSG_NCCL_ID_BYTES);
         }
-        memcpy(l->nccl_id, f[16].via.bin.ptr, XP_MSG_NCCL_ID_BYTES);
+        memcpy(l->nccl_id, f[17].via.bin.ptr, XP_MSG_NCCL_ID_BYTES);
     }
     if (f[12].type != MSGPACK_OBJECT_ARRAY || f[12].via.array.size > XP_MSG_MAX_WORLD) {
         return tdm_error_set(err, TDM_ERR_FORMAT,
@@ -809,12 +932,163 @@ static tdm_status_t decode_load(const msgpack_object *body, xp_msg_t *m, tdm_err
     return TDM_OK;
 }
 
+/* KV regions [[base, len, rkey bin]...]: checks the shape and counts (*n, and the bytes the
+ * decoded form takes: the region structs and their keys). */
+static tdm_status_t size_regions(const msgpack_object *o, const char *field, int32_t *n,
+                                 size_t *bytes, tdm_error_t *err)
+{
+    if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size > XP_MSG_MAX_KV_REGIONS) {
+        return tdm_error_set(err, TDM_ERR_FORMAT, "xp_msg: %s is not an array of at most %d", field,
+                             XP_MSG_MAX_KV_REGIONS);
+    }
+    *n = (int32_t)o->via.array.size;
+    *bytes += (size_t)*n * sizeof(xp_msg_kv_region_t);
+    for (int32_t i = 0; i < *n; i++) {
+        const msgpack_object *e = &o->via.array.ptr[i];
+        if (e->type != MSGPACK_OBJECT_ARRAY || e->via.array.size != 3 ||
+            e->via.array.ptr[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
+            e->via.array.ptr[1].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
+            e->via.array.ptr[2].type != MSGPACK_OBJECT_BIN ||
+            e->via.array.ptr[2].via.bin.size > XP_MSG_MAX_ADDR) {
+            return tdm_error_set(err, TDM_ERR_FORMAT,
+                                 "xp_msg: %s[%" PRId32 "] is not [base, len, rkey bin]", field, i);
+        }
+        *bytes += e->via.array.ptr[2].via.bin.size;
+    }
+    return TDM_OK;
+}
+
+/* Fills n regions from o (checked by size_regions), their keys copied at *data. */
+static void fill_regions(const msgpack_object *o, xp_msg_kv_region_t *r, unsigned char **data)
+{
+    for (uint32_t i = 0; i < o->via.array.size; i++) {
+        const msgpack_object *e = o->via.array.ptr[i].via.array.ptr;
+        r[i].base = e[0].via.u64;
+        r[i].len = e[1].via.u64;
+        r[i].rkey.len = (uint32_t)e[2].via.bin.size;
+        r[i].rkey.data = *data;
+        if (r[i].rkey.len > 0) {
+            memcpy(*data, e[2].via.bin.ptr, r[i].rkey.len);
+        }
+        *data += r[i].rkey.len;
+    }
+}
+
+/* STEP's 9th field: [peer or nil, [[seq, lo, hi, [dst...]]...]] (ranges checked by
+ * xp_msg_validate). */
+static tdm_status_t decode_step_kv(const msgpack_object *o, xp_msg_t *m, tdm_error_t *err)
+{
+    tdm_status_t st;
+    const msgpack_object *f = NULL, *pr = NULL, *ranks = NULL;
+    TRY(get_array(o, "STEP kv", 2, &f, err));
+    int32_t n_ranks = 0;
+    size_t bytes = 0;
+    if (f[0].type != MSGPACK_OBJECT_NIL) {
+        TRY(get_array(&f[0], "STEP kv peer", 2, &pr, err));
+        if (pr[1].type != MSGPACK_OBJECT_ARRAY || pr[1].via.array.size < 1 ||
+            pr[1].via.array.size > XP_MSG_MAX_WORLD) {
+            return tdm_error_set(err, TDM_ERR_FORMAT,
+                                 "xp_msg: STEP kv peer ranks is not an array of 1 to %d",
+                                 XP_MSG_MAX_WORLD);
+        }
+        n_ranks = (int32_t)pr[1].via.array.size;
+        ranks = pr[1].via.array.ptr;
+        bytes += (size_t)n_ranks * sizeof(xp_msg_kv_rank_t);
+        for (int32_t i = 0; i < n_ranks; i++) {
+            const msgpack_object *e = NULL;
+            int32_t n = 0;
+            TRY(get_array(&ranks[i], "STEP kv peer rank", 2, &e, err));
+            if (e[0].type != MSGPACK_OBJECT_BIN || e[0].via.bin.size > XP_MSG_MAX_ADDR) {
+                return tdm_error_set(err, TDM_ERR_FORMAT,
+                                     "xp_msg: STEP kv peer rank %" PRId32 " address is not a bin",
+                                     i);
+            }
+            bytes += e[0].via.bin.size;
+            TRY(size_regions(&e[1], "STEP kv peer regions", &n, &bytes, err));
+        }
+    }
+    const msgpack_object *sd = &f[1];
+    if (sd->type != MSGPACK_OBJECT_ARRAY || sd->via.array.size > XP_MSG_MAX_SEQS) {
+        return tdm_error_set(err, TDM_ERR_FORMAT, "xp_msg: STEP kv sends is not an array");
+    }
+    const int32_t n_sends = (int32_t)sd->via.array.size;
+    bytes += (size_t)n_sends * sizeof(xp_step_kv_send_t);
+    for (int32_t i = 0; i < n_sends; i++) {
+        const msgpack_object *e = NULL;
+        TRY(get_array(&sd->via.array.ptr[i], "STEP kv send", 4, &e, err));
+        if (e[3].type != MSGPACK_OBJECT_ARRAY || e[3].via.array.size > XP_MSG_MAX_BLOCKS) {
+            return tdm_error_set(err, TDM_ERR_FORMAT, "xp_msg: STEP kv send dst is not an array");
+        }
+        bytes += (size_t)e[3].via.array.size * sizeof(int32_t);
+    }
+    /* one allocation, most aligned first: ranks, regions and sends, then ids, then bytes */
+    unsigned char *mem = malloc(bytes > 0 ? bytes : 1);
+    if (mem == NULL) {
+        return tdm_error_set(err, TDM_ERR_NO_MEMORY, "xp_msg STEP: out of memory (kv)");
+    }
+    m->owned_kv = mem;
+    xp_msg_kv_rank_t *rk = (xp_msg_kv_rank_t *)mem;
+    size_t n_regions = 0, n_ids = 0, n_bytes = 0;
+    for (int32_t i = 0; i < n_ranks; i++) {
+        const msgpack_object *e = ranks[i].via.array.ptr;
+        n_regions += e[1].via.array.size;
+        n_bytes += e[0].via.bin.size;
+        for (uint32_t j = 0; j < e[1].via.array.size; j++) {
+            n_bytes += e[1].via.array.ptr[j].via.array.ptr[2].via.bin.size;
+        }
+    }
+    xp_msg_kv_region_t *rg = (xp_msg_kv_region_t *)(rk + n_ranks);
+    xp_step_kv_send_t *ks = (xp_step_kv_send_t *)(rg + n_regions);
+    for (int32_t i = 0; i < n_sends; i++) {
+        n_ids += sd->via.array.ptr[i].via.array.ptr[3].via.array.size;
+    }
+    int32_t *ids = (int32_t *)(ks + n_sends);
+    unsigned char *data = (unsigned char *)(ids + n_ids);
+    for (int32_t i = 0; i < n_ranks; i++) {
+        const msgpack_object *e = ranks[i].via.array.ptr;
+        rk[i].addr.len = (uint32_t)e[0].via.bin.size;
+        rk[i].addr.data = data;
+        if (rk[i].addr.len > 0) {
+            memcpy(data, e[0].via.bin.ptr, rk[i].addr.len);
+        }
+        data += rk[i].addr.len;
+        rk[i].n_regions = (int32_t)e[1].via.array.size;
+        rk[i].regions = rg;
+        fill_regions(&e[1], rg, &data);
+        rg += rk[i].n_regions;
+    }
+    if (n_ranks > 0) {
+        TRY(get_u64(&pr[0], "STEP kv peer epoch", UINT64_MAX, &m->kv_peer.epoch, err));
+        m->kv_peer.n_ranks = n_ranks;
+        m->kv_peer.ranks = rk;
+    }
+    for (int32_t i = 0; i < n_sends; i++) {
+        const msgpack_object *e = sd->via.array.ptr[i].via.array.ptr;
+        TRY(get_i32(&e[0], "STEP kv send seq", &ks[i].seq, err));
+        TRY(get_i32(&e[1], "STEP kv send lo", &ks[i].lo, err));
+        TRY(get_i32(&e[2], "STEP kv send hi", &ks[i].hi, err));
+        const int32_t n = (int32_t)e[3].via.array.size;
+        if ((int64_t)ks[i].hi - ks[i].lo != n) {
+            return tdm_error_set(err, TDM_ERR_FORMAT,
+                                 "xp_msg: STEP kv send [%" PRId32 ", %" PRId32 ") with %" PRId32
+                                 " destinations",
+                                 ks[i].lo, ks[i].hi, n);
+        }
+        TRY(decode_i32_array(&e[3], "STEP kv send dst", n, ids, err));
+        ks[i].dst = ids;
+        ids += n;
+    }
+    m->step.n_kv_sends = n_sends;
+    m->step.kv_sends = ks;
+    return TDM_OK;
+}
+
 static tdm_status_t decode_ready(const msgpack_object *body, xp_msg_t *m, tdm_error_t *err)
 {
     tdm_status_t st;
     const msgpack_object *f = NULL;
     xp_msg_ready_t *r = &m->ready;
-    TRY(get_array(body, "READY body", 10, &f, err));
+    TRY(get_array(body, "READY body", 11, &f, err));
     TRY(get_u64(&f[0], "READY epoch", UINT64_MAX, &r->epoch, err));
     TRY(get_i32(&f[1], "READY status", &r->status, err));
     TRY(get_str(&f[2], "READY error", r->error, sizeof(r->error), err));
@@ -825,6 +1099,19 @@ static tdm_status_t decode_ready(const msgpack_object *body, xp_msg_t *m, tdm_er
     TRY(get_i32(&f[7], "READY n_swa_blocks", &r->n_swa_blocks, err));
     TRY(get_i32(&f[8], "READY n_state_slots", &r->n_state_slots, err));
     TRY(get_i32(&f[9], "READY n_state_store", &r->n_state_store, err));
+    size_t bytes = 0;
+    int32_t n = 0;
+    TRY(size_regions(&f[10], "READY kv_regions", &n, &bytes, err));
+    unsigned char *mem = malloc(bytes > 0 ? bytes : 1);
+    if (mem == NULL) {
+        return tdm_error_set(err, TDM_ERR_NO_MEMORY, "xp_msg READY: out of memory");
+    }
+    m->owned_load = mem;
+    xp_msg_kv_region_t *rg = (xp_msg_kv_region_t *)mem;
+    unsigned char *data = (unsigned char *)(rg + n);
+    fill_regions(&f[10], rg, &data);
+    r->n_kv_regions = n;
+    r->kv_regions = rg;
     return TDM_OK;
 }
 
@@ -884,7 +1171,12 @@ static tdm_status_t decode_step(const msgpack_object *body, xp_msg_t *m, tdm_err
     tdm_status_t st;
     const msgpack_object *f = NULL, *wl = NULL, *sq = NULL;
     xp_step_t *s = &m->step;
-    TRY(get_array(body, "STEP body", 8, &f, err));
+    /* 8 fields, 9 with disaggregated prefill's K/V sends (decode_step_kv) */
+    if (body->type != MSGPACK_OBJECT_ARRAY ||
+        (body->via.array.size != 8 && body->via.array.size != 9)) {
+        return tdm_error_set(err, TDM_ERR_FORMAT, "xp_msg: STEP body is not an array of 8 or 9");
+    }
+    f = body->via.array.ptr;
     TRY(get_i32(&f[0], "STEP n_tokens", &s->n_tokens, err));
     if (s->n_tokens < 0 || s->n_tokens > XP_MSG_MAX_TOKENS) {
         return tdm_error_set(err, TDM_ERR_FORMAT,
@@ -983,6 +1275,9 @@ static tdm_status_t decode_step(const msgpack_object *body, xp_msg_t *m, tdm_err
     s->seq = seq;
     s->want_logits = u8;
     s->seqs = seqs;
+    if (body->via.array.size == 9) {
+        TRY(decode_step_kv(&f[8], m, err));
+    }
     return TDM_OK;
 }
 
@@ -991,7 +1286,9 @@ static tdm_status_t decode_result(const msgpack_object *body, xp_msg_t *m, tdm_e
     tdm_status_t st;
     const msgpack_object *f = NULL;
     xp_msg_result_t *r = &m->result;
-    TRY(get_array(body, "RESULT body", 9, &f, err));
+    TRY(get_array(body, "RESULT body", 11, &f, err));
+    TRY(get_u64(&f[9], "RESULT kv_bytes", UINT64_MAX, &r->kv_bytes, err));
+    TRY(get_u64(&f[10], "RESULT kv_ns", UINT64_MAX, &r->kv_ns, err));
     TRY(get_u64(&f[5], "RESULT coll_calls", UINT64_MAX, &r->coll_calls, err));
     TRY(get_u64(&f[6], "RESULT coll_bytes", UINT64_MAX, &r->coll_bytes, err));
     TRY(get_u64(&f[7], "RESULT coll_ns", UINT64_MAX, &r->coll_ns, err));
@@ -1140,5 +1437,6 @@ void xp_msg_free(xp_msg_t *msg)
     free(msg->owned_seqs);
     free(msg->owned_f32);
     free(msg->owned_load);
+    free(msg->owned_kv);
     memset(msg, 0, sizeof(*msg));
 }

@@ -26,9 +26,10 @@
 
 /* Protocol 3: sliding-window block tables (STEP, READY); 4: the cluster secret's proofs
  * (JOIN, JOIN_ACK); 5: recurrent-state slots (STEP, READY); 6: how many stored prefix
- * states a shard keeps (LOAD, serve's --state-cache). */
+ * states a shard keeps (LOAD, serve's --state-cache); 7: disaggregated prefill (LOAD's
+ * kv_export, READY's KV regions, STEP's KV peer and sends, RESULT's transfer figures). */
 #define XP_MSG_MAGIC            "TDM1"
-#define XP_MSG_PROTOCOL_VERSION 6
+#define XP_MSG_PROTOCOL_VERSION 7
 
 /* Bounds the decoder enforces (and the encoder, so both sides agree). */
 #define XP_MSG_MAX_TOKENS       (1 << 20)         /* tokens per STEP                  */
@@ -46,6 +47,7 @@
 #define XP_MSG_MAX_LAYERS       4096 /* per-layer expert ranges of a LOAD             */
 #define XP_MSG_NCCL_ID_BYTES    128  /* an NCCL unique id (NCCL_UNIQUE_ID_BYTES)      */
 #define XP_MSG_AUTH_BYTES       32   /* an HMAC-SHA-256 (transport/xp_auth.h)          */
+#define XP_MSG_MAX_KV_REGIONS   (2 * XP_MSG_MAX_LAYERS) /* a layer's K and V storage each */
 
 /* LOAD's proto: how the shards' collectives move data (`--collective`). */
 #define XP_MSG_PROTO_AM   0 /* UCX active messages                                   */
@@ -85,6 +87,29 @@ typedef struct xp_msg_blob {
     const void *data;
     uint32_t len;
 } xp_msg_blob_t;
+
+/* Disaggregated prefill (docs/distributed.md). A decode shard's KV storage registered for
+ * RMA: one region per layer's K and per layer's V (layer order, K then V; an empty region,
+ * len 0, for a layer without K/V), each with its packed UCX rkey. */
+typedef struct xp_msg_kv_region {
+    uint64_t base, len;
+    xp_msg_blob_t rkey; /* 1..XP_MSG_MAX_ADDR bytes; empty when len is 0 */
+} xp_msg_kv_region_t;
+
+/* One decode shard as a prefill shard of the same rank needs it. */
+typedef struct xp_msg_kv_rank {
+    xp_msg_blob_t addr; /* its UCX worker address */
+    int32_t n_regions;
+    const xp_msg_kv_region_t *regions;
+} xp_msg_kv_rank_t;
+
+/* The decode group a prefill group's STEPs put K/V into: its epoch (a new formation means
+ * new keys) and every rank's address and regions, in world-rank order. */
+typedef struct xp_msg_kv_peer {
+    uint64_t epoch;
+    int32_t n_ranks; /* 0: none in this message */
+    const xp_msg_kv_rank_t *ranks;
+} xp_msg_kv_peer_t;
 
 typedef struct xp_msg_hello {
     uint64_t session; /* the coordinator's random id: a JOIN echoes it */
@@ -134,6 +159,8 @@ typedef struct xp_msg_load {
      * than one rank (a world of one makes no NCCL calls); ignored by the encoder and zero
      * after decoding otherwise. */
     uint8_t nccl_id[XP_MSG_NCCL_ID_BYTES];
+    /* A decode group's shard: register the KV storage for RMA and list it in READY. */
+    bool kv_export;
 } xp_msg_load_t;
 
 /* Whether a LOAD carries an NCCL id: proto XP_MSG_PROTO_NCCL and tp_size * ep_size > 1. */
@@ -150,6 +177,9 @@ typedef struct xp_msg_ready {
     /* recurrent-state slots (Gated DeltaNet models; 0: none): running sequences', then
      * the stored states of cached prefixes (xp_step.h) */
     int32_t n_state_slots, n_state_store;
+    /* with LOAD's kv_export: the registered KV storage (0 regions otherwise) */
+    int32_t n_kv_regions;
+    const xp_msg_kv_region_t *kv_regions;
 } xp_msg_ready_t;
 
 typedef struct xp_msg_result {
@@ -160,6 +190,7 @@ typedef struct xp_msg_result {
     const float *logits; /* [n_logits * n_vocab]; NULL allowed when that is 0 */
     uint64_t coll_calls, coll_bytes, coll_ns; /* collectives of this step on this shard */
     uint64_t step_ns;                         /* the step's wall time on this shard      */
+    uint64_t kv_bytes, kv_ns; /* K/V this shard put into a decode group's pool, and the time */
 } xp_msg_result_t;
 
 typedef struct xp_msg_heartbeat {
@@ -186,6 +217,8 @@ typedef struct xp_msg {
     xp_msg_load_t load;
     xp_msg_ready_t ready;
     xp_step_t step; /* STEP: exactly the scheduler's xp_step_t */
+    /* STEP: the decode group its kv_sends go to, when it changed (n_ranks 0: as before) */
+    xp_msg_kv_peer_t kv_peer;
     xp_msg_result_t result;
     xp_msg_heartbeat_t heartbeat;
 
@@ -194,7 +227,9 @@ typedef struct xp_msg {
     void *owned_seqs; /* private: xp_step_seq_t array of a decoded STEP         */
     void *owned_f32;  /* logits of a decoded RESULT (malloc'd); a caller may take it,
                          setting the field NULL, and free() it later             */
-    void *owned_load; /* private: peers and expert ranges of a decoded LOAD, JOIN's address */
+    void *owned_load; /* private: peers and expert ranges of a decoded LOAD, JOIN's address,
+                         READY's KV regions */
+    void *owned_kv;   /* private: a decoded STEP's KV peer and sends */
 } xp_msg_t;
 
 /* "0.1.0 (abc1234)": the version and commit of this build, which JOIN carries; a shard and

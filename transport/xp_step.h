@@ -38,6 +38,16 @@ typedef struct xp_step_seq {
     int32_t state_load, state_save;
 } xp_step_seq_t;
 
+/* Disaggregated prefill (docs/distributed.md): K/V blocks a prefill group's shards put into a
+ * decode group's pool once the step's forward pass wrote them, each shard its own heads to
+ * the decode shard of the same rank (the peer's pool and keys travel beside the step,
+ * transport/xp_msg.h). */
+typedef struct xp_step_kv_send {
+    int32_t seq;        /* index into seqs                                      */
+    int32_t lo, hi;     /* logical blocks [lo, hi) of that sequence's table     */
+    const int32_t *dst; /* [hi - lo]: the block ids in the decode group's pool  */
+} xp_step_kv_send_t;
+
 typedef struct xp_step {
     int32_t n_tokens;
     const int32_t *token;       /* [n_tokens]                          */
@@ -47,6 +57,8 @@ typedef struct xp_step {
     int32_t n_logits;           /* number of want_logits set           */
     int32_t n_seqs;
     const xp_step_seq_t *seqs; /* [n_seqs]                            */
+    int32_t n_kv_sends;        /* 0 unless this group prefills for another */
+    const xp_step_kv_send_t *kv_sends;
 } xp_step_t;
 
 typedef struct xp_executor_ops {

@@ -220,7 +220,7 @@ static tdm_status_t run_schedule(shd_model_t *m, const xp_executor_t *ex, const 
                 xs[q].state_slot = views[q].state_slot;
                 xs[q].state_load = xs[q].state_save = -1;
             }
-            xp_step_t xst = {n, tok, pos, sq, want, n_logits, count, xs};
+            xp_step_t xst = {n, tok, pos, sq, want, n_logits, count, xs, 0, NULL};
             st = ex->ops->step(ex->impl, &xst, logits, err);
             free(xs);
             if (st != TDM_OK) {

@@ -391,13 +391,6 @@ static int read_groups(srv_config_t *c, json_t *groups, const char *path)
                                              : "must be \"mixed\", \"prefill\" or \"decode\"");
                 return -1;
             }
-            if (r != CRD_ROLE_MIXED) {
-                fprintf(stderr,
-                        "tandem serve: --cluster %s: %s\"role\": \"%s\" groups "
-                        "(disaggregated prefill/decode) are not supported yet: use \"mixed\"\n",
-                        path, where, crd_group_role_name(r));
-                return -1;
-            }
             gc->role = (int)r;
         }
         json_t *shards = json_object_get(g, "shards");
@@ -418,6 +411,29 @@ static int read_groups(srv_config_t *c, json_t *groups, const char *path)
         if (check_split(cwhere, gc->n_shards, &gc->tp, &gc->ep) != 0) {
             return -1;
         }
+    }
+    /* disaggregated prefill/decode: pairs of shard groups (api/server/disagg.c checks the
+     * rest once the shards answered) */
+    int n_role[3] = {0, 0, 0};
+    for (int i = 0; i < c->n_groups; i++) {
+        const srv_group_config_t *gc = &c->groups[i];
+        n_role[gc->role]++;
+        if (gc->role != CRD_ROLE_MIXED && gc->n_shards == 0) {
+            fprintf(stderr,
+                    "tandem serve: --cluster %s: groups[%d]: a \"%s\" group needs \"shards\" "
+                    "(its KV storage must be reachable over UCX)\n",
+                    path, i, crd_group_role_name((crd_group_role_t)gc->role));
+            return -1;
+        }
+    }
+    if ((n_role[CRD_ROLE_PREFILL] > 0 || n_role[CRD_ROLE_DECODE] > 0) &&
+        (n_role[CRD_ROLE_PREFILL] != n_role[CRD_ROLE_DECODE] || n_role[CRD_ROLE_MIXED] > 0)) {
+        fprintf(stderr,
+                "tandem serve: --cluster %s: disaggregated prefill/decode needs as many "
+                "\"prefill\" groups as \"decode\" groups and no \"mixed\" one (%d prefill, %d "
+                "decode, %d mixed)\n",
+                path, n_role[CRD_ROLE_PREFILL], n_role[CRD_ROLE_DECODE], n_role[CRD_ROLE_MIXED]);
+        return -1;
     }
     return 0;
 }

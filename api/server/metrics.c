@@ -272,6 +272,17 @@ static void group_metrics(textbuf_t *b, const srv_group_metrics_t *gm, int n, co
                "Seconds the shards spent inside collectives (waiting included), summed over "
                "shards.",
                (double)x->stats->coll_ns / 1e9, true);
+        FAMILY("tandem_kv_transfer_blocks_total", "counter",
+               "Disaggregated prefill: KV blocks (every layer's K and V) this prefill group put "
+               "into its decode group's pool.",
+               x->stats->kv_blocks, true);
+        FAMILY("tandem_kv_transfer_bytes_total", "counter",
+               "Disaggregated prefill: bytes those puts moved, summed over shards.",
+               x->stats->kv_bytes, true);
+        FAMILY("tandem_kv_transfer_seconds_total", "counter",
+               "Disaggregated prefill: seconds the shards spent putting and flushing KV blocks, "
+               "summed over shards.",
+               (double)x->stats->kv_ns / 1e9, true);
     }
 #undef FAMILY
     free(v);

@@ -200,6 +200,9 @@ static tdm_status_t load_group(srv_server_t *s, const srv_group_config_t *gc, sr
                                  .start_timeout_ms = cfg->shard_start_timeout_s * 1000,
                                  .contiguous_experts = cfg->contiguous_experts,
                                  .cluster_secret = cfg->cluster_secret,
+                                 /* prefill and decode groups: the KV storage registered
+                                  * (the decode side's is written, both are compared) */
+                                 .kv_export = gc->role != CRD_ROLE_MIXED,
                                  /* as xp_local: 0 its default (max_running), < 0 none */
                                  .n_state_store = cfg->state_cache < 0    ? 0
                                                   : cfg->state_cache == 0 ? -1
@@ -312,6 +315,9 @@ static tdm_status_t load_model(srv_server_t *s, tdm_error_t *err)
         TDM_INFO("serve", "group '%s' (%s): %d KV blocks of %d tokens (%s)", g->name,
                  crd_group_role_name(g->role), (int)g->ex.n_blocks, (int)g->ex.block_tokens,
                  g->rx != NULL ? "held by the shards" : "in this process");
+    }
+    if ((st = srv_disagg_setup(s, err)) != TDM_OK) {
+        return st;
     }
     s->n_ctx = crd_router_n_ctx(s->router);
     s->created = (int64_t)time(NULL);

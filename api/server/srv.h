@@ -148,6 +148,14 @@ typedef struct srv_group {
     struct crd_draft_model *draft;
 } srv_group_t;
 
+/* ---- disagg.c: prefill and decode groups paired (docs/distributed.md) ---- */
+
+/* After every group is loaded and added to the router: pairs prefill with decode groups
+ * (crd_router_pair_roles), refuses pairs that cannot hand KV over (not shard groups,
+ * different TP/EP splits or KV layouts, sliding-window or recurrent models) and points each
+ * prefill group's executor at its decode group's pool. Nothing without such groups. */
+tdm_status_t srv_disagg_setup(struct srv_server *s, tdm_error_t *err);
+
 /* ---- http.c: replies (each queues a response on c and returns the MHD result) ---- */
 
 /* A parsed HTTP request as handlers see it. */

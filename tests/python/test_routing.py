@@ -338,7 +338,9 @@ def test_cluster_groups_refused(tandem_bin, tmp_path):
     """Bad group files fail at start with a message naming the cause."""
     cases = [
         ({"groups": [{"name": "p", "shards": ["127.0.0.1:1"], "role": "prefill"}]},
-         "not supported yet"),
+         "as many \"prefill\" groups as \"decode\" groups"),
+        ({"groups": [{"name": "p", "shards": ["127.0.0.1:1"], "role": "prefill"},
+                     {"name": "d", "role": "decode"}]}, "a \"decode\" group needs \"shards\""),
         ({"groups": [{"name": "x", "role": "both"}]}, "unknown group role 'both'"),
         ({"groups": [{"name": "a"}, {"name": "a"}]}, "must be unique"),
         ({"groups": [{"name": "a", "shards": ["127.0.0.1:1", "127.0.0.1:2"], "tp": 3}]},

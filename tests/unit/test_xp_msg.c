@@ -8,7 +8,8 @@
  *
  * `test_xp_msg --write-corpus DIR` writes the fuzz seed corpus (tests/fuzz/corpus/xp_msg):
  * one valid message per type, named seed-<type>, a LOAD with an NCCL id, seed-load-nccl, and
- * STEPs with sliding-window tables (seed-step-swa) and recurrent-state slots (seed-step-state).
+ * STEPs with sliding-window tables (seed-step-swa), recurrent-state slots (seed-step-state) and
+ * disaggregated prefill's K/V sends and peer (seed-step-kv).
  */
 #include "transport/xp_msg.h"
 
@@ -58,14 +59,16 @@ static int32_t rand_i32(uint64_t *s)
     return rng_below(s, 2) ? -v - 1 : v;
 }
 
-#define GEN_TOKENS 300
-#define GEN_SEQS   8
-#define GEN_BLOCKS 20
-#define GEN_LOGITS 8
-#define GEN_VOCAB  50
-#define GEN_PEERS  5   /* peer addresses of a generated LOAD: 1..5 */
-#define GEN_ADDR   200 /* bytes of a generated UCX address: 1..200 */
-#define GEN_LAYERS 64  /* expert-range layers of a generated LOAD: 0..64 */
+#define GEN_TOKENS     300
+#define GEN_SEQS       8
+#define GEN_BLOCKS     20
+#define GEN_LOGITS     8
+#define GEN_VOCAB      50
+#define GEN_PEERS      5   /* peer addresses of a generated LOAD: 1..5 */
+#define GEN_ADDR       200 /* bytes of a generated UCX address: 1..200 */
+#define GEN_LAYERS     64  /* expert-range layers of a generated LOAD: 0..64 */
+#define GEN_KV_REGIONS 6   /* KV regions of a generated READY or STEP peer rank: 0..6 */
+#define GEN_RKEY       40  /* bytes of a generated rkey: 1..40 */
 
 typedef struct gen_store {
     int32_t token[GEN_TOKENS], pos[GEN_TOKENS], seq[GEN_TOKENS];
@@ -80,6 +83,12 @@ typedef struct gen_store {
     /* sized for the hand-made "too many layers" LOAD; the generator uses GEN_LAYERS */
     int32_t expert_lo[XP_MSG_MAX_LAYERS + 1], expert_n[XP_MSG_MAX_LAYERS + 1];
     uint8_t big_addr[XP_MSG_MAX_ADDR + 1];
+    /* disaggregated prefill: READY's regions, STEP's peer and sends */
+    xp_msg_kv_region_t regions[GEN_PEERS][GEN_KV_REGIONS];
+    uint8_t rkeys[GEN_PEERS][GEN_KV_REGIONS][GEN_RKEY];
+    xp_msg_kv_rank_t ranks[GEN_PEERS];
+    xp_step_kv_send_t sends[GEN_SEQS];
+    int32_t dst[GEN_SEQS][GEN_BLOCKS];
 } gen_store_t;
 
 static void rand_str(uint64_t *s, char *dst, size_t cap)
@@ -138,6 +147,24 @@ static void gen_load(uint64_t *s, gen_store_t *g, xp_msg_load_t *l)
     l->expert_lo = g->expert_lo;
     l->expert_n = g->expert_n;
     l->n_state_store = (int32_t)rng_below(s, XP_MSG_MAX_STATE_STORE + 1);
+    l->kv_export = rng_below(s, 2);
+}
+
+/* n random KV regions of rank r (empty ones have no key). */
+static int32_t gen_regions(uint64_t *s, gen_store_t *g, int r)
+{
+    const int32_t n = (int32_t)rng_below(s, GEN_KV_REGIONS + 1);
+    for (int32_t i = 0; i < n; i++) {
+        xp_msg_kv_region_t *x = &g->regions[r][i];
+        x->len = rng_below(s, 4) == 0 ? 0 : 1 + rng_below(s, 1u << 30);
+        x->base = rand_u64(s) >> 2;
+        x->rkey.len = x->len == 0 ? 0 : 1 + rng_below(s, GEN_RKEY);
+        for (uint32_t j = 0; j < x->rkey.len; j++) {
+            g->rkeys[r][i][j] = (uint8_t)rng_next(s);
+        }
+        x->rkey.data = g->rkeys[r][i];
+    }
+    return n;
 }
 
 /* A random valid message of the given type; arrays live in g. */
@@ -191,6 +218,8 @@ static void gen_msg(uint64_t *s, xp_msg_type_t type, gen_store_t *g, xp_msg_t *m
         m->ready.n_swa_blocks = rng_below(s, 2) ? rand_nonneg(s) : 0;
         m->ready.n_state_slots = rng_below(s, 2) ? rand_nonneg(s) : 0;
         m->ready.n_state_store = rng_below(s, 2) ? rand_nonneg(s) : 0;
+        m->ready.n_kv_regions = gen_regions(s, g, 0);
+        m->ready.kv_regions = g->regions[0];
         break;
     case XP_MSG_STEP: {
         xp_step_t *st = &m->step;
@@ -224,6 +253,31 @@ static void gen_msg(uint64_t *s, xp_msg_type_t type, gen_store_t *g, xp_msg_t *m
         st->seq = g->seq;
         st->want_logits = g->want;
         st->seqs = g->seqs;
+        /* disaggregated prefill: sends of some seqs' blocks, and maybe the decode peer */
+        for (int32_t q = 0; q < st->n_seqs && rng_below(s, 2); q++) {
+            if (g->seqs[q].n_blocks == 0) {
+                continue;
+            }
+            xp_step_kv_send_t *k = &g->sends[st->n_kv_sends++];
+            k->seq = q;
+            k->lo = (int32_t)rng_below(s, (uint32_t)g->seqs[q].n_blocks);
+            k->hi = k->lo + 1 + (int32_t)rng_below(s, (uint32_t)(g->seqs[q].n_blocks - k->lo));
+            for (int32_t j = 0; j < k->hi - k->lo; j++) {
+                g->dst[q][j] = rand_nonneg(s);
+            }
+            k->dst = g->dst[q];
+        }
+        st->kv_sends = g->sends;
+        if (rng_below(s, 2)) {
+            m->kv_peer.epoch = rand_u64(s);
+            m->kv_peer.n_ranks = 1 + (int32_t)rng_below(s, GEN_PEERS);
+            for (int32_t r = 0; r < m->kv_peer.n_ranks; r++) {
+                rand_blob(s, g->peer_bytes[r], &g->ranks[r].addr);
+                g->ranks[r].n_regions = gen_regions(s, g, r);
+                g->ranks[r].regions = g->regions[r];
+            }
+            m->kv_peer.ranks = g->ranks;
+        }
         break;
     }
     case XP_MSG_RESULT:
@@ -240,6 +294,8 @@ static void gen_msg(uint64_t *s, xp_msg_type_t type, gen_store_t *g, xp_msg_t *m
         m->result.coll_bytes = rand_u64(s);
         m->result.coll_ns = rand_u64(s);
         m->result.step_ns = rand_u64(s);
+        m->result.kv_bytes = rand_u64(s);
+        m->result.kv_ns = rand_u64(s);
         break;
     case XP_MSG_HEARTBEAT:
         m->heartbeat.time_ns = rand_u64(s);
@@ -257,6 +313,20 @@ static void assert_blob_equal(const xp_msg_blob_t *a, const xp_msg_blob_t *b)
     assert_non_null(a->data);
     assert_non_null(b->data);
     assert_memory_equal(a->data, b->data, a->len);
+}
+
+static void assert_regions_equal(const xp_msg_kv_region_t *a, const xp_msg_kv_region_t *b,
+                                 int32_t na, int32_t nb)
+{
+    assert_int_equal(na, nb);
+    for (int32_t i = 0; i < na; i++) {
+        assert_true(a[i].base == b[i].base);
+        assert_true(a[i].len == b[i].len);
+        assert_int_equal(a[i].rkey.len, b[i].rkey.len);
+        if (a[i].rkey.len > 0) {
+            assert_memory_equal(a[i].rkey.data, b[i].rkey.data, a[i].rkey.len);
+        }
+    }
 }
 
 static void assert_msg_equal(const xp_msg_t *a, const xp_msg_t *b)
@@ -313,6 +383,7 @@ static void assert_msg_equal(const xp_msg_t *a, const xp_msg_t *b)
             assert_memory_equal(x->expert_n, y->expert_n, n);
         }
         assert_int_equal(x->n_state_store, y->n_state_store);
+        assert_int_equal(x->kv_export, y->kv_export);
         assert_int_equal(xp_msg_load_has_nccl_id(x), xp_msg_load_has_nccl_id(y));
         if (xp_msg_load_has_nccl_id(x)) {
             assert_memory_equal(x->nccl_id, y->nccl_id, XP_MSG_NCCL_ID_BYTES);
@@ -330,6 +401,8 @@ static void assert_msg_equal(const xp_msg_t *a, const xp_msg_t *b)
         assert_int_equal(a->ready.n_swa_blocks, b->ready.n_swa_blocks);
         assert_int_equal(a->ready.n_state_slots, b->ready.n_state_slots);
         assert_int_equal(a->ready.n_state_store, b->ready.n_state_store);
+        assert_regions_equal(a->ready.kv_regions, b->ready.kv_regions, a->ready.n_kv_regions,
+                             b->ready.n_kv_regions);
         break;
     case XP_MSG_STEP: {
         const xp_step_t *x = &a->step, *y = &b->step;
@@ -358,6 +431,23 @@ static void assert_msg_equal(const xp_msg_t *a, const xp_msg_t *b)
                                     (size_t)x->seqs[q].n_blocks * sizeof(int32_t));
             }
         }
+        assert_int_equal(x->n_kv_sends, y->n_kv_sends);
+        for (int32_t i = 0; i < x->n_kv_sends; i++) {
+            const xp_step_kv_send_t *u = &x->kv_sends[i], *v = &y->kv_sends[i];
+            assert_int_equal(u->seq, v->seq);
+            assert_int_equal(u->lo, v->lo);
+            assert_int_equal(u->hi, v->hi);
+            assert_memory_equal(u->dst, v->dst, (size_t)(u->hi - u->lo) * sizeof(int32_t));
+        }
+        assert_int_equal(a->kv_peer.n_ranks, b->kv_peer.n_ranks);
+        if (a->kv_peer.n_ranks > 0) {
+            assert_true(a->kv_peer.epoch == b->kv_peer.epoch);
+        }
+        for (int32_t r = 0; r < a->kv_peer.n_ranks; r++) {
+            assert_blob_equal(&a->kv_peer.ranks[r].addr, &b->kv_peer.ranks[r].addr);
+            assert_regions_equal(a->kv_peer.ranks[r].regions, b->kv_peer.ranks[r].regions,
+                                 a->kv_peer.ranks[r].n_regions, b->kv_peer.ranks[r].n_regions);
+        }
         break;
     }
     case XP_MSG_RESULT:
@@ -373,6 +463,8 @@ static void assert_msg_equal(const xp_msg_t *a, const xp_msg_t *b)
         assert_true(a->result.coll_bytes == b->result.coll_bytes);
         assert_true(a->result.coll_ns == b->result.coll_ns);
         assert_true(a->result.step_ns == b->result.step_ns);
+        assert_true(a->result.kv_bytes == b->result.kv_bytes);
+        assert_true(a->result.kv_ns == b->result.kv_ns);
         break;
     case XP_MSG_HEARTBEAT:
         assert_true(a->heartbeat.time_ns == b->heartbeat.time_ns);
@@ -426,6 +518,18 @@ static void pack_cstr(msgpack_packer *pk, const char *s)
     msgpack_pack_str_with_body(pk, s, strlen(s));
 }
 
+/* KV regions as the documented layout: [[base, len, rkey bin]...]. */
+static void pack_regions_ref(msgpack_packer *pk, const xp_msg_kv_region_t *r, int32_t n)
+{
+    msgpack_pack_array(pk, (size_t)n);
+    for (int32_t i = 0; i < n; i++) {
+        msgpack_pack_array(pk, 3);
+        msgpack_pack_uint64(pk, r[i].base);
+        msgpack_pack_uint64(pk, r[i].len);
+        msgpack_pack_bin_with_body(pk, r[i].rkey.data, r[i].rkey.len);
+    }
+}
+
 /* Whether the documented layout has the NCCL id: proto 2 (nccl) over more than one rank
  * (written out here, not taken from xp_msg.c). */
 static bool wire_has_id(const xp_msg_load_t *l)
@@ -435,11 +539,12 @@ static bool wire_has_id(const xp_msg_load_t *l)
 
 /* LOAD body; `bad` breaks the wire form: 1 peers nil, 2 peers[1] a string, 3 expert_n one
  * short, 4 no expert_n (15 fields), 5 no NCCL id where one is due, 6 an NCCL id where none
- * is, 7 an NCCL id of 127 bytes, 8 an NCCL id that is a string, 9 n_state_store a string. */
+ * is, 7 an NCCL id of 127 bytes, 8 an NCCL id that is a string, 9 n_state_store a string,
+ * 10 kv_export an integer. */
 static void pack_load_body(msgpack_packer *pk, const xp_msg_load_t *l, int bad)
 {
     const bool id = bad == 6 || (bad != 5 && wire_has_id(l));
-    msgpack_pack_array(pk, (bad == 4 ? 15 : 16) + (id ? 1 : 0));
+    msgpack_pack_array(pk, (bad == 4 ? 16 : 17) + (id ? 1 : 0));
     msgpack_pack_uint64(pk, l->epoch);
     msgpack_pack_int32(pk, l->tp_rank);
     msgpack_pack_int32(pk, l->tp_size);
@@ -479,6 +584,13 @@ static void pack_load_body(msgpack_packer *pk, const xp_msg_load_t *l, int bad)
         msgpack_pack_str_with_body(pk, "8", 1);
     } else {
         msgpack_pack_int32(pk, l->n_state_store);
+    }
+    if (bad == 10) {
+        msgpack_pack_int32(pk, 1);
+    } else if (l->kv_export) {
+        msgpack_pack_true(pk);
+    } else {
+        msgpack_pack_false(pk);
     }
     if (id && bad == 8) {
         msgpack_pack_str_with_body(pk, l->nccl_id, XP_MSG_NCCL_ID_BYTES);
@@ -531,7 +643,7 @@ static void pack_raw(msgpack_packer *pk, const xp_msg_t *m)
         pack_load_body(pk, &m->load, 0);
         break;
     case XP_MSG_READY:
-        msgpack_pack_array(pk, 10);
+        msgpack_pack_array(pk, 11);
         msgpack_pack_uint64(pk, m->ready.epoch);
         msgpack_pack_int32(pk, m->ready.status);
         pack_cstr(pk, m->ready.error);
@@ -542,10 +654,11 @@ static void pack_raw(msgpack_packer *pk, const xp_msg_t *m)
         msgpack_pack_int32(pk, m->ready.n_swa_blocks);
         msgpack_pack_int32(pk, m->ready.n_state_slots);
         msgpack_pack_int32(pk, m->ready.n_state_store);
+        pack_regions_ref(pk, m->ready.kv_regions, m->ready.n_kv_regions);
         break;
     case XP_MSG_RESULT: {
         size_t bytes = (size_t)m->result.n_logits * (size_t)m->result.n_vocab * sizeof(float);
-        msgpack_pack_array(pk, 9);
+        msgpack_pack_array(pk, 11);
         msgpack_pack_int32(pk, m->result.status);
         pack_cstr(pk, m->result.error);
         msgpack_pack_int32(pk, m->result.n_logits);
@@ -558,6 +671,8 @@ static void pack_raw(msgpack_packer *pk, const xp_msg_t *m)
         msgpack_pack_uint64(pk, m->result.coll_bytes);
         msgpack_pack_uint64(pk, m->result.coll_ns);
         msgpack_pack_uint64(pk, m->result.step_ns);
+        msgpack_pack_uint64(pk, m->result.kv_bytes);
+        msgpack_pack_uint64(pk, m->result.kv_ns);
         break;
     }
     case XP_MSG_HEARTBEAT:
@@ -984,20 +1099,20 @@ static void test_malformed_cases(void **state)
     msgpack_sbuffer_clear(&sb);
     pack_header(&pk, XP_MSG_MAGIC, XP_MSG_PROTOCOL_VERSION + 1, XP_MSG_SHUTDOWN);
     msgpack_pack_array(&pk, 0);
-    expect_format(&sb, "protocol version 7");
+    expect_format(&sb, "protocol version 8");
 
     /* a protocol-2 peer (no sliding-window tables, READY of 7 fields) */
     msgpack_sbuffer_clear(&sb);
     pack_header(&pk, XP_MSG_MAGIC, 2, XP_MSG_SHUTDOWN);
     msgpack_pack_array(&pk, 0);
-    expect_format(&sb, "protocol version 2, this build speaks 6");
+    expect_format(&sb, "protocol version 2, this build speaks 7");
 
     /* a protocol-1 peer: its HEARTBEAT was [time_ns] (type 6 then) */
     msgpack_sbuffer_clear(&sb);
     pack_header(&pk, XP_MSG_MAGIC, 1, 6);
     msgpack_pack_array(&pk, 1);
     msgpack_pack_uint64(&pk, 123);
-    expect_format(&sb, "protocol version 1, this build speaks 6");
+    expect_format(&sb, "protocol version 1, this build speaks 7");
 
     /* protocol 1 with a body that happens to be valid in protocol 2 */
     msgpack_sbuffer_clear(&sb);
@@ -1024,13 +1139,13 @@ static void test_malformed_cases(void **state)
     /* RESULT blob not n_logits * n_vocab * 4 */
     msgpack_sbuffer_clear(&sb);
     pack_header(&pk, XP_MSG_MAGIC, XP_MSG_PROTOCOL_VERSION, XP_MSG_RESULT);
-    msgpack_pack_array(&pk, 9);
+    msgpack_pack_array(&pk, 11);
     msgpack_pack_int32(&pk, 0);
     msgpack_pack_str_with_body(&pk, "", 0);
     msgpack_pack_int32(&pk, 2);
     msgpack_pack_int32(&pk, 3);
     msgpack_pack_bin_with_body(&pk, "0123456789abcdef", 16);
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < 6; i++) {
         msgpack_pack_uint64(&pk, 1);
     }
     expect_format(&sb, "logits blob");
@@ -1044,12 +1159,12 @@ static void test_malformed_cases(void **state)
     msgpack_pack_int32(&pk, 0);
     msgpack_pack_int32(&pk, 0);
     msgpack_pack_bin_with_body(&pk, "", 0);
-    expect_format(&sb, "RESULT body has 5 elements, want 9");
+    expect_format(&sb, "RESULT body has 5 elements, want 11");
 
     /* RESULT stats must be unsigned */
     msgpack_sbuffer_clear(&sb);
     pack_header(&pk, XP_MSG_MAGIC, XP_MSG_PROTOCOL_VERSION, XP_MSG_RESULT);
-    msgpack_pack_array(&pk, 9);
+    msgpack_pack_array(&pk, 11);
     msgpack_pack_int32(&pk, 0);
     msgpack_pack_str_with_body(&pk, "", 0);
     msgpack_pack_int32(&pk, 0);
@@ -1059,7 +1174,22 @@ static void test_malformed_cases(void **state)
     msgpack_pack_int64(&pk, -1);
     msgpack_pack_uint64(&pk, 1);
     msgpack_pack_uint64(&pk, 1);
+    msgpack_pack_uint64(&pk, 1);
+    msgpack_pack_uint64(&pk, 1);
     expect_format(&sb, "RESULT coll_bytes");
+    /* protocol 6's RESULT (no KV transfer figures) */
+    msgpack_sbuffer_clear(&sb);
+    pack_header(&pk, XP_MSG_MAGIC, XP_MSG_PROTOCOL_VERSION, XP_MSG_RESULT);
+    msgpack_pack_array(&pk, 9);
+    msgpack_pack_int32(&pk, 0);
+    msgpack_pack_str_with_body(&pk, "", 0);
+    msgpack_pack_int32(&pk, 0);
+    msgpack_pack_int32(&pk, 0);
+    msgpack_pack_bin_with_body(&pk, "", 0);
+    for (int i = 0; i < 4; i++) {
+        msgpack_pack_uint64(&pk, 1);
+    }
+    expect_format(&sb, "RESULT body has 9 elements, want 11");
 
     /* HEARTBEAT of the wrong arity: protocol 1's [time_ns], and one field too many */
     msgpack_sbuffer_clear(&sb);
@@ -1165,7 +1295,7 @@ static void test_malformed_cases(void **state)
     msgpack_pack_int32(&pk, 1);
     msgpack_pack_int32(&pk, 4096);
     msgpack_pack_uint64(&pk, 1);
-    expect_format(&sb, "LOAD body has 6 elements, want 16");
+    expect_format(&sb, "LOAD body has 6 elements, want 17");
 
     /* LOAD wire-shape errors (pack_load_body's `bad`) */
     static const struct {
@@ -1175,14 +1305,15 @@ static void test_malformed_cases(void **state)
         {1, 0, 0, "LOAD peers is not an array"},
         {2, 0, 0, "LOAD peers[1] is not a bin"},
         {3, 0, 0, "LOAD expert_n has 2 elements, want 3"},
-        {4, 0, 0, "LOAD body has 15 elements, want 16"},
+        {4, 0, 0, "LOAD body has 16 elements, want 17"},
         {5, 2, 0, "LOAD with proto 2 (nccl) over 4 ranks has no NCCL id"},
-        {6, 1, 0, "LOAD body has 17 elements, want 16"},
-        {6, 2, 1, "LOAD body has 17 elements, want 16"}, /* nccl, but a world of one */
+        {6, 1, 0, "LOAD body has 18 elements, want 17"},
+        {6, 2, 1, "LOAD body has 18 elements, want 17"}, /* nccl, but a world of one */
         {7, 2, 0, "LOAD nccl_id is not a 128-byte bin"},
         {8, 2, 0, "LOAD nccl_id is not a 128-byte bin"},
         {9, 0, 0, "LOAD n_state_store is not a 32-bit integer"},
         {9, 2, 0, "LOAD n_state_store is not a 32-bit integer"},
+        {10, 0, 0, "LOAD kv_export is not a boolean"},
     };
     for (size_t i = 0; i < sizeof(load_cases) / sizeof(load_cases[0]); i++) {
         base_msg(XP_MSG_LOAD, g, &m);
@@ -1203,7 +1334,7 @@ static void test_malformed_cases(void **state)
     /* a LOAD with more peer addresses than XP_MSG_MAX_WORLD (each a 1-byte nil) */
     msgpack_sbuffer_clear(&sb);
     pack_header(&pk, XP_MSG_MAGIC, XP_MSG_PROTOCOL_VERSION, XP_MSG_LOAD);
-    msgpack_pack_array(&pk, 16);
+    msgpack_pack_array(&pk, 17);
     for (int i = 0; i < 12; i++) {
         msgpack_pack_int32(&pk, 1);
     }
@@ -1214,17 +1345,34 @@ static void test_malformed_cases(void **state)
     msgpack_pack_array(&pk, 0);
     msgpack_pack_array(&pk, 0);
     msgpack_pack_int32(&pk, 0);
+    msgpack_pack_false(&pk);
     expect_format(&sb, "LOAD peers is not an array of at most 65536");
 
     /* READY: a negative epoch, a too-short body */
     msgpack_sbuffer_clear(&sb);
     pack_header(&pk, XP_MSG_MAGIC, XP_MSG_PROTOCOL_VERSION, XP_MSG_READY);
-    msgpack_pack_array(&pk, 10);
+    msgpack_pack_array(&pk, 11);
     msgpack_pack_int32(&pk, -1);
-    for (int i = 0; i < 9; i++) {
+    for (int i = 0; i < 10; i++) {
         msgpack_pack_int32(&pk, 0);
     }
     expect_format(&sb, "READY epoch");
+    /* READY: a KV region that is not [base, len, rkey bin] */
+    msgpack_sbuffer_clear(&sb);
+    pack_header(&pk, XP_MSG_MAGIC, XP_MSG_PROTOCOL_VERSION, XP_MSG_READY);
+    msgpack_pack_array(&pk, 11);
+    msgpack_pack_uint64(&pk, 1);
+    msgpack_pack_int32(&pk, 0);
+    msgpack_pack_str_with_body(&pk, "", 0);
+    for (int i = 0; i < 7; i++) {
+        msgpack_pack_int32(&pk, 0);
+    }
+    msgpack_pack_array(&pk, 1);
+    msgpack_pack_array(&pk, 3);
+    msgpack_pack_uint64(&pk, 4096);
+    msgpack_pack_uint64(&pk, 64);
+    msgpack_pack_str_with_body(&pk, "key", 3);
+    expect_format(&sb, "READY kv_regions[0] is not [base, len, rkey bin]");
     /* protocol 2's READY (no n_swa_blocks) */
     msgpack_sbuffer_clear(&sb);
     pack_header(&pk, XP_MSG_MAGIC, XP_MSG_PROTOCOL_VERSION, XP_MSG_READY);
@@ -1236,13 +1384,13 @@ static void test_malformed_cases(void **state)
             msgpack_pack_int32(&pk, 0);
         }
     }
-    expect_format(&sb, "READY body has 7 elements, want 10");
+    expect_format(&sb, "READY body has 7 elements, want 11");
     msgpack_sbuffer_clear(&sb);
     pack_header(&pk, XP_MSG_MAGIC, XP_MSG_PROTOCOL_VERSION, XP_MSG_READY);
     msgpack_pack_array(&pk, 2);
     msgpack_pack_uint64(&pk, 1);
     msgpack_pack_int32(&pk, 0);
-    expect_format(&sb, "READY body has 2 elements, want 10");
+    expect_format(&sb, "READY body has 2 elements, want 11");
 
     /* a string with a NUL inside */
     msgpack_sbuffer_clear(&sb);
@@ -1585,7 +1733,7 @@ static void test_encoder_refuses_invalid(void **state)
     xp_msg_t m;
     memset(&m, 0, sizeof(m));
     m.type = XP_MSG_STEP;
-    m.step = (xp_step_t){2, tok, pos, seq, want, 1, 1, seqs};
+    m.step = (xp_step_t){2, tok, pos, seq, want, 1, 1, seqs, 0, NULL};
     msgpack_sbuffer sb;
     msgpack_sbuffer_init(&sb);
     msgpack_sbuffer_write(&sb, "x", 1);
@@ -1608,7 +1756,7 @@ static void test_encoder_refuses_invalid(void **state)
     const int32_t blk[2] = {4, 5}, swa_ok[2] = {-1, 7}, swa_bad[2] = {-1, -3};
     xp_step_seq_t two[2] = {{blk, 2, swa_ok, -1, -1, -1}, {blk, 1, NULL, -1, -1, -1}};
     m.type = XP_MSG_STEP;
-    m.step = (xp_step_t){2, tok, pos, seq, want, 1, 2, two};
+    m.step = (xp_step_t){2, tok, pos, seq, want, 1, 2, two, 0, NULL};
     msgpack_sbuffer_clear(&sb);
     tdm_error_clear(&err);
     assert_int_equal(xp_msg_encode(&sb, &m, &err), TDM_ERR_INVALID_PARAM);
@@ -1759,8 +1907,9 @@ static int write_corpus(const char *dir)
     }
     uint64_t s = 2026;
     /* every type, then (t == XP_MSG_TYPE_END) a LOAD with an NCCL id, (TYPE_END + 1) a
-     * STEP with sliding-window tables and (TYPE_END + 2) one with recurrent-state slots */
-    for (int t = XP_MSG_HELLO; t <= XP_MSG_TYPE_END + 2; t++) {
+     * STEP with sliding-window tables, (TYPE_END + 2) one with recurrent-state slots and
+     * (TYPE_END + 3) one with disaggregated prefill's K/V sends and decode peer */
+    for (int t = XP_MSG_HELLO; t <= XP_MSG_TYPE_END + 3; t++) {
         xp_msg_t m;
         if (t == XP_MSG_TYPE_END) {
             do {
@@ -1771,6 +1920,11 @@ static int write_corpus(const char *dir)
                 gen_msg(&s, XP_MSG_STEP, g, &m);
             } while (m.step.n_tokens == 0 || m.step.n_tokens > 40 ||
                      m.step.seqs[0].swa_blocks == NULL);
+        } else if (t == XP_MSG_TYPE_END + 3) {
+            do {
+                gen_msg(&s, XP_MSG_STEP, g, &m);
+            } while (m.step.n_tokens == 0 || m.step.n_tokens > 40 || m.step.n_kv_sends == 0 ||
+                     m.kv_peer.n_ranks == 0 || m.kv_peer.n_ranks > 2);
         } else if (t == XP_MSG_TYPE_END + 2) {
             do {
                 gen_msg(&s, XP_MSG_STEP, g, &m);
@@ -1782,8 +1936,9 @@ static int write_corpus(const char *dir)
                 gen_msg(&s, (xp_msg_type_t)t, g, &m);
             } while (
                 (t == XP_MSG_STEP &&
-                 (m.step.n_tokens == 0 || m.step.n_tokens > 40 ||
-                  m.step.seqs[0].swa_blocks != NULL || m.step.seqs[0].state_slot >= 0)) ||
+                 (m.step.n_tokens == 0 || m.step.n_tokens > 40 || m.step.n_kv_sends > 0 ||
+                  m.kv_peer.n_ranks > 0 || m.step.seqs[0].swa_blocks != NULL ||
+                  m.step.seqs[0].state_slot >= 0)) ||
                 (t == XP_MSG_RESULT && m.result.n_logits * m.result.n_vocab == 0) ||
                 (t == XP_MSG_LOAD && (m.load.n_peers < 2 || m.load.n_layers == 0 ||
                                       m.load.n_layers > 8 || m.load.proto == XP_MSG_PROTO_NCCL)));
@@ -1803,6 +1958,7 @@ static int write_corpus(const char *dir)
                  t == XP_MSG_TYPE_END       ? "LOAD_NCCL"
                  : t == XP_MSG_TYPE_END + 1 ? "STEP_SWA"
                  : t == XP_MSG_TYPE_END + 2 ? "STEP_STATE"
+                 : t == XP_MSG_TYPE_END + 3 ? "STEP_KV"
                                             : xp_msg_type_str(t));
         for (char *c = name; *c; c++) {
             *c = (char)(*c == '_' ? '-' : *c | 0x20);

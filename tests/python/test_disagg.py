@@ -1,0 +1,248 @@
+"""Disaggregated prefill/decode (issue 14 items 3 and 4; docs/distributed.md): a "prefill"
+group computes the prompt and puts its KV blocks into the paired "decode" group's pool over
+UCX RMA, the decode group samples the first token from the prefill group's logits and
+decodes. Shard processes on loopback (UCX over tcp), one per group.
+
+Oracle: the same shards serving the same requests colocated (one "mixed" group on the
+prefill group's shard, so every kernel runs with the same threads on the same process
+kind): greedy tokens and logprobs (with the top alternatives) must be identical, on the f32
+fixture (token-id prompts) and on SmolLM2 (text). The transfer is checked by the servers'
+own accounting: tandem_kv_transfer_blocks_total grows by exactly the prompt's blocks the
+decode group did not hold, and a second prompt sharing a prefix with the first moves only
+the blocks after the shared ones (usage's cached_tokens says what the decode group held).
+
+Faults: kill -9 of the prefill shard while it prefills a long prompt, and of the decode
+shard in the middle of a stream: the affected request ends with an error within 5 s,
+nothing hangs, and the restarted shard's group forms again and serves.
+"""
+import json
+import random
+import threading
+import time
+
+import httpx2 as httpx
+import pytest
+
+from dist_util import ShardProcess
+from serve_util import ServeProcess, metric_value, parse_metrics
+
+from conftest import DEFAULT_MODEL, FIXTURES
+
+F32 = FIXTURES / "models" / "llama-a-f32.gguf"
+BLOCK = 16
+
+
+def _tokens(rng, n):
+    return [rng.randrange(3, 370) for _ in range(n)]  # below the fixture's special ids
+
+
+def _cluster(tmp_path, groups, name="cluster.json"):
+    path = tmp_path / name
+    path.write_text(json.dumps({"groups": groups}))
+    return path
+
+
+def _pair_file(tmp_path, pre, dec):
+    return _cluster(tmp_path, [{"name": "p", "role": "prefill", "shards": [pre.addr]},
+                               {"name": "d", "role": "decode", "shards": [dec.addr]}])
+
+
+def _serve(model, cluster, *extra):
+    return ServeProcess(model, "--cluster", cluster, "--ctx-size", "2048", "--max-running", "8",
+                        "--shard-timeout-ms", "1500", "--collective-timeout-ms", "5000", *extra)
+
+
+@pytest.fixture
+def pair():
+    shards = []
+    try:
+        for _ in range(2):
+            shards.append(ShardProcess(F32, tls="tcp", threads=1))
+        yield shards
+    finally:
+        for s in shards:
+            s.stop()
+
+
+def _complete(srv, prompt, n, model):
+    r = srv.client().completions.create(model=model, prompt=prompt, max_tokens=n,
+                                        temperature=0, logprobs=3)
+    ch = r.choices[0]
+    return {"text": ch.text, "lp": ch.logprobs.token_logprobs,
+            "top": ch.logprobs.top_logprobs, "finish": ch.finish_reason,
+            "cached": r.usage.prompt_tokens_details.cached_tokens,
+            "prompt_tokens": r.usage.prompt_tokens}
+
+
+def _moved(srv):
+    m = parse_metrics(srv.get("/metrics").text)
+    return (metric_value(m, "tandem_kv_transfer_blocks_total", group="p"),
+            metric_value(m, "tandem_kv_transfer_bytes_total", group="p"))
+
+
+def _blocks(n_prompt):
+    return (n_prompt + BLOCK - 1) // BLOCK
+
+
+def test_disagg_f32_matches_colocated_and_moves_only_missing_blocks(pair, tmp_path):
+    rng = random.Random(31)
+    shared = _tokens(rng, 120)
+    prompts = [shared + _tokens(rng, 37),         # cold everywhere
+               shared + _tokens(rng, 23),         # 7 blocks of it are on the decode side
+               _tokens(rng, 5),                   # shorter than a block
+               _tokens(rng, 300)]                 # several chunks' worth of blocks
+    model = "llama-a-f32"
+    colo = _serve(F32, _cluster(tmp_path, [{"name": "m", "shards": [pair[0].addr]}], "c.json"))
+    try:
+        want = [_complete(colo, p, 12, model) for p in prompts]
+    finally:
+        colo.stop()
+
+    srv = _serve(F32, _pair_file(tmp_path, pair[0], pair[1]))
+    try:
+        h = srv.get("/health").json()
+        assert h["status"] == "ok", h
+        assert [(g["name"], g["role"]) for g in h["groups"]] == [("p", "prefill"),
+                                                                   ("d", "decode")], h
+        got, moved = [], []
+        for p in prompts:
+            b0, _ = _moved(srv)
+            got.append(_complete(srv, p, 12, model))
+            moved.append(_moved(srv)[0] - b0)
+        blocks, nbytes = _moved(srv)
+    finally:
+        srv.stop()
+    for w, g in zip(want, got):
+        assert g["text"] == w["text"] and g["finish"] == w["finish"], (w, g)
+        assert g["lp"] == w["lp"], (w["lp"], g["lp"])
+        assert g["top"] == w["top"], (w["top"], g["top"])
+    # only what the decode group lacked travelled: all of a cold prompt's blocks; of the
+    # second prompt the blocks after the 7 whole ones the first left in the decode cache
+    assert [g["cached"] for g in got] == [0, 112, 0, 0], got
+    assert moved == [_blocks(157), _blocks(143) - 7, 1, _blocks(300)], moved
+    # llama-a: every layer's K and V, f32 rows: bytes per block from the fixture's shape
+    assert nbytes > 0 and nbytes % blocks == 0, (blocks, nbytes)
+    print(f"moved {moved} blocks, {nbytes / blocks:.0f} bytes per block")
+
+
+def test_disagg_smollm2_matches_colocated(tandem_bin, default_model, tmp_path):
+    if not DEFAULT_MODEL.exists():
+        pytest.skip("SmolLM2 missing: run tools/setup.sh")
+    shards = [ShardProcess(DEFAULT_MODEL, tls="tcp", threads=1) for _ in range(2)]
+    try:
+        prompts = ["The capital of France is",
+                   "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+                   "The capital of France is Paris. The capital of Italy is"]
+        model = "SmolLM2-135M-Instruct.Q4_1"
+        colo = _serve(DEFAULT_MODEL,
+                      _cluster(tmp_path, [{"name": "m", "shards": [shards[0].addr]}], "c.json"))
+        try:
+            want = [_complete(colo, p, 10, model) for p in prompts]
+        finally:
+            colo.stop()
+        srv = _serve(DEFAULT_MODEL, _pair_file(tmp_path, shards[0], shards[1]))
+        try:
+            got = [_complete(srv, p, 10, model) for p in prompts]
+            blocks, _ = _moved(srv)
+        finally:
+            srv.stop()
+        for w, g in zip(want, got):
+            assert (g["text"], g["lp"], g["top"]) == (w["text"], w["lp"], w["top"]), (w, g)
+        assert blocks > 0
+    finally:
+        for s in shards:
+            s.stop()
+
+
+def _stream(srv, prompt, max_tokens, out, started):
+    body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True,
+            "ignore_eos": True}
+    events, err, finish = 0, None, None
+    try:
+        with httpx.stream("POST", srv.url + "/v1/completions", json=body, timeout=60) as resp:
+            if resp.status_code != 200:  # failed before its first token: an error reply
+                resp.read()
+                err = (time.monotonic(), resp.text)
+                return
+            for line in resp.iter_lines():
+                if not line.startswith("data: "):
+                    continue
+                if line[6:] == "[DONE]":
+                    break
+                obj = json.loads(line[6:])
+                if "error" in obj:
+                    err = (time.monotonic(), obj["error"]["message"])
+                    break
+                events += 1
+                if events == 3 and started is not None:
+                    started.release()
+                for c in obj.get("choices", []):
+                    finish = c.get("finish_reason") or finish
+    finally:
+        out["events"], out["error"], out["finish"] = events, err, finish
+        out["t_end"] = time.monotonic()
+
+
+def _wait_ok(srv, timeout):
+    t_end = time.monotonic() + timeout
+    while time.monotonic() < t_end:
+        r = srv.get("/health", timeout=5)
+        if r.status_code == 200 and r.json()["status"] == "ok":
+            return r.json()
+        time.sleep(0.1)
+    raise AssertionError(f"not ok after {timeout} s: {srv.get('/health').text}")
+
+
+def _serves(srv, rng):
+    r = srv.post("/v1/completions", {"prompt": _tokens(rng, 40), "max_tokens": 4,
+                                     "temperature": 0})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_disagg_faults_kill_prefill_mid_transfer_and_decode_mid_stream(pair, tmp_path):
+    rng = random.Random(9)
+    # a long prompt, prefilled in chunks of 32 tokens: each chunk a step whose blocks are put
+    # into the decode pool, so the prefill shard dies between transfers of one prompt
+    srv = _serve(F32, _pair_file(tmp_path, pair[0], pair[1]), "--batch", "32",
+                 "--max-step-ms", "off")
+    try:
+        _serves(srv, rng)
+        b0, _ = _moved(srv)
+        out = {}
+        t = threading.Thread(target=_stream, args=(srv, _tokens(rng, 1900), 8, out, None))
+        t.start()
+        t_end = time.monotonic() + 30
+        while _moved(srv)[0] == b0 and time.monotonic() < t_end:
+            time.sleep(0.002)
+        assert _moved(srv)[0] > b0, "no transfer seen"
+        pair[0].kill9()
+        killed = time.monotonic()
+        t.join(timeout=30)
+        assert not t.is_alive(), "the request hangs"
+        assert out["error"] is not None, out
+        assert out["error"][0] - killed < 5.0, (out, killed)
+        assert "prefill" in out["error"][1] and "shard" in out["error"][1], out
+        h = srv.get("/health").json()
+        assert h["status"] != "ok", h
+        pair[0].start()
+        _wait_ok(srv, 30)
+        _serves(srv, rng)
+
+        # the decode shard, mid-stream
+        out = {}
+        started = threading.Semaphore(0)
+        t = threading.Thread(target=_stream, args=(srv, _tokens(rng, 64), 1500, out, started))
+        t.start()
+        assert started.acquire(timeout=60), out
+        pair[1].kill9()
+        killed = time.monotonic()
+        t.join(timeout=30)
+        assert not t.is_alive(), "the stream hangs"
+        assert out["error"] is not None and out["error"][0] - killed < 5.0, (out, killed)
+        assert "shard" in out["error"][1], out
+        pair[1].start()
+        _wait_ok(srv, 30)
+        _serves(srv, rng)
+    finally:
+        srv.stop()

@@ -1,0 +1,273 @@
+/* kv_xfer.c - K/V blocks from a prefill shard's cache into a decode shard's, over UCX RMA
+ * (see kv_xfer.h). */
+#include "transport/kv_xfer.h"
+
+#include "common/check.h"
+#include "common/clock.h"
+#include "common/mem.h"
+#include "transport/ucx_internal.h"
+
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct xp_kv_export {
+    xp_ucx_t *u;
+    int32_t n;
+    ucp_mem_h *memh;             /* [n], NULL for an empty region */
+    void **rkey;                 /* [n] packed keys (UCX's buffers) */
+    xp_msg_kv_region_t *regions; /* [n] */
+};
+
+void xp_kv_export_destroy(xp_kv_export_t *x)
+{
+    if (x == NULL) {
+        return;
+    }
+    for (int32_t i = 0; i < x->n; i++) {
+        if (x->rkey[i] != NULL) {
+            ucp_rkey_buffer_release(x->rkey[i]);
+        }
+        if (x->memh[i] != NULL) {
+            ucp_mem_unmap(x->u->ctx, x->memh[i]);
+        }
+    }
+    free(x->memh);
+    free(x->rkey);
+    free(x->regions);
+    free(x);
+}
+
+tdm_status_t xp_kv_export_create(xp_ucx_t *u, shd_kv_cache_t *kv, xp_kv_export_t **out,
+                                 tdm_error_t *err)
+{
+    const shd_kv_config_t *cfg = shd_kv_cache_config(kv);
+    const size_t bb = shd_kv_block_bytes(kv);
+    xp_kv_export_t *x = tdm_xcalloc(1, sizeof(*x));
+    x->u = u;
+    x->n = 2 * cfg->n_layer;
+    x->memh = tdm_xcalloc((size_t)x->n, sizeof(*x->memh));
+    x->rkey = tdm_xcalloc((size_t)x->n, sizeof(*x->rkey));
+    x->regions = tdm_xcalloc((size_t)x->n, sizeof(*x->regions));
+    for (int32_t i = 0; i < x->n; i++) {
+        const int il = i / 2;
+        void *base = i % 2 == 0 ? shd_kv_layer_k(kv, il) : shd_kv_layer_v(kv, il);
+        if (base == NULL) {
+            continue; /* a recurrent layer keeps no K/V */
+        }
+        const int32_t nb = shd_kv_layer_is_swa(kv, il) ? cfg->n_swa_blocks : cfg->n_blocks;
+        const size_t len = bb * (size_t)nb;
+        ucp_mem_map_params_t mp = {
+            .field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH,
+            .address = base,
+            .length = len,
+        };
+        ucs_status_t s = ucp_mem_map(u->ctx, &mp, &x->memh[i]);
+        size_t rlen = 0;
+        if (s == UCS_OK) {
+            s = ucp_rkey_pack(u->ctx, x->memh[i], &x->rkey[i], &rlen);
+        } else {
+            x->memh[i] = NULL;
+        }
+        if (s != UCS_OK || rlen == 0 || rlen > XP_MSG_MAX_ADDR) {
+            xp_kv_export_destroy(x);
+            return tdm_error_set(err, TDM_ERR_TRANSPORT,
+                                 "kv export: registering layer %d's %c storage (%zu bytes): %s", il,
+                                 i % 2 == 0 ? 'K' : 'V', len,
+                                 s != UCS_OK ? ucs_status_string(s) : "key too large");
+        }
+        x->regions[i].base = (uint64_t)(uintptr_t)base;
+        x->regions[i].len = len;
+        x->regions[i].rkey.data = x->rkey[i];
+        x->regions[i].rkey.len = (uint32_t)rlen;
+    }
+    *out = x;
+    return TDM_OK;
+}
+
+void xp_kv_export_progress(xp_kv_export_t *x)
+{
+    while (ucp_worker_progress(x->u->worker) != 0) {
+    }
+}
+
+const xp_msg_kv_region_t *xp_kv_export_regions(const xp_kv_export_t *x, int32_t *n)
+{
+    *n = x != NULL ? x->n : 0;
+    return x != NULL ? x->regions : NULL;
+}
+
+/* ---- sender ---- */
+
+struct xp_kv_sender {
+    xp_ucx_t *u;
+    bool connected;
+    uint64_t epoch;
+    xp_ucx_peer_t peer;
+    int32_t n;
+    ucp_rkey_h *rkeys;    /* [n], NULL for an empty region */
+    uint64_t *base, *len; /* [n] */
+    void **reqs;          /* puts in flight */
+    int32_t n_reqs, cap_reqs;
+};
+
+tdm_status_t xp_kv_sender_create(xp_ucx_t *u, xp_kv_sender_t **out, tdm_error_t *err)
+{
+    (void)err;
+    xp_kv_sender_t *s = tdm_xcalloc(1, sizeof(*s));
+    s->u = u;
+    *out = s;
+    return TDM_OK;
+}
+
+static void drop_peer(xp_kv_sender_t *s)
+{
+    for (int32_t i = 0; i < s->n; i++) {
+        if (s->rkeys[i] != NULL) {
+            ucp_rkey_destroy(s->rkeys[i]);
+        }
+    }
+    free(s->rkeys);
+    free(s->base);
+    free(s->len);
+    s->rkeys = NULL;
+    s->base = s->len = NULL;
+    s->n = 0;
+    if (s->connected) {
+        /* a dead peer's endpoint is forced closed: never wait long on it */
+        xp_ucx_peers_close(s->u, &s->peer, 1, s->peer.status != UCS_OK, 1000);
+    }
+    s->connected = false;
+}
+
+void xp_kv_sender_destroy(xp_kv_sender_t *s)
+{
+    if (s == NULL) {
+        return;
+    }
+    drop_peer(s);
+    free(s->reqs);
+    free(s);
+}
+
+tdm_status_t xp_kv_sender_set_peer(xp_kv_sender_t *s, const xp_msg_kv_peer_t *peer, int rank,
+                                   tdm_error_t *err)
+{
+    if (s->connected && peer->epoch == s->epoch && s->peer.status == UCS_OK) {
+        return TDM_OK;
+    }
+    drop_peer(s);
+    if (rank < 0 || rank >= peer->n_ranks) {
+        return tdm_error_set(err, TDM_ERR_TRANSPORT,
+                             "kv send: the decode group has %d ranks, this shard is rank %d "
+                             "(the groups' layouts differ)",
+                             (int)peer->n_ranks, rank);
+    }
+    const xp_msg_kv_rank_t *r = &peer->ranks[rank];
+    TDM_CHECK(xp_ucx_peer_connect(s->u, &s->peer, rank, r->addr.data, r->addr.len, err));
+    s->connected = true;
+    s->epoch = peer->epoch;
+    s->n = r->n_regions;
+    s->rkeys = tdm_xcalloc((size_t)(s->n > 0 ? s->n : 1), sizeof(*s->rkeys));
+    s->base = tdm_xcalloc((size_t)(s->n > 0 ? s->n : 1), sizeof(*s->base));
+    s->len = tdm_xcalloc((size_t)(s->n > 0 ? s->n : 1), sizeof(*s->len));
+    for (int32_t i = 0; i < s->n; i++) {
+        s->base[i] = r->regions[i].base;
+        s->len[i] = r->regions[i].len;
+        if (r->regions[i].len == 0) {
+            continue;
+        }
+        tdm_status_t st = xp_ucx_rkey_unpack(&s->peer, r->regions[i].rkey.data,
+                                             r->regions[i].rkey.len, &s->rkeys[i], err);
+        if (st != TDM_OK) {
+            drop_peer(s);
+            return st;
+        }
+    }
+    return TDM_OK;
+}
+
+tdm_status_t xp_kv_sender_send(xp_kv_sender_t *s, shd_kv_cache_t *kv, const xp_step_t *step,
+                               double timeout_s, xp_kv_sender_stats_t *stats, tdm_error_t *err)
+{
+    if (step->n_kv_sends == 0) {
+        return TDM_OK;
+    }
+    const shd_kv_config_t *cfg = shd_kv_cache_config(kv);
+    if (!s->connected) {
+        return tdm_error_set(err, TDM_ERR_TRANSPORT, "kv send: no decode group to send to");
+    }
+    if (s->n != 2 * cfg->n_layer) {
+        return tdm_error_set(err, TDM_ERR_TRANSPORT,
+                             "kv send: the decode shard has %d KV regions, this one %d layers",
+                             (int)s->n, cfg->n_layer);
+    }
+    const double t0 = tdm_now_s(), deadline = t0 + timeout_s;
+    const size_t bb = shd_kv_block_bytes(kv);
+    uint64_t blocks = 0;
+    tdm_status_t st = TDM_OK;
+    /* layer by layer, K then V, every send's blocks: the order the forward pass wrote them */
+    for (int32_t i = 0; i < s->n; i++) {
+        const int il = i / 2;
+        if (s->len[i] == 0) {
+            continue;
+        }
+        for (int32_t k = 0; k < step->n_kv_sends; k++) {
+            const xp_step_kv_send_t *ks = &step->kv_sends[k];
+            const xp_step_seq_t *sq = &step->seqs[ks->seq];
+            for (int32_t j = ks->lo; j < ks->hi; j++) {
+                const uint64_t off = (uint64_t)ks->dst[j - ks->lo] * bb;
+                if (off + bb > s->len[i]) {
+                    st = tdm_error_set(err, TDM_ERR_TRANSPORT,
+                                       "kv send: block %d beyond the decode shard's pool "
+                                       "(%" PRIu64 " bytes)",
+                                       (int)ks->dst[j - ks->lo], s->len[i]);
+                    goto out;
+                }
+                const void *src =
+                    i % 2 == 0 ? shd_kv_k(kv, il, sq->blocks[j]) : shd_kv_v(kv, il, sq->blocks[j]);
+                void *req = NULL;
+                st = xp_ucx_put_post(s->u, &s->peer, src, bb, s->base[i] + off, s->rkeys[i], &req,
+                                     err);
+                if (st != TDM_OK) {
+                    goto out;
+                }
+                if (req != NULL) {
+                    if (s->n_reqs == s->cap_reqs) {
+                        s->cap_reqs = s->cap_reqs > 0 ? 2 * s->cap_reqs : 256;
+                        s->reqs = tdm_xrealloc(s->reqs, (size_t)s->cap_reqs * sizeof(*s->reqs));
+                    }
+                    s->reqs[s->n_reqs++] = req;
+                }
+                blocks++;
+            }
+        }
+    }
+    void *req = NULL;
+    st = xp_ucx_flush_post(s->u, &s->peer, &req, err);
+    if (st == TDM_OK) {
+        st = xp_ucx_req_wait(s->u, &req, &s->peer, deadline, "kv flush", err);
+    }
+out:
+    /* every put is polled to its end (done once the flush is; failed with the peer) */
+    for (int32_t i = 0; i < s->n_reqs; i++) {
+        tdm_error_t e2 = {0};
+        tdm_status_t st2 = xp_ucx_req_wait(s->u, &s->reqs[i], &s->peer, deadline, "kv put", &e2);
+        if (st2 != TDM_OK && s->reqs[i] != NULL) {
+            ucp_request_cancel(s->u->worker, s->reqs[i]);
+            ucp_request_free(s->reqs[i]);
+            s->reqs[i] = NULL;
+        }
+        if (st == TDM_OK && st2 != TDM_OK) {
+            st = tdm_error_set(err, st2, "%s", tdm_error_msg(&e2));
+        }
+    }
+    s->n_reqs = 0;
+    if (st != TDM_OK) {
+        return st;
+    }
+    stats->blocks += blocks;
+    stats->bytes += blocks * bb;
+    stats->ns += (uint64_t)((tdm_now_s() - t0) * 1e9);
+    return TDM_OK;
+}

@@ -1,0 +1,65 @@
+/*
+ * kv_xfer.h - disaggregated prefill's data plane: a decode shard's KV storage registered
+ * for UCX RMA (the export), and a prefill shard putting K/V blocks into it (the sender).
+ *
+ * A decode group's shard registers every layer's K and V storage with its UCX context at
+ * LOAD (xp_msg_load_t.kv_export) and lists the regions (base, length, packed rkey) in
+ * READY. The coordinator hands them, with the decode shards' worker addresses, to the
+ * prefill group beside a STEP (xp_msg_kv_peer_t); each prefill shard connects to the
+ * decode shard of its own world rank (equal TP/EP layouts and KV types: the same heads,
+ * the same block bytes) and, after a step's forward pass, puts the blocks the step names
+ * (xp_step_kv_send_t) layer by layer, then flushes: when the RESULT leaves, the K/V is in
+ * the decode shard's memory.
+ *
+ * On the CPU backend the storage is ordinary host memory; registering it pins it for a
+ * NIC (docs/distributed.md: on a Spark there is no GPUDirect RDMA, so a GPU shard's pool
+ * would have to live in pinned host memory; such shards are not supported yet).
+ * Compute thread only (the UCX worker is single-threaded).
+ */
+#ifndef TDM_XP_KV_XFER_H
+#define TDM_XP_KV_XFER_H
+
+#include "common/status.h"
+#include "shard/kv_cache.h"
+#include "transport/ucx_ctx.h"
+#include "transport/xp_msg.h"
+
+#include <stdint.h>
+
+typedef struct xp_kv_export xp_kv_export_t;
+
+/* Registers kv's K and V storage of every layer (2 x n_layer regions, empty ones for layers
+ * without K/V). The regions stay valid until destroy; kv must outlive the export. */
+tdm_status_t xp_kv_export_create(xp_ucx_t *u, shd_kv_cache_t *kv, xp_kv_export_t **out,
+                                 tdm_error_t *err);
+void xp_kv_export_destroy(xp_kv_export_t *x); /* NULL is fine */
+/* The regions for READY (pointers into x). */
+const xp_msg_kv_region_t *xp_kv_export_regions(const xp_kv_export_t *x, int32_t *n);
+/* Progresses the worker. Over RDMA or shared memory a put lands without the target doing
+ * anything, but UCX over TCP emulates RMA with messages the target's worker must handle:
+ * an idle decode shard calls this while it waits for work (shard_server.c), or the
+ * prefill shards' flushes never complete. Compute thread only. */
+void xp_kv_export_progress(xp_kv_export_t *x);
+
+typedef struct xp_kv_sender xp_kv_sender_t;
+
+typedef struct xp_kv_sender_stats {
+    uint64_t blocks, bytes; /* put, summed over layers and K/V (blocks: per layer and K/V) */
+    uint64_t ns;            /* time spent putting and flushing                         */
+} xp_kv_sender_stats_t;
+
+tdm_status_t xp_kv_sender_create(xp_ucx_t *u, xp_kv_sender_t **out, tdm_error_t *err);
+void xp_kv_sender_destroy(xp_kv_sender_t *s); /* NULL is fine */
+
+/* The decode shard to put into (rank: this shard's world rank in peer). A peer of the same
+ * epoch as the current one is kept; another replaces it (new endpoint, new keys). */
+tdm_status_t xp_kv_sender_set_peer(xp_kv_sender_t *s, const xp_msg_kv_peer_t *peer, int rank,
+                                   tdm_error_t *err);
+
+/* Puts the step's kv_sends from kv (this shard's storage) into the peer's pool and waits
+ * for the flush (at most timeout_s). TDM_ERR_TRANSPORT without a peer, on a layout that
+ * does not match (region count or sizes) or a failed peer; TDM_ERR_TIMEOUT. */
+tdm_status_t xp_kv_sender_send(xp_kv_sender_t *s, shd_kv_cache_t *kv, const xp_step_t *step,
+                               double timeout_s, xp_kv_sender_stats_t *stats, tdm_error_t *err);
+
+#endif
