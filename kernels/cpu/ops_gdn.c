@@ -122,8 +122,11 @@ typedef struct conv_task {
     int64_t ldx, n_ch;
 } conv_task_t;
 
-/* Items: (run, channel). Each channel keeps its last conv - 1 inputs in a small window, so
- * the outputs can overwrite the inputs. */
+#define CONV_BLOCK 32 /* channels per item: a row segment of every token, contiguous */
+
+/* Items: (run, block of CONV_BLOCK channels). The block keeps its last conv - 1 inputs in a
+ * small window, so the outputs can overwrite the inputs; tokens in order, the block's
+ * channels side by side (contiguous in x, so the loops run along rows and vectorise). */
 static void conv_worker(void *arg, int64_t begin, int64_t end, int thread_idx)
 {
     (void)thread_idx;
@@ -132,36 +135,51 @@ static void conv_worker(void *arg, int64_t begin, int64_t end, int thread_idx)
     const kern_step_t *st = a->be->step;
     const kern_gdn_t *g = a->g;
     const int K = g->conv, H = K - 1;
-    float win[16];
+    const int64_t n_blk = (a->n_ch + CONV_BLOCK - 1) / CONV_BLOCK;
+    float win[16][CONV_BLOCK], wt[16][CONV_BLOCK], acc[CONV_BLOCK];
     for (int64_t item = begin; item < end; item++) {
-        const int32_t r = (int32_t)(item / a->n_ch);
-        const int64_t ch = item % a->n_ch;
+        const int32_t r = (int32_t)(item / n_blk);
+        const int64_t ch0 = item % n_blk * CONV_BLOCK;
+        const int nb = (int)(a->n_ch - ch0 < CONV_BLOCK ? a->n_ch - ch0 : CONV_BLOCK);
         const int32_t t0 = c->gdn_run0[r], n = c->gdn_runlen[r];
         const int32_t slot = st->seqs[st->seq[t0]].state_slot;
         float *state = g->conv_state + (size_t)slot * (size_t)H * (size_t)a->n_ch;
-        const float *w = g->conv_w + ch * K;
         const bool fresh = st->pos[t0] == 0;
+        for (int j = 0; j < K; j++) {
+            for (int q = 0; q < nb; q++) {
+                wt[j][q] = g->conv_w[(ch0 + q) * K + j];
+            }
+        }
         for (int j = 0; j < H; j++) {
-            win[j] = fresh ? 0.0f : state[(int64_t)j * a->n_ch + ch];
+            for (int q = 0; q < nb; q++) {
+                win[j][q] = fresh ? 0.0f : state[(int64_t)j * a->n_ch + ch0 + q];
+            }
         }
         for (int32_t i = 0; i < n; i++) {
-            float *px = a->x + (int64_t)(t0 + i) * a->ldx + ch;
-            const float cur = *px;
-            float acc = 0.0f;
-            for (int j = 0; j < H; j++) {
-                acc += w[j] * win[j];
+            float *px = a->x + (int64_t)(t0 + i) * a->ldx + ch0;
+            for (int q = 0; q < nb; q++) {
+                acc[q] = 0.0f;
             }
-            acc += w[H] * cur;
+            for (int j = 0; j < H; j++) {
+                for (int q = 0; q < nb; q++) {
+                    acc[q] += wt[j][q] * win[j][q];
+                }
+            }
+            for (int q = 0; q < nb; q++) {
+                acc[q] += wt[H][q] * px[q];
+            }
             for (int j = 0; j + 1 < H; j++) {
-                win[j] = win[j + 1];
+                memcpy(win[j], win[j + 1], (size_t)nb * sizeof(float));
             }
             if (H > 0) {
-                win[H - 1] = cur;
+                memcpy(win[H - 1], px, (size_t)nb * sizeof(float));
             }
-            *px = siluf_(acc);
+            for (int q = 0; q < nb; q++) {
+                px[q] = siluf_(acc[q]);
+            }
         }
         for (int j = 0; j < H; j++) {
-            state[(int64_t)j * a->n_ch + ch] = win[j];
+            memcpy(state + (int64_t)j * a->n_ch + ch0, win[j], (size_t)nb * sizeof(float));
         }
     }
 }
@@ -178,7 +196,8 @@ void kern_cpu_gdn_conv(kern_backend_t *be, const kern_gdn_t *g, float *x, int64_
         return;
     }
     conv_task_t task = {be, g, x, ldx, kern_gdn_channels(g)};
-    kern_parallel_for(c->ctx, (int64_t)n_runs * task.n_ch, 64, conv_worker, &task);
+    const int64_t n_blk = (task.n_ch + CONV_BLOCK - 1) / CONV_BLOCK;
+    kern_parallel_for(c->ctx, (int64_t)n_runs * n_blk, 2, conv_worker, &task);
 }
 
 /* ---- the gated delta rule ---- */
@@ -239,22 +258,32 @@ static void rule_step(const kern_vec_ops_t *vo, float *S, int d, const float *q,
 static size_t chunk_scratch_floats(int d)
 {
     const size_t C = KERN_GDN_CHUNK;
-    return 6 * C * (size_t)d + C * C + 3 * C + (size_t)d;
+    /* U, W, V' [C][d], scores [C][C], G [C], K'^T [d][C], decays [C][C] */
+    return 6 * C * (size_t)d + 2 * C * C + 3 * C + (size_t)d;
 }
 
-/* One chunk of c tokens (rows of qn, kn, v, 1/scale applied to qn already). */
-static void rule_chunk(const kern_vec_ops_t *vo, float *S, int d, int c, const float *qn,
-                       const float *kn, const float *v, const float *b, const float *gl, float *ws,
-                       float *o, int64_t ldo)
+/* One chunk of c tokens (rows of qn, kn, v, 1/scale applied to qn already; qn is scaled in
+ * place). The products with the state and across the chunk are small matrix products
+ * (kern_vec_ops_t.gemm_f32): V' = U - W S and exp(G) q S read S once per chunk rather than
+ * once per token, and the state update S += K'^T V' writes it once. */
+static void rule_chunk(const kern_vec_ops_t *vo, float *S, int d, int c, float *qn, const float *kn,
+                       const float *v, const float *b, const float *gl, float *ws, float *o,
+                       int64_t ldo)
 {
     const size_t n = (size_t)d;
     const int C = KERN_GDN_CHUNK;
     float *U = ws, *W = U + (size_t)C * d, *Vn = W + (size_t)C * d, *T = Vn + (size_t)C * d;
-    float *G = T + (size_t)C * C;
+    float *G = T + (size_t)C * C, *KT = G + C; /* KT: [d][C] */
+    float *D = KT + (size_t)d * C;             /* D_ij = exp(G_i - G_j), j <= i: [c][C] */
     float acc = 0.0f;
     for (int i = 0; i < c; i++) {
         acc += gl[i];
         G[i] = acc;
+    }
+    for (int i = 0; i < c; i++) {
+        for (int j = 0; j <= i; j++) {
+            D[(size_t)i * C + j] = expf(G[i] - G[j]);
+        }
     }
     for (int i = 0; i < c; i++) {
         const float *ki = kn + (size_t)i * d;
@@ -265,39 +294,44 @@ static void rule_chunk(const kern_vec_ops_t *vo, float *S, int d, int c, const f
             Wi[x] = b[i] * eG * ki[x];
         }
         for (int j = 0; j < i; j++) {
-            const float tij = b[i] * vo->dot_f32(ki, kn + (size_t)j * n, n) * expf(G[i] - G[j]);
-            T[(size_t)i * C + j] = tij;
+            const float tij = b[i] * vo->dot_f32(ki, kn + (size_t)j * n, n) * D[(size_t)i * C + j];
             vo->axpy_f32(Ui, -tij, U + (size_t)j * n, n);
             vo->axpy_f32(Wi, -tij, W + (size_t)j * n, n);
         }
     }
-    /* V' = U - W S; o = exp(G) q S + (q k^T . decay) V' */
+    /* V' = U - W S */
+    memcpy(Vn, U, (size_t)c * n * sizeof(float));
+    scalef(W, -1.0f, (int64_t)c * d);
+    vo->gemm_f32(Vn, n, W, n, S, n, (size_t)c, n, n);
+    /* the chunk's own scores A_ij = (q_i . k_j) exp(G_i - G_j), j <= i (T, [c][C]) */
     for (int i = 0; i < c; i++) {
-        float *vn = Vn + (size_t)i * d, *oi = o + (int64_t)i * ldo;
-        const float *Wi = W + (size_t)i * d, *qi = qn + (size_t)i * d;
-        memcpy(vn, U + (size_t)i * n, n * sizeof(float));
-        memset(oi, 0, n * sizeof(float));
-        for (int r = 0; r < d; r++) {
-            const float *row = S + (size_t)r * n;
-            vo->axpy_f32(vn, -Wi[r], row, n);
-            vo->axpy_f32(oi, qi[r], row, n);
-        }
-        scalef(oi, expf(G[i]), d);
+        const float *qi = qn + (size_t)i * d;
+        float *Ti = T + (size_t)i * C;
         for (int j = 0; j <= i; j++) {
-            const float aij = vo->dot_f32(qi, kn + (size_t)j * n, n) * expf(G[i] - G[j]);
-            vo->axpy_f32(oi, aij, Vn + (size_t)j * n, n);
+            Ti[j] = vo->dot_f32(qi, kn + (size_t)j * n, n) * D[(size_t)i * C + j];
+        }
+        for (int j = i + 1; j < c; j++) {
+            Ti[j] = 0.0f;
         }
     }
-    /* S = exp(G_last) S + sum_j exp(G_last - G_j) k_j V'_j^T */
+    /* o = exp(G) q S + A V' */
+    for (int i = 0; i < c; i++) {
+        scalef(qn + (size_t)i * d, expf(G[i]), d);
+        memset(o + (int64_t)i * ldo, 0, n * sizeof(float));
+    }
+    vo->gemm_f32(o, (size_t)ldo, qn, n, S, n, (size_t)c, n, n);
+    vo->gemm_f32(o, (size_t)ldo, T, (size_t)C, Vn, n, (size_t)c, n, (size_t)c);
+    /* S = exp(G_last) S + K'^T V', K'_j = exp(G_last - G_j) k_j */
     const float gL = G[c - 1];
     scalef(S, expf(gL), (int64_t)d * d);
     for (int j = 0; j < c; j++) {
         const float f = expf(gL - G[j]);
-        const float *kj = kn + (size_t)j * n, *vj = Vn + (size_t)j * n;
+        const float *kj = kn + (size_t)j * n;
         for (int r = 0; r < d; r++) {
-            vo->axpy_f32(S + (size_t)r * n, kj[r] * f, vj, n);
+            KT[(size_t)r * C + j] = kj[r] * f;
         }
     }
+    vo->gemm_f32(S, n, KT, (size_t)C, Vn, n, n, n, (size_t)c);
 }
 
 /* Items: (run, v head). */

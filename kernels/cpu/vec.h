@@ -20,6 +20,12 @@ typedef struct kern_vec_ops {
     float (*dot_f32)(const float *x, const float *y, size_t n);
     /* y[i] += a * x[i] */
     void (*axpy_f32)(float *y, float a, const float *x, size_t n);
+    /* c[i][j] += sum_p a[i][p] * b[p][j] for i < m, j < n, p < k: row-major with leading
+     * dimensions lda, ldb, ldc (floats). Small products (the Gated DeltaNet chunk, m, n, k
+     * up to a few hundred): register tiles that read each b row once per few rows of a,
+     * no packing. */
+    void (*gemm_f32)(float *c, size_t ldc, const float *a, size_t lda, const float *b, size_t ldb,
+                     size_t m, size_t n, size_t k);
 } kern_vec_ops_t;
 
 /* The table for isa; NULL if isa is not compiled into this binary. */
@@ -28,6 +34,8 @@ const kern_vec_ops_t *kern_vec_ops_get(kern_isa_t isa);
 /* Scalar references (the oracle). */
 float kern_dot_f32_ref(const float *x, const float *y, size_t n);
 void kern_axpy_f32_ref(float *y, float a, const float *x, size_t n);
+void kern_gemm_f32_ref(float *c, size_t ldc, const float *a, size_t lda, const float *b, size_t ldb,
+                       size_t m, size_t n, size_t k);
 
 /* y[r, :] = x[r, :] / sqrt(mean(x[r, :]^2) + eps) * w[:], rows x cols, row-major. */
 void kern_rms_norm_f32_ref(float *y, const float *x, const float *w, int rows, int cols, float eps);
@@ -35,10 +43,16 @@ void kern_rms_norm_f32_ref(float *y, const float *x, const float *w, int rows, i
 /* Per-ISA entry points (defined only where compiled). */
 float kern_dot_f32_avx2(const float *x, const float *y, size_t n);
 void kern_axpy_f32_avx2(float *y, float a, const float *x, size_t n);
+void kern_gemm_f32_avx2(float *c, size_t ldc, const float *a, size_t lda, const float *b,
+                        size_t ldb, size_t m, size_t n, size_t k);
 float kern_dot_f32_avx512(const float *x, const float *y, size_t n);
 void kern_axpy_f32_avx512(float *y, float a, const float *x, size_t n);
+void kern_gemm_f32_avx512(float *c, size_t ldc, const float *a, size_t lda, const float *b,
+                          size_t ldb, size_t m, size_t n, size_t k);
 float kern_dot_f32_neon(const float *x, const float *y, size_t n);
 void kern_axpy_f32_neon(float *y, float a, const float *x, size_t n);
+void kern_gemm_f32_neon(float *c, size_t ldc, const float *a, size_t lda, const float *b,
+                        size_t ldb, size_t m, size_t n, size_t k);
 
 /* AVX2 row ops behind kern_op_attn_head_f32 / kern_op_silu_mul_f32_isa (x86/avx2_ops.c);
  * the attention kernels need head_dim % 8 == 0 and <= KERN_ATTN_AVX2_MAX_HD. */

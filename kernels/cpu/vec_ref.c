@@ -35,3 +35,18 @@ void kern_rms_norm_f32_ref(float *y, const float *x, const float *w, int rows, i
         }
     }
 }
+
+void kern_gemm_f32_ref(float *c, size_t ldc, const float *a, size_t lda, const float *b, size_t ldb,
+                       size_t m, size_t n, size_t k)
+{
+    for (size_t i = 0; i < m; i++) {
+        float *ci = c + i * ldc;
+        for (size_t p = 0; p < k; p++) {
+            const float aip = a[i * lda + p];
+            const float *bp = b + p * ldb;
+            for (size_t j = 0; j < n; j++) {
+                ci[j] += aip * bp[j];
+            }
+        }
+    }
+}

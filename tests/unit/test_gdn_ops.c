@@ -57,7 +57,7 @@ static void oracle(const gdn_case_t *c, const float *cw, const float *a, const f
         }
     }
     double *S = calloc((size_t)d * (size_t)d, sizeof(double));
-    double qn[64], kn[64], tmp[64];
+    double qn[128], kn[128], tmp[128]; /* d <= 128 */
     for (int h = 0; h < nv; h++) {
         memset(S, 0, (size_t)d * (size_t)d * sizeof(double));
         const int kh = c->tiled ? h % nk : h / r, bi = (h / r) * grp + h % r;
@@ -231,8 +231,8 @@ static void test_rule_against_oracle(void **state)
     static const gdn_case_t cases[] = {
         {2, 4, 32, 4, false, true}, /* qwen3next-like: grouped v heads, b/a packed */
         {2, 4, 16, 4, true, false}, /* qwen35moe-like: tiled v heads, b/a separate */
-        {3, 3, 16, 3, false, false},
-        {1, 3, 8, 2, true, true},
+        {3, 3, 16, 3, false, false}, {1, 3, 8, 2, true, true},
+        {1, 2, 128, 4, false, true}, /* the released head dim: full matrix-product tiles */
     };
     static const int lens[] = {150, 1, 65, 7};
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {

@@ -64,6 +64,79 @@ static void test_every_isa_matches_reference(void **state)
     assert_null(kern_vec_ops_get(KERN_ISA_COUNT));
 }
 
+/* The small f32 product against a double-precision oracle (the reference too): shapes that
+ * hit every tile edge (rows not a multiple of 4, columns not of 8 / 16 / 32), leading
+ * dimensions wider than the rows, and c accumulated into (not overwritten). */
+static void test_gemm_every_isa(void **state)
+{
+    (void)state;
+    tdm_cpu_features_t f;
+    tdm_cpu_features_detect(&f);
+    static const size_t shapes[][3] = {{1, 1, 1},   {3, 7, 5},    {4, 16, 1},     {5, 33, 9},
+                                       {8, 40, 64}, {13, 47, 17}, {64, 128, 128}, {128, 128, 64},
+                                       {2, 0, 3},   {0, 5, 2},    {6, 9, 0}};
+    int tested = 0;
+    for (int isa = -1; isa < KERN_ISA_COUNT; isa++) {
+        const kern_vec_ops_t *ops = NULL;
+        if (isa >= 0) {
+            if (!kern_isa_supported((kern_isa_t)isa, &f)) {
+                continue;
+            }
+            ops = kern_vec_ops_get((kern_isa_t)isa);
+            assert_non_null(ops->gemm_f32);
+            tested++;
+        }
+        uint32_t seed = 99u + (uint32_t)(isa + 1);
+        for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
+            const size_t m = shapes[s][0], n = shapes[s][1], k = shapes[s][2];
+            const size_t lda = k + 3, ldb = n + 5, ldc = n + 2;
+            float *a = malloc((m * lda + 1) * sizeof(float));
+            float *b = malloc((k * ldb + 1) * sizeof(float));
+            float *c = malloc((m * ldc + 1) * sizeof(float));
+            double *want = malloc((m * ldc + 1) * sizeof(double));
+            for (size_t i = 0; i < m * lda; i++) {
+                a[i] = frand(&seed);
+            }
+            for (size_t i = 0; i < k * ldb; i++) {
+                b[i] = frand(&seed);
+            }
+            for (size_t i = 0; i < m * ldc; i++) {
+                c[i] = frand(&seed);
+                want[i] = c[i];
+            }
+            for (size_t i = 0; i < m; i++) {
+                for (size_t j = 0; j < n; j++) {
+                    double acc = want[i * ldc + j];
+                    for (size_t p = 0; p < k; p++) {
+                        acc += (double)a[i * lda + p] * b[p * ldb + j];
+                    }
+                    want[i * ldc + j] = acc;
+                }
+            }
+            if (isa < 0) {
+                kern_gemm_f32_ref(c, ldc, a, lda, b, ldb, m, n, k);
+            } else {
+                ops->gemm_f32(c, ldc, a, lda, b, ldb, m, n, k);
+            }
+            for (size_t i = 0; i < m; i++) {
+                for (size_t j = 0; j < ldc; j++) {
+                    /* past column n: the padding, untouched */
+                    const double e = fabs(c[i * ldc + j] - want[i * ldc + j]);
+                    if (e > 1e-6 * (double)(k + 1) * 2.0) {
+                        fail_msg("isa %d shape %zux%zux%zu: c[%zu][%zu] = %g, want %g", isa, m, n,
+                                 k, i, j, (double)c[i * ldc + j], want[i * ldc + j]);
+                    }
+                }
+            }
+            free(a);
+            free(b);
+            free(c);
+            free(want);
+        }
+    }
+    assert_true(tested >= 1);
+}
+
 static void test_isa_choice_respects_cap(void **state)
 {
     (void)state;
@@ -314,6 +387,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_every_isa_matches_reference),
+        cmocka_unit_test(test_gemm_every_isa),
         cmocka_unit_test(test_attention_and_silu),
         cmocka_unit_test(test_attention_tile),
         cmocka_unit_test(test_isa_choice_respects_cap),
