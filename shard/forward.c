@@ -323,6 +323,9 @@ tdm_status_t shd_forward(shd_model_t *m, shd_kv_cache_t *kv, const shd_batch_t *
         st = TDM_OK;
         for (int il = 0; il < m->hp.n_layer && st == TDM_OK; il++) {
             st = m->arch->forward_layer(m, kv, b, il, err);
+            if (st == TDM_OK && m->layer_hook != NULL) {
+                st = m->layer_hook(m->layer_hook_ctx, il, err);
+            }
         }
         if (st == TDM_OK) {
             copy_states(m, kv, b, true);

@@ -875,6 +875,12 @@ void shd_model_set_comm(shd_model_t *m, shd_comm_t comm)
     m->params.comm = comm;
 }
 
+void shd_model_set_layer_hook(shd_model_t *m, shd_layer_hook_fn fn, void *ctx)
+{
+    m->layer_hook = fn;
+    m->layer_hook_ctx = ctx;
+}
+
 uint64_t shd_model_weight_bytes(const shd_model_t *m)
 {
     return m->weight_bytes;

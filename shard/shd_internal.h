@@ -99,6 +99,8 @@ typedef struct shd_arch_ops shd_arch_ops_t;
 struct shd_model {
     mdl_hparams_t hp;
     shd_model_params_t params;
+    shd_layer_hook_fn layer_hook; /* shd_model_set_layer_hook */
+    void *layer_hook_ctx;
     const gguf_ctx_t *g;
     kern_backend_t *be;
     const shd_arch_ops_t *arch;

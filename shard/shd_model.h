@@ -84,6 +84,13 @@ kern_backend_t *shd_model_backend(const shd_model_t *m);
 /* Replaces the communicator (same world shape; e.g. after the transport reconnected). */
 void shd_model_set_comm(shd_model_t *m, shd_comm_t comm);
 
+/* Called by shd_forward after each layer's ops, once the layer's K/V are stored (on a
+ * backend whose memory is the host's: the CPU's ops are done when they return), so they
+ * can travel while the next layer computes (disaggregated prefill, transport/kv_xfer.h);
+ * a non-OK return fails the step. NULL: none. */
+typedef tdm_status_t (*shd_layer_hook_fn)(void *ctx, int il, tdm_error_t *err);
+void shd_model_set_layer_hook(shd_model_t *m, shd_layer_hook_fn fn, void *ctx);
+
 /* Bytes of weights this rank's views cover (its slice; replicated tensors whole). */
 uint64_t shd_model_weight_bytes(const shd_model_t *m);
 

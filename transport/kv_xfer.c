@@ -109,6 +109,12 @@ struct xp_kv_sender {
     uint64_t *base, *len; /* [n] */
     void **reqs;          /* puts in flight */
     int32_t n_reqs, cap_reqs;
+    /* the step being sent (begin .. finish) */
+    const xp_step_t *step;
+    shd_kv_cache_t *kv;
+    double timeout_s; /* for the flush and the puts' ends, from finish on */
+    double busy_s;    /* spent posting, progressing and flushing (not the layers' compute) */
+    uint64_t blocks;
 };
 
 tdm_status_t xp_kv_sender_create(xp_ucx_t *u, xp_kv_sender_t **out, tdm_error_t *err)
@@ -187,9 +193,10 @@ tdm_status_t xp_kv_sender_set_peer(xp_kv_sender_t *s, const xp_msg_kv_peer_t *pe
     return TDM_OK;
 }
 
-tdm_status_t xp_kv_sender_send(xp_kv_sender_t *s, shd_kv_cache_t *kv, const xp_step_t *step,
-                               double timeout_s, xp_kv_sender_stats_t *stats, tdm_error_t *err)
+tdm_status_t xp_kv_sender_begin(xp_kv_sender_t *s, shd_kv_cache_t *kv, const xp_step_t *step,
+                                double timeout_s, tdm_error_t *err)
 {
+    s->step = NULL;
     if (step->n_kv_sends == 0) {
         return TDM_OK;
     }
@@ -202,13 +209,24 @@ tdm_status_t xp_kv_sender_send(xp_kv_sender_t *s, shd_kv_cache_t *kv, const xp_s
                              "kv send: the decode shard has %d KV regions, this one %d layers",
                              (int)s->n, cfg->n_layer);
     }
-    const double t0 = tdm_now_s(), deadline = t0 + timeout_s;
-    const size_t bb = shd_kv_block_bytes(kv);
-    uint64_t blocks = 0;
-    tdm_status_t st = TDM_OK;
-    /* layer by layer, K then V, every send's blocks: the order the forward pass wrote them */
-    for (int32_t i = 0; i < s->n; i++) {
-        const int il = i / 2;
+    s->step = step;
+    s->kv = kv;
+    s->timeout_s = timeout_s;
+    s->busy_s = 0.0;
+    s->blocks = 0;
+    return TDM_OK;
+}
+
+tdm_status_t xp_kv_sender_put_layer(xp_kv_sender_t *s, int il, tdm_error_t *err)
+{
+    const xp_step_t *step = s->step;
+    if (step == NULL) {
+        return TDM_OK;
+    }
+    const size_t bb = shd_kv_block_bytes(s->kv);
+    const double t0 = tdm_now_s();
+    /* K then V, every send's blocks: the order the forward pass wrote them */
+    for (int32_t i = 2 * il; i < 2 * il + 2; i++) {
         if (s->len[i] == 0) {
             continue;
         }
@@ -218,20 +236,16 @@ tdm_status_t xp_kv_sender_send(xp_kv_sender_t *s, shd_kv_cache_t *kv, const xp_s
             for (int32_t j = ks->lo; j < ks->hi; j++) {
                 const uint64_t off = (uint64_t)ks->dst[j - ks->lo] * bb;
                 if (off + bb > s->len[i]) {
-                    st = tdm_error_set(err, TDM_ERR_TRANSPORT,
-                                       "kv send: block %d beyond the decode shard's pool "
-                                       "(%" PRIu64 " bytes)",
-                                       (int)ks->dst[j - ks->lo], s->len[i]);
-                    goto out;
+                    return tdm_error_set(err, TDM_ERR_TRANSPORT,
+                                         "kv send: block %d beyond the decode shard's pool "
+                                         "(%" PRIu64 " bytes)",
+                                         (int)ks->dst[j - ks->lo], s->len[i]);
                 }
-                const void *src =
-                    i % 2 == 0 ? shd_kv_k(kv, il, sq->blocks[j]) : shd_kv_v(kv, il, sq->blocks[j]);
+                const void *src = i % 2 == 0 ? shd_kv_k(s->kv, il, sq->blocks[j])
+                                             : shd_kv_v(s->kv, il, sq->blocks[j]);
                 void *req = NULL;
-                st = xp_ucx_put_post(s->u, &s->peer, src, bb, s->base[i] + off, s->rkeys[i], &req,
-                                     err);
-                if (st != TDM_OK) {
-                    goto out;
-                }
+                TDM_CHECK(xp_ucx_put_post(s->u, &s->peer, src, bb, s->base[i] + off, s->rkeys[i],
+                                          &req, err));
                 if (req != NULL) {
                     if (s->n_reqs == s->cap_reqs) {
                         s->cap_reqs = s->cap_reqs > 0 ? 2 * s->cap_reqs : 256;
@@ -239,16 +253,31 @@ tdm_status_t xp_kv_sender_send(xp_kv_sender_t *s, shd_kv_cache_t *kv, const xp_s
                     }
                     s->reqs[s->n_reqs++] = req;
                 }
-                blocks++;
+                s->blocks++;
             }
         }
     }
-    void *req = NULL;
-    st = xp_ucx_flush_post(s->u, &s->peer, &req, err);
-    if (st == TDM_OK) {
-        st = xp_ucx_req_wait(s->u, &req, &s->peer, deadline, "kv flush", err);
+    /* let what is posted move while the next layer computes */
+    while (ucp_worker_progress(s->u->worker) != 0) {
     }
-out:
+    s->busy_s += tdm_now_s() - t0;
+    return TDM_OK;
+}
+
+tdm_status_t xp_kv_sender_finish(xp_kv_sender_t *s, tdm_status_t st, xp_kv_sender_stats_t *stats,
+                                 tdm_error_t *err)
+{
+    if (s->step == NULL) {
+        return st;
+    }
+    const double t0 = tdm_now_s(), deadline = t0 + s->timeout_s;
+    if (st == TDM_OK) {
+        void *req = NULL;
+        st = xp_ucx_flush_post(s->u, &s->peer, &req, err);
+        if (st == TDM_OK) {
+            st = xp_ucx_req_wait(s->u, &req, &s->peer, deadline, "kv flush", err);
+        }
+    }
     /* every put is polled to its end (done once the flush is; failed with the peer) */
     for (int32_t i = 0; i < s->n_reqs; i++) {
         tdm_error_t e2 = {0};
@@ -263,11 +292,23 @@ out:
         }
     }
     s->n_reqs = 0;
-    if (st != TDM_OK) {
-        return st;
+    if (st == TDM_OK) {
+        const size_t bb = shd_kv_block_bytes(s->kv);
+        stats->blocks += s->blocks;
+        stats->bytes += s->blocks * bb;
+        stats->ns += (uint64_t)((s->busy_s + tdm_now_s() - t0) * 1e9);
     }
-    stats->blocks += blocks;
-    stats->bytes += blocks * bb;
-    stats->ns += (uint64_t)((tdm_now_s() - t0) * 1e9);
-    return TDM_OK;
+    s->step = NULL;
+    return st;
+}
+
+tdm_status_t xp_kv_sender_send(xp_kv_sender_t *s, shd_kv_cache_t *kv, const xp_step_t *step,
+                               double timeout_s, xp_kv_sender_stats_t *stats, tdm_error_t *err)
+{
+    tdm_status_t st = xp_kv_sender_begin(s, kv, step, timeout_s, err);
+    const int n_layer = shd_kv_cache_config(kv)->n_layer;
+    for (int il = 0; st == TDM_OK && s->step != NULL && il < n_layer; il++) {
+        st = xp_kv_sender_put_layer(s, il, err);
+    }
+    return xp_kv_sender_finish(s, st, stats, err);
 }

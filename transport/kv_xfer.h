@@ -45,7 +45,8 @@ typedef struct xp_kv_sender xp_kv_sender_t;
 
 typedef struct xp_kv_sender_stats {
     uint64_t blocks, bytes; /* put, summed over layers and K/V (blocks: per layer and K/V) */
-    uint64_t ns;            /* time spent putting and flushing                         */
+    uint64_t ns;            /* time spent posting, progressing and flushing (the compute
+                               the puts overlap is not counted)                        */
 } xp_kv_sender_stats_t;
 
 tdm_status_t xp_kv_sender_create(xp_ucx_t *u, xp_kv_sender_t **out, tdm_error_t *err);
@@ -56,9 +57,21 @@ void xp_kv_sender_destroy(xp_kv_sender_t *s); /* NULL is fine */
 tdm_status_t xp_kv_sender_set_peer(xp_kv_sender_t *s, const xp_msg_kv_peer_t *peer, int rank,
                                    tdm_error_t *err);
 
-/* Puts the step's kv_sends from kv (this shard's storage) into the peer's pool and waits
- * for the flush (at most timeout_s). TDM_ERR_TRANSPORT without a peer, on a layout that
- * does not match (region count or sizes) or a failed peer; TDM_ERR_TIMEOUT. */
+/*
+ * One step's kv_sends from kv (this shard's storage) into the peer's pool, overlapped with
+ * the forward pass: begin before it, put_layer as each layer's K/V is stored (the forward
+ * pass's layer hook, shard/shd_model.h), finish after it: flushes and waits (at most
+ * timeout_s from then) when st is OK, else only drains what was posted, and
+ * returns st or the transfer's failure. Nothing to do (all OK) for a step without sends.
+ * TDM_ERR_TRANSPORT without a peer, on a layout that does not match (region count or
+ * sizes) or a failed peer; TDM_ERR_TIMEOUT.
+ */
+tdm_status_t xp_kv_sender_begin(xp_kv_sender_t *s, shd_kv_cache_t *kv, const xp_step_t *step,
+                                double timeout_s, tdm_error_t *err);
+tdm_status_t xp_kv_sender_put_layer(xp_kv_sender_t *s, int il, tdm_error_t *err);
+tdm_status_t xp_kv_sender_finish(xp_kv_sender_t *s, tdm_status_t st, xp_kv_sender_stats_t *stats,
+                                 tdm_error_t *err);
+/* begin, every layer, finish: the step's blocks after its forward pass. */
 tdm_status_t xp_kv_sender_send(xp_kv_sender_t *s, shd_kv_cache_t *kv, const xp_step_t *step,
                                double timeout_s, xp_kv_sender_stats_t *stats, tdm_error_t *err);
 

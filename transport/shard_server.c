@@ -496,10 +496,9 @@ static void world_stats(const xp_shard_server_t *s, uint64_t out[3])
 #endif
 }
 
-/* Disaggregated prefill: the step's K/V blocks into the decode group's pool (kv_xfer.h),
- * flushed before the RESULT leaves. */
-static tdm_status_t send_kv(xp_shard_server_t *s, const xp_msg_t *msg, xp_msg_result_t *res,
-                            tdm_error_t *err)
+/* Disaggregated prefill (kv_xfer.h): the decode group to put into, and the step's
+ * transfer begun; its blocks go layer by layer from the forward pass's layer hook. */
+static tdm_status_t begin_kv(xp_shard_server_t *s, const xp_msg_t *msg, tdm_error_t *err)
 {
     if (msg->kv_peer.n_ranks == 0 && msg->step.n_kv_sends == 0) {
         return TDM_OK;
@@ -511,18 +510,21 @@ static tdm_status_t send_kv(xp_shard_server_t *s, const xp_msg_t *msg, xp_msg_re
         const int rank = s->shape.ep_rank * s->shape.tp_size + s->shape.tp_rank;
         TDM_CHECK(xp_kv_sender_set_peer(s->kv_sender, &msg->kv_peer, rank, err));
     }
-    xp_kv_sender_stats_t ks = {0};
     /* a decode shard that stopped answering fails the step well inside the coordinator's
      * patience */
-    TDM_CHECK(xp_kv_sender_send(s->kv_sender, s->kv, &msg->step, 10.0, &ks, err));
-    res->kv_bytes = ks.bytes;
-    res->kv_ns = ks.ns;
-    return TDM_OK;
+    return xp_kv_sender_begin(s->kv_sender, s->kv, &msg->step, 10.0, err);
 }
 
-static tdm_status_t do_step(xp_shard_server_t *s, const xp_step_t *st_in, xp_msg_result_t *res,
+static tdm_status_t kv_layer_hook(void *ctx, int il, tdm_error_t *err)
+{
+    xp_shard_server_t *s = ctx;
+    return xp_kv_sender_put_layer(s->kv_sender, il, err);
+}
+
+static tdm_status_t do_step(xp_shard_server_t *s, const xp_msg_t *msg, xp_msg_result_t *res,
                             tdm_error_t *err)
 {
+    const xp_step_t *st_in = &msg->step;
     if (s->model == NULL || atomic_load(&s->epoch) == 0) {
         return tdm_error_set(err, TDM_ERR_TRANSPORT, "shard: STEP before LOAD (not in a group)");
     }
@@ -554,7 +556,27 @@ static tdm_status_t do_step(xp_shard_server_t *s, const xp_step_t *st_in, xp_msg
     world_stats(s, before);
     const double t0 = tdm_now_s();
     const bool rank0 = s->shape.tp_rank == 0 && s->shape.ep_rank == 0;
-    TDM_CHECK(shd_forward(s->model, s->kv, &b, rank0 ? s->logits : NULL, err));
+    TDM_CHECK(begin_kv(s, msg, err));
+    const bool kv = st_in->n_kv_sends > 0;
+    /* the layer hook reads K/V right after the layer's ops: host memory only (the CPU's
+     * ops are done when they return); elsewhere the blocks go after the forward pass */
+    const bool hooked = kv && kern_be_host_memory(s->be);
+    if (hooked) {
+        shd_model_set_layer_hook(s->model, kv_layer_hook, s);
+    }
+    tdm_status_t st = shd_forward(s->model, s->kv, &b, rank0 ? s->logits : NULL, err);
+    shd_model_set_layer_hook(s->model, NULL, NULL);
+    for (int il = 0; kv && !hooked && st == TDM_OK && il < shd_model_hparams(s->model)->n_layer;
+         il++) {
+        st = xp_kv_sender_put_layer(s->kv_sender, il, err);
+    }
+    if (kv) {
+        xp_kv_sender_stats_t ks = {0};
+        st = xp_kv_sender_finish(s->kv_sender, st, &ks, err);
+        res->kv_bytes = ks.bytes;
+        res->kv_ns = ks.ns;
+    }
+    TDM_CHECK(st);
     res->step_ns = (uint64_t)((tdm_now_s() - t0) * 1e9);
     world_stats(s, after);
     res->coll_calls = after[0] - before[0];
@@ -609,10 +631,7 @@ static void *compute_main(void *arg)
             atomic_store(&s->state, SHARD_BUSY);
             reply.type = XP_MSG_RESULT;
             reply.request_id = j->msg.request_id;
-            tdm_status_t st = do_step(s, &j->msg.step, &reply.result, &err);
-            if (st == TDM_OK) {
-                st = send_kv(s, &j->msg, &reply.result, &err);
-            }
+            tdm_status_t st = do_step(s, &j->msg, &reply.result, &err);
             reply.result.status = st;
             if (st != TDM_OK) {
                 snprintf(reply.result.error, sizeof(reply.result.error), "%s", tdm_error_msg(&err));
