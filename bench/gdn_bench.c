@@ -83,19 +83,22 @@ static int bench_tokens(kern_backend_t *be, int nk, int nv, int d, int n, int re
     const int K = 4, ch = (2 * nk + nv) * d, ldb = 2 * nv;
     float *cw = malloc((size_t)ch * K * sizeof(float)), *a = malloc((size_t)nv * sizeof(float));
     float *dt = malloc((size_t)nv * sizeof(float));
-    float *x = malloc((size_t)n * ch * sizeof(float)), *qkv = malloc((size_t)n * ch * sizeof(float));
+    float *x = malloc((size_t)n * ch * sizeof(float)),
+          *qkv = malloc((size_t)n * ch * sizeof(float));
     float *ba = malloc((size_t)n * ldb * sizeof(float));
     float *out = malloc((size_t)n * nv * d * sizeof(float));
     void *conv_state = NULL, *ssm_state = NULL;
     int32_t *tok = calloc((size_t)n, sizeof(int32_t)), *pos = malloc((size_t)n * sizeof(int32_t));
     int32_t *seq = calloc((size_t)n, sizeof(int32_t));
-    double *wall = malloc((size_t)reps * sizeof(double)), *cpu = malloc((size_t)reps * sizeof(double));
+    double *wall = malloc((size_t)reps * sizeof(double)),
+           *cpu = malloc((size_t)reps * sizeof(double));
     int rc = -1;
     if (cw == NULL || a == NULL || dt == NULL || x == NULL || qkv == NULL || ba == NULL ||
         out == NULL || tok == NULL || pos == NULL || seq == NULL || wall == NULL || cpu == NULL ||
         kern_be_alloc(be, (size_t)(K - 1) * ch * sizeof(float), 0, "conv", &conv_state, NULL) !=
             TDM_OK ||
-        kern_be_alloc(be, (size_t)nv * d * d * sizeof(float), 0, "ssm", &ssm_state, NULL) != TDM_OK) {
+        kern_be_alloc(be, (size_t)nv * d * d * sizeof(float), 0, "ssm", &ssm_state, NULL) !=
+            TDM_OK) {
         fprintf(stderr, "gdn-bench: out of memory\n");
         goto out;
     }
@@ -224,7 +227,8 @@ int main(int argc, char **argv)
                                 .head_dim = 8,
                                 .n_embd = 8,
                                 .gdn_head_dim = d};
-    if (kern_backend_create(&bp, &be, &err) != TDM_OK || kern_be_reserve(be, &rsv, &err) != TDM_OK) {
+    if (kern_backend_create(&bp, &be, &err) != TDM_OK ||
+        kern_be_reserve(be, &rsv, &err) != TDM_OK) {
         fprintf(stderr, "gdn-bench: %s\n", tdm_error_msg(&err));
         kern_backend_destroy(be);
         return 1;
