@@ -334,8 +334,9 @@ static tdm_status_t load_model(srv_server_t *s, tdm_error_t *err)
 
 static void unload(srv_server_t *s)
 {
-    crd_router_destroy(s->router);
-    s->router = NULL;
+    /* engines first: an engine thread still in a step relays its events through the router
+     * (per-group load counts), so the router must outlive every engine (ASan: a write to a
+     * freed router group after a drain that timed out under a 64-stream soak) */
     for (int i = 0; i < s->n_groups; i++) {
         srv_group_t *g = &s->groups[i];
         crd_engine_destroy(g->engine);
@@ -345,6 +346,8 @@ static void unload(srv_server_t *s)
         xp_remote_exec_destroy(g->rx);
         free(g->name);
     }
+    crd_router_destroy(s->router);
+    s->router = NULL;
     free(s->groups);
     s->groups = NULL;
     s->n_groups = 0;
