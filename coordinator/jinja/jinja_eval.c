@@ -555,6 +555,11 @@ static jv repeat_seq(jx_t *x, jv seq, int64_t times)
     if (times < 0) {
         times = 0;
     }
+    /* an empty operand gives an empty result at once: looping `times` times over nothing
+     * passed every limit and ran for hours ('' * 7 ** 12, found by fuzz_template) */
+    if ((seq.t == JV_STR && seq.v.s->len == 0) || (seq.t != JV_STR && seq.v.l->n == 0)) {
+        times = 0;
+    }
     if (seq.t == JV_STR) {
         size_t len = seq.v.s->len;
         if (len != 0 && (uint64_t)times > (uint64_t)(x->lim.max_output / len)) {

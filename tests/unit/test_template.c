@@ -351,6 +351,9 @@ static void test_long_line_compiles_fast(void **state)
 static void test_limits(void **state)
 {
     (void)state;
+    /* repeating an empty string or list any number of times is empty, and instant */
+    expect("{{ '' * 7 ** 12 }}|{{ ([] * 10 ** 12) | length }}|{{ (() * 10 ** 12) | length }}",
+           "|0|0");
     expect_error("{% for i in range(1000) %}{% for j in range(1000) %}{% endfor %}{% endfor %}",
                  TDM_ERR_OUT_OF_RANGE, "iteration limit");
     expect_error("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", TDM_ERR_OUT_OF_RANGE,
