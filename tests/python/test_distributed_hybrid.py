@@ -111,6 +111,20 @@ def _complete(srv, prompt, n, **kw):
     return r
 
 
+def _agent_turns(srv, tok, user):
+    """An agent conversation: each turn appends the next user tokens to the previous prompt
+    and answer; per turn (text, token logprobs, cached prompt tokens, prompt length)."""
+    prompt, out = [], []
+    for extra in user:
+        prompt = prompt + extra
+        r = _complete(srv, prompt, 6, logprobs=1)
+        ch = r.choices[0]
+        out.append((ch.text, ch.logprobs.token_logprobs,
+                    r.usage.prompt_tokens_details.cached_tokens, len(prompt)))
+        prompt = prompt + tok.encode(ch.text).ids
+    return out
+
+
 def test_hybrid_serve_on_shards_stores_states_and_frees_slots(tandem_bin):
     seqs = _seqs()
     model = HYBRID / "qwen3next-a-f32.gguf"
@@ -120,15 +134,7 @@ def test_hybrid_serve_on_shards_stores_states_and_frees_slots(tandem_bin):
     cases = [seqs[k] for k in ("s150", "s33", "s64", "s8")]
 
     def turns_of(srv):
-        prompt, out = [], []
-        for extra in user:
-            prompt = prompt + extra
-            r = _complete(srv, prompt, 6, logprobs=1)
-            ch = r.choices[0]
-            out.append((ch.text, ch.logprobs.token_logprobs,
-                        r.usage.prompt_tokens_details.cached_tokens, len(prompt)))
-            prompt = prompt + tok.encode(ch.text).ids
-        return out
+        return _agent_turns(srv, tok, user)
 
     ref = ServeProcess(model, "--max-running", 2)
     try:
@@ -191,15 +197,7 @@ def test_hybrid_state_cache_reaches_shards(tandem_bin):
     a, b = seqs["s150"][:70], seqs["s33"] + seqs["s64"][:20]
 
     def turns_of(srv):
-        prompt, out = [], []
-        for extra in user:
-            prompt = prompt + extra
-            r = _complete(srv, prompt, 6, logprobs=1)
-            ch = r.choices[0]
-            out.append((ch.text, ch.logprobs.token_logprobs,
-                        r.usage.prompt_tokens_details.cached_tokens, len(prompt)))
-            prompt = prompt + tok.encode(ch.text).ids
-        return out
+        return _agent_turns(srv, tok, user)
 
     def aba(srv):
         return [(_complete(srv, p, 4).choices[0].text, _complete(srv, p, 1).usage) for p in (a, b)] + \
