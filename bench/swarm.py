@@ -270,11 +270,13 @@ def run_swarm(port, model, api, args, system, tools):
     later_p = sum(r[t]["prompt"] for r in results for t in range(1, args.turns) if r[t])
     later_c = sum(r[t]["cached"] for r in results for t in range(1, args.turns) if r[t])
     all_gaps.sort()
+    ttft_all = sorted(r[t]["ttft"] for r in results for t in range(args.turns) if r[t])
     itl = {"p50": all_gaps[len(all_gaps) // 2] if all_gaps else None,
            "p99": all_gaps[min(len(all_gaps) - 1, int(0.99 * len(all_gaps)))] if all_gaps else None,
            "max": all_gaps[-1] if all_gaps else None}
     return {"api": api, "wall_s": wall, "out_tokens": out_tokens[0], "itl": itl,
             "tok_s": out_tokens[0] / wall if wall > 0 else None, "ttft": per_turn,
+            "ttft_all": ttft_all,
             "prompt_tokens": prompt, "cached_tokens": cached,
             "hit_rate": cached / prompt if prompt else None,
             "hit_rate_after_turn1": later_c / later_p if later_p else None,

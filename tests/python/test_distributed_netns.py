@@ -10,13 +10,18 @@ traffic is dropped, no reset) ends a streaming request with an error within the 
 timeout, /health names the cut shard, and bringing the link back up restores service.
 Replicas (engine groups, test_routing.py): two one-shard replicas, each in its own
 namespace, and kill -9 of one under load: its streams error within 5 s, the other's finish,
-new requests go to the survivor, and the restarted replica rejoins.
+new requests go to the survivor, and the restarted replica rejoins. Disaggregated
+prefill/decode (test_disagg.py): two prefill/decode pairs, each shard in its own namespace,
+kill -9 of a prefill shard mid-transfer and of a decode shard mid-stream: the affected
+request errors within 5 s, the streams decoding elsewhere finish, the group rejoins.
 Namespaces, veths and the bridge are removed at the end, also on failure.
 """
 import json
 import os
+import random
 import shutil
 import subprocess
+import threading
 import time
 
 import httpx2 as httpx
@@ -25,7 +30,7 @@ import pytest
 
 from conftest import FIXTURES, run_tandem
 from dist_util import ShardProcess
-from serve_util import ServeProcess
+from serve_util import ServeProcess, metric_value, parse_metrics
 
 MODELS = FIXTURES / "models"
 SUBNET = "10.77.{}".format(os.getpid() % 200 + 20)  # one /24 per test run
@@ -221,6 +226,115 @@ def test_netns_replica_killed_under_load(tandem_bin, net_factory, tmp_path):
         srv = ServeProcess(MODEL, "--cluster", cluster, "--ctx-size", "4096", "--max-running",
                            "16", "--shard-timeout-ms", "1500", "--collective-timeout-ms", "5000")
         replica_kill_under_load(srv, shards)
+    finally:
+        if srv is not None:
+            srv.kill()
+        for s in shards:
+            s.stop()
+
+
+def _routed(srv, groups):
+    m = parse_metrics(srv.get("/metrics").text)
+    return {g: metric_value(m, "tandem_group_routed_requests_total", group=g) for g in groups}
+
+
+def _sent(srv, group):
+    m = parse_metrics(srv.get("/metrics").text)
+    return metric_value(m, "tandem_kv_transfer_blocks_total", group=group)
+
+
+def _one_stream_per_decode_group(srv, rng, max_tokens):
+    """two long streams, which the router spreads by load over d0 and d1; returns their
+    result dicts and threads once both stream"""
+    from test_disagg import _stream, _tokens
+
+    before = _routed(srv, ("d0", "d1"))
+    outs, threads, started = [{}, {}], [], threading.Semaphore(0)
+    for k in range(2):
+        t = threading.Thread(target=_stream,
+                             args=(srv, _tokens(rng, 64), max_tokens, outs[k], started))
+        t.start()
+        threads.append(t)
+        time.sleep(0.05)
+    for _ in range(2):
+        assert started.acquire(timeout=60), outs
+    after = _routed(srv, ("d0", "d1"))
+    assert all(after[g] - before[g] == 1 for g in after), (before, after)
+    return outs, threads
+
+
+def test_netns_disagg_faults(tandem_bin, net_factory, tmp_path):
+    """Disaggregated prefill/decode (test_disagg.py) with two prefill/decode pairs, every
+    shard in its own namespace: kill -9 of a prefill shard while it puts a long prompt's
+    blocks, then of a decode shard mid-stream. The affected request errors within 5 s, the
+    streams decoding elsewhere (also on the dead prefill shard's own decode partner) finish,
+    and the restarted shard's group forms again and serves."""
+    from test_disagg import F32, _serve, _serves, _stream, _tokens, _wait_ok
+
+    net = net_factory(4)
+    shards = _shards_in(net, F32)  # p0, d0, p1, d1
+    srv = None
+    rng = random.Random(11)
+    try:
+        cluster = tmp_path / "cluster.json"
+        cluster.write_text(json.dumps({"groups": [
+            {"name": name, "role": "prefill" if name[0] == "p" else "decode",
+             "shards": [s.addr]} for name, s in zip(("p0", "d0", "p1", "d1"), shards)]}))
+        # prompts prefilled in chunks of 32 tokens: a prompt is many steps of puts
+        srv = _serve(F32, cluster, "--batch", "32", "--max-step-ms", "off")
+        _serves(srv, rng)
+        t0 = time.monotonic()
+
+        # a prefill shard, mid-transfer, while a stream decodes on each decode group
+        outs, threads = _one_stream_per_decode_group(srv, rng, 600)
+        sent = {g: _sent(srv, g) for g in ("p0", "p1")}
+        long_out = {}
+        t = threading.Thread(target=_stream, args=(srv, _tokens(rng, 1900), 8, long_out, None))
+        t.start()
+        t_end = time.monotonic() + 30
+        moving = []
+        while not moving and time.monotonic() < t_end:
+            moving = [g for g in sent if _sent(srv, g) > sent[g]]
+            time.sleep(0.002)
+        assert moving, "no transfer seen"
+        victim = {"p0": 0, "p1": 2}[moving[0]]
+        shards[victim].kill9()
+        killed = time.monotonic()
+        t.join(timeout=30)
+        assert not t.is_alive(), "the request hangs"
+        assert long_out["error"] is not None, long_out
+        assert long_out["error"][0] - killed < 5.0, (long_out, killed)
+        assert "prefill" in long_out["error"][1] and "shard" in long_out["error"][1], long_out
+        for th in threads:
+            th.join(timeout=60)
+        assert all(o["error"] is None and o["finish"] == "length" for o in outs), outs
+        assert all(o["t_end"] > killed for o in outs), "a stream ended before the kill"
+        assert srv.get("/health").json()["status"] != "ok"
+        print(f"prefill killed: error after {long_out['error'][0] - killed:.2f} s, "
+              f"streams done {time.monotonic() - t0:.1f} s")
+        shards[victim].start()
+        _wait_ok(srv, 30)
+        print(f"rejoined {time.monotonic() - t0:.1f} s")
+        _serves(srv, rng)
+
+        # a decode shard, mid-stream: its stream errors, the other decode group's finishes
+        outs, threads = _one_stream_per_decode_group(srv, rng, 600)
+        shards[3].kill9()
+        killed = time.monotonic()
+        for th in threads:
+            th.join(timeout=60)
+        assert not any(th.is_alive() for th in threads), "a stream hangs"
+        errors = [o for o in outs if o["error"] is not None]
+        assert len(errors) == 1, outs
+        assert errors[0]["error"][0] - killed < 5.0 and "shard" in errors[0]["error"][1], outs
+        assert [o["finish"] for o in outs if o["error"] is None] == ["length"], outs
+        assert all(o["t_end"] > killed for o in outs), "a stream ended before the kill"
+        print(f"decode killed: error after {errors[0]['error'][0] - killed:.2f} s, "
+              f"streams done {time.monotonic() - t0:.1f} s")
+        shards[3].start()
+        _wait_ok(srv, 30)
+        print(f"rejoined {time.monotonic() - t0:.1f} s")
+        _serves(srv, rng)
     finally:
         if srv is not None:
             srv.kill()
