@@ -521,6 +521,19 @@ static tdm_status_t kv_layer_hook(void *ctx, int il, tdm_error_t *err)
     return xp_kv_sender_put_layer(s->kv_sender, il, err);
 }
 
+/* A decode shard's steps progress its UCX worker after every layer: over TCP a prefill
+ * shard's puts land only when this worker handles them, and a decode step of many long
+ * streams (seconds on one core) held them so long that UCX failed the prefill shard's
+ * endpoint ("Endpoint timeout", bench/layouts.py at 32 streams). The puts only touch
+ * blocks reserved for requests not in this step. */
+static tdm_status_t kv_export_hook(void *ctx, int il, tdm_error_t *err)
+{
+    (void)il;
+    (void)err;
+    xp_kv_export_progress(((xp_shard_server_t *)ctx)->kv_export);
+    return TDM_OK;
+}
+
 static tdm_status_t do_step(xp_shard_server_t *s, const xp_msg_t *msg, xp_msg_result_t *res,
                             tdm_error_t *err)
 {
@@ -563,6 +576,8 @@ static tdm_status_t do_step(xp_shard_server_t *s, const xp_msg_t *msg, xp_msg_re
     const bool hooked = kv && kern_be_host_memory(s->be);
     if (hooked) {
         shd_model_set_layer_hook(s->model, kv_layer_hook, s);
+    } else if (s->kv_export != NULL) {
+        shd_model_set_layer_hook(s->model, kv_export_hook, s);
     }
     tdm_status_t st = shd_forward(s->model, s->kv, &b, rank0 ? s->logits : NULL, err);
     shd_model_set_layer_hook(s->model, NULL, NULL);
