@@ -1,10 +1,16 @@
 /*
  * cmd_plan.c - `tandem plan --model M.gguf --shards N [--tp T --ep E] [--ctx-size C]
  * [--kv-memory SIZE] [--node-memory SIZE] [--device D] [--kv-type T] [--gpu-memory SIZE]
- * [--mem-bw GBPS] [--json]`: the per-shard memory plan of a model split by tensor and expert
+ * [--mem-bw GBPS] [--streams N [--prompt-tokens N] [--answer-tokens N]] [--cluster FILE]
+ * [--json]`: the per-shard memory plan of a model split by tensor and expert
  * parallelism (topology/topo_plan.h), printed without loading a tensor, and checked against the
  * memory a shard has: a GPU's free memory when the shards run on one (on a unified-memory GPU at
  * most the host's MemAvailable), else the host's MemAvailable, or --node-memory.
+ *
+ * --streams N also recommends an engine-group layout for that load (replicas with prefix
+ * routing, one TP/EP group, or prefill + decode groups: topology/topo_layout.h holds the
+ * rule; this file prints it). --cluster FILE takes the machines from a `tandem serve`
+ * cluster file (distinct hosts of its shards) instead of --shards.
  *
  * --gpu-memory SIZE plans for a GPU that need not be here (another machine's, or the tests'
  * on a machine without one): the CUDA backend's accounting with SIZE as its free memory.
@@ -17,6 +23,7 @@
 #include "api/cli/cli.h"
 #include "kernels/kern_backend.h"
 #include "model/gguf.h"
+#include "topology/topo_layout.h"
 #include "topology/topo_plan.h"
 
 #include <inttypes.h>
@@ -36,6 +43,10 @@ typedef struct plan_opts {
     const char *kv_type;  /* NULL: by device                                     */
     uint64_t gpu_memory;  /* > 0: plan for a GPU with this much free, not queried */
     double mem_bw;        /* > 0: memory bandwidth, GB/s, for the decode ceiling  */
+    int streams;          /* > 0: recommend a layout for this many streams        */
+    int prompt_tokens;    /* new prompt tokens per turn (the layout rule)         */
+    int answer_tokens;    /* generated tokens per turn (the layout rule)          */
+    const char *cluster;  /* a cluster file: its machines instead of --shards     */
     bool json;
 } plan_opts_t;
 
@@ -84,6 +95,14 @@ static void usage(FILE *out)
           "per group)\n"
           "  --mem-bw GBPS        memory bandwidth of a shard in GB/s (a DGX Spark: 273): prints\n"
           "                       the decode ceiling, bandwidth / weight bytes read per token\n"
+          "  --streams N          also recommend an engine-group layout for N concurrent\n"
+          "                       conversations: replicas with prefix routing, one TP/EP group,\n"
+          "                       or prefill + decode groups, and why (docs/distributed.md)\n"
+          "  --prompt-tokens N    new prompt tokens per turn that no cache holds (default 0:\n"
+          "                       a shared prompt the prefix cache keeps)\n"
+          "  --answer-tokens N    tokens generated per turn (default 128)\n"
+          "  --cluster FILE       a `tandem serve` cluster file: its distinct hosts are the\n"
+          "                       machines (instead of --shards)\n"
           "  --json               one JSON object (every tensor's bytes per shard)\n",
           out);
 }
@@ -97,6 +116,66 @@ static int parse_int(const char *opt, const char *v, int lo, int hi, int *out)
         return -1;
     }
     *out = (int)x;
+    return 0;
+}
+
+/* The machines of a cluster file: the distinct hosts of its shards, in the one-group form
+ * ("shards") or over every group's. */
+static int cluster_machines(const char *path, int *out)
+{
+    json_error_t je;
+    json_t *root = json_load_file(path, 0, &je);
+    if (root == NULL) {
+        fprintf(stderr, "tandem plan: --cluster %s: %s (line %d)\n", path, je.text, je.line);
+        return -1;
+    }
+    json_t *lists[64];
+    int n_lists = 0;
+    json_t *groups = json_object_get(root, "groups");
+    if (json_is_array(groups)) {
+        size_t i;
+        json_t *g;
+        json_array_foreach(groups, i, g)
+        {
+            if (n_lists < 64 && json_is_array(json_object_get(g, "shards"))) {
+                lists[n_lists++] = json_object_get(g, "shards");
+            }
+        }
+    } else if (json_is_array(json_object_get(root, "shards"))) {
+        lists[n_lists++] = json_object_get(root, "shards");
+    }
+    char hosts[256][64];
+    int n = 0;
+    for (int l = 0; l < n_lists; l++) {
+        size_t i;
+        json_t *a;
+        json_array_foreach(lists[l], i, a)
+        {
+            const char *addr = json_string_value(a);
+            const char *colon = addr != NULL ? strrchr(addr, ':') : NULL;
+            size_t len = colon != NULL ? (size_t)(colon - addr) : 0;
+            if (len == 0 || len >= sizeof(hosts[0])) {
+                fprintf(stderr, "tandem plan: --cluster %s: '%s' is not HOST:PORT\n", path,
+                        addr != NULL ? addr : "(not a string)");
+                json_decref(root);
+                return -1;
+            }
+            int k = 0;
+            while (k < n && !(strlen(hosts[k]) == len && memcmp(hosts[k], addr, len) == 0)) {
+                k++;
+            }
+            if (k == n && n < 256) {
+                memcpy(hosts[n], addr, len);
+                hosts[n++][len] = '\0';
+            }
+        }
+    }
+    json_decref(root);
+    if (n == 0) {
+        fprintf(stderr, "tandem plan: --cluster %s lists no shards\n", path);
+        return -1;
+    }
+    *out = n;
     return 0;
 }
 
@@ -154,6 +233,14 @@ static int parse_opts(int argc, char **argv, plan_opts_t *o)
                 fprintf(stderr, "tandem plan: --mem-bw wants GB/s, e.g. 273, got '%s'\n", v);
                 bad = -1;
             }
+        } else if (strcmp(a, "--streams") == 0) {
+            bad = parse_int(a, v, 1, 1 << 20, &o->streams);
+        } else if (strcmp(a, "--prompt-tokens") == 0) {
+            bad = parse_int(a, v, 0, 1 << 24, &o->prompt_tokens);
+        } else if (strcmp(a, "--answer-tokens") == 0) {
+            bad = parse_int(a, v, 1, 1 << 24, &o->answer_tokens);
+        } else if (strcmp(a, "--cluster") == 0) {
+            o->cluster = v;
         } else if (strcmp(a, "--experts") == 0) {
             if (strcmp(v, "balanced") == 0) {
                 o->p.experts = TOPO_EXPERTS_BALANCED;
@@ -172,8 +259,15 @@ static int parse_opts(int argc, char **argv, plan_opts_t *o)
             return -1;
         }
     }
+    if (o->cluster != NULL && o->p.n_shards != 0) {
+        fprintf(stderr, "tandem plan: --cluster and --shards both name the machines: give one\n");
+        return -1;
+    }
+    if (o->cluster != NULL && cluster_machines(o->cluster, &o->p.n_shards) != 0) {
+        return -1;
+    }
     if (o->model == NULL || o->p.n_shards == 0) {
-        fprintf(stderr, "tandem plan: --model and --shards are required\n\n");
+        fprintf(stderr, "tandem plan: --model and --shards (or --cluster) are required\n\n");
         usage(stderr);
         return -1;
     }
@@ -827,6 +921,97 @@ static json_t *to_json(const plan_opts_t *o, const topo_plan_t *pl, const plan_d
     return root;
 }
 
+/* ---- layout -------------------------------------------------------------------------- */
+
+/* The layout rule's inputs: the machines and their memory, what one whole replica needs
+ * there (the same options planned on one shard), the load, and whether the model and
+ * device can run prefill/decode groups (docs/distributed.md says why not). */
+static void layout_for(const plan_opts_t *o, const topo_plan_t *pl, const gguf_ctx_t *g,
+                       uint64_t node, topo_layout_in_t *in, topo_layout_t *out)
+{
+    topo_plan_params_t p1 = pl->p;
+    p1.n_shards = p1.tp = p1.ep = 1;
+    topo_plan_t *one = NULL;
+    tdm_error_t err = {0};
+    uint64_t replica = UINT64_MAX; /* a plan that cannot be built fits nowhere */
+    if (topo_plan_build(g, &p1, &one, &err) == TDM_OK) {
+        replica = one->shards[0].total;
+    }
+    topo_plan_destroy(one);
+    *in = (topo_layout_in_t){.n_nodes = pl->n_shards,
+                             .node_bytes = node,
+                             .replica_bytes = replica,
+                             .streams = o->streams,
+                             .prompt_tokens = o->prompt_tokens,
+                             .answer_tokens = o->answer_tokens,
+                             .disagg_supported = true};
+    if (pl->n_swa_layers > 0) {
+        in->disagg_supported = false;
+        in->disagg_why_not = "the model has sliding-window layers (their pool does not travel)";
+    } else if (pl->hp.n_recurrent > 0) {
+        in->disagg_supported = false;
+        in->disagg_why_not = "the model has recurrent layers (their states do not travel yet)";
+    } else if (pl->p.device != TOPO_PLAN_CPU) {
+        in->disagg_supported = false;
+        in->disagg_why_not = "GPU shards have no pinned host KV pool yet";
+    }
+    topo_layout_recommend(in, out);
+}
+
+static void print_layout(const topo_layout_in_t *in, const topo_layout_t *l)
+{
+    char b1[32], b2[32];
+    printf("\nlayout for %d stream%s (%d new prompt / %d generated tokens per turn) on %d "
+           "machine%s:\n  %s",
+           in->streams, in->streams == 1 ? "" : "s", in->prompt_tokens,
+           in->answer_tokens > 0 ? in->answer_tokens : 128, in->n_nodes,
+           in->n_nodes == 1 ? "" : "s", topo_layout_name(l->kind));
+    if (l->kind == TOPO_LAYOUT_REPLICAS) {
+        printf(": %d groups of %d shard, --routing prefix", l->groups, l->shards_per_group);
+    } else if (l->kind == TOPO_LAYOUT_SPLIT) {
+        printf(": one group of %d shards", l->shards_per_group);
+    } else if (l->kind == TOPO_LAYOUT_PREFILL_DECODE) {
+        printf(": %d prefill + %d decode groups of %d shard", l->groups / 2, l->groups / 2,
+               l->shards_per_group);
+    }
+    printf(" (one replica needs %s, a machine has %s)\n",
+           in->replica_bytes == UINT64_MAX ? "more than any plan allows"
+                                           : fmt_bytes(in->replica_bytes, b1, sizeof(b1)),
+           fmt_bytes(in->node_bytes, b2, sizeof(b2)));
+    for (int i = 0; i < l->n_notes; i++) {
+        printf("  - %s\n", l->notes[i]);
+    }
+}
+
+static json_t *layout_json(const topo_layout_in_t *in, const topo_layout_t *l)
+{
+    json_t *j = json_object();
+    json_object_set_new(j, "kind", json_string(topo_layout_name(l->kind)));
+    json_object_set_new(j, "groups", json_integer(l->groups));
+    json_object_set_new(j, "shards_per_group", json_integer(l->shards_per_group));
+    json_object_set_new(j, "routing",
+                        l->kind == TOPO_LAYOUT_REPLICAS || l->kind == TOPO_LAYOUT_PREFILL_DECODE
+                            ? json_string("prefix")
+                            : json_null());
+    json_object_set_new(j, "replicas_possible", json_boolean(l->replicas_possible));
+    json_object_set_new(j, "replica_bytes",
+                        in->replica_bytes == UINT64_MAX
+                            ? json_null()
+                            : json_integer((json_int_t)in->replica_bytes));
+    json_object_set_new(j, "machines", json_integer(in->n_nodes));
+    json_object_set_new(j, "streams", json_integer(in->streams));
+    json_object_set_new(j, "prompt_tokens", json_integer(in->prompt_tokens));
+    json_object_set_new(j, "answer_tokens",
+                        json_integer(in->answer_tokens > 0 ? in->answer_tokens : 128));
+    json_object_set_new(j, "prefill_decode_supported", json_boolean(in->disagg_supported));
+    json_t *why = json_array();
+    for (int i = 0; i < l->n_notes; i++) {
+        json_array_append_new(why, json_string(l->notes[i]));
+    }
+    json_object_set_new(j, "why", why);
+    return j;
+}
+
 int cmd_plan(int argc, char **argv)
 {
     plan_opts_t o;
@@ -865,9 +1050,17 @@ int cmd_plan(int argc, char **argv)
         }
     }
     const bool fits = pl->shards[worst].total <= node;
+    topo_layout_in_t lin;
+    topo_layout_t lay;
+    if (o.streams > 0) {
+        layout_for(&o, pl, g, node, &lin, &lay);
+    }
     int rc = 0;
     if (o.json) {
         json_t *root = to_json(&o, pl, &d, fits);
+        if (o.streams > 0) {
+            json_object_set_new(root, "layout", layout_json(&lin, &lay));
+        }
         char *s = json_dumps(root, JSON_INDENT(1));
         if (s != NULL) {
             printf("%s\n", s);
@@ -879,6 +1072,9 @@ int cmd_plan(int argc, char **argv)
         json_decref(root);
     } else {
         print_text(&o, pl, &d);
+        if (o.streams > 0) {
+            print_layout(&lin, &lay);
+        }
     }
     if (!fits && rc == 0) {
         const topo_shard_plan_t *w = &pl->shards[worst];

@@ -804,6 +804,64 @@ def test_shape_gguf_fits_a_spark(shapes):
     assert p["kv_tokens_fit"] > 20 * 32768
 
 
+def test_plan_layout_on_two_sparks(shapes):
+    """`tandem plan --streams`: the engine-group layout (topology/topo_layout.c's rule) for
+    real model sizes on two DGX Sparks. gpt-oss-120b fits one Spark: replicas for a swarm,
+    one TP/EP group for a few streams, and no prefill/decode groups on GPU shards of a
+    sliding-window model (said why). MiniMax-M2.5 Q4_K_M fits two Sparks only: replicas
+    are impossible, whatever the load, and the plan says so with the numbers."""
+    gpt = shapes["gpt-oss-120b", "mxfp4"]
+    one, _ = plan(gpt, "--shards", "1", *SPARK)
+    p, _ = plan(gpt, "--shards", "2", "--streams", "64", *SPARK)
+    lay = p["layout"]
+    assert (lay["kind"], lay["groups"], lay["shards_per_group"]) == ("replicas", 2, 1)
+    assert lay["routing"] == "prefix" and lay["replicas_possible"] is True
+    assert lay["replica_bytes"] == one["shards"][0]["total"] and lay["machines"] == 2
+    p, _ = plan(gpt, "--shards", "2", "--streams", "4", *SPARK)
+    assert (p["layout"]["kind"], p["layout"]["groups"]) == ("split", 1)
+    p, _ = plan(gpt, "--shards", "2", "--streams", "64", "--prompt-tokens", "4000", *SPARK)
+    assert p["layout"]["kind"] == "replicas"
+    assert p["layout"]["prefill_decode_supported"] is False
+    assert any("sliding-window" in w for w in p["layout"]["why"]), p["layout"]
+
+    mm = shapes["minimax-m2.5", "q4_k_m"]
+    p, proc = plan(mm, "--shards", "2", "--streams", "64", *SPARK)
+    assert proc.returncode == 0 and p["fits"]
+    lay = p["layout"]
+    assert (lay["kind"], lay["groups"], lay["shards_per_group"]) == ("split", 1, 2)
+    assert lay["replicas_possible"] is False
+    assert lay["replica_bytes"] > int(119.2 * 2**30)
+    assert any("replicas are impossible" in w for w in lay["why"]), lay
+    text = run_tandem("plan", "--model", mm, "--shards", "2", "--streams", "64", *SPARK).stdout
+    assert "layout for 64 streams" in text and "replicas are impossible" in text
+
+
+def test_plan_layout_cluster_file_and_prompt_heavy(tmp_path):
+    """--cluster counts the machines (distinct hosts; two shards on one host are one
+    machine); a prompt-heavy load on CPU shards of a full-attention model gets prefill +
+    decode groups; without --streams there is no layout; --cluster and --shards exclude
+    each other."""
+    model = MODELS / "llama-a-f32.gguf"
+    cluster = tmp_path / "cluster.json"
+    cluster.write_text(json.dumps({"groups": [
+        {"name": "a", "shards": ["10.0.0.1:7101", "10.0.0.1:7102"]},
+        {"name": "b", "shards": ["10.0.0.2:7101"]}]}))
+    p, _ = plan(model, "--cluster", cluster, "--streams", "32", "--prompt-tokens", "2048",
+                "--answer-tokens", "128")
+    lay = p["layout"]
+    assert p["n_shards"] == 2 and lay["machines"] == 2
+    assert (lay["kind"], lay["groups"]) == ("prefill-decode", 2), lay
+    assert lay["prefill_decode_supported"] is True
+    p, _ = plan(model, "--cluster", cluster, "--streams", "32", "--prompt-tokens", "256")
+    assert p["layout"]["kind"] == "replicas"
+    assert any("would idle" in w for w in p["layout"]["why"]), p["layout"]
+    p, _ = plan(model, "--shards", "2")
+    assert "layout" not in p
+    proc = run_tandem("plan", "--model", model, "--cluster", cluster, "--shards", "2",
+                      check=False)
+    assert proc.returncode == 2 and "--cluster and --shards" in proc.stderr
+
+
 # ---- topo --------------------------------------------------------------------------------
 
 def test_topo_this_machine():
