@@ -427,7 +427,11 @@ static tdm_status_t spec_create(crd_sched_t *s, const crd_request_params_t *rp,
          * runs without speculation unless the request asks for it */
         return TDM_OK;
     }
-    return crd_spec_seq_create(mode, max, s->p.spec.draft, out, err);
+    tdm_status_t st = crd_spec_seq_create(mode, max, s->p.spec.draft, out, err);
+    if (st == TDM_OK && *out != NULL) {
+        crd_spec_seq_start(*out, &s->cost); /* its drafter's record so far */
+    }
+    return st;
 }
 
 tdm_status_t crd_sched_submit(crd_sched_t *s, const crd_request_params_t *rp, uint64_t *req_id,
@@ -998,6 +1002,7 @@ static void verify_drafts(crd_sched_t *s, crd_req_t *r)
     s->stats.spec.decode_tokens += (uint64_t)n_emitted;
     r->spec->n_draft = k;
     crd_spec_seq_observe(r->spec, n_acc);
+    crd_spec_prior_observe(&s->cost, mode, k, n_acc);
     r->step_draft = 0;
     r->n_computed = spec_rollback(s, r, p0, r->n_computed, n_acc == k || done);
     crd_kvm_seq_commit(s->kvm, r->kv, r->tokens, r->n_computed);

@@ -11,6 +11,7 @@
 #define ACCEPT_PRIOR 0.5f  /* a new sequence's acceptance estimate            */
 #define ACCEPT_EMA   0.3f  /* weight of the latest verification               */
 #define ACCEPT_FLOOR 0.02f /* an estimate never reaches 0: it can come back   */
+#define PRIOR_EMA    0.05f /* a drafter's running acceptance: over many sequences */
 
 const char *crd_spec_mode_name(crd_spec_mode_t m)
 {
@@ -192,15 +193,19 @@ tdm_status_t crd_spec_fill(crd_spec_seq_t *const *q, const int32_t *const *token
     return st;
 }
 
+/* Each draft up to the first rejection was a trial; a run accepted whole had no failure. */
+static float trial_rate(int32_t drafted, int32_t accepted)
+{
+    const int32_t trials = accepted + (accepted < drafted ? 1 : 0);
+    return (float)accepted / (float)trials;
+}
+
 void crd_spec_seq_observe(crd_spec_seq_t *q, int32_t accepted)
 {
     if (q->n_draft <= 0) {
         return;
     }
-    /* each draft up to the first rejection was a trial; a run accepted whole had no
-     * failure */
-    const int32_t trials = accepted + (accepted < q->n_draft ? 1 : 0);
-    const float rate = (float)accepted / (float)trials;
+    const float rate = trial_rate(q->n_draft, accepted);
     q->n_obs++;
     q->accept += ACCEPT_EMA * (rate - q->accept);
     if (q->accept < ACCEPT_FLOOR) {
@@ -246,6 +251,26 @@ void crd_spec_cost_observe(crd_spec_cost_t *c, int32_t n, double seconds)
     c->scale = scale + 0.1 * (r - scale);
 }
 
+void crd_spec_prior_observe(crd_spec_cost_t *c, crd_spec_mode_t mode, int32_t drafted,
+                            int32_t accepted)
+{
+    if (drafted <= 0 || (unsigned)mode >= (unsigned)CRD_SPEC_N_MODES) {
+        return;
+    }
+    float *a = &c->accept[mode];
+    const float prev = *a > 0.0f ? *a : ACCEPT_PRIOR;
+    *a = prev + PRIOR_EMA * (trial_rate(drafted, accepted) - prev);
+    *a = *a < ACCEPT_FLOOR ? ACCEPT_FLOOR : *a;
+}
+
+void crd_spec_seq_start(crd_spec_seq_t *q, const crd_spec_cost_t *c)
+{
+    const crd_spec_mode_t m = q->ops->mode;
+    if ((unsigned)m < (unsigned)CRD_SPEC_N_MODES && c->accept[m] > 0.0f) {
+        q->accept = c->accept[m];
+    }
+}
+
 /* ---- planning ---- */
 
 int32_t crd_spec_plan(const crd_spec_cost_t *c, crd_spec_seq_t *const *q, int32_t n_seqs,
@@ -271,6 +296,10 @@ int32_t crd_spec_plan(const crd_spec_cost_t *c, crd_spec_seq_t *const *q, int32_
     int32_t n = n_base;
     int32_t k_model = 0; /* the longest run of drafts a draft model must make */
     double t_n = crd_spec_cost_time(c, n);
+    /* the decoding rows' time (their share of the step, then the drafts' extra time): the
+     * rate a draft must beat is what those rows yield per second without it; prompt
+     * tokens in the step would dilute it (spec.h) */
+    double t_dec = crd_spec_cost_time(c, n_decode);
     while (total < room) {
         /* the best next draft: the largest a_i^(k_i + 1) */
         int32_t best = -1;
@@ -296,14 +325,16 @@ int32_t crd_spec_plan(const crd_spec_cost_t *c, crd_spec_seq_t *const *q, int32_
         }
         /* a draft model's steps are part of the step's time */
         const double t_next = crd_spec_cost_time(c, n + 1) + c->draft_step * (double)k_next;
-        if ((tokens + best_gain) * t_n <= tokens * t_next) {
-            break; /* one more token would lower the step's expected tokens per second */
+        const double dt = t_next - t_n;
+        if ((tokens + best_gain) * t_dec <= tokens * (t_dec + dt)) {
+            break; /* one more token would lower the decoding rows' tokens per second */
         }
         q[best]->n_draft++;
         k_model = k_next;
         tokens += best_gain;
         n++;
         t_n = t_next;
+        t_dec += dt;
         total++;
     }
     return total;

@@ -20,11 +20,19 @@
  * (one per decoding sequence). A sequence whose drafts are accepted with probability a
  * each gains a^j expected tokens from its j-th draft. Drafts are added in order of gain
  * while (T + G + g) / t(n + 1) > (T + G) / t(n), i.e. while one more draft raises the
- * expected tokens per second of the step. While a sequence has had few verifications its
- * estimate is taken optimistically (a + 0.4 / sqrt(1 + verifications), an upper
- * confidence bound), so a new sequence tries a few drafts and then follows what it finds. A single
- * stream on a bandwidth-bound machine drafts freely (t grows slowly); a full batch, whose steps are
- * already compute-bound, drafts little or nothing.
+ * expected tokens per second of the step. The rate a draft must beat is that of the
+ * step's decoding rows alone (T / t(T), then growing with the drafts kept), not T over the
+ * whole step: prompt chunks in the same step make t(n) large and the next token's share of
+ * it small, which made drafts look nearly free in exactly the steps where every decoding
+ * stream waits for them. While a sequence has had few verifications its estimate is taken
+ * optimistically (a + 0.4 / sqrt(1 + verifications), an upper confidence bound), so a new
+ * sequence tries a few drafts and then follows what it finds; its `a` starts at its drafter's
+ * running acceptance over every sequence so far (crd_spec_prior_observe), not at a fixed
+ * guess, so once prose has shown that prompt lookup fails, a new prose stream does not
+ * pay for rediscovering it. A single stream on a bandwidth-bound machine drafts freely (t
+ * grows slowly); a full batch, whose steps are already compute-bound, drafts little or
+ * nothing (on a 2-core CPU, t(17) / t(16) ~ 1.07: even a draft accepted 95% of the time
+ * brings 0.95 / 16 ~ 6% more tokens, so none is planned).
  */
 #ifndef CRD_SPEC_H
 #define CRD_SPEC_H
@@ -144,6 +152,9 @@ typedef struct crd_spec_cost {
     /* Seconds of one draft-model step (0: none measured, or no drafter that runs a model):
      * a step whose longest run of model-made drafts is k also costs k of them. */
     double draft_step;
+    /* Per drafter (index: crd_spec_mode_t): the running acceptance of its verifications
+     * over every sequence (an EMA; 0: none yet), a new sequence's starting estimate. */
+    float accept[CRD_SPEC_N_MODES];
 } crd_spec_cost_t;
 
 /* Predicted time of a step of n tokens (linear between measured points, extrapolated
@@ -151,6 +162,12 @@ typedef struct crd_spec_cost {
 double crd_spec_cost_time(const crd_spec_cost_t *c, int32_t n);
 /* Folds a measured step of n tokens into the online correction. */
 void crd_spec_cost_observe(crd_spec_cost_t *c, int32_t n, double seconds);
+/* After verification of `drafted` tokens by `mode`'s drafter, `accepted` of them taken:
+ * updates that drafter's running acceptance (c->accept). */
+void crd_spec_prior_observe(crd_spec_cost_t *c, crd_spec_mode_t mode, int32_t drafted,
+                            int32_t accepted);
+/* A new sequence's estimate: its drafter's running acceptance (while it has one). */
+void crd_spec_seq_start(crd_spec_seq_t *q, const crd_spec_cost_t *c);
 
 /*
  * Chooses the draft length of each sequence (q[i]->n_draft <= q[i]->n_proposed) for a step

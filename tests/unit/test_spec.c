@@ -287,6 +287,75 @@ static void test_plan_counts_draft_model_steps(void **state)
     crd_spec_seq_destroy(g);
 }
 
+/* The cost model of the 2-core CPU the benchmarks ran on (docs/benchmarks.md: 15.7 ms for
+ * one token, 91 for 16, 197 for 32, compute-bound: ~6.3 ms per token beyond). */
+static crd_spec_cost_t cpu_cost(void)
+{
+    static const double ms[] = {15.7, 23.0, 33.0, 52.0, 91.0, 197.0, 400.0, 800.0, 1600.0};
+    crd_spec_cost_t c = {.n_points = 9, .scale = 1.0};
+    for (int i = 0; i < 9; i++) {
+        c.t[i] = ms[i] * 1e-3;
+    }
+    return c;
+}
+
+/* Never a loss under load: what a draft must beat is the decoding rows' own rate, and a
+ * sequence with no history starts from its drafter's record, not from a fixed guess. */
+static void test_plan_sound_under_load(void **state)
+{
+    (void)state;
+    crd_spec_cost_t c = cpu_cost();
+    crd_spec_seq_t *q[32];
+    for (int i = 0; i < 32; i++) {
+        q[i] = seq_with(0.5f, 6);
+        q[i]->n_obs = 0; /* new sequences: optimistic estimates (0.5 + 0.4) */
+    }
+    /* 16 decoding streams and a 256-token prompt chunk in the same step: t(273) / t(272)
+     * is ~1.004, but each draft still costs the 16 streams ~6 ms of a 91 ms decode step
+     * (7%) for 0.9 / 16 (5.6%) more tokens: none pays */
+    assert_int_equal(crd_spec_plan(&c, q, 16, 16 + 256, 16, 1000, false), 0);
+    /* 32 streams: not even drafts accepted 95% of the time */
+    for (int i = 0; i < 32; i++) {
+        q[i]->accept = 0.95f;
+        q[i]->n_obs = 10000;
+    }
+    assert_int_equal(crd_spec_plan(&c, q, 32, 32, 32, 1000, false), 0);
+    assert_int_equal(crd_spec_plan(&c, q, 32, 32 + 512, 32, 1000, false), 0);
+    /* the same prompt chunk next to one decoding stream leaves its drafts paying */
+    assert_true(crd_spec_plan(&c, q, 1, 1 + 256, 1, 1000, false) > 0);
+
+    /* a drafter whose drafts have been rejected (prose) */
+    for (int i = 0; i < 200; i++) {
+        crd_spec_prior_observe(&c, CRD_SPEC_NGRAM, 4, i % 10 == 0 ? 1 : 0);
+    }
+    assert_true(c.accept[CRD_SPEC_NGRAM] < 0.15f);
+    assert_true(c.accept[CRD_SPEC_DRAFT] == 0.0f); /* other drafters keep their own */
+    for (int i = 0; i < 4; i++) {
+        q[i]->n_obs = 0;
+        crd_spec_seq_start(q[i], &c);
+        assert_true(q[i]->accept < 0.15f);
+    }
+    /* 4 new streams: ~0.05 + 0.4 for a draft that costs 14% of the step: no draft (a fixed
+     * 0.5 prior, 0.9 with the bonus, drafted one per stream here) */
+    assert_int_equal(crd_spec_plan(&c, q, 4, 4, 4, 1000, false), 0);
+    /* one new stream, where a draft costs less, still explores once its estimate has
+     * crept up to 0.1 (crd_spec_seq_propose's second chance): 0.5 > 1 - 15.7 / 23 */
+    q[0]->accept = 0.1f;
+    assert_int_equal(crd_spec_plan(&c, q, 1, 1, 1, 1000, false), 1);
+    /* a drafter that has been right: new streams draft from their first step */
+    for (int i = 0; i < 200; i++) {
+        crd_spec_prior_observe(&c, CRD_SPEC_NGRAM, 4, 4);
+    }
+    assert_true(c.accept[CRD_SPEC_NGRAM] > 0.9f);
+    for (int i = 0; i < 4; i++) {
+        crd_spec_seq_start(q[i], &c);
+    }
+    assert_true(crd_spec_plan(&c, q, 4, 4, 4, 1000, false) >= 4);
+    for (int i = 0; i < 32; i++) {
+        crd_spec_seq_destroy(q[i]);
+    }
+}
+
 static void test_trim_returns_rejected_blocks(void **state)
 {
     (void)state;
@@ -337,6 +406,7 @@ int main(void)
         cmocka_unit_test(test_ngram_matches_brute_force),
         cmocka_unit_test(test_plan_follows_the_cost_model),
         cmocka_unit_test(test_plan_counts_draft_model_steps),
+        cmocka_unit_test(test_plan_sound_under_load),
         cmocka_unit_test(test_trim_returns_rejected_blocks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
