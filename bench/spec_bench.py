@@ -15,6 +15,13 @@ servers see the same text):
               file's first three lines, as an editing model's answer does (SmolLM2-135M,
               asked in a plain chat turn, does not reproduce the file: it explains it or
               invents code, which no drafter can predict);
+  tool-trace  a coding agent several tool calls into a task (Qwen3-Coder's tool-call format,
+              which carries arguments as raw text): it has read a ~100-150-line source file
+              (four files, one per stream variant), grepped for a name, run the tests and
+              read their output; its next turn is the write_file call that gives the file
+              back with the change, begun with its path and the file's first three lines.
+              The history's tool results echo the file and the arguments, as agent
+              traffic does;
   prose       short creative and explanatory prompts, little to copy.
 At each concurrency C, C streams each send --requests-per-stream requests, streamed. Each
 prompt was sent once before (one token), so prompts come from the prefix cache where the
@@ -35,13 +42,20 @@ llama.cpp: llama-server -np max(--llama-concurrency) started twice, with --spec-
 closest to Tandem's lookup), same requests; acceptance from the response timings when the
 server reports them (draft_n, draft_n_accepted).
 
+The 1B MoE bench model (--model build-bench/models/bench-qwen3moe-1b-q4_k-text.gguf) is made
+from models/bench-qwen3moe-1b-q4_k.gguf by tools/mute_tokens.py when missing (any
+--model NAME-text.gguf is made from models/NAME.gguf so).
+
 Prints a markdown table (ratio = on / off, measured in the same run) and writes JSON to
---out (default /tmp/spec_bench.json).
+--out (default /tmp/spec_bench.json). --merge A.json B.json ... prints one table of several
+runs (split so each timed run stays short) and --plot draws on/off against streams.
 """
 import argparse
 import concurrent.futures as cf
 import json
 import pathlib
+import statistics
+import subprocess
 import sys
 import time
 import urllib.request
@@ -68,7 +82,59 @@ def chatml(user, assistant_start=""):
     return (f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n{assistant_start}")
 
 
+TRACE_FILES = ["coordinator/ngram.c", "coordinator/step_time.c", "coordinator/spec_cost.c",
+               "common/cpu_features.c"]
+TRACE_SYSTEM = """You are a coding agent working in a C repository. Call one tool per turn.
+Tools:
+- read_file(path): the file's text
+- grep(pattern, path): matching lines as path:line:text
+- run(command): the command's output
+- write_file(path, content): replaces the file
+A call is written as
+<tool_call>
+<function=NAME>
+<parameter=ARG>
+VALUE
+</parameter>
+</function>
+</tool_call>"""
+
+
+def tool_call(name, **args):
+    params = "".join(f"<parameter={k}>\n{v}\n</parameter>\n" for k, v in args.items())
+    return f"<tool_call>\n<function={name}>\n{params}</function>\n</tool_call>"
+
+
+def turn(role, text):
+    return f"<|im_start|>{role}\n{text}<|im_end|>\n"
+
+
+def tool_trace(path):
+    """A multi-turn agent trace whose last turn writes `path` back (see the docstring)."""
+    src = (ROOT / path).read_text()
+    lines = src.splitlines(True)
+    first = next((ln for ln in lines if "(" in ln and not ln.startswith((" ", "/", "#", "*"))),
+                 lines[0])
+    name = first.split("(")[0].split()[-1].lstrip("*")
+    hits = "".join(f"{path}:{i + 1}:{ln}" for i, ln in enumerate(lines) if name in ln)
+    task = (f"In {path}, rename the function {name} to {name}_v2 and update its callers. "
+            f"Then run the unit tests.")
+    return (turn("system", TRACE_SYSTEM) + turn("user", task) +
+            turn("assistant", "I will read the file first.\n" + tool_call("read_file", path=path)) +
+            turn("user", f"<tool_response>\n{src}</tool_response>") +
+            turn("assistant", tool_call("grep", pattern=name, path=path.split("/")[0] + "/")) +
+            turn("user", f"<tool_response>\n{hits}</tool_response>") +
+            turn("assistant", tool_call("run", command="ctest --test-dir build -R test_spec")) +
+            turn("user", "<tool_response>\n100% tests passed, 0 tests failed out of 1\n"
+                 "</tool_response>") +
+            f"<|im_start|>assistant\nNow I write the file with {name} renamed.\n"
+            f"<tool_call>\n<function=write_file>\n<parameter=path>\n{path}\n</parameter>\n"
+            f"<parameter=content>\n" + "".join(lines[:3]))
+
+
 def workload(name):
+    if name == "tool-trace":
+        return [tool_trace(f) for f in TRACE_FILES]
     if name == "agent-edit":
         # the agent's answer has begun with the file's first lines (as an editing model's
         # answer does): the rest repeats the file with the change
@@ -157,6 +223,18 @@ def warm(base, prompts, extra):
         stream_one(base, p, 1, extra)
 
 
+def warm_spec(base, prompts):
+    """The first step with drafts to plan measures the cost model (seconds; more on a large
+    model): done here, not inside a timed run. Drafted tokens show it happened."""
+    loop = chatml("Count with me.", "1 2 3 4 5 6 7 8 1 2 3 4 5 6 7 8 1 2 3 4 5 6 7 8 1 2 3")
+    for p in [loop, *prompts] * 2:
+        if metrics(base).get("drafted", 0) > 0:
+            return
+        stream_one(base, p, 48, {"speculative": {"mode": "ngram"}})
+    print("warning: no draft in the warm-up: the cost model is measured in a timed run",
+          file=sys.stderr)
+
+
 def tandem_pass(args, work, label, extra_flags, modes):
     rows = []
     cmd = [str(args.tandem_bin), "serve", "--model", str(args.model), "--port",
@@ -168,6 +246,8 @@ def tandem_pass(args, work, label, extra_flags, modes):
         for wl in work:
             prompts = workload(wl)
             warm(base, prompts, {})
+            if "ngram" in modes:
+                warm_spec(base, prompts)
             for c in args.concurrency:
                 runs = {m: [] for m in modes}
                 for r in range(args.repeat):
@@ -185,9 +265,10 @@ def tandem_pass(args, work, label, extra_flags, modes):
                                           **runs[mode][-1]}), file=sys.stderr, flush=True)
                 for mode in modes:
                     rs = runs[mode]
-                    med = sorted(x["tok_s"] for x in rs)[len(rs) // 2]
+                    med = statistics.median(x["tok_s"] for x in rs)
                     steps = sum(x.get("steps", 0) for x in rs)
-                    rows.append({"server": label, "workload": wl, "conc": c, "mode": mode,
+                    rows.append({"model": args.model.stem, "server": label, "workload": wl,
+                                 "conc": c, "mode": mode,
                                  "tok_s": med, "all_tok_s": [x["tok_s"] for x in rs],
                                  "drafted": sum(x.get("drafted", 0) for x in rs),
                                  "accepted": sum(x.get("accepted", 0) for x in rs),
@@ -216,29 +297,94 @@ def llama_pass(args, work, spec):
             for c in args.llama_concurrency:
                 toks, dt, dn, da = run_batch(base, prompts, c, args.requests_per_stream,
                                              args.max_tokens, {})
-                rows.append({"server": "llama-server", "workload": wl, "conc": c, "mode": spec,
+                rows.append({"model": args.model.stem, "server": "llama-server",
+                             "workload": wl, "conc": c, "mode": spec,
                              "tokens": toks, "seconds": dt, "tok_s": toks / dt,
                              "drafted": dn, "accepted": da, "tokens_per_step": None})
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     return rows
 
 
-def table(rows):
-    out = ["| server | workload | streams | off tok/s | on tok/s | on/off | drafted | "
-           "accepted | tokens/step (on) |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+def runs_text(r):
+    """The median, and every run when there were several."""
+    xs = r.get("all_tok_s") or [r["tok_s"]]
+    if len(xs) == 1:
+        return f"{r['tok_s']:.1f}"
+    return f"{r['tok_s']:.1f} ({', '.join(f'{x:.1f}' for x in xs)})"
+
+
+def pairs(rows):
+    """{(model, server, workload, streams): {mode: row}} in the order of the rows."""
     keyed = {}
     for r in rows:
-        keyed.setdefault((r["server"], r["workload"], r["conc"]), {})[r["mode"]] = r
-    for (srv, wl, c), m in keyed.items():
+        key = (r.get("model", "-"), r["server"], r["workload"], r["conc"])
+        keyed.setdefault(key, {})[r["mode"]] = r
+    return keyed
+
+
+def table(rows):
+    out = ["| model | server | workload | streams | off tok/s | on tok/s | on/off | drafted | "
+           "accepted | tokens/step (on) |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for (model, srv, wl, c), m in pairs(rows).items():
         off = m.get("off")
         for mode in [k for k in m if k != "off"]:
             on = m[mode]
             acc = f"{on['accepted'] / on['drafted']:.0%}" if on["drafted"] else "-"
             tps = f"{on['tokens_per_step']:.2f}" if on.get("tokens_per_step") else "-"
             name = srv if mode in ("ngram", "on") else f"{srv} [{mode}]"
-            out.append(f"| {name} | {wl} | {c} | {off['tok_s']:.1f} | {on['tok_s']:.1f} | "
+            if off is None:
+                out.append(f"| {model} | {name} | {wl} | {c} | - | {runs_text(on)} | - | "
+                           f"{on['drafted']:.0f} | {acc} | {tps} |")
+                continue
+            out.append(f"| {model} | {name} | {wl} | {c} | {runs_text(off)} | {runs_text(on)} | "
                        f"{on['tok_s'] / off['tok_s']:.2f}x | {on['drafted']:.0f} | {acc} | {tps} |")
     return "\n".join(out)
+
+
+def plot(rows, path):
+    """on/off against streams, one line per model, server and workload."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    lines = {}
+    for (model, srv, wl, c), m in pairs(rows).items():
+        if "off" in m and m["off"]["tok_s"] > 0:
+            for mode in [k for k in m if k != "off"]:
+                key = (model, srv, wl)
+                lines.setdefault(key, []).append((c, m[mode]["tok_s"] / m["off"]["tok_s"]))
+    models = sorted({k[0] for k in lines})
+    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.2), squeeze=False)
+    styles = {"agent-edit": "o-", "tool-trace": "s-", "prose": "^-"}
+    for ax, model in zip(axes[0], models):
+        for (mdl, srv, wl), pts in sorted(lines.items()):
+            if mdl != model:
+                continue
+            pts.sort()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], styles.get(wl, "x-"),
+                    color="C0" if srv == "tandem" else "C1", label=f"{srv}, {wl}",
+                    alpha=1.0 if srv == "tandem" else 0.6)
+        ax.axhline(1.0, color="grey", lw=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks([1, 4, 16, 32])
+        ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.set_xlabel("concurrent streams")
+        ax.set_ylabel("decode tok/s, n-gram speculation / off")
+        ax.set_title(model, fontsize=10)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def ensure_model(path):
+    """NAME-text.gguf: made from models/NAME.gguf with its control and padding rows muted
+    (tools/mute_tokens.py), so a random-weight bench model writes ordinary text."""
+    if path.exists() or not path.name.endswith("-text.gguf"):
+        return
+    src = ROOT / "models" / path.name.replace("-text.gguf", ".gguf")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    print(f"making {path} from {src}", file=sys.stderr)
+    subprocess.run([sys.executable, str(ROOT / "tools" / "mute_tokens.py"), str(src), str(path)],
+                   check=True)
 
 
 def main():
@@ -247,11 +393,11 @@ def main():
                     default=ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf")
     ap.add_argument("--tandem-bin", type=pathlib.Path, default=ROOT / "build" / "api" / "tandem")
     ap.add_argument("--llama-server-bin", type=pathlib.Path)
-    ap.add_argument("--concurrency", default="1,4,16")
+    ap.add_argument("--concurrency", default="1,4,16,32")
     ap.add_argument("--llama-concurrency", default="1,4",
                     help="llama-server runs -np max(these) slots; each slot computes a "
                          "~2.5k-token prompt once, minutes each on a 2-core machine")
-    ap.add_argument("--workloads", default="agent-edit,prose")
+    ap.add_argument("--workloads", default="agent-edit,tool-trace,prose")
     ap.add_argument("--max-tokens", type=int, default=192)
     ap.add_argument("--requests-per-stream", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
@@ -266,8 +412,21 @@ def main():
                                     "off,ngram,draft with --draft-model)")
     ap.add_argument("--always", action="store_true",
                     help="also run ngram with --spec-always (no cost model)")
+    ap.add_argument("--skip-llama-off", action="store_true",
+                    help="run llama-server with speculation only (its off rows from an earlier "
+                         "--out merged with --merge)")
     ap.add_argument("--out", type=pathlib.Path, default=pathlib.Path("/tmp/spec_bench.json"))
+    ap.add_argument("--merge", type=pathlib.Path, nargs="+",
+                    help="print one table of these --out files (and --plot) instead of running")
+    ap.add_argument("--plot", type=pathlib.Path, help="with --merge: on/off against streams")
     args = ap.parse_args()
+    if args.merge:
+        rows = [r for f in args.merge for r in json.loads(f.read_text())]
+        print(table(rows))
+        if args.plot:
+            plot(rows, args.plot)
+        return
+    ensure_model(args.model)
     args.concurrency = [int(x) for x in args.concurrency.split(",")]
     args.llama_concurrency = [int(x) for x in args.llama_concurrency.split(",")]
     work = args.workloads.split(",")
@@ -292,7 +451,7 @@ def main():
                 r["mode"] = "ngram"
         rows += al
     if args.llama_server_bin:
-        off = llama_pass(args, work, "off")
+        off = [] if args.skip_llama_off else llama_pass(args, work, "off")
         on = llama_pass(args, work, "on")
         rows += off + on
     args.out.write_text(json.dumps(rows, indent=1))
