@@ -6,6 +6,7 @@
 #include "common/log.h"
 #include "coordinator/draft_model.h"
 #include "coordinator/kv_manager.h"
+#include "coordinator/mtp.h"
 #include "coordinator/spec_cost.h"
 #include "coordinator/step_time.h"
 
@@ -50,6 +51,7 @@ struct crd_req {
     int32_t step_chunk;
     int32_t step_logit_row; /* -1: no logits this step */
     int32_t step_draft;     /* drafted tokens after the first one this step */
+    int32_t step_tok0;      /* its first token's index in the step          */
     /* recurrent layers: the spare state slot this step's drafts run in (-1: none); the
      * sequence's own slot keeps the state from before them (spec_rollback) */
     int32_t step_spare;
@@ -86,6 +88,8 @@ struct crd_sched {
     crd_spec_seq_t **plan_q;  /* [max_running] */
     const int32_t **fill_tok; /* [max_running]: crd_spec_fill's arguments */
     int32_t *fill_n;
+    /* the MTP drafter (spec.mtp): every token's hidden state of a step [token_budget x n_embd] */
+    float *hidden;
     /* the step-time budget (step_time.h) */
     crd_step_time_t step_time;
     double prefill_s; /* seconds left for prompt chunks this step (INFINITY: no limit) */
@@ -240,9 +244,13 @@ tdm_status_t crd_sched_create(const xp_executor_t *ex, const crd_sched_params_t 
     s->plan_q = malloc(nr * sizeof(crd_spec_seq_t *));
     s->fill_tok = malloc(nr * sizeof(int32_t *));
     s->fill_n = malloc(nr * sizeof(int32_t));
-    if (s->plan_q == NULL || s->fill_tok == NULL || s->fill_n == NULL || s->tok == NULL ||
-        s->pos == NULL || s->seq == NULL || s->want == NULL || s->seqs == NULL ||
-        s->step_reqs == NULL || s->logits == NULL || s->lp == NULL || s->kv_sends == NULL) {
+    if (p->spec.mtp != NULL) {
+        s->hidden = malloc(nt * (size_t)(ex->n_embd > 0 ? ex->n_embd : 1) * sizeof(float));
+    }
+    if ((p->spec.mtp != NULL && s->hidden == NULL) || s->plan_q == NULL || s->fill_tok == NULL ||
+        s->fill_n == NULL || s->tok == NULL || s->pos == NULL || s->seq == NULL ||
+        s->want == NULL || s->seqs == NULL || s->step_reqs == NULL || s->logits == NULL ||
+        s->lp == NULL || s->kv_sends == NULL) {
         crd_sched_destroy(s);
         return tdm_error_set(err, TDM_ERR_NO_MEMORY, "scheduler: out of memory for buffers");
     }
@@ -351,6 +359,7 @@ void crd_sched_destroy(crd_sched_t *s)
     free(s->plan_q);
     free(s->fill_tok);
     free(s->fill_n);
+    free(s->hidden);
     free(s);
 }
 
@@ -389,6 +398,11 @@ tdm_status_t crd_sched_check_request(const crd_sched_t *s, const crd_request_par
         return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
                              "speculative mode 'draft' needs a draft model (serve --draft-model)");
     }
+    if (rp->spec.mode == CRD_SPEC_MTP && s->p.spec.mtp == NULL) {
+        return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
+                             "speculative mode 'mtp' needs a model with an MTP block served with "
+                             "--spec mtp");
+    }
     return crd_sampling_params_validate(&rp->sampling, err);
 }
 
@@ -417,7 +431,7 @@ static tdm_status_t spec_create(crd_sched_t *s, const crd_request_params_t *rp,
     if (rp->spec.max_draft > 0) {
         max = rp->spec.max_draft;
     }
-    if (mode != CRD_SPEC_NGRAM && mode != CRD_SPEC_DRAFT) {
+    if (mode != CRD_SPEC_NGRAM && mode != CRD_SPEC_DRAFT && mode != CRD_SPEC_MTP) {
         return TDM_OK;
     }
     if (rp->spec.mode == CRD_SPEC_DEFAULT && rp->sampling.has_seed &&
@@ -427,7 +441,9 @@ static tdm_status_t spec_create(crd_sched_t *s, const crd_request_params_t *rp,
          * runs without speculation unless the request asks for it */
         return TDM_OK;
     }
-    tdm_status_t st = crd_spec_seq_create(mode, max, s->p.spec.draft, out, err);
+    tdm_status_t st = mode == CRD_SPEC_MTP
+                          ? crd_mtp_spec_seq_create(s->p.spec.mtp, max, out, err)
+                          : crd_spec_seq_create(mode, max, s->p.spec.draft, out, err);
     if (st == TDM_OK && *out != NULL) {
         crd_spec_seq_start(*out, &s->cost); /* its drafter's record so far */
     }
@@ -682,6 +698,7 @@ static void add_to_step(crd_sched_t *s, crd_req_t *r, int32_t chunk, int32_t *n_
     }
     r->step_chunk = chunk;
     r->step_logit_row = -1;
+    r->step_tok0 = *n_tok;
     if (r->kv_dst != NULL) {
         /* disaggregated prefill: the blocks this chunk touches (and any the other group
          * lacks that were cached here), each shard putting its heads after the step */
@@ -813,21 +830,58 @@ static bool emit_token(crd_sched_t *s, crd_req_t *r, float *row, int32_t draft, 
  */
 static void fill_drafts(crd_sched_t *s)
 {
-    int32_t n = 0;
-    for (crd_req_t *r = s->running.head; r != NULL; r = r->next) {
-        if (r->spec != NULL && r->spec->ops->fill != NULL && r->spec->n_draft > 0 &&
-            r->n_tokens - r->n_computed == 1 && r->n_generated > 0) {
+    /* one call per drafter that runs a model: each computes all its sequences together */
+    for (int mode = CRD_SPEC_DRAFT; mode <= CRD_SPEC_MTP; mode++) {
+        int32_t n = 0;
+        for (crd_req_t *r = s->running.head; r != NULL; r = r->next) {
+            if (r->spec == NULL || r->spec->ops->fill == NULL || (int)r->spec->ops->mode != mode ||
+                r->spec->n_draft <= 0 || r->n_tokens - r->n_computed != 1 || r->n_generated == 0) {
+                continue;
+            }
+            if (mode == CRD_SPEC_MTP) {
+                /* the MTP block writes its drafts' K/V at positions the verification step
+                 * covers: their blocks now, or no drafts (never a preemption for them) */
+                if (crd_kvm_seq_reserve(s->kvm, r->kv, r->n_computed + 1 + r->spec->n_draft) !=
+                    TDM_OK) {
+                    r->spec->n_draft = 0;
+                    continue;
+                }
+                int32_t nb = 0;
+                const int32_t *blocks = crd_kvm_seq_blocks(r->kv, &nb);
+                crd_mtp_seq_set_blocks(r->spec->impl, blocks, nb);
+            }
             s->plan_q[n] = r->spec;
             s->fill_tok[n] = r->tokens;
             s->fill_n[n] = r->n_tokens;
             n++;
         }
+        tdm_error_t ferr = {0};
+        if (crd_spec_fill(s->plan_q, s->fill_tok, s->fill_n, n, &ferr) != TDM_OK) {
+            TDM_WARN("sched", "drafting (%s) failed, this step runs without those drafts: %s",
+                     crd_spec_mode_name((crd_spec_mode_t)mode), tdm_error_msg(&ferr));
+        }
     }
-    tdm_error_t ferr = {0};
-    if (crd_spec_fill(s->plan_q, s->fill_tok, s->fill_n, n, &ferr) != TDM_OK) {
-        TDM_WARN("sched", "drafting failed, this step runs without drafts: %s",
-                 tdm_error_msg(&ferr));
+}
+
+/* The MTP drafter of r (NULL: none). */
+static crd_mtp_seq_t *mtp_of(const crd_req_t *r)
+{
+    return r->spec != NULL && r->spec->ops->mode == CRD_SPEC_MTP ? r->spec->impl : NULL;
+}
+
+/* After a step: hands r's hidden rows of positions [pos0, pos0 + n) (valid ones only) to its
+ * MTP drafter. */
+static void mtp_hidden(crd_sched_t *s, crd_req_t *r, int32_t pos0, int32_t n)
+{
+    crd_mtp_seq_t *q = mtp_of(r);
+    if (q == NULL || s->hidden == NULL) {
+        return;
     }
+    int32_t nb = 0;
+    const int32_t *blocks = crd_kvm_seq_blocks(r->kv, &nb);
+    crd_mtp_seq_set_blocks(q, blocks, nb);
+    crd_mtp_seq_hidden(q, r->tokens, r->n_tokens, pos0, n,
+                       s->hidden + (size_t)r->step_tok0 * (size_t)s->ex.n_embd);
 }
 
 /* The prompt tokens a request needing `need` more at position pos will run this step under
@@ -917,6 +971,9 @@ static tdm_status_t plan_drafts(crd_sched_t *s, tdm_error_t *err)
     }
     s->cost.draft_step =
         s->p.spec.draft != NULL ? crd_draft_model_step_seconds(s->p.spec.draft) : 0.0;
+    if (s->p.spec.mtp != NULL && crd_mtp_step_seconds(s->p.spec.mtp) > s->cost.draft_step) {
+        s->cost.draft_step = crd_mtp_step_seconds(s->p.spec.mtp); /* one MTP step per draft */
+    }
     int32_t planned = crd_spec_plan(&s->cost, s->plan_q, n_q, n_base, n_decode, room, always);
     TDM_DEBUG("sched", "spec plan: %d proposals, base %d, decode %d, room %d -> %d drafts",
               (int)n_q, (int)n_base, (int)n_decode, (int)room, (int)planned);
@@ -1005,6 +1062,9 @@ static void verify_drafts(crd_sched_t *s, crd_req_t *r)
     crd_spec_prior_observe(&s->cost, mode, k, n_acc);
     r->step_draft = 0;
     r->n_computed = spec_rollback(s, r, p0, r->n_computed, n_acc == k || done);
+    if (!done) {
+        mtp_hidden(s, r, p0, r->n_computed - p0); /* the accepted positions' states */
+    }
     crd_kvm_seq_commit(s->kvm, r->kv, r->tokens, r->n_computed);
     if (done) {
         finish_req(s, &s->running, r, why, NULL, false);
@@ -1224,6 +1284,7 @@ tdm_status_t crd_sched_step(crd_sched_t *s, tdm_error_t *err)
         .seqs = s->seqs,
         .n_kv_sends = s->n_kv_sends,
         .kv_sends = s->kv_sends,
+        .hidden = s->hidden,
     };
     s->stats.steps++;
     tdm_error_t xerr = {0};
@@ -1263,6 +1324,7 @@ tdm_status_t crd_sched_step(crd_sched_t *s, tdm_error_t *err)
         }
         r->n_computed += r->step_chunk;
         crd_kvm_seq_commit(s->kvm, r->kv, r->tokens, r->n_computed);
+        mtp_hidden(s, r, r->n_computed - r->step_chunk, r->step_chunk);
         if (r->kv_dst != NULL) {
             const int32_t whole = r->n_computed / s->ex.block_tokens;
             r->kv_sent = whole > r->kv_sent ? whole : r->kv_sent; /* the partial one again */

@@ -22,6 +22,8 @@ const char *crd_spec_mode_name(crd_spec_mode_t m)
         return "ngram";
     case CRD_SPEC_DRAFT:
         return "draft";
+    case CRD_SPEC_MTP:
+        return "mtp";
     default:
         return "default";
     }
@@ -36,13 +38,11 @@ tdm_status_t crd_spec_mode_parse(const char *s, crd_spec_mode_t *out, tdm_error_
     } else if (strcmp(s, "draft") == 0) {
         *out = CRD_SPEC_DRAFT;
     } else if (strcmp(s, "mtp") == 0) {
-        return tdm_error_set(err, TDM_ERR_UNSUPPORTED,
-                             "speculative mode '%s' is not available yet (use 'ngram', 'draft' "
-                             "or 'off')",
-                             s);
+        *out = CRD_SPEC_MTP;
     } else {
         return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
-                             "unknown speculative mode '%s' (use 'ngram', 'draft' or 'off')", s);
+                             "unknown speculative mode '%s' (use 'ngram', 'draft', 'mtp' or 'off')",
+                             s);
     }
     return TDM_OK;
 }

@@ -49,12 +49,13 @@ typedef enum crd_spec_mode {
     CRD_SPEC_OFF,
     CRD_SPEC_NGRAM, /* prompt lookup over the sequence itself (ngram.h) */
     CRD_SPEC_DRAFT, /* a small model of the same vocabulary (draft_model.h) */
+    CRD_SPEC_MTP,   /* the model's own multi-token-prediction block (mtp.h) */
     CRD_SPEC_N_MODES
 } crd_spec_mode_t;
 
 const char *crd_spec_mode_name(crd_spec_mode_t m);
-/* "off", "ngram", "draft" -> the mode; TDM_ERR_INVALID_PARAM naming the accepted values
- * otherwise ("mtp" is refused as not available yet). */
+/* "off", "ngram", "draft", "mtp" -> the mode; TDM_ERR_INVALID_PARAM naming the accepted
+ * values otherwise. */
 tdm_status_t crd_spec_mode_parse(const char *s, crd_spec_mode_t *out, tdm_error_t *err);
 
 /* Server-wide defaults (crd_sched_params_t.spec). All zero: off. */
@@ -67,6 +68,9 @@ typedef struct crd_spec_params {
     /* The draft model (serve --draft-model; NULL: none, and mode draft is refused). Not
      * owned; it outlives the scheduler. */
     struct crd_draft_model *draft;
+    /* The model's MTP block as a drafter (serve --spec mtp on a model that has one; NULL:
+     * none, and mode mtp is refused). Not owned; it outlives the scheduler. */
+    struct crd_mtp *mtp;
 } crd_spec_params_t;
 
 /* A request's override (crd_request_params_t.spec): mode DEFAULT and max 0 keep the

@@ -159,11 +159,12 @@ static void commit_states(const shd_model_t *m, shd_kv_cache_t *kv, const shd_ba
     }
 }
 
+/* states: the trunk's step (recurrent states continue); an MTP step reads none. */
 static tdm_status_t check_batch(const shd_model_t *m, const shd_kv_cache_t *kv,
-                                const shd_batch_t *b, int32_t *n_out, tdm_error_t *err)
+                                const shd_batch_t *b, bool states, int32_t *n_out, tdm_error_t *err)
 {
     const shd_kv_config_t *kc = shd_kv_cache_config(kv);
-    if (kc->n_layer != m->hp.n_layer || kc->n_kv_heads != m->n_kv_l ||
+    if (kc->n_layer != m->hp.n_layer + (m->run_mtp ? 1 : 0) || kc->n_kv_heads != m->n_kv_l ||
         kc->head_dim != m->hp.head_dim || (kc->n_swa_blocks > 0 && !swa_layers_match(m, kc))) {
         return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
                              "forward: kv cache shape (%d layers, "
@@ -215,7 +216,9 @@ static tdm_status_t check_batch(const shd_model_t *m, const shd_kv_cache_t *kv,
         TDM_CHECK(check_swa_table(m, kc, b, t, err));
         outs += b->want_logits != NULL && b->want_logits[t];
     }
-    TDM_CHECK(check_states(m, kv, b, err));
+    if (states) {
+        TDM_CHECK(check_states(m, kv, b, err));
+    }
     if (outs > m->params.n_out_max) {
         return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
                              "forward: %d tokens want logits "
@@ -290,8 +293,14 @@ static tdm_status_t output_logits(shd_model_t *m, int32_t n_out, float *logits, 
 tdm_status_t shd_forward(shd_model_t *m, shd_kv_cache_t *kv, const shd_batch_t *b, float *logits,
                          tdm_error_t *err)
 {
+    return shd_forward_hidden(m, kv, b, logits, NULL, err);
+}
+
+tdm_status_t shd_forward_hidden(shd_model_t *m, shd_kv_cache_t *kv, const shd_batch_t *b,
+                                float *logits, float *hidden, tdm_error_t *err)
+{
     int32_t n_out = 0;
-    TDM_CHECK(check_batch(m, kv, b, &n_out, err));
+    TDM_CHECK(check_batch(m, kv, b, true, &n_out, err));
     for (int32_t t = 0, o = 0; t < b->n_tokens; t++) {
         if (b->want_logits != NULL && b->want_logits[t]) {
             m->out_idx[o++] = t;
@@ -330,6 +339,11 @@ tdm_status_t shd_forward(shd_model_t *m, shd_kv_cache_t *kv, const shd_batch_t *
         if (st == TDM_OK) {
             copy_states(m, kv, b, true);
         }
+        if (st == TDM_OK && hidden != NULL) {
+            /* every token's normed last state, for the MTP block (xn is free now) */
+            kern_be_rms_norm(m->be, m->s.xn, m->hp.n_embd, m->s.x, m->hp.n_embd, m->out_norm,
+                             b->n_tokens, m->hp.n_embd, m->hp.rms_eps);
+        }
         if (st == TDM_OK && head) {
             output_rows(m, n_out);
             const kern_matmul_op_t out = {&m->output, m->s.lx, m->hp.n_embd,
@@ -346,8 +360,76 @@ tdm_status_t shd_forward(shd_model_t *m, shd_kv_cache_t *kv, const shd_batch_t *
     } while (st == TDM_OK && rerun);
     commit_states(m, kv, b, st == TDM_OK);
     TDM_CHECK(st);
+    if (hidden != NULL) {
+        TDM_CHECK(kern_be_to_host(m->be, hidden, m->s.xn,
+                                  (size_t)b->n_tokens * (size_t)m->hp.n_embd * sizeof(float), err));
+    }
     if (!head || direct) {
         return TDM_OK;
     }
     return output_logits(m, n_out, logits, err);
+}
+
+tdm_status_t shd_forward_mtp(shd_model_t *m, shd_kv_cache_t *kv, const shd_batch_t *b,
+                             const float *hidden_in, float *logits, float *hidden_out,
+                             tdm_error_t *err)
+{
+    if (!m->run_mtp) {
+        return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
+                             "forward: the model was loaded without its MTP block");
+    }
+    int32_t n_out = 0;
+    TDM_CHECK(check_batch(m, kv, b, false, &n_out, err));
+    for (int32_t t = 0, o = 0; t < b->n_tokens; t++) {
+        if (b->want_logits != NULL && b->want_logits[t]) {
+            m->out_idx[o++] = t;
+        }
+    }
+    const int64_t E = m->hp.n_embd, n = b->n_tokens;
+    const kern_step_t step = {
+        .n_tokens = b->n_tokens,
+        .token = b->token,
+        .pos = b->pos,
+        .seq = b->seq,
+        .n_seqs = b->n_seqs,
+        .seqs = b->seqs,
+        .n_out = n_out,
+        .out_idx = m->out_idx,
+    };
+    shd_scratch_t *s = &m->s;
+    TDM_CHECK(kern_be_to_device(m->be, s->hin, hidden_in, (size_t)(n * E) * sizeof(float), err));
+    const bool direct = kern_be_host_memory(m->be);
+    kern_be_step_begin(m->be, &step, false);
+    /* x = W_e RMSNorm(embed(token); enorm) + W_h RMSNorm(h; hnorm): eh_proj on the
+     * concatenation [e ; h], as its two column halves */
+    kern_be_get_rows(m->be, s->x, E, &m->mtp_embed);
+    kern_be_rms_norm(m->be, s->xn, E, s->x, E, m->mtp_enorm, n, E, m->hp.rms_eps);
+    kern_be_rms_norm(m->be, s->x, E, s->hin, E, m->mtp_hnorm, n, E, m->hp.rms_eps);
+    const kern_matmul_op_t eh[2] = {{&m->mtp_eh_e, s->xn, E, s->proj, E},
+                                    {&m->mtp_eh_h, s->x, E, s->hin, E}};
+    kern_be_matmul(m->be, 2, eh, n);
+    kern_be_add(m->be, s->x, s->proj, s->hin, n * E);
+    tdm_status_t st = m->arch->forward_layer(m, kv, b, m->hp.n_layer, err);
+    if (st == TDM_OK && n_out > 0) {
+        kern_be_get_out_rows(m->be, s->lx, E, s->x, E, E);
+        kern_be_rms_norm(m->be, s->lx, E, s->lx, E, m->mtp_head_norm, n_out, E, m->hp.rms_eps);
+        if (logits != NULL) {
+            const kern_matmul_op_t out = {&m->mtp_head, s->lx, E, direct ? logits : s->lg,
+                                          m->hp.n_vocab};
+            kern_be_matmul(m->be, 1, &out, n_out);
+        }
+    }
+    bool rerun = false;
+    const tdm_status_t end = kern_be_step_end(m->be, &rerun, err);
+    TDM_CHECK(st);
+    TDM_CHECK(end);
+    if (n_out > 0 && hidden_out != NULL) {
+        TDM_CHECK(kern_be_to_host(m->be, hidden_out, s->lx,
+                                  (size_t)n_out * (size_t)E * sizeof(float), err));
+    }
+    if (n_out > 0 && logits != NULL && !direct) {
+        TDM_CHECK(kern_be_to_host(m->be, logits, s->lg,
+                                  (size_t)n_out * (size_t)m->hp.n_vocab * sizeof(float), err));
+    }
+    return TDM_OK;
 }

@@ -46,6 +46,31 @@ typedef struct shd_batch {
 tdm_status_t shd_forward(shd_model_t *m, shd_kv_cache_t *kv, const shd_batch_t *b, float *logits,
                          tdm_error_t *err);
 
+/* shd_forward, and when hidden is not NULL also every token's last hidden state after the
+ * final norm (n_tokens rows of n_embd floats, in token order): what the MTP block reads
+ * (the state that gives the next token's logits; vLLM's and llama.cpp's MTP seed). */
+tdm_status_t shd_forward_hidden(shd_model_t *m, shd_kv_cache_t *kv, const shd_batch_t *b,
+                                float *logits, float *hidden, tdm_error_t *err);
+
+/*
+ * The multi-token-prediction block (a model loaded with shd_model_params_t.mtp) on a batch
+ * of MTP rows. Row t pairs token[t] = x_{p+1} with hidden_in[t] = h_p, the hidden state
+ * (shd_forward_hidden's, or this function's hidden_out for a chained draft) at p = pos[t],
+ * and predicts x_{p+2}:
+ *
+ *   x = eh_proj [RMSNorm(embed(x_{p+1}); enorm) ; RMSNorm(h_p; hnorm)]
+ *   x = the block's gated-attention + MoE layer (its K/V at position p of the sequence's
+ *       blocks, in the cache's extra layer; RoPE at p: vLLM's convention)
+ *   out = RMSNorm(x; shared_head_norm, else output_norm); logits = head(out)
+ *
+ * logits gets the rows of the tokens with want_logits (shared_head_head, else the model's
+ * output), hidden_out (may be NULL) their `out` rows: the next draft's h. No recurrent
+ * state is read or written. Single rank only.
+ */
+tdm_status_t shd_forward_mtp(shd_model_t *m, shd_kv_cache_t *kv, const shd_batch_t *b,
+                             const float *hidden_in, float *logits, float *hidden_out,
+                             tdm_error_t *err);
+
 #ifdef __cplusplus
 }
 #endif

@@ -470,6 +470,57 @@ static tdm_status_t bind_mtp(shd_model_t *m, tdm_error_t *err)
     return TDM_OK;
 }
 
+/* The first MTP block as a runnable layer (params.mtp): layers[n_layer] bound like a trunk
+ * layer of the architecture (gated attention, MoE with the shared expert; hp.layer_moe
+ * from its tensors), eh_proj's two halves, the three norms, and the block's own embedding
+ * and head where it has them (llama.cpp's qwen35moe graph_mtp, vLLM's qwen3_next_mtp). */
+static tdm_status_t bind_mtp_runnable(shd_model_t *m, tdm_error_t *err)
+{
+    mdl_hparams_t *hp = &m->hp;
+    const int il = hp->n_layer;
+    const int64_t E = hp->n_embd;
+    char n[GGUF_MAX_NAME];
+    if (hp->n_mtp < 1) {
+        return tdm_error_set(err, TDM_ERR_UNSUPPORTED,
+                             "the model has no multi-token-prediction block (%s.nextn_predict_"
+                             "layers is 0 or absent): use another speculative mode",
+                             hp->arch_name);
+    }
+    if (m->world_size > 1 || m->arch->forward_layer != shd_hybrid_layer_forward) {
+        return tdm_error_set(err, TDM_ERR_UNSUPPORTED,
+                             "%s: the MTP block runs on one unsplit qwen3next / qwen35moe model "
+                             "only",
+                             hp->arch_name);
+    }
+#define NAME(suffix) (snprintf(n, sizeof(n), "blk.%d." suffix, il), n)
+    hp->layer_moe[il] = gguf_find_tensor(m->g, NAME("ffn_gate_inp.weight")) != NULL;
+    hp->layer_recurrent[il] = 0;
+    hp->layer_swa[il] = 0;
+    TDM_CHECK(shd_bind_std_layer(m, il, "post_attention_norm", err));
+    TDM_CHECK(
+        shd_bind_mat(m, NAME("nextn.eh_proj.weight"), 2 * E, E, 0, E, 0, E, &m->mtp_eh_e, err));
+    TDM_CHECK(
+        shd_bind_mat(m, NAME("nextn.eh_proj.weight"), 2 * E, E, 0, E, E, E, &m->mtp_eh_h, err));
+    TDM_CHECK(shd_bind_vec(m, NAME("nextn.enorm.weight"), E, &m->mtp_enorm, err));
+    TDM_CHECK(shd_bind_vec(m, NAME("nextn.hnorm.weight"), E, &m->mtp_hnorm, err));
+    TDM_CHECK(shd_bind_f32_opt(m, NAME("nextn.shared_head_norm.weight"), E, 1, 0, E,
+                               &m->mtp_head_norm, err));
+    m->mtp_embed = m->tok_embd;
+    if (gguf_find_tensor(m->g, NAME("nextn.embed_tokens.weight")) != NULL) {
+        TDM_CHECK(shd_bind_mat(m, n, E, hp->n_vocab, 0, hp->n_vocab, 0, E, &m->mtp_embed, err));
+    }
+    m->mtp_head = m->output;
+    if (gguf_find_tensor(m->g, NAME("nextn.shared_head_head.weight")) != NULL) {
+        TDM_CHECK(shd_bind_mat(m, n, E, hp->n_vocab, 0, hp->n_vocab, 0, E, &m->mtp_head, err));
+    }
+#undef NAME
+    if (m->mtp_head_norm == NULL) {
+        m->mtp_head_norm = m->out_norm;
+    }
+    m->run_mtp = true;
+    return TDM_OK;
+}
+
 /* Gated DeltaNet heads over TP: the v heads in runs like the q heads (the first
  * n_v % tp ranks one more), each rank with the k heads its v heads read: a run of
  * v heads / (n_v / n_k) in grouped order, in tiled order (v head h reads k head h % n_k)
@@ -618,7 +669,7 @@ static size_t pad16(size_t n)
 
 /* Floats of every scratch slot, in shd_scratch_t order; the last four (ss, proj, lg, lgg)
  * are the ones collectives touch. */
-enum { N_SLOTS = 25, N_SHARED = 4 };
+enum { N_SLOTS = 26, N_SHARED = 4 };
 
 static void scratch_sizes(const shd_model_t *m, size_t sizes[N_SLOTS])
 {
@@ -654,6 +705,7 @@ static void scratch_sizes(const shd_model_t *m, size_t sizes[N_SLOTS])
         B * gdn_vd,                                         /* gz   */
         B * 2 * (size_t)hp->gdn_v_heads,                    /* gba  */
         B * gdn_vd,                                         /* go   */
+        m->run_mtp ? B * E : 0,                             /* hin  */
         hp->qk_norm_full ? 2 * B : 0,                       /* ss   */
         B * E,                                              /* proj */
         nout * (size_t)m->n_vocab_l,                        /* lg   */
@@ -699,8 +751,8 @@ static tdm_status_t alloc_scratch(shd_model_t *m, tdm_error_t *err)
         (void **)&m->s.rlog, (void **)&m->s.sel,  (void **)&m->s.selw, (void **)&m->s.lx,
         (void **)&m->s.qg,   (void **)&m->s.sha,  (void **)&m->s.shb,  (void **)&m->s.shy,
         (void **)&m->s.shg,  (void **)&m->s.gqkv, (void **)&m->s.gz,   (void **)&m->s.gba,
-        (void **)&m->s.go,   (void **)&m->s.ss,   (void **)&m->s.proj, (void **)&m->s.lg,
-        (void **)&m->s.lgg,
+        (void **)&m->s.go,   (void **)&m->s.hin,  (void **)&m->s.ss,   (void **)&m->s.proj,
+        (void **)&m->s.lg,   (void **)&m->s.lgg,
     };
     for (int i = 0; i < N_SLOTS; i++) {
         if (hv && i == N_SLOTS - N_SHARED) {
@@ -832,11 +884,15 @@ tdm_status_t shd_model_load(const gguf_ctx_t *g, kern_backend_t *be, const shd_m
             shd_bind_vec(m, "rope_freqs.weight", hp->rope.n_rot / 2, &m->rope_freqs, err), st,
             fail);
     }
-    m->layers = tdm_xcalloc((size_t)hp->n_layer, sizeof(shd_layer_t));
+    m->layers = tdm_xcalloc((size_t)hp->n_layer + 1, sizeof(shd_layer_t)); /* + an MTP block */
     for (int il = 0; il < hp->n_layer; il++) {
         TDM_CHECK_GOTO(m->arch->bind_layer(m, il, err), st, fail);
     }
-    TDM_CHECK_GOTO(bind_mtp(m, err), st, fail);
+    if (p->mtp) {
+        TDM_CHECK_GOTO(bind_mtp_runnable(m, err), st, fail);
+    } else {
+        TDM_CHECK_GOTO(bind_mtp(m, err), st, fail);
+    }
     TDM_CHECK_GOTO(check_fit(m, err), st, fail);
     const kern_reserve_t r = reserve_of(m);
     TDM_CHECK_GOTO(kern_be_reserve(be, &r, err), st, fail);
@@ -914,7 +970,7 @@ uint64_t shd_model_prefault(const shd_model_t *m)
         return 0; /* the weights were copied to the device; the file's pages were dropped */
     }
     uint64_t sum = touch_view(&m->tok_embd, 1, 0) + touch_view(&m->output, 1, 0);
-    for (int il = 0; il < m->hp.n_layer; il++) {
+    for (int il = 0; il < m->hp.n_layer + (m->run_mtp ? 1 : 0); il++) {
         const shd_layer_t *L = &m->layers[il];
         const kern_weight_t *mats[] = {&L->wq,        &L->wk,         &L->wv,        &L->wo,
                                        &L->ffn_gate,  &L->ffn_up,     &L->ffn_down,  &L->router,
@@ -946,6 +1002,11 @@ const shd_model_params_t *shd_model_params(const shd_model_t *m)
 kern_backend_t *shd_model_backend(const shd_model_t *m)
 {
     return m->be;
+}
+
+bool shd_model_mtp(const shd_model_t *m)
+{
+    return m->run_mtp;
 }
 
 int shd_model_swa_window(const shd_model_t *m)
@@ -981,7 +1042,9 @@ tdm_status_t shd_model_kv_pools(const shd_model_t *m, int block_tokens, uint64_t
     }
     const int w = shd_model_swa_window(m);
     const size_t n_swa_layers = w > 0 ? (size_t)mdl_hparams_n_swa_layers(&m->hp) : 0;
-    const size_t n_full_layers = (size_t)m->hp.n_layer - n_swa_layers - (size_t)m->hp.n_recurrent;
+    /* the MTP block's attention, when it runs, keeps its K/V in the full pool too */
+    const size_t n_full_layers =
+        (size_t)m->hp.n_layer - n_swa_layers - (size_t)m->hp.n_recurrent + (m->run_mtp ? 1 : 0);
     /* recurrent state: one slot per sequence that can run at once (n_out_max), taken
      * from the budget before the blocks */
     const int32_t n_slots = m->hp.n_recurrent > 0 ? m->params.n_out_max : 0;
@@ -1096,7 +1159,7 @@ void shd_model_kv_config_pools(const shd_model_t *m, int block_tokens, const shd
                                shd_kv_config_t *out)
 {
     memset(out, 0, sizeof(*out));
-    out->n_layer = m->hp.n_layer;
+    out->n_layer = m->hp.n_layer + (m->run_mtp ? 1 : 0); /* the MTP block's layer last */
     out->n_kv_heads = m->n_kv_l;
     out->head_dim = m->hp.head_dim;
     out->block_tokens = block_tokens;

@@ -81,6 +81,7 @@ typedef struct shd_scratch {
     float *gz;    /* [B, v heads * hd] GDN output gate z            */
     float *gba;   /* [B, 2 v heads] GDN raw b and a                 */
     float *go;    /* [B, v heads * hd] GDN rule output, then normed */
+    float *hin;   /* [B, n_embd] MTP rows: the hidden states they read (params.mtp) */
     float *ss;    /* [B, 2] q and k sums of squares (full-width norms) */
     float *lg;    /* [n_out_max * n_vocab_l] local logits          */
     float *lgg;   /* [tp * n_out_max * n_vocab_l] gathered logits  */
@@ -128,6 +129,12 @@ struct shd_model {
     shd_layer_t *layers;
     shd_mtp_tensor_t *mtp; /* the MTP blocks' tensors (hp.n_mtp > 0)        */
     int n_mtp_tensors;
+    /* The MTP block made runnable (params.mtp): its layer is layers[hp.n_layer]; eh_proj
+     * split in its embedding half and its hidden half (two products instead of a
+     * concatenation); embed and head are the model's when the block has none of its own. */
+    bool run_mtp;
+    kern_weight_t mtp_eh_e, mtp_eh_h, mtp_embed, mtp_head;
+    const float *mtp_enorm, *mtp_hnorm, *mtp_head_norm;
 
     uint64_t weight_bytes; /* bytes the bound views cover                    */
 

@@ -61,6 +61,12 @@ typedef struct shd_model_params {
      * KV cache keeps beside the n_out_max running sequences' slots (0: none; then the
      * coordinator serves no prefix hits for the model). */
     int n_state_store;
+    /* Run the model's multi-token-prediction block (hp.n_mtp > 0; speculative decoding's
+     * MTP drafter): block n_layer is bound as a runnable layer, the KV cache gets one more
+     * full-attention layer for it (shd_model_kv_pools counts it) and shd_forward_mtp runs
+     * it. Single rank only (TDM_ERR_UNSUPPORTED when split). false: its tensors are only
+     * kept (listed, counted), never run. */
+    bool mtp;
 } shd_model_params_t;
 
 typedef struct shd_model shd_model_t;
@@ -80,6 +86,8 @@ void shd_model_destroy(shd_model_t *m); /* NULL is fine */
 const mdl_hparams_t *shd_model_hparams(const shd_model_t *m);
 const shd_model_params_t *shd_model_params(const shd_model_t *m);
 kern_backend_t *shd_model_backend(const shd_model_t *m);
+/* Whether the MTP block runs (shd_model_params_t.mtp on a model that has one). */
+bool shd_model_mtp(const shd_model_t *m);
 
 /* Replaces the communicator (same world shape; e.g. after the transport reconnected). */
 void shd_model_set_comm(shd_model_t *m, shd_comm_t comm);

@@ -19,9 +19,10 @@ struct xp_local_exec {
     int32_t n_blocks;
 };
 
-static tdm_status_t local_step(void *impl, const xp_step_t *st, float *logits, tdm_error_t *err)
+/* The shard's batch for st (views grown on demand). */
+static tdm_status_t make_batch(xp_local_exec_t *x, const xp_step_t *st, shd_batch_t *b,
+                               tdm_error_t *err)
 {
-    xp_local_exec_t *x = impl;
     if (st->n_seqs > x->n_views) {
         shd_seq_view_t *v = realloc(x->views, (size_t)st->n_seqs * sizeof(*v));
         if (v == NULL) {
@@ -38,7 +39,7 @@ static tdm_status_t local_step(void *impl, const xp_step_t *st, float *logits, t
         x->views[i].state_load = st->seqs[i].state_load;
         x->views[i].state_save = st->seqs[i].state_save;
     }
-    shd_batch_t b = {
+    *b = (shd_batch_t){
         .n_tokens = st->n_tokens,
         .token = st->token,
         .pos = st->pos,
@@ -47,10 +48,27 @@ static tdm_status_t local_step(void *impl, const xp_step_t *st, float *logits, t
         .n_seqs = st->n_seqs,
         .seqs = x->views,
     };
-    return shd_forward(x->model, x->kv, &b, logits, err);
+    return TDM_OK;
 }
 
-static const xp_executor_ops_t local_ops = {.step = local_step};
+static tdm_status_t local_step(void *impl, const xp_step_t *st, float *logits, tdm_error_t *err)
+{
+    xp_local_exec_t *x = impl;
+    shd_batch_t b;
+    TDM_CHECK(make_batch(x, st, &b, err));
+    return shd_forward_hidden(x->model, x->kv, &b, logits, st->hidden, err);
+}
+
+static tdm_status_t local_mtp_step(void *impl, const xp_mtp_step_t *st, float *logits,
+                                   tdm_error_t *err)
+{
+    xp_local_exec_t *x = impl;
+    shd_batch_t b;
+    TDM_CHECK(make_batch(x, &st->step, &b, err));
+    return shd_forward_mtp(x->model, x->kv, &b, st->hidden_in, logits, st->hidden_out, err);
+}
+
+static const xp_executor_ops_t local_ops = {.step = local_step, .mtp_step = local_mtp_step};
 
 tdm_status_t xp_local_exec_create(const gguf_ctx_t *g, const xp_local_params_t *p,
                                   xp_local_exec_t **out, xp_executor_t *ex, tdm_error_t *err)
@@ -78,6 +96,7 @@ tdm_status_t xp_local_exec_create(const gguf_ctx_t *g, const xp_local_params_t *
         mp.n_out_max = mp.n_batch_max;
     }
     mp.n_ctx_max = p->n_ctx;
+    mp.mtp = p->mtp;
     mp.part = (shd_partition_t){0, 1, 0, 1};
     TDM_CHECK_GOTO(kern_kv_type_resolve(p->kv_type, x->be, &mp.kv_type, err), st, fail);
     mp.kv_block_tokens = block_tokens;
@@ -140,6 +159,8 @@ tdm_status_t xp_local_exec_create(const gguf_ctx_t *g, const xp_local_params_t *
         .n_swa_blocks = pools.n_swa_blocks,
         .n_state_slots = pools.n_state_slots,
         .n_state_store = pools.n_state_store,
+        .mtp = shd_model_mtp(x->model) ? 1 : 0,
+        .n_embd = (int32_t)hp->n_embd,
     };
     *out = x;
     return TDM_OK;

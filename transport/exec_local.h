@@ -12,6 +12,7 @@
 #include "model/gguf.h"
 #include "transport/xp_step.h"
 
+#include <stdbool.h>
 #include <stddef.h>
 
 typedef struct xp_local_params {
@@ -26,6 +27,9 @@ typedef struct xp_local_params {
     /* Gated DeltaNet models: stored recurrent states of cached prefixes (prefix caching for
      * them): 0 as many as n_logits_max (the running sequences), > 0 that many, < 0 none. */
     int n_state_store;
+    /* Load the model's multi-token-prediction block to run it (speculative decoding's MTP
+     * drafter): the executor then has mtp_step and returns hidden states on request. */
+    bool mtp;
 } xp_local_params_t;
 
 typedef struct xp_local_exec xp_local_exec_t;

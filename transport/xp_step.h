@@ -59,7 +59,20 @@ typedef struct xp_step {
     const xp_step_seq_t *seqs; /* [n_seqs]                            */
     int32_t n_kv_sends;        /* 0 unless this group prefills for another */
     const xp_step_kv_send_t *kv_sends;
+    /* Output, NULL for none: every token's last hidden state after the final norm,
+     * n_tokens rows of n_embd floats, for the MTP drafter (executors with mtp_step only). */
+    float *hidden;
 } xp_step_t;
+
+/* A step of the model's multi-token-prediction block (xp_executor_ops_t.mtp_step): the
+ * tokens, positions, sequences and block tables of an xp_step_t (row t pairs token x_{p+1}
+ * with the hidden state of position p = pos[t], its K/V at p in the block's own layer), the
+ * hidden state of each row, and which rows want logits. */
+typedef struct xp_mtp_step {
+    xp_step_t step;         /* hidden and kv_sends unused                         */
+    const float *hidden_in; /* [n_tokens x n_embd]                                */
+    float *hidden_out;      /* [n_logits x n_embd]: the rows' output states, or NULL */
+} xp_mtp_step_t;
 
 typedef struct xp_executor_ops {
     /* Runs the step; logits gets n_logits rows of n_vocab floats. A failure ends every
@@ -70,6 +83,9 @@ typedef struct xp_executor_ops {
      * KV contents (a shard group re-formed after a failure): the scheduler then forgets
      * its prefix cache. */
     uint64_t (*generation)(void *impl);
+    /* Optional (NULL: the executor cannot run the model's MTP block; xp_executor_t.mtp 0):
+     * runs one MTP step (shard/forward.h shd_forward_mtp), logits rows as step's. */
+    tdm_status_t (*mtp_step)(void *impl, const xp_mtp_step_t *st, float *logits, tdm_error_t *err);
 } xp_executor_ops_t;
 
 typedef struct xp_executor {
@@ -90,6 +106,9 @@ typedef struct xp_executor {
     int32_t n_state_slots;
     /* Of which stored states of cached prefixes (the slots after the running ones). */
     int32_t n_state_store;
+    /* The model's MTP block runs here (ops->mtp_step, xp_step_t.hidden): 1, else 0. */
+    int32_t mtp;
+    int32_t n_embd; /* hidden-state row length (set with mtp)                   */
 } xp_executor_t;
 
 #endif

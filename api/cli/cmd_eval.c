@@ -5,6 +5,7 @@
  *   tandem eval --model M.gguf (--tokens 1,2,3 | --prompts-file F) [--greedy N]
  *               [--logits-out FILE.npy|FILE.bin] [--threads N] [--tp N] [--ep N]
  *               [--chunk N] [--block-tokens B] [--batch-test] [--device D] [--kv-type T]
+ *               [--mtp-out FILE.npy [--mtp-chain K]]
  *
  * Several sequences (--prompts-file: one per line, ids separated by commas or spaces) run
  * batched together: each step carries the next prefill chunk (--chunk tokens, 0 = whole
@@ -14,6 +15,12 @@
  * rank 0 reports. --batch-test also runs each sequence alone and reports the largest
  * logit difference and whether the greedy tokens agree (exit 1 if they do not).
  * This is the tool the Python tests and benchmarks drive.
+ *
+ * --mtp-out (one sequence, one rank, a model with an MTP block): after the run, the MTP
+ * block's logits for every prompt position p < n - 1 (the row pairing x_{p+1} with the
+ * trunk's hidden state at p, shard/forward.h shd_forward_mtp), then K - 1 chained drafts
+ * from the last one (the block on its own output state and its own argmax), as rows in
+ * that order; "mtp_drafts" in the JSON lists the K drafted tokens.
  */
 #include "api/cli/cli.h"
 #include "common/check.h"
@@ -34,6 +41,10 @@ typedef struct eval_seq {
     int32_t n_prompt;
     int32_t *gen;  /* greedy tokens, n_greedy long        */
     float *logits; /* n_prompt x n_vocab (when dumping)  */
+    /* --mtp-out: the trunk's hidden rows of the prompt, then the MTP block's logits
+     * (n_prompt - 2 + mtp_chain rows) and its chained drafts */
+    float *hidden, *mtp_logits;
+    int32_t *mtp_drafts;
 } eval_seq_t;
 
 typedef struct eval_opts {
@@ -49,6 +60,8 @@ typedef struct eval_opts {
     int collective;
     const char *device;  /* auto | cpu | cuda[:N] */
     const char *kv_type; /* NULL: the device's default */
+    const char *mtp_out; /* --mtp-out: the MTP block's logits (one sequence, one rank) */
+    int mtp_chain;       /* drafts chained from the last prompt row (>= 1)        */
 } eval_opts_t;
 
 /* What the KV manager counted in a schedule (the batched run's goes into the JSON). */
@@ -66,6 +79,7 @@ typedef struct eval_run {
     eval_seq_t *seqs;  /* results of the batched run (rank 0 writes)  */
     eval_seq_t *alone; /* results of the one-at-a-time run (--batch-test) */
     int n_vocab;
+    int n_embd;
     int group_tp, group_ep; /* --shards: the split the coordinator chose */
     eval_kv_t kv;           /* the batched run's KV use (rank 0)         */
 } eval_run_t;
@@ -86,6 +100,60 @@ static int32_t argmax(const float *x, int n)
         }
     }
     return best;
+}
+
+/*
+ * The MTP block over e's prompt (rows p = 0 .. n - 2: token x_{p+1}, the trunk's hidden
+ * state at p) in chunks of the batch size, then o->mtp_chain - 1 chained rows from the last,
+ * into e->mtp_logits and e->mtp_drafts. The blocks of view cover every position.
+ */
+static tdm_status_t run_mtp(shd_model_t *m, shd_kv_cache_t *kv, const shd_seq_view_t *view,
+                            const eval_opts_t *o, eval_seq_t *e, tdm_error_t *err)
+{
+    const int64_t E = shd_model_hparams(m)->n_embd, V = shd_model_hparams(m)->n_vocab;
+    const int32_t nb = shd_model_params(m)->n_batch_max, n = e->n_prompt;
+    int32_t *tok = tdm_xmalloc((size_t)nb * sizeof(int32_t));
+    int32_t *pos = tdm_xmalloc((size_t)nb * sizeof(int32_t));
+    int32_t *sq = tdm_xcalloc((size_t)nb, sizeof(int32_t));
+    uint8_t *want = tdm_xmalloc((size_t)nb);
+    float *hout = tdm_xmalloc((size_t)nb * (size_t)E * sizeof(float));
+    float *h = tdm_xmalloc((size_t)E * sizeof(float));
+    tdm_status_t st = TDM_OK;
+    for (int32_t p0 = 0; p0 < n - 1 && st == TDM_OK; p0 += nb) {
+        const int32_t c = n - 1 - p0 < nb ? n - 1 - p0 : nb;
+        for (int32_t t = 0; t < c; t++) {
+            tok[t] = e->prompt[p0 + t + 1];
+            pos[t] = p0 + t;
+            want[t] = 1;
+        }
+        const shd_batch_t b = {c, tok, pos, sq, want, 1, view};
+        st = shd_forward_mtp(m, kv, &b, e->hidden + (size_t)p0 * (size_t)E,
+                             e->mtp_logits + (size_t)p0 * (size_t)V, hout, err);
+        if (st == TDM_OK) {
+            memcpy(h, hout + (size_t)(c - 1) * (size_t)E, (size_t)E * sizeof(float));
+        }
+    }
+    if (st == TDM_OK) {
+        e->mtp_drafts[0] = argmax(e->mtp_logits + (size_t)(n - 2) * (size_t)V, (int)V);
+    }
+    /* the chain: row n - 2 + d holds draft d - 1 and the previous row's output state */
+    for (int32_t d = 1; d < o->mtp_chain && st == TDM_OK; d++) {
+        tok[0] = e->mtp_drafts[d - 1];
+        pos[0] = n - 2 + d;
+        want[0] = 1;
+        const shd_batch_t b = {1, tok, pos, sq, want, 1, view};
+        float *row = e->mtp_logits + (size_t)(n - 2 + d) * (size_t)V;
+        st = shd_forward_mtp(m, kv, &b, h, row, hout, err);
+        memcpy(h, hout, (size_t)E * sizeof(float));
+        e->mtp_drafts[d] = argmax(row, (int)V);
+    }
+    free(h);
+    free(tok);
+    free(pos);
+    free(sq);
+    free(want);
+    free(hout);
+    return st;
 }
 
 /*
@@ -117,6 +185,11 @@ static tdm_status_t run_schedule(shd_model_t *m, const xp_executor_t *ex, const 
     int32_t *sq = tdm_xmalloc((size_t)nb * sizeof(int32_t));
     uint8_t *want = tdm_xmalloc((size_t)nb);
     float *logits = malloc((size_t)n_out_max * (size_t)V * sizeof(float));
+    /* --mtp-out: the trunk's hidden rows (checked: one sequence on one rank) */
+    const int64_t E = m != NULL ? shd_model_hparams(m)->n_embd : 0;
+    float *hidden = m != NULL && seqs[0].hidden != NULL
+                        ? tdm_xmalloc((size_t)nb * (size_t)E * sizeof(float))
+                        : NULL;
     const int32_t n_swa = m != NULL ? shd_model_swa_window(m) : ex->n_swa;
     /* recurrent layers: a state slot per sequence (from the manager, as in serving) */
     const int32_t n_slots =
@@ -205,7 +278,13 @@ static tdm_status_t run_schedule(shd_model_t *m, const xp_executor_t *ex, const 
         }
         if (m != NULL) {
             shd_batch_t b = {n, tok, pos, sq, want, count, views};
-            TDM_CHECK_GOTO(shd_forward(m, kv, &b, logits, err), st, out);
+            TDM_CHECK_GOTO(shd_forward_hidden(m, kv, &b, logits, hidden, err), st, out);
+            for (int32_t t = 0; hidden != NULL && t < n; t++) {
+                if (pos[t] < seqs[sq[t]].n_prompt) {
+                    memcpy(seqs[sq[t]].hidden + (size_t)pos[t] * (size_t)E,
+                           hidden + (size_t)t * (size_t)E, (size_t)E * sizeof(float));
+                }
+            }
         } else {
             int32_t n_logits = 0;
             for (int32_t t = 0; t < n; t++) {
@@ -220,7 +299,7 @@ static tdm_status_t run_schedule(shd_model_t *m, const xp_executor_t *ex, const 
                 xs[q].state_slot = views[q].state_slot;
                 xs[q].state_load = xs[q].state_save = -1;
             }
-            xp_step_t xst = {n, tok, pos, sq, want, n_logits, count, xs, 0, NULL};
+            xp_step_t xst = {n, tok, pos, sq, want, n_logits, count, xs, 0, NULL, NULL};
             st = ex->ops->step(ex->impl, &xst, logits, err);
             free(xs);
             if (st != TDM_OK) {
@@ -247,7 +326,11 @@ static tdm_status_t run_schedule(shd_model_t *m, const xp_executor_t *ex, const 
             }
         }
     }
+    if (hidden != NULL) {
+        TDM_CHECK_GOTO(run_mtp(m, kv, &views[0], o, &seqs[0], err), st, out);
+    }
 out:
+    free(hidden);
     if (kvm != NULL && kvs != NULL) {
         crd_kvm_stats_t ks;
         crd_kvm_get_stats(kvm, &ks);
@@ -303,6 +386,7 @@ static void *rank_main(void *arg)
         }
     }
     p.n_out_max = p.n_batch_max;
+    p.mtp = o->mtp_out != NULL;
     p.part = (shd_partition_t){r->rank % o->tp, o->tp, r->rank / o->tp, o->ep};
     if (W > 1) {
         p.comm = xp_local_comm(run->world, r->rank);
@@ -575,6 +659,8 @@ static void usage(FILE *out)
             "  --device D          auto (default: a GPU if usable, else the CPU), cpu, cuda[:N]\n"
             "  --kv-type T         KV cache rows: f32, f16, q8_0 (default f16 on a GPU, f32\n"
             "                      on the CPU)\n"
+            "  --mtp-out FILE.npy  the MTP block's logits at every prompt position, then the\n"
+            "                      chained drafts' (one sequence; --mtp-chain K, default 1)\n"
             "prints JSON: {\"n_vocab\", \"sequences\": [{\"prompt_len\", \"greedy\"}], \"kv\":\n"
             "  {\"block_tokens\", \"swa_window\", \"blocks_peak\", \"swa_blocks_peak\"}, ...}\n"
             "  (kv: most KV blocks the batched run held at once, full and sliding-window pool)\n");
@@ -616,6 +702,10 @@ int cmd_eval(int argc, char **argv)
             prompts = v;
         } else if (strcmp(a, "--logits-out") == 0) {
             o.logits_out = v;
+        } else if (strcmp(a, "--mtp-out") == 0) {
+            o.mtp_out = v;
+        } else if (strcmp(a, "--mtp-chain") == 0) {
+            bad = parse_int(v, 1, &o.mtp_chain);
         } else if (strcmp(a, "--greedy") == 0) {
             bad = parse_int(v, 0, &o.n_greedy);
         } else if (strcmp(a, "--threads") == 0) {
@@ -697,6 +787,24 @@ int cmd_eval(int argc, char **argv)
             goto out;
         }
         run.n_vocab = hp.n_vocab;
+        run.n_embd = hp.n_embd;
+    }
+    if (o.mtp_out != NULL) {
+        if (run.n_seqs != 1 || o.tp * o.ep != 1 || o.shards != NULL || o.batch_test ||
+            run.seqs[0].n_prompt < 2) {
+            fprintf(stderr, "tandem eval: --mtp-out takes one sequence of 2 or more tokens on "
+                            "one rank in this process\n");
+            rc = 2;
+            goto out;
+        }
+        o.mtp_chain = o.mtp_chain > 0 ? o.mtp_chain : 1;
+        /* the chained rows' K/V sit at positions the greedy run reserved */
+        o.n_greedy = o.n_greedy > o.mtp_chain ? o.n_greedy : o.mtp_chain;
+        eval_seq_t *e = &run.seqs[0];
+        e->hidden = tdm_xmalloc((size_t)e->n_prompt * (size_t)run.n_embd * sizeof(float));
+        e->mtp_logits = tdm_xmalloc((size_t)(e->n_prompt - 2 + o.mtp_chain) * (size_t)run.n_vocab *
+                                    sizeof(float));
+        e->mtp_drafts = tdm_xcalloc((size_t)o.mtp_chain, sizeof(int32_t));
     }
     const bool want_all = o.logits_out != NULL || o.batch_test;
     run.alone = tdm_xcalloc((size_t)run.n_seqs, sizeof(eval_seq_t));
@@ -761,6 +869,13 @@ report:
     if (o.logits_out != NULL && write_logits(o.logits_out, run.seqs, run.n_seqs, run.n_vocab)) {
         goto out;
     }
+    if (o.mtp_out != NULL) {
+        const eval_seq_t rows = {.logits = run.seqs[0].mtp_logits,
+                                 .n_prompt = run.seqs[0].n_prompt - 2 + o.mtp_chain};
+        if (write_logits(o.mtp_out, &rows, 1, run.n_vocab) != 0) {
+            goto out;
+        }
+    }
 
     rc = 0;
     printf("{\"n_vocab\": %d, \"tp\": %d, \"ep\": %d, \"sequences\": [", run.n_vocab,
@@ -774,6 +889,10 @@ report:
     if (run.n_seqs == 1) {
         printf(", \"greedy\": ");
         print_ids(run.seqs[0].gen, o.n_greedy);
+    }
+    if (o.mtp_out != NULL) {
+        printf(", \"mtp_drafts\": ");
+        print_ids(run.seqs[0].mtp_drafts, o.mtp_chain);
     }
     printf(", \"kv\": {\"block_tokens\": %d, \"swa_window\": %d, \"blocks_peak\": %d, "
            "\"swa_blocks_peak\": %d}",
@@ -806,6 +925,9 @@ out:
         free(run.seqs[s].prompt);
         free(run.seqs[s].gen);
         free(run.seqs[s].logits);
+        free(run.seqs[s].hidden);
+        free(run.seqs[s].mtp_logits);
+        free(run.seqs[s].mtp_drafts);
         if (run.alone != NULL) {
             free(run.alone[s].gen);
             free(run.alone[s].logits);

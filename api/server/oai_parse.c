@@ -113,8 +113,9 @@ static tdm_status_t parse_stop(pctx_t *c, const json_t *o, srv_gen_req_t *r)
 
 /* Sampling, lengths, stop, n, streaming: the parameters both APIs share. */
 /* Tandem's extension (an extra_body field for the OpenAI clients):
- * "speculative": {"mode": "off" | "ngram" | "draft", "max": 1..16}, both optional ("draft"
- * needs a server started with --draft-model; the scheduler refuses it otherwise). */
+ * "speculative": {"mode": "off" | "ngram" | "draft" | "mtp", "max": 1..16}, both optional
+ * ("draft" needs a server started with --draft-model, "mtp" one started with --spec mtp; the
+ * scheduler refuses them otherwise). */
 static tdm_status_t parse_speculative(pctx_t *c, const json_t *o, srv_gen_req_t *r)
 {
     json_t *v = srv_json_get(o, "speculative");
@@ -133,9 +134,12 @@ static tdm_status_t parse_speculative(pctx_t *c, const json_t *o, srv_gen_req_t 
             r->spec.mode = CRD_SPEC_NGRAM;
         } else if (strcmp(s, "draft") == 0) {
             r->spec.mode = CRD_SPEC_DRAFT;
+        } else if (strcmp(s, "mtp") == 0) {
+            r->spec.mode = CRD_SPEC_MTP;
         } else {
             return srv_fail(&c->pe, "speculative",
-                            "'speculative.mode' must be \"off\", \"ngram\" or \"draft\"");
+                            "'speculative.mode' must be \"off\", \"ngram\", \"draft\" or "
+                            "\"mtp\"");
         }
     }
     int64_t x = 0;

@@ -13,6 +13,7 @@
 
 #include "common/log.h"
 #include "coordinator/draft_model.h"
+#include "coordinator/mtp.h"
 #include "model/hparams.h"
 
 #include <signal.h>
@@ -184,6 +185,11 @@ static tdm_status_t load_group(srv_server_t *s, const srv_group_config_t *gc, sr
     if (g->name == NULL) {
         return tdm_error_set(err, TDM_ERR_NO_MEMORY, "out of memory for a group");
     }
+    if (gc->n_shards > 0 && cfg->spec_mode == CRD_SPEC_MTP) {
+        return tdm_error_set(err, TDM_ERR_UNSUPPORTED,
+                             "--spec mtp runs on one node only: the MTP block is not run over "
+                             "shards yet (use --spec ngram, or serve without --shards)");
+    }
     if (gc->n_shards > 0) {
         xp_remote_params_t rp = {.g = s->gguf,
                                  .n_shards = gc->n_shards,
@@ -221,8 +227,17 @@ static tdm_status_t load_group(srv_server_t *s, const srv_group_config_t *gc, sr
                                 /* xp_local: 0 its default (max_running), < 0 none */
                                 .n_state_store = cfg->state_cache < 0    ? 0
                                                  : cfg->state_cache == 0 ? -1
-                                                                         : cfg->state_cache};
+                                                                         : cfg->state_cache,
+                                .mtp = cfg->spec_mode == CRD_SPEC_MTP};
         if ((st = xp_local_exec_create(s->gguf, &lp, &g->lx, &g->ex, err)) != TDM_OK) {
+            if (lp.mtp) {
+                tdm_error_t lerr = *err;
+                tdm_error_clear(err);
+                return tdm_error_set(err, st, "--spec mtp: %s", tdm_error_msg(&lerr));
+            }
+            return st;
+        }
+        if (lp.mtp && (st = crd_mtp_create(&g->ex, &g->mtp, err)) != TDM_OK) {
             return st;
         }
     }
@@ -239,7 +254,8 @@ static tdm_status_t load_group(srv_server_t *s, const srv_group_config_t *gc, sr
                              .spec = {.mode = (crd_spec_mode_t)cfg->spec_mode,
                                       .max_draft = cfg->spec_max,
                                       .always = cfg->spec_always,
-                                      .draft = g->draft}};
+                                      .draft = g->draft,
+                                      .mtp = g->mtp}};
     return crd_engine_create(&g->ex, &sp, &g->engine, err);
 }
 
@@ -341,6 +357,7 @@ static void unload(srv_server_t *s)
         srv_group_t *g = &s->groups[i];
         crd_engine_destroy(g->engine);
         crd_draft_model_destroy(g->draft);
+        crd_mtp_destroy(g->mtp);
         xp_local_exec_destroy(g->draft_lx);
         xp_local_exec_destroy(g->lx);
         xp_remote_exec_destroy(g->rx);

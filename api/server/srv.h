@@ -146,6 +146,8 @@ typedef struct srv_group {
     xp_local_exec_t *draft_lx;
     xp_executor_t draft_ex;
     struct crd_draft_model *draft;
+    /* the model's MTP block as drafter (--spec mtp; NULL: none) */
+    struct crd_mtp *mtp;
 } srv_group_t;
 
 /* ---- disagg.c: prefill and decode groups paired (docs/distributed.md) ---- */

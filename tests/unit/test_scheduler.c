@@ -151,7 +151,7 @@ static void fake_init(fake_exec_t *fx, xp_executor_t *ex, int32_t n_blocks, int3
     fx->budget = budget;
     fx->kv_tok = calloc((size_t)n_blocks * BT, sizeof(int32_t));
     fx->kv_pos = calloc((size_t)n_blocks * BT, sizeof(int32_t));
-    *ex = (xp_executor_t){&fake_ops, fx, NV, n_blocks, BT, budget, 8, 256, 0, 0, 0, 0};
+    *ex = (xp_executor_t){&fake_ops, fx, NV, n_blocks, BT, budget, 8, 256, 0, 0, 0, 0, 0, 0};
 }
 
 /* The same with a sliding pool of n_swa_blocks blocks for a window of `window`. */

@@ -1733,7 +1733,7 @@ static void test_encoder_refuses_invalid(void **state)
     xp_msg_t m;
     memset(&m, 0, sizeof(m));
     m.type = XP_MSG_STEP;
-    m.step = (xp_step_t){2, tok, pos, seq, want, 1, 1, seqs, 0, NULL};
+    m.step = (xp_step_t){2, tok, pos, seq, want, 1, 1, seqs, 0, NULL, NULL};
     msgpack_sbuffer sb;
     msgpack_sbuffer_init(&sb);
     msgpack_sbuffer_write(&sb, "x", 1);
@@ -1756,7 +1756,7 @@ static void test_encoder_refuses_invalid(void **state)
     const int32_t blk[2] = {4, 5}, swa_ok[2] = {-1, 7}, swa_bad[2] = {-1, -3};
     xp_step_seq_t two[2] = {{blk, 2, swa_ok, -1, -1, -1}, {blk, 1, NULL, -1, -1, -1}};
     m.type = XP_MSG_STEP;
-    m.step = (xp_step_t){2, tok, pos, seq, want, 1, 2, two, 0, NULL};
+    m.step = (xp_step_t){2, tok, pos, seq, want, 1, 2, two, 0, NULL, NULL};
     msgpack_sbuffer_clear(&sb);
     tdm_error_clear(&err);
     assert_int_equal(xp_msg_encode(&sb, &m, &err), TDM_ERR_INVALID_PARAM);

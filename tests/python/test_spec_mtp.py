@@ -1,0 +1,156 @@
+"""Speculative decoding with the model's own multi-token-prediction block (--spec mtp) on the
+hybrid fixtures: qwen35moe-b (llama.cpp's converter wrote its MTP block) and qwen3next-b
+given an MTP block by mtp_util.add_mtp_block (the converter's names; its trunk untouched).
+
+- The drafter is the MTP block: `tandem eval --mtp-out` runs the block through the shard's
+  forward pass (the same shd_forward_mtp the drafter's executor calls) over every prompt
+  position and chains 3 drafts; an independent numpy oracle of the block, built from the
+  GGUF's tensors and fed the trunk's hidden states recovered from HF transformers' stored
+  logits (not Tandem's), gives the same logits within 1e-4 relative L2 and the same drafts.
+- Greedy output with --spec mtp equals --spec off (tokens and log-probabilities), alone and
+  four at once on two running slots, and /metrics counts the mtp drafter's drafts, some
+  accepted (prompts that make the random trunk repeat itself, whose MTP block predicts the
+  repeats) and some rejected (a hybrid model then replays: rollback is exercised).
+- Refusals: a model without an MTP block, --spec mtp over shards, a request asking for mtp
+  on a server without it.
+"""
+import concurrent.futures as cf
+import json
+
+import numpy as np
+import pytest
+
+from conftest import FIXTURES, run_tandem
+from mtp_util import MtpOracle, add_mtp_block, hidden_from_logits
+from serve_util import ServeProcess, metric_value
+
+HYBRID = FIXTURES / "hybrid"
+MANIFEST = HYBRID / "manifest.json"
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, tandem_bin):
+    if not MANIFEST.exists():
+        pytest.skip("hybrid fixtures missing")
+    d = tmp_path_factory.mktemp("mtp")
+    nx = d / "qwen3next-b-mtp.gguf"
+    add_mtp_block(HYBRID / "qwen3next-b-f32.gguf", nx)
+    return {"qwen35moe-b": (HYBRID / "qwen35moe-b-f32.gguf", "qwen35moe-b-f32.gguf"),
+            "qwen3next-b": (nx, "qwen3next-b-f32.gguf")}
+
+
+def rel_l2(a, b):
+    return np.linalg.norm(a - b, axis=-1) / np.linalg.norm(b, axis=-1)
+
+
+@pytest.mark.parametrize("name", ["qwen35moe-b", "qwen3next-b"])
+def test_mtp_logits_match_numpy_oracle(models, tmp_path, name):
+    path, ref_file = models[name]
+    m = json.loads(MANIFEST.read_text())
+    entry = next(e for e in m["models"] if e["file"] == ref_file)
+    seq = "s33"
+    tokens = m["sequences"][seq]
+    exp = entry["expected"][seq]
+    assert exp["positions"] == list(range(len(tokens)))
+    ref_logits = np.load(HYBRID / exp["logits"])
+    # the trunk's states from HF's logits (independent of Tandem's trunk)
+    h = hidden_from_logits(path, ref_logits)
+    oracle = MtpOracle(path)
+    out = tmp_path / "mtp.npy"
+    chain = 3
+    res = json.loads(run_tandem("eval", "--model", path, "--tokens", ",".join(map(str, tokens)),
+                                "--mtp-out", out, "--mtp-chain", chain, "--threads", 2).stdout)
+    got = np.load(out)
+    n = len(tokens)
+    assert got.shape == (n - 2 + chain, m["n_vocab"])
+    want, drafts = [], []
+    for p in range(n - 1):
+        lg, state = oracle.row(tokens[p + 1], h[p], p)
+        want.append(lg)
+    drafts.append(int(np.argmax(want[-1])))
+    for d in range(1, chain):
+        lg, state = oracle.row(drafts[-1], state, n - 2 + d)
+        want.append(lg)
+        drafts.append(int(np.argmax(lg)))
+    rel = rel_l2(got, np.array(want))
+    assert rel.max() <= 1e-4, f"{name}: max relative L2 {rel.max():.3g} at row {rel.argmax()}"
+    assert res["mtp_drafts"] == drafts
+    # and the oracle is sensitive: another hidden state or a shifted token moves the rows
+    o2 = MtpOracle(path)
+    off = [o2.row(tokens[p], h[p], p)[0] for p in range(4)]
+    assert rel_l2(got[:4], np.array(off)).min() > 1e-2
+
+
+def complete(srv, name, prompt, spec, n_tokens, **kw):
+    body = {"model": name, "prompt": prompt, "max_tokens": n_tokens,
+            "speculative": {"mode": spec}, **kw}
+    r = srv.post("/v1/completions", body)
+    assert r.status_code == 200, r.text
+    return r.json()["choices"]
+
+
+def same(a, b):
+    assert a[0] == b[0] and a[1] == b[1], (a, b)
+    assert [t for t, _ in a[2]] == [t for t, _ in b[2]]
+    for (_, x), (_, y) in zip(a[2], b[2]):
+        assert abs(x - y) <= 1e-4 * max(1.0, abs(x)), (x, y)
+
+
+# prompts of the fixtures' tokenizer ids: repeats (the random trunk then tends to repeat
+# itself, and its MTP block to predict repeats) and plain runs
+PROMPTS = [[5, 6, 7, 8] * 8, list(range(40, 90)), [100, 101] * 20, [200 + (i * 7) % 50 for i in range(60)]]
+
+
+@pytest.mark.parametrize("name", ["qwen35moe-b", "qwen3next-b"])
+def test_mtp_greedy_identical(models, name):
+    path, _ = models[name]
+    model_name = path.name[:-5]
+    srv = ServeProcess(path, "--spec", "mtp", "--spec-always", "--spec-max", "3",
+                       "--max-running", "2")
+    try:
+        def run(p, spec, n):
+            ch = complete(srv, model_name, p, spec, n, temperature=0, logprobs=1)[0]
+            return ch["text"], ch["finish_reason"], list(zip(ch["logprobs"]["tokens"],
+                                                            ch["logprobs"]["token_logprobs"]))
+        cases = [(p, n) for p in PROMPTS for n in (7, 40)]
+        ref = [run(p, "off", n) for p, n in cases]
+        m0 = srv.metrics()
+        assert metric_value(m0, "tandem_spec_draft_tokens_total", drafter="mtp") == 0
+        alone = [run(p, "mtp", n) for p, n in cases]
+        with cf.ThreadPoolExecutor(4) as ex:
+            batched = list(ex.map(lambda x: run(x[0], "mtp", x[1]), cases))
+        m = srv.metrics()
+    finally:
+        srv.stop()
+    for r, a, b in zip(ref, alone, batched):
+        same(r, a)
+        same(r, b)
+    drafted = metric_value(m, "tandem_spec_draft_tokens_total", drafter="mtp")
+    accepted = metric_value(m, "tandem_spec_accepted_tokens_total", drafter="mtp")
+    assert drafted > 0 and accepted < drafted, (drafted, accepted)
+    assert metric_value(m, "tandem_spec_draft_tokens_total", drafter="ngram") == 0
+
+
+def test_mtp_refusals(models, tmp_path):
+    # no MTP block: refused at start-up, saying why
+    proc = run_tandem("serve", "--model", HYBRID / "qwen3next-a-f32.gguf", "--spec", "mtp",
+                      "--port", "0", check=False, timeout=60)
+    assert proc.returncode != 0
+    assert "--spec mtp" in proc.stderr and "no multi-token-prediction block" in proc.stderr
+    # over shards: refused before any shard is contacted
+    proc = run_tandem("serve", "--model", models["qwen35moe-b"][0], "--spec", "mtp",
+                      "--shards", "127.0.0.1:1", "--port", "0", check=False, timeout=60)
+    assert proc.returncode != 0 and "--spec mtp runs on one node only" in proc.stderr
+    # a request asking for mtp on a server started without it
+    path = models["qwen35moe-b"][0]
+    srv = ServeProcess(path, "--spec", "ngram")
+    try:
+        r = srv.post("/v1/completions", {"model": path.name[:-5], "prompt": [1, 2, 3],
+                                         "max_tokens": 2, "speculative": {"mode": "mtp"}})
+        assert r.status_code == 400, r.text
+        assert "--spec mtp" in r.text
+        r = srv.post("/v1/completions", {"model": path.name[:-5], "prompt": [1, 2, 3],
+                                         "max_tokens": 2, "speculative": {"mode": "eagle"}})
+        assert r.status_code == 400 and "mtp" in r.text
+    finally:
+        srv.stop()
