@@ -28,6 +28,7 @@
 #include "api/server/gen_util.h"
 #include "api/server/job.h"
 #include "api/server/srv.h"
+#include "api/server/sse_out.h"
 #include "common/log.h"
 #include "coordinator/sampler.h"
 
@@ -65,9 +66,7 @@ typedef struct anth_gen {
     json_t *content; /* without streaming: the blocks so far */
     /* streaming */
     bool stream, started, done;
-    prs_buf_t out;
-    size_t out_off;
-    double t_last_write;
+    srv_sse_out_t out; /* events not yet taken by the HTTP library */
 } anth_gen_t;
 
 /* ---- errors in Anthropic's shape ---- */
@@ -175,11 +174,11 @@ static void sse_event(anth_gen_t *g, const char *name, json_t *obj /* stolen */)
     char *text = json_dumps(obj, JSON_COMPACT);
     json_decref(obj);
     if (text != NULL) {
-        prs_buf_append_str(&g->out, "event: ");
-        prs_buf_append_str(&g->out, name);
-        prs_buf_append_str(&g->out, "\ndata: ");
-        prs_buf_append_str(&g->out, text);
-        prs_buf_append(&g->out, "\n\n", 2);
+        prs_buf_append_str(&g->out.buf, "event: ");
+        prs_buf_append_str(&g->out.buf, name);
+        prs_buf_append_str(&g->out.buf, "\ndata: ");
+        prs_buf_append_str(&g->out.buf, text);
+        prs_buf_append(&g->out.buf, "\n\n", 2);
         free(text);
     }
 }
@@ -395,7 +394,7 @@ static void gen_free(anth_gen_t *g)
     }
     prs_output_destroy(g->op);
     prs_buf_free(&g->acc);
-    prs_buf_free(&g->out);
+    srv_sse_out_free(&g->out);
     json_decref(g->content);
     free(g->stop_seq);
     free(g->error);
@@ -436,16 +435,8 @@ static ssize_t stream_read(void *cls, char *buf, size_t max)
 {
     anth_gen_t *g = cls;
     for (;;) {
-        if (g->out_off < g->out.len) {
-            size_t n = g->out.len - g->out_off;
-            n = n < max ? n : max;
-            memcpy(buf, g->out.data + g->out_off, n);
-            g->out_off += n;
-            if (g->out_off == g->out.len) {
-                prs_buf_clear(&g->out);
-                g->out_off = 0;
-            }
-            g->t_last_write = tdm_now_s();
+        size_t n = srv_sse_out_take(&g->out, buf, max);
+        if (n > 0) {
             return (ssize_t)n;
         }
         if (g->done) {
@@ -459,7 +450,7 @@ static ssize_t stream_read(void *cls, char *buf, size_t max)
         if (!pump(g)) {
             return SRV_STREAM_ABORT;
         }
-        if (g->out.len == 0 && tdm_now_s() - g->t_last_write >= g->s->cfg.keepalive_s) {
+        if (srv_sse_out_idle(&g->out, g->s->cfg.keepalive_s)) {
             if (g->started) {
                 sse_ping(g);
             } else {
@@ -545,7 +536,7 @@ int srv_route_messages(srv_server_t *s, const srv_http_req_t *r)
     g->s = s;
     g->conn = r->conn;
     g->t_start = r->t_start;
-    g->t_last_write = tdm_now_s();
+    srv_sse_out_init(&g->out);
     g->content = json_array();
     crd_rng_seed(g->rng, (uint64_t)time(NULL) ^ (atomic_fetch_add(&s->next_id, 1) << 20) ^
                              (uint64_t)(uintptr_t)g);

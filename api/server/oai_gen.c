@@ -19,6 +19,7 @@
 #include "api/server/job.h"
 #include "api/server/oai_parse.h"
 #include "api/server/srv.h"
+#include "api/server/sse_out.h"
 #include "common/log.h"
 #include "coordinator/sampler.h"
 
@@ -60,10 +61,8 @@ typedef struct gen {
     uint64_t rng[4];
     /* streaming */
     bool stream;
-    prs_buf_t out;
-    size_t out_off;
+    srv_sse_out_t out; /* events not yet taken by the HTTP library */
     bool done_sent;
-    double t_last_write;
 } gen_t;
 
 /* ---- small helpers ---- */
@@ -140,9 +139,9 @@ static void sse_json(gen_t *g, json_t *obj)
     char *text = json_dumps(obj, JSON_COMPACT);
     json_decref(obj);
     if (text != NULL) {
-        prs_buf_append(&g->out, "data: ", 6);
-        prs_buf_append_str(&g->out, text);
-        prs_buf_append(&g->out, "\n\n", 2);
+        prs_buf_append(&g->out.buf, "data: ", 6);
+        prs_buf_append_str(&g->out.buf, text);
+        prs_buf_append(&g->out.buf, "\n\n", 2);
         free(text);
     }
 }
@@ -387,7 +386,7 @@ static void gen_free(gen_t *g)
         free(c->error);
     }
     free(g->ch);
-    prs_buf_free(&g->out);
+    srv_sse_out_free(&g->out);
     srv_gen_req_free(&g->req);
     atomic_fetch_sub(&g->s->n_handlers, 1);
     free(g);
@@ -427,16 +426,8 @@ static ssize_t stream_read(void *cls, char *buf, size_t max)
 {
     gen_t *g = cls;
     for (;;) {
-        if (g->out_off < g->out.len) {
-            size_t n = g->out.len - g->out_off;
-            n = n < max ? n : max;
-            memcpy(buf, g->out.data + g->out_off, n);
-            g->out_off += n;
-            if (g->out_off == g->out.len) {
-                prs_buf_clear(&g->out);
-                g->out_off = 0;
-            }
-            g->t_last_write = tdm_now_s();
+        size_t n = srv_sse_out_take(&g->out, buf, max);
+        if (n > 0) {
             return (ssize_t)n;
         }
         if (g->done_sent) {
@@ -451,7 +442,7 @@ static ssize_t stream_read(void *cls, char *buf, size_t max)
                                       "choices", "usage", usage_json(g));
                 sse_json(g, o);
             }
-            prs_buf_append_str(&g->out, "data: [DONE]\n\n");
+            prs_buf_append_str(&g->out.buf, "data: [DONE]\n\n");
             g->done_sent = true;
             srv_metrics_observe(g->s->metrics, SRV_HIST_E2E, tdm_now_s() - g->t_start);
             continue;
@@ -459,8 +450,8 @@ static ssize_t stream_read(void *cls, char *buf, size_t max)
         if (!pump(g)) {
             return SRV_STREAM_ABORT;
         }
-        if (g->out.len == 0 && tdm_now_s() - g->t_last_write >= g->s->cfg.keepalive_s) {
-            prs_buf_append_str(&g->out, ": keep-alive\n\n");
+        if (srv_sse_out_idle(&g->out, g->s->cfg.keepalive_s)) {
+            prs_buf_append_str(&g->out.buf, ": keep-alive\n\n");
         }
     }
 }
@@ -572,7 +563,7 @@ static int route_gen(srv_server_t *s, const srv_http_req_t *r, srv_api_t api)
     g->s = s;
     g->conn = r->conn;
     g->t_start = r->t_start;
-    g->t_last_write = tdm_now_s();
+    srv_sse_out_init(&g->out);
     g->created = (int64_t)time(NULL);
     crd_rng_seed(g->rng, (uint64_t)time(NULL) ^ (atomic_fetch_add(&s->next_id, 1) << 20) ^
                              (uint64_t)(uintptr_t)g);

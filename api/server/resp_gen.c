@@ -19,6 +19,7 @@
 #include "api/server/job.h"
 #include "api/server/resp_parse.h"
 #include "api/server/srv.h"
+#include "api/server/sse_out.h"
 #include "common/log.h"
 #include "coordinator/sampler.h"
 
@@ -59,10 +60,8 @@ typedef struct resp {
     /* streaming */
     bool stream;
     int64_t seq;
-    prs_buf_t out;
-    size_t out_off;
+    srv_sse_out_t out; /* events not yet taken by the HTTP library */
     bool done_sent;
-    double t_last_write;
 } resp_t;
 
 /* ---- events ---- */
@@ -79,11 +78,11 @@ static void emit(resp_t *r, const char *type, json_t *obj)
     char *text = json_dumps(obj, JSON_COMPACT);
     json_decref(obj);
     if (text != NULL) {
-        prs_buf_append_str(&r->out, "event: ");
-        prs_buf_append_str(&r->out, type);
-        prs_buf_append_str(&r->out, "\ndata: ");
-        prs_buf_append_str(&r->out, text);
-        prs_buf_append(&r->out, "\n\n", 2);
+        prs_buf_append_str(&r->out.buf, "event: ");
+        prs_buf_append_str(&r->out.buf, type);
+        prs_buf_append_str(&r->out.buf, "\ndata: ");
+        prs_buf_append_str(&r->out.buf, text);
+        prs_buf_append(&r->out.buf, "\n\n", 2);
         free(text);
     }
 }
@@ -402,7 +401,7 @@ static void resp_free(resp_t *r)
     prs_buf_free(&r->text);
     prs_buf_free(&r->ws);
     prs_buf_free(&r->thought);
-    prs_buf_free(&r->out);
+    srv_sse_out_free(&r->out);
     free(r->error);
     srv_resp_req_free(&r->req);
     atomic_fetch_sub(&r->s->n_handlers, 1);
@@ -438,16 +437,8 @@ static ssize_t stream_read(void *cls, char *buf, size_t max)
 {
     resp_t *r = cls;
     for (;;) {
-        if (r->out_off < r->out.len) {
-            size_t n = r->out.len - r->out_off;
-            n = n < max ? n : max;
-            memcpy(buf, r->out.data + r->out_off, n);
-            r->out_off += n;
-            if (r->out_off == r->out.len) {
-                prs_buf_clear(&r->out);
-                r->out_off = 0;
-            }
-            r->t_last_write = tdm_now_s();
+        size_t n = srv_sse_out_take(&r->out, buf, max);
+        if (n > 0) {
             return (ssize_t)n;
         }
         if (r->done_sent) {
@@ -463,8 +454,8 @@ static ssize_t stream_read(void *cls, char *buf, size_t max)
         if (!pump(r)) {
             return SRV_STREAM_ABORT;
         }
-        if (r->out.len == 0 && tdm_now_s() - r->t_last_write >= r->s->cfg.keepalive_s) {
-            prs_buf_append_str(&r->out, ": keep-alive\n\n");
+        if (srv_sse_out_idle(&r->out, r->s->cfg.keepalive_s)) {
+            prs_buf_append_str(&r->out.buf, ": keep-alive\n\n");
         }
     }
 }
@@ -528,7 +519,7 @@ int srv_route_responses(srv_server_t *s, const srv_http_req_t *h)
     r->conn = h->conn;
     r->route = h->path;
     r->t_start = h->t_start;
-    r->t_last_write = tdm_now_s();
+    srv_sse_out_init(&r->out);
     r->created = (int64_t)time(NULL);
     r->output = json_array();
     crd_rng_seed(r->rng, (uint64_t)time(NULL) ^ (atomic_fetch_add(&s->next_id, 1) << 20) ^
