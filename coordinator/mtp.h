@@ -25,6 +25,12 @@
  *   - rows that a rollback (hybrid models replay accepted tokens), a preemption or a prefix
  *     hit make stale are dropped: a step's rows replace everything from their first position.
  *
+ * A prefix hit starts the rows at the hit: the cached blocks hold the MTP K/V their first
+ * sequence wrote. That K/V at a block's last position pairs it with the token its writer
+ * had next (and is written when that token is known, possibly after the block is cached),
+ * so a sequence sharing the block may see another continuation's row there: its drafts can
+ * suffer, never its output.
+ *
  * The scheduler reserves the KV blocks of the chained rows' positions before fill (they lie
  * inside the verification step's positions) and hands each sequence's block table in
  * (crd_mtp_seq_set_blocks). A failed MTP step costs drafts only: no draft that step; the

@@ -25,13 +25,18 @@ def _fields(r):
     return arch
 
 
-def add_mtp_block(src, dst, seed=7):
+def add_mtp_block(src, dst, seed=7, echo=False):
     """Copies the hybrid GGUF src to dst with an MTP block after its trunk, named as llama.cpp's
     converter names a Qwen3-Next / Qwen3.5 checkpoint's `mtp.*` tensors (blk.<n>.nextn.eh_proj,
     .enorm, .hnorm, .shared_head_norm, and a full-attention layer's tensors shaped like the
     trunk's first attention layer), random values from a fixed seed, and the keys the converter
     writes (block_count + 1, nextn_predict_layers 1, recurrent_layers one False longer). The
-    trunk is untouched, so the trunk's references still hold."""
+    trunk is untouched, so the trunk's references still hold.
+
+    echo: a block that mostly passes h_p through (eh_proj = [0 | I], unit norms, the
+    attention's and the FFN's output projections scaled by 0.05), so its draft is nearly the
+    trunk's own choice at p, i.e. the last token again: a random trunk that repeats itself
+    accepts many such drafts, which a test needs to see acceptance at all."""
     r = gguf.GGUFReader(str(src))
     arch = _fields(r)
     n_layer = int(r.fields[f"{arch}.block_count"].parts[-1][0])
@@ -67,9 +72,15 @@ def add_mtp_block(src, dst, seed=7):
         rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
         if name.endswith("norm.weight"):
             v = 1.0 + rng.uniform(-0.3, 0.3, size=shape)  # stored as 1 + w, as the converter does
+            if echo and "attn_" not in name:
+                v = np.ones(shape)
         else:
             fan_in = shape[-1]
             v = rng.normal(0.0, 1.0 / np.sqrt(fan_in), size=shape)
+            if echo and name.endswith("nextn.eh_proj.weight"):
+                v = np.concatenate([np.zeros((E, E)), np.eye(E)], axis=1)
+            elif echo and any(k in name for k in ("attn_output", "ffn_down_exps", "ffn_down_shexp")):
+                v = 0.05 * v
         w.add_tensor(name, v.astype(np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
@@ -104,6 +115,11 @@ class MtpOracle:
                                self.t.get("output.weight", self.t["token_embd.weight"]))
         self.head_norm = self.t.get(b + "nextn.shared_head_norm.weight", self.t["output_norm.weight"])
         self.k_cache, self.v_cache = [], []
+
+    def truncate(self, n):
+        """Forgets the rows from position n on (the engine writes them again)."""
+        del self.k_cache[n:]
+        del self.v_cache[n:]
 
     def rms(self, x, w):
         return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + self.eps) * w

@@ -11,6 +11,12 @@ given an MTP block by mtp_util.add_mtp_block (the converter's names; its trunk u
   four at once on two running slots, and /metrics counts the mtp drafter's drafts, some
   accepted (prompts that make the random trunk repeat itself, whose MTP block predicts the
   repeats) and some rejected (a hybrid model then replays: rollback is exercised).
+- The engine drafts what the block predicts, from the right rows: on qwen3next-b with an
+  "echo" MTP block (it mostly passes h_p through, so its drafts are mostly the trunk's own
+  last token: many are accepted on a repeating random trunk) the numpy oracle, fed the
+  trunk's states, replays the engine's decode (--spec-always, k = 3, catch-up rows, chained
+  rows dropped, a hybrid replay step after each rejection) and predicts exactly how many
+  tokens it drafts and how many are accepted; /metrics must say the same.
 - Refusals: a model without an MTP block, --spec mtp over shards, a request asking for mtp
   on a server without it.
 """
@@ -35,8 +41,11 @@ def models(tmp_path_factory, tandem_bin):
     d = tmp_path_factory.mktemp("mtp")
     nx = d / "qwen3next-b-mtp.gguf"
     add_mtp_block(HYBRID / "qwen3next-b-f32.gguf", nx)
+    echo = d / "qwen3next-b-echo.gguf"
+    add_mtp_block(HYBRID / "qwen3next-b-f32.gguf", echo, echo=True)
     return {"qwen35moe-b": (HYBRID / "qwen35moe-b-f32.gguf", "qwen35moe-b-f32.gguf"),
-            "qwen3next-b": (nx, "qwen3next-b-f32.gguf")}
+            "qwen3next-b": (nx, "qwen3next-b-f32.gguf"),
+            "qwen3next-b-echo": (echo, "qwen3next-b-f32.gguf")}
 
 
 def rel_l2(a, b):
@@ -129,6 +138,66 @@ def test_mtp_greedy_identical(models, name):
     accepted = metric_value(m, "tandem_spec_accepted_tokens_total", drafter="mtp")
     assert drafted > 0 and accepted < drafted, (drafted, accepted)
     assert metric_value(m, "tandem_spec_draft_tokens_total", drafter="ngram") == 0
+
+
+def simulate(oracle, h, seq, n_prompt, n_gen_max, k_max):
+    """The engine's decode of one greedy request under --spec mtp --spec-always --spec-max
+    k_max on a hybrid model (scheduler.c, mtp.h), with the oracle as the block: returns
+    (drafted, accepted, smallest top-2 logit margin of any draft)."""
+    n, n_gen, rows, replay = n_prompt + 1, 1, 0, False
+    drafted = accepted = 0
+    margin = np.inf
+    while n_gen < n_gen_max:
+        k = min(k_max, n_gen_max - n_gen - 1)
+        if replay or k <= 0:  # a replay step after a rejection: no drafts, one token
+            n, n_gen, replay = n + 1, n_gen + 1, False
+            continue
+        oracle.truncate(rows)  # the chained rows and the last proposal's first row go
+        for p in range(rows, n - 2):
+            oracle.row(seq[p + 1], h[p], p)
+        rows = n - 2
+        lg, state = oracle.row(seq[n - 1], h[n - 2], n - 2)
+        drafts = []
+        for d in range(k):
+            if d > 0:
+                lg, state = oracle.row(drafts[-1], state, n - 2 + d)
+            top = np.sort(lg)[-2:]
+            margin = min(margin, top[1] - top[0])
+            drafts.append(int(np.argmax(lg)))
+        a = 0
+        while a < k and drafts[a] == seq[n + a]:
+            a += 1
+        drafted += k
+        accepted += a
+        n, n_gen, replay = n + a + 1, n_gen + a + 1, a < k
+    return drafted, accepted, margin
+
+
+def test_mtp_engine_drafts_what_the_block_predicts(models, tmp_path):
+    path, _ = models["qwen3next-b-echo"]
+    prompt, n_gen, k = [5, 6, 7, 8] * 6 + [100, 101] * 3, 40, 3
+    res = json.loads(run_tandem("eval", "--model", path, "--tokens", ",".join(map(str, prompt)),
+                                "--greedy", n_gen, "--threads", 2).stdout)
+    seq = prompt + res["greedy"]
+    out = tmp_path / "trunk.npy"
+    run_tandem("eval", "--model", path, "--tokens", ",".join(map(str, seq[:-1])),
+               "--logits-out", out, "--threads", 2)
+    h = hidden_from_logits(path, np.load(out))
+    drafted, accepted, margin = simulate(MtpOracle(path), h, seq, len(prompt), n_gen, k)
+    assert margin > 1e-3, f"a draft decided by {margin:.2g}: pick another prompt"
+    assert 0 < accepted < drafted, (drafted, accepted)
+    # max-running 4: logits rows (and spare state slots) for all k drafts of the one request
+    srv = ServeProcess(path, "--spec", "mtp", "--spec-always", "--spec-max", k, "--max-running", 4)
+    try:
+        ch = complete(srv, path.name[:-5], prompt, "mtp", n_gen, temperature=0, ignore_eos=True)[0]
+        m = srv.metrics()
+        used = metric_value(m, "tandem_kv_blocks_used")
+    finally:
+        srv.stop()
+    assert ch["finish_reason"] == "length"
+    assert (metric_value(m, "tandem_spec_draft_tokens_total", drafter="mtp"),
+            metric_value(m, "tandem_spec_accepted_tokens_total", drafter="mtp")) == (drafted, accepted)
+    assert used == 0  # the MTP block's K/V went with the sequence's blocks
 
 
 def test_mtp_refusals(models, tmp_path):
