@@ -36,7 +36,7 @@ def add_mtp_block(src, dst, seed=7, echo=False):
     echo: a block that mostly passes h_p through (eh_proj = [0 | I], unit norms, the
     attention's and the FFN's output projections scaled by 0.05), so its draft is nearly the
     trunk's own choice at p, i.e. the last token again: a random trunk that repeats itself
-    accepts many such drafts, which a test needs to see acceptance at all."""
+    accepts some such drafts, which a test needs to see acceptance at all."""
     r = gguf.GGUFReader(str(src))
     arch = _fields(r)
     n_layer = int(r.fields[f"{arch}.block_count"].parts[-1][0])
