@@ -13,9 +13,11 @@ given an MTP block by mtp_util.add_mtp_block (the converter's names; its trunk u
   repeats) and some rejected (a hybrid model then replays: rollback is exercised).
 - The engine drafts what the block predicts, from the right rows: on qwen3next-b with an
   "echo" MTP block (it mostly passes h_p through, so its drafts are mostly the trunk's own
-  last token: 10 of 48 are accepted on this prompt) the numpy oracle, fed the
+  last token: 10 of 48 accepted on a short prompt, 3 of 56 on a 150-token one run whole and
+  in prefill chunks, whose rows go through catch-up steps) the numpy oracle, fed the
   trunk's states, replays the engine's decode (--spec-always, k = 3, catch-up rows, chained
-  rows dropped, a hybrid replay step after each rejection) and predicts exactly how many
+  rows dropped, the hybrid replay after a rejection, cut at a block boundary where the state
+  is stored) and predicts exactly how many
   tokens it drafts and how many are accepted; /metrics must say the same.
 - Refusals: a model without an MTP block, --spec mtp over shards, a request asking for mtp
   on a server without it.
@@ -140,10 +142,14 @@ def test_mtp_greedy_identical(models, name):
     assert metric_value(m, "tandem_spec_draft_tokens_total", drafter="ngram") == 0
 
 
-def simulate(oracle, h, seq, n_prompt, n_gen_max, k_max):
+def simulate(oracle, h, seq, n_prompt, n_gen_max, k_max, block=16):
     """The engine's decode of one greedy request under --spec mtp --spec-always --spec-max
     k_max on a hybrid model (scheduler.c, mtp.h), with the oracle as the block: returns
-    (drafted, accepted, smallest top-2 logit margin of any draft)."""
+    (drafted, accepted, smallest top-2 logit margin of any draft). After a rejection the
+    engine computes the accepted tokens again from the state before the step; that replay
+    stops at the last block boundary before the sequence's end (the recurrent state is stored
+    there for the prefix cache), and when one token is left after it, that token's step is an
+    ordinary decode step with drafts; otherwise the replay's step emits a token undrafted."""
     n, n_gen, rows, replay = n_prompt + 1, 1, 0, False
     drafted = accepted = 0
     margin = np.inf
@@ -169,13 +175,20 @@ def simulate(oracle, h, seq, n_prompt, n_gen_max, k_max):
             a += 1
         drafted += k
         accepted += a
-        n, n_gen, replay = n + a + 1, n_gen + a + 1, a < k
+        p0 = n - 1  # the verified step's first position
+        n, n_gen = n + a + 1, n_gen + a + 1
+        saved = (n - 1) // block * block
+        replay = a < k and n - (saved if saved > p0 else p0) > 1
     return drafted, accepted, margin
 
 
-def test_mtp_engine_drafts_what_the_block_predicts(models, tmp_path):
+# a short prompt (10 of 48 drafts accepted) and a 150-token one, whose
+# rows go through the block in catch-up steps as they are computed (3 of 56), whole and in
+# prefill chunks of 48
+@pytest.mark.parametrize("repeat,flags", [(4, ()), (30, ()), (30, ("--batch", 48))])
+def test_mtp_engine_drafts_what_the_block_predicts(models, tmp_path, repeat, flags):
     path, _ = models["qwen3next-b-echo"]
-    prompt, n_gen, k = [379, 378, 300, 301, 302] * 4, 40, 3  # 10 of 48 drafts accepted
+    prompt, n_gen, k = [379, 378, 300, 301, 302] * repeat, 40, 3
     res = json.loads(run_tandem("eval", "--model", path, "--tokens", ",".join(map(str, prompt)),
                                 "--greedy", n_gen, "--threads", 2).stdout)
     seq = prompt + res["greedy"]
@@ -187,7 +200,8 @@ def test_mtp_engine_drafts_what_the_block_predicts(models, tmp_path):
     assert margin > 1e-3, f"a draft decided by {margin:.2g}: pick another prompt"
     assert 0 < accepted < drafted, (drafted, accepted)
     # max-running 4: logits rows (and spare state slots) for all k drafts of the one request
-    srv = ServeProcess(path, "--spec", "mtp", "--spec-always", "--spec-max", k, "--max-running", 4)
+    srv = ServeProcess(path, "--spec", "mtp", "--spec-always", "--spec-max", k, "--max-running", 4,
+                       *flags)
     try:
         ch = complete(srv, path.name[:-5], prompt, "mtp", n_gen, temperature=0, ignore_eos=True)[0]
         m = srv.metrics()
