@@ -6,14 +6,10 @@
  *   1. one machine: one engine, nothing to choose;
  *   2. a replica that does not fit one machine: one group over all of them (TP/EP), the
  *      only layout left; replicas are impossible and the plan says so;
- *   3. few streams (<= TOPO_LAYOUT_SPLIT_MAX_STREAMS): one TP group, whose steps use every
- *      machine for every token (replicas would leave machines idle);
- *   4. prompts whose uncached part outweighs the answers (prompt tokens >=
- *      TOPO_LAYOUT_DISAGG_RATIO x answer tokens) on a model and device that can hand KV
- *      over: prefill groups paired with decode groups, so the prompts' work never stalls
- *      the streams;
- *   5. otherwise (the agent swarm: a long shared prompt the cache holds, short new turns)
- *      one replica per machine with prefix routing.
+ *   3. prompts whose uncached part outweighs the answers (new prompt tokens per turn >=
+ *      TOPO_LAYOUT_DISAGG_RATIO x generated tokens) on a model and device that can hand KV
+ *      over, and an even number of machines: prefill groups paired with decode groups;
+ *   4. otherwise one replica per machine with prefix routing, at any stream count.
  */
 #include "topology/topo_layout.h"
 
@@ -21,17 +17,19 @@
 #include <stdio.h>
 #include <string.h>
 
-/* bench/layouts.py, SmolLM2 on 2 shards of one thread: at 4 streams one TP group gave
- * the most output (and the lowest inter-token latency); from 16 streams on two replicas
- * did (docs/benchmarks.md, "Engine-group layouts"). */
-#define TOPO_LAYOUT_SPLIT_MAX_STREAMS 4
-
-/* A prefill group pays off when it is as busy as its decode group: new prompt tokens per
- * turn >= this many times the answer's tokens. bench/layouts.py (d): with the shared prompt
- * cached and ~60-token new turns the prefill group idled and prefill + decode gave about
- * half of two replicas' output; prefill runs about this many times faster per token than
- * decode on one machine (docs/benchmarks.md). */
-#define TOPO_LAYOUT_DISAGG_RATIO 8
+/* Replicas at every stream count: bench/layouts.py (SmolLM2, 2 shards of one thread on
+ * loopback, docs/benchmarks.md "Engine-group layouts") gave two prefix-routed replicas the
+ * most output at 4, 16 and 32 streams; one TP 2 group gave 0.61x of it at 4 streams and
+ * less further on (a collective per layer, and the shared prompt computed by both halves
+ * of every step). So a TP/EP group is the layout only for a model a machine cannot hold.
+ *
+ * A prefill group pays off only when it is as busy as its decode group: a machine
+ * prefills about 218 tokens/s (1 thread, docs/benchmarks.md "Engine") while a decode group
+ * of 16-32 streams produced about 45 tokens/s in bench/layouts.py (d), so a turn's new
+ * prompt tokens must be about 5 times its generated tokens. Below that (the measured agent
+ * load: the shared prompt cached, ~60-190 new tokens against 128 generated) prefill +
+ * decode gave 0.69-0.73x of the replicas' output. */
+#define TOPO_LAYOUT_DISAGG_RATIO 5
 
 #define DEFAULT_ANSWER_TOKENS 128
 
@@ -95,16 +93,6 @@ void topo_layout_recommend(const topo_layout_in_t *in, topo_layout_t *out)
              gib(in->replica_bytes), gib(in->node_bytes), n);
         return;
     }
-    if (in->streams > 0 && in->streams <= TOPO_LAYOUT_SPLIT_MAX_STREAMS) {
-        out->kind = TOPO_LAYOUT_SPLIT;
-        out->groups = 1;
-        out->shards_per_group = n;
-        note(out,
-             "%d stream%s (<= %d): one group over all %d machines, so every token's step uses "
-             "all of them; replicas would leave machines idle between few streams",
-             in->streams, in->streams == 1 ? "" : "s", TOPO_LAYOUT_SPLIT_MAX_STREAMS, n);
-        return;
-    }
     const bool prompt_heavy = in->prompt_tokens >= TOPO_LAYOUT_DISAGG_RATIO * answer;
     if (prompt_heavy && n % 2 == 0 && in->disagg_supported) {
         out->kind = TOPO_LAYOUT_PREFILL_DECODE;
@@ -122,12 +110,16 @@ void topo_layout_recommend(const topo_layout_in_t *in, topo_layout_t *out)
     out->shards_per_group = 1;
     if (in->streams > 0) {
         note(out,
-             "%d streams (> %d): one replica per machine with --routing prefix; each "
-             "conversation returns to the replica holding its prefix, no collective per layer",
-             in->streams, TOPO_LAYOUT_SPLIT_MAX_STREAMS);
+             "%d stream%s: one replica per machine with --routing prefix; each conversation "
+             "returns to the replica holding its prefix, no collective per layer (measured: "
+             "replicas ahead of one TP group at 4 to 32 streams)",
+             in->streams, in->streams == 1 ? "" : "s");
+        if (in->streams < n) {
+            note(out, "fewer streams than machines: %d machine%s will idle", n - in->streams,
+                 n - in->streams == 1 ? "" : "s");
+        }
     } else {
-        note(out, "no --streams given: taken as many streams (an agent swarm): one replica "
-                  "per machine with --routing prefix");
+        note(out, "no --streams given: one replica per machine with --routing prefix");
     }
     if (prompt_heavy && !in->disagg_supported) {
         note(out, "prefill + decode groups would suit these prompts but cannot run: %s",

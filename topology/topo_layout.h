@@ -6,8 +6,8 @@
  * plan of one replica, the machines, the load), so the rule is unit-tested on its own
  * (tests/unit/test_topo_layout.c) and `tandem plan --streams` only prints it.
  *
- * The rule's thresholds come from bench/layouts.py (docs/benchmarks.md, "Engine-group
- * layouts"); the comments at each threshold in topo_layout.c say which figure set it.
+ * The rule comes from bench/layouts.py (docs/benchmarks.md, "Engine-group layouts");
+ * topo_layout.c says which figure set each part.
  */
 #ifndef TDM_TOPO_LAYOUT_H
 #define TDM_TOPO_LAYOUT_H
@@ -50,7 +50,7 @@ typedef struct topo_layout {
 } topo_layout_t;
 
 /* The layout for in, with the reasons; never fails (a load that is not given is taken as
- * many streams of short new prompts, the agent-swarm case). */
+ * short new prompts, the agent-swarm case). */
 void topo_layout_recommend(const topo_layout_in_t *in, topo_layout_t *out);
 
 const char *topo_layout_name(topo_layout_kind_t k); /* "replicas", "split", ... */

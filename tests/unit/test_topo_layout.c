@@ -1,7 +1,7 @@
 /* test_topo_layout.c - the engine-group layout rule (topology/topo_layout.c): one machine,
- * a replica too big for one machine (replicas impossible, said so), the stream count on
- * both sides of the TP threshold, prompt-heavy loads on both sides of the prefill/decode
- * ratio, and a prompt-heavy load where prefill/decode cannot run (model or odd machines). */
+ * a replica too big for one machine (replicas impossible, said so), replicas at any stream
+ * count (the measured rule), prompt-heavy loads on both sides of the prefill/decode ratio,
+ * and a prompt-heavy load where prefill/decode cannot run (model or odd machines). */
 #include "topology/topo_layout.h"
 
 #include <setjmp.h>
@@ -67,44 +67,46 @@ static void test_too_big_for_one_machine(void **state)
     assert_int_equal(l.kind, TOPO_LAYOUT_SPLIT);
 }
 
-static void test_streams_threshold(void **state)
+static void test_replicas_at_any_stream_count(void **state)
 {
     (void)state;
     topo_layout_t l;
-    topo_layout_in_t in = two_sparks(4, 0);
-    topo_layout_recommend(&in, &l);
-    assert_int_equal(l.kind, TOPO_LAYOUT_SPLIT);
-    assert_true(l.replicas_possible);
-    assert_int_equal(l.shards_per_group, 2);
-    in = two_sparks(5, 0);
-    topo_layout_recommend(&in, &l);
-    assert_int_equal(l.kind, TOPO_LAYOUT_REPLICAS);
-    assert_int_equal(l.groups, 2);
-    assert_int_equal(l.shards_per_group, 1);
-    assert_true(notes_have(&l, "--routing prefix"));
-    in = two_sparks(0, 0); /* no load given: the swarm */
-    topo_layout_recommend(&in, &l);
-    assert_int_equal(l.kind, TOPO_LAYOUT_REPLICAS);
-    assert_string_equal(topo_layout_name(l.kind), "replicas");
+    const int streams[] = {1, 4, 5, 64, 0 /* not given */};
+    for (size_t i = 0; i < sizeof(streams) / sizeof(streams[0]); i++) {
+        topo_layout_in_t in = two_sparks(streams[i], 0);
+        topo_layout_recommend(&in, &l);
+        assert_int_equal(l.kind, TOPO_LAYOUT_REPLICAS);
+        assert_true(l.replicas_possible);
+        assert_int_equal(l.groups, 2);
+        assert_int_equal(l.shards_per_group, 1);
+        assert_true(notes_have(&l, "--routing prefix"));
+        assert_true(notes_have(&l, "will idle") == (streams[i] == 1));
+    }
+    assert_string_equal(topo_layout_name(TOPO_LAYOUT_REPLICAS), "replicas");
+    assert_string_equal(topo_layout_name(TOPO_LAYOUT_SPLIT), "split");
 }
 
 static void test_prompt_heavy(void **state)
 {
     (void)state;
     topo_layout_t l;
-    topo_layout_in_t in = two_sparks(32, 8 * 128);
+    topo_layout_in_t in = two_sparks(32, 5 * 128);
     topo_layout_recommend(&in, &l);
     assert_int_equal(l.kind, TOPO_LAYOUT_PREFILL_DECODE);
     assert_int_equal(l.groups, 2);
     assert_string_equal(topo_layout_name(l.kind), "prefill-decode");
-    in = two_sparks(32, 8 * 128 - 1); /* just under the ratio */
+    in = two_sparks(32, 5 * 128 - 1); /* just under the ratio */
     topo_layout_recommend(&in, &l);
     assert_int_equal(l.kind, TOPO_LAYOUT_REPLICAS);
     assert_true(notes_have(&l, "would idle"));
-    /* few streams still want every machine on each token */
-    in = two_sparks(2, 4000);
+    /* the generated tokens per turn scale the threshold */
+    in = two_sparks(32, 5 * 512);
+    in.answer_tokens = 512;
     topo_layout_recommend(&in, &l);
-    assert_int_equal(l.kind, TOPO_LAYOUT_SPLIT);
+    assert_int_equal(l.kind, TOPO_LAYOUT_PREFILL_DECODE);
+    in.prompt_tokens--;
+    topo_layout_recommend(&in, &l);
+    assert_int_equal(l.kind, TOPO_LAYOUT_REPLICAS);
 }
 
 static void test_prompt_heavy_without_disagg(void **state)
@@ -130,7 +132,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_one_machine),
         cmocka_unit_test(test_too_big_for_one_machine),
-        cmocka_unit_test(test_streams_threshold),
+        cmocka_unit_test(test_replicas_at_any_stream_count),
         cmocka_unit_test(test_prompt_heavy),
         cmocka_unit_test(test_prompt_heavy_without_disagg),
     };
