@@ -42,6 +42,12 @@ tdm_status_t crd_spec_cost_measure(const xp_executor_t *ex, crd_kvm_t *kvm, int3
     for (int32_t i = 0; i < n_max; i++) {
         pos[i] = i;
         want[i] = 1; /* a verification step wants every position's logits */
+        /* distinct tokens: a mixture-of-experts layer routes n copies of one token to the
+         * same few experts, so a step of n equal tokens would read a fraction of the
+         * weights a real step of n reads, and the curve would price drafts wrongly */
+        tok[i] = ex->n_vocab > 1
+                     ? (int32_t)((1u + (uint32_t)i * 2654435761u) % (uint32_t)ex->n_vocab)
+                     : 0;
     }
     int32_t n_points = 0;
     while (n_points < CRD_SPEC_COST_POINTS && (1 << n_points) <= n_max) {

@@ -1,7 +1,8 @@
 /*
  * spec_cost.h - measures the step cost model (spec.h) on the real executor.
  *
- * Steps of 1, 2, 4, ... n_max tokens with logits at every position (what a verification
+ * Steps of 1, 2, 4, ... n_max distinct tokens (a mixture-of-experts model routes them to
+ * different experts, as a real step's) with logits at every position (what a verification
  * step asks for) are timed on a throw-away sequence; the fastest of three runs of each
  * size is kept (three rounds over all sizes). The first speculative step pays for it
  * (a second or two).
