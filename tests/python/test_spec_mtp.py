@@ -19,6 +19,8 @@ given an MTP block by mtp_util.add_mtp_block (the converter's names; its trunk u
   rows dropped, the hybrid replay after a rejection, cut at a block boundary where the state
   is stored) and predicts exactly how many
   tokens it drafts and how many are accepted; /metrics must say the same.
+- Preemption: four drafting requests in a KV budget they do not fit give the tokens they give
+  alone without speculation, and every block (the MTP K/V lives in them) comes back.
 - Refusals: a model without an MTP block, --spec mtp over shards, a request asking for mtp
   on a server without it.
 """
@@ -235,5 +237,33 @@ def test_mtp_refusals(models, tmp_path):
         r = srv.post("/v1/completions", {"model": path.name[:-5], "prompt": [1, 2, 3],
                                          "max_tokens": 2, "speculative": {"mode": "eagle"}})
         assert r.status_code == 400 and "mtp" in r.text
+    finally:
+        srv.stop()
+
+
+def test_mtp_preemption_keeps_outputs(models):
+    """A KV budget four drafting requests do not fit: some are preempted (their blocks, the
+    MTP block's K/V with them, go; they resume from what is cached, the drafter's rows from
+    there) and still give the tokens they give alone without speculation; every block is back
+    at the end."""
+    path, _ = models["qwen35moe-b"]
+    name = path.name[:-5]
+    srv = ServeProcess(path, "--spec", "mtp", "--spec-always", "--spec-max", "3",
+                       "--max-running", "4", "--batch", "64", "--kv-memory", "400K")
+    try:
+        def run(p, spec):
+            ch = complete(srv, name, p, spec, 120, temperature=0, logprobs=1, ignore_eos=True)[0]
+            return ch["text"], ch["finish_reason"], list(zip(ch["logprobs"]["tokens"],
+                                                            ch["logprobs"]["token_logprobs"]))
+        ref = [run(p, "off") for p in PROMPTS]
+        p0 = metric_value(srv.metrics(), "tandem_preemptions_total")
+        with cf.ThreadPoolExecutor(4) as ex:
+            together = list(ex.map(lambda p: run(p, "mtp"), PROMPTS))
+        m = srv.metrics()
+        assert metric_value(m, "tandem_preemptions_total") > p0, "no preemption: the test needs one"
+        assert metric_value(m, "tandem_spec_draft_tokens_total", drafter="mtp") > 0
+        for r, t in zip(ref, together):
+            same(r, t)
+        assert srv.wait_metric("tandem_kv_blocks_used", lambda v: v == 0) == 0
     finally:
         srv.stop()
