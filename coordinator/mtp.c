@@ -147,7 +147,8 @@ static tdm_status_t run(crd_mtp_t *m, int32_t n_tok, int32_t n_seqs, int32_t n_r
     const double t0 = tdm_now_s();
     const tdm_status_t s = m->ex.ops->mtp_step(m->ex.impl, &st, m->logits, err);
     const double dt = tdm_now_s() - t0;
-    if (s == TDM_OK) {
+    if (s == TDM_OK && n_rows > 0) {
+        /* proposals' steps only: a prompt's catch-up rows are not a draft's cost */
         m->step_s = m->step_s > 0.0 ? m->step_s + 0.2 * (dt - m->step_s) : dt;
     }
     return s;
