@@ -25,10 +25,10 @@
  *
  * A prefill group pays off only when it is as busy as its decode group: a machine
  * prefills about 218 tokens/s (1 thread, docs/benchmarks.md "Engine") while a decode group
- * of 16-32 streams produced about 45 tokens/s in bench/layouts.py (d), so a turn's new
- * prompt tokens must be about 5 times its generated tokens. Below that (the measured agent
- * load: the shared prompt cached, ~60-190 new tokens against 128 generated) prefill +
- * decode gave 0.69-0.73x of the replicas' output. */
+ * of 16-32 streams produced 41-52 tokens/s in bench/layouts.py (d), so a turn's new prompt
+ * tokens must be about 5 times its generated tokens. Below that (the measured agent load:
+ * the shared prompt cached, ~60-190 new tokens against 128 generated) prefill + decode
+ * gave 0.62-0.72x of the replicas' output. */
 #define TOPO_LAYOUT_DISAGG_RATIO 5
 
 #define DEFAULT_ANSWER_TOKENS 128
