@@ -318,7 +318,9 @@ static tdm_status_t load_model(srv_server_t *s, tdm_error_t *err)
         s->n_groups = i + 1;
         if ((st = load_group(s, &gc[i], &s->groups[i], n_ctx, kv_bytes, err)) != TDM_OK) {
             if (n_groups > 1) {
+                /* the first error set wins, so clear it before naming the group */
                 tdm_error_t gerr = *err;
+                tdm_error_clear(err);
                 return tdm_error_set(err, st, "group '%s': %s", gc[i].name, tdm_error_msg(&gerr));
             }
             return st;
