@@ -267,7 +267,8 @@ static int parse_opts(int argc, char **argv, plan_opts_t *o)
         return -1;
     }
     if (o->model == NULL || o->p.n_shards == 0) {
-        fprintf(stderr, "tandem plan: --model and --shards (or --cluster) are required\n\n");
+        fprintf(stderr,
+                "tandem plan: --model and --shards are required (or --cluster for --shards)\n\n");
         usage(stderr);
         return -1;
     }
