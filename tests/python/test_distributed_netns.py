@@ -285,8 +285,9 @@ def test_netns_disagg_faults(tandem_bin, net_factory, tmp_path):
         _serves(srv, rng)
         t0 = time.monotonic()
 
-        # a prefill shard, mid-transfer, while a stream decodes on each decode group
-        outs, threads = _one_stream_per_decode_group(srv, rng, 600)
+        # a prefill shard, mid-transfer, while a stream decodes on each decode group (long
+        # ones: the first put can come seconds after the prompt on a loaded machine)
+        outs, threads = _one_stream_per_decode_group(srv, rng, 1900)
         sent = {g: _sent(srv, g) for g in ("p0", "p1")}
         long_out = {}
         t = threading.Thread(target=_stream, args=(srv, _tokens(rng, 1900), 8, long_out, None))
@@ -297,6 +298,7 @@ def test_netns_disagg_faults(tandem_bin, net_factory, tmp_path):
             moving = [g for g in sent if _sent(srv, g) > sent[g]]
             time.sleep(0.002)
         assert moving, "no transfer seen"
+        print(f"transfer seen {time.monotonic() - t0:.2f} s after the streams' start")
         victim = {"p0": 0, "p1": 2}[moving[0]]
         shards[victim].kill9()
         killed = time.monotonic()
