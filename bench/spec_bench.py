@@ -354,7 +354,7 @@ def plot(rows, path):
                 lines.setdefault(key, []).append((c, m[mode]["tok_s"] / m["off"]["tok_s"]))
     models = sorted({k[0] for k in lines})
     fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.2), squeeze=False)
-    styles = {"agent-edit": "o-", "tool-trace": "s-", "prose": "^-"}
+    styles = {"agent-edit": "o-", "tool-trace": "s--", "prose": "^:"}
     for ax, model in zip(axes[0], models):
         for (mdl, srv, wl), pts in sorted(lines.items()):
             if mdl != model:
