@@ -308,9 +308,15 @@ int32_t crd_spec_plan(const crd_spec_cost_t *c, crd_spec_seq_t *const *q, int32_
             if (q[i]->n_draft >= q[i]->n_proposed) {
                 continue;
             }
-            double a = (double)q[i]->accept + 0.4 / sqrt(1.0 + (double)q[i]->n_obs);
-            a = a < 0.95 ? a : 0.95;
-            const double g = pow(a, (double)(q[i]->n_draft + 1));
+            /* optimism buys a look, not a run: the bonus lifts the first draft only, and
+             * each further one is worth the plain estimate more (a sequence whose drafts
+             * will fail then pays for one rejected token per step while it learns, not
+             * for spec_max of them). A look is paid by every decoding stream in the step
+             * and informs one, so the bonus is shared among them. */
+            const double a = (double)q[i]->accept;
+            double a0 = a + 0.4 / sqrt(1.0 + (double)q[i]->n_obs) / (double)n_decode;
+            a0 = a0 < 0.95 ? a0 : 0.95;
+            const double g = a0 * pow(a < 0.95 ? a : 0.95, (double)q[i]->n_draft);
             if (g > best_gain) {
                 best_gain = g;
                 best = i;

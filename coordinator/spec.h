@@ -25,14 +25,17 @@
  * whole step: prompt chunks in the same step make t(n) large and the next token's share of
  * it small, which made drafts look nearly free in exactly the steps where every decoding
  * stream waits for them. While a sequence has had few verifications its estimate is taken
- * optimistically (a + 0.4 / sqrt(1 + verifications), an upper confidence bound), so a new
- * sequence tries a few drafts and then follows what it finds; its `a` starts at its drafter's
- * running acceptance over every sequence so far (crd_spec_prior_observe), not at a fixed
- * guess, so once prose has shown that prompt lookup fails, a new prose stream does not
- * pay for rediscovering it. A single stream on a bandwidth-bound machine drafts freely (t
- * grows slowly); a full batch, whose steps are already compute-bound, drafts little or
- * nothing (on a 2-core CPU, t(17) / t(16) ~ 1.07: even a draft accepted 95% of the time
- * brings 0.95 / 16 ~ 6% more tokens, so none is planned).
+ * optimistically for its first draft of a step (a + 0.4 / sqrt(1 + verifications) / T, an
+ * upper confidence bound whose bonus the T decoding streams share, since a look costs them
+ * all and informs one) and at `a` for each further one, so a new sequence tries a draft
+ * and then follows what it finds (optimism on every draft, unshared, made a prose stream
+ * whose drafts all fail pay for ~8 rejected tokens: 0.91x at 1 stream, 0.95x at 4); its
+ * `a` starts at its drafter's running acceptance over every sequence so far
+ * (crd_spec_prior_observe), not at a fixed guess, so once prose has shown that prompt
+ * lookup fails, a new prose stream does not pay for rediscovering it. A single stream on a
+ * bandwidth-bound machine drafts freely (t grows slowly); a full batch, whose steps are already
+ * compute-bound, drafts little or nothing (on a 2-core CPU, t(17) / t(16) ~ 1.07: even a draft
+ * accepted 95% of the time brings 0.95 / 16 ~ 6% more tokens, so none is planned).
  */
 #ifndef CRD_SPEC_H
 #define CRD_SPEC_H

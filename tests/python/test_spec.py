@@ -213,7 +213,10 @@ def test_sampled_distribution_unchanged(fixture_model):
         drafted, accepted = spec_counts(srv)
     finally:
         srv.stop()
-    assert drafted >= 200, drafted
+    # the drafter must really have run; how often varies with the sampled first tokens
+    # (224-320 drafts in three runs of 2026-12-07, one run of 199 under load), so the bar is
+    # well below that: without drafting it is 0
+    assert drafted >= 100, drafted
     # how often the second token is the draft: the same law with and without verification
     (na, ka), (nb, kb) = hits["off"], hits["ngram"]
     assert na >= 200 and nb >= 200, hits

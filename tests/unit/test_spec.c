@@ -221,8 +221,9 @@ static void test_plan_follows_the_cost_model(void **state)
     const int32_t batch = crd_spec_plan(&mid, q, 16, 16, 16, 1000, false);
     assert_true(single > 0);
     assert_true(batch < 16 * single);
-    /* a fresh sequence explores: its estimate is taken optimistically at first */
-    crd_spec_seq_t *fresh = seq_with(0.3f, 6), *settled = seq_with(0.3f, 6);
+    /* a fresh sequence explores: its first draft is taken optimistically (0.1 + 0.4 pays
+     * here, 0.1 does not) */
+    crd_spec_seq_t *fresh = seq_with(0.1f, 6), *settled = seq_with(0.1f, 6);
     fresh->n_obs = 0;
     crd_spec_plan(&mid, &fresh, 1, 1, 1, 100, false);
     crd_spec_plan(&mid, &settled, 1, 1, 1, 100, false);
@@ -356,6 +357,40 @@ static void test_plan_sound_under_load(void **state)
     }
 }
 
+/* Optimism buys one look per step, not a run: a new sequence's first draft is taken at its
+ * upper bound, every further one at the plain estimate. */
+static void test_plan_optimism_first_draft_only(void **state)
+{
+    (void)state;
+    crd_spec_cost_t c = cpu_cost();
+    crd_spec_seq_t *q = seq_with(0.5f, 8);
+    q->n_obs = 0;
+    /* one stream, estimate 0.5 with no verification yet: gains 0.9, 0.45, 0.225 ... against
+     * t(2) / t(1) = 1.46, t(3) / t(2) ~ 1.22: two drafts (optimism on every draft, 0.9^j,
+     * planned six, all of which a prose stream then saw rejected) */
+    assert_int_equal(crd_spec_plan(&c, &q, 1, 1, 1, 1000, false), 2);
+    /* once it has a record, the estimate alone decides: 0.9 accepted runs long */
+    q->accept = 0.9f;
+    q->n_obs = 10000;
+    assert_true(crd_spec_plan(&c, &q, 1, 1, 1, 1000, false) >= 5);
+    /* and a record of rejections stops it */
+    q->accept = 0.05f;
+    assert_int_equal(crd_spec_plan(&c, &q, 1, 1, 1, 1000, false), 0);
+    crd_spec_seq_destroy(q);
+    /* the bonus is shared by the streams that pay for the look: 4 new streams at 0.4 look at
+     * 0.4 + 0.4 / 4 = 0.5, short of the 4 x 4.75 / 33 = 0.58 a draft must bring here (each
+     * alone at 0.8 drafted: prose at 4 streams, 42% accepted, ran at 0.95x) */
+    crd_spec_seq_t *four[4];
+    for (int i = 0; i < 4; i++) {
+        four[i] = seq_with(0.4f, 8);
+        four[i]->n_obs = 0;
+    }
+    assert_int_equal(crd_spec_plan(&c, four, 4, 4, 4, 1000, false), 0);
+    for (int i = 0; i < 4; i++) {
+        crd_spec_seq_destroy(four[i]);
+    }
+}
+
 static void test_trim_returns_rejected_blocks(void **state)
 {
     (void)state;
@@ -407,6 +442,7 @@ int main(void)
         cmocka_unit_test(test_plan_follows_the_cost_model),
         cmocka_unit_test(test_plan_counts_draft_model_steps),
         cmocka_unit_test(test_plan_sound_under_load),
+        cmocka_unit_test(test_plan_optimism_first_draft_only),
         cmocka_unit_test(test_trim_returns_rejected_blocks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
