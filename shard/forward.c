@@ -290,6 +290,27 @@ static tdm_status_t output_logits(shd_model_t *m, int32_t n_out, float *logits, 
     return TDM_OK;
 }
 
+/* The backend's view of batch b: its tokens and the rows whose logits are wanted (their
+ * indices written to m->out_idx). Shared by the trunk's and the MTP block's passes. */
+static kern_step_t step_of(shd_model_t *m, const shd_batch_t *b, int32_t n_out)
+{
+    for (int32_t t = 0, o = 0; t < b->n_tokens; t++) {
+        if (b->want_logits != NULL && b->want_logits[t]) {
+            m->out_idx[o++] = t;
+        }
+    }
+    return (kern_step_t){
+        .n_tokens = b->n_tokens,
+        .token = b->token,
+        .pos = b->pos,
+        .seq = b->seq,
+        .n_seqs = b->n_seqs,
+        .seqs = b->seqs,
+        .n_out = n_out,
+        .out_idx = m->out_idx,
+    };
+}
+
 tdm_status_t shd_forward(shd_model_t *m, shd_kv_cache_t *kv, const shd_batch_t *b, float *logits,
                          tdm_error_t *err)
 {
@@ -301,21 +322,7 @@ tdm_status_t shd_forward_hidden(shd_model_t *m, shd_kv_cache_t *kv, const shd_ba
 {
     int32_t n_out = 0;
     TDM_CHECK(check_batch(m, kv, b, true, &n_out, err));
-    for (int32_t t = 0, o = 0; t < b->n_tokens; t++) {
-        if (b->want_logits != NULL && b->want_logits[t]) {
-            m->out_idx[o++] = t;
-        }
-    }
-    const kern_step_t step = {
-        .n_tokens = b->n_tokens,
-        .token = b->token,
-        .pos = b->pos,
-        .seq = b->seq,
-        .n_seqs = b->n_seqs,
-        .seqs = b->seqs,
-        .n_out = n_out,
-        .out_idx = m->out_idx,
-    };
+    const kern_step_t step = step_of(m, b, n_out);
     /* The output head runs when this rank's logits are read, or when it takes part in
      * the vocabulary all-gather. On the CPU the logits are written in place. */
     const bool split_vocab = m->n_vocab_l != m->hp.n_vocab;
@@ -380,22 +387,8 @@ tdm_status_t shd_forward_mtp(shd_model_t *m, shd_kv_cache_t *kv, const shd_batch
     }
     int32_t n_out = 0;
     TDM_CHECK(check_batch(m, kv, b, false, &n_out, err));
-    for (int32_t t = 0, o = 0; t < b->n_tokens; t++) {
-        if (b->want_logits != NULL && b->want_logits[t]) {
-            m->out_idx[o++] = t;
-        }
-    }
     const int64_t E = m->hp.n_embd, n = b->n_tokens;
-    const kern_step_t step = {
-        .n_tokens = b->n_tokens,
-        .token = b->token,
-        .pos = b->pos,
-        .seq = b->seq,
-        .n_seqs = b->n_seqs,
-        .seqs = b->seqs,
-        .n_out = n_out,
-        .out_idx = m->out_idx,
-    };
+    const kern_step_t step = step_of(m, b, n_out);
     shd_scratch_t *s = &m->s;
     TDM_CHECK(kern_be_to_device(m->be, s->hin, hidden_in, (size_t)(n * E) * sizeof(float), err));
     const bool direct = kern_be_host_memory(m->be);
