@@ -434,8 +434,9 @@ static int32_t window_lo(const crd_kvm_t *kvm, int32_t pos)
     return pos >= kvm->n_swa ? pos - kvm->n_swa + 1 : 0;
 }
 
-tdm_status_t crd_kvm_seq_create(crd_kvm_t *kvm, const int32_t *prompt, int32_t n_prompt,
-                                crd_kv_seq_t **out, int32_t *n_cached, tdm_error_t *err)
+static tdm_status_t seq_create(crd_kvm_t *kvm, const int32_t *prompt, int32_t n_prompt,
+                               bool state_given, crd_kv_seq_t **out, int32_t *n_cached,
+                               tdm_error_t *err)
 {
     if (n_prompt < 0 || (n_prompt > 0 && prompt == NULL)) {
         return tdm_error_set(err, TDM_ERR_INVALID_PARAM, "kv manager: bad prompt");
@@ -459,7 +460,7 @@ tdm_status_t crd_kvm_seq_create(crd_kvm_t *kvm, const int32_t *prompt, int32_t n
     const int32_t bs = kvm->block_size;
     const bool swa = kvm->n_swa > 0;
     int32_t max_hit = n_prompt > 0 ? (n_prompt - 1) / bs : 0;
-    if (kvm->n_state_slots > 0 && kvm->snap.n == 0) {
+    if (kvm->n_state_slots > 0 && kvm->snap.n == 0 && !state_given) {
         /* no stored recurrent states: a hit would skip positions the state never saw, so
          * every prompt is computed from its start (its full blocks still enter the cache) */
         max_hit = 0;
@@ -501,7 +502,7 @@ tdm_status_t crd_kvm_seq_create(crd_kvm_t *kvm, const int32_t *prompt, int32_t n
         }
         kvm->stats.swa_hits_cut += (uint64_t)(chain - k) * (uint64_t)bs;
     }
-    if (kvm->n_state_slots > 0) {
+    if (kvm->n_state_slots > 0 && !state_given) {
         /* recurrent layers: the hit ends at the deepest block whose end has a stored state,
          * which the sequence's first step loads into its slot */
         while (k > 0 && kvm->meta[seq->blocks[k - 1]].snap == NIL) {
@@ -537,6 +538,18 @@ tdm_status_t crd_kvm_seq_create(crd_kvm_t *kvm, const int32_t *prompt, int32_t n
     *n_cached = hit;
     *out = seq;
     return TDM_OK;
+}
+
+tdm_status_t crd_kvm_seq_create(crd_kvm_t *kvm, const int32_t *prompt, int32_t n_prompt,
+                                crd_kv_seq_t **out, int32_t *n_cached, tdm_error_t *err)
+{
+    return seq_create(kvm, prompt, n_prompt, false, out, n_cached, err);
+}
+
+tdm_status_t crd_kvm_seq_create_given(crd_kvm_t *kvm, const int32_t *prompt, int32_t n_prompt,
+                                      crd_kv_seq_t **out, int32_t *n_cached, tdm_error_t *err)
+{
+    return seq_create(kvm, prompt, n_prompt, true, out, n_cached, err);
 }
 
 int32_t crd_kvm_seq_blocks_needed(const crd_kvm_t *kvm, const crd_kv_seq_t *seq, int32_t n_tokens)

@@ -117,6 +117,12 @@ int32_t crd_kvm_swa_window(const crd_kvm_t *kvm);
  */
 tdm_status_t crd_kvm_seq_create(crd_kvm_t *kvm, const int32_t *prompt, int32_t n_prompt,
                                 crd_kv_seq_t **out, int32_t *n_cached, tdm_error_t *err);
+/* The same for a sequence whose recurrent state at the prompt's end is put into its slot
+ * from elsewhere (disaggregated prefill: the prefill group computes it): its hit is not
+ * cut to a block with a stored state, and it loads none. Without recurrent layers this is
+ * crd_kvm_seq_create. */
+tdm_status_t crd_kvm_seq_create_given(crd_kvm_t *kvm, const int32_t *prompt, int32_t n_prompt,
+                                      crd_kv_seq_t **out, int32_t *n_cached, tdm_error_t *err);
 
 /* Ensures the sequence has blocks for a step computing positions [computed, n_tokens),
  * where computed is what crd_kvm_seq_create / crd_kvm_seq_commit last recorded: full

@@ -317,7 +317,8 @@ static int handoff_event(void *user, const crd_event_t *ev)
 
 /* decode group's thread (crd_remote_prefill_t.start) */
 static tdm_status_t handoff_start(void *user, uint64_t req_id, const int32_t *blocks,
-                                  int32_t n_blocks, int32_t n_cached, tdm_error_t *err)
+                                  int32_t n_blocks, int32_t n_cached, int32_t state_slot,
+                                  tdm_error_t *err)
 {
     handoff_t *h = user;
     h->dec_id = req_id;
@@ -325,6 +326,7 @@ static tdm_status_t handoff_start(void *user, uint64_t req_id, const int32_t *bl
         .dst = blocks,
         .n_dst = n_blocks,
         .send_from = n_cached / crd_engine_block_size(h->dec),
+        .state_dst = state_slot,
         .on_prefilled = handoff_prefilled,
         .user = h,
     };

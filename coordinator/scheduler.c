@@ -39,9 +39,12 @@ struct crd_req {
     /* disaggregated prefill (scheduler.h): the decode side's hooks, and the prefill
      * side's destination table and progress (logical blocks sent whole) */
     bool has_remote, remote_lost;
+    bool remote_prefilled; /* remote_done landed: a later admission computes here   */
+    bool state_given;      /* its next step starts from a state the other group put */
     crd_remote_prefill_t remote;
     int32_t *kv_dst;
     int32_t n_kv_dst, kv_send_from, kv_sent;
+    int32_t state_dst; /* the other group's state slot, -1: none */
     void (*on_prefilled)(void *user, const float *row, int32_t n_vocab);
     void *prefilled_user;
     crd_event_fn on_event;
@@ -490,6 +493,7 @@ tdm_status_t crd_sched_submit(crd_sched_t *s, const crd_request_params_t *rp, ui
     }
     r->n_tokens = r->n_prompt = rp->n_prompt;
     r->step_spare = -1;
+    r->state_dst = -1;
     r->n_stop_ids = rp->n_stop_ids;
     r->max_tokens = rp->max_tokens;
     r->top_logprobs = rp->top_logprobs;
@@ -510,6 +514,7 @@ tdm_status_t crd_sched_submit(crd_sched_t *s, const crd_request_params_t *rp, ui
         memcpy(r->kv_dst, rp->handoff->dst, (size_t)n * sizeof(int32_t));
         r->n_kv_dst = n;
         r->kv_send_from = r->kv_sent = rp->handoff->send_from;
+        r->state_dst = rp->handoff->state_dst;
         r->on_prefilled = rp->handoff->on_prefilled;
         r->prefilled_user = rp->handoff->user;
     }
@@ -576,6 +581,7 @@ static void preempt(crd_sched_t *s, crd_req_t *r)
     crd_kvm_seq_free(s->kvm, r->kv);
     r->kv = NULL;
     r->n_computed = 0;
+    r->state_given = false; /* its slot is gone: it recomputes the state here */
     list_push_front(&s->waiting, r);
     s->stats.preemptions++;
 }
@@ -690,6 +696,12 @@ static void add_to_step(crd_sched_t *s, crd_req_t *r, int32_t chunk, int32_t *n_
     s->seqs[si].state_save = save > 0 && r->n_computed + chunk == save
                                  ? crd_kvm_seq_state_save(s->kvm, r->kv, save)
                                  : -1;
+    if (r->state_given) {
+        /* the first step after a remote prefill: the state it continues was put into the
+         * slot by the other group (never with drafts: see the running loop) */
+        s->seqs[si].state_load = XP_STATE_GIVEN;
+        r->state_given = false;
+    }
     if (r->step_spare >= 0) {
         /* drafts on recurrent layers: the step continues the state in the spare slot and
          * leaves the sequence's own as it was (a decode step never loads or saves one) */
@@ -705,12 +717,15 @@ static void add_to_step(crd_sched_t *s, crd_req_t *r, int32_t chunk, int32_t *n_
         const int32_t B = s->ex.block_tokens;
         int32_t hi = (r->n_computed + chunk + B - 1) / B;
         hi = hi < r->n_kv_dst ? hi : r->n_kv_dst;
-        if (hi > r->kv_sent) {
+        /* the chunk that ends the prompt also hands over the recurrent state */
+        const bool state = r->state_dst >= 0 && r->n_computed + chunk == r->n_tokens;
+        if (hi > r->kv_sent || state) {
             xp_step_kv_send_t *ks = &s->kv_sends[s->n_kv_sends++];
             ks->seq = si;
-            ks->lo = r->kv_sent;
+            ks->lo = hi > r->kv_sent ? r->kv_sent : hi - 1; /* hi > 0: the chunk is in it */
             ks->hi = hi;
-            ks->dst = r->kv_dst + r->kv_sent;
+            ks->dst = r->kv_dst + ks->lo;
+            ks->state_dst = state ? r->state_dst : -1;
         }
     }
     for (int32_t i = 0; i < chunk; i++) {
@@ -1082,7 +1097,7 @@ static int admit_remote(crd_sched_t *s, crd_req_t *r)
 {
     int32_t cached = 0;
     if (r->kv == NULL &&
-        crd_kvm_seq_create(s->kvm, r->tokens, r->n_tokens, &r->kv, &cached, NULL) != TDM_OK) {
+        crd_kvm_seq_create_given(s->kvm, r->tokens, r->n_tokens, &r->kv, &cached, NULL) != TDM_OK) {
         return -1;
     }
     if (crd_kvm_seq_reserve(s->kvm, r->kv, r->n_prompt) != TDM_OK) {
@@ -1098,7 +1113,8 @@ static int admit_remote(crd_sched_t *s, crd_req_t *r)
     int32_t nb = 0;
     const int32_t *blocks = crd_kvm_seq_blocks(r->kv, &nb);
     tdm_error_t e = {0};
-    if (r->remote.start(r->remote.user, r->id, blocks, nb, cached, &e) != TDM_OK) {
+    if (r->remote.start(r->remote.user, r->id, blocks, nb, cached, crd_kvm_seq_state_slot(r->kv),
+                        &e) != TDM_OK) {
         finish_req_status(s, &s->remote, r, CRD_FINISH_ERROR, tdm_error_msg(&e), e.status, true);
     }
     return 0;
@@ -1127,6 +1143,8 @@ void crd_sched_remote_done(crd_sched_t *s, uint64_t req_id, const float *row, td
     /* the prompt's K/V is in our blocks: cache its full blocks, sample the first token
      * from the other group's logits, then decode here */
     r->n_computed = r->n_prompt;
+    r->remote_prefilled = true;
+    r->state_given = crd_kvm_seq_state_slot(r->kv) >= 0;
     crd_kvm_seq_commit(s->kvm, r->kv, r->tokens, r->n_computed);
     list_remove(&s->remote, r);
     list_push_back(&s->running, r);
@@ -1178,8 +1196,10 @@ tdm_status_t crd_sched_step(crd_sched_t *s, tdm_error_t *err)
             continue;
         }
         if (r->step_draft > 0) {
-            /* drafts only where the budget, the logits rows and the KV blocks allow */
-            int32_t k = chunk == 1 ? r->step_draft : 0;
+            /* drafts only where the budget, the logits rows and the KV blocks allow, and
+             * not on a given state's first step (its slot's state must stay the one the
+             * other group put, which a spare slot would load as a stored state) */
+            int32_t k = chunk == 1 && !r->state_given ? r->step_draft : 0;
             k = k < budget - 1 ? k : budget - 1;
             k = k < s->ex.n_logits_max - n_logits - 1 ? k : s->ex.n_logits_max - n_logits - 1;
             if (k > 0 && s->ex.n_state_slots > 0 &&
@@ -1229,7 +1249,7 @@ tdm_status_t crd_sched_step(crd_sched_t *s, tdm_error_t *err)
            s->running.n + s->remote.n < s->p.max_running) {
         crd_req_t *r = s->waiting.head;
         r->step_draft = 0;
-        if (r->has_remote) {
+        if (r->has_remote && !r->remote_prefilled) {
             if (admit_remote(s, r) != 0) {
                 break;
             }

@@ -235,9 +235,13 @@ typedef struct kern_seq {
     int32_t state_slot;
     /* Stored states of cached prefixes (other slots): copied into state_slot before the
      * step (shard/forward.c; a prefix hit resumes there) and from it after the step; -1:
-     * none. The GDN ops read state_slot only. */
+     * none. The GDN ops read state_slot only. state_load KERN_STATE_GIVEN: the slot's
+     * state was written from outside (disaggregated prefill, transport/kv_xfer.h) and
+     * stands at the step's first position of the sequence; nothing is copied. */
     int32_t state_load, state_save;
 } kern_seq_t;
+
+#define KERN_STATE_GIVEN (-2)
 
 typedef struct kern_step {
     int32_t n_tokens;

@@ -103,16 +103,17 @@ static tdm_status_t check_states(const shd_model_t *m, const shd_kv_cache_t *kv,
         }
         const int32_t load = b->seqs[b->seq[t]].state_load;
         const int32_t save = b->seqs[b->seq[t]].state_save;
-        if (load >= kc->n_state_slots || save >= kc->n_state_slots || load == slot ||
-            save == slot || (load >= 0 && load == save)) {
+        if (load < KERN_STATE_GIVEN || load >= kc->n_state_slots || save >= kc->n_state_slots ||
+            load == slot || save == slot || (load >= 0 && load == save)) {
             return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
                                  "forward: sequence %d: stored states %d / %d for slot %d (the "
                                  "cache has %d slots)",
                                  b->seq[t], load, save, slot, (int)kc->n_state_slots);
         }
-        /* with a stored state to load, the run continues that state */
+        /* with a stored state to load, the run continues that state; a given one (put
+         * into the slot by a prefill group) stands where the run starts */
         const int32_t have = shd_kv_state_pos(kv, load >= 0 ? load : slot);
-        if (b->pos[t] != 0 && have != b->pos[t]) {
+        if (b->pos[t] != 0 && load != KERN_STATE_GIVEN && have != b->pos[t]) {
             return tdm_error_set(err, TDM_ERR_INVALID_PARAM,
                                  "forward: sequence %d continues at position %d but its state "
                                  "slot %d holds %d positions (a recurrent state cannot skip or "

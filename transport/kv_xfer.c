@@ -38,11 +38,37 @@ void xp_kv_export_destroy(xp_kv_export_t *x)
     free(x);
 }
 
+/* Region i of the cache (kv_xfer.h): layer i / 2's K (even i) or V, or for a recurrent layer
+ * its conv (even) or delta-rule state of every slot; *unit the bytes of one block or slot.
+ * NULL (and 0) for a layer without either. */
+static void *region_of(shd_kv_cache_t *kv, int32_t i, uint64_t *len, uint64_t *unit)
+{
+    const shd_kv_config_t *cfg = shd_kv_cache_config(kv);
+    const int il = i / 2;
+    void *base = NULL;
+    *len = *unit = 0;
+    if (cfg->layer_recurrent[il]) {
+        const int64_t floats = i % 2 == 0 ? cfg->state_conv_floats : cfg->state_ssm_floats;
+        base = i % 2 == 0 ? (void *)shd_kv_state_conv(kv, il) : (void *)shd_kv_state_ssm(kv, il);
+        *unit = (uint64_t)floats * sizeof(float);
+        *len = *unit * (uint64_t)cfg->n_state_slots;
+    } else {
+        base = i % 2 == 0 ? shd_kv_layer_k(kv, il) : shd_kv_layer_v(kv, il);
+        const int32_t nb = shd_kv_layer_is_swa(kv, il) ? cfg->n_swa_blocks : cfg->n_blocks;
+        *unit = shd_kv_block_bytes(kv);
+        *len = *unit * (uint64_t)nb;
+    }
+    if (base == NULL || *len == 0) {
+        *len = *unit = 0;
+        return NULL;
+    }
+    return base;
+}
+
 tdm_status_t xp_kv_export_create(xp_ucx_t *u, shd_kv_cache_t *kv, xp_kv_export_t **out,
                                  tdm_error_t *err)
 {
     const shd_kv_config_t *cfg = shd_kv_cache_config(kv);
-    const size_t bb = shd_kv_block_bytes(kv);
     xp_kv_export_t *x = tdm_xcalloc(1, sizeof(*x));
     x->u = u;
     x->n = 2 * cfg->n_layer;
@@ -50,13 +76,11 @@ tdm_status_t xp_kv_export_create(xp_ucx_t *u, shd_kv_cache_t *kv, xp_kv_export_t
     x->rkey = tdm_xcalloc((size_t)x->n, sizeof(*x->rkey));
     x->regions = tdm_xcalloc((size_t)x->n, sizeof(*x->regions));
     for (int32_t i = 0; i < x->n; i++) {
-        const int il = i / 2;
-        void *base = i % 2 == 0 ? shd_kv_layer_k(kv, il) : shd_kv_layer_v(kv, il);
+        uint64_t len = 0, unit = 0;
+        void *base = region_of(kv, i, &len, &unit);
         if (base == NULL) {
-            continue; /* a recurrent layer keeps no K/V */
+            continue;
         }
-        const int32_t nb = shd_kv_layer_is_swa(kv, il) ? cfg->n_swa_blocks : cfg->n_blocks;
-        const size_t len = bb * (size_t)nb;
         ucp_mem_map_params_t mp = {
             .field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH,
             .address = base,
@@ -70,14 +94,17 @@ tdm_status_t xp_kv_export_create(xp_ucx_t *u, shd_kv_cache_t *kv, xp_kv_export_t
             x->memh[i] = NULL;
         }
         if (s != UCS_OK || rlen == 0 || rlen > XP_MSG_MAX_ADDR) {
+            const bool state = cfg->layer_recurrent[i / 2];
             xp_kv_export_destroy(x);
-            return tdm_error_set(err, TDM_ERR_TRANSPORT,
-                                 "kv export: registering layer %d's %c storage (%zu bytes): %s", il,
-                                 i % 2 == 0 ? 'K' : 'V', len,
-                                 s != UCS_OK ? ucs_status_string(s) : "key too large");
+            return tdm_error_set(
+                err, TDM_ERR_TRANSPORT,
+                "kv export: registering layer %d's %s storage (%" PRIu64 " bytes): %s", i / 2,
+                state ? (i % 2 == 0 ? "conv state" : "delta-rule state") : (i % 2 == 0 ? "K" : "V"),
+                len, s != UCS_OK ? ucs_status_string(s) : "key too large");
         }
         x->regions[i].base = (uint64_t)(uintptr_t)base;
         x->regions[i].len = len;
+        x->regions[i].unit = unit;
         x->regions[i].rkey.data = x->rkey[i];
         x->regions[i].rkey.len = (uint32_t)rlen;
     }
@@ -105,16 +132,17 @@ struct xp_kv_sender {
     uint64_t epoch;
     xp_ucx_peer_t peer;
     int32_t n;
-    ucp_rkey_h *rkeys;    /* [n], NULL for an empty region */
-    uint64_t *base, *len; /* [n] */
-    void **reqs;          /* puts in flight */
+    ucp_rkey_h *rkeys;           /* [n], NULL for an empty region */
+    uint64_t *base, *len, *unit; /* [n] */
+    void **reqs;                 /* puts in flight */
     int32_t n_reqs, cap_reqs;
     /* the step being sent (begin .. finish) */
     const xp_step_t *step;
     shd_kv_cache_t *kv;
-    double timeout_s; /* for the flush and the puts' ends, from finish on */
-    double busy_s;    /* spent posting, progressing and flushing (not the layers' compute) */
-    uint64_t blocks;
+    double timeout_s;     /* for the flush and the puts' ends, from finish on */
+    double busy_s;        /* spent posting, progressing and flushing (not the layers' compute) */
+    uint64_t blocks;      /* block puts (per layer and K/V) */
+    uint64_t state_bytes; /* recurrent state put            */
 };
 
 tdm_status_t xp_kv_sender_create(xp_ucx_t *u, xp_kv_sender_t **out, tdm_error_t *err)
@@ -136,8 +164,9 @@ static void drop_peer(xp_kv_sender_t *s)
     free(s->rkeys);
     free(s->base);
     free(s->len);
+    free(s->unit);
     s->rkeys = NULL;
-    s->base = s->len = NULL;
+    s->base = s->len = s->unit = NULL;
     s->n = 0;
     if (s->connected) {
         /* a dead peer's endpoint is forced closed: never wait long on it */
@@ -177,9 +206,11 @@ tdm_status_t xp_kv_sender_set_peer(xp_kv_sender_t *s, const xp_msg_kv_peer_t *pe
     s->rkeys = tdm_xcalloc((size_t)(s->n > 0 ? s->n : 1), sizeof(*s->rkeys));
     s->base = tdm_xcalloc((size_t)(s->n > 0 ? s->n : 1), sizeof(*s->base));
     s->len = tdm_xcalloc((size_t)(s->n > 0 ? s->n : 1), sizeof(*s->len));
+    s->unit = tdm_xcalloc((size_t)(s->n > 0 ? s->n : 1), sizeof(*s->unit));
     for (int32_t i = 0; i < s->n; i++) {
         s->base[i] = r->regions[i].base;
         s->len[i] = r->regions[i].len;
+        s->unit[i] = r->regions[i].unit;
         if (r->regions[i].len == 0) {
             continue;
         }
@@ -209,11 +240,56 @@ tdm_status_t xp_kv_sender_begin(xp_kv_sender_t *s, shd_kv_cache_t *kv, const xp_
                              "kv send: the decode shard has %d KV regions, this one %d layers",
                              (int)s->n, cfg->n_layer);
     }
+    /* a block or state slot is the same bytes on both sides (the coordinator checked this
+     * at formation, disagg.c; a shard reloaded since must not scribble) */
+    for (int32_t i = 0; i < s->n; i++) {
+        uint64_t len = 0, unit = 0;
+        (void)region_of(kv, i, &len, &unit);
+        if (unit != s->unit[i]) {
+            return tdm_error_set(err, TDM_ERR_TRANSPORT,
+                                 "kv send: layer %d's %s unit is %" PRIu64 " bytes here, %" PRIu64
+                                 " on the decode shard",
+                                 (int)(i / 2), i % 2 == 0 ? "first" : "second", unit, s->unit[i]);
+        }
+    }
     s->step = step;
     s->kv = kv;
     s->timeout_s = timeout_s;
     s->busy_s = 0.0;
     s->blocks = 0;
+    s->state_bytes = 0;
+    return TDM_OK;
+}
+
+/* Posts one put of bytes from src to region i at offset off, keeping its request. */
+static tdm_status_t put_one(xp_kv_sender_t *s, int32_t i, const void *src, uint64_t off,
+                            tdm_error_t *err)
+{
+    void *req = NULL;
+    TDM_CHECK(
+        xp_ucx_put_post(s->u, &s->peer, src, s->unit[i], s->base[i] + off, s->rkeys[i], &req, err));
+    if (req != NULL) {
+        if (s->n_reqs == s->cap_reqs) {
+            s->cap_reqs = s->cap_reqs > 0 ? 2 * s->cap_reqs : 256;
+            s->reqs = tdm_xrealloc(s->reqs, (size_t)s->cap_reqs * sizeof(*s->reqs));
+        }
+        s->reqs[s->n_reqs++] = req;
+    }
+    return TDM_OK;
+}
+
+/* Where unit `dst` of region i lies, checked against the region's length. */
+static tdm_status_t unit_offset(const xp_kv_sender_t *s, int32_t i, int32_t dst, uint64_t *off,
+                                tdm_error_t *err)
+{
+    *off = (uint64_t)dst * s->unit[i];
+    if (dst < 0 || *off + s->unit[i] > s->len[i]) {
+        return tdm_error_set(err, TDM_ERR_TRANSPORT,
+                             "kv send: %s %d beyond the decode shard's pool (%" PRIu64 " bytes)",
+                             shd_kv_cache_config(s->kv)->layer_recurrent[i / 2] ? "state slot"
+                                                                                : "block",
+                             (int)dst, s->len[i]);
+    }
     return TDM_OK;
 }
 
@@ -223,9 +299,11 @@ tdm_status_t xp_kv_sender_put_layer(xp_kv_sender_t *s, int il, tdm_error_t *err)
     if (step == NULL) {
         return TDM_OK;
     }
-    const size_t bb = shd_kv_block_bytes(s->kv);
+    const shd_kv_config_t *cfg = shd_kv_cache_config(s->kv);
+    const bool recurrent = cfg->layer_recurrent[il];
     const double t0 = tdm_now_s();
-    /* K then V, every send's blocks: the order the forward pass wrote them */
+    /* K then V, every send's blocks: the order the forward pass wrote them; a recurrent
+     * layer's conv then delta-rule state of each sequence whose prompt this step ended */
     for (int32_t i = 2 * il; i < 2 * il + 2; i++) {
         if (s->len[i] == 0) {
             continue;
@@ -233,26 +311,24 @@ tdm_status_t xp_kv_sender_put_layer(xp_kv_sender_t *s, int il, tdm_error_t *err)
         for (int32_t k = 0; k < step->n_kv_sends; k++) {
             const xp_step_kv_send_t *ks = &step->kv_sends[k];
             const xp_step_seq_t *sq = &step->seqs[ks->seq];
-            for (int32_t j = ks->lo; j < ks->hi; j++) {
-                const uint64_t off = (uint64_t)ks->dst[j - ks->lo] * bb;
-                if (off + bb > s->len[i]) {
-                    return tdm_error_set(err, TDM_ERR_TRANSPORT,
-                                         "kv send: block %d beyond the decode shard's pool "
-                                         "(%" PRIu64 " bytes)",
-                                         (int)ks->dst[j - ks->lo], s->len[i]);
+            uint64_t off = 0;
+            if (recurrent) {
+                if (ks->state_dst < 0) {
+                    continue;
                 }
+                TDM_CHECK(unit_offset(s, i, ks->state_dst, &off, err));
+                const float *src =
+                    i % 2 == 0 ? shd_kv_state_conv(s->kv, il) : shd_kv_state_ssm(s->kv, il);
+                TDM_CHECK(put_one(s, i, (const char *)src + (uint64_t)sq->state_slot * s->unit[i],
+                                  off, err));
+                s->state_bytes += s->unit[i];
+                continue;
+            }
+            for (int32_t j = ks->lo; j < ks->hi; j++) {
+                TDM_CHECK(unit_offset(s, i, ks->dst[j - ks->lo], &off, err));
                 const void *src = i % 2 == 0 ? shd_kv_k(s->kv, il, sq->blocks[j])
                                              : shd_kv_v(s->kv, il, sq->blocks[j]);
-                void *req = NULL;
-                TDM_CHECK(xp_ucx_put_post(s->u, &s->peer, src, bb, s->base[i] + off, s->rkeys[i],
-                                          &req, err));
-                if (req != NULL) {
-                    if (s->n_reqs == s->cap_reqs) {
-                        s->cap_reqs = s->cap_reqs > 0 ? 2 * s->cap_reqs : 256;
-                        s->reqs = tdm_xrealloc(s->reqs, (size_t)s->cap_reqs * sizeof(*s->reqs));
-                    }
-                    s->reqs[s->n_reqs++] = req;
-                }
+                TDM_CHECK(put_one(s, i, src, off, err));
                 s->blocks++;
             }
         }
@@ -295,7 +371,7 @@ tdm_status_t xp_kv_sender_finish(xp_kv_sender_t *s, tdm_status_t st, xp_kv_sende
     if (st == TDM_OK) {
         const size_t bb = shd_kv_block_bytes(s->kv);
         stats->blocks += s->blocks;
-        stats->bytes += s->blocks * bb;
+        stats->bytes += s->blocks * bb + s->state_bytes;
         stats->ns += (uint64_t)((s->busy_s + tdm_now_s() - t0) * 1e9);
     }
     s->step = NULL;

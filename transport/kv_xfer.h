@@ -3,13 +3,15 @@
  * for UCX RMA (the export), and a prefill shard putting K/V blocks into it (the sender).
  *
  * A decode group's shard registers every layer's K and V storage with its UCX context at
- * LOAD (xp_msg_load_t.kv_export) and lists the regions (base, length, packed rkey) in
- * READY. The coordinator hands them, with the decode shards' worker addresses, to the
- * prefill group beside a STEP (xp_msg_kv_peer_t); each prefill shard connects to the
- * decode shard of its own world rank (equal TP/EP layouts and KV types: the same heads,
- * the same block bytes) and, after a step's forward pass, puts the blocks the step names
- * (xp_step_kv_send_t) layer by layer, then flushes: when the RESULT leaves, the K/V is in
- * the decode shard's memory.
+ * LOAD (xp_msg_load_t.kv_export) and lists the regions (base, length, unit, packed rkey) in
+ * READY; a recurrent layer (Gated DeltaNet) registers its conv and delta-rule states of
+ * every slot instead. The coordinator hands them, with the decode shards' worker
+ * addresses, to the prefill group beside a STEP (xp_msg_kv_peer_t); each prefill shard
+ * connects to the decode shard of its own world rank (equal TP/EP layouts and KV types:
+ * the same heads, the same block and slot bytes) and, after a step's forward pass, puts
+ * the blocks the step names (xp_step_kv_send_t) layer by layer, and the recurrent state of
+ * a sequence whose prompt the step finished into the slot named there, then flushes: when
+ * the RESULT leaves, the K/V and states are in the decode shard's memory.
  *
  * On the CPU backend the storage is ordinary host memory; registering it pins it for a
  * NIC (docs/distributed.md: on a Spark there is no GPUDirect RDMA, so a GPU shard's pool
@@ -44,7 +46,8 @@ void xp_kv_export_progress(xp_kv_export_t *x);
 typedef struct xp_kv_sender xp_kv_sender_t;
 
 typedef struct xp_kv_sender_stats {
-    uint64_t blocks, bytes; /* put, summed over layers and K/V (blocks: per layer and K/V) */
+    uint64_t blocks, bytes; /* put, summed over layers and K/V (blocks: per layer and K/V;
+                               bytes: with the recurrent states)                         */
     uint64_t ns;            /* time spent posting, progressing and flushing (the compute
                                the puts overlap is not counted)                        */
 } xp_kv_sender_stats_t;

@@ -16,8 +16,9 @@
  *             nccl_id exactly when proto is 2 (NCCL) and tp_size * ep_size > 1: 17 fields,
  *             18 with it
  *   READY     [ epoch, status, error str, n_blocks, n_vocab, weight_bytes, resident_bytes,
- *               n_swa_blocks, n_state_slots, n_state_store, [[base, len, rkey bin]...] ]
- *             the KV regions (a K and a V region per layer) with LOAD's kv_export, else []
+ *               n_swa_blocks, n_state_slots, n_state_store, [[base, len, rkey bin, unit]...] ]
+ *             the KV regions (two per layer: K and V, or a recurrent layer's conv and
+ *             delta-rule states) with LOAD's kv_export, else []
  *   STEP      [ n_tokens, [token...], [pos...], [seq...], [want_logits bool...], n_logits,
  *               n_seqs, [ [n_blocks, [block...] (, [swa_block...])
  *                         (, state_slot, state_load, state_save)] ... ] ]
@@ -26,9 +27,10 @@
  *             protocol 2; a sequence with a recurrent-state slot (>= 0) carries it and its
  *             stored states to load / save (-1: none) as three more integers;
  *             a 9th field with disaggregated prefill's K/V sends:
- *               [ nil | [epoch, [[address bin, [[base, len, rkey bin]...]]...]],
- *                 [[seq, lo, hi, [dst block...]]...] ]
- *             (the decode group, when it changed; the blocks to put into its pool)
+ *               [ nil | [epoch, [[address bin, [[base, len, rkey bin, unit]...]]...]],
+ *                 [[seq, lo, hi, [dst block...], state_dst]...] ]
+ *             (the decode group, when it changed; the blocks to put into its pool, and
+ *             the state slot there for the sequence's recurrent state, -1: none)
  *   RESULT    [ status, error str, n_logits, n_vocab, logits bin (f32 little-endian),
  *               coll_calls, coll_bytes, coll_ns, step_ns, kv_bytes, kv_ns ]
  *   HEARTBEAT [ time_ns, epoch, state ]
@@ -172,8 +174,8 @@ static tdm_status_t validate_step(const xp_step_t *s, tdm_status_t fail, tdm_err
             }
         }
         /* stored states are copied to / from the sequence's slot: none without one */
-        if (sq->state_slot < -1 || sq->state_load < -1 || sq->state_save < -1 ||
-            (sq->state_slot < 0 && (sq->state_load >= 0 || sq->state_save >= 0))) {
+        if (sq->state_slot < -1 || sq->state_load < XP_STATE_GIVEN || sq->state_save < -1 ||
+            (sq->state_slot < 0 && (sq->state_load != -1 || sq->state_save >= 0))) {
             return tdm_error_set(err, fail,
                                  "xp_msg STEP: seqs[%" PRId32 "] state slot %" PRId32
                                  ", load %" PRId32 ", save %" PRId32,
@@ -192,11 +194,13 @@ static tdm_status_t validate_kv_sends(const xp_step_t *s, tdm_status_t fail, tdm
     for (int32_t i = 0; i < s->n_kv_sends; i++) {
         const xp_step_kv_send_t *k = &s->kv_sends[i];
         if (k->seq < 0 || k->seq >= s->n_seqs || k->lo < 0 || k->hi <= k->lo ||
-            k->hi > s->seqs[k->seq].n_blocks || k->dst == NULL) {
+            k->hi > s->seqs[k->seq].n_blocks || k->dst == NULL || k->state_dst < -1 ||
+            (k->state_dst >= 0 && s->seqs[k->seq].state_slot < 0)) {
             return tdm_error_set(err, fail,
                                  "xp_msg STEP: kv_sends[%" PRId32 "] seq %" PRId32
-                                 " blocks [%" PRId32 ", %" PRId32 ") out of range",
-                                 i, k->seq, k->lo, k->hi);
+                                 " blocks [%" PRId32 ", %" PRId32 ") state %" PRId32
+                                 " out of range",
+                                 i, k->seq, k->lo, k->hi, k->state_dst);
         }
         for (int32_t j = 0; j < k->hi - k->lo; j++) {
             if (k->dst[j] < 0) {
@@ -217,9 +221,10 @@ static tdm_status_t validate_regions(const xp_msg_kv_region_t *r, int32_t n, con
     }
     for (int32_t i = 0; i < n; i++) {
         const bool empty = r[i].len == 0;
-        if ((empty && r[i].rkey.len != 0) ||
-            (!empty && (r[i].rkey.len < 1 || r[i].rkey.len > XP_MSG_MAX_ADDR ||
-                        r[i].rkey.data == NULL || r[i].base > UINT64_MAX - r[i].len))) {
+        if ((empty && (r[i].rkey.len != 0 || r[i].unit != 0)) ||
+            (!empty &&
+             (r[i].rkey.len < 1 || r[i].rkey.len > XP_MSG_MAX_ADDR || r[i].rkey.data == NULL ||
+              r[i].base > UINT64_MAX - r[i].len || r[i].unit < 1 || r[i].unit > r[i].len))) {
             return tdm_error_set(err, fail, "xp_msg %s: KV region %" PRId32 " malformed", what, i);
         }
     }
@@ -425,10 +430,11 @@ static void pack_regions(msgpack_packer *pk, const xp_msg_kv_region_t *r, int32_
     int ok = *okp;
     ok &= msgpack_pack_array(pk, (size_t)n) == 0;
     for (int32_t i = 0; i < n; i++) {
-        ok &= msgpack_pack_array(pk, 3) == 0;
+        ok &= msgpack_pack_array(pk, 4) == 0;
         ok &= msgpack_pack_uint64(pk, r[i].base) == 0;
         ok &= msgpack_pack_uint64(pk, r[i].len) == 0;
         ok &= msgpack_pack_bin_with_body(pk, r[i].rkey.data, r[i].rkey.len) == 0;
+        ok &= msgpack_pack_uint64(pk, r[i].unit) == 0;
     }
     *okp = ok;
 }
@@ -568,7 +574,7 @@ tdm_status_t xp_msg_encode(msgpack_sbuffer *out, const xp_msg_t *m, tdm_error_t 
             }
         }
         if (kv) {
-            /* [peer or nil (unchanged), [[seq, lo, hi, [dst...]]...]] */
+            /* [peer or nil (unchanged), [[seq, lo, hi, [dst...], state_dst]...]] */
             PK(msgpack_pack_array(&pk, 2));
             const xp_msg_kv_peer_t *p = &m->kv_peer;
             if (p->n_ranks == 0) {
@@ -587,11 +593,12 @@ tdm_status_t xp_msg_encode(msgpack_sbuffer *out, const xp_msg_t *m, tdm_error_t 
             PK(msgpack_pack_array(&pk, (size_t)s->n_kv_sends));
             for (int32_t i = 0; i < s->n_kv_sends; i++) {
                 const xp_step_kv_send_t *k = &s->kv_sends[i];
-                PK(msgpack_pack_array(&pk, 4));
+                PK(msgpack_pack_array(&pk, 5));
                 PK(msgpack_pack_int32(&pk, k->seq));
                 PK(msgpack_pack_int32(&pk, k->lo));
                 PK(msgpack_pack_int32(&pk, k->hi));
                 pack_i32_array(&pk, k->dst, k->hi - k->lo, &ok);
+                PK(msgpack_pack_int32(&pk, k->state_dst));
             }
         }
         break;
@@ -932,7 +939,7 @@ static tdm_status_t decode_load(const msgpack_object *body, xp_msg_t *m, tdm_err
     return TDM_OK;
 }
 
-/* KV regions [[base, len, rkey bin]...]: checks the shape and counts (*n, and the bytes the
+/* KV regions [[base, len, rkey bin, unit]...]: checks the shape and counts (*n, and the bytes the
  * decoded form takes: the region structs and their keys). */
 static tdm_status_t size_regions(const msgpack_object *o, const char *field, int32_t *n,
                                  size_t *bytes, tdm_error_t *err)
@@ -945,13 +952,15 @@ static tdm_status_t size_regions(const msgpack_object *o, const char *field, int
     *bytes += (size_t)*n * sizeof(xp_msg_kv_region_t);
     for (int32_t i = 0; i < *n; i++) {
         const msgpack_object *e = &o->via.array.ptr[i];
-        if (e->type != MSGPACK_OBJECT_ARRAY || e->via.array.size != 3 ||
+        if (e->type != MSGPACK_OBJECT_ARRAY || e->via.array.size != 4 ||
             e->via.array.ptr[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
             e->via.array.ptr[1].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
             e->via.array.ptr[2].type != MSGPACK_OBJECT_BIN ||
-            e->via.array.ptr[2].via.bin.size > XP_MSG_MAX_ADDR) {
+            e->via.array.ptr[2].via.bin.size > XP_MSG_MAX_ADDR ||
+            e->via.array.ptr[3].type != MSGPACK_OBJECT_POSITIVE_INTEGER) {
             return tdm_error_set(err, TDM_ERR_FORMAT,
-                                 "xp_msg: %s[%" PRId32 "] is not [base, len, rkey bin]", field, i);
+                                 "xp_msg: %s[%" PRId32 "] is not [base, len, rkey bin, unit]",
+                                 field, i);
         }
         *bytes += e->via.array.ptr[2].via.bin.size;
     }
@@ -965,6 +974,7 @@ static void fill_regions(const msgpack_object *o, xp_msg_kv_region_t *r, unsigne
         const msgpack_object *e = o->via.array.ptr[i].via.array.ptr;
         r[i].base = e[0].via.u64;
         r[i].len = e[1].via.u64;
+        r[i].unit = e[3].via.u64;
         r[i].rkey.len = (uint32_t)e[2].via.bin.size;
         r[i].rkey.data = *data;
         if (r[i].rkey.len > 0) {
@@ -974,7 +984,7 @@ static void fill_regions(const msgpack_object *o, xp_msg_kv_region_t *r, unsigne
     }
 }
 
-/* STEP's 9th field: [peer or nil, [[seq, lo, hi, [dst...]]...]] (ranges checked by
+/* STEP's 9th field: [peer or nil, [[seq, lo, hi, [dst...], state_dst]...]] (ranges checked by
  * xp_msg_validate). */
 static tdm_status_t decode_step_kv(const msgpack_object *o, xp_msg_t *m, tdm_error_t *err)
 {
@@ -1015,7 +1025,7 @@ static tdm_status_t decode_step_kv(const msgpack_object *o, xp_msg_t *m, tdm_err
     bytes += (size_t)n_sends * sizeof(xp_step_kv_send_t);
     for (int32_t i = 0; i < n_sends; i++) {
         const msgpack_object *e = NULL;
-        TRY(get_array(&sd->via.array.ptr[i], "STEP kv send", 4, &e, err));
+        TRY(get_array(&sd->via.array.ptr[i], "STEP kv send", 5, &e, err));
         if (e[3].type != MSGPACK_OBJECT_ARRAY || e[3].via.array.size > XP_MSG_MAX_BLOCKS) {
             return tdm_error_set(err, TDM_ERR_FORMAT, "xp_msg: STEP kv send dst is not an array");
         }
@@ -1075,6 +1085,7 @@ static tdm_status_t decode_step_kv(const msgpack_object *o, xp_msg_t *m, tdm_err
                                  ks[i].lo, ks[i].hi, n);
         }
         TRY(decode_i32_array(&e[3], "STEP kv send dst", n, ids, err));
+        TRY(get_i32(&e[4], "STEP kv send state_dst", &ks[i].state_dst, err));
         ks[i].dst = ids;
         ids += n;
     }
@@ -1263,9 +1274,10 @@ static tdm_status_t decode_step(const msgpack_object *body, xp_msg_t *m, tdm_err
             for (int i = 0; i < 3; i++) {
                 snprintf(field, sizeof(field), "STEP seqs[%" PRId32 "].state[%d]", q, i);
                 TRY(get_i32(&st3[i], field, dst[i], err));
-                if (*dst[i] < (i == 0 ? 0 : -1)) {
+                const int32_t lo = i == 0 ? 0 : i == 1 ? XP_STATE_GIVEN : -1;
+                if (*dst[i] < lo) {
                     return tdm_error_set(err, TDM_ERR_FORMAT, "xp_msg: %s = %" PRId32 " below %d",
-                                         field, *dst[i], i == 0 ? 0 : -1);
+                                         field, *dst[i], (int)lo);
                 }
             }
         }

@@ -27,9 +27,11 @@
 /* Protocol 3: sliding-window block tables (STEP, READY); 4: the cluster secret's proofs
  * (JOIN, JOIN_ACK); 5: recurrent-state slots (STEP, READY); 6: how many stored prefix
  * states a shard keeps (LOAD, serve's --state-cache); 7: disaggregated prefill (LOAD's
- * kv_export, READY's KV regions, STEP's KV peer and sends, RESULT's transfer figures). */
+ * kv_export, READY's KV regions, STEP's KV peer and sends, RESULT's transfer figures); 8:
+ * recurrent states in disaggregated prefill (a KV region's unit, a send's state_dst, a
+ * sequence's state_load XP_STATE_GIVEN). */
 #define XP_MSG_MAGIC            "TDM1"
-#define XP_MSG_PROTOCOL_VERSION 7
+#define XP_MSG_PROTOCOL_VERSION 8
 
 /* Bounds the decoder enforces (and the encoder, so both sides agree). */
 #define XP_MSG_MAX_TOKENS       (1 << 20)         /* tokens per STEP                  */
@@ -89,11 +91,13 @@ typedef struct xp_msg_blob {
 } xp_msg_blob_t;
 
 /* Disaggregated prefill (docs/distributed.md). A decode shard's KV storage registered for
- * RMA: one region per layer's K and per layer's V (layer order, K then V; an empty region,
- * len 0, for a layer without K/V), each with its packed UCX rkey. */
+ * RMA: two regions per layer, in layer order: an attention layer's K and V storage (units
+ * of one KV block), a recurrent layer's conv and delta-rule state (units of one state
+ * slot), each with its packed UCX rkey; empty regions (len 0) for a layer with neither. */
 typedef struct xp_msg_kv_region {
     uint64_t base, len;
-    xp_msg_blob_t rkey; /* 1..XP_MSG_MAX_ADDR bytes; empty when len is 0 */
+    uint64_t unit;      /* bytes of one block or state slot; 0 when len is 0 */
+    xp_msg_blob_t rkey; /* 1..XP_MSG_MAX_ADDR bytes; empty when len is 0     */
 } xp_msg_kv_region_t;
 
 /* One decode shard as a prefill shard of the same rank needs it. */

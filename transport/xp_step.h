@@ -34,18 +34,26 @@ typedef struct xp_step_seq {
     int32_t state_slot;
     /* Stored states (state slot ids, coordinator/kv_manager.h): copied into state_slot
      * before the step (a prefix hit resuming there), and from it after the step (the
-     * state at a cached prefix's end); -1: none. */
+     * state at a cached prefix's end); -1: none. state_load XP_STATE_GIVEN: a prefill
+     * group put the state into state_slot (disaggregated prefill), and it stands at this
+     * step's first position of the sequence. */
     int32_t state_load, state_save;
 } xp_step_seq_t;
+
+/* = KERN_STATE_GIVEN (kernels/kern_backend.h), which the shard reads. */
+#define XP_STATE_GIVEN (-2)
 
 /* Disaggregated prefill (docs/distributed.md): K/V blocks a prefill group's shards put into a
  * decode group's pool once the step's forward pass wrote them, each shard its own heads to
  * the decode shard of the same rank (the peer's pool and keys travel beside the step,
- * transport/xp_msg.h). */
+ * transport/xp_msg.h). A model with recurrent layers also hands over the sequence's state
+ * once the step that computes its prompt's last token has run: every recurrent layer's
+ * conv and delta-rule state, from the sequence's slot into slot state_dst there. */
 typedef struct xp_step_kv_send {
     int32_t seq;        /* index into seqs                                      */
     int32_t lo, hi;     /* logical blocks [lo, hi) of that sequence's table     */
     const int32_t *dst; /* [hi - lo]: the block ids in the decode group's pool  */
+    int32_t state_dst;  /* the decode group's state slot; -1: no state to send  */
 } xp_step_kv_send_t;
 
 typedef struct xp_step {

@@ -949,9 +949,6 @@ static void layout_for(const plan_opts_t *o, const topo_plan_t *pl, const gguf_c
     if (pl->n_swa_layers > 0) {
         in->disagg_supported = false;
         in->disagg_why_not = "the model has sliding-window layers (their pool does not travel)";
-    } else if (pl->hp.n_recurrent > 0) {
-        in->disagg_supported = false;
-        in->disagg_why_not = "the model has recurrent layers (their states do not travel yet)";
     } else if (pl->p.device != TOPO_PLAN_CPU) {
         in->disagg_supported = false;
         in->disagg_why_not = "GPU shards have no pinned host KV pool yet";

@@ -46,12 +46,11 @@ static tdm_status_t group_kv(srv_group_t *g, xp_msg_kv_peer_t **peer, int *tp, i
 
 static tdm_status_t check_pair(srv_group_t *pre, srv_group_t *dec, tdm_error_t *err)
 {
-    if (dec->ex.n_swa > 0 || dec->ex.n_state_slots > 0) {
+    if (dec->ex.n_swa > 0) {
         return tdm_error_set(err, TDM_ERR_UNSUPPORTED,
-                             "disaggregated prefill/decode: models with %s are not supported yet "
-                             "(only full-attention K/V is handed over); use \"mixed\" groups",
-                             dec->ex.n_swa > 0 ? "sliding-window layers"
-                                               : "recurrent (Gated DeltaNet) layers");
+                             "disaggregated prefill/decode: models with sliding-window layers are "
+                             "not supported yet (full-attention K/V and recurrent states are "
+                             "handed over); use \"mixed\" groups");
     }
     xp_msg_kv_peer_t *pp = NULL, *dp = NULL;
     int ptp = 0, pep = 0, dtp = 0, dep = 0;
@@ -70,16 +69,15 @@ static tdm_status_t check_pair(srv_group_t *pre, srv_group_t *dec, tdm_error_t *
         const xp_msg_kv_rank_t *a = &pp->ranks[r], *b = &dp->ranks[r];
         bool same = a->n_regions == b->n_regions && pre->ex.block_tokens == dec->ex.block_tokens;
         for (int32_t i = 0; same && i < a->n_regions; i++) {
-            /* bytes per block of every layer's K and V: the KV type and heads agree */
-            same = a->regions[i].len / (uint64_t)pre->ex.n_blocks ==
-                       b->regions[i].len / (uint64_t)dec->ex.n_blocks &&
-                   (a->regions[i].len == 0) == (b->regions[i].len == 0);
+            /* bytes per block of every layer's K and V, per slot of every recurrent layer's
+             * states: the KV type, heads and state shapes agree */
+            same = a->regions[i].unit == b->regions[i].unit;
         }
         if (!same) {
             st = tdm_error_set(err, TDM_ERR_INVALID_PARAM,
                                "prefill group '%s' and decode group '%s' store KV differently "
-                               "(rank %d: KV type, heads or block size differ; start every "
-                               "shard of both with the same --kv-type)",
+                               "(rank %d: KV type, heads, recurrent states or block size "
+                               "differ; start every shard of both with the same --kv-type)",
                                pre->name, dec->name, (int)r);
         }
     }

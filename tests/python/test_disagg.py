@@ -11,6 +11,17 @@ own accounting: tandem_kv_transfer_blocks_total grows by exactly the prompt's bl
 decode group did not hold, and a second prompt sharing a prefix with the first moves only
 the blocks after the shared ones (usage's cached_tokens says what the decode group held).
 
+Hybrid models (qwen3next, qwen35moe fixtures): the recurrent state at the prompt's end
+travels too, into the decode request's state slot, and the decode group's prefix cache serves
+attention blocks without a stored state (the state comes whole). Oracle as above, plus the
+bytes moved: the attention layers' K/V of the blocks moved plus one state per request, sizes
+from the HF config (conv: (kernel - 1) x (2 k heads x k dim + v heads x v dim) floats; delta
+rule: v heads x k dim x v dim floats, per linear-attention layer).
+
+Preemption on the decode side: a KV budget too small for 8 long streams, so requests whose
+prompt came from the prefill group are preempted after decoding and recompute on the decode
+group; outputs equal the colocated run.
+
 Faults: kill -9 of the prefill shard while it prefills a long prompt, and of the decode
 shard in the middle of a stream: the affected request ends with an error within 5 s,
 nothing hangs, and the restarted shard's group forms again and serves.
@@ -29,6 +40,7 @@ from serve_util import ServeProcess, metric_value, parse_metrics
 from conftest import DEFAULT_MODEL, FIXTURES
 
 F32 = FIXTURES / "models" / "llama-a-f32.gguf"
+HYBRID = FIXTURES / "hybrid"
 BLOCK = 16
 
 
@@ -123,6 +135,113 @@ def test_disagg_f32_matches_colocated_and_moves_only_missing_blocks(pair, tmp_pa
     # llama-a: every layer's K and V, f32 rows: bytes per block from the fixture's shape
     assert nbytes > 0 and nbytes % blocks == 0, (blocks, nbytes)
     print(f"moved {moved} blocks, {nbytes / blocks:.0f} bytes per block")
+
+
+def _hybrid_sizes(cfg_name):
+    """(K or V bytes of one block of one attention layer, recurrent-state bytes of one
+    sequence, attention layers) from the HF config, with f32 KV rows and f32 states."""
+    c = json.loads((HYBRID / f"{cfg_name}.hf_config.json").read_text())
+    text = c.get("text_config", c)
+    types = text["layer_types"]
+    n_attn = types.count("full_attention")
+    n_lin = types.count("linear_attention")
+    head_dim = text.get("head_dim") or text["hidden_size"] // text["num_attention_heads"]
+    kv_block = text["num_key_value_heads"] * head_dim * BLOCK * 4
+    kd, vd = text["linear_key_head_dim"], text["linear_value_head_dim"]
+    nk, nv = text["linear_num_key_heads"], text["linear_num_value_heads"]
+    conv = (text["linear_conv_kernel_dim"] - 1) * (2 * nk * kd + nv * vd)
+    state = n_lin * (conv + nv * kd * vd) * 4
+    return kv_block, state, n_attn
+
+
+@pytest.mark.parametrize("cfg", ["qwen3next-a", "qwen35moe-a"])
+def test_disagg_hybrid_hands_over_recurrent_state(tandem_bin, tmp_path, cfg):
+    m = HYBRID / "manifest.json"
+    if not m.exists():
+        pytest.skip("hybrid fixtures missing: run tools/fixtures/make_hybrid_models.py")
+    seqs = json.loads(m.read_text())["sequences"]
+    model_path = HYBRID / f"{cfg}-f32.gguf"
+    model = f"{cfg}-f32"
+    # s150 is prefilled in two steps (to the stored state's block end at 144, then the rest):
+    # the state crosses steps; whole blocks go once (a partial one would go again)
+    prompts = [seqs["s150"],
+               seqs["s33"],
+               seqs["s8"],                         # shorter than a block
+               seqs["s150"][:100] + seqs["s33"]]   # 6 blocks of it cached on the decode side
+    shards = [ShardProcess(model_path, tls="tcp", threads=1, extra=("--kv-type", "f32"))
+              for _ in range(2)]
+    try:
+        colo = _serve(model_path, _cluster(tmp_path, [{"name": "m", "shards": [shards[0].addr]}],
+                                           "c.json"))
+        try:
+            want = [_complete(colo, p, 8, model) for p in prompts]
+        finally:
+            colo.stop()
+        srv = _serve(model_path, _pair_file(tmp_path, shards[0], shards[1]))
+        try:
+            got, moved, sent = [], [], []
+            for p in prompts:
+                b0, y0 = _moved(srv)
+                got.append(_complete(srv, p, 8, model))
+                b1, y1 = _moved(srv)
+                moved.append(b1 - b0)
+                sent.append(y1 - y0)
+        finally:
+            srv.stop()
+    finally:
+        for sh in shards:
+            sh.stop()
+    for w, g in zip(want, got):
+        assert g["text"] == w["text"] and g["finish"] == w["finish"], (w, g)
+        assert g["lp"] == w["lp"], (w["lp"], g["lp"])
+        assert g["top"] == w["top"], (w["top"], g["top"])
+    # the decode side held the first 6 blocks of the last prompt without a stored state
+    assert [g["cached"] for g in got] == [0, 0, 0, 96], got
+    assert moved == [_blocks(150), _blocks(33), 1, _blocks(133) - 6], moved
+    kv_block, state, n_attn = _hybrid_sizes(cfg)
+    assert sent == [b * n_attn * 2 * kv_block + state for b in moved], (sent, kv_block, state)
+
+
+def test_disagg_decode_preemption_keeps_outputs(pair, tmp_path):
+    """The decode group's KV budget (--kv-memory 2M: 64 blocks of the f32 fixture) is too
+    small for 8 streams of 280 tokens: requests whose prompt the prefill group computed are
+    preempted and recompute on the decode group (the prompt is not sent for again)."""
+    rng = random.Random(5)
+    prompts = [_tokens(rng, 30 + 7 * i) for i in range(8)]
+    body = {"max_tokens": 280, "temperature": 0, "logprobs": 1, "ignore_eos": True}
+
+    def run_all(srv):
+        out = [None] * len(prompts)
+
+        def one(i):
+            r = srv.post("/v1/completions", dict(body, prompt=prompts[i]), timeout=300)
+            assert r.status_code == 200, r.text
+            ch = r.json()["choices"][0]
+            out[i] = (ch["text"], ch["logprobs"]["token_logprobs"], ch["finish_reason"])
+
+        ts = [threading.Thread(target=one, args=(i,)) for i in range(len(prompts))]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(300)
+        return out
+
+    colo = _serve(F32, _cluster(tmp_path, [{"name": "m", "shards": [pair[0].addr]}], "c.json"))
+    try:
+        want = run_all(colo)
+    finally:
+        colo.stop()
+    srv = _serve(F32, _pair_file(tmp_path, pair[0], pair[1]), "--kv-memory", "2M")
+    try:
+        p0 = srv.metric("tandem_preemptions_total")
+        got = run_all(srv)
+        assert srv.metric("tandem_preemptions_total") > p0, "no preemption: the test needs one"
+        routed = metric_value(parse_metrics(srv.get("/metrics").text),
+                              "tandem_group_routed_requests_total", group="p")
+    finally:
+        srv.stop()
+    assert got == want
+    assert routed == len(prompts)  # each prompt went to the prefill group once
 
 
 def test_disagg_smollm2_matches_colocated(tandem_bin, default_model, tmp_path):

@@ -1021,6 +1021,41 @@ static void test_stored_states_give_prefix_hits(void **state)
     crd_kvm_destroy(kvm);
 }
 
+/* A state given from elsewhere (disaggregated prefill): the hit is every cached block of the
+ * prompt (up to its last full block before the last token), with or without stored states,
+ * and nothing is loaded; with stored states the plain create is still cut to them. */
+static void test_given_state_hits_every_cached_block(void **state)
+{
+    (void)state;
+    for (int32_t store = 0; store <= 1; store++) {
+        crd_kvm_t *kvm = NULL;
+        const crd_kvm_params_t p = {
+            .n_blocks = 16, .block_size = 16, .n_state_slots = 2, .n_state_store = store};
+        assert_int_equal(crd_kvm_create_pools(&p, &kvm, NULL), TDM_OK);
+        int32_t t[70], cached = -1;
+        fill(t, 70, 1);
+        crd_kv_seq_t *a = NULL, *b = NULL, *c = NULL;
+        /* a: 60 tokens (3 full blocks) whose K/V and state came from a prefill group */
+        assert_int_equal(crd_kvm_seq_create_given(kvm, t, 60, &a, &cached, NULL), TDM_OK);
+        assert_int_equal(cached, 0);
+        assert_int_equal(crd_kvm_seq_reserve(kvm, a, 60), TDM_OK);
+        crd_kvm_seq_commit(kvm, a, t, 60);
+        crd_kvm_seq_free(kvm, a);
+        /* b: 70 tokens sharing a's 60: a's 3 cached blocks, no stored state to load */
+        assert_int_equal(crd_kvm_seq_create_given(kvm, t, 70, &b, &cached, NULL), TDM_OK);
+        assert_int_equal(cached, 48);
+        assert_int_equal(crd_kvm_seq_state_load(kvm, b), -1);
+        assert_true(crd_kvm_seq_state_slot(b) >= 0);
+        /* c, created plainly: no stored state anywhere, so no hit */
+        assert_int_equal(crd_kvm_seq_create(kvm, t, 70, &c, &cached, NULL), TDM_OK);
+        assert_int_equal(cached, 0);
+        crd_kvm_seq_free(kvm, b);
+        crd_kvm_seq_free(kvm, c);
+        check_accounting(kvm);
+        crd_kvm_destroy(kvm);
+    }
+}
+
 /* state_every: save points every K blocks inside a prompt, then its last full block; a
  * prompt sharing only the first 40 tokens resumes at 32 (the deepest K boundary inside). */
 static void test_stored_states_every_k_blocks(void **state)
@@ -1146,6 +1181,7 @@ int main(void)
         cmocka_unit_test(test_stored_states_give_prefix_hits),
         cmocka_unit_test(test_spare_state_slots),
         cmocka_unit_test(test_stored_states_every_k_blocks),
+        cmocka_unit_test(test_given_state_hits_every_cached_block),
         cmocka_unit_test(test_bad_arguments),
         cmocka_unit_test(test_router_view_predicts_hits),
     };

@@ -157,6 +157,7 @@ static int32_t gen_regions(uint64_t *s, gen_store_t *g, int r)
     for (int32_t i = 0; i < n; i++) {
         xp_msg_kv_region_t *x = &g->regions[r][i];
         x->len = rng_below(s, 4) == 0 ? 0 : 1 + rng_below(s, 1u << 30);
+        x->unit = x->len == 0 ? 0 : 1 + rng_below(s, (uint32_t)x->len);
         x->base = rand_u64(s) >> 2;
         x->rkey.len = x->len == 0 ? 0 : 1 + rng_below(s, GEN_RKEY);
         for (uint32_t j = 0; j < x->rkey.len; j++) {
@@ -240,7 +241,11 @@ static void gen_msg(uint64_t *s, xp_msg_type_t type, gen_store_t *g, xp_msg_t *m
             /* a recurrent-state slot (and stored states to load / save) or none */
             const bool state = rng_below(s, 2);
             g->seqs[q].state_slot = state ? rand_nonneg(s) : -1;
-            g->seqs[q].state_load = state && rng_below(s, 2) ? rand_nonneg(s) : -1;
+            /* a stored state, or (disaggregated decode) the state a prefill group put */
+            g->seqs[q].state_load = !state                 ? -1
+                                    : rng_below(s, 4) == 0 ? XP_STATE_GIVEN
+                                    : rng_below(s, 2)      ? rand_nonneg(s)
+                                                           : -1;
             g->seqs[q].state_save = state && rng_below(s, 2) ? rand_nonneg(s) : -1;
             for (int32_t j = 0; j < g->seqs[q].n_blocks; j++) {
                 g->blocks[q][j] = rand_nonneg(s);
@@ -266,6 +271,8 @@ static void gen_msg(uint64_t *s, xp_msg_type_t type, gen_store_t *g, xp_msg_t *m
                 g->dst[q][j] = rand_nonneg(s);
             }
             k->dst = g->dst[q];
+            /* the state at the prompt's end too, for a sequence with a slot */
+            k->state_dst = g->seqs[q].state_slot >= 0 && rng_below(s, 2) ? rand_nonneg(s) : -1;
         }
         st->kv_sends = g->sends;
         if (rng_below(s, 2)) {
@@ -322,6 +329,7 @@ static void assert_regions_equal(const xp_msg_kv_region_t *a, const xp_msg_kv_re
     for (int32_t i = 0; i < na; i++) {
         assert_true(a[i].base == b[i].base);
         assert_true(a[i].len == b[i].len);
+        assert_true(a[i].unit == b[i].unit);
         assert_int_equal(a[i].rkey.len, b[i].rkey.len);
         if (a[i].rkey.len > 0) {
             assert_memory_equal(a[i].rkey.data, b[i].rkey.data, a[i].rkey.len);
@@ -437,6 +445,7 @@ static void assert_msg_equal(const xp_msg_t *a, const xp_msg_t *b)
             assert_int_equal(u->seq, v->seq);
             assert_int_equal(u->lo, v->lo);
             assert_int_equal(u->hi, v->hi);
+            assert_int_equal(u->state_dst, v->state_dst);
             assert_memory_equal(u->dst, v->dst, (size_t)(u->hi - u->lo) * sizeof(int32_t));
         }
         assert_int_equal(a->kv_peer.n_ranks, b->kv_peer.n_ranks);
@@ -518,15 +527,16 @@ static void pack_cstr(msgpack_packer *pk, const char *s)
     msgpack_pack_str_with_body(pk, s, strlen(s));
 }
 
-/* KV regions as the documented layout: [[base, len, rkey bin]...]. */
+/* KV regions as the documented layout: [[base, len, rkey bin, unit]...]. */
 static void pack_regions_ref(msgpack_packer *pk, const xp_msg_kv_region_t *r, int32_t n)
 {
     msgpack_pack_array(pk, (size_t)n);
     for (int32_t i = 0; i < n; i++) {
-        msgpack_pack_array(pk, 3);
+        msgpack_pack_array(pk, 4);
         msgpack_pack_uint64(pk, r[i].base);
         msgpack_pack_uint64(pk, r[i].len);
         msgpack_pack_bin_with_body(pk, r[i].rkey.data, r[i].rkey.len);
+        msgpack_pack_uint64(pk, r[i].unit);
     }
 }
 
@@ -1099,20 +1109,32 @@ static void test_malformed_cases(void **state)
     msgpack_sbuffer_clear(&sb);
     pack_header(&pk, XP_MSG_MAGIC, XP_MSG_PROTOCOL_VERSION + 1, XP_MSG_SHUTDOWN);
     msgpack_pack_array(&pk, 0);
-    expect_format(&sb, "protocol version 8");
+    char needle[96];
+    snprintf(needle, sizeof(needle), "protocol version %d", XP_MSG_PROTOCOL_VERSION + 1);
+    expect_format(&sb, needle);
 
     /* a protocol-2 peer (no sliding-window tables, READY of 7 fields) */
     msgpack_sbuffer_clear(&sb);
     pack_header(&pk, XP_MSG_MAGIC, 2, XP_MSG_SHUTDOWN);
     msgpack_pack_array(&pk, 0);
-    expect_format(&sb, "protocol version 2, this build speaks 7");
+    snprintf(needle, sizeof(needle), "protocol version 2, this build speaks %d",
+             XP_MSG_PROTOCOL_VERSION);
+    expect_format(&sb, needle);
+
+    /* a protocol-7 peer (KV regions without a unit, sends without a state slot) */
+    msgpack_sbuffer_clear(&sb);
+    pack_header(&pk, XP_MSG_MAGIC, 7, XP_MSG_SHUTDOWN);
+    msgpack_pack_array(&pk, 0);
+    expect_format(&sb, "protocol version 7, this build speaks 8");
 
     /* a protocol-1 peer: its HEARTBEAT was [time_ns] (type 6 then) */
     msgpack_sbuffer_clear(&sb);
     pack_header(&pk, XP_MSG_MAGIC, 1, 6);
     msgpack_pack_array(&pk, 1);
     msgpack_pack_uint64(&pk, 123);
-    expect_format(&sb, "protocol version 1, this build speaks 7");
+    snprintf(needle, sizeof(needle), "protocol version 1, this build speaks %d",
+             XP_MSG_PROTOCOL_VERSION);
+    expect_format(&sb, needle);
 
     /* protocol 1 with a body that happens to be valid in protocol 2 */
     msgpack_sbuffer_clear(&sb);
@@ -1357,7 +1379,7 @@ static void test_malformed_cases(void **state)
         msgpack_pack_int32(&pk, 0);
     }
     expect_format(&sb, "READY epoch");
-    /* READY: a KV region that is not [base, len, rkey bin] */
+    /* READY: a KV region that is not [base, len, rkey bin, unit] (protocol 7's) */
     msgpack_sbuffer_clear(&sb);
     pack_header(&pk, XP_MSG_MAGIC, XP_MSG_PROTOCOL_VERSION, XP_MSG_READY);
     msgpack_pack_array(&pk, 11);
@@ -1372,7 +1394,7 @@ static void test_malformed_cases(void **state)
     msgpack_pack_uint64(&pk, 4096);
     msgpack_pack_uint64(&pk, 64);
     msgpack_pack_str_with_body(&pk, "key", 3);
-    expect_format(&sb, "READY kv_regions[0] is not [base, len, rkey bin]");
+    expect_format(&sb, "READY kv_regions[0] is not [base, len, rkey bin, unit]");
     /* protocol 2's READY (no n_swa_blocks) */
     msgpack_sbuffer_clear(&sb);
     pack_header(&pk, XP_MSG_MAGIC, XP_MSG_PROTOCOL_VERSION, XP_MSG_READY);
@@ -1981,6 +2003,87 @@ static int write_corpus(const char *dir)
     return 0;
 }
 
+/* Disaggregated prefill of a recurrent model (protocol 8): a send's state slot, a region's
+ * unit and the given-state mark round-trip; each breaks the message where it must. */
+static void test_disagg_state_fields(void **state)
+{
+    (void)state;
+    static const int32_t tok[2] = {5, 6}, pos[2] = {31, 0}, seq[2] = {0, 1};
+    static const uint8_t want[2] = {1, 1};
+    static const int32_t blocks[2] = {3, 4}, dst[2] = {7, 9};
+    static const uint8_t key[3] = {1, 2, 3};
+    xp_step_seq_t seqs[2] = {
+        {.blocks = blocks,
+         .n_blocks = 2,
+         .state_slot = 1,
+         .state_load = XP_STATE_GIVEN,
+         .state_save = -1},
+        {.blocks = blocks, .n_blocks = 1, .state_slot = -1, .state_load = -1, .state_save = -1},
+    };
+    xp_step_kv_send_t sends[2] = {
+        {.seq = 0, .lo = 0, .hi = 2, .dst = dst, .state_dst = 4},
+        {.seq = 1, .lo = 0, .hi = 1, .dst = dst, .state_dst = -1},
+    };
+    xp_msg_kv_region_t regions[2] = {
+        {.base = 4096, .len = 8192, .unit = 2048, .rkey = {key, 3}},
+        {.base = 0, .len = 0, .unit = 0, .rkey = {NULL, 0}},
+    };
+    xp_msg_kv_rank_t rank = {.addr = {key, 3}, .n_regions = 2, .regions = regions};
+    xp_msg_t m;
+    memset(&m, 0, sizeof(m));
+    m.type = XP_MSG_STEP;
+    m.step = (xp_step_t){.n_tokens = 2,
+                         .token = tok,
+                         .pos = pos,
+                         .seq = seq,
+                         .want_logits = want,
+                         .n_logits = 2,
+                         .n_seqs = 2,
+                         .seqs = seqs,
+                         .n_kv_sends = 2,
+                         .kv_sends = sends};
+    m.kv_peer = (xp_msg_kv_peer_t){.epoch = 3, .n_ranks = 1, .ranks = &rank};
+    msgpack_sbuffer sb;
+    encode_ok(&m, &sb);
+    xp_msg_t d;
+    tdm_error_t err;
+    assert_int_equal(decode_copy(sb.data, sb.size, &d, &err), TDM_OK);
+    assert_int_equal(d.step.kv_sends[0].state_dst, 4);
+    assert_int_equal(d.step.kv_sends[1].state_dst, -1);
+    assert_int_equal(d.step.seqs[0].state_load, XP_STATE_GIVEN);
+    assert_true(d.kv_peer.ranks[0].regions[0].unit == 2048);
+    assert_msg_equal(&m, &d);
+    xp_msg_free(&d);
+    msgpack_sbuffer_destroy(&sb);
+
+    /* each of these is refused by the encoder (and by xp_msg_validate on decode) */
+    msgpack_sbuffer_init(&sb);
+    sends[1].state_dst = 2; /* a state for a sequence without a slot */
+    tdm_error_clear(&err);
+    assert_int_equal(xp_msg_encode(&sb, &m, &err), TDM_ERR_INVALID_PARAM);
+    assert_non_null(strstr(tdm_error_msg(&err), "kv_sends[1] seq 1 blocks [0, 1) state 2"));
+    sends[1].state_dst = -2;
+    assert_int_equal(xp_msg_validate(&m, TDM_ERR_FORMAT, NULL), TDM_ERR_FORMAT);
+    sends[1].state_dst = -1;
+    seqs[0].state_load = XP_STATE_GIVEN - 1;
+    assert_int_equal(xp_msg_validate(&m, TDM_ERR_FORMAT, NULL), TDM_ERR_FORMAT);
+    seqs[0].state_load = XP_STATE_GIVEN;
+    seqs[1].state_load = XP_STATE_GIVEN; /* given, but no slot to be given into */
+    assert_int_equal(xp_msg_validate(&m, TDM_ERR_FORMAT, NULL), TDM_ERR_FORMAT);
+    seqs[1].state_load = -1;
+    regions[0].unit = 8193; /* a unit larger than its region */
+    assert_int_equal(xp_msg_validate(&m, TDM_ERR_FORMAT, NULL), TDM_ERR_FORMAT);
+    regions[0].unit = 0; /* no unit for a region with bytes */
+    assert_int_equal(xp_msg_validate(&m, TDM_ERR_FORMAT, NULL), TDM_ERR_FORMAT);
+    regions[0].unit = 2048;
+    regions[1].unit = 16; /* a unit for an empty region */
+    assert_int_equal(xp_msg_validate(&m, TDM_ERR_FORMAT, NULL), TDM_ERR_FORMAT);
+    regions[1].unit = 0;
+    assert_int_equal(xp_msg_validate(&m, TDM_ERR_FORMAT, NULL), TDM_OK);
+    assert_int_equal(sb.size, 0);
+    msgpack_sbuffer_destroy(&sb);
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 3 && strcmp(argv[1], "--write-corpus") == 0) {
@@ -1995,6 +2098,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_invalid_refused_both_ways),
         cmocka_unit_test(test_load_nccl_id),
         cmocka_unit_test(test_encoder_refuses_invalid),
+        cmocka_unit_test(test_disagg_state_fields),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
