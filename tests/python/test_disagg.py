@@ -154,8 +154,12 @@ def _hybrid_sizes(cfg_name):
     return kv_block, state, n_attn
 
 
-@pytest.mark.parametrize("cfg", ["qwen3next-a", "qwen35moe-a"])
-def test_disagg_hybrid_hands_over_recurrent_state(tandem_bin, tmp_path, cfg):
+@pytest.mark.parametrize("cfg,tp", [("qwen3next-a", 1), ("qwen35moe-a", 1), ("qwen3next-a", 2)])
+def test_disagg_hybrid_hands_over_recurrent_state(tandem_bin, tmp_path, cfg, tp):
+    """tp 2: each group is 2 shards splitting the DeltaNet and attention heads; shard r puts
+    its heads' share of the state into the decode shard r (a k head two ranks share is held
+    by both, so the bytes are not the model's state once: only the outputs and blocks are
+    checked there)."""
     m = HYBRID / "manifest.json"
     if not m.exists():
         pytest.skip("hybrid fixtures missing: run tools/fixtures/make_hybrid_models.py")
@@ -169,15 +173,19 @@ def test_disagg_hybrid_hands_over_recurrent_state(tandem_bin, tmp_path, cfg):
                seqs["s8"],                         # shorter than a block
                seqs["s150"][:100] + seqs["s33"]]   # 6 blocks of it cached on the decode side
     shards = [ShardProcess(model_path, tls="tcp", threads=1, extra=("--kv-type", "f32"))
-              for _ in range(2)]
+              for _ in range(2 * tp)]
+    pre, dec = [s.addr for s in shards[:tp]], [s.addr for s in shards[tp:]]
+    split = {"tp": tp} if tp > 1 else {}
     try:
-        colo = _serve(model_path, _cluster(tmp_path, [{"name": "m", "shards": [shards[0].addr]}],
+        colo = _serve(model_path, _cluster(tmp_path, [dict(name="m", shards=pre, **split)],
                                            "c.json"))
         try:
             want = [_complete(colo, p, 8, model) for p in prompts]
         finally:
             colo.stop()
-        srv = _serve(model_path, _pair_file(tmp_path, shards[0], shards[1]))
+        srv = _serve(model_path, _cluster(tmp_path, [
+            dict(name="p", role="prefill", shards=pre, **split),
+            dict(name="d", role="decode", shards=dec, **split)]))
         try:
             got, moved, sent = [], [], []
             for p in prompts:
@@ -198,8 +206,9 @@ def test_disagg_hybrid_hands_over_recurrent_state(tandem_bin, tmp_path, cfg):
     # the decode side held the first 6 blocks of the last prompt without a stored state
     assert [g["cached"] for g in got] == [0, 0, 0, 96], got
     assert moved == [_blocks(150), _blocks(33), 1, _blocks(133) - 6], moved
-    kv_block, state, n_attn = _hybrid_sizes(cfg)
-    assert sent == [b * n_attn * 2 * kv_block + state for b in moved], (sent, kv_block, state)
+    if tp == 1:
+        kv_block, state, n_attn = _hybrid_sizes(cfg)
+        assert sent == [b * n_attn * 2 * kv_block + state for b in moved], (sent, kv_block, state)
 
 
 def test_disagg_decode_preemption_keeps_outputs(pair, tmp_path):
