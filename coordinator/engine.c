@@ -358,15 +358,20 @@ tdm_status_t crd_engine_submit(crd_engine_t *e, const crd_request_params_t *rp, 
         p->rp.remote = &p->remote;
     }
     if (rp->handoff != NULL) {
+        /* the destination tables, the sliding pool's after the full pool's */
+        const size_t n = (size_t)rp->handoff->n_dst;
         p->handoff = *rp->handoff;
-        p->kv_dst =
-            malloc((size_t)(rp->handoff->n_dst > 0 ? rp->handoff->n_dst : 1) * sizeof(int32_t));
+        p->kv_dst = malloc((n > 0 ? 2 * n : 1) * sizeof(int32_t));
         if (p->kv_dst == NULL) {
             pending_free(p);
             return tdm_error_set(err, TDM_ERR_NO_MEMORY, "out of memory for a request");
         }
-        memcpy(p->kv_dst, rp->handoff->dst, (size_t)rp->handoff->n_dst * sizeof(int32_t));
+        memcpy(p->kv_dst, rp->handoff->dst, n * sizeof(int32_t));
         p->handoff.dst = p->kv_dst;
+        if (rp->handoff->swa_dst != NULL) {
+            memcpy(p->kv_dst + n, rp->handoff->swa_dst, n * sizeof(int32_t));
+            p->handoff.swa_dst = p->kv_dst + n;
+        }
         p->rp.handoff = &p->handoff;
     }
 

@@ -558,8 +558,9 @@ int32_t crd_kvm_seq_blocks_needed(const crd_kvm_t *kvm, const crd_kv_seq_t *seq,
     return want > seq->n_blocks ? want - seq->n_blocks : 0;
 }
 
-int32_t crd_kvm_seq_swa_blocks_needed(const crd_kvm_t *kvm, const crd_kv_seq_t *seq,
-                                      int32_t n_tokens)
+/* Sliding blocks missing for logical blocks [window_lo(from) / bs, those of n_tokens). */
+static int32_t swa_needed_from(const crd_kvm_t *kvm, const crd_kv_seq_t *seq, int32_t from,
+                               int32_t n_tokens)
 {
     if (kvm->n_swa == 0) {
         return 0;
@@ -567,16 +568,23 @@ int32_t crd_kvm_seq_swa_blocks_needed(const crd_kvm_t *kvm, const crd_kv_seq_t *
     const int32_t bs = kvm->block_size;
     const int32_t want = (n_tokens + bs - 1) / bs;
     int32_t need = 0;
-    for (int32_t j = window_lo(kvm, seq->n_computed) / bs; j < want; j++) {
+    for (int32_t j = window_lo(kvm, from) / bs; j < want; j++) {
         need += j >= seq->n_blocks || seq->swa_blocks[j] == NIL;
     }
     return need;
 }
 
-tdm_status_t crd_kvm_seq_reserve(crd_kvm_t *kvm, crd_kv_seq_t *seq, int32_t n_tokens)
+int32_t crd_kvm_seq_swa_blocks_needed(const crd_kvm_t *kvm, const crd_kv_seq_t *seq,
+                                      int32_t n_tokens)
+{
+    return swa_needed_from(kvm, seq, seq->n_computed, n_tokens);
+}
+
+/* crd_kvm_seq_reserve, with sliding blocks from the window of position `from` on. */
+static tdm_status_t reserve_from(crd_kvm_t *kvm, crd_kv_seq_t *seq, int32_t from, int32_t n_tokens)
 {
     const int32_t need = crd_kvm_seq_blocks_needed(kvm, seq, n_tokens);
-    const int32_t need_swa = crd_kvm_seq_swa_blocks_needed(kvm, seq, n_tokens);
+    const int32_t need_swa = swa_needed_from(kvm, seq, from, n_tokens);
     if (need == 0 && need_swa == 0) {
         return TDM_OK;
     }
@@ -600,7 +608,7 @@ tdm_status_t crd_kvm_seq_reserve(crd_kvm_t *kvm, crd_kv_seq_t *seq, int32_t n_to
         seq->blocks[seq->n_blocks++] = b;
     }
     const int32_t bs = kvm->block_size;
-    const int32_t lo = swa ? window_lo(kvm, seq->n_computed) / bs : seq->n_blocks;
+    const int32_t lo = swa ? window_lo(kvm, from) / bs : seq->n_blocks;
     for (int32_t j = lo; j < seq->n_blocks; j++) {
         if (seq->swa_blocks[j] == NIL) {
             const int32_t s = swa_alloc(kvm);
@@ -624,6 +632,23 @@ static void swa_release_below(crd_kvm_t *kvm, crd_kv_seq_t *seq, int32_t below)
         }
     }
     seq->swa_lo = below > seq->swa_lo ? below : seq->swa_lo;
+}
+
+tdm_status_t crd_kvm_seq_reserve(crd_kvm_t *kvm, crd_kv_seq_t *seq, int32_t n_tokens)
+{
+    return reserve_from(kvm, seq, seq->n_computed, n_tokens);
+}
+
+tdm_status_t crd_kvm_seq_reserve_given(crd_kvm_t *kvm, crd_kv_seq_t *seq, int32_t n_tokens)
+{
+    const int32_t from = n_tokens > seq->n_computed ? n_tokens : seq->n_computed;
+    tdm_status_t st = reserve_from(kvm, seq, from, n_tokens);
+    if (st == TDM_OK && kvm->n_swa > 0) {
+        /* a prefix hit's window blocks below the one position n_tokens reads are not read
+         * again: give them back now rather than at the commit */
+        swa_release_below(kvm, seq, window_lo(kvm, from) / kvm->block_size);
+    }
+    return st;
 }
 
 void crd_kvm_seq_commit(crd_kvm_t *kvm, crd_kv_seq_t *seq, const int32_t *tokens, int32_t n)

@@ -130,6 +130,10 @@ tdm_status_t crd_kvm_seq_create_given(crd_kvm_t *kvm, const int32_t *prompt, int
  * TDM_ERR_BUSY (nothing changed) when either pool cannot provide them even after
  * evicting idle cached blocks. */
 tdm_status_t crd_kvm_seq_reserve(crd_kvm_t *kvm, crd_kv_seq_t *seq, int32_t n_tokens);
+/* The same for positions whose K/V is written from elsewhere (disaggregated prefill): full
+ * blocks for [0, n_tokens), sliding blocks only for the window position n_tokens reads (the
+ * next token's), so a long prompt never needs its whole length in the sliding pool. */
+tdm_status_t crd_kvm_seq_reserve_given(crd_kvm_t *kvm, crd_kv_seq_t *seq, int32_t n_tokens);
 
 /* Blocks of each pool needed to grow seq to n_tokens (0 if it already has them). */
 int32_t crd_kvm_seq_blocks_needed(const crd_kvm_t *kvm, const crd_kv_seq_t *seq, int32_t n_tokens);

@@ -317,13 +317,14 @@ static int handoff_event(void *user, const crd_event_t *ev)
 
 /* decode group's thread (crd_remote_prefill_t.start) */
 static tdm_status_t handoff_start(void *user, uint64_t req_id, const int32_t *blocks,
-                                  int32_t n_blocks, int32_t n_cached, int32_t state_slot,
-                                  tdm_error_t *err)
+                                  const int32_t *swa_blocks, int32_t n_blocks, int32_t n_cached,
+                                  int32_t state_slot, tdm_error_t *err)
 {
     handoff_t *h = user;
     h->dec_id = req_id;
     const crd_kv_handoff_t ho = {
         .dst = blocks,
+        .swa_dst = swa_blocks,
         .n_dst = n_blocks,
         .send_from = n_cached / crd_engine_block_size(h->dec),
         .state_dst = state_slot,

@@ -42,7 +42,7 @@ struct crd_req {
     bool remote_prefilled; /* remote_done landed: a later admission computes here   */
     bool state_given;      /* its next step starts from a state the other group put */
     crd_remote_prefill_t remote;
-    int32_t *kv_dst;
+    int32_t *kv_dst, *kv_swa_dst; /* the latter NULL without a sliding pool */
     int32_t n_kv_dst, kv_send_from, kv_sent;
     int32_t state_dst; /* the other group's state slot, -1: none */
     void (*on_prefilled)(void *user, const float *row, int32_t n_vocab);
@@ -280,6 +280,7 @@ static void req_free(crd_sched_t *s, crd_req_t *r)
         r->remote.release(r->remote.user);
     }
     free(r->kv_dst);
+    free(r->kv_swa_dst);
     free(r->tokens);
     free(r->stop_ids);
     free(r);
@@ -512,6 +513,14 @@ tdm_status_t crd_sched_submit(crd_sched_t *s, const crd_request_params_t *rp, ui
             return tdm_error_set(err, TDM_ERR_NO_MEMORY, "out of memory for a request");
         }
         memcpy(r->kv_dst, rp->handoff->dst, (size_t)n * sizeof(int32_t));
+        if (rp->handoff->swa_dst != NULL) {
+            r->kv_swa_dst = malloc((size_t)(n > 0 ? n : 1) * sizeof(int32_t));
+            if (r->kv_swa_dst == NULL) {
+                req_free(s, r);
+                return tdm_error_set(err, TDM_ERR_NO_MEMORY, "out of memory for a request");
+            }
+            memcpy(r->kv_swa_dst, rp->handoff->swa_dst, (size_t)n * sizeof(int32_t));
+        }
         r->n_kv_dst = n;
         r->kv_send_from = r->kv_sent = rp->handoff->send_from;
         r->state_dst = rp->handoff->state_dst;
@@ -725,6 +734,7 @@ static void add_to_step(crd_sched_t *s, crd_req_t *r, int32_t chunk, int32_t *n_
             ks->lo = hi > r->kv_sent ? r->kv_sent : hi - 1; /* hi > 0: the chunk is in it */
             ks->hi = hi;
             ks->dst = r->kv_dst + ks->lo;
+            ks->swa_dst = r->kv_swa_dst != NULL ? r->kv_swa_dst + ks->lo : NULL;
             ks->state_dst = state ? r->state_dst : -1;
         }
     }
@@ -1100,7 +1110,7 @@ static int admit_remote(crd_sched_t *s, crd_req_t *r)
         crd_kvm_seq_create_given(s->kvm, r->tokens, r->n_tokens, &r->kv, &cached, NULL) != TDM_OK) {
         return -1;
     }
-    if (crd_kvm_seq_reserve(s->kvm, r->kv, r->n_prompt) != TDM_OK) {
+    if (crd_kvm_seq_reserve_given(s->kvm, r->kv, r->n_prompt) != TDM_OK) {
         crd_kvm_seq_free(s->kvm, r->kv);
         r->kv = NULL;
         return -1;
@@ -1113,8 +1123,8 @@ static int admit_remote(crd_sched_t *s, crd_req_t *r)
     int32_t nb = 0;
     const int32_t *blocks = crd_kvm_seq_blocks(r->kv, &nb);
     tdm_error_t e = {0};
-    if (r->remote.start(r->remote.user, r->id, blocks, nb, cached, crd_kvm_seq_state_slot(r->kv),
-                        &e) != TDM_OK) {
+    if (r->remote.start(r->remote.user, r->id, blocks, crd_kvm_seq_swa_blocks(r->kv), nb, cached,
+                        crd_kvm_seq_state_slot(r->kv), &e) != TDM_OK) {
         finish_req_status(s, &s->remote, r, CRD_FINISH_ERROR, tdm_error_msg(&e), e.status, true);
     }
     return 0;

@@ -72,8 +72,9 @@ typedef int (*crd_event_fn)(void *user, const crd_event_t *ev);
  * Disaggregated prefill, the decode group's side (coordinator/router.c wires it): the
  * prompt's K/V is computed by another group and put into this scheduler's blocks. At
  * admission the scheduler takes the prefix cache's blocks and reserves the rest of the
- * prompt's, then calls start (on its own thread) with the whole table and how many
- * leading prompt tokens it already holds; the request waits, in no step, until
+ * prompt's (sliding blocks only for the window the first generated token reads,
+ * crd_kvm_seq_reserve_given), then calls start (on its own thread) with the whole table and how
+ * many leading prompt tokens it already holds; the request waits, in no step, until
  * crd_sched_remote_done. A model with recurrent layers also gets the state at the prompt's
  * end put into the request's state slot, so its prefix hit here is not cut to a stored
  * state (crd_kvm_seq_create_given) and its first step here starts from the given state
@@ -83,10 +84,13 @@ typedef int (*crd_event_fn)(void *user, const crd_event_t *ev);
  * remote_done recomputes here like any other.
  */
 typedef struct crd_remote_prefill {
-    /* state_slot: the request's recurrent-state slot here, which the other group fills
-     * with the state at the prompt's end (models with recurrent layers; else -1) */
-    tdm_status_t (*start)(void *user, uint64_t req_id, const int32_t *blocks, int32_t n_blocks,
-                          int32_t n_cached, int32_t state_slot, tdm_error_t *err);
+    /* swa_blocks: the sliding pool's table beside blocks (-1 where none is kept; NULL
+     * without a sliding pool): only the window the first generated token reads has them.
+     * state_slot: the request's recurrent-state slot here, which the other group fills
+     * with the state at the prompt's end (models with recurrent layers; else -1). */
+    tdm_status_t (*start)(void *user, uint64_t req_id, const int32_t *blocks,
+                          const int32_t *swa_blocks, int32_t n_blocks, int32_t n_cached,
+                          int32_t state_slot, tdm_error_t *err);
     void (*cancel)(void *user);
     void (*release)(void *user);
     void *user;
@@ -98,11 +102,13 @@ typedef struct crd_remote_prefill {
  * group samples the first token from them), then a final CRD_FINISH_STOP event without a
  * token follows. */
 typedef struct crd_kv_handoff {
-    const int32_t *dst; /* [n_dst] copied: logical block j -> block id in the other pool */
-    int32_t n_dst;      /* covers the prompt                                             */
-    int32_t send_from;  /* first logical block to send (the other group holds the rest)  */
-    int32_t state_dst;  /* the other group's state slot for the state at the prompt's
-                           end (recurrent layers), -1: none                              */
+    const int32_t *dst;     /* [n_dst] copied: logical block j -> block id in the other pool */
+    const int32_t *swa_dst; /* [n_dst] copied, the same for its sliding pool (-1: none kept);
+                               NULL without one                                            */
+    int32_t n_dst;          /* covers the prompt                                             */
+    int32_t send_from;      /* first logical block to send (the other group holds the rest)  */
+    int32_t state_dst;      /* the other group's state slot for the state at the prompt's
+                               end (recurrent layers), -1: none                              */
     void (*on_prefilled)(void *user, const float *row, int32_t n_vocab);
     void *user; /* on_prefilled's (the request's own user may be wrapped by the engine) */
 } crd_kv_handoff_t;

@@ -301,6 +301,7 @@ tdm_status_t xp_kv_sender_put_layer(xp_kv_sender_t *s, int il, tdm_error_t *err)
     }
     const shd_kv_config_t *cfg = shd_kv_cache_config(s->kv);
     const bool recurrent = cfg->layer_recurrent[il];
+    const bool swa = shd_kv_layer_is_swa(s->kv, il);
     const double t0 = tdm_now_s();
     /* K then V, every send's blocks: the order the forward pass wrote them; a recurrent
      * layer's conv then delta-rule state of each sequence whose prompt this step ended */
@@ -325,9 +326,25 @@ tdm_status_t xp_kv_sender_put_layer(xp_kv_sender_t *s, int il, tdm_error_t *err)
                 continue;
             }
             for (int32_t j = ks->lo; j < ks->hi; j++) {
-                TDM_CHECK(unit_offset(s, i, ks->dst[j - ks->lo], &off, err));
-                const void *src = i % 2 == 0 ? shd_kv_k(s->kv, il, sq->blocks[j])
-                                             : shd_kv_v(s->kv, il, sq->blocks[j]);
+                /* a sliding layer's blocks live in the sliding pools, and only the decode
+                 * side's last window wants them */
+                int32_t from = sq->blocks[j], to = ks->dst[j - ks->lo];
+                if (swa) {
+                    to = ks->swa_dst != NULL ? ks->swa_dst[j - ks->lo] : -1;
+                    from = sq->swa_blocks != NULL ? sq->swa_blocks[j] : -1;
+                    if (to < 0) {
+                        continue;
+                    }
+                    if (from < 0) {
+                        return tdm_error_set(err, TDM_ERR_TRANSPORT,
+                                             "kv send: logical block %d of a sliding layer is "
+                                             "not held here but wanted by the decode group",
+                                             (int)j);
+                    }
+                }
+                TDM_CHECK(unit_offset(s, i, to, &off, err));
+                const void *src =
+                    i % 2 == 0 ? shd_kv_k(s->kv, il, from) : shd_kv_v(s->kv, il, from);
                 TDM_CHECK(put_one(s, i, src, off, err));
                 s->blocks++;
             }

@@ -28,9 +28,10 @@
  *             stored states to load / save (-1: none) as three more integers;
  *             a 9th field with disaggregated prefill's K/V sends:
  *               [ nil | [epoch, [[address bin, [[base, len, rkey bin, unit]...]]...]],
- *                 [[seq, lo, hi, [dst block...], state_dst]...] ]
- *             (the decode group, when it changed; the blocks to put into its pool, and
- *             the state slot there for the sequence's recurrent state, -1: none)
+ *                 [[seq, lo, hi, [dst block...], state_dst, [swa_dst block...]]...] ]
+ *             (the decode group, when it changed; the blocks to put into its pool, the
+ *             state slot there for the sequence's recurrent state, -1: none, and the
+ *             sliding pool's blocks, [] without a sliding pool, else hi - lo ids >= -1)
  *   RESULT    [ status, error str, n_logits, n_vocab, logits bin (f32 little-endian),
  *               coll_calls, coll_bytes, coll_ns, step_ns, kv_bytes, kv_ns ]
  *   HEARTBEAT [ time_ns, epoch, state ]
@@ -203,10 +204,10 @@ static tdm_status_t validate_kv_sends(const xp_step_t *s, tdm_status_t fail, tdm
                                  i, k->seq, k->lo, k->hi, k->state_dst);
         }
         for (int32_t j = 0; j < k->hi - k->lo; j++) {
-            if (k->dst[j] < 0) {
+            if (k->dst[j] < 0 || (k->swa_dst != NULL && k->swa_dst[j] < -1)) {
                 return tdm_error_set(
-                    err, fail, "xp_msg STEP: kv_sends[%" PRId32 "].dst[%" PRId32 "] is negative", i,
-                    j);
+                    err, fail,
+                    "xp_msg STEP: kv_sends[%" PRId32 "] destination %" PRId32 " is negative", i, j);
             }
         }
     }
@@ -574,7 +575,7 @@ tdm_status_t xp_msg_encode(msgpack_sbuffer *out, const xp_msg_t *m, tdm_error_t 
             }
         }
         if (kv) {
-            /* [peer or nil (unchanged), [[seq, lo, hi, [dst...], state_dst]...]] */
+            /* [peer or nil (unchanged), [[seq, lo, hi, [dst...], state_dst, [swa_dst...]]...]] */
             PK(msgpack_pack_array(&pk, 2));
             const xp_msg_kv_peer_t *p = &m->kv_peer;
             if (p->n_ranks == 0) {
@@ -593,12 +594,13 @@ tdm_status_t xp_msg_encode(msgpack_sbuffer *out, const xp_msg_t *m, tdm_error_t 
             PK(msgpack_pack_array(&pk, (size_t)s->n_kv_sends));
             for (int32_t i = 0; i < s->n_kv_sends; i++) {
                 const xp_step_kv_send_t *k = &s->kv_sends[i];
-                PK(msgpack_pack_array(&pk, 5));
+                PK(msgpack_pack_array(&pk, 6));
                 PK(msgpack_pack_int32(&pk, k->seq));
                 PK(msgpack_pack_int32(&pk, k->lo));
                 PK(msgpack_pack_int32(&pk, k->hi));
                 pack_i32_array(&pk, k->dst, k->hi - k->lo, &ok);
                 PK(msgpack_pack_int32(&pk, k->state_dst));
+                pack_i32_array(&pk, k->swa_dst, k->swa_dst != NULL ? k->hi - k->lo : 0, &ok);
             }
         }
         break;
@@ -984,8 +986,8 @@ static void fill_regions(const msgpack_object *o, xp_msg_kv_region_t *r, unsigne
     }
 }
 
-/* STEP's 9th field: [peer or nil, [[seq, lo, hi, [dst...], state_dst]...]] (ranges checked by
- * xp_msg_validate). */
+/* STEP's 9th field: [peer or nil, [[seq, lo, hi, [dst...], state_dst, [swa_dst...]]...]] (ranges
+ * checked by xp_msg_validate). */
 static tdm_status_t decode_step_kv(const msgpack_object *o, xp_msg_t *m, tdm_error_t *err)
 {
     tdm_status_t st;
@@ -1025,11 +1027,16 @@ static tdm_status_t decode_step_kv(const msgpack_object *o, xp_msg_t *m, tdm_err
     bytes += (size_t)n_sends * sizeof(xp_step_kv_send_t);
     for (int32_t i = 0; i < n_sends; i++) {
         const msgpack_object *e = NULL;
-        TRY(get_array(&sd->via.array.ptr[i], "STEP kv send", 5, &e, err));
+        TRY(get_array(&sd->via.array.ptr[i], "STEP kv send", 6, &e, err));
         if (e[3].type != MSGPACK_OBJECT_ARRAY || e[3].via.array.size > XP_MSG_MAX_BLOCKS) {
             return tdm_error_set(err, TDM_ERR_FORMAT, "xp_msg: STEP kv send dst is not an array");
         }
-        bytes += (size_t)e[3].via.array.size * sizeof(int32_t);
+        if (e[5].type != MSGPACK_OBJECT_ARRAY ||
+            (e[5].via.array.size != 0 && e[5].via.array.size != e[3].via.array.size)) {
+            return tdm_error_set(err, TDM_ERR_FORMAT,
+                                 "xp_msg: STEP kv send swa_dst is neither [] nor one id per dst");
+        }
+        bytes += (size_t)(e[3].via.array.size + e[5].via.array.size) * sizeof(int32_t);
     }
     /* one allocation, most aligned first: ranks, regions and sends, then ids, then bytes */
     unsigned char *mem = malloc(bytes > 0 ? bytes : 1);
@@ -1050,7 +1057,8 @@ static tdm_status_t decode_step_kv(const msgpack_object *o, xp_msg_t *m, tdm_err
     xp_msg_kv_region_t *rg = (xp_msg_kv_region_t *)(rk + n_ranks);
     xp_step_kv_send_t *ks = (xp_step_kv_send_t *)(rg + n_regions);
     for (int32_t i = 0; i < n_sends; i++) {
-        n_ids += sd->via.array.ptr[i].via.array.ptr[3].via.array.size;
+        n_ids += sd->via.array.ptr[i].via.array.ptr[3].via.array.size +
+                 sd->via.array.ptr[i].via.array.ptr[5].via.array.size;
     }
     int32_t *ids = (int32_t *)(ks + n_sends);
     unsigned char *data = (unsigned char *)(ids + n_ids);
@@ -1088,6 +1096,12 @@ static tdm_status_t decode_step_kv(const msgpack_object *o, xp_msg_t *m, tdm_err
         TRY(get_i32(&e[4], "STEP kv send state_dst", &ks[i].state_dst, err));
         ks[i].dst = ids;
         ids += n;
+        ks[i].swa_dst = NULL;
+        if (e[5].via.array.size > 0) {
+            TRY(decode_i32_array(&e[5], "STEP kv send swa_dst", n, ids, err));
+            ks[i].swa_dst = ids;
+            ids += n;
+        }
     }
     m->step.n_kv_sends = n_sends;
     m->step.kv_sends = ks;

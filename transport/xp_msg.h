@@ -28,8 +28,8 @@
  * (JOIN, JOIN_ACK); 5: recurrent-state slots (STEP, READY); 6: how many stored prefix
  * states a shard keeps (LOAD, serve's --state-cache); 7: disaggregated prefill (LOAD's
  * kv_export, READY's KV regions, STEP's KV peer and sends, RESULT's transfer figures); 8:
- * recurrent states in disaggregated prefill (a KV region's unit, a send's state_dst, a
- * sequence's state_load XP_STATE_GIVEN). */
+ * recurrent states and sliding-window blocks in disaggregated prefill (a KV region's unit,
+ * a send's state_dst and swa_dst, a sequence's state_load XP_STATE_GIVEN). */
 #define XP_MSG_MAGIC            "TDM1"
 #define XP_MSG_PROTOCOL_VERSION 8
 

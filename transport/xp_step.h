@@ -46,14 +46,19 @@ typedef struct xp_step_seq {
 /* Disaggregated prefill (docs/distributed.md): K/V blocks a prefill group's shards put into a
  * decode group's pool once the step's forward pass wrote them, each shard its own heads to
  * the decode shard of the same rank (the peer's pool and keys travel beside the step,
- * transport/xp_msg.h). A model with recurrent layers also hands over the sequence's state
+ * transport/xp_msg.h). A model with sliding-window layers hands over their blocks in the
+ * last window only (swa_dst). A model with recurrent layers also hands over the sequence's state
  * once the step that computes its prompt's last token has run: every recurrent layer's
  * conv and delta-rule state, from the sequence's slot into slot state_dst there. */
 typedef struct xp_step_kv_send {
     int32_t seq;        /* index into seqs                                      */
     int32_t lo, hi;     /* logical blocks [lo, hi) of that sequence's table     */
     const int32_t *dst; /* [hi - lo]: the block ids in the decode group's pool  */
-    int32_t state_dst;  /* the decode group's state slot; -1: no state to send  */
+    /* [hi - lo]: the ids in the decode group's sliding pool, -1 where it keeps none (a
+     * block below the window its first generated token reads); NULL without a sliding
+     * pool. A sliding layer's block goes where this is >= 0. */
+    const int32_t *swa_dst;
+    int32_t state_dst; /* the decode group's state slot; -1: no state to send   */
 } xp_step_kv_send_t;
 
 typedef struct xp_step {

@@ -946,10 +946,7 @@ static void layout_for(const plan_opts_t *o, const topo_plan_t *pl, const gguf_c
                              .prompt_tokens = o->prompt_tokens,
                              .answer_tokens = o->answer_tokens,
                              .disagg_supported = true};
-    if (pl->n_swa_layers > 0) {
-        in->disagg_supported = false;
-        in->disagg_why_not = "the model has sliding-window layers (their pool does not travel)";
-    } else if (pl->p.device != TOPO_PLAN_CPU) {
+    if (pl->p.device != TOPO_PLAN_CPU) {
         in->disagg_supported = false;
         in->disagg_why_not = "GPU shards have no pinned host KV pool yet";
     }

@@ -7,7 +7,9 @@
  * store K/V alike (type, block size): then a prefill shard's block of a layer is
  * byte-for-byte what the decode shard of the same rank would have computed, and a put
  * of the bytes is the whole handover. Both groups register their storage at LOAD, so the
- * bytes per block of every region can be compared here before a request runs.
+ * bytes per block (or recurrent-state slot) of every region can be compared here before a
+ * request runs. Sliding-window layers hand over the blocks of the decode side's last window
+ * only, and recurrent layers the state at the prompt's end (transport/kv_xfer.h).
  */
 #include "api/server/srv.h"
 
@@ -46,12 +48,6 @@ static tdm_status_t group_kv(srv_group_t *g, xp_msg_kv_peer_t **peer, int *tp, i
 
 static tdm_status_t check_pair(srv_group_t *pre, srv_group_t *dec, tdm_error_t *err)
 {
-    if (dec->ex.n_swa > 0) {
-        return tdm_error_set(err, TDM_ERR_UNSUPPORTED,
-                             "disaggregated prefill/decode: models with sliding-window layers are "
-                             "not supported yet (full-attention K/V and recurrent states are "
-                             "handed over); use \"mixed\" groups");
-    }
     xp_msg_kv_peer_t *pp = NULL, *dp = NULL;
     int ptp = 0, pep = 0, dtp = 0, dep = 0;
     tdm_status_t st = group_kv(pre, &pp, &ptp, &pep, err);

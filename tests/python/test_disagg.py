@@ -11,6 +11,9 @@ own accounting: tandem_kv_transfer_blocks_total grows by exactly the prompt's bl
 decode group did not hold, and a second prompt sharing a prefix with the first moves only
 the blocks after the shared ones (usage's cached_tokens says what the decode group held).
 
+Sliding-window models (the gpt-oss fixture): the sliding layers' blocks travel for the last
+window only, into the few sliding blocks the decode group reserves for it.
+
 Hybrid models (qwen3next, qwen35moe fixtures): the recurrent state at the prompt's end
 travels too, into the decode request's state slot, and the decode group's prefix cache serves
 attention blocks without a stored state (the state comes whole). Oracle as above, plus the
@@ -209,6 +212,67 @@ def test_disagg_hybrid_hands_over_recurrent_state(tandem_bin, tmp_path, cfg, tp)
     if tp == 1:
         kv_block, state, n_attn = _hybrid_sizes(cfg)
         assert sent == [b * n_attn * 2 * kv_block + state for b in moved], (sent, kv_block, state)
+
+
+def test_disagg_sliding_window_hands_over_the_last_window(tandem_bin, tmp_path):
+    """gpt-oss (the f32 fixture: layer 0 slides over 8 positions, layer 1 attends over all):
+    the full layer's blocks travel as for any model, the sliding layer's only for the window
+    the first generated token reads (the decode group reserves no more of its sliding pool),
+    so a prompt far longer than that pool holds still hands over. Outputs identical to
+    colocated; the bytes are the full layer's K/V of every block moved plus the sliding
+    layer's of the window's blocks (sizes from the GGUF header, f32 rows)."""
+    gguf = pytest.importorskip("gguf")
+    model_path = FIXTURES / "models" / "gpt-oss-a-f32.gguf"
+    model = "gpt-oss-a-f32"
+    r = gguf.GGUFReader(str(model_path))
+
+    def field(k):
+        return int(r.fields[f"gpt-oss.{k}"].contents())
+
+    window = field("attention.sliding_window")
+    head_dim = field("attention.key_length")
+    kv_block = field("attention.head_count_kv") * head_dim * BLOCK * 4
+    rng = random.Random(17)
+    shared = _tokens(rng, 120)
+    prompts = [shared + _tokens(rng, 37),   # 157: the window is positions 150-157
+               shared + _tokens(rng, 23),   # shares 7 blocks with the first
+               _tokens(rng, 5),             # inside one block
+               _tokens(rng, 1000)]          # chunked by --batch 64: 63 blocks, past the sliding
+    #                                            pool (2 x 8 running x 3 + 64 / 16 = 52 blocks)
+    shards = [ShardProcess(model_path, tls="tcp", threads=1, extra=("--kv-type", "f32"))
+              for _ in range(2)]
+    try:
+        colo = _serve(model_path, _cluster(tmp_path, [{"name": "m", "shards": [shards[0].addr]}],
+                                           "c.json"), "--batch", "64")
+        try:
+            want = [_complete(colo, p, 10, model) for p in prompts]
+        finally:
+            colo.stop()
+        srv = _serve(model_path, _pair_file(tmp_path, shards[0], shards[1]), "--batch", "64")
+        try:
+            got, moved, sent = [], [], []
+            for p in prompts:
+                b0, y0 = _moved(srv)
+                got.append(_complete(srv, p, 10, model))
+                b1, y1 = _moved(srv)
+                moved.append(b1 - b0)
+                sent.append(y1 - y0)
+        finally:
+            srv.stop()
+    finally:
+        for sh in shards:
+            sh.stop()
+    for w, g in zip(want, got):
+        assert g["text"] == w["text"] and g["finish"] == w["finish"], (w, g)
+        assert g["lp"] == w["lp"], (w["lp"], g["lp"])
+        assert g["top"] == w["top"], (w["top"], g["top"])
+    for p, g, b, y in list(zip(prompts, got, moved, sent))[:3]:  # one prefill step each
+        n, first = len(p), g["cached"] // BLOCK
+        assert b == _blocks(n) - first, (n, g["cached"], b)
+        # the sliding blocks of the window position n reads, that the decode side lacked
+        lo = max(max(n - window + 1, 0) // BLOCK, first)
+        assert y == (b + (_blocks(n) - lo)) * 2 * kv_block, (n, y, b, lo, kv_block)
+    assert moved[3] >= _blocks(1000)  # chunks of 64: a partial block goes again
 
 
 def test_disagg_decode_preemption_keeps_outputs(pair, tmp_path):

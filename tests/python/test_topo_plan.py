@@ -807,7 +807,7 @@ def test_shape_gguf_fits_a_spark(shapes):
 def test_plan_layout_on_two_sparks(shapes):
     """`tandem plan --streams`: the engine-group layout (topology/topo_layout.c's rule) for
     real model sizes on two DGX Sparks. gpt-oss-120b fits one Spark: replicas, at 64 and at
-    4 streams, and no prefill/decode groups on GPU shards of a sliding-window model (said
+    4 streams, and no prefill/decode groups on GPU shards (no pinned host KV pool yet: said
     why). MiniMax-M2.5 Q4_K_M fits two Sparks only: replicas
     are impossible, whatever the load, and the plan says so with the numbers."""
     gpt = shapes["gpt-oss-120b", "mxfp4"]
@@ -822,7 +822,7 @@ def test_plan_layout_on_two_sparks(shapes):
     p, _ = plan(gpt, "--shards", "2", "--streams", "64", "--prompt-tokens", "4000", *SPARK)
     assert p["layout"]["kind"] == "replicas"
     assert p["layout"]["prefill_decode_supported"] is False
-    assert any("sliding-window" in w for w in p["layout"]["why"]), p["layout"]
+    assert any("pinned host KV pool" in w for w in p["layout"]["why"]), p["layout"]
 
     mm = shapes["minimax-m2.5", "q4_k_m"]
     p, proc = plan(mm, "--shards", "2", "--streams", "64", *SPARK)

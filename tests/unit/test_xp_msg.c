@@ -89,6 +89,7 @@ typedef struct gen_store {
     xp_msg_kv_rank_t ranks[GEN_PEERS];
     xp_step_kv_send_t sends[GEN_SEQS];
     int32_t dst[GEN_SEQS][GEN_BLOCKS];
+    int32_t swa_dst[GEN_SEQS][GEN_BLOCKS];
 } gen_store_t;
 
 static void rand_str(uint64_t *s, char *dst, size_t cap)
@@ -271,8 +272,16 @@ static void gen_msg(uint64_t *s, xp_msg_type_t type, gen_store_t *g, xp_msg_t *m
                 g->dst[q][j] = rand_nonneg(s);
             }
             k->dst = g->dst[q];
-            /* the state at the prompt's end too, for a sequence with a slot */
+            /* the state at the prompt's end too, for a sequence with a slot; the sliding
+             * pool's blocks (-1 below the window) for a step with sliding tables */
             k->state_dst = g->seqs[q].state_slot >= 0 && rng_below(s, 2) ? rand_nonneg(s) : -1;
+            k->swa_dst = NULL;
+            if (swa) {
+                for (int32_t j = 0; j < k->hi - k->lo; j++) {
+                    g->swa_dst[q][j] = rng_below(s, 3) == 0 ? -1 : rand_nonneg(s);
+                }
+                k->swa_dst = g->swa_dst[q];
+            }
         }
         st->kv_sends = g->sends;
         if (rng_below(s, 2)) {
@@ -446,6 +455,11 @@ static void assert_msg_equal(const xp_msg_t *a, const xp_msg_t *b)
             assert_int_equal(u->lo, v->lo);
             assert_int_equal(u->hi, v->hi);
             assert_int_equal(u->state_dst, v->state_dst);
+            assert_int_equal(u->swa_dst != NULL, v->swa_dst != NULL);
+            if (u->swa_dst != NULL) {
+                assert_memory_equal(u->swa_dst, v->swa_dst,
+                                    (size_t)(u->hi - u->lo) * sizeof(int32_t));
+            }
             assert_memory_equal(u->dst, v->dst, (size_t)(u->hi - u->lo) * sizeof(int32_t));
         }
         assert_int_equal(a->kv_peer.n_ranks, b->kv_peer.n_ranks);
@@ -2020,8 +2034,9 @@ static void test_disagg_state_fields(void **state)
          .state_save = -1},
         {.blocks = blocks, .n_blocks = 1, .state_slot = -1, .state_load = -1, .state_save = -1},
     };
+    int32_t swa_dst[2] = {-1, 6};
     xp_step_kv_send_t sends[2] = {
-        {.seq = 0, .lo = 0, .hi = 2, .dst = dst, .state_dst = 4},
+        {.seq = 0, .lo = 0, .hi = 2, .dst = dst, .state_dst = 4, .swa_dst = swa_dst},
         {.seq = 1, .lo = 0, .hi = 1, .dst = dst, .state_dst = -1},
     };
     xp_msg_kv_region_t regions[2] = {
@@ -2051,6 +2066,9 @@ static void test_disagg_state_fields(void **state)
     assert_int_equal(d.step.kv_sends[0].state_dst, 4);
     assert_int_equal(d.step.kv_sends[1].state_dst, -1);
     assert_int_equal(d.step.seqs[0].state_load, XP_STATE_GIVEN);
+    assert_non_null(d.step.kv_sends[0].swa_dst);
+    assert_int_equal(d.step.kv_sends[0].swa_dst[1], 6);
+    assert_null(d.step.kv_sends[1].swa_dst);
     assert_true(d.kv_peer.ranks[0].regions[0].unit == 2048);
     assert_msg_equal(&m, &d);
     xp_msg_free(&d);
@@ -2071,6 +2089,9 @@ static void test_disagg_state_fields(void **state)
     seqs[1].state_load = XP_STATE_GIVEN; /* given, but no slot to be given into */
     assert_int_equal(xp_msg_validate(&m, TDM_ERR_FORMAT, NULL), TDM_ERR_FORMAT);
     seqs[1].state_load = -1;
+    swa_dst[0] = -2; /* sliding ids are >= -1 */
+    assert_int_equal(xp_msg_validate(&m, TDM_ERR_FORMAT, NULL), TDM_ERR_FORMAT);
+    swa_dst[0] = -1;
     regions[0].unit = 8193; /* a unit larger than its region */
     assert_int_equal(xp_msg_validate(&m, TDM_ERR_FORMAT, NULL), TDM_ERR_FORMAT);
     regions[0].unit = 0; /* no unit for a region with bytes */
