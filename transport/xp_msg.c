@@ -1045,14 +1045,9 @@ static tdm_status_t decode_step_kv(const msgpack_object *o, xp_msg_t *m, tdm_err
     }
     m->owned_kv = mem;
     xp_msg_kv_rank_t *rk = (xp_msg_kv_rank_t *)mem;
-    size_t n_regions = 0, n_ids = 0, n_bytes = 0;
+    size_t n_regions = 0, n_ids = 0;
     for (int32_t i = 0; i < n_ranks; i++) {
-        const msgpack_object *e = ranks[i].via.array.ptr;
-        n_regions += e[1].via.array.size;
-        n_bytes += e[0].via.bin.size;
-        for (uint32_t j = 0; j < e[1].via.array.size; j++) {
-            n_bytes += e[1].via.array.ptr[j].via.array.ptr[2].via.bin.size;
-        }
+        n_regions += ranks[i].via.array.ptr[1].via.array.size;
     }
     xp_msg_kv_region_t *rg = (xp_msg_kv_region_t *)(rk + n_ranks);
     xp_step_kv_send_t *ks = (xp_step_kv_send_t *)(rg + n_regions);
