@@ -256,12 +256,12 @@ static void *engine_main(void *arg)
         }
 
         crd_sched_get_stats(e->sched, &st);
-        /* A step that ran nothing and changed nothing leaves queued requests that wait for
-         * KV blocks or for prompts another group is computing: only a submission, a cancel
-         * or a landing changes that, and each wakes the thread. Stepping again at once
-         * would spin a core that the shards of this machine need. */
+        /* A step that ran nothing and changed nothing while nothing runs leaves queued
+         * requests that wait for KV blocks or for prompts another group is computing: only
+         * a submission, a cancel or a landing changes that, and each wakes the thread.
+         * Stepping again at once would spin a core that the shards of this machine need. */
         has_work = crd_sched_has_work(e->sched) &&
-                   (!stepped || !progress_same(sched_progress(&st), before));
+                   (!stepped || st.n_running > 0 || !progress_same(sched_progress(&st), before));
         pthread_mutex_lock(&e->mu);
         e->snap.sched = st;
         e->snap.busy_s += dt;
