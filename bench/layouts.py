@@ -153,7 +153,8 @@ def report(a):
     if not runs:
         raise SystemExit(f"layouts: no layout-*.json in {a.out_dir}")
     md = ["| layout | streams | output tok/s | TTFT p50 / p99 (s) | ITL p50 / p99 (ms) | "
-          "cache hit | errors | load |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+          "worst gap (s) | cache hit | errors | load |",
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     rows = []
     for run in runs:
         for r in run["levels"]:
@@ -161,7 +162,7 @@ def report(a):
             itl = r.get("itl") or {}
             row = {"layout": run["layout"], "name": run["name"], "streams": r["streams"],
                    "tok_s": r["tok_s"], "ttft_p50": pct(ttft, 0.5), "ttft_p99": pct(ttft, 0.99),
-                   "itl_p50": itl.get("p50"), "itl_p99": itl.get("p99"),
+                   "itl_p50": itl.get("p50"), "itl_p99": itl.get("p99"), "itl_max": itl.get("max"),
                    "hit_rate": r["hit_rate"], "errors": len(r["errors"]),
                    "load": (r["load_start"], r["load_end"])}
             rows.append(row)
@@ -169,7 +170,7 @@ def report(a):
             md.append(f"| ({run['layout']}) {run['name']} | {r['streams']} | "
                       f"{swarm.fmt(row['tok_s'], 1)} | {swarm.fmt(row['ttft_p50'])} / "
                       f"{swarm.fmt(row['ttft_p99'])} | {swarm.fmt(ms[0], 0)} / "
-                      f"{swarm.fmt(ms[1], 0)} | "
+                      f"{swarm.fmt(ms[1], 0)} | {swarm.fmt(row['itl_max'])} | "
                       f"{swarm.fmt(row['hit_rate'] and 100 * row['hit_rate'], 1)}% | "
                       f"{row['errors']} | {row['load'][0]:.1f}-{row['load'][1]:.1f} |")
     notes = []

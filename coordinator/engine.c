@@ -161,6 +161,28 @@ static void publish_hashes(crd_engine_t *e, uint64_t gen)
     e->hashes_version = v;
 }
 
+/* What a step changes when it does anything: steps run, requests admitted (waiting),
+ * preempted (running) or ended. */
+typedef struct progress {
+    uint64_t steps, finished;
+    int32_t n_running, n_waiting;
+} progress_t;
+
+static progress_t sched_progress(const crd_sched_stats_t *st)
+{
+    progress_t p = {st->steps, 0, st->n_running, st->n_waiting};
+    for (int f = 0; f <= CRD_FINISH_ERROR; f++) {
+        p.finished += st->finished[f];
+    }
+    return p;
+}
+
+static bool progress_same(progress_t a, progress_t b)
+{
+    return a.steps == b.steps && a.finished == b.finished && a.n_running == b.n_running &&
+           a.n_waiting == b.n_waiting;
+}
+
 static void *engine_main(void *arg)
 {
     crd_engine_t *e = arg;
@@ -222,17 +244,24 @@ static void *engine_main(void *arg)
          * published after it hold for the generation read before it */
         const bool stepped = crd_sched_has_work(e->sched);
         const uint64_t gen = stepped ? ex_generation(e->ex) : 0;
+        crd_sched_stats_t st;
+        crd_sched_get_stats(e->sched, &st);
+        const progress_t before = sched_progress(&st);
         if (stepped && crd_sched_step(e->sched, &err) != TDM_OK) {
             TDM_WARN("engine", "step failed: %s", tdm_error_msg(&err));
         }
         double dt = tdm_now_s() - t0;
-        has_work = crd_sched_has_work(e->sched);
         if (stepped) {
             publish_hashes(e, gen);
         }
 
-        crd_sched_stats_t st;
         crd_sched_get_stats(e->sched, &st);
+        /* A step that ran nothing and changed nothing while nothing runs leaves queued
+         * requests that wait for KV blocks or for prompts another group is computing: only
+         * a submission, a cancel or a landing changes that, and each wakes the thread.
+         * Stepping again at once would spin a core that the shards of this machine need. */
+        has_work = crd_sched_has_work(e->sched) &&
+                   (!stepped || st.n_running > 0 || !progress_same(sched_progress(&st), before));
         pthread_mutex_lock(&e->mu);
         e->snap.sched = st;
         e->snap.busy_s += dt;

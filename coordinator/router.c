@@ -4,11 +4,15 @@
  * Locking: the group table is fixed once submissions start. Counters and loads are
  * atomics (the engines' threads update loads from their event callbacks); the turn cursor
  * is an atomic too. Nothing here waits for a step: the prefix query reads the engine's
- * published snapshot under the engine's own short lock.
+ * published snapshot under the engine's own short lock. `mu` orders what a retry changes
+ * (router.h): a submission and a retry write the caller's route under it, a cancel reads
+ * it under it, and a request's final event reaches the caller under it, so a route is
+ * never written after the request it names has ended nor read half written.
  */
 #include "coordinator/router.h"
 #include "coordinator/kv_manager.h"
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,16 +35,22 @@ struct crd_router {
     int32_t n, cap;
     _Atomic uint32_t turn;
     bool disaggregated; /* prefill + decode groups (crd_router_pair_roles) */
+    pthread_mutex_t mu; /* routes and final events (above) */
 };
 
-/* Lives from submission to the final event: forwards events and settles the group's load. */
+/* Lives from submission to the final event: forwards events, settles the group's load,
+ * and keeps the request (its arrays copied) for one retry on another group. */
 typedef struct relay {
+    crd_router_t *r;
     group_t *g;
-    crd_event_fn on_event;
-    void *user;
+    crd_route_t *route;      /* the caller's */
+    crd_request_params_t rp; /* the caller's request: its own on_event and user */
+    int32_t *prompt, *stop_ids;
     int64_t owed_prompt; /* prompt tokens charged, until the first token */
     int64_t owed_gen;    /* generation tokens charged, one off per token  */
     bool first_seen;
+    bool streamed; /* a token reached the caller: no retry */
+    bool retried;
 } relay_t;
 
 tdm_status_t crd_group_role_parse(const char *s, crd_group_role_t *out, tdm_error_t *err)
@@ -86,6 +96,7 @@ tdm_status_t crd_router_create(crd_routing_t routing, crd_router_t **out, tdm_er
         return tdm_error_set(err, TDM_ERR_NO_MEMORY, "out of memory for the router");
     }
     (*out)->routing = routing;
+    pthread_mutex_init(&(*out)->mu, NULL);
     return TDM_OK;
 }
 
@@ -98,6 +109,7 @@ void crd_router_destroy(crd_router_t *r)
         free(r->groups[i].name);
     }
     free(r->groups);
+    pthread_mutex_destroy(&r->mu);
     free(r);
 }
 
@@ -209,8 +221,10 @@ static int32_t cached_tokens(group_t *g, const crd_request_params_t *rp)
     return hit;
 }
 
-/* The group for rp, and the prompt tokens it holds (*hit). */
-static int32_t choose(crd_router_t *r, const crd_request_params_t *rp, int32_t *hit)
+/* The group for rp, and the prompt tokens it holds (*hit). exclude >= 0: a retry, which
+ * goes to another group that is up or nowhere (-1). */
+static int32_t choose(crd_router_t *r, const crd_request_params_t *rp, int32_t exclude,
+                      int32_t *hit)
 {
     const uint32_t t = atomic_fetch_add(&r->turn, 1);
     const int32_t start = (int32_t)(t % (uint32_t)r->n);
@@ -219,7 +233,7 @@ static int32_t choose(crd_router_t *r, const crd_request_params_t *rp, int32_t *
     for (int32_t k = 0; k < r->n; k++) {
         const int32_t i = (start + k) % r->n;
         group_t *g = &r->groups[i];
-        if (!group_up(g)) {
+        if (i == exclude || !group_up(g)) {
             continue;
         }
         if (r->disaggregated && (g->role != CRD_ROLE_DECODE || !group_up(&r->groups[g->partner]))) {
@@ -240,6 +254,9 @@ static int32_t choose(crd_router_t *r, const crd_request_params_t *rp, int32_t *
         }
     }
     *hit = best_hit;
+    if (exclude >= 0) {
+        return best;
+    }
     if (best < 0 && r->disaggregated) {
         for (int32_t k = 0; k < r->n; k++) { /* fails there, with that pair's reason */
             const int32_t i = (start + k) % r->n;
@@ -360,55 +377,34 @@ static void handoff_release(void *user)
     handoff_unref(user);
 }
 
-static int relay_event(void *user, const crd_event_t *ev)
+static void relay_free(relay_t *rl)
 {
-    relay_t *rl = user;
-    group_t *g = rl->g;
-    if (!rl->first_seen && (ev->token >= 0 || ev->finish != CRD_FINISH_NONE)) {
-        rl->first_seen = true;
-        atomic_fetch_sub(&g->load, rl->owed_prompt);
-        rl->owed_prompt = 0;
-        if (ev->status != TDM_ERR_BUSY) {
-            atomic_fetch_add(&g->cached_tokens, (uint64_t)(ev->n_cached > 0 ? ev->n_cached : 0));
-        }
-    }
-    if (ev->token >= 0 && rl->owed_gen > CRD_ROUTER_GEN_FLOOR) {
-        atomic_fetch_sub(&g->load, 1);
-        rl->owed_gen--;
-    }
-    int rc = rl->on_event(rl->user, ev);
-    if (ev->finish != CRD_FINISH_NONE) {
-        atomic_fetch_sub(&g->load, rl->owed_gen);
-        free(rl);
-    }
-    return rc;
+    free(rl->prompt);
+    free(rl->stop_ids);
+    free(rl);
 }
 
-tdm_status_t crd_router_submit(crd_router_t *r, const crd_request_params_t *rp, crd_route_t *out,
-                               tdm_error_t *err)
+static int relay_event(void *user, const crd_event_t *ev);
+
+/*
+ * Submits rl's request to group gi (hit: the prompt tokens gi holds), charging gi's load;
+ * for a decode group the partner prefill group computes the prompt (handoff above).
+ * Under r->mu. Once the engine has it, rl may be in use on that engine's thread.
+ */
+static tdm_status_t relay_submit(relay_t *rl, int32_t gi, int32_t hit, uint64_t *req_id,
+                                 tdm_error_t *err)
 {
-    if (r->n == 0) {
-        return tdm_error_set(err, TDM_ERR_INTERNAL, "the router has no engine group");
-    }
-    if (rp->n_prompt <= 0 || rp->prompt == NULL) {
-        /* the engine's checks give the message */
-        return crd_engine_submit(r->groups[0].engine, rp, &out->req_id, err);
-    }
-    int32_t hit = 0;
-    const int32_t gi = choose(r, rp, &hit);
+    crd_router_t *r = rl->r;
     group_t *g = &r->groups[gi];
-    relay_t *rl = calloc(1, sizeof(*rl));
-    if (rl == NULL) {
-        return tdm_error_set(err, TDM_ERR_NO_MEMORY, "out of memory for a request");
-    }
+    const crd_request_params_t *rp = &rl->rp;
     rl->g = g;
-    rl->on_event = rp->on_event;
-    rl->user = rp->user;
+    rl->first_seen = false;
     rl->owed_prompt = rp->n_prompt - hit;
     rl->owed_gen = rp->max_tokens > 0 && rp->max_tokens < CRD_ROUTER_GEN_ESTIMATE
                        ? rp->max_tokens
                        : CRD_ROUTER_GEN_ESTIMATE;
-    atomic_fetch_add(&g->load, rl->owed_prompt + rl->owed_gen);
+    const int64_t charged = rl->owed_prompt + rl->owed_gen;
+    atomic_fetch_add(&g->load, charged);
     crd_request_params_t p = *rp;
     p.on_event = relay_event;
     p.user = rl;
@@ -420,8 +416,7 @@ tdm_status_t crd_router_submit(crd_router_t *r, const crd_request_params_t *rp, 
         if (h == NULL || prompt == NULL) {
             free(h);
             free(prompt);
-            atomic_fetch_sub(&g->load, rl->owed_prompt + rl->owed_gen);
-            free(rl);
+            atomic_fetch_sub(&g->load, charged);
             return tdm_error_set(err, TDM_ERR_NO_MEMORY, "out of memory for a request");
         }
         memcpy(prompt, rp->prompt, (size_t)rp->n_prompt * sizeof(int32_t));
@@ -445,26 +440,165 @@ tdm_status_t crd_router_submit(crd_router_t *r, const crd_request_params_t *rp, 
                                         .user = h};
         p.remote = &remote;
     }
-    tdm_status_t st = crd_engine_submit(g->engine, &p, &out->req_id, err);
+    const int64_t n_prompt = rp->n_prompt;
+    tdm_status_t st = crd_engine_submit(g->engine, &p, req_id, err);
     if (st != TDM_OK) {
-        atomic_fetch_sub(&g->load, rl->owed_prompt + rl->owed_gen);
-        free(rl);
+        atomic_fetch_sub(&g->load, charged);
         if (h != NULL) {
             handoff_unref(h);
         }
         return st;
     }
-    out->group = gi;
     atomic_fetch_add(&g->routed, 1);
-    atomic_fetch_add(&g->prompt_tokens, (uint64_t)rp->n_prompt);
+    atomic_fetch_add(&g->prompt_tokens, (uint64_t)n_prompt);
     return TDM_OK;
 }
 
-void crd_router_cancel(crd_router_t *r, const crd_route_t *rt)
+/* A failure worth one more try elsewhere: the group was full or its link or shard failed. */
+static bool retryable(tdm_status_t st)
 {
+    return st == TDM_ERR_BUSY || st == TDM_ERR_TRANSPORT || st == TDM_ERR_TIMEOUT;
+}
+
+/*
+ * rl's request failed on its group before any token reached the caller: submits it once
+ * to the best other group that is up (router.h). On the failed group's engine thread,
+ * inside its final event, which the caller then never sees. False: no retry (canceled,
+ * no other group up, or that one refused too); the caller gets the first failure.
+ */
+static bool relay_retry(relay_t *rl)
+{
+    crd_router_t *r = rl->r;
+    group_t *failed = rl->g;
+    crd_route_t *route = rl->route;
+    pthread_mutex_lock(&r->mu);
+    if (route->canceled) {
+        pthread_mutex_unlock(&r->mu);
+        return false;
+    }
+    int32_t hit = 0;
+    const int32_t gi = choose(r, &rl->rp, (int32_t)(failed - r->groups), &hit);
+    if (gi < 0) {
+        pthread_mutex_unlock(&r->mu);
+        return false;
+    }
+    /* the failed group's charge goes (its final event never settles it) */
+    atomic_fetch_sub(&failed->load, (rl->first_seen ? 0 : rl->owed_prompt) + rl->owed_gen);
+    rl->retried = true;
+    uint64_t id = 0;
+    tdm_error_t err = {0};
+    if (relay_submit(rl, gi, hit, &id, &err) != TDM_OK) {
+        /* back as it was, for the first failure's final event */
+        rl->g = failed;
+        rl->first_seen = true;
+        rl->owed_prompt = rl->owed_gen = 0;
+        pthread_mutex_unlock(&r->mu);
+        return false;
+    }
+    route->group = gi;
+    route->req_id = id;
+    pthread_mutex_unlock(&r->mu);
+    return true;
+}
+
+static int relay_event(void *user, const crd_event_t *ev)
+{
+    relay_t *rl = user;
+    if (ev->finish == CRD_FINISH_ERROR && ev->token < 0 && !rl->streamed && !rl->retried &&
+        retryable(ev->status) && relay_retry(rl)) {
+        return 0; /* the request goes on in another group */
+    }
+    group_t *g = rl->g;
+    if (!rl->first_seen && (ev->token >= 0 || ev->finish != CRD_FINISH_NONE)) {
+        rl->first_seen = true;
+        atomic_fetch_sub(&g->load, rl->owed_prompt);
+        rl->owed_prompt = 0;
+        if (ev->status != TDM_ERR_BUSY) {
+            atomic_fetch_add(&g->cached_tokens, (uint64_t)(ev->n_cached > 0 ? ev->n_cached : 0));
+        }
+    }
+    if (ev->token >= 0 && rl->owed_gen > CRD_ROUTER_GEN_FLOOR) {
+        atomic_fetch_sub(&g->load, 1);
+        rl->owed_gen--;
+    }
+    if (ev->token >= 0) {
+        rl->streamed = true;
+    }
+    if (ev->finish == CRD_FINISH_NONE) {
+        return rl->rp.on_event(rl->rp.user, ev);
+    }
+    atomic_fetch_sub(&g->load, rl->owed_gen);
+    pthread_mutex_lock(&rl->r->mu); /* after this the caller may free the route */
+    rl->rp.on_event(rl->rp.user, ev);
+    pthread_mutex_unlock(&rl->r->mu);
+    relay_free(rl);
+    return 0;
+}
+
+tdm_status_t crd_router_submit(crd_router_t *r, const crd_request_params_t *rp, crd_route_t *out,
+                               tdm_error_t *err)
+{
+    if (r->n == 0) {
+        return tdm_error_set(err, TDM_ERR_INTERNAL, "the router has no engine group");
+    }
+    if (rp->n_prompt <= 0 || rp->prompt == NULL) {
+        /* the engine's checks give the message */
+        return crd_engine_submit(r->groups[0].engine, rp, &out->req_id, err);
+    }
+    relay_t *rl = calloc(1, sizeof(*rl));
+    int32_t *prompt = malloc((size_t)rp->n_prompt * sizeof(int32_t));
+    int32_t *stop_ids = malloc((size_t)(rp->n_stop_ids > 0 ? rp->n_stop_ids : 1) * sizeof(int32_t));
+    if (rl == NULL || prompt == NULL || stop_ids == NULL) {
+        free(rl);
+        free(prompt);
+        free(stop_ids);
+        return tdm_error_set(err, TDM_ERR_NO_MEMORY, "out of memory for a request");
+    }
+    memcpy(prompt, rp->prompt, (size_t)rp->n_prompt * sizeof(int32_t));
+    if (rp->n_stop_ids > 0 && rp->stop_ids != NULL) {
+        memcpy(stop_ids, rp->stop_ids, (size_t)rp->n_stop_ids * sizeof(int32_t));
+    }
+    rl->r = r;
+    rl->route = out;
+    rl->rp = *rp;
+    rl->rp.prompt = rl->prompt = prompt;
+    rl->rp.stop_ids = rl->stop_ids = stop_ids;
+    rl->rp.remote = NULL;
+    rl->rp.handoff = NULL;
+    out->canceled = false;
+    pthread_mutex_lock(&r->mu);
+    int32_t hit = 0;
+    int32_t gi = choose(r, rp, -1, &hit);
+    tdm_status_t st = relay_submit(rl, gi, hit, &out->req_id, err);
+    if (st == TDM_ERR_BUSY) {
+        /* its queue is full: once to the best other group that is up */
+        const int32_t gj = choose(r, rp, gi, &hit);
+        tdm_error_t e2 = {0};
+        if (gj >= 0 && relay_submit(rl, gj, hit, &out->req_id, &e2) == TDM_OK) {
+            rl->retried = true;
+            gi = gj;
+            st = TDM_OK;
+        } /* else the first refusal is the answer */
+    }
+    if (st == TDM_OK) {
+        out->group = gi;
+    }
+    pthread_mutex_unlock(&r->mu);
+    if (st != TDM_OK) {
+        relay_free(rl);
+    }
+    return st;
+}
+
+void crd_router_cancel(crd_router_t *r, crd_route_t *rt)
+{
+    pthread_mutex_lock(&r->mu);
+    rt->canceled = true; /* no retry after this */
     crd_engine_t *e = crd_router_engine(r, rt->group);
+    const uint64_t id = rt->req_id;
+    pthread_mutex_unlock(&r->mu);
     if (e != NULL) {
-        crd_engine_cancel(e, rt->req_id);
+        crd_engine_cancel(e, id);
     }
 }
 

@@ -19,9 +19,10 @@
  *     tokens than recomputing the prefix elsewhere costs.
  *   - round-robin: the next group that is up, in turn (the baseline).
  * A group that is down (its up callback says so: a shard group re-forming) gets nothing new;
- * its requests in flight end with the executor's error. When every group is down the
- * request goes to the next in turn and fails there with that group's reason, as a single
- * group does. Thread-safe: any thread may submit, cancel and read statistics.
+ * its requests in flight end with the executor's error, except those that had streamed no
+ * token yet, which are retried once on another group (crd_router_submit). When every group is down
+ * the request goes to the next in turn and fails there with that group's reason, as a single group
+ * does. Thread-safe: any thread may submit, cancel and read statistics.
  */
 #ifndef CRD_ROUTER_H
 #define CRD_ROUTER_H
@@ -61,9 +62,12 @@ typedef bool (*crd_group_up_fn)(void *ctx);
 
 typedef struct crd_router crd_router_t;
 
+/* Where a request runs. The caller keeps it until the request's final event; a retry
+ * (below) rewrites it, so read it only through crd_router_cancel. */
 typedef struct crd_route {
     int32_t group;   /* index in the order groups were added */
     uint64_t req_id; /* the engine's id                      */
+    bool canceled;   /* crd_router_cancel was called: no retry */
 } crd_route_t;
 
 typedef struct crd_router_group_stats {
@@ -102,11 +106,22 @@ int32_t crd_router_n_groups(const crd_router_t *r);
 crd_engine_t *crd_router_engine(const crd_router_t *r, int32_t group);
 crd_routing_t crd_router_routing(const crd_router_t *r);
 
-/* Picks a group as above and submits there (crd_engine_submit's contract: checks, BUSY,
- * CANCELED; on success rp->on_event gets every event, exactly one final). */
+/*
+ * Picks a group as above and submits there (crd_engine_submit's contract: checks, BUSY,
+ * CANCELED; on success rp->on_event gets every event, exactly one final). out must stay
+ * valid until that final event.
+ *
+ * Retry: a request its group fails before any token reached rp->on_event, because the
+ * group's queue was full (TDM_ERR_BUSY, at submission or when its scheduler took it) or
+ * its shards or link failed (TDM_ERR_TRANSPORT, TDM_ERR_TIMEOUT: the group died or
+ * re-formed between routing and the first token), is submitted once more, to the best
+ * other group that is up, and *out follows it; the caller sees only the second attempt's
+ * events. A request that already streamed a token, a canceled one, or one with no other
+ * group up ends with the first error.
+ */
 tdm_status_t crd_router_submit(crd_router_t *r, const crd_request_params_t *rp, crd_route_t *out,
                                tdm_error_t *err);
-void crd_router_cancel(crd_router_t *r, const crd_route_t *rt);
+void crd_router_cancel(crd_router_t *r, crd_route_t *rt);
 
 /* Every engine: refuse new work (and cancel what runs). */
 void crd_router_shutdown(crd_router_t *r, bool cancel_running);

@@ -1099,6 +1099,43 @@ static void verify_drafts(crd_sched_t *s, crd_req_t *r)
 }
 
 /*
+ * Disaggregated prefill: whether r should stay queued until a request whose prompt the
+ * other group is computing now lands, because the two prompts share at least half of the
+ * blocks r would need (the agents of a swarm arriving together with one system prompt).
+ * Admitted now, r would reserve its own copy of those blocks in this pool and the other
+ * group would compute them again; once the first lands they are in this prefix cache and
+ * only the rest of r's prompt travels. Without the wait a swarm's first turns filled the
+ * decode pool with copies of one prompt, and the streams decoding there were preempted as
+ * they grew (bench/layouts.py layout (d): gaps of 10-35 s between two tokens). The wait
+ * ends when that request lands or fails (it leaves the remote list either way).
+ */
+static bool remote_waits_for_shared(const crd_sched_t *s, const crd_req_t *r)
+{
+    if (r->admitted_once) {
+        return false; /* preempted: it resumes first, as any other */
+    }
+    const int32_t B = s->ex.block_tokens;
+    const int32_t r_blocks = (r->n_prompt + B - 1) / B;
+    for (const crd_req_t *q = s->remote.head; q != NULL; q = q->next) {
+        if (q->canceled || q->remote_lost) {
+            continue;
+        }
+        /* a hit covers whole blocks before r's last prompt token, and q commits only its
+         * prompt's full blocks; q's own hit (from here on: n_computed) is r's too */
+        const int32_t n = r->n_prompt - 1 < q->n_prompt ? r->n_prompt - 1 : q->n_prompt;
+        int32_t same = 0;
+        while (same < n && r->tokens[same] == q->tokens[same]) {
+            same++;
+        }
+        const int32_t from = q->n_computed / B, shared = same / B - from;
+        if (shared > 0 && 2 * shared >= r_blocks - from) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/*
  * Admits a request whose prompt another group computes: the prefix cache's blocks and the
  * rest of the prompt's reserved, then the other group started. Returns non-zero when the
  * blocks are short (the request keeps waiting, as any other would).
@@ -1255,9 +1292,14 @@ tdm_status_t crd_sched_step(crd_sched_t *s, tdm_error_t *err)
     }
 
     /* 2. admit waiting requests (not in a step that had to preempt) */
-    while (!preempted && s->waiting.head != NULL && budget > 0 &&
-           s->running.n + s->remote.n < s->p.max_running) {
+    while (!preempted && budget > 0 && s->running.n + s->remote.n < s->p.max_running) {
         crd_req_t *r = s->waiting.head;
+        while (r != NULL && r->has_remote && remote_waits_for_shared(s, r)) {
+            r = r->next; /* the requests behind it go first */
+        }
+        if (r == NULL) {
+            break;
+        }
         r->step_draft = 0;
         if (r->has_remote && !r->remote_prefilled) {
             if (admit_remote(s, r) != 0) {

@@ -3,6 +3,7 @@ tandem_unit_test(sampler test_sampler.c tdm_coordinator)
 tandem_unit_test(kv_manager test_kv_manager.c tdm_coordinator)
 tandem_unit_test(tokenizer test_tokenizer.c tdm_tokenizer)
 tandem_unit_test(scheduler test_scheduler.c tdm_coordinator)
+tandem_unit_test(router test_router.c tdm_coordinator)
 tandem_unit_test(step_time test_step_time.c tdm_coordinator)
 tandem_unit_test(spec test_spec.c tdm_coordinator)
 # The tokenizer fuzz harness replayed over its seed corpus (no libFuzzer needed).

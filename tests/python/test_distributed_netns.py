@@ -266,9 +266,11 @@ def _one_stream_per_decode_group(srv, rng, max_tokens):
 def test_netns_disagg_faults(tandem_bin, net_factory, tmp_path):
     """Disaggregated prefill/decode (test_disagg.py) with two prefill/decode pairs, every
     shard in its own namespace: kill -9 of a prefill shard while it puts a long prompt's
-    blocks, then of a decode shard mid-stream. The affected request errors within 5 s, the
-    streams decoding elsewhere (also on the dead prefill shard's own decode partner) finish,
-    and the restarted shard's group forms again and serves."""
+    blocks, then of a decode shard mid-stream. The long prompt, which had streamed nothing,
+    moves to the other pair and completes there (the router's retry; with one pair it errors:
+    test_disagg.py); the stream on the dead decode shard errors within 5 s; the streams
+    decoding elsewhere (also on the dead prefill shard's own decode partner) finish, and the
+    restarted shard's group forms again and serves."""
     from test_disagg import F32, _serve, _serves, _stream, _tokens, _wait_ok
 
     net = net_factory(4)
@@ -300,19 +302,21 @@ def test_netns_disagg_faults(tandem_bin, net_factory, tmp_path):
         assert moving, "no transfer seen"
         print(f"transfer seen {time.monotonic() - t0:.2f} s after the streams' start")
         victim = {"p0": 0, "p1": 2}[moving[0]]
+        other = {"p0": "d1", "p1": "d0"}[moving[0]]
+        on_other = _routed(srv, (other,))[other]
         shards[victim].kill9()
         killed = time.monotonic()
-        t.join(timeout=30)
+        t.join(timeout=60)
         assert not t.is_alive(), "the request hangs"
-        assert long_out["error"] is not None, long_out
-        assert long_out["error"][0] - killed < 5.0, (long_out, killed)
-        assert "prefill" in long_out["error"][1] and "shard" in long_out["error"][1], long_out
+        assert long_out["error"] is None and long_out["finish"] == "length", long_out
+        assert _routed(srv, (other,))[other] == on_other + 1  # retried on the other pair
         for th in threads:
             th.join(timeout=60)
         assert all(o["error"] is None and o["finish"] == "length" for o in outs), outs
         assert all(o["t_end"] > killed for o in outs), "a stream ended before the kill"
         assert srv.get("/health").json()["status"] != "ok"
-        print(f"prefill killed: error after {long_out['error'][0] - killed:.2f} s, "
+        print(f"prefill killed: the long prompt done on {other} "
+              f"{long_out['t_end'] - killed:.2f} s after, "
               f"streams done {time.monotonic() - t0:.1f} s")
         shards[victim].start()
         _wait_ok(srv, 30)

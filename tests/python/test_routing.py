@@ -360,3 +360,56 @@ def test_cluster_groups_refused(tandem_bin, tmp_path):
     p = subprocess.run([str(tandem_bin), "serve", "--model", str(MODEL), "--routing",
                         "random"], capture_output=True, text=True, timeout=30)
     assert p.returncode == 2 and "unknown routing 'random'" in p.stderr, p.stderr
+
+
+def test_retry_before_first_token(replicas, tmp_path):
+    """A request its replica fails before any token reached the client is retried once on
+    the other replica (coordinator/router.h); one that already streamed ends with the
+    error. One request runs per replica (--max-running 1). A 600-token prompt is cached on
+    one replica (V); a long stream and then three short requests extending that prompt are
+    routed there by prefix, the short ones queued behind the stream; kill -9 of V's shard
+    ends the stream with the error naming the shard, and the three, which had streamed
+    nothing, complete on the other replica."""
+    srv = _serve(_cluster_file(tmp_path, replicas), "--max-running", "1")
+    try:
+        rng = random.Random(11)
+        base = _tokens(rng, 600)
+
+        def routed_to(before):
+            now = _group_counts(srv)
+            moved = [g for g in now if now[g]["routed_requests"] > before[g]["routed_requests"]]
+            return moved[0] if moved else None
+
+        c0 = _group_counts(srv)
+        r = srv.post("/v1/completions", {"prompt": base, "max_tokens": 1, "temperature": 0})
+        assert r.status_code == 200, r.text
+        victim = routed_to(c0)
+        other = "r1" if victim == "r0" else "r0"
+        out = [None] * 4
+        started = threading.Semaphore(0)
+        threads = []
+        for i, n in enumerate((2500, 16, 16, 16)):
+            before = _group_counts(srv)
+            t = threading.Thread(target=_stream, args=(srv, base + _tokens(rng, 8), n, out, i,
+                                                       started if i == 0 else
+                                                       threading.Semaphore(0)))
+            t.start()
+            threads.append(t)
+            if i == 0:
+                assert started.acquire(timeout=60), "the long stream did not start"
+            t_end = time.monotonic() + 30
+            while routed_to(before) is None and time.monotonic() < t_end:
+                time.sleep(0.005)
+            assert routed_to(before) == victim, (i, victim)  # its prefix is there
+        on_other = _group_counts(srv)[other]["routed_requests"]
+        assert out[0] is None, out  # still streaming: the short ones wait behind it
+        replicas[int(victim[1])].kill9()
+        for t in threads:
+            t.join(timeout=120)
+        assert out[0]["error"] is not None and "shard" in out[0]["error"][1], out
+        for o in out[1:]:
+            assert o["error"] is None and o["finish"] == "length" and o["events"] > 0, out
+        assert _group_counts(srv)[other]["routed_requests"] - on_other == 3
+        assert srv.alive()
+    finally:
+        srv.kill()

@@ -272,12 +272,131 @@ static void test_destroy_cancels_running(void **state)
     pthread_mutex_destroy(&r.mu);
 }
 
+/* The other group's side of a disaggregated request: start (on the engine thread) records
+ * the request's id; the test lands it with crd_engine_remote_done. */
+typedef struct remote_rec {
+    pthread_mutex_t mu;
+    uint64_t id;
+    int started;
+} remote_rec_t;
+
+static tdm_status_t remote_start(void *user, uint64_t req_id, const int32_t *blocks,
+                                 int32_t n_blocks, int32_t n_cached, tdm_error_t *err)
+{
+    (void)blocks;
+    (void)n_blocks;
+    (void)n_cached;
+    (void)err;
+    remote_rec_t *rr = user;
+    pthread_mutex_lock(&rr->mu);
+    rr->id = req_id;
+    rr->started++;
+    pthread_mutex_unlock(&rr->mu);
+    return TDM_OK;
+}
+
+static double cpu_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/*
+ * Nothing can step: a decode group's one admitted request waits for its prompt from the
+ * other group, and the next waits for KV blocks (4 blocks: the first holds 3, the second
+ * needs 2). The engine thread must sleep until the landing instead of calling the
+ * scheduler again and again (it spun a core the machine's shards needed: bench/layouts.py
+ * layout (d)); after the landing both requests run to their end.
+ */
+static void test_idle_while_waiting_for_a_landing(void **state)
+{
+    (void)state;
+    slow_exec_t x = {0};
+    xp_executor_t ex = {.ops = &k_ops,
+                        .impl = &x,
+                        .n_vocab = NV,
+                        .n_blocks = 4,
+                        .block_tokens = BT,
+                        .n_batch_max = 64,
+                        .n_logits_max = 8,
+                        .n_ctx_max = 32};
+    crd_sched_params_t p = {
+        .token_budget = 64, .max_running = 4, .max_waiting = 4, .n_ctx = 32, .cache_seed = 1};
+    crd_engine_t *e = NULL;
+    assert_int_equal(crd_engine_create(&ex, &p, &e, NULL), TDM_OK);
+    remote_rec_t rr = {.mu = PTHREAD_MUTEX_INITIALIZER};
+    const crd_remote_prefill_t hooks = {.start = remote_start, .user = &rr};
+    req_state_t a = {0}, b = {0};
+    pthread_mutex_init(&a.mu, NULL);
+    pthread_mutex_init(&b.mu, NULL);
+    int32_t pa[20], pb[12];
+    for (int i = 0; i < 20; i++) {
+        pa[i] = (i * 5 + 1) % NV;
+    }
+    for (int i = 0; i < 12; i++) {
+        pb[i] = (i * 3 + 2) % NV;
+    }
+    a.first = pa[19];
+    b.first = pb[11];
+    crd_request_params_t ra = {.prompt = pa,
+                               .n_prompt = 20,
+                               .max_tokens = 4,
+                               .on_event = on_event,
+                               .user = &a,
+                               .remote = &hooks};
+    crd_request_params_t rb = {
+        .prompt = pb, .n_prompt = 12, .max_tokens = 4, .on_event = on_event, .user = &b};
+    crd_sampling_params_default(&ra.sampling);
+    crd_sampling_params_default(&rb.sampling);
+    ra.sampling.temperature = rb.sampling.temperature = 0.0f;
+    uint64_t id;
+    assert_int_equal(crd_engine_submit(e, &ra, &id, NULL), TDM_OK);
+    for (int i = 0; i < 5000; i++) {
+        pthread_mutex_lock(&rr.mu);
+        const int started = rr.started;
+        pthread_mutex_unlock(&rr.mu);
+        if (started > 0) {
+            break;
+        }
+        usleep(1000);
+    }
+    assert_int_equal(rr.started, 1);
+    assert_int_equal(crd_engine_submit(e, &rb, &id, NULL), TDM_OK);
+    usleep(50000);
+    const double c0 = cpu_s();
+    usleep(400000);
+    const double used = cpu_s() - c0;
+    if (used > 0.02) {
+        fail_msg("the engine thread used %.3f s of CPU in 0.4 s with nothing to step (the limit is "
+                 "0.02 s)",
+                 used);
+    }
+    float row[NV] = {0};
+    row[next_of(pa[19])] = 20.0f;
+    crd_engine_remote_done(e, rr.id, row, NV, TDM_OK, NULL);
+    wait_idle(e);
+    assert_int_equal(a.n_final, 1);
+    assert_int_equal(b.n_final, 1);
+    assert_int_equal(a.finish, CRD_FINISH_LENGTH);
+    assert_int_equal(b.finish, CRD_FINISH_LENGTH);
+    assert_int_equal(a.n_tokens, 4);
+    assert_int_equal(b.n_tokens, 4);
+    assert_false(a.wrong);
+    assert_false(b.wrong);
+    crd_engine_destroy(e);
+    pthread_mutex_destroy(&a.mu);
+    pthread_mutex_destroy(&b.mu);
+    pthread_mutex_destroy(&rr.mu);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_concurrent_submit_cancel),
         cmocka_unit_test(test_queue_limit_and_shutdown),
         cmocka_unit_test(test_destroy_cancels_running),
+        cmocka_unit_test(test_idle_while_waiting_for_a_landing),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

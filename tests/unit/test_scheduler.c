@@ -699,6 +699,120 @@ static void test_step_time_budget(void **state)
     }
 }
 
+/*
+ * Disaggregated prefill, the decode group's side, with the test playing the prefill
+ * group: start records the block table it is given; land writes the prompt's positions
+ * past the decode group's cached ones into those blocks of the fake store (what the
+ * prefill shards' puts do) and hands back the last position's logits.
+ */
+typedef struct fake_remote {
+    crd_sched_t *s;
+    const int32_t *prompt;
+    int32_t n_prompt;
+    uint64_t id;
+    int32_t blocks[64];
+    int32_t n_cached;
+    int starts, lands;
+    int order;      /* when it was started, counting every start of the test */
+    int *n_started; /* the test's count */
+} fake_remote_t;
+
+static tdm_status_t fake_remote_start(void *user, uint64_t req_id, const int32_t *blocks,
+                                      int32_t n_blocks, int32_t n_cached, tdm_error_t *err)
+{
+    (void)err;
+    fake_remote_t *f = user;
+    assert_true(n_blocks <= 64);
+    f->id = req_id;
+    memcpy(f->blocks, blocks, (size_t)n_blocks * sizeof(int32_t));
+    f->n_cached = n_cached;
+    f->starts++;
+    f->order = (*f->n_started)++;
+    return TDM_OK;
+}
+
+static void fake_remote_land(fake_remote_t *f, fake_exec_t *fx)
+{
+    for (int32_t p = f->n_cached; p < f->n_prompt; p++) {
+        const int32_t b = f->blocks[p / BT];
+        fx->kv_tok[b * BT + p % BT] = f->prompt[p];
+        fx->kv_pos[b * BT + p % BT] = p + 1;
+    }
+    float row[NV];
+    fill_logits(row, ctx_hash(f->prompt, f->n_prompt));
+    f->lands++;
+    crd_sched_remote_done(f->s, f->id, row, TDM_OK, NULL);
+}
+
+/*
+ * A swarm's first turns on a decode group: five prompts share a 40-token stem (10 blocks
+ * of 4) and arrive together, a sixth shares nothing. The first is started at once; the
+ * other four wait for it to land and then send only their own tail (40 tokens cached),
+ * instead of each reserving and receiving its own copy of the stem: 5 x 11 blocks do not
+ * fit the 48-block pool beside the streams' growth, which preempted streams as they
+ * decoded. The unrelated prompt does not wait behind them. Outputs equal the reference.
+ */
+static void test_remote_prompts_share_one_in_flight(void **state)
+{
+    (void)state;
+    fake_exec_t fx;
+    xp_executor_t ex;
+    fake_init(&fx, &ex, 48, 64);
+    crd_sched_params_t sp = {64, 8, 16, 128, 1, {0}, 0, 0.0};
+    crd_sched_t *s = NULL;
+    assert_int_equal(crd_sched_create(&ex, &sp, &s, NULL), TDM_OK);
+    enum { N = 6, GEN = 6 };
+    int32_t prompts[N][42], n_prompt[N], want[N][GEN];
+    fake_remote_t fr[N];
+    collected_t c[N];
+    int n_started = 0;
+    memset(fr, 0, sizeof(fr));
+    memset(c, 0, sizeof(c));
+    for (int i = 0; i < N; i++) {
+        n_prompt[i] = i < 5 ? 42 : 10;
+        make_prompt(prompts[i], n_prompt[i], i < 5 ? 2 : 5, -1);
+        prompts[i][n_prompt[i] - 2] = (i * 5 + 1) % NV; /* each its own tail */
+        prompts[i][n_prompt[i] - 1] = (i * 11 + 7) % NV;
+        reference(prompts[i], n_prompt[i], GEN, want[i]);
+        fr[i] = (fake_remote_t){
+            .s = s, .prompt = prompts[i], .n_prompt = n_prompt[i], .n_started = &n_started};
+        const crd_remote_prefill_t hooks = {.start = fake_remote_start, .user = &fr[i]};
+        crd_request_params_t rp = greedy_req(prompts[i], n_prompt[i], GEN, &c[i]);
+        rp.remote = &hooks;
+        uint64_t id;
+        assert_int_equal(crd_sched_submit(s, &rp, &id, NULL), TDM_OK);
+    }
+    assert_int_equal(crd_sched_step(s, NULL), TDM_OK);
+    assert_int_equal(n_started, 2); /* the first of the five, and the unrelated one */
+    assert_int_equal(fr[0].starts, 1);
+    assert_int_equal(fr[5].starts, 1);
+    for (int it = 0; it < 1000; it++) {
+        bool pending = false;
+        for (int i = 0; i < N; i++) {
+            if (fr[i].starts > fr[i].lands) {
+                fake_remote_land(&fr[i], &fx);
+            }
+            pending |= c[i].n_final == 0;
+        }
+        if (!pending) {
+            break;
+        }
+        assert_int_equal(crd_sched_step(s, NULL), TDM_OK);
+    }
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(fr[i].starts, 1);
+        assert_int_equal(fr[i].n_cached, i >= 1 && i < 5 ? 40 : 0);
+        assert_int_equal(c[i].finish, CRD_FINISH_LENGTH);
+        assert_int_equal(c[i].n, GEN);
+        assert_memory_equal(c[i].toks, want[i], sizeof(want[i]));
+    }
+    crd_sched_stats_t st;
+    crd_sched_get_stats(s, &st);
+    assert_int_equal(st.preemptions, 0);
+    crd_sched_destroy(s);
+    fake_free(&fx);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -712,6 +826,7 @@ int main(void)
         cmocka_unit_test(test_step_time_budget),
         cmocka_unit_test(test_stop_cancel_limits_and_errors),
         cmocka_unit_test(test_seeded_sampling_repeats),
+        cmocka_unit_test(test_remote_prompts_share_one_in_flight),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
