@@ -281,9 +281,12 @@ typedef struct remote_rec {
 } remote_rec_t;
 
 static tdm_status_t remote_start(void *user, uint64_t req_id, const int32_t *blocks,
-                                 int32_t n_blocks, int32_t n_cached, tdm_error_t *err)
+                                 const int32_t *swa_blocks, int32_t n_blocks, int32_t n_cached,
+                                 int32_t state_slot, tdm_error_t *err)
 {
     (void)blocks;
+    (void)swa_blocks;
+    (void)state_slot;
     (void)n_blocks;
     (void)n_cached;
     (void)err;

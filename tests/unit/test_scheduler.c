@@ -718,9 +718,12 @@ typedef struct fake_remote {
 } fake_remote_t;
 
 static tdm_status_t fake_remote_start(void *user, uint64_t req_id, const int32_t *blocks,
-                                      int32_t n_blocks, int32_t n_cached, tdm_error_t *err)
+                                      const int32_t *swa_blocks, int32_t n_blocks, int32_t n_cached,
+                                      int32_t state_slot, tdm_error_t *err)
 {
     (void)err;
+    (void)swa_blocks;
+    (void)state_slot;
     fake_remote_t *f = user;
     assert_true(n_blocks <= 64);
     f->id = req_id;
