@@ -53,6 +53,7 @@ runs (split so each timed run stays short) and --plot draws on/off against strea
 import argparse
 import concurrent.futures as cf
 import json
+import math
 import pathlib
 import statistics
 import subprocess
@@ -341,6 +342,49 @@ def table(rows):
     return "\n".join(out)
 
 
+def sign_p(k, n):
+    """Two-sided sign-test p of k of n pairs on one side (binomial, p = 1/2)."""
+    tail = sum(math.comb(n, i) for i in range(min(k, n - k) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+def median_interval(xs, level=0.95):
+    """The distribution-free interval of a median (the sign test's): the k-th smallest and
+    k-th largest of n values, k the largest with P(k <= Binomial(n, 1/2) <= n - k) >= level
+    (n = 7: the smallest and the largest, 98.4%). None below 6 values (no such k)."""
+    xs, n = sorted(xs), len(xs)
+    k = 0
+    while k + 1 <= n // 2 and 1 - 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n >= level:
+        k += 1
+    return (xs[k - 1], xs[n - k]) if k > 0 else None
+
+
+def pair_table(rows):
+    """Paired statistics per cell of Tandem: repeat i ran off and on back to back (order
+    alternated), so all_tok_s[i] of both modes is a pair and the load's drift hits both.
+    The median of the per-pair ratios on/off, its 95% distribution-free interval, how many
+    pairs had on < off and the two-sided sign test's p of that count."""
+    out = ["| model | workload | streams | pairs | median on/off | 95% interval | on < off | "
+           "sign p | drafted per run | accepted |",
+           "|---|---|---:|---:|---:|---|---:|---:|---:|---:|"]
+    for (model, srv, wl, c), m in pairs(rows).items():
+        if srv != "tandem" or "off" not in m or "ngram" not in m:
+            continue
+        off, on = m["off"].get("all_tok_s", []), m["ngram"].get("all_tok_s", [])
+        ratios = [b / a for a, b in zip(off, on)]
+        n = len(ratios)
+        if n < 2:
+            continue
+        iv = median_interval(ratios)
+        losses = sum(r < 1.0 for r in ratios)
+        d = m["ngram"]
+        acc = f"{d['accepted'] / d['drafted']:.0%}" if d["drafted"] else "-"
+        out.append(f"| {model} | {wl} | {c} | {n} | {statistics.median(ratios):.3f}x | "
+                   f"{f'{iv[0]:.3f}-{iv[1]:.3f}' if iv else '-'} | {losses} of {n} | "
+                   f"{sign_p(losses, n):.2f} | {d['drafted'] / n:.0f} | {acc} |")
+    return "\n".join(out)
+
+
 def plot(rows, path):
     """on/off against streams, one line per model, server and workload."""
     import matplotlib
@@ -419,10 +463,16 @@ def main():
     ap.add_argument("--merge", type=pathlib.Path, nargs="+",
                     help="print one table of these --out files (and --plot) instead of running")
     ap.add_argument("--plot", type=pathlib.Path, help="with --merge: on/off against streams")
+    ap.add_argument("--pairs", action="store_true",
+                    help="with --merge: also the paired statistics per Tandem cell (median "
+                    "of the on/off ratios, its sign-test interval, the sign test)")
     args = ap.parse_args()
     if args.merge:
         rows = [r for f in args.merge for r in json.loads(f.read_text())]
         print(table(rows))
+        if args.pairs:
+            print()
+            print(pair_table(rows))
         if args.plot:
             plot(rows, args.plot)
         return

@@ -896,6 +896,7 @@ static uint64_t scratch_bytes(const topo_plan_t *pl, const topo_shard_plan_t *s)
         B * gdn_vd,                                        /* gz   */
         B * 2 * (size_t)hp->gdn_v_heads,                   /* gba  */
         B * gdn_vd,                                        /* go   */
+        pl->p.mtp ? B * E : 0,                             /* hin  */
         B * E,                                             /* x    */
         B * E,                                             /* xn   */
         B * nh * hd,                                       /* q    */
@@ -1121,7 +1122,10 @@ static tdm_status_t plan_kv(topo_plan_t *pl, tdm_error_t *err)
     pl->swa_window = pl->n_swa_layers > 0 ? hp->n_swa : 0;
     /* Gated DeltaNet layers keep no K/V but a recurrent state per running sequence
      * (shd_model_kv_pools: n_out slots, taken from the budget first) */
-    const uint64_t n_full = (uint64_t)(hp->n_layer - pl->n_swa_layers - hp->n_recurrent);
+    /* shard/model.c shd_model_kv_pools: the MTP block, when it runs, keeps its K/V in the
+     * full pool as one more layer */
+    const uint64_t n_full =
+        (uint64_t)(hp->n_layer - pl->n_swa_layers - hp->n_recurrent + (pl->p.mtp ? 1 : 0));
     pl->n_state_slots = hp->n_recurrent > 0 ? pl->p.n_out : 0;
     pl->n_state_store = pl->n_state_slots; /* serve's default: a stored prefix state each */
     uint64_t max_block = 0;
@@ -1297,18 +1301,29 @@ tdm_status_t topo_plan_build(const gguf_ctx_t *g, const topo_plan_params_t *p, t
                            (int)p->device);
         goto fail;
     }
+    /* as shard/model.c bind_mtp_runnable and serve refuse it */
+    if (p->mtp && hp->n_mtp < 1) {
+        st = tdm_error_set(err, TDM_ERR_INVALID_PARAM,
+                           "--spec mtp: the model has no multi-token-prediction block (%s."
+                           "nextn_predict_layers is 0 or absent)",
+                           hp->arch_name);
+        goto fail;
+    }
+    if (p->mtp && pl->n_shards > 1) {
+        st = tdm_error_set(err, TDM_ERR_INVALID_PARAM,
+                           "--spec mtp runs on one node only: the MTP block is not run over "
+                           "shards yet (plan --shards 1)");
+        goto fail;
+    }
     pl->p = *p;
     pl->p.tp = pl->tp;
     pl->p.ep = pl->ep;
     if (pl->p.batch <= 0) {
         pl->p.batch = DEFAULT_BATCH;
     }
-    if (pl->p.n_out <= 0) {
-        pl->p.n_out = DEFAULT_N_OUT;
-    }
-    if (pl->p.n_out > pl->p.batch) {
-        pl->p.n_out = pl->p.batch;
-    }
+    pl->p.spec = p->spec || p->mtp;
+    pl->p.n_out = topo_logits_rows(hp, pl->p.n_out > 0 ? pl->p.n_out : DEFAULT_N_OUT, pl->p.batch,
+                                   pl->p.spec, pl->p.spec_max);
     if (pl->p.threads <= 0) {
         pl->p.threads = 1;
     }
@@ -1414,6 +1429,21 @@ tdm_status_t topo_plan_build(const gguf_ctx_t *g, const topo_plan_params_t *p, t
 fail:
     topo_plan_destroy(pl);
     return st;
+}
+
+int topo_logits_rows(const mdl_hparams_t *hp, int max_running, int batch, bool spec, int spec_max)
+{
+    int extra = 0;
+    if (spec) {
+        const int per = spec_max > 0 ? spec_max : 8;
+        extra = max_running * per < 256 ? max_running * per : 256;
+        if (hp->n_recurrent > 0) {
+            extra =
+                max_running < TOPO_SPEC_RECURRENT_SPARES ? max_running : TOPO_SPEC_RECURRENT_SPARES;
+        }
+    }
+    const int rows = max_running + extra;
+    return rows < batch ? rows : batch;
 }
 
 void topo_plan_destroy(topo_plan_t *pl)

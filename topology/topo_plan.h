@@ -31,6 +31,7 @@
  *   kept per layer kind (full-attention layers, sliding-window layers): the cache keeps one
  *   pool for both today, so the sliding layers' pool has as many blocks as the full one
  *   (kv_swa_blocks == kv_blocks; topo_plan.c swa_pool_blocks is where a smaller pool goes);
+ *   with p.mtp the MTP block's attention is one more full-attention layer;
  *   bytes read per decoded token = the weights one token touches on a shard: every bound
  *   tensor's slice except token_embd (one row, and the output head's rows when tied) and
  *   the experts, of which the top k of n_expert are touched (k / n_expert of the shard's
@@ -118,7 +119,8 @@ typedef struct topo_plan_params {
                           (attention); 0: the model's context length, at most 8192          */
     uint64_t kv_bytes; /* per-shard KV budget (overrides ctx_size); 0: sized for ctx_size   */
     int batch;         /* tokens per step; 0: 512                                           */
-    int n_out;         /* rows of logits per step; 0: 64 (tandem serve's --max-running)    */
+    int n_out;         /* running sequences (tandem serve's --max-running); 0: 64. The rows
+                          of logits per step follow from it (topo_logits_rows, with spec) */
     int threads;       /* kernel threads per shard (attention score rows); 0: 1             */
     int block_tokens;  /* KV block size; 0: 16                                              */
     topo_expert_rule_t experts;
@@ -126,6 +128,14 @@ typedef struct topo_plan_params {
     /* KV cache rows: F32 (the zero value), F16 or Q8_0 (topo_kv_type_parse gives the
      * default by device: f16 on a GPU) */
     tdm_type_t kv_type;
+    /* speculative decoding on (`tandem serve --spec` other than off): logits rows for the
+     * drafts, spec_max per sequence (0: 8; topo_logits_rows) */
+    bool spec;
+    int spec_max;
+    /* the MTP block runs (--spec mtp, implies spec): one more full-attention layer's K/V per
+     * token and its hidden-state rows (shard/model.c's run_mtp); the block runs on one
+     * unsplit shard, so a plan over more shards, or of a model without one, is refused */
+    bool mtp;
 } topo_plan_params_t;
 
 typedef struct topo_range {
@@ -218,6 +228,17 @@ void topo_plan_destroy(topo_plan_t *plan); /* NULL is fine */
 
 const char *topo_split_name(topo_split_t s); /* "tp_rows" */
 const char *topo_class_name(topo_class_t c); /* "attention" */
+
+/* Spare recurrent-state slots `tandem serve` keeps for speculation on a hybrid model. */
+#define TOPO_SPEC_RECURRENT_SPARES 8
+
+/* The rows of logits per step `tandem serve` asks of its executor (n_logits_max; on a model
+ * with recurrent layers also its state slots): one per running sequence, and with
+ * speculation room for the drafts it verifies, spec_max (0: 8) per sequence up to 256 more
+ * (a row is n_vocab floats; with many streams the cost model drafts little anyway), or on a
+ * model with recurrent layers, where each row is a whole state slot, one spare per drafting
+ * sequence up to TOPO_SPEC_RECURRENT_SPARES; at most batch. */
+int topo_logits_rows(const mdl_hparams_t *hp, int max_running, int batch, bool spec, int spec_max);
 
 /* Tokens of KV cache that fit beside the weights and buffers on every shard when each has
  * `budget` bytes (the buffers as planned, for p.ctx_size), in whole blocks; 0 when not even

@@ -2,10 +2,11 @@
  * cmd_plan.c - `tandem plan --model M.gguf --shards N [--tp T --ep E] [--ctx-size C]
  * [--kv-memory SIZE] [--node-memory SIZE] [--device D] [--kv-type T] [--gpu-memory SIZE]
  * [--mem-bw GBPS] [--streams N [--prompt-tokens N] [--answer-tokens N]] [--cluster FILE]
- * [--json]`: the per-shard memory plan of a model split by tensor and expert
- * parallelism (topology/topo_plan.h), printed without loading a tensor, and checked against the
- * memory a shard has: a GPU's free memory when the shards run on one (on a unified-memory GPU at
- * most the host's MemAvailable), else the host's MemAvailable, or --node-memory.
+ * [--max-running N] [--spec MODE [--spec-max K]] [--json]`: the per-shard memory plan of a model
+ * split by tensor and expert parallelism (topology/topo_plan.h), printed without loading a tensor,
+ * and checked against the memory a shard has: a GPU's free memory when the shards run on one (on a
+ * unified-memory GPU at most the host's MemAvailable), else the host's MemAvailable, or
+ * --node-memory.
  *
  * --streams N also recommends an engine-group layout for that load (replicas with prefix
  * routing, one TP/EP group, or prefill + decode groups: topology/topo_layout.h holds the
@@ -47,6 +48,7 @@ typedef struct plan_opts {
     int prompt_tokens;    /* new prompt tokens per turn (the layout rule)         */
     int answer_tokens;    /* generated tokens per turn (the layout rule)          */
     const char *cluster;  /* a cluster file: its machines instead of --shards     */
+    const char *spec;     /* --spec as serve takes it; NULL: off                  */
     bool json;
 } plan_opts_t;
 
@@ -103,6 +105,13 @@ static void usage(FILE *out)
           "  --answer-tokens N    tokens generated per turn (default 128)\n"
           "  --cluster FILE       a `tandem serve` cluster file: its distinct hosts are the\n"
           "                       machines (instead of --shards)\n"
+          "  --max-running N      sequences per step, as serve's (default 64): logits rows and\n"
+          "                       a hybrid model's recurrent state slots\n"
+          "  --spec MODE          the speculative mode serve will run: off (default), ngram,\n"
+          "                       draft (the draft model's own cache is not counted) or mtp\n"
+          "                       (the MTP block runs: one more attention layer's K/V per token);\n"
+          "                       other than off, logits rows for the drafts\n"
+          "  --spec-max K         drafted tokens per sequence, as serve's (default 8)\n"
           "  --json               one JSON object (every tensor's bytes per shard)\n",
           out);
 }
@@ -241,6 +250,19 @@ static int parse_opts(int argc, char **argv, plan_opts_t *o)
             bad = parse_int(a, v, 1, 1 << 24, &o->answer_tokens);
         } else if (strcmp(a, "--cluster") == 0) {
             o->cluster = v;
+        } else if (strcmp(a, "--spec") == 0) {
+            if (strcmp(v, "off") != 0 && strcmp(v, "ngram") != 0 && strcmp(v, "draft") != 0 &&
+                strcmp(v, "mtp") != 0) {
+                fprintf(stderr, "tandem plan: --spec is off, ngram, draft or mtp, not '%s'\n", v);
+                bad = -1;
+            }
+            o->spec = v;
+            o->p.spec = strcmp(v, "off") != 0;
+            o->p.mtp = strcmp(v, "mtp") == 0;
+        } else if (strcmp(a, "--spec-max") == 0) {
+            bad = parse_int(a, v, 1, 16, &o->p.spec_max);
+        } else if (strcmp(a, "--max-running") == 0) {
+            bad = parse_int(a, v, 1, 1 << 20, &o->p.n_out);
         } else if (strcmp(a, "--experts") == 0) {
             if (strcmp(v, "balanced") == 0) {
                 o->p.experts = TOPO_EXPERTS_BALANCED;
@@ -502,6 +524,9 @@ static void print_text(const plan_opts_t *o, const topo_plan_t *pl, const plan_d
         printf(": raised from %d to hold one batch of %d tokens plus a block", pl->p.ctx_size,
                pl->p.batch);
     }
+    if (pl->p.mtp) {
+        printf("; with the MTP block's attention layer (--spec mtp)");
+    }
     printf("\n");
     if (gpu) {
         printf("step     batch %d tokens, %d logit rows\n", pl->p.batch, pl->p.n_out);
@@ -554,7 +579,7 @@ static void print_text(const plan_opts_t *o, const topo_plan_t *pl, const plan_d
         row_class(pl, "output head", TOPO_CLASS_OUTPUT);
     }
     if (hp->n_mtp > 0) {
-        row_class(pl, "MTP (kept, not run)", TOPO_CLASS_MTP);
+        row_class(pl, pl->p.mtp ? "MTP (run: --spec mtp)" : "MTP (kept, not run)", TOPO_CLASS_MTP);
     }
     row_bytes(pl, "= weights", offsetof(topo_shard_plan_t, weights));
     row_bytes(pl, "  of which replicated", offsetof(topo_shard_plan_t, replicated));
@@ -657,8 +682,9 @@ static void print_text(const plan_opts_t *o, const topo_plan_t *pl, const plan_d
     const topo_shard_plan_t *s0 = &pl->shards[0];
     char row[64];
     kv_row_text(pl, row, sizeof(row));
-    printf("KV per token on shard 0: 2 x %d layers x %d kv heads x %s = %s; x %d tokens = %s\n",
-           hp->n_layer - hp->n_recurrent, s0->kv_heads.n, row,
+    printf("KV per token on shard 0: 2 x %d layers%s x %d kv heads x %s = %s; x %d tokens = %s\n",
+           hp->n_layer - hp->n_recurrent + (pl->p.mtp ? 1 : 0),
+           pl->p.mtp ? " (with the MTP block's)" : "", s0->kv_heads.n, row,
            fmt_bytes(s0->kv_per_token, b1, sizeof(b1)), pl->kv_tokens,
            fmt_bytes(s0->kv - s0->state, b2, sizeof(b2)));
     if (pl->n_state_slots > 0) {
@@ -827,6 +853,7 @@ static json_t *to_json(const plan_opts_t *o, const topo_plan_t *pl, const plan_d
     json_object_set_new(root, "threads", json_integer(pl->p.threads));
     json_object_set_new(root, "device", device_json(d));
     json_object_set_new(root, "kv_type", json_string(topo_kv_type_name(pl->p.kv_type)));
+    json_object_set_new(root, "spec", json_string(o->spec != NULL ? o->spec : "off"));
     json_object_set_new(root, "node_memory", json_integer((json_int_t)node));
     json_object_set_new(root, "node_memory_source", json_string(d->budget_src));
     json_object_set_new(root, "model_bytes", json_integer((json_int_t)pl->model_bytes));

@@ -66,6 +66,9 @@ tdm_status_t srv_default_ctx(const srv_config_t *cfg, const gguf_ctx_t *g, int *
                             .kv_bytes = cfg->kv_bytes,
                             .batch = cfg->batch,
                             .n_out = cfg->max_running,
+                            .spec = cfg->spec_mode != CRD_SPEC_OFF,
+                            .spec_max = cfg->spec_max,
+                            .mtp = cfg->spec_mode == CRD_SPEC_MTP,
                             .threads = cfg->threads > 0 ? cfg->threads
                                                         : (int)sysconf(_SC_NPROCESSORS_ONLN)};
     uint64_t budget = 0;

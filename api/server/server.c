@@ -15,6 +15,7 @@
 #include "coordinator/draft_model.h"
 #include "coordinator/mtp.h"
 #include "model/hparams.h"
+#include "topology/topo_plan.h"
 
 #include <signal.h>
 #include <stdio.h>
@@ -53,31 +54,20 @@ static char *model_name(const srv_config_t *cfg)
 }
 
 /* Logits rows per step: one per running sequence, plus room for the drafts speculative
- * decoding verifies (capped: with many streams the cost model drafts little anyway, and a
- * row is n_vocab floats). A server started with --spec off still verifies what requests
- * ask for, within the rows its idle sequences leave. */
-/* Spare recurrent-state slots for speculative decoding on hybrid models (logits_rows). */
-#define SPEC_RECURRENT_SPARES 8
-
+ * decoding verifies (topology/topo_plan.h topo_logits_rows, the rule `tandem plan` sizes
+ * memory by). A server started with --spec off still verifies what requests ask for,
+ * within the rows its idle sequences leave. A model with recurrent layers has one state
+ * slot per logits row (and as many stored prefix states by default): its drafting
+ * sequences need one spare slot each (coordinator/scheduler.c, spec_rollback), up to
+ * TOPO_SPEC_RECURRENT_SPARES of them, which is where the cost model stops drafting anyway. */
 static int logits_rows(const srv_config_t *cfg, const gguf_ctx_t *g)
 {
-    /* a model with recurrent layers has one state slot per logits row (and as many stored
-     * prefix states by default): each extra row is a whole state more. Its drafting
-     * sequences need one spare slot each (coordinator/scheduler.c, spec_rollback): up to
-     * SPEC_RECURRENT_SPARES of them, which is where the cost model stops drafting anyway */
-    mdl_hparams_t hp;
-    const bool recurrent = mdl_hparams_load(g, &hp, NULL) == TDM_OK && hp.n_recurrent > 0;
-    int extra = 0;
-    if (cfg->spec_mode != CRD_SPEC_OFF) {
-        const int per = cfg->spec_max > 0 ? cfg->spec_max : 8;
-        extra = cfg->max_running * per < 256 ? cfg->max_running * per : 256;
-        if (recurrent) {
-            extra =
-                cfg->max_running < SPEC_RECURRENT_SPARES ? cfg->max_running : SPEC_RECURRENT_SPARES;
-        }
+    mdl_hparams_t hp = {0};
+    if (mdl_hparams_load(g, &hp, NULL) != TDM_OK) {
+        hp.n_recurrent = 0; /* the load reports it later */
     }
-    const int rows = cfg->max_running + extra;
-    return rows < cfg->batch ? rows : cfg->batch;
+    return topo_logits_rows(&hp, cfg->max_running, cfg->batch, cfg->spec_mode != CRD_SPEC_OFF,
+                            cfg->spec_max);
 }
 
 /* A draft model's tokens must mean what the model's mean: its drafts are verified as token

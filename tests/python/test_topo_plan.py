@@ -37,6 +37,7 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURES, SOURCE_DIR, run_tandem
+from serve_util import ServeProcess, metric_value
 
 MODELS = FIXTURES / "models"
 BENCH_MODEL = SOURCE_DIR / "models" / "bench-qwen3moe-1b-q4_k.gguf"
@@ -488,6 +489,77 @@ def test_plan_kv_type_default_by_device():
     gpu, _ = plan(MODELS / "llama-a-f32.gguf", "--shards", "1", "--gpu-memory", "80G")
     assert cpu["kv_type"] == "f32" and gpu["kv_type"] == "f16"
     assert gpu["shards"][0]["kv"] * 2 == cpu["shards"][0]["kv"]
+
+
+def test_plan_spec_mtp_counts_the_mtp_layer():
+    """--spec mtp: the MTP block's attention keeps its K/V as one more full-attention layer
+    (the block runs on the one shard), so the planned KV per token is the --spec off figure
+    plus one attention layer's K and V, computed here from the GGUF metadata (kv heads, key
+    and value lengths; the block's own attn_k has that many outputs). Any --spec other than
+    off asks for logits rows for the drafts, on a hybrid model one spare state slot per
+    sequence up to 8 (api/server/server.c). The running server's KV pool under a --kv-memory
+    budget is the independent check of both: `tandem serve --spec X` must hold exactly the
+    blocks `tandem plan --spec X` says."""
+    path = FIXTURES / "hybrid" / "qwen35moe-b-f32.gguf"
+    if not path.exists():
+        pytest.skip("hybrid fixtures missing")
+    r = gguf.GGUFReader(str(path))
+    meta = {k.split(".", 1)[1]: f.contents() for k, f in r.fields.items()
+            if k.startswith("qwen35moe.")}
+    n_mtp = meta["nextn_predict_layers"]
+    n_trunk = meta["block_count"] - n_mtp
+    kvh, dk, dv = (meta["attention.head_count_kv"], meta["attention.key_length"],
+                   meta["attention.value_length"])
+    k_out = [int(t.shape[1]) for t in r.tensors if t.name == f"blk.{n_trunk}.attn_k.weight"][0]
+    assert n_mtp == 1 and k_out == kvh * dk
+    one_layer = kvh * (dk + dv) * 4  # f32 K and V rows of one attention layer
+    n_attn = meta["attention.recurrent_layers"][:n_trunk].count(False)
+    base = ("--shards", "1", "--ctx-size", "1000")
+    off, _ = plan(path, *base)
+    mtp, _ = plan(path, *base, "--spec", "mtp")
+    so, sm = off["shards"][0], mtp["shards"][0]
+    assert so["kv_per_token"] == so["kv_per_token_full"] == n_attn * one_layer
+    assert sm["kv_per_token"] == sm["kv_per_token_full"] == so["kv_per_token"] + one_layer
+    assert mtp["kv_tokens"] == off["kv_tokens"] == 1008
+    assert (off["spec"], mtp["spec"]) == ("off", "mtp")
+    # rows: 64 running sequences, + 8 spare state slots under speculation
+    assert (off["n_out"], off["n_state_slots"]) == (64, 64)
+    assert (mtp["n_out"], mtp["n_state_slots"]) == (72, 72)
+    state = mdl_state_bytes(meta) * 2 * 72  # running + stored prefix states
+    assert sm["kv"] == 1008 * sm["kv_per_token"] + state
+    ngram, _ = plan(path, *base, "--spec", "ngram")
+    assert ngram["shards"][0]["kv_per_token"] == so["kv_per_token"]
+    assert ngram["n_out"] == 72
+    # the server's pool under a budget: what the plan says for each mode
+    for spec in ("off", "ngram", "mtp"):
+        want, _ = plan(path, "--shards", "1", "--kv-memory", "4M", "--spec", spec)
+        srv = ServeProcess(path, "--spec", spec, "--kv-memory", "4M", threads=1)
+        try:
+            got = metric_value(srv.metrics(), "tandem_kv_blocks_total")
+        finally:
+            srv.stop()
+        assert got == want["kv_blocks"], (spec, got, want["kv_blocks"])
+    # refused as serve refuses: over shards, or a model without an MTP block
+    _, proc = plan(path, "--shards", "2", "--spec", "mtp", check=False)
+    assert proc.returncode == 2 and "--spec mtp runs on one node only" in proc.stderr
+    _, proc = plan(MODELS / "llama-a-f32.gguf", "--shards", "1", "--spec", "mtp", check=False)
+    assert proc.returncode == 2 and "no multi-token-prediction block" in proc.stderr
+    _, proc = plan(path, "--shards", "1", "--spec", "eagle", check=False)
+    assert proc.returncode == 2 and "--spec is off, ngram, draft or mtp" in proc.stderr
+
+
+def mdl_state_bytes(meta):
+    """One sequence's Gated DeltaNet state over the trunk's recurrent layers (f32): the conv
+    window (conv_kernel - 1 rows of the q, k and v channels) and a d x d state per v head,
+    from the ssm.* keys as llama.cpp's converter writes them (time_step_rank v heads,
+    group_count k heads, state_size the head dim d)."""
+    n_trunk = meta["block_count"] - meta["nextn_predict_layers"]
+    n_rec = meta["attention.recurrent_layers"][:n_trunk].count(True)
+    d, v_heads, k_heads = (meta["ssm.state_size"], meta["ssm.time_step_rank"],
+                           meta["ssm.group_count"])
+    assert meta["ssm.inner_size"] == v_heads * d
+    conv = (meta["ssm.conv_kernel"] - 1) * (2 * k_heads + v_heads) * d
+    return n_rec * (conv + v_heads * d * d) * 4
 
 
 @pytest.mark.parametrize("file,head_dim", [("qwen3moe-b-f32.gguf", 48), ("llama-b-f32.gguf", 16)])
