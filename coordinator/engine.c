@@ -283,6 +283,7 @@ tdm_status_t crd_engine_create(const xp_executor_t *ex, const crd_sched_params_t
         free(e);
         return st;
     }
+    crd_sched_warm_up(e->sched); /* before the engine's thread and its first request */
     e->max_waiting = p->max_waiting;
     e->next_id = 1;
     e->cache_seed = p->cache_seed;

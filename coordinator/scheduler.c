@@ -916,6 +916,41 @@ static int32_t expected_prompt_tokens(const crd_sched_t *s, int32_t need, int32_
     return need <= 1 || isinf(*left) ? need : budget_chunk(s, need, pos, left, true);
 }
 
+/* Measures the step-time curve speculation is planned by (spec_cost.h) once. Its figures
+ * go to the stats (/metrics) and the log. */
+static tdm_status_t measure_cost(crd_sched_t *s, tdm_error_t *err)
+{
+    s->cost_measured = true;
+    int32_t n_max = s->p.token_budget < 256 ? s->p.token_budget : 256;
+    TDM_CHECK(crd_spec_cost_measure(&s->ex, s->kvm, n_max, s->logits, &s->cost, err));
+    s->stats.spec.cost_1 = crd_spec_cost_time(&s->cost, 1);
+    s->stats.spec.cost_slope = crd_spec_cost_time(&s->cost, 33) - crd_spec_cost_time(&s->cost, 32);
+    char line[256];
+    int len = 0;
+    for (int32_t i = 0; i < s->cost.n_points && len < (int)sizeof(line) - 24; i++) {
+        len += snprintf(line + len, sizeof(line) - (size_t)len, " %d: %.2f", 1 << i,
+                        1e3 * s->cost.t[i]);
+    }
+    TDM_INFO("sched", "speculative decoding cost model, ms per step of n tokens:%s", line);
+    return TDM_OK;
+}
+
+void crd_sched_warm_up(crd_sched_t *s)
+{
+    const crd_spec_mode_t mode = s->p.spec.mode;
+    if (mode == CRD_SPEC_DEFAULT || mode == CRD_SPEC_OFF || s->p.spec.always != 0 ||
+        s->cost_measured || crd_sched_has_work(s)) {
+        return;
+    }
+    tdm_error_t err = {0};
+    if (measure_cost(s, &err) != TDM_OK) {
+        /* nothing to lose yet (no request ran); the first step that drafts tries again */
+        s->cost_measured = false;
+        TDM_WARN("sched", "speculative decoding cost model not measured at start: %s",
+                 tdm_error_msg(&err));
+    }
+}
+
 /*
  * Speculative decoding: proposes drafts for the running requests that decode this step
  * and keeps as many as the cost model says pay (spec.h); sets r->step_draft. The first
@@ -976,23 +1011,13 @@ static tdm_status_t plan_drafts(crd_sched_t *s, tdm_error_t *err)
         return TDM_OK;
     }
     if (!always && !s->cost_measured) {
-        s->cost_measured = true;
-        int32_t n_max = s->p.token_budget < 256 ? s->p.token_budget : 256;
-        tdm_status_t st = crd_spec_cost_measure(&s->ex, s->kvm, n_max, s->logits, &s->cost, err);
+        /* a request asked for speculation on a server started without it (with it the
+         * model was measured before the first request, crd_sched_warm_up) */
+        tdm_status_t st = measure_cost(s, err);
         if (st != TDM_OK) {
             lose_kv(s, tdm_error_msg(err), st);
             return st;
         }
-        s->stats.spec.cost_1 = crd_spec_cost_time(&s->cost, 1);
-        s->stats.spec.cost_slope =
-            crd_spec_cost_time(&s->cost, 33) - crd_spec_cost_time(&s->cost, 32);
-        char line[256];
-        int len = 0;
-        for (int32_t i = 0; i < s->cost.n_points && len < (int)sizeof(line) - 24; i++) {
-            len += snprintf(line + len, sizeof(line) - (size_t)len, " %d: %.2f", 1 << i,
-                            1e3 * s->cost.t[i]);
-        }
-        TDM_INFO("sched", "speculative decoding cost model, ms per step of n tokens:%s", line);
     }
     s->cost.draft_step =
         s->p.spec.draft != NULL ? crd_draft_model_step_seconds(s->p.spec.draft) : 0.0;

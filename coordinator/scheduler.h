@@ -171,6 +171,13 @@ tdm_status_t crd_sched_create(const xp_executor_t *ex, const crd_sched_params_t 
 /* Ends any remaining request with CRD_FINISH_CANCELED (callbacks run) and frees. */
 void crd_sched_destroy(crd_sched_t *s);
 
+/* Work best done before the first request, on the owner's thread while nothing runs: with
+ * speculation on by the server's choice (not forced by spec.always), measures the step-time
+ * curve its planner prices drafts by (spec_cost.h), so no request waits for it. A failure
+ * is logged, and the first step that drafts measures instead, as a server without
+ * speculation does for a request whose own override asks for it. */
+void crd_sched_warm_up(crd_sched_t *s);
+
 /*
  * Queues a request. TDM_ERR_INVALID_PARAM (message with the numbers) for an empty prompt,
  * a prompt that leaves no room to generate within n_ctx, bad sampling parameters or

@@ -310,6 +310,10 @@ static void spec_metrics(textbuf_t *b, const crd_spec_stats_t *sp, const char *m
                   crd_spec_mode_name((crd_spec_mode_t)d),
                   sp->drafted[d] ? (double)sp->accepted[d] / (double)sp->drafted[d] : 0.0);
     }
+    metric(b, "tandem_spec_cost_step_seconds", "gauge",
+           "The speculation planner's measured time of a one-token step (0: not measured "
+           "yet; with --spec on it is measured before the server is ready).",
+           model, sp->cost_1);
     metric(b, "tandem_spec_verify_steps_total", "counter",
            "Sequence-steps that carried drafted tokens.", model, (double)sp->verify_steps);
     metric(b, "tandem_decode_steps_total", "counter",

@@ -226,3 +226,26 @@ def test_sampled_distribution_unchanged(fixture_model):
     # and the marginal law of the second token
     p, cells = two_sample_p(counts["off"], counts["ngram"])
     assert p > 1e-4, (p, counts)
+
+
+def test_cost_model_measured_before_ready(fixture_model):
+    """With --spec on, the planner's step-time curve is measured while the server loads
+    (crd_sched_warm_up), so the first request that drafts never waits for it: /metrics
+    shows t(1) > 0 before any request. With --spec off it is measured only when a request
+    asks for speculation itself, at its first drafting step."""
+    prompt = FIX_PROMPTS[-1]  # the drafter proposes after whatever first token
+    srv = ServeProcess(fixture_model, "--spec", "ngram")
+    try:
+        assert srv.metric("tandem_spec_cost_step_seconds") > 0
+    finally:
+        srv.stop()
+    srv = ServeProcess(fixture_model, "--spec", "off")
+    try:
+        assert srv.metric("tandem_spec_cost_step_seconds") == 0
+        r = srv.post("/v1/completions", {"model": FIXTURE_NAME, "prompt": prompt,
+                                         "max_tokens": 12, "temperature": 0,
+                                         "speculative": {"mode": "ngram"}})
+        assert r.status_code == 200, r.text
+        assert srv.metric("tandem_spec_cost_step_seconds") > 0
+    finally:
+        srv.stop()
