@@ -53,11 +53,15 @@ tdm_status_t crd_spec_cost_measure(const xp_executor_t *ex, crd_kvm_t *kvm, int3
     while (n_points < CRD_SPEC_COST_POINTS && (1 << n_points) <= n_max) {
         n_points++;
     }
-    /* three rounds over every size, the fastest of each kept: a burst of load from
-     * elsewhere on a shared machine then spoils one sample of several sizes, not a size */
+    /* three rounds over the small sizes, the fastest of each kept: a burst of load from
+     * elsewhere on a shared machine then spoils one sample of several sizes, not a size;
+     * the large ones (most of the time) once, the smoothing below catching an outlier */
     for (int rep = 0; rep < 3; rep++) {
         for (int32_t p = 0; p < n_points; p++) {
             const int32_t n = 1 << p;
+            if (rep > 0 && n > CRD_SPEC_COST_REPEAT_MAX) {
+                continue;
+            }
             int32_t nb;
             /* recurrent layers: the sequence's state slot, each run from position 0 (a
              * state cannot skip positions; a run at 0 starts from zero state) */

@@ -4,8 +4,10 @@
  * Steps of 1, 2, 4, ... n_max distinct tokens (a mixture-of-experts model routes them to
  * different experts, as a real step's) with logits at every position (what a verification
  * step asks for) are timed on a throw-away sequence; the fastest of three runs of each
- * size is kept (three rounds over all sizes). The first speculative step pays for it
- * (a second or two).
+ * size up to CRD_SPEC_COST_REPEAT_MAX tokens is kept, one run of each larger size (they
+ * cost most of the time, and a burst of noise is a smaller share of them). A server with
+ * --spec on pays for it while it loads (crd_sched_warm_up), otherwise the first step that
+ * drafts does (a second or two on a CPU).
  */
 #ifndef CRD_SPEC_COST_H
 #define CRD_SPEC_COST_H
@@ -13,6 +15,9 @@
 #include "coordinator/kv_manager.h"
 #include "coordinator/spec.h"
 #include "transport/xp_step.h"
+
+/* Sizes up to this many tokens are timed three times, larger ones once. */
+#define CRD_SPEC_COST_REPEAT_MAX 32
 
 /* logits: room for n_max rows (the scheduler's buffer). A failed step is returned (the
  * scheduler then treats it as any failed step); no free blocks leaves c unmeasured. */
