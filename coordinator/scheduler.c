@@ -921,7 +921,9 @@ static int32_t expected_prompt_tokens(const crd_sched_t *s, int32_t need, int32_
 static tdm_status_t measure_cost(crd_sched_t *s, tdm_error_t *err)
 {
     s->cost_measured = true;
+    /* the measuring steps sit at positions below n_max: never past the context */
     int32_t n_max = s->p.token_budget < 256 ? s->p.token_budget : 256;
+    n_max = n_max < s->p.n_ctx ? n_max : s->p.n_ctx;
     TDM_CHECK(crd_spec_cost_measure(&s->ex, s->kvm, n_max, s->logits, &s->cost, err));
     s->stats.spec.cost_1 = crd_spec_cost_time(&s->cost, 1);
     s->stats.spec.cost_slope = crd_spec_cost_time(&s->cost, 33) - crd_spec_cost_time(&s->cost, 32);

@@ -239,6 +239,16 @@ def test_cost_model_measured_before_ready(fixture_model):
         assert srv.metric("tandem_spec_cost_step_seconds") > 0
     finally:
         srv.stop()
+    # a context shorter than the curve's longest step (256): measured within it, and a
+    # drafting request is served (the steps once sat at positions past the context)
+    srv = ServeProcess(fixture_model, "--spec", "ngram", "--ctx-size", "64")
+    try:
+        assert srv.metric("tandem_spec_cost_step_seconds") > 0
+        r = srv.post("/v1/completions", {"model": FIXTURE_NAME, "prompt": PATTERN * 2,
+                                         "max_tokens": 12, "temperature": 0})
+        assert r.status_code == 200, r.text
+    finally:
+        srv.stop()
     srv = ServeProcess(fixture_model, "--spec", "off")
     try:
         assert srv.metric("tandem_spec_cost_step_seconds") == 0
