@@ -29,6 +29,9 @@
 #include <unistd.h>
 #include <zmq.h>
 
+/* a STEP's sequences become the shard's views member for member */
+_Static_assert(XP_STATE_GIVEN == KERN_STATE_GIVEN, "one 'state given' mark");
+
 #define SHD_SRV_ID_MAX 256 /* ZeroMQ routing ids are at most 255 bytes */
 
 typedef enum shard_state {
@@ -550,7 +553,6 @@ static tdm_status_t do_step(xp_shard_server_t *s, const xp_msg_t *msg, xp_msg_re
         s->views[i].n_blocks = st_in->seqs[i].n_blocks;
         s->views[i].swa_blocks = st_in->seqs[i].swa_blocks;
         s->views[i].state_slot = st_in->seqs[i].state_slot;
-        _Static_assert(XP_STATE_GIVEN == KERN_STATE_GIVEN, "one 'state given' mark");
         s->views[i].state_load = st_in->seqs[i].state_load;
         s->views[i].state_save = st_in->seqs[i].state_save;
     }

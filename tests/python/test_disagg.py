@@ -107,30 +107,9 @@ def test_disagg_f32_matches_colocated_and_moves_only_missing_blocks(pair, tmp_pa
                _tokens(rng, 5),                   # shorter than a block
                _tokens(rng, 300)]                 # several chunks' worth of blocks
     model = "llama-a-f32"
-    colo = _serve(F32, _cluster(tmp_path, [{"name": "m", "shards": [pair[0].addr]}], "c.json"))
-    try:
-        want = [_complete(colo, p, 12, model) for p in prompts]
-    finally:
-        colo.stop()
-
-    srv = _serve(F32, _pair_file(tmp_path, pair[0], pair[1]))
-    try:
-        h = srv.get("/health").json()
-        assert h["status"] == "ok", h
-        assert [(g["name"], g["role"]) for g in h["groups"]] == [("p", "prefill"),
-                                                                   ("d", "decode")], h
-        got, moved = [], []
-        for p in prompts:
-            b0, _ = _moved(srv)
-            got.append(_complete(srv, p, 12, model))
-            moved.append(_moved(srv)[0] - b0)
-        blocks, nbytes = _moved(srv)
-    finally:
-        srv.stop()
-    for w, g in zip(want, got):
-        assert g["text"] == w["text"] and g["finish"] == w["finish"], (w, g)
-        assert g["lp"] == w["lp"], (w["lp"], g["lp"])
-        assert g["top"] == w["top"], (w["top"], g["top"])
+    got, moved, sent = _colocated_then_disagg(tmp_path, F32, model, [pair[0].addr],
+                                              [pair[1].addr], prompts, 12)
+    blocks, nbytes = sum(moved), sum(sent)
     # only what the decode group lacked travelled: all of a cold prompt's blocks; of the
     # second prompt the blocks after the 7 whole ones the first left in the decode cache
     assert [g["cached"] for g in got] == [0, 112, 0, 0], got
@@ -138,6 +117,42 @@ def test_disagg_f32_matches_colocated_and_moves_only_missing_blocks(pair, tmp_pa
     # llama-a: every layer's K and V, f32 rows: bytes per block from the fixture's shape
     assert nbytes > 0 and nbytes % blocks == 0, (blocks, nbytes)
     print(f"moved {moved} blocks, {nbytes / blocks:.0f} bytes per block")
+
+
+def _colocated_then_disagg(tmp_path, model_path, model, pre, dec, prompts, n, split=None,
+                           serve_args=()):
+    """Serves prompts one at a time from one mixed group on the prefill shards, then from the
+    prefill/decode pair; asserts the answers identical (greedy tokens, logprobs, top-3) and
+    returns the disaggregated answers with the blocks and bytes each prompt moved."""
+    split = split or {}
+    colo = _serve(model_path, _cluster(tmp_path, [dict(name="m", shards=pre, **split)], "c.json"),
+                  *serve_args)
+    try:
+        want = [_complete(colo, p, n, model) for p in prompts]
+    finally:
+        colo.stop()
+    srv = _serve(model_path, _cluster(tmp_path, [
+        dict(name="p", role="prefill", shards=pre, **split),
+        dict(name="d", role="decode", shards=dec, **split)]), *serve_args)
+    try:
+        h = srv.get("/health").json()
+        assert h["status"] == "ok", h
+        assert [(g["name"], g["role"]) for g in h["groups"]] == [("p", "prefill"),
+                                                                   ("d", "decode")], h
+        got, moved, sent = [], [], []
+        for p in prompts:
+            b0, y0 = _moved(srv)
+            got.append(_complete(srv, p, n, model))
+            b1, y1 = _moved(srv)
+            moved.append(b1 - b0)
+            sent.append(y1 - y0)
+    finally:
+        srv.stop()
+    for w, g in zip(want, got):
+        assert g["text"] == w["text"] and g["finish"] == w["finish"], (w, g)
+        assert g["lp"] == w["lp"], (w["lp"], g["lp"])
+        assert g["top"] == w["top"], (w["top"], g["top"])
+    return got, moved, sent
 
 
 def _hybrid_sizes(cfg_name):
@@ -178,34 +193,12 @@ def test_disagg_hybrid_hands_over_recurrent_state(tandem_bin, tmp_path, cfg, tp)
     shards = [ShardProcess(model_path, tls="tcp", threads=1, extra=("--kv-type", "f32"))
               for _ in range(2 * tp)]
     pre, dec = [s.addr for s in shards[:tp]], [s.addr for s in shards[tp:]]
-    split = {"tp": tp} if tp > 1 else {}
     try:
-        colo = _serve(model_path, _cluster(tmp_path, [dict(name="m", shards=pre, **split)],
-                                           "c.json"))
-        try:
-            want = [_complete(colo, p, 8, model) for p in prompts]
-        finally:
-            colo.stop()
-        srv = _serve(model_path, _cluster(tmp_path, [
-            dict(name="p", role="prefill", shards=pre, **split),
-            dict(name="d", role="decode", shards=dec, **split)]))
-        try:
-            got, moved, sent = [], [], []
-            for p in prompts:
-                b0, y0 = _moved(srv)
-                got.append(_complete(srv, p, 8, model))
-                b1, y1 = _moved(srv)
-                moved.append(b1 - b0)
-                sent.append(y1 - y0)
-        finally:
-            srv.stop()
+        got, moved, sent = _colocated_then_disagg(tmp_path, model_path, model, pre, dec, prompts,
+                                                  8, split={"tp": tp} if tp > 1 else None)
     finally:
         for sh in shards:
             sh.stop()
-    for w, g in zip(want, got):
-        assert g["text"] == w["text"] and g["finish"] == w["finish"], (w, g)
-        assert g["lp"] == w["lp"], (w["lp"], g["lp"])
-        assert g["top"] == w["top"], (w["top"], g["top"])
     # the decode side held the first 6 blocks of the last prompt without a stored state
     assert [g["cached"] for g in got] == [0, 0, 0, 96], got
     assert moved == [_blocks(150), _blocks(33), 1, _blocks(133) - 6], moved
@@ -242,30 +235,12 @@ def test_disagg_sliding_window_hands_over_the_last_window(tandem_bin, tmp_path):
     shards = [ShardProcess(model_path, tls="tcp", threads=1, extra=("--kv-type", "f32"))
               for _ in range(2)]
     try:
-        colo = _serve(model_path, _cluster(tmp_path, [{"name": "m", "shards": [shards[0].addr]}],
-                                           "c.json"), "--batch", "64")
-        try:
-            want = [_complete(colo, p, 10, model) for p in prompts]
-        finally:
-            colo.stop()
-        srv = _serve(model_path, _pair_file(tmp_path, shards[0], shards[1]), "--batch", "64")
-        try:
-            got, moved, sent = [], [], []
-            for p in prompts:
-                b0, y0 = _moved(srv)
-                got.append(_complete(srv, p, 10, model))
-                b1, y1 = _moved(srv)
-                moved.append(b1 - b0)
-                sent.append(y1 - y0)
-        finally:
-            srv.stop()
+        got, moved, sent = _colocated_then_disagg(tmp_path, model_path, model, [shards[0].addr],
+                                                  [shards[1].addr], prompts, 10,
+                                                  serve_args=("--batch", "64"))
     finally:
         for sh in shards:
             sh.stop()
-    for w, g in zip(want, got):
-        assert g["text"] == w["text"] and g["finish"] == w["finish"], (w, g)
-        assert g["lp"] == w["lp"], (w["lp"], g["lp"])
-        assert g["top"] == w["top"], (w["top"], g["top"])
     for p, g, b, y in list(zip(prompts, got, moved, sent))[:3]:  # one prefill step each
         n, first = len(p), g["cached"] // BLOCK
         assert b == _blocks(n) - first, (n, g["cached"], b)
