@@ -283,13 +283,16 @@ def test_netns_disagg_faults(tandem_bin, net_factory, tmp_path):
             {"name": name, "role": "prefill" if name[0] == "p" else "decode",
              "shards": [s.addr]} for name, s in zip(("p0", "d0", "p1", "d1"), shards)]}))
         # prompts prefilled in chunks of 32 tokens: a prompt is many steps of puts
-        srv = _serve(F32, cluster, "--batch", "32", "--max-step-ms", "off")
+        # a context of 6144 (the later --ctx-size wins over _serve's 2048): streams long
+        # enough to outlast the kill on a quiet machine too (1900 tokens of this fixture
+        # sometimes ended before it, about 1 s in)
+        srv = _serve(F32, cluster, "--batch", "32", "--max-step-ms", "off", "--ctx-size", "6144")
         _serves(srv, rng)
         t0 = time.monotonic()
 
         # a prefill shard, mid-transfer, while a stream decodes on each decode group (long
         # ones: the first put can come seconds after the prompt on a loaded machine)
-        outs, threads = _one_stream_per_decode_group(srv, rng, 1900)
+        outs, threads = _one_stream_per_decode_group(srv, rng, 6000)
         sent = {g: _sent(srv, g) for g in ("p0", "p1")}
         long_out = {}
         t = threading.Thread(target=_stream, args=(srv, _tokens(rng, 1900), 8, long_out, None))
